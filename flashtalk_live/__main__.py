@@ -1,0 +1,5 @@
+"""`python -m flashtalk_live` runs the CLI."""
+
+from flashtalk_live.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Loading, verifying and downloading the released checkpoints; parity checks against golden fixtures."""

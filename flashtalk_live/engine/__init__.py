@@ -1,0 +1,1 @@
+"""The streaming FlashTalk engine: avatar session, chunk generation, recalibration; the production renderer."""

@@ -1,0 +1,45 @@
+"""In-process event bus: every component publishes here; the PUB socket and the logs subscribe."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any, Callable
+
+Event = dict[str, Any]
+
+# The event types the daemon publishes (documented in docs/protocol.md).
+EVENT_TYPES = (
+    "accepted", "started", "finished", "interrupted", "dropped", "cancelled", "cleared", "idle",
+    "endpoint_up", "endpoint_down", "underrun", "renderer_changed", "recalibrated", "stopping",
+)
+
+
+class EventBus:
+    """Thread-safe fan-out of events to subscribers; a failing subscriber never blocks the publisher."""
+
+    def __init__(self) -> None:
+        self._subs: list[Callable[[Event], None]] = []
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+
+    def subscribe(self, fn: Callable[[Event], None]) -> None:
+        with self._lock:
+            self._subs.append(fn)
+
+    def unsubscribe(self, fn: Callable[[Event], None]) -> None:
+        with self._lock:
+            if fn in self._subs:
+                self._subs.remove(fn)
+
+    def publish(self, type: str, **fields: Any) -> Event:
+        with self._lock:
+            event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), **fields}
+            subs = list(self._subs)
+        for fn in subs:
+            try:
+                fn(event)
+            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the broadcast
+                pass
+        return event

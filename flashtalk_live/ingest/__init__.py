@@ -1,0 +1,1 @@
+"""Ingest: the ZeroMQ wire protocol, audio decoding and the request server."""

@@ -1,0 +1,1 @@
+"""Pacing and the one H.264/AAC encoder."""

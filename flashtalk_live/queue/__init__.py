@@ -1,0 +1,1 @@
+"""The durable queue (spool) of acknowledged clips."""

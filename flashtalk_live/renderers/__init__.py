@@ -1,0 +1,1 @@
+"""Renderers turn a chunk of audio into frames: the still renderer and (engine/) FlashTalk."""

@@ -1,0 +1,55 @@
+"""The unit of work between timeline, renderer and broadcast: one render chunk of audio and its bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+MODEL_AUDIO_RATE = 16_000
+
+MarkKind = Literal["started", "finished", "interrupted"]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A clip boundary that must be announced on the frame where it airs."""
+
+    frame: int  # global frame index (frames since the broadcast began)
+    kind: MarkKind
+    segment_id: str
+    source: Literal["queue", "programme"] = "queue"
+
+
+@dataclass
+class RenderChunk:
+    """`n_frames` new video frames' worth of audio, cut by the timeline.
+
+    audio        float32 [n_frames * samples_per_frame, channels] at the broadcast rate (the master clock).
+    model_audio  float32 [n_frames * 16000 / fps] mono 16 kHz, the same instants, for the model.
+    frame_segments  which clip each frame belongs to (None = programme silence / idle filler).
+    """
+
+    index: int
+    start_frame: int
+    n_frames: int
+    audio: np.ndarray
+    model_audio: np.ndarray
+    frame_segments: list[str | None]
+    marks: list[Mark] = field(default_factory=list)
+    idle: bool = False  # no queue or programme speech in this chunk
+
+    @property
+    def end_frame(self) -> int:
+        return self.start_frame + self.n_frames
+
+
+@dataclass
+class RenderedChunk:
+    """A chunk after the renderer: frames ready for the encoder, with the chunk's audio riding along."""
+
+    chunk: RenderChunk
+    frames: np.ndarray  # uint8 [n_frames, H, W, 3]
+    renderer: str
+    render_seconds: float
