@@ -1,0 +1,138 @@
+"""The `flashtalk-live` command line: run the daemon, show config, talk to a running daemon, manage models."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+from flashtalk_live import __version__
+from flashtalk_live.settings import ConfigError, Settings, load_settings, masked_dump
+
+# Modules that add their own verbs through `register(subparsers)`; each is optional so a partial install still runs.
+VERB_MODULES = (
+    "flashtalk_live.ingest.cli",
+    "flashtalk_live.checkpoints.cli",
+    "flashtalk_live.engine.cli",
+)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=os.environ.get("FLASHTALK_LIVE_CONFIG"),
+                   help="TOML config (default: $FLASHTALK_LIVE_CONFIG, else the embedded demo defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set encoder.preset=ultrafast (repeatable; beats file and env)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "state_dir", None):
+        overrides.append(f"state_dir={json.dumps(args.state_dir)}")
+    return load_settings(args.config, overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flashtalk_live import log
+    from flashtalk_live.daemon import run_daemon
+
+    settings = settings_from_args(args)
+    if args.output:
+        from flashtalk_live.settings import OutputSettings
+
+        settings.outputs = [OutputSettings(name=f"out{i}", url=u) for i, u in enumerate(args.output)]
+    log.configure(settings.logging.format, settings.logging.level)
+    return run_daemon(settings, duration_s=args.duration)
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    data = masked_dump(settings)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        _print_toml(data)
+    return 0
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def _print_toml(data: dict[str, Any]) -> None:
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    arrays = {k: v for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+    for k, v in data.items():
+        if k in tables or k in arrays or v is None:
+            continue
+        print(f"{k} = {_toml_value(v)}")
+    for name, table in tables.items():
+        print(f"\n[{name}]")
+        for k, v in table.items():
+            if v is not None:
+                print(f"{k} = {_toml_value(v)}")
+    for name, items in arrays.items():
+        for item in items:
+            print(f"\n[[{name}]]")
+            for k, v in item.items():
+                if v is not None:
+                    print(f"{k} = {_toml_value(v)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashtalk-live", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"flashtalk-live {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (embedded demo defaults without --config)")
+    add_config_args(run)
+    run.add_argument("--state-dir", help="where the spool, sockets and recordings live")
+    run.add_argument("--output", action="append", metavar="URL",
+                     help="replace the configured outputs with these (rtmp://, rtmps://, .flv/.mp4 path)")
+    run.add_argument("--duration", type=float, default=None, help="stop cleanly after N seconds (demos, soak runs)")
+    run.set_defaults(func=_cmd_run)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
+    show = cfg_sub.add_parser("show", help="print the effective config, secrets masked")
+    add_config_args(show)
+    show.add_argument("--state-dir")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_cmd_config_show)
+
+    for name in VERB_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"flashtalk-live: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

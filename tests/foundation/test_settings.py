@@ -1,0 +1,79 @@
+"""Settings: file < environment < flags, clear errors naming field/value/expectation, secrets masked."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flashtalk_live.settings import ConfigError, load_settings, mask_url, masked_dump
+
+
+def test_defaults_are_the_embedded_demo():
+    s = load_settings(environ={})
+    assert s.renderer.kind == "still"
+    assert s.samples_per_frame == 1920
+    assert s.outputs[0].name == "recording"
+
+
+def test_priority_file_env_flags(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[encoder]\npreset = "slow"\nvideo_bitrate = 1000000\n[video]\nfps = 25\n')
+    s = load_settings(cfg, environ={})
+    assert (s.encoder.preset, s.encoder.video_bitrate) == ("slow", 1_000_000)
+    env = {"FLASHTALK_LIVE_ENCODER__PRESET": "fast", "FLASHTALK_LIVE_VIDEO__FPS": "30"}
+    s = load_settings(cfg, environ=env)
+    assert (s.encoder.preset, s.video.fps) == ("fast", 30)
+    s = load_settings(cfg, ["encoder.preset=ultrafast"], environ=env)
+    assert s.encoder.preset == "ultrafast"
+
+
+def test_invalid_file_names_field_value_and_expectation(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[video]\nwidth = 447\n[encoder]\naudio_rate = 16000\n')
+    with pytest.raises(ConfigError) as e:
+        load_settings(cfg, environ={})
+    msg = str(e.value)
+    assert "video.width = 447" in msg and "even" in msg
+    assert "encoder.audio_rate = 16000" in msg and "44100" in msg
+
+
+def test_unknown_key_and_bad_toml_are_reported(tmp_path):
+    cfg = tmp_path / "typo.toml"
+    cfg.write_text('[encoder]\npresett = "fast"\n')
+    with pytest.raises(ConfigError, match="encoder.presett"):
+        load_settings(cfg, environ={})
+    cfg.write_text("[encoder\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(cfg, environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml", environ={})
+
+
+@pytest.mark.parametrize(
+    "url,masked",
+    [
+        ("rtmp://push.example.com/live/secret-key", "rtmp://push.example.com/live/****"),
+        ("rtmps://u:p@host:443/app/key?token=abc", "rtmps://***@host:443/app/****"),
+        ("/tmp/rec.flv", "/tmp/rec.flv"),
+    ],
+)
+def test_mask_url(url, masked):
+    assert mask_url(url) == masked
+
+
+def test_config_show_masks_secrets(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[outputs]]\nname = "yt"\nurl = "rtmp://a.example/live2/TOPSECRET"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "flashtalk_live", "config", "show", "--json", "-c", str(cfg)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "TOPSECRET" not in out
+    assert json.loads(out)["outputs"][0]["url"] == "rtmp://a.example/live2/****"
+    assert masked_dump(load_settings(cfg, environ={}))["outputs"][0]["url"].endswith("****")
+
+
+def test_shipped_configs_are_valid():
+    for name in ("configs/default.toml", "configs/flashtalk-14b.toml"):
+        load_settings(name, environ={})
