@@ -1,0 +1,127 @@
+"""Portrait images: decode PNG/JPEG with PyAV into uint8 RGB, fit them to the output geometry, load the demo portrait."""
+
+from __future__ import annotations
+
+import io
+import os
+from importlib import resources
+from typing import Literal
+
+import av
+import numpy as np
+
+FitMode = Literal["cover", "contain"]
+
+# Letterbox colour for `contain`: a dark studio grey rather than pure black, so bars read as deliberate.
+BACKGROUND = (18, 18, 22)
+
+
+class ImageError(ValueError):
+    """An image file that cannot be read as a picture."""
+
+
+def _decode(container: av.container.InputContainer, what: str) -> np.ndarray:
+    try:
+        if not container.streams.video:
+            raise ImageError(f"{what}: no image stream")
+        for frame in container.decode(video=0):
+            rgba = frame.to_ndarray(format="rgba")
+            break
+        else:
+            raise ImageError(f"{what}: no decodable picture")
+    finally:
+        container.close()
+    # Composite transparency over the letterbox colour instead of showing whatever RGB hides under alpha=0.
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    if np.all(alpha == 1.0):
+        return np.ascontiguousarray(rgba[..., :3])
+    bg = np.array(BACKGROUND, np.float32)
+    rgb = rgba[..., :3].astype(np.float32) * alpha + bg * (1.0 - alpha)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file (PNG, JPEG, anything FFmpeg reads as a picture) to uint8 [H, W, 3] RGB."""
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"image not found: {p}")
+    try:
+        container = av.open(p, "r")
+    except av.error.FFmpegError as e:
+        raise ImageError(f"{p}: not a readable image ({e})") from None
+    try:
+        return _decode(container, p)
+    except av.error.FFmpegError as e:
+        raise ImageError(f"{p}: not a readable image ({e})") from None
+
+
+def decode_image_bytes(data: bytes, what: str = "<bytes>") -> np.ndarray:
+    """Decode an in-memory PNG/JPEG to uint8 [H, W, 3] RGB."""
+    try:
+        container = av.open(io.BytesIO(data), "r")
+        return _decode(container, what)
+    except av.error.FFmpegError as e:
+        raise ImageError(f"{what}: not a readable image ({e})") from None
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """Encode uint8 [H, W, 3] RGB as PNG bytes (used to build the embedded asset and in tests)."""
+    img = _check_rgb(img)
+    ctx = av.CodecContext.create("png", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = img.shape[1], img.shape[0], "rgb24"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+    packets = list(ctx.encode(frame)) + list(ctx.encode(None))
+    return b"".join(bytes(p) for p in packets)
+
+
+def _check_rgb(img: np.ndarray) -> np.ndarray:
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        got = f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}"
+        raise ImageError(f"expected a uint8 [H, W, 3] RGB image, got {got}")
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise ImageError(f"empty image {img.shape}")
+    return img
+
+
+def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    if img.shape[1] == w and img.shape[0] == h:
+        return img
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+    # AREA for shrinking avoids aliasing; BICUBIC for enlarging keeps edges smooth.
+    interp = "AREA" if w < img.shape[1] else "BICUBIC"
+    return frame.reformat(width=w, height=h, format="rgb24", interpolation=interp).to_ndarray()
+
+
+def fit_image(img: np.ndarray, width: int, height: int, mode: FitMode = "cover") -> np.ndarray:
+    """Fit a portrait to width x height.
+
+    cover:   scale to fill the whole frame, then crop the overflow around the centre.
+    contain: scale to fit inside the frame, letterboxed on a dark background.
+    """
+    img = _check_rgb(img)
+    if width < 1 or height < 1:
+        raise ImageError(f"output geometry must be positive, got {width}x{height}")
+    if mode not in ("cover", "contain"):
+        raise ImageError(f"fit must be 'cover' or 'contain', got {mode!r}")
+    ih, iw = img.shape[:2]
+    if mode == "cover":
+        scale = max(width / iw, height / ih)
+        sw, sh = max(width, round(iw * scale)), max(height, round(ih * scale))
+        scaled = _resize(img, sw, sh)
+        x0, y0 = (sw - width) // 2, (sh - height) // 2
+        out = scaled[y0 : y0 + height, x0 : x0 + width]
+    else:
+        scale = min(width / iw, height / ih)
+        sw, sh = min(width, max(1, round(iw * scale))), min(height, max(1, round(ih * scale)))
+        scaled = _resize(img, sw, sh)
+        out = np.empty((height, width, 3), np.uint8)
+        out[:] = BACKGROUND
+        x0, y0 = (width - sw) // 2, (height - sh) // 2
+        out[y0 : y0 + sh, x0 : x0 + sw] = scaled
+    return np.ascontiguousarray(out)
+
+
+def default_portrait() -> np.ndarray:
+    """The embedded demo portrait (flashtalk_live/assets/portrait.png) as uint8 [H, W, 3]."""
+    data = resources.files("flashtalk_live").joinpath("assets/portrait.png").read_bytes()
+    return decode_image_bytes(data, "flashtalk_live/assets/portrait.png")
