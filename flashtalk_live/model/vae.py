@@ -1,0 +1,554 @@
+"""The Wan2.1 causal 3-D video VAE (z16, 4x8x8) in pure PyTorch, with explicit streaming caches.
+
+`WanVAE` has exactly the state-dict keys of the released `Wan2.1_VAE.pth` (the reference's inner
+`WanVAE_`), so that file loads strictly into it.  Encoding runs the first frame alone and then groups
+of 4 frames; decoding runs one latent frame at a time.  Between those steps every causal convolution
+keeps the last 2 frames of its input in a `VAECache`.  By default each `encode`/`decode` call uses a
+fresh cache, exactly like the reference (which clears its cache at the start and end of every call);
+a streaming caller may instead pass its own cache, keep it across calls and `reset()` it explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "LATENT_MEAN",
+    "LATENT_STD",
+    "VAECache",
+    "VAECacheError",
+    "VAEConfig",
+    "WanVAE",
+    "expected_state_dict_shapes",
+]
+
+# Per-channel statistics of the released VAE's latent space (the reference's `WanVAE.mean` / `std`).
+LATENT_MEAN: tuple[float, ...] = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)  # fmt: skip
+LATENT_STD: tuple[float, ...] = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)  # fmt: skip
+
+_HISTORY = 2  # frames of causal context a kernel-3 temporal conv needs (the reference's CACHE_T)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Constructor arguments of the VAE; defaults are the released Wan2.1 values."""
+
+    dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    dropout: float = 0.0
+    latent_mean: tuple[float, ...] = LATENT_MEAN
+    latent_std: tuple[float, ...] = LATENT_STD
+
+    def __post_init__(self) -> None:
+        if self.dim <= 0 or self.z_dim <= 0 or self.num_res_blocks < 0:
+            raise ValueError(f"VAEConfig: dim, z_dim must be > 0 and num_res_blocks >= 0, got {self}")
+        if len(self.temporal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(
+                f"VAEConfig: temporal_downsample needs {len(self.dim_mult) - 1} entries "
+                f"(one per down-sampling stage), got {len(self.temporal_downsample)}"
+            )
+        if len(self.latent_mean) != self.z_dim or len(self.latent_std) != self.z_dim:
+            raise ValueError(f"VAEConfig: latent_mean/latent_std need z_dim={self.z_dim} entries")
+        if any(s <= 0 for s in self.latent_std):
+            raise ValueError("VAEConfig: latent_std entries must be > 0")
+        # Stored as tuples so the config stays hashable whatever sequence type was given.
+        for name in ("dim_mult", "attn_scales", "temporal_downsample", "latent_mean", "latent_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @classmethod
+    def released(cls) -> VAEConfig:
+        """The Wan2.1 VAE as shipped in `Wan2.1_VAE.pth` (126,892,531 parameters)."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> VAEConfig:
+        """The parity fixture's VAE: released structure with dim 6 (529,201 parameters)."""
+        return cls(dim=6)
+
+    @classmethod
+    def from_reference_kwargs(cls, kwargs: dict[str, Any]) -> VAEConfig:
+        """Build from the reference's `WanVAE_(**kwargs)` arguments (its spelling `temperal_downsample`)."""
+        known = {"dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample", "dropout"}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise ValueError(f"VAEConfig: unknown reference arguments {sorted(unknown)}")
+        args = dict(kwargs)
+        if "temperal_downsample" in args:
+            args["temporal_downsample"] = args.pop("temperal_downsample")
+        return cls(**args)
+
+    @property
+    def temporal_stride(self) -> int:
+        return 2 ** sum(bool(t) for t in self.temporal_downsample)
+
+    @property
+    def spatial_stride(self) -> int:
+        return 2 ** len(self.temporal_downsample)
+
+    def latent_frames(self, video_frames: int) -> int:
+        """Latent frames for a causal clip of `video_frames` (1 + 4k) frames: 33 -> 9, 5 -> 2, 1 -> 1."""
+        s = self.temporal_stride
+        if video_frames < 1 or (video_frames - 1) % s:
+            raise ValueError(f"a fresh VAE encode needs 1 + {s}k frames, got {video_frames}")
+        return 1 + (video_frames - 1) // s
+
+
+class VAECacheError(ValueError):
+    """A `VAECache` was used with the wrong VAE direction, geometry, dtype or device."""
+
+
+class _FirstFrameSkipped:
+    """Marker for a temporal up-sampler that has passed its first (image) latent through unchanged."""
+
+    def __repr__(self) -> str:
+        return "<first frame skipped>"
+
+
+_SKIPPED = _FirstFrameSkipped()
+
+
+@dataclass(eq=False)
+class VAECache:
+    """Causal history of one encoder or decoder stream: one slot per cached layer.
+
+    A slot holds None (nothing seen), a tensor with the last <= 2 input frames of that layer, or, for a
+    temporal up-sampler, the marker that its first latent was passed through.  `steps` counts the chunks
+    (encoder: 1 frame, then 4-frame groups; decoder: single latents) that went through the stream.
+    """
+
+    kind: Literal["encoder", "decoder"]
+    num_slots: int
+    slots: list[Any] = field(init=False, repr=False)
+    steps: int = field(init=False, default=0)
+    _geometry: tuple[Any, ...] | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("encoder", "decoder"):
+            raise ValueError(f"VAECache kind must be 'encoder' or 'decoder', got {self.kind!r}")
+        self.slots = [None] * self.num_slots
+
+    def reset(self) -> None:
+        """Forget all history: the next chunk is treated as the first frame of a new clip."""
+        self.slots = [None] * self.num_slots
+        self.steps = 0
+        self._geometry = None
+
+    @property
+    def fresh(self) -> bool:
+        return self.steps == 0
+
+    def _check(self, kind: str, x: torch.Tensor) -> None:
+        if kind != self.kind:
+            raise VAECacheError(f"a {self.kind} cache was passed to the VAE {kind}")
+        geometry = (x.shape[0], x.shape[1], x.shape[3], x.shape[4], x.dtype, x.device)
+        if self._geometry is None:
+            self._geometry = geometry
+        elif geometry != self._geometry:
+            raise VAECacheError(
+                f"VAE {kind} cache was filled with (batch, channels, H, W, dtype, device) = "
+                f"{self._geometry} but got {geometry}; call reset() before changing geometry"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks.  Cached layers receive (cache, slot); slots are numbered once at construction.
+
+
+def _next_history(prev: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """The last 2 frames of cat(prev, x): what the next call's causal conv needs as left context."""
+    if x.shape[2] >= _HISTORY or prev is None:
+        return x[:, :, -_HISTORY:].clone()
+    return torch.cat([prev[:, :, -1:], x], dim=2)[:, :, -_HISTORY:].clone()
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d padded causally in time (2p frames on the left, none on the right), 'same' in space.
+
+    `history` (previous frames of the same stream) replaces that many of the left zero frames.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        pt, ph, pw = self.padding  # type: ignore[misc]
+        # F.pad order: (w_left, w_right, h_left, h_right, t_left, t_right)
+        self._causal_pad = (pw, pw, ph, ph, 2 * pt, 0)
+        self.padding = (0, 0, 0)
+        self.cache_slot: int | None = None
+
+    def forward(self, x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        pad = list(self._causal_pad)
+        if history is not None and pad[4] > 0:
+            x = torch.cat([history.to(x.device), x], dim=2)
+            pad[4] -= history.shape[2]
+        return super().forward(F.pad(x, pad))
+
+    def stream(self, x: torch.Tensor, cache: VAECache | None) -> torch.Tensor:
+        """Apply with the stream's history and store the new one (plain causal conv without a cache)."""
+        if cache is None:
+            return self(x)
+        assert self.cache_slot is not None
+        prev = cache.slots[self.cache_slot]
+        y = self(x, prev)
+        cache.slots[self.cache_slot] = _next_history(prev, x)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """L2-normalise over channels, times sqrt(C) and a learned per-channel gain (`gamma`)."""
+
+    def __init__(self, dim: int, images: bool = True) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) * self.scale * self.gamma
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        # Index layout fixed by the released keys: residual.{0,2,3,6}, shortcut.
+        self.residual = nn.Sequential(
+            RMSNorm(in_dim, images=False),
+            nn.SiLU(),
+            CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMSNorm(out_dim, images=False),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            CausalConv3d(out_dim, out_dim, 3, padding=1),
+        )
+        self.shortcut: nn.Module = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cache: VAECache | None = None) -> torch.Tensor:
+        h = self.shortcut(x)
+        for layer in self.residual:
+            x = layer.stream(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the H*W positions of each frame separately."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, cache: VAECache | None = None) -> torch.Tensor:
+        identity = x
+        b, c, t, h, w = x.shape
+        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        x = self.norm(x)
+        qkv = self.to_qkv(x).reshape(b * t, 1, c * 3, h * w).permute(0, 1, 3, 2).contiguous()
+        q, k, v = qkv.chunk(3, dim=-1)
+        x = F.scaled_dot_product_attention(q, k, v)
+        x = x.squeeze(1).permute(0, 2, 1).reshape(b * t, c, h, w)
+        x = self.proj(x)
+        x = x.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+        return x + identity
+
+
+def _per_frame(fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2-D module to every frame of [B, C, T, H, W]."""
+    b, c, t, h, w = x.shape
+    y = fn(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
+    return y.reshape(b, t, *y.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+class _NearestExact2x(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=(2.0, 2.0), mode="nearest-exact")
+
+
+class Resample(nn.Module):
+    """2x spatial up/down-sampling, optionally with 2x temporal up/down-sampling (causal, cached)."""
+
+    MODES = ("upsample2d", "upsample3d", "downsample2d", "downsample3d")
+
+    def __init__(self, dim: int, mode: str) -> None:
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"Resample mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+        if mode.startswith("up"):
+            self.resample = nn.Sequential(_NearestExact2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+        else:
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=(2, 2)))
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=(0, 0, 0))
+
+    def forward(self, x: torch.Tensor, cache: VAECache | None = None) -> torch.Tensor:
+        if self.mode == "upsample3d" and cache is not None:
+            x = self._temporal_up(x, cache)
+        x = _per_frame(self.resample, x)
+        if self.mode == "downsample3d" and cache is not None:
+            x = self._temporal_down(x, cache)
+        return x
+
+    def _temporal_up(self, x: torch.Tensor, cache: VAECache) -> torch.Tensor:
+        slot = self.time_conv.cache_slot
+        assert slot is not None
+        prev = cache.slots[slot]
+        if prev is None:
+            # The first latent of a stream is an image frame: it passes without temporal up-sampling.
+            cache.slots[slot] = _SKIPPED
+            return x
+        history = None if prev is _SKIPPED else prev
+        y = self.time_conv(x, history)
+        cache.slots[slot] = _next_history(history, x)
+        # Channels [0:C] give the even output frames and [C:2C] the odd ones.
+        b, c2, t, h, w = y.shape
+        y = y.reshape(b, 2, c2 // 2, t, h, w)
+        return torch.stack((y[:, 0], y[:, 1]), dim=3).reshape(b, c2 // 2, t * 2, h, w)
+
+    def _temporal_down(self, x: torch.Tensor, cache: VAECache) -> torch.Tensor:
+        slot = self.time_conv.cache_slot
+        assert slot is not None
+        prev = cache.slots[slot]
+        cache.slots[slot] = x[:, :, -1:].clone()
+        if prev is None:
+            # First call (the lone first frame): kept as is, remembered as left context.
+            return x
+        return self.time_conv(torch.cat([prev, x], dim=2))
+
+
+class Encoder3d(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        dims = [cfg.dim * u for u in (1, *cfg.dim_mult)]
+        scale = 1.0
+        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
+        downsamples: list[nn.Module] = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(cfg.num_res_blocks):
+                downsamples.append(ResidualBlock(in_dim, out_dim, cfg.dropout))
+                if scale in cfg.attn_scales:
+                    downsamples.append(AttentionBlock(out_dim))
+                in_dim = out_dim
+            if i != len(cfg.dim_mult) - 1:
+                downsamples.append(Resample(out_dim, "downsample3d" if cfg.temporal_downsample[i] else "downsample2d"))
+                scale /= 2.0
+        self.downsamples = nn.Sequential(*downsamples)
+        self.middle = nn.Sequential(
+            ResidualBlock(out_dim, out_dim, cfg.dropout),
+            AttentionBlock(out_dim),
+            ResidualBlock(out_dim, out_dim, cfg.dropout),
+        )
+        self.head = nn.Sequential(
+            RMSNorm(out_dim, images=False), nn.SiLU(), CausalConv3d(out_dim, cfg.z_dim * 2, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor, cache: VAECache | None = None) -> torch.Tensor:
+        x = self.conv1.stream(x, cache)
+        for layer in (*self.downsamples, *self.middle):
+            x = layer(x, cache)
+        for layer in self.head:
+            x = layer.stream(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+        return x
+
+
+class Decoder3d(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        mult = cfg.dim_mult
+        dims = [cfg.dim * u for u in (mult[-1], *mult[::-1])]
+        temporal_upsample = cfg.temporal_downsample[::-1]
+        scale = 1.0 / 2 ** (len(mult) - 2)
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.middle = nn.Sequential(
+            ResidualBlock(dims[0], dims[0], cfg.dropout),
+            AttentionBlock(dims[0]),
+            ResidualBlock(dims[0], dims[0], cfg.dropout),
+        )
+        upsamples: list[nn.Module] = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            if i in (1, 2, 3):
+                in_dim = in_dim // 2  # every up-sampler halves the channels
+            for _ in range(cfg.num_res_blocks + 1):
+                upsamples.append(ResidualBlock(in_dim, out_dim, cfg.dropout))
+                if scale in cfg.attn_scales:
+                    upsamples.append(AttentionBlock(out_dim))
+                in_dim = out_dim
+            if i != len(mult) - 1:
+                upsamples.append(Resample(out_dim, "upsample3d" if temporal_upsample[i] else "upsample2d"))
+                scale *= 2.0
+        self.upsamples = nn.Sequential(*upsamples)
+        self.head = nn.Sequential(RMSNorm(out_dim, images=False), nn.SiLU(), CausalConv3d(out_dim, 3, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, cache: VAECache | None = None) -> torch.Tensor:
+        x = self.conv1.stream(x, cache)
+        for layer in (*self.middle, *self.upsamples):
+            x = layer(x, cache)
+        for layer in self.head:
+            x = layer.stream(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+        return x
+
+
+def _number_cache_slots(module: nn.Module) -> int:
+    """Give every temporal-kernel causal conv under `module` its own cache slot; return the count."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, CausalConv3d) and m.kernel_size[0] > 1:
+            m.cache_slot = n
+            n += 1
+    return n
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class WanVAE(nn.Module):
+    """The Wan2.1 VAE: state-dict keys `encoder.*`, `conv1.*`, `conv2.*`, `decoder.*` as released.
+
+    Video is [B, 3, T, H, W] in [-1, 1]; latents are [B, z_dim, T', H/8, W/8] in the scaled space the
+    DiT uses, (mu - mean) / std, with T' = 1 + (T - 1) / 4 for a fresh stream.
+    """
+
+    def __init__(self, config: VAEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or VAEConfig()
+        cfg = self.config
+        self.encoder = Encoder3d(cfg)
+        self.conv1 = CausalConv3d(cfg.z_dim * 2, cfg.z_dim * 2, 1)
+        self.conv2 = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
+        self.decoder = Decoder3d(cfg)
+        self._encoder_slots = _number_cache_slots(self.encoder)
+        self._decoder_slots = _number_cache_slots(self.decoder)
+
+    # -- caches --------------------------------------------------------------------------------------
+
+    def new_encoder_cache(self) -> VAECache:
+        return VAECache("encoder", self._encoder_slots)
+
+    def new_decoder_cache(self) -> VAECache:
+        return VAECache("decoder", self._decoder_slots)
+
+    # -- latent scaling ------------------------------------------------------------------------------
+
+    def latent_scale(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1/std) as [1, z, 1, 1, 1] in `like`'s dtype/device (1/std computed in that dtype, as the reference)."""
+        z = self.config.z_dim
+        mean = torch.tensor(self.config.latent_mean, dtype=like.dtype, device=like.device)
+        inv_std = 1.0 / torch.tensor(self.config.latent_std, dtype=like.dtype, device=like.device)
+        return mean.view(1, z, 1, 1, 1), inv_std.view(1, z, 1, 1, 1)
+
+    def scale_latents(self, mu: torch.Tensor) -> torch.Tensor:
+        mean, inv_std = self.latent_scale(mu)
+        return (mu - mean) * inv_std
+
+    def unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, inv_std = self.latent_scale(latents)
+        return latents / inv_std + mean
+
+    # -- encode --------------------------------------------------------------------------------------
+
+    def encode(self, video: torch.Tensor, *, cache: VAECache | None = None, scaled: bool = True) -> torch.Tensor:
+        """Video [B, 3, T, H, W] in [-1, 1] -> latents [B, z, T', H/8, W/8] (the posterior mean).
+
+        Without `cache` the call is independent (the reference behaviour) and T must be 1 + 4k.  With a
+        fresh cache the same holds and the cache keeps the stream's history afterwards; with a used cache
+        the clip continues that stream and T must be a multiple of 4.  `scaled=False` returns the raw mu.
+        """
+        self._check_video(video)
+        s = self.config.temporal_stride
+        if cache is None:
+            cache = self.new_encoder_cache()
+        cache._check("encoder", video)
+        t = video.shape[2]
+        if cache.fresh:
+            if (t - 1) % s:
+                raise ValueError(f"VAE encode of a new clip needs 1 + {s}k frames, got {t}")
+            bounds = [(0, 1)] + [(1 + s * i, 1 + s * (i + 1)) for i in range((t - 1) // s)]
+        else:
+            if t % s:
+                raise ValueError(f"VAE encode continuing a stream needs a multiple of {s} frames, got {t}")
+            bounds = [(s * i, s * (i + 1)) for i in range(t // s)]
+        outs = []
+        for a, b in bounds:
+            outs.append(self.encoder(video[:, :, a:b], cache))
+            cache.steps += 1
+        mu = self.conv1(torch.cat(outs, dim=2)).chunk(2, dim=1)[0]  # log-variance is unused
+        return self.scale_latents(mu) if scaled else mu
+
+    def encode_motion(self, video: torch.Tensor, motion_frames: int = 5) -> torch.Tensor:
+        """Latents of the last `motion_frames` frames of a decoded chunk, encoded as a new clip (1 + 4 -> 2)."""
+        self._check_video(video)
+        if motion_frames < 1 or motion_frames > video.shape[2]:
+            raise ValueError(f"motion_frames must be in 1..{video.shape[2]}, got {motion_frames}")
+        return self.encode(video[:, :, -motion_frames:])
+
+    # -- decode --------------------------------------------------------------------------------------
+
+    def decode_iter(
+        self, latents: torch.Tensor, *, cache: VAECache | None = None, clamp: bool = True
+    ) -> Iterator[torch.Tensor]:
+        """Yield the video of each latent frame in turn: [B, 3, 1 or 4, H, W] (1 for a stream's first latent)."""
+        self._check_latents(latents)
+        if cache is None:
+            cache = self.new_decoder_cache()
+        cache._check("decoder", latents)
+        x = self.conv2(self.unscale_latents(latents))
+        for i in range(x.shape[2]):
+            out = self.decoder(x[:, :, i : i + 1], cache)
+            cache.steps += 1
+            yield out.clamp_(-1.0, 1.0) if clamp else out
+
+    def decode(self, latents: torch.Tensor, *, cache: VAECache | None = None, clamp: bool = True) -> torch.Tensor:
+        """Latents [B, z, T', h, w] -> video [B, 3, T, 8h, 8w], clamped to [-1, 1] unless `clamp=False`.
+
+        Without `cache` (the reference behaviour) T = 1 + 4(T' - 1); a kept cache continues a stream and
+        then every latent gives 4 frames.
+        """
+        return torch.cat(list(self.decode_iter(latents, cache=cache, clamp=clamp)), dim=2)
+
+    # -- input checks ----------------------------------------------------------------------------------
+
+    def _check_video(self, video: torch.Tensor) -> None:
+        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
+            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"VAE video must be [B, 3, T, H, W], got {shape}")
+        st = self.config.spatial_stride
+        if video.shape[2] < 1 or video.shape[3] % st or video.shape[4] % st:
+            raise ValueError(f"VAE video needs T >= 1 and H, W multiples of {st}, got {tuple(video.shape)}")
+        if not video.is_floating_point():
+            raise ValueError(f"VAE video must be floating point in [-1, 1], got {video.dtype}")
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        z = self.config.z_dim
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[1] != z:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"VAE latents must be [B, {z}, T, h, w], got {shape}")
+        if latents.shape[2] < 1 or not latents.is_floating_point():
+            raise ValueError(f"VAE latents need T >= 1 and a floating dtype, got {tuple(latents.shape)} {latents.dtype}")
+
+    def parameter_count(self) -> int:
+        return sum(math.prod(p.shape) for p in self.parameters())
+
+
+def expected_state_dict_shapes(config: VAEConfig | None = None) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the VAE's state dict, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = WanVAE(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
