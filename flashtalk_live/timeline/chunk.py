@@ -29,6 +29,8 @@ class RenderChunk:
     audio        float32 [n_frames * samples_per_frame, channels] at the broadcast rate (the master clock).
     model_audio  float32 [n_frames * 16000 / fps] mono 16 kHz, the same instants, for the model.
     frame_segments  which clip each frame belongs to (None = programme silence / idle filler).
+    model_history   float32 16 kHz mono: the last `history_seconds` of model audio ending at this chunk's end
+                    (zero-padded before the broadcast began), the rolling window the FlashTalk engine reads.
     """
 
     index: int
@@ -39,6 +41,7 @@ class RenderChunk:
     frame_segments: list[str | None]
     marks: list[Mark] = field(default_factory=list)
     idle: bool = False  # no queue or programme speech in this chunk
+    model_history: np.ndarray | None = None
 
     @property
     def end_frame(self) -> int:
