@@ -1,0 +1,158 @@
+"""Local recordings: .flv or .mp4 files, optionally cut into segments of segment_seconds at keyframes.
+
+Written in-process: a local file never hangs like a network peer, and opening one is a fast syscall.
+Names are expanded per file: strftime codes (%Y%m%d-%H%M%S, local time) and {n} (segment number
+from 0); an existing file is never overwritten (-1, -2, ... is appended). MP4 is written fragmented
+(moov up front, a fragment per keyframe) so a recording cut short by a crash still plays.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+
+from flashtalk_live.log import get_logger
+from flashtalk_live.outputs.base import Output, Rebaser
+
+log = get_logger("outputs.files")
+
+FILE_FORMATS = {".flv": "flv", ".mp4": "mp4"}
+_FORMAT_OPTIONS = {
+    "flv": {},
+    "mp4": {"movflags": "+frag_keyframe+empty_moov+default_base_moof"},
+}
+
+
+def file_target(url: str) -> Path | None:
+    """The path template of a file output, or None when url is not a file this module writes."""
+    path = url[len("file://"):] if url.startswith("file://") else url[len("file:"):] if url.startswith("file:") else url
+    if "://" in path:
+        return None
+    p = Path(path).expanduser()
+    return p if p.suffix.lower() in FILE_FORMATS else None
+
+
+class FileOutput(Output):
+    """A recording (segmented when segment_seconds is set); reopened with backoff after an I/O error."""
+
+    kind = "file"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        template = file_target(self.url)
+        if template is None:
+            raise ValueError(f"output {self.name!r}: {self.url!r} is not a .flv or .mp4 path")
+        self.template = template
+        self.format = FILE_FORMATS[template.suffix.lower()]
+        self.segment_seconds = self.settings.segment_seconds
+        self.container: Any = None
+        self.rebaser: Rebaser | None = None
+        self.path: Path | None = None
+        self.segments = 0  # files opened
+        self.files: list[str] = []
+        self.bytes = 0
+        self.next_attempt = 0.0
+        self.closed = False
+        self._failed = False
+        self.state = "connecting"
+
+    def _expand(self, n: int) -> Path:
+        name = time.strftime(str(self.template), time.localtime()).replace("{n}", str(n))
+        p = Path(name)
+        k = 1
+        while p.exists():
+            p = Path(name).with_name(f"{Path(name).stem}-{k}{Path(name).suffix}")
+            k += 1
+        return p
+
+    def _open(self) -> None:
+        path = self._expand(self.segments)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        container = av.open(str(path), "w", format=self.format, container_options=_FORMAT_OPTIONS[self.format])
+        try:
+            rebaser = Rebaser(container, self.video_template, self.audio_template)
+            if self.format == "mp4":  # FLV's codec tags mean nothing to mp4; let the muxer choose
+                rebaser.ov.codec_context.codec_tag = "avc1"
+                rebaser.oa.codec_context.codec_tag = "mp4a"
+            container.start_encoding()
+        except Exception:
+            container.close()
+            raise
+        self.container, self.rebaser, self.path = container, rebaser, path
+        self.segments += 1
+        self.files.append(str(path))
+        log.info("recording_open", output=self.name, path=str(path))
+
+    def _close_container(self) -> None:
+        c, self.container, self.rebaser = self.container, None, None
+        if c is not None:
+            try:
+                c.close()
+            except Exception as e:  # noqa: BLE001 - a failed trailer must not stop the broadcast
+                self.last_error = f"close: {type(e).__name__}: {e}"
+
+    def _fail(self, e: BaseException) -> None:
+        self._close_container()
+        self._failed = True
+        delay = self.backoff.next_delay()
+        self.next_attempt = time.monotonic() + delay
+        log.warning("recording_failed", output=self.name, error=str(e), retry_in_s=round(delay, 2))
+        self._set_down(f"{type(e).__name__}: {e}")
+
+    def send(self, packets: list[Any]) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            for i, p in enumerate(packets):
+                rb = self.rebaser
+                if rb is not None and self.segment_seconds and p.is_keyframe and rb.is_video(p):
+                    t = rb.media_seconds(p)
+                    if t is not None and t >= self.segment_seconds:
+                        self._close_container()  # the next segment starts on this keyframe
+                        rb = None
+                if rb is None:
+                    if time.monotonic() < self.next_attempt:
+                        self.dropped_packets += 1
+                        continue
+                    try:
+                        self._open()
+                    except Exception as e:  # noqa: BLE001 - disk full, permission, bad path: retry later
+                        self.dropped_packets += len(packets) - i
+                        self._fail(e)
+                        return
+                    if self.segments == 1 or self._failed:
+                        self.request_keyframe()  # segments after the first cut on natural keyframes
+                    if self._failed:
+                        self.reconnects += 1
+                        self._failed = False
+                    rb = self.rebaser
+                    assert rb is not None
+                try:
+                    if rb.mux(p):
+                        self.sent_packets += 1
+                        self.bytes += p.size
+                        if self.state != "up":
+                            self.backoff.reset()
+                            self._set_up()
+                    else:
+                        self.dropped_packets += 1
+                except Exception as e:  # noqa: BLE001
+                    self.dropped_packets += len(packets) - i
+                    self._fail(e)
+                    return
+            self.rate.add(self.bytes)
+
+    def close(self, timeout: float) -> None:
+        with self._lock:
+            self.closed = True
+            self._close_container()
+            self._set_down(None, state="down")
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        with self._lock:
+            st.update(path=str(self.path) if self.path else None, segments=self.segments, bytes=self.bytes)
+        return st

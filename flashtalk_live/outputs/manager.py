@@ -1,0 +1,165 @@
+"""OutputManager: fans each frame's packets out to every output, adds/removes outputs at runtime, reports.
+
+send() runs on the broadcast thread and never blocks: RTMP outputs only append to memory and do
+non-blocking pipe writes, files write to local disk. A supervisor thread does the slow work
+(spawning and killing RTMP children, deadlines, backoff) and publishes the endpoint events, so
+even a slow event subscriber never reaches the broadcast thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from flashtalk_live.events import EventBus
+from flashtalk_live.log import get_logger
+from flashtalk_live.outputs.base import Output
+from flashtalk_live.outputs.files import FileOutput, file_target
+from flashtalk_live.outputs.rtmp import RtmpOutput
+from flashtalk_live.settings import OutputPolicy, OutputSettings
+
+log = get_logger("outputs")
+
+TICK_S = 0.05
+
+
+def output_kind(url: str) -> str:
+    """'rtmp' or 'file'; ValueError with the accepted forms for anything else."""
+    low = url.lower()
+    if low.startswith(("rtmp://", "rtmps://")):
+        return "rtmp"
+    if file_target(url) is not None:
+        return "file"
+    raise ValueError(f"unsupported output url {url!r}: use rtmp://host/app/key, rtmps://..., or a .flv/.mp4 path")
+
+
+class OutputManager:
+    """All outputs of one encoder."""
+
+    def __init__(self, policy: OutputPolicy, events: EventBus | None = None, *, video_stream: Any,
+                 audio_stream: Any, request_keyframe: Callable[[], None]) -> None:
+        self.policy = policy
+        self.events = events
+        self.video_stream, self.audio_stream = video_stream, audio_stream
+        self.request_keyframe = request_keyframe
+        self._outputs: tuple[Output, ...] = ()  # replaced, never mutated: send() reads it without a lock
+        self._lock = threading.Lock()
+        self._events: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._closed = False
+        self.send_calls = 0
+        self.send_max_s = 0.0  # the slowest send() so far
+        self._thread = threading.Thread(target=self._supervise, name="outputs-supervisor", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_encoder(cls, policy: OutputPolicy, events: EventBus | None, encoder: Any) -> "OutputManager":
+        return cls(policy, events, video_stream=encoder.video_stream, audio_stream=encoder.audio_stream,
+                   request_keyframe=encoder.request_keyframe)
+
+    # -- configuration -------------------------------------------------------------------------
+    def add(self, settings: OutputSettings) -> bool:
+        """Start an output (False when it is disabled); ValueError on a duplicate name or a bad URL."""
+        kind = output_kind(settings.url)
+        if kind == "rtmp" and settings.segment_seconds:
+            raise ValueError(f"output {settings.name!r}: segment_seconds applies to file outputs only")
+        if not settings.enabled:
+            log.info("output_disabled", output=settings.name)
+            return False
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("OutputManager is closed")
+            if any(o.name == settings.name for o in self._outputs):
+                raise ValueError(f"an output named {settings.name!r} already exists")
+            cls = RtmpOutput if kind == "rtmp" else FileOutput
+            out = cls(settings, self.policy, self.video_stream, self.audio_stream, self.request_keyframe,
+                      self._queue_event)
+            self._outputs = self._outputs + (out,)
+        log.info("output_added", output=out.name, kind=kind, url=out.masked_url)
+        return True
+
+    def remove(self, name: str, timeout: float = 1.0) -> None:
+        """Stop an output now; an RTMP child gets `timeout` to unpublish, then SIGKILL. KeyError if unknown."""
+        with self._lock:
+            out = next((o for o in self._outputs if o.name == name), None)
+            if out is None:
+                raise KeyError(f"no output named {name!r}")
+            self._outputs = tuple(o for o in self._outputs if o is not out)
+        out.close(timeout)
+        log.info("output_removed", output=name)
+        self._flush_events()
+
+    def names(self) -> list[str]:
+        return [o.name for o in self._outputs]
+
+    # -- the broadcast thread ------------------------------------------------------------------
+    def send(self, packets: list[Any]) -> None:
+        """Hand one frame's packets to every output. Never blocks on an endpoint."""
+        t0 = time.perf_counter()
+        for out in self._outputs:
+            try:
+                out.send(packets)
+            except Exception as e:  # noqa: BLE001 - one output's bug must not stop the others
+                out.dropped_packets += len(packets)
+                out.last_error = f"send: {type(e).__name__}: {e}"
+        dt = time.perf_counter() - t0
+        self.send_calls += 1
+        if dt > self.send_max_s:
+            self.send_max_s = dt
+
+    # -- status ----------------------------------------------------------------------------------
+    def status(self) -> list[dict[str, Any]]:
+        return [o.status() for o in self._outputs]
+
+    # -- shutdown ----------------------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """Close every output within `timeout` seconds in all (RTMP children are SIGKILLed at the deadline)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            self._closed = True
+            outs, self._outputs = self._outputs, ()
+        threads = [threading.Thread(target=o.close, args=(max(0.0, deadline - time.monotonic()),), daemon=True)
+                   for o in outs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+        for o in outs:  # anything still alive past the deadline
+            kill = getattr(o, "kill", None)
+            if kill is not None and getattr(o, "conn", None) is not None:
+                kill()
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self._flush_events()
+
+    def __enter__(self) -> "OutputManager":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- supervisor --------------------------------------------------------------------------------
+    def _queue_event(self, type: str, **fields: Any) -> None:
+        self._events.put((type, fields))
+
+    def _flush_events(self) -> None:
+        while True:
+            try:
+                type, fields = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if self.events is not None:
+                self.events.publish(type, **fields)
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for out in self._outputs:
+                try:
+                    out.tick(now)
+                except Exception as e:  # noqa: BLE001 - keep supervising the others
+                    log.error("output_tick_failed", output=out.name, error=repr(e))
+            self._flush_events()
+            self._stop.wait(TICK_S)
