@@ -1,0 +1,215 @@
+"""A small Python client for a running daemon: push clips, control the queue, follow the event feed.
+
+Every call waits at most `timeout_s` for its reply. No reply means "unknown": the daemon may be down, or the message
+was larger than the daemon's ZMQ_MAXMSGSIZE, which libzmq drops without a word. Audio calls carry a request id, so
+resending the same call (same id) after a timeout can never queue the clip twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import zmq
+
+from flashtalk_live.ingest.protocol import decode_reply, encode_request
+
+_SUFFIX_FORMAT = {
+    ".wav": "wav", ".wave": "wav", ".mp3": "mp3", ".m4a": "m4a", ".mp4": "m4a", ".aac": "aac",
+    ".flac": "flac", ".ogg": "ogg", ".oga": "ogg", ".opus": "opus", ".pcm": "pcm_s16le", ".raw": "pcm_s16le",
+    ".s16": "pcm_s16le",
+}
+
+
+class ClientError(Exception):
+    """Base class of client failures."""
+
+
+class ClientTimeout(ClientError):
+    """No reply (or no event) in time."""
+
+
+class Rejected(ClientError):
+    """The daemon answered ok=false: `code` is machine-readable, `reason` for humans, `reply` the whole answer."""
+
+    def __init__(self, code: str, reason: str, reply: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.reply = reply or {}
+
+
+def format_for_path(path: str | os.PathLike[str]) -> str | None:
+    return _SUFFIX_FORMAT.get(Path(path).suffix.lower())
+
+
+class Client:
+    """Request/reply over a DEALER socket; a fresh socket after any timeout so a late reply can't be mistaken."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 5.0, *, context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(self.endpoint)
+            self._sock = s
+        return self._sock
+
+    def _reset(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def close(self) -> None:
+        self._reset()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- generic -----------------------------------------------------------------------------------
+    def call(self, cmd: str, data: bytes | None = None, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request and return the ok reply; raises Rejected or ClientTimeout."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        frames = encode_request(cmd, data, **fields)
+        size = sum(len(f) for f in frames)
+        sock = self._socket()
+        # The empty delimiter makes the envelope unambiguous, as a REQ socket would.
+        sock.send_multipart([b""] + frames, copy=size < 65536)
+        rid = fields.get("id")
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                self._reset()
+                raise ClientTimeout(
+                    f"no reply to {cmd!r} from {self.endpoint} within {timeout:g} s: the daemon is down or busy, or the "
+                    f"message ({size} bytes) exceeded its ZMQ_MAXMSGSIZE (ping reports max_message_bytes), which "
+                    "libzmq drops silently. For audio, resend with the same id: it is never queued twice.")
+            reply_frames = sock.recv_multipart()
+            try:
+                reply = decode_reply(reply_frames[-1])
+            except ValueError as e:
+                raise ClientError(f"malformed reply from {self.endpoint}: {e}") from None
+            if rid is not None and reply.get("id") not in (None, rid):
+                continue  # a stale reply to an earlier request on this socket
+            break
+        if not reply.get("ok"):
+            raise Rejected(str(reply.get("code", "unknown")), str(reply.get("reason", "")), reply)
+        return reply
+
+    # -- audio -------------------------------------------------------------------------------------
+    def _push(self, cmd: str, audio: bytes | bytearray | str | os.PathLike[str], format: str | None,
+              sample_rate: int | None, channels: int | None, request_id: str | None,
+              meta: dict[str, Any] | None, timeout_s: float | None) -> dict[str, Any]:
+        if isinstance(audio, (bytes, bytearray, memoryview)):
+            data = bytes(audio)
+        else:
+            p = Path(audio)
+            data = p.read_bytes()
+            format = format or format_for_path(p)
+        return self.call(cmd, data, timeout_s=timeout_s, id=request_id or uuid.uuid4().hex, format=format,
+                         sample_rate=sample_rate, channels=channels, meta=meta)
+
+    def enqueue(self, audio: bytes | str | os.PathLike[str], format: str | None = None, sample_rate: int | None = None,
+                channels: int | None = None, request_id: str | None = None, *, meta: dict[str, Any] | None = None,
+                timeout_s: float | None = None) -> dict[str, Any]:
+        """Append a clip (a path or the file's bytes). Returns the ack: segment_id, position, duration_s, ..."""
+        return self._push("enqueue", audio, format, sample_rate, channels, request_id, meta, timeout_s)
+
+    def insert(self, audio: bytes | str | os.PathLike[str], format: str | None = None, sample_rate: int | None = None,
+               channels: int | None = None, request_id: str | None = None, *, meta: dict[str, Any] | None = None,
+               timeout_s: float | None = None) -> dict[str, Any]:
+        """Play this clip next, after the current clip and any earlier inserts."""
+        return self._push("insert", audio, format, sample_rate, channels, request_id, meta, timeout_s)
+
+    def play_now(self, audio: bytes | str | os.PathLike[str], format: str | None = None, sample_rate: int | None = None,
+                 channels: int | None = None, request_id: str | None = None, *, meta: dict[str, Any] | None = None,
+                 timeout_s: float | None = None) -> dict[str, Any]:
+        """Cut the current clip at the next chunk boundary and play this one."""
+        return self._push("play_now", audio, format, sample_rate, channels, request_id, meta, timeout_s)
+
+    # -- control -----------------------------------------------------------------------------------
+    def clear(self) -> dict[str, Any]:
+        return self.call("clear")
+
+    def cancel(self, segment_id: str) -> dict[str, Any]:
+        return self.call("cancel", segment_id=segment_id)
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    def ping(self, **fields: Any) -> dict[str, Any]:
+        return self.call("ping", **fields)
+
+
+class EventStream:
+    """Iterate over the daemon's PUB feed: each item is an event dict (type, seq, ts, ...).
+
+    PUB/SUB drops what is sent before the subscription reaches the daemon; call `sync(client)` first when the
+    events of a request you are about to send matter.
+    """
+
+    def __init__(self, endpoint: str, types: list[str] | None = None, timeout_s: float | None = None, *,
+                 context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        for t in (types or [""]):
+            self._sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        if types:
+            self._sock.setsockopt(zmq.SUBSCRIBE, b"pong")
+        self._sock.connect(endpoint)
+
+    def get(self, timeout_s: float | None = None) -> dict[str, Any] | None:
+        """The next event, or None after timeout_s (None: wait forever)."""
+        ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
+        if not self._sock.poll(ms, zmq.POLLIN):
+            return None
+        frames = self._sock.recv_multipart()
+        return json.loads(frames[-1].decode("utf-8"))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            ev = self.get(self.timeout_s)
+            if ev is None:
+                raise ClientTimeout(f"no event from {self.endpoint} within {self.timeout_s:g} s")
+            if ev.get("type") == "pong":
+                continue
+            yield ev
+
+    def sync(self, client: Client, timeout_s: float = 5.0) -> None:
+        """Block until this subscription is live: ping with event=true until its 'pong' event arrives."""
+        nonce = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            client.ping(event=True, nonce=nonce)
+            end = time.monotonic() + 0.2
+            while (left := end - time.monotonic()) > 0:
+                ev = self.get(left)
+                if ev is not None and ev.get("type") == "pong" and ev.get("nonce") == nonce:
+                    return
+        raise ClientTimeout(f"event feed {self.endpoint} did not deliver a pong within {timeout_s:g} s")
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    def __enter__(self) -> "EventStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,205 @@
+"""Decode one clip's payload with PyAV into broadcast-rate audio and 16 kHz mono model audio of the same duration.
+
+The container is chosen from the payload's magic bytes (the client's format hint only breaks ties), and the demuxer
+is always named explicitly: FFmpeg's free probing would also accept playlists (hls, concat) that open other files.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+MODEL_RATE = 16_000
+
+# hint -> FFmpeg demuxer
+_HINT_DEMUXER = {
+    "wav": "wav", "mp3": "mp3", "m4a": "mov", "mp4": "mov", "aac": "aac",
+    "flac": "flac", "ogg": "ogg", "opus": "ogg",
+}
+
+
+class AudioError(Exception):
+    """A payload that cannot become a clip: code is undecodable_audio, empty_audio, too_long or too_short."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class ClipAudio:
+    """A decoded clip. broadcast: float32 [n, channels] at `rate`; model: float32 [round(n*16000/rate)] mono 16 kHz."""
+
+    broadcast: np.ndarray
+    model: np.ndarray
+    rate: int
+    channels: int
+    source: str  # e.g. "mp3 44100 Hz 2 ch"
+
+    @property
+    def duration_s(self) -> float:
+        return self.broadcast.shape[0] / self.rate
+
+
+def sniff_demuxer(data: bytes, hint: str | None = None) -> str | None:
+    """The FFmpeg demuxer for these bytes, from magic numbers; the hint decides only when the bytes don't."""
+    head = data[:16]
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[4:8] == b"ftyp":
+        return "mov"
+    if head[:3] == b"ID3":
+        return "aac" if hint == "aac" else "mp3"
+    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0:
+        layer = (head[1] >> 1) & 0x3
+        return "aac" if layer == 0 else "mp3"  # ADTS has layer bits 00, MPEG audio never does
+    return _HINT_DEMUXER.get(hint or "")
+
+
+def _layout(channels: int) -> str:
+    return {1: "mono", 2: "stereo"}.get(channels) or av.AudioLayout(channels).name
+
+
+class _Resampled:
+    """Feeds frames to two resamplers (broadcast and model) and collects float32 output."""
+
+    def __init__(self, rate: int, channels: int) -> None:
+        self.rate, self.channels = rate, channels
+        self.bc = av.AudioResampler(format="flt", layout=_layout(channels), rate=rate)
+        self.md = av.AudioResampler(format="flt", layout="mono", rate=MODEL_RATE)
+        self.bc_parts: list[np.ndarray] = []
+        self.md_parts: list[np.ndarray] = []
+        self.in_samples = 0
+        self.in_rate = 0
+
+    def push(self, frame: av.AudioFrame | None) -> None:
+        if frame is not None:
+            self.in_samples += frame.samples
+            self.in_rate = frame.sample_rate
+            frame.pts = None  # timestamps are irrelevant here; a gap in them must not insert silence
+        for out in self.bc.resample(frame):
+            self.bc_parts.append(out.to_ndarray().reshape(-1, self.channels))
+        for out in self.md.resample(frame):
+            self.md_parts.append(out.to_ndarray().reshape(-1))
+
+    @property
+    def in_seconds(self) -> float:
+        return self.in_samples / self.in_rate if self.in_rate else 0.0
+
+    def result(self, source: str) -> ClipAudio:
+        self.push(None)
+        bc = np.concatenate(self.bc_parts) if self.bc_parts else np.zeros((0, self.channels), np.float32)
+        md = np.concatenate(self.md_parts) if self.md_parts else np.zeros(0, np.float32)
+        m = round(bc.shape[0] * MODEL_RATE / self.rate)
+        if md.shape[0] >= m:
+            md = md[:m]
+        else:
+            md = np.concatenate([md, np.zeros(m - md.shape[0], np.float32)])
+        return ClipAudio(np.ascontiguousarray(bc, np.float32), np.ascontiguousarray(md, np.float32),
+                         self.rate, self.channels, source)
+
+
+def _decode_raw(data: bytes, sample_rate: int, channels: int, res: _Resampled, max_seconds: float) -> str:
+    frame_bytes = 2 * channels
+    if len(data) % frame_bytes:
+        raise AudioError("undecodable_audio",
+                         f"raw pcm_s16le payload of {len(data)} bytes is not a whole number of {channels}-channel frames")
+    pcm = np.frombuffer(data, dtype="<i2").reshape(-1, channels)
+    if pcm.shape[0] / sample_rate > max_seconds:
+        raise AudioError("too_long", f"clip is {pcm.shape[0] / sample_rate:.1f} s, limit {max_seconds:g} s")
+    step = 1 << 15
+    for i in range(0, pcm.shape[0], step):
+        block = np.ascontiguousarray(pcm[i:i + step]).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(block, format="s16", layout=_layout(channels))
+        frame.sample_rate = sample_rate
+        res.push(frame)
+    return f"pcm_s16le {sample_rate} Hz {channels} ch"
+
+
+def _decode_container(data: bytes, demuxer: str, res: _Resampled, max_seconds: float) -> str:
+    try:
+        container = av.open(io.BytesIO(data), mode="r", format=demuxer)
+    except (av.FFmpegError, ValueError, OSError) as e:
+        raise AudioError("undecodable_audio", f"not a readable {demuxer} file: {e}") from None
+    with container:
+        if not container.streams.audio:
+            raise AudioError("undecodable_audio", f"{demuxer} file has no audio stream")
+        stream = container.streams.audio[0]
+        codec = stream.codec_context.name
+        try:
+            for frame in container.decode(stream):
+                if frame.samples == 0:
+                    continue
+                res.push(frame)
+                if res.in_seconds > max_seconds:
+                    raise AudioError("too_long", f"clip is longer than the limit of {max_seconds:g} s")
+        except AudioError:
+            raise
+        except (av.FFmpegError, ValueError, OSError) as e:
+            where = f" after {res.in_seconds:.2f} s" if res.in_samples else ""
+            raise AudioError("undecodable_audio", f"{demuxer}/{codec} decode error{where}: {e}") from None
+        return f"{demuxer}/{codec} {stream.codec_context.sample_rate} Hz {stream.codec_context.channels} ch"
+
+
+def decode_audio(
+    data: bytes,
+    *,
+    format: str | None = None,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    rate: int = 48_000,
+    out_channels: int = 2,
+    max_seconds: float = math.inf,
+    min_seconds: float = 0.0,
+) -> ClipAudio:
+    """Decode `data` (any supported container, or raw s16le with sample_rate/channels) into a ClipAudio.
+
+    rate/out_channels: the broadcast track (settings.encoder.audio_rate / audio_channels). Raises AudioError.
+    """
+    if not data:
+        raise AudioError("empty_audio", "the payload is zero bytes")
+    res = _Resampled(rate, out_channels)
+    if format == "pcm_s16le":
+        if not sample_rate or not channels:
+            raise AudioError("undecodable_audio", "raw pcm_s16le needs sample_rate and channels")
+        source = _decode_raw(data, sample_rate, channels, res, max_seconds)
+    else:
+        demuxer = sniff_demuxer(data, format)
+        if demuxer is None:
+            raise AudioError("undecodable_audio",
+                             f"unrecognised audio (first bytes {bytes(data[:8]).hex()}); supported: WAV, MP3, "
+                             "AAC (ADTS or M4A), FLAC, Ogg/Opus, or raw pcm_s16le with sample_rate and channels")
+        source = _decode_container(data, demuxer, res, max_seconds)
+    try:
+        clip = res.result(source)
+    except (av.FFmpegError, ValueError) as e:
+        raise AudioError("undecodable_audio", f"resampling failed: {e}") from None
+    if clip.broadcast.shape[0] == 0:
+        raise AudioError("empty_audio", f"{source}: the file holds no audio samples")
+    if not (np.isfinite(clip.broadcast).all() and np.isfinite(clip.model).all()):
+        raise AudioError("undecodable_audio", f"{source}: samples contain NaN or infinity")
+    if clip.duration_s > max_seconds:
+        raise AudioError("too_long", f"clip is {clip.duration_s:.2f} s, limit {max_seconds:g} s")
+    if clip.duration_s < min_seconds:
+        raise AudioError("too_short", f"clip is {clip.duration_s * 1000:.1f} ms, minimum {min_seconds * 1000:g} ms")
+    return clip
+
+
+def decode_for_settings(data: bytes, settings, *, format: str | None = None, sample_rate: int | None = None,
+                        channels: int | None = None, enforce_limits: bool = True) -> ClipAudio:
+    """decode_audio with the broadcast format and clip limits of a Settings object."""
+    return decode_audio(
+        data, format=format, sample_rate=sample_rate, channels=channels,
+        rate=settings.encoder.audio_rate, out_channels=settings.encoder.audio_channels,
+        max_seconds=settings.ingest.max_clip_seconds if enforce_limits else math.inf,
+        min_seconds=settings.ingest.min_clip_seconds if enforce_limits else 0.0,
+    )
