@@ -1,0 +1,301 @@
+"""The audio-clocked timeline: cut queue clips, the programme and idle silence into fixed-size RenderChunks.
+
+Audio is the master clock. Global broadcast sample n airs at n / audio_rate s and video frame k at k / fps s; a chunk
+always holds exactly chunk_frames * samples_per_frame broadcast samples, and the 16 kHz model audio for the same
+instants (model sample j <-> broadcast sample j * audio_rate / 16000, floored at every chunk edge so the totals stay
+exact forever).
+
+Priorities, decided at every clip boundary: the queue first, then the programme, then idle silence.
+* A queue clip waiting while the programme plays takes over when the current programme clip ends (or at once during
+  a programme pause, or while idle). The programme then resumes with its next clip: where it left off.
+* play_now (`queue.interrupt_pending()`) is checked at every chunk boundary: whatever is playing is cut there
+  ('interrupted' mark; `queue.mark_interrupted` for a queue clip) and the new clip starts on the chunk's first frame.
+  A programme clip that was cut is played again from its start when the programme resumes (resuming a sales pitch
+  mid-sentence sounds broken).
+* Marks: 'started' on the frame holding a clip's first sample, 'finished' on the frame holding its last sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from flashtalk_live.log import get_logger
+from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, Mark, RenderChunk
+
+Source = Literal["queue", "programme"]
+
+
+class ClipQueue(Protocol):
+    """What the timeline needs from the spool (flashtalk_live/queue/spool.py)."""
+
+    def take_next(self) -> Any | None: ...  # an Entry with .segment_id and .duration_s, or None
+
+    def load_audio(self, entry: Any) -> Any: ...  # ClipAudio: .broadcast [n, ch] float32, .model [m] 16 kHz
+
+    def interrupt_pending(self) -> bool: ...
+
+    def mark_interrupted(self, segment_id: str) -> None: ...
+
+
+@dataclass
+class _Playing:
+    """A clip or a programme pause being cut into chunks."""
+
+    kind: Literal["clip", "pause"]
+    source: Source
+    segment_id: str | None
+    n: int  # broadcast samples in total
+    broadcast: np.ndarray | None = None  # [n, channels]; None for a pause
+    model: np.ndarray | None = None  # [m] 16 kHz
+    pos: int = 0  # broadcast samples already cut
+    start_sample: int = 0  # global broadcast sample of the first sample
+    started: bool = False
+    programme_item: Any = None  # for Programme.rewind after a play_now cut
+
+    @property
+    def remaining(self) -> int:
+        return self.n - self.pos
+
+
+def _as_broadcast(a: Any, channels: int, what: str) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"{what}: broadcast audio must be [samples, channels], got shape {arr.shape}")
+    if arr.shape[1] == channels:
+        return arr
+    if arr.shape[1] == 1:
+        return np.repeat(arr, channels, axis=1)
+    if channels == 1:
+        return arr.mean(axis=1, keepdims=True)
+    raise ValueError(f"{what}: {arr.shape[1]} audio channels cannot be mapped to {channels}")
+
+
+def _as_model(a: Any, what: str) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr.mean(axis=1)
+    if arr.ndim != 1:
+        raise ValueError(f"{what}: model audio must be mono [samples], got shape {arr.shape}")
+    return arr
+
+
+class Timeline:
+    """`next_chunk()` returns the next RenderChunk; call it from one thread (the renderer's)."""
+
+    def __init__(
+        self,
+        settings: Any,
+        queue: ClipQueue | None,
+        programme: Any | None = None,
+        *,
+        history_seconds: float = 8.0,
+    ) -> None:
+        self.fps: int = settings.video.fps
+        self.chunk_frames: int = settings.video.chunk_frames
+        self.rate: int = settings.encoder.audio_rate
+        self.channels: int = settings.encoder.audio_channels
+        if self.rate % self.fps:
+            raise ValueError(f"audio_rate {self.rate} is not a whole number of samples per frame at {self.fps} fps")
+        self.spf = self.rate // self.fps
+        self.queue = queue
+        self.programme = programme
+        self.history_len = int(round(history_seconds * MODEL_AUDIO_RATE))
+        self._history = np.zeros(self.history_len, np.float32)
+        self._cur: _Playing | None = None
+        self._chunk_index = 0
+        self._sample = 0  # global broadcast samples cut so far
+        self._log = get_logger("timeline")
+
+    # -- clock helpers ---------------------------------------------------------------------------
+    def _m(self, sample: int) -> int:
+        """Global model-audio index for a global broadcast sample (floored)."""
+        return sample * MODEL_AUDIO_RATE // self.rate
+
+    @property
+    def frame(self) -> int:
+        """Frames cut so far (the next chunk's start_frame)."""
+        return self._sample // self.spf
+
+    @property
+    def state(self) -> str:
+        """'queue', 'programme', 'pause' or 'idle': what the last chunk ended on."""
+        if self._cur is None:
+            return "idle"
+        if self._cur.kind == "pause":
+            return "pause"
+        return self._cur.source
+
+    @property
+    def current_segment(self) -> str | None:
+        return self._cur.segment_id if self._cur is not None else None
+
+    def model_history(self, seconds: float | None = None) -> np.ndarray:
+        """The last `seconds` (default history_seconds) of 16 kHz model audio up to the last chunk's end."""
+        if seconds is None:
+            return self._history.copy()
+        n = int(round(seconds * MODEL_AUDIO_RATE))
+        if n <= self.history_len:
+            return self._history[self.history_len - n :].copy()
+        return np.concatenate([np.zeros(n - self.history_len, np.float32), self._history])
+
+    # -- choosing what plays next ----------------------------------------------------------------
+    def _start_queue_entry(self, entry: Any, frame: int, marks: list[Mark]) -> _Playing | None:
+        seg = str(getattr(entry, "segment_id", entry))
+        try:
+            clip = self.queue.load_audio(entry)  # type: ignore[union-attr]
+            broadcast = _as_broadcast(clip.broadcast, self.channels, seg)
+            model = _as_model(clip.model, seg)
+        except Exception as e:  # noqa: BLE001 - one bad clip must not stop the room
+            # The client learns the clip will never air; the spool stops tracking it.
+            self._log.error("queue_clip_unplayable", segment_id=seg, error=repr(e))
+            marks.append(Mark(frame, "interrupted", seg, "queue"))
+            self._queue_interrupted(seg)
+            return None
+        return _Playing("clip", "queue", seg, broadcast.shape[0], broadcast, model)
+
+    def _queue_interrupted(self, seg: str) -> None:
+        try:
+            self.queue.mark_interrupted(seg)  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001
+            self._log.error("queue_mark_interrupted_failed", segment_id=seg, error=repr(e))
+
+    def _next_from_queue(self, frame: int, marks: list[Mark]) -> _Playing | None:
+        if self.queue is None:
+            return None
+        # Bounded: a spool full of broken clips is drained a few at a time, not in one endless loop.
+        for _ in range(16):
+            try:
+                entry = self.queue.take_next()
+            except Exception as e:  # noqa: BLE001
+                self._log.error("queue_take_failed", error=repr(e))
+                return None
+            if entry is None:
+                return None
+            playing = self._start_queue_entry(entry, frame, marks)
+            if playing is not None:
+                return playing
+        return None
+
+    def _next_from_programme(self) -> _Playing | None:
+        if self.programme is None:
+            return None
+        try:
+            item = self.programme.next_item()
+        except Exception as e:  # noqa: BLE001 - the programme is best effort; idle silence is always possible
+            self._log.error("programme_failed", error=repr(e))
+            return None
+        if item is None:
+            return None
+        if item.kind == "pause":
+            n = int(round(item.pause_s * self.rate))
+            return _Playing("pause", "programme", None, n, programme_item=item)
+        try:
+            broadcast = _as_broadcast(item.audio.broadcast, self.channels, item.segment_id)
+            model = _as_model(item.audio.model, item.segment_id)
+        except ValueError as e:
+            self._log.error("programme_clip_unplayable", segment_id=item.segment_id, error=str(e))
+            return None
+        return _Playing("clip", "programme", item.segment_id, broadcast.shape[0], broadcast, model, programme_item=item)
+
+    def _pick(self, frame: int, marks: list[Mark]) -> _Playing | None:
+        return self._next_from_queue(frame, marks) or self._next_from_programme()
+
+    def _cut_current(self, frame: int, marks: list[Mark]) -> None:
+        cur = self._cur
+        self._cur = None
+        if cur is None or cur.kind == "pause":
+            return  # a pause simply ends
+        if not cur.started:  # picked but never aired: nothing to announce
+            return
+        marks.append(Mark(frame, "interrupted", cur.segment_id or "", cur.source))
+        self._log.info("clip_interrupted", segment_id=cur.segment_id, source=cur.source, frame=frame)
+        if cur.source == "queue":
+            self._queue_interrupted(cur.segment_id or "")
+        elif self.programme is not None and cur.programme_item is not None:
+            try:
+                self.programme.rewind(cur.programme_item)
+            except Exception as e:  # noqa: BLE001
+                self._log.error("programme_rewind_failed", error=repr(e))
+
+    # -- the one public operation ---------------------------------------------------------------
+    def next_chunk(self) -> RenderChunk:
+        """Cut the next chunk_frames frames of audio, with marks and per-frame bookkeeping."""
+        nf, spf = self.chunk_frames, self.spf
+        n = nf * spf
+        s0 = self._sample
+        f0 = s0 // spf
+        m0 = self._m(s0)
+        audio = np.zeros((n, self.channels), np.float32)
+        model = np.zeros(self._m(s0 + n) - m0, np.float32)
+        marks: list[Mark] = []
+        best_seg: list[str | None] = [None] * nf
+        best_cnt = [0] * nf
+
+        # play_now: cut at this chunk boundary. A pause or idle gives way to any waiting queue clip too.
+        interrupt = False
+        if self.queue is not None:
+            try:
+                interrupt = bool(self.queue.interrupt_pending())
+            except Exception as e:  # noqa: BLE001
+                self._log.error("queue_interrupt_check_failed", error=repr(e))
+        if interrupt or (self._cur is not None and self._cur.kind == "pause"):
+            nxt = self._next_from_queue(f0, marks)
+            if nxt is not None:
+                self._cut_current(f0, marks)
+                self._cur = nxt
+
+        filled = 0
+        while filled < n:
+            if self._cur is None:
+                self._cur = self._pick((s0 + filled) // spf, marks)
+                if self._cur is None:
+                    break  # idle silence for the rest of the chunk
+            cur = self._cur
+            take = min(n - filled, cur.remaining)
+            a = s0 + filled  # global sample of this piece's first sample
+            if not cur.started:
+                cur.started, cur.start_sample = True, a
+                if cur.kind == "clip":
+                    marks.append(Mark(a // spf, "started", cur.segment_id or "", cur.source))
+            if take > 0 and cur.kind == "clip":
+                assert cur.broadcast is not None and cur.model is not None
+                audio[filled : filled + take] = cur.broadcast[cur.pos : cur.pos + take]
+                # Model audio for the same instants, aligned to the clip's own start on the 16 kHz grid.
+                ga, gb = self._m(a), self._m(a + take)
+                lo = ga - self._m(cur.start_sample)
+                src = cur.model[lo : lo + (gb - ga)]
+                model[ga - m0 : ga - m0 + src.shape[0]] = src
+                for f in range(filled // spf, (filled + take - 1) // spf + 1):
+                    cnt = min(filled + take, (f + 1) * spf) - max(filled, f * spf)
+                    if cnt >= best_cnt[f]:
+                        best_cnt[f], best_seg[f] = cnt, cur.segment_id
+            cur.pos += take
+            filled += take
+            if cur.remaining == 0:
+                if cur.kind == "clip":
+                    last = max(a + take - 1, cur.start_sample)
+                    marks.append(Mark(last // spf, "finished", cur.segment_id or "", cur.source))
+                self._cur = None
+
+        if self.history_len:
+            # A new array every chunk (never written in place), so chunks can share it without copying.
+            self._history = np.concatenate([self._history, model])[-self.history_len :]
+        chunk = RenderChunk(
+            index=self._chunk_index,
+            start_frame=f0,
+            n_frames=nf,
+            audio=audio,
+            model_audio=model,
+            frame_segments=best_seg,
+            marks=marks,
+            idle=all(s is None for s in best_seg),
+            model_history=self._history,
+        )
+        self._chunk_index += 1
+        self._sample += n
+        return chunk
