@@ -28,6 +28,7 @@ __all__ = [
     "StreamingAudioEncoder",
     "Wav2Vec2LoadError",
     "encode_audio",
+    "encode_stream_window",
     "hidden_states",
     "load_wav2vec2",
     "loudness_normalize",
@@ -118,6 +119,31 @@ def _check_model(model) -> None:
         raise ValueError("the wav2vec2 model must be in eval mode (dropout, layerdrop and spec-augment off)")
 
 
+def _encoder_layer_outputs(model, projected: torch.Tensor) -> list[torch.Tensor]:
+    """The reference's ``hidden_states[1:]`` of ``model.encoder``: each transformer layer's output.
+
+    Captured with forward hooks on ``encoder.layers`` rather than ``output_hidden_states``, which
+    transformers 5.x no longer returns from a direct ``encoder(...)`` call. For the stable-layer-norm
+    variant the last entry is, as in transformers, the final ``encoder.layer_norm`` of the last layer.
+    """
+    outputs: list[torch.Tensor] = []
+
+    def grab(_module, _inputs, out):
+        outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
+
+    handles = [layer.register_forward_hook(grab) for layer in model.encoder.layers]
+    try:
+        model.encoder(projected)
+    finally:
+        for h in handles:
+            h.remove()
+    if len(outputs) != len(model.encoder.layers):
+        raise RuntimeError(f"wav2vec2 encoder ran {len(outputs)} of {len(model.encoder.layers)} layers")
+    if getattr(model.config, "do_stable_layer_norm", False):
+        outputs[-1] = model.encoder.layer_norm(outputs[-1])
+    return outputs
+
+
 @torch.no_grad()
 def hidden_states(
     model, feature_extractor, audio: np.ndarray, sample_rate: int = 16000, fps: int = 25, *, intermediates: bool = False
@@ -142,9 +168,8 @@ def hidden_states(
         raise ValueError(f"audio of {audio.shape[0]} samples is too short for wav2vec2")
     cnn25 = F.interpolate(cnn, size=n_frames, mode="linear", align_corners=True).transpose(1, 2)
     projected, _ = model.feature_projection(cnn25)
-    enc = model.encoder(projected, output_hidden_states=True, return_dict=True)
-    stack = torch.stack(enc.hidden_states[1:], dim=1).squeeze(0)  # [layers, T, H] for batch 1
-    stack = stack.transpose(0, 1).contiguous()  # [T, layers, H]
+    layers = _encoder_layer_outputs(model, projected)
+    stack = torch.stack(layers, dim=2)[0].contiguous()  # [T, layers, H] for batch 1
     if intermediates:
         return stack, {"input_values": x[0], "cnn_features_50hz": cnn, "cnn_features_25hz": cnn25}
     return stack
@@ -180,6 +205,22 @@ def encode_audio(
     if start == -1 or end == -1:
         start, end = 0, stack.shape[0]
     return window_features(stack, start, end, cfg.window_offsets)
+
+
+def encode_stream_window(
+    model, feature_extractor, window: np.ndarray, cfg: AudioFeatureConfig = DEFAULT_AUDIO
+) -> torch.Tensor:
+    """Stream mode for a caller that keeps its own rolling window (e.g. ``RenderChunk.model_history``).
+
+    ``window``: exactly ``cfg.buffer_samples`` (8 s) of 16 kHz mono audio ending at the chunk's end,
+    zeros before the session began. Returns [1, frame_num, 5, layers, hidden] for its last
+    ``frame_num`` frames, identical to :meth:`StreamingAudioEncoder.push`.
+    """
+    window = _as_mono_float64(window)
+    if window.shape[0] != cfg.buffer_samples:
+        raise ValueError(f"stream window must be {cfg.buffer_samples} samples, got {window.shape[0]}")
+    end = cfg.buffer_seconds * cfg.fps
+    return encode_audio(model, feature_extractor, window, end - cfg.frame_num, end, cfg)
 
 
 def pad_for_once(audio: np.ndarray, cfg: AudioFeatureConfig = DEFAULT_AUDIO) -> np.ndarray:
@@ -219,7 +260,7 @@ class StreamingAudioEncoder:
         self.model = model
         self.feature_extractor = feature_extractor
         self.cfg = cfg
-        self.end = cfg.buffer_seconds * cfg.fps
+        self.end = cfg.buffer_seconds * cfg.fps  # frames [start, end) of the encoded window are returned
         self.start = self.end - cfg.frame_num
         self.reset()
 
@@ -237,7 +278,7 @@ class StreamingAudioEncoder:
 
     def encode(self) -> torch.Tensor:
         """Encode the current buffer -> [1, frame_num, 5, layers, hidden]."""
-        return encode_audio(self.model, self.feature_extractor, self.buffer, self.start, self.end, self.cfg)
+        return encode_stream_window(self.model, self.feature_extractor, self.buffer, self.cfg)
 
     def push(self, samples: np.ndarray) -> torch.Tensor:
         self.append(samples)

@@ -15,6 +15,7 @@ from flashtalk_live.model.audio import (
     StreamingAudioEncoder,
     Wav2Vec2LoadError,
     encode_audio,
+    encode_stream_window,
     hidden_states,
     load_wav2vec2,
     loudness_normalize,
@@ -93,6 +94,12 @@ def test_stream_mode_parity(w2v):
         compare(f"stream_chunk{k}_input_values", inter["input_values"], io[f"stream_chunk{k}_input_values"])
         compare(f"stream_chunk{k}_hidden_states_stack", stack, io[f"stream_chunk{k}_hidden_states_stack"])
         compare(f"stream_chunk{k}_windows", out, io[f"stream_chunk{k}_windows"])
+    # The same through an explicit window (a caller keeping its own 8-s history).
+    window = np.zeros(DEFAULT_AUDIO.buffer_samples, dtype=np.float32)
+    window[-2 * DEFAULT_AUDIO.slice_samples :] = wav[: 2 * DEFAULT_AUDIO.slice_samples]
+    compare("stream_window_chunk1", encode_stream_window(model, extractor, window), io["stream_chunk1_windows"])
+    with pytest.raises(ValueError, match="128000 samples"):
+        encode_stream_window(model, extractor, window[1:])
     # reset() is a new session: chunk 0 again.
     enc.reset()
     compare("stream_after_reset", enc.push(wav[: DEFAULT_AUDIO.slice_samples]), io["stream_chunk0_windows"])
@@ -137,6 +144,27 @@ def test_once_chunks_and_padding():
     assert pad_for_once(np.zeros(21121)).shape == (21120 + 17920,)
     w = torch.zeros(1, 33 + 28 * 3, 5, 1, 1)
     assert len(once_chunks(w, cfg)) == 4 and once_chunks(w[:, :32], cfg) == []
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("stable", [False, True])
+def test_layer_capture_equals_transformers_hidden_states(stable):
+    """Our hook capture is what transformers 4.x returns as encoder hidden_states[1:]."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from flashtalk_live.model.audio import _encoder_layer_outputs
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                         do_stable_layer_norm=stable, feat_extract_norm="layer" if stable else "group")
+    model = Wav2Vec2Model(cfg).eval()
+    x = torch.randn(1, 40, 32)
+    want = model.encoder(x, output_hidden_states=True, return_dict=True).hidden_states[1:]
+    got = _encoder_layer_outputs(model, x)
+    assert len(got) == 3
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
 def test_training_mode_model_is_rejected(w2v):
