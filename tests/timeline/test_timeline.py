@@ -1,0 +1,265 @@
+"""Timeline: exact audio-clock accounting, marks on the right frames, play_now cuts, programme hand-over, idle."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from timeline_fakes import FakeQueue, labelled_wav
+
+from flashtalk_live.settings import Settings
+from flashtalk_live.timeline.programme import Programme
+from flashtalk_live.timeline.timeline import Timeline
+
+
+def _settings(**video) -> Settings:
+    return Settings(state_dir="/nonexistent-state", video=video)
+
+
+def _run(tl: Timeline, n: int):
+    chunks = [tl.next_chunk() for _ in range(n)]
+    audio = np.concatenate([c.audio for c in chunks])
+    model = np.concatenate([c.model_audio for c in chunks])
+    marks = [m for c in chunks for m in c.marks]
+    segs = [s for c in chunks for s in c.frame_segments]
+    return chunks, audio, model, marks, segs
+
+
+def _kinds(marks, kind):
+    return [(m.frame, m.segment_id, m.source) for m in marks if m.kind == kind]
+
+
+@pytest.mark.parametrize("fps,chunk_frames", [(25, 28), (30, 7), (24, 5)])
+def test_exact_accounting_many_random_clips(fps, chunk_frames):
+    """Clip lengths from 1 sample to several chunks; every sample lands where the clock says, marks too."""
+    st = _settings(fps=fps, chunk_frames=chunk_frames)
+    rate, spf = st.encoder.audio_rate, st.samples_per_frame
+    rng = random.Random(fps)
+    q = FakeQueue(rate)
+    lengths = [1, 2, spf - 1, spf, spf + 1] + [rng.randint(1, 5 * chunk_frames * spf) for _ in range(40)]
+    entries = [q.add(f"c{i}", n) for i, n in enumerate(lengths)]
+    tl = Timeline(st, q, None)
+    total = sum(lengths)
+    n_chunks = total // (chunk_frames * spf) + 3
+    chunks, audio, model, marks, segs = _run(tl, n_chunks)
+
+    # Exact sizes: every chunk has chunk_frames * spf samples, model audio tiles the 16 kHz grid exactly.
+    assert all(c.audio.shape == (chunk_frames * spf, 2) and c.audio.dtype == np.float32 for c in chunks)
+    assert [c.start_frame for c in chunks] == [i * chunk_frames for i in range(n_chunks)]
+    assert audio.shape[0] == n_chunks * chunk_frames * spf
+    assert model.shape[0] == n_chunks * chunk_frames * spf * 16000 // rate
+
+    # Audio: clips back to back from sample 0, then silence.
+    starts = np.cumsum([0] + lengths[:-1])
+    expect = np.zeros_like(audio)
+    expect_model = np.zeros_like(model)
+    seg_of_sample = np.full(audio.shape[0], -1)
+    for e, g in zip(entries, starts):
+        expect[g : g + e.n, 0] = np.arange(e.n)
+        expect[g : g + e.n, 1] = e.number
+        seg_of_sample[g : g + e.n] = e.number - 1
+        lo, hi = g * 16000 // rate, (g + e.n) * 16000 // rate
+        k = min(hi - lo, e.n * 16000 // rate)  # the clip's own model audio, zero-padded to the grid
+        expect_model[lo : lo + k] = 1000 + e.number
+    assert np.array_equal(audio, expect)
+    assert np.array_equal(model, expect_model)
+
+    # Marks: started on the frame of the first sample, finished on the frame of the last; in airing order.
+    assert _kinds(marks, "started") == [(g // spf, e.segment_id, "queue") for e, g in zip(entries, starts)]
+    assert _kinds(marks, "finished") == [((g + e.n - 1) // spf, e.segment_id, "queue") for e, g in zip(entries, starts)]
+    assert not _kinds(marks, "interrupted")
+    for c in chunks:
+        assert all(c.start_frame <= m.frame < c.end_frame for m in c.marks)
+
+    # frame_segments: the clip holding most of each frame's samples (ties go to the later clip).
+    for f, seg in enumerate(segs):
+        ids = seg_of_sample[f * spf : (f + 1) * spf]
+        ids = ids[ids >= 0]
+        if ids.size == 0:
+            assert seg is None
+        else:
+            counts = np.bincount(ids)
+            best = max(range(len(counts)), key=lambda i: (counts[i], i))
+            assert seg == f"c{best}"
+    # idle: true exactly for chunks with no clip samples at all.
+    n = chunk_frames * spf
+    assert [c.idle for c in chunks] == [bool(np.all(seg_of_sample[i * n : (i + 1) * n] < 0)) for i in range(n_chunks)]
+    assert chunks[-1].idle and q.taken == [e.segment_id for e in entries]
+
+
+def test_several_short_clips_in_one_chunk_and_history():
+    st = _settings()
+    q = FakeQueue()
+    spf = st.samples_per_frame  # 1920
+    q.add("a", 1000)  # frame 0
+    q.add("b", 3000)  # samples 1000..3999: frames 0..2
+    q.add("c", 1)  # sample 4000: frame 2
+    tl = Timeline(st, q, None, history_seconds=8)
+    c = tl.next_chunk()
+    assert [(m.kind, m.segment_id, m.frame) for m in c.marks] == [
+        ("started", "a", 0), ("finished", "a", 0), ("started", "b", 0), ("finished", "b", 2),
+        ("started", "c", 2), ("finished", "c", 2),
+    ]
+    # Frame 0: a has 1000 samples, b 920 -> a. Frame 1: all b. Frame 2: b 160 + c 1 -> b. Then silence.
+    assert c.frame_segments[:4] == ["a", "b", "b", None]
+    assert c.audio[4001:].max() == 0 and not c.idle
+    assert 4001 < spf * 3
+    # The rolling window: 8 s at 16 kHz, zero-padded before the broadcast began, ending with this chunk's audio.
+    assert c.model_history.shape == (128000,)
+    assert np.array_equal(c.model_history[-c.model_audio.shape[0] :], c.model_audio)
+    assert not c.model_history[: -c.model_audio.shape[0]].any()
+    chunks = [tl.next_chunk() for _ in range(8)]
+    joined = np.concatenate([c.model_audio] + [x.model_audio for x in chunks])
+    assert np.array_equal(chunks[-1].model_history, joined[-128000:])
+    assert np.array_equal(tl.model_history(1.0), joined[-16000:])
+    assert tl.model_history(10).shape == (160000,)
+
+
+def test_idle_silence_without_queue_or_programme():
+    st = _settings()
+    tl = Timeline(st, FakeQueue(), None)
+    for _ in range(3):
+        c = tl.next_chunk()
+        assert c.idle and not c.marks and c.frame_segments == [None] * 28
+        assert not c.audio.any() and c.audio.shape == (28 * 1920, 2) and c.model_audio.shape == (28 * 640,)
+    assert tl.state == "idle"
+    assert Timeline(st, None, None).next_chunk().idle  # no queue at all is allowed too
+
+
+def test_play_now_cuts_the_queue_clip_at_the_chunk_boundary():
+    st = _settings()
+    q = FakeQueue()
+    long = q.add("long", 48000 * 5)
+    tl = Timeline(st, q, None)
+    tl.next_chunk()
+    tl.next_chunk()
+    urgent = q.add("urgent", 48000, play_now=True)
+    c = tl.next_chunk()
+    assert [(m.kind, m.segment_id, m.frame) for m in c.marks[:2]] == [("interrupted", "long", 56), ("started", "urgent", 56)]
+    assert q.interrupted == ["long"]
+    assert c.audio[0, 1] == urgent.number and c.audio[0, 0] == 0  # the new clip's very first sample
+    assert c.frame_segments[0] == "urgent"
+    # The cut clip never comes back and never gets a 'finished' mark.
+    _, _, _, marks, _ = _run(tl, 4)
+    assert "long" not in [m.segment_id for m in marks]
+    assert long.segment_id not in [e.segment_id for e in q.pending]
+
+
+def test_play_now_while_idle_starts_on_the_next_chunk_without_cut_mark():
+    q = FakeQueue()
+    tl = Timeline(_settings(), q, None)
+    tl.next_chunk()
+    q.add("now", 100, play_now=True)
+    c = tl.next_chunk()
+    assert [(m.kind, m.frame) for m in c.marks] == [("started", 28), ("finished", 28)]
+    assert q.interrupted == []
+
+
+def test_unplayable_queue_clip_is_reported_and_skipped():
+    q = FakeQueue()
+    q.add("bad", 1000, broken=True)
+    good = q.add("good", 1000)
+    tl = Timeline(_settings(), q, None)
+    c = tl.next_chunk()
+    assert [(m.kind, m.segment_id, m.frame) for m in c.marks] == [
+        ("interrupted", "bad", 0), ("started", "good", 0), ("finished", "good", 0)
+    ]
+    assert q.interrupted == ["bad"] and c.audio[0, 1] == good.number
+
+
+def test_mono_output_and_mono_clip_upmix():
+    st = Settings(state_dir="/x", encoder={"audio_channels": 1})
+    q = FakeQueue(channels=1)
+    q.add("m", 5000)
+    c = Timeline(st, q, None).next_chunk()
+    assert c.audio.shape == (28 * 1920, 1) and c.audio[4999, 0] == 4999
+    q2 = FakeQueue(channels=1)
+    q2.add("m", 5000)
+    c2 = Timeline(_settings(), q2, None).next_chunk()  # stereo output from a mono clip
+    assert c2.audio.shape[1] == 2 and np.array_equal(c2.audio[:5000, 0], c2.audio[:5000, 1])
+
+
+# -- with the real programme ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def playlist(tmp_path):
+    """p1 (1.0 s, level 1), p2 (0.5 s, level 2), p3 (0.7 s, level 3), in order, no pauses."""
+    lens = {name: labelled_wav(tmp_path / f"{name}.wav", lvl, sec) for name, lvl, sec in
+            [("p1", 1, 1.0), ("p2", 2, 0.5), ("p3", 3, 0.7)]}
+    (tmp_path / "list.m3u").write_text("#EXTM3U\np1.wav\np2.wav\np3.wav\n")
+    return tmp_path / "list.m3u", lens
+
+
+def _segments_in_order(marks):
+    return [m.segment_id for m in marks if m.kind == "started"]
+
+
+def test_programme_plays_and_loops_then_queue_takes_over_at_the_clip_boundary(playlist):
+    path, lens = playlist
+    st = _settings()
+    q = FakeQueue()
+    tl = Timeline(st, q, Programme.load(path, st))
+    chunks, audio, _, marks, _ = _run(tl, 1)  # 1.12 s: p1 (1.0 s) and the start of p2
+    assert _segments_in_order(marks) == ["programme:p1:1", "programme:p2:2"]
+    assert all(m.source == "programme" for m in marks)
+    assert np.all(audio[: lens["p1"]] == 1 / 64) and np.all(audio[lens["p1"] : lens["p1"] + 100] == 2 / 64)
+    q.add("q1", 48000 // 2)
+    chunks, audio2, _, marks2, _ = _run(tl, 3)
+    # p2 was playing when q1 arrived: p2 finishes, then q1, then the programme resumes with p3 (not p1 again).
+    assert _segments_in_order(marks2) == ["q1", "programme:p3:3", "programme:p1:4", "programme:p2:5", "programme:p3:6"]
+    end_p2 = lens["p1"] + lens["p2"]  # global sample where p2 ended
+    q1_start = [m for m in marks2 if m.segment_id == "q1" and m.kind == "started"][0]
+    assert q1_start.frame == end_p2 // 1920
+    whole = np.concatenate([audio, audio2])
+    assert np.all(whole[lens["p1"] : end_p2] == 2 / 64)
+    assert np.array_equal(whole[end_p2 : end_p2 + 24000, 0], np.arange(24000))  # q1's labelled samples
+    assert np.all(whole[end_p2 + 24000 : end_p2 + 24000 + lens["p3"]] == 3 / 64)
+
+
+def test_play_now_cuts_a_programme_clip_which_replays_from_its_start(tmp_path):
+    n_long = labelled_wav(tmp_path / "long.wav", 5, 3.0)
+    labelled_wav(tmp_path / "next.wav", 6, 0.2)
+    (tmp_path / "l.toml").write_text('[[clip]]\npath="long.wav"\n[[clip]]\npath="next.wav"\n')
+    st = _settings()
+    q = FakeQueue()
+    tl = Timeline(st, q, Programme.load(tmp_path / "l.toml", st))
+    tl.next_chunk()
+    q.add("urgent", 1000, play_now=True)
+    c = tl.next_chunk()
+    assert [(m.kind, m.segment_id, m.source, m.frame) for m in c.marks[:3]] == [
+        ("interrupted", "programme:long:1", "programme", 28),
+        ("started", "urgent", "queue", 28),
+        ("finished", "urgent", "queue", 28),
+    ]
+    assert q.interrupted == []  # programme clips are not the spool's business
+    # After the urgent clip the cut programme clip starts again from its first sample.
+    assert c.marks[3].kind == "started" and c.marks[3].segment_id == "programme:long:2"
+    assert np.all(c.audio[1000 : 1000 + 2000] == 5 / 64)
+    _, audio, _, marks, _ = _run(tl, 3)
+    fin = [m for m in marks if m.kind == "finished"]
+    assert fin and fin[0].segment_id == "programme:long:2"
+    assert fin[0].frame == (28 * 1920 + 1000 + n_long - 1) // 1920  # played in full, after the urgent clip
+
+
+def test_programme_pause_is_exact_silence_and_yields_to_the_queue(tmp_path):
+    n1 = labelled_wav(tmp_path / "a.wav", 1, 0.3)
+    labelled_wav(tmp_path / "b.wav", 2, 0.3)
+    (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\n#EXT-X-PAUSE:0.5\nb.wav\n")
+    st = _settings()
+    q = FakeQueue()
+    tl = Timeline(st, q, Programme.load(tmp_path / "p.m3u", st))
+    c = tl.next_chunk()
+    pause = 24000
+    assert np.all(c.audio[:n1] == 1 / 64) and not c.audio[n1 : n1 + pause].any()
+    assert np.all(c.audio[n1 + pause : n1 + pause + 100] == 2 / 64)
+    # A second pause (b's default, none here) - now a long pause: queue clip arriving during it takes over.
+    (tmp_path / "p2.m3u").write_text("#EXTM3U\na.wav\n#EXT-X-PAUSE:10\n")
+    tl2 = Timeline(st, q, Programme.load(tmp_path / "p2.m3u", st))
+    c1 = tl2.next_chunk()
+    assert tl2.state == "pause" and not c1.audio[n1:].any()
+    q.add("q", 500)
+    c2 = tl2.next_chunk()
+    assert c2.marks[0].kind == "started" and c2.marks[0].segment_id == "q" and c2.marks[0].frame == 28
+    assert c2.marks[2].segment_id == "programme:a:2"  # the pause was dropped, the programme continues
