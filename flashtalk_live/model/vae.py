@@ -435,6 +435,7 @@ class WanVAE(nn.Module):
         self.decoder = Decoder3d(cfg)
         self._encoder_slots = _number_cache_slots(self.encoder)
         self._decoder_slots = _number_cache_slots(self.decoder)
+        self._scale_cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- caches --------------------------------------------------------------------------------------
 
@@ -448,10 +449,13 @@ class WanVAE(nn.Module):
 
     def latent_scale(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, 1/std) as [1, z, 1, 1, 1] in `like`'s dtype/device (1/std computed in that dtype, as the reference)."""
-        z = self.config.z_dim
-        mean = torch.tensor(self.config.latent_mean, dtype=like.dtype, device=like.device)
-        inv_std = 1.0 / torch.tensor(self.config.latent_std, dtype=like.dtype, device=like.device)
-        return mean.view(1, z, 1, 1, 1), inv_std.view(1, z, 1, 1, 1)
+        key = (like.dtype, like.device)
+        if key not in self._scale_cache:  # avoids a host-to-device copy on every call
+            z = self.config.z_dim
+            mean = torch.tensor(self.config.latent_mean, dtype=like.dtype, device=like.device)
+            inv_std = 1.0 / torch.tensor(self.config.latent_std, dtype=like.dtype, device=like.device)
+            self._scale_cache[key] = (mean.view(1, z, 1, 1, 1), inv_std.view(1, z, 1, 1, 1))
+        return self._scale_cache[key]
 
     def scale_latents(self, mu: torch.Tensor) -> torch.Tensor:
         mean, inv_std = self.latent_scale(mu)

@@ -214,3 +214,17 @@ def test_config_validation():
     cfg = VAEConfig.released()
     assert (cfg.temporal_stride, cfg.spatial_stride) == (4, 8)
     assert math.isclose(cfg.latent_std[0], 2.8184)
+
+
+def test_bfloat16_runs_and_stays_near_float32(io):
+    # production runs the VAE in bf16 (scale table then also bf16, as the reference); ~1e-2 agreement
+    model = WanVAE(VAEConfig.tiny())
+    model.load_state_dict(load_file(VAE_DIR / "weights.safetensors"), strict=True)
+    model = model.to(torch.bfloat16).eval().requires_grad_(False)
+    lat = model.encode(io["clip5"].to(torch.bfloat16))
+    out = model.decode(lat)
+    assert lat.dtype == out.dtype == torch.bfloat16
+    for name, got, want in (("latents", lat[0], io["clip5_latents"]), ("decoded", out, io["clip5_decoded"])):
+        rel = ((got.double() - want.double()).norm() / want.double().norm()).item()
+        print(f"vae bf16 {name} rel_l2={rel:.3e}")
+        assert rel < 5e-2
