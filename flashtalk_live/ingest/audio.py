@@ -65,31 +65,59 @@ def sniff_demuxer(data: bytes, hint: str | None = None) -> str | None:
     return _HINT_DEMUXER.get(hint or "")
 
 
+def _why(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e)
+
+
 def _layout(channels: int) -> str:
-    return {1: "mono", 2: "stereo"}.get(channels) or av.AudioLayout(channels).name
+    return {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}[channels]
 
 
 class _Resampled:
-    """Feeds frames to two resamplers (broadcast and model) and collects float32 output."""
+    """Feeds frames to two resamplers (broadcast and model) and collects float32 output.
+
+    Mono and stereo sources are resampled in their own layout and mapped here: mono goes to both sides at full
+    level and stereo folds to mono as the mean (swresample would mix to the centre at -3 dB / +3 dB). Other layouts
+    use swresample's downmix.
+    """
 
     def __init__(self, rate: int, channels: int) -> None:
         self.rate, self.channels = rate, channels
-        self.bc = av.AudioResampler(format="flt", layout=_layout(channels), rate=rate)
-        self.md = av.AudioResampler(format="flt", layout="mono", rate=MODEL_RATE)
+        self.bc: av.AudioResampler | None = None  # made on the first frame, when the source layout is known
+        self.md: av.AudioResampler | None = None
+        self.mid_channels = channels
         self.bc_parts: list[np.ndarray] = []
         self.md_parts: list[np.ndarray] = []
         self.in_samples = 0
         self.in_rate = 0
+
+    def _map(self, x: np.ndarray, want: int) -> np.ndarray:
+        if x.shape[1] == want:
+            return x
+        if want == 1:
+            return x.mean(axis=1, keepdims=True, dtype=np.float32)
+        return np.repeat(x, want, axis=1)
 
     def push(self, frame: av.AudioFrame | None) -> None:
         if frame is not None:
             self.in_samples += frame.samples
             self.in_rate = frame.sample_rate
             frame.pts = None  # timestamps are irrelevant here; a gap in them must not insert silence
+            if self.bc is None:
+                src = frame.layout.nb_channels
+                self.mid_channels = src if src <= 2 else self.channels
+                self.bc = av.AudioResampler(format="flt", layout=_layout(self.mid_channels), rate=self.rate)
+                self.md = av.AudioResampler(format="flt", layout=_layout(min(src, 2) if src <= 2 else 1),
+                                            rate=MODEL_RATE)
+        if self.bc is None or self.md is None:
+            return
         for out in self.bc.resample(frame):
-            self.bc_parts.append(out.to_ndarray().reshape(-1, self.channels))
+            x = out.to_ndarray().reshape(-1, self.mid_channels)
+            self.bc_parts.append(self._map(x, self.channels))
         for out in self.md.resample(frame):
-            self.md_parts.append(out.to_ndarray().reshape(-1))
+            x = out.to_ndarray()
+            x = x.reshape(-1, out.layout.nb_channels)
+            self.md_parts.append(self._map(x, 1).reshape(-1))
 
     @property
     def in_seconds(self) -> float:
@@ -109,6 +137,8 @@ class _Resampled:
 
 
 def _decode_raw(data: bytes, sample_rate: int, channels: int, res: _Resampled, max_seconds: float) -> str:
+    if not 1 <= channels <= 8:
+        raise AudioError("undecodable_audio", f"raw pcm_s16le with {channels} channels: 1..8 supported")
     frame_bytes = 2 * channels
     if len(data) % frame_bytes:
         raise AudioError("undecodable_audio",
@@ -129,7 +159,7 @@ def _decode_container(data: bytes, demuxer: str, res: _Resampled, max_seconds: f
     try:
         container = av.open(io.BytesIO(data), mode="r", format=demuxer)
     except (av.FFmpegError, ValueError, OSError) as e:
-        raise AudioError("undecodable_audio", f"not a readable {demuxer} file: {e}") from None
+        raise AudioError("undecodable_audio", f"not a readable {demuxer} file: {_why(e)}") from None
     with container:
         if not container.streams.audio:
             raise AudioError("undecodable_audio", f"{demuxer} file has no audio stream")
@@ -146,7 +176,7 @@ def _decode_container(data: bytes, demuxer: str, res: _Resampled, max_seconds: f
             raise
         except (av.FFmpegError, ValueError, OSError) as e:
             where = f" after {res.in_seconds:.2f} s" if res.in_samples else ""
-            raise AudioError("undecodable_audio", f"{demuxer}/{codec} decode error{where}: {e}") from None
+            raise AudioError("undecodable_audio", f"{demuxer}/{codec} decode error{where}: {_why(e)}") from None
         return f"{demuxer}/{codec} {stream.codec_context.sample_rate} Hz {stream.codec_context.channels} ch"
 
 
@@ -182,7 +212,7 @@ def decode_audio(
     try:
         clip = res.result(source)
     except (av.FFmpegError, ValueError) as e:
-        raise AudioError("undecodable_audio", f"resampling failed: {e}") from None
+        raise AudioError("undecodable_audio", f"resampling failed: {_why(e)}") from None
     if clip.broadcast.shape[0] == 0:
         raise AudioError("empty_audio", f"{source}: the file holds no audio samples")
     if not (np.isfinite(clip.broadcast).all() and np.isfinite(clip.model).all()):

@@ -208,10 +208,13 @@ class Spool:
     def _renumber(self, db: sqlite3.Connection, ordered_ids: list[str]) -> None:
         db.executemany("UPDATE clips SET pos = ? WHERE segment_id = ?", [(i, s) for i, s in enumerate(ordered_ids)])
 
-    def _reclaim(self, db: sqlite3.Connection) -> None:
-        free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        if free > 256:
-            db.execute("PRAGMA incremental_vacuum")
+    def _reclaim(self) -> None:
+        """Give deleted payloads' pages back to the file system (outside any transaction)."""
+        with self._lock:
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            if free > 256:
+                # executescript steps the pragma to the end; execute() would free a single page
+                self._db.executescript("PRAGMA incremental_vacuum;")
 
     # -- writing -----------------------------------------------------------------------------------
     def lookup_request(self, request_id: str) -> dict[str, Any] | None:
@@ -332,7 +335,8 @@ class Spool:
             n = db.execute(q, (segment_id, state) if state else (segment_id,)).rowcount
             if n:
                 self._renumber(db, [r[0] for r in self._pending_rows(db)])
-                self._reclaim(db)
+        if n:
+            self._reclaim()
         return n > 0
 
     def mark_finished(self, segment_id: str) -> bool:
@@ -354,15 +358,15 @@ class Spool:
                 return "playing"
             db.execute("DELETE FROM clips WHERE segment_id=?", (segment_id,))
             self._renumber(db, [r[0] for r in self._pending_rows(db)])
-            self._reclaim(db)
-            return "pending"
+        self._reclaim()
+        return "pending"
 
     def clear(self) -> list[str]:
         """Drop every pending clip (the playing one stays); returns their ids in queue order."""
         with self._tx() as db:
             ids = [r[0] for r in self._pending_rows(db)]
             db.execute("DELETE FROM clips WHERE state='pending'")
-            self._reclaim(db)
+        self._reclaim()
         return ids
 
     def recover(self) -> list[str]:
