@@ -1,0 +1,413 @@
+"""The daemon: joins ingest, queue, timeline, renderers, pacing, encoder and outputs, and runs their threads."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from flashtalk_live.events import EventBus
+from flashtalk_live.log import get_logger
+from flashtalk_live.renderers.base import Renderer
+from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
+from flashtalk_live.settings import OutputSettings, Settings
+from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
+
+RendererFactory = Callable[[Settings], Renderer]
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class RendererSupervisor:
+    """Runs the preferred renderer when it is ready and healthy; the still renderer otherwise, with retry backoff."""
+
+    def __init__(self, settings: Settings, still: Renderer, events: EventBus,
+                 preferred_factory: RendererFactory | None, reference: np.ndarray) -> None:
+        self.s = settings
+        self.still = still
+        self.events = events
+        self.log = get_logger("renderer")
+        self._factory = preferred_factory
+        self._reference = reference
+        self.preferred: Renderer | None = None
+        self.active: Renderer = still
+        self.failures = 0
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+        self._backoff = settings.renderer.fallback_retry_initial_s
+        self._loading: threading.Thread | None = None
+        self.last_render_s = 0.0
+        self.render_rtf = 0.0
+
+    def start(self) -> None:
+        if self._factory is not None:
+            self._start_loading()
+
+    def _start_loading(self) -> None:
+        def load() -> None:
+            try:
+                r = self._factory(self.s)  # type: ignore[misc]
+                r.start_session(self._reference, self.s.video.prompt)
+                self.preferred = r
+                self.log.info("renderer_loaded", renderer=r.name)
+            except Exception as e:  # noqa: BLE001 - any load failure keeps the still renderer on air
+                self._fail(f"load failed: {e!r}")
+
+        self._loading = threading.Thread(target=load, name="renderer-load", daemon=True)
+        self._loading.start()
+
+    def _fail(self, reason: str) -> None:
+        self.failures += 1
+        self.last_error = reason
+        self.preferred = None
+        self._retry_at = time.monotonic() + self._backoff
+        self.log.error("renderer_failed", reason=reason, retry_in_s=round(self._backoff, 1))
+        self._backoff = min(self._backoff * 2, self.s.renderer.fallback_retry_max_s)
+
+    def _switch(self, r: Renderer, reason: str) -> None:
+        if r is not self.active:
+            self.events.publish("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
+            self.log.warning("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
+            self.active = r
+
+    def render(self, chunk: RenderChunk) -> RenderedChunk:
+        """Render with the preferred renderer if it can, else the still one; never raises."""
+        if self.preferred is None and self._factory is not None and self._loading is not None \
+                and not self._loading.is_alive() and time.monotonic() >= self._retry_at:
+            self._start_loading()
+        r = self.preferred if (self.preferred is not None and self.preferred.ready()) else self.still
+        if r is not self.still:
+            self._switch(r, "ready")
+            t0 = time.monotonic()
+            try:
+                frames = r.render(chunk)
+                took = time.monotonic() - t0
+                budget = chunk.n_frames / self.s.video.fps
+                if took > budget * self.s.renderer.deadline_factor:
+                    raise TimeoutError(f"chunk took {took:.2f}s, over {self.s.renderer.deadline_factor}x its {budget:.2f}s")
+                self._check_frames(frames, chunk)
+                self._backoff = self.s.renderer.fallback_retry_initial_s
+                return self._done(chunk, frames, r, took)
+            except Exception as e:  # noqa: BLE001 - fall back within this very chunk
+                try:
+                    r.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self._fail(repr(e))
+                self._switch(self.still, "failed")
+        t0 = time.monotonic()
+        frames = self.still.render(chunk)
+        return self._done(chunk, frames, self.still, time.monotonic() - t0)
+
+    def _check_frames(self, frames: np.ndarray, chunk: RenderChunk) -> None:
+        want = (chunk.n_frames, self.s.video.height, self.s.video.width, 3)
+        if frames.shape != want or frames.dtype != np.uint8:
+            raise ValueError(f"renderer returned {frames.dtype}{list(frames.shape)}, expected uint8{list(want)}")
+
+    def _done(self, chunk: RenderChunk, frames: np.ndarray, r: Renderer, took: float) -> RenderedChunk:
+        self.last_render_s = took
+        self.render_rtf = took / (chunk.n_frames / self.s.video.fps)
+        return RenderedChunk(chunk=chunk, frames=frames, renderer=r.name, render_seconds=took)
+
+    def status(self) -> dict[str, Any]:
+        drift = getattr(self.preferred, "drift", None) if self.preferred is not None else None
+        return {
+            "active": self.active.name,
+            "preferred": getattr(self.preferred, "name", None),
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "render_rtf": round(self.render_rtf, 3),
+            "drift": drift() if callable(drift) else drift,
+        }
+
+    def close(self) -> None:
+        for r in {id(self.still): self.still, id(self.preferred): self.preferred}.values():
+            if r is not None:
+                try:
+                    r.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+
+def flashtalk_factory(settings: Settings, events: EventBus) -> RendererFactory:
+    def build(s: Settings) -> Renderer:
+        from flashtalk_live.engine.renderer import build_flashtalk_renderer
+
+        return build_flashtalk_renderer(s, events)
+
+    return build
+
+
+class Daemon:
+    """One live room: every part built from Settings, three threads (ingest, render, broadcast) plus the caller's."""
+
+    def __init__(self, settings: Settings, *, renderer_factory: RendererFactory | None = None,
+                 still: Renderer | None = None) -> None:
+        from flashtalk_live.ingest.server import IngestServer
+        from flashtalk_live.media.encoder import Encoder
+        from flashtalk_live.media.pacing import Lookahead, Pacer
+        from flashtalk_live.outputs.manager import OutputManager
+        from flashtalk_live.queue.spool import Spool
+        from flashtalk_live.renderers.images import default_portrait, load_image
+        from flashtalk_live.renderers.still import StillRenderer
+        from flashtalk_live.timeline.programme import Programme
+        from flashtalk_live.timeline.timeline import Timeline
+
+        self.s = settings
+        self.log = get_logger("daemon")
+        self.state = "starting"
+        self.started_at = time.time()
+        Path(settings.path(settings.state_dir)).mkdir(parents=True, exist_ok=True)
+        self.events = EventBus()
+        self.events.subscribe(self._log_event)
+        self.spool = Spool.from_settings(settings)
+        recovered = self.spool.pending()
+        if recovered:
+            self.log.info("queue_recovered", clips=len(recovered), segment_ids=[e.segment_id for e in recovered[:20]])
+        playlist = settings.programme.playlist
+        self.programme = Programme.load(playlist, settings) if playlist else None
+        self.timeline = Timeline(settings, self.spool, self.programme)
+        v = settings.video
+        self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
+        self.still = still or StillRenderer(v.width, v.height, v.fit)
+        self.still.start_session(self.reference, v.prompt)
+        if renderer_factory is None and settings.renderer.kind == "flashtalk":
+            renderer_factory = flashtalk_factory(settings, self.events)
+        self.renderers = RendererSupervisor(settings, self.still, self.events, renderer_factory, self.reference)
+        self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
+        self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
+        for o in settings.outputs:
+            self.outputs.add(self._expand_output(o))
+        self.lookahead = Lookahead(settings.renderer.lookahead_chunks)
+        self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
+                           hold_frame=getattr(self.still, "frame", None),
+                           on_underrun=self._on_underrun)
+        self.ingest = IngestServer(settings, self.spool, self.events, self.status, handlers={
+            "output_add": self._cmd_output_add, "output_remove": self._cmd_output_remove,
+            "outputs": lambda _req: {"outputs": self.outputs.status()},
+            "set_avatar": self._cmd_set_avatar,
+        })
+        self._stop_render = threading.Event()
+        self._stopped = threading.Event()
+        self._pending_avatar: tuple[np.ndarray, str] | None = None
+        self._avatar_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._on_air_segment: str | None = None
+        self._idle_announced = False
+        self._last_progress = time.monotonic()
+        self.metrics_server = None
+        self.metrics_port: int | None = None
+
+    # -- events and commands ---------------------------------------------------------------------
+    def _log_event(self, e: dict[str, Any]) -> None:
+        fields = {k: v for k, v in e.items() if k not in ("type", "ts")}
+        self.log.info(f"event_{e['type']}", **fields)
+
+    def _on_underrun(self, info: dict[str, Any]) -> None:
+        if info.get("phase") == "start":
+            self.events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
+
+    def _cmd_output_add(self, req: dict[str, Any]) -> dict[str, Any]:
+        spec = OutputSettings(name=req.get("name", ""), url=req.get("url", ""),
+                              segment_seconds=req.get("segment_seconds"))
+        self.outputs.add(self._expand_output(spec))
+        return {"output": spec.name, "outputs": self.outputs.names()}
+
+    def _expand_output(self, o: OutputSettings) -> OutputSettings:
+        return o.model_copy(update={"url": self.s.path(o.url)})
+
+    def _cmd_output_remove(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.outputs.remove(str(req.get("name", "")))
+        return {"outputs": self.outputs.names()}
+
+    def _cmd_set_avatar(self, req: dict[str, Any]) -> dict[str, Any]:
+        from flashtalk_live.renderers.images import load_image
+
+        image = load_image(req["image"]) if req.get("image") else self.reference
+        prompt = str(req.get("prompt") or self.s.video.prompt)
+        with self._avatar_lock:
+            self._pending_avatar = (image, prompt)
+        return {"applies": "next chunk boundary"}
+
+    # -- threads -----------------------------------------------------------------------------------
+    def _render_loop(self) -> None:
+        from flashtalk_live.media.pacing import LookaheadClosed
+
+        try:
+            while not self._stop_render.is_set():
+                with self._avatar_lock:
+                    avatar, self._pending_avatar = self._pending_avatar, None
+                if avatar is not None:
+                    self._apply_avatar(*avatar)
+                chunk = self.timeline.next_chunk()
+                rendered = self.renderers.render(chunk)
+                while not self._stop_render.is_set():
+                    if self.lookahead.put(rendered, timeout=0.2):
+                        break
+        except LookaheadClosed:
+            pass
+        except Exception as e:  # noqa: BLE001 - the broadcast holds the last frame; systemd restarts us
+            self.log.exception("render_loop_crashed", error=repr(e))
+            self.request_stop()
+
+    def _apply_avatar(self, image: np.ndarray, prompt: str) -> None:
+        self.reference = image
+        self.still.start_session(image, prompt)
+        self.renderers._reference = image
+        if self.renderers.preferred is not None:
+            try:
+                self.renderers.preferred.start_session(image, prompt)
+            except Exception as e:  # noqa: BLE001
+                self.renderers._fail(f"new session failed: {e!r}")
+        self.log.info("avatar_changed", prompt=prompt)
+
+    def _broadcast_loop(self) -> None:
+        wd = watchdog_interval_s()
+        next_wd = 0.0
+        ready = False
+        try:
+            for pf in self.pacer:
+                packets = self.encoder.encode(pf.frame, pf.audio)
+                self.outputs.send(packets)
+                for m in pf.marks:
+                    self._announce(m, pf.out_frame)
+                self._track_idle(pf.segment_id, pf.out_frame)
+                now = time.monotonic()
+                self._last_progress = now
+                if not ready:
+                    ready = True
+                    self.state = "on_air"
+                    sd_notify("READY=1\nSTATUS=on air")
+                    self.log.info("on_air", outputs=self.outputs.names())
+                if wd is not None and now >= next_wd:
+                    sd_notify("WATCHDOG=1")
+                    next_wd = now + wd
+            self.outputs.send(self.encoder.flush())
+        except Exception as e:  # noqa: BLE001
+            self.log.exception("broadcast_loop_crashed", error=repr(e))
+        finally:
+            self._stopped.set()
+
+    def _announce(self, m: Mark, out_frame: int) -> None:
+        t = out_frame / self.s.video.fps
+        self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3))
+        if m.kind == "started":
+            self._on_air_segment = m.segment_id
+        elif m.kind in ("finished", "interrupted"):
+            if self._on_air_segment == m.segment_id:
+                self._on_air_segment = None
+            if m.source == "queue" and m.kind == "finished":
+                self.spool.mark_finished(m.segment_id)
+
+    def _track_idle(self, segment_id: str | None, out_frame: int) -> None:
+        if segment_id is None and not self._idle_announced:
+            self._idle_announced = True
+            self.events.publish("idle", frame=out_frame, media_time_s=round(out_frame / self.s.video.fps, 3))
+        elif segment_id is not None:
+            self._idle_announced = False
+
+    # -- status --------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        enc = self.encoder.stats()
+        pst = self.pacer.stats()
+        return {
+            "state": self.state,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "on_air": self._on_air_segment,
+            "queue": self.spool.stats(),
+            "broadcast": {
+                **pst,
+                "av_skew_s": round(enc["av_skew_s"], 4),
+                "render_rtf": self.renderers.render_rtf,
+                "media_time_s": round(enc["frames"] / self.s.video.fps, 3),
+                "video_codec": enc["video_codec"],
+                "send_max_s": round(self.outputs.send_max_s, 4),
+            },
+            "renderer": self.renderers.status(),
+            "outputs": self.outputs.status(),
+            "rss_bytes": _rss_bytes(),
+            "metrics_port": self.metrics_port,
+        }
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.ingest.start()
+        if self.s.metrics.enabled:
+            from flashtalk_live.metrics import serve_metrics
+
+            try:
+                self.metrics_server, _ = serve_metrics(self.s.metrics.host, self.s.metrics.port, self.status)
+                self.metrics_port = self.metrics_server.server_port
+            except OSError as e:
+                self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
+        self.renderers.start()
+        for name, fn in (("render", self._render_loop), ("broadcast", self._broadcast_loop)):
+            t = threading.Thread(target=fn, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def request_stop(self) -> None:
+        """SIGTERM: finish the chunk on air, flush and close outputs; the queue stays persisted."""
+        if self.state == "stopping":
+            return
+        self.state = "stopping"
+        sd_notify("STOPPING=1")
+        self.events.publish("stopping")
+        self._stop_render.set()
+        self.pacer.stop(drain=True)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def close(self) -> None:
+        self.request_stop()
+        self._stopped.wait(30)
+        self.lookahead.close()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.outputs.close(timeout=max(1.0, 2 * self.s.output_policy.rw_timeout_s))
+        self.ingest.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        self.renderers.close()
+        self.encoder.close()
+        self.spool.close()
+        self.log.info("stopped")
+
+
+def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
+    """The `flashtalk-live run` entry point: start, serve until SIGTERM/SIGINT (or duration), stop cleanly."""
+    daemon = Daemon(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        daemon.log.info("signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.start()
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    try:
+        while not stop.is_set() and not daemon.wait(0):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            stop.wait(1.0)
+            q = daemon.spool.stats()
+            sd_notify(f"STATUS={daemon.state}; on air: {daemon._on_air_segment or 'programme/idle'}; "
+                      f"queue {q.get('clips', 0)} clips")
+    finally:
+        daemon.close()
+    return 0
