@@ -295,6 +295,9 @@ class IngestServer:
             if ack is not None:  # a resend after a lost reply: same answer, no second clip
                 self.log.info("clip_duplicate", segment_id=ack["segment_id"], request_id=req.request_id)
                 return ok_reply(cmd=req.cmd, duplicate=True, **ack)
+        cap = self.spool.limits.max_spool_bytes
+        if len(req.data) > cap:  # checked before decoding: it could never be queued
+            raise ProtocolError("oversize", f"payload of {len(req.data)} bytes exceeds queue.max_spool_bytes {cap}")
         try:
             clip = decode_for_settings(req.data, self.settings, format=req.format,
                                        sample_rate=req.sample_rate, channels=req.channels)
