@@ -25,11 +25,13 @@ Every clip is validated at load (exists, has an audio stream, decodes): a bad on
 A playlist that is missing or unparsable yields an empty programme (idle silence) that keeps watching the file.
 The file is re-read when its mtime or size changes, checked at most every programme.reload_check_seconds.
 The list loops forever, in order or reshuffled every cycle. Programme clip ids are `programme:<name>:<n>` with n the
-running play count. Clips are decoded when they come up, so a long playlist does not sit in memory.
+running play count. Clips are decoded (by the ingest decoder, flashtalk_live.ingest.audio) when they come up, so a
+long playlist does not sit in memory.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
@@ -41,8 +43,9 @@ from typing import Any, Callable, Literal
 import av
 import numpy as np
 
+from flashtalk_live.ingest.audio import AudioError, ClipAudio, sniff_demuxer
+from flashtalk_live.ingest.audio import decode_audio as ingest_decode
 from flashtalk_live.log import get_logger
-from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,69 +63,41 @@ class ClipDecodeError(ValueError):
     """A clip file that cannot be decoded into audio."""
 
 
-@dataclass
-class DecodedAudio:
-    """Same shape as the spool's ClipAudio: broadcast [n, channels] float32 at the output rate, model [m] 16 kHz."""
-
-    broadcast: np.ndarray
-    model: np.ndarray
-    duration_s: float
+def _hint(path: str) -> str | None:
+    return os.path.splitext(path)[1].lower().lstrip(".") or None
 
 
-def _resampled(frames: list[np.ndarray], channels: int) -> np.ndarray:
-    if not frames:
-        return np.zeros((0, channels), np.float32)
-    # 'flt' is packed: each frame comes out as [1, samples * channels].
-    return np.concatenate([f.reshape(-1, channels) for f in frames]).astype(np.float32, copy=False)
-
-
-def decode_audio(path: str | os.PathLike[str], rate: int, channels: int, max_seconds: float | None = None) -> DecodedAudio:
-    """Decode any audio FFmpeg reads into broadcast-rate audio and 16 kHz mono model audio.
-
-    Private minimal decoder: the ingest part's decoder (flashtalk_live/ingest/audio.py) was not there when this was
-    written.
-    """
+def decode_audio(path: str | os.PathLike[str], rate: int, channels: int, max_seconds: float | None = None) -> ClipAudio:
+    """Decode a clip file with the ingest decoder (same formats and channel mapping as pushed clips) -> ClipAudio."""
     p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise ClipDecodeError(f"{p}: file not found")
     try:
-        with av.open(p, "r") as container:
-            if not container.streams.audio:
-                raise ClipDecodeError(f"{p}: no audio stream")
-            stream = container.streams.audio[0]
-            rb = av.AudioResampler(format="flt", layout="mono" if channels == 1 else "stereo", rate=rate)
-            rm = av.AudioResampler(format="flt", layout="mono", rate=MODEL_AUDIO_RATE)
-            bparts: list[np.ndarray] = []
-            mparts: list[np.ndarray] = []
-            n = 0
-            for frame in container.decode(stream):
-                frame.pts = None  # the resamplers count samples themselves; odd input pts must not confuse them
-                for f in rb.resample(frame):
-                    bparts.append(f.to_ndarray())
-                    n += f.samples
-                mparts += [f.to_ndarray() for f in rm.resample(frame)]
-                if max_seconds is not None and n > max_seconds * rate:
-                    raise ClipDecodeError(f"{p}: longer than the {max_seconds:g} s limit")
-            bparts += [f.to_ndarray() for f in rb.resample(None)]
-            mparts += [f.to_ndarray() for f in rm.resample(None)]
-    except av.error.FFmpegError as e:
-        raise ClipDecodeError(f"{p}: cannot decode audio ({e})") from None
-    broadcast = _resampled(bparts, channels)
-    model = _resampled(mparts, 1)[:, 0]
-    if broadcast.shape[0] == 0:
-        raise ClipDecodeError(f"{p}: no audio samples")
-    if not np.all(np.isfinite(broadcast)):
-        raise ClipDecodeError(f"{p}: audio contains NaN or infinity")
-    return DecodedAudio(broadcast, model, broadcast.shape[0] / rate)
+        with open(p, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ClipDecodeError(f"{p}: {'file not found' if isinstance(e, FileNotFoundError) else e}") from None
+    try:
+        return ingest_decode(data, format=_hint(p), rate=rate, out_channels=channels,
+                             max_seconds=math.inf if max_seconds is None else max_seconds)
+    except AudioError as e:
+        raise ClipDecodeError(f"{p}: {e.reason}") from None
 
 
 def probe_audio(path: str | os.PathLike[str]) -> float | None:
-    """Cheap validation at load: the file opens, has an audio stream and its first packets decode. Returns duration_s."""
+    """Cheap validation at load: a format the ingest decoder accepts, an audio stream, first packets decode.
+
+    Returns duration_s when the container knows it. The full decode happens when the clip comes up.
+    """
     p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise ClipDecodeError(f"{p}: file not found")
     try:
-        with av.open(p, "r") as container:
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise ClipDecodeError(f"{p}: {'file not found' if isinstance(e, FileNotFoundError) else e}") from None
+    demuxer = sniff_demuxer(head, _hint(p))
+    if demuxer is None:
+        raise ClipDecodeError(f"{p}: unrecognised audio format (WAV, MP3, AAC/M4A, FLAC, Ogg/Opus are supported)")
+    try:
+        with av.open(p, "r", format=demuxer) as container:
             if not container.streams.audio:
                 raise ClipDecodeError(f"{p}: no audio stream")
             stream = container.streams.audio[0]
@@ -138,8 +113,8 @@ def probe_audio(path: str | os.PathLike[str]) -> float | None:
             if stream.duration and stream.time_base:
                 return float(stream.duration * stream.time_base)
             return None
-    except av.error.FFmpegError as e:
-        raise ClipDecodeError(f"{p}: cannot decode audio ({e})") from None
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        raise ClipDecodeError(f"{p}: cannot decode audio as {demuxer} ({getattr(e, 'strerror', None) or e})") from None
 
 
 @dataclass(frozen=True)
@@ -164,7 +139,7 @@ class ProgrammeItem:
     kind: Literal["clip", "pause"]
     name: str
     segment_id: str | None = None
-    audio: DecodedAudio | None = None
+    audio: ClipAudio | None = None
     pause_s: float = 0.0
     entry: PlaylistEntry | None = None
 

@@ -10,6 +10,8 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
   a programme pause, or while idle). The programme then resumes with its next clip: where it left off.
 * play_now (`queue.interrupt_pending()`) is checked at every chunk boundary: whatever is playing is cut there
   ('interrupted' mark; `queue.mark_interrupted` for a queue clip) and the new clip starts on the chunk's first frame.
+  The same flag covers a cancelled playing clip (spool.is_cancel_requested): it is cut there too. A clip already
+  cut completely into the look-ahead has left the timeline and airs regardless.
   A programme clip that was cut is played again from its start when the programme resumes (resuming a sales pitch
   mid-sentence sounds broken).
 * Marks: 'started' on the frame holding a clip's first sample, 'finished' on the frame holding its last sample.
@@ -222,6 +224,34 @@ class Timeline:
             except Exception as e:  # noqa: BLE001
                 self._log.error("programme_rewind_failed", error=repr(e))
 
+    def _handle_interrupt(self, frame: int, marks: list[Mark]) -> None:
+        """The spool says the playing clip must be cut: a play_now clip is waiting, or the clip was cancelled."""
+        q = self.queue
+        cur = self._cur
+        # The spool's flag also covers a cancelled clip; only cut for it if that clip is the one playing here.
+        is_cancelled = getattr(q, "is_cancel_requested", None)
+        if cur is not None and cur.source == "queue" and cur.kind == "clip" and callable(is_cancelled):
+            try:
+                if is_cancelled(cur.segment_id):
+                    self._cut_current(frame, marks)
+            except Exception as e:  # noqa: BLE001
+                self._log.error("queue_cancel_check_failed", error=repr(e))
+        # With peek() available, only a waiting play_now clip may cut (a cancel of a clip already cut into the
+        # look-ahead must not make the next queue clip jump in early). Without it, the flag means play_now.
+        peek = getattr(q, "peek", None)
+        if callable(peek):
+            try:
+                head = peek()
+            except Exception as e:  # noqa: BLE001
+                self._log.error("queue_peek_failed", error=repr(e))
+                return
+            if head is None or getattr(head, "mode", "play_now") != "play_now":
+                return
+        nxt = self._next_from_queue(frame, marks)
+        if nxt is not None:
+            self._cut_current(frame, marks)
+            self._cur = nxt
+
     # -- the one public operation ---------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:
         """Cut the next chunk_frames frames of audio, with marks and per-frame bookkeeping."""
@@ -236,14 +266,16 @@ class Timeline:
         best_seg: list[str | None] = [None] * nf
         best_cnt = [0] * nf
 
-        # play_now: cut at this chunk boundary. A pause or idle gives way to any waiting queue clip too.
+        # play_now / cancel: cut at this chunk boundary. A pause also gives way to any waiting queue clip.
         interrupt = False
         if self.queue is not None:
             try:
                 interrupt = bool(self.queue.interrupt_pending())
             except Exception as e:  # noqa: BLE001
                 self._log.error("queue_interrupt_check_failed", error=repr(e))
-        if interrupt or (self._cur is not None and self._cur.kind == "pause"):
+        if interrupt:
+            self._handle_interrupt(f0, marks)
+        elif self._cur is not None and self._cur.kind == "pause":
             nxt = self._next_from_queue(f0, marks)
             if nxt is not None:
                 self._cut_current(f0, marks)

@@ -42,10 +42,26 @@ def _ids(prog: Programme, n: int) -> list[str]:
     return out
 
 
+def _video_only_mp4(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+
+
 def test_m3u_with_missing_corrupt_and_odd_lines(tmp_path):
     _clips(tmp_path)
     (tmp_path / "corrupt.mp3").write_bytes(b"ID3\x03\x00 definitely not audio" * 10)
     shutil.copy(REPO / "flashtalk_live/assets/portrait.png", tmp_path / "image.png")  # decodes, but no audio
+    _video_only_mp4(tmp_path / "video.mp4")
     (tmp_path / "sub").mkdir()
     labelled_wav(tmp_path / "sub" / "d.wav", 4, 0.1)
     (tmp_path / "list.m3u").write_text(
@@ -57,6 +73,7 @@ def test_m3u_with_missing_corrupt_and_odd_lines(tmp_path):
         "missing.wav\n"
         "corrupt.mp3\n"
         "image.png\n"
+        "video.mp4\n"
         "https://example.com/remote.mp3\n"
         "b.wav\n"
         "#EXT-X-PAUSE:nonsense\n"
@@ -67,8 +84,9 @@ def test_m3u_with_missing_corrupt_and_odd_lines(tmp_path):
     prog = Programme.load(tmp_path / "list.m3u", _settings())
     assert [(e.name, e.pause_s) for e in prog.entries] == [("First Pitch", 0.25), ("b", 1.5), ("d", 0.25)]
     skipped = {Path(p).name: why for p, why in prog.skipped}
-    assert set(skipped) == {"missing.wav", "corrupt.mp3", "image.png"}
-    assert "not found" in skipped["missing.wav"] and "no audio stream" in skipped["image.png"]
+    assert set(skipped) == {"missing.wav", "corrupt.mp3", "image.png", "video.mp4"}
+    assert "not found" in skipped["missing.wav"] and "unrecognised audio format" in skipped["image.png"]
+    assert "no audio stream" in skipped["video.mp4"] and "cannot decode" in skipped["corrupt.mp3"]
     assert any("only local files" in p for p in prog.problems)
     assert any("before any clip" in p for p in prog.problems)
     assert any("nonsense" in p for p in prog.problems)

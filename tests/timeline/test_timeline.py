@@ -263,3 +263,61 @@ def test_programme_pause_is_exact_silence_and_yields_to_the_queue(tmp_path):
     c2 = tl2.next_chunk()
     assert c2.marks[0].kind == "started" and c2.marks[0].segment_id == "q" and c2.marks[0].frame == 28
     assert c2.marks[2].segment_id == "programme:a:2"  # the pause was dropped, the programme continues
+
+
+# -- with the real spool -------------------------------------------------------------------------------
+
+
+def _pcm(level: int, seconds: float) -> bytes:
+    """Raw s16le stereo 48 kHz at level/64: decodes exactly."""
+    n = int(round(seconds * 48000))
+    return np.full((n, 2), level * 512, "<i2").tobytes()
+
+
+def _spool_add(spool, level, seconds, mode="enqueue"):
+    return spool.add(_pcm(level, seconds), mode=mode, duration_s=seconds, format="pcm_s16le",
+                     sample_rate=48000, channels=2).segment_id
+
+
+def test_real_spool_back_to_back_play_now_and_cancel(tmp_path):
+    from flashtalk_live.queue.spool import Spool
+
+    st = _settings()
+    with Spool(tmp_path / "spool") as spool:
+        a = _spool_add(spool, 1, 2.0)
+        b = _spool_add(spool, 2, 0.5)
+        tl = Timeline(st, spool, None)
+        c0 = tl.next_chunk()
+        assert _segments_in_order(c0.marks) == [a] and np.all(c0.audio == 1 / 64)
+        # play_now: the playing clip a is cut at the next chunk boundary; the spool forgets it.
+        now = _spool_add(spool, 3, 0.2, mode="play_now")
+        assert spool.interrupt_pending()
+        c1 = tl.next_chunk()
+        assert [(m.kind, m.segment_id, m.frame) for m in c1.marks[:3]] == [
+            ("interrupted", a, 28), ("started", now, 28), ("finished", now, 28 + 9600 // 1920 - 1)
+        ]
+        assert spool.get(a) is None and not spool.interrupt_pending()
+        assert np.all(c1.audio[:9600] == 3 / 64) and np.all(c1.audio[9600 : 9600 + 24000] == 2 / 64)  # then b
+        assert _segments_in_order(c1.marks) == [now, b]
+        # A long clip cancelled while it plays is cut at the next boundary, and nothing else jumps in.
+        d = _spool_add(spool, 4, 5.0)
+        e = _spool_add(spool, 5, 1.0)
+        tl.next_chunk()
+        assert tl.current_segment == d
+        assert spool.cancel(d) == "playing" and spool.interrupt_pending()
+        c3 = tl.next_chunk()
+        assert [(m.kind, m.segment_id) for m in c3.marks[:2]] == [("interrupted", d), ("started", e)]
+        assert spool.get(d) is None and np.all(c3.audio[:100] == 5 / 64)
+        # Cancelling a clip that the timeline has already cut completely (it sits in the look-ahead, 'playing' in
+        # the spool until it airs) must not cut what plays now or let the next clip jump the queue.
+        while tl.current_segment is not None:
+            tl.next_chunk()
+        f = _spool_add(spool, 6, 0.1)
+        g = _spool_add(spool, 7, 3.0)
+        h = _spool_add(spool, 8, 0.1)
+        tl.next_chunk()
+        assert tl.current_segment == g
+        assert spool.cancel(f) == "playing" and spool.interrupt_pending()
+        c5 = tl.next_chunk()
+        assert not [m for m in c5.marks if m.kind == "interrupted"] and np.all(c5.audio[:1000] == 7 / 64)
+        assert tl.current_segment == g and spool.get(h).state == "pending"
