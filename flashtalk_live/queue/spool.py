@@ -103,6 +103,7 @@ class Entry:
     payload_bytes: int = 0
     created: float = 0.0
     replays: int = 0
+    interrupt: bool = False  # a play_now clip whose cut has not happened yet
 
     def ack(self, queued_ahead_s: float = 0.0) -> dict[str, Any]:
         return {"segment_id": self.segment_id, "position": self.position, "duration_s": round(self.duration_s, 6),
@@ -117,7 +118,7 @@ class AddResult:
 
 
 _COLS = ("segment_id, request_id, mode, state, pos, duration_s, format, sample_rate, channels, meta, "
-         "payload_bytes, created, replays")
+         "payload_bytes, created, replays, interrupt")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -197,10 +198,10 @@ class Spool:
         return db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
 
     def _entry(self, row: tuple, position: int) -> Entry:
-        (sid, rid, mode, state, _pos, dur, fmt, rate, ch, meta, nbytes, created, replays) = row
+        (sid, rid, mode, state, _pos, dur, fmt, rate, ch, meta, nbytes, created, replays, interrupt) = row
         return Entry(segment_id=sid, position=position, duration_s=dur, mode=mode, state=state, request_id=rid,
                      format=fmt, sample_rate=rate, channels=ch, meta=json.loads(meta or "{}"),
-                     payload_bytes=nbytes, created=created, replays=replays)
+                     payload_bytes=nbytes, created=created, replays=replays, interrupt=bool(interrupt))
 
     def _pending_rows(self, db: sqlite3.Connection) -> list[tuple]:
         return db.execute(f"SELECT {_COLS} FROM clips WHERE state = 'pending' ORDER BY pos, seq").fetchall()
@@ -283,7 +284,7 @@ class Spool:
             ahead = sum(r[5] for r in pending[:index])
             entry = Entry(segment_id=sid, position=index, duration_s=float(duration_s), mode=mode, state="pending",
                           request_id=request_id, format=format, sample_rate=sample_rate, channels=channels,
-                          meta=dict(meta or {}), payload_bytes=nbytes, created=created)
+                          meta=dict(meta or {}), payload_bytes=nbytes, created=created, interrupt=mode == "play_now")
             ack = entry.ack(ahead)
             if request_id is not None:
                 db.execute("INSERT INTO requests(request_id, ack, created) VALUES (?, ?, ?)",
@@ -315,6 +316,7 @@ class Spool:
             self._renumber(db, rest)
             row = list(rows[0])
             row[3] = "playing"
+            row[-1] = 0
         return self._entry(tuple(row), -1)
 
     def interrupt_pending(self) -> bool:

@@ -70,12 +70,14 @@ def test_play_now_goes_to_head_and_flags_interrupt(spool):
     assert spool.interrupt_pending()
     p2 = add(spool, "p2", "play_now")  # the newest play_now wins the head
     assert p2.position == 0 and names(spool) == ["p2", "p1", "i1", "b"]
+    assert spool.peek().interrupt and spool.peek().meta["name"] == "p2"
     add(spool, "i2", "insert")  # inserts queue behind play_now clips and earlier inserts
     assert names(spool) == ["p2", "p1", "i1", "i2", "b"]
     # the timeline cuts a at a chunk boundary and starts the head
     assert spool.mark_interrupted(a.segment_id)
     assert spool.take_next().meta["name"] == "p2"
     assert not spool.interrupt_pending()  # the cut asked for has happened; p1 just plays next
+    assert spool.peek().meta["name"] == "p1" and not spool.peek().interrupt
     assert names(spool) == ["p1", "i1", "i2", "b"]
 
 
