@@ -1,0 +1,155 @@
+"""A real daemon process (`python -m flashtalk_live run`) on a temporary state dir, driven through the real client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import socket
+
+from flashtalk_live.client import Client, ClientError, EventStream
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))  # ingest_audiogen: clips in every format
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_value(v: Any) -> str:
+    return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
+
+
+class DaemonProcess:
+    """Starts the daemon with a generated config; `kill()` is SIGKILL, `stop()` is SIGTERM and waits."""
+
+    def __init__(self, state_dir: Path, outputs: list[dict[str, Any]], extra: list[str] | None = None) -> None:
+        self.state_dir = state_dir
+        self.tcp_port, self.tcp_events = free_port(), free_port()
+        self.config = state_dir.parent / f"{state_dir.name}.toml"
+        lines = [
+            f"state_dir = {toml_value(str(state_dir))}",
+            "[ingest]",
+            f'control = ["ipc://{{state_dir}}/control.sock", "tcp://127.0.0.1:{self.tcp_port}"]',
+            f'events = ["ipc://{{state_dir}}/events.sock", "tcp://127.0.0.1:{self.tcp_events}"]',
+            "[video]", "width = 256", "height = 256", "fps = 25",
+            "[encoder]", 'preset = "ultrafast"', "video_bitrate = 600000",
+            "[metrics]", "port = 0",
+            "[logging]", 'format = "json"', 'level = "info"',
+        ]
+        for o in outputs:
+            lines.append("[[outputs]]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in o.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+        self.log_path = state_dir.parent / f"{state_dir.name}.log"
+
+    @property
+    def ipc(self) -> str:
+        return f"ipc://{self.state_dir}/control.sock"
+
+    @property
+    def tcp(self) -> str:
+        return f"tcp://127.0.0.1:{self.tcp_port}"
+
+    @property
+    def events_ipc(self) -> str:
+        return f"ipc://{self.state_dir}/events.sock"
+
+    def start(self, timeout_s: float = 30.0) -> "DaemonProcess":
+        args = [sys.executable, "-m", "flashtalk_live", "run", "-c", str(self.config)]
+        for o in self.extra:
+            args += ["--set", o]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        with Client(self.ipc, timeout_s=0.5) as c:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    if c.ping().get("ok"):
+                        return self
+                except ClientError:
+                    time.sleep(0.1)
+        raise RuntimeError(f"daemon did not answer ping within {timeout_s}s:\n{self.log_tail()}")
+
+    def client(self, tcp: bool = False, timeout_s: float = 5.0) -> Client:
+        return Client(self.tcp if tcp else self.ipc, timeout_s=timeout_s)
+
+    def events(self) -> EventStream:
+        return EventStream(self.events_ipc, timeout_s=30.0)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 40.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"daemon ignored SIGTERM for {timeout_s}s:\n{self.log_tail()}")
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    made: list[DaemonProcess] = []
+
+    def make(outputs: list[dict[str, Any]] | None = None, extra: list[str] | None = None,
+             name: str = "state") -> DaemonProcess:
+        d = DaemonProcess(tmp_path / name, outputs if outputs is not None else
+                          [{"name": "rec", "url": str(tmp_path / "rec.flv")}], extra)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.kill()
+
+
+def wait_for(events: EventStream, pred: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0,
+             seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Read events until pred matches (collecting every event into `seen`)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        ev = events.get(left)
+        if ev is None:
+            break
+        if seen is not None:
+            seen.append(ev)
+        if pred(ev):
+            return ev
+    raise AssertionError(f"event not seen within {timeout_s}s; saw {[(e['type'], e.get('segment_id')) for e in (seen or [])][-20:]}")
