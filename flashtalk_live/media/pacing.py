@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -191,7 +191,6 @@ class PacedFrame:
     deadline: float = 0.0
     lateness: float = 0.0
     renderer: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Pacer:

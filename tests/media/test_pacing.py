@@ -327,3 +327,9 @@ def test_timeline_still_renderer_and_pacer_together():
     marks = [(it.out_frame, m.kind, m.segment_id) for it in items for m in it.marks]
     assert marks == [(0, "started", "a"), (15, "finished", "a"), (15, "started", "b"), (18, "finished", "b")]
     assert all(it.frame.shape == (96, 64, 3) for it in items) and pacer.underrun_frames == 0
+    # And the broadcast side's encoder takes the items as they come (read-only shared frames, float32 audio).
+    from flashtalk_live.media.encoder import Encoder
+
+    enc = Encoder(st.encoder.model_copy(update={"preset": "ultrafast"}), 64, 96, st.video.fps)
+    packets = [p for it in items for p in enc.encode(it.frame, it.audio)]
+    assert packets and enc.frames == pacer.frames_out and enc.audio_samples_in == pacer.audio_samples_out
