@@ -116,7 +116,7 @@ frames_structured = st.lists(
 frames_raw = st.lists(st.binary(max_size=200), max_size=5)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(frames_structured, frames_raw))
 def test_fuzz_only_protocol_errors(frames):
     try:
