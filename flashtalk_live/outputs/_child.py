@@ -2,7 +2,7 @@
 
 One process = one connection attempt. It does all the network I/O, so a peer that never answers
 (PyAV holds the GIL in the RTMP handshake and in close()) freezes only this process, which the parent
-SIGKILLs. It reports on stdout, one JSON object per line: started, input, up, progress, error, eof.
+SIGKILLs. It reports on stdout, one JSON object per line: started, reachable, input, up, progress, error, eof.
 It imports only the standard library and PyAV, so it starts fast, and it dies with its parent.
 """
 
@@ -12,8 +12,10 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import sys
 import time
+from urllib.parse import urlsplit
 
 PROGRESS_EVERY_S = 0.25
 
@@ -32,15 +34,31 @@ def _die_with_parent() -> None:
         os._exit(3)
 
 
+def _preflight(url: str, timeout: float) -> None:
+    parts = urlsplit(url)
+    default = 443 if parts.scheme.lower() == "rtmps" else 1935
+    if not parts.hostname:
+        raise OSError(f"no host in the output URL (scheme {parts.scheme!r})")
+    socket.create_connection((parts.hostname, parts.port or default), timeout=timeout).close()
+
+
 def main() -> int:
     _die_with_parent()
     url = os.environ.get("FLASHTALK_OUTPUT_URL")
     if not url:
         _say(ev="error", error="FLASHTALK_OUTPUT_URL is not set")
         return 2
-    import av  # after the env check: the import is the slow part of starting
-
     _say(ev="started")
+    # Cheap pre-flight before the parent starts the stream (and forces a keyframe on the shared encoder):
+    # a refused or unroutable endpoint fails here, in one TCP connect, without costing anyone an IDR.
+    try:
+        _preflight(url, float(os.environ.get("FLASHTALK_OUTPUT_CONNECT_TIMEOUT", "2")))
+    except OSError as e:
+        _say(ev="error", error=f"{type(e).__name__}: {e}")
+        return 1
+    _say(ev="reachable")
+    import av  # the slow part of starting; overlaps with the parent's wait for a keyframe
+
     inp = out = None
     try:
         # pipe:0 reads stdin in FFmpeg without the GIL and returns partial reads (no buffering latency).

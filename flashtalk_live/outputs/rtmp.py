@@ -59,7 +59,7 @@ class ChildConnection:
         self.output = output
         self.lock = threading.Lock()  # send() (broadcast thread) vs teardown (supervisor / control thread)
         self.spawned = time.monotonic()
-        self.phase = "spawned"  # spawned -> started -> input -> up -> (eof | error | killed)
+        self.phase = "spawned"  # spawned -> started -> reachable -> input -> up -> (eof | error | killed)
         self.error: str | None = None
         self.child_bytes = 0
         self.child_packets = 0
@@ -68,16 +68,20 @@ class ChildConnection:
         self.dead = False  # no more muxing into this connection
         self.broken = False  # the pipe refused a write (child gone)
         self.retire = False  # planned reconnect: hand over at this keyframe
+        self.retire_idr = False
         self.written = 0  # bytes handed to the pipe
         self.ends: deque[int] = deque()  # sink offset at the end of each muxed, not yet written packet
         self.overflow = False
+        self.sent = 0  # packets muxed into this connection (broadcast thread only)
+        self.dropped = 0
 
         r, w = os.pipe()
         try:
             fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:
             pass  # above /proc/sys/fs/pipe-max-size: the default size still works
-        env = dict(os.environ, FLASHTALK_OUTPUT_URL=output.url)  # not argv: /proc/*/cmdline is world-readable
+        env = dict(os.environ, FLASHTALK_OUTPUT_URL=output.url,  # not argv: /proc/*/cmdline is world-readable
+                   FLASHTALK_OUTPUT_CONNECT_TIMEOUT=str(output.policy.rw_timeout_s))
         try:
             self.proc = subprocess.Popen([sys.executable, CHILD], stdin=r, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, env=env, close_fds=True)
@@ -105,16 +109,21 @@ class ChildConnection:
             now = time.monotonic()
             if ev in ("started", "input"):
                 self.phase = ev
+            elif ev == "reachable":
+                self.phase = ev
+                self.output.request_keyframe()  # the stream to this child starts on the next frame
             elif ev == "up":
                 self.phase = "up"
                 self.up_at = now
                 self.last_progress = now
             elif ev == "progress":
-                if msg.get("bytes", 0) > self.child_bytes:
+                n = int(msg.get("bytes", 0))
+                if n > self.child_bytes:
                     self.last_progress = now
-                self.child_bytes = msg.get("bytes", 0)
+                    self.output.bytes_sent += n - self.child_bytes
+                self.child_bytes = n
                 self.child_packets = msg.get("packets", 0)
-                self.output.rate.add(self.child_bytes, now)
+                self.output.rate.add(self.output.bytes_sent, now)
             elif ev == "error":
                 self.error = scrub(str(msg.get("error")))
                 self.phase = "error"
@@ -126,16 +135,22 @@ class ChildConnection:
         """Mux into the pipe buffer and write what the pipe takes; returns (sent, dropped)."""
         sent = dropped = 0
         with self.lock:
-            if self.dead:
+            if self.dead or self.phase not in ("reachable", "input", "up"):
+                self.dropped += len(packets)  # not reachable (yet): queue nothing for a child that may never connect
                 return 0, len(packets)
             self._drain()
             for i, p in enumerate(packets):
                 rb = self.rebaser
                 is_kf = p.is_keyframe and rb.is_video(p)
-                if is_kf and rb.started() and (rb.media_seconds(p) or 0) >= planned_s:
-                    self.retire = True  # timestamps near the planned limit: the next connection starts here
-                    self.dead = True
-                    return sent, dropped + len(packets) - i
+                if rb.started() and (rb.media_seconds(p) or 0) >= planned_s:
+                    if is_kf:
+                        self.retire = True  # timestamps near the planned limit: the next connection starts here
+                        self.dead = True
+                        dropped += len(packets) - i
+                        break
+                    if not self.retire_idr:
+                        self.retire_idr = True
+                        self.output.request_keyframe()  # cut on the next frame, not up to a GOP later
                 if self.overflow:
                     if is_kf and len(self.ends) < queue_limit // 2:
                         self.overflow = False
@@ -152,6 +167,8 @@ class ChildConnection:
                 else:
                     dropped += 1
             self._drain()
+            self.sent += sent
+            self.dropped += dropped
         return sent, dropped
 
     def _drain(self) -> None:
@@ -239,23 +256,51 @@ class RtmpOutput(Output):
     kind = "rtmp"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self.conn: ChildConnection | None = None
+        self._sent_done = self._dropped_done = self._dropped_idle = 0
+        super().__init__(*args, **kwargs)
         self.attempts = 0
         self.next_attempt = 0.0  # monotonic; 0 = now
         self.planned_reconnects = 0
         self.closed = False
         self._planned_s = float(self.policy.planned_reconnect_hours) * 3600.0
+        self.bytes_sent = 0  # bytes the children handed to their network muxers, all connections
+
+    # Counters: each has one writer thread, so no update is ever lost. The broadcast thread counts
+    # per connection; the supervisor folds a finished connection in (its packets count as dropped if it
+    # never came up: they were queued for a child that did not deliver them).
+    @property
+    def sent_packets(self) -> int:
+        conn = self.conn
+        return self._sent_done + (conn.sent if conn else 0)
+
+    @sent_packets.setter
+    def sent_packets(self, value: int) -> None:  # only the base class initialiser sets it
+        self._sent_done = value
+
+    @property
+    def dropped_packets(self) -> int:
+        conn = self.conn
+        return self._dropped_idle + self._dropped_done + (conn.dropped if conn else 0)
+
+    @dropped_packets.setter
+    def dropped_packets(self, value: int) -> None:  # base initialiser, or the manager after a send() bug
+        self._dropped_idle = value - self._dropped_done - (self.conn.dropped if self.conn else 0)
+
+    def _fold(self, conn: ChildConnection) -> None:
+        if conn.up_at is None:
+            self._dropped_done += conn.dropped + conn.sent
+        else:
+            self._sent_done += conn.sent
+            self._dropped_done += conn.dropped
 
     # broadcast thread: never blocks (a pipe write that would block is left for the next frame)
     def send(self, packets: list[Any]) -> None:
         conn = self.conn
-        if conn is None:
-            self.dropped_packets += len(packets)
+        if conn is None or conn.dead:
+            self._dropped_idle += len(packets)
             return
-        sent, dropped = conn.send(packets, self.policy.queue_packets, self._planned_s)
-        self.sent_packets += sent
-        self.dropped_packets += dropped
+        conn.send(packets, self.policy.queue_packets, self._planned_s)
 
     # supervisor thread
     def tick(self, now: float) -> None:
@@ -277,11 +322,12 @@ class RtmpOutput(Output):
         if conn is not None and conn.retire:
             self.planned_reconnects += 1
             log.info("planned_reconnect", output=self.name, url=self.masked_url)
-            threading.Thread(target=conn.finish, args=(2.0,), daemon=True).start()
+            threading.Thread(target=self._retire, args=(conn,), daemon=True).start()
         elif conn is not None:
             held = conn.up_at is not None and now - conn.up_at >= HELD_RESET_S
             conn.kill()
             with self._lock:
+                self._fold(conn)
                 if held:
                     self.backoff.reset()
                 delay = self.backoff.next_delay()
@@ -291,6 +337,11 @@ class RtmpOutput(Output):
                 self._set_down(failure)
             return
         self._spawn(now)
+
+    def _retire(self, conn: ChildConnection) -> None:
+        conn.finish(2.0)  # the old child sends what it has and unpublishes while the new one starts
+        with self._lock:
+            self._fold(conn)
 
     def _check(self, conn: ChildConnection, now: float) -> str | None:
         """Why this connection must go, or None while it is fine."""
@@ -328,13 +379,14 @@ class RtmpOutput(Output):
                 conn = None
         if conn is not None:  # closed while spawning
             conn.kill()
-            return
-        self.request_keyframe()  # the new connection starts on the next frame, not up to a GOP later
+            with self._lock:
+                self._fold(conn)
 
     def status(self) -> dict[str, Any]:
         st = super().status()
         conn = self.conn
         st.update(queued_packets=conn.queued_packets if conn else 0, pid=conn.proc.pid if conn else None,
+                  phase=conn.phase if conn else None, bytes_sent=self.bytes_sent,
                   planned_reconnects=self.planned_reconnects,
                   media_seconds=float(conn.rebaser.last_video_s) if conn else 0.0)
         return st
@@ -349,6 +401,8 @@ class RtmpOutput(Output):
             else:
                 conn.kill()
         with self._lock:
+            if conn is not None:
+                self._fold(conn)
             self._set_down("closed", state="down")
 
     def kill(self) -> None:
@@ -359,4 +413,6 @@ class RtmpOutput(Output):
         if conn is not None:
             conn.kill()
         with self._lock:
+            if conn is not None:
+                self._fold(conn)
             self._set_down("removed", state="down")
