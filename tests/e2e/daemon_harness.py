@@ -1,4 +1,6 @@
-"""A real daemon process (`python -m flashtalk_live run`) on a temporary state dir, driven through the real client."""
+"""A real daemon process (`python -m flashtalk_live run`) on a temporary state dir, driven through the real client.
+
+Imported by name: pytest puts tests/e2e on sys.path (prepend import mode)."""
 
 from __future__ import annotations
 
@@ -122,22 +124,6 @@ class DaemonProcess:
                 self.kill()
                 raise AssertionError(f"daemon ignored SIGTERM for {timeout_s}s:\n{self.log_tail()}")
         return self.proc.returncode
-
-
-@pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    made: list[DaemonProcess] = []
-
-    def make(outputs: list[dict[str, Any]] | None = None, extra: list[str] | None = None,
-             name: str = "state") -> DaemonProcess:
-        d = DaemonProcess(tmp_path / name, outputs if outputs is not None else
-                          [{"name": "rec", "url": str(tmp_path / "rec.flv")}], extra)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.kill()
 
 
 def wait_for(events: EventStream, pred: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0,

@@ -10,7 +10,7 @@ import zmq
 from flashtalk_live.client import Rejected
 from ingest_audiogen import FORMATS, encode, pcm_s16le
 
-from conftest import wait_for  # tests/e2e/conftest.py
+from daemon_harness import wait_for
 
 
 @pytest.mark.timeout(120)
