@@ -11,7 +11,7 @@ import signal
 import time
 
 import pytest
-from conftest import max_gap, read_media
+from rtmp_harness import max_gap, read_media
 from outputs_driver import FPS, by_name, make_encoder, stream, wait_for
 
 from flashtalk_live.events import EventBus

@@ -1,0 +1,136 @@
+"""File outputs: .flv, fragmented .mp4 and segmented recordings read back with PyAV; bad URLs and I/O errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from rtmp_harness import max_gap, read_media
+from outputs_driver import FPS, by_name, frame_and_audio, make_encoder
+
+from flashtalk_live.events import EventBus
+from flashtalk_live.outputs import OutputManager, output_kind
+from flashtalk_live.settings import OutputPolicy, OutputSettings
+
+POLICY = OutputPolicy(backoff_initial_s=0.05, backoff_max_s=0.1)
+
+
+def _push(m: OutputManager, enc, frames: int) -> int:
+    """Unpaced: files do not care about wall-clock time. Returns the packets handed over."""
+    n = 0
+    for i in range(frames):
+        pk = enc.encode(*frame_and_audio(i, enc.channels))
+        n += len(pk)
+        m.send(pk)
+    tail = enc.flush()
+    m.send(tail)
+    return n + len(tail)
+
+
+@pytest.mark.timeout(60)
+def test_flv_and_mp4_recordings_read_back(tmp_path: Path) -> None:
+    enc = make_encoder()
+    bus = EventBus()
+    events: list[dict] = []
+    bus.subscribe(events.append)
+    m = OutputManager.for_encoder(POLICY, bus, enc)
+    m.add(OutputSettings(name="flv", url=str(tmp_path / "a" / "rec-%Y%m%d.flv")))
+    m.add(OutputSettings(name="mp4", url=f"file:{tmp_path}/b/rec.mp4"))
+    total = _push(m, enc, 5 * FPS)
+    st = by_name(m.status())
+    m.close(2.0)
+    for name, path in (("flv", next((tmp_path / "a").glob("rec-*.flv"))), ("mp4", tmp_path / "b" / "rec.mp4")):
+        info = read_media(path, decode=True)
+        print(name, path.name, info.video_packets, info.audio_packets, info.keyframes, info.video_end, info.audio_end)
+        assert info.errors == []
+        assert (info.video_codec, info.audio_codec, info.sample_rate, info.channels) == ("h264", "aac", 48000, 2)
+        assert (info.width, info.height) == (256, 256) and round(info.fps) == FPS
+        assert info.keyframes[0] == info.video_pts[0] == 0.0
+        assert info.video_packets == 5 * FPS  # the file opened before the first frame: nothing lost
+        assert max_gap(info.video_pts) <= 1 / FPS + 1e-6
+        assert abs(info.video_end - info.audio_end) < 0.05
+        assert info.video_packets + info.audio_packets == st[name]["sent_packets"]
+        assert st[name]["sent_packets"] + st[name]["dropped_packets"] == total
+        assert st[name]["state"] == "up" and st[name]["segments"] == 1
+    assert [e["type"] for e in events if e["output"] == "flv"] == ["endpoint_up", "endpoint_down"]
+
+
+@pytest.mark.timeout(60)
+def test_segmented_recording_cuts_on_keyframes(tmp_path: Path) -> None:
+    enc = make_encoder()
+    m = OutputManager.for_encoder(POLICY, None, enc)
+    m.add(OutputSettings(name="seg", url=str(tmp_path / "seg-%H%M%S-{n}.mp4"), segment_seconds=2.0))
+    _push(m, enc, 7 * FPS)
+    st = by_name(m.status())["seg"]
+    m.close(2.0)
+    files = sorted(tmp_path.glob("seg-*.mp4"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    assert [p.stem.rsplit("-", 1)[1] for p in files] == ["0", "1", "2", "3"]
+    assert st["segments"] == 4
+    frames = 0
+    for i, f in enumerate(files):
+        info = read_media(f, decode=True)
+        print(f.name, info.video_packets, info.keyframes, round(info.video_end, 3), round(info.audio_end, 3))
+        assert info.errors == [] and info.keyframes[0] == info.video_pts[0] == 0.0
+        assert max_gap(info.video_pts) <= 1 / FPS + 1e-6
+        if i < len(files) - 1:
+            assert info.video_end == pytest.approx(2.0, abs=1e-6)  # GOP 2 s: each cut at the next keyframe
+        frames += info.video_packets
+    assert frames == 7 * FPS  # segments join without losing a frame
+
+
+@pytest.mark.timeout(60)
+def test_unwritable_path_is_reported_and_retried_without_raising(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    enc = make_encoder()
+    m = OutputManager.for_encoder(POLICY, None, enc)
+    m.add(OutputSettings(name="bad", url=str(blocker / "rec.flv")))
+    m.add(OutputSettings(name="good", url=str(tmp_path / "ok.flv")))
+    import time
+
+    for i in range(2 * FPS):
+        m.send(enc.encode(*frame_and_audio(i, enc.channels)))
+        if i % 10 == 0:
+            time.sleep(0.06)  # let the (tiny) backoff expire a few times
+    st = by_name(m.status())
+    m.close(2.0)
+    print(st["bad"])
+    assert st["bad"]["state"] == "down" and st["bad"]["sent_packets"] == 0
+    assert "not-a-dir" in st["bad"]["last_error"] or "Not a directory" in st["bad"]["last_error"]
+    assert st["bad"]["reconnects"] >= 1
+    assert st["good"]["state"] == "up" and read_media(tmp_path / "ok.flv").video_packets == 2 * FPS
+
+
+@pytest.mark.timeout(30)
+def test_existing_recordings_are_never_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "same.flv").write_bytes(b"keep me")
+    enc = make_encoder()
+    m = OutputManager.for_encoder(POLICY, None, enc)
+    m.add(OutputSettings(name="r", url=str(tmp_path / "same.flv")))
+    _push(m, enc, FPS)
+    m.close(2.0)
+    assert (tmp_path / "same.flv").read_bytes() == b"keep me"
+    assert read_media(tmp_path / "same-1.flv").video_packets == FPS
+
+
+def test_bad_output_urls_get_clear_errors(tmp_path: Path) -> None:
+    assert output_kind("rtmp://h/app/key") == "rtmp" and output_kind("RTMPS://h/app/key") == "rtmp"
+    assert output_kind("/x/y.FLV") == "file" and output_kind("file:///x/y.mp4") == "file"
+    for url in ("srt://h:9000", "/x/y.avi", "http://h/x.flv", "rec"):
+        with pytest.raises(ValueError, match="unsupported output url"):
+            output_kind(url)
+    enc = make_encoder()
+    m = OutputManager.for_encoder(POLICY, None, enc)
+    try:
+        with pytest.raises(ValueError, match="segment_seconds applies to file outputs"):
+            m.add(OutputSettings(name="x", url="rtmp://h/app/key", segment_seconds=60))
+        with pytest.raises(ValueError, match="unsupported output url"):
+            m.add(OutputSettings(name="y", url=str(tmp_path / "y.webm")))
+        assert m.add(OutputSettings(name="off", url=str(tmp_path / "off.flv"), enabled=False)) is False
+        assert m.names() == []
+    finally:
+        m.close(1.0)
+    with pytest.raises(RuntimeError, match="closed"):
+        m.add(OutputSettings(name="late", url=str(tmp_path / "late.flv")))
+    assert not os.path.exists(tmp_path / "off.flv")
