@@ -9,6 +9,7 @@ from 0); an existing file is never overwritten (-1, -2, ... is appended). MP4 is
 from __future__ import annotations
 
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from flashtalk_live.outputs.base import Output, Rebaser
 
 log = get_logger("outputs.files")
 
+PREV_GRACE_S = Fraction(1, 5)  # audio this far past a cut can no longer belong to the previous segment
 FILE_FORMATS = {".flv": "flv", ".mp4": "mp4"}
 _FORMAT_OPTIONS = {
     "flv": {},
@@ -57,6 +59,9 @@ class FileOutput(Output):
         self.next_attempt = 0.0
         self.closed = False
         self._failed = False
+        self._kf_requested = False
+        self._prev: tuple[Any, Rebaser] | None = None  # the segment just cut, still taking late audio
+        self._prev_cut = Fraction(0)
         self.state = "connecting"
 
     def _expand(self, n: int) -> Path:
@@ -82,17 +87,46 @@ class FileOutput(Output):
             container.close()
             raise
         self.container, self.rebaser, self.path = container, rebaser, path
+        self._kf_requested = False
         self.segments += 1
         self.files.append(str(path))
         log.info("recording_open", output=self.name, path=str(path))
 
     def _close_container(self) -> None:
         c, self.container, self.rebaser = self.container, None, None
+        self._close(c)
+        self._close_prev()
+
+    def _close(self, c: Any) -> None:
         if c is not None:
             try:
                 c.close()
             except Exception as e:  # noqa: BLE001 - a failed trailer must not stop the broadcast
                 self.last_error = f"close: {type(e).__name__}: {e}"
+
+    def _close_prev(self) -> None:
+        prev, self._prev = self._prev, None
+        if prev is not None:
+            self._close(prev[0])
+
+    def _to_prev(self, p: Any) -> bool:
+        """True when p (audio from before the last cut) went into the previous segment."""
+        assert self._prev is not None
+        container, rb = self._prev
+        t = Fraction(p.dts) * p.time_base
+        if rb.is_video(p) or t >= self._prev_cut:
+            if t >= self._prev_cut + PREV_GRACE_S:
+                self._close_prev()  # nothing more can belong to it
+            return False
+        try:
+            if rb.mux(p):
+                self.sent_packets += 1
+                self.bytes += p.size
+                return True
+        except Exception as e:  # noqa: BLE001 - the old segment is done either way
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._close_prev()
+        return False
 
     def _fail(self, e: BaseException) -> None:
         self._close_container()
@@ -107,27 +141,30 @@ class FileOutput(Output):
             if self.closed:
                 return
             for i, p in enumerate(packets):
+                if self._prev is not None and self._to_prev(p):
+                    continue
                 rb = self.rebaser
                 if rb is not None and self.segment_seconds and p.is_keyframe and rb.is_video(p):
                     t = rb.media_seconds(p)
                     if t is not None and t >= self.segment_seconds:
-                        self._close_container()  # the next segment starts on this keyframe
+                        # The next segment starts on this keyframe; the old one stays open for the audio
+                        # the AAC encoder still owes it (it lags video by a packet or two).
+                        self._prev, self._prev_cut = (self.container, rb), Fraction(p.dts) * p.time_base
+                        self.container = self.rebaser = None
                         rb = None
                 if rb is None:
                     if time.monotonic() < self.next_attempt:
                         self.dropped_packets += 1
                         continue
+                    if self._failed:  # a retry after an error counts like an RTMP reconnect
+                        self.reconnects += 1
+                        self._failed = False
                     try:
                         self._open()
                     except Exception as e:  # noqa: BLE001 - disk full, permission, bad path: retry later
                         self.dropped_packets += len(packets) - i
                         self._fail(e)
                         return
-                    if self.segments == 1 or self._failed:
-                        self.request_keyframe()  # segments after the first cut on natural keyframes
-                    if self._failed:
-                        self.reconnects += 1
-                        self._failed = False
                     rb = self.rebaser
                     assert rb is not None
                 try:
@@ -143,6 +180,9 @@ class FileOutput(Output):
                     self.dropped_packets += len(packets) - i
                     self._fail(e)
                     return
+            if self.rebaser is not None and not self.rebaser.started() and not self._kf_requested:
+                self._kf_requested = True  # a fresh file waits for a keyframe: ask for one now (segments
+                self.request_keyframe()  # after the first start on the keyframe that cut them)
             self.rate.add(self.bytes)
 
     def close(self, timeout: float) -> None:
