@@ -1,0 +1,250 @@
+"""FlashTalkEngine: one avatar session's chunk loop (sample -> decode -> colour -> motion re-encode -> uint8 frames).
+
+The reference's `generate()` for stream mode, with the motion context, the session noise generator and
+the per-stage timings held here.  `generate_chunk(audio_embedding)` returns exactly
+`frame_num - motion_frames` new frames as uint8 [new_frames, H, W, 3] at the profile geometry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from flashtalk_live.engine.profile import Profile
+from flashtalk_live.engine.sampler import NoiseFn, NoiseSource, make_timesteps, sample
+from flashtalk_live.engine.session import AvatarSession, TextEncoder, prepare_session
+from flashtalk_live.model.audio import encode_stream_window
+from flashtalk_live.model.colour import match_and_blend_colors
+
+
+class EngineError(RuntimeError):
+    """The engine was used out of order (no session) or given inputs it cannot use."""
+
+
+@dataclass
+class EngineModels:
+    """The loaded model family. `clip` and `wav2vec` are optional for callers that pass features directly."""
+
+    dit: torch.nn.Module
+    vae: torch.nn.Module
+    clip: torch.nn.Module | None = None
+    wav2vec: Any = None  # transformers Wav2Vec2Model (eval)
+    feature_extractor: Any = None  # transformers Wav2Vec2FeatureExtractor
+    text: TextEncoder | None = None  # prompt -> context (normally a CachedTextEncoder)
+
+
+class StageTimer:
+    """Per-stage seconds of one chunk: CUDA events on a GPU, perf_counter on the CPU; free when disabled."""
+
+    def __init__(self, device: torch.device, enabled: bool) -> None:
+        self.enabled = enabled
+        self.cuda = enabled and device.type == "cuda"
+        self._events: list[tuple[str, Any, Any]] = []
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._events.append((name, start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def finish(self) -> dict[str, float]:
+        if self.cuda and self._events:
+            torch.cuda.synchronize()
+            for name, start, end in self._events:
+                self.seconds[name] = self.seconds.get(name, 0.0) + start.elapsed_time(end) / 1000.0
+            self._events.clear()
+        return dict(self.seconds)
+
+
+@dataclass
+class ChunkOutput:
+    """What one chunk produced besides its frames (kept small: one frame each for the drift measure)."""
+
+    index: int
+    frames: np.ndarray  # uint8 [new_frames, H, W, 3]
+    raw_frame: torch.Tensor  # [1, 3, 1, H, W] decoded, before colour correction: last new frame
+    out_frame: torch.Tensor  # [1, 3, 1, H, W] after colour correction: last new frame
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class FlashTalkEngine:
+    """Chunked generation for one avatar session at a time. Not thread-safe: one caller drives it."""
+
+    def __init__(
+        self,
+        models: EngineModels,
+        profile: Profile,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        noise_fn: NoiseFn | None = None,
+        timing: bool = False,
+    ) -> None:
+        self.models = models
+        self.profile = profile
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.timing = timing
+        self.noise_fn = noise_fn
+        self.timesteps = make_timesteps(profile.sample_steps, profile.shift)
+        self.session: AvatarSession | None = None
+        self.motion: torch.Tensor | None = None
+        self.noise: NoiseSource | None = None
+        self.chunk_index = 0
+        self.last_timings: dict[str, float] = {}
+        self._audio_seconds: float | None = None
+        dit_cfg = getattr(models.dit, "cfg", None)
+        if dit_cfg is not None and getattr(dit_cfg, "in_dim", 36) != 36:
+            raise EngineError(f"the DiT has in_dim {dit_cfg.in_dim}; FlashTalk needs 36 (16 noisy + 20 conditioning)")
+
+    # -- session --------------------------------------------------------------------------------------
+    def start_session(
+        self,
+        image: np.ndarray,
+        prompt: str,
+        *,
+        context: torch.Tensor | None = None,
+        clip_fea: torch.Tensor | None = None,
+    ) -> AvatarSession:
+        """Prepare the reference image + prompt; resets the motion context and the session noise generator."""
+        m = self.models
+        session = prepare_session(
+            self.profile, image, prompt, vae=m.vae, clip=m.clip, text=m.text, context=context, clip_fea=clip_fea,
+            device=self.device, dtype=self.dtype,
+        )
+        self.use_session(session)
+        return session
+
+    def use_session(self, session: AvatarSession) -> None:
+        if session.profile != self.profile:
+            raise EngineError(f"session was prepared for profile {session.profile.name!r}, engine runs {self.profile.name!r}")
+        self.session = session
+        self.motion = session.motion0
+        self.noise = NoiseSource(self.profile.seed, self.device, self.noise_fn)
+        self.chunk_index = 0
+
+    def reanchor(self) -> None:
+        """Motion context back to the reference image's latent (as on chunk 0); the noise stream continues."""
+        self.motion = self._session().motion0
+
+    def _session(self) -> AvatarSession:
+        if self.session is None:
+            raise EngineError("no avatar session: call start_session(image, prompt) first")
+        return self.session
+
+    # -- audio ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def audio_features(self, window: np.ndarray) -> torch.Tensor:
+        """The profile's rolling window (audio_window_seconds of 16 kHz mono ending at the chunk's end) ->
+        [1, frame_num, 5, layers, hidden] wav2vec2 windows; the time is charged to the next chunk."""
+        m = self.models
+        if m.wav2vec is None or m.feature_extractor is None:
+            raise EngineError("no wav2vec2 model loaded: pass audio features to generate_chunk directly")
+        t0 = time.perf_counter()
+        emb = encode_stream_window(m.wav2vec, m.feature_extractor, window, self.profile.audio_config())
+        if self.timing and emb.is_cuda:
+            torch.cuda.synchronize()
+        self._audio_seconds = time.perf_counter() - t0
+        return emb
+
+    # -- one chunk ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_chunk(
+        self,
+        audio_embedding: torch.Tensor,
+        *,
+        noise: Sequence[torch.Tensor] | None = None,
+        trace: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """Audio features [1, frame_num, 5, layers, hidden] -> uint8 frames [new_frames, H, W, 3]."""
+        return self.generate(audio_embedding, noise=noise, trace=trace).frames
+
+    @torch.no_grad()
+    def generate(
+        self,
+        audio_embedding: torch.Tensor,
+        *,
+        noise: Sequence[torch.Tensor] | None = None,
+        trace: dict[str, Any] | None = None,
+    ) -> ChunkOutput:
+        """As generate_chunk, returning a ChunkOutput (frames, drift frames, stage timings)."""
+        s = self._session()
+        p = self.profile
+        m = self.models
+        assert self.motion is not None and self.noise is not None
+        if audio_embedding.ndim == 4:
+            audio_embedding = audio_embedding[None]
+        if audio_embedding.ndim != 5 or audio_embedding.shape[1] != p.frame_num:
+            raise EngineError(f"audio features must be [1, {p.frame_num}, window, layers, hidden] for profile "
+                              f"{p.name!r}, got {tuple(audio_embedding.shape)}")
+        timer = StageTimer(self.device, self.timing)
+        if self._audio_seconds is not None and self.timing:
+            timer.seconds["audio_features"] = self._audio_seconds
+        self._audio_seconds = None
+        wall0 = time.perf_counter()
+
+        audio = audio_embedding.to(device=self.device, dtype=self.dtype)
+        h, w = p.latent_hw
+        z = s.motion0.shape[0]
+        latent_shape = (z, p.latent_frames, h, w)
+        motion = self.motion
+        if trace is not None:
+            trace["motion_latents_in"] = motion.clone()
+
+        def velocity(latent: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            with timer.stage(f"dit_step_{i}"):
+                return m.dit(latent[None], t, [s.context], s.clip_fea, s.y[None], audio)[0]
+
+        latent = sample(velocity, motion, latent_shape, self.timesteps, self.noise, noise_dtype=self.dtype,
+                        injected=noise, trace=trace)
+        vae_dtype = next(m.vae.parameters()).dtype
+        with timer.stage("vae_decode"):
+            decoded = m.vae.decode(latent[None].to(vae_dtype))  # [1, 3, frame_num, H, W] in [-1, 1]
+        if decoded.shape[2] != p.frame_num:
+            raise EngineError(f"VAE decoded {decoded.shape[2]} frames, the profile needs {p.frame_num}")
+        with timer.stage("colour_correction"):
+            if p.colour_correction_strength > 0:
+                video = match_and_blend_colors(decoded, s.cond_image, float(p.colour_correction_strength))
+            else:
+                video = decoded
+        with timer.stage("motion_encode"):
+            next_motion = m.vae.encode(video[:, :, -p.motion_frames:])[0]
+        with timer.stage("host_copy"):
+            new = video[0, :, p.motion_frames:].float()
+            u8 = (((new + 1) / 2).clamp(0, 1) * 255).to(torch.uint8)  # truncation, as the reference's astype
+            frames = u8.permute(1, 2, 3, 0).contiguous().cpu().numpy()
+        if frames.shape[0] != p.new_frames:
+            raise EngineError(f"chunk produced {frames.shape[0]} new frames, expected {p.new_frames}")
+        assert frames.shape == (p.new_frames, p.height, p.width, 3), frames.shape
+
+        if trace is not None:
+            trace["latent_final"] = latent.clone()
+            trace["decoded"] = decoded.clone()
+            trace["colour_corrected"] = video.clone()
+            trace["motion_latents_out"] = next_motion.clone()
+            trace["frames"] = frames.copy()
+        self.motion = next_motion
+        timings = timer.finish()
+        timings["total"] = time.perf_counter() - wall0 + timings.get("audio_features", 0.0)
+        self.last_timings = timings
+        out = ChunkOutput(index=self.chunk_index, frames=frames, raw_frame=decoded[:, :, -1:].clone(),
+                          out_frame=video[:, :, -1:].clone(), timings=timings)
+        self.chunk_index += 1
+        return out

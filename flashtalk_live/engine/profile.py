@@ -1,0 +1,165 @@
+"""Generation profiles: the chunk geometry, step count and numerics of one FlashTalk configuration.
+
+`quality` is the reference's `infer_params.yaml` (768x448, 33 frames with 5 motion frames, 4 steps,
+shift 5, full colour correction, seed 9999, 8-s audio window).  `fast` is the low-latency variant
+reported for 8x Ascend (704x416, 29 frames with 1 motion frame, 2 steps), which keeps 28 new frames
+per chunk so the broadcast chunking does not change.  `resolve_profile` accepts a name, a TOML file
+(optionally `base = "<name>"` plus the fields to change) or overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from flashtalk_live.model.audio import AudioFeatureConfig
+
+VAE_TEMPORAL = 4  # pixel frames per latent frame after the first
+VAE_SPATIAL = 8
+PATCH = 2  # DiT spatial patch: tokens are 16x16 pixel squares
+
+
+class ProfileError(ValueError):
+    """A profile name, file or field that cannot be used; the message names the field and the rule."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One generation configuration. `new_frames = frame_num - motion_frames` frames come out per chunk."""
+
+    name: str = "custom"
+    height: int = 768
+    width: int = 448
+    frame_num: int = 33
+    motion_frames: int = 5
+    sample_steps: int = 4
+    shift: float = 5.0
+    colour_correction_strength: float = 1.0
+    seed: int = 9999
+    audio_window_seconds: int = 8
+    fps: int = 25
+    sample_rate: int = 16000
+
+    def __post_init__(self) -> None:
+        def bad(field: str, rule: str) -> ProfileError:
+            return ProfileError(f"profile {self.name!r}: {field} = {getattr(self, field)!r}: {rule}")
+
+        for f in ("height", "width"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or v <= 0 or v % (VAE_SPATIAL * PATCH):
+                raise bad(f, f"must be a positive multiple of {VAE_SPATIAL * PATCH} (VAE stride 8 x DiT patch 2)")
+        if not isinstance(self.frame_num, int) or self.frame_num < 1 + VAE_TEMPORAL or (self.frame_num - 1) % VAE_TEMPORAL:
+            raise bad("frame_num", "must be 1 + 4k with k >= 1 (the causal VAE's frame grouping)")
+        if (not isinstance(self.motion_frames, int) or self.motion_frames < 1
+                or (self.motion_frames - 1) % VAE_TEMPORAL or self.motion_frames >= self.frame_num):
+            raise bad("motion_frames", f"must be 1 + 4j and smaller than frame_num {self.frame_num}")
+        if not isinstance(self.sample_steps, int) or self.sample_steps < 1:
+            raise bad("sample_steps", "must be an integer >= 1")
+        if not self.shift > 0:
+            raise bad("shift", "must be > 0")
+        if not 0.0 <= float(self.colour_correction_strength) <= 1.0:
+            raise bad("colour_correction_strength", "must be in [0, 1]")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise bad("seed", "must be a non-negative integer")
+        if self.fps != 25 or self.sample_rate != 16000:
+            raise ProfileError(f"profile {self.name!r}: the model is trained at 25 fps / 16 kHz, "
+                               f"got fps {self.fps}, sample_rate {self.sample_rate}")
+        if not isinstance(self.audio_window_seconds, int) or self.audio_window_seconds * self.fps < self.frame_num:
+            raise bad("audio_window_seconds", f"must be a whole number of seconds covering frame_num {self.frame_num} frames")
+
+    # -- derived geometry ----------------------------------------------------------------------------
+    @property
+    def new_frames(self) -> int:
+        return self.frame_num - self.motion_frames
+
+    @property
+    def latent_frames(self) -> int:
+        return 1 + (self.frame_num - 1) // VAE_TEMPORAL
+
+    @property
+    def motion_latent_frames(self) -> int:
+        """Latent frames re-encoded from the last motion_frames of a chunk (1 on chunk 0, from the image)."""
+        return 1 + (self.motion_frames - 1) // VAE_TEMPORAL
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.height // VAE_SPATIAL, self.width // VAE_SPATIAL
+
+    @property
+    def seq_len(self) -> int:
+        h, w = self.latent_hw
+        return self.latent_frames * (h // PATCH) * (w // PATCH)
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.new_frames / self.fps
+
+    @property
+    def window_samples(self) -> int:
+        return self.audio_window_seconds * self.sample_rate
+
+    def audio_config(self) -> AudioFeatureConfig:
+        return AudioFeatureConfig(sample_rate=self.sample_rate, fps=self.fps, frame_num=self.frame_num,
+                                  motion_frames=self.motion_frames, buffer_seconds=self.audio_window_seconds)
+
+    def replace(self, **changes: Any) -> "Profile":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "quality": Profile(name="quality"),
+    "fast": Profile(name="fast", height=704, width=416, frame_num=29, motion_frames=1, sample_steps=2),
+}
+
+_FIELDS = {f.name for f in fields(Profile)}
+
+
+def _from_mapping(data: Mapping[str, Any], source: str) -> Profile:
+    data = dict(data)
+    base_name = data.pop("base", None)
+    if base_name is not None and base_name not in PROFILES:
+        raise ProfileError(f"{source}: base = {base_name!r} is not a profile; known: {sorted(PROFILES)}")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise ProfileError(f"{source}: unknown profile field(s) {unknown}; known: {sorted(_FIELDS)}")
+    base = PROFILES[base_name] if base_name else Profile()
+    data.setdefault("name", source)
+    try:
+        return base.replace(**data)
+    except TypeError as e:
+        raise ProfileError(f"{source}: {e}") from None
+
+
+def resolve_profile(spec: str | Profile | Mapping[str, Any], **overrides: Any) -> Profile:
+    """A profile from a name ('quality', 'fast'), a TOML file path, a mapping or a Profile, then `overrides`."""
+    if isinstance(spec, Profile):
+        prof = spec
+    elif isinstance(spec, Mapping):
+        prof = _from_mapping(spec, "profile mapping")
+    elif spec in PROFILES:
+        prof = PROFILES[spec]
+    elif isinstance(spec, str) and spec.endswith(".toml"):
+        import tomllib
+
+        path = Path(spec).expanduser()
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ProfileError(f"profile file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ProfileError(f"{path}: not valid TOML: {e}") from None
+        data.setdefault("name", path.stem)
+        prof = _from_mapping(data, str(path))
+    else:
+        raise ProfileError(f"unknown profile {spec!r}: use one of {sorted(PROFILES)} or a .toml file")
+    if overrides:
+        unknown = sorted(set(overrides) - _FIELDS)
+        if unknown:
+            raise ProfileError(f"unknown profile field(s) {unknown}; known: {sorted(_FIELDS)}")
+        prof = prof.replace(**overrides)
+    return prof
