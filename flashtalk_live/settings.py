@@ -97,6 +97,14 @@ class ModelSettings(_Section):
     attention: Literal["sdpa", "flash"] = "sdpa"
     text_cache_dir: str = "{state_dir}/text-cache"
     gpus: int | list[int] = 1
+    # Drift control (docs/engine.md argues the defaults).
+    drift_every_chunks: int = Field(1, ge=1, description="measure identity/colour drift every N chunks")
+    drift_identity_min: float = Field(0.80, ge=-1, le=1, description="CLIP cosine to the reference below this is drift")
+    drift_colour_max: float = Field(12.0, gt=0, description="Lab distance of the raw decoded frame above this is drift")
+    drift_patience_chunks: int = Field(2, ge=1, description="consecutive drifting measures before an early re-anchor")
+    recalibrate_interval_s: float = Field(600.0, ge=0, description="scheduled re-anchor every N s of output (0: off)")
+    recalibrate_max_wait_s: float = Field(60.0, ge=0, description="re-anchor even in speech when no idle chunk came this long after it was due")
+    recalibrate_crossfade_frames: int = Field(6, ge=0, description="dissolve from the last shown frame after a re-anchor")
 
 
 class EncoderSettings(_Section):
