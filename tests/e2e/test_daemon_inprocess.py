@@ -1,0 +1,199 @@
+"""The daemon in-process with renderer test doubles: slow renderers underrun without drift, fast ones stay bounded,
+a failing one falls back to the still renderer with no gap; metrics, runtime outputs, watchdog and SIGTERM-style stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flashtalk_live.client import Client
+from flashtalk_live.daemon import Daemon
+from flashtalk_live.settings import load_settings
+from flashtalk_live.timeline.chunk import RenderChunk
+from rtmp_harness import max_gap, read_media
+
+
+class PaintRenderer:
+    """Paints each chunk a distinct colour after `delay_s`; raises on chunks listed in `fail_on`."""
+
+    def __init__(self, w: int, h: int, delay_s: float = 0.0, fail_on: set[int] | None = None, name: str = "paint"):
+        self.w, self.h, self.delay_s, self.fail_on, self.name = w, h, delay_s, fail_on or set(), name
+        self.calls = 0
+
+    def start_session(self, reference_image, prompt):
+        pass
+
+    def ready(self):
+        return True
+
+    def render(self, chunk: RenderChunk) -> np.ndarray:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        if chunk.index in self.fail_on:
+            raise RuntimeError(f"injected failure on chunk {chunk.index}")
+        colour = np.array([(37 * chunk.index) % 256, 200, 50], np.uint8)
+        return np.broadcast_to(colour, (chunk.n_frames, self.h, self.w, 3))
+
+    def close(self):
+        pass
+
+
+def settings(tmp_path: Path, *extra: str):
+    return load_settings(None, [
+        f'state_dir="{tmp_path / "state"}"',
+        'ingest.control=["ipc://{state_dir}/control.sock"]', 'ingest.events=["ipc://{state_dir}/events.sock"]',
+        "video.width=128", "video.height=128", 'encoder.preset="ultrafast"', "encoder.video_bitrate=300000",
+        "metrics.port=0", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]', *extra,
+    ], environ={})
+
+
+def run_for(d: Daemon, seconds: float, sample=None) -> list:
+    d.start()
+    samples = []
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        time.sleep(0.1)
+        if sample:
+            samples.append(sample(d))
+    d.close()
+    return samples
+
+
+@pytest.mark.timeout(120)
+def test_slow_renderer_underruns_without_stall_or_drift(tmp_path):
+    s = settings(tmp_path)
+    budget = s.video.chunk_frames / s.video.fps
+    slow = PaintRenderer(128, 128, delay_s=1.5 * budget, name="slow")
+    d = Daemon(s, renderer_factory=lambda _s: slow)
+    t0 = time.monotonic()
+    run_for(d, 8.0)
+    wall = time.monotonic() - t0
+    st = d.pacer.stats()
+    enc = d.encoder.stats()
+    print(f"\nslow renderer (1.5x real time): {st['frames_out']} frames in {wall:.1f} s, "
+          f"{st['underrun_frames']} underrun frames in {st['underrun_episodes']} episodes, av_skew {enc['av_skew_s']}")
+    assert st["underrun_frames"] > 0 and st["underrun_episodes"] > 0
+    assert st["frames_out"] >= 0.8 * 8.0 * s.video.fps  # the broadcast kept its pace: no stall
+    assert enc["av_skew_s"] == 0.0  # every frame carried exactly its audio
+    assert st["audio_samples_out"] == st["frames_out"] * s.samples_per_frame
+    assert d.renderers.active.name == "slow"  # slow but inside the deadline: not a failure
+
+
+@pytest.mark.timeout(120)
+def test_fast_renderer_is_held_back_and_memory_stays_bounded(tmp_path):
+    s = settings(tmp_path, "renderer.lookahead_chunks=2")
+    fast = PaintRenderer(128, 128, name="fast")
+    d = Daemon(s, renderer_factory=lambda _s: fast)
+    samples = run_for(d, 8.0, sample=lambda dd: (len(dd.lookahead), dd.status()["rss_bytes"]))
+    depth = max(n for n, _ in samples)
+    rss = [r for _, r in samples]
+    print(f"\nfast renderer: max look-ahead {depth} chunks (bound 2), renderer calls {fast.calls}, "
+          f"RSS {rss[len(rss) // 4] / 2**20:.1f} -> {rss[-1] / 2**20:.1f} MiB")
+    assert depth <= 2
+    # it rendered only what was aired plus the bounded look-ahead (+1 in hand), not as fast as it could
+    assert fast.calls <= d.pacer.stats()["chunks_out"] + 2 + 1
+
+
+@pytest.mark.timeout(120)
+def test_failing_renderer_falls_back_to_still_with_no_gap_and_recovers(tmp_path):
+    s = settings(tmp_path, "renderer.fallback_retry_initial_s=0.5")
+    built = []
+
+    def factory(_s):
+        r = PaintRenderer(128, 128, fail_on={4} if not built else set(), name="engine")
+        built.append(r)
+        return r
+
+    d = Daemon(s, renderer_factory=factory)
+    events = []
+    d.events.subscribe(lambda e: events.append(e) if e["type"] == "renderer_changed" else None)
+    run_for(d, 9.0)
+    changes = [(e["previous"], e["renderer"], e["reason"]) for e in events]
+    print(f"\nrenderer changes: {changes}")
+    assert ("engine", "still", "failed") in changes
+    assert changes[-1][1] == "engine" and len(built) == 2  # retried after backoff and back on the engine
+    info = read_media(tmp_path / "rec.flv")
+    assert max_gap(info.video_pts) <= 0.04 + 1e-3 and abs(info.audio_end - info.video_end) < 0.04
+
+
+@pytest.mark.timeout(120)
+def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    s = settings(tmp_path)
+    d = Daemon(s)
+    d.start()
+    try:
+        msgs: list[str] = []
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            try:
+                msgs.append(notify.recv(1024).decode())
+            except socket.timeout:
+                pass
+        assert any(m.startswith("READY=1") for m in msgs)
+        assert sum(m == "WATCHDOG=1" for m in msgs) >= 5  # every 0.2 s while frames advance
+
+        body = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=5).read().decode()
+        for name in ("flashtalk_queue_seconds", "flashtalk_av_skew_seconds", "flashtalk_render_rtf",
+                     "flashtalk_underrun_frames_total", 'flashtalk_endpoint_up{output="rec",state="up"} 1.0',
+                     "flashtalk_endpoint_reconnects_total", "flashtalk_process_rss_bytes", 'flashtalk_state{state="on_air"} 1.0'):
+            assert name in body, name
+
+        with Client(f"ipc://{tmp_path / 'state'}/control.sock") as c:
+            extra = tmp_path / "extra.flv"
+            assert c.call("output_add", name="extra", url=str(extra))["ok"]
+            time.sleep(2.5)
+            names = [o["name"] for o in c.call("outputs")["outputs"]]
+            assert names == ["rec", "extra"]
+            assert c.call("output_remove", name="extra")["ok"]
+            assert [o["name"] for o in c.status()["outputs"]] == ["rec"]
+        info = read_media(extra)
+        assert info.video_packets > 25 and info.keyframes and info.keyframes[0] == info.video_pts[0]
+
+        # A frozen broadcast loop stops feeding the watchdog: make encode() hang for a while.
+        freeze = threading.Event()
+        real_encode = d.encoder.encode
+
+        def frozen(*a, **k):
+            freeze.wait(2.0)
+            return real_encode(*a, **k)
+
+        d.encoder.encode = frozen
+        time.sleep(0.3)  # let the loop enter the frozen call
+        while True:  # drain datagrams sent before the freeze
+            try:
+                notify.recv(1024)
+            except socket.timeout:
+                break
+        got = []
+        end = time.monotonic() + 1.2
+        while time.monotonic() < end:
+            try:
+                got.append(notify.recv(1024).decode())
+            except socket.timeout:
+                pass
+        freeze.set()
+        d.encoder.encode = real_encode
+        assert "WATCHDOG=1" not in got
+    finally:
+        d.close()
+    tail = []
+    while True:
+        try:
+            tail.append(notify.recv(1024).decode())
+        except socket.timeout:
+            break
+    assert "STOPPING=1" in tail
