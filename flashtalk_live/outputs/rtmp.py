@@ -65,6 +65,7 @@ class ChildConnection:
         self.child_packets = 0
         self.last_progress = self.spawned
         self.up_at: float | None = None
+        self.exit_seen = 0.0
         self.dead = False  # no more muxing into this connection
         self.broken = False  # the pipe refused a write (child gone)
         self.retire = False  # planned reconnect: hand over at this keyframe
@@ -347,7 +348,11 @@ class RtmpOutput(Output):
         """Why this connection must go, or None while it is fine."""
         rc = conn.proc.poll()
         if rc is not None or conn.phase in ("error", "eof"):
-            conn.reader.join(timeout=0.5)  # collect the child's last words
+            # Give the report reader a moment to collect the child's last words (never wait under the lock).
+            if conn.reader.is_alive() and conn.error is None:
+                conn.exit_seen = conn.exit_seen or now
+                if now - conn.exit_seen < 0.5:
+                    return None
             return conn.error or f"child exited with code {rc}"
         if conn.broken:
             return conn.error or "pipe closed"

@@ -143,15 +143,28 @@ def test_mute_and_refused_endpoints_never_touch_the_healthy_one(nginx_rtmp, mute
     def snapshot() -> None:
         early["good_dropped"] = by_name(m.status())["good"]["dropped_packets"]
 
-    res = stream(m, enc, 9.0, actions={2.0: snapshot}, watch_status=True)
+    def remove_mute() -> None:  # the case where FFmpeg's fifo muxer froze the whole process for seconds
+        early["mute_pid"] = by_name(m.status())["mute"]["pid"]
+        early["mute_status"] = by_name(m.status())["mute"]
+        t = time.perf_counter()
+        m.remove("mute")
+        early["remove_s"] = time.perf_counter() - t
+
+    res = stream(m, enc, 9.0, actions={2.0: snapshot, 7.0: remove_mute}, watch_status=True)
     st = by_name(m.status())
+    st["mute"] = early["mute_status"]
     t = time.monotonic()
     m.close(3.0)
     close_s = time.monotonic() - t
     print(f"send() worst {res.send_max_s * 1000:.2f} ms (mean {sum(res.send_times) / len(res.send_times) * 1000:.3f} ms); "
           f"status() worst {res.status_max_s * 1000:.2f} ms; close {close_s:.2f} s")
+    print(f"remove('mute') took {early['remove_s'] * 1000:.1f} ms")
     for n in ("mute", "refused"):
         print(n, st[n])
+    if early["mute_pid"] is not None:
+        with pytest.raises(ProcessLookupError):  # its child (stuck in the handshake) was SIGKILLed and reaped
+            os.kill(early["mute_pid"], 0)
+    assert "mute" not in m.names()
 
     recs = srv.recordings("good")
     assert len(recs) == 1
