@@ -98,7 +98,12 @@ class FifoManager:
 
 
 def run_one(design: str) -> dict:
-    from conftest import NginxRtmp, free_port, max_gap, read_media
+    from rtmp_harness import max_gap, read_media
+
+    try:
+        from rtmp_harness import NginxRtmp, free_port
+    except ImportError:  # older checkouts keep the server in tests/conftest.py
+        from conftest import NginxRtmp, free_port
     from outputs_driver import FPS, frame_and_audio, make_encoder
 
     from flashtalk_live.outputs import OutputManager
