@@ -92,6 +92,7 @@ class KeyReport:
     missing: list[str] = field(default_factory=list)  # in the module, not in the file
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the module
     misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # key, module, file
+    where: dict[str, str] = field(default_factory=dict)  # file key -> the file holding it (sharded checkpoints)
 
     @property
     def ok(self) -> bool:
@@ -101,10 +102,14 @@ class KeyReport:
     def count(self) -> int:
         return len(self.missing) + len(self.unexpected) + len(self.misshaped)
 
+    def _in(self, key: str) -> str:
+        return f" (in {self.where[key]})" if key in self.where else ""
+
     def lines(self) -> list[str]:
-        out = [f"wrong shape: {k}: file {list(f)} but the module needs {list(m)}" for k, m, f in self.misshaped]
+        out = [f"wrong shape: {k}: file {list(f)} but the module needs {list(m)}{self._in(k)}"
+               for k, m, f in self.misshaped]
         out += [f"missing key: {k}" for k in self.missing]
-        out += [f"unexpected key: {k}" for k in self.unexpected]
+        out += [f"unexpected key: {k}{self._in(k)}" for k in self.unexpected]
         return out
 
     def summary(self) -> str:
@@ -135,6 +140,10 @@ def compare_keys(module: nn.Module | Mapping[str, Any], file_keys_shapes: Mappin
     rep.missing = [k for k in want if k not in got]
     rep.unexpected = [k for k in got if k not in want]
     rep.misshaped = [(k, want[k], got[k]) for k in want if k in got and want[k] != got[k]]
+    files = {v.file.name for v in file_keys_shapes.values() if isinstance(v, TensorInfo)}
+    if len(files) > 1:  # name the shard of each bad key
+        bad = set(rep.unexpected) | {k for k, _, _ in rep.misshaped}
+        rep.where = {k: file_keys_shapes[k].file.name for k in bad}
     return rep
 
 

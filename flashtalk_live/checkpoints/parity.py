@@ -34,6 +34,7 @@ __all__ = [
     "register_check",
     "registered_checks",
     "run_parity",
+    "unregister_check",
 ]
 
 # Fixture README, "Suggested comparison tolerances": single-module fixtures in float32.
@@ -138,6 +139,10 @@ def register_check(name: str, fn: CheckFn, *, folder: str | None = None) -> None
     if not name or not callable(fn):
         raise ValueError("register_check needs a name and a callable")
     _REGISTRY[name] = _Check(name, folder or name, fn)
+
+
+def unregister_check(name: str) -> None:
+    _REGISTRY.pop(name, None)
 
 
 def registered_checks() -> list[str]:
