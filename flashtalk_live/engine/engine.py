@@ -109,6 +109,7 @@ class FlashTalkEngine:
         self.noise: NoiseSource | None = None
         self.chunk_index = 0
         self.last_timings: dict[str, float] = {}
+        self.last_motion_in: torch.Tensor | None = None  # the motion context the last chunk was generated from
         self._audio_seconds: float | None = None
         dit_cfg = getattr(models.dit, "cfg", None)
         if dit_cfg is not None and getattr(dit_cfg, "in_dim", 36) != 36:
@@ -205,6 +206,7 @@ class FlashTalkEngine:
         z = s.motion0.shape[0]
         latent_shape = (z, p.latent_frames, h, w)
         motion = self.motion
+        self.last_motion_in = motion
         if trace is not None:
             trace["motion_latents_in"] = motion.clone()
 

@@ -1,0 +1,308 @@
+"""FlashTalkRenderer: the engine behind the daemon's Renderer protocol, with drift control; and its factory.
+
+render(chunk) takes the chunk's rolling 16 kHz window (RenderChunk.model_history, else a buffer kept
+here), encodes the audio features, generates one engine chunk (exactly chunk.n_frames new frames, which
+must equal the profile's frame_num - motion_frames) and fits the frames to the output geometry.  Every
+`drift_every` chunks it measures identity/colour drift; on schedule (at the next idle chunk) or after
+repeated drift it re-anchors the motion context to the reference image, dissolves from the last shown
+frame over a few frames and publishes `recalibrated` with the measures before and after.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, measure_drift
+from flashtalk_live.engine.engine import ChunkOutput, EngineModels, FlashTalkEngine
+from flashtalk_live.engine.profile import Profile, resolve_profile
+from flashtalk_live.engine.session import AvatarSession, CachedTextEncoder, file_identity, prepare_session
+from flashtalk_live.log import get_logger
+from flashtalk_live.renderers.base import RendererError
+from flashtalk_live.renderers.images import default_portrait, fit_image, load_image
+from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, RenderChunk
+
+log = get_logger("engine")
+
+
+def crossfade(frames: np.ndarray, previous: np.ndarray, n: int) -> np.ndarray:
+    """Dissolve the first n frames from `previous` (one frame) into `frames`: weights (i+1)/(n+1)."""
+    n = min(n, frames.shape[0])
+    if n <= 0:
+        return frames
+    out = frames.copy()
+    prev = previous.astype(np.float32)
+    for i in range(n):
+        a = (i + 1) / (n + 1)
+        out[i] = np.clip((1 - a) * prev + a * frames[i].astype(np.float32) + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+class FlashTalkRenderer:
+    """Renderer protocol on a FlashTalkEngine. One render thread; start_session may come from another."""
+
+    name = "flashtalk"
+
+    def __init__(
+        self,
+        engine: FlashTalkEngine,
+        *,
+        width: int,
+        height: int,
+        fit: str = "cover",
+        events: Any = None,
+        policy: RecalibrationPolicy | None = None,
+        drift_every: int = 1,
+        crossfade_frames: int = 6,
+    ) -> None:
+        if width < 2 or height < 2 or width % 2 or height % 2:
+            raise ValueError(f"output geometry must be positive and even, got {width}x{height}")
+        self.engine = engine
+        self.profile: Profile = engine.profile
+        self.width, self.height, self.fit = width, height, fit
+        self.events = events
+        self.policy = policy or RecalibrationPolicy()
+        self.drift_every = max(1, int(drift_every))
+        self.crossfade_frames = max(0, int(crossfade_frames))
+        self._lock = threading.Lock()
+        self._pending: AvatarSession | None = None
+        self._closed = False
+        self._warm = False
+        self._history = np.zeros(self.profile.window_samples, np.float32)  # used when chunks carry no history
+        self._frames_out = 0
+        self._last_frame: np.ndarray | None = None  # profile geometry, the last frame shown
+        self._last_measure: DriftMeasure | None = None
+        self._force: str | None = None
+        self.recalibrations: list[dict[str, Any]] = []
+        self.chunks = 0
+
+    # -- protocol -------------------------------------------------------------------------------------
+    def start_session(self, reference_image: np.ndarray | None, prompt: str) -> None:
+        """Prepare the session (outside the render lock); it takes over at the next chunk boundary."""
+        if self._closed:
+            raise RendererError("flashtalk renderer is closed")
+        image = default_portrait() if reference_image is None else reference_image
+        current = self.engine.session
+        if current is not None and current.matches(image, prompt, self.profile) and self._pending is None:
+            return  # same portrait and prompt: keep the running session and its motion context
+        e = self.engine
+        session = prepare_session(self.profile, image, prompt, vae=e.models.vae, clip=e.models.clip,
+                                  text=e.models.text, device=e.device, dtype=e.dtype)
+        with self._lock:
+            if self.engine.session is None:
+                self.engine.use_session(session)
+                self.policy.anchored(self._frames_out / self.profile.fps)
+            else:
+                self._pending = session
+        log.info("avatar_session_ready", prompt=prompt[:80], profile=self.profile.name,
+                 geometry=f"{self.profile.width}x{self.profile.height}")
+
+    def ready(self) -> bool:
+        return not self._closed and self._warm and self.engine.session is not None
+
+    def warm_up(self) -> dict[str, float]:
+        """Run one silent chunk (allocations, kernel selection) and rewind the session; then ready() is True."""
+        with self._lock:
+            session = self.engine.session
+            if session is None:
+                raise RendererError("warm_up() before start_session()")
+            t0 = time.perf_counter()
+            emb = self._features(np.zeros(self.profile.window_samples, np.float32))
+            self.engine.generate(emb)
+            self.engine.use_session(session)  # rewind motion context and noise: warm-up leaves no trace
+            self._warm = True
+            took = time.perf_counter() - t0
+        log.info("engine_warm", seconds=round(took, 3), profile=self.profile.name)
+        return {"warm_up_s": took}
+
+    def render(self, chunk: RenderChunk) -> np.ndarray:
+        if self._closed:
+            raise RendererError("flashtalk renderer is closed")
+        p = self.profile
+        if chunk.n_frames != p.new_frames:
+            raise RendererError(f"chunk of {chunk.n_frames} frames, but profile {p.name!r} makes {p.new_frames} "
+                                "per chunk (set video.chunk_frames = frame_num - motion_frames)")
+        with self._lock:
+            if self.engine.session is None:
+                raise RendererError("flashtalk renderer: render() before start_session()")
+            now_s = self._frames_out / p.fps
+            window = self._window(chunk)
+            reason = None
+            if self._pending is not None:
+                self.engine.use_session(self._pending)
+                self._pending = None
+                self.policy.anchored(now_s)
+                reason = "session"
+            else:
+                reason = self._force or self.policy.due(now_s, chunk.idle)
+                self._force = None
+                if reason is not None:
+                    self.engine.reanchor()
+                    self.policy.anchored(now_s)
+            before = self._last_measure
+            out = self.engine.generate(self._features(window))
+            measure = None
+            if reason is not None or self.chunks % self.drift_every == 0:
+                measure = measure_drift(self.engine.session, out, self.engine.models.clip)  # type: ignore[arg-type]
+                self._last_measure = measure
+                self.policy.observe(measure)
+            frames = out.frames
+            if reason is not None and self._last_frame is not None:
+                frames = crossfade(frames, self._last_frame, self.crossfade_frames)
+            self._last_frame = frames[-1].copy()
+            self._frames_out += chunk.n_frames
+            self.chunks += 1
+        if reason in ("drift", "schedule", "manual"):
+            self._announce(reason, before, measure, chunk)
+        return self._fit(frames)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            self._pending = None
+        if self.engine.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- drift ----------------------------------------------------------------------------------------
+    def drift(self) -> dict[str, Any]:
+        """The latest drift measure and recalibration state, for status and metrics."""
+        m = self._last_measure
+        return {
+            "identity": None if m is None else m.identity,
+            "colour": None if m is None else m.colour,
+            "chunk": None if m is None else m.chunk,
+            "drifting": False if m is None else self.policy.drifting(m),
+            "strikes": self.policy.strikes,
+            "recalibrations": len(self.recalibrations),
+            "last_recalibration": self.recalibrations[-1] if self.recalibrations else None,
+            "profile": self.profile.name,
+            "timings": dict(self.engine.last_timings),
+        }
+
+    def recalibrate(self, reason: str = "manual") -> None:
+        """Re-anchor at the next chunk boundary whatever the measures say."""
+        self._force = reason
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _window(self, chunk: RenderChunk) -> np.ndarray:
+        n = self.profile.window_samples
+        hist = chunk.model_history
+        if hist is not None and hist.shape[0] >= min(n, MODEL_AUDIO_RATE):
+            w = np.asarray(hist, np.float32)[-n:]
+            if w.shape[0] < n:
+                w = np.concatenate([np.zeros(n - w.shape[0], np.float32), w])
+            self._history = w
+            return w
+        new = np.asarray(chunk.model_audio, np.float32).reshape(-1)
+        self._history = np.concatenate([self._history, new])[-n:]
+        return self._history
+
+    def _features(self, window: np.ndarray) -> torch.Tensor:
+        return self.engine.audio_features(window)
+
+    def _fit(self, frames: np.ndarray) -> np.ndarray:
+        if frames.shape[1:3] == (self.height, self.width):
+            return frames
+        return np.stack([fit_image(f, self.width, self.height, self.fit) for f in frames])  # type: ignore[arg-type]
+
+    def _announce(self, reason: str, before: DriftMeasure | None, after: DriftMeasure | None, chunk: RenderChunk) -> None:
+        record = {
+            "reason": reason,
+            "chunk": chunk.index,
+            "frame": chunk.start_frame,
+            "before": None if before is None else before.to_dict(),
+            "after": None if after is None else after.to_dict(),
+        }
+        self.recalibrations.append(record)
+        del self.recalibrations[:-32]
+        log.info("recalibrated", **record)
+        if self.events is not None:
+            self.events.publish("recalibrated", **record)
+
+
+# ------------------------------------------------------------------------------------------ factory
+
+
+class T5TextEncoder:
+    """umT5 from the release, loaded for one prompt and freed again (the on-disk cache makes this rare)."""
+
+    def __init__(self, weights_dir: str | Path, device: torch.device, dtype: torch.dtype) -> None:
+        from flashtalk_live.checkpoints.release import T5_FILE, T5_TOKENIZER_DIR
+
+        self.weights_dir = Path(weights_dir)
+        self.device, self.dtype = device, dtype
+        self.identity = file_identity(self.weights_dir / T5_FILE, self.weights_dir / T5_TOKENIZER_DIR)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str) -> torch.Tensor:
+        from flashtalk_live.checkpoints.release import load_t5, load_umt5_tokenizer
+        from flashtalk_live.model.text import encode_prompts
+
+        t0 = time.perf_counter()
+        encoder = load_t5(self.weights_dir, self.device, self.dtype)
+        try:
+            context = encode_prompts(encoder, load_umt5_tokenizer(self.weights_dir), prompt)[0].cpu()
+        finally:
+            del encoder
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        log.info("text_encoded", seconds=round(time.perf_counter() - t0, 2), tokens=int(context.shape[0]))
+        return context
+
+
+def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, device: torch.device,
+                       dtype: torch.dtype, text_cache_dir: str | Path) -> EngineModels:
+    """DiT, VAE, CLIP visual and wav2vec2 from a release folder (strict), plus the cached lazy umT5."""
+    from flashtalk_live.checkpoints.release import (
+        load_clip_visual, load_dit, load_vae, load_wav2vec, resolve_release_dirs,
+    )
+
+    wdir, w2v = resolve_release_dirs(weights_dir, wav2vec_dir)
+    if w2v is None:
+        raise RendererError(f"no wav2vec2 folder: set model.wav2vec_dir (none found beside {wdir})")
+    clip_dtype = torch.float16 if device.type == "cuda" and dtype != torch.float32 else dtype
+    dit = load_dit(wdir, device, dtype)
+    vae = load_vae(wdir, device, dtype)
+    clip = load_clip_visual(wdir, device, clip_dtype)
+    wav2vec, extractor = load_wav2vec(w2v, device, torch.float32)
+    text = CachedTextEncoder(T5TextEncoder(wdir, device, dtype), text_cache_dir)
+    return EngineModels(dit=dit, vae=vae, clip=clip, wav2vec=wav2vec, feature_extractor=extractor, text=text)
+
+
+def build_flashtalk_renderer(settings: Any, events: Any = None) -> FlashTalkRenderer:
+    """Load the release named in settings.model, start the configured avatar session, warm up, return ready."""
+    from flashtalk_live.model.attention import set_default_backend
+
+    m, v = settings.model, settings.video
+    if not m.weights_dir:
+        raise RendererError("model.weights_dir is not set: the FlashTalk renderer needs the SoulX-FlashTalk-14B folder")
+    profile = resolve_profile(m.profile)
+    if v.fps != profile.fps:
+        raise RendererError(f"video.fps is {v.fps}; the FlashTalk model runs at {profile.fps} fps")
+    if v.chunk_frames != profile.new_frames:
+        raise RendererError(f"video.chunk_frames is {v.chunk_frames}; profile {profile.name!r} makes "
+                            f"{profile.new_frames} frames per chunk (frame_num - motion_frames)")
+    set_default_backend(m.attention)
+    device = torch.device(m.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RendererError(f"model.device is {m.device} but CUDA is not available")
+    dtype = getattr(torch, m.dtype)
+    t0 = time.perf_counter()
+    models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
+    engine = FlashTalkEngine(models, profile, device, dtype)
+    renderer = FlashTalkRenderer(
+        engine, width=v.width, height=v.height, fit=v.fit, events=events,
+        policy=RecalibrationPolicy.from_settings(m), drift_every=m.drift_every_chunks,
+        crossfade_frames=m.recalibrate_crossfade_frames,
+    )
+    image = load_image(v.reference_image) if v.reference_image else default_portrait()
+    renderer.start_session(image, v.prompt)
+    renderer.warm_up()
+    log.info("flashtalk_renderer_ready", seconds=round(time.perf_counter() - t0, 2), profile=profile.name,
+             device=str(device), dtype=m.dtype)
+    return renderer

@@ -1,0 +1,174 @@
+"""FlashTalkRenderer on a tiny fake release folder: factory, frame counts, audio window, drift and recalibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flashtalk_live.checkpoints.fake import write_fake_release
+from flashtalk_live.engine.drift import RecalibrationPolicy
+from flashtalk_live.engine.renderer import build_flashtalk_renderer, crossfade
+from flashtalk_live.events import EventBus
+from flashtalk_live.renderers.base import Renderer, RendererError
+from flashtalk_live.settings import load_settings
+from flashtalk_live.timeline.chunk import RenderChunk
+
+torch.set_num_threads(1)
+
+N = 8  # new frames per chunk of the tiny profile (13 - 5)
+TINY_PROFILE = 'base = "quality"\nheight = 64\nwidth = 32\nframe_num = 13\nmotion_frames = 5\n'
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("release")
+    rel = write_fake_release(root / "models")
+    (root / "tiny.toml").write_text(TINY_PROFILE)
+    return root, rel
+
+
+def _settings(root: Path, rel, **extra: str):
+    over = [f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"',
+            f'model.profile="{root / "tiny.toml"}"', 'model.device="cpu"', 'model.dtype="float32"',
+            f"video.chunk_frames={N}", "video.width=48", "video.height=80", f'state_dir="{root / "state"}"']
+    over += [f"{k}={v}" for k, v in extra.items()]
+    return load_settings(None, over, environ={})
+
+
+def _chunk(i: int, idle: bool = False, history: bool = True, seed: int = 0) -> RenderChunk:
+    rng = np.random.default_rng(seed + i)
+    model = (0.1 * rng.standard_normal(N * 640)).astype(np.float32)
+    hist = None
+    if history:
+        hist = np.zeros(128000, np.float32)
+        hist[-model.shape[0]:] = model
+    return RenderChunk(index=i, start_frame=N * i, n_frames=N, audio=np.zeros((N * 1920, 2), np.float32),
+                       model_audio=model, frame_segments=[None] * N, idle=idle, model_history=hist)
+
+
+@pytest.fixture(scope="module")
+def renderer(release):
+    root, rel = release
+    bus = EventBus()
+    events: list[dict] = []
+    bus.subscribe(events.append)
+    r = build_flashtalk_renderer(_settings(root, rel), bus)
+    r.test_events = events  # type: ignore[attr-defined]
+    yield r
+    r.close()
+
+
+@pytest.mark.timeout(120)
+def test_factory_loads_warms_and_renders_the_right_frame_count(renderer, release) -> None:
+    assert isinstance(renderer, Renderer) and renderer.name == "flashtalk"
+    assert renderer.ready()
+    cache = Path(release[0] / "state" / "text-cache")
+    assert len(list(cache.glob("*.safetensors"))) == 1  # the prompt's umT5 output was cached on disk
+    for i in range(2):
+        frames = renderer.render(_chunk(i))
+        assert frames.dtype == np.uint8 and frames.shape == (N, 80, 48, 3)  # profile 64x32 fitted to 80x48
+        assert frames.std() > 0
+    d = renderer.drift()
+    assert d["chunk"] == 1 and d["identity"] is not None and np.isfinite(d["colour"])
+
+
+@pytest.mark.timeout(60)
+def test_text_cache_hit_needs_no_text_encoder(release) -> None:
+    from flashtalk_live.engine.renderer import T5TextEncoder
+    from flashtalk_live.engine.session import CachedTextEncoder
+
+    root, rel = release
+    enc = T5TextEncoder(rel.weights_dir, torch.device("cpu"), torch.float32)
+    cache = CachedTextEncoder(enc, root / "cache2")
+    first = cache("A person is talking .")
+    offline = CachedTextEncoder(None, root / "cache2", identity=enc.identity)
+    assert torch.equal(offline("A person is talking ."), first) and offline.hits == 1
+    with pytest.raises(RuntimeError, match="not in the text cache"):
+        offline("another prompt")
+
+
+@pytest.mark.timeout(60)
+def test_wrong_chunk_size_and_missing_weights_are_clear_errors(renderer, release) -> None:
+    bad = _chunk(0)
+    bad.n_frames = 7
+    with pytest.raises(RendererError, match="frame_num - motion_frames"):
+        renderer.render(bad)
+    root, rel = release
+    with pytest.raises(RendererError, match="chunk_frames"):
+        build_flashtalk_renderer(_settings(root, rel, **{"video.chunk_frames": "28"}))
+    with pytest.raises(RendererError, match="weights_dir"):
+        build_flashtalk_renderer(load_settings(None, ['model.device="cpu"'], environ={}))
+
+
+@pytest.mark.timeout(60)
+def test_own_rolling_window_without_timeline_history(renderer) -> None:
+    renderer.render(_chunk(5, history=False))
+    w = renderer._history
+    assert w.shape == (128000,) and np.array_equal(w[-N * 640:], _chunk(5).model_audio)
+
+
+@pytest.mark.timeout(120)
+def test_recalibration_on_injected_drift(renderer) -> None:
+    eng = renderer.engine
+    renderer.policy = RecalibrationPolicy(identity_min=-1.0, colour_max=1e9, patience=1, interval_s=0, min_gap_s=0)
+    base = []
+    for i in range(10, 13):
+        renderer.render(_chunk(i))
+        base.append(renderer.drift()["colour"])
+    threshold = max(base) + 10.0
+    renderer.policy.colour_max = threshold
+    print(f"baseline colour drift {base}, threshold {threshold:.2f}")
+    n_events = len(renderer.test_events)
+    eng.motion = torch.full_like(eng.motion, -20.0)  # a corrupted motion context
+    renderer.render(_chunk(13))
+    corrupted = renderer.drift()
+    print("corrupted", corrupted["colour"])
+    assert corrupted["drifting"] and corrupted["colour"] > threshold
+    assert len(renderer.test_events) == n_events  # patience 1: the re-anchor happens at the next boundary
+    renderer.render(_chunk(14))
+    assert eng.last_motion_in is eng.session.motion0  # re-anchored to the reference image's latent
+    ev = renderer.test_events[n_events:]
+    assert [e["type"] for e in ev] == ["recalibrated"] and ev[0]["reason"] == "drift"
+    assert ev[0]["before"]["colour"] > threshold > ev[0]["after"]["colour"]
+    assert not renderer.drift()["drifting"] and renderer.drift()["recalibrations"] >= 1
+    print("recalibrated", ev[0])
+
+
+@pytest.mark.timeout(120)
+def test_scheduled_recalibration_waits_for_idle(renderer) -> None:
+    chunk_s = N / 25
+    renderer.policy = RecalibrationPolicy(identity_min=-1.0, colour_max=1e9, interval_s=2 * chunk_s,
+                                          max_wait_s=2 * chunk_s)
+    renderer.policy.anchored(renderer._frames_out / 25)
+    for i in range(20, 26):  # speech: due after 2 chunks, but waits for idle...
+        renderer.render(_chunk(i, idle=(i == 23)))
+    # chunk 20, 21 not due; 22 due but speech (not overdue enough); 23 idle -> schedule; 24, 25 not due again
+    sched = [e for e in renderer.recalibrations if e["reason"] == "schedule"]
+    assert [e["chunk"] for e in sched] == [23]
+    # ...and fires anyway once max_wait_s overdue in continuous speech (due at 25, +2 chunks)
+    for i in range(26, 30):
+        renderer.render(_chunk(i))
+    sched = [e for e in renderer.recalibrations if e["reason"] == "schedule"]
+    assert [e["chunk"] for e in sched] == [23, 27]
+    assert sched[-1]["after"] is not None
+
+
+@pytest.mark.timeout(120)
+def test_new_session_takes_over_at_the_next_chunk(renderer) -> None:
+    img = np.zeros((100, 60, 3), np.uint8)
+    img[..., 1] = 200
+    renderer.start_session(img, "A young woman presents a product .")
+    assert renderer._pending is not None
+    renderer.render(_chunk(40))
+    assert renderer._pending is None and renderer.engine.session.prompt.startswith("A young woman")
+    assert renderer.engine.last_motion_in is renderer.engine.session.motion0
+
+
+def test_crossfade_blends_from_the_last_frame() -> None:
+    prev = np.full((4, 4, 3), 0, np.uint8)
+    new = np.full((5, 4, 4, 3), 200, np.uint8)
+    out = crossfade(new, prev, 3)
+    assert [int(f[0, 0, 0]) for f in out] == [50, 100, 150, 200, 200]
