@@ -21,6 +21,7 @@ not the released one.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -51,6 +52,7 @@ __all__ = [
     "CLIP_FILE",
     "CLIP_TOKENIZER_DIR",
     "ComponentReport",
+    "ModulePlan",
     "DIT_CONFIG",
     "DIT_STEM",
     "FLASHTALK_DIR",
@@ -70,6 +72,7 @@ __all__ = [
     "load_umt5_tokenizer",
     "load_vae",
     "load_wav2vec",
+    "plan_from_headers",
     "read_dit_config",
     "resolve_release_dirs",
     "verify_release",
@@ -135,10 +138,14 @@ def read_dit_config(weights_dir: str | Path):
         raise CheckpointError(path, f"invalid DiT config: {e}") from e
 
 
-def _shape(headers: Mapping[str, TensorInfo], key: str, file: Path) -> tuple[int, ...]:
+def _as_shape(v: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in (v.shape if hasattr(v, "shape") else v))
+
+
+def _shape(headers: Mapping[str, Any], key: str, file: Path) -> tuple[int, ...]:
     if key not in headers:
         raise CheckpointError(file, f"cannot size the module: key {key} is missing", [f"missing key: {key}"])
-    return headers[key].shape
+    return _as_shape(headers[key])
 
 
 def _count_indexed(headers: Mapping[str, Any], prefix: str) -> int:
@@ -203,11 +210,13 @@ def _stats(headers: Mapping[str, TensorInfo]) -> tuple[int, int, dict[str, int]]
 
 
 # ------------------------------------------------------------------------------------------ plans
-# A plan = what the headers say + the module on meta it must fit; shared by verify and load.
+# What the headers say + the module on meta it must fit; shared by verify and load.
 
 
 @dataclass
-class _Plan:
+class ModulePlan:
+    """A file's tensors against the module that must take them: sized, built on meta, keys compared."""
+
     file: Path  # what errors name
     module: nn.Module  # on meta
     headers: dict[str, TensorInfo]  # the keys the module takes (prefix removed)
@@ -219,45 +228,43 @@ class _Plan:
     prefix: str = ""
 
 
-def _plan_dit(weights_dir: Path, config=None) -> _Plan:
+def plan_from_headers(component: str, headers: Mapping[str, Any], file: str | Path = "<headers>", config=None) -> ModulePlan:
+    """Size the module from a file's key -> shape (TensorInfo or tuple) map, build it on meta, compare keys.
+
+    `component`: 'dit' (needs `config`), 'vae', 'clip_visual' (the full CLIP file's keys) or 't5'. This is the
+    pure part of verify/load, usable on a manifest as well as on real file headers.
+    """
+    from flashtalk_live.model.clip import CLIPVisual, split_clip_state_dict
     from flashtalk_live.model.dit import FlashTalkDiT
-
-    cfg = config or read_dit_config(weights_dir)
-    ckpt = read_safetensors_index(weights_dir, DIT_STEM)
-    headers, warnings = read_sharded_safetensors(ckpt)
-    module = _on_meta(lambda: FlashTalkDiT(cfg))
-    plan = _Plan(Path(ckpt.description), module, headers, compare_keys(module, headers), cfg, warnings,
-                 source=ckpt.shards)
-    plan.info.append(f"{len(ckpt.shards)} shard(s)")
-    return plan
-
-
-def _plan_vae(weights_dir: Path, config=None) -> _Plan:
+    from flashtalk_live.model.t5 import T5Encoder
     from flashtalk_live.model.vae import WanVAE
 
-    path = weights_dir / VAE_FILE
-    sd = read_pth(path)
-    headers = pth_headers(path, sd)
-    cfg = config or infer_vae_config(headers, path)
-    module = _on_meta(lambda: WanVAE(cfg))
-    return _Plan(path, module, headers, compare_keys(module, headers), cfg, source=sd)
-
-
-def _plan_clip(weights_dir: Path, config=None) -> _Plan:
-    from flashtalk_live.model.clip import CLIPVisual, split_clip_state_dict
-
-    path = weights_dir / CLIP_FILE
-    sd = read_pth(path)
-    headers = pth_headers(path, sd)
+    file = Path(file)
+    headers = dict(headers)
+    if component == "dit":
+        if config is None:
+            raise ValueError("the DiT's size comes from config.json: pass config=")
+        module = _on_meta(lambda: FlashTalkDiT(config))
+        return ModulePlan(file, module, headers, compare_keys(module, headers), config)
+    if component == "vae":
+        cfg = config or infer_vae_config(headers, file)
+        module = _on_meta(lambda: WanVAE(cfg))
+        return ModulePlan(file, module, headers, compare_keys(module, headers), cfg)
+    if component == "t5":
+        cfg = config or infer_t5_config(headers, file)
+        module = _on_meta(lambda: T5Encoder(cfg))
+        return ModulePlan(file, module, headers, compare_keys(module, headers), cfg)
+    if component != "clip_visual":
+        raise ValueError(f"unknown component {component!r}")
     visual, ignored, unexpected = split_clip_state_dict(headers)
-    cfg = config or infer_clip_config(visual, path)
+    cfg = config or infer_clip_config(visual, file)
     module = _on_meta(lambda: CLIPVisual(cfg))
     report = compare_keys(module, visual)
     report.unexpected = [f"visual.{k}" for k in report.unexpected] + list(unexpected)
     report.missing = [f"visual.{k}" for k in report.missing]
     report.misshaped = [(f"visual.{k}", m, f) for k, m, f in report.misshaped]
-    plan = _Plan(path, module, visual, report, cfg, source=sd, prefix="visual.")
-    n_text = sum(headers[k].numel for k in ignored)
+    plan = ModulePlan(file, module, visual, report, cfg, prefix="visual.")
+    n_text = sum(math.prod(_as_shape(headers[k])) for k in ignored)
     plan.info.append(f"text tower ignored knowingly: {len(ignored)} tensors, {n_text:,} parameters "
                      f"(textual.*, log_scale)")
     if not any(k.startswith("textual.") for k in ignored):
@@ -265,15 +272,34 @@ def _plan_clip(weights_dir: Path, config=None) -> _Plan:
     return plan
 
 
-def _plan_t5(weights_dir: Path, config=None) -> _Plan:
-    from flashtalk_live.model.t5 import T5Encoder
+def _plan_dit(weights_dir: Path, config=None) -> ModulePlan:
+    cfg = config or read_dit_config(weights_dir)
+    ckpt = read_safetensors_index(weights_dir, DIT_STEM)
+    headers, warnings = read_sharded_safetensors(ckpt)
+    plan = plan_from_headers("dit", headers, ckpt.description, cfg)
+    plan.warnings += warnings
+    plan.source = ckpt.shards
+    plan.info.append(f"{len(ckpt.shards)} shard(s)")
+    return plan
 
-    path = weights_dir / T5_FILE
-    sd = read_pth(path)
-    headers = pth_headers(path, sd)
-    cfg = config or infer_t5_config(headers, path)
-    module = _on_meta(lambda: T5Encoder(cfg))
-    return _Plan(path, module, headers, compare_keys(module, headers), cfg, source=sd)
+
+def _plan_pth(component: str, path: Path, config=None) -> ModulePlan:
+    sd = read_pth(path)  # memory-mapped: shapes now, data only when loading
+    plan = plan_from_headers(component, pth_headers(path, sd), path, config)
+    plan.source = sd
+    return plan
+
+
+def _plan_vae(weights_dir: Path, config=None) -> ModulePlan:
+    return _plan_pth("vae", weights_dir / VAE_FILE, config)
+
+
+def _plan_clip(weights_dir: Path, config=None) -> ModulePlan:
+    return _plan_pth("clip_visual", weights_dir / CLIP_FILE, config)
+
+
+def _plan_t5(weights_dir: Path, config=None) -> ModulePlan:
+    return _plan_pth("t5", weights_dir / T5_FILE, config)
 
 
 def _size_differences(name: str, cfg: Any) -> list[str]:
@@ -291,7 +317,7 @@ def _size_differences(name: str, cfg: Any) -> list[str]:
             if f.name not in ("latent_mean", "latent_std") and getattr(cfg, f.name) != getattr(ref, f.name)]
 
 
-def _load(plan: _Plan, device: str | torch.device, dtype: torch.dtype | None, what: str) -> nn.Module:
+def _load(plan: ModulePlan, device: str | torch.device, dtype: torch.dtype | None, what: str) -> nn.Module:
     plan.report.raise_for(plan.file, what)
     for w in plan.warnings:
         log.warning("checkpoint_warning", module=what, file=str(plan.file), warning=w)
@@ -377,7 +403,7 @@ def _normalise_wav2vec_key(key: str) -> str:
     return key
 
 
-def _plan_wav2vec(folder: Path) -> _Plan:
+def _plan_wav2vec(folder: Path) -> ModulePlan:
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     if not folder.is_dir():
@@ -394,7 +420,7 @@ def _plan_wav2vec(folder: Path) -> _Plan:
     headers = {_normalise_wav2vec_key(k): v for k, v in raw.items() if k not in heads}
     module = _on_meta(lambda: Wav2Vec2Model(cfg))
     report = compare_keys(module, headers)
-    plan = _Plan(path, module, headers, report, cfg)
+    plan = ModulePlan(path, module, headers, report, cfg)
     # Only used by spec-augment in training; its absence does not change inference.
     if "masked_spec_embed" in report.missing:
         report.missing.remove("masked_spec_embed")
@@ -484,7 +510,7 @@ def _error_lines(e: CheckpointError) -> list[str]:
     return [f"{e.file}: {e.problem}"] + [f"  {d}" for d in e.details]
 
 
-def _check_component(report: ReleaseReport, name: str, path: Path, make_plan: Callable[[], _Plan]) -> _Plan | None:
+def _check_component(report: ReleaseReport, name: str, path: Path, make_plan: Callable[[], ModulePlan]) -> ModulePlan | None:
     comp = ComponentReport(name, path)
     report.components.append(comp)
     try:

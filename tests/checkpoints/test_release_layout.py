@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ from flashtalk_live.checkpoints import release
 from flashtalk_live.checkpoints.loader import CheckpointError
 from flashtalk_live.checkpoints.release import (
     CLIP_FILE,
+    ReleaseReport,
+    _cross_check,
+    plan_from_headers,
     T5_FILE,
     VAE_FILE,
     load_clip_visual,
@@ -234,3 +238,51 @@ def test_wav2vec_pretraining_layout_with_old_weight_norm_names(release_copy):
     assert "pytorch_model.bin" in text and "missing key: encoder.layers.1.final_layer_norm.bias" in text
     with pytest.raises(CheckpointError, match="encoder.layers.1.final_layer_norm.bias"):
         load_wav2vec(d)
+
+
+# ------------------------------------------------------------------------------------------ full size
+
+MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
+
+
+def _manifest(name: str) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for line in (MANIFESTS / name).read_text().splitlines():
+        key, shape = line.split("\t")
+        out[key] = tuple(int(x) for x in shape.strip("[]").split(",") if x.strip())
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_released_manifests_size_and_fit_the_full_modules():
+    """The headers of the real files (= the reference manifests) give exactly the released sizes and keys."""
+    from flashtalk_live.model.clip import VIT_H_14
+    from flashtalk_live.model.dit import DiTConfig
+    from flashtalk_live.model.t5 import UMT5_XXL
+    from flashtalk_live.model.vae import VAEConfig
+
+    released_json = {"_class_name": "WanModel", "dim": 5120, "eps": 1e-06, "ffn_dim": 13824, "freq_dim": 256,
+                     "in_dim": 36, "model_type": "i2v", "num_heads": 40, "num_layers": 40, "out_dim": 16,
+                     "text_len": 512}
+    dit = plan_from_headers("dit", _manifest("dit_14b.keys"), "dit", DiTConfig.from_dict(released_json))
+    assert dit.report.ok, dit.report.lines()[:5]
+    vae = plan_from_headers("vae", _manifest("vae.keys"), VAE_FILE)
+    assert vae.report.ok and vae.config == VAEConfig.released()
+    t5 = plan_from_headers("t5", _manifest("t5_umt5_xxl_encoder.keys"), T5_FILE)
+    assert t5.report.ok and t5.config == UMT5_XXL
+    clip = plan_from_headers("clip_visual", _manifest("clip_xlm_roberta_vit_h_14.keys"), CLIP_FILE)
+    assert clip.report.ok and clip.config == VIT_H_14
+    visual_params = sum(p.numel() for p in clip.module.parameters())
+    assert visual_params == 632_076_800  # ViT-H/14; the whole file holds 1,193,014,785 (reference doc, section 6)
+    assert clip.info == [f"text tower ignored knowingly: 392 tensors, {1_193_014_785 - visual_params:,} parameters "
+                         "(textual.*, log_scale)"]
+    rep = ReleaseReport(Path("x"), None)
+    _cross_check(rep, {"dit": dit.config, "vae": vae.config, "clip_visual": clip.config, "t5": t5.config})
+    assert rep.problems == []
+    # A shard that lost one block's audio projection is named key by key.
+    broken = _manifest("dit_14b.keys")
+    gone = [k for k in broken if k.startswith("blocks.7.audio_cross_attn.")]
+    for k in gone:
+        del broken[k]
+    plan = plan_from_headers("dit", broken, "dit", dit.config)
+    assert plan.report.missing == gone and len(gone) == 6
