@@ -88,7 +88,7 @@ url = "{srv.url('soak')}"
 
     print(f"soak: {args.minutes:g} min, {w}x{h} {args.preset}, still renderer, one nginx endpoint; work dir {work}")
     print(f"{'t (min)':>7} {'RSS MiB':>8} {'skew ms':>8} {'underrun fr':>11} {'episodes':>8} {'reconnects':>10} "
-          f"{'dropped':>7} {'CPU %':>6} {'queue':>5} {'frames':>8} {'lag ms':>7}")
+          f"{'dropped':>7} {'CPU %':>6} {'queue':>5} {'frames':>8} {'lag ms':>7}")  # lag: wall clock minus media clock since row 1
     t0 = time.monotonic()
     cpu0 = cpu_seconds(proc.pid)
     last_t, last_cpu = t0, cpu0
@@ -111,13 +111,15 @@ url = "{srv.url('soak')}"
                 next_restart += args.restart_endpoint_every
             if now >= next_row:
                 st = client.status()
+                if not rows:
+                    t_first, frames_first = now, st["broadcast"]["frames_out"]
                 cpu = cpu_seconds(proc.pid)
                 b, o = st["broadcast"], st["outputs"][0]
                 row = dict(t=(now - t0) / 60, rss=st["rss_bytes"] / 2**20, skew=b["av_skew_s"] * 1000,
                            uf=b["underrun_frames"], ue=b["underrun_episodes"], rc=o["reconnects"],
                            dr=o["dropped_packets"], cpu=100 * (cpu - last_cpu) / (now - last_t),
                            q=st["queue"]["clips"], frames=b["frames_out"],
-                           lag=1000 * ((now - t0) - b["frames_out"] / 25))
+                           lag=1000 * ((now - t_first) - (b["frames_out"] - frames_first) / 25))
                 rows.append(row)
                 print(f"{row['t']:7.1f} {row['rss']:8.1f} {row['skew']:8.1f} {row['uf']:11d} {row['ue']:8d} "
                       f"{row['rc']:10d} {row['dr']:7d} {row['cpu']:6.1f} {row['q']:5d} {row['frames']:8d} {row['lag']:7.0f}",

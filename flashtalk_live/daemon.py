@@ -192,7 +192,6 @@ class Daemon:
             self.outputs.add(self._expand_output(o))
         self.lookahead = Lookahead(settings.renderer.lookahead_chunks)
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
-                           hold_frame=getattr(self.still, "frame", None),
                            on_underrun=self._on_underrun)
         self.ingest = IngestServer(settings, self.spool, self.events, self.status, handlers={
             "output_add": self._cmd_output_add, "output_remove": self._cmd_output_remove,
@@ -205,6 +204,7 @@ class Daemon:
         self._avatar_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._on_air_segment: str | None = None
+        self._av_skew_s = 0.0
         self._idle_announced = False
         self._last_progress = time.monotonic()
         self.metrics_server = None
@@ -281,6 +281,8 @@ class Daemon:
             for pf in self.pacer:
                 packets = self.encoder.encode(pf.frame, pf.audio)
                 self.outputs.send(packets)
+                # measured between frames, so a status reader never sees a frame half-encoded
+                self._av_skew_s = self.encoder.audio_samples_in / self.s.encoder.audio_rate - self.encoder.frames / self.s.video.fps
                 for m in pf.marks:
                     self._announce(m, pf.out_frame)
                 self._track_idle(pf.segment_id, pf.out_frame)
@@ -329,7 +331,7 @@ class Daemon:
             "queue": self.spool.stats(),
             "broadcast": {
                 **pst,
-                "av_skew_s": round(enc["av_skew_s"], 4),
+                "av_skew_s": round(self._av_skew_s, 4),
                 "render_rtf": self.renderers.render_rtf,
                 "media_time_s": round(enc["frames"] / self.s.video.fps, 3),
                 "video_codec": enc["video_codec"],
