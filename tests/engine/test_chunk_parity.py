@@ -90,3 +90,14 @@ def test_chunk1_motion_context_comes_from_chunk0(run: dict) -> None:
     (fx0, tr0, _), (fx1, tr1, _) = run["chunks"]
     assert torch.equal(tr1["motion_latents_in"], tr0["motion_latents_out"])
     assert tr0["motion_latents_in"].shape[1] == 1 and tr1["motion_latents_in"].shape[1] == 2
+
+
+def test_verify_parity_runs_the_chunk_check() -> None:
+    from flashtalk_live.checkpoints.parity import registered_checks, run_parity
+
+    import flashtalk_live.engine.parity  # noqa: F401 - registers the check (run_parity also imports it)
+
+    assert "chunk" in registered_checks()
+    report = run_parity(CHUNK.parent, only=["chunk"])
+    rows = [r for r in report.rows if r.module == "chunk"]
+    assert len(rows) > 40 and report.ok, report.format()
