@@ -38,7 +38,7 @@ def test_verify_parity_passes_on_the_project_fixtures(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     ran = {row["module"] for row in rows if row["status"] == "pass"}
-    assert ran == set(present) & {"dit", "vae", "clip_visual", "t5", "audio", "colour"}
+    assert ran == set(present), "every fixture folder has a check that ran (chunk/ through the engine's plugin)"
     assert {"dit", "vae", "clip_visual", "t5", "audio", "colour"} <= ran, "a module's fixtures are missing"
     assert not [row for row in rows if row["status"] in ("fail", "error")]
     cases = {(row["module"], row["case"]) for row in rows}
@@ -47,7 +47,8 @@ def test_verify_parity_passes_on_the_project_fixtures(tmp_path):
                  ("t5", "context (trimmed)"), ("audio", "once windows"), ("audio", "stream chunk0 windows"),
                  ("audio", "stream chunk1 windows"), ("colour", "strength 1.0"), ("colour", "strength 0.5")]:
         assert want in cases
-    assert all(row["tol_rel_l2"] == 1e-5 and row["tol_max_abs"] == 1e-4 for row in rows if row["status"] == "pass")
+    assert all(row["tol_rel_l2"] == 1e-5 and row["tol_max_abs"] == 1e-4 for row in rows
+               if row["status"] == "pass" and row["module"] != "chunk")
     header = next(line for line in r.stdout.splitlines() if line.startswith("module"))
     assert header.split() == ["module", "case", "max_abs", "rel_l2", "tolerance", "result"]
 
@@ -188,3 +189,17 @@ def test_download_argument_errors(tmp_path, capsys, monkeypatch):
     assert rc == 0 and "HF_ENDPOINT" in out
     rc, out, _ = run_main(capsys, "models")
     assert rc == 2 and "download" in out and "verify" in out
+
+
+@pytest.mark.timeout(120)
+def test_download_goes_to_HF_ENDPOINT_and_reports_an_unreachable_hub(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused at once, no network needed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    r = cli("models", "download", str(tmp_path / "m"), "--only", "wav2vec", env={"HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0"})
+    assert r.returncode == 1
+    assert f"fetching TencentGameMate/chinese-wav2vec2-base from {url}" in r.stdout
+    assert f"cannot reach {url} to fetch TencentGameMate/chinese-wav2vec2-base" in r.stderr
