@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ckpt_helpers import dit_index, rewrite_shard, truncate
+from ckpt_helpers import rewrite_shard, truncate
 
 from flashtalk_live.checkpoints import release
 from flashtalk_live.checkpoints.loader import CheckpointError
