@@ -1,0 +1,205 @@
+"""Rank 0 drives, the other ranks compute: the DiT command protocol, the worker loop and the heartbeat.
+
+Rank 0 runs the whole engine (timeline, audio features, sampler, VAE, colour, encoder, outputs). Its DiT is a
+`DiTClient`: each call broadcasts a small pickled command on the gloo control group, then the tensors that
+changed since the last call on the data group (the latent every step; the audio features once per chunk;
+context, CLIP features and y once per session), then runs its own slice of the sequence-parallel forward.
+Workers sit in `worker_loop`, blocked on the control group (long timeout: idle is normal) until the next
+command, and answer nothing: every rank gets the full output from the final all-gather.
+
+A worker that fails inside a forward cannot rejoin (the collective sequence is broken), so it exits
+non-zero; the heartbeat then takes every other rank down, and systemd restarts the job.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from flashtalk_live.log import get_logger
+
+from .group import ParallelGroup
+from .ulysses import SequenceParallelDiT
+
+log = get_logger("parallel")
+
+EXIT_PEER_LOST = 75  # EX_TEMPFAIL: another rank died or hung; restart the whole job
+EXIT_WORKER_ERROR = 70  # EX_SOFTWARE: this worker failed inside a forward
+
+_ARGS = ("x", "context", "clip_fea", "y", "audio")
+_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
+
+
+class Heartbeat:
+    """A side thread on every rank: an all-reduce on the heartbeat group every `interval_s`.
+
+    A dead peer makes gloo raise at once (its sockets close); a hung one makes the all-reduce time out
+    (the group's timeout). Then `on_failure(reason)` runs once. `stop()` ends every rank's loop in the
+    same round (the all-reduce carries the stop flag), so a clean shutdown raises nothing.
+    """
+
+    def __init__(self, pg: ParallelGroup, interval_s: float, on_failure: Callable[[str], None]):
+        self.pg = pg
+        self.interval_s = float(interval_s)
+        self.on_failure = on_failure
+        self._stop = threading.Event()
+        self.done = threading.Event()
+        self.rounds = 0
+        self.failed: str | None = None
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{pg.rank}", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        if self.pg.world_size > 1:
+            self._thread.start()
+        else:
+            self.done.set()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while True:
+                flag = torch.tensor([1 if self._stop.is_set() else 0], dtype=torch.int32)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.pg.heartbeat)
+                self.rounds += 1
+                if int(flag.item()):
+                    return
+                self._stop.wait(self.interval_s)
+        except Exception as e:  # noqa: BLE001 - any failure of the heartbeat is a lost peer
+            self.failed = f"heartbeat failed on rank {self.pg.rank}: {type(e).__name__}: {str(e)[:300]}"
+            self.on_failure(self.failed)
+        finally:
+            self.done.set()
+
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Ask every rank to stop at the next round; True when this rank's loop has ended."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.interval_s * 2 + 5 if timeout_s is None else timeout_s)
+        return self.done.is_set()
+
+
+def _key(t: torch.Tensor | Sequence[torch.Tensor]) -> tuple:
+    """What identifies the caller's tensor(s) without reading them: address, layout and version counter.
+
+    Safe only while the caller's tensor is kept alive (DiTClient holds it), so its memory cannot be reused
+    by another tensor; views of one storage share the version counter, so an in-place write changes it.
+    """
+    items = [t] if isinstance(t, torch.Tensor) else list(t)
+    return tuple((u.device, u.data_ptr(), u._version, tuple(u.shape), u.stride(), u.dtype) for u in items)
+
+
+def _as_tensor(v: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """A list of same-shape tensors (the engine passes [context], [y]) stacked on a batch dim, as embed would."""
+    if isinstance(v, torch.Tensor):
+        return v
+    items = list(v)
+    if not items or any(not isinstance(u, torch.Tensor) for u in items):
+        raise ValueError("expected a tensor or a non-empty list of tensors")
+    return torch.stack(items)
+
+
+class DiTClient:
+    """Rank 0's DiT for the engine: same call as FlashTalkDiT, runs the forward on all ranks."""
+
+    def __init__(self, sp: SequenceParallelDiT):
+        if not sp.pg.is_root:
+            raise ValueError("DiTClient runs on rank 0; other ranks run worker_loop")
+        self.sp = sp
+        self.pg = sp.pg
+        self.cfg = sp.dit.cfg
+        self._keys: dict[str, tuple] = {}
+        self._held: dict[str, Any] = {}  # the caller's objects behind _keys, kept alive (see _key)
+        self._sent: dict[str, torch.Tensor] = {}
+        self.calls = 0
+        self.bytes_sent = 0
+        self.closed = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sp.dtype
+
+    def parameters(self):  # the engine and loaders may ask for a parameter's dtype/device
+        return self.sp.dit.parameters()
+
+    @torch.no_grad()
+    def __call__(self, x, t, context, clip_fea, y, audio, *, seq_len: int | None = None) -> torch.Tensor:
+        if self.closed:
+            raise RuntimeError("the parallel DiT was shut down")
+        args = {"x": x, "context": context, "clip_fea": clip_fea, "y": y, "audio": audio}
+        send: list[tuple[str, torch.Tensor]] = []
+        for name in _ARGS:
+            key = _key(args[name])
+            # x changes every step: never cached. The rest: once per chunk (audio) or session.
+            if name == "x" or self._keys.get(name) != key:
+                tensor = _as_tensor(args[name]).to(self.pg.device).contiguous()
+                send.append((name, tensor))
+                self._keys[name] = key
+                self._held[name] = args[name]
+                self._sent[name] = tensor
+        tt = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
+        cmd = {"op": "forward", "t": tt.tolist(), "seq_len": seq_len,
+               "send": [(n, tuple(v.shape), str(v.dtype)) for n, v in send]}
+        if self.pg.world_size > 1:
+            dist.broadcast_object_list([cmd], src=0, group=self.pg.control)
+            for _, v in send:
+                dist.broadcast(v, src=0, group=self.pg.data)
+                self.bytes_sent += v.numel() * v.element_size()
+        self.calls += 1
+        a = self._sent
+        return self.sp(a["x"], tt.to(self.pg.device), a["context"], a["clip_fea"], a["y"], a["audio"], seq_len=seq_len)
+
+    def shutdown(self) -> None:
+        """Tell the workers to leave their loop (they exit 0). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.pg.world_size > 1:
+            dist.broadcast_object_list([{"op": "shutdown"}], src=0, group=self.pg.control)
+
+
+def send_shutdown(pg: ParallelGroup) -> None:
+    """Shutdown command for workers that never got a DiTClient (rank 0 failed before loading its DiT)."""
+    if pg.world_size > 1:
+        dist.broadcast_object_list([{"op": "shutdown"}], src=0, group=pg.control)
+
+
+def worker_loop(sp: SequenceParallelDiT, *, on_command: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Serve rank 0's commands until 'shutdown'; returns the number of forwards run. Exceptions propagate."""
+    pg = sp.pg
+    cache: dict[str, torch.Tensor] = {}
+    n = 0
+    while True:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0, group=pg.control)
+        cmd = box[0]
+        if on_command is not None:
+            on_command(cmd)
+        op = cmd.get("op") if isinstance(cmd, dict) else None
+        if op == "shutdown":
+            return n
+        if op != "forward":
+            raise RuntimeError(f"unknown command from rank 0: {cmd!r}")
+        for name, shape, dtype in cmd["send"]:
+            buf = torch.empty(shape, dtype=_DTYPES[dtype], device=pg.device)
+            dist.broadcast(buf, src=0, group=pg.data)
+            cache[name] = buf
+        t = torch.tensor(cmd["t"], dtype=torch.float32, device=pg.device)
+        sp(cache["x"], t, cache["context"], cache["clip_fea"], cache["y"], cache["audio"], seq_len=cmd["seq_len"])
+        n += 1
+
+
+def hard_exit(code: int, reason: str, cleanup: Callable[[], None] | None = None) -> None:
+    """Log, run cleanup (best effort), and leave now: no atexit, no joining of threads stuck in collectives."""
+    try:
+        log.critical("parallel_job_down", reason=reason, exit_code=code, pid=os.getpid())
+        if cleanup is not None:
+            cleanup()
+    finally:
+        time.sleep(0.05)
+        os._exit(code)
