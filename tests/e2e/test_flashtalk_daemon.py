@@ -1,0 +1,66 @@
+"""Issue 5 end to end: the daemon process with a tiny FlashTalk model, loaded from a tiny checkpoint folder in the
+released layout, streams the model's frames with the clips' audio to nginx-rtmp."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from daemon_harness import wait_for
+from flashtalk_live.checkpoints.fake import write_fake_release
+from ingest_audiogen import encode
+from rtmp_harness import max_gap, read_media
+
+# Small enough to run faster than real time on two CPU cores next to the encoder: 28 new frames per chunk
+# (the production chunk length) at 32x32, one motion frame.
+TINY_PROFILE = 'base = "quality"\nheight = 32\nwidth = 32\nframe_num = 29\nmotion_frames = 1\n'
+NEW_FRAMES = 28
+
+
+@pytest.mark.rtmp
+@pytest.mark.timeout(300)
+def test_daemon_streams_the_tiny_flashtalk_model(tmp_path, daemon_factory, nginx_rtmp):
+    rel = write_fake_release(tmp_path / "models")
+    (tmp_path / "tiny.toml").write_text(TINY_PROFILE)
+    srv = nginx_rtmp()
+    d = daemon_factory(outputs=[{"name": "live", "url": srv.url("avatar")}], extra=[
+        'renderer.kind="flashtalk"', f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"',
+        f'model.profile="{tmp_path / "tiny.toml"}"', 'model.device="cpu"', 'model.dtype="float32"',
+        f"video.chunk_frames={NEW_FRAMES}", "video.width=48", "video.height=80", "renderer.lookahead_chunks=4",
+    ]).start()
+    ev = d.events()
+    seen: list[dict] = []
+    with d.client() as c:
+        ev.sync(c)
+        # on air at once with the still renderer; the engine loads, warms up, then takes over
+        st0 = c.status()
+        assert st0["renderer"]["active"] == "still"
+        wait_for(ev, lambda e: e["type"] == "renderer_changed" and e.get("renderer") == "flashtalk", 120, seen)
+        under_at_switch = c.status()["broadcast"]["underrun_frames"]
+        ids = [c.enqueue(encode(fmt, seconds=1.2, freq=f))["segment_id"]
+               for fmt, f in (("wav_s16", 440.0), ("mp3", 880.0), ("flac", 1320.0))]
+        wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == ids[-1], 120, seen)
+        st = c.status()
+    assert d.stop() == 0
+
+    order = [(e["type"], e["segment_id"]) for e in seen if e.get("segment_id") in ids and e["type"] in ("started", "finished")]
+    assert order == [(k, i) for i in ids for k in ("started", "finished")]
+    r = st["renderer"]
+    assert r["active"] == "flashtalk" and r["failures"] == 0, r  # every chunk had exactly its frame count
+    assert st["broadcast"]["underrun_frames"] == under_at_switch, st["broadcast"]  # no underrun once on the engine
+    print(f"\ntiny engine on the CPU: render real-time factor {r['render_rtf']}, drift {r['drift']}")
+
+    rec = srv.recordings("avatar")
+    assert len(rec) == 1
+    info = read_media(rec[0], decode=True)
+    assert (info.video_codec, info.audio_codec, info.width, info.height) == ("h264", "aac", 48, 80)
+    assert max_gap(info.video_pts) <= 0.041 and abs(info.audio_end - info.video_end) < 0.04
+    # The model's frames move (random tiny weights: every frame differs); the still renderer's never do.
+    with av.open(str(rec[0])) as cont:
+        frames = [f.to_ndarray(format="rgb24").astype(np.int16) for f in cont.decode(video=0)]
+    tail = frames[-3 * NEW_FRAMES:]
+    diffs = [np.abs(a - b).mean() for a, b in zip(tail, tail[1:])]
+    assert min(diffs) > 0.5, diffs
+    head = frames[:3]
+    assert max(np.abs(a - b).mean() for a, b in zip(head, head[1:])) < 0.5  # the still portrait at start-up
