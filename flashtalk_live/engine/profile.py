@@ -144,7 +144,7 @@ def resolve_profile(spec: str | Profile | Mapping[str, Any], **overrides: Any) -
     elif spec in PROFILES:
         prof = PROFILES[spec]
     elif isinstance(spec, str) and spec.endswith(".toml"):
-        import tomllib
+        from flashtalk_live.settings import tomllib  # tomli on Python 3.10
 
         path = Path(spec).expanduser()
         try:
