@@ -178,9 +178,15 @@ class ParallelHandle:
         return self.pg.world_size
 
     def wrap_dit(self, dit: torch.nn.Module) -> DiTClient:
-        """Rank 0's loaded DiT -> the engine's DiT (same call), run over all ranks."""
+        """Rank 0's loaded DiT -> the engine's DiT (same call), run over all ranks.
+
+        Called again (the renderer reloaded), the new client replaces the old one; its first call sends
+        every input afresh, so the workers' caches cannot go stale.
+        """
+        if self.failure is not None or self._closing:
+            raise RuntimeError(f"the parallel job is down: {self.failure or 'closed'}")
         if self.client is not None:
-            raise RuntimeError("wrap_dit was already called; one DiT per job")
+            self.client.closed = True  # the old one must not be used any more
         self.client = DiTClient(SequenceParallelDiT(dit, self.pg))
         return self.client
 
@@ -215,12 +221,11 @@ class ParallelHandle:
             if self._closing:
                 return [p.returncode for p in self.processes]
             self._closing = True
+        if self.client is not None:
+            self.client.closed = True
         if self.failure is None:
             try:
-                if self.client is not None:
-                    self.client.shutdown()
-                else:
-                    send_shutdown(self.pg)
+                send_shutdown(self.pg)
                 self.heartbeat.stop()
             except Exception as e:  # noqa: BLE001 - a peer already gone; kill below
                 log.warning("parallel_close_error", error=repr(e))
@@ -233,6 +238,20 @@ class ParallelHandle:
                 codes.append(None)
         self.pg.destroy()
         return codes
+
+
+def parallel_flashtalk_renderer(settings: Any, events: Any, handle: ParallelHandle):
+    """build_flashtalk_renderer, then its DiT runs over the job's ranks (wrapping from outside the engine).
+
+    Until the renderer factory takes a DiT wrapper, this loads and warms up on rank 0 alone first (one
+    single-GPU chunk), swaps the DiT and warms up again over all ranks.
+    """
+    from flashtalk_live.engine.renderer import build_flashtalk_renderer
+
+    renderer = build_flashtalk_renderer(settings, events)
+    renderer.engine.models.dit = handle.wrap_dit(renderer.engine.models.dit)
+    renderer.warm_up()
+    return renderer
 
 
 def _free_port(addr: str) -> int:

@@ -7,8 +7,10 @@ context, CLIP features and y once per session), then runs its own slice of the s
 Workers sit in `worker_loop`, blocked on the control group (long timeout: idle is normal) until the next
 command, and answer nothing: every rank gets the full output from the final all-gather.
 
-A worker that fails inside a forward cannot rejoin (the collective sequence is broken), so it exits
-non-zero; the heartbeat then takes every other rank down, and systemd restarts the job.
+Inputs the DiT rejects fail on every rank before any collective (`DiTInputError`): rank 0's engine gets the
+error, workers log it and wait for the next command. A worker that fails inside a forward cannot rejoin
+(the collective sequence is broken), so it exits non-zero; the heartbeat then takes every other rank down,
+and systemd restarts the job.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch.distributed as dist
 from flashtalk_live.log import get_logger
 
 from .group import ParallelGroup
-from .ulysses import SequenceParallelDiT
+from .ulysses import DiTInputError, SequenceParallelDiT
 
 log = get_logger("parallel")
 
@@ -130,7 +132,7 @@ class DiTClient:
     @torch.no_grad()
     def __call__(self, x, t, context, clip_fea, y, audio, *, seq_len: int | None = None) -> torch.Tensor:
         if self.closed:
-            raise RuntimeError("the parallel DiT was shut down")
+            raise RuntimeError("this parallel DiT was shut down or replaced")
         args = {"x": x, "context": context, "clip_fea": clip_fea, "y": y, "audio": audio}
         send: list[tuple[str, torch.Tensor]] = []
         for name in _ARGS:
@@ -154,17 +156,9 @@ class DiTClient:
         a = self._sent
         return self.sp(a["x"], tt.to(self.pg.device), a["context"], a["clip_fea"], a["y"], a["audio"], seq_len=seq_len)
 
-    def shutdown(self) -> None:
-        """Tell the workers to leave their loop (they exit 0). Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.pg.world_size > 1:
-            dist.broadcast_object_list([{"op": "shutdown"}], src=0, group=self.pg.control)
-
 
 def send_shutdown(pg: ParallelGroup) -> None:
-    """Shutdown command for workers that never got a DiTClient (rank 0 failed before loading its DiT)."""
+    """Rank 0: tell the workers to leave their loop (they exit 0)."""
     if pg.world_size > 1:
         dist.broadcast_object_list([{"op": "shutdown"}], src=0, group=pg.control)
 
@@ -190,7 +184,11 @@ def worker_loop(sp: SequenceParallelDiT, *, on_command: Callable[[dict[str, Any]
             dist.broadcast(buf, src=0, group=pg.data)
             cache[name] = buf
         t = torch.tensor(cmd["t"], dtype=torch.float32, device=pg.device)
-        sp(cache["x"], t, cache["context"], cache["clip_fea"], cache["y"], cache["audio"], seq_len=cmd["seq_len"])
+        try:
+            sp(cache["x"], t, cache["context"], cache["clip_fea"], cache["y"], cache["audio"], seq_len=cmd["seq_len"])
+        except DiTInputError as e:  # rank 0 got the same error from the same check, before any collective
+            log.warning("parallel_bad_input", rank=pg.rank, error=str(e)[:300])
+            continue
         n += 1
 
 

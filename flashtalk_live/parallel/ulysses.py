@@ -31,6 +31,10 @@ from flashtalk_live.model.dit import FlashTalkDiT
 from .group import ParallelConfigError, ParallelGroup, padded_length
 
 
+class DiTInputError(ValueError):
+    """The DiT rejected its inputs before any collective (every rank raises it; the job stays usable)."""
+
+
 def _all_to_all(x: torch.Tensor, group, world: int) -> torch.Tensor:
     """x [world, ...] (chunk j goes to member j) -> [world, ...] (chunk j came from member j)."""
     x = x.contiguous()
@@ -147,8 +151,12 @@ class SequenceParallelDiT(nn.Module):
         dit, pg = self.dit, self.pg
         if pg.world_size == 1:
             return dit(x, t, context, clip_fea, y, audio, seq_len=seq_len)
-        # Patch embedding of the whole latent on every rank is cheap (one conv); it also validates the inputs.
-        emb = dit.embed(x, t, context, clip_fea, y, audio)
+        # Patch embedding of the whole latent on every rank is cheap (one conv); it also validates the inputs,
+        # before any collective: a bad input fails identically on every rank and leaves the job in step.
+        try:
+            emb = dit.embed(x, t, context, clip_fea, y, audio)
+        except ValueError as e:
+            raise DiTInputError(str(e)) from e
         n = emb.n_tokens
         padded = padded_length(max(n, seq_len or 0), pg.world_size)
         if padded > n:

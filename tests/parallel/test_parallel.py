@@ -108,7 +108,9 @@ def test_parallel_dit_forward_equals_single_process(tmp_path, world, heads):
     divides by neither 2 nor 4 (padded to 28: masked keys, dropped queries)."""
     r = _drive(tmp_path, "dit", "--world-size", str(world), "--heads", str(heads))
     assert r["worker_codes"].tolist() == [0] * (world - 1)
-    assert int(r["attention_calls"]) == 3 * 2  # 3 forwards x 2 blocks went through the Ulysses attention
+    assert int(r["attention_calls"]) == 4 * 2  # 4 forwards x 2 blocks went through the Ulysses attention
+    assert int(r["bad_input_rejected"]) == 1
+    assert torch.equal(r["odd.again"], r["odd.parallel"])  # after the rejected call: same job, same result
     for case in ("case_a", "case_b", "odd"):
         mx, rel = _err(r[f"{case}.parallel"], r[f"{case}.single"])
         print(f"ws={world} heads={heads} {case}: parallel vs single max_abs {mx:.2e} rel_l2 {rel:.2e}")
