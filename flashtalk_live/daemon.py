@@ -141,8 +141,14 @@ class RendererSupervisor:
                     pass
 
 
-def flashtalk_factory(settings: Settings, events: EventBus) -> RendererFactory:
+def flashtalk_factory(settings: Settings, events: EventBus, parallel: Any = None) -> RendererFactory:
+    """The FlashTalk renderer, over the job's ranks when `parallel` (a ParallelHandle) is given."""
+
     def build(s: Settings) -> Renderer:
+        if parallel is not None:
+            from flashtalk_live.parallel.launch import parallel_flashtalk_renderer
+
+            return parallel_flashtalk_renderer(s, events, parallel)
         from flashtalk_live.engine.renderer import build_flashtalk_renderer
 
         return build_flashtalk_renderer(s, events)
@@ -154,7 +160,7 @@ class Daemon:
     """One live room: every part built from Settings, three threads (ingest, render, broadcast) plus the caller's."""
 
     def __init__(self, settings: Settings, *, renderer_factory: RendererFactory | None = None,
-                 still: Renderer | None = None) -> None:
+                 still: Renderer | None = None, parallel: Any = None) -> None:
         from flashtalk_live.ingest.server import IngestServer
         from flashtalk_live.media.encoder import Encoder
         from flashtalk_live.media.pacing import Lookahead, Pacer
@@ -184,7 +190,7 @@ class Daemon:
         self.still = still or StillRenderer(v.width, v.height, v.fit)
         self.still.start_session(self.reference, v.prompt)
         if renderer_factory is None and settings.renderer.kind == "flashtalk":
-            renderer_factory = flashtalk_factory(settings, self.events)
+            renderer_factory = flashtalk_factory(settings, self.events, parallel)
         self.renderers = RendererSupervisor(settings, self.still, self.events, renderer_factory, self.reference)
         self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
         self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
@@ -390,9 +396,27 @@ class Daemon:
 
 
 def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
-    """The `flashtalk-live run` entry point: start, serve until SIGTERM/SIGINT (or duration), stop cleanly."""
-    daemon = Daemon(settings)
+    """The `flashtalk-live run` entry point: start, serve until SIGTERM/SIGINT (or duration), stop cleanly.
+
+    With the FlashTalk renderer on several GPUs (model.gpus), this process becomes rank 0 and starts the other
+    ranks itself (or joins a torchrun job); a dead rank stops the daemon with exit code 75 so systemd restarts it.
+    """
+    parallel = None
+    exit_code = 0
     stop = threading.Event()
+    if settings.renderer.kind == "flashtalk":
+        from flashtalk_live.parallel.launch import maybe_launch_workers
+
+        parallel = maybe_launch_workers(settings)
+    daemon = Daemon(settings, parallel=parallel)
+    if parallel is not None:
+        def on_rank_failure(reason: str) -> None:
+            nonlocal exit_code
+            daemon.log.error("rank_failed", reason=reason)
+            exit_code = 75
+            stop.set()
+
+        parallel.on_failure = on_rank_failure
 
     def on_signal(signum: int, _frame: Any) -> None:
         daemon.log.info("signal", signal=signal.Signals(signum).name)
@@ -412,4 +436,6 @@ def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
                       f"queue {q.get('clips', 0)} clips")
     finally:
         daemon.close()
-    return 0
+        if parallel is not None:
+            parallel.close()
+    return exit_code

@@ -241,17 +241,10 @@ class ParallelHandle:
 
 
 def parallel_flashtalk_renderer(settings: Any, events: Any, handle: ParallelHandle):
-    """build_flashtalk_renderer, then its DiT runs over the job's ranks (wrapping from outside the engine).
-
-    Until the renderer factory takes a DiT wrapper, this loads and warms up on rank 0 alone first (one
-    single-GPU chunk), swaps the DiT and warms up again over all ranks.
-    """
+    """build_flashtalk_renderer with its DiT running over the job's ranks (warm-up included)."""
     from flashtalk_live.engine.renderer import build_flashtalk_renderer
 
-    renderer = build_flashtalk_renderer(settings, events)
-    renderer.engine.models.dit = handle.wrap_dit(renderer.engine.models.dit)
-    renderer.warm_up()
-    return renderer
+    return build_flashtalk_renderer(settings, events, dit_wrapper=handle.wrap_dit)
 
 
 def _free_port(addr: str) -> int:
