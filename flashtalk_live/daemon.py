@@ -111,6 +111,16 @@ class RendererSupervisor:
         frames = self.still.render(chunk)
         return self._done(chunk, frames, self.still, time.monotonic() - t0)
 
+    def set_avatar(self, image: np.ndarray, prompt: str) -> None:
+        """A new reference portrait/prompt for every renderer, applied between chunks (render thread)."""
+        self._reference = image
+        self.still.start_session(image, prompt)
+        if self.preferred is not None:
+            try:
+                self.preferred.start_session(image, prompt)
+            except Exception as e:  # noqa: BLE001 - the still renderer keeps the room on air
+                self._fail(f"new session failed: {e!r}")
+
     def _check_frames(self, frames: np.ndarray, chunk: RenderChunk) -> None:
         want = (chunk.n_frames, self.s.video.height, self.s.video.width, 3)
         if frames.shape != want or frames.dtype != np.uint8:
@@ -187,6 +197,7 @@ class Daemon:
         self.timeline = Timeline(settings, self.spool, self.programme)
         v = settings.video
         self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
+        self.prompt = v.prompt
         self.still = still or StillRenderer(v.width, v.height, v.fit)
         self.still.start_session(self.reference, v.prompt)
         if renderer_factory is None and settings.renderer.kind == "flashtalk":
@@ -239,10 +250,15 @@ class Daemon:
         return {"outputs": self.outputs.names()}
 
     def _cmd_set_avatar(self, req: dict[str, Any]) -> dict[str, Any]:
-        from flashtalk_live.renderers.images import load_image
+        from flashtalk_live.renderers.images import decode_image_bytes, load_image
 
-        image = load_image(req["image"]) if req.get("image") else self.reference
-        prompt = str(req.get("prompt") or self.s.video.prompt)
+        if req.get("_payload"):
+            image = decode_image_bytes(req["_payload"], "set_avatar payload")
+        elif req.get("image"):
+            image = load_image(req["image"])
+        else:
+            image = self.reference
+        prompt = str(req.get("prompt") or self.prompt)
         with self._avatar_lock:
             self._pending_avatar = (image, prompt)
         return {"applies": "next chunk boundary"}
@@ -269,14 +285,8 @@ class Daemon:
             self.request_stop()
 
     def _apply_avatar(self, image: np.ndarray, prompt: str) -> None:
-        self.reference = image
-        self.still.start_session(image, prompt)
-        self.renderers._reference = image
-        if self.renderers.preferred is not None:
-            try:
-                self.renderers.preferred.start_session(image, prompt)
-            except Exception as e:  # noqa: BLE001
-                self.renderers._fail(f"new session failed: {e!r}")
+        self.reference, self.prompt = image, prompt
+        self.renderers.set_avatar(image, prompt)
         self.log.info("avatar_changed", prompt=prompt)
 
     def _broadcast_loop(self) -> None:

@@ -197,3 +197,34 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
         except socket.timeout:
             break
     assert "STOPPING=1" in tail
+
+
+@pytest.mark.timeout(120)
+def test_set_avatar_through_the_control_socket_changes_the_picture_at_a_chunk_boundary(tmp_path):
+    from flashtalk_live.renderers.images import encode_png
+
+    d = Daemon(settings(tmp_path, "renderer.lookahead_chunks=1"))
+    d.start()
+    try:
+        time.sleep(1.5)
+        red = np.zeros((64, 64, 3), np.uint8)
+        red[..., 0] = 230
+        with Client(f"ipc://{tmp_path / 'state'}/control.sock") as c:
+            assert c.call("set_avatar", encode_png(red), prompt="a red square")["ok"]
+            (tmp_path / "blue.png").write_bytes(encode_png(np.dstack([np.zeros((64, 64, 2), np.uint8),
+                                                                     np.full((64, 64), 230, np.uint8)])))
+            time.sleep(3.0)
+            assert c.call("set_avatar", image=str(tmp_path / "blue.png"))["ok"]
+            time.sleep(4.0)
+    finally:
+        d.close()
+    import av
+
+    with av.open(str(tmp_path / "rec.flv")) as cont:
+        means = [f.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0) for f in cont.decode(video=0)]
+    kinds = ["red" if m[0] > 150 and m[2] < 80 else "blue" if m[2] > 150 and m[0] < 80 else "portrait" for m in means]
+    # portrait first, then red, then blue, each change once, on a chunk boundary
+    runs = [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k]
+    assert runs == ["portrait", "red", "blue"], runs
+    changes = [i for i in range(1, len(kinds)) if kinds[i] != kinds[i - 1]]
+    assert all(i % d.s.video.chunk_frames == 0 for i in changes), changes
