@@ -7,6 +7,8 @@ import resource
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +50,8 @@ class RendererSupervisor:
         self._retry_at = 0.0
         self._backoff = settings.renderer.fallback_retry_initial_s
         self._loading: threading.Thread | None = None
+        self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._abandoned: Future | None = None  # an engine call given up on at its deadline
         self.last_render_s = 0.0
         self.render_rtf = 0.0
 
@@ -60,6 +64,8 @@ class RendererSupervisor:
             try:
                 r = self._factory(self.s)  # type: ignore[misc]
                 r.start_session(self._reference, self.s.video.prompt)
+                self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
+                self._abandoned = None
                 self.preferred = r
                 self.log.info("renderer_loaded", renderer=r.name)
             except Exception as e:  # noqa: BLE001 - any load failure keeps the still renderer on air
@@ -85,31 +91,46 @@ class RendererSupervisor:
     def render(self, chunk: RenderChunk) -> RenderedChunk:
         """Render with the preferred renderer if it can, else the still one; never raises."""
         if self.preferred is None and self._factory is not None and self._loading is not None \
-                and not self._loading.is_alive() and time.monotonic() >= self._retry_at:
+                and not self._loading.is_alive() and time.monotonic() >= self._retry_at \
+                and (self._abandoned is None or self._abandoned.done()):  # never two engines on one GPU
             self._start_loading()
         r = self.preferred if (self.preferred is not None and self.preferred.ready()) else self.still
         if r is not self.still:
             self._switch(r, "ready")
+            budget = chunk.n_frames / self.s.video.fps
+            deadline = budget * self.s.renderer.deadline_factor
             t0 = time.monotonic()
+            call = self._engine_pool.submit(r.render, chunk)
             try:
-                frames = r.render(chunk)
+                # A hung engine (a stuck CUDA call) is abandoned at the deadline, so the still renderer takes
+                # this very chunk while the look-ahead still holds frames: the broadcast never waits on it.
+                frames = call.result(timeout=deadline)
                 took = time.monotonic() - t0
-                budget = chunk.n_frames / self.s.video.fps
-                if took > budget * self.s.renderer.deadline_factor:
+                if took > deadline:
                     raise TimeoutError(f"chunk took {took:.2f}s, over {self.s.renderer.deadline_factor}x its {budget:.2f}s")
                 self._check_frames(frames, chunk)
                 self._backoff = self.s.renderer.fallback_retry_initial_s
                 return self._done(chunk, frames, r, took)
             except Exception as e:  # noqa: BLE001 - fall back within this very chunk
-                try:
-                    r.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                if isinstance(e, FutureTimeout):
+                    e = TimeoutError(f"no frames {deadline:.2f}s after the chunk started "
+                                     f"({self.s.renderer.deadline_factor}x its {budget:.2f}s): engine abandoned")
+                    self._abandoned = call
+                    call.add_done_callback(lambda _f, r=r: self._close_quietly(r))
+                else:
+                    self._close_quietly(r)
                 self._fail(repr(e))
                 self._switch(self.still, "failed")
         t0 = time.monotonic()
         frames = self.still.render(chunk)
         return self._done(chunk, frames, self.still, time.monotonic() - t0)
+
+    @staticmethod
+    def _close_quietly(r: Renderer) -> None:
+        try:
+            r.close()
+        except Exception:  # noqa: BLE001
+            pass
 
     def set_avatar(self, image: np.ndarray, prompt: str) -> None:
         """A new reference portrait/prompt for every renderer, applied between chunks (render thread)."""

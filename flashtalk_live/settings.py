@@ -83,7 +83,9 @@ class RendererSettings(_Section):
     lookahead_chunks: int = Field(3, ge=1, le=32, description="rendered chunks buffered ahead of the encoder")
     fallback_retry_initial_s: float = Field(5.0, gt=0)
     fallback_retry_max_s: float = Field(300.0, gt=0)
-    deadline_factor: float = Field(4.0, gt=1, description="a chunk taking this many times its duration counts as failed")
+    deadline_factor: float = Field(
+        2.5, gt=1, description="an engine chunk not done after this many times its duration counts as failed; keep it "
+        "below lookahead_chunks so the still renderer takes over before the buffer runs dry")
 
 
 class ModelSettings(_Section):

@@ -228,3 +228,54 @@ def test_set_avatar_through_the_control_socket_changes_the_picture_at_a_chunk_bo
     assert runs == ["portrait", "red", "blue"], runs
     changes = [i for i in range(1, len(kinds)) if kinds[i] != kinds[i - 1]]
     assert all(i % d.s.video.chunk_frames == 0 for i in changes), changes
+
+
+class HangingRenderer(PaintRenderer):
+    """Renders normally, then hangs in chunk `hang_on` until `release` is set (a stuck GPU call)."""
+
+    def __init__(self, *a, hang_on: int, release: threading.Event, **k):
+        super().__init__(*a, **k)
+        self.hang_on, self.release = hang_on, release
+
+    def render(self, chunk):
+        if chunk.index == self.hang_on:
+            self.release.wait()
+        return super().render(chunk)
+
+
+@pytest.mark.timeout(120)
+def test_hung_engine_is_abandoned_within_the_lookahead_and_retried_after_it_returns(tmp_path):
+    s = settings(tmp_path, "renderer.fallback_retry_initial_s=0.5", "renderer.lookahead_chunks=3",
+                 "renderer.deadline_factor=2.0")
+    release = threading.Event()
+    built = []
+
+    def factory(_s):
+        r = HangingRenderer(128, 128, name="engine", hang_on=3 if not built else -1, release=release)
+        built.append(r)
+        return r
+
+    d = Daemon(s, renderer_factory=factory)
+    changes = []
+    d.events.subscribe(lambda e: changes.append((e["renderer"], e["reason"])) if e["type"] == "renderer_changed" else None)
+    d.start()
+    try:
+        deadline = time.monotonic() + 30
+        while ("still", "failed") not in changes and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ("still", "failed") in changes
+        time.sleep(3.0)
+        assert len(built) == 1  # no second engine while the first is still stuck in its call
+        assert d.renderers.status()["active"] == "still"
+        release.set()  # the stuck call returns: the engine may be loaded again
+        deadline = time.monotonic() + 30
+        while changes[-1] != ("engine", "ready") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        st = d.pacer.stats()
+    finally:
+        release.set()
+        d.close()
+    print(f"\nrenderer changes: {changes}; underrun frames {st['underrun_frames']}")
+    assert changes[-1] == ("engine", "ready") and len(built) == 2
+    assert st["underrun_frames"] == 0  # abandoned at 2 chunks while 3 were buffered: no frame was late
+    assert "abandoned" in (d.renderers.last_error or "")
