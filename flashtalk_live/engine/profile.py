@@ -3,7 +3,8 @@
 `quality` is the reference's `infer_params.yaml` (768x448, 33 frames with 5 motion frames, 4 steps,
 shift 5, full colour correction, seed 9999, 8-s audio window).  `fast` is the low-latency variant
 reported for 8x Ascend (704x416, 29 frames with 1 motion frame, 2 steps), which keeps 28 new frames
-per chunk so the broadcast chunking does not change.  `resolve_profile` accepts a name, a TOML file
+per chunk so the broadcast chunking does not change.  `split_vae_decode` only matters with several GPUs:
+the VAE decode is then split by image height over the ranks (exact; a halo exchange per 3x3 conv).  `resolve_profile` accepts a name, a TOML file
 (optionally `base = "<name>"` plus the fields to change) or overrides.
 """
 
@@ -41,6 +42,8 @@ class Profile:
     audio_window_seconds: int = 8
     fps: int = 25
     sample_rate: int = 16000
+    # Several GPUs only: decode split by height over the ranks (exact, costs a halo exchange per 3x3 conv).
+    split_vae_decode: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, rule: str) -> ProfileError:
@@ -68,6 +71,8 @@ class Profile:
                                f"got fps {self.fps}, sample_rate {self.sample_rate}")
         if not isinstance(self.audio_window_seconds, int) or self.audio_window_seconds * self.fps < self.frame_num:
             raise bad("audio_window_seconds", f"must be a whole number of seconds covering frame_num {self.frame_num} frames")
+        if not isinstance(self.split_vae_decode, bool):
+            raise bad("split_vae_decode", "must be true or false")
 
     # -- derived geometry ----------------------------------------------------------------------------
     @property
