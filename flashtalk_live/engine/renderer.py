@@ -274,11 +274,13 @@ def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, 
     return EngineModels(dit=dit, vae=vae, clip=clip, wav2vec=wav2vec, feature_extractor=extractor, text=text)
 
 
-def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any = None) -> FlashTalkRenderer:
+def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any = None,
+                             vae_wrapper: Any = None) -> FlashTalkRenderer:
     """Load the release named in settings.model, start the configured avatar session, warm up, return ready.
 
     dit_wrapper: optional callable applied to the loaded DiT before warm-up (the multi-GPU job's
-    sequence-parallel client), so the warm-up already runs over every rank.
+    sequence-parallel client), so the warm-up already runs over every rank. vae_wrapper: the same for the
+    loaded VAE (the multi-GPU job's split decode).
     """
     from flashtalk_live.model.attention import set_default_backend
 
@@ -300,6 +302,8 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
     models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
     if dit_wrapper is not None:
         models.dit = dit_wrapper(models.dit)
+    if vae_wrapper is not None:
+        models.vae = vae_wrapper(models.vae)
     engine = FlashTalkEngine(models, profile, device, dtype)
     renderer = FlashTalkRenderer(
         engine, width=v.width, height=v.height, fit=v.fit, events=events,

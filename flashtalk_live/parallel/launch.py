@@ -3,11 +3,13 @@
     handle = maybe_launch_workers(settings)     # in the daemon, before loading models
     # None: one GPU, nothing to do. On a torchrun worker rank the call never returns (worker loop, then exit).
     models.dit = handle.wrap_dit(models.dit)   # rank 0's engine now runs the DiT on every rank
+    models.vae = handle.wrap_vae(models.vae, enabled=profile.split_vae_decode)  # decode split by height
     ...
     handle.close()                             # workers leave their loop and exit 0
 
 Workers are `python -m flashtalk_live.parallel.launch` children with RANK / WORLD_SIZE / LOCAL_RANK /
-MASTER_ADDR / MASTER_PORT set and a JSON `WorkerSpec` in FLASHTALK_PARALLEL_SPEC. They load only the DiT.
+MASTER_ADDR / MASTER_PORT set and a JSON `WorkerSpec` in FLASHTALK_PARALLEL_SPEC. They load the DiT, and
+the VAE only when the profile splits the decode (`WorkerSpec.vae_factory`).
 They die with the daemon (PR_SET_PDEATHSIG), and the daemon goes down non-zero when one of them dies
 (child monitor + heartbeat), so systemd restarts the whole job. The unit needs no change.
 """
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +37,7 @@ from flashtalk_live.log import get_logger
 from .group import ParallelConfigError, ParallelGroup, env_rank_info, init_parallel, resolve_gpus
 from .runtime import EXIT_PEER_LOST, EXIT_WORKER_ERROR, DiTClient, Heartbeat, hard_exit, send_shutdown, worker_loop
 from .ulysses import SequenceParallelDiT
+from .vae_split import VAE_DECODE_OP, SplitDecodeVAE, serve_vae_decode
 
 log = get_logger("parallel")
 SPEC_ENV = "FLASHTALK_PARALLEL_SPEC"
@@ -42,7 +46,8 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass
 class WorkerSpec:
-    """What every rank needs to join and build its DiT; JSON-serialisable (it travels in the environment)."""
+    """What every rank needs to join and build its DiT (and VAE, for a split decode); JSON-serialisable (it
+    travels in the environment)."""
 
     num_heads: int
     devices: list[int]  # device id of rank i (CUDA); ignored on the CPU
@@ -51,6 +56,10 @@ class WorkerSpec:
     attention: str = "sdpa"
     factory: str = "flashtalk_live.parallel.launch:release_dit"  # "module:function"(device, dtype, **factory_args)
     factory_args: dict[str, Any] = field(default_factory=dict)
+    # Set when the profile splits the VAE decode: workers build this VAE (same weights as rank 0's!) and answer
+    # "vae_decode" commands. "module:function"(device, dtype, **vae_factory_args); None: workers hold no VAE.
+    vae_factory: str | None = None
+    vae_factory_args: dict[str, Any] = field(default_factory=dict)
     backend: str | None = None  # None: nccl on cuda, gloo on cpu
     heartbeat_interval_s: float = 5.0
     heartbeat_timeout_s: float = 30.0
@@ -85,13 +94,26 @@ def _dtype(name: str) -> torch.dtype:
     return d
 
 
-def build_dit(spec: WorkerSpec, device: torch.device) -> torch.nn.Module:
-    module_name, _, fn_name = spec.factory.partition(":")
+def _call_factory(spec: WorkerSpec, path: str, args: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    module_name, _, fn_name = path.partition(":")
+    if not module_name or not fn_name:
+        raise ParallelConfigError(f"factory {path!r} is not 'module:function'")
     for p in spec.extra_sys_path:
         if p not in sys.path:
             sys.path.insert(0, p)
     fn = getattr(importlib.import_module(module_name), fn_name)
-    return fn(device=device, dtype=_dtype(spec.dtype), **spec.factory_args)
+    return fn(device=device, dtype=_dtype(spec.dtype), **args)
+
+
+def build_dit(spec: WorkerSpec, device: torch.device) -> torch.nn.Module:
+    return _call_factory(spec, spec.factory, spec.factory_args, device)
+
+
+def build_vae(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
+    """The worker's VAE for the split decode; None when the spec has no vae_factory."""
+    if spec.vae_factory is None:
+        return None
+    return _call_factory(spec, spec.vae_factory, spec.vae_factory_args, device)
 
 
 def release_dit(*, device: torch.device, dtype: torch.dtype, weights_dir: str) -> torch.nn.Module:
@@ -141,6 +163,62 @@ def random_dit(*, device: torch.device, dtype: torch.dtype, config: dict[str, An
     return model.eval().requires_grad_(False)
 
 
+# ------------------------------------------------------------------------------------------ VAE factories
+
+
+def release_vae(*, device: torch.device, dtype: torch.dtype, weights_dir: str) -> torch.nn.Module:
+    """The released VAE (strict), as rank 0 loads it."""
+    from flashtalk_live.checkpoints.release import load_vae
+
+    return load_vae(weights_dir, device, dtype).eval().requires_grad_(False)
+
+
+def files_vae(*, device: torch.device, dtype: torch.dtype, config_json: str, weights: str) -> torch.nn.Module:
+    """A VAE from a config.json (VAEConfig fields, or the fixture's {"constructor_kwargs": ...}) and one
+    safetensors file (tests, tiny releases)."""
+    from safetensors.torch import load_file
+
+    from flashtalk_live.model.vae import VAEConfig, WanVAE
+
+    data = json.loads(Path(config_json).read_text())
+    if "constructor_kwargs" in data:
+        cfg = VAEConfig.from_reference_kwargs(data["constructor_kwargs"])
+    else:
+        cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    model = WanVAE(cfg)
+    model.load_state_dict(load_file(weights), strict=True)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def random_vae(*, device: torch.device, dtype: torch.dtype, config: dict[str, Any] | None = None,
+               seed: int = 0) -> torch.nn.Module:
+    """A VAE with random weights (benchmarks; rank 0 must make the same call). config None: the released VAE.
+
+    Norm scales (gamma) 1, biases 0, other weights N(0, 1/fan_in): activations stay O(1) through the decoder.
+    """
+    import math
+
+    from flashtalk_live.model.vae import VAEConfig, WanVAE
+
+    cfg = VAEConfig.released() if config is None else VAEConfig(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    with torch.device("meta"):
+        model = WanVAE(cfg)
+    model = model.to_empty(device=device).to(dtype)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            if name.endswith("gamma"):
+                t.fill_(1.0)
+            elif t.dim() <= 1:
+                t.zero_()
+            else:
+                t.normal_(0.0, 1.0 / math.sqrt(max(1, math.prod(t.shape[1:]))), generator=g)
+    return model.eval().requires_grad_(False)
+
+
 # ------------------------------------------------------------------------------------------ rank 0
 
 
@@ -152,6 +230,7 @@ class ParallelHandle:
         self.spec = spec
         self.processes = processes
         self.client: DiTClient | None = None
+        self.vae_client: SplitDecodeVAE | None = None
         self.failure: str | None = None
         self.grace_s = 10.0
         # Called once with the reason when a rank is lost; must make the process exit (non-zero). The
@@ -190,6 +269,24 @@ class ParallelHandle:
         self.client = DiTClient(SequenceParallelDiT(dit, self.pg))
         return self.client
 
+    def wrap_vae(self, vae: torch.nn.Module, enabled: bool = True) -> SplitDecodeVAE:
+        """Rank 0's loaded VAE -> the engine's VAE: `decode` split by height over all ranks when `enabled`
+        (encode stays on rank 0); `enabled=False` decodes on rank 0 alone. Replaces (closes) a previous one.
+
+        The workers must hold the same VAE (spec.vae_factory); without it an enabled split is refused here,
+        since a worker would otherwise meet a command it cannot answer and take the job down.
+        """
+        if self.failure is not None or self._closing:
+            raise RuntimeError(f"the parallel job is down: {self.failure or 'closed'}")
+        if enabled and self.world_size > 1 and self.spec.vae_factory is None:
+            raise ParallelConfigError("split VAE decode asked for, but the workers hold no VAE "
+                                      "(WorkerSpec.vae_factory is not set; spec_from_settings sets it when "
+                                      "the profile has split_vae_decode = true)")
+        if self.vae_client is not None:
+            self.vae_client.closed = True
+        self.vae_client = SplitDecodeVAE(vae, self.pg, enabled=enabled)
+        return self.vae_client
+
     def _watch(self, proc: subprocess.Popen) -> None:
         code = proc.wait()
         if not self._closing:
@@ -223,6 +320,8 @@ class ParallelHandle:
             self._closing = True
         if self.client is not None:
             self.client.closed = True
+        if self.vae_client is not None:
+            self.vae_client.closed = True
         if self.failure is None:
             try:
                 send_shutdown(self.pg)
@@ -241,10 +340,14 @@ class ParallelHandle:
 
 
 def parallel_flashtalk_renderer(settings: Any, events: Any, handle: ParallelHandle):
-    """build_flashtalk_renderer with its DiT running over the job's ranks (warm-up included)."""
+    """build_flashtalk_renderer with its DiT running over the job's ranks (warm-up included), and its VAE
+    decode split over them when the configured profile has split_vae_decode."""
+    from flashtalk_live.engine.profile import resolve_profile
     from flashtalk_live.engine.renderer import build_flashtalk_renderer
 
-    return build_flashtalk_renderer(settings, events, dit_wrapper=handle.wrap_dit)
+    split = resolve_profile(settings.model.profile).split_vae_decode
+    vae_wrapper = partial(handle.wrap_vae, enabled=True) if split else None
+    return build_flashtalk_renderer(settings, events, dit_wrapper=handle.wrap_dit, vae_wrapper=vae_wrapper)
 
 
 def _free_port(addr: str) -> int:
@@ -304,17 +407,23 @@ def _join(spec: WorkerSpec, rank: int, ws: int, local: int, addr: str, port: int
 
 
 def spec_from_settings(settings: Any) -> WorkerSpec:
-    """The WorkerSpec of settings.model: the released DiT from weights_dir on the listed GPUs."""
+    """The WorkerSpec of settings.model: the released DiT from weights_dir on the listed GPUs, and the
+    released VAE too when the configured profile has split_vae_decode."""
     m = settings.model
     ids = resolve_gpus(m.gpus)
     if not m.weights_dir:
         raise ParallelConfigError("model.weights_dir is not set: every rank loads the DiT from it")
     from flashtalk_live.checkpoints.release import read_dit_config
 
+    from flashtalk_live.engine.profile import resolve_profile
+
     cfg = read_dit_config(m.weights_dir)
+    split = resolve_profile(m.profile).split_vae_decode
     device_type = torch.device(m.device).type
     return WorkerSpec(num_heads=cfg.num_heads, devices=ids, device_type=device_type, dtype=m.dtype,
-                      attention=m.attention, factory_args={"weights_dir": str(m.weights_dir)})
+                      attention=m.attention, factory_args={"weights_dir": str(m.weights_dir)},
+                      vae_factory="flashtalk_live.parallel.launch:release_vae" if split else None,
+                      vae_factory_args={"weights_dir": str(m.weights_dir)} if split else {})
 
 
 def maybe_launch_workers(settings: Any, spec: WorkerSpec | None = None) -> ParallelHandle | None:
@@ -340,13 +449,16 @@ def maybe_launch_workers(settings: Any, spec: WorkerSpec | None = None) -> Paral
 
 
 def run_worker(spec: WorkerSpec, rank: int, ws: int, local: int, addr: str, port: int) -> int:
-    """A worker rank's whole life: join, load the DiT, serve rank 0 until shutdown. Returns the exit code."""
+    """A worker rank's whole life: join, load the DiT (and the VAE for a split decode), serve rank 0 until
+    shutdown. Returns the exit code."""
     pg = _join(spec, rank, ws, local, addr, port)
     hb = Heartbeat(pg, spec.heartbeat_interval_s, lambda reason: hard_exit(EXIT_PEER_LOST, reason)).start()
     log.info("parallel_worker_joined", **pg.describe(), pid=os.getpid())
     try:
         sp = SequenceParallelDiT(build_dit(spec, pg.device), pg)
-        n = worker_loop(sp)
+        vae = build_vae(spec, pg.device)
+        handlers = {} if vae is None else {VAE_DECODE_OP: partial(serve_vae_decode, vae, pg)}
+        n = worker_loop(sp, handlers=handlers)
     except Exception as e:  # noqa: BLE001 - the collective sequence is broken: take the job down
         hard_exit(EXIT_WORKER_ERROR, f"worker rank {rank} failed: {type(e).__name__}: {e}")
         return EXIT_WORKER_ERROR  # not reached

@@ -5,7 +5,8 @@ Rank 0 runs the whole engine (timeline, audio features, sampler, VAE, colour, en
 changed since the last call on the data group (the latent every step; the audio features once per chunk;
 context, CLIP features and y once per session), then runs its own slice of the sequence-parallel forward.
 Workers sit in `worker_loop`, blocked on the control group (long timeout: idle is normal) until the next
-command, and answer nothing: every rank gets the full output from the final all-gather.
+command, and answer nothing: every rank gets the full output from the final all-gather. Other ops (the
+split VAE decode, `parallel/vae_split.py`) go to the loop's `handlers`.
 
 Inputs the DiT rejects fail on every rank before any collective (`DiTInputError`): rank 0's engine gets the
 error, workers log it and wait for the next command. A worker that fails inside a forward cannot rejoin
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -163,9 +164,18 @@ def send_shutdown(pg: ParallelGroup) -> None:
         dist.broadcast_object_list([{"op": "shutdown"}], src=0, group=pg.control)
 
 
-def worker_loop(sp: SequenceParallelDiT, *, on_command: Callable[[dict[str, Any]], None] | None = None) -> int:
-    """Serve rank 0's commands until 'shutdown'; returns the number of forwards run. Exceptions propagate."""
+def worker_loop(sp: SequenceParallelDiT, *, on_command: Callable[[dict[str, Any]], None] | None = None,
+                handlers: Mapping[str, Callable[[dict[str, Any]], None]] | None = None) -> int:
+    """Serve rank 0's commands until 'shutdown'; returns the number of forwards run. Exceptions propagate.
+
+    `handlers` answer other ops (e.g. the split VAE decode), consulted before 'forward'; a handler gets the
+    command and must join the same collectives as rank 0. Its failure propagates like a failed forward.
+    """
     pg = sp.pg
+    handlers = dict(handlers or {})
+    for reserved in ("shutdown", "forward"):
+        if reserved in handlers:
+            raise ValueError(f"op {reserved!r} is the worker loop's own; it cannot have a handler")
     cache: dict[str, torch.Tensor] = {}
     n = 0
     while True:
@@ -177,6 +187,9 @@ def worker_loop(sp: SequenceParallelDiT, *, on_command: Callable[[dict[str, Any]
         op = cmd.get("op") if isinstance(cmd, dict) else None
         if op == "shutdown":
             return n
+        if op in handlers:
+            handlers[op](cmd)
+            continue
         if op != "forward":
             raise RuntimeError(f"unknown command from rank 0: {cmd!r}")
         for name, shape, dtype in cmd["send"]:
