@@ -1,7 +1,8 @@
 """Rank 0 of a CPU/gloo test job (run as a script by tests/parallel): launches the workers, runs, saves results.
 
     python tests/parallel/_driver.py dit    --world-size N --heads H --out results.safetensors
-    python tests/parallel/_driver.py engine --world-size N --out results.safetensors
+    python tests/parallel/_driver.py engine --world-size N [--split-vae] --out results.safetensors
+    python tests/parallel/_driver.py renderer --world-size N --out results.safetensors   (daemon path, fake release)
     python tests/parallel/_driver.py idle   --world-size N --out pids.json   (for the kill tests)
     torchrun --nproc-per-node N tests/parallel/_driver.py torchrun --out results.safetensors
 
@@ -33,7 +34,11 @@ CHUNK = PARITY / "chunk"
 torch.set_num_threads(1)
 
 
-def spec(world: int, heads: int, **kw) -> WorkerSpec:
+def spec(world: int, heads: int, *, split_vae: bool = False, **kw) -> WorkerSpec:
+    if split_vae:  # workers load the same fixture VAE as rank 0
+        kw.update(vae_factory="flashtalk_live.parallel.launch:files_vae",
+                  vae_factory_args={"config_json": str(PARITY / "vae" / "config.json"),
+                                    "weights": str(PARITY / "vae" / "weights.safetensors")})
     return WorkerSpec(num_heads=heads, devices=list(range(world)), device_type="cpu", dtype="float32",
                       factory="flashtalk_live.parallel.launch:files_dit",
                       factory_args={"config_json": str(DIT / "config.json"), "weights": str(DIT / "weights.safetensors"),
@@ -112,11 +117,25 @@ def run_engine(args) -> None:
     dit_inputs = load_file(DIT / "inputs.safetensors")
     image = inputs["cond_image_u8"].permute(1, 2, 0).numpy().astype(np.uint8)
 
-    handle = launch_workers(spec(args.world_size, 2))
+    handle = launch_workers(spec(args.world_size, 2, split_vae=args.split_vae))
     client = handle.wrap_dit(dit)
     out = {}
-    for label, model in (("parallel", client), ("single", dit)):
-        eng = FlashTalkEngine(EngineModels(dit=model, vae=vae), profile, "cpu", torch.float32, timing=True)
+    from flashtalk_live.parallel.group import ParallelConfigError
+
+    vae_client = vae
+    out["refused"] = torch.tensor([0])
+    try:
+        if args.split_vae:  # a replaced split VAE refuses to decode (its successor is the live one)
+            old = handle.wrap_vae(vae)
+            vae_client = handle.wrap_vae(vae)
+            old.decode(torch.zeros(1, 16, 2, 8, 4))
+        else:  # without a VAE on the workers the split is refused on rank 0, before anything is sent
+            handle.wrap_vae(vae, enabled=True)
+    except (ParallelConfigError, RuntimeError) as e:
+        print(f"refused as expected: {type(e).__name__}: {e}", flush=True)
+        out["refused"] = torch.tensor([1])
+    for label, model, vmodel in (("parallel", client, vae_client), ("single", dit, vae)):
+        eng = FlashTalkEngine(EngineModels(dit=model, vae=vmodel), profile, "cpu", torch.float32, timing=True)
         eng.start_session(image, "fixture", context=dit_inputs["context"], clip_fea=dit_inputs["clip_fea"])
         for k in range(2):
             fx = load_file(CHUNK / f"chunk{k}.safetensors")
@@ -130,8 +149,59 @@ def run_engine(args) -> None:
                 out[f"{label}.chunk{k}.{key}"] = trace[key]
     out["sent_bytes"] = torch.tensor([client.bytes_sent])
     out["dit_calls"] = torch.tensor([client.calls])
+    out["vae_decode_calls"] = torch.tensor([getattr(vae_client, "calls", 0)])
     codes = handle.close()
     out["worker_codes"] = torch.tensor([-1 if c is None else c for c in codes])
+    save_file(out, args.out)
+
+
+def run_renderer(args) -> None:
+    """The daemon's path on a fake tiny release: settings (model.gpus, a profile with split_vae_decode) ->
+    maybe_launch_workers -> parallel_flashtalk_renderer (warm-up over the ranks) -> chunks; then the same
+    settings in one process (build_flashtalk_renderer), same chunks."""
+    from flashtalk_live.checkpoints.fake import write_fake_release
+    from flashtalk_live.engine.renderer import build_flashtalk_renderer
+    from flashtalk_live.parallel.launch import maybe_launch_workers, parallel_flashtalk_renderer
+    from flashtalk_live.settings import load_settings
+    from flashtalk_live.timeline.chunk import RenderChunk
+
+    os.environ["OMP_NUM_THREADS"] = "1"  # the workers (spec_from_settings sets no thread count)
+    root = Path(args.out).parent / "renderer"  # beside the results: the test's tmp_path
+    rel = write_fake_release(root / "models")
+    n = 8
+    (root / "tiny.toml").write_text('base = "quality"\nheight = 64\nwidth = 32\nframe_num = 13\n'
+                                    'motion_frames = 5\nsplit_vae_decode = true\n')
+    settings = load_settings(None, [
+        f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"',
+        f'model.profile="{root / "tiny.toml"}"', 'model.device="cpu"', 'model.dtype="float32"',
+        f"model.gpus={args.world_size}", f"video.chunk_frames={n}", "video.width=32", "video.height=64",
+        f'state_dir="{root / "state"}"'], environ={})
+
+    def chunk(i: int) -> RenderChunk:
+        rng = np.random.default_rng(i)
+        model = (0.1 * rng.standard_normal(n * 640)).astype(np.float32)
+        hist = np.zeros(128000, np.float32)
+        hist[-model.shape[0]:] = model
+        return RenderChunk(index=i, start_frame=n * i, n_frames=n, audio=np.zeros((n * 1920, 2), np.float32),
+                           model_audio=model, frame_segments=[None] * n, idle=False, model_history=hist)
+
+    out: dict[str, torch.Tensor] = {}
+    handle = maybe_launch_workers(settings)
+    assert handle is not None and handle.spec.vae_factory is not None, handle and handle.spec
+    out["worker_vae"] = torch.tensor([int(handle.spec.vae_factory.endswith(":release_vae"))])
+    r = parallel_flashtalk_renderer(settings, None, handle)
+    out["warm_decodes"] = torch.tensor([handle.vae_client.calls])
+    for i in range(2):
+        out[f"parallel.frames{i}"] = torch.from_numpy(r.render(chunk(i)))
+    out["decodes"] = torch.tensor([handle.vae_client.calls])
+    out["dit_calls"] = torch.tensor([handle.client.calls])
+    r.close()
+    codes = handle.close()
+    out["worker_codes"] = torch.tensor([-1 if c is None else c for c in codes])
+    r = build_flashtalk_renderer(settings, None)
+    for i in range(2):
+        out[f"single.frames{i}"] = torch.from_numpy(r.render(chunk(i)))
+    r.close()
     save_file(out, args.out)
 
 
@@ -172,10 +242,12 @@ def run_torchrun(args) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["dit", "engine", "idle", "torchrun"])
+    ap.add_argument("mode", choices=["dit", "engine", "renderer", "idle", "torchrun"])
     ap.add_argument("--hb-timeout", type=float, default=20.0)
     ap.add_argument("--world-size", type=int, default=0)
     ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--split-vae", action="store_true")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    {"dit": run_dit, "engine": run_engine, "idle": run_idle, "torchrun": run_torchrun}[a.mode](a)
+    modes = {"dit": run_dit, "engine": run_engine, "renderer": run_renderer, "idle": run_idle, "torchrun": run_torchrun}
+    modes[a.mode](a)

@@ -132,6 +132,8 @@ def test_two_chunk_engine_run_equals_single_process(tmp_path, world):
     r = _drive(tmp_path, "engine", "--world-size", str(world))
     assert r["worker_codes"].tolist() == [0] * (world - 1)
     assert int(r["dit_calls"]) == 8  # 2 chunks x 4 steps
+    assert int(r["refused"]) == 1  # wrap_vae(enabled=True) refused: these workers hold no VAE
+    assert int(r["vae_decode_calls"]) == 0
     for k in range(2):
         fx = load_file(FIX / "chunk" / f"chunk{k}.safetensors")
         for key in ("latent_final", "decoded", "motion_latents_out"):
@@ -148,6 +150,66 @@ def test_two_chunk_engine_run_equals_single_process(tmp_path, world):
         assert a.shape == (8, 64, 32, 3)
         diff = np.abs(a - b)
         print(f"ws={world} chunk{k} uint8 frames: max diff {diff.max()}, fraction off {(diff > 0).mean():.2e}")
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+@pytest.mark.timeout(90)
+def test_two_chunk_engine_run_with_split_vae_decode_equals_single_process(tmp_path):
+    """As above at 2 ranks, with the VAE decode split by height too (the workers load the fixture VAE from
+    WorkerSpec.vae_factory and answer 'vae_decode' in their DiT worker loop)."""
+    r = _drive(tmp_path, "engine", "--world-size", "2", "--split-vae")
+    assert r["worker_codes"].tolist() == [0]  # shutdown after forwards and decodes: clean exit
+    assert int(r["dit_calls"]) == 8 and int(r["vae_decode_calls"]) == 2  # both chunks decoded over 2 ranks
+    assert int(r["refused"]) == 1  # the replaced SplitDecodeVAE refused to decode
+    for k in range(2):
+        fx = load_file(FIX / "chunk" / f"chunk{k}.safetensors")
+        for key in ("latent_final", "decoded", "motion_latents_out"):
+            mx, rel = _err(r[f"parallel.chunk{k}.{key}"], r[f"single.chunk{k}.{key}"])
+            gmx, grel = _err(r[f"parallel.chunk{k}.{key}"], fx[key])
+            print(f"split-vae ws=2 chunk{k} {key:20s} vs single {mx:.2e}/{rel:.2e}  vs fixture {gmx:.2e}/{grel:.2e}")
+            assert mx <= MAX_ABS and rel <= REL_L2, key
+            assert grel <= (VIDEO_REL if key == "decoded" else LATENT_REL), key
+        a = r[f"parallel.chunk{k}.frames"].numpy().astype(int)
+        b = r[f"single.chunk{k}.frames"].numpy().astype(int)
+        assert a.shape == (8, 64, 32, 3)
+        diff = np.abs(a - b)
+        print(f"split-vae ws=2 chunk{k} uint8 frames: max diff {diff.max()}, fraction off {(diff > 0).mean():.2e}")
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_spec_from_settings_loads_the_vae_on_workers_only_when_the_profile_splits(tmp_path):
+    from types import SimpleNamespace
+
+    from flashtalk_live.parallel.launch import spec_from_settings
+
+    (tmp_path / "config.json").write_text(json.dumps({"dim": 128, "num_heads": 2, "num_layers": 2, "ffn_dim": 256}))
+    on = tmp_path / "on.toml"
+    on.write_text('base = "fast"\nsplit_vae_decode = true\n')
+    model = dict(gpus=2, weights_dir=str(tmp_path), device="cuda", dtype="bfloat16", attention="sdpa")
+    off = spec_from_settings(SimpleNamespace(model=SimpleNamespace(profile="fast", **model)))
+    assert off.vae_factory is None and off.vae_factory_args == {}
+    spec = spec_from_settings(SimpleNamespace(model=SimpleNamespace(profile=str(on), **model)))
+    assert spec.vae_factory == "flashtalk_live.parallel.launch:release_vae"
+    assert spec.vae_factory_args == {"weights_dir": str(tmp_path)}
+    assert WorkerSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.timeout(90)
+def test_daemon_path_with_split_vae_profile_equals_one_process(tmp_path):
+    """Fake tiny release, model.gpus = 2, a profile with split_vae_decode: maybe_launch_workers (workers load
+    the released VAE), parallel_flashtalk_renderer (warm-up decode already split), two chunks; then the same
+    settings in one process."""
+    r = _drive(tmp_path, "renderer", "--world-size", "2")
+    assert r["worker_codes"].tolist() == [0]
+    assert int(r["worker_vae"]) == 1
+    assert int(r["warm_decodes"]) == 1 and int(r["decodes"]) == 3  # warm-up + 2 chunks, all split
+    assert int(r["dit_calls"]) == 3 * 4
+    for i in range(2):
+        a = r[f"parallel.frames{i}"].numpy().astype(int)
+        b = r[f"single.frames{i}"].numpy().astype(int)
+        assert a.shape == (8, 64, 32, 3) and a.std() > 1
+        diff = np.abs(a - b)
+        print(f"daemon path split-vae ws=2 chunk{i} uint8 frames: max diff {diff.max()}, fraction off {(diff > 0).mean():.2e}")
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
