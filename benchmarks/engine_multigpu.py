@@ -3,10 +3,11 @@
     python benchmarks/engine_multigpu.py                              # 1,2,4,8 GPUs x quality,fast; 14B random bf16
     python benchmarks/engine_multigpu.py --gpus 1,8 --profiles quality --chunks 6 --attention flash
     python benchmarks/engine_multigpu.py --tiny --world-size 2        # CPU + gloo, tiny random family (checks the script)
+    python benchmarks/engine_multigpu.py --gpus 1,8 --split-vae      # VAE decode split by height over the ranks too
 
 Every world size is a real job from the launcher (`flashtalk_live.parallel.launch.launch_workers`): this
 process is rank 0 (audio features, sampler, VAE, colour, motion encode, all on its GPU) and N-1 workers
-hold the DiT only. Weights are random (engine_gpu.py's materialise: no download); the numbers are about
+hold the DiT only (with --split-vae also the VAE, and the decode is split by height over all ranks). Weights are random (engine_gpu.py's materialise: no download); the numbers are about
 speed. Printed per (ranks, profile): per-stage ms (steady chunks: all but the first), chunk wall time, fps
 of new frames, speed-up over 1 rank and scaling efficiency = speed-up / ranks, bytes rank 0 broadcast.
 """
@@ -45,6 +46,14 @@ def dit_factory(*, device: torch.device, dtype: torch.dtype, tiny: bool) -> torc
     else:
         cfg = DiTConfig.flashtalk_14b()
     return materialise(lambda: FlashTalkDiT(cfg), device, dtype, 1)
+
+
+def vae_factory(*, device: torch.device, dtype: torch.dtype, tiny: bool) -> torch.nn.Module:
+    """Worker ranks' VAE for --split-vae: the same random weights as rank 0's (build_models' seed 2)."""
+    from flashtalk_live.model.vae import VAEConfig, WanVAE
+
+    cfg = VAEConfig.tiny() if tiny else VAEConfig.released()
+    return materialise(lambda: WanVAE(cfg), device, dtype, 2)
 
 
 def profiles(names: list[str], tiny: bool):
@@ -95,7 +104,9 @@ def bench_world(n: int, args, device_type: str, dtype: torch.dtype, profs) -> di
         spec = WorkerSpec(num_heads=2 if args.tiny else 40, devices=list(range(n)), device_type=device_type,
                           dtype=str(dtype).removeprefix("torch."), attention=args.attention,
                           factory="engine_multigpu:dit_factory", factory_args={"tiny": args.tiny},
-                          threads=1 if device_type == "cpu" else None, extra_sys_path=[str(HERE), str(HERE.parent)])
+                          threads=1 if device_type == "cpu" else None, extra_sys_path=[str(HERE), str(HERE.parent)],
+                          vae_factory="engine_multigpu:vae_factory" if args.split_vae else None,
+                          vae_factory_args={"tiny": args.tiny} if args.split_vae else {})
         t0 = time.perf_counter()
         handle = launch_workers(spec)
         print(f"[{n} ranks] joined in {time.perf_counter() - t0:.1f} s: {handle.pg.describe()}", file=sys.stderr)
@@ -110,6 +121,8 @@ def bench_world(n: int, args, device_type: str, dtype: torch.dtype, profs) -> di
         client = handle.wrap_dit(models.dit) if handle else None
         if client is not None:
             models.dit = client
+            if args.split_vae:
+                models.vae = handle.wrap_vae(models.vae, enabled=True)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for p in profs:
@@ -173,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention", default="sdpa", choices=["sdpa", "flash"])
     ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--tiny", action="store_true", help="tiny random family, CPU and gloo")
+    ap.add_argument("--split-vae", action="store_true", help="split the VAE decode by height over the ranks too")
     args = ap.parse_args(argv)
 
     if args.gpus:
@@ -201,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = "cpu (gloo)" if args.tiny else f"{torch.cuda.get_device_name(0)} (nccl)"
     print(f"\nFlashTalk multi-GPU engine benchmark: {dev}, dtype {str(dtype).removeprefix('torch.')}, "
           f"attention {args.attention}, {'tiny' if args.tiny else 'full-size 14B'} random weights, "
+          f"VAE decode {'split over the ranks' if args.split_vae else 'on rank 0'}, "
           f"{args.chunks} chunks per profile (first = warm-up, excluded)")
     report(results, profs)
     return 0
