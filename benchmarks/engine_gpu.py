@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default bf16 (fp32 --tiny)")
     ap.add_argument("--attention", default="sdpa", choices=["sdpa", "flash"])
     ap.add_argument("--tiny", action="store_true", help="tiny random family on the CPU: checks this script")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (as model.compile = true)")
     args = ap.parse_args(argv)
 
     from flashtalk_live.model.attention import set_default_backend
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     models, text_dim = build_models(args.tiny, device, dtype)
+    if args.compile:
+        from flashtalk_live.engine.engine import compile_dit_blocks
+
+        compile_dit_blocks(models.dit)
     if cuda:
         torch.cuda.synchronize()
     build_s = time.perf_counter() - t0

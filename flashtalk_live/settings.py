@@ -97,6 +97,7 @@ class ModelSettings(_Section):
     device: str = "cuda"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attention: Literal["sdpa", "flash"] = "sdpa"
+    compile: bool = Field(False, description="torch.compile the DiT blocks at start-up (slower warm-up, faster chunks)")
     text_cache_dir: str = "{state_dir}/text-cache"
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, measure_drift
-from flashtalk_live.engine.engine import ChunkOutput, EngineModels, FlashTalkEngine
+from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
 from flashtalk_live.engine.profile import Profile, resolve_profile
 from flashtalk_live.engine.session import AvatarSession, CachedTextEncoder, file_identity, prepare_session
 from flashtalk_live.log import get_logger
@@ -300,6 +300,8 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
     dtype = getattr(torch, m.dtype)
     t0 = time.perf_counter()
     models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
+    if m.compile:
+        compile_dit_blocks(models.dit)
     if dit_wrapper is not None:
         models.dit = dit_wrapper(models.dit)
     if vae_wrapper is not None:
