@@ -143,26 +143,6 @@ def files_dit(*, device: torch.device, dtype: torch.dtype, config_json: str, wei
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def random_dit(*, device: torch.device, dtype: torch.dtype, config: dict[str, Any] | None = None,
-               seed: int = 0, std: float = 0.02) -> torch.nn.Module:
-    """A DiT with random weights (benchmarks: full size needs no download). config None: the 14B."""
-    from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
-
-    cfg = DiTConfig.flashtalk_14b() if config is None else DiTConfig(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-    with torch.device("meta"):
-        model = FlashTalkDiT(cfg)
-    model = model.to_empty(device=device).to(dtype)
-    g = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("weight") and p.dim() == 1:  # norms
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, std, generator=g)
-    return model.eval().requires_grad_(False)
-
-
 # ------------------------------------------------------------------------------------------ VAE factories
 
 
@@ -188,35 +168,6 @@ def files_vae(*, device: torch.device, dtype: torch.dtype, config_json: str, wei
     model = WanVAE(cfg)
     model.load_state_dict(load_file(weights), strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def random_vae(*, device: torch.device, dtype: torch.dtype, config: dict[str, Any] | None = None,
-               seed: int = 0) -> torch.nn.Module:
-    """A VAE with random weights (benchmarks; rank 0 must make the same call). config None: the released VAE.
-
-    Norm scales (gamma) 1, biases 0, other weights N(0, 1/fan_in): activations stay O(1) through the decoder.
-    """
-    import math
-
-    from flashtalk_live.model.vae import VAEConfig, WanVAE
-
-    cfg = VAEConfig.released() if config is None else VAEConfig(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-    with torch.device("meta"):
-        model = WanVAE(cfg)
-    model = model.to_empty(device=device).to(dtype)
-    g = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if not t.is_floating_point():
-                continue
-            if name.endswith("gamma"):
-                t.fill_(1.0)
-            elif t.dim() <= 1:
-                t.zero_()
-            else:
-                t.normal_(0.0, 1.0 / math.sqrt(max(1, math.prod(t.shape[1:]))), generator=g)
-    return model.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------ rank 0
