@@ -48,6 +48,15 @@ class QueueSettings(_Section):
     max_spool_bytes: int = Field(8 * 1024**3, gt=0)
 
 
+class StorageSettings(_Section):
+    """The disk under the state directory: below the watermark the room stays on air but refuses new clips."""
+
+    min_free_bytes: int = Field(256 * 1024**2, ge=0, description="degraded below this many free bytes")
+    min_free_percent: float = Field(1.0, ge=0, le=100, description="degraded below this share of the disk free")
+    check_interval_s: float = Field(1.0, gt=0)
+    spool_reserve_bytes: int = Field(16 * 1024**2, ge=0, description="kept free for clips already acknowledged")
+
+
 class ProgrammeSettings(_Section):
     """What plays when the queue is empty."""
 
@@ -175,6 +184,7 @@ class Settings(BaseSettings):
     state_dir: str = "./flashtalk-state"
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     programme: ProgrammeSettings = Field(default_factory=ProgrammeSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
     renderer: RendererSettings = Field(default_factory=RendererSettings)

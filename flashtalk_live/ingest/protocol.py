@@ -39,6 +39,7 @@ REJECT_CODES = (
     "too_short",           # shorter than ingest.min_clip_seconds
     "oversize",            # header frame over 64 KiB, or a payload that can never fit the spool
     "queue_full",          # the queue's clip/seconds/bytes limit would be exceeded
+    "disk_full",           # the state directory's disk is under the storage watermark (or full): nothing was queued
     "not_found",           # cancel: no such pending or playing segment
     "internal",            # a bug or an I/O error in the daemon; the request changed nothing
 )

@@ -69,8 +69,10 @@ class IngestServer:
 
     def __init__(self, settings: Any, spool: Spool, events: EventBus,
                  status_provider: Callable[[], dict[str, Any]] | None = None,
-                 handlers: dict[str, Handler] | None = None, *, context: zmq.Context | None = None) -> None:
+                 handlers: dict[str, Handler] | None = None, *, context: zmq.Context | None = None,
+                 refuse_clips: Callable[[], str | None] | None = None) -> None:
         self.settings = settings
+        self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
         self.spool = spool
         self.events = events
         self.status_provider = status_provider
@@ -295,6 +297,9 @@ class IngestServer:
             if ack is not None:  # a resend after a lost reply: same answer, no second clip
                 self.log.info("clip_duplicate", segment_id=ack["segment_id"], request_id=req.request_id)
                 return ok_reply(cmd=req.cmd, duplicate=True, **ack)
+        refusal = self.refuse_clips() if self.refuse_clips is not None else None
+        if refusal is not None:
+            raise ProtocolError("disk_full", refusal)
         cap = self.spool.limits.max_spool_bytes
         if len(req.data) > cap:  # checked before decoding: it could never be queued
             raise ProtocolError("oversize", f"payload of {len(req.data)} bytes exceeds queue.max_spool_bytes {cap}")
@@ -328,13 +333,13 @@ class IngestServer:
 
     def status(self) -> dict[str, Any]:
         """What the status command returns: queue stats and head, plus the daemon's own status_provider()."""
-        pending = self.spool.pending()
+        pending = self.spool.pending(limit=STATUS_PENDING_LIMIT)
         out: dict[str, Any] = {
             "queue": self.spool.stats(),
             "playing": [{"segment_id": e.segment_id, "duration_s": e.duration_s, "mode": e.mode}
                         for e in self.spool.playing()],
             "pending": [{"segment_id": e.segment_id, "position": e.position, "duration_s": e.duration_s,
-                         "mode": e.mode} for e in pending[:STATUS_PENDING_LIMIT]],
+                         "mode": e.mode} for e in pending],
             "ingest": {"control": self.control_endpoints, "events": self.event_endpoints,
                        "requests_served": self.requests_served,
                        "max_message_bytes": self.settings.ingest.max_message_bytes},

@@ -94,6 +94,16 @@ class OutputManager:
     def names(self) -> list[str]:
         return [o.name for o in self._outputs]
 
+    def pause_recordings(self, reason: str | None, device: int | None = None) -> None:
+        """Pause the local recordings on file system `device` (all when None) with a reason, or resume them."""
+        for o in self._outputs:
+            if not hasattr(o, "pause"):
+                continue
+            if reason is None:
+                o.resume()
+            elif device is None or o.device() == device:
+                o.pause(reason)
+
     # -- the broadcast thread ------------------------------------------------------------------
     def send(self, packets: list[Any]) -> None:
         """Hand one frame's packets to every output. Never blocks on an endpoint."""
