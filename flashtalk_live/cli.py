@@ -17,6 +17,7 @@ VERB_MODULES = (
     "flashtalk_live.ingest.cli",
     "flashtalk_live.checkpoints.cli",
     "flashtalk_live.engine.cli",
+    "flashtalk_live.queue.cli",
 )
 
 

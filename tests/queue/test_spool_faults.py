@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -219,3 +220,22 @@ def test_spool_opens_on_a_full_disk(small_fs):
         with pytest.raises(SpoolDiskFull):
             for i in range(20):
                 add(s, f"x{i}", size=100_000)
+
+
+def test_salvage_cli_requeues_into_the_configured_state_dir(tmp_path):
+    old = tmp_path / "old"
+    with Spool(old) as s:
+        for i in range(3):
+            add(s, f"c{i}")
+    state = tmp_path / "state"
+    r = subprocess.run([sys.executable, "-m", "flashtalk_live", "spool", "salvage", str(old / DB_NAME),
+                        "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "salvaged 3 clip(s)" in r.stdout
+    with Spool(state / "spool") as s:
+        assert names(s) == ["c0", "c1", "c2"]
+    # the daemon holds the spool: salvage says to stop it instead of writing beside it
+    with Spool(state / "spool"):
+        r = subprocess.run([sys.executable, "-m", "flashtalk_live", "spool", "salvage", str(old / DB_NAME),
+                            "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "stop the daemon first" in r.stderr
