@@ -342,6 +342,7 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
     from flashtalk_live.model.attention import set_default_backend
     from flashtalk_live.settings import BENCHMARK_ENV, benchmark_mode
 
+    log = get_logger("engine")  # bound now, not at import: follows the logging set up before the build
     m, v = settings.model, settings.video
     random_weights = getattr(m, "random_weights", "off")
     if random_weights != "off" and not benchmark_mode():
@@ -406,6 +407,7 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
     Logs `profile_measured` per measured candidate and `profile_chosen`; when none fits, the fastest is
     kept and `profile_too_slow` is logged as an error (the room will underrun).
     """
+    log = get_logger("engine")
     timings: dict[str, list[float]] = {}
     built: dict[str, FlashTalkRenderer] = {}
     for p in candidates:
