@@ -370,6 +370,12 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
 
         log.warning("random_weights", kind=random_weights, note="benchmark run: the avatar is random noise")
         models = random_engine_models(random_weights, device, dtype)
+        if getattr(m, "quantize", "none") != "none":  # the release path quantises while loading instead
+            from flashtalk_live.quant.fp8 import plan_from_settings, quantize_dit_
+
+            plan = plan_from_settings(m, device)
+            if plan is not None:
+                quantize_dit_(models.dit, plan)
     else:
         models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
     if m.compile:
