@@ -17,6 +17,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "FLASHTALK_LIVE_"
+# Variables with the prefix that are not settings: the CLI's default config file, and the flag that the
+# benchmark scripts set to allow model.random_weights.
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+BENCHMARK_ENV = ENV_PREFIX + "BENCHMARK"
+_NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV}
 
 
 class _Section(BaseModel):
@@ -102,7 +107,17 @@ class ModelSettings(_Section):
 
     weights_dir: str | None = Field(None, description="SoulX-FlashTalk-14B folder")
     wav2vec_dir: str | None = Field(None, description="chinese-wav2vec2-base folder")
-    profile: str = "quality"
+    profile: str = Field("quality", description='quality, fast, realtime, a .toml file, or "auto": measure '
+                         "model.auto_candidates at warm-up and run the best quality that keeps real time")
+    auto_candidates: list[str] = Field(
+        default_factory=lambda: ["quality", "fast", "realtime"],
+        description='"auto": profiles to measure, best quality first (names or .toml files, same new frames per chunk)')
+    auto_margin: float = Field(0.15, ge=0, lt=1, description='"auto": a profile fits when its p90 chunk time is at '
+                               "most (1 - margin) x the chunk's duration")
+    auto_chunks: int = Field(3, ge=1, le=50, description='"auto": timed warm chunks per candidate (after one untimed)')
+    random_weights: Literal["off", "full", "tiny"] = Field(
+        "off", description="benchmarks only (FLASHTALK_LIVE_BENCHMARK=1): random weights of the full-size or tiny "
+        "model family instead of a release; the picture is noise")
     device: str = "cuda"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attention: Literal["sdpa", "flash"] = "sdpa"
@@ -219,7 +234,26 @@ class Settings(BaseSettings):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"outputs: duplicate names {sorted(dup)}")
+        if self.renderer.kind == "flashtalk":
+            self._check_chunk_frames()
         return self
+
+    def _check_chunk_frames(self) -> None:
+        """video.chunk_frames must be the profile's new frames; named profiles are checked here, files when
+        the renderer loads them (no file reads while validating)."""
+        from flashtalk_live.engine.profile import AUTO, PROFILES, ProfileError, candidate_profiles
+
+        m = self.model
+        names = m.auto_candidates if m.profile == AUTO else [m.profile]
+        if not all(n in PROFILES for n in names):
+            return
+        try:
+            profiles = candidate_profiles(m.profile, m.auto_candidates)
+        except ProfileError as e:
+            raise ValueError(str(e)) from None
+        if profiles[0].new_frames != self.video.chunk_frames:
+            raise ValueError(f"video.chunk_frames = {self.video.chunk_frames}, but model.profile = {m.profile!r} "
+                             f"makes {profiles[0].new_frames} new frames per chunk (frame_num - motion_frames)")
 
     # -- derived values ------------------------------------------------------------------------
     def path(self, template: str) -> str:
@@ -251,7 +285,7 @@ def _env_tree(environ: dict[str, str]) -> dict[str, Any]:
 
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue
         parts = key[len(ENV_PREFIX):].lower().split("__")
         try:
@@ -317,9 +351,26 @@ def load_settings(
     for item in overrides or []:
         data = _deep_merge(data, parse_override(item))
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+    check_benchmark_only(settings, env)
+    return settings
+
+
+def benchmark_mode(environ: Any = None) -> bool:
+    """True when a benchmark script started this process (FLASHTALK_LIVE_BENCHMARK=1)."""
+    env = os.environ if environ is None else environ
+    return env.get(BENCHMARK_ENV) == "1"
+
+
+def check_benchmark_only(settings: Settings, environ: Any = None) -> None:
+    """Refuse benchmark-only settings (random weights put noise on air) outside a benchmark run."""
+    rw = settings.model.random_weights
+    if rw != "off" and not benchmark_mode(environ):
+        raise ConfigError(f"model.random_weights = {rw!r} is for benchmarks only: the avatar would be random noise. "
+                          f"Set model.random_weights = \"off\" (the default) and model.weights_dir; benchmark scripts "
+                          f"set {BENCHMARK_ENV}=1 to allow it")
 
 
 _SECRET_URL = re.compile(r"^(?P<scheme>rtmps?|srt|https?)://(?P<rest>.*)$")
