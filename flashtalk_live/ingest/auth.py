@@ -18,7 +18,6 @@ import grp
 import ipaddress
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,7 +33,6 @@ from flashtalk_live.log import get_logger
 # ZAP domains: one per endpoint class, returned as the User-Id of NULL-mechanism peers.
 DOMAIN_IPC, DOMAIN_TCP, DOMAIN_CURVE = "ipc", "tcp", "curve"
 CURVE_PREFIX = "curve:"
-KEY_RELOAD_MIN_S = 1.0  # an unknown key re-reads client_keys_dir at most this often
 
 
 class EndpointRefused(RuntimeError):
@@ -73,17 +71,24 @@ def create_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, 
 def parse_key(item: str) -> bytes:
     """A public key given as 40 Z85 characters or as the path of a certificate file; returned as Z85 bytes."""
     s = item.strip()
-    if len(s) == 40 and not os.path.sep in s:
+    p = Path(s).expanduser()
+    if p.is_file():
+        public, _ = zmq.auth.load_certificate(str(p))
+        return public
+    if len(s) == 40:
         try:
             if len(z85.decode(s.encode("ascii"))) == 32:
                 return s.encode("ascii")
         except (ValueError, UnicodeEncodeError):
             pass
-    p = Path(s).expanduser()
-    if not p.is_file():
-        raise ValueError(f"client key {s[:60]!r} is neither 40 Z85 characters nor a certificate file")
-    public, _ = zmq.auth.load_certificate(str(p))
-    return public
+    raise ValueError(f"client key {s[:60]!r} is neither 40 Z85 characters nor a certificate file")
+
+
+def _dir_mtime(directory: str | None) -> int:
+    try:
+        return os.stat(directory).st_mtime_ns if directory else 0
+    except OSError:
+        return 0
 
 
 def _load_dir(directory: str | None) -> set[bytes]:
@@ -93,14 +98,14 @@ def _load_dir(directory: str | None) -> set[bytes]:
 
 
 class KeyRing:
-    """The client keys allowed over CURVE; the ZAP callback. Re-reads the folder when it meets an unknown key."""
+    """The client keys allowed over CURVE; the ZAP callback. An unknown key re-reads the folder if it changed."""
 
     def __init__(self, directory: str | None, keys: Iterable[str], trusted: Iterable[str]) -> None:
         self.directory = directory
         self.trusted = {parse_key(k) for k in trusted}
         self.listed = {parse_key(k) for k in keys} | self.trusted
+        self._mtime = _dir_mtime(directory)
         self._from_dir = _load_dir(directory)
-        self._loaded_at = time.monotonic()
         self._lock = threading.Lock()
         self.log = get_logger("auth")
 
@@ -112,9 +117,9 @@ class KeyRing:
         if key in self.allowed:
             return True
         with self._lock:
-            if time.monotonic() - self._loaded_at >= KEY_RELOAD_MIN_S:  # a key file added since start
-                self._from_dir = _load_dir(self.directory)
-                self._loaded_at = time.monotonic()
+            mtime = _dir_mtime(self.directory)
+            if mtime != self._mtime:  # a key file added or removed since the last read
+                self._mtime, self._from_dir = mtime, _load_dir(self.directory)
         ok = key in self.allowed
         if not ok:
             self.log.warning("curve_client_refused", key=key.decode("ascii", "replace"))
