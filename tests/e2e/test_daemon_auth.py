@@ -15,21 +15,10 @@ import flashtalk_live.renderers.images as images
 from flashtalk_live.client import Client, Rejected
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.settings import load_settings
+from image_support import png_bomb
 from rtmp_harness import free_port
 
 
-def png_bomb(w: int, h: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    row = b"\0" * (1 + (w + 7) // 8)
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def rss_bytes() -> int:

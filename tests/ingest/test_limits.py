@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from types import SimpleNamespace
 
 import av
@@ -17,6 +15,7 @@ from flashtalk_live.ingest.auth import confine_output_file, confine_path
 from flashtalk_live.ingest.limits import RateLimiter, check_image, image_info
 from flashtalk_live.ingest.protocol import ProtocolError
 from flashtalk_live.renderers.images import encode_png
+from image_support import png_bomb
 
 
 def encode_with(codec: str, w: int, h: int, pix_fmt: str) -> bytes:
@@ -34,16 +33,6 @@ def encode_with(codec: str, w: int, h: int, pix_fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def png_bomb(w: int, h: int) -> bytes:
-    """A valid 1-bit greyscale PNG declaring w x h: tens of KB on the wire, w*h*4 bytes once decoded to RGBA."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    row = b"\0" * (1 + (w + 7) // 8)
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 LIMITS = SimpleNamespace(max_image_bytes=1 << 20, max_image_pixels=4_000_000)
