@@ -277,9 +277,20 @@ class Daemon:
             self.events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
 
     def _cmd_output_add(self, req: dict[str, Any]) -> dict[str, Any]:
+        from flashtalk_live.ingest.auth import confine_output_file
+        from flashtalk_live.ingest.protocol import ProtocolError
+        from flashtalk_live.outputs.manager import TooManyOutputs, output_kind
+
         spec = OutputSettings(name=req.get("name", ""), url=req.get("url", ""),
                               segment_seconds=req.get("segment_seconds"))
-        self.outputs.add(self._expand_output(spec))
+        spec = self._expand_output(spec)
+        # -- trust and limits (auth branch): file outputs only inside output_policy.file_dirs; a cap on outputs
+        if output_kind(spec.url) == "file":
+            confine_output_file(spec.url, [self.s.path(d) for d in self.s.output_policy.file_dirs])
+        try:
+            self.outputs.add(spec)
+        except TooManyOutputs as e:
+            raise ProtocolError("too_many_outputs", str(e)) from None
         return {"output": spec.name, "outputs": self.outputs.names()}
 
     def _expand_output(self, o: OutputSettings) -> OutputSettings:
@@ -290,12 +301,29 @@ class Daemon:
         return {"outputs": self.outputs.names()}
 
     def _cmd_set_avatar(self, req: dict[str, Any]) -> dict[str, Any]:
-        from flashtalk_live.renderers.images import decode_image_bytes, load_image
+        from flashtalk_live.ingest.auth import confine_path
+        from flashtalk_live.ingest.limits import check_image
+        from flashtalk_live.ingest.protocol import ProtocolError
+        from flashtalk_live.renderers.images import ImageError, decode_image_bytes
 
-        if req.get("_payload"):
-            image = decode_image_bytes(req["_payload"], "set_avatar payload")
-        elif req.get("image"):
-            image = load_image(req["image"])
+        # -- trust and limits (auth branch): a path only inside ingest.avatar_dirs (the server already checked the
+        # peer is trusted); the header is checked against the size limits before anything is decoded.
+        lim = self.s.ingest
+        data: bytes | None = req.get("_payload") or None
+        if data is None and req.get("image"):
+            path = confine_path(req["image"], [self.s.path(d) for d in lim.avatar_dirs], "ingest.avatar_dirs")
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(lim.max_image_bytes + 1)
+            except OSError:  # unreadable reads like missing: the reply must not tell which files exist
+                raise ProtocolError("forbidden_path", "not an allowed file: it must be an existing file inside "
+                                    "ingest.avatar_dirs") from None
+        if data is not None:
+            check_image(data, lim)
+            try:
+                image = decode_image_bytes(data, "set_avatar image")
+            except ImageError as e:
+                raise ProtocolError("undecodable_image", str(e)) from None
         else:
             image = self.reference
         prompt = str(req.get("prompt") or self.prompt)

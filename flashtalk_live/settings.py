@@ -42,6 +42,39 @@ class IngestSettings(_Section):
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="ZMQ_MAXMSGSIZE; bigger messages are dropped by libzmq with no reply")
     max_clip_seconds: float = Field(600.0, gt=0)
     min_clip_seconds: float = Field(0.02, ge=0)
+    # -- authentication and trust (flashtalk_live/ingest/auth.py; docs/protocol.md "Authentication and limits") --
+    tcp_auth: Literal["curve", "none"] = Field("curve", description="security of every tcp:// endpoint")
+    server_key: str = Field("{state_dir}/keys/server.key_secret",
+                            description="the server's CURVE secret certificate; made at first start when missing")
+    client_keys_dir: str | None = Field("{state_dir}/keys/clients",
+                                        description="public certificates of the clients allowed over CURVE")
+    client_keys: list[str] = Field(default_factory=list, description="more allowed client public keys (Z85)")
+    trusted_client_keys: list[str] = Field(
+        default_factory=list, description="CURVE client public keys (Z85) that may touch the server (implies allowed)")
+    allow_unauthenticated_remote: bool = Field(
+        False, description="UNSAFE: allow tcp_auth='none' on an address beyond loopback (warned at every start)")
+    ipc_trusted: bool = Field(True, description="ipc:// peers may touch the server (socket permissions guard them)")
+    ipc_mode: int = Field(0o660, ge=0, le=0o777, description="file mode of ipc:// socket files")
+    ipc_group: str | None = Field(None, description="group owning ipc:// socket files")
+    avatar_dirs: list[str] = Field(default_factory=list,
+                                   description="server folders a trusted peer's set_avatar may name files in")
+    # -- limits (flashtalk_live/ingest/limits.py) --
+    max_image_bytes: int = Field(16 * 1024 * 1024, gt=0, description="set_avatar image size")
+    max_image_pixels: int = Field(25_000_000, gt=0, description="set_avatar width x height, read from the header")
+    max_prompt_chars: int = Field(2000, gt=0)
+    max_id_chars: int = Field(200, ge=1, le=200, description="request ids, segment ids and output names")
+    rate_per_s: float = Field(50.0, ge=0, description="requests per second per peer (0: no limit)")
+    rate_burst: int = Field(100, ge=1, description="requests a peer may send at once before rate_per_s applies")
+    workers: int = Field(4, ge=1, le=64, description="threads that decode and handle requests")
+    max_inflight_per_peer: int = Field(16, ge=1, description="requests of one peer waiting or running")
+    max_inflight: int = Field(256, ge=1, description="requests of all peers waiting or running")
+    handshake_timeout_s: float = Field(5.0, gt=0, description="ZMQ_HANDSHAKE_IVL: a connection must finish its handshake in this time")
+    connection_backlog: int = Field(64, ge=1, description="ZMQ_BACKLOG: pending tcp connections")
+
+    @field_validator("ipc_mode", mode="before")
+    @classmethod
+    def _octal(cls, v: Any) -> Any:
+        return int(v, 8) if isinstance(v, str) else v  # "0660" from the environment
 
 
 class QueueSettings(_Section):
@@ -176,6 +209,9 @@ class OutputPolicy(_Section):
     backoff_jitter: float = Field(0.2, ge=0, le=1)
     stall_timeout_s: float = Field(10.0, gt=0, description="no progress for this long counts as down")
     planned_reconnect_hours: float = Field(24.0 * 20, gt=0, description="rebase before FLV's 24.8-day timestamp wrap")
+    max_outputs: int = Field(8, ge=1, description="outputs at once, configured and added at run time")
+    file_dirs: list[str] = Field(default_factory=lambda: ["{state_dir}/recordings"],
+                                 description="folders output_add may write files in")
 
 
 class MetricsSettings(_Section):
@@ -236,6 +272,9 @@ class Settings(BaseSettings):
             raise ValueError(f"outputs: duplicate names {sorted(dup)}")
         if self.renderer.kind == "flashtalk":
             self._check_chunk_frames()
+        if len(self.outputs) > self.output_policy.max_outputs:
+            raise ValueError(f"outputs: {len(self.outputs)} configured, over output_policy.max_outputs "
+                             f"{self.output_policy.max_outputs}")
         return self
 
     def _check_chunk_frames(self) -> None:

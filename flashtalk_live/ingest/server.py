@@ -1,9 +1,10 @@
 """The ZeroMQ front door: a ROUTER that answers every request and a PUB that carries every EventBus event.
 
-One thread owns both sockets (ZeroMQ sockets are not thread-safe). Events published from any thread are put on a
-deque and the thread is woken through a pipe that the poller watches. Requests are served one at a time, in
-arrival order: audio is decoded (and rejected) before anything touches the spool, and the ack is sent only after
-the spool's commit.
+One thread owns both sockets (ZeroMQ sockets are not thread-safe). Events published from any thread, and replies
+computed by the worker threads, are put on deques and the thread is woken through a pipe that the poller watches.
+The ingest thread identifies each request's peer (auth.py) and checks its rate (limits.py); the work runs on
+`Lanes` (lanes.py): each connection's requests in arrival order, connections in parallel. Audio is decoded (and
+rejected) before anything touches the spool, and the ack is sent only after the spool's commit.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import zmq
 
 from flashtalk_live.events import Event, EventBus
 from flashtalk_live.ingest.audio import AudioError, decode_for_settings
+from flashtalk_live.ingest.auth import EndpointRefused, Peer, Security, authorize
+from flashtalk_live.ingest.lanes import Lanes
+from flashtalk_live.ingest.limits import RateLimiter, check_text
 from flashtalk_live.ingest.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
@@ -78,7 +82,13 @@ class IngestServer:
         self.status_provider = status_provider
         self.handlers = dict(handlers or {})
         self.log = get_logger("ingest")
-        self._ctx = context or zmq.Context.instance()
+        # A private context by default: it holds this server's ZAP handler (one per context).
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self.security = Security(settings.ingest, settings.path)
+        self.limiter = RateLimiter(settings.ingest.rate_per_s, settings.ingest.rate_burst)
+        self._lanes: Lanes | None = None
+        self._replies: collections.deque[tuple[list[bytes], dict[str, Any]]] = collections.deque()
         self._backlog: collections.deque[Event] = collections.deque(maxlen=EVENT_BACKLOG)
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
@@ -93,6 +103,10 @@ class IngestServer:
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
+        try:
+            self.security.start(self._ctx)
+        except EndpointRefused as e:
+            raise IngestError(str(e)) from None
         router = self._ctx.socket(zmq.ROUTER)
         pub = self._ctx.socket(zmq.PUB)
         try:
@@ -108,8 +122,11 @@ class IngestServer:
         except BaseException:
             router.close(0)
             pub.close(0)
+            self.security.stop()
             raise
         self._router, self._pub = router, pub
+        i = s.ingest
+        self._lanes = Lanes(i.workers, i.max_inflight_per_peer, i.max_inflight)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -126,9 +143,13 @@ class IngestServer:
         for template in endpoints:
             ep = expand_endpoint(self.settings, template)
             try:
+                self.security.prepare_bind(sock, ep, field)
                 sock.bind(ep)
+                self.security.after_bind(ep)
             except zmq.ZMQError as e:
                 raise IngestError(f"{field}: cannot bind {ep}: {e}") from None
+            except EndpointRefused as e:
+                raise IngestError(str(e)) from None
             # tcp://...:0 or :* picks a free port: report the real one
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT) if ep.startswith("tcp://") else ep)
         return bound
@@ -137,6 +158,8 @@ class IngestServer:
         self.events.unsubscribe(self._on_event)
         if self._thread is None:
             return
+        if self._lanes is not None:
+            self._lanes.close()
         self._stopping.set()
         self._wake()
         self._thread.join(timeout_s)
@@ -145,6 +168,10 @@ class IngestServer:
             if sock is not None:
                 sock.close(0)
         self._router = self._pub = None
+        self.security.stop()
+        if self._own_ctx:
+            self._ctx.term()
+            self._ctx = zmq.Context()  # start() again gets a fresh one
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -200,29 +227,47 @@ class IngestServer:
                 self.log.error("ingest_poll_failed", error=str(e))
                 time.sleep(0.1)
                 continue
-            if self._backlog or self._wake_r in ready:
+            if self._backlog or self._replies or self._wake_r in ready:
                 self._flush_events()
+                self._flush_replies()
             if self._router in ready:
-                # Drain what is queued, but interleave the event flush so events stay prompt.
                 for _ in range(64):
                     try:
-                        frames = self._router.recv_multipart(flags=zmq.NOBLOCK)
+                        msg = self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._serve_one(frames)
-                    if self._backlog:
-                        self._flush_events()
+                    self._accept(msg)
         self._flush_events()
+        self._flush_replies()
 
-    def _serve_one(self, frames: list[bytes]) -> None:
-        envelope, body = split_envelope(frames)
+    def _accept(self, msg: list[zmq.Frame]) -> None:
+        """On the ingest thread: name the peer, check its rate, and queue the request on its connection's lane."""
+        peer = self.security.peer_of(msg[-1])
+        envelope, body = split_envelope([f.bytes for f in msg])
         t0 = time.perf_counter()
+        try:
+            self.limiter.check(peer.name)
+            assert self._lanes is not None
+            self._lanes.submit(envelope[0], lambda: self._serve_one(envelope, body, peer, t0))
+        except ProtocolError as e:
+            self.log.info("request_rejected", code=e.code, reason=e.reason, peer=peer.name)
+            self._replies.append((envelope, error_reply(e.code, e.reason)))
+            self._flush_replies()
+
+    def _flush_replies(self) -> None:
+        while self._replies:
+            envelope, reply = self._replies.popleft()
+            self.requests_served += 1
+            self._reply(envelope, reply)
+
+    def _serve_one(self, envelope: list[bytes], body: list[bytes], peer: Peer, t0: float) -> None:
+        """On a worker thread: answer one request; the reply goes back through the ingest thread."""
         request_id = None
         extra: dict[str, Any] = {}
         try:
             req = parse_request(body, extra_commands=self.handlers.keys())
             request_id = req.request_id
-            reply = self._dispatch(req)
+            reply = self._dispatch(req, peer)
         except ProtocolError as e:
             reply = error_reply(e.code, e.reason)
             self.log.info("request_rejected", code=e.code, reason=e.reason, frames=len(body),
@@ -233,9 +278,9 @@ class IngestServer:
         if request_id is not None:
             extra["id"] = request_id
         reply = {**reply, **extra}
-        self.requests_served += 1
         reply.setdefault("ms", round((time.perf_counter() - t0) * 1000, 2))
-        self._reply(envelope, reply)
+        self._replies.append((envelope, reply))
+        self._wake()
 
     def _reply(self, envelope: list[bytes], reply: dict[str, Any]) -> None:
         assert self._router is not None
@@ -244,14 +289,16 @@ class IngestServer:
         except zmq.ZMQError as e:  # EHOSTUNREACH: the peer left (ROUTER_MANDATORY); EAGAIN: it stopped reading
             self.log.warning("reply_not_delivered", error=str(e), segment_id=reply.get("segment_id"))
 
-    def _dispatch(self, req: Request) -> dict[str, Any]:
+    def _dispatch(self, req: Request, peer: Peer) -> dict[str, Any]:
         cmd = req.cmd
+        check_text(req.header, self.settings.ingest)
+        authorize(cmd, req.header, peer)
         if req.is_audio:
             return self._audio(req)
         if cmd == "ping":
             if req.header.get("event"):
                 # Lets a subscriber prove its SUB connection is live (PUB drops messages sent before it joined).
-                self._publish_direct({"type": "pong", "ts": time.time(), "nonce": req.header.get("nonce")})
+                self._on_event({"type": "pong", "ts": time.time(), "nonce": req.header.get("nonce")})  # type: ignore[arg-type]
             return ok_reply(cmd="ping", pong=True, protocol=PROTOCOL_VERSION, server="flashtalk-live",
                             max_message_bytes=self.settings.ingest.max_message_bytes,
                             max_clip_seconds=self.settings.ingest.max_clip_seconds,
@@ -322,14 +369,6 @@ class IngestServer:
         self.events.publish("accepted", segment_id=ack["segment_id"], mode=req.cmd, position=ack["position"],
                             duration_s=ack["duration_s"], request_id=req.request_id, meta=meta)
         return ok_reply(cmd=req.cmd, duplicate=False, **ack)
-
-    def _publish_direct(self, event: dict[str, Any]) -> None:
-        self._flush_events()  # keep bus events ahead of this one
-        assert self._pub is not None
-        try:
-            self._pub.send_multipart(encode_event(event), flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
 
     def status(self) -> dict[str, Any]:
         """What the status command returns: queue stats and head, plus the daemon's own status_provider()."""
