@@ -481,8 +481,13 @@ class WanVAE(nn.Module):
 
     # -- performance settings (never change results beyond float rounding) ---------------------------
 
-    def configure(self, *, latents_per_pass: int | None = None, channels_last: bool | None = None) -> WanVAE:
-        """Set the default pass size (None or 0: whole call) and the conv memory layout; returns self."""
+    def configure(self, *, latents_per_pass: int | None = None, channels_last: bool | None = None,
+                  compile: bool = False, compile_backend: str = "inductor") -> WanVAE:
+        """Set the default pass size (None or 0: whole call) and the conv memory layout; returns self.
+
+        `compile=True` torch.compiles the encoder and decoder in place (one graph each, no breaks; every new
+        input shape or cache state compiles once, in the warm-up); it cannot be undone.
+        """
         if latents_per_pass is not None:
             self.latents_per_pass = _check_pass(latents_per_pass) or None
         if channels_last is not None:
@@ -492,6 +497,9 @@ class WanVAE(nn.Module):
                     fmt = torch.channels_last_3d if isinstance(m, nn.Conv3d) else torch.channels_last
                     m.weight.data = m.weight.data.contiguous(
                         memory_format=fmt if channels_last else torch.contiguous_format)
+        if compile:
+            self.encoder.compile(dynamic=False, backend=compile_backend)
+            self.decoder.compile(dynamic=False, backend=compile_backend)
         return self
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:

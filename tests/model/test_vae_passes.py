@@ -129,3 +129,18 @@ def test_default_pass_size_is_configurable_and_checked(vae64):
             vae.configure(latents_per_pass=bad)
         with pytest.raises(ValueError, match="latents_per_pass"):
             vae.decode(z, latents_per_pass=bad)
+
+
+@pytest.mark.timeout(300)
+def test_compiled_decoder_and_encoder_trace_in_one_graph_and_match(vae64):
+    # The eager backend checks what the option relies on (Dynamo traces the cached passes without graph
+    # breaks, the results stay equal) without paying an inductor build on the CI machine.
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    vae = _vae(torch.float64).configure(compile=True, compile_backend="eager")
+    z = _latents(5, torch.float64, seed=6)
+    clip = torch.rand(1, 3, 5, 24, 40, dtype=torch.float64) * 2 - 1
+    _assert_near(vae.decode(z), vae64.decode(z, latents_per_pass=1), "compiled decode")
+    _assert_near(vae.encode(clip), vae64.encode(clip, latents_per_pass=1), "compiled encode")
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
