@@ -155,6 +155,10 @@ class ModelSettings(_Section):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attention: Literal["sdpa", "flash"] = "sdpa"
     compile: bool = Field(False, description="torch.compile the DiT blocks at start-up (slower warm-up, faster chunks)")
+    vae_latents_per_pass: int = Field(0, ge=0, description="latent frames per VAE decoder/encoder pass; 0: a whole "
+                                      "chunk in one pass (fastest; more activation memory), 1: the reference's loop")
+    vae_channels_last: bool = Field(True, description="channels-last 3-D layout for the VAE convs (CUDA only)")
+    vae_compile: bool = Field(False, description="torch.compile the VAE encoder and decoder at start-up")
     text_cache_dir: str = "{state_dir}/text-cache"
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).

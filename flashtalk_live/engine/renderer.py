@@ -378,6 +378,12 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
                 quantize_dit_(models.dit, plan)
     else:
         models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
+    if device.type == "cuda":
+        # Every chunk runs the same conv shapes, so cuDNN's per-shape autotuning (paid once, in the warm-up)
+        # picks faster VAE conv kernels: 436 -> 400 ms decode per fast-profile chunk on an H200 (issue 9).
+        torch.backends.cudnn.benchmark = True
+    models.vae.configure(latents_per_pass=m.vae_latents_per_pass,
+                         channels_last=m.vae_channels_last and device.type == "cuda", compile=m.vae_compile)
     if m.compile:
         compile_dit_blocks(models.dit)
     if dit_wrapper is not None:
