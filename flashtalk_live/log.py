@@ -29,9 +29,22 @@ def _scrub_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> di
     return event_dict
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time (it may be swapped after configure, e.g. by test capture)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
     """Install the processors once per process. fmt: auto | json | console."""
-    stream = stream or sys.stderr
+    stream = stream or _CurrentStderr()
     if fmt == "auto":
         under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
         fmt = "console" if (stream.isatty() and not under_systemd) else "json"
