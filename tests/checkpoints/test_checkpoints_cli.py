@@ -39,16 +39,18 @@ def test_verify_parity_passes_on_the_project_fixtures(tmp_path):
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     ran = {row["module"] for row in rows if row["status"] == "pass"}
     assert ran == set(present), "every fixture folder has a check that ran (chunk/ through the engine's plugin)"
-    assert {"dit", "vae", "clip_visual", "t5", "audio", "colour"} <= ran, "a module's fixtures are missing"
+    assert {"dit", "vae", "clip_visual", "t5", "audio", "colour", "taehv"} <= ran, "a module's fixtures are missing"
     assert not [row for row in rows if row["status"] in ("fail", "error")]
     cases = {(row["module"], row["case"]) for row in rows}
     for want in [("dit", "case_a out"), ("dit", "case_b out"), ("vae", "encode latents"), ("vae", "decode"),
                  ("vae", "motion_clip encode"), ("vae", "motion_clip decode"), ("clip_visual", "features (31 of 32 blocks)"),
                  ("t5", "context (trimmed)"), ("audio", "once windows"), ("audio", "stream chunk0 windows"),
-                 ("audio", "stream chunk1 windows"), ("colour", "strength 1.0"), ("colour", "strength 0.5")]:
+                 ("audio", "stream chunk1 windows"), ("colour", "strength 1.0"), ("colour", "strength 0.5"),
+                 ("taehv", "decode parallel"), ("taehv", "decode sequential"), ("taehv", "decode streaming")]:
         assert want in cases
     assert all(row["tol_rel_l2"] == 1e-5 and row["tol_max_abs"] == 1e-4 for row in rows
-               if row["status"] == "pass" and row["module"] != "chunk")
+               if row["status"] == "pass" and row["module"] not in ("chunk", "taehv"))
+    assert all(row["tol_rel_l2"] == 1e-5 and row["tol_max_abs"] == 1e-5 for row in rows if row["module"] == "taehv")
     header = next(line for line in r.stdout.splitlines() if line.startswith("module"))
     assert header.split() == ["module", "case", "max_abs", "rel_l2", "tolerance", "result"]
 
