@@ -46,13 +46,15 @@ class TAEHVPlan(ModulePlan):
 
     slices: dict[str, int] = field(default_factory=dict)
 
-__all__ = ["TAEHV_FILE", "LIGHTTAEHV_FILE", "TAEHVPlan", "load_taehv", "plan_taehv", "plan_taehv_from_headers",
+__all__ = ["LIGHTTAEHV_FILE", "LIGHTTAEHV_REPO", "TAEHV_DIR", "TAEHV_FILE", "TAEHV_REPO", "TAEHVPlan",
+           "find_taehv_file", "load_taehv", "plan_taehv", "plan_taehv_from_headers",
            "random_fixture_weights"]
 
 log = get_logger("checkpoints")
 
-TAEHV_FILE = "taew2_1.safetensors"  # madebyollin/taehv (MIT)
-LIGHTTAEHV_FILE = "lighttaew2_1.safetensors"  # lightx2v/Autoencoders (Apache-2.0), same layout
+TAEHV_REPO, TAEHV_FILE = "madebyollin/taehv", "taew2_1.safetensors"  # MIT
+LIGHTTAEHV_REPO, LIGHTTAEHV_FILE = "lightx2v/Autoencoders", "lighttaew2_1.safetensors"  # Apache-2.0, same layout
+TAEHV_DIR = "taehv"  # the sub-folder `models download --only taehv` fills, beside SoulX-FlashTalk-14B
 _DECODER, _ENCODER = "decoder.", "encoder."
 
 
@@ -121,6 +123,31 @@ def plan_taehv(path: str | Path, config: TAEHVConfig | None = None) -> TAEHVPlan
     plan = plan_taehv_from_headers(headers, path, config)
     plan.source = source
     return plan
+
+
+def find_taehv_file(path: str | Path | None, weights_dir: str | Path | None) -> Path:
+    """The tiny decoder's file: `path` when set (a file, or a folder holding one of the two released files),
+    else the `taehv/` folder `models download` fills beside (or inside) the weights folder."""
+    names = (TAEHV_FILE, LIGHTTAEHV_FILE)
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            found = [p / n for n in names if (p / n).is_file()]
+            if not found:
+                raise CheckpointError(p, f"no tiny decoder file in this folder (expected {' or '.join(names)})")
+            return found[0]
+        return p
+    if weights_dir is None:
+        raise CheckpointError("<model.taehv_path>", "the tiny decoder's file is not set (model.taehv_path)")
+    w = Path(weights_dir).expanduser()
+    folders = [w / TAEHV_DIR, w.parent / TAEHV_DIR]
+    for folder in folders:
+        for n in names:
+            if (folder / n).is_file():
+                return folder / n
+    raise CheckpointError(folders[0], f"no tiny decoder file found (looked for {' or '.join(names)} in "
+                          f"{' and '.join(str(f) for f in folders)}): run `flashtalk-live models download DIR "
+                          "--only taehv` or set model.taehv_path")
 
 
 def _tensors(plan: TAEHVPlan, device: str | torch.device) -> Iterator[tuple[str, torch.Tensor]]:
