@@ -98,6 +98,10 @@ class ModelSettings(_Section):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attention: Literal["sdpa", "flash"] = "sdpa"
     compile: bool = Field(False, description="torch.compile the DiT blocks at start-up (slower warm-up, faster chunks)")
+    decoder: Literal["wan", "taehv"] = Field("wan", description="latents -> frames: the Wan VAE (exact) or the "
+                                             "TAEHV tiny decoder (much faster, approximate; docs/engine.md)")
+    taehv_path: str | None = Field(None, description="tiny decoder file (taew2_1 or lighttaew2_1 .safetensors/.pth) "
+                                   "or its folder; default: taehv/ beside weights_dir (`models download --only taehv`)")
     text_cache_dir: str = "{state_dir}/text-cache"
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).

@@ -15,6 +15,11 @@ frame); a temporal grow turns each frame into `stride` frames with one 1x1 conv.
 the whole clip at once (`decode(parallel=True)`), frame after frame (`parallel=False`) and an incremental
 `TAEHVStream` give the same frames. The first `frames_to_trim` raw frames (3) only align the output with
 the Wan VAE's frame count and are dropped.
+
+`TinyVideoDecoder` puts it behind the Wan VAE's `decode` convention for the engine: [B, z, T, h, w] in,
+[B, 3, 1 + 4(T - 1), 8h, 8w] in [-1, 1] out. The latents go in as the DiT samples them: the reference's Wan 2.1
+demo notebook gives diffusers a latent mean of 0 and std of 1 (no un-scaling) and the Self-Forcing demo passes
+its denoised latents straight in; both map the [0, 1] output to [-1, 1] with x * 2 - 1.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MemoryBlock", "TAEHVConfig", "TAEHVDecoder", "TAEHVStream", "TemporalGrow"]
+__all__ = ["MemoryBlock", "TAEHVConfig", "TAEHVDecoder", "TAEHVStream", "TemporalGrow", "TinyVideoDecoder"]
 
 
 @dataclass(frozen=True)
@@ -235,3 +240,19 @@ class TAEHVStream:
         n, h, w = self._like.shape[0], self._like.shape[-2], self._like.shape[-1]
         s = self.decoder.config.space_stride
         return self._like.new_zeros(n, 0, self.decoder.config.image_channels, h * s, w * s)
+
+
+class TinyVideoDecoder(nn.Module):
+    """TAEHV with the Wan VAE's decode signature: latents [B, z, T, h, w] (as sampled) -> video [B, 3, T', H, W]
+    in [-1, 1]. Stateless: every call decodes its latents as one clip (docs/engine.md says why)."""
+
+    def __init__(self, taehv: TAEHVDecoder, *, parallel: bool = True) -> None:
+        super().__init__()
+        self.taehv = taehv
+        self.parallel = parallel
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
+            raise ValueError(f"latents must be [B, z, T, h, w], got {getattr(latents, 'shape', type(latents))}")
+        frames = self.taehv.decode(latents.transpose(1, 2), parallel=self.parallel)  # NTCHW in [0, 1]
+        return frames.transpose(1, 2).mul(2).sub(1)
