@@ -154,7 +154,7 @@ class TAEHVDecoder(nn.Module):
             stream = TAEHVStream(self)
             stream.push(latents)
             return stream.drain()
-        return self._decode_parallel(latents)[:, self.frames_to_trim:]
+        return self._decode_parallel(latents)[:, self.frames_to_trim:].clamp(0, 1)
 
     def _decode_parallel(self, latents: torch.Tensor) -> torch.Tensor:
         n = latents.shape[0]
@@ -168,7 +168,7 @@ class TAEHVDecoder(nn.Module):
                 x = block(x).flatten(0, 1)  # frames stay in time order: t0 part 0, t0 part 1, t1 part 0, ...
             else:
                 x = block(x)
-        return x.unflatten(0, (n, -1)).clamp(0, 1)
+        return x.unflatten(0, (n, -1))
 
 
 class TAEHVStream:
