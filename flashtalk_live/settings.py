@@ -159,6 +159,10 @@ class ModelSettings(_Section):
                                       "chunk in one pass (fastest; more activation memory), 1: the reference's loop")
     vae_channels_last: bool = Field(True, description="channels-last 3-D layout for the VAE convs (CUDA only)")
     vae_compile: bool = Field(False, description="torch.compile the VAE encoder and decoder at start-up")
+    decoder: Literal["wan", "taehv"] = Field("wan", description="latents -> frames: the Wan VAE (exact) or the "
+                                             "TAEHV tiny decoder (much faster, approximate; docs/engine.md)")
+    taehv_path: str | None = Field(None, description="tiny decoder file (taew2_1 or lighttaew2_1 .safetensors/.pth) "
+                                   "or its folder; default: taehv/ beside weights_dir (`models download --only taehv`)")
     text_cache_dir: str = "{state_dir}/text-cache"
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).

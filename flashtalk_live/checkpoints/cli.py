@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "DIR/chinese-wav2vec2-base with huggingface_hub. Honours HF_ENDPOINT, HF_TOKEN, "
                          "HF_HUB_OFFLINE. Run again to resume an interrupted download.")
     dl.add_argument("dir", type=Path, help="download folder (about 53 GB)")
-    dl.add_argument("--only", choices=("flashtalk", "wav2vec"), help="fetch one of the two repositories")
+    dl.add_argument("--only", choices=("flashtalk", "wav2vec", "taehv", "lighttaehv"),
+                    help="fetch one repository; taehv (taew2_1, madebyollin/taehv) or lighttaehv (lighttaew2_1, "
+                    "lightx2v/Autoencoders): the optional tiny decoder's file into DIR/taehv/, fetched only so")
     dl.add_argument("--revision", help="a branch, tag or commit (with --only)")
     dl.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT or huggingface.co)")
     dl.add_argument("--all-files", action="store_true", help="also fetch files the engine never reads "
@@ -65,6 +67,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
         return _err(str(e))
     for repo, path in paths.items():
         print(f"{repo}: {path}")
+    if args.only in ("taehv", "lighttaehv") and not args.no_verify:
+        return _verify_taehv(next(iter(paths.values())))
     if args.no_verify or args.only:
         return 0
     return _verify(args.dir, None)
@@ -94,6 +98,19 @@ def _verify(folder: Path, wav2vec: Path | None) -> int:
     report = verify_release(weights, w2v)
     print(report.format())
     return 0 if report.ok else 1
+
+
+def _verify_taehv(folder: Path) -> int:
+    from .loader import CheckpointError
+    from .taehv import find_taehv_file, plan_taehv
+
+    try:
+        plan = plan_taehv(find_taehv_file(folder, None))
+        plan.report.raise_for(plan.file, "tiny decoder (TAEHV)")
+    except CheckpointError as e:
+        return _err(str(e))
+    print("\n".join([f"OK   taehv {plan.file}"] + [f"     {line}" for line in plan.info]))
+    return 0
 
 
 def _cmd_verify_parity(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""Fetch the released weights with huggingface_hub: SoulX-FlashTalk-14B and chinese-wav2vec2-base into one folder.
+"""Fetch the released weights with huggingface_hub: SoulX-FlashTalk-14B and chinese-wav2vec2-base into one folder,
+and on request (`only="taehv"` / `"lighttaehv"`) the optional tiny decoder's one file into its `taehv/` folder.
 
 `snapshot_download(local_dir=...)` keeps per-file metadata under `<dir>/.cache/huggingface`, so an interrupted
 download resumes and finished files are not fetched again. Progress bars are huggingface_hub's (tqdm);
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .release import FLASHTALK_DIR, FLASHTALK_REPO, WAV2VEC_DIR, WAV2VEC_REPO
+from .taehv import LIGHTTAEHV_FILE, LIGHTTAEHV_REPO, TAEHV_DIR, TAEHV_FILE, TAEHV_REPO
 
 __all__ = ["DownloadError", "RELEASE_REPOS", "RepoSpec", "download_release", "hub_offline"]
 
@@ -26,12 +28,17 @@ class RepoSpec:
     repo_id: str
     folder: str  # sub-folder of the download directory
     ignore: tuple[str, ...] = ()  # files the engine never reads
+    allow: tuple[str, ...] = ()  # when set, only these files are fetched
+    default: bool = True  # fetched without --only
 
 
 RELEASE_REPOS = (
     RepoSpec("flashtalk", FLASHTALK_REPO, FLASHTALK_DIR),
     # The repository also ships the fairseq checkpoint (same weights, another format): skipped by default.
     RepoSpec("wav2vec", WAV2VEC_REPO, WAV2VEC_DIR, ("*fairseq*",)),
+    # The optional tiny decoder (model.decoder = "taehv"), about 22 MB; the repositories hold many other models.
+    RepoSpec("taehv", TAEHV_REPO, TAEHV_DIR, allow=(TAEHV_FILE,), default=False),
+    RepoSpec("lighttaehv", LIGHTTAEHV_REPO, TAEHV_DIR, allow=(LIGHTTAEHV_FILE,), default=False),
 )
 
 
@@ -57,12 +64,13 @@ def download_release(
     max_workers: int = 8,
     environ: dict[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Download (or resume) the release into `dest/<SoulX-FlashTalk-14B | chinese-wav2vec2-base>`.
+    """Download (or resume) the release into `dest/<SoulX-FlashTalk-14B | chinese-wav2vec2-base>`; with
+    `only="taehv"` (or `"lighttaehv"`) the tiny decoder's file into `dest/taehv/`.
 
     Returns repo id -> local folder. Raises DownloadError with an actionable message on offline mode,
     an unknown or gated repository, network failure or a full disk.
     """
-    specs = [s for s in RELEASE_REPOS if only in (None, s.key)]
+    specs = [s for s in RELEASE_REPOS if (only is None and s.default) or only == s.key]
     if not specs:
         raise DownloadError(f"--only must be one of {', '.join(s.key for s in RELEASE_REPOS)}, got {only!r}")
     if revision is not None and len(specs) > 1:
@@ -98,6 +106,7 @@ def download_release(
                 revision=revision,
                 local_dir=str(target),
                 endpoint=endpoint,
+                allow_patterns=list(spec.allow) or None,
                 ignore_patterns=None if all_files else (list(spec.ignore) or None),
                 max_workers=max_workers,
             )

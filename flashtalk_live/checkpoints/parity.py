@@ -1,7 +1,7 @@
 """Numerical parity against golden fixtures: run every check found in a folder laid out like the parity set.
 
 The folder holds one sub-folder per module (`dit/`, `vae/`, `clip_visual/`, `t5/`, `audio/`, `colour/`,
-and later `chunk/`), with the fixture README's file and tensor names. Each registered check reads its
+`taehv/`, and `chunk/`), with the fixture README's file and tensor names. Each registered check reads its
 sub-folder, runs our implementation in float32 and yields one row per case: module, case, max abs error,
 relative L2 error, tolerance, result. An absent folder or file is skipped and said so.
 
@@ -384,9 +384,49 @@ def check_colour(ctx: CheckContext) -> Iterator[CheckRow]:
                               io[key])
 
 
+# TAEHV fixture README: "Suggested tolerance: relative L2 1e-5, max abs 1e-5" (outputs in [0, 1]).
+TAEHV_TOL = {"max_abs": 1e-5, "rel_l2": 1e-5}
+
+
+def _taehv_weights(ctx: CheckContext):
+    """The fixture decoder: from weights.safetensors through the release loader when the folder holds it,
+    else drawn again from config.json's recipe and checked against manifest.json (keys and shapes)."""
+    from .loader import compare_keys, load_into
+    from .taehv import load_taehv, random_fixture_weights
+    from flashtalk_live.model.taehv import TAEHVDecoder
+
+    if (ctx.folder / "weights.safetensors").is_file():
+        return load_taehv(ctx.folder / "weights.safetensors", ctx.device, torch.float32), "weights.safetensors"
+    sd = random_fixture_weights(seed=int(ctx.json()["weight_seed"]))
+    manifest = ctx.path("manifest.json")
+    compare_keys(json.loads(manifest.read_text())["tensors"], sd).raise_for(manifest, "drawn fixture weights")
+    with torch.device("meta"):
+        module = TAEHVDecoder()
+    return load_into(module, sd, dtype=torch.float32, device=ctx.device, file=manifest), "drawn (manifest.json)"
+
+
+def check_taehv(ctx: CheckContext) -> Iterator[CheckRow]:
+    from flashtalk_live.model.taehv import TAEHVStream
+
+    model, source = _taehv_weights(ctx)
+    io = {k: v.to(ctx.device) for k, v in ctx.tensors("io.safetensors").items()}
+    tol = dict(max_abs=TAEHV_TOL["max_abs"], rel_l2=TAEHV_TOL["rel_l2"], note=f"weights: {source}")
+    yield ctx.compare("decode parallel", model.decode(io["latents"], parallel=True), io["decoded_parallel"], **tol)
+    yield ctx.compare("decode sequential", model.decode(io["latents"], parallel=False), io["decoded_sequential"],
+                      **tol)
+    first = int(ctx.json().get("streaming_feed", [1])[0])
+    stream = TAEHVStream(model)
+    stream.push(io["latents"][:, :first])
+    frames = [stream.drain()]
+    stream.push(io["latents"][:, first:])
+    frames.append(stream.drain())
+    yield ctx.compare("decode streaming", torch.cat(frames, 1), io["decoded_streaming"], **tol)
+
+
 register_check("dit", check_dit)
 register_check("vae", check_vae)
 register_check("clip_visual", check_clip_visual)
 register_check("t5", check_t5)
 register_check("audio", check_audio)
 register_check("colour", check_colour)
+register_check("taehv", check_taehv)

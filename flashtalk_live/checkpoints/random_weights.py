@@ -65,8 +65,10 @@ class RandomTextEncoder:
         return torch.randn(self.tokens, self.text_dim, generator=torch.Generator().manual_seed(seed)) * 0.1
 
 
-def random_engine_models(kind: str, device: torch.device | str, dtype: torch.dtype) -> EngineModels:
-    """DiT, VAE, CLIP visual, wav2vec2 (+ feature extractor) and a random text encoder of `kind`."""
+def random_engine_models(kind: str, device: torch.device | str, dtype: torch.dtype,
+                         decoder: str = "wan") -> EngineModels:
+    """DiT, VAE, CLIP visual, wav2vec2 (+ feature extractor), a random text encoder of `kind`, and with
+    decoder="taehv" the tiny decoder (the parity fixture's random weights, full size)."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     from flashtalk_live.model.clip import VIT_H_14, CLIPVisual
@@ -94,5 +96,14 @@ def random_engine_models(kind: str, device: torch.device | str, dtype: torch.dty
                 p.fill_(0.5)
     fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                   return_attention_mask=False)
+    tiny_decoder = None
+    if decoder == "taehv":
+        from flashtalk_live.checkpoints.taehv import random_fixture_weights
+        from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TinyVideoDecoder
+
+        tcfg = TAEHVConfig.taew2_1() if kind == "full" else TAEHVConfig.tiny(vcfg.z_dim)
+        taehv = TAEHVDecoder(tcfg)
+        taehv.load_state_dict(random_fixture_weights(tcfg))
+        tiny_decoder = TinyVideoDecoder(taehv.to(device=device, dtype=dtype).eval())
     return EngineModels(dit=dit, vae=vae, clip=clip, wav2vec=wav2vec, feature_extractor=fe,
-                        text=RandomTextEncoder(dcfg.text_dim))
+                        text=RandomTextEncoder(dcfg.text_dim), decoder=tiny_decoder)

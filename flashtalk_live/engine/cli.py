@@ -50,7 +50,7 @@ def render_file(settings: Any, image_path: str, audio_path: str, output: str, *,
 
     from flashtalk_live.engine.engine import FlashTalkEngine
     from flashtalk_live.engine.profile import resolve_profile
-    from flashtalk_live.engine.renderer import FlashTalkRenderer, load_engine_models
+    from flashtalk_live.engine.renderer import FlashTalkRenderer, load_models_for
     from flashtalk_live.ingest.audio import decode_audio
     from flashtalk_live.model.attention import set_default_backend
     from flashtalk_live.renderers.images import load_image
@@ -67,7 +67,7 @@ def render_file(settings: Any, image_path: str, audio_path: str, output: str, *,
     device, dtype = torch.device(m.device), getattr(torch, m.dtype)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"model.device is {m.device} but CUDA is not available")
-    models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
+    models = load_models_for(settings, device, dtype)
     engine = FlashTalkEngine(models, prof, device, dtype, timing=timing)
     renderer = FlashTalkRenderer(engine, width=v.width, height=v.height, fit=v.fit, drift_every=10**9)
     renderer.policy.interval_s = 0  # a preview shows the model as it is: no re-anchoring

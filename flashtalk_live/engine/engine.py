@@ -37,6 +37,7 @@ class EngineModels:
     wav2vec: Any = None  # transformers Wav2Vec2Model (eval)
     feature_extractor: Any = None  # transformers Wav2Vec2FeatureExtractor
     text: TextEncoder | None = None  # prompt -> context (normally a CachedTextEncoder)
+    decoder: torch.nn.Module | None = None  # latents -> video like vae.decode (the tiny decoder); None: the VAE
 
 
 class StageTimer:
@@ -217,8 +218,10 @@ class FlashTalkEngine:
         latent = sample(velocity, motion, latent_shape, self.timesteps, self.noise, noise_dtype=self.dtype,
                         injected=noise, trace=trace)
         vae_dtype = next(m.vae.parameters()).dtype
+        decoder = m.vae if m.decoder is None else m.decoder  # the tiny decoder decodes each chunk on its own
         with timer.stage("vae_decode"):
-            decoded = m.vae.decode(latent[None].to(vae_dtype))  # [1, 3, frame_num, H, W] in [-1, 1]
+            decoded = decoder.decode(latent[None].to(next(decoder.parameters()).dtype)).to(vae_dtype)
+            # [1, 3, frame_num, H, W] in [-1, 1]; motion frames are re-encoded below with the Wan encoder
         if decoded.shape[2] != p.frame_num:
             raise EngineError(f"VAE decoded {decoded.shape[2]} frames, the profile needs {p.frame_num}")
         with timer.stage("colour_correction"):

@@ -312,12 +312,22 @@ class T5TextEncoder:
 
 
 def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, device: torch.device,
-                       dtype: torch.dtype, text_cache_dir: str | Path) -> EngineModels:
-    """DiT, VAE, CLIP visual and wav2vec2 from a release folder (strict), plus the cached lazy umT5."""
+                       dtype: torch.dtype, text_cache_dir: str | Path, *, decoder: str = "wan",
+                       taehv_path: str | Path | None = None) -> EngineModels:
+    """DiT, VAE, CLIP visual and wav2vec2 from a release folder (strict), plus the cached lazy umT5; with
+    decoder="taehv" also the tiny decoder (its file: `taehv_path`, else taehv/ beside the weights)."""
     from flashtalk_live.checkpoints.release import (
         load_clip_visual, load_dit, load_vae, load_wav2vec, resolve_release_dirs,
     )
+    from flashtalk_live.checkpoints.taehv import find_taehv_file, plan_taehv
 
+    if decoder not in ("wan", "taehv"):
+        raise RendererError(f"model.decoder must be 'wan' or 'taehv', got {decoder!r}")
+    tiny_file = None
+    if decoder == "taehv":  # find and check its file before the 14B loads
+        plan = plan_taehv(find_taehv_file(taehv_path, weights_dir))
+        plan.report.raise_for(plan.file, "tiny decoder (TAEHV)")
+        tiny_file = plan.file
     wdir, w2v = resolve_release_dirs(weights_dir, wav2vec_dir)
     if w2v is None:
         raise RendererError(f"no wav2vec2 folder: set model.wav2vec_dir (none found beside {wdir})")
@@ -327,7 +337,24 @@ def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, 
     clip = load_clip_visual(wdir, device, clip_dtype)
     wav2vec, extractor = load_wav2vec(w2v, device, torch.float32)
     text = CachedTextEncoder(T5TextEncoder(wdir, device, dtype), text_cache_dir)
-    return EngineModels(dit=dit, vae=vae, clip=clip, wav2vec=wav2vec, feature_extractor=extractor, text=text)
+    tiny = None if tiny_file is None else load_tiny_decoder(tiny_file, device, dtype)
+    return EngineModels(dit=dit, vae=vae, clip=clip, wav2vec=wav2vec, feature_extractor=extractor, text=text,
+                        decoder=tiny)
+
+
+def load_models_for(settings: Any, device: torch.device, dtype: torch.dtype) -> EngineModels:
+    """load_engine_models with the folders, text cache and decoder choice of settings.model."""
+    m = settings.model
+    return load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir),
+                              decoder=m.decoder, taehv_path=settings.path(m.taehv_path) if m.taehv_path else None)
+
+
+def load_tiny_decoder(path: str | Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The TAEHV decoder behind the VAE's decode convention (latents as sampled in, [-1, 1] out)."""
+    from flashtalk_live.checkpoints.taehv import load_taehv
+    from flashtalk_live.model.taehv import TinyVideoDecoder
+
+    return TinyVideoDecoder(load_taehv(path, device, dtype))
 
 
 def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any = None,
@@ -369,7 +396,7 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
         from flashtalk_live.checkpoints.random_weights import random_engine_models
 
         log.warning("random_weights", kind=random_weights, note="benchmark run: the avatar is random noise")
-        models = random_engine_models(random_weights, device, dtype)
+        models = random_engine_models(random_weights, device, dtype, decoder=m.decoder)
         if getattr(m, "quantize", "none") != "none":  # the release path quantises while loading instead
             from flashtalk_live.quant.fp8 import plan_from_settings, quantize_dit_
 
@@ -377,7 +404,7 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
             if plan is not None:
                 quantize_dit_(models.dit, plan)
     else:
-        models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
+        models = load_models_for(settings, device, dtype)
     if device.type == "cuda":
         # Every chunk runs the same conv shapes, so cuDNN's per-shape autotuning (paid once, in the warm-up)
         # picks faster VAE conv kernels: 436 -> 400 ms decode per fast-profile chunk on an H200 (issue 9).
@@ -407,7 +434,7 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
         renderer.start_session(image, v.prompt)
         renderer.warm_up()
     log.info("flashtalk_renderer_ready", seconds=round(time.perf_counter() - t0, 2), profile=renderer.profile.name,
-             device=str(device), dtype=m.dtype)
+             device=str(device), dtype=m.dtype, decoder=m.decoder)
     return renderer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,16 +40,18 @@ def test_verify_parity_passes_on_the_project_fixtures(tmp_path):
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     ran = {row["module"] for row in rows if row["status"] == "pass"}
     assert ran == set(present), "every fixture folder has a check that ran (chunk/ through the engine's plugin)"
-    assert {"dit", "vae", "clip_visual", "t5", "audio", "colour"} <= ran, "a module's fixtures are missing"
+    assert {"dit", "vae", "clip_visual", "t5", "audio", "colour", "taehv"} <= ran, "a module's fixtures are missing"
     assert not [row for row in rows if row["status"] in ("fail", "error")]
     cases = {(row["module"], row["case"]) for row in rows}
     for want in [("dit", "case_a out"), ("dit", "case_b out"), ("vae", "encode latents"), ("vae", "decode"),
                  ("vae", "motion_clip encode"), ("vae", "motion_clip decode"), ("clip_visual", "features (31 of 32 blocks)"),
                  ("t5", "context (trimmed)"), ("audio", "once windows"), ("audio", "stream chunk0 windows"),
-                 ("audio", "stream chunk1 windows"), ("colour", "strength 1.0"), ("colour", "strength 0.5")]:
+                 ("audio", "stream chunk1 windows"), ("colour", "strength 1.0"), ("colour", "strength 0.5"),
+                 ("taehv", "decode parallel"), ("taehv", "decode sequential"), ("taehv", "decode streaming")]:
         assert want in cases
     assert all(row["tol_rel_l2"] == 1e-5 and row["tol_max_abs"] == 1e-4 for row in rows
-               if row["status"] == "pass" and row["module"] != "chunk")
+               if row["status"] == "pass" and row["module"] not in ("chunk", "taehv"))
+    assert all(row["tol_rel_l2"] == 1e-5 and row["tol_max_abs"] == 1e-5 for row in rows if row["module"] == "taehv")
     header = next(line for line in r.stdout.splitlines() if line.startswith("module"))
     assert header.split() == ["module", "case", "max_abs", "rel_l2", "tolerance", "result"]
 
@@ -203,3 +206,58 @@ def test_download_goes_to_HF_ENDPOINT_and_reports_an_unreachable_hub(tmp_path):
     assert r.returncode == 1
     assert f"fetching TencentGameMate/chinese-wav2vec2-base from {url}" in r.stdout
     assert f"cannot reach {url} to fetch TencentGameMate/chinese-wav2vec2-base" in r.stderr
+
+
+def _taehv_file_bytes(tmp_path: Path, **edit) -> bytes:
+    """A tiny TAEHV decoder in the released layout (plus an encoder tensor), as a safetensors file's bytes."""
+    from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder
+
+    torch.manual_seed(0)
+    sd = {k: v.half() for k, v in TAEHVDecoder(TAEHVConfig.tiny()).state_dict().items()}
+    sd["encoder.0.weight"] = torch.zeros(8, 3, 3, 3, dtype=torch.float16)
+    sd.update(edit)
+    path = tmp_path / "taehv.tmp"
+    save_file(sd, str(path))
+    return path.read_bytes()
+
+
+@pytest.fixture
+def hub(tmp_path):
+    from fake_hub import FakeHub
+
+    good = _taehv_file_bytes(tmp_path)
+    hub = FakeHub({
+        "madebyollin/taehv": {"taew2_1.safetensors": good, "taehv.safetensors": b"other", "taew2_1.pth": b"x",
+                              "examples/decoded_taew2_1.mp4": b"video"},
+        "lightx2v/Autoencoders": {"lighttaew2_1.safetensors": good, "Wan2.1_VAE.pth": b"vae"},
+    })
+    yield hub
+    hub.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("only, repo, name", [("taehv", "madebyollin/taehv", "taew2_1.safetensors"),
+                                              ("lighttaehv", "lightx2v/Autoencoders", "lighttaew2_1.safetensors")])
+def test_download_fetches_only_the_tiny_decoder_file_and_checks_it(tmp_path, hub, only, repo, name):
+    dest = tmp_path / "models"
+    r = cli("models", "download", str(dest), "--only", only, env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    assert files == [f"taehv/{name}"]
+    assert f"{repo}: {dest / 'taehv'}" in r.stdout
+    assert f"OK   taehv {dest / 'taehv' / name}" in r.stdout and "encoder ignored knowingly: 1 tensors" in r.stdout
+    assert [p for m, p in hub.requests if m == "GET" and "/resolve/" in p] == [
+        f"/{repo}/resolve/{hashlib.sha1(repo.encode()).hexdigest()}/{name}"]
+
+
+@pytest.mark.timeout(120)
+def test_download_of_a_tiny_decoder_file_that_does_not_fit_fails_naming_the_key(tmp_path, hub):
+    hub.repos["madebyollin/taehv"]["taew2_1.safetensors"] = _taehv_file_bytes(
+        tmp_path, **{"decoder.22.bias": torch.zeros(4, dtype=torch.float16)})
+    r = cli("models", "download", str(tmp_path / "m"), "--only", "taehv", env={"HF_ENDPOINT": hub.url,
+                                                                                 "HF_HUB_OFFLINE": "0"})
+    assert r.returncode == 1
+    assert "wrong shape: decoder.22.bias: file [4] but the module needs [3]" in r.stderr
+    r = cli("models", "download", str(tmp_path / "m2"), "--only", "taehv", "--no-verify",
+            env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
+    assert r.returncode == 0, r.stderr
