@@ -32,14 +32,42 @@ class DriftMeasure:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+class PendingDrift:
+    """A drift measure queued on the device: `result()` reads it (the only host wait), so the caller can do
+    host work first while the GPU computes it. On CUDA the two numbers travel by a non-blocking copy."""
+
+    def __init__(self, chunk: int, values: torch.Tensor, has_identity: bool) -> None:
+        self.chunk, self.has_identity = chunk, has_identity
+        self._event = None
+        if values.device.type == "cuda":
+            self._values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self._values.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._values = values
+
+    def result(self) -> DriftMeasure:
+        if self._event is not None:
+            self._event.synchronize()
+        identity, colour = self._values.tolist()
+        return DriftMeasure(chunk=self.chunk, identity=identity if self.has_identity else None, colour=colour)
+
+
 @torch.no_grad()
+def start_drift(session: AvatarSession, out: ChunkOutput, clip: torch.nn.Module | None) -> PendingDrift:
+    """Queue the identity and colour measures of a chunk's last frame; nothing waits for the device here."""
+    colour = lab_distance(out.raw_frame.float(), session.ref_lab).mean().float()
+    identity = torch.zeros_like(colour)
+    has_identity = clip is not None and session.ref_identity is not None
+    if has_identity:
+        emb = clip.image_features(out.out_frame[:, :, 0])  # type: ignore[union-attr]
+        identity = (emb.float() @ session.ref_identity.float().T).reshape(()).to(colour.device)  # type: ignore[union-attr]
+    return PendingDrift(out.index, torch.stack([identity, colour]).double(), has_identity)
+
+
 def measure_drift(session: AvatarSession, out: ChunkOutput, clip: torch.nn.Module | None) -> DriftMeasure:
-    identity = None
-    if clip is not None and session.ref_identity is not None:
-        emb = clip.image_features(out.out_frame[:, :, 0])
-        identity = float((emb.float() @ session.ref_identity.float().T).item())
-    colour = float(lab_distance(out.raw_frame.float(), session.ref_lab).mean().item())
-    return DriftMeasure(chunk=out.index, identity=identity, colour=colour)
+    return start_drift(session, out, clip).result()
 
 
 @dataclass

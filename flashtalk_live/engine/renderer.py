@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, measure_drift
+from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, start_drift
 from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
 from flashtalk_live.engine.profile import Profile, resolve_profile
 from flashtalk_live.engine.session import AvatarSession, CachedTextEncoder, file_identity, prepare_session
@@ -146,20 +146,25 @@ class FlashTalkRenderer:
                     self.policy.anchored(now_s)
             before = self._last_measure
             out = self.engine.generate(self._features(window))
-            measure = None
+            pending = None
             if reason is not None or self.chunks % self.drift_every == 0:
-                measure = measure_drift(self.engine.session, out, self.engine.models.clip)  # type: ignore[arg-type]
-                self._last_measure = measure
-                self.policy.observe(measure)
+                # Queued on the device; read after the host work below, which overlaps it and the motion encode.
+                pending = start_drift(self.engine.session, out, self.engine.models.clip)  # type: ignore[arg-type]
             frames = out.frames
             if reason is not None and self._last_frame is not None:
                 frames = crossfade(frames, self._last_frame, self.crossfade_frames)
             self._last_frame = frames[-1].copy()
+            fitted = self._fit(frames)
+            measure = None
+            if pending is not None:
+                measure = pending.result()
+                self._last_measure = measure
+                self.policy.observe(measure)
             self._frames_out += chunk.n_frames
             self.chunks += 1
         if reason in ("drift", "schedule", "manual"):
             self._announce(reason, before, measure, chunk)
-        return self._fit(frames)
+        return fitted
 
     def close(self) -> None:
         self._closed = True
