@@ -515,12 +515,12 @@ def tensor_identity(v: torch.Tensor | Sequence[torch.Tensor]) -> tuple | None:
     """What identifies a tensor (or list of them) without reading it: address, layout and version counter.
 
     Equal identities mean the same data only while the first tensor is kept alive (so its memory cannot be
-    reused); views of one storage share the version counter, so an in-place write changes it. None for
-    inference tensors, which keep no version counter (they are never cached).
+    reused); views of one storage share the version counter, so an in-place write changes it. None (never
+    cached) for inference tensors, which keep no version counter, and tensors without an address (meta).
     """
     items = [v] if isinstance(v, torch.Tensor) else list(v)
-    if any(not isinstance(u, torch.Tensor) or u.is_inference() for u in items):
-        return None
+    if any(not isinstance(u, torch.Tensor) or u.is_inference() or u.data_ptr() == 0 for u in items):
+        return None  # no version counter, or no address (meta, empty): nothing safe to compare
     return tuple((u.device, u.data_ptr(), u._version, tuple(u.shape), u.stride(), u.dtype) for u in items)
 
 
