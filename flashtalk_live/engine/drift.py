@@ -6,7 +6,8 @@ Two cheap measures per chunk, on its last new frame:
             decoded frame, before colour correction, which would otherwise hide exactly this drift.
 `RecalibrationPolicy` turns measures and the output clock into a decision: re-anchor early after
 `patience` drifting measures in a row, or on schedule at the next idle chunk (or anyway once the
-schedule is `max_wait_s` overdue).
+schedule is `max_wait_s` overdue). `start_drift` only queues the measures on the device; the renderer reads
+them (`PendingDrift.result`) after its host work on the frames, so the two overlap.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from flashtalk_live.engine.engine import ChunkOutput
+from flashtalk_live.engine.engine import ChunkOutput, HostCopy
 from flashtalk_live.engine.session import AvatarSession
 from flashtalk_live.model.colour import lab_distance
 
@@ -34,23 +35,14 @@ class DriftMeasure:
 
 class PendingDrift:
     """A drift measure queued on the device: `result()` reads it (the only host wait), so the caller can do
-    host work first while the GPU computes it. On CUDA the two numbers travel by a non-blocking copy."""
+    host work first while the GPU computes it."""
 
     def __init__(self, chunk: int, values: torch.Tensor, has_identity: bool) -> None:
         self.chunk, self.has_identity = chunk, has_identity
-        self._event = None
-        if values.device.type == "cuda":
-            self._values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            self._values.copy_(values, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-        else:
-            self._values = values
+        self._copy = HostCopy(values)
 
     def result(self) -> DriftMeasure:
-        if self._event is not None:
-            self._event.synchronize()
-        identity, colour = self._values.tolist()
+        identity, colour = self._copy.wait().tolist()
         return DriftMeasure(chunk=self.chunk, identity=identity if self.has_identity else None, colour=colour)
 
 
