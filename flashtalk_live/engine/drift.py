@@ -6,7 +6,8 @@ Two cheap measures per chunk, on its last new frame:
             decoded frame, before colour correction, which would otherwise hide exactly this drift.
 `RecalibrationPolicy` turns measures and the output clock into a decision: re-anchor early after
 `patience` drifting measures in a row, or on schedule at the next idle chunk (or anyway once the
-schedule is `max_wait_s` overdue).
+schedule is `max_wait_s` overdue). `start_drift` only queues the measures on the device; the renderer reads
+them (`PendingDrift.result`) after its host work on the frames, so the two overlap.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from flashtalk_live.engine.engine import ChunkOutput
+from flashtalk_live.engine.engine import ChunkOutput, HostCopy
 from flashtalk_live.engine.session import AvatarSession
 from flashtalk_live.model.colour import lab_distance
 
@@ -32,14 +33,33 @@ class DriftMeasure:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+class PendingDrift:
+    """A drift measure queued on the device: `result()` reads it (the only host wait), so the caller can do
+    host work first while the GPU computes it."""
+
+    def __init__(self, chunk: int, values: torch.Tensor, has_identity: bool) -> None:
+        self.chunk, self.has_identity = chunk, has_identity
+        self._copy = HostCopy(values)
+
+    def result(self) -> DriftMeasure:
+        identity, colour = self._copy.wait().tolist()
+        return DriftMeasure(chunk=self.chunk, identity=identity if self.has_identity else None, colour=colour)
+
+
 @torch.no_grad()
+def start_drift(session: AvatarSession, out: ChunkOutput, clip: torch.nn.Module | None) -> PendingDrift:
+    """Queue the identity and colour measures of a chunk's last frame; nothing waits for the device here."""
+    colour = lab_distance(out.raw_frame.float(), session.ref_lab).mean().float()
+    identity = torch.zeros_like(colour)
+    has_identity = clip is not None and session.ref_identity is not None
+    if has_identity:
+        emb = clip.image_features(out.out_frame[:, :, 0])  # type: ignore[union-attr]
+        identity = (emb.float() @ session.ref_identity.float().T).reshape(()).to(colour.device)  # type: ignore[union-attr]
+    return PendingDrift(out.index, torch.stack([identity, colour]).double(), has_identity)
+
+
 def measure_drift(session: AvatarSession, out: ChunkOutput, clip: torch.nn.Module | None) -> DriftMeasure:
-    identity = None
-    if clip is not None and session.ref_identity is not None:
-        emb = clip.image_features(out.out_frame[:, :, 0])
-        identity = float((emb.float() @ session.ref_identity.float().T).item())
-    colour = float(lab_distance(out.raw_frame.float(), session.ref_lab).mean().item())
-    return DriftMeasure(chunk=out.index, identity=identity, colour=colour)
+    return start_drift(session, out, clip).result()
 
 
 @dataclass

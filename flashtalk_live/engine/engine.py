@@ -74,6 +74,31 @@ class StageTimer:
         return dict(self.seconds)
 
 
+class HostCopy:
+    """A device->host copy that does not hold up the GPU queue: on CUDA it runs on a side stream into pinned
+    memory, so the work queued after it (the motion-frame encode) runs while the frames travel; `wait()`
+    waits for the copy alone. On the CPU it is the tensor itself."""
+
+    def __init__(self, t: torch.Tensor, stream: Any = None) -> None:
+        self._event = None
+        if t.device.type != "cuda":
+            self._host = t.cpu()
+            return
+        stream = stream or torch.cuda.Stream(device=t.device)
+        self._host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        stream.wait_stream(torch.cuda.current_stream(t.device))  # after the kernels that make t
+        with torch.cuda.stream(stream):
+            self._host.copy_(t, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(stream)
+        t.record_stream(stream)  # t's memory is not reused by the main stream before the copy is done
+
+    def wait(self) -> torch.Tensor:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host
+
+
 @dataclass
 class ChunkOutput:
     """What one chunk produced besides its frames (kept small: one frame each for the drift measure)."""
@@ -97,7 +122,11 @@ class FlashTalkEngine:
         *,
         noise_fn: NoiseFn | None = None,
         timing: bool = False,
+        cache_inputs: bool = True,
     ) -> None:
+        """cache_inputs: the DiT keeps the text/image cross-attention K/V per session, the audio tokens per
+        chunk and the RoPE tables per geometry (`FlashTalkDiT.set_input_cache`); False recomputes them
+        every step (same numbers, for before/after measurements)."""
         self.models = models
         self.profile = profile
         self.device = torch.device(device)
@@ -105,6 +134,8 @@ class FlashTalkEngine:
         self.timing = timing
         self.noise_fn = noise_fn
         self.timesteps = make_timesteps(profile.sample_steps, profile.shift)
+        self._timesteps_device = self.timesteps.to(self.device)  # once: a copy per step would stall the queue
+        self._copy_stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
         self.session: AvatarSession | None = None
         self.motion: torch.Tensor | None = None
         self.noise: NoiseSource | None = None
@@ -115,6 +146,9 @@ class FlashTalkEngine:
         dit_cfg = getattr(models.dit, "cfg", None)
         if dit_cfg is not None and getattr(dit_cfg, "in_dim", 36) != 36:
             raise EngineError(f"the DiT has in_dim {dit_cfg.in_dim}; FlashTalk needs 36 (16 noisy + 20 conditioning)")
+        set_cache = getattr(models.dit, "set_input_cache", None)
+        if set_cache is not None:
+            set_cache(cache_inputs)
 
     # -- session --------------------------------------------------------------------------------------
     def start_session(
@@ -137,6 +171,9 @@ class FlashTalkEngine:
     def use_session(self, session: AvatarSession) -> None:
         if session.profile != self.profile:
             raise EngineError(f"session was prepared for profile {session.profile.name!r}, engine runs {self.profile.name!r}")
+        clear = getattr(self.models.dit, "clear_input_cache", None)
+        if session is not self.session and clear is not None:
+            clear()  # the old session's K/V go now (a new context would also miss the cache by its identity)
         self.session = session
         self.motion = session.motion0
         self.noise = NoiseSource(self.profile.seed, self.device, self.noise_fn)
@@ -215,7 +252,7 @@ class FlashTalkEngine:
             with timer.stage(f"dit_step_{i}"):
                 return m.dit(latent[None], t, [s.context], s.clip_fea, s.y[None], audio)[0]
 
-        latent = sample(velocity, motion, latent_shape, self.timesteps, self.noise, noise_dtype=self.dtype,
+        latent = sample(velocity, motion, latent_shape, self._timesteps_device, self.noise, noise_dtype=self.dtype,
                         injected=noise, trace=trace)
         vae_dtype = next(m.vae.parameters()).dtype
         decoder = m.vae if m.decoder is None else m.decoder  # the tiny decoder decodes each chunk on its own
@@ -229,12 +266,13 @@ class FlashTalkEngine:
                 video = match_and_blend_colors(decoded, s.cond_image, float(p.colour_correction_strength))
             else:
                 video = decoded
-        with timer.stage("motion_encode"):
-            next_motion = m.vae.encode(video[:, :, -p.motion_frames:])[0]
-        with timer.stage("host_copy"):
+        with timer.stage("host_copy"):  # the uint8 conversion; the copy itself overlaps the motion encode
             new = video[0, :, p.motion_frames:].float()
             u8 = (((new + 1) / 2).clamp(0, 1) * 255).to(torch.uint8)  # truncation, as the reference's astype
-            frames = u8.permute(1, 2, 3, 0).contiguous().cpu().numpy()
+            copy = HostCopy(u8.permute(1, 2, 3, 0).contiguous(), self._copy_stream)
+        with timer.stage("motion_encode"):
+            next_motion = m.vae.encode(video[:, :, -p.motion_frames:])[0]
+        frames = copy.wait().numpy()  # waits for the frames only; the motion encode may still be running
         if frames.shape[0] != p.new_frames:
             raise EngineError(f"chunk produced {frames.shape[0]} new frames, expected {p.new_frames}")
         assert frames.shape == (p.new_frames, p.height, p.width, 3), frames.shape

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, measure_drift
+from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, start_drift
 from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
 from flashtalk_live.engine.profile import (
     AUTO, Profile, ProfileChoice, ProfileTiming, candidate_profiles, choose_profile,
@@ -156,8 +156,10 @@ class FlashTalkRenderer:
 
     def _silent_chunk(self) -> np.ndarray:
         out = self.engine.generate(self._features(np.zeros(self.profile.window_samples, np.float32)))
-        measure_drift(self.engine.session, out, self.engine.models.clip)  # type: ignore[arg-type]
-        return self._fit(out.frames)
+        pending = start_drift(self.engine.session, out, self.engine.models.clip)  # type: ignore[arg-type]
+        fitted = self._fit(out.frames)
+        pending.result()  # a silent chunk is timed like a real one: drift measure included
+        return fitted
 
     def render(self, chunk: RenderChunk) -> np.ndarray:
         if self._closed:
@@ -186,20 +188,24 @@ class FlashTalkRenderer:
                     self.policy.anchored(now_s)
             before = self._last_measure
             out = self.engine.generate(self._features(window))
-            measure = None
+            pending = None
             if reason is not None or self.chunks % self.drift_every == 0:
-                measure = measure_drift(self.engine.session, out, self.engine.models.clip)  # type: ignore[arg-type]
-                self._last_measure = measure
-                self.policy.observe(measure)
+                # Queued on the device; read after the host work below, which overlaps it and the motion encode.
+                pending = start_drift(self.engine.session, out, self.engine.models.clip)  # type: ignore[arg-type]
             frames = out.frames
             if reason is not None and self._last_frame is not None:
                 frames = crossfade(frames, self._last_frame, self.crossfade_frames)
             self._last_frame = frames[-1].copy()
+            fitted = self._fit(frames)
+            measure = None
+            if pending is not None:
+                measure = pending.result()
+                self._last_measure = measure
+                self.policy.observe(measure)
             self._frames_out += chunk.n_frames
             self.chunks += 1
         if reason in ("drift", "schedule", "manual"):
             self._announce(reason, before, measure, chunk)
-        fitted = self._fit(frames)
         self.render_seconds.append(time.perf_counter() - t0)
         return fitted
 

@@ -98,13 +98,14 @@ def sample(
     n = motion.shape[1]
     if motion.shape[0] != latent_shape[0] or motion.shape[2:] != tuple(latent_shape[2:]) or n >= latent_shape[1]:
         raise ValueError(f"motion latents {tuple(motion.shape)} do not fit the latent {tuple(latent_shape)}")
-    sigmas = timesteps.to(noise.device) / NUM_TIMESTEPS
+    timesteps = timesteps.to(noise.device)  # once (a no-op when the caller keeps them there): no copy per step
+    sigmas = timesteps / NUM_TIMESTEPS
     latent = noise.draw(0, latent_shape, noise_dtype, injected)
     if trace is not None:
         trace["noise_0"] = latent.clone()
     latent[:, :n] = motion.to(latent.dtype)
     for i in range(steps):
-        t = timesteps[i : i + 1].to(noise.device)
+        t = timesteps[i : i + 1]
         if trace is not None:
             trace[f"step{i}.latent_in"] = latent.clone()
             trace[f"step{i}.t"] = t.clone()

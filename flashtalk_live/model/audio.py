@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .transfer import device_constant, to_device
+
 __all__ = [
     "AudioFeatureConfig",
     "DEFAULT_AUDIO",
@@ -162,7 +164,7 @@ def hidden_states(
         raise ValueError(f"audio of {audio.shape[0]} samples is shorter than one video frame")
     values = np.squeeze(feature_extractor(audio, sampling_rate=sample_rate).input_values)
     param = next(model.parameters())
-    x = torch.from_numpy(np.ascontiguousarray(values)).float().to(param.device)[None]
+    x = to_device(torch.from_numpy(np.ascontiguousarray(values)).float(), param.device)[None]
     cnn = model.feature_extractor(x.to(param.dtype))  # [1, C, T50]
     if cnn.shape[-1] < 2:
         raise ValueError(f"audio of {audio.shape[0]} samples is too short for wav2vec2")
@@ -183,7 +185,7 @@ def window_features(
     end = stack.shape[0] if end is None else end
     if not 0 <= start < end <= stack.shape[0]:
         raise ValueError(f"bad frame range [{start}, {end}) for {stack.shape[0]} encoded frames")
-    off = torch.tensor(offsets, dtype=torch.long, device=stack.device)
+    off = device_constant(offsets, torch.long, stack.device)
     idx = (torch.arange(start, end, device=stack.device)[:, None] + off[None]).clamp(0, end - 1)
     return stack[idx][None].contiguous()
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
+from .transfer import device_constant
 
 __all__ = [
     "CLIP_MEAN",
@@ -104,8 +105,8 @@ def preprocess_images(images: torch.Tensor, image_size: int = 224) -> torch.Tens
         raise ValueError(f"expected [B, 3, H, W] or [B, 3, T, H, W], got {tuple(images.shape)}")
     x = F.interpolate(images.float(), size=(image_size, image_size), mode="bicubic", align_corners=False)
     x = x * 0.5 + 0.5
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean = device_constant(CLIP_MEAN, x.dtype, x.device).view(1, 3, 1, 1)
+    std = device_constant(CLIP_STD, x.dtype, x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

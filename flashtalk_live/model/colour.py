@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .transfer import device_constant
+
 __all__ = [
     "LabStats",
     "lab_distance",
@@ -43,9 +45,9 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1], channels last [..., 3] -> CIE Lab [..., 3] (D65; XYZ/white clamped to [1e-8, 1])."""
     _check_last3(rgb, "rgb_to_lab input")
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    m = torch.tensor(_XYZ_FROM_RGB, dtype=rgb.dtype, device=rgb.device)
+    m = device_constant(_XYZ_FROM_RGB, rgb.dtype, rgb.device)
     xyz = (linear.reshape(-1, 3) @ m.T).reshape(linear.shape)
-    white = torch.tensor(_WHITE_D65, dtype=rgb.dtype, device=rgb.device)
+    white = device_constant(_WHITE_D65, rgb.dtype, rgb.device)
     xyz = torch.clamp(xyz / white, 1e-8, 1.0)
     f = torch.where(xyz > _EPSILON, xyz ** (1 / 3), (_KAPPA * xyz + 16) / 116)
     lightness = 116 * f[..., 1] - 16
@@ -64,9 +66,9 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     x = torch.where(f_x**3 > _EPSILON, f_x**3, (116 * f_x - 16) / _KAPPA)
     y = torch.where(lightness > _KAPPA * _EPSILON, ((lightness + 16) / 116) ** 3, lightness / _KAPPA)
     z = torch.where(f_z**3 > _EPSILON, f_z**3, (116 * f_z - 16) / _KAPPA)
-    white = torch.tensor(_WHITE_D65, dtype=lab.dtype, device=lab.device)
+    white = device_constant(_WHITE_D65, lab.dtype, lab.device)
     xyz = torch.stack([x, y, z], dim=-1) * white
-    m = torch.tensor(_RGB_FROM_XYZ, dtype=lab.dtype, device=lab.device)
+    m = device_constant(_RGB_FROM_XYZ, lab.dtype, lab.device)
     linear = (xyz.reshape(-1, 3) @ m.T).reshape(xyz.shape)
     rgb = torch.where(linear > 0.0031308, 1.055 * (linear ** (1 / 2.4)) - 0.055, 12.92 * linear)
     return torch.clamp(rgb, 0.0, 1.0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -198,6 +198,16 @@ class BlockInputs:
     frame_runs: tuple[tuple[int, int, int], ...]  # (latent frame, local start, local end) of the local tokens
     tokens_per_frame: int
     self_attention: SelfAttentionFn = attention  # the one self-attention call: (q, k, v, k_lens=) on [B, L, H, D]
+    context_kv: tuple["CrossKV", ...] | None = None  # per block, from `FlashTalkDiT.context_kv`; None: project per call
+
+
+class CrossKV(NamedTuple):
+    """One block's text and image keys/values [B, L, H, D]: a function of the session's context alone."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    k_img: torch.Tensor
+    v_img: torch.Tensor
 
 
 class SelfAttention(nn.Module):
@@ -239,16 +249,25 @@ class ImageTextCrossAttention(nn.Module):
         self.v_img = nn.Linear(dim, dim)
         self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, n_img: int) -> torch.Tensor:
-        b, n, d = x.shape[0], self.num_heads, self.head_dim
+    def project_context(self, context: torch.Tensor, n_img: int) -> CrossKV:
+        """Keys and values of the context [B, n_img + text_len, dim]; constant for a session, so cacheable."""
+        b, n, d = context.shape[0], self.num_heads, self.head_dim
         ctx_img, ctx_txt = context[:, :n_img], context[:, n_img:]
+        return CrossKV(
+            k=self.norm_k(self.k(ctx_txt)).view(b, -1, n, d),
+            v=self.v(ctx_txt).view(b, -1, n, d),
+            k_img=self.norm_k_img(self.k_img(ctx_img)).view(b, -1, n, d),
+            v_img=self.v_img(ctx_img).view(b, -1, n, d),
+        )
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, n_img: int, kv: CrossKV | None = None) -> torch.Tensor:
+        """`kv` (from project_context of this same context) skips the context projections; same numbers."""
+        b, n, d = x.shape[0], self.num_heads, self.head_dim
+        if kv is None:
+            kv = self.project_context(context, n_img)
         q = self.norm_q(self.q(x)).view(b, -1, n, d)
-        k = self.norm_k(self.k(ctx_txt)).view(b, -1, n, d)
-        v = self.v(ctx_txt).view(b, -1, n, d)
-        k_img = self.norm_k_img(self.k_img(ctx_img)).view(b, -1, n, d)
-        v_img = self.v_img(ctx_img).view(b, -1, n, d)
         # Text padding rows are attended to on purpose (reference: context_lens=None).
-        out = attention(q, k, v).flatten(2) + attention(q, k_img, v_img).flatten(2)
+        out = attention(q, kv.k, kv.v).flatten(2) + attention(q, kv.k_img, kv.v_img).flatten(2)
         return self.o(out)
 
 
@@ -314,12 +333,13 @@ class DiTBlock(nn.Module):
         self.audio_cross_attn = AudioCrossAttention(dim, cfg.output_dim, cfg.num_heads)
         self.norm_x = LayerNorm32(dim, eps, affine=True) if cfg.norm_input_visual else nn.Identity()
 
-    def forward(self, x: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inp: BlockInputs, context_kv: CrossKV | None = None) -> torch.Tensor:
+        """`context_kv`: this block's entry of `inp.context_kv` (run_blocks passes it; a compiled block sees tensors)."""
         dtype = x.dtype
         e = (self.modulation.float() + inp.e0).chunk(6, dim=1)  # 6 x [B, 1, dim] float32
         y = self.self_attn((self.norm1(x).float() * (1 + e[1]) + e[0]).to(dtype), inp)
         x = (x + y * e[2]).to(dtype)
-        x = x + self.cross_attn(self.norm3(x), inp.context, inp.n_img)
+        x = x + self.cross_attn(self.norm3(x), inp.context, inp.n_img, context_kv)
         x = x + self.audio_cross_attn(self.norm_x(x), inp)
         y = self.ffn((self.norm2(x).float() * (1 + e[4]) + e[3]).to(dtype))
         return (x + y * e[5]).to(dtype)
@@ -371,9 +391,20 @@ class AudioProjection(nn.Module):
         self.proj2 = nn.Linear(cfg.intermediate_dim, cfg.intermediate_dim)
         self.proj3 = nn.Linear(cfg.intermediate_dim, cfg.context_tokens * cfg.output_dim)
         self.norm = nn.LayerNorm(cfg.output_dim) if cfg.norm_output_audio else nn.Identity()
+        self._index_cache: dict[tuple[int, torch.device | None], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def window_index(self, n_latent: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(video frame, window slot) pairs: first latent frame [window, 2]; later ones [n_latent-1, window+vae_scale-1, 2]."""
+    def window_index(self, n_latent: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video frame, window slot) pairs: first latent frame [window, 2]; later ones [n_latent-1, window+vae_scale-1, 2].
+
+        Kept per (n_latent, device): building them is a host->device copy, which would stall a CUDA queue.
+        """
+        key = (n_latent, None if device is None else torch.device(device))
+        if key not in self._index_cache:
+            first, later = self._window_index(n_latent)
+            self._index_cache[key] = (first, later) if device is None else (first.to(device), later.to(device))
+        return self._index_cache[key]
+
+    def _window_index(self, n_latent: int) -> tuple[torch.Tensor, torch.Tensor]:
         w, sc, mid = self.window, self.vae_scale, self.window // 2
         first = torch.tensor([[0, j] for j in range(w)], dtype=torch.long)
         rows = []
@@ -395,8 +426,7 @@ class AudioProjection(nn.Module):
         if (frames - 1) % self.vae_scale:
             raise ValueError(f"audio has {frames} video frames; expected 1 + {self.vae_scale} * (latent frames - 1)")
         n_latent = 1 + (frames - 1) // self.vae_scale
-        first, later = self.window_index(n_latent)
-        first, later = first.to(audio.device), later.to(audio.device)
+        first, later = self.window_index(n_latent, audio.device)
         a_first = audio[:, first[:, 0], first[:, 1]].reshape(b, 1, -1)
         a_later = audio[:, later[..., 0], later[..., 1]].reshape(b, n_latent - 1, -1)
         h = torch.cat([torch.relu(self.proj1(a_first)), torch.relu(self.proj1_vf(a_later))], dim=1)
@@ -432,6 +462,8 @@ class DiTEmbeddings:
     audio: torch.Tensor  # [B, N_t, context_tokens, output_dim]
     head_dim: int
     rope_theta: float = 10000.0
+    context_kv: tuple[CrossKV, ...] | None = None  # per-block context K/V (the model's session cache); None: per call
+    rope_cache: dict | None = None  # RoPE tables by slice, kept by the model across steps; None: recomputed
 
     @property
     def n_tokens(self) -> int:
@@ -457,17 +489,75 @@ class DiTEmbeddings:
                 runs.append((frame, st - start, e - start))
         device = self.tokens.device
         b = self.tokens.shape[0]
+        rope_key = (self.grid, self.head_dim, start, end - start, self.rope_theta, device)
+        rope = None if self.rope_cache is None else self.rope_cache.get(rope_key)
+        if rope is None:  # float64 on the host, then a host->device copy: once per geometry when cached
+            rope = rope_cos_sin(self.grid, self.head_dim, start, end - start, theta=self.rope_theta, device=device)
+            if self.rope_cache is not None:
+                if len(self.rope_cache) >= 8:
+                    self.rope_cache.clear()
+                self.rope_cache[rope_key] = rope
         return BlockInputs(
             e0=self.e0,
             context=self.context,
             n_img=self.n_img,
             audio=self.audio,
-            rope=rope_cos_sin(self.grid, self.head_dim, start, end - start, theta=self.rope_theta, device=device),
+            rope=rope,
             k_lens=None if n == self.seq_len else [n] * b,
             frame_runs=tuple(runs),
             tokens_per_frame=per,
             self_attention=attention if self_attention is None else self_attention,
+            context_kv=self.context_kv,
         )
+
+
+def tensor_identity(v: torch.Tensor | Sequence[torch.Tensor]) -> tuple | None:
+    """What identifies a tensor (or list of them) without reading it: address, layout and version counter.
+
+    Equal identities mean the same data only while the first tensor is kept alive (so its memory cannot be
+    reused); views of one storage share the version counter, so an in-place write changes it. None (never
+    cached) for inference tensors, which keep no version counter, and tensors without an address (meta).
+    """
+    items = [v] if isinstance(v, torch.Tensor) else list(v)
+    if any(not isinstance(u, torch.Tensor) or u.is_inference() or u.data_ptr() == 0 for u in items):
+        return None  # no version counter, or no address (meta, empty): nothing safe to compare
+    return tuple((u.device, u.data_ptr(), u._version, tuple(u.shape), u.stride(), u.dtype) for u in items)
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """The context side of every block for one avatar session: embedded tokens and each block's K/V."""
+
+    context: torch.Tensor  # [B, n_img + text_len, dim]: image tokens first, then text
+    n_img: int
+    kv: tuple[CrossKV, ...] | None  # one per block; None when not precomputed
+
+
+class InputCache:
+    """Single-entry caches of what stays constant across sampling steps, keyed by the inputs' identity.
+
+    session: SessionContext (per avatar session); audio: audio tokens (per chunk); rope: RoPE tables (per
+    geometry and slice). Entries hold the tensors they were computed from, so an identity cannot be reused.
+    """
+
+    def __init__(self) -> None:
+        self.session: tuple[Any, Any, SessionContext] | None = None  # (key, inputs held, value)
+        self.audio: tuple[Any, Any, torch.Tensor] | None = None
+        self.rope: dict = {}
+        self.hits = {"session": 0, "audio": 0}
+        self.misses = {"session": 0, "audio": 0}
+
+    def get(self, slot: str, key: Any) -> Any:
+        entry = getattr(self, slot)
+        if key is not None and entry is not None and entry[0] == key:
+            self.hits[slot] += 1
+            return entry[2]
+        self.misses[slot] += 1
+        return None
+
+    def put(self, slot: str, key: Any, held: Any, value: Any) -> Any:
+        setattr(self, slot, None if key is None else (key, held, value))
+        return value
 
 
 def _as_batch(v: torch.Tensor | Sequence[torch.Tensor], name: str, ndim: int) -> torch.Tensor:
@@ -501,6 +591,34 @@ class FlashTalkDiT(nn.Module):
         self.head = Head(cfg)
         self.img_emb = ImageProjection(cfg.clip_dim, dim)
         self.audio_proj = AudioProjection(cfg)
+        # Context K/V once per session, audio tokens once per chunk, RoPE once per geometry (inference only).
+        self.cache_inputs = True
+        self.input_cache = InputCache()
+        self.register_load_state_dict_pre_hook(FlashTalkDiT._weights_changing)
+
+    # -- the step-constant cache ----------------------------------------------------------------------
+    def set_input_cache(self, enabled: bool) -> None:
+        """Turn the cache on (default) or off (everything recomputed every step: the uncached numbers)."""
+        self.cache_inputs = bool(enabled)
+        self.clear_input_cache()
+
+    def clear_input_cache(self) -> None:
+        """Drop cached K/V, audio tokens and RoPE tables (a new session frees the old one's memory at once).
+
+        Loading a state dict and `.to()` clear it; call this after changing weights any other way.
+        """
+        self.input_cache = InputCache()
+
+    @staticmethod
+    def _weights_changing(module: "FlashTalkDiT", *args: Any, **kwargs: Any) -> None:
+        module.clear_input_cache()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "FlashTalkDiT":
+        self.clear_input_cache()  # new dtype or device: cached tensors no longer match the weights
+        return super()._apply(fn, recurse)
+
+    def _caching(self) -> bool:
+        return self.cache_inputs and not torch.is_grad_enabled()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -534,6 +652,39 @@ class FlashTalkDiT(nn.Module):
             rows.append(torch.cat([u, u.new_zeros(tl - u.shape[0], td)]))
         return self.text_embedding(torch.stack(rows))
 
+    def precompute_context(
+        self, context: torch.Tensor | Sequence[torch.Tensor], clip_fea: torch.Tensor, *, with_kv: bool = True
+    ) -> SessionContext:
+        """Embedded image + text context and (with_kv) every block's cross-attention K/V: once per session."""
+        text = self.embed_text(context)
+        img = self.img_emb(_as_batch(clip_fea, "clip_fea", 3).to(self.dtype))
+        ctx = torch.cat([img, text], dim=1).to(self.dtype)
+        n_img = img.shape[1]
+        kv = tuple(block.cross_attn.project_context(ctx, n_img) for block in self.blocks) if with_kv else None
+        return SessionContext(context=ctx, n_img=n_img, kv=kv)
+
+    def _session_context(self, context: torch.Tensor | list[torch.Tensor], clip_fea: torch.Tensor) -> SessionContext:
+        if not self._caching():
+            return self.precompute_context(context, clip_fea, with_kv=False)
+        c = self.input_cache
+        key = (tensor_identity(context), tensor_identity(clip_fea), self.dtype)
+        key = None if None in key else key
+        hit = c.get("session", key)
+        if hit is not None:
+            return hit
+        c.put("session", None, None, None)  # free the old session's K/V before computing the new one
+        return c.put("session", key, (context, clip_fea), self.precompute_context(context, clip_fea))
+
+    def _audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
+        if not self._caching():
+            return self.audio_proj(audio.to(self.dtype))
+        key = tensor_identity(audio)
+        key = None if key is None else (key, self.dtype)
+        hit = self.input_cache.get("audio", key)
+        if hit is not None:
+            return hit
+        return self.input_cache.put("audio", key, audio, self.audio_proj(audio.to(self.dtype)))
+
     def embed(
         self,
         x: torch.Tensor | Sequence[torch.Tensor],
@@ -561,6 +712,7 @@ class FlashTalkDiT(nn.Module):
         if clip_fea.shape[0] != b or clip_fea.shape[2] != cfg.clip_dim:
             raise ValueError(f"clip_fea: expected [{b}, n_img, {cfg.clip_dim}], got {tuple(clip_fea.shape)}")
         audio = _as_batch(audio, "audio", 5)
+        context = context if isinstance(context, torch.Tensor) else list(context)  # read twice (key, embedding)
         want = (b, 1 + cfg.vae_scale * (nt - 1), cfg.audio_window, cfg.audio_layers, cfg.audio_channels)
         if tuple(audio.shape) != want:
             raise ValueError(f"audio: expected {want} ([B, 1 + {cfg.vae_scale}*(T-1) video frames, window, layers, "
@@ -577,20 +729,21 @@ class FlashTalkDiT(nn.Module):
             tok = torch.cat([tok, tok.new_zeros(b, seq_len - n, tok.shape[2])], dim=1)
 
         e, e0 = self.time_embed(t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float32), b)
-        text = self.embed_text(context)
-        if text.shape[0] != b:
-            raise ValueError(f"context has {text.shape[0]} samples for a batch of {b}")
-        img = self.img_emb(clip_fea.to(dtype))
-        ctx = torch.cat([img, text], dim=1).to(dtype)
-        aud = self.audio_proj(audio.to(dtype))
+        sc = self._session_context(context, clip_fea)
+        if sc.context.shape[0] != b:
+            raise ValueError(f"context has {sc.context.shape[0]} samples for a batch of {b}")
         return DiTEmbeddings(
-            tokens=tok, grid=grid, seq_len=seq_len, e=e, e0=e0, context=ctx, n_img=img.shape[1], audio=aud,
-            head_dim=cfg.head_dim, rope_theta=cfg.rope_theta,
+            tokens=tok, grid=grid, seq_len=seq_len, e=e, e0=e0, context=sc.context, n_img=sc.n_img,
+            audio=self._audio_tokens(audio), head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, context_kv=sc.kv,
+            rope_cache=self.input_cache.rope if self._caching() else None,
         )
 
     def run_blocks(self, x: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, inp)
+        kv = inp.context_kv
+        if kv is not None and len(kv) != len(self.blocks):
+            raise ValueError(f"context K/V for {len(kv)} blocks, the model has {len(self.blocks)}")
+        for i, block in enumerate(self.blocks):
+            x = block(x, inp) if kv is None else block(x, inp, kv[i])
         return x
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

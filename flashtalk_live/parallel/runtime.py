@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from flashtalk_live.log import get_logger
+from flashtalk_live.model.dit import tensor_identity
 
 from .group import ParallelGroup
 from .ulysses import DiTInputError, SequenceParallelDiT
@@ -87,16 +88,6 @@ class Heartbeat:
         return self.done.is_set()
 
 
-def _key(t: torch.Tensor | Sequence[torch.Tensor]) -> tuple:
-    """What identifies the caller's tensor(s) without reading them: address, layout and version counter.
-
-    Safe only while the caller's tensor is kept alive (DiTClient holds it), so its memory cannot be reused
-    by another tensor; views of one storage share the version counter, so an in-place write changes it.
-    """
-    items = [t] if isinstance(t, torch.Tensor) else list(t)
-    return tuple((u.device, u.data_ptr(), u._version, tuple(u.shape), u.stride(), u.dtype) for u in items)
-
-
 def _as_tensor(v: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     """A list of same-shape tensors (the engine passes [context], [y]) stacked on a batch dim, as embed would."""
     if isinstance(v, torch.Tensor):
@@ -117,7 +108,7 @@ class DiTClient:
         self.pg = sp.pg
         self.cfg = sp.dit.cfg
         self._keys: dict[str, tuple] = {}
-        self._held: dict[str, Any] = {}  # the caller's objects behind _keys, kept alive (see _key)
+        self._held: dict[str, Any] = {}  # the caller's objects behind _keys, kept alive (see tensor_identity)
         self._sent: dict[str, torch.Tensor] = {}
         self.calls = 0
         self.bytes_sent = 0
@@ -130,6 +121,13 @@ class DiTClient:
     def parameters(self):  # the engine and loaders may ask for a parameter's dtype/device
         return self.sp.dit.parameters()
 
+    def set_input_cache(self, enabled: bool) -> None:
+        """Rank 0's DiT only; the workers' models keep their default (on) and follow the inputs' identity."""
+        self.sp.dit.set_input_cache(enabled)
+
+    def clear_input_cache(self) -> None:
+        self.sp.dit.clear_input_cache()
+
     @torch.no_grad()
     def __call__(self, x, t, context, clip_fea, y, audio, *, seq_len: int | None = None) -> torch.Tensor:
         if self.closed:
@@ -137,17 +135,18 @@ class DiTClient:
         args = {"x": x, "context": context, "clip_fea": clip_fea, "y": y, "audio": audio}
         send: list[tuple[str, torch.Tensor]] = []
         for name in _ARGS:
-            key = _key(args[name])
+            key = tensor_identity(args[name])
             # x changes every step: never cached. The rest: once per chunk (audio) or session.
-            if name == "x" or self._keys.get(name) != key:
+            if name == "x" or key is None or self._keys.get(name) != key:
                 tensor = _as_tensor(args[name]).to(self.pg.device).contiguous()
                 send.append((name, tensor))
                 self._keys[name] = key
                 self._held[name] = args[name]
                 self._sent[name] = tensor
-        tt = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
-        cmd = {"op": "forward", "t": tt.tolist(), "seq_len": seq_len,
-               "send": [(n, tuple(v.shape), str(v.dtype)) for n, v in send]}
+        # t goes as a tensor with x, not as numbers in the command: reading a device tensor would stall the queue.
+        tt = torch.as_tensor(t).to(device=self.pg.device, dtype=torch.float32).reshape(-1)
+        send.append(("t", tt))
+        cmd = {"op": "forward", "seq_len": seq_len, "send": [(n, tuple(v.shape), str(v.dtype)) for n, v in send]}
         if self.pg.world_size > 1:
             dist.broadcast_object_list([cmd], src=0, group=self.pg.control)
             for _, v in send:
@@ -155,7 +154,7 @@ class DiTClient:
                 self.bytes_sent += v.numel() * v.element_size()
         self.calls += 1
         a = self._sent
-        return self.sp(a["x"], tt.to(self.pg.device), a["context"], a["clip_fea"], a["y"], a["audio"], seq_len=seq_len)
+        return self.sp(a["x"], tt, a["context"], a["clip_fea"], a["y"], a["audio"], seq_len=seq_len)
 
 
 def send_shutdown(pg: ParallelGroup) -> None:
@@ -196,9 +195,8 @@ def worker_loop(sp: SequenceParallelDiT, *, on_command: Callable[[dict[str, Any]
             buf = torch.empty(shape, dtype=_DTYPES[dtype], device=pg.device)
             dist.broadcast(buf, src=0, group=pg.data)
             cache[name] = buf
-        t = torch.tensor(cmd["t"], dtype=torch.float32, device=pg.device)
         try:
-            sp(cache["x"], t, cache["context"], cache["clip_fea"], cache["y"], cache["audio"], seq_len=cmd["seq_len"])
+            sp(cache["x"], cache["t"], cache["context"], cache["clip_fea"], cache["y"], cache["audio"], seq_len=cmd["seq_len"])
         except DiTInputError as e:  # rank 0 got the same error from the same check, before any collective
             log.warning("parallel_bad_input", rank=pg.rank, error=str(e)[:300])
             continue
