@@ -77,9 +77,11 @@ def _taehv(models: EngineModels, ctx: dict[str, Any]) -> None:
         raise NotAvailable(f"tiny decoder not in this checkout ({e})") from None
     if "decoder" not in {f.name for f in dataclasses.fields(EngineModels)}:
         raise NotAvailable("the engine has no tiny-decoder hook (EngineModels.decoder) in this checkout")
+    from flashtalk_live.model.taehv import TinyVideoDecoder
+
     cfg = TAEHVConfig.tiny() if ctx["tiny"] else TAEHVConfig.taew2_1()
     dtype = torch.float16 if ctx["device"].type == "cuda" else torch.float32
-    models.decoder = materialise(lambda: TAEHVDecoder(cfg), ctx["device"], dtype, 5)  # type: ignore[attr-defined]
+    models.decoder = TinyVideoDecoder(materialise(lambda: TAEHVDecoder(cfg), ctx["device"], dtype, 5))  # type: ignore[attr-defined]
 
 
 VARIANTS: dict[str, Callable[[EngineModels, dict[str, Any]], None]] = {"bf16": _bf16, "fp8": _fp8}
@@ -95,9 +97,9 @@ def tiny_profile(name: str) -> Profile:
 
 
 def run_chunks(models: EngineModels, profile: Profile, device: torch.device, dtype: torch.dtype,
-               chunks: int, text_dim: int) -> list[dict[str, float]]:
+               chunks: int, text_dim: int, cache_inputs: bool = True) -> list[dict[str, float]]:
     """`chunks` chunks of speech-like audio through the engine and the drift measure; per-chunk stage seconds."""
-    engine = FlashTalkEngine(models, profile, device, dtype, timing=True)
+    engine = FlashTalkEngine(models, profile, device, dtype, timing=True, cache_inputs=cache_inputs)
     rng = np.random.default_rng(0)
     image = (rng.random((profile.height, profile.width, 3)) * 255).astype(np.uint8)
     context = torch.randn(24, text_dim, generator=torch.Generator().manual_seed(0)) * 0.1
@@ -216,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default bf16 (fp32 --tiny)")
     ap.add_argument("--attention", default="sdpa", choices=["sdpa", "flash"])
     ap.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on", help="torch.backends.cudnn.benchmark")
+    ap.add_argument("--vae-channels-last", choices=["on", "off"], default="on",
+                    help="channels-last 3-D VAE convs (the daemon's default on CUDA)")
+    ap.add_argument("--vae-pass", type=int, default=0, help="latents per VAE pass (0: a chunk in one pass; 1: the loop)")
+    ap.add_argument("--input-cache", choices=["on", "off"], default="on",
+                    help="context K/V, audio tokens and RoPE computed once (per session / chunk) instead of per step")
     ap.add_argument("--tiny", action="store_true", help="tiny random family, profiles at 64x32, on the CPU: smoke")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write every row (all chunk walls) as JSON")
     args = ap.parse_args(argv)
@@ -248,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     models = random_engine_models("tiny" if args.tiny else "full", device, dtype)
                     text_dim = models.text.text_dim  # type: ignore[union-attr]
+                    models.vae.configure(latents_per_pass=args.vae_pass,
+                                         channels_last=args.vae_channels_last == "on" and cuda)
                     VARIANTS[variant](models, ctx)
                     DECODERS[decoder](models, ctx)
                     if comp == "on":
@@ -269,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         if cuda:
                             torch.cuda.reset_peak_memory_stats(device)
-                        chunks = run_chunks(models, p, device, dtype, args.chunks, text_dim)
+                        chunks = run_chunks(models, p, device, dtype, args.chunks, text_dim,
+                                            cache_inputs=args.input_cache == "on")
                         row.update(status="ok", summary=summarise(p, chunks), chunks=chunks)
                         if cuda:
                             row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -282,11 +292,13 @@ def main(argv: list[str] | None = None) -> int:
 
     dev_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print_table(rows, f"FlashTalk engine: {dev_name}, {str(dtype).removeprefix('torch.')}, attention {args.attention}, "
-                      f"cudnn.benchmark {args.cudnn_benchmark}, {'tiny' if args.tiny else 'full-size'} random weights, "
+                      f"cudnn.benchmark {args.cudnn_benchmark}, VAE channels-last {args.vae_channels_last} pass {args.vae_pass}, "
+                      f"input cache {args.input_cache}, {'tiny' if args.tiny else 'full-size'} random weights, "
                       f"{args.chunks} chunks per row (chunk 0 left out), torch {torch.__version__}")
     if args.json:
         meta = {"device": dev_name, "dtype": str(dtype), "attention": args.attention, "tiny": args.tiny,
-                "cudnn_benchmark": args.cudnn_benchmark, "torch": torch.__version__, "chunks": args.chunks}
+                "cudnn_benchmark": args.cudnn_benchmark, "vae_channels_last": args.vae_channels_last,
+                "vae_pass": args.vae_pass, "input_cache": args.input_cache, "torch": torch.__version__, "chunks": args.chunks}
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=_json_default))
         print(f"\nJSON: {args.json}")
     return 0
