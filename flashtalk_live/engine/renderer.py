@@ -256,8 +256,10 @@ class T5TextEncoder:
 
 
 def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, device: torch.device,
-                       dtype: torch.dtype, text_cache_dir: str | Path) -> EngineModels:
-    """DiT, VAE, CLIP visual and wav2vec2 from a release folder (strict), plus the cached lazy umT5."""
+                       dtype: torch.dtype, text_cache_dir: str | Path, fp8: Any = None) -> EngineModels:
+    """DiT, VAE, CLIP visual and wav2vec2 from a release folder (strict), plus the cached lazy umT5.
+
+    fp8: a quant.fp8.Fp8Plan to quantise the DiT blocks while loading, or None."""
     from flashtalk_live.checkpoints.release import (
         load_clip_visual, load_dit, load_vae, load_wav2vec, resolve_release_dirs,
     )
@@ -266,7 +268,7 @@ def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, 
     if w2v is None:
         raise RendererError(f"no wav2vec2 folder: set model.wav2vec_dir (none found beside {wdir})")
     clip_dtype = torch.float16 if device.type == "cuda" and dtype != torch.float32 else dtype
-    dit = load_dit(wdir, device, dtype)
+    dit = load_dit(wdir, device, dtype, fp8=fp8)
     vae = load_vae(wdir, device, dtype)
     clip = load_clip_visual(wdir, device, clip_dtype)
     wav2vec, extractor = load_wav2vec(w2v, device, torch.float32)
@@ -283,6 +285,7 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
     loaded VAE (the multi-GPU job's split decode).
     """
     from flashtalk_live.model.attention import set_default_backend
+    from flashtalk_live.quant.fp8 import plan_from_settings
 
     m, v = settings.model, settings.video
     if not m.weights_dir:
@@ -299,7 +302,8 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
         raise RendererError(f"model.device is {m.device} but CUDA is not available")
     dtype = getattr(torch, m.dtype)
     t0 = time.perf_counter()
-    models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
+    fp8 = plan_from_settings(m, device)  # None (bf16, with a warning) where the GPU has no fp8
+    models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir), fp8)
     if m.compile:
         compile_dit_blocks(models.dit)
     if dit_wrapper is not None:
@@ -316,5 +320,5 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
     renderer.start_session(image, v.prompt)
     renderer.warm_up()
     log.info("flashtalk_renderer_ready", seconds=round(time.perf_counter() - t0, 2), profile=profile.name,
-             device=str(device), dtype=m.dtype)
+             device=str(device), dtype=m.dtype, quantize="fp8" if fp8 else "none")
     return renderer

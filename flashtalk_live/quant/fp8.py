@@ -46,6 +46,7 @@ __all__ = [
     "quantize_dit_",
     "quantize_rowwise",
     "quantized_linears",
+    "resolve_plan",
 ]
 
 log = get_logger("quant")
@@ -247,16 +248,21 @@ def fp8_unavailable_reason(device: torch.device | str, backend: str = "scaled_mm
     return reason
 
 
-def plan_from_settings(model: Any, device: torch.device | str) -> Fp8Plan | None:
-    """The Fp8Plan of settings.model (quantize, fp8_keep_bf16_blocks, fp8_backend) for `device`, or None for bf16.
-
-    When fp8 is asked for but `device` cannot run it, logs a warning that names the GPU and why, and returns None.
-    """
-    if model.quantize == "none":
+def resolve_plan(quantize: str, keep_bf16_blocks: Any, backend: str, device: torch.device | str) -> Fp8Plan | None:
+    """The Fp8Plan for `device`, or None for bf16 (quantize "none", or fp8 asked for where it cannot run: then a
+    warning names the device and why)."""
+    if quantize == "none":
         return None
-    plan = Fp8Plan(tuple(model.fp8_keep_bf16_blocks), model.fp8_backend)
+    if quantize != "fp8":
+        raise ValueError(f"unknown quantize {quantize!r}; known: none, fp8")
+    plan = Fp8Plan(tuple(keep_bf16_blocks), backend)
     reason = fp8_unavailable_reason(device, plan.backend)
     if reason is not None:
         log.warning("fp8_unavailable_running_bf16", device=str(device), reason=reason, backend=plan.backend)
         return None
     return plan
+
+
+def plan_from_settings(model: Any, device: torch.device | str) -> Fp8Plan | None:
+    """`resolve_plan` of settings.model (quantize, fp8_keep_bf16_blocks, fp8_backend)."""
+    return resolve_plan(model.quantize, model.fp8_keep_bf16_blocks, model.fp8_backend, device)
