@@ -80,3 +80,18 @@ def test_fp8_deviation_of_the_dit_output_against_float32_and_bf16():
         assert 1e-4 < r["fp8 (float32 model) vs float32"] < 0.1  # it does change something, and not much
         assert r["fp8 (bf16 model) vs bf16"] < 0.1
         assert r["fp8 block 1 only (bf16) vs bf16"] < r["fp8 (bf16 model) vs bf16"] * 1.5
+
+
+@pytest.mark.timeout(120)
+def test_fp8_gpu_benchmark_runs_tiny_on_cpu(capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "fp8_gpu.py"
+    spec = importlib.util.spec_from_file_location("fp8_gpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    assert mod.main(["--tiny"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    for row in ("| bf16 |", "| fp8 scaled_mm |", "| fp8 torchao | unavailable", "| fp8, every block | 30 linears |"):
+        assert row in out
