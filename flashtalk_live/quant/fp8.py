@@ -56,6 +56,7 @@ E4M3_MAX = 448.0  # largest finite e4m3fn value
 AMAX_FLOOR = 1e-12  # an all-zero row gets this amax: its scale stays finite and its values quantise to 0
 MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada (8.9), Hopper (9.0), Blackwell (10.x, 12.x)
 BACKENDS = ("scaled_mm", "torchao")
+TORCHAO_MISSING = "torchao is not installed (pip install 'flashtalk-live[fp8]')"
 KERNELS = ("auto", "scaled_mm", "emulated")
 
 
@@ -244,7 +245,7 @@ def fp8_unavailable_reason(device: torch.device | str, backend: str = "scaled_mm
         return f"device {device} has no fp8 matmul (only emulated, slower than bf16); fp8 needs a CUDA GPU"
     reason = capability_reason(torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device))
     if reason is None and backend == "torchao" and importlib.util.find_spec("torchao") is None:
-        reason = "torchao is not installed (pip install 'flashtalk-live[fp8]')"
+        reason = TORCHAO_MISSING
     return reason
 
 
@@ -257,6 +258,10 @@ def resolve_plan(quantize: str, keep_bf16_blocks: Any, backend: str, device: tor
         raise ValueError(f"unknown quantize {quantize!r}; known: none, fp8")
     plan = Fp8Plan(tuple(keep_bf16_blocks), backend)
     reason = fp8_unavailable_reason(device, plan.backend)
+    if reason == TORCHAO_MISSING:  # fp8 runs here, only not through torchao: keep fp8, say so
+        log.warning("fp8_backend_unavailable", backend=backend, reason=reason, using="scaled_mm")
+        plan = Fp8Plan(plan.keep_bf16_blocks, "scaled_mm")
+        reason = None
     if reason is not None:
         log.warning("fp8_unavailable_running_bf16", device=str(device), reason=reason, backend=plan.backend)
         return None

@@ -229,3 +229,25 @@ def test_settings_fields_and_the_14b_config(tmp_path):
     cfg = Path(__file__).resolve().parents[2] / "configs" / "flashtalk-14b.toml"
     s = load_settings(cfg)
     assert (s.model.quantize, s.model.fp8_keep_bf16_blocks, s.model.fp8_backend) == ("fp8", (2, 3), "scaled_mm")
+
+
+def test_start_up_on_gpus_with_and_without_fp8(monkeypatch):
+    """resolve_plan on a CUDA device as the driver reports it (no GPU here: the two device queries are replaced)."""
+    import importlib.util
+
+    gpu = {"name": "NVIDIA A100-SXM4-80GB", "cap": (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: gpu["name"])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: gpu["cap"])
+    with capture_logs() as logs:
+        assert resolve_plan("fp8", (2, 3), "scaled_mm", "cuda:0") is None
+    (warn,) = [e for e in logs if e["event"] == "fp8_unavailable_running_bf16"]
+    assert "NVIDIA A100-SXM4-80GB" in warn["reason"] and "8.0" in warn["reason"] and warn["device"] == "cuda:0"
+    gpu.update(name="NVIDIA H200", cap=(9, 0))
+    with capture_logs() as logs:
+        assert resolve_plan("fp8", [1, 2], "scaled_mm", "cuda:0") == Fp8Plan((1, 2), "scaled_mm")
+    assert not logs
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torchao" else real_find_spec(n, *a))
+    with capture_logs() as logs:
+        assert resolve_plan("fp8", (2, 3), "torchao", "cuda:0") == Fp8Plan((2, 3), "scaled_mm")
+    assert [e["event"] for e in logs] == ["fp8_backend_unavailable"]
