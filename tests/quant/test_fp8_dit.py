@@ -83,6 +83,20 @@ def test_fp8_deviation_of_the_dit_output_against_float32_and_bf16():
 
 
 @pytest.mark.timeout(120)
+def test_quantised_blocks_compile_to_the_same_output():
+    """Dynamo + AOT tracing of every quantised block (as compile_dit_blocks does, without inductor's C++ build):
+    the same float32 output bit for bit, the same state-dict keys."""
+    model = _model()
+    quantize_dit_(model, Fp8Plan((0, 0)))
+    keys, want = list(model.state_dict()), _run(model, "case_a")
+    torch._dynamo.reset()
+    for block in model.blocks:
+        block.compile(backend="aot_eager", dynamic=False)
+    assert list(model.state_dict()) == keys
+    assert torch.equal(_run(model, "case_a"), want)
+
+
+@pytest.mark.timeout(120)
 def test_fp8_gpu_benchmark_runs_tiny_on_cpu(capsys):
     import importlib.util
 
