@@ -229,6 +229,11 @@ def test_settings_fields_and_the_14b_config(tmp_path):
     cfg = Path(__file__).resolve().parents[2] / "configs" / "flashtalk-14b.toml"
     s = load_settings(cfg)
     assert (s.model.quantize, s.model.fp8_keep_bf16_blocks, s.model.fp8_backend) == ("fp8", (2, 3), "scaled_mm")
+    from flashtalk_live.quant.fp8 import plan_from_settings
+
+    with capture_logs() as logs:
+        assert plan_from_settings(s.model, "cpu") is None  # the 14B config on a CPU: bf16, said at start-up
+    assert [e["event"] for e in logs] == ["fp8_unavailable_running_bf16"]
 
 
 def test_start_up_on_gpus_with_and_without_fp8(monkeypatch):
