@@ -163,6 +163,12 @@ class ModelSettings(_Section):
                                              "TAEHV tiny decoder (much faster, approximate; docs/engine.md)")
     taehv_path: str | None = Field(None, description="tiny decoder file (taew2_1 or lighttaew2_1 .safetensors/.pth) "
                                    "or its folder; default: taehv/ beside weights_dir (`models download --only taehv`)")
+    quantize: Literal["none", "fp8"] = Field(
+        "none", description="fp8: DiT block linears in float8 e4m3 (CUDA compute capability >= 8.9; else bf16, with a warning)")
+    fp8_keep_bf16_blocks: tuple[int, int] = Field(
+        (2, 3), description="(first, last) DiT blocks left unquantised when quantize = fp8")
+    fp8_backend: Literal["scaled_mm", "torchao"] = Field(
+        "scaled_mm", description="fp8 matmuls: torch._scaled_mm (built in) or torchao's float8 rowwise config")
     text_cache_dir: str = "{state_dir}/text-cache"
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).
@@ -173,6 +179,14 @@ class ModelSettings(_Section):
     recalibrate_interval_s: float = Field(600.0, ge=0, description="scheduled re-anchor every N s of output (0: off)")
     recalibrate_max_wait_s: float = Field(60.0, ge=0, description="re-anchor even in speech when no idle chunk came this long after it was due")
     recalibrate_crossfade_frames: int = Field(6, ge=0, description="dissolve from the last shown frame after a re-anchor")
+
+
+    @field_validator("fp8_keep_bf16_blocks")
+    @classmethod
+    def _non_negative(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 0:
+            raise ValueError(f"block counts must be >= 0, got {list(v)}")
+        return v
 
 
 class EncoderSettings(_Section):

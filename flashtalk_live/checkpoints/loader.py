@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,6 +382,7 @@ def load_into(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     file: str | Path = "<checkpoint>",
+    finish: Mapping[str, Callable[[nn.Module], Any]] | None = None,
 ) -> nn.Module:
     """Assign a checkpoint to a module built on `meta`, strictly, holding the weights once.
 
@@ -389,12 +390,20 @@ def load_into(
     source tensor is alive beside the growing target set; `load_state_dict(strict=True, assign=True)`
     then adopts those very tensors as the module's parameters (no second copy). Any missing, unexpected or
     wrongly shaped key raises a CheckpointError naming `file` and the keys, and nothing is assigned.
+
+    `finish`: submodule name -> function. Such a submodule is assigned as soon as its last tensor has arrived
+    and the function is called on it at once (e.g. quantise a DiT block), so the checkpoint's own copy of it
+    is dropped before the next tensors are read. The key check then covers all keys at the end, after those
+    submodules were assigned (the callers compare file headers with the module before loading).
     Returns the module in eval mode with gradients off.
     """
     if isinstance(tensors, Mapping):
         tensors = tensors.items()
     device = torch.device(device)
     want = expected_shapes(module)
+    groups = {name: [k for k in want if k.startswith(name + ".")] for name in (finish or {})}
+    owner = {k: name for name, keys in groups.items() for k in keys}
+    remaining = {name: len(keys) for name, keys in groups.items()}
     sd: dict[str, torch.Tensor] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     for k, t in tensors:
@@ -404,9 +413,21 @@ def load_into(
         target = dtype if (dtype is not None and t.is_floating_point()) else t.dtype
         sd[k] = t.to(device=device, dtype=target)
         del t
+        name = owner.get(k)
+        if name is not None:
+            remaining[name] -= 1
+            if remaining[name] == 0:
+                _finish_submodule(module, name, {kk: sd.pop(kk) for kk in groups[name]}, finish[name], file)
     compare_keys(want, shapes).raise_for(file)
     try:
-        module.load_state_dict(sd, strict=True, assign=True)
+        if not groups:
+            module.load_state_dict(sd, strict=True, assign=True)
+        else:  # the finished submodules' keys are already assigned (and may have changed: quantised)
+            res = module.load_state_dict(sd, strict=False, assign=True)
+            done = tuple(name + "." for name in groups)
+            stray = list(res.unexpected_keys) + [k for k in res.missing_keys if not k.startswith(done)]
+            if stray:
+                raise RuntimeError(f"keys not assigned: {format_keys(stray)}")
     except RuntimeError as e:
         raise CheckpointError(file, f"load_state_dict failed: {e}") from e
     del sd
@@ -415,3 +436,15 @@ def load_into(
         raise CheckpointError(file, "the module still has tensors on the meta device after loading "
                               "(not in its state dict)", left)
     return module.eval().requires_grad_(False)
+
+
+def _finish_submodule(module: nn.Module, name: str, part: dict[str, torch.Tensor],
+                      fn: Callable[[nn.Module], Any], file: str | Path) -> None:
+    sub = module.get_submodule(name)
+    cut = len(name) + 1
+    try:
+        sub.load_state_dict({k[cut:]: v for k, v in part.items()}, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(file, f"load_state_dict of {name} failed: {e}") from e
+    part.clear()  # the submodule holds the only reference now: fn may replace its tensors and free them
+    fn(sub)

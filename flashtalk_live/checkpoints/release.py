@@ -317,7 +317,8 @@ def _size_differences(name: str, cfg: Any) -> list[str]:
             if f.name not in ("latent_mean", "latent_std") and getattr(cfg, f.name) != getattr(ref, f.name)]
 
 
-def _load(plan: ModulePlan, device: str | torch.device, dtype: torch.dtype | None, what: str) -> nn.Module:
+def _load(plan: ModulePlan, device: str | torch.device, dtype: torch.dtype | None, what: str,
+          finish: Mapping[str, Callable[[nn.Module], Any]] | None = None) -> nn.Module:
     plan.report.raise_for(plan.file, what)
     for w in plan.warnings:
         log.warning("checkpoint_warning", module=what, file=str(plan.file), warning=w)
@@ -328,7 +329,7 @@ def _load(plan: ModulePlan, device: str | torch.device, dtype: torch.dtype | Non
         tensors = ((k, v) for k, v in iter_pth(plan.source, [pre + k for k in plan.headers]))
         if pre:
             tensors = ((k[len(pre):], v) for k, v in tensors)
-    module = load_into(plan.module, tensors, dtype=dtype, device=device, file=plan.file)
+    module = load_into(plan.module, tensors, dtype=dtype, device=device, file=plan.file, finish=finish)
     n, params, dtypes = _stats(plan.headers)
     log.info("checkpoint_loaded", module=what, file=str(plan.file), tensors=n, params=params, file_dtypes=dtypes,
              dtype=str(dtype).removeprefix("torch.") if dtype else "as stored", device=str(device))
@@ -340,9 +341,24 @@ def _load(plan: ModulePlan, device: str | torch.device, dtype: torch.dtype | Non
 
 
 def load_dit(weights_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.bfloat16,
-             *, config=None):
-    """FlashTalkDiT from config.json + the safetensors shards, strictly, shard by shard."""
-    return _load(_plan_dit(Path(weights_dir), config), device, dtype, "dit")
+             *, config=None, fp8=None):
+    """FlashTalkDiT from config.json + the safetensors shards, strictly, shard by shard.
+
+    fp8: a `quant.fp8.Fp8Plan` to quantise the chosen blocks' linears each as soon as its tensors have arrived
+    (the bf16 copy of the whole DiT is never held), or None for the checkpoint as it is.
+    """
+    plan = _plan_dit(Path(weights_dir), config)
+    finish = None
+    if fp8 is not None:
+        from flashtalk_live.quant.fp8 import block_quantizers
+
+        finish = block_quantizers(fp8, plan.config.num_layers)
+    dit = _load(plan, device, dtype, "dit", finish)
+    if fp8 is not None:
+        first, last = fp8.keep_bf16_blocks
+        log.info("dit_quantized", quantize="fp8", backend=fp8.backend, blocks=len(finish),
+                 kept_bf16_first=first, kept_bf16_last=last)
+    return dit
 
 
 def load_vae(weights_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.bfloat16,

@@ -67,7 +67,9 @@ def render_file(settings: Any, image_path: str, audio_path: str, output: str, *,
     device, dtype = torch.device(m.device), getattr(torch, m.dtype)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"model.device is {m.device} but CUDA is not available")
-    models = load_models_for(settings, device, dtype)
+    from flashtalk_live.quant.fp8 import plan_from_settings
+
+    models = load_models_for(settings, device, dtype, plan_from_settings(settings.model, device))
     engine = FlashTalkEngine(models, prof, device, dtype, timing=timing)
     renderer = FlashTalkRenderer(engine, width=v.width, height=v.height, fit=v.fit, drift_every=10**9)
     renderer.policy.interval_s = 0  # a preview shows the model as it is: no re-anchoring

@@ -319,9 +319,11 @@ class T5TextEncoder:
 
 def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, device: torch.device,
                        dtype: torch.dtype, text_cache_dir: str | Path, *, decoder: str = "wan",
-                       taehv_path: str | Path | None = None) -> EngineModels:
+                       taehv_path: str | Path | None = None, fp8: Any = None) -> EngineModels:
     """DiT, VAE, CLIP visual and wav2vec2 from a release folder (strict), plus the cached lazy umT5; with
-    decoder="taehv" also the tiny decoder (its file: `taehv_path`, else taehv/ beside the weights)."""
+    decoder="taehv" also the tiny decoder (its file: `taehv_path`, else taehv/ beside the weights).
+
+    fp8: a quant.fp8.Fp8Plan to quantise the DiT blocks while loading, or None."""
     from flashtalk_live.checkpoints.release import (
         load_clip_visual, load_dit, load_vae, load_wav2vec, resolve_release_dirs,
     )
@@ -338,7 +340,7 @@ def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, 
     if w2v is None:
         raise RendererError(f"no wav2vec2 folder: set model.wav2vec_dir (none found beside {wdir})")
     clip_dtype = torch.float16 if device.type == "cuda" and dtype != torch.float32 else dtype
-    dit = load_dit(wdir, device, dtype)
+    dit = load_dit(wdir, device, dtype, fp8=fp8)
     vae = load_vae(wdir, device, dtype)
     clip = load_clip_visual(wdir, device, clip_dtype)
     wav2vec, extractor = load_wav2vec(w2v, device, torch.float32)
@@ -348,11 +350,12 @@ def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, 
                         decoder=tiny)
 
 
-def load_models_for(settings: Any, device: torch.device, dtype: torch.dtype) -> EngineModels:
-    """load_engine_models with the folders, text cache and decoder choice of settings.model."""
+def load_models_for(settings: Any, device: torch.device, dtype: torch.dtype, fp8: Any = None) -> EngineModels:
+    """load_engine_models with the folders, text cache and decoder choice of settings.model (fp8: a plan)."""
     m = settings.model
     return load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir),
-                              decoder=m.decoder, taehv_path=settings.path(m.taehv_path) if m.taehv_path else None)
+                              decoder=m.decoder, taehv_path=settings.path(m.taehv_path) if m.taehv_path else None,
+                              fp8=fp8)
 
 
 def load_tiny_decoder(path: str | Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -373,6 +376,7 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
     """
     from flashtalk_live.engine.profile import ProfileError
     from flashtalk_live.model.attention import set_default_backend
+    from flashtalk_live.quant.fp8 import plan_from_settings
     from flashtalk_live.settings import BENCHMARK_ENV, benchmark_mode
 
     log = get_logger("engine")  # bound now, not at import: follows the logging set up before the build
@@ -398,19 +402,17 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
         raise RendererError(f"model.device is {m.device} but CUDA is not available")
     dtype = getattr(torch, m.dtype)
     t0 = time.perf_counter()
+    fp8 = plan_from_settings(m, device)  # None (bf16, with a warning) where the GPU has no fp8
     if random_weights != "off":
         from flashtalk_live.checkpoints.random_weights import random_engine_models
+        from flashtalk_live.quant.fp8 import quantize_dit_
 
         log.warning("random_weights", kind=random_weights, note="benchmark run: the avatar is random noise")
         models = random_engine_models(random_weights, device, dtype, decoder=m.decoder)
-        if getattr(m, "quantize", "none") != "none":  # the release path quantises while loading instead
-            from flashtalk_live.quant.fp8 import plan_from_settings, quantize_dit_
-
-            plan = plan_from_settings(m, device)
-            if plan is not None:
-                quantize_dit_(models.dit, plan)
+        if fp8 is not None:  # the release path quantises while loading instead
+            quantize_dit_(models.dit, fp8)
     else:
-        models = load_models_for(settings, device, dtype)
+        models = load_models_for(settings, device, dtype, fp8)
     if device.type == "cuda":
         # Every chunk runs the same conv shapes, so cuDNN's per-shape autotuning (paid once, in the warm-up)
         # picks faster VAE conv kernels: 436 -> 400 ms decode per fast-profile chunk on an H200 (issue 9).
@@ -440,7 +442,7 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
         renderer.start_session(image, v.prompt)
         renderer.warm_up()
     log.info("flashtalk_renderer_ready", seconds=round(time.perf_counter() - t0, 2), profile=renderer.profile.name,
-             device=str(device), dtype=m.dtype, decoder=m.decoder)
+             device=str(device), dtype=m.dtype, decoder=m.decoder, quantize="fp8" if fp8 else "none")
     return renderer
 
 

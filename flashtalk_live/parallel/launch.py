@@ -28,7 +28,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -116,18 +116,22 @@ def build_vae(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
     return _call_factory(spec, spec.vae_factory, spec.vae_factory_args, device)
 
 
-def release_dit(*, device: torch.device, dtype: torch.dtype, weights_dir: str) -> torch.nn.Module:
-    """The released DiT (strict, header-checked), as rank 0 loads it."""
+def release_dit(*, device: torch.device, dtype: torch.dtype, weights_dir: str, quantize: str = "none",
+                fp8_keep_bf16_blocks: Sequence[int] = (2, 3), fp8_backend: str = "scaled_mm") -> torch.nn.Module:
+    """The released DiT (strict, header-checked), as rank 0 loads it (fp8 as settings.model says, where it runs)."""
     from flashtalk_live.checkpoints.release import load_dit
+    from flashtalk_live.quant.fp8 import resolve_plan
 
-    return load_dit(weights_dir, device, dtype).eval().requires_grad_(False)
+    fp8 = resolve_plan(quantize, fp8_keep_bf16_blocks, fp8_backend, device)
+    return load_dit(weights_dir, device, dtype, fp8=fp8).eval().requires_grad_(False)
 
 
 def files_dit(*, device: torch.device, dtype: torch.dtype, config_json: str, weights: str,
-              overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+              overrides: dict[str, Any] | None = None, fp8: dict[str, Any] | None = None) -> torch.nn.Module:
     """A DiT from a config.json (released or fixture style) and one safetensors file (tests, tiny releases).
 
     overrides change config fields whose weights keep their shapes (e.g. num_heads: tests of head splits).
+    fp8: Fp8Plan fields to quantise the blocks after loading (on any device: the CPU runs fp8 emulated).
     """
     import dataclasses
 
@@ -140,7 +144,12 @@ def files_dit(*, device: torch.device, dtype: torch.dtype, config_json: str, wei
         cfg = dataclasses.replace(cfg, **overrides)
     model = FlashTalkDiT(cfg)
     model.load_state_dict(load_file(weights), strict=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if fp8:
+        from flashtalk_live.quant.fp8 import Fp8Plan, quantize_dit_
+
+        quantize_dit_(model, Fp8Plan(**fp8))
+    return model
 
 
 # ------------------------------------------------------------------------------------------ VAE factories
@@ -372,7 +381,9 @@ def spec_from_settings(settings: Any) -> WorkerSpec:
     split = splits_vae_decode(m)
     device_type = torch.device(m.device).type
     return WorkerSpec(num_heads=cfg.num_heads, devices=ids, device_type=device_type, dtype=m.dtype,
-                      attention=m.attention, factory_args={"weights_dir": str(m.weights_dir)},
+                      attention=m.attention,
+                      factory_args={"weights_dir": str(m.weights_dir), "quantize": m.quantize,
+                                    "fp8_keep_bf16_blocks": list(m.fp8_keep_bf16_blocks), "fp8_backend": m.fp8_backend},
                       vae_factory="flashtalk_live.parallel.launch:release_vae" if split else None,
                       vae_factory_args={"weights_dir": str(m.weights_dir)} if split else {})
 

@@ -34,7 +34,7 @@ CHUNK = PARITY / "chunk"
 torch.set_num_threads(1)
 
 
-def spec(world: int, heads: int, *, split_vae: bool = False, **kw) -> WorkerSpec:
+def spec(world: int, heads: int, *, split_vae: bool = False, fp8: dict | None = None, **kw) -> WorkerSpec:
     if split_vae:  # workers load the same fixture VAE as rank 0
         kw.update(vae_factory="flashtalk_live.parallel.launch:files_vae",
                   vae_factory_args={"config_json": str(PARITY / "vae" / "config.json"),
@@ -42,7 +42,7 @@ def spec(world: int, heads: int, *, split_vae: bool = False, **kw) -> WorkerSpec
     return WorkerSpec(num_heads=heads, devices=list(range(world)), device_type="cpu", dtype="float32",
                       factory="flashtalk_live.parallel.launch:files_dit",
                       factory_args={"config_json": str(DIT / "config.json"), "weights": str(DIT / "weights.safetensors"),
-                                    "overrides": {"num_heads": heads}},
+                                    "overrides": {"num_heads": heads}, **({"fp8": fp8} if fp8 else {})},
                       threads=1, **kw)
 
 
@@ -59,8 +59,9 @@ def odd_geometry_inputs(seed: int = 7) -> dict[str, torch.Tensor]:
 
 def run_dit(args) -> None:
     inputs = load_file(DIT / "inputs.safetensors")
+    fp8 = {"keep_bf16_blocks": [0, 0]} if args.fp8 else None  # every block's linears in fp8, on every rank
     model = files_dit(device=torch.device("cpu"), dtype=torch.float32, config_json=str(DIT / "config.json"),
-                      weights=str(DIT / "weights.safetensors"), overrides={"num_heads": args.heads})
+                      weights=str(DIT / "weights.safetensors"), overrides={"num_heads": args.heads}, fp8=fp8)
     cases = {}
     for name in ("case_a", "case_b"):
         c = load_file(DIT / f"{name}.safetensors")
@@ -68,7 +69,7 @@ def run_dit(args) -> None:
     cases["odd"] = odd_geometry_inputs()
     ctx, clip = inputs["context"][None], inputs["clip_fea"]
     t0 = time.perf_counter()
-    handle = launch_workers(spec(args.world_size, args.heads))
+    handle = launch_workers(spec(args.world_size, args.heads, fp8=fp8))
     client = handle.wrap_dit(model)
     print(f"launched {args.world_size} ranks in {time.perf_counter() - t0:.1f}s: {handle.pg.describe()}", flush=True)
     out = {}
@@ -247,6 +248,7 @@ if __name__ == "__main__":
     ap.add_argument("--world-size", type=int, default=0)
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--split-vae", action="store_true")
+    ap.add_argument("--fp8", action="store_true", help="dit mode: fp8 block linears on every rank")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     modes = {"dit": run_dit, "engine": run_engine, "renderer": run_renderer, "idle": run_idle, "torchrun": run_torchrun}
