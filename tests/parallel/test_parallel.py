@@ -31,7 +31,8 @@ ROOT = HERE.parents[1]
 DRIVER = HERE / "_driver.py"
 FIX = ROOT / "tests" / "fixtures" / "parity"
 # float32: a different summation order over ranks; README tolerances of the single-module fixtures.
-MAX_ABS, REL_L2 = 1e-4, 1e-5
+# float32 sums in another order over 4 ranks land at 1.0-1.2e-5 rel (varies run to run): 3e-5 keeps a 2.5x margin
+MAX_ABS, REL_L2 = 1e-4, 3e-5
 LATENT_REL, VIDEO_REL, VIDEO_ABS = 2e-5, 5e-5, 2e-3  # chunk fixture (tests/engine)
 # fp8: a float32 summation-order difference can flip an e4m3 rounding of a later activation (one step, ~6%,
 # on one value or one token's row), so ranks agree to well below fp8's own deviation (~3e-2), not to 1e-5.
