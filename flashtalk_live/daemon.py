@@ -66,7 +66,14 @@ class RendererSupervisor:
             try:
                 r = self._factory(self.s)  # type: ignore[misc]
                 r.start_session(self._reference, self.s.video.prompt)
-                self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
+                pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
+                warm_up = getattr(r, "warm_up", None)
+                if warm_up is not None:
+                    # Again on the thread that will render: some caches are per thread (cuDNN's autotuned
+                    # algorithms are thread_local), and filling them on air cost the first chunk > 2.5x its
+                    # budget on an H200, so the engine was abandoned on every load.
+                    pool.submit(warm_up).result()
+                self._engine_pool = pool
                 self._abandoned = None
                 self.preferred = r
                 self.log.info("renderer_loaded", renderer=r.name)
