@@ -14,11 +14,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
+from flashtalk_live.ingest.commands import Call
 from flashtalk_live.log import get_logger
+from flashtalk_live.outputs.manager import output_kind
 from flashtalk_live.renderers.base import Renderer
+from flashtalk_live.renderers.images import ImageError, decode_image_bytes, default_portrait, load_image
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
-from flashtalk_live.settings import OutputSettings, Settings
+from flashtalk_live.settings import OutputSettings, Settings, mask_url
 from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
 
 RendererFactory = Callable[[Settings], Renderer]
@@ -197,7 +201,6 @@ class Daemon:
         from flashtalk_live.media.pacing import Lookahead, Pacer
         from flashtalk_live.outputs.manager import OutputManager
         from flashtalk_live.queue.spool import Spool
-        from flashtalk_live.renderers.images import default_portrait, load_image
         from flashtalk_live.renderers.still import StillRenderer
         from flashtalk_live.timeline.programme import Programme
         from flashtalk_live.timeline.timeline import Timeline
@@ -232,9 +235,8 @@ class Daemon:
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
                            on_underrun=self._on_underrun)
         self.ingest = IngestServer(settings, self.spool, self.events, self.status, handlers={
-            "output_add": self._cmd_output_add, "output_remove": self._cmd_output_remove,
-            "outputs": lambda _req: {"outputs": self.outputs.status()},
-            "set_avatar": self._cmd_set_avatar,
+            "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
+            "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
         })
         self._stop_render = threading.Event()
         self._stopped = threading.Event()
@@ -257,29 +259,48 @@ class Daemon:
         if info.get("phase") == "start":
             self.events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
 
-    def _cmd_output_add(self, req: dict[str, Any]) -> dict[str, Any]:
-        spec = OutputSettings(name=req.get("name", ""), url=req.get("url", ""),
-                              segment_seconds=req.get("segment_seconds"))
+    def _cmd_outputs(self, call: Call) -> dict[str, Any]:
+        return {"outputs": self.outputs.status()}
+
+    def _cmd_output_add(self, call: Call) -> dict[str, Any]:
+        a = call.args
+        spec = OutputSettings(name=a.name, url=a.url, segment_seconds=a.segment_seconds)  # type: ignore[attr-defined]
+        try:
+            kind = output_kind(spec.url)
+        except ValueError:
+            raise Rejection("bad_output", f"unsupported output url {mask_url(spec.url)!r}: use rtmp://host/app/key, "
+                                          "rtmps://..., or a .flv/.mp4 path", "url") from None
+        if kind != "file" and spec.segment_seconds:
+            raise Rejection("bad_output", "segment_seconds applies to file outputs only", "segment_seconds")
+        if spec.name in self.outputs.names():
+            raise Rejection("already_exists", f"an output named {spec.name!r} already exists", "name")
         self.outputs.add(self._expand_output(spec))
         return {"output": spec.name, "outputs": self.outputs.names()}
 
     def _expand_output(self, o: OutputSettings) -> OutputSettings:
         return o.model_copy(update={"url": self.s.path(o.url)})
 
-    def _cmd_output_remove(self, req: dict[str, Any]) -> dict[str, Any]:
-        self.outputs.remove(str(req.get("name", "")))
+    def _cmd_output_remove(self, call: Call) -> dict[str, Any]:
+        name = call.args.name  # type: ignore[attr-defined]
+        try:
+            self.outputs.remove(name)
+        except KeyError:
+            raise Rejection("not_found", f"no output named {name!r}; outputs: {', '.join(self.outputs.names())}",
+                            "name") from None
         return {"outputs": self.outputs.names()}
 
-    def _cmd_set_avatar(self, req: dict[str, Any]) -> dict[str, Any]:
-        from flashtalk_live.renderers.images import decode_image_bytes, load_image
-
-        if req.get("_payload"):
-            image = decode_image_bytes(req["_payload"], "set_avatar payload")
-        elif req.get("image"):
-            image = load_image(req["image"])
-        else:
-            image = self.reference
-        prompt = str(req.get("prompt") or self.prompt)
+    def _cmd_set_avatar(self, call: Call) -> dict[str, Any]:
+        a = call.args
+        try:
+            if call.data is not None:
+                image = decode_image_bytes(call.data, "the set_avatar data frame")
+            elif a.image:  # type: ignore[attr-defined]
+                image = load_image(a.image)  # type: ignore[attr-defined]
+            else:
+                image = self.reference
+        except (ImageError, OSError) as e:
+            raise Rejection("bad_image", str(e), None if call.data is not None else "image") from None
+        prompt = a.prompt or self.prompt  # type: ignore[attr-defined]
         with self._avatar_lock:
             self._pending_avatar = (image, prompt)
         return {"applies": "next chunk boundary"}

@@ -10,31 +10,36 @@ from __future__ import annotations
 
 import collections
 import os
+import stat
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import zmq
+from pydantic import ValidationError
 
+from flashtalk_live.errors import Rejection
 from flashtalk_live.events import Event, EventBus
-from flashtalk_live.ingest.audio import AudioError, decode_for_settings
+from flashtalk_live.ingest.audio import decode_for_settings
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Call, Handler, Peer, authorize
 from flashtalk_live.ingest.protocol import (
     PROTOCOL_VERSION,
-    ProtocolError,
-    Request,
     encode_event,
     encode_reply,
     error_reply,
     ok_reply,
     parse_request,
+    rejection_reply,
+    split_frames,
 )
 from flashtalk_live.log import get_logger
-from flashtalk_live.queue.spool import Spool, SpoolError
+from flashtalk_live.queue.spool import Spool
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
 EVENT_BACKLOG = 10_000
 STATUS_PENDING_LIMIT = 50
+TRUSTED_TRANSPORTS = frozenset({"ipc", "inproc"})  # reachable only from this machine (ipc: by file permissions)
 
 
 class IngestError(RuntimeError):
@@ -44,11 +49,22 @@ class IngestError(RuntimeError):
 def expand_endpoint(settings: Any, endpoint: str) -> str:
     """Expand {state_dir} and create the directory of an ipc:// socket."""
     ep = settings.path(endpoint)
-    if ep.startswith("ipc://"):
-        path = Path(ep[len("ipc://"):])
-        if str(path) and not str(path).startswith("@"):  # "@name" is Linux's abstract namespace
-            path.parent.mkdir(parents=True, exist_ok=True)
+    path = ipc_path(ep)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return ep
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    """The socket file of an ipc:// endpoint (None for other transports and Linux's abstract "@name")."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    rest = endpoint[len("ipc://"):]
+    return Path(rest) if rest and not rest.startswith("@") else None
+
+
+def transport_of(endpoint: str) -> str:
+    return endpoint.split("://", 1)[0]
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -64,24 +80,45 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     return frames[:1], frames[1:]
 
 
+@dataclass
+class Listener:
+    """One ROUTER socket and the endpoints of one transport bound on it (peers of one transport share a trust)."""
+
+    transport: str
+    sock: zmq.Socket
+    endpoints: list[str] = field(default_factory=list)
+
+
 class IngestServer:
-    """ROUTER + PUB sockets served by one thread. start() binds (raising IngestError), stop() joins and closes."""
+    """ROUTER + PUB sockets served by one thread. start() binds (raising IngestError), stop() joins and closes.
+
+    `handlers` binds the daemon's commands ({name: fn(Call) -> dict}); the queue commands are served here. Every name
+    must be in the command table; table commands without a handler answer `unavailable`.
+    """
 
     def __init__(self, settings: Any, spool: Spool, events: EventBus,
                  status_provider: Callable[[], dict[str, Any]] | None = None,
-                 handlers: dict[str, Handler] | None = None, *, context: zmq.Context | None = None) -> None:
+                 handlers: Mapping[str, Handler] | None = None, *, context: zmq.Context | None = None) -> None:
         self.settings = settings
         self.spool = spool
         self.events = events
         self.status_provider = status_provider
-        self.handlers = dict(handlers or {})
+        own: dict[str, Handler] = {name: self._cmd_audio for name in AUDIO_COMMANDS}
+        own.update(clear=self._cmd_clear, cancel=self._cmd_cancel, status=self._cmd_status, ping=self._cmd_ping)
+        for name in handlers or {}:
+            if name not in COMMANDS:
+                raise ValueError(f"handler for {name!r}, which is not in the command table (ingest/commands.py)")
+            if name in own:
+                raise ValueError(f"{name!r} is served by the ingest server itself")
+        self.handlers: dict[str, Handler] = {**own, **(handlers or {})}
+        self.served = frozenset(self.handlers)
         self.log = get_logger("ingest")
         self._ctx = context or zmq.Context.instance()
         self._backlog: collections.deque[Event] = collections.deque(maxlen=EVENT_BACKLOG)
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._router: zmq.Socket | None = None
+        self._listeners: list[Listener] = []
         self._pub: zmq.Socket | None = None
         self.control_endpoints: list[str] = []
         self.event_endpoints: list[str] = []
@@ -91,23 +128,28 @@ class IngestServer:
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
-        router = self._ctx.socket(zmq.ROUTER)
         pub = self._ctx.socket(zmq.PUB)
+        listeners: list[Listener] = []
         try:
-            for sock in (router, pub):
-                sock.setsockopt(zmq.LINGER, 0)
-            router.setsockopt(zmq.MAXMSGSIZE, int(s.ingest.max_message_bytes))
-            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            router.setsockopt(zmq.RCVHWM, 100)
-            router.setsockopt(zmq.SNDHWM, 1000)
+            pub.setsockopt(zmq.LINGER, 0)
             pub.setsockopt(zmq.SNDHWM, 10_000)
-            self.control_endpoints = self._bind_all(router, s.ingest.control, "ingest.control")
-            self.event_endpoints = self._bind_all(pub, s.ingest.events, "ingest.events")
+            by_transport: dict[str, list[str]] = {}
+            for template in s.ingest.control:
+                ep = expand_endpoint(s, template)
+                by_transport.setdefault(transport_of(ep), []).append(ep)
+            for transport, endpoints in by_transport.items():
+                router = self._ctx.socket(zmq.ROUTER)
+                listeners.append(Listener(transport, router))
+                self.configure_router(router, transport)
+                listeners[-1].endpoints = self._bind_all(router, endpoints, "ingest.control")
+            self.event_endpoints = self._bind_all(pub, [expand_endpoint(s, e) for e in s.ingest.events],
+                                                  "ingest.events")
         except BaseException:
-            router.close(0)
-            pub.close(0)
+            for sock in [pub] + [lst.sock for lst in listeners]:
+                sock.close(0)
             raise
-        self._router, self._pub = router, pub
+        self._listeners, self._pub = listeners, pub
+        self.control_endpoints = [ep for lst in listeners for ep in lst.endpoints]
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -119,10 +161,22 @@ class IngestServer:
         self.log.info("ingest_started", control=self.control_endpoints, events=self.event_endpoints,
                       max_message_bytes=s.ingest.max_message_bytes)
 
+    def configure_router(self, sock: zmq.Socket, transport: str) -> None:
+        """Socket options of the ROUTER for one transport, before it binds (the place for auth options)."""
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, int(self.settings.ingest.max_message_bytes))
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.RCVHWM, 100)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+
+    def peer_for(self, listener: Listener, frame: zmq.Frame) -> Peer:
+        """Who sent this message: local transports are trusted, the rest not (`frame` carries ZMQ metadata such
+        as a CURVE peer's User-Id, for an auth layer to decide otherwise)."""
+        return Peer(trusted=listener.transport in TRUSTED_TRANSPORTS, transport=listener.transport)
+
     def _bind_all(self, sock: zmq.Socket, endpoints: list[str], field: str) -> list[str]:
         bound = []
-        for template in endpoints:
-            ep = expand_endpoint(self.settings, template)
+        for ep in endpoints:
             try:
                 sock.bind(ep)
             except zmq.ZMQError as e:
@@ -139,10 +193,13 @@ class IngestServer:
         self._wake()
         self._thread.join(timeout_s)
         self._thread = None
-        for sock in (self._router, self._pub):
+        for sock in [lst.sock for lst in self._listeners] + [self._pub]:
             if sock is not None:
                 sock.close(0)
-        self._router = self._pub = None
+        # libzmq unlinks ipc files from its reaper thread, which a process exiting right after may never run.
+        for ep in self.control_endpoints + self.event_endpoints:
+            remove_socket_file(ep)
+        self._listeners, self._pub = [], None
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -185,9 +242,9 @@ class IngestServer:
 
     # -- serving -----------------------------------------------------------------------------------
     def _serve(self) -> None:
-        assert self._router is not None
         poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
+        for lst in self._listeners:
+            poller.register(lst.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping.is_set():
             try:
@@ -200,123 +257,137 @@ class IngestServer:
                 continue
             if self._backlog or self._wake_r in ready:
                 self._flush_events()
-            if self._router in ready:
+            for lst in self._listeners:
+                if lst.sock not in ready:
+                    continue
                 # Drain what is queued, but interleave the event flush so events stay prompt.
                 for _ in range(64):
                     try:
-                        frames = self._router.recv_multipart(flags=zmq.NOBLOCK)
+                        frames = lst.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._serve_one(frames)
+                    self._serve_one(lst, frames)
                     if self._backlog:
                         self._flush_events()
         self._flush_events()
 
-    def _serve_one(self, frames: list[bytes]) -> None:
-        envelope, body = split_envelope(frames)
-        t0 = time.perf_counter()
-        request_id = None
-        extra: dict[str, Any] = {}
+    def _serve_one(self, listener: Listener, frames: list[zmq.Frame]) -> None:
+        envelope, body = split_envelope([f.bytes for f in frames])
+        peer = self.peer_for(listener, frames[-1])
         try:
-            req = parse_request(body, extra_commands=self.handlers.keys())
-            request_id = req.request_id
-            reply = self._dispatch(req)
-        except ProtocolError as e:
-            reply = error_reply(e.code, e.reason)
-            self.log.info("request_rejected", code=e.code, reason=e.reason, frames=len(body),
-                          bytes=sum(len(f) for f in body))
-        except Exception as e:  # noqa: BLE001 - a bug in one request must not stop the front door
-            reply = error_reply("internal", f"{type(e).__name__}: {e}")
-            self.log.exception("request_failed")
-        if request_id is not None:
-            extra["id"] = request_id
-        reply = {**reply, **extra}
+            header, payload = split_frames(body)
+        except Rejection as e:
+            reply = rejection_reply(e)
+            self.log.info("request_rejected", code=e.code, reason=e.reason, frames=len(body), peer=peer.transport)
+        else:
+            reply = self.dispatch(peer, header, payload)
         self.requests_served += 1
-        reply.setdefault("ms", round((time.perf_counter() - t0) * 1000, 2))
-        self._reply(envelope, reply)
+        self._reply(listener.sock, envelope, reply)
 
-    def _reply(self, envelope: list[bytes], reply: dict[str, Any]) -> None:
-        assert self._router is not None
+    def _reply(self, sock: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -> None:
         try:
-            self._router.send_multipart(envelope + [encode_reply(reply)], flags=zmq.NOBLOCK)
+            sock.send_multipart(envelope + [encode_reply(reply)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:  # EHOSTUNREACH: the peer left (ROUTER_MANDATORY); EAGAIN: it stopped reading
             self.log.warning("reply_not_delivered", error=str(e), segment_id=reply.get("segment_id"))
 
-    def _dispatch(self, req: Request) -> dict[str, Any]:
-        cmd = req.cmd
-        if req.is_audio:
-            return self._audio(req)
-        if cmd == "ping":
-            if req.header.get("event"):
-                # Lets a subscriber prove its SUB connection is live (PUB drops messages sent before it joined).
-                self._publish_direct({"type": "pong", "ts": time.time(), "nonce": req.header.get("nonce")})
-            return ok_reply(cmd="ping", pong=True, protocol=PROTOCOL_VERSION, server="flashtalk-live",
-                            max_message_bytes=self.settings.ingest.max_message_bytes,
-                            max_clip_seconds=self.settings.ingest.max_clip_seconds,
-                            min_clip_seconds=self.settings.ingest.min_clip_seconds,
-                            commands=sorted({"enqueue", "insert", "play_now", "clear", "cancel", "status", "ping"}
-                                            | set(self.handlers)))
-        if cmd == "status":
-            return ok_reply(cmd="status", **self.status())
-        if cmd == "clear":
-            ids = self.spool.clear()
-            for sid in ids:
-                self.log.info("clip_dropped", segment_id=sid, reason="cleared")
-                self.events.publish("dropped", segment_id=sid, reason="cleared")
-            self.events.publish("cleared", segment_ids=ids, count=len(ids))
-            return ok_reply(cmd="clear", cleared=ids, count=len(ids))
-        if cmd == "cancel":
-            sid = req.header["segment_id"]
-            was = self.spool.cancel(sid)
-            if was is None:
-                raise ProtocolError("not_found", f"no pending or playing clip {sid[:64]!r}")
-            self.log.info("clip_cancelled", segment_id=sid, was=was)
-            self.events.publish("cancelled", segment_id=sid, was=was)
-            if was == "pending":
-                self.events.publish("dropped", segment_id=sid, reason="cancelled")
-            return ok_reply(cmd="cancel", segment_id=sid, was=was)
-        handler = self.handlers[cmd]
-        args = dict(req.header)
-        args["_payload"] = req.data
-        result = handler(args)
-        if result is None:
-            result = {}
-        if not isinstance(result, dict):
-            raise TypeError(f"handler for {cmd!r} returned {type(result).__name__}, expected dict")
-        if result.get("ok") is False:
-            return error_reply(str(result.get("code", "internal")), str(result.get("reason", "")),
-                               **{k: v for k, v in result.items() if k not in ("ok", "code", "reason", "v")})
-        return ok_reply(cmd=cmd, **{k: v for k, v in result.items() if k not in ("ok", "v")})
+    def dispatch(self, peer: Peer, header: bytes, payload: bytes | None) -> dict[str, Any]:
+        """One request to its reply: parse and validate against the command table, check the peer may call it, run
+        its handler. Rejections (and a handler's ValueError) answer with their code; only a bug answers internal."""
+        t0 = time.perf_counter()
+        frames = [header] if payload is None else [header, payload]
+        request_id = cmd = None
+        try:
+            req = parse_request(frames, self.served)
+            request_id, cmd = req.request_id, req.cmd
+            handler = self.handlers.get(req.cmd)
+            if handler is None:
+                raise Rejection("unavailable", f"{req.cmd} is not served here; this server has: "
+                                               f"{', '.join(sorted(self.served))}")
+            authorize(req.command, req.args, peer)
+            result = handler(Call(peer, req.command, req.args, req.data))
+            if result is None:
+                result = {}
+            if not isinstance(result, dict):
+                raise TypeError(f"handler for {cmd!r} returned {type(result).__name__}, expected dict")
+            reply = ok_reply(cmd=cmd, **{k: v for k, v in result.items() if k not in ("ok", "v", "cmd")})
+        except Rejection as e:
+            reply = rejection_reply(e)
+        except ValidationError as e:  # a handler building a typed model (e.g. OutputSettings) from the request
+            err = e.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in err["loc"]) or None
+            reply = rejection_reply(Rejection("bad_request", f"{cmd}: {where or 'request'}: {err['msg']}", where))
+        except ValueError as e:  # a handler's check of the caller's input
+            reply = error_reply("bad_request", f"{cmd}: {e}")
+        except Exception as e:  # noqa: BLE001 - a bug in one request must not stop the front door
+            reply = error_reply("internal", f"{type(e).__name__}: {e}")
+            self.log.exception("request_failed", cmd=cmd)
+        if not reply["ok"]:
+            self.log.info("request_rejected", cmd=cmd, code=reply["code"], reason=reply["reason"],
+                          field=reply.get("field"), peer=peer.transport, bytes=len(header) + len(payload or b""))
+        if request_id is not None:
+            reply["id"] = request_id
+        reply.setdefault("ms", round((time.perf_counter() - t0) * 1000, 2))
+        return reply
 
-    def _audio(self, req: Request) -> dict[str, Any]:
-        assert req.data is not None
-        if req.request_id is not None:
-            ack = self.spool.lookup_request(req.request_id)
+    # -- the commands served here ------------------------------------------------------------------
+    def _cmd_ping(self, call: Call) -> dict[str, Any]:
+        args = call.args
+        if args.event:  # type: ignore[attr-defined]
+            # Lets a subscriber prove its SUB connection is live (PUB drops messages sent before it joined).
+            self._publish_direct({"type": "pong", "ts": time.time(), "nonce": args.nonce})  # type: ignore[attr-defined]
+        ing = self.settings.ingest
+        return {"pong": True, "protocol": PROTOCOL_VERSION, "server": "flashtalk-live",
+                "max_message_bytes": ing.max_message_bytes, "max_clip_seconds": ing.max_clip_seconds,
+                "min_clip_seconds": ing.min_clip_seconds, "commands": sorted(self.served),
+                "trusted": call.peer.trusted}
+
+    def _cmd_status(self, call: Call) -> dict[str, Any]:
+        return self.status()
+
+    def _cmd_clear(self, call: Call) -> dict[str, Any]:
+        ids = self.spool.clear()
+        for sid in ids:
+            self.log.info("clip_dropped", segment_id=sid, reason="cleared")
+            self.events.publish("dropped", segment_id=sid, reason="cleared")
+        self.events.publish("cleared", segment_ids=ids, count=len(ids))
+        return {"cleared": ids, "count": len(ids)}
+
+    def _cmd_cancel(self, call: Call) -> dict[str, Any]:
+        sid = call.args.segment_id  # type: ignore[attr-defined]
+        was = self.spool.cancel(sid)
+        if was is None:
+            raise Rejection("not_found", f"no pending or playing clip {sid[:64]!r}", "segment_id")
+        self.log.info("clip_cancelled", segment_id=sid, was=was)
+        self.events.publish("cancelled", segment_id=sid, was=was)
+        if was == "pending":
+            self.events.publish("dropped", segment_id=sid, reason="cancelled")
+        return {"segment_id": sid, "was": was}
+
+    def _cmd_audio(self, call: Call) -> dict[str, Any]:
+        data, a, mode = call.data, call.args, call.name
+        assert data is not None
+        rid = a.id
+        if rid is not None:
+            ack = self.spool.lookup_request(rid)
             if ack is not None:  # a resend after a lost reply: same answer, no second clip
-                self.log.info("clip_duplicate", segment_id=ack["segment_id"], request_id=req.request_id)
-                return ok_reply(cmd=req.cmd, duplicate=True, **ack)
+                self.log.info("clip_duplicate", segment_id=ack["segment_id"], request_id=rid)
+                return {"duplicate": True, **ack}
         cap = self.spool.limits.max_spool_bytes
-        if len(req.data) > cap:  # checked before decoding: it could never be queued
-            raise ProtocolError("oversize", f"payload of {len(req.data)} bytes exceeds queue.max_spool_bytes {cap}")
-        try:
-            clip = decode_for_settings(req.data, self.settings, format=req.format,
-                                       sample_rate=req.sample_rate, channels=req.channels)
-        except AudioError as e:
-            raise ProtocolError(e.code, e.reason) from None
-        meta = req.header.get("meta") or {}
-        try:
-            res = self.spool.add_ex(req.data, meta, req.cmd, req.request_id, clip.duration_s,  # type: ignore[arg-type]
-                                    format=req.format, sample_rate=req.sample_rate, channels=req.channels)
-        except SpoolError as e:
-            raise ProtocolError(e.code, e.reason) from None
+        if len(data) > cap:  # checked before decoding: it could never be queued
+            raise Rejection("oversize", f"payload of {len(data)} bytes exceeds queue.max_spool_bytes {cap}")
+        fmt, rate, ch = a.format, a.sample_rate, a.channels  # type: ignore[attr-defined]
+        clip = decode_for_settings(data, self.settings, format=fmt, sample_rate=rate, channels=ch)
+        meta = a.meta or {}  # type: ignore[attr-defined]
+        res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]
+                                format=fmt, sample_rate=rate, channels=ch)
         ack = res.ack
         if res.duplicate:
-            return ok_reply(cmd=req.cmd, duplicate=True, **ack)
-        self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=req.cmd, position=ack["position"],
-                      duration_s=ack["duration_s"], source=clip.source, bytes=len(req.data), request_id=req.request_id)
-        self.events.publish("accepted", segment_id=ack["segment_id"], mode=req.cmd, position=ack["position"],
-                            duration_s=ack["duration_s"], request_id=req.request_id, meta=meta)
-        return ok_reply(cmd=req.cmd, duplicate=False, **ack)
+            return {"duplicate": True, **ack}
+        self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                      duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid)
+        self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                            duration_s=ack["duration_s"], request_id=rid, meta=meta)
+        return {"duplicate": False, **ack}
 
     def _publish_direct(self, event: dict[str, Any]) -> None:
         self._flush_events()  # keep bus events ahead of this one
@@ -346,3 +417,15 @@ class IngestServer:
                 extra = {"status_error": f"{type(e).__name__}: {e}"}
             out.update(extra)
         return out
+
+
+def remove_socket_file(endpoint: str) -> None:
+    """Unlink the socket file of an ipc:// endpoint this process bound (only if it is still a socket)."""
+    path = ipc_path(endpoint)
+    if path is None:
+        return
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from flashtalk_live.errors import Rejection
+
 Mode = Literal["enqueue", "insert", "play_now"]
 MODES = ("enqueue", "insert", "play_now")
 DB_NAME = "spool.sqlite3"
@@ -58,13 +60,8 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
-class SpoolError(Exception):
+class SpoolError(Rejection):
     """A spool operation failed; `code` is a protocol rejection code (queue_full, oversize, internal)."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
 
 
 class SpoolLocked(SpoolError):
