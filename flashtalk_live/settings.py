@@ -17,6 +17,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "FLASHTALK_LIVE_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"  # names the config file (the CLI's -c default), not a setting
 # The demo programme of a clone of the repository (README: a plain `flashtalk-live run` airs it).
 DEMO_PLAYLIST = Path(__file__).resolve().parent.parent / "playlists" / "example.m3u"
 
@@ -267,7 +268,7 @@ def _env_tree(environ: dict[str, str]) -> dict[str, Any]:
 
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
             continue
         parts = key[len(ENV_PREFIX):].lower().split("__")
         try:

@@ -196,9 +196,14 @@ class IngestServer:
         for sock in [lst.sock for lst in self._listeners] + [self._pub]:
             if sock is not None:
                 sock.close(0)
-        # libzmq unlinks ipc files from its reaper thread, which a process exiting right after may never run.
-        for ep in self.control_endpoints + self.event_endpoints:
-            remove_socket_file(ep)
+        # libzmq unlinks ipc files from its reaper thread, which a process exiting right after may never run: give it
+        # a moment (so it cannot unlink a later bind's file), then remove what is left.
+        files = [p for p in map(ipc_path, self.control_endpoints + self.event_endpoints) if p is not None]
+        deadline = time.monotonic() + 1.0
+        while any(p.exists() for p in files) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for path in files:
+            remove_socket_file(path)
         self._listeners, self._pub = [], None
         for fd in (self._wake_r, self._wake_w):
             try:
@@ -419,11 +424,8 @@ class IngestServer:
         return out
 
 
-def remove_socket_file(endpoint: str) -> None:
-    """Unlink the socket file of an ipc:// endpoint this process bound (only if it is still a socket)."""
-    path = ipc_path(endpoint)
-    if path is None:
-        return
+def remove_socket_file(path: Path) -> None:
+    """Unlink an ipc socket file this process bound (only if it is still a socket)."""
     try:
         if stat.S_ISSOCK(path.lstat().st_mode):
             path.unlink()
