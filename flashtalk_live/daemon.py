@@ -22,7 +22,7 @@ from flashtalk_live.outputs.manager import output_kind
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.images import ImageError, decode_image_bytes, default_portrait, load_image
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
-from flashtalk_live.settings import OutputSettings, Settings, mask_url
+from flashtalk_live.settings import OutputSettings, Settings
 from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
 
 RendererFactory = Callable[[Settings], Renderer]
@@ -268,8 +268,9 @@ class Daemon:
         try:
             kind = output_kind(spec.url)
         except ValueError:
-            raise Rejection("bad_output", f"unsupported output url {mask_url(spec.url)!r}: use rtmp://host/app/key, "
-                                          "rtmps://..., or a .flv/.mp4 path", "url") from None
+            # The URL is not repeated: with a mistyped scheme it may not be recognised, and masked, as a stream URL.
+            raise Rejection("bad_output", "unsupported output url: use rtmp://host/app/key, rtmps://..., or a "
+                                          ".flv/.mp4 path", "url") from None
         if kind != "file" and spec.segment_seconds:
             raise Rejection("bad_output", "segment_seconds applies to file outputs only", "segment_seconds")
         if spec.name in self.outputs.names():
