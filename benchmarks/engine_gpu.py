@@ -1,149 +1,117 @@
-"""Engine benchmark: N chunks of a profile on full-size random weights, per-stage times and peak memory as a table.
+"""Engine benchmark: the variants of the FlashTalk engine on one GPU, full-size random weights, one table.
 
-    python benchmarks/engine_gpu.py                      # 14B DiT etc., random bf16 on cuda, quality 768x448, 5 chunks
-    python benchmarks/engine_gpu.py --profile fast --chunks 8 --attention flash
-    python benchmarks/engine_gpu.py --tiny               # the tiny test family on the CPU (checks the script)
+    python benchmarks/engine_gpu.py                                   # bf16,fp8 x wan,taehv x compile on x 3 profiles
+    python benchmarks/engine_gpu.py --variants bf16,fp8 --decoders wan --compile on,off --profiles realtime,fast
+    python benchmarks/engine_gpu.py --profiles quality --chunks 8 --json /tmp/engine.json
+    python benchmarks/engine_gpu.py --tiny                            # tiny random family on the CPU (smoke)
 
-The modules are built on `meta` and materialised directly on the device with random values (no download,
-no host copy of 38 GB): matrices N(0, 1/fan_in), norm scales 1, biases 0.  The numbers are only about speed
-and memory; the pictures are noise.  Stages: audio_features (8-s window through wav2vec2), dit_step_i,
-vae_decode, colour_correction, motion_encode, host_copy, drift_measure (CLIP identity + Lab of one frame).
+One row per (profile, variant, decoder, compile): the engine's per-stage times (StageTimer: audio_features,
+dit_step_i, vae_decode, colour_correction, motion_encode, host_copy) plus the drift measure the daemon runs
+after each chunk, the chunk wall p50/p99 over the steady chunks (chunk 0, which pays allocation and
+torch.compile, is left out), frames per second, speed against real time (chunk duration / wall p50: >= 1
+keeps a room on air) and the peak GPU memory of that row (weights included). Models are rebuilt per
+(variant, decoder, compile) on `meta` and materialised on the device with random values (no download, no host
+copy): the pictures are noise, only speed and memory mean anything. A variant whose code is not importable
+(fp8, the tiny decoder) or not supported on this device prints "n/a (not available)" and the reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
+import json
 import math
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flashtalk_live.checkpoints.random_weights import materialise, random_engine_models  # noqa: E402
 from flashtalk_live.engine.drift import measure_drift  # noqa: E402
-from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine  # noqa: E402
-from flashtalk_live.engine.profile import resolve_profile  # noqa: E402
+from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks  # noqa: E402
+from flashtalk_live.engine.profile import Profile, resolve_profile  # noqa: E402
+
+NA = "n/a (not available)"
 
 
-@torch.no_grad()
-def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Fill every parameter/buffer in place on its device: O(1) activations, no host round trip."""
-    gen = torch.Generator(next(module.parameters()).device).manual_seed(seed)
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if not t.is_floating_point():
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "gamma" or (leaf == "weight" and t.ndim == 1):
-            t.fill_(1.0)
-        elif t.ndim <= 1:
-            t.zero_()
-        elif leaf == "modulation":
-            t.normal_(0.0, 0.05, generator=gen)
-        else:
-            t.normal_(0.0, 1.0 / math.sqrt(max(1, math.prod(t.shape[1:]))), generator=gen)
-    return module
+class NotAvailable(Exception):
+    """A variant that this checkout or this device cannot run; the message says why."""
 
 
-def materialise(factory, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # allocate in the target dtype: the 14B DiT in fp32 would not fit
+# ------------------------------------------------------------------------------------- variant table
+# Each applier changes freshly built models in place or raises NotAvailable. Adding a variant is one entry.
+
+
+def _bf16(models: EngineModels, ctx: dict[str, Any]) -> None:
+    return None
+
+
+def _fp8(models: EngineModels, ctx: dict[str, Any]) -> None:
     try:
-        with torch.device("meta"):
-            module = factory()
-    finally:
-        torch.set_default_dtype(prev)
-    module = module.to_empty(device=device)
-    return randomise_(module, seed).eval().requires_grad_(False)
+        from flashtalk_live.quant.fp8 import fp8_unavailable_reason, quantize_dit_
+    except ImportError as e:
+        raise NotAvailable(f"fp8 quantisation not in this checkout ({e})") from None
+    reason = fp8_unavailable_reason(ctx["device"])
+    if reason:
+        raise NotAvailable(reason)
+    counts = quantize_dit_(models.dit)  # the default plan: first/last blocks kept in bf16
+    ctx["notes"].append(f"fp8 {counts}")
 
 
-def build_models(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[EngineModels, int]:
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    from flashtalk_live.model.clip import VIT_H_14, CLIPVisual
-    from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
-    from flashtalk_live.model.vae import VAEConfig, WanVAE
-
-    if tiny:
-        from flashtalk_live.checkpoints.fake import tiny_configs
-
-        dcfg, vcfg, ccfg, _t5, w2v = tiny_configs()
-        wcfg = Wav2Vec2Config(**w2v)
-    else:
-        dcfg, vcfg, ccfg, wcfg = DiTConfig.flashtalk_14b(), VAEConfig.released(), VIT_H_14, Wav2Vec2Config()
-    clip_dtype = torch.float16 if device.type == "cuda" and dtype != torch.float32 else dtype
-    dit = materialise(lambda: FlashTalkDiT(dcfg), device, dtype, 1)
-    vae = materialise(lambda: WanVAE(vcfg), device, dtype, 2)
-    clip = materialise(lambda: CLIPVisual(ccfg), device, clip_dtype, 3)
-    wav2vec = materialise(lambda: Wav2Vec2Model(wcfg), device, torch.float32, 4)
-    with torch.no_grad():  # weight-norm g of the positional conv must stay positive
-        for n, p in wav2vec.named_parameters():
-            if n.endswith("original0"):
-                p.fill_(0.5)
-    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                  return_attention_mask=False)
-    return EngineModels(dit=dit, vae=vae, clip=clip, wav2vec=wav2vec, feature_extractor=fe), dcfg.text_dim
+def _wan(models: EngineModels, ctx: dict[str, Any]) -> None:
+    return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=None, help="quality (default), fast or a .toml; --tiny defaults to 64x32/13/5")
-    ap.add_argument("--chunks", type=int, default=5)
-    ap.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
-    ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default bf16 (fp32 --tiny)")
-    ap.add_argument("--attention", default="sdpa", choices=["sdpa", "flash"])
-    ap.add_argument("--tiny", action="store_true", help="tiny random family on the CPU: checks this script")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (as model.compile = true)")
-    args = ap.parse_args(argv)
+def _taehv(models: EngineModels, ctx: dict[str, Any]) -> None:
+    try:
+        from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder
+    except ImportError as e:
+        raise NotAvailable(f"tiny decoder not in this checkout ({e})") from None
+    if "decoder" not in {f.name for f in dataclasses.fields(EngineModels)}:
+        raise NotAvailable("the engine has no tiny-decoder hook (EngineModels.decoder) in this checkout")
+    cfg = TAEHVConfig.tiny() if ctx["tiny"] else TAEHVConfig.taew2_1()
+    dtype = torch.float16 if ctx["device"].type == "cuda" else torch.float32
+    models.decoder = materialise(lambda: TAEHVDecoder(cfg), ctx["device"], dtype, 5)  # type: ignore[attr-defined]
 
-    from flashtalk_live.model.attention import set_default_backend
 
-    set_default_backend(args.attention)
-    device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
-    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
-    if args.tiny:
-        torch.set_num_threads(1)
-    profile = resolve_profile(args.profile) if args.profile else (
-        resolve_profile("quality", name="tiny", height=64, width=32, frame_num=13) if args.tiny
-        else resolve_profile("quality"))
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("CUDA is not available (use --tiny on a CPU)", file=sys.stderr)
-        return 2
+VARIANTS: dict[str, Callable[[EngineModels, dict[str, Any]], None]] = {"bf16": _bf16, "fp8": _fp8}
+DECODERS: dict[str, Callable[[EngineModels, dict[str, Any]], None]] = {"wan": _wan, "taehv": _taehv}
 
-    t0 = time.perf_counter()
-    models, text_dim = build_models(args.tiny, device, dtype)
-    if args.compile:
-        from flashtalk_live.engine.engine import compile_dit_blocks
 
-        compile_dit_blocks(models.dit)
-    if cuda:
-        torch.cuda.synchronize()
-    build_s = time.perf_counter() - t0
-    weights_gb = sum(p.numel() * p.element_size() for m in (models.dit, models.vae, models.clip, models.wav2vec)
-                     for p in m.parameters()) / 1e9
+# ------------------------------------------------------------------------------------------ one row
+
+
+def tiny_profile(name: str) -> Profile:
+    """A named profile's chunking and steps at 64x32 (the tiny family runs it on a CPU in seconds)."""
+    return resolve_profile(name).replace(name=f"tiny-{name}", height=64, width=32)
+
+
+def run_chunks(models: EngineModels, profile: Profile, device: torch.device, dtype: torch.dtype,
+               chunks: int, text_dim: int) -> list[dict[str, float]]:
+    """`chunks` chunks of speech-like audio through the engine and the drift measure; per-chunk stage seconds."""
     engine = FlashTalkEngine(models, profile, device, dtype, timing=True)
     rng = np.random.default_rng(0)
     image = (rng.random((profile.height, profile.width, 3)) * 255).astype(np.uint8)
     context = torch.randn(24, text_dim, generator=torch.Generator().manual_seed(0)) * 0.1
-    t0 = time.perf_counter()
     engine.start_session(image, "benchmark", context=context)
-    if cuda:
-        torch.cuda.synchronize()
-    session_s = time.perf_counter() - t0
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-
+    cuda = device.type == "cuda"
     window = np.zeros(profile.window_samples, np.float32)
     spf = profile.sample_rate // profile.fps
-    rows: list[dict[str, float]] = []
-    for i in range(args.chunks):
+    rows = []
+    for i in range(chunks):
         t = np.arange(profile.new_frames * spf) / profile.sample_rate
         speech = (0.2 * np.sin(2 * np.pi * (150 + 20 * i) * t) * (1 + np.sin(2 * np.pi * 4 * t))).astype(np.float32)
         window = np.concatenate([window, speech])[-profile.window_samples:]
+        if cuda:
+            torch.cuda.synchronize()
         wall0 = time.perf_counter()
         out = engine.generate(engine.audio_features(window))
         timings = dict(out.timings)
@@ -154,39 +122,180 @@ def main(argv: list[str] | None = None) -> int:
         timings["drift_measure"] = time.perf_counter() - t1
         timings["wall"] = time.perf_counter() - wall0
         rows.append(timings)
-        print(f"chunk {i}: {timings['wall']:.3f} s wall", file=sys.stderr)
+        print(f"  {profile.name} chunk {i}: {timings['wall']:.3f} s", file=sys.stderr, flush=True)
+    return rows
 
-    stages = [k for k in rows[0] if k not in ("total", "wall")] + ["total", "wall"]
-    steady = rows[1:] if len(rows) > 1 else rows
-    print(f"\nFlashTalk engine benchmark: profile {profile.name} {profile.height}x{profile.width}, "
-          f"{profile.frame_num} frames ({profile.motion_frames} motion, {profile.new_frames} new), "
-          f"{profile.sample_steps} steps, {profile.seq_len} tokens")
-    dev_name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    print(f"device {dev_name}, dtype {str(dtype).removeprefix('torch.')}, attention {args.attention}, "
-          f"{'tiny random' if args.tiny else 'full-size random'} weights {weights_gb:.2f} GB "
-          f"(built in {build_s:.1f} s), session prepare {session_s:.2f} s")
-    head = f"{'stage (ms)':20s}" + "".join(f"{'chunk ' + str(i):>10s}" for i in range(len(rows))) + \
-        f"{'mean 1..':>10s}{'median':>10s}"
-    print(head)
-    print("-" * len(head))
-    for k in stages:
-        vals = [r.get(k, float("nan")) * 1000 for r in rows]
-        st = [r.get(k, float("nan")) * 1000 for r in steady]
-        print(f"{k:20s}" + "".join(f"{v:10.1f}" for v in vals) + f"{statistics.fmean(st):10.1f}"
-              f"{statistics.median(st):10.1f}")
-    chunk_s = profile.chunk_seconds
-    mean_wall = statistics.fmean(r["wall"] for r in steady)
-    print(f"\nreal-time budget {chunk_s * 1000:.0f} ms per chunk ({profile.new_frames} frames at {profile.fps} fps); "
-          f"steady wall {mean_wall * 1000:.0f} ms = {mean_wall / chunk_s:.2f}x real time")
+
+def summarise(profile: Profile, chunks: list[dict[str, float]]) -> dict[str, Any]:
+    steady = chunks[1:] if len(chunks) > 1 else chunks
+    keys = [k for k in chunks[0] if k not in ("total", "wall")]
+    stages = {k: statistics.fmean(c.get(k, 0.0) for c in steady) for k in keys}
+    dit = sum(v for k, v in stages.items() if k.startswith("dit_step_"))
+    walls = np.array([c["wall"] for c in steady])
+    p50, p99 = float(np.percentile(walls, 50)), float(np.percentile(walls, 99))
+    return {
+        "stages_s": stages, "dit_s": dit, "dit_step_s": dit / profile.sample_steps,
+        "vae_decode_s": stages.get("vae_decode", 0.0),
+        "other_s": sum(v for k, v in stages.items() if not k.startswith("dit_step_") and k != "vae_decode"),
+        "wall_p50_s": p50, "wall_p99_s": p99, "fps": profile.new_frames / p50,
+        "x_real_time": profile.chunk_seconds / p50, "walls_s": [c["wall"] for c in chunks],
+    }
+
+
+def _free(cuda: bool) -> None:
+    gc.collect()
+    torch._dynamo.reset()  # compiled graphs hold the previous models' weights
     if cuda:
-        print(f"peak GPU memory allocated {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB, "
-              f"reserved {torch.cuda.max_memory_reserved(device) / 2**30:.2f} GiB "
-              f"(weights {weights_gb / 1.073741824:.2f} GiB)")
-    else:
-        import resource
+        torch.cuda.empty_cache()
 
-        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+def build_models(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[EngineModels, int]:
+    """(random models, text width): kept for benchmarks/engine_multigpu.py."""
+    models = random_engine_models("tiny" if tiny else "full", device, dtype)
+    return models, models.text.text_dim  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def _flags(text: str, allowed: list[str] | None, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if allowed is not None:
+        bad = [x for x in items if x not in allowed]
+        if bad:
+            raise SystemExit(f"--{what}: unknown {bad}; known {allowed}")
+    return items
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.0f}"
+
+
+def print_table(rows: list[dict[str, Any]], header: str) -> None:
+    print(f"\n{header}")
+    cols = ["profile", "variant", "decoder", "compile", "DiT/step", "DiT", "VAE dec", "other",
+            "wall p50", "wall p99", "fps", "x RT", "peak GiB"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        key = [r["profile"], r["variant"], r["decoder"], r["compile"]]
+        if r["status"] != "ok":
+            print("| " + " | ".join(key) + f" | {r['status']} |" + " |" * (len(cols) - 5))
+            continue
+        s = r["summary"]
+        peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.1f}"
+        print("| " + " | ".join(key) + f" | {_ms(s['dit_step_s'])} | {_ms(s['dit_s'])} | {_ms(s['vae_decode_s'])} | "
+              f"{_ms(s['other_s'])} | {_ms(s['wall_p50_s'])} | {_ms(s['wall_p99_s'])} | {s['fps']:.1f} | "
+              f"{s['x_real_time']:.2f} | {peak} |")
+    ok = [r for r in rows if r["status"] == "ok"]
+    stages = list(dict.fromkeys(k for r in ok for k in r["summary"]["stages_s"]))
+    if ok:
+        print("\nper stage (ms, mean of the steady chunks)")
+        print("| profile | variant | decoder | compile | " + " | ".join(stages) + " |")
+        print("|" + "---|" * (4 + len(stages)))
+        for r in ok:
+            st = r["summary"]["stages_s"]
+            print(f"| {r['profile']} | {r['variant']} | {r['decoder']} | {r['compile']} | "
+                  + " | ".join(_ms(st.get(k)) for k in stages) + " |")
+    print("\ntimes in ms (means over the steady chunks; wall = engine chunk + drift measure); "
+          "x RT = chunk duration / wall p50 (>= 1 keeps real time); notes:")
+    for r in rows:
+        if r.get("notes") or r["status"] != "ok":
+            print(f"  {r['profile']}/{r['variant']}/{r['decoder']}/{r['compile']}: "
+                  + "; ".join(r.get("notes", []) + ([r["reason"]] if r.get("reason") else [])))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default=None, help=f"comma list of {list(VARIANTS)} (default all; --tiny: bf16)")
+    ap.add_argument("--decoders", default=None, help=f"comma list of {list(DECODERS)} (default all; --tiny: wan)")
+    ap.add_argument("--compile", default=None, help="comma list of on,off (default on; --tiny: off)")
+    ap.add_argument("--profiles", default="realtime,fast,quality", help="names or .toml files")
+    ap.add_argument("--chunks", type=int, default=5, help="chunks per row; the first is not in the statistics")
+    ap.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
+    ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default bf16 (fp32 --tiny)")
+    ap.add_argument("--attention", default="sdpa", choices=["sdpa", "flash"])
+    ap.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on", help="torch.backends.cudnn.benchmark")
+    ap.add_argument("--tiny", action="store_true", help="tiny random family, profiles at 64x32, on the CPU: smoke")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write every row (all chunk walls) as JSON")
+    args = ap.parse_args(argv)
+
+    from flashtalk_live.model.attention import set_default_backend
+
+    variants = _flags(args.variants or ("bf16" if args.tiny else ",".join(VARIANTS)), list(VARIANTS), "variants")
+    decoders = _flags(args.decoders or ("wan" if args.tiny else ",".join(DECODERS)), list(DECODERS), "decoders")
+    compiles = _flags(args.compile or ("off" if args.tiny else "on"), ["on", "off"], "compile")
+    profiles = [tiny_profile(n) if args.tiny else resolve_profile(n) for n in _flags(args.profiles, None, "profiles")]
+    set_default_backend(args.attention)
+    device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
+    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("CUDA is not available (use --tiny on a CPU)", file=sys.stderr)
+        return 2
+    if args.tiny:
+        torch.set_num_threads(1)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
+
+    rows: list[dict[str, Any]] = []
+    for variant in variants:
+        for decoder in decoders:
+            for comp in compiles:
+                base = {"variant": variant, "decoder": decoder, "compile": comp}
+                ctx: dict[str, Any] = {"device": device, "tiny": args.tiny, "notes": []}
+                models = None
+                try:
+                    t0 = time.perf_counter()
+                    models = random_engine_models("tiny" if args.tiny else "full", device, dtype)
+                    text_dim = models.text.text_dim  # type: ignore[union-attr]
+                    VARIANTS[variant](models, ctx)
+                    DECODERS[decoder](models, ctx)
+                    if comp == "on":
+                        compile_dit_blocks(models.dit)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    ctx["notes"].append(f"built in {time.perf_counter() - t0:.1f} s")
+                except NotAvailable as e:
+                    rows += [{**base, "profile": p.name, "status": NA, "reason": str(e)} for p in profiles]
+                    del models
+                    _free(cuda)
+                    continue
+                print(f"{variant} / {decoder} / compile {comp}", file=sys.stderr, flush=True)
+                for p in profiles:
+                    row: dict[str, Any] = {**base, "profile": p.name, "notes": list(ctx["notes"]),
+                                           "geometry": f"{p.width}x{p.height}", "frame_num": p.frame_num,
+                                           "motion_frames": p.motion_frames, "steps": p.sample_steps,
+                                           "tokens": p.seq_len}
+                    try:
+                        if cuda:
+                            torch.cuda.reset_peak_memory_stats(device)
+                        chunks = run_chunks(models, p, device, dtype, args.chunks, text_dim)
+                        row.update(status="ok", summary=summarise(p, chunks), chunks=chunks)
+                        if cuda:
+                            row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                    except Exception as e:  # noqa: BLE001 - one failing row (OOM, a kernel missing) keeps the table
+                        row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
+                        traceback.print_exc()
+                    rows.append(row)
+                del models
+                _free(cuda)
+
+    dev_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    print_table(rows, f"FlashTalk engine: {dev_name}, {str(dtype).removeprefix('torch.')}, attention {args.attention}, "
+                      f"cudnn.benchmark {args.cudnn_benchmark}, {'tiny' if args.tiny else 'full-size'} random weights, "
+                      f"{args.chunks} chunks per row (chunk 0 left out), torch {torch.__version__}")
+    if args.json:
+        meta = {"device": dev_name, "dtype": str(dtype), "attention": args.attention, "tiny": args.tiny,
+                "cudnn_benchmark": args.cudnn_benchmark, "torch": torch.__version__, "chunks": args.chunks}
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=_json_default))
+        print(f"\nJSON: {args.json}")
     return 0
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return str(o)
 
 
 if __name__ == "__main__":

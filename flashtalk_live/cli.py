@@ -16,8 +16,10 @@ from flashtalk_live.settings import ConfigError, masked_dump
 # Modules that add their own verbs through `register(subparsers)`; each is optional so a partial install still runs.
 VERB_MODULES = (
     "flashtalk_live.ingest.cli",
+    "flashtalk_live.ingest.keys_cli",
     "flashtalk_live.checkpoints.cli",
     "flashtalk_live.engine.cli",
+    "flashtalk_live.queue.cli",
 )
 
 

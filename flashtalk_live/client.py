@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import zmq
 
+from flashtalk_live.ingest.auth import CurveClientKeys
 from flashtalk_live.ingest.commands import COMMANDS, Command
 from flashtalk_live.ingest.protocol import decode_reply, encode_request
 
@@ -99,9 +100,11 @@ def format_for_path(path: str | os.PathLike[str]) -> str | None:
 class Client:
     """Request/reply over a DEALER socket; a fresh socket after any timeout so a late reply can't be mistaken."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 5.0, *, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 5.0, *, context: zmq.Context | None = None,
+                 curve: CurveClientKeys | None = None) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.curve = curve  # CURVE keys for a tcp:// daemon (ingest.tcp_auth = "curve")
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
 
@@ -112,6 +115,8 @@ class Client:
                 raise NoDaemon(self.endpoint, why)
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                self.curve.apply(s)
             s.connect(self.endpoint)
             self._sock = s
         return self._sock
@@ -226,7 +231,7 @@ class EventStream:
     """
 
     def __init__(self, endpoint: str, types: list[str] | None = None, timeout_s: float | None = None, *,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveClientKeys | None = None) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._ctx = context or zmq.Context.instance()
@@ -237,6 +242,8 @@ class EventStream:
             self._sock.setsockopt(zmq.SUBSCRIBE, t.encode())
         if types:
             self._sock.setsockopt(zmq.SUBSCRIBE, b"pong")
+        if curve is not None:
+            curve.apply(self._sock)
         self._sock.connect(endpoint)
 
     def get(self, timeout_s: float | None = None) -> dict[str, Any] | None:

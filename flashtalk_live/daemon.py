@@ -16,16 +16,20 @@ import numpy as np
 
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
+from flashtalk_live.ingest.auth import confine_output_file, confine_path
 from flashtalk_live.ingest.commands import Call
+from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.log import get_logger
-from flashtalk_live.outputs.manager import output_kind
+from flashtalk_live.outputs.manager import TooManyOutputs, output_kind
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.images import ImageError, decode_image_bytes, default_portrait, load_image
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
 from flashtalk_live.settings import OutputSettings, Settings
+from flashtalk_live.storage import DiskWatermark
 from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
 
 RendererFactory = Callable[[Settings], Renderer]
+EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
 
 
 def _rss_bytes() -> int:
@@ -213,9 +217,22 @@ class Daemon:
         self.events = EventBus()
         self.events.subscribe(self._log_event)
         self.spool = Spool.from_settings(settings)
-        recovered = self.spool.pending()
-        if recovered:
-            self.log.info("queue_recovered", clips=len(recovered), segment_ids=[e.segment_id for e in recovered[:20]])
+        if self.spool.quarantined is not None:
+            aside, why = self.spool.quarantined
+            self.log.error("spool_quarantined", moved_to=str(aside), fresh=str(self.spool.db_path), error=why,
+                           salvage=f"flashtalk-live spool salvage {aside}")
+            self.events.publish("spool_quarantined", moved_to=str(aside), fresh=str(self.spool.db_path), error=why)
+        recovered = self.spool.pending(limit=20)
+        if self.spool.recovered:
+            self.log.info("queue_recovered", clips=len(self.spool.recovered), segment_ids=self.spool.recovered[:20])
+        elif recovered:
+            self.log.info("queue_pending", clips=self.spool.stats()["pending"],
+                          segment_ids=[e.segment_id for e in recovered])
+        self.disk = DiskWatermark(self.spool.dir, settings.storage.min_free_bytes, settings.storage.min_free_percent,
+                                  publish=self.events.publish, log=self.log)
+        self.disk.check()
+        self._unsettled: list[str] = []  # clips that finished on air but whose removal the spool could not commit
+        self.storage_errors = 0
         playlist = settings.programme.playlist
         self.programme = Programme.load(playlist, settings) if playlist else None
         self.timeline = Timeline(settings, self.spool, self.programme)
@@ -234,7 +251,8 @@ class Daemon:
         self.lookahead = Lookahead(settings.renderer.lookahead_chunks)
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
                            on_underrun=self._on_underrun)
-        self.ingest = IngestServer(settings, self.spool, self.events, self.status, handlers={
+        self.ingest = IngestServer(settings, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
+                                   handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
         })
@@ -243,6 +261,9 @@ class Daemon:
         self._pending_avatar: tuple[np.ndarray, str] | None = None
         self._avatar_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._storage_failing = False
+        self._settle_lock = threading.Lock()
+        self.fatal: str | None = None  # why a loop died: run_daemon exits non-zero
         self._on_air_segment: str | None = None
         self._av_skew_s = 0.0
         self._idle_announced = False
@@ -265,6 +286,7 @@ class Daemon:
     def _cmd_output_add(self, call: Call) -> dict[str, Any]:
         a = call.args
         spec = OutputSettings(name=a.name, url=a.url, segment_seconds=a.segment_seconds)  # type: ignore[attr-defined]
+        spec = self._expand_output(spec)
         try:
             kind = output_kind(spec.url)
         except ValueError:
@@ -273,9 +295,14 @@ class Daemon:
                                           ".flv/.mp4 path", "url") from None
         if kind != "file" and spec.segment_seconds:
             raise Rejection("bad_output", "segment_seconds applies to file outputs only", "segment_seconds")
+        if kind == "file":  # only inside output_policy.file_dirs
+            confine_output_file(spec.url, [self.s.path(d) for d in self.s.output_policy.file_dirs])
         if spec.name in self.outputs.names():
             raise Rejection("already_exists", f"an output named {spec.name!r} already exists", "name")
-        self.outputs.add(self._expand_output(spec))
+        try:
+            self.outputs.add(spec)
+        except TooManyOutputs as e:
+            raise Rejection("too_many_outputs", str(e)) from None
         return {"output": spec.name, "outputs": self.outputs.names()}
 
     def _expand_output(self, o: OutputSettings) -> OutputSettings:
@@ -292,15 +319,26 @@ class Daemon:
 
     def _cmd_set_avatar(self, call: Call) -> dict[str, Any]:
         a = call.args
-        try:
-            if call.data is not None:
-                image = decode_image_bytes(call.data, "the set_avatar data frame")
-            elif a.image:  # type: ignore[attr-defined]
-                image = load_image(a.image)  # type: ignore[attr-defined]
-            else:
-                image = self.reference
-        except (ImageError, OSError) as e:
-            raise Rejection("bad_image", str(e), None if call.data is not None else "image") from None
+        # A path only inside ingest.avatar_dirs (the table lets only trusted peers name one); the header is checked
+        # against the size limits before anything is decoded.
+        lim = self.s.ingest
+        data = call.data
+        if data is None and a.image:  # type: ignore[attr-defined]
+            path = confine_path(a.image, [self.s.path(d) for d in lim.avatar_dirs], "ingest.avatar_dirs")  # type: ignore[attr-defined]
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(lim.max_image_bytes + 1)
+            except OSError:  # unreadable reads like missing: the reply must not tell which files exist
+                raise Rejection("forbidden_path", "not an allowed file: it must be an existing file inside "
+                                                  "ingest.avatar_dirs", "image") from None
+        if data is not None:
+            check_image(data, lim)
+            try:
+                image = decode_image_bytes(data, "set_avatar image")
+            except ImageError as e:
+                raise Rejection("undecodable_image", str(e)) from None
+        else:
+            image = self.reference
         prompt = a.prompt or self.prompt  # type: ignore[attr-defined]
         with self._avatar_lock:
             self._pending_avatar = (image, prompt)
@@ -324,6 +362,7 @@ class Daemon:
         except LookaheadClosed:
             pass
         except Exception as e:  # noqa: BLE001 - the broadcast holds the last frame; systemd restarts us
+            self.fatal = f"render loop crashed: {e!r}"
             self.log.exception("render_loop_crashed", error=repr(e))
             self.request_stop()
 
@@ -356,7 +395,10 @@ class Daemon:
                     sd_notify("WATCHDOG=1")
                     next_wd = now + wd
             self.outputs.send(self.encoder.flush())
+            with self._settle_lock:
+                self._settle()
         except Exception as e:  # noqa: BLE001
+            self.fatal = f"broadcast loop crashed: {e!r}"
             self.log.exception("broadcast_loop_crashed", error=repr(e))
         finally:
             self._stopped.set()
@@ -370,7 +412,49 @@ class Daemon:
             if self._on_air_segment == m.segment_id:
                 self._on_air_segment = None
             if m.source == "queue" and m.kind == "finished":
-                self.spool.mark_finished(m.segment_id)
+                with self._settle_lock:
+                    self._unsettled.append(m.segment_id)
+                    self._settle()
+
+    def _settle(self) -> None:
+        """Commit the finished clips' removal; on a storage error keep them for the next try (the air goes on).
+
+        An unsettled clip is still 'playing' in the spool, so a crash before it settles replays it: never lost.
+        """
+        while self._unsettled:
+            try:
+                self.spool.mark_finished(self._unsettled[0])
+            except Exception as e:  # noqa: BLE001 - storage must never take the broadcast down
+                self.storage_errors += 1
+                if self.storage_errors == 1 or not self._storage_failing:
+                    self.log.error("spool_write_failed", error=repr(e), unsettled=len(self._unsettled))
+                self._storage_failing = True
+                return
+            self._unsettled.pop(0)
+            if self._storage_failing:
+                self._storage_failing = False
+                self.log.warning("spool_write_recovered", errors=self.storage_errors)
+
+    def _settle_from_housekeeping(self) -> None:
+        with self._settle_lock:
+            self._settle()
+
+    def _housekeeping(self) -> None:
+        """Once per storage.check_interval_s: the disk watermark, the spool's reserve, unsettled clips."""
+        paused = False
+        while not self._stopped.wait(self.s.storage.check_interval_s):
+            try:
+                low = self.disk.check()
+                if low != paused:
+                    paused = low
+                    self.outputs.pause_recordings(self.disk.refusal() if low else None,
+                                                  device=os.stat(self.spool.dir).st_dev)
+                if not low and self.spool.reserve_released:
+                    self.spool.ensure_reserve()
+                if self._unsettled:
+                    self._settle_from_housekeeping()
+            except Exception as e:  # noqa: BLE001
+                self.log.error("housekeeping_failed", error=repr(e))
 
     def _track_idle(self, segment_id: str | None, out_frame: int) -> None:
         if segment_id is None and not self._idle_announced:
@@ -388,6 +472,8 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
             "on_air": self._on_air_segment,
             "queue": self.spool.stats(),
+            "storage": {**self.disk.status(), "spool_write_errors": self.storage_errors,
+                        "unsettled_clips": len(self._unsettled)},
             "broadcast": {
                 **pst,
                 "av_skew_s": round(self._av_skew_s, 4),
@@ -414,7 +500,8 @@ class Daemon:
             except OSError as e:
                 self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
         self.renderers.start()
-        for name, fn in (("render", self._render_loop), ("broadcast", self._broadcast_loop)):
+        for name, fn in (("render", self._render_loop), ("broadcast", self._broadcast_loop),
+                         ("housekeeping", self._housekeeping)):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -457,6 +544,7 @@ def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
     parallel = None
     exit_code = 0
     stop = threading.Event()
+    raise_fd_limit()
     if settings.renderer.kind == "flashtalk":
         from flashtalk_live.parallel.launch import maybe_launch_workers
 
@@ -491,4 +579,20 @@ def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
         daemon.close()
         if parallel is not None:
             parallel.close()
+    if exit_code == 0 and daemon.fatal is not None:
+        daemon.log.error("exiting_on_fatal_error", reason=daemon.fatal, exit_code=EXIT_FATAL)
+        exit_code = EXIT_FATAL
     return exit_code
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft descriptor limit to the hard one (systemd's default soft 1024 is too few) and log both."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if new > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            new = soft
+    get_logger("daemon").info("fd_limit", soft_was=soft, soft=new, hard=hard)
+    return new, hard

@@ -18,7 +18,10 @@ REJECT_CODES: dict[str, str] = {
     "unknown_command": "`cmd` is not in the command table (the reason lists the known ones)",
     "bad_request": "a field of the command is missing, mistyped, out of range or not one of its fields; `field` "
                    "names it (the value is never echoed)",
-    "forbidden": "the command, or one of its fields (`field`), is for trusted peers only (local ipc by default)",
+    "unauthorized": "the command, or one of its fields (`field`), needs a trusted peer (ipc, or a CURVE key in "
+                    "`ingest.trusted_client_keys`)",
+    "forbidden_path": "a trusted peer's file path outside the configured folders (`ingest.avatar_dirs`, "
+                      "`output_policy.file_dirs`), or missing: the two get the same answer",
     "unavailable": "the command is in the table but this server has no handler for it",
     "missing_audio": "an audio command without its data frame",
     "empty_audio": "the data frame is zero bytes, or a valid file holds no samples",
@@ -29,11 +32,23 @@ REJECT_CODES: dict[str, str] = {
     "oversize": "header frame over 64 KiB, or a payload larger than `queue.max_spool_bytes` (it could never be queued)",
     "queue_full": "accepting it would exceed `queue.max_clips`, `queue.max_queued_seconds` or `queue.max_spool_bytes` "
                   "(the reason says which)",
+    "disk_full": "the state directory's disk is under `storage.min_free_bytes` / `storage.min_free_percent` (or "
+                 "full); nothing was queued; retry once space returns (the room stays on air meanwhile)",
     "not_found": "`cancel` of a clip that is not pending or playing; `output_remove` of an unknown output name",
     "already_exists": "`output_add` with the name of an existing output",
     "bad_output": "`output_add` with a URL that is no output (not rtmp://, rtmps:// or a .flv/.mp4 path), or "
                   "`segment_seconds` on a stream",
-    "bad_image": "`set_avatar` with an image that cannot be read or decoded (a missing file, not a picture)",
+    "too_many_outputs": "`output_add` over `output_policy.max_outputs`",
+    "unsupported_image": "`set_avatar` data that is not PNG, JPEG or WebP with a readable header (an empty frame too)",
+    "image_too_large": "an image over `ingest.max_image_bytes`",
+    "image_too_many_pixels": "an image whose header declares more than `ingest.max_image_pixels`; refused before "
+                             "decoding",
+    "undecodable_image": "an image whose header passed but whose picture cannot be decoded",
+    "prompt_too_long": "a prompt over `ingest.max_prompt_chars`",
+    "id_too_long": "`id`, `segment_id` or `name` over `ingest.max_id_chars`",
+    "rate_limited": "the peer is over `ingest.rate_per_s` (burst `ingest.rate_burst`); the reason says when to retry",
+    "busy": "too many requests waiting or running (`ingest.max_inflight_per_peer`, `ingest.max_inflight`), or the "
+            "daemon is stopping",
     "internal": "a bug or an I/O error in the daemon; the request changed nothing",
 }
 
@@ -44,7 +59,7 @@ class Rejection(Exception):
 
     def __init__(self, code: str, reason: str, field: str | None = None) -> None:
         if code not in REJECT_CODES:
-            raise ValueError(f"unknown rejection code {code!r}: add it to flashtalk_live.errors.REJECT_CODES")
+            raise LookupError(f"unknown rejection code {code!r}: add it to flashtalk_live.errors.REJECT_CODES")
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason

@@ -17,7 +17,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "FLASHTALK_LIVE_"
-CONFIG_ENV = ENV_PREFIX + "CONFIG"  # names the config file (the CLI's -c default), not a setting
+# Variables with the prefix that are not settings: the CLI's default config file, and the flag that the
+# benchmark scripts set to allow model.random_weights.
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+BENCHMARK_ENV = ENV_PREFIX + "BENCHMARK"
+_NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV}
 # The demo programme of a clone of the repository (README: a plain `flashtalk-live run` airs it).
 DEMO_PLAYLIST = Path(__file__).resolve().parent.parent / "playlists" / "example.m3u"
 
@@ -51,6 +55,39 @@ class IngestSettings(_Section):
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="ZMQ_MAXMSGSIZE; bigger messages are dropped by libzmq with no reply")
     max_clip_seconds: float = Field(600.0, gt=0)
     min_clip_seconds: float = Field(0.02, ge=0)
+    # -- authentication and trust (flashtalk_live/ingest/auth.py; docs/protocol.md "Authentication and limits") --
+    tcp_auth: Literal["curve", "none"] = Field("curve", description="security of every tcp:// endpoint")
+    server_key: str = Field("{state_dir}/keys/server.key_secret",
+                            description="the server's CURVE secret certificate; made at first start when missing")
+    client_keys_dir: str | None = Field("{state_dir}/keys/clients",
+                                        description="public certificates of the clients allowed over CURVE")
+    client_keys: list[str] = Field(default_factory=list, description="more allowed client public keys (Z85)")
+    trusted_client_keys: list[str] = Field(
+        default_factory=list, description="CURVE client public keys (Z85) that may touch the server (implies allowed)")
+    allow_unauthenticated_remote: bool = Field(
+        False, description="UNSAFE: allow tcp_auth='none' on an address beyond loopback (warned at every start)")
+    ipc_trusted: bool = Field(True, description="ipc:// peers may touch the server (socket permissions guard them)")
+    ipc_mode: int = Field(0o660, ge=0, le=0o777, description="file mode of ipc:// socket files")
+    ipc_group: str | None = Field(None, description="group owning ipc:// socket files")
+    avatar_dirs: list[str] = Field(default_factory=list,
+                                   description="server folders a trusted peer's set_avatar may name files in")
+    # -- limits (flashtalk_live/ingest/limits.py) --
+    max_image_bytes: int = Field(16 * 1024 * 1024, gt=0, description="set_avatar image size")
+    max_image_pixels: int = Field(25_000_000, gt=0, description="set_avatar width x height, read from the header")
+    max_prompt_chars: int = Field(2000, gt=0)
+    max_id_chars: int = Field(200, ge=1, le=200, description="request ids, segment ids and output names")
+    rate_per_s: float = Field(50.0, ge=0, description="requests per second per peer (0: no limit)")
+    rate_burst: int = Field(100, ge=1, description="requests a peer may send at once before rate_per_s applies")
+    workers: int = Field(4, ge=1, le=64, description="threads that decode and handle requests")
+    max_inflight_per_peer: int = Field(16, ge=1, description="requests of one peer waiting or running")
+    max_inflight: int = Field(256, ge=1, description="requests of all peers waiting or running")
+    handshake_timeout_s: float = Field(5.0, gt=0, description="ZMQ_HANDSHAKE_IVL: a connection must finish its handshake in this time")
+    connection_backlog: int = Field(64, ge=1, description="ZMQ_BACKLOG: pending tcp connections")
+
+    @field_validator("ipc_mode", mode="before")
+    @classmethod
+    def _octal(cls, v: Any) -> Any:
+        return int(v, 8) if isinstance(v, str) else v  # "0660" from the environment
 
 
 class QueueSettings(_Section):
@@ -60,6 +97,15 @@ class QueueSettings(_Section):
     max_clips: int = Field(2000, gt=0)
     max_queued_seconds: float = Field(4 * 3600.0, gt=0)
     max_spool_bytes: int = Field(8 * 1024**3, gt=0)
+
+
+class StorageSettings(_Section):
+    """The disk under the state directory: below the watermark the room stays on air but refuses new clips."""
+
+    min_free_bytes: int = Field(256 * 1024**2, ge=0, description="degraded below this many free bytes")
+    min_free_percent: float = Field(1.0, ge=0, le=100, description="degraded below this share of the disk free")
+    check_interval_s: float = Field(1.0, gt=0)
+    spool_reserve_bytes: int = Field(16 * 1024**2, ge=0, description="kept free for clips already acknowledged")
 
 
 class ProgrammeSettings(_Section):
@@ -113,11 +159,25 @@ class ModelSettings(_Section):
 
     weights_dir: str | None = Field(None, description="SoulX-FlashTalk-14B folder")
     wav2vec_dir: str | None = Field(None, description="chinese-wav2vec2-base folder")
-    profile: str = "quality"
+    profile: str = Field("quality", description='quality, fast, realtime, a .toml file, or "auto": measure '
+                         "model.auto_candidates at warm-up and run the best quality that keeps real time")
+    auto_candidates: list[str] = Field(
+        default_factory=lambda: ["quality", "fast", "realtime"],
+        description='"auto": profiles to measure, best quality first (names or .toml files, same new frames per chunk)')
+    auto_margin: float = Field(0.15, ge=0, lt=1, description='"auto": a profile fits when its p90 chunk time is at '
+                               "most (1 - margin) x the chunk's duration")
+    auto_chunks: int = Field(3, ge=1, le=50, description='"auto": timed warm chunks per candidate (after one untimed)')
+    random_weights: Literal["off", "full", "tiny"] = Field(
+        "off", description="benchmarks only (FLASHTALK_LIVE_BENCHMARK=1): random weights of the full-size or tiny "
+        "model family instead of a release; the picture is noise")
     device: str = "cuda"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attention: Literal["sdpa", "flash"] = "sdpa"
     compile: bool = Field(False, description="torch.compile the DiT blocks at start-up (slower warm-up, faster chunks)")
+    vae_latents_per_pass: int = Field(0, ge=0, description="latent frames per VAE decoder/encoder pass; 0: a whole "
+                                      "chunk in one pass (fastest; more activation memory), 1: the reference's loop")
+    vae_channels_last: bool = Field(True, description="channels-last 3-D layout for the VAE convs (CUDA only)")
+    vae_compile: bool = Field(False, description="torch.compile the VAE encoder and decoder at start-up")
     text_cache_dir: str = "{state_dir}/text-cache"
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).
@@ -172,6 +232,9 @@ class OutputPolicy(_Section):
     backoff_jitter: float = Field(0.2, ge=0, le=1)
     stall_timeout_s: float = Field(10.0, gt=0, description="no progress for this long counts as down")
     planned_reconnect_hours: float = Field(24.0 * 20, gt=0, description="rebase before FLV's 24.8-day timestamp wrap")
+    max_outputs: int = Field(8, ge=1, description="outputs at once, configured and added at run time")
+    file_dirs: list[str] = Field(default_factory=lambda: ["{state_dir}/recordings"],
+                                 description="folders output_add may write files in")
 
 
 class MetricsSettings(_Section):
@@ -197,6 +260,7 @@ class Settings(BaseSettings):
                                        "config file's directory, else the current one)")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     programme: ProgrammeSettings = Field(default_factory=ProgrammeSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
     renderer: RendererSettings = Field(default_factory=RendererSettings)
@@ -236,7 +300,29 @@ class Settings(BaseSettings):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"outputs: duplicate names {sorted(dup)}")
+        if self.renderer.kind == "flashtalk":
+            self._check_chunk_frames()
+        if len(self.outputs) > self.output_policy.max_outputs:
+            raise ValueError(f"outputs: {len(self.outputs)} configured, over output_policy.max_outputs "
+                             f"{self.output_policy.max_outputs}")
         return self
+
+    def _check_chunk_frames(self) -> None:
+        """video.chunk_frames must be the profile's new frames; named profiles are checked here, files when
+        the renderer loads them (no file reads while validating)."""
+        from flashtalk_live.engine.profile import AUTO, PROFILES, ProfileError, candidate_profiles
+
+        m = self.model
+        names = m.auto_candidates if m.profile == AUTO else [m.profile]
+        if not all(n in PROFILES for n in names):
+            return
+        try:
+            profiles = candidate_profiles(m.profile, m.auto_candidates)
+        except ProfileError as e:
+            raise ValueError(str(e)) from None
+        if profiles[0].new_frames != self.video.chunk_frames:
+            raise ValueError(f"video.chunk_frames = {self.video.chunk_frames}, but model.profile = {m.profile!r} "
+                             f"makes {profiles[0].new_frames} new frames per chunk (frame_num - motion_frames)")
 
     # -- derived values ------------------------------------------------------------------------
     def path(self, template: str) -> str:
@@ -268,7 +354,7 @@ def _env_tree(environ: dict[str, str]) -> dict[str, Any]:
 
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+        if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue
         parts = key[len(ENV_PREFIX):].lower().split("__")
         try:
@@ -302,7 +388,9 @@ def parse_override(item: str) -> dict[str, Any]:
 
 # Keys whose relative values name files: in a config file they mean "next to this file", not the current directory.
 _FILE_KEYS = (("state_dir",), ("queue", "spool_dir"), ("programme", "playlist"), ("video", "reference_image"),
-              ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"))
+              ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"),
+              ("ingest", "server_key"), ("ingest", "client_keys_dir"))
+_FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"))
 
 
 def _anchor(value: Any, base: Path) -> Any:
@@ -328,6 +416,10 @@ def resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             node = node.get(part) if isinstance(node.get(part), dict) else {}
         if key[-1] in node:
             node[key[-1]] = _anchor(node[key[-1]], base)
+    for section, key in _FILE_LIST_KEYS:
+        node = out.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), list):
+            node[key] = [_anchor(v, base) for v in node[key]]
     ingest = out.get("ingest")
     if isinstance(ingest, dict):
         for k in ("control", "events"):
@@ -374,9 +466,26 @@ def load_settings(
     for item in overrides or []:
         data = _deep_merge(data, parse_override(item))
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+    check_benchmark_only(settings, env)
+    return settings
+
+
+def benchmark_mode(environ: Any = None) -> bool:
+    """True when a benchmark script started this process (FLASHTALK_LIVE_BENCHMARK=1)."""
+    env = os.environ if environ is None else environ
+    return env.get(BENCHMARK_ENV) == "1"
+
+
+def check_benchmark_only(settings: Settings, environ: Any = None) -> None:
+    """Refuse benchmark-only settings (random weights put noise on air) outside a benchmark run."""
+    rw = settings.model.random_weights
+    if rw != "off" and not benchmark_mode(environ):
+        raise ConfigError(f"model.random_weights = {rw!r} is for benchmarks only: the avatar would be random noise. "
+                          f"Set model.random_weights = \"off\" (the default) and model.weights_dir; benchmark scripts "
+                          f"set {BENCHMARK_ENV}=1 to allow it")
 
 
 _SECRET_URL = re.compile(r"^(?P<scheme>rtmps?|srt|https?)://(?P<rest>.*)$")

@@ -3,7 +3,11 @@
 `quality` is the reference's `infer_params.yaml` (768x448, 33 frames with 5 motion frames, 4 steps,
 shift 5, full colour correction, seed 9999, 8-s audio window).  `fast` is the low-latency variant
 reported for 8x Ascend (704x416, 29 frames with 1 motion frame, 2 steps), which keeps 28 new frames
-per chunk so the broadcast chunking does not change.  `split_vae_decode` only matters with several GPUs:
+per chunk so the broadcast chunking does not change.  `realtime` keeps fast's chunking and steps at a smaller
+picture (640x384): the candidate for one GPU, to be confirmed on the H200 with benchmarks/engine_gpu.py.
+`PROFILE_LADDER` orders the named profiles by quality, best first; `model.profile = "auto"` measures
+candidates in that order at warm-up and `choose_profile` (pure: injected timings) picks the best-quality one
+whose chunk time fits the real-time budget with a margin.  `split_vae_decode` only matters with several GPUs:
 the VAE decode is then split by image height over the ranks (exact; a halo exchange per 3x3 conv).  `resolve_profile` accepts a name, a TOML file
 (optionally `base = "<name>"` plus the fields to change) or overrides.
 """
@@ -13,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from flashtalk_live.model.audio import AudioFeatureConfig
 
@@ -119,7 +125,13 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quality": Profile(name="quality"),
     "fast": Profile(name="fast", height=704, width=416, frame_num=29, motion_frames=1, sample_steps=2),
+    # fast's chunking and steps on 84% of its pixels (7680 instead of 9152 tokens): the one-GPU candidate.
+    "realtime": Profile(name="realtime", height=640, width=384, frame_num=29, motion_frames=1, sample_steps=2),
 }
+
+# Named profiles by quality, best first: the default candidates of model.profile = "auto".
+PROFILE_LADDER: tuple[str, ...] = ("quality", "fast", "realtime")
+AUTO = "auto"
 
 _FIELDS = {f.name for f in fields(Profile)}
 
@@ -160,6 +172,9 @@ def resolve_profile(spec: str | Profile | Mapping[str, Any], **overrides: Any) -
             raise ProfileError(f"{path}: not valid TOML: {e}") from None
         data.setdefault("name", path.stem)
         prof = _from_mapping(data, str(path))
+    elif spec == AUTO:
+        raise ProfileError('profile "auto" is chosen by measurement when the FlashTalk renderer warms up; '
+                           f"name one of {sorted(PROFILES)} or a .toml file here")
     else:
         raise ProfileError(f"unknown profile {spec!r}: use one of {sorted(PROFILES)} or a .toml file")
     if overrides:
@@ -168,3 +183,101 @@ def resolve_profile(spec: str | Profile | Mapping[str, Any], **overrides: Any) -
             raise ProfileError(f"unknown profile field(s) {unknown}; known: {sorted(_FIELDS)}")
         prof = prof.replace(**overrides)
     return prof
+
+
+def candidate_profiles(spec: str, candidates: Sequence[str] = PROFILE_LADDER) -> list[Profile]:
+    """The profiles a `model.profile` setting may run: the one it names, or for "auto" every candidate
+    (best quality first). All must make the same number of new frames per chunk: the broadcast's chunking
+    (video.chunk_frames) is fixed before the choice is made."""
+    if spec != AUTO:
+        return [resolve_profile(spec)]
+    if not candidates:
+        raise ProfileError('model.profile = "auto" needs at least one entry in model.auto_candidates')
+    if AUTO in candidates:
+        raise ProfileError('model.auto_candidates cannot contain "auto"')
+    profiles = [resolve_profile(c) for c in candidates]
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise ProfileError(f"model.auto_candidates must have distinct profile names, got {names}")
+    frames = {p.name: p.new_frames for p in profiles}
+    if len(set(frames.values())) != 1:
+        raise ProfileError(f"model.auto_candidates must all make the same new frames per chunk "
+                           f"(frame_num - motion_frames), got {frames}")
+    return profiles
+
+
+# ------------------------------------------------------------------------------- choice by measurement
+
+
+@dataclass(frozen=True)
+class ProfileTiming:
+    """Measured wall seconds of a candidate's warm chunks, against its real-time budget with a margin."""
+
+    profile: Profile
+    seconds: tuple[float, ...]
+    margin: float
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.seconds))
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.seconds, 90))
+
+    @property
+    def budget_s(self) -> float:
+        return self.profile.chunk_seconds
+
+    @property
+    def limit_s(self) -> float:
+        return self.budget_s * (1.0 - self.margin)
+
+    @property
+    def fits(self) -> bool:
+        """p90 rather than the median: a chunk slower than real time eats the look-ahead."""
+        return self.p90 <= self.limit_s
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.profile
+        return {"profile": p.name, "geometry": f"{p.width}x{p.height}", "frame_num": p.frame_num,
+                "motion_frames": p.motion_frames, "steps": p.sample_steps, "chunks": len(self.seconds),
+                "median_s": round(self.median, 4), "p90_s": round(self.p90, 4), "budget_s": round(self.budget_s, 4),
+                "limit_s": round(self.limit_s, 4), "fits": self.fits}
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    """The chosen profile, whether it fits, and every measurement behind the choice (ladder order)."""
+
+    profile: Profile
+    fits: bool
+    timings: tuple[ProfileTiming, ...]
+    margin: float
+
+
+def choose_profile(candidates: Sequence[Profile], timings: Mapping[str, Sequence[float]],
+                   margin: float) -> ProfileChoice:
+    """The first candidate (best quality first) whose measured p90 chunk time <= its budget * (1 - margin).
+
+    Candidates without timings were not measured (measuring stops at the first that fits) and are skipped.
+    If none fits, the fastest measured one (lowest p90) with `fits = False`: the caller must warn.
+    """
+    if not 0.0 <= margin < 1.0:
+        raise ProfileError(f"auto margin must be in [0, 1), got {margin!r}")
+    measured = tuple(ProfileTiming(p, tuple(float(x) for x in timings[p.name]), margin)
+                     for p in candidates if timings.get(p.name))
+    if not measured:
+        raise ProfileError(f"no timings for any candidate profile {[p.name for p in candidates]}")
+    for t in measured:
+        if t.fits:
+            return ProfileChoice(t.profile, True, measured, margin)
+    fastest = min(measured, key=lambda t: t.p90)
+    return ProfileChoice(fastest.profile, False, measured, margin)
+
+
+def splits_vae_decode(model_settings: Any) -> bool:
+    """Whether any profile the model settings may run splits the VAE decode over the ranks."""
+    spec = model_settings.profile
+    candidates = getattr(model_settings, "auto_candidates", PROFILE_LADDER)
+    return any(p.split_vae_decode for p in candidate_profiles(spec, candidates))

@@ -6,21 +6,29 @@ must equal the profile's frame_num - motion_frames) and fits the frames to the o
 `drift_every` chunks it measures identity/colour drift; on schedule (at the next idle chunk) or after
 repeated drift it re-anchors the motion context to the reference image, dissolves from the last shown
 frame over a few frames and publishes `recalibrated` with the measures before and after.
+
+The factory loads a release (or, in benchmarks only, random weights) and warms up.  With
+`model.profile = "auto"` the warm-up measures the candidate profiles best quality first (one untimed and
+`auto_chunks` timed silent chunks each, the whole render path) and keeps the first whose p90 chunk time fits
+the real-time budget with `auto_margin` (engine.profile.choose_profile); every measurement is logged.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, measure_drift
 from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
-from flashtalk_live.engine.profile import Profile, resolve_profile
+from flashtalk_live.engine.profile import (
+    AUTO, Profile, ProfileChoice, ProfileTiming, candidate_profiles, choose_profile,
+)
 from flashtalk_live.engine.session import AvatarSession, CachedTextEncoder, file_identity, prepare_session
 from flashtalk_live.log import get_logger
 from flashtalk_live.renderers.base import RendererError
@@ -28,6 +36,19 @@ from flashtalk_live.renderers.images import default_portrait, fit_image, load_im
 from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, RenderChunk
 
 log = get_logger("engine")
+
+# (profile, run one chunk) -> seconds it took; injectable so the auto choice is testable without a clock.
+ChunkTimer = Callable[[Profile, Callable[[], Any]], float]
+
+
+def wall_timer(_profile: Profile, run: Callable[[], Any]) -> float:
+    """Wall seconds of run(), the GPU's queued work included."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    run()
+    sync()
+    return time.perf_counter() - t0
 
 
 def crossfade(frames: np.ndarray, previous: np.ndarray, n: int) -> np.ndarray:
@@ -80,6 +101,8 @@ class FlashTalkRenderer:
         self._force: str | None = None
         self.recalibrations: list[dict[str, Any]] = []
         self.chunks = 0
+        self.render_seconds: deque[float] = deque(maxlen=4096)  # wall of each render() call, for status
+        self.profile_choice: ProfileChoice | None = None  # set when model.profile = "auto" chose this profile
 
     # -- protocol -------------------------------------------------------------------------------------
     def start_session(self, reference_image: np.ndarray | None, prompt: str) -> None:
@@ -112,13 +135,29 @@ class FlashTalkRenderer:
             if session is None:
                 raise RendererError("warm_up() before start_session()")
             t0 = time.perf_counter()
-            emb = self._features(np.zeros(self.profile.window_samples, np.float32))
-            self.engine.generate(emb)
+            self._silent_chunk()
             self.engine.use_session(session)  # rewind motion context and noise: warm-up leaves no trace
             self._warm = True
             took = time.perf_counter() - t0
         log.info("engine_warm", seconds=round(took, 3), profile=self.profile.name)
         return {"warm_up_s": took}
+
+    def time_chunks(self, n: int, timer: Callable[[Callable[[], Any]], float]) -> list[float]:
+        """Seconds of n silent chunks through the render path (features, engine, drift measure, fit), each as
+        `timer(run)` measures it; the session is rewound afterwards, as after warm_up()."""
+        with self._lock:
+            session = self.engine.session
+            if session is None:
+                raise RendererError("time_chunks() before start_session()")
+            try:
+                return [float(timer(self._silent_chunk)) for _ in range(n)]
+            finally:
+                self.engine.use_session(session)
+
+    def _silent_chunk(self) -> np.ndarray:
+        out = self.engine.generate(self._features(np.zeros(self.profile.window_samples, np.float32)))
+        measure_drift(self.engine.session, out, self.engine.models.clip)  # type: ignore[arg-type]
+        return self._fit(out.frames)
 
     def render(self, chunk: RenderChunk) -> np.ndarray:
         if self._closed:
@@ -127,6 +166,7 @@ class FlashTalkRenderer:
         if chunk.n_frames != p.new_frames:
             raise RendererError(f"chunk of {chunk.n_frames} frames, but profile {p.name!r} makes {p.new_frames} "
                                 "per chunk (set video.chunk_frames = frame_num - motion_frames)")
+        t0 = time.perf_counter()
         with self._lock:
             if self.engine.session is None:
                 raise RendererError("flashtalk renderer: render() before start_session()")
@@ -159,7 +199,9 @@ class FlashTalkRenderer:
             self.chunks += 1
         if reason in ("drift", "schedule", "manual"):
             self._announce(reason, before, measure, chunk)
-        return self._fit(frames)
+        fitted = self._fit(frames)
+        self.render_seconds.append(time.perf_counter() - t0)
+        return fitted
 
     def close(self) -> None:
         self._closed = True
@@ -182,6 +224,12 @@ class FlashTalkRenderer:
             "last_recalibration": self.recalibrations[-1] if self.recalibrations else None,
             "profile": self.profile.name,
             "timings": dict(self.engine.last_timings),
+            "chunk_s": _seconds_summary(self.render_seconds),
+            "gpu_peak_bytes": (torch.cuda.max_memory_allocated(self.engine.device)
+                               if self.engine.device.type == "cuda" else None),
+            "auto": None if self.profile_choice is None else {
+                "fits": self.profile_choice.fits, "margin": self.profile_choice.margin,
+                "measured": [t.to_dict() for t in self.profile_choice.timings]},
         }
 
     def recalibrate(self, reason: str = "manual") -> None:
@@ -223,6 +271,14 @@ class FlashTalkRenderer:
         log.info("recalibrated", **record)
         if self.events is not None:
             self.events.publish("recalibrated", **record)
+
+
+def _seconds_summary(values: Sequence[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    a = np.asarray(values, np.float64)
+    return {"count": int(a.size), "p50": round(float(np.percentile(a, 50)), 4),
+            "p99": round(float(np.percentile(a, 99)), 4), "max": round(float(a.max()), 4)}
 
 
 # ------------------------------------------------------------------------------------------ factory
@@ -275,46 +331,118 @@ def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, 
 
 
 def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any = None,
-                             vae_wrapper: Any = None) -> FlashTalkRenderer:
+                             vae_wrapper: Any = None, chunk_timer: ChunkTimer | None = None) -> FlashTalkRenderer:
     """Load the release named in settings.model, start the configured avatar session, warm up, return ready.
 
     dit_wrapper: optional callable applied to the loaded DiT before warm-up (the multi-GPU job's
     sequence-parallel client), so the warm-up already runs over every rank. vae_wrapper: the same for the
-    loaded VAE (the multi-GPU job's split decode).
+    loaded VAE (the multi-GPU job's split decode). chunk_timer: how "auto" times a chunk (default wall_timer).
     """
+    from flashtalk_live.engine.profile import ProfileError
     from flashtalk_live.model.attention import set_default_backend
+    from flashtalk_live.settings import BENCHMARK_ENV, benchmark_mode
 
+    log = get_logger("engine")  # bound now, not at import: follows the logging set up before the build
     m, v = settings.model, settings.video
-    if not m.weights_dir:
+    random_weights = getattr(m, "random_weights", "off")
+    if random_weights != "off" and not benchmark_mode():
+        raise RendererError(f"model.random_weights = {random_weights!r} is for benchmarks only "
+                            f"({BENCHMARK_ENV}=1 is not set)")
+    if random_weights == "off" and not m.weights_dir:
         raise RendererError("model.weights_dir is not set: the FlashTalk renderer needs the SoulX-FlashTalk-14B folder")
-    profile = resolve_profile(m.profile)
-    if v.fps != profile.fps:
-        raise RendererError(f"video.fps is {v.fps}; the FlashTalk model runs at {profile.fps} fps")
-    if v.chunk_frames != profile.new_frames:
-        raise RendererError(f"video.chunk_frames is {v.chunk_frames}; profile {profile.name!r} makes "
-                            f"{profile.new_frames} frames per chunk (frame_num - motion_frames)")
+    try:
+        profiles = candidate_profiles(m.profile, m.auto_candidates)
+    except ProfileError as e:
+        raise RendererError(str(e)) from None
+    if v.fps != profiles[0].fps:
+        raise RendererError(f"video.fps is {v.fps}; the FlashTalk model runs at {profiles[0].fps} fps")
+    if v.chunk_frames != profiles[0].new_frames:
+        raise RendererError(f"video.chunk_frames is {v.chunk_frames}; profile {profiles[0].name!r} makes "
+                            f"{profiles[0].new_frames} frames per chunk (frame_num - motion_frames)")
     set_default_backend(m.attention)
     device = torch.device(m.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RendererError(f"model.device is {m.device} but CUDA is not available")
     dtype = getattr(torch, m.dtype)
     t0 = time.perf_counter()
-    models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
+    if random_weights != "off":
+        from flashtalk_live.checkpoints.random_weights import random_engine_models
+
+        log.warning("random_weights", kind=random_weights, note="benchmark run: the avatar is random noise")
+        models = random_engine_models(random_weights, device, dtype)
+        if getattr(m, "quantize", "none") != "none":  # the release path quantises while loading instead
+            from flashtalk_live.quant.fp8 import plan_from_settings, quantize_dit_
+
+            plan = plan_from_settings(m, device)
+            if plan is not None:
+                quantize_dit_(models.dit, plan)
+    else:
+        models = load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir))
+    if device.type == "cuda":
+        # Every chunk runs the same conv shapes, so cuDNN's per-shape autotuning (paid once, in the warm-up)
+        # picks faster VAE conv kernels: 436 -> 400 ms decode per fast-profile chunk on an H200 (issue 9).
+        torch.backends.cudnn.benchmark = True
+    models.vae.configure(latents_per_pass=m.vae_latents_per_pass,
+                         channels_last=m.vae_channels_last and device.type == "cuda", compile=m.vae_compile)
     if m.compile:
         compile_dit_blocks(models.dit)
     if dit_wrapper is not None:
         models.dit = dit_wrapper(models.dit)
     if vae_wrapper is not None:
         models.vae = vae_wrapper(models.vae)
-    engine = FlashTalkEngine(models, profile, device, dtype)
-    renderer = FlashTalkRenderer(
-        engine, width=v.width, height=v.height, fit=v.fit, events=events,
-        policy=RecalibrationPolicy.from_settings(m), drift_every=m.drift_every_chunks,
-        crossfade_frames=m.recalibrate_crossfade_frames,
-    )
+
+    def make(profile: Profile) -> FlashTalkRenderer:
+        return FlashTalkRenderer(
+            FlashTalkEngine(models, profile, device, dtype), width=v.width, height=v.height, fit=v.fit,
+            events=events, policy=RecalibrationPolicy.from_settings(m), drift_every=m.drift_every_chunks,
+            crossfade_frames=m.recalibrate_crossfade_frames,
+        )
+
     image = load_image(v.reference_image) if v.reference_image else default_portrait()
-    renderer.start_session(image, v.prompt)
-    renderer.warm_up()
-    log.info("flashtalk_renderer_ready", seconds=round(time.perf_counter() - t0, 2), profile=profile.name,
+    if m.profile == AUTO:
+        renderer = choose_by_measurement(make, profiles, image, v.prompt, margin=m.auto_margin,
+                                         chunks=m.auto_chunks, timer=chunk_timer or wall_timer)
+    else:
+        renderer = make(profiles[0])
+        renderer.start_session(image, v.prompt)
+        renderer.warm_up()
+    log.info("flashtalk_renderer_ready", seconds=round(time.perf_counter() - t0, 2), profile=renderer.profile.name,
              device=str(device), dtype=m.dtype)
     return renderer
+
+
+def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidates: Sequence[Profile],
+                          image: np.ndarray, prompt: str, *, margin: float, chunks: int,
+                          timer: ChunkTimer = wall_timer) -> FlashTalkRenderer:
+    """Warm up and time each candidate (best quality first) until one fits; return the chosen one, warm.
+
+    Logs `profile_measured` per measured candidate and `profile_chosen`; when none fits, the fastest is
+    kept and `profile_too_slow` is logged as an error (the room will underrun).
+    """
+    log = get_logger("engine")
+    timings: dict[str, list[float]] = {}
+    built: dict[str, FlashTalkRenderer] = {}
+    for p in candidates:
+        r = make(p)
+        r.start_session(image, prompt)
+        r.warm_up()  # one untimed chunk: allocations, kernel selection, torch.compile
+        timings[p.name] = r.time_chunks(chunks, lambda run, p=p: timer(p, run))
+        built[p.name] = r
+        measured = ProfileTiming(p, tuple(timings[p.name]), margin)
+        log.info("profile_measured", **measured.to_dict())
+        if measured.fits:
+            break
+    choice = choose_profile(candidates, timings, margin)
+    for name, r in built.items():
+        if name != choice.profile.name:
+            r.close()
+    chosen = built[choice.profile.name]
+    chosen.profile_choice = choice
+    summary = {"profile": choice.profile.name, "fits": choice.fits, "margin": margin,
+               "measured": {t.profile.name: t.p90 for t in choice.timings}}
+    if choice.fits:
+        log.info("profile_chosen", reason="best quality within the real-time budget", **summary)
+    else:
+        log.error("profile_too_slow", reason="no candidate keeps real time on this device: running the fastest; "
+                  "expect underruns (add a smaller profile to model.auto_candidates or more GPUs)", **summary)
+    return chosen

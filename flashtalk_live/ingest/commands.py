@@ -15,8 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flashtalk_live.errors import Rejection
 
-MAX_ID_CHARS = 200
-MAX_PROMPT_CHARS = 2000
+MAX_ID_CHARS = 200  # the protocol's cap; ingest.max_id_chars may set a lower one (limits.check_text: id_too_long)
 MAX_URL_CHARS = 2048
 MAX_PATH_CHARS = 4096
 MAX_SAMPLE_RATE = 384_000
@@ -33,12 +32,21 @@ DataKind = Literal["none", "audio", "image"]
 
 @dataclass(frozen=True)
 class Peer:
-    """Who sent a request. `trusted` peers may call every command (local ipc by default; the auth layer may set it
-    for authenticated tcp clients); `transport` is "ipc", "tcp", ...; `name` an identity such as a CURVE key."""
+    """The sender of one request: its transport class ("ipc", "tcp" or "curve"), CURVE key (Z85) if any, address,
+    and whether it is trusted (auth.Security.peer_of decides). Trusted peers may call every command."""
 
+    transport: str
+    key: str | None
+    address: str
     trusted: bool
-    transport: str = ""
-    name: str | None = None
+
+    @property
+    def name(self) -> str:
+        """A stable name for rate limits and logs: the key for CURVE peers, the address otherwise."""
+        return f"curve:{self.key}" if self.key else f"{self.transport}:{self.address}"
+
+
+LOCAL_PEER = Peer(transport="ipc", key=None, address="", trusted=True)  # for callers outside the socket
 
 
 # -- argument models ---------------------------------------------------------------------------------
@@ -90,7 +98,8 @@ class PingArgs(Args):
 class OutputAddArgs(Args):
     name: str = Field(pattern=OUTPUT_NAME, description="unique output name, 1-64 of [A-Za-z0-9_.-]")
     url: str = Field(min_length=1, max_length=MAX_URL_CHARS,
-                     description="rtmp://host/app/key, rtmps://..., or a .flv/.mp4 file path on the server")
+                     description="rtmp://host/app/key, rtmps://..., or an absolute .flv/.mp4 path inside "
+                                 "output_policy.file_dirs")
     segment_seconds: float | None = Field(None, gt=0, description="files only: a new file every N seconds")
 
 
@@ -100,9 +109,10 @@ class OutputRemoveArgs(Args):
 
 class SetAvatarArgs(Args):
     image: str | None = Field(None, min_length=1, max_length=MAX_PATH_CHARS,
-                              description="a portrait file on the server (trusted peers only); else send the bytes")
-    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS,
-                               description="the new scene prompt (default: the current one)")
+                              description="a portrait file inside ingest.avatar_dirs (trusted peers only); else send "
+                                          "the picture's bytes as the data frame")
+    prompt: str | None = Field(None, min_length=1, description="the new scene prompt (default: the current one); "
+                               "at most ingest.max_prompt_chars")
 
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -180,7 +190,8 @@ def validate_args(command: Command, header: dict[str, Any]) -> Args:
 
 
 def check_data(command: Command, data: bytes | None) -> None:
-    """The data frame is there exactly when the command takes one."""
+    """The data frame is there when the command needs one, and absent when it takes none (an image frame's
+    contents are the handler's to check: limits.check_image)."""
     if command.data == "none":
         if data is not None:
             raise Rejection("bad_header", f"{command.name} takes no data frame, got 2 frames")
@@ -189,17 +200,16 @@ def check_data(command: Command, data: bytes | None) -> None:
             raise Rejection("missing_audio", f"{command.name} needs a second frame with the audio bytes")
         if len(data) == 0:
             raise Rejection("empty_audio", "the audio frame is zero bytes")
-    elif data is not None and len(data) == 0:
-        raise Rejection("bad_image", "the image frame is zero bytes")
 
 
 def authorize(command: Command, args: Args, peer: Peer) -> None:
-    """forbidden when an untrusted peer calls a trusted command or sets a trusted-only field."""
+    """`unauthorized` when an untrusted peer calls a trusted command or sets a trusted-only field."""
     if peer.trusted:
         return
+    hint = "connect over ipc, or add your key to ingest.trusted_client_keys"
     if command.trust == "trusted":
-        raise Rejection("forbidden", f"{command.name} is for trusted peers only (the local ipc socket)")
+        raise Rejection("unauthorized", f"{command.name} needs a trusted peer ({peer.transport} is not): {hint}")
     for name in sorted(command.trusted_fields):
         if getattr(args, name) is not None:
-            raise Rejection("forbidden", f"{command.name}: {name!r} is for trusted peers only "
-                                         "(the local ipc socket); send the data instead", name)
+            raise Rejection("unauthorized", f"{command.name} with {name!r} needs a trusted peer ({peer.transport} is "
+                                            f"not): send the data frame instead, or {hint}", name)

@@ -1,9 +1,10 @@
 """The ZeroMQ front door: a ROUTER that answers every request and a PUB that carries every EventBus event.
 
-One thread owns both sockets (ZeroMQ sockets are not thread-safe). Events published from any thread are put on a
-deque and the thread is woken through a pipe that the poller watches. Requests are served one at a time, in
-arrival order: audio is decoded (and rejected) before anything touches the spool, and the ack is sent only after
-the spool's commit.
+One thread owns both sockets (ZeroMQ sockets are not thread-safe). Events published from any thread, and replies
+computed by the worker threads, are put on deques and the thread is woken through a pipe that the poller watches.
+The ingest thread identifies each request's peer (auth.py) and checks its rate (limits.py); the work runs on
+`Lanes` (lanes.py): each connection's requests in arrival order, connections in parallel. Audio is decoded (and
+rejected) before anything touches the spool, and the ack is sent only after the spool's commit.
 """
 
 from __future__ import annotations
@@ -13,33 +14,35 @@ import os
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import zmq
+
 from pydantic import ValidationError
 
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import Event, EventBus
 from flashtalk_live.ingest.audio import decode_for_settings
-from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Call, Handler, Peer, authorize
+from flashtalk_live.ingest.auth import EndpointRefused, Security
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Call, Handler, Peer, authorize, check_data, \
+    lookup, validate_args
+from flashtalk_live.ingest.lanes import Lanes
+from flashtalk_live.ingest.limits import RateLimiter, check_text
 from flashtalk_live.ingest.protocol import (
     PROTOCOL_VERSION,
     encode_event,
     encode_reply,
     error_reply,
     ok_reply,
-    parse_request,
+    parse_header,
     rejection_reply,
     split_frames,
 )
 from flashtalk_live.log import get_logger
 from flashtalk_live.queue.spool import Spool
-
 EVENT_BACKLOG = 10_000
 STATUS_PENDING_LIMIT = 50
-TRUSTED_TRANSPORTS = frozenset({"ipc", "inproc"})  # reachable only from this machine (ipc: by file permissions)
 
 
 class IngestError(RuntimeError):
@@ -63,8 +66,13 @@ def ipc_path(endpoint: str) -> Path | None:
     return Path(rest) if rest and not rest.startswith("@") else None
 
 
-def transport_of(endpoint: str) -> str:
-    return endpoint.split("://", 1)[0]
+def remove_socket_file(path: Path) -> None:
+    """Unlink an ipc socket file this process bound (only if it is still a socket)."""
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -80,26 +88,19 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     return frames[:1], frames[1:]
 
 
-@dataclass
-class Listener:
-    """One ROUTER socket and the endpoints of one transport bound on it (peers of one transport share a trust)."""
-
-    transport: str
-    sock: zmq.Socket
-    endpoints: list[str] = field(default_factory=list)
-
-
 class IngestServer:
     """ROUTER + PUB sockets served by one thread. start() binds (raising IngestError), stop() joins and closes.
 
     `handlers` binds the daemon's commands ({name: fn(Call) -> dict}); the queue commands are served here. Every name
-    must be in the command table; table commands without a handler answer `unavailable`.
+    must be in the command table (ingest/commands.py); table commands without a handler answer `unavailable`.
     """
 
     def __init__(self, settings: Any, spool: Spool, events: EventBus,
                  status_provider: Callable[[], dict[str, Any]] | None = None,
-                 handlers: Mapping[str, Handler] | None = None, *, context: zmq.Context | None = None) -> None:
+                 handlers: dict[str, Handler] | None = None, *, context: zmq.Context | None = None,
+                 refuse_clips: Callable[[], str | None] | None = None) -> None:
         self.settings = settings
+        self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
         self.spool = spool
         self.events = events
         self.status_provider = status_provider
@@ -113,12 +114,18 @@ class IngestServer:
         self.handlers: dict[str, Handler] = {**own, **(handlers or {})}
         self.served = frozenset(self.handlers)
         self.log = get_logger("ingest")
-        self._ctx = context or zmq.Context.instance()
+        # A private context by default: it holds this server's ZAP handler (one per context).
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self.security = Security(settings.ingest, settings.path)
+        self.limiter = RateLimiter(settings.ingest.rate_per_s, settings.ingest.rate_burst)
+        self._lanes: Lanes | None = None
+        self._replies: collections.deque[tuple[list[bytes], dict[str, Any]]] = collections.deque()
         self._backlog: collections.deque[Event] = collections.deque(maxlen=EVENT_BACKLOG)
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._listeners: list[Listener] = []
+        self._router: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
         self.control_endpoints: list[str] = []
         self.event_endpoints: list[str] = []
@@ -128,28 +135,30 @@ class IngestServer:
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
-        pub = self._ctx.socket(zmq.PUB)
-        listeners: list[Listener] = []
         try:
-            pub.setsockopt(zmq.LINGER, 0)
+            self.security.start(self._ctx)
+        except EndpointRefused as e:
+            raise IngestError(str(e)) from None
+        router = self._ctx.socket(zmq.ROUTER)
+        pub = self._ctx.socket(zmq.PUB)
+        try:
+            for sock in (router, pub):
+                sock.setsockopt(zmq.LINGER, 0)
+            router.setsockopt(zmq.MAXMSGSIZE, int(s.ingest.max_message_bytes))
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.setsockopt(zmq.RCVHWM, 100)
+            router.setsockopt(zmq.SNDHWM, 1000)
             pub.setsockopt(zmq.SNDHWM, 10_000)
-            by_transport: dict[str, list[str]] = {}
-            for template in s.ingest.control:
-                ep = expand_endpoint(s, template)
-                by_transport.setdefault(transport_of(ep), []).append(ep)
-            for transport, endpoints in by_transport.items():
-                router = self._ctx.socket(zmq.ROUTER)
-                listeners.append(Listener(transport, router))
-                self.configure_router(router, transport)
-                listeners[-1].endpoints = self._bind_all(router, endpoints, "ingest.control")
-            self.event_endpoints = self._bind_all(pub, [expand_endpoint(s, e) for e in s.ingest.events],
-                                                  "ingest.events")
+            self.control_endpoints = self._bind_all(router, s.ingest.control, "ingest.control")
+            self.event_endpoints = self._bind_all(pub, s.ingest.events, "ingest.events")
         except BaseException:
-            for sock in [pub] + [lst.sock for lst in listeners]:
-                sock.close(0)
+            router.close(0)
+            pub.close(0)
+            self.security.stop()
             raise
-        self._listeners, self._pub = listeners, pub
-        self.control_endpoints = [ep for lst in listeners for ep in lst.endpoints]
+        self._router, self._pub = router, pub
+        i = s.ingest
+        self._lanes = Lanes(i.workers, i.max_inflight_per_peer, i.max_inflight)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -161,26 +170,18 @@ class IngestServer:
         self.log.info("ingest_started", control=self.control_endpoints, events=self.event_endpoints,
                       max_message_bytes=s.ingest.max_message_bytes)
 
-    def configure_router(self, sock: zmq.Socket, transport: str) -> None:
-        """Socket options of the ROUTER for one transport, before it binds (the place for auth options)."""
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, int(self.settings.ingest.max_message_bytes))
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.RCVHWM, 100)
-        sock.setsockopt(zmq.SNDHWM, 1000)
-
-    def peer_for(self, listener: Listener, frame: zmq.Frame) -> Peer:
-        """Who sent this message: local transports are trusted, the rest not (`frame` carries ZMQ metadata such
-        as a CURVE peer's User-Id, for an auth layer to decide otherwise)."""
-        return Peer(trusted=listener.transport in TRUSTED_TRANSPORTS, transport=listener.transport)
-
     def _bind_all(self, sock: zmq.Socket, endpoints: list[str], field: str) -> list[str]:
         bound = []
-        for ep in endpoints:
+        for template in endpoints:
+            ep = expand_endpoint(self.settings, template)
             try:
+                self.security.prepare_bind(sock, ep, field)
                 sock.bind(ep)
+                self.security.after_bind(ep)
             except zmq.ZMQError as e:
                 raise IngestError(f"{field}: cannot bind {ep}: {e}") from None
+            except EndpointRefused as e:
+                raise IngestError(str(e)) from None
             # tcp://...:0 or :* picks a free port: report the real one
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT) if ep.startswith("tcp://") else ep)
         return bound
@@ -189,22 +190,29 @@ class IngestServer:
         self.events.unsubscribe(self._on_event)
         if self._thread is None:
             return
+        if self._lanes is not None:
+            self._lanes.close()
         self._stopping.set()
         self._wake()
         self._thread.join(timeout_s)
         self._thread = None
-        for sock in [lst.sock for lst in self._listeners] + [self._pub]:
+        for sock in (self._router, self._pub):
             if sock is not None:
                 sock.close(0)
-        # libzmq unlinks ipc files from its reaper thread, which a process exiting right after may never run: give it
-        # a moment (so it cannot unlink a later bind's file), then remove what is left.
+        self._router = self._pub = None
+        self.security.stop()
+        if self._own_ctx:
+            self._ctx.term()
+            self._ctx = zmq.Context()  # start() again gets a fresh one
+        # libzmq unlinks ipc files from its reaper thread, which a process exiting right after may never run (and
+        # a shared context is not terminated here): give it a moment, so it cannot unlink a later bind's file, then
+        # remove what is left.
         files = [p for p in map(ipc_path, self.control_endpoints + self.event_endpoints) if p is not None]
         deadline = time.monotonic() + 1.0
         while any(p.exists() for p in files) and time.monotonic() < deadline:
             time.sleep(0.01)
         for path in files:
             remove_socket_file(path)
-        self._listeners, self._pub = [], None
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -247,9 +255,9 @@ class IngestServer:
 
     # -- serving -----------------------------------------------------------------------------------
     def _serve(self) -> None:
+        assert self._router is not None
         poller = zmq.Poller()
-        for lst in self._listeners:
-            poller.register(lst.sock, zmq.POLLIN)
+        poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping.is_set():
             try:
@@ -260,56 +268,73 @@ class IngestServer:
                 self.log.error("ingest_poll_failed", error=str(e))
                 time.sleep(0.1)
                 continue
-            if self._backlog or self._wake_r in ready:
+            if self._backlog or self._replies or self._wake_r in ready:
                 self._flush_events()
-            for lst in self._listeners:
-                if lst.sock not in ready:
-                    continue
-                # Drain what is queued, but interleave the event flush so events stay prompt.
+                self._flush_replies()
+            if self._router in ready:
                 for _ in range(64):
                     try:
-                        frames = lst.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        msg = self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._serve_one(lst, frames)
-                    if self._backlog:
-                        self._flush_events()
+                    self._accept(msg)
         self._flush_events()
+        self._flush_replies()
 
-    def _serve_one(self, listener: Listener, frames: list[zmq.Frame]) -> None:
-        envelope, body = split_envelope([f.bytes for f in frames])
-        peer = self.peer_for(listener, frames[-1])
+    def _accept(self, msg: list[zmq.Frame]) -> None:
+        """On the ingest thread: name the peer, check its rate, and queue the request on its connection's lane."""
+        peer = self.security.peer_of(msg[-1])
+        envelope, body = split_envelope([f.bytes for f in msg])
+        t0 = time.perf_counter()
         try:
+            self.limiter.check(peer.name)
             header, payload = split_frames(body)
+            assert self._lanes is not None
+            self._lanes.submit(envelope[0], lambda: self._serve_one(envelope, peer, header, payload, t0))
         except Rejection as e:
-            reply = rejection_reply(e)
-            self.log.info("request_rejected", code=e.code, reason=e.reason, frames=len(body), peer=peer.transport)
-        else:
-            reply = self.dispatch(peer, header, payload)
-        self.requests_served += 1
-        self._reply(listener.sock, envelope, reply)
+            self.log.info("request_rejected", code=e.code, reason=e.reason, peer=peer.name, frames=len(body))
+            self._replies.append((envelope, rejection_reply(e)))
+            self._flush_replies()
 
-    def _reply(self, sock: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -> None:
+    def _flush_replies(self) -> None:
+        while self._replies:
+            envelope, reply = self._replies.popleft()
+            self.requests_served += 1
+            self._reply(envelope, reply)
+
+    def _serve_one(self, envelope: list[bytes], peer: Peer, header: bytes, payload: bytes | None, t0: float) -> None:
+        """On a worker thread: answer one request; the reply goes back through the ingest thread."""
+        reply = self.dispatch(peer, header, payload)
+        reply.setdefault("ms", round((time.perf_counter() - t0) * 1000, 2))
+        self._replies.append((envelope, reply))
+        self._wake()
+
+    def _reply(self, envelope: list[bytes], reply: dict[str, Any]) -> None:
+        assert self._router is not None
         try:
-            sock.send_multipart(envelope + [encode_reply(reply)], flags=zmq.NOBLOCK)
+            self._router.send_multipart(envelope + [encode_reply(reply)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:  # EHOSTUNREACH: the peer left (ROUTER_MANDATORY); EAGAIN: it stopped reading
             self.log.warning("reply_not_delivered", error=str(e), segment_id=reply.get("segment_id"))
 
     def dispatch(self, peer: Peer, header: bytes, payload: bytes | None) -> dict[str, Any]:
-        """One request to its reply: parse and validate against the command table, check the peer may call it, run
-        its handler. Rejections (and a handler's ValueError) answer with their code; only a bug answers internal."""
-        t0 = time.perf_counter()
-        frames = [header] if payload is None else [header, payload]
+        """One request to its reply: parse it, check it against the command table (data frame, text limits, typed
+        fields), check the peer may call it, run its handler. Rejections (and a handler's ValueError) answer with
+        their code and field; only a bug answers `internal`. Thread-safe: runs on the worker lanes."""
         request_id = cmd = None
         try:
-            req = parse_request(frames, self.served)
-            request_id, cmd = req.request_id, req.cmd
-            handler = self.handlers.get(req.cmd)
+            fields = parse_header(header)
+            command = lookup(fields["cmd"], self.served)
+            cmd = command.name
+            check_data(command, payload)
+            check_text(fields, self.settings.ingest)
+            args = validate_args(command, fields)
+            request_id = args.id
+            handler = self.handlers.get(cmd)
             if handler is None:
-                raise Rejection("unavailable", f"{req.cmd} is not served here; this server has: "
+                raise Rejection("unavailable", f"{cmd} is not served here; this server has: "
                                                f"{', '.join(sorted(self.served))}")
-            authorize(req.command, req.args, peer)
-            result = handler(Call(peer, req.command, req.args, req.data))
+            authorize(command, args, peer)
+            result = handler(Call(peer, command, args, payload))
             if result is None:
                 result = {}
             if not isinstance(result, dict):
@@ -321,17 +346,16 @@ class IngestServer:
             err = e.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(p) for p in err["loc"]) or None
             reply = rejection_reply(Rejection("bad_request", f"{cmd}: {where or 'request'}: {err['msg']}", where))
-        except ValueError as e:  # a handler's check of the caller's input
+        except ValueError as e:  # a handler's own check of the caller's input
             reply = error_reply("bad_request", f"{cmd}: {e}")
         except Exception as e:  # noqa: BLE001 - a bug in one request must not stop the front door
             reply = error_reply("internal", f"{type(e).__name__}: {e}")
             self.log.exception("request_failed", cmd=cmd)
         if not reply["ok"]:
             self.log.info("request_rejected", cmd=cmd, code=reply["code"], reason=reply["reason"],
-                          field=reply.get("field"), peer=peer.transport, bytes=len(header) + len(payload or b""))
+                          field=reply.get("field"), peer=peer.name, bytes=len(header) + len(payload or b""))
         if request_id is not None:
             reply["id"] = request_id
-        reply.setdefault("ms", round((time.perf_counter() - t0) * 1000, 2))
         return reply
 
     # -- the commands served here ------------------------------------------------------------------
@@ -339,7 +363,7 @@ class IngestServer:
         args = call.args
         if args.event:  # type: ignore[attr-defined]
             # Lets a subscriber prove its SUB connection is live (PUB drops messages sent before it joined).
-            self._publish_direct({"type": "pong", "ts": time.time(), "nonce": args.nonce})  # type: ignore[attr-defined]
+            self._on_event({"type": "pong", "ts": time.time(), "nonce": args.nonce})  # type: ignore[attr-defined,arg-type]
         ing = self.settings.ingest
         return {"pong": True, "protocol": PROTOCOL_VERSION, "server": "flashtalk-live",
                 "max_message_bytes": ing.max_message_bytes, "max_clip_seconds": ing.max_clip_seconds,
@@ -377,6 +401,9 @@ class IngestServer:
             if ack is not None:  # a resend after a lost reply: same answer, no second clip
                 self.log.info("clip_duplicate", segment_id=ack["segment_id"], request_id=rid)
                 return {"duplicate": True, **ack}
+        refusal = self.refuse_clips() if self.refuse_clips is not None else None
+        if refusal is not None:
+            raise Rejection("disk_full", refusal)
         cap = self.spool.limits.max_spool_bytes
         if len(data) > cap:  # checked before decoding: it could never be queued
             raise Rejection("oversize", f"payload of {len(data)} bytes exceeds queue.max_spool_bytes {cap}")
@@ -394,23 +421,15 @@ class IngestServer:
                             duration_s=ack["duration_s"], request_id=rid, meta=meta)
         return {"duplicate": False, **ack}
 
-    def _publish_direct(self, event: dict[str, Any]) -> None:
-        self._flush_events()  # keep bus events ahead of this one
-        assert self._pub is not None
-        try:
-            self._pub.send_multipart(encode_event(event), flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-
     def status(self) -> dict[str, Any]:
         """What the status command returns: queue stats and head, plus the daemon's own status_provider()."""
-        pending = self.spool.pending()
+        pending = self.spool.pending(limit=STATUS_PENDING_LIMIT)
         out: dict[str, Any] = {
             "queue": self.spool.stats(),
             "playing": [{"segment_id": e.segment_id, "duration_s": e.duration_s, "mode": e.mode}
                         for e in self.spool.playing()],
             "pending": [{"segment_id": e.segment_id, "position": e.position, "duration_s": e.duration_s,
-                         "mode": e.mode} for e in pending[:STATUS_PENDING_LIMIT]],
+                         "mode": e.mode} for e in pending],
             "ingest": {"control": self.control_endpoints, "events": self.event_endpoints,
                        "requests_served": self.requests_served,
                        "max_message_bytes": self.settings.ingest.max_message_bytes},
@@ -422,12 +441,3 @@ class IngestServer:
                 extra = {"status_error": f"{type(e).__name__}: {e}"}
             out.update(extra)
         return out
-
-
-def remove_socket_file(path: Path) -> None:
-    """Unlink an ipc socket file this process bound (only if it is still a socket)."""
-    try:
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
-    except FileNotFoundError:
-        pass

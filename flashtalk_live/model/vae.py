@@ -1,11 +1,14 @@
 """The Wan2.1 causal 3-D video VAE (z16, 4x8x8) in pure PyTorch, with explicit streaming caches.
 
 `WanVAE` has exactly the state-dict keys of the released `Wan2.1_VAE.pth` (the reference's inner
-`WanVAE_`), so that file loads strictly into it.  Encoding runs the first frame alone and then groups
-of 4 frames; decoding runs one latent frame at a time.  Between those steps every causal convolution
-keeps the last 2 frames of its input in a `VAECache`.  By default each `encode`/`decode` call uses a
-fresh cache, exactly like the reference (which clears its cache at the start and end of every call);
-a streaming caller may instead pass its own cache, keep it across calls and `reset()` it explicitly.
+`WanVAE_`), so that file loads strictly into it.  The reference encodes the first frame alone and then
+groups of 4 frames, and decodes one latent frame at a time; every op is causal in time, so any split of
+the clip into passes gives the same result as long as the causal history is carried between passes.
+Here a pass may hold any number of latent frames (the default: the whole call in one pass, which keeps
+the GPU busy; `latents_per_pass=1` is the reference's frame-by-frame loop).  Between passes every causal
+convolution keeps the last 2 frames of its input in a `VAECache`.  By default each `encode`/`decode`
+call uses a fresh cache, exactly like the reference (which clears its cache at the start and end of
+every call); a streaming caller may instead pass its own cache, keep it across calls and `reset()` it.
 """
 
 from __future__ import annotations
@@ -129,8 +132,8 @@ class VAECache:
     """Causal history of one encoder or decoder stream: one slot per cached layer.
 
     A slot holds None (nothing seen), a tensor with the last <= 2 input frames of that layer, or, for a
-    temporal up-sampler, the marker that its first latent was passed through.  `steps` counts the chunks
-    (encoder: 1 frame, then 4-frame groups; decoder: single latents) that went through the stream.
+    temporal up-sampler, the marker that its first latent was passed through.  `steps` counts the latent
+    frames that went through the stream (encoded or decoded).
     """
 
     kind: Literal["encoder", "decoder"]
@@ -178,26 +181,45 @@ def _next_history(prev: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([prev[:, :, -1:], x], dim=2)[:, :, -_HISTORY:].clone()
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last_3d when x is laid out that way (and it matters), else the default layout."""
+    if x.ndim == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 class CausalConv3d(nn.Conv3d):
     """Conv3d padded causally in time (2p frames on the left, none on the right), 'same' in space.
 
-    `history` (previous frames of the same stream) replaces that many of the left zero frames.
+    `history` (previous frames of the same stream) replaces that many of the left zero frames.  The
+    spatial zero padding is left to the conv itself (no padded copy of the input); only the time axis
+    is extended here, by one concatenation.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         pt, ph, pw = self.padding  # type: ignore[misc]
-        # F.pad order: (w_left, w_right, h_left, h_right, t_left, t_right)
+        # F.pad order: (w_left, w_right, h_left, h_right, t_left, t_right); read by parallel/vae_split.py
         self._causal_pad = (pw, pw, ph, ph, 2 * pt, 0)
-        self.padding = (0, 0, 0)
+        self.padding = (0, ph, pw)
         self.cache_slot: int | None = None
 
     def forward(self, x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        pad = list(self._causal_pad)
-        if history is not None and pad[4] > 0:
-            x = torch.cat([history.to(x.device), x], dim=2)
-            pad[4] -= history.shape[2]
-        return super().forward(F.pad(x, pad))
+        return super().forward(self.time_context(x, history))
+
+    def time_context(self, x: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """x with its causal left context in time: history frames, then zeros for what is missing."""
+        t_pad = self._causal_pad[4]
+        if t_pad == 0:
+            return x
+        parts = [x]
+        if history is not None:
+            parts.insert(0, history.to(x.device))
+            t_pad -= history.shape[2]
+        if t_pad > 0:
+            shape = (x.shape[0], x.shape[1], t_pad, *x.shape[3:])
+            parts.insert(0, torch.zeros(shape, dtype=x.dtype, device=x.device).contiguous(memory_format=_memory_format(x)))
+        return torch.cat(parts, dim=2)
 
     def stream(self, x: torch.Tensor, cache: VAECache | None) -> torch.Tensor:
         """Apply with the stream's history and store the new one (plain causal conv without a cache)."""
@@ -219,7 +241,8 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma
+        # In place on the fresh normalised tensor: the same values, one full-size temporary fewer.
+        return F.normalize(x, dim=1).mul_(self.scale).mul_(self.gamma)
 
 
 class ResidualBlock(nn.Module):
@@ -228,10 +251,10 @@ class ResidualBlock(nn.Module):
         # Index layout fixed by the released keys: residual.{0,2,3,6}, shortcut.
         self.residual = nn.Sequential(
             RMSNorm(in_dim, images=False),
-            nn.SiLU(),
+            nn.SiLU(inplace=True),  # on the norm's fresh output
             CausalConv3d(in_dim, out_dim, 3, padding=1),
             RMSNorm(out_dim, images=False),
-            nn.SiLU(),
+            nn.SiLU(inplace=True),
             nn.Dropout(dropout),
             CausalConv3d(out_dim, out_dim, 3, padding=1),
         )
@@ -241,7 +264,7 @@ class ResidualBlock(nn.Module):
         h = self.shortcut(x)
         for layer in self.residual:
             x = layer.stream(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
-        return x + h
+        return x.add_(h)  # x is the last conv's fresh output
 
 
 class AttentionBlock(nn.Module):
@@ -310,17 +333,27 @@ class Resample(nn.Module):
         slot = self.time_conv.cache_slot
         assert slot is not None
         prev = cache.slots[slot]
+        image = None
         if prev is None:
-            # The first latent of a stream is an image frame: it passes without temporal up-sampling.
-            cache.slots[slot] = _SKIPPED
-            return x
+            # The first latent of a stream is an image frame: it passes without temporal up-sampling, and
+            # the latents after it are up-sampled as if the stream started after it (zero history).
+            cache.slots[slot] = prev = _SKIPPED
+            if x.shape[2] == 1:
+                return x
+            image, x = x[:, :, :1], x[:, :, 1:]
         history = None if prev is _SKIPPED else prev
         y = self.time_conv(x, history)
         cache.slots[slot] = _next_history(history, x)
-        # Channels [0:C] give the even output frames and [C:2C] the odd ones.
+        # Channels [0:C] give the even output frames and [C:2C] the odd ones; the image frame goes first.
         b, c2, t, h, w = y.shape
-        y = y.reshape(b, 2, c2 // 2, t, h, w)
-        return torch.stack((y[:, 0], y[:, 1]), dim=3).reshape(b, c2 // 2, t * 2, h, w)
+        c, first = c2 // 2, 0 if image is None else 1
+        out = torch.empty((b, c, first + 2 * t, h, w), dtype=y.dtype, device=y.device,
+                          memory_format=_memory_format(y))
+        if image is not None:
+            out[:, :, :1] = image
+        out[:, :, first::2] = y[:, :c]
+        out[:, :, first + 1 :: 2] = y[:, c:]
+        return out
 
     def _temporal_down(self, x: torch.Tensor, cache: VAECache) -> torch.Tensor:
         slot = self.time_conv.cache_slot
@@ -328,8 +361,11 @@ class Resample(nn.Module):
         prev = cache.slots[slot]
         cache.slots[slot] = x[:, :, -1:].clone()
         if prev is None:
-            # First call (the lone first frame): kept as is, remembered as left context.
-            return x
+            # The stream's first frame is kept as is; the stride-2 windows after it start on it, exactly
+            # as when it was remembered as the left context of the next call.
+            if x.shape[2] == 1:
+                return x
+            return torch.cat([x[:, :, :1], self.time_conv(x)], dim=2)
         return self.time_conv(torch.cat([prev, x], dim=2))
 
 
@@ -356,7 +392,7 @@ class Encoder3d(nn.Module):
             ResidualBlock(out_dim, out_dim, cfg.dropout),
         )
         self.head = nn.Sequential(
-            RMSNorm(out_dim, images=False), nn.SiLU(), CausalConv3d(out_dim, cfg.z_dim * 2, 3, padding=1)
+            RMSNorm(out_dim, images=False), nn.SiLU(inplace=True), CausalConv3d(out_dim, cfg.z_dim * 2, 3, padding=1)
         )
 
     def forward(self, x: torch.Tensor, cache: VAECache | None = None) -> torch.Tensor:
@@ -394,7 +430,9 @@ class Decoder3d(nn.Module):
                 upsamples.append(Resample(out_dim, "upsample3d" if temporal_upsample[i] else "upsample2d"))
                 scale *= 2.0
         self.upsamples = nn.Sequential(*upsamples)
-        self.head = nn.Sequential(RMSNorm(out_dim, images=False), nn.SiLU(), CausalConv3d(out_dim, 3, 3, padding=1))
+        self.head = nn.Sequential(
+            RMSNorm(out_dim, images=False), nn.SiLU(inplace=True), CausalConv3d(out_dim, 3, 3, padding=1)
+        )
 
     def forward(self, x: torch.Tensor, cache: VAECache | None = None) -> torch.Tensor:
         x = self.conv1.stream(x, cache)
@@ -436,6 +474,40 @@ class WanVAE(nn.Module):
         self._encoder_slots = _number_cache_slots(self.encoder)
         self._decoder_slots = _number_cache_slots(self.decoder)
         self._scale_cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        # Default latent frames per encoder/decoder pass: None = the whole call in one pass (fastest on a
+        # GPU; peak activation memory grows with it), 1 = the reference's frame-by-frame loop.
+        self.latents_per_pass: int | None = None
+        self.channels_last = False
+
+    # -- performance settings (never change results beyond float rounding) ---------------------------
+
+    def configure(self, *, latents_per_pass: int | None = None, channels_last: bool | None = None,
+                  compile: bool = False, compile_backend: str = "inductor") -> WanVAE:
+        """Set the default pass size (None or 0: whole call) and the conv memory layout; returns self.
+
+        `compile=True` torch.compiles the encoder and decoder in place (one graph each, no breaks; every new
+        input shape or cache state compiles once, in the warm-up); it cannot be undone.
+        """
+        if latents_per_pass is not None:
+            self.latents_per_pass = _check_pass(latents_per_pass) or None
+        if channels_last is not None:
+            self.channels_last = bool(channels_last)
+            for m in self.modules():
+                if isinstance(m, nn.Conv3d | nn.Conv2d):
+                    fmt = torch.channels_last_3d if isinstance(m, nn.Conv3d) else torch.channels_last
+                    m.weight.data = m.weight.data.contiguous(
+                        memory_format=fmt if channels_last else torch.contiguous_format)
+        if compile:
+            self.encoder.compile(dynamic=False, backend=compile_backend)
+            self.decoder.compile(dynamic=False, backend=compile_backend)
+        return self
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
+    def _passes(self, latents_per_pass: int | None, default: int | None) -> int | None:
+        n = _check_pass(latents_per_pass if latents_per_pass is not None else (default or 0))
+        return n or None
 
     # -- caches --------------------------------------------------------------------------------------
 
@@ -467,12 +539,15 @@ class WanVAE(nn.Module):
 
     # -- encode --------------------------------------------------------------------------------------
 
-    def encode(self, video: torch.Tensor, *, cache: VAECache | None = None, scaled: bool = True) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, *, cache: VAECache | None = None, scaled: bool = True,
+               latents_per_pass: int | None = None) -> torch.Tensor:
         """Video [B, 3, T, H, W] in [-1, 1] -> latents [B, z, T', H/8, W/8] (the posterior mean).
 
         Without `cache` the call is independent (the reference behaviour) and T must be 1 + 4k.  With a
         fresh cache the same holds and the cache keeps the stream's history afterwards; with a used cache
         the clip continues that stream and T must be a multiple of 4.  `scaled=False` returns the raw mu.
+        `latents_per_pass`: latent frames per encoder pass (default `self.latents_per_pass`; 1 is the
+        reference's loop: the first frame alone, then groups of 4 frames).
         """
         self._check_video(video)
         s = self.config.temporal_stride
@@ -483,16 +558,21 @@ class WanVAE(nn.Module):
         if cache.fresh:
             if (t - 1) % s:
                 raise ValueError(f"VAE encode of a new clip needs 1 + {s}k frames, got {t}")
-            bounds = [(0, 1)] + [(1 + s * i, 1 + s * (i + 1)) for i in range((t - 1) // s)]
+            ends = [1 + s * i for i in range(1 + (t - 1) // s)]  # latent i ends at video frame ends[i]
         else:
             if t % s:
                 raise ValueError(f"VAE encode continuing a stream needs a multiple of {s} frames, got {t}")
-            bounds = [(s * i, s * (i + 1)) for i in range(t // s)]
-        outs = []
-        for a, b in bounds:
-            outs.append(self.encoder(video[:, :, a:b], cache))
-            cache.steps += 1
-        mu = self.conv1(torch.cat(outs, dim=2)).chunk(2, dim=1)[0]  # log-variance is unused
+            ends = [s * (i + 1) for i in range(t // s)]
+        per_pass = self._passes(latents_per_pass, self.latents_per_pass) or len(ends)
+        video = self._layout(video)
+        outs, start = [], 0
+        for i in range(0, len(ends), per_pass):
+            end = ends[min(i + per_pass, len(ends)) - 1]
+            outs.append(self.encoder(video[:, :, start:end], cache))
+            cache.steps += min(per_pass, len(ends) - i)
+            start = end
+        enc = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        mu = self.conv1(enc).chunk(2, dim=1)[0].contiguous()  # log-variance is unused
         return self.scale_latents(mu) if scaled else mu
 
     def encode_motion(self, video: torch.Tensor, motion_frames: int = 5) -> torch.Tensor:
@@ -505,26 +585,34 @@ class WanVAE(nn.Module):
     # -- decode --------------------------------------------------------------------------------------
 
     def decode_iter(
-        self, latents: torch.Tensor, *, cache: VAECache | None = None, clamp: bool = True
+        self, latents: torch.Tensor, *, cache: VAECache | None = None, clamp: bool = True,
+        latents_per_pass: int | None = 1,
     ) -> Iterator[torch.Tensor]:
-        """Yield the video of each latent frame in turn: [B, 3, 1 or 4, H, W] (1 for a stream's first latent)."""
+        """Yield the video of each pass in turn: [B, 3, frames, H, W], 4 frames per latent but 1 for a
+        stream's first latent.  `latents_per_pass` (default 1, the reference's loop; None: the VAE's
+        default) latents go through the decoder together."""
         self._check_latents(latents)
+        per_pass = self._passes(latents_per_pass, self.latents_per_pass) or latents.shape[2]
         if cache is None:
             cache = self.new_decoder_cache()
         cache._check("decoder", latents)
-        x = self.conv2(self.unscale_latents(latents))
-        for i in range(x.shape[2]):
-            out = self.decoder(x[:, :, i : i + 1], cache)
-            cache.steps += 1
+        x = self._layout(self.conv2(self.unscale_latents(latents)))
+        for i in range(0, x.shape[2], per_pass):
+            out = self.decoder(x[:, :, i : i + per_pass], cache).contiguous()
+            cache.steps += min(per_pass, x.shape[2] - i)
             yield out.clamp_(-1.0, 1.0) if clamp else out
 
-    def decode(self, latents: torch.Tensor, *, cache: VAECache | None = None, clamp: bool = True) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, *, cache: VAECache | None = None, clamp: bool = True,
+               latents_per_pass: int | None = None) -> torch.Tensor:
         """Latents [B, z, T', h, w] -> video [B, 3, T, 8h, 8w], clamped to [-1, 1] unless `clamp=False`.
 
         Without `cache` (the reference behaviour) T = 1 + 4(T' - 1); a kept cache continues a stream and
-        then every latent gives 4 frames.
+        then every latent gives 4 frames.  `latents_per_pass` as in `decode_iter`, but defaulting to the
+        VAE's `latents_per_pass` (normally the whole call in one pass); the result does not depend on it
+        beyond float rounding.
         """
-        return torch.cat(list(self.decode_iter(latents, cache=cache, clamp=clamp)), dim=2)
+        parts = list(self.decode_iter(latents, cache=cache, clamp=clamp, latents_per_pass=latents_per_pass))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     # -- input checks ----------------------------------------------------------------------------------
 
@@ -548,6 +636,12 @@ class WanVAE(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(math.prod(p.shape) for p in self.parameters())
+
+
+def _check_pass(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"latents_per_pass must be an integer >= 1 (or 0/None: the whole call), got {n!r}")
+    return n
 
 
 def expected_state_dict_shapes(config: VAEConfig | None = None) -> dict[str, tuple[int, ...]]:

@@ -8,6 +8,7 @@ from 0); an existing file is never overwritten (-1, -2, ... is appended). MP4 is
 
 from __future__ import annotations
 
+import os
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -58,6 +59,7 @@ class FileOutput(Output):
         self.bytes = 0
         self.next_attempt = 0.0
         self.closed = False
+        self.paused: str | None = None  # why recording is paused (a disk under its watermark), or None
         self._failed = False
         self._kf_requested = False
         self._prev: tuple[Any, Rebaser] | None = None  # the segment just cut, still taking late audio
@@ -96,6 +98,46 @@ class FileOutput(Output):
         c, self.container, self.rebaser = self.container, None, None
         self._close(c)
         self._close_prev()
+        self._drop_if_empty(self.path)
+
+    def _drop_if_empty(self, path: Path | None) -> None:
+        """A file that never got a byte (a full disk at open) is removed rather than left as a 0-byte recording."""
+        try:
+            if path is not None and path.stat().st_size == 0:
+                path.unlink()
+                if self.files and self.files[-1] == str(path):
+                    self.files.pop()
+        except OSError:
+            pass
+
+    def device(self) -> int | None:
+        """The file system the recordings go to (the nearest existing folder of the template)."""
+        p = self.template.parent
+        while True:
+            try:
+                return os.stat(p).st_dev
+            except OSError:
+                if p.parent == p:
+                    return None
+                p = p.parent
+
+    def pause(self, reason: str) -> None:
+        """Finalise the open file and write nothing until resume() (the disk is under its watermark)."""
+        with self._lock:
+            if self.paused is None and not self.closed:
+                self.paused = reason
+                self._close_container()
+                self._set_down(reason, state="paused")
+                log.warning("recording_paused", output=self.name, reason=reason)
+
+    def resume(self) -> None:
+        """Record again: the next keyframe opens a new file."""
+        with self._lock:
+            if self.paused is not None:
+                self.paused = None
+                self.next_attempt = 0.0
+                self._failed = False
+                log.info("recording_resumed", output=self.name)
 
     def _close(self, c: Any) -> None:
         if c is not None:
@@ -139,6 +181,9 @@ class FileOutput(Output):
     def send(self, packets: list[Any]) -> None:
         with self._lock:
             if self.closed:
+                return
+            if self.paused is not None:
+                self.dropped_packets += len(packets)
                 return
             for i, p in enumerate(packets):
                 if self._prev is not None and self._to_prev(p):
@@ -194,5 +239,6 @@ class FileOutput(Output):
     def status(self) -> dict[str, Any]:
         st = super().status()
         with self._lock:
-            st.update(path=str(self.path) if self.path else None, segments=self.segments, bytes=self.bytes)
+            st.update(path=str(self.path) if self.path else None, segments=self.segments, bytes=self.bytes,
+                      paused=self.paused)
         return st

@@ -35,6 +35,10 @@ def output_kind(url: str) -> str:
     raise ValueError(f"unsupported output url {url!r}: use rtmp://host/app/key, rtmps://..., or a .flv/.mp4 path")
 
 
+class TooManyOutputs(ValueError):
+    """output_policy.max_outputs outputs are running already."""
+
+
 class OutputManager:
     """All outputs of one encoder."""
 
@@ -73,6 +77,9 @@ class OutputManager:
                 raise RuntimeError("OutputManager is closed")
             if any(o.name == settings.name for o in self._outputs):
                 raise ValueError(f"an output named {settings.name!r} already exists")
+            if len(self._outputs) >= self.policy.max_outputs:
+                raise TooManyOutputs(f"{len(self._outputs)} outputs are running, output_policy.max_outputs is "
+                                     f"{self.policy.max_outputs}: remove one first")
             cls = RtmpOutput if kind == "rtmp" else FileOutput
             out = cls(settings, self.policy, self.video_stream, self.audio_stream, self.request_keyframe,
                       self._queue_event)
@@ -93,6 +100,16 @@ class OutputManager:
 
     def names(self) -> list[str]:
         return [o.name for o in self._outputs]
+
+    def pause_recordings(self, reason: str | None, device: int | None = None) -> None:
+        """Pause the local recordings on file system `device` (all when None) with a reason, or resume them."""
+        for o in self._outputs:
+            if not hasattr(o, "pause"):
+                continue
+            if reason is None:
+                o.resume()
+            elif device is None or o.device() == device:
+                o.pause(reason)
 
     # -- the broadcast thread ------------------------------------------------------------------
     def send(self, packets: list[Any]) -> None:

@@ -293,10 +293,10 @@ class ParallelHandle:
 def parallel_flashtalk_renderer(settings: Any, events: Any, handle: ParallelHandle):
     """build_flashtalk_renderer with its DiT running over the job's ranks (warm-up included), and its VAE
     decode split over them when the configured profile has split_vae_decode."""
-    from flashtalk_live.engine.profile import resolve_profile
+    from flashtalk_live.engine.profile import splits_vae_decode
     from flashtalk_live.engine.renderer import build_flashtalk_renderer
 
-    split = resolve_profile(settings.model.profile).split_vae_decode
+    split = splits_vae_decode(settings.model)
     vae_wrapper = partial(handle.wrap_vae, enabled=True) if split else None
     return build_flashtalk_renderer(settings, events, dit_wrapper=handle.wrap_dit, vae_wrapper=vae_wrapper)
 
@@ -366,10 +366,10 @@ def spec_from_settings(settings: Any) -> WorkerSpec:
         raise ParallelConfigError("model.weights_dir is not set: every rank loads the DiT from it")
     from flashtalk_live.checkpoints.release import read_dit_config
 
-    from flashtalk_live.engine.profile import resolve_profile
+    from flashtalk_live.engine.profile import splits_vae_decode
 
     cfg = read_dit_config(m.weights_dir)
-    split = resolve_profile(m.profile).split_vae_decode
+    split = splits_vae_decode(m)
     device_type = torch.device(m.device).type
     return WorkerSpec(num_heads=cfg.num_heads, devices=ids, device_type=device_type, dtype=m.dtype,
                       attention=m.attention, factory_args={"weights_dir": str(m.weights_dir)},

@@ -139,18 +139,14 @@ class _Split:
 
 
 def _causal_conv_forward(conv: CausalConv3d, split: _Split) -> Callable[..., torch.Tensor]:
-    pw, _, ph, _, pt, _ = conv._causal_pad
+    pw, _, ph, _, _, _ = conv._causal_pad
     if conv.stride[1] != 1 or conv.kernel_size[1] != 2 * ph + 1 or conv.padding_mode != "zeros":
         raise NotImplementedError(f"halo exchange supports stride-1 'same' convs only, got {conv}")
 
     def forward(x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
-        t_left = pt
-        if history is not None and t_left > 0:
-            # History first, then the halo: the neighbours' history rows come along with their new rows.
-            x = torch.cat([history.to(x.device), x], dim=2)
-            t_left -= history.shape[2]
-        x = split.halo(x, ph)
-        return conv._conv_forward(F.pad(x, (pw, pw, 0, 0, t_left, 0)), conv.weight, conv.bias)
+        # Time context (history, zeros) first, then the halo: the neighbours' history rows come along.
+        x = split.halo(conv.time_context(x, history), ph)
+        return F.conv3d(x, conv.weight, conv.bias, conv.stride, (0, 0, pw), conv.dilation, conv.groups)
 
     return forward
 
@@ -232,20 +228,22 @@ def _check(vae: WanVAE, latents: torch.Tensor, world: int) -> list[tuple[int, in
 
 @torch.no_grad()
 def split_decode(vae: WanVAE, latents: torch.Tensor, pg: ParallelGroup, *, cache: VAECache | None = None,
-                 clamp: bool = True) -> torch.Tensor:
+                 clamp: bool = True, latents_per_pass: int | None = None) -> torch.Tensor:
     """Collective: every rank passes the same whole latents [B, z, T, h, w]; every rank gets the whole video.
 
-    Same result as `vae.decode(latents, cache=..., clamp=...)`. `cache` (optional) is this rank's own
+    Same result as `vae.decode(latents, cache=..., clamp=..., latents_per_pass=...)`; every rank must use the
+    same pass size (it sets the sequence of halo exchanges), so give it explicitly rather than rely on each
+    rank's VAE default. `cache` (optional) is this rank's own
     decoder cache for its band, kept across calls to continue a stream; bad latents raise
     `SplitVAEInputError` on every rank before any collective.
     """
     bounds = _check(vae, latents, pg.world_size)
     if pg.world_size == 1:
-        return vae.decode(latents, cache=cache, clamp=clamp)
+        return vae.decode(latents, cache=cache, clamp=clamp, latents_per_pass=latents_per_pass)
     a, b = bounds[pg.rank]
     band = latents[:, :, :, a:b]
     with halo_decoder(vae, pg, [e - s for s, e in bounds]) as split:
-        video = vae.decode(band, cache=cache, clamp=clamp)
+        video = vae.decode(band, cache=cache, clamp=clamp, latents_per_pass=latents_per_pass)
         return split.gather_rows(video).contiguous()
 
 
@@ -291,18 +289,21 @@ class SplitDecodeVAE(nn.Module):
         if str(latents.dtype) not in _DTYPES:
             raise SplitVAEInputError(f"unsupported latent dtype {latents.dtype}")
         latents = latents.to(self.pg.device).contiguous()
-        cmd = {"op": VAE_DECODE_OP, "shape": tuple(latents.shape), "dtype": str(latents.dtype), "clamp": bool(clamp)}
+        # Rank 0's pass size goes with the command (0: whole call), so every rank runs the same exchanges.
+        per_pass = self.vae._passes(None, self.vae.latents_per_pass) or 0
+        cmd = {"op": VAE_DECODE_OP, "shape": tuple(latents.shape), "dtype": str(latents.dtype), "clamp": bool(clamp),
+               "latents_per_pass": per_pass}
         dist.broadcast_object_list([cmd], src=0, group=self.pg.control)
         dist.broadcast(latents, src=0, group=self.pg.data)
         self.calls += 1
-        return split_decode(self.vae, latents, self.pg, clamp=clamp)
+        return split_decode(self.vae, latents, self.pg, clamp=clamp, latents_per_pass=per_pass)
 
 
 def serve_vae_decode(vae: WanVAE, pg: ParallelGroup, cmd: dict[str, Any]) -> None:
     """A worker's answer to a `vae_decode` command: receive the latents, join the split decode, drop the video."""
     buf = torch.empty(tuple(cmd["shape"]), dtype=_DTYPES[cmd["dtype"]], device=pg.device)
     dist.broadcast(buf, src=0, group=pg.data)
-    split_decode(vae, buf, pg, clamp=bool(cmd["clamp"]))
+    split_decode(vae, buf, pg, clamp=bool(cmd["clamp"]), latents_per_pass=int(cmd.get("latents_per_pass", 0)))
 
 
 def vae_worker_loop(vae: WanVAE, pg: ParallelGroup) -> int:

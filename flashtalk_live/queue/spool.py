@@ -4,11 +4,18 @@ Why SQLite: every change that touches several clips (insert, play_now, clear, re
 a commit is durable once `COMMIT` returns (the WAL is fsynced; SQLite fsyncs the directory when it creates the WAL
 and we fsync it once more after opening), and a crash at any instant leaves either the old or the new queue, never a
 mix. The original payload bytes are stored (not decoded audio), so decoding at play time is reproducible and the spool
-stays small. Order is an integer `pos` among pending clips; a clip being broadcast is in state 'playing'.
+stays small. Order is an integer `pos` among pending clips with gaps between neighbours, so an enqueue, insert or
+play_now writes one row whatever the depth (a gap that runs out is renumbered once); totals per state are kept in
+memory, so acks and `status` never scan the queue. A clip being broadcast is in state 'playing'.
+
+Faults of the box: a spool SQLite cannot read at open is moved aside (never deleted) and a fresh one opened, so the
+room goes on air; a reserve file is given back to the file system when the disk fills, so clips already
+acknowledged still move from pending to playing to finished while new clips are refused with `disk_full`.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
@@ -17,15 +24,20 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 from flashtalk_live.errors import Rejection
 
 Mode = Literal["enqueue", "insert", "play_now"]
+T = TypeVar("T")
 MODES = ("enqueue", "insert", "play_now")
 DB_NAME = "spool.sqlite3"
+RESERVE_NAME = "spool.reserve"
+RESERVE_BYTES = 16 * 1024**2  # room for the WAL pages of state changes once the disk is full
+GAP = 1 << 20  # distance between neighbouring positions when appending or renumbering
 REQUEST_MEMORY = 10_000  # request ids remembered for de-duplication, finished clips included
 
 _SCHEMA = """
@@ -50,7 +62,7 @@ CREATE TABLE IF NOT EXISTS clips (
     created REAL NOT NULL,
     replays INTEGER NOT NULL DEFAULT 0     -- times recovered after a crash mid-broadcast
 );
-CREATE INDEX IF NOT EXISTS clips_order ON clips(state, pos);
+CREATE INDEX IF NOT EXISTS clips_order ON clips(state, pos, seq);
 CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT PRIMARY KEY,
     ack TEXT NOT NULL,
@@ -61,7 +73,32 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 
 class SpoolError(Rejection):
-    """A spool operation failed; `code` is a protocol rejection code (queue_full, oversize, internal)."""
+    """A spool operation failed; `code` is a protocol rejection code (queue_full, oversize, disk_full, internal)."""
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding `path` (-1 if unknown)."""
+    try:
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return -1
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """SQLite's and the OS's ways of saying the file system has no room."""
+    if isinstance(e, sqlite3.OperationalError):
+        text = str(e).lower()
+        return "full" in text or "disk i/o" in text
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class SpoolDiskFull(SpoolError):
+    """The file system under the spool has no room for this write."""
+
+    def __init__(self, path: Path, error: BaseException) -> None:
+        self.free_bytes = free_bytes(path)
+        super().__init__("disk_full", f"no space left for the spool in {path} ({self.free_bytes} bytes free): {error}")
 
 
 class SpoolLocked(SpoolError):
@@ -114,6 +151,20 @@ class AddResult:
     duplicate: bool
 
 
+@dataclass
+class _Totals:
+    """Clips, seconds and payload bytes of one state, kept beside the table so no read scans the queue."""
+
+    clips: int = 0
+    seconds: float = 0.0
+    bytes: int = 0
+
+    def add(self, clips: int, seconds: float, nbytes: int) -> None:
+        self.clips += clips
+        self.seconds += seconds
+        self.bytes += nbytes
+
+
 _COLS = ("segment_id, request_id, mode, state, pos, duration_s, format, sample_rate, channels, meta, "
          "payload_bytes, created, replays, interrupt")
 
@@ -130,7 +181,8 @@ class Spool:
     """Thread-safe durable queue. `path` is a directory (the database is `path/spool.sqlite3`)."""
 
     def __init__(self, path: str | os.PathLike[str], limits: SpoolLimits | Any | None = None, *,
-                 audio_rate: int = 48_000, audio_channels: int = 2, recover: bool = True) -> None:
+                 audio_rate: int = 48_000, audio_channels: int = 2, recover: bool = True,
+                 reserve_bytes: int = RESERVE_BYTES) -> None:
         self.dir = Path(path)
         self.dir.mkdir(parents=True, exist_ok=True)
         if limits is None:
@@ -147,47 +199,179 @@ class Spool:
         except BlockingIOError:
             self._lockfile.close()
             raise SpoolLocked(self.dir) from None
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
-        self._db = sqlite3.connect(str(self.db_path), isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only effective on a new file; frees deleted payloads
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise SpoolError("internal", f"SQLite refused WAL mode on {self.db_path} (got {mode})")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA journal_size_limit=67108864")
-        self._db.executescript(_SCHEMA)
-        _fsync_dir(self.dir)
-        self.recovered: list[str] = self.recover() if recover else []
+        self._reserve = self.dir / RESERVE_NAME
+        self._reserve_bytes = reserve_bytes
+        self.reserve_released = False
+        self.quarantined: tuple[Path, str] | None = None  # (where the unreadable file went, why) at open
+        self._deltas: list[tuple[str, int, float, int]] = []  # totals changes of the open transaction
+        try:
+            self._db = self._open()
+        except BaseException:
+            self._unlock()
+            raise
+        self._totals = {"pending": _Totals(), "playing": _Totals()}
+        for state, n, secs, nbytes in self._db.execute(
+                "SELECT state, COUNT(*), COALESCE(SUM(duration_s), 0), COALESCE(SUM(payload_bytes), 0) "
+                "FROM clips GROUP BY state"):
+            self._totals[state].add(n, secs, nbytes)
+        self.ensure_reserve()
+        self.recovered: list[str] = []
+        if recover:
+            try:
+                self.recovered = self.recover()
+            except SpoolDiskFull:  # the clips stay 'playing' and are recovered at the next open with room
+                pass
 
     @classmethod
     def from_settings(cls, settings: Any, **kw: Any) -> "Spool":
         return cls(settings.path(settings.queue.spool_dir), SpoolLimits.from_settings(settings.queue),
-                   audio_rate=settings.encoder.audio_rate, audio_channels=settings.encoder.audio_channels, **kw)
+                   audio_rate=settings.encoder.audio_rate, audio_channels=settings.encoder.audio_channels,
+                   reserve_bytes=settings.storage.spool_reserve_bytes, **kw)
+
+    # -- opening -------------------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        """Open the database; an unreadable one is quarantined, a full disk spends the reserve first."""
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as e:
+            if is_disk_full(e):
+                if self._release_reserve():
+                    return self._connect()
+                raise SpoolDiskFull(self.dir, e) from None
+            self.quarantined = (self._quarantine(), f"{type(e).__name__}: {e}")
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        """Connect, set up and check the file: a file that is not a sound SQLite spool raises DatabaseError."""
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+        db = sqlite3.connect(str(self.db_path), isolation_level=None, check_same_thread=False, timeout=30.0)
+        try:
+            if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only effective on a new file; frees deleted payloads
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.DatabaseError(f"SQLite refused WAL mode (got {mode})")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA journal_size_limit=67108864")
+            check = db.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise sqlite3.DatabaseError("quick_check: " + "; ".join(str(r[0]) for r in check[:3]))
+            missing = {"clips", "requests", "counters"} - {
+                r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if missing:  # a new file (no writes at all when the schema is there: opening needs no free space)
+                db.executescript(_SCHEMA)
+            elif db.execute("SELECT 1 FROM sqlite_master WHERE name='clips_order' "
+                            "AND sql LIKE '%seq%'").fetchone() is None:
+                db.executescript("DROP INDEX IF EXISTS clips_order; "
+                                 "CREATE INDEX clips_order ON clips(state, pos, seq);")
+            _fsync_dir(self.dir)
+            return db
+        except BaseException:
+            db.close()
+            raise
+
+    def _quarantine(self) -> Path:
+        """Move an unreadable spool aside with a timestamp (never deleted) so a fresh one can open."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.dir / f"{DB_NAME}.corrupt-{stamp}"
+        n = 1
+        while aside.exists():
+            aside = self.dir / f"{DB_NAME}.corrupt-{stamp}-{n}"
+            n += 1
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.db_path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(aside) + suffix))
+        _fsync_dir(self.dir)
+        return aside
+
+    def _unlock(self) -> None:
+        try:
+            fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._lockfile.close()
+
+    # -- disk space ----------------------------------------------------------------------------------
+    def ensure_reserve(self) -> bool:
+        """(Re)create the reserve file when the disk has room for it; True when it is in place."""
+        try:
+            if self._reserve.exists() and self._reserve.stat().st_size >= self._reserve_bytes:
+                self.reserve_released = False
+                return True
+            with open(self._reserve, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, self._reserve_bytes)
+            self.reserve_released = False
+            return True
+        except OSError:
+            try:
+                self._reserve.unlink()
+            except OSError:
+                pass
+            return False
+
+    def _release_reserve(self) -> bool:
+        """Give the reserve's bytes back to the file system; False when there was none to give."""
+        try:
+            self._reserve.unlink()
+        except OSError:
+            return False
+        self.reserve_released = True
+        return True
+
+    def _state_change(self, fn: Callable[[], T]) -> T:
+        """A change to clips already acknowledged: on a full disk, spend the reserve and try once more."""
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if not is_disk_full(e):
+                raise
+            if not self._release_reserve():
+                raise SpoolDiskFull(self.dir, e) from None
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if is_disk_full(e):
+                raise SpoolDiskFull(self.dir, e) from None
+            raise
 
     # -- plumbing ----------------------------------------------------------------------------------
-    def _tx(self):
-        spool = self
-
-        class _Tx:
-            def __enter__(self_inner) -> sqlite3.Connection:
-                spool._lock.acquire()
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE .. COMMIT under the lock; the totals follow only a committed change."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._deltas.clear()
+            try:
+                yield self._db
+            except BaseException:
+                self._deltas.clear()
                 try:
-                    spool._db.execute("BEGIN IMMEDIATE")
-                except BaseException:
-                    spool._lock.release()
-                    raise
-                return spool._db
-
-            def __exit__(self_inner, exc_type, exc, tb) -> None:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._deltas.clear()
                 try:
-                    if exc_type is None:
-                        spool._db.execute("COMMIT")
-                    else:
-                        spool._db.execute("ROLLBACK")
-                finally:
-                    spool._lock.release()
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            for state, n, secs, nbytes in self._deltas:
+                self._totals[state].add(n, secs, nbytes)
+            self._deltas.clear()
 
-        return _Tx()
+    def _move(self, db: sqlite3.Connection, where: str, args: tuple, *, to: str | None) -> int:
+        """Delete (to=None) or re-state the clips matching `where`, recording the totals' change."""
+        moved = db.execute(f"SELECT state, COUNT(*), COALESCE(SUM(duration_s), 0), COALESCE(SUM(payload_bytes), 0) "
+                           f"FROM clips WHERE {where} GROUP BY state", args).fetchall()
+        for state, n, secs, nbytes in moved:
+            self._deltas.append((state, -n, -secs, -nbytes))
+            if to is not None:
+                self._deltas.append((to, n, secs, nbytes))
+        return sum(r[1] for r in moved)
 
     def _next_counter(self, db: sqlite3.Connection, name: str) -> int:
         db.execute("INSERT INTO counters(name, value) VALUES (?, 1) "
@@ -200,19 +384,56 @@ class Spool:
                      format=fmt, sample_rate=rate, channels=ch, meta=json.loads(meta or "{}"),
                      payload_bytes=nbytes, created=created, replays=replays, interrupt=bool(interrupt))
 
-    def _pending_rows(self, db: sqlite3.Connection) -> list[tuple]:
-        return db.execute(f"SELECT {_COLS} FROM clips WHERE state = 'pending' ORDER BY pos, seq").fetchall()
+    def _pending_rows(self, db: sqlite3.Connection, limit: int = -1) -> list[tuple]:
+        return db.execute(f"SELECT {_COLS} FROM clips WHERE state = 'pending' ORDER BY pos, seq LIMIT ?",
+                          (limit,)).fetchall()
 
-    def _renumber(self, db: sqlite3.Connection, ordered_ids: list[str]) -> None:
-        db.executemany("UPDATE clips SET pos = ? WHERE segment_id = ?", [(i, s) for i, s in enumerate(ordered_ids)])
+    def _renumber(self, db: sqlite3.Connection, head: list[str] = ()) -> None:  # type: ignore[assignment]
+        """Spread the pending clips GAP apart again, `head` first, the rest in their order."""
+        ids = [r[0] for r in db.execute("SELECT segment_id FROM clips WHERE state='pending' ORDER BY pos, seq")]
+        first = set(head)
+        order = list(head) + [s for s in ids if s not in first]
+        db.executemany("UPDATE clips SET pos = ? WHERE segment_id = ?", [(i * GAP, s) for i, s in enumerate(order)])
+
+    def _end(self, db: sqlite3.Connection, which: str, where: str = "") -> int | None:
+        return db.execute(f"SELECT {which}(pos) FROM clips WHERE state='pending'{where}").fetchone()[0]
+
+    def _new_pos(self, db: sqlite3.Connection, mode: str) -> tuple[int, int]:
+        """(pos, 0-based index) for a new pending clip, reading only the ends of the queue."""
+        if mode == "enqueue":
+            last = self._end(db, "MAX")
+            return (0 if last is None else last + GAP), self._totals["pending"].clips
+        if mode == "play_now":
+            first = self._end(db, "MIN")
+            return (0 if first is None else first - GAP), 0
+        # insert: after the leading run of priority clips (play_now / earlier inserts / recovered)
+        for _ in range(2):
+            rest = self._end(db, "MIN", " AND priority=0")
+            lead = self._end(db, "MAX", " AND priority=1" + ("" if rest is None else f" AND pos < {int(rest)}"))
+            if rest is None:
+                pos = 0 if lead is None else lead + GAP
+            elif lead is None:
+                pos = rest - GAP
+            elif rest - lead >= 2:
+                pos = (lead + rest) // 2
+            else:  # this gap has been halved away: spread the queue out once and look again
+                self._renumber(db)
+                continue
+            index = db.execute("SELECT COUNT(*) FROM clips WHERE state='pending' AND pos < ?", (pos,)).fetchone()[0]
+            return pos, index
+        raise SpoolError("internal", "no position left after renumbering the queue")
 
     def _reclaim(self) -> None:
         """Give deleted payloads' pages back to the file system (outside any transaction)."""
         with self._lock:
-            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-            if free > 256:
-                # executescript steps the pragma to the end; execute() would free a single page
-                self._db.executescript("PRAGMA incremental_vacuum;")
+            try:
+                free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+                if free > 256:
+                    # executescript steps the pragma to the end; execute() would free a single page
+                    self._db.executescript("PRAGMA incremental_vacuum;")
+            except sqlite3.OperationalError as e:
+                if not is_disk_full(e):  # freeing pages can wait for room in the WAL
+                    raise
 
     # -- writing -----------------------------------------------------------------------------------
     def lookup_request(self, request_id: str) -> dict[str, Any] | None:
@@ -231,7 +452,10 @@ class Spool:
     def add_ex(self, payload: bytes, meta: dict[str, Any] | None = None, mode: Mode = "enqueue",
                request_id: str | None = None, duration_s: float = 0.0, *, format: str | None = None,
                sample_rate: int | None = None, channels: int | None = None) -> AddResult:
-        """add() that also tells whether the request was a duplicate and returns the ack dict to send."""
+        """add() that also tells whether the request was a duplicate and returns the ack dict to send.
+
+        A full disk raises SpoolDiskFull (`disk_full`): the reserve is kept for clips already acknowledged.
+        """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not math.isfinite(duration_s) or duration_s < 0:
@@ -240,6 +464,17 @@ class Spool:
         lim = self.limits
         if nbytes > lim.max_spool_bytes:
             raise SpoolError("oversize", f"payload of {nbytes} bytes can never fit the spool (max_spool_bytes {lim.max_spool_bytes})")
+        try:
+            return self._add(payload, meta, mode, request_id, duration_s, format, sample_rate, channels)
+        except sqlite3.OperationalError as e:
+            if is_disk_full(e):
+                raise SpoolDiskFull(self.dir, e) from None
+            raise
+
+    def _add(self, payload: bytes, meta: dict[str, Any] | None, mode: str, request_id: str | None,
+             duration_s: float, format: str | None, sample_rate: int | None, channels: int | None) -> AddResult:
+        nbytes = len(payload)
+        lim = self.limits
         with self._tx() as db:
             if request_id is not None:
                 row = db.execute("SELECT ack FROM requests WHERE request_id = ?", (request_id,)).fetchone()
@@ -248,8 +483,8 @@ class Spool:
                     entry = Entry(segment_id=ack["segment_id"], position=ack["position"], duration_s=ack["duration_s"],
                                   mode=ack["mode"], state="duplicate", request_id=request_id)
                     return AddResult(entry, ack, True)
-            clips, secs, used = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(duration_s), 0), COALESCE(SUM(payload_bytes), 0) FROM clips").fetchone()
+            pend, play = self._totals["pending"], self._totals["playing"]
+            clips, secs, used = pend.clips + play.clips, pend.seconds + play.seconds, pend.bytes + play.bytes
             if clips + 1 > lim.max_clips:
                 raise SpoolError("queue_full", f"queue holds {clips} clips, limit {lim.max_clips}")
             if secs + duration_s > lim.max_queued_seconds:
@@ -257,28 +492,21 @@ class Spool:
             if used + nbytes > lim.max_spool_bytes:
                 raise SpoolError("queue_full", f"spool holds {used} bytes, this clip {nbytes}, limit {lim.max_spool_bytes}")
 
-            pending = self._pending_rows(db)
-            order = [r[0] for r in pending]
+            pos, index = self._new_pos(db, mode)
             if mode == "enqueue":
-                index = len(order)
-            elif mode == "play_now":
-                index = 0
-            else:  # insert: after the leading run of priority clips (play_now / earlier inserts / recovered)
-                prio = {r[0] for r in db.execute("SELECT segment_id FROM clips WHERE state='pending' AND priority=1")}
-                index = 0
-                while index < len(order) and order[index] in prio:
-                    index += 1
+                ahead = pend.seconds
+            else:
+                ahead = db.execute("SELECT COALESCE(SUM(duration_s), 0) FROM clips WHERE state='pending' AND pos < ?",
+                                   (pos,)).fetchone()[0]
             sid = uuid.uuid4().hex[:16]
             created = time.time()
             db.execute(
                 "INSERT INTO clips(segment_id, request_id, mode, state, pos, priority, interrupt, duration_s, format, "
                 "sample_rate, channels, meta, payload_bytes, payload, created) "
                 "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sid, request_id, mode, index, int(mode != "enqueue"), int(mode == "play_now"), float(duration_s),
+                (sid, request_id, mode, pos, int(mode != "enqueue"), int(mode == "play_now"), float(duration_s),
                  format, sample_rate, channels, json.dumps(meta or {}), nbytes, sqlite3.Binary(payload), created))
-            order.insert(index, sid)
-            self._renumber(db, order)
-            ahead = sum(r[5] for r in pending[:index])
+            self._deltas.append(("pending", 1, float(duration_s), nbytes))
             entry = Entry(segment_id=sid, position=index, duration_s=float(duration_s), mode=mode, state="pending",
                           request_id=request_id, format=format, sample_rate=sample_rate, channels=channels,
                           meta=dict(meta or {}), payload_bytes=nbytes, created=created, interrupt=mode == "play_now")
@@ -292,7 +520,7 @@ class Spool:
     def peek(self) -> Entry | None:
         """The clip take_next() would return, without taking it (for decoding ahead)."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {_COLS} FROM clips WHERE state='pending' ORDER BY pos, seq LIMIT 1").fetchall()
+            rows = self._pending_rows(self._db, 1)
         return self._entry(rows[0], 0) if rows else None
 
     def take_next(self) -> Entry | None:
@@ -301,20 +529,23 @@ class Spool:
         Call it when the clip starts on air: it also clears every pending interrupt flag, because the cut
         those play_now clips asked for is happening now.
         """
-        with self._tx() as db:
-            rows = db.execute(f"SELECT {_COLS} FROM clips WHERE state='pending' ORDER BY pos, seq LIMIT 1").fetchall()
-            if not rows:
-                return None
-            sid = rows[0][0]
-            taken = self._next_counter(db, "taken")
-            db.execute("UPDATE clips SET state='playing', pos=-1, taken_seq=?, interrupt=0 WHERE segment_id=?", (taken, sid))
-            db.execute("UPDATE clips SET interrupt=0 WHERE state='pending' AND interrupt=1")
-            rest = [r[0] for r in self._pending_rows(db)]
-            self._renumber(db, rest)
-            row = list(rows[0])
-            row[3] = "playing"
-            row[-1] = 0
-        return self._entry(tuple(row), -1)
+        def take() -> Entry | None:
+            with self._tx() as db:
+                rows = self._pending_rows(db, 1)
+                if not rows:
+                    return None
+                sid = rows[0][0]
+                taken = self._next_counter(db, "taken")
+                self._move(db, "segment_id=?", (sid,), to="playing")
+                db.execute("UPDATE clips SET state='playing', pos=-1, taken_seq=?, interrupt=0 WHERE segment_id=?",
+                           (taken, sid))
+                db.execute("UPDATE clips SET interrupt=0 WHERE state='pending' AND interrupt=1")
+                row = list(rows[0])
+                row[3] = "playing"
+                row[-1] = 0
+            return self._entry(tuple(row), -1)
+
+        return self._state_change(take)
 
     def interrupt_pending(self) -> bool:
         """True when the playing clip must be cut at the next chunk boundary (a play_now is waiting, or it was cancelled)."""
@@ -328,12 +559,14 @@ class Spool:
             row = self._db.execute("SELECT cancel_requested FROM clips WHERE segment_id=?", (segment_id,)).fetchone()
         return bool(row and row[0])
 
-    def _remove(self, segment_id: str, state: str | None = None) -> bool:
-        with self._tx() as db:
-            q = "DELETE FROM clips WHERE segment_id=?" + (" AND state=?" if state else "")
-            n = db.execute(q, (segment_id, state) if state else (segment_id,)).rowcount
-            if n:
-                self._renumber(db, [r[0] for r in self._pending_rows(db)])
+    def _remove(self, segment_id: str) -> bool:
+        def remove() -> int:
+            with self._tx() as db:
+                n = self._move(db, "segment_id=?", (segment_id,), to=None)
+                db.execute("DELETE FROM clips WHERE segment_id=?", (segment_id,))
+            return n
+
+        n = self._state_change(remove)
         if n:
             self._reclaim()
         return n > 0
@@ -348,23 +581,34 @@ class Spool:
 
     def cancel(self, segment_id: str) -> Literal["pending", "playing"] | None:
         """Drop a pending clip ('pending'), or flag the playing clip for an interrupt ('playing'); None if unknown."""
-        with self._tx() as db:
-            row = db.execute("SELECT state FROM clips WHERE segment_id=?", (segment_id,)).fetchone()
-            if row is None:
-                return None
-            if row[0] == "playing":
-                db.execute("UPDATE clips SET cancel_requested=1 WHERE segment_id=?", (segment_id,))
-                return "playing"
-            db.execute("DELETE FROM clips WHERE segment_id=?", (segment_id,))
-            self._renumber(db, [r[0] for r in self._pending_rows(db)])
-        self._reclaim()
-        return "pending"
+        def cancel() -> Literal["pending", "playing"] | None:
+            with self._tx() as db:
+                row = db.execute("SELECT state FROM clips WHERE segment_id=?", (segment_id,)).fetchone()
+                if row is None:
+                    return None
+                if row[0] == "playing":
+                    db.execute("UPDATE clips SET cancel_requested=1 WHERE segment_id=?", (segment_id,))
+                    return "playing"
+                self._move(db, "segment_id=?", (segment_id,), to=None)
+                db.execute("DELETE FROM clips WHERE segment_id=?", (segment_id,))
+                return "pending"
+
+        was = self._state_change(cancel)
+        if was == "pending":
+            self._reclaim()
+        return was
 
     def clear(self) -> list[str]:
         """Drop every pending clip (the playing one stays); returns their ids in queue order."""
-        with self._tx() as db:
-            ids = [r[0] for r in self._pending_rows(db)]
-            db.execute("DELETE FROM clips WHERE state='pending'")
+        def clear() -> list[str]:
+            with self._tx() as db:
+                ids = [r[0] for r in db.execute(
+                    "SELECT segment_id FROM clips WHERE state='pending' ORDER BY pos, seq")]
+                self._move(db, "state='pending'", (), to=None)
+                db.execute("DELETE FROM clips WHERE state='pending'")
+            return ids
+
+        ids = self._state_change(clear)
         self._reclaim()
         return ids
 
@@ -373,21 +617,25 @@ class Spool:
 
         Runs on open: a clip that was on air when the process died replays from its start.
         """
-        with self._tx() as db:
-            playing = [r[0] for r in db.execute(
-                "SELECT segment_id FROM clips WHERE state='playing' ORDER BY taken_seq, seq")]
-            if not playing:
-                return []
-            db.execute("UPDATE clips SET state='pending', priority=1, cancel_requested=0, replays=replays+1 "
-                       "WHERE state='playing'")
-            rest = [r[0] for r in self._pending_rows(db) if r[0] not in set(playing)]
-            self._renumber(db, playing + rest)
-        return playing
+        def recover() -> list[str]:
+            with self._tx() as db:
+                playing = [r[0] for r in db.execute(
+                    "SELECT segment_id FROM clips WHERE state='playing' ORDER BY taken_seq, seq")]
+                if not playing:
+                    return []
+                self._move(db, "state='playing'", (), to="pending")
+                db.execute("UPDATE clips SET state='pending', priority=1, cancel_requested=0, replays=replays+1 "
+                           "WHERE state='playing'")
+                self._renumber(db, playing)
+            return playing
+
+        return self._state_change(recover)
 
     # -- reading -----------------------------------------------------------------------------------
-    def pending(self) -> list[Entry]:
+    def pending(self, limit: int | None = None) -> list[Entry]:
+        """Pending clips in play order; the first `limit` only when given (status reads just the head)."""
         with self._lock:
-            rows = self._pending_rows(self._db)
+            rows = self._pending_rows(self._db, -1 if limit is None else int(limit))
         return [self._entry(r, i) for i, r in enumerate(rows)]
 
     def playing(self) -> list[Entry]:
@@ -397,12 +645,15 @@ class Spool:
 
     def get(self, segment_id: str) -> Entry | None:
         with self._lock:
-            rows = self._pending_rows(self._db)
-            for i, r in enumerate(rows):
-                if r[0] == segment_id:
-                    return self._entry(r, i)
             row = self._db.execute(f"SELECT {_COLS} FROM clips WHERE segment_id=?", (segment_id,)).fetchone()
-        return self._entry(row, -1) if row else None
+            if row is None:
+                return None
+            if row[3] != "pending":
+                return self._entry(row, -1)
+            index = self._db.execute("SELECT COUNT(*) FROM clips WHERE state='pending' AND (pos < ? OR "
+                                     "(pos = ? AND seq < (SELECT seq FROM clips WHERE segment_id=?)))",
+                                     (row[4], row[4], segment_id)).fetchone()[0]
+        return self._entry(row, index)
 
     def payload(self, segment_id: str) -> bytes:
         with self._lock:
@@ -422,33 +673,72 @@ class Spool:
                             channels=e.channels, rate=self.audio_rate, out_channels=self.audio_channels)
 
     def stats(self) -> dict[str, Any]:
+        """Counts from the running totals (no scan of the queue) and the files' size on disk."""
         with self._lock:
-            clips, secs, used = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(duration_s), 0), COALESCE(SUM(payload_bytes), 0) FROM clips").fetchone()
-            n_playing = self._db.execute("SELECT COUNT(*) FROM clips WHERE state='playing'").fetchone()[0]
+            pend, play = self._totals["pending"], self._totals["playing"]
+            clips, secs, used = pend.clips + play.clips, pend.seconds + play.seconds, pend.bytes + play.bytes
         files = 0
         for suffix in ("", "-wal", "-shm"):
             try:
                 files += os.path.getsize(str(self.db_path) + suffix)
             except OSError:
                 pass
-        return {"clips": clips, "pending": clips - n_playing, "playing": n_playing,
+        return {"clips": clips, "pending": pend.clips, "playing": play.clips,
                 "queued_seconds": round(secs, 3), "payload_bytes": used, "spool_bytes": files,
+                "reserve_released": self.reserve_released,
                 "limits": {"max_clips": self.limits.max_clips, "max_queued_seconds": self.limits.max_queued_seconds,
                            "max_spool_bytes": self.limits.max_spool_bytes}}
 
     def close(self) -> None:
         with self._lock:
+            if self._lockfile.closed:
+                return
             try:
                 self._db.close()
             finally:
-                try:
-                    fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_UN)
-                finally:
-                    self._lockfile.close()
+                self._unlock()
 
     def __enter__(self) -> "Spool":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def salvage(corrupt_file: str | os.PathLike[str], spool: Spool) -> tuple[list[str], int]:
+    """Copy every clip still readable in an unreadable spool file into `spool`, in their old play order.
+
+    Clips that were on air go first, then the pending ones; each is enqueued anew (its request id kept, so a
+    resend is still recognised). Returns (new segment ids, rows that could not be read).
+    """
+    src = sqlite3.connect(f"file:{Path(corrupt_file).resolve()}?mode=ro&immutable=1", uri=True)
+    try:
+        try:
+            top = src.execute("SELECT MAX(seq) FROM clips").fetchone()[0] or 0
+        except sqlite3.DatabaseError:
+            top = 1 << 20  # the b-tree's root is unreadable: probe row by row
+        rows: list[tuple] = []
+        lost = 0
+        for seq in range(1, top + 1):
+            try:
+                row = src.execute("SELECT state, pos, taken_seq, request_id, mode, duration_s, format, sample_rate, "
+                                  "channels, meta, payload FROM clips WHERE seq=?", (seq,)).fetchone()
+            except sqlite3.DatabaseError:
+                lost += 1
+                continue
+            if row is not None:
+                rows.append(row)
+    finally:
+        src.close()
+    rows.sort(key=lambda r: (r[0] != "playing", r[2] or 0, r[1]))
+    added: list[str] = []
+    for state, _pos, _taken, rid, mode, dur, fmt, rate, ch, meta, payload in rows:
+        try:
+            meta_d = json.loads(meta or "{}")
+        except ValueError:
+            meta_d = {}
+        res = spool.add_ex(bytes(payload), meta_d, "enqueue", rid, float(dur), format=fmt, sample_rate=rate,
+                           channels=ch)
+        if not res.duplicate:
+            added.append(res.entry.segment_id)
+    return added, lost

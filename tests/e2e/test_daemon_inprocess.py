@@ -132,7 +132,7 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    s = settings(tmp_path)
+    s = settings(tmp_path, f'output_policy.file_dirs=["{tmp_path}"]')  # output_add writes only inside file_dirs
     d = Daemon(s)
     d.start()
     try:
@@ -203,7 +203,7 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
 def test_set_avatar_through_the_control_socket_changes_the_picture_at_a_chunk_boundary(tmp_path):
     from flashtalk_live.renderers.images import encode_png
 
-    d = Daemon(settings(tmp_path, "renderer.lookahead_chunks=1"))
+    d = Daemon(settings(tmp_path, "renderer.lookahead_chunks=1", f'ingest.avatar_dirs=["{tmp_path}"]'))
     d.start()
     try:
         time.sleep(1.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -65,15 +66,19 @@ def test_sampler_draws_steps_plus_one_and_imposes_motion() -> None:
     assert torch.equal(a, b)
 
 
-@pytest.mark.timeout(120)
-def test_gpu_benchmark_runs_tiny_on_cpu(capsys) -> None:
+@pytest.mark.timeout(300)
+def test_gpu_benchmark_runs_tiny_on_cpu(capsys, tmp_path) -> None:
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "engine_gpu.py"
     spec = importlib.util.spec_from_file_location("engine_gpu", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    assert mod.main(["--tiny", "--chunks", "2"]) == 0
+    out_json = tmp_path / "engine.json"
+    assert mod.main(["--tiny", "--chunks", "2", "--profiles", "fast,quality", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     print(out)
     for stage in ("audio_features", "dit_step_0", "dit_step_3", "vae_decode", "colour_correction", "motion_encode",
-                  "host_copy", "peak"):
+                  "host_copy", "drift_measure", "wall p99", "peak GiB", "| tiny-fast | bf16 | wan | off |"):
         assert stage in out
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [(r["profile"], r["status"]) for r in rows] == [("tiny-fast", "ok"), ("tiny-quality", "ok")]
+    assert len(rows[1]["chunks"]) == 2 and rows[1]["summary"]["wall_p50_s"] > 0

@@ -62,11 +62,15 @@ class Running:
 
 @pytest.fixture
 def running(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Running]]:
-    """Factory: start a server (ipc + tcp control, ipc + tcp events) with extra settings overrides and handlers."""
+    """Factory: start a server (ipc + tcp control, ipc + tcp events) with extra settings overrides and handlers.
+
+    tcp is plain loopback (ingest.tcp_auth="none") unless the overrides say otherwise; tests/ingest/test_auth.py
+    covers CURVE."""
     started: list[Running] = []
 
     def start(*overrides: str, handlers: dict | None = None, status_provider=None) -> Running:
         s = make_settings(
+            'ingest.tcp_auth="none"',
             'ingest.control=["ipc://{state_dir}/control.sock", "tcp://127.0.0.1:0"]',
             'ingest.events=["ipc://{state_dir}/events.sock", "tcp://127.0.0.1:0"]',
             *overrides,

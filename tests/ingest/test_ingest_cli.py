@@ -154,7 +154,7 @@ def test_table_verbs(running, capsys, tmp_path):
     assert jlines(capsys.readouterr().out)[-1]["outputs"] == ["extra"]
     assert main(["output_add", "--endpoint", r.tcp, "more", str(tmp_path / "y.flv")]) == 1
     err = capsys.readouterr().err
-    assert "forbidden" in err and added == ["extra"]
+    assert "unauthorized" in err and added == ["extra"]
     assert main(["output-add", "--endpoint", r.ipc, "bad name", "x.flv"]) == 1
     assert "bad_request" in (err := capsys.readouterr().err) and "(field name)" in err
     assert main(["output-remove", "--endpoint", r.ipc, "extra"]) == 1

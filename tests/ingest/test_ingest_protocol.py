@@ -100,7 +100,7 @@ SECRET = "rtmp://push.example.com/live/SECRET-KEY-123"
     (dict(cmd="output_add", name="a b", url=SECRET), "name"),
     (dict(cmd="output_add", name="a"), "url"),                        # missing
     (dict(cmd="output_add", name="a", url="x" * 5000), "url"),
-    (dict(cmd="set_avatar", prompt="p" * 5000), "prompt"),
+    (dict(cmd="set_avatar", prompt=""), "prompt"),
     (dict(cmd="enqueue", format="pcm_s16le", sample_rate=16000), "channels"),
 ])
 def test_bad_request_names_the_field_and_never_echoes_the_value(header, field):

@@ -197,7 +197,7 @@ def test_bus_events_and_bound_handlers(running):
     def set_avatar(call):
         seen.append(call)
         if call.args.prompt == "bad":
-            raise Rejection("bad_image", "no such avatar", "image")
+            raise Rejection("undecodable_image", "no such avatar", "image")
         if call.args.prompt == "picky":
             raise ValueError("prompt must rhyme")  # a handler's own input check: the caller's mistake
         if call.args.prompt == "boom":
@@ -213,7 +213,7 @@ def test_bus_events_and_bound_handlers(running):
         assert seen[-1].peer.trusted is False and seen[-1].peer.transport == "tcp"
         with pytest.raises(Rejected) as ei:
             c.set_avatar(prompt="bad")
-        assert (ei.value.code, ei.value.reason, ei.value.field) == ("bad_image", "no such avatar", "image")
+        assert (ei.value.code, ei.value.reason, ei.value.field) == ("undecodable_image", "no such avatar", "image")
         with pytest.raises(Rejected) as ei:
             c.set_avatar(prompt="picky")
         assert ei.value.code == "bad_request" and "rhyme" in ei.value.reason
@@ -265,8 +265,9 @@ def test_malformed_requests_get_bad_request_with_the_field(running):
         ([hdr(cmd="status", note=secret)], "bad_request", "note"),        # extra field carrying a secret
         ([hdr(cmd="cancel", segment_id=17)], "bad_request", "segment_id"),  # wrong type
         ([hdr(cmd="cancel")], "bad_request", "segment_id"),               # missing
-        ([hdr(cmd="ping", id="i" * 201)], "bad_request", "id"),           # too long
-        ([hdr(cmd="set_avatar", prompt="p" * 2001)], "bad_request", "prompt"),
+        ([hdr(cmd="ping", id=7)], "bad_request", "id"),                   # wrong type
+        ([hdr(cmd="ping", id="i" * 201)], "id_too_long", "id"),           # a limit (ingest.max_id_chars)
+        ([hdr(cmd="set_avatar", prompt="p" * 2001)], "prompt_too_long", "prompt"),
         ([hdr(cmd="launch")], "unknown_command", None),
         ([hdr(cmd=["ping"])], "bad_header", "cmd"),
         ([hdr(cmd="status"), b"data"], "bad_header", None),
@@ -281,7 +282,7 @@ def test_malformed_requests_get_bad_request_with_the_field(running):
 
 
 @pytest.mark.timeout(60)
-def test_trusted_commands_and_fields_are_refused_to_tcp_peers(running):
+def test_trusted_commands_and_fields_are_refused_to_plain_tcp_peers(running):
     calls = []
     handlers = {"output_add": lambda call: calls.append(call.name) or {},
                 "output_remove": lambda call: calls.append(call.name) or {},
@@ -293,7 +294,7 @@ def test_trusted_commands_and_fields_are_refused_to_tcp_peers(running):
                                         (c.set_avatar, (), {"image": "/etc/passwd"}, "image")):
             with pytest.raises(Rejected) as ei:
                 method(*args, **kw)
-            assert (ei.value.code, ei.value.field) == ("forbidden", field)
+            assert (ei.value.code, ei.value.field) == ("unauthorized", field)
         assert c.set_avatar(data=b"\x89PNG")["ok"]  # bytes are fine from anywhere
     assert calls == ["set_avatar"]
     with Client(r.ipc) as c:  # the local socket is trusted

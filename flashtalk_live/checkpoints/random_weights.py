@@ -1,0 +1,98 @@
+"""Random weights of the FlashTalk model family, built on the device with no checkpoint files (benchmarks only).
+
+`random_engine_models("full" | "tiny", device, dtype)` returns EngineModels of the full-size (14B DiT, Wan
+VAE, CLIP ViT-H/14, wav2vec2-base) or tiny test configs. Modules are built on `meta` and materialised
+directly on the device (no host copy of 38 GB): matrices N(0, 1/fan_in), norm scales 1, biases 0. The
+numbers are only good for speed and memory; the pictures are noise, which is why settings refuse
+`model.random_weights` outside a benchmark run (settings.check_benchmark_only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Callable
+
+import torch
+
+from flashtalk_live.engine.engine import EngineModels
+
+KINDS = ("full", "tiny")
+
+
+@torch.no_grad()
+def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fill every floating parameter/buffer in place on its device: O(1) activations, no host round trip."""
+    gen = torch.Generator(next(module.parameters()).device).manual_seed(seed)
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if not t.is_floating_point():
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "gamma" or (leaf == "weight" and t.ndim == 1):
+            t.fill_(1.0)
+        elif t.ndim <= 1:
+            t.zero_()
+        elif leaf == "modulation":
+            t.normal_(0.0, 0.05, generator=gen)
+        else:
+            t.normal_(0.0, 1.0 / math.sqrt(max(1, math.prod(t.shape[1:]))), generator=gen)
+    return module
+
+
+def materialise(factory: Callable[[], torch.nn.Module], device: torch.device, dtype: torch.dtype,
+                seed: int) -> torch.nn.Module:
+    """factory() built on meta in `dtype`, then allocated on `device` and randomised; eval, no grad."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # allocate in the target dtype: the 14B DiT in fp32 would not fit
+    try:
+        with torch.device("meta"):
+            module = factory()
+    finally:
+        torch.set_default_dtype(prev)
+    module = module.to_empty(device=device)
+    return randomise_(module, seed).eval().requires_grad_(False)
+
+
+class RandomTextEncoder:
+    """Prompt -> a fixed-seed random umT5-like context [tokens, text_dim] (no T5 is loaded)."""
+
+    def __init__(self, text_dim: int, tokens: int = 24) -> None:
+        self.text_dim, self.tokens = text_dim, tokens
+        self.identity = f"random-t5-{text_dim}"
+
+    def __call__(self, prompt: str) -> torch.Tensor:
+        seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "little")
+        return torch.randn(self.tokens, self.text_dim, generator=torch.Generator().manual_seed(seed)) * 0.1
+
+
+def random_engine_models(kind: str, device: torch.device | str, dtype: torch.dtype) -> EngineModels:
+    """DiT, VAE, CLIP visual, wav2vec2 (+ feature extractor) and a random text encoder of `kind`."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from flashtalk_live.model.clip import VIT_H_14, CLIPVisual
+    from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
+    from flashtalk_live.model.vae import VAEConfig, WanVAE
+
+    if kind not in KINDS:
+        raise ValueError(f"random weights kind must be one of {KINDS}, got {kind!r}")
+    device = torch.device(device)
+    if kind == "tiny":
+        from flashtalk_live.checkpoints.fake import tiny_configs
+
+        dcfg, vcfg, ccfg, _t5, w2v = tiny_configs()
+        wcfg = Wav2Vec2Config(**w2v)
+    else:
+        dcfg, vcfg, ccfg, wcfg = DiTConfig.flashtalk_14b(), VAEConfig.released(), VIT_H_14, Wav2Vec2Config()
+    clip_dtype = torch.float16 if device.type == "cuda" and dtype != torch.float32 else dtype
+    dit = materialise(lambda: FlashTalkDiT(dcfg), device, dtype, 1)
+    vae = materialise(lambda: WanVAE(vcfg), device, dtype, 2)
+    clip = materialise(lambda: CLIPVisual(ccfg), device, clip_dtype, 3)
+    wav2vec = materialise(lambda: Wav2Vec2Model(wcfg), device, torch.float32, 4)
+    with torch.no_grad():  # weight-norm g of the positional conv must stay positive
+        for n, p in wav2vec.named_parameters():
+            if n.endswith("original0"):
+                p.fill_(0.5)
+    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                  return_attention_mask=False)
+    return EngineModels(dit=dit, vae=vae, clip=clip, wav2vec=wav2vec, feature_extractor=fe,
+                        text=RandomTextEncoder(dcfg.text_dim))

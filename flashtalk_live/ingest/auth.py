@@ -1,0 +1,308 @@
+"""Who may talk to the daemon and what they may touch.
+
+* tcp:// endpoints use ZeroMQ CURVE by default (`ingest.tcp_auth`): the server's key pair comes from a secret
+  certificate file (made at first start when missing), the allowed clients' public keys from a folder of public
+  certificates and/or a list. pyzmq's ThreadAuthenticator is the ZAP handler.
+* Plain tcp (`tcp_auth = "none"`) is allowed on loopback only, unless `ingest.allow_unauthenticated_remote`.
+* ipc:// socket files get `ingest.ipc_mode` and `ingest.ipc_group` right after bind.
+* Every endpoint has a ZAP domain naming its class, so each message's ZAP User-Id tells who sent it
+  (`peer_of(frame)`): "ipc", "tcp" (plain) or "curve:<public key>". ipc peers are trusted by default, CURVE peers
+  only when their key is in `ingest.trusted_client_keys`, plain tcp peers never.
+* Which commands and fields need a trusted peer is the command table's (ingest/commands.py: `authorize`); the
+  files a trusted peer names must lie inside configured folders (`confine_path`, `confine_output_file`).
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from flashtalk_live.ingest.commands import LOCAL_PEER, Peer  # noqa: F401 - the peer type lives with the table
+from flashtalk_live.ingest.protocol import ProtocolError
+from flashtalk_live.log import get_logger
+
+# ZAP domains: one per endpoint class, returned as the User-Id of NULL-mechanism peers.
+DOMAIN_IPC, DOMAIN_TCP, DOMAIN_CURVE = "ipc", "tcp", "curve"
+CURVE_PREFIX = "curve:"
+
+
+class EndpointRefused(RuntimeError):
+    """An endpoint that must not be bound as configured (the message says what to set)."""
+
+
+# -- keys ------------------------------------------------------------------------------------------------------
+
+def create_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """Write NAME.key (public) and NAME.key_secret (secret, mode 0600) into `directory`; returns both paths."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    public, secret = zmq.auth.create_certificates(str(d), name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+def parse_key(item: str) -> bytes:
+    """A public key given as 40 Z85 characters or as the path of a certificate file; returned as Z85 bytes."""
+    s = item.strip()
+    p = Path(s).expanduser()
+    if p.is_file():
+        public, _ = zmq.auth.load_certificate(str(p))
+        return public
+    if len(s) == 40:
+        try:
+            if len(z85.decode(s.encode("ascii"))) == 32:
+                return s.encode("ascii")
+        except (ValueError, UnicodeEncodeError):
+            pass
+    raise ValueError(f"client key {s[:60]!r} is neither 40 Z85 characters nor a certificate file")
+
+
+def _dir_mtime(directory: str | None) -> int:
+    try:
+        return os.stat(directory).st_mtime_ns if directory else 0
+    except OSError:
+        return 0
+
+
+def _load_dir(directory: str | None) -> set[bytes]:
+    if not directory or not os.path.isdir(directory):
+        return set()
+    return set(zmq.auth.load_certificates(directory))
+
+
+class KeyRing:
+    """The client keys allowed over CURVE; the ZAP callback. An unknown key re-reads the folder if it changed."""
+
+    def __init__(self, directory: str | None, keys: Iterable[str], trusted: Iterable[str]) -> None:
+        self.directory = directory
+        self.trusted = {parse_key(k) for k in trusted}
+        self.listed = {parse_key(k) for k in keys} | self.trusted
+        self._mtime = _dir_mtime(directory)
+        self._from_dir = _load_dir(directory)
+        self._lock = threading.Lock()
+        self.log = get_logger("auth")
+
+    @property
+    def allowed(self) -> set[bytes]:
+        return self.listed | self._from_dir
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.allowed:
+            return True
+        with self._lock:
+            mtime = _dir_mtime(self.directory)
+            if mtime != self._mtime:  # a key file added or removed since the last read
+                self._mtime, self._from_dir = mtime, _load_dir(self.directory)
+        ok = key in self.allowed
+        if not ok:
+            self.log.warning("curve_client_refused", key=key.decode("ascii", "replace"))
+        return ok
+
+
+class _Authenticator(ThreadAuthenticator):
+    """pyzmq's ZAP handler, with the endpoint's domain as the User-Id of NULL peers and "curve:KEY" for CURVE."""
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return CURVE_PREFIX + z85.encode(client_public_key).decode("ascii")
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) >= 6 and msg[0] == b"1.0" and msg[5] == b"NULL":
+            # NULL is only configured on ipc and (loopback or explicitly unsafe) plain tcp: accept, naming the class.
+            self.zap_socket.send_multipart([b"1.0", msg[1], b"200", b"OK", msg[2], b""])
+            return
+        await super().handle_zap_message(msg)
+
+
+@dataclass(frozen=True)
+class CurveClientKeys:
+    """What a CURVE client needs: the server's public key and its own key pair (all Z85)."""
+
+    server_public: bytes
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def load(cls, server_cert: str | os.PathLike[str], client_secret_cert: str | os.PathLike[str]) -> "CurveClientKeys":
+        """From the server's public certificate and the client's secret certificate (`flashtalk-live keys`)."""
+        server_public, _ = zmq.auth.load_certificate(os.fspath(server_cert))
+        public, secret = zmq.auth.load_certificate(os.fspath(client_secret_cert))
+        if not secret:
+            raise ValueError(f"{client_secret_cert}: no secret key (give the .key_secret file)")
+        return cls(server_public, public, secret)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """Set before connect()."""
+        sock.curve_serverkey = self.server_public
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+
+
+# -- endpoints -------------------------------------------------------------------------------------------------
+
+def tcp_host(endpoint: str) -> str:
+    """The host part of tcp://HOST:PORT (brackets of IPv6 removed)."""
+    rest = endpoint[len("tcp://"):]
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    return host.strip("[]")
+
+
+def is_loopback(endpoint: str) -> bool:
+    host = tcp_host(endpoint)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name, a host name: may reach the network
+
+
+class Security:
+    """Configures each bind of the ingest sockets and names the peer of each message. start() before binding."""
+
+    def __init__(self, ingest: Any, path: Any = lambda p: p) -> None:
+        self.cfg = ingest
+        self._path = path  # expands {state_dir}
+        self.log = get_logger("auth")
+        self._auth: _Authenticator | None = None
+        self.keys: KeyRing | None = None
+        self.server_public: bytes | None = None
+        self._server_secret: bytes | None = None
+
+    def start(self, ctx: zmq.Context) -> None:
+        cfg = self.cfg
+        try:
+            self.keys = KeyRing(self._path(cfg.client_keys_dir) if cfg.client_keys_dir else None,
+                                cfg.client_keys, cfg.trusted_client_keys)
+        except (ValueError, OSError) as e:
+            raise EndpointRefused(f"ingest.client_keys / trusted_client_keys: {e}") from None
+        self._auth = _Authenticator(ctx)
+        self._auth.start()
+        self._auth.configure_curve_callback(DOMAIN_CURVE, self.keys)
+
+    def stop(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    def _server_keys(self) -> tuple[bytes, bytes]:
+        if self._server_secret is None:
+            path = Path(self._path(self.cfg.server_key)).expanduser()
+            if not path.exists():
+                if not path.name.endswith(".key_secret"):
+                    raise EndpointRefused(f"ingest.server_key {path} does not exist (make one with "
+                                          f"`flashtalk-live keys server --dir {path.parent}`)")
+                public_path, _ = create_keypair(path.parent, path.name[: -len(".key_secret")])
+                self.log.warning("server_key_created", secret=str(path), public=str(public_path),
+                                 hint="give the public certificate to CURVE clients")
+            try:
+                public, secret = zmq.auth.load_certificate(str(path))
+            except (OSError, ValueError) as e:
+                raise EndpointRefused(f"ingest.server_key {path}: not a certificate ({e})") from None
+            if not secret:
+                raise EndpointRefused(f"ingest.server_key {path}: has no secret key (give the .key_secret file)")
+            self.server_public, self._server_secret = public, secret
+        assert self.server_public is not None
+        return self.server_public, self._server_secret
+
+    def prepare_bind(self, sock: zmq.Socket, endpoint: str, field: str) -> None:
+        """Set the mechanism and ZAP domain that this endpoint's connections will use (options apply per bind)."""
+        cfg = self.cfg
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(cfg.handshake_timeout_s * 1000))
+        sock.setsockopt(zmq.BACKLOG, int(cfg.connection_backlog))
+        if endpoint.startswith("tcp://") and cfg.tcp_auth == "curve":
+            public, secret = self._server_keys()
+            sock.curve_server = True
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+            sock.zap_domain = DOMAIN_CURVE.encode()
+            return
+        sock.curve_server = False
+        if endpoint.startswith("tcp://"):
+            if not is_loopback(endpoint):
+                if not cfg.allow_unauthenticated_remote:
+                    raise EndpointRefused(
+                        f"{field}: refusing to bind {endpoint} without authentication: anyone on the network could "
+                        f'drive the room. Use ingest.tcp_auth = "curve" (the default) or a loopback address; '
+                        f"ingest.allow_unauthenticated_remote = true accepts the risk")
+                self.log.warning("unauthenticated_remote_endpoint", endpoint=endpoint, field=field,
+                                 hint="ingest.allow_unauthenticated_remote is set: anyone who reaches this port "
+                                      "can enqueue, clear and cancel")
+            sock.zap_domain = DOMAIN_TCP.encode()
+        else:
+            sock.zap_domain = DOMAIN_IPC.encode()
+
+    def after_bind(self, endpoint: str) -> None:
+        """Give an ipc socket file its configured mode and group."""
+        if not endpoint.startswith("ipc://"):
+            return
+        path = endpoint[len("ipc://"):]
+        if not path or path.startswith("@"):  # abstract namespace: no file
+            return
+        try:
+            if self.cfg.ipc_group:
+                os.chown(path, -1, grp.getgrnam(self.cfg.ipc_group).gr_gid)
+            os.chmod(path, self.cfg.ipc_mode)
+        except (KeyError, OSError) as e:
+            raise EndpointRefused(f"ingest.ipc_mode/ipc_group on {path}: {e}") from None
+
+    def peer_of(self, frame: zmq.Frame) -> Peer:
+        """Who sent the message this frame belongs to, from its ZAP User-Id and Peer-Address."""
+        try:
+            user = frame.get("User-Id")
+        except zmq.ZMQError:
+            user = ""
+        try:
+            address = frame.get("Peer-Address")
+        except zmq.ZMQError:
+            address = ""
+        if user.startswith(CURVE_PREFIX):
+            key = user[len(CURVE_PREFIX):]
+            trusted = self.keys is not None and key.encode("ascii") in self.keys.trusted
+            return Peer("curve", key, address, trusted)
+        if user == DOMAIN_IPC:
+            return Peer("ipc", None, address, bool(self.cfg.ipc_trusted))
+        return Peer("tcp", None, address, False)  # plain tcp, or unknown: never trusted
+
+
+# -- paths a trusted peer may name ------------------------------------------------------------------------------
+
+def _inside(path: str, dirs: Iterable[str]) -> bool:
+    real = os.path.realpath(path)
+    for d in dirs:
+        root = os.path.realpath(d)
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def _has_dotdot(path: str) -> bool:
+    return ".." in Path(path).parts
+
+
+def confine_path(name: str, dirs: list[str], field: str) -> Path:
+    """An existing file inside one of `dirs` (symlinks resolved); one error for missing and forbidden alike."""
+    refused = ProtocolError("forbidden_path", f"not an allowed file: it must be an existing file inside {field}")
+    if not isinstance(name, str) or not name or "\0" in name or _has_dotdot(name) or not dirs:
+        raise refused
+    candidates = [name] if os.path.isabs(name) else [os.path.join(d, name) for d in dirs]
+    for c in candidates:
+        if _inside(c, dirs) and os.path.isfile(c):
+            return Path(os.path.realpath(c))
+    raise refused
+
+
+def confine_output_file(url: str, dirs: list[str]) -> None:
+    """A file output may only write inside output_policy.file_dirs (no '..', symlinks resolved)."""
+    if not os.path.isabs(url) or _has_dotdot(url) or not _inside(url, dirs):
+        raise ProtocolError("forbidden_path",
+                            "file outputs added at run time must be absolute paths inside output_policy.file_dirs")

@@ -1,0 +1,77 @@
+"""`flashtalk-live keys`: make the CURVE key pairs of the daemon (server) and of its tcp clients."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import zmq.auth
+
+from flashtalk_live.ingest.auth import create_keypair
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from flashtalk_live.cli import settings_from_args  # the main CLI imports this module: no cycle at load
+
+    return settings_from_args(args)
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    secret = Path(s.path(s.ingest.server_key)).expanduser()
+    if not secret.name.endswith(".key_secret"):
+        print(f"flashtalk-live keys: ingest.server_key {secret} must end in .key_secret", file=sys.stderr)
+        return 2
+    if secret.exists() and not args.force:
+        print(f"flashtalk-live keys: {secret} exists (--force makes a new one; every client then needs the new "
+              "public certificate)", file=sys.stderr)
+        return 1
+    public, secret = create_keypair(secret.parent, secret.name[: -len(".key_secret")])
+    key, _ = zmq.auth.load_certificate(str(public))
+    print(json.dumps({"public_certificate": str(public), "secret_certificate": str(secret),
+                      "public_key": key.decode(), "next": "give the public certificate to every tcp client"}))
+    return 0
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    out = Path(args.out)
+    if (out / f"{args.name}.key_secret").exists() and not args.force:
+        print(f"flashtalk-live keys: {out / (args.name + '.key_secret')} exists (--force overwrites)", file=sys.stderr)
+        return 1
+    public, secret = create_keypair(out, args.name)
+    key, _ = zmq.auth.load_certificate(str(public))
+    allowed = None
+    if not args.no_allow and s.ingest.client_keys_dir:
+        d = Path(s.path(s.ingest.client_keys_dir)).expanduser()
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        allowed = d / public.name
+        shutil.copyfile(public, allowed)
+    print(json.dumps({"public_certificate": str(public), "secret_certificate": str(secret), "public_key": key.decode(),
+                      "allowed_in": str(allowed) if allowed else None,
+                      "next": "to let this client change outputs or name server files, add public_key to "
+                              "ingest.trusted_client_keys"}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from flashtalk_live.cli import add_config_args
+
+    keys = sub.add_parser("keys", help="make CURVE key pairs for tcp endpoints")
+    ks = keys.add_subparsers(dest="keys_command", metavar="WHAT")
+    srv = ks.add_parser("server", help="the daemon's key pair, at ingest.server_key")
+    add_config_args(srv)
+    srv.add_argument("--state-dir")
+    srv.add_argument("--force", action="store_true", help="replace an existing key pair")
+    srv.set_defaults(func=_cmd_server)
+    cli = ks.add_parser("client", help="a client key pair; its public certificate goes into ingest.client_keys_dir")
+    cli.add_argument("name", help="file name of the pair: NAME.key and NAME.key_secret")
+    add_config_args(cli)
+    cli.add_argument("--state-dir")
+    cli.add_argument("--out", default=".", help="folder for the pair (default: here)")
+    cli.add_argument("--no-allow", action="store_true", help="do not copy the public certificate into client_keys_dir")
+    cli.add_argument("--force", action="store_true", help="overwrite an existing pair")
+    cli.set_defaults(func=_cmd_client)

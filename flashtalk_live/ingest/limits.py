@@ -1,0 +1,160 @@
+"""Limits on the work a client can make the daemon do, each with its rejection code and setting.
+
+* images: size (`image_too_large`, ingest.max_image_bytes) and width x height read from the header, before any
+  decoding (`image_too_many_pixels`, ingest.max_image_pixels); only PNG, JPEG and WebP (`unsupported_image`).
+* text: prompts (`prompt_too_long`, ingest.max_prompt_chars), ids and names (`id_too_long`, ingest.max_id_chars).
+* request rate per peer: a token bucket (`rate_limited`, ingest.rate_per_s and ingest.rate_burst).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flashtalk_live.ingest.protocol import ProtocolError
+
+TEXT_ID_FIELDS = ("id", "segment_id", "name")
+MAX_BUCKETS = 10_000  # peers remembered by the rate limiter; idle full buckets are forgotten first
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _png(data: bytes) -> ImageInfo | None:
+    # 8-byte signature, then the IHDR chunk: length, b"IHDR", width, height (big-endian).
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    w, h = struct.unpack(">II", data[16:24])
+    return ImageInfo("png", w, h)
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg(data: bytes) -> ImageInfo | None:
+    """Walk the marker segments up to the first scan; the frame header (SOFn) holds height and width."""
+    i, n = 2, len(data)
+    best: ImageInfo | None = None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return best
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: the frame header came before
+            return best
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if length < 2:
+            return best
+        if marker in _SOF and i + 9 <= n:
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            # height 0 means "defined later by a DNL marker": unknown size, so treat it as unbounded
+            info = ImageInfo("jpeg", w, h if h else 1 << 16)
+            if best is None or info.pixels > best.pixels:
+                best = info
+        i += 2 + length
+    return best
+
+
+def _webp(data: bytes) -> ImageInfo | None:
+    if len(data) < 30 or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", data[26:30])
+        return ImageInfo("webp", w & 0x3FFF, h & 0x3FFF)
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        (bits,) = struct.unpack("<I", data[21:25])
+        return ImageInfo("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    if chunk == b"VP8X":
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return ImageInfo("webp", w, h)
+    return None
+
+
+def image_info(data: bytes) -> ImageInfo:
+    """Format and size from the first bytes only; `unsupported_image` for anything but PNG, JPEG and WebP."""
+    info = None
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        info = _png(data)
+    elif data[:3] == b"\xff\xd8\xff":
+        info = _jpeg(data)
+    elif data[:4] == b"RIFF":
+        info = _webp(data)
+    if info is None:
+        raise ProtocolError("unsupported_image", "the image must be PNG, JPEG or WebP with a readable header")
+    if info.width < 1 or info.height < 1:
+        raise ProtocolError("unsupported_image", f"the {info.format} header declares {info.width}x{info.height}")
+    return info
+
+
+def check_image(data: bytes, ingest: Any) -> ImageInfo:
+    """Refuse an image over ingest.max_image_bytes or ingest.max_image_pixels without decoding it."""
+    if len(data) > ingest.max_image_bytes:
+        raise ProtocolError("image_too_large",
+                            f"image of {len(data)} bytes exceeds ingest.max_image_bytes {ingest.max_image_bytes}")
+    info = image_info(data)
+    if info.pixels > ingest.max_image_pixels:
+        raise ProtocolError("image_too_many_pixels",
+                            f"{info.format} of {info.width}x{info.height} = {info.pixels} pixels exceeds "
+                            f"ingest.max_image_pixels {ingest.max_image_pixels}")
+    return info
+
+
+def check_text(header: dict[str, Any], ingest: Any) -> None:
+    """Prompt and id/name lengths (the header's own 64 KiB cap is the protocol's)."""
+    prompt = header.get("prompt")
+    if isinstance(prompt, str) and len(prompt) > ingest.max_prompt_chars:
+        raise ProtocolError("prompt_too_long", f"prompt of {len(prompt)} characters exceeds ingest.max_prompt_chars "
+                            f"{ingest.max_prompt_chars}", "prompt")
+    for f in TEXT_ID_FIELDS:
+        v = header.get(f)
+        if isinstance(v, str) and len(v) > ingest.max_id_chars:
+            raise ProtocolError("id_too_long",
+                                f"{f!r} of {len(v)} characters exceeds ingest.max_id_chars {ingest.max_id_chars}", f)
+
+
+class RateLimiter:
+    """One token bucket per peer name: `rate_per_s` tokens a second, at most `burst` saved. rate 0: no limit."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate, self.burst = float(rate_per_s), float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def check(self, peer: str, now: float | None = None) -> None:
+        """Take one token for `peer` or raise `rate_limited`."""
+        if self.rate <= 0:
+            return
+        t = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, at = self._buckets.get(peer, (self.burst, t))
+            tokens = min(self.burst, tokens + (t - at) * self.rate)
+            if tokens < 1.0:
+                self._buckets[peer] = (tokens, t)
+                raise ProtocolError("rate_limited", f"over ingest.rate_per_s {self.rate:g} requests/s "
+                                    f"(burst {self.burst:g}); retry in {(1.0 - tokens) / self.rate:.2f} s")
+            self._buckets[peer] = (tokens - 1.0, t)
+            if len(self._buckets) > MAX_BUCKETS:
+                self._forget(t)
+
+    def _forget(self, now: float) -> None:
+        full = [p for p, (tok, at) in self._buckets.items() if tok + (now - at) * self.rate >= self.burst]
+        for p in full or list(self._buckets)[: len(self._buckets) // 2]:
+            del self._buckets[p]

@@ -1,0 +1,111 @@
+"""Issue 12 end to end: the real daemon on a real full file system (a small tmpfs) stays on air and recovers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon_harness import DaemonProcess, wait_for
+from flashtalk_live.client import Rejected
+from ingest_audiogen import encode
+from rtmp_harness import max_gap, read_media
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """The state directory itself is a 24 MiB tmpfs (its config and log stay outside, as under systemd)."""
+    mnt = tmp_path / "state"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(fs: Path, name: str = "ballast", leave: int = 0) -> Path:
+    """Take every byte of the file system but `leave` (all of them by default)."""
+    ballast = fs / name
+    with open(ballast, "ab", buffering=0) as f:
+        if leave:
+            st = os.statvfs(fs)
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+            return ballast
+        for block in (1 << 20, 65536, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * block)
+            except OSError:
+                pass
+    return ballast
+
+
+def until(pred, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+STORAGE = ["storage.min_free_bytes=4194304", "storage.min_free_percent=0", "storage.spool_reserve_bytes=2097152",
+           "storage.check_interval_s=0.2"]
+
+
+@pytest.mark.rtmp
+@pytest.mark.timeout(240)
+def test_full_disk_keeps_the_room_on_air_and_recovers(small_fs, nginx_rtmp):
+    srv = nginx_rtmp()
+    d = DaemonProcess(small_fs, [{"name": "live", "url": srv.url("room")},
+                                           {"name": "rec", "url": "{state_dir}/rec/live-{n}.flv"}], STORAGE).start()
+    ev = d.events()
+    seen: list[dict] = []
+    with d.client() as c:
+        ev.sync(c)
+        ids = [c.enqueue(encode("wav_s16", seconds=1.5, freq=440.0 + 220 * i))["segment_id"] for i in range(3)]
+        time.sleep(1.0)
+        # under the watermark: degraded, new clips refused, the recording finalised and paused
+        low = fill(small_fs, "low", leave=2 << 20)
+        st = until(lambda: (s := c.status())["storage"]["degraded"] and s)
+        assert st["state"] == "on_air"
+        with pytest.raises(Rejected) as e:
+            c.enqueue(encode("wav_s16", seconds=0.5))
+        assert e.value.code == "disk_full" and "bytes" in e.value.reason
+        until(lambda: [o for o in c.status()["outputs"] if o["name"] == "rec" and o["paused"]])
+        assert (small_fs / "rec" / "live-0.flv").stat().st_size > 0
+        # then not one byte left: the spool's reserve still carries the acknowledged clips through
+        full = fill(small_fs)
+        # every clip acknowledged before the disk filled still airs and finishes
+        for sid in ids:
+            wait_for(ev, lambda x, sid=sid: x["type"] == "finished" and x.get("segment_id") == sid, 60, seen)
+        until(lambda: c.status()["queue"]["clips"] == 0)
+        assert any(x["type"] == "disk_low" for x in seen)
+        assert c.status()["state"] == "on_air"
+        # space returns: the daemon leaves the degraded state by itself and takes clips again
+        full.unlink()
+        low.unlink()
+        until(lambda: not c.status()["storage"]["degraded"])
+        sid = c.enqueue(encode("wav_s16", seconds=1.0, freq=1500.0))["segment_id"]
+        wait_for(ev, lambda x: x["type"] == "finished" and x.get("segment_id") == sid, 60, seen)
+        assert any(x["type"] == "disk_ok" for x in seen)
+    assert d.stop() == 0
+    info = read_media(srv.recordings("room")[0])
+    assert max_gap(info.video_pts) <= 0.041  # no gap on air through the whole episode
+    recs = list((small_fs / "rec").glob("*.flv"))
+    assert len(recs) >= 2 and all(p.stat().st_size > 0 for p in recs)  # paused, resumed, no 0-byte file
+
+    # a restart on the full disk goes on air, degraded
+    fill(small_fs)
+    d2 = DaemonProcess(small_fs, [{"name": "live", "url": srv.url("room2")}], STORAGE).start()
+    with d2.client() as c:
+        st = until(lambda: (s := c.status())["state"] == "on_air" and s)
+        assert st["storage"]["degraded"]
+    assert d2.stop() == 0

@@ -1,0 +1,188 @@
+"""Authentication, trust and limits on the real ingest server: CURVE over tcp, ipc permissions, trusted commands,
+rate and in-flight limits, one slow request never blocking another connection."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+import zmq
+
+from flashtalk_live.cli import main as cli_main
+from flashtalk_live.client import Client, ClientTimeout, EventStream, Rejected
+from flashtalk_live.events import EventBus
+from flashtalk_live.ingest.auth import CurveClientKeys, create_keypair
+from flashtalk_live.ingest.protocol import encode_request
+from flashtalk_live.ingest.server import IngestError, IngestServer
+from flashtalk_live.queue.spool import Spool
+
+CURVE = 'ingest.tcp_auth="curve"'
+
+
+def keys_cli(state_dir: Path, *args: str, capsys) -> dict:
+    assert cli_main(["keys", *args, "--set", f'state_dir="{state_dir}"']) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def curve_keys(state_dir: Path, tmp_path: Path, capsys):
+    """The server pair and an allowed client pair made by `flashtalk-live keys`, plus a pair nobody allowed."""
+    server = keys_cli(state_dir, "server", capsys=capsys)
+    alice = keys_cli(state_dir, "client", "alice", "--out", str(tmp_path), capsys=capsys)
+    assert Path(alice["allowed_in"]).parent == state_dir / "keys" / "clients"
+    assert stat.S_IMODE(os.stat(alice["secret_certificate"]).st_mode) == 0o600
+    _, mallory = create_keypair(tmp_path / "other", "mallory")
+    return {
+        "server": server,
+        "alice": CurveClientKeys.load(server["public_certificate"], alice["secret_certificate"]),
+        "alice_key": alice["public_key"],
+        "mallory": CurveClientKeys.load(server["public_certificate"], mallory),
+    }
+
+
+@pytest.mark.timeout(60)
+def test_curve_allowed_key_works_others_refused_and_server_keeps_serving(running, curve_keys, state_dir, tmp_path,
+                                                                         capsys):
+    r = running(CURVE)
+    with Client(r.tcp, timeout_s=5, curve=curve_keys["alice"]) as alice:
+        assert alice.ping()["pong"]
+        for curve in (None, curve_keys["mallory"]):  # no keys at all; a key nobody allowed
+            with Client(r.tcp, timeout_s=1, curve=curve) as stranger, pytest.raises(ClientTimeout):
+                stranger.ping()
+        assert alice.status()["ok"]
+        tcp_events = [e for e in r.server.event_endpoints if e.startswith("tcp://")][0]
+        with EventStream(tcp_events, curve=curve_keys["alice"]) as ev:
+            ev.sync(alice)  # the event feed is CURVE too
+    # a client allowed while the server runs (a new file in client_keys_dir) gets in without a restart
+    bob = keys_cli(state_dir, "client", "bob", "--out", str(tmp_path), capsys=capsys)
+    bob_keys = CurveClientKeys.load(curve_keys["server"]["public_certificate"], bob["secret_certificate"])
+    with Client(r.tcp, timeout_s=5, curve=bob_keys) as c:
+        assert c.ping()["pong"]
+    # the keys CLI refuses to replace the server pair silently
+    assert cli_main(["keys", "server", "--set", f'state_dir="{state_dir}"']) == 1
+
+
+def test_remote_bind_without_auth_is_refused_unless_explicitly_allowed(make_settings, capsys):
+    s = make_settings('ingest.tcp_auth="none"', 'ingest.control=["tcp://0.0.0.0:0"]', 'ingest.events=[]')
+    srv = IngestServer(s, None, EventBus())  # type: ignore[arg-type]  # refused before the spool is needed
+    with pytest.raises(IngestError) as ei:
+        srv.start()
+    msg = str(ei.value)
+    assert "\n" not in msg and "refusing to bind tcp://0.0.0.0:0 without authentication" in msg
+    assert "ingest.allow_unauthenticated_remote" in msg and 'tcp_auth = "curve"' in msg
+    capsys.readouterr()
+    s = make_settings('ingest.tcp_auth="none"', "ingest.allow_unauthenticated_remote=true",
+                      'ingest.control=["tcp://0.0.0.0:0"]', 'ingest.events=[]')
+    spool = Spool.from_settings(s)
+    with IngestServer(s, spool, EventBus()):
+        pass
+    spool.close()
+    assert "unauthenticated_remote_endpoint" in capsys.readouterr().out
+    # CURVE (the default) binds 0.0.0.0 without complaint: the key pair is made on first start
+    s = make_settings('ingest.control=["tcp://0.0.0.0:0"]', 'ingest.events=[]')
+    spool = Spool.from_settings(s)
+    with IngestServer(s, spool, EventBus()):
+        pass
+    spool.close()
+    assert Path(s.path(s.ingest.server_key)).is_file()
+
+
+def test_ipc_socket_files_get_mode_and_group(running):
+    group = grp.getgrgid(os.getgid()).gr_name
+    r = running("ingest.ipc_mode=0o600", f'ingest.ipc_group="{group}"')
+    for ep in (r.ipc, r.events):
+        st = os.stat(ep[len("ipc://"):])
+        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_gid == os.getgid()
+    r2 = running(f'state_dir="{Path(r.ipc[len("ipc://"):]).parent / "b"}"')
+    assert stat.S_IMODE(os.stat(r2.ipc[len("ipc://"):]).st_mode) == 0o660  # the default
+
+
+def test_commands_that_touch_the_server_need_a_trusted_peer(running, curve_keys, state_dir):
+    calls = []
+
+    def handler(call):
+        calls.append(call)
+        return {"done": True}
+
+    handlers = {"output_add": handler, "output_remove": handler, "set_avatar": handler}
+    r = running(CURVE, f'ingest.trusted_client_keys=["{curve_keys["alice_key"]}"]', handlers=handlers)
+    plain = running(f'state_dir="{state_dir / "plain"}"', handlers=handlers)  # plain loopback tcp
+    # an allowed but untrusted CURVE client
+    _, sec = create_keypair(Path(r.settings.path(r.settings.ingest.client_keys_dir)), "carol")
+    carol = Client(r.tcp, timeout_s=5, curve=CurveClientKeys.load(curve_keys["server"]["public_certificate"], sec))
+    plain_client = Client(plain.tcp, timeout_s=5)
+    for c in (plain_client, carol):
+        for cmd, fields in (("output_add", {"name": "x", "url": "/tmp/x.flv"}), ("output_remove", {"name": "x"}),
+                            ("set_avatar", {"image": "/etc/passwd"})):
+            with pytest.raises(Rejected) as ei:
+                c.call(cmd, **fields)
+            assert ei.value.code == "unauthorized", (cmd, ei.value)
+        assert c.call("set_avatar", b"\x89PNG...", prompt="bytes are fine")["done"]  # image bytes: any peer
+    assert len(calls) == 2
+    with Client(r.ipc) as local, Client(r.tcp, curve=curve_keys["alice"]) as alice:
+        assert local.call("output_add", name="x", url="/tmp/x.flv")["done"]
+        assert alice.call("set_avatar", image="portrait.png")["done"]
+    assert len(calls) == 4
+    for c in (plain_client, carol):
+        c.close()
+
+
+def test_rate_limit_per_peer(running):
+    r = running("ingest.rate_per_s=0.01", "ingest.rate_burst=3")
+    with Client(r.tcp) as c, Client(r.ipc) as other:
+        for _ in range(3):
+            assert c.ping()["pong"]
+        with pytest.raises(Rejected) as ei:
+            c.ping()
+        assert ei.value.code == "rate_limited" and "ingest.rate_per_s" in ei.value.reason
+        assert other.ping()["pong"]  # another peer has its own bucket
+
+
+def test_text_limits(running):
+    r = running("ingest.max_prompt_chars=10", "ingest.max_id_chars=8",
+                handlers={"set_avatar": lambda call: {"prompt": call.args.prompt}})
+    with Client(r.ipc) as c:
+        assert c.call("set_avatar", prompt="short")["prompt"] == "short"
+        for fields, code in (({"prompt": "x" * 11}, "prompt_too_long"), ({"id": "y" * 9}, "id_too_long")):
+            with pytest.raises(Rejected) as ei:
+                c.call("set_avatar", **fields)
+            assert ei.value.code == code, ei.value
+        with pytest.raises(Rejected) as ei:
+            c.cancel("z" * 9)
+        assert ei.value.code == "id_too_long"
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_request_blocks_neither_other_connections_nor_the_server_and_inflight_is_capped(running):
+    release, entered = threading.Event(), threading.Event()
+
+    def slow(call):  # a slow command of the table (any will do)
+        entered.set()
+        assert release.wait(30)
+        return {"slow": True}
+
+    r = running("ingest.max_inflight_per_peer=2", handlers={"outputs": slow})
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(r.tcp)
+    try:
+        for i in range(3):  # pipelined on one connection: the third is over its in-flight cap
+            sock.send_multipart([b""] + encode_request("outputs", id=f"s{i}"))
+        assert entered.wait(10)
+        assert sock.poll(10_000)
+        busy = json.loads(sock.recv_multipart()[-1])
+        assert (busy["ok"], busy["code"]) == (False, "busy")
+        with Client(r.ipc) as other:  # served while the slow handler still holds a worker
+            assert other.ping()["pong"] and other.status()["ok"]
+        assert not release.is_set()
+        release.set()
+        got = [json.loads(sock.recv_multipart()[-1]) for _ in range(2) if sock.poll(10_000)]
+        assert [g["id"] for g in got] == ["s0", "s1"] and all(g["slow"] for g in got)  # in order
+    finally:
+        release.set()
+        sock.close(0)

@@ -1,0 +1,241 @@
+"""The spool under the box's faults: unreadable files, a full file system, a deep queue, salvage."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flashtalk_live.queue.spool import DB_NAME, RESERVE_NAME, Spool, SpoolDiskFull, salvage
+
+
+def add(s: Spool, name: str, mode: str = "enqueue", dur: float = 1.0, size: int = 16):
+    return s.add(name.encode().ljust(size, b"."), {"name": name}, mode, duration_s=dur)
+
+
+def names(s: Spool) -> list[str]:
+    return [e.meta["name"] for e in s.pending()]
+
+
+def _filled_spool(path: Path, n: int = 5) -> None:
+    with Spool(path) as s:
+        for i in range(n):
+            add(s, f"c{i}", size=2000)
+        s.take_next()
+
+
+def _truncate(f: Path) -> None:
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 3])
+
+
+def _garbage(f: Path) -> None:
+    f.write_bytes(os.urandom(f.stat().st_size))
+
+
+def _zero_header(f: Path) -> None:
+    with open(f, "r+b") as fh:
+        fh.write(b"\0" * 100)
+
+
+def _zero_length(f: Path) -> None:
+    f.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garbage, _zero_header])
+def test_unreadable_spool_is_moved_aside_and_a_fresh_one_opens(tmp_path, damage):
+    d = tmp_path / "spool"
+    _filled_spool(d)
+    for extra in ("-wal", "-shm"):
+        Path(str(d / DB_NAME) + extra).unlink(missing_ok=True)
+    damage(d / DB_NAME)
+    before = (d / DB_NAME).read_bytes()
+    with Spool(d) as s:
+        assert s.quarantined is not None
+        aside, why = s.quarantined
+        assert aside.parent == d and aside.name.startswith(DB_NAME + ".corrupt-")
+        assert aside.read_bytes() == before  # kept, never deleted or rewritten
+        assert why
+        assert s.pending() == [] and s.stats()["clips"] == 0
+        add(s, "fresh")
+        assert names(s) == ["fresh"]
+
+
+def test_zero_length_spool_is_an_empty_queue_not_a_fault(tmp_path):
+    d = tmp_path / "spool"
+    _filled_spool(d)
+    for extra in ("-wal", "-shm"):
+        Path(str(d / DB_NAME) + extra).unlink(missing_ok=True)
+    _zero_length(d / DB_NAME)
+    with Spool(d) as s:
+        assert s.quarantined is None
+        add(s, "a")
+        assert names(s) == ["a"]
+
+
+def test_salvage_recovers_the_readable_clips_in_play_order(tmp_path):
+    d = tmp_path / "old"
+    with Spool(d) as s:
+        for i in range(6):
+            add(s, f"c{i}", size=3000)
+        s.take_next()  # c0 on air when the file broke
+        s.close()
+    dst = tmp_path / "new"
+    with Spool(dst) as s:
+        added, lost = salvage(d / DB_NAME, s)
+        assert lost == 0
+        assert names(s) == ["c0", "c1", "c2", "c3", "c4", "c5"]
+        assert len(added) == 6
+        assert s.payload(added[2]) == b"c2".ljust(3000, b".")
+
+
+def test_salvage_skips_what_it_cannot_read(tmp_path):
+    d = tmp_path / "old"
+    with Spool(d) as s:
+        for i in range(40):
+            add(s, f"c{i}", size=5000)
+    f = d / DB_NAME
+    data = bytearray(f.read_bytes())
+    page = 4096
+    for p in range(len(data) // page // 2, len(data) // page // 2 + 4):  # wipe a few pages in the middle
+        data[p * page:(p + 1) * page] = os.urandom(page)
+    f.write_bytes(bytes(data))
+    dst = tmp_path / "new"
+    with Spool(dst) as s:
+        added, lost = salvage(f, s)
+        got = names(s)
+    assert 0 < len(added) < 40 and len(got) == len(added)
+    assert got == sorted(got, key=lambda n: int(n[1:]))  # what survived keeps its order
+
+
+def test_deep_queue_keeps_order_positions_and_totals(tmp_path):
+    with Spool(tmp_path / "spool", None) as s:
+        for i in range(300):
+            add(s, f"e{i}", dur=0.5)
+        # 40 inserts into the same gap force the gap to run out and the queue to be spread out again
+        for i in range(40):
+            add(s, f"i{i}", "insert")
+        p = add(s, "now", "play_now")
+        assert p.position == 0
+        want = ["now"] + [f"i{i}" for i in range(40)] + [f"e{i}" for i in range(300)]
+        assert names(s) == want
+        assert [e.position for e in s.pending()] == list(range(len(want)))
+        got = s.get(s.pending()[100].segment_id)
+        assert got is not None and got.position == 100
+        # cancel in the middle, take the head, clear: totals follow without a scan
+        mid = s.pending()[150]
+        assert s.cancel(mid.segment_id) == "pending"
+        taken = s.take_next()
+        assert taken is not None and taken.meta["name"] == "now"
+        st = s.stats()
+        assert (st["pending"], st["playing"], st["clips"]) == (len(want) - 2, 1, len(want) - 1)
+        assert st["queued_seconds"] == pytest.approx(1.0 + 40 * 1.0 + 300 * 0.5 - mid.duration_s)
+        ack = s.add_ex(b"x" * 16, {"name": "tail"}, "enqueue", None, 2.0).ack
+        assert ack["position"] == len(want) - 2
+        assert ack["queued_ahead_s"] == pytest.approx(st["queued_seconds"] - 1.0)  # the playing clip is not ahead
+        cleared = s.clear()
+        assert len(cleared) == len(want) - 1 and s.stats()["pending"] == 0 and s.stats()["clips"] == 1
+    with Spool(tmp_path / "spool") as s:  # totals are rebuilt from the file on open; the playing clip recovered
+        assert s.stats()["pending"] == 1 and names(s) == ["now"]
+
+
+def test_old_dense_positions_still_order_inserts(tmp_path):
+    """A spool written before positions had gaps (0, 1, 2, ...) takes inserts between neighbours."""
+    d = tmp_path / "spool"
+    with Spool(d) as s:
+        for n in ("p", "a", "b"):
+            add(s, n, "insert" if n == "p" else "enqueue")
+    db = sqlite3.connect(d / DB_NAME)
+    rows = db.execute("SELECT segment_id FROM clips ORDER BY pos").fetchall()
+    db.executemany("UPDATE clips SET pos=? WHERE segment_id=?", [(i, r[0]) for i, r in enumerate(rows)])
+    db.commit()
+    db.close()
+    with Spool(d) as s:
+        add(s, "i", "insert")
+        assert names(s) == ["p", "i", "a", "b"]
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs: a real ENOSPC from the kernel, not a simulated one."""
+    mnt = tmp_path / f"fs-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path) -> Path:
+    ballast = path / "ballast"
+    with open(ballast, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def test_full_disk_refuses_new_clips_but_acknowledged_ones_still_move(small_fs):
+    d = small_fs / "spool"
+    with Spool(d, reserve_bytes=1 << 20) as s:
+        assert (d / RESERVE_NAME).exists()
+        for i in range(3):
+            add(s, f"c{i}", size=20_000)
+        ballast = _fill(small_fs)
+        with pytest.raises(SpoolDiskFull) as e:
+            for i in range(50):  # the WAL may still take a page or two before the disk says no
+                add(s, f"x{i}", size=100_000)
+        assert e.value.code == "disk_full" and "bytes free" in e.value.reason
+        # the clips already acknowledged go on air and finish: the reserve pays for it
+        first = s.take_next()
+        assert first is not None and first.meta["name"] == "c0"
+        assert s.mark_finished(first.segment_id)
+        assert s.take_next().meta["name"] == "c1"
+        # space comes back: the reserve is remade and enqueues work again
+        ballast.unlink()
+        assert s.ensure_reserve() and not s.reserve_released
+        add(s, "after")
+        assert names(s)[-1] == "after"
+
+
+def test_spool_opens_on_a_full_disk(small_fs):
+    d = small_fs / "spool"
+    with Spool(d, reserve_bytes=1 << 20) as s:
+        add(s, "kept", size=10_000)
+        s.take_next()  # on air when the box went down
+    _fill(small_fs)
+    with Spool(d, reserve_bytes=1 << 20) as s:  # no free byte: the open must not need one
+        assert names(s) == ["kept"] or [e.meta["name"] for e in s.playing()] == ["kept"]
+        with pytest.raises(SpoolDiskFull):
+            for i in range(20):
+                add(s, f"x{i}", size=100_000)
+
+
+def test_salvage_cli_requeues_into_the_configured_state_dir(tmp_path):
+    old = tmp_path / "old"
+    with Spool(old) as s:
+        for i in range(3):
+            add(s, f"c{i}")
+    state = tmp_path / "state"
+    r = subprocess.run([sys.executable, "-m", "flashtalk_live", "spool", "salvage", str(old / DB_NAME),
+                        "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "salvaged 3 clip(s)" in r.stdout
+    with Spool(state / "spool") as s:
+        assert names(s) == ["c0", "c1", "c2"]
+    # the daemon holds the spool: salvage says to stop it instead of writing beside it
+    with Spool(state / "spool"):
+        r = subprocess.run([sys.executable, "-m", "flashtalk_live", "spool", "salvage", str(old / DB_NAME),
+                            "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "stop the daemon first" in r.stderr
