@@ -22,7 +22,8 @@ from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.manager import TooManyOutputs, output_kind
 from flashtalk_live.renderers.base import Renderer
-from flashtalk_live.renderers.images import ImageError, decode_image_bytes, default_portrait, load_image
+from flashtalk_live.renderers import images
+from flashtalk_live.renderers.images import ImageError, default_portrait, load_image
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
 from flashtalk_live.settings import OutputSettings, Settings
 from flashtalk_live.storage import DiskWatermark
@@ -334,7 +335,7 @@ class Daemon:
         if data is not None:
             check_image(data, lim)
             try:
-                image = decode_image_bytes(data, "set_avatar image")
+                image = images.decode_image_bytes(data, "set_avatar image")
             except ImageError as e:
                 raise Rejection("undecodable_image", str(e)) from None
         else:
