@@ -10,7 +10,8 @@ import sys
 from typing import Any
 
 from flashtalk_live import __version__
-from flashtalk_live.settings import ConfigError, Settings, load_settings, masked_dump
+from flashtalk_live.cliargs import add_config_args, settings_from_args
+from flashtalk_live.settings import ConfigError, masked_dump
 
 # Modules that add their own verbs through `register(subparsers)`; each is optional so a partial install still runs.
 VERB_MODULES = (
@@ -20,20 +21,6 @@ VERB_MODULES = (
     "flashtalk_live.engine.cli",
     "flashtalk_live.queue.cli",
 )
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", default=os.environ.get("FLASHTALK_LIVE_CONFIG"),
-                   help="TOML config (default: $FLASHTALK_LIVE_CONFIG, else the embedded demo defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set encoder.preset=ultrafast (repeatable; beats file and env)")
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides = list(getattr(args, "overrides", []) or [])
-    if getattr(args, "state_dir", None):
-        overrides.append(f"state_dir={json.dumps(args.state_dir)}")
-    return load_settings(args.config, overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

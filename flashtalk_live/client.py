@@ -1,22 +1,26 @@
 """A small Python client for a running daemon: push clips, control the queue, follow the event feed.
 
-Every call waits at most `timeout_s` for its reply. No reply means "unknown": the daemon may be down, or the message
-was larger than the daemon's ZMQ_MAXMSGSIZE, which libzmq drops without a word. Audio calls carry a request id, so
-resending the same call (same id) after a timeout can never queue the clip twice.
+One method per command of the table (ingest/commands.py): `client.cancel(segment_id)`, `client.output_add(name, url)`,
+...; the audio commands take a path or bytes. Before the first request the endpoint is probed, so a daemon that is not
+running is reported at once (`NoDaemon`). Every call waits at most `timeout_s` for its reply. No reply means
+"unknown": the daemon may be busy, or the message was larger than its ZMQ_MAXMSGSIZE, which libzmq drops without a
+word. Audio calls carry a request id, so resending the same call (same id) after a timeout never queues it twice.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import zmq
 
 from flashtalk_live.ingest.auth import CurveClientKeys
+from flashtalk_live.ingest.commands import COMMANDS, Command
 from flashtalk_live.ingest.protocol import decode_reply, encode_request
 
 _SUFFIX_FORMAT = {
@@ -34,14 +38,59 @@ class ClientTimeout(ClientError):
     """No reply (or no event) in time."""
 
 
+class NoDaemon(ClientError):
+    """Nothing listens at the endpoint: the daemon is not running (or is another one's, or stopped)."""
+
+    def __init__(self, endpoint: str, why: str) -> None:
+        super().__init__(f"no daemon at {endpoint}: is it running? ({why})")
+        self.endpoint = endpoint
+
+
 class Rejected(ClientError):
-    """The daemon answered ok=false: `code` is machine-readable, `reason` for humans, `reply` the whole answer."""
+    """The daemon answered ok=false: `code` is machine-readable, `reason` for humans, `field` the request field at
+    fault (or None), `reply` the whole answer."""
 
     def __init__(self, code: str, reason: str, reply: dict[str, Any] | None = None) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
         self.reply = reply or {}
+        self.field: str | None = self.reply.get("field")
+
+
+def probe(endpoint: str, timeout_s: float = 1.0) -> str | None:
+    """Why nothing can be listening at `endpoint` (a missing socket file, a refused connection), or None when
+    something accepts connections there or it cannot be told (other transports, a slow network)."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        address = "\0" + path[1:] if path.startswith("@") else path
+        if not path.startswith("@") and not os.path.exists(path):
+            return "no socket file"
+        family, target = socket.AF_UNIX, address
+    elif endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        host = host.strip("[]")
+        if host in ("*", "0.0.0.0", ""):
+            host = "127.0.0.1"
+        try:
+            target = (host, int(port))
+        except ValueError:
+            return None
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    else:
+        return None
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        try:
+            s.connect(target)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return "connection refused"
+        except PermissionError:
+            raise ClientError(f"permission denied on {endpoint}: the daemon's ipc sockets belong to its user/group") \
+                from None
+        except OSError:
+            return None  # unreachable host, timeout, a name that does not resolve: let the request tell
+    return None
 
 
 def format_for_path(path: str | os.PathLike[str]) -> str | None:
@@ -61,6 +110,9 @@ class Client:
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
+            why = probe(self.endpoint, min(self.timeout_s, 2.0))
+            if why is not None:
+                raise NoDaemon(self.endpoint, why)
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             if self.curve is not None:
@@ -98,8 +150,11 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
                 self._reset()
+                why = probe(self.endpoint, 1.0)
+                if why is not None:
+                    raise NoDaemon(self.endpoint, f"{why} after the request was sent")
                 raise ClientTimeout(
-                    f"no reply to {cmd!r} from {self.endpoint} within {timeout:g} s: the daemon is down or busy, or the "
+                    f"no reply to {cmd!r} from {self.endpoint} within {timeout:g} s: the daemon is busy, or the "
                     f"message ({size} bytes) exceeded its ZMQ_MAXMSGSIZE (ping reports max_message_bytes), which "
                     "libzmq drops silently. For audio, resend with the same id: it is never queued twice.")
             reply_frames = sock.recv_multipart()
@@ -145,18 +200,27 @@ class Client:
         """Cut the current clip at the next chunk boundary and play this one."""
         return self._push("play_now", audio, format, sample_rate, channels, request_id, meta, timeout_s)
 
-    # -- control -----------------------------------------------------------------------------------
-    def clear(self) -> dict[str, Any]:
-        return self.call("clear")
 
-    def cancel(self, segment_id: str) -> dict[str, Any]:
-        return self.call("cancel", segment_id=segment_id)
 
-    def status(self) -> dict[str, Any]:
-        return self.call("status")
+def _command_method(command: Command) -> Callable[..., dict[str, Any]]:
+    """Client.<name>(required fields positionally, optional ones by keyword[, data=bytes])."""
+    required = [n for n, f in command.args.model_fields.items() if f.is_required()]
 
-    def ping(self, **fields: Any) -> dict[str, Any]:
-        return self.call("ping", **fields)
+    def method(self: Client, *values: Any, data: bytes | None = None, timeout_s: float | None = None,
+               **fields: Any) -> dict[str, Any]:
+        if len(values) > len(required):
+            raise TypeError(f"{command.name}() takes {len(required)} positional field(s): {', '.join(required)}")
+        fields.update(zip(required, values))
+        return self.call(command.name, data, timeout_s=timeout_s, **fields)
+
+    method.__name__ = method.__qualname__ = command.name
+    method.__doc__ = f"{command.description} (fields: {', '.join(command.args.model_fields)})"
+    return method
+
+
+for _command in COMMANDS.values():  # the audio commands have their own methods above (paths, format from suffix)
+    if not hasattr(Client, _command.name):
+        setattr(Client, _command.name, _command_method(_command))
 
 
 class EventStream:

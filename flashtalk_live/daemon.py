@@ -14,9 +14,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
+from flashtalk_live.ingest.auth import confine_output_file, confine_path
+from flashtalk_live.ingest.commands import Call
+from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.log import get_logger
+from flashtalk_live.outputs.manager import TooManyOutputs, output_kind
 from flashtalk_live.renderers.base import Renderer
+from flashtalk_live.renderers import images
+from flashtalk_live.renderers.images import ImageError, default_portrait, load_image
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
 from flashtalk_live.settings import OutputSettings, Settings
 from flashtalk_live.storage import DiskWatermark
@@ -206,7 +213,6 @@ class Daemon:
         from flashtalk_live.media.pacing import Lookahead, Pacer
         from flashtalk_live.outputs.manager import OutputManager
         from flashtalk_live.queue.spool import Spool
-        from flashtalk_live.renderers.images import default_portrait, load_image
         from flashtalk_live.renderers.still import StillRenderer
         from flashtalk_live.timeline.programme import Programme
         from flashtalk_live.timeline.timeline import Timeline
@@ -255,9 +261,8 @@ class Daemon:
                            on_underrun=self._on_underrun)
         self.ingest = IngestServer(settings, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    handlers={
-            "output_add": self._cmd_output_add, "output_remove": self._cmd_output_remove,
-            "outputs": lambda _req: {"outputs": self.outputs.status()},
-            "set_avatar": self._cmd_set_avatar,
+            "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
+            "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
         })
         self._stop_render = threading.Event()
         self._stopped = threading.Event()
@@ -283,57 +288,66 @@ class Daemon:
         if info.get("phase") == "start":
             self.events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
 
-    def _cmd_output_add(self, req: dict[str, Any]) -> dict[str, Any]:
-        from flashtalk_live.ingest.auth import confine_output_file
-        from flashtalk_live.ingest.protocol import ProtocolError
-        from flashtalk_live.outputs.manager import TooManyOutputs, output_kind
+    def _cmd_outputs(self, call: Call) -> dict[str, Any]:
+        return {"outputs": self.outputs.status()}
 
-        spec = OutputSettings(name=req.get("name", ""), url=req.get("url", ""),
-                              segment_seconds=req.get("segment_seconds"))
+    def _cmd_output_add(self, call: Call) -> dict[str, Any]:
+        a = call.args
+        spec = OutputSettings(name=a.name, url=a.url, segment_seconds=a.segment_seconds)  # type: ignore[attr-defined]
         spec = self._expand_output(spec)
-        # -- trust and limits (auth branch): file outputs only inside output_policy.file_dirs; a cap on outputs
-        if output_kind(spec.url) == "file":
+        try:
+            kind = output_kind(spec.url)
+        except ValueError:
+            # The URL is not repeated: with a mistyped scheme it may not be recognised, and masked, as a stream URL.
+            raise Rejection("bad_output", "unsupported output url: use rtmp://host/app/key, rtmps://..., or a "
+                                          ".flv/.mp4 path", "url") from None
+        if kind != "file" and spec.segment_seconds:
+            raise Rejection("bad_output", "segment_seconds applies to file outputs only", "segment_seconds")
+        if kind == "file":  # only inside output_policy.file_dirs
             confine_output_file(spec.url, [self.s.path(d) for d in self.s.output_policy.file_dirs])
+        if spec.name in self.outputs.names():
+            raise Rejection("already_exists", f"an output named {spec.name!r} already exists", "name")
         try:
             self.outputs.add(spec)
         except TooManyOutputs as e:
-            raise ProtocolError("too_many_outputs", str(e)) from None
+            raise Rejection("too_many_outputs", str(e)) from None
         return {"output": spec.name, "outputs": self.outputs.names()}
 
     def _expand_output(self, o: OutputSettings) -> OutputSettings:
         return o.model_copy(update={"url": self.s.path(o.url)})
 
-    def _cmd_output_remove(self, req: dict[str, Any]) -> dict[str, Any]:
-        self.outputs.remove(str(req.get("name", "")))
+    def _cmd_output_remove(self, call: Call) -> dict[str, Any]:
+        name = call.args.name  # type: ignore[attr-defined]
+        try:
+            self.outputs.remove(name)
+        except KeyError:
+            raise Rejection("not_found", f"no output named {name!r}; outputs: {', '.join(self.outputs.names())}",
+                            "name") from None
         return {"outputs": self.outputs.names()}
 
-    def _cmd_set_avatar(self, req: dict[str, Any]) -> dict[str, Any]:
-        from flashtalk_live.ingest.auth import confine_path
-        from flashtalk_live.ingest.limits import check_image
-        from flashtalk_live.ingest.protocol import ProtocolError
-        from flashtalk_live.renderers.images import ImageError, decode_image_bytes
-
-        # -- trust and limits (auth branch): a path only inside ingest.avatar_dirs (the server already checked the
-        # peer is trusted); the header is checked against the size limits before anything is decoded.
+    def _cmd_set_avatar(self, call: Call) -> dict[str, Any]:
+        a = call.args
+        # A path only inside ingest.avatar_dirs (the table lets only trusted peers name one); the header is checked
+        # against the size limits before anything is decoded.
         lim = self.s.ingest
-        data: bytes | None = req.get("_payload") or None
-        if data is None and req.get("image"):
-            path = confine_path(req["image"], [self.s.path(d) for d in lim.avatar_dirs], "ingest.avatar_dirs")
+        data = call.data
+        if data is None and a.image:  # type: ignore[attr-defined]
+            path = confine_path(a.image, [self.s.path(d) for d in lim.avatar_dirs], "ingest.avatar_dirs")  # type: ignore[attr-defined]
             try:
                 with open(path, "rb") as f:
                     data = f.read(lim.max_image_bytes + 1)
             except OSError:  # unreadable reads like missing: the reply must not tell which files exist
-                raise ProtocolError("forbidden_path", "not an allowed file: it must be an existing file inside "
-                                    "ingest.avatar_dirs") from None
+                raise Rejection("forbidden_path", "not an allowed file: it must be an existing file inside "
+                                                  "ingest.avatar_dirs", "image") from None
         if data is not None:
             check_image(data, lim)
             try:
-                image = decode_image_bytes(data, "set_avatar image")
+                image = images.decode_image_bytes(data, "set_avatar image")
             except ImageError as e:
-                raise ProtocolError("undecodable_image", str(e)) from None
+                raise Rejection("undecodable_image", str(e)) from None
         else:
             image = self.reference
-        prompt = str(req.get("prompt") or self.prompt)
+        prompt = a.prompt or self.prompt  # type: ignore[attr-defined]
         with self._avatar_lock:
             self._pending_avatar = (image, prompt)
         return {"applies": "next chunk boundary"}

@@ -22,6 +22,19 @@ ENV_PREFIX = "FLASHTALK_LIVE_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BENCHMARK_ENV = ENV_PREFIX + "BENCHMARK"
 _NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV}
+# The demo programme of a clone of the repository (README: a plain `flashtalk-live run` airs it).
+DEMO_PLAYLIST = Path(__file__).resolve().parent.parent / "playlists" / "example.m3u"
+
+
+def default_state_dir() -> str:
+    """$XDG_STATE_HOME/flashtalk-live (~/.local/state/flashtalk-live): where `run` and the CLI verbs meet by default,
+    whatever their current directories."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "flashtalk-live")
+
+
+def default_playlist() -> str | None:
+    return str(DEMO_PLAYLIST) if DEMO_PLAYLIST.is_file() else None
 
 
 class _Section(BaseModel):
@@ -98,10 +111,16 @@ class StorageSettings(_Section):
 class ProgrammeSettings(_Section):
     """What plays when the queue is empty."""
 
-    playlist: str | None = Field(None, description="M3U or TOML playlist; none means idle silence")
+    playlist: str | None = Field(default_factory=default_playlist,
+                                 description='M3U or TOML playlist (default: the demo programme); "" means idle silence')
     shuffle: bool = False
     pause_seconds: float = Field(0.0, ge=0, description="silence between programme clips")
     reload_check_seconds: float = Field(2.0, gt=0)
+
+    @field_validator("playlist")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
 
 
 class VideoSettings(_Section):
@@ -254,7 +273,9 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    state_dir: str = "./flashtalk-state"
+    state_dir: str = Field(default_factory=default_state_dir,
+                           description="spool, sockets, recordings; made absolute (a relative path: against the "
+                                       "config file's directory, else the current one)")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -281,6 +302,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # load_settings merges file < environment < flags itself, so only the merged kwargs are read here.
         return (init_settings,)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return os.path.abspath(os.path.expanduser(v))
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
@@ -378,6 +404,51 @@ def parse_override(item: str) -> dict[str, Any]:
     return root
 
 
+# Keys whose relative values name files: in a config file they mean "next to this file", not the current directory.
+_FILE_KEYS = (("state_dir",), ("queue", "spool_dir"), ("programme", "playlist"), ("video", "reference_image"),
+              ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"),
+              ("ingest", "server_key"), ("ingest", "client_keys_dir"))
+_FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"))
+
+
+def _anchor(value: Any, base: Path) -> Any:
+    """A relative file path made absolute against `base`; templates ({state_dir}/...), "", URLs left alone."""
+    if not isinstance(value, str) or not value or value.startswith("{") or "://" in value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else os.path.normpath(base / p))
+
+
+def _anchor_endpoint(ep: Any, base: Path) -> Any:
+    if isinstance(ep, str) and ep.startswith("ipc://") and not ep[len("ipc://"):].startswith("@"):
+        return "ipc://" + _anchor(ep[len("ipc://"):], base)
+    return ep
+
+
+def resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A config file's relative paths (file keys, ipc endpoints, file outputs) against the file's directory."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key in _FILE_KEYS:
+        node = out
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node.get(part), dict) else {}
+        if key[-1] in node:
+            node[key[-1]] = _anchor(node[key[-1]], base)
+    for section, key in _FILE_LIST_KEYS:
+        node = out.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), list):
+            node[key] = [_anchor(v, base) for v in node[key]]
+    ingest = out.get("ingest")
+    if isinstance(ingest, dict):
+        for k in ("control", "events"):
+            if isinstance(ingest.get(k), list):
+                ingest[k] = [_anchor_endpoint(ep, base) for ep in ingest[k]]
+    if isinstance(out.get("outputs"), list):
+        out["outputs"] = [{**o, "url": _anchor(o["url"], base)} if isinstance(o, dict) and "url" in o else o
+                          for o in out["outputs"]]
+    return out
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
@@ -406,6 +477,7 @@ def load_settings(
             raise ConfigError(f"config file not found: {p}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        data = resolve_file_paths(data, p.resolve().parent)
         source = str(p)
     env = os.environ if environ is None else environ
     data = _deep_merge(data, _env_tree(dict(env)))

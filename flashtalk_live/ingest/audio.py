@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from flashtalk_live.errors import Rejection
+
 MODEL_RATE = 16_000
 
 # hint -> FFmpeg demuxer
@@ -22,13 +24,8 @@ _HINT_DEMUXER = {
 }
 
 
-class AudioError(Exception):
+class AudioError(Rejection):
     """A payload that cannot become a clip: code is undecodable_audio, empty_audio, too_long or too_short."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
 
 
 @dataclass

@@ -8,8 +8,8 @@
 * Every endpoint has a ZAP domain naming its class, so each message's ZAP User-Id tells who sent it
   (`peer_of(frame)`): "ipc", "tcp" (plain) or "curve:<public key>". ipc peers are trusted by default, CURVE peers
   only when their key is in `ingest.trusted_client_keys`, plain tcp peers never.
-* Commands that touch the server need a trusted peer (`authorize`), and name files only inside configured folders
-  (`confine_path`, `confine_output_file`).
+* Which commands and fields need a trusted peer is the command table's (ingest/commands.py: `authorize`); the
+  files a trusted peer names must lie inside configured folders (`confine_path`, `confine_output_file`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from flashtalk_live.ingest.commands import LOCAL_PEER, Peer  # noqa: F401 - the peer type lives with the table
 from flashtalk_live.ingest.protocol import ProtocolError
 from flashtalk_live.log import get_logger
 
@@ -37,24 +38,6 @@ CURVE_PREFIX = "curve:"
 
 class EndpointRefused(RuntimeError):
     """An endpoint that must not be bound as configured (the message says what to set)."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    """The sender of one request: its transport class, CURVE key (Z85) if any, address, and whether it is trusted."""
-
-    transport: str  # "ipc" | "tcp" | "curve"
-    key: str | None
-    address: str
-    trusted: bool
-
-    @property
-    def name(self) -> str:
-        """A stable name for rate limits and logs: the key for CURVE peers, the address otherwise."""
-        return f"curve:{self.key}" if self.key else f"{self.transport}:{self.address}"
-
-
-LOCAL_PEER = Peer(transport="ipc", key=None, address="", trusted=True)  # for callers outside the socket
 
 
 # -- keys ------------------------------------------------------------------------------------------------------
@@ -291,20 +274,7 @@ class Security:
         return Peer("tcp", None, address, False)  # plain tcp, or unknown: never trusted
 
 
-# -- trust rules -----------------------------------------------------------------------------------------------
-
-def needs_trust(cmd: str, header: dict[str, Any]) -> bool:
-    """Commands that touch the server: changing outputs, or naming a server file as the avatar."""
-    return cmd in ("output_add", "output_remove") or (cmd == "set_avatar" and header.get("image") is not None)
-
-
-def authorize(cmd: str, header: dict[str, Any], peer: Peer) -> None:
-    if needs_trust(cmd, header) and not peer.trusted:
-        what = "a server file path" if cmd == "set_avatar" else cmd
-        hint = "send the image bytes as the data frame" if cmd == "set_avatar" else \
-            "connect over ipc, or add your key to ingest.trusted_client_keys"
-        raise ProtocolError("unauthorized", f"{what} needs a trusted peer ({peer.transport} is not): {hint}")
-
+# -- paths a trusted peer may name ------------------------------------------------------------------------------
 
 def _inside(path: str, dirs: Iterable[str]) -> bool:
     real = os.path.realpath(path)

@@ -1,4 +1,10 @@
-"""CLI verbs that talk to a running daemon: push, status, clear, cancel, events (added by `register(subparsers)`)."""
+"""CLI verbs that talk to a running daemon (added by `register(subparsers)`): `push` for the audio commands, `events`
+for the feed, and one verb per other command of the table (ingest/commands.py), its arguments from the command's
+fields: required ones positional, the rest `--flags`.
+
+The daemon is found from the config (`-c`, $FLASHTALK_LIVE_CONFIG, else the built-in default state directory), never
+from the current directory. Exit codes: EXIT_* below.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,19 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+import types
+import typing
+import uuid
+from typing import Any, Callable
 
-from flashtalk_live.client import Client, ClientError, ClientTimeout, EventStream, Rejected
+from flashtalk_live.client import Client, ClientError, ClientTimeout, EventStream, NoDaemon, Rejected, \
+    format_for_path, probe
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Command
+from flashtalk_live.cliargs import add_config_args, settings_from_args
 
 TERMINAL_EVENTS = ("finished", "interrupted", "dropped")
+EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON, EXIT_CLIP_NOT_FINISHED, EXIT_NO_REPLY, EXIT_DAEMON_STOPPED = 0, 1, 3, 4, 5, 6
+WAIT_PROBE_S = 2.0  # push --wait: how often to check the daemon is still there while no event comes
 
 
 def default_endpoints(settings: Any) -> tuple[str, str]:
@@ -36,19 +50,12 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
     need_events = args.verb == "events" or (args.verb == "push" and args.wait)
     if (control or not need_control) and (events or not need_events):
         return control or "", events or ""
-    from flashtalk_live.cli import settings_from_args
-
     c, e = default_endpoints(settings_from_args(args))
     return control or c, events or e
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    try:
-        from flashtalk_live.cli import add_config_args
-        add_config_args(p)
-    except ImportError:  # pragma: no cover - the top-level CLI is absent only in partial installs
-        p.add_argument("--config", "-c", default=None)
-        p.add_argument("--set", dest="overrides", action="append", default=[])
+    add_config_args(p)
     p.add_argument("--state-dir", help="the daemon's state directory (where its ipc sockets live)")
     p.add_argument("--endpoint", help="control endpoint, e.g. ipc:///var/lib/flashtalk-live/control.sock or "
                                       "tcp://127.0.0.1:5555 (default: the config's ingest.control[0])")
@@ -61,55 +68,85 @@ def _print(obj: Any) -> None:
 
 def _fail(e: ClientError) -> int:
     if isinstance(e, Rejected):
-        print(f"flashtalk-live: rejected: {e.code}: {e.reason}", file=sys.stderr)
-        return 1
+        where = f" (field {e.field})" if e.field else ""
+        print(f"flashtalk-live: rejected: {e.code}: {e.reason}{where}", file=sys.stderr)
+        return EXIT_ERROR
     print(f"flashtalk-live: {e}", file=sys.stderr)
-    return 3 if isinstance(e, ClientTimeout) else 1
+    if isinstance(e, NoDaemon):
+        return EXIT_NO_DAEMON
+    return EXIT_NO_REPLY if isinstance(e, ClientTimeout) else EXIT_ERROR
+
+
+# -- push: the audio commands --------------------------------------------------------------------------
+
+def _push_mode(args: argparse.Namespace) -> str:
+    return next((m for m in sorted(AUDIO_COMMANDS) if getattr(args, m, False)), "enqueue")
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
     control, events = _endpoints(args)
-    mode = "play_now" if args.play_now else "insert" if args.insert else "enqueue"
+    mode = _push_mode(args)
     stream = None
-    rc = 0
+    rc = EXIT_OK
     with Client(control, timeout_s=args.timeout) as client:
         try:
             if args.wait:
+                if (why := probe(control)) is not None:
+                    raise NoDaemon(control, why)
                 stream = EventStream(events)
                 stream.sync(client, timeout_s=args.timeout)
             waiting: dict[str, str] = {}
             for path in args.files:
                 try:
-                    ack = client.call(mode, _read(path), id=None if args.no_id else _request_id(),
+                    ack = client.call(mode, _read(path), id=None if args.no_id else uuid.uuid4().hex,
                                       format=args.format or _fmt(path), sample_rate=args.sample_rate,
                                       channels=args.channels)
                 except Rejected as e:
                     print(f"{path}: rejected: {e.code}: {e.reason}", file=sys.stderr)
-                    rc = 1
+                    rc = EXIT_ERROR
                     continue
                 _print({"file": path, "segment_id": ack["segment_id"], "position": ack["position"],
                         "duration_s": ack["duration_s"], "mode": mode, "duplicate": ack.get("duplicate", False)})
                 waiting[ack["segment_id"]] = path
             if stream is not None and waiting:
-                for ev in stream:
-                    sid = ev.get("segment_id")
-                    if sid in waiting:
-                        _print(ev)
-                        if ev.get("type") in TERMINAL_EVENTS:
-                            waiting.pop(sid)
-                            if ev["type"] != "finished":
-                                rc = rc or 4
-                            if not waiting:
-                                break
+                rc = _wait_for(stream, control, waiting) or rc
         except ClientError as e:
             return _fail(e)
         except OSError as e:
             print(f"flashtalk-live: {e}", file=sys.stderr)
-            return 1
+            return EXIT_ERROR
         finally:
             if stream is not None:
                 stream.close()
     return rc
+
+
+def _wait_for(stream: EventStream, control: str, waiting: dict[str, str]) -> int:
+    """Follow the feed until every clip in `waiting` ended; EXIT_DAEMON_STOPPED when the daemon goes away first."""
+    rc = EXIT_OK
+    while waiting:
+        ev = stream.get(WAIT_PROBE_S)
+        if ev is None:
+            why = probe(control)
+            if why is None:
+                continue
+            return _daemon_gone(control, waiting, why)
+        if ev.get("type") == "stopping":
+            return _daemon_gone(control, waiting, "it is stopping")
+        sid = ev.get("segment_id")
+        if sid in waiting:
+            _print(ev)
+            if ev.get("type") in TERMINAL_EVENTS:
+                waiting.pop(sid)
+                if ev["type"] != "finished":
+                    rc = EXIT_CLIP_NOT_FINISHED
+    return rc
+
+
+def _daemon_gone(control: str, waiting: dict[str, str], why: str) -> int:
+    print(f"flashtalk-live: the daemon at {control} went away ({why}) before {len(waiting)} clip(s) finished: "
+          f"{', '.join(waiting.values())}. They stay queued and air when it runs again.", file=sys.stderr)
+    return EXIT_DAEMON_STOPPED
 
 
 def _read(path: str) -> bytes:
@@ -120,50 +157,86 @@ def _read(path: str) -> bytes:
 
 
 def _fmt(path: str) -> str | None:
-    from flashtalk_live.client import format_for_path
-
     return None if path == "-" else format_for_path(path)
 
 
-def _request_id() -> str:
-    import uuid
+# -- one verb per other command ------------------------------------------------------------------------
 
-    return uuid.uuid4().hex
+def _scalar(annotation: Any) -> Any:
+    """int/float/str/bool/dict/Literal behind Optional[...]."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
 
 
-def _simple(fn_name: str):
+def _add_fields(p: argparse.ArgumentParser, command: Command) -> None:
+    for name, f in command.args.model_fields.items():
+        kind = _scalar(f.annotation)
+        kw: dict[str, Any] = {"help": f.description}
+        if kind is bool:
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", **kw)
+            continue
+        if typing.get_origin(kind) is typing.Literal:
+            kw["choices"] = typing.get_args(kind)
+        elif kind in (int, float):
+            kw["type"] = kind
+        elif typing.get_origin(kind) is dict or kind is dict:
+            kw["type"] = json.loads
+        if f.is_required():
+            p.add_argument(name, metavar=name.upper(), **kw)
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **kw)
+    if command.data == "image":
+        p.add_argument("--file", dest="data_file", help="send this picture's bytes (PNG/JPEG) as the data frame")
+
+
+def _print_status(reply: dict[str, Any]) -> None:
+    q = reply.get("queue", {})
+    print(f"queue: {q.get('pending', 0)} pending, {q.get('playing', 0)} playing, "
+          f"{q.get('queued_seconds', 0)} s queued, spool {q.get('spool_bytes', 0)} bytes")
+    for k in ("playing", "pending"):
+        for e in reply.get(k, []):
+            print(f"  {k:8s} {e['segment_id']}  {e['duration_s']:.2f} s  {e['mode']}")
+    rest = {k: v for k, v in reply.items() if k not in ("queue", "playing", "pending", "v", "ok", "cmd", "ms")}
+    if rest:
+        print(json.dumps(rest, indent=2, default=str))
+
+
+# Human-readable output for some verbs (without --json); the others print the reply as one JSON line.
+PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {"status": _print_status}
+
+
+def _command_verb(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         control, _ = _endpoints(args)
+        fields = {n: getattr(args, n) for n in command.args.model_fields if getattr(args, n) is not None}
+        try:
+            data = _read(args.data_file) if getattr(args, "data_file", None) else None
+        except OSError as e:
+            print(f"flashtalk-live: {e}", file=sys.stderr)
+            return EXIT_ERROR
         with Client(control, timeout_s=args.timeout) as client:
             try:
-                if fn_name == "cancel":
-                    reply = client.cancel(args.segment_id)
-                else:
-                    reply = getattr(client, fn_name)()
+                reply = client.call(command.name, data, **fields)
             except ClientError as e:
                 return _fail(e)
-        if fn_name == "status" and not args.json:
-            q = reply.get("queue", {})
-            print(f"queue: {q.get('pending', 0)} pending, {q.get('playing', 0)} playing, "
-                  f"{q.get('queued_seconds', 0)} s queued, spool {q.get('spool_bytes', 0)} bytes")
-            for k in ("playing", "pending"):
-                for e in reply.get(k, []):
-                    print(f"  {k:8s} {e['segment_id']}  {e['duration_s']:.2f} s  {e['mode']}")
-            rest = {k: v for k, v in reply.items() if k not in ("queue", "playing", "pending", "v", "ok", "cmd", "ms")}
-            if rest:
-                print(json.dumps(rest, indent=2, default=str))
+        printer = PRINTERS.get(command.name)
+        if printer is not None and not args.json:
+            printer(reply)
         else:
             _print(reply)
-        return 0
+        return EXIT_OK
 
     return run
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
     _, events = _endpoints(args)
-    types = args.type or None
+    types_ = args.type or None
     try:
-        with EventStream(events, types=types, timeout_s=args.idle_timeout) as stream:
+        if (why := probe(events)) is not None:
+            raise NoDaemon(events, why)
+        with EventStream(events, types=types_, timeout_s=args.idle_timeout) as stream:
             t_end = time.monotonic() + args.duration if args.duration else None
             last = time.monotonic()
             while t_end is None or time.monotonic() < t_end:
@@ -181,18 +254,19 @@ def _cmd_events(args: argparse.Namespace) -> int:
                     _print(ev)
     except ClientError as e:
         return _fail(e)
-    return 0
+    return EXIT_OK
 
 
 def register(subparsers: Any) -> None:
-    """Add push, status, clear, cancel and events to the top-level `flashtalk-live` parser."""
+    """Add push, events and a verb per non-audio command of the table to the top-level `flashtalk-live` parser."""
     p = subparsers.add_parser("push", help="send audio clips to a running daemon")
     _add_common(p)
     p.add_argument("files", nargs="+", metavar="FILE", help="audio file(s): wav, mp3, m4a, aac, flac, ogg/opus, or - for stdin")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--insert", action="store_true", help="play next, after the current clip and earlier inserts")
-    g.add_argument("--play-now", action="store_true", help="cut the current clip at the next chunk boundary")
-    p.add_argument("--wait", action="store_true", help="follow the events until every pushed clip has finished")
+    for name in sorted(AUDIO_COMMANDS - {"enqueue"}):
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=COMMANDS[name].description)
+    p.add_argument("--wait", action="store_true", help="follow the events until every pushed clip has finished "
+                   f"(exit {EXIT_CLIP_NOT_FINISHED} if one was not, {EXIT_DAEMON_STOPPED} if the daemon stops first)")
     p.add_argument("--events-endpoint", help="PUB endpoint for --wait (default: the config's ingest.events[0])")
     p.add_argument("--format", help="format hint (wav, mp3, m4a, aac, flac, ogg, opus, pcm_s16le)")
     p.add_argument("--sample-rate", type=int, help="raw pcm_s16le: samples per second")
@@ -200,24 +274,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-id", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_push, verb="push")
 
-    p = subparsers.add_parser("status", help="queue and daemon status")
-    _add_common(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_simple("status"), verb="status")
-
-    p = subparsers.add_parser("clear", help="drop every pending clip (the playing one finishes)")
-    _add_common(p)
-    p.set_defaults(func=_simple("clear"), verb="clear")
-
-    p = subparsers.add_parser("cancel", help="drop one clip by segment id (the playing one is cut)")
-    _add_common(p)
-    p.add_argument("segment_id")
-    p.set_defaults(func=_simple("cancel"), verb="cancel")
+    for command in COMMANDS.values():
+        if command.data == "audio":
+            continue
+        verb = command.name.replace("_", "-")
+        aliases = [command.name] if verb != command.name else []
+        p = subparsers.add_parser(verb, aliases=aliases, help=command.description)
+        _add_common(p)
+        _add_fields(p, command)
+        if command.name in PRINTERS:
+            p.add_argument("--json", action="store_true", help="print the reply as JSON")
+        else:
+            p.set_defaults(json=True)
+        p.set_defaults(func=_command_verb(command), verb=command.name)
 
     p = subparsers.add_parser("events", help="print the daemon's event feed as JSON lines")
     _add_common(p)
     p.add_argument("--events-endpoint", help="PUB endpoint (default: the config's ingest.events[0])")
     p.add_argument("--type", action="append", help="only these event types (repeatable)")
     p.add_argument("--duration", type=float, help="stop after N seconds")
-    p.add_argument("--idle-timeout", type=float, help="fail (exit 3) if no event arrives for N seconds")
+    p.add_argument("--idle-timeout", type=float, help=f"fail (exit {EXIT_NO_REPLY}) if no event arrives for N seconds")
     p.set_defaults(func=_cmd_events, verb="events")

@@ -121,13 +121,13 @@ def check_text(header: dict[str, Any], ingest: Any) -> None:
     """Prompt and id/name lengths (the header's own 64 KiB cap is the protocol's)."""
     prompt = header.get("prompt")
     if isinstance(prompt, str) and len(prompt) > ingest.max_prompt_chars:
-        raise ProtocolError("prompt_too_long",
-                            f"prompt of {len(prompt)} characters exceeds ingest.max_prompt_chars {ingest.max_prompt_chars}")
+        raise ProtocolError("prompt_too_long", f"prompt of {len(prompt)} characters exceeds ingest.max_prompt_chars "
+                            f"{ingest.max_prompt_chars}", "prompt")
     for f in TEXT_ID_FIELDS:
         v = header.get(f)
         if isinstance(v, str) and len(v) > ingest.max_id_chars:
             raise ProtocolError("id_too_long",
-                                f"{f!r} of {len(v)} characters exceeds ingest.max_id_chars {ingest.max_id_chars}")
+                                f"{f!r} of {len(v)} characters exceeds ingest.max_id_chars {ingest.max_id_chars}", f)
 
 
 class RateLimiter:

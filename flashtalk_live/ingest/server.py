@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -18,25 +19,28 @@ from typing import Any, Callable
 
 import zmq
 
+from pydantic import ValidationError
+
+from flashtalk_live.errors import Rejection
 from flashtalk_live.events import Event, EventBus
-from flashtalk_live.ingest.audio import AudioError, decode_for_settings
-from flashtalk_live.ingest.auth import EndpointRefused, Peer, Security, authorize
+from flashtalk_live.ingest.audio import decode_for_settings
+from flashtalk_live.ingest.auth import EndpointRefused, Security
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Call, Handler, Peer, authorize, check_data, \
+    lookup, validate_args
 from flashtalk_live.ingest.lanes import Lanes
 from flashtalk_live.ingest.limits import RateLimiter, check_text
 from flashtalk_live.ingest.protocol import (
     PROTOCOL_VERSION,
-    ProtocolError,
-    Request,
     encode_event,
     encode_reply,
     error_reply,
     ok_reply,
-    parse_request,
+    parse_header,
+    rejection_reply,
+    split_frames,
 )
 from flashtalk_live.log import get_logger
-from flashtalk_live.queue.spool import Spool, SpoolError
-
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+from flashtalk_live.queue.spool import Spool
 EVENT_BACKLOG = 10_000
 STATUS_PENDING_LIMIT = 50
 
@@ -48,11 +52,27 @@ class IngestError(RuntimeError):
 def expand_endpoint(settings: Any, endpoint: str) -> str:
     """Expand {state_dir} and create the directory of an ipc:// socket."""
     ep = settings.path(endpoint)
-    if ep.startswith("ipc://"):
-        path = Path(ep[len("ipc://"):])
-        if str(path) and not str(path).startswith("@"):  # "@name" is Linux's abstract namespace
-            path.parent.mkdir(parents=True, exist_ok=True)
+    path = ipc_path(ep)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return ep
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    """The socket file of an ipc:// endpoint (None for other transports and Linux's abstract "@name")."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    rest = endpoint[len("ipc://"):]
+    return Path(rest) if rest and not rest.startswith("@") else None
+
+
+def remove_socket_file(path: Path) -> None:
+    """Unlink an ipc socket file this process bound (only if it is still a socket)."""
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -69,7 +89,11 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 
 
 class IngestServer:
-    """ROUTER + PUB sockets served by one thread. start() binds (raising IngestError), stop() joins and closes."""
+    """ROUTER + PUB sockets served by one thread. start() binds (raising IngestError), stop() joins and closes.
+
+    `handlers` binds the daemon's commands ({name: fn(Call) -> dict}); the queue commands are served here. Every name
+    must be in the command table (ingest/commands.py); table commands without a handler answer `unavailable`.
+    """
 
     def __init__(self, settings: Any, spool: Spool, events: EventBus,
                  status_provider: Callable[[], dict[str, Any]] | None = None,
@@ -80,7 +104,15 @@ class IngestServer:
         self.spool = spool
         self.events = events
         self.status_provider = status_provider
-        self.handlers = dict(handlers or {})
+        own: dict[str, Handler] = {name: self._cmd_audio for name in AUDIO_COMMANDS}
+        own.update(clear=self._cmd_clear, cancel=self._cmd_cancel, status=self._cmd_status, ping=self._cmd_ping)
+        for name in handlers or {}:
+            if name not in COMMANDS:
+                raise ValueError(f"handler for {name!r}, which is not in the command table (ingest/commands.py)")
+            if name in own:
+                raise ValueError(f"{name!r} is served by the ingest server itself")
+        self.handlers: dict[str, Handler] = {**own, **(handlers or {})}
+        self.served = frozenset(self.handlers)
         self.log = get_logger("ingest")
         # A private context by default: it holds this server's ZAP handler (one per context).
         self._own_ctx = context is None
@@ -172,6 +204,15 @@ class IngestServer:
         if self._own_ctx:
             self._ctx.term()
             self._ctx = zmq.Context()  # start() again gets a fresh one
+        # libzmq unlinks ipc files from its reaper thread, which a process exiting right after may never run (and
+        # a shared context is not terminated here): give it a moment, so it cannot unlink a later bind's file, then
+        # remove what is left.
+        files = [p for p in map(ipc_path, self.control_endpoints + self.event_endpoints) if p is not None]
+        deadline = time.monotonic() + 1.0
+        while any(p.exists() for p in files) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for path in files:
+            remove_socket_file(path)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -247,11 +288,12 @@ class IngestServer:
         t0 = time.perf_counter()
         try:
             self.limiter.check(peer.name)
+            header, payload = split_frames(body)
             assert self._lanes is not None
-            self._lanes.submit(envelope[0], lambda: self._serve_one(envelope, body, peer, t0))
-        except ProtocolError as e:
-            self.log.info("request_rejected", code=e.code, reason=e.reason, peer=peer.name)
-            self._replies.append((envelope, error_reply(e.code, e.reason)))
+            self._lanes.submit(envelope[0], lambda: self._serve_one(envelope, peer, header, payload, t0))
+        except Rejection as e:
+            self.log.info("request_rejected", code=e.code, reason=e.reason, peer=peer.name, frames=len(body))
+            self._replies.append((envelope, rejection_reply(e)))
             self._flush_replies()
 
     def _flush_replies(self) -> None:
@@ -260,24 +302,9 @@ class IngestServer:
             self.requests_served += 1
             self._reply(envelope, reply)
 
-    def _serve_one(self, envelope: list[bytes], body: list[bytes], peer: Peer, t0: float) -> None:
+    def _serve_one(self, envelope: list[bytes], peer: Peer, header: bytes, payload: bytes | None, t0: float) -> None:
         """On a worker thread: answer one request; the reply goes back through the ingest thread."""
-        request_id = None
-        extra: dict[str, Any] = {}
-        try:
-            req = parse_request(body, extra_commands=self.handlers.keys())
-            request_id = req.request_id
-            reply = self._dispatch(req, peer)
-        except ProtocolError as e:
-            reply = error_reply(e.code, e.reason)
-            self.log.info("request_rejected", code=e.code, reason=e.reason, frames=len(body),
-                          bytes=sum(len(f) for f in body))
-        except Exception as e:  # noqa: BLE001 - a bug in one request must not stop the front door
-            reply = error_reply("internal", f"{type(e).__name__}: {e}")
-            self.log.exception("request_failed")
-        if request_id is not None:
-            extra["id"] = request_id
-        reply = {**reply, **extra}
+        reply = self.dispatch(peer, header, payload)
         reply.setdefault("ms", round((time.perf_counter() - t0) * 1000, 2))
         self._replies.append((envelope, reply))
         self._wake()
@@ -289,86 +316,110 @@ class IngestServer:
         except zmq.ZMQError as e:  # EHOSTUNREACH: the peer left (ROUTER_MANDATORY); EAGAIN: it stopped reading
             self.log.warning("reply_not_delivered", error=str(e), segment_id=reply.get("segment_id"))
 
-    def _dispatch(self, req: Request, peer: Peer) -> dict[str, Any]:
-        cmd = req.cmd
-        check_text(req.header, self.settings.ingest)
-        authorize(cmd, req.header, peer)
-        if req.is_audio:
-            return self._audio(req)
-        if cmd == "ping":
-            if req.header.get("event"):
-                # Lets a subscriber prove its SUB connection is live (PUB drops messages sent before it joined).
-                self._on_event({"type": "pong", "ts": time.time(), "nonce": req.header.get("nonce")})  # type: ignore[arg-type]
-            return ok_reply(cmd="ping", pong=True, protocol=PROTOCOL_VERSION, server="flashtalk-live",
-                            max_message_bytes=self.settings.ingest.max_message_bytes,
-                            max_clip_seconds=self.settings.ingest.max_clip_seconds,
-                            min_clip_seconds=self.settings.ingest.min_clip_seconds,
-                            commands=sorted({"enqueue", "insert", "play_now", "clear", "cancel", "status", "ping"}
-                                            | set(self.handlers)))
-        if cmd == "status":
-            return ok_reply(cmd="status", **self.status())
-        if cmd == "clear":
-            ids = self.spool.clear()
-            for sid in ids:
-                self.log.info("clip_dropped", segment_id=sid, reason="cleared")
-                self.events.publish("dropped", segment_id=sid, reason="cleared")
-            self.events.publish("cleared", segment_ids=ids, count=len(ids))
-            return ok_reply(cmd="clear", cleared=ids, count=len(ids))
-        if cmd == "cancel":
-            sid = req.header["segment_id"]
-            was = self.spool.cancel(sid)
-            if was is None:
-                raise ProtocolError("not_found", f"no pending or playing clip {sid[:64]!r}")
-            self.log.info("clip_cancelled", segment_id=sid, was=was)
-            self.events.publish("cancelled", segment_id=sid, was=was)
-            if was == "pending":
-                self.events.publish("dropped", segment_id=sid, reason="cancelled")
-            return ok_reply(cmd="cancel", segment_id=sid, was=was)
-        handler = self.handlers[cmd]
-        args = dict(req.header)
-        args["_payload"] = req.data
-        result = handler(args)
-        if result is None:
-            result = {}
-        if not isinstance(result, dict):
-            raise TypeError(f"handler for {cmd!r} returned {type(result).__name__}, expected dict")
-        if result.get("ok") is False:
-            return error_reply(str(result.get("code", "internal")), str(result.get("reason", "")),
-                               **{k: v for k, v in result.items() if k not in ("ok", "code", "reason", "v")})
-        return ok_reply(cmd=cmd, **{k: v for k, v in result.items() if k not in ("ok", "v")})
+    def dispatch(self, peer: Peer, header: bytes, payload: bytes | None) -> dict[str, Any]:
+        """One request to its reply: parse it, check it against the command table (data frame, text limits, typed
+        fields), check the peer may call it, run its handler. Rejections (and a handler's ValueError) answer with
+        their code and field; only a bug answers `internal`. Thread-safe: runs on the worker lanes."""
+        request_id = cmd = None
+        try:
+            fields = parse_header(header)
+            command = lookup(fields["cmd"], self.served)
+            cmd = command.name
+            check_data(command, payload)
+            check_text(fields, self.settings.ingest)
+            args = validate_args(command, fields)
+            request_id = args.id
+            handler = self.handlers.get(cmd)
+            if handler is None:
+                raise Rejection("unavailable", f"{cmd} is not served here; this server has: "
+                                               f"{', '.join(sorted(self.served))}")
+            authorize(command, args, peer)
+            result = handler(Call(peer, command, args, payload))
+            if result is None:
+                result = {}
+            if not isinstance(result, dict):
+                raise TypeError(f"handler for {cmd!r} returned {type(result).__name__}, expected dict")
+            reply = ok_reply(cmd=cmd, **{k: v for k, v in result.items() if k not in ("ok", "v", "cmd")})
+        except Rejection as e:
+            reply = rejection_reply(e)
+        except ValidationError as e:  # a handler building a typed model (e.g. OutputSettings) from the request
+            err = e.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in err["loc"]) or None
+            reply = rejection_reply(Rejection("bad_request", f"{cmd}: {where or 'request'}: {err['msg']}", where))
+        except ValueError as e:  # a handler's own check of the caller's input
+            reply = error_reply("bad_request", f"{cmd}: {e}")
+        except Exception as e:  # noqa: BLE001 - a bug in one request must not stop the front door
+            reply = error_reply("internal", f"{type(e).__name__}: {e}")
+            self.log.exception("request_failed", cmd=cmd)
+        if not reply["ok"]:
+            self.log.info("request_rejected", cmd=cmd, code=reply["code"], reason=reply["reason"],
+                          field=reply.get("field"), peer=peer.name, bytes=len(header) + len(payload or b""))
+        if request_id is not None:
+            reply["id"] = request_id
+        return reply
 
-    def _audio(self, req: Request) -> dict[str, Any]:
-        assert req.data is not None
-        if req.request_id is not None:
-            ack = self.spool.lookup_request(req.request_id)
+    # -- the commands served here ------------------------------------------------------------------
+    def _cmd_ping(self, call: Call) -> dict[str, Any]:
+        args = call.args
+        if args.event:  # type: ignore[attr-defined]
+            # Lets a subscriber prove its SUB connection is live (PUB drops messages sent before it joined).
+            self._on_event({"type": "pong", "ts": time.time(), "nonce": args.nonce})  # type: ignore[attr-defined,arg-type]
+        ing = self.settings.ingest
+        return {"pong": True, "protocol": PROTOCOL_VERSION, "server": "flashtalk-live",
+                "max_message_bytes": ing.max_message_bytes, "max_clip_seconds": ing.max_clip_seconds,
+                "min_clip_seconds": ing.min_clip_seconds, "commands": sorted(self.served),
+                "trusted": call.peer.trusted}
+
+    def _cmd_status(self, call: Call) -> dict[str, Any]:
+        return self.status()
+
+    def _cmd_clear(self, call: Call) -> dict[str, Any]:
+        ids = self.spool.clear()
+        for sid in ids:
+            self.log.info("clip_dropped", segment_id=sid, reason="cleared")
+            self.events.publish("dropped", segment_id=sid, reason="cleared")
+        self.events.publish("cleared", segment_ids=ids, count=len(ids))
+        return {"cleared": ids, "count": len(ids)}
+
+    def _cmd_cancel(self, call: Call) -> dict[str, Any]:
+        sid = call.args.segment_id  # type: ignore[attr-defined]
+        was = self.spool.cancel(sid)
+        if was is None:
+            raise Rejection("not_found", f"no pending or playing clip {sid[:64]!r}", "segment_id")
+        self.log.info("clip_cancelled", segment_id=sid, was=was)
+        self.events.publish("cancelled", segment_id=sid, was=was)
+        if was == "pending":
+            self.events.publish("dropped", segment_id=sid, reason="cancelled")
+        return {"segment_id": sid, "was": was}
+
+    def _cmd_audio(self, call: Call) -> dict[str, Any]:
+        data, a, mode = call.data, call.args, call.name
+        assert data is not None
+        rid = a.id
+        if rid is not None:
+            ack = self.spool.lookup_request(rid)
             if ack is not None:  # a resend after a lost reply: same answer, no second clip
-                self.log.info("clip_duplicate", segment_id=ack["segment_id"], request_id=req.request_id)
-                return ok_reply(cmd=req.cmd, duplicate=True, **ack)
+                self.log.info("clip_duplicate", segment_id=ack["segment_id"], request_id=rid)
+                return {"duplicate": True, **ack}
         refusal = self.refuse_clips() if self.refuse_clips is not None else None
         if refusal is not None:
-            raise ProtocolError("disk_full", refusal)
+            raise Rejection("disk_full", refusal)
         cap = self.spool.limits.max_spool_bytes
-        if len(req.data) > cap:  # checked before decoding: it could never be queued
-            raise ProtocolError("oversize", f"payload of {len(req.data)} bytes exceeds queue.max_spool_bytes {cap}")
-        try:
-            clip = decode_for_settings(req.data, self.settings, format=req.format,
-                                       sample_rate=req.sample_rate, channels=req.channels)
-        except AudioError as e:
-            raise ProtocolError(e.code, e.reason) from None
-        meta = req.header.get("meta") or {}
-        try:
-            res = self.spool.add_ex(req.data, meta, req.cmd, req.request_id, clip.duration_s,  # type: ignore[arg-type]
-                                    format=req.format, sample_rate=req.sample_rate, channels=req.channels)
-        except SpoolError as e:
-            raise ProtocolError(e.code, e.reason) from None
+        if len(data) > cap:  # checked before decoding: it could never be queued
+            raise Rejection("oversize", f"payload of {len(data)} bytes exceeds queue.max_spool_bytes {cap}")
+        fmt, rate, ch = a.format, a.sample_rate, a.channels  # type: ignore[attr-defined]
+        clip = decode_for_settings(data, self.settings, format=fmt, sample_rate=rate, channels=ch)
+        meta = a.meta or {}  # type: ignore[attr-defined]
+        res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]
+                                format=fmt, sample_rate=rate, channels=ch)
         ack = res.ack
         if res.duplicate:
-            return ok_reply(cmd=req.cmd, duplicate=True, **ack)
-        self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=req.cmd, position=ack["position"],
-                      duration_s=ack["duration_s"], source=clip.source, bytes=len(req.data), request_id=req.request_id)
-        self.events.publish("accepted", segment_id=ack["segment_id"], mode=req.cmd, position=ack["position"],
-                            duration_s=ack["duration_s"], request_id=req.request_id, meta=meta)
-        return ok_reply(cmd=req.cmd, duplicate=False, **ack)
+            return {"duplicate": True, **ack}
+        self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                      duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid)
+        self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                            duration_s=ack["duration_s"], request_id=rid, meta=meta)
+        return {"duplicate": False, **ack}
 
     def status(self) -> dict[str, Any]:
         """What the status command returns: queue stats and head, plus the daemon's own status_provider()."""

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, TypeVar
 
+from flashtalk_live.errors import Rejection
+
 Mode = Literal["enqueue", "insert", "play_now"]
 T = TypeVar("T")
 MODES = ("enqueue", "insert", "play_now")
@@ -70,13 +72,8 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
-class SpoolError(Exception):
+class SpoolError(Rejection):
     """A spool operation failed; `code` is a protocol rejection code (queue_full, oversize, disk_full, internal)."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
 
 
 def free_bytes(path: str | os.PathLike[str]) -> int:

@@ -45,6 +45,7 @@ class DaemonProcess:
             f'control = ["ipc://{{state_dir}}/control.sock", "tcp://127.0.0.1:{self.tcp_port}"]',
             f'events = ["ipc://{{state_dir}}/events.sock", "tcp://127.0.0.1:{self.tcp_events}"]',
             'tcp_auth = "none"  # plain loopback tcp for these tests; tests/ingest/test_auth.py covers CURVE',
+            "[programme]", 'playlist = ""',  # idle silence between clips, not the demo programme
             "[video]", "width = 256", "height = 256", "fps = 25",
             "[encoder]", 'preset = "ultrafast"', "video_bitrate = 600000",
             "[metrics]", "port = 0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -120,3 +121,30 @@ def test_sigkill_recovers_acknowledged_clips_in_order_and_never_replays_finished
         st = c.status()
     assert st["queue"]["clips"] == 0 and not st["playing"] and not st["pending"]
     assert d.stop() == 0
+
+
+@pytest.mark.timeout(180)
+def test_push_wait_ends_when_the_daemon_stops_and_the_sockets_go(daemon_factory, tmp_path):
+    """`push --wait` of a long clip, then SIGTERM: the CLI says so and exits 6; the clean stop removes the sockets.
+    The CLI finds the daemon from the same config file, run from another directory."""
+    import os
+    import subprocess
+    import sys
+
+    d = daemon_factory().start()
+    clip = tmp_path / "long.wav"
+    clip.write_bytes(encode("wav_s16", seconds=60.0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's package, from another working directory
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    cli = subprocess.Popen([sys.executable, "-m", "flashtalk_live", "push", "--wait", "-c", str(d.config), str(clip)],
+                           cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ev = d.events()
+    with d.client() as c:
+        ev.sync(c)
+        wait_for(ev, lambda e: e["type"] == "started" and e.get("source") == "queue", 60)
+    assert d.stop() == 0
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 6, err
+    assert "went away" in err and "long.wav" in err and '"segment_id"' in out
+    assert not list(d.state_dir.glob("*.sock"))

@@ -51,7 +51,7 @@ def settings(tmp_path: Path, *extra: str):
         f'state_dir="{tmp_path / "state"}"',
         'ingest.control=["ipc://{state_dir}/control.sock"]', 'ingest.events=["ipc://{state_dir}/events.sock"]',
         "video.width=128", "video.height=128", 'encoder.preset="ultrafast"', "encoder.video_bitrate=300000",
-        "metrics.port=0", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]', *extra,
+        "metrics.port=0", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]', 'programme.playlist=""', *extra,
     ], environ={})
 
 

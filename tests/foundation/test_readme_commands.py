@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,18 +39,27 @@ def test_readme_run_command_in_a_fresh_clone(tmp_path):
     assert install.startswith("pip install") and start == "flashtalk-live run"
     # The install half already ran (CI runs the same pip command); start the daemon exactly as written,
     # for a few seconds, from the clone. The metrics port is moved off its default to avoid clashes.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_") and k != "XDG_STATE_HOME"}
     env["FLASHTALK_LIVE_METRICS__PORT"] = "0"
+    home = Path(tempfile.mkdtemp(prefix="ftl-home-", dir="/tmp"))  # ipc socket paths must stay under 107 bytes
+    env["HOME"] = str(home)  # the default state dir is ~/.local/state/flashtalk-live
     exe = shutil.which("flashtalk-live")
     cmd = [exe] if exe else [sys.executable, "-m", "flashtalk_live"]
     r = subprocess.run(cmd + ["run", "--duration", "4"], cwd=clone, env=env,
                        capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr[-3000:]
-    recs = list((clone / "flashtalk-state" / "recordings").glob("live-*.flv"))
+    state = home / ".local" / "state" / "flashtalk-live"
+    recs = list((state / "recordings").glob("live-*.flv"))
     assert len(recs) == 1, r.stderr[-3000:]
     import av
+    import numpy as np
 
     with av.open(str(recs[0])) as c:
         assert c.streams.video and c.streams.audio
         frames = sum(1 for _ in c.decode(video=0))
     assert frames >= 50  # about 4 s at 25 fps
+    with av.open(str(recs[0])) as c:
+        audio = np.concatenate([f.to_ndarray().ravel() for f in c.decode(audio=0)])
+    assert np.abs(audio).max() > 0.01, "the demo programme should be on air, not digital silence"
+    assert not any(state.glob("*.sock")), "a clean stop removes the ipc socket files"
+    shutil.rmtree(home, ignore_errors=True)

@@ -105,8 +105,8 @@ def test_ipc_socket_files_get_mode_and_group(running):
 def test_commands_that_touch_the_server_need_a_trusted_peer(running, curve_keys, state_dir):
     calls = []
 
-    def handler(args):
-        calls.append(args)
+    def handler(call):
+        calls.append(call)
         return {"done": True}
 
     handlers = {"output_add": handler, "output_remove": handler, "set_avatar": handler}
@@ -145,7 +145,7 @@ def test_rate_limit_per_peer(running):
 
 def test_text_limits(running):
     r = running("ingest.max_prompt_chars=10", "ingest.max_id_chars=8",
-                handlers={"set_avatar": lambda a: {"prompt": a.get("prompt")}})
+                handlers={"set_avatar": lambda call: {"prompt": call.args.prompt}})
     with Client(r.ipc) as c:
         assert c.call("set_avatar", prompt="short")["prompt"] == "short"
         for fields, code in (({"prompt": "x" * 11}, "prompt_too_long"), ({"id": "y" * 9}, "id_too_long")):
@@ -161,18 +161,18 @@ def test_text_limits(running):
 def test_a_slow_request_blocks_neither_other_connections_nor_the_server_and_inflight_is_capped(running):
     release, entered = threading.Event(), threading.Event()
 
-    def slow(args):
+    def slow(call):  # a slow command of the table (any will do)
         entered.set()
         assert release.wait(30)
         return {"slow": True}
 
-    r = running("ingest.max_inflight_per_peer=2", handlers={"slow": slow})
+    r = running("ingest.max_inflight_per_peer=2", handlers={"outputs": slow})
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(r.tcp)
     try:
         for i in range(3):  # pipelined on one connection: the third is over its in-flight cap
-            sock.send_multipart([b""] + encode_request("slow", id=f"s{i}"))
+            sock.send_multipart([b""] + encode_request("outputs", id=f"s{i}"))
         assert entered.wait(10)
         assert sock.poll(10_000)
         busy = json.loads(sock.recv_multipart()[-1])

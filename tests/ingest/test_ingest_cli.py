@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from flashtalk_live.cli import main
-from flashtalk_live.ingest.cli import default_endpoints
+from flashtalk_live.ingest.cli import EXIT_DAEMON_STOPPED, EXIT_NO_DAEMON, default_endpoints
+from flashtalk_live.settings import load_settings
 
 
 def jlines(text: str) -> list[dict]:
@@ -94,8 +99,89 @@ def test_push_wait_status_cancel_clear_events(running, clips, tmp_path, capsys, 
     assert [e["n"] for e in idle] == [0, 1, 2]
 
 
-@pytest.mark.timeout(30)
-def test_cli_reports_unreachable_daemon(capsys, tmp_path):
-    assert main(["status", "--endpoint", f"ipc://{tmp_path}/nobody.sock", "--timeout", "0.3"]) == 3
+@pytest.mark.timeout(60)
+def test_cli_says_at_once_when_no_daemon_runs(capsys, tmp_path, state_dir):
+    # A missing socket file, a stale one nobody listens on, a refused tcp port: exit 3 and the message,
+    # even with a long reply timeout (it must not be waited for).
+    stale = state_dir / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stale))  # bound, never listening: what a killed daemon leaves behind
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    (tmp_path / "x.wav").write_bytes(b"RIFF")
+    for ep in (f"ipc://{tmp_path}/nobody.sock", f"ipc://{stale}", f"tcp://127.0.0.1:{closed_port}"):
+        for verb in (["status"], ["clear"], ["push", str(tmp_path / "x.wav")], ["ping"]):
+            assert main([*verb, "--endpoint", ep, "--timeout", "30"]) == EXIT_NO_DAEMON
+            assert f"no daemon at {ep}: is it running?" in capsys.readouterr().err
+    assert main(["events", "--events-endpoint", f"ipc://{tmp_path}/nobody.sock"]) == EXIT_NO_DAEMON
+    assert "no daemon at" in capsys.readouterr().err
+    # from the default state dir of an empty HOME
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHTALK_LIVE_", "XDG_"))}
+    env["HOME"] = str(tmp_path / "home")
+    r = subprocess.run([sys.executable, "-m", "flashtalk_live", "status", "--timeout", "30"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    sock = tmp_path / "home" / ".local" / "state" / "flashtalk-live" / "control.sock"
+    assert r.returncode == EXIT_NO_DAEMON and f"no daemon at ipc://{sock}: is it running?" in r.stderr, r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_cli_finds_the_daemon_from_its_config_from_any_directory(running, state_dir, tmp_path, capsys, monkeypatch):
+    cfg = state_dir / "room.toml"  # relative paths in it are relative to it, not to the current directory
+    cfg.write_text('state_dir = "room"\n[ingest]\ncontrol = ["ipc://{state_dir}/c.sock", "tcp://127.0.0.1:0"]\n'
+                   'events = ["ipc://{state_dir}/e.sock"]\n')
+    settings = load_settings(cfg, environ={})
+    assert settings.state_dir == str(state_dir / "room")
+    r = running(f'state_dir="{settings.state_dir}"', f"ingest.control={json.dumps(settings.ingest.control)}",
+                f"ingest.events={json.dumps(settings.ingest.events)}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLASHTALK_LIVE_CONFIG", raising=False)
+    assert main(["ping", "-c", str(cfg)]) == 0
+    reply = jlines(capsys.readouterr().out)[0]
+    assert reply["commands"] == sorted(r.server.served) and reply["trusted"] is True
+    monkeypatch.setenv("FLASHTALK_LIVE_CONFIG", str(cfg))
+    assert main(["status", "--json"]) == 0
+    assert jlines(capsys.readouterr().out)[0]["ingest"]["control"][0] == f"ipc://{state_dir}/room/c.sock"
+
+
+@pytest.mark.timeout(60)
+def test_table_verbs(running, capsys, tmp_path):
+    added = []
+    r = running(handlers={"outputs": lambda call: {"outputs": added},
+                          "output_add": lambda call: added.append(call.args.name) or {"outputs": added}})
+    assert main(["output-add", "--endpoint", r.ipc, "extra", str(tmp_path / "x.flv")]) == 0
+    assert main(["outputs", "--endpoint", r.ipc]) == 0
+    assert jlines(capsys.readouterr().out)[-1]["outputs"] == ["extra"]
+    assert main(["output_add", "--endpoint", r.tcp, "more", str(tmp_path / "y.flv")]) == 1
     err = capsys.readouterr().err
-    assert "no reply" in err and "MAXMSGSIZE" in err
+    assert "unauthorized" in err and added == ["extra"]
+    assert main(["output-add", "--endpoint", r.ipc, "bad name", "x.flv"]) == 1
+    assert "bad_request" in (err := capsys.readouterr().err) and "(field name)" in err
+    assert main(["output-remove", "--endpoint", r.ipc, "extra"]) == 1
+    assert "unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_push_wait_ends_when_the_daemon_stops(running, clips, tmp_path, capsys, state_dir):
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(clips["wav_s16"][0])
+    for how in ("stopping event", "server gone"):
+        room = state_dir / how.split()[0]
+        r = running(f'state_dir="{room}"')
+
+        def stop_when_queued() -> None:  # no timeline: the clip never finishes; the daemon goes away instead
+            while r.spool.stats()["clips"] == 0:
+                time.sleep(0.02)
+            if how == "stopping event":
+                r.bus.publish("stopping")
+            else:
+                r.server.stop()
+
+        t = threading.Thread(target=stop_when_queued, daemon=True)
+        t.start()
+        rc = main(["push", "--state-dir", str(room), "--wait", str(wav)])
+        t.join(10)
+        out, err = capsys.readouterr()
+        assert rc == EXIT_DAEMON_STOPPED, (how, err)
+        assert "went away" in err and "a.wav" in err and "stay queued" in err
+        assert jlines(out)[0]["file"] == str(wav)

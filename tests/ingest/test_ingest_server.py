@@ -10,7 +10,12 @@ import pytest
 import zmq
 
 from flashtalk_live.client import Client, ClientTimeout, EventStream, Rejected
+from flashtalk_live.errors import Rejection
+from flashtalk_live.events import EventBus
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS
 from flashtalk_live.ingest.protocol import encode_request
+from flashtalk_live.ingest.server import IngestServer
+from flashtalk_live.queue.spool import Spool
 
 
 def drain(stream: EventStream, n: int, timeout: float = 5.0) -> list[dict]:
@@ -186,28 +191,34 @@ def test_req_socket_envelope(running):
 
 
 @pytest.mark.timeout(60)
-def test_bus_events_and_extension_handlers(running):
+def test_bus_events_and_bound_handlers(running):
     seen = []
 
-    def set_avatar(args):
-        seen.append(args)
-        if args.get("path") == "bad":
-            return {"ok": False, "code": "bad_header", "reason": "no such avatar"}
-        if args.get("path") == "boom":
-            raise RuntimeError("kaput")
-        return {"avatar": args.get("path"), "bytes": len(args["_payload"] or b"")}
+    def set_avatar(call):
+        seen.append(call)
+        if call.args.prompt == "bad":
+            raise Rejection("undecodable_image", "no such avatar", "image")
+        if call.args.prompt == "picky":
+            raise ValueError("prompt must rhyme")  # a handler's own input check: the caller's mistake
+        if call.args.prompt == "boom":
+            raise RuntimeError("kaput")  # a bug
+        return {"prompt": call.args.prompt, "bytes": len(call.data or b"")}
 
     r = running(handlers={"set_avatar": set_avatar})
     with Client(r.tcp) as c, EventStream(r.events, types=["started", "finished"]) as ev:
         ev.sync(c)
         assert "set_avatar" in c.ping()["commands"]
-        rep = c.call("set_avatar", b"\x89PNG", path="a.png")
-        assert rep == {**rep, "ok": True, "cmd": "set_avatar", "avatar": "a.png", "bytes": 4}
+        rep = c.set_avatar(data=b"\x89PNG", prompt="a.png")
+        assert rep == {**rep, "ok": True, "cmd": "set_avatar", "prompt": "a.png", "bytes": 4}
+        assert seen[-1].peer.trusted is False and seen[-1].peer.transport == "tcp"
         with pytest.raises(Rejected) as ei:
-            c.call("set_avatar", path="bad")
-        assert (ei.value.code, ei.value.reason) == ("bad_header", "no such avatar")
+            c.set_avatar(prompt="bad")
+        assert (ei.value.code, ei.value.reason, ei.value.field) == ("undecodable_image", "no such avatar", "image")
         with pytest.raises(Rejected) as ei:
-            c.call("set_avatar", path="boom")
+            c.set_avatar(prompt="picky")
+        assert ei.value.code == "bad_request" and "rhyme" in ei.value.reason
+        with pytest.raises(Rejected) as ei:
+            c.set_avatar(prompt="boom")
         assert ei.value.code == "internal" and "kaput" in ei.value.reason
         assert c.ping()["pong"]
         # events published from other threads reach the PUB feed, filtered by type, in order
@@ -218,3 +229,85 @@ def test_bus_events_and_extension_handlers(running):
         got = drain(ev, 40)
     assert [(e["type"], e["segment_id"]) for e in got] == [(k, f"s{i}") for i in range(20) for k in ("started", "finished")]
     assert all(a["seq"] < b["seq"] for a, b in zip(got, got[1:]))
+
+
+def test_handlers_must_be_table_commands(make_settings):
+    s = make_settings()
+    with Spool.from_settings(s) as spool:
+        with pytest.raises(ValueError, match="not in the command table"):
+            IngestServer(s, spool, EventBus(), handlers={"launch": lambda call: {}})
+        with pytest.raises(ValueError, match="served by the ingest server"):
+            IngestServer(s, spool, EventBus(), handlers={"clear": lambda call: {}})
+
+
+@pytest.mark.timeout(60)
+def test_ping_lists_the_served_table_commands_and_unbound_ones_are_unavailable(running):
+    r = running(handlers={"outputs": lambda call: {"outputs": []}})
+    served = sorted(AUDIO_COMMANDS | {"clear", "cancel", "status", "ping", "outputs"})
+    with Client(r.ipc) as c:
+        p = c.ping()
+        assert p["commands"] == served and p["trusted"] is True
+        assert c.outputs()["outputs"] == []
+        with pytest.raises(Rejected) as ei:
+            c.output_remove("rec")
+        assert ei.value.code == "unavailable" and "outputs" in ei.value.reason
+    with Client(r.tcp) as c:
+        assert c.ping()["trusted"] is False
+
+
+@pytest.mark.timeout(60)
+def test_malformed_requests_get_bad_request_with_the_field(running):
+    r = running()
+    secret = "rtmp://push.example.com/live/SECRET-KEY-9"
+    hdr = lambda **f: json.dumps({"v": 1, **f}).encode()  # noqa: E731
+    cases = [
+        ([hdr(cmd="status", colour="red")], "bad_request", "colour"),     # extra field
+        ([hdr(cmd="status", note=secret)], "bad_request", "note"),        # extra field carrying a secret
+        ([hdr(cmd="cancel", segment_id=17)], "bad_request", "segment_id"),  # wrong type
+        ([hdr(cmd="cancel")], "bad_request", "segment_id"),               # missing
+        ([hdr(cmd="ping", id=7)], "bad_request", "id"),                   # wrong type
+        ([hdr(cmd="ping", id="i" * 201)], "id_too_long", "id"),           # a limit (ingest.max_id_chars)
+        ([hdr(cmd="set_avatar", prompt="p" * 2001)], "prompt_too_long", "prompt"),
+        ([hdr(cmd="launch")], "unknown_command", None),
+        ([hdr(cmd=["ping"])], "bad_header", "cmd"),
+        ([hdr(cmd="status"), b"data"], "bad_header", None),
+    ]
+    sock = raw_dealer(r.tcp)
+    for frames, code, field in cases:
+        reply = ask(sock, frames)
+        assert (reply["ok"], reply["code"], reply.get("field")) == (False, code, field), (frames[0][:60], reply)
+        assert "SECRET" not in json.dumps(reply) and "i" * 50 not in reply["reason"]
+    assert ask(sock, [hdr(cmd="ping")])["ok"]  # and the server goes on serving
+    sock.close(0)
+
+
+@pytest.mark.timeout(60)
+def test_trusted_commands_and_fields_are_refused_to_plain_tcp_peers(running):
+    calls = []
+    handlers = {"output_add": lambda call: calls.append(call.name) or {},
+                "output_remove": lambda call: calls.append(call.name) or {},
+                "set_avatar": lambda call: calls.append(call.name) or {}}
+    r = running(handlers=handlers)
+    with Client(r.tcp) as c:
+        for method, args, kw, field in ((c.output_add, ("x", "/tmp/x.flv"), {}, None),
+                                        (c.output_remove, ("x",), {}, None),
+                                        (c.set_avatar, (), {"image": "/etc/passwd"}, "image")):
+            with pytest.raises(Rejected) as ei:
+                method(*args, **kw)
+            assert (ei.value.code, ei.value.field) == ("unauthorized", field)
+        assert c.set_avatar(data=b"\x89PNG")["ok"]  # bytes are fine from anywhere
+    assert calls == ["set_avatar"]
+    with Client(r.ipc) as c:  # the local socket is trusted
+        c.output_add("x", "/tmp/x.flv")
+        c.output_remove("x")
+        c.set_avatar(image="/tmp/p.png")
+    assert calls == ["set_avatar", "output_add", "output_remove", "set_avatar"]
+
+
+@pytest.mark.timeout(60)
+def test_stop_removes_the_socket_files(running, state_dir):
+    r = running()
+    files = [state_dir / "control.sock", state_dir / "events.sock"]
+    assert all(f.exists() for f in files)
+    r.server.stop()
+    assert not any(f.exists() for f in files)

@@ -1,0 +1,73 @@
+"""Rejections: the one exception a request (or a clip, or a spool write) is refused with, and every code it may carry.
+
+A `Rejection` is a mistake the caller can fix or a limit it ran into: it becomes an `ok: false` reply with `code`,
+`reason` and, when one field of the request is at fault, `field`. `internal` is the only code for the daemon's own
+failures. No imports from the rest of the package, so every layer (protocol, audio, spool, daemon) can raise it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Every code the daemon may answer with; docs/protocol.md's table is checked against this (tests/ingest).
+REJECT_CODES: dict[str, str] = {
+    "bad_json": "the header frame is not UTF-8 JSON (garbage, truncated, nested too deep)",
+    "bad_header": "JSON but not a request: not an object, `v`/`cmd` missing or mistyped, or the wrong number of "
+                  "frames (a data frame on a command without data, three frames)",
+    "unsupported_version": "`v` is a number other than 1",
+    "unknown_command": "`cmd` is not in the command table (the reason lists the known ones)",
+    "bad_request": "a field of the command is missing, mistyped, out of range or not one of its fields; `field` "
+                   "names it (the value is never echoed)",
+    "unauthorized": "the command, or one of its fields (`field`), needs a trusted peer (ipc, or a CURVE key in "
+                    "`ingest.trusted_client_keys`)",
+    "forbidden_path": "a trusted peer's file path outside the configured folders (`ingest.avatar_dirs`, "
+                      "`output_policy.file_dirs`), or missing: the two get the same answer",
+    "unavailable": "the command is in the table but this server has no handler for it",
+    "missing_audio": "an audio command without its data frame",
+    "empty_audio": "the data frame is zero bytes, or a valid file holds no samples",
+    "undecodable_audio": "not a supported format, corrupt, a decode error, raw PCM not a whole number of frames, "
+                         "NaN/inf samples",
+    "too_long": "longer than `ingest.max_clip_seconds`; decoding stops as soon as the limit is passed",
+    "too_short": "shorter than `ingest.min_clip_seconds`",
+    "oversize": "header frame over 64 KiB, or a payload larger than `queue.max_spool_bytes` (it could never be queued)",
+    "queue_full": "accepting it would exceed `queue.max_clips`, `queue.max_queued_seconds` or `queue.max_spool_bytes` "
+                  "(the reason says which)",
+    "disk_full": "the state directory's disk is under `storage.min_free_bytes` / `storage.min_free_percent` (or "
+                 "full); nothing was queued; retry once space returns (the room stays on air meanwhile)",
+    "not_found": "`cancel` of a clip that is not pending or playing; `output_remove` of an unknown output name",
+    "already_exists": "`output_add` with the name of an existing output",
+    "bad_output": "`output_add` with a URL that is no output (not rtmp://, rtmps:// or a .flv/.mp4 path), or "
+                  "`segment_seconds` on a stream",
+    "too_many_outputs": "`output_add` over `output_policy.max_outputs`",
+    "unsupported_image": "`set_avatar` data that is not PNG, JPEG or WebP with a readable header (an empty frame too)",
+    "image_too_large": "an image over `ingest.max_image_bytes`",
+    "image_too_many_pixels": "an image whose header declares more than `ingest.max_image_pixels`; refused before "
+                             "decoding",
+    "undecodable_image": "an image whose header passed but whose picture cannot be decoded",
+    "prompt_too_long": "a prompt over `ingest.max_prompt_chars`",
+    "id_too_long": "`id`, `segment_id` or `name` over `ingest.max_id_chars`",
+    "rate_limited": "the peer is over `ingest.rate_per_s` (burst `ingest.rate_burst`); the reason says when to retry",
+    "busy": "too many requests waiting or running (`ingest.max_inflight_per_peer`, `ingest.max_inflight`), or the "
+            "daemon is stopping",
+    "internal": "a bug or an I/O error in the daemon; the request changed nothing",
+}
+
+
+class Rejection(Exception):
+    """A refusal with a machine-readable `code` (one of REJECT_CODES), a `reason` for humans and, optionally, the
+    request `field` at fault. Subclasses only name where it was raised."""
+
+    def __init__(self, code: str, reason: str, field: str | None = None) -> None:
+        if code not in REJECT_CODES:
+            raise LookupError(f"unknown rejection code {code!r}: add it to flashtalk_live.errors.REJECT_CODES")
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.field = field
+
+    def reply_fields(self) -> dict[str, Any]:
+        """code, reason and field (when set), as they go into an `ok: false` reply."""
+        out: dict[str, Any] = {"code": self.code, "reason": self.reason}
+        if self.field is not None:
+            out["field"] = self.field
+        return out

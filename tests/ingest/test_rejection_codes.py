@@ -1,0 +1,187 @@
+"""Every rejection code, provoked for real over ZeroMQ: the daemon's own commands against an in-process Daemon, the
+rest against a bare IngestServer. No client mistake comes back as `internal`, and no reply repeats a secret."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import zmq
+
+from ingest_audiogen import pcm_s16le
+
+from flashtalk_live.daemon import Daemon
+from flashtalk_live.errors import REJECT_CODES
+from flashtalk_live.events import EventBus
+from flashtalk_live.ingest.server import IngestServer
+from flashtalk_live.queue.spool import Spool
+from flashtalk_live.settings import load_settings
+
+SECRET = "SECRET-KEY-42"
+
+
+def hdr(**fields) -> bytes:
+    return json.dumps({"v": 1, **fields}).encode()
+
+
+def pcm(seconds: float) -> list[bytes]:
+    return [hdr(cmd="enqueue", format="pcm_s16le", sample_rate=16000, channels=1), pcm_s16le(seconds, 16000, 1)]
+
+
+def png_header(w: int, h: int, tail: bytes = b"") -> bytes:
+    """A PNG signature and IHDR declaring w x h, then `tail` (no picture data unless given)."""
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+            + tail)
+
+
+RECORDINGS = "{state_dir}/recordings"  # output_policy.file_dirs; the daemon expands {state_dir}
+
+# code -> (transport, [requests], field); every request but the last must succeed, the last gets the code (and field).
+DAEMON_CASES: dict[str, tuple[str, list[list[bytes]], str | None]] = {
+    "bad_json": ("tcp", [[b"{garbage"]], None),
+    "bad_header": ("tcp", [[b"[]"]], None),
+    "unsupported_version": ("tcp", [[json.dumps({"v": 2, "cmd": "ping"}).encode()]], "v"),
+    "unknown_command": ("tcp", [[hdr(cmd="launch")]], None),
+    "bad_request": ("tcp", [[hdr(cmd="status", url=f"rtmp://h/app/{SECRET}")]], "url"),
+    "unauthorized": ("tcp", [[hdr(cmd="output_add", name="x", url=f"rtmp://h/app/{SECRET}")]], None),
+    "missing_audio": ("tcp", [[hdr(cmd="enqueue")]], None),
+    "empty_audio": ("tcp", [[hdr(cmd="insert"), b""]], None),
+    "undecodable_audio": ("tcp", [[hdr(cmd="enqueue", format="wav"), b"RIFF" + b"\0" * 400]], None),
+    "too_long": ("tcp", [pcm(3.0)], None),
+    "too_short": ("tcp", [pcm(0.002)], None),
+    "oversize": ("tcp", [[b"{" + b" " * 70_000 + b"}"]], None),
+    "not_found": ("ipc", [[hdr(cmd="output_remove", name="nope")]], "name"),
+    "already_exists": ("ipc", [[hdr(cmd="output_add", name="rec", url=f"{RECORDINGS}/b.flv")]], "name"),
+    "bad_output": ("ipc", [[hdr(cmd="output_add", name="x", url=f"rtmpx://h/app/{SECRET}")]], "url"),
+    "too_many_outputs": ("ipc", [[hdr(cmd="output_add", name="x", url=f"{RECORDINGS}/x.flv")]], None),
+    "forbidden_path": ("ipc", [[hdr(cmd="set_avatar", image="/etc/passwd")]], None),
+    "unsupported_image": ("tcp", [[hdr(cmd="set_avatar"), b"not a picture"]], None),
+    "image_too_large": ("tcp", [[hdr(cmd="set_avatar"), png_header(8, 8, b"\0" * 5000)]], None),
+    "image_too_many_pixels": ("tcp", [[hdr(cmd="set_avatar"), png_header(4000, 4000)]], None),
+    "undecodable_image": ("tcp", [[hdr(cmd="set_avatar"), png_header(8, 8, b"garbage")]], None),
+    "prompt_too_long": ("tcp", [[hdr(cmd="set_avatar", prompt="p" * 101)]], "prompt"),
+    "id_too_long": ("tcp", [[hdr(cmd="ping", id="i" * 201)]], "id"),
+    # last: the clip stays queued (or on air) while the second one is refused
+    "queue_full": ("tcp", [pcm(1.5), pcm(1.5)], None),
+}
+# Not reachable through one complete daemon: a command with no handler, a handler's own bug, a low disk, a peer over
+# its rate, a connection over its in-flight cap (bare servers below).
+SERVER_CASES = ("unavailable", "internal", "disk_full", "rate_limited", "busy")
+
+
+def test_every_code_has_a_case():
+    assert set(DAEMON_CASES) | set(SERVER_CASES) == set(REJECT_CODES)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory) -> Iterator[Daemon]:
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="ftl-", dir="/tmp"))  # ipc paths are limited to ~107 bytes
+    s = load_settings(None, [
+        f'state_dir="{short}"', 'ingest.control=["ipc://{state_dir}/control.sock", "tcp://127.0.0.1:0"]',
+        'ingest.events=["ipc://{state_dir}/events.sock"]', "ingest.max_clip_seconds=2.0", "queue.max_clips=1",
+        'ingest.tcp_auth="none"', "ingest.max_image_bytes=4000", "ingest.max_image_pixels=1000000",
+        "ingest.max_prompt_chars=100", "output_policy.max_outputs=1",
+        "video.width=64", "video.height=64", 'encoder.preset="ultrafast"', "encoder.video_bitrate=200000",
+        "metrics.enabled=false", 'programme.playlist=""',
+        f'outputs=[{{name="rec", url="{short / "recordings" / "rec.flv"}"}}]',
+    ], environ={})
+    d = Daemon(s)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.close()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def ask(endpoint: str, frames: list[bytes]) -> dict:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart([b""] + frames)
+        assert sock.poll(30_000), f"no reply to {frames[0][:60]!r}"
+        return json.loads(sock.recv_multipart()[-1])
+    finally:
+        sock.close(0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("code", list(DAEMON_CASES))
+def test_daemon_code(daemon, code):
+    transport, requests, field = DAEMON_CASES[code]
+    endpoint = next(e for e in daemon.ingest.control_endpoints if e.startswith(transport))
+    for frames in requests[:-1]:
+        assert ask(endpoint, frames)["ok"]
+    reply = ask(endpoint, requests[-1])
+    assert (reply["ok"], reply["code"], reply.get("field")) == (False, code, field), reply
+    assert reply["reason"] and SECRET not in json.dumps(reply)
+    assert ask(endpoint, [hdr(cmd="ping")])["ok"]  # the daemon goes on serving
+    if code == "queue_full":
+        assert ask(endpoint, [hdr(cmd="clear")])["ok"]
+
+
+@pytest.mark.timeout(60)
+def test_daemon_serves_the_whole_table(daemon):
+    ipc = daemon.ingest.control_endpoints[0]
+    from flashtalk_live.ingest.commands import COMMANDS
+
+    assert ask(ipc, [hdr(cmd="ping")])["commands"] == sorted(COMMANDS)
+    reply = ask(ipc, [hdr(cmd="output_add", name="seg", url="rtmp://h/app/k", segment_seconds=5.0)])
+    assert (reply["code"], reply["field"]) == ("bad_output", "segment_seconds")
+    reply = ask(ipc, [hdr(cmd="set_avatar", image="/etc/passwd"), b"\x89PNG"])  # data and a path: the data wins
+    assert reply["code"] == "unsupported_image"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("code", SERVER_CASES)
+def test_server_code(running, make_settings, code):
+    release = threading.Event()
+
+    def handler(call):
+        if code == "internal":
+            raise KeyError("a bug in the handler")
+        release.wait(30)  # busy: holds its connection's lane
+        return {"outputs": []}
+
+    if code == "disk_full":
+        s = make_settings('ingest.tcp_auth="none"', 'ingest.control=["ipc://{state_dir}/control.sock"]',
+                          'ingest.events=["ipc://{state_dir}/events.sock"]')
+        with Spool.from_settings(s) as spool, IngestServer(s, spool, EventBus(), refuse_clips=lambda: "disk low"):
+            reply = ask(s.path(s.ingest.control[0]), pcm(0.5))
+        assert (reply["ok"], reply["code"], reply["reason"]) == (False, "disk_full", "disk low")
+        return
+    overrides = {"rate_limited": ["ingest.rate_per_s=0.01", "ingest.rate_burst=2"],
+                 "busy": ["ingest.max_inflight_per_peer=1"]}.get(code, [])
+    r = running(*overrides, handlers={"outputs": handler})
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(r.ipc)
+    try:
+        frames = {"unavailable": [hdr(cmd="output_add", name="x", url="/tmp/x.flv")],
+                  "internal": [hdr(cmd="outputs")], "rate_limited": [hdr(cmd="ping")],
+                  "busy": [hdr(cmd="outputs")]}[code]
+        # rate_limited: a burst of 2, then a third; busy: one in flight on the connection, then a second
+        sends = {"rate_limited": 3, "busy": 2}.get(code, 1)
+        for _ in range(sends):
+            sock.send_multipart([b""] + frames)
+        replies = []
+        for _ in range(sends):
+            assert sock.poll(30_000)
+            replies.append(json.loads(sock.recv_multipart()[-1]))
+            if not replies[-1]["ok"]:
+                release.set()  # busy: the held request may finish now
+        refused = [r_ for r_ in replies if not r_["ok"]]
+        assert [r_["code"] for r_ in refused] == [code] and len(replies) == sends, replies
+    finally:
+        release.set()
+        sock.close(0)
