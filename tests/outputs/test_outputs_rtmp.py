@@ -15,7 +15,7 @@ from rtmp_harness import max_gap, read_media
 from outputs_driver import FPS, by_name, make_encoder, stream, wait_for
 
 from flashtalk_live.events import EventBus
-from flashtalk_live.outputs import OutputManager
+from flashtalk_live.outputs.manager import OutputManager
 from flashtalk_live.settings import OutputPolicy, OutputSettings
 
 pytestmark = pytest.mark.rtmp
