@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from pydantic import ValidationError
 
 from flashtalk_live.events import EventBus
+from flashtalk_live.ingest.protocol import ProtocolError
 from flashtalk_live.log import get_logger
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
-from flashtalk_live.settings import OutputSettings, Settings
+from flashtalk_live.settings import OutputSettings, Settings, validation_error_lines
+from flashtalk_live.statelock import StateLock
 from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
 
 RendererFactory = Callable[[Settings], Renderer]
@@ -258,9 +261,16 @@ class Daemon:
             self.events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
 
     def _cmd_output_add(self, req: dict[str, Any]) -> dict[str, Any]:
-        spec = OutputSettings(name=req.get("name", ""), url=req.get("url", ""),
-                              segment_seconds=req.get("segment_seconds"))
-        self.outputs.add(self._expand_output(spec))
+        # The same OutputSettings (and output-kind registry) as the config file: the same rules, masked errors.
+        try:
+            spec = OutputSettings(name=req.get("name", ""), url=req.get("url", ""),
+                                  segment_seconds=req.get("segment_seconds"))
+        except ValidationError as e:
+            raise ProtocolError("bad_request", "; ".join(validation_error_lines(e))) from None
+        try:
+            self.outputs.add(self._expand_output(spec))
+        except ValueError as e:  # a duplicate name, segment_seconds on a stream
+            raise ProtocolError("bad_request", str(e)) from None
         return {"output": spec.name, "outputs": self.outputs.names()}
 
     def _expand_output(self, o: OutputSettings) -> OutputSettings:
@@ -431,7 +441,13 @@ def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
 
     With the FlashTalk renderer on several GPUs (model.gpus), this process becomes rank 0 and starts the other
     ranks itself (or joins a torchrun job); a dead rank stops the daemon with exit code 75 so systemd restarts it.
+    The state directory is locked first (StateDirBusy when another daemon has it), before any rank starts.
     """
+    with StateLock(settings.path(settings.state_dir)):
+        return _run_locked(settings, duration_s)
+
+
+def _run_locked(settings: Settings, duration_s: float | None) -> int:
     parallel = None
     exit_code = 0
     stop = threading.Event()

@@ -284,8 +284,8 @@ def _env_value(key: str, raw: str) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as e:
         if raw.lstrip()[:1] in ("[", "{", '"'):
-            raise ConfigError(f"{key}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}, character "
-                              f"{e.pos} of {len(raw)}); the value is not shown because it may hold a stream key") from None
+            raise ConfigError(f"{key}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno} of a "
+                              f"{len(raw)}-character value; the value is not shown: it may hold a stream key)") from None
         return raw
 
 
@@ -322,7 +322,7 @@ def parse_override(item: str) -> dict[str, Any]:
     return root
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def validation_error_lines(err: ValidationError) -> list[str]:
     """One line per error: field = masked value: what is expected. Values are masked before they are cut short,
     so a cut never splits a URL away from its scheme; url fields are masked strictly (any shape may hide a key)."""
     lines = []
@@ -342,6 +342,11 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         if len(shown) > 80:
             shown = shown[:77] + "..."
         lines.append(f"{loc} = {shown}: {msg}")
+    return lines
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = validation_error_lines(err)
     if len(lines) == 1:
         return f"invalid configuration ({source}): {lines[0]}"
     return "\n  ".join([f"invalid configuration ({source}):"] + lines)
@@ -351,8 +356,10 @@ def load_settings(
     path: str | os.PathLike[str] | None = None,
     overrides: list[str] | None = None,
     environ: dict[str, str] | None = None,
+    replace: dict[str, Any] | None = None,
 ) -> Settings:
-    """Build Settings from a TOML file, FLASHTALK_LIVE_* variables and KEY=VALUE overrides, in rising priority."""
+    """Build Settings from a TOML file, FLASHTALK_LIVE_* variables, KEY=VALUE overrides and `replace` (whole
+    top-level values, e.g. the CLI's outputs), in rising priority."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -368,6 +375,7 @@ def load_settings(
     data = _deep_merge(data, _env_tree(dict(env)))
     for item in overrides or []:
         data = _deep_merge(data, parse_override(item))
+    data.update(replace or {})
     try:
         return Settings(**data)
     except ValidationError as e:

@@ -30,6 +30,7 @@ MAX_CHANNELS = 8
 REJECT_CODES = (
     "bad_json",            # header frame is not UTF-8 JSON
     "bad_header",          # JSON, but not a valid header (missing/mistyped field, wrong frame count)
+    "bad_request",         # a command's arguments are invalid (e.g. output_add with a URL no output kind takes)
     "unsupported_version", # "v" is not 1
     "unknown_command",     # "cmd" is not a core or registered command
     "missing_audio",       # audio command without its data frame

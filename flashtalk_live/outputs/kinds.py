@@ -105,11 +105,12 @@ def file_path(url: str) -> str:
 def _check_file(url: str) -> str:
     scheme, slashes, rest = split_scheme(url)
     path = file_path(url)
+    want = FILE_EXAMPLE if scheme else expected()  # a bare word may have been meant as any kind
     if not path.strip():
-        raise _fail(url, "empty path", FILE_EXAMPLE)
+        raise _fail(url, "empty path", want)
     suffix = Path(path).suffix.lower()
     if suffix not in FILE_FORMATS:
-        raise _fail(url, f"unsupported file type {suffix or '(none)'!r}", FILE_EXAMPLE)
+        raise _fail(url, f"unsupported file type {suffix or '(none)'!r}", want)
     return f"file:{slashes}{rest}" if scheme == "file" else url
 
 
