@@ -92,10 +92,10 @@ def checked_settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    settings = checked_settings(args)  # before the heavy imports: a config error answers at once
     from flashtalk_live import log
     from flashtalk_live.daemon import run_daemon
 
-    settings = checked_settings(args)
     log.configure(settings.logging.format, settings.logging.level)
     return run_daemon(settings, duration_s=args.duration)
 

@@ -341,7 +341,7 @@ def validation_error_lines(err: ValidationError) -> list[str]:
             shown = mask_text(repr(mask_obj(value)))
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"{loc} = {shown}: {msg}")
+        lines.append(f"{loc}: {msg}" if shown in msg else f"{loc} = {shown}: {msg}")  # no value twice
     return lines
 
 

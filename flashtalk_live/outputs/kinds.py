@@ -80,8 +80,8 @@ def _check_rtmp(url: str) -> str:
     try:
         parts = urlsplit(normal)
         parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
-    except ValueError as e:
-        raise _fail(url, f"bad host or port ({str(e).split(':')[0]})", RTMP_EXAMPLE) from None
+    except ValueError:  # urllib's message may quote the port text: not shown
+        raise _fail(url, "bad host or port", RTMP_EXAMPLE) from None
     if not parts.hostname:
         raise _fail(url, "no host", RTMP_EXAMPLE)
     segments = [s for s in parts.path.split("/") if s]
