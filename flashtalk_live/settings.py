@@ -341,7 +341,8 @@ def validation_error_lines(err: ValidationError) -> list[str]:
             shown = mask_text(repr(mask_obj(value)))
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"{loc}: {msg}" if shown in msg else f"{loc} = {shown}: {msg}")  # no value twice
+        twice = loc.endswith("url") and shown in msg  # the output-kind message quotes the (masked) URL itself
+        lines.append(f"{loc}: {msg}" if twice else f"{loc} = {shown}: {msg}")
     return lines
 
 
