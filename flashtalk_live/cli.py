@@ -40,7 +40,7 @@ ARGV_SECRET = ("a stream key on the command line is readable by every user of th
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", action="append", default=[], metavar="PATH",
+    p.add_argument("--output", dest="output_urls", action="append", default=[], metavar="PATH",
                    help="replace the configured outputs: a .flv/.mp4 recording path (stream URLs carry keys: use "
                         "--output-file)")
     p.add_argument("--output-file", metavar="FILE",
@@ -50,7 +50,7 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 def _refuse_argv_secrets(args: argparse.Namespace) -> None:
     """Keys on argv are already visible; refuse them loudly rather than run with them (commit message argues why)."""
-    for url in getattr(args, "output", None) or []:
+    for url in getattr(args, "output_urls", None) or []:
         if carries_secret(url):
             raise ConfigError(f"--output {mask_text(url)!r}: {ARGV_SECRET}")
     for item in getattr(args, "overrides", None) or []:
@@ -59,7 +59,7 @@ def _refuse_argv_secrets(args: argparse.Namespace) -> None:
 
 
 def _outputs_from_args(args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    urls = list(getattr(args, "output", None) or [])
+    urls = list(getattr(args, "output_urls", None) or [])
     path = getattr(args, "output_file", None)
     if path:
         try:
