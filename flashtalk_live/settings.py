@@ -285,7 +285,8 @@ def _env_value(key: str, raw: str) -> Any:
     except json.JSONDecodeError as e:
         if raw.lstrip()[:1] in ("[", "{", '"'):
             raise ConfigError(f"{key}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno} of a "
-                              f"{len(raw)}-character value; the value is not shown: it may hold a stream key)") from None
+                              f"{len(raw)}-character value; the value is not shown: it may hold a stream key); expected "
+                              "JSON, or a plain text that starts with [, { or \" written as a JSON string") from None
         return raw
 
 
