@@ -106,7 +106,7 @@ def run_one(design: str) -> dict:
         from conftest import NginxRtmp, free_port
     from outputs_driver import FPS, frame_and_audio, make_encoder
 
-    from flashtalk_live.outputs import OutputManager
+    from flashtalk_live.outputs.manager import OutputManager
     from flashtalk_live.settings import OutputPolicy, OutputSettings
 
     tmp = Path(tempfile.mkdtemp(prefix="outbench-"))

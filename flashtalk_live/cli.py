@@ -7,10 +7,13 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from flashtalk_live import __version__
-from flashtalk_live.cliargs import add_config_args, settings_from_args
+from flashtalk_live.cliargs import add_config_args, add_output_args, checked_settings, settings_from_args
+from flashtalk_live.log import install_excepthooks, masked_traceback
+from flashtalk_live.secrets import mask_text
 from flashtalk_live.settings import ConfigError, masked_dump
 
 # Modules that add their own verbs through `register(subparsers)`; each is optional so a partial install still runs.
@@ -24,20 +27,16 @@ VERB_MODULES = (
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    settings = checked_settings(args)  # before the heavy imports: a config error answers at once
     from flashtalk_live import log
     from flashtalk_live.daemon import run_daemon
 
-    settings = settings_from_args(args)
-    if args.output:
-        from flashtalk_live.settings import OutputSettings
-
-        settings.outputs = [OutputSettings(name=f"out{i}", url=u) for i, u in enumerate(args.output)]
     log.configure(settings.logging.format, settings.logging.level)
     return run_daemon(settings, duration_s=args.duration)
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    settings = checked_settings(args)
     data = masked_dump(settings)
     if args.json:
         print(json.dumps(data, indent=2))
@@ -79,13 +78,13 @@ def _print_toml(data: dict[str, Any]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashtalk-live", description=__doc__)
     parser.add_argument("--version", action="version", version=f"flashtalk-live {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the (masked) traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon (embedded demo defaults without --config)")
     add_config_args(run)
     run.add_argument("--state-dir", help="where the spool, sockets and recordings live")
-    run.add_argument("--output", action="append", metavar="URL",
-                     help="replace the configured outputs with these (rtmp://, rtmps://, .flv/.mp4 path)")
+    add_output_args(run)
     run.add_argument("--duration", type=float, default=None, help="stop cleanly after N seconds (demos, soak runs)")
     run.set_defaults(func=_cmd_run)
 
@@ -94,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = cfg_sub.add_parser("show", help="print the effective config, secrets masked")
     add_config_args(show)
     show.add_argument("--state-dir")
+    add_output_args(show)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_cmd_config_show)
 
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_excepthooks()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
@@ -116,14 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"flashtalk-live: {e}", file=sys.stderr)
+    except ConfigError as e:  # field, (masked) value, what is expected; a traceback would add nothing
+        print(f"flashtalk-live: {mask_text(str(e))}", file=sys.stderr)
+        if args.debug:
+            print(masked_traceback(e), file=sys.stderr, end="")
         return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `flashtalk-live status | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:  # noqa: BLE001 - one masked line; the traceback only when asked for
+        if args.debug:
+            print(masked_traceback(e), file=sys.stderr, end="")
+        print(f"flashtalk-live: {mask_text(f'{type(e).__name__}: {e}')} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The config flags every `flashtalk-live` verb shares (-c/--config, --set, --state-dir) and Settings built from them.
+"""The config flags every `flashtalk-live` verb shares (-c/--config, --set, --state-dir, --debug; run's output flags)
+and Settings built from them. Stream keys are refused on argv (ps shows argv to every user).
 
 Apart from cli.py so that verb modules (ingest/cli.py, ...) can use them without importing the top-level CLI.
 """
@@ -8,8 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
+from typing import Any
 
-from flashtalk_live.settings import Settings, load_settings
+from flashtalk_live.secrets import carries_secret, mask_text
+from flashtalk_live.settings import ConfigError, Settings, load_settings
+from flashtalk_live.statelock import check_free
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -17,10 +22,63 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="TOML config (default: $FLASHTALK_LIVE_CONFIG, else the embedded demo defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set encoder.preset=ultrafast (repeatable; beats file and env)")
+    # SUPPRESS: without it this sub-command default would overwrite a `flashtalk-live --debug ...` given before it
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="print the (masked) traceback of an unexpected error")
+
+
+ARGV_SECRET = ("a stream key on the command line is readable by every user of this machine (ps, /proc/PID/cmdline) "
+               "and stays in shell history; expected --output-file FILE (one URL per line), "
+               "FLASHTALK_LIVE_OUTPUTS='[{\"name\": ..., \"url\": ...}]' or [[outputs]] in the config file")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", dest="output_urls", action="append", default=[], metavar="PATH",
+                   help="replace the configured outputs: a .flv/.mp4 recording path (stream URLs carry keys: use "
+                        "--output-file)")
+    p.add_argument("--output-file", metavar="FILE",
+                   help="replace the configured outputs with the URLs in FILE, one per line (# comments); keeps "
+                        "stream keys out of ps")
+
+
+def _refuse_argv_secrets(args: argparse.Namespace) -> None:
+    """Keys on argv are already visible; refuse them loudly rather than run with them (commit message argues why)."""
+    for url in getattr(args, "output_urls", None) or []:
+        if carries_secret(url):
+            raise ConfigError(f"--output {mask_text(url)!r}: {ARGV_SECRET}")
+    for item in getattr(args, "overrides", None) or []:
+        if carries_secret(item):
+            raise ConfigError(f"--set {mask_text(item)!r}: {ARGV_SECRET}")
+
+
+def _outputs_from_args(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    urls = list(getattr(args, "output_urls", None) or [])
+    path = getattr(args, "output_file", None)
+    if path:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as e:
+            raise ConfigError(f"--output-file {path!r}: cannot read it ({e.strerror}); expected a readable file "
+                              "with one output URL per line") from None
+        urls += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not urls:
+            raise ConfigError(f"--output-file {path!r}: no URL in it; expected one output URL per line")
+    if not urls:
+        return None
+    return [{"name": f"out{i}", "url": u} for i, u in enumerate(urls)]
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    _refuse_argv_secrets(args)
     overrides = list(getattr(args, "overrides", []) or [])
     if getattr(args, "state_dir", None):
         overrides.append(f"state_dir={json.dumps(args.state_dir)}")
-    return load_settings(args.config, overrides)
+    outputs = _outputs_from_args(args)
+    return load_settings(args.config, overrides, replace=None if outputs is None else {"outputs": outputs})
+
+
+def checked_settings(args: argparse.Namespace) -> Settings:
+    """What `run` needs before it starts anything, and what `config show` checks: the same errors, one line each."""
+    settings = settings_from_args(args)
+    check_free(settings.path(settings.state_dir))
+    return settings

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from pydantic import ValidationError
 
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
@@ -20,12 +21,14 @@ from flashtalk_live.ingest.auth import confine_output_file, confine_path
 from flashtalk_live.ingest.commands import Call
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.log import get_logger
-from flashtalk_live.outputs.manager import TooManyOutputs, output_kind
+from flashtalk_live.outputs.kinds import kind_name
+from flashtalk_live.outputs.manager import TooManyOutputs
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers import images
 from flashtalk_live.renderers.images import ImageError, default_portrait, load_image
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
-from flashtalk_live.settings import OutputSettings, Settings
+from flashtalk_live.settings import OutputSettings, Settings, validation_error_lines
+from flashtalk_live.statelock import StateLock
 from flashtalk_live.storage import DiskWatermark
 from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
 
@@ -293,14 +296,13 @@ class Daemon:
 
     def _cmd_output_add(self, call: Call) -> dict[str, Any]:
         a = call.args
-        spec = OutputSettings(name=a.name, url=a.url, segment_seconds=a.segment_seconds)  # type: ignore[attr-defined]
-        spec = self._expand_output(spec)
+        # The same OutputSettings (and output-kind registry) as the config file: the same rules, masked errors.
         try:
-            kind = output_kind(spec.url)
-        except ValueError:
-            # The URL is not repeated: with a mistyped scheme it may not be recognised, and masked, as a stream URL.
-            raise Rejection("bad_output", "unsupported output url: use rtmp://host/app/key, rtmps://..., or a "
-                                          ".flv/.mp4 path", "url") from None
+            spec = OutputSettings(name=a.name, url=a.url, segment_seconds=a.segment_seconds)  # type: ignore[attr-defined]
+        except ValidationError as e:
+            raise Rejection("bad_output", "; ".join(validation_error_lines(e)), "url") from None
+        spec = self._expand_output(spec)
+        kind = kind_name(spec.url)
         if kind != "file" and spec.segment_seconds:
             raise Rejection("bad_output", "segment_seconds applies to file outputs only", "segment_seconds")
         if kind == "file":  # only inside output_policy.file_dirs
@@ -548,7 +550,13 @@ def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
 
     With the FlashTalk renderer on several GPUs (model.gpus), this process becomes rank 0 and starts the other
     ranks itself (or joins a torchrun job); a dead rank stops the daemon with exit code 75 so systemd restarts it.
+    The state directory is locked first (StateDirBusy when another daemon has it), before any rank starts.
     """
+    with StateLock(settings.path(settings.state_dir)):
+        return _run_locked(settings, duration_s)
+
+
+def _run_locked(settings: Settings, duration_s: float | None) -> int:
     parallel = None
     exit_code = 0
     stop = threading.Event()

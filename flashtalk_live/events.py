@@ -1,4 +1,5 @@
-"""In-process event bus: every component publishes here; the PUB socket and the logs subscribe."""
+"""In-process event bus: every component publishes here; the PUB socket and the logs subscribe. Every event is
+masked once, here, before any subscriber sees it (an error text may quote an output URL)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import itertools
 import threading
 import time
 from typing import Any, Callable
+
+from flashtalk_live.secrets import mask_obj
 
 Event = dict[str, Any]
 
@@ -35,7 +38,7 @@ class EventBus:
 
     def publish(self, type: str, **fields: Any) -> Event:
         with self._lock:
-            event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), **fields}
+            event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), **mask_obj(fields)}
             subs = list(self._subs)
         for fn in subs:
             try:

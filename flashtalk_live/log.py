@@ -1,31 +1,24 @@
-"""structlog set-up: JSON lines under systemd or when piped, coloured console in a terminal; secrets masked."""
+"""structlog set-up: JSON lines under systemd or when piped, coloured console in a terminal; secrets masked in
+every field, and in tracebacks that reach stderr through the interpreter's own excepthooks."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
+import threading
+import traceback
+from types import TracebackType
 from typing import Any
 
 import structlog
 
-_URL_SECRET = re.compile(r"(rtmps?://[^\s/'\"]+/[^\s/'\"?]+)/[^\s'\"]+")
-_CRED = re.compile(r"(://)[^/\s:@'\"]+:[^/\s@'\"]+@")
+from flashtalk_live.secrets import mask_obj, mask_text
 
 
-def scrub(text: str) -> str:
-    """Remove stream keys and user:password from any rtmp(s) URL inside a string."""
-    text = _CRED.sub(r"\1***@", text)
-    return _URL_SECRET.sub(r"\1/****", text)
-
-
-def _scrub_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _mask_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for k, v in list(event_dict.items()):
-        if isinstance(v, str) and "://" in v:
-            event_dict[k] = scrub(v)
-        elif isinstance(v, BaseException):
-            event_dict[k] = scrub(repr(v))
+        event_dict[k] = mask_text(repr(v)) if isinstance(v, BaseException) else mask_obj(v)
     return event_dict
 
 
@@ -42,9 +35,33 @@ class _CurrentStderr:
         return sys.stderr.isatty()
 
 
+def masked_traceback(exc: BaseException) -> str:
+    """The full traceback of `exc` (chained causes included) with every URL masked."""
+    return mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    sys.stderr.write(mask_text("".join(traceback.format_exception(exc_type, exc, tb))))
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    sys.stderr.write(mask_text(f"Exception in thread {name}:\n{text}"))
+
+
+def install_excepthooks() -> None:
+    """Uncaught exceptions (main thread and others) print their traceback masked."""
+    sys.excepthook = _excepthook
+    threading.excepthook = _thread_excepthook
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
     """Install the processors once per process. fmt: auto | json | console."""
     stream = stream or _CurrentStderr()
+    install_excepthooks()
     if fmt == "auto":
         under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
         fmt = "console" if (stream.isatty() and not under_systemd) else "json"
@@ -57,7 +74,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> Non
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            _scrub_processor,
+            _mask_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

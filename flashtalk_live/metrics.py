@@ -7,6 +7,8 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from flashtalk_live.secrets import mask_obj
+
 STATES = ("starting", "on_air", "stopping")
 ENDPOINT_STATES = ("up", "connecting", "down")
 
@@ -18,7 +20,7 @@ class StatusCollector:
         self._status = status_provider
 
     def collect(self):  # noqa: ANN201 - prometheus_client protocol
-        s = self._status()
+        s = mask_obj(self._status())  # label values (output and renderer names) never carry a key
         state = GaugeMetricFamily("flashtalk_state", "Daemon state (1 for the current one)", labels=["state"])
         for name in STATES:
             state.add_metric([name], 1.0 if s.get("state") == name else 0.0)

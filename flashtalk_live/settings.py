@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -10,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from flashtalk_live.outputs.kinds import validate_url
+from flashtalk_live.secrets import mask_obj, mask_text, mask_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,10 +39,16 @@ def default_state_dir() -> str:
 
 def default_playlist() -> str | None:
     return str(DEMO_PLAYLIST) if DEMO_PLAYLIST.is_file() else None
+# What libx264 (through PyAV) accepts; checked at load so `config show` and `run` agree (x264 ignores case).
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+X264_PSY_TUNES = ("film", "animation", "grain", "stillimage", "psnr", "ssim")  # at most one of these
+X264_TUNES = X264_PSY_TUNES + ("fastdecode", "zerolatency", "touhou")
+NVENC_PRESETS = tuple(f"p{i}" for i in range(1, 8))
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: pydantic's own messages never echo a value (it may hold a stream key).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class IngestSettings(_Section):
@@ -223,6 +233,27 @@ class EncoderSettings(_Section):
     audio_bitrate: int = Field(128_000, gt=0)
     threads: int = Field(0, ge=0, description="0 lets the encoder choose")
 
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        low = v.strip().lower()
+        if low not in X264_PRESETS + NVENC_PRESETS:
+            raise ValueError(f"unknown preset; expected one of {', '.join(X264_PRESETS)} (or p1..p7 with h264_nvenc)")
+        return low
+
+    @field_validator("tune")
+    @classmethod
+    def _tune(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        tunes = [t.strip().lower() for t in v.split(",") if t.strip()]
+        bad = [t for t in tunes if t not in X264_TUNES]
+        if bad:
+            raise ValueError(f"unknown tune {', '.join(bad)}; expected a comma list of {', '.join(X264_TUNES)}")
+        if len([t for t in tunes if t in X264_PSY_TUNES]) > 1:
+            raise ValueError(f"at most one of {', '.join(X264_PSY_TUNES)} (x264 ignores the others)")
+        return ",".join(tunes) or None
+
 
 class OutputSettings(_Section):
     """One destination: rtmp://, rtmps://, or a local .flv/.mp4 file or segmented recording."""
@@ -236,8 +267,13 @@ class OutputSettings(_Section):
     @classmethod
     def _name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
-            raise ValueError(f"output name must be 1-64 of [A-Za-z0-9_.-], got {v!r}")
+            raise ValueError(f"output name must be 1-64 of [A-Za-z0-9_.-], got {mask_url(v, strict=True)!r}")
         return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return validate_url(v)  # the output-kind registry: the same rules as output_add; the message is masked
 
 
 class OutputPolicy(_Section):
@@ -270,7 +306,8 @@ class Settings(BaseSettings):
     """The whole daemon."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True,
+        hide_input_in_errors=True,
     )
 
     state_dir: str = Field(default_factory=default_state_dir,
@@ -310,6 +347,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if self.encoder.preset in NVENC_PRESETS and self.encoder.video_codec != "h264_nvenc":
+            raise ValueError(f"encoder.preset {self.encoder.preset!r} is an NVENC preset; with video_codec "
+                             f"{self.encoder.video_codec!r} expected one of {', '.join(X264_PRESETS)}")
         if self.encoder.audio_rate % self.video.fps:
             raise ValueError(
                 f"encoder.audio_rate {self.encoder.audio_rate} must be a whole number of samples per frame at video.fps {self.video.fps}"
@@ -366,19 +406,28 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _env_value(key: str, raw: str) -> Any:
+    """JSON when it parses (lists, numbers, bools), else the plain string. A value that starts like JSON (a list, an
+    object, a quoted string) but does not parse is an error naming the variable and the position, never the value:
+    these variables carry stream keys."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        if raw.lstrip()[:1] in ("[", "{", '"'):
+            raise ConfigError(f"{key}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno} of a "
+                              f"{len(raw)}-character value; the value is not shown: it may hold a stream key); expected "
+                              "JSON, or a plain text that starts with [, { or \" written as a JSON string") from None
+        return raw
+
+
 def _env_tree(environ: dict[str, str]) -> dict[str, Any]:
     """FLASHTALK_LIVE_A__B=v -> {"a": {"b": v}}; values parse as JSON when they can (lists, numbers, bools)."""
-    import json
-
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue
         parts = key[len(ENV_PREFIX):].lower().split("__")
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
+        value = _env_value(key, raw)
         node = tree
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -449,24 +498,45 @@ def resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+def validation_error_lines(err: ValidationError) -> list[str]:
+    """One line per error: field = masked value: what is expected. Values are masked before they are cut short,
+    so a cut never splits a URL away from its scheme; url fields are masked strictly (any shape may hide a key)."""
+    lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = mask_text(e["msg"].removeprefix("Value error, "))
+        if not e["loc"]:  # a check across fields: its message names them, the input is the whole config
+            lines.append(msg)
+            continue
+        loc = ".".join(str(p) for p in e["loc"])
         value = e.get("input")
-        shown = "<missing>" if e["type"] == "missing" else repr(value)
+        if e["type"] == "missing":
+            shown = "<missing>"
+        elif isinstance(value, str) and loc.endswith("url"):
+            shown = repr(mask_url(value, strict=True))
+        else:
+            shown = mask_text(repr(mask_obj(value)))
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"  {loc} = {shown}: {e['msg']}")
-    return "\n".join(lines)
+        twice = loc.endswith("url") and shown in msg  # the output-kind message quotes the (masked) URL itself
+        lines.append(f"{loc}: {msg}" if twice else f"{loc} = {shown}: {msg}")
+    return lines
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = validation_error_lines(err)
+    if len(lines) == 1:
+        return f"invalid configuration ({source}): {lines[0]}"
+    return "\n  ".join([f"invalid configuration ({source}):"] + lines)
 
 
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     overrides: list[str] | None = None,
     environ: dict[str, str] | None = None,
+    replace: dict[str, Any] | None = None,
 ) -> Settings:
-    """Build Settings from a TOML file, FLASHTALK_LIVE_* variables and KEY=VALUE overrides, in rising priority."""
+    """Build Settings from a TOML file, FLASHTALK_LIVE_* variables, KEY=VALUE overrides and `replace` (whole
+    top-level values, e.g. the CLI's outputs), in rising priority."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -483,6 +553,7 @@ def load_settings(
     data = _deep_merge(data, _env_tree(dict(env)))
     for item in overrides or []:
         data = _deep_merge(data, parse_override(item))
+    data.update(replace or {})
     try:
         settings = Settings(**data)
     except ValidationError as e:
@@ -506,27 +577,6 @@ def check_benchmark_only(settings: Settings, environ: Any = None) -> None:
                           f"set {BENCHMARK_ENV}=1 to allow it")
 
 
-_SECRET_URL = re.compile(r"^(?P<scheme>rtmps?|srt|https?)://(?P<rest>.*)$")
-
-
-def mask_url(url: str) -> str:
-    """Hide RTMP stream keys, credentials and query tokens: rtmp://host/app/****."""
-    m = _SECRET_URL.match(url)
-    if not m:
-        return url
-    rest = m.group("rest")
-    rest = re.sub(r"^[^@/]*@", "***@", rest)  # user:password@
-    host, _, path = rest.partition("/")
-    if not path:
-        return f"{m.group('scheme')}://{host}"
-    segments = path.split("/")
-    app = segments[0].split("?")[0]
-    masked = "/".join([app] + ["****"] * max(1, len(segments) - 1))
-    return f"{m.group('scheme')}://{host}/{masked}"
-
-
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    data = settings.model_dump(mode="json")
-    for out in data.get("outputs", []):
-        out["url"] = mask_url(out["url"])
-    return data
+    """The settings as JSON data with every string masked (output URLs and anything else that holds one)."""
+    return mask_obj(settings.model_dump(mode="json"))

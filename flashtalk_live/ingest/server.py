@@ -41,6 +41,7 @@ from flashtalk_live.ingest.protocol import (
 )
 from flashtalk_live.log import get_logger
 from flashtalk_live.queue.spool import Spool
+from flashtalk_live.secrets import mask_obj
 EVENT_BACKLOG = 10_000
 STATUS_PENDING_LIMIT = 50
 
@@ -249,7 +250,7 @@ class IngestServer:
         while self._backlog:
             event = self._backlog.popleft()
             try:
-                self._pub.send_multipart(encode_event(event), flags=zmq.NOBLOCK)
+                self._pub.send_multipart(encode_event(mask_obj(event)), flags=zmq.NOBLOCK)
             except zmq.ZMQError as e:
                 self.log.warning("event_not_published", type=event.get("type"), error=str(e))
 
@@ -312,7 +313,8 @@ class IngestServer:
     def _reply(self, envelope: list[bytes], reply: dict[str, Any]) -> None:
         assert self._router is not None
         try:
-            self._router.send_multipart(envelope + [encode_reply(reply)], flags=zmq.NOBLOCK)
+            # Masked at the boundary: a handler's result or error text may quote an output URL.
+            self._router.send_multipart(envelope + [encode_reply(mask_obj(reply))], flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:  # EHOSTUNREACH: the peer left (ROUTER_MANDATORY); EAGAIN: it stopped reading
             self.log.warning("reply_not_delivered", error=str(e), segment_id=reply.get("segment_id"))
 

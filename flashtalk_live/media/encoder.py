@@ -19,7 +19,7 @@ from av.video.frame import PictureType
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 from flashtalk_live.log import get_logger
-from flashtalk_live.settings import EncoderSettings
+from flashtalk_live.settings import X264_PRESETS, EncoderSettings
 
 log = get_logger("encoder")
 
@@ -91,7 +91,8 @@ class Encoder:
         if codec == "libx264":
             params = (f"keyint={self.gop_frames}:min-keyint={self.gop_frames}:scenecut=0:bframes={s.bframes}"
                       ":nal-hrd=cbr:force-cfr=1")
-            opts = {**common, "preset": s.preset, "x264-params": params, "forced-idr": "1"}
+            preset = s.preset if s.preset in X264_PRESETS else "veryfast"  # an NVENC p1..p7 after a fallback
+            opts = {**common, "preset": preset, "x264-params": params, "forced-idr": "1"}
             if s.tune:
                 # zerolatency is always on (no lookahead, no frame threading delay); other tunes add to it.
                 tunes = {t for t in s.tune.split(",") if t} | {"zerolatency"}

@@ -1,5 +1,5 @@
-"""Outputs: encoded packets fanned out to RTMP endpoints and local recordings that heal themselves."""
+"""Outputs: encoded packets fanned out to RTMP endpoints and local recordings that heal themselves.
 
-from flashtalk_live.outputs.manager import OutputManager, output_kind
-
-__all__ = ["OutputManager", "output_kind"]
+`kinds` is the registry of output kinds (URL rules, imported by the settings); `manager` runs the outputs.
+Nothing is imported here, so reading the URL rules never pulls in PyAV.
+"""

@@ -9,7 +9,8 @@ from collections import deque
 from fractions import Fraction
 from typing import Any, Callable
 
-from flashtalk_live.settings import OutputPolicy, OutputSettings, mask_url
+from flashtalk_live.secrets import mask_url
+from flashtalk_live.settings import OutputPolicy, OutputSettings
 
 Publish = Callable[..., None]  # publish(type, **fields), queued by the manager, never run on the send() path
 

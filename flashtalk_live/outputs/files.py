@@ -18,24 +18,15 @@ import av
 
 from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.base import Output, Rebaser
+from flashtalk_live.outputs.kinds import FILE_FORMATS, file_path
 
 log = get_logger("outputs.files")
 
 PREV_GRACE_S = Fraction(1, 5)  # audio this far past a cut can no longer belong to the previous segment
-FILE_FORMATS = {".flv": "flv", ".mp4": "mp4"}
 _FORMAT_OPTIONS = {
     "flv": {},
     "mp4": {"movflags": "+frag_keyframe+empty_moov+default_base_moof"},
 }
-
-
-def file_target(url: str) -> Path | None:
-    """The path template of a file output, or None when url is not a file this module writes."""
-    path = url[len("file://"):] if url.startswith("file://") else url[len("file:"):] if url.startswith("file:") else url
-    if "://" in path:
-        return None
-    p = Path(path).expanduser()
-    return p if p.suffix.lower() in FILE_FORMATS else None
 
 
 class FileOutput(Output):
@@ -45,10 +36,7 @@ class FileOutput(Output):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        template = file_target(self.url)
-        if template is None:
-            raise ValueError(f"output {self.name!r}: {self.url!r} is not a .flv or .mp4 path")
-        self.template = template
+        self.template = template = Path(file_path(self.url)).expanduser()  # checked by the kind's validate()
         self.format = FILE_FORMATS[template.suffix.lower()]
         self.segment_seconds = self.settings.segment_seconds
         self.container: Any = None

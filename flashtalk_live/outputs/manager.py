@@ -16,23 +16,12 @@ from typing import Any, Callable
 from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.base import Output
-from flashtalk_live.outputs.files import FileOutput, file_target
-from flashtalk_live.outputs.rtmp import RtmpOutput
+from flashtalk_live.outputs.kinds import kind_for
 from flashtalk_live.settings import OutputPolicy, OutputSettings
 
 log = get_logger("outputs")
 
 TICK_S = 0.05
-
-
-def output_kind(url: str) -> str:
-    """'rtmp' or 'file'; ValueError with the accepted forms for anything else."""
-    low = url.lower()
-    if low.startswith(("rtmp://", "rtmps://")):
-        return "rtmp"
-    if file_target(url) is not None:
-        return "file"
-    raise ValueError(f"unsupported output url {url!r}: use rtmp://host/app/key, rtmps://..., or a .flv/.mp4 path")
 
 
 class TooManyOutputs(ValueError):
@@ -66,8 +55,9 @@ class OutputManager:
     # -- configuration -------------------------------------------------------------------------
     def add(self, settings: OutputSettings) -> bool:
         """Start an output (False when it is disabled); ValueError on a duplicate name or a bad URL."""
-        kind = output_kind(settings.url)
-        if kind == "rtmp" and settings.segment_seconds:
+        kind = kind_for(settings.url)
+        settings = settings.model_copy(update={"url": kind.validate(settings.url)})
+        if kind.name != "file" and settings.segment_seconds:
             raise ValueError(f"output {settings.name!r}: segment_seconds applies to file outputs only")
         if not settings.enabled:
             log.info("output_disabled", output=settings.name)
@@ -80,11 +70,10 @@ class OutputManager:
             if len(self._outputs) >= self.policy.max_outputs:
                 raise TooManyOutputs(f"{len(self._outputs)} outputs are running, output_policy.max_outputs is "
                                      f"{self.policy.max_outputs}: remove one first")
-            cls = RtmpOutput if kind == "rtmp" else FileOutput
-            out = cls(settings, self.policy, self.video_stream, self.audio_stream, self.request_keyframe,
+            out = kind.load()(settings, self.policy, self.video_stream, self.audio_stream, self.request_keyframe,
                       self._queue_event)
             self._outputs = self._outputs + (out,)
-        log.info("output_added", output=out.name, kind=kind, url=out.masked_url)
+        log.info("output_added", output=out.name, kind=kind.name, url=out.masked_url)
         return True
 
     def remove(self, name: str, timeout: float = 1.0) -> None:

@@ -26,8 +26,9 @@ from typing import Any
 
 import av
 
-from flashtalk_live.log import get_logger, scrub
+from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.base import Output, Rebaser
+from flashtalk_live.secrets import mask_text
 
 log = get_logger("outputs.rtmp")
 
@@ -81,8 +82,10 @@ class ChildConnection:
             fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:
             pass  # above /proc/sys/fs/pipe-max-size: the default size still works
-        env = dict(os.environ, FLASHTALK_OUTPUT_URL=output.url,  # not argv: /proc/*/cmdline is world-readable
-                   FLASHTALK_OUTPUT_CONNECT_TIMEOUT=str(output.policy.rw_timeout_s))
+        # The URL goes in the environment, not argv: /proc/*/cmdline is world-readable, environ is the owner's only.
+        # The daemon's own FLASHTALK_LIVE_* (every output's key) stay out: this child needs one URL.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
+        env.update(FLASHTALK_OUTPUT_URL=output.url, FLASHTALK_OUTPUT_CONNECT_TIMEOUT=str(output.policy.rw_timeout_s))
         try:
             self.proc = subprocess.Popen([sys.executable, CHILD], stdin=r, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, env=env, close_fds=True)
@@ -126,7 +129,7 @@ class ChildConnection:
                 self.child_packets = msg.get("packets", 0)
                 self.output.rate.add(self.output.bytes_sent, now)
             elif ev == "error":
-                self.error = scrub(str(msg.get("error")))
+                self.error = mask_text(str(msg.get("error")))
                 self.phase = "error"
             elif ev == "eof":
                 self.phase = "eof"

@@ -35,7 +35,8 @@ def toml_value(v: Any) -> str:
 class DaemonProcess:
     """Starts the daemon with a generated config; `kill()` is SIGKILL, `stop()` is SIGTERM and waits."""
 
-    def __init__(self, state_dir: Path, outputs: list[dict[str, Any]], extra: list[str] | None = None) -> None:
+    def __init__(self, state_dir: Path, outputs: list[dict[str, Any]], extra: list[str] | None = None, *,
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.state_dir = state_dir
         self.tcp_port, self.tcp_events = free_port(), free_port()
         self.config = state_dir.parent / f"{state_dir.name}.toml"
@@ -55,7 +56,9 @@ class DaemonProcess:
             lines.append("[[outputs]]")
             lines += [f"{k} = {toml_value(v)}" for k, v in o.items()]
         self.config.write_text("\n".join(lines) + "\n")
-        self.extra = extra or []
+        self.extra = extra or []  # --set items
+        self.env = env or {}  # added to the daemon's environment (FLASHTALK_LIVE_* of the caller are dropped)
+        self.args = args or []  # more `run` arguments
         self.proc: subprocess.Popen | None = None
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
 
@@ -75,7 +78,8 @@ class DaemonProcess:
         args = [sys.executable, "-m", "flashtalk_live", "run", "-c", str(self.config)]
         for o in self.extra:
             args += ["--set", o]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
+        args += self.args
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")} | self.env
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout_s

@@ -26,8 +26,17 @@ def test_json_logs_scrub_stream_keys():
     assert line["segment_id"] == "seg-1"
 
 
-def test_scrub_inside_free_text():
-    assert "KEY" not in log.scrub("failed to open rtmps://u:pw@h:443/app/KEY: refused")
+def test_log_masks_nested_values_and_exceptions():
+    buf = io.StringIO()
+    log.configure("json", "info", stream=buf)
+    try:
+        raise ConnectionError("cannot open RTMPS://u:PASSWORD@h:443/app/KEY1: refused")
+    except ConnectionError as e:
+        log.get_logger("test").exception("failed", error=e, outputs=[{"url": "rmtp://h/live/KEY2"}])
+    text = buf.getvalue()
+    assert all(s not in text for s in ("PASSWORD", "KEY1", "KEY2")), text
+    line = json.loads(text.strip())
+    assert line["outputs"][0]["url"] == "rmtp://h/live/****" and "Traceback" in line["exception"]
 
 
 @pytest.mark.parametrize("abstract", [False, True])

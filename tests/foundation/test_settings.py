@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from flashtalk_live.settings import ConfigError, load_settings, mask_url, masked_dump
+from flashtalk_live.secrets import mask_url
+from flashtalk_live.settings import ConfigError, load_settings, masked_dump
 
 
 def test_defaults_are_the_embedded_demo():
@@ -54,7 +55,7 @@ def test_unknown_key_and_bad_toml_are_reported(tmp_path):
     "url,masked",
     [
         ("rtmp://push.example.com/live/secret-key", "rtmp://push.example.com/live/****"),
-        ("rtmps://u:p@host:443/app/key?token=abc", "rtmps://***@host:443/app/****"),
+        ("rtmps://u:p@host:443/app/key?token=abc", "rtmps://***@host:443/app/****?****"),
         ("/tmp/rec.flv", "/tmp/rec.flv"),
     ],
 )

@@ -127,8 +127,9 @@ def test_cbr_bitrate_is_close_to_the_setting() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_nvenc_falls_back_to_libx264_when_it_cannot_open() -> None:
-    enc = _encoder(video_codec="h264_nvenc")
+@pytest.mark.parametrize("preset", ["ultrafast", "p1"])  # an NVENC preset must not break the x264 fallback
+def test_nvenc_falls_back_to_libx264_when_it_cannot_open(preset: str) -> None:
+    enc = _encoder(video_codec="h264_nvenc", preset=preset)
     if enc.video_codec == "h264_nvenc":  # a machine with a working NVENC
         assert enc.fallback_reason is None
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from rtmp_harness import max_gap, read_media
 from outputs_driver import FPS, by_name, frame_and_audio, make_encoder
 
 from flashtalk_live.events import EventBus
-from flashtalk_live.outputs import OutputManager, output_kind
+from flashtalk_live.outputs.kinds import kind_name as output_kind, validate_url
+from flashtalk_live.outputs.manager import OutputManager
 from flashtalk_live.settings import OutputPolicy, OutputSettings
 
 POLICY = OutputPolicy(backoff_initial_s=0.05, backoff_max_s=0.1)
@@ -120,15 +122,18 @@ def test_existing_recordings_are_never_overwritten(tmp_path: Path) -> None:
 def test_bad_output_urls_get_clear_errors(tmp_path: Path) -> None:
     assert output_kind("rtmp://h/app/key") == "rtmp" and output_kind("RTMPS://h/app/key") == "rtmp"
     assert output_kind("/x/y.FLV") == "file" and output_kind("file:///x/y.mp4") == "file"
-    for url in ("srt://h:9000", "/x/y.avi", "http://h/x.flv", "rec"):
-        with pytest.raises(ValueError, match="unsupported output url"):
-            output_kind(url)
+    for url, problem in (("srt://h:9000", "unknown scheme 'srt'"), ("/x/y.avi", "unsupported file type '.avi'"),
+                         ("http://h/x.flv", "unknown scheme 'http'"), ("rec", "unsupported file type '(none)'")):
+        with pytest.raises(ValueError, match=re.escape(problem) + "; expected rtmp:// or rtmps://"):
+            validate_url(url)
+        with pytest.raises(ValueError, match=re.escape(problem)):  # the same rule at config load
+            OutputSettings(name="x", url=url)
     enc = make_encoder()
     m = OutputManager.for_encoder(POLICY, None, enc)
     try:
         with pytest.raises(ValueError, match="segment_seconds applies to file outputs"):
             m.add(OutputSettings(name="x", url="rtmp://h/app/key", segment_seconds=60))
-        with pytest.raises(ValueError, match="unsupported output url"):
+        with pytest.raises(ValueError, match="unsupported file type '.webm'"):
             m.add(OutputSettings(name="y", url=str(tmp_path / "y.webm")))
         assert m.add(OutputSettings(name="off", url=str(tmp_path / "off.flv"), enabled=False)) is False
         assert m.names() == []

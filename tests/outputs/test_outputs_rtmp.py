@@ -15,7 +15,7 @@ from rtmp_harness import max_gap, read_media
 from outputs_driver import FPS, by_name, make_encoder, stream, wait_for
 
 from flashtalk_live.events import EventBus
-from flashtalk_live.outputs import OutputManager
+from flashtalk_live.outputs.manager import OutputManager
 from flashtalk_live.settings import OutputPolicy, OutputSettings
 
 pytestmark = pytest.mark.rtmp
@@ -265,3 +265,18 @@ def test_planned_reconnect_starts_a_fresh_connection_on_a_keyframe(nginx_rtmp) -
         assert info.video_pts[0] < 0.05  # each session starts at 0 on its own keyframe
         if i < len(recs) - 1:
             assert 2.9 <= info.video_end <= 3.3  # cut at the first keyframe at or after 3 s
+
+
+@pytest.mark.timeout(60)
+def test_upper_case_scheme_connects_and_stays_masked(nginx_rtmp) -> None:
+    """`RTMP://` once passed validation and never connected: the output-kind registry normalises the scheme."""
+    srv = nginx_rtmp()
+    enc = make_encoder()
+    m, events = _manager(enc)
+    m.add(OutputSettings(name="upper", url=srv.url("UPPERKEY").replace("rtmp://", "RTMP://")))
+    stream(m, enc, 3.0)
+    st = by_name(m.status())["upper"]
+    m.close(5.0)
+    assert st["state"] == "up" and st["url"] == f"rtmp://127.0.0.1:{srv.rtmp_port}/live/****", st
+    assert "UPPERKEY" not in repr(events)
+    assert len(srv.recordings("UPPERKEY")) == 1

@@ -1,0 +1,36 @@
+"""The reply boundary and the event bus mask whatever a handler, the status provider or a publisher hands them."""
+
+from __future__ import annotations
+
+import pytest
+
+from flashtalk_live.client import Client, EventStream, Rejected
+
+RAW = "RTMP://user:PASSWORD1@h:1935/live/STREAMKEY1?token=TOKEN1"
+SECRETS = ("PASSWORD1", "STREAMKEY1", "TOKEN1")
+
+
+def _clean(obj: object) -> bool:
+    return not any(s in repr(obj) for s in SECRETS)
+
+
+def test_replies_status_and_events_are_masked(running) -> None:
+    def echo(req: dict) -> dict:
+        return {"url": RAW, "nested": [{"why": f"could not open {RAW}: refused"}]}
+
+    def boom(req: dict) -> dict:
+        raise OSError(f"cannot open {RAW}")
+
+    r = running(handlers={"echo": echo, "boom": boom}, status_provider=lambda: {"outputs": [{"last_error": RAW}]})
+    with Client(r.ipc) as c, EventStream(r.events) as ev:
+        ev.sync(c)
+        reply = c.call("echo")
+        assert reply["url"] == "RTMP://***@h:1935/live/****?****" and _clean(reply)
+        with pytest.raises(Rejected) as e:
+            c.call("boom")
+        assert "RTMP://***@h:1935/live/****" in e.value.reason and _clean(e.value.reply)
+        assert _clean(c.status())
+        r.bus.publish("endpoint_down", output="x", url=RAW, error=f"EOFError: {RAW}")
+        event = ev.get(10)
+        assert event is not None and event["type"] == "endpoint_down"
+        assert event["url"] == "RTMP://***@h:1935/live/****?****" and _clean(event)
