@@ -108,3 +108,24 @@ def refused_port() -> int:
 def rtmp_url(port: int, name: str = "test") -> str:
     return f"rtmp://127.0.0.1:{port}/live/{name}"
 
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
+    """Factory: mount a tmpfs of `size` (e.g. "4m") at a new folder `path`: a real ENOSPC from the kernel."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+

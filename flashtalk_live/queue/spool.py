@@ -343,14 +343,6 @@ class Spool:
             self._deltas.clear()
             try:
                 yield self._db
-            except BaseException:
-                self._deltas.clear()
-                try:
-                    self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
-            try:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._deltas.clear()

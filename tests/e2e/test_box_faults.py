@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,17 +15,9 @@ from rtmp_harness import max_gap, read_media
 
 
 @pytest.fixture
-def small_fs(tmp_path):
+def small_fs(tmp_path, tmpfs):
     """The state directory itself is a 24 MiB tmpfs (its config and log stay outside, as under systemd)."""
-    mnt = tmp_path / "state"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return tmpfs(tmp_path / "state", "24m")
 
 
 def fill(fs: Path, name: str = "ballast", leave: int = 0) -> Path:

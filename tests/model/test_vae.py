@@ -38,12 +38,7 @@ def _compare(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
     assert max_abs <= MAX_ABS_TOL and rel <= REL_L2_TOL, f"{name}: max_abs {max_abs:.3e}, rel_l2 {rel:.3e}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

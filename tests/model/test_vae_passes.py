@@ -20,12 +20,7 @@ VAE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "vae"
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}  # max abs difference; outputs are O(1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vae(dtype: torch.dtype, channels_last: bool = False) -> WanVAE:

@@ -6,7 +6,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -161,17 +160,9 @@ def test_old_dense_positions_still_order_inserts(tmp_path):
 
 
 @pytest.fixture
-def small_fs(tmp_path):
+def small_fs(tmp_path, tmpfs):
     """A 4 MiB tmpfs: a real ENOSPC from the kernel, not a simulated one."""
-    mnt = tmp_path / f"fs-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return tmpfs(tmp_path / "fs", "4m")
 
 
 def _fill(path: Path) -> Path:
