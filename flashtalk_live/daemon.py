@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import ValidationError
 
+from flashtalk_live.backoff import Backoff
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.auth import confine_output_file, confine_path
@@ -60,7 +61,7 @@ class RendererSupervisor:
         self.failures = 0
         self.last_error: str | None = None
         self._retry_at = 0.0
-        self._backoff = settings.renderer.fallback_retry_initial_s
+        self._backoff = Backoff(settings.renderer.fallback_retry_initial_s, settings.renderer.fallback_retry_max_s)
         self._loading: threading.Thread | None = None
         self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self._abandoned: Future | None = None  # an engine call given up on at its deadline
@@ -97,9 +98,9 @@ class RendererSupervisor:
         self.failures += 1
         self.last_error = reason
         self.preferred = None
-        self._retry_at = time.monotonic() + self._backoff
-        self.log.error("renderer_failed", reason=reason, retry_in_s=round(self._backoff, 1))
-        self._backoff = min(self._backoff * 2, self.s.renderer.fallback_retry_max_s)
+        delay = self._backoff.next_delay()
+        self._retry_at = time.monotonic() + delay
+        self.log.error("renderer_failed", reason=reason, retry_in_s=round(delay, 1))
 
     def _switch(self, r: Renderer, reason: str) -> None:
         if r is not self.active:
@@ -128,7 +129,7 @@ class RendererSupervisor:
                 if took > deadline:
                     raise TimeoutError(f"chunk took {took:.2f}s, over {self.s.renderer.deadline_factor}x its {budget:.2f}s")
                 self._check_frames(frames, chunk)
-                self._backoff = self.s.renderer.fallback_retry_initial_s
+                self._backoff.reset()
                 return self._done(chunk, frames, r, took)
             except Exception as e:  # noqa: BLE001 - fall back within this very chunk
                 if isinstance(e, FutureTimeout):

@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import deque
 from fractions import Fraction
 from typing import Any, Callable
 
+from flashtalk_live.backoff import Backoff
 from flashtalk_live.secrets import mask_url
 from flashtalk_live.settings import OutputPolicy, OutputSettings
 
 Publish = Callable[..., None]  # publish(type, **fields), queued by the manager, never run on the send() path
-
-
-class Backoff:
-    """Exponential backoff with +-jitter; reset after a connection that held."""
-
-    def __init__(self, policy: OutputPolicy, rng: random.Random | None = None) -> None:
-        self.policy = policy
-        self.rng = rng or random.Random()
-        self.current = policy.backoff_initial_s
-
-    def next_delay(self) -> float:
-        d = self.current * (1.0 + self.policy.backoff_jitter * self.rng.uniform(-1.0, 1.0))
-        self.current = min(self.current * 2.0, self.policy.backoff_max_s)
-        return max(0.0, min(d, self.policy.backoff_max_s))
-
-    def reset(self) -> None:
-        self.current = self.policy.backoff_initial_s
 
 
 class Rate:
@@ -123,7 +106,7 @@ class Output:
         self.request_keyframe = request_keyframe
         self._publish = publish
         self._lock = threading.RLock()
-        self.backoff = Backoff(policy)
+        self.backoff = Backoff(policy.backoff_initial_s, policy.backoff_max_s, policy.backoff_jitter)
         self.state = "connecting"
         self.reconnects = 0
         self.dropped_packets = 0
