@@ -529,6 +529,16 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n  ".join([f"invalid configuration ({source}):"] + lines)
 
 
+def read_toml(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
+    """The one TOML file reader: a missing or malformed file raises `error` naming the file and the problem."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{path}: not valid TOML: {e}") from None
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     overrides: list[str] | None = None,
@@ -541,12 +551,7 @@ def load_settings(
     source = "defaults"
     if path is not None:
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {p}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        data = read_toml(p, "config file", ConfigError)
         data = resolve_file_paths(data, p.resolve().parent)
         source = str(p)
     env = os.environ if environ is None else environ

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from flashtalk_live.model.audio import AudioFeatureConfig
+from flashtalk_live.settings import read_toml
 
 VAE_TEMPORAL = 4  # pixel frames per latent frame after the first
 VAE_SPATIAL = 8
@@ -161,15 +162,8 @@ def resolve_profile(spec: str | Profile | Mapping[str, Any], **overrides: Any) -
     elif spec in PROFILES:
         prof = PROFILES[spec]
     elif isinstance(spec, str) and spec.endswith(".toml"):
-        from flashtalk_live.settings import tomllib  # tomli on Python 3.10
-
         path = Path(spec).expanduser()
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ProfileError(f"profile file not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ProfileError(f"{path}: not valid TOML: {e}") from None
+        data = read_toml(path, "profile file", ProfileError)
         data.setdefault("name", path.stem)
         prof = _from_mapping(data, str(path))
     elif spec == AUTO:
