@@ -26,17 +26,8 @@ import torch
 from flashtalk_live.log import get_logger
 from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TemporalGrow
 
-from .loader import (
-    CheckpointError,
-    TensorInfo,
-    compare_keys,
-    iter_pth,
-    iter_safetensors,
-    load_into,
-    pth_headers,
-    read_pth,
-    read_safetensors_header,
-)
+from .loader import CheckpointError, TensorInfo, compare_keys, iter_pth, iter_safetensors, load_into
+from .loader import pth_headers, read_pth, read_safetensors_header
 from .release import ModulePlan
 
 

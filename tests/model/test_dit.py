@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.parity import parity_dit, parity_dit_inputs
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -38,15 +39,12 @@ def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
 
 @pytest.fixture(scope="module")
 def tiny() -> FlashTalkDiT:
-    cfg = DiTConfig.from_dict(json.loads((DIT / "config.json").read_text()))
-    model = FlashTalkDiT(cfg)
-    model.load_state_dict(load_file(DIT / "weights.safetensors"), strict=True)
-    return model.eval()
+    return parity_dit()
 
 
 @pytest.fixture(scope="module")
 def inputs() -> dict[str, torch.Tensor]:
-    return load_file(DIT / "inputs.safetensors")
+    return parity_dit_inputs()
 
 
 def _seq_len() -> int:

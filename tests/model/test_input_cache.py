@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.parity import parity_dit, parity_dit_inputs
 import torch
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -23,15 +24,12 @@ CFG = DiTConfig.from_dict(json.loads((DIT / "config.json").read_text()))
 torch.set_num_threads(1)
 
 
-def _model() -> FlashTalkDiT:
-    model = FlashTalkDiT(CFG)
-    model.load_state_dict(load_file(DIT / "weights.safetensors"), strict=True)
-    return model.eval()
+_model = parity_dit
 
 
 @pytest.fixture(scope="module")
 def inputs() -> dict[str, torch.Tensor]:
-    return load_file(DIT / "inputs.safetensors")
+    return parity_dit_inputs()
 
 
 def _call(model: FlashTalkDiT, inp: dict, case: dict, context: torch.Tensor | None = None,
