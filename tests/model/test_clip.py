@@ -6,13 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flashtalk_live.model.clip import (
-    VIT_H_14,
-    CLIPVisual,
-    CLIPVisualConfig,
-    preprocess_images,
-    split_clip_state_dict,
-)
+from flashtalk_live.model.clip import VIT_H_14, CLIPVisual, CLIPVisualConfig, preprocess_images, split_clip_state_dict
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 PARITY = FIX / "parity" / "clip_visual"
