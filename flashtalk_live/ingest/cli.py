@@ -180,7 +180,7 @@ def _add_fields(p: argparse.ArgumentParser, command: Command) -> None:
             kw["choices"] = typing.get_args(kind)
         elif kind in (int, float):
             kw["type"] = kind
-        elif typing.get_origin(kind) is dict or kind is dict:
+        elif typing.get_origin(kind) in (dict, tuple) or kind is dict:
             kw["type"] = json.loads
         if f.is_required():
             p.add_argument(name, metavar=name.upper(), **kw)
