@@ -40,11 +40,12 @@ class Patch:
         return self.prem.shape[0], self.prem.shape[1]
 
     def at(self, opacity: float) -> tuple[np.ndarray, np.ndarray]:
-        """(premultiplied rgb, 1 - alpha) at this opacity; the layer's steady opacity is kept, fades are not."""
+        """(premultiplied rgb + 0.5 for rounding, 1 - alpha) at this opacity; the layer's steady opacity is kept,
+        fades are not."""
         hit = self._cache.get(opacity)
         if hit is not None:
             return hit
-        pair = (self.prem * np.float32(opacity), 1.0 - self.alpha * np.float32(opacity))
+        pair = (self.prem * np.float32(opacity) + np.float32(0.5), 1.0 - self.alpha * np.float32(opacity))
         if len(self._cache) < 2:
             self._cache[opacity] = pair
         return pair
@@ -82,7 +83,6 @@ def blend(frame: np.ndarray, patch: Patch, opacity: float = 1.0) -> None:
     prem, inv = patch.at(opacity)
     out = roi * inv
     out += prem
-    out += 0.5
     np.copyto(roi, out, casting="unsafe")
 
 
