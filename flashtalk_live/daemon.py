@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from flashtalk_live.backoff import Backoff
+from flashtalk_live.compose.compositor import Compositor
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.auth import confine_output_file, confine_path
@@ -257,6 +258,8 @@ class Daemon:
             renderer_factory = flashtalk_factory(settings, self.events, parallel)
         self.renderers = RendererSupervisor(settings, self.still, self.events, renderer_factory, self.reference)
         self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
+        self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps)
+        self._log_overlays()
         self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
         for o in settings.outputs:
             self.outputs.add(self._expand_output(o))
@@ -267,6 +270,8 @@ class Daemon:
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
+            "overlay_show": self._cmd_overlay_show, "overlay_hide": self._cmd_overlay_hide,
+            "overlay_set": self._cmd_overlay_set,
         })
         self._stop_render = threading.Event()
         self._stopped = threading.Event()
@@ -287,6 +292,41 @@ class Daemon:
     def _log_event(self, e: dict[str, Any]) -> None:
         fields = {k: v for k, v in e.items() if k not in ("type", "ts")}
         self.log.info(f"event_{e['type']}", **fields)
+
+    def _log_overlays(self) -> None:
+        c, o = self.compositor, self.s.overlays
+        if not o.ai_label_enabled:
+            self.log.warning("ai_label_off", setting="overlays.ai_label_enabled = false",
+                             note="platforms require a visible label on AI-generated hosts")
+        if not c.font_covers_cjk:
+            self.log.warning("overlay_font_without_cjk", font=c.font_path,
+                             note="Chinese text would draw as boxes: install fonts-noto-cjk or set overlays.font")
+        self.log.info("overlays", ai_label=o.ai_label.text if o.ai_label_enabled else None, font=c.font_path,
+                      layers=c.names(), captions=o.captions)
+        self.events.subscribe(self._note_caption)
+
+    def _note_caption(self, e: dict[str, Any]) -> None:
+        text = (e.get("meta") or {}).get("text") if e["type"] == "accepted" else None
+        if isinstance(text, str):
+            self.compositor.note_clip(e["segment_id"], text, float(e["duration_s"]))
+
+    def _cmd_overlay_show(self, call: Call) -> dict[str, Any]:
+        self.compositor.show(call.args.name, call.args.seconds)  # type: ignore[attr-defined]
+        return {"applies": "next aired frame"}
+
+    def _cmd_overlay_hide(self, call: Call) -> dict[str, Any]:
+        self.compositor.hide(call.args.name)  # type: ignore[attr-defined]
+        return {"applies": "next aired frame"}
+
+    def _cmd_overlay_set(self, call: Call) -> dict[str, Any]:
+        a = call.args.model_dump(exclude={"id", "name", "text"})
+        text = call.args.text  # type: ignore[attr-defined]
+        if (text is None) == (call.data is None):
+            raise Rejection("bad_request", "overlay_set needs exactly one of `text` and an image data frame", "text")
+        if call.data is not None:
+            check_image(call.data, self.s.ingest)
+        return {**self.compositor.set(call.args.name, text=text, image=call.data, **a),  # type: ignore[attr-defined]
+                "applies": "next aired frame"}
 
     def _on_underrun(self, info: dict[str, Any]) -> None:
         if info.get("phase") == "start":
@@ -366,6 +406,7 @@ class Daemon:
                 if avatar is not None:
                     self._apply_avatar(*avatar)
                 chunk = self.timeline.next_chunk()
+                self.compositor.prepare(chunk.frame_segments)  # captions rasterised ahead of air
                 rendered = self.renderers.render(chunk)
                 while not self._stop_render.is_set():
                     if self.lookahead.put(rendered, timeout=0.2):
@@ -388,7 +429,7 @@ class Daemon:
         ready = False
         try:
             for pf in self.pacer:
-                packets = self.encoder.encode(pf.frame, pf.audio)
+                packets = self.encoder.encode(self.compositor.compose(pf.frame, pf.out_frame, pf.segment_id), pf.audio)
                 self.outputs.send(packets)
                 # measured between frames, so a status reader never sees a frame half-encoded
                 self._av_skew_s = self.encoder.audio_samples_in / self.s.encoder.audio_rate - self.encoder.frames / self.s.video.fps
@@ -495,6 +536,7 @@ class Daemon:
             },
             "renderer": self.renderers.status(),
             "outputs": self.outputs.status(),
+            "overlays": self.compositor.status(),
             "rss_bytes": _rss_bytes(),
             "metrics_port": self.metrics_port,
         }

@@ -39,12 +39,15 @@ REJECT_CODES: dict[str, str] = {
     "bad_output": "`output_add` with a URL that is no output (not rtmp://, rtmps:// or a .flv/.mp4 path), or "
                   "`segment_seconds` on a stream",
     "too_many_outputs": "`output_add` over `output_policy.max_outputs`",
-    "unsupported_image": "`set_avatar` data that is not PNG, JPEG or WebP with a readable header (an empty frame too)",
+    "unsupported_image": "`set_avatar` / `overlay_set` data that is not PNG, JPEG or WebP with a readable header (an empty frame too)",
     "image_too_large": "an image over `ingest.max_image_bytes`",
     "image_too_many_pixels": "an image whose header declares more than `ingest.max_image_pixels`; refused before "
                              "decoding",
     "undecodable_image": "an image whose header passed but whose picture cannot be decoded",
     "prompt_too_long": "a prompt over `ingest.max_prompt_chars`",
+    "text_too_long": "a clip's caption `text` or `overlay_set` text over `ingest.max_text_chars`",
+    "unknown_layer": "`overlay_show` / `overlay_hide` of a layer name that is not defined (the reason lists them)",
+    "too_many_layers": "`overlay_set` of a new layer over `overlays.max_layers`",
     "id_too_long": "`id`, `segment_id` or `name` over `ingest.max_id_chars`",
     "rate_limited": "the peer is over `ingest.rate_per_s` (burst `ingest.rate_burst`); the reason says when to retry",
     "busy": "too many requests waiting or running (`ingest.max_inflight_per_peer`, `ingest.max_inflight`), or the "

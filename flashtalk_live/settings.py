@@ -85,6 +85,7 @@ class IngestSettings(_Section):
     max_image_bytes: int = Field(16 * 1024 * 1024, gt=0, description="set_avatar image size")
     max_image_pixels: int = Field(25_000_000, gt=0, description="set_avatar width x height, read from the header")
     max_prompt_chars: int = Field(2000, gt=0)
+    max_text_chars: int = Field(500, gt=0, description="a clip's caption `text` and overlay_set text (text_too_long)")
     max_id_chars: int = Field(200, ge=1, le=200, description="request ids, segment ids and output names")
     rate_per_s: float = Field(50.0, ge=0, description="requests per second per peer (0: no limit)")
     rate_burst: int = Field(100, ge=1, description="requests a peer may send at once before rate_per_s applies")
@@ -291,6 +292,56 @@ class OutputPolicy(_Section):
                                  description="folders output_add may write files in")
 
 
+Anchor = Literal["top_left", "top", "top_right", "left", "center", "right", "bottom_left", "bottom", "bottom_right"]
+LAYER_NAME = r"[A-Za-z0-9_.-]{1,64}"
+
+
+class LayerSettings(_Section):
+    """One on-air layer: a text or an image, placed by anchor and margins (docs/overlays.md)."""
+
+    name: str = Field(pattern=f"^{LAYER_NAME}$", description="what overlay_show/hide/set call it")
+    text: str | None = Field(None, description="text to draw (or image)")
+    image: str | None = Field(None, description="PNG/JPEG/WebP file, alpha kept (or text)")
+    anchor: Anchor = "top_left"
+    margin: tuple[int, int] = Field((16, 16), description="px from the anchored edges: (x, y)")
+    width: int | None = Field(None, gt=0, description="image: scaled to this width; text: wrapped at it "
+                              "(default: the frame's width less both margins)")
+    font_size: int = Field(28, gt=0, le=400)
+    colour: tuple[int, int, int] = (255, 255, 255)
+    outline: int = Field(2, ge=0, le=20, description="px of dark outline around text")
+    box: tuple[int, int, int, int] | None = Field(None, description="RGBA box behind text, e.g. [0, 0, 0, 140]")
+    opacity: float = Field(1.0, ge=0, le=1)
+    fade_s: float = Field(0.3, ge=0, le=10, description="fade in and out when shown or hidden")
+    visible: bool = Field(True, description="false: defined but off air until overlay_show")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LayerSettings":
+        if (self.text is None) == (self.image is None):
+            raise ValueError(f"overlay layer {self.name!r}: exactly one of text and image")
+        return self
+
+
+def _ai_label() -> LayerSettings:
+    return LayerSettings(name="ai_label", text="AI生成", anchor="top_right", margin=(16, 16), font_size=24,
+                         outline=0, box=(0, 0, 0, 150), fade_s=0.0)
+
+
+class OverlaySettings(_Section):
+    """What the viewer sees besides the face: drawn on every aired frame, whatever the renderer."""
+
+    ai_label_enabled: bool = Field(True, description="the AI-generated-content label; platforms require it for "
+                                   "virtual hosts: turning it off is logged at every start")
+    ai_label: LayerSettings = Field(default_factory=_ai_label, description="its text, position and look")
+    font: str | None = Field(None, description="font file (.ttf/.otf/.ttc, `path#N` for face N); default: Noto "
+                             "Sans CJK from fonts-noto-cjk")
+    layers: list[LayerSettings] = Field(default_factory=list, description="logo, watermark, cards, in drawing order")
+    captions: bool = Field(True, description="show a clip's `text` while it airs")
+    caption_font_size: int = Field(30, gt=0, le=200)
+    caption_margin: int = Field(120, ge=0, description="px above the bottom edge (clear of the platform's UI)")
+    caption_box: tuple[int, int, int, int] | None = Field((0, 0, 0, 120), description="RGBA box behind captions")
+    max_layers: int = Field(32, ge=1, description="layers at once, configured and uploaded (too_many_layers)")
+
+
 class MetricsSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -325,6 +376,7 @@ class Settings(BaseSettings):
         default_factory=lambda: [OutputSettings(name="recording", url="{state_dir}/recordings/live-%Y%m%d-%H%M%S.flv", segment_seconds=3600)]
     )
     output_policy: OutputPolicy = Field(default_factory=OutputPolicy)
+    overlays: OverlaySettings = Field(default_factory=OverlaySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
@@ -456,7 +508,7 @@ def parse_override(item: str) -> dict[str, Any]:
 # Keys whose relative values name files: in a config file they mean "next to this file", not the current directory.
 _FILE_KEYS = (("state_dir",), ("queue", "spool_dir"), ("programme", "playlist"), ("video", "reference_image"),
               ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"),
-              ("ingest", "server_key"), ("ingest", "client_keys_dir"))
+              ("ingest", "server_key"), ("ingest", "client_keys_dir"), ("overlays", "font"))
 _FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"))
 
 
@@ -487,6 +539,10 @@ def resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         node = out.get(section)
         if isinstance(node, dict) and isinstance(node.get(key), list):
             node[key] = [_anchor(v, base) for v in node[key]]
+    overlays = out.get("overlays")
+    if isinstance(overlays, dict) and isinstance(overlays.get("layers"), list):
+        overlays["layers"] = [{**ly, "image": _anchor(ly["image"], base)} if isinstance(ly, dict) and "image" in ly
+                              else ly for ly in overlays["layers"]]
     ingest = out.get("ingest")
     if isinstance(ingest, dict):
         for k in ("control", "events"):

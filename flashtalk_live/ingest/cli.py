@@ -100,7 +100,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
                 try:
                     ack = client.call(mode, _read(path), id=None if args.no_id else uuid.uuid4().hex,
                                       format=args.format or _fmt(path), sample_rate=args.sample_rate,
-                                      channels=args.channels)
+                                      channels=args.channels, text=args.text)
                 except Rejected as e:
                     print(f"{path}: rejected: {e.code}: {e.reason}", file=sys.stderr)
                     rc = EXIT_ERROR
@@ -180,7 +180,7 @@ def _add_fields(p: argparse.ArgumentParser, command: Command) -> None:
             kw["choices"] = typing.get_args(kind)
         elif kind in (int, float):
             kw["type"] = kind
-        elif typing.get_origin(kind) is dict or kind is dict:
+        elif typing.get_origin(kind) in (dict, tuple) or kind is dict:
             kw["type"] = json.loads
         if f.is_required():
             p.add_argument(name, metavar=name.upper(), **kw)
@@ -271,6 +271,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--format", help="format hint (wav, mp3, m4a, aac, flac, ogg, opus, pcm_s16le)")
     p.add_argument("--sample-rate", type=int, help="raw pcm_s16le: samples per second")
     p.add_argument("--channels", type=int, help="raw pcm_s16le: channel count")
+    p.add_argument("--text", help="the clip's transcript, captioned on air while it plays")
     p.add_argument("--no-id", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_push, verb="push")
 

@@ -70,6 +70,8 @@ class AudioArgs(Args):
     sample_rate: int | None = Field(None, ge=1000, le=MAX_SAMPLE_RATE, description="raw PCM: samples per second")
     channels: int | None = Field(None, ge=1, le=MAX_CHANNELS, description="raw PCM: interleaved channels")
     meta: dict[str, Any] | None = Field(None, description="anything; stored with the clip, repeated in `accepted`")
+    text: str | None = Field(None, min_length=1, description="the clip's transcript: captioned while it airs; at "
+                             "most ingest.max_text_chars (stored in meta.text)")
 
     @field_validator("format", mode="before")
     @classmethod
@@ -115,6 +117,29 @@ class SetAvatarArgs(Args):
                                "at most ingest.max_prompt_chars")
 
 
+Anchor = Literal["top_left", "top", "top_right", "left", "center", "right", "bottom_left", "bottom", "bottom_right"]
+
+
+class OverlayNameArgs(Args):
+    name: str = Field(pattern=OUTPUT_NAME, description="the layer (overlays.layers, ai_label, or one overlay_set made)")
+
+
+class OverlayShowArgs(OverlayNameArgs):
+    seconds: float | None = Field(None, gt=0, le=86400, description="off air again after this long (default: until "
+                                  "overlay_hide)")
+
+
+class OverlaySetArgs(OverlayNameArgs):
+    text: str | None = Field(None, min_length=1, description="the layer's text (else the data frame's PNG/JPEG/WebP "
+                             "bytes); at most ingest.max_text_chars")
+    anchor: Anchor | None = Field(None, description="where (default: the layer's, or center for a new one)")  # type: ignore[valid-type]
+    margin: tuple[int, int] | None = Field(None, description="px from the anchored edges: [x, y]")
+    width: int | None = Field(None, gt=0, le=8192, description="image: scaled to this width; text: wrapped at it")
+    font_size: int | None = Field(None, gt=0, le=400)
+    opacity: float | None = Field(None, ge=0, le=1)
+    fade_s: float | None = Field(None, ge=0, le=10)
+
+
 # -- the table ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -143,6 +168,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("output_remove", OutputRemoveArgs, "stop an output now", trust="trusted"),
     Command("set_avatar", SetAvatarArgs, "new portrait (the data frame's PNG/JPEG bytes, or `image`) and/or prompt, "
             "applied at the next chunk boundary", data="image", trusted_fields=frozenset({"image"})),
+    Command("overlay_show", OverlayShowArgs, "put a layer on air at the next aired frame (for `seconds`, or until "
+            "overlay_hide)"),
+    Command("overlay_hide", OverlayNameArgs, "take a layer off air at the next aired frame (fading out)"),
+    Command("overlay_set", OverlaySetArgs, "define or replace a layer: `text`, or the data frame's image (alpha "
+            "kept); a new layer starts off air", data="image"),
 )}
 AUDIO_COMMANDS = frozenset(n for n, c in COMMANDS.items() if c.data == "audio")
 

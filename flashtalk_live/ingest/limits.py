@@ -2,7 +2,8 @@
 
 * images: size (`image_too_large`, ingest.max_image_bytes) and width x height read from the header, before any
   decoding (`image_too_many_pixels`, ingest.max_image_pixels); only PNG, JPEG and WebP (`unsupported_image`).
-* text: prompts (`prompt_too_long`, ingest.max_prompt_chars), ids and names (`id_too_long`, ingest.max_id_chars).
+* text: prompts (`prompt_too_long`, ingest.max_prompt_chars), captions and overlay text (`text_too_long`,
+  ingest.max_text_chars), ids and names (`id_too_long`, ingest.max_id_chars).
 * request rate per peer: a token bucket (`rate_limited`, ingest.rate_per_s and ingest.rate_burst).
 """
 
@@ -123,6 +124,10 @@ def check_text(header: dict[str, Any], ingest: Any) -> None:
     if isinstance(prompt, str) and len(prompt) > ingest.max_prompt_chars:
         raise ProtocolError("prompt_too_long", f"prompt of {len(prompt)} characters exceeds ingest.max_prompt_chars "
                             f"{ingest.max_prompt_chars}", "prompt")
+    text = header.get("text")
+    if isinstance(text, str) and len(text) > ingest.max_text_chars:
+        raise ProtocolError("text_too_long", f"text of {len(text)} characters exceeds ingest.max_text_chars "
+                            f"{ingest.max_text_chars}", "text")
     for f in TEXT_ID_FIELDS:
         v = header.get(f)
         if isinstance(v, str) and len(v) > ingest.max_id_chars:

@@ -412,6 +412,8 @@ class IngestServer:
         fmt, rate, ch = a.format, a.sample_rate, a.channels  # type: ignore[attr-defined]
         clip = decode_for_settings(data, self.settings, format=fmt, sample_rate=rate, channels=ch)
         meta = a.meta or {}  # type: ignore[attr-defined]
+        if a.text is not None:  # type: ignore[attr-defined]
+            meta = {**meta, "text": a.text}  # type: ignore[attr-defined]
         res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]
                                 format=fmt, sample_rate=rate, channels=ch)
         ack = res.ack

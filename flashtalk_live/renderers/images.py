@@ -21,6 +21,17 @@ class ImageError(ValueError):
 
 
 def _decode(container: av.container.InputContainer, what: str) -> np.ndarray:
+    rgba = _decode_rgba(container, what)
+    # Composite transparency over the letterbox colour instead of showing whatever RGB hides under alpha=0.
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    if np.all(alpha == 1.0):
+        return np.ascontiguousarray(rgba[..., :3])
+    bg = np.array(BACKGROUND, np.float32)
+    rgb = rgba[..., :3].astype(np.float32) * alpha + bg * (1.0 - alpha)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _decode_rgba(container: av.container.InputContainer, what: str) -> np.ndarray:
     try:
         if not container.streams.video:
             raise ImageError(f"{what}: no image stream")
@@ -31,13 +42,7 @@ def _decode(container: av.container.InputContainer, what: str) -> np.ndarray:
             raise ImageError(f"{what}: no decodable picture")
     finally:
         container.close()
-    # Composite transparency over the letterbox colour instead of showing whatever RGB hides under alpha=0.
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-    if np.all(alpha == 1.0):
-        return np.ascontiguousarray(rgba[..., :3])
-    bg = np.array(BACKGROUND, np.float32)
-    rgb = rgba[..., :3].astype(np.float32) * alpha + bg * (1.0 - alpha)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return rgba
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -60,6 +65,21 @@ def decode_image_bytes(data: bytes, what: str = "<bytes>") -> np.ndarray:
     try:
         container = av.open(io.BytesIO(data), "r")
         return _decode(container, what)
+    except av.error.FFmpegError as e:
+        raise ImageError(f"{what}: not a readable image ({e})") from None
+
+
+def decode_rgba_bytes(data: bytes, what: str = "<bytes>", width: int | None = None) -> np.ndarray:
+    """Decode an in-memory PNG/JPEG/WebP to uint8 [H, W, 4] straight-alpha RGBA (overlays keep the alpha),
+    scaled to `width` (aspect kept) when given."""
+    try:
+        rgba = _decode_rgba(av.open(io.BytesIO(data), "r"), what)
+        if width is not None and width != rgba.shape[1]:
+            h = max(1, round(rgba.shape[0] * width / rgba.shape[1]))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgba), format="rgba")
+            interp = "AREA" if width < rgba.shape[1] else "BICUBIC"
+            rgba = frame.reformat(width=width, height=h, format="rgba", interpolation=interp).to_ndarray()
+        return np.ascontiguousarray(rgba)
     except av.error.FFmpegError as e:
         raise ImageError(f"{what}: not a readable image ({e})") from None
 

@@ -67,6 +67,11 @@ DAEMON_CASES: dict[str, tuple[str, list[list[bytes]], str | None]] = {
     "undecodable_image": ("tcp", [[hdr(cmd="set_avatar"), png_header(8, 8, b"garbage")]], None),
     "prompt_too_long": ("tcp", [[hdr(cmd="set_avatar", prompt="p" * 101)]], "prompt"),
     "id_too_long": ("tcp", [[hdr(cmd="ping", id="i" * 201)]], "id"),
+    "text_too_long": ("tcp", [[hdr(cmd="overlay_set", name="card", text="字" * 101)]], "text"),
+    "unknown_layer": ("tcp", [[hdr(cmd="overlay_show", name="nope")]], "name"),
+    # the AI label is one layer; overlays.max_layers=2 leaves room for one more
+    "too_many_layers": ("tcp", [[hdr(cmd="overlay_set", name="one", text="一")],
+                                [hdr(cmd="overlay_set", name="two", text="二")]], "name"),
     # last: the clip stays queued (or on air) while the second one is refused
     "queue_full": ("tcp", [pcm(1.5), pcm(1.5)], None),
 }
@@ -89,7 +94,8 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
         f'state_dir="{short}"', 'ingest.control=["ipc://{state_dir}/control.sock", "tcp://127.0.0.1:0"]',
         'ingest.events=["ipc://{state_dir}/events.sock"]', "ingest.max_clip_seconds=2.0", "queue.max_clips=1",
         'ingest.tcp_auth="none"', "ingest.max_image_bytes=4000", "ingest.max_image_pixels=1000000",
-        "ingest.max_prompt_chars=100", "output_policy.max_outputs=1",
+        "ingest.max_prompt_chars=100", "output_policy.max_outputs=1", "ingest.max_text_chars=100",
+        "overlays.max_layers=2",
         "video.width=64", "video.height=64", 'encoder.preset="ultrafast"', "encoder.video_bitrate=200000",
         "metrics.enabled=false", 'programme.playlist=""',
         f'outputs=[{{name="rec", url="{short / "recordings" / "rec.flv"}"}}]',

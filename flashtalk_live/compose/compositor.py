@@ -1,0 +1,324 @@
+"""The compositor: draws the on-air layers over every aired frame, between the pacer and the encoder.
+
+Layers are drawn in a fixed order: the configured layers (logo, watermark, cards) in their order, then uploaded ones,
+then the clip's caption, and the AI label last so nothing covers it. Each layer's pixels are rasterised and
+premultiplied once (a `Patch`, cropped to its visible box), off the broadcast thread; per frame only those boxes
+are blended. Commands (show, hide, set) are queued and take effect at the next aired frame; captions follow the
+clip on air (`segment_id` of the aired frame), one line at a time, timed evenly by characters.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from flashtalk_live.compose.text import TextStyle, covers, find_font, load_font, render_text, wrap
+from flashtalk_live.errors import Rejection
+from flashtalk_live.renderers.images import ImageError, decode_rgba_bytes
+from flashtalk_live.settings import LayerSettings, OverlaySettings
+
+AI_LABEL = "ai_label"
+MAX_CAPTIONED_CLIPS = 4096  # clips whose caption text is remembered until they air (oldest forgotten first)
+
+
+@dataclass
+class Patch:
+    """A layer's pixels ready to blend at (x, y): premultiplied RGB and alpha in [0, 1], float32."""
+
+    x: int
+    y: int
+    prem: np.ndarray  # [h, w, 3] rgb * alpha
+    alpha: np.ndarray  # [h, w, 1]
+    _cache: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.prem.shape[0], self.prem.shape[1]
+
+    def at(self, opacity: float) -> tuple[np.ndarray, np.ndarray]:
+        """(premultiplied rgb + 0.5 for rounding, 1 - alpha) at this opacity; the layer's steady opacity is kept,
+        fades are not."""
+        hit = self._cache.get(opacity)
+        if hit is not None:
+            return hit
+        pair = (self.prem * np.float32(opacity) + np.float32(0.5), 1.0 - self.alpha * np.float32(opacity))
+        if len(self._cache) < 2:
+            self._cache[opacity] = pair
+        return pair
+
+
+def place(anchor: str, margin: tuple[int, int], w: int, h: int, fw: int, fh: int) -> tuple[int, int]:
+    """Top-left corner of a w x h patch anchored in an fw x fh frame, `margin` (x, y) px from the anchored edges."""
+    mx, my = margin
+    vert, _, horiz = anchor.partition("_") if "_" in anchor else (anchor, "", anchor)
+    x = mx if horiz == "left" else fw - w - mx if horiz == "right" else (fw - w) // 2
+    y = my if vert == "top" else fh - h - my if vert == "bottom" else (fh - h) // 2
+    return x, y
+
+
+def make_patch(rgba: np.ndarray, x: int, y: int, fw: int, fh: int) -> Patch | None:
+    """Clip straight-alpha RGBA at (x, y) to the frame and crop it to its non-transparent box; None if nothing shows."""
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + rgba.shape[1], fw), min(y + rgba.shape[0], fh)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    part = rgba[y0 - y:y1 - y, x0 - x:x1 - x]
+    rows, cols = np.nonzero(part[..., 3].any(axis=1))[0], np.nonzero(part[..., 3].any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    part = part[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    alpha = part[..., 3:4].astype(np.float32) / 255.0
+    prem = part[..., :3].astype(np.float32) * alpha
+    return Patch(x0 + int(cols[0]), y0 + int(rows[0]), np.ascontiguousarray(prem), np.ascontiguousarray(alpha))
+
+
+def blend(frame: np.ndarray, patch: Patch, opacity: float = 1.0) -> None:
+    """frame = frame * (1 - a) + rgb * a over the patch's box, in place (uint8, rounded)."""
+    h, w = patch.shape
+    roi = frame[patch.y:patch.y + h, patch.x:patch.x + w]
+    prem, inv = patch.at(opacity)
+    out = roi * inv
+    out += prem
+    np.copyto(roi, out, casting="unsafe")
+
+
+@dataclass
+class Layer:
+    spec: LayerSettings
+    patch: Patch | None
+    fade_frames: int
+    shown_at: int | None = None  # aired frame its fade-in began; None: off air
+    hide_at: int | None = None  # aired frame its fade-out begins
+
+    def level(self, n: int) -> float:
+        """Visibility at aired frame n in [0, 1] (fades are linear); switches itself off after a fade-out."""
+        if self.shown_at is None or n < self.shown_at:
+            return 0.0
+        f = self.fade_frames
+        lv = 1.0 if f == 0 else min(1.0, (n - self.shown_at + 1) / f)
+        if self.hide_at is not None and n >= self.hide_at:
+            if n >= self.hide_at + f:
+                self.shown_at = self.hide_at = None
+                return 0.0
+            lv = min(lv, (self.hide_at + f - n) / f)
+        return lv
+
+
+class Compositor:
+    """Layers over frames; `compose` is called on the broadcast thread, everything else from any thread."""
+
+    def __init__(self, settings: OverlaySettings, width: int, height: int, fps: int, log: Any = None) -> None:
+        self.s = settings
+        self.w, self.h, self.fps = width, height, fps
+        self.log = log
+        self.font_path, self.font_index = find_font(settings.font)
+        self.font_covers_cjk = covers(load_font(self.font_path, self.font_index, 24), "生成")
+        self._lock = threading.Lock()
+        self._pending: list[Callable[[int], None]] = []
+        self._layers: dict[str, Layer] = {}  # drawing order = insertion order, AI label drawn last
+        self._specs: dict[str, LayerSettings] = {}  # what commands see (updated at once, applied at air)
+        self._clips: OrderedDict[str, tuple[str, float]] = OrderedDict()  # segment_id -> (text, duration_s)
+        self._captions: dict[str, list[tuple[int, int, Patch]]] = {}
+        self._cap_sid: str | None = None
+        self._cap_pos = 0
+        self._frame = 0
+        for spec in settings.layers:
+            self._install(spec, self._build(spec, _file_bytes(spec.image) if spec.image else None), 0, spec.visible)
+        if settings.ai_label_enabled:
+            label = settings.ai_label.model_copy(update={"name": AI_LABEL, "visible": True})
+            self._install(label, self._build(label, None), 0, True)
+
+    # -- building patches (any thread) -------------------------------------------------------------
+    def _font(self, size: int):
+        return load_font(self.font_path, self.font_index, size)
+
+    def _build(self, spec: LayerSettings, image: bytes | None) -> Patch | None:
+        if spec.text is not None:
+            font = self._font(spec.font_size)
+            width = spec.width or self.w - 2 * spec.margin[0]
+            text = "\n".join(wrap(font, spec.text, width))
+            rgba = render_text(text, font, TextStyle(spec.font_size, spec.colour, spec.outline, box=spec.box))
+        else:
+            assert image is not None
+            try:
+                rgba = decode_rgba_bytes(image, f"overlay {spec.name}", spec.width)
+            except ImageError as e:
+                raise Rejection("undecodable_image", str(e)) from None
+        x, y = place(spec.anchor, spec.margin, rgba.shape[1], rgba.shape[0], self.w, self.h)
+        return make_patch(rgba, x, y, self.w, self.h)
+
+    def _install(self, spec: LayerSettings, patch: Patch | None, n: int, show: bool) -> None:
+        fade = round(spec.fade_s * self.fps)
+        old = self._layers.get(spec.name)
+        layer = Layer(spec, patch, fade)
+        if old is not None:  # new content keeps the layer's place in the order and its time on air
+            layer.shown_at, layer.hide_at = old.shown_at, old.hide_at
+        elif show:
+            layer.shown_at = n - fade  # already fully in
+        self._layers[spec.name] = layer
+        self._specs[spec.name] = spec
+        if AI_LABEL in self._layers and spec.name != AI_LABEL:
+            self._layers[AI_LABEL] = self._layers.pop(AI_LABEL)
+
+    # -- commands (ingest threads): checked now, applied at the next aired frame -------------------
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._specs)
+
+    def _known(self, name: str) -> LayerSettings:
+        spec = self._specs.get(name)
+        if spec is None:
+            known = ", ".join(self._specs) or "none"
+            raise Rejection("unknown_layer", f"no overlay layer named {name!r}; layers: {known}", "name")
+        return spec
+
+    def _queue(self, fn: Callable[[int], None]) -> None:
+        self._pending.append(fn)
+
+    def show(self, name: str, seconds: float | None = None) -> None:
+        """Fade `name` in at the next aired frame; with `seconds`, fully gone that long after."""
+        with self._lock:
+            self._known(name)
+
+            def apply(n: int) -> None:
+                layer = self._layers[name]
+                if layer.shown_at is None or layer.hide_at is not None:
+                    lv = layer.level(n)  # a fade-out in progress turns back from where it is
+                    layer.shown_at = n - round(lv * layer.fade_frames)
+                layer.hide_at = None if seconds is None else n + max(0, round(seconds * self.fps) - layer.fade_frames)
+            self._queue(apply)
+
+    def hide(self, name: str) -> None:
+        """Fade `name` out from the next aired frame."""
+        with self._lock:
+            self._known(name)
+
+            def apply(n: int) -> None:
+                layer = self._layers[name]
+                if layer.shown_at is not None:
+                    lv = layer.level(n)
+                    layer.hide_at = n - round((1 - lv) * layer.fade_frames)
+            self._queue(apply)
+
+    def set(self, name: str, *, text: str | None = None, image: bytes | None = None,
+            **placement: Any) -> dict[str, Any]:
+        """Define or replace layer `name` with a text or an image (placement fields as in LayerSettings). A new
+        layer starts off air (overlay_show puts it on); a shown layer keeps showing with the new content."""
+        with self._lock:
+            spec = self._specs.get(name)
+            if spec is None and len(self._specs) >= self.s.max_layers:
+                raise Rejection("too_many_layers", f"{len(self._specs)} overlay layers, overlays.max_layers is "
+                                f"{self.s.max_layers}", "name")
+        base = spec.model_dump() if spec is not None else {"name": name, "anchor": "center", "visible": False}
+        base.update({k: v for k, v in placement.items() if v is not None})
+        base.update(text=text, image="<upload>" if image is not None else None)
+        try:
+            new = LayerSettings(**base)
+        except Exception as e:  # noqa: BLE001 - pydantic's message names the field
+            raise Rejection("bad_request", f"overlay_set: {e}".splitlines()[0]) from None
+        patch = self._build(new, image)  # rasterise/decode here, not on the broadcast thread
+        with self._lock:
+            if name not in self._specs and len(self._specs) >= self.s.max_layers:
+                raise Rejection("too_many_layers", f"overlays.max_layers is {self.s.max_layers}", "name")
+            self._specs[name] = new
+            self._queue(lambda n: self._install(new, patch, n, False))
+        return {"layer": name, "size": list(patch.shape[::-1]) if patch else [0, 0]}
+
+    # -- captions --------------------------------------------------------------------------------------
+    def note_clip(self, segment_id: str, text: str, duration_s: float) -> None:
+        """Remember a queued clip's caption text until it airs."""
+        if not self.s.captions or not text.strip():
+            return
+        with self._lock:
+            self._clips[segment_id] = (text, duration_s)
+            while len(self._clips) > MAX_CAPTIONED_CLIPS:
+                self._clips.popitem(last=False)
+
+    def prepare(self, segment_ids: list[str | None]) -> None:
+        """Rasterise the captions of clips about to air (the render thread calls this with each chunk's frames)."""
+        for sid in dict.fromkeys(segment_ids):
+            if sid is not None and sid not in self._captions:
+                with self._lock:
+                    clip = self._clips.get(sid)
+                if clip is not None:
+                    self._captions[sid] = self._caption_lines(*clip)
+
+    def _caption_lines(self, text: str, duration_s: float) -> list[tuple[int, int, Patch]]:
+        size = self.s.caption_font_size
+        font = self._font(size)
+        lines = wrap(font, " ".join(text.split()), self.w - 2 * max(16, size // 2))
+        total = sum(len(ln) for ln in lines) or 1
+        frames = max(1, round(duration_s * self.fps))
+        out, done = [], 0
+        style = TextStyle(size, (255, 255, 255), 2, box=self.s.caption_box)
+        for ln in lines:
+            start = frames * done // total
+            done += len(ln)
+            rgba = render_text(ln, font, style)
+            x, y = place("bottom", (0, self.s.caption_margin), rgba.shape[1], rgba.shape[0], self.w, self.h)
+            patch = make_patch(rgba, x, y, self.w, self.h)
+            if patch is not None:
+                out.append((start, frames * done // total, patch))
+        return out
+
+    def _caption(self, segment_id: str | None) -> Patch | None:
+        if segment_id is None:
+            return None
+        if segment_id != self._cap_sid:
+            self._cap_sid, self._cap_pos = segment_id, 0
+            if segment_id not in self._captions:
+                self.prepare([segment_id])  # not seen by the render thread (a test, a restart): build it now
+            stale = [s for s in self._captions if s != segment_id]
+            for s in stale:  # a clip that aired will not air again under its id
+                self._captions.pop(s, None)
+                with self._lock:
+                    self._clips.pop(s, None)
+        else:
+            self._cap_pos += 1
+        for start, end, patch in self._captions.get(segment_id, ()):
+            if start <= self._cap_pos < end:
+                return patch
+        return None
+
+    # -- per frame (broadcast thread) -----------------------------------------------------------------
+    def compose(self, frame: np.ndarray, n: int, segment_id: str | None = None) -> np.ndarray:
+        """`frame` (uint8 [H, W, 3], not modified) with every layer on air at aired frame n drawn over it."""
+        self._frame = n
+        if self._pending:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for fn in pending:
+                fn(n)
+        draws: list[tuple[Patch, float]] = []
+        caption = self._caption(segment_id)
+        for name, layer in self._layers.items():
+            if name == AI_LABEL and caption is not None:
+                draws.append((caption, 1.0))
+                caption = None
+            lv = layer.level(n)
+            if lv > 0 and layer.patch is not None:
+                draws.append((layer.patch, layer.spec.opacity * lv))
+        if caption is not None:
+            draws.append((caption, 1.0))
+        if not draws:
+            return frame
+        out = np.array(frame)  # the look-ahead's frame may be repeated in an underrun: never draw on it twice
+        for patch, opacity in draws:
+            blend(out, patch, opacity)
+        return out
+
+    def status(self) -> dict[str, Any]:
+        n = self._frame
+        return {"ai_label": self.s.ai_label_enabled, "font": self.font_path,
+                "on_air": [name for name, ly in list(self._layers.items()) if ly.shown_at is not None
+                           and (ly.hide_at is None or n < ly.hide_at + ly.fade_frames)],
+                "layers": self.names()}
+
+
+def _file_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,174 @@
+"""The compositor's blending (alpha, opacity, fades) against a float numpy reference; placement; CJK text against
+the font rendered directly; commands' checks (unknown layer, too many layers, undecodable image)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from flashtalk_live.compose.compositor import AI_LABEL, Compositor, blend, make_patch, place
+from flashtalk_live.compose.text import FONT_CANDIDATES, TextStyle, covers, find_font, load_font, render_text
+from flashtalk_live.errors import Rejection
+from flashtalk_live.renderers.images import encode_png
+from flashtalk_live.settings import LayerSettings, OverlaySettings
+
+W, H, FPS = 96, 160, 25
+CJK_FONTS = [p for p, _ in FONT_CANDIDATES if __import__("os").path.isfile(p)]
+needs_cjk = pytest.mark.skipif(not CJK_FONTS, reason="no CJK font on this machine (.ci/run installs fonts-noto-cjk)")
+
+
+def rgba_png(rgba: np.ndarray) -> bytes:
+    import av
+
+    ctx = av.CodecContext.create("png", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = rgba.shape[1], rgba.shape[0], "rgba"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgba), format="rgba")
+    return b"".join(bytes(p) for p in list(ctx.encode(frame)) + list(ctx.encode(None)))
+
+
+def reference(frame: np.ndarray, rgba: np.ndarray, x: int, y: int, opacity: float) -> np.ndarray:
+    out = frame.astype(np.float64)
+    a = rgba[..., 3:4] / 255.0 * opacity
+    h, w = rgba.shape[:2]
+    out[y:y + h, x:x + w] = out[y:y + h, x:x + w] * (1 - a) + rgba[..., :3] * a
+    return out
+
+
+def random_rgba(rng, h, w):
+    rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    rgba[0, 0, 3] = 255  # the crop to the visible box keeps the full size
+    rgba[-1, -1, 3] = 255
+    return rgba
+
+
+@pytest.mark.parametrize("opacity", [1.0, 0.6, 0.0])
+def test_blend_matches_float_reference(opacity):
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    rgba = random_rgba(rng, 30, 40)
+    patch = make_patch(rgba, 10, 20, W, H)
+    out = frame.copy()
+    blend(out, patch, opacity)
+    diff = np.abs(out.astype(np.float64) - reference(frame, rgba, 10, 20, opacity))
+    assert diff.max() <= 0.5 + 1e-3  # rounding only
+    assert np.array_equal(out[:20], frame[:20]) and np.array_equal(out[:, :10], frame[:, :10])  # outside untouched
+
+
+def test_patch_is_clipped_to_the_frame_and_cropped_to_its_visible_box():
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[5:8, 6:9] = (255, 0, 0, 255)
+    p = make_patch(rgba, -3, H - 6, W, H)
+    assert (p.x, p.y, p.shape) == (3, H - 1, (1, 3))
+    assert make_patch(rgba, W, 0, W, H) is None
+
+
+@pytest.mark.parametrize("anchor,xy", [("top_left", (5, 7)), ("top_right", (W - 10 - 5, 7)),
+                                       ("bottom", ((W - 10) // 2, H - 4 - 7)), ("center", ((W - 10) // 2, (H - 4) // 2))])
+def test_place(anchor, xy):
+    assert place(anchor, (5, 7), 10, 4, W, H) == xy
+
+
+def image_layer_compositor(tmp_path, rgba, **spec):
+    path = tmp_path / "logo.png"
+    path.write_bytes(rgba_png(rgba))
+    s = OverlaySettings(ai_label_enabled=False, layers=[LayerSettings(name="logo", image=str(path), **spec)])
+    return Compositor(s, W, H, FPS)
+
+
+def test_image_layer_with_alpha_and_opacity_matches_reference(tmp_path):
+    rng = np.random.default_rng(2)
+    rgba = random_rgba(rng, 24, 32)
+    c = image_layer_compositor(tmp_path, rgba, anchor="top_left", margin=(4, 6), opacity=0.5)
+    frame = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    out = c.compose(frame, 0)
+    assert np.abs(out - reference(frame, rgba, 4, 6, 0.5)).max() <= 0.5 + 1e-3
+    assert out is not frame and frame.flags.writeable  # the input frame is never drawn on
+
+
+def test_timed_show_fades_in_and_out_linearly(tmp_path):
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[..., 3] = 255
+    c = image_layer_compositor(tmp_path, rgba, anchor="top_left", margin=(0, 0), fade_s=0.2, visible=False)
+    frame = np.zeros((H, W, 3), np.uint8)
+    assert c.compose(frame, 0)[0, 0, 0] == 0  # defined but off air
+    c.show("logo", 1.0)
+    seen = [int(c.compose(frame, n)[5, 5, 0]) for n in range(10, 40)]
+    fade = round(0.2 * FPS)  # 5 frames
+    want = [round(255 * min(1, (k + 1) / fade, max(0, (25 - k) / fade))) for k in range(30)]
+    assert seen == want  # in over 5 frames from the next aired frame, fully gone 1 s (25 frames) after it
+    assert c.status()["on_air"] == []
+
+
+def test_hide_fades_out_and_unknown_names_are_rejected(tmp_path):
+    rgba = np.full((10, 10, 4), 255, np.uint8)
+    c = image_layer_compositor(tmp_path, rgba, fade_s=0.0)
+    frame = np.zeros((H, W, 3), np.uint8)
+    assert c.compose(frame, 0).any()
+    c.hide("logo")
+    assert not c.compose(frame, 1).any()
+    with pytest.raises(Rejection) as e:
+        c.show("nope")
+    assert e.value.code == "unknown_layer" and "logo" in e.value.reason
+    with pytest.raises(Rejection) as e:
+        c.hide("nope")
+    assert e.value.code == "unknown_layer"
+
+
+def test_set_defines_layers_up_to_the_limit_and_rejects_bad_images():
+    c = Compositor(OverlaySettings(ai_label_enabled=False, max_layers=2), W, H, FPS)
+    frame = np.zeros((H, W, 3), np.uint8)
+    card = np.zeros((20, 30, 3), np.uint8)
+    card[:] = (0, 0, 255)
+    r = c.set("card", image=encode_png(card), anchor="bottom_left", margin=(0, 0), fade_s=0.0)
+    assert r["size"] == [30, 20]
+    assert not c.compose(frame, 0).any()  # a new layer starts off air
+    c.show("card")
+    out = c.compose(frame, 1)
+    assert (out[H - 20:, :30] == (0, 0, 255)).all() and not out[:H - 20].any()
+    c.set("note", text="hi")
+    with pytest.raises(Rejection) as e:
+        c.set("third", text="x")
+    assert e.value.code == "too_many_layers"
+    with pytest.raises(Rejection) as e:
+        c.set("card", image=b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    assert e.value.code == "undecodable_image"
+
+
+@needs_cjk
+def test_cjk_text_renders_as_the_font_draws_it_not_boxes():
+    path, idx = find_font()
+    font = load_font(path, idx, 32)
+    assert covers(font, "AI生成直播")
+    rgba = render_text("AI生成", font, TextStyle(32, (255, 255, 255), outline=0))
+    # The font drawn directly by Pillow, on the same canvas
+    direct = Image.new("L", (rgba.shape[1], rgba.shape[0]), 0)
+    ImageDraw.Draw(direct).text(((rgba.shape[1] - font.getlength("AI生成")) / 2, 0), "AI生成", font=font, fill=255)
+    assert np.abs(rgba[..., 3].astype(int) - np.asarray(direct, int)).max() <= 1
+    tofu = Image.new("L", direct.size, 0)
+    ImageDraw.Draw(tofu).text((0, 0), "AI\ue000\ue000", font=font, fill=255)
+    assert np.abs(rgba[..., 3].astype(int) - np.asarray(tofu, int)).mean() > 10
+
+
+@needs_cjk
+def test_ai_label_is_on_by_default_top_right():
+    c = Compositor(OverlaySettings(), 448, 768, FPS)
+    assert AI_LABEL in c.names()
+    frame = np.full((768, 448, 3), 200, np.uint8)
+    changed = np.nonzero((c.compose(frame, 0) != 200).any(axis=2))
+    assert changed[0].max() < 100 and changed[1].min() > 448 // 2
+
+
+@needs_cjk
+def test_captions_split_into_lines_timed_by_characters():
+    c = Compositor(OverlaySettings(ai_label_enabled=False, caption_font_size=20), W * 2, H * 2, FPS)
+    c.note_clip("s1", "一二三四五六七八九十一二三四五六七八九十", 2.0)
+    c.prepare(["s1"])
+    lines = c._captions["s1"]
+    assert len(lines) >= 2 and lines[0][0] == 0 and lines[-1][1] == 50
+    assert all(a[1] == b[0] for a, b in zip(lines, lines[1:]))  # back to back, by characters
+    frame = np.zeros((H * 2, W * 2, 3), np.uint8)
+    shown = [c.compose(frame, n, "s1").any() for n in range(50)]
+    assert all(shown)
+    assert not c.compose(frame, 50, None).any()
