@@ -549,7 +549,11 @@ def resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(ingest.get(k), list):
                 ingest[k] = [_anchor_endpoint(ep, base) for ep in ingest[k]]
     if isinstance(out.get("outputs"), list):
-        out["outputs"] = [{**o, "url": _anchor(o["url"], base)} if isinstance(o, dict) and "url" in o else o
+        # Only what is a recording path: anything else is left for the URL check to refuse (masked), so a
+        # schemeless stream URL such as "host:1935/live/KEY" is never turned into a file path that errors echo.
+        out["outputs"] = [{**o, "url": _anchor(o["url"], base)}
+                          if isinstance(o, dict) and isinstance(o.get("url"), str)
+                          and o["url"].lower().endswith((".flv", ".mp4")) else o
                           for o in out["outputs"]]
     return out
 

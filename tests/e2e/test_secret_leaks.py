@@ -131,7 +131,7 @@ def test_keys_never_leave_a_running_daemon(tmp_path: Path, hangup: HangUp) -> No
         d.start()
         with d.events() as ev, d.client() as c:
             ev.sync(c)
-            # 2) output_add: accepted shapes, and mistyped schemes the registry must refuse (bad_request, masked)
+            # 2) output_add: accepted shapes, and mistyped schemes the registry must refuse (bad_output, masked)
             good = [("addupper", f"RTMPS://127.0.0.1:{closed}/live/{k('addupper')}"),
                     ("addcreds", f"rtmp://{k('adduser')}:{k('addpass')}@127.0.0.1:{hangup.port}/a/{k('addkey')}")]
             bad = [("typo1", f"rtmpx://127.0.0.1:{closed}/live/{k('typo1')}"),
@@ -150,7 +150,7 @@ def test_keys_never_leave_a_running_daemon(tmp_path: Path, hangup: HangUp) -> No
                     c.call("output_add", name=name, url=url)
                 r = e.value.reply
                 replies.append(r)
-                assert e.value.code == "bad_request", r
+                assert e.value.code == "bad_output", r
                 assert "expected" in e.value.reason, r
             # a key given as a name (operator swapped the fields)
             with pytest.raises(Rejected) as e:
