@@ -152,15 +152,22 @@ def test_render_rate_rises_fast_and_falls_slowly():
     assert r.value == pytest.approx(1.9)
 
 
-def test_idle_loop_replays_backwards_then_forwards_and_renders_live_now_and_then():
-    loop = IdleLoop(live_every=4)
+def test_idle_loop_is_a_ping_pong_that_never_repeats_a_frame_and_renders_live_now_and_then():
+    loop = IdleLoop(live_every=6)
     frames = np.arange(NF, dtype=np.uint8).reshape(NF, 1, 1, 1).repeat(3, axis=3)
     ch = RenderChunk(0, 0, NF, np.zeros((NF * SPF, CH), np.float32), np.zeros(0, np.float32), [None] * NF, idle=True)
     assert loop.replay(ch, "r") is None  # nothing rendered yet
     loop.remember(RenderedChunk(ch, frames, "r", 1.0))
-    got = [loop.replay(ch, "r") for _ in range(4)]
-    assert got[0][0, 0, 0, 0] == NF - 1 and got[1][0, 0, 0, 0] == 0 and got[2][0, 0, 0, 0] == NF - 1
-    assert got[3] is None  # the 4th is rendered live again
+    got = [loop.replay(ch, "r") for _ in range(5)]
+    seq = [int(v) for g in [frames] + got for v in g[:, 0, 0, 0]]
+    # 0..9, 8..0, 1..9, 8..0, ...: continuous, and no frame twice in a row
+    assert seq[:30] == list(range(10)) + list(range(8, -1, -1)) + list(range(1, 10)) + [8, 7]
+    assert all(a != b for a, b in zip(seq, seq[1:]))
+    assert loop.replay(ch, "r") is None  # the 6th is rendered live again
     assert loop.replay(ch, "other") is None  # never another renderer's frames
     loop.clear()
     assert loop.replay(ch, "r") is None
+    # Identical frames (the still renderer's broadcast view) are replayed as they are, never copied.
+    same = np.broadcast_to(frames[3], frames.shape)
+    loop.remember(RenderedChunk(ch, same, "still", 0.0))
+    assert loop.replay(ch, "still") is same
