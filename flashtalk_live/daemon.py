@@ -109,6 +109,11 @@ class RendererSupervisor:
             self.log.warning("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
             self.active = r
 
+    def current_name(self) -> str:
+        """The renderer the next render() call would use."""
+        p = self.preferred
+        return p.name if p is not None and p.ready() else self.still.name
+
     def render(self, chunk: RenderChunk) -> RenderedChunk:
         """Render with the preferred renderer if it can, else the still one; never raises."""
         if self.preferred is None and self._factory is not None and self._loading is not None \
@@ -216,9 +221,12 @@ class Daemon:
         from flashtalk_live.ingest.server import IngestServer
         from flashtalk_live.media.encoder import Encoder
         from flashtalk_live.media.pacing import Lookahead, Pacer
+        from flashtalk_live.media.renderahead import RenderAhead
         from flashtalk_live.outputs.manager import OutputManager
         from flashtalk_live.queue.spool import Spool
+        from flashtalk_live.renderers.drill import with_drills
         from flashtalk_live.renderers.still import StillRenderer
+        from flashtalk_live.timeline.admission import Admission
         from flashtalk_live.timeline.programme import Programme
         from flashtalk_live.timeline.timeline import Timeline
 
@@ -248,14 +256,18 @@ class Daemon:
         self.storage_errors = 0
         playlist = settings.programme.playlist
         self.programme = Programme.load(playlist, settings) if playlist else None
-        self.timeline = Timeline(settings, self.spool, self.programme)
+        # Render ahead (issue 10): a queue clip starts only with enough head start buffered; see timeline/admission.py.
+        self.admission = Admission.from_settings(settings, lambda: self.pacer.buffered_frames / settings.video.fps)
+        self.timeline = Timeline(settings, self.spool, self.programme, admission=self.admission)
         v = settings.video
         self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
         self.prompt = v.prompt
-        self.still = still or StillRenderer(v.width, v.height, v.fit)
+        self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings)
         self.still.start_session(self.reference, v.prompt)
         if renderer_factory is None and settings.renderer.kind == "flashtalk":
             renderer_factory = flashtalk_factory(settings, self.events, parallel)
+        if renderer_factory is not None and (settings.renderer.drill_slowdown != 1.0 or settings.renderer.drill_jitter_s):
+            renderer_factory = (lambda f: lambda st: with_drills(f(st), st))(renderer_factory)
         self.renderers = RendererSupervisor(settings, self.still, self.events, renderer_factory, self.reference)
         self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
         self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps)
@@ -266,6 +278,9 @@ class Daemon:
         self.lookahead = Lookahead(settings.renderer.lookahead_chunks)
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
                            on_underrun=self._on_underrun)
+        self.render_ahead = RenderAhead(self.timeline, self.renderers.render, self.renderers.current_name,
+                                        self.admission, self.lookahead, fps=v.fps,
+                                        idle_reuse=settings.renderer.idle_reuse)
         self.ingest = IngestServer(settings, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
@@ -405,9 +420,8 @@ class Daemon:
                     avatar, self._pending_avatar = self._pending_avatar, None
                 if avatar is not None:
                     self._apply_avatar(*avatar)
-                chunk = self.timeline.next_chunk()
-                self.compositor.prepare(chunk.frame_segments)  # captions rasterised ahead of air
-                rendered = self.renderers.render(chunk)
+                rendered = self.render_ahead.step()
+                self.compositor.prepare(rendered.chunk.frame_segments)  # captions rasterised ahead of air
                 while not self._stop_render.is_set():
                     if self.lookahead.put(rendered, timeout=0.2):
                         break
@@ -421,6 +435,7 @@ class Daemon:
     def _apply_avatar(self, image: np.ndarray, prompt: str) -> None:
         self.reference, self.prompt = image, prompt
         self.renderers.set_avatar(image, prompt)
+        self.render_ahead.idle.clear()
         self.log.info("avatar_changed", prompt=prompt)
 
     def _broadcast_loop(self) -> None:
@@ -535,6 +550,7 @@ class Daemon:
                 "send_max_s": round(self.outputs.send_max_s, 4),
             },
             "renderer": self.renderers.status(),
+            "render_ahead": self.render_ahead.status(),
             "outputs": self.outputs.status(),
             "overlays": self.compositor.status(),
             "rss_bytes": _rss_bytes(),

@@ -34,7 +34,11 @@ class StatusCollector:
         yield GaugeMetricFamily("flashtalk_render_rtf", "Render time / chunk duration (below 1 keeps up)", value=b.get("render_rtf", 0.0))
         yield GaugeMetricFamily("flashtalk_lookahead_frames", "Frames rendered ahead of the encoder", value=b.get("buffered_frames", 0))
         yield CounterMetricFamily("flashtalk_frames", "Frames broadcast", value=b.get("frames_out", 0))
-        yield CounterMetricFamily("flashtalk_underrun_frames", "Frames repeated because the renderer was late", value=b.get("underrun_frames", 0))
+        under = CounterMetricFamily("flashtalk_underrun_frames", "Frames repeated because the renderer was late, "
+                                    "while a clip was on air (clip: speech stalled) or not (idle)", labels=["where"])
+        for where in ("clip", "idle"):
+            under.add_metric([where], float(b.get(f"underrun_frames_{where}", 0)))
+        yield under
         yield CounterMetricFamily("flashtalk_underruns", "Underrun episodes", value=b.get("underrun_episodes", 0))
         yield GaugeMetricFamily("flashtalk_process_rss_bytes", "Resident memory of the daemon", value=s.get("rss_bytes", 0))
         r = s.get("renderer", {})

@@ -163,6 +163,20 @@ class RendererSettings(_Section):
     deadline_factor: float = Field(
         2.5, gt=1, description="an engine chunk not done after this many times its duration counts as failed; keep it "
         "below lookahead_chunks so the still renderer takes over before the buffer runs dry")
+    lookahead_s: float = Field(
+        20.0, ge=0, le=600, description="render-ahead budget: how many seconds of frames may be buffered while a "
+        "queue clip waits for enough head start to air without a stall (docs/broadcast.md, render ahead)")
+    admission_margin: float = Field(
+        0.25, ge=0, le=5, description="safety margin on the measured render rate when deciding whether a clip "
+        "can start (0.25: plan as if the renderer were 25% slower than measured)")
+    idle_reuse: bool = Field(
+        True, description="while the renderer is slower than real time, idle chunks replay the last rendered idle "
+        "chunk (forwards, then backwards) instead of rendering, so the renderer's time goes to clips")
+    drill_slowdown: float = Field(
+        1.0, ge=1, le=20, description="drill: every render call takes this many times max(its own time, the "
+        "chunk's duration); 1 = off. Proves the room copes with a slow renderer without a slow GPU")
+    drill_jitter_s: float = Field(0.0, ge=0, le=10, description="drill: add a random 0..this many seconds to every "
+                                  "render call; 0 = off")
 
 
 class ModelSettings(_Section):

@@ -73,6 +73,15 @@ class Lookahead:
             self._cond.notify_all()
             return True
 
+    def set_max_chunks(self, n: int) -> None:
+        """Resize the bound (the render-ahead budget grows it while a clip waits for its head start)."""
+        if n < 1:
+            raise ValueError(f"max_chunks must be >= 1, got {n}")
+        with self._cond:
+            if n != self.max_chunks:
+                self.max_chunks = n
+                self._cond.notify_all()
+
     def get_nowait(self) -> RenderedChunk | None:
         with self._cond:
             return self._pop()
@@ -197,7 +206,9 @@ class Pacer:
     """Iterator yielding one PacedFrame per 1/fps of wall time from a Lookahead (see the module docstring).
 
     hold_frame: shown (with silence) before the first rendered frame; if None, iteration waits for the first chunk.
-    on_underrun: called with {"phase": "start"|"end", "episode", "out_frame", "frames"} from the broadcast thread.
+    on_underrun: called with {"phase": "start"|"end", "episode", "out_frame", "frames", "where"} from the broadcast
+    thread; where is "clip" while a clip is on air (between its 'started' and 'finished'/'interrupted' marks as
+    aired), else "idle" (idle, programme pauses, between clips).
     clock/sleep: injectable so tests can run faster than real time.
     """
 
@@ -235,7 +246,9 @@ class Pacer:
         self.frames_out = 0
         self.audio_samples_out = 0
         self.underrun_frames = 0
+        self.underrun_frames_by_where = {"clip": 0, "idle": 0}
         self.underrun_episodes = 0
+        self._clip_on_air: str | None = None  # from the marks as they air
         self.chunks_out = 0
         self._in_underrun = 0  # length of the current underrun episode, 0 when none
 
@@ -253,6 +266,11 @@ class Pacer:
         return cur + self.lookahead.buffered_frames
 
     @property
+    def underrun_where(self) -> str:
+        """'clip' while a clip is on air (an underrun now cuts into speech), else 'idle'."""
+        return "clip" if self._clip_on_air is not None else "idle"
+
+    @property
     def in_underrun(self) -> bool:
         return self._in_underrun > 0
 
@@ -264,6 +282,8 @@ class Pacer:
             "chunks_out": self.chunks_out,
             "underrun_frames": self.underrun_frames,
             "underrun_episodes": self.underrun_episodes,
+            "underrun_frames_clip": self.underrun_frames_by_where["clip"],
+            "underrun_frames_idle": self.underrun_frames_by_where["idle"],
             "in_underrun": self.in_underrun,
             "buffered_frames": self.buffered_frames,
             "buffered_chunks": len(self.lookahead),
@@ -325,6 +345,11 @@ class Pacer:
             frame = self._cur.frames[j]
             audio = chunk.audio[j * spf : (j + 1) * spf]
             marks = tuple(self._marks.get(j, ()))
+            for m in marks:
+                if m.kind == "started":
+                    self._clip_on_air = m.segment_id
+                elif self._clip_on_air == m.segment_id:
+                    self._clip_on_air = None
             self._pos += 1
             self._last_frame = frame
             if self._in_underrun:
@@ -345,6 +370,7 @@ class Pacer:
                 self._notify("start", tick.index, 0)
             self._in_underrun += 1
             self.underrun_frames += 1
+            self.underrun_frames_by_where[self.underrun_where] += 1
             assert self._last_frame is not None
             item = PacedFrame(
                 tick.index, self._last_frame, self._silence, (), True, None, None, tick.deadline, tick.lateness, None
@@ -358,7 +384,8 @@ class Pacer:
             return
         try:
             self._on_underrun(
-                {"phase": phase, "episode": self.underrun_episodes, "out_frame": out_frame, "frames": frames}
+                {"phase": phase, "episode": self.underrun_episodes, "out_frame": out_frame, "frames": frames,
+                 "where": self.underrun_where}
             )
         except Exception:  # noqa: BLE001 - a listener's bug must not stop the broadcast
             self._log.exception("underrun_listener_failed")

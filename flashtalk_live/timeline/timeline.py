@@ -15,6 +15,9 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
   A programme clip that was cut is played again from its start when the programme resumes (resuming a sales pitch
   mid-sentence sounds broken).
 * Marks: 'started' on the frame holding a clip's first sample, 'finished' on the frame holding its last sample.
+* Admission (optional, timeline/admission.py): a queue clip is taken from the spool only once the gate says the
+  rest of it can be rendered before it is needed on air; until then the programme or idle goes on. This holds for
+  play_now too: its cut waits for the same admission.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ class ClipQueue(Protocol):
     def interrupt_pending(self) -> bool: ...
 
     def mark_interrupted(self, segment_id: str) -> None: ...
+
+
+class Gate(Protocol):
+    """What the timeline needs from the admission policy (flashtalk_live/timeline/admission.py)."""
+
+    def may_start(self, segment_id: str, clip_s: float, frame: int) -> bool: ...
 
 
 @dataclass
@@ -96,6 +105,7 @@ class Timeline:
         programme: Any | None = None,
         *,
         history_seconds: float = 8.0,
+        admission: Gate | None = None,
     ) -> None:
         self.fps: int = settings.video.fps
         self.chunk_frames: int = settings.video.chunk_frames
@@ -106,6 +116,7 @@ class Timeline:
         self.spf = self.rate // self.fps
         self.queue = queue
         self.programme = programme
+        self.admission = admission
         self.history_len = int(round(history_seconds * MODEL_AUDIO_RATE))
         self._history = np.zeros(self.history_len, np.float32)
         self._cur: _Playing | None = None
@@ -166,11 +177,27 @@ class Timeline:
         except Exception as e:  # noqa: BLE001
             self._log.error("queue_mark_interrupted_failed", segment_id=seg, error=repr(e))
 
+    def _admitted(self, frame: int) -> bool:
+        """True when there is no gate, or the gate lets the queue's head clip start now."""
+        peek = getattr(self.queue, "peek", None)
+        if self.admission is None or not callable(peek):
+            return True
+        try:
+            head = peek()
+            if head is None:
+                return True
+            return bool(self.admission.may_start(str(head.segment_id), float(head.duration_s), frame))
+        except Exception as e:  # noqa: BLE001 - a broken gate must not keep clips off the air
+            self._log.error("admission_failed", error=repr(e))
+            return True
+
     def _next_from_queue(self, frame: int, marks: list[Mark]) -> _Playing | None:
         if self.queue is None:
             return None
         # Bounded: a spool full of broken clips is drained a few at a time, not in one endless loop.
         for _ in range(16):
+            if not self._admitted(frame):
+                return None
             try:
                 entry = self.queue.take_next()
             except Exception as e:  # noqa: BLE001

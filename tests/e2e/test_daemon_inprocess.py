@@ -69,7 +69,7 @@ def run_for(d: Daemon, seconds: float, sample=None) -> list:
 
 @pytest.mark.timeout(120)
 def test_slow_renderer_underruns_without_stall_or_drift(tmp_path):
-    s = settings(tmp_path)
+    s = settings(tmp_path, "renderer.idle_reuse=false")  # idle rendered live, so this renderer cannot keep up
     budget = s.video.chunk_frames / s.video.fps
     slow = PaintRenderer(128, 128, delay_s=1.5 * budget, name="slow")
     d = Daemon(s, renderer_factory=lambda _s: slow)
@@ -148,7 +148,7 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
 
         body = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=5).read().decode()
         for name in ("flashtalk_queue_seconds", "flashtalk_av_skew_seconds", "flashtalk_render_rtf",
-                     "flashtalk_underrun_frames_total", 'flashtalk_endpoint_up{output="rec",state="up"} 1.0',
+                     'flashtalk_underrun_frames_total{where="clip"} 0.0', 'flashtalk_underrun_frames_total{where="idle"}', 'flashtalk_endpoint_up{output="rec",state="up"} 1.0',
                      "flashtalk_endpoint_reconnects_total", "flashtalk_process_rss_bytes", 'flashtalk_state{state="on_air"} 1.0'):
             assert name in body, name
 

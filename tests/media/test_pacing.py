@@ -333,3 +333,26 @@ def test_timeline_still_renderer_and_pacer_together():
     enc = Encoder(st.encoder.model_copy(update={"preset": "ultrafast"}), 64, 96, st.video.fps)
     packets = [p for it in items for p in enc.encode(it.frame, it.audio)]
     assert packets and enc.frames == pacer.frames_out and enc.audio_samples_in == pacer.audio_samples_out
+
+
+def test_underruns_are_counted_apart_inside_and_outside_clips():
+    """A frame repeated while a clip is on air (between its started and finished marks as aired) counts as 'clip'."""
+    sim = SimTime()
+    la = Lookahead(8, SPF)
+    events = []
+    pacer = Pacer(la, FPS, SPF, CH, clock=sim.clock, sleep=sim.sleep, on_underrun=events.append)
+
+    def chunk(i, marks):
+        c = make_chunk(i)
+        c.chunk.marks = [Mark(i * NF + off, kind, "x") for off, kind in marks]
+        return c
+
+    la.put(chunk(0, [(1, "started")]))
+    items = [next(pacer) for _ in range(NF + 3)]  # 3 frames repeated inside clip x
+    la.put(chunk(1, [(2, "finished")]))
+    items += [next(pacer) for _ in range(NF + 4)]  # 4 frames repeated after it finished
+    assert [it.underrun for it in items].count(True) == 7
+    assert pacer.underrun_frames_by_where == {"clip": 3, "idle": 4}
+    st = pacer.stats()
+    assert (st["underrun_frames_clip"], st["underrun_frames_idle"], st["underrun_frames"]) == (3, 4, 7)
+    assert [e["where"] for e in events if e["phase"] == "start"] == ["clip", "idle"]

@@ -1,0 +1,54 @@
+"""Operator drills: make any renderer slower and jittery on purpose, to prove the broadcast copes without a GPU.
+
+`renderer.drill_slowdown = f` (> 1) stretches every render call to f x max(its measured time, the chunk's
+duration): a renderer slower than real time becomes f times slower, one at or faster than real time (the still
+renderer) becomes f times slower than real time. 1.0 is off. `renderer.drill_jitter_s = j` adds a uniform random 0..j s on top. Both default to off.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from flashtalk_live.timeline.chunk import RenderChunk
+
+
+class DrillRenderer:
+    """Wraps a Renderer; render() sleeps after the real call. Everything else is the wrapped renderer's."""
+
+    def __init__(self, inner: Any, fps: int, slowdown: float = 1.0, jitter_s: float = 0.0, *,
+                 seed: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        if slowdown < 1.0 or jitter_s < 0.0:
+            raise ValueError(f"drill_slowdown must be >= 1 and drill_jitter_s >= 0, got {slowdown}, {jitter_s}")
+        self.inner, self.fps = inner, fps
+        self.slowdown, self.jitter_s = slowdown, jitter_s
+        self._rng = random.Random(seed)
+        self._sleep = sleep
+        self.added_s = 0.0  # total delay added, for the drill's report
+
+    def __getattr__(self, name: str) -> Any:  # name, ready, start_session, warm_up, drift, close ...
+        return getattr(self.inner, name)
+
+    def render(self, chunk: RenderChunk) -> np.ndarray:
+        t0 = time.monotonic()
+        frames = self.inner.render(chunk)
+        took = time.monotonic() - t0
+        # The call as a whole takes slowdown x max(own time, chunk duration); 1.0 adds nothing at all.
+        extra = self.slowdown * max(took, chunk.n_frames / self.fps) - took if self.slowdown > 1.0 else 0.0
+        if self.jitter_s:
+            extra += self._rng.uniform(0.0, self.jitter_s)
+        if extra > 0:
+            self._sleep(extra)
+            self.added_s += extra
+        return frames
+
+
+def with_drills(renderer: Any, settings: Any) -> Any:
+    """The renderer itself when no drill is configured, else wrapped in a DrillRenderer."""
+    r = settings.renderer
+    if r.drill_slowdown == 1.0 and r.drill_jitter_s == 0.0:
+        return renderer
+    return DrillRenderer(renderer, settings.video.fps, r.drill_slowdown, r.drill_jitter_s)

@@ -1,0 +1,139 @@
+"""When may a queue clip start: only once the rest of it can be rendered before it is needed on air.
+
+A clip of D seconds cut into the timeline now starts airing after B seconds (what is already buffered ahead of the
+air). Its n chunks of c seconds are rendered one after another at r render seconds per media second, so chunk i is
+ready r*c*(i+1) s from now and needed B + c*i s from now. No chunk is late when
+
+    B >= max(r*c, n*r*c - (n-1)*c),   n = ceil(D / c) + 1   (+1: a clip may start mid-chunk),
+
+with r the measured rate times (1 + margin). Until then the timeline plays idle/programme and the render thread
+keeps working ahead (the look-ahead may grow to `capacity_s`). A renderer at real time or faster needs no more than
+one chunk, which the look-ahead already holds: no added delay. A clip that cannot reach its head start within
+`capacity_s` (too long for this renderer, or the buffer cannot grow) starts anyway and is logged as over the floor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from flashtalk_live.log import get_logger
+
+
+class RenderRate:
+    """Render seconds per media second: an EWMA that rises fast (a hiccup counts at once) and falls slowly."""
+
+    def __init__(self, rise: float = 0.5, fall: float = 0.1) -> None:
+        self.rise, self.fall = rise, fall
+        self.value: float | None = None  # None until the first measured chunk
+        self.last: float | None = None
+        self.samples = 0
+
+    def observe(self, render_s: float, media_s: float) -> None:
+        if media_s <= 0:
+            return
+        x = render_s / media_s
+        self.last = x
+        self.samples += 1
+        if self.value is None:
+            self.value = x
+        else:
+            a = self.rise if x > self.value else self.fall
+            self.value += a * (x - self.value)
+
+
+@dataclass(frozen=True)
+class Decision:
+    admit: bool
+    reason: str  # "ready", "no_measurement", "over_floor", "waited_too_long", or "building_head_start"
+    head_start_s: float  # what this clip needs buffered ahead of the air
+    buffered_s: float
+
+
+class Admission:
+    """`may_start(segment_id, clip_s, frame)` for the timeline; `target_chunks()` sizes the look-ahead."""
+
+    def __init__(self, *, chunk_s: float, fps: int, base_chunks: int, capacity_s: float, margin: float,
+                 buffered_s: Callable[[], float], rate: RenderRate | None = None) -> None:
+        self.chunk_s, self.fps = chunk_s, fps
+        self.base_chunks = base_chunks
+        self.capacity_s = max(capacity_s, base_chunks * chunk_s)
+        self.margin = margin
+        self.buffered_s = buffered_s
+        self.rate = rate or RenderRate()
+        self._waiting: str | None = None
+        self._waiting_since: int = 0  # timeline frame of the first refusal
+        self._want_s = 0.0
+        self.last: Decision | None = None
+        self.over_floor = 0  # clips started without their full head start
+        self.refusals = 0  # chunks cut while a clip waited for its head start
+        self._log = get_logger("admission")
+
+    @classmethod
+    def from_settings(cls, settings: Any, buffered_s: Callable[[], float]) -> "Admission":
+        r, v = settings.renderer, settings.video
+        return cls(chunk_s=v.chunk_frames / v.fps, fps=v.fps, base_chunks=r.lookahead_chunks,
+                   capacity_s=r.lookahead_s, margin=r.admission_margin, buffered_s=buffered_s)
+
+    @property
+    def planning_rate(self) -> float | None:
+        v = self.rate.value
+        return None if v is None else v * (1.0 + self.margin)
+
+    def head_start_s(self, clip_s: float) -> float:
+        """Seconds that must be buffered ahead of the air for a clip of clip_s seconds to air without a stall."""
+        r = self.planning_rate
+        if r is None:
+            return 0.0
+        c = self.chunk_s
+        n = math.ceil(max(clip_s, 0.0) / c) + 1
+        return max(r * c, n * r * c - (n - 1) * c)
+
+    def may_start(self, segment_id: str, clip_s: float, frame: int) -> bool:
+        b = self.buffered_s()
+        need = self.head_start_s(clip_s)
+        if self.rate.value is None:
+            d = Decision(True, "no_measurement", need, b)
+        elif b >= need:
+            d = Decision(True, "ready", need, b)
+        elif b >= self.capacity_s - self.chunk_s:
+            d = Decision(True, "over_floor", need, b)
+        else:
+            if self._waiting != segment_id:
+                self._waiting, self._waiting_since = segment_id, frame
+            if (frame - self._waiting_since) / self.fps >= self.capacity_s:
+                d = Decision(True, "waited_too_long", need, b)
+            else:
+                d = Decision(False, "building_head_start", need, b)
+        self.last = d
+        if d.admit:
+            if d.reason in ("over_floor", "waited_too_long"):
+                self.over_floor += 1
+                self._log.warning("clip_over_floor", segment_id=segment_id, reason=d.reason, clip_s=round(clip_s, 2),
+                                  head_start_s=round(need, 2), buffered_s=round(b, 2),
+                                  render_rate=round(self.rate.value or 0.0, 3))
+            self._waiting, self._want_s = None, 0.0
+        else:
+            self.refusals += 1
+            self._want_s = min(need, self.capacity_s)
+        return d.admit
+
+    def target_chunks(self) -> int:
+        """How many chunks the look-ahead may hold now: the base, or enough for the head start a clip waits for."""
+        if self._waiting is None:
+            return self.base_chunks
+        return max(self.base_chunks, math.ceil(self._want_s / self.chunk_s) + 1)
+
+    def status(self) -> dict[str, Any]:
+        d = self.last
+        return {
+            "render_rate": None if self.rate.value is None else round(self.rate.value, 3),
+            "buffered_s": round(self.buffered_s(), 3),
+            "waiting": self._waiting,
+            "waiting_reason": d.reason if d is not None and not d.admit else None,
+            "head_start_s": round(d.head_start_s, 3) if d is not None else 0.0,
+            "capacity_s": self.capacity_s,
+            "clips_over_floor": self.over_floor,
+            "waiting_chunks_total": self.refusals,
+        }

@@ -1,0 +1,173 @@
+"""Render ahead in simulated time: the real Timeline, Admission, RenderAhead, Lookahead and Pacer, with a renderer
+that costs `rate` x real time per live chunk. Minutes of air in a fraction of a second, and no wall-clock asserts."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from flashtalk_live.media.pacing import Lookahead, Pacer
+from flashtalk_live.media.renderahead import IdleLoop, RenderAhead
+from flashtalk_live.timeline.admission import Admission, RenderRate
+from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
+from flashtalk_live.timeline.timeline import Timeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "timeline"))
+from timeline_fakes import FakeQueue  # noqa: E402
+
+FPS, NF, RATE, CH = 25, 10, 48000, 2
+SPF, C = RATE // FPS, NF / FPS
+
+
+class PeekQueue(FakeQueue):
+    def peek(self):
+        return self.pending[0] if self.pending else None
+
+
+class Sim:
+    """Simulated time; sleep() pushes due clips, then lets the renderer finish and start chunks on its schedule."""
+
+    def __init__(self, rate: float, *, gate: bool, clip_s: float, period_s: float, n_clips: int) -> None:
+        st = SimpleNamespace(video=SimpleNamespace(fps=FPS, chunk_frames=NF),
+                             encoder=SimpleNamespace(audio_rate=RATE, audio_channels=CH),
+                             renderer=SimpleNamespace(lookahead_chunks=3, lookahead_s=20.0, admission_margin=0.25))
+        self.t, self.rate = 0.0, rate
+        self.q = PeekQueue(RATE, CH)
+        self.pushes = [(2.0 + i * period_s, f"c{i}", int(clip_s * RATE)) for i in range(n_clips)]
+        self.la = Lookahead(3, SPF)
+        self.pacer = Pacer(self.la, FPS, SPF, CH, clock=lambda: self.t, sleep=self.sleep,
+                           hold_frame=np.zeros((2, 2, 3), np.uint8))
+        self.adm = Admission.from_settings(st, lambda: self.pacer.buffered_frames / FPS)
+        self.tl = Timeline(st, self.q, None, admission=self.adm if gate else None, history_seconds=0)
+        self.ra = RenderAhead(self.tl, self.render, lambda: "sim", self.adm, self.la, fps=FPS)
+        self.frames = np.zeros((NF, 2, 2, 3), np.uint8)
+        self.pending: RenderedChunk | None = None
+        self.pending_at = 0.0
+        self.free_at = 0.0  # when the renderer may start its next chunk
+        self.live = 0
+
+    def render(self, chunk: RenderChunk) -> RenderedChunk:
+        self.live += 1
+        return RenderedChunk(chunk, self.frames, "sim", self.rate * C)
+
+    def sleep(self, dt: float) -> None:
+        self.t += dt
+        while self.pushes and self.pushes[0][0] <= self.t:
+            _, sid, n = self.pushes.pop(0)
+            self.q.add(sid, n)
+        while True:
+            if self.pending is not None:
+                if self.pending_at > self.t or not self.la.put(self.pending, timeout=0):
+                    return
+                self.free_at, self.pending = max(self.pending_at, self.free_at), None
+            self.free_at = max(self.free_at, self.pending_at)
+            item = self.ra.step()
+            self.pending, self.pending_at = item, self.free_at + item.render_seconds
+
+    def run(self, seconds: float) -> list:
+        self.sleep(0.0)
+        return [next(self.pacer) for _ in range(int(seconds * FPS))]
+
+
+def _clip_spans(items) -> list[tuple[str, int, int]]:
+    starts, spans = {}, []
+    for it in items:
+        for m in it.marks:
+            if m.kind == "started":
+                starts[m.segment_id] = it.out_frame
+            elif m.kind == "finished":
+                spans.append((m.segment_id, starts[m.segment_id], it.out_frame))
+    return spans
+
+
+@pytest.mark.parametrize("rate,clip_s,period_s", [(2.0, 3.0, 7.5), (1.5, 6.0, 10.0)])
+def test_slow_renderer_never_stalls_inside_a_clip_over_three_minutes(rate, clip_s, period_s):
+    n = 17
+    sim = Sim(rate, gate=True, clip_s=clip_s, period_s=period_s, n_clips=n)
+    items = sim.run(2.0 + n * period_s + 25)
+    spans = _clip_spans(items)
+    assert sim.pacer.underrun_frames_by_where["clip"] == 0
+    assert [s for s, _, _ in spans] == [f"c{i}" for i in range(n)]  # every clip aired once, in order
+    assert all(b - a == int(clip_s * FPS) - 1 for _, a, b in spans)
+    assert sim.adm.refusals > 0 and sim.adm.over_floor == 0 and sim.ra.idle.replayed > 0
+    delays = [a / FPS - (2.0 + i * period_s) for i, (_, a, _) in enumerate(spans)]
+    print(f"\nrate {rate}: on-air delay after push (s) min {min(delays):.1f} max {max(delays):.1f}; "
+          f"idle underrun frames {sim.pacer.underrun_frames_by_where['idle']}")
+
+
+def test_without_the_gate_the_same_load_stalls_inside_clips():
+    """The control: the same renderer and clips with no admission stall speech (so the test above can fail)."""
+    sim = Sim(2.0, gate=False, clip_s=3.0, period_s=7.5, n_clips=6)
+    sim.run(2.0 + 6 * 7.5 + 10)
+    assert sim.pacer.underrun_frames_by_where["clip"] > 0
+
+
+def test_fast_renderer_is_never_held_back():
+    sim = Sim(0.5, gate=True, clip_s=3.0, period_s=4.0, n_clips=8)
+    items = sim.run(40)
+    spans = _clip_spans(items)
+    assert len(spans) == 8 and sim.adm.refusals == 0 and sim.pacer.underrun_frames_by_where["clip"] == 0
+    assert sim.ra.idle.replayed == 0  # idle is rendered live while the renderer keeps up
+    # A clip pushed to an idle room is on air within the base look-ahead (3 chunks + the one on air + one in hand).
+    assert spans[0][1] / FPS - 2.0 <= 5 * C + 1 / FPS
+
+
+def test_admission_head_start_and_limits():
+    b = [0.0]
+    adm = Admission(chunk_s=0.4, fps=25, base_chunks=3, capacity_s=10.0, margin=0.0, buffered_s=lambda: b[0])
+    assert adm.may_start("a", 60.0, 0)  # nothing measured yet: no reason to wait
+    adm.rate.observe(0.8, 0.4)  # 2x real time
+    # n = ceil(3 / 0.4) + 1 = 9 chunks; the last is ready 9 * 0.8 s from now and needed 8 * 0.4 s after B
+    assert adm.head_start_s(3.0) == pytest.approx(9 * 0.8 - 8 * 0.4)
+    assert not adm.may_start("a", 3.0, 0) and adm.target_chunks() == math.ceil(4.0 / 0.4) + 1
+    b[0] = 4.0
+    assert adm.may_start("a", 3.0, 10) and adm.target_chunks() == 3 and adm.over_floor == 0
+    # Too long for the budget: it starts once the buffer is as full as the budget allows, and is counted.
+    b[0] = 1.0
+    assert not adm.may_start("long", 60.0, 20)
+    assert adm.target_chunks() == math.ceil(10.0 / 0.4) + 1
+    b[0] = 9.7
+    assert adm.may_start("long", 60.0, 30) and adm.over_floor == 1
+    # A buffer that cannot grow (no idle replay): it gives up after capacity_s of timeline.
+    b[0] = 1.0
+    assert not adm.may_start("stuck", 5.0, 100)
+    assert adm.may_start("stuck", 5.0, 100 + 250) and adm.over_floor == 2
+    # A renderer at real time or faster needs one chunk at most: what the base look-ahead holds.
+    fast = Admission(chunk_s=0.4, fps=25, base_chunks=3, capacity_s=10.0, margin=0.25, buffered_s=lambda: 0.4)
+    fast.rate.observe(0.3, 0.4)
+    assert fast.head_start_s(30.0) <= 0.4 and fast.may_start("x", 30.0, 0)
+
+
+def test_render_rate_rises_fast_and_falls_slowly():
+    r = RenderRate()
+    r.observe(1.0, 1.0)
+    r.observe(3.0, 1.0)
+    assert r.value == pytest.approx(2.0)
+    r.observe(1.0, 1.0)
+    assert r.value == pytest.approx(1.9)
+
+
+def test_idle_loop_is_a_ping_pong_that_never_repeats_a_frame_and_renders_live_now_and_then():
+    loop = IdleLoop(live_every=6)
+    frames = np.arange(NF, dtype=np.uint8).reshape(NF, 1, 1, 1).repeat(3, axis=3)
+    ch = RenderChunk(0, 0, NF, np.zeros((NF * SPF, CH), np.float32), np.zeros(0, np.float32), [None] * NF, idle=True)
+    assert loop.replay(ch, "r") is None  # nothing rendered yet
+    loop.remember(RenderedChunk(ch, frames, "r", 1.0))
+    got = [loop.replay(ch, "r") for _ in range(5)]
+    seq = [int(v) for g in [frames] + got for v in g[:, 0, 0, 0]]
+    # 0..9, 8..0, 1..9, 8..0, ...: continuous, and no frame twice in a row
+    assert seq[:30] == list(range(10)) + list(range(8, -1, -1)) + list(range(1, 10)) + [8, 7]
+    assert all(a != b for a, b in zip(seq, seq[1:]))
+    assert loop.replay(ch, "r") is None  # the 6th is rendered live again
+    assert loop.replay(ch, "other") is None  # never another renderer's frames
+    loop.clear()
+    assert loop.replay(ch, "r") is None
+    # Identical frames (the still renderer's broadcast view) are replayed as they are, never copied.
+    same = np.broadcast_to(frames[3], frames.shape)
+    loop.remember(RenderedChunk(ch, same, "still", 0.0))
+    assert loop.replay(ch, "still") is same

@@ -1,0 +1,55 @@
+"""The operator drills: drill_slowdown and drill_jitter_s slow any renderer down on purpose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flashtalk_live.renderers.drill import DrillRenderer, with_drills
+from flashtalk_live.renderers.still import StillRenderer
+from flashtalk_live.settings import Settings
+from flashtalk_live.timeline.chunk import RenderChunk
+
+FPS, NF = 25, 10
+
+
+def chunk() -> RenderChunk:
+    return RenderChunk(0, 0, NF, np.zeros((NF * 1920, 2), np.float32), np.zeros(NF * 640, np.float32), [None] * NF)
+
+
+def still() -> StillRenderer:
+    r = StillRenderer(16, 16)
+    r.start_session(None, "")
+    return r
+
+
+def test_slowdown_makes_a_fast_renderer_slower_than_real_time_and_keeps_its_frames():
+    slept: list[float] = []
+    inner = still()
+    d = DrillRenderer(inner, FPS, slowdown=2.0, sleep=slept.append)
+    frames = d.render(chunk())
+    assert frames.shape == (NF, 16, 16, 3) and np.array_equal(frames[0], inner.frame)
+    # The call as a whole lasts 2 x the chunk's 0.4 s: the sleep is that minus the (tiny) real render time.
+    assert len(slept) == 1 and 0.4 < slept[0] <= 0.8 and d.added_s == slept[0]
+    assert d.name == "still" and d.ready()  # everything else is the wrapped renderer's
+
+
+def test_jitter_adds_a_bounded_random_delay_and_slowdown_one_adds_nothing():
+    slept: list[float] = []
+    d = DrillRenderer(still(), FPS, slowdown=1.0, jitter_s=0.3, seed=1, sleep=slept.append)
+    for _ in range(50):
+        d.render(chunk())
+    assert len(slept) == 50 and all(0 <= s <= 0.3 for s in slept) and len(set(slept)) > 40
+
+
+def test_settings_and_validation():
+    s = Settings(state_dir="/nonexistent")
+    r = still()
+    assert with_drills(r, s) is r  # off by default: no wrapper at all
+    s2 = Settings(state_dir="/nonexistent", renderer={"drill_slowdown": 1.5, "drill_jitter_s": 0.1})
+    w = with_drills(r, s2)
+    assert isinstance(w, DrillRenderer) and (w.slowdown, w.jitter_s) == (1.5, 0.1)
+    with pytest.raises(ValueError):
+        Settings(state_dir="/nonexistent", renderer={"drill_slowdown": 0.5})
+    with pytest.raises(ValueError):
+        DrillRenderer(r, FPS, slowdown=2.0, jitter_s=-1)
