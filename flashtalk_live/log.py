@@ -84,4 +84,6 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> Non
 
 
 def get_logger(name: str, **bound: Any) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name).bind(component=name, **bound)
+    # A lazy proxy, not .bind(): a module-level logger made before configure() must follow it, not freeze the
+    # defaults (console renderer, no masking processor) at import time.
+    return structlog.get_logger(name, component=name, **bound)

@@ -15,19 +15,21 @@ def _clean(obj: object) -> bool:
 
 
 def test_replies_status_and_events_are_masked(running) -> None:
-    def echo(req: dict) -> dict:
+    # Two table commands with handlers that leak on purpose: one in its reply, one in its exception.
+    def echo(call) -> dict:
         return {"url": RAW, "nested": [{"why": f"could not open {RAW}: refused"}]}
 
-    def boom(req: dict) -> dict:
+    def boom(call) -> dict:
         raise OSError(f"cannot open {RAW}")
 
-    r = running(handlers={"echo": echo, "boom": boom}, status_provider=lambda: {"outputs": [{"last_error": RAW}]})
+    r = running(handlers={"outputs": echo, "output_remove": boom},
+                status_provider=lambda: {"outputs": [{"last_error": RAW}]})
     with Client(r.ipc) as c, EventStream(r.events) as ev:
         ev.sync(c)
-        reply = c.call("echo")
+        reply = c.call("outputs")
         assert reply["url"] == "RTMP://***@h:1935/live/****?****" and _clean(reply)
         with pytest.raises(Rejected) as e:
-            c.call("boom")
+            c.call("output_remove", name="x")
         assert "RTMP://***@h:1935/live/****" in e.value.reason and _clean(e.value.reply)
         assert _clean(c.status())
         r.bus.publish("endpoint_down", output="x", url=RAW, error=f"EOFError: {RAW}")
