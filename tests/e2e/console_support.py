@@ -17,6 +17,7 @@ import numpy as np
 
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.settings import load_settings
+from flashtalk_live.timeline.chunk import RenderChunk
 
 
 def console_settings(tmp_path: Path, *extra: str):
@@ -94,3 +95,25 @@ def wait_until(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "co
             return v
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class ChunkColourRenderer:
+    """Paints every chunk a different colour, so consecutive aired frames differ from chunk to chunk."""
+
+    name = "colours"
+
+    def __init__(self, w: int, h: int) -> None:
+        self.w, self.h = w, h
+
+    def start_session(self, reference_image, prompt):
+        pass
+
+    def ready(self):
+        return True
+
+    def render(self, chunk: RenderChunk) -> np.ndarray:
+        colour = np.array([(67 * chunk.index) % 256, (29 * chunk.index) % 256, 128], np.uint8)
+        return np.broadcast_to(colour, (chunk.n_frames, self.h, self.w, 3))
+
+    def close(self):
+        pass

@@ -11,38 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from console_support import Http, console_settings, start_daemon, wait_until, wav_bytes
+from console_support import ChunkColourRenderer, Http, console_settings, start_daemon, wait_until, wav_bytes
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.settings import ConfigError, load_settings
-from flashtalk_live.timeline.chunk import RenderChunk
 
 PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8"
                         "cfc0000003010100c9fe92ef0000000049454e44ae426082")
-
-
-class ChunkColourRenderer:
-    """Paints every chunk a different colour, so consecutive aired frames differ from chunk to chunk."""
-
-    name = "colours"
-
-    def __init__(self, w: int, h: int) -> None:
-        self.w, self.h = w, h
-
-    def start_session(self, reference_image, prompt):
-        pass
-
-    def ready(self):
-        return True
-
-    def render(self, chunk: RenderChunk) -> np.ndarray:
-        colour = np.array([(67 * chunk.index) % 256, (29 * chunk.index) % 256, 128], np.uint8)
-        return np.broadcast_to(colour, (chunk.n_frames, self.h, self.w, 3))
-
-    def close(self):
-        pass
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ async function command(name, body, fields) {
     headers["Content-Type"] = "application/json";
     payload = JSON.stringify(body || {});
   }
+  say(name + ": sending…", true);
   let reply;
   try {
     const r = await fetch(url, { method: "POST", headers, body: payload, credentials: "omit" });
@@ -44,7 +45,7 @@ async function command(name, body, fields) {
     reply = { ok: false, code: "network", reason: String(e) };
   }
   if (reply.ok) {
-    say(name + ": ok" + (reply.segment_id ? " (" + reply.segment_id + ")" : ""), true);
+    say(name + ": ok" + (reply.segment_id ? " (" + reply.segment_id + ")" : "") + (reply.was ? " was " + reply.was : ""), true);
   } else {
     say(name + ": " + reply.code + (reply.field ? " [" + reply.field + "]" : "") + ": " + reply.reason, false);
   }
@@ -58,7 +59,7 @@ function renderStatus(st) {
   state.className = "badge " + st.state;
   const b = st.broadcast || {};
   $("health").textContent = "up " + secs(st.uptime_s) + " · A/V skew " + (b.av_skew_s ?? "—") +
-    " s · render rtf " + (b.render_rtf ?? "—") + " · look-ahead " + (b.buffered_frames ?? "—") +
+    " s · render rtf " + (b.render_rtf === undefined ? "—" : Number(b.render_rtf).toFixed(3)) + " · look-ahead " + (b.buffered_frames ?? "—") +
     " frames · underruns " + (b.underrun_episodes ?? 0) + " · renderer " + ((st.renderer || {}).active || "—");
   const plan = st.plan || {};
   const cur = plan.on_air;
