@@ -199,3 +199,17 @@ def test_token_file_and_generated_token(tmp_path):
         d.close()
     with pytest.raises(ConfigError, match="token_file"):
         Daemon(console_settings(tmp_path / "c", f'console.token_file="{tmp_path / "missing"}"'))
+
+
+def test_stream_keys_never_leave_through_the_console(daemon):
+    http = Http(daemon.metrics_port, token=daemon.console_token)
+    key = "SKconsole8d1f0b2a"
+    status, body = http.command("output_add", {"name": "live", "url": f"rtmp://127.0.0.1:1/app/{key}?token={key}q"})
+    assert status == 200, body
+    bad_status, bad = http.command("output_add", {"name": "typo", "url": f"rtmpx://127.0.0.1:1/app/{key}"})
+    assert bad_status == 400 and bad["code"] == "bad_output"
+    seen = [json.dumps(body), json.dumps(bad)]
+    for path in ("/api/status", "/api/outputs", "/api/queue", "/api/events", "/metrics"):
+        seen.append(http.request("GET", path, token=None)[2].decode())
+    assert not any(key in text for text in seen)
+    assert any("rtmp://127.0.0.1:1/app/****" in text for text in seen)
