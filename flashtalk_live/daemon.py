@@ -302,6 +302,17 @@ class Daemon:
         self._last_progress = time.monotonic()
         self.metrics_server = None
         self.metrics_port: int | None = None
+        # -- console (flashtalk_live/console/): the aired frame/audio tap; the token is resolved before anything
+        # starts, so a bad token file stops the start with exit 2.
+        from flashtalk_live.console import AirTap, resolve_token
+
+        self.air = AirTap()
+        self.console = None
+        self.console_token: str | None = None
+        if settings.metrics.enabled and settings.console.enabled:
+            self.console_token, where = resolve_token(settings)
+            self.log.info("console_token", source=where)
+        # -- end console
 
     # -- events and commands ---------------------------------------------------------------------
     def _log_event(self, e: dict[str, Any]) -> None:
@@ -444,7 +455,9 @@ class Daemon:
         ready = False
         try:
             for pf in self.pacer:
-                packets = self.encoder.encode(self.compositor.compose(pf.frame, pf.out_frame, pf.segment_id), pf.audio)
+                frame = self.compositor.compose(pf.frame, pf.out_frame, pf.segment_id)
+                packets = self.encoder.encode(frame, pf.audio)
+                self.air.offer(frame, pf.audio)  # console preview: the frame and sound just encoded
                 self.outputs.send(packets)
                 # measured between frames, so a status reader never sees a frame half-encoded
                 self._av_skew_s = self.encoder.audio_samples_in / self.s.encoder.audio_rate - self.encoder.frames / self.s.video.fps
@@ -564,7 +577,13 @@ class Daemon:
             from flashtalk_live.metrics import serve_metrics
 
             try:
-                self.metrics_server, _ = serve_metrics(self.s.metrics.host, self.s.metrics.port, self.status)
+                if self.console_token is not None:  # the console serves /metrics too, on the same port
+                    from flashtalk_live.console import start_console
+
+                    self.metrics_server, self.console = start_console(
+                        self.s, self.ingest, self.events, self.air, self.console_token, self.status)
+                else:
+                    self.metrics_server, _ = serve_metrics(self.s.metrics.host, self.s.metrics.port, self.status)
                 self.metrics_port = self.metrics_server.server_port
             except OSError as e:
                 self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
@@ -596,6 +615,8 @@ class Daemon:
             t.join(timeout=5)
         self.outputs.close(timeout=max(1.0, 2 * self.s.output_policy.rw_timeout_s))
         self.ingest.stop()
+        if self.console is not None:
+            self.console.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
         self.renderers.close()

@@ -63,8 +63,13 @@ class StatusCollector:
         yield from (est, bps, rec, drop)
 
 
-def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, Any]]):
-    """Start the HTTP endpoint in a daemon thread; returns (server, thread). Port 0 picks a free port."""
+def metrics_registry(status_provider: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    """A registry holding only the status collector (the console mounts it with make_wsgi_app)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status_provider))
-    return start_http_server(port, addr=host, registry=registry)
+    return registry
+
+
+def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, Any]]):
+    """Start the HTTP endpoint in a daemon thread; returns (server, thread). Port 0 picks a free port."""
+    return start_http_server(port, addr=host, registry=metrics_registry(status_provider))

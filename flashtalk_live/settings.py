@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from flashtalk_live.outputs.kinds import validate_url
@@ -362,6 +363,20 @@ class MetricsSettings(_Section):
     port: int = Field(9464, ge=0, le=65535)
 
 
+class ConsoleSettings(_Section):
+    """The operator console (flashtalk_live/console/), served with /metrics on metrics.host:metrics.port."""
+
+    enabled: bool = True
+    token: SecretStr | None = Field(None, description="bearer token for state-changing requests (and required for "
+                                                      "a non-loopback metrics.host); or token_file")
+    token_file: str | None = Field(None, description="a file holding the token; when neither is set, a random "
+                                                     "token is written to {state_dir}/console.token (mode 0600)")
+    preview_fps: float = Field(5.0, gt=0, le=30, description="most JPEG encodes of the air per second, all viewers "
+                                                             "together")
+    preview_width: int = Field(320, ge=16, le=3840, description="preview width in pixels (height keeps the aspect)")
+    event_history: int = Field(200, ge=1, le=10_000, description="recent events kept for /api/events")
+
+
 class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -392,6 +407,7 @@ class Settings(BaseSettings):
     output_policy: OutputPolicy = Field(default_factory=OutputPolicy)
     overlays: OverlaySettings = Field(default_factory=OverlaySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod
@@ -426,6 +442,10 @@ class Settings(BaseSettings):
             raise ValueError(f"outputs: duplicate names {sorted(dup)}")
         if self.renderer.kind == "flashtalk":
             self._check_chunk_frames()
+        if self.metrics.enabled and self.console.enabled and not self.console.token \
+                and not self.console.token_file and not is_loopback_host(self.metrics.host):
+            raise ValueError(f"console: metrics.host {self.metrics.host!r} is not loopback; set console.token or "
+                             f"console.token_file (or console.enabled = false)")
         if len(self.outputs) > self.output_policy.max_outputs:
             raise ValueError(f"outputs: {len(self.outputs)} configured, over output_policy.max_outputs "
                              f"{self.output_policy.max_outputs}")
@@ -456,6 +476,16 @@ class Settings(BaseSettings):
     @property
     def samples_per_frame(self) -> int:
         return self.encoder.audio_rate // self.video.fps
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a loopback address or "localhost" (what a bind to it can be reached from: this machine only)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(ValueError):
@@ -522,7 +552,7 @@ def parse_override(item: str) -> dict[str, Any]:
 # Keys whose relative values name files: in a config file they mean "next to this file", not the current directory.
 _FILE_KEYS = (("state_dir",), ("queue", "spool_dir"), ("programme", "playlist"), ("video", "reference_image"),
               ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"),
-              ("ingest", "server_key"), ("ingest", "client_keys_dir"), ("overlays", "font"))
+              ("ingest", "server_key"), ("ingest", "client_keys_dir"), ("overlays", "font"), ("console", "token_file"))
 _FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"))
 
 

@@ -1,0 +1,28 @@
+"""The operator console: a page, a JSON API and a live preview of the air, served with /metrics by the daemon."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from flashtalk_live.console.app import Console
+from flashtalk_live.console.auth import resolve_token
+from flashtalk_live.console.preview import AirTap
+
+__all__ = ["AirTap", "Console", "resolve_token", "start_console"]
+
+
+def start_console(settings: Any, ingest: Any, events: Any, tap: AirTap, token: str,
+                  status_provider: Callable[[], dict[str, Any]]) -> tuple[Any, Console]:
+    """Serve the console and /metrics on metrics.host:metrics.port; returns (http server, console)."""
+    from prometheus_client import make_wsgi_app
+
+    from flashtalk_live.console.server import serve_app
+    from flashtalk_live.metrics import metrics_registry
+
+    console = Console(settings, ingest, events, tap, token, make_wsgi_app(metrics_registry(status_provider)))
+    try:
+        httpd, _ = serve_app(settings.metrics.host, settings.metrics.port, console)
+    except BaseException:
+        console.close()
+        raise
+    return httpd, console

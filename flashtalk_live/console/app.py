@@ -1,0 +1,290 @@
+"""The console's WSGI app: the page, the JSON API, the preview, and /metrics (the Prometheus app, mounted as is).
+
+Every command goes through the ingest server's `dispatch` (the command table, its typed fields, the peer's trust and
+the rate limit), as a ZeroMQ request would: a caller with the console token is a trusted peer ("http" transport).
+Every state-changing request (any POST) needs the token; reads do not. Replies are masked like the ZeroMQ replies.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+from importlib import resources
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs
+
+from flashtalk_live.console.auth import bearer_ok
+from flashtalk_live.console.preview import AirTap, PreviewEncoder
+from flashtalk_live.errors import Rejection
+from flashtalk_live.events import Event, EventBus
+from flashtalk_live.ingest.commands import Peer
+from flashtalk_live.secrets import mask_obj
+from flashtalk_live.settings import is_loopback_host
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# Rejection code -> HTTP status; any code not listed is a client mistake: 400.
+HTTP_STATUS: dict[str, int] = {
+    "unauthorized": 403, "forbidden_path": 403,
+    "not_found": 404, "unknown_command": 404,
+    "already_exists": 409, "queue_full": 409, "too_many_outputs": 409,
+    "oversize": 413, "image_too_large": 413,
+    "rate_limited": 429,
+    "internal": 500, "unavailable": 501, "busy": 503, "disk_full": 507,
+}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 411: "Length Required", 413: "Content Too Large",
+           429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented",
+           503: "Service Unavailable", 507: "Insufficient Storage"}
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
+SECURITY_HEADERS = [
+    ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+]
+BOUNDARY = "flashtalkframe"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+class EventRing:
+    """The last `size` events of the bus (already masked by it), by sequence number."""
+
+    def __init__(self, events: EventBus, size: int) -> None:
+        self._ring: collections.deque[Event] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._events = events
+        events.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        with self._lock:
+            self._ring.append(event)
+
+    def since(self, after: int = 0) -> list[Event]:
+        with self._lock:
+            return [e for e in self._ring if e.get("seq", 0) > after]
+
+    def close(self) -> None:
+        self._events.unsubscribe(self._on_event)
+
+
+def _host_name(host_header: str) -> str:
+    """The host part of a Host header ("[::1]:9464" -> "::1", "localhost:80" -> "localhost")."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+class Console:
+    """The app. `ingest` is the daemon's IngestServer (dispatch, status, limiter); `metrics_app` serves /metrics."""
+
+    def __init__(self, settings: Any, ingest: Any, events: EventBus, tap: AirTap, token: str,
+                 metrics_app: WsgiApp | None = None) -> None:
+        c = settings.console
+        self.s = settings
+        self.ingest = ingest
+        self.token = token
+        self.metrics_app = metrics_app
+        self.tap = tap
+        self.preview = PreviewEncoder(tap, c.preview_fps, c.preview_width)
+        self.events = EventRing(events, c.event_history)
+        self.max_body = settings.ingest.max_message_bytes
+        # A loopback bind only answers Host names of this machine: a DNS-rebinding page cannot read the API.
+        self.check_host = is_loopback_host(settings.metrics.host)
+        self.closed = threading.Event()
+        self.routes: dict[tuple[str, str], Callable[[dict[str, Any]], tuple[int, list, Iterable[bytes]]]] = {
+            ("GET", "/"): lambda env: self._static("index.html"),
+            ("GET", "/api/status"): lambda env: self._json(200, self.status()),
+            ("GET", "/api/queue"): lambda env: self._json(200, self.queue()),
+            ("GET", "/api/outputs"): self._outputs,
+            ("GET", "/api/events"): self._events,
+            ("GET", "/preview.jpg"): self._preview_jpg,
+            ("GET", "/preview.mjpeg"): self._preview_mjpeg,
+        }
+
+    def close(self) -> None:
+        self.closed.set()
+        self.events.close()
+
+    # -- WSGI ----------------------------------------------------------------------------------------
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", "/"), environ.get("REQUEST_METHOD", "GET")
+        if path == "/metrics" and self.metrics_app is not None:
+            return self.metrics_app(environ, start_response)
+        if self.check_host and _host_name(environ.get("HTTP_HOST", "localhost")) not in LOOPBACK_NAMES:
+            status, headers, body = self._error(403, "forbidden_host", "this console answers loopback names only")
+        else:
+            try:
+                status, headers, body = self._route(method, path, environ)
+            except Exception as e:  # noqa: BLE001 - a bug in one request must not stop the console
+                status, headers, body = self._error(500, "internal", f"{type(e).__name__}: {e}")
+        start_response(f"{status} {REASONS.get(status, 'Error')}", headers + SECURITY_HEADERS)
+        return body
+
+    def _route(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        if path.startswith("/api/commands/"):
+            if method != "POST":
+                return self._error(405, "bad_request", "commands are POST requests")
+            return self._command(path[len("/api/commands/"):], environ)
+        if method == "GET" and path.startswith("/static/"):
+            return self._static(path[len("/static/"):])
+        handler = self.routes.get((method, path))
+        if handler is None:
+            if any(p == path for _, p in self.routes):
+                return self._error(405, "bad_request", f"{method} is not served on {path}")
+            return self._error(404, "not_found", f"no page {path[:80]!r}")
+        return handler(environ)
+
+    # -- replies -------------------------------------------------------------------------------------
+    @staticmethod
+    def _json(status: int, obj: Any, extra: list | None = None) -> tuple[int, list, Iterable[bytes]]:
+        body = json.dumps(mask_obj(obj), default=str).encode()
+        return status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))] + (extra or []), [body]
+
+    def _error(self, status: int, code: str, reason: str, field: str | None = None,
+               extra: list | None = None) -> tuple[int, list, Iterable[bytes]]:
+        out: dict[str, Any] = {"ok": False, "code": code, "reason": reason}
+        if field is not None:
+            out["field"] = field
+        return self._json(status, out, extra)
+
+    def _static(self, name: str) -> tuple[int, list, Iterable[bytes]]:
+        ctype = STATIC_TYPES.get(name[name.rfind("."):] if "." in name else "")
+        if ctype is None or "/" in name or name.startswith("."):
+            return self._error(404, "not_found", "no such asset")
+        try:
+            body = resources.files("flashtalk_live.console").joinpath("static", name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return self._error(404, "not_found", "no such asset")
+        return 200, [("Content-Type", ctype), ("Content-Length", str(len(body)))], [body]
+
+    # -- the API ---------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The `status` command's reply, plus the aired audio levels, the preview's counters and a plan: the clip
+        on air with its progress and each pending clip's estimated start (seconds from now)."""
+        st = self.ingest.status()
+        st["audio_levels"] = self.tap.audio_levels()
+        st["preview"] = self.preview.stats()
+        st["plan"] = self._plan(st)
+        return st
+
+    def _plan(self, st: dict[str, Any]) -> dict[str, Any]:
+        now_media = float(st.get("broadcast", {}).get("media_time_s", 0.0))
+        on_air = st.get("on_air")
+        cur: dict[str, Any] | None = None
+        left = 0.0
+        if on_air:
+            started = next((e for e in reversed(self.events.since()) if e.get("type") == "started"
+                            and e.get("segment_id") == on_air), None)
+            dur = next((p.get("duration_s") for p in st.get("playing", []) if p.get("segment_id") == on_air), None)
+            elapsed = now_media - float(started["media_time_s"]) if started else None
+            cur = {"segment_id": on_air, "source": started.get("source") if started else None,
+                   "elapsed_s": round(elapsed, 2) if elapsed is not None else None, "duration_s": dur}
+            if dur and elapsed is not None:
+                cur["progress"] = round(min(1.0, max(0.0, elapsed / dur)), 3)
+                left = max(0.0, dur - elapsed)
+        upcoming = []
+        for p in st.get("pending", []):
+            upcoming.append({**p, "starts_in_s": round(left, 2)})
+            left += float(p.get("duration_s") or 0.0)
+        return {"media_time_s": now_media, "on_air": cur, "pending": upcoming, "estimate": True}
+
+    def queue(self) -> dict[str, Any]:
+        st = self.ingest.status()
+        plan = self._plan(st)
+        return {"queue": st.get("queue"), "playing": st.get("playing"), "on_air": plan["on_air"],
+                "pending": plan["pending"]}
+
+    def _outputs(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        reply = self.ingest.dispatch(self._peer(environ, trusted=False), b'{"v": 1, "cmd": "outputs"}', None)
+        return self._reply(reply)
+
+    def _events(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        q = parse_qs(environ.get("QUERY_STRING", ""))
+        try:
+            after = int(q.get("after", ["0"])[0])
+        except ValueError:
+            return self._error(400, "bad_request", "after: not an integer", "after")
+        events = self.events.since(after)
+        return self._json(200, {"events": events, "last_seq": events[-1]["seq"] if events else after})
+
+    def _peer(self, environ: dict[str, Any], trusted: bool) -> Peer:
+        return Peer(transport="http", key=None, address=str(environ.get("REMOTE_ADDR", "")), trusted=trusted)
+
+    def _reply(self, reply: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        return self._json(200 if reply.get("ok") else HTTP_STATUS.get(reply.get("code", ""), 400), reply)
+
+    def _command(self, name: str, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        """POST /api/commands/<name>: the token first (before reading any body), then the ingest rate limit, then
+        the body as the command's fields (application/json) or as its data frame (anything else; the fields then
+        come from the `args` query parameter, a JSON object), then dispatch."""
+        if not bearer_ok(environ, self.token):
+            return self._error(401, "unauthorized", "state-changing requests need 'Authorization: Bearer <token>' "
+                                                    "(console.token, console.token_file or {state_dir}/console.token)",
+                               extra=[("WWW-Authenticate", 'Bearer realm="flashtalk-live"')])
+        peer = self._peer(environ, trusted=True)
+        try:
+            self.ingest.limiter.check(peer.name)
+            fields, data = self._read_request(environ)
+        except Rejection as e:
+            return self._reply({"ok": False, **e.reply_fields()})
+        header = json.dumps({**fields, "v": 1, "cmd": name}).encode()
+        return self._reply(self.ingest.dispatch(peer, header, data))
+
+    def _read_request(self, environ: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise Rejection("bad_header", "Content-Length is not a number") from None
+        if length > self.max_body:
+            raise Rejection("oversize", f"body of {length} bytes exceeds ingest.max_message_bytes {self.max_body}")
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        q = parse_qs(environ.get("QUERY_STRING", ""))
+        if ctype == "application/json":
+            fields = self._json_object(body or b"{}", "body")
+            if "args" in q:
+                raise Rejection("bad_header", "fields go in the JSON body or in ?args=, not both", "args")
+            return fields, None
+        fields = self._json_object(q["args"][0].encode(), "args") if "args" in q else {}
+        return fields, (body if length > 0 or ctype else None)
+
+    @staticmethod
+    def _json_object(raw: bytes, where: str) -> dict[str, Any]:
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise Rejection("bad_json", f"{where}: not JSON", where) from None
+        if not isinstance(obj, dict):
+            raise Rejection("bad_header", f"{where}: a JSON object of the command's fields expected", where)
+        return obj
+
+    # -- the preview -----------------------------------------------------------------------------------
+    def _preview_jpg(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        n, jpeg = self.preview.jpeg()
+        if jpeg is None:
+            return self._error(503, "unavailable", "nothing has aired yet", extra=[("Retry-After", "1")])
+        return 200, [("Content-Type", "image/jpeg"), ("Content-Length", str(len(jpeg))),
+                     ("X-Frame-Number", str(n))], [jpeg]
+
+    def _preview_mjpeg(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        return 200, [("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")], self._mjpeg_stream()
+
+    def _mjpeg_stream(self) -> Iterable[bytes]:
+        """Every viewer polls the shared encoder once per interval: the encode count does not grow with viewers."""
+        self.preview.add_viewer(1)
+        last = -1
+        try:
+            while not self.closed.is_set():
+                n, jpeg = self.preview.jpeg()
+                if jpeg is not None and n != last:
+                    last = n
+                    yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+                           f"X-Frame-Number: {n}\r\n\r\n").encode() + jpeg + b"\r\n"
+                self.closed.wait(self.preview.interval_s)
+        finally:
+            self.preview.add_viewer(-1)
+
