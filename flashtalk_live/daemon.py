@@ -35,6 +35,7 @@ from flashtalk_live.storage import DiskWatermark
 from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
 
 RendererFactory = Callable[[Settings], Renderer]
+RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
 
 
@@ -548,7 +549,9 @@ class Daemon:
             from flashtalk_live.metrics import serve_metrics
 
             try:
-                self.metrics_server, _ = serve_metrics(self.s.metrics.host, self.s.metrics.port, self.status)
+                m = self.s.metrics
+                self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
+                                                       timeout_s=m.timeout_s, log=self.log)
                 self.metrics_port = self.metrics_server.server_port
             except OSError as e:
                 self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
@@ -582,6 +585,7 @@ class Daemon:
         self.ingest.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         self.renderers.close()
         self.encoder.close()
         self.spool.close()
@@ -653,5 +657,7 @@ def raise_fd_limit() -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         except (ValueError, OSError):
             new = soft
-    get_logger("daemon").info("fd_limit", soft_was=soft, soft=new, hard=hard)
+    from flashtalk_live import fdreserve
+
+    get_logger("daemon").info("fd_limit", soft_was=soft, soft=new, hard=hard, reserved=fdreserve.hold(RESERVED_FDS))
     return new, hard

@@ -1,10 +1,21 @@
-"""Prometheus text endpoint: a collector that turns the daemon's status dict into metrics at scrape time."""
+"""Prometheus text endpoint: a collector that turns the daemon's status dict into metrics at scrape time.
+
+The HTTP server is reachable by any local user, so it holds few descriptors whatever comes at it: at most
+`max_connections` connections are served at once (one thread each), more are closed as soon as they are accepted,
+an idle or slow client is dropped after `timeout_s`, and a full descriptor table only pauses accepting.
+"""
 
 from __future__ import annotations
 
+import errno
+import socket
+import threading
+import time
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import MetricsHandler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from flashtalk_live.secrets import mask_obj
@@ -59,8 +70,59 @@ class StatusCollector:
         yield from (est, bps, rec, drop)
 
 
-def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, Any]]):
+class CappedHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server with a cap on connections served at once and an EMFILE-proof accept."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, addr: tuple[str, int], handler: Any, max_connections: int, log: Any = None) -> None:
+        if ":" in addr[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(addr, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
+        self.refused = 0
+        self.accept_errors = 0
+        self._log = log
+
+    def get_request(self):  # noqa: ANN201
+        try:
+            return super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                # The pending connection stays in the backlog; retrying at once would spin the CPU.
+                self.accept_errors += 1
+                if self._log is not None and self.accept_errors == 1:
+                    self._log.error("metrics_accept_failed", error=str(e))
+                time.sleep(0.1)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, Any]], *,
+                  max_connections: int = 16, timeout_s: float = 5.0, log: Any = None):
     """Start the HTTP endpoint in a daemon thread; returns (server, thread). Port 0 picks a free port."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status_provider))
-    return start_http_server(port, addr=host, registry=registry)
+    handler = type("Handler", (MetricsHandler.factory(registry),), {"timeout": timeout_s})  # per-socket timeout
+    server = CappedHTTPServer((host, port), handler, max_connections, log)
+    t = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    t.start()
+    return server, t

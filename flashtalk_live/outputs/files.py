@@ -16,6 +16,7 @@ from typing import Any
 
 import av
 
+from flashtalk_live import fdreserve
 from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.base import Output, Rebaser
 from flashtalk_live.outputs.kinds import FILE_FORMATS, file_path
@@ -66,7 +67,8 @@ class FileOutput(Output):
     def _open(self) -> None:
         path = self._expand(self.segments)
         path.parent.mkdir(parents=True, exist_ok=True)
-        container = av.open(str(path), "w", format=self.format, container_options=_FORMAT_OPTIONS[self.format])
+        with fdreserve.released():  # a socket flood cannot stop a new segment (EMFILE here is a retried failure)
+            container = av.open(str(path), "w", format=self.format, container_options=_FORMAT_OPTIONS[self.format])
         try:
             rebaser = Rebaser(container, self.video_template, self.audio_template)
             if self.format == "mp4":  # FLV's codec tags mean nothing to mp4; let the muxer choose

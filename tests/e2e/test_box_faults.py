@@ -100,3 +100,85 @@ def test_full_disk_keeps_the_room_on_air_and_recovers(small_fs, nginx_rtmp):
         st = until(lambda: (s := c.status())["state"] == "on_air" and s)
         assert st["storage"]["degraded"]
     assert d2.stop() == 0
+
+
+def flood(port: int, n: int) -> list:
+    """Open n idle TCP connections to a loopback port (non-blocking connects: a full backlog never stalls us)."""
+    import socket
+
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        socks.append(s)
+    return socks
+
+
+@pytest.mark.rtmp
+@pytest.mark.timeout(240)
+def test_descriptor_flood_leaves_control_outputs_and_recordings_working(tmp_path, nginx_rtmp):
+    import resource
+    import signal
+    import urllib.request
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:  # this test process holds 2,200 sockets itself
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    srv = nginx_rtmp()
+    d = DaemonProcess(tmp_path / "state", [{"name": "live", "url": srv.url("room")},
+                                            {"name": "rec", "url": "{state_dir}/rec/live-{n}.flv",
+                                             "segment_seconds": 2.0}],
+                      ["output_policy.backoff_max_s=1.0", "ingest.handshake_timeout_s=2.0"], nofile=1024).start()
+    socks: list = []
+    try:
+        with d.client(timeout_s=10.0) as c:
+            st = until(lambda: (s := c.status())["state"] == "on_air" and
+                       any(o["name"] == "live" and o["state"] == "up" for o in s["outputs"]) and s)
+            metrics_port = st["metrics_port"]
+            socks += flood(d.tcp_port, 1100)
+            socks += flood(d.tcp_events, 1100)
+            socks += flood(metrics_port, 1100)
+            time.sleep(1.0)
+            # the operator's ipc socket still answers
+            until(lambda: _ping(d), 30)
+            assert d.proc.poll() is None
+            # an RTMP endpoint that goes away comes back while the flood is held
+            before = next(o for o in c.status()["outputs"] if o["name"] == "live")["reconnects"]
+            srv.kill()
+            time.sleep(1.0)
+            srv.restart()
+            until(lambda: any(o["name"] == "live" and o["state"] == "up" and o["reconnects"] > before
+                              for o in c.status()["outputs"]), 60)
+            # the recording still cuts new segments (opens new files)
+            segs = next(o for o in c.status()["outputs"] if o["name"] == "rec")["segments"]
+            until(lambda: next(o for o in c.status()["outputs"] if o["name"] == "rec")["segments"] >= segs + 2, 30)
+            # the metrics endpoint answers a real scrape again once the flood has been shed
+            body = until(lambda: _scrape(metrics_port), 30)
+            assert "flashtalk_state" in body
+    finally:
+        for s in socks:
+            s.close()
+    assert d.proc.poll() is None, d.log_tail()
+    rc = d.stop()
+    assert rc == 0 and rc != -signal.SIGABRT, d.log_tail()
+    assert not any(x.get("event") == "broadcast_loop_crashed" for x in d.log_lines())
+
+
+def _ping(d: DaemonProcess) -> bool:
+    from flashtalk_live.client import ClientError
+
+    try:
+        with d.client(timeout_s=3.0) as c:
+            return bool(c.ping().get("ok"))
+    except ClientError:
+        return False
+
+
+def _scrape(port: int) -> str | None:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
+    except OSError:
+        return None
