@@ -294,6 +294,10 @@ class OutputPolicy(_Section):
     max_outputs: int = Field(8, ge=1, description="outputs at once, configured and added at run time")
     file_dirs: list[str] = Field(default_factory=lambda: ["{state_dir}/recordings"],
                                  description="folders output_add may write files in")
+    recording_max_age_hours: float = Field(24.0 * 7, ge=0, description="a file output's older files are deleted (0: kept)")
+    recording_max_bytes: int = Field(20 * 1024**3, ge=0,
+                                     description="a file output's files beyond this total are deleted, oldest first "
+                                                 "(0: no limit)")
 
 
 Anchor = Literal["top_left", "top", "top_right", "left", "center", "right", "bottom_left", "bottom", "bottom_right"]

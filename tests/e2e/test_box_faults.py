@@ -182,3 +182,28 @@ def _scrape(port: int) -> str | None:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
     except OSError:
         return None
+
+
+@pytest.mark.timeout(120)
+def test_recordings_survive_a_crash_and_pause_leaves_finished_files(tmp_path):
+    """SIGKILL mid-recording: the open .flv and fragmented .mp4 still play; a restart applies retention at once."""
+    state = tmp_path / "state"
+    outs = [{"name": "flv", "url": "{state_dir}/rec/a-{n}.flv"}, {"name": "mp4", "url": "{state_dir}/rec/b-{n}.mp4"}]
+    d = DaemonProcess(state, outs).start()
+    with d.client() as c:
+        until(lambda: all(o["bytes"] > 200_000 for o in c.status()["outputs"]), 60)
+    d.kill()
+    for name in ("a-0.flv", "b-0.mp4"):
+        info = read_media(state / "rec" / name)
+        assert info.video_packets > 25 and info.keyframes and info.keyframes[0] == info.video_pts[0]
+    # a 0-byte leftover (a crash right after an open) and a file past the age limit go at the next start
+    (state / "rec" / "a-7.flv").touch()
+    old = state / "rec" / "b-0.mp4"
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    d2 = DaemonProcess(state, outs, ["output_policy.recording_max_age_hours=1"]).start()
+    with d2.client() as c:
+        until(lambda: all(o["state"] == "up" for o in c.status()["outputs"]), 30)
+    assert d2.stop() == 0
+    assert not (state / "rec" / "a-7.flv").exists() and not old.exists()
+    assert (state / "rec" / "a-0.flv").exists()
+    assert all(p.stat().st_size > 0 for p in (state / "rec").iterdir())
