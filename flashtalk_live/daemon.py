@@ -526,7 +526,8 @@ class Daemon:
             "on_air": self._on_air_segment,
             "queue": self.spool.stats(),
             "storage": {**self.disk.status(), "spool_write_errors": self.storage_errors,
-                        "unsettled_clips": len(self._unsettled)},
+                        "unsettled_clips": len(self._unsettled),
+                        "spool_quarantined": str(self.spool.quarantined[0]) if self.spool.quarantined else None},
             "broadcast": {
                 **pst,
                 "av_skew_s": round(self._av_skew_s, 4),

@@ -48,6 +48,14 @@ class StatusCollector:
         yield CounterMetricFamily("flashtalk_underrun_frames", "Frames repeated because the renderer was late", value=b.get("underrun_frames", 0))
         yield CounterMetricFamily("flashtalk_underruns", "Underrun episodes", value=b.get("underrun_episodes", 0))
         yield GaugeMetricFamily("flashtalk_process_rss_bytes", "Resident memory of the daemon", value=s.get("rss_bytes", 0))
+        yield from _storage_metrics(s.get("storage") or {})
+        conns = GaugeMetricFamily("flashtalk_ingest_connections", "Open tcp connections", labels=["socket"])
+        refused = CounterMetricFamily("flashtalk_ingest_connections_refused",
+                                      "tcp connections closed at once: over ingest.max_connections", labels=["socket"])
+        for name, c in ((s.get("ingest") or {}).get("connections") or {}).items():
+            conns.add_metric([name], float(c.get("open", 0)))
+            refused.add_metric([name], float(c.get("refused", 0)))
+        yield from (conns, refused)
         r = s.get("renderer", {})
         rend = GaugeMetricFamily("flashtalk_renderer_active", "Active renderer (1 for the current one)", labels=["renderer"])
         if r.get("active"):
@@ -114,6 +122,23 @@ class CappedHTTPServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+
+def _storage_metrics(st: dict[str, Any]):
+    """The state directory's disk and the spool's faults (issue 12): degraded state, write errors, quarantine."""
+    yield GaugeMetricFamily("flashtalk_storage_degraded", "1 while the state directory's disk is under its watermark",
+                            value=1.0 if st.get("degraded") else 0.0)
+    yield CounterMetricFamily("flashtalk_storage_degraded_episodes", "Times the disk went under its watermark",
+                              value=st.get("episodes", 0))
+    if st.get("free_bytes") is not None:
+        yield GaugeMetricFamily("flashtalk_storage_free_bytes", "Free bytes on the state directory's disk",
+                                value=st["free_bytes"])
+    yield CounterMetricFamily("flashtalk_spool_write_errors", "Spool commits that failed (retried)",
+                              value=st.get("spool_write_errors", 0))
+    yield GaugeMetricFamily("flashtalk_spool_unsettled_clips", "Finished clips whose removal is not committed yet",
+                            value=st.get("unsettled_clips", 0))
+    yield GaugeMetricFamily("flashtalk_spool_quarantined", "1 when an unreadable spool was moved aside at this start",
+                            value=1.0 if st.get("spool_quarantined") else 0.0)
 
 
 def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, Any]], *,

@@ -207,3 +207,61 @@ def test_recordings_survive_a_crash_and_pause_leaves_finished_files(tmp_path):
     assert not (state / "rec" / "a-7.flv").exists() and not old.exists()
     assert (state / "rec" / "a-0.flv").exists()
     assert all(p.stat().st_size > 0 for p in (state / "rec").iterdir())
+
+
+def _spool_with_clips(state: Path) -> Path:
+    from flashtalk_live.queue.spool import DB_NAME, Spool
+
+    with Spool(state / "spool") as s:
+        for i in range(5):
+            s.add(bytes(2000), {"n": i}, "enqueue", duration_s=1.0)
+    for extra in ("-wal", "-shm"):
+        Path(str(state / "spool" / DB_NAME) + extra).unlink(missing_ok=True)
+    return state / "spool" / DB_NAME
+
+
+def _truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+
+
+def _garbage(f: Path) -> None:
+    f.write_bytes(os.urandom(f.stat().st_size))
+
+
+def _zero_header(f: Path) -> None:
+    with open(f, "r+b") as fh:
+        fh.write(b"\0" * 100)
+
+
+def _zero_length(f: Path) -> None:
+    f.write_bytes(b"")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damage", [_truncate, _garbage, _zero_header, _zero_length])
+def test_daemon_on_a_corrupt_spool_goes_on_air_and_names_both_files(tmp_path, damage):
+    state = tmp_path / "state"
+    db = _spool_with_clips(state)
+    damage(db)
+    before = db.read_bytes()
+    t0 = time.monotonic()
+    d = DaemonProcess(state, [{"name": "rec", "url": "{state_dir}/rec/a.flv"}]).start()
+    try:
+        with d.client() as c:
+            st = until(lambda: (s := c.status())["state"] == "on_air" and s, 30)
+            print(f"{damage.__name__}: on air {time.monotonic() - t0:.2f} s after the start")  # the 5 s
+            aside = st["storage"]["spool_quarantined"]
+            metrics = _scrape(st["metrics_port"])
+    finally:
+        assert d.stop() == 0
+    if damage is _zero_length:  # an empty file is an empty queue, not a fault
+        assert aside is None
+        assert "flashtalk_spool_quarantined 0.0" in metrics
+        return
+    assert aside is not None and Path(aside).read_bytes() == before  # kept aside untouched
+    assert "flashtalk_spool_quarantined 1.0" in metrics
+    logged = [x for x in d.log_lines() if x.get("event") == "spool_quarantined"]
+    assert logged and logged[0]["moved_to"] == aside and logged[0]["fresh"] == str(db)
+    assert "spool salvage" in logged[0]["salvage"] and logged[0]["level"] == "error"
+    ev = [x for x in d.log_lines() if x.get("event") == "event_spool_quarantined"]
+    assert ev and ev[0]["moved_to"] == aside
