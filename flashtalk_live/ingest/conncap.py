@@ -43,7 +43,10 @@ class ConnectionCap:
             except zmq.Again:
                 return
             fd = int(ev["value"])
-            if ev["event"] == zmq.EVENT_ACCEPTED and ev["endpoint"].startswith(b"tcp://"):
+            endpoint = ev["endpoint"]
+            if isinstance(endpoint, bytes):
+                endpoint = endpoint.decode(errors="replace")
+            if ev["event"] == zmq.EVENT_ACCEPTED and endpoint.startswith("tcp://"):
                 if len(self.open) >= self.cap:
                     self._refuse(fd)
                 else:
