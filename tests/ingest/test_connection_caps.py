@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
-import urllib.request
+
+from box_faults import idle_connections, scrape, until
 
 from flashtalk_live.client import Client
 from flashtalk_live.metrics import serve_metrics
 
 
-def until(pred, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
-
-def idle_connections(port: int, n: int) -> list[socket.socket]:
-    out = []
-    for _ in range(n):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(("127.0.0.1", port))
-        out.append(s)
-    return out
 
 
 def ended(s: socket.socket) -> bool:
@@ -72,7 +54,7 @@ def test_metrics_server_caps_connections_and_drops_idle_ones():
         until(lambda: server.refused >= 40)
         assert server.max_connections == 3
         # idle clients are dropped after timeout_s, and a real scrape is served again
-        body = until(lambda: _scrape(port))
+        body = until(lambda: scrape(port))
         assert 'flashtalk_state{state="on_air"} 1.0' in body
         for s in socks:
             s.close()
@@ -80,9 +62,3 @@ def test_metrics_server_caps_connections_and_drops_idle_ones():
         server.shutdown()
         server.server_close()
 
-
-def _scrape(port: int) -> str | None:
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return None
