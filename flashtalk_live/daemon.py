@@ -35,6 +35,7 @@ from flashtalk_live.storage import DiskWatermark
 from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
 
 RendererFactory = Callable[[Settings], Renderer]
+RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
 
 
@@ -553,7 +554,8 @@ class Daemon:
             "on_air": self._on_air_segment,
             "queue": self.spool.stats(),
             "storage": {**self.disk.status(), "spool_write_errors": self.storage_errors,
-                        "unsettled_clips": len(self._unsettled)},
+                        "unsettled_clips": len(self._unsettled),
+                        "spool_quarantined": str(self.spool.quarantined[0]) if self.spool.quarantined else None},
             "broadcast": {
                 **pst,
                 "av_skew_s": round(self._av_skew_s, 4),
@@ -577,13 +579,15 @@ class Daemon:
             from flashtalk_live.metrics import serve_metrics
 
             try:
+                m = self.s.metrics
                 if self.console_token is not None:  # the console serves /metrics too, on the same port
                     from flashtalk_live.console import start_console
 
                     self.metrics_server, self.console = start_console(
                         self.s, self.ingest, self.events, self.air, self.console_token, self.status)
                 else:
-                    self.metrics_server, _ = serve_metrics(self.s.metrics.host, self.s.metrics.port, self.status)
+                    self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
+                                                           timeout_s=m.timeout_s, log=self.log)
                 self.metrics_port = self.metrics_server.server_port
             except OSError as e:
                 self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
@@ -619,6 +623,7 @@ class Daemon:
             self.console.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         self.renderers.close()
         self.encoder.close()
         self.spool.close()
@@ -690,5 +695,7 @@ def raise_fd_limit() -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         except (ValueError, OSError):
             new = soft
-    get_logger("daemon").info("fd_limit", soft_was=soft, soft=new, hard=hard)
+    from flashtalk_live import fdreserve
+
+    get_logger("daemon").info("fd_limit", soft_was=soft, soft=new, hard=hard, reserved=fdreserve.hold(RESERVED_FDS))
     return new, hard

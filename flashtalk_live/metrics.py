@@ -1,10 +1,21 @@
-"""Prometheus text endpoint: a collector that turns the daemon's status dict into metrics at scrape time."""
+"""Prometheus text endpoint: a collector that turns the daemon's status dict into metrics at scrape time.
+
+The HTTP server is reachable by any local user, so it holds few descriptors whatever comes at it: at most
+`max_connections` connections are served at once (one thread each), more are closed as soon as they are accepted,
+an idle or slow client is dropped after `timeout_s`, and a full descriptor table only pauses accepting.
+"""
 
 from __future__ import annotations
 
+import errno
+import socket
+import threading
+import time
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import MetricsHandler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from flashtalk_live.secrets import mask_obj
@@ -41,6 +52,14 @@ class StatusCollector:
         yield under
         yield CounterMetricFamily("flashtalk_underruns", "Underrun episodes", value=b.get("underrun_episodes", 0))
         yield GaugeMetricFamily("flashtalk_process_rss_bytes", "Resident memory of the daemon", value=s.get("rss_bytes", 0))
+        yield from _storage_metrics(s.get("storage") or {})
+        conns = GaugeMetricFamily("flashtalk_ingest_connections", "Open tcp connections", labels=["socket"])
+        refused = CounterMetricFamily("flashtalk_ingest_connections_refused",
+                                      "tcp connections closed at once: over ingest.max_connections", labels=["socket"])
+        for name, c in ((s.get("ingest") or {}).get("connections") or {}).items():
+            conns.add_metric([name], float(c.get("open", 0)))
+            refused.add_metric([name], float(c.get("refused", 0)))
+        yield from (conns, refused)
         r = s.get("renderer", {})
         rend = GaugeMetricFamily("flashtalk_renderer_active", "Active renderer (1 for the current one)", labels=["renderer"])
         if r.get("active"):
@@ -70,6 +89,85 @@ def metrics_registry(status_provider: Callable[[], dict[str, Any]]) -> Collector
     return registry
 
 
-def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, Any]]):
+class ConnectionCap:
+    """Mixin for a threading socketserver: at most `max_connections` served at once (the rest are closed when
+    accepted), and an accept that survives EMFILE. Both HTTP servers (metrics, console) use it."""
+
+    max_connections = 16
+    log: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self.refused = 0
+        self.accept_errors = 0
+
+    def get_request(self):  # noqa: ANN201
+        try:
+            return super().get_request()  # type: ignore[misc]
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                # The pending connection stays in the backlog; retrying at once would spin the CPU.
+                self.accept_errors += 1
+                if self.log is not None and self.accept_errors == 1:
+                    self.log.error("http_accept_failed", error=str(e))
+                time.sleep(0.1)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            return
+        try:
+            super().process_request(request, client_address)  # type: ignore[misc]
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self._slots.release()
+
+
+class CappedHTTPServer(ConnectionCap, ThreadingHTTPServer):
+    """The metrics endpoint's server."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, addr: tuple[str, int], handler: Any, max_connections: int, log: Any = None) -> None:
+        if ":" in addr[0]:
+            self.address_family = socket.AF_INET6
+        self.max_connections, self.log = max_connections, log
+        super().__init__(addr, handler)
+
+
+def _storage_metrics(st: dict[str, Any]):
+    """The state directory's disk and the spool's faults (issue 12): degraded state, write errors, quarantine."""
+    yield GaugeMetricFamily("flashtalk_storage_degraded", "1 while the state directory's disk is under its watermark",
+                            value=1.0 if st.get("degraded") else 0.0)
+    yield CounterMetricFamily("flashtalk_storage_degraded_episodes", "Times the disk went under its watermark",
+                              value=st.get("episodes", 0))
+    if st.get("free_bytes") is not None:
+        yield GaugeMetricFamily("flashtalk_storage_free_bytes", "Free bytes on the state directory's disk",
+                                value=st["free_bytes"])
+    yield CounterMetricFamily("flashtalk_spool_write_errors", "Spool commits that failed (retried)",
+                              value=st.get("spool_write_errors", 0))
+    yield GaugeMetricFamily("flashtalk_spool_unsettled_clips", "Finished clips whose removal is not committed yet",
+                            value=st.get("unsettled_clips", 0))
+    yield GaugeMetricFamily("flashtalk_spool_quarantined", "1 when an unreadable spool was moved aside at this start",
+                            value=1.0 if st.get("spool_quarantined") else 0.0)
+
+
+def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, Any]], *,
+                  max_connections: int = 16, timeout_s: float = 5.0, log: Any = None):
     """Start the HTTP endpoint in a daemon thread; returns (server, thread). Port 0 picks a free port."""
-    return start_http_server(port, addr=host, registry=metrics_registry(status_provider))
+    registry = metrics_registry(status_provider)
+    handler = type("Handler", (MetricsHandler.factory(registry),), {"timeout": timeout_s})  # per-socket timeout
+    server = CappedHTTPServer((host, port), handler, max_connections, log)
+    t = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    t.start()
+    return server, t

@@ -95,6 +95,10 @@ class IngestSettings(_Section):
     max_inflight: int = Field(256, ge=1, description="requests of all peers waiting or running")
     handshake_timeout_s: float = Field(5.0, gt=0, description="ZMQ_HANDSHAKE_IVL: a connection must finish its handshake in this time")
     connection_backlog: int = Field(64, ge=1, description="ZMQ_BACKLOG: pending tcp connections")
+    max_connections: int = Field(256, ge=1, description="open tcp connections per socket (control, events); more "
+                                                        "are closed at once, so a flood cannot take every descriptor")
+    heartbeat_s: float = Field(10.0, gt=0, description="ZMQ_HEARTBEAT_IVL: ping every connection this often")
+    heartbeat_timeout_s: float = Field(30.0, gt=0, description="ZMQ_HEARTBEAT_TIMEOUT/TTL: drop a peer silent this long")
 
     @field_validator("ipc_mode", mode="before")
     @classmethod
@@ -305,6 +309,10 @@ class OutputPolicy(_Section):
     max_outputs: int = Field(8, ge=1, description="outputs at once, configured and added at run time")
     file_dirs: list[str] = Field(default_factory=lambda: ["{state_dir}/recordings"],
                                  description="folders output_add may write files in")
+    recording_max_age_hours: float = Field(24.0 * 7, ge=0, description="a file output's older files are deleted (0: kept)")
+    recording_max_bytes: int = Field(20 * 1024**3, ge=0,
+                                     description="a file output's files beyond this total are deleted, oldest first "
+                                                 "(0: no limit)")
 
 
 Anchor = Literal["top_left", "top", "top_right", "left", "center", "right", "bottom_left", "bottom", "bottom_right"]
@@ -361,6 +369,8 @@ class MetricsSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)
+    max_connections: int = Field(16, ge=1, description="connections served at once; more are closed at accept")
+    timeout_s: float = Field(5.0, gt=0, description="an idle or slow scraper is dropped after this long")
 
 
 class ConsoleSettings(_Section):

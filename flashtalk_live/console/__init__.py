@@ -21,7 +21,8 @@ def start_console(settings: Any, ingest: Any, events: Any, tap: AirTap, token: s
 
     console = Console(settings, ingest, events, tap, token, make_wsgi_app(metrics_registry(status_provider)))
     try:
-        httpd, _ = serve_app(settings.metrics.host, settings.metrics.port, console)
+        m = settings.metrics
+        httpd, _ = serve_app(m.host, m.port, console, max_connections=m.max_connections, timeout_s=m.timeout_s)
     except BaseException:
         console.close()
         raise

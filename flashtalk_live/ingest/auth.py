@@ -219,6 +219,10 @@ class Security:
         cfg = self.cfg
         sock.setsockopt(zmq.HANDSHAKE_IVL, int(cfg.handshake_timeout_s * 1000))
         sock.setsockopt(zmq.BACKLOG, int(cfg.connection_backlog))
+        # Heartbeats drop a peer that died without closing (its descriptor would be held forever otherwise).
+        sock.setsockopt(zmq.HEARTBEAT_IVL, int(cfg.heartbeat_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(cfg.heartbeat_timeout_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TTL, int(cfg.heartbeat_timeout_s * 1000))
         if endpoint.startswith("tcp://") and cfg.tcp_auth == "curve":
             public, secret = self._server_keys()
             sock.curve_server = True

@@ -3,7 +3,8 @@
 Written in-process: a local file never hangs like a network peer, and opening one is a fast syscall.
 Names are expanded per file: strftime codes (%Y%m%d-%H%M%S, local time) and {n} (segment number
 from 0); an existing file is never overwritten (-1, -2, ... is appended). MP4 is written fragmented
-(moov up front, a fragment per keyframe) so a recording cut short by a crash still plays.
+(moov up front, a fragment per keyframe) so a recording cut short by a crash still plays; FLV needs no
+trailer to play either. Retention (output_policy.recording_max_*) runs at every open: see retention.py.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ from typing import Any
 
 import av
 
+from flashtalk_live import fdreserve
 from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.base import Output, Rebaser
 from flashtalk_live.outputs.kinds import FILE_FORMATS, file_path
+from flashtalk_live.outputs.retention import apply_retention
 
 log = get_logger("outputs.files")
 
 PREV_GRACE_S = Fraction(1, 5)  # audio this far past a cut can no longer belong to the previous segment
+# flush_packets: each packet (each fragment for mp4) reaches the file at once; PyAV's default 256 KiB write
+# buffer lost seconds of a recording to a crash (and left a 0-byte file after a short one).
+_COMMON = {"flush_packets": "1"}
 _FORMAT_OPTIONS = {
-    "flv": {},
-    "mp4": {"movflags": "+frag_keyframe+empty_moov+default_base_moof"},
+    "flv": dict(_COMMON),
+    "mp4": {**_COMMON, "movflags": "+frag_keyframe+empty_moov+default_base_moof"},
 }
 
 
@@ -45,6 +51,7 @@ class FileOutput(Output):
         self.segments = 0  # files opened
         self.files: list[str] = []
         self.bytes = 0
+        self.retention_removed = 0  # files deleted by the retention policy
         self.next_attempt = 0.0
         self.closed = False
         self.paused: str | None = None  # why recording is paused (a disk under its watermark), or None
@@ -66,7 +73,8 @@ class FileOutput(Output):
     def _open(self) -> None:
         path = self._expand(self.segments)
         path.parent.mkdir(parents=True, exist_ok=True)
-        container = av.open(str(path), "w", format=self.format, container_options=_FORMAT_OPTIONS[self.format])
+        with fdreserve.released():  # a socket flood cannot stop a new segment (EMFILE here is a retried failure)
+            container = av.open(str(path), "w", format=self.format, container_options=_FORMAT_OPTIONS[self.format])
         try:
             rebaser = Rebaser(container, self.video_template, self.audio_template)
             if self.format == "mp4":  # FLV's codec tags mean nothing to mp4; let the muxer choose
@@ -81,6 +89,21 @@ class FileOutput(Output):
         self.segments += 1
         self.files.append(str(path))
         log.info("recording_open", output=self.name, path=str(path))
+        self._retain()
+
+    def _retain(self) -> None:
+        """Apply output_policy's retention to this output's files (at every open: at start and at each cut)."""
+        pol = self.policy
+        try:
+            removed = apply_retention(self.template, pol.recording_max_age_hours * 3600.0, pol.recording_max_bytes,
+                                      keep=[Path(f) for f in self.files[-2:]])
+        except OSError as e:  # retention must never stop a recording
+            log.warning("recording_retention_failed", output=self.name, error=str(e))
+            return
+        if removed:
+            self.retention_removed += len(removed)
+            log.info("recordings_removed", output=self.name, files=[str(p) for p in removed[:20]], count=len(removed),
+                     max_age_hours=pol.recording_max_age_hours, max_bytes=pol.recording_max_bytes)
 
     def _close_container(self) -> None:
         c, self.container, self.rebaser = self.container, None, None
@@ -228,5 +251,5 @@ class FileOutput(Output):
         st = super().status()
         with self._lock:
             st.update(path=str(self.path) if self.path else None, segments=self.segments, bytes=self.bytes,
-                      paused=self.paused)
+                      paused=self.paused, retention_removed=self.retention_removed)
         return st

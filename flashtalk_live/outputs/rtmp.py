@@ -26,6 +26,7 @@ from typing import Any
 
 import av
 
+from flashtalk_live import fdreserve
 from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.base import Output, Rebaser
 from flashtalk_live.secrets import mask_text
@@ -77,20 +78,24 @@ class ChildConnection:
         self.sent = 0  # packets muxed into this connection (broadcast thread only)
         self.dropped = 0
 
-        r, w = os.pipe()
-        try:
-            fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES)
-        except OSError:
-            pass  # above /proc/sys/fs/pipe-max-size: the default size still works
         # The URL goes in the environment, not argv: /proc/*/cmdline is world-readable, environ is the owner's only.
         # The daemon's own FLASHTALK_LIVE_* (every output's key) stay out: this child needs one URL.
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
         env.update(FLASHTALK_OUTPUT_URL=output.url, FLASHTALK_OUTPUT_CONNECT_TIMEOUT=str(output.policy.rw_timeout_s))
-        try:
-            self.proc = subprocess.Popen([sys.executable, CHILD], stdin=r, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, env=env, close_fds=True)
-        finally:
-            os.close(r)
+        with fdreserve.released():  # the descriptors a socket flood cannot take (EMFILE here is a failed connect)
+            r, w = os.pipe()
+            try:
+                try:
+                    fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES)
+                except OSError:
+                    pass  # above /proc/sys/fs/pipe-max-size: the default size still works
+                self.proc = subprocess.Popen([sys.executable, CHILD], stdin=r, stdout=subprocess.PIPE,
+                                             stderr=subprocess.DEVNULL, env=env, close_fds=True)
+            except BaseException:
+                os.close(w)
+                raise
+            finally:
+                os.close(r)
         os.set_blocking(w, False)
         self.fd: int | None = w
         self.sink = _Sink()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
 
 import pytest
 
 from daemon_harness import DaemonProcess, wait_for
-from flashtalk_live.client import Rejected
+from flashtalk_live.client import ClientError, Rejected
 from ingest_audiogen import encode
+from box_faults import garbage, idle_connections, scrape, truncate, until, zero_header, zero_length
 from rtmp_harness import max_gap, read_media
 
 
@@ -35,16 +37,6 @@ def fill(fs: Path, name: str = "ballast", leave: int = 0) -> Path:
             except OSError:
                 pass
     return ballast
-
-
-def until(pred, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 STORAGE = ["storage.min_free_bytes=4194304", "storage.min_free_percent=0", "storage.spool_reserve_bytes=2097152",
@@ -100,3 +92,123 @@ def test_full_disk_keeps_the_room_on_air_and_recovers(small_fs, nginx_rtmp):
         st = until(lambda: (s := c.status())["state"] == "on_air" and s)
         assert st["storage"]["degraded"]
     assert d2.stop() == 0
+
+
+@pytest.mark.rtmp
+@pytest.mark.timeout(240)
+def test_descriptor_flood_leaves_control_outputs_and_recordings_working(tmp_path, nginx_rtmp):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:  # this test process holds 2,200 sockets itself
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    srv = nginx_rtmp()
+    d = DaemonProcess(tmp_path / "state", [{"name": "live", "url": srv.url("room")},
+                                            {"name": "rec", "url": "{state_dir}/rec/live-{n}.flv",
+                                             "segment_seconds": 2.0}],
+                      ["output_policy.backoff_max_s=1.0", "ingest.handshake_timeout_s=2.0"], nofile=1024).start()
+    socks: list = []
+    try:
+        with d.client(timeout_s=10.0) as c:
+            st = until(lambda: (s := c.status())["state"] == "on_air" and
+                       any(o["name"] == "live" and o["state"] == "up" for o in s["outputs"]) and s)
+            metrics_port = st["metrics_port"]
+            socks += idle_connections(d.tcp_port, 1100)
+            socks += idle_connections(d.tcp_events, 1100)
+            socks += idle_connections(metrics_port, 1100)
+            time.sleep(1.0)
+            # the operator's ipc socket still answers
+            until(lambda: _ping(d), 30)
+            assert d.proc.poll() is None
+            # an RTMP endpoint that goes away comes back while the flood is held
+            before = next(o for o in c.status()["outputs"] if o["name"] == "live")["reconnects"]
+            srv.kill()
+            time.sleep(1.0)
+            srv.restart()
+            until(lambda: any(o["name"] == "live" and o["state"] == "up" and o["reconnects"] > before
+                              for o in c.status()["outputs"]), 60)
+            # the recording still cuts new segments (opens new files)
+            segs = next(o for o in c.status()["outputs"] if o["name"] == "rec")["segments"]
+            until(lambda: next(o for o in c.status()["outputs"] if o["name"] == "rec")["segments"] >= segs + 2, 30)
+            # the metrics endpoint answers a real scrape again once the flood has been shed
+            body = until(lambda: scrape(metrics_port), 30)
+            assert "flashtalk_state" in body
+    finally:
+        for s in socks:
+            s.close()
+    assert d.proc.poll() is None, d.log_tail()
+    rc = d.stop()
+    assert rc == 0, d.log_tail()  # not -SIGABRT: libzmq never met EMFILE
+    assert not any(x.get("event") == "broadcast_loop_crashed" for x in d.log_lines())
+
+
+def _ping(d: DaemonProcess) -> bool:
+    try:
+        with d.client(timeout_s=3.0) as c:
+            return bool(c.ping().get("ok"))
+    except ClientError:
+        return False
+
+
+@pytest.mark.timeout(120)
+def test_recordings_survive_a_crash_and_pause_leaves_finished_files(tmp_path):
+    """SIGKILL mid-recording: the open .flv and fragmented .mp4 still play; a restart applies retention at once."""
+    state = tmp_path / "state"
+    outs = [{"name": "flv", "url": "{state_dir}/rec/a-{n}.flv"}, {"name": "mp4", "url": "{state_dir}/rec/b-{n}.mp4"}]
+    d = DaemonProcess(state, outs).start()
+    with d.client() as c:
+        until(lambda: all(o["bytes"] > 200_000 for o in c.status()["outputs"]), 60)
+    d.kill()
+    for name in ("a-0.flv", "b-0.mp4"):
+        info = read_media(state / "rec" / name)
+        assert info.video_packets > 25 and info.keyframes and info.keyframes[0] == info.video_pts[0]
+    # a 0-byte leftover (a crash right after an open) and a file past the age limit go at the next start
+    (state / "rec" / "a-7.flv").touch()
+    old = state / "rec" / "b-0.mp4"
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    d2 = DaemonProcess(state, outs, ["output_policy.recording_max_age_hours=1"]).start()
+    with d2.client() as c:
+        until(lambda: all(o["state"] == "up" for o in c.status()["outputs"]), 30)
+    assert d2.stop() == 0
+    assert not (state / "rec" / "a-7.flv").exists() and not old.exists()
+    assert (state / "rec" / "a-0.flv").exists()
+    assert all(p.stat().st_size > 0 for p in (state / "rec").iterdir())
+
+
+def _spool_with_clips(state: Path) -> Path:
+    from flashtalk_live.queue.spool import DB_NAME, Spool
+
+    with Spool(state / "spool") as s:
+        for i in range(5):
+            s.add(bytes(2000), {"n": i}, "enqueue", duration_s=1.0)
+    for extra in ("-wal", "-shm"):
+        Path(str(state / "spool" / DB_NAME) + extra).unlink(missing_ok=True)
+    return state / "spool" / DB_NAME
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damage", [truncate, garbage, zero_header, zero_length])
+def test_daemon_on_a_corrupt_spool_goes_on_air_and_names_both_files(tmp_path, damage):
+    state = tmp_path / "state"
+    db = _spool_with_clips(state)
+    damage(db)
+    before = db.read_bytes()
+    t0 = time.monotonic()
+    d = DaemonProcess(state, [{"name": "rec", "url": "{state_dir}/rec/a.flv"}]).start()
+    try:
+        with d.client() as c:
+            st = until(lambda: (s := c.status())["state"] == "on_air" and s, 30)
+            print(f"{damage.__name__}: on air {time.monotonic() - t0:.2f} s after the start")  # the issue's 5 s
+            aside = st["storage"]["spool_quarantined"]
+            metrics = scrape(st["metrics_port"])
+    finally:
+        assert d.stop() == 0
+    if damage is zero_length:  # an empty file is an empty queue, not a fault
+        assert aside is None
+        assert "flashtalk_spool_quarantined 0.0" in metrics
+        return
+    assert aside is not None and Path(aside).read_bytes() == before  # kept aside untouched
+    assert "flashtalk_spool_quarantined 1.0" in metrics
+    logged = [x for x in d.log_lines() if x.get("event") == "spool_quarantined"]
+    assert logged and logged[0]["moved_to"] == aside and logged[0]["fresh"] == str(db)
+    assert "spool salvage" in logged[0]["salvage"] and logged[0]["level"] == "error"
+    ev = [x for x in d.log_lines() if x.get("event") == "event_spool_quarantined"]
+    assert ev and ev[0]["moved_to"] == aside

@@ -142,3 +142,51 @@ def test_bad_output_urls_get_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         m.add(OutputSettings(name="late", url=str(tmp_path / "late.flv")))
     assert not os.path.exists(tmp_path / "off.flv")
+
+
+def test_retention_removes_only_this_outputs_old_and_excess_files(tmp_path: Path) -> None:
+    from flashtalk_live.outputs.retention import apply_retention, template_pattern
+
+    d = tmp_path / "rec"
+    d.mkdir()
+    template = d / "live-%Y%m%d-%H%M%S.flv"
+    now = 1_000_000.0
+    mine = []
+    for i, name in enumerate(["live-20260101-000000.flv", "live-20260102-000000.flv", "live-20260103-000000-1.flv",
+                              "live-20260104-000000.flv"]):
+        p = d / name
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (now - (4 - i) * 86400, now - (4 - i) * 86400))
+        mine.append(p)
+    empty = d / "live-20260105-000000.flv"
+    empty.touch()
+    others = [d / "notes.txt", d / "other-20260101-000000.flv", d / "live-20260101-000000.mp4"]
+    for p in others:
+        p.write_bytes(b"y" * 5000)
+        os.utime(p, (0, 0))
+    assert template_pattern(template).match(mine[2].name)
+    # by age: files older than 2.5 days go, the 0-byte leftover too; nothing the template cannot name
+    removed = apply_retention(template, 2.5 * 86400, 0, now=now)
+    assert sorted(removed) == sorted([mine[0], mine[1], empty])
+    # by size: oldest first until the total fits; the open segment is kept whatever its age
+    removed = apply_retention(template, 0, 1500, keep=[mine[2]], now=now)
+    assert removed == [mine[3]]
+    assert mine[2].exists() and all(p.exists() for p in others)
+
+
+@pytest.mark.timeout(60)
+def test_segmented_recording_keeps_within_its_size_budget(tmp_path: Path) -> None:
+    enc = make_encoder()
+    budget = 60_000
+    m = OutputManager.for_encoder(POLICY.model_copy(update={"recording_max_bytes": budget}), EventBus(), enc)
+    m.add(OutputSettings(name="rec", url=str(tmp_path / "r" / "seg-{n}.flv"), segment_seconds=1.0))
+    _push(m, enc, 16 * FPS)  # cuts at keyframes: every 2 s (GOP)
+    st = by_name(m.status())["rec"]
+    m.close(2.0)
+    files = sorted((tmp_path / "r").glob("seg-*.flv"))
+    assert st["segments"] >= 5 and st["retention_removed"] >= 1
+    assert len(files) == st["segments"] - st["retention_removed"]
+    closed = files[:-1]  # retention runs at each open: everything but the newest fits the budget (plus one segment)
+    assert sum(p.stat().st_size for p in closed) <= budget + max(p.stat().st_size for p in files)
+    assert all(p.stat().st_size > 0 for p in files)
+    assert read_media(files[-1]).video_packets > 0

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from box_faults import garbage, truncate, zero_header, zero_length
+
 from flashtalk_live.queue.spool import DB_NAME, RESERVE_NAME, Spool, SpoolDiskFull, salvage
 
 
@@ -28,25 +30,11 @@ def _filled_spool(path: Path, n: int = 5) -> None:
         s.take_next()
 
 
-def _truncate(f: Path) -> None:
-    data = f.read_bytes()
-    f.write_bytes(data[: len(data) // 3])
 
 
-def _garbage(f: Path) -> None:
-    f.write_bytes(os.urandom(f.stat().st_size))
 
 
-def _zero_header(f: Path) -> None:
-    with open(f, "r+b") as fh:
-        fh.write(b"\0" * 100)
-
-
-def _zero_length(f: Path) -> None:
-    f.write_bytes(b"")
-
-
-@pytest.mark.parametrize("damage", [_truncate, _garbage, _zero_header])
+@pytest.mark.parametrize("damage", [truncate, garbage, zero_header])
 def test_unreadable_spool_is_moved_aside_and_a_fresh_one_opens(tmp_path, damage):
     d = tmp_path / "spool"
     _filled_spool(d)
@@ -65,12 +53,12 @@ def test_unreadable_spool_is_moved_aside_and_a_fresh_one_opens(tmp_path, damage)
         assert names(s) == ["fresh"]
 
 
-def test_zero_length_spool_is_an_empty_queue_not_a_fault(tmp_path):
+def testzero_length_spool_is_an_empty_queue_not_a_fault(tmp_path):
     d = tmp_path / "spool"
     _filled_spool(d)
     for extra in ("-wal", "-shm"):
         Path(str(d / DB_NAME) + extra).unlink(missing_ok=True)
-    _zero_length(d / DB_NAME)
+    zero_length(d / DB_NAME)
     with Spool(d) as s:
         assert s.quarantined is None
         add(s, "a")

@@ -1,0 +1,60 @@
+"""Helpers shared by the box-fault tests (issue 12): waiting, idle-connection floods, scrapes, damaged files.
+
+Imported by name: pytest puts tests/ on sys.path (prepend import mode)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+
+def until(pred, timeout_s: float = 20.0, every_s: float = 0.2):
+    """pred()'s first truthy value, polled until timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every_s)
+    raise AssertionError("condition not met in time")
+
+
+def idle_connections(port: int, n: int) -> list[socket.socket]:
+    """Open n idle TCP connections to a loopback port (non-blocking connects: a full backlog never stalls us)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        socks.append(s)
+    return socks
+
+
+def scrape(port: int) -> str | None:
+    """The metrics page, or None while it cannot be had."""
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
+    except OSError:
+        return None
+
+
+# -- ways to damage a database file -----------------------------------------------------------------
+
+def truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+
+
+def garbage(f: Path) -> None:
+    f.write_bytes(os.urandom(f.stat().st_size))
+
+
+def zero_header(f: Path) -> None:
+    with open(f, "r+b") as fh:
+        fh.write(b"\0" * 100)
+
+
+def zero_length(f: Path) -> None:
+    f.write_bytes(b"")

@@ -1,0 +1,64 @@
+"""Descriptor floods on the front door and the metrics endpoint: caps hold, the operator still gets in."""
+
+from __future__ import annotations
+
+import socket
+
+from box_faults import idle_connections, scrape, until
+
+from flashtalk_live.client import Client
+from flashtalk_live.metrics import serve_metrics
+
+
+
+
+
+def ended(s: socket.socket) -> bool:
+    s.setblocking(True)
+    s.settimeout(0.2)
+    try:
+        while s.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except (TimeoutError, socket.timeout, BlockingIOError):
+        return False
+
+
+def test_tcp_connections_over_the_cap_are_closed_and_ipc_still_answers(running):
+    r = running("ingest.max_connections=5", "ingest.handshake_timeout_s=60")
+    port = int(r.tcp.rsplit(":", 1)[1])
+    socks = idle_connections(port, 40)
+    try:
+        conns = until(lambda: (c := r.server.status()["ingest"]["connections"]["control"])["refused"] >= 20 and c)
+        assert conns["cap"] == 5 and conns["open"] <= 5
+        with Client(r.ipc, timeout_s=5) as c:
+            assert c.ping()["pong"]
+        # the refused ones were really ended: their peers read EOF (or a reset) after libzmq's greeting
+        assert sum(map(ended, socks)) >= 20
+    finally:
+        for s in socks:
+            s.close()
+    # once the flood is gone, tcp clients get in again
+    until(lambda: r.server.status()["ingest"]["connections"]["control"]["open"] == 0)
+    with Client(r.tcp, timeout_s=5) as c:
+        assert c.ping()["pong"]
+
+
+def test_metrics_server_caps_connections_and_drops_idle_ones():
+    server, _ = serve_metrics("127.0.0.1", 0, lambda: {"state": "on_air"}, max_connections=3, timeout_s=0.5)
+    port = server.server_port
+    try:
+        socks = idle_connections(port, 50)
+        until(lambda: server.refused >= 40)
+        assert server.max_connections == 3
+        # idle clients are dropped after timeout_s, and a real scrape is served again
+        body = until(lambda: scrape(port))
+        assert 'flashtalk_state{state="on_air"} 1.0' in body
+        for s in socks:
+            s.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
