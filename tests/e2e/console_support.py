@@ -4,12 +4,10 @@ Imported by name: pytest puts tests/e2e on sys.path (prepend import mode)."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import urllib.error
 import urllib.request
-import wave
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +16,7 @@ import numpy as np
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.settings import load_settings
 from flashtalk_live.timeline.chunk import RenderChunk
+from support.audio import wav_bytes  # noqa: F401 - re-exported for the console tests
 
 
 def console_settings(tmp_path: Path, *extra: str):
@@ -36,16 +35,6 @@ def start_daemon(tmp_path: Path, *extra: str) -> Daemon:
     return d
 
 
-def wav_bytes(seconds: float, freq: float = 440.0, rate: int = 16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.5 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
 
 
 class Http:

@@ -3,9 +3,7 @@ on and off, a clip's caption while it airs and gone after it, and the overlay co
 
 from __future__ import annotations
 
-import io
 import time
-import wave
 
 import av
 import numpy as np
@@ -23,6 +21,7 @@ BG = (90, 110, 130)
 CARD = (240, 40, 200)
 pytestmark = pytest.mark.skipif(not any(__import__("os").path.isfile(p) for p, _ in FONT_CANDIDATES),
                                 reason="no CJK font on this machine (.ci/run installs fonts-noto-cjk)")
+from support.audio import wav_bytes as support_wav
 
 
 class FlatRenderer:
@@ -42,15 +41,7 @@ class FlatRenderer:
 
 
 def wav_bytes(seconds: float, rate: int = 16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
+    return support_wav(seconds, 220.0, rate, amplitude=0.3)
 
 
 def decode(path) -> np.ndarray:
