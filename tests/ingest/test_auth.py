@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 import zmq
 
 from flashtalk_live.cli import main as cli_main
@@ -67,7 +68,7 @@ def test_curve_allowed_key_works_others_refused_and_server_keeps_serving(running
     assert cli_main(["keys", "server", "--set", f'state_dir="{state_dir}"']) == 1
 
 
-def test_remote_bind_without_auth_is_refused_unless_explicitly_allowed(make_settings, capsys):
+def test_remote_bind_without_auth_is_refused_unless_explicitly_allowed(make_settings):
     s = make_settings('ingest.tcp_auth="none"', 'ingest.control=["tcp://0.0.0.0:0"]', 'ingest.events=[]')
     srv = IngestServer(s, None, EventBus())  # type: ignore[arg-type]  # refused before the spool is needed
     with pytest.raises(IngestError) as ei:
@@ -75,14 +76,14 @@ def test_remote_bind_without_auth_is_refused_unless_explicitly_allowed(make_sett
     msg = str(ei.value)
     assert "\n" not in msg and "refusing to bind tcp://0.0.0.0:0 without authentication" in msg
     assert "ingest.allow_unauthenticated_remote" in msg and 'tcp_auth = "curve"' in msg
-    capsys.readouterr()
     s = make_settings('ingest.tcp_auth="none"', "ingest.allow_unauthenticated_remote=true",
                       'ingest.control=["tcp://0.0.0.0:0"]', 'ingest.events=[]')
     spool = Spool.from_settings(s)
-    with IngestServer(s, spool, EventBus()):
+    with capture_logs() as logs, IngestServer(s, spool, EventBus()):
         pass
     spool.close()
-    assert "unauthenticated_remote_endpoint" in capsys.readouterr().out
+    warned = [e for e in logs if e["event"] == "unauthenticated_remote_endpoint"]
+    assert warned and warned[0]["log_level"] == "warning"
     # CURVE (the default) binds 0.0.0.0 without complaint: the key pair is made on first start
     s = make_settings('ingest.control=["tcp://0.0.0.0:0"]', 'ingest.events=[]')
     spool = Spool.from_settings(s)
