@@ -91,12 +91,7 @@ function renderStatus(st) {
     const tr = el("tr");
     tr.dataset.segmentId = p.segment_id;
     [i + 1, p.segment_id, p.mode, secs(p.duration_s), secs(p.starts_in_s)].forEach((v) => tr.appendChild(el("td", v)));
-    const td = el("td");
-    const btn = el("button", "Cancel", "cancel");
-    btn.type = "button";
-    btn.addEventListener("click", () => command("cancel", { segment_id: p.segment_id }));
-    td.appendChild(btn);
-    tr.appendChild(td);
+    tr.appendChild(actionCell("Cancel", "cancel", () => command("cancel", { segment_id: p.segment_id })));
     q.appendChild(tr);
   });
   const outs = $("outputs");
@@ -106,14 +101,19 @@ function renderStatus(st) {
     tr.dataset.name = o.name;
     [o.name, o.url, o.state, o.bitrate_bps ? Math.round(o.bitrate_bps / 1000) + " kb/s" : "—",
       o.reconnects ?? 0, o.last_error || ""].forEach((v) => tr.appendChild(el("td", v)));
-    const td = el("td");
-    const btn = el("button", "Remove", "remove");
-    btn.type = "button";
-    btn.addEventListener("click", () => command("output_remove", { name: o.name }));
-    td.appendChild(btn);
-    tr.appendChild(td);
+    tr.appendChild(actionCell("Remove", "remove", () => command("output_remove", { name: o.name })));
     outs.appendChild(tr);
   });
+}
+
+// A table cell holding one button that runs `action`.
+function actionCell(label, cls, action) {
+  const td = el("td");
+  const btn = el("button", label, cls);
+  btn.type = "button";
+  btn.addEventListener("click", action);
+  td.appendChild(btn);
+  return td;
 }
 
 async function refresh() {
