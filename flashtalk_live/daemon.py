@@ -283,6 +283,7 @@ class Daemon:
                                         self.admission, self.lookahead, fps=v.fps,
                                         idle_reuse=settings.renderer.idle_reuse)
         self.ingest = IngestServer(settings, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
+                                   layers=self.compositor.names,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -333,9 +334,13 @@ class Daemon:
         self.events.subscribe(self._note_caption)
 
     def _note_caption(self, e: dict[str, Any]) -> None:
-        text = (e.get("meta") or {}).get("text") if e["type"] == "accepted" else None
-        if isinstance(text, str):
-            self.compositor.note_clip(e["segment_id"], text, float(e["duration_s"]))
+        """A queued clip's caption text and cues (checked by the ingest server before it was queued)."""
+        if e["type"] != "accepted":
+            return
+        meta = e.get("meta") or {}
+        text = meta.get("text")
+        self.compositor.note_clip(e["segment_id"], text if isinstance(text, str) else "", float(e["duration_s"]),
+                                  captions=meta.get("captions"), overlays=meta.get("overlays"))
 
     def _cmd_overlay_show(self, call: Call) -> dict[str, Any]:
         self.compositor.show(call.args.name, call.args.seconds)  # type: ignore[attr-defined]

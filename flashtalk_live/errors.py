@@ -45,8 +45,12 @@ REJECT_CODES: dict[str, str] = {
                              "decoding",
     "undecodable_image": "an image whose header passed but whose picture cannot be decoded",
     "prompt_too_long": "a prompt over `ingest.max_prompt_chars`",
-    "text_too_long": "a clip's caption `text` or `overlay_set` text over `ingest.max_text_chars`",
-    "unknown_layer": "`overlay_show` / `overlay_hide` of a layer name that is not defined (the reason lists them)",
+    "text_too_long": "a clip's caption `text`, a `captions` cue's text or `overlay_set` text over "
+                     "`ingest.max_text_chars`",
+    "unknown_layer": "`overlay_show` / `overlay_hide`, or a clip's `overlays` cue, naming a layer that is not defined "
+                     "(the reason lists them)",
+    "cue_outside_clip": "a clip's `captions` / `overlays` cue with start < 0, end <= start or end past the decoded "
+                        "clip's duration; nothing was queued",
     "too_many_layers": "`overlay_set` of a new layer over `overlays.max_layers`",
     "id_too_long": "`id`, `segment_id` or `name` over `ingest.max_id_chars`",
     "rate_limited": "the peer is over `ingest.rate_per_s` (burst `ingest.rate_burst`); the reason says when to retry",

@@ -4,7 +4,8 @@ Layers are drawn in a fixed order: the configured layers (logo, watermark, cards
 then the clip's caption, and the AI label last so nothing covers it. Each layer's pixels are rasterised and
 premultiplied once (a `Patch`, cropped to its visible box), off the broadcast thread; per frame only those boxes
 are blended. Commands (show, hide, set) are queued and take effect at the next aired frame; captions follow the
-clip on air (`segment_id` of the aired frame), one line at a time, timed evenly by characters.
+clip on air (`segment_id` of the aired frame), one line at a time, timed evenly by characters or by the producer's
+caption cues. A clip's overlay cues show named layers for spans of the clip, counted in the clip's aired frames.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from flashtalk_live.settings import LayerSettings, OverlaySettings
 
 AI_LABEL = "ai_label"
 MAX_CAPTIONED_CLIPS = 4096  # clips whose caption text is remembered until they air (oldest forgotten first)
+MAX_PREPARED_CLIPS = 64  # clips whose caption lines are rasterised ahead (a cancelled one is forgotten in time)
 
 
 @dataclass
@@ -86,6 +88,24 @@ def blend(frame: np.ndarray, patch: Patch, opacity: float = 1.0) -> None:
     np.copyto(roi, out, casting="unsafe")
 
 
+@dataclass(frozen=True)
+class ClipCues:
+    """What a queued clip shows while it airs: its transcript, and spans (text or layer name, start s, end s)."""
+
+    text: str
+    duration_s: float
+    captions: tuple[tuple[str, float, float], ...] = ()
+    overlays: tuple[tuple[str, float, float], ...] = ()
+
+
+def cue_level(pos: int, on: int, off: int, fade: int) -> float:
+    """Visibility of a layer cued for clip frames [on, off) at clip frame `pos`: fading in from `on`, fully gone at
+    `off` (as `overlay_show NAME seconds`)."""
+    if not on <= pos < off:
+        return 0.0
+    return 1.0 if fade == 0 else min(1.0, (pos - on + 1) / fade, (off - pos) / fade)
+
+
 @dataclass
 class Layer:
     spec: LayerSettings
@@ -121,10 +141,12 @@ class Compositor:
         self._pending: list[Callable[[int], None]] = []
         self._layers: dict[str, Layer] = {}  # drawing order = insertion order, AI label drawn last
         self._specs: dict[str, LayerSettings] = {}  # what commands see (updated at once, applied at air)
-        self._clips: OrderedDict[str, tuple[str, float]] = OrderedDict()  # segment_id -> (text, duration_s)
+        self._clips: OrderedDict[str, ClipCues] = OrderedDict()  # segment_id -> what it shows on air
         self._captions: dict[str, list[tuple[int, int, Patch]]] = {}
         self._cap_sid: str | None = None
-        self._cap_pos = 0
+        self._cap_pos = 0  # frames of the clip on air aired before this one
+        self._windows: list[tuple[str, int, int]] = []  # the clip on air's overlay cues: (layer, on, off) clip frames
+        self._cued: list[str] = []  # layers its cues showed at the last frame
         self._frame = 0
         for spec in settings.layers:
             self._install(spec, self._build(spec, _file_bytes(spec.image) if spec.image else None), 0, spec.visible)
@@ -229,12 +251,17 @@ class Compositor:
         return {"layer": name, "size": list(patch.shape[::-1]) if patch else [0, 0]}
 
     # -- captions --------------------------------------------------------------------------------------
-    def note_clip(self, segment_id: str, text: str, duration_s: float) -> None:
-        """Remember a queued clip's caption text until it airs."""
-        if not self.s.captions or not text.strip():
+    def note_clip(self, segment_id: str, text: str, duration_s: float, captions: list[dict[str, Any]] | None = None,
+                  overlays: list[dict[str, Any]] | None = None) -> None:
+        """Remember a queued clip's caption text and cues ({text|name, start, end}, seconds within the clip, already
+        checked against it) until it airs. Caption cues, when given, replace `text` timed by characters."""
+        caps = tuple((c["text"], float(c["start"]), float(c["end"])) for c in captions or ()) if self.s.captions else ()
+        ovs = tuple((o["name"], float(o["start"]), float(o["end"])) for o in overlays or ())
+        text = text if self.s.captions else ""
+        if not text.strip() and not caps and not ovs:
             return
         with self._lock:
-            self._clips[segment_id] = (text, duration_s)
+            self._clips[segment_id] = ClipCues(text, duration_s, caps, ovs)
             while len(self._clips) > MAX_CAPTIONED_CLIPS:
                 self._clips.popitem(last=False)
 
@@ -245,44 +272,71 @@ class Compositor:
                 with self._lock:
                     clip = self._clips.get(sid)
                 if clip is not None:
-                    self._captions[sid] = self._caption_lines(*clip)
+                    while len(self._captions) >= MAX_PREPARED_CLIPS:
+                        self._captions.pop(next(iter(self._captions)))
+                    self._captions[sid] = self._caption_lines(clip)
 
-    def _caption_lines(self, text: str, duration_s: float) -> list[tuple[int, int, Patch]]:
+    def _caption_lines(self, clip: ClipCues) -> list[tuple[int, int, Patch]]:
+        """(first clip frame, end clip frame, patch) per line: each cue's span (or the whole clip for `text`) shared
+        among its wrapped lines by characters."""
         size = self.s.caption_font_size
         font = self._font(size)
-        lines = wrap(font, " ".join(text.split()), self.w - 2 * max(16, size // 2))
-        total = sum(len(ln) for ln in lines) or 1
-        frames = max(1, round(duration_s * self.fps))
-        out, done = [], 0
+        spans = [(t, round(a * self.fps), round(b * self.fps)) for t, a, b in clip.captions] if clip.captions else \
+            [(clip.text, 0, max(1, round(clip.duration_s * self.fps)))]
+        out = []
         style = TextStyle(size, (255, 255, 255), 2, box=self.s.caption_box)
-        for ln in lines:
-            start = frames * done // total
-            done += len(ln)
-            rgba = render_text(ln, font, style)
-            x, y = place("bottom", (0, self.s.caption_margin), rgba.shape[1], rgba.shape[0], self.w, self.h)
-            patch = make_patch(rgba, x, y, self.w, self.h)
-            if patch is not None:
-                out.append((start, frames * done // total, patch))
+        for text, first, end in spans:
+            lines = wrap(font, " ".join(text.split()), self.w - 2 * max(16, size // 2))
+            total, done, frames = sum(len(ln) for ln in lines) or 1, 0, end - first
+            for ln in lines:
+                start = first + frames * done // total
+                done += len(ln)
+                rgba = render_text(ln, font, style)
+                x, y = place("bottom", (0, self.s.caption_margin), rgba.shape[1], rgba.shape[0], self.w, self.h)
+                patch = make_patch(rgba, x, y, self.w, self.h)
+                if patch is not None:
+                    out.append((start, first + frames * done // total, patch))
         return out
 
-    def _caption(self, segment_id: str | None) -> Patch | None:
+    def _clip_frame(self, segment_id: str | None) -> int | None:
+        """The aired frame's place in its clip (clip frames aired before it); None between clips and in underruns."""
         if segment_id is None:
             return None
         if segment_id != self._cap_sid:
-            self._cap_sid, self._cap_pos = segment_id, 0
+            old, self._cap_sid, self._cap_pos = self._cap_sid, segment_id, 0
             if segment_id not in self._captions:
                 self.prepare([segment_id])  # not seen by the render thread (a test, a restart): build it now
-            stale = [s for s in self._captions if s != segment_id]
-            for s in stale:  # a clip that aired will not air again under its id
-                self._captions.pop(s, None)
-                with self._lock:
-                    self._clips.pop(s, None)
+            with self._lock:
+                clip = self._clips.get(segment_id)
+                if old is not None:  # a clip that aired will not air again under its id
+                    self._clips.pop(old, None)
+            self._captions.pop(old, None)  # type: ignore[arg-type]
+            self._windows = [(name, round(a * self.fps), round(b * self.fps)) for name, a, b in clip.overlays] \
+                if clip is not None else []
         else:
             self._cap_pos += 1
-        for start, end, patch in self._captions.get(segment_id, ()):
-            if start <= self._cap_pos < end:
+        return self._cap_pos
+
+    def _caption(self, segment_id: str | None, pos: int | None) -> Patch | None:
+        if pos is None:
+            return None
+        for start, end, patch in self._captions.get(segment_id, ()):  # type: ignore[arg-type]
+            if start <= pos < end:
                 return patch
         return None
+
+    def _cue_levels(self, pos: int | None) -> dict[str, float]:
+        """Layer name -> visibility from the overlay cues of the clip on air at clip frame `pos`."""
+        out: dict[str, float] = {}
+        if pos is None:
+            return out
+        for name, on, off in self._windows:
+            layer = self._layers.get(name)
+            if layer is not None:
+                lv = cue_level(pos, on, off, layer.fade_frames)
+                if lv > out.get(name, 0.0):
+                    out[name] = lv
+        return out
 
     # -- per frame (broadcast thread) -----------------------------------------------------------------
     def compose(self, frame: np.ndarray, n: int, segment_id: str | None = None) -> np.ndarray:
@@ -294,12 +348,15 @@ class Compositor:
             for fn in pending:
                 fn(n)
         draws: list[tuple[Patch, float]] = []
-        caption = self._caption(segment_id)
+        pos = self._clip_frame(segment_id)
+        caption = self._caption(segment_id, pos)
+        cued = self._cue_levels(pos) if self._windows else {}
+        self._cued = list(cued)
         for name, layer in self._layers.items():
             if name == AI_LABEL and caption is not None:
                 draws.append((caption, 1.0))
                 caption = None
-            lv = layer.level(n)
+            lv = max(layer.level(n), cued.get(name, 0.0))
             if lv > 0 and layer.patch is not None:
                 draws.append((layer.patch, layer.spec.opacity * lv))
         if caption is not None:
@@ -316,6 +373,7 @@ class Compositor:
         return {"ai_label": self.s.ai_label_enabled, "font": self.font_path,
                 "on_air": [name for name, ly in list(self._layers.items()) if ly.shown_at is not None
                            and (ly.hide_at is None or n < ly.hide_at + ly.fade_frames)],
+                "cued": list(self._cued),
                 "layers": self.names()}
 
 

@@ -20,6 +20,7 @@ MAX_URL_CHARS = 2048
 MAX_PATH_CHARS = 4096
 MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 8
+MAX_CUES = 256  # caption or overlay cues in one clip's header (each list)
 OUTPUT_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # Format hints a client may give; None means "sniff the bytes". Raw PCM needs sample_rate and channels.
 FORMATS = ("wav", "mp3", "m4a", "mp4", "aac", "flac", "ogg", "opus", "pcm_s16le")
@@ -64,6 +65,25 @@ class NoArgs(Args):
     pass
 
 
+class Cue(BaseModel):
+    """A span within a clip, in seconds from the clip's first frame on air. The bounds are checked against the
+    decoded clip (`cue_outside_clip`), not here: the duration is not known until then."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    start: float = Field(allow_inf_nan=False, description="seconds from the clip's first aired frame")
+    end: float = Field(allow_inf_nan=False, description="seconds from the clip's first aired frame; > start, at "
+                       "most the clip's duration")
+
+
+class CaptionCue(Cue):
+    text: str = Field(min_length=1, description="shown from start to end; at most ingest.max_text_chars")
+
+
+class OverlayCue(Cue):
+    name: str = Field(pattern=OUTPUT_NAME, description="a defined layer (overlays.layers or one overlay_set made)")
+
+
 class AudioArgs(Args):
     format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
         None, description="hint when the bytes are ambiguous (any case); required for raw pcm_s16le")
@@ -72,6 +92,12 @@ class AudioArgs(Args):
     meta: dict[str, Any] | None = Field(None, description="anything; stored with the clip, repeated in `accepted`")
     text: str | None = Field(None, min_length=1, description="the clip's transcript: captioned while it airs; at "
                              "most ingest.max_text_chars (stored in meta.text)")
+    captions: list[CaptionCue] | None = Field(None, max_length=MAX_CUES, description="caption cues "
+                                              "[{text, start, end}] in seconds within the clip, shown instead of "
+                                              "`text` timed by characters (stored in meta.captions)")
+    overlays: list[OverlayCue] | None = Field(None, max_length=MAX_CUES, description="[{name, start, end}]: show "
+                                              "layer `name` from start to end seconds after the clip's first "
+                                              "aired frame (stored in meta.overlays)")
 
     @field_validator("format", mode="before")
     @classmethod

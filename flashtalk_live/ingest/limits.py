@@ -2,8 +2,9 @@
 
 * images: size (`image_too_large`, ingest.max_image_bytes) and width x height read from the header, before any
   decoding (`image_too_many_pixels`, ingest.max_image_pixels); only PNG, JPEG and WebP (`unsupported_image`).
-* text: prompts (`prompt_too_long`, ingest.max_prompt_chars), captions and overlay text (`text_too_long`,
-  ingest.max_text_chars), ids and names (`id_too_long`, ingest.max_id_chars).
+* text: prompts (`prompt_too_long`, ingest.max_prompt_chars), captions, caption cues and overlay text
+  (`text_too_long`, ingest.max_text_chars), ids and names (`id_too_long`, ingest.max_id_chars).
+* a clip's cues: within the decoded clip (`cue_outside_clip`) and naming known layers (`unknown_layer`).
 * request rate per peer: a token bucket (`rate_limited`, ingest.rate_per_s and ingest.rate_burst).
 """
 
@@ -13,11 +14,13 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Collection
 
 from flashtalk_live.ingest.protocol import ProtocolError
 
 TEXT_ID_FIELDS = ("id", "segment_id", "name")
+CUE_FIELDS = ("captions", "overlays")
+CUE_SLACK_S = 1e-3  # a cue may end this much past the decoded duration (a producer's rounding of its own length)
 MAX_BUCKETS = 10_000  # peers remembered by the rate limiter; idle full buckets are forgotten first
 
 
@@ -124,15 +127,36 @@ def check_text(header: dict[str, Any], ingest: Any) -> None:
     if isinstance(prompt, str) and len(prompt) > ingest.max_prompt_chars:
         raise ProtocolError("prompt_too_long", f"prompt of {len(prompt)} characters exceeds ingest.max_prompt_chars "
                             f"{ingest.max_prompt_chars}", "prompt")
-    text = header.get("text")
-    if isinstance(text, str) and len(text) > ingest.max_text_chars:
-        raise ProtocolError("text_too_long", f"text of {len(text)} characters exceeds ingest.max_text_chars "
-                            f"{ingest.max_text_chars}", "text")
+    texts = [("text", header.get("text"))]
+    cues = header.get("captions")
+    if isinstance(cues, list):
+        texts += [(f"captions.{i}.text", c.get("text")) for i, c in enumerate(cues) if isinstance(c, dict)]
+    for where, text in texts:
+        if isinstance(text, str) and len(text) > ingest.max_text_chars:
+            raise ProtocolError("text_too_long", f"{where} of {len(text)} characters exceeds ingest.max_text_chars "
+                                f"{ingest.max_text_chars}", where)
     for f in TEXT_ID_FIELDS:
         v = header.get(f)
         if isinstance(v, str) and len(v) > ingest.max_id_chars:
             raise ProtocolError("id_too_long",
                                 f"{f!r} of {len(v)} characters exceeds ingest.max_id_chars {ingest.max_id_chars}", f)
+
+
+def check_cues(args: Any, duration_s: float, layers: Callable[[], Collection[str]] | None = None) -> None:
+    """A clip's `captions` and `overlays` cues lie within its decoded duration (`cue_outside_clip`) and name defined
+    layers (`unknown_layer`; only when `layers` is given: a bare ingest server has no compositor to ask)."""
+    for name in CUE_FIELDS:
+        for i, cue in enumerate(getattr(args, name, None) or ()):
+            if cue.start < 0 or cue.end <= cue.start or cue.end > duration_s + CUE_SLACK_S:
+                raise ProtocolError("cue_outside_clip", f"{name}.{i}: {cue.start:g} to {cue.end:g} s is not within "
+                                    f"the clip (0 to {duration_s:.3f} s, end after start)", f"{name}.{i}")
+    cues = getattr(args, "overlays", None) or ()
+    if cues and layers is not None:
+        known = set(layers())
+        for i, cue in enumerate(cues):
+            if cue.name not in known:
+                raise ProtocolError("unknown_layer", f"overlays.{i}: no overlay layer named {cue.name!r}; layers: "
+                                    f"{', '.join(sorted(known)) or 'none'}", f"overlays.{i}.name")
 
 
 class RateLimiter:

@@ -29,7 +29,7 @@ from flashtalk_live.ingest.conncap import ConnectionCap
 from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Call, Handler, Peer, authorize, check_data, \
     lookup, validate_args
 from flashtalk_live.ingest.lanes import Lanes
-from flashtalk_live.ingest.limits import RateLimiter, check_text
+from flashtalk_live.ingest.limits import CUE_FIELDS, RateLimiter, check_cues, check_text
 from flashtalk_live.ingest.protocol import (
     PROTOCOL_VERSION,
     encode_event,
@@ -100,8 +100,10 @@ class IngestServer:
     def __init__(self, settings: Any, spool: Spool, events: EventBus,
                  status_provider: Callable[[], dict[str, Any]] | None = None,
                  handlers: dict[str, Handler] | None = None, *, context: zmq.Context | None = None,
-                 refuse_clips: Callable[[], str | None] | None = None) -> None:
+                 refuse_clips: Callable[[], str | None] | None = None,
+                 layers: Callable[[], list[str]] | None = None) -> None:
         self.settings = settings
+        self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
         self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
         self.spool = spool
         self.events = events
@@ -427,9 +429,15 @@ class IngestServer:
             raise Rejection("oversize", f"payload of {len(data)} bytes exceeds queue.max_spool_bytes {cap}")
         fmt, rate, ch = a.format, a.sample_rate, a.channels  # type: ignore[attr-defined]
         clip = decode_for_settings(data, self.settings, format=fmt, sample_rate=rate, channels=ch)
-        meta = a.meta or {}  # type: ignore[attr-defined]
+        check_cues(a, clip.duration_s, self.layers)  # before the spool: a refused clip leaves nothing behind
+        # meta's cue keys come only from the checked fields, so whoever reads them (the compositor) can trust them
+        meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}  # type: ignore[attr-defined]
         if a.text is not None:  # type: ignore[attr-defined]
-            meta = {**meta, "text": a.text}  # type: ignore[attr-defined]
+            meta["text"] = a.text  # type: ignore[attr-defined]
+        for name in CUE_FIELDS:
+            cues = getattr(a, name)
+            if cues is not None:
+                meta[name] = [c.model_dump() for c in cues]
         res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]
                                 format=fmt, sample_rate=rate, channels=ch)
         ack = res.ack

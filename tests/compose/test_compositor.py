@@ -172,3 +172,60 @@ def test_captions_split_into_lines_timed_by_characters():
     shown = [c.compose(frame, n, "s1").any() for n in range(50)]
     assert all(shown)
     assert not c.compose(frame, 50, None).any()
+
+
+def card_compositor(fade_s: float = 0.0) -> Compositor:
+    c = Compositor(OverlaySettings(ai_label_enabled=False), W, H, FPS)
+    card = np.zeros((20, 30, 3), np.uint8)
+    card[:] = (0, 0, 255)
+    c.set("card", image=encode_png(card), anchor="top_left", margin=(0, 0), fade_s=fade_s)
+    return c
+
+
+def test_overlay_cue_shows_a_layer_for_its_span_of_the_clip_on_air():
+    c = card_compositor()
+    c.note_clip("s1", "", 3.0, overlays=[{"name": "card", "start": 1.0, "end": 2.0}])
+    frame = np.zeros((H, W, 3), np.uint8)
+    n0 = 200  # the clip's first aired frame: cue times count from it, not from when the clip was queued
+    for n in range(n0):
+        assert not c.compose(frame, n, None).any()
+    shown = [bool(c.compose(frame, n0 + k, "s1")[5, 5, 2]) for k in range(75)]
+    assert [k for k, on in enumerate(shown) if on] == list(range(25, 50))
+    assert c.status()["on_air"] == []  # a cue is not a standing show
+    assert not c.compose(frame, n0 + 75, "s2").any()  # the next clip: no cues of its own
+
+
+def test_overlay_cue_fades_like_a_timed_show_and_ends_with_its_clip():
+    c = card_compositor(fade_s=0.2)  # 5 frames
+    c.note_clip("s1", "", 3.0, overlays=[{"name": "card", "start": 0.0, "end": 1.0}])
+    frame = np.zeros((H, W, 3), np.uint8)
+    seen = [int(c.compose(frame, k, "s1")[5, 5, 2]) for k in range(30)]
+    assert seen == [round(255 * min(1, (k + 1) / 5, max(0, (25 - k) / 5))) for k in range(30)]
+    c.note_clip("s2", "", 3.0, overlays=[{"name": "card", "start": 0.0, "end": 3.0}])
+    c.note_clip("s3", "", 3.0)
+    assert c.compose(frame, 30, "s2")[5, 5, 2] > 0
+    assert not c.compose(frame, 31, "s3").any()  # s2 was cut: its cue goes with it
+
+
+@needs_cjk
+def test_caption_cue_times_are_honoured():
+    c = Compositor(OverlaySettings(ai_label_enabled=False, caption_font_size=20), W * 2, H * 2, FPS)
+    c.note_clip("s1", "全文不按字数计时", 3.0, captions=[{"text": "一二", "start": 0.4, "end": 1.0},
+                                                     {"text": "三四五", "start": 2.0, "end": 2.6}])
+    frame = np.zeros((H * 2, W * 2, 3), np.uint8)
+    outs = [c.compose(frame, 500 + k, "s1") for k in range(75)]
+    shown = [k for k, o in enumerate(outs) if o.any()]
+    assert shown == list(range(10, 25)) + list(range(50, 65))
+    assert not np.array_equal(outs[10], outs[50])  # each cue its own text
+    assert all(np.array_equal(outs[10], outs[k]) for k in range(10, 25))
+
+
+@needs_cjk
+def test_a_clip_prepared_ahead_keeps_its_captions_when_the_clip_before_it_airs():
+    c = Compositor(OverlaySettings(ai_label_enabled=False, caption_font_size=20), W * 2, H * 2, FPS)
+    c.note_clip("a", "甲", 1.0)
+    c.note_clip("b", "乙", 1.0)
+    c.prepare(["a", "b"])  # one rendered chunk holding both clips' frames
+    frame = np.zeros((H * 2, W * 2, 3), np.uint8)
+    assert c.compose(frame, 0, "a").any()
+    assert c.compose(frame, 25, "b").any()
