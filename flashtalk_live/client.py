@@ -172,7 +172,7 @@ class Client:
     # -- audio -------------------------------------------------------------------------------------
     def _push(self, cmd: str, audio: bytes | bytearray | str | os.PathLike[str], format: str | None,
               sample_rate: int | None, channels: int | None, request_id: str | None,
-              meta: dict[str, Any] | None, timeout_s: float | None) -> dict[str, Any]:
+              meta: dict[str, Any] | None, timeout_s: float | None, cues: dict[str, Any]) -> dict[str, Any]:
         if isinstance(audio, (bytes, bytearray, memoryview)):
             data = bytes(audio)
         else:
@@ -180,25 +180,27 @@ class Client:
             data = p.read_bytes()
             format = format or format_for_path(p)
         return self.call(cmd, data, timeout_s=timeout_s, id=request_id or uuid.uuid4().hex, format=format,
-                         sample_rate=sample_rate, channels=channels, meta=meta)
+                         sample_rate=sample_rate, channels=channels, meta=meta, **cues)
 
     def enqueue(self, audio: bytes | str | os.PathLike[str], format: str | None = None, sample_rate: int | None = None,
                 channels: int | None = None, request_id: str | None = None, *, meta: dict[str, Any] | None = None,
-                timeout_s: float | None = None) -> dict[str, Any]:
-        """Append a clip (a path or the file's bytes). Returns the ack: segment_id, position, duration_s, ..."""
-        return self._push("enqueue", audio, format, sample_rate, channels, request_id, meta, timeout_s)
+                timeout_s: float | None = None, **cues: Any) -> dict[str, Any]:
+        """Append a clip (a path or the file's bytes). Returns the ack: segment_id, position, duration_s, ...
+        `cues`: the clip's `text=`, `captions=[{text, start, end}]`, `overlays=[{name, start, end}]`
+        (docs/overlays.md)."""
+        return self._push("enqueue", audio, format, sample_rate, channels, request_id, meta, timeout_s, cues)
 
     def insert(self, audio: bytes | str | os.PathLike[str], format: str | None = None, sample_rate: int | None = None,
                channels: int | None = None, request_id: str | None = None, *, meta: dict[str, Any] | None = None,
-               timeout_s: float | None = None) -> dict[str, Any]:
-        """Play this clip next, after the current clip and any earlier inserts."""
-        return self._push("insert", audio, format, sample_rate, channels, request_id, meta, timeout_s)
+               timeout_s: float | None = None, **cues: Any) -> dict[str, Any]:
+        """Play this clip next, after the current clip and any earlier inserts (`cues` as for enqueue)."""
+        return self._push("insert", audio, format, sample_rate, channels, request_id, meta, timeout_s, cues)
 
     def play_now(self, audio: bytes | str | os.PathLike[str], format: str | None = None, sample_rate: int | None = None,
                  channels: int | None = None, request_id: str | None = None, *, meta: dict[str, Any] | None = None,
-                 timeout_s: float | None = None) -> dict[str, Any]:
-        """Cut the current clip at the next chunk boundary and play this one."""
-        return self._push("play_now", audio, format, sample_rate, channels, request_id, meta, timeout_s)
+                 timeout_s: float | None = None, **cues: Any) -> dict[str, Any]:
+        """Cut the current clip at the next chunk boundary and play this one (`cues` as for enqueue)."""
+        return self._push("play_now", audio, format, sample_rate, channels, request_id, meta, timeout_s, cues)
 
 
 

@@ -92,12 +92,12 @@ class AudioArgs(Args):
     meta: dict[str, Any] | None = Field(None, description="anything; stored with the clip, repeated in `accepted`")
     text: str | None = Field(None, min_length=1, description="the clip's transcript: captioned while it airs; at "
                              "most ingest.max_text_chars (stored in meta.text)")
-    captions: list[CaptionCue] | None = Field(None, max_length=MAX_CUES, description="caption cues "
-                                              "[{text, start, end}] in seconds within the clip, shown instead of "
-                                              "`text` timed by characters (stored in meta.captions)")
-    overlays: list[OverlayCue] | None = Field(None, max_length=MAX_CUES, description="[{name, start, end}]: show "
-                                              "layer `name` from start to end seconds after the clip's first "
-                                              "aired frame (stored in meta.overlays)")
+    captions: list[CaptionCue] | None = Field(None, max_length=MAX_CUES, description=f"at most {MAX_CUES} caption "
+                                              "cues [{text, start, end}] in seconds within the clip, shown instead "
+                                              "of `text` timed by characters (stored in meta.captions)")
+    overlays: list[OverlayCue] | None = Field(None, max_length=MAX_CUES, description=f"at most {MAX_CUES} "
+                                              "[{name, start, end}]: show layer `name` from start to end seconds "
+                                              "after the clip's first aired frame (stored in meta.overlays)")
 
     @field_validator("format", mode="before")
     @classmethod

@@ -29,8 +29,8 @@ def hdr(**fields) -> bytes:
     return json.dumps({"v": 1, **fields}).encode()
 
 
-def pcm(seconds: float) -> list[bytes]:
-    return [hdr(cmd="enqueue", format="pcm_s16le", sample_rate=16000, channels=1), pcm_s16le(seconds, 16000, 1)]
+def pcm(seconds: float, **cues) -> list[bytes]:
+    return [hdr(cmd="enqueue", format="pcm_s16le", sample_rate=16000, channels=1, **cues), pcm_s16le(seconds, 16000, 1)]
 
 
 def png_header(w: int, h: int, tail: bytes = b"") -> bytes:
@@ -69,6 +69,7 @@ DAEMON_CASES: dict[str, tuple[str, list[list[bytes]], str | None]] = {
     "id_too_long": ("tcp", [[hdr(cmd="ping", id="i" * 201)]], "id"),
     "text_too_long": ("tcp", [[hdr(cmd="overlay_set", name="card", text="字" * 101)]], "text"),
     "unknown_layer": ("tcp", [[hdr(cmd="overlay_show", name="nope")]], "name"),
+    "cue_outside_clip": ("tcp", [pcm(1.0, captions=[{"text": "字", "start": 0.5, "end": 1.5}])], "captions.0"),
     # the AI label is one layer; overlays.max_layers=2 leaves room for one more
     "too_many_layers": ("tcp", [[hdr(cmd="overlay_set", name="one", text="一")],
                                 [hdr(cmd="overlay_set", name="two", text="二")]], "name"),
@@ -191,3 +192,42 @@ def test_server_code(running, make_settings, code):
     finally:
         release.set()
         sock.close(0)
+
+
+# A clip's cues, refused after decoding and before the spool: (cues, code, field). The clip is 1.0 s long.
+CUE_CASES = [
+    ({"captions": [{"text": "一", "start": -0.1, "end": 0.5}]}, "cue_outside_clip", "captions.0"),
+    ({"captions": [{"text": "一", "start": 0.0, "end": 0.5}, {"text": "二", "start": 0.6, "end": 0.6}]},
+     "cue_outside_clip", "captions.1"),
+    ({"overlays": [{"name": "ai_label", "start": 0.5, "end": 1.2}]}, "cue_outside_clip", "overlays.0"),
+    ({"overlays": [{"name": "nope", "start": 0.0, "end": 0.5}]}, "unknown_layer", "overlays.0.name"),
+    ({"captions": [{"text": "字" * 101, "start": 0.0, "end": 0.5}]}, "text_too_long", "captions.0.text"),
+    ({"captions": [{"text": "一", "start": "0", "end": 0.5}]}, "bad_request", "captions.0.start"),
+    ({"overlays": [{"name": "ai_label", "start": 0.0, "end": 0.5, "opacity": 1}]}, "bad_request", "overlays.0.opacity"),
+]
+
+
+@pytest.mark.timeout(120)
+def test_clip_cues_are_checked_against_the_decoded_clip_and_nothing_is_queued(daemon):
+    import time
+
+    tcp = next(e for e in daemon.ingest.control_endpoints if e.startswith("tcp"))
+    accepted: list[dict] = []
+    daemon.events.subscribe(lambda e: accepted.append(e) if e["type"] == "accepted" else None)
+    for cues, code, field in CUE_CASES:
+        reply = ask(tcp, pcm(1.0, **cues))
+        assert (reply["ok"], reply["code"], reply.get("field")) == (False, code, field), (cues, reply)
+    assert accepted == []  # refused before the spool: no clip, no event
+    assert ask(tcp, [hdr(cmd="clear")])["ok"]
+    deadline = time.monotonic() + 60
+    while daemon.spool.stats()["clips"] and time.monotonic() < deadline:  # queue.max_clips=1: room for one
+        time.sleep(0.1)
+    cues = {"captions": [{"text": "一", "start": 0, "end": 0.5}],
+            "overlays": [{"name": "ai_label", "start": 0.25, "end": 1.0}]}
+    reply = ask(tcp, [hdr(cmd="enqueue", format="pcm_s16le", sample_rate=16000, channels=1,
+                          meta={"captions": "a producer's own key", "k": 1}, **cues), pcm_s16le(1.0, 16000, 1)])
+    assert reply["ok"], reply
+    meta = next(e["meta"] for e in accepted if e["segment_id"] == reply["segment_id"])
+    assert meta == {"k": 1, "captions": [{"text": "一", "start": 0, "end": 0.5}],
+                    "overlays": [{"name": "ai_label", "start": 0.25, "end": 1.0}]}
+    assert ask(tcp, [hdr(cmd="clear")])["ok"]
