@@ -9,28 +9,14 @@ import numpy as np
 import pytest
 
 from flashtalk_live.client import Client
-from flashtalk_live.daemon import Daemon
 from flashtalk_live.renderers.images import encode_png
-from flashtalk_live.settings import load_settings
 
-from test_overlays_on_air import BG, CARD, H, W, FlatRenderer, decode, differs, pytestmark, wav_bytes  # noqa: F401
+from test_overlays_on_air import BG, CARD, H, W, decode, differs, flat_daemon, pytestmark, wav_bytes  # noqa: F401
 
 
 @pytest.mark.timeout(180)
 def test_overlay_and_caption_cues_on_air_from_the_recording(tmp_path):
-    s = load_settings(None, [
-        f'state_dir="{tmp_path / "state"}"',
-        'ingest.control=["ipc://{state_dir}/control.sock"]', 'ingest.events=["ipc://{state_dir}/events.sock"]',
-        f"video.width={W}", f"video.height={H}", 'encoder.preset="ultrafast"', "encoder.video_bitrate=600000",
-        "metrics.enabled=false", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]', 'programme.playlist=""',
-        "renderer.lookahead_chunks=2", "overlays.ai_label_enabled=false",
-    ], environ={})
-    d = Daemon(s, still=FlatRenderer())
-    marks: dict[str, int] = {}
-    d.events.subscribe(lambda e: marks.__setitem__(f"{e['type']}:{e.get('segment_id')}", e["frame"])
-                       if e["type"] in ("started", "finished") else None)
-    card = np.zeros((60, 80, 3), np.uint8)
-    card[:] = CARD
+    d, s, marks, card = flat_daemon(tmp_path, "overlays.ai_label_enabled=false")
     d.start()
     try:
         with Client(f"ipc://{tmp_path / 'state'}/control.sock") as c:

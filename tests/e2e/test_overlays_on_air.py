@@ -4,6 +4,7 @@ on and off, a clip's caption while it airs and gone after it, and the overlay co
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import av
 import numpy as np
@@ -54,14 +55,15 @@ def differs(region: np.ndarray, colour, tol: int = 40) -> np.ndarray:
     return (np.abs(region.astype(int) - np.array(colour)).max(axis=-1) > tol).reshape(len(region), -1).any(axis=1)
 
 
-@pytest.mark.timeout(180)
-def test_label_card_and_caption_on_air_from_the_recording(tmp_path):
+def flat_daemon(tmp_path, *overrides: str) -> tuple[Daemon, Any, dict[str, int], np.ndarray]:
+    """A daemon (not started) airing a flat background into tmp_path/rec.flv, with the frame of each clip's
+    `started` / `finished` event recorded in `marks`, and a plain CARD-coloured card picture."""
     s = load_settings(None, [
         f'state_dir="{tmp_path / "state"}"',
         'ingest.control=["ipc://{state_dir}/control.sock"]', 'ingest.events=["ipc://{state_dir}/events.sock"]',
         f"video.width={W}", f"video.height={H}", 'encoder.preset="ultrafast"', "encoder.video_bitrate=600000",
         "metrics.enabled=false", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]', 'programme.playlist=""',
-        "renderer.lookahead_chunks=2",
+        "renderer.lookahead_chunks=2", *overrides,
     ], environ={})
     d = Daemon(s, still=FlatRenderer())
     marks: dict[str, int] = {}
@@ -69,6 +71,12 @@ def test_label_card_and_caption_on_air_from_the_recording(tmp_path):
                        if e["type"] in ("started", "finished") else None)
     card = np.zeros((60, 80, 3), np.uint8)
     card[:] = CARD
+    return d, s, marks, card
+
+
+@pytest.mark.timeout(180)
+def test_label_card_and_caption_on_air_from_the_recording(tmp_path):
+    d, s, marks, card = flat_daemon(tmp_path)
     d.start()
     try:
         with Client(f"ipc://{tmp_path / 'state'}/control.sock") as c:

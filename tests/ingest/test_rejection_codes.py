@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -209,11 +210,21 @@ CUE_CASES = [
 
 @pytest.mark.timeout(120)
 def test_clip_cues_are_checked_against_the_decoded_clip_and_nothing_is_queued(daemon):
-    import time
-
     tcp = next(e for e in daemon.ingest.control_endpoints if e.startswith("tcp"))
     accepted: list[dict] = []
-    daemon.events.subscribe(lambda e: accepted.append(e) if e["type"] == "accepted" else None)
+
+    def on_event(e: dict) -> None:
+        if e["type"] == "accepted":
+            accepted.append(e)
+
+    daemon.events.subscribe(on_event)
+    try:
+        check_cues_over_zmq(daemon, tcp, accepted)
+    finally:
+        daemon.events.unsubscribe(on_event)
+
+
+def check_cues_over_zmq(daemon, tcp: str, accepted: list[dict]) -> None:
     for cues, code, field in CUE_CASES:
         reply = ask(tcp, pcm(1.0, **cues))
         assert (reply["ok"], reply["code"], reply.get("field")) == (False, code, field), (cues, reply)
