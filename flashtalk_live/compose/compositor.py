@@ -272,8 +272,8 @@ class Compositor:
                 with self._lock:
                     clip = self._clips.get(sid)
                 if clip is not None:
-                    while len(self._captions) >= MAX_PREPARED_CLIPS:
-                        self._captions.pop(next(iter(self._captions)))
+                    for stale in list(self._captions)[:len(self._captions) - MAX_PREPARED_CLIPS + 1]:
+                        self._captions.pop(stale, None)  # oldest first: one cancelled before it aired
                     self._captions[sid] = self._caption_lines(clip)
 
     def _caption_lines(self, clip: ClipCues) -> list[tuple[int, int, Patch]]:

@@ -229,3 +229,15 @@ def test_a_clip_prepared_ahead_keeps_its_captions_when_the_clip_before_it_airs()
     frame = np.zeros((H * 2, W * 2, 3), np.uint8)
     assert c.compose(frame, 0, "a").any()
     assert c.compose(frame, 25, "b").any()
+
+
+@needs_cjk
+def test_captions_prepared_for_clips_that_never_air_are_forgotten_oldest_first():
+    from flashtalk_live.compose.compositor import MAX_PREPARED_CLIPS
+
+    c = Compositor(OverlaySettings(ai_label_enabled=False, caption_font_size=12), W, H, FPS)
+    sids = [f"s{i}" for i in range(MAX_PREPARED_CLIPS + 5)]
+    for sid in sids:
+        c.note_clip(sid, "字", 0.2)
+        c.prepare([sid])  # cancelled before air: never composed
+    assert list(c._captions) == sids[-MAX_PREPARED_CLIPS:]
