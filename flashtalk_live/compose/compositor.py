@@ -272,7 +272,7 @@ class Compositor:
                 with self._lock:
                     clip = self._clips.get(sid)
                 if clip is not None:
-                    for stale in list(self._captions)[:len(self._captions) - MAX_PREPARED_CLIPS + 1]:
+                    for stale in list(self._captions)[:max(0, len(self._captions) - MAX_PREPARED_CLIPS + 1)]:
                         self._captions.pop(stale, None)  # oldest first: one cancelled before it aired
                     self._captions[sid] = self._caption_lines(clip)
 
