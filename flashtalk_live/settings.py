@@ -327,6 +327,8 @@ class LayerSettings(_Section):
     image: str | None = Field(None, description="PNG/JPEG/WebP file, alpha kept (or text)")
     anchor: Anchor = "top_left"
     margin: tuple[int, int] = Field((16, 16), description="px from the anchored edges: (x, y)")
+    in_safe_area: bool = Field(True, description="anchored inside overlays.safe_area (false: the whole frame, e.g. a "
+                               "full-frame watermark)")
     width: int | None = Field(None, gt=0, description="image: scaled to this width; text: wrapped at it "
                               "(default: the frame's width less both margins)")
     font_size: int = Field(28, gt=0, le=400)
@@ -363,6 +365,18 @@ class OverlaySettings(_Section):
     caption_margin: int = Field(120, ge=0, description="px above the bottom edge (clear of the platform's UI)")
     caption_box: tuple[int, int, int, int] | None = Field((0, 0, 0, 120), description="RGBA box behind captions")
     max_layers: int = Field(32, ge=1, description="layers at once, configured and uploaded (too_many_layers)")
+    safe_area: tuple[float, float, float, float] = Field(
+        (0.0, 0.0, 0.0, 0.0), description="(top, right, bottom, left) shares of the frame that layers and captions "
+        "keep clear of (the platform's own buttons, comments and title bar); the shipped configs set a 9:16 "
+        "portrait area")
+
+    @field_validator("safe_area")
+    @classmethod
+    def _safe_area(cls, v: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        top, right, bottom, left = v
+        if min(v) < 0 or top + bottom >= 0.9 or left + right >= 0.9:
+            raise ValueError(f"safe_area {v}: shares must be >= 0 and leave at least 10 % of the frame each way")
+        return v
 
 
 class MetricsSettings(_Section):

@@ -53,12 +53,17 @@ class Patch:
         return pair
 
 
-def place(anchor: str, margin: tuple[int, int], w: int, h: int, fw: int, fh: int) -> tuple[int, int]:
-    """Top-left corner of a w x h patch anchored in an fw x fh frame, `margin` (x, y) px from the anchored edges."""
+def place(anchor: str, margin: tuple[int, int], w: int, h: int, fw: int, fh: int,
+          safe: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> tuple[int, int]:
+    """Top-left corner of a w x h patch anchored in an fw x fh frame, `margin` (x, y) px from the anchored edges of
+    the safe area: `safe` = (top, right, bottom, left) shares of the frame kept clear of the platform's own UI."""
+    top, right, bottom, left = safe
+    ax0, ay0 = round(left * fw), round(top * fh)
+    ax1, ay1 = fw - round(right * fw), fh - round(bottom * fh)
     mx, my = margin
     vert, _, horiz = anchor.partition("_") if "_" in anchor else (anchor, "", anchor)
-    x = mx if horiz == "left" else fw - w - mx if horiz == "right" else (fw - w) // 2
-    y = my if vert == "top" else fh - h - my if vert == "bottom" else (fh - h) // 2
+    x = ax0 + mx if horiz == "left" else ax1 - w - mx if horiz == "right" else ax0 + (ax1 - ax0 - w) // 2
+    y = ay0 + my if vert == "top" else ay1 - h - my if vert == "bottom" else ay0 + (ay1 - ay0 - h) // 2
     return x, y
 
 
@@ -170,7 +175,8 @@ class Compositor:
                 rgba = decode_rgba_bytes(image, f"overlay {spec.name}", spec.width)
             except ImageError as e:
                 raise Rejection("undecodable_image", str(e)) from None
-        x, y = place(spec.anchor, spec.margin, rgba.shape[1], rgba.shape[0], self.w, self.h)
+        safe = self.s.safe_area if spec.in_safe_area else (0.0, 0.0, 0.0, 0.0)
+        x, y = place(spec.anchor, spec.margin, rgba.shape[1], rgba.shape[0], self.w, self.h, safe)
         return make_patch(rgba, x, y, self.w, self.h)
 
     def _install(self, spec: LayerSettings, patch: Patch | None, n: int, show: bool) -> None:
@@ -292,7 +298,8 @@ class Compositor:
                 start = first + frames * done // total
                 done += len(ln)
                 rgba = render_text(ln, font, style)
-                x, y = place("bottom", (0, self.s.caption_margin), rgba.shape[1], rgba.shape[0], self.w, self.h)
+                x, y = place("bottom", (0, self.s.caption_margin), rgba.shape[1], rgba.shape[0], self.w, self.h,
+                             self.s.safe_area)
                 patch = make_patch(rgba, x, y, self.w, self.h)
                 if patch is not None:
                     out.append((start, first + frames * done // total, patch))

@@ -69,6 +69,32 @@ def test_place(anchor, xy):
     assert place(anchor, (5, 7), 10, 4, W, H) == xy
 
 
+def test_place_inside_the_safe_area():
+    safe = (0.25, 0.1, 0.5, 0.2)  # top, right, bottom, left
+    top, right, bottom, left = round(0.25 * H), round(0.1 * W), round(0.5 * H), round(0.2 * W)
+    assert place("top_left", (5, 7), 10, 4, W, H, safe) == (left + 5, top + 7)
+    assert place("bottom_right", (5, 7), 10, 4, W, H, safe) == (W - right - 10 - 5, H - bottom - 4 - 7)
+    assert place("center", (0, 0), 10, 4, W, H, safe) == (left + (W - right - left - 10) // 2,
+                                                          top + (H - bottom - top - 4) // 2)
+    with pytest.raises(ValueError, match="safe_area"):
+        OverlaySettings(safe_area=(0.5, 0, 0.5, 0))
+
+
+def test_layers_keep_to_the_safe_area_unless_told_not_to(tmp_path):
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = 200, 255
+    for inside, want in ((True, (round(0.1 * W), round(0.2 * H))), (False, (0, 0))):
+        path = tmp_path / f"l{inside}.png"
+        path.write_bytes(rgba_png(rgba))
+        s = OverlaySettings(ai_label_enabled=False, safe_area=(0.2, 0.0, 0.0, 0.1),
+                            layers=[LayerSettings(name="l", image=str(path), margin=(0, 0), in_safe_area=inside)])
+        c = Compositor(s, W, H, FPS)
+        c.show("l", None)
+        out = c.compose(np.zeros((H, W, 3), np.uint8), 0)
+        ys, xs = np.nonzero(out[..., 0])
+        assert (xs.min(), ys.min()) == want, inside
+
+
 def image_layer_compositor(tmp_path, rgba, **spec):
     path = tmp_path / "logo.png"
     path.write_bytes(rgba_png(rgba))
