@@ -283,6 +283,7 @@ class Daemon:
                                         self.admission, self.lookahead, fps=v.fps,
                                         idle_reuse=settings.renderer.idle_reuse)
         self.ingest = IngestServer(settings, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
+                                   cut_on_air=self.lookahead.cut,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -487,8 +488,9 @@ class Daemon:
     def _announce(self, m: Mark, out_frame: int) -> None:
         t = out_frame / self.s.video.fps
         # Settle before publishing: a client that saw `finished` can rely on the clip not airing again after a
-        # crash (unless the spool's write failed, which is logged and retried).
-        if m.source == "queue" and m.kind == "finished":
+        # crash (unless the spool's write failed, which is logged and retried). A cut that aired (cancel) removes
+        # the clip too (the timeline may have removed it already when it stopped cutting it).
+        if m.source == "queue" and m.kind in ("finished", "interrupted"):
             with self._settle_lock:
                 self._unsettled.append(m.segment_id)
                 self._settle()

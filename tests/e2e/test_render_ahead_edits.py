@@ -90,3 +90,60 @@ def test_sigkill_with_a_full_render_ahead_buffer_loses_no_acknowledged_clip(daem
     assert st["queue"]["clips"] == 0 and not st["playing"] and not st["pending"]
     ev2.close()
     assert d.stop() == 0
+
+
+@pytest.mark.timeout(240)
+def test_cancel_of_the_clip_on_air_cuts_it_on_air_within_a_chunk_with_a_deep_buffer(daemon_factory, tmp_path):
+    import numpy as np
+
+    from test_broadcast import band_power, decode_audio_mono
+
+    fps, chunk = 25, 28  # the harness's fps and the default chunk (1.12 s)
+    freq = 700.0
+    d = daemon_factory(extra=SLOW).start()
+    ev = d.events()
+    seen: list[dict] = []
+    with d.client(timeout_s=20) as c:
+        ev.sync(c)
+        sid = c.enqueue(encode("wav_s16", seconds=6.0, freq=freq))["segment_id"]
+        started = wait_for(ev, lambda e: e["type"] == "started" and e.get("segment_id") == sid, 120, seen)
+        time.sleep(1.2)  # positions the command inside the clip; nothing below depends on how long it took
+        before = c.status()
+        reply = c.cancel(sid)
+        after = c.status()
+    assert reply["was"] == "playing"
+    buffered = before["render_ahead"]["buffered_s"]
+    end = wait_for(ev, lambda e: e.get("segment_id") == sid and e["type"] in ("finished", "interrupted"), 60, seen)
+    assert end["type"] == "interrupted", "the cancelled clip played on to its end"
+    # On the air's own clock: the command aired between the two status reads; the cut airs at most two chunks
+    # later (the chunk on air finishes, the next one carries the cut), however deep the buffer was.
+    at_cmd = round(before["broadcast"]["media_time_s"] * fps)
+    at_reply = round(after["broadcast"]["media_time_s"] * fps)
+    print(f"\nbuffered {buffered} s at the cancel; cut airs {end['frame'] - at_cmd} frames after the command "
+          f"(command took {at_reply - at_cmd} frames of air)")
+    assert buffered > 2 * chunk / fps, "the buffer was not deep: this would not test cutting on air"
+    assert end["frame"] - at_reply <= 2 * chunk
+    assert end["frame"] > started["frame"]
+    time.sleep(1.5)  # let more air reach the recording after the cut
+    with d.client() as c:
+        st = c.status()
+    assert st["queue"]["clips"] == 0 and not st["playing"]
+    ev.close()
+    assert d.stop() == 0
+
+    # The recording: the tone is there from `started` to the cut, and gone after it.
+    x, first_pts, rate = decode_audio_mono(tmp_path / "rec.flv")
+    win = rate // fps
+    p = band_power(x, rate, freq, win)
+    onset = np.flatnonzero(p > 0.25 * p.max())[0]
+    origin = first_pts + onset * win / rate - started["frame"] / fps  # recording time of out_frame 0
+
+    def window(f0: float, f1: float) -> np.ndarray:
+        a, b = int((f0 / fps + origin - first_pts) * rate), int((f1 / fps + origin - first_pts) * rate)
+        return band_power(x[a:b], rate, freq, win)
+
+    on = window(started["frame"] + 3, end["frame"] - 3)
+    off = window(end["frame"] + 3, end["frame"] + 30)
+    assert len(on) and len(off) >= 20, (len(on), len(off))
+    assert on.min() > 0.2 * np.median(on), "the tone has a gap before the cut"
+    assert off.max() < 0.01 * np.median(on), "the tone goes on after the cut"
