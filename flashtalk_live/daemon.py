@@ -284,6 +284,7 @@ class Daemon:
                                         idle_reuse=settings.renderer.idle_reuse)
         self.ingest = IngestServer(settings, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
+                                   cut_on_air=self.lookahead.cut,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -491,16 +492,18 @@ class Daemon:
 
     def _announce(self, m: Mark, out_frame: int) -> None:
         t = out_frame / self.s.video.fps
+        # Settle before publishing: a client that saw `finished` can rely on the clip not airing again after a
+        # crash (unless the spool's write failed, which is logged and retried). A cut that aired (cancel) removes
+        # the clip too (the timeline may have removed it already when it stopped cutting it).
+        if m.source == "queue" and m.kind in ("finished", "interrupted"):
+            with self._settle_lock:
+                self._unsettled.append(m.segment_id)
+                self._settle()
         self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3))
         if m.kind == "started":
             self._on_air_segment = m.segment_id
-        elif m.kind in ("finished", "interrupted"):
-            if self._on_air_segment == m.segment_id:
-                self._on_air_segment = None
-            if m.source == "queue" and m.kind == "finished":
-                with self._settle_lock:
-                    self._unsettled.append(m.segment_id)
-                    self._settle()
+        elif m.kind in ("finished", "interrupted") and self._on_air_segment == m.segment_id:
+            self._on_air_segment = None
 
     def _settle(self) -> None:
         """Commit the finished clips' removal; on a storage error keep them for the next try (the air goes on).

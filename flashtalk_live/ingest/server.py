@@ -101,9 +101,11 @@ class IngestServer:
                  status_provider: Callable[[], dict[str, Any]] | None = None,
                  handlers: dict[str, Handler] | None = None, *, context: zmq.Context | None = None,
                  refuse_clips: Callable[[], str | None] | None = None,
-                 layers: Callable[[], list[str]] | None = None) -> None:
+                 layers: Callable[[], list[str]] | None = None,
+                 cut_on_air: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
+        self.cut_on_air = cut_on_air  # cancel of a 'playing' clip: cut it on air (the daemon's look-ahead)
         self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
         self.spool = spool
         self.events = events
@@ -407,6 +409,8 @@ class IngestServer:
         if was is None:
             raise Rejection("not_found", f"no pending or playing clip {sid[:64]!r}", "segment_id")
         self.log.info("clip_cancelled", segment_id=sid, was=was)
+        if was == "playing" and self.cut_on_air is not None:
+            self.cut_on_air(sid)
         self.events.publish("cancelled", segment_id=sid, was=was)
         if was == "pending":
             self.events.publish("dropped", segment_id=sid, reason="cancelled")

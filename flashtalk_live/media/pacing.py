@@ -13,6 +13,7 @@ up, and because every yielded item carries one frame and one frame's worth of sa
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class Lookahead:
         self._frames = 0
         self.high_water_chunks = 0  # most chunks ever waiting at once (the bound tests check)
         self.chunks_in = 0
+        self._cut: collections.deque[str] = collections.deque(maxlen=64)  # clips cut on air: scrubbed from chunks
+        self._cut_due: list[str] = []  # their 'interrupted' marks, for the next chunk to air
+        self.frames_scrubbed = 0
 
     def _validate(self, item: RenderedChunk) -> None:
         chunk, frames = item.chunk, item.frames
@@ -66,6 +70,8 @@ class Lookahead:
                 return False
             if self._closed:
                 raise LookaheadClosed("look-ahead buffer closed")
+            for sid in self._cut:
+                item = self._scrub(item, sid)
             self._items.append(item)
             self._frames += item.chunk.n_frames
             self.chunks_in += 1
@@ -92,11 +98,45 @@ class Lookahead:
             self._cond.wait_for(lambda: self._closed or self._items, timeout)
             return self._pop()
 
+    def cut(self, segment_id: str) -> None:
+        """Cut a clip on air (cancel): it is silenced from the next chunk to air on, which carries its 'interrupted'.
+
+        Every buffered chunk, and every chunk put later, loses the clip's audio and marks and its frames count as
+        idle; the frames themselves and the chunks' times stay, so what follows airs at its planned time (a clip
+        admitted behind it keeps its head start). The chunk on air (already taken by the pacer) airs as it is.
+        """
+        with self._cond:
+            if segment_id in self._cut:
+                return
+            self._cut.append(segment_id)
+            self._items = collections.deque(self._scrub(it, segment_id) for it in self._items)
+            self._cut_due.append(segment_id)
+
+    def _scrub(self, item: RenderedChunk, sid: str) -> RenderedChunk:
+        c = item.chunk
+        mine = [j for j, s in enumerate(c.frame_segments) if s == sid]
+        if not mine and not any(m.segment_id == sid for m in c.marks):
+            return item
+        spf = c.audio.shape[0] // c.n_frames
+        audio = c.audio.copy()
+        for j in mine:
+            audio[j * spf:(j + 1) * spf] = 0.0
+        segs = [None if s == sid else s for s in c.frame_segments]
+        self.frames_scrubbed += len(mine)
+        chunk = dataclasses.replace(c, audio=audio, frame_segments=segs, idle=all(s is None for s in segs),
+                                    marks=[m for m in c.marks if m.segment_id != sid])
+        return dataclasses.replace(item, chunk=chunk)
+
     def _pop(self) -> RenderedChunk | None:
         if not self._items:
             return None
         item = self._items.popleft()
         self._frames -= item.chunk.n_frames
+        if self._cut_due:
+            c = item.chunk
+            cuts = [Mark(c.start_frame, "interrupted", sid, "queue") for sid in self._cut_due]
+            self._cut_due = []
+            item = dataclasses.replace(item, chunk=dataclasses.replace(c, marks=cuts + list(c.marks)))
         self._cond.notify_all()
         return item
 

@@ -607,10 +607,13 @@ class Spool:
     def recover(self) -> list[str]:
         """Put every 'playing' clip back at the head, in the order it was taken; returns their ids.
 
-        Runs on open: a clip that was on air when the process died replays from its start.
+        Runs on open: a clip that was on air when the process died replays from its start. A clip cancelled
+        while playing (its cut had not aired yet) is dropped instead: a cancelled clip never airs again.
         """
         def recover() -> list[str]:
             with self._tx() as db:
+                self._move(db, "state='playing' AND cancel_requested=1", (), to=None)
+                db.execute("DELETE FROM clips WHERE state='playing' AND cancel_requested=1")
                 playing = [r[0] for r in db.execute(
                     "SELECT segment_id FROM clips WHERE state='playing' ORDER BY taken_seq, seq")]
                 if not playing:

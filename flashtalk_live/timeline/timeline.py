@@ -10,8 +10,8 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
   a programme pause, or while idle). The programme then resumes with its next clip: where it left off.
 * play_now (`queue.interrupt_pending()`) is checked at every chunk boundary: whatever is playing is cut there
   ('interrupted' mark; `queue.mark_interrupted` for a queue clip) and the new clip starts on the chunk's first frame.
-  The same flag covers a cancelled playing clip (spool.is_cancel_requested): it is cut there too. A clip already
-  cut completely into the look-ahead has left the timeline and airs regardless.
+  The same flag covers a cancelled playing clip (spool.is_cancel_requested): it stops being cut there too. The air
+  side of a cancel (silencing what is already rendered, the 'interrupted' as aired) is media/pacing.Lookahead.cut.
   A programme clip that was cut is played again from its start when the programme resumes (resuming a sales pitch
   mid-sentence sounds broken).
 * Marks: 'started' on the frame holding a clip's first sample, 'finished' on the frame holding its last sample.

@@ -356,3 +356,32 @@ def test_underruns_are_counted_apart_inside_and_outside_clips():
     st = pacer.stats()
     assert (st["underrun_frames_clip"], st["underrun_frames_idle"], st["underrun_frames"]) == (3, 4, 7)
     assert [e["where"] for e in events if e["phase"] == "start"] == ["clip", "idle"]
+
+
+def test_cut_silences_a_clip_in_buffered_and_later_chunks_and_marks_the_next_chunk_to_air():
+    la = Lookahead(8, samples_per_frame=SPF)
+
+    def clip_chunk(i: int, segs: list, marks: list) -> RenderedChunk:
+        c = make_chunk(i)
+        c.chunk.audio[:, 1] = 1.0
+        return RenderedChunk(RenderChunk(i, c.chunk.start_frame, NF, c.chunk.audio, c.chunk.model_audio, segs, marks),
+                             c.frames, "test", 0.0)
+
+    on_air = clip_chunk(0, ["a"] * NF, [Mark(0, "started", "a")])
+    la.put(on_air)
+    la.put(clip_chunk(1, ["a"] * NF, []))
+    la.put(clip_chunk(2, ["a", "a", "b", "b", "b"], [Mark(11, "finished", "a"), Mark(12, "started", "b")]))
+    assert la.get_nowait() is on_air  # the pacer holds chunk 0: it airs as it is
+    la.cut("a")
+    la.cut("a")  # twice: one cut, one mark
+    later = clip_chunk(3, ["a"] * NF, [Mark(15, "interrupted", "a")])  # the timeline's own cut, rendered late
+    la.put(later)
+    c1, c2, c3 = la.get_nowait(), la.get_nowait(), la.get_nowait()
+    assert c1.chunk.marks == [Mark(5, "interrupted", "a", "queue")]  # the cut airs with the next chunk
+    assert c1.chunk.idle and c1.chunk.frame_segments == [None] * NF and not c1.chunk.audio.any()
+    assert c1.frames is not None and c1.chunk.start_frame == 5  # times and frames stay: what follows keeps its plan
+    assert c2.chunk.marks == [Mark(12, "started", "b")] and c2.chunk.frame_segments == [None, None, "b", "b", "b"]
+    assert not c2.chunk.audio[: 2 * SPF].any() and c2.chunk.audio[2 * SPF:, 1].all()
+    assert c3.chunk.marks == [] and not c3.chunk.audio.any()
+    assert on_air.chunk.audio[:, 1].all()  # chunks are replaced, never written in place
+    assert la.frames_scrubbed == 2 * NF + 2

@@ -176,6 +176,20 @@ def test_recover_on_reopen(tmp_path):
     s2.close()
 
 
+def test_a_playing_clip_cancelled_before_its_cut_aired_is_dropped_on_recovery_not_replayed(tmp_path):
+    s = Spool(tmp_path / "sp")
+    for n in "abc":
+        add(s, n)
+    a, b = s.take_next(), s.take_next()  # a on air, b rendered ahead
+    assert s.cancel(a.segment_id) == "playing"
+    s.close()  # the process dies before the cut airs
+    s2 = Spool(tmp_path / "sp")
+    assert s2.recovered == [b.segment_id]
+    assert names(s2) == ["b", "c"] and s2.get(a.segment_id) is None
+    assert s2.stats()["clips"] == 2
+    s2.close()
+
+
 def test_single_owner(tmp_path):
     s = Spool(tmp_path / "sp")
     with pytest.raises(SpoolLocked):
