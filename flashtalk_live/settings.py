@@ -98,7 +98,7 @@ class IngestSettings(_Section):
     max_connections: int = Field(256, ge=1, description="open tcp connections per socket (control, events); more "
                                                         "are closed at once, so a flood cannot take every descriptor")
     heartbeat_s: float = Field(10.0, gt=0, description="ZMQ_HEARTBEAT_IVL: ping every connection this often")
-    heartbeat_timeout_s: float = Field(30.0, gt=0, description="ZMQ_HEARTBEAT_TIMEOUT/TTL: drop a peer silent this long")
+    heartbeat_timeout_s: float = Field(30.0, gt=0, le=6553, description="ZMQ_HEARTBEAT_TIMEOUT/TTL: drop a peer silent this long (libzmq caps the TTL at 6553 s)")
 
     @field_validator("ipc_mode", mode="before")
     @classmethod

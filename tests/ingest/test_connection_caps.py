@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 
 from box_faults import idle_connections, scrape, until
 
@@ -62,3 +66,28 @@ def test_metrics_server_caps_connections_and_drops_idle_ones():
         server.shutdown()
         server.server_close()
 
+
+
+def test_heartbeats_drop_a_peer_that_stopped_answering(running):
+    """A producer frozen mid-connection (SIGSTOP: its TCP stays up, its ZeroMQ stops) is dropped by heartbeats."""
+    r = running("ingest.heartbeat_s=0.5", "ingest.heartbeat_timeout_s=2")
+    peer = subprocess.Popen([sys.executable, "-c", PEER.format(endpoint=r.tcp)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert peer.stdout.readline().strip() == "connected"  # it made a real request over the connection
+        until(lambda: r.server.status()["ingest"]["connections"]["control"]["open"] == 1)
+        os.kill(peer.pid, signal.SIGSTOP)
+        until(lambda: r.server.status()["ingest"]["connections"]["control"]["open"] == 0, timeout_s=60)
+    finally:
+        os.kill(peer.pid, signal.SIGKILL)
+        peer.wait(10)
+
+
+PEER = """
+import time, zmq
+s = zmq.Context().socket(zmq.DEALER)
+s.connect("{endpoint}")
+s.send_multipart([b"", b'{{"v": 1, "cmd": "ping"}}'])
+s.recv_multipart()
+print("connected", flush=True)
+time.sleep(600)
+"""
