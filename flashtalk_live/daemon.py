@@ -26,6 +26,7 @@ from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.kinds import kind_name
 from flashtalk_live.outputs.manager import TooManyOutputs
 from flashtalk_live.renderers.base import Renderer
+from flashtalk_live.renderers.kinds import renderer_kind
 from flashtalk_live.renderers import images
 from flashtalk_live.renderers.images import ImageError, default_portrait, load_image
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
@@ -265,8 +266,8 @@ class Daemon:
         self.prompt = v.prompt
         self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings)
         self.still.start_session(self.reference, v.prompt)
-        if renderer_factory is None and settings.renderer.kind == "flashtalk":
-            renderer_factory = flashtalk_factory(settings, self.events, parallel)
+        if renderer_factory is None:
+            renderer_factory = renderer_kind(settings.renderer.kind).factory(settings, self.events, parallel)
         if renderer_factory is not None and (settings.renderer.drill_slowdown != 1.0 or settings.renderer.drill_jitter_s):
             renderer_factory = (lambda f: lambda st: with_drills(f(st), st))(renderer_factory)
         self.renderers = RendererSupervisor(settings, self.still, self.events, renderer_factory, self.reference)
@@ -654,10 +655,7 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
     exit_code = 0
     stop = threading.Event()
     raise_fd_limit()
-    if settings.renderer.kind == "flashtalk":
-        from flashtalk_live.parallel.launch import maybe_launch_workers
-
-        parallel = maybe_launch_workers(settings)
+    parallel = renderer_kind(settings.renderer.kind).launch(settings)
     daemon = Daemon(settings, parallel=parallel)
     if parallel is not None:
         def on_rank_failure(reason: str) -> None:

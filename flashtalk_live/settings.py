@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from flashtalk_live.outputs.kinds import validate_url
+from flashtalk_live.renderers.kinds import NAMES as RENDERER_KINDS
 from flashtalk_live.secrets import mask_obj, mask_text, mask_url
 
 if sys.version_info >= (3, 11):
@@ -45,6 +46,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 X264_PSY_TUNES = ("film", "animation", "grain", "stillimage", "psnr", "ssim")  # at most one of these
 X264_TUNES = X264_PSY_TUNES + ("fastdecode", "zerolatency", "touhou")
 NVENC_PRESETS = tuple(f"p{i}" for i in range(1, 8))
+
 
 
 class _Section(BaseModel):
@@ -161,7 +163,15 @@ class VideoSettings(_Section):
 class RendererSettings(_Section):
     """Which renderer draws the avatar and how far it may run ahead."""
 
-    kind: Literal["still", "flashtalk"] = "still"
+    kind: str = Field("still", description="a renderer kind of renderers/kinds.py: " + ", ".join(RENDERER_KINDS))
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in RENDERER_KINDS:
+            raise ValueError(f"not a renderer kind; expected one of {list(RENDERER_KINDS)}")
+        return v
+
     lookahead_chunks: int = Field(3, ge=1, le=32, description="rendered chunks buffered ahead of the encoder")
     fallback_retry_initial_s: float = Field(5.0, gt=0)
     fallback_retry_max_s: float = Field(300.0, gt=0)
