@@ -19,7 +19,6 @@ figures, fallbacks to the still renderer and the recording's size. Nothing here 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -29,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +35,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # support.audio: the WAV writer the tests use
 
 from flashtalk_live.client import Client, ClientError, EventStream  # noqa: E402
+from support.audio import mono_wav  # noqa: E402
 
 TINY_PROFILE = 'base = "fast"\nheight = 64\nwidth = 32\n'  # fast's 29/1 frames and 2 steps, tiny picture
 
@@ -55,15 +55,7 @@ def speech_like_wav(seconds: float, seed: int, rate: int = 16000) -> bytes:
     gate = np.ones(n)
     for start in rng.uniform(0, max(0.1, seconds - 0.5), size=int(seconds // 3)):
         gate[int(start * rate):int((start + 0.3) * rate)] = 0.0  # pauses between phrases
-    x = 0.25 * voice * syll * gate + 0.01 * rng.standard_normal(n)
-    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
+    return mono_wav(0.25 * voice * syll * gate + 0.01 * rng.standard_normal(n), rate)
 
 
 class EventRecorder(threading.Thread):

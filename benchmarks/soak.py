@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "ingest"))
 
 from flashtalk_live.client import Client, ClientError, EventStream, Rejected  # noqa: E402
+from box_faults import fill  # noqa: E402
 from ingest_audiogen import encode  # noqa: E402
 from rtmp_harness import NginxRtmp, free_port, max_gap, read_media  # noqa: E402
 
@@ -53,19 +54,6 @@ def children(pid: int) -> int:
             except OSError:
                 pass
     return n
-
-
-def fill(fs: Path) -> Path:
-    """Take every byte of the file system with a ballast file (a real ENOSPC for everyone else)."""
-    ballast = fs / "ballast"
-    with open(ballast, "ab", buffering=0) as f:
-        for block in (1 << 20, 65536, 4096, 512, 1):
-            try:
-                while True:
-                    f.write(b"\0" * block)
-            except OSError:
-                pass
-    return ballast
 
 
 def main() -> int:

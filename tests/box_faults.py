@@ -58,3 +58,21 @@ def zero_header(f: Path) -> None:
 
 def zero_length(f: Path) -> None:
     f.write_bytes(b"")
+
+
+def fill(fs: Path, name: str = "ballast", leave: int = 0) -> Path:
+    """Take every byte of the file system but `leave` (all of them by default): a real ENOSPC for everyone else."""
+    ballast = fs / name
+    with open(ballast, "ab", buffering=0) as f:
+        if leave:
+            st = os.statvfs(fs)
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+            return ballast
+        for block in (1 << 20, 65536, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * block)
+            except OSError:
+                pass
+    return ballast
+

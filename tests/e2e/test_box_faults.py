@@ -12,7 +12,7 @@ import pytest
 from daemon_harness import DaemonProcess, wait_for
 from flashtalk_live.client import ClientError, Rejected
 from ingest_audiogen import encode
-from box_faults import garbage, idle_connections, scrape, truncate, until, zero_header, zero_length
+from box_faults import fill, garbage, idle_connections, scrape, truncate, until, zero_header, zero_length
 from rtmp_harness import max_gap, read_media
 
 
@@ -20,23 +20,6 @@ from rtmp_harness import max_gap, read_media
 def small_fs(tmp_path, tmpfs):
     """The state directory itself is a 24 MiB tmpfs (its config and log stay outside, as under systemd)."""
     return tmpfs(tmp_path / "state", "24m")
-
-
-def fill(fs: Path, name: str = "ballast", leave: int = 0) -> Path:
-    """Take every byte of the file system but `leave` (all of them by default)."""
-    ballast = fs / name
-    with open(ballast, "ab", buffering=0) as f:
-        if leave:
-            st = os.statvfs(fs)
-            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
-            return ballast
-        for block in (1 << 20, 65536, 4096, 512, 1):
-            try:
-                while True:
-                    f.write(b"\0" * block)
-            except OSError:
-                pass
-    return ballast
 
 
 STORAGE = ["storage.min_free_bytes=4194304", "storage.min_free_percent=0", "storage.spool_reserve_bytes=2097152",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from box_faults import garbage, truncate, zero_header, zero_length
+from box_faults import fill, garbage, truncate, zero_header, zero_length
 
 from flashtalk_live.queue.spool import DB_NAME, RESERVE_NAME, Spool, SpoolDiskFull, salvage
 
@@ -153,25 +153,13 @@ def small_fs(tmp_path, tmpfs):
     return tmpfs(tmp_path / "fs", "4m")
 
 
-def _fill(path: Path) -> Path:
-    ballast = path / "ballast"
-    with open(ballast, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return ballast
-
-
 def test_full_disk_refuses_new_clips_but_acknowledged_ones_still_move(small_fs):
     d = small_fs / "spool"
     with Spool(d, reserve_bytes=1 << 20) as s:
         assert (d / RESERVE_NAME).exists()
         for i in range(3):
             add(s, f"c{i}", size=20_000)
-        ballast = _fill(small_fs)
+        ballast = fill(small_fs)
         with pytest.raises(SpoolDiskFull) as e:
             for i in range(50):  # the WAL may still take a page or two before the disk says no
                 add(s, f"x{i}", size=100_000)
@@ -193,7 +181,7 @@ def test_spool_opens_on_a_full_disk(small_fs):
     with Spool(d, reserve_bytes=1 << 20) as s:
         add(s, "kept", size=10_000)
         s.take_next()  # on air when the box went down
-    _fill(small_fs)
+    fill(small_fs)
     with Spool(d, reserve_bytes=1 << 20) as s:  # no free byte: the open must not need one
         assert names(s) == ["kept"] or [e.meta["name"] for e in s.playing()] == ["kept"]
         with pytest.raises(SpoolDiskFull):
