@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             "clip_seconds": sum(p["seconds"] for p in pushed),
             "underrun_frames": b["underrun_frames"] - base["underrun_frames"],
             "underrun_episodes": b["underrun_episodes"] - base["underrun_episodes"],
+            "underrun_frames_clip": b.get("underrun_frames_clip", 0) - base.get("underrun_frames_clip", 0),
+            "underrun_frames_idle": b.get("underrun_frames_idle", 0) - base.get("underrun_frames_idle", 0),
             "frames_out": b["frames_out"] - base["frames_out"],
             "chunk_count": chunk.get("count"), "chunk_p50_s": chunk.get("p50"), "chunk_p99_s": chunk.get("p99"),
             "chunk_max_s": chunk.get("max"), "render_rtf_last": b.get("render_rtf"),
@@ -305,6 +307,7 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
         ("run", f"{_f(r.get('minutes'), '{:.1f}', ' min')}, {r.get('clips', 0)} clips "
                 f"({_f(r.get('clip_seconds'), '{:.0f}', ' s')} of speech), {r.get('frames_out', '-')} frames out"),
         ("underrun frames (episodes)", f"{r.get('underrun_frames', '-')} ({r.get('underrun_episodes', '-')})"),
+        ("underrun frames in clips / idle", f"{r.get('underrun_frames_clip', '-')} / {r.get('underrun_frames_idle', '-')}"),
         ("chunk wall p50 / p99 / max", f"{_f(r.get('chunk_p50_s'))} / {_f(r.get('chunk_p99_s'))} / "
                                        f"{_f(r.get('chunk_max_s'))} s over {r.get('chunk_count', '-')} chunks"),
         ("GPU memory peak (torch allocated / nvidia-smi)",

@@ -1,9 +1,11 @@
 """fp8 DiT linears on the GPU: one full-size block timed bf16 vs fp8 (torch._scaled_mm) vs fp8 (torchao), and the
-deviation fp8 causes in the whole 14B DiT's output (random bf16 weights, one forward). Prints two tables.
+deviation fp8 causes in the whole 14B DiT's output (random bf16 weights, one forward), and in the frames of a
+two-chunk engine run (the whole random engine family, same audio, noise and session, bf16 then fp8). Three tables.
 
     python benchmarks/fp8_gpu.py                   # cuda, fast profile geometry (9,152 tokens), blocks compiled
     python benchmarks/fp8_gpu.py --tokens-grid 9 56 28 --no-compile
     python benchmarks/fp8_gpu.py --skip-full-dit   # block timings only (no 28 GB DiT)
+    python benchmarks/fp8_gpu.py --only-chunks --chunk-profile realtime   # the two-chunk run only
     python benchmarks/fp8_gpu.py --tiny            # the tiny DiT on the CPU (emulated fp8): checks the script
 
 Weights: benchmarks/engine_gpu.py's `materialise` (N(0, 1/fan_in) matrices, built on meta, filled on the device).
@@ -134,6 +136,52 @@ def full_dit_table(cfg, grid, device, dtype, args) -> list[tuple[str, str, str]]
     return rows
 
 
+def two_chunk_table(kind: str, profile, device, dtype, args) -> list[tuple[str, str, str]]:
+    """Two chunks of speech-like audio through the engine, bf16 DiT, then the same session with the DiT in fp8.
+
+    Eager (not compiled): the deviation is the quantisation's, not a compiler's. Rows: per chunk, rel L2 of the
+    final latent, of the decoded video in [-1, 1] and of the uint8 frames, fp8 against bf16.
+    """
+    import numpy as np
+
+    from flashtalk_live.checkpoints.random_weights import random_engine_models
+    from flashtalk_live.engine.engine import FlashTalkEngine
+
+    models = random_engine_models(kind, device, dtype)
+    engine = FlashTalkEngine(models, profile, device, dtype)
+    rng = np.random.default_rng(0)
+    image = (rng.random((profile.height, profile.width, 3)) * 255).astype(np.uint8)
+    session = engine.start_session(image, "benchmark")
+    spf = profile.sample_rate // profile.fps
+    windows, window = [], np.zeros(profile.window_samples, np.float32)
+    for i in range(2):
+        t = np.arange(profile.new_frames * spf) / profile.sample_rate
+        speech = (0.2 * np.sin(2 * np.pi * (150 + 20 * i) * t) * (1 + np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+        window = np.concatenate([window, speech])[-profile.window_samples:]
+        windows.append(window)
+
+    def run() -> list[dict[str, torch.Tensor]]:
+        engine.use_session(session)  # same motion context and noise stream from chunk 0
+        outs = []
+        for w in windows:
+            trace: dict = {}
+            frames = engine.generate(engine.audio_features(w), trace=trace).frames
+            outs.append({"latent": trace["latent_final"].float().cpu(), "video": trace["colour_corrected"].float().cpu(),
+                         "frames": torch.from_numpy(frames).float()})
+        return outs
+
+    want = run()
+    plan = Fp8Plan(tuple(args.keep), args.full_backend)
+    quantize_dit_(models.dit, plan)
+    got = run()
+    rows = []
+    for i, (g, w) in enumerate(zip(got, want)):
+        rows.append((f"chunk {i}", f"{rel_l2(g['latent'], w['latent']):.2e} / {rel_l2(g['video'], w['video']):.2e}",
+                     f"{rel_l2(g['frames'], w['frames']):.2e}"))
+    del models, engine
+    return rows
+
+
 def table(title: str, head: tuple[str, str, str], rows) -> None:
     print(f"\n{title}\n| {' | '.join(head)} |\n|---|---|---|")
     for r in rows:
@@ -151,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=int, nargs=2, default=(2, 3), metavar=("FIRST", "LAST"))
     ap.add_argument("--full-backend", choices=["scaled_mm", "torchao"], default="scaled_mm")
     ap.add_argument("--skip-full-dit", action="store_true")
+    ap.add_argument("--only-chunks", action="store_true", help="only the two-chunk engine run")
+    ap.add_argument("--chunk-profile", default="realtime", help="profile of the two-chunk run")
     args = ap.parse_args(argv)
     if args.tiny:
         from flashtalk_live.checkpoints.fake import tiny_configs
@@ -167,12 +217,22 @@ def main(argv: list[str] | None = None) -> int:
     n_tokens = grid[0] * grid[1] * grid[2]
     with torch.device("meta"):
         n_lin = len(quantized_linears(DiTBlock(cfg)))
-    table(f"one DiT block, dim {cfg.dim}, {n_tokens:,} tokens, {n_lin} linears in fp8, "
-          f"{'compiled' if args.compile else 'eager'}", ("variant", "time (median)", "rel L2 vs bf16 block"),
-          block_table(cfg, grid, device, dtype, args))
-    if not args.skip_full_dit:
+    if not args.only_chunks:
+        table(f"one DiT block, dim {cfg.dim}, {n_tokens:,} tokens, {n_lin} linears in fp8, "
+              f"{'compiled' if args.compile else 'eager'}", ("variant", "time (median)", "rel L2 vs bf16 block"),
+              block_table(cfg, grid, device, dtype, args))
+    if not args.skip_full_dit and not args.only_chunks:
         table(f"whole DiT ({cfg.num_layers} blocks), {n_tokens:,} tokens, one forward, random weights",
               ("variant", "quantised", "rel L2 of the output vs bf16"), full_dit_table(cfg, grid, device, dtype, args))
+    from engine_gpu import tiny_profile
+
+    from flashtalk_live.engine.profile import resolve_profile
+
+    profile = tiny_profile(args.chunk_profile) if args.tiny else resolve_profile(args.chunk_profile)
+    table(f"two-chunk engine run, profile {profile.name} {profile.width}x{profile.height}, "
+          f"{'tiny' if args.tiny else 'full-size'} random weights, eager, fp8 first {args.keep[0]} / last "
+          f"{args.keep[1]} blocks bf16", ("chunk", "rel L2 latent / video vs bf16", "rel L2 uint8 frames"),
+          two_chunk_table("tiny" if args.tiny else "full", profile, device, dtype, args))
     return 0
 
 

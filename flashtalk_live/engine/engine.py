@@ -2,7 +2,8 @@
 
 The reference's `generate()` for stream mode, with the motion context, the session noise generator and
 the per-stage timings held here.  `generate_chunk(audio_embedding)` returns exactly
-`frame_num - motion_frames` new frames as uint8 [new_frames, H, W, 3] at the profile geometry.
+`frame_num - motion_frames` new frames as uint8 [new_frames, H, W, 3] at the profile geometry, or at the output
+geometry when one is given (fitted on the device, so the render thread does no per-frame resize on the CPU).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from flashtalk_live.engine.profile import Profile
 from flashtalk_live.engine.sampler import NoiseFn, NoiseSource, make_timesteps, sample
+from flashtalk_live.renderers.images import BACKGROUND, FitMode, fit_box
 from flashtalk_live.engine.session import AvatarSession, TextEncoder, prepare_session
 from flashtalk_live.model.audio import encode_stream_window
 from flashtalk_live.model.colour import match_and_blend_colors
@@ -110,6 +113,23 @@ class ChunkOutput:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def fit_video(video: torch.Tensor, width: int, height: int, mode: FitMode = "cover") -> torch.Tensor:
+    """[3, T, H, W] in [-1, 1] -> [3, T, height, width]: fit_image's rule (fit_box) on the device, bilinear with
+    antialiasing; `contain` pads with the still renderer's background colour."""
+    _, _, ih, iw = video.shape
+    if (ih, iw) == (height, width):
+        return video
+    sw, sh, x0, y0 = fit_box(iw, ih, width, height, mode)
+    scaled = F.interpolate(video.transpose(0, 1), size=(sh, sw), mode="bilinear", antialias=True,
+                           align_corners=False).transpose(0, 1)
+    if mode == "cover":
+        return scaled[:, :, y0:y0 + height, x0:x0 + width]
+    bg = torch.tensor(BACKGROUND, dtype=video.dtype, device=video.device) / 127.5 - 1
+    out = bg.view(3, 1, 1, 1).expand(3, video.shape[1], height, width).clone()
+    out[:, :, y0:y0 + sh, x0:x0 + sw] = scaled
+    return out
+
+
 class FlashTalkEngine:
     """Chunked generation for one avatar session at a time. Not thread-safe: one caller drives it."""
 
@@ -123,14 +143,18 @@ class FlashTalkEngine:
         noise_fn: NoiseFn | None = None,
         timing: bool = False,
         cache_inputs: bool = True,
+        output: tuple[int, int, FitMode] | None = None,
     ) -> None:
         """cache_inputs: the DiT keeps the text/image cross-attention K/V per session, the audio tokens per
         chunk and the RoPE tables per geometry (`FlashTalkDiT.set_input_cache`); False recomputes them
-        every step (same numbers, for before/after measurements)."""
+        every step (same numbers, for before/after measurements). output: (width, height, fit) of the frames
+        returned (None: the profile's geometry)."""
         self.models = models
         self.profile = profile
         self.device = torch.device(device)
         self.dtype = dtype
+        self.output = output
+        self.frame_hw = (profile.height, profile.width) if output is None else (output[1], output[0])
         self.timing = timing
         self.noise_fn = noise_fn
         self.timesteps = make_timesteps(profile.sample_steps, profile.shift)
@@ -268,6 +292,8 @@ class FlashTalkEngine:
                 video = decoded
         with timer.stage("host_copy"):  # the uint8 conversion; the copy itself overlaps the motion encode
             new = video[0, :, p.motion_frames:].float()
+            if self.output is not None:
+                new = fit_video(new, *self.output)
             u8 = (((new + 1) / 2).clamp(0, 1) * 255).to(torch.uint8)  # truncation, as the reference's astype
             copy = HostCopy(u8.permute(1, 2, 3, 0).contiguous(), self._copy_stream)
         with timer.stage("motion_encode"):
@@ -275,7 +301,7 @@ class FlashTalkEngine:
         frames = copy.wait().numpy()  # waits for the frames only; the motion encode may still be running
         if frames.shape[0] != p.new_frames:
             raise EngineError(f"chunk produced {frames.shape[0]} new frames, expected {p.new_frames}")
-        assert frames.shape == (p.new_frames, p.height, p.width, 3), frames.shape
+        assert frames.shape == (p.new_frames, *self.frame_hw, 3), frames.shape
 
         if trace is not None:
             trace["latent_final"] = latent.clone()

@@ -428,7 +428,8 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
 
     def make(profile: Profile) -> FlashTalkRenderer:
         return FlashTalkRenderer(
-            FlashTalkEngine(models, profile, device, dtype), width=v.width, height=v.height, fit=v.fit,
+            FlashTalkEngine(models, profile, device, dtype, output=(v.width, v.height, v.fit)),
+            width=v.width, height=v.height, fit=v.fit,
             events=events, policy=RecalibrationPolicy.from_settings(m), drift_every=m.drift_every_chunks,
             crossfade_frames=m.recalibrate_crossfade_frames,
         )

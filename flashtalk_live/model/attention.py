@@ -1,7 +1,9 @@
 """Scaled dot-product attention on [B, L, H, D] tensors: torch SDPA by default, flash-attn when chosen.
 
 Every attention in the model family goes through `attention()`, so the kernel is chosen in one place
-(`settings.model.attention` -> `set_default_backend`). No xformers.
+(`settings.model.attention` -> `set_default_backend`). No xformers. `cudnn` is torch SDPA with cuDNN's fused
+attention put first (torch's default order tries its FlashAttention-2 kernel first, which on Hopper runs well below
+cuDNN's); where cuDNN cannot take a call (CPU, a mask) SDPA's usual order applies.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-Backend = Literal["sdpa", "flash"]
-BACKENDS: tuple[str, ...] = ("sdpa", "flash")
+Backend = Literal["sdpa", "cudnn", "flash"]
+BACKENDS: tuple[str, ...] = ("sdpa", "cudnn", "flash")
+_CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.MATH]
 
 _default_backend: str = "sdpa"
 _flash_impl: tuple[str, Any, Any] | None = None  # (module name, flash_attn_func, flash_attn_varlen_func)
@@ -153,6 +158,9 @@ def attention(
     lens = _lens_list(k_lens, q.shape[0], k.shape[1])
     if backend == "flash":
         out = _flash(q, k, v, lens, scale)
+    elif backend == "cudnn":
+        with sdpa_kernel(_CUDNN_FIRST, set_priority=True):
+            out = _sdpa(q, k, v, lens, scale)
     else:
         out = _sdpa(q, k, v, lens, scale)
     return out.to(out_dtype)

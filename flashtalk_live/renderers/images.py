@@ -112,6 +112,25 @@ def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
     return frame.reformat(width=w, height=h, format="rgb24", interpolation=interp).to_ndarray()
 
 
+def fit_box(iw: int, ih: int, width: int, height: int, mode: FitMode = "cover") -> tuple[int, int, int, int]:
+    """(scaled width, scaled height, x0, y0) of fitting an iw x ih picture to width x height.
+
+    cover: x0, y0 is where the width x height crop starts in the scaled picture; contain: where the scaled
+    picture sits in the frame. One rule for the CPU (fit_image) and the GPU (engine.fit_video) paths.
+    """
+    if width < 1 or height < 1:
+        raise ImageError(f"output geometry must be positive, got {width}x{height}")
+    if mode not in ("cover", "contain"):
+        raise ImageError(f"fit must be 'cover' or 'contain', got {mode!r}")
+    if mode == "cover":
+        scale = max(width / iw, height / ih)
+        sw, sh = max(width, round(iw * scale)), max(height, round(ih * scale))
+        return sw, sh, (sw - width) // 2, (sh - height) // 2
+    scale = min(width / iw, height / ih)
+    sw, sh = min(width, max(1, round(iw * scale))), min(height, max(1, round(ih * scale)))
+    return sw, sh, (width - sw) // 2, (height - sh) // 2
+
+
 def fit_image(img: np.ndarray, width: int, height: int, mode: FitMode = "cover") -> np.ndarray:
     """Fit a portrait to width x height.
 
@@ -119,24 +138,14 @@ def fit_image(img: np.ndarray, width: int, height: int, mode: FitMode = "cover")
     contain: scale to fit inside the frame, letterboxed on a dark background.
     """
     img = _check_rgb(img)
-    if width < 1 or height < 1:
-        raise ImageError(f"output geometry must be positive, got {width}x{height}")
-    if mode not in ("cover", "contain"):
-        raise ImageError(f"fit must be 'cover' or 'contain', got {mode!r}")
     ih, iw = img.shape[:2]
+    sw, sh, x0, y0 = fit_box(iw, ih, width, height, mode)
+    scaled = _resize(img, sw, sh)
     if mode == "cover":
-        scale = max(width / iw, height / ih)
-        sw, sh = max(width, round(iw * scale)), max(height, round(ih * scale))
-        scaled = _resize(img, sw, sh)
-        x0, y0 = (sw - width) // 2, (sh - height) // 2
         out = scaled[y0 : y0 + height, x0 : x0 + width]
     else:
-        scale = min(width / iw, height / ih)
-        sw, sh = min(width, max(1, round(iw * scale))), min(height, max(1, round(ih * scale)))
-        scaled = _resize(img, sw, sh)
         out = np.empty((height, width, 3), np.uint8)
         out[:] = BACKGROUND
-        x0, y0 = (width - sw) // 2, (height - sh) // 2
         out[y0 : y0 + sh, x0 : x0 + sw] = scaled
     return np.ascontiguousarray(out)
 

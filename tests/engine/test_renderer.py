@@ -172,3 +172,23 @@ def test_crossfade_blends_from_the_last_frame() -> None:
     new = np.full((5, 4, 4, 3), 200, np.uint8)
     out = crossfade(new, prev, 3)
     assert [int(f[0, 0, 0]) for f in out] == [50, 100, 150, 200, 200]
+
+
+@pytest.mark.parametrize("mode", ["cover", "contain"])
+@pytest.mark.parametrize("size", [(48, 80), (200, 150), (20, 30)])
+def test_device_fit_matches_the_cpu_fit(mode, size) -> None:
+    """The engine fits frames to the output on the device (no per-frame CPU resize on the render thread): same
+    geometry and placement as fit_image, pixels within a few levels (bilinear+antialias vs swscale AREA/BICUBIC)."""
+    from flashtalk_live.engine.engine import fit_video
+    from flashtalk_live.renderers.images import BACKGROUND, default_portrait, fit_image
+
+    src = default_portrait()[::4, ::4][:96, :64].copy()  # 64x96, portrait
+    w, h = size
+    want = fit_image(src, w, h, mode).astype(np.float32)
+    video = torch.from_numpy(src).permute(2, 0, 1)[:, None].float() / 127.5 - 1  # [3, 1, H, W]
+    got = ((fit_video(video, w, h, mode)[:, 0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).numpy()
+    assert got.shape == want.shape == (h, w, 3)
+    assert np.abs(got - want).mean() < 2.0, np.abs(got - want).mean()  # a wrong crop or pad: 14-43
+    if mode == "contain" and w / h > 64 / 96:  # letterboxed left and right with the background colour
+        assert np.abs(got[:, 0] - np.array(BACKGROUND)).max() < 1.0
+    assert fit_video(video, 64, 96, mode) is video  # same geometry: untouched

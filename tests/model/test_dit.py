@@ -272,3 +272,15 @@ def test_attention_backend_selection():
     assert attn_mod.get_default_backend() == "sdpa"  # unchanged after the failed switch
     with pytest.raises(AttentionBackendError, match="flash-attn is not usable"):
         attention(q, q, q, backend="flash")
+
+
+def test_cudnn_backend_matches_sdpa_and_traces_whole():
+    """`cudnn` only reorders SDPA's kernels: same numbers, and torch.compile keeps it in one graph (no break at the
+    context manager), so compiled DiT blocks can use it."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 9, 2, 8) for _ in range(3))
+    for lens in (None, [9, 9], [9, 4]):
+        ref = _naive(q, k, v, lens or [9, 9])
+        assert _err(attention(q, k, v, k_lens=lens, backend="cudnn"), ref)[0] < 1e-5
+    compiled = torch.compile(lambda a, b, c: attention(a, b, c, backend="cudnn"), fullgraph=True, backend="eager")
+    assert _err(compiled(q, k, v), _naive(q, k, v, [9, 9]))[0] < 1e-5
