@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunks", type=int, default=5, help="chunks per row; the first is not in the statistics")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
     ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default bf16 (fp32 --tiny)")
-    ap.add_argument("--attention", default="sdpa", choices=["sdpa", "cudnn", "flash"],
+    ap.add_argument("--attention", default="sdpa", choices=["sdpa", "cudnn", "flash", "sage"],
                     help="cudnn: SDPA with cuDNN attention first (model.attention)")
     ap.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on", help="torch.backends.cudnn.benchmark")
     ap.add_argument("--vae-channels-last", choices=["on", "off"], default="on",
