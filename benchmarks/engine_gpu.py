@@ -62,8 +62,14 @@ def _fp8(models: EngineModels, ctx: dict[str, Any]) -> None:
     reason = fp8_unavailable_reason(ctx["device"])
     if reason:
         raise NotAvailable(reason)
-    counts = quantize_dit_(models.dit)  # the default plan: first/last blocks kept in bf16
-    ctx["notes"].append(f"fp8 {counts}")
+    from flashtalk_live.quant.fp8 import Fp8Plan
+
+    plan = Fp8Plan(ctx["fp8_keep"], ctx["fp8_backend"])
+    reason = fp8_unavailable_reason(ctx["device"], plan.backend)
+    if reason:
+        raise NotAvailable(reason)
+    counts = quantize_dit_(models.dit, plan)
+    ctx["notes"].append(f"fp8 {plan.backend} {counts}")
 
 
 def _wan(models: EngineModels, ctx: dict[str, Any]) -> None:
@@ -224,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vae-pass", type=int, default=0, help="latents per VAE pass (0: a chunk in one pass; 1: the loop)")
     ap.add_argument("--input-cache", choices=["on", "off"], default="on",
                     help="context K/V, audio tokens and RoPE computed once (per session / chunk) instead of per step")
+    ap.add_argument("--fp8-keep", type=int, nargs=2, default=(2, 3), metavar=("FIRST", "LAST"),
+                    help="fp8 variant: blocks left in bf16 (model.fp8_keep_bf16_blocks)")
+    ap.add_argument("--fp8-backend", choices=["scaled_mm", "torchao"], default="scaled_mm", help="model.fp8_backend")
     ap.add_argument("--tiny", action="store_true", help="tiny random family, profiles at 64x32, on the CPU: smoke")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write every row (all chunk walls) as JSON")
     args = ap.parse_args(argv)
@@ -250,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         for decoder in decoders:
             for comp in compiles:
                 base = {"variant": variant, "decoder": decoder, "compile": comp}
-                ctx: dict[str, Any] = {"device": device, "tiny": args.tiny, "notes": []}
+                ctx: dict[str, Any] = {"device": device, "tiny": args.tiny, "notes": [],
+                                       "fp8_keep": tuple(args.fp8_keep), "fp8_backend": args.fp8_backend}
                 models = None
                 try:
                     t0 = time.perf_counter()

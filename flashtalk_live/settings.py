@@ -212,10 +212,9 @@ class ModelSettings(_Section):
         "model family instead of a release; the picture is noise")
     device: str = "cuda"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    attention: Literal["sdpa", "cudnn", "flash", "sage"] = Field(
-        "sdpa", description='sdpa: torch SDPA in its default kernel order; cudnn: SDPA with cuDNN attention first; '
-        'flash: the flash-attn package; sage: SageAttention for the DiT self-attention (approximate, INT8 Q/K; '
-        'optional extra [sage]); docs/performance.md compares them')
+    attention: Literal["sdpa", "cudnn", "flash"] = Field(
+        "sdpa", description='sdpa: torch SDPA in its default kernel order; cudnn: SDPA with cuDNN attention first '
+        '(for torch versions whose default tries FlashAttention-2 first); flash: the flash-attn package')
     compile: bool = Field(False, description="torch.compile the DiT blocks at start-up (slower warm-up, faster chunks)")
     vae_latents_per_pass: int = Field(0, ge=0, description="latent frames per VAE decoder/encoder pass; 0: a whole "
                                       "chunk in one pass (fastest; more activation memory), 1: the reference's loop")

@@ -3,10 +3,8 @@
 Every attention in the model family goes through `attention()`, so the kernel is chosen in one place
 (`settings.model.attention` -> `set_default_backend`). No xformers. `cudnn` is torch SDPA with cuDNN's fused
 attention put first (torch's default order tries its FlashAttention-2 kernel first, which on Hopper runs well below
-cuDNN's); where cuDNN cannot take a call (CPU, a mask) SDPA's usual order applies. `sage` runs the long
-self-attentions (Lq == Lk >= SAGE_MIN_TOKENS, CUDA) through SageAttention's Triton kernels (INT8 Q/K with
-smoothed K, half-precision P/V; optional package, approximate: docs/performance.md gives its deviation) and every
-other call through SDPA; it is an opaque custom op to torch.compile.
+cuDNN's); where cuDNN cannot take a call (CPU, a mask) SDPA's usual order applies. On torch 2.11 (H200) the
+default order already picks cuDNN, so there `cudnn` changes nothing (benchmarks/attention_gpu.py).
 """
 
 from __future__ import annotations
@@ -19,15 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-Backend = Literal["sdpa", "cudnn", "flash", "sage"]
-BACKENDS: tuple[str, ...] = ("sdpa", "cudnn", "flash", "sage")
-SAGE_MIN_TOKENS = 1024  # the DiT's self-attention; cross-attention over a few hundred keys stays on SDPA
+Backend = Literal["sdpa", "cudnn", "flash"]
+BACKENDS: tuple[str, ...] = ("sdpa", "cudnn", "flash")
 _CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                 SDPBackend.MATH]
 
 _default_backend: str = "sdpa"
 _flash_impl: tuple[str, Any, Any] | None = None  # (module name, flash_attn_func, flash_attn_varlen_func)
-_sage_impl: Any = None
 
 
 class AttentionBackendError(RuntimeError):
@@ -53,29 +49,6 @@ def _load_flash() -> tuple[str, Any, Any]:
     )
 
 
-def _load_sage() -> Any:
-    global _sage_impl
-    if _sage_impl is None:
-        try:
-            _sage_impl = importlib.import_module("sageattention").sageattn
-        except Exception as e:  # ImportError, or triton missing/broken
-            raise AttentionBackendError(
-                f"attention backend 'sage' was chosen but SageAttention is not usable ({type(e).__name__}: {e}). "
-                "Install it (pip install 'flashtalk-live[sage]') or set model.attention = \"sdpa\".") from None
-    return _sage_impl
-
-
-@torch.library.custom_op("flashtalk::sage_attention", mutates_args=())
-def _sage_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    return _load_sage()(q.contiguous(), k.contiguous(), v.contiguous(), tensor_layout="NHD", is_causal=False,
-                        sm_scale=scale)
-
-
-@_sage_op.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    return torch.empty_like(q)
-
-
 def flash_available() -> bool:
     """True when flash-attn (2 or 3) imports."""
     try:
@@ -92,8 +65,6 @@ def set_default_backend(backend: str) -> None:
         raise AttentionBackendError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
     if backend == "flash":
         _load_flash()
-    if backend == "sage":
-        _load_sage()
     _default_backend = backend
 
 
@@ -188,9 +159,6 @@ def attention(
     lens = _lens_list(k_lens, q.shape[0], k.shape[1])
     if backend == "flash":
         out = _flash(q, k, v, lens, scale)
-    elif backend == "sage" and lens is None and q.is_cuda and q.shape[1] == k.shape[1] >= SAGE_MIN_TOKENS:
-        half = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
-        out = _sage_op(q.to(half), k.to(half), v.to(half), scale if scale is not None else q.shape[-1] ** -0.5)
     elif backend == "cudnn":
         with sdpa_kernel(_CUDNN_FIRST, set_priority=True):
             out = _sdpa(q, k, v, lens, scale)

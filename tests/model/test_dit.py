@@ -285,14 +285,3 @@ def test_cudnn_backend_matches_sdpa_and_traces_whole():
     compiled = torch.compile(lambda a, b, c: attention(a, b, c, backend="cudnn"), fullgraph=True, backend="eager")
     assert _err(compiled(q, k, v), _naive(q, k, v, [9, 9]))[0] < 1e-5
 
-
-def test_sage_backend_missing_is_a_clear_error_and_short_calls_stay_on_sdpa():
-    """`sage` only takes the long CUDA self-attentions; everything else (CPU here, cross-attention) is SDPA."""
-    q, k, v = (torch.randn(1, 9, 2, 8) for _ in range(3))
-    assert _err(attention(q, k, v, backend="sage"), _naive(q, k, v, [9]))[0] < 1e-5  # CPU: SDPA
-    try:
-        import sageattention  # noqa: F401
-    except ImportError:
-        with pytest.raises(AttentionBackendError, match="SageAttention is not usable"):
-            attn_mod.set_default_backend("sage")
-        assert attn_mod.get_default_backend() == "sdpa"
