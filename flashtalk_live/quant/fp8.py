@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from flashtalk_live.log import get_logger
+from flashtalk_live.settings import ModelSettings
 
 __all__ = [
     "BACKENDS",
@@ -268,6 +269,6 @@ def resolve_plan(quantize: str, keep_bf16_blocks: Any, backend: str, device: tor
     return plan
 
 
-def plan_from_settings(model: Any, device: torch.device | str) -> Fp8Plan | None:
+def plan_from_settings(model: ModelSettings, device: torch.device | str) -> Fp8Plan | None:
     """`resolve_plan` of settings.model (quantize, fp8_keep_bf16_blocks, fp8_backend)."""
     return resolve_plan(model.quantize, model.fp8_keep_bf16_blocks, model.fp8_backend, device)

@@ -10,7 +10,7 @@ import torch
 
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.engine.drift import RecalibrationPolicy
-from flashtalk_live.engine.renderer import build_flashtalk_renderer, crossfade
+from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer, crossfade
 from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer, RendererError
 from flashtalk_live.settings import load_settings
@@ -55,7 +55,7 @@ def renderer(release):
     bus = EventBus()
     events: list[dict] = []
     bus.subscribe(events.append)
-    r = build_flashtalk_renderer(_settings(root, rel), bus)
+    r = build_flashtalk_renderer(FlashTalkConfig.from_settings(_settings(root, rel)), bus)
     r.test_events = events  # type: ignore[attr-defined]
     yield r
     r.close()
@@ -98,9 +98,9 @@ def test_wrong_chunk_size_and_missing_weights_are_clear_errors(renderer, release
         renderer.render(bad)
     root, rel = release
     with pytest.raises(RendererError, match="chunk_frames"):
-        build_flashtalk_renderer(_settings(root, rel, **{"video.chunk_frames": "28"}))
+        build_flashtalk_renderer(FlashTalkConfig.from_settings(_settings(root, rel, **{"video.chunk_frames": "28"})))
     with pytest.raises(RendererError, match="weights_dir"):
-        build_flashtalk_renderer(load_settings(None, ['model.device="cpu"'], environ={}))
+        build_flashtalk_renderer(FlashTalkConfig.from_settings(load_settings(None, ['model.device="cpu"'], environ={})))
 
 
 @pytest.mark.timeout(60)

@@ -87,7 +87,7 @@ def test_tiny_video_decoder_checks_its_input():
 @pytest.mark.timeout(300)
 def test_renderer_factory_loads_the_tiny_decoder(tmp_path: Path):
     from flashtalk_live.checkpoints.fake import write_fake_release
-    from flashtalk_live.engine.renderer import build_flashtalk_renderer
+    from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
     from flashtalk_live.settings import load_settings
     from flashtalk_live.timeline.chunk import RenderChunk
 
@@ -99,11 +99,11 @@ def test_renderer_factory_loads_the_tiny_decoder(tmp_path: Path):
             'model.decoder="taehv"']
     settings = load_settings(None, over, environ={})
     with pytest.raises(CheckpointError, match="--only taehv"):
-        build_flashtalk_renderer(settings)
+        build_flashtalk_renderer(FlashTalkConfig.from_settings(settings))
     (tmp_path / "models" / "taehv").mkdir()
     sd = {k: v.half() for k, v in _tiny_taehv().state_dict().items()}
     save_file(sd, str(tmp_path / "models" / "taehv" / "taew2_1.safetensors"))
-    r = build_flashtalk_renderer(settings)
+    r = build_flashtalk_renderer(FlashTalkConfig.from_settings(settings))
     try:
         assert isinstance(r.engine.models.decoder, TinyVideoDecoder)
         assert r.engine.models.decoder.taehv.config == TAEHVConfig.tiny()

@@ -22,7 +22,9 @@ from safetensors.torch import load_file
 from flashtalk_live.parallel.group import (
     ParallelConfigError, env_rank_info, padded_length, plan_degrees, resolve_gpus, single,
 )
+from flashtalk_live.engine.profile import candidate_profiles
 from flashtalk_live.parallel.launch import WorkerSpec, maybe_launch_workers
+from flashtalk_live.settings import ModelSettings
 from flashtalk_live.parallel.runtime import EXIT_PEER_LOST
 from flashtalk_live.parallel.ulysses import UlyssesAttention
 
@@ -87,12 +89,10 @@ def test_gpu_lists_and_environment():
 
 
 def test_one_gpu_launches_nothing_and_head_split_is_checked(monkeypatch):
-    from types import SimpleNamespace
-
     for k in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
-    assert maybe_launch_workers(SimpleNamespace(model=SimpleNamespace(gpus=1))) is None
-    assert maybe_launch_workers(SimpleNamespace(model=SimpleNamespace(gpus=[3]))) is None
+    assert maybe_launch_workers(ModelSettings(gpus=1), ()) is None
+    assert maybe_launch_workers(ModelSettings(gpus=[3]), ()) is None
     pg = single()
     pg.ulysses = 4  # a plan that does not divide 6 heads
     with pytest.raises(ParallelConfigError, match="6 heads"):
@@ -197,8 +197,6 @@ def test_two_chunk_engine_run_with_split_vae_decode_equals_single_process(tmp_pa
 
 
 def test_spec_from_settings_loads_the_vae_on_workers_only_when_the_profile_splits(tmp_path):
-    from types import SimpleNamespace
-
     from flashtalk_live.parallel.launch import spec_from_settings
 
     (tmp_path / "config.json").write_text(json.dumps({"dim": 128, "num_heads": 2, "num_layers": 2, "ffn_dim": 256}))
@@ -206,9 +204,9 @@ def test_spec_from_settings_loads_the_vae_on_workers_only_when_the_profile_split
     on.write_text('base = "fast"\nsplit_vae_decode = true\n')
     model = dict(gpus=2, weights_dir=str(tmp_path), device="cuda", dtype="bfloat16", attention="sdpa",
                  quantize="fp8", fp8_keep_bf16_blocks=(2, 3), fp8_backend="scaled_mm")
-    off = spec_from_settings(SimpleNamespace(model=SimpleNamespace(profile="fast", **model)))
+    off = spec_from_settings(ModelSettings(profile="fast", **model), candidate_profiles("fast"))
     assert off.vae_factory is None and off.vae_factory_args == {}
-    spec = spec_from_settings(SimpleNamespace(model=SimpleNamespace(profile=str(on), **model)))
+    spec = spec_from_settings(ModelSettings(profile=str(on), **model), candidate_profiles(str(on)))
     assert spec.vae_factory == "flashtalk_live.parallel.launch:release_vae"
     assert spec.vae_factory_args == {"weights_dir": str(tmp_path)}
     assert spec.factory_args == {"weights_dir": str(tmp_path), "quantize": "fp8", "fp8_keep_bf16_blocks": [2, 3],

@@ -45,9 +45,9 @@ def test_jitter_adds_a_bounded_random_delay_and_slowdown_one_adds_nothing():
 def test_settings_and_validation():
     s = Settings(state_dir="/nonexistent")
     r = still()
-    assert with_drills(r, s) is r  # off by default: no wrapper at all
+    assert with_drills(r, s.renderer, s.video.fps) is r  # off by default: no wrapper at all
     s2 = Settings(state_dir="/nonexistent", renderer={"drill_slowdown": 1.5, "drill_jitter_s": 0.1})
-    w = with_drills(r, s2)
+    w = with_drills(r, s2.renderer, s2.video.fps)
     assert isinstance(w, DrillRenderer) and (w.slowdown, w.jitter_s) == (1.5, 0.1)
     with pytest.raises(ValueError):
         Settings(state_dir="/nonexistent", renderer={"drill_slowdown": 0.5})
