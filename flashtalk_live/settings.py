@@ -616,8 +616,7 @@ def _anchor(value: Any, base: Path) -> Any:
     """A relative file path made absolute against `base`; templates ({state_dir}/...), "", URLs left alone."""
     if not isinstance(value, str) or not value or value.startswith("{") or "://" in value:
         return value
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else os.path.normpath(base / p))
+    return str(resolve_path(value, base))
 
 
 def _anchor_endpoint(ep: Any, base: Path) -> Any:
@@ -689,14 +688,27 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n  ".join([f"invalid configuration ({source}):"] + lines)
 
 
+def loads_toml(text: str, source: str, error: type[Exception]) -> dict[str, Any]:
+    """The one TOML parser (config files, profiles, playlists): malformed text raises `error` naming the source."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{source}: not valid TOML: {e}") from None
+
+
 def read_toml(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
     """The one TOML file reader: a missing or malformed file raises `error` naming the file and the problem."""
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise error(f"{path}: not valid TOML: {e}") from None
+    return loads_toml(text, str(path), error)
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """A path written in a file (config, playlist): ~ expanded, a relative one taken against the file's folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(os.path.normpath(base / p))
 
 
 def load_settings(

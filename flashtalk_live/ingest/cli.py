@@ -21,25 +21,26 @@ from flashtalk_live.client import Client, ClientError, ClientTimeout, EventStrea
     format_for_path, probe
 from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Command
 from flashtalk_live.cliargs import add_config_args, settings_from_args
+from flashtalk_live.settings import IngestSettings
 
 TERMINAL_EVENTS = ("finished", "interrupted", "dropped")
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON, EXIT_CLIP_NOT_FINISHED, EXIT_NO_REPLY, EXIT_DAEMON_STOPPED = 0, 1, 3, 4, 5, 6
 WAIT_PROBE_S = 2.0  # push --wait: how often to check the daemon is still there while no event comes
 
 
-def default_endpoints(settings: Any) -> tuple[str, str]:
-    """(control, events) endpoints a client should use: the first configured of each, {state_dir} expanded.
+def default_endpoints(ingest: IngestSettings) -> tuple[str, str]:
+    """(control, events) endpoints a client should use: the first configured of each (`ingest` with its {state_dir}
+    expanded: Settings.expanded).
 
     A tcp endpoint bound to a wildcard address (0.0.0.0, *) is dialled on 127.0.0.1.
     """
     def dialable(ep: str) -> str:
-        ep = settings.path(ep)
         for wild in ("tcp://0.0.0.0:", "tcp://*:"):
             if ep.startswith(wild):
                 return "tcp://127.0.0.1:" + ep[len(wild):]
         return ep
 
-    return dialable(settings.ingest.control[0]), dialable(settings.ingest.events[0])
+    return dialable(ingest.control[0]), dialable(ingest.events[0])
 
 
 def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
@@ -50,7 +51,8 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
     need_events = args.verb == "events" or (args.verb == "push" and args.wait)
     if (control or not need_control) and (events or not need_events):
         return control or "", events or ""
-    c, e = default_endpoints(settings_from_args(args))
+    settings = settings_from_args(args)
+    c, e = default_endpoints(settings.expanded(settings.ingest))
     return control or c, events or e
 
 

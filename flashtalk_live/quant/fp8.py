@@ -180,6 +180,7 @@ def quantize_block_(block: nn.Module, backend: str = "scaled_mm", kernel: str = 
     reason = fp8_unavailable_reason(device, "torchao")
     if reason:
         raise RuntimeError(f"fp8 backend torchao cannot run here: {reason}")
+    # torchao is optional: only for fp8_backend = "torchao"
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     chosen = {id(m) for _, m in layers}

@@ -44,7 +44,7 @@ def test_push_wait_status_cancel_clear_events(running, clips, tmp_path, capsys, 
         p = tmp_path / f"{name}.{ {'opus': 'ogg'}.get(name, name)}"
         p.write_bytes(clips[name][0])
         files.append(str(p))
-    assert default_endpoints(r.settings) == (f"ipc://{state_dir}/control.sock", f"ipc://{state_dir}/events.sock")
+    assert default_endpoints(r.settings.expanded(r.settings.ingest)) == (f"ipc://{state_dir}/control.sock", f"ipc://{state_dir}/events.sock")
 
     stop = threading.Event()
     t = threading.Thread(target=fake_timeline, args=(r, stop), daemon=True)

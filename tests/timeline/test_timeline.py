@@ -9,8 +9,8 @@ import pytest
 from timeline_fakes import FakeQueue, labelled_wav
 
 from flashtalk_live.settings import Settings
-from flashtalk_live.timeline.programme import Programme
 from flashtalk_live.timeline.timeline import Timeline
+from support.settings import load_programme
 
 
 def _settings(**video) -> Settings:
@@ -200,7 +200,7 @@ def test_programme_plays_and_loops_then_queue_takes_over_at_the_clip_boundary(pl
     path, lens = playlist
     st = _settings()
     q = FakeQueue()
-    tl = Timeline(st, q, Programme.load(path, st))
+    tl = Timeline(st, q, load_programme(path, st))
     chunks, audio, _, marks, _ = _run(tl, 1)  # 1.12 s: p1 (1.0 s) and the start of p2
     assert _segments_in_order(marks) == ["programme:p1:1", "programme:p2:2"]
     assert all(m.source == "programme" for m in marks)
@@ -224,7 +224,7 @@ def test_play_now_cuts_a_programme_clip_which_replays_from_its_start(tmp_path):
     (tmp_path / "l.toml").write_text('[[clip]]\npath="long.wav"\n[[clip]]\npath="next.wav"\n')
     st = _settings()
     q = FakeQueue()
-    tl = Timeline(st, q, Programme.load(tmp_path / "l.toml", st))
+    tl = Timeline(st, q, load_programme(tmp_path / "l.toml", st))
     tl.next_chunk()
     q.add("urgent", 1000, play_now=True)
     c = tl.next_chunk()
@@ -249,14 +249,14 @@ def test_programme_pause_is_exact_silence_and_yields_to_the_queue(tmp_path):
     (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\n#EXT-X-PAUSE:0.5\nb.wav\n")
     st = _settings()
     q = FakeQueue()
-    tl = Timeline(st, q, Programme.load(tmp_path / "p.m3u", st))
+    tl = Timeline(st, q, load_programme(tmp_path / "p.m3u", st))
     c = tl.next_chunk()
     pause = 24000
     assert np.all(c.audio[:n1] == 1 / 64) and not c.audio[n1 : n1 + pause].any()
     assert np.all(c.audio[n1 + pause : n1 + pause + 100] == 2 / 64)
     # A second pause (b's default, none here) - now a long pause: queue clip arriving during it takes over.
     (tmp_path / "p2.m3u").write_text("#EXTM3U\na.wav\n#EXT-X-PAUSE:10\n")
-    tl2 = Timeline(st, q, Programme.load(tmp_path / "p2.m3u", st))
+    tl2 = Timeline(st, q, load_programme(tmp_path / "p2.m3u", st))
     c1 = tl2.next_chunk()
     assert tl2.state == "pause" and not c1.audio[n1:].any()
     q.add("q", 500)
