@@ -30,7 +30,8 @@ ENV_PREFIX = "FLASHTALK_LIVE_"
 # benchmark scripts set to allow model.random_weights.
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BENCHMARK_ENV = ENV_PREFIX + "BENCHMARK"
-_NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV}
+OUTPUT_URL_ENV = ENV_PREFIX + "OUTPUT_URL"  # `output-add`: the stream URL, kept off argv
+_NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV, OUTPUT_URL_ENV}
 # The demo programme of a clone of the repository (README: a plain `flashtalk-live run` airs it).
 DEMO_PLAYLIST = Path(__file__).resolve().parent.parent / "playlists" / "example.m3u"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -159,6 +160,27 @@ def test_table_verbs(running, capsys, tmp_path):
     assert "bad_request" in (err := capsys.readouterr().err) and "(field name)" in err
     assert main(["output-remove", "--endpoint", r.ipc, "extra"]) == 1
     assert "unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_output_add_takes_a_stream_url_from_a_file_stdin_or_the_environment_never_argv(running, capsys, tmp_path,
+                                                                                      monkeypatch):
+    urls = []
+    r = running(handlers={"output_add": lambda call: urls.append(call.args.url) or {"outputs": []}})
+    key = "sk_live_0123456789abcdef"
+    url = f"rtmp://live.example.com/app/{key}"
+    assert main(["output-add", "--endpoint", r.ipc, "cdn", url]) == 2
+    err = capsys.readouterr().err
+    assert key not in err and "--url-file" in err and urls == []  # refused before anything is sent
+    f = tmp_path / "url.txt"
+    f.write_text(f"# the CDN\n{url}\n")
+    assert main(["output-add", "--endpoint", r.ipc, "cdn", "--url-file", str(f)]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(url + "\n"))
+    assert main(["output-add", "--endpoint", r.ipc, "cdn2", "--url-file", "-"]) == 0
+    monkeypatch.setenv("FLASHTALK_LIVE_OUTPUT_URL", url)
+    assert main(["output-add", "--endpoint", r.ipc, "cdn3"]) == 0
+    assert urls == [url, url, url]
+    assert key not in capsys.readouterr().out + capsys.readouterr().err
 
 
 @pytest.mark.timeout(60)
