@@ -16,6 +16,7 @@ import pytest
 from flashtalk_live.cli import main
 from flashtalk_live.ingest.cli import EXIT_DAEMON_STOPPED, EXIT_NO_DAEMON, default_endpoints
 from flashtalk_live.settings import load_settings
+from support.ports import free_port
 
 
 def jlines(text: str) -> list[dict]:
@@ -107,9 +108,7 @@ def test_cli_says_at_once_when_no_daemon_runs(capsys, tmp_path, state_dir):
     stale = state_dir / "stale.sock"
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(stale))  # bound, never listening: what a killed daemon leaves behind
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    closed_port = free_port()
     (tmp_path / "x.wav").write_bytes(b"RIFF")
     for ep in (f"ipc://{tmp_path}/nobody.sock", f"ipc://{stale}", f"tcp://127.0.0.1:{closed_port}"):
         for verb in (["status"], ["clear"], ["push", str(tmp_path / "x.wav")], ["ping"]):

@@ -27,6 +27,7 @@ from flashtalk_live.parallel.launch import WorkerSpec, maybe_launch_workers
 from flashtalk_live.settings import ModelSettings
 from flashtalk_live.parallel.runtime import EXIT_PEER_LOST
 from flashtalk_live.parallel.ulysses import UlyssesAttention
+from support.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -241,7 +242,7 @@ def test_under_torchrun_workers_serve_and_exit(tmp_path):
     out = tmp_path / "out.safetensors"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
          str(DRIVER), "torchrun", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=90, env=env,
     )
@@ -250,14 +251,6 @@ def test_under_torchrun_workers_serve_and_exit(tmp_path):
     mx, rel = _err(r["out"], r["want"])
     print(f"torchrun ws=2 case_a vs golden: max_abs {mx:.2e} rel_l2 {rel:.2e}")
     assert mx <= MAX_ABS and rel <= REL_L2
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------ failures
