@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE.parent))  # tests/ (support): this file also runs as a rank script
 
 from flashtalk_live.model.vae import VAEConfig, WanVAE  # noqa: E402
 from flashtalk_live.parallel.group import init_parallel, single  # noqa: E402
