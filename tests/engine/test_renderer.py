@@ -15,6 +15,7 @@ from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer, RendererError
 from flashtalk_live.settings import load_settings
 from flashtalk_live.timeline.chunk import RenderChunk
+from support.chunks import render_chunk
 
 torch.set_num_threads(1)
 
@@ -39,14 +40,7 @@ def _settings(root: Path, rel, **extra: str):
 
 
 def _chunk(i: int, idle: bool = False, history: bool = True, seed: int = 0) -> RenderChunk:
-    rng = np.random.default_rng(seed + i)
-    model = (0.1 * rng.standard_normal(N * 640)).astype(np.float32)
-    hist = None
-    if history:
-        hist = np.zeros(128000, np.float32)
-        hist[-model.shape[0]:] = model
-    return RenderChunk(index=i, start_frame=N * i, n_frames=N, audio=np.zeros((N * 1920, 2), np.float32),
-                       model_audio=model, frame_segments=[None] * N, idle=idle, model_history=hist)
+    return render_chunk(i, N, seed=seed + i, idle=idle, history_samples=128000 if history else 0)
 
 
 @pytest.fixture(scope="module")

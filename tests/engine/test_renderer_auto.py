@@ -16,6 +16,7 @@ from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_rend
 from flashtalk_live.renderers.base import RendererError
 from flashtalk_live.settings import load_settings
 from flashtalk_live.timeline.chunk import RenderChunk
+from support.chunks import render_chunk
 
 torch.set_num_threads(1)
 
@@ -67,9 +68,7 @@ def _lines(buf: io.StringIO, event: str) -> list[dict]:
 
 
 def _chunk(i: int) -> RenderChunk:
-    model = (0.1 * np.random.default_rng(i).standard_normal(N * 640)).astype(np.float32)
-    return RenderChunk(index=i, start_frame=N * i, n_frames=N, audio=np.zeros((N * 1920, 2), np.float32),
-                       model_audio=model, frame_segments=[None] * N, idle=False, model_history=None)
+    return render_chunk(i, N, seed=i)
 
 
 @pytest.mark.timeout(300)

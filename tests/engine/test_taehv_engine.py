@@ -14,6 +14,7 @@ from flashtalk_live.checkpoints.loader import CheckpointError
 from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TinyVideoDecoder
 
 from ._chunkfix import fixture_engine
+from support.chunks import render_chunk
 
 torch.set_num_threads(1)
 
@@ -107,8 +108,7 @@ def test_renderer_factory_loads_the_tiny_decoder(tmp_path: Path):
     try:
         assert isinstance(r.engine.models.decoder, TinyVideoDecoder)
         assert r.engine.models.decoder.taehv.config == TAEHVConfig.tiny()
-        chunk = RenderChunk(index=0, start_frame=0, n_frames=8, audio=np.zeros((8 * 1920, 2), np.float32),
-                            model_audio=np.zeros(8 * 640, np.float32), frame_segments=[None] * 8, idle=True)
+        chunk = render_chunk(0, 8, idle=True)
         frames = r.render(chunk)
         assert frames.shape == (8, 64, 32, 3) and frames.dtype == np.uint8
     finally:

@@ -28,6 +28,7 @@ from flashtalk_live.settings import ModelSettings
 from flashtalk_live.parallel.runtime import EXIT_PEER_LOST
 from flashtalk_live.parallel.ulysses import UlyssesAttention
 from support.ports import free_port
+from support.tensors import errors as _err
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -42,12 +43,6 @@ LATENT_REL, VIDEO_REL, VIDEO_ABS = 2e-5, 5e-5, 2e-3  # chunk fixture (tests/engi
 FP8_REL_L2 = 5e-3
 
 torch.set_num_threads(1)
-
-
-def _err(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
-    g, w = got.double(), want.double()
-    assert g.shape == w.shape, f"{tuple(g.shape)} != {tuple(w.shape)}"
-    return (g - w).abs().max().item(), ((g - w).norm() / w.norm().clamp_min(1e-30)).item()
 
 
 def _drive(tmp_path: Path, *args: str, timeout: float = 80) -> dict[str, torch.Tensor]:

@@ -9,12 +9,13 @@ from flashtalk_live.renderers.drill import DrillRenderer, with_drills
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.settings import Settings
 from flashtalk_live.timeline.chunk import RenderChunk
+from support.chunks import render_chunk
 
 FPS, NF = 25, 10
 
 
 def chunk() -> RenderChunk:
-    return RenderChunk(0, 0, NF, np.zeros((NF * 1920, 2), np.float32), np.zeros(NF * 640, np.float32), [None] * NF)
+    return render_chunk(0, NF)
 
 
 def still() -> StillRenderer:
