@@ -247,7 +247,7 @@ class Daemon:
                                         max_clip_s=settings.ingest.max_clip_seconds) if playlist else None
         # Render ahead (issue 10): a queue clip starts only with enough head start buffered; see timeline/admission.py.
         self.admission = Admission.from_settings(settings.renderer, v, lambda: self.pacer.buffered_frames / settings.video.fps)
-        self.timeline = Timeline(settings, self.spool, self.programme, admission=self.admission)
+        self.timeline = Timeline(v, settings.encoder, self.spool, self.programme, admission=self.admission)
         self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
         self.prompt = v.prompt
         self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings.renderer, v.fps)
