@@ -20,6 +20,18 @@ from support.fakes import PaintRenderer
 from support.settings import room_settings as settings
 
 
+def _received(sock: socket.socket, seconds: float) -> list[str]:
+    """The sd_notify datagrams that arrive within `seconds` (the socket has a short timeout)."""
+    got: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            got.append(sock.recv(1024).decode())
+        except socket.timeout:
+            pass
+    return got
+
+
 def run_for(d: Daemon, seconds: float, sample=None) -> list:
     d.start()
     samples = []
@@ -101,13 +113,7 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
     d = Daemon(s)
     d.start()
     try:
-        msgs: list[str] = []
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
-            try:
-                msgs.append(notify.recv(1024).decode())
-            except socket.timeout:
-                pass
+        msgs = _received(notify, 3.0)
         assert any(m.startswith("READY=1") for m in msgs)
         assert sum(m == "WATCHDOG=1" for m in msgs) >= 5  # every 0.2 s while frames advance
 
@@ -143,13 +149,7 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
                 notify.recv(1024)
             except socket.timeout:
                 break
-        got = []
-        end = time.monotonic() + 1.2
-        while time.monotonic() < end:
-            try:
-                got.append(notify.recv(1024).decode())
-            except socket.timeout:
-                pass
+        got = _received(notify, 1.2)
         freeze.set()
         d.encoder.encode = real_encode
         assert "WATCHDOG=1" not in got
