@@ -1,10 +1,10 @@
-"""RenderChunk / RenderedChunk builders: silent or seeded chunks of the broadcast geometry for renderer tests."""
+"""RenderChunk builder: silent or seeded chunks of the broadcast geometry for renderer tests."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, Mark, RenderChunk, RenderedChunk
+from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, Mark, RenderChunk
 
 FPS, RATE, CHANNELS = 25, 48000, 2
 
@@ -28,9 +28,3 @@ def render_chunk(index: int = 0, n_frames: int = 28, *, start_frame: int | None 
                        [None] * n_frames if segments is None else segments, marks or [], idle=idle,
                        model_history=history)
 
-
-def rendered_chunk(chunk: RenderChunk, width: int = 2, height: int = 2, value: int = 0,
-                   renderer: str = "test", render_seconds: float = 0.0) -> RenderedChunk:
-    """`chunk` with flat frames of `value`, as a renderer returns them to the pacer."""
-    frames = np.full((chunk.n_frames, height, width, 3), value, np.uint8)
-    return RenderedChunk(chunk, frames, renderer, render_seconds)
