@@ -56,8 +56,8 @@ def main() -> int:
                                  'ingest.events=["ipc://{state_dir}/events.sock"]', "ingest.rate_per_s=0",
                                  f"queue.max_clips={max(a.depths) + 1000}", "queue.max_queued_seconds=1e9"],
                           environ={})
-        spool = Spool.from_settings(s)
-        srv = IngestServer(s, spool, EventBus(), lambda: {})
+        spool = Spool.from_settings(s.expanded(s.queue), s.encoder, s.storage)
+        srv = IngestServer(s.expanded(s.ingest), s.encoder, spool, EventBus(), lambda: {})
         srv.start()
         clip = encode("wav_s16", 0.5)
         filler = clip  # the same bytes the clients send

@@ -28,6 +28,7 @@ VERB_MODULES = (
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = checked_settings(args)  # before the heavy imports: a config error answers at once
+    # the daemon's modules load only for `run`, after the config is checked (other verbs stay fast)
     from flashtalk_live import log
     from flashtalk_live.daemon import run_daemon
 

@@ -10,32 +10,44 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
+from flashtalk_live import fdreserve
 from flashtalk_live.backoff import Backoff
 from flashtalk_live.compose.compositor import Compositor
+from flashtalk_live.console import AirTap, resolve_token, start_console
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.auth import confine_output_file, confine_path
 from flashtalk_live.ingest.commands import Call
 from flashtalk_live.ingest.limits import check_image
+from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.log import get_logger
+from flashtalk_live.media.encoder import Encoder
+from flashtalk_live.media.pacing import Lookahead, LookaheadClosed, Pacer
+from flashtalk_live.media.renderahead import RenderAhead
+from flashtalk_live.metrics import serve_metrics
 from flashtalk_live.outputs.kinds import kind_name
-from flashtalk_live.outputs.manager import TooManyOutputs
+from flashtalk_live.outputs.manager import OutputManager, TooManyOutputs
+from flashtalk_live.queue.spool import Spool
 from flashtalk_live.renderers.base import Renderer
-from flashtalk_live.renderers.kinds import renderer_kind
+from flashtalk_live.renderers.drill import with_drills
+from flashtalk_live.renderers.kinds import RendererFactory, renderer_kind
 from flashtalk_live.renderers import images
 from flashtalk_live.renderers.images import ImageError, default_portrait, load_image
+from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
 from flashtalk_live.settings import OutputSettings, Settings, validation_error_lines
 from flashtalk_live.statelock import StateLock
 from flashtalk_live.storage import DiskWatermark
+from flashtalk_live.timeline.admission import Admission
 from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
+from flashtalk_live.timeline.programme import Programme
+from flashtalk_live.timeline.timeline import Timeline
 
-RendererFactory = Callable[[Settings], Renderer]
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
 
@@ -200,38 +212,11 @@ class RendererSupervisor:
                     pass
 
 
-def flashtalk_factory(settings: Settings, events: EventBus, parallel: Any = None) -> RendererFactory:
-    """The FlashTalk renderer, over the job's ranks when `parallel` (a ParallelHandle) is given."""
-
-    def build(s: Settings) -> Renderer:
-        if parallel is not None:
-            from flashtalk_live.parallel.launch import parallel_flashtalk_renderer
-
-            return parallel_flashtalk_renderer(s, events, parallel)
-        from flashtalk_live.engine.renderer import build_flashtalk_renderer
-
-        return build_flashtalk_renderer(s, events)
-
-    return build
-
-
 class Daemon:
     """One live room: every part built from Settings, three threads (ingest, render, broadcast) plus the caller's."""
 
     def __init__(self, settings: Settings, *, renderer_factory: RendererFactory | None = None,
                  still: Renderer | None = None, parallel: Any = None) -> None:
-        from flashtalk_live.ingest.server import IngestServer
-        from flashtalk_live.media.encoder import Encoder
-        from flashtalk_live.media.pacing import Lookahead, Pacer
-        from flashtalk_live.media.renderahead import RenderAhead
-        from flashtalk_live.outputs.manager import OutputManager
-        from flashtalk_live.queue.spool import Spool
-        from flashtalk_live.renderers.drill import with_drills
-        from flashtalk_live.renderers.still import StillRenderer
-        from flashtalk_live.timeline.admission import Admission
-        from flashtalk_live.timeline.programme import Programme
-        from flashtalk_live.timeline.timeline import Timeline
-
         self.s = settings
         self.log = get_logger("daemon")
         self.state = "starting"
@@ -239,7 +224,7 @@ class Daemon:
         Path(settings.path(settings.state_dir)).mkdir(parents=True, exist_ok=True)
         self.events = EventBus()
         self.events.subscribe(self._log_event)
-        self.spool = Spool.from_settings(settings)
+        self.spool = Spool.from_settings(settings.expanded(settings.queue), settings.encoder, settings.storage)
         if self.spool.quarantined is not None:
             aside, why = self.spool.quarantined
             self.log.error("spool_quarantined", moved_to=str(aside), fresh=str(self.spool.db_path), error=why,
@@ -257,19 +242,20 @@ class Daemon:
         self._unsettled: list[str] = []  # clips that finished on air but whose removal the spool could not commit
         self.storage_errors = 0
         playlist = settings.programme.playlist
-        self.programme = Programme.load(playlist, settings) if playlist else None
-        # Render ahead (issue 10): a queue clip starts only with enough head start buffered; see timeline/admission.py.
-        self.admission = Admission.from_settings(settings, lambda: self.pacer.buffered_frames / settings.video.fps)
-        self.timeline = Timeline(settings, self.spool, self.programme, admission=self.admission)
         v = settings.video
+        self.programme = Programme.load(settings.path(playlist), settings.programme, settings.encoder,
+                                        max_clip_s=settings.ingest.max_clip_seconds) if playlist else None
+        # Render ahead (issue 10): a queue clip starts only with enough head start buffered; see timeline/admission.py.
+        self.admission = Admission.from_settings(settings.renderer, v, lambda: self.pacer.buffered_frames / settings.video.fps)
+        self.timeline = Timeline(v, settings.encoder, self.spool, self.programme, admission=self.admission)
         self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
         self.prompt = v.prompt
-        self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings)
+        self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings.renderer, v.fps)
         self.still.start_session(self.reference, v.prompt)
         if renderer_factory is None:
             renderer_factory = renderer_kind(settings.renderer.kind).factory(settings, self.events, parallel)
         if renderer_factory is not None and (settings.renderer.drill_slowdown != 1.0 or settings.renderer.drill_jitter_s):
-            renderer_factory = (lambda f: lambda st: with_drills(f(st), st))(renderer_factory)
+            renderer_factory = (lambda f: lambda st: with_drills(f(st), st.renderer, st.video.fps))(renderer_factory)
         self.renderers = RendererSupervisor(settings, self.still, self.events, renderer_factory, self.reference)
         self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
         self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps)
@@ -283,7 +269,7 @@ class Daemon:
         self.render_ahead = RenderAhead(self.timeline, self.renderers.render, self.renderers.current_name,
                                         self.admission, self.lookahead, fps=v.fps,
                                         idle_reuse=settings.renderer.idle_reuse)
-        self.ingest = IngestServer(settings, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
+        self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
                                    cut_on_air=self.lookahead.cut,
                                    handlers={
@@ -308,13 +294,12 @@ class Daemon:
         self.metrics_port: int | None = None
         # -- console (flashtalk_live/console/): the aired frame/audio tap; the token is resolved before anything
         # starts, so a bad token file stops the start with exit 2.
-        from flashtalk_live.console import AirTap, resolve_token
-
         self.air = AirTap()
         self.console = None
         self.console_token: str | None = None
         if settings.metrics.enabled and settings.console.enabled:
-            self.console_token, where = resolve_token(settings)
+            self.console_token, where = resolve_token(settings.expanded(settings.console), settings.metrics.host,
+                                                      settings.path(settings.state_dir))
             self.log.info("console_token", source=where)
         # -- end console
 
@@ -431,8 +416,6 @@ class Daemon:
 
     # -- threads -----------------------------------------------------------------------------------
     def _render_loop(self) -> None:
-        from flashtalk_live.media.pacing import LookaheadClosed
-
         try:
             while not self._stop_render.is_set():
                 with self._avatar_lock:
@@ -585,15 +568,11 @@ class Daemon:
     def start(self) -> None:
         self.ingest.start()
         if self.s.metrics.enabled:
-            from flashtalk_live.metrics import serve_metrics
-
             try:
                 m = self.s.metrics
                 if self.console_token is not None:  # the console serves /metrics too, on the same port
-                    from flashtalk_live.console import start_console
-
                     self.metrics_server, self.console = start_console(
-                        self.s, self.ingest, self.events, self.air, self.console_token, self.status)
+                        self.s.expanded(self.s.console), m, self.ingest, self.events, self.air, self.console_token, self.status)
                 else:
                     self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
                                                            timeout_s=m.timeout_s, log=self.log)
@@ -701,7 +680,5 @@ def raise_fd_limit() -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         except (ValueError, OSError):
             new = soft
-    from flashtalk_live import fdreserve
-
     get_logger("daemon").info("fd_limit", soft_was=soft, soft=new, hard=hard, reserved=fdreserve.hold(RESERVED_FDS))
     return new, hard

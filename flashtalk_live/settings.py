@@ -8,14 +8,17 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from flashtalk_live.outputs.kinds import validate_url
 from flashtalk_live.renderers.kinds import NAMES as RENDERER_KINDS
 from flashtalk_live.secrets import mask_obj, mask_text, mask_url
+
+if TYPE_CHECKING:
+    from flashtalk_live.engine.profile import Profile
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +30,8 @@ ENV_PREFIX = "FLASHTALK_LIVE_"
 # benchmark scripts set to allow model.random_weights.
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BENCHMARK_ENV = ENV_PREFIX + "BENCHMARK"
-_NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV}
+OUTPUT_URL_ENV = ENV_PREFIX + "OUTPUT_URL"  # `output-add`: the stream URL, kept off argv
+_NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV, OUTPUT_URL_ENV}
 # The demo programme of a clone of the repository (README: a plain `flashtalk-live run` airs it).
 DEMO_PLAYLIST = Path(__file__).resolve().parent.parent / "playlists" / "example.m3u"
 
@@ -52,6 +56,9 @@ NVENC_PRESETS = tuple(f"p{i}" for i in range(1, 8))
 class _Section(BaseModel):
     # hide_input_in_errors: pydantic's own messages never echo a value (it may hold a stream key).
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+SectionT = TypeVar("SectionT", bound=_Section)
 
 
 class IngestSettings(_Section):
@@ -445,6 +452,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    _profiles: list[Profile] | None = PrivateAttr(None)
 
     @classmethod
     def settings_customise_sources(
@@ -488,26 +496,41 @@ class Settings(BaseSettings):
         return self
 
     def _check_chunk_frames(self) -> None:
-        """video.chunk_frames must be the profile's new frames; named profiles are checked here, files when
-        the renderer loads them (no file reads while validating)."""
-        from flashtalk_live.engine.profile import AUTO, PROFILES, ProfileError, candidate_profiles
-
-        m = self.model
-        names = m.auto_candidates if m.profile == AUTO else [m.profile]
-        if not all(n in PROFILES for n in names):
-            return
-        try:
-            profiles = candidate_profiles(m.profile, m.auto_candidates)
-        except ProfileError as e:
-            raise ValueError(str(e)) from None
+        """video.chunk_frames must be the profile's new frames: the profile (and every "auto" candidate, names and
+        .toml files alike) is resolved here, once; the renderer takes `profiles` and does not resolve them again."""
+        profiles = self.profiles  # ValueError (a ProfileError) names the bad profile
         if profiles[0].new_frames != self.video.chunk_frames:
-            raise ValueError(f"video.chunk_frames = {self.video.chunk_frames}, but model.profile = {m.profile!r} "
-                             f"makes {profiles[0].new_frames} new frames per chunk (frame_num - motion_frames)")
+            raise ValueError(f"video.chunk_frames = {self.video.chunk_frames}, but model.profile = "
+                             f"{self.model.profile!r} makes {profiles[0].new_frames} new frames per chunk "
+                             "(frame_num - motion_frames)")
+
+    @property
+    def profiles(self) -> list[Profile]:
+        """model.profile resolved (for "auto": every candidate, best quality first); resolved once, at load for
+        the flashtalk renderer."""
+        if self._profiles is None:
+            # engine.profile pulls in torch (model.audio): only a flashtalk config pays for it.
+            from flashtalk_live.engine.profile import candidate_profiles
+
+            self._profiles = candidate_profiles(self.model.profile, self.model.auto_candidates)
+        return self._profiles
 
     # -- derived values ------------------------------------------------------------------------
     def path(self, template: str) -> str:
         """Expand {state_dir} in a configured path or endpoint."""
         return template.replace("{state_dir}", str(Path(self.state_dir).expanduser()))
+
+    def expanded(self, section: SectionT) -> SectionT:
+        """`section` with {state_dir} expanded in its strings and lists of strings: what a part is handed, so that
+        no part needs the whole Settings to find its files and endpoints."""
+        update: dict[str, Any] = {}
+        for name in type(section).model_fields:
+            v = getattr(section, name)
+            if isinstance(v, str) and "{state_dir}" in v:
+                update[name] = self.path(v)
+            elif isinstance(v, list) and any(isinstance(x, str) and "{state_dir}" in x for x in v):
+                update[name] = [self.path(x) if isinstance(x, str) else x for x in v]
+        return section.model_copy(update=update) if update else section
 
     @property
     def samples_per_frame(self) -> int:
@@ -596,8 +619,7 @@ def _anchor(value: Any, base: Path) -> Any:
     """A relative file path made absolute against `base`; templates ({state_dir}/...), "", URLs left alone."""
     if not isinstance(value, str) or not value or value.startswith("{") or "://" in value:
         return value
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else os.path.normpath(base / p))
+    return str(resolve_path(value, base))
 
 
 def _anchor_endpoint(ep: Any, base: Path) -> Any:
@@ -669,14 +691,27 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n  ".join([f"invalid configuration ({source}):"] + lines)
 
 
+def loads_toml(text: str, source: str, error: type[Exception]) -> dict[str, Any]:
+    """The one TOML parser (config files, profiles, playlists): malformed text raises `error` naming the source."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{source}: not valid TOML: {e}") from None
+
+
 def read_toml(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
     """The one TOML file reader: a missing or malformed file raises `error` naming the file and the problem."""
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise error(f"{path}: not valid TOML: {e}") from None
+    return loads_toml(text, str(path), error)
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """A path written in a file (config, playlist): ~ expanded, a relative one taken against the file's folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(os.path.normpath(base / p))
 
 
 def load_settings(

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from support.ports import free_port  # noqa: F401 - re-exported for the rtmp tests
 
 
 NGINX = "/usr/sbin/nginx"
@@ -51,13 +52,6 @@ http {{
     server {{ listen 127.0.0.1:{http_port}; location /stat {{ rtmp_stat all; }} }}
 }}
 """
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bind 0, release)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _nginx_available() -> str | None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flashtalk_live.renderers.images import encode_png
+
 W, H = 512, 768
 
 
@@ -68,8 +70,6 @@ def draw() -> np.ndarray:
 
 
 def main() -> None:
-    from flashtalk_live.renderers.images import encode_png
-
     out = Path(__file__).with_name("portrait.png")
     out.write_bytes(encode_png(draw()))
     print(f"{out}: {out.stat().st_size} bytes, {W}x{H}")

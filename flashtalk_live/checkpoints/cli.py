@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from flashtalk_live.settings import ConfigError, load_settings
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="download and verify the released weights")
@@ -56,6 +58,7 @@ def _err(msg: str) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
+    # checkpoints/ imports torch: loaded by the verb that runs, not by every `flashtalk-live` verb
     from .download import DownloadError, download_release
 
     if args.max_workers < 1:
@@ -77,8 +80,6 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     folder, wav2vec = args.dir, args.wav2vec
     if folder is None:
-        from flashtalk_live.settings import ConfigError, load_settings
-
         try:
             settings = load_settings(args.config, [])
         except ConfigError as e:
@@ -92,6 +93,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _verify(folder: Path, wav2vec: Path | None) -> int:
+    # torch (checkpoints.release): only for this verb
     from .release import resolve_release_dirs, verify_release
 
     weights, w2v = resolve_release_dirs(folder, wav2vec)
@@ -101,6 +103,7 @@ def _verify(folder: Path, wav2vec: Path | None) -> int:
 
 
 def _verify_taehv(folder: Path) -> int:
+    # torch (checkpoints.loader): only for this verb
     from .loader import CheckpointError
     from .taehv import find_taehv_file, plan_taehv
 
@@ -114,6 +117,7 @@ def _verify_taehv(folder: Path) -> int:
 
 
 def _cmd_verify_parity(args: argparse.Namespace) -> int:
+    # torch and the parity checks: only for this verb
     import torch
 
     from .parity import registered_checks, run_parity

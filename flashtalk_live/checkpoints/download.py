@@ -88,6 +88,7 @@ def download_release(
     except OSError as e:
         raise DownloadError(f"cannot create {dest}: {e}") from e
 
+    # huggingface_hub is slow to import and needed only to download
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 

@@ -33,6 +33,15 @@ from .release import (
     VAE_FILE,
     WAV2VEC_DIR,
 )
+from flashtalk_live.model.clip import CLIPVisual
+from flashtalk_live.model.clip import CLIPVisualConfig
+from flashtalk_live.model.dit import DiTConfig
+from flashtalk_live.model.dit import FlashTalkDiT
+from flashtalk_live.model.t5 import T5Config
+from flashtalk_live.model.t5 import T5Encoder
+from flashtalk_live.model.vae import VAEConfig
+from flashtalk_live.model.vae import WanVAE
+from safetensors.torch import save_file
 
 __all__ = ["FakeRelease", "TOKENIZER_WORDS", "tiny_configs", "write_fake_release"]
 
@@ -45,10 +54,6 @@ TOKENIZER_WORDS = (
 
 def tiny_configs():
     """(DiTConfig, VAEConfig, CLIPVisualConfig, T5Config, wav2vec2 config dict) of a small, mutually fitting set."""
-    from flashtalk_live.model.clip import CLIPVisualConfig
-    from flashtalk_live.model.dit import DiTConfig
-    from flashtalk_live.model.t5 import T5Config
-    from flashtalk_live.model.vae import VAEConfig
 
     clip = CLIPVisualConfig(dim=160, num_heads=2, num_layers=2, out_dim=16)  # head width 80, as ViT-H/14
     t5 = T5Config(vocab_size=256, dim=32, dim_attn=32, dim_ffn=64, num_heads=2, num_layers=2)
@@ -100,6 +105,7 @@ def _meta(factory):
 
 
 def _write_tokenizer(folder: Path, words, eos: bool) -> None:
+    # transformers takes seconds to import: only when a fake release is written
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -133,12 +139,6 @@ def write_fake_release(
     `wav2vec`: True for the tiny default, a dict of Wav2Vec2Config overrides, or False to skip that folder.
     Returns the paths, the configs and the state dicts exactly as written (in the stored dtypes).
     """
-    from safetensors.torch import save_file
-
-    from flashtalk_live.model.clip import CLIPVisual
-    from flashtalk_live.model.dit import FlashTalkDiT
-    from flashtalk_live.model.t5 import T5Encoder
-    from flashtalk_live.model.vae import WanVAE
 
     d_dit, d_vae, d_clip, d_t5, d_w2v = tiny_configs()
     dit, vae, clip, t5 = dit or d_dit, vae or d_vae, clip or d_clip, t5 or d_t5
@@ -203,6 +203,7 @@ def write_fake_release(
 
 def _write_wav2vec(folder: Path, overrides: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """A transformers Wav2Vec2Model folder (config.json, pytorch_model.bin, preprocessor_config.json)."""
+    # transformers takes seconds to import: only when a fake release is written
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     cfg = Wav2Vec2Config(**overrides)

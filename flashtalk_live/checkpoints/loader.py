@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from safetensors import safe_open
 
 __all__ = [
     "CheckpointError",
@@ -165,7 +166,6 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
     safetensors checks on open that the header is complete and that the data offsets cover the file
     exactly, so a truncated or padded file fails here with the file named.
     """
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -190,7 +190,6 @@ def iter_safetensors(
 
     `keys` restricts what is read. Tensors land on `device` directly (safetensors reads to CUDA itself).
     """
-    from safetensors import safe_open
 
     wanted = None if keys is None else set(keys)
     dev = str(torch.device(device))

@@ -22,6 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from .loader import compare_keys, load_into
+from .loader import load_into, read_safetensors_header
+from .taehv import load_taehv, random_fixture_weights
+from flashtalk_live.model.audio import AudioFeatureConfig, StreamingAudioEncoder, encode_audio, load_wav2vec2, pad_for_once
+from flashtalk_live.model.clip import CLIPVisual, CLIPVisualConfig, preprocess_images, split_clip_state_dict
+from flashtalk_live.model.colour import match_and_blend_colors
+from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
+from flashtalk_live.model.t5 import T5Config, T5Encoder
+from flashtalk_live.model.taehv import TAEHVDecoder
+from flashtalk_live.model.taehv import TAEHVStream
+from flashtalk_live.model.vae import VAEConfig, WanVAE
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 __all__ = [
     "CheckContext",
@@ -97,13 +110,9 @@ class CheckContext:
         return p
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
         return load_file(str(self.path(name)))
 
     def metadata(self, name: str) -> dict[str, str]:
-        from safetensors import safe_open
-
         with safe_open(str(self.path(name)), framework="pt") as f:
             return dict(f.metadata() or {})
 
@@ -262,7 +271,6 @@ def run_parity(root: str | Path, only: Iterable[str] | None = None, device: str 
 def _load_weights(ctx: CheckContext, factory: Callable[[], torch.nn.Module], name: str = "weights.safetensors",
                   transform: Callable[[dict], dict] | None = None) -> torch.nn.Module:
     """Build on meta and load the fixture weights through the same strict loader as the release."""
-    from .loader import load_into, read_safetensors_header
 
     path = ctx.path(name)
     read_safetensors_header(path)
@@ -275,8 +283,6 @@ def _load_weights(ctx: CheckContext, factory: Callable[[], torch.nn.Module], nam
 
 
 def check_dit(ctx: CheckContext) -> Iterator[CheckRow]:
-    from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
-
     cfg = DiTConfig.from_dict(ctx.json())
     model = _load_weights(ctx, lambda: FlashTalkDiT(cfg))
     inp = ctx.tensors("inputs.safetensors")
@@ -294,8 +300,6 @@ def check_dit(ctx: CheckContext) -> Iterator[CheckRow]:
 
 
 def check_vae(ctx: CheckContext) -> Iterator[CheckRow]:
-    from flashtalk_live.model.vae import VAEConfig, WanVAE
-
     cfg = VAEConfig.from_reference_kwargs(ctx.json()["constructor_kwargs"])
     vae = _load_weights(ctx, lambda: WanVAE(cfg))
     io = {k: v.to(ctx.device) for k, v in ctx.tensors("io.safetensors").items()}
@@ -310,8 +314,6 @@ def check_vae(ctx: CheckContext) -> Iterator[CheckRow]:
 
 
 def check_clip_visual(ctx: CheckContext) -> Iterator[CheckRow]:
-    from flashtalk_live.model.clip import CLIPVisual, CLIPVisualConfig, preprocess_images, split_clip_state_dict
-
     vt = ctx.json()["visual_tower"]
     cfg = CLIPVisualConfig(image_size=vt["image_size"], patch_size=vt["patch_size"], dim=vt["dim"],
                            mlp_ratio=vt["mlp_ratio"], out_dim=vt["out_dim"], num_heads=vt["num_heads"],
@@ -331,8 +333,6 @@ def check_clip_visual(ctx: CheckContext) -> Iterator[CheckRow]:
 
 
 def check_t5(ctx: CheckContext) -> Iterator[CheckRow]:
-    from flashtalk_live.model.t5 import T5Config, T5Encoder
-
     ov = ctx.json()["overrides"]
     if ov.get("shared_pos", False):
         raise ValueError("t5 fixture uses a shared position table; the umT5 encoder has one per layer")
@@ -348,14 +348,6 @@ def check_t5(ctx: CheckContext) -> Iterator[CheckRow]:
 
 
 def check_audio(ctx: CheckContext) -> Iterator[CheckRow]:
-    from flashtalk_live.model.audio import (
-        AudioFeatureConfig,
-        StreamingAudioEncoder,
-        encode_audio,
-        load_wav2vec2,
-        pad_for_once,
-    )
-
     c = ctx.json()
     cfg = AudioFeatureConfig(sample_rate=c["sample_rate"], fps=c["fps"], frame_num=c["frame_num"],
                              motion_frames=c["motion_frames_num"], target_lufs=c["lufs_target"],
@@ -375,8 +367,6 @@ def check_audio(ctx: CheckContext) -> Iterator[CheckRow]:
 
 
 def check_colour(ctx: CheckContext) -> Iterator[CheckRow]:
-    from flashtalk_live.model.colour import match_and_blend_colors
-
     io = {k: v.to(ctx.device) for k, v in ctx.tensors("io.safetensors").items()}
     for strength, key in ((1.0, "out_strength_1_0"), (0.5, "out_strength_0_5")):
         if key in io:
@@ -391,9 +381,6 @@ TAEHV_TOL = {"max_abs": 1e-5, "rel_l2": 1e-5}
 def _taehv_weights(ctx: CheckContext):
     """The fixture decoder: from weights.safetensors through the release loader when the folder holds it,
     else drawn again from config.json's recipe and checked against manifest.json (keys and shapes)."""
-    from .loader import compare_keys, load_into
-    from .taehv import load_taehv, random_fixture_weights
-    from flashtalk_live.model.taehv import TAEHVDecoder
 
     if (ctx.folder / "weights.safetensors").is_file():
         return load_taehv(ctx.folder / "weights.safetensors", ctx.device, torch.float32), "weights.safetensors"
@@ -406,8 +393,6 @@ def _taehv_weights(ctx: CheckContext):
 
 
 def check_taehv(ctx: CheckContext) -> Iterator[CheckRow]:
-    from flashtalk_live.model.taehv import TAEHVStream
-
     model, source = _taehv_weights(ctx)
     io = {k: v.to(ctx.device) for k, v in ctx.tensors("io.safetensors").items()}
     tol = dict(max_abs=TAEHV_TOL["max_abs"], rel_l2=TAEHV_TOL["rel_l2"], note=f"weights: {source}")

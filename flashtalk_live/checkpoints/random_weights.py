@@ -16,6 +16,12 @@ from typing import Callable
 import torch
 
 from flashtalk_live.engine.engine import EngineModels
+from flashtalk_live.checkpoints.fake import tiny_configs
+from flashtalk_live.checkpoints.taehv import random_fixture_weights
+from flashtalk_live.model.clip import VIT_H_14, CLIPVisual
+from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
+from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TinyVideoDecoder
+from flashtalk_live.model.vae import VAEConfig, WanVAE
 
 KINDS = ("full", "tiny")
 
@@ -69,18 +75,13 @@ def random_engine_models(kind: str, device: torch.device | str, dtype: torch.dty
                          decoder: str = "wan") -> EngineModels:
     """DiT, VAE, CLIP visual, wav2vec2 (+ feature extractor), a random text encoder of `kind`, and with
     decoder="taehv" the tiny decoder (the parity fixture's random weights, full size)."""
+    # transformers takes seconds to import: only for a random-weights benchmark
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    from flashtalk_live.model.clip import VIT_H_14, CLIPVisual
-    from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
-    from flashtalk_live.model.vae import VAEConfig, WanVAE
 
     if kind not in KINDS:
         raise ValueError(f"random weights kind must be one of {KINDS}, got {kind!r}")
     device = torch.device(device)
     if kind == "tiny":
-        from flashtalk_live.checkpoints.fake import tiny_configs
-
         dcfg, vcfg, ccfg, _t5, w2v = tiny_configs()
         wcfg = Wav2Vec2Config(**w2v)
     else:
@@ -98,9 +99,6 @@ def random_engine_models(kind: str, device: torch.device | str, dtype: torch.dty
                                   return_attention_mask=False)
     tiny_decoder = None
     if decoder == "taehv":
-        from flashtalk_live.checkpoints.taehv import random_fixture_weights
-        from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TinyVideoDecoder
-
         tcfg = TAEHVConfig.taew2_1() if kind == "full" else TAEHVConfig.tiny(vcfg.z_dim)
         taehv = TAEHVDecoder(tcfg)
         taehv.load_state_dict(random_fixture_weights(tcfg))

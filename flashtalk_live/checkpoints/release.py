@@ -47,6 +47,21 @@ from .loader import (
     read_safetensors_index,
     read_sharded_safetensors,
 )
+from .loader import read_safetensors_header
+from dataclasses import fields
+from flashtalk_live.model.audio import Wav2Vec2LoadError, load_wav2vec2
+from flashtalk_live.model.clip import CLIPVisual, split_clip_state_dict
+from flashtalk_live.model.clip import CLIPVisualConfig
+from flashtalk_live.model.clip import VIT_H_14
+from flashtalk_live.model.dit import DiTConfig
+from flashtalk_live.model.dit import FlashTalkDiT
+from flashtalk_live.model.t5 import T5Config
+from flashtalk_live.model.t5 import T5Encoder
+from flashtalk_live.model.t5 import UMT5_XXL
+from flashtalk_live.model.text import UMT5Tokenizer
+from flashtalk_live.model.vae import VAEConfig
+from flashtalk_live.model.vae import WanVAE
+from flashtalk_live.quant.fp8 import block_quantizers
 
 __all__ = [
     "CLIP_FILE",
@@ -124,7 +139,6 @@ def resolve_release_dirs(path: str | Path, wav2vec_dir: str | Path | None = None
 
 def read_dit_config(weights_dir: str | Path):
     """DiTConfig from the release's config.json."""
-    from flashtalk_live.model.dit import DiTConfig
 
     path = Path(weights_dir) / DIT_CONFIG
     if not path.is_file():
@@ -156,7 +170,6 @@ def _count_indexed(headers: Mapping[str, Any], prefix: str) -> int:
 
 def infer_vae_config(headers: Mapping[str, TensorInfo], file: Path):
     """VAEConfig with the released structure and the file's base width / latent channels."""
-    from flashtalk_live.model.vae import VAEConfig
 
     dim = _shape(headers, "encoder.conv1.weight", file)[0]
     z_dim = _shape(headers, "conv2.weight", file)[0]
@@ -170,7 +183,6 @@ def infer_clip_config(visual: Mapping[str, TensorInfo], file: Path):
 
     The head count is not in any shape: it is width / 80, the head width of the released ViT-H/14.
     """
-    from flashtalk_live.model.clip import CLIPVisualConfig
 
     dim, _, patch, _ = _shape(visual, "patch_embedding.weight", file)
     tokens = _shape(visual, "pos_embedding", file)[1]
@@ -189,7 +201,6 @@ def infer_clip_config(visual: Mapping[str, TensorInfo], file: Path):
 
 def infer_t5_config(headers: Mapping[str, TensorInfo], file: Path):
     """T5Config from the encoder's shapes (the relative-position table gives buckets x heads)."""
-    from flashtalk_live.model.t5 import T5Config
 
     vocab, dim = _shape(headers, "token_embedding.weight", file)
     dim_attn = _shape(headers, "blocks.0.attn.q.weight", file)[0]
@@ -234,10 +245,6 @@ def plan_from_headers(component: str, headers: Mapping[str, Any], file: str | Pa
     `component`: 'dit' (needs `config`), 'vae', 'clip_visual' (the full CLIP file's keys) or 't5'. This is the
     pure part of verify/load, usable on a manifest as well as on real file headers.
     """
-    from flashtalk_live.model.clip import CLIPVisual, split_clip_state_dict
-    from flashtalk_live.model.dit import FlashTalkDiT
-    from flashtalk_live.model.t5 import T5Encoder
-    from flashtalk_live.model.vae import WanVAE
 
     file = Path(file)
     headers = dict(headers)
@@ -304,12 +311,6 @@ def _plan_t5(weights_dir: Path, config=None) -> ModulePlan:
 
 def _size_differences(name: str, cfg: Any) -> list[str]:
     """'field ours (released X)' for every architecture field that is not the released value."""
-    from dataclasses import fields
-
-    from flashtalk_live.model.clip import VIT_H_14
-    from flashtalk_live.model.dit import DiTConfig
-    from flashtalk_live.model.t5 import UMT5_XXL
-    from flashtalk_live.model.vae import VAEConfig
 
     ref = {"dit": DiTConfig.flashtalk_14b(), "vae": VAEConfig.released(), "clip_visual": VIT_H_14,
            "t5": UMT5_XXL}[name]
@@ -350,8 +351,6 @@ def load_dit(weights_dir: str | Path, device: str | torch.device = "cpu", dtype:
     plan = _plan_dit(Path(weights_dir), config)
     finish = None
     if fp8 is not None:
-        from flashtalk_live.quant.fp8 import block_quantizers
-
         finish = block_quantizers(fp8, plan.config.num_layers)
     dit = _load(plan, device, dtype, "dit", finish)
     if fp8 is not None:
@@ -385,7 +384,6 @@ def load_t5(weights_dir: str | Path, device: str | torch.device = "cpu", dtype: 
 
 def load_umt5_tokenizer(weights_dir: str | Path, text_len: int = 512):
     """The umT5 tokenizer from the release's google/umt5-xxl folder (offline)."""
-    from flashtalk_live.model.text import UMT5Tokenizer
 
     return UMT5Tokenizer(Path(weights_dir) / T5_TOKENIZER_DIR, text_len)
 
@@ -399,8 +397,6 @@ _W2V_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 def _wav2vec_headers(folder: Path) -> tuple[Path, dict[str, TensorInfo]]:
-    from .loader import read_safetensors_header
-
     for name in _W2V_WEIGHTS:
         path = folder / name
         if path.is_file():
@@ -420,6 +416,7 @@ def _normalise_wav2vec_key(key: str) -> str:
 
 
 def _plan_wav2vec(folder: Path) -> ModulePlan:
+    # transformers takes seconds to import: only when wav2vec2 is checked
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     if not folder.is_dir():
@@ -450,7 +447,6 @@ def _plan_wav2vec(folder: Path) -> ModulePlan:
 def load_wav2vec(wav2vec_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """(Wav2Vec2Model, Wav2Vec2FeatureExtractor): keys and shapes checked strictly against the folder's
     config first (missing or wrongly shaped keys are errors), then loaded through transformers offline."""
-    from flashtalk_live.model.audio import Wav2Vec2LoadError, load_wav2vec2
 
     folder = Path(wav2vec_dir)
     plan = _plan_wav2vec(folder)

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from prometheus_client import make_wsgi_app
+
 from flashtalk_live.console.app import Console
 from flashtalk_live.console.auth import resolve_token
 from flashtalk_live.console.preview import AirTap
+from flashtalk_live.console.server import serve_app
+from flashtalk_live.events import EventBus
+from flashtalk_live.ingest.server import IngestServer
+from flashtalk_live.metrics import metrics_registry
+from flashtalk_live.settings import ConsoleSettings, MetricsSettings
 
 __all__ = ["AirTap", "Console", "resolve_token", "start_console"]
 
 
-def start_console(settings: Any, ingest: Any, events: Any, tap: AirTap, token: str,
-                  status_provider: Callable[[], dict[str, Any]]) -> tuple[Any, Console]:
+def start_console(console_settings: ConsoleSettings, m: MetricsSettings, ingest: IngestServer, events: EventBus,
+                  tap: AirTap, token: str, status_provider: Callable[[], dict[str, Any]]) -> tuple[Any, Console]:
     """Serve the console and /metrics on metrics.host:metrics.port; returns (http server, console)."""
-    from prometheus_client import make_wsgi_app
-
-    from flashtalk_live.console.server import serve_app
-    from flashtalk_live.metrics import metrics_registry
-
-    console = Console(settings, ingest, events, tap, token, make_wsgi_app(metrics_registry(status_provider)))
+    console = Console(console_settings, m.host, ingest, events, tap, token,
+                      make_wsgi_app(metrics_registry(status_provider)))
     try:
-        m = settings.metrics
         httpd, _ = serve_app(m.host, m.port, console, max_connections=m.max_connections, timeout_s=m.timeout_s)
     except BaseException:
         console.close()

@@ -20,7 +20,8 @@ from flashtalk_live.errors import Rejection
 from flashtalk_live.events import Event, EventBus
 from flashtalk_live.ingest.commands import Peer
 from flashtalk_live.secrets import mask_obj
-from flashtalk_live.settings import is_loopback_host
+from flashtalk_live.ingest.server import IngestServer
+from flashtalk_live.settings import ConsoleSettings, is_loopback_host
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -81,19 +82,17 @@ def _host_name(host_header: str) -> str:
 class Console:
     """The app. `ingest` is the daemon's IngestServer (dispatch, status, limiter); `metrics_app` serves /metrics."""
 
-    def __init__(self, settings: Any, ingest: Any, events: EventBus, tap: AirTap, token: str,
-                 metrics_app: WsgiApp | None = None) -> None:
-        c = settings.console
-        self.s = settings
+    def __init__(self, c: ConsoleSettings, metrics_host: str, ingest: IngestServer, events: EventBus, tap: AirTap,
+                 token: str, metrics_app: WsgiApp | None = None) -> None:
         self.ingest = ingest
         self.token = token
         self.metrics_app = metrics_app
         self.tap = tap
         self.preview = PreviewEncoder(tap, c.preview_fps, c.preview_width)
         self.events = EventRing(events, c.event_history)
-        self.max_body = settings.ingest.max_message_bytes
+        self.max_body = ingest.cfg.max_message_bytes
         # A loopback bind only answers Host names of this machine: a DNS-rebinding page cannot read the API.
-        self.check_host = is_loopback_host(settings.metrics.host)
+        self.check_host = is_loopback_host(metrics_host)
         self.closed = threading.Event()
         self.routes: dict[tuple[str, str], Callable[[dict[str, Any]], tuple[int, list, Iterable[bytes]]]] = {
             ("GET", "/"): lambda env: self._static("index.html"),

@@ -11,22 +11,21 @@ import hmac
 import os
 import secrets
 from pathlib import Path
-from typing import Any
-
-from flashtalk_live.settings import ConfigError, is_loopback_host
+from flashtalk_live.settings import ConfigError, ConsoleSettings, is_loopback_host
 
 GENERATED_TOKEN_FILE = "console.token"
 
 
-def resolve_token(settings: Any) -> tuple[str, str]:
+def resolve_token(console: ConsoleSettings, metrics_host: str, state_dir: str) -> tuple[str, str]:
     """(token, where it came from). console.token, else console.token_file, else a random one written to
     {state_dir}/console.token (0600) on the first start and read back on later ones. ConfigError when a non-loopback
-    bind has no configured token (settings refuse that too) or the token file is unusable."""
-    c = settings.console
+    bind has no configured token (settings refuse that too) or the token file is unusable. `console`: its {state_dir}
+    expanded (Settings.expanded)."""
+    c = console
     if c.token is not None and c.token.get_secret_value().strip():
         return c.token.get_secret_value().strip(), "console.token"
     if c.token_file:
-        path = Path(settings.path(c.token_file))
+        path = Path(c.token_file)
         try:
             token = path.read_text().strip()
         except OSError as e:
@@ -34,10 +33,10 @@ def resolve_token(settings: Any) -> tuple[str, str]:
         if not token:
             raise ConfigError(f"console.token_file: {path} is empty")
         return token, str(path)
-    if not is_loopback_host(settings.metrics.host):
-        raise ConfigError(f"console: metrics.host {settings.metrics.host!r} is not loopback; set console.token or "
+    if not is_loopback_host(metrics_host):
+        raise ConfigError(f"console: metrics.host {metrics_host!r} is not loopback; set console.token or "
                           f"console.token_file (or console.enabled = false)")
-    path = Path(settings.path(settings.state_dir)) / GENERATED_TOKEN_FILE
+    path = Path(state_dir) / GENERATED_TOKEN_FILE
     try:
         token = path.read_text().strip()
     except FileNotFoundError:

@@ -9,12 +9,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
+
+from flashtalk_live import log
+from flashtalk_live.cliargs import add_config_args, settings_from_args
+from flashtalk_live.ingest.audio import decode_audio
+from flashtalk_live.renderers.images import load_image
+from flashtalk_live.settings import Settings
+from flashtalk_live.timeline.chunk import RenderChunk
 
 
 def register(subparsers: Any) -> None:
-    from flashtalk_live.cli import add_config_args
-
     p = subparsers.add_parser("render", help="render an avatar video offline with the FlashTalk engine (preview)")
     p.add_argument("--image", required=True, help="reference portrait (PNG/JPEG)")
     p.add_argument("--audio", required=True, help="speech audio (WAV, MP3, M4A, FLAC, Ogg)")
@@ -27,9 +33,6 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from flashtalk_live import log
-    from flashtalk_live.cli import settings_from_args
-
     settings = settings_from_args(args)
     log.configure(settings.logging.format, settings.logging.level)
     try:
@@ -43,18 +46,17 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_file(settings: Any, image_path: str, audio_path: str, output: str, *, profile: str | None = None,
+def render_file(settings: Settings, image_path: str, audio_path: str, output: str, *, profile: str | None = None,
                 prompt: str | None = None, timing: bool = False) -> dict[str, Any]:
     """Render `audio_path` spoken by `image_path` into `output` (MP4). Returns counts and times."""
+    # torch and the engine load here, not at import: every `flashtalk-live` verb imports this module.
     import torch
 
     from flashtalk_live.engine.engine import FlashTalkEngine
     from flashtalk_live.engine.profile import resolve_profile
     from flashtalk_live.engine.renderer import FlashTalkRenderer, load_models_for
-    from flashtalk_live.ingest.audio import decode_audio
     from flashtalk_live.model.attention import set_default_backend
-    from flashtalk_live.renderers.images import load_image
-    from flashtalk_live.timeline.chunk import RenderChunk
+    from flashtalk_live.quant.fp8 import plan_from_settings
 
     m, v = settings.model, settings.video
     if not m.weights_dir:
@@ -67,9 +69,7 @@ def render_file(settings: Any, image_path: str, audio_path: str, output: str, *,
     device, dtype = torch.device(m.device), getattr(torch, m.dtype)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"model.device is {m.device} but CUDA is not available")
-    from flashtalk_live.quant.fp8 import plan_from_settings
-
-    models = load_models_for(settings, device, dtype, plan_from_settings(settings.model, device))
+    models = load_models_for(settings.expanded(m), device, dtype, plan_from_settings(m, device))
     engine = FlashTalkEngine(models, prof, device, dtype, timing=timing)
     renderer = FlashTalkRenderer(engine, width=v.width, height=v.height, fit=v.fit, drift_every=10**9)
     renderer.policy.interval_s = 0  # a preview shows the model as it is: no re-anchoring
@@ -114,8 +114,6 @@ class _Mp4Writer:
     """H.264 (libx264, yuv420p, no B-frames) + AAC-LC into an MP4, timestamps from frame/sample counters."""
 
     def __init__(self, path: str, width: int, height: int, fps: int, rate: int, channels: int) -> None:
-        import av
-
         self.container = av.open(str(path), "w", format="mp4")
         self.v = self.container.add_stream("libx264", rate=fps)
         self.v.width, self.v.height, self.v.pix_fmt = width, height, "yuv420p"
@@ -126,8 +124,6 @@ class _Mp4Writer:
         self.frames = 0
 
     def video(self, frame: np.ndarray) -> None:
-        import av
-
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         vf.pts = self.frames
         self.frames += 1
@@ -135,8 +131,6 @@ class _Mp4Writer:
             self.container.mux(p)
 
     def audio(self, samples: np.ndarray) -> None:
-        import av
-
         block = 1024 * 16
         for start in range(0, samples.shape[0], block):
             part = np.ascontiguousarray(samples[start : start + block].T.astype(np.float32))

@@ -21,6 +21,7 @@ import torch
 from flashtalk_live.engine.engine import ChunkOutput, HostCopy
 from flashtalk_live.engine.session import AvatarSession
 from flashtalk_live.model.colour import lab_distance
+from flashtalk_live.settings import ModelSettings
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ class RecalibrationPolicy:
         self.strikes = 0
 
     @classmethod
-    def from_settings(cls, model_settings: Any) -> "RecalibrationPolicy":
-        m = model_settings
+    def from_settings(cls, model: ModelSettings) -> "RecalibrationPolicy":
+        m = model
         return cls(identity_min=m.drift_identity_min, colour_max=m.drift_colour_max, patience=m.drift_patience_chunks,
                    interval_s=m.recalibrate_interval_s, max_wait_s=m.recalibrate_max_wait_s)
 

@@ -229,15 +229,9 @@ class FlashTalkEngine:
 
     # -- one chunk ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_chunk(
-        self,
-        audio_embedding: torch.Tensor,
-        *,
-        noise: Sequence[torch.Tensor] | None = None,
-        trace: dict[str, Any] | None = None,
-    ) -> np.ndarray:
-        """Audio features [1, frame_num, 5, layers, hidden] -> uint8 frames [new_frames, H, W, 3]."""
-        return self.generate(audio_embedding, noise=noise, trace=trace).frames
+    def generate_chunk(self, audio_embedding: torch.Tensor, **kw: Any) -> np.ndarray:
+        """Audio features [1, frame_num, 5, layers, hidden] -> uint8 frames [new_frames, H, W, 3] (kw: generate's)."""
+        return self.generate(audio_embedding, **kw).frames
 
     @torch.no_grad()
     def generate(

@@ -12,6 +12,14 @@ import numpy as np
 import torch
 
 from flashtalk_live.checkpoints.parity import CheckContext, CheckRow, SkipCheck, register_check
+from flashtalk_live.checkpoints.loader import load_into
+from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine
+from flashtalk_live.engine.profile import Profile
+from flashtalk_live.engine.sampler import make_timesteps
+from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
+from flashtalk_live.model.vae import VAEConfig, WanVAE
+from safetensors.torch import load_file
+import json
 
 # Fixture README, chunk fixture with the stored noises injected (float32).
 LATENT_REL = 2e-5
@@ -20,18 +28,13 @@ _LATENT_SUFFIXES = ("latent_in", ".v", ".x0", "latent_final", "motion_latents_in
 
 
 def _models(ctx: CheckContext):
-    from flashtalk_live.checkpoints.loader import load_into
-    from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
-    from flashtalk_live.model.vae import VAEConfig, WanVAE
 
-    import json
 
     root = ctx.root
     for need in ("dit/config.json", "dit/weights.safetensors", "dit/inputs.safetensors", "vae/config.json",
                  "vae/weights.safetensors"):
         if not (root / need).is_file():
             raise SkipCheck(f"{need} absent (the chunk check uses the dit/ and vae/ fixtures)")
-    from safetensors.torch import load_file
 
     dcfg = DiTConfig.from_dict(json.loads((root / "dit/config.json").read_text()))
     with torch.device("meta"):
@@ -47,10 +50,6 @@ def _models(ctx: CheckContext):
 
 
 def check_chunk(ctx: CheckContext) -> Iterator[CheckRow]:
-    from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine
-    from flashtalk_live.engine.profile import Profile
-    from flashtalk_live.engine.sampler import make_timesteps
-
     cfg = ctx.json()
     pp = cfg["prepare_params"]
     h, w = pp["target_size"]

@@ -270,8 +270,6 @@ def choose_profile(candidates: Sequence[Profile], timings: Mapping[str, Sequence
     return ProfileChoice(fastest.profile, False, measured, margin)
 
 
-def splits_vae_decode(model_settings: Any) -> bool:
-    """Whether any profile the model settings may run splits the VAE decode over the ranks."""
-    spec = model_settings.profile
-    candidates = getattr(model_settings, "auto_candidates", PROFILE_LADDER)
-    return any(p.split_vae_decode for p in candidate_profiles(spec, candidates))
+def splits_vae_decode(profiles: Sequence[Profile]) -> bool:
+    """Whether any profile the room may run (Settings.profiles) splits the VAE decode over the ranks."""
+    return any(p.split_vae_decode for p in profiles)

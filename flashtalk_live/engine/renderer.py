@@ -18,21 +18,34 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from flashtalk_live.checkpoints.random_weights import random_engine_models
+from flashtalk_live.checkpoints.release import (
+    T5_FILE, T5_TOKENIZER_DIR, load_clip_visual, load_dit, load_t5, load_umt5_tokenizer, load_vae, load_wav2vec,
+    resolve_release_dirs,
+)
+from flashtalk_live.checkpoints.taehv import find_taehv_file, load_taehv, plan_taehv
 from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, start_drift
 from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
 from flashtalk_live.engine.profile import (
-    AUTO, Profile, ProfileChoice, ProfileTiming, candidate_profiles, choose_profile,
+    AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile,
 )
 from flashtalk_live.engine.session import AvatarSession, CachedTextEncoder, file_identity, prepare_session
+from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
+from flashtalk_live.model.attention import set_default_backend
+from flashtalk_live.model.taehv import TinyVideoDecoder
+from flashtalk_live.model.text import encode_prompts
+from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings, quantize_dit_
 from flashtalk_live.renderers.base import RendererError
 from flashtalk_live.renderers.images import default_portrait, fit_image, load_image
+from flashtalk_live.settings import BENCHMARK_ENV, ModelSettings, Settings, VideoSettings, benchmark_mode
 from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, RenderChunk
 
 log = get_logger("engine")
@@ -294,17 +307,12 @@ class T5TextEncoder:
     """umT5 from the release, loaded for one prompt and freed again (the on-disk cache makes this rare)."""
 
     def __init__(self, weights_dir: str | Path, device: torch.device, dtype: torch.dtype) -> None:
-        from flashtalk_live.checkpoints.release import T5_FILE, T5_TOKENIZER_DIR
-
         self.weights_dir = Path(weights_dir)
         self.device, self.dtype = device, dtype
         self.identity = file_identity(self.weights_dir / T5_FILE, self.weights_dir / T5_TOKENIZER_DIR)
 
     @torch.no_grad()
     def __call__(self, prompt: str) -> torch.Tensor:
-        from flashtalk_live.checkpoints.release import load_t5, load_umt5_tokenizer
-        from flashtalk_live.model.text import encode_prompts
-
         t0 = time.perf_counter()
         encoder = load_t5(self.weights_dir, self.device, self.dtype)
         try:
@@ -319,16 +327,11 @@ class T5TextEncoder:
 
 def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, device: torch.device,
                        dtype: torch.dtype, text_cache_dir: str | Path, *, decoder: str = "wan",
-                       taehv_path: str | Path | None = None, fp8: Any = None) -> EngineModels:
+                       taehv_path: str | Path | None = None, fp8: Fp8Plan | None = None) -> EngineModels:
     """DiT, VAE, CLIP visual and wav2vec2 from a release folder (strict), plus the cached lazy umT5; with
     decoder="taehv" also the tiny decoder (its file: `taehv_path`, else taehv/ beside the weights).
 
     fp8: a quant.fp8.Fp8Plan to quantise the DiT blocks while loading, or None."""
-    from flashtalk_live.checkpoints.release import (
-        load_clip_visual, load_dit, load_vae, load_wav2vec, resolve_release_dirs,
-    )
-    from flashtalk_live.checkpoints.taehv import find_taehv_file, plan_taehv
-
     if decoder not in ("wan", "taehv"):
         raise RendererError(f"model.decoder must be 'wan' or 'taehv', got {decoder!r}")
     tiny_file = None
@@ -350,47 +353,53 @@ def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, 
                         decoder=tiny)
 
 
-def load_models_for(settings: Any, device: torch.device, dtype: torch.dtype, fp8: Any = None) -> EngineModels:
-    """load_engine_models with the folders, text cache and decoder choice of settings.model (fp8: a plan)."""
-    m = settings.model
-    return load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, settings.path(m.text_cache_dir),
-                              decoder=m.decoder, taehv_path=settings.path(m.taehv_path) if m.taehv_path else None,
-                              fp8=fp8)
+def load_models_for(model: ModelSettings, device: torch.device, dtype: torch.dtype,
+                    fp8: Fp8Plan | None = None) -> EngineModels:
+    """load_engine_models with the folders, text cache and decoder choice of `model` (its {state_dir} expanded)."""
+    m = model
+    return load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, m.text_cache_dir, decoder=m.decoder,
+                              taehv_path=m.taehv_path or None, fp8=fp8)
 
 
 def load_tiny_decoder(path: str | Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The TAEHV decoder behind the VAE's decode convention (latents as sampled in, [-1, 1] out)."""
-    from flashtalk_live.checkpoints.taehv import load_taehv
-    from flashtalk_live.model.taehv import TinyVideoDecoder
-
     return TinyVideoDecoder(load_taehv(path, device, dtype))
 
 
-def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any = None,
+@dataclass(frozen=True)
+class FlashTalkConfig:
+    """What the FlashTalk renderer is built from: the model section ({state_dir} expanded), the video section and
+    the profiles Settings resolved at load (one for a named profile, the candidates for "auto")."""
+
+    model: ModelSettings
+    video: VideoSettings
+    profiles: tuple[Profile, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FlashTalkConfig":
+        try:
+            profiles = tuple(settings.profiles)
+        except ProfileError as e:
+            raise RendererError(str(e)) from None
+        return cls(settings.expanded(settings.model), settings.video, profiles)
+
+
+def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = None, dit_wrapper: Any = None,
                              vae_wrapper: Any = None, chunk_timer: ChunkTimer | None = None) -> FlashTalkRenderer:
-    """Load the release named in settings.model, start the configured avatar session, warm up, return ready.
+    """Load the release named in config.model, start the configured avatar session, warm up, return ready.
 
     dit_wrapper: optional callable applied to the loaded DiT before warm-up (the multi-GPU job's
     sequence-parallel client), so the warm-up already runs over every rank. vae_wrapper: the same for the
     loaded VAE (the multi-GPU job's split decode). chunk_timer: how "auto" times a chunk (default wall_timer).
     """
-    from flashtalk_live.engine.profile import ProfileError
-    from flashtalk_live.model.attention import set_default_backend
-    from flashtalk_live.quant.fp8 import plan_from_settings
-    from flashtalk_live.settings import BENCHMARK_ENV, benchmark_mode
-
     log = get_logger("engine")  # bound now, not at import: follows the logging set up before the build
-    m, v = settings.model, settings.video
-    random_weights = getattr(m, "random_weights", "off")
+    m, v, profiles = config.model, config.video, config.profiles
+    random_weights = m.random_weights
     if random_weights != "off" and not benchmark_mode():
         raise RendererError(f"model.random_weights = {random_weights!r} is for benchmarks only "
                             f"({BENCHMARK_ENV}=1 is not set)")
     if random_weights == "off" and not m.weights_dir:
         raise RendererError("model.weights_dir is not set: the FlashTalk renderer needs the SoulX-FlashTalk-14B folder")
-    try:
-        profiles = candidate_profiles(m.profile, m.auto_candidates)
-    except ProfileError as e:
-        raise RendererError(str(e)) from None
     if v.fps != profiles[0].fps:
         raise RendererError(f"video.fps is {v.fps}; the FlashTalk model runs at {profiles[0].fps} fps")
     if v.chunk_frames != profiles[0].new_frames:
@@ -404,15 +413,12 @@ def build_flashtalk_renderer(settings: Any, events: Any = None, dit_wrapper: Any
     t0 = time.perf_counter()
     fp8 = plan_from_settings(m, device)  # None (bf16, with a warning) where the GPU has no fp8
     if random_weights != "off":
-        from flashtalk_live.checkpoints.random_weights import random_engine_models
-        from flashtalk_live.quant.fp8 import quantize_dit_
-
         log.warning("random_weights", kind=random_weights, note="benchmark run: the avatar is random noise")
         models = random_engine_models(random_weights, device, dtype, decoder=m.decoder)
         if fp8 is not None:  # the release path quantises while loading instead
             quantize_dit_(models.dit, fp8)
     else:
-        models = load_models_for(settings, device, dtype, fp8)
+        models = load_models_for(m, device, dtype, fp8)
     if device.type == "cuda":
         # Every chunk runs the same conv shapes, so cuDNN's per-shape autotuning (paid once, in the warm-up)
         # picks faster VAE conv kernels: 436 -> 400 ms decode per fast-profile chunk on an H200 (issue 9).

@@ -24,6 +24,7 @@ import torch
 
 from flashtalk_live.engine.profile import Profile
 from flashtalk_live.model.colour import LabStats, lab_stats
+from safetensors.torch import load_file, save_file
 
 _PRECISION_BITS = 32 - 8 - 2  # PIL's fixed-point resampling precision for 8-bit images
 
@@ -149,8 +150,6 @@ class CachedTextEncoder:
         return self.cache_dir / f"{self.key(prompt)}.safetensors"
 
     def __call__(self, prompt: str) -> torch.Tensor:
-        from safetensors.torch import load_file, save_file
-
         path = self.path(prompt)
         if path.is_file():
             try:

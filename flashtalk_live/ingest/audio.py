@@ -14,6 +14,7 @@ import av
 import numpy as np
 
 from flashtalk_live.errors import Rejection
+from flashtalk_live.settings import EncoderSettings, IngestSettings
 
 MODEL_RATE = 16_000
 
@@ -221,12 +222,13 @@ def decode_audio(
     return clip
 
 
-def decode_for_settings(data: bytes, settings, *, format: str | None = None, sample_rate: int | None = None,
-                        channels: int | None = None, enforce_limits: bool = True) -> ClipAudio:
-    """decode_audio with the broadcast format and clip limits of a Settings object."""
+def decode_for_settings(data: bytes, encoder: EncoderSettings, ingest: IngestSettings, *, format: str | None = None,
+                        sample_rate: int | None = None, channels: int | None = None,
+                        enforce_limits: bool = True) -> ClipAudio:
+    """decode_audio with the broadcast format (encoder) and clip limits (ingest) of the settings."""
     return decode_audio(
         data, format=format, sample_rate=sample_rate, channels=channels,
-        rate=settings.encoder.audio_rate, out_channels=settings.encoder.audio_channels,
-        max_seconds=settings.ingest.max_clip_seconds if enforce_limits else math.inf,
-        min_seconds=settings.ingest.min_clip_seconds if enforce_limits else 0.0,
+        rate=encoder.audio_rate, out_channels=encoder.audio_channels,
+        max_seconds=ingest.max_clip_seconds if enforce_limits else math.inf,
+        min_seconds=ingest.min_clip_seconds if enforce_limits else 0.0,
     )

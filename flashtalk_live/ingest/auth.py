@@ -20,7 +20,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import zmq
 import zmq.auth
@@ -30,6 +30,7 @@ from zmq.utils import z85
 from flashtalk_live.ingest.commands import LOCAL_PEER, Peer  # noqa: F401 - the peer type lives with the table
 from flashtalk_live.ingest.protocol import ProtocolError
 from flashtalk_live.log import get_logger
+from flashtalk_live.settings import IngestSettings
 
 # ZAP domains: one per endpoint class, returned as the User-Id of NULL-mechanism peers.
 DOMAIN_IPC, DOMAIN_TCP, DOMAIN_CURVE = "ipc", "tcp", "curve"
@@ -169,9 +170,8 @@ def is_loopback(endpoint: str) -> bool:
 class Security:
     """Configures each bind of the ingest sockets and names the peer of each message. start() before binding."""
 
-    def __init__(self, ingest: Any, path: Any = lambda p: p) -> None:
-        self.cfg = ingest
-        self._path = path  # expands {state_dir}
+    def __init__(self, ingest: IngestSettings) -> None:
+        self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
         self.log = get_logger("auth")
         self._auth: _Authenticator | None = None
         self.keys: KeyRing | None = None
@@ -181,7 +181,7 @@ class Security:
     def start(self, ctx: zmq.Context) -> None:
         cfg = self.cfg
         try:
-            self.keys = KeyRing(self._path(cfg.client_keys_dir) if cfg.client_keys_dir else None,
+            self.keys = KeyRing(cfg.client_keys_dir or None,
                                 cfg.client_keys, cfg.trusted_client_keys)
         except (ValueError, OSError) as e:
             raise EndpointRefused(f"ingest.client_keys / trusted_client_keys: {e}") from None
@@ -196,7 +196,7 @@ class Security:
 
     def _server_keys(self) -> tuple[bytes, bytes]:
         if self._server_secret is None:
-            path = Path(self._path(self.cfg.server_key)).expanduser()
+            path = Path(self.cfg.server_key).expanduser()
             if not path.exists():
                 if not path.name.endswith(".key_secret"):
                     raise EndpointRefused(f"ingest.server_key {path} does not exist (make one with "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import types
@@ -21,25 +22,28 @@ from flashtalk_live.client import Client, ClientError, ClientTimeout, EventStrea
     format_for_path, probe
 from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Command
 from flashtalk_live.cliargs import add_config_args, settings_from_args
+from flashtalk_live.secrets import carries_secret, mask_text
+from flashtalk_live.settings import OUTPUT_URL_ENV, IngestSettings
 
 TERMINAL_EVENTS = ("finished", "interrupted", "dropped")
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON, EXIT_CLIP_NOT_FINISHED, EXIT_NO_REPLY, EXIT_DAEMON_STOPPED = 0, 1, 3, 4, 5, 6
+EXIT_USAGE = 2  # a stream key on argv: refused before anything is sent
 WAIT_PROBE_S = 2.0  # push --wait: how often to check the daemon is still there while no event comes
 
 
-def default_endpoints(settings: Any) -> tuple[str, str]:
-    """(control, events) endpoints a client should use: the first configured of each, {state_dir} expanded.
+def default_endpoints(ingest: IngestSettings) -> tuple[str, str]:
+    """(control, events) endpoints a client should use: the first configured of each (`ingest` with its {state_dir}
+    expanded: Settings.expanded).
 
     A tcp endpoint bound to a wildcard address (0.0.0.0, *) is dialled on 127.0.0.1.
     """
     def dialable(ep: str) -> str:
-        ep = settings.path(ep)
         for wild in ("tcp://0.0.0.0:", "tcp://*:"):
             if ep.startswith(wild):
                 return "tcp://127.0.0.1:" + ep[len(wild):]
         return ep
 
-    return dialable(settings.ingest.control[0]), dialable(settings.ingest.events[0])
+    return dialable(ingest.control[0]), dialable(ingest.events[0])
 
 
 def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
@@ -50,7 +54,8 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
     need_events = args.verb == "events" or (args.verb == "push" and args.wait)
     if (control or not need_control) and (events or not need_events):
         return control or "", events or ""
-    c, e = default_endpoints(settings_from_args(args))
+    settings = settings_from_args(args)
+    c, e = default_endpoints(settings.expanded(settings.ingest))
     return control or c, events or e
 
 
@@ -169,10 +174,42 @@ def _scalar(annotation: Any) -> Any:
     return annotation
 
 
+def _is_secret(f: Any) -> bool:
+    return bool(isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("secret"))
+
+
+class ArgvSecret(ValueError):
+    """A value that carries a stream key was given on the command line."""
+
+
+def _secret_value(args: argparse.Namespace, name: str) -> str | None:
+    """A field that may carry a stream key: from --NAME-file (one line; - for stdin), else $FLASHTALK_LIVE_OUTPUT_URL,
+    else argv only when it carries no key (a file path): ps shows argv to every user."""
+    value, path = getattr(args, name, None), getattr(args, f"{name}_file", None)
+    if value is not None and carries_secret(value):
+        raise ArgvSecret(f"{name} {mask_text(value)!r}: a stream key on the command line is readable by every user "
+                         f"of this machine (ps, /proc/PID/cmdline); expected --{name.replace('_', '-')}-file FILE "
+                         f"(- for stdin) or ${OUTPUT_URL_ENV}")
+    if path is not None:
+        text = sys.stdin.read() if path == "-" else open(path).read()
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if len(lines) != 1:
+            raise ArgvSecret(f"--{name.replace('_', '-')}-file {path}: expected exactly one line, got {len(lines)}")
+        return lines[0]
+    return value if value is not None else os.environ.get(OUTPUT_URL_ENV) or None
+
+
 def _add_fields(p: argparse.ArgumentParser, command: Command) -> None:
     for name, f in command.args.model_fields.items():
         kind = _scalar(f.annotation)
         kw: dict[str, Any] = {"help": f.description}
+        if _is_secret(f):
+            flag = f"--{name.replace('_', '-')}-file"
+            p.add_argument(name, metavar=name.upper(), nargs="?", default=None,
+                           help=f"{f.description}; a file path here, a stream URL (it carries its key) through "
+                                f"{flag} or ${OUTPUT_URL_ENV}, never on the command line")
+            p.add_argument(flag, dest=f"{name}_file", metavar="FILE", help=f"read {name.upper()} from FILE (- for stdin)")
+            continue
         if kind is bool:
             p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", **kw)
             continue
@@ -209,9 +246,14 @@ PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {"status": _print_status
 def _command_verb(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         control, _ = _endpoints(args)
-        fields = {n: getattr(args, n) for n in command.args.model_fields if getattr(args, n) is not None}
         try:
+            fields = {n: _secret_value(args, n) if _is_secret(f) else getattr(args, n)
+                      for n, f in command.args.model_fields.items()}
+            fields = {n: v for n, v in fields.items() if v is not None}
             data = _read(args.data_file) if getattr(args, "data_file", None) else None
+        except ArgvSecret as e:
+            print(f"flashtalk-live: {e}", file=sys.stderr)
+            return EXIT_USAGE
         except OSError as e:
             print(f"flashtalk-live: {e}", file=sys.stderr)
             return EXIT_ERROR

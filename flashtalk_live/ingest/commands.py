@@ -127,7 +127,8 @@ class OutputAddArgs(Args):
     name: str = Field(pattern=OUTPUT_NAME, description="unique output name, 1-64 of [A-Za-z0-9_.-]")
     url: str = Field(min_length=1, max_length=MAX_URL_CHARS,
                      description="rtmp://host/app/key, rtmps://..., or an absolute .flv/.mp4 path inside "
-                                 "output_policy.file_dirs")
+                                 "output_policy.file_dirs",
+                     json_schema_extra={"secret": True})  # may carry a stream key: the CLI never takes it on argv
     segment_seconds: float | None = Field(None, gt=0, description="files only: a new file every N seconds")
 
 

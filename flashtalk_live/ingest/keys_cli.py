@@ -10,12 +10,12 @@ from pathlib import Path
 
 import zmq.auth
 
+from flashtalk_live.cliargs import add_config_args, settings_from_args
 from flashtalk_live.ingest.auth import create_keypair
+from flashtalk_live.settings import Settings
 
 
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from flashtalk_live.cli import settings_from_args  # the main CLI imports this module: no cycle at load
-
+def _settings(args: argparse.Namespace) -> Settings:
     return settings_from_args(args)
 
 
@@ -58,8 +58,6 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flashtalk_live.cli import add_config_args
-
     keys = sub.add_parser("keys", help="make CURVE key pairs for tcp endpoints")
     ks = keys.add_subparsers(dest="keys_command", metavar="WHAT")
     srv = ks.add_parser("server", help="the daemon's key pair, at ingest.server_key")

@@ -43,6 +43,7 @@ from flashtalk_live.ingest.protocol import (
 from flashtalk_live.log import get_logger
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.secrets import mask_obj
+from flashtalk_live.settings import EncoderSettings, IngestSettings
 EVENT_BACKLOG = 10_000
 STATUS_PENDING_LIMIT = 50
 
@@ -51,9 +52,8 @@ class IngestError(RuntimeError):
     """The server could not start (e.g. an endpoint cannot be bound)."""
 
 
-def expand_endpoint(settings: Any, endpoint: str) -> str:
-    """Expand {state_dir} and create the directory of an ipc:// socket."""
-    ep = settings.path(endpoint)
+def prepare_endpoint(ep: str) -> str:
+    """Create the directory of an ipc:// socket."""
     path = ipc_path(ep)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,13 +97,14 @@ class IngestServer:
     must be in the command table (ingest/commands.py); table commands without a handler answer `unavailable`.
     """
 
-    def __init__(self, settings: Any, spool: Spool, events: EventBus,
+    def __init__(self, ingest: IngestSettings, encoder: EncoderSettings, spool: Spool, events: EventBus,
                  status_provider: Callable[[], dict[str, Any]] | None = None,
                  handlers: dict[str, Handler] | None = None, *, context: zmq.Context | None = None,
                  refuse_clips: Callable[[], str | None] | None = None,
                  layers: Callable[[], list[str]] | None = None,
                  cut_on_air: Callable[[str], None] | None = None) -> None:
-        self.settings = settings
+        self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
+        self.encoder = encoder
         self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
         self.cut_on_air = cut_on_air  # cancel of a 'playing' clip: cut it on air (the daemon's look-ahead)
         self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
@@ -123,8 +124,8 @@ class IngestServer:
         # A private context by default: it holds this server's ZAP handler (one per context).
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
-        self.security = Security(settings.ingest, settings.path)
-        self.limiter = RateLimiter(settings.ingest.rate_per_s, settings.ingest.rate_burst)
+        self.security = Security(ingest)
+        self.limiter = RateLimiter(ingest.rate_per_s, ingest.rate_burst)
         self._lanes: Lanes | None = None
         self._replies: collections.deque[tuple[list[bytes], dict[str, Any]]] = collections.deque()
         self._backlog: collections.deque[Event] = collections.deque(maxlen=EVENT_BACKLOG)
@@ -141,7 +142,7 @@ class IngestServer:
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        s = self.settings
+        i = self.cfg
         try:
             self.security.start(self._ctx)
         except EndpointRefused as e:
@@ -151,20 +152,19 @@ class IngestServer:
         try:
             for sock in (router, pub):
                 sock.setsockopt(zmq.LINGER, 0)
-            router.setsockopt(zmq.MAXMSGSIZE, int(s.ingest.max_message_bytes))
+            router.setsockopt(zmq.MAXMSGSIZE, int(i.max_message_bytes))
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.setsockopt(zmq.RCVHWM, 100)
             router.setsockopt(zmq.SNDHWM, 1000)
             pub.setsockopt(zmq.SNDHWM, 10_000)
-            self.control_endpoints = self._bind_all(router, s.ingest.control, "ingest.control")
-            self.event_endpoints = self._bind_all(pub, s.ingest.events, "ingest.events")
+            self.control_endpoints = self._bind_all(router, i.control, "ingest.control")
+            self.event_endpoints = self._bind_all(pub, i.events, "ingest.events")
         except BaseException:
             router.close(0)
             pub.close(0)
             self.security.stop()
             raise
         self._router, self._pub = router, pub
-        i = s.ingest
         self._caps = [ConnectionCap(router, i.max_connections, "control", self.log),
                       ConnectionCap(pub, i.max_connections, "events", self.log)]
         for cap, eps in zip(self._caps, (self.control_endpoints, self.event_endpoints)):
@@ -180,12 +180,12 @@ class IngestServer:
         self._thread = threading.Thread(target=self._serve, name="ingest", daemon=True)
         self._thread.start()
         self.log.info("ingest_started", control=self.control_endpoints, events=self.event_endpoints,
-                      max_message_bytes=s.ingest.max_message_bytes)
+                      max_message_bytes=i.max_message_bytes)
 
     def _bind_all(self, sock: zmq.Socket, endpoints: list[str], field: str) -> list[str]:
         bound = []
-        for template in endpoints:
-            ep = expand_endpoint(self.settings, template)
+        for ep in endpoints:
+            prepare_endpoint(ep)
             try:
                 self.security.prepare_bind(sock, ep, field)
                 sock.bind(ep)
@@ -347,7 +347,7 @@ class IngestServer:
             command = lookup(fields["cmd"], self.served)
             cmd = command.name
             check_data(command, payload)
-            check_text(fields, self.settings.ingest)
+            check_text(fields, self.cfg)
             args = validate_args(command, fields)
             request_id = args.id
             handler = self.handlers.get(cmd)
@@ -385,7 +385,7 @@ class IngestServer:
         if args.event:  # type: ignore[attr-defined]
             # Lets a subscriber prove its SUB connection is live (PUB drops messages sent before it joined).
             self._on_event({"type": "pong", "ts": time.time(), "nonce": args.nonce})  # type: ignore[attr-defined,arg-type]
-        ing = self.settings.ingest
+        ing = self.cfg
         return {"pong": True, "protocol": PROTOCOL_VERSION, "server": "flashtalk-live",
                 "max_message_bytes": ing.max_message_bytes, "max_clip_seconds": ing.max_clip_seconds,
                 "min_clip_seconds": ing.min_clip_seconds, "commands": sorted(self.served),
@@ -432,7 +432,7 @@ class IngestServer:
         if len(data) > cap:  # checked before decoding: it could never be queued
             raise Rejection("oversize", f"payload of {len(data)} bytes exceeds queue.max_spool_bytes {cap}")
         fmt, rate, ch = a.format, a.sample_rate, a.channels  # type: ignore[attr-defined]
-        clip = decode_for_settings(data, self.settings, format=fmt, sample_rate=rate, channels=ch)
+        clip = decode_for_settings(data, self.encoder, self.cfg, format=fmt, sample_rate=rate, channels=ch)
         check_cues(a, clip.duration_s, self.layers)  # before the spool: a refused clip leaves nothing behind
         # meta's cue keys come only from the checked fields, so whoever reads them (the compositor) can trust them
         meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}  # type: ignore[attr-defined]
@@ -465,7 +465,7 @@ class IngestServer:
             "ingest": {"control": self.control_endpoints, "events": self.event_endpoints,
                        "requests_served": self.requests_served,
                        "connections": {c.name: c.status() for c in self._caps},
-                       "max_message_bytes": self.settings.ingest.max_message_bytes},
+                       "max_message_bytes": self.cfg.max_message_bytes},
         }
         if self.status_provider is not None:
             try:

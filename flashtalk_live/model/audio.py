@@ -90,6 +90,7 @@ def loudness_normalize(
     Returns ``(float64 audio, measured loudness in LUFS)``; the audio is returned unchanged (as
     float64) when |loudness| > 100, e.g. for digital silence. Needs at least 0.4 s of audio.
     """
+    # pyloudnorm (scipy) only where loudness is normalised
     import pyloudnorm
 
     audio = _as_mono_float64(audio)
@@ -301,6 +302,7 @@ def load_wav2vec2(folder: str | Path, device: str | torch.device = "cpu", dtype:
     if not folder.is_dir() or missing:
         what = "folder not found" if not folder.is_dir() else f"missing {', '.join(missing)}"
         raise Wav2Vec2LoadError(f"wav2vec2 {what}: {folder} (expected the chinese-wav2vec2-base folder)")
+    # transformers takes seconds to import: only when wav2vec2 loads
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     try:

@@ -78,6 +78,7 @@ class UMT5Tokenizer:
             )
         if text_len < 2:
             raise ValueError("text_len must be >= 2")
+        # transformers takes seconds to import: only when the tokenizer loads
         from transformers import AutoTokenizer
 
         try:

@@ -1,6 +1,6 @@
 """Start the ranks of a multi-GPU job: from settings.model.gpus (rank 0 = the calling process) or under torchrun.
 
-    handle = maybe_launch_workers(settings)     # in the daemon, before loading models
+    handle = maybe_launch_workers(settings.model, settings.profiles)   # in the daemon, before loading models
     # None: one GPU, nothing to do. On a torchrun worker rank the call never returns (worker loop, then exit).
     models.dit = handle.wrap_dit(models.dit)   # rank 0's engine now runs the DiT on every rank
     models.vae = handle.wrap_vae(models.vae, enabled=profile.split_vae_decode)  # decode split by height
@@ -17,6 +17,7 @@ They die with the daemon (PR_SET_PDEATHSIG), and the daemon goes down non-zero w
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib
 import json
 import os
@@ -31,8 +32,18 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from safetensors.torch import load_file
 
-from flashtalk_live.log import get_logger
+from flashtalk_live.checkpoints.release import load_dit, load_vae, read_dit_config
+from flashtalk_live.engine.profile import Profile, splits_vae_decode
+from flashtalk_live.engine.renderer import FlashTalkConfig, FlashTalkRenderer, build_flashtalk_renderer
+from flashtalk_live.events import EventBus
+from flashtalk_live.log import configure, get_logger
+from flashtalk_live.model.attention import set_default_backend
+from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
+from flashtalk_live.model.vae import VAEConfig, WanVAE
+from flashtalk_live.quant.fp8 import Fp8Plan, quantize_dit_, resolve_plan
+from flashtalk_live.settings import ModelSettings
 
 from .group import ParallelConfigError, ParallelGroup, env_rank_info, init_parallel, resolve_gpus
 from .runtime import EXIT_PEER_LOST, EXIT_WORKER_ERROR, DiTClient, Heartbeat, hard_exit, send_shutdown, worker_loop
@@ -119,9 +130,6 @@ def build_vae(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
 def release_dit(*, device: torch.device, dtype: torch.dtype, weights_dir: str, quantize: str = "none",
                 fp8_keep_bf16_blocks: Sequence[int] = (2, 3), fp8_backend: str = "scaled_mm") -> torch.nn.Module:
     """The released DiT (strict, header-checked), as rank 0 loads it (fp8 as settings.model says, where it runs)."""
-    from flashtalk_live.checkpoints.release import load_dit
-    from flashtalk_live.quant.fp8 import resolve_plan
-
     fp8 = resolve_plan(quantize, fp8_keep_bf16_blocks, fp8_backend, device)
     return load_dit(weights_dir, device, dtype, fp8=fp8).eval().requires_grad_(False)
 
@@ -133,12 +141,6 @@ def files_dit(*, device: torch.device, dtype: torch.dtype, config_json: str, wei
     overrides change config fields whose weights keep their shapes (e.g. num_heads: tests of head splits).
     fp8: Fp8Plan fields to quantise the blocks after loading (on any device: the CPU runs fp8 emulated).
     """
-    import dataclasses
-
-    from safetensors.torch import load_file
-
-    from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
-
     cfg = DiTConfig.from_dict(json.loads(Path(config_json).read_text()))
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
@@ -146,8 +148,6 @@ def files_dit(*, device: torch.device, dtype: torch.dtype, config_json: str, wei
     model.load_state_dict(load_file(weights), strict=True)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if fp8:
-        from flashtalk_live.quant.fp8 import Fp8Plan, quantize_dit_
-
         quantize_dit_(model, Fp8Plan(**fp8))
     return model
 
@@ -157,18 +157,12 @@ def files_dit(*, device: torch.device, dtype: torch.dtype, config_json: str, wei
 
 def release_vae(*, device: torch.device, dtype: torch.dtype, weights_dir: str) -> torch.nn.Module:
     """The released VAE (strict), as rank 0 loads it."""
-    from flashtalk_live.checkpoints.release import load_vae
-
     return load_vae(weights_dir, device, dtype).eval().requires_grad_(False)
 
 
 def files_vae(*, device: torch.device, dtype: torch.dtype, config_json: str, weights: str) -> torch.nn.Module:
     """A VAE from a config.json (VAEConfig fields, or the fixture's {"constructor_kwargs": ...}) and one
     safetensors file (tests, tiny releases)."""
-    from safetensors.torch import load_file
-
-    from flashtalk_live.model.vae import VAEConfig, WanVAE
-
     data = json.loads(Path(config_json).read_text())
     if "constructor_kwargs" in data:
         cfg = VAEConfig.from_reference_kwargs(data["constructor_kwargs"])
@@ -299,15 +293,13 @@ class ParallelHandle:
         return codes
 
 
-def parallel_flashtalk_renderer(settings: Any, events: Any, handle: ParallelHandle):
+def parallel_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None,
+                                handle: ParallelHandle) -> FlashTalkRenderer:
     """build_flashtalk_renderer with its DiT running over the job's ranks (warm-up included), and its VAE
     decode split over them when the configured profile has split_vae_decode."""
-    from flashtalk_live.engine.profile import splits_vae_decode
-    from flashtalk_live.engine.renderer import build_flashtalk_renderer
-
-    split = splits_vae_decode(settings.model)
+    split = splits_vae_decode(config.profiles)
     vae_wrapper = partial(handle.wrap_vae, enabled=True) if split else None
-    return build_flashtalk_renderer(settings, events, dit_wrapper=handle.wrap_dit, vae_wrapper=vae_wrapper)
+    return build_flashtalk_renderer(config, events, dit_wrapper=handle.wrap_dit, vae_wrapper=vae_wrapper)
 
 
 def _free_port(addr: str) -> int:
@@ -358,27 +350,21 @@ def launch_workers(spec: WorkerSpec, *, master_addr: str = "127.0.0.1", master_p
 def _join(spec: WorkerSpec, rank: int, ws: int, local: int, addr: str, port: int) -> ParallelGroup:
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    from flashtalk_live.model.attention import set_default_backend
-
     set_default_backend(spec.attention)
     return init_parallel(rank=rank, world_size=ws, num_heads=spec.num_heads, device=spec.device_for(rank, local),
                          master_addr=addr, master_port=port, local_rank=local, backend=spec.backend,
                          heartbeat_timeout_s=spec.heartbeat_timeout_s)
 
 
-def spec_from_settings(settings: Any) -> WorkerSpec:
-    """The WorkerSpec of settings.model: the released DiT from weights_dir on the listed GPUs, and the
-    released VAE too when the configured profile has split_vae_decode."""
-    m = settings.model
+def spec_from_settings(model: ModelSettings, profiles: Sequence[Profile]) -> WorkerSpec:
+    """The WorkerSpec of the model section: the released DiT from weights_dir on the listed GPUs, and the
+    released VAE too when one of the room's profiles (Settings.profiles) has split_vae_decode."""
+    m = model
     ids = resolve_gpus(m.gpus)
     if not m.weights_dir:
         raise ParallelConfigError("model.weights_dir is not set: every rank loads the DiT from it")
-    from flashtalk_live.checkpoints.release import read_dit_config
-
-    from flashtalk_live.engine.profile import splits_vae_decode
-
     cfg = read_dit_config(m.weights_dir)
-    split = splits_vae_decode(m)
+    split = splits_vae_decode(profiles)
     device_type = torch.device(m.device).type
     return WorkerSpec(num_heads=cfg.num_heads, devices=ids, device_type=device_type, dtype=m.dtype,
                       attention=m.attention,
@@ -388,12 +374,13 @@ def spec_from_settings(settings: Any) -> WorkerSpec:
                       vae_factory_args={"weights_dir": str(m.weights_dir)} if split else {})
 
 
-def maybe_launch_workers(settings: Any, spec: WorkerSpec | None = None) -> ParallelHandle | None:
-    """One GPU: None. Several (settings.model.gpus, or torchrun's WORLD_SIZE > 1): rank 0 gets the handle;
+def maybe_launch_workers(model: ModelSettings, profiles: Sequence[Profile],
+                         spec: WorkerSpec | None = None) -> ParallelHandle | None:
+    """One GPU: None. Several (model.gpus, or torchrun's WORLD_SIZE > 1): rank 0 gets the handle;
     on any other rank this runs the worker loop and exits the process (it never returns)."""
     env = env_rank_info()
     if env is not None and env[1] > 1:
-        spec = spec or spec_from_settings(settings)
+        spec = spec or spec_from_settings(model, profiles)
         rank, ws, local, addr, port = env
         if len(spec.devices) != ws:  # torchrun chose the count: device = LOCAL_RANK
             spec.devices = list(range(ws))
@@ -402,9 +389,9 @@ def maybe_launch_workers(settings: Any, spec: WorkerSpec | None = None) -> Paral
         pg = _join(spec, 0, ws, local, addr, port)
         log.info("parallel_job_joined", **pg.describe(), launcher="torchrun")
         return ParallelHandle(pg, spec, []).start()
-    if len(resolve_gpus(settings.model.gpus)) < 2:
+    if len(resolve_gpus(model.gpus)) < 2:
         return None
-    return launch_workers(spec or spec_from_settings(settings))
+    return launch_workers(spec or spec_from_settings(model, profiles))
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -431,8 +418,6 @@ def run_worker(spec: WorkerSpec, rank: int, ws: int, local: int, addr: str, port
 
 
 def main() -> int:
-    from flashtalk_live.log import configure
-
     configure("json", os.environ.get("FLASHTALK_LOG_LEVEL", "info"))
     text = os.environ.get(SPEC_ENV)
     env = env_rank_info()

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from flashtalk_live.log import get_logger
+from flashtalk_live.settings import ModelSettings
 
 __all__ = [
     "BACKENDS",
@@ -179,6 +180,7 @@ def quantize_block_(block: nn.Module, backend: str = "scaled_mm", kernel: str = 
     reason = fp8_unavailable_reason(device, "torchao")
     if reason:
         raise RuntimeError(f"fp8 backend torchao cannot run here: {reason}")
+    # torchao is optional: only for fp8_backend = "torchao"
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     chosen = {id(m) for _, m in layers}
@@ -268,6 +270,6 @@ def resolve_plan(quantize: str, keep_bf16_blocks: Any, backend: str, device: tor
     return plan
 
 
-def plan_from_settings(model: Any, device: torch.device | str) -> Fp8Plan | None:
+def plan_from_settings(model: ModelSettings, device: torch.device | str) -> Fp8Plan | None:
     """`resolve_plan` of settings.model (quantize, fp8_keep_bf16_blocks, fp8_backend)."""
     return resolve_plan(model.quantize, model.fp8_keep_bf16_blocks, model.fp8_backend, device)

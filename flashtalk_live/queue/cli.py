@@ -6,19 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from flashtalk_live.cliargs import add_config_args, settings_from_args
 from flashtalk_live.queue.spool import Spool, SpoolError, salvage
 
 
 def _cmd_salvage(args: argparse.Namespace) -> int:
-    from flashtalk_live.cli import settings_from_args
-
     src = Path(args.file)
     if not src.is_file():
         print(f"flashtalk-live: no spool file at {src}", file=sys.stderr)
         return 2
     settings = settings_from_args(args)
     try:
-        spool = Spool.from_settings(settings, recover=False)
+        spool = Spool.from_settings(settings.expanded(settings.queue), settings.encoder, settings.storage,
+                                    recover=False)
     except SpoolError as e:
         print(f"flashtalk-live: cannot open the spool of {settings.path(settings.state_dir)}: {e.reason} "
               "(stop the daemon first: salvage writes into its queue)", file=sys.stderr)
@@ -31,8 +31,6 @@ def _cmd_salvage(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flashtalk_live.cli import add_config_args
-
     spool = sub.add_parser("spool", help="spool maintenance")
     spool_sub = spool.add_subparsers(dest="spool_command", metavar="ACTION")
     salv = spool_sub.add_parser("salvage", help="re-queue the readable clips of a quarantined spool file")

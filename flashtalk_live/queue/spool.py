@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, TypeVar
 
 from flashtalk_live.errors import Rejection
+from flashtalk_live.ingest.audio import ClipAudio, decode_audio
+from flashtalk_live.settings import EncoderSettings, QueueSettings, StorageSettings
 
 Mode = Literal["enqueue", "insert", "play_now"]
 T = TypeVar("T")
@@ -115,8 +117,7 @@ class SpoolLimits:
     max_spool_bytes: int = 8 * 1024**3
 
     @classmethod
-    def from_settings(cls, queue_settings: Any) -> "SpoolLimits":
-        q = queue_settings
+    def from_settings(cls, q: QueueSettings) -> "SpoolLimits":
         return cls(int(q.max_clips), float(q.max_queued_seconds), int(q.max_spool_bytes))
 
 
@@ -223,10 +224,11 @@ class Spool:
                 pass
 
     @classmethod
-    def from_settings(cls, settings: Any, **kw: Any) -> "Spool":
-        return cls(settings.path(settings.queue.spool_dir), SpoolLimits.from_settings(settings.queue),
-                   audio_rate=settings.encoder.audio_rate, audio_channels=settings.encoder.audio_channels,
-                   reserve_bytes=settings.storage.spool_reserve_bytes, **kw)
+    def from_settings(cls, queue: QueueSettings, encoder: EncoderSettings, storage: StorageSettings,
+                      **kw: Any) -> "Spool":
+        """The spool of these sections (`queue` with its {state_dir} expanded: Settings.expanded)."""
+        return cls(queue.spool_dir, SpoolLimits.from_settings(queue), audio_rate=encoder.audio_rate,
+                   audio_channels=encoder.audio_channels, reserve_bytes=storage.spool_reserve_bytes, **kw)
 
     # -- opening -------------------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -657,10 +659,8 @@ class Spool:
             raise KeyError(segment_id)
         return bytes(row[0])
 
-    def load_audio(self, entry: Entry | str):
-        """Decode the stored payload again (no clip-length limits: it was accepted already) -> ClipAudio."""
-        from flashtalk_live.ingest.audio import decode_audio
-
+    def load_audio(self, entry: Entry | str) -> ClipAudio:
+        """Decode the stored payload again (no clip-length limits: it was accepted already)."""
         e = self.get(entry) if isinstance(entry, str) else entry
         if e is None:
             raise KeyError(entry)

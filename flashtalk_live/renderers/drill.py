@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from flashtalk_live.renderers.base import Renderer
+from flashtalk_live.settings import RendererSettings
 from flashtalk_live.timeline.chunk import RenderChunk
 
 
@@ -46,9 +48,8 @@ class DrillRenderer:
         return frames
 
 
-def with_drills(renderer: Any, settings: Any) -> Any:
+def with_drills(renderer: Renderer, r: RendererSettings, fps: int) -> Renderer:
     """The renderer itself when no drill is configured, else wrapped in a DrillRenderer."""
-    r = settings.renderer
     if r.drill_slowdown == 1.0 and r.drill_jitter_s == 0.0:
         return renderer
-    return DrillRenderer(renderer, settings.video.fps, r.drill_slowdown, r.drill_jitter_s)
+    return DrillRenderer(renderer, fps, r.drill_slowdown, r.drill_jitter_s)  # type: ignore[return-value]

@@ -8,7 +8,17 @@ module level: settings.py reads the names from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, Optional
+
+from flashtalk_live.events import EventBus
+from flashtalk_live.renderers.base import Renderer
+
+if TYPE_CHECKING:  # settings.py imports this module for NAMES: the types only, no import at run time
+    from flashtalk_live.parallel.launch import ParallelHandle
+    from flashtalk_live.settings import Settings
+
+# What the renderer supervisor calls (in the background, again after a failure) to build the preferred renderer.
+RendererFactory = Callable[["Settings"], Renderer]
 
 
 @dataclass(frozen=True)
@@ -16,27 +26,37 @@ class RendererKind:
     name: str
     description: str
     # (settings, events, parallel handle) -> a factory the renderer supervisor loads in the background, or None
-    factory: Callable[[Any, Any, Any], Any]
+    factory: Callable[[Settings, EventBus, Optional[ParallelHandle]], Optional[RendererFactory]]
     # settings -> a handle on worker processes started before the daemon (several GPUs), or None
-    launch: Callable[[Any], Any] = lambda settings: None
+    launch: Callable[[Settings], Optional[ParallelHandle]] = lambda settings: None
 
 
-def _flashtalk_factory(settings: Any, events: Any, parallel: Any) -> Any:
-    from flashtalk_live.daemon import flashtalk_factory
+def flashtalk_factory(settings: Settings, events: EventBus, parallel: ParallelHandle | None = None) -> RendererFactory:
+    """The FlashTalk renderer, over the job's ranks when `parallel` (a ParallelHandle) is given."""
 
-    return flashtalk_factory(settings, events, parallel)
+    def build(s: Settings) -> Renderer:
+        # engine/ and parallel/ import torch: loaded only when a flashtalk renderer is built, never for `still`.
+        from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
+        from flashtalk_live.parallel.launch import parallel_flashtalk_renderer
+
+        config = FlashTalkConfig.from_settings(s)
+        if parallel is not None:
+            return parallel_flashtalk_renderer(config, events, parallel)
+        return build_flashtalk_renderer(config, events)
+
+    return build
 
 
-def _flashtalk_launch(settings: Any) -> Any:
-    from flashtalk_live.parallel.launch import maybe_launch_workers
+def _flashtalk_launch(settings: Settings) -> ParallelHandle | None:
+    from flashtalk_live.parallel.launch import maybe_launch_workers  # torch: only for a flashtalk room
 
-    return maybe_launch_workers(settings)
+    return maybe_launch_workers(settings.model, settings.profiles)
 
 
 KINDS: dict[str, RendererKind] = {k.name: k for k in (
     RendererKind("still", "the reference portrait, no model (also every kind's fallback)", lambda s, e, p: None),
     RendererKind("flashtalk", "SoulX-FlashTalk-14B (engine/), on one GPU or over model.gpus ranks",
-                 _flashtalk_factory, _flashtalk_launch),
+                 flashtalk_factory, _flashtalk_launch),
 )}
 NAMES = tuple(KINDS)
 

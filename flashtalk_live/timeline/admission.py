@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from flashtalk_live.log import get_logger
+from flashtalk_live.settings import RendererSettings, VideoSettings
 
 
 class RenderRate:
@@ -71,8 +72,7 @@ class Admission:
         self._log = get_logger("admission")
 
     @classmethod
-    def from_settings(cls, settings: Any, buffered_s: Callable[[], float]) -> "Admission":
-        r, v = settings.renderer, settings.video
+    def from_settings(cls, r: RendererSettings, v: VideoSettings, buffered_s: Callable[[], float]) -> "Admission":
         return cls(chunk_s=v.chunk_frames / v.fps, fps=v.fps, base_chunks=r.lookahead_chunks,
                    capacity_s=r.lookahead_s, margin=r.admission_margin, buffered_s=buffered_s)
 

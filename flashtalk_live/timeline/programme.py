@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +45,7 @@ import numpy as np
 from flashtalk_live.ingest.audio import AudioError, ClipAudio, sniff_demuxer
 from flashtalk_live.ingest.audio import decode_audio as ingest_decode
 from flashtalk_live.log import get_logger
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from flashtalk_live.settings import EncoderSettings, ProgrammeSettings, loads_toml, resolve_path
 
 _log = get_logger("programme")
 
@@ -201,7 +196,7 @@ def parse_m3u(text: str, base: Path, shuffle: bool, pause_s: float) -> ParsedPla
         title = None
     entries = [
         PlaylistEntry(
-            (base / r["path"]).expanduser(),
+            resolve_path(r["path"], base),
             r["name"] or Path(r["path"]).stem,
             pause_s if r["pause_s"] is None else r["pause_s"],
         )
@@ -211,10 +206,7 @@ def parse_m3u(text: str, base: Path, shuffle: bool, pause_s: float) -> ParsedPla
 
 
 def parse_toml(text: str, base: Path, shuffle: bool, pause_s: float) -> ParsedPlaylist:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise PlaylistError(f"not valid TOML: {e}") from None
+    data = loads_toml(text, "playlist", PlaylistError)
     problems: list[str] = []
     for key in sorted(set(data) - {"shuffle", "pause_s", "clip"}):
         problems.append(f"unknown top-level key {key!r} ignored (expected shuffle, pause_s, [[clip]])")
@@ -249,7 +241,7 @@ def parse_toml(text: str, base: Path, shuffle: bool, pause_s: float) -> ParsedPl
         if name is not None and (not isinstance(name, str) or not name):
             problems.append(f"clip {i}: name must be a non-empty string, using the file stem")
             name = None
-        entries.append(PlaylistEntry((base / path).expanduser(), name or Path(path).stem, p))
+        entries.append(PlaylistEntry(resolve_path(path, base), name or Path(path).stem, p))
     return ParsedPlaylist(entries, shuffle, problems)
 
 
@@ -270,18 +262,20 @@ class Programme:
     def __init__(
         self,
         path: str | os.PathLike[str] | None,
-        settings: Any,
+        programme: ProgrammeSettings,
+        encoder: EncoderSettings,
         *,
+        max_clip_s: float,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self.path = Path(settings.path(os.fspath(path))).expanduser() if path is not None else None
-        self.rate: int = settings.encoder.audio_rate
-        self.channels: int = settings.encoder.audio_channels
-        self.default_shuffle: bool = settings.programme.shuffle
-        self.default_pause: float = settings.programme.pause_seconds
-        self.reload_check_s: float = settings.programme.reload_check_seconds
-        self.max_clip_s: float = settings.ingest.max_clip_seconds
+        self.path = Path(os.fspath(path)).expanduser() if path is not None else None
+        self.rate: int = encoder.audio_rate
+        self.channels: int = encoder.audio_channels
+        self.default_shuffle: bool = programme.shuffle
+        self.default_pause: float = programme.pause_seconds
+        self.reload_check_s: float = programme.reload_check_seconds
+        self.max_clip_s: float = max_clip_s  # ingest.max_clip_seconds: longer programme clips are skipped
         self._clock = clock
         self._rng = rng or random.Random()
         self.entries: list[PlaylistEntry] = []
@@ -301,9 +295,10 @@ class Programme:
         self._next_check = 0.0
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None, settings: Any, **kw: Any) -> "Programme":
+    def load(cls, path: str | os.PathLike[str] | None, programme: ProgrammeSettings, encoder: EncoderSettings,
+             **kw: Any) -> "Programme":
         """Build and load a programme; never raises for a bad playlist (it logs and plays what it can)."""
-        prog = cls(path, settings, **kw)
+        prog = cls(path, programme, encoder, **kw)
         prog.reload(force=True)
         return prog
 

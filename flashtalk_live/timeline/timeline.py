@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from flashtalk_live.log import get_logger
+from flashtalk_live.settings import EncoderSettings, VideoSettings
 from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, Mark, RenderChunk
 
 Source = Literal["queue", "programme"]
@@ -100,17 +101,18 @@ class Timeline:
 
     def __init__(
         self,
-        settings: Any,
+        video: VideoSettings,
+        encoder: EncoderSettings,
         queue: ClipQueue | None,
         programme: Any | None = None,
         *,
         history_seconds: float = 8.0,
         admission: Gate | None = None,
     ) -> None:
-        self.fps: int = settings.video.fps
-        self.chunk_frames: int = settings.video.chunk_frames
-        self.rate: int = settings.encoder.audio_rate
-        self.channels: int = settings.encoder.audio_channels
+        self.fps: int = video.fps
+        self.chunk_frames: int = video.chunk_frames
+        self.rate: int = encoder.audio_rate
+        self.channels: int = encoder.audio_channels
         if self.rate % self.fps:
             raise ValueError(f"audio_rate {self.rate} is not a whole number of samples per frame at {self.fps} fps")
         self.spf = self.rate // self.fps

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from flashtalk_live.checkpoints import parity
 from flashtalk_live.checkpoints.download import DownloadError, download_release, hub_offline
+from support.ports import free_port
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 REPO = Path(__file__).resolve().parents[2]
@@ -196,11 +197,7 @@ def test_download_argument_errors(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.timeout(120)
 def test_download_goes_to_HF_ENDPOINT_and_reports_an_unreachable_hub(tmp_path):
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on: connection refused at once, no network needed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on: connection refused at once, no network needed
     url = f"http://127.0.0.1:{port}"
     r = cli("models", "download", str(tmp_path / "m"), "--only", "wav2vec", env={"HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0"})
     assert r.returncode == 1

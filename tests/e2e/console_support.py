@@ -11,22 +11,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.settings import load_settings
-from flashtalk_live.timeline.chunk import RenderChunk
 from support.audio import wav_bytes  # noqa: F401 - re-exported for the console tests
+from support.fakes import PaintRenderer
+from support.settings import room_settings
 
 
 def console_settings(tmp_path: Path, *extra: str):
-    return load_settings(None, [
-        f'state_dir="{tmp_path / "state"}"',
-        'ingest.control=["ipc://{state_dir}/control.sock"]', 'ingest.events=["ipc://{state_dir}/events.sock"]',
-        "video.width=128", "video.height=128", 'encoder.preset="ultrafast"', "encoder.video_bitrate=300000",
-        "metrics.port=0", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]', 'programme.playlist=""',
-        f'output_policy.file_dirs=["{tmp_path}"]', "console.preview_fps=10", *extra,
-    ], environ={})
+    return room_settings(tmp_path, f'output_policy.file_dirs=["{tmp_path}"]', "console.preview_fps=10", *extra)
+
+
+def ChunkColourRenderer(w: int, h: int) -> PaintRenderer:
+    """Every chunk a different colour, so consecutive aired frames differ from chunk to chunk."""
+    return PaintRenderer(w, h, name="colours", colour=lambda i: ((67 * i) % 256, (29 * i) % 256, 128))
 
 
 def start_daemon(tmp_path: Path, *extra: str) -> Daemon:
@@ -84,25 +81,3 @@ def wait_until(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "co
             return v
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-class ChunkColourRenderer:
-    """Paints every chunk a different colour, so consecutive aired frames differ from chunk to chunk."""
-
-    name = "colours"
-
-    def __init__(self, w: int, h: int) -> None:
-        self.w, self.h = w, h
-
-    def start_session(self, reference_image, prompt):
-        pass
-
-    def ready(self):
-        return True
-
-    def render(self, chunk: RenderChunk) -> np.ndarray:
-        colour = np.array([(67 * chunk.index) % 256, (29 * chunk.index) % 256, 128], np.uint8)
-        return np.broadcast_to(colour, (chunk.n_frames, self.h, self.w, 3))
-
-    def close(self):
-        pass

@@ -15,17 +15,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-import socket
-
 from flashtalk_live.client import Client, ClientError, EventStream
+from support.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))  # ingest_audiogen: clips in every format
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def toml_value(v: Any) -> str:

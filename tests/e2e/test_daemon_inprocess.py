@@ -9,50 +9,27 @@ import socket
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flashtalk_live.client import Client
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.settings import load_settings
-from flashtalk_live.timeline.chunk import RenderChunk
 from rtmp_harness import max_gap, read_media
+from support.fakes import PaintRenderer
+from support.settings import room_settings as settings
 
 
-class PaintRenderer:
-    """Paints each chunk a distinct colour after `delay_s`; raises on chunks listed in `fail_on`."""
-
-    def __init__(self, w: int, h: int, delay_s: float = 0.0, fail_on: set[int] | None = None, name: str = "paint"):
-        self.w, self.h, self.delay_s, self.fail_on, self.name = w, h, delay_s, fail_on or set(), name
-        self.calls = 0
-
-    def start_session(self, reference_image, prompt):
-        pass
-
-    def ready(self):
-        return True
-
-    def render(self, chunk: RenderChunk) -> np.ndarray:
-        self.calls += 1
-        time.sleep(self.delay_s)
-        if chunk.index in self.fail_on:
-            raise RuntimeError(f"injected failure on chunk {chunk.index}")
-        colour = np.array([(37 * chunk.index) % 256, 200, 50], np.uint8)
-        return np.broadcast_to(colour, (chunk.n_frames, self.h, self.w, 3))
-
-    def close(self):
-        pass
-
-
-def settings(tmp_path: Path, *extra: str):
-    return load_settings(None, [
-        f'state_dir="{tmp_path / "state"}"',
-        'ingest.control=["ipc://{state_dir}/control.sock"]', 'ingest.events=["ipc://{state_dir}/events.sock"]',
-        "video.width=128", "video.height=128", 'encoder.preset="ultrafast"', "encoder.video_bitrate=300000",
-        "metrics.port=0", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]', 'programme.playlist=""', *extra,
-    ], environ={})
+def _received(sock: socket.socket, seconds: float) -> list[str]:
+    """The sd_notify datagrams that arrive within `seconds` (the socket has a short timeout)."""
+    got: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            got.append(sock.recv(1024).decode())
+        except socket.timeout:
+            pass
+    return got
 
 
 def run_for(d: Daemon, seconds: float, sample=None) -> list:
@@ -136,13 +113,7 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
     d = Daemon(s)
     d.start()
     try:
-        msgs: list[str] = []
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
-            try:
-                msgs.append(notify.recv(1024).decode())
-            except socket.timeout:
-                pass
+        msgs = _received(notify, 3.0)
         assert any(m.startswith("READY=1") for m in msgs)
         assert sum(m == "WATCHDOG=1" for m in msgs) >= 5  # every 0.2 s while frames advance
 
@@ -178,13 +149,7 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
                 notify.recv(1024)
             except socket.timeout:
                 break
-        got = []
-        end = time.monotonic() + 1.2
-        while time.monotonic() < end:
-            try:
-                got.append(notify.recv(1024).decode())
-            except socket.timeout:
-                pass
+        got = _received(notify, 1.2)
         freeze.set()
         d.encoder.encode = real_encode
         assert "WATCHDOG=1" not in got

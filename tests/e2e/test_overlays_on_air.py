@@ -23,22 +23,7 @@ CARD = (240, 40, 200)
 pytestmark = pytest.mark.skipif(not any(__import__("os").path.isfile(p) for p, _ in FONT_CANDIDATES),
                                 reason="no CJK font on this machine (.ci/run installs fonts-noto-cjk)")
 from support.audio import wav_bytes as support_wav
-
-
-class FlatRenderer:
-    name = "flat"
-
-    def start_session(self, reference_image, prompt):
-        pass
-
-    def ready(self):
-        return True
-
-    def render(self, chunk):
-        return np.broadcast_to(np.array(BG, np.uint8), (chunk.n_frames, H, W, 3))
-
-    def close(self):
-        pass
+from support.fakes import PaintRenderer
 
 
 def wav_bytes(seconds: float, rate: int = 16000) -> bytes:
@@ -65,7 +50,7 @@ def flat_daemon(tmp_path, *overrides: str) -> tuple[Daemon, Any, dict[str, int],
         "metrics.enabled=false", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]', 'programme.playlist=""',
         "renderer.lookahead_chunks=2", *overrides,
     ], environ={})
-    d = Daemon(s, still=FlatRenderer())
+    d = Daemon(s, still=PaintRenderer(W, H, name="flat", colour=lambda i: BG))
     marks: dict[str, int] = {}
     d.events.subscribe(lambda e: marks.__setitem__(f"{e['type']}:{e.get('segment_id')}", e["frame"])
                        if e["type"] in ("started", "finished") else None)

@@ -19,22 +19,17 @@ import pytest
 
 from flashtalk_live.client import Client
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.settings import load_settings
 from ingest_audiogen import encode
 from rtmp_harness import read_media
 from test_broadcast import band_power, decode_audio_mono
+from support.settings import room_settings
 
 FPS, CHUNK = 25, 10  # 0.4 s chunks: a clip's last, partly idle chunk costs little
 
 
 def settings(tmp_path: Path, *extra: str):
-    return load_settings(None, [
-        f'state_dir="{tmp_path / "state"}"',
-        'ingest.control=["ipc://{state_dir}/control.sock"]', 'ingest.events=["ipc://{state_dir}/events.sock"]',
-        "video.width=64", "video.height=64", f"video.chunk_frames={CHUNK}", 'encoder.preset="ultrafast"',
-        "encoder.video_bitrate=200000", "metrics.enabled=false", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]',
-        'programme.playlist=""', *extra,
-    ], environ={})
+    return room_settings(tmp_path, "video.width=64", "video.height=64", f"video.chunk_frames={CHUNK}",
+                         "encoder.video_bitrate=200000", "metrics.enabled=false", *extra)
 
 
 def clip_marks(events: list[dict], kind: str) -> list[tuple[str, int]]:

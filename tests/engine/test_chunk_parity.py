@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from flashtalk_live.engine.sampler import make_timesteps
 
 from ._chunkfix import CHUNK, fixture_engine
+from support.tensors import errors as _err
 
 torch.set_num_threads(1)
 
@@ -17,12 +18,6 @@ torch.set_num_threads(1)
 LATENT_REL = 2e-5
 VIDEO_REL, VIDEO_ABS = 5e-5, 2e-3
 LATENT_KEYS = ("latent_in", "v", "x0", "latent_final", "motion_latents_in", "motion_latents_out")
-
-
-def _err(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
-    g, w = torch.as_tensor(got).double(), want.double()
-    assert g.shape == w.shape, f"shape {tuple(g.shape)} != {tuple(w.shape)}"
-    return (g - w).abs().max().item(), ((g - w).norm() / w.norm().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from flashtalk_live.quant.fp8 import Fp8Plan, quantize_dit_
 
 from ._chunkfix import CHUNK, fixture_engine
+from support.tensors import rel_err as _rel
 
 torch.set_num_threads(1)
 
@@ -29,11 +30,6 @@ def _two_chunks(variant: str) -> list[tuple[dict, np.ndarray]]:
         frames = eng.generate_chunk(audio, noise=[fx[f"noise_{i}"] for i in range(5)], trace=trace)
         out.append((trace, frames))
     return out
-
-
-def _rel(a, b) -> float:
-    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.mark.timeout(240)

@@ -10,11 +10,12 @@ import torch
 
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.engine.drift import RecalibrationPolicy
-from flashtalk_live.engine.renderer import build_flashtalk_renderer, crossfade
+from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer, crossfade
 from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer, RendererError
 from flashtalk_live.settings import load_settings
 from flashtalk_live.timeline.chunk import RenderChunk
+from support.chunks import render_chunk
 
 torch.set_num_threads(1)
 
@@ -39,14 +40,7 @@ def _settings(root: Path, rel, **extra: str):
 
 
 def _chunk(i: int, idle: bool = False, history: bool = True, seed: int = 0) -> RenderChunk:
-    rng = np.random.default_rng(seed + i)
-    model = (0.1 * rng.standard_normal(N * 640)).astype(np.float32)
-    hist = None
-    if history:
-        hist = np.zeros(128000, np.float32)
-        hist[-model.shape[0]:] = model
-    return RenderChunk(index=i, start_frame=N * i, n_frames=N, audio=np.zeros((N * 1920, 2), np.float32),
-                       model_audio=model, frame_segments=[None] * N, idle=idle, model_history=hist)
+    return render_chunk(i, N, seed=seed + i, idle=idle, history_samples=128000 if history else 0)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,7 @@ def renderer(release):
     bus = EventBus()
     events: list[dict] = []
     bus.subscribe(events.append)
-    r = build_flashtalk_renderer(_settings(root, rel), bus)
+    r = build_flashtalk_renderer(FlashTalkConfig.from_settings(_settings(root, rel)), bus)
     r.test_events = events  # type: ignore[attr-defined]
     yield r
     r.close()
@@ -98,9 +92,9 @@ def test_wrong_chunk_size_and_missing_weights_are_clear_errors(renderer, release
         renderer.render(bad)
     root, rel = release
     with pytest.raises(RendererError, match="chunk_frames"):
-        build_flashtalk_renderer(_settings(root, rel, **{"video.chunk_frames": "28"}))
+        build_flashtalk_renderer(FlashTalkConfig.from_settings(_settings(root, rel, **{"video.chunk_frames": "28"})))
     with pytest.raises(RendererError, match="weights_dir"):
-        build_flashtalk_renderer(load_settings(None, ['model.device="cpu"'], environ={}))
+        build_flashtalk_renderer(FlashTalkConfig.from_settings(load_settings(None, ['model.device="cpu"'], environ={})))
 
 
 @pytest.mark.timeout(60)

@@ -12,10 +12,11 @@ import torch
 
 from flashtalk_live import log
 from flashtalk_live.checkpoints.fake import write_fake_release
-from flashtalk_live.engine.renderer import build_flashtalk_renderer
+from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
 from flashtalk_live.renderers.base import RendererError
 from flashtalk_live.settings import load_settings
 from flashtalk_live.timeline.chunk import RenderChunk
+from support.chunks import render_chunk
 
 torch.set_num_threads(1)
 
@@ -67,9 +68,7 @@ def _lines(buf: io.StringIO, event: str) -> list[dict]:
 
 
 def _chunk(i: int) -> RenderChunk:
-    model = (0.1 * np.random.default_rng(i).standard_normal(N * 640)).astype(np.float32)
-    return RenderChunk(index=i, start_frame=N * i, n_frames=N, audio=np.zeros((N * 1920, 2), np.float32),
-                       model_audio=model, frame_segments=[None] * N, idle=False, model_history=None)
+    return render_chunk(i, N, seed=i)
 
 
 @pytest.mark.timeout(300)
@@ -77,8 +76,8 @@ def test_auto_keeps_the_best_quality_that_fits_and_logs_why(root) -> None:
     rel = write_fake_release(root / "models")
     timer = FakeTimer({"tiny_q": 0.40, "tiny_f": 0.10})  # limit 0.32 x 0.85 = 0.272: only tiny_f fits
     buf = _capture_logs()
-    r = build_flashtalk_renderer(_settings(root, [f'model.weights_dir="{rel.weights_dir}"',
-                                                  f'model.wav2vec_dir="{rel.wav2vec_dir}"']), chunk_timer=timer)
+    s = _settings(root, [f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"'])
+    r = build_flashtalk_renderer(FlashTalkConfig.from_settings(s), chunk_timer=timer)
     try:
         assert r.ready() and r.profile.name == "tiny_f" and r.engine.profile.name == "tiny_f"
         assert timer.runs == {"tiny_q": 2, "tiny_f": 2}  # auto_chunks timed chunks each, best quality first
@@ -104,7 +103,7 @@ def test_random_tiny_weights_in_benchmark_mode_and_none_fits(root, monkeypatch) 
     buf = _capture_logs()
     s = _settings(root, ['model.random_weights="tiny"'], environ={"FLASHTALK_LIVE_BENCHMARK": "1"})
     assert s.model.weights_dir is None
-    r = build_flashtalk_renderer(s, chunk_timer=timer)
+    r = build_flashtalk_renderer(FlashTalkConfig.from_settings(s), chunk_timer=timer)
     try:
         assert r.profile.name == "tiny_f" and timer.runs == {"tiny_q": 2, "tiny_f": 2}
         assert _lines(buf, "random_weights")[0]["level"] == "warning"
@@ -123,4 +122,4 @@ def test_random_weights_refused_by_the_renderer_without_the_flag(root, monkeypat
     s = _settings(root, ['model.random_weights="tiny"'], environ={"FLASHTALK_LIVE_BENCHMARK": "1"})
     monkeypatch.delenv("FLASHTALK_LIVE_BENCHMARK")  # settings built elsewhere, flag gone in this process
     with pytest.raises(RendererError, match="random_weights = 'tiny' is for benchmarks only"):
-        build_flashtalk_renderer(s)
+        build_flashtalk_renderer(FlashTalkConfig.from_settings(s))

@@ -14,6 +14,7 @@ from flashtalk_live.checkpoints.loader import CheckpointError
 from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TinyVideoDecoder
 
 from ._chunkfix import fixture_engine
+from support.chunks import render_chunk
 
 torch.set_num_threads(1)
 
@@ -87,7 +88,7 @@ def test_tiny_video_decoder_checks_its_input():
 @pytest.mark.timeout(300)
 def test_renderer_factory_loads_the_tiny_decoder(tmp_path: Path):
     from flashtalk_live.checkpoints.fake import write_fake_release
-    from flashtalk_live.engine.renderer import build_flashtalk_renderer
+    from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
     from flashtalk_live.settings import load_settings
     from flashtalk_live.timeline.chunk import RenderChunk
 
@@ -99,16 +100,15 @@ def test_renderer_factory_loads_the_tiny_decoder(tmp_path: Path):
             'model.decoder="taehv"']
     settings = load_settings(None, over, environ={})
     with pytest.raises(CheckpointError, match="--only taehv"):
-        build_flashtalk_renderer(settings)
+        build_flashtalk_renderer(FlashTalkConfig.from_settings(settings))
     (tmp_path / "models" / "taehv").mkdir()
     sd = {k: v.half() for k, v in _tiny_taehv().state_dict().items()}
     save_file(sd, str(tmp_path / "models" / "taehv" / "taew2_1.safetensors"))
-    r = build_flashtalk_renderer(settings)
+    r = build_flashtalk_renderer(FlashTalkConfig.from_settings(settings))
     try:
         assert isinstance(r.engine.models.decoder, TinyVideoDecoder)
         assert r.engine.models.decoder.taehv.config == TAEHVConfig.tiny()
-        chunk = RenderChunk(index=0, start_frame=0, n_frames=8, audio=np.zeros((8 * 1920, 2), np.float32),
-                            model_audio=np.zeros(8 * 640, np.float32), frame_segments=[None] * 8, idle=True)
+        chunk = render_chunk(0, 8, idle=True)
         frames = r.render(chunk)
         assert frames.shape == (8, 64, 32, 3) and frames.dtype == np.uint8
     finally:

@@ -75,9 +75,9 @@ def running(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Ru
             'ingest.events=["ipc://{state_dir}/events.sock", "tcp://127.0.0.1:0"]',
             *overrides,
         )
-        spool = Spool.from_settings(s)
+        spool = Spool.from_settings(s.expanded(s.queue), s.encoder, s.storage)
         bus = EventBus()
-        srv = IngestServer(s, spool, bus, status_provider or (lambda: {"daemon": "test"}), handlers)
+        srv = IngestServer(s.expanded(s.ingest), s.encoder, spool, bus, status_provider or (lambda: {"daemon": "test"}), handlers)
         srv.start()
         r = Running(srv, spool, bus, s)
         started.append(r)

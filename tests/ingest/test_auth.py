@@ -70,7 +70,7 @@ def test_curve_allowed_key_works_others_refused_and_server_keeps_serving(running
 
 def test_remote_bind_without_auth_is_refused_unless_explicitly_allowed(make_settings):
     s = make_settings('ingest.tcp_auth="none"', 'ingest.control=["tcp://0.0.0.0:0"]', 'ingest.events=[]')
-    srv = IngestServer(s, None, EventBus())  # type: ignore[arg-type]  # refused before the spool is needed
+    srv = IngestServer(s.expanded(s.ingest), s.encoder, None, EventBus())  # type: ignore[arg-type]  # refused before the spool is needed
     with pytest.raises(IngestError) as ei:
         srv.start()
     msg = str(ei.value)
@@ -78,16 +78,16 @@ def test_remote_bind_without_auth_is_refused_unless_explicitly_allowed(make_sett
     assert "ingest.allow_unauthenticated_remote" in msg and 'tcp_auth = "curve"' in msg
     s = make_settings('ingest.tcp_auth="none"', "ingest.allow_unauthenticated_remote=true",
                       'ingest.control=["tcp://0.0.0.0:0"]', 'ingest.events=[]')
-    spool = Spool.from_settings(s)
-    with capture_logs() as logs, IngestServer(s, spool, EventBus()):
+    spool = Spool.from_settings(s.expanded(s.queue), s.encoder, s.storage)
+    with capture_logs() as logs, IngestServer(s.expanded(s.ingest), s.encoder, spool, EventBus()):
         pass
     spool.close()
     warned = [e for e in logs if e["event"] == "unauthenticated_remote_endpoint"]
     assert warned and warned[0]["log_level"] == "warning"
     # CURVE (the default) binds 0.0.0.0 without complaint: the key pair is made on first start
     s = make_settings('ingest.control=["tcp://0.0.0.0:0"]', 'ingest.events=[]')
-    spool = Spool.from_settings(s)
-    with IngestServer(s, spool, EventBus()):
+    spool = Spool.from_settings(s.expanded(s.queue), s.encoder, s.storage)
+    with IngestServer(s.expanded(s.ingest), s.encoder, spool, EventBus()):
         pass
     spool.close()
     assert Path(s.path(s.ingest.server_key)).is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ import pytest
 from flashtalk_live.cli import main
 from flashtalk_live.ingest.cli import EXIT_DAEMON_STOPPED, EXIT_NO_DAEMON, default_endpoints
 from flashtalk_live.settings import load_settings
+from support.ports import free_port
 
 
 def jlines(text: str) -> list[dict]:
@@ -44,7 +46,7 @@ def test_push_wait_status_cancel_clear_events(running, clips, tmp_path, capsys, 
         p = tmp_path / f"{name}.{ {'opus': 'ogg'}.get(name, name)}"
         p.write_bytes(clips[name][0])
         files.append(str(p))
-    assert default_endpoints(r.settings) == (f"ipc://{state_dir}/control.sock", f"ipc://{state_dir}/events.sock")
+    assert default_endpoints(r.settings.expanded(r.settings.ingest)) == (f"ipc://{state_dir}/control.sock", f"ipc://{state_dir}/events.sock")
 
     stop = threading.Event()
     t = threading.Thread(target=fake_timeline, args=(r, stop), daemon=True)
@@ -106,9 +108,7 @@ def test_cli_says_at_once_when_no_daemon_runs(capsys, tmp_path, state_dir):
     stale = state_dir / "stale.sock"
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(stale))  # bound, never listening: what a killed daemon leaves behind
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    closed_port = free_port()
     (tmp_path / "x.wav").write_bytes(b"RIFF")
     for ep in (f"ipc://{tmp_path}/nobody.sock", f"ipc://{stale}", f"tcp://127.0.0.1:{closed_port}"):
         for verb in (["status"], ["clear"], ["push", str(tmp_path / "x.wav")], ["ping"]):
@@ -159,6 +159,27 @@ def test_table_verbs(running, capsys, tmp_path):
     assert "bad_request" in (err := capsys.readouterr().err) and "(field name)" in err
     assert main(["output-remove", "--endpoint", r.ipc, "extra"]) == 1
     assert "unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_output_add_takes_a_stream_url_from_a_file_stdin_or_the_environment_never_argv(running, capsys, tmp_path,
+                                                                                      monkeypatch):
+    urls = []
+    r = running(handlers={"output_add": lambda call: urls.append(call.args.url) or {"outputs": []}})
+    key = "sk_live_0123456789abcdef"
+    url = f"rtmp://live.example.com/app/{key}"
+    assert main(["output-add", "--endpoint", r.ipc, "cdn", url]) == 2
+    err = capsys.readouterr().err
+    assert key not in err and "--url-file" in err and urls == []  # refused before anything is sent
+    f = tmp_path / "url.txt"
+    f.write_text(f"# the CDN\n{url}\n")
+    assert main(["output-add", "--endpoint", r.ipc, "cdn", "--url-file", str(f)]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(url + "\n"))
+    assert main(["output-add", "--endpoint", r.ipc, "cdn2", "--url-file", "-"]) == 0
+    monkeypatch.setenv("FLASHTALK_LIVE_OUTPUT_URL", url)
+    assert main(["output-add", "--endpoint", r.ipc, "cdn3"]) == 0
+    assert urls == [url, url, url]
+    assert key not in capsys.readouterr().out + capsys.readouterr().err
 
 
 @pytest.mark.timeout(60)

@@ -233,11 +233,11 @@ def test_bus_events_and_bound_handlers(running):
 
 def test_handlers_must_be_table_commands(make_settings):
     s = make_settings()
-    with Spool.from_settings(s) as spool:
+    with Spool.from_settings(s.expanded(s.queue), s.encoder, s.storage) as spool:
         with pytest.raises(ValueError, match="not in the command table"):
-            IngestServer(s, spool, EventBus(), handlers={"launch": lambda call: {}})
+            IngestServer(s.expanded(s.ingest), s.encoder, spool, EventBus(), handlers={"launch": lambda call: {}})
         with pytest.raises(ValueError, match="served by the ingest server"):
-            IngestServer(s, spool, EventBus(), handlers={"clear": lambda call: {}})
+            IngestServer(s.expanded(s.ingest), s.encoder, spool, EventBus(), handlers={"clear": lambda call: {}})
 
 
 @pytest.mark.timeout(60)

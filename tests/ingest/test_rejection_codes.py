@@ -164,7 +164,7 @@ def test_server_code(running, make_settings, code):
     if code == "disk_full":
         s = make_settings('ingest.tcp_auth="none"', 'ingest.control=["ipc://{state_dir}/control.sock"]',
                           'ingest.events=["ipc://{state_dir}/events.sock"]')
-        with Spool.from_settings(s) as spool, IngestServer(s, spool, EventBus(), refuse_clips=lambda: "disk low"):
+        with Spool.from_settings(s.expanded(s.queue), s.encoder, s.storage) as spool, IngestServer(s.expanded(s.ingest), s.encoder, spool, EventBus(), refuse_clips=lambda: "disk low"):
             reply = ask(s.path(s.ingest.control[0]), pcm(0.5))
         assert (reply["ok"], reply["code"], reply["reason"]) == (False, "disk_full", "disk low")
         return

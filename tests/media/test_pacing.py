@@ -305,7 +305,7 @@ def test_timeline_still_renderer_and_pacer_together():
         def mark_interrupted(self, seg):
             raise AssertionError(seg)
 
-    tl = Timeline(st, Queue(), None)
+    tl = Timeline(st.video, st.encoder, Queue(), None)
     r = StillRenderer.from_settings(st)
     r.start_session(None, st.video.prompt)
     sim = SimTime()

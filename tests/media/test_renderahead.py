@@ -42,8 +42,8 @@ class Sim:
         self.la = Lookahead(3, SPF)
         self.pacer = Pacer(self.la, FPS, SPF, CH, clock=lambda: self.t, sleep=self.sleep,
                            hold_frame=np.zeros((2, 2, 3), np.uint8))
-        self.adm = Admission.from_settings(st, lambda: self.pacer.buffered_frames / FPS)
-        self.tl = Timeline(st, self.q, None, admission=self.adm if gate else None, history_seconds=0)
+        self.adm = Admission.from_settings(st.renderer, st.video, lambda: self.pacer.buffered_frames / FPS)
+        self.tl = Timeline(st.video, st.encoder, self.q, None, admission=self.adm if gate else None, history_seconds=0)
         self.ra = RenderAhead(self.tl, self.render, lambda: "sim", self.adm, self.la, fps=FPS)
         self.frames = np.zeros((NF, 2, 2, 3), np.uint8)
         self.pending: RenderedChunk | None = None

@@ -19,15 +19,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (support)
 from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT  # noqa: E402
+from support.tensors import errors as err  # noqa: E402
 
 DIT = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "dit"
 TFLOP_PER_FORWARD = 471.2  # flashtalk-reference.md section 8, 768x448 / 33 frames
-
-
-def err(a, b):
-    a, b = a.double().cpu(), b.double().cpu()
-    return (a - b).abs().max().item(), ((a - b).norm() / b.norm()).item()
 
 
 def parity(dev):

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (support)
 from flashtalk_live.model.audio import (  # noqa: E402
     DEFAULT_AUDIO,
     StreamingAudioEncoder,
@@ -23,13 +24,9 @@ from flashtalk_live.model.audio import (  # noqa: E402
 )
 from flashtalk_live.model.clip import VIT_H_14, CLIPVisual, CLIPVisualConfig, split_clip_state_dict  # noqa: E402
 from flashtalk_live.model.t5 import UMT5_XXL, T5Config, T5Encoder  # noqa: E402
+from support.tensors import errors as err  # noqa: E402
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
-
-
-def err(a, b):
-    a, b = a.double().cpu(), b.double().cpu()
-    return (a - b).abs().max().item(), ((a - b).norm() / b.norm()).item()
 
 
 def timed(fn, dev, repeats=3):

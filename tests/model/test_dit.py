@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from flashtalk_live.model import attention as attn_mod
 from flashtalk_live.model.attention import AttentionBackendError, attention
 from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
+from support.tensors import errors as _err
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 DIT = FIX / "parity" / "dit"
@@ -23,12 +24,6 @@ MANIFEST = FIX / "reference" / "dit_14b.keys"
 REL_L2_TOL, MAX_ABS_TOL = 1e-5, 1e-4
 
 torch.set_num_threads(1)
-
-
-def _err(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
-    g, w = got.detach().double(), want.double()
-    assert g.shape == w.shape, f"shape {tuple(g.shape)} != {tuple(w.shape)}"
-    return (g - w).abs().max().item(), ((g - w).norm() / w.norm()).item()
 
 
 def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> None:

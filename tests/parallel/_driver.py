@@ -161,7 +161,7 @@ def run_renderer(args) -> None:
     maybe_launch_workers -> parallel_flashtalk_renderer (warm-up over the ranks) -> chunks; then the same
     settings in one process (build_flashtalk_renderer), same chunks."""
     from flashtalk_live.checkpoints.fake import write_fake_release
-    from flashtalk_live.engine.renderer import build_flashtalk_renderer
+    from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
     from flashtalk_live.parallel.launch import maybe_launch_workers, parallel_flashtalk_renderer
     from flashtalk_live.settings import load_settings
     from flashtalk_live.timeline.chunk import RenderChunk
@@ -187,10 +187,11 @@ def run_renderer(args) -> None:
                            model_audio=model, frame_segments=[None] * n, idle=False, model_history=hist)
 
     out: dict[str, torch.Tensor] = {}
-    handle = maybe_launch_workers(settings)
+    handle = maybe_launch_workers(settings.model, settings.profiles)
+    config = FlashTalkConfig.from_settings(settings)
     assert handle is not None and handle.spec.vae_factory is not None, handle and handle.spec
     out["worker_vae"] = torch.tensor([int(handle.spec.vae_factory.endswith(":release_vae"))])
-    r = parallel_flashtalk_renderer(settings, None, handle)
+    r = parallel_flashtalk_renderer(config, None, handle)
     out["warm_decodes"] = torch.tensor([handle.vae_client.calls])
     for i in range(2):
         out[f"parallel.frames{i}"] = torch.from_numpy(r.render(chunk(i)))
@@ -199,7 +200,7 @@ def run_renderer(args) -> None:
     r.close()
     codes = handle.close()
     out["worker_codes"] = torch.tensor([-1 if c is None else c for c in codes])
-    r = build_flashtalk_renderer(settings, None)
+    r = build_flashtalk_renderer(config, None)
     for i in range(2):
         out[f"single.frames{i}"] = torch.from_numpy(r.render(chunk(i)))
     r.close()
@@ -223,12 +224,11 @@ def run_idle(args) -> None:
 
 def run_torchrun(args) -> None:
     """Under torchrun: every rank calls maybe_launch_workers; rank 0 gets the handle, the others serve and exit."""
-    from types import SimpleNamespace
-
     from flashtalk_live.parallel.launch import maybe_launch_workers
+    from flashtalk_live.settings import ModelSettings
 
-    settings = SimpleNamespace(model=SimpleNamespace(gpus=1))  # ignored under torchrun: WORLD_SIZE decides
-    handle = maybe_launch_workers(settings, spec(int(os.environ["WORLD_SIZE"]), 2))
+    # gpus is ignored under torchrun: WORLD_SIZE decides
+    handle = maybe_launch_workers(ModelSettings(gpus=1), (), spec(int(os.environ["WORLD_SIZE"]), 2))
     assert handle is not None and handle.pg.rank == 0  # workers never get here
     inputs = load_file(DIT / "inputs.safetensors")
     case = load_file(DIT / "case_a.safetensors")

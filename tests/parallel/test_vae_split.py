@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE.parent))  # tests/ (support): this file also runs as a rank script
 
 from flashtalk_live.model.vae import VAEConfig, WanVAE  # noqa: E402
 from flashtalk_live.parallel.group import init_parallel, single  # noqa: E402
@@ -30,6 +30,7 @@ from flashtalk_live.parallel.vae_split import (  # noqa: E402
     SplitDecodeVAE, SplitVAEInputError, _halo_targets, _Split, band_rows, halo_decoder, split_decode,
     vae_worker_loop,
 )
+from support.ports import free_port  # noqa: E402
 
 VAE_FIX = ROOT / "tests" / "fixtures" / "parity" / "vae"
 
@@ -125,18 +126,12 @@ def rank_main(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ tests
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_split_decode_equals_single_process(tmp_path, world):
     out = tmp_path / "out.safetensors"
     proc = subprocess.run([sys.executable, __file__, "rank", "--rank", "0", "--world", str(world),
-                           "--port", str(_free_port()), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           "--port", str(free_port()), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=110)
     print(proc.stdout[-2000:])
     assert proc.returncode == 0, proc.stderr[-4000:]

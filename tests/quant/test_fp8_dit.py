@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
 from flashtalk_live.quant.fp8 import Fp8Linear, Fp8Plan, quantize_dit_
+from support.tensors import rel_err as _rel
 
 DIT = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "dit"
 LINEARS_PER_BLOCK = 4 + 6 + 2 + 3  # self-attn q/k/v/o, cross-attn q/k/v/o/k_img/v_img, FFN 2, audio q/proj/kv
@@ -28,10 +29,6 @@ def _run(model: FlashTalkDiT, case: str) -> torch.Tensor:
     inp, c = load_file(DIT / "inputs.safetensors"), load_file(DIT / f"{case}.safetensors")
     with torch.no_grad():
         return model([c["x"]], c["t"], [inp["context"]], inp["clip_fea"], [inp["y"]], inp["audio"])[0]
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def test_only_block_linears_of_the_chosen_blocks_change():

@@ -9,12 +9,13 @@ from flashtalk_live.renderers.drill import DrillRenderer, with_drills
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.settings import Settings
 from flashtalk_live.timeline.chunk import RenderChunk
+from support.chunks import render_chunk
 
 FPS, NF = 25, 10
 
 
 def chunk() -> RenderChunk:
-    return RenderChunk(0, 0, NF, np.zeros((NF * 1920, 2), np.float32), np.zeros(NF * 640, np.float32), [None] * NF)
+    return render_chunk(0, NF)
 
 
 def still() -> StillRenderer:
@@ -45,9 +46,9 @@ def test_jitter_adds_a_bounded_random_delay_and_slowdown_one_adds_nothing():
 def test_settings_and_validation():
     s = Settings(state_dir="/nonexistent")
     r = still()
-    assert with_drills(r, s) is r  # off by default: no wrapper at all
+    assert with_drills(r, s.renderer, s.video.fps) is r  # off by default: no wrapper at all
     s2 = Settings(state_dir="/nonexistent", renderer={"drill_slowdown": 1.5, "drill_jitter_s": 0.1})
-    w = with_drills(r, s2)
+    w = with_drills(r, s2.renderer, s2.video.fps)
     assert isinstance(w, DrillRenderer) and (w.slowdown, w.jitter_s) == (1.5, 0.1)
     with pytest.raises(ValueError):
         Settings(state_dir="/nonexistent", renderer={"drill_slowdown": 0.5})

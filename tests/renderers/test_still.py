@@ -17,6 +17,7 @@ from flashtalk_live.renderers.images import (
 )
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.timeline.chunk import RenderChunk
+from support.chunks import render_chunk
 
 
 def _quadrants(h: int, w: int) -> np.ndarray:
@@ -30,7 +31,7 @@ def _quadrants(h: int, w: int) -> np.ndarray:
 
 
 def _chunk(n: int) -> RenderChunk:
-    return RenderChunk(0, 0, n, np.zeros((n * 1920, 2), np.float32), np.zeros(n * 640, np.float32), [None] * n)
+    return render_chunk(0, n)
 
 
 def test_cover_fills_and_crops_centre():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from timeline_fakes import FakeQueue, labelled_wav
 
-from flashtalk_live.settings import Settings
-from flashtalk_live.timeline.programme import Programme
+from flashtalk_live.settings import EncoderSettings, Settings, VideoSettings
 from flashtalk_live.timeline.timeline import Timeline
+from support.settings import load_programme
 
 
 def _settings(**video) -> Settings:
@@ -39,7 +39,7 @@ def test_exact_accounting_many_random_clips(fps, chunk_frames):
     q = FakeQueue(rate)
     lengths = [1, 2, spf - 1, spf, spf + 1] + [rng.randint(1, 5 * chunk_frames * spf) for _ in range(40)]
     entries = [q.add(f"c{i}", n) for i, n in enumerate(lengths)]
-    tl = Timeline(st, q, None)
+    tl = Timeline(st.video, st.encoder, q, None)
     total = sum(lengths)
     n_chunks = total // (chunk_frames * spf) + 3
     chunks, audio, model, marks, segs = _run(tl, n_chunks)
@@ -95,7 +95,7 @@ def test_several_short_clips_in_one_chunk_and_history():
     q.add("a", 1000)  # frame 0
     q.add("b", 3000)  # samples 1000..3999: frames 0..2
     q.add("c", 1)  # sample 4000: frame 2
-    tl = Timeline(st, q, None, history_seconds=8)
+    tl = Timeline(st.video, st.encoder, q, None, history_seconds=8)
     c = tl.next_chunk()
     assert [(m.kind, m.segment_id, m.frame) for m in c.marks] == [
         ("started", "a", 0), ("finished", "a", 0), ("started", "b", 0), ("finished", "b", 2),
@@ -118,20 +118,20 @@ def test_several_short_clips_in_one_chunk_and_history():
 
 def test_idle_silence_without_queue_or_programme():
     st = _settings()
-    tl = Timeline(st, FakeQueue(), None)
+    tl = Timeline(st.video, st.encoder, FakeQueue(), None)
     for _ in range(3):
         c = tl.next_chunk()
         assert c.idle and not c.marks and c.frame_segments == [None] * 28
         assert not c.audio.any() and c.audio.shape == (28 * 1920, 2) and c.model_audio.shape == (28 * 640,)
     assert tl.state == "idle"
-    assert Timeline(st, None, None).next_chunk().idle  # no queue at all is allowed too
+    assert Timeline(st.video, st.encoder, None, None).next_chunk().idle  # no queue at all is allowed too
 
 
 def test_play_now_cuts_the_queue_clip_at_the_chunk_boundary():
     st = _settings()
     q = FakeQueue()
     long = q.add("long", 48000 * 5)
-    tl = Timeline(st, q, None)
+    tl = Timeline(st.video, st.encoder, q, None)
     tl.next_chunk()
     tl.next_chunk()
     urgent = q.add("urgent", 48000, play_now=True)
@@ -148,7 +148,7 @@ def test_play_now_cuts_the_queue_clip_at_the_chunk_boundary():
 
 def test_play_now_while_idle_starts_on_the_next_chunk_without_cut_mark():
     q = FakeQueue()
-    tl = Timeline(_settings(), q, None)
+    tl = Timeline(VideoSettings(), EncoderSettings(), q, None)
     tl.next_chunk()
     q.add("now", 100, play_now=True)
     c = tl.next_chunk()
@@ -160,7 +160,7 @@ def test_unplayable_queue_clip_is_reported_and_skipped():
     q = FakeQueue()
     q.add("bad", 1000, broken=True)
     good = q.add("good", 1000)
-    tl = Timeline(_settings(), q, None)
+    tl = Timeline(VideoSettings(), EncoderSettings(), q, None)
     c = tl.next_chunk()
     assert [(m.kind, m.segment_id, m.frame) for m in c.marks] == [
         ("interrupted", "bad", 0), ("started", "good", 0), ("finished", "good", 0)
@@ -172,11 +172,11 @@ def test_mono_output_and_mono_clip_upmix():
     st = Settings(state_dir="/x", encoder={"audio_channels": 1})
     q = FakeQueue(channels=1)
     q.add("m", 5000)
-    c = Timeline(st, q, None).next_chunk()
+    c = Timeline(st.video, st.encoder, q, None).next_chunk()
     assert c.audio.shape == (28 * 1920, 1) and c.audio[4999, 0] == 4999
     q2 = FakeQueue(channels=1)
     q2.add("m", 5000)
-    c2 = Timeline(_settings(), q2, None).next_chunk()  # stereo output from a mono clip
+    c2 = Timeline(VideoSettings(), EncoderSettings(), q2, None).next_chunk()  # stereo output from a mono clip
     assert c2.audio.shape[1] == 2 and np.array_equal(c2.audio[:5000, 0], c2.audio[:5000, 1])
 
 
@@ -200,7 +200,7 @@ def test_programme_plays_and_loops_then_queue_takes_over_at_the_clip_boundary(pl
     path, lens = playlist
     st = _settings()
     q = FakeQueue()
-    tl = Timeline(st, q, Programme.load(path, st))
+    tl = Timeline(st.video, st.encoder, q, load_programme(path, st))
     chunks, audio, _, marks, _ = _run(tl, 1)  # 1.12 s: p1 (1.0 s) and the start of p2
     assert _segments_in_order(marks) == ["programme:p1:1", "programme:p2:2"]
     assert all(m.source == "programme" for m in marks)
@@ -224,7 +224,7 @@ def test_play_now_cuts_a_programme_clip_which_replays_from_its_start(tmp_path):
     (tmp_path / "l.toml").write_text('[[clip]]\npath="long.wav"\n[[clip]]\npath="next.wav"\n')
     st = _settings()
     q = FakeQueue()
-    tl = Timeline(st, q, Programme.load(tmp_path / "l.toml", st))
+    tl = Timeline(st.video, st.encoder, q, load_programme(tmp_path / "l.toml", st))
     tl.next_chunk()
     q.add("urgent", 1000, play_now=True)
     c = tl.next_chunk()
@@ -249,14 +249,14 @@ def test_programme_pause_is_exact_silence_and_yields_to_the_queue(tmp_path):
     (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\n#EXT-X-PAUSE:0.5\nb.wav\n")
     st = _settings()
     q = FakeQueue()
-    tl = Timeline(st, q, Programme.load(tmp_path / "p.m3u", st))
+    tl = Timeline(st.video, st.encoder, q, load_programme(tmp_path / "p.m3u", st))
     c = tl.next_chunk()
     pause = 24000
     assert np.all(c.audio[:n1] == 1 / 64) and not c.audio[n1 : n1 + pause].any()
     assert np.all(c.audio[n1 + pause : n1 + pause + 100] == 2 / 64)
     # A second pause (b's default, none here) - now a long pause: queue clip arriving during it takes over.
     (tmp_path / "p2.m3u").write_text("#EXTM3U\na.wav\n#EXT-X-PAUSE:10\n")
-    tl2 = Timeline(st, q, Programme.load(tmp_path / "p2.m3u", st))
+    tl2 = Timeline(st.video, st.encoder, q, load_programme(tmp_path / "p2.m3u", st))
     c1 = tl2.next_chunk()
     assert tl2.state == "pause" and not c1.audio[n1:].any()
     q.add("q", 500)
@@ -286,7 +286,7 @@ def test_real_spool_back_to_back_play_now_and_cancel(tmp_path):
     with Spool(tmp_path / "spool") as spool:
         a = _spool_add(spool, 1, 2.0)
         b = _spool_add(spool, 2, 0.5)
-        tl = Timeline(st, spool, None)
+        tl = Timeline(st.video, st.encoder, spool, None)
         c0 = tl.next_chunk()
         assert _segments_in_order(c0.marks) == [a] and np.all(c0.audio == 1 / 64)
         # play_now: the playing clip a is cut at the next chunk boundary; the spool forgets it.

@@ -1,0 +1,137 @@
+"""Imports: no module-level import cycle inside flashtalk_live, every import inside a function says why it is lazy,
+and every module imports on its own in a fresh interpreter (in two orders)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "flashtalk_live"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for f in sorted(PKG.rglob("*.py")):
+        parts = list(f.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = f
+    return out
+
+
+def _resolve(mod: str, node: ast.ImportFrom, is_pkg: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _top_level_imports(mod: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of the package that `mod` imports when it loads (module body, not functions or TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text())
+    deps: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(mod, node, path.name == "__init__.py")
+                deps.add(base)
+                deps.update(f"{base}.{a.name}" for a in node.names)
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    for sub in getattr(node, field, []) or []:
+                        visit(sub.body if isinstance(sub, ast.ExceptHandler) else [sub])
+
+    visit(tree.body)
+    # importing a.b.c runs a/__init__ and a/b/__init__ first
+    full = set()
+    for d in deps:
+        parts = d.split(".")
+        full.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {d for d in full if d in known and d != mod}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in graph:
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph = {m: _top_level_imports(m, p, set(mods)) for m, p in mods.items()}
+    # a package's __init__ importing its own submodules is how packages re-export: not a cycle to report
+    for m in graph:
+        graph[m] = {d for d in graph[m] if not (PKG.joinpath(*m.split(".")[1:], "__init__.py").is_file()
+                                                 and d.startswith(m + "."))}
+    assert _cycles(graph) == []
+
+
+def test_every_lazy_import_says_why():
+    missing = []
+    for mod, path in _modules().items():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    own, above = lines[sub.lineno - 1], lines[sub.lineno - 2].strip()
+                    # the reason: a comment on the import, or on the line or lines of comments just above it
+                    j = sub.lineno - 2
+                    while j >= 0 and (lines[j].strip().startswith(("from ", "import ", ")")) or not lines[j].strip()
+                                      or lines[j].startswith("    ") and lines[j].strip().endswith(",")):
+                        j -= 1  # one comment may cover a block of imports (blank lines and wrapped names included)
+                    if "#" not in own and not lines[j].strip().startswith("#") and not above.startswith("#"):
+                        missing.append(f"{path.relative_to(PKG.parent)}:{sub.lineno}: {own.strip()}")
+    assert missing == [], "imports inside functions need a one-line reason comment:\n" + "\n".join(missing)
+
+
+@pytest.mark.timeout(600)
+def test_each_package_imports_first_in_a_fresh_interpreter():
+    """Import every module, packages in forward and in reverse order, each order in one fresh interpreter; a cycle
+    hidden behind an order shows up as an ImportError in one of them."""
+    names = sorted(m for m in _modules() if not m.endswith("__main__"))
+    for order in (names, names[::-1]):
+        code = "import importlib\nfor m in %r:\n    importlib.import_module(m)\n" % order
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
