@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -132,16 +131,15 @@ def test_event_stream_backlog_live_resume_and_cap(daemon):
         s.close()
 
 
+@pytest.mark.timeout(60)  # a publisher that waited for the (absent) reader would hang here
 def test_a_slow_stream_client_is_dropped_and_never_blocks_the_publisher():
     bus = EventBus()
     feed = EventFeed(bus, size=200, max_streams=1, queue_size=4)
     closed = threading.Event()
     body = feed.open(0, closed)
     assert body is not None and feed.open(0, closed) is None  # max_streams=1
-    t0 = time.monotonic()
     for i in range(1000):  # nobody reads the stream: its queue fills, then the stream is dropped
         bus.publish("idle", frame=i, media_time_s=0.0)
-    assert time.monotonic() - t0 < 30  # bounded by the work, not by a reader (there is none)
     chunks = list(body)  # the body ends by itself: retry hint, nothing queued, end
     assert chunks[0].startswith(b"retry:") and len(chunks) == 1 and feed.streams_lost == 1
     body.close()
