@@ -126,9 +126,8 @@ class _Body:
 
     def __iter__(self) -> Iterator[bytes]:
         yield f"retry: {RETRY_MS}\n\n".encode()
-        last = 0
+        # No event is in both the backlog and the queue: open() took the one and joined the other atomically.
         for e in self.backlog:
-            last = e.get("seq", 0)
             yield sse_message(e)
         while not self.closed.is_set():
             got = self.stream.take(KEEPALIVE_S)
@@ -139,9 +138,7 @@ class _Body:
             if not got:
                 yield b": keep-alive\n\n"
             for e in got:
-                if e.get("seq", 0) > last:
-                    last = e.get("seq", 0)
-                    yield sse_message(e)
+                yield sse_message(e)
 
     def close(self) -> None:
         self.feed._release(self.stream)

@@ -124,7 +124,10 @@ def test_move_codes_and_the_new_order(running):
     reply.pop("ms", None)  # the server's time for the request
     assert reply == {"v": 1, "ok": True, "cmd": "move", "segment_id": ids[3], "position_was": 2, "position": 0,
                      "id": "req-1"}
-    assert move(segment_id=ids[1], to=5)["position"] == 2
+    from flashtalk_live.client import Client
+
+    with Client(r.ipc) as c:  # the client's method comes from the table too
+        assert c.move(ids[1], to=5)["position"] == 2
     status = ask(r.ipc, [hdr(cmd="status")])
     assert [(p["segment_id"], p["position"]) for p in status["pending"]] == [(ids[3], 0), (ids[2], 1), (ids[1], 2)]
     assert [(e["segment_id"], e["position_was"], e["position"]) for e in moved] == [(ids[3], 2, 0), (ids[1], 1, 2)]

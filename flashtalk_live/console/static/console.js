@@ -129,9 +129,13 @@ async function refresh() {
   } catch (e) { /* the daemon restarting: try again on the next tick */ }
 }
 
+const seenSeqs = new Set();  // events from two publishing threads may arrive out of seq order: dedupe by seq
+
 function addEvent(e, via) {
-  if (e.seq <= lastSeq) return;
-  lastSeq = e.seq;
+  if (seenSeqs.has(e.seq)) return;
+  seenSeqs.add(e.seq);
+  if (seenSeqs.size > 1000) seenSeqs.delete(seenSeqs.values().next().value);
+  lastSeq = Math.max(lastSeq, e.seq);
   const { type, seq, ts, ...rest } = e;
   const time = new Date(ts * 1000).toLocaleTimeString();
   const li = el("li", time + " " + type + " " + JSON.stringify(rest), "event " + type);
