@@ -178,3 +178,16 @@ def test_gpu_memory_never_imports_torch():
             "import torch; assert gpu_memory() is None or torch.cuda.is_initialized(); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_gpu_memory_is_reported_once_cuda_is_in_use():
+    """Runs where CUDA is (the lead's GPU box); skipped on the CPU-only CI machine."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from flashtalk_live.console.health import gpu_memory
+
+    x = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+    gpus = gpu_memory()
+    assert gpus and gpus[0]["allocated_bytes"] >= x.numel() and gpus[0]["max_allocated_bytes"] >= x.numel()
+    assert gpus[0]["total_bytes"] > gpus[0]["allocated_bytes"]

@@ -75,16 +75,17 @@ function renderStatus(st) {
   }
   const meters = $("meters");
   const levels = (st.audio_levels || {}).rms_dbfs || [];
+  const peaks = (st.audio_levels || {}).peak_dbfs || [];
   while (meters.children.length > levels.length) meters.lastChild.remove();
   levels.forEach((db, i) => {
     let m = meters.children[i];
     if (!m) {
       m = el("meter");
       m.min = -60; m.max = 0; m.low = -18; m.high = -6; m.optimum = -20;
-      m.title = "channel " + (i + 1);
       meters.appendChild(m);
     }
     m.value = Math.max(-60, db);
+    m.title = "channel " + (i + 1) + ": RMS " + db + " dBFS, peak " + (peaks[i] ?? "—") + " dBFS";
   });
   const q = $("queue");
   q.replaceChildren();
