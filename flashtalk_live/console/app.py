@@ -1,4 +1,5 @@
-"""The console's WSGI app: the page, the JSON API, the preview, and /metrics (the Prometheus app, mounted as is).
+"""The console's WSGI app: the page, the JSON API (with the live event stream and the health history), the preview,
+and /metrics (the Prometheus app, mounted as is).
 
 Every command goes through the ingest server's `dispatch` (the command table, its typed fields, the peer's trust and
 the rate limit), as a ZeroMQ request would: a caller with the console token is a trusted peer ("http" transport).
