@@ -34,7 +34,10 @@ REJECT_CODES: dict[str, str] = {
                   "(the reason says which)",
     "disk_full": "the state directory's disk is under `storage.min_free_bytes` / `storage.min_free_percent` (or "
                  "full); nothing was queued; retry once space returns (the room stays on air meanwhile)",
-    "not_found": "`cancel` of a clip that is not pending or playing; `output_remove` of an unknown output name",
+    "not_found": "`cancel` or `move` of a clip that is not pending or playing (or `move` relative to one); "
+                 "`output_remove` of an unknown output name",
+    "not_pending": "`move` of a clip (`segment_id`), or relative to a clip (`before`/`after`), that is on air or "
+                   "rendered ahead: only pending clips can be moved",
     "already_exists": "`output_add` with the name of an existing output",
     "bad_output": "`output_add` with a URL that is no output (not rtmp://, rtmps:// or a .flv/.mp4 path), or "
                   "`segment_seconds` on a stream",

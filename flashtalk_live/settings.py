@@ -418,6 +418,11 @@ class ConsoleSettings(_Section):
                                                              "together")
     preview_width: int = Field(320, ge=16, le=3840, description="preview width in pixels (height keeps the aspect)")
     event_history: int = Field(200, ge=1, le=10_000, description="recent events kept for /api/events")
+    event_stream_clients: int = Field(8, ge=1, le=64, description="most open /api/events/stream connections; one "
+                                      "more is refused with 503 `busy` (each holds one of metrics.max_connections)")
+    health_interval_s: float = Field(10.0, ge=0.05, le=3600, description="seconds between two samples of the health "
+                                     "history (/api/health)")
+    health_history_s: float = Field(6 * 3600.0, gt=0, le=7 * 86400, description="how far back /api/health reaches")
 
 
 class LoggingSettings(_Section):

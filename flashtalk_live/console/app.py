@@ -1,4 +1,5 @@
-"""The console's WSGI app: the page, the JSON API, the preview, and /metrics (the Prometheus app, mounted as is).
+"""The console's WSGI app: the page, the JSON API (with the live event stream and the health history), the preview,
+and /metrics (the Prometheus app, mounted as is).
 
 Every command goes through the ingest server's `dispatch` (the command table, its typed fields, the peer's trust and
 the rate limit), as a ZeroMQ request would: a caller with the console token is a trusted peer ("http" transport).
@@ -7,7 +8,6 @@ Every state-changing request (any POST) needs the token; reads do not. Replies a
 
 from __future__ import annotations
 
-import collections
 import json
 import threading
 from importlib import resources
@@ -15,9 +15,11 @@ from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
 from flashtalk_live.console.auth import bearer_ok
+from flashtalk_live.console.feed import EventFeed
+from flashtalk_live.console.health import HealthHistory, gpu_memory
 from flashtalk_live.console.preview import AirTap, PreviewEncoder
 from flashtalk_live.errors import Rejection
-from flashtalk_live.events import Event, EventBus
+from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.commands import Peer
 from flashtalk_live.secrets import mask_obj
 from flashtalk_live.ingest.server import IngestServer
@@ -29,7 +31,7 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 HTTP_STATUS: dict[str, int] = {
     "unauthorized": 403, "forbidden_path": 403,
     "not_found": 404, "unknown_command": 404,
-    "already_exists": 409, "queue_full": 409, "too_many_outputs": 409,
+    "already_exists": 409, "queue_full": 409, "too_many_outputs": 409, "not_pending": 409,
     "oversize": 413, "image_too_large": 413,
     "rate_limited": 429,
     "internal": 500, "unavailable": 501, "busy": 503, "disk_full": 507,
@@ -50,27 +52,6 @@ BOUNDARY = "flashtalkframe"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
-class EventRing:
-    """The last `size` events of the bus (already masked by it), by sequence number."""
-
-    def __init__(self, events: EventBus, size: int) -> None:
-        self._ring: collections.deque[Event] = collections.deque(maxlen=size)
-        self._lock = threading.Lock()
-        self._events = events
-        events.subscribe(self._on_event)
-
-    def _on_event(self, event: Event) -> None:
-        with self._lock:
-            self._ring.append(event)
-
-    def since(self, after: int = 0) -> list[Event]:
-        with self._lock:
-            return [e for e in self._ring if e.get("seq", 0) > after]
-
-    def close(self) -> None:
-        self._events.unsubscribe(self._on_event)
-
-
 def _host_name(host_header: str) -> str:
     """The host part of a Host header ("[::1]:9464" -> "::1", "localhost:80" -> "localhost")."""
     h = host_header.strip().lower()
@@ -89,7 +70,8 @@ class Console:
         self.metrics_app = metrics_app
         self.tap = tap
         self.preview = PreviewEncoder(tap, c.preview_fps, c.preview_width)
-        self.events = EventRing(events, c.event_history)
+        self.events = EventFeed(events, c.event_history, c.event_stream_clients)
+        self.health = HealthHistory(ingest.status, events, c.health_interval_s, c.health_history_s)
         self.max_body = ingest.cfg.max_message_bytes
         # A loopback bind only answers Host names of this machine: a DNS-rebinding page cannot read the API.
         self.check_host = is_loopback_host(metrics_host)
@@ -100,6 +82,8 @@ class Console:
             ("GET", "/api/queue"): lambda env: self._json(200, self.queue()),
             ("GET", "/api/outputs"): self._outputs,
             ("GET", "/api/events"): self._events,
+            ("GET", "/api/events/stream"): self._event_stream,
+            ("GET", "/api/health"): self._health,
             ("GET", "/preview.jpg"): self._preview_jpg,
             ("GET", "/preview.mjpeg"): self._preview_mjpeg,
         }
@@ -107,6 +91,7 @@ class Console:
     def close(self) -> None:
         self.closed.set()
         self.events.close()
+        self.health.close()
 
     # -- WSGI ----------------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -167,6 +152,11 @@ class Console:
         st = self.ingest.status()
         st["audio_levels"] = self.tap.audio_levels()
         st["preview"] = self.preview.stats()
+        st["event_streams"] = {"open": self.events.open_streams, "max": self.events.max_streams,
+                               "lost": self.events.streams_lost}
+        gpus = gpu_memory()
+        if gpus is not None:
+            st["gpu"] = gpus
         st["plan"] = self._plan(st)
         return st
 
@@ -209,6 +199,27 @@ class Console:
             return self._error(400, "bad_request", "after: not an integer", "after")
         events = self.events.since(after)
         return self._json(200, {"events": events, "last_seq": events[-1]["seq"] if events else after})
+
+    def _event_stream(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        """Server-sent events: the ring's events after Last-Event-ID (a reconnect) or ?after=, then live ones."""
+        raw = environ.get("HTTP_LAST_EVENT_ID") or parse_qs(environ.get("QUERY_STRING", "")).get("after", ["0"])[0]
+        try:
+            after = int(raw)
+        except ValueError:
+            return self._error(400, "bad_request", "after / Last-Event-ID: not an integer", "after")
+        body = self.events.open(after, self.closed)
+        if body is None:
+            return self._error(503, "busy", f"{self.events.max_streams} event streams are open "
+                                            f"(console.event_stream_clients); poll GET /api/events?after=SEQ instead",
+                               extra=[("Retry-After", "10")])
+        return 200, [("Content-Type", "text/event-stream; charset=utf-8"), ("X-Accel-Buffering", "no")], body
+
+    def _health(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        try:
+            since = float(parse_qs(environ.get("QUERY_STRING", "")).get("since", ["0"])[0])
+        except ValueError:
+            return self._error(400, "bad_request", "since: not a number", "since")
+        return self._json(200, self.health.snapshot(since))
 
     def _peer(self, environ: dict[str, Any], trusted: bool) -> Peer:
         return Peer(transport="http", key=None, address=str(environ.get("REMOTE_ADDR", "")), trusted=trusted)

@@ -118,6 +118,24 @@ class CancelArgs(Args):
     segment_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="the clip to drop or cut")
 
 
+class MoveArgs(Args):
+    segment_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="the pending clip to move")
+    before: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS,
+                               description="put it just before this pending clip")
+    after: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS,
+                              description="put it just after this pending clip")
+    to: int | None = Field(None, ge=0, le=1_000_000, description="put it at this 0-based index among the pending "
+                           "clips (0 airs next; past the end: last)")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "MoveArgs":
+        given = [n for n in ("before", "after", "to") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise Rejection("bad_request", f"move: give exactly one of before, after, to (got "
+                                           f"{', '.join(given) or 'none'})", given[1] if len(given) > 1 else "to")
+        return self
+
+
 class PingArgs(Args):
     event: bool = Field(False, description="also publish a `pong` event on the PUB socket")
     nonce: str | None = Field(None, max_length=MAX_ID_CHARS, description="carried by that `pong` event")
@@ -188,6 +206,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("play_now", AudioArgs, "cut the clip on air at the next chunk boundary and play this one", data="audio"),
     Command("clear", NoArgs, "drop every pending clip; the clip on air finishes"),
     Command("cancel", CancelArgs, "drop one pending clip, or cut the clip on air"),
+    Command("move", MoveArgs, "move one pending clip before/after another pending clip, or to an index"),
     Command("status", NoArgs, "queue, broadcast, renderer and output status"),
     Command("ping", PingArgs, "liveness, protocol version, limits and the commands this daemon serves"),
     Command("outputs", NoArgs, "every output with its state (stream keys masked)"),

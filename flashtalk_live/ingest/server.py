@@ -112,7 +112,8 @@ class IngestServer:
         self.events = events
         self.status_provider = status_provider
         own: dict[str, Handler] = {name: self._cmd_audio for name in AUDIO_COMMANDS}
-        own.update(clear=self._cmd_clear, cancel=self._cmd_cancel, status=self._cmd_status, ping=self._cmd_ping)
+        own.update(clear=self._cmd_clear, cancel=self._cmd_cancel, move=self._cmd_move, status=self._cmd_status,
+                   ping=self._cmd_ping)
         for name in handlers or {}:
             if name not in COMMANDS:
                 raise ValueError(f"handler for {name!r}, which is not in the command table (ingest/commands.py)")
@@ -415,6 +416,15 @@ class IngestServer:
         if was == "pending":
             self.events.publish("dropped", segment_id=sid, reason="cancelled")
         return {"segment_id": sid, "was": was}
+
+    def _cmd_move(self, call: Call) -> dict[str, Any]:
+        a = call.args
+        sid = a.segment_id  # type: ignore[attr-defined]
+        old, new = self.spool.move(sid, before=a.before, after=a.after, to=a.to)  # type: ignore[attr-defined]
+        if old != new:
+            self.log.info("clip_moved", segment_id=sid, position_was=old, position=new)
+            self.events.publish("moved", segment_id=sid, position_was=old, position=new)
+        return {"segment_id": sid, "position_was": old, "position": new}
 
     def _cmd_audio(self, call: Call) -> dict[str, Any]:
         data, a, mode = call.data, call.args, call.name

@@ -592,6 +592,59 @@ class Spool:
             self._reclaim()
         return was
 
+    def move(self, segment_id: str, *, before: str | None = None, after: str | None = None,
+             to: int | None = None) -> tuple[int, int]:
+        """Move one pending clip before or after another pending clip, or to index `to` (0 = next to air; past the
+        end = last). Returns (old index, new index). One row is written unless the gap between the new neighbours
+        is used up (then the queue is renumbered once, in the same transaction).
+
+        The moved clip takes its place: it counts as an insert (later inserts go after it) exactly when every clip
+        before it is one, and a play_now cut it was still waiting for is withdrawn. Raises SpoolError `not_found`
+        (an unknown id) or `not_pending` (a clip on air or rendered ahead), naming the field."""
+        if sum(x is not None for x in (before, after, to)) != 1:
+            raise ValueError("give exactly one of before, after, to")
+
+        def move() -> tuple[int, int]:
+            with self._tx() as db:
+                for field_name, sid in (("segment_id", segment_id), ("before", before), ("after", after)):
+                    if sid is None:
+                        continue
+                    row = db.execute("SELECT state FROM clips WHERE segment_id=?", (sid,)).fetchone()
+                    if row is None:
+                        raise SpoolError("not_found", f"no clip {sid[:64]!r} in the queue", field_name)
+                    if row[0] != "pending":
+                        raise SpoolError("not_pending", f"clip {sid[:64]!r} is on air or rendered ahead; only "
+                                                        f"pending clips can be moved or moved around", field_name)
+                rows = db.execute("SELECT segment_id, pos, priority FROM clips WHERE state='pending' "
+                                  "ORDER BY pos, seq").fetchall()
+                order = [r[0] for r in rows]
+                old = order.index(segment_id)
+                rest = [r for r in rows if r[0] != segment_id]
+                ids = [r[0] for r in rest]
+                if before is not None or after is not None:
+                    anchor = before if before is not None else after
+                    if anchor == segment_id:
+                        raise SpoolError("bad_request", "a clip cannot move relative to itself",
+                                         "before" if before is not None else "after")
+                    new = ids.index(anchor) + (after is not None)
+                else:
+                    new = min(int(to), len(rest))  # type: ignore[arg-type]
+                if new == old:
+                    return old, new
+                lo = rest[new - 1][1] if new > 0 else None
+                hi = rest[new][1] if new < len(rest) else None
+                priority = int(all(r[2] for r in rest[:new]))
+                db.execute("UPDATE clips SET priority=?, interrupt=0 WHERE segment_id=?", (priority, segment_id))
+                if lo is not None and hi is not None and hi - lo < 2:  # no room between them: spread out once
+                    db.executemany("UPDATE clips SET pos = ? WHERE segment_id = ?",
+                                   [(i * GAP, s) for i, s in enumerate(ids[:new] + [segment_id] + ids[new:])])
+                else:
+                    pos = hi - GAP if lo is None else lo + GAP if hi is None else (lo + hi) // 2
+                    db.execute("UPDATE clips SET pos=? WHERE segment_id=?", (pos, segment_id))
+            return old, new
+
+        return self._state_change(move)
+
     def clear(self) -> list[str]:
         """Drop every pending clip (the playing one stays); returns their ids in queue order."""
         def clear() -> list[str]:

@@ -1,7 +1,9 @@
 """The console in a real browser: Debian's headless Chromium, driven by Selenium through Debian's chromium-driver,
 opens the page of a running daemon, sees the preview change, uploads clips (enqueue, play now), sees them queued and
-on air with the `started` event, cancels a pending clip, adds and removes a file output. Screenshots go to
-$FLASHTALK_TEST_ARTIFACTS (default test-artifacts/) /console/. Required in CI (CI=1): never skipped there."""
+on air with the `started` event arriving over the live event stream, moves a pending clip down, cancels a pending
+clip, changes the avatar by upload, sees the health charts drawn, adds and removes a file output. Screenshots go to
+$FLASHTALK_TEST_ARTIFACTS (default test-artifacts/) /console/ (`console.png` is the one docs/console.md shows).
+Required in CI (CI=1): never skipped there."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from console_support import ChunkColourRenderer, console_settings, wait_until, wav_bytes
+from console_support import ChunkColourRenderer, Http, console_settings, wait_until, wav_bytes
 from flashtalk_live.daemon import Daemon
 
+PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8"
+                        "cfc0000003010100c9fe92ef0000000049454e44ae426082")
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1000"]
@@ -63,7 +67,8 @@ def test_operator_drives_the_room_from_the_page(browser, tmp_path):
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     shots = artefacts()
-    d = Daemon(console_settings(tmp_path), renderer_factory=lambda _s: ChunkColourRenderer(128, 128))
+    d = Daemon(console_settings(tmp_path, "console.health_interval_s=0.5"),
+               renderer_factory=lambda _s: ChunkColourRenderer(128, 128))
     d.start()
     try:
         wait = WebDriverWait(browser, 45, poll_frequency=0.2)
@@ -108,13 +113,47 @@ def test_operator_drives_the_room_from_the_page(browser, tmp_path):
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'#queue tr[data-segment-id="{pending}"]'))
         browser.save_screenshot(str(shots / "02-queued.png"))
 
-        now = upload(20.0, "play_now", "now.wav", 660.0)  # long: the pending clip stays pending meanwhile
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'#events li[data-type="started"][data-segment-id="{now}"]'))
+        now = upload(30.0, "play_now", "now.wav", 660.0)  # long: the pending clips stay pending meanwhile
+        # `started` arrives over the live event stream (server-sent events), not by polling.
+        wait.until(lambda b: b.find_elements(
+            By.CSS_SELECTOR, f'#events li[data-type="started"][data-segment-id="{now}"][data-via="stream"]'))
+        assert find(By.ID, "events-mode").text == "live"
         wait.until(lambda b: now in find(By.ID, "on-air").text)
         browser.save_screenshot(str(shots / "03-play-now-on-air.png"))
         assert len({first_clip, pending, now}) == 3
 
-        # Cancel the pending clip from its row.
+        # Move a pending clip down with its row's button: the page and the API show the new order.
+        second = upload(3.0, "enqueue", "second.wav", 550.0)
+        def rows(b) -> list[str]:  # in one script: the table is redrawn twice a second
+            return b.execute_script("return [...document.querySelectorAll('#queue tr')].map(r => r.dataset.segmentId);")
+
+        wait.until(lambda b: rows(b) == [pending, second])
+        result = command(f'#queue tr[data-segment-id="{pending}"] button.down', "move", by_script=True)
+        assert result == f"move: ok ({pending})", result
+        wait.until(lambda b: rows(b) == [second, pending])
+        assert [p["segment_id"] for p in Http(d.metrics_port).get_json("/api/queue")["pending"]] == [second, pending]
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'#events li[data-type="moved"][data-segment-id="{pending}"]'))
+        browser.save_screenshot(str(shots / "04-moved.png"))
+
+        # Change the avatar by upload.
+        png = tmp_path / "face.png"
+        png.write_bytes(PNG_1PX)
+        find(By.ID, "avatar-file").send_keys(str(png))
+        assert command("avatar-send", "set_avatar") == "set_avatar: ok"
+
+        # The health charts are drawn from /api/health (several samples by now: one every 0.5 s).
+        wait.until(lambda b: b.execute_script(
+            "const c = document.querySelector('#health-chart .chart[data-series=\"av_skew_s\"]');"
+            "return c && c.querySelector('polyline') && Number(c.dataset.points) >= 3;"))
+        points = browser.execute_script("return document.querySelector("
+                                        "'#health-chart .chart[data-series=\"buffered_frames\"] polyline')"
+                                        ".getAttribute('points').trim().split(' ').length;")
+        assert points >= 3
+        browser.set_window_size(1280, 1300)
+        browser.save_screenshot(str(shots / "console.png"))  # the docs' screenshot: on air, queue, health, events
+        browser.set_window_size(1280, 1000)
+
+        # Cancel a pending clip from its row.
         result = command(f'#queue tr[data-segment-id="{pending}"] button.cancel', "cancel", by_script=True)
         assert result == f"cancel: ok ({pending}) was pending", result
         wait.until(lambda b: not b.find_elements(By.CSS_SELECTOR, f'#queue tr[data-segment-id="{pending}"]'))
@@ -126,14 +165,14 @@ def test_operator_drives_the_room_from_the_page(browser, tmp_path):
         assert command("out-add", "output_add") == "output_add: ok"
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, '#outputs tr[data-name="browser"]'))
         assert "browser" in d.outputs.names()
-        browser.save_screenshot(str(shots / "04-output-added.png"))
+        browser.save_screenshot(str(shots / "05-output-added.png"))
         # A refused command shows its code: the same name again.
         assert command("out-add", "output_add").startswith("output_add: already_exists [name]")
         assert command('#outputs tr[data-name="browser"] button.remove', "output_remove", by_script=True) \
             == "output_remove: ok"
         wait.until(lambda b: not b.find_elements(By.CSS_SELECTOR, '#outputs tr[data-name="browser"]'))
         assert "browser" not in d.outputs.names()
-        browser.save_screenshot(str(shots / "05-output-removed.png"))
+        browser.save_screenshot(str(shots / "06-output-removed.png"))
     except Exception:
         browser.save_screenshot(str(shots / "failure.png"))
         raise

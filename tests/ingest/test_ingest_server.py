@@ -243,7 +243,7 @@ def test_handlers_must_be_table_commands(make_settings):
 @pytest.mark.timeout(60)
 def test_ping_lists_the_served_table_commands_and_unbound_ones_are_unavailable(running):
     r = running(handlers={"outputs": lambda call: {"outputs": []}})
-    served = sorted(AUDIO_COMMANDS | {"clear", "cancel", "status", "ping", "outputs"})
+    served = sorted(AUDIO_COMMANDS | {"clear", "cancel", "move", "status", "ping", "outputs"})
     with Client(r.ipc) as c:
         p = c.ping()
         assert p["commands"] == served and p["trusted"] is True

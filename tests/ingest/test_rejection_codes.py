@@ -80,10 +80,57 @@ DAEMON_CASES: dict[str, tuple[str, list[list[bytes]], str | None]] = {
 # Not reachable through one complete daemon: a command with no handler, a handler's own bug, a low disk, a peer over
 # its rate, a connection over its in-flight cap (bare servers below).
 SERVER_CASES = ("unavailable", "internal", "disk_full", "rate_limited", "busy")
+# `move` against a bare server whose spool the test steps itself (a daemon takes clips on its own clock).
+MOVE_CODES = ("not_pending",)
 
 
 def test_every_code_has_a_case():
-    assert set(DAEMON_CASES) | set(SERVER_CASES) == set(REJECT_CODES)
+    assert set(DAEMON_CASES) | set(SERVER_CASES) | set(MOVE_CODES) == set(REJECT_CODES)
+
+
+@pytest.mark.timeout(60)
+def test_move_codes_and_the_new_order(running):
+    r = running()
+    ids = []
+    for _ in range(4):
+        reply = ask(r.ipc, pcm(0.5))
+        assert reply["ok"], reply
+        ids.append(reply["segment_id"])
+    on_air = r.spool.take_next()  # the timeline took the head: on air (or rendered ahead), no longer pending
+    assert on_air.segment_id == ids[0]
+    moved: list[dict] = []
+    r.bus.subscribe(lambda e: moved.append(e) if e["type"] == "moved" else None)
+
+    def move(**fields) -> dict:
+        return ask(r.tcp, [hdr(cmd="move", **fields)])
+
+    for fields, code, field in [
+        ({"segment_id": ids[0], "to": 1}, "not_pending", "segment_id"),
+        ({"segment_id": ids[1], "before": ids[0]}, "not_pending", "before"),
+        ({"segment_id": "f" * 16, "to": 0}, "not_found", "segment_id"),
+        ({"segment_id": ids[1], "after": "f" * 16}, "not_found", "after"),
+        ({"segment_id": ids[1]}, "bad_request", "to"),
+        ({"segment_id": ids[1], "before": ids[2], "to": 0}, "bad_request", "to"),
+        ({"segment_id": ids[1], "after": ids[1]}, "bad_request", "after"),
+        ({"segment_id": ids[1], "to": -1}, "bad_request", "to"),
+        ({"segment_id": ids[1], "to": "0"}, "bad_request", "to"),
+    ]:
+        reply = move(**fields)
+        assert (reply["ok"], reply["code"], reply.get("field")) == (False, code, field), (fields, reply)
+    assert [p["segment_id"] for p in ask(r.ipc, [hdr(cmd="status")])["pending"]] == ids[1:]
+    assert moved == []
+
+    reply = move(segment_id=ids[3], before=ids[1], id="req-1")
+    reply.pop("ms", None)  # the server's time for the request
+    assert reply == {"v": 1, "ok": True, "cmd": "move", "segment_id": ids[3], "position_was": 2, "position": 0,
+                     "id": "req-1"}
+    from flashtalk_live.client import Client
+
+    with Client(r.ipc) as c:  # the client's method comes from the table too
+        assert c.move(ids[1], to=5)["position"] == 2
+    status = ask(r.ipc, [hdr(cmd="status")])
+    assert [(p["segment_id"], p["position"]) for p in status["pending"]] == [(ids[3], 0), (ids[2], 1), (ids[1], 2)]
+    assert [(e["segment_id"], e["position_was"], e["position"]) for e in moved] == [(ids[3], 2, 0), (ids[1], 1, 2)]
 
 
 @pytest.fixture(scope="module")

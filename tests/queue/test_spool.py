@@ -107,6 +107,68 @@ def test_cancel_pending_and_playing(spool):
     assert names(spool) == ["c"]
 
 
+def test_move_before_after_and_to_an_index(spool):
+    a, b, c, d = (add(spool, n) for n in "abcd")
+    assert spool.move(d.segment_id, before=b.segment_id) == (3, 1)
+    assert names(spool) == ["a", "d", "b", "c"]
+    assert spool.move(a.segment_id, after=c.segment_id) == (0, 3)
+    assert names(spool) == ["d", "b", "c", "a"]
+    assert spool.move(c.segment_id, to=0) == (2, 0)
+    assert names(spool) == ["c", "d", "b", "a"]
+    assert spool.move(c.segment_id, to=99) == (0, 3)  # past the end: last
+    assert names(spool) == ["d", "b", "a", "c"]
+    assert spool.move(b.segment_id, to=1) == (1, 1)  # where it is already: nothing changes
+    assert [e.position for e in spool.pending()] == [0, 1, 2, 3]
+    assert spool.peek().meta["name"] == "d" and spool.get(c.segment_id).position == 3
+    with pytest.raises(ValueError):
+        spool.move(a.segment_id, before=b.segment_id, to=1)
+
+
+def test_move_refuses_unknown_and_not_pending_clips_and_changes_nothing(spool):
+    a, b, c = (add(spool, n) for n in "abc")
+    playing = spool.take_next()
+    assert playing.segment_id == a.segment_id
+    cases = [({"segment_id": "nope", "to": 0}, "not_found", "segment_id"),
+             ({"segment_id": b.segment_id, "before": "nope"}, "not_found", "before"),
+             ({"segment_id": a.segment_id, "to": 1}, "not_pending", "segment_id"),
+             ({"segment_id": c.segment_id, "after": a.segment_id}, "not_pending", "after"),
+             ({"segment_id": b.segment_id, "before": b.segment_id}, "bad_request", "before")]
+    for kw, code, field in cases:
+        with pytest.raises(SpoolError) as e:
+            spool.move(kw.pop("segment_id"), **kw)
+        assert (e.value.code, e.value.field) == (code, field)
+    assert names(spool) == ["b", "c"] and [p.segment_id for p in spool.playing()] == [a.segment_id]
+
+
+def test_move_renumbers_when_the_gap_is_used_up_and_survives_reopen(tmp_path):
+    s = Spool(tmp_path / "spool")
+    clips = [add(s, n) for n in "abcd"]
+    # c to between a and b, again and again: each halves the gap until the queue must be spread out
+    for i in range(30):
+        mover = clips[2 + i % 2]
+        s.move(mover.segment_id, after=clips[0].segment_id)
+    assert names(s) == ["a", "d", "c", "b"]
+    s.close()
+    with Spool(tmp_path / "spool") as s2:
+        assert names(s2) == ["a", "d", "c", "b"]
+        assert [e.position for e in s2.pending()] == [0, 1, 2, 3]
+
+
+def test_moved_clips_and_later_inserts(spool):
+    for n in "ab":
+        add(spool, n)
+    spool.take_next()  # a on air
+    p = add(spool, "p", "play_now")
+    add(spool, "c")
+    assert spool.interrupt_pending()
+    spool.move(p.segment_id, to=2)  # the operator takes the play_now back: its cut is withdrawn
+    assert names(spool) == ["b", "c", "p"] and not spool.interrupt_pending()
+    c = spool.pending()[1]
+    spool.move(c.segment_id, to=0)  # to the head: it counts as an insert, so a later insert goes after it
+    add(spool, "i", "insert")
+    assert names(spool) == ["c", "i", "b", "p"]
+
+
 def test_finished_clips_are_deleted_and_bytes_freed(tmp_path):
     s = Spool(tmp_path / "sp")
     big = os.urandom(4 * 1024 * 1024)
