@@ -222,6 +222,7 @@ class Daemon:
                  still: Renderer | None = None, parallel: Any = None) -> None:
         from flashtalk_live.ingest.server import IngestServer
         from flashtalk_live.media.encoder import Encoder
+        from flashtalk_live.media.framestore import FrameStore
         from flashtalk_live.media.pacing import Lookahead, Pacer
         from flashtalk_live.media.renderahead import RenderAhead
         from flashtalk_live.outputs.manager import OutputManager
@@ -277,7 +278,7 @@ class Daemon:
         self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
         for o in settings.outputs:
             self.outputs.add(self._expand_output(o))
-        self.lookahead = Lookahead(settings.renderer.lookahead_chunks)
+        self.lookahead = Lookahead(settings.renderer.lookahead_chunks, store=FrameStore.from_settings(settings))
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
                            on_underrun=self._on_underrun)
         self.render_ahead = RenderAhead(self.timeline, self.renderers.render, self.renderers.current_name,
@@ -574,7 +575,7 @@ class Daemon:
                 "send_max_s": round(self.outputs.send_max_s, 4),
             },
             "renderer": self.renderers.status(),
-            "render_ahead": self.render_ahead.status(),
+            "render_ahead": {**self.render_ahead.status(), **self.lookahead.store.stats()},
             "outputs": self.outputs.status(),
             "overlays": self.compositor.status(),
             "rss_bytes": _rss_bytes(),
@@ -634,6 +635,7 @@ class Daemon:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.renderers.close()
+        self.lookahead.store.close()  # after the render thread: no chunk is packed any more
         self.encoder.close()
         self.spool.close()
         self.log.info("stopped")
