@@ -155,8 +155,10 @@ class FrameStore:
             path = self.spill_dir / f"chunk-{self._seq:09d}{SPILL_SUFFIX}"
         try:
             st = os.statvfs(self.spill_dir)
-            if st.f_bavail * st.f_frsize - p.nbytes < self.min_free_bytes:
-                raise OSError(f"under the storage watermark ({self.min_free_bytes} bytes free)")
+            free = st.f_bavail * st.f_frsize
+            if free - p.nbytes < self.min_free_bytes:
+                raise OSError(f"{free} bytes free: a chunk of {p.nbytes} bytes would cross the storage watermark "
+                              f"({self.min_free_bytes} bytes)")
             assert p.data is not None
             with open(path, "xb", buffering=0) as f:
                 view = memoryview(p.data).cast("B")
