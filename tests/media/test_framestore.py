@@ -186,3 +186,20 @@ def test_cut_scrubs_spilled_chunks_and_keeps_their_frames(tmp_path):
     assert out[0].chunk.marks == [Mark(0, "interrupted", "a", "queue")]
     assert np.abs(out[2].frames.astype(int) - moving_frames(2)).mean() < 3
     assert not spill_files(tmp_path)
+
+
+def test_the_store_status_reaches_the_metrics_page(tmp_path):
+    from prometheus_client import generate_latest
+
+    from flashtalk_live.metrics import metrics_registry
+
+    st = FrameStore(max_ram_bytes=CHUNK_YUV, spill_dir=tmp_path)
+    for i in range(3):
+        st.append(rendered(i))
+    page = generate_latest(metrics_registry(lambda: {"render_ahead": {"buffered_s": 0.72, **st.stats()}})).decode()
+    assert "flashtalk_render_ahead_seconds 0.72" in page
+    assert f'flashtalk_render_ahead_bytes{{where="ram"}} {float(CHUNK_YUV)}' in page
+    assert f'flashtalk_render_ahead_bytes{{where="disk"}} {float(2 * CHUNK_YUV)}' in page
+    assert "flashtalk_render_ahead_spilled_chunks_total 2.0" in page
+    assert "flashtalk_render_ahead_spill_failures_total 0.0" in page
+    st.close()
