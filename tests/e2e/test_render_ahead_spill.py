@@ -9,22 +9,17 @@ labels step by one (nothing repeated, dropped or reordered on the way through th
 
 from __future__ import annotations
 
-import threading
-import time
-
 import av
 import numpy as np
 import pytest
 
-from flashtalk_live.client import Client
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.media.framestore import SPILL_SUFFIX
 from flashtalk_live.renderers.images import default_portrait, fit_image
 from flashtalk_live.timeline.chunk import RenderChunk
-from ingest_audiogen import encode
 from rtmp_harness import read_media
 from test_broadcast import band_power, decode_audio_mono
-from test_render_ahead import CHUNK, FPS, clip_marks, settings
+from test_render_ahead import CHUNK, FPS, clip_marks, push_clips, settings
 
 SIZE, BITS = 64, 8
 CHUNK_YUV = CHUNK * SIZE * SIZE * 3 // 2
@@ -72,30 +67,13 @@ def test_clips_air_in_order_through_spill_files_with_no_underrun(tmp_path):
     s = settings(tmp_path, "renderer.drill_slowdown=1.5", f"renderer.lookahead_ram_bytes={CHUNK_YUV}")
     d = Daemon(s, renderer_factory=lambda _s: LabelRenderer())
     spill_dir = tmp_path / "state" / "render-ahead"
-    events: list[dict] = []
-    done = threading.Event()
-    ids: list[str] = []
     most_on_disk = [0]
 
     def on_event(e: dict) -> None:
-        events.append(e)
         most_on_disk[0] = max(most_on_disk[0], d.lookahead.store.disk_bytes)
-        if e["type"] == "finished" and len(ids) == n_clips and e.get("segment_id") == ids[-1]:
-            done.set()
 
-    d.events.subscribe(on_event)
-    d.start()
     freqs = [400.0 + 150.0 * i for i in range(n_clips)]
-    try:
-        with Client(f"ipc://{tmp_path / 'state'}/control.sock", timeout_s=20) as c:
-            t0 = time.monotonic()
-            for i, f in enumerate(freqs):
-                time.sleep(max(0.0, t0 + i * period_s - time.monotonic()))
-                ids.append(c.enqueue(encode("wav_s16", seconds=clip_s, freq=f))["segment_id"])
-            assert done.wait(120), "the last clip never finished"
-            st = c.status()
-    finally:
-        d.close()
+    events, ids, st = push_clips(d, tmp_path, freqs, clip_s, period_s, on_event)
 
     b, ra = st["broadcast"], st["render_ahead"]
     print(f"\nspilled {ra['spilled_chunks_total']} chunks, most on disk {most_on_disk[0]} B, RAM now "
