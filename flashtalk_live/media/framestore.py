@@ -84,10 +84,6 @@ class PackedFrames:
     path: Path | None = None  # the spill file
     nbytes: int = 0  # what it costs where it is (RAM or disk); 0 for a still
 
-    @property
-    def spilled(self) -> bool:
-        return self.path is not None
-
 
 class FrameStore:
     """A FIFO of RenderedChunks whose frames are PackedFrames (see the module docstring).
@@ -112,6 +108,7 @@ class FrameStore:
         self.ram_bytes = 0
         self.disk_bytes = 0
         self.spilled_chunks = 0  # chunks written to disk, ever
+        self.spilled_now = 0  # chunks on disk now
         self.spill_failures = 0  # chunks kept in RAM over the bound because the spill failed
         self.spill_error: str | None = None  # set while spills fail (one warning per episode)
         self.spill_files_cleaned = 0
@@ -180,6 +177,7 @@ class FrameStore:
         with self._lock:
             self.disk_bytes += p.nbytes
             self.spilled_chunks += 1
+            self.spilled_now += 1
             recovered, self.spill_error = self.spill_error, None
         if recovered is not None:
             self._log.info("render_ahead_spill_recovered", failures=self.spill_failures)
@@ -231,6 +229,7 @@ class FrameStore:
         with self._lock:
             if p.path is not None:
                 self.disk_bytes -= p.nbytes
+                self.spilled_now -= 1
             else:
                 self.ram_bytes -= p.nbytes
         if p.path is not None:
@@ -287,8 +286,7 @@ class FrameStore:
 
     def stats(self) -> dict[str, Any]:
         return {"ram_bytes": self.ram_bytes, "disk_bytes": self.disk_bytes,
-                "spilled_chunks_total": self.spilled_chunks, "spilled_chunks": sum(
-                    1 for it in list(self._items) if isinstance(it.frames, PackedFrames) and it.frames.spilled),
+                "spilled_chunks": self.spilled_now, "spilled_chunks_total": self.spilled_chunks,
                 "spill_failures_total": self.spill_failures, "spill_error": self.spill_error,
                 "spill_read_failures_total": self.read_failures,
                 "max_ram_bytes": self.max_ram_bytes, "compact": self.compact}
