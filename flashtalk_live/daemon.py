@@ -27,6 +27,7 @@ from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.log import get_logger
 from flashtalk_live.media.encoder import Encoder
+from flashtalk_live.media.framestore import FrameStore
 from flashtalk_live.media.pacing import Lookahead, LookaheadClosed, Pacer
 from flashtalk_live.media.renderahead import RenderAhead
 from flashtalk_live.metrics import serve_metrics
@@ -263,7 +264,8 @@ class Daemon:
         self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
         for o in settings.outputs:
             self.outputs.add(self._expand_output(o))
-        self.lookahead = Lookahead(settings.renderer.lookahead_chunks)
+        self.lookahead = Lookahead(settings.renderer.lookahead_chunks, 
+                                   store=FrameStore.from_settings(settings.expanded(settings.renderer), settings.storage))
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
                            on_underrun=self._on_underrun)
         self.render_ahead = RenderAhead(self.timeline, self.renderers.render, self.renderers.current_name,
@@ -557,7 +559,7 @@ class Daemon:
                 "send_max_s": round(self.outputs.send_max_s, 4),
             },
             "renderer": self.renderers.status(),
-            "render_ahead": self.render_ahead.status(),
+            "render_ahead": {**self.render_ahead.status(), **self.lookahead.store.stats()},
             "outputs": self.outputs.status(),
             "overlays": self.compositor.status(),
             "rss_bytes": _rss_bytes(),
@@ -613,6 +615,7 @@ class Daemon:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.renderers.close()
+        self.lookahead.store.close()  # after the render thread: no chunk is packed any more
         self.encoder.close()
         self.spool.close()
         self.log.info("stopped")

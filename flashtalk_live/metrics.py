@@ -44,6 +44,7 @@ class StatusCollector:
         yield GaugeMetricFamily("flashtalk_av_skew_seconds", "Encoded audio end minus video end", value=b.get("av_skew_s", 0.0))
         yield GaugeMetricFamily("flashtalk_render_rtf", "Render time / chunk duration (below 1 keeps up)", value=b.get("render_rtf", 0.0))
         yield GaugeMetricFamily("flashtalk_lookahead_frames", "Frames rendered ahead of the encoder", value=b.get("buffered_frames", 0))
+        yield from _render_ahead_metrics(s.get("render_ahead") or {})
         yield CounterMetricFamily("flashtalk_frames", "Frames broadcast", value=b.get("frames_out", 0))
         under = CounterMetricFamily("flashtalk_underrun_frames", "Frames repeated because the renderer was late, "
                                     "while a clip was on air (clip: speech stalled) or not (idle)", labels=["where"])
@@ -143,6 +144,20 @@ class CappedHTTPServer(ConnectionCap, ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.max_connections, self.log = max_connections, log
         super().__init__(addr, handler)
+
+
+def _render_ahead_metrics(ra: dict[str, Any]):
+    """The render-ahead buffer (issue 10): seconds buffered, bytes in RAM and on disk, spills."""
+    yield GaugeMetricFamily("flashtalk_render_ahead_seconds", "Air rendered ahead and buffered, seconds",
+                            value=ra.get("buffered_s", 0.0))
+    held = GaugeMetricFamily("flashtalk_render_ahead_bytes", "Render-ahead frames held, bytes", labels=["where"])
+    for where in ("ram", "disk"):
+        held.add_metric([where], float(ra.get(f"{where}_bytes", 0)))
+    yield held
+    yield CounterMetricFamily("flashtalk_render_ahead_spilled_chunks", "Render-ahead chunks spilled to disk",
+                              value=ra.get("spilled_chunks_total", 0))
+    yield CounterMetricFamily("flashtalk_render_ahead_spill_failures", "Chunks kept in RAM over the bound because "
+                              "the spill to disk failed", value=ra.get("spill_failures_total", 0))
 
 
 def _storage_metrics(st: dict[str, Any]):

@@ -179,7 +179,8 @@ class RendererSettings(_Section):
             raise ValueError(f"not a renderer kind; expected one of {list(RENDERER_KINDS)}")
         return v
 
-    lookahead_chunks: int = Field(3, ge=1, le=32, description="rendered chunks buffered ahead of the encoder")
+    lookahead_chunks: int = Field(3, ge=1, le=32, description="rendered chunks buffered ahead of the encoder while "
+                                  "no clip waits for a head start (the base of the render-ahead buffer)")
     fallback_retry_initial_s: float = Field(5.0, gt=0)
     fallback_retry_max_s: float = Field(300.0, gt=0)
     deadline_factor: float = Field(
@@ -187,7 +188,15 @@ class RendererSettings(_Section):
         "below lookahead_chunks so the still renderer takes over before the buffer runs dry")
     lookahead_s: float = Field(
         20.0, ge=0, le=600, description="render-ahead budget: how many seconds of frames may be buffered while a "
-        "queue clip waits for enough head start to air without a stall (docs/broadcast.md, render ahead)")
+        "queue clip waits for enough head start to air without a stall (docs/broadcast.md, render ahead): the "
+        "render-ahead buffer's bound in seconds (never below lookahead_chunks)")
+    lookahead_ram_bytes: int = Field(
+        512 * 1024**2, ge=0, description="render-ahead frames kept in RAM (YUV 4:2:0: 1.5 bytes a pixel); past this "
+        "many bytes whole chunks spill to lookahead_spill_dir. A spill that fails keeps the chunk in RAM (logged)")
+    lookahead_spill_dir: str = Field("{state_dir}/render-ahead", description="spill files of the render-ahead "
+                                     "buffer; emptied at start and stop")
+    lookahead_compact: bool = Field(True, description="hold render-ahead frames as YUV 4:2:0 (half the bytes of "
+                                    "RGB, about 1 ms of CPU a 448x768 frame); false: RGB")
     admission_margin: float = Field(
         0.25, ge=0, le=5, description="safety margin on the measured render rate when deciding whether a clip "
         "can start (0.25: plan as if the renderer were 25% slower than measured)")
@@ -616,6 +625,7 @@ def parse_override(item: str) -> dict[str, Any]:
 # Keys whose relative values name files: in a config file they mean "next to this file", not the current directory.
 _FILE_KEYS = (("state_dir",), ("queue", "spool_dir"), ("programme", "playlist"), ("video", "reference_image"),
               ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"),
+              ("renderer", "lookahead_spill_dir"),
               ("ingest", "server_key"), ("ingest", "client_keys_dir"), ("overlays", "font"), ("console", "token_file"))
 _FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"))
 

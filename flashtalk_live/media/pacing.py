@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from flashtalk_live.log import get_logger
+from flashtalk_live.media.framestore import FrameStore
 from flashtalk_live.timeline.chunk import Mark, RenderedChunk
 
 Clock = Callable[[], float]
@@ -33,14 +34,17 @@ class LookaheadClosed(RuntimeError):
 
 
 class Lookahead:
-    """A bounded FIFO of rendered chunks; `put` blocks while `max_chunks` are waiting."""
+    """A bounded FIFO of rendered chunks; `put` blocks while `max_chunks` are waiting.
 
-    def __init__(self, max_chunks: int, samples_per_frame: int | None = None) -> None:
+    store: holds the chunks (media/framestore.py: YUV 4:2:0, spilled to disk past a RAM bound); default: RGB in RAM.
+    """
+
+    def __init__(self, max_chunks: int, samples_per_frame: int | None = None, store: FrameStore | None = None) -> None:
         if max_chunks < 1:
             raise ValueError(f"max_chunks must be >= 1, got {max_chunks}")
         self.max_chunks = max_chunks
         self.samples_per_frame = samples_per_frame
-        self._items: collections.deque[RenderedChunk] = collections.deque()
+        self._items = self.store = store if store is not None else FrameStore(compact=False)
         self._cond = threading.Condition()
         self._closed = False
         self._frames = 0
@@ -69,6 +73,11 @@ class Lookahead:
             if not self._cond.wait_for(lambda: self._closed or len(self._items) < self.max_chunks, timeout):
                 return False
             if self._closed:
+                raise LookaheadClosed("look-ahead buffer closed")
+        item = self._items.pack(item)  # convert (and spill) off the lock: the air keeps taking meanwhile
+        with self._cond:
+            if self._closed:
+                self._items.discard(item)
                 raise LookaheadClosed("look-ahead buffer closed")
             for sid in self._cut:
                 item = self._scrub(item, sid)
@@ -109,7 +118,7 @@ class Lookahead:
             if segment_id in self._cut:
                 return
             self._cut.append(segment_id)
-            self._items = collections.deque(self._scrub(it, segment_id) for it in self._items)
+            self._items.restamp(lambda it: self._scrub(it, segment_id))
             self._cut_due.append(segment_id)
 
     def _scrub(self, item: RenderedChunk, sid: str) -> RenderedChunk:

@@ -36,23 +36,24 @@ def clip_marks(events: list[dict], kind: str) -> list[tuple[str, int]]:
     return [(e["segment_id"], e["frame"]) for e in events if e["type"] == kind and e.get("source") == "queue"]
 
 
-@pytest.mark.timeout(300)
-def test_still_renderer_at_twice_real_time_never_stalls_inside_a_clip(tmp_path):
-    clip_s, period_s, n_clips = 3.0, 7.5, 8  # 40% duty cycle, about 60 s of air
-    s = settings(tmp_path, "renderer.drill_slowdown=2.0")
-    d = Daemon(s)
+def push_clips(d: Daemon, tmp_path: Path, freqs: list[float], clip_s: float, period_s: float,
+               on_event=None) -> tuple[list[dict], list[str], dict]:
+    """Start the daemon, push one tone clip per freq every period_s, wait for the last to finish, close it.
+
+    Returns the events, the clips' segment ids and the status read just before closing."""
     events: list[dict] = []
     done = threading.Event()
     ids: list[str] = []
 
-    def on_event(e: dict) -> None:
+    def watch(e: dict) -> None:
         events.append(e)
-        if e["type"] == "finished" and len(ids) == n_clips and e.get("segment_id") == ids[-1]:
+        if on_event is not None:
+            on_event(e)
+        if e["type"] == "finished" and len(ids) == len(freqs) and e.get("segment_id") == ids[-1]:
             done.set()
 
-    d.events.subscribe(on_event)
+    d.events.subscribe(watch)
     d.start()
-    freqs = [400.0 + 150.0 * i for i in range(n_clips)]
     try:
         with Client(f"ipc://{tmp_path / 'state'}/control.sock", timeout_s=20) as c:
             t0 = time.monotonic()
@@ -64,6 +65,16 @@ def test_still_renderer_at_twice_real_time_never_stalls_inside_a_clip(tmp_path):
             st = c.status()
     finally:
         d.close()
+    return events, ids, st
+
+
+@pytest.mark.timeout(300)
+def test_still_renderer_at_twice_real_time_never_stalls_inside_a_clip(tmp_path):
+    clip_s, period_s, n_clips = 3.0, 7.5, 8  # 40% duty cycle, about 60 s of air
+    s = settings(tmp_path, "renderer.drill_slowdown=2.0")
+    d = Daemon(s)
+    freqs = [400.0 + 150.0 * i for i in range(n_clips)]
+    events, ids, st = push_clips(d, tmp_path, freqs, clip_s, period_s)
 
     b, ra = st["broadcast"], st["render_ahead"]
     started, finished = clip_marks(events, "started"), clip_marks(events, "finished")
