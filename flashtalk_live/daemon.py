@@ -264,7 +264,7 @@ class Daemon:
         self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
         for o in settings.outputs:
             self.outputs.add(self._expand_output(o))
-        self.lookahead = Lookahead(settings.renderer.lookahead_chunks, 
+        self.lookahead = Lookahead(settings.renderer.lookahead_chunks,
                                    store=FrameStore.from_settings(settings.expanded(settings.renderer), settings.storage))
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
                            on_underrun=self._on_underrun)
