@@ -283,7 +283,8 @@ class Daemon:
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
                            on_underrun=self._on_underrun)
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
-        self.replanner = Replanner(self.timeline, self.lookahead)
+        self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=lambda: self.admission.planning_rate,
+                                   air_frame=lambda: self.pacer.air_frame)
         self.render_ahead = RenderAhead(self.replanner, self.renderers.render, self.renderers.current_name,
                                         self.admission, self.lookahead, fps=v.fps,
                                         idle_reuse=settings.renderer.idle_reuse)
@@ -385,7 +386,10 @@ class Daemon:
                 air = tl.first_frame()
             buffered = tl.planned_starts(air)
             cut_frame, remaining = tl.frame, tl.remaining_s
-            pending = [(e.segment_id, e.duration_s) for e in self.spool.pending(limit=PLAN_LIMIT)]
+            head = self.spool.pending(limit=PLAN_LIMIT)
+            pending = [(e.segment_id, e.duration_s) for e in head]
+            if head and head[0].interrupt:  # a play_now clip waits: it cuts what is being cut now
+                remaining = 0.0
         a = self.admission
         plan = plan_on_air(fps=fps, air_frame=air, cut_frame=cut_frame, cut_remaining_s=remaining, buffered=buffered,
                            pending=pending, rate=a.planning_rate, head_start=a.head_start_s)

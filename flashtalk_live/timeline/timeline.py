@@ -144,6 +144,7 @@ class Timeline:
         self._sample = 0  # global broadcast samples cut so far
         self._snaps: list[_Snapshot] = []  # one per chunk cut and not known to be on air (oldest first)
         self._ops: list[tuple[str, Any]] = []  # the current chunk's operations
+        self._cut_ids: set[str] = set()  # clips cancelled on air (cut()): cut wherever cutting reaches them
         self._log = get_logger("timeline")
 
     # -- clock helpers ---------------------------------------------------------------------------
@@ -338,24 +339,30 @@ class Timeline:
         """The earliest frame that can still be re-planned (the timeline's end when nothing can)."""
         return self._snaps[0].start_frame if self._snaps else self.frame
 
+    def cut(self, segment_id: str) -> None:
+        """The clip was cancelled on air: stop cutting it at the next chunk (the spool may settle it first)."""
+        self._cut_ids.add(segment_id)
+        if len(self._cut_ids) > 256:
+            self._cut_ids.pop()
+
     def clip_at(self, frame: int | None) -> str | None:
         """The clip being cut (started) at the chunk boundary `frame`, if that chunk can still be re-planned."""
         sn = next((s for s in self._snaps if frame is None or s.start_frame >= frame), None)
         c = sn.cur if sn is not None else self._cur
         return c.segment_id if c is not None and c.kind == "clip" and c.started else None
 
-    def replan_point(self, air_frame: int | None, keep_on_air: bool) -> int:
-        """Where a re-plan starts: `air_frame` (the first chunk not on air yet), or with keep_on_air the first chunk
-        after it that holds anything besides the clip on air (so that clip keeps its buffered frames)."""
+    def replan_point(self, air_frame: int | None, keep_on_air: bool, not_before: int = 0) -> int:
+        """Where a re-plan starts: the first chunk boundary at or after `not_before` that is not on air yet
+        (`air_frame`), with keep_on_air the first such chunk that holds anything besides the clip on air (so that
+        clip keeps its buffered frames)."""
         snaps = [s for s in self._snaps if air_frame is None or s.start_frame >= air_frame]
         if not snaps:
             return self.frame
-        if not keep_on_air:
-            return snaps[0].start_frame
         c = snaps[0].cur
         on_air = c.segment_id if c is not None and c.kind == "clip" and c.started else None
         for sn in snaps:
-            if on_air is None or sn.segments != frozenset([on_air]):
+            if sn.start_frame >= not_before and (not keep_on_air or on_air is None
+                                                 or sn.segments != frozenset([on_air])):
                 return sn.start_frame
         return self.frame
 
@@ -420,6 +427,8 @@ class Timeline:
 
         # play_now / cancel: cut at this chunk boundary. A pause also gives way to any waiting queue clip.
         interrupt = False
+        if self._cur is not None and self._cur.segment_id in self._cut_ids:
+            self._cut_current(f0, marks)  # cancelled on air; its 'interrupted' aired already (Lookahead.cut)
         if self.queue is not None:
             try:
                 interrupt = bool(self.queue.interrupt_pending())
