@@ -6,7 +6,9 @@ and we fsync it once more after opening), and a crash at any instant leaves eith
 mix. The original payload bytes are stored (not decoded audio), so decoding at play time is reproducible and the spool
 stays small. Order is an integer `pos` among pending clips with gaps between neighbours, so an enqueue, insert or
 play_now writes one row whatever the depth (a gap that runs out is renumbered once); totals per state are kept in
-memory, so acks and `status` never scan the queue. A clip being broadcast is in state 'playing'.
+memory, so acks and `status` never scan the queue. A clip being broadcast is in state 'playing', from when the
+timeline takes it (it may be rendered ahead, not on air yet); a re-plan gives such a clip back (`untake`), and a
+clip cut by play_now goes back to pending to replay (`requeue`, undone by `unrequeue`); only an aired end deletes it.
 
 Faults of the box: a spool SQLite cannot read at open is moved aside (never deleted) and a fresh one opened, so the
 room goes on air; a reserve file is given back to the file system when the disk fills, so clips already

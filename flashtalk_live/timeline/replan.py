@@ -38,6 +38,7 @@ class Replanner:
                  rate: Callable[[], float | None] = lambda: None,
                  air_frame: Callable[[], int | None] = lambda: None) -> None:
         self.timeline, self.lookahead = timeline, lookahead
+        timeline.replannable = True
         self.fps, self.rate, self.air_frame = fps, rate, air_frame
         self._rendering: tuple[float, int] | None = None  # (monotonic start, frames) of the chunk in flight
         self.lock = threading.RLock()

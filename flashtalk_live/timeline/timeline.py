@@ -143,6 +143,7 @@ class Timeline:
         self._chunk_index = 0
         self._sample = 0  # global broadcast samples cut so far
         self._snaps: list[_Snapshot] = []  # one per chunk cut and not known to be on air (oldest first)
+        self.replannable = False  # keep snapshots (set by timeline/replan.Replanner, which also forgets them)
         self._ops: list[tuple[str, Any]] = []  # the current chunk's operations
         self._cut_ids: set[str] = set()  # clips cancelled on air (cut()): cut wherever cutting reaches them
         self._log = get_logger("timeline")
@@ -491,9 +492,10 @@ class Timeline:
         )
         snap.segments = frozenset(best_seg)
         snap.started = tuple(m.segment_id for m in marks if m.kind == "started" and m.source == "queue")
-        self._snaps.append(snap)
-        if len(self._snaps) > 4096:  # nobody calls forget_before (a bare timeline): keep memory bounded
-            del self._snaps[:1024]
+        if self.replannable:
+            self._snaps.append(snap)
+            if len(self._snaps) > 1024:  # far beyond any look-ahead (lookahead_s <= 600 s): a missed forget
+                del self._snaps[:256]
         self._chunk_index += 1
         self._sample += n
         return chunk
