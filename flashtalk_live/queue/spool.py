@@ -622,7 +622,8 @@ class Spool:
         return self._remove(segment_id)
 
     def mark_interrupted(self, segment_id: str) -> bool:
-        """The clip was cut (play_now or cancel): delete it. It is not replayed."""
+        """The clip's cut aired (cancel) or it could not be played: delete it. It is not replayed. A clip cut by
+        play_now is requeued instead (requeue), and this leaves it alone."""
         return self._remove(segment_id)
 
     def cancel(self, segment_id: str) -> Literal["pending", "playing"] | None:
