@@ -46,10 +46,13 @@ from flashtalk_live.statelock import StateLock
 from flashtalk_live.storage import DiskWatermark
 from flashtalk_live.timeline.admission import Admission
 from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
+from flashtalk_live.timeline.plan import RESCHEDULE_THRESHOLD_S, plan_on_air
 from flashtalk_live.timeline.programme import Programme
+from flashtalk_live.timeline.replan import Replanner
 from flashtalk_live.timeline.timeline import Timeline
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
+PLAN_LIMIT = 50  # pending clips given a planned on-air time (status, events)
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
 
 
@@ -268,12 +271,15 @@ class Daemon:
                                    store=FrameStore.from_settings(settings.expanded(settings.renderer), settings.storage))
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
                            on_underrun=self._on_underrun)
-        self.render_ahead = RenderAhead(self.timeline, self.renderers.render, self.renderers.current_name,
+        # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
+        self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=lambda: self.admission.planning_rate,
+                                   air_frame=lambda: self.pacer.air_frame)
+        self.render_ahead = RenderAhead(self.replanner, self.renderers.render, self.renderers.current_name,
                                         self.admission, self.lookahead, fps=v.fps,
                                         idle_reuse=settings.renderer.idle_reuse)
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
-                                   cut_on_air=self.lookahead.cut,
+                                   edit=self._edit, plan_of=self.plan_of,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -291,6 +297,9 @@ class Daemon:
         self._on_air_segment: str | None = None
         self._av_skew_s = 0.0
         self._idle_announced = False
+        self._scheduled: dict[str, float] = {}  # announced planned media time per clip (events scheduled/rescheduled)
+        self._plan_lock = threading.Lock()
+        self.events.subscribe(self._forget_scheduled)
         self._last_progress = time.monotonic()
         self.metrics_server = None
         self.metrics_port: int | None = None
@@ -348,6 +357,63 @@ class Daemon:
             check_image(call.data, self.s.ingest)
         return {**self.compositor.set(call.args.name, text=text, image=call.data, **a),  # type: ignore[attr-defined]
                 "applies": "next aired frame"}
+
+    # -- the plan (timeline/replan.py, timeline/plan.py) -------------------------------------------------
+    def _edit(self, command: str, segment_id: str | None = None) -> Any:
+        return self.replanner.editing(command, segment_id)
+
+    def _plan(self) -> tuple[list[Any], float]:
+        """Every buffered and the first PLAN_LIMIT pending clips' planned start, and the air's media time now."""
+        fps = self.s.video.fps
+        with self.replanner.lock:  # the timeline and the spool as one moment: no clip taken in between
+            tl = self.timeline
+            air = self.pacer.air_frame
+            if air is None:
+                air = tl.first_frame()
+            buffered = tl.planned_starts(air)
+            cut_frame, remaining = tl.frame, tl.remaining_s
+            head = self.spool.pending(limit=PLAN_LIMIT)
+            pending = [(e.segment_id, e.duration_s) for e in head]
+            if head and head[0].interrupt:  # a play_now clip waits: it cuts what is being cut now
+                remaining = 0.0
+        a = self.admission
+        plan = plan_on_air(fps=fps, air_frame=air, cut_frame=cut_frame, cut_remaining_s=remaining, buffered=buffered,
+                           pending=pending, rate=a.planning_rate, head_start=a.head_start_s)
+        return plan, self.encoder.frames / fps
+
+    def plan_of(self, segment_id: str) -> dict[str, Any] | None:
+        """A clip's planned on-air time (the ack of enqueue/insert/play_now); publishes the plan's changes."""
+        rows = self._publish_plan()
+        return next((r for r in rows if r["segment_id"] == segment_id), None)
+
+    def _publish_plan(self) -> list[dict[str, Any]]:
+        """`scheduled` for a clip's first plan, `rescheduled` when its planned start moves by more than the
+        threshold (timeline/plan.py)."""
+        with self._plan_lock:
+            plan, media = self._plan()
+            rows = [p.as_dict(media) for p in plan]
+            for r in rows:
+                sid, at = r["segment_id"], r["planned_media_time_s"]
+                before = self._scheduled.get(sid)
+                if before is None:
+                    self.events.publish("scheduled", **r)
+                elif abs(at - before) > RESCHEDULE_THRESHOLD_S:
+                    self.events.publish("rescheduled", previous_media_time_s=before, **r)
+                else:
+                    continue
+                self._scheduled[sid] = at
+        return rows
+
+    def _forget_scheduled(self, e: dict[str, Any]) -> None:
+        if e["type"] in ("started", "dropped", "finished", "interrupted") and e.get("segment_id"):
+            self._scheduled.pop(e["segment_id"], None)
+
+    def plan_status(self) -> dict[str, Any]:
+        plan, media = self._plan()
+        ra = self.render_ahead.status()
+        return {"media_time_s": round(media, 3), "buffered_s": ra["buffered_s"], "render_rate": ra["render_rate"],
+                "head_start_s": ra["head_start_s"], "waiting": ra["waiting"], "waiting_reason": ra["waiting_reason"],
+                "clips": [p.as_dict(media) for p in plan], **self.replanner.status()}
 
     def _on_underrun(self, info: dict[str, Any]) -> None:
         if info.get("phase") == "start":
@@ -426,9 +492,8 @@ class Daemon:
                     self._apply_avatar(*avatar)
                 rendered = self.render_ahead.step()
                 self.compositor.prepare(rendered.chunk.frame_segments)  # captions rasterised ahead of air
-                while not self._stop_render.is_set():
-                    if self.lookahead.put(rendered, timeout=0.2):
-                        break
+                if self.replanner.put(rendered, self._stop_render):  # False: a re-plan discarded it
+                    self._publish_plan()
         except LookaheadClosed:
             pass
         except Exception as e:  # noqa: BLE001 - the broadcast holds the last frame; systemd restarts us
@@ -481,11 +546,13 @@ class Daemon:
         # Settle before publishing: a client that saw `finished` can rely on the clip not airing again after a
         # crash (unless the spool's write failed, which is logged and retried). A cut that aired (cancel) removes
         # the clip too (the timeline may have removed it already when it stopped cutting it).
-        if m.source == "queue" and m.kind in ("finished", "interrupted"):
+        if m.source == "queue" and m.kind in ("finished", "interrupted") and not m.requeued:
             with self._settle_lock:
                 self._unsettled.append(m.segment_id)
                 self._settle()
-        self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3))
+        extra = {"requeued": True} if m.requeued else {}  # cut by play_now: it replays after the play_now clip
+        self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3),
+                            **extra)
         if m.kind == "started":
             self._on_air_segment = m.segment_id
         elif m.kind in ("finished", "interrupted") and self._on_air_segment == m.segment_id:
@@ -560,6 +627,7 @@ class Daemon:
             },
             "renderer": self.renderers.status(),
             "render_ahead": {**self.render_ahead.status(), **self.lookahead.store.stats()},
+            "plan": self.plan_status(),
             "outputs": self.outputs.status(),
             "overlays": self.compositor.status(),
             "rss_bytes": _rss_bytes(),

@@ -141,7 +141,7 @@ def _wait_for(stream: EventStream, control: str, waiting: dict[str, str]) -> int
         sid = ev.get("segment_id")
         if sid in waiting:
             _print(ev)
-            if ev.get("type") in TERMINAL_EVENTS:
+            if ev.get("type") in TERMINAL_EVENTS and not ev.get("requeued"):  # requeued: it replays after play_now
                 waiting.pop(sid)
                 if ev["type"] != "finished":
                     rc = EXIT_CLIP_NOT_FINISHED

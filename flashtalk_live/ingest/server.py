@@ -10,12 +10,13 @@ rejected) before anything touches the spool, and the ack is sent only after the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import zmq
 
@@ -102,11 +103,15 @@ class IngestServer:
                  handlers: dict[str, Handler] | None = None, *, context: zmq.Context | None = None,
                  refuse_clips: Callable[[], str | None] | None = None,
                  layers: Callable[[], list[str]] | None = None,
-                 cut_on_air: Callable[[str], None] | None = None) -> None:
+                 edit: Callable[..., ContextManager[Any]] | None = None,
+                 plan_of: Callable[[str], dict[str, Any] | None] | None = None) -> None:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
         self.encoder = encoder
         self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
-        self.cut_on_air = cut_on_air  # cancel of a 'playing' clip: cut it on air (the daemon's look-ahead)
+        # edit(command, segment_id): the daemon's re-plan around a queue change (timeline/replan.py), so edits act
+        # on what is on air rather than on what was rendered ahead; plan_of(segment_id): its planned on-air time.
+        self.edit = edit or (lambda command, segment_id=None: contextlib.nullcontext())
+        self.plan_of = plan_of
         self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
         self.spool = spool
         self.events = events
@@ -396,7 +401,8 @@ class IngestServer:
         return self.status()
 
     def _cmd_clear(self, call: Call) -> dict[str, Any]:
-        ids = self.spool.clear()
+        with self.edit("clear"):
+            ids = self.spool.clear()
         # One log line, not one per clip: 10,000 lines made `clear` of a deep queue take seconds.
         self.log.info("queue_cleared", count=len(ids), segment_ids=ids[:20])
         for sid in ids:
@@ -406,12 +412,13 @@ class IngestServer:
 
     def _cmd_cancel(self, call: Call) -> dict[str, Any]:
         sid = call.args.segment_id  # type: ignore[attr-defined]
-        was = self.spool.cancel(sid)
+        was = None
+        if self.spool.get(sid) is not None:  # an unknown id must not discard the render-ahead buffer
+            with self.edit("cancel", sid):
+                was = self.spool.cancel(sid)
         if was is None:
             raise Rejection("not_found", f"no pending or playing clip {sid[:64]!r}", "segment_id")
         self.log.info("clip_cancelled", segment_id=sid, was=was)
-        if was == "playing" and self.cut_on_air is not None:
-            self.cut_on_air(sid)
         self.events.publish("cancelled", segment_id=sid, was=was)
         if was == "pending":
             self.events.publish("dropped", segment_id=sid, reason="cancelled")
@@ -420,7 +427,10 @@ class IngestServer:
     def _cmd_move(self, call: Call) -> dict[str, Any]:
         a = call.args
         sid = a.segment_id  # type: ignore[attr-defined]
-        old, new = self.spool.move(sid, before=a.before, after=a.after, to=a.to)  # type: ignore[attr-defined]
+        # Re-plan first (as insert does): clips rendered ahead but not on air are pending again, so they can be
+        # moved and moved around; an unknown id must not discard the render-ahead buffer.
+        with self.edit("move", sid) if self.spool.get(sid) is not None else contextlib.nullcontext():
+            old, new = self.spool.move(sid, before=a.before, after=a.after, to=a.to)  # type: ignore[attr-defined]
         if old != new:
             self.log.info("clip_moved", segment_id=sid, position_was=old, position=new)
             self.events.publish("moved", segment_id=sid, position_was=old, position=new)
@@ -452,8 +462,11 @@ class IngestServer:
             cues = getattr(a, name)
             if cues is not None:
                 meta[name] = [c.model_dump() for c in cues]
-        res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]
-                                format=fmt, sample_rate=rate, channels=ch)
+        # insert and play_now re-plan first: clips rendered ahead but not on air are pending again, so the new
+        # clip is ordered against them exactly as the queue semantics say.
+        with self.edit(mode) if mode != "enqueue" else contextlib.nullcontext():
+            res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]
+                                    format=fmt, sample_rate=rate, channels=ch)
         ack = res.ack
         if res.duplicate:
             return {"duplicate": True, **ack}
@@ -461,7 +474,18 @@ class IngestServer:
                       duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid)
         self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
                             duration_s=ack["duration_s"], request_id=rid, meta=meta)
-        return {"duplicate": False, **ack}
+        return {"duplicate": False, **ack, **self._planned(ack["segment_id"])}
+
+    def _planned(self, segment_id: str) -> dict[str, Any]:
+        """planned_in_s / planned_media_time_s for a reply (nothing without a daemon, or if the plan fails)."""
+        if self.plan_of is None:
+            return {}
+        try:
+            p = self.plan_of(segment_id)
+        except Exception as e:  # noqa: BLE001 - an estimate must never fail an accepted clip's reply
+            self.log.error("plan_failed", error=repr(e))
+            return {}
+        return {k: p[k] for k in ("planned_in_s", "planned_media_time_s")} if p else {}
 
     def status(self) -> dict[str, Any]:
         """What the status command returns: queue stats and head, plus the daemon's own status_provider()."""

@@ -53,6 +53,8 @@ class Lookahead:
         self._cut: collections.deque[str] = collections.deque(maxlen=64)  # clips cut on air: scrubbed from chunks
         self._cut_due: list[str] = []  # their 'interrupted' marks, for the next chunk to air
         self.frames_scrubbed = 0
+        self.next_air_frame: int | None = None  # timeline frame after the last chunk taken for air
+        self.chunks_discarded = 0  # dropped by re-plans (timeline/replan.py)
 
     def _validate(self, item: RenderedChunk) -> None:
         chunk, frames = item.chunk, item.frames
@@ -136,10 +138,28 @@ class Lookahead:
                                     marks=[m for m in c.marks if m.segment_id != sid])
         return dataclasses.replace(item, chunk=chunk)
 
+    def truncate(self, choose: Callable[[int | None], int]) -> int:
+        """Drop the buffered chunks from a frame on; returns that frame (a re-plan, timeline/replan.py).
+
+        `choose(next_air_frame)` picks the frame, under the same lock as the pacer's take, so no chunk can go on
+        air between the choice and the drop.
+        """
+        with self._cond:
+            frame = choose(self.next_air_frame)
+            keep = collections.deque(it for it in self._items if it.chunk.start_frame < frame)
+            dropped = len(self._items) - len(keep)
+            if dropped:
+                self._frames = sum(it.chunk.n_frames for it in keep)
+                self._items = keep
+                self.chunks_discarded += dropped
+                self._cond.notify_all()
+            return frame
+
     def _pop(self) -> RenderedChunk | None:
         if not self._items:
             return None
         item = self._items.popleft()
+        self.next_air_frame = item.chunk.end_frame
         self._frames -= item.chunk.n_frames
         if self._cut_due:
             c = item.chunk
@@ -313,6 +333,12 @@ class Pacer:
     def buffered_frames(self) -> int:
         cur = self._cur.chunk.n_frames - self._pos if self._cur is not None else 0
         return cur + self.lookahead.buffered_frames
+
+    @property
+    def air_frame(self) -> int | None:
+        """The timeline frame airing next (None before the first chunk)."""
+        c = self._cur
+        return None if c is None else c.chunk.start_frame + self._pos
 
     @property
     def underrun_where(self) -> str:

@@ -6,7 +6,9 @@ and we fsync it once more after opening), and a crash at any instant leaves eith
 mix. The original payload bytes are stored (not decoded audio), so decoding at play time is reproducible and the spool
 stays small. Order is an integer `pos` among pending clips with gaps between neighbours, so an enqueue, insert or
 play_now writes one row whatever the depth (a gap that runs out is renumbered once); totals per state are kept in
-memory, so acks and `status` never scan the queue. A clip being broadcast is in state 'playing'.
+memory, so acks and `status` never scan the queue. A clip being broadcast is in state 'playing', from when the
+timeline takes it (it may be rendered ahead, not on air yet); a re-plan gives such a clip back (`untake`), and a
+clip cut by play_now goes back to pending to replay (`requeue`, undone by `unrequeue`); only an aired end deletes it.
 
 Faults of the box: a spool SQLite cannot read at open is moved aside (never deleted) and a fresh one opened, so the
 room goes on air; a reserve file is given back to the file system when the disk fills, so clips already
@@ -531,7 +533,7 @@ class Spool:
                 sid = rows[0][0]
                 taken = self._next_counter(db, "taken")
                 self._move(db, "segment_id=?", (sid,), to="playing")
-                db.execute("UPDATE clips SET state='playing', pos=-1, taken_seq=?, interrupt=0 WHERE segment_id=?",
+                db.execute("UPDATE clips SET state='playing', taken_seq=?, interrupt=0 WHERE segment_id=?",
                            (taken, sid))
                 db.execute("UPDATE clips SET interrupt=0 WHERE state='pending' AND interrupt=1")
                 row = list(rows[0])
@@ -540,6 +542,57 @@ class Spool:
             return self._entry(tuple(row), -1)
 
         return self._state_change(take)
+
+    def _to_head(self, db: sqlite3.Connection, segment_id: str, where: str, sets: str) -> bool:
+        """Move one clip matching `where` to pending at position `pos` (computed by the caller's SQL in `sets`)."""
+        n = self._move(db, f"segment_id=? AND {where}", (segment_id,), to="pending")
+        if n:
+            db.execute(f"UPDATE clips SET state='pending', {sets} WHERE segment_id=?", (segment_id,))
+        return n > 0
+
+    def untake(self, segment_id: str) -> bool:
+        """A clip taken for the render-ahead buffer but not on air goes back to the head of the queue (a re-plan
+        discarded the buffer); a play_now clip asks for its cut again. Undo in reverse take order."""
+        def untake() -> bool:
+            with self._tx() as db:
+                head = self._end(db, "MIN")
+                pos = 0 if head is None else head - GAP
+                return self._to_head(db, segment_id, "state='playing'",
+                                     f"pos={int(pos)}, interrupt=(mode='play_now')")
+        return self._state_change(untake)
+
+    def requeue(self, segment_id: str) -> bool:
+        """The playing clip was cut by play_now: back to pending, to replay from its start right after the
+        waiting play_now clips (before everything else). Its row is never deleted in between: a crash replays it."""
+        def requeue() -> bool:
+            with self._tx() as db:
+                for _ in range(2):
+                    last_now = self._end(db, "MAX", " AND interrupt=1")
+                    rest = self._end(db, "MIN", "" if last_now is None else f" AND pos > {int(last_now)}")
+                    if last_now is None:
+                        pos = 0 if rest is None else rest - GAP
+                    elif rest is None:
+                        pos = last_now + GAP
+                    elif rest - last_now >= 2:
+                        pos = (last_now + rest) // 2
+                    else:  # no gap left after the play_now clips: spread the queue out once and look again
+                        self._renumber(db)
+                        continue
+                    return self._to_head(db, segment_id, "state='playing' AND cancel_requested=0",
+                                         f"pos={int(pos)}, priority=1, interrupt=0")
+            raise SpoolError("internal", "no position left after renumbering the queue")
+
+        return self._state_change(requeue)
+
+    def unrequeue(self, segment_id: str) -> bool:
+        """Undo requeue (a re-plan rewound past the play_now cut): the clip is playing again."""
+        def unrequeue() -> bool:
+            with self._tx() as db:
+                n = self._move(db, "segment_id=? AND state='pending'", (segment_id,), to="playing")
+                if n:
+                    db.execute("UPDATE clips SET state='playing' WHERE segment_id=?", (segment_id,))
+            return n > 0
+        return self._state_change(unrequeue)
 
     def interrupt_pending(self) -> bool:
         """True when the playing clip must be cut at the next chunk boundary (a play_now is waiting, or it was cancelled)."""
@@ -556,8 +609,9 @@ class Spool:
     def _remove(self, segment_id: str) -> bool:
         def remove() -> int:
             with self._tx() as db:
-                n = self._move(db, "segment_id=?", (segment_id,), to=None)
-                db.execute("DELETE FROM clips WHERE segment_id=?", (segment_id,))
+                # Only a playing clip: one requeued by play_now (pending again) is not finished.
+                n = self._move(db, "segment_id=? AND state='playing'", (segment_id,), to=None)
+                db.execute("DELETE FROM clips WHERE segment_id=? AND state='playing'", (segment_id,))
             return n
 
         n = self._state_change(remove)
@@ -570,7 +624,8 @@ class Spool:
         return self._remove(segment_id)
 
     def mark_interrupted(self, segment_id: str) -> bool:
-        """The clip was cut (play_now or cancel): delete it. It is not replayed."""
+        """The clip's cut aired (cancel) or it could not be played: delete it. It is not replayed. A clip cut by
+        play_now is requeued instead (requeue), and this leaves it alone."""
         return self._remove(segment_id)
 
     def cancel(self, segment_id: str) -> Literal["pending", "playing"] | None:

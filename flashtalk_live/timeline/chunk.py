@@ -20,6 +20,7 @@ class Mark:
     kind: MarkKind
     segment_id: str
     source: Literal["queue", "programme"] = "queue"
+    requeued: bool = False  # 'interrupted' by play_now: the clip is back in the queue to replay after it
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RenderChunk:
     marks: list[Mark] = field(default_factory=list)
     idle: bool = False  # no queue or programme speech in this chunk
     model_history: np.ndarray | None = None
+    plan: int = 0  # the re-plan epoch it was cut under (timeline/replan.py drops chunks of a discarded plan)
 
     @property
     def end_frame(self) -> int:

@@ -15,6 +15,11 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
   A programme clip that was cut is played again from its start when the programme resumes (resuming a sales pitch
   mid-sentence sounds broken).
 * Marks: 'started' on the frame holding a clip's first sample, 'finished' on the frame holding its last sample.
+* Re-planning (timeline/replan.py): every chunk cut keeps a snapshot of the state before it and the spool
+  operations made while cutting it (take, requeue, programme pick), so `rewind(frame)` can undo the future that is
+  buffered but not on air: taken clips go back to the queue's head, requeued ones back on air, and cutting goes on
+  from `frame` with the state of that moment. A play_now cut puts the cut queue clip back in the queue, right after
+  the waiting play_now clips, to replay from its start (`queue.requeue`; the 'interrupted' mark says `requeued`).
 * Admission (optional, timeline/admission.py): a queue clip is taken from the spool only once the gate says the
   rest of it can be rendered before it is needed on air; until then the programme or idle goes on. This holds for
   play_now too: its cut waits for the same admission.
@@ -22,7 +27,8 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -50,6 +56,20 @@ class Gate(Protocol):
     """What the timeline needs from the admission policy (flashtalk_live/timeline/admission.py)."""
 
     def may_start(self, segment_id: str, clip_s: float, frame: int) -> bool: ...
+
+
+@dataclass
+class _Snapshot:
+    """The timeline just before it cut one chunk, and what cutting that chunk did to the spool and programme."""
+
+    start_frame: int
+    cur: "_Playing | None"
+    chunk_index: int
+    sample: int
+    history: np.ndarray
+    ops: list[tuple[str, Any]] = field(default_factory=list)  # ("take"|"requeue", segment_id) | ("programme", item)
+    segments: frozenset = frozenset()  # what the chunk holds (segment ids, None for idle/pause frames)
+    started: tuple[str, ...] = ()  # queue clips whose first frame is in this chunk
 
 
 @dataclass
@@ -124,6 +144,10 @@ class Timeline:
         self._cur: _Playing | None = None
         self._chunk_index = 0
         self._sample = 0  # global broadcast samples cut so far
+        self._snaps: list[_Snapshot] = []  # one per chunk cut and not known to be on air (oldest first)
+        self.replannable = False  # keep snapshots (set by timeline/replan.Replanner, which also forgets them)
+        self._ops: list[tuple[str, Any]] = []  # the current chunk's operations
+        self._cut_ids: set[str] = set()  # clips cancelled on air (cut()): cut wherever cutting reaches them
         self._log = get_logger("timeline")
 
     # -- clock helpers ---------------------------------------------------------------------------
@@ -207,6 +231,7 @@ class Timeline:
                 return None
             if entry is None:
                 return None
+            self._ops.append(("take", str(getattr(entry, "segment_id", entry))))
             playing = self._start_queue_entry(entry, frame, marks)
             if playing is not None:
                 return playing
@@ -222,6 +247,7 @@ class Timeline:
             return None
         if item is None:
             return None
+        self._ops.append(("programme", item))
         if item.kind == "pause":
             n = int(round(item.pause_s * self.rate))
             return _Playing("pause", "programme", None, n, programme_item=item)
@@ -236,17 +262,33 @@ class Timeline:
     def _pick(self, frame: int, marks: list[Mark]) -> _Playing | None:
         return self._next_from_queue(frame, marks) or self._next_from_programme()
 
-    def _cut_current(self, frame: int, marks: list[Mark]) -> None:
+    def _cut_current(self, frame: int, marks: list[Mark], *, replay: bool = False) -> None:
+        """Cut what is playing at `frame`. replay (play_now): a queue clip goes back to the queue to play again.
+
+        A cancelled queue clip stays 'playing' in the spool until its cut airs (the daemon settles it then), so a
+        re-plan that rewinds past the cut still finds it cancelled.
+        """
         cur = self._cur
         self._cur = None
         if cur is None or cur.kind == "pause":
             return  # a pause simply ends
         if not cur.started:  # picked but never aired: nothing to announce
             return
-        marks.append(Mark(frame, "interrupted", cur.segment_id or "", cur.source))
-        self._log.info("clip_interrupted", segment_id=cur.segment_id, source=cur.source, frame=frame)
+        seg = cur.segment_id or ""
+        requeue = getattr(self.queue, "requeue", None)
+        requeued = False
+        if cur.source == "queue" and replay and callable(requeue):
+            try:
+                requeued = bool(requeue(seg))
+            except Exception as e:  # noqa: BLE001
+                self._log.error("queue_requeue_failed", segment_id=seg, error=repr(e))
+            if requeued:
+                self._ops.append(("requeue", seg))
+        marks.append(Mark(frame, "interrupted", seg, cur.source, requeued=requeued))
+        self._log.info("clip_interrupted", segment_id=seg, source=cur.source, frame=frame, requeued=requeued)
         if cur.source == "queue":
-            self._queue_interrupted(cur.segment_id or "")
+            if replay and not callable(requeue):  # a queue without requeue: the old contract, the cut clip is gone
+                self._queue_interrupted(seg)
         elif self.programme is not None and cur.programme_item is not None:
             try:
                 self.programme.rewind(cur.programme_item)
@@ -276,10 +318,98 @@ class Timeline:
                 return
             if head is None or getattr(head, "mode", "play_now") != "play_now":
                 return
+        cur = self._cur
+        if cur is not None and cur.kind == "clip" and cur.started:
+            # play_now acts on the air: the clip on air is cut here even while the new clip still waits for its
+            # head start (idle fills the gap), never played on until the new clip is admitted.
+            self._cut_current(frame, marks, replay=True)
         nxt = self._next_from_queue(frame, marks)
         if nxt is not None:
             self._cut_current(frame, marks)
             self._cur = nxt
+
+    # -- re-planning (timeline/replan.py) -----------------------------------------------------------
+    def forget_before(self, frame: int | None) -> None:
+        """Chunks starting before `frame` are on air or aired: they can no longer be re-planned."""
+        if frame is None:
+            return
+        i = 0
+        while i < len(self._snaps) and self._snaps[i].start_frame < frame:
+            i += 1
+        del self._snaps[:i]
+
+    def first_frame(self) -> int:
+        """The earliest frame that can still be re-planned (the timeline's end when nothing can)."""
+        return self._snaps[0].start_frame if self._snaps else self.frame
+
+    def cut(self, segment_id: str) -> None:
+        """The clip was cancelled on air: stop cutting it at the next chunk (the spool may settle it first)."""
+        self._cut_ids.add(segment_id)
+        if len(self._cut_ids) > 256:
+            self._cut_ids.pop()
+
+    def clip_at(self, frame: int | None) -> str | None:
+        """The clip being cut (started) at the chunk boundary `frame`, if that chunk can still be re-planned."""
+        sn = next((s for s in self._snaps if frame is None or s.start_frame >= frame), None)
+        c = sn.cur if sn is not None else self._cur
+        return c.segment_id if c is not None and c.kind == "clip" and c.started else None
+
+    def replan_point(self, air_frame: int | None, keep_on_air: bool, not_before: int = 0) -> int:
+        """Where a re-plan starts: the first chunk boundary at or after `not_before` that is not on air yet
+        (`air_frame`), with keep_on_air the first such chunk that holds anything besides the clip on air (so that
+        clip keeps its buffered frames)."""
+        snaps = [s for s in self._snaps if air_frame is None or s.start_frame >= air_frame]
+        if not snaps:
+            return self.frame
+        c = snaps[0].cur
+        on_air = c.segment_id if c is not None and c.kind == "clip" and c.started else None
+        for sn in snaps:
+            if sn.start_frame >= not_before and (not keep_on_air or on_air is None
+                                                 or sn.segments != frozenset([on_air])):
+                return sn.start_frame
+        return self.frame
+
+    def rewind(self, frame: int) -> list[tuple[str, Any]]:
+        """Undo every chunk cut from `frame` on (the caller has discarded them); returns the undone operations.
+
+        Clips taken in those chunks go back to the head of the queue in their order (`queue.untake`), requeued clips
+        back to playing (`queue.unrequeue`), and the first programme item picked is played again.
+        """
+        i = next((k for k, sn in enumerate(self._snaps) if sn.start_frame == frame), None)
+        if i is None:
+            if frame >= self.frame:
+                return []
+            raise ValueError(f"cannot re-plan from frame {frame}: it is on air or not a chunk boundary")
+        gone = self._snaps[i:]
+        del self._snaps[i:]
+        undone = [op for sn in gone for op in sn.ops]
+        first_item = next((arg for op, arg in undone if op == "programme"), None)
+        for op, arg in reversed(undone):
+            fn = getattr(self.queue, {"take": "untake", "requeue": "unrequeue"}.get(op, ""), None)
+            if callable(fn):
+                try:
+                    fn(arg)
+                except Exception as e:  # noqa: BLE001 - the spool logs; recovery still has the clip
+                    self._log.error("queue_undo_failed", op=op, segment_id=arg, error=repr(e))
+        sn = gone[0]
+        self._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
+        self._chunk_index, self._sample, self._history = sn.chunk_index, sn.sample, sn.history
+        if first_item is not None and first_item.kind != "pause" and self.programme is not None:
+            try:
+                self.programme.rewind(first_item)
+            except Exception as e:  # noqa: BLE001
+                self._log.error("programme_rewind_failed", error=repr(e))
+        return undone
+
+    def planned_starts(self, air_frame: int | None) -> list[tuple[str, int]]:
+        """(segment_id, timeline frame) of the queue clips cut to start at or after `air_frame` (not on air yet)."""
+        return [(sid, sn.start_frame) for sn in self._snaps if air_frame is None or sn.start_frame >= air_frame
+                for sid in sn.started]
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds of the clip or pause being cut that are not cut yet."""
+        return self._cur.remaining / self.rate if self._cur is not None else 0.0
 
     # -- the one public operation ---------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:
@@ -292,11 +422,16 @@ class Timeline:
         audio = np.zeros((n, self.channels), np.float32)
         model = np.zeros(self._m(s0 + n) - m0, np.float32)
         marks: list[Mark] = []
+        snap = _Snapshot(f0, dataclasses.replace(self._cur) if self._cur is not None else None,
+                         self._chunk_index, s0, self._history)
+        self._ops = snap.ops
         best_seg: list[str | None] = [None] * nf
         best_cnt = [0] * nf
 
         # play_now / cancel: cut at this chunk boundary. A pause also gives way to any waiting queue clip.
         interrupt = False
+        if self._cur is not None and self._cur.segment_id in self._cut_ids:
+            self._cut_current(f0, marks)  # cancelled on air; its 'interrupted' aired already (Lookahead.cut)
         if self.queue is not None:
             try:
                 interrupt = bool(self.queue.interrupt_pending())
@@ -357,6 +492,12 @@ class Timeline:
             idle=all(s is None for s in best_seg),
             model_history=self._history,
         )
+        snap.segments = frozenset(best_seg)
+        snap.started = tuple(m.segment_id for m in marks if m.kind == "started" and m.source == "queue")
+        if self.replannable:
+            self._snaps.append(snap)
+            if len(self._snaps) > 1024:  # far beyond any look-ahead (lookahead_s <= 600 s): a missed forget
+                del self._snaps[:256]
         self._chunk_index += 1
         self._sample += n
         return chunk

@@ -334,3 +334,29 @@ def test_sigkill_after_acks_loses_nothing(tmp_path):
     s = Spool(path)
     assert [e.meta["name"] for e in s.pending()] == ["x", "y", "z"] and s.pending()[0].replays == 2
     s.close()
+
+
+def test_untake_requeue_and_unrequeue_for_re_plans(tmp_path):
+    """A re-plan gives taken clips back at the head in their order; a clip cut by play_now is requeued right after
+    the waiting play_now clips; neither is deleted by an 'interrupted' settling, and both survive a crash."""
+    s = Spool(tmp_path / "spool")
+    for n in "xab":
+        add(s, n)
+    x, a = s.take_next(), s.take_next()  # x on air, a rendered ahead
+    assert s.untake(a.segment_id) and names(s) == ["a", "b"]
+    add(s, "i", "insert")
+    assert names(s) == ["i", "a", "b"]  # a counts as pending: the insert goes before the enqueued clip
+    add(s, "p", "play_now")
+    assert s.interrupt_pending()
+    assert s.requeue(x.segment_id) and names(s) == ["p", "x", "i", "a", "b"]
+    assert not s.mark_interrupted(x.segment_id) and s.get(x.segment_id).state == "pending"
+    assert s.unrequeue(x.segment_id) and s.get(x.segment_id).state == "playing"
+    assert s.requeue(x.segment_id)
+    p = s.take_next()
+    assert p.meta["name"] == "p" and not s.interrupt_pending()
+    assert s.untake(p.segment_id) and s.interrupt_pending()  # given back: its cut is asked for again
+    s.take_next()
+    s.close()
+    s = Spool(tmp_path / "spool")  # reopened as after a crash (recovery runs on open): p was playing, x requeued
+    assert s.recovered == [p.segment_id] and names(s) == ["p", "x", "i", "a", "b"]
+    s.close()

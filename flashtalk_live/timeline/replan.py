@@ -1,0 +1,132 @@
+"""Edits act on air time: discard the buffered (rendered, not aired) future from the first affected frame and re-cut it.
+
+The render thread cuts chunks through `Replanner.next_chunk()` and hands rendered ones to `put()`; a control command
+that changes the plan runs its spool change inside `editing(command, segment_id)`, which first re-plans:
+
+* `play_now`, and `cancel` of the clip on air: from the first chunk boundary not on air that can be rendered again
+  before it is needed (the render in flight finishes, then one chunk at the measured rate): with a renderer at
+  real time or faster that is the air boundary (the first chunk the pacer has not taken), so the new clip airs
+  within one chunk plus one chunk render. A cancelled clip is also silenced on air at once (`Lookahead.cut`): its
+  cut airs with the next chunk, at most one chunk after the command, and what is kept of it is silent.
+* `insert`, `clear`, `cancel` of any other clip: from the first buffered chunk that holds anything besides the clip
+  on air, which keeps its buffered frames (and so its head start).
+
+Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
+timeline (clips taken for them go back to the queue's head; timeline/timeline.py) and bumps the plan epoch; a chunk
+being rendered from the old plan is dropped when it is put. Holding the lock across the spool change means the
+render thread cannot cut between the re-plan and the edit: buffered clips are pending again when the edit sees the
+queue, so they are ordered, cancelled and cleared exactly like pending clips.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from flashtalk_live.log import get_logger
+from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
+
+FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundary
+
+
+class Replanner:
+    def __init__(self, timeline: Any, lookahead: Any, *, poll_s: float = 0.02, fps: int = 25,
+                 rate: Callable[[], float | None] = lambda: None,
+                 air_frame: Callable[[], int | None] = lambda: None) -> None:
+        self.timeline, self.lookahead = timeline, lookahead
+        timeline.replannable = True
+        self.fps, self.rate, self.air_frame = fps, rate, air_frame
+        self._rendering: tuple[float, int] | None = None  # (monotonic start, frames) of the chunk in flight
+        self.lock = threading.RLock()
+        self.plan = 0
+        self._voids: collections.deque[tuple[int, int]] = collections.deque(maxlen=256)  # (plan, from_frame)
+        self.poll_s = poll_s
+        self.replans = 0
+        self.chunks_dropped_in_flight = 0
+        self.last: dict[str, Any] | None = None
+        self._log = get_logger("replan")
+
+    # -- the render thread --------------------------------------------------------------------------
+    def next_chunk(self) -> RenderChunk:
+        with self.lock:
+            self.timeline.forget_before(self.lookahead.next_air_frame)
+            chunk = self.timeline.next_chunk()
+            chunk.plan = self.plan
+            self._rendering = (time.monotonic(), chunk.n_frames)
+            return chunk
+
+    def _stale(self, chunk: RenderChunk) -> bool:
+        return any(p > chunk.plan and chunk.start_frame >= f for p, f in self._voids)
+
+    def put(self, item: RenderedChunk, stop: threading.Event) -> bool:
+        """Put a rendered chunk in the look-ahead, waiting for room; False if a re-plan discarded it or on stop."""
+        while not stop.is_set():
+            with self.lock:
+                self._rendering = None
+                if self._stale(item.chunk):
+                    self.chunks_dropped_in_flight += 1
+                    return False
+                if self.lookahead.put(item, timeout=0):
+                    return True
+            time.sleep(self.poll_s)  # full: the pacer frees a slot once a chunk airs
+        return False
+
+    # -- control commands ---------------------------------------------------------------------------
+    def replan(self, command: str, segment_id: str | None = None) -> int | None:
+        """Discard the buffered future from the first frame `command` affects; returns that frame (None: nothing)."""
+        with self.lock:
+            tl = self.timeline
+
+            cut_on_air: list[str] = []
+
+            def choose(air: int | None) -> int:
+                on_air = tl.clip_at(air)
+                if command == "cancel" and segment_id is not None and segment_id == on_air:
+                    cut_on_air.append(segment_id)
+                from_air = command in FROM_AIR or bool(cut_on_air)
+                return tl.replan_point(air, keep_on_air=not from_air, not_before=self._renderable_from(air))
+
+            frame = self.lookahead.truncate(choose)
+            for sid in cut_on_air:
+                self.lookahead.cut(sid)
+                tl.cut(sid)
+            if frame >= tl.frame:
+                return None
+            undone = tl.rewind(frame)
+            self.plan += 1
+            self._voids.append((self.plan, frame))
+            self.replans += 1
+            self.last = {"command": command, "from_frame": frame,
+                         "returned": [a for op, a in undone if op == "take"]}
+            self._log.info("replanned", command=command, from_frame=frame, plan=self.plan,
+                           returned_to_queue=self.last["returned"])
+            return frame
+
+    def _renderable_from(self, air: int | None) -> int:
+        """The first timeline frame a chunk cut now could still air on time: the render in flight ends, one more
+        chunk renders at the planning rate (no wait with a renderer much faster than real time)."""
+        now = self.air_frame()
+        if now is None:
+            return 0
+        r = self.rate() or 0.0
+        need = 0.0
+        if self._rendering is not None:
+            t0, n = self._rendering
+            need += max(0.0, r * n / self.fps - (time.monotonic() - t0))
+        need += r * (self._rendering[1] if self._rendering else self.timeline.chunk_frames) / self.fps
+        return now + math.ceil(need * self.fps)
+
+    @contextmanager
+    def editing(self, command: str, segment_id: str | None = None) -> Iterator[None]:
+        """Re-plan for `command`, then run the caller's spool change before the render thread cuts again."""
+        with self.lock:
+            self.replan(command, segment_id)
+            yield
+
+    def status(self) -> dict[str, Any]:
+        return {"plan": self.plan, "replans": self.replans, "chunks_discarded": self.lookahead.chunks_discarded,
+                "chunks_dropped_in_flight": self.chunks_dropped_in_flight, "last_replan": self.last}

@@ -1,0 +1,200 @@
+"""Edits act on air time (issue 10 items 4 and 5), with a real daemon process, real ZeroMQ and the recording decoded
+back with PyAV: cancel of the clip on air, insert then play_now while a clip is on air, play_now latency on air, and
+SIGKILL after edits.
+
+The still renderer is slowed by the operator drill and the look-ahead may grow to 20 s, so clips are cut and
+rendered ahead of the air: the cases where "rendered" and "on air" differ. Nothing here depends on timing: the tests
+wait for events; the one bound on air time (play_now latency) is computed from the render rate the daemon measured,
+in frames of air, and is generous.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from daemon_harness import wait_for
+from flashtalk_live.client import EventStream
+from ingest_audiogen import encode
+from test_broadcast import band_power, decode_audio_mono
+from test_render_ahead_edits import Collector, queue_ids
+
+FPS, CF = 25, 28  # the harness's fps and the default chunk (1.12 s)
+SLOW = ["renderer.drill_slowdown=2.0", "renderer.lookahead_s=20"]
+# A renderer far faster than real time with a deep look-ahead: clips are cut and rendered 9 s ahead of the air, and
+# no head start delays a play_now clip (with a slow renderer it waits for its head start, docs/protocol.md).
+DEEP = ["renderer.lookahead_chunks=8"]
+
+
+class Recording:
+    """The recording's audio on the air's clock: `power(freq, f0, f1)` per 1/fps window between out frames f0, f1.
+
+    Calibrated on the onset of a tone whose `started` frame is known (the encoder's first pts is not out frame 0
+    when the file output joins late)."""
+
+    def __init__(self, path, freq: float, started_frame: int) -> None:
+        self.x, self.first_pts, self.rate = decode_audio_mono(path)
+        self.win = self.rate // FPS
+        p = band_power(self.x, self.rate, freq, self.win)
+        onset = int(np.flatnonzero(p > 0.25 * p.max())[0])
+        self.origin = self.first_pts + onset * self.win / self.rate - started_frame / FPS
+        self.ref = float(np.median(p[p > 0.25 * p.max()]))
+
+    def power(self, freq: float, f0: float, f1: float) -> np.ndarray:
+        a = int((f0 / FPS + self.origin - self.first_pts) * self.rate)
+        b = int((f1 / FPS + self.origin - self.first_pts) * self.rate)
+        return band_power(self.x[max(a, 0):max(b, 0)], self.rate, freq, self.win) / self.ref
+
+    def assert_on(self, freq: float, f0: int, f1: int, what: str) -> None:
+        on = self.power(freq, f0 + 3, f1 - 3)
+        assert len(on) >= (f1 - f0) - 8 and on.min() > 0.2, f"{what}: the tone is not on air all along ({on.min():.3f})"
+
+    def assert_off(self, freq: float, f0: int, f1: int, what: str) -> None:
+        off = self.power(freq, f0 + 3, f1 - 3)
+        assert len(off) and off.max() < 0.02, f"{what}: the tone is on air ({off.max():.3f})"
+
+
+def first(events: list[dict], kind: str, sid: str, after: int = -1) -> dict:
+    return next(e for e in events if e["type"] == kind and e.get("segment_id") == sid and e["frame"] > after)
+
+
+@pytest.mark.timeout(240)
+def test_cancel_of_the_clip_on_air_cuts_within_a_chunk_and_the_next_clip_follows(daemon_factory, tmp_path):
+    fx, fa = 600.0, 1100.0
+    d = daemon_factory(extra=SLOW).start()
+    ev = d.events()
+    seen: list[dict] = []
+    with d.client(timeout_s=20) as c:
+        ev.sync(c)
+        x = c.enqueue(encode("wav_s16", seconds=8.0, freq=fx))["segment_id"]
+        a = c.enqueue(encode("wav_s16", seconds=2.0, freq=fa))["segment_id"]
+        wait_for(ev, lambda e: e["type"] == "started" and e.get("segment_id") == x, 120, seen)
+        time.sleep(1.5)  # into the clip; nothing below depends on how long this took
+        before = c.status()
+        assert c.cancel(x)["was"] == "playing"
+        after = c.status()
+        wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == a, 120, seen)
+        time.sleep(1.0)
+    ev.close()
+    assert d.stop() == 0
+    cut = first(seen, "interrupted", x)
+    assert not cut.get("requeued") and "finished" not in [e["type"] for e in seen if e.get("segment_id") == x]
+    sx, sa, fa_ev = first(seen, "started", x), first(seen, "started", a), first(seen, "finished", a)
+    at_cmd, at_reply = round(before["broadcast"]["media_time_s"] * FPS), round(after["broadcast"]["media_time_s"] * FPS)
+    print(f"\ncancel on air: {before['plan']['buffered_s']} s buffered; the cut aired {cut['frame'] - at_cmd} frames "
+          f"after the command ({at_reply - at_cmd} frames of air while it was served)")
+    assert cut["frame"] - at_reply <= CF, "the cut aired more than one chunk after the command"
+    assert sa["frame"] >= cut["frame"] and queue_ids(seen, "started") == [x, a]
+    rec = Recording(tmp_path / "rec.flv", fx, sx["frame"])
+    rec.assert_on(fx, sx["frame"], cut["frame"], "X before the cut")
+    rec.assert_off(fx, cut["frame"], fa_ev["frame"] + 10, "X after the cut")  # no buffered frame of X airs
+    rec.assert_on(fa, sa["frame"], fa_ev["frame"], "A")
+
+
+def insert_then_play_now(d, tmp_path) -> tuple[list[dict], dict[str, str], dict]:
+    """X on air, insert A, play_now B; returns (events, ids, numbers) after A finished."""
+    ev = d.events()
+    seen: list[dict] = []
+    with d.client(timeout_s=20) as c:
+        ev.sync(c)
+        x = c.enqueue(encode("wav_s16", seconds=5.0, freq=500.0))["segment_id"]
+        wait_for(ev, lambda e: e["type"] == "started" and e.get("segment_id") == x, 120, seen)
+        time.sleep(1.0)
+        a_ack = c.insert(encode("wav_s16", seconds=1.5, freq=900.0))
+        before = c.status()
+        b_ack = c.play_now(encode("wav_s16", seconds=1.5, freq=1300.0))
+        after = c.status()
+        a, b = a_ack["segment_id"], b_ack["segment_id"]
+        wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == a, 120, seen)
+        time.sleep(1.0)
+    ev.close()
+    nums = {"at_cmd": round(before["broadcast"]["media_time_s"] * FPS),
+            "at_reply": round(after["broadcast"]["media_time_s"] * FPS),
+            "rate": max(before["plan"]["render_rate"] or 0.0, after["plan"]["render_rate"] or 0.0),
+            "b_planned": b_ack.get("planned_media_time_s"), "a_planned": a_ack.get("planned_media_time_s")}
+    return seen, {"x": x, "a": a, "b": b}, nums
+
+
+@pytest.mark.timeout(240)
+def test_insert_then_play_now_while_a_clip_is_on_air_loses_nothing(daemon_factory, tmp_path):
+    d = daemon_factory(extra=DEEP).start()
+    seen, ids, nums = insert_then_play_now(d, tmp_path)
+    assert d.stop() == 0
+    x, a, b = ids["x"], ids["a"], ids["b"]
+    # B airs first; X, cut by play_now, replays from its start right after B (documented); then A. Nothing is lost,
+    # nothing but X's documented replay airs twice.
+    assert queue_ids(seen, "started") == [x, b, x, a]
+    assert queue_ids(seen, "finished") == [b, x, a]
+    cut = first(seen, "interrupted", x)
+    assert cut["requeued"] is True and not queue_ids(seen, "dropped")
+    sx1, sb, fb = first(seen, "started", x), first(seen, "started", b), first(seen, "finished", b)
+    sx2, fx2 = first(seen, "started", x, fb["frame"] - 1), first(seen, "finished", x)
+    sa, fa = first(seen, "started", a), first(seen, "finished", a)
+    assert cut["frame"] == sb["frame"]
+    # planned times were given with the acks and events
+    assert nums["b_planned"] is not None and nums["a_planned"] is not None
+    assert [e for e in seen if e["type"] == "scheduled" and e.get("segment_id") == b]
+    # Generous: a chunk + two chunk renders (the one in flight, B's first) + the frames the command took + slack.
+    # Acting on the render instead of the air, B would wait behind the whole 8-chunk buffer (about 250 frames).
+    bound = CF + 2 * math.ceil(nums["rate"] * CF) + (nums["at_reply"] - nums["at_cmd"]) + 5
+    print(f"\nplay_now (still renderer, 8 chunks ahead): B on air {sb['frame'] - nums['at_cmd']} frames after the command "
+          f"(bound {bound}: a chunk + a chunk render at rate {nums['rate']} + {nums['at_reply'] - nums['at_cmd']} frames "
+          f"serving it); planned {nums['b_planned']} s, aired {sb['media_time_s']} s")
+    assert sb["frame"] - nums["at_cmd"] <= bound
+    rec = Recording(tmp_path / "rec.flv", 500.0, sx1["frame"])
+    rec.assert_on(500.0, sx1["frame"], cut["frame"], "X before the cut")
+    rec.assert_off(500.0, cut["frame"], sx2["frame"], "X while B airs")
+    rec.assert_on(1300.0, sb["frame"], fb["frame"], "B")
+    rec.assert_on(500.0, sx2["frame"], fx2["frame"], "X replayed")
+    assert fx2["frame"] - sx2["frame"] >= 5.0 * FPS - 2, "X replayed from its start"
+    rec.assert_on(900.0, sa["frame"], fa["frame"], "A")
+    rec.assert_off(900.0, sx1["frame"], sa["frame"], "A before its turn")
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_after_edits_loses_no_acknowledged_clip(daemon_factory):
+    d = daemon_factory(extra=SLOW).start()
+    ev = d.events()
+    with d.client(timeout_s=20) as c:
+        ev.sync(c)
+        col = Collector(ev)
+        x = c.enqueue(encode("wav_s16", seconds=5.0, freq=500.0))["segment_id"]
+        e1 = c.enqueue(encode("wav_s16", seconds=1.0, freq=700.0))["segment_id"]
+        deadline = time.monotonic() + 120
+        while x not in queue_ids(col.seen, "started") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        a = c.insert(encode("wav_s16", seconds=1.5, freq=900.0))["segment_id"]
+        b = c.play_now(encode("wav_s16", seconds=3.0, freq=1300.0))["segment_id"]
+        dropped = c.enqueue(encode("wav_s16", seconds=1.0, freq=1500.0))["segment_id"]
+        assert c.cancel(dropped)["was"] == "pending"  # buffered or pending: it is gone either way
+        while b not in queue_ids(col.seen, "started") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b in queue_ids(col.seen, "started")
+    d.kill()  # B on air, X requeued, A and E1 pending or buffered
+    time.sleep(0.5)
+    before = col.stop()
+    ev.close()
+    ev2 = EventStream(d.events_ipc, timeout_s=30.0)
+    d.start()
+    seen: list[dict] = []
+    done = set(queue_ids(before, "finished"))
+    expected = {s for s in (b, x, a, e1) if s not in done}
+    wait_for(ev2, lambda e: expected <= set(queue_ids(seen + [e], "finished")), 150, seen)
+    time.sleep(1.0)
+    ev2.close()
+    with d.client() as c:
+        st = c.status()
+    assert d.stop() == 0
+    names = {b: "B", x: "X", a: "A", e1: "E1", dropped: "D"}
+    print(f"\nbefore the kill: {[(e['type'], names.get(e.get('segment_id'))) for e in before if e.get('segment_id')]}"
+          f"; after the restart: {[(e['type'], names.get(e.get('segment_id'))) for e in seen if e.get('segment_id')]}")
+    # B was on air: it replays first. Every acknowledged clip that had not finished airs once (X may have been
+    # requeued by the play_now cut, or finished before it); none that finished airs again; the cancelled one never.
+    started = queue_ids(seen, "started")
+    assert started[0] == b and sorted(started) == sorted(expected) and len(set(started)) == len(started)
+    assert sorted(queue_ids(seen, "finished")) == sorted(expected) and not queue_ids(seen, "interrupted")
+    assert dropped not in queue_ids(before, "started") + started
+    assert st["queue"]["clips"] == 0

@@ -1,0 +1,142 @@
+"""Re-planning the render-ahead buffer (timeline/replan.py) with a real spool, a real look-ahead and the timeline:
+what each edit discards, what goes back to the queue, and what is cut where. Audio levels label the clips."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from flashtalk_live.media.pacing import Lookahead
+from flashtalk_live.queue.spool import Spool
+from flashtalk_live.settings import Settings
+from flashtalk_live.timeline.chunk import RenderedChunk
+from flashtalk_live.timeline.plan import plan_on_air
+from flashtalk_live.timeline.replan import Replanner
+from flashtalk_live.timeline.timeline import Timeline
+
+CF = 28  # frames per chunk (default), 1.12 s at 25 fps
+
+
+def _pcm(level: int, seconds: float) -> bytes:
+    return np.full((int(round(seconds * 48000)), 2), level * 512, "<i2").tobytes()
+
+
+def _add(spool: Spool, level: int, seconds: float, mode: str = "enqueue") -> str:
+    return spool.add(_pcm(level, seconds), mode=mode, duration_s=seconds, format="pcm_s16le",
+                     sample_rate=48000, channels=2).segment_id
+
+
+class Room:
+    """The render thread's side (cut, 'render', put) and the air's side (take a chunk) done by hand."""
+
+    def __init__(self, tmp_path) -> None:
+        self.spool = Spool(tmp_path / "spool")
+        self.tl = Timeline(Settings(state_dir="/nonexistent-state"), self.spool, None)
+        self.la = Lookahead(64)
+        self.rp = Replanner(self.tl, self.la, poll_s=0.001)
+        self.aired: list = []
+        self.stop = threading.Event()
+
+    def render(self, n: int) -> list:
+        out = []
+        for _ in range(n):
+            c = self.rp.next_chunk()
+            out.append(c)
+            assert self.rp.put(RenderedChunk(c, np.zeros((c.n_frames, 2, 2, 3), np.uint8), "t", 0.0), self.stop)
+        return out
+
+    def air(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.aired.append(self.la.get_nowait().chunk)
+
+    def flush(self) -> list:
+        while len(self.la):
+            self.air()
+        return self.aired
+
+    def order(self) -> list[str]:
+        """Clips in the order they start in what aired."""
+        return [m.segment_id for c in self.aired for m in c.marks if m.kind == "started"]
+
+
+def test_play_now_cuts_at_the_air_boundary_and_nothing_acknowledged_is_lost(tmp_path):
+    r = Room(tmp_path)
+    x = _add(r.spool, 1, 3.0)
+    a = _add(r.spool, 2, 1.0)
+    r.render(5)  # X, A and some idle are buffered
+    r.air()  # chunk 0 (X) is on air
+    # insert A2, then play_now B: the buffered A is pending again when the edits see the queue.
+    with r.rp.editing("insert"):
+        a2 = _add(r.spool, 3, 0.5, "insert")
+    assert [e.segment_id for e in r.spool.pending()] == [a2, a]  # A2 before the enqueued A
+    stale = r.rp.next_chunk()  # a chunk being rendered when play_now comes in
+    with r.rp.editing("play_now"):
+        b = _add(r.spool, 4, 0.5, "play_now")
+    assert not r.rp.put(RenderedChunk(stale, np.zeros((CF, 2, 2, 3), np.uint8), "t", 0.0), r.stop)
+    assert len(r.la) == 0 and r.la.next_air_frame == CF
+    r.render(10)
+    aired = r.flush()
+    marks = [(m.kind, m.segment_id, m.frame, m.requeued) for c in aired for m in c.marks]
+    # B starts on the first frame after the chunk on air; X is cut there and requeued, then replays from its start.
+    assert ("interrupted", x, CF, True) in marks and ("started", b, CF, False) in marks
+    assert r.order() == [x, b, x, a2, a]
+    starts = [c.start_frame for c in aired]
+    assert starts == list(range(0, CF * len(aired), CF)), "the air is contiguous across the re-plan"
+    lev = {sid: lvl for sid, lvl in ((x, 1), (b, 4), (a2, 3), (a, 2))}
+    # Every frame of X's replay carries X's audio from its start: 3 s of level 1 after B's 0.5 s.
+    audio = np.concatenate([c.audio for c in aired[1:]])[:, 0]
+    i0 = int(0.5 * 48000)
+    assert np.all(audio[:i0] == lev[b] / 64) and np.all(audio[i0:i0 + 3 * 48000] == lev[x] / 64)
+    r.spool.close()
+
+
+def test_cancel_of_the_clip_on_air_cuts_at_the_air_boundary_and_the_next_clip_follows(tmp_path):
+    r = Room(tmp_path)
+    x = _add(r.spool, 1, 4.0)
+    a = _add(r.spool, 2, 1.0)
+    r.render(6)
+    r.air(2)
+    with r.rp.editing("cancel", x):
+        assert r.spool.cancel(x) == "playing"
+    r.render(4)
+    aired = r.flush()
+    cut = [m for c in aired for m in c.marks if m.kind == "interrupted"]
+    assert [(m.segment_id, m.frame, m.requeued) for m in cut] == [(x, 2 * CF, False)]
+    assert r.order() == [x, a]
+    assert np.all(aired[2].audio[:, 0] != 1 / 64), "no buffered frame of the cancelled clip airs after the cut"
+    assert r.spool.get(x).state == "playing"  # deleted when the cut airs (the daemon settles it)
+    r.spool.close()
+
+
+def test_cancel_of_a_buffered_clip_and_clear_keep_the_clip_on_air(tmp_path):
+    r = Room(tmp_path)
+    x = _add(r.spool, 1, 3.0)
+    a = _add(r.spool, 2, 1.0)
+    c = _add(r.spool, 3, 1.0)
+    r.render(6)  # X (3 chunks), A, C cut
+    r.air()
+    with r.rp.editing("cancel", a):
+        assert r.spool.cancel(a) == "pending"  # buffered, not on air: it counts as pending
+    # X (75 frames) fills chunk 1 alone; chunk 2 holds X's end and A: the re-plan starts there, X keeps chunk 1.
+    assert len(r.la) == 1 and r.la.next_air_frame == CF and r.tl.frame == 2 * CF
+    r.render(1)
+    with r.rp.editing("clear"):
+        assert r.spool.clear() == [c]
+    r.render(4)
+    r.flush()
+    assert r.order() == [x]
+    assert r.spool.pending() == []
+    r.spool.close()
+
+
+def test_planned_starts_follow_the_buffer_the_queue_and_the_render_rate():
+    hs = lambda d: 0.0  # noqa: E731 - a renderer at real time needs no head start
+    p = plan_on_air(fps=25, air_frame=100, cut_frame=150, cut_remaining_s=1.0, buffered=[("x", 125)],
+                    pending=[("a", 3.0), ("b", 2.0)], rate=1.0, head_start=hs)
+    assert [(q.segment_id, round(q.in_s, 2), q.state) for q in p] == [("x", 1.0, "buffered"), ("a", 3.0, "pending"),
+                                                                      ("b", 6.0, "pending")]
+    # A renderer 3x slower than real time: a's start waits for its head start after the cut clip is rendered.
+    slow = plan_on_air(fps=25, air_frame=100, cut_frame=100, cut_remaining_s=1.0, buffered=[],
+                       pending=[("a", 3.0)], rate=3.0, head_start=lambda d: 2 * d)
+    assert slow[0].in_s == 3.0 + 6.0 and slow[0].waits == "head_start"
