@@ -253,6 +253,10 @@ class FrameStore:
         self.discard(item)
         return item
 
+    def newest(self) -> RenderedChunk:
+        """The newest chunk as held (packed): for its times, not its frames."""
+        return self._items[-1]
+
     def clear(self) -> None:
         while self._items:
             self.pop()

@@ -146,11 +146,11 @@ class Lookahead:
         """
         with self._cond:
             frame = choose(self.next_air_frame)
-            keep = collections.deque(it for it in self._items if it.chunk.start_frame < frame)
-            dropped = len(self._items) - len(keep)
+            dropped = 0
+            while self._items and self._items.newest().chunk.start_frame >= frame:  # chunks are in air order: drop from the end
+                self._frames -= self._items.pop().chunk.n_frames  # the store deletes a spilled chunk's file
+                dropped += 1
             if dropped:
-                self._frames = sum(it.chunk.n_frames for it in keep)
-                self._items = keep
                 self.chunks_discarded += dropped
                 self._cond.notify_all()
             return frame

@@ -32,7 +32,8 @@ class Room:
 
     def __init__(self, tmp_path) -> None:
         self.spool = Spool(tmp_path / "spool")
-        self.tl = Timeline(Settings(state_dir="/nonexistent-state"), self.spool, None)
+        st = Settings(state_dir="/nonexistent-state")
+        self.tl = Timeline(st.video, st.encoder, self.spool, None)
         self.la = Lookahead(64)
         self.rp = Replanner(self.tl, self.la, poll_s=0.001)
         self.aired: list = []
