@@ -222,6 +222,7 @@ class Daemon:
                  still: Renderer | None = None, parallel: Any = None) -> None:
         from flashtalk_live.ingest.server import IngestServer
         from flashtalk_live.media.encoder import Encoder
+        from flashtalk_live.media.idlebank import bank_from_settings, renderer_identity
         from flashtalk_live.media.pacing import Lookahead, Pacer
         from flashtalk_live.media.renderahead import RenderAhead
         from flashtalk_live.outputs.manager import OutputManager
@@ -282,7 +283,9 @@ class Daemon:
                            on_underrun=self._on_underrun)
         self.render_ahead = RenderAhead(self.timeline, self.renderers.render, self.renderers.current_name,
                                         self.admission, self.lookahead, fps=v.fps,
-                                        idle_reuse=settings.renderer.idle_reuse)
+                                        idle_reuse=settings.renderer.idle_reuse, bank=bank_from_settings(settings),
+                                        renderer_identity=lambda: renderer_identity(self.renderers.preferred))
+        self.render_ahead.set_avatar(self.reference, self.prompt)
         self.ingest = IngestServer(settings, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
                                    cut_on_air=self.lookahead.cut,
@@ -454,7 +457,7 @@ class Daemon:
     def _apply_avatar(self, image: np.ndarray, prompt: str) -> None:
         self.reference, self.prompt = image, prompt
         self.renderers.set_avatar(image, prompt)
-        self.render_ahead.idle.clear()
+        self.render_ahead.set_avatar(image, prompt)  # the idle bank follows at this same chunk boundary
         self.log.info("avatar_changed", prompt=prompt)
 
     def _broadcast_loop(self) -> None:

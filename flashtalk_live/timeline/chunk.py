@@ -31,6 +31,9 @@ class RenderChunk:
     frame_segments  which clip each frame belongs to (None = programme silence / idle filler).
     model_history   float32 16 kHz mono: the last `history_seconds` of model audio ending at this chunk's end
                     (zero-padded before the broadcast began), the rolling window the FlashTalk engine reads.
+    motion_frames   uint8 [k, H, W, 3] at the output geometry: the frames that air just before this chunk, set when
+                    they are not the renderer's own last output (idle bank, an edit); a renderer that continues
+                    from previous frames conditions on these instead (FlashTalk: its motion context).
     """
 
     index: int
@@ -42,6 +45,7 @@ class RenderChunk:
     marks: list[Mark] = field(default_factory=list)
     idle: bool = False  # no queue or programme speech in this chunk
     model_history: np.ndarray | None = None
+    motion_frames: np.ndarray | None = None
 
     @property
     def end_frame(self) -> int:
