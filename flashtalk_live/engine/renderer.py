@@ -57,7 +57,7 @@ class FlashTalkRenderer:
     """Renderer protocol on a FlashTalkEngine. One render thread; start_session may come from another."""
 
     name = "flashtalk"
-    bank_identity = ""  # profile and weights, set by the factory: part of the idle bank's cache key
+    bank_identity: str | None = None  # profile and weights, set by the factory: the idle bank's cache key
 
     def __init__(
         self,

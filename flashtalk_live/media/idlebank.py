@@ -58,10 +58,12 @@ def bank_key(image: np.ndarray, prompt: str, config: str, renderer: str) -> str:
 
 
 def renderer_identity(r: Any) -> str | None:
-    """The part of the key the renderer knows (FlashTalk: profile and weights), or None when it is not ready."""
-    if r is None or not r.ready():
+    """The part of the key the renderer knows (FlashTalk: profile and weights); None when it is not ready or keeps
+    no bank (a renderer opts in with a `bank_identity` string: idle of a cheap renderer costs nothing anyway)."""
+    ident = getattr(r, "bank_identity", None) if r is not None else None
+    if not ident or not r.ready():
         return None
-    return f"{r.name}:{getattr(r, 'bank_identity', '')}"
+    return f"{r.name}:{ident}"
 
 
 @dataclass
