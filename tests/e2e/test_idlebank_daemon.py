@@ -12,6 +12,7 @@ import pytest
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.client import Client
 from flashtalk_live.daemon import Daemon
+from flashtalk_live.media.idlebank import frame_distance, thumb
 from support.audio import wav_bytes
 from test_daemon_inprocess import settings
 
@@ -74,6 +75,16 @@ def test_idle_airs_from_the_bank_and_a_clip_joins_it(tmp_path):
         join = bank(d)["last_join"]
         assert join is not None and join["crossfade_frames"] == s.renderer.idle_bank_crossfade_frames
         assert calls(d) == after_clip  # idle after the clip costs no render call either
+        # The join, measured on thumbs as the pick does: the step from the clip's last frame into the nearest bank
+        # chunk (before the blend spreads it over crossfade_frames + 1 steps) vs the bank's own frame-to-frame step.
+        chunks = list(d.render_ahead.bank.chunks.values())
+        typical = float(np.mean([frame_distance(thumb(a), thumb(b)) for c in chunks
+                                 for a, b in zip(c.frames, c.frames[1:])]))
+        chain = [frame_distance(thumb(a.frames[-1]), thumb(b.frames[0])) for a, b in zip(chunks, chunks[1:])]
+        blended = join["distance"] / (join["crossfade_frames"] + 1)
+        print(f"\nidle bank join (tiny random model, thumbs): clip->bank distance {join['distance']}, per blended "
+              f"step {blended:.2f}; bank frame-to-frame {typical:.2f}; chain links {np.round(chain, 2).tolist()}")
+        assert max(chain) < 3 * typical  # chunk k+1 continues chunk k: its links look like any other frame step
         status = d.status()
         assert status["renderer"]["active"] == "flashtalk" and status["renderer"]["failures"] == 0
         assert status["render_ahead"]["idle_replayed_chunks"] == 0  # the stopgap loop was never needed
