@@ -5,6 +5,7 @@ a restart on the same state directory loads the bank from disk instead of render
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -85,6 +86,8 @@ def test_idle_airs_from_the_bank_and_a_clip_joins_it(tmp_path):
         print(f"\nidle bank join (tiny random model, thumbs): clip->bank distance {join['distance']}, per blended "
               f"step {blended:.2f}; bank frame-to-frame {typical:.2f}; chain links {np.round(chain, 2).tolist()}")
         assert max(chain) < 3 * typical  # chunk k+1 continues chunk k: its links look like any other frame step
+        body = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=10).read().decode()
+        assert f"flashtalk_idle_bank_chunks {float(BANK)}" in body and "flashtalk_idle_bank_served_chunks_total" in body
         status = d.status()
         assert status["renderer"]["active"] == "flashtalk" and status["renderer"]["failures"] == 0
         assert status["render_ahead"]["idle_replayed_chunks"] == 0  # the stopgap loop was never needed
