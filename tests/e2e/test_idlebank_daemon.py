@@ -4,12 +4,12 @@ a restart on the same state directory loads the bank from disk instead of render
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 
+from console_support import wait_until as until
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.client import Client
 from flashtalk_live.daemon import Daemon
@@ -19,16 +19,6 @@ from test_daemon_inprocess import settings
 
 TINY_PROFILE = 'base = "quality"\nheight = 32\nwidth = 32\nframe_num = 29\nmotion_frames = 1\n'
 BANK = 3
-
-
-def until(pred, timeout_s: float, what: str):
-    t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def tiny_settings(tmp_path):
