@@ -28,6 +28,7 @@ from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.log import get_logger
 from flashtalk_live.media.encoder import Encoder
 from flashtalk_live.media.framestore import FrameStore
+from flashtalk_live.media.idlebank import bank_from_settings, renderer_identity
 from flashtalk_live.media.pacing import Lookahead, LookaheadClosed, Pacer
 from flashtalk_live.media.renderahead import RenderAhead
 from flashtalk_live.metrics import serve_metrics
@@ -276,7 +277,11 @@ class Daemon:
                                    air_frame=lambda: self.pacer.air_frame)
         self.render_ahead = RenderAhead(self.replanner, self.renderers.render, self.renderers.current_name,
                                         self.admission, self.lookahead, fps=v.fps,
-                                        idle_reuse=settings.renderer.idle_reuse)
+                                        idle_reuse=settings.renderer.idle_reuse, 
+                                        bank=bank_from_settings(settings.renderer, v, settings.model,
+                                                                settings.path(settings.state_dir)),
+                                        renderer_identity=lambda: renderer_identity(self.renderers.preferred))
+        self.render_ahead.set_avatar(self.reference, self.prompt)
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
                                    edit=self._edit, plan_of=self.plan_of,
@@ -504,7 +509,7 @@ class Daemon:
     def _apply_avatar(self, image: np.ndarray, prompt: str) -> None:
         self.reference, self.prompt = image, prompt
         self.renderers.set_avatar(image, prompt)
-        self.render_ahead.idle.clear()
+        self.render_ahead.set_avatar(image, prompt)  # the idle bank follows at this same chunk boundary
         self.log.info("avatar_changed", prompt=prompt)
 
     def _broadcast_loop(self) -> None:

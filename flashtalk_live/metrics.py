@@ -52,6 +52,11 @@ class StatusCollector:
             under.add_metric([where], float(b.get(f"underrun_frames_{where}", 0)))
         yield under
         yield CounterMetricFamily("flashtalk_underruns", "Underrun episodes", value=b.get("underrun_episodes", 0))
+        ib = (s.get("render_ahead") or {}).get("idle_bank") or {}
+        yield GaugeMetricFamily("flashtalk_idle_bank_chunks", "Idle bank chunks ready for the current avatar",
+                                value=ib.get("chunks_ready", 0))
+        yield CounterMetricFamily("flashtalk_idle_bank_served_chunks", "Idle chunks aired from the idle bank",
+                                  value=ib.get("served_chunks", 0))
         yield GaugeMetricFamily("flashtalk_process_rss_bytes", "Resident memory of the daemon", value=s.get("rss_bytes", 0))
         yield from _storage_metrics(s.get("storage") or {})
         conns = GaugeMetricFamily("flashtalk_ingest_connections", "Open tcp connections", labels=["socket"])

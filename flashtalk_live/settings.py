@@ -203,6 +203,16 @@ class RendererSettings(_Section):
     idle_reuse: bool = Field(
         True, description="while the renderer is slower than real time, idle chunks replay the last rendered idle "
         "chunk (forwards, then backwards) instead of rendering, so the renderer's time goes to clips")
+    idle_bank: bool = Field(
+        True, description="idle airs from a bank of silent chunks the preferred renderer drew of this avatar "
+        "(built at warm-up and in spare render time, cached under {state_dir}/idlebank): idle costs no GPU")
+    idle_bank_chunks: int = Field(8, ge=1, le=256, description="chunks in the idle bank (the loop's length; "
+                                  "each is chunk_frames x width x height x 3 bytes in RAM)")
+    idle_bank_disk_bytes: int = Field(
+        2 << 30, ge=0, description="cap on {state_dir}/idlebank; other avatars' banks are evicted first, oldest "
+        "first; 0 keeps the bank in RAM only")
+    idle_bank_crossfade_frames: int = Field(4, ge=0, le=50, description="frames dissolved from the last aired "
+                                            "frame into the bank chunk that follows a clip")
     drill_slowdown: float = Field(
         1.0, ge=1, le=20, description="drill: every render call takes this many times max(its own time, the "
         "chunk's duration); 1 = off. Proves the room copes with a slow renderer without a slow GPU")

@@ -207,6 +207,20 @@ class FlashTalkEngine:
         """Motion context back to the reference image's latent (as on chunk 0); the noise stream continues."""
         self.motion = self._session().motion0
 
+    @torch.no_grad()
+    def set_motion_frames(self, frames: np.ndarray) -> None:
+        """Condition the next chunk on frames that aired (uint8 [n, H, W, 3] at the profile geometry): the motion
+        context becomes the VAE latents of their last motion_frames (fewer on hand: the longest 1 + 4j)."""
+        self._session()
+        p = self.profile
+        if frames.ndim != 4 or frames.shape[1:] != (p.height, p.width, 3) or frames.shape[0] < 1:
+            raise EngineError(f"motion frames must be uint8 [n, {p.height}, {p.width}, 3], got {tuple(frames.shape)}")
+        n = min(frames.shape[0], p.motion_frames)
+        n = 1 + (n - 1) // 4 * 4
+        x = torch.from_numpy(np.ascontiguousarray(frames[-n:])).to(self.device).permute(3, 0, 1, 2).float()
+        x = ((x / 255 - 0.5) * 2)[None]  # [1, 3, n, H, W] in [-1, 1], as the engine's own frames before uint8
+        self.motion = self.models.vae.encode(x.to(next(self.models.vae.parameters()).dtype))[0]
+
     def _session(self) -> AvatarSession:
         if self.session is None:
             raise EngineError("no avatar session: call start_session(image, prompt) first")

@@ -15,6 +15,8 @@ the real-time budget with `auto_margin` (engine.profile.choose_profile); every m
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 import time
 from collections import deque
@@ -44,7 +46,7 @@ from flashtalk_live.model.taehv import TinyVideoDecoder
 from flashtalk_live.model.text import encode_prompts
 from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings, quantize_dit_
 from flashtalk_live.renderers.base import RendererError
-from flashtalk_live.renderers.images import default_portrait, fit_image, load_image
+from flashtalk_live.renderers.images import crossfade, default_portrait, fit_image, load_image
 from flashtalk_live.settings import BENCHMARK_ENV, ModelSettings, Settings, VideoSettings, benchmark_mode
 from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, RenderChunk
 
@@ -64,23 +66,11 @@ def wall_timer(_profile: Profile, run: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def crossfade(frames: np.ndarray, previous: np.ndarray, n: int) -> np.ndarray:
-    """Dissolve the first n frames from `previous` (one frame) into `frames`: weights (i+1)/(n+1)."""
-    n = min(n, frames.shape[0])
-    if n <= 0:
-        return frames
-    out = frames.copy()
-    prev = previous.astype(np.float32)
-    for i in range(n):
-        a = (i + 1) / (n + 1)
-        out[i] = np.clip((1 - a) * prev + a * frames[i].astype(np.float32) + 0.5, 0, 255).astype(np.uint8)
-    return out
-
-
 class FlashTalkRenderer:
     """Renderer protocol on a FlashTalkEngine. One render thread; start_session may come from another."""
 
     name = "flashtalk"
+    bank_identity: str | None = None  # profile and weights, set by the factory: the idle bank's cache key
 
     def __init__(
         self,
@@ -199,6 +189,11 @@ class FlashTalkRenderer:
                 if reason is not None:
                     self.engine.reanchor()
                     self.policy.anchored(now_s)
+            if chunk.motion_frames is not None:  # what aired before this chunk was not our last output
+                aired = self._to_profile(chunk.motion_frames)
+                self._last_frame = aired[-1].copy()
+                if reason is None:  # a new session or a re-anchor starts from the reference instead
+                    self.engine.set_motion_frames(aired)
             before = self._last_measure
             out = self.engine.generate(self._features(window))
             pending = None
@@ -271,6 +266,12 @@ class FlashTalkRenderer:
 
     def _features(self, window: np.ndarray) -> torch.Tensor:
         return self.engine.audio_features(window)
+
+    def _to_profile(self, frames: np.ndarray) -> np.ndarray:
+        p = self.profile
+        if frames.shape[1:3] == (p.height, p.width):
+            return frames
+        return np.stack([fit_image(f, p.width, p.height, "cover") for f in frames])
 
     def _fit(self, frames: np.ndarray) -> np.ndarray:
         if frames.shape[1:3] == (self.height, self.width):
@@ -440,6 +441,8 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
             crossfade_frames=m.recalibrate_crossfade_frames,
         )
 
+    weights = f"random:{random_weights}" if random_weights != "off" else file_identity(
+        *[d for d in (m.weights_dir, m.wav2vec_dir) if d])
     image = load_image(v.reference_image) if v.reference_image else default_portrait()
     if m.profile == AUTO:
         renderer = choose_by_measurement(make, profiles, image, v.prompt, margin=m.auto_margin,
@@ -448,6 +451,8 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
         renderer = make(profiles[0])
         renderer.start_session(image, v.prompt)
         renderer.warm_up()
+    renderer.bank_identity = json.dumps({"profile": dataclasses.asdict(renderer.profile), "weights": weights},
+                                        sort_keys=True)
     log.info("flashtalk_renderer_ready", seconds=round(time.perf_counter() - t0, 2), profile=renderer.profile.name,
              device=str(device), dtype=m.dtype, decoder=m.decoder, quantize="fp8" if fp8 else "none")
     return renderer

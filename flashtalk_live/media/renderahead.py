@@ -3,9 +3,9 @@
 Render-ahead only pays off if the renderer can get ahead of the air, and a renderer slower than real time cannot
 while it also renders idle live. So while the measured rate is above real time, idle chunks replay the last
 live-rendered idle chunk (as a ping-pong loop, so it has no jump), and one idle chunk in `live_every`
-is still rendered live (it keeps the rate measured and lets the supervisor switch or retry renderers). This is a
-stopgap for the idle bank of issue 10 (model-rendered idle cached per avatar, joined to speech); it is off when
-`renderer.idle_reuse` is false.
+is still rendered live (it keeps the rate measured and lets the supervisor switch or retry renderers). The idle
+bank (media/idlebank.py) takes precedence whenever it has chunks of the renderer on duty; the ping-pong loop covers
+the rest (bank off, or a renderer the bank does not serve); it is off when `renderer.idle_reuse` is false.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from flashtalk_live.media.idlebank import IdleBank
 from flashtalk_live.timeline.admission import Admission
 from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
 
@@ -74,33 +75,84 @@ class IdleLoop:
 
 
 class RenderAhead:
-    """One `step()` per chunk on the render thread; `render` is the supervisor's (never raises)."""
+    """One `step()` per chunk on the render thread; `render` is the supervisor's (never raises).
+
+    With an idle bank (media/idlebank.py) idle chunks air from the bank while the renderer that made it is the one
+    on duty: loaded from disk, or built one link at a time in spare render time (the look-ahead full) and while idle
+    is on air. A live chunk that does not follow the renderer's own last output (after bank idle, a bank build or
+    a replay) carries the aired frames as `motion_frames`, so speech continues from what the viewer saw.
+    """
+
+    MOTION_FRAMES = 8  # aired frames handed to the renderer: more than any profile's motion frames
 
     def __init__(self, timeline: Any, render: Callable[[RenderChunk], RenderedChunk],
                  current_renderer: Callable[[], str], admission: Admission, lookahead: Any, *,
-                 fps: int, idle_reuse: bool = True) -> None:
+                 fps: int, idle_reuse: bool = True, bank: IdleBank | None = None,
+                 renderer_identity: Callable[[], str | None] = lambda: None) -> None:
         self.timeline, self.render = timeline, render
         self.current_renderer = current_renderer
         self.admission, self.lookahead = admission, lookahead
         self.fps = fps
         self.idle_reuse = idle_reuse
         self.idle = IdleLoop()
+        self.bank = bank
+        self.renderer_identity = renderer_identity
+        self._tail: RenderedChunk | None = None  # the last chunk handed to the air
+        self._tail_live = False  # ... rendered live, and its renderer has drawn nothing since
 
     def _behind(self) -> bool:
         r = self.admission.planning_rate
         return r is not None and r > 1.0
 
+    def _spare(self) -> bool:
+        return len(self.lookahead) >= self.lookahead.max_chunks
+
+    def _build(self, bank: IdleBank) -> None:
+        """Render the bank's next link (silent, conditioned on the chain or on what aired last)."""
+        chunk = bank.build_chunk(None if self._tail is None else self._tail.frames[-self.MOTION_FRAMES:])
+        out = self.render(chunk)
+        self.admission.rate.observe(out.render_seconds, chunk.n_frames / self.fps)
+        self._tail_live = False
+        if out.renderer == bank.renderer_name:  # a fallback's frames (the still renderer) are not bank material
+            bank.add_rendered(out.frames)
+
+    def _from_bank(self, chunk: RenderChunk, name: str) -> RenderedChunk | None:
+        bank = self.bank
+        if bank is None or not chunk.idle or not bank.active or bank.renderer_name != name:
+            return None
+        if not bank.chunks or bank.successor_missing():
+            self._build(bank)  # idle on air while the bank is incomplete: the next link is what airs
+        last = None if self._tail is None else self._tail.frames[-1]
+        frames = bank.serve(chunk.n_frames, last)
+        return None if frames is None else RenderedChunk(chunk, frames, name, 0.0)
+
     def step(self) -> RenderedChunk:
+        bank = self.bank
+        if bank is not None:
+            bank.sync(self.renderer_identity())
+            if not bank.load_one() and bank.wants_chunk() and self._spare():
+                self._build(bank)
         chunk = self.timeline.next_chunk()
-        frames = None
-        if self.idle_reuse and chunk.idle and self._behind():
-            frames = self.idle.replay(chunk, self.current_renderer())
-        if frames is not None:
-            out = RenderedChunk(chunk, frames, self.idle._renderer or "idle", 0.0)
-        else:
-            out = self.render(chunk)
-            self.admission.rate.observe(out.render_seconds, chunk.n_frames / self.fps)
-            self.idle.remember(out)
+        name = self.current_renderer()
+        out = self._from_bank(chunk, name)
+        live = False
+        if out is None:
+            frames = None
+            if self.idle_reuse and chunk.idle and self._behind():
+                frames = self.idle.replay(chunk, name)
+            if frames is not None:
+                out = RenderedChunk(chunk, frames, self.idle._renderer or "idle", 0.0)
+            else:
+                t = self._tail
+                if t is not None and not (self._tail_live and t.renderer == name):
+                    chunk.motion_frames = t.frames[-self.MOTION_FRAMES:]
+                out = self.render(chunk)
+                self.admission.rate.observe(out.render_seconds, chunk.n_frames / self.fps)
+                self.idle.remember(out)
+                live = True
+            if bank is not None:
+                bank.interrupted()
+        self._tail, self._tail_live = out, live
         target = self.admission.target_chunks()
         if not chunk.idle:
             # A clip admitted on a long head start must not wait for that buffer to drain back to the base size:
@@ -109,5 +161,12 @@ class RenderAhead:
         self.lookahead.set_max_chunks(target)
         return out
 
+    def set_avatar(self, image: np.ndarray, prompt: str) -> None:
+        """Called at the chunk boundary where the renderers switch: no old-avatar idle airs after it."""
+        self.idle.clear()
+        if self.bank is not None:
+            self.bank.set_avatar(image, prompt)
+
     def status(self) -> dict[str, Any]:
-        return {**self.admission.status(), "idle_replayed_chunks": self.idle.replayed}
+        return {**self.admission.status(), "idle_replayed_chunks": self.idle.replayed,
+                "idle_bank": None if self.bank is None else self.bank.status()}

@@ -154,3 +154,16 @@ def default_portrait() -> np.ndarray:
     """The embedded demo portrait (flashtalk_live/assets/portrait.png) as uint8 [H, W, 3]."""
     data = resources.files("flashtalk_live").joinpath("assets/portrait.png").read_bytes()
     return decode_image_bytes(data, "flashtalk_live/assets/portrait.png")
+
+
+def crossfade(frames: np.ndarray, previous: np.ndarray, n: int) -> np.ndarray:
+    """Dissolve the first n frames from `previous` (one frame) into `frames`: weights (i+1)/(n+1)."""
+    n = min(n, frames.shape[0])
+    if n <= 0:
+        return frames
+    out = frames.copy()
+    prev = previous.astype(np.float32)
+    for i in range(n):
+        a = (i + 1) / (n + 1)
+        out[i] = np.clip((1 - a) * prev + a * frames[i].astype(np.float32) + 0.5, 0, 255).astype(np.uint8)
+    return out

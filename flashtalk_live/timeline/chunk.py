@@ -32,6 +32,9 @@ class RenderChunk:
     frame_segments  which clip each frame belongs to (None = programme silence / idle filler).
     model_history   float32 16 kHz mono: the last `history_seconds` of model audio ending at this chunk's end
                     (zero-padded before the broadcast began), the rolling window the FlashTalk engine reads.
+    motion_frames   uint8 [k, H, W, 3] at the output geometry: the frames that air just before this chunk, set when
+                    they are not the renderer's own last output (idle bank, an edit); a renderer that continues
+                    from previous frames conditions on these instead (FlashTalk: its motion context).
     """
 
     index: int
@@ -44,6 +47,7 @@ class RenderChunk:
     idle: bool = False  # no queue or programme speech in this chunk
     model_history: np.ndarray | None = None
     plan: int = 0  # the re-plan epoch it was cut under (timeline/replan.py drops chunks of a discarded plan)
+    motion_frames: np.ndarray | None = None
 
     @property
     def end_frame(self) -> int:

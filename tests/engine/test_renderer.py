@@ -186,3 +186,47 @@ def test_device_fit_matches_the_cpu_fit(mode, size) -> None:
     if mode == "contain" and w / h > 64 / 96:  # letterboxed left and right with the background colour
         assert np.abs(got[:, 0] - np.array(BACKGROUND)).max() < 1.0
     assert fit_video(video, 64, 96, mode) is video  # same geometry: untouched
+
+
+@pytest.mark.parametrize("geometry", [(32, 64), (48, 80)])
+def test_a_chunk_continues_from_the_aired_frames_it_is_given(release, geometry):
+    """RenderChunk.motion_frames (the idle bank, an edit): the motion context comes from what aired, after the engine
+    drew something else in between; exact up to uint8 at the profile geometry (32x64, as production's 448x768),
+    closer than the engine's own state through a crop-and-rescale round trip at another output geometry."""
+    root, rel_ = release
+    w, h = geometry
+    renderer = build_flashtalk_renderer(_settings(root, rel_, **{"video.width": str(w), "video.height": str(h)}))
+    e = renderer.engine
+    aired = renderer.render(_chunk(20))
+    own = e.motion.clone()  # what the engine would continue from after drawing `aired`
+    renderer.render(_chunk(21))  # the engine draws something that does not air next (a bank chunk)
+    moved = e.motion.clone()
+    c = _chunk(22)
+    c.motion_frames = aired[-8:]
+    renderer.render(c)
+    used = e.last_motion_in
+    renderer.close()
+
+    def rel(a, b):
+        return float((a - b).abs().mean() / b.abs().mean())
+
+    assert used.shape == own.shape
+    err, drift = rel(used, own), rel(moved, own)
+    assert err < drift, (err, drift)
+    if geometry == (32, 64):
+        assert err < 0.05, err
+
+
+def test_engine_motion_from_its_own_frames_matches_its_motion_context(renderer):
+    e = renderer.engine
+    output, frame_hw = e.output, e.frame_hw
+    e.output, e.frame_hw = None, (renderer.profile.height, renderer.profile.width)  # frames at the profile size
+    try:
+        out = e.generate(renderer._features(np.zeros(renderer.profile.window_samples, np.float32)))
+    finally:
+        e.output, e.frame_hw = output, frame_hw
+    own = e.motion.clone()
+    e.set_motion_frames(out.frames)
+    assert float((e.motion - own).abs().mean() / own.abs().mean()) < 0.05
+    with pytest.raises(Exception, match="motion frames must be"):
+        e.set_motion_frames(np.zeros((2, 8, 8, 3), np.uint8))
