@@ -277,7 +277,7 @@ class Daemon:
                                    air_frame=lambda: self.pacer.air_frame)
         self.render_ahead = RenderAhead(self.replanner, self.renderers.render, self.renderers.current_name,
                                         self.admission, self.lookahead, fps=v.fps,
-                                        idle_reuse=settings.renderer.idle_reuse, 
+                                        idle_reuse=settings.renderer.idle_reuse,
                                         bank=bank_from_settings(settings.renderer, v, settings.model,
                                                                 settings.path(settings.state_dir)),
                                         renderer_identity=lambda: renderer_identity(self.renderers.preferred))
