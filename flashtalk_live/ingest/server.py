@@ -462,9 +462,10 @@ class IngestServer:
             cues = getattr(a, name)
             if cues is not None:
                 meta[name] = [c.model_dump() for c in cues]
-        # insert and play_now re-plan first: clips rendered ahead but not on air are pending again, so the new
-        # clip is ordered against them exactly as the queue semantics say.
-        with self.edit(mode) if mode != "enqueue" else contextlib.nullcontext():
+        # Re-plan first: insert and play_now make clips rendered ahead but not on air pending again, so the new clip
+        # is ordered against them exactly as the queue semantics say; enqueue drops buffered idle/programme chunks,
+        # so a clip pushed into an idle room does not wait behind them (timeline/replan.py).
+        with self.edit(mode):
             res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]
                                     format=fmt, sample_rate=rate, channels=ch)
         ack = res.ack

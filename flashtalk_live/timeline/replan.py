@@ -8,8 +8,11 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
   real time or faster that is the air boundary (the first chunk the pacer has not taken), so the new clip airs
   within one chunk plus one chunk render. A cancelled clip is also silenced on air at once (`Lookahead.cut`): its
   cut airs with the next chunk, at most one chunk after the command, and what is kept of it is silent.
-* `insert`, `clear`, `cancel` of any other clip: from the first buffered chunk that holds anything besides the clip
-  on air, which keeps its buffered frames (and so its head start).
+* `insert`, `clear`, `cancel` of any other clip, `move`: from the first buffered chunk that holds anything besides the
+  clip on air, which keeps its buffered frames (and so its head start).
+* `enqueue`: from the first buffered chunk that holds anything but queue clips (idle, a pause, a programme item), so
+  a clip pushed into an idle room does not wait behind buffered idle; with queue clips buffered to the end of the
+  look-ahead there is nothing to re-plan.
 
 Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
 timeline (clips taken for them go back to the queue's head; timeline/timeline.py) and bumps the plan epoch; a chunk
@@ -87,8 +90,11 @@ class Replanner:
                 on_air = tl.clip_at(air)
                 if command == "cancel" and segment_id is not None and segment_id == on_air:
                     cut_on_air.append(segment_id)
-                from_air = command in FROM_AIR or bool(cut_on_air)
-                return tl.replan_point(air, keep_on_air=not from_air, not_before=self._renderable_from(air))
+                if command in FROM_AIR or cut_on_air:
+                    keep = "nothing"
+                else:
+                    keep = "queue" if command == "enqueue" else "on_air"
+                return tl.replan_point(air, keep, not_before=self._renderable_from(air))
 
             frame = self.lookahead.truncate(choose)
             for sid in cut_on_air:

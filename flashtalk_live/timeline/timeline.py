@@ -69,6 +69,7 @@ class _Snapshot:
     history: np.ndarray
     ops: list[tuple[str, Any]] = field(default_factory=list)  # ("take"|"requeue", segment_id) | ("programme", item)
     segments: frozenset = frozenset()  # what the chunk holds (segment ids, None for idle/pause frames)
+    queue_only: bool = False  # every frame belongs to a queue clip (no idle, pause or programme frame)
     started: tuple[str, ...] = ()  # queue clips whose first frame is in this chunk
 
 
@@ -354,19 +355,25 @@ class Timeline:
         c = sn.cur if sn is not None else self._cur
         return c.segment_id if c is not None and c.kind == "clip" and c.started else None
 
-    def replan_point(self, air_frame: int | None, keep_on_air: bool, not_before: int = 0) -> int:
+    def replan_point(self, air_frame: int | None, keep: Literal["nothing", "on_air", "queue"],
+                     not_before: int = 0) -> int:
         """Where a re-plan starts: the first chunk boundary at or after `not_before` that is not on air yet
-        (`air_frame`), with keep_on_air the first such chunk that holds anything besides the clip on air (so that
-        clip keeps its buffered frames)."""
+        (`air_frame`) and whose chunk is not kept: keep "on_air" keeps the chunks that hold only the clip on air
+        (so it keeps its buffered frames), "queue" every chunk that holds only queue clips (an enqueue re-plans
+        only idle, pause and programme chunks, which a queue clip goes before)."""
         snaps = [s for s in self._snaps if air_frame is None or s.start_frame >= air_frame]
         if not snaps:
             return self.frame
         c = snaps[0].cur
         on_air = c.segment_id if c is not None and c.kind == "clip" and c.started else None
         for sn in snaps:
-            if sn.start_frame >= not_before and (not keep_on_air or on_air is None
-                                                 or sn.segments != frozenset([on_air])):
-                return sn.start_frame
+            if sn.start_frame < not_before:
+                continue
+            if keep == "queue" and sn.queue_only:
+                continue
+            if keep == "on_air" and on_air is not None and sn.segments == frozenset([on_air]):
+                continue
+            return sn.start_frame
         return self.frame
 
     def rewind(self, frame: int) -> list[tuple[str, Any]]:
@@ -427,6 +434,7 @@ class Timeline:
         self._ops = snap.ops
         best_seg: list[str | None] = [None] * nf
         best_cnt = [0] * nf
+        queue_ids: set[str | None] = set()
 
         # play_now / cancel: cut at this chunk boundary. A pause also gives way to any waiting queue clip.
         interrupt = False
@@ -460,6 +468,8 @@ class Timeline:
                     marks.append(Mark(a // spf, "started", cur.segment_id or "", cur.source))
             if take > 0 and cur.kind == "clip":
                 assert cur.broadcast is not None and cur.model is not None
+                if cur.source == "queue":
+                    queue_ids.add(cur.segment_id)
                 audio[filled : filled + take] = cur.broadcast[cur.pos : cur.pos + take]
                 # Model audio for the same instants, aligned to the clip's own start on the 16 kHz grid.
                 ga, gb = self._m(a), self._m(a + take)
@@ -493,6 +503,7 @@ class Timeline:
             model_history=self._history,
         )
         snap.segments = frozenset(best_seg)
+        snap.queue_only = all(sid is not None and sid in queue_ids for sid in best_seg)
         snap.started = tuple(m.segment_id for m in marks if m.kind == "started" and m.source == "queue")
         if self.replannable:
             self._snaps.append(snap)

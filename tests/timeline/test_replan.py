@@ -141,3 +141,32 @@ def test_planned_starts_follow_the_buffer_the_queue_and_the_render_rate():
     slow = plan_on_air(fps=25, air_frame=100, cut_frame=100, cut_remaining_s=1.0, buffered=[],
                        pending=[("a", 3.0)], rate=3.0, head_start=lambda d: 2 * d)
     assert slow[0].in_s == 3.0 + 6.0 and slow[0].waits == "head_start"
+
+
+def test_enqueue_into_an_idle_room_replans_buffered_idle_but_never_buffered_clips(tmp_path):
+    r = Room(tmp_path)
+    r.render(5)  # an idle room: five idle chunks buffered
+    r.air()
+    with r.rp.editing("enqueue"):
+        a = _add(r.spool, 1, 2.0)
+    assert len(r.la) == 0, "the buffered idle chunks were dropped"
+    r.render(3)
+    aired = r.flush()
+    assert [m.frame for c in aired for m in c.marks if m.kind == "started"] == [CF]  # right after the chunk on air
+    b = r.spool.pending()  # A was taken while cutting: nothing pending
+    assert b == []
+    # X on air, A buffered (not on air), then idle: enqueue keeps A's chunks (queue-only) and re-plans the idle.
+    r2 = Room(tmp_path / "two")
+    x = _add(r2.spool, 2, CF / 25)  # exactly chunk 0
+    a2 = _add(r2.spool, 3, 2 * CF / 25)  # chunks 1 and 2
+    r2.render(5)  # X, A, A, idle, idle
+    r2.air()
+    with r2.rp.editing("enqueue"):
+        y = _add(r2.spool, 4, 1.0)
+    assert len(r2.la) == 2 and r2.rp.replans == 1, "A's buffered chunks stay, the idle ones go"
+    assert r2.rp.last["from_frame"] == 3 * CF
+    r2.render(3)
+    r2.flush()
+    assert r2.order() == [x, a2, y]
+    r.spool.close()
+    r2.spool.close()
