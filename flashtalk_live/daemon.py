@@ -281,6 +281,7 @@ class Daemon:
                                         bank=bank_from_settings(settings.renderer, v, settings.model,
                                                                 settings.path(settings.state_dir)),
                                         renderer_identity=lambda: renderer_identity(self.renderers.preferred))
+        self.replanner.on_rebase = self.render_ahead.rebase
         self.render_ahead.set_avatar(self.reference, self.prompt)
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,

@@ -207,6 +207,18 @@ class FrameStore:
             self._last_frame = frames[-1]
         return dataclasses.replace(item, frames=frames)
 
+    def peek(self, item: RenderedChunk) -> np.ndarray | None:
+        """RGB frames of a chunk still held (it stays held); None if its spill file cannot be read."""
+        p = item.frames
+        if not isinstance(p, PackedFrames):
+            return p
+        try:
+            data = self._read(p) if p.path is not None else p.data
+        except OSError:
+            return None
+        assert data is not None
+        return self._yuv.to_rgb(data) if p.kind == "yuv420" else data
+
     @staticmethod
     def _read(p: PackedFrames) -> np.ndarray:
         assert p.path is not None

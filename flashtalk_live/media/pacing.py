@@ -55,6 +55,7 @@ class Lookahead:
         self.frames_scrubbed = 0
         self.next_air_frame: int | None = None  # timeline frame after the last chunk taken for air
         self.chunks_discarded = 0  # dropped by re-plans (timeline/replan.py)
+        self.last_taken: RenderedChunk | None = None  # the chunk on air (its RGB frames: what a re-plan follows)
 
     def _validate(self, item: RenderedChunk) -> None:
         chunk, frames = item.chunk, item.frames
@@ -155,10 +156,20 @@ class Lookahead:
                 self._cond.notify_all()
             return frame
 
+    def tail(self) -> RenderedChunk | None:
+        """The chunk the next one put will follow on air: the newest buffered (RGB frames), else the one on air."""
+        with self._cond:
+            if not len(self._items):
+                return self.last_taken
+            newest = self._items.newest()
+            frames = self._items.peek(newest)
+            return None if frames is None else dataclasses.replace(newest, frames=frames)
+
     def _pop(self) -> RenderedChunk | None:
         if not self._items:
             return None
         item = self._items.popleft()
+        self.last_taken = item
         self.next_air_frame = item.chunk.end_frame
         self._frames -= item.chunk.n_frames
         if self._cut_due:

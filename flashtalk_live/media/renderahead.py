@@ -152,7 +152,8 @@ class RenderAhead:
                 live = True
             if bank is not None:
                 bank.interrupted()
-        self._tail, self._tail_live = out, live
+        if chunk.plan == getattr(self.timeline, "plan", chunk.plan):  # a chunk of a discarded plan never airs
+            self._tail, self._tail_live = out, live
         target = self.admission.target_chunks()
         if not chunk.idle:
             # A clip admitted on a long head start must not wait for that buffer to drain back to the base size:
@@ -160,6 +161,11 @@ class RenderAhead:
             target = max(target, min(self.lookahead.max_chunks, len(self.lookahead) + 1))
         self.lookahead.set_max_chunks(target)
         return out
+
+    def rebase(self, tail: RenderedChunk | None) -> None:
+        """A re-plan dropped the buffered future (timeline/replan.py): the next chunk follows `tail` on air (the
+        newest kept chunk, or the one on air), so it is conditioned on those frames, not on what was dropped."""
+        self._tail, self._tail_live = tail, False
 
     def set_avatar(self, image: np.ndarray, prompt: str) -> None:
         """Called at the chunk boundary where the renderers switch: no old-avatar idle airs after it."""

@@ -39,10 +39,12 @@ FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundar
 class Replanner:
     def __init__(self, timeline: Any, lookahead: Any, *, poll_s: float = 0.02, fps: int = 25,
                  rate: Callable[[], float | None] = lambda: None,
-                 air_frame: Callable[[], int | None] = lambda: None) -> None:
+                 air_frame: Callable[[], int | None] = lambda: None,
+                 on_rebase: Callable[[RenderedChunk | None], None] = lambda tail: None) -> None:
         self.timeline, self.lookahead = timeline, lookahead
         timeline.replannable = True
         self.fps, self.rate, self.air_frame = fps, rate, air_frame
+        self.on_rebase = on_rebase  # told what the re-cut future follows on air (media/renderahead.py conditions on it)
         self._rendering: tuple[float, int] | None = None  # (monotonic start, frames) of the chunk in flight
         self.lock = threading.RLock()
         self.plan = 0
@@ -104,6 +106,7 @@ class Replanner:
                 return None
             undone = tl.rewind(frame)
             self.plan += 1
+            self.on_rebase(self.lookahead.tail())
             self._voids.append((self.plan, frame))
             self.replans += 1
             self.last = {"command": command, "from_frame": frame,

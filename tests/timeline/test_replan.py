@@ -170,3 +170,23 @@ def test_enqueue_into_an_idle_room_replans_buffered_idle_but_never_buffered_clip
     assert r2.order() == [x, a2, y]
     r.spool.close()
     r2.spool.close()
+
+
+def test_the_recut_future_follows_what_stays_on_air(tmp_path):
+    """After a re-plan the next chunk is conditioned on the chunk it follows on air (media/renderahead.py): the
+    newest kept buffered chunk, or the chunk on air when everything buffered was dropped."""
+    r = Room(tmp_path)
+    tails: list = []
+    r.rp.on_rebase = tails.append
+    x = _add(r.spool, 1, 3 * CF / 25)  # chunks 0-2
+    a = _add(r.spool, 2, 1.0)
+    r.render(5)
+    r.air()  # chunk 0 on air
+    with r.rp.editing("insert"):
+        _add(r.spool, 3, 0.5, "insert")
+    assert tails[-1].chunk.start_frame == 2 * CF and tails[-1].frames.shape[0] == CF  # X's last buffered chunk
+    with r.rp.editing("play_now"):
+        _add(r.spool, 4, 0.5, "play_now")
+    assert tails[-1] is r.la.last_taken and tails[-1].chunk.start_frame == 0  # only the chunk on air is left
+    assert x != a
+    r.spool.close()
