@@ -68,7 +68,8 @@ def test_move_a_pending_clip_over_http(daemon):
     http = Http(daemon.metrics_port, token=daemon.console_token)
     status, on_air = http.command("enqueue", None, wav_bytes(20.0))  # long: the others stay pending meanwhile
     assert status == 200
-    wait_until(lambda: on_air["segment_id"] in [p.segment_id for p in daemon.spool.playing()], 30, "taken")
+    # on air, not only rendered ahead: a buffered clip counts as pending for every edit (docs/protocol.md)
+    wait_until(lambda: daemon.status()["on_air"] == on_air["segment_id"], 30, "on air")
     ids = [http.command("enqueue", None, wav_bytes(1.0, freq=300.0 + 100 * i))[1]["segment_id"] for i in range(3)]
 
     def order() -> list[str]:
@@ -83,7 +84,7 @@ def test_move_a_pending_clip_over_http(daemon):
         ({"segment_id": ids[0], "before": ids[1], "after": ids[2]}, 400, "bad_request", "after"),
     ]:
         status, body = http.command("move", fields)
-        assert (status, body["code"], body.get("field")) == (want, code, field), (fields, body)
+        assert (status, body.get("code"), body.get("field")) == (want, code, field), (fields, body)
     assert order() == ids
     status, body = http.command("move", {"segment_id": ids[2], "before": ids[0]})
     assert (status, body["position_was"], body["position"]) == (200, 2, 0), body
