@@ -165,7 +165,4 @@ class RendererSupervisor:
     def close(self) -> None:
         for r in {id(self.still): self.still, id(self.preferred): self.preferred}.values():
             if r is not None:
-                try:
-                    r.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                self._close_quietly(r)
