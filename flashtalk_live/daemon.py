@@ -7,8 +7,6 @@ import resource
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,6 @@ import numpy as np
 from pydantic import ValidationError
 
 from flashtalk_live import fdreserve
-from flashtalk_live.backoff import Backoff
 from flashtalk_live.compose.compositor import Compositor
 from flashtalk_live.console import AirTap, resolve_token, start_console
 from flashtalk_live.errors import Rejection
@@ -26,6 +23,7 @@ from flashtalk_live.ingest.commands import Call
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.log import get_logger
+from flashtalk_live.media.broadcast import Broadcast
 from flashtalk_live.media.encoder import Encoder
 from flashtalk_live.media.framestore import FrameStore
 from flashtalk_live.media.idlebank import bank_from_settings, renderer_identity
@@ -41,19 +39,18 @@ from flashtalk_live.renderers.kinds import RendererFactory, renderer_kind
 from flashtalk_live.renderers import images
 from flashtalk_live.renderers.images import ImageError, default_portrait, load_image
 from flashtalk_live.renderers.still import StillRenderer
-from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
+from flashtalk_live.renderers.supervisor import RendererSupervisor
+from flashtalk_live.sdnotify import sd_notify
 from flashtalk_live.settings import OutputSettings, Settings, validation_error_lines
 from flashtalk_live.statelock import StateLock
 from flashtalk_live.storage import DiskWatermark
 from flashtalk_live.timeline.admission import Admission
-from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
-from flashtalk_live.timeline.plan import RESCHEDULE_THRESHOLD_S, plan_on_air
+from flashtalk_live.timeline.onair import OnAir
 from flashtalk_live.timeline.programme import Programme
 from flashtalk_live.timeline.replan import Replanner
 from flashtalk_live.timeline.timeline import Timeline
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
-PLAN_LIMIT = 50  # pending clips given a planned on-air time (status, events)
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
 
 
@@ -63,158 +60,6 @@ def _rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class RendererSupervisor:
-    """Runs the preferred renderer when it is ready and healthy; the still renderer otherwise, with retry backoff."""
-
-    def __init__(self, settings: Settings, still: Renderer, events: EventBus,
-                 preferred_factory: RendererFactory | None, reference: np.ndarray) -> None:
-        self.s = settings
-        self.still = still
-        self.events = events
-        self.log = get_logger("renderer")
-        self._factory = preferred_factory
-        self._reference = reference
-        self.preferred: Renderer | None = None
-        self.active: Renderer = still
-        self.failures = 0
-        self.last_error: str | None = None
-        self._retry_at = 0.0
-        self._backoff = Backoff(settings.renderer.fallback_retry_initial_s, settings.renderer.fallback_retry_max_s)
-        self._loading: threading.Thread | None = None
-        self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
-        self._abandoned: Future | None = None  # an engine call given up on at its deadline
-        self.last_render_s = 0.0
-        self.render_rtf = 0.0
-
-    def start(self) -> None:
-        if self._factory is not None:
-            self._start_loading()
-
-    def _start_loading(self) -> None:
-        def load() -> None:
-            try:
-                r = self._factory(self.s)  # type: ignore[misc]
-                r.start_session(self._reference, self.s.video.prompt)
-                pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
-                warm_up = getattr(r, "warm_up", None)
-                if warm_up is not None:
-                    # Again on the thread that will render: some caches are per thread (cuDNN's autotuned
-                    # algorithms are thread_local), and filling them on air cost the first chunk > 2.5x its
-                    # budget on an H200, so the engine was abandoned on every load.
-                    pool.submit(warm_up).result()
-                self._engine_pool = pool
-                self._abandoned = None
-                self.preferred = r
-                self.log.info("renderer_loaded", renderer=r.name)
-            except Exception as e:  # noqa: BLE001 - any load failure keeps the still renderer on air
-                self._fail(f"load failed: {e!r}")
-
-        self._loading = threading.Thread(target=load, name="renderer-load", daemon=True)
-        self._loading.start()
-
-    def _fail(self, reason: str) -> None:
-        self.failures += 1
-        self.last_error = reason
-        self.preferred = None
-        delay = self._backoff.next_delay()
-        self._retry_at = time.monotonic() + delay
-        self.log.error("renderer_failed", reason=reason, retry_in_s=round(delay, 1))
-
-    def _switch(self, r: Renderer, reason: str) -> None:
-        if r is not self.active:
-            self.events.publish("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
-            self.log.warning("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
-            self.active = r
-
-    def current_name(self) -> str:
-        """The renderer the next render() call would use."""
-        p = self.preferred
-        return p.name if p is not None and p.ready() else self.still.name
-
-    def render(self, chunk: RenderChunk) -> RenderedChunk:
-        """Render with the preferred renderer if it can, else the still one; never raises."""
-        if self.preferred is None and self._factory is not None and self._loading is not None \
-                and not self._loading.is_alive() and time.monotonic() >= self._retry_at \
-                and (self._abandoned is None or self._abandoned.done()):  # never two engines on one GPU
-            self._start_loading()
-        r = self.preferred if (self.preferred is not None and self.preferred.ready()) else self.still
-        if r is not self.still:
-            self._switch(r, "ready")
-            budget = chunk.n_frames / self.s.video.fps
-            deadline = budget * self.s.renderer.deadline_factor
-            t0 = time.monotonic()
-            call = self._engine_pool.submit(r.render, chunk)
-            try:
-                # A hung engine (a stuck CUDA call) is abandoned at the deadline, so the still renderer takes
-                # this very chunk while the look-ahead still holds frames: the broadcast never waits on it.
-                frames = call.result(timeout=deadline)
-                took = time.monotonic() - t0
-                if took > deadline:
-                    raise TimeoutError(f"chunk took {took:.2f}s, over {self.s.renderer.deadline_factor}x its {budget:.2f}s")
-                self._check_frames(frames, chunk)
-                self._backoff.reset()
-                return self._done(chunk, frames, r, took)
-            except Exception as e:  # noqa: BLE001 - fall back within this very chunk
-                if isinstance(e, FutureTimeout):
-                    e = TimeoutError(f"no frames {deadline:.2f}s after the chunk started "
-                                     f"({self.s.renderer.deadline_factor}x its {budget:.2f}s): engine abandoned")
-                    self._abandoned = call
-                    call.add_done_callback(lambda _f, r=r: self._close_quietly(r))
-                else:
-                    self._close_quietly(r)
-                self._fail(repr(e))
-                self._switch(self.still, "failed")
-        t0 = time.monotonic()
-        frames = self.still.render(chunk)
-        return self._done(chunk, frames, self.still, time.monotonic() - t0)
-
-    @staticmethod
-    def _close_quietly(r: Renderer) -> None:
-        try:
-            r.close()
-        except Exception:  # noqa: BLE001
-            pass
-
-    def set_avatar(self, image: np.ndarray, prompt: str) -> None:
-        """A new reference portrait/prompt for every renderer, applied between chunks (render thread)."""
-        self._reference = image
-        self.still.start_session(image, prompt)
-        if self.preferred is not None:
-            try:
-                self.preferred.start_session(image, prompt)
-            except Exception as e:  # noqa: BLE001 - the still renderer keeps the room on air
-                self._fail(f"new session failed: {e!r}")
-
-    def _check_frames(self, frames: np.ndarray, chunk: RenderChunk) -> None:
-        want = (chunk.n_frames, self.s.video.height, self.s.video.width, 3)
-        if frames.shape != want or frames.dtype != np.uint8:
-            raise ValueError(f"renderer returned {frames.dtype}{list(frames.shape)}, expected uint8{list(want)}")
-
-    def _done(self, chunk: RenderChunk, frames: np.ndarray, r: Renderer, took: float) -> RenderedChunk:
-        self.last_render_s = took
-        self.render_rtf = took / (chunk.n_frames / self.s.video.fps)
-        return RenderedChunk(chunk=chunk, frames=frames, renderer=r.name, render_seconds=took)
-
-    def status(self) -> dict[str, Any]:
-        drift = getattr(self.preferred, "drift", None) if self.preferred is not None else None
-        return {
-            "active": self.active.name,
-            "preferred": getattr(self.preferred, "name", None),
-            "failures": self.failures,
-            "last_error": self.last_error,
-            "render_rtf": round(self.render_rtf, 3),
-            "drift": drift() if callable(drift) else drift,
-        }
-
-    def close(self) -> None:
-        for r in {id(self.still): self.still, id(self.preferred): self.preferred}.values():
-            if r is not None:
-                try:
-                    r.close()
-                except Exception:  # noqa: BLE001
-                    pass
 
 
 class Daemon:
@@ -244,8 +89,6 @@ class Daemon:
         self.disk = DiskWatermark(self.spool.dir, settings.storage.min_free_bytes, settings.storage.min_free_percent,
                                   publish=self.events.publish, log=self.log)
         self.disk.check()
-        self._unsettled: list[str] = []  # clips that finished on air but whose removal the spool could not commit
-        self.storage_errors = 0
         playlist = settings.programme.playlist
         v = settings.video
         self.programme = Programme.load(settings.path(playlist), settings.programme, settings.encoder,
@@ -259,9 +102,9 @@ class Daemon:
         self.still.start_session(self.reference, v.prompt)
         if renderer_factory is None:
             renderer_factory = renderer_kind(settings.renderer.kind).factory(settings, self.events, parallel)
-        if renderer_factory is not None and (settings.renderer.drill_slowdown != 1.0 or settings.renderer.drill_jitter_s):
-            renderer_factory = (lambda f: lambda st: with_drills(f(st), st.renderer, st.video.fps))(renderer_factory)
-        self.renderers = RendererSupervisor(settings, self.still, self.events, renderer_factory, self.reference)
+        load = None if renderer_factory is None else \
+            (lambda f=renderer_factory: with_drills(f(settings), settings.renderer, v.fps))
+        self.renderers = RendererSupervisor(settings.renderer, v, self.still, self.events, load, self.reference)
         self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
         self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps)
         self._log_overlays()
@@ -271,7 +114,7 @@ class Daemon:
         self.lookahead = Lookahead(settings.renderer.lookahead_chunks,
                                    store=FrameStore.from_settings(settings.expanded(settings.renderer), settings.storage))
         self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
-                           on_underrun=self._on_underrun)
+                           on_underrun=lambda info: self.onair.underrun(info))
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=lambda: self.admission.planning_rate,
                                    air_frame=lambda: self.pacer.air_frame)
@@ -283,9 +126,15 @@ class Daemon:
                                         renderer_identity=lambda: renderer_identity(self.renderers.preferred))
         self.replanner.on_rebase = self.render_ahead.rebase
         self.render_ahead.set_avatar(self.reference, self.prompt)
+        self.onair = OnAir(self.events, self.spool, self.timeline, self.replanner, self.admission, fps=v.fps,
+                           air_frame=lambda: self.pacer.air_frame, media_time_s=lambda: self.encoder.frames / v.fps)
+        self.air = AirTap()  # the console's preview: each frame and its sound as encoded
+        self.broadcast = Broadcast(self.pacer, self.compositor, self.encoder, self.outputs, fps=v.fps,
+                                   audio_rate=settings.encoder.audio_rate, tap=self.air.offer,
+                                   on_frame=self.onair.aired, on_air=self._on_air)
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
-                                   edit=self._edit, plan_of=self.plan_of,
+                                   edit=self.replanner.editing, plan_of=self.onair.plan_of,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -297,21 +146,11 @@ class Daemon:
         self._pending_avatar: tuple[np.ndarray, str] | None = None
         self._avatar_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._storage_failing = False
-        self._settle_lock = threading.Lock()
         self.fatal: str | None = None  # why a loop died: run_daemon exits non-zero
-        self._on_air_segment: str | None = None
-        self._av_skew_s = 0.0
-        self._idle_announced = False
-        self._scheduled: dict[str, float] = {}  # announced planned media time per clip (events scheduled/rescheduled)
-        self._plan_lock = threading.Lock()
-        self.events.subscribe(self._forget_scheduled)
-        self._last_progress = time.monotonic()
         self.metrics_server = None
         self.metrics_port: int | None = None
-        # -- console (flashtalk_live/console/): the aired frame/audio tap; the token is resolved before anything
-        # starts, so a bad token file stops the start with exit 2.
-        self.air = AirTap()
+        # -- console (flashtalk_live/console/): the token is resolved before anything starts, so a bad token file
+        # stops the start with exit 2.
         self.console = None
         self.console_token: str | None = None
         if settings.metrics.enabled and settings.console.enabled:
@@ -364,66 +203,12 @@ class Daemon:
         return {**self.compositor.set(call.args.name, text=text, image=call.data, **a),  # type: ignore[attr-defined]
                 "applies": "next aired frame"}
 
-    # -- the plan (timeline/replan.py, timeline/plan.py) -------------------------------------------------
-    def _edit(self, command: str, segment_id: str | None = None) -> Any:
-        return self.replanner.editing(command, segment_id)
-
-    def _plan(self) -> tuple[list[Any], float]:
-        """Every buffered and the first PLAN_LIMIT pending clips' planned start, and the air's media time now."""
-        fps = self.s.video.fps
-        with self.replanner.lock:  # the timeline and the spool as one moment: no clip taken in between
-            tl = self.timeline
-            air = self.pacer.air_frame
-            if air is None:
-                air = tl.first_frame()
-            buffered = tl.planned_starts(air)
-            cut_frame, remaining = tl.frame, tl.remaining_s
-            head = self.spool.pending(limit=PLAN_LIMIT)
-            pending = [(e.segment_id, e.duration_s) for e in head]
-            if head and head[0].interrupt:  # a play_now clip waits: it cuts what is being cut now
-                remaining = 0.0
-        a = self.admission
-        plan = plan_on_air(fps=fps, air_frame=air, cut_frame=cut_frame, cut_remaining_s=remaining, buffered=buffered,
-                           pending=pending, rate=a.planning_rate, head_start=a.head_start_s)
-        return plan, self.encoder.frames / fps
-
-    def plan_of(self, segment_id: str) -> dict[str, Any] | None:
-        """A clip's planned on-air time (the ack of enqueue/insert/play_now); publishes the plan's changes."""
-        rows = self._publish_plan()
-        return next((r for r in rows if r["segment_id"] == segment_id), None)
-
-    def _publish_plan(self) -> list[dict[str, Any]]:
-        """`scheduled` for a clip's first plan, `rescheduled` when its planned start moves by more than the
-        threshold (timeline/plan.py)."""
-        with self._plan_lock:
-            plan, media = self._plan()
-            rows = [p.as_dict(media) for p in plan]
-            for r in rows:
-                sid, at = r["segment_id"], r["planned_media_time_s"]
-                before = self._scheduled.get(sid)
-                if before is None:
-                    self.events.publish("scheduled", **r)
-                elif abs(at - before) > RESCHEDULE_THRESHOLD_S:
-                    self.events.publish("rescheduled", previous_media_time_s=before, **r)
-                else:
-                    continue
-                self._scheduled[sid] = at
-        return rows
-
-    def _forget_scheduled(self, e: dict[str, Any]) -> None:
-        if e["type"] in ("started", "dropped", "finished", "interrupted") and e.get("segment_id"):
-            self._scheduled.pop(e["segment_id"], None)
-
     def plan_status(self) -> dict[str, Any]:
-        plan, media = self._plan()
+        clips, media = self.onair.planned()
         ra = self.render_ahead.status()
         return {"media_time_s": round(media, 3), "buffered_s": ra["buffered_s"], "render_rate": ra["render_rate"],
                 "head_start_s": ra["head_start_s"], "waiting": ra["waiting"], "waiting_reason": ra["waiting_reason"],
-                "clips": [p.as_dict(media) for p in plan], **self.replanner.status()}
-
-    def _on_underrun(self, info: dict[str, Any]) -> None:
-        if info.get("phase") == "start":
-            self.events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
+                "clips": clips, **self.replanner.status()}
 
     def _cmd_outputs(self, call: Call) -> dict[str, Any]:
         return {"outputs": self.outputs.status()}
@@ -499,7 +284,7 @@ class Daemon:
                 rendered = self.render_ahead.step()
                 self.compositor.prepare(rendered.chunk.frame_segments)  # captions rasterised ahead of air
                 if self.replanner.put(rendered, self._stop_render):  # False: a re-plan discarded it
-                    self._publish_plan()
+                    self.onair.publish_plan()
         except LookaheadClosed:
             pass
         except Exception as e:  # noqa: BLE001 - the broadcast holds the last frame; systemd restarts us
@@ -514,78 +299,18 @@ class Daemon:
         self.log.info("avatar_changed", prompt=prompt)
 
     def _broadcast_loop(self) -> None:
-        wd = watchdog_interval_s()
-        next_wd = 0.0
-        ready = False
         try:
-            for pf in self.pacer:
-                frame = self.compositor.compose(pf.frame, pf.out_frame, pf.segment_id)
-                packets = self.encoder.encode(frame, pf.audio)
-                self.air.offer(frame, pf.audio)  # console preview: the frame and sound just encoded
-                self.outputs.send(packets)
-                # measured between frames, so a status reader never sees a frame half-encoded
-                self._av_skew_s = self.encoder.audio_samples_in / self.s.encoder.audio_rate - self.encoder.frames / self.s.video.fps
-                for m in pf.marks:
-                    self._announce(m, pf.out_frame)
-                self._track_idle(pf.segment_id, pf.out_frame)
-                now = time.monotonic()
-                self._last_progress = now
-                if not ready:
-                    ready = True
-                    self.state = "on_air"
-                    sd_notify("READY=1\nSTATUS=on air")
-                    self.log.info("on_air", outputs=self.outputs.names())
-                if wd is not None and now >= next_wd:
-                    sd_notify("WATCHDOG=1")
-                    next_wd = now + wd
-            self.outputs.send(self.encoder.flush())
-            with self._settle_lock:
-                self._settle()
+            self.broadcast.run()
+            self.onair.settle()
         except Exception as e:  # noqa: BLE001
             self.fatal = f"broadcast loop crashed: {e!r}"
             self.log.exception("broadcast_loop_crashed", error=repr(e))
         finally:
             self._stopped.set()
 
-    def _announce(self, m: Mark, out_frame: int) -> None:
-        t = out_frame / self.s.video.fps
-        # Settle before publishing: a client that saw `finished` can rely on the clip not airing again after a
-        # crash (unless the spool's write failed, which is logged and retried). A cut that aired (cancel) removes
-        # the clip too (the timeline may have removed it already when it stopped cutting it).
-        if m.source == "queue" and m.kind in ("finished", "interrupted") and not m.requeued:
-            with self._settle_lock:
-                self._unsettled.append(m.segment_id)
-                self._settle()
-        extra = {"requeued": True} if m.requeued else {}  # cut by play_now: it replays after the play_now clip
-        self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3),
-                            **extra)
-        if m.kind == "started":
-            self._on_air_segment = m.segment_id
-        elif m.kind in ("finished", "interrupted") and self._on_air_segment == m.segment_id:
-            self._on_air_segment = None
-
-    def _settle(self) -> None:
-        """Commit the finished clips' removal; on a storage error keep them for the next try (the air goes on).
-
-        An unsettled clip is still 'playing' in the spool, so a crash before it settles replays it: never lost.
-        """
-        while self._unsettled:
-            try:
-                self.spool.mark_finished(self._unsettled[0])
-            except Exception as e:  # noqa: BLE001 - storage must never take the broadcast down
-                self.storage_errors += 1
-                if self.storage_errors == 1 or not self._storage_failing:
-                    self.log.error("spool_write_failed", error=repr(e), unsettled=len(self._unsettled))
-                self._storage_failing = True
-                return
-            self._unsettled.pop(0)
-            if self._storage_failing:
-                self._storage_failing = False
-                self.log.warning("spool_write_recovered", errors=self.storage_errors)
-
-    def _settle_from_housekeeping(self) -> None:
-        with self._settle_lock:
-            self._settle()
+    def _on_air(self) -> None:
+        self.state = "on_air"
+        self.log.info("on_air", outputs=self.outputs.names())
 
     def _housekeeping(self) -> None:
         """Once per storage.check_interval_s: the disk watermark, the spool's reserve, unsettled clips."""
@@ -599,17 +324,9 @@ class Daemon:
                                                   device=os.stat(self.spool.dir).st_dev)
                 if not low and self.spool.reserve_released:
                     self.spool.ensure_reserve()
-                if self._unsettled:
-                    self._settle_from_housekeeping()
+                self.onair.settle()
             except Exception as e:  # noqa: BLE001
                 self.log.error("housekeeping_failed", error=repr(e))
-
-    def _track_idle(self, segment_id: str | None, out_frame: int) -> None:
-        if segment_id is None and not self._idle_announced:
-            self._idle_announced = True
-            self.events.publish("idle", frame=out_frame, media_time_s=round(out_frame / self.s.video.fps, 3))
-        elif segment_id is not None:
-            self._idle_announced = False
 
     # -- status --------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -618,14 +335,13 @@ class Daemon:
         return {
             "state": self.state,
             "uptime_s": round(time.time() - self.started_at, 1),
-            "on_air": self._on_air_segment,
+            "on_air": self.onair.segment,
             "queue": self.spool.stats(),
-            "storage": {**self.disk.status(), "spool_write_errors": self.storage_errors,
-                        "unsettled_clips": len(self._unsettled),
+            "storage": {**self.disk.status(), **self.onair.storage_status(),
                         "spool_quarantined": str(self.spool.quarantined[0]) if self.spool.quarantined else None},
             "broadcast": {
                 **pst,
-                "av_skew_s": round(self._av_skew_s, 4),
+                "av_skew_s": round(self.broadcast.av_skew_s, 4),
                 "render_rtf": self.renderers.render_rtf,
                 "media_time_s": round(enc["frames"] / self.s.video.fps, 3),
                 "video_codec": enc["video_codec"],
@@ -736,7 +452,7 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
                 break
             stop.wait(1.0)
             q = daemon.spool.stats()
-            sd_notify(f"STATUS={daemon.state}; on air: {daemon._on_air_segment or 'programme/idle'}; "
+            sd_notify(f"STATUS={daemon.state}; on air: {daemon.onair.segment or 'programme/idle'}; "
                       f"queue {q.get('clips', 0)} clips")
     finally:
         daemon.close()

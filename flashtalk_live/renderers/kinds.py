@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # settings.py imports this module for NAMES: the types only, 
     from flashtalk_live.parallel.launch import ParallelHandle
     from flashtalk_live.settings import Settings
 
-# What the renderer supervisor calls (in the background, again after a failure) to build the preferred renderer.
+# Builds the preferred renderer; the daemon binds it to the settings for the renderer supervisor (renderers/
+# supervisor.py), which calls it in the background, again after a failure.
 RendererFactory = Callable[["Settings"], Renderer]
 
 

@@ -1,0 +1,168 @@
+"""The renderer supervisor: the preferred renderer while it is ready and healthy, the still renderer otherwise."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable
+
+import numpy as np
+
+from flashtalk_live.backoff import Backoff
+from flashtalk_live.events import EventBus
+from flashtalk_live.log import get_logger
+from flashtalk_live.renderers.base import Renderer
+from flashtalk_live.settings import RendererSettings, VideoSettings
+from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
+
+
+class RendererSupervisor:
+    """Runs the preferred renderer when it is ready and healthy; the still renderer otherwise, with retry backoff."""
+
+    def __init__(self, renderer: RendererSettings, video: VideoSettings, still: Renderer, events: EventBus,
+                 load: Callable[[], Renderer] | None, reference: np.ndarray) -> None:
+        """load builds the preferred renderer (in the background, again after a failure); None: the still one only."""
+        self.r, self.v = renderer, video
+        self.still = still
+        self.events = events
+        self.log = get_logger("renderer")
+        self._load = load
+        self._reference = reference
+        self.preferred: Renderer | None = None
+        self.active: Renderer = still
+        self.failures = 0
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+        self._backoff = Backoff(renderer.fallback_retry_initial_s, renderer.fallback_retry_max_s)
+        self._loading: threading.Thread | None = None
+        self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._abandoned: Future | None = None  # an engine call given up on at its deadline
+        self.last_render_s = 0.0
+        self.render_rtf = 0.0
+
+    def start(self) -> None:
+        if self._load is not None:
+            self._start_loading()
+
+    def _start_loading(self) -> None:
+        def build() -> None:
+            try:
+                r = self._load()  # type: ignore[misc]
+                r.start_session(self._reference, self.v.prompt)
+                pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
+                warm_up = getattr(r, "warm_up", None)
+                if warm_up is not None:
+                    # Again on the thread that will render: some caches are per thread (cuDNN's autotuned
+                    # algorithms are thread_local), and filling them on air cost the first chunk > 2.5x its
+                    # budget on an H200, so the engine was abandoned on every load.
+                    pool.submit(warm_up).result()
+                self._engine_pool = pool
+                self._abandoned = None
+                self.preferred = r
+                self.log.info("renderer_loaded", renderer=r.name)
+            except Exception as e:  # noqa: BLE001 - any load failure keeps the still renderer on air
+                self._fail(f"load failed: {e!r}")
+
+        self._loading = threading.Thread(target=build, name="renderer-load", daemon=True)
+        self._loading.start()
+
+    def _fail(self, reason: str) -> None:
+        self.failures += 1
+        self.last_error = reason
+        self.preferred = None
+        delay = self._backoff.next_delay()
+        self._retry_at = time.monotonic() + delay
+        self.log.error("renderer_failed", reason=reason, retry_in_s=round(delay, 1))
+
+    def _switch(self, r: Renderer, reason: str) -> None:
+        if r is not self.active:
+            self.events.publish("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
+            self.log.warning("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
+            self.active = r
+
+    def current_name(self) -> str:
+        """The renderer the next render() call would use."""
+        p = self.preferred
+        return p.name if p is not None and p.ready() else self.still.name
+
+    def render(self, chunk: RenderChunk) -> RenderedChunk:
+        """Render with the preferred renderer if it can, else the still one; never raises."""
+        if self.preferred is None and self._load is not None and self._loading is not None \
+                and not self._loading.is_alive() and time.monotonic() >= self._retry_at \
+                and (self._abandoned is None or self._abandoned.done()):  # never two engines on one GPU
+            self._start_loading()
+        r = self.preferred if (self.preferred is not None and self.preferred.ready()) else self.still
+        if r is not self.still:
+            self._switch(r, "ready")
+            budget = chunk.n_frames / self.v.fps
+            deadline = budget * self.r.deadline_factor
+            t0 = time.monotonic()
+            call = self._engine_pool.submit(r.render, chunk)
+            try:
+                # A hung engine (a stuck CUDA call) is abandoned at the deadline, so the still renderer takes
+                # this very chunk while the look-ahead still holds frames: the broadcast never waits on it.
+                frames = call.result(timeout=deadline)
+                took = time.monotonic() - t0
+                if took > deadline:
+                    raise TimeoutError(f"chunk took {took:.2f}s, over {self.r.deadline_factor}x its {budget:.2f}s")
+                self._check_frames(frames, chunk)
+                self._backoff.reset()
+                return self._done(chunk, frames, r, took)
+            except Exception as e:  # noqa: BLE001 - fall back within this very chunk
+                if isinstance(e, FutureTimeout):
+                    e = TimeoutError(f"no frames {deadline:.2f}s after the chunk started "
+                                     f"({self.r.deadline_factor}x its {budget:.2f}s): engine abandoned")
+                    self._abandoned = call
+                    call.add_done_callback(lambda _f, r=r: self._close_quietly(r))
+                else:
+                    self._close_quietly(r)
+                self._fail(repr(e))
+                self._switch(self.still, "failed")
+        t0 = time.monotonic()
+        frames = self.still.render(chunk)
+        return self._done(chunk, frames, self.still, time.monotonic() - t0)
+
+    @staticmethod
+    def _close_quietly(r: Renderer) -> None:
+        try:
+            r.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def set_avatar(self, image: np.ndarray, prompt: str) -> None:
+        """A new reference portrait/prompt for every renderer, applied between chunks (render thread)."""
+        self._reference = image
+        self.still.start_session(image, prompt)
+        if self.preferred is not None:
+            try:
+                self.preferred.start_session(image, prompt)
+            except Exception as e:  # noqa: BLE001 - the still renderer keeps the room on air
+                self._fail(f"new session failed: {e!r}")
+
+    def _check_frames(self, frames: np.ndarray, chunk: RenderChunk) -> None:
+        want = (chunk.n_frames, self.v.height, self.v.width, 3)
+        if frames.shape != want or frames.dtype != np.uint8:
+            raise ValueError(f"renderer returned {frames.dtype}{list(frames.shape)}, expected uint8{list(want)}")
+
+    def _done(self, chunk: RenderChunk, frames: np.ndarray, r: Renderer, took: float) -> RenderedChunk:
+        self.last_render_s = took
+        self.render_rtf = took / (chunk.n_frames / self.v.fps)
+        return RenderedChunk(chunk=chunk, frames=frames, renderer=r.name, render_seconds=took)
+
+    def status(self) -> dict[str, Any]:
+        drift = getattr(self.preferred, "drift", None) if self.preferred is not None else None
+        return {
+            "active": self.active.name,
+            "preferred": getattr(self.preferred, "name", None),
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "render_rtf": round(self.render_rtf, 3),
+            "drift": drift() if callable(drift) else drift,
+        }
+
+    def close(self) -> None:
+        for r in {id(self.still): self.still, id(self.preferred): self.preferred}.values():
+            if r is not None:
+                self._close_quietly(r)

@@ -1,0 +1,154 @@
+"""On-air bookkeeping: what aired becomes events and spool commits, what will air becomes a published plan."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from flashtalk_live.events import EventBus
+from flashtalk_live.log import get_logger
+from flashtalk_live.queue.spool import Spool
+from flashtalk_live.timeline.admission import Admission
+from flashtalk_live.timeline.chunk import Mark
+from flashtalk_live.timeline.plan import RESCHEDULE_THRESHOLD_S, Planned, plan_on_air
+from flashtalk_live.timeline.replan import Replanner
+from flashtalk_live.timeline.timeline import Timeline
+
+PLAN_LIMIT = 50  # pending clips given a planned on-air time (status, events)
+
+
+class OnAir:
+    """The broadcast tells it what aired (`aired`, `underrun`); the render thread and the edits tell it when the plan
+    may have moved (`publish_plan`). `segment` is the clip on air; `settle` retries what the spool could not commit.
+    """
+
+    def __init__(self, events: EventBus, spool: Spool, timeline: Timeline, replanner: Replanner,
+                 admission: Admission, *, fps: int, air_frame: Callable[[], int | None],
+                 media_time_s: Callable[[], float]) -> None:
+        """air_frame: the timeline frame on air now (None before the first); media_time_s: seconds encoded so far."""
+        self.events, self.spool, self.timeline, self.replanner, self.admission = \
+            events, spool, timeline, replanner, admission
+        self.fps = fps
+        self._air_frame, self._media_time_s = air_frame, media_time_s
+        self.log = get_logger("onair")
+        self.segment: str | None = None
+        self._idle_announced = False
+        self._unsettled: list[str] = []  # clips that finished on air but whose removal the spool could not commit
+        self._settle_lock = threading.Lock()
+        self.storage_errors = 0
+        self._storage_failing = False
+        self._scheduled: dict[str, float] = {}  # announced planned media time per clip (events scheduled/rescheduled)
+        self._plan_lock = threading.Lock()
+        events.subscribe(self._forget_scheduled)
+
+    # -- what aired (broadcast thread) ---------------------------------------------------------------
+    def aired(self, marks: list[Mark], segment_id: str | None, out_frame: int) -> None:
+        """One frame went out: its marks as events, and `idle` when the air first has no clip."""
+        for m in marks:
+            self._announce(m, out_frame)
+        if segment_id is None and not self._idle_announced:
+            self._idle_announced = True
+            self.events.publish("idle", frame=out_frame, media_time_s=round(out_frame / self.fps, 3))
+        elif segment_id is not None:
+            self._idle_announced = False
+
+    def underrun(self, info: dict[str, Any]) -> None:
+        """The pacer's underrun callback: one `underrun` event as it starts."""
+        if info.get("phase") == "start":
+            self.events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
+
+    def _announce(self, m: Mark, out_frame: int) -> None:
+        t = out_frame / self.fps
+        # Settle before publishing: a client that saw `finished` can rely on the clip not airing again after a
+        # crash (unless the spool's write failed, which is logged and retried). A cut that aired (cancel) removes
+        # the clip too (the timeline may have removed it already when it stopped cutting it).
+        if m.source == "queue" and m.kind in ("finished", "interrupted") and not m.requeued:
+            with self._settle_lock:
+                self._unsettled.append(m.segment_id)
+                self._settle()
+        extra = {"requeued": True} if m.requeued else {}  # cut by play_now: it replays after the play_now clip
+        self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3),
+                            **extra)
+        if m.kind == "started":
+            self.segment = m.segment_id
+        elif m.kind in ("finished", "interrupted") and self.segment == m.segment_id:
+            self.segment = None
+
+    # -- the spool -----------------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Commit the finished clips' removal that failed before (housekeeping, the end of the broadcast)."""
+        if self._unsettled:
+            with self._settle_lock:
+                self._settle()
+
+    def _settle(self) -> None:
+        """Commit the finished clips' removal; on a storage error keep them for the next try (the air goes on).
+
+        An unsettled clip is still 'playing' in the spool, so a crash before it settles replays it: never lost.
+        """
+        while self._unsettled:
+            try:
+                self.spool.mark_finished(self._unsettled[0])
+            except Exception as e:  # noqa: BLE001 - storage must never take the broadcast down
+                self.storage_errors += 1
+                if self.storage_errors == 1 or not self._storage_failing:
+                    self.log.error("spool_write_failed", error=repr(e), unsettled=len(self._unsettled))
+                self._storage_failing = True
+                return
+            self._unsettled.pop(0)
+            if self._storage_failing:
+                self._storage_failing = False
+                self.log.warning("spool_write_recovered", errors=self.storage_errors)
+
+    def storage_status(self) -> dict[str, Any]:
+        return {"spool_write_errors": self.storage_errors, "unsettled_clips": len(self._unsettled)}
+
+    # -- what will air (timeline/replan.py, timeline/plan.py) ------------------------------------------
+    def _plan(self) -> tuple[list[Planned], float]:
+        """Every buffered and the first PLAN_LIMIT pending clips' planned start, and the air's media time now."""
+        with self.replanner.lock:  # the timeline and the spool as one moment: no clip taken in between
+            tl = self.timeline
+            air = self._air_frame()
+            if air is None:
+                air = tl.first_frame()
+            buffered = tl.planned_starts(air)
+            cut_frame, remaining = tl.frame, tl.remaining_s
+            head = self.spool.pending(limit=PLAN_LIMIT)
+            pending = [(e.segment_id, e.duration_s) for e in head]
+            if head and head[0].interrupt:  # a play_now clip waits: it cuts what is being cut now
+                remaining = 0.0
+        a = self.admission
+        plan = plan_on_air(fps=self.fps, air_frame=air, cut_frame=cut_frame, cut_remaining_s=remaining,
+                           buffered=buffered, pending=pending, rate=a.planning_rate, head_start=a.head_start_s)
+        return plan, self._media_time_s()
+
+    def planned(self) -> tuple[list[dict[str, Any]], float]:
+        """Each planned clip as a status row, and the air's media time now."""
+        plan, media = self._plan()
+        return [p.as_dict(media) for p in plan], media
+
+    def plan_of(self, segment_id: str) -> dict[str, Any] | None:
+        """A clip's planned on-air time (the ack of enqueue/insert/play_now); publishes the plan's changes."""
+        rows = self.publish_plan()
+        return next((r for r in rows if r["segment_id"] == segment_id), None)
+
+    def publish_plan(self) -> list[dict[str, Any]]:
+        """`scheduled` for a clip's first plan, `rescheduled` when its planned start moves by more than the
+        threshold (timeline/plan.py)."""
+        with self._plan_lock:
+            rows, _ = self.planned()
+            for r in rows:
+                sid, at = r["segment_id"], r["planned_media_time_s"]
+                before = self._scheduled.get(sid)
+                if before is None:
+                    self.events.publish("scheduled", **r)
+                elif abs(at - before) > RESCHEDULE_THRESHOLD_S:
+                    self.events.publish("rescheduled", previous_media_time_s=before, **r)
+                else:
+                    continue
+                self._scheduled[sid] = at
+        return rows
+
+    def _forget_scheduled(self, e: dict[str, Any]) -> None:
+        if e["type"] in ("started", "dropped", "finished", "interrupted") and e.get("segment_id"):
+            self._scheduled.pop(e["segment_id"], None)
