@@ -29,7 +29,7 @@ class RendererSupervisor:
         self.events = events
         self.log = get_logger("renderer")
         self._load = load
-        self._reference = reference
+        self._reference, self._prompt = reference, video.prompt  # the avatar now on air (set_avatar changes both)
         self.preferred: Renderer | None = None
         self.active: Renderer = still
         self.failures = 0
@@ -50,7 +50,7 @@ class RendererSupervisor:
         def build() -> None:
             try:
                 r = self._load()  # type: ignore[misc]
-                r.start_session(self._reference, self.v.prompt)
+                r.start_session(self._reference, self._prompt)  # a reload after a failure keeps the current avatar
                 pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
                 warm_up = getattr(r, "warm_up", None)
                 if warm_up is not None:
@@ -133,7 +133,7 @@ class RendererSupervisor:
 
     def set_avatar(self, image: np.ndarray, prompt: str) -> None:
         """A new reference portrait/prompt for every renderer, applied between chunks (render thread)."""
-        self._reference = image
+        self._reference, self._prompt = image, prompt
         self.still.start_session(image, prompt)
         if self.preferred is not None:
             try:
