@@ -22,7 +22,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -32,12 +31,11 @@ from flashtalk_live.checkpoints.fake import write_fake_release
 from ingest_audiogen import encode
 from rtmp_harness import read_media
 from test_broadcast import band_power, decode_audio_mono
+from test_flashtalk_daemon import NEW_FRAMES, TINY_PROFILE
 from test_render_ahead_edits import Collector, queue_ids
 
-FPS, CF = 25, 28  # the daemon's frame rate; FlashTalk's new frames per chunk (the tiny profile's frame_num - 1)
+FPS, CF = 25, NEW_FRAMES  # the daemon's frame rate; the tiny profile's new frames per chunk (the production length)
 CHUNK_S = CF / FPS
-# FlashTalk's smallest working profile: 32x32 latents' worth of pixels, one motion frame (tests/e2e/test_flashtalk_*).
-TINY_PROFILE = 'base = "quality"\nheight = 32\nwidth = 32\nframe_num = 29\nmotion_frames = 1\n'
 AIR_S = 180.0  # the issue's "at least 3 minutes of air" of pushing clips
 
 
@@ -149,7 +147,8 @@ def drills(tmp_path_factory) -> dict[str, tuple[Run, DaemonProcess]]:
     common = ["encoder.video_bitrate=100000", f"video.chunk_frames={CF}"]
     plan = [
         Drill("flashtalk", common + [
-            'renderer.kind="flashtalk"', f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"',
+            'renderer.kind="flashtalk"', f'model.weights_dir="{rel.weights_dir}"',
+            f'model.wav2vec_dir="{rel.wav2vec_dir}"',
             f'model.profile="{root / "tiny.toml"}"', 'model.device="cpu"', 'model.dtype="float32"',
             "video.width=48", "video.height=80", "renderer.idle_bank_chunks=3",
             "renderer.drill_slowdown=1.5", "renderer.drill_jitter_s=0.1",
