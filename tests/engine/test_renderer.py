@@ -195,7 +195,8 @@ def test_a_chunk_continues_from_the_aired_frames_it_is_given(release, geometry):
     closer than the engine's own state through a crop-and-rescale round trip at another output geometry."""
     root, rel_ = release
     w, h = geometry
-    renderer = build_flashtalk_renderer(_settings(root, rel_, **{"video.width": str(w), "video.height": str(h)}))
+    renderer = build_flashtalk_renderer(FlashTalkConfig.from_settings(
+        _settings(root, rel_, **{"video.width": str(w), "video.height": str(h)})))
     e = renderer.engine
     aired = renderer.render(_chunk(20))
     own = e.motion.clone()  # what the engine would continue from after drawing `aired`
@@ -223,7 +224,8 @@ def test_a_reanchor_after_aired_frames_dissolves_from_the_aired_frame(release, g
     the last aired frame, whatever geometry the engine draws at (at 48x80 it fits on the device: the output's)."""
     root, rel_ = release
     w, h = geometry
-    renderer = build_flashtalk_renderer(_settings(root, rel_, **{"video.width": str(w), "video.height": str(h)}))
+    renderer = build_flashtalk_renderer(FlashTalkConfig.from_settings(
+        _settings(root, rel_, **{"video.width": str(w), "video.height": str(h)})))
     renderer.render(_chunk(30))
     c = _chunk(31)
     c.motion_frames = np.full((8, h, w, 3), 200, np.uint8)
