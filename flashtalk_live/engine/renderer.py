@@ -99,7 +99,7 @@ class FlashTalkRenderer:
         self._warm = False
         self._history = np.zeros(self.profile.window_samples, np.float32)  # used when chunks carry no history
         self._frames_out = 0
-        self._last_frame: np.ndarray | None = None  # profile geometry, the last frame shown
+        self._last_frame: np.ndarray | None = None  # the last frame shown, at the engine's frame geometry
         self._last_measure: DriftMeasure | None = None
         self._force: str | None = None
         self.recalibrations: list[dict[str, Any]] = []
@@ -191,7 +191,7 @@ class FlashTalkRenderer:
                     self.policy.anchored(now_s)
             if chunk.motion_frames is not None:  # what aired before this chunk was not our last output
                 aired = self._to_profile(chunk.motion_frames)
-                self._last_frame = aired[-1].copy()
+                self._last_frame = self._to_engine_frame(chunk.motion_frames[-1])
                 if reason is None:  # a new session or a re-anchor starts from the reference instead
                     self.engine.set_motion_frames(aired)
             before = self._last_measure
@@ -272,6 +272,12 @@ class FlashTalkRenderer:
         if frames.shape[1:3] == (p.height, p.width):
             return frames
         return np.stack([fit_image(f, p.width, p.height, "cover") for f in frames])
+
+    def _to_engine_frame(self, frame: np.ndarray) -> np.ndarray:
+        """An aired frame (output geometry) at the geometry of the engine's frames, which the engine may already
+        fit to the output on the device: the re-anchor's crossfade blends the two."""
+        h, w = self.engine.frame_hw
+        return frame.copy() if frame.shape[:2] == (h, w) else fit_image(frame, w, h, "cover")
 
     def _fit(self, frames: np.ndarray) -> np.ndarray:
         if frames.shape[1:3] == (self.height, self.width):

@@ -195,7 +195,8 @@ def test_a_chunk_continues_from_the_aired_frames_it_is_given(release, geometry):
     closer than the engine's own state through a crop-and-rescale round trip at another output geometry."""
     root, rel_ = release
     w, h = geometry
-    renderer = build_flashtalk_renderer(_settings(root, rel_, **{"video.width": str(w), "video.height": str(h)}))
+    renderer = build_flashtalk_renderer(FlashTalkConfig.from_settings(
+        _settings(root, rel_, **{"video.width": str(w), "video.height": str(h)})))
     e = renderer.engine
     aired = renderer.render(_chunk(20))
     own = e.motion.clone()  # what the engine would continue from after drawing `aired`
@@ -215,6 +216,27 @@ def test_a_chunk_continues_from_the_aired_frames_it_is_given(release, geometry):
     assert err < drift, (err, drift)
     if geometry == (32, 64):
         assert err < 0.05, err
+
+
+@pytest.mark.parametrize("geometry", [(32, 64), (48, 80)])
+def test_a_reanchor_after_aired_frames_dissolves_from_the_aired_frame(release, geometry):
+    """A re-anchor (drift, schedule, manual) on a chunk that carries the aired frames (after bank idle) blends from
+    the last aired frame, whatever geometry the engine draws at (at 48x80 it fits on the device: the output's)."""
+    root, rel_ = release
+    w, h = geometry
+    renderer = build_flashtalk_renderer(FlashTalkConfig.from_settings(
+        _settings(root, rel_, **{"video.width": str(w), "video.height": str(h)})))
+    renderer.render(_chunk(30))
+    c = _chunk(31)
+    c.motion_frames = np.full((8, h, w, 3), 200, np.uint8)
+    renderer.recalibrate("manual")
+    out = renderer.render(c)
+    renderer.close()
+    n = renderer.crossfade_frames
+    assert out.shape == (N, h, w, 3) and n > 0
+    # frame 0 is n/(n+1) the aired frame: within 255/(n+1) of its 200, whatever the model drew
+    assert abs(float(out[0].mean()) - 200.0) <= 255 / (n + 1) + 1, out[0].mean()
+    assert [r["reason"] for r in renderer.recalibrations] == ["manual"]
 
 
 def test_engine_motion_from_its_own_frames_matches_its_motion_context(renderer):
