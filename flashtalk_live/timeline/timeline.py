@@ -22,7 +22,7 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
   the waiting play_now clips, to replay from its start (`queue.requeue`; the 'interrupted' mark says `requeued`).
 * Admission (optional, timeline/admission.py): a queue clip is taken from the spool only once the gate says the
   rest of it can be rendered before it is needed on air; until then the programme or idle goes on. This holds for
-  play_now too: its cut waits for the same admission.
+  play_now too: its cut waits for the same admission, and for programme clips (idle until the gate opens).
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ class Timeline:
         self._snaps: list[_Snapshot] = []  # one per chunk cut and not known to be on air (oldest first)
         self.replannable = False  # keep snapshots (set by timeline/replan.Replanner, which also forgets them)
         self._ops: list[tuple[str, Any]] = []  # the current chunk's operations
+        self._held_item: Any = None  # a programme clip picked but waiting for the render-ahead gate
         self._cut_ids: set[str] = set()  # clips cancelled on air (cut()): cut wherever cutting reaches them
         self._log = get_logger("timeline")
 
@@ -204,6 +205,17 @@ class Timeline:
         except Exception as e:  # noqa: BLE001
             self._log.error("queue_mark_interrupted_failed", segment_id=seg, error=repr(e))
 
+    def _programme_admitted(self, item: Any, frame: int) -> bool:
+        """A programme clip passes the same render-ahead gate as a queue clip, so it never stutters on air."""
+        if self.admission is None:
+            return True
+        try:
+            seconds = len(item.audio.broadcast) / self.rate
+            return bool(self.admission.may_start(f"programme:{item.name}", seconds, frame))
+        except Exception as e:  # noqa: BLE001 - a failing gate must not stop the programme
+            self._log.error("admission_failed", error=repr(e))
+            return True
+
     def _admitted(self, frame: int) -> bool:
         """True when there is no gate, or the gate lets the queue's head clip start now."""
         peek = getattr(self.queue, "peek", None)
@@ -238,17 +250,22 @@ class Timeline:
                 return playing
         return None
 
-    def _next_from_programme(self) -> _Playing | None:
+    def _next_from_programme(self, frame: int) -> _Playing | None:
         if self.programme is None:
             return None
-        try:
-            item = self.programme.next_item()
-        except Exception as e:  # noqa: BLE001 - the programme is best effort; idle silence is always possible
-            self._log.error("programme_failed", error=repr(e))
-            return None
+        item, self._held_item = self._held_item, None
         if item is None:
+            try:
+                item = self.programme.next_item()
+            except Exception as e:  # noqa: BLE001 - the programme is best effort; idle silence is always possible
+                self._log.error("programme_failed", error=repr(e))
+                return None
+            if item is None:
+                return None
+            self._ops.append(("programme", item))
+        if item.kind == "clip" and not self._programme_admitted(item, frame):
+            self._held_item = item  # picked again at the next chunk; idle meanwhile
             return None
-        self._ops.append(("programme", item))
         if item.kind == "pause":
             n = int(round(item.pause_s * self.rate))
             return _Playing("pause", "programme", None, n, programme_item=item)
@@ -261,7 +278,7 @@ class Timeline:
         return _Playing("clip", "programme", item.segment_id, broadcast.shape[0], broadcast, model, programme_item=item)
 
     def _pick(self, frame: int, marks: list[Mark]) -> _Playing | None:
-        return self._next_from_queue(frame, marks) or self._next_from_programme()
+        return self._next_from_queue(frame, marks) or self._next_from_programme(frame)
 
     def _cut_current(self, frame: int, marks: list[Mark], *, replay: bool = False) -> None:
         """Cut what is playing at `frame`. replay (play_now): a queue clip goes back to the queue to play again.
@@ -391,6 +408,8 @@ class Timeline:
         del self._snaps[i:]
         undone = [op for sn in gone for op in sn.ops]
         first_item = next((arg for op, arg in undone if op == "programme"), None)
+        if any(op == "programme" and arg is self._held_item for op, arg in undone):
+            self._held_item = None  # picked in the undone future: the programme rewinds to first_item below
         for op, arg in reversed(undone):
             fn = getattr(self.queue, {"take": "untake", "requeue": "unrequeue"}.get(op, ""), None)
             if callable(fn):

@@ -328,3 +328,28 @@ def test_real_spool_back_to_back_play_now_and_cancel(tmp_path):
         c5 = tl.next_chunk()
         assert not [m for m in c5.marks if m.kind == "interrupted"] and np.all(c5.audio[:1000] == 7 / 64)
         assert tl.current_segment == g and spool.get(h).state == "pending"
+
+
+def test_a_programme_clip_waits_for_the_render_ahead_gate_whole_and_decoded_once(tmp_path):
+    """Programme clips pass the admission gate like queue clips: idle until it opens, then the clip from its start."""
+    n1 = labelled_wav(tmp_path / "a.wav", 1, 1.5)
+    (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\n")
+    st = _settings()
+
+    class Gate:
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, float, int]] = []
+
+        def may_start(self, segment_id: str, clip_s: float, frame: int) -> bool:
+            self.asked.append((segment_id, round(clip_s, 3), frame))
+            return len(self.asked) > 2  # refused at chunks 0 and 1
+
+    gate = Gate()
+    tl = Timeline(st.video, st.encoder, FakeQueue(), load_programme(tmp_path / "p.m3u", st), admission=gate)
+    _, audio, _, marks, _ = _run(tl, 5)
+    assert [a[2] for a in gate.asked][:3] == [0, 28, 56] and {a[:2] for a in gate.asked} == {("programme:a", 1.5)}
+    assert not audio[: 2 * 28 * 1920].any(), "idle while the gate is shut"
+    start = 2 * 28 * 1920
+    assert np.all(audio[start: start + n1] == 1 / 64)
+    assert [(m.kind, m.segment_id, m.frame) for m in marks][:2] == [
+        ("started", "programme:a:1", 56), ("finished", "programme:a:1", (start + n1 - 1) // 1920)]  # decoded once
