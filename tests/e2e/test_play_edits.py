@@ -133,7 +133,9 @@ def test_insert_then_play_now_while_a_clip_is_on_air_loses_nothing(daemon_factor
     sx1, sb, fb = first(seen, "started", x), first(seen, "started", b), first(seen, "finished", b)
     sx2, fx2 = first(seen, "started", x, fb["frame"] - 1), first(seen, "finished", x)
     sa, fa = first(seen, "started", a), first(seen, "finished", a)
-    assert cut["frame"] == sb["frame"]
+    # B starts at the cut; on a machine busy enough to make the renderer slower than real time B waits for its head
+    # start after the cut and idle fills the gap (docs/protocol.md), never X.
+    assert cut["frame"] <= sb["frame"]
     # planned times were given with the acks and events
     assert nums["b_planned"] is not None and nums["a_planned"] is not None
     assert [e for e in seen if e["type"] == "scheduled" and e.get("segment_id") == b]

@@ -10,8 +10,8 @@ frame inside a clip, every clip's tone on air from its announced `started` media
 order, and nowhere else; with FlashTalk, once the bank is ready the model draws exactly the chunks that carry speech
 (idle costs no render call) while the bank's served count grows. Nothing asserts on timing: a busy machine only
 makes the renderers slower still, which the admission gate measures and absorbs (both drills stay under their floor,
-docs/broadcast.md). Both drills run at once (their render calls mostly sleep), so the file costs one drill's wall
-time: about 4 minutes.
+docs/broadcast.md). Both drills run at once (their render calls mostly sleep), and when the whole suite runs they
+start as soon as collection ends (tests/conftest.py), so their 4 minutes of air overlap the tests before them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -139,44 +140,74 @@ def drive(d: DaemonProcess, run: Run) -> None:
         d.kill()
 
 
+class Drills:
+    """Both drills: started once, early in the session when their tests are selected (tests/conftest.py), so their
+    minutes of real-time air overlap the rest of the suite; the tests only join them and check what they read."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        rel = write_fake_release(root / "models")
+        (root / "tiny.toml").write_text(TINY_PROFILE)
+        common = ["encoder.video_bitrate=100000", f"video.chunk_frames={CF}"]
+        plan = [
+            Drill("flashtalk", common + [
+                'renderer.kind="flashtalk"', f'model.weights_dir="{rel.weights_dir}"',
+                f'model.wav2vec_dir="{rel.wav2vec_dir}"',
+                f'model.profile="{root / "tiny.toml"}"', 'model.device="cpu"', 'model.dtype="float32"',
+                "video.width=48", "video.height=80", "renderer.idle_bank_chunks=3",
+                "renderer.drill_slowdown=1.5", "renderer.drill_jitter_s=0.1",
+                # the drill stretches calls to 1.5x and a busy box stretches them more: not a hung engine
+                "renderer.deadline_factor=20",
+            ], clip_chunks=6, duty=0.6, bank=True),
+            Drill("still", common + ["video.width=64", "video.height=64",
+                                     "renderer.drill_slowdown=2.0", "renderer.drill_jitter_s=0.05"],
+                  clip_chunks=4, duty=0.4, bank=False),
+        ]
+        self.runs: dict[str, tuple[Run, DaemonProcess]] = {}
+        self.threads = []
+        for drill in plan:
+            drill.freqs = [300.0 + 150.0 * i for i in range(drill.n_clips)]  # multiples of 25 Hz: one tone per window
+            rec = root / f"{drill.name}.flv"
+            d = DaemonProcess(root / drill.name, [{"name": "rec", "url": str(rec)}], drill.settings)
+            run = Run(drill, rec)
+            self.runs[drill.name] = (run, d)
+            self.threads.append(threading.Thread(target=drive, args=(d, run), name=f"drill-{drill.name}", daemon=True))
+        self.t0 = time.monotonic()
+        for t in self.threads:
+            t.start()
+
+    def wait(self) -> dict[str, tuple[Run, DaemonProcess]]:
+        for t in self.threads:
+            t.join(max(1.0, 900 - (time.monotonic() - self.t0)))
+        print(f"\nboth drills ran in {time.monotonic() - self.t0:.0f} s of wall time (started early: they overlap "
+              "the tests before them)")
+        return self.runs
+
+    def kill(self) -> None:
+        for _, d in self.runs.values():
+            d.kill()
+
+
+_early: Drills | None = None
+
+
+def start_early(root: Path) -> None:
+    """Called once collection is done (tests/conftest.py): the drills air while the tests before them run."""
+    global _early
+    if _early is None:
+        _early = Drills(root)
+
+
+def stop_early() -> None:
+    if _early is not None:
+        _early.kill()
+
+
 @pytest.fixture(scope="module")
-def drills(tmp_path_factory) -> dict[str, tuple[Run, DaemonProcess]]:
-    root = tmp_path_factory.mktemp("drills")
-    rel = write_fake_release(root / "models")
-    (root / "tiny.toml").write_text(TINY_PROFILE)
-    common = ["encoder.video_bitrate=100000", f"video.chunk_frames={CF}"]
-    plan = [
-        Drill("flashtalk", common + [
-            'renderer.kind="flashtalk"', f'model.weights_dir="{rel.weights_dir}"',
-            f'model.wav2vec_dir="{rel.wav2vec_dir}"',
-            f'model.profile="{root / "tiny.toml"}"', 'model.device="cpu"', 'model.dtype="float32"',
-            "video.width=48", "video.height=80", "renderer.idle_bank_chunks=3",
-            "renderer.drill_slowdown=1.5", "renderer.drill_jitter_s=0.1",
-            # the drill stretches calls to 1.5x and a busy box stretches them more: not a hung engine
-            "renderer.deadline_factor=20",
-        ], clip_chunks=6, duty=0.6, bank=True),
-        Drill("still", common + ["video.width=64", "video.height=64",
-                                 "renderer.drill_slowdown=2.0", "renderer.drill_jitter_s=0.05"],
-              clip_chunks=4, duty=0.4, bank=False),
-    ]
-    runs: dict[str, tuple[Run, DaemonProcess]] = {}
-    threads = []
-    for drill in plan:
-        drill.freqs = [300.0 + 150.0 * i for i in range(drill.n_clips)]  # multiples of 25 Hz: one tone per window
-        rec = root / f"{drill.name}.flv"
-        d = DaemonProcess(root / drill.name, [{"name": "rec", "url": str(rec)}], drill.settings)
-        run = Run(drill, rec)
-        runs[drill.name] = (run, d)
-        threads.append(threading.Thread(target=drive, args=(d, run), name=f"drill-{drill.name}", daemon=True))
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(900)
-    print(f"\nboth drills ran in {time.monotonic() - t0:.0f} s of wall time")
-    yield runs
-    for _, d in runs.values():
-        d.kill()
+def drills(tmp_path_factory) -> Iterator[dict[str, tuple[Run, DaemonProcess]]]:
+    d = _early if _early is not None else Drills(tmp_path_factory.mktemp("drills"))
+    yield d.wait()
+    d.kill()
 
 
 def check_drill(run: Run, d: DaemonProcess) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 from box_faults import fill
@@ -122,15 +123,16 @@ def test_spill_dir_is_cleaned_at_start_on_discard_and_at_stop(tmp_path):
     assert spill_files(tmp_path) == [] and len(st) == 0 and st.disk_bytes == 0
 
 
-def test_a_spill_dir_that_cannot_be_written_keeps_chunks_in_ram_and_warns_once(tmp_path, capsys):
+def test_a_spill_dir_that_cannot_be_written_keeps_chunks_in_ram_and_warns_once(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the spill folder should be")
-    st = FrameStore(max_ram_bytes=CHUNK_YUV, spill_dir=blocker)
-    for i in range(4):
-        st.append(rendered(i))
+    with capture_logs() as logs:  # not stdout: where logs go depends on what earlier tests configured
+        st = FrameStore(max_ram_bytes=CHUNK_YUV, spill_dir=blocker)
+        for i in range(4):
+            st.append(rendered(i))
     assert st.spilled_chunks == 0 and st.spill_failures == 3 and st.spill_error is not None
     assert st.ram_bytes == 4 * CHUNK_YUV  # over the bound: the air comes first
-    assert capsys.readouterr().out.count("render_ahead_spill_failed") == 1
+    assert [e["event"] for e in logs].count("render_ahead_spill_failed") == 1
     for i in range(4):
         assert np.abs(st.popleft().frames.astype(int) - moving_frames(i)).mean() < 3
 
