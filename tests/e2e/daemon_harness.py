@@ -30,7 +30,7 @@ class DaemonProcess:
 
     def __init__(self, state_dir: Path, outputs: list[dict[str, Any]], extra: list[str] | None = None, *,
                  env: dict[str, str] | None = None, args: list[str] | None = None,
-                 nofile: int | None = None) -> None:
+                 nofile: int | None = None, nice: int | None = None) -> None:
         self.state_dir = state_dir
         self.tcp_port, self.tcp_events = free_port(), free_port()
         self.config = state_dir.parent / f"{state_dir.name}.toml"
@@ -54,6 +54,7 @@ class DaemonProcess:
         self.env = env or {}  # added to the daemon's environment (FLASHTALK_LIVE_* of the caller are dropped)
         self.args = args or []  # more `run` arguments
         self.nofile = nofile  # RLIMIT_NOFILE, soft and hard, of the daemon (it raises soft to hard itself)
+        self.nice = nice  # scheduling niceness of the daemon (negative needs root; else GNU nice runs it as is)
         self.proc: subprocess.Popen | None = None
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
 
@@ -78,6 +79,8 @@ class DaemonProcess:
         self._log = open(self.log_path, "ab")
         if self.nofile is not None:
             args = ["prlimit", f"--nofile={self.nofile}:{self.nofile}", "--"] + args  # exec: the pid stays the daemon's
+        if self.nice is not None:
+            args = ["nice", "-n", str(self.nice), "--"] + args  # exec: the pid stays the daemon's
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         with Client(self.ipc, timeout_s=0.5) as c:

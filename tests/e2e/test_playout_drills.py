@@ -168,7 +168,9 @@ class Drills:
         for drill in plan:
             drill.freqs = [300.0 + 150.0 * i for i in range(drill.n_clips)]  # multiples of 25 Hz: one tone per window
             rec = root / f"{drill.name}.flv"
-            d = DaemonProcess(root / drill.name, [{"name": "rec", "url": str(rec)}], drill.settings)
+            # The room's daemon is the box's main job in production; here the rest of the suite runs beside the
+            # drills (started early), so the daemons get the scheduler's priority a dedicated box would give them.
+            d = DaemonProcess(root / drill.name, [{"name": "rec", "url": str(rec)}], drill.settings, nice=-10)
             run = Run(drill, rec)
             self.runs[drill.name] = (run, d)
             self.threads.append(threading.Thread(target=drive, args=(d, run), name=f"drill-{drill.name}", daemon=True))
