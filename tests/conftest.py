@@ -23,25 +23,6 @@ import pytest
 from rtmp_harness import NginxRtmp, _nginx_available, free_port
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Long real-time drills (tests/e2e/test_playout_drills.py: minutes of air, little CPU) start now, so they run
-    while the rest of the suite does; their tests join them. Nothing starts unless one of their tests is selected."""
-    if config.option.collectonly:
-        return
-    for mod in {getattr(item, "module", None) for item in items}:
-        start = getattr(mod, "start_early", None)
-        if callable(start):
-            start(config._tmp_path_factory.mktemp("early"))  # type: ignore[attr-defined]
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    for item in getattr(session, "items", []):
-        stop = getattr(getattr(item, "module", None), "stop_early", None)
-        if callable(stop):
-            stop()
-            return
-
-
 @pytest.fixture
 def nginx_rtmp(tmp_path: Path) -> Iterator[Callable[[], NginxRtmp]]:
     """Factory of nginx-rtmp servers; every one is SIGKILLed (process group) at teardown."""

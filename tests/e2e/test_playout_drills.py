@@ -10,8 +10,9 @@ frame inside a clip, every clip's tone on air from its announced `started` media
 order, and nowhere else; with FlashTalk, once the bank is ready the model draws exactly the chunks that carry speech
 (idle costs no render call) while the bank's served count grows. Nothing asserts on timing: a busy machine only
 makes the renderers slower still, which the admission gate measures and absorbs (both drills stay under their floor,
-docs/broadcast.md). Both drills run at once (their render calls mostly sleep), and when the whole suite runs they
-start as soon as collection ends (tests/conftest.py), so their 4 minutes of air overlap the tests before them.
+docs/broadcast.md). Both drills run at once (their render calls mostly sleep), so the file costs one drill's wall
+time: about 4 minutes. (Started early, overlapping the rest of the suite, the FlashTalk drill's renderer fell below
+its floor on a 2-core box even at nice -10: the drills need the box to themselves, as a room does.)
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ def drive(d: DaemonProcess, run: Run) -> None:
 
 
 class Drills:
-    """Both drills: started once, early in the session when their tests are selected (tests/conftest.py), so their
-    minutes of real-time air overlap the rest of the suite; the tests only join them and check what they read."""
+    """Both drills, started together (their render calls mostly sleep, so the file costs one drill's wall time); the
+    tests join them and check what they read back."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -168,8 +169,7 @@ class Drills:
         for drill in plan:
             drill.freqs = [300.0 + 150.0 * i for i in range(drill.n_clips)]  # multiples of 25 Hz: one tone per window
             rec = root / f"{drill.name}.flv"
-            # The room's daemon is the box's main job in production; here the rest of the suite runs beside the
-            # drills (started early), so the daemons get the scheduler's priority a dedicated box would give them.
+            # The room's daemon is the box's main job in production: the scheduler's priority a dedicated box gives.
             d = DaemonProcess(root / drill.name, [{"name": "rec", "url": str(rec)}], drill.settings, nice=-10)
             run = Run(drill, rec)
             self.runs[drill.name] = (run, d)
@@ -181,8 +181,7 @@ class Drills:
     def wait(self) -> dict[str, tuple[Run, DaemonProcess]]:
         for t in self.threads:
             t.join(max(1.0, 900 - (time.monotonic() - self.t0)))
-        print(f"\nboth drills ran in {time.monotonic() - self.t0:.0f} s of wall time (started early: they overlap "
-              "the tests before them)")
+        print(f"\nboth drills ran in {time.monotonic() - self.t0:.0f} s of wall time")
         return self.runs
 
     def kill(self) -> None:
@@ -190,24 +189,9 @@ class Drills:
             d.kill()
 
 
-_early: Drills | None = None
-
-
-def start_early(root: Path) -> None:
-    """Called once collection is done (tests/conftest.py): the drills air while the tests before them run."""
-    global _early
-    if _early is None:
-        _early = Drills(root)
-
-
-def stop_early() -> None:
-    if _early is not None:
-        _early.kill()
-
-
 @pytest.fixture(scope="module")
 def drills(tmp_path_factory) -> Iterator[dict[str, tuple[Run, DaemonProcess]]]:
-    d = _early if _early is not None else Drills(tmp_path_factory.mktemp("drills"))
+    d = Drills(tmp_path_factory.mktemp("drills"))
     yield d.wait()
     d.kill()
 
