@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="more daemon settings, e.g. --set model.compile=true --set model.quantize='\"fp8\"'")
+    ap.add_argument("--duty", type=float, default=0.0,
+                    help="speech share of air time (0.2: 20%%): a clip is pushed only once the speech pushed so far "
+                         "is at most this share of the run; 0: back to back")
+    ap.add_argument("--clip-seconds", type=float, nargs=2, default=(4.0, 12.0), metavar=("MIN", "MAX"),
+                    help="clip lengths, drawn uniformly (--tiny: 2-4 s)")
     ap.add_argument("--idle-every", type=int, default=5, help="every Nth clip waits for an idle room (latency sample)")
     ap.add_argument("--load-timeout", type=float, default=1800.0, help="seconds allowed for load + warm-up")
     ap.add_argument("--tiny", action="store_true", help="tiny random family on the CPU (smoke)")
@@ -230,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             elif queue >= 1:
                 time.sleep(0.2)
                 continue
-            seconds = float(rng.uniform(4, 12)) if not args.tiny else float(rng.uniform(2, 4))
+            if args.duty > 0 and sum(p["seconds"] for p in pushed) > args.duty * (time.monotonic() - t0):
+                time.sleep(0.2)  # the duty cycle: idle air between clips
+                continue
+            seconds = float(rng.uniform(*args.clip_seconds)) if not args.tiny else float(rng.uniform(2, 4))
             ack = client.enqueue(speech_like_wav(seconds, seed=i), format="wav")
             pushed.append({"segment_id": ack["segment_id"], "ack_t": time.monotonic(), "seconds": seconds,
                            "from_idle": queue == 0 and st["on_air"] is None})
@@ -240,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         st1 = client.status()
         b = st1["broadcast"]
         drift = st1["renderer"].get("drift") or {}
+        ra = st1.get("render_ahead") or {}
         for p in pushed:
             hits = rec.find("started", segment_id=p["segment_id"])
             p["latency_s"] = hits[0][0] - p["ack_t"] if hits else None
@@ -249,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         changes = [e for _, e in rec.find("renderer_changed")]
         result = {
             "profile": drift.get("profile"), "auto": drift.get("auto"), "load_s": load_s,
-            "minutes": (time.monotonic() - t0) / 60, "clips": len(pushed),
+            "minutes": (time.monotonic() - t0) / 60, "clips": len(pushed), "duty": args.duty,
+            "speech_share": sum(p["seconds"] for p in pushed if p["latency_s"] is not None) / max(1.0, time.monotonic() - t0),
+            "clips_over_floor": ra.get("clips_over_floor"), "idle_bank": ra.get("idle_bank"),
             "clip_seconds": sum(p["seconds"] for p in pushed),
             "underrun_frames": b["underrun_frames"] - base["underrun_frames"],
             "underrun_episodes": b["underrun_episodes"] - base["underrun_episodes"],
@@ -307,6 +318,8 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
         ("run", f"{_f(r.get('minutes'), '{:.1f}', ' min')}, {r.get('clips', 0)} clips "
                 f"({_f(r.get('clip_seconds'), '{:.0f}', ' s')} of speech), {r.get('frames_out', '-')} frames out"),
         ("underrun frames (episodes)", f"{r.get('underrun_frames', '-')} ({r.get('underrun_episodes', '-')})"),
+        ("speech share of air (asked)", f"{_f(r.get('speech_share'), '{:.0%}')} ({r.get('duty') or 'back to back'})"),
+        ("clips started without their full head start", str(r.get("clips_over_floor", "-"))),
         ("underrun frames in clips / idle", f"{r.get('underrun_frames_clip', '-')} / {r.get('underrun_frames_idle', '-')}"),
         ("chunk wall p50 / p99 / max", f"{_f(r.get('chunk_p50_s'))} / {_f(r.get('chunk_p99_s'))} / "
                                        f"{_f(r.get('chunk_max_s'))} s over {r.get('chunk_count', '-')} chunks"),

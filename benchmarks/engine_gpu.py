@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on", help="torch.backends.cudnn.benchmark")
     ap.add_argument("--vae-channels-last", choices=["on", "off"], default="on",
                     help="channels-last 3-D VAE convs (the daemon's default on CUDA)")
+    ap.add_argument("--vae-compile", choices=["on", "off"], default="off",
+                    help="torch.compile the VAE encoder and decoder (model.vae_compile)")
     ap.add_argument("--vae-pass", type=int, default=0, help="latents per VAE pass (0: a chunk in one pass; 1: the loop)")
     ap.add_argument("--input-cache", choices=["on", "off"], default="on",
                     help="context K/V, audio tokens and RoPE computed once (per session / chunk) instead of per step")
@@ -267,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                     models = random_engine_models("tiny" if args.tiny else "full", device, dtype)
                     text_dim = models.text.text_dim  # type: ignore[union-attr]
                     models.vae.configure(latents_per_pass=args.vae_pass,
-                                         channels_last=args.vae_channels_last == "on" and cuda)
+                                         channels_last=args.vae_channels_last == "on" and cuda,
+                                         compile=args.vae_compile == "on")
                     VARIANTS[variant](models, ctx)
                     DECODERS[decoder](models, ctx)
                     if comp == "on":
@@ -303,13 +306,14 @@ def main(argv: list[str] | None = None) -> int:
 
     dev_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print_table(rows, f"FlashTalk engine: {dev_name}, {str(dtype).removeprefix('torch.')}, attention {args.attention}, "
-                      f"cudnn.benchmark {args.cudnn_benchmark}, VAE channels-last {args.vae_channels_last} pass {args.vae_pass}, "
+                      f"cudnn.benchmark {args.cudnn_benchmark}, VAE channels-last {args.vae_channels_last} pass {args.vae_pass} "
+                      f"compile {args.vae_compile}, "
                       f"input cache {args.input_cache}, {'tiny' if args.tiny else 'full-size'} random weights, "
                       f"{args.chunks} chunks per row (chunk 0 left out), torch {torch.__version__}")
     if args.json:
         meta = {"device": dev_name, "dtype": str(dtype), "attention": args.attention, "tiny": args.tiny,
                 "cudnn_benchmark": args.cudnn_benchmark, "vae_channels_last": args.vae_channels_last,
-                "vae_pass": args.vae_pass, "input_cache": args.input_cache, "torch": torch.__version__, "chunks": args.chunks}
+                "vae_pass": args.vae_pass, "vae_compile": args.vae_compile, "input_cache": args.input_cache, "torch": torch.__version__, "chunks": args.chunks}
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=_json_default))
         print(f"\nJSON: {args.json}")
     return 0

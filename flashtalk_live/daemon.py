@@ -123,7 +123,8 @@ class Daemon:
                                         idle_reuse=settings.renderer.idle_reuse,
                                         bank=bank_from_settings(settings.renderer, v, settings.model,
                                                                 settings.path(settings.state_dir)),
-                                        renderer_identity=lambda: renderer_identity(self.renderers.preferred))
+                                        renderer_identity=lambda: renderer_identity(self.renderers.preferred),
+                                        expected_rate=self.renderers.expected_rate)
         self.replanner.on_rebase = self.render_ahead.rebase
         self.render_ahead.set_avatar(self.reference, self.prompt)
         self.onair = OnAir(self.events, self.spool, self.timeline, self.replanner, self.admission, fps=v.fps,

@@ -184,8 +184,9 @@ class RendererSettings(_Section):
     fallback_retry_initial_s: float = Field(5.0, gt=0)
     fallback_retry_max_s: float = Field(300.0, gt=0)
     deadline_factor: float = Field(
-        2.5, gt=1, description="an engine chunk not done after this many times its duration counts as failed; keep it "
-        "below lookahead_chunks so the still renderer takes over before the buffer runs dry")
+        2.5, gt=1, description="an engine chunk not done after this many times max(its duration, the engine's typical "
+        "chunk time) counts as failed (a hang); for an engine at real time keep it below lookahead_chunks so the still "
+        "renderer takes over before the buffer runs dry")
     lookahead_s: float = Field(
         20.0, ge=0, le=600, description="render-ahead budget: how many seconds of frames may be buffered while a "
         "queue clip waits for enough head start to air without a stall (docs/broadcast.md, render ahead): the "

@@ -88,7 +88,8 @@ class RenderAhead:
     def __init__(self, timeline: Any, render: Callable[[RenderChunk], RenderedChunk],
                  current_renderer: Callable[[], str], admission: Admission, lookahead: Any, *,
                  fps: int, idle_reuse: bool = True, bank: IdleBank | None = None,
-                 renderer_identity: Callable[[], str | None] = lambda: None) -> None:
+                 renderer_identity: Callable[[], str | None] = lambda: None,
+                 expected_rate: Callable[[], float | None] = lambda: None) -> None:
         self.timeline, self.render = timeline, render
         self.current_renderer = current_renderer
         self.admission, self.lookahead = admission, lookahead
@@ -97,6 +98,8 @@ class RenderAhead:
         self.idle = IdleLoop()
         self.bank = bank
         self.renderer_identity = renderer_identity
+        self.expected_rate = expected_rate  # the supervisor's guess for a renderer that just took over
+        self._measured: str | None = None  # the renderer whose chunks the admission's rate measures
         self._tail: RenderedChunk | None = None  # the last chunk handed to the air
         self._tail_live = False  # ... rendered live, and its renderer has drawn nothing since
 
@@ -111,10 +114,25 @@ class RenderAhead:
         """Render the bank's next link (silent, conditioned on the chain or on what aired last)."""
         chunk = bank.build_chunk(None if self._tail is None else self._tail.frames[-self.MOTION_FRAMES:])
         out = self.render(chunk)
-        self.admission.rate.observe(out.render_seconds, chunk.n_frames / self.fps)
+        self._observe(out)
         self._tail_live = False
         if out.renderer == bank.renderer_name:  # a fallback's frames (the still renderer) are not bank material
             bank.add_rendered(out.frames)
+
+    def _observe(self, out: RenderedChunk) -> None:
+        if out.renderer != self._measured:  # a fallback's or a newly loaded renderer's speed, not a blend
+            self.admission.rate.restart(None)
+            self._measured = out.renderer
+        self.admission.rate.observe(out.render_seconds, out.chunk.n_frames / self.fps)
+
+    def _expect(self, name: str) -> None:
+        """Before a renderer's first chunk: plan with its warm-up speed, not the last renderer's (a re-plan right
+        after the still renderer handed over would otherwise count on still-renderer speed)."""
+        if name != self._measured:
+            guess = self.expected_rate()
+            if guess is not None:
+                self.admission.rate.restart(guess)
+                self._measured = name
 
     def _from_bank(self, chunk: RenderChunk, name: str) -> RenderedChunk | None:
         bank = self.bank
@@ -127,6 +145,7 @@ class RenderAhead:
         return None if frames is None else RenderedChunk(chunk, frames, name, 0.0)
 
     def step(self) -> RenderedChunk:
+        self._expect(self.current_renderer())
         bank = self.bank
         if bank is not None:
             bank.sync(self.renderer_identity())
@@ -147,7 +166,7 @@ class RenderAhead:
                 if t is not None and not (self._tail_live and t.renderer == name):
                     chunk.motion_frames = t.frames[-self.MOTION_FRAMES:]
                 out = self.render(chunk)
-                self.admission.rate.observe(out.render_seconds, chunk.n_frames / self.fps)
+                self._observe(out)
                 self.idle.remember(out)
                 live = True
             if bank is not None:

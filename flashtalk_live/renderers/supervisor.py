@@ -41,6 +41,7 @@ class RendererSupervisor:
         self._abandoned: Future | None = None  # an engine call given up on at its deadline
         self.last_render_s = 0.0
         self.render_rtf = 0.0
+        self.typical_s: float | None = None  # the preferred renderer's chunk time: its warm-up, then an EWMA
 
     def start(self) -> None:
         if self._load is not None:
@@ -53,11 +54,15 @@ class RendererSupervisor:
                 r.start_session(self._reference, self._prompt)  # a reload after a failure keeps the current avatar
                 pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
                 warm_up = getattr(r, "warm_up", None)
+                typical = None
                 if warm_up is not None:
                     # Again on the thread that will render: some caches are per thread (cuDNN's autotuned
                     # algorithms are thread_local), and filling them on air cost the first chunk > 2.5x its
                     # budget on an H200, so the engine was abandoned on every load.
+                    t0 = time.monotonic()
                     pool.submit(warm_up).result()
+                    typical = time.monotonic() - t0
+                self.typical_s = typical
                 self._engine_pool = pool
                 self._abandoned = None
                 self.preferred = r
@@ -82,6 +87,18 @@ class RendererSupervisor:
             self.log.warning("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
             self.active = r
 
+    def deadline_s(self, budget_s: float) -> float:
+        """No frames this long after a chunk started means the engine hangs: deadline_factor x the chunk's duration,
+        or x the engine's own typical chunk time when it is slower than real time (render-ahead covers that)."""
+        return self.r.deadline_factor * max(budget_s, self.typical_s or 0.0)
+
+    def expected_rate(self) -> float | None:
+        """Render seconds per media second the next chunk will likely take (None: not known yet)."""
+        p = self.preferred
+        if p is not None and p.ready() and self.typical_s is not None:
+            return self.typical_s / (self.v.chunk_frames / self.v.fps)
+        return None
+
     def current_name(self) -> str:
         """The renderer the next render() call would use."""
         p = self.preferred
@@ -97,7 +114,7 @@ class RendererSupervisor:
         if r is not self.still:
             self._switch(r, "ready")
             budget = chunk.n_frames / self.v.fps
-            deadline = budget * self.r.deadline_factor
+            deadline = self.deadline_s(budget)
             t0 = time.monotonic()
             call = self._engine_pool.submit(r.render, chunk)
             try:
@@ -106,14 +123,17 @@ class RendererSupervisor:
                 frames = call.result(timeout=deadline)
                 took = time.monotonic() - t0
                 if took > deadline:
-                    raise TimeoutError(f"chunk took {took:.2f}s, over {self.r.deadline_factor}x its {budget:.2f}s")
+                    raise TimeoutError(f"chunk took {took:.2f}s, over its {deadline:.2f}s deadline")
                 self._check_frames(frames, chunk)
                 self._backoff.reset()
+                # Slow to follow (a slowly sinking engine must not stretch its own deadline much).
+                self.typical_s = took if self.typical_s is None else self.typical_s + 0.05 * (took - self.typical_s)
                 return self._done(chunk, frames, r, took)
             except Exception as e:  # noqa: BLE001 - fall back within this very chunk
                 if isinstance(e, FutureTimeout):
-                    e = TimeoutError(f"no frames {deadline:.2f}s after the chunk started "
-                                     f"({self.r.deadline_factor}x its {budget:.2f}s): engine abandoned")
+                    e = TimeoutError(f"no frames {deadline:.2f}s after the chunk started ({self.r.deadline_factor}x "
+                                     f"max(its {budget:.2f}s, the engine's typical {self.typical_s or 0:.2f}s)): "
+                                     "engine abandoned")
                     self._abandoned = call
                     call.add_done_callback(lambda _f, r=r: self._close_quietly(r))
                 else:
@@ -159,6 +179,7 @@ class RendererSupervisor:
             "failures": self.failures,
             "last_error": self.last_error,
             "render_rtf": round(self.render_rtf, 3),
+            "typical_chunk_s": None if self.typical_s is None else round(self.typical_s, 3),
             "drift": drift() if callable(drift) else drift,
         }
 

@@ -9,7 +9,8 @@ ready r*c*(i+1) s from now and needed B + c*i s from now. No chunk is late when
 with r the measured rate times (1 + margin). Until then the timeline plays idle/programme and the render thread
 keeps working ahead (the look-ahead may grow to `capacity_s`). A renderer at real time or faster needs no more than
 one chunk, which the look-ahead already holds: no added delay. A clip that cannot reach its head start within
-`capacity_s` (too long for this renderer, or the buffer cannot grow) starts anyway and is logged as over the floor.
+`capacity_s` (too long for this renderer), or whose buffer stopped growing for `capacity_s` of timeline, starts
+anyway and is logged as over the floor. A buffer that grows, however slowly, keeps the clip waiting.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class RenderRate:
         self.last: float | None = None
         self.samples = 0
 
+    def restart(self, value: float | None) -> None:
+        """Another renderer took over: its own speed (or nothing known yet), not a blend with the last one's."""
+        self.value = value
+
     def observe(self, render_s: float, media_s: float) -> None:
         if media_s <= 0:
             return
@@ -47,7 +52,7 @@ class RenderRate:
 @dataclass(frozen=True)
 class Decision:
     admit: bool
-    reason: str  # "ready", "no_measurement", "over_floor", "waited_too_long", or "building_head_start"
+    reason: str  # "ready", "no_measurement", "over_floor", "buffer_stalled", or "building_head_start"
     head_start_s: float  # what this clip needs buffered ahead of the air
     buffered_s: float
 
@@ -64,7 +69,8 @@ class Admission:
         self.buffered_s = buffered_s
         self.rate = rate or RenderRate()
         self._waiting: str | None = None
-        self._waiting_since: int = 0  # timeline frame of the first refusal
+        self._waiting_since: int = 0  # timeline frame of the waiting clip's last new buffer peak
+        self._peak_b = 0.0
         self._want_s = 0.0
         self.last: Decision | None = None
         self.over_floor = 0  # clips started without their full head start
@@ -101,14 +107,16 @@ class Admission:
             d = Decision(True, "over_floor", need, b)
         else:
             if self._waiting != segment_id:
-                self._waiting, self._waiting_since = segment_id, frame
+                self._waiting, self._waiting_since, self._peak_b = segment_id, frame, b
+            if b > self._peak_b + 0.5 / self.fps:  # still growing (however slowly, e.g. on a loaded box): keep waiting
+                self._waiting_since, self._peak_b = frame, b
             if (frame - self._waiting_since) / self.fps >= self.capacity_s:
-                d = Decision(True, "waited_too_long", need, b)
+                d = Decision(True, "buffer_stalled", need, b)
             else:
                 d = Decision(False, "building_head_start", need, b)
         self.last = d
         if d.admit:
-            if d.reason in ("over_floor", "waited_too_long"):
+            if d.reason in ("over_floor", "buffer_stalled"):
                 self.over_floor += 1
                 self._log.warning("clip_over_floor", segment_id=segment_id, reason=d.reason, clip_s=round(clip_s, 2),
                                   head_start_s=round(need, 2), buffered_s=round(b, 2),

@@ -36,7 +36,7 @@ class Sim:
         st = SimpleNamespace(video=SimpleNamespace(fps=FPS, chunk_frames=NF),
                              encoder=SimpleNamespace(audio_rate=RATE, audio_channels=CH),
                              renderer=SimpleNamespace(lookahead_chunks=3, lookahead_s=20.0, admission_margin=0.25))
-        self.t, self.rate = 0.0, rate
+        self.t, self.rate, self.name = 0.0, rate, "sim"
         self.q = PeekQueue(RATE, CH)
         self.pushes = [(2.0 + i * period_s, f"c{i}", int(clip_s * RATE)) for i in range(n_clips)]
         self.la = Lookahead(3, SPF)
@@ -53,7 +53,7 @@ class Sim:
 
     def render(self, chunk: RenderChunk) -> RenderedChunk:
         self.live += 1
-        return RenderedChunk(chunk, self.frames, "sim", self.rate * C)
+        return RenderedChunk(chunk, self.frames, self.name, self.rate * C)
 
     def sleep(self, dt: float) -> None:
         self.t += dt
@@ -133,14 +133,39 @@ def test_admission_head_start_and_limits():
     assert adm.target_chunks() == math.ceil(10.0 / 0.4) + 1
     b[0] = 9.7
     assert adm.may_start("long", 60.0, 30) and adm.over_floor == 1
-    # A buffer that cannot grow (no idle replay): it gives up after capacity_s of timeline.
+    # A buffer that still grows, however slowly (a loaded box), keeps the clip waiting past capacity_s ...
     b[0] = 1.0
-    assert not adm.may_start("stuck", 5.0, 100)
-    assert adm.may_start("stuck", 5.0, 100 + 250) and adm.over_floor == 2
+    assert not adm.may_start("slow", 5.0, 100)
+    for k in range(1, 40):
+        b[0] = 1.0 + 0.05 * k
+        assert not adm.may_start("slow", 5.0, 100 + 10 * k), k
+    assert adm.over_floor == 1 and adm.last is not None and adm.last.reason == "building_head_start"
+    # ... and one that stopped growing (no idle replay) starts after capacity_s of timeline without a new peak.
+    assert not adm.may_start("slow", 5.0, 100 + 10 * 39 + 249)
+    assert adm.may_start("slow", 5.0, 100 + 10 * 39 + 250) and adm.over_floor == 2 and adm.last.reason == "buffer_stalled"
     # A renderer at real time or faster needs one chunk at most: what the base look-ahead holds.
     fast = Admission(chunk_s=0.4, fps=25, base_chunks=3, capacity_s=10.0, margin=0.25, buffered_s=lambda: 0.4)
     fast.rate.observe(0.3, 0.4)
     assert fast.head_start_s(30.0) <= 0.4 and fast.may_start("x", 30.0, 0)
+
+
+def test_the_rate_is_the_renderer_on_duty_and_a_newcomer_starts_from_its_warm_up():
+    sim = Sim(0.1, gate=True, clip_s=3.0, period_s=100.0, n_clips=0)
+    guess: list[float | None] = [None]
+    sim.ra.current_renderer = lambda: sim.name
+    sim.ra.expected_rate = lambda: guess[0]
+    sim.run(3.0)
+    assert sim.adm.rate.value == pytest.approx(0.1)
+    # The engine takes over (warm-up: 2x real time): planned at once with that, not a blend with 0.1 ...
+    sim.name, sim.rate, guess[0] = "engine", 3.0, 2.0
+    sim.ra._expect(sim.name)
+    assert sim.adm.rate.value == pytest.approx(2.0) and sim.adm.planning_rate == pytest.approx(2.5)
+    sim.ra.step()
+    assert sim.adm.rate.value == pytest.approx(2.5)  # then its chunks count, rising fast
+    # ... and the still renderer after a failure (no guess) counts from its own first chunk.
+    sim.name, sim.rate, guess[0] = "still", 0.05, None
+    sim.ra.step()
+    assert sim.adm.rate.value == pytest.approx(0.05)
 
 
 def test_render_rate_rises_fast_and_falls_slowly():

@@ -1,0 +1,89 @@
+"""The renderer supervisor's hang deadline follows the engine's own speed: slow is not hung, hung is abandoned."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from flashtalk_live.events import EventBus
+from flashtalk_live.renderers.still import StillRenderer
+from flashtalk_live.renderers.supervisor import RendererSupervisor
+from flashtalk_live.settings import Settings
+from support.chunks import render_chunk
+
+NF, FPS = 5, 25  # 0.2 s chunks
+
+
+class SlowEngine:
+    """A renderer slower than real time on purpose (an engine on a small GPU): each call sleeps `take_s`, or
+    blocks until released while `hang` is set (a stuck GPU kernel)."""
+
+    name = "slow"
+
+    def __init__(self, take_s: float) -> None:
+        self.take_s = take_s
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        self.closed = False
+
+    def start_session(self, image: np.ndarray, prompt: str) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return not self.closed
+
+    def warm_up(self) -> None:
+        time.sleep(self.take_s)  # one chunk, as an engine's warm-up is
+
+    def render(self, chunk) -> np.ndarray:  # noqa: ANN001
+        self.calls += 1
+        if self.hang.is_set():
+            self.release.wait(30)
+        else:
+            time.sleep(self.take_s)
+        return np.full((chunk.n_frames, 16, 16, 3), 7, np.uint8)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def supervisor(engine: SlowEngine) -> RendererSupervisor:
+    s = Settings(renderer={"deadline_factor": 2.0, "fallback_retry_initial_s": 60.0},
+                 video={"width": 16, "height": 16, "chunk_frames": NF, "fps": FPS})
+    still = StillRenderer(16, 16)
+    still.start_session(None, "")
+    sup = RendererSupervisor(s.renderer, s.video, still, EventBus(), load=lambda: engine,
+                             reference=np.zeros((16, 16, 3), np.uint8))
+    sup.start()
+    t0 = time.monotonic()
+    while sup.preferred is None:
+        assert time.monotonic() - t0 < 30, sup.last_error
+        time.sleep(0.02)
+    return sup
+
+
+def test_an_engine_slower_than_real_time_is_not_abandoned_but_a_hung_one_is():
+    engine = SlowEngine(take_s=0.8)  # 4x slower than its 0.2 s chunks; 2 x 0.2 s would be a 0.4 s deadline
+    sup = supervisor(engine)
+    try:
+        assert sup.typical_s is not None and sup.typical_s >= 0.8
+        assert sup.expected_rate() is not None and sup.expected_rate() >= 4.0
+        assert sup.deadline_s(NF / FPS) >= 1.6  # 2 x the engine's own chunk time
+        for i in range(3):
+            out = sup.render(render_chunk(i, NF))
+            assert out.renderer == "slow" and out.render_seconds >= 0.8 and int(out.frames[0, 0, 0, 0]) == 7
+        assert sup.failures == 0 and sup.active is engine
+        engine.hang.set()
+        t0 = time.monotonic()
+        out = sup.render(render_chunk(3, NF))
+        waited = time.monotonic() - t0
+        # The same chunk comes from the still renderer once the deadline passed, and the engine is given up.
+        assert out.renderer == "still" and sup.failures == 1 and "engine abandoned" in (sup.last_error or "")
+        assert waited >= 1.6, waited
+        assert sup.current_name() == "still" and sup.expected_rate() is None
+    finally:
+        engine.release.set()
+        sup.close()
