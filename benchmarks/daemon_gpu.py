@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-timeout", type=float, default=1800.0, help="seconds allowed for load + warm-up")
     ap.add_argument("--tiny", action="store_true", help="tiny random family on the CPU (smoke)")
     ap.add_argument("--json", default=None, metavar="PATH")
+    ap.add_argument("--progress", default=None, metavar="PATH",
+                    help="every 30 s, the run's counters so far (a run cut short still tells)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (config, log, recording)")
     args = ap.parse_args(argv)
 
@@ -222,10 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         end = t0 + args.minutes * 60
         rng = np.random.default_rng(1)
         i = 0
+        next_progress = t0
         while time.monotonic() < end:
             if proc.poll() is not None:
                 raise SystemExit(f"the daemon exited with {proc.returncode} during the run")
             st = client.status()
+            if args.progress and time.monotonic() >= next_progress:
+                next_progress += 30.0
+                bb = st["broadcast"]
+                Path(args.progress).write_text(json.dumps({
+                    "minutes": (time.monotonic() - t0) / 60, "clips_pushed": i,
+                    "speech_s": sum(p["seconds"] for p in pushed),
+                    "started": sum(1 for p in pushed if rec.find("started", segment_id=p["segment_id"])),
+                    "underrun_frames_clip": bb.get("underrun_frames_clip", 0) - base.get("underrun_frames_clip", 0),
+                    "underrun_frames_idle": bb.get("underrun_frames_idle", 0) - base.get("underrun_frames_idle", 0),
+                    "render_ahead": st.get("render_ahead"), "chunk_s": (st["renderer"].get("drift") or {}).get("chunk_s"),
+                }, indent=1))
             queue = st["queue"]["clips"]
             idle_sample = args.idle_every > 0 and i % args.idle_every == args.idle_every - 1
             if idle_sample:

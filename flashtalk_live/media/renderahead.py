@@ -138,8 +138,11 @@ class RenderAhead:
         bank = self.bank
         if bank is None or not chunk.idle or not bank.active or bank.renderer_name != name:
             return None
-        if not bank.chunks or bank.successor_missing():
-            self._build(bank)  # idle on air while the bank is incomplete: the next link is what airs
+        if not bank.chunks or (bank.successor_missing() and not self._behind()):
+            # Idle on air while the bank is incomplete: the next link is what airs. A renderer slower than real
+            # time cannot draw idle live (the quality profile on an H200 held 252 frames at the take-over that
+            # way): it draws the first link only and the rest in spare time, while idle joins the links it has.
+            self._build(bank)
         last = None if self._tail is None else self._tail.frames[-1]
         frames = bank.serve(chunk.n_frames, last)
         return None if frames is None else RenderedChunk(chunk, frames, name, 0.0)

@@ -149,6 +149,7 @@ class Timeline:
         self.replannable = False  # keep snapshots (set by timeline/replan.Replanner, which also forgets them)
         self._ops: list[tuple[str, Any]] = []  # the current chunk's operations
         self._held_item: Any = None  # a programme clip picked but waiting for the render-ahead gate
+        self._queue_refused = False  # the last pick found a queue clip waiting for its head start
         self._cut_ids: set[str] = set()  # clips cancelled on air (cut()): cut wherever cutting reaches them
         self._log = get_logger("timeline")
 
@@ -234,8 +235,10 @@ class Timeline:
         if self.queue is None:
             return None
         # Bounded: a spool full of broken clips is drained a few at a time, not in one endless loop.
+        self._queue_refused = False
         for _ in range(16):
             if not self._admitted(frame):
+                self._queue_refused = True
                 return None
             try:
                 entry = self.queue.take_next()
@@ -278,7 +281,13 @@ class Timeline:
         return _Playing("clip", "programme", item.segment_id, broadcast.shape[0], broadcast, model, programme_item=item)
 
     def _pick(self, frame: int, marks: list[Mark]) -> _Playing | None:
-        return self._next_from_queue(frame, marks) or self._next_from_programme(frame)
+        nxt = self._next_from_queue(frame, marks)
+        if nxt is None and self._queue_refused:
+            # A queue clip builds its head start: idle (free from the bank) until it may start. Programme speech
+            # now would spend the render time it waits for, and a short programme item passes the gate before a
+            # long queue clip does, over and over: the clip was starved for 10 minutes on an H200 (quality).
+            return None
+        return nxt or self._next_from_programme(frame)
 
     def _cut_current(self, frame: int, marks: list[Mark], *, replay: bool = False) -> None:
         """Cut what is playing at `frame`. replay (play_now): a queue clip goes back to the queue to play again.

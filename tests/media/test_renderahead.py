@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 
 from flashtalk_live.media.pacing import Lookahead, Pacer
+from flashtalk_live.media.idlebank import IdleBank
 from flashtalk_live.media.renderahead import IdleLoop, RenderAhead
 from flashtalk_live.timeline.admission import Admission, RenderRate
 from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
 from flashtalk_live.timeline.timeline import Timeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "timeline"))
-from timeline_fakes import FakeQueue  # noqa: E402
+from support.settings import load_programme, room_settings  # noqa: E402
+from timeline_fakes import FakeQueue, labelled_wav  # noqa: E402
 
 FPS, NF, RATE, CH = 25, 10, 48000, 2
 SPF, C = RATE // FPS, NF / FPS
@@ -32,7 +34,8 @@ class PeekQueue(FakeQueue):
 class Sim:
     """Simulated time; sleep() pushes due clips, then lets the renderer finish and start chunks on its schedule."""
 
-    def __init__(self, rate: float, *, gate: bool, clip_s: float, period_s: float, n_clips: int) -> None:
+    def __init__(self, rate: float, *, gate: bool, clip_s: float, period_s: float, n_clips: int,
+                 programme=None) -> None:  # noqa: ANN001
         st = SimpleNamespace(video=SimpleNamespace(fps=FPS, chunk_frames=NF),
                              encoder=SimpleNamespace(audio_rate=RATE, audio_channels=CH),
                              renderer=SimpleNamespace(lookahead_chunks=3, lookahead_s=20.0, admission_margin=0.25))
@@ -43,16 +46,18 @@ class Sim:
         self.pacer = Pacer(self.la, FPS, SPF, CH, clock=lambda: self.t, sleep=self.sleep,
                            hold_frame=np.zeros((2, 2, 3), np.uint8))
         self.adm = Admission.from_settings(st.renderer, st.video, lambda: self.pacer.buffered_frames / FPS)
-        self.tl = Timeline(st.video, st.encoder, self.q, None, admission=self.adm if gate else None, history_seconds=0)
+        self.tl = Timeline(st.video, st.encoder, self.q, programme, admission=self.adm if gate else None, history_seconds=0)
         self.ra = RenderAhead(self.tl, self.render, lambda: "sim", self.adm, self.la, fps=FPS)
         self.frames = np.zeros((NF, 2, 2, 3), np.uint8)
         self.pending: RenderedChunk | None = None
         self.pending_at = 0.0
         self.free_at = 0.0  # when the renderer may start its next chunk
         self.live = 0
+        self.spent = 0.0
 
     def render(self, chunk: RenderChunk) -> RenderedChunk:
         self.live += 1
+        self.spent += self.rate * C  # a step may render more than its chunk (an idle bank link)
         return RenderedChunk(chunk, self.frames, self.name, self.rate * C)
 
     def sleep(self, dt: float) -> None:
@@ -66,8 +71,9 @@ class Sim:
                     return
                 self.free_at, self.pending = max(self.pending_at, self.free_at), None
             self.free_at = max(self.free_at, self.pending_at)
+            self.spent = 0.0
             item = self.ra.step()
-            self.pending, self.pending_at = item, self.free_at + item.render_seconds
+            self.pending, self.pending_at = item, self.free_at + self.spent
 
     def run(self, seconds: float) -> list:
         self.sleep(0.0)
@@ -147,6 +153,40 @@ def test_admission_head_start_and_limits():
     fast = Admission(chunk_s=0.4, fps=25, base_chunks=3, capacity_s=10.0, margin=0.25, buffered_s=lambda: 0.4)
     fast.rate.observe(0.3, 0.4)
     assert fast.head_start_s(30.0) <= 0.4 and fast.may_start("x", 30.0, 0)
+
+
+def test_a_queue_clip_waiting_for_its_head_start_is_not_starved_by_the_programme(tmp_path):
+    # Short programme items pass the gate long before a long queue clip does; they must not keep taking the air
+    # (and the render time) while it waits: on an H200 at the quality profile a clip waited 10 minutes that way.
+    for i in range(3):
+        labelled_wav(tmp_path / f"p{i}.wav", 10 + i, 2.0)
+    (tmp_path / "p.m3u").write_text("\n".join(f"p{i}.wav" for i in range(3)) + "\n")
+    prog = load_programme(tmp_path / "p.m3u", room_settings(tmp_path))
+    assert len(prog.entries) == 3
+    sim = Sim(2.0, gate=True, clip_s=8.0, period_s=100.0, n_clips=1, programme=prog)
+    sim.ra.expected_rate = lambda: 2.0  # the engine's warm-up: the first programme item is gated too
+    items = sim.run(90)
+    spans = _clip_spans(items)
+    assert any(sid.startswith("programme:") for sid, _, _ in spans)  # the programme aired before the push
+    queue = [a for sid, a, _ in spans if sid == "c0"]
+    assert queue, f"the queue clip never aired: {spans}"
+    # Head start at 2x (+25 %): 21 chunks of 0.4 s -> 13 s buffered (starved: never within the 90 s).
+    assert queue[0] / FPS - 2.0 <= 20.0, queue[0] / FPS  # 13 s head start, the item on air, the growth
+    assert sim.pacer.underrun_frames_by_where["clip"] == 0 and sim.adm.over_floor == 0
+
+
+def test_a_slow_renderer_builds_its_idle_bank_in_spare_time_not_on_air():
+    # 2x slower than real time: drawing each bank link as the idle on air would hold a frame for every link.
+    sim = Sim(2.0, gate=True, clip_s=3.0, period_s=100.0, n_clips=0)
+    bank = IdleBank(size=6, crossfade_frames=2, config="cfg", store=None, chunk_frames=NF, fps=FPS)
+    bank.set_avatar(np.zeros((8, 8, 3), np.uint8), "")
+    sim.ra.bank, sim.ra.renderer_identity, sim.ra.expected_rate = bank, lambda: "sim:w", lambda: 2.0
+    items = sim.run(30)
+    st = bank.status()
+    assert st["state"] == "ready" and st["rendered_chunks"] == 6 and st["served_chunks"] > 50
+    # Only the first link airs late (nothing is buffered at the start); the other five were drawn in spare time.
+    held = [it.out_frame for it in items if it.underrun]
+    assert sim.pacer.underrun_frames_by_where["idle"] <= 2 * C * FPS and all(f < 2 * C * FPS for f in held), held
 
 
 def test_the_rate_is_the_renderer_on_duty_and_a_newcomer_starts_from_its_warm_up():
