@@ -188,7 +188,7 @@ class RendererSettings(_Section):
         "chunk time) counts as failed (a hang); for an engine at real time keep it below lookahead_chunks so the still "
         "renderer takes over before the buffer runs dry")
     lookahead_s: float = Field(
-        20.0, ge=0, le=600, description="render-ahead budget: how many seconds of frames may be buffered while a "
+        60.0, ge=0, le=600, description="render-ahead budget: how many seconds of frames may be buffered while a "
         "queue clip waits for enough head start to air without a stall (docs/broadcast.md, render ahead): the "
         "render-ahead buffer's bound in seconds (never below lookahead_chunks)")
     lookahead_ram_bytes: int = Field(
