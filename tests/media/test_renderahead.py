@@ -35,10 +35,11 @@ class Sim:
     """Simulated time; sleep() pushes due clips, then lets the renderer finish and start chunks on its schedule."""
 
     def __init__(self, rate: float, *, gate: bool, clip_s: float, period_s: float, n_clips: int,
-                 programme=None) -> None:  # noqa: ANN001
+                 programme=None, lookahead_s: float = 20.0) -> None:  # noqa: ANN001
         st = SimpleNamespace(video=SimpleNamespace(fps=FPS, chunk_frames=NF),
                              encoder=SimpleNamespace(audio_rate=RATE, audio_channels=CH),
-                             renderer=SimpleNamespace(lookahead_chunks=3, lookahead_s=20.0, admission_margin=0.25))
+                             renderer=SimpleNamespace(lookahead_chunks=3, lookahead_s=lookahead_s,
+                                                      admission_margin=0.25))
         self.t, self.rate, self.name = 0.0, rate, "sim"
         self.q = PeekQueue(RATE, CH)
         self.pushes = [(2.0 + i * period_s, f"c{i}", int(clip_s * RATE)) for i in range(n_clips)]
@@ -111,6 +112,20 @@ def test_without_the_gate_the_same_load_stalls_inside_clips():
     sim = Sim(2.0, gate=False, clip_s=3.0, period_s=7.5, n_clips=6)
     sim.run(2.0 + 6 * 7.5 + 10)
     assert sim.pacer.underrun_frames_by_where["clip"] > 0
+
+
+def test_the_stated_floor_a_renderer_at_0_3x_real_time_with_the_default_budget():
+    # docs/broadcast.md: with lookahead_s = 60 a renderer at 0.3x real time (rate 3.3) airs 12 s clips without a stall.
+    n = 5
+    sim = Sim(3.3, gate=True, clip_s=12.0, period_s=60.0, n_clips=n, lookahead_s=60.0)
+    sim.ra.expected_rate = lambda: 3.3
+    items = sim.run(2.0 + n * 60.0 + 60)
+    spans = _clip_spans(items)
+    assert [s for s, _, _ in spans] == [f"c{i}" for i in range(n)]
+    assert all(b - a == int(12.0 * FPS) - 1 for _, a, b in spans)
+    assert sim.pacer.underrun_frames_by_where["clip"] == 0 and sim.adm.over_floor == 0
+    # ... and a 12 s clip waited its head start, (n r' - (n - 1)) c with n = 31 chunks of 0.4 s.
+    assert max(a / FPS - (2.0 + i * 60.0) for i, (_, a, _) in enumerate(spans)) >= 31 * 3.3 * 1.25 * C - 30 * C - 1
 
 
 def test_fast_renderer_is_never_held_back():
