@@ -23,7 +23,7 @@ from test_broadcast import band_power, decode_audio_mono
 from test_render_ahead_edits import Collector, queue_ids
 
 FPS, CF = 25, 28  # the harness's fps and the default chunk (1.12 s)
-SLOW = ["renderer.drill_slowdown=2.0", "renderer.lookahead_s=20"]
+SLOW = ["renderer.drill_slowdown=1.5", "renderer.lookahead_s=20"]
 # A renderer far faster than real time with a deep look-ahead: clips are cut and rendered 9 s ahead of the air, and
 # no head start delays a play_now clip (with a slow renderer it waits for its head start, docs/protocol.md).
 DEEP = ["renderer.lookahead_chunks=8"]

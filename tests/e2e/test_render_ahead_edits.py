@@ -1,6 +1,6 @@
 """Render ahead against edits and crashes (issue 10, item 4), with a real daemon process.
 
-The still renderer is slowed by the operator drill (renderer.drill_slowdown = 2.0), so clips are rendered seconds
+The still renderer is slowed by the operator drill (renderer.drill_slowdown = 1.5), so clips are rendered seconds
 before they air: the cases where "taken from the spool" and "on air" differ. Nothing here depends on timing: the
 tests wait for states (read from `status` and events), never for durations.
 """
@@ -17,7 +17,7 @@ from ingest_audiogen import encode
 
 from daemon_harness import wait_for
 
-SLOW = ["renderer.drill_slowdown=2.0", "renderer.lookahead_s=20"]
+SLOW = ["renderer.drill_slowdown=1.5", "renderer.lookahead_s=20"]
 
 
 class Collector:
