@@ -276,7 +276,7 @@ class PacedFrame:
     marks: tuple[Mark, ...] = ()
     underrun: bool = False
     timeline_frame: int | None = None  # the timeline's global frame; None for underrun filler
-    segment_id: str | None = None
+    segment_id: str | None = None  # the clip on air (a held frame inside a stalled clip keeps it)
     deadline: float = 0.0
     lateness: float = 0.0
     renderer: str | None = None
@@ -458,8 +458,11 @@ class Pacer:
             self.underrun_frames += 1
             self.underrun_frames_by_where[self.underrun_where] += 1
             assert self._last_frame is not None
+            # A frame held inside a clip is still that clip on air (a stall, not idle: no `idle` event, its caption
+            # stays); between clips it is idle.
             item = PacedFrame(
-                tick.index, self._last_frame, self._silence, (), True, None, None, tick.deadline, tick.lateness, None
+                tick.index, self._last_frame, self._silence, (), True, None, self._clip_on_air, tick.deadline,
+                tick.lateness, None,
             )
         self.frames_out += 1
         self.audio_samples_out += item.audio.shape[0]

@@ -356,6 +356,8 @@ def test_underruns_are_counted_apart_inside_and_outside_clips():
     st = pacer.stats()
     assert (st["underrun_frames_clip"], st["underrun_frames_idle"], st["underrun_frames"]) == (3, 4, 7)
     assert [e["where"] for e in events if e["phase"] == "start"] == ["clip", "idle"]
+    # A held frame belongs to what is on air: the stalled clip x, then nothing once x finished.
+    assert [it.segment_id for it in items if it.underrun] == ["x"] * 3 + [None] * 4
 
 
 def test_cut_silences_a_clip_in_buffered_and_later_chunks_and_marks_the_next_chunk_to_air():
