@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # support.audio: the WAV writer the tests use
 
 from flashtalk_live.client import Client, ClientError, EventStream  # noqa: E402
+from flashtalk_live.secrets import mask_text  # noqa: E402
 from support.audio import mono_wav  # noqa: E402
 
 TINY_PROFILE = 'base = "fast"\nheight = 64\nwidth = 32\n'  # fast's 29/1 frames and 2 steps, tiny picture
@@ -308,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     result["daemon_exit"] = proc.returncode
     print_table(result, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "result": result, "clips": pushed}, indent=2))
+        shown = {**vars(args), "overrides": [mask_text(o) for o in args.overrides]}
+        Path(args.json).write_text(json.dumps({"args": shown, "result": result, "clips": pushed}, indent=2))
         print(f"\nJSON: {args.json}")
     if args.keep:
         print(f"work folder: {work}")
@@ -324,7 +326,7 @@ def _f(v: Any, fmt: str = "{:.3f}", unit: str = "") -> str:
 def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
     family = "tiny (CPU)" if args.tiny else f"full-size random bf16 on {args.device}"
     print(f"\ndaemon benchmark: FlashTalk renderer, {family}, profile {r.get('profile')} (asked: "
-          f"{'tiny' if args.tiny else args.profile}), settings {args.overrides or 'defaults'}")
+          f"{'tiny' if args.tiny else args.profile}), settings {[mask_text(o) for o in args.overrides] or 'defaults'}")
     print("| measure | value |")
     print("|---|---|")
     rows = [
