@@ -34,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     w, h = a.size.split("x")
     from flashtalk_live.daemon import Daemon
-    from flashtalk_live.settings import load_settings
+    from flashtalk_live.config import load_settings
 
     tmp = Path(tempfile.mkdtemp(prefix="console-bench-"))
     s = load_settings(None, [

@@ -36,7 +36,7 @@ from flashtalk_live.checkpoints.taehv import find_taehv_file, load_taehv, plan_t
 from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, start_drift
 from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
 from flashtalk_live.engine.profile import (
-    AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile,
+    AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile, room_profiles,
 )
 from flashtalk_live.engine.session import AvatarSession, CachedTextEncoder, file_identity, prepare_session
 from flashtalk_live.events import EventBus
@@ -385,7 +385,7 @@ class FlashTalkConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> "FlashTalkConfig":
         try:
-            profiles = tuple(settings.profiles)
+            profiles = tuple(room_profiles(settings))
         except ProfileError as e:
             raise RendererError(str(e)) from None
         return cls(settings.expanded(settings.model), settings.video, profiles)

@@ -14,7 +14,7 @@ import pytest
 import flashtalk_live.renderers.images as images
 from flashtalk_live.client import Client, Rejected
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.settings import load_settings
+from flashtalk_live.config import load_settings
 from image_support import png_bomb
 from rtmp_harness import free_port
 

@@ -13,7 +13,7 @@ from flashtalk_live.engine.drift import RecalibrationPolicy
 from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer, crossfade
 from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer, RendererError
-from flashtalk_live.settings import load_settings
+from flashtalk_live.config import load_settings
 from flashtalk_live.timeline.chunk import RenderChunk
 from support.chunks import render_chunk
 

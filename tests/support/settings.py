@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flashtalk_live.settings import Settings, load_settings
+from flashtalk_live.settings import Settings
+from flashtalk_live.config import load_settings
 from flashtalk_live.timeline.programme import Programme
 
 
