@@ -25,10 +25,10 @@ from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.log import get_logger
 from flashtalk_live.media.broadcast import Broadcast
 from flashtalk_live.media.encoder import Encoder
-from flashtalk_live.media.framestore import FrameStore
-from flashtalk_live.media.idlebank import bank_from_settings, renderer_identity
-from flashtalk_live.media.pacing import Lookahead, LookaheadClosed, Pacer
-from flashtalk_live.media.renderahead import RenderAhead
+from flashtalk_live.playout.framestore import FrameStore
+from flashtalk_live.playout.idlebank import bank_from_settings, renderer_identity
+from flashtalk_live.playout.pacing import Lookahead, LookaheadClosed, Pacer
+from flashtalk_live.playout.renderahead import RenderAhead
 from flashtalk_live.metrics import serve_metrics
 from flashtalk_live.outputs.kinds import kind_name
 from flashtalk_live.outputs.manager import OutputManager, TooManyOutputs
@@ -44,11 +44,11 @@ from flashtalk_live.sdnotify import sd_notify
 from flashtalk_live.settings import OutputSettings, Settings, validation_error_lines
 from flashtalk_live.statelock import StateLock
 from flashtalk_live.storage import DiskWatermark
-from flashtalk_live.timeline.admission import Admission
-from flashtalk_live.timeline.onair import OnAir
-from flashtalk_live.timeline.programme import Programme
-from flashtalk_live.timeline.replan import Replanner
-from flashtalk_live.timeline.timeline import Timeline
+from flashtalk_live.playout.admission import Admission
+from flashtalk_live.playout.onair import OnAir
+from flashtalk_live.playout.programme import Programme
+from flashtalk_live.playout.replan import Replanner
+from flashtalk_live.playout.timeline import Timeline
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
@@ -93,7 +93,7 @@ class Daemon:
         v = settings.video
         self.programme = Programme.load(settings.path(playlist), settings.programme, settings.encoder,
                                         max_clip_s=settings.ingest.max_clip_seconds) if playlist else None
-        # Render ahead (issue 10): a queue clip starts only with enough head start buffered; see timeline/admission.py.
+        # Render ahead (issue 10): a queue clip starts only with enough head start buffered; see playout/admission.py.
         self.admission = Admission.from_settings(settings.renderer, v, lambda: self.pacer.buffered_frames / settings.video.fps)
         self.timeline = Timeline(v, settings.encoder, self.spool, self.programme, admission=self.admission)
         self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()

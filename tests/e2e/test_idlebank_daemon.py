@@ -13,7 +13,7 @@ from console_support import wait_until as until
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.client import Client
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.media.idlebank import frame_distance, thumb
+from flashtalk_live.playout.idlebank import frame_distance, thumb
 from support.audio import wav_bytes
 from test_daemon_inprocess import settings
 

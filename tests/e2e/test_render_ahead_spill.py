@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.media.framestore import SPILL_SUFFIX
+from flashtalk_live.playout.framestore import SPILL_SUFFIX
 from flashtalk_live.renderers.images import default_portrait, fit_image
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.chunks import RenderChunk
 from rtmp_harness import read_media
 from test_broadcast import band_power, decode_audio_mono
 from test_render_ahead import CHUNK, FPS, clip_marks, push_clips, settings

@@ -14,7 +14,7 @@ from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_rend
 from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer, RendererError
 from flashtalk_live.config import load_settings
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.chunks import RenderChunk
 from support.chunks import render_chunk
 
 torch.set_num_threads(1)

@@ -165,7 +165,7 @@ def run_renderer(args) -> None:
     from flashtalk_live.parallel.launch import maybe_launch_workers, parallel_flashtalk_renderer
     from flashtalk_live.config import load_settings
     from flashtalk_live.engine.profile import room_profiles
-    from flashtalk_live.timeline.chunk import RenderChunk
+    from flashtalk_live.chunks import RenderChunk
 
     os.environ["OMP_NUM_THREADS"] = "1"  # the workers (spec_from_settings sets no thread count)
     root = Path(args.out).parent / "renderer"  # beside the results: the test's tmp_path

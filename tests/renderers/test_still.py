@@ -16,7 +16,7 @@ from flashtalk_live.renderers.images import (
     load_image,
 )
 from flashtalk_live.renderers.still import StillRenderer
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.chunks import RenderChunk
 from support.chunks import render_chunk
 
 

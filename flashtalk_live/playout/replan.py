@@ -15,7 +15,7 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
   look-ahead there is nothing to re-plan.
 
 Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
-timeline (clips taken for them go back to the queue's head; timeline/timeline.py) and bumps the plan epoch; a chunk
+timeline (clips taken for them go back to the queue's head; playout/timeline.py) and bumps the plan epoch; a chunk
 being rendered from the old plan is dropped when it is put. Holding the lock across the spool change means the
 render thread cannot cut between the re-plan and the edit: buffered clips are pending again when the edit sees the
 queue, so they are ordered, cancelled and cleared exactly like pending clips.
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from flashtalk_live.log import get_logger
-from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
+from flashtalk_live.chunks import RenderChunk, RenderedChunk
 
 FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundary
 
@@ -44,7 +44,7 @@ class Replanner:
         self.timeline, self.lookahead = timeline, lookahead
         timeline.replannable = True
         self.fps, self.rate, self.air_frame = fps, rate, air_frame
-        self.on_rebase = on_rebase  # told what the re-cut future follows on air (media/renderahead.py conditions on it)
+        self.on_rebase = on_rebase  # told what the re-cut future follows on air (playout/renderahead.py conditions on it)
         self._rendering: tuple[float, int] | None = None  # (monotonic start, frames) of the chunk in flight
         self.lock = threading.RLock()
         self.plan = 0

@@ -15,12 +15,12 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
   A programme clip that was cut is played again from its start when the programme resumes (resuming a sales pitch
   mid-sentence sounds broken).
 * Marks: 'started' on the frame holding a clip's first sample, 'finished' on the frame holding its last sample.
-* Re-planning (timeline/replan.py): every chunk cut keeps a snapshot of the state before it and the spool
+* Re-planning (playout/replan.py): every chunk cut keeps a snapshot of the state before it and the spool
   operations made while cutting it (take, requeue, programme pick), so `rewind(frame)` can undo the future that is
   buffered but not on air: taken clips go back to the queue's head, requeued ones back on air, and cutting goes on
   from `frame` with the state of that moment. A play_now cut puts the cut queue clip back in the queue, right after
   the waiting play_now clips, to replay from its start (`queue.requeue`; the 'interrupted' mark says `requeued`).
-* Admission (optional, timeline/admission.py): a queue clip is taken from the spool only once the gate says the
+* Admission (optional, playout/admission.py): a queue clip is taken from the spool only once the gate says the
   rest of it can be rendered before it is needed on air; until then the programme or idle goes on. This holds for
   play_now too: its cut waits for the same admission, and for programme clips (idle until the gate opens).
 """
@@ -35,7 +35,7 @@ import numpy as np
 
 from flashtalk_live.log import get_logger
 from flashtalk_live.settings import EncoderSettings, VideoSettings
-from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, Mark, RenderChunk
+from flashtalk_live.chunks import MODEL_AUDIO_RATE, Mark, RenderChunk
 
 Source = Literal["queue", "programme"]
 
@@ -53,7 +53,7 @@ class ClipQueue(Protocol):
 
 
 class Gate(Protocol):
-    """What the timeline needs from the admission policy (flashtalk_live/timeline/admission.py)."""
+    """What the timeline needs from the admission policy (flashtalk_live/playout/admission.py)."""
 
     def may_start(self, segment_id: str, clip_s: float, frame: int) -> bool: ...
 
@@ -355,7 +355,7 @@ class Timeline:
             self._cut_current(frame, marks)
             self._cur = nxt
 
-    # -- re-planning (timeline/replan.py) -----------------------------------------------------------
+    # -- re-planning (playout/replan.py) -----------------------------------------------------------
     def forget_before(self, frame: int | None) -> None:
         """Chunks starting before `frame` are on air or aired: they can no longer be re-planned."""
         if frame is None:

@@ -1,4 +1,4 @@
-"""Re-planning the render-ahead buffer (timeline/replan.py) with a real spool, a real look-ahead and the timeline:
+"""Re-planning the render-ahead buffer (playout/replan.py) with a real spool, a real look-ahead and the timeline:
 what each edit discards, what goes back to the queue, and what is cut where. Audio levels label the clips."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import threading
 
 import numpy as np
 
-from flashtalk_live.media.pacing import Lookahead
+from flashtalk_live.playout.pacing import Lookahead
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.settings import Settings
-from flashtalk_live.timeline.chunk import RenderedChunk
-from flashtalk_live.timeline.plan import plan_on_air
-from flashtalk_live.timeline.replan import Replanner
-from flashtalk_live.timeline.timeline import Timeline
+from flashtalk_live.chunks import RenderedChunk
+from flashtalk_live.playout.plan import plan_on_air
+from flashtalk_live.playout.replan import Replanner
+from flashtalk_live.playout.timeline import Timeline
 
 CF = 28  # frames per chunk (default), 1.12 s at 25 fps
 
@@ -173,7 +173,7 @@ def test_enqueue_into_an_idle_room_replans_buffered_idle_but_never_buffered_clip
 
 
 def test_the_recut_future_follows_what_stays_on_air(tmp_path):
-    """After a re-plan the next chunk is conditioned on the chunk it follows on air (media/renderahead.py): the
+    """After a re-plan the next chunk is conditioned on the chunk it follows on air (playout/renderahead.py): the
     newest kept buffered chunk, or the chunk on air when everything buffered was dropped."""
     r = Room(tmp_path)
     tails: list = []

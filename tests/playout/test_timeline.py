@@ -6,10 +6,10 @@ import random
 
 import numpy as np
 import pytest
-from timeline_fakes import FakeQueue, labelled_wav
+from support.queue_fakes import FakeQueue, labelled_wav
 
 from flashtalk_live.settings import EncoderSettings, Settings, VideoSettings
-from flashtalk_live.timeline.timeline import Timeline
+from flashtalk_live.playout.timeline import Timeline
 from support.settings import load_programme
 
 

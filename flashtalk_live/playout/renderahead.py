@@ -4,7 +4,7 @@ Render-ahead only pays off if the renderer can get ahead of the air, and a rende
 while it also renders idle live. So while the measured rate is above real time, idle chunks replay the last
 live-rendered idle chunk (as a ping-pong loop, so it has no jump), and one idle chunk in `live_every`
 is still rendered live (it keeps the rate measured and lets the supervisor switch or retry renderers). The idle
-bank (media/idlebank.py) takes precedence whenever it has chunks of the renderer on duty; the ping-pong loop covers
+bank (playout/idlebank.py) takes precedence whenever it has chunks of the renderer on duty; the ping-pong loop covers
 the rest (bank off, or a renderer the bank does not serve); it is off when `renderer.idle_reuse` is false.
 """
 
@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flashtalk_live.media.idlebank import IdleBank
-from flashtalk_live.timeline.admission import Admission
-from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
+from flashtalk_live.playout.idlebank import IdleBank
+from flashtalk_live.playout.admission import Admission
+from flashtalk_live.chunks import RenderChunk, RenderedChunk
 
 
 class IdleLoop:
@@ -77,7 +77,7 @@ class IdleLoop:
 class RenderAhead:
     """One `step()` per chunk on the render thread; `render` is the supervisor's (never raises).
 
-    With an idle bank (media/idlebank.py) idle chunks air from the bank while the renderer that made it is the one
+    With an idle bank (playout/idlebank.py) idle chunks air from the bank while the renderer that made it is the one
     on duty: loaded from disk, or built one link at a time in spare render time (the look-ahead full) and while idle
     is on air. A live chunk that does not follow the renderer's own last output (after bank idle, a bank build or
     a replay) carries the aired frames as `motion_frames`, so speech continues from what the viewer saw.
@@ -185,7 +185,7 @@ class RenderAhead:
         return out
 
     def rebase(self, tail: RenderedChunk | None) -> None:
-        """A re-plan dropped the buffered future (timeline/replan.py): the next chunk follows `tail` on air (the
+        """A re-plan dropped the buffered future (playout/replan.py): the next chunk follows `tail` on air (the
         newest kept chunk, or the one on air), so it is conditioned on those frames, not on what was dropped."""
         self._tail, self._tail_live = tail, False
 
