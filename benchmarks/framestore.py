@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from flashtalk_live.playout.framestore import FrameStore, Yuv420
-from flashtalk_live.renderers.images import default_portrait, fit_image
+from flashtalk_live.images import default_portrait, fit_image
 from flashtalk_live.chunks import RenderChunk, RenderedChunk
 
 

@@ -36,8 +36,8 @@ from flashtalk_live.queue.spool import Spool
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.drill import with_drills
 from flashtalk_live.renderers.kinds import RendererFactory, renderer_kind
-from flashtalk_live.renderers import images
-from flashtalk_live.renderers.images import ImageError, default_portrait, load_image
+from flashtalk_live import images
+from flashtalk_live.images import ImageError, default_portrait, load_image
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.sdnotify import sd_notify

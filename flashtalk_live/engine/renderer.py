@@ -46,7 +46,7 @@ from flashtalk_live.model.taehv import TinyVideoDecoder
 from flashtalk_live.model.text import encode_prompts
 from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings, quantize_dit_
 from flashtalk_live.renderers.base import RendererError
-from flashtalk_live.renderers.images import crossfade, default_portrait, fit_image, load_image
+from flashtalk_live.images import crossfade, default_portrait, fit_image, load_image
 from flashtalk_live.settings import BENCHMARK_ENV, ModelSettings, Settings, VideoSettings, benchmark_mode
 from flashtalk_live.chunks import MODEL_AUDIO_RATE, RenderChunk
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import Event, EventBus
-from flashtalk_live.ingest.audio import decode_for_settings
+from flashtalk_live.audio import decode_for_settings
 from flashtalk_live.ingest.auth import EndpointRefused, Security
 from flashtalk_live.ingest.conncap import ConnectionCap
 from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Call, Handler, Peer, authorize, check_data, \

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from flashtalk_live.log import get_logger
-from flashtalk_live.renderers.images import crossfade
+from flashtalk_live.images import crossfade
 from flashtalk_live.settings import ModelSettings, RendererSettings, VideoSettings
 from flashtalk_live.chunks import MODEL_AUDIO_RATE, RenderChunk
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import flashtalk_live.renderers.images as images
+import flashtalk_live.images as images
 from flashtalk_live.client import Client, Rejected
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.config import load_settings

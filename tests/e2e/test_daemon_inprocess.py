@@ -166,7 +166,7 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
 
 @pytest.mark.timeout(120)
 def test_set_avatar_through_the_control_socket_changes_the_picture_at_a_chunk_boundary(tmp_path):
-    from flashtalk_live.renderers.images import encode_png
+    from flashtalk_live.images import encode_png
 
     d = Daemon(settings(tmp_path, "renderer.lookahead_chunks=1", f'ingest.avatar_dirs=["{tmp_path}"]'))
     d.start()

@@ -15,7 +15,7 @@ import pytest
 
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.playout.framestore import SPILL_SUFFIX
-from flashtalk_live.renderers.images import default_portrait, fit_image
+from flashtalk_live.images import default_portrait, fit_image
 from flashtalk_live.chunks import RenderChunk
 from rtmp_harness import read_media
 from test_broadcast import band_power, decode_audio_mono

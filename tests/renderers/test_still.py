@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flashtalk_live.renderers.base import Renderer, RendererError
-from flashtalk_live.renderers.images import (
+from flashtalk_live.images import (
     BACKGROUND,
     ImageError,
     decode_image_bytes,
