@@ -17,6 +17,12 @@ from flashtalk_live.playout.timeline import Timeline
 PLAN_LIMIT = 50  # pending clips given a planned on-air time (status, events)
 
 
+def publish_underrun(events: EventBus, info: dict[str, Any]) -> None:
+    """The pacer's underrun callback: one `underrun` event as an episode starts."""
+    if info.get("phase") == "start":
+        events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
+
+
 class OnAir:
     """The broadcast tells it what aired (`aired`, `underrun`); the render thread and the edits tell it when the plan
     may have moved (`publish_plan`). `segment` is the clip on air; `settle` retries what the spool could not commit.
@@ -51,11 +57,6 @@ class OnAir:
             self.events.publish("idle", frame=out_frame, media_time_s=round(out_frame / self.fps, 3))
         elif segment_id is not None:
             self._idle_announced = False
-
-    def underrun(self, info: dict[str, Any]) -> None:
-        """The pacer's underrun callback: one `underrun` event as it starts."""
-        if info.get("phase") == "start":
-            self.events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
 
     def _announce(self, m: Mark, out_frame: int) -> None:
         t = out_frame / self.fps

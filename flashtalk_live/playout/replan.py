@@ -39,12 +39,14 @@ FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundar
 class Replanner:
     def __init__(self, timeline: Any, lookahead: Any, *, poll_s: float = 0.02, fps: int = 25,
                  rate: Callable[[], float | None] = lambda: None,
-                 air_frame: Callable[[], int | None] = lambda: None,
-                 on_rebase: Callable[[RenderedChunk | None], None] = lambda tail: None) -> None:
+                 air_frame: Callable[[], int | None] = lambda: None) -> None:
+        if not timeline.replannable:
+            raise ValueError("a Replanner needs a Timeline built with replannable=True (it keeps snapshots)")
         self.timeline, self.lookahead = timeline, lookahead
-        timeline.replannable = True
         self.fps, self.rate, self.air_frame = fps, rate, air_frame
-        self.on_rebase = on_rebase  # told what the re-cut future follows on air (playout/renderahead.py conditions on it)
+        # What the re-cut future follows on air, by plan: the render thread reads it (playout/renderahead.py
+        # conditions the next chunk on it) instead of being called from the control thread.
+        self.rebase_point: tuple[int, RenderedChunk | None] = (0, None)
         self._rendering: tuple[float, int] | None = None  # (monotonic start, frames) of the chunk in flight
         self.lock = threading.RLock()
         self.plan = 0
@@ -106,7 +108,7 @@ class Replanner:
                 return None
             undone = tl.rewind(frame)
             self.plan += 1
-            self.on_rebase(self.lookahead.tail())
+            self.rebase_point = (self.plan, self.lookahead.tail())
             self._voids.append((self.plan, frame))
             self.replans += 1
             self.last = {"command": command, "from_frame": frame,

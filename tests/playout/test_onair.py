@@ -30,7 +30,7 @@ def _room(tmp_path):
     st = Settings(state_dir="/nonexistent-state")
     spool = Spool(tmp_path / "spool")
     admission = Admission.from_settings(st.renderer, st.video, lambda: 0.0)
-    tl = Timeline(st.video, st.encoder, spool, None, admission=admission)
+    tl = Timeline(st.video, st.encoder, spool, None, admission=admission, replannable=True)
     rp = Replanner(tl, Lookahead(8), poll_s=0.001)
     events = EventBus()
     seen: list[dict] = []
