@@ -14,8 +14,10 @@ import numpy as np
 from pydantic import ValidationError
 
 from flashtalk_live import fdreserve
+from flashtalk_live.airlatency import PushToAir
 from flashtalk_live.compose.compositor import Compositor
 from flashtalk_live.console import AirTap, resolve_token, start_console
+from flashtalk_live.console.health import gpu_memory
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.auth import confine_output_file, confine_path
@@ -77,6 +79,7 @@ class Daemon:
         Path(settings.path(settings.state_dir)).mkdir(parents=True, exist_ok=True)
         self.events = EventBus()
         self.events.subscribe(self._log_event)
+        self.push_to_air = PushToAir(self.events)
         self.spool = Spool.from_settings(settings.expanded(settings.queue), settings.encoder, settings.storage)
         if self.spool.quarantined is not None:
             aside, why = self.spool.quarantined
@@ -366,6 +369,8 @@ class Daemon:
             "outputs": self.outputs.status(),
             "overlays": self.compositor.status(),
             "rss_bytes": _rss_bytes(),
+            "push_to_air": self.push_to_air.status(),
+            "gpu": gpu_memory(),
             "metrics_port": self.metrics_port,
         }
 
