@@ -355,3 +355,16 @@ def test_every_metric_in_the_dashboard_and_rules_is_exported(fleet, live_scrape)
     for var in json.loads(DASHBOARD.read_text())["templating"]["list"]:
         if var["type"] == "query":
             assert metric_names(re.sub(r"label_values\((\w+),.*\)", r"\1", var["definition"])) <= exported
+
+
+def test_the_fleet_doc_names_every_probe_alert_and_fleet_metric(fleet):
+    doc = (ROOT / "docs" / "fleet.md").read_text()
+    for p in PROBES.values():
+        assert f"`{p.path}`" in doc and p.kubelet in doc, p.path
+    rule, = of_kind(fleet, "PrometheusRule")
+    for r in (r for g in rule["spec"]["groups"] for r in g["rules"]):
+        assert f"`{r['alert']}`" in doc, r["alert"]
+    for metric in ("flashtalk_push_to_air_seconds", "flashtalk_renderer_on_fallback",
+                   "flashtalk_gpu_memory_allocated_bytes"):
+        assert metric in doc
+    assert "docs/fleet.md" in (ROOT / "README.md").read_text()
