@@ -13,11 +13,13 @@ import threading
 import time
 from http.server import ThreadingHTTPServer
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
+from flashtalk_live.probes import RoomProbes
 from flashtalk_live.secrets import mask_obj
 
 STATES = ("starting", "on_air", "stopping")
@@ -71,6 +73,12 @@ class StatusCollector:
         if r.get("active"):
             rend.add_metric([r["active"]], 1.0)
         yield rend
+        yield GaugeMetricFamily("flashtalk_renderer_on_fallback", "1 while the still renderer airs instead of the "
+                                "configured one (loading or failed)", value=1.0 if r.get("on_fallback") else 0.0)
+        pa = s.get("push_to_air") or {}
+        yield SummaryMetricFamily("flashtalk_push_to_air_seconds", "Seconds from a clip's ack to its first frame on "
+                                  "air", count_value=pa.get("count", 0), sum_value=pa.get("sum_s", 0.0))
+        yield from _gpu_metrics(s.get("gpu") or [])
         drift = r.get("drift") or {}
         for key in ("identity", "colour"):
             if key in drift:
@@ -165,6 +173,21 @@ def _render_ahead_metrics(ra: dict[str, Any]):
                               "the spill to disk failed", value=ra.get("spill_failures_total", 0))
 
 
+def _gpu_metrics(gpus: list[dict[str, Any]]):
+    """This process's CUDA memory per device (console/health.gpu_memory); declared with no samples without CUDA."""
+    alloc = GaugeMetricFamily("flashtalk_gpu_memory_allocated_bytes", "CUDA memory allocated by this process",
+                              labels=["device"])
+    peak = GaugeMetricFamily("flashtalk_gpu_memory_max_allocated_bytes", "Peak CUDA memory allocated by this "
+                             "process", labels=["device"])
+    total = GaugeMetricFamily("flashtalk_gpu_memory_total_bytes", "The device's memory", labels=["device"])
+    for g in gpus:
+        dev = [str(g.get("device"))]
+        alloc.add_metric(dev, float(g.get("allocated_bytes", 0)))
+        peak.add_metric(dev, float(g.get("max_allocated_bytes", 0)))
+        total.add_metric(dev, float(g.get("total_bytes", 0)))
+    yield from (alloc, peak, total)
+
+
 def _storage_metrics(st: dict[str, Any]):
     """The state directory's disk and the spool's faults (issue 12): degraded state, write errors, quarantine."""
     yield GaugeMetricFamily("flashtalk_storage_degraded", "1 while the state directory's disk is under its watermark",
@@ -182,11 +205,35 @@ def _storage_metrics(st: dict[str, Any]):
                             value=1.0 if st.get("spool_quarantined") else 0.0)
 
 
+def _probe_handler(base: type, probes: RoomProbes) -> type:
+    """`base` (the Prometheus handler) answering the probe paths first (console off: no console app to do it)."""
+
+    class ProbeHandler(base):  # type: ignore[misc, valid-type]
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            answer = probes.answer(urlsplit(self.path).path)
+            if answer is None:
+                return super().do_GET()
+            status, body = answer
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+    return ProbeHandler
+
+
 def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, Any]], *,
-                  max_connections: int = 16, timeout_s: float = 5.0, log: Any = None):
-    """Start the HTTP endpoint in a daemon thread; returns (server, thread). Port 0 picks a free port."""
+                  max_connections: int = 16, timeout_s: float = 5.0, log: Any = None,
+                  probes: RoomProbes | None = None):
+    """Start the HTTP endpoint (/metrics, and the health probes when given) in a daemon thread; returns (server,
+    thread). Port 0 picks a free port."""
     registry = metrics_registry(status_provider)
-    handler = type("Handler", (MetricsHandler.factory(registry),), {"timeout": timeout_s})  # per-socket timeout
+    base = MetricsHandler.factory(registry)
+    if probes is not None:
+        base = _probe_handler(base, probes)
+    handler = type("Handler", (base,), {"timeout": timeout_s})  # per-socket timeout
     server = CappedHTTPServer((host, port), handler, max_connections, log)
     t = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     t.start()
