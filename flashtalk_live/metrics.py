@@ -118,7 +118,7 @@ class ConnectionCap:
 
     def get_request(self):  # noqa: ANN201
         try:
-            return super().get_request()  # type: ignore[misc]
+            return super().get_request()
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 # The pending connection stays in the backlog; retrying at once would spin the CPU.
@@ -208,7 +208,7 @@ def _storage_metrics(st: dict[str, Any]):
 def _probe_handler(base: type, probes: RoomProbes) -> type:
     """`base` (the Prometheus handler) answering the probe paths first (console off: no console app to do it)."""
 
-    class ProbeHandler(base):  # type: ignore[misc, valid-type]
+    class ProbeHandler(base):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             answer = probes.answer(urlsplit(self.path).path)
             if answer is None:

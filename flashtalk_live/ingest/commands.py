@@ -177,7 +177,7 @@ class OverlayShowArgs(OverlayNameArgs):
 class OverlaySetArgs(OverlayNameArgs):
     text: str | None = Field(None, min_length=1, description="the layer's text (else the data frame's PNG/JPEG/WebP "
                              "bytes); at most ingest.max_text_chars")
-    anchor: Anchor | None = Field(None, description="where (default: the layer's, or center for a new one)")  # type: ignore[valid-type]
+    anchor: Anchor | None = Field(None, description="where (default: the layer's, or center for a new one)")
     margin: tuple[int, int] | None = Field(None, description="px from the anchored edges: [x, y]")
     width: int | None = Field(None, gt=0, le=8192, description="image: scaled to this width; text: wrapped at it")
     font_size: int | None = Field(None, gt=0, le=400)
