@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from flashtalk_live import fdreserve
 from flashtalk_live.compose.compositor import Compositor
-from flashtalk_live.console import AirTap, resolve_token, start_console
+from flashtalk_live.console import AirTap, console_url, resolve_token, start_console
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.auth import confine_output_file, confine_path
@@ -136,6 +136,7 @@ class Daemon:
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
                                    edit=self.replanner.editing, plan_of=self.onair.plan_of,
+                                   on_air=lambda: self.onair.segment,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -154,9 +155,11 @@ class Daemon:
         # stops the start with exit 2.
         self.console = None
         self.console_token: str | None = None
+        self.console_token_source: str | None = None
         if settings.metrics.enabled and settings.console.enabled:
             self.console_token, where = resolve_token(settings.expanded(settings.console), settings.metrics.host,
                                                       settings.path(settings.state_dir))
+            self.console_token_source = where
             self.log.info("console_token", source=where)
         # -- end console
 
@@ -370,6 +373,8 @@ class Daemon:
                     self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
                                                            timeout_s=m.timeout_s, log=self.log)
                 self.metrics_port = self.metrics_server.server_port
+                if self.console is not None:
+                    self.log.info("console", url=console_url(m.host, self.metrics_port), token=self.console_token_source)
             except OSError as e:
                 self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
         self.renderers.start()

@@ -14,7 +14,7 @@ Event = dict[str, Any]
 
 # The event types the daemon publishes (documented in docs/protocol.md).
 EVENT_TYPES = (
-    "accepted", "started", "finished", "interrupted", "dropped", "cancelled", "cleared", "moved", "idle",
+    "accepted", "started", "finished", "interrupted", "dropped", "cancelled", "skipped", "cleared", "moved", "idle",
     "scheduled", "rescheduled",
     "endpoint_up", "endpoint_down", "underrun", "renderer_changed", "recalibrated", "stopping",
 )

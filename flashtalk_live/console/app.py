@@ -30,7 +30,7 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Rejection code -> HTTP status; any code not listed is a client mistake: 400.
 HTTP_STATUS: dict[str, int] = {
     "unauthorized": 403, "forbidden_path": 403,
-    "not_found": 404, "unknown_command": 404,
+    "not_found": 404, "unknown_command": 404, "not_on_air": 409,
     "already_exists": 409, "queue_full": 409, "too_many_outputs": 409, "not_pending": 409,
     "oversize": 413, "image_too_large": 413,
     "rate_limited": 429,
