@@ -129,7 +129,7 @@ class Daemon:
         self.render_ahead.set_avatar(self.reference, self.prompt)
         self.onair = OnAir(self.events, self.spool, self.timeline, self.replanner, self.admission, fps=v.fps,
                            air_frame=lambda: self.pacer.air_frame, media_time_s=lambda: self.encoder.frames / v.fps)
-        self.air = AirTap()  # the console's preview: each frame and its sound as encoded
+        self.air = AirTap(settings.encoder.audio_rate, v.fps)  # the console's preview: each frame and its sound
         self.broadcast = Broadcast(self.pacer, self.compositor, self.encoder, self.outputs, fps=v.fps,
                                    audio_rate=settings.encoder.audio_rate, tap=self.air.offer,
                                    on_frame=self.onair.aired, on_air=self._on_air)
