@@ -2,7 +2,8 @@
 opens the page of a running daemon, sees the preview change, uploads clips (enqueue, play now), sees them queued and
 on air with the `started` event arriving over the live event stream, moves a pending clip down, cancels a pending
 clip, changes the avatar by upload, sees the health charts drawn, adds and removes a file output. Screenshots go to
-$FLASHTALK_TEST_ARTIFACTS (default test-artifacts/) /console/ (`console.png` is the one docs/console.md shows).
+$FLASHTALK_TEST_ARTIFACTS (default test-artifacts/) /console/ (`console.png`, from the show test, is the one
+docs/console.md shows).
 Required in CI (CI=1): never skipped there."""
 
 from __future__ import annotations
@@ -151,9 +152,7 @@ def test_operator_drives_the_room_from_the_page(browser, tmp_path):
                                         "'#health-chart .chart[data-series=\"buffered_frames\"] polyline')"
                                         ".getAttribute('points').trim().split(' ').length;")
         assert points >= 3
-        browser.set_window_size(1280, 1300)
-        browser.save_screenshot(str(shots / "console.png"))  # the docs' screenshot: on air, queue, health, events
-        browser.set_window_size(1280, 1000)
+        browser.save_screenshot(str(shots / "07-health.png"))
 
         # Cancel a pending clip from its row.
         result = command(f'#queue tr[data-segment-id="{pending}"] button.cancel', "cancel", by_script=True)
@@ -248,72 +247,6 @@ def test_operator_runs_the_show_with_human_clicks(browser, tmp_path):
         press("#token-save")
         wait.until(lambda dr: find(By.ID, "token-state").text == "token set")
 
-        # -- upload with a name and a caption; the form is empty again after Send -------------------------------
-        def upload(seconds: float, freq: float, name: str, text: str = "", mode: str = "enqueue") -> str:
-            wav = tmp_path / f"{name}.wav"
-            wav.write_bytes(wav_bytes(seconds, freq))
-            find(By.ID, "clip-file").send_keys(str(wav))
-            find(By.ID, "clip-name").send_keys(name)
-            if text:
-                find(By.ID, "clip-text").send_keys(text)
-            Select(find(By.ID, "clip-mode")).select_by_value(mode)
-            result = pressed("#clip-send", mode)
-            assert result.startswith(f"{mode}: ok ("), result
-            assert browser.execute_script("return ['clip-file', 'clip-name', 'clip-text']"
-                                          ".map(i => document.getElementById(i).value);") == ["", "", ""]
-            return result[result.index("(") + 1:result.index(")")]
-
-        long = upload(40.0, 440.0, "Opening pitch", "欢迎来到直播间")
-        wait.until(lambda dr: "“Opening pitch”" in find(By.ID, "on-air").text)
-        a = upload(3.0, 550.0, "Card A")
-        b = upload(3.0, 660.0, "Card B", "买一送一")
-        c = upload(8.0, 770.0, "Card C")
-        st = status()
-        rows = {p["segment_id"]: p for p in st["pending"]}
-        assert [rows[x]["name"] for x in (a, b, c)] == ["Card A", "Card B", "Card C"]
-        assert rows[b]["text"] == "买一送一"
-        assert next(p for p in st["playing"] if p["segment_id"] == long)["text"] == "欢迎来到直播间"
-        assert st["plan"]["on_air"]["name"] == "Opening pitch"
-
-        def page_rows(b) -> list[tuple[str, str, str]]:  # (id, name, caption) as the page shows them
-            return b.execute_script("return [...document.querySelectorAll('#queue tr')].map(r => "
-                                    "[r.dataset.segmentId, r.querySelector('.clip-name').textContent, "
-                                    "r.children[2].textContent]);")
-
-        wait.until(lambda dr: page_rows(dr) == [[a, "Card A", ""], [b, "Card B", "买一送一"], [c, "Card C", ""]])
-        browser.save_screenshot(str(shots / "10-named-queue.png"))
-
-        # -- ten human-speed presses on ▼/▲ while the page redraws twice a second: none is lost --------------
-        for i in range(10):
-            button = "button.down" if i % 2 == 0 else "button.up"
-            assert pressed(f'#queue tr[data-segment-id="{a}"] {button}', "move") == f"move: ok ({a})", i
-            want = [b, a, c] if i % 2 == 0 else [a, b, c]
-            wait.until(lambda dr: [r[0] for r in page_rows(dr)] == want)
-        assert [p["segment_id"] for p in http.get_json("/api/queue")["pending"]] == [a, b, c]
-        assert len([e for e in seen if e["type"] == "moved" and e["segment_id"] == a]) == 10
-
-        # -- play a pending clip now: it goes to the head and the clip on air is skipped ---------------------------
-        browser.execute_script("document.getElementById('message').textContent = '';")
-        press(f'#queue tr[data-segment-id="{c}"] button.play-now')
-        wait.until(lambda dr: find(By.ID, "message").text.startswith("skip: ok"))
-        skipped_long = event("skipped", long)
-        assert skipped_long["source"] == "queue" and skipped_long["name"] == "Opening pitch"
-        cut_long = event("interrupted", long)
-        started_c = event("started", c)
-        assert started_c["name"] == "Card C"
-        wait.until(lambda dr: status()["on_air"] == c)
-        assert long not in [p["segment_id"] for p in status()["pending"] + status()["playing"]]
-        browser.save_screenshot(str(shots / "11-played-now.png"))
-
-        # -- skip the clip on air with the Air panel's button ----------------------------------------------------
-        wait.until(lambda dr: "“Card C”" in find(By.ID, "on-air").text)
-        assert pressed("#skip", "skip") == f"skip: ok ({c})"
-        cut_c = event("interrupted", c)
-        started_next = wait.until(lambda dr: next((e for e in seen if e["type"] == "started"
-                                                   and e.get("segment_id") in (a, b)), None))
-        assert event("skipped", c)["name"] == "Card C"
-        assert c not in [p["segment_id"] for p in status()["pending"] + status()["playing"]]
-
         # -- a text overlay with its placement, then a product card picture; shown, then hidden ------------------
         def set_layer(name: str, anchor: str, x: int, y: int, text: str = "", picture: Path | None = None) -> None:
             for fid in ("ov-name", "ov-text", "ov-x", "ov-y"):
@@ -348,6 +281,75 @@ def test_operator_runs_the_show_with_human_clicks(browser, tmp_path):
         hidden_at = status()["broadcast"]["media_time_s"]
         assert "price" in status()["overlays"]["on_air"]
 
+        # -- upload with a name and a caption; the form is empty again after Send -------------------------------
+        def upload(seconds: float, freq: float, name: str, text: str = "", mode: str = "enqueue") -> str:
+            wav = tmp_path / f"{name}.wav"
+            wav.write_bytes(wav_bytes(seconds, freq))
+            find(By.ID, "clip-file").send_keys(str(wav))
+            find(By.ID, "clip-name").send_keys(name)
+            if text:
+                find(By.ID, "clip-text").send_keys(text)
+            Select(find(By.ID, "clip-mode")).select_by_value(mode)
+            result = pressed("#clip-send", mode)
+            assert result.startswith(f"{mode}: ok ("), result
+            assert browser.execute_script("return ['clip-file', 'clip-name', 'clip-text']"
+                                          ".map(i => document.getElementById(i).value);") == ["", "", ""]
+            return result[result.index("(") + 1:result.index(")")]
+
+        long = upload(40.0, 440.0, "Opening pitch", "欢迎来到直播间")
+        wait.until(lambda dr: "“Opening pitch”" in find(By.ID, "on-air").text)
+        a = upload(3.0, 550.0, "Card A")
+        b = upload(3.0, 660.0, "Card B", "买一送一")
+        c = upload(8.0, 770.0, "Card C")
+        st = status()
+        rows = {p["segment_id"]: p for p in st["pending"]}
+        assert [rows[x]["name"] for x in (a, b, c)] == ["Card A", "Card B", "Card C"]
+        assert rows[b]["text"] == "买一送一"
+        assert next(p for p in st["playing"] if p["segment_id"] == long)["text"] == "欢迎来到直播间"
+        assert st["plan"]["on_air"]["name"] == "Opening pitch"
+
+        def page_rows(b) -> list[tuple[str, str, str]]:  # (id, name, caption) as the page shows them
+            return b.execute_script("return [...document.querySelectorAll('#queue tr')].map(r => "
+                                    "[r.dataset.segmentId, r.querySelector('.clip-name').textContent, "
+                                    "r.children[2].textContent]);")
+
+        wait.until(lambda dr: page_rows(dr) == [[a, "Card A", ""], [b, "Card B", "买一送一"], [c, "Card C", ""]])
+        browser.save_screenshot(str(shots / "10-named-queue.png"))
+        browser.set_window_size(1280, 1400)
+        browser.save_screenshot(str(shots / "console.png"))  # the docs' screenshot: a named queue, a caption on air
+        browser.set_window_size(1280, 1000)
+
+        # -- ten human-speed presses on ▼/▲ while the page redraws twice a second: none is lost --------------
+        for i in range(10):
+            button = "button.down" if i % 2 == 0 else "button.up"
+            assert pressed(f'#queue tr[data-segment-id="{a}"] {button}', "move") == f"move: ok ({a})", i
+            want = [b, a, c] if i % 2 == 0 else [a, b, c]
+            wait.until(lambda dr: [r[0] for r in page_rows(dr)] == want)
+        assert [p["segment_id"] for p in http.get_json("/api/queue")["pending"]] == [a, b, c]
+        assert len([e for e in seen if e["type"] == "moved" and e["segment_id"] == a]) == 10
+
+        # -- play a pending clip now: it goes to the head and the clip on air is skipped ---------------------------
+        browser.execute_script("document.getElementById('message').textContent = '';")
+        press(f'#queue tr[data-segment-id="{c}"] button.play-now')
+        wait.until(lambda dr: find(By.ID, "message").text.startswith("skip: ok"))
+        skipped_long = event("skipped", long)
+        assert skipped_long["source"] == "queue" and skipped_long["name"] == "Opening pitch"
+        cut_long = event("interrupted", long)
+        started_c = event("started", c)
+        assert started_c["name"] == "Card C"
+        wait.until(lambda dr: status()["on_air"] == c)
+        assert long not in [p["segment_id"] for p in status()["pending"] + status()["playing"]]
+        browser.save_screenshot(str(shots / "11-played-now.png"))
+
+        # -- skip the clip on air with the Air panel's button ----------------------------------------------------
+        wait.until(lambda dr: "“Card C”" in find(By.ID, "on-air").text)
+        assert pressed("#skip", "skip") == f"skip: ok ({c})"
+        cut_c = event("interrupted", c)
+        started_next = wait.until(lambda dr: next((e for e in seen if e["type"] == "started"
+                                                   and e.get("segment_id") in (a, b)), None))
+        assert event("skipped", c)["name"] == "Card C"
+        assert c not in [p["segment_id"] for p in status()["pending"] + status()["playing"]]
+
         # -- the sound of the air -------------------------------------------------------------------------------
         press("#listen")
         wait.until(lambda dr: dr.execute_script("return document.getElementById('preview-audio').currentTime > 0.5;"))
@@ -366,7 +368,7 @@ def test_operator_runs_the_show_with_human_clicks(browser, tmp_path):
         moved = browser.find_elements(By.CSS_SELECTOR, f'#events li[data-type="moved"][data-segment-id="{a}"] .text')[0]
         assert moved.text.startswith("moved “Card A” from position"), moved.text
         browser.set_window_size(1280, 1500)
-        browser.save_screenshot(str(shots / "console-show.png"))
+        browser.save_screenshot(str(shots / "13-events.png"))
         time.sleep(2.0)  # the end of the recording: the card is gone
     except Exception:
         browser.save_screenshot(str(shots / "failure-show.png"))

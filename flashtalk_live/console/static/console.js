@@ -307,13 +307,13 @@ function toggleListen() {
     a.removeAttribute("src");
     a.load();  // closes the stream
     b.setAttribute("aria-pressed", "false");
-    b.textContent = "🔈 Listen";
+    b.textContent = "Listen to the air";
     $("listen-state").textContent = "";
     return;
   }
   a.src = "/preview.wav?t=" + Date.now();
   b.setAttribute("aria-pressed", "true");
-  b.textContent = "🔇 Mute";
+  b.textContent = "Stop listening";
   a.play().then(() => { $("listen-state").textContent = "playing the air"; })
     .catch((e) => { $("listen-state").textContent = "cannot play: " + e; });
 }
