@@ -1,5 +1,6 @@
 // The operator console: polls /api/status and /api/health, follows /api/events/stream (server-sent events; polls
-// /api/events when the stream is refused), sends commands with the bearer token.
+// /api/events when the stream is refused), sends commands with the bearer token. Tables are updated in place, row by
+// row (syncRows), so a button under the pointer survives every refresh; /preview.wav plays while Listen is on.
 // No cookies: the token lives in this tab's sessionStorage and goes only into the Authorization header.
 "use strict";
 
@@ -422,10 +423,10 @@ document.addEventListener("DOMContentLoaded", () => {
       $("clip-text").value = "";
     }
   });
-  $("avatar-form").addEventListener("submit", (ev) => {
+  $("avatar-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const f = $("avatar-file").files[0];
-    if (f) command("set_avatar", f);
+    if (f && (await command("set_avatar", f)).ok) $("avatar-file").value = "";
   });
   $("output-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
