@@ -83,6 +83,19 @@ def main() -> None:
           f"{'underrun frames':>16}")
     for path, n, cpu, eps, sent, under in rows:
         print(f"{path:>15} {n:>8} {cpu:>10.3f} {cpu - base:>+15.3f} {eps:>8.2f} {sent / 1000:>10.1f} {under:>16}")
+    # The one piece of work a sound listener adds, timed alone (the rows above are within the shared machine's noise).
+    import numpy as np
+
+    from flashtalk_live.console.preview import pcm16
+    ch, spf = s.encoder.audio_channels, s.samples_per_frame
+    second = [np.random.default_rng(i).uniform(-0.5, 0.5, (spf, ch)).astype(np.float32) for i in range(s.video.fps)]
+    reps = 200
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        pcm16(second, ch)
+    per_s = (time.perf_counter() - t0) / reps
+    print(f"/preview.wav per listener: {per_s * 1e6:.0f} us of CPU per second of sound (float to 16-bit PCM, "
+          f"{s.video.fps} frames): {per_s:.5f} cores")
 
 
 if __name__ == "__main__":
