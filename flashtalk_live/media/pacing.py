@@ -17,7 +17,7 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Lookahead:
         self.high_water_chunks = 0  # most chunks ever waiting at once (the bound tests check)
         self.chunks_in = 0
         self._cut: collections.deque[str] = collections.deque(maxlen=64)  # clips cut on air: scrubbed from chunks
-        self._cut_due: list[tuple[str, str]] = []  # their 'interrupted' marks (id, source), for the next chunk to air
+        self._cut_due: list[tuple[str, Literal["queue", "programme"]]] = []  # their 'interrupted' marks (id, source), for the next chunk to air
         self.frames_scrubbed = 0
         self.next_air_frame: int | None = None  # timeline frame after the last chunk taken for air
         self.chunks_discarded = 0  # dropped by re-plans (timeline/replan.py)
@@ -110,7 +110,7 @@ class Lookahead:
             self._cond.wait_for(lambda: self._closed or self._items, timeout)
             return self._pop()
 
-    def cut(self, segment_id: str, source: str = "queue") -> None:
+    def cut(self, segment_id: str, source: Literal["queue", "programme"] = "queue") -> None:
         """Cut a clip on air (cancel, skip; `source`: queue or programme): it is silenced from the next chunk to air on, which carries its 'interrupted'.
 
         Every buffered chunk, and every chunk put later, loses the clip's audio and marks and its frames count as
