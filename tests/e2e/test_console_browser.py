@@ -300,7 +300,7 @@ def test_operator_runs_the_show_with_human_clicks(browser, tmp_path):
         wait.until(lambda dr: "“Opening pitch”" in find(By.ID, "on-air").text)
         a = upload(3.0, 550.0, "Card A")
         b = upload(3.0, 660.0, "Card B", "买一送一")
-        c = upload(8.0, 770.0, "Card C")
+        c = upload(12.0, 770.0, "Card C")  # long enough to be on air when Skip is pressed on a loaded box
         st = status()
         rows = {p["segment_id"]: p for p in st["pending"]}
         assert [rows[x]["name"] for x in (a, b, c)] == ["Card A", "Card B", "Card C"]
