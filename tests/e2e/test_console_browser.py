@@ -9,7 +9,6 @@ Required in CI (CI=1): never skipped there."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -274,7 +273,8 @@ def test_operator_runs_the_show_with_human_clicks(browser, tmp_path):
                                                 "return r && r.dataset.onAir === 'yes';"))
         shown_at = status()["broadcast"]["media_time_s"]
         browser.save_screenshot(str(shots / "12-overlays.png"))
-        time.sleep(1.5)  # on air a while: the recording must show it (not a timing assertion)
+        # on air for 1.5 s of air time (not wall time: a loaded box may air slower), so the recording shows it
+        wait.until(lambda dr: status()["broadcast"]["media_time_s"] > shown_at + 1.5)
         hide_pressed = status()["broadcast"]["media_time_s"]  # the card fades out from the next aired frame
         assert pressed('#overlays tr[data-name="card"] button.hide', "overlay_hide") == "overlay_hide: ok"
         wait.until(lambda dr: "card" not in status()["overlays"]["on_air"])
@@ -369,7 +369,7 @@ def test_operator_runs_the_show_with_human_clicks(browser, tmp_path):
         assert moved.text.startswith("moved “Card A” from position"), moved.text
         browser.set_window_size(1280, 1500)
         browser.save_screenshot(str(shots / "13-events.png"))
-        time.sleep(2.0)  # the end of the recording: the card is gone
+        wait.until(lambda dr: status()["broadcast"]["media_time_s"] > hidden_at + 2.0)  # aired without the card
     except Exception:
         browser.save_screenshot(str(shots / "failure-show.png"))
         raise
