@@ -67,6 +67,8 @@ def test_commands_use_the_table_and_its_rejection_codes(daemon, tmp_path):
         ("enqueue", None, b"", 400, "empty_audio", None),
         ("enqueue", {}, None, 400, "missing_audio", None),  # JSON fields only: no data frame
         ("cancel", {"segment_id": "no-such-clip"}, None, 404, "not_found", "segment_id"),
+        ("skip", {"segment_id": "no-such-clip"}, None, 409, "not_on_air", "segment_id"),
+        ("overlay_set", {"name": "card", "text": "x", "margin": [16]}, None, 400, "bad_request", "margin.1"),
         ("output_remove", {"name": "nope"}, None, 404, "not_found", "name"),
         ("output_add", {"name": "rec", "url": str(tmp_path / "again.flv")}, None, 409, "already_exists", "name"),
         ("output_add", {"name": "outside", "url": "/etc/outside.flv"}, None, 403, "forbidden_path", None),
