@@ -16,7 +16,7 @@ import numpy as np
 from flashtalk_live import fdreserve
 from flashtalk_live.airlatency import PushToAir
 from flashtalk_live.compose.compositor import Compositor
-from flashtalk_live.console import AirTap, resolve_token, start_console
+from flashtalk_live.console import AirTap, console_url, resolve_token, start_console
 from flashtalk_live.console.health import gpu_memory
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
@@ -119,13 +119,14 @@ class Daemon:
                                media_time_s=lambda: self.encoder.frames / v.fps,
                                prepare=lambda rendered: self.compositor.prepare(rendered.chunk.frame_segments))
         self.playout.set_avatar(self.reference, self.prompt)
-        self.air = AirTap()  # the console's preview: each frame and its sound as encoded
+        self.air = AirTap(settings.encoder.audio_rate, v.fps)  # the console's preview: each frame and its sound
         self.broadcast = Broadcast(self.playout.pacer, self.compositor, self.encoder, self.outputs, fps=v.fps,
                                    audio_rate=settings.encoder.audio_rate, tap=self.air.offer,
                                    on_frame=self.playout.aired, on_air=self._on_air)
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
                                    edit=self.playout.editing, plan_of=self.playout.plan_of,
+                                   on_air=lambda: self.playout.on_air,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -145,9 +146,11 @@ class Daemon:
         # stops the start with exit 2.
         self.console = None
         self.console_token: str | None = None
+        self.console_token_source: str | None = None
         if settings.metrics.enabled and settings.console.enabled:
             self.console_token, where = resolve_token(settings.expanded(settings.console), settings.metrics.host,
                                                       settings.path(settings.state_dir))
+            self.console_token_source = where
             self.log.info("console_token", source=where)
         # -- end console
 
@@ -349,6 +352,8 @@ class Daemon:
                     self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
                                                            timeout_s=m.timeout_s, log=self.log, probes=self.probes)
                 self.metrics_port = self.metrics_server.server_port
+                if self.console is not None:
+                    self.log.info("console", url=console_url(m.host, self.metrics_port), token=self.console_token_source)
             except OSError as e:
                 self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
         self.renderers.start()

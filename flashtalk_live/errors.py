@@ -38,6 +38,8 @@ REJECT_CODES: dict[str, str] = {
                  "`output_remove` of an unknown output name",
     "not_pending": "`move` of a clip (`segment_id`), or relative to a clip (`before`/`after`), that is on air or "
                    "rendered ahead: only pending clips can be moved",
+    "not_on_air": "`skip` when nothing is on air, or with a `segment_id` that is not (or no longer) the clip on air: "
+                  "nothing was skipped",
     "already_exists": "`output_add` with the name of an existing output",
     "bad_output": "`output_add` with a URL that is no output (not rtmp://, rtmps:// or a .flv/.mp4 path), or "
                   "`segment_seconds` on a stream",

@@ -381,7 +381,16 @@ class Compositor:
                 "on_air": [name for name, ly in list(self._layers.items()) if ly.shown_at is not None
                            and (ly.hide_at is None or n < ly.hide_at + ly.fade_frames)],
                 "cued": list(self._cued),
-                "layers": self.names()}
+                "layers": self.names(),
+                "placement": self.placement()}
+
+    def placement(self) -> dict[str, dict[str, Any]]:
+        """Each layer's kind (text or image), anchor, margin and the start of its text: the console's overlay rows."""
+        with self._lock:
+            specs = list(self._specs.values())
+        return {sp.name: {"kind": "text" if sp.text is not None else "image", "anchor": sp.anchor,
+                          "margin": list(sp.margin), **({"text": sp.text[:80]} if sp.text is not None else {})}
+                for sp in specs}
 
 
 def _file_bytes(path: str) -> bytes:

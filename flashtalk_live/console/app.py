@@ -14,10 +14,12 @@ from importlib import resources
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
+import numpy as np
+
 from flashtalk_live.console.auth import bearer_ok
 from flashtalk_live.console.feed import EventFeed
 from flashtalk_live.console.health import HealthHistory, gpu_memory
-from flashtalk_live.console.preview import AirTap, PreviewEncoder
+from flashtalk_live.console.preview import AirTap, PreviewEncoder, pcm16, wav_header
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.commands import Peer
@@ -31,7 +33,7 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Rejection code -> HTTP status; any code not listed is a client mistake: 400.
 HTTP_STATUS: dict[str, int] = {
     "unauthorized": 403, "forbidden_path": 403,
-    "not_found": 404, "unknown_command": 404,
+    "not_found": 404, "unknown_command": 404, "not_on_air": 409,
     "already_exists": 409, "queue_full": 409, "too_many_outputs": 409, "not_pending": 409,
     "oversize": 413, "image_too_large": 413,
     "rate_limited": 429,
@@ -88,6 +90,7 @@ class Console:
             ("GET", "/api/health"): self._health,
             ("GET", "/preview.jpg"): self._preview_jpg,
             ("GET", "/preview.mjpeg"): self._preview_mjpeg,
+            ("GET", "/preview.wav"): self._preview_wav,
         }
 
     def close(self) -> None:
@@ -161,7 +164,7 @@ class Console:
         on air with its progress and each pending clip's estimated start (seconds from now)."""
         st = self.ingest.status()
         st["audio_levels"] = self.tap.audio_levels()
-        st["preview"] = self.preview.stats()
+        st["preview"] = {**self.preview.stats(), "listeners": self.tap.listeners, "audio_gaps": self.tap.audio_gaps}
         st["event_streams"] = {"open": self.events.open_streams, "max": self.events.max_streams,
                                "lost": self.events.streams_lost}
         gpus = gpu_memory()
@@ -180,7 +183,9 @@ class Console:
                             and e.get("segment_id") == on_air), None)
             dur = next((p.get("duration_s") for p in st.get("playing", []) if p.get("segment_id") == on_air), None)
             elapsed = now_media - float(started["media_time_s"]) if started else None
+            name = next((p.get("name") for p in st.get("playing", []) if p.get("segment_id") == on_air), None)
             cur = {"segment_id": on_air, "source": started.get("source") if started else None,
+                   "name": name or (started.get("name") if started else None),
                    "elapsed_s": round(elapsed, 2) if elapsed is not None else None, "duration_s": dur}
             if dur and elapsed is not None:
                 cur["progress"] = round(min(1.0, max(0.0, elapsed / dur)), 3)
@@ -292,6 +297,26 @@ class Console:
 
     def _preview_mjpeg(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
         return 200, [("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")], self._mjpeg_stream()
+
+    def _preview_wav(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        """The programme sound as it aired: an endless 16-bit WAV (preview.py); the page's Listen button plays it."""
+        n, _, audio = self.tap.latest()
+        if audio is None:
+            return self._error(503, "unavailable", "nothing has aired yet", extra=[("Retry-After", "1")])
+        channels = int(np.asarray(audio).reshape(audio.shape[0], -1).shape[1])
+        return 200, [("Content-Type", "audio/wav")], self._wav_stream(channels)
+
+    def _wav_stream(self, channels: int) -> Iterable[bytes]:
+        self.tap.add_listener(1)
+        try:
+            yield wav_header(self.tap.audio_rate, channels)
+            n = -1
+            while not self.closed.is_set():
+                n, frames = self.tap.audio_after(n, timeout_s=1.0)
+                if frames:
+                    yield pcm16(frames, channels)
+        finally:
+            self.tap.add_listener(-1)
 
     def _mjpeg_stream(self) -> Iterable[bytes]:
         """Every viewer polls the shared encoder once per interval: the encode count does not grow with viewers."""

@@ -28,7 +28,7 @@ from flashtalk_live.audio import decode_for_settings
 from flashtalk_live.ingest.auth import EndpointRefused, Security
 from flashtalk_live.ingest.conncap import ConnectionCap
 from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, AudioArgs, Call, CancelArgs, Handler, MoveArgs, \
-    NoArgs, Peer, PingArgs, authorize, check_data, lookup, validate_args
+    NoArgs, Peer, PingArgs, SkipArgs, authorize, check_data, lookup, validate_args
 from flashtalk_live.ingest.lanes import Lanes
 from flashtalk_live.ingest.limits import CUE_FIELDS, RateLimiter, check_cues, check_text
 from flashtalk_live.ingest.protocol import (
@@ -47,6 +47,7 @@ from flashtalk_live.secrets import mask_obj
 from flashtalk_live.settings import EncoderSettings, IngestSettings
 EVENT_BACKLOG = 10_000
 STATUS_PENDING_LIMIT = 50
+STATUS_TEXT_CHARS = 120  # a clip's caption text in a status row is cut here (the whole text is in `accepted`)
 
 
 class IngestError(RuntimeError):
@@ -91,6 +92,16 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     return frames[:1], frames[1:]
 
 
+def _label(entry: Any) -> dict[str, Any]:
+    """A status row's words for people: the clip's name and the start of its caption text (when it has them)."""
+    meta = entry.meta or {}
+    out = {k: meta[k] for k in ("name",) if isinstance(meta.get(k), str)}
+    if isinstance(meta.get("text"), str):
+        text = meta["text"]
+        out["text"] = text if len(text) <= STATUS_TEXT_CHARS else text[:STATUS_TEXT_CHARS - 1] + "…"
+    return out
+
+
 class IngestServer:
     """ROUTER + PUB sockets served by one thread. start() binds (raising IngestError), stop() joins and closes.
 
@@ -104,7 +115,8 @@ class IngestServer:
                  refuse_clips: Callable[[], str | None] | None = None,
                  layers: Callable[[], list[str]] | None = None,
                  edit: Callable[..., ContextManager[Any]] | None = None,
-                 plan_of: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+                 plan_of: Callable[[str], dict[str, Any] | None] | None = None,
+                 on_air: Callable[[], str | None] | None = None) -> None:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
         self.encoder = encoder
         self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
@@ -112,6 +124,7 @@ class IngestServer:
         # on what is on air rather than on what was rendered ahead; plan_of(segment_id): its planned on-air time.
         self.edit = edit or (lambda command, segment_id=None: contextlib.nullcontext())
         self.plan_of = plan_of
+        self.on_air = on_air  # the clip on air now (timeline/onair.OnAir.segment), for `skip`
         self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
         self.spool = spool
         self.events = events
@@ -119,6 +132,8 @@ class IngestServer:
         own: dict[str, Handler] = {name: self._cmd_audio for name in AUDIO_COMMANDS}
         own.update(clear=self._cmd_clear, cancel=self._cmd_cancel, move=self._cmd_move, status=self._cmd_status,
                    ping=self._cmd_ping)
+        if on_air is not None:  # a bare server (no broadcast) has nothing on air to skip: `unavailable`
+            own.update(skip=self._cmd_skip)
         for name in handlers or {}:
             if name not in COMMANDS:
                 raise ValueError(f"handler for {name!r}, which is not in the command table (ingest/commands.py)")
@@ -413,16 +428,46 @@ class IngestServer:
     def _cmd_cancel(self, call: Call[CancelArgs]) -> dict[str, Any]:
         sid = call.args.segment_id
         was = None
-        if self.spool.get(sid) is not None:  # an unknown id must not discard the render-ahead buffer
+        entry = self.spool.get(sid)
+        if entry is not None:  # an unknown id must not discard the render-ahead buffer
             with self.edit("cancel", sid):
                 was = self.spool.cancel(sid)
         if was is None:
             raise Rejection("not_found", f"no pending or playing clip {sid[:64]!r}", "segment_id")
         self.log.info("clip_cancelled", segment_id=sid, was=was)
-        self.events.publish("cancelled", segment_id=sid, was=was)
+        self.events.publish("cancelled", segment_id=sid, was=was, **self._name(entry))
         if was == "pending":
             self.events.publish("dropped", segment_id=sid, reason="cancelled")
         return {"segment_id": sid, "was": was}
+
+    def _cmd_skip(self, call: Call[SkipArgs]) -> dict[str, Any]:
+        """Cut what is on air: a queue clip as `cancel` cuts it (dropped, never replayed), a programme item through
+        the same re-plan (playout/replan.py: silenced from the next chunk to air; the programme goes on with its
+        next item). With `segment_id`, only while that clip is still the one on air."""
+        assert self.on_air is not None
+        want = call.args.segment_id
+        sid = self.on_air()
+        if sid is None:
+            raise Rejection("not_on_air", "nothing is on air to skip (idle, or a programme pause)",
+                            "segment_id" if want else None)
+        if want is not None and want != sid:
+            raise Rejection("not_on_air", f"{want[:64]!r} is not on air any more (on air now: {sid[:64]!r})",
+                            "segment_id")
+        entry = self.spool.get(sid)
+        with self.edit("cancel", sid):
+            was = self.spool.cancel(sid) if entry is not None else None
+        if entry is not None and was is None:  # it finished while we looked
+            raise Rejection("not_on_air", f"{sid[:64]!r} finished meanwhile; nothing was skipped", "segment_id")
+        source = "queue" if entry is not None else "programme"
+        self.log.info("clip_skipped", segment_id=sid, source=source)
+        self.events.publish("skipped", segment_id=sid, source=source, **self._name(entry))
+        return {"segment_id": sid, "source": source, **self._name(entry)}
+
+    @staticmethod
+    def _name(entry: Any) -> dict[str, Any]:
+        """{"name": ...} of a spool entry that has one (push --name), else nothing."""
+        name = (getattr(entry, "meta", None) or {}).get("name")
+        return {"name": name} if isinstance(name, str) else {}
 
     def _cmd_move(self, call: Call[MoveArgs]) -> dict[str, Any]:
         a = call.args
@@ -456,8 +501,9 @@ class IngestServer:
         check_cues(a, clip.duration_s, self.layers)  # before the spool: a refused clip leaves nothing behind
         # meta's cue keys come only from the checked fields, so whoever reads them (the compositor) can trust them
         meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}
-        if a.text is not None:
-            meta["text"] = a.text
+        for key in ("text", "name"):  # checked fields win over the same keys in `meta`
+            if getattr(a, key) is not None:
+                meta[key] = getattr(a, key)
         for name in CUE_FIELDS:
             cues = getattr(a, name)
             if cues is not None:
@@ -474,7 +520,7 @@ class IngestServer:
         self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
                       duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid)
         self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
-                            duration_s=ack["duration_s"], request_id=rid, meta=meta)
+                            duration_s=ack["duration_s"], request_id=rid, meta=meta, **self._name(res.entry))
         return {"duplicate": False, **ack, **self._planned(ack["segment_id"])}
 
     def _planned(self, segment_id: str) -> dict[str, Any]:
@@ -493,10 +539,10 @@ class IngestServer:
         pending = self.spool.pending(limit=STATUS_PENDING_LIMIT)
         out: dict[str, Any] = {
             "queue": self.spool.stats(),
-            "playing": [{"segment_id": e.segment_id, "duration_s": e.duration_s, "mode": e.mode}
+            "playing": [{"segment_id": e.segment_id, "duration_s": e.duration_s, "mode": e.mode, **_label(e)}
                         for e in self.spool.playing()],
             "pending": [{"segment_id": e.segment_id, "position": e.position, "duration_s": e.duration_s,
-                         "mode": e.mode} for e in pending],
+                         "mode": e.mode, **_label(e)} for e in pending],
             "ingest": {"control": self.control_endpoints, "events": self.event_endpoints,
                        "requests_served": self.requests_served,
                        "connections": {c.name: c.status() for c in self._caps},

@@ -74,6 +74,8 @@ DAEMON_CASES: dict[str, tuple[str, list[list[bytes]], str | None]] = {
     # the AI label is one layer; overlays.max_layers=2 leaves room for one more
     "too_many_layers": ("tcp", [[hdr(cmd="overlay_set", name="one", text="一")],
                                 [hdr(cmd="overlay_set", name="two", text="二")]], "name"),
+    # idle, or something else on air: either way not the clip named
+    "not_on_air": ("tcp", [[hdr(cmd="skip", segment_id="not-this-one")]], "segment_id"),
     # last: the clip stays queued (or on air) while the second one is refused
     "queue_full": ("tcp", [pcm(1.5), pcm(1.5)], None),
 }
