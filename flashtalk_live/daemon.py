@@ -33,7 +33,6 @@ from flashtalk_live.playout.pacing import LookaheadClosed
 from flashtalk_live.playout.playout import Playout
 from flashtalk_live.metrics import serve_metrics
 from flashtalk_live.osthread import name_os_thread
-from flashtalk_live.outputs.kinds import OutputURLError, kind_name
 from flashtalk_live.outputs.manager import OutputManager
 from flashtalk_live.probes import RoomProbes, Vitals
 from flashtalk_live.queue.spool import Spool
@@ -51,14 +50,6 @@ from flashtalk_live.storage import DiskWatermark
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
-
-
-def kind_name_or_none(url: str) -> str | None:
-    """The output kind of `url`, or None when no kind takes it (the output manager then answers bad_output)."""
-    try:
-        return kind_name(url)
-    except OutputURLError:
-        return None
 
 
 def _rss_bytes() -> int:
@@ -209,9 +200,8 @@ class Daemon:
         daemon adds only its file policy (files only inside output_policy.file_dirs)."""
         a = call.args
         spec = self._expand_output(OutputSettings(name=a.name, url=a.url, segment_seconds=a.segment_seconds))
-        if kind_name_or_none(spec.url) == "file":
-            confine_output_file(spec.url, [self.s.path(d) for d in self.s.output_policy.file_dirs])
-        self.outputs.add(spec)
+        dirs = [self.s.path(d) for d in self.s.output_policy.file_dirs]
+        self.outputs.add(spec, confine_file=lambda url: confine_output_file(url, dirs))
         return {"output": spec.name, "outputs": self.outputs.names()}
 
     def _expand_output(self, o: OutputSettings) -> OutputSettings:
