@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -42,7 +43,7 @@ from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.sdnotify import sd_notify
 from flashtalk_live.settings import OutputSettings, Settings, validation_error_lines
-from flashtalk_live.statelock import StateLock
+from flashtalk_live.statelock import EndpointBusy, StateLock
 from flashtalk_live.storage import DiskWatermark
 from flashtalk_live.timeline.admission import Admission
 from flashtalk_live.timeline.onair import OnAir
@@ -69,6 +70,8 @@ class Daemon:
                  still: Renderer | None = None, parallel: Any = None) -> None:
         self.s = settings
         self.log = get_logger("daemon")
+        # Which room holds a lock (statelock.py), for the one line that refuses a second daemon on its paths.
+        self.room_note = f"room {settings.room or '-'} in {settings.path(settings.state_dir)}"
         self.state = "starting"
         self.started_at = time.time()
         Path(settings.path(settings.state_dir)).mkdir(parents=True, exist_ok=True)
@@ -136,6 +139,7 @@ class Daemon:
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
                                    edit=self.replanner.editing, plan_of=self.onair.plan_of,
+                                   lock_note=self.room_note,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -335,6 +339,7 @@ class Daemon:
         pst = self.pacer.stats()
         return {
             "state": self.state,
+            "room": self.s.room or None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "on_air": self.onair.segment,
             "queue": self.spool.stats(),
@@ -359,25 +364,40 @@ class Daemon:
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self.ingest.start()
-        if self.s.metrics.enabled:
-            try:
-                m = self.s.metrics
-                if self.console_token is not None:  # the console serves /metrics too, on the same port
-                    self.metrics_server, self.console = start_console(
-                        self.s.expanded(self.s.console), m, self.ingest, self.events, self.air, self.console_token, self.status)
-                else:
-                    self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
-                                                           timeout_s=m.timeout_s, log=self.log)
-                self.metrics_port = self.metrics_server.server_port
-            except OSError as e:
-                self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
+        """Bind the room's sockets and port, then start its threads. A busy ipc path or port is the operator's to fix
+        (EndpointBusy, a ConfigError: `run` exits 2 with one line), and nothing is left bound."""
+        try:
+            self.ingest.start()
+            if self.s.metrics.enabled:
+                self._start_http()
+        except BaseException:
+            self.ingest.stop()
+            raise
         self.renderers.start()
         for name, fn in (("render", self._render_loop), ("broadcast", self._broadcast_loop),
                          ("housekeeping", self._housekeeping)):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _start_http(self) -> None:
+        m = self.s.metrics
+        try:
+            if self.console_token is not None:  # the console serves /metrics too, on the same port
+                self.metrics_server, self.console = start_console(
+                    self.s.expanded(self.s.console), m, self.ingest, self.events, self.air, self.console_token, self.status)
+            else:
+                self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
+                                                       timeout_s=m.timeout_s, log=self.log)
+        except OSError as e:
+            why = "the port is in use (another room or program listens there)" if e.errno == errno.EADDRINUSE \
+                else (e.strerror or repr(e))
+            raise EndpointBusy(f"metrics.port = {m.port} on {m.host}: cannot listen: {why}; expected a free port for "
+                               "each room, or metrics.port = 0 for any free one (logged at start)") from None
+        self.metrics_port = self.metrics_server.server_port
+        host = f"[{m.host.strip('[]')}]" if ":" in m.host.strip("[]") else m.host
+        self.log.info("http_listening", url=f"http://{host}:{self.metrics_port}/",
+                      serves="console and /metrics" if self.console is not None else "/metrics")
 
     def request_stop(self) -> None:
         """SIGTERM: finish the chunk on air, flush and close outputs; the queue stays persisted."""
@@ -394,7 +414,7 @@ class Daemon:
 
     def close(self) -> None:
         self.request_stop()
-        self._stopped.wait(30)
+        self._stopped.wait(30 if self._threads else 0)  # a start that failed ran no broadcast to wait for
         self.lookahead.close()
         for t in self._threads:
             t.join(timeout=5)
@@ -445,7 +465,13 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon.start()
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.close()  # what the constructor opened (spool, outputs, renderers); the error is the exit's
+        if parallel is not None:
+            parallel.close()
+        raise
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
         while not stop.is_set() and not daemon.wait(0):

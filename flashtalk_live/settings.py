@@ -45,6 +45,19 @@ def default_state_dir() -> str:
 
 def default_playlist() -> str | None:
     return str(DEMO_PLAYLIST) if DEMO_PLAYLIST.is_file() else None
+
+
+# A room's name goes into paths ({room} in state_dir): no separators, nothing a shell or systemd would mangle.
+ROOM_NAME = r"^([A-Za-z0-9_.@+=:-]{1,64})?$"
+
+
+def room_from_config(path: str | os.PathLike[str]) -> str:
+    """The room a config file describes by default: its name without the extension, as systemd's
+    flashtalk-live@NAME reads /etc/flashtalk-live/NAME.toml; characters a name may not hold become "_"."""
+    name = re.sub(r"[^A-Za-z0-9_.@+=:-]", "_", Path(path).stem)[:64]
+    return "" if name in (".", "..") else name
+
+
 # What libx264 (through PyAV) accepts; checked at load so `config show` and `run` agree (x264 ignores case).
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 X264_PSY_TUNES = ("film", "animation", "grain", "stillimage", "psnr", "ssim")  # at most one of these
@@ -458,9 +471,11 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
+    room: str = Field("", pattern=ROOM_NAME, description="the room's name (flashtalk-live@NAME sets it): `{room}` in "
+                      "state_dir; default: the config file's name without .toml (roomA.toml: roomA), else none")
     state_dir: str = Field(default_factory=default_state_dir,
                            description="spool, sockets, recordings; made absolute (a relative path: against the "
-                                       "config file's directory, else the current one)")
+                                       "config file's directory, else the current one); `{room}` is the room's name")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -491,6 +506,13 @@ class Settings(BaseSettings):
         # load_settings merges file < environment < flags itself, so only the merged kwargs are read here.
         return (init_settings,)
 
+    @field_validator("room")
+    @classmethod
+    def _not_dots(cls, v: str) -> str:
+        if v in (".", ".."):
+            raise ValueError("a room's name cannot be . or .. (it names a folder)")
+        return v
+
     @field_validator("state_dir")
     @classmethod
     def _absolute(cls, v: str) -> str:
@@ -498,6 +520,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if "{room}" in self.state_dir:
+            if not self.room:
+                raise ValueError(f"state_dir {self.state_dir!r} names {{room}} but no room is named; set room "
+                                 "(FLASHTALK_LIVE_ROOM, --set room=NAME) or load the config from a file (its name "
+                                 "is the room's)")
+            self.state_dir = self.state_dir.replace("{room}", self.room)
         if self.encoder.preset in NVENC_PRESETS and self.encoder.video_codec != "h264_nvenc":
             raise ValueError(f"encoder.preset {self.encoder.preset!r} is an NVENC preset; with video_codec "
                              f"{self.encoder.video_codec!r} expected one of {', '.join(X264_PRESETS)}")
@@ -754,6 +782,7 @@ def load_settings(
         p = Path(path)
         data = read_toml(p, "config file", ConfigError)
         data = resolve_file_paths(data, p.resolve().parent)
+        data.setdefault("room", room_from_config(p))
         source = str(p)
     env = os.environ if environ is None else environ
     data = _deep_merge(data, _env_tree(dict(env)))
