@@ -32,8 +32,9 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BENCHMARK_ENV = ENV_PREFIX + "BENCHMARK"
 OUTPUT_URL_ENV = ENV_PREFIX + "OUTPUT_URL"  # `output-add`: the stream URL, kept off argv
 _NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV, OUTPUT_URL_ENV}
-# The demo programme of a clone of the repository (README: a plain `flashtalk-live run` airs it).
-DEMO_PLAYLIST = Path(__file__).resolve().parent.parent / "playlists" / "example.m3u"
+# The demo programme (README: a plain `flashtalk-live run` airs it): playlists/ of the repository, package data
+# through the link flashtalk_live/assets/playlists, so an installed (non-editable) package has it too.
+DEMO_PLAYLIST = Path(__file__).resolve().parent / "assets" / "playlists" / "example.m3u"
 
 
 def default_state_dir() -> str:
