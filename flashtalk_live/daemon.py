@@ -174,10 +174,18 @@ class Daemon:
         if not o.ai_label_enabled:
             self.log.warning("ai_label_off", setting="overlays.ai_label_enabled = false",
                              note="platforms require a visible label on AI-generated hosts")
-        if not c.font_covers_cjk:
+        if not c.system_font:
+            self.log.warning("overlay_font_missing", font_dirs=o.font_dirs, font=c.font_path,
+                             note="no system font: captions and text layers draw with the AI label's font (ASCII and "
+                                  "the labels' characters only); install fonts-noto-cjk or set overlays.font")
+        elif not c.font_covers_cjk:
             self.log.warning("overlay_font_without_cjk", font=c.font_path,
                              note="Chinese text would draw as boxes: install fonts-noto-cjk or set overlays.font")
+        if o.ai_label_enabled and not c.label_covered:
+            self.log.warning("ai_label_glyphs_missing", text=o.ai_label.text, font=c.label_font[0],
+                             note="some characters of the label draw as boxes: set overlays.font to a font with them")
         self.log.info("overlays", ai_label=o.ai_label.text if o.ai_label_enabled else None, font=c.font_path,
+                      label_font=c.label_font[0],
                       layers=c.names(), captions=o.captions)
         self.events.subscribe(self._note_caption)
 

@@ -411,7 +411,11 @@ class OverlaySettings(_Section):
                                    "virtual hosts: turning it off is logged at every start")
     ai_label: LayerSettings = Field(default_factory=_ai_label, description="its text, position and look")
     font: str | None = Field(None, description="font file (.ttf/.otf/.ttc, `path#N` for face N); default: Noto "
-                             "Sans CJK from fonts-noto-cjk")
+                             "Sans CJK from fonts-noto-cjk, found in font_dirs")
+    font_dirs: list[str] = Field(default_factory=lambda: ["/usr/share/fonts", "/usr/local/share/fonts"],
+                                 description="where the default font is looked for; with none found, captions and "
+                                 "text layers draw with the package's label font (ASCII and the AI labels' characters: "
+                                 "warned at start) and the AI label airs all the same")
     layers: list[LayerSettings] = Field(default_factory=list, description="logo, watermark, cards, in drawing order")
     captions: bool = Field(True, description="show a clip's `text` while it airs")
     caption_font_size: int = Field(30, gt=0, le=200)
@@ -667,7 +671,7 @@ _FILE_KEYS = (("state_dir",), ("queue", "spool_dir"), ("programme", "playlist"),
               ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"),
               ("renderer", "lookahead_spill_dir"),
               ("ingest", "server_key"), ("ingest", "client_keys_dir"), ("overlays", "font"), ("console", "token_file"))
-_FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"))
+_FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"), ("overlays", "font_dirs"))
 
 
 def _anchor(value: Any, base: Path) -> Any:

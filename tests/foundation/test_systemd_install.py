@@ -190,12 +190,13 @@ def test_readme_systemd_steps_reach_on_air(machine):
             r = subprocess.run(m.as_service(["test", "-r", str(etc / name)]))
             assert r.returncode == 0, f"{m.user} cannot read {name}"
     assert (Path(m.path("/etc/systemd/system")) / UNIT.name).is_file()
-    # a non-editable install carries the demo programme and its clips as package data
-    r = subprocess.run([str(venv / "bin/python"), "-c", "import flashtalk_live.settings as s; "
-                        "print(s.__file__); print(s.default_playlist())"], env=env, capture_output=True, text=True,
-                       cwd="/")
-    mod, playlist = r.stdout.split()
+    # a non-editable install carries the demo programme, its clips and the label font as package data
+    r = subprocess.run([str(venv / "bin/python"), "-c", "import flashtalk_live.settings as s, flashtalk_live.compose."
+                        "text as t; print(s.__file__); print(s.default_playlist()); print(t.BUNDLED_FONT[0])"],
+                       env=env, capture_output=True, text=True, cwd="/")
+    mod, playlist, font = r.stdout.split()
     assert mod.startswith(str(venv)) and playlist.startswith(str(venv)), r.stdout
+    assert font.startswith(str(venv)) and Path(font).is_file() and (Path(font).parent / "OFL.txt").is_file()
     assert all((Path(playlist).parent / "clips" / c).is_file() for c in ("pitch-a.m4a", "pitch-b.ogg", "pitch-c.wav"))
 
     # The operator's edit for this box (no GPU, no weights, no RTMP here): the unit's EnvironmentFile.
