@@ -51,10 +51,10 @@ def find_font(configured: str | None = None, dirs: Sequence[str] = (SYSTEM_FONT_
         return path, int(idx or 0)
     for candidates in (FONT_CANDIDATES, tuple((p, 0) for p in FALLBACK_FONTS)):
         for folder in dirs:
-            for path, idx in candidates:
-                found = os.path.join(folder, os.path.relpath(path, SYSTEM_FONT_DIR))
+            for name, face in candidates:
+                found = os.path.join(folder, os.path.relpath(name, SYSTEM_FONT_DIR))
                 if os.path.isfile(found):
-                    return found, idx
+                    return found, face
     return None
 
 
