@@ -169,6 +169,10 @@ def test_two_rooms_from_the_shipped_config_share_nothing_and_keep_their_commands
         st_a, st_b = a.status(), b.status()
         assert (st_a["room"], st_b["room"]) == ("roomA", "roomB")
         assert st_a["metrics_port"] and st_b["metrics_port"] and st_a["metrics_port"] != st_b["metrics_port"]
+        # the operator's CLI finds each room from its config file alone (exit 3 when no daemon answers there)
+        for room in ("roomA", "roomB"):
+            r = box.cli(room, "status", "-c", str(box.etc / f"{room}.toml"), unit=False)
+            assert r.returncode == 0, r.stderr
 
         # A second daemon on a busy ipc path (room C's copy names A's socket) or a busy port: refused, one line.
         box.install("roomC")
@@ -217,3 +221,25 @@ def test_two_rooms_from_the_shipped_config_share_nothing_and_keep_their_commands
     # a clean stop removes each room's sockets; their lock files stay (unlocked) for the next start
     for room in shown:
         assert not list(Path(shown[room]["state_dir"]).glob("*.sock"))
+
+
+@pytest.mark.timeout(120)
+def test_a_port_taken_after_the_check_fails_the_start_cleanly(tmp_path):
+    """The daemon's own bind is the last word (a room may start between `config show` and `run`): a busy metrics
+    port is a ConfigError there too (exit 2), and the room leaves nothing bound, locked or running behind."""
+    from flashtalk_live.daemon import run_daemon
+    from flashtalk_live.settings import ConfigError
+    from flashtalk_live.statelock import StateLock
+    from support.settings import room_settings
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        s = room_settings(tmp_path, f"metrics.port={held.getsockname()[1]}")
+        with pytest.raises(ConfigError, match="metrics.port .* the port is in use"):
+            run_daemon(s)
+    state = Path(s.state_dir)
+    assert not list(state.glob("*.sock"))
+    StateLock(state).acquire().release()
+    s2 = room_settings(tmp_path)  # the same room starts at once on a free port
+    assert run_daemon(s2, duration_s=1.0) == 0
