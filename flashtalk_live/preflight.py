@@ -4,7 +4,7 @@ Each check answers with a ConfigError (exit 2, one line naming the setting, the 
 operator's mistake never becomes a restart loop (systemd's RestartPreventExitStatus=2) or a room that airs the
 wrong thing:
 
-* the room's locks are free: the state directory, every ipc socket (statelock.py), every fixed tcp port (ingest
+* the state directory can be written, and the room's locks are free: the state directory, every ipc socket (statelock.py), every fixed tcp port (ingest
   endpoints, metrics.port);
 * a plain tcp endpoint beyond loopback is refused unless accepted (ingest/auth.py, the rule the bind asks);
 * the files the config names exist and are readable: the portrait (decoded), the playlist (parsed), the renderer's
@@ -33,9 +33,23 @@ from flashtalk_live.timeline.programme import PlaylistError, parse_playlist
 
 def check(settings: Settings) -> None:
     """Every check below, in the order an operator would fix them; the first failure raises ConfigError."""
+    check_state_dir(settings.path(settings.state_dir))
     check_free(settings.path(settings.state_dir))
     check_endpoints(settings)
     check_files(settings)
+
+
+def check_state_dir(state_dir: str) -> None:
+    """The state directory is a folder this user may write, or can be made as one (its nearest existing parent)."""
+    p = Path(state_dir)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    what = "state_dir" if str(p) == state_dir else f"state_dir's parent {str(p)!r}"
+    if not p.is_dir():
+        raise ConfigError(f"state_dir = {state_dir!r}: {what} is not a folder; expected a folder this user may write")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"state_dir = {state_dir!r}: {what} is not writable by this user (uid {os.getuid()}); "
+                          "expected a folder this user may write (under systemd: the unit's StateDirectory=)")
 
 
 # -- sockets and ports ---------------------------------------------------------------------------------------------

@@ -104,3 +104,9 @@ def test_busy_metrics_port(etc):
         port = held.getsockname()[1]
         line = _both_refuse(_config(etc), "--set", f"metrics.port={port}")
     assert f"metrics.port = {port}" in line and "in use" in line and "metrics.port = 0" in line
+
+
+def test_state_dir_that_cannot_be_a_folder(etc):
+    (etc / "afile").write_text("")
+    line = _both_refuse(_config(etc), "--set", f'state_dir="{etc / "afile" / "state"}"')
+    assert "state_dir" in line and "is not a folder" in line
