@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from flashtalk_live.secrets import carries_secret, mask_text
-from flashtalk_live import preflight
 from flashtalk_live.settings import ConfigError, Settings, load_settings
 
 
@@ -80,6 +79,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def checked_settings(args: argparse.Namespace) -> Settings:
     """What `run` needs before it starts anything, and what `config show` checks: the same errors, one line each
     (preflight.py: free locks and ports, the files the config names)."""
+    # PyAV, Pillow and the playlist parser: only `run` and `config show` pay for them, not every `push` or `status`
+    from flashtalk_live import preflight
+
     settings = settings_from_args(args)
     preflight.check(settings)
     return settings
