@@ -24,11 +24,11 @@ from PIL import ImageFont
 
 from flashtalk_live.ingest.auth import EndpointRefused, check_unauthenticated
 from flashtalk_live.ingest.server import ipc_path
-from flashtalk_live.renderers.images import ImageError, load_image
+from flashtalk_live.images import ImageError, load_image
 from flashtalk_live.renderers.kinds import renderer_kind
 from flashtalk_live.settings import ConfigError, Settings
 from flashtalk_live.statelock import EndpointBusy, check_free, endpoint_busy, probe, socket_lock_path
-from flashtalk_live.timeline.programme import PlaylistError, parse_playlist
+from flashtalk_live.playout.programme import PlaylistError, parse_playlist
 
 
 def check(settings: Settings) -> None:

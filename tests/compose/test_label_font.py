@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flashtalk_live.compose.text import BUNDLED_FONT, covers, find_font, load_font
-from flashtalk_live.settings import load_settings
+from flashtalk_live.config import load_settings
 
 ASSETS = Path(BUNDLED_FONT[0]).parent.parent
 

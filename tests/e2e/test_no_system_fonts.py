@@ -17,7 +17,7 @@ import pytest
 from daemon_harness import DaemonProcess, wait_for
 from flashtalk_live.compose.compositor import AI_LABEL, Compositor
 from flashtalk_live.compose.text import BUNDLED_FONT
-from flashtalk_live.settings import load_settings
+from flashtalk_live.config import load_settings
 from support.audio import wav_bytes
 
 SIZE = 256

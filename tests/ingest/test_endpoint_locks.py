@@ -33,7 +33,7 @@ def test_second_server_on_a_live_socket_is_refused_and_cannot_delete_it(make_set
     try:
         # another process (another room's daemon) on the same path
         code = (f"import sys; sys.path[:0] = {sys.path!r}\n"
-                "from flashtalk_live.settings import load_settings\n"
+                "from flashtalk_live.config import load_settings\n"
                 "from flashtalk_live.ingest.server import IngestServer\n"
                 "from flashtalk_live.events import EventBus\n"
                 f"s = load_settings(None, ['state_dir=\"{state_dir}/other\"', "
