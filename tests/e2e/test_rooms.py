@@ -199,6 +199,7 @@ def test_two_rooms_from_the_shipped_config_share_nothing_and_keep_their_commands
             ev_a.sync(a), ev_b.sync(b)
             ack = a.enqueue(wav_bytes(2.0, freq=880.0, rate=48000, amplitude=0.6), format="wav")
             sid = ack["segment_id"]
+            assert sid in json.dumps(a.status()) and sid not in json.dumps(b.status())  # queued or on air: in A
             seen_a = []
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
