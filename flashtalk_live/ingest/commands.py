@@ -9,7 +9,7 @@ Pure: pydantic models and checks, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -223,13 +223,17 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
 AUDIO_COMMANDS = frozenset(n for n, c in COMMANDS.items() if c.data == "audio")
 
 
+A = TypeVar("A", bound=Args)
+
+
 @dataclass(frozen=True)
-class Call:
-    """One validated request as a handler sees it."""
+class Call(Generic[A]):
+    """One validated request as a handler sees it: `args` is the command's own argument model, so a handler
+    declared `call: Call[OverlaySetArgs]` reads its fields typed."""
 
     peer: Peer
     command: Command
-    args: Args
+    args: A
     data: bytes | None = None
 
     @property
@@ -237,7 +241,8 @@ class Call:
         return self.command.name
 
 
-Handler = Callable[[Call], "dict[str, Any] | None"]
+# A handler takes the Call of its own command (Call[ThatCommandsArgs]) and returns the reply's fields.
+Handler = Callable[[Call[Any]], "dict[str, Any] | None"]
 
 
 # -- checks ------------------------------------------------------------------------------------------
