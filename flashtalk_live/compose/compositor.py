@@ -148,12 +148,12 @@ class Compositor:
         self.font_path, self.font_index = system or BUNDLED_FONT
         self.font_covers_cjk = covers(load_font(self.font_path, self.font_index, 24), CJK_PROBE)
         # The AI label must air on any box: the system font when it draws every glyph of it, else the bundled one.
-        label = settings.ai_label.text or ""
-        if system is not None and covers(load_font(*system, 24), label):
+        label_text = settings.ai_label.text or ""
+        if system is not None and covers(load_font(*system, 24), label_text):
             self.label_font: tuple[str, int] = system
         else:
             self.label_font = BUNDLED_FONT
-        self.label_covered = covers(load_font(*self.label_font, 24), label)
+        self.label_covered = covers(load_font(*self.label_font, 24), label_text)
         self._lock = threading.Lock()
         self._pending: list[Callable[[int], None]] = []
         self._layers: dict[str, Layer] = {}  # drawing order = insertion order, AI label drawn last
