@@ -3,6 +3,7 @@ console for one room, and runs their threads."""
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -45,7 +46,7 @@ from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.sdnotify import sd_notify
 from flashtalk_live.settings import OutputSettings, Settings
-from flashtalk_live.statelock import StateLock
+from flashtalk_live.statelock import EndpointBusy, StateLock
 from flashtalk_live.storage import DiskWatermark
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
@@ -67,6 +68,8 @@ class Daemon:
                  still: Renderer | None = None, parallel: Any = None) -> None:
         self.s = settings
         self.log = get_logger("daemon")
+        # Which room holds a lock (statelock.py), for the one line that refuses a second daemon on its paths.
+        self.room_note = f"room {settings.room or '-'} in {settings.path(settings.state_dir)}"
         self.state = "starting"
         self.started_at = time.time()
         self._started_mono = time.monotonic()
@@ -118,6 +121,7 @@ class Daemon:
                                    layers=self.compositor.names,
                                    edit=self.playout.editing, plan_of=self.playout.plan_of,
                                    on_air=lambda: self.playout.on_air,
+                                   lock_note=self.room_note,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -155,10 +159,18 @@ class Daemon:
         if not o.ai_label_enabled:
             self.log.warning("ai_label_off", setting="overlays.ai_label_enabled = false",
                              note="platforms require a visible label on AI-generated hosts")
-        if not c.font_covers_cjk:
+        if not c.system_font:
+            self.log.warning("overlay_font_missing", font_dirs=o.font_dirs, font=c.font_path,
+                             note="no system font: captions and text layers draw with the AI label's font (ASCII and "
+                                  "the labels' characters only); install fonts-noto-cjk or set overlays.font")
+        elif not c.font_covers_cjk:
             self.log.warning("overlay_font_without_cjk", font=c.font_path,
                              note="Chinese text would draw as boxes: install fonts-noto-cjk or set overlays.font")
+        if o.ai_label_enabled and not c.label_covered:
+            self.log.warning("ai_label_glyphs_missing", text=o.ai_label.text, font=c.label_font[0],
+                             note="some characters of the label draw as boxes: set overlays.font to a font with them")
         self.log.info("overlays", ai_label=o.ai_label.text if o.ai_label_enabled else None, font=c.font_path,
+                      label_font=c.label_font[0],
                       layers=c.names(), captions=o.captions)
         self.events.subscribe(self._note_caption)
 
@@ -304,6 +316,7 @@ class Daemon:
         pst = self.playout.pacer.stats()
         return {
             "state": self.state,
+            "room": self.s.room or None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "on_air": self.playout.on_air,
             "queue": self.spool.stats(),
@@ -330,28 +343,43 @@ class Daemon:
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self.ingest.start()
-        if self.s.metrics.enabled:
-            try:
-                m = self.s.metrics
-                if self.console_token is not None:  # the console serves /metrics too, on the same port
-                    self.metrics_server, self.console = start_console(
-                        self.s.expanded(self.s.console), m, self.ingest, self.events, self.air, self.console_token, self.status,
-                        self.probes)
-                else:
-                    self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
-                                                           timeout_s=m.timeout_s, log=self.log, probes=self.probes)
-                self.metrics_port = self.metrics_server.server_port
-                if self.console is not None:
-                    self.log.info("console", url=console_url(m.host, self.metrics_port), token=self.console_token_source)
-            except OSError as e:
-                self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
+        """Bind the room's sockets and port, then start its threads. A busy ipc path or port is the operator's to fix
+        (EndpointBusy, a ConfigError: `run` exits 2 with one line), and nothing is left bound."""
+        try:
+            self.ingest.start()
+            if self.s.metrics.enabled:
+                self._start_http()
+        except BaseException:
+            self.ingest.stop()
+            raise
         self.renderers.start()
         for name, fn in (("render", self._render_loop), ("broadcast", self._broadcast_loop),
                          ("housekeeping", self._housekeeping)):
             t = threading.Thread(target=_named(f"ftl-{name}", fn), name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _start_http(self) -> None:
+        m = self.s.metrics
+        try:
+            if self.console_token is not None:  # the console serves /metrics too, on the same port
+                self.metrics_server, self.console = start_console(
+                    self.s.expanded(self.s.console), m, self.ingest, self.events, self.air, self.console_token, self.status,
+                    self.probes)
+            else:
+                self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
+                                                       timeout_s=m.timeout_s, log=self.log, probes=self.probes)
+        except OSError as e:
+            why = "the port is in use (another room or program listens there)" if e.errno == errno.EADDRINUSE \
+                else (e.strerror or repr(e))
+            raise EndpointBusy(f"metrics.port = {m.port} on {m.host}: cannot listen: {why}; expected a free port for "
+                               "each room, or metrics.port = 0 for any free one (logged at start)") from None
+        self.metrics_port = self.metrics_server.server_port
+        host = f"[{m.host.strip('[]')}]" if ":" in m.host.strip("[]") else m.host
+        self.log.info("http_listening", url=f"http://{host}:{self.metrics_port}/",
+                      serves="console and /metrics" if self.console is not None else "/metrics")
+        if self.console is not None:
+            self.log.info("console", url=console_url(m.host, self.metrics_port), token=self.console_token_source)
 
     def request_stop(self) -> None:
         """SIGTERM: finish the chunk on air, flush and close outputs; the queue stays persisted."""
@@ -368,7 +396,7 @@ class Daemon:
 
     def close(self) -> None:
         self.request_stop()
-        self._stopped.wait(30)
+        self._stopped.wait(30 if self._threads else 0)  # a start that failed ran no broadcast to wait for
         self.playout.close()
         for t in self._threads:
             t.join(timeout=5)
@@ -427,7 +455,13 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon.start()
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.close()  # what the constructor opened (spool, outputs, renderers); the error is the exit's
+        if parallel is not None:
+            parallel.close()
+        raise
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
         while not stop.is_set() and not daemon.wait(0):

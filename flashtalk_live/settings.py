@@ -31,8 +31,9 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BENCHMARK_ENV = ENV_PREFIX + "BENCHMARK"
 OUTPUT_URL_ENV = ENV_PREFIX + "OUTPUT_URL"  # `output-add`: the stream URL, kept off argv
 _NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV, OUTPUT_URL_ENV}
-# The demo programme of a clone of the repository (README: a plain `flashtalk-live run` airs it).
-DEMO_PLAYLIST = Path(__file__).resolve().parent.parent / "playlists" / "example.m3u"
+# The demo programme (README: a plain `flashtalk-live run` airs it): playlists/ of the repository, package data
+# through the link flashtalk_live/assets/playlists, so an installed (non-editable) package has it too.
+DEMO_PLAYLIST = Path(__file__).resolve().parent / "assets" / "playlists" / "example.m3u"
 
 
 def default_state_dir() -> str:
@@ -44,6 +45,19 @@ def default_state_dir() -> str:
 
 def default_playlist() -> str | None:
     return str(DEMO_PLAYLIST) if DEMO_PLAYLIST.is_file() else None
+
+
+# A room's name goes into paths ({room} in state_dir): no separators, nothing a shell or systemd would mangle.
+ROOM_NAME = r"^([A-Za-z0-9_.@+=:-]{1,64})?$"
+
+
+def room_from_config(path: str | os.PathLike[str]) -> str:
+    """The room a config file describes by default: its name without the extension, as systemd's
+    flashtalk-live@NAME reads /etc/flashtalk-live/NAME.toml; characters a name may not hold become "_"."""
+    name = re.sub(r"[^A-Za-z0-9_.@+=:-]", "_", Path(path).stem)[:64]
+    return "" if name in (".", "..") else name
+
+
 # What libx264 (through PyAV) accepts; checked at load so `config show` and `run` agree (x264 ignores case).
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 X264_PSY_TUNES = ("film", "animation", "grain", "stillimage", "psnr", "ssim")  # at most one of these
@@ -384,7 +398,11 @@ class OverlaySettings(_Section):
                                    "virtual hosts: turning it off is logged at every start")
     ai_label: LayerSettings = Field(default_factory=_ai_label, description="its text, position and look")
     font: str | None = Field(None, description="font file (.ttf/.otf/.ttc, `path#N` for face N); default: Noto "
-                             "Sans CJK from fonts-noto-cjk")
+                             "Sans CJK from fonts-noto-cjk, found in font_dirs")
+    font_dirs: list[str] = Field(default_factory=lambda: ["/usr/share/fonts", "/usr/local/share/fonts"],
+                                 description="where the default font is looked for; with none found, captions and "
+                                 "text layers draw with the package's label font (ASCII and the AI labels' characters: "
+                                 "warned at start) and the AI label airs all the same")
     layers: list[LayerSettings] = Field(default_factory=list, description="logo, watermark, cards, in drawing order")
     captions: bool = Field(True, description="show a clip's `text` while it airs")
     caption_font_size: int = Field(30, gt=0, le=200)
@@ -455,9 +473,11 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
+    room: str = Field("", pattern=ROOM_NAME, description="the room's name (flashtalk-live@NAME sets it): `{room}` in "
+                      "state_dir; default: the config file's name without .toml (roomA.toml: roomA), else none")
     state_dir: str = Field(default_factory=default_state_dir,
                            description="spool, sockets, recordings; made absolute (a relative path: against the "
-                                       "config file's directory, else the current one)")
+                                       "config file's directory, else the current one); `{room}` is the room's name")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -488,6 +508,13 @@ class Settings(BaseSettings):
         # load_settings merges file < environment < flags itself, so only the merged kwargs are read here.
         return (init_settings,)
 
+    @field_validator("room")
+    @classmethod
+    def _not_dots(cls, v: str) -> str:
+        if v in (".", ".."):
+            raise ValueError("a room's name cannot be . or .. (it names a folder)")
+        return v
+
     @field_validator("state_dir")
     @classmethod
     def _absolute(cls, v: str) -> str:
@@ -495,6 +522,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if "{room}" in self.state_dir:
+            if not self.room:
+                raise ValueError(f"state_dir {self.state_dir!r} names {{room}} but no room is named; set room "
+                                 "(FLASHTALK_LIVE_ROOM, --set room=NAME) or load the config from a file (its name "
+                                 "is the room's)")
+            self.state_dir = self.state_dir.replace("{room}", self.room)
         if self.encoder.preset in NVENC_PRESETS and self.encoder.video_codec != "h264_nvenc":
             raise ValueError(f"encoder.preset {self.encoder.preset!r} is an NVENC preset; with video_codec "
                              f"{self.encoder.video_codec!r} expected one of {', '.join(X264_PRESETS)}")
@@ -613,7 +646,7 @@ _FILE_KEYS = (("state_dir",), ("queue", "spool_dir"), ("programme", "playlist"),
               ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"),
               ("renderer", "lookahead_spill_dir"),
               ("ingest", "server_key"), ("ingest", "client_keys_dir"), ("overlays", "font"), ("console", "token_file"))
-_FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"))
+_FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"), ("overlays", "font_dirs"))
 
 
 def _anchor(value: Any, base: Path) -> Any:

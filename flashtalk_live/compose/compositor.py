@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flashtalk_live.compose.text import TextStyle, covers, find_font, load_font, render_text, wrap
+from flashtalk_live.compose.text import BUNDLED_FONT, CJK_PROBE, TextStyle, covers, find_font, load_font, render_text, \
+    wrap
 from flashtalk_live.errors import Rejection
 from flashtalk_live.images import ImageError, decode_rgba_bytes
 from flashtalk_live.settings import LayerSettings, OverlaySettings
@@ -140,8 +141,19 @@ class Compositor:
         self.s = settings
         self.w, self.h, self.fps = width, height, fps
         self.log = log
-        self.font_path, self.font_index = find_font(settings.font)
-        self.font_covers_cjk = covers(load_font(self.font_path, self.font_index, 24), "生成")
+        # Captions and text layers: the system font (overlays.font, else found in overlays.font_dirs); without one
+        # the package's label font, which draws ASCII and the AI labels' characters only (the daemon warns).
+        system = find_font(settings.font, settings.font_dirs)
+        self.system_font = system is not None
+        self.font_path, self.font_index = system or BUNDLED_FONT
+        self.font_covers_cjk = covers(load_font(self.font_path, self.font_index, 24), CJK_PROBE)
+        # The AI label must air on any box: the system font when it draws every glyph of it, else the bundled one.
+        label_text = settings.ai_label.text or ""
+        if system is not None and covers(load_font(*system, 24), label_text):
+            self.label_font: tuple[str, int] = system
+        else:
+            self.label_font = BUNDLED_FONT
+        self.label_covered = covers(load_font(*self.label_font, 24), label_text)
         self._lock = threading.Lock()
         self._pending: list[Callable[[int], None]] = []
         self._layers: dict[str, Layer] = {}  # drawing order = insertion order, AI label drawn last
@@ -165,7 +177,7 @@ class Compositor:
 
     def _build(self, spec: LayerSettings, image: bytes | None) -> Patch | None:
         if spec.text is not None:
-            font = self._font(spec.font_size)
+            font = load_font(*self.label_font, spec.font_size) if spec.name == AI_LABEL else self._font(spec.font_size)
             width = spec.width or self.w - 2 * spec.margin[0]
             text = "\n".join(wrap(font, spec.text, width))
             rgba = render_text(text, font, TextStyle(spec.font_size, spec.colour, spec.outline, box=spec.box))
@@ -377,7 +389,7 @@ class Compositor:
 
     def status(self) -> dict[str, Any]:
         n = self._frame
-        return {"ai_label": self.s.ai_label_enabled, "font": self.font_path,
+        return {"ai_label": self.s.ai_label_enabled, "font": self.font_path, "label_font": self.label_font[0],
                 "on_air": [name for name, ly in list(self._layers.items()) if ly.shown_at is not None
                            and (ly.hide_at is None or n < ly.hide_at + ly.fade_frames)],
                 "cued": list(self._cued),

@@ -1,19 +1,25 @@
 """Text to RGBA patches with Pillow and a CJK-capable font: finding the font, wrapping lines, outline or box.
 
 Pillow's FreeType binding is the rasteriser (PyAV has no text drawing); the default font is Noto Sans CJK from
-Debian's fonts-noto-cjk (SIL OFL 1.1), found by a short search when `overlays.font` is not set.
+Debian's fonts-noto-cjk (SIL OFL 1.1), found by a short search of `overlays.font_dirs` when `overlays.font` is not
+set. With no font found, text draws with BUNDLED_FONT, the package's own subset of Noto Sans CJK SC: every glyph of
+the usual AI labels and printable ASCII, nothing more.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-# (path, face index): the Simplified Chinese face of each collection first; DejaVu last (no CJK: warned about).
+# (path, face index) under SYSTEM_FONT_DIR: the Simplified Chinese face of each collection first; DejaVu last (no CJK:
+# warned about). overlays.font_dirs moves the search to other folders (the same names below each).
+SYSTEM_FONT_DIR = "/usr/share/fonts"
 FONT_CANDIDATES: tuple[tuple[str, int], ...] = (
     ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", 2),  # index 2: Noto Sans CJK SC
     ("/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc", 2),
@@ -25,26 +31,31 @@ FONT_CANDIDATES: tuple[tuple[str, int], ...] = (
 )
 FALLBACK_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)
 CJK_PROBE = "生成"
+# Shipped with the package (assets/make_label_font.py cuts it from Noto Sans CJK SC, SIL OFL 1.1): printable ASCII
+# and the characters of the usual AI labels, so the label airs on a box with no font at all.
+BUNDLED_FONT: tuple[str, int] = (
+    str(Path(__file__).resolve().parent.parent / "assets" / "fonts" / "NotoSansCJKsc-label.otf"), 0)
 
 
 class FontError(ValueError):
     """No usable font file."""
 
 
-def find_font(configured: str | None = None) -> tuple[str, int]:
-    """The configured font file (index 0, or `path#N` for face N of a collection), else the first CJK font found."""
+def find_font(configured: str | None = None, dirs: Sequence[str] = (SYSTEM_FONT_DIR,)) -> tuple[str, int] | None:
+    """The configured font file (index 0, or `path#N` for face N of a collection), else the first CJK font found in
+    `dirs`, else the first fallback font; None when there is none (the caller falls back to BUNDLED_FONT)."""
     if configured:
         path, _, idx = configured.partition("#")
         if not os.path.isfile(path):
             raise FontError(f"overlays.font {path!r}: no such file")
         return path, int(idx or 0)
-    for path, idx in FONT_CANDIDATES:
-        if os.path.isfile(path):
-            return path, idx
-    for path in FALLBACK_FONTS:
-        if os.path.isfile(path):
-            return path, 0
-    raise FontError("no font found: install fonts-noto-cjk or set overlays.font to a .ttf/.otf/.ttc file")
+    for candidates in (FONT_CANDIDATES, tuple((p, 0) for p in FALLBACK_FONTS)):
+        for folder in dirs:
+            for name, face in candidates:
+                found = os.path.join(folder, os.path.relpath(name, SYSTEM_FONT_DIR))
+                if os.path.isfile(found):
+                    return found, face
+    return None
 
 
 @lru_cache(maxsize=64)

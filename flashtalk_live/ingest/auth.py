@@ -167,6 +167,17 @@ def is_loopback(endpoint: str) -> bool:
         return False  # "*", an interface name, a host name: may reach the network
 
 
+def check_unauthenticated(endpoint: str, cfg: IngestSettings, field: str) -> None:
+    """EndpointRefused for a plain (tcp_auth = "none") tcp endpoint beyond loopback, unless the operator accepted the
+    risk; the bind and `config show` (preflight.py) ask this same rule."""
+    if endpoint.startswith("tcp://") and cfg.tcp_auth == "none" and not is_loopback(endpoint) \
+            and not cfg.allow_unauthenticated_remote:
+        raise EndpointRefused(
+            f"{field}: refusing to bind {endpoint} without authentication: anyone on the network could "
+            f'drive the room. Use ingest.tcp_auth = "curve" (the default) or a loopback address; '
+            f"ingest.allow_unauthenticated_remote = true accepts the risk")
+
+
 class Security:
     """Configures each bind of the ingest sockets and names the peer of each message. start() before binding."""
 
@@ -232,12 +243,8 @@ class Security:
             return
         sock.curve_server = False
         if endpoint.startswith("tcp://"):
+            check_unauthenticated(endpoint, cfg, field)
             if not is_loopback(endpoint):
-                if not cfg.allow_unauthenticated_remote:
-                    raise EndpointRefused(
-                        f"{field}: refusing to bind {endpoint} without authentication: anyone on the network could "
-                        f'drive the room. Use ingest.tcp_auth = "curve" (the default) or a loopback address; '
-                        f"ingest.allow_unauthenticated_remote = true accepts the risk")
                 self.log.warning("unauthenticated_remote_endpoint", endpoint=endpoint, field=field,
                                  hint="ingest.allow_unauthenticated_remote is set: anyone who reaches this port "
                                       "can enqueue, clear and cancel")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -44,7 +45,8 @@ from flashtalk_live.ingest.protocol import (
 from flashtalk_live.log import get_logger
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.secrets import mask_obj
-from flashtalk_live.settings import EncoderSettings, IngestSettings
+from flashtalk_live.settings import ConfigError, EncoderSettings, IngestSettings
+from flashtalk_live.statelock import FileLock, LockHeld, endpoint_busy, socket_lock_path
 EVENT_BACKLOG = 10_000
 STATUS_PENDING_LIMIT = 50
 STATUS_TEXT_CHARS = 120  # a clip's caption text in a status row is cut here (the whole text is in `accepted`)
@@ -52,6 +54,11 @@ STATUS_TEXT_CHARS = 120  # a clip's caption text in a status row is cut here (th
 
 class IngestError(RuntimeError):
     """The server could not start (e.g. an endpoint cannot be bound)."""
+
+
+class IngestConfigError(IngestError, ConfigError):
+    """The server could not start for a reason the operator fixes in the config (a busy ipc path or port, a
+    refused bind, a missing key): `run` exits 2 with this one line."""
 
 
 def prepare_endpoint(ep: str) -> str:
@@ -116,8 +123,10 @@ class IngestServer:
                  layers: Callable[[], list[str]] | None = None,
                  edit: Callable[..., ContextManager[Any]] | None = None,
                  plan_of: Callable[[str], dict[str, Any] | None] | None = None,
-                 on_air: Callable[[], str | None] | None = None) -> None:
+                 on_air: Callable[[], str | None] | None = None, lock_note: str = "") -> None:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
+        self.lock_note = lock_note  # written into each ipc socket's lock: which room holds it (statelock.py)
+        self._locks: list[FileLock] = []
         self.encoder = encoder
         self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
         # edit(command, segment_id): the daemon's re-plan around a queue change (playout/replan.py), so edits act
@@ -167,7 +176,7 @@ class IngestServer:
         try:
             self.security.start(self._ctx)
         except EndpointRefused as e:
-            raise IngestError(str(e)) from None
+            raise IngestConfigError(str(e)) from None
         router = self._ctx.socket(zmq.ROUTER)
         pub = self._ctx.socket(zmq.PUB)
         try:
@@ -184,6 +193,7 @@ class IngestServer:
             router.close(0)
             pub.close(0)
             self.security.stop()
+            self._release_locks()
             raise
         self._router, self._pub = router, pub
         self._caps = [ConnectionCap(router, i.max_connections, "control", self.log),
@@ -203,18 +213,41 @@ class IngestServer:
         self.log.info("ingest_started", control=self.control_endpoints, events=self.event_endpoints,
                       max_message_bytes=i.max_message_bytes)
 
+    def _lock_ipc(self, ep: str, field: str) -> None:
+        """Hold `<socket>.lock` for the server's life: a live holder refuses the start (EndpointBusy: exit 2); a
+        socket file nobody holds is stale and is replaced."""
+        path = ipc_path(ep)
+        if path is None:
+            return
+        lock = FileLock(socket_lock_path(path), self.lock_note)
+        try:
+            lock.acquire()
+        except LockHeld as e:
+            raise endpoint_busy(field, ep, e.holder) from None
+        self._locks.append(lock)
+        remove_socket_file(path)
+
+    def _release_locks(self) -> None:
+        for lock in self._locks:
+            lock.release()
+        self._locks = []
+
     def _bind_all(self, sock: zmq.Socket, endpoints: list[str], field: str) -> list[str]:
         bound = []
         for ep in endpoints:
             prepare_endpoint(ep)
+            self._lock_ipc(ep, field)
             try:
                 self.security.prepare_bind(sock, ep, field)
                 sock.bind(ep)
                 self.security.after_bind(ep)
             except zmq.ZMQError as e:
-                raise IngestError(f"{field}: cannot bind {ep}: {e}") from None
+                if e.errno == errno.EADDRINUSE:
+                    raise IngestConfigError(f"{field}: cannot bind {ep}: the address is in use (another room or "
+                                            "program listens there); expected a free port for each room") from None
+                raise IngestConfigError(f"{field}: cannot bind {ep}: {e}") from None
             except EndpointRefused as e:
-                raise IngestError(str(e)) from None
+                raise IngestConfigError(str(e)) from None
             # tcp://...:0 or :* picks a free port: report the real one
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT) if ep.startswith("tcp://") else ep)
         return bound
@@ -249,6 +282,7 @@ class IngestServer:
             time.sleep(0.01)
         for path in files:
             remove_socket_file(path)
+        self._release_locks()  # after the files are gone: a new holder never sees ours
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
