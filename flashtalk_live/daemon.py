@@ -22,7 +22,7 @@ from flashtalk_live.ingest.auth import confine_output_file, confine_path
 from flashtalk_live.ingest.commands import Call
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.ingest.server import IngestServer
-from flashtalk_live.log import get_logger
+from flashtalk_live.log import get_logger, meta_summary
 from flashtalk_live.media.broadcast import Broadcast
 from flashtalk_live.media.encoder import Encoder
 from flashtalk_live.media.framestore import FrameStore
@@ -136,6 +136,7 @@ class Daemon:
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
                                    edit=self.replanner.editing, plan_of=self.onair.plan_of,
+                                   check_captions=self.compositor.check_captions,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -162,7 +163,9 @@ class Daemon:
 
     # -- events and commands ---------------------------------------------------------------------
     def _log_event(self, e: dict[str, Any]) -> None:
-        fields = {k: v for k, v in e.items() if k not in ("type", "ts")}
+        fields = {k: v for k, v in e.items() if k not in ("type", "ts", "meta")}
+        if "meta" in e:  # a producer's meta is its size and keys in the log, never its body (events carry it whole)
+            fields.update(meta_summary(e["meta"]))
         self.log.info(f"event_{e['type']}", **fields)
 
     def _log_overlays(self) -> None:
@@ -179,6 +182,8 @@ class Daemon:
 
     def _note_caption(self, e: dict[str, Any]) -> None:
         """A queued clip's caption text and cues (checked by the ingest server before it was queued)."""
+        if e["type"] == "dropped":  # cancelled or cleared before it aired: its captions leave the budget
+            self.compositor.forget(e["segment_id"])
         if e["type"] != "accepted":
             return
         meta = e.get("meta") or {}
@@ -406,6 +411,7 @@ class Daemon:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.renderers.close()
+        self.compositor.close()
         self.lookahead.store.close()  # after the render thread: no chunk is packed any more
         self.encoder.close()
         self.spool.close()

@@ -29,7 +29,7 @@ from zmq.utils import z85
 
 from flashtalk_live.ingest.commands import LOCAL_PEER, Peer  # noqa: F401 - the peer type lives with the table
 from flashtalk_live.ingest.protocol import ProtocolError
-from flashtalk_live.log import get_logger
+from flashtalk_live.log import Throttle, get_logger
 from flashtalk_live.settings import IngestSettings
 
 # ZAP domains: one per endpoint class, returned as the User-Id of NULL-mechanism peers.
@@ -84,7 +84,8 @@ def _load_dir(directory: str | None) -> set[bytes]:
 class KeyRing:
     """The client keys allowed over CURVE; the ZAP callback. An unknown key re-reads the folder if it changed."""
 
-    def __init__(self, directory: str | None, keys: Iterable[str], trusted: Iterable[str]) -> None:
+    def __init__(self, directory: str | None, keys: Iterable[str], trusted: Iterable[str],
+                 refusals: Throttle | None = None) -> None:
         self.directory = directory
         self.trusted = {parse_key(k) for k in trusted}
         self.listed = {parse_key(k) for k in keys} | self.trusted
@@ -92,6 +93,8 @@ class KeyRing:
         self._from_dir = _load_dir(directory)
         self._lock = threading.Lock()
         self.log = get_logger("auth")
+        # a refused handshake costs the knocker nothing: a few lines per interval, the rest counted
+        self.refusals = refusals or Throttle(self.log)
 
     @property
     def allowed(self) -> set[bytes]:
@@ -106,7 +109,7 @@ class KeyRing:
                 self._mtime, self._from_dir = mtime, _load_dir(self.directory)
         ok = key in self.allowed
         if not ok:
-            self.log.warning("curve_client_refused", key=key.decode("ascii", "replace"))
+            self.refusals("warning", "curve_client_refused", "curve", key=key[:40].decode("ascii", "replace"))
         return ok
 
 
@@ -181,15 +184,22 @@ class Security:
     def start(self, ctx: zmq.Context) -> None:
         cfg = self.cfg
         try:
-            self.keys = KeyRing(cfg.client_keys_dir or None,
-                                cfg.client_keys, cfg.trusted_client_keys)
+            self.keys = KeyRing(cfg.client_keys_dir or None, cfg.client_keys, cfg.trusted_client_keys,
+                                Throttle(self.log, cfg.log_interval_s, cfg.log_burst))
         except (ValueError, OSError) as e:
             raise EndpointRefused(f"ingest.client_keys / trusted_client_keys: {e}") from None
         self._auth = _Authenticator(ctx)
         self._auth.start()
         self._auth.configure_curve_callback(DOMAIN_CURVE, self.keys)
 
+    def flush_logs(self) -> None:
+        """Write the count of refused handshakes held back this interval (the ingest thread calls this)."""
+        if self.keys is not None:
+            self.keys.refusals.flush()
+
     def stop(self) -> None:
+        if self.keys is not None:
+            self.keys.refusals.flush(force=True)
         if self._auth is not None:
             self._auth.stop()
             self._auth = None

@@ -4,6 +4,10 @@
   decoding (`image_too_many_pixels`, ingest.max_image_pixels); only PNG, JPEG and WebP (`unsupported_image`).
 * text: prompts (`prompt_too_long`, ingest.max_prompt_chars), captions, caption cues and overlay text
   (`text_too_long`, ingest.max_text_chars), ids and names (`id_too_long`, ingest.max_id_chars).
+* a clip's `meta`: nesting (`meta_too_deep`, ingest.max_meta_depth), counted without recursion, so masking and
+  logging it later cannot recurse past Python's limit after the spool committed the clip.
+* a clip's captions in all: characters of `text` plus every cue (`captions_too_long`, ingest.max_caption_chars);
+  what they cost rendered is the compositor's to measure (compose/compositor.py: `check_captions`).
 * a clip's cues: within the decoded clip (`cue_outside_clip`) and naming known layers (`unknown_layer`).
 * request rate per peer: a token bucket (`rate_limited`, ingest.rate_per_s and ingest.rate_burst).
 """
@@ -16,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS
 from flashtalk_live.ingest.protocol import ProtocolError
 
 TEXT_ID_FIELDS = ("id", "segment_id", "name")
@@ -135,11 +140,35 @@ def check_text(header: dict[str, Any], ingest: Any) -> None:
         if isinstance(text, str) and len(text) > ingest.max_text_chars:
             raise ProtocolError("text_too_long", f"{where} of {len(text)} characters exceeds ingest.max_text_chars "
                                 f"{ingest.max_text_chars}", where)
+    # a clip's `text` is a caption; overlay_set's `text` is a layer's (the compositor measures that one)
+    total = sum(len(t) for where, t in texts
+                if isinstance(t, str) and (where != "text" or header.get("cmd") in AUDIO_COMMANDS))
+    if total > ingest.max_caption_chars:
+        raise ProtocolError("captions_too_long", f"{total} caption characters (text and cues) exceed "
+                            f"ingest.max_caption_chars {ingest.max_caption_chars}", "captions")
+    depth = json_depth(header.get("meta"))
+    if depth > ingest.max_meta_depth:
+        raise ProtocolError("meta_too_deep", f"meta is nested {depth} levels deep, ingest.max_meta_depth is "
+                            f"{ingest.max_meta_depth}", "meta")
     for f in TEXT_ID_FIELDS:
         v = header.get(f)
         if isinstance(v, str) and len(v) > ingest.max_id_chars:
             raise ProtocolError("id_too_long",
                                 f"{f!r} of {len(v)} characters exceeds ingest.max_id_chars {ingest.max_id_chars}", f)
+
+
+def json_depth(value: Any) -> int:
+    """Nesting of JSON-like data (a scalar is 0, `{}` and `[]` are 1), walked with a stack: no recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        elif not isinstance(v, (list, tuple)):
+            continue
+        deepest = max(deepest, d)
+        stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list, tuple)))
+    return deepest
 
 
 def check_cues(args: Any, duration_s: float, layers: Callable[[], Collection[str]] | None = None) -> None:

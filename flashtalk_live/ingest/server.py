@@ -41,7 +41,7 @@ from flashtalk_live.ingest.protocol import (
     rejection_reply,
     split_frames,
 )
-from flashtalk_live.log import get_logger
+from flashtalk_live.log import Throttle, get_logger, meta_summary
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.secrets import mask_obj
 from flashtalk_live.settings import EncoderSettings, IngestSettings
@@ -104,7 +104,8 @@ class IngestServer:
                  refuse_clips: Callable[[], str | None] | None = None,
                  layers: Callable[[], list[str]] | None = None,
                  edit: Callable[..., ContextManager[Any]] | None = None,
-                 plan_of: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+                 plan_of: Callable[[str], dict[str, Any] | None] | None = None,
+                 check_captions: Callable[[str | None, list[dict[str, Any]]], None] | None = None) -> None:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
         self.encoder = encoder
         self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
@@ -112,6 +113,9 @@ class IngestServer:
         # on what is on air rather than on what was rendered ahead; plan_of(segment_id): its planned on-air time.
         self.edit = edit or (lambda command, segment_id=None: contextlib.nullcontext())
         self.plan_of = plan_of
+        # check_captions(text, cues): raises a Rejection when a clip's captions would cost too much to render or to
+        # hold until they air (the compositor's measure; None: a bare ingest server with nothing to draw them)
+        self.check_captions = check_captions
         self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
         self.spool = spool
         self.events = events
@@ -127,6 +131,8 @@ class IngestServer:
         self.handlers: dict[str, Handler] = {**own, **(handlers or {})}
         self.served = frozenset(self.handlers)
         self.log = get_logger("ingest")
+        # A peer decides how often it is refused: those lines are counted past a few per code and interval.
+        self.rejections = Throttle(self.log, ingest.log_interval_s, ingest.log_burst)
         # A private context by default: it holds this server's ZAP handler (one per context).
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
@@ -294,6 +300,8 @@ class IngestServer:
             for cap in self._caps:
                 if cap.monitor in ready:
                     cap.handle()
+            self.rejections.flush()
+            self.security.flush_logs()
             if self._backlog or self._replies or self._wake_r in ready:
                 self._flush_events()
                 self._flush_replies()
@@ -318,7 +326,8 @@ class IngestServer:
             assert self._lanes is not None
             self._lanes.submit(envelope[0], lambda: self._serve_one(envelope, peer, header, payload, t0))
         except Rejection as e:
-            self.log.info("request_rejected", code=e.code, reason=e.reason, peer=peer.name, frames=len(body))
+            self.rejections("info", "request_rejected", e.code, code=e.code, reason=e.reason[:200], peer=peer.name,
+                            frames=len(body))
             self._replies.append((envelope, rejection_reply(e)))
             self._flush_replies()
 
@@ -379,8 +388,9 @@ class IngestServer:
             reply = error_reply("internal", f"{type(e).__name__}: {e}")
             self.log.exception("request_failed", cmd=cmd)
         if not reply["ok"]:
-            self.log.info("request_rejected", cmd=cmd, code=reply["code"], reason=reply["reason"],
-                          field=reply.get("field"), peer=peer.name, bytes=len(header) + len(payload or b""))
+            self.rejections("info", "request_rejected", reply["code"], cmd=cmd, code=reply["code"],
+                            reason=reply["reason"][:200], field=reply.get("field"), peer=peer.name,
+                            bytes=len(header) + len(payload or b""))
         if request_id is not None:
             reply["id"] = request_id
         return reply
@@ -462,6 +472,11 @@ class IngestServer:
             cues = getattr(a, name)
             if cues is not None:
                 meta[name] = [c.model_dump() for c in cues]
+        # Everything that can fail on the caller's data runs before the commit: the captions' cost (the compositor
+        # measures them), and masking the meta the `accepted` event will carry (its depth is bounded, limits.py).
+        if self.check_captions is not None:
+            self.check_captions(a.text, [c.model_dump() for c in a.captions or ()])  # type: ignore[attr-defined]
+        published_meta = mask_obj(meta)
         # Re-plan first: insert and play_now make clips rendered ahead but not on air pending again, so the new clip
         # is ordered against them exactly as the queue semantics say; enqueue drops buffered idle/programme chunks,
         # so a clip pushed into an idle room does not wait behind them (timeline/replan.py).
@@ -471,10 +486,15 @@ class IngestServer:
         ack = res.ack
         if res.duplicate:
             return {"duplicate": True, **ack}
-        self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
-                      duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid)
-        self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
-                            duration_s=ack["duration_s"], request_id=rid, meta=meta)
+        # Committed: from here the clip airs, so the caller gets its segment_id whatever fails (a daemon bug, logged).
+        try:
+            self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                          duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid,
+                          **meta_summary(meta))
+            self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                                duration_s=ack["duration_s"], request_id=rid, meta=published_meta)
+        except Exception as e:  # noqa: BLE001 - never `internal` for a clip that is queued
+            self.log.error("accepted_not_published", segment_id=ack["segment_id"], error=repr(e)[:200])
         return {"duplicate": False, **ack, **self._planned(ack["segment_id"])}
 
     def _planned(self, segment_id: str) -> dict[str, Any]:

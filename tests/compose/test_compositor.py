@@ -191,6 +191,7 @@ def test_captions_split_into_lines_timed_by_characters():
     c = Compositor(OverlaySettings(ai_label_enabled=False, caption_font_size=20), W * 2, H * 2, FPS)
     c.note_clip("s1", "一二三四五六七八九十一二三四五六七八九十", 2.0)
     c.prepare(["s1"])
+    assert c.wait_prepared("s1")  # drawn on the compositor's caption thread
     lines = c._captions["s1"]
     assert len(lines) >= 2 and lines[0][0] == 0 and lines[-1][1] == 50
     assert all(a[1] == b[0] for a, b in zip(lines, lines[1:]))  # back to back, by characters
@@ -238,6 +239,8 @@ def test_caption_cue_times_are_honoured():
     c = Compositor(OverlaySettings(ai_label_enabled=False, caption_font_size=20), W * 2, H * 2, FPS)
     c.note_clip("s1", "全文不按字数计时", 3.0, captions=[{"text": "一二", "start": 0.4, "end": 1.0},
                                                      {"text": "三四五", "start": 2.0, "end": 2.6}])
+    c.prepare(["s1"])
+    assert c.wait_prepared("s1")
     frame = np.zeros((H * 2, W * 2, 3), np.uint8)
     outs = [c.compose(frame, 500 + k, "s1") for k in range(75)]
     shown = [k for k, o in enumerate(outs) if o.any()]
@@ -252,6 +255,7 @@ def test_a_clip_prepared_ahead_keeps_its_captions_when_the_clip_before_it_airs()
     c.note_clip("a", "甲", 1.0)
     c.note_clip("b", "乙", 1.0)
     c.prepare(["a", "b"])  # one rendered chunk holding both clips' frames
+    assert c.wait_prepared("a") and c.wait_prepared("b")
     frame = np.zeros((H * 2, W * 2, 3), np.uint8)
     assert c.compose(frame, 0, "a").any()
     assert c.compose(frame, 25, "b").any()
@@ -266,4 +270,5 @@ def test_captions_prepared_for_clips_that_never_air_are_forgotten_oldest_first()
     for sid in sids:
         c.note_clip(sid, "字", 0.2)
         c.prepare([sid])  # cancelled before air: never composed
+        assert c.wait_prepared(sid)
     assert list(c._captions) == sids[-MAX_PREPARED_CLIPS:]
