@@ -37,11 +37,11 @@ from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.drill import with_drills
 from flashtalk_live.renderers.kinds import RendererFactory, renderer_kind
 from flashtalk_live.renderers import images
-from flashtalk_live.renderers.images import ImageError, default_portrait, load_image
+from flashtalk_live.renderers.images import ImageError, ImageTooLarge, default_portrait, load_image
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.sdnotify import sd_notify
-from flashtalk_live.settings import OutputSettings, Settings, validation_error_lines
+from flashtalk_live.settings import ConfigError, OutputSettings, Settings, validation_error_lines
 from flashtalk_live.statelock import StateLock
 from flashtalk_live.storage import DiskWatermark
 from flashtalk_live.timeline.admission import Admission
@@ -96,7 +96,11 @@ class Daemon:
         # Render ahead (issue 10): a queue clip starts only with enough head start buffered; see timeline/admission.py.
         self.admission = Admission.from_settings(settings.renderer, v, lambda: self.pacer.buffered_frames / settings.video.fps)
         self.timeline = Timeline(v, settings.encoder, self.spool, self.programme, admission=self.admission)
-        self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
+        try:
+            self.reference = load_image(v.reference_image, settings.ingest.max_image_pixels) \
+                if v.reference_image else default_portrait()
+        except (ImageError, OSError) as e:  # the operator's configuration: exit 2 with one line
+            raise ConfigError(f"video.reference_image: {e}") from None
         self.prompt = v.prompt
         self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings.renderer, v.fps)
         self.still.start_session(self.reference, v.prompt)
@@ -106,7 +110,8 @@ class Daemon:
             (lambda f=renderer_factory: with_drills(f(settings), settings.renderer, v.fps))
         self.renderers = RendererSupervisor(settings.renderer, v, self.still, self.events, load, self.reference)
         self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
-        self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps)
+        self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps,
+                                     max_image_pixels=settings.ingest.max_image_pixels)
         self._log_overlays()
         self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
         for o in settings.outputs:
@@ -269,7 +274,9 @@ class Daemon:
         if data is not None:
             check_image(data, lim)
             try:
-                image = images.decode_image_bytes(data, "set_avatar image")
+                image = images.decode_image_bytes(data, "set_avatar image", lim.max_image_pixels)
+            except ImageTooLarge as e:  # the header passed, but the picture itself is larger (limits.py)
+                raise Rejection("image_too_many_pixels", str(e)) from None
             except ImageError as e:
                 raise Rejection("undecodable_image", str(e)) from None
         else:

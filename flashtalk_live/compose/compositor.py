@@ -28,8 +28,8 @@ import numpy as np
 
 from flashtalk_live.compose.text import TextStyle, covers, find_font, load_font, render_text, text_size, wrap
 from flashtalk_live.errors import Rejection
-from flashtalk_live.renderers.images import ImageError, decode_rgba_bytes
-from flashtalk_live.settings import LayerSettings, OverlaySettings
+from flashtalk_live.renderers.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, decode_rgba_bytes
+from flashtalk_live.settings import ConfigError, LayerSettings, OverlaySettings
 
 AI_LABEL = "ai_label"
 MAX_CAPTIONED_CLIPS = 4096  # clips whose caption text is remembered until they air (oldest forgotten first)
@@ -149,8 +149,10 @@ class Layer:
 class Compositor:
     """Layers over frames; `compose` is called on the broadcast thread, everything else from any thread."""
 
-    def __init__(self, settings: OverlaySettings, width: int, height: int, fps: int, log: Any = None) -> None:
+    def __init__(self, settings: OverlaySettings, width: int, height: int, fps: int, log: Any = None, *,
+                 max_image_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.s = settings
+        self.max_image_pixels = max_image_pixels  # what an image layer may decode to (ingest.max_image_pixels)
         self.w, self.h, self.fps = width, height, fps
         self.log = log
         self.font_path, self.font_index = find_font(settings.font)
@@ -172,7 +174,11 @@ class Compositor:
         self._caption_thread: threading.Thread | None = None
         self._closed = False
         for spec in settings.layers:
-            self._install(spec, self._build(spec, _file_bytes(spec.image) if spec.image else None), 0, spec.visible)
+            try:
+                patch = self._build(spec, _file_bytes(spec.image) if spec.image else None)
+            except (Rejection, OSError) as e:  # the operator's configuration: exit 2 with one line
+                raise ConfigError(f"overlays.layers {spec.name!r}: {getattr(e, 'reason', None) or e}") from None
+            self._install(spec, patch, 0, spec.visible)
         if settings.ai_label_enabled:
             label = settings.ai_label.model_copy(update={"name": AI_LABEL, "visible": True})
             self._install(label, self._build(label, None), 0, True)
@@ -203,7 +209,9 @@ class Compositor:
         else:
             assert image is not None
             try:
-                rgba = decode_rgba_bytes(image, f"overlay {spec.name}", spec.width)
+                rgba = decode_rgba_bytes(image, f"overlay {spec.name}", spec.width, self.max_image_pixels)
+            except ImageTooLarge as e:
+                raise Rejection("image_too_many_pixels", str(e)) from None
             except ImageError as e:
                 raise Rejection("undecodable_image", str(e)) from None
         safe = self.s.safe_area if spec.in_safe_area else (0.0, 0.0, 0.0, 0.0)

@@ -1,7 +1,9 @@
 """Limits on the work a client can make the daemon do, each with its rejection code and setting.
 
-* images: size (`image_too_large`, ingest.max_image_bytes) and width x height read from the header, before any
-  decoding (`image_too_many_pixels`, ingest.max_image_pixels); only PNG, JPEG and WebP (`unsupported_image`).
+* images: size (`image_too_large`, ingest.max_image_bytes) and width x height read from the headers, before any
+  decoding (`image_too_many_pixels`, ingest.max_image_pixels): the largest of every size a file declares (a WebP's
+  canvas, each bitstream, each animation frame; a JPEG's every frame header); only PNG, JPEG and WebP
+  (`unsupported_image`). The decoder enforces the same cap on what it really decodes (renderers/images.py).
 * text: prompts (`prompt_too_long`, ingest.max_prompt_chars), captions, caption cues and overlay text
   (`text_too_long`, ingest.max_text_chars), ids and names (`id_too_long`, ingest.max_id_chars).
 * a clip's `meta`: nesting (`meta_too_deep`, ingest.max_meta_depth), counted without recursion, so masking and
@@ -80,21 +82,64 @@ def _jpeg(data: bytes) -> ImageInfo | None:
     return best
 
 
-def _webp(data: bytes) -> ImageInfo | None:
-    if len(data) < 30 or data[8:12] != b"WEBP":
-        return None
-    chunk = data[12:16]
-    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
-        w, h = struct.unpack("<HH", data[26:30])
-        return ImageInfo("webp", w & 0x3FFF, h & 0x3FFF)
-    if chunk == b"VP8L" and data[20] == 0x2F:
-        (bits,) = struct.unpack("<I", data[21:25])
-        return ImageInfo("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
-    if chunk == b"VP8X":
-        w = int.from_bytes(data[24:27], "little") + 1
-        h = int.from_bytes(data[27:30], "little") + 1
-        return ImageInfo("webp", w, h)
+MAX_WEBP_CHUNKS = 4096  # chunks walked in a WebP file; past that the file is refused (unsupported_image)
+
+
+def _webp_bitstream(tag: bytes, body: bytes) -> tuple[int, int] | None:
+    """The picture size a VP8 (lossy) or VP8L (lossless) bitstream itself declares: what its decoder allocates."""
+    if tag == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", body[6:10])
+        return w & 0x3FFF, h & 0x3FFF
+    if tag == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+        (bits,) = struct.unpack("<I", body[1:5])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     return None
+
+
+def _webp_chunks(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]] | None:
+    """(tag, body) of the RIFF chunks in data[start:end]; None when there are more than MAX_WEBP_CHUNKS."""
+    out, i = [], start
+    while i + 8 <= end:
+        if len(out) >= MAX_WEBP_CHUNKS:
+            return None
+        size = int.from_bytes(data[i + 4:i + 8], "little")
+        out.append((data[i:i + 4], data[i + 8:min(i + 8 + size, end)]))
+        i += 8 + size + (size & 1)
+    return out
+
+
+def _webp(data: bytes) -> ImageInfo | None:
+    """The largest picture a WebP file may decode to: its VP8X canvas, every bitstream's own size (a canvas of 1x1
+    may wrap a 16000x16000 bitstream) and every animation frame's; all must be readable."""
+    if len(data) < 20 or data[8:12] != b"WEBP":
+        return None
+    chunks = _webp_chunks(data, 12, len(data))
+    if not chunks:
+        return None
+    sizes: list[tuple[int, int]] = []
+    for tag, body in chunks:
+        if tag == b"VP8X":
+            if len(body) < 10:
+                return None
+            sizes.append((int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1))
+        elif tag == b"ANMF":  # an animation frame: its own size, then its own chunks (ALPH, VP8/VP8L)
+            if len(body) < 16:
+                return None
+            sizes.append((int.from_bytes(body[6:9], "little") + 1, int.from_bytes(body[9:12], "little") + 1))
+            inner = _webp_chunks(body, 16, len(body))
+            if inner is None:
+                return None
+            sizes += [wh for t, b in inner if (wh := _webp_bitstream(t, b)) is not None]
+        else:
+            wh = _webp_bitstream(tag, body)
+            if wh is not None:
+                sizes.append(wh)
+            elif tag in (b"VP8 ", b"VP8L"):
+                return None  # a bitstream whose size cannot be read
+    if not sizes:
+        return None
+    w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
+    return ImageInfo("webp", w, h)
 
 
 def image_info(data: bytes) -> ImageInfo:
