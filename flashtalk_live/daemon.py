@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from pydantic import ValidationError
@@ -22,7 +22,7 @@ from flashtalk_live.ingest.auth import confine_output_file, confine_path
 from flashtalk_live.ingest.commands import Call
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.ingest.server import IngestServer
-from flashtalk_live.log import get_logger, meta_summary
+from flashtalk_live.log import configure as configure_logging, get_logger, meta_summary
 from flashtalk_live.media.broadcast import Broadcast
 from flashtalk_live.media.encoder import Encoder
 from flashtalk_live.media.framestore import FrameStore
@@ -391,6 +391,39 @@ class Daemon:
             t.start()
             self._threads.append(t)
 
+    def reload(self, new: Settings | None) -> dict[str, Any]:
+        """SIGHUP: re-read what can change on air. Client keys (the folder, and the config's lists: keys no longer
+        allowed are revoked, their connections closed), the log level, and the outputs the config file names (added,
+        removed or changed by name; outputs added with output_add are left alone). Anything else in the file needs a
+        restart. `new` None (the file cannot be read) re-reads the key folder only."""
+        done: dict[str, Any] = {}
+        ing = (new or self.s).ingest
+        self.ingest.reload_keys(ing.client_keys, ing.trusted_client_keys)
+        done["client_keys"] = "reloaded"
+        if new is not None:
+            configure_logging(new.logging.format, new.logging.level)
+            done["log_level"] = new.logging.level
+            old = {o.name: o for o in self.s.outputs}
+            want = {o.name: o for o in new.outputs}
+            removed = [n for n in old if n not in want or want[n] != old[n]]
+            added = [n for n in want if n not in old or want[n] != old[n]]
+            for name in removed:
+                if name in self.outputs.names():
+                    self.outputs.remove(name)
+            for name in added:
+                if name in self.outputs.names():  # a runtime output_add took the name: the config's waits
+                    self.log.warning("reload_output_name_taken", output=name)
+                    continue
+                try:
+                    self.outputs.add(self._expand_output(want[name]))
+                except TooManyOutputs as e:
+                    self.log.error("reload_output_refused", output=name, error=str(e))
+            self.s = self.s.model_copy(update={"outputs": new.outputs, "logging": new.logging})
+            done["outputs_removed"], done["outputs_added"] = removed, added
+        self.log.info("reloaded", **done)
+        self.events.publish("reloaded", **done)
+        return done
+
     def request_stop(self) -> None:
         """SIGTERM: finish the chunk on air, flush and close outputs; the queue stays persisted."""
         if self.state == "stopping":
@@ -425,18 +458,20 @@ class Daemon:
         self.log.info("stopped")
 
 
-def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
+def run_daemon(settings: Settings, duration_s: float | None = None,
+               reload: Callable[[], Settings] | None = None) -> int:
     """The `flashtalk-live run` entry point: start, serve until SIGTERM/SIGINT (or duration), stop cleanly.
+    SIGHUP reloads (`Daemon.reload`; `reload()` reads the configuration again) and never stops the room.
 
     With the FlashTalk renderer on several GPUs (model.gpus), this process becomes rank 0 and starts the other
     ranks itself (or joins a torchrun job); a dead rank stops the daemon with exit code 75 so systemd restarts it.
     The state directory is locked first (StateDirBusy when another daemon has it), before any rank starts.
     """
     with StateLock(settings.path(settings.state_dir)):
-        return _run_locked(settings, duration_s)
+        return _run_locked(settings, duration_s, reload)
 
 
-def _run_locked(settings: Settings, duration_s: float | None) -> int:
+def _run_locked(settings: Settings, duration_s: float | None, reload: Callable[[], Settings] | None = None) -> int:
     parallel = None
     exit_code = 0
     stop = threading.Event()
@@ -452,19 +487,32 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
 
         parallel.on_failure = on_rank_failure
 
+    wake = threading.Event()
+    hup = threading.Event()
+
     def on_signal(signum: int, _frame: Any) -> None:
         daemon.log.info("signal", signal=signal.Signals(signum).name)
         stop.set()
+        wake.set()
+
+    def on_hup(_signum: int, _frame: Any) -> None:  # the work is the main loop's, not the handler's
+        hup.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     daemon.start()
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
         while not stop.is_set() and not daemon.wait(0):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            stop.wait(1.0)
+            wake.wait(1.0)
+            wake.clear()
+            if hup.is_set():
+                hup.clear()
+                _reload(daemon, reload)
             q = daemon.spool.stats()
             sd_notify(f"STATUS={daemon.state}; on air: {daemon.onair.segment or 'programme/idle'}; "
                       f"queue {q.get('clips', 0)} clips")
@@ -476,6 +524,22 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
         daemon.log.error("exiting_on_fatal_error", reason=daemon.fatal, exit_code=EXIT_FATAL)
         exit_code = EXIT_FATAL
     return exit_code
+
+
+def _reload(daemon: Daemon, reload: Callable[[], Settings] | None) -> None:
+    """SIGHUP: read the configuration again and apply what can change on air; a bad file is one log line."""
+    daemon.log.info("signal", signal="SIGHUP", action="reload")
+    new = None
+    if reload is not None:
+        try:
+            new = reload()
+        except Exception as e:  # noqa: BLE001 - a config mistake on reload must not stop the room
+            daemon.log.error("reload_config_unreadable", error=str(e).splitlines()[0][:300],
+                             note="client keys re-read from the folder only; the rest unchanged")
+    try:
+        daemon.reload(new)
+    except Exception as e:  # noqa: BLE001
+        daemon.log.exception("reload_failed", error=repr(e)[:300])
 
 
 def raise_fd_limit() -> tuple[int, int]:

@@ -17,6 +17,7 @@ EVENT_TYPES = (
     "accepted", "started", "finished", "interrupted", "dropped", "cancelled", "cleared", "moved", "idle",
     "scheduled", "rescheduled",
     "endpoint_up", "endpoint_down", "underrun", "renderer_changed", "recalibrated", "stopping",
+    "key_revoked", "reloaded",
 )
 
 

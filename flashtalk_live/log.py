@@ -119,13 +119,15 @@ class Throttle:
         self._lines: dict[tuple[str, str], int] = {}  # (event, key) -> lines in this window
         self._suppressed: dict[tuple[str, str], int] = {}
 
-    def __call__(self, level: str, event: str, key: str, **fields: Any) -> None:
+    def __call__(self, level: str, event: str, kind: str, /, **fields: Any) -> None:
+        """Log `event` at `level` unless `kind` (a code, a class of peer: a few values, never the peer's own data)
+        already had its `burst` lines this interval."""
         with self._lock:
             due = self._roll(time.monotonic())
-            n = self._lines.get((event, key), 0) + 1
-            self._lines[(event, key)] = n
+            n = self._lines.get((event, kind), 0) + 1
+            self._lines[(event, kind)] = n
             if n > self.burst:
-                self._suppressed[(event, key)] = self._suppressed.get((event, key), 0) + 1
+                self._suppressed[(event, kind)] = self._suppressed.get((event, kind), 0) + 1
         self._write(due)
         if n <= self.burst:
             getattr(self.log, level)(event, **fields)
@@ -143,5 +145,5 @@ class Throttle:
         return due
 
     def _write(self, due: dict[tuple[str, str], int]) -> None:
-        for (event, key), count in due.items():
-            self.log.warning(f"{event}_suppressed", key=key, count=count, interval_s=self.interval_s)
+        for (event, kind), count in due.items():
+            self.log.warning(f"{event}_suppressed", kind=kind, count=count, interval_s=self.interval_s)

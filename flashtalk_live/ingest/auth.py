@@ -81,8 +81,27 @@ def _load_dir(directory: str | None) -> set[bytes]:
     return set(zmq.auth.load_certificates(directory))
 
 
+def _load_named(directory: str | None) -> dict[bytes, str]:
+    """Public key -> certificate name (file name without .key) of every certificate in the folder."""
+    if not directory or not os.path.isdir(directory):
+        return {}
+    out: dict[bytes, str] = {}
+    for path in sorted(Path(directory).glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(str(path))
+        except (OSError, ValueError):
+            continue
+        out[public] = path.stem
+    return out
+
+
 class KeyRing:
-    """The client keys allowed over CURVE; the ZAP callback. An unknown key re-reads the folder if it changed."""
+    """The client keys allowed over CURVE; the ZAP callback.
+
+    Revocation: every handshake (and `refresh()`, which the ingest thread calls at least once a second) re-reads the
+    folder when its mtime changed, so a certificate removed from it refuses the next handshake at once; `refresh` and
+    `reload` (the config's lists, on SIGHUP) return the keys that are no longer allowed, whose open connections the
+    ingest server then closes."""
 
     def __init__(self, directory: str | None, keys: Iterable[str], trusted: Iterable[str],
                  refusals: Throttle | None = None) -> None:
@@ -90,7 +109,8 @@ class KeyRing:
         self.trusted = {parse_key(k) for k in trusted}
         self.listed = {parse_key(k) for k in keys} | self.trusted
         self._mtime = _dir_mtime(directory)
-        self._from_dir = _load_dir(directory)
+        self._named = _load_named(directory)
+        self._from_dir = set(self._named) | _load_dir(directory)
         self._lock = threading.Lock()
         self.log = get_logger("auth")
         # a refused handshake costs the knocker nothing: a few lines per interval, the rest counted
@@ -100,13 +120,36 @@ class KeyRing:
     def allowed(self) -> set[bytes]:
         return self.listed | self._from_dir
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        if key in self.allowed:
-            return True
+    def name_of(self, key: bytes) -> str:
+        """The certificate name of a key (its file in the folder), else the key's first 8 characters."""
+        return self._named.get(key) or key[:8].decode("ascii", "replace")
+
+    def refresh(self) -> set[bytes]:
+        """Re-read the folder if it changed since the last read; the keys no longer allowed."""
         with self._lock:
             mtime = _dir_mtime(self.directory)
-            if mtime != self._mtime:  # a key file added or removed since the last read
-                self._mtime, self._from_dir = mtime, _load_dir(self.directory)
+            if mtime == self._mtime:
+                return set()
+            before = self.allowed
+            named = _load_named(self.directory)
+            self._mtime, self._from_dir = mtime, set(named) | _load_dir(self.directory)
+            self._named = {**self._named, **named}  # a removed key keeps its name for the revocation's log line
+            return before - self.allowed
+
+    def reload(self, keys: Iterable[str], trusted: Iterable[str]) -> set[bytes]:
+        """New lists from the configuration (SIGHUP); the keys no longer allowed."""
+        new_trusted = {parse_key(k) for k in trusted}
+        new_listed = {parse_key(k) for k in keys} | new_trusted
+        with self._lock:
+            before = self.allowed
+            self.trusted, self.listed = new_trusted, new_listed
+        return (before - self.allowed) | self.refresh()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        try:
+            self.refresh()  # one stat: a certificate removed a moment ago refuses this handshake
+        except Exception as e:  # noqa: BLE001 - an exception here would end the ZAP thread: every handshake hangs
+            self.refusals("error", "client_keys_unreadable", "folder", error=repr(e)[:200])
         ok = key in self.allowed
         if not ok:
             self.refusals("warning", "curve_client_refused", "curve", key=key[:40].decode("ascii", "replace"))
@@ -191,6 +234,17 @@ class Security:
         self._auth = _Authenticator(ctx)
         self._auth.start()
         self._auth.configure_curve_callback(DOMAIN_CURVE, self.keys)
+
+    def allows(self, key: str) -> bool:
+        """Whether a CURVE key (Z85) is still allowed (a message from a revoked key is dropped)."""
+        return self.keys is not None and key.encode("ascii") in self.keys.allowed
+
+    def refresh_keys(self) -> set[bytes]:
+        """Keys revoked since the last look (a certificate removed from the folder)."""
+        return self.keys.refresh() if self.keys is not None else set()
+
+    def name_of(self, key: bytes) -> str:
+        return self.keys.name_of(key) if self.keys is not None else key[:8].decode("ascii", "replace")
 
     def flush_logs(self) -> None:
         """Write the count of refused handshakes held back this interval (the ingest thread calls this)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import socket
 import stat
 import threading
 import time
@@ -76,6 +77,34 @@ def remove_socket_file(path: Path) -> None:
             path.unlink()
     except FileNotFoundError:
         pass
+
+
+def _source_fd(frame: zmq.Frame) -> int | None:
+    """The descriptor of the connection a message came from (libzmq's ZMQ_SRCFD), None when unknown."""
+    try:
+        fd = frame.get(zmq.SRCFD)
+    except (zmq.ZMQError, AttributeError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def shutdown_tcp(fd: int, ports: set[int]) -> int:
+    """End one tcp connection of ours by its descriptor (shutdown(2), not close: libzmq owns the descriptor and
+    closes it when its engine sees the end). Only a tcp socket on one of `ports` is touched: the descriptor may have
+    been reused. 1 if it was ended."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return 0
+    try:
+        if s.family in (socket.AF_INET, socket.AF_INET6) and s.getsockname()[1] in ports:
+            s.shutdown(socket.SHUT_RDWR)
+            return 1
+    except OSError:
+        pass
+    finally:
+        s.detach()
+    return 0
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -147,6 +176,8 @@ class IngestServer:
         self._router: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
         self._caps: list[ConnectionCap] = []
+        self._curve_fds: dict[int, str] = {}  # descriptor of a control connection -> the CURVE key its requests had
+        self._to_revoke: collections.deque[bytes] = collections.deque()
         self.control_endpoints: list[str] = []
         self.event_endpoints: list[str] = []
         self.requests_served = 0
@@ -302,6 +333,7 @@ class IngestServer:
                     cap.handle()
             self.rejections.flush()
             self.security.flush_logs()
+            self._revoke_keys()
             if self._backlog or self._replies or self._wake_r in ready:
                 self._flush_events()
                 self._flush_replies()
@@ -318,6 +350,14 @@ class IngestServer:
     def _accept(self, msg: list[zmq.Frame]) -> None:
         """On the ingest thread: name the peer, check its rate, and queue the request on its connection's lane."""
         peer = self.security.peer_of(msg[-1])
+        if peer.transport == "curve" and peer.key is not None:
+            fd = _source_fd(msg[-1])
+            if not self.security.allows(peer.key):  # revoked since its handshake: no answer, the connection ends
+                self._close_fds({fd} if fd is not None else set())
+                self.rejections("warning", "revoked_key_refused", "curve", key=peer.key[:8])
+                return
+            if fd is not None:
+                self._curve_fds[fd] = peer.key
         envelope, body = split_envelope([f.bytes for f in msg])
         t0 = time.perf_counter()
         try:
@@ -394,6 +434,52 @@ class IngestServer:
         if request_id is not None:
             reply["id"] = request_id
         return reply
+
+    # -- revocation ------------------------------------------------------------------------------------
+    def reload_keys(self, keys: list[str], trusted: list[str]) -> None:
+        """New client key lists from the configuration (SIGHUP; any thread): keys no longer listed are revoked on
+        the ingest thread, as a certificate removed from ingest.client_keys_dir is."""
+        if self.security.keys is None:
+            return
+        self._to_revoke.extend(self.security.keys.reload(keys, trusted))
+        self._wake()
+
+    def _revoke_keys(self) -> None:
+        """On the ingest thread, at least once a second: the keys revoked since the last look lose their open
+        control connections (the descriptors their requests came from) and every tcp event subscription (the event
+        endpoints are re-bound: allowed subscribers reconnect by themselves, a revoked key's handshake is refused)."""
+        keys = self.security.refresh_keys()
+        while self._to_revoke:
+            keys.add(self._to_revoke.popleft())
+        if not keys:
+            return
+        names = {k.decode("ascii"): self.security.name_of(k) for k in keys}
+        fds = {fd for fd, key in self._curve_fds.items() if key in names}
+        closed = self._close_fds(fds)
+        self._rebind_events()
+        for key, name in names.items():
+            self.log.warning("key_revoked", name=name, key=key[:8], control_connections_closed=closed)
+            self.events.publish("key_revoked", name=name, key=key[:8])
+
+    def _close_fds(self, fds: set[int]) -> int:
+        ports = {int(ep.rsplit(":", 1)[1]) for ep in self.control_endpoints if ep.startswith("tcp://")}
+        closed = 0
+        for fd in fds:
+            self._curve_fds.pop(fd, None)
+            closed += shutdown_tcp(fd, ports)
+        return closed
+
+    def _rebind_events(self) -> None:
+        assert self._pub is not None
+        for ep in self.event_endpoints:
+            if not ep.startswith("tcp://"):
+                continue
+            try:
+                self._pub.unbind(ep)
+                self.security.prepare_bind(self._pub, ep, "ingest.events")
+                self._pub.bind(ep)
+            except zmq.ZMQError as e:
+                self.log.error("events_rebind_failed", endpoint=ep, error=str(e))
 
     # -- the commands served here ------------------------------------------------------------------
     def _cmd_ping(self, call: Call) -> dict[str, Any]:
