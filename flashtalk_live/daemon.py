@@ -169,8 +169,8 @@ class Daemon:
     # -- events and commands ---------------------------------------------------------------------
     def _log_event(self, e: dict[str, Any]) -> None:
         fields = {k: v for k, v in e.items() if k not in ("type", "ts", "meta")}
-        if "meta" in e:  # a producer's meta is its size and keys in the log, never its body (events carry it whole)
-            fields.update(meta_summary(e["meta"]))
+        if "meta" in e:  # a producer's meta is its size in the log (clip_accepted has its keys), never its body
+            fields["meta_bytes"] = meta_summary(e["meta"])["meta_bytes"]
         self.log.info(f"event_{e['type']}", **fields)
 
     def _log_overlays(self) -> None:

@@ -91,11 +91,11 @@ def get_logger(name: str, **bound: Any) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name, component=name, **bound)
 
 
-META_KEYS_LOGGED = 16  # a clip's meta is logged as its size and first keys, never its body
+META_KEYS_LOGGED = 8  # a clip's meta is logged as its size and first keys, never its body
 
 
 def meta_summary(meta: Any) -> dict[str, Any]:
-    """A clip's `meta` as log fields: its JSON size and its first keys (each cut to 40 characters), so a 60 KB meta
+    """A clip's `meta` as log fields: its JSON size and its first 8 keys (each cut to 40 characters), so a 60 KB meta
     costs a log line tens of bytes, not 60 KB."""
     if not isinstance(meta, dict) or not meta:
         return {"meta_bytes": 0}
