@@ -452,6 +452,14 @@ class ConsoleSettings(_Section):
                                                              "together")
     preview_width: int = Field(320, ge=16, le=3840, description="preview width in pixels (height keeps the aspect)")
     event_history: int = Field(200, ge=1, le=10_000, description="recent events kept for /api/events")
+    max_connections: int = Field(128, ge=4, le=4096, description="connections open at once, reading a request or "
+                                 "being answered; more are closed when accepted")
+    read_deadline_s: float = Field(5.0, gt=0, le=300, description="a request's line, headers and body must all "
+                                   "arrive within this time (it does not restart with each byte)")
+    probe_connections: int = Field(16, ge=1, le=1024, description="/metrics and /api/health answered at once")
+    api_connections: int = Field(16, ge=1, le=1024, description="the page and the API answered at once; one more "
+                                 "is kept for a request that carries the token (the operator always gets in)")
+    preview_clients: int = Field(4, ge=1, le=64, description="/preview.jpg and /preview.mjpeg answered at once")
     event_stream_clients: int = Field(8, ge=1, le=64, description="most open /api/events/stream connections; one "
                                       "more is refused with 503 `busy` (each holds one of metrics.max_connections)")
     health_interval_s: float = Field(10.0, ge=0.05, le=3600, description="seconds between two samples of the health "

@@ -285,3 +285,91 @@ def test_revoked_key_is_cut_off_and_sighup_reloads(tmp_path):
         assert d.stop() == 0
     finally:
         d.kill()
+
+
+def _slowloris(port: int, stop, sent: list[int]) -> None:
+    """One connection sending a header byte every 3 s, reconnecting whenever the daemon drops it."""
+    import socket
+
+    request = b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                for b in request:
+                    s.sendall(bytes([b]))
+                    sent[0] += 1
+                    if stop.wait(3.0):
+                        return
+        except OSError:
+            stop.wait(0.2)
+
+
+def _viewer(port: int, stop, answers: list[int]) -> None:
+    """A /preview.mjpeg viewer that keeps reading (or is told 503 and comes back)."""
+    import socket
+
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /preview.mjpeg HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                first = s.recv(64)
+                answers.append(int(first.split()[1]) if first.startswith(b"HTTP/") else 0)
+                while not stop.is_set() and s.recv(65536):
+                    pass
+        except OSError:
+            pass
+        stop.wait(0.5)
+
+
+@pytest.mark.timeout(300)
+def test_console_and_metrics_stay_reachable_under_slowloris_and_preview_crowds(tmp_path):
+    import threading
+
+    d = DaemonProcess(tmp_path / "state", [{"name": "rec", "url": str(tmp_path / "rec.flv")}]).start()
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        with d.client(timeout_s=30) as c:
+            until(lambda: c.status()["state"] == "on_air", what="on air")
+            port = c.status()["metrics_port"]
+        token = (d.state_dir / "console.token").read_text().strip()
+        sent, answers = [0], []
+        for _ in range(20):
+            threads.append(threading.Thread(target=_slowloris, args=(port, stop, sent), daemon=True))
+        for _ in range(16):
+            threads.append(threading.Thread(target=_viewer, args=(port, stop, answers), daemon=True))
+        for t in threads:
+            t.start()
+        time.sleep(6.0)  # past one read deadline: the slowloris connections were dropped once and came back
+        worst = {"api": 0.0, "metrics": 0.0}
+        probes = 0
+        t_end = time.monotonic() + 20.0
+        while time.monotonic() < t_end:
+            for kind, req in (
+                    ("api", urllib.request.Request(f"http://127.0.0.1:{port}/api/commands/ping", data=b"{}",
+                                                   method="POST", headers={"Authorization": f"Bearer {token}",
+                                                                           "Content-Type": "application/json"})),
+                    ("metrics", urllib.request.Request(f"http://127.0.0.1:{port}/metrics"))):
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    assert r.status == 200
+                    r.read()
+                worst[kind] = max(worst[kind], time.perf_counter() - t0)
+                probes += 1
+            time.sleep(0.25)
+        print(f"{probes} probes; slowest API {worst['api'] * 1000:.0f} ms, /metrics {worst['metrics'] * 1000:.0f} ms; "
+              f"viewers answered {sorted(set(answers))} ({answers.count(200)} streams, {answers.count(503)} busy); "
+              f"slowloris bytes sent {sent[0]}")
+        assert answers.count(200) >= 1 and 503 in answers  # the preview is capped, not refused
+        assert worst["api"] < 1.0 and worst["metrics"] < 1.0  # the issue's bound
+        # static names that used to answer 500 (and quote the install path): 404, no path
+        for bad in ("/static/app.js%00.html", "/static/" + "a" * 5000 + ".js"):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{bad}", timeout=10)
+                raise AssertionError(f"{bad[:40]} answered 200")
+            except urllib.error.HTTPError as e:
+                body = e.read()
+                assert e.code == 404 and b"/" not in json.loads(body)["reason"].encode(), (e.code, body[:200])
+    finally:
+        stop.set()
+        d.kill()
