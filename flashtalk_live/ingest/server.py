@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import os
 import socket
 import stat
@@ -350,6 +351,10 @@ class IngestServer:
     def _accept(self, msg: list[zmq.Frame]) -> None:
         """On the ingest thread: name the peer, check its rate, and queue the request on its connection's lane."""
         peer = self.security.peer_of(msg[-1])
+        if peer.transport == "ipc":
+            # libzmq names an ipc peer by its process (uid:gid:pid): every client of one process would share one
+            # rate bucket. Each ipc connection (its routing id) is a peer of its own.
+            peer = dataclasses.replace(peer, address=f"{peer.address}#{msg[0].bytes.hex()}")
         if peer.transport == "curve" and peer.key is not None:
             fd = _source_fd(msg[-1])
             if not self.security.allows(peer.key):  # revoked since its handshake: no answer, the connection ends

@@ -144,6 +144,18 @@ def test_rate_limit_per_peer(running):
         assert other.ping()["pong"]  # another peer has its own bucket
 
 
+def test_ipc_clients_of_one_process_have_their_own_buckets(running):
+    r = running("ingest.rate_per_s=0.01", "ingest.rate_burst=2")
+    with Client(r.ipc) as a, Client(r.ipc) as b:
+        for _ in range(2):
+            assert a.ping()["pong"]
+        with pytest.raises(Rejected) as ei:
+            a.ping()
+        assert ei.value.code == "rate_limited"
+        for _ in range(2):  # the same process, another connection: a bucket of its own
+            assert b.ping()["pong"]
+
+
 def test_text_limits(running):
     r = running("ingest.max_prompt_chars=10", "ingest.max_id_chars=8",
                 handlers={"set_avatar": lambda call: {"prompt": call.args.prompt}})
