@@ -270,11 +270,15 @@ def test_revoked_key_is_cut_off_and_sighup_reloads(tmp_path):
             lines = [x for x in d.log_lines() if x.get("event") == "key_revoked"]
             assert lines and lines[0]["name"] == "bob" and "alice" not in json.dumps(lines)
 
-            # SIGHUP: the room stays on air and reloads the keys (a certificate added back is taken)
+            # SIGHUP: the room stays on air and reloads the keys (a certificate added back is taken) and the
+            # config's outputs (one more in the file)
             (clients / "bob.key").write_bytes((tmp_path / "client-keys" / "bob.key").read_bytes())
+            d.config.write_text(d.config.read_text() + f'[[outputs]]\nname = "rec2"\nurl = "{tmp_path / "rec2.flv"}"\n')
             d.proc.send_signal(signal.SIGHUP)
-            wait_for(ev, lambda e: e["type"] == "reloaded", 15, seen)
+            reloaded = wait_for(ev, lambda e: e["type"] == "reloaded", 15, seen)
             assert d.proc.poll() is None
+            assert reloaded["outputs_added"] == ["rec2"] and reloaded["client_keys"] == "reloaded"
+            until(lambda: "rec2" in [o["name"] for o in c.status()["outputs"]], what="the new output running")
             with Client(d.tcp, timeout_s=5, curve=keys["bob"]) as bob:
                 assert bob.ping()["pong"]
             for _ in range(3):  # several in a row: never a dirty exit
