@@ -216,7 +216,9 @@ def test_logs_cannot_be_flooded(tmp_path):
             rate = (counted + logged) / elapsed
             print(f"refused handshakes: {knocks} knocks, {counted + logged} refused in {elapsed:.1f} s ({rate:.0f}/s); "
                   f"log {len(text)} B = {len(text) / elapsed:.0f} B/s")
-            assert counted + logged > 2000  # the flood really ran (the rate reached is printed)
+            # the flood really ran (the rate it reached depends on the box's load and is printed; the log's bound
+            # does not: a few lines per interval whatever the rate)
+            assert counted + logged > 300
             assert len(text) / elapsed < 1024
             assert c.status()["state"] == "on_air"
             ctx.term()
