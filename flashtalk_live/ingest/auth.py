@@ -98,10 +98,10 @@ def _load_named(directory: str | None) -> dict[bytes, str]:
 class KeyRing:
     """The client keys allowed over CURVE; the ZAP callback.
 
-    Revocation: every handshake (and `refresh()`, which the ingest thread calls at least once a second) re-reads the
-    folder when its mtime changed, so a certificate removed from it refuses the next handshake at once; `refresh` and
-    `reload` (the config's lists, on SIGHUP) return the keys that are no longer allowed, whose open connections the
-    ingest server then closes."""
+    Revocation: every handshake (and `take_revoked()`, which the ingest thread calls at least once a second)
+    re-reads the folder when its mtime changed, so a certificate removed from it refuses the next handshake at once;
+    the keys no longer allowed (from the folder, or from the config's lists on SIGHUP: `reload`) are kept until the
+    ingest thread takes them and closes their open connections, whichever thread noticed the change."""
 
     def __init__(self, directory: str | None, keys: Iterable[str], trusted: Iterable[str],
                  refusals: Throttle | None = None) -> None:
@@ -111,6 +111,7 @@ class KeyRing:
         self._mtime = _dir_mtime(directory)
         self._named = _load_named(directory)
         self._from_dir = set(self._named) | _load_dir(directory)
+        self._revoked: set[bytes] = set()  # revoked, connections not yet closed
         self._lock = threading.Lock()
         self.log = get_logger("auth")
         # a refused handshake costs the knocker nothing: a few lines per interval, the rest counted
@@ -124,26 +125,35 @@ class KeyRing:
         """The certificate name of a key (its file in the folder), else the key's first 8 characters."""
         return self._named.get(key) or key[:8].decode("ascii", "replace")
 
-    def refresh(self) -> set[bytes]:
-        """Re-read the folder if it changed since the last read; the keys no longer allowed."""
+    def refresh(self) -> None:
+        """Re-read the folder if it changed since the last read; keys no longer allowed wait in `take_revoked()`
+        (whichever thread noticed the change: a handshake's or the ingest thread's look)."""
         with self._lock:
             mtime = _dir_mtime(self.directory)
             if mtime == self._mtime:
-                return set()
+                return
             before = self.allowed
             named = _load_named(self.directory)
             self._mtime, self._from_dir = mtime, set(named) | _load_dir(self.directory)
             self._named = {**self._named, **named}  # a removed key keeps its name for the revocation's log line
-            return before - self.allowed
+            self._revoked |= before - self.allowed
 
-    def reload(self, keys: Iterable[str], trusted: Iterable[str]) -> set[bytes]:
-        """New lists from the configuration (SIGHUP); the keys no longer allowed."""
+    def reload(self, keys: Iterable[str], trusted: Iterable[str]) -> None:
+        """New lists from the configuration (SIGHUP); keys no longer allowed wait in `take_revoked()`."""
         new_trusted = {parse_key(k) for k in trusted}
         new_listed = {parse_key(k) for k in keys} | new_trusted
         with self._lock:
             before = self.allowed
             self.trusted, self.listed = new_trusted, new_listed
-        return (before - self.allowed) | self.refresh()
+            self._revoked |= before - self.allowed
+        self.refresh()
+
+    def take_revoked(self) -> set[bytes]:
+        """The keys revoked since the last call (their connections are the ingest thread's to close)."""
+        self.refresh()
+        with self._lock:
+            out, self._revoked = self._revoked, set()
+        return out
 
     def callback(self, domain: str, key: bytes) -> bool:
         try:
@@ -240,8 +250,8 @@ class Security:
         return self.keys is not None and key.encode("ascii") in self.keys.allowed
 
     def refresh_keys(self) -> set[bytes]:
-        """Keys revoked since the last look (a certificate removed from the folder)."""
-        return self.keys.refresh() if self.keys is not None else set()
+        """Keys revoked since the last look (a certificate removed from the folder, a key gone from the config)."""
+        return self.keys.take_revoked() if self.keys is not None else set()
 
     def name_of(self, key: bytes) -> str:
         return self.keys.name_of(key) if self.keys is not None else key[:8].decode("ascii", "replace")

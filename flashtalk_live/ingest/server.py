@@ -178,7 +178,6 @@ class IngestServer:
         self._pub: zmq.Socket | None = None
         self._caps: list[ConnectionCap] = []
         self._curve_fds: dict[int, str] = {}  # descriptor of a control connection -> the CURVE key its requests had
-        self._to_revoke: collections.deque[bytes] = collections.deque()
         self.control_endpoints: list[str] = []
         self.event_endpoints: list[str] = []
         self.requests_served = 0
@@ -446,7 +445,7 @@ class IngestServer:
         the ingest thread, as a certificate removed from ingest.client_keys_dir is."""
         if self.security.keys is None:
             return
-        self._to_revoke.extend(self.security.keys.reload(keys, trusted))
+        self.security.keys.reload(keys, trusted)
         self._wake()
 
     def _revoke_keys(self) -> None:
@@ -454,8 +453,6 @@ class IngestServer:
         control connections (the descriptors their requests came from) and every tcp event subscription (the event
         endpoints are re-bound: allowed subscribers reconnect by themselves, a revoked key's handshake is refused)."""
         keys = self.security.refresh_keys()
-        while self._to_revoke:
-            keys.add(self._to_revoke.popleft())
         if not keys:
             return
         names = {k.decode("ascii"): self.security.name_of(k) for k in keys}
