@@ -272,3 +272,35 @@ def test_captions_prepared_for_clips_that_never_air_are_forgotten_oldest_first()
         c.prepare([sid])  # cancelled before air: never composed
         assert c.wait_prepared(sid)
     assert list(c._captions) == sids[-MAX_PREPARED_CLIPS:]
+
+
+def test_text_larger_than_the_frame_is_drawn_only_where_it_shows_and_past_the_limit_refused():
+    c = Compositor(OverlaySettings(ai_label_enabled=False, max_layer_pixels=4_000_000), W, H, FPS)
+    size = c.set("big", text="W" * 60, font_size=120, width=2000, anchor="top_left", margin=(0, 0))["size"]
+    assert size[0] <= W and size[1] <= H  # cropped to the frame before anything was drawn
+    with pytest.raises(Rejection) as ei:
+        c.set("bomb", text="W" * 500, font_size=400, width=8192)
+    assert ei.value.code == "text_too_large" and ei.value.field == "text"
+
+
+def test_a_config_layer_image_past_the_pixel_limit_is_a_config_error(tmp_path):
+    from flashtalk_live.settings import ConfigError
+    from image_support import png_bomb
+
+    (tmp_path / "logo.png").write_bytes(png_bomb(3000, 3000))
+    s = OverlaySettings(ai_label_enabled=False, layers=[LayerSettings(name="logo", image=str(tmp_path / "logo.png"))])
+    with pytest.raises(ConfigError, match="logo"):
+        Compositor(s, W, H, FPS, max_image_pixels=1_000_000)
+
+
+def test_caption_budget_counts_clips_until_they_air_or_are_forgotten():
+    c = Compositor(OverlaySettings(ai_label_enabled=False, caption_budget_bytes=3_000_000), W * 2, H * 2, FPS)
+    cost = c.check_captions("字" * 20)
+    assert cost > 1_000_000
+    c.note_clip("a", "字" * 20, 2.0)
+    c.note_clip("b", "字" * 20, 2.0)
+    with pytest.raises(Rejection) as ei:
+        c.check_captions("字" * 20)
+    assert ei.value.code == "captions_over_budget"
+    c.forget("a")  # cancelled before it aired
+    assert c.check_captions("字" * 20) == cost
