@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,25 +27,25 @@ from flashtalk_live.ingest.commands import (
 )
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.ingest.server import IngestServer
-from flashtalk_live.log import get_logger
+from flashtalk_live.log import configure as configure_logging, get_logger, meta_summary
 from flashtalk_live.media.broadcast import Broadcast
 from flashtalk_live.media.encoder import Encoder
 from flashtalk_live.playout.pacing import LookaheadClosed
 from flashtalk_live.playout.playout import Playout
 from flashtalk_live.metrics import serve_metrics
 from flashtalk_live.osthread import name_os_thread
-from flashtalk_live.outputs.manager import OutputManager
+from flashtalk_live.outputs.manager import OutputManager, OutputRejected
 from flashtalk_live.probes import RoomProbes, Vitals
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.drill import with_drills
 from flashtalk_live.renderers.kinds import RendererFactory, renderer_kind
 from flashtalk_live import images
-from flashtalk_live.images import ImageError, default_portrait, load_image
+from flashtalk_live.images import ImageError, ImageTooLarge, default_portrait, load_image
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.sdnotify import sd_notify
-from flashtalk_live.settings import OutputSettings, Settings
+from flashtalk_live.settings import ConfigError, OutputSettings, Settings
 from flashtalk_live.statelock import EndpointBusy, StateLock
 from flashtalk_live.storage import DiskWatermark
 
@@ -93,7 +93,11 @@ class Daemon:
                                   publish=self.events.publish, log=self.log)
         self.disk.check()
         v = settings.video
-        self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
+        try:
+            self.reference = load_image(v.reference_image, settings.ingest.max_image_pixels) \
+                if v.reference_image else default_portrait()
+        except (ImageError, OSError) as e:  # the operator's configuration: exit 2 with one line
+            raise ConfigError(f"video.reference_image: {e}") from None
         self.prompt = v.prompt
         self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings.renderer, v.fps)
         self.still.start_session(self.reference, v.prompt)
@@ -103,7 +107,8 @@ class Daemon:
             (lambda f=renderer_factory: with_drills(f(settings), settings.renderer, v.fps))
         self.renderers = RendererSupervisor(settings.renderer, v, self.still, self.events, load, self.reference)
         self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
-        self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps)
+        self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps,
+                                     max_image_pixels=settings.ingest.max_image_pixels)
         self._log_overlays()
         self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
         for o in settings.outputs:
@@ -122,6 +127,7 @@ class Daemon:
                                    edit=self.playout.editing, plan_of=self.playout.plan_of,
                                    on_air=lambda: self.playout.on_air,
                                    lock_note=self.room_note,
+                                   check_captions=self.compositor.check_captions,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -151,7 +157,9 @@ class Daemon:
 
     # -- events and commands ---------------------------------------------------------------------
     def _log_event(self, e: dict[str, Any]) -> None:
-        fields = {k: v for k, v in e.items() if k not in ("type", "ts")}
+        fields = {k: v for k, v in e.items() if k not in ("type", "ts", "meta")}
+        if "meta" in e:  # a producer's meta is its size in the log (clip_accepted has its keys), never its body
+            fields["meta_bytes"] = meta_summary(e["meta"])["meta_bytes"]
         self.log.info(f"event_{e['type']}", **fields)
 
     def _log_overlays(self) -> None:
@@ -176,6 +184,8 @@ class Daemon:
 
     def _note_caption(self, e: dict[str, Any]) -> None:
         """A queued clip's caption text and cues (checked by the ingest server before it was queued)."""
+        if e["type"] == "dropped":  # cancelled or cleared before it aired: its captions leave the budget
+            self.compositor.forget(e["segment_id"])
         if e["type"] != "accepted":
             return
         meta = e.get("meta") or {}
@@ -240,7 +250,9 @@ class Daemon:
         if data is not None:
             check_image(data, lim)
             try:
-                image = images.decode_image_bytes(data, "set_avatar image")
+                image = images.decode_image_bytes(data, "set_avatar image", lim.max_image_pixels)
+            except ImageTooLarge as e:  # the header passed, but the picture itself is larger (limits.py)
+                raise Rejection("image_too_many_pixels", str(e)) from None
             except ImageError as e:
                 raise Rejection("undecodable_image", str(e)) from None
         else:
@@ -381,6 +393,39 @@ class Daemon:
         if self.console is not None:
             self.log.info("console", url=console_url(m.host, self.metrics_port), token=self.console_token_source)
 
+    def reload(self, new: Settings | None) -> dict[str, Any]:
+        """SIGHUP: re-read what can change on air. Client keys (the folder, and the config's lists: keys no longer
+        allowed are revoked, their connections closed), the log level, and the outputs the config file names (added,
+        removed or changed by name; outputs added with output_add are left alone). Anything else in the file needs a
+        restart. `new` None (the file cannot be read) re-reads the key folder only."""
+        done: dict[str, Any] = {}
+        ing = (new or self.s).ingest
+        self.ingest.reload_keys(ing.client_keys, ing.trusted_client_keys)
+        done["client_keys"] = "reloaded"
+        if new is not None:
+            configure_logging(new.logging.format, new.logging.level)
+            done["log_level"] = new.logging.level
+            old = {o.name: o for o in self.s.outputs}
+            want = {o.name: o for o in new.outputs}
+            removed = [n for n in old if n not in want or want[n] != old[n]]
+            added = [n for n in want if n not in old or want[n] != old[n]]
+            for name in removed:
+                if name in self.outputs.names():
+                    self.outputs.remove(name)
+            for name in added:
+                if name in self.outputs.names():  # a runtime output_add took the name: the config's waits
+                    self.log.warning("reload_output_name_taken", output=name)
+                    continue
+                try:
+                    self.outputs.add(self._expand_output(want[name]))
+                except OutputRejected as e:
+                    self.log.error("reload_output_refused", output=name, error=str(e))
+            self.s = self.s.model_copy(update={"outputs": new.outputs, "logging": new.logging})
+            done["outputs_removed"], done["outputs_added"] = removed, added
+        self.log.info("reloaded", **done)
+        self.events.publish("reloaded", **done)
+        return done
+
     def request_stop(self) -> None:
         """SIGTERM: finish the chunk on air, flush and close outputs; the queue stays persisted."""
         if self.state == "stopping":
@@ -408,6 +453,7 @@ class Daemon:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.renderers.close()
+        self.compositor.close()
         self.playout.close_store()
         self.encoder.close()
         self.spool.close()
@@ -422,18 +468,20 @@ def _named(os_name: str, fn: Any) -> Any:
     return run
 
 
-def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
+def run_daemon(settings: Settings, duration_s: float | None = None,
+               reload: Callable[[], Settings] | None = None) -> int:
     """The `flashtalk-live run` entry point: start, serve until SIGTERM/SIGINT (or duration), stop cleanly.
+    SIGHUP reloads (`Daemon.reload`; `reload()` reads the configuration again) and never stops the room.
 
     With the FlashTalk renderer on several GPUs (model.gpus), this process becomes rank 0 and starts the other
     ranks itself (or joins a torchrun job); a dead rank stops the daemon with exit code 75 so systemd restarts it.
     The state directory is locked first (StateDirBusy when another daemon has it), before any rank starts.
     """
     with StateLock(settings.path(settings.state_dir)):
-        return _run_locked(settings, duration_s)
+        return _run_locked(settings, duration_s, reload)
 
 
-def _run_locked(settings: Settings, duration_s: float | None) -> int:
+def _run_locked(settings: Settings, duration_s: float | None, reload: Callable[[], Settings] | None = None) -> int:
     parallel = None
     exit_code = 0
     stop = threading.Event()
@@ -449,12 +497,21 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
 
         parallel.on_failure = on_rank_failure
 
+    wake = threading.Event()
+    hup = threading.Event()
+
     def on_signal(signum: int, _frame: Any) -> None:
         daemon.log.info("signal", signal=signal.Signals(signum).name)
         stop.set()
+        wake.set()
+
+    def on_hup(_signum: int, _frame: Any) -> None:  # the work is the main loop's, not the handler's
+        hup.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     try:
         daemon.start()
     except BaseException:
@@ -467,7 +524,11 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
         while not stop.is_set() and not daemon.wait(0):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            stop.wait(1.0)
+            wake.wait(1.0)
+            wake.clear()
+            if hup.is_set():
+                hup.clear()
+                _reload(daemon, reload)
             q = daemon.spool.stats()
             sd_notify(f"STATUS={daemon.state}; on air: {daemon.playout.on_air or 'programme/idle'}; "
                       f"queue {q.get('clips', 0)} clips")
@@ -479,6 +540,22 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
         daemon.log.error("exiting_on_fatal_error", reason=daemon.fatal, exit_code=EXIT_FATAL)
         exit_code = EXIT_FATAL
     return exit_code
+
+
+def _reload(daemon: Daemon, reload: Callable[[], Settings] | None) -> None:
+    """SIGHUP: read the configuration again and apply what can change on air; a bad file is one log line."""
+    daemon.log.info("signal", signal="SIGHUP", action="reload")
+    new = None
+    if reload is not None:
+        try:
+            new = reload()
+        except Exception as e:  # noqa: BLE001 - a config mistake on reload must not stop the room
+            daemon.log.error("reload_config_unreadable", error=str(e).splitlines()[0][:300],
+                             note="client keys re-read from the folder only; the rest unchanged")
+    try:
+        daemon.reload(new)
+    except Exception as e:  # noqa: BLE001
+        daemon.log.exception("reload_failed", error=repr(e)[:300])
 
 
 def raise_fd_limit() -> tuple[int, int]:

@@ -72,6 +72,11 @@ EVENTS: dict[str, EventType] = {e.name: e for e in (
     EventType("disk_ok", _DISK, "free space back above the watermark"),
     EventType("spool_quarantined", {"moved_to": "string", "fresh": "string", "error": "string"},
               "the spool was unreadable at start: moved aside (see `spool salvage`), a fresh one opened"),
+    EventType("key_revoked", {"name": "string (its certificate)", "key": "string (first 8 characters)"},
+              "a client key was revoked (removed from ingest.client_keys_dir, `keys revoke`): its connections closed"),
+    EventType("reloaded", {"client_keys": "string", "log_level": "string", "outputs_added": "list of string",
+                           "outputs_removed": "list of string"}, "SIGHUP was applied (what was reloaded)",
+              frozenset({"client_keys", "log_level", "outputs_added", "outputs_removed"})),
     EventType("stopping", {}, "SIGTERM: the daemon finishes the chunk on air and stops"),
     EventType("pong", {"nonce": "string | null"}, "answer to `ping` with `event: true` (on the socket only)"),
 )}

@@ -110,6 +110,10 @@ class IngestSettings(_Section):
     max_prompt_chars: int = Field(2000, gt=0)
     max_text_chars: int = Field(500, gt=0, description="a clip's caption `text` and overlay_set text (text_too_long)")
     max_id_chars: int = Field(200, ge=1, le=200, description="request ids, segment ids and output names")
+    max_meta_depth: int = Field(32, ge=1, le=200, description="nesting of a clip's `meta` (meta_too_deep), checked "
+                                "before the spool commits the clip")
+    max_caption_chars: int = Field(5000, ge=1, description="a clip's caption characters in all: `text` plus every "
+                                   "`captions` cue's text (captions_too_long)")
     rate_per_s: float = Field(50.0, ge=0, description="requests per second per peer (0: no limit)")
     rate_burst: int = Field(100, ge=1, description="requests a peer may send at once before rate_per_s applies")
     workers: int = Field(4, ge=1, le=64, description="threads that decode and handle requests")
@@ -120,6 +124,9 @@ class IngestSettings(_Section):
     max_connections: int = Field(256, ge=1, description="open tcp connections per socket (control, events); more "
                                                         "are closed at once, so a flood cannot take every descriptor")
     heartbeat_s: float = Field(10.0, gt=0, description="ZMQ_HEARTBEAT_IVL: ping every connection this often")
+    log_interval_s: float = Field(10.0, gt=0, description="refused handshakes and rejected requests: at most "
+                                  "log_burst lines per code in this interval, then one line with the count")
+    log_burst: int = Field(5, ge=0, description="lines per code and log_interval_s before they are only counted")
     heartbeat_timeout_s: float = Field(30.0, gt=0, le=6553, description="ZMQ_HEARTBEAT_TIMEOUT/TTL: drop a peer silent this long (libzmq caps the TTL at 6553 s)")
 
     @field_validator("ipc_mode", mode="before")
@@ -409,6 +416,13 @@ class OverlaySettings(_Section):
     caption_margin: int = Field(120, ge=0, description="px above the bottom edge (clear of the platform's UI)")
     caption_box: tuple[int, int, int, int] | None = Field((0, 0, 0, 120), description="RGBA box behind captions")
     max_layers: int = Field(32, ge=1, description="layers at once, configured and uploaded (too_many_layers)")
+    # -- what text may cost, measured before anything is rasterised (compose/compositor.py) --
+    max_caption_pixels: int = Field(4_000_000, gt=0, description="a clip's caption lines, rendered, in pixels "
+                                    "(captions_too_large); measured at ingest before the clip is queued")
+    caption_budget_bytes: int = Field(256 * 1024**2, gt=0, description="memory of the caption lines of every clip "
+                                      "queued and not yet aired (captions_over_budget): a byte budget, not a count")
+    max_layer_pixels: int = Field(4_194_304, gt=0, description="an overlay text layer's wrapped text, rendered, in "
+                                  "pixels (text_too_large); measured before it is rasterised")
     safe_area: tuple[float, float, float, float] = Field(
         (0.0, 0.0, 0.0, 0.0), description="(top, right, bottom, left) shares of the frame that layers and captions "
         "keep clear of (the platform's own buttons, comments and title bar); the shipped configs set a 9:16 "
@@ -443,6 +457,14 @@ class ConsoleSettings(_Section):
                                                              "together")
     preview_width: int = Field(320, ge=16, le=3840, description="preview width in pixels (height keeps the aspect)")
     event_history: int = Field(200, ge=1, le=10_000, description="recent events kept for /api/events")
+    max_connections: int = Field(128, ge=4, le=4096, description="connections open at once, reading a request or "
+                                 "being answered; more are closed when accepted")
+    read_deadline_s: float = Field(5.0, gt=0, le=300, description="a request's line, headers and body must all "
+                                   "arrive within this time (it does not restart with each byte)")
+    probe_connections: int = Field(16, ge=1, le=1024, description="/metrics and /api/health answered at once")
+    api_connections: int = Field(16, ge=1, le=1024, description="the page and the API answered at once; one more "
+                                 "is kept for a request that carries the token (the operator always gets in)")
+    preview_clients: int = Field(4, ge=1, le=64, description="/preview.jpg and /preview.mjpeg answered at once")
     event_stream_clients: int = Field(8, ge=1, le=64, description="most open /api/events/stream connections; one "
                                       "more is refused with 503 `busy` (each holds one of metrics.max_connections)")
     health_interval_s: float = Field(10.0, ge=0.05, le=3600, description="seconds between two samples of the health "

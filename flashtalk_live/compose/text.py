@@ -112,21 +112,40 @@ def _cjk(ch: str) -> bool:
     return ord(ch) >= 0x2E80
 
 
-def render_text(text: str, font: ImageFont.FreeTypeFont, style: TextStyle) -> np.ndarray:
-    """`text` (may hold newlines) as uint8 [H, W, 4] straight-alpha RGBA: glyphs with an outline, over a box."""
+def text_size(text: str, font: ImageFont.FreeTypeFont, style: TextStyle) -> tuple[int, int]:
+    """(width, height) in px that render_text(text) will have, measured without drawing anything."""
+    lines = text.split("\n")
+    stroke = style.outline
+    asc, desc = font.getmetrics()
+    line_h = round((asc + desc) * style.line_spacing)
+    pad = style.padding if style.box is not None else 0
+    w = int(np.ceil(max(font.getlength(ln) for ln in lines))) + 2 * (stroke + pad)
+    h = line_h * (len(lines) - 1) + asc + desc + 2 * (stroke + pad)
+    return max(w, 1), max(h, 1)
+
+
+def render_text(text: str, font: ImageFont.FreeTypeFont, style: TextStyle,
+                crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """`text` (may hold newlines) as uint8 [H, W, 4] straight-alpha RGBA: glyphs with an outline, over a box.
+
+    `crop` = (x, y, w, h) within the whole text's box (text_size) draws only that part: nothing outside it is ever
+    allocated, so text larger than the frame costs only what shows."""
     lines = text.split("\n")
     stroke = style.outline
     asc, desc = font.getmetrics()
     line_h = round((asc + desc) * style.line_spacing)
     widths = [font.getlength(ln) for ln in lines]
     pad = style.padding if style.box is not None else 0
-    w = int(np.ceil(max(widths))) + 2 * (stroke + pad)
-    h = line_h * (len(lines) - 1) + asc + desc + 2 * (stroke + pad)
-    size = (max(w, 1), max(h, 1))
+    w, h = text_size(text, font, style)
+    cx, cy, cw, ch = crop if crop is not None else (0, 0, w, h)
+    size = (max(cw, 1), max(ch, 1))
     fill_mask, any_mask = Image.new("L", size, 0), Image.new("L", size, 0)
     fill_draw, any_draw = ImageDraw.Draw(fill_mask), ImageDraw.Draw(any_mask)
     for i, ln in enumerate(lines):
-        xy = ((w - widths[i]) / 2, pad + stroke + i * line_h)
+        top = pad + stroke + i * line_h
+        if top + line_h + stroke < cy or top - stroke > cy + ch:
+            continue  # a line wholly outside the crop: not drawn at all
+        xy = ((w - widths[i]) / 2 - cx, top - cy)
         fill_draw.text(xy, ln, font=font, fill=255)
         any_draw.text(xy, ln, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
     # Straight alpha: the outline colour shading into the fill colour, coverage the stroked glyph's.

@@ -36,7 +36,8 @@ def start_console(console_settings: ConsoleSettings, m: MetricsSettings, ingest:
     console = Console(console_settings, m.host, ingest, events, tap, token,
                       make_wsgi_app(metrics_registry(status_provider)), probes)
     try:
-        httpd, _ = serve_app(m.host, m.port, console, max_connections=m.max_connections, timeout_s=m.timeout_s)
+        httpd, _ = serve_app(m.host, m.port, console, max_connections=console_settings.max_connections,
+                             timeout_s=m.timeout_s, read_deadline_s=console_settings.read_deadline_s)
     except BaseException:
         console.close()
         raise

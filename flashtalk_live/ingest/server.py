@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import os
+import socket
 import stat
 import threading
 import time
@@ -42,7 +44,7 @@ from flashtalk_live.ingest.protocol import (
     rejection_reply,
     split_frames,
 )
-from flashtalk_live.log import get_logger
+from flashtalk_live.log import Throttle, get_logger, meta_summary
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.secrets import mask_obj
 from flashtalk_live.settings import ConfigError, EncoderSettings, IngestSettings
@@ -86,6 +88,34 @@ def remove_socket_file(path: Path) -> None:
         pass
 
 
+def _source_fd(frame: zmq.Frame) -> int | None:
+    """The descriptor of the connection a message came from (libzmq's ZMQ_SRCFD), None when unknown."""
+    try:
+        fd = frame.get(zmq.SRCFD)
+    except (zmq.ZMQError, AttributeError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def shutdown_tcp(fd: int, ports: set[int]) -> int:
+    """End one tcp connection of ours by its descriptor (shutdown(2), not close: libzmq owns the descriptor and
+    closes it when its engine sees the end). Only a tcp socket on one of `ports` is touched: the descriptor may have
+    been reused. 1 if it was ended."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return 0
+    try:
+        if s.family in (socket.AF_INET, socket.AF_INET6) and s.getsockname()[1] in ports:
+            s.shutdown(socket.SHUT_RDWR)
+            return 1
+    except OSError:
+        pass
+    finally:
+        s.detach()
+    return 0
+
+
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """Split a ROUTER message into (routing envelope, body) for DEALER and REQ peers.
 
@@ -123,7 +153,8 @@ class IngestServer:
                  layers: Callable[[], list[str]] | None = None,
                  edit: Callable[..., ContextManager[Any]] | None = None,
                  plan_of: Callable[[str], dict[str, Any] | None] | None = None,
-                 on_air: Callable[[], str | None] | None = None, lock_note: str = "") -> None:
+                 on_air: Callable[[], str | None] | None = None, lock_note: str = "",
+                 check_captions: Callable[[str | None, list[dict[str, Any]]], None] | None = None) -> None:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
         self.lock_note = lock_note  # written into each ipc socket's lock: which room holds it (statelock.py)
         self._locks: list[FileLock] = []
@@ -134,6 +165,9 @@ class IngestServer:
         self.edit = edit or (lambda command, segment_id=None: contextlib.nullcontext())
         self.plan_of = plan_of
         self.on_air = on_air  # the clip on air now (timeline/onair.OnAir.segment), for `skip`
+        # check_captions(text, cues): raises a Rejection when a clip's captions would cost too much to render or to
+        # hold until they air (the compositor's measure; None: a bare ingest server with nothing to draw them)
+        self.check_captions = check_captions
         self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
         self.spool = spool
         self.events = events
@@ -151,6 +185,8 @@ class IngestServer:
         self.handlers: dict[str, Handler] = {**own, **(handlers or {})}
         self.served = frozenset(self.handlers)
         self.log = get_logger("ingest")
+        # A peer decides how often it is refused: those lines are counted past a few per code and interval.
+        self.rejections = Throttle(self.log, ingest.log_interval_s, ingest.log_burst)
         # A private context by default: it holds this server's ZAP handler (one per context).
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
@@ -165,6 +201,7 @@ class IngestServer:
         self._router: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
         self._caps: list[ConnectionCap] = []
+        self._curve_fds: dict[int, str] = {}  # descriptor of a control connection -> the CURVE key its requests had
         self.control_endpoints: list[str] = []
         self.event_endpoints: list[str] = []
         self.requests_served = 0
@@ -343,6 +380,9 @@ class IngestServer:
             for cap in self._caps:
                 if cap.monitor in ready:
                     cap.handle()
+            self.rejections.flush()
+            self.security.flush_logs()
+            self._revoke_keys()
             if self._backlog or self._replies or self._wake_r in ready:
                 self._flush_events()
                 self._flush_replies()
@@ -359,6 +399,18 @@ class IngestServer:
     def _accept(self, msg: list[zmq.Frame]) -> None:
         """On the ingest thread: name the peer, check its rate, and queue the request on its connection's lane."""
         peer = self.security.peer_of(msg[-1])
+        if peer.transport == "ipc":
+            # libzmq names an ipc peer by its process (uid:gid:pid): every client of one process would share one
+            # rate bucket. Each ipc connection (its routing id) is a peer of its own.
+            peer = dataclasses.replace(peer, address=f"{peer.address}#{msg[0].bytes.hex()}")
+        if peer.transport == "curve" and peer.key is not None:
+            fd = _source_fd(msg[-1])
+            if not self.security.allows(peer.key):  # revoked since its handshake: no answer, the connection ends
+                self._close_fds({fd} if fd is not None else set())
+                self.rejections("warning", "revoked_key_refused", "curve", key=peer.key[:8])
+                return
+            if fd is not None:
+                self._curve_fds[fd] = peer.key
         envelope, body = split_envelope([f.bytes for f in msg])
         t0 = time.perf_counter()
         try:
@@ -367,7 +419,8 @@ class IngestServer:
             assert self._lanes is not None
             self._lanes.submit(envelope[0], lambda: self._serve_one(envelope, peer, header, payload, t0))
         except Rejection as e:
-            self.log.info("request_rejected", code=e.code, reason=e.reason, peer=peer.name, frames=len(body))
+            self.rejections("info", "request_rejected", e.code, code=e.code, reason=e.reason[:200], peer=peer.name,
+                            frames=len(body))
             self._replies.append((envelope, rejection_reply(e)))
             self._flush_replies()
 
@@ -428,11 +481,56 @@ class IngestServer:
             reply = error_reply("internal", f"{type(e).__name__}: {e}")
             self.log.exception("request_failed", cmd=cmd)
         if not reply["ok"]:
-            self.log.info("request_rejected", cmd=cmd, code=reply["code"], reason=reply["reason"],
-                          field=reply.get("field"), peer=peer.name, bytes=len(header) + len(payload or b""))
+            self.rejections("info", "request_rejected", reply["code"], cmd=cmd, code=reply["code"],
+                            reason=reply["reason"][:200], field=reply.get("field"), peer=peer.name,
+                            bytes=len(header) + len(payload or b""))
         if request_id is not None:
             reply["id"] = request_id
         return reply
+
+    # -- revocation ------------------------------------------------------------------------------------
+    def reload_keys(self, keys: list[str], trusted: list[str]) -> None:
+        """New client key lists from the configuration (SIGHUP; any thread): keys no longer listed are revoked on
+        the ingest thread, as a certificate removed from ingest.client_keys_dir is."""
+        if self.security.keys is None:
+            return
+        self.security.keys.reload(keys, trusted)
+        self._wake()
+
+    def _revoke_keys(self) -> None:
+        """On the ingest thread, at least once a second: the keys revoked since the last look lose their open
+        control connections (the descriptors their requests came from) and every tcp event subscription (the event
+        endpoints are re-bound: allowed subscribers reconnect by themselves, a revoked key's handshake is refused)."""
+        keys = self.security.refresh_keys()
+        if not keys:
+            return
+        names = {k.decode("ascii"): self.security.name_of(k) for k in keys}
+        fds = {fd for fd, key in self._curve_fds.items() if key in names}
+        closed = self._close_fds(fds)
+        self._rebind_events()
+        for key, name in names.items():
+            self.log.warning("key_revoked", name=name, key=key[:8], control_connections_closed=closed)
+            self.events.publish("key_revoked", name=name, key=key[:8])
+
+    def _close_fds(self, fds: set[int]) -> int:
+        ports = {int(ep.rsplit(":", 1)[1]) for ep in self.control_endpoints if ep.startswith("tcp://")}
+        closed = 0
+        for fd in fds:
+            self._curve_fds.pop(fd, None)
+            closed += shutdown_tcp(fd, ports)
+        return closed
+
+    def _rebind_events(self) -> None:
+        assert self._pub is not None
+        for ep in self.event_endpoints:
+            if not ep.startswith("tcp://"):
+                continue
+            try:
+                self._pub.unbind(ep)
+                self.security.prepare_bind(self._pub, ep, "ingest.events")
+                self._pub.bind(ep)
+            except zmq.ZMQError as e:
+                self.log.error("events_rebind_failed", endpoint=ep, error=str(e))
 
     # -- the commands served here ------------------------------------------------------------------
     def _cmd_ping(self, call: Call[PingArgs]) -> dict[str, Any]:
@@ -542,6 +640,11 @@ class IngestServer:
             cues = getattr(a, name)
             if cues is not None:
                 meta[name] = [c.model_dump() for c in cues]
+        # Everything that can fail on the caller's data runs before the commit: the captions' cost (the compositor
+        # measures them), and masking the meta the `accepted` event will carry (its depth is bounded, limits.py).
+        if self.check_captions is not None:
+            self.check_captions(a.text, [c.model_dump() for c in a.captions or ()])  # type: ignore[attr-defined]
+        published_meta = mask_obj(meta)
         # Re-plan first: insert and play_now make clips rendered ahead but not on air pending again, so the new clip
         # is ordered against them exactly as the queue semantics say; enqueue drops buffered idle/programme chunks,
         # so a clip pushed into an idle room does not wait behind them (playout/replan.py).
@@ -551,10 +654,15 @@ class IngestServer:
         ack = res.ack
         if res.duplicate:
             return {"duplicate": True, **ack}
-        self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
-                      duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid)
-        self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
-                            duration_s=ack["duration_s"], request_id=rid, meta=meta, **self._name(res.entry))
+        # Committed: from here the clip airs, so the caller gets its segment_id whatever fails (a daemon bug, logged).
+        try:
+            self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                          duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid,
+                          **meta_summary(meta))
+            self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                                duration_s=ack["duration_s"], request_id=rid, meta=published_meta, **self._name(res.entry))
+        except Exception as e:  # noqa: BLE001 - never `internal` for a clip that is queued
+            self.log.error("accepted_not_published", segment_id=ack["segment_id"], error=repr(e)[:200])
         return {"duplicate": False, **ack, **self._planned(ack["segment_id"])}
 
     def _planned(self, segment_id: str) -> dict[str, Any]:
