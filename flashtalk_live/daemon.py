@@ -33,6 +33,7 @@ from flashtalk_live.metrics import serve_metrics
 from flashtalk_live.outputs.kinds import kind_name
 from flashtalk_live.outputs.manager import OutputManager, TooManyOutputs
 from flashtalk_live.queue.spool import Spool
+from flashtalk_live.queue.streams import StreamRegistry
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.drill import with_drills
 from flashtalk_live.renderers.kinds import RendererFactory, renderer_kind
@@ -95,7 +96,11 @@ class Daemon:
                                         max_clip_s=settings.ingest.max_clip_seconds) if playlist else None
         # Render ahead (issue 10): a queue clip starts only with enough head start buffered; see timeline/admission.py.
         self.admission = Admission.from_settings(settings.renderer, v, lambda: self.pacer.buffered_frames / settings.video.fps)
-        self.timeline = Timeline(v, settings.encoder, self.spool, self.programme, admission=self.admission)
+        # Streamed clips (queue/streams.py): rebuilt from the spool before the timeline can take one.
+        self.streams = StreamRegistry(settings.streams, settings.ingest, settings.encoder, self.spool,
+                                      chunk_s=v.chunk_frames / v.fps)
+        self.timeline = Timeline(v, settings.encoder, self.spool, self.programme, admission=self.admission,
+                                 streams=self.streams)
         self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
         self.prompt = v.prompt
         self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings.renderer, v.fps)
@@ -117,7 +122,9 @@ class Daemon:
                            on_underrun=lambda info: self.onair.underrun(info))
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=lambda: self.admission.planning_rate,
-                                   air_frame=lambda: self.pacer.air_frame)
+                                   air_frame=lambda: self.pacer.air_frame,
+                                   buffered_s=lambda: self.pacer.buffered_frames / v.fps,
+                                   due_margin_s=settings.streams.due_margin_s)
         self.render_ahead = RenderAhead(self.replanner, self.renderers.render, self.renderers.current_name,
                                         self.admission, self.lookahead, fps=v.fps,
                                         idle_reuse=settings.renderer.idle_reuse,
@@ -135,13 +142,14 @@ class Daemon:
                                    on_frame=self.onair.aired, on_air=self._on_air)
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
-                                   edit=self.replanner.editing, plan_of=self.onair.plan_of,
+                                   edit=self.replanner.editing, plan_of=self.onair.plan_of, streams=self.streams,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
             "overlay_show": self._cmd_overlay_show, "overlay_hide": self._cmd_overlay_hide,
             "overlay_set": self._cmd_overlay_set,
         })
+        self.events.subscribe(self.streams.on_event)  # a streamed clip's audio is dropped once it is gone
         self._stop_render = threading.Event()
         self._stopped = threading.Event()
         self._pending_avatar: tuple[np.ndarray, str] | None = None
@@ -326,6 +334,7 @@ class Daemon:
                 if not low and self.spool.reserve_released:
                     self.spool.ensure_reserve()
                 self.onair.settle()
+                self.streams.sweep()  # streams idle past streams.idle_timeout_s are closed as cut
             except Exception as e:  # noqa: BLE001
                 self.log.error("housekeeping_failed", error=repr(e))
 
@@ -338,6 +347,7 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
             "on_air": self.onair.segment,
             "queue": self.spool.stats(),
+            "streams": self.streams.status(),
             "storage": {**self.disk.status(), **self.onair.storage_status(),
                         "spool_quarantined": str(self.spool.quarantined[0]) if self.spool.quarantined else None},
             "broadcast": {
@@ -347,6 +357,8 @@ class Daemon:
                 "media_time_s": round(enc["frames"] / self.s.video.fps, 3),
                 "video_codec": enc["video_codec"],
                 "send_max_s": round(self.outputs.send_max_s, 4),
+                # a streamed clip's producer behind real time: pauses inside the clip, not our underruns
+                "producer_starved_seconds": round(self.timeline.starved_samples / self.s.encoder.audio_rate, 3),
             },
             "renderer": self.renderers.status(),
             "render_ahead": {**self.render_ahead.status(), **self.lookahead.store.stats()},

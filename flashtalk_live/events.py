@@ -15,7 +15,7 @@ Event = dict[str, Any]
 # The event types the daemon publishes (documented in docs/protocol.md).
 EVENT_TYPES = (
     "accepted", "started", "finished", "interrupted", "dropped", "cancelled", "cleared", "moved", "idle",
-    "scheduled", "rescheduled",
+    "scheduled", "rescheduled", "stream_closed",
     "endpoint_up", "endpoint_down", "underrun", "renderer_changed", "recalibrated", "stopping",
 )
 

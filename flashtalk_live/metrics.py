@@ -52,6 +52,12 @@ class StatusCollector:
             under.add_metric([where], float(b.get(f"underrun_frames_{where}", 0)))
         yield under
         yield CounterMetricFamily("flashtalk_underruns", "Underrun episodes", value=b.get("underrun_episodes", 0))
+        yield CounterMetricFamily("flashtalk_producer_starved_seconds", "Pauses cut inside streamed clips because "
+                                  "their producer was behind real time (not underruns: the renderer kept up)",
+                                  value=b.get("producer_starved_seconds", 0.0))
+        st = s.get("streams") or {}
+        yield GaugeMetricFamily("flashtalk_open_streams", "Streamed clips open (clip_open without close yet)",
+                                value=st.get("open", 0))
         ib = (s.get("render_ahead") or {}).get("idle_bank") or {}
         yield GaugeMetricFamily("flashtalk_idle_bank_chunks", "Idle bank chunks ready for the current avatar",
                                 value=ib.get("chunks_ready", 0))

@@ -43,6 +43,7 @@ from flashtalk_live.ingest.protocol import (
 )
 from flashtalk_live.log import get_logger
 from flashtalk_live.queue.spool import Spool
+from flashtalk_live.queue.streams import StreamRegistry
 from flashtalk_live.secrets import mask_obj
 from flashtalk_live.settings import EncoderSettings, IngestSettings
 EVENT_BACKLOG = 10_000
@@ -104,7 +105,8 @@ class IngestServer:
                  refuse_clips: Callable[[], str | None] | None = None,
                  layers: Callable[[], list[str]] | None = None,
                  edit: Callable[..., ContextManager[Any]] | None = None,
-                 plan_of: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+                 plan_of: Callable[[str], dict[str, Any] | None] | None = None,
+                 streams: StreamRegistry | None = None) -> None:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
         self.encoder = encoder
         self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
@@ -119,6 +121,13 @@ class IngestServer:
         own: dict[str, Handler] = {name: self._cmd_audio for name in AUDIO_COMMANDS}
         own.update(clear=self._cmd_clear, cancel=self._cmd_cancel, move=self._cmd_move, status=self._cmd_status,
                    ping=self._cmd_ping)
+        # Streamed clips (queue/streams.py): served when the daemon gives a registry.
+        self.streams = streams
+        if streams is not None:
+            own.update(clip_open=self._cmd_clip_open, clip_append=self._cmd_clip_append,
+                       clip_close=self._cmd_clip_close, clip_abort=self._cmd_clip_abort)
+            streams.on_ready = self._stream_ready
+            streams.on_cut = self._stream_cut
         for name in handlers or {}:
             if name not in COMMANDS:
                 raise ValueError(f"handler for {name!r}, which is not in the command table (ingest/commands.py)")
@@ -412,17 +421,21 @@ class IngestServer:
 
     def _cmd_cancel(self, call: Call) -> dict[str, Any]:
         sid = call.args.segment_id  # type: ignore[attr-defined]
+        return {"segment_id": sid, "was": self.cancel_clip(sid)}
+
+    def cancel_clip(self, sid: str, reason: str = "cancelled") -> str:
+        """Drop a pending clip or cut the clip on air (re-planned first); 'pending' or 'playing'; not_found."""
         was = None
         if self.spool.get(sid) is not None:  # an unknown id must not discard the render-ahead buffer
             with self.edit("cancel", sid):
                 was = self.spool.cancel(sid)
         if was is None:
             raise Rejection("not_found", f"no pending or playing clip {sid[:64]!r}", "segment_id")
-        self.log.info("clip_cancelled", segment_id=sid, was=was)
-        self.events.publish("cancelled", segment_id=sid, was=was)
+        self.log.info("clip_cancelled", segment_id=sid, was=was, reason=reason)
+        self.events.publish("cancelled", segment_id=sid, was=was, **({} if reason == "cancelled" else {"reason": reason}))
         if was == "pending":
-            self.events.publish("dropped", segment_id=sid, reason="cancelled")
-        return {"segment_id": sid, "was": was}
+            self.events.publish("dropped", segment_id=sid, reason=reason)
+        return was
 
     def _cmd_move(self, call: Call) -> dict[str, Any]:
         a = call.args
@@ -453,15 +466,7 @@ class IngestServer:
             raise Rejection("oversize", f"payload of {len(data)} bytes exceeds queue.max_spool_bytes {cap}")
         fmt, rate, ch = a.format, a.sample_rate, a.channels  # type: ignore[attr-defined]
         clip = decode_for_settings(data, self.encoder, self.cfg, format=fmt, sample_rate=rate, channels=ch)
-        check_cues(a, clip.duration_s, self.layers)  # before the spool: a refused clip leaves nothing behind
-        # meta's cue keys come only from the checked fields, so whoever reads them (the compositor) can trust them
-        meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}  # type: ignore[attr-defined]
-        if a.text is not None:  # type: ignore[attr-defined]
-            meta["text"] = a.text  # type: ignore[attr-defined]
-        for name in CUE_FIELDS:
-            cues = getattr(a, name)
-            if cues is not None:
-                meta[name] = [c.model_dump() for c in cues]
+        meta = self._checked_meta(a, clip.duration_s)
         # Re-plan first: insert and play_now make clips rendered ahead but not on air pending again, so the new clip
         # is ordered against them exactly as the queue semantics say; enqueue drops buffered idle/programme chunks,
         # so a clip pushed into an idle room does not wait behind them (timeline/replan.py).
@@ -476,6 +481,84 @@ class IngestServer:
         self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
                             duration_s=ack["duration_s"], request_id=rid, meta=meta)
         return {"duplicate": False, **ack, **self._planned(ack["segment_id"])}
+
+    def _checked_meta(self, a: Any, duration_s: float) -> dict[str, Any]:
+        """The clip's meta with its text and cues, checked against `duration_s` before the spool (a refused clip
+        leaves nothing behind); meta's cue keys come only from the checked fields, so the compositor can trust them."""
+        check_cues(a, duration_s, self.layers)
+        meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}
+        if a.text is not None:
+            meta["text"] = a.text
+        for name in CUE_FIELDS:
+            cues = getattr(a, name)
+            if cues is not None:
+                meta[name] = [c.model_dump() for c in cues]
+        return meta
+
+    # -- streamed clips (queue/streams.py) ---------------------------------------------------------
+    def _cmd_clip_open(self, call: Call) -> dict[str, Any]:
+        a = call.args
+        assert self.streams is not None
+        rid = a.id
+        if rid is not None:
+            ack = self.spool.lookup_request(rid)
+            if ack is not None:  # a resend after a lost reply: the same stream
+                return {"duplicate": True, **ack}
+        refusal = self.refuse_clips() if self.refuse_clips is not None else None
+        if refusal is not None:
+            raise Rejection("disk_full", refusal)
+        declared = a.duration_s  # type: ignore[attr-defined]
+        meta = self._checked_meta(a, declared if declared is not None else self.cfg.max_clip_seconds)
+        mode = a.mode  # type: ignore[attr-defined]
+        res = self.streams.open(meta, mode, rid, format=a.format, sample_rate=a.sample_rate,  # type: ignore[attr-defined]
+                                channels=a.channels, declared_s=declared, peer=call.peer.name)  # type: ignore[attr-defined]
+        ack = res.ack
+        if res.duplicate:
+            return {"duplicate": True, **ack}
+        self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                      stream=True, declared_s=declared, request_id=rid)
+        self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                            duration_s=declared or 0.0, request_id=rid, meta=meta, stream=True)
+        return {"duplicate": False, **ack, "stream": True}
+
+    def _cmd_clip_append(self, call: Call) -> dict[str, Any]:
+        assert self.streams is not None and call.data is not None
+        a = call.args
+        if self.refuse_clips is not None and (refusal := self.refuse_clips()) is not None:
+            raise Rejection("disk_full", refusal)
+        return self.streams.append(a.segment_id, a.seq, call.data)  # type: ignore[attr-defined]
+
+    def _cmd_clip_close(self, call: Call) -> dict[str, Any]:
+        assert self.streams is not None
+        a = call.args
+        res = self.streams.close(a.segment_id, a.duration_s)  # type: ignore[attr-defined]
+        self.events.publish("stream_closed", **res)
+        return {**res, **self._planned(a.segment_id)}  # type: ignore[attr-defined]
+
+    def _cmd_clip_abort(self, call: Call) -> dict[str, Any]:
+        assert self.streams is not None
+        sid = call.args.segment_id  # type: ignore[attr-defined]
+        self.streams.abort(sid)
+        try:
+            was = self.cancel_clip(sid, reason="aborted")
+        except Rejection:
+            was = None  # it had already left the queue
+        return {"segment_id": sid, "was": was}
+
+    def _stream_ready(self, segment_id: str, mode: str) -> None:
+        """A stream holds enough audio to start: re-plan as for a whole clip pushed now, so it does not wait behind
+        buffered idle (insert/play_now keep their meaning: the spool's order and interrupt flag were set at open)."""
+        with self.edit(mode, segment_id):
+            pass
+        self._planned(segment_id)
+
+    def _stream_cut(self, segment_id: str, had_audio: bool) -> None:
+        """The idle timeout closed a stream: with audio it airs to its end and then `interrupted` (the timeline's
+        mark); with none it left the queue now, and this is its event."""
+        self.events.publish("stream_closed", segment_id=segment_id, cut=True, reason="stream_timeout")
+        if not had_audio:
+            self.events.publish("interrupted", segment_id=segment_id, source="queue", reason="stream_timeout",
+                                was="pending")
 
     def _planned(self, segment_id: str) -> dict[str, Any]:
         """planned_in_s / planned_media_time_s for a reply (nothing without a daemon, or if the plan fails)."""
@@ -493,6 +576,7 @@ class IngestServer:
         pending = self.spool.pending(limit=STATUS_PENDING_LIMIT)
         out: dict[str, Any] = {
             "queue": self.spool.stats(),
+            "streams": self.streams.status() if self.streams is not None else None,
             "playing": [{"segment_id": e.segment_id, "duration_s": e.duration_s, "mode": e.mode}
                         for e in self.spool.playing()],
             "pending": [{"segment_id": e.segment_id, "position": e.position, "duration_s": e.duration_s,

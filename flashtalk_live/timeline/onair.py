@@ -66,7 +66,9 @@ class OnAir:
             with self._settle_lock:
                 self._unsettled.append(m.segment_id)
                 self._settle()
-        extra = {"requeued": True} if m.requeued else {}  # cut by play_now: it replays after the play_now clip
+        extra: dict[str, Any] = {"requeued": True} if m.requeued else {}  # cut by play_now: replays after it
+        if m.reason is not None:
+            extra["reason"] = m.reason
         self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3),
                             **extra)
         if m.kind == "started":
