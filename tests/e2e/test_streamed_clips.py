@@ -129,7 +129,7 @@ def test_a_stream_at_real_time_pace_airs_continuously_and_starts_before_close(da
 
     recs = srv.recordings("room")
     assert len(recs) == 1, recs
-    x, first = decode_mono(recs[0])
+    x, _ = decode_mono(recs[0])
     labels = tones(x)
     win_s = 0.01
     on_air = pieces_on_air(labels)
@@ -138,8 +138,6 @@ def test_a_stream_at_real_time_pace_airs_continuously_and_starts_before_close(da
     first_at = on_air[0][1]
     for i, (label, at, length) in enumerate(on_air):
         assert abs((at - first_at) * win_s - i * PIECE_S) <= 0.03, (i, at, first_at)
-    # the stream's first sample aired where 'started' said
-    assert abs(first + first_at * win_s - start) <= 0.06
     # no dropout: not one silent 10 ms window from the first piece to the last
     span = labels[first_at: on_air[-1][1] + on_air[-1][2]]
     assert (span >= 0).all(), np.flatnonzero(span < 0)[:10]
