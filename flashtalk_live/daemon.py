@@ -22,6 +22,7 @@ from flashtalk_live.ingest.auth import confine_output_file, confine_path
 from flashtalk_live.ingest.commands import Call
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.ingest.server import IngestServer
+from flashtalk_live.latency import PushToAir
 from flashtalk_live.log import get_logger
 from flashtalk_live.media.broadcast import Broadcast
 from flashtalk_live.media.encoder import Encoder
@@ -52,6 +53,7 @@ from flashtalk_live.timeline.replan import Replanner
 from flashtalk_live.timeline.timeline import Timeline
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
+CAPTION_CHARS_PER_S = 12.0  # a streamed clip's `text` before its length is known: about a speaker's pace
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
 
 
@@ -150,6 +152,8 @@ class Daemon:
             "overlay_set": self._cmd_overlay_set,
         })
         self.events.subscribe(self.streams.on_event)  # a streamed clip's audio is dropped once it is gone
+        self.latency = PushToAir(room_idle=self._room_idle, first_byte=self._first_byte)
+        self.events.subscribe(self.latency.on_event)
         self._stop_render = threading.Event()
         self._stopped = threading.Event()
         self._pending_avatar: tuple[np.ndarray, str] | None = None
@@ -186,13 +190,19 @@ class Daemon:
         self.events.subscribe(self._note_caption)
 
     def _note_caption(self, e: dict[str, Any]) -> None:
-        """A queued clip's caption text and cues (checked by the ingest server before it was queued)."""
+        """A queued clip's caption text and cues (checked by the ingest server before it was queued). A streamed
+        clip's length is not known until its close: its `text` is timed over its declared duration, else a reading
+        pace, until then."""
+        if e["type"] == "stream_closed" and e.get("duration_s"):
+            self.compositor.clip_length(e["segment_id"], float(e["duration_s"]))
         if e["type"] != "accepted":
             return
         meta = e.get("meta") or {}
         text = meta.get("text")
-        self.compositor.note_clip(e["segment_id"], text if isinstance(text, str) else "", float(e["duration_s"]),
-                                  captions=meta.get("captions"), overlays=meta.get("overlays"))
+        text = text if isinstance(text, str) else ""
+        duration = float(e["duration_s"]) or max(1.0, len(text) / CAPTION_CHARS_PER_S)
+        self.compositor.note_clip(e["segment_id"], text, duration, captions=meta.get("captions"),
+                                  overlays=meta.get("overlays"))
 
     def _cmd_overlay_show(self, call: Call) -> dict[str, Any]:
         self.compositor.show(call.args.name, call.args.seconds)  # type: ignore[attr-defined]
@@ -218,6 +228,15 @@ class Daemon:
         return {"media_time_s": round(media, 3), "buffered_s": ra["buffered_s"], "render_rate": ra["render_rate"],
                 "head_start_s": ra["head_start_s"], "waiting": ra["waiting"], "waiting_reason": ra["waiting_reason"],
                 "clips": clips, **self.replanner.status()}
+
+    def _room_idle(self) -> bool:
+        """No clip on air and none queued but the one just accepted (latency.py's enqueue_idle)."""
+        q = self.spool.stats()
+        return self.onair.segment is None and q["pending"] <= 1 and q["playing"] == 0
+
+    def _first_byte(self, segment_id: str) -> float | None:
+        live = self.streams.live(segment_id)
+        return None if live is None else live.first_byte
 
     def _cmd_outputs(self, call: Call) -> dict[str, Any]:
         return {"outputs": self.outputs.status()}
@@ -348,6 +367,7 @@ class Daemon:
             "on_air": self.onair.segment,
             "queue": self.spool.stats(),
             "streams": self.streams.status(),
+            "latency": {"push_to_air": self.latency.status()},
             "storage": {**self.disk.status(), **self.onair.storage_status(),
                         "spool_quarantined": str(self.spool.quarantined[0]) if self.spool.quarantined else None},
             "broadcast": {

@@ -39,7 +39,9 @@ class EventBus:
 
     def publish(self, type: str, **fields: Any) -> Event:
         with self._lock:
-            event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), **mask_obj(fields)}
+            # mono: the daemon's monotonic clock, so intervals between events (push -> air) survive clock steps
+            event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), "mono": time.monotonic(),
+                            **mask_obj(fields)}
             subs = list(self._subs)
         for fn in subs:
             try:

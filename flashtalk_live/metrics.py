@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from flashtalk_live.secrets import mask_obj
 
@@ -58,6 +58,14 @@ class StatusCollector:
         st = s.get("streams") or {}
         yield GaugeMetricFamily("flashtalk_open_streams", "Streamed clips open (clip_open without close yet)",
                                 value=st.get("open", 0))
+        p2a = (s.get("latency") or {}).get("push_to_air") or {}
+        if p2a:
+            h = HistogramMetricFamily("flashtalk_push_to_air_seconds", "Acknowledged (a stream: its first audio) to "
+                                      "the clip's first frame on air, by kind", labels=["kind"])
+            for kind, k in p2a.items():
+                h.add_metric([kind], [(str(float(le)), float(c)) for le, c in k["buckets"]] +
+                             [("+Inf", float(k["count"]))], sum_value=float(k["sum_s"]))
+            yield h
         ib = (s.get("render_ahead") or {}).get("idle_bank") or {}
         yield GaugeMetricFamily("flashtalk_idle_bank_chunks", "Idle bank chunks ready for the current avatar",
                                 value=ib.get("chunks_ready", 0))

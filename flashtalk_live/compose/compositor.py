@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -270,6 +271,17 @@ class Compositor:
             self._clips[segment_id] = ClipCues(text, duration_s, caps, ovs)
             while len(self._clips) > MAX_CAPTIONED_CLIPS:
                 self._clips.popitem(last=False)
+
+    def clip_length(self, segment_id: str, duration_s: float) -> None:
+        """A streamed clip's final length (known at its close): its `text` is timed over it from now on (the lines
+        are rasterised again at the next chunk, or at once if it is on air)."""
+        with self._lock:
+            c = self._clips.get(segment_id)
+            if c is None:
+                return
+            self._clips[segment_id] = dataclasses.replace(c, duration_s=duration_s)
+        if self._captions.pop(segment_id, None) is not None:
+            self.prepare([segment_id])
 
     def prepare(self, segment_ids: list[str | None]) -> None:
         """Rasterise the captions of clips about to air (the render thread calls this with each chunk's frames)."""

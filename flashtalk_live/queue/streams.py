@@ -51,6 +51,7 @@ class LiveStream:
         self.available = 0  # broadcast samples
         self.model_available = 0
         self.ended = False
+        self.first_byte: float | None = None  # monotonic time its first piece was acknowledged (this process)
         self.cut: str | None = None  # why it ended without its producer's close ("stream_timeout", "aborted")
         self.cond = threading.Condition()
 
@@ -263,6 +264,8 @@ class StreamRegistry:
                 o.decoder = self._rebuilt_decoder(segment_id)
                 raise
             o.next_seq, o.bytes, o.last_append = seq + 1, o.bytes + len(data), self.clock()
+            if seq == 0:
+                o.live.first_byte = o.last_append
             o.live.extend(bc, md)
             became_ready = not o.ready_told and o.live.startable(self.start_samples)
             o.ready_told = o.ready_told or became_ready

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 import av
@@ -120,8 +121,14 @@ def test_a_stream_at_real_time_pace_airs_continuously_and_starts_before_close(da
         wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == sid, 60, seen)
         time.sleep(1.5)
         st = c.status()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{st['metrics_port']}/metrics", timeout=10).read().decode()
     assert d.stop() == 0
     assert st["broadcast"]["producer_starved_seconds"] == 0.0, st["broadcast"]
+    # push -> air of a stream is counted from its first acknowledged byte (a number, never asserted on time)
+    p2a = st["latency"]["push_to_air"]["stream_first_byte"]
+    assert p2a["count"] == 1 and p2a["max_s"] > 0
+    assert 'flashtalk_push_to_air_seconds_count{kind="stream_first_byte"} 1.0' in metrics
+    assert "flashtalk_producer_starved_seconds_total 0.0" in metrics
     assert st["streams"]["open"] == 0 and st["streams"]["closed"] == 1
     start = next(e["media_time_s"] for e in seen if e["type"] == "started" and e.get("segment_id") == sid)
     end = next(e["media_time_s"] for e in seen if e["type"] == "finished" and e.get("segment_id") == sid)
