@@ -182,9 +182,9 @@ class StreamRegistry:
                 self.log.error("stream_recover_decode_failed", segment_id=sid, error=str(e))
             self._live[sid] = live
             if row["state"] == "open":
-                e = self.spool.get(sid)
-                self._open[sid] = _Open(live, dec, e.mode if e else "enqueue", row["peer"], row["next_seq"], nbytes,
-                                        now)
+                entry = self.spool.get(sid)
+                self._open[sid] = _Open(live, dec, entry.mode if entry else "enqueue", row["peer"], row["next_seq"],
+                                        nbytes, now)
                 resumed.append(sid)
             else:
                 live.end(cut="stream_timeout" if row["state"] == "cut" else None)
