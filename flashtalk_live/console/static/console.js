@@ -54,6 +54,12 @@ async function command(name, body, fields) {
   return reply;
 }
 
+// push -> air p50 per kind that has clips (status.latency.push_to_air, flashtalk_live/latency.py)
+function pushToAir(st) {
+  const kinds = Object.entries(((st.latency || {}).push_to_air) || {}).filter(([, v]) => v.count);
+  return kinds.length ? " · push→air p50 " + kinds.map(([k, v]) => k + " " + Number(v.p50_s).toFixed(2) + " s").join(", ") : "";
+}
+
 function renderStatus(st) {
   const state = $("state");
   state.textContent = st.state;
@@ -61,7 +67,8 @@ function renderStatus(st) {
   const b = st.broadcast || {};
   $("health").textContent = "up " + secs(st.uptime_s) + " · A/V skew " + (b.av_skew_s ?? "—") +
     " s · render rtf " + (b.render_rtf === undefined ? "—" : Number(b.render_rtf).toFixed(3)) + " · look-ahead " + (b.buffered_frames ?? "—") +
-    " frames · underruns " + (b.underrun_episodes ?? 0) + " · renderer " + ((st.renderer || {}).active || "—");
+    " frames · underruns " + (b.underrun_episodes ?? 0) + " · renderer " + ((st.renderer || {}).active || "—") +
+    (b.producer_starved_seconds ? " · producer starved " + b.producer_starved_seconds + " s" : "") + pushToAir(st);
   const plan = st.plan || {};
   const cur = plan.on_air;
   if (cur) {
