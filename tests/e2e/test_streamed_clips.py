@@ -6,6 +6,7 @@ recording shows where each piece aired: in order, at its sample position, with o
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import urllib.request
@@ -273,3 +274,38 @@ def test_a_producer_slower_than_real_time_pauses_inside_the_clip_not_an_underrun
     on_air = pieces_on_air(tones(x))
     assert [r[0] for r in on_air] == [i % 4 for i in range(n)], on_air
     assert abs(sum(r[2] for r in on_air) * 0.01 - n * PIECE_S) <= 0.02 * n
+
+
+@pytest.mark.timeout(180)
+def test_push_stream_reads_stdin_as_it_arrives(daemon_factory):
+    import subprocess
+    import sys
+
+    d = daemon_factory().start()
+    ev = d.events()
+    seen: list[dict] = []
+    with d.client() as c:
+        ev.sync(c)
+        cli = subprocess.Popen([sys.executable, "-m", "flashtalk_live", "push", "--stream", "-", "--sample-rate",
+                                str(RATE), "--channels", "1", "--text", "from a pipe", "--endpoint", d.ipc],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=False)
+        assert cli.stdin is not None and cli.stdout is not None
+        opened = json.loads(cli.stdout.readline())
+        sid = opened["segment_id"]
+        i = 0
+        # the pipe stays open until the clip is on air: it airs from what was read so far
+        while not any(e["type"] == "started" and e.get("segment_id") == sid for e in seen):
+            assert i < 100, "not on air after 20 s of audio"
+            cli.stdin.write(piece(i)[:7001])  # odd sizes: pieces end mid-sample
+            cli.stdin.write(piece(i)[7001:])
+            cli.stdin.flush()
+            i += 1
+            time.sleep(PIECE_S)
+            while (e := ev.get(0)) is not None:
+                seen.append(e)
+        cli.stdin.close()
+        closed = json.loads(cli.stdout.readline())
+        assert cli.wait(30) == 0
+        assert closed["closed"] and closed["bytes"] == i * 2 * PIECE and abs(closed["duration_s"] - i * PIECE_S) < 1e-6
+        wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == sid, 60, seen)
+    assert d.stop() == 0
