@@ -538,7 +538,12 @@ class IngestServer:
     def _cmd_clip_abort(self, call: Call) -> dict[str, Any]:
         assert self.streams is not None
         sid = call.args.segment_id  # type: ignore[attr-defined]
-        self.streams.abort(sid)
+        try:
+            self.streams.abort(sid)
+        except Rejection as e:
+            if e.code == "unknown_stream":
+                raise
+            # closed or cut already: what it received is queued or on air, and the abort drops that
         try:
             was = self.cancel_clip(sid, reason="aborted")
         except Rejection:

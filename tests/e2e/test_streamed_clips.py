@@ -233,6 +233,11 @@ def test_bad_stream_input_each_its_own_code(daemon_factory):
         time.sleep(2.5)
         assert code(lambda: c.clip_append(s3, seq=1, data=piece(1))) == "stream_timed_out"
         assert code(lambda: c.clip_open(format="wav")) == "bad_request"
+        s5 = c.clip_open(**pcm)["segment_id"]
+        c.clip_append(s5, seq=0, data=piece(0))
+        assert c.clip_abort(s5)["was"] == "pending"
+        assert code(lambda: c.clip_append(s5, seq=1, data=piece(1))) == "stream_closed"
+        assert code(lambda: c.clip_abort("f" * 16)) == "unknown_stream"
         # nothing else was disturbed: the whole clip and the closed stream air to their end
         for sid in (other, s1, s2):
             wait_for(ev, lambda e, sid=sid: e["type"] == "finished" and e.get("segment_id") == sid, 60, seen)
@@ -240,6 +245,8 @@ def test_bad_stream_input_each_its_own_code(daemon_factory):
     assert st["state"] == "on_air"
     assert d.stop() == 0
     assert s4 not in [e.get("segment_id") for e in seen if e["type"] == "started"]
+    assert {"type": "dropped", "segment_id": s5, "reason": "aborted"}.items() <= next(
+        e for e in seen if e["type"] == "dropped" and e.get("segment_id") == s5).items()
 
 
 @pytest.mark.rtmp
