@@ -60,12 +60,15 @@ def measure(name: str, settings: list[str], trials: int, tmp: Path) -> dict:
     seen: list[dict] = []
     out: dict[str, list[tuple[float, float, float]]] = {k: [] for k in KINDS}  # (total, ack, planned_in)
 
+    def until(pred) -> dict:  # noqa: ANN001 - an event seen already, or the next one that matches
+        return next((e for e in seen if pred(e)), None) or wait_for(ev, pred, 600, seen)
+
     def started(sid: str) -> dict:
-        return wait_for(ev, lambda e: e["type"] == "started" and e.get("segment_id") == sid, 600, seen)
+        return until(lambda e: e["type"] == "started" and e.get("segment_id") == sid)
 
     def finished(sid: str) -> None:
-        wait_for(ev, lambda e: e["type"] in ("finished", "interrupted") and e.get("segment_id") == sid
-                 and not e.get("requeued"), 600, seen)
+        until(lambda e: e["type"] in ("finished", "interrupted") and e.get("segment_id") == sid
+              and not e.get("requeued"))
 
     try:
         with d.client(timeout_s=60) as c:
@@ -111,10 +114,7 @@ def measure(name: str, settings: list[str], trials: int, tmp: Path) -> dict:
                     s = started(ack["segment_id"])
                     out[kind].append((s["mono"] - t0, t_ack - t0, ack.get("planned_in_s", 0.0)))
                     finished(ack["segment_id"])
-                    if kind == "play_now":
-                        finished(long["segment_id"])  # it replays after the play_now clip
-                    else:
-                        finished(long["segment_id"])
+                    finished(long["segment_id"])  # after play_now: it replays from its start, then finishes
             status = c.status()
         return {"name": name, "kinds": out, "daemon": status["latency"]["push_to_air"],
                 "rate": status["plan"]["render_rate"]}
