@@ -266,7 +266,8 @@ class Timeline:
             return True
 
     def _admitted(self, frame: int) -> bool:
-        """True when there is no gate, or the gate lets the queue's head clip start now."""
+        """True when the queue's head clip may start now: a stream once it holds its head (first chunk and jitter
+        allowance), and the gate (if any) lets it."""
         peek = getattr(self.queue, "peek", None)
         if (self.admission is None and self.streams is None) or not callable(peek):
             return True
