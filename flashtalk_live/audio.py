@@ -232,3 +232,99 @@ def decode_for_settings(data: bytes, encoder: EncoderSettings, ingest: IngestSet
         max_seconds=ingest.max_clip_seconds if enforce_limits else math.inf,
         min_seconds=ingest.min_clip_seconds if enforce_limits else 0.0,
     )
+
+
+STREAM_FORMATS = ("pcm_s16le", "mp3")  # formats a streamed clip may carry: decodable from any byte boundary
+
+
+class StreamDecoder:
+    """A streamed clip's bytes, piece by piece, into broadcast-rate and 16 kHz model audio (queue/streams.py).
+
+    Raw s16le is cut at whole frames (a piece may end mid-sample: the rest waits for the next piece); MP3 goes
+    through FFmpeg's frame parser, so pieces need not end on frame boundaries. The same pieces always give the same
+    samples, so a restart rebuilds a stream from its stored parts exactly. `feed` raises AudioError."""
+
+    def __init__(self, format: str, sample_rate: int | None, channels: int | None, *, rate: int = 48_000,
+                 out_channels: int = 2) -> None:
+        if format not in STREAM_FORMATS:
+            raise AudioError("undecodable_audio", f"a streamed clip carries one of {', '.join(STREAM_FORMATS)}, "
+                                                  f"not {format!r}")
+        if format == "pcm_s16le" and (not sample_rate or not channels):
+            raise AudioError("undecodable_audio", "raw pcm_s16le needs sample_rate and channels")
+        self.format, self.sample_rate, self.channels = format, sample_rate, channels
+        self._res = _Resampled(rate, out_channels)
+        self._carry = b""
+        self._codec = av.CodecContext.create("mp3", "r") if format == "mp3" else None
+        self.flushed = False
+        self._id3: int | None = None  # MP3: bytes of a leading ID3v2 tag still to skip (None: header not seen yet)
+
+    def _drain(self) -> tuple[np.ndarray, np.ndarray]:
+        r = self._res
+        bc = np.concatenate(r.bc_parts) if r.bc_parts else np.zeros((0, r.channels), np.float32)
+        md = np.concatenate(r.md_parts) if r.md_parts else np.zeros(0, np.float32)
+        r.bc_parts, r.md_parts = [], []
+        if not (np.isfinite(bc).all() and np.isfinite(md).all()):
+            raise AudioError("undecodable_audio", "samples contain NaN or infinity")
+        return np.ascontiguousarray(bc, np.float32), np.ascontiguousarray(md, np.float32)
+
+    def feed(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """The audio this piece completes: (broadcast [n, channels], model [m])."""
+        try:
+            if self._codec is None:
+                ch = int(self.channels)  # type: ignore[arg-type]
+                buf = self._carry + data
+                whole = len(buf) - len(buf) % (2 * ch)
+                self._carry = buf[whole:]
+                if whole:
+                    pcm = np.frombuffer(buf[:whole], dtype="<i2").reshape(1, -1)
+                    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=_layout(ch))
+                    frame.sample_rate = int(self.sample_rate)  # type: ignore[arg-type]
+                    self._res.push(frame)
+            else:
+                data = self._skip_id3(data)
+                for packet in self._codec.parse(data):
+                    for frame in self._codec.decode(packet):
+                        if frame.samples:
+                            self._res.push(frame)
+        except AudioError:
+            raise
+        except (av.FFmpegError, ValueError, OSError) as e:
+            raise AudioError("undecodable_audio", f"{self.format} stream decode error: {_why(e)}") from None
+        return self._drain()
+
+    def _skip_id3(self, data: bytes) -> bytes:
+        """Drop a leading ID3v2 tag (the MP3 parser would hand it to the decoder as a bad frame)."""
+        if self._id3 is None:  # not decided yet: need the 10-byte header
+            self._carry += data
+            if len(self._carry) < 10:
+                return b""
+            head, data, self._carry = self._carry[:10], self._carry, b""
+            if head[:3] == b"ID3":
+                size = 10 + ((head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F))
+                self._id3 = size + (10 if head[5] & 0x10 else 0)
+            else:
+                self._id3 = 0
+        if self._id3:
+            n = min(self._id3, len(data))
+            self._id3 -= n
+            data = data[n:]
+        return data
+
+    def flush(self) -> tuple[np.ndarray, np.ndarray]:
+        """The end of the stream: what the codec and resamplers still hold (call once)."""
+        if self.flushed:
+            return self._drain()
+        self.flushed = True
+        try:
+            if self._codec is not None:
+                for packet in self._codec.parse(b""):
+                    for frame in self._codec.decode(packet):
+                        if frame.samples:
+                            self._res.push(frame)
+                for frame in self._codec.decode(None):
+                    if frame.samples:
+                        self._res.push(frame)
+            self._res.push(None)
+        except (av.FFmpegError, ValueError, OSError) as e:
+            raise AudioError("undecodable_audio", f"{self.format} stream decode error at its end: {_why(e)}") from None
+        return self._drain()

@@ -21,6 +21,7 @@ class Mark:
     segment_id: str
     source: Literal["queue", "programme"] = "queue"
     requeued: bool = False  # 'interrupted' by play_now: the clip is back in the queue to replay after it
+    reason: str | None = None  # why an 'interrupted' clip ended early when nobody cut it ("stream_timeout")
 
 
 @dataclass

@@ -5,6 +5,7 @@ One method per command of the table (ingest/commands.py): `client.cancel(segment
 running is reported at once (`NoDaemon`). Every call waits at most `timeout_s` for its reply. No reply means
 "unknown": the daemon may be busy, or the message was larger than its ZMQ_MAXMSGSIZE, which libzmq drops without a
 word. Audio calls carry a request id, so resending the same call (same id) after a timeout never queues it twice.
+`Client.stream(chunks, ...)` streams one clip as its audio is produced (clip_open / clip_append / clip_close).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
@@ -196,12 +197,95 @@ class Client:
         """Play this clip next, after the current clip and any earlier inserts (`cues` as for enqueue)."""
         return self._push("insert", audio, format, sample_rate, channels, request_id, meta, timeout_s, cues)
 
+    def stream(self, chunks: Iterable[bytes] | None = None, *, format: str = "pcm_s16le",
+               sample_rate: int | None = None, channels: int | None = None, mode: str = "enqueue",
+               duration_s: float | None = None, meta: dict[str, Any] | None = None, segment_id: str | None = None,
+               next_seq: int = 0, retry_s: float = 10.0, **cues: Any) -> "ClipStream":
+        """A streamed clip as a context manager: `with client.stream(tts_chunks, sample_rate=22050, channels=1,
+        text="...") as s:` opens it (`s.segment_id`), sends each chunk of `chunks` as the iterator yields it (at the
+        end of the block, or when `s.send_all()` is called; `s.append(b)` sends one piece) and closes it when the
+        block ends; an exception in the block aborts it. `segment_id`/`next_seq` resume a stream opened earlier
+        (after a restart of the producer or the daemon). Each piece is resent with its seq for up to `retry_s` s
+        while the daemon does not answer: a stored seq is acknowledged again, so nothing is lost or doubled."""
+        return ClipStream(self, chunks, dict(format=format, sample_rate=sample_rate, channels=channels, mode=mode,
+                                             duration_s=duration_s, meta=meta, **cues),
+                          segment_id=segment_id, next_seq=next_seq, retry_s=retry_s)
+
     def play_now(self, audio: bytes | str | os.PathLike[str], format: str | None = None, sample_rate: int | None = None,
                  channels: int | None = None, request_id: str | None = None, *, meta: dict[str, Any] | None = None,
                  timeout_s: float | None = None, **cues: Any) -> dict[str, Any]:
         """Cut the current clip at the next chunk boundary and play this one (`cues` as for enqueue)."""
         return self._push("play_now", audio, format, sample_rate, channels, request_id, meta, timeout_s, cues)
 
+
+
+class ClipStream:
+    """One streamed clip of a Client (see Client.stream)."""
+
+    def __init__(self, client: Client, chunks: Iterable[bytes] | None, open_fields: dict[str, Any], *,
+                 segment_id: str | None = None, next_seq: int = 0, retry_s: float = 10.0) -> None:
+        self.client, self.open_fields, self.retry_s = client, open_fields, retry_s
+        self._chunks = iter(chunks) if chunks is not None else None
+        self.segment_id = segment_id
+        self.next_seq = next_seq
+        self.acks: list[dict[str, Any]] = []  # every append's reply, in order
+        self.closed: dict[str, Any] | None = None  # clip_close's reply
+
+    def _retrying(self, cmd: str, data: bytes | None = None, **fields: Any) -> dict[str, Any]:
+        """One request, resent unchanged while the daemon does not answer (a restart) for up to retry_s."""
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return self.client.call(cmd, data, **fields)
+            except (ClientTimeout, NoDaemon):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def open(self) -> str:
+        if self.segment_id is None:
+            ack = self._retrying("clip_open", id=uuid.uuid4().hex, **self.open_fields)
+            self.segment_id = ack["segment_id"]
+        return self.segment_id
+
+    def append(self, data: bytes) -> dict[str, Any]:
+        """Send the next piece; returns the ack once the daemon stored it."""
+        sid = self.open()
+        ack = self._retrying("clip_append", bytes(data), segment_id=sid, seq=self.next_seq)
+        self.next_seq += 1
+        self.acks.append(ack)
+        return ack
+
+    def send_all(self) -> None:
+        """Send what the chunk iterator yields, each piece as soon as it is yielded."""
+        if self._chunks is None:
+            return
+        for piece in self._chunks:
+            if piece:
+                self.append(piece)
+        self._chunks = None
+
+    def close(self, duration_s: float | None = None) -> dict[str, Any]:
+        self.send_all()
+        self.closed = self._retrying("clip_close", segment_id=self.open(), duration_s=duration_s)
+        return self.closed
+
+    def abort(self) -> None:
+        if self.segment_id is not None:
+            try:
+                self.client.call("clip_abort", segment_id=self.segment_id)
+            except Rejected:
+                pass  # already gone
+
+    def __enter__(self) -> "ClipStream":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self.closed is None:
+            self.close()
 
 
 def _command_method(command: Command) -> Callable[..., dict[str, Any]]:

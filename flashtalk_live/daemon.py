@@ -15,7 +15,6 @@ from typing import Any, Callable
 import numpy as np
 
 from flashtalk_live import fdreserve
-from flashtalk_live.airlatency import PushToAir
 from flashtalk_live.compose.compositor import Compositor
 from flashtalk_live.console import AirTap, console_url, resolve_token, start_console
 from flashtalk_live.console.health import gpu_memory
@@ -27,6 +26,7 @@ from flashtalk_live.ingest.commands import (
 )
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.ingest.server import IngestServer
+from flashtalk_live.latency import PushToAir
 from flashtalk_live.log import configure as configure_logging, get_logger, meta_summary
 from flashtalk_live.media.broadcast import Broadcast
 from flashtalk_live.media.encoder import Encoder
@@ -37,6 +37,7 @@ from flashtalk_live.osthread import name_os_thread
 from flashtalk_live.outputs.manager import OutputManager, OutputRejected
 from flashtalk_live.probes import RoomProbes, Vitals
 from flashtalk_live.queue.spool import Spool
+from flashtalk_live.queue.streams import StreamRegistry
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.drill import with_drills
 from flashtalk_live.renderers.kinds import RendererFactory, renderer_kind
@@ -50,6 +51,7 @@ from flashtalk_live.statelock import EndpointBusy, StateLock
 from flashtalk_live.storage import DiskWatermark
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
+CAPTION_CHARS_PER_S = 12.0  # a streamed clip's `text` before its length is known: about a speaker's pace
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
 
 
@@ -76,7 +78,6 @@ class Daemon:
         Path(settings.path(settings.state_dir)).mkdir(parents=True, exist_ok=True)
         self.events = EventBus()
         self.events.subscribe(self._log_event)
-        self.push_to_air = PushToAir(self.events)
         self.spool = Spool.from_settings(settings.expanded(settings.queue), settings.encoder, settings.storage)
         if self.spool.quarantined is not None:
             aside, why = self.spool.quarantined
@@ -93,6 +94,9 @@ class Daemon:
                                   publish=self.events.publish, log=self.log)
         self.disk.check()
         v = settings.video
+        # Streamed clips (queue/streams.py): rebuilt from the spool before the timeline can take one.
+        self.streams = StreamRegistry(settings.streams, settings.ingest, settings.encoder, self.spool,
+                                      chunk_s=v.chunk_frames / v.fps)
         try:
             self.reference = load_image(v.reference_image, settings.ingest.max_image_pixels) \
                 if v.reference_image else default_portrait()
@@ -116,7 +120,8 @@ class Daemon:
         self.playout = Playout(settings, self.spool, self.events, self.renderers,
                                preferred_renderer=lambda: self.renderers.preferred,
                                media_time_s=lambda: self.encoder.frames / v.fps,
-                               prepare=lambda rendered: self.compositor.prepare(rendered.chunk.frame_segments))
+                               prepare=lambda rendered: self.compositor.prepare(rendered.chunk.frame_segments),
+                               streams=self.streams)
         self.playout.set_avatar(self.reference, self.prompt)
         self.air = AirTap(settings.encoder.audio_rate, v.fps)  # the console's preview: each frame and its sound
         self.broadcast = Broadcast(self.playout.pacer, self.compositor, self.encoder, self.outputs, fps=v.fps,
@@ -128,12 +133,16 @@ class Daemon:
                                    on_air=lambda: self.playout.on_air,
                                    lock_note=self.room_note,
                                    check_captions=self.compositor.check_captions,
+                                   streams=self.streams,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
             "overlay_show": self._cmd_overlay_show, "overlay_hide": self._cmd_overlay_hide,
             "overlay_set": self._cmd_overlay_set,
         })
+        self.events.subscribe(self.streams.on_event)  # a streamed clip's audio is dropped once it is gone
+        self.latency = PushToAir(room_idle=self._room_idle, first_byte=self._first_byte)
+        self.events.subscribe(self.latency.on_event)
         self._stop_render = threading.Event()
         self._stopped = threading.Event()
         self._pending_avatar: tuple[np.ndarray, str] | None = None
@@ -183,15 +192,21 @@ class Daemon:
         self.events.subscribe(self._note_caption)
 
     def _note_caption(self, e: dict[str, Any]) -> None:
-        """A queued clip's caption text and cues (checked by the ingest server before it was queued)."""
+        """A queued clip's caption text and cues (checked by the ingest server before it was queued). A streamed
+        clip's length is not known until its close: its `text` is timed over its declared duration, else a reading
+        pace, until then."""
         if e["type"] == "dropped":  # cancelled or cleared before it aired: its captions leave the budget
             self.compositor.forget(e["segment_id"])
+        if e["type"] == "stream_closed" and e.get("duration_s"):
+            self.compositor.clip_length(e["segment_id"], float(e["duration_s"]))
         if e["type"] != "accepted":
             return
         meta = e.get("meta") or {}
         text = meta.get("text")
-        self.compositor.note_clip(e["segment_id"], text if isinstance(text, str) else "", float(e["duration_s"]),
-                                  captions=meta.get("captions"), overlays=meta.get("overlays"))
+        text = text if isinstance(text, str) else ""
+        duration = float(e["duration_s"]) or max(1.0, len(text) / CAPTION_CHARS_PER_S)
+        self.compositor.note_clip(e["segment_id"], text, duration, captions=meta.get("captions"),
+                                  overlays=meta.get("overlays"))
 
     def _cmd_overlay_show(self, call: Call[OverlayShowArgs]) -> dict[str, Any]:
         self.compositor.show(call.args.name, call.args.seconds)
@@ -213,6 +228,15 @@ class Daemon:
 
     def plan_status(self) -> dict[str, Any]:
         return self.playout.status()
+
+    def _room_idle(self) -> bool:
+        """No clip on air and none queued but the one just accepted (latency.py's enqueue_idle)."""
+        q = self.spool.stats()
+        return self.playout.on_air is None and q["pending"] <= 1 and q["playing"] == 0
+
+    def _first_byte(self, segment_id: str) -> float | None:
+        live = self.streams.live(segment_id)
+        return None if live is None else live.first_byte
 
     def _cmd_outputs(self, call: Call[NoArgs]) -> dict[str, Any]:
         return {"outputs": self.outputs.status()}
@@ -311,6 +335,7 @@ class Daemon:
                 if not low and self.spool.reserve_released:
                     self.spool.ensure_reserve()
                 self.playout.settle()
+                self.streams.sweep()  # streams idle past streams.idle_timeout_s are closed as cut
             except Exception as e:  # noqa: BLE001
                 self.log.error("housekeeping_failed", error=repr(e))
 
@@ -332,6 +357,8 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
             "on_air": self.playout.on_air,
             "queue": self.spool.stats(),
+            "streams": self.streams.status(),
+            "latency": {"push_to_air": self.latency.status()},
             "storage": {**self.disk.status(), **self.playout.onair.storage_status(),
                         "spool_quarantined": str(self.spool.quarantined[0]) if self.spool.quarantined else None},
             "broadcast": {
@@ -341,6 +368,8 @@ class Daemon:
                 "media_time_s": round(enc["frames"] / self.s.video.fps, 3),
                 "video_codec": enc["video_codec"],
                 "send_max_s": round(self.outputs.send_max_s, 4),
+                # a streamed clip's producer behind real time: pauses inside the clip, not our underruns
+                "producer_starved_seconds": round(self.playout.timeline.starved_samples / self.s.encoder.audio_rate, 3),
             },
             "renderer": self.renderers.status(),
             "render_ahead": self.playout.render_ahead_status(),
@@ -348,7 +377,6 @@ class Daemon:
             "outputs": self.outputs.status(),
             "overlays": self.compositor.status(),
             "rss_bytes": _rss_bytes(),
-            "push_to_air": self.push_to_air.status(),
             "gpu": gpu_memory(),
             "metrics_port": self.metrics_port,
         }

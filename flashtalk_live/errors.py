@@ -70,6 +70,17 @@ REJECT_CODES: dict[str, str] = {
     "rate_limited": "the peer is over `ingest.rate_per_s` (burst `ingest.rate_burst`); the reason says when to retry",
     "busy": "too many requests waiting or running (`ingest.max_inflight_per_peer`, `ingest.max_inflight`), or the "
             "daemon is stopping",
+    "unknown_stream": "`clip_append` / `clip_close` / `clip_abort` of a `segment_id` that is no streamed clip (never "
+                      "opened, or already finished or dropped)",
+    "stream_closed": "`clip_append` / `clip_close` of a stream that was closed, cut (its idle timeout passed) or "
+                     "aborted; the reason says which",
+    "sequence_gap": "`clip_append` whose `seq` is past the next one expected (the reason names it); a `seq` already "
+                    "stored is acknowledged as a duplicate instead",
+    "stream_too_large": "`clip_append` that would take a stream over `streams.max_stream_bytes`; the stream stays open",
+    "stream_timed_out": "`clip_append` / `clip_close` of a stream that went longer than `streams.idle_timeout_s` "
+                        "without an append: it was closed as cut (event `interrupted`, reason `stream_timeout`)",
+    "too_many_streams": "`clip_open` over `streams.max_open` open streams in all, or `streams.max_open_per_peer` for "
+                        "this peer",
     "internal": "a bug or an I/O error in the daemon; the request changed nothing",
 }
 

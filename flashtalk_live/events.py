@@ -16,7 +16,8 @@ Event = dict[str, Any]
 
 @dataclass(frozen=True)
 class EventType:
-    """One kind of event: its name, its payload fields (beyond `type`, `seq`, `ts`) with their types as the wire
+    """One kind of event: its name, its payload fields (beyond `type`, `seq`, `ts` and `mono`, the daemon's monotonic
+    clock for intervals such as push -> air) with their types as the wire
     carries them, and when it is published. `optional` fields may be absent. docs/protocol.md's event table, the
     console's event lines and the `events` verb follow from `EVENTS`."""
 
@@ -37,26 +38,35 @@ _DISK = {"path": "string", "free_bytes": "int", "free_percent": "float", "min_fr
 # Every event the daemon publishes, declared once (adding an event is one entry here plus its publish call).
 EVENTS: dict[str, EventType] = {e.name: e for e in (
     EventType("accepted", {"segment_id": "string", "mode": "enqueue | insert | play_now", "position": "int",
-                           "duration_s": "float", "request_id": "string | null", "meta": "object", "name": "string"},
-              "a clip was committed to the queue (after its ack)", _NAMED),
+                           "duration_s": "float", "request_id": "string | null", "meta": "object", "name": "string",
+                           "stream": "true"},
+              "a clip was committed to the queue (after its ack); `stream`: a streamed clip (clip_open)",
+              frozenset({"name", "stream"})),
     EventType("scheduled", _PLANNED, "a clip got its first planned on-air time (after `accepted`)"),
     EventType("rescheduled", {**_PLANNED, "previous_media_time_s": "float"},
               "its planned start moved by more than 2 s (an edit, a hiccup, a change of renderer)"),
     EventType("started", _CLIP_ON_AIR, "the clip's first frame goes on air", _NAMED),
     EventType("finished", _CLIP_ON_AIR, "its last frame went on air; it is deleted from the spool", _NAMED),
-    EventType("interrupted", {**_CLIP_ON_AIR, "requeued": "true"},
+    EventType("interrupted", {**_CLIP_ON_AIR, "requeued": "true", "reason": "string", "was": "pending"},
               "cut by `cancel` or unplayable: not replayed; cut by `play_now` (`requeued`): it replays after the "
-              "play_now clip and ends later with its own `finished`", optional=frozenset({"requeued", "name"})),
-    EventType("cancelled", {"segment_id": "string", "was": "pending | playing", "name": "string"},
-              "a `cancel` request succeeded", _NAMED),
+              "play_now clip and ends later with its own `finished`; `reason: stream_timeout`: a streamed clip whose producer "
+              "went silent past streams.idle_timeout_s",
+              optional=frozenset({"requeued", "name", "reason", "was", "frame", "media_time_s"})),
+    EventType("cancelled", {"segment_id": "string", "was": "pending | playing", "name": "string",
+                            "reason": "string"},
+              "a `cancel` request succeeded (`reason: aborted`: a `clip_abort`)", frozenset({"name", "reason"})),
     EventType("skipped", {"segment_id": "string", "source": "queue | programme", "name": "string"},
               "a `skip` cut what was on air (a queue clip is dropped; the programme goes on with its next item)",
               _NAMED),
-    EventType("dropped", {"segment_id": "string", "reason": "cleared | cancelled"},
+    EventType("dropped", {"segment_id": "string", "reason": "cleared | cancelled | aborted"},
               "a pending clip left the queue without airing"),
     EventType("cleared", {"segment_ids": "list of string", "count": "int"}, "a `clear` request"),
     EventType("moved", {"segment_id": "string", "position_was": "int", "position": "int"},
               "a `move` request changed the order"),
+    EventType("stream_closed", {"segment_id": "string", "duration_s": "float", "received_bytes": "int",
+                                "parts": "int", "cut": "true", "reason": "string"},
+              "a streamed clip's producer closed it (`clip_close`), or its idle timeout cut it (`cut`, `reason`)",
+              frozenset({"duration_s", "received_bytes", "parts", "cut", "reason"})),
     EventType("idle", {"frame": "int", "media_time_s": "float"}, "nothing from the queue is on air any more"),
     EventType("endpoint_up", {"output": "string", "url": "string (key masked)", "reconnects": "int"},
               "an output connected"),
@@ -118,7 +128,9 @@ class EventBus:
         if type not in EVENTS:
             raise UnknownEvent(f"event type {type!r} is not declared in flashtalk_live.events.EVENTS")
         with self._lock:
-            event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), **mask_obj(fields)}
+            # mono: the daemon's monotonic clock, so intervals between events (push -> air) survive clock steps
+            event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), "mono": time.monotonic(),
+                            **mask_obj(fields)}
             subs = list(self._subs)
         for fn in subs:
             try:

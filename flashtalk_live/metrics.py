@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from flashtalk_live.probes import RoomProbes
 from flashtalk_live.secrets import mask_obj
@@ -54,6 +54,20 @@ class StatusCollector:
             under.add_metric([where], float(b.get(f"underrun_frames_{where}", 0)))
         yield under
         yield CounterMetricFamily("flashtalk_underruns", "Underrun episodes", value=b.get("underrun_episodes", 0))
+        yield CounterMetricFamily("flashtalk_producer_starved_seconds", "Pauses cut inside streamed clips because "
+                                  "their producer was behind real time (not underruns: the renderer kept up)",
+                                  value=b.get("producer_starved_seconds", 0.0))
+        st = s.get("streams") or {}
+        yield GaugeMetricFamily("flashtalk_open_streams", "Streamed clips open (clip_open without close yet)",
+                                value=st.get("open", 0))
+        # always exported (no series before the first clip airs): the fleet dashboard names it
+        p2a = (s.get("latency") or {}).get("push_to_air") or {}
+        h = HistogramMetricFamily("flashtalk_push_to_air_seconds", "Acknowledged (a stream: its first audio) to "
+                                  "the clip's first frame on air, by kind", labels=["kind"])
+        for kind, k in p2a.items():
+            h.add_metric([kind], [(str(float(le)), float(c)) for le, c in k["buckets"]] +
+                         [("+Inf", float(k["count"]))], sum_value=float(k["sum_s"]))
+        yield h
         ib = (s.get("render_ahead") or {}).get("idle_bank") or {}
         yield GaugeMetricFamily("flashtalk_idle_bank_chunks", "Idle bank chunks ready for the current avatar",
                                 value=ib.get("chunks_ready", 0))
@@ -75,9 +89,6 @@ class StatusCollector:
         yield rend
         yield GaugeMetricFamily("flashtalk_renderer_on_fallback", "1 while the still renderer airs instead of the "
                                 "configured one (loading or failed)", value=1.0 if r.get("on_fallback") else 0.0)
-        pa = s.get("push_to_air") or {}
-        yield SummaryMetricFamily("flashtalk_push_to_air_seconds", "Seconds from a clip's ack to its first frame on "
-                                  "air", count_value=pa.get("count", 0), sum_value=pa.get("sum_s", 0.0))
         yield from _gpu_metrics(s.get("gpu") or [])
         drift = r.get("drift") or {}
         for key in ("identity", "colour"):

@@ -144,6 +144,21 @@ class QueueSettings(_Section):
     max_spool_bytes: int = Field(8 * 1024**3, gt=0)
 
 
+class StreamSettings(_Section):
+    """Streamed clips (clip_open / clip_append / clip_close: flashtalk_live/queue/streams.py)."""
+
+    max_open: int = Field(16, ge=1, description="open streams in all (too_many_streams)")
+    max_open_per_peer: int = Field(4, ge=1, description="open streams of one peer (too_many_streams)")
+    max_stream_bytes: int = Field(64 * 1024**2, gt=0, description="bytes one stream may append (stream_too_large)")
+    idle_timeout_s: float = Field(10.0, gt=0, description="an open stream with no append for this long is closed as "
+                                  "cut (event `interrupted`, reason stream_timeout); also after a restart")
+    prebuffer_s: float = Field(0.4, ge=0, description="seconds of audio past the first chunk a stream must have "
+                               "received (or be closed) before it starts on air: the producer's jitter allowance")
+    due_margin_s: float = Field(0.2, ge=0, description="a chunk of a stream whose audio has not all arrived is cut "
+                                "(the rest a pause inside the clip) once the air is this close to needing it, beyond "
+                                "one chunk's render time")
+
+
 class StorageSettings(_Section):
     """The disk under the state directory: below the watermark the room stays on air but refuses new clips."""
 
@@ -503,6 +518,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
     programme: ProgrammeSettings = Field(default_factory=ProgrammeSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
     renderer: RendererSettings = Field(default_factory=RendererSettings)

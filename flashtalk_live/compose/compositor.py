@@ -21,6 +21,7 @@ import collections
 import threading
 import time
 from collections import OrderedDict
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -388,6 +389,17 @@ class Compositor:
     def held_caption_bytes(self) -> int:
         with self._lock:
             return self._held_bytes
+
+    def clip_length(self, segment_id: str, duration_s: float) -> None:
+        """A streamed clip's final length (known at its close): its `text` is timed over it from now on (the lines
+        are rasterised again at the next chunk, or at once if it is on air)."""
+        with self._lock:
+            c = self._clips.get(segment_id)
+            if c is None:
+                return
+            self._clips[segment_id] = dataclasses.replace(c, duration_s=duration_s)
+        if self._captions.pop(segment_id, None) is not None:
+            self.prepare([segment_id])
 
     def prepare(self, segment_ids: list[str | None]) -> None:
         """Ask for the caption lines of clips about to air (the render thread calls this with each chunk's frames);

@@ -16,7 +16,7 @@ import time
 import types
 import typing
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from flashtalk_live.client import Client, ClientError, ClientTimeout, EventStream, NoDaemon, Rejected, \
     format_for_path, probe
@@ -101,7 +101,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
                 stream = EventStream(events)
                 stream.sync(client, timeout_s=args.timeout)
             waiting: dict[str, str] = {}
-            for path in args.files:
+            if args.stream:
+                rc = _push_stream(client, args, mode, waiting)
+            for path in [] if args.stream else args.files:
                 try:
                     ack = client.call(mode, _read(path), id=None if args.no_id else uuid.uuid4().hex,
                                       format=args.format or _fmt(path), sample_rate=args.sample_rate,
@@ -152,6 +154,39 @@ def _daemon_gone(control: str, waiting: dict[str, str], why: str) -> int:
     print(f"flashtalk-live: the daemon at {control} went away ({why}) before {len(waiting)} clip(s) finished: "
           f"{', '.join(waiting.values())}. They stay queued and air when it runs again.", file=sys.stderr)
     return EXIT_DAEMON_STOPPED
+
+
+def _pieces(path: str, size: int = 65536) -> Iterator[bytes]:
+    """The file's bytes as they arrive (a pipe from a TTS process: each read returns what is there)."""
+    fd = sys.stdin.buffer.fileno() if path == "-" else os.open(path, os.O_RDONLY)
+    try:
+        while piece := os.read(fd, size):
+            yield piece
+    finally:
+        if path != "-":
+            os.close(fd)
+
+
+def _push_stream(client: Client, args: argparse.Namespace, mode: str, waiting: dict[str, str]) -> int:
+    """push --stream: one streamed clip from one file or stdin, sent as it is read (clip_open/append/close)."""
+    if len(args.files) != 1:
+        print("flashtalk-live: push --stream takes one FILE (or - for stdin)", file=sys.stderr)
+        return EXIT_ERROR
+    path = args.files[0]
+    fmt = args.format or _fmt(path) or "pcm_s16le"
+    try:
+        with client.stream(_pieces(path), format=fmt, sample_rate=args.sample_rate, channels=args.channels,
+                           mode=mode, text=args.text, duration_s=args.duration) as s:
+            _print({"file": path, "segment_id": s.segment_id, "mode": mode, "stream": True})
+            waiting[str(s.segment_id)] = path
+            s.send_all()
+            done = s.close()
+    except Rejected as e:
+        print(f"{path}: rejected: {e.code}: {e.reason}", file=sys.stderr)
+        return EXIT_ERROR
+    _print({"file": path, "segment_id": done["segment_id"], "duration_s": done["duration_s"],
+            "bytes": done["received_bytes"], "parts": done["parts"], "closed": True})
+    return EXIT_OK
 
 
 def _read(path: str) -> bytes:
@@ -316,11 +351,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--channels", type=int, help="raw pcm_s16le: channel count")
     p.add_argument("--text", help="the clip's transcript, captioned on air while it plays")
     p.add_argument("--name", help="a name for people: shown in status, the clip's events and the console")
+    p.add_argument("--stream", action="store_true", help="stream one clip as its audio arrives (a TTS pipe on "
+                   "stdin: push --stream - --sample-rate 22050 --channels 1); pcm_s16le (default) or mp3")
+    p.add_argument("--duration", type=float, help="--stream: the clip's expected length in seconds (admission "
+                   "plans with it)")
     p.add_argument("--no-id", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_push, verb="push")
 
     for command in COMMANDS.values():
-        if command.data == "audio":
+        if command.data in ("audio", "stream"):  # push, push --stream
             continue
         verb = command.name.replace("_", "-")
         aliases = [command.name] if verb != command.name else []

@@ -26,10 +26,12 @@ OUTPUT_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # Format hints a client may give; None means "sniff the bytes". Raw PCM needs sample_rate and channels.
 FORMATS = ("wav", "mp3", "m4a", "mp4", "aac", "flac", "ogg", "opus", "pcm_s16le")
 RAW_FORMATS = frozenset({"pcm_s16le"})
+STREAM_FORMATS = ("pcm_s16le", "mp3")  # a streamed clip's formats: decodable from any byte boundary (audio.py)
+Mode = Literal["enqueue", "insert", "play_now"]
 ENVELOPE = frozenset({"v", "cmd"})  # checked by protocol.parse_header before the table is consulted
 
 Trust = Literal["any", "trusted"]
-DataKind = Literal["none", "audio", "image"]
+DataKind = Literal["none", "audio", "image", "stream"]  # stream: the next bytes of a streamed clip
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,27 @@ class AudioArgs(Args):
                     # A Rejection (not a ValueError) passes through pydantic, keeping the field name.
                     raise Rejection("bad_request", f"format {self.format} needs {name!r}", name)
         return self
+
+
+class ClipOpenArgs(AudioArgs):
+    format: Literal[STREAM_FORMATS] = Field(  # type: ignore[valid-type,assignment]
+        description="pcm_s16le (with sample_rate and channels) or mp3 (frames, any byte boundary)")
+    mode: Mode = Field("enqueue", description="enqueue, insert or play_now, as for a whole clip")  # type: ignore[valid-type]
+    duration_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="the producer's estimate of the "
+                                     "clip's length: admission plans with it; cues are checked against it (else "
+                                     "against ingest.max_clip_seconds)")
+
+
+class ClipAppendArgs(Args):
+    segment_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="the stream clip_open returned")
+    seq: int = Field(ge=0, le=10_000_000, description="0 for the first piece, then +1: a seq already stored is "
+                     "acknowledged again (duplicate), one past the next expected is refused (sequence_gap)")
+
+
+class ClipCloseArgs(Args):
+    segment_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="the stream to end")
+    duration_s: float | None = Field(None, ge=0, allow_inf_nan=False, description="the producer's final length "
+                                     "(logged when it differs from what arrived; the audio received is what airs)")
 
 
 class CancelArgs(Args):
@@ -214,6 +237,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("enqueue", AudioArgs, "append a clip to the queue", data="audio"),
     Command("insert", AudioArgs, "play a clip next, after the clip on air and earlier inserts", data="audio"),
     Command("play_now", AudioArgs, "cut the clip on air at the next chunk boundary and play this one", data="audio"),
+    Command("clip_open", ClipOpenArgs, "start a streamed clip: queued now (mode), its audio follows in clip_append; "
+            "replies with its segment_id"),
+    Command("clip_append", ClipAppendArgs, "the next bytes of a streamed clip (the data frame), in seq order; "
+            "acknowledged once stored in the spool", data="stream"),
+    Command("clip_close", ClipCloseArgs, "end a streamed clip: it airs to the end of what arrived"),
+    Command("clip_abort", CancelArgs, "drop a streamed clip (pending: removed; on air: cut)"),
     Command("clear", NoArgs, "drop every pending clip; the clip on air finishes"),
     Command("cancel", CancelArgs, "drop one pending clip, or cut the clip on air"),
     Command("skip", SkipArgs, "cut whatever is on air now, a queue clip (dropped, as `cancel` does) or a programme "
@@ -290,7 +319,7 @@ def check_data(command: Command, data: bytes | None) -> None:
     if command.data == "none":
         if data is not None:
             raise Rejection("bad_header", f"{command.name} takes no data frame, got 2 frames")
-    elif command.data == "audio":
+    elif command.data in ("audio", "stream"):
         if data is None:
             raise Rejection("missing_audio", f"{command.name} needs a second frame with the audio bytes")
         if len(data) == 0:

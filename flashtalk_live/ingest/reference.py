@@ -45,7 +45,8 @@ def command_markdown(c: Command) -> str:
     schema = c.args.model_json_schema()
     required = set(schema.get("required", []))
     data = {"none": "none", "audio": "required: the audio file's bytes",
-            "image": "optional: a PNG/JPEG picture's bytes"}[c.data]
+            "image": "optional: a PNG/JPEG picture's bytes",
+            "stream": "required: the next bytes of the stream's audio"}[c.data]
     who = "trusted peers only" if c.trust == "trusted" else "any peer"
     if c.trusted_fields:
         who += f" (`{'`, `'.join(sorted(c.trusted_fields))}`: trusted peers only)"

@@ -46,6 +46,7 @@ from flashtalk_live.ingest.protocol import (
 )
 from flashtalk_live.log import Throttle, get_logger, meta_summary
 from flashtalk_live.queue.spool import Spool
+from flashtalk_live.queue.streams import StreamRegistry
 from flashtalk_live.secrets import mask_obj
 from flashtalk_live.settings import ConfigError, EncoderSettings, IngestSettings
 from flashtalk_live.statelock import FileLock, LockHeld, endpoint_busy, socket_lock_path
@@ -154,7 +155,8 @@ class IngestServer:
                  edit: Callable[..., ContextManager[Any]] | None = None,
                  plan_of: Callable[[str], dict[str, Any] | None] | None = None,
                  on_air: Callable[[], str | None] | None = None, lock_note: str = "",
-                 check_captions: Callable[[str | None, list[dict[str, Any]]], None] | None = None) -> None:
+                 check_captions: Callable[[str | None, list[dict[str, Any]]], None] | None = None,
+                 streams: StreamRegistry | None = None) -> None:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
         self.lock_note = lock_note  # written into each ipc socket's lock: which room holds it (statelock.py)
         self._locks: list[FileLock] = []
@@ -177,6 +179,13 @@ class IngestServer:
                    ping=self._cmd_ping)
         if on_air is not None:  # a bare server (no broadcast) has nothing on air to skip: `unavailable`
             own.update(skip=self._cmd_skip)
+        # Streamed clips (queue/streams.py): served when the daemon gives a registry.
+        self.streams = streams
+        if streams is not None:
+            own.update(clip_open=self._cmd_clip_open, clip_append=self._cmd_clip_append,
+                       clip_close=self._cmd_clip_close, clip_abort=self._cmd_clip_abort)
+            streams.on_ready = self._stream_ready
+            streams.on_cut = self._stream_cut
         for name in handlers or {}:
             if name not in COMMANDS:
                 raise ValueError(f"handler for {name!r}, which is not in the command table (ingest/commands.py)")
@@ -559,6 +568,10 @@ class IngestServer:
 
     def _cmd_cancel(self, call: Call[CancelArgs]) -> dict[str, Any]:
         sid = call.args.segment_id
+        return {"segment_id": sid, "was": self.cancel_clip(sid)}
+
+    def cancel_clip(self, sid: str, reason: str = "cancelled") -> str:
+        """Drop a pending clip or cut the clip on air (re-planned first); 'pending' or 'playing'; not_found."""
         was = None
         entry = self.spool.get(sid)
         if entry is not None:  # an unknown id must not discard the render-ahead buffer
@@ -566,11 +579,12 @@ class IngestServer:
                 was = self.spool.cancel(sid)
         if was is None:
             raise Rejection("not_found", f"no pending or playing clip {sid[:64]!r}", "segment_id")
-        self.log.info("clip_cancelled", segment_id=sid, was=was)
-        self.events.publish("cancelled", segment_id=sid, was=was, **self._name(entry))
+        self.log.info("clip_cancelled", segment_id=sid, was=was, reason=reason)
+        self.events.publish("cancelled", segment_id=sid, was=was, **self._name(entry),
+                            **({} if reason == "cancelled" else {"reason": reason}))
         if was == "pending":
-            self.events.publish("dropped", segment_id=sid, reason="cancelled")
-        return {"segment_id": sid, "was": was}
+            self.events.publish("dropped", segment_id=sid, reason=reason)
+        return was
 
     def _cmd_skip(self, call: Call[SkipArgs]) -> dict[str, Any]:
         """Cut what is on air: a queue clip as `cancel` cuts it (dropped, never replayed), a programme item through
@@ -630,20 +644,7 @@ class IngestServer:
             raise Rejection("oversize", f"payload of {len(data)} bytes exceeds queue.max_spool_bytes {cap}")
         fmt, rate, ch = a.format, a.sample_rate, a.channels
         clip = decode_for_settings(data, self.encoder, self.cfg, format=fmt, sample_rate=rate, channels=ch)
-        check_cues(a, clip.duration_s, self.layers)  # before the spool: a refused clip leaves nothing behind
-        # meta's cue keys come only from the checked fields, so whoever reads them (the compositor) can trust them
-        meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}
-        for key in ("text", "name"):  # checked fields win over the same keys in `meta`
-            if getattr(a, key) is not None:
-                meta[key] = getattr(a, key)
-        for name in CUE_FIELDS:
-            cues = getattr(a, name)
-            if cues is not None:
-                meta[name] = [c.model_dump() for c in cues]
-        # Everything that can fail on the caller's data runs before the commit: the captions' cost (the compositor
-        # measures them), and masking the meta the `accepted` event will carry (its depth is bounded, limits.py).
-        if self.check_captions is not None:
-            self.check_captions(a.text, [c.model_dump() for c in a.captions or ()])  # type: ignore[attr-defined]
+        meta = self._checked_meta(a, clip.duration_s)
         published_meta = mask_obj(meta)
         # Re-plan first: insert and play_now make clips rendered ahead but not on air pending again, so the new clip
         # is ordered against them exactly as the queue semantics say; enqueue drops buffered idle/programme chunks,
@@ -665,6 +666,93 @@ class IngestServer:
             self.log.error("accepted_not_published", segment_id=ack["segment_id"], error=repr(e)[:200])
         return {"duplicate": False, **ack, **self._planned(ack["segment_id"])}
 
+    def _checked_meta(self, a: AudioArgs, duration_s: float) -> dict[str, Any]:
+        """The clip's meta with its name, text and cues, checked against `duration_s` before the spool (a refused
+        clip leaves nothing behind): the cues, and the captions' cost (the compositor measures them). Meta's cue keys
+        come only from the checked fields, so the compositor can trust them."""
+        check_cues(a, duration_s, self.layers)
+        meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}
+        for key in ("text", "name"):  # checked fields win over the same keys in `meta`
+            if getattr(a, key) is not None:
+                meta[key] = getattr(a, key)
+        for name in CUE_FIELDS:
+            cues = getattr(a, name)
+            if cues is not None:
+                meta[name] = [c.model_dump() for c in cues]
+        if self.check_captions is not None:
+            self.check_captions(a.text, [c.model_dump() for c in a.captions or ()])
+        return meta
+
+    # -- streamed clips (queue/streams.py) ---------------------------------------------------------
+    def _cmd_clip_open(self, call: Call) -> dict[str, Any]:
+        a = call.args
+        assert self.streams is not None
+        rid = a.id
+        if rid is not None:
+            ack = self.spool.lookup_request(rid)
+            if ack is not None:  # a resend after a lost reply: the same stream
+                return {"duplicate": True, **ack}
+        refusal = self.refuse_clips() if self.refuse_clips is not None else None
+        if refusal is not None:
+            raise Rejection("disk_full", refusal)
+        declared = a.duration_s  # type: ignore[attr-defined]
+        meta = self._checked_meta(a, declared if declared is not None else self.cfg.max_clip_seconds)
+        mode = a.mode  # type: ignore[attr-defined]
+        res = self.streams.open(meta, mode, rid, format=a.format, sample_rate=a.sample_rate,  # type: ignore[attr-defined]
+                                channels=a.channels, declared_s=declared, peer=call.peer.name)  # type: ignore[attr-defined]
+        ack = res.ack
+        if res.duplicate:
+            return {"duplicate": True, **ack}
+        self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                      stream=True, declared_s=declared, request_id=rid)
+        self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                            duration_s=declared or 0.0, request_id=rid, meta=meta, stream=True)
+        return {"duplicate": False, **ack, "stream": True}
+
+    def _cmd_clip_append(self, call: Call) -> dict[str, Any]:
+        assert self.streams is not None and call.data is not None
+        a = call.args
+        if self.refuse_clips is not None and (refusal := self.refuse_clips()) is not None:
+            raise Rejection("disk_full", refusal)
+        return self.streams.append(a.segment_id, a.seq, call.data)  # type: ignore[attr-defined]
+
+    def _cmd_clip_close(self, call: Call) -> dict[str, Any]:
+        assert self.streams is not None
+        a = call.args
+        res = self.streams.close(a.segment_id, a.duration_s)  # type: ignore[attr-defined]
+        self.events.publish("stream_closed", **res)
+        return {**res, **self._planned(a.segment_id)}  # type: ignore[attr-defined]
+
+    def _cmd_clip_abort(self, call: Call) -> dict[str, Any]:
+        assert self.streams is not None
+        sid = call.args.segment_id  # type: ignore[attr-defined]
+        try:
+            self.streams.abort(sid)
+        except Rejection as e:
+            if e.code == "unknown_stream":
+                raise
+            # closed or cut already: what it received is queued or on air, and the abort drops that
+        try:
+            was = self.cancel_clip(sid, reason="aborted")
+        except Rejection:
+            was = None  # it had already left the queue
+        return {"segment_id": sid, "was": was}
+
+    def _stream_ready(self, segment_id: str, mode: str) -> None:
+        """A stream holds enough audio to start: re-plan as for a whole clip pushed now, so it does not wait behind
+        buffered idle (insert/play_now keep their meaning: the spool's order and interrupt flag were set at open)."""
+        with self.edit(mode, segment_id):
+            pass
+        self._planned(segment_id)
+
+    def _stream_cut(self, segment_id: str, had_audio: bool) -> None:
+        """The idle timeout closed a stream: with audio it airs to its end and then `interrupted` (the timeline's
+        mark); with none it left the queue now, and this is its event."""
+        self.events.publish("stream_closed", segment_id=segment_id, cut=True, reason="stream_timeout")
+        if not had_audio:
+            self.events.publish("interrupted", segment_id=segment_id, source="queue", reason="stream_timeout",
+                                was="pending")
+
     def _planned(self, segment_id: str) -> dict[str, Any]:
         """planned_in_s / planned_media_time_s for a reply (nothing without a daemon, or if the plan fails)."""
         if self.plan_of is None:
@@ -681,6 +769,7 @@ class IngestServer:
         pending = self.spool.pending(limit=STATUS_PENDING_LIMIT)
         out: dict[str, Any] = {
             "queue": self.spool.stats(),
+            "streams": self.streams.status() if self.streams is not None else None,
             "playing": [{"segment_id": e.segment_id, "duration_s": e.duration_s, "mode": e.mode, **_label(e)}
                         for e in self.spool.playing()],
             "pending": [{"segment_id": e.segment_id, "position": e.position, "duration_s": e.duration_s,

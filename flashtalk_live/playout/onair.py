@@ -75,6 +75,8 @@ class OnAir:
             extra["name"] = name
         if m.kind in ("finished", "interrupted") and not m.requeued:
             self._names.pop(m.segment_id, None)
+        if m.reason is not None:
+            extra["reason"] = m.reason
         self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3),
                             **extra)
         if m.kind == "started":

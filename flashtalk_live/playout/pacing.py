@@ -91,6 +91,10 @@ class Lookahead:
             self._cond.notify_all()
             return True
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def set_max_chunks(self, n: int) -> None:
         """Resize the bound (the render-ahead budget grows it while a clip waits for its head start)."""
         if n < 1:

@@ -26,7 +26,7 @@ from flashtalk_live.playout.framestore import FrameStore
 from flashtalk_live.playout.idlebank import bank_from_settings, renderer_identity
 from flashtalk_live.playout.onair import OnAir, publish_underrun
 from flashtalk_live.playout.pacing import Lookahead, Pacer
-from flashtalk_live.playout.ports import ChunkRenderer
+from flashtalk_live.playout.ports import ChunkRenderer, LiveStreams
 from flashtalk_live.playout.programme import Programme
 from flashtalk_live.playout.renderahead import RenderAhead
 from flashtalk_live.playout.replan import Replanner
@@ -40,10 +40,12 @@ class Playout:
 
     def __init__(self, settings: Settings, spool: Spool, events: EventBus, renderers: ChunkRenderer, *,
                  preferred_renderer: Callable[[], Any], media_time_s: Callable[[], float],
-                 prepare: Callable[[RenderedChunk], None] = lambda rendered: None) -> None:
+                 prepare: Callable[[RenderedChunk], None] = lambda rendered: None,
+                 streams: LiveStreams | None = None) -> None:
         """renderers: the supervisor (renders with whichever renderer is on duty); preferred_renderer: the renderer
         the idle bank is drawn by; media_time_s: seconds encoded so far; prepare: called with each rendered chunk
-        before it is handed to the air (the compositor rasterises its captions)."""
+        before it is handed to the air (the compositor rasterises its captions); streams: the open streamed clips
+        (queue/streams.py), cut as their audio arrives."""
         s, v = settings, settings.video
         self.fps = v.fps
         self.prepare = prepare
@@ -55,10 +57,12 @@ class Playout:
                            on_underrun=partial(publish_underrun, events))
         # Render ahead (issue 10): a queue clip starts only with enough head start buffered.
         self.admission = Admission.from_settings(s.renderer, v, self._buffered_s)
-        self.timeline = Timeline(v, s.encoder, spool, self.programme, admission=self.admission, replannable=True)
+        self.timeline = Timeline(v, s.encoder, spool, self.programme, admission=self.admission, replannable=True,
+                                 streams=streams)
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=self._planning_rate,
-                                   air_frame=self._air_frame)
+                                   air_frame=self._air_frame, buffered_s=self._buffered_s,
+                                   due_margin_s=s.streams.due_margin_s)
         self.render_ahead = RenderAhead(self.replanner, renderers.render, renderers.current_name, self.admission,
                                         self.lookahead, fps=v.fps, idle_reuse=s.renderer.idle_reuse,
                                         bank=bank_from_settings(s.renderer, v, s.model, s.path(s.state_dir)),

@@ -61,6 +61,32 @@ class ClipQueue(Protocol):
     def unrequeue(self, segment_id: str) -> bool: ...
 
 
+class LiveAudio(Protocol):
+    """A streamed clip's growing audio (`queue/streams.LiveStream`): what arrived so far, whether it ended."""
+
+    available: int
+    ended: bool
+    cut: str | None  # why it ended without its producer's close
+    declared_s: float | None
+    rate: int
+
+    def broadcast(self, pos: int, n: int) -> np.ndarray: ...
+
+    def model(self, pos: int, n: int) -> np.ndarray: ...
+
+    def startable(self, min_samples: int) -> bool: ...
+
+    def wait(self, timeout: float) -> None: ...
+
+
+class LiveStreams(Protocol):
+    """The open streamed clips as the timeline sees them (`queue/streams.StreamRegistry`)."""
+
+    start_samples: int
+
+    def live(self, segment_id: str) -> LiveAudio | None: ...
+
+
 class Gate(Protocol):
     """What the timeline needs from the admission policy (`playout/admission.py`)."""
 

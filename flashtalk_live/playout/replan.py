@@ -39,7 +39,8 @@ FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundar
 class Replanner:
     def __init__(self, timeline: Any, lookahead: Any, *, poll_s: float = 0.02, fps: int = 25,
                  rate: Callable[[], float | None] = lambda: None,
-                 air_frame: Callable[[], int | None] = lambda: None) -> None:
+                 air_frame: Callable[[], int | None] = lambda: None,
+                 buffered_s: Callable[[], float] = lambda: 0.0, due_margin_s: float = 0.2) -> None:
         if not timeline.replannable:
             raise ValueError("a Replanner needs a Timeline built with replannable=True (it keeps snapshots)")
         self.timeline, self.lookahead = timeline, lookahead
@@ -47,6 +48,9 @@ class Replanner:
         # What the re-cut future follows on air, by plan: the render thread reads it (playout/renderahead.py
         # conditions the next chunk on it) instead of being called from the control thread.
         self.rebase_point: tuple[int, RenderedChunk | None] = (0, None)
+        # buffered_s: seconds rendered ahead of the air (the pacer's); a streamed clip's chunk waits for its audio
+        # only while that exceeds one chunk's render plus due_margin_s (0.0 by default: never waits).
+        self.buffered_s, self.due_margin_s = buffered_s, due_margin_s
         self._rendering: tuple[float, int] | None = None  # (monotonic start, frames) of the chunk in flight
         self.lock = threading.RLock()
         self.plan = 0
@@ -59,12 +63,24 @@ class Replanner:
 
     # -- the render thread --------------------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:
+        self._await_stream()
         with self.lock:
             self.timeline.forget_before(self.lookahead.next_air_frame)
             chunk = self.timeline.next_chunk()
             chunk.plan = self.plan
             self._rendering = (time.monotonic(), chunk.n_frames)
             return chunk
+
+    def _await_stream(self) -> None:
+        """A streamed clip being cut whose next chunk's audio has not all arrived: wait for it while the air does
+        not need the chunk yet (buffered ahead beyond one chunk's render plus `due_margin_s`); then cut what is
+        there (timeline: the rest is a pause in the clip). Outside the lock: edits go on meanwhile."""
+        tl = self.timeline
+        while not self.lookahead.closed and tl.stream_shortfall() > 0:
+            slack = self.buffered_s() - (self.rate() or 0.0) * tl.chunk_frames / self.fps - self.due_margin_s
+            if slack <= 0:
+                return
+            tl.wait_stream(min(slack, 0.05))
 
     def _stale(self, chunk: RenderChunk) -> bool:
         return any(p > chunk.plan and chunk.start_frame >= f for p, f in self._voids)

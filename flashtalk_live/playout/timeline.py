@@ -20,6 +20,13 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
   buffered but not on air: taken clips go back to the queue's head, requeued ones back on air, and cutting goes on
   from `frame` with the state of that moment. A play_now cut puts the cut queue clip back in the queue, right after
   the waiting play_now clips, to replay from its start (`queue.requeue`; the 'interrupted' mark says `requeued`).
+* Streamed clips (queue/streams.py): a queue clip whose audio still arrives is cut from its `LiveStream` as it
+  grows. It may start once it holds its first chunk plus `prebuffer_s` (or has ended), and passes the same admission
+  with the producer's declared duration (else what arrived). When a chunk of it is cut before its audio is all
+  there (`Replanner` waits for the audio until the air needs the chunk), the rest of the chunk is a pause inside the
+  clip (its frames belong to the clip, silent), counted in `starved_samples` (the producer's lateness, not an
+  underrun of ours); the clip then goes on where its audio left off. A stream cut by its idle timeout ends with an
+  'interrupted' mark (reason `stream_timeout`) instead of 'finished'.
 * Admission (optional, playout/admission.py): a queue clip is taken from the spool only once the gate says the
   rest of it can be rendered before it is needed on air; until then the programme or idle goes on. This holds for
   play_now too: its cut waits for the same admission, and for programme clips (idle until the gate opens).
@@ -36,7 +43,7 @@ import numpy as np
 from flashtalk_live.log import get_logger
 from flashtalk_live.settings import EncoderSettings, VideoSettings
 from flashtalk_live.chunks import MODEL_AUDIO_RATE, Mark, RenderChunk, RenderedChunk
-from flashtalk_live.playout.ports import ClipQueue, Gate
+from flashtalk_live.playout.ports import ClipQueue, Gate, LiveAudio, LiveStreams
 
 Source = Literal["queue", "programme"]
 
@@ -54,6 +61,7 @@ class _Snapshot:
     segments: frozenset = frozenset()  # what the chunk holds (segment ids, None for idle/pause frames)
     queue_only: bool = False  # every frame belongs to a queue clip (no idle, pause or programme frame)
     started: tuple[str, ...] = ()  # queue clips whose first frame is in this chunk
+    starved: int = 0  # broadcast samples of producer pauses cut into this chunk
 
 
 @dataclass
@@ -70,10 +78,18 @@ class _Playing:
     start_sample: int = 0  # global broadcast sample of the first sample
     started: bool = False
     programme_item: Any = None  # for Programme.rewind after a play_now cut
+    stream: LiveAudio | None = None  # a streamed clip: its audio so far (n unused)
+    gap: int = 0  # broadcast samples of producer pauses cut into it so far
 
     @property
     def remaining(self) -> int:
-        return self.n - self.pos
+        """Samples ready to cut (a stream: received so far)."""
+        return (self.stream.available if self.stream is not None else self.n) - self.pos
+
+    @property
+    def complete(self) -> bool:
+        """Nothing more will come: all of it is cut once remaining is 0."""
+        return self.stream is None or self.stream.ended
 
 
 def _as_broadcast(a: Any, channels: int, what: str) -> np.ndarray:
@@ -113,6 +129,7 @@ class Timeline:
         history_seconds: float = 8.0,
         admission: Gate | None = None,
         replannable: bool = False,
+        streams: LiveStreams | None = None,
     ) -> None:
         # A ChunkSource (playout/ports.py) of one plan; the Replanner over it counts re-plans.
         self.plan = 0
@@ -127,6 +144,8 @@ class Timeline:
         self.queue = queue
         self.programme = programme
         self.admission = admission
+        self.streams = streams
+        self.starved_samples = 0  # producer pauses cut inside streamed clips (re-plans give back what they undo)
         self.history_len = int(round(history_seconds * MODEL_AUDIO_RATE))
         self._history = np.zeros(self.history_len, np.float32)
         self._cur: _Playing | None = None
@@ -175,6 +194,9 @@ class Timeline:
     # -- choosing what plays next ----------------------------------------------------------------
     def _start_queue_entry(self, entry: Any, frame: int, marks: list[Mark]) -> _Playing | None:
         seg = entry.segment_id
+        live = self.streams.live(seg) if self.streams is not None else None
+        if live is not None:
+            return _Playing("clip", "queue", seg, 0, stream=live)
         try:
             clip = self.queue.load_audio(entry)  # type: ignore[union-attr]
             broadcast = _as_broadcast(clip.broadcast, self.channels, seg)
@@ -207,14 +229,23 @@ class Timeline:
             return True
 
     def _admitted(self, frame: int) -> bool:
-        """True when there is no gate, or the gate lets the queue's head clip start now."""
-        if self.admission is None or self.queue is None:
+        """True when the queue's head clip may start now: a stream once it holds its head (first chunk and jitter
+        allowance), and the gate (if any) lets it."""
+        if (self.admission is None and self.streams is None) or self.queue is None:
             return True
         try:
             head = self.queue.peek()
             if head is None:
                 return True
-            return bool(self.admission.may_start(str(head.segment_id), float(head.duration_s), frame))
+            clip_s = float(head.duration_s)
+            live = self.streams.live(str(head.segment_id)) if self.streams is not None else None
+            if live is not None:
+                if not live.startable(self.streams.start_samples):  # type: ignore[union-attr]
+                    return False  # its first chunk and the producer's jitter allowance have not arrived
+                clip_s = max(clip_s, live.declared_s or 0.0) if not live.ended else clip_s
+            if self.admission is None:
+                return True
+            return bool(self.admission.may_start(str(head.segment_id), clip_s, frame))
         except Exception as e:  # noqa: BLE001 - a broken gate must not keep clips off the air
             self._log.error("admission_failed", error=repr(e))
             return True
@@ -408,6 +439,7 @@ class Timeline:
             raise ValueError(f"cannot re-plan from frame {frame}: it is on air or not a chunk boundary")
         gone = self._snaps[i:]
         del self._snaps[i:]
+        self.starved_samples -= sum(sn.starved for sn in gone)
         undone = [op for sn in gone for op in sn.ops]
         first_item = next((arg for op, arg in undone if op == "programme"), None)
         if any(op == "programme" and arg is self._held_item for op, arg in undone):
@@ -432,6 +464,19 @@ class Timeline:
         """(segment_id, timeline frame) of the queue clips cut to start at or after `air_frame` (not on air yet)."""
         return [(sid, sn.start_frame) for sn in self._snaps if air_frame is None or sn.start_frame >= air_frame
                 for sid in sn.started]
+
+    def stream_shortfall(self) -> int:
+        """Broadcast samples the next chunk still lacks from the streamed clip being cut (0: none, or all there)."""
+        cur = self._cur
+        if cur is None or cur.stream is None or cur.complete:
+            return 0
+        return max(0, self.chunk_frames * self.spf - cur.remaining)
+
+    def wait_stream(self, timeout: float) -> None:
+        """Until the streamed clip being cut grows or ends (or timeout); at once when none is."""
+        cur = self._cur
+        if cur is not None and cur.stream is not None:
+            cur.stream.wait(timeout)
 
     @property
     def remaining_s(self) -> float:
@@ -486,15 +531,34 @@ class Timeline:
                 cur.started, cur.start_sample = True, a
                 if cur.kind == "clip":
                     marks.append(Mark(a // spf, "started", cur.segment_id or "", cur.source))
+            if take == 0 and not cur.complete:
+                # A streamed clip whose producer is behind: a pause inside the clip for the rest of the chunk
+                # (its frames stay the clip's, silent); its audio goes on from here in the next chunk.
+                take = n - filled
+                queue_ids.add(cur.segment_id)
+                for f in range(filled // spf, (filled + take - 1) // spf + 1):
+                    cnt = min(filled + take, (f + 1) * spf) - max(filled, f * spf)
+                    if cnt >= best_cnt[f]:
+                        best_cnt[f], best_seg[f] = cnt, cur.segment_id
+                cur.gap += take
+                snap.starved += take
+                self.starved_samples += take
+                filled += take
+                break
             if take > 0 and cur.kind == "clip":
-                assert cur.broadcast is not None and cur.model is not None
                 if cur.source == "queue":
                     queue_ids.add(cur.segment_id)
-                audio[filled : filled + take] = cur.broadcast[cur.pos : cur.pos + take]
-                # Model audio for the same instants, aligned to the clip's own start on the 16 kHz grid.
+                # Model audio for the same instants, aligned to the clip's own start on the 16 kHz grid (a stream's
+                # pauses shift where its own audio sits on the broadcast clock).
                 ga, gb = self._m(a), self._m(a + take)
-                lo = ga - self._m(cur.start_sample)
-                src = cur.model[lo : lo + (gb - ga)]
+                lo = ga - self._m(cur.start_sample + cur.gap)
+                if cur.stream is not None:
+                    audio[filled : filled + take] = cur.stream.broadcast(cur.pos, take)
+                    src = cur.stream.model(lo, gb - ga)
+                else:
+                    assert cur.broadcast is not None and cur.model is not None
+                    audio[filled : filled + take] = cur.broadcast[cur.pos : cur.pos + take]
+                    src = cur.model[lo : lo + (gb - ga)]
                 model[ga - m0 : ga - m0 + src.shape[0]] = src
                 for f in range(filled // spf, (filled + take - 1) // spf + 1):
                     cnt = min(filled + take, (f + 1) * spf) - max(filled, f * spf)
@@ -502,10 +566,14 @@ class Timeline:
                         best_cnt[f], best_seg[f] = cnt, cur.segment_id
             cur.pos += take
             filled += take
-            if cur.remaining == 0:
+            if cur.remaining == 0 and cur.complete:
                 if cur.kind == "clip":
                     last = max(a + take - 1, cur.start_sample)
-                    marks.append(Mark(last // spf, "finished", cur.segment_id or "", cur.source))
+                    if cur.stream is not None and cur.stream.cut:  # its producer went silent: cut, not finished
+                        marks.append(Mark(last // spf, "interrupted", cur.segment_id or "", cur.source,
+                                          reason=cur.stream.cut))
+                    else:
+                        marks.append(Mark(last // spf, "finished", cur.segment_id or "", cur.source))
                 self._cur = None
 
         if self.history_len:

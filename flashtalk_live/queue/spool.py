@@ -74,6 +74,24 @@ CREATE TABLE IF NOT EXISTS requests (
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (      -- a streamed clip (clip_open .. clip_close); its clips row holds no payload
+    segment_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('open', 'closed', 'cut')),
+    next_seq INTEGER NOT NULL DEFAULT 0,  -- the sequence number the next append must carry
+    declared_s REAL,                      -- the producer's announced duration, if it gave one
+    peer TEXT NOT NULL DEFAULT '',
+    opened REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stream_parts (
+    segment_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (segment_id, seq)
+);
+CREATE TRIGGER IF NOT EXISTS clips_stream_gone AFTER DELETE ON clips BEGIN
+    DELETE FROM stream_parts WHERE segment_id = old.segment_id;
+    DELETE FROM streams WHERE segment_id = old.segment_id;
+END;
 """
 
 
@@ -261,7 +279,7 @@ class Spool:
             check = db.execute("PRAGMA quick_check").fetchall()
             if check != [("ok",)]:
                 raise sqlite3.DatabaseError("quick_check: " + "; ".join(str(r[0]) for r in check[:3]))
-            missing = {"clips", "requests", "counters"} - {
+            missing = {"clips", "requests", "counters", "streams", "stream_parts"} - {
                 r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if missing:  # a new file (no writes at all when the schema is there: opening needs no free space)
                 db.executescript(_SCHEMA)
@@ -469,7 +487,8 @@ class Spool:
             raise
 
     def _add(self, payload: bytes, meta: dict[str, Any] | None, mode: str, request_id: str | None,
-             duration_s: float, format: str | None, sample_rate: int | None, channels: int | None) -> AddResult:
+             duration_s: float, format: str | None, sample_rate: int | None, channels: int | None,
+             stream: tuple[float | None, str] | None = None) -> AddResult:
         nbytes = len(payload)
         lim = self.limits
         with self._tx() as db:
@@ -504,6 +523,9 @@ class Spool:
                 (sid, request_id, mode, pos, int(mode != "enqueue"), int(mode == "play_now"), float(duration_s),
                  format, sample_rate, channels, json.dumps(meta or {}), nbytes, sqlite3.Binary(payload), created))
             self._deltas.append(("pending", 1, float(duration_s), nbytes))
+            if stream is not None:  # (declared seconds, peer): its audio arrives as parts (append_stream)
+                db.execute("INSERT INTO streams(segment_id, state, next_seq, declared_s, peer, opened) "
+                           "VALUES (?, 'open', 0, ?, ?, ?)", (sid, stream[0], stream[1], created))
             entry = Entry(segment_id=sid, position=index, duration_s=float(duration_s), mode=mode, state="pending",
                           request_id=request_id, format=format, sample_rate=sample_rate, channels=channels,
                           meta=dict(meta or {}), payload_bytes=nbytes, created=created, interrupt=mode == "play_now")
@@ -513,6 +535,84 @@ class Spool:
                            (request_id, json.dumps(ack), created))
                 db.execute("DELETE FROM requests WHERE rowid <= (SELECT MAX(rowid) FROM requests) - ?", (REQUEST_MEMORY,))
         return AddResult(entry, ack, False)
+
+    # -- streamed clips (queue/streams.py keeps the live side: decoding, limits, timeouts) -----------------
+    def open_stream(self, meta: dict[str, Any] | None, mode: Mode, request_id: str | None, *, format: str | None,
+                    sample_rate: int | None, channels: int | None, declared_s: float | None,
+                    peer: str = "") -> AddResult:
+        """A clip whose audio will arrive in parts: queued now (an empty payload, 0 s), in state 'open'."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        try:
+            return self._add(b"", meta, mode, request_id, 0.0, format, sample_rate, channels,
+                             stream=(declared_s, peer))
+        except sqlite3.OperationalError as e:
+            if is_disk_full(e):
+                raise SpoolDiskFull(self.dir, e) from None
+            raise
+
+    def append_stream(self, segment_id: str, seq: int, data: bytes, added_s: float) -> None:
+        """Store part `seq` of an open stream, committed (fsynced) when this returns; the clip grows by `added_s`
+        seconds and len(data) bytes. SpoolError: `unknown_stream`, `stream_closed`, `sequence_gap`, `queue_full`."""
+        nbytes = len(data)
+        lim = self.limits
+        try:
+            with self._tx() as db:
+                row = db.execute("SELECT s.state, s.next_seq, c.state FROM streams s JOIN clips c USING (segment_id) "
+                                 "WHERE segment_id=?", (segment_id,)).fetchone()
+                if row is None:
+                    raise SpoolError("unknown_stream", f"no open stream {segment_id[:64]!r}", "segment_id")
+                if row[0] != "open":
+                    raise SpoolError("stream_closed", f"stream {segment_id[:64]!r} is {row[0]}", "segment_id")
+                if seq != row[1]:
+                    raise SpoolError("sequence_gap", f"expected seq {row[1]}, got {seq}", "seq")
+                pend, play = self._totals["pending"], self._totals["playing"]
+                secs, used = pend.seconds + play.seconds, pend.bytes + play.bytes
+                if secs + added_s > lim.max_queued_seconds:
+                    raise SpoolError("queue_full", f"queue holds {secs:.1f} s, limit {lim.max_queued_seconds:g} s")
+                if used + nbytes > lim.max_spool_bytes:
+                    raise SpoolError("queue_full", f"spool holds {used} bytes, limit {lim.max_spool_bytes}")
+                db.execute("INSERT INTO stream_parts(segment_id, seq, data) VALUES (?, ?, ?)",
+                           (segment_id, seq, sqlite3.Binary(data)))
+                db.execute("UPDATE streams SET next_seq=next_seq+1 WHERE segment_id=?", (segment_id,))
+                db.execute("UPDATE clips SET duration_s=duration_s+?, payload_bytes=payload_bytes+? WHERE segment_id=?",
+                           (float(added_s), nbytes, segment_id))
+                self._deltas.append((row[2], 0, float(added_s), nbytes))
+        except sqlite3.OperationalError as e:
+            if is_disk_full(e):
+                raise SpoolDiskFull(self.dir, e) from None
+            raise
+
+    def end_stream(self, segment_id: str, state: Literal["closed", "cut"], added_s: float = 0.0) -> bool:
+        """An open stream is complete ('closed') or given up on ('cut': its producer went silent); the clip grows by
+        `added_s` (the decoder's tail). False when it was not open. A state change of an acknowledged clip."""
+        def end() -> bool:
+            with self._tx() as db:
+                row = db.execute("SELECT c.state FROM streams s JOIN clips c USING (segment_id) "
+                                 "WHERE segment_id=? AND s.state='open'", (segment_id,)).fetchone()
+                if row is None:
+                    return False
+                db.execute("UPDATE streams SET state=? WHERE segment_id=?", (state, segment_id))
+                if added_s:
+                    db.execute("UPDATE clips SET duration_s=duration_s+? WHERE segment_id=?", (float(added_s), segment_id))
+                    self._deltas.append((row[0], 0, float(added_s), 0))
+            return True
+        return self._state_change(end)
+
+    def stream_rows(self) -> list[dict[str, Any]]:
+        """Every streamed clip still in the spool (open, closed or cut), oldest first: what a restart rebuilds."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.segment_id, s.state, s.next_seq, s.declared_s, s.peer, s.opened, c.format, c.sample_rate, "
+                "c.channels FROM streams s JOIN clips c USING (segment_id) ORDER BY c.seq").fetchall()
+        keys = ("segment_id", "state", "next_seq", "declared_s", "peer", "opened", "format", "sample_rate", "channels")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def stream_parts(self, segment_id: str) -> list[bytes]:
+        """A streamed clip's stored parts, in sequence order."""
+        with self._lock:
+            return [bytes(r[0]) for r in self._db.execute(
+                "SELECT data FROM stream_parts WHERE segment_id=? ORDER BY seq", (segment_id,))]
 
     def peek(self) -> Entry | None:
         """The clip take_next() would return, without taking it (for decoding ahead)."""
@@ -762,11 +862,13 @@ class Spool:
         return self._entry(row, index)
 
     def payload(self, segment_id: str) -> bytes:
+        """The clip's bytes as received (a streamed clip's parts joined)."""
         with self._lock:
             row = self._db.execute("SELECT payload FROM clips WHERE segment_id=?", (segment_id,)).fetchone()
-        if row is None:
-            raise KeyError(segment_id)
-        return bytes(row[0])
+            if row is None:
+                raise KeyError(segment_id)
+            parts = self.stream_parts(segment_id)
+        return bytes(row[0]) + b"".join(parts)
 
     def load_audio(self, entry: Entry | str) -> ClipAudio:
         """Decode the stored payload again (no clip-length limits: it was accepted already)."""

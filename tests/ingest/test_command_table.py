@@ -47,7 +47,7 @@ def test_cli_has_a_verb_per_command():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, c in COMMANDS.items():
-        if c.data == "audio":
+        if c.data in ("audio", "stream"):  # push; a streamed clip's pieces: push --stream
             continue
         assert name.replace("_", "-") in sub.choices and name in sub.choices, name
         verb = sub.choices[name]
@@ -55,6 +55,7 @@ def test_cli_has_a_verb_per_command():
         assert set(c.args.model_fields) <= dests, name
     push = {a.dest for a in sub.choices["push"]._actions}
     assert AUDIO_COMMANDS - {"enqueue"} <= push
+    assert "stream" in push
 
 
 def test_rejection_codes_are_registered():

@@ -62,6 +62,11 @@ CASES: list[tuple[str, dict[str, Any], bytes | None, set[str]]] = [
     ("set_avatar", {"prompt": "the same presenter"}, png(), set()),
     ("output_add", {"id": "x-1", "name": "extra", "url": "{rec}", "segment_seconds": 60}, None, set()),
     ("output_remove", {"id": "x-2", "name": "extra"}, None, set()),
+    ("clip_open", {"id": "so-1", **AUDIO, "name": "streamed", "mode": "enqueue", "duration_s": 2.0}, None, set()),
+    ("clip_append", {"id": "sa-1", "segment_id": "{s0}", "seq": 0}, clip(0.5), set()),
+    ("clip_close", {"id": "sc-1", "segment_id": "{s0}", "duration_s": 0.5}, None, set()),
+    ("clip_open", {**RAW, "mode": "insert"}, None, set()),
+    ("clip_abort", {"id": "sx-1", "segment_id": "{s1}"}, None, set()),
     ("clear", {"id": "z-1"}, None, set()),
 ]
 
@@ -108,6 +113,7 @@ def test_every_field_in_json_form_through_zeromq(room):
     names = {"avatar": str(Path(d.s.ingest.avatar_dirs[0]) / "face.png"),
              "rec": str(Path(d.s.path(d.s.state_dir)) / "recordings" / "extra.flv")}
     queued: list[str] = []
+    streams: list[str] = []
     seen: list[dict[str, Any]] = []
     d.events.subscribe(seen.append)
     status: dict[str, Any] = {}
@@ -115,6 +121,7 @@ def test_every_field_in_json_form_through_zeromq(room):
         for cmd, fields, data, allowed in CASES:
             names["on_air"] = d.playout.on_air or "nothing-on-air"
             names.update({f"q{i}": sid for i, sid in enumerate(queued)})
+            names.update({f"s{i}": sid for i, sid in enumerate(streams)})
             header = json.dumps({"v": 1, "cmd": cmd, **{k: _fill(v, names) for k, v in fields.items()}}).encode()
             sock.send_multipart([b"", header] + ([data] if data is not None else []))
             assert sock.poll(30_000), f"no reply to {cmd}"
@@ -129,12 +136,15 @@ def test_every_field_in_json_form_through_zeromq(room):
                 status = reply
             if cmd in ("enqueue", "insert", "play_now"):
                 queued.append(reply["segment_id"])
+            if cmd == "clip_open":
+                streams.append(reply["segment_id"])
     finally:
         sock.close(0)
     # What the JSON said is what the daemon keeps: the placement, and the clips' names.
     placement = d.compositor.placement()
     assert placement["card"] == {"kind": "text", "anchor": "bottom_right", "margin": [16, 220], "text": "价格 99 元"}
     assert placement["logo"]["kind"] == "image" and placement["logo"]["margin"] == [0, 0]
-    assert [e["name"] for e in seen if e["type"] == "accepted"] == ["opening", "second", "third", "now"]
+    assert [e.get("name") for e in seen if e["type"] == "accepted" and not e.get("stream")] == \
+        ["opening", "second", "third", "now"]
     assert {r.get("name") for r in status["pending"] + status["playing"]} <= {"opening", "second", "third", "now"}
     assert any(r.get("name") for r in status["pending"] + status["playing"]), status

@@ -100,10 +100,14 @@ DAEMON_CASES: dict[str, tuple[str, list[list[bytes]], str | None]] = {
 SERVER_CASES = ("unavailable", "internal", "disk_full", "rate_limited", "busy")
 # `move` against a bare server whose spool the test steps itself (a daemon takes clips on its own clock).
 MOVE_CODES = ("not_pending",)
+# Streamed clips' codes need the segment_id an earlier reply gave: each is provoked against a real daemon, with the
+# rest of the room checked undisturbed, in tests/e2e/test_streamed_clips.py::test_bad_stream_input_each_its_own_code.
+STREAM_CODES = ("unknown_stream", "stream_closed", "sequence_gap", "stream_too_large", "stream_timed_out",
+                "too_many_streams")
 
 
 def test_every_code_has_a_case():
-    assert set(DAEMON_CASES) | set(SERVER_CASES) | set(MOVE_CODES) == set(REJECT_CODES)
+    assert set(DAEMON_CASES) | set(SERVER_CASES) | set(MOVE_CODES) | set(STREAM_CODES) == set(REJECT_CODES)
 
 
 @pytest.mark.timeout(60)

@@ -87,3 +87,41 @@ def test_an_engine_slower_than_real_time_is_not_abandoned_but_a_hung_one_is():
     finally:
         engine.release.set()
         sup.close()
+
+
+class TunedEngine(SlowEngine):
+    """An engine whose warm-up includes a one-off tuning (cuDNN's autotune) far slower than its chunks, and which
+    can time a chunk after it (FlashTalkRenderer.time_chunks); records the thread each ran on."""
+
+    name = "tuned"
+
+    def __init__(self, take_s: float, warm_up_s: float) -> None:
+        super().__init__(take_s)
+        self.warm_up_s = warm_up_s
+        self.threads: dict[str, str] = {}
+
+    def warm_up(self) -> None:
+        self.threads["warm_up"] = threading.current_thread().name
+        time.sleep(self.warm_up_s)
+
+    def time_chunks(self, n: int, timer) -> list[float]:  # noqa: ANN001
+        self.threads["timed"] = threading.current_thread().name
+        return [timer(lambda: time.sleep(self.take_s)) for _ in range(n)]
+
+    def render(self, chunk) -> np.ndarray:  # noqa: ANN001
+        self.threads["render"] = threading.current_thread().name
+        return super().render(chunk)
+
+
+def test_the_rate_after_a_load_is_measured_after_the_tuning_on_the_rendering_thread():
+    engine = TunedEngine(take_s=0.3, warm_up_s=2.0)  # the warm-up alone would say 10x real time
+    sup = supervisor(engine)
+    try:
+        assert sup.typical_s is not None and 0.3 <= sup.typical_s < 1.5, sup.typical_s
+        assert 1.5 <= sup.expected_rate() < 7.5  # 0.3 s per 0.2 s chunk, not the warm-up's 2 s
+        assert sup.deadline_s(NF / FPS) == 2.0 * sup.typical_s  # the hang deadline follows the same measurement
+        sup.render(render_chunk(0, NF))
+        assert engine.threads["timed"] == engine.threads["warm_up"] == engine.threads["render"]
+        assert engine.threads["render"].startswith("engine")
+    finally:
+        sup.close()

@@ -93,6 +93,13 @@ function setText(node, text) {
 
 function cells(tr, n) { while (tr.children.length < n) tr.appendChild(el("td")); return tr.children; }
 
+
+// push -> air p50 per kind that has clips (status.latency.push_to_air, flashtalk_live/latency.py)
+function pushToAir(st) {
+  const kinds = Object.entries(((st.latency || {}).push_to_air) || {}).filter(([, v]) => v.count);
+  return kinds.length ? " · push→air p50 " + kinds.map(([k, v]) => k + " " + Number(v.p50_s).toFixed(2) + " s").join(", ") : "";
+}
+
 function renderStatus(st) {
   const state = $("state");
   setText(state, st.state);
@@ -100,7 +107,8 @@ function renderStatus(st) {
   const b = st.broadcast || {};
   setText($("health"), "up " + secs(st.uptime_s) + " · A/V skew " + (b.av_skew_s ?? "—") +
     " s · render rtf " + (b.render_rtf === undefined ? "—" : Number(b.render_rtf).toFixed(3)) + " · look-ahead " + (b.buffered_frames ?? "—") +
-    " frames · underruns " + (b.underrun_episodes ?? 0) + " · renderer " + ((st.renderer || {}).active || "—"));
+    " frames · underruns " + (b.underrun_episodes ?? 0) + " · renderer " + ((st.renderer || {}).active || "—") +
+    (b.producer_starved_seconds ? " · producer starved " + b.producer_starved_seconds + " s" : "") + pushToAir(st));
   plan = st.plan || { on_air: null, pending: [] };
   (st.pending || []).concat(st.playing || []).forEach((p) => noteName(p.segment_id, p.name));
   const cur = plan.on_air;
