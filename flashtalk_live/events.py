@@ -26,6 +26,9 @@ class EventBus:
     def __init__(self) -> None:
         self._subs: list[Callable[[Event], None]] = []
         self._lock = threading.Lock()
+        # Held from numbering an event to the end of its delivery, so every subscriber sees events in seq order
+        # even when threads publish at once (re-entrant: a subscriber may publish).
+        self._deliver = threading.RLock()
         self._seq = itertools.count(1)
 
     def subscribe(self, fn: Callable[[Event], None]) -> None:
@@ -38,12 +41,14 @@ class EventBus:
                 self._subs.remove(fn)
 
     def publish(self, type: str, **fields: Any) -> Event:
-        with self._lock:
-            event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), **mask_obj(fields)}
-            subs = list(self._subs)
-        for fn in subs:
-            try:
-                fn(event)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the broadcast
-                pass
+        masked = mask_obj(fields)
+        with self._deliver:
+            with self._lock:
+                event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), **masked}
+                subs = list(self._subs)
+            for fn in subs:
+                try:
+                    fn(event)
+                except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the broadcast
+                    pass
         return event

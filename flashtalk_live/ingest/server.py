@@ -225,11 +225,12 @@ class IngestServer:
         if self._own_ctx:
             self._ctx.term()
             self._ctx = zmq.Context()  # start() again gets a fresh one
-        # libzmq unlinks ipc files from its reaper thread, which a process exiting right after may never run (and
-        # a shared context is not terminated here): give it a moment, so it cannot unlink a later bind's file, then
-        # remove what is left.
+        # libzmq 4.3 unlinks only the files of wildcard (ipc://*) binds, from its reaper thread. Our own context is
+        # terminated above, so no libzmq thread is left that could unlink a later bind's file: remove ours now. A
+        # shared context lives on: give its reaper a moment first (waiting a whole second here was most of the
+        # daemon's stop time, issue 21).
         files = [p for p in map(ipc_path, self.control_endpoints + self.event_endpoints) if p is not None]
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + (0.0 if self._own_ctx else 1.0)
         while any(p.exists() for p in files) and time.monotonic() < deadline:
             time.sleep(0.01)
         for path in files:
