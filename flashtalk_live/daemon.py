@@ -98,7 +98,7 @@ class Daemon:
         self.timeline = Timeline(v, settings.encoder, self.spool, self.programme, admission=self.admission)
         self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
         self.prompt = v.prompt
-        self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings.renderer, v.fps)
+        self.still = with_drills(still or StillRenderer.from_settings(settings), settings.renderer, v.fps)
         self.still.start_session(self.reference, v.prompt)
         if renderer_factory is None:
             renderer_factory = renderer_kind(settings.renderer.kind).factory(settings, self.events, parallel)

@@ -214,6 +214,21 @@ class RendererSettings(_Section):
         "first; 0 keeps the bank in RAM only")
     idle_bank_crossfade_frames: int = Field(4, ge=0, le=50, description="frames dissolved from the last aired "
                                             "frame into the bank chunk that follows a clip")
+    face_motion: bool = Field(
+        True, description="the still renderer (the default and every engine's fallback) opens the mouth with the "
+        "speech it airs, blinks and sways a little (renderers/face.py); false: a motionless portrait")
+    mouth_box: list[float] | None = Field(
+        None, min_length=4, max_length=4, description="[x, y, width, height] of the mouth in pixels of "
+        "video.reference_image, for face_motion; none: the embedded demo portrait's box [216, 426, 80, 28] "
+        "scaled to the portrait's size")
+
+    @field_validator("mouth_box")
+    @classmethod
+    def _mouth_box(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (v[2] <= 0 or v[3] <= 0 or v[0] < 0 or v[1] < 0):
+            raise ValueError("expected [x, y, width, height] in the portrait's pixels: x, y >= 0, a positive size")
+        return v
+
     drill_slowdown: float = Field(
         1.0, ge=1, le=20, description="drill: every render call takes this many times max(its own time, the "
         "chunk's duration); 1 = off. Proves the room copes with a slow renderer without a slow GPU")
