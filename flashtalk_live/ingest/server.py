@@ -46,6 +46,10 @@ from flashtalk_live.queue.spool import Spool
 from flashtalk_live.secrets import mask_obj
 from flashtalk_live.settings import EncoderSettings, IngestSettings
 EVENT_BACKLOG = 10_000
+# Events of the first moments after the bind are held back this long: a subscriber of the daemon's previous life
+# reconnects within ZeroMQ's reconnect interval (0.1 s by default), and the start-up events (the recovered clip's
+# `started`, `endpoint_up`) would otherwise go out before it is back (issue 21).
+EVENTS_HOLD_S = 0.5
 STATUS_PENDING_LIMIT = 50
 
 
@@ -136,6 +140,7 @@ class IngestServer:
         self._replies: collections.deque[tuple[list[bytes], dict[str, Any]]] = collections.deque()
         self._backlog: collections.deque[Event] = collections.deque(maxlen=EVENT_BACKLOG)
         self._wake_r, self._wake_w = -1, -1
+        self._hold_until = 0.0  # events wait in the backlog until then (EVENTS_HOLD_S after start)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._router: zmq.Socket | None = None
@@ -183,6 +188,7 @@ class IngestServer:
         self._stopping.clear()
         self.events.subscribe(self._on_event)
         self.started_at = time.time()
+        self._hold_until = time.monotonic() + EVENTS_HOLD_S
         self._thread = threading.Thread(target=self._serve, name="ingest", daemon=True)
         self._thread.start()
         self.log.info("ingest_started", control=self.control_endpoints, events=self.event_endpoints,
@@ -261,13 +267,15 @@ class IngestServer:
         except (BlockingIOError, OSError):
             pass  # the pipe is full (the thread will drain everything anyway) or closed
 
-    def _flush_events(self) -> None:
+    def _flush_events(self, hold: bool = False) -> None:
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except (BlockingIOError, OSError):
             pass
         assert self._pub is not None
+        if hold:
+            return
         while self._backlog:
             event = self._backlog.popleft()
             try:
@@ -284,8 +292,9 @@ class IngestServer:
         for cap in self._caps:
             poller.register(cap.monitor, zmq.POLLIN)
         while not self._stopping.is_set():
+            held = self._hold_until - time.monotonic()
             try:
-                ready = dict(poller.poll(1000))
+                ready = dict(poller.poll(1000 if held <= 0 else max(1, int(held * 1000) + 1)))
             except zmq.ZMQError as e:
                 if self._stopping.is_set():
                     break
@@ -296,7 +305,7 @@ class IngestServer:
                 if cap.monitor in ready:
                     cap.handle()
             if self._backlog or self._replies or self._wake_r in ready:
-                self._flush_events()
+                self._flush_events(hold=time.monotonic() < self._hold_until)
                 self._flush_replies()
             if self._router in ready:
                 for _ in range(64):

@@ -311,3 +311,19 @@ def test_stop_removes_the_socket_files(running, state_dir):
     assert all(f.exists() for f in files)
     r.server.stop()
     assert not any(f.exists() for f in files)
+
+
+@pytest.mark.timeout(60)
+def test_first_events_wait_for_subscribers_that_reconnect_after_a_restart(running):
+    """A subscriber of the previous life comes back within ZeroMQ's reconnect interval (0.1 s): what the daemon
+    publishes at once on start (the recovered clip's `started`, `endpoint_up`) waits for it (EVENTS_HOLD_S)."""
+    from flashtalk_live.ingest.server import EVENTS_HOLD_S
+
+    r = running()
+    r.bus.publish("started", segment_id="first")  # right after the bind
+    time.sleep(min(0.15, EVENTS_HOLD_S / 2))  # a reconnect interval and a half later, the subscriber is back
+    with EventStream(r.events) as ev:
+        first = ev.get(5.0)
+        assert first is not None and first["type"] == "started" and first["segment_id"] == "first"
+        r.bus.publish("finished", segment_id="first")  # and after the hold, events flow at once
+        assert ev.get(5.0)["type"] == "finished"
