@@ -333,11 +333,16 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         enc = self.encoder.stats()
         pst = self.pacer.stats()
+        queue = self.spool.stats()
+        # The spool counts the clip on air whole until it finishes; what already aired is no longer queued.
+        played = self.onair.played_s()
+        queue["queued_seconds"] = round(max(0.0, queue.get("queued_seconds", 0.0) - played), 3)
+        queue["on_air_played_s"] = round(played, 3)
         return {
             "state": self.state,
             "uptime_s": round(time.time() - self.started_at, 1),
             "on_air": self.onair.segment,
-            "queue": self.spool.stats(),
+            "queue": queue,
             "storage": {**self.disk.status(), **self.onair.storage_status(),
                         "spool_quarantined": str(self.spool.quarantined[0]) if self.spool.quarantined else None},
             "broadcast": {
