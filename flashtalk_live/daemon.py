@@ -362,6 +362,17 @@ class Daemon:
             "metrics_port": self.metrics_port,
         }
 
+    def health(self) -> dict[str, Any]:
+        """The periodic `health` log line (logging.health_interval_s): is the room well, in one line."""
+        pst = self.pacer.stats()
+        outs = self.outputs.status()
+        down = [o["name"] for o in outs if o.get("state") != "up"]
+        return {"state": self.state, "on_air": self.onair.segment or "programme/idle",
+                "renderer": self.renderers.current_name(), "buffered_s": self.render_ahead.status()["buffered_s"],
+                "underruns": pst.get("underrun_episodes", 0), "underrun_frames": pst.get("underrun_frames", 0),
+                "outputs_up": f"{len(outs) - len(down)}/{len(outs)}", "outputs_down": down,
+                "queue_clips": self.spool.stats().get("clips", 0)}
+
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.ingest.start()
@@ -452,11 +463,19 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     daemon.start()
     deadline = None if duration_s is None else time.monotonic() + duration_s
+    every = settings.logging.health_interval_s
+    next_health = time.monotonic() + every
     try:
         while not stop.is_set() and not daemon.wait(0):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            stop.wait(1.0)
+            stop.wait(1.0 if not every else max(0.05, min(1.0, next_health - time.monotonic())))
+            if every and time.monotonic() >= next_health:
+                next_health = time.monotonic() + every
+                try:
+                    daemon.log.info("health", **daemon.health())
+                except Exception as e:  # noqa: BLE001 - a status read must never stop the room
+                    daemon.log.warning("health_failed", error=repr(e))
             q = daemon.spool.stats()
             sd_notify(f"STATUS={daemon.state}; on air: {daemon.onair.segment or 'programme/idle'}; "
                       f"queue {q.get('clips', 0)} clips")

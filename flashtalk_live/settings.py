@@ -463,6 +463,8 @@ class ConsoleSettings(_Section):
 class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
+    health_interval_s: float = Field(60.0, ge=0, description="every this many seconds one `health` line: state, "
+                                     "clip on air, renderer, buffered seconds, underruns, outputs up; 0 = never")
 
 
 class Settings(BaseSettings):
