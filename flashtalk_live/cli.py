@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import os
@@ -109,10 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The deepest sub-command parser the arguments chose (`run`, `config show`, ...)."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None and sub.dest else None
+        if sub is None or name not in sub.choices:
+            return parser
+        parser = sub.choices[name]
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> None:
+    """Refuse unknown arguments with the sub-command's usage (not the top level's) and the option meant."""
+    options = [o for a in parser._actions for o in a.option_strings]
+    hints = []
+    for arg in extra:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.6) if arg.startswith("-") else []
+        if close:
+            hints.append(f"{close[0]} for {arg.split('=', 1)[0]}")
+    parser.error("unrecognized arguments: " + " ".join(extra) + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     install_excepthooks()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unrecognized(_chosen_parser(parser, args), extra)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

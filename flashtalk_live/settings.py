@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -703,6 +705,35 @@ def resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (a section, list[OutputSettings], Optional[...]), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def unknown_key_hint(loc: tuple[Any, ...]) -> str:
+    """For a key that is not a setting: "did you mean ...?" (difflib) or the keys its section has."""
+    model: type[BaseModel] | None = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list section ([[outputs]])
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+        if model is None:
+            return "not a setting"
+    names = list(model.model_fields)
+    prefix = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=2, cutoff=0.6)
+    if close:
+        return "not a setting; did you mean " + " or ".join(".".join(filter(None, (prefix, c))) for c in close) + "?"
+    return f"not a setting; {'[' + prefix + ']' if prefix else 'the top level'} has: {', '.join(names)}"
+
+
 def validation_error_lines(err: ValidationError) -> list[str]:
     """One line per error: field = masked value: what is expected. Values are masked before they are cut short,
     so a cut never splits a URL away from its scheme; url fields are masked strictly (any shape may hide a key)."""
@@ -714,6 +745,9 @@ def validation_error_lines(err: ValidationError) -> list[str]:
             continue
         loc = ".".join(str(p) for p in e["loc"])
         value = e.get("input")
+        if e["type"] == "extra_forbidden":  # a typo'd key: name it and the key it most likely meant
+            lines.append(f"{loc}: {unknown_key_hint(tuple(e['loc']))}")
+            continue
         if e["type"] == "missing":
             shown = "<missing>"
         elif isinstance(value, str) and loc.endswith("url"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import types
@@ -71,10 +72,22 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False), flush=True)
 
 
-def _fail(e: ClientError) -> int:
+# The request fields `push` fills from its flags: a refusal that names one names the flag to the CLI's user.
+PUSH_FLAGS = {"sample_rate": "--sample-rate", "channels": "--channels", "format": "--format", "text": "--text"}
+
+
+def _in_flags(text: str, flags: dict[str, str]) -> str:
+    """A daemon's refusal reason with the request fields it names ('sample_rate') as this verb's flags."""
+    if not flags:
+        return text
+    return re.sub(r"'?\b(" + "|".join(map(re.escape, flags)) + r")\b'?", lambda m: flags[m.group(1)], text)
+
+
+def _fail(e: ClientError, flags: dict[str, str] | None = None) -> int:
     if isinstance(e, Rejected):
-        where = f" (field {e.field})" if e.field else ""
-        print(f"flashtalk-live: rejected: {e.code}: {e.reason}{where}", file=sys.stderr)
+        flags = flags or {}
+        where = f" ({flags[e.field]})" if e.field in flags else f" (field {e.field})" if e.field else ""
+        print(f"flashtalk-live: rejected: {e.code}: {_in_flags(e.reason, flags)}{where}", file=sys.stderr)
         return EXIT_ERROR
     print(f"flashtalk-live: {e}", file=sys.stderr)
     if isinstance(e, NoDaemon):
@@ -107,7 +120,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
                                       format=args.format or _fmt(path), sample_rate=args.sample_rate,
                                       channels=args.channels, text=args.text)
                 except Rejected as e:
-                    print(f"{path}: rejected: {e.code}: {e.reason}", file=sys.stderr)
+                    where = f" ({PUSH_FLAGS[e.field]})" if e.field in PUSH_FLAGS else ""
+                    print(f"{path}: rejected: {e.code}: {_in_flags(e.reason, PUSH_FLAGS)}{where}", file=sys.stderr)
                     rc = EXIT_ERROR
                     continue
                 _print({"file": path, "segment_id": ack["segment_id"], "position": ack["position"],
