@@ -86,8 +86,10 @@ def _in_flags(text: str, flags: dict[str, str]) -> str:
 def _fail(e: ClientError, flags: dict[str, str] | None = None) -> int:
     if isinstance(e, Rejected):
         flags = flags or {}
-        where = f" ({flags[e.field]})" if e.field in flags else f" (field {e.field})" if e.field else ""
-        print(f"flashtalk-live: rejected: {e.code}: {_in_flags(e.reason, flags)}{where}", file=sys.stderr)
+        reason = _in_flags(e.reason, flags)
+        flag = flags.get(e.field or "")
+        where = "" if not e.field or (flag and flag in reason) else f" ({flag})" if flag else f" (field {e.field})"
+        print(f"flashtalk-live: rejected: {e.code}: {reason}{where}", file=sys.stderr)
         return EXIT_ERROR
     print(f"flashtalk-live: {e}", file=sys.stderr)
     if isinstance(e, NoDaemon):
@@ -120,8 +122,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
                                       format=args.format or _fmt(path), sample_rate=args.sample_rate,
                                       channels=args.channels, text=args.text)
                 except Rejected as e:
-                    where = f" ({PUSH_FLAGS[e.field]})" if e.field in PUSH_FLAGS else ""
-                    print(f"{path}: rejected: {e.code}: {_in_flags(e.reason, PUSH_FLAGS)}{where}", file=sys.stderr)
+                    reason = _in_flags(e.reason, PUSH_FLAGS)
+                    flag = PUSH_FLAGS.get(e.field or "")
+                    where = f" ({flag})" if flag and flag not in reason else ""
+                    print(f"{path}: rejected: {e.code}: {reason}{where}", file=sys.stderr)
                     rc = EXIT_ERROR
                     continue
                 _print({"file": path, "segment_id": ack["segment_id"], "position": ack["position"],
