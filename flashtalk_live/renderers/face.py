@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -142,11 +143,11 @@ class FaceAnimator:
         self.mouth = (mx, my, mw, mh)
         # Too small to draw (a thumbnail-sized output): the face only sways and blinks, or nothing.
         self._jaw = self._jaw_setup(mx, my, mw, mh) if mw >= 6 else None
-        self._eyes = [self._eye_setup(mx + s * EYE_DX * mw, my + EYE_DY * mw, mw) for s in (-1, 1)] if mw >= 10 else []
-        self._eyes = [e for e in self._eyes if e is not None]
+        eyes = [self._eye_setup(mx + s * EYE_DX * mw, my + EYE_DY * mw, mw) for s in (-1, 1)] if mw >= 10 else []
+        self._eyes = [e for e in eyes if e is not None]
 
     # -- set-up: per portrait, once ---------------------------------------------------------------
-    def _jaw_setup(self, mx: float, my: float, mw: float, mh: float):
+    def _jaw_setup(self, mx: float, my: float, mw: float, mh: float) -> dict[str, Any] | None:
         drop = JAW_DROP * mw
         chin, neck = my + 0.7 * mw, my + 1.2 * mw
         r = _clip_region(my - 1, neck + 1, mx - 0.95 * mw, mx + 0.95 * mw, self.height, self.width, 0)
@@ -167,7 +168,7 @@ class FaceAnimator:
                 "cols": xs.astype(np.intp)[None, :], "my": my, "ix": (ix0 - r.x0, ix1 - r.x0),
                 "xx2": np.square(xx)[None, :]}
 
-    def _eye_setup(self, ex: float, ey: float, mw: float):
+    def _eye_setup(self, ex: float, ey: float, mw: float) -> dict[str, Any] | None:
         rx, ry = EYE_RX * mw, EYE_RY * mw
         r = _clip_region(ey - ry, ey + ry, ex - rx, ex + rx, self.height, self.width, 0)
         if r is None or ey - ry - 0.1 * mw < 0:
@@ -208,6 +209,7 @@ class FaceAnimator:
 
     def _draw_mouth(self, out: np.ndarray, opening: float, dx: int, dy: int) -> None:
         j = self._jaw
+        assert j is not None
         r: _Region = j["r"]
         d = j["drop"] * opening
         # Pull from above (the lower face moves down), interpolated between two rows in 1/16ths of a pixel, in
@@ -233,7 +235,7 @@ class FaceAnimator:
             roi[top:bottom, x0:x1] = inner.astype(np.uint16)
         _paste(out, roi, r, dx, dy)
 
-    def _draw_lid(self, out: np.ndarray, eye: dict, closure: float, dx: int, dy: int) -> None:
+    def _draw_lid(self, out: np.ndarray, eye: dict[str, Any], closure: float, dx: int, dy: int) -> None:
         r: _Region = eye["r"]
         roi = self.base[r.y0:r.y1, r.x0:r.x1].astype(np.float32)
         edge = closure * 1.05

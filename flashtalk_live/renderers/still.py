@@ -51,7 +51,8 @@ class StillRenderer:
         self._face = None
         if self.motion:
             ih, iw = image.shape[:2]
-            box = default_mouth_box((iw, ih)) if self.mouth_box is None else tuple(self.mouth_box)
+            box = default_mouth_box((iw, ih)) if self.mouth_box is None else \
+                (self.mouth_box[0], self.mouth_box[1], self.mouth_box[2], self.mouth_box[3])
             mouth = mouth_box_in_frame(box, (iw, ih), fit_box(iw, ih, self.width, self.height, self.fit), self.fit)
             self._face = FaceAnimator(frame, mouth, self.fps)
 
