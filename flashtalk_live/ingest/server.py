@@ -274,14 +274,25 @@ class IngestServer:
         except (BlockingIOError, OSError):
             pass
         assert self._pub is not None
-        if hold:
+        if hold:  # only the pongs go out now: a subscriber's sync must not wait for the hold (nor ping again)
+            kept = []
+            for _ in range(len(self._backlog)):  # other threads append on the right meanwhile: keep their order
+                event = self._backlog.popleft()
+                if event.get("type") == "pong":
+                    self._send_event(event)
+                else:
+                    kept.append(event)
+            self._backlog.extendleft(reversed(kept))
             return
         while self._backlog:
-            event = self._backlog.popleft()
-            try:
-                self._pub.send_multipart(encode_event(mask_obj(event)), flags=zmq.NOBLOCK)
-            except zmq.ZMQError as e:
-                self.log.warning("event_not_published", type=event.get("type"), error=str(e))
+            self._send_event(self._backlog.popleft())
+
+    def _send_event(self, event: Event) -> None:
+        assert self._pub is not None
+        try:
+            self._pub.send_multipart(encode_event(mask_obj(event)), flags=zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            self.log.warning("event_not_published", type=event.get("type"), error=str(e))
 
     # -- serving -----------------------------------------------------------------------------------
     def _serve(self) -> None:
