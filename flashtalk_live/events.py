@@ -21,7 +21,12 @@ EVENT_TYPES = (
 
 
 class EventBus:
-    """Thread-safe fan-out of events to subscribers; a failing subscriber never blocks the publisher."""
+    """Thread-safe fan-out of events to subscribers; a failing subscriber never blocks the publisher.
+
+    Every subscriber sees the events in `seq` order: one event is delivered to all of them before the next is
+    numbered. So a subscriber must be quick and must never wait for something a publishing thread holds (a lock,
+    another thread's progress): it runs while every other publisher waits.
+    """
 
     def __init__(self) -> None:
         self._subs: list[Callable[[Event], None]] = []
