@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,8 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
                    help="replace the configured outputs: a .flv/.mp4 recording path (stream URLs carry keys: use "
                         "--output-file)")
     p.add_argument("--output-file", metavar="FILE",
-                   help="replace the configured outputs with the URLs in FILE, one per line (# comments); keeps "
-                        "stream keys out of ps")
+                   help="replace the configured outputs (the default recording too: said on stderr) with the URLs "
+                        "in FILE, one per line (# comments); keeps stream keys out of ps")
 
 
 def _refuse_argv_secrets(args: argparse.Namespace) -> None:
@@ -77,6 +78,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, overrides, replace=None if outputs is None else {"outputs": outputs})
 
 
+def replaced_outputs_notice(args: argparse.Namespace) -> str | None:
+    """With --output/--output-file, the configured outputs do not run: one line that says so, naming them (masked),
+    or None when nothing configured is left out. The flags replace rather than add, so a stream URL file can stand
+    for the whole set; this line keeps the replacement from being silent (issue 21)."""
+    if not (getattr(args, "output_urls", None) or getattr(args, "output_file", None)):
+        return None
+    overrides = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "state_dir", None):
+        overrides.append(f"state_dir={json.dumps(args.state_dir)}")
+    base = load_settings(args.config, overrides)
+    if not base.outputs:
+        return None
+    flag = "--output-file" if getattr(args, "output_file", None) else "--output"
+    names = ", ".join(f"{o.name} ({mask_text(base.path(o.url))})" for o in base.outputs)
+    return (f"flashtalk-live: note: {flag} replaces the configured outputs; not running: {names}. "
+            f"List them with {flag} too to keep them")
+
+
 def checked_settings(args: argparse.Namespace) -> Settings:
     """What `run` needs before it starts anything, and what `config show` checks: the same errors, one line each
     (preflight.py: free locks and ports, the files the config names)."""
@@ -85,4 +104,7 @@ def checked_settings(args: argparse.Namespace) -> Settings:
 
     settings = settings_from_args(args)
     preflight.check(settings)
+    notice = replaced_outputs_notice(args)
+    if notice:
+        print(notice, file=sys.stderr)
     return settings

@@ -103,7 +103,7 @@ class Daemon:
         except (ImageError, OSError) as e:  # the operator's configuration: exit 2 with one line
             raise ConfigError(f"video.reference_image: {e}") from None
         self.prompt = v.prompt
-        self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings.renderer, v.fps)
+        self.still = with_drills(still or StillRenderer.from_settings(settings), settings.renderer, v.fps)
         self.still.start_session(self.reference, v.prompt)
         if renderer_factory is None:
             renderer_factory = renderer_kind(settings.renderer.kind).factory(settings, self.events, parallel)
@@ -351,12 +351,17 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         enc = self.encoder.stats()
         pst = self.playout.pacer.stats()
+        queue = self.spool.stats()
+        # The spool counts the clip on air whole until it finishes; what already aired is no longer queued.
+        played = self.playout.onair.played_s()
+        queue["queued_seconds"] = round(max(0.0, queue.get("queued_seconds", 0.0) - played), 3)
+        queue["on_air_played_s"] = round(played, 3)
         return {
             "state": self.state,
             "room": self.s.room or None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "on_air": self.playout.on_air,
-            "queue": self.spool.stats(),
+            "queue": queue,
             "streams": self.streams.status(),
             "latency": {"push_to_air": self.latency.status()},
             "storage": {**self.disk.status(), **self.playout.onair.storage_status(),
@@ -380,6 +385,17 @@ class Daemon:
             "gpu": gpu_memory(),
             "metrics_port": self.metrics_port,
         }
+
+    def health(self) -> dict[str, Any]:
+        """The periodic `health` log line (logging.health_interval_s): is the room well, in one line."""
+        pst = self.playout.pacer.stats()
+        outs = self.outputs.status()
+        down = [o["name"] for o in outs if o.get("state") != "up"]
+        return {"state": self.state, "on_air": self.playout.on_air or "programme/idle",
+                "renderer": self.renderers.current_name(), "buffered_s": self.playout.render_ahead.status()["buffered_s"],
+                "underruns": pst.get("underrun_episodes", 0), "underrun_frames": pst.get("underrun_frames", 0),
+                "outputs_up": f"{len(outs) - len(down)}/{len(outs)}", "outputs_down": down,
+                "queue_clips": self.spool.stats().get("clips", 0)}
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -548,15 +564,23 @@ def _run_locked(settings: Settings, duration_s: float | None, reload: Callable[[
             parallel.close()
         raise
     deadline = None if duration_s is None else time.monotonic() + duration_s
+    every = settings.logging.health_interval_s
+    next_health = time.monotonic() + every
     try:
         while not stop.is_set() and not daemon.wait(0):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            wake.wait(1.0)
+            wake.wait(1.0 if not every else max(0.05, min(1.0, next_health - time.monotonic())))
             wake.clear()
             if hup.is_set():
                 hup.clear()
                 _reload(daemon, reload)
+            if every and time.monotonic() >= next_health:
+                next_health = time.monotonic() + every
+                try:
+                    daemon.log.info("health", **daemon.health())
+                except Exception as e:  # noqa: BLE001 - a status read must never stop the room
+                    daemon.log.warning("health_failed", error=repr(e))
             q = daemon.spool.stats()
             sd_notify(f"STATUS={daemon.state}; on air: {daemon.playout.on_air or 'programme/idle'}; "
                       f"queue {q.get('clips', 0)} clips")

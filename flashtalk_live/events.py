@@ -108,11 +108,19 @@ class UnknownEvent(LookupError):
 
 
 class EventBus:
-    """Thread-safe fan-out of events to subscribers; a failing subscriber never blocks the publisher."""
+    """Thread-safe fan-out of events to subscribers; a failing subscriber never blocks the publisher.
+
+    Every subscriber sees the events in `seq` order: one event is delivered to all of them before the next is
+    numbered. So a subscriber must be quick and must never wait for something a publishing thread holds (a lock,
+    another thread's progress): it runs while every other publisher waits.
+    """
 
     def __init__(self) -> None:
         self._subs: list[Callable[[Event], None]] = []
         self._lock = threading.Lock()
+        # Held from numbering an event to the end of its delivery, so every subscriber sees events in seq order
+        # even when threads publish at once (re-entrant: a subscriber may publish).
+        self._deliver = threading.RLock()
         self._seq = itertools.count(1)
 
     def subscribe(self, fn: Callable[[Event], None]) -> None:
@@ -127,14 +135,16 @@ class EventBus:
     def publish(self, type: str, **fields: Any) -> Event:
         if type not in EVENTS:
             raise UnknownEvent(f"event type {type!r} is not declared in flashtalk_live.events.EVENTS")
-        with self._lock:
-            # mono: the daemon's monotonic clock, so intervals between events (push -> air) survive clock steps
-            event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), "mono": time.monotonic(),
-                            **mask_obj(fields)}
-            subs = list(self._subs)
-        for fn in subs:
-            try:
-                fn(event)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the broadcast
-                pass
+        masked = mask_obj(fields)
+        with self._deliver:
+            with self._lock:
+                # mono: the daemon's monotonic clock, so intervals between events (push -> air) survive clock steps
+                event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), "mono": time.monotonic(),
+                                **masked}
+                subs = list(self._subs)
+            for fn in subs:
+                try:
+                    fn(event)
+                except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the broadcast
+                    pass
         return event

@@ -127,6 +127,11 @@ class ConnectionCap:
         self.refused = 0
         self.accept_errors = 0
 
+    def serve_forever(self, poll_interval: float = 0.05) -> None:
+        # shutdown() waits for the loop's next poll: socketserver's 0.5 s default was a quarter of the daemon's stop
+        # time (issue 21); 20 empty polls a second cost nothing measurable.
+        super().serve_forever(poll_interval)  # type: ignore[misc]
+
     def get_request(self):  # noqa: ANN201
         try:
             return super().get_request()

@@ -6,11 +6,13 @@ model profiles) is checked by that registry after the schema has validated: `con
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -242,6 +244,21 @@ class RendererSettings(_Section):
         "first; 0 keeps the bank in RAM only")
     idle_bank_crossfade_frames: int = Field(4, ge=0, le=50, description="frames dissolved from the last aired "
                                             "frame into the bank chunk that follows a clip")
+    face_motion: bool = Field(
+        True, description="the still renderer (the default and every engine's fallback) opens the mouth with the "
+        "speech it airs, blinks and sways a little (renderers/face.py); false: a motionless portrait")
+    mouth_box: list[float] | None = Field(
+        None, min_length=4, max_length=4, description="[x, y, width, height] of the mouth in pixels of "
+        "video.reference_image, for face_motion; none: the embedded demo portrait's box [216, 426, 80, 28] "
+        "scaled to the portrait's size")
+
+    @field_validator("mouth_box")
+    @classmethod
+    def _mouth_box(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (v[2] <= 0 or v[3] <= 0 or v[0] < 0 or v[1] < 0):
+            raise ValueError("expected [x, y, width, height] in the portrait's pixels: x, y >= 0, a positive size")
+        return v
+
     drill_slowdown: float = Field(
         1.0, ge=1, le=20, description="drill: every render call takes this many times max(its own time, the "
         "chunk's duration); 1 = off. Proves the room copes with a slow renderer without a slow GPU")
@@ -500,6 +517,8 @@ class ProbeSettings(_Section):
 class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
+    health_interval_s: float = Field(60.0, ge=0, description="every this many seconds one `health` line: state, "
+                                     "clip on air, renderer, buffered seconds, underruns, outputs up; 0 = never")
 
 
 class Settings(BaseSettings):
@@ -750,6 +769,35 @@ def error_line(loc: str, value: Any, msg: str, missing: bool = False) -> str:
     return f"{loc}: {msg}" if twice else f"{loc} = {shown}: {msg}"
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (a section, list[OutputSettings], Optional[...]), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def unknown_key_hint(loc: tuple[Any, ...]) -> str:
+    """For a key that is not a setting: "did you mean ...?" (difflib) or the keys its section has."""
+    model: type[BaseModel] | None = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list section ([[outputs]])
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+        if model is None:
+            return "not a setting"
+    names = list(model.model_fields)
+    prefix = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=2, cutoff=0.6)
+    if close:
+        return "not a setting; did you mean " + " or ".join(".".join(filter(None, (prefix, c))) for c in close) + "?"
+    return f"not a setting; {'[' + prefix + ']' if prefix else 'the top level'} has: {', '.join(names)}"
+
+
 def validation_error_lines(err: ValidationError) -> list[str]:
     """One line per error of the schema (`error_line`); a check across fields is its message alone."""
     lines = []
@@ -757,8 +805,11 @@ def validation_error_lines(err: ValidationError) -> list[str]:
         if not e["loc"]:  # a check across fields: its message names them, the input is the whole config
             lines.append(mask_text(e["msg"].removeprefix("Value error, ")))
             continue
-        lines.append(error_line(".".join(str(p) for p in e["loc"]), e.get("input"), e["msg"],
-                                missing=e["type"] == "missing"))
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":  # a typo'd key: name it and the key it most likely meant
+            lines.append(f"{loc}: {unknown_key_hint(tuple(e['loc']))}")
+            continue
+        lines.append(error_line(loc, e.get("input"), e["msg"], missing=e["type"] == "missing"))
     return lines
 
 

@@ -20,11 +20,26 @@ from flashtalk_live.settings import Settings
 from flashtalk_live.chunks import RenderChunk
 
 
+class _ProfileHelp(argparse.HelpFormatter):
+    """Fills `{profiles}` in a help text from the profile table (engine/profile.py) when the help is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and "{profiles}" in text:
+            # engine.profile imports torch (model.audio): paid for by `render --help` only, not by every verb.
+            from flashtalk_live.engine.profile import PROFILES
+
+            names = ", ".join(f"{n} ({p.height}x{p.width}, {p.sample_steps} steps)" for n, p in PROFILES.items())
+            text = text.replace("{profiles}", names)
+        return text
+
+
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("render", help="render an avatar video offline with the FlashTalk engine (preview)")
+    p = subparsers.add_parser("render", help="render an avatar video offline with the FlashTalk engine (preview)",
+                              formatter_class=_ProfileHelp)
     p.add_argument("--image", required=True, help="reference portrait (PNG/JPEG)")
     p.add_argument("--audio", required=True, help="speech audio (WAV, MP3, M4A, FLAC, Ogg)")
-    p.add_argument("--profile", help="profile name (quality, fast) or .toml file; default: model.profile")
+    p.add_argument("--profile", help="a profile of the table: {profiles}; or a .toml file; default: model.profile")
     p.add_argument("--prompt", help="text prompt; default: video.prompt")
     p.add_argument("--timing", action="store_true", help="print per-stage times of every chunk")
     p.add_argument("-o", "--output", required=True, help="output .mp4")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import types
@@ -71,10 +72,24 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False), flush=True)
 
 
-def _fail(e: ClientError) -> int:
+# The request fields `push` fills from its flags: a refusal that names one names the flag to the CLI's user.
+PUSH_FLAGS = {"sample_rate": "--sample-rate", "channels": "--channels", "format": "--format", "text": "--text"}
+
+
+def _in_flags(text: str, flags: dict[str, str]) -> str:
+    """A daemon's refusal reason with the request fields it names ('sample_rate') as this verb's flags."""
+    if not flags:
+        return text
+    return re.sub(r"'?\b(" + "|".join(map(re.escape, flags)) + r")\b'?", lambda m: flags[m.group(1)], text)
+
+
+def _fail(e: ClientError, flags: dict[str, str] | None = None) -> int:
     if isinstance(e, Rejected):
-        where = f" (field {e.field})" if e.field else ""
-        print(f"flashtalk-live: rejected: {e.code}: {e.reason}{where}", file=sys.stderr)
+        flags = flags or {}
+        reason = _in_flags(e.reason, flags)
+        flag = flags.get(e.field or "")
+        where = "" if not e.field or (flag and flag in reason) else f" ({flag})" if flag else f" (field {e.field})"
+        print(f"flashtalk-live: rejected: {e.code}: {reason}{where}", file=sys.stderr)
         return EXIT_ERROR
     print(f"flashtalk-live: {e}", file=sys.stderr)
     if isinstance(e, NoDaemon):
@@ -109,7 +124,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
                                       format=args.format or _fmt(path), sample_rate=args.sample_rate,
                                       channels=args.channels, text=args.text, name=args.name)
                 except Rejected as e:
-                    print(f"{path}: rejected: {e.code}: {e.reason}", file=sys.stderr)
+                    reason = _in_flags(e.reason, PUSH_FLAGS)
+                    flag = PUSH_FLAGS.get(e.field or "")
+                    where = f" ({flag})" if flag and flag not in reason else ""
+                    print(f"{path}: rejected: {e.code}: {reason}{where}", file=sys.stderr)
                     rc = EXIT_ERROR
                     continue
                 _print({"file": path, "segment_id": ack["segment_id"], "position": ack["position"],
@@ -262,17 +280,75 @@ def _add_fields(p: argparse.ArgumentParser, command: Command) -> None:
         p.add_argument("--file", dest="data_file", help="send this picture's bytes (PNG/JPEG) as the data frame")
 
 
-def _print_status(reply: dict[str, Any]) -> None:
+STATUS_ROWS = 5  # queue rows the summary lists per state; `status --json` has them all
+
+
+def _bytes(n: Any) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, (int, float)) else str(v)
+
+
+def status_summary(reply: dict[str, Any]) -> list[str]:
+    """The status reply as a short summary a person reads (`status`; the whole reply with `status --json`)."""
+    lines = []
+    if "state" in reply:
+        lines.append(f"state: {reply['state']}, up {reply.get('uptime_s', 0):.0f} s; on air: "
+                     f"{reply.get('on_air') or 'programme/idle'}")
     q = reply.get("queue", {})
-    print(f"queue: {q.get('pending', 0)} pending, {q.get('playing', 0)} playing, "
-          f"{q.get('queued_seconds', 0)} s queued, spool {q.get('spool_bytes', 0)} bytes")
+    played = q.get("on_air_played_s")
+    lines.append(f"queue: {q.get('pending', 0)} pending, {q.get('playing', 0)} playing, "
+                 f"{q.get('queued_seconds', 0)} s queued" + (f" ({played} s of the clip on air aired)" if played else "")
+                 + f", spool {_bytes(q.get('spool_bytes', 0))}")
     for k in ("playing", "pending"):
-        for e in reply.get(k, []):
-            print(f"  {k:8s} {e['segment_id']}  {e['duration_s']:.2f} s  {e['mode']}"
-                  + (f"  {e['name']}" if e.get("name") else ""))
-    rest = {k: v for k, v in reply.items() if k not in ("queue", "playing", "pending", "v", "ok", "cmd", "ms")}
-    if rest:
-        print(json.dumps(rest, indent=2, default=str))
+        rows = reply.get(k, [])
+        for e in rows[:STATUS_ROWS]:
+            lines.append(f"  {k:8s} {e['segment_id']}  {e['duration_s']:.2f} s  {e['mode']}"
+                         + (f"  {e['name']}" if e.get("name") else ""))
+        if len(rows) > STATUS_ROWS:
+            more = (q.get(k) or len(rows)) - STATUS_ROWS
+            lines.append(f"  ... {more} more {k}")
+    r = reply.get("renderer")
+    if isinstance(r, dict):
+        err = f", last error: {r['last_error']}" if r.get("last_error") else ""
+        lines.append(f"renderer: {r.get('active')} (preferred: {r.get('preferred') or 'none'}), "
+                     f"failures {r.get('failures', 0)}{err}")
+    b = reply.get("broadcast")
+    if isinstance(b, dict):
+        ra = reply.get("render_ahead") or {}
+        lines.append(f"broadcast: {b.get('media_time_s', 0)} s aired, buffered {ra.get('buffered_s', 0)} s, "
+                     f"underruns {b.get('underrun_episodes', 0)} ({b.get('underrun_frames', 0)} frames), "
+                     f"A/V skew {b.get('av_skew_s', 0)} s, render rtf {_num(b.get('render_rtf'))}")
+    outs = reply.get("outputs")
+    if isinstance(outs, list):
+        up = sum(1 for o in outs if o.get("state") == "up")
+        lines.append(f"outputs: {up} of {len(outs)} up")
+        for o in outs:
+            err = f"  error: {o['last_error']}" if o.get("last_error") else ""
+            lines.append(f"  {o.get('name')}  {o.get('kind')}  {o.get('state')}  {o.get('bitrate_bps', 0) / 1000:.0f} "
+                         f"kb/s  reconnects {o.get('reconnects', 0)}  dropped {o.get('dropped_packets', 0)}{err}")
+    st = reply.get("storage")
+    if isinstance(st, dict):
+        lines.append(f"storage: {_bytes(st.get('free_bytes'))} free ({st.get('free_percent')} %)"
+                     + (", DEGRADED: new clips refused" if st.get("degraded") else ""))
+    ov = reply.get("overlays")
+    if isinstance(ov, dict):
+        lines.append(f"overlays on air: {', '.join(ov.get('on_air') or []) or 'none'}")
+    if reply.get("metrics_port"):
+        lines.append(f"metrics/console port: {reply['metrics_port']}")
+    lines.append("(everything: flashtalk-live status --json)")
+    return lines
+
+
+def _print_status(reply: dict[str, Any]) -> None:
+    print("\n".join(status_summary(reply)))
 
 
 # Human-readable output for some verbs (without --json); the others print the reply as one JSON line.

@@ -51,6 +51,10 @@ from flashtalk_live.secrets import mask_obj
 from flashtalk_live.settings import ConfigError, EncoderSettings, IngestSettings
 from flashtalk_live.statelock import FileLock, LockHeld, endpoint_busy, socket_lock_path
 EVENT_BACKLOG = 10_000
+# Events of the first moments after the bind are held back this long: a subscriber of the daemon's previous life
+# reconnects within ZeroMQ's reconnect interval (0.1 s by default), and the start-up events (the recovered clip's
+# `started`, `endpoint_up`) would otherwise go out before it is back (issue 21).
+EVENTS_HOLD_S = 0.5
 STATUS_PENDING_LIMIT = 50
 STATUS_TEXT_CHARS = 120  # a clip's caption text in a status row is cut here (the whole text is in `accepted`)
 
@@ -205,6 +209,7 @@ class IngestServer:
         self._replies: collections.deque[tuple[list[bytes], dict[str, Any]]] = collections.deque()
         self._backlog: collections.deque[Event] = collections.deque(maxlen=EVENT_BACKLOG)
         self._wake_r, self._wake_w = -1, -1
+        self._hold_until = 0.0  # events wait in the backlog until then (EVENTS_HOLD_S after start)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._router: zmq.Socket | None = None
@@ -254,6 +259,7 @@ class IngestServer:
         self._stopping.clear()
         self.events.subscribe(self._on_event)
         self.started_at = time.time()
+        self._hold_until = time.monotonic() + EVENTS_HOLD_S
         self._thread = threading.Thread(target=self._serve, name="ingest", daemon=True)
         self._thread.start()
         self.log.info("ingest_started", control=self.control_endpoints, events=self.event_endpoints,
@@ -319,11 +325,12 @@ class IngestServer:
         if self._own_ctx:
             self._ctx.term()
             self._ctx = zmq.Context()  # start() again gets a fresh one
-        # libzmq unlinks ipc files from its reaper thread, which a process exiting right after may never run (and
-        # a shared context is not terminated here): give it a moment, so it cannot unlink a later bind's file, then
-        # remove what is left.
+        # libzmq 4.3 unlinks only the files of wildcard (ipc://*) binds, from its reaper thread. Our own context is
+        # terminated above, so no libzmq thread is left that could unlink a later bind's file: remove ours now. A
+        # shared context lives on: give its reaper a moment first (waiting a whole second here was most of the
+        # daemon's stop time, issue 21).
         files = [p for p in map(ipc_path, self.control_endpoints + self.event_endpoints) if p is not None]
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + (0.0 if self._own_ctx else 1.0)
         while any(p.exists() for p in files) and time.monotonic() < deadline:
             time.sleep(0.01)
         for path in files:
@@ -355,19 +362,32 @@ class IngestServer:
         except (BlockingIOError, OSError):
             pass  # the pipe is full (the thread will drain everything anyway) or closed
 
-    def _flush_events(self) -> None:
+    def _flush_events(self, hold: bool = False) -> None:
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except (BlockingIOError, OSError):
             pass
         assert self._pub is not None
+        if hold:  # only the pongs go out now: a subscriber's sync must not wait for the hold (nor ping again)
+            kept = []
+            for _ in range(len(self._backlog)):  # other threads append on the right meanwhile: keep their order
+                event = self._backlog.popleft()
+                if event.get("type") == "pong":
+                    self._send_event(event)
+                else:
+                    kept.append(event)
+            self._backlog.extendleft(reversed(kept))
+            return
         while self._backlog:
-            event = self._backlog.popleft()
-            try:
-                self._pub.send_multipart(encode_event(mask_obj(event)), flags=zmq.NOBLOCK)
-            except zmq.ZMQError as e:
-                self.log.warning("event_not_published", type=event.get("type"), error=str(e))
+            self._send_event(self._backlog.popleft())
+
+    def _send_event(self, event: Event) -> None:
+        assert self._pub is not None
+        try:
+            self._pub.send_multipart(encode_event(mask_obj(event)), flags=zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            self.log.warning("event_not_published", type=event.get("type"), error=str(e))
 
     # -- serving -----------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -378,8 +398,9 @@ class IngestServer:
         for cap in self._caps:
             poller.register(cap.monitor, zmq.POLLIN)
         while not self._stopping.is_set():
+            held = self._hold_until - time.monotonic()
             try:
-                ready = dict(poller.poll(1000))
+                ready = dict(poller.poll(1000 if held <= 0 else max(1, int(held * 1000) + 1)))
             except zmq.ZMQError as e:
                 if self._stopping.is_set():
                     break
@@ -393,7 +414,7 @@ class IngestServer:
             self.security.flush_logs()
             self._revoke_keys()
             if self._backlog or self._replies or self._wake_r in ready:
-                self._flush_events()
+                self._flush_events(hold=time.monotonic() < self._hold_until)
                 self._flush_replies()
             if self._router in ready:
                 for _ in range(64):

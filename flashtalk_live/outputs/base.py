@@ -63,6 +63,13 @@ class Rebaser:
             return None
         return Fraction(p.dts) * p.time_base - self.origin
 
+    @staticmethod
+    def is_priming(p: Any) -> bool:
+        """An encoder's priming packet (AAC's first, stamped before encoder time 0): every output skips it, since
+        nothing starts before the first keyframe at 0, and it is no program sound lost, so it is not counted as a
+        dropped packet (issue 21: `dropped_packets: 1` on every output at start)."""
+        return p.dts is not None and p.dts < 0
+
     def mux(self, p: Any) -> bool:
         """Mux p if it belongs here; False when dropped (before the first keyframe, or before the origin)."""
         is_v = self.is_video(p)
@@ -111,7 +118,8 @@ class Output:
         self.reconnects = 0
         self.dropped_packets = 0
         self.sent_packets = 0
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # why it is not up now (cleared when it is up again)
+        self.previous_error: str | None = None  # the last error it recovered from
         self.connected_since: float | None = None  # wall-clock epoch seconds
         self.rate = Rate()
         self._announced: str | None = None
@@ -132,13 +140,16 @@ class Output:
                 "name": self.name, "kind": self.kind, "url": self.masked_url, "state": self.state,
                 "bitrate_bps": self.rate.bps(), "reconnects": self.reconnects,
                 "dropped_packets": self.dropped_packets, "sent_packets": self.sent_packets,
-                "last_error": self.last_error, "connected_since": self.connected_since,
+                "last_error": self.last_error, "previous_error": self.previous_error,
+                "connected_since": self.connected_since,
             }
 
     # -- shared state changes ---------------------------------------------------------------------
     def _set_up(self) -> None:
         self.state = "up"
         self.connected_since = time.time()
+        if self.last_error is not None:  # up again: the error is history, not the output's state
+            self.previous_error, self.last_error = self.last_error, None
         if self._announced != "up":
             self._announced = "up"
             self._publish("endpoint_up", output=self.name, url=self.masked_url, reconnects=self.reconnects)

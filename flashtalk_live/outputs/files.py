@@ -230,7 +230,7 @@ class FileOutput(Output):
                         if self.state != "up":
                             self.backoff.reset()
                             self._set_up()
-                    else:
+                    elif not rb.is_priming(p):
                         self.dropped_packets += 1
                 except Exception as e:  # noqa: BLE001
                     self.dropped_packets += len(packets) - i

@@ -174,7 +174,7 @@ class ChildConnection:
                 if rb.mux(p):
                     self.ends.append(self.sink.total)
                     sent += 1
-                else:
+                elif not rb.is_priming(p):
                     dropped += 1
             self._drain()
             self.sent += sent

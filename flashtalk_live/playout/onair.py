@@ -38,6 +38,8 @@ class OnAir:
         self._air_frame, self._media_time_s = air_frame, media_time_s
         self.log = get_logger("onair")
         self.segment: str | None = None
+        self._segment_start: int | None = None  # out frame of the queue clip on air's `started`
+        self._out_frame = 0  # the last frame that went out
         self._idle_announced = False
         self._unsettled: list[str] = []  # clips that finished on air but whose removal the spool could not commit
         self._settle_lock = threading.Lock()
@@ -52,6 +54,7 @@ class OnAir:
     # -- what aired (broadcast thread) ---------------------------------------------------------------
     def aired(self, marks: Sequence[Mark], segment_id: str | None, out_frame: int) -> None:
         """One frame went out: its marks as events, and `idle` when the air first has no clip."""
+        self._out_frame = out_frame
         for m in marks:
             self._announce(m, out_frame)
         if segment_id is None and not self._idle_announced:
@@ -81,8 +84,15 @@ class OnAir:
                             **extra)
         if m.kind == "started":
             self.segment = m.segment_id
+            self._segment_start = out_frame if m.source == "queue" else None
         elif m.kind in ("finished", "interrupted") and self.segment == m.segment_id:
             self.segment = None
+            self._segment_start = None
+
+    def played_s(self) -> float:
+        """Seconds of the queue clip on air that already aired (0 when none): the part of the queue that is gone."""
+        start = self._segment_start
+        return 0.0 if start is None or self.segment is None else max(0, self._out_frame + 1 - start) / self.fps
 
     def name_of(self, segment_id: str, source: str = "queue", lookup: bool = False) -> str | None:
         """A clip's name for people: a queue clip's `name` (push --name; with `lookup`, read from the spool for a

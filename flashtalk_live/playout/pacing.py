@@ -237,14 +237,14 @@ class FrameClock:
         # Computed from the anchor each time (not accumulated) so float error never builds up over days.
         return self._anchor_t + (k - self._anchor_k) / self.fps
 
-    def wait_next(self) -> Tick:
-        """Sleep until the next slot's deadline and return it."""
+    def wait_next(self, wait: bool = True) -> Tick:
+        """Sleep until the next slot's deadline and return it (wait=False: return it at once, ahead of time)."""
         k = self.index
         if self._anchor_t is None:
             self._anchor_t, self._anchor_k = self.clock(), k
         deadline = self.deadline(k)
         now = self.clock()
-        if now < deadline:
+        if now < deadline and wait:
             self.sleep(deadline - now)
             now = self.clock()
         late = max(0.0, now - deadline)
@@ -338,7 +338,10 @@ class Pacer:
 
     # -- control -----------------------------------------------------------------------------------
     def stop(self, drain: bool = True) -> None:
-        """End iteration: after the chunk now on air (drain=True, SIGTERM) or at the next slot (drain=False)."""
+        """End iteration: after the chunk now on air (drain=True, SIGTERM) or at the next slot (drain=False).
+
+        A drain releases the rest of the chunk at once, not in real time: stopping waits for its encode only (the
+        outputs get up to one chunk ahead of the wall clock, which a recording or an RTMP server takes in stride)."""
         if drain:
             self._drain = True
         else:
@@ -423,7 +426,7 @@ class Pacer:
             raise StopIteration
         if self.clock.index == 0:
             self._wait_first()
-        tick = self.clock.wait_next()
+        tick = self.clock.wait_next(wait=not self._drain)
         if tick.reanchored:
             self._log.warning("pacing_reanchored", out_frame=tick.index, reanchors=self.clock.reanchors)
         if self._cur_exhausted():

@@ -89,7 +89,8 @@ def _flashtalk_needs(settings: Settings) -> list[NeededPath]:
 
 
 KINDS: dict[str, RendererKind] = {k.name: k for k in (
-    RendererKind("still", "the reference portrait, no model (also every kind's fallback)", lambda s, e, p: None),
+    RendererKind("still", "the reference portrait speaking (renderers/face.py), no model (also every kind's fallback)",
+                 lambda s, e, p: None),
     RendererKind("flashtalk", "SoulX-FlashTalk-14B (engine/), on one GPU or over model.gpus ranks",
                  flashtalk_factory, _flashtalk_launch, _flashtalk_check, _flashtalk_needs),
 )}

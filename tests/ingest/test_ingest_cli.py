@@ -208,3 +208,16 @@ def test_push_wait_ends_when_the_daemon_stops(running, clips, tmp_path, capsys, 
         assert rc == EXIT_DAEMON_STOPPED, (how, err)
         assert "went away" in err and "a.wav" in err and "stay queued" in err
         assert jlines(out)[0]["file"] == str(wav)
+
+
+@pytest.mark.timeout(60)
+def test_raw_pcm_refusals_name_the_push_flags(running, capsys, tmp_path):
+    """The daemon names its request fields (sample_rate); `push`'s user reads the flags (--sample-rate)."""
+    r = running()
+    raw = tmp_path / "clip.raw"
+    raw.write_bytes(b"\0\0" * 4800)
+    for args, flag in ((["--format", "pcm_s16le", "--channels", "1"], "--sample-rate"),
+                       (["--format", "pcm_s16le", "--sample-rate", "24000"], "--channels")):
+        assert main(["push", "--endpoint", r.ipc, *args, str(raw)]) == 1
+        err = capsys.readouterr().err
+        assert err == f"{raw}: rejected: bad_request: --format pcm_s16le needs {flag}\n", err

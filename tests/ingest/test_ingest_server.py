@@ -328,3 +328,32 @@ def test_a_failure_after_the_commit_still_answers_with_the_committed_clip(runnin
         ack = c.enqueue(data, **fields)
         assert ack["ok"] and ack["segment_id"]
     assert [e.segment_id for e in r.spool.pending()] == [ack["segment_id"]]
+
+
+def test_first_events_wait_for_subscribers_that_reconnect_after_a_restart(running):
+    """A subscriber of the previous life comes back within ZeroMQ's reconnect interval (0.1 s): what the daemon
+    publishes at once on start (the recovered clip's `started`, `endpoint_up`) waits for it (EVENTS_HOLD_S)."""
+    from flashtalk_live.ingest.server import EVENTS_HOLD_S
+
+    r = running()
+    r.bus.publish("started", segment_id="first")  # right after the bind
+    time.sleep(min(0.15, EVENTS_HOLD_S / 2))  # a reconnect interval and a half later, the subscriber is back
+    with EventStream(r.events) as ev:
+        first = ev.get(5.0)
+        assert first is not None and first["type"] == "started" and first["segment_id"] == "first"
+        r.bus.publish("finished", segment_id="first")  # and after the hold, events flow at once
+        assert ev.get(5.0)["type"] == "finished"
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_at_start_is_not_held_and_the_held_events_keep_their_order(running):
+    r = running()
+    for i in range(5):
+        r.bus.publish("started", segment_id=f"c{i}")
+    with Client(r.ipc, timeout_s=5) as c, EventStream(r.events) as ev:
+        ev.sync(c, timeout_s=5.0)  # its pong passes the hold
+        got = drain(ev, 5)
+        late = ev.get(0.3)
+    assert [e["segment_id"] for e in got] == [f"c{i}" for i in range(5)]
+    assert [e["seq"] for e in got] == sorted(e["seq"] for e in got)
+    assert late is None or late["type"] == "pong"  # at most a repeated pong, never an event twice

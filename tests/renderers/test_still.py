@@ -111,7 +111,7 @@ def test_embedded_portrait_is_a_real_picture():
 
 
 def test_still_renderer_protocol_and_frames():
-    r = StillRenderer(448, 768, "cover")
+    r = StillRenderer(448, 768, "cover", motion=False)
     assert isinstance(r, Renderer)
     assert not r.ready()
     with pytest.raises(RendererError, match="start_session"):
@@ -128,7 +128,7 @@ def test_still_renderer_protocol_and_frames():
 
 
 def test_still_renderer_contain_with_custom_image():
-    r = StillRenderer(64, 64, "contain")
+    r = StillRenderer(64, 64, "contain", motion=False)
     r.start_session(_quadrants(32, 64), "")
     f = r.render(_chunk(1))[0]
     assert np.all(f[:16] == BACKGROUND) and np.all(f[48:] == BACKGROUND)
