@@ -39,7 +39,7 @@ def parity(dev):
         for case in ("case_a", "case_b"):
             c = {k: v.to(dev) for k, v in load_file(DIT / f"{case}.safetensors").items()}
             with torch.no_grad():
-                out = mm([c["x"]], c["t"], [inp["context"]], inp["clip_fea"], [inp["y"]], inp["audio"], seq_len=36)[0]
+                out = mm(c["x"][None], c["t"], inp["context"][None], inp["clip_fea"], inp["y"][None], inp["audio"], seq_len=36)[0]
             mx, rel = err(out, c["out"])
             print(f"parity {dev} {str(dtype):15s} {case}: max_abs {mx:.3e} rel_l2 {rel:.3e}", flush=True)
 
