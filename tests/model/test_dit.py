@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from support.parity import parity_dit, parity_dit_inputs
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -15,7 +14,9 @@ from safetensors.torch import load_file
 from flashtalk_live.model import attention as attn_mod
 from flashtalk_live.model.attention import AttentionBackendError, attention
 from flashtalk_live.model.dit import DiTConfig, DiTInputError, FlashTalkDiT, TokenSplit
-from support.tensors import errors as _err
+
+from support.parity import parity_dit, parity_dit_inputs
+from support.tensors import assert_close, errors as _err
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 DIT = FIX / "parity" / "dit"
@@ -24,12 +25,6 @@ MANIFEST = FIX / "reference" / "dit_14b.keys"
 REL_L2_TOL, MAX_ABS_TOL = 1e-5, 1e-4
 
 torch.set_num_threads(1)
-
-
-def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
-    mx, rel = _err(got, want)
-    print(f"{name:36s} max_abs {mx:.3e}  rel_l2 {rel:.3e}")
-    assert mx <= MAX_ABS_TOL and rel <= REL_L2_TOL, f"{name}: max abs {mx:.3e}, rel L2 {rel:.3e}"
 
 
 @pytest.fixture(scope="module")
@@ -120,41 +115,41 @@ def test_config_from_fixture_and_released_style_json():
 @pytest.mark.parametrize("case_name", ["case_a", "case_b"])
 def test_parity_output_and_intermediates(tiny, inputs, case_name):
     case = load_file(DIT / f"{case_name}.safetensors")
-    _check(f"{case_name} out", _run_case(tiny, inputs, case, seq_len=_seq_len()), case["out"])
+    assert_close(f"{case_name} out", _run_case(tiny, inputs, case, seq_len=_seq_len()), case["out"])
 
     with torch.no_grad():
         emb = tiny.embed(*_batched(inputs, case))
-        _check(f"{case_name} patch_embedding_out", emb.tokens.transpose(1, 2).reshape(1, -1, *emb.grid),
-               case["inter.patch_embedding_out"])
-        _check(f"{case_name} block_in", emb.tokens, case["inter.block_in"])
+        assert_close(f"{case_name} patch_embedding_out", emb.tokens.transpose(1, 2).reshape(1, -1, *emb.grid),
+                     case["inter.patch_embedding_out"])
+        assert_close(f"{case_name} block_in", emb.tokens, case["inter.block_in"])
         from flashtalk_live.model.dit import timestep_sinusoid
-        _check(f"{case_name} time_embedding_in", timestep_sinusoid(case["t"], 256), case["inter.time_embedding_in"])
-        _check(f"{case_name} time_embedding_out", emb.e, case["inter.time_embedding_out"])
-        _check(f"{case_name} time_projection_out", emb.e0.flatten(1), case["inter.time_projection_out"])
+        assert_close(f"{case_name} time_embedding_in", timestep_sinusoid(case["t"], 256), case["inter.time_embedding_in"])
+        assert_close(f"{case_name} time_embedding_out", emb.e, case["inter.time_embedding_out"])
+        assert_close(f"{case_name} time_projection_out", emb.e0.flatten(1), case["inter.time_projection_out"])
         if case_name == "case_a":
-            _check("img_emb_out", emb.context[:, :257], case["inter.img_emb_out"])
-            _check("text_embedding_out_first_rows", emb.context[:, 257:257 + 18], case["inter.text_embedding_out_first_rows"])
+            assert_close("img_emb_out", emb.context[:, :257], case["inter.img_emb_out"])
+            assert_close("text_embedding_out_first_rows", emb.context[:, 257:257 + 18], case["inter.text_embedding_out_first_rows"])
             assert torch.equal(emb.context[:, 257 + 17], emb.context[:, -1])  # padding rows = text_embedding(0)
-            _check("audio_proj_out", emb.audio, case["inter.audio_proj_out"])
+            assert_close("audio_proj_out", emb.audio, case["inter.audio_proj_out"])
             first, later = tiny.audio_proj.window_index(3)
             assert torch.equal(first[None].float(), case["inter.audio_index_first_frame"])
             assert torch.equal(later.float(), case["inter.audio_index_latter_frames"])
         inp = emb.block_inputs()
         x = tiny.blocks[0](emb.tokens, inp)
-        _check(f"{case_name} block0_out", x, case["inter.block0_out"])
+        assert_close(f"{case_name} block0_out", x, case["inter.block0_out"])
         x = tiny.blocks[1](x, inp)
-        _check(f"{case_name} block1_out", x, case["inter.block1_out"])
-        _check(f"{case_name} head_out", tiny.head(x, emb.e), case["inter.head_out"])
+        assert_close(f"{case_name} block1_out", x, case["inter.block1_out"])
+        assert_close(f"{case_name} head_out", tiny.head(x, emb.e), case["inter.head_out"])
 
 
 @pytest.mark.timeout(120)
 def test_padding_does_not_change_the_result(tiny, inputs):
     case = load_file(DIT / "case_b.safetensors")
     padded = _run_case(tiny, inputs, case, seq_len=_seq_len() + 7)  # extra tokens are masked keys
-    _check("case_b padded seq_len", padded, case["out"])
+    assert_close("case_b padded seq_len", padded, case["out"])
     with torch.no_grad():  # t as one scalar tensor for the batch
         out = tiny(*_batched(inputs, case)[:1], case["t"].reshape(()), *_batched(inputs, case)[2:])[0]
-    _check("case_b scalar t", out, case["out"])
+    assert_close("case_b scalar t", out, case["out"])
 
 
 class ThreadRankSplit(TokenSplit):
@@ -216,7 +211,7 @@ def test_sequence_parallel_slices_reproduce_the_full_forward(tiny, inputs):
         tiny.set_input_cache(True)
     assert not errors, errors
     for rank in range(ranks):
-        _check(f"case_a two-rank slices, rank {rank}", outs[rank], case["out"])
+        assert_close(f"case_a two-rank slices, rank {rank}", outs[rank], case["out"])
     with torch.no_grad():
         emb = tiny.embed(*_batched(inputs, case), seq_len=seq_len)
     assert [r[0] for r in emb.block_inputs(0, 20).frame_runs] == [0, 1]

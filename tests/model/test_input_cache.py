@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from support.parity import parity_dit, parity_dit_inputs
 import torch
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -17,6 +16,8 @@ from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
 from flashtalk_live.parallel.group import ParallelGroup
 from flashtalk_live.parallel.runtime import DiTClient
 from flashtalk_live.parallel.ulysses import UlyssesSplit
+
+from support.parity import parity_dit, parity_dit_inputs
 
 DIT = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "dit"
 CFG = DiTConfig.from_dict(json.loads((DIT / "config.json").read_text()))
