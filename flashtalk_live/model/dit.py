@@ -211,8 +211,9 @@ class CrossKV(NamedTuple):
     v_img: torch.Tensor
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with full-width q/k RMSNorm and 3-D RoPE (WanSelfAttention)."""
+class QKVO(nn.Module):
+    """The q, k, v, o projections and full-width q/k RMSNorms both attentions of a block share (as Wan's
+    cross-attention subclasses its self-attention); state-dict keys in the released order."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
@@ -223,6 +224,10 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+
+class SelfAttention(QKVO):
+    """Self-attention with full-width q/k RMSNorm and 3-D RoPE (WanSelfAttention)."""
 
     def forward(self, x: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
         b, s = x.shape[:2]
@@ -234,18 +239,11 @@ class SelfAttention(nn.Module):
         return self.o(out.type_as(x).flatten(2))
 
 
-class ImageTextCrossAttention(nn.Module):
+class ImageTextCrossAttention(QKVO):
     """Cross-attention to text and CLIP image tokens: two attentions, outputs summed before `o` (WanI2VCrossAttention)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        super().__init__(dim, num_heads, qk_norm, eps)
         self.k_img = nn.Linear(dim, dim)
         self.v_img = nn.Linear(dim, dim)
         self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()

@@ -14,6 +14,13 @@ from support.queue_fakes import FakeQueue, labelled_wav
 from support.settings import load_programme, section_settings
 
 
+def _programme_timeline(path) -> tuple[Settings, FakeQueue, Timeline]:
+    """The default room's timeline over a FakeQueue, with the programme at `path` (loaded as the daemon does)."""
+    st = section_settings(video={})
+    q = FakeQueue()
+    return st, q, Timeline(st.video, st.encoder, q, load_programme(path, st))
+
+
 def _run(tl: Timeline, n: int):
     chunks = [tl.next_chunk() for _ in range(n)]
     audio = np.concatenate([c.audio for c in chunks])
@@ -196,9 +203,7 @@ def _segments_in_order(marks):
 
 def test_programme_plays_and_loops_then_queue_takes_over_at_the_clip_boundary(playlist):
     path, lens = playlist
-    st = section_settings(video={})
-    q = FakeQueue()
-    tl = Timeline(st.video, st.encoder, q, load_programme(path, st))
+    st, q, tl = _programme_timeline(path)
     chunks, audio, _, marks, _ = _run(tl, 1)  # 1.12 s: p1 (1.0 s) and the start of p2
     assert _segments_in_order(marks) == ["programme:p1:1", "programme:p2:2"]
     assert all(m.source == "programme" for m in marks)
@@ -220,9 +225,7 @@ def test_play_now_cuts_a_programme_clip_which_replays_from_its_start(tmp_path):
     n_long = labelled_wav(tmp_path / "long.wav", 5, 3.0)
     labelled_wav(tmp_path / "next.wav", 6, 0.2)
     (tmp_path / "l.toml").write_text('[[clip]]\npath="long.wav"\n[[clip]]\npath="next.wav"\n')
-    st = section_settings(video={})
-    q = FakeQueue()
-    tl = Timeline(st.video, st.encoder, q, load_programme(tmp_path / "l.toml", st))
+    st, q, tl = _programme_timeline(tmp_path / "l.toml")
     tl.next_chunk()
     q.add("urgent", 1000, play_now=True)
     c = tl.next_chunk()
@@ -245,9 +248,7 @@ def test_programme_pause_is_exact_silence_and_yields_to_the_queue(tmp_path):
     n1 = labelled_wav(tmp_path / "a.wav", 1, 0.3)
     labelled_wav(tmp_path / "b.wav", 2, 0.3)
     (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\n#EXT-X-PAUSE:0.5\nb.wav\n")
-    st = section_settings(video={})
-    q = FakeQueue()
-    tl = Timeline(st.video, st.encoder, q, load_programme(tmp_path / "p.m3u", st))
+    st, q, tl = _programme_timeline(tmp_path / "p.m3u")
     c = tl.next_chunk()
     pause = 24000
     assert np.all(c.audio[:n1] == 1 / 64) and not c.audio[n1 : n1 + pause].any()
