@@ -57,7 +57,7 @@ def main() -> int:
     t = torch.tensor([900.0], device=dev)
 
     def step() -> torch.Tensor:  # the engine's call
-        return dit(x[None], t, [context], clip_fea, y[None], audio)[0]
+        return dit(x[None], t, context[None], clip_fea, y[None], audio)[0]
 
     rows = {}
     outs = {}
@@ -82,7 +82,7 @@ def main() -> int:
         noise = NoiseSource(p.seed, dev)
 
         def chunk() -> torch.Tensor:
-            return sample(lambda lat, tt, i: dit(lat[None], tt, [context], clip_fea, y[None], audio)[0],
+            return sample(lambda lat, tt, i: dit(lat[None], tt, context[None], clip_fea, y[None], audio)[0],
                           x[:, :1].float(), tuple(x.shape), timesteps, noise, noise_dtype=dtype)
 
         chunk()

@@ -1,6 +1,7 @@
 """Generic strict checkpoint reading: file headers, key/shape comparison, and streaming assignment into a meta module.
 
-Nothing here knows a particular model. The flow every loader follows:
+Nothing here knows a particular model: a released module is a `Component` row (release.COMPONENTS), and
+`plan_component` / `load_plan` walk it. The flow every loader follows:
 
 1. read the file headers only (`read_safetensors_header`, `read_sharded_safetensors`, `pth_headers`),
 2. `compare_keys(module_on_meta, headers)` and raise a `CheckpointError` naming the file and every bad key,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,23 +24,36 @@ import torch
 from torch import nn
 from safetensors import safe_open
 
+from flashtalk_live.log import get_logger
+
 __all__ = [
     "CheckpointError",
+    "Component",
+    "FileTensors",
+    "KeyMap",
     "KeyReport",
+    "ModulePlan",
     "ShardedSafetensors",
     "TensorInfo",
     "compare_keys",
     "expected_shapes",
     "format_keys",
+    "header_stats",
     "iter_pth",
     "iter_safetensors",
     "load_into",
+    "load_plan",
+    "plan_component",
+    "plan_headers",
     "pth_headers",
     "read_pth",
     "read_safetensors_header",
     "read_safetensors_index",
     "read_sharded_safetensors",
+    "same_keys",
 ]
+
+log = get_logger("checkpoints")
 
 MAX_LISTED = 20  # keys named in one error message; the count covers the rest
 
@@ -447,3 +462,147 @@ def _finish_submodule(module: nn.Module, name: str, part: dict[str, torch.Tensor
         raise CheckpointError(file, f"load_state_dict of {name} failed: {e}") from e
     part.clear()  # the submodule holds the only reference now: fn may replace its tensors and free them
     fn(sub)
+
+
+# ------------------------------------------------------------------------------------------ components
+# A released module is one `Component` record (the rows are `release.COMPONENTS`); `plan_component` and
+# `load_plan` walk a row: read the headers, map the keys, size the config, build on meta, compare, stream.
+
+
+@dataclass
+class FileTensors:
+    """What a component's files hold, read from headers or memory maps only."""
+
+    file: Path  # what errors name
+    headers: dict[str, TensorInfo]  # file key -> what the header says
+    source: Any = None  # the shards (safetensors) or the memory-mapped state dict (.pth); None: not loaded here
+    warnings: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KeyMap:
+    """A file's keys as the module names them."""
+
+    headers: dict[str, TensorInfo]  # module key -> what the file says about it
+    prefix: str = ""  # file key = prefix + module key
+    unexpected: list[str] = field(default_factory=list)  # file keys that fit nowhere (errors, as the file names them)
+    warnings: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+
+
+def same_keys(headers: Mapping[str, Any]) -> KeyMap:
+    """The key map of a file whose keys are the module's own."""
+    return KeyMap(dict(headers))
+
+
+@dataclass(frozen=True)
+class Component:
+    """One released module: its files, how its size is known, its builder, its key map, its quantisation plan.
+
+    The config is, in this order: the caller's; `read_config(folder)` (a config file); `infer_config(module
+    headers, file)` (tensor shapes). The module is built on `meta` by `build(config)`.
+    """
+
+    name: str
+    files: tuple[str, ...]  # names in its folder ('*' for a series), for the reports and the docs
+    read: Callable[[Path], FileTensors]
+    build: Callable[[Any], nn.Module]
+    read_config: Callable[[Path], Any] | None = None
+    infer_config: Callable[[Mapping[str, TensorInfo], Path], Any] | None = None
+    key_map: Callable[[Mapping[str, Any]], KeyMap] = same_keys
+    optional_keys: Mapping[str, str] = field(default_factory=dict)  # module key -> warning when the file lacks it
+    quantize: Callable[[Any, Any], Mapping[str, Callable[[nn.Module], Any]]] | None = None  # (config, plan) -> finish
+    released: Any = None  # the released config: other sizes are reported (None: not checked)
+    folder: str = "weights"  # which folder holds it: 'weights' (the FlashTalk release) or 'wav2vec'
+
+    def path(self, folder: Path) -> Path:
+        """What a report names: its one file, or the folder for a file set."""
+        return folder / self.files[0] if len(self.files) == 1 else folder
+
+
+@dataclass
+class ModulePlan:
+    """A file's tensors against the module that must take them: sized, built on meta, keys compared."""
+
+    file: Path  # what errors name
+    module: nn.Module  # on meta
+    headers: dict[str, TensorInfo]  # the keys the module takes (prefix removed)
+    report: KeyReport
+    config: Any
+    warnings: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+    source: Any = None  # shard list or the mmap state dict
+    prefix: str = ""
+
+
+def plan_headers(component: Component, headers: Mapping[str, Any], file: str | Path = "<headers>",
+                 config: Any = None) -> ModulePlan:
+    """Size the module from a file's key -> shape (TensorInfo or tuple) map, build it on meta, compare keys.
+
+    The pure part of verify and load: usable on a manifest as well as on real file headers.
+    """
+    file = Path(file)
+    keys = component.key_map(headers)
+    if config is None:
+        if component.infer_config is None:
+            raise ValueError(f"the {component.name}'s size comes from {component.files[0]}: pass config=")
+        config = component.infer_config(keys.headers, file)
+    with torch.device("meta"):
+        module = component.build(config)
+    report = compare_keys(module, keys.headers)
+    warnings = list(keys.warnings)
+    for key, why in component.optional_keys.items():
+        if key in report.missing:
+            report.missing.remove(key)
+            warnings.append(why)
+    pre = keys.prefix
+    if pre:
+        report.missing = [pre + k for k in report.missing]
+        report.unexpected = [pre + k for k in report.unexpected]
+        report.misshaped = [(pre + k, m, f) for k, m, f in report.misshaped]
+    report.unexpected += keys.unexpected
+    return ModulePlan(file, module, keys.headers, report, config, warnings=warnings, info=list(keys.info), prefix=pre)
+
+
+def plan_component(component: Component, folder: Path, config: Any = None) -> ModulePlan:
+    """A component's plan from its files in `folder`: config, headers, module on meta, keys compared."""
+    if config is None and component.read_config is not None:
+        config = component.read_config(folder)
+    files = component.read(folder)
+    plan = plan_headers(component, files.headers, files.file, config)
+    plan.source = files.source
+    plan.warnings += files.warnings
+    plan.info += files.info
+    return plan
+
+
+def load_plan(plan: ModulePlan, device: str | torch.device, dtype: torch.dtype | None, what: str,
+              finish: Mapping[str, Callable[[nn.Module], Any]] | None = None) -> nn.Module:
+    """Stream a plan's tensors into its module (strictly: a bad key raises before anything is read)."""
+    plan.report.raise_for(plan.file, what)
+    for w in plan.warnings:
+        log.warning("checkpoint_warning", module=what, file=str(plan.file), warning=w)
+    for line in plan.info:
+        log.info("checkpoint_note", module=what, file=str(plan.file), detail=line)
+    if isinstance(plan.source, list):  # safetensors shards, read one after the other
+        tensors = iter_safetensors(plan.source, device=device)
+    elif plan.source is None:
+        raise CheckpointError(plan.file, f"{what} is not loaded from its tensors here (no source)")
+    else:
+        pre = plan.prefix
+        tensors = ((k, v) for k, v in iter_pth(plan.source, [pre + k for k in plan.headers]))
+        if pre:
+            tensors = ((k[len(pre):], v) for k, v in tensors)
+    module = load_into(plan.module, tensors, dtype=dtype, device=device, file=plan.file, finish=finish)
+    n, params, dtypes = header_stats(plan.headers)
+    log.info("checkpoint_loaded", module=what, file=str(plan.file), tensors=n, params=params, file_dtypes=dtypes,
+             dtype=str(dtype).removeprefix("torch.") if dtype else "as stored", device=str(device))
+    plan.source = None
+    return module
+
+
+def header_stats(headers: Mapping[str, TensorInfo]) -> tuple[int, int, dict[str, int]]:
+    """(tensors, parameters, tensors per dtype) of a header map."""
+    dtypes = Counter(i.dtype for i in headers.values())
+    return len(headers), sum(i.numel for i in headers.values()), dict(dtypes)

@@ -293,9 +293,9 @@ def check_dit(ctx: CheckContext) -> Iterator[CheckRow]:
             yield CheckRow("dit", case, "skip", note=f"dit/{case}.safetensors absent")
             continue
         c = ctx.tensors(f"{case}.safetensors")
-        # The pipeline's call: model([x], t, [context], clip_fea, [y], audio, seq_len)[0].
-        out = model([c["x"].to(dev)], c["t"].to(dev), [inp["context"].to(dev)], inp["clip_fea"].to(dev),
-                    [inp["y"].to(dev)], inp["audio"].to(dev), seq_len=seq_len)[0]
+        # The pipeline's call, model([x], t, [context], clip_fea, [y], audio, seq_len)[0], as batched tensors.
+        out = model(c["x"][None].to(dev), c["t"].to(dev), inp["context"][None].to(dev), inp["clip_fea"].to(dev),
+                    inp["y"][None].to(dev), inp["audio"].to(dev), seq_len=seq_len)[0]
         yield ctx.compare(f"{case} out", out, c["out"])
 
 

@@ -11,6 +11,8 @@
         xlm-roberta-large/                                     CLIP text tokenizer (unused, but shipped)
     chinese-wav2vec2-base/                                     transformers folder (separate repository)
 
+Every module is one row of `COMPONENTS` (its files, how its size is known, its builder, its key map, its
+quantisation plan); `loader.plan_component` / `loader.load_plan` walk a row and `verify_release` the table.
 Every module is built on `meta`; its keys and shapes are compared with the file headers before any data
 is read, then the tensors are streamed into it (`loader.load_into`). The DiT architecture comes from
 config.json; the VAE, CLIP and T5 sizes, which the release does not write down, are read off the tensor
@@ -23,49 +25,45 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from flashtalk_live.log import get_logger
+from flashtalk_live.model.audio import Wav2Vec2LoadError, load_wav2vec2
+from flashtalk_live.model.clip import VIT_H_14, CLIPVisual, CLIPVisualConfig, split_clip_state_dict
+from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
+from flashtalk_live.model.t5 import UMT5_XXL, T5Config, T5Encoder
+from flashtalk_live.model.text import UMT5Tokenizer
+from flashtalk_live.model.vae import VAEConfig, WanVAE
+from flashtalk_live.quant.fp8 import Fp8Plan, block_quantizers
 
 from .loader import (
     CheckpointError,
-    KeyReport,
+    Component,
+    FileTensors,
+    KeyMap,
+    ModulePlan,
     TensorInfo,
-    compare_keys,
-    iter_pth,
-    iter_safetensors,
-    load_into,
+    header_stats,
+    load_plan,
+    plan_component,
+    plan_headers,
     pth_headers,
     read_pth,
+    read_safetensors_header,
     read_safetensors_index,
     read_sharded_safetensors,
 )
-from .loader import read_safetensors_header
-from dataclasses import fields
-from flashtalk_live.model.audio import Wav2Vec2LoadError, load_wav2vec2
-from flashtalk_live.model.clip import CLIPVisual, split_clip_state_dict
-from flashtalk_live.model.clip import CLIPVisualConfig
-from flashtalk_live.model.clip import VIT_H_14
-from flashtalk_live.model.dit import DiTConfig
-from flashtalk_live.model.dit import FlashTalkDiT
-from flashtalk_live.model.t5 import T5Config
-from flashtalk_live.model.t5 import T5Encoder
-from flashtalk_live.model.t5 import UMT5_XXL
-from flashtalk_live.model.text import UMT5Tokenizer
-from flashtalk_live.model.vae import VAEConfig
-from flashtalk_live.model.vae import WanVAE
-from flashtalk_live.quant.fp8 import block_quantizers
 
 __all__ = [
     "CLIP_FILE",
     "CLIP_TOKENIZER_DIR",
+    "COMPONENTS",
     "ComponentReport",
     "ModulePlan",
     "DIT_CONFIG",
@@ -82,12 +80,14 @@ __all__ = [
     "infer_t5_config",
     "infer_vae_config",
     "load_clip_visual",
+    "load_component",
     "load_dit",
     "load_t5",
     "load_umt5_tokenizer",
     "load_vae",
     "load_wav2vec",
     "plan_from_headers",
+    "plan_release_component",
     "read_dit_config",
     "resolve_release_dirs",
     "verify_release",
@@ -137,7 +137,7 @@ def resolve_release_dirs(path: str | Path, wav2vec_dir: str | Path | None = None
 # ------------------------------------------------------------------------------------------ configs
 
 
-def read_dit_config(weights_dir: str | Path):
+def read_dit_config(weights_dir: str | Path) -> DiTConfig:
     """DiTConfig from the release's config.json."""
 
     path = Path(weights_dir) / DIT_CONFIG
@@ -168,7 +168,7 @@ def _count_indexed(headers: Mapping[str, Any], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def infer_vae_config(headers: Mapping[str, TensorInfo], file: Path):
+def infer_vae_config(headers: Mapping[str, TensorInfo], file: Path) -> VAEConfig:
     """VAEConfig with the released structure and the file's base width / latent channels."""
 
     dim = _shape(headers, "encoder.conv1.weight", file)[0]
@@ -178,7 +178,7 @@ def infer_vae_config(headers: Mapping[str, TensorInfo], file: Path):
     return VAEConfig(dim=dim, z_dim=z_dim, latent_mean=(0.0,) * z_dim, latent_std=(1.0,) * z_dim)
 
 
-def infer_clip_config(visual: Mapping[str, TensorInfo], file: Path):
+def infer_clip_config(visual: Mapping[str, TensorInfo], file: Path) -> CLIPVisualConfig:
     """CLIPVisualConfig from the visual tower's shapes (keys without the `visual.` prefix).
 
     The head count is not in any shape: it is width / 80, the head width of the released ViT-H/14.
@@ -199,7 +199,7 @@ def infer_clip_config(visual: Mapping[str, TensorInfo], file: Path):
                             num_layers=_count_indexed(visual, "transformer."))
 
 
-def infer_t5_config(headers: Mapping[str, TensorInfo], file: Path):
+def infer_t5_config(headers: Mapping[str, TensorInfo], file: Path) -> T5Config:
     """T5Config from the encoder's shapes (the relative-position table gives buckets x heads)."""
 
     vocab, dim = _shape(headers, "token_embedding.weight", file)
@@ -210,182 +210,34 @@ def infer_t5_config(headers: Mapping[str, TensorInfo], file: Path):
                     num_layers=_count_indexed(headers, "blocks."), num_buckets=buckets)
 
 
-def _on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
-    with torch.device("meta"):
-        return factory()
-
-
-def _stats(headers: Mapping[str, TensorInfo]) -> tuple[int, int, dict[str, int]]:
-    dtypes = Counter(i.dtype for i in headers.values())
-    return len(headers), sum(i.numel for i in headers.values()), dict(dtypes)
-
-
-# ------------------------------------------------------------------------------------------ plans
-# What the headers say + the module on meta it must fit; shared by verify and load.
-
-
-@dataclass
-class ModulePlan:
-    """A file's tensors against the module that must take them: sized, built on meta, keys compared."""
-
-    file: Path  # what errors name
-    module: nn.Module  # on meta
-    headers: dict[str, TensorInfo]  # the keys the module takes (prefix removed)
-    report: KeyReport
-    config: Any
-    warnings: list[str] = field(default_factory=list)
-    info: list[str] = field(default_factory=list)
-    source: Any = None  # shard list or the mmap state dict
-    prefix: str = ""
-
-
-def plan_from_headers(component: str, headers: Mapping[str, Any], file: str | Path = "<headers>", config=None) -> ModulePlan:
-    """Size the module from a file's key -> shape (TensorInfo or tuple) map, build it on meta, compare keys.
-
-    `component`: 'dit' (needs `config`), 'vae', 'clip_visual' (the full CLIP file's keys) or 't5'. This is the
-    pure part of verify/load, usable on a manifest as well as on real file headers.
-    """
-
-    file = Path(file)
-    headers = dict(headers)
-    if component == "dit":
-        if config is None:
-            raise ValueError("the DiT's size comes from config.json: pass config=")
-        module = _on_meta(lambda: FlashTalkDiT(config))
-        return ModulePlan(file, module, headers, compare_keys(module, headers), config)
-    if component == "vae":
-        cfg = config or infer_vae_config(headers, file)
-        module = _on_meta(lambda: WanVAE(cfg))
-        return ModulePlan(file, module, headers, compare_keys(module, headers), cfg)
-    if component == "t5":
-        cfg = config or infer_t5_config(headers, file)
-        module = _on_meta(lambda: T5Encoder(cfg))
-        return ModulePlan(file, module, headers, compare_keys(module, headers), cfg)
-    if component != "clip_visual":
-        raise ValueError(f"unknown component {component!r}")
-    visual, ignored, unexpected = split_clip_state_dict(headers)
-    cfg = config or infer_clip_config(visual, file)
-    module = _on_meta(lambda: CLIPVisual(cfg))
-    report = compare_keys(module, visual)
-    report.unexpected = [f"visual.{k}" for k in report.unexpected] + list(unexpected)
-    report.missing = [f"visual.{k}" for k in report.missing]
-    report.misshaped = [(f"visual.{k}", m, f) for k, m, f in report.misshaped]
-    plan = ModulePlan(file, module, visual, report, cfg, prefix="visual.")
+def _clip_keys(headers: Mapping[str, Any]) -> KeyMap:
+    """The full open-clip file -> the visual tower's keys (`visual.` removed); the text tower is set aside."""
+    visual, ignored, unexpected = split_clip_state_dict(dict(headers))
+    keys = KeyMap(visual, prefix="visual.", unexpected=list(unexpected))
     n_text = sum(math.prod(_as_shape(headers[k])) for k in ignored)
-    plan.info.append(f"text tower ignored knowingly: {len(ignored)} tensors, {n_text:,} parameters "
+    keys.info.append(f"text tower ignored knowingly: {len(ignored)} tensors, {n_text:,} parameters "
                      f"(textual.*, log_scale)")
     if not any(k.startswith("textual.") for k in ignored):
-        plan.warnings.append("the file has no textual.* keys: not the full open-clip checkpoint the release ships")
-    return plan
+        keys.warnings.append("the file has no textual.* keys: not the full open-clip checkpoint the release ships")
+    return keys
 
 
-def _plan_dit(weights_dir: Path, config=None) -> ModulePlan:
-    cfg = config or read_dit_config(weights_dir)
+def _read_dit_shards(weights_dir: Path) -> FileTensors:
     ckpt = read_safetensors_index(weights_dir, DIT_STEM)
     headers, warnings = read_sharded_safetensors(ckpt)
-    plan = plan_from_headers("dit", headers, ckpt.description, cfg)
-    plan.warnings += warnings
-    plan.source = ckpt.shards
-    plan.info.append(f"{len(ckpt.shards)} shard(s)")
-    return plan
+    return FileTensors(Path(ckpt.description), headers, ckpt.shards, warnings, [f"{len(ckpt.shards)} shard(s)"])
 
 
-def _plan_pth(component: str, path: Path, config=None) -> ModulePlan:
-    sd = read_pth(path)  # memory-mapped: shapes now, data only when loading
-    plan = plan_from_headers(component, pth_headers(path, sd), path, config)
-    plan.source = sd
-    return plan
+def _read_pth(name: str) -> Callable[[Path], FileTensors]:
+    def read(folder: Path) -> FileTensors:
+        path = folder / name
+        sd = read_pth(path)  # memory-mapped: shapes now, data only when loading
+        return FileTensors(path, pth_headers(path, sd), sd)
+    return read
 
 
-def _plan_vae(weights_dir: Path, config=None) -> ModulePlan:
-    return _plan_pth("vae", weights_dir / VAE_FILE, config)
-
-
-def _plan_clip(weights_dir: Path, config=None) -> ModulePlan:
-    return _plan_pth("clip_visual", weights_dir / CLIP_FILE, config)
-
-
-def _plan_t5(weights_dir: Path, config=None) -> ModulePlan:
-    return _plan_pth("t5", weights_dir / T5_FILE, config)
-
-
-def _size_differences(name: str, cfg: Any) -> list[str]:
-    """'field ours (released X)' for every architecture field that is not the released value."""
-
-    ref = {"dit": DiTConfig.flashtalk_14b(), "vae": VAEConfig.released(), "clip_visual": VIT_H_14,
-           "t5": UMT5_XXL}[name]
-    return [f"{f.name} {getattr(cfg, f.name)} (released {getattr(ref, f.name)})" for f in fields(ref)
-            if f.name not in ("latent_mean", "latent_std") and getattr(cfg, f.name) != getattr(ref, f.name)]
-
-
-def _load(plan: ModulePlan, device: str | torch.device, dtype: torch.dtype | None, what: str,
-          finish: Mapping[str, Callable[[nn.Module], Any]] | None = None) -> nn.Module:
-    plan.report.raise_for(plan.file, what)
-    for w in plan.warnings:
-        log.warning("checkpoint_warning", module=what, file=str(plan.file), warning=w)
-    if isinstance(plan.source, list):  # safetensors shards, read one after the other
-        tensors = iter_safetensors(plan.source, device=device)
-    else:
-        pre = plan.prefix
-        tensors = ((k, v) for k, v in iter_pth(plan.source, [pre + k for k in plan.headers]))
-        if pre:
-            tensors = ((k[len(pre):], v) for k, v in tensors)
-    module = load_into(plan.module, tensors, dtype=dtype, device=device, file=plan.file, finish=finish)
-    n, params, dtypes = _stats(plan.headers)
-    log.info("checkpoint_loaded", module=what, file=str(plan.file), tensors=n, params=params, file_dtypes=dtypes,
-             dtype=str(dtype).removeprefix("torch.") if dtype else "as stored", device=str(device))
-    plan.source = None
-    return module
-
-
-# ------------------------------------------------------------------------------------------ loading
-
-
-def load_dit(weights_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.bfloat16,
-             *, config=None, fp8=None):
-    """FlashTalkDiT from config.json + the safetensors shards, strictly, shard by shard.
-
-    fp8: a `quant.fp8.Fp8Plan` to quantise the chosen blocks' linears each as soon as its tensors have arrived
-    (the bf16 copy of the whole DiT is never held), or None for the checkpoint as it is.
-    """
-    plan = _plan_dit(Path(weights_dir), config)
-    finish = None
-    if fp8 is not None:
-        finish = block_quantizers(fp8, plan.config.num_layers)
-    dit = _load(plan, device, dtype, "dit", finish)
-    if fp8 is not None:
-        first, last = fp8.keep_bf16_blocks
-        log.info("dit_quantized", quantize="fp8", backend=fp8.backend, blocks=len(finish),
-                 kept_bf16_first=first, kept_bf16_last=last)
-    return dit
-
-
-def load_vae(weights_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.bfloat16,
-             *, config=None):
-    """WanVAE from Wan2.1_VAE.pth (memory-mapped), strictly."""
-    return _load(_plan_vae(Path(weights_dir), config), device, dtype, "vae")
-
-
-def load_clip_visual(weights_dir: str | Path, device: str | torch.device = "cpu",
-                     dtype: torch.dtype | None = torch.float16, *, config=None):
-    """CLIPVisual from the full open-clip file: its `visual.*` keys, strictly; the text tower is checked to be
-    only `textual.*` / `log_scale` and skipped (logged); any other key is an error."""
-    plan = _plan_clip(Path(weights_dir), config)
-    for line in plan.info:
-        log.info("clip_text_tower_ignored", file=str(plan.file), detail=line)
-    return _load(plan, device, dtype, "clip_visual")
-
-
-def load_t5(weights_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.bfloat16,
-            *, config=None):
-    """T5Encoder from models_t5_umt5-xxl-enc-bf16.pth (memory-mapped), strictly."""
-    return _load(_plan_t5(Path(weights_dir), config), device, dtype, "t5")
-
-
-def load_umt5_tokenizer(weights_dir: str | Path, text_len: int = 512):
-    """The umT5 tokenizer from the release's google/umt5-xxl folder (offline)."""
-
-    return UMT5Tokenizer(Path(weights_dir) / T5_TOKENIZER_DIR, text_len)
+def _dit_quantizers(config: DiTConfig, fp8: Fp8Plan) -> dict[str, Callable[[nn.Module], Any]]:
+    return block_quantizers(fp8, config.num_layers)
 
 
 # ------------------------------------------------------------------------------------------ wav2vec2
@@ -396,11 +248,28 @@ _W2V_HEADS = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_f
 _W2V_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
-def _wav2vec_headers(folder: Path) -> tuple[Path, dict[str, TensorInfo]]:
+def _read_wav2vec_config(folder: Path) -> Any:
+    # transformers takes seconds to import: only when wav2vec2 is checked
+    from transformers import Wav2Vec2Config
+
+    if not folder.is_dir():
+        raise CheckpointError(folder, "wav2vec2 folder not found")
+    for name in ("config.json", "preprocessor_config.json"):
+        if not (folder / name).is_file():
+            raise CheckpointError(folder / name, "file not found (needed by the wav2vec2 feature path)")
+    try:
+        return Wav2Vec2Config.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(folder / "config.json", f"invalid wav2vec2 config: {e}") from e
+
+
+def _read_wav2vec_headers(folder: Path) -> FileTensors:
+    """The weights' headers only: transformers loads them (`load_wav2vec`), not `load_plan`."""
     for name in _W2V_WEIGHTS:
         path = folder / name
         if path.is_file():
-            return path, (read_safetensors_header(path) if name.endswith(".safetensors") else pth_headers(path))
+            return FileTensors(path, read_safetensors_header(path) if name.endswith(".safetensors")
+                               else pth_headers(path))
     raise CheckpointError(folder, f"no wav2vec2 weights: expected one of {', '.join(_W2V_WEIGHTS)}")
 
 
@@ -415,41 +284,127 @@ def _normalise_wav2vec_key(key: str) -> str:
     return key
 
 
-def _plan_wav2vec(folder: Path) -> ModulePlan:
-    # transformers takes seconds to import: only when wav2vec2 is checked
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    if not folder.is_dir():
-        raise CheckpointError(folder, "wav2vec2 folder not found")
-    for name in ("config.json", "preprocessor_config.json"):
-        if not (folder / name).is_file():
-            raise CheckpointError(folder / name, "file not found (needed by the wav2vec2 feature path)")
-    try:
-        cfg = Wav2Vec2Config.from_pretrained(str(folder), local_files_only=True)
-    except Exception as e:
-        raise CheckpointError(folder / "config.json", f"invalid wav2vec2 config: {e}") from e
-    path, raw = _wav2vec_headers(folder)
-    heads = [k for k in raw if k.startswith(_W2V_HEADS)]
-    headers = {_normalise_wav2vec_key(k): v for k, v in raw.items() if k not in heads}
-    module = _on_meta(lambda: Wav2Vec2Model(cfg))
-    report = compare_keys(module, headers)
-    plan = ModulePlan(path, module, headers, report, cfg)
-    # Only used by spec-augment in training; its absence does not change inference.
-    if "masked_spec_embed" in report.missing:
-        report.missing.remove("masked_spec_embed")
-        plan.warnings.append("masked_spec_embed absent (training-only parameter)")
+def _wav2vec_keys(headers: Mapping[str, Any]) -> KeyMap:
+    heads = [k for k in headers if k.startswith(_W2V_HEADS)]
+    keys = KeyMap({_normalise_wav2vec_key(k): v for k, v in headers.items() if k not in heads})
     if heads:
-        plan.info.append(f"pretraining heads ignored as transformers does: {len(heads)} tensors "
+        keys.info.append(f"pretraining heads ignored as transformers does: {len(heads)} tensors "
                          f"({', '.join(sorted({k.split('.')[0] for k in heads}))})")
-    return plan
+    return keys
 
 
-def load_wav2vec(wav2vec_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def _build_wav2vec(config: Any) -> nn.Module:
+    # transformers takes seconds to import: only when wav2vec2 is checked
+    from transformers import Wav2Vec2Model
+
+    return Wav2Vec2Model(config)
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+COMPONENTS: dict[str, Component] = {c.name: c for c in (
+    Component("dit", (DIT_CONFIG, f"{DIT_STEM}*.safetensors"), read=_read_dit_shards, build=FlashTalkDiT,
+              read_config=read_dit_config, quantize=_dit_quantizers, released=DiTConfig.flashtalk_14b()),
+    Component("vae", (VAE_FILE,), read=_read_pth(VAE_FILE), build=WanVAE, infer_config=infer_vae_config,
+              released=VAEConfig.released()),
+    Component("clip_visual", (CLIP_FILE,), read=_read_pth(CLIP_FILE), build=CLIPVisual,
+              infer_config=infer_clip_config, key_map=_clip_keys, released=VIT_H_14),
+    Component("t5", (T5_FILE,), read=_read_pth(T5_FILE), build=T5Encoder, infer_config=infer_t5_config,
+              released=UMT5_XXL),
+    Component("wav2vec2", ("config.json", "preprocessor_config.json", " or ".join(_W2V_WEIGHTS)),
+              read=_read_wav2vec_headers, build=_build_wav2vec, read_config=_read_wav2vec_config,
+              key_map=_wav2vec_keys, folder="wav2vec",
+              # Only used by spec-augment in training; its absence does not change inference.
+              optional_keys={"masked_spec_embed": "masked_spec_embed absent (training-only parameter)"}),
+)}
+"""Every released module, one row each: adding a module is one row here plus its model code."""
+
+
+def _component(name: str) -> Component:
+    if name not in COMPONENTS:
+        raise ValueError(f"unknown component {name!r}; known: {', '.join(COMPONENTS)}")
+    return COMPONENTS[name]
+
+
+def plan_from_headers(component: str, headers: Mapping[str, Any], file: str | Path = "<headers>",
+                      config: Any = None) -> ModulePlan:
+    """Size the module from a file's key -> shape (TensorInfo or tuple) map, build it on meta, compare keys.
+
+    `component`: a COMPONENTS name ('dit' needs `config`: its size is in config.json). This is the pure part of
+    verify/load, usable on a manifest as well as on real file headers.
+    """
+    return plan_headers(_component(component), headers, file, config)
+
+
+def plan_release_component(component: str, folder: str | Path, config: Any = None) -> ModulePlan:
+    """The plan of one COMPONENTS row from its folder (headers and memory maps only)."""
+    return plan_component(_component(component), Path(folder), config)
+
+
+def load_component(component: str, folder: str | Path, device: str | torch.device = "cpu",
+                   dtype: torch.dtype | None = torch.bfloat16, *, config: Any = None,
+                   fp8: Fp8Plan | None = None) -> nn.Module:
+    """One COMPONENTS row loaded strictly: planned from headers, then streamed into the module on meta.
+
+    fp8: a `quant.fp8.Fp8Plan` for a row with a quantisation plan (the DiT): the chosen blocks' linears are
+    quantised each as soon as its tensors have arrived (the bf16 copy of the whole module is never held).
+    """
+    entry = _component(component)
+    plan = plan_component(entry, Path(folder), config)
+    finish = None
+    if fp8 is not None:
+        if entry.quantize is None:
+            raise ValueError(f"{component} has no quantisation plan")
+        finish = entry.quantize(plan.config, fp8)
+    module = load_plan(plan, device, dtype, component, finish)
+    if fp8 is not None and finish is not None:
+        first, last = fp8.keep_bf16_blocks
+        log.info(f"{component}_quantized", quantize="fp8", backend=fp8.backend, blocks=len(finish),
+                 kept_bf16_first=first, kept_bf16_last=last)
+    return module
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_dit(weights_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.bfloat16,
+             *, config: DiTConfig | None = None, fp8: Fp8Plan | None = None) -> FlashTalkDiT:
+    """FlashTalkDiT from config.json + the safetensors shards, strictly, shard by shard (fp8: load_component)."""
+    return cast(FlashTalkDiT, load_component("dit", weights_dir, device, dtype, config=config, fp8=fp8))
+
+
+def load_vae(weights_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.bfloat16,
+             *, config: VAEConfig | None = None) -> WanVAE:
+    """WanVAE from Wan2.1_VAE.pth (memory-mapped), strictly."""
+    return cast(WanVAE, load_component("vae", weights_dir, device, dtype, config=config))
+
+
+def load_clip_visual(weights_dir: str | Path, device: str | torch.device = "cpu",
+                     dtype: torch.dtype | None = torch.float16, *, config: CLIPVisualConfig | None = None) -> CLIPVisual:
+    """CLIPVisual from the full open-clip file: its `visual.*` keys, strictly; the text tower is checked to be
+    only `textual.*` / `log_scale` and skipped (logged); any other key is an error."""
+    return cast(CLIPVisual, load_component("clip_visual", weights_dir, device, dtype, config=config))
+
+
+def load_t5(weights_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.bfloat16,
+            *, config: T5Config | None = None) -> T5Encoder:
+    """T5Encoder from models_t5_umt5-xxl-enc-bf16.pth (memory-mapped), strictly."""
+    return cast(T5Encoder, load_component("t5", weights_dir, device, dtype, config=config))
+
+
+def load_umt5_tokenizer(weights_dir: str | Path, text_len: int = 512) -> UMT5Tokenizer:
+    """The umT5 tokenizer from the release's google/umt5-xxl folder (offline)."""
+
+    return UMT5Tokenizer(Path(weights_dir) / T5_TOKENIZER_DIR, text_len)
+
+
+def load_wav2vec(wav2vec_dir: str | Path, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(Wav2Vec2Model, Wav2Vec2FeatureExtractor): keys and shapes checked strictly against the folder's
     config first (missing or wrongly shaped keys are errors), then loaded through transformers offline."""
 
     folder = Path(wav2vec_dir)
-    plan = _plan_wav2vec(folder)
+    plan = plan_release_component("wav2vec2", folder)
     plan.report.raise_for(plan.file, "wav2vec2")
     for line in plan.info + plan.warnings:
         log.info("wav2vec2_checkpoint_note", file=str(plan.file), detail=line)
@@ -522,25 +477,32 @@ def _error_lines(e: CheckpointError) -> list[str]:
     return [f"{e.file}: {e.problem}"] + [f"  {d}" for d in e.details]
 
 
-def _check_component(report: ReleaseReport, name: str, path: Path, make_plan: Callable[[], ModulePlan]) -> ModulePlan | None:
-    comp = ComponentReport(name, path)
+def _size_differences(released: Any, cfg: Any) -> list[str]:
+    """'field ours (released X)' for every architecture field that is not the released value (none: unchecked)."""
+    if released is None:
+        return []
+    return [f"{f.name} {getattr(cfg, f.name)} (released {getattr(released, f.name)})" for f in fields(released)
+            if f.name not in ("latent_mean", "latent_std") and getattr(cfg, f.name) != getattr(released, f.name)]
+
+
+def _check_component(report: ReleaseReport, entry: Component, folder: Path) -> ModulePlan | None:
+    comp = ComponentReport(entry.name, entry.path(folder))
     report.components.append(comp)
     try:
-        plan = make_plan()
+        plan = plan_component(entry, folder)
     except CheckpointError as e:
         comp.problems = _error_lines(e)
         return None
-    comp.tensors, comp.params, comp.dtypes = _stats(plan.headers)
+    comp.tensors, comp.params, comp.dtypes = header_stats(plan.headers)
     comp.config = plan.config
     comp.warnings += plan.warnings
     comp.info += plan.info
     if not plan.report.ok:
         comp.problems.append(f"{plan.file}: {plan.report.summary()}")
         comp.problems += [f"  {line}" for line in plan.report.lines()]
-    if name in ("dit", "vae", "clip_visual", "t5"):
-        diff = _size_differences(name, plan.config)
-        if diff:
-            comp.warnings.append("not the released size: " + ", ".join(diff))
+    diff = _size_differences(entry.released, plan.config)
+    if diff:
+        comp.warnings.append("not the released size: " + ", ".join(diff))
     return plan
 
 
@@ -564,19 +526,19 @@ def verify_release(weights_dir: str | Path, wav2vec_dir: str | Path | None = Non
     if not weights.is_dir():
         report.problems.append(f"{weights}: folder not found")
         return report
-    plans = {
-        "dit": _check_component(report, "dit", weights, lambda: _plan_dit(weights)),
-        "vae": _check_component(report, "vae", weights / VAE_FILE, lambda: _plan_vae(weights)),
-        "clip_visual": _check_component(report, "clip_visual", weights / CLIP_FILE, lambda: _plan_clip(weights)),
-        "t5": _check_component(report, "t5", weights / T5_FILE, lambda: _plan_t5(weights)),
-    }
+    plans: dict[str, ModulePlan | None] = {}
+    for entry in COMPONENTS.values():
+        if entry.folder == "weights":
+            plans[entry.name] = _check_component(report, entry, weights)
     for sub in (T5_TOKENIZER_DIR, CLIP_TOKENIZER_DIR):
         _check_tokenizer(report, weights, sub)
-    if report.wav2vec_dir is not None:
-        plans["wav2vec2"] = _check_component(report, "wav2vec2", report.wav2vec_dir,
-                                             lambda: _plan_wav2vec(report.wav2vec_dir))
-    else:
-        report.warnings.append(f"wav2vec2 folder not checked (none given, no {WAV2VEC_DIR} beside the weights)")
+    for entry in COMPONENTS.values():
+        if entry.folder != "wav2vec":
+            continue
+        if report.wav2vec_dir is None:
+            report.warnings.append(f"{entry.name} folder not checked (none given, no {WAV2VEC_DIR} beside the weights)")
+        else:
+            plans[entry.name] = _check_component(report, entry, report.wav2vec_dir)
     _cross_check(report, {k: p.config for k, p in plans.items() if p is not None})
     return report
 

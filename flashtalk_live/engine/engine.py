@@ -282,7 +282,7 @@ class FlashTalkEngine:
 
         def velocity(latent: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             with timer.stage(f"dit_step_{i}"):
-                return m.dit(latent[None], t, [s.context], s.clip_fea, s.y[None], audio)[0]
+                return m.dit(latent[None], t, s.context[None], s.clip_fea, s.y[None], audio)[0]
 
         latent = sample(velocity, motion, latent_shape, self._timesteps_device, self.noise, noise_dtype=self.dtype,
                         injected=noise, trace=trace)

@@ -2,13 +2,14 @@
 
 State-dict keys, shapes and order equal the released checkpoint (tests/fixtures/reference/dit_14b.keys).
 
-Forward (see `FlashTalkDiT.forward`):
+Forward (see `FlashTalkDiT.forward`; one input form, batched tensors):
 
     out = model(x, t, context, clip_fea, y, audio, seq_len=None)   # -> float32 [B, out_dim, T, H, W]
 
-The forward is split into `embed` -> `DiTEmbeddings.block_inputs(start, end)` -> `run_blocks` -> `head` ->
-`unpatchify`, so a sequence-parallel caller can give each rank a token slice and its own self-attention
-function (all-to-all around `attention`) without touching the blocks.
+The forward is written once, as named stages: `embed` (validates: DiTInputError) -> `DiTEmbeddings.padded` ->
+`DiTEmbeddings.block_inputs(start, end)` -> `run_blocks` -> `head` -> `unpatchify`. A `TokenSplit` decides the
+padding, the token slice, the self-attention call and how the slices are gathered, so a sequence-parallel
+caller (parallel/ulysses.py) passes `split=` and the same forward runs its rank's slice.
 
 Numerics follow the reference: norms, modulation, residual adds, time embedding, head and the audio
 output norm in float32; linears and attention in the parameter dtype; the residual stream is stored in
@@ -18,8 +19,8 @@ the parameter dtype between sub-layers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -210,8 +211,9 @@ class CrossKV(NamedTuple):
     v_img: torch.Tensor
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with full-width q/k RMSNorm and 3-D RoPE (WanSelfAttention)."""
+class QKVO(nn.Module):
+    """The q, k, v, o projections and full-width q/k RMSNorms both attentions of a block share (as Wan's
+    cross-attention subclasses its self-attention); state-dict keys in the released order."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
@@ -222,6 +224,10 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+
+class SelfAttention(QKVO):
+    """Self-attention with full-width q/k RMSNorm and 3-D RoPE (WanSelfAttention)."""
 
     def forward(self, x: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
         b, s = x.shape[:2]
@@ -233,18 +239,11 @@ class SelfAttention(nn.Module):
         return self.o(out.type_as(x).flatten(2))
 
 
-class ImageTextCrossAttention(nn.Module):
+class ImageTextCrossAttention(QKVO):
     """Cross-attention to text and CLIP image tokens: two attentions, outputs summed before `o` (WanI2VCrossAttention)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        super().__init__(dim, num_heads, qk_norm, eps)
         self.k_img = nn.Linear(dim, dim)
         self.v_img = nn.Linear(dim, dim)
         self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
@@ -469,6 +468,17 @@ class DiTEmbeddings:
     def n_tokens(self) -> int:
         return math.prod(self.grid)
 
+    def padded(self, seq_len: int) -> "DiTEmbeddings":
+        """These embeddings with the token sequence zero-padded to `seq_len` (itself when already that long)."""
+        extra = seq_len - self.tokens.shape[1]
+        if extra < 0:
+            raise DiTInputError(f"cannot pad {self.tokens.shape[1]} tokens to {seq_len}")
+        if extra == 0:
+            return self
+        tok = self.tokens
+        return replace(self, tokens=torch.cat([tok, tok.new_zeros(tok.shape[0], extra, tok.shape[2])], dim=1),
+                       seq_len=seq_len)
+
     def block_inputs(
         self, start: int = 0, end: int | None = None, self_attention: SelfAttentionFn | None = None
     ) -> BlockInputs:
@@ -511,17 +521,42 @@ class DiTEmbeddings:
         )
 
 
-def tensor_identity(v: torch.Tensor | Sequence[torch.Tensor]) -> tuple | None:
-    """What identifies a tensor (or list of them) without reading it: address, layout and version counter.
+class TokenSplit:
+    """Which tokens of the sequence this process computes, and how. This one: all of them, here.
+
+    `FlashTalkDiT.forward` calls the hooks in this order: `padded_length` (the sequence length to pad to, e.g. a
+    multiple of the ranks), `bounds` (the token slice this process runs through the blocks), `self_attention`
+    (the blocks' one self-attention call, on the slice's q/k/v [B, L, H, D]; k_lens count over the whole
+    sequence), `gather` (the slices' head outputs [B, L, C] -> the whole sequence's). A sequence-parallel
+    split (parallel/ulysses.py) overrides them; the forward itself is written once, here.
+    """
+
+    def __init__(self, self_attention: SelfAttentionFn = attention):
+        self.self_attention = self_attention
+
+    def padded_length(self, seq_len: int) -> int:
+        return seq_len
+
+    def bounds(self, seq_len: int) -> tuple[int, int]:
+        return 0, seq_len
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        return local
+
+
+WHOLE_SEQUENCE = TokenSplit()
+
+
+def tensor_identity(v: torch.Tensor) -> tuple | None:
+    """What identifies a tensor without reading it: address, layout and version counter.
 
     Equal identities mean the same data only while the first tensor is kept alive (so its memory cannot be
     reused); views of one storage share the version counter, so an in-place write changes it. None (never
     cached) for inference tensors, which keep no version counter, and tensors without an address (meta).
     """
-    items = [v] if isinstance(v, torch.Tensor) else list(v)
-    if any(not isinstance(u, torch.Tensor) or u.is_inference() or u.data_ptr() == 0 for u in items):
+    if not isinstance(v, torch.Tensor) or v.is_inference() or v.data_ptr() == 0:
         return None  # no version counter, or no address (meta, empty): nothing safe to compare
-    return tuple((u.device, u.data_ptr(), u._version, tuple(u.shape), u.stride(), u.dtype) for u in items)
+    return (v.device, v.data_ptr(), v._version, tuple(v.shape), v.stride(), v.dtype)
 
 
 @dataclass(frozen=True)
@@ -560,20 +595,18 @@ class InputCache:
         return value
 
 
-def _as_batch(v: torch.Tensor | Sequence[torch.Tensor], name: str, ndim: int) -> torch.Tensor:
-    """A tensor with a leading batch dim from a batched tensor, an unbatched one, or a list of same-shape ones."""
-    if isinstance(v, torch.Tensor):
-        if v.dim() == ndim - 1:
-            return v.unsqueeze(0)
-        if v.dim() == ndim:
-            return v
-        raise ValueError(f"{name}: expected {ndim - 1}-D or {ndim}-D tensor, got shape {tuple(v.shape)}")
-    items = list(v)
-    if not items or any(not isinstance(u, torch.Tensor) or u.dim() != ndim - 1 for u in items):
-        raise ValueError(f"{name}: expected a non-empty list of {ndim - 1}-D tensors")
-    if any(u.shape != items[0].shape for u in items):
-        raise ValueError(f"{name}: list items differ in shape: {[tuple(u.shape) for u in items]}")
-    return torch.stack(items)
+class DiTInputError(ValueError):
+    """The inputs do not fit the model. Raised by `FlashTalkDiT.embed`, before any token reaches a block, so a
+    sequence-parallel forward fails the same way on every rank before any collective (the job stays usable)."""
+
+
+def _batched(v: torch.Tensor, name: str, axes: str) -> torch.Tensor:
+    """The one input form: a tensor whose dims are `axes` (comma-separated names), batch first."""
+    want = len(axes.split(","))
+    if not isinstance(v, torch.Tensor) or v.dim() != want:
+        got = f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+        raise DiTInputError(f"{name}: expected a {want}-D tensor [{axes}], got {got}")
+    return v
 
 
 class FlashTalkDiT(nn.Module):
@@ -626,44 +659,39 @@ class FlashTalkDiT(nn.Module):
 
     # -- pieces ---------------------------------------------------------------------------------------
     def time_embed(self, t: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """t (scalar, [1] or [B]) -> (e [B, dim], e0 [B, 6, dim]), both float32."""
-        t = torch.as_tensor(t, device=self.patch_embedding.weight.device).reshape(-1)
+        """t (one value, or one per sample: [], [1] or [B]) -> (e [B, dim], e0 [B, 6, dim]), both float32."""
+        if not isinstance(t, torch.Tensor):
+            raise DiTInputError(f"t: expected a tensor of timesteps, got {type(t).__name__}")
+        t = t.to(self.patch_embedding.weight.device).reshape(-1)
         if t.numel() == 1 and batch > 1:
             t = t.expand(batch)
         if t.numel() != batch:
-            raise ValueError(f"t has {t.numel()} values for a batch of {batch}")
+            raise DiTInputError(f"t has {t.numel()} values for a batch of {batch}")
         s = timestep_sinusoid(t, self.cfg.freq_dim)
         te = self.time_embedding
         e = _linear32(te[2], F.silu(_linear32(te[0], s)))
         e0 = _linear32(self.time_projection[1], F.silu(e)).unflatten(1, (6, self.cfg.dim))
         return e, e0
 
-    def embed_text(self, context: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """T5 output(s) [L_i, text_dim] (L_i <= text_len), zero-padded to text_len, then text_embedding."""
-        items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else (
-            [context] if isinstance(context, torch.Tensor) else list(context)
-        )
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """T5 output [B, L <= text_len, text_dim], zero-padded to text_len, then text_embedding."""
         tl, td = self.cfg.text_len, self.cfg.text_dim
-        rows = []
-        for i, u in enumerate(items):
-            if u.dim() != 2 or u.shape[1] != td or u.shape[0] > tl:
-                raise ValueError(f"context[{i}]: expected [L <= {tl}, {td}], got {tuple(u.shape)}")
-            u = u.to(self.dtype)
-            rows.append(torch.cat([u, u.new_zeros(tl - u.shape[0], td)]))
-        return self.text_embedding(torch.stack(rows))
+        context = _batched(context, "context", "B, L, text_dim")
+        if context.shape[2] != td or context.shape[1] > tl:
+            raise DiTInputError(f"context: expected [B, L <= {tl}, {td}], got {tuple(context.shape)}")
+        u = context.to(self.dtype)
+        return self.text_embedding(torch.cat([u, u.new_zeros(u.shape[0], tl - u.shape[1], td)], dim=1))
 
-    def precompute_context(
-        self, context: torch.Tensor | Sequence[torch.Tensor], clip_fea: torch.Tensor, *, with_kv: bool = True
-    ) -> SessionContext:
+    def precompute_context(self, context: torch.Tensor, clip_fea: torch.Tensor, *, with_kv: bool = True) -> SessionContext:
         """Embedded image + text context and (with_kv) every block's cross-attention K/V: once per session."""
         text = self.embed_text(context)
-        img = self.img_emb(_as_batch(clip_fea, "clip_fea", 3).to(self.dtype))
+        img = self.img_emb(_batched(clip_fea, "clip_fea", "B, n_img, clip_dim").to(self.dtype))
         ctx = torch.cat([img, text], dim=1).to(self.dtype)
         n_img = img.shape[1]
         kv = tuple(block.cross_attn.project_context(ctx, n_img) for block in self.blocks) if with_kv else None
         return SessionContext(context=ctx, n_img=n_img, kv=kv)
 
-    def _session_context(self, context: torch.Tensor | list[torch.Tensor], clip_fea: torch.Tensor) -> SessionContext:
+    def _session_context(self, context: torch.Tensor, clip_fea: torch.Tensor) -> SessionContext:
         if not self._caching():
             return self.precompute_context(context, clip_fea, with_kv=False)
         c = self.input_cache
@@ -685,58 +713,57 @@ class FlashTalkDiT(nn.Module):
             return hit
         return self.input_cache.put("audio", key, audio, self.audio_proj(audio.to(self.dtype)))
 
+    # -- the forward's stages, in order -----------------------------------------------------------------
     def embed(
         self,
-        x: torch.Tensor | Sequence[torch.Tensor],
-        t: torch.Tensor | float,
-        context: torch.Tensor | Sequence[torch.Tensor],
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
         clip_fea: torch.Tensor,
-        y: torch.Tensor | Sequence[torch.Tensor],
+        y: torch.Tensor,
         audio: torch.Tensor,
         *,
         seq_len: int | None = None,
     ) -> DiTEmbeddings:
-        """Validate inputs and compute tokens, time modulation, context and audio tokens (arguments as `forward`)."""
+        """Validate inputs (DiTInputError) and compute tokens, time modulation, context and audio tokens.
+
+        Arguments as `forward`; the tokens are zero-padded to `seq_len` (default: the latent's token count).
+        """
         cfg = self.cfg
-        dtype = self.dtype
-        x = _as_batch(x, "x", 5)
-        y = _as_batch(y, "y", 5)
+        x = _batched(x, "x", "B, out_dim, T, H, W")
+        y = _batched(y, "y", "B, in_dim - out_dim, T, H, W")
         b, cx, nt, hh, ww = x.shape
         if y.shape[0] != b or y.shape[2:] != x.shape[2:] or cx + y.shape[1] != cfg.in_dim:
-            raise ValueError(f"y {tuple(y.shape)} does not fit x {tuple(x.shape)}: need same B, T, H, W and "
-                             f"x channels + y channels = in_dim {cfg.in_dim}")
+            raise DiTInputError(f"y {tuple(y.shape)} does not fit x {tuple(x.shape)}: need same B, T, H, W and "
+                                f"x channels + y channels = in_dim {cfg.in_dim}")
         pt, ph, pw = cfg.patch_size
         if nt % pt or hh % ph or ww % pw:
-            raise ValueError(f"latent T, H, W {(nt, hh, ww)} not divisible by patch_size {cfg.patch_size}")
-        clip_fea = _as_batch(clip_fea, "clip_fea", 3)
+            raise DiTInputError(f"latent T, H, W {(nt, hh, ww)} not divisible by patch_size {cfg.patch_size}")
+        clip_fea = _batched(clip_fea, "clip_fea", "B, n_img, clip_dim")
         if clip_fea.shape[0] != b or clip_fea.shape[2] != cfg.clip_dim:
-            raise ValueError(f"clip_fea: expected [{b}, n_img, {cfg.clip_dim}], got {tuple(clip_fea.shape)}")
-        audio = _as_batch(audio, "audio", 5)
-        context = context if isinstance(context, torch.Tensor) else list(context)  # read twice (key, embedding)
+            raise DiTInputError(f"clip_fea: expected [{b}, n_img, {cfg.clip_dim}], got {tuple(clip_fea.shape)}")
+        audio = _batched(audio, "audio", "B, video frames, window, layers, channels")
         want = (b, 1 + cfg.vae_scale * (nt - 1), cfg.audio_window, cfg.audio_layers, cfg.audio_channels)
         if tuple(audio.shape) != want:
-            raise ValueError(f"audio: expected {want} ([B, 1 + {cfg.vae_scale}*(T-1) video frames, window, layers, "
-                             f"channels]), got {tuple(audio.shape)}")
-
-        tok = self.patch_embedding(torch.cat([x, y], dim=1).to(dtype))
-        grid = tuple(tok.shape[2:])
-        tok = tok.flatten(2).transpose(1, 2)
-        n = tok.shape[1]
+            raise DiTInputError(f"audio: expected {want} ([B, 1 + {cfg.vae_scale}*(T-1) video frames, window, "
+                                f"layers, channels]), got {tuple(audio.shape)}")
+        n = (nt // pt) * (hh // ph) * (ww // pw)
         seq_len = n if seq_len is None else int(seq_len)
         if seq_len < n:
-            raise ValueError(f"seq_len {seq_len} is shorter than the {n} tokens of the latent")
-        if seq_len > n:
-            tok = torch.cat([tok, tok.new_zeros(b, seq_len - n, tok.shape[2])], dim=1)
-
-        e, e0 = self.time_embed(t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float32), b)
+            raise DiTInputError(f"seq_len {seq_len} is shorter than the {n} tokens of the latent")
+        e, e0 = self.time_embed(t, b)
         sc = self._session_context(context, clip_fea)
         if sc.context.shape[0] != b:
-            raise ValueError(f"context has {sc.context.shape[0]} samples for a batch of {b}")
-        return DiTEmbeddings(
-            tokens=tok, grid=grid, seq_len=seq_len, e=e, e0=e0, context=sc.context, n_img=sc.n_img,
-            audio=self._audio_tokens(audio), head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, context_kv=sc.kv,
-            rope_cache=self.input_cache.rope if self._caching() else None,
+            raise DiTInputError(f"context has {sc.context.shape[0]} samples for a batch of {b}")
+
+        tok = self.patch_embedding(torch.cat([x, y], dim=1).to(self.dtype))
+        grid = tuple(tok.shape[2:])
+        emb = DiTEmbeddings(
+            tokens=tok.flatten(2).transpose(1, 2), grid=grid, seq_len=n, e=e, e0=e0, context=sc.context,
+            n_img=sc.n_img, audio=self._audio_tokens(audio), head_dim=cfg.head_dim, rope_theta=cfg.rope_theta,
+            context_kv=sc.kv, rope_cache=self.input_cache.rope if self._caching() else None,
         )
+        return emb.padded(seq_len)
 
     def run_blocks(self, x: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
         kv = inp.context_kv
@@ -754,29 +781,35 @@ class FlashTalkDiT(nn.Module):
         u = x[:, : f * h * w].reshape(x.shape[0], f, h, w, pt, ph, pw, c)
         return u.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], c, f * pt, h * ph, w * pw)
 
-    # -- whole ----------------------------------------------------------------------------------------
     def forward(
         self,
-        x: torch.Tensor | Sequence[torch.Tensor],
-        t: torch.Tensor | float,
-        context: torch.Tensor | Sequence[torch.Tensor],
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
         clip_fea: torch.Tensor,
-        y: torch.Tensor | Sequence[torch.Tensor],
+        y: torch.Tensor,
         audio: torch.Tensor,
         *,
         seq_len: int | None = None,
+        split: TokenSplit = WHOLE_SEQUENCE,
     ) -> torch.Tensor:
-        """Predict the flow velocity for one latent chunk.
+        """Predict the flow velocity for one latent chunk. One input form: batched tensors.
 
-        x:        noisy latent [B, out_dim(16), T, H, W] (or [16, T, H, W], or a list of those)
-        t:        timestep on the 0..1000 scale: scalar, [1] or [B]; rounded to float32 like the reference sampler
-        context:  T5 output, unpadded [L, text_dim] / list of them / [B, L, text_dim]; zero-padded to text_len
-        clip_fea: CLIP features [B, 257, clip_dim] (or [257, clip_dim])
-        y:        conditioning [B, in_dim - 16 (20: 4 mask + 16 latent), T, H, W] (or unbatched / list)
+        x:        noisy latent [B, out_dim(16), T, H, W]
+        t:        timesteps on the 0..1000 scale, [B] (or one value for the batch: [] or [1]); rounded to float32
+                  like the reference sampler
+        context:  T5 output, unpadded [B, L <= text_len, text_dim]; zero-padded to text_len
+        clip_fea: CLIP features [B, 257, clip_dim]
+        y:        conditioning [B, in_dim - 16 (20: 4 mask + 16 latent), T, H, W]
         audio:    wav2vec windows [B, 1 + vae_scale*(T-1), audio_window, audio_layers, audio_channels]
         seq_len:  pad the token sequence to this length (padding keys are masked); default: no padding
-        Returns float32 [B, out_dim, T, H, W]. Inputs are cast to the parameter dtype.
+        split:    which tokens this process computes and how (see TokenSplit); default: all of them here
+        Returns float32 [B, out_dim, T, H, W]. Inputs are cast to the parameter dtype. Inputs that do not fit
+        raise DiTInputError before the first block.
         """
         emb = self.embed(x, t, context, clip_fea, y, audio, seq_len=seq_len)
-        out = self.run_blocks(emb.tokens, emb.block_inputs())
-        return self.unpatchify(self.head(out, emb.e), emb.grid).float()
+        emb = emb.padded(split.padded_length(emb.seq_len))
+        start, end = split.bounds(emb.seq_len)
+        inp = emb.block_inputs(start, end, self_attention=split.self_attention)
+        local = self.head(self.run_blocks(emb.tokens[:, start:end], inp), emb.e)
+        return self.unpatchify(split.gather(local), emb.grid).float()

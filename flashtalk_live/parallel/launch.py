@@ -47,7 +47,7 @@ from flashtalk_live.settings import ModelSettings
 
 from .group import ParallelConfigError, ParallelGroup, env_rank_info, init_parallel, resolve_gpus
 from .runtime import EXIT_PEER_LOST, EXIT_WORKER_ERROR, DiTClient, Heartbeat, hard_exit, send_shutdown, worker_loop
-from .ulysses import SequenceParallelDiT
+from .ulysses import UlyssesSplit
 from .vae_split import VAE_DECODE_OP, SplitDecodeVAE, serve_vae_decode
 
 log = get_logger("parallel")
@@ -116,8 +116,11 @@ def _call_factory(spec: WorkerSpec, path: str, args: dict[str, Any], device: tor
     return fn(device=device, dtype=_dtype(spec.dtype), **args)
 
 
-def build_dit(spec: WorkerSpec, device: torch.device) -> torch.nn.Module:
-    return _call_factory(spec, spec.factory, spec.factory_args, device)
+def build_dit(spec: WorkerSpec, device: torch.device) -> FlashTalkDiT:
+    dit = _call_factory(spec, spec.factory, spec.factory_args, device)
+    if not isinstance(dit, FlashTalkDiT):  # the workers run FlashTalkDiT.forward with their UlyssesSplit
+        raise ParallelConfigError(f"factory {spec.factory!r} returned a {type(dit).__name__}, not a FlashTalkDiT")
+    return dit
 
 
 def build_vae(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
@@ -128,14 +131,14 @@ def build_vae(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
 
 
 def release_dit(*, device: torch.device, dtype: torch.dtype, weights_dir: str, quantize: str = "none",
-                fp8_keep_bf16_blocks: Sequence[int] = (2, 3), fp8_backend: str = "scaled_mm") -> torch.nn.Module:
+                fp8_keep_bf16_blocks: Sequence[int] = (2, 3), fp8_backend: str = "scaled_mm") -> FlashTalkDiT:
     """The released DiT (strict, header-checked), as rank 0 loads it (fp8 as settings.model says, where it runs)."""
     fp8 = resolve_plan(quantize, fp8_keep_bf16_blocks, fp8_backend, device)
     return load_dit(weights_dir, device, dtype, fp8=fp8).eval().requires_grad_(False)
 
 
 def files_dit(*, device: torch.device, dtype: torch.dtype, config_json: str, weights: str,
-              overrides: dict[str, Any] | None = None, fp8: dict[str, Any] | None = None) -> torch.nn.Module:
+              overrides: dict[str, Any] | None = None, fp8: dict[str, Any] | None = None) -> FlashTalkDiT:
     """A DiT from a config.json (released or fixture style) and one safetensors file (tests, tiny releases).
 
     overrides change config fields whose weights keep their shapes (e.g. num_heads: tests of head splits).
@@ -210,7 +213,7 @@ class ParallelHandle:
     def world_size(self) -> int:
         return self.pg.world_size
 
-    def wrap_dit(self, dit: torch.nn.Module) -> DiTClient:
+    def wrap_dit(self, dit: FlashTalkDiT) -> DiTClient:
         """Rank 0's loaded DiT -> the engine's DiT (same call), run over all ranks.
 
         Called again (the renderer reloaded), the new client replaces the old one; its first call sends
@@ -220,7 +223,7 @@ class ParallelHandle:
             raise RuntimeError(f"the parallel job is down: {self.failure or 'closed'}")
         if self.client is not None:
             self.client.closed = True  # the old one must not be used any more
-        self.client = DiTClient(SequenceParallelDiT(dit, self.pg))
+        self.client = DiTClient(dit, UlyssesSplit(self.pg, dit.cfg.num_heads))
         return self.client
 
     def wrap_vae(self, vae: torch.nn.Module, enabled: bool = True) -> SplitDecodeVAE:
@@ -404,10 +407,10 @@ def run_worker(spec: WorkerSpec, rank: int, ws: int, local: int, addr: str, port
     hb = Heartbeat(pg, spec.heartbeat_interval_s, lambda reason: hard_exit(EXIT_PEER_LOST, reason)).start()
     log.info("parallel_worker_joined", **pg.describe(), pid=os.getpid())
     try:
-        sp = SequenceParallelDiT(build_dit(spec, pg.device), pg)
+        dit = build_dit(spec, pg.device)
         vae = build_vae(spec, pg.device)
         handlers = {} if vae is None else {VAE_DECODE_OP: partial(serve_vae_decode, vae, pg)}
-        n = worker_loop(sp, handlers=handlers)
+        n = worker_loop(dit, UlyssesSplit(pg, dit.cfg.num_heads), handlers=handlers)
     except Exception as e:  # noqa: BLE001 - the collective sequence is broken: take the job down
         hard_exit(EXIT_WORKER_ERROR, f"worker rank {rank} failed: {type(e).__name__}: {e}")
         return EXIT_WORKER_ERROR  # not reached

@@ -3,7 +3,8 @@
 Rank 0 runs the whole engine (timeline, audio features, sampler, VAE, colour, encoder, outputs). Its DiT is a
 `DiTClient`: each call broadcasts a small pickled command on the gloo control group, then the tensors that
 changed since the last call on the data group (the latent every step; the audio features once per chunk;
-context, CLIP features and y once per session), then runs its own slice of the sequence-parallel forward.
+context, CLIP features and y once per session), then runs the DiT's own forward with its `UlyssesSplit`, as
+the workers do with theirs.
 Workers sit in `worker_loop`, blocked on the control group (long timeout: idle is normal) until the next
 command, and answer nothing: every rank gets the full output from the final all-gather. Other ops (the
 split VAE decode, `parallel/vae_split.py`) go to the loop's `handlers`.
@@ -19,17 +20,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from flashtalk_live.log import get_logger
-from flashtalk_live.model.dit import tensor_identity
+from flashtalk_live.model.dit import DiTInputError, FlashTalkDiT, tensor_identity
 
 from .group import ParallelGroup
-from .ulysses import DiTInputError, SequenceParallelDiT
+from .ulysses import UlyssesSplit
 
 log = get_logger("parallel")
 
@@ -88,25 +89,16 @@ class Heartbeat:
         return self.done.is_set()
 
 
-def _as_tensor(v: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """A list of same-shape tensors (the engine passes [context], [y]) stacked on a batch dim, as embed would."""
-    if isinstance(v, torch.Tensor):
-        return v
-    items = list(v)
-    if not items or any(not isinstance(u, torch.Tensor) for u in items):
-        raise ValueError("expected a tensor or a non-empty list of tensors")
-    return torch.stack(items)
-
-
 class DiTClient:
     """Rank 0's DiT for the engine: same call as FlashTalkDiT, runs the forward on all ranks."""
 
-    def __init__(self, sp: SequenceParallelDiT):
-        if not sp.pg.is_root:
+    def __init__(self, dit: FlashTalkDiT, split: UlyssesSplit):
+        if not split.pg.is_root:
             raise ValueError("DiTClient runs on rank 0; other ranks run worker_loop")
-        self.sp = sp
-        self.pg = sp.pg
-        self.cfg = sp.dit.cfg
+        self.dit = dit
+        self.split = split
+        self.pg = split.pg
+        self.cfg = dit.cfg
         self._keys: dict[str, tuple] = {}
         self._held: dict[str, Any] = {}  # the caller's objects behind _keys, kept alive (see tensor_identity)
         self._sent: dict[str, torch.Tensor] = {}
@@ -116,20 +108,22 @@ class DiTClient:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.sp.dtype
+        return self.dit.dtype
 
     def parameters(self):  # the engine and loaders may ask for a parameter's dtype/device
-        return self.sp.dit.parameters()
+        return self.dit.parameters()
 
     def set_input_cache(self, enabled: bool) -> None:
         """Rank 0's DiT only; the workers' models keep their default (on) and follow the inputs' identity."""
-        self.sp.dit.set_input_cache(enabled)
+        self.dit.set_input_cache(enabled)
 
     def clear_input_cache(self) -> None:
-        self.sp.dit.clear_input_cache()
+        self.dit.clear_input_cache()
 
     @torch.no_grad()
-    def __call__(self, x, t, context, clip_fea, y, audio, *, seq_len: int | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, clip_fea: torch.Tensor,
+                 y: torch.Tensor, audio: torch.Tensor, *, seq_len: int | None = None) -> torch.Tensor:
+        """FlashTalkDiT.forward's inputs: sent to the workers (what changed), then the forward on this rank."""
         if self.closed:
             raise RuntimeError("this parallel DiT was shut down or replaced")
         args = {"x": x, "context": context, "clip_fea": clip_fea, "y": y, "audio": audio}
@@ -138,7 +132,9 @@ class DiTClient:
             key = tensor_identity(args[name])
             # x changes every step: never cached. The rest: once per chunk (audio) or session.
             if name == "x" or key is None or self._keys.get(name) != key:
-                tensor = _as_tensor(args[name]).to(self.pg.device).contiguous()
+                if not isinstance(args[name], torch.Tensor):  # before anything is sent: the job stays in step
+                    raise DiTInputError(f"{name}: expected a tensor, got {type(args[name]).__name__}")
+                tensor = args[name].to(self.pg.device).contiguous()
                 send.append((name, tensor))
                 self._keys[name] = key
                 self._held[name] = args[name]
@@ -154,7 +150,7 @@ class DiTClient:
                 self.bytes_sent += v.numel() * v.element_size()
         self.calls += 1
         a = self._sent
-        return self.sp(a["x"], tt, a["context"], a["clip_fea"], a["y"], a["audio"], seq_len=seq_len)
+        return self.dit(a["x"], tt, a["context"], a["clip_fea"], a["y"], a["audio"], seq_len=seq_len, split=self.split)
 
 
 def send_shutdown(pg: ParallelGroup) -> None:
@@ -163,14 +159,14 @@ def send_shutdown(pg: ParallelGroup) -> None:
         dist.broadcast_object_list([{"op": "shutdown"}], src=0, group=pg.control)
 
 
-def worker_loop(sp: SequenceParallelDiT, *, on_command: Callable[[dict[str, Any]], None] | None = None,
+def worker_loop(dit: FlashTalkDiT, split: UlyssesSplit, *, on_command: Callable[[dict[str, Any]], None] | None = None,
                 handlers: Mapping[str, Callable[[dict[str, Any]], None]] | None = None) -> int:
     """Serve rank 0's commands until 'shutdown'; returns the number of forwards run. Exceptions propagate.
 
     `handlers` answer other ops (e.g. the split VAE decode), consulted before 'forward'; a handler gets the
     command and must join the same collectives as rank 0. Its failure propagates like a failed forward.
     """
-    pg = sp.pg
+    pg = split.pg
     handlers = dict(handlers or {})
     for reserved in ("shutdown", "forward"):
         if reserved in handlers:
@@ -196,7 +192,9 @@ def worker_loop(sp: SequenceParallelDiT, *, on_command: Callable[[dict[str, Any]
             dist.broadcast(buf, src=0, group=pg.data)
             cache[name] = buf
         try:
-            sp(cache["x"], cache["t"], cache["context"], cache["clip_fea"], cache["y"], cache["audio"], seq_len=cmd["seq_len"])
+            with torch.no_grad():
+                dit(cache["x"], cache["t"], cache["context"], cache["clip_fea"], cache["y"], cache["audio"],
+                    seq_len=cmd["seq_len"], split=split)
         except DiTInputError as e:  # rank 0 got the same error from the same check, before any collective
             log.warning("parallel_bad_input", rank=pg.rank, error=str(e)[:300])
             continue

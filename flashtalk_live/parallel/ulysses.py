@@ -1,6 +1,7 @@
-"""The DiT forward split over ranks by token: Ulysses all-to-all around self-attention, everything else local.
+"""The DiT's tokens split over ranks: Ulysses all-to-all around self-attention, everything else local.
 
-Each rank holds the contiguous slice [rank*S, (rank+1)*S) of the token sequence padded to a multiple of the
+`UlyssesSplit` is the `TokenSplit` that `FlashTalkDiT.forward(..., split=)` takes: the forward itself is the
+model's own (model/dit.py); this module supplies only the hooks. Each rank holds the contiguous slice [rank*S, (rank+1)*S) of the token sequence padded to a multiple of the
 world size (S = padded / world). Per block:
 
 * self-attention: q/k/v [B, S, H, D] -> all-to-all in the Ulysses group (heads scattered, tokens gathered)
@@ -15,24 +16,18 @@ world size (S = padded / world). Per block:
   attention output is zero, and `unpatchify` drops them, so they cannot touch a real token.
 
 After the head every rank's slice is all-gathered and unpatchified (every rank gets the full output).
+Inputs the DiT rejects raise `DiTInputError` in its `embed` stage, before any collective, on every rank.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from flashtalk_live.model.attention import attention
-from flashtalk_live.model.dit import FlashTalkDiT
+from flashtalk_live.model.dit import TokenSplit
 
 from .group import ParallelConfigError, ParallelGroup, padded_length
-
-
-class DiTInputError(ValueError):
-    """The DiT rejected its inputs before any collective (every rank raises it; the job stays usable)."""
 
 
 def _all_to_all(x: torch.Tensor, group, world: int) -> torch.Tensor:
@@ -109,61 +104,25 @@ def gather_tokens(x: torch.Tensor, pg: ParallelGroup) -> torch.Tensor:
     return torch.cat(_all_gather(x, pg.data, pg.world_size).unbind(0), dim=1)
 
 
-class SequenceParallelDiT(nn.Module):
-    """A FlashTalkDiT whose forward runs this rank's token slice; call it on every rank with the same inputs.
+class UlyssesSplit(TokenSplit):
+    """This rank's share of every DiT forward: pass it as `FlashTalkDiT.forward(..., split=)` on every rank with the
+    same inputs; the result (float32 [B, out_dim, T, H, W]) is the same on every rank.
 
-    Same signature and result as `FlashTalkDiT.forward` (float32 [B, out_dim, T, H, W], on every rank).
+    The sequence is padded to a multiple of the world size; rank r runs tokens [r*S, (r+1)*S) through the blocks
+    with `UlyssesAttention`, and the head outputs are all-gathered.
     """
 
-    def __init__(self, dit: FlashTalkDiT, pg: ParallelGroup):
-        super().__init__()
-        heads = dit.cfg.num_heads
-        if heads % pg.ulysses:
-            raise ParallelConfigError(f"{heads} heads cannot be split over a Ulysses degree of {pg.ulysses}")
-        self.dit = dit
+    def __init__(self, pg: ParallelGroup, num_heads: int):
+        self.attention = UlyssesAttention(pg, num_heads)
+        super().__init__(self.attention)
         self.pg = pg
-        self.attn = UlyssesAttention(pg, heads)
 
-    @property
-    def cfg(self):
-        return self.dit.cfg
+    def padded_length(self, seq_len: int) -> int:
+        return padded_length(seq_len, self.pg.world_size)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.dit.dtype
-
-    def slice_bounds(self, seq_len: int) -> tuple[int, int]:
+    def bounds(self, seq_len: int) -> tuple[int, int]:
         s = seq_len // self.pg.world_size
         return self.pg.rank * s, (self.pg.rank + 1) * s
 
-    @torch.no_grad()
-    def forward(
-        self,
-        x: torch.Tensor | Sequence[torch.Tensor],
-        t: torch.Tensor | float,
-        context: torch.Tensor | Sequence[torch.Tensor],
-        clip_fea: torch.Tensor,
-        y: torch.Tensor | Sequence[torch.Tensor],
-        audio: torch.Tensor,
-        *,
-        seq_len: int | None = None,
-    ) -> torch.Tensor:
-        dit, pg = self.dit, self.pg
-        if pg.world_size == 1:
-            return dit(x, t, context, clip_fea, y, audio, seq_len=seq_len)
-        # Patch embedding of the whole latent on every rank is cheap (one conv); it also validates the inputs,
-        # before any collective: a bad input fails identically on every rank and leaves the job in step.
-        try:
-            emb = dit.embed(x, t, context, clip_fea, y, audio)
-        except ValueError as e:
-            raise DiTInputError(str(e)) from e
-        n = emb.n_tokens
-        padded = padded_length(max(n, seq_len or 0), pg.world_size)
-        if padded > n:
-            emb.tokens = torch.cat([emb.tokens, emb.tokens.new_zeros(emb.tokens.shape[0], padded - n,
-                                                                     emb.tokens.shape[2])], dim=1)
-            emb.seq_len = padded
-        start, end = self.slice_bounds(padded)
-        inp = emb.block_inputs(start, end, self_attention=self.attn)
-        local = dit.head(dit.run_blocks(emb.tokens[:, start:end], inp), emb.e)
-        return dit.unpatchify(gather_tokens(local, pg), emb.grid).float()
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        return gather_tokens(local, self.pg)

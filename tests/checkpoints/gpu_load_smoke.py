@@ -120,9 +120,9 @@ def main() -> int:
     measure("vae fp32 .pth (mmap) -> cuda fp32", lambda: release.load_vae(w, "cuda", torch.float32))
     dit = release.load_dit(w, "cuda", torch.bfloat16)
     with torch.no_grad():
-        out = dit(torch.randn(16, 3, 8, 8, device="cuda"), 500.0, [torch.randn(20, 4096, device="cuda")],
-                  torch.randn(1, 257, 1280, device="cuda"), torch.randn(20, 3, 8, 8, device="cuda"),
-                  torch.randn(1, 9, 5, 12, 768, device="cuda"))
+        out = dit(torch.randn(1, 16, 3, 8, 8, device="cuda"), torch.tensor([500.0]),
+                  torch.randn(1, 20, 4096, device="cuda"), torch.randn(1, 257, 1280, device="cuda"),
+                  torch.randn(1, 20, 3, 8, 8, device="cuda"), torch.randn(1, 9, 5, 12, 768, device="cuda"))
     print(f"forward of the loaded DiT: {tuple(out.shape)} finite={bool(torch.isfinite(out).all())}")
     return 0
 

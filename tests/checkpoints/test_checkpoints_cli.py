@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from flashtalk_live.checkpoints import parity
 from flashtalk_live.checkpoints.download import DownloadError, download_release, hub_offline
+
 from support.ports import free_port
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"

@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 
-from flashtalk_live.checkpoints import release
+from flashtalk_live.checkpoints import loader, release
 from flashtalk_live.checkpoints.fake import tiny_configs, write_fake_release
 from flashtalk_live.quant.fp8 import Fp8Linear, Fp8Plan, quantize_dit_
 
@@ -48,7 +48,7 @@ def _tracked_load(monkeypatch, weights_dir, fp8):
     def live() -> int:
         return sum(n for ref, n in seen if ref() is not None)
 
-    real = release.iter_safetensors
+    real = loader.iter_safetensors
 
     def watching(files, device="cpu", keys=None):
         for k, t in real(files, device=device, keys=keys):
@@ -58,7 +58,7 @@ def _tracked_load(monkeypatch, weights_dir, fp8):
             yield k, t
             del t
 
-    monkeypatch.setattr(release, "iter_safetensors", watching)
+    monkeypatch.setattr(loader, "iter_safetensors", watching)  # where load_plan streams the shards
     dit = release.load_dit(weights_dir, "cpu", torch.bfloat16, fp8=fp8)
     peak[0] = max(peak[0], live())
     return dit, peak[0], sum(n for _, n in seen)

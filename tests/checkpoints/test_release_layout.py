@@ -97,7 +97,7 @@ def test_every_module_loads_with_the_written_values(fake_release):
         clip_fea = clip.encode(image)
         wav = np.sin(np.arange(16000 * 2) / 16000 * 2 * np.pi * 180.0) * 0.1
         audio = encode_audio(model, extractor, wav, 0, 5, AudioFeatureConfig(frame_num=5, motion_frames=1))
-        out = dit(torch.randn(16, 2, 8, 4), 500.0, [ctx], clip_fea, torch.randn(20, 2, 8, 4), audio)
+        out = dit(torch.randn(1, 16, 2, 8, 4), torch.tensor([500.0]), ctx[None], clip_fea, torch.randn(1, 20, 2, 8, 4), audio)
     assert ctx.shape == (6, fake_release.t5.dim)
     assert out.shape == (1, 16, 2, 8, 4) and torch.isfinite(out).all()
 

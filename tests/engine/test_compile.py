@@ -25,8 +25,8 @@ def test_compiled_blocks_match_the_golden_output_and_keep_keys():
     assert list(model.state_dict()) == keys  # released checkpoints still load strictly
     inp, case = load_file(DIT / "inputs.safetensors"), load_file(DIT / "case_a.safetensors")
     with torch.no_grad():
-        out = model([case["x"]], case["t"], [inp["context"]], inp["clip_fea"], [inp["y"]], inp["audio"])[0]
-        again = model([case["x"]], case["t"], [inp["context"]], inp["clip_fea"], [inp["y"]], inp["audio"])[0]
+        out = model(case["x"][None], case["t"], inp["context"][None], inp["clip_fea"], inp["y"][None], inp["audio"])[0]
+        again = model(case["x"][None], case["t"], inp["context"][None], inp["clip_fea"], inp["y"][None], inp["audio"])[0]
     err = (out - case["out"]).norm() / case["out"].norm()
     print(f"\ncompiled DiT vs golden: rel L2 {err:.2e}")
     assert err < 1e-5

@@ -15,7 +15,9 @@ from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer, RendererError
 from flashtalk_live.config import load_settings
 from flashtalk_live.chunks import RenderChunk
+
 from support.chunks import render_chunk
+from support.settings import flashtalk_settings
 
 torch.set_num_threads(1)
 
@@ -32,11 +34,8 @@ def release(tmp_path_factory) -> tuple[Path, object]:
 
 
 def _settings(root: Path, rel, **extra: str):
-    over = [f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"',
-            f'model.profile="{root / "tiny.toml"}"', 'model.device="cpu"', 'model.dtype="float32"',
-            f"video.chunk_frames={N}", "video.width=48", "video.height=80", f'state_dir="{root / "state"}"']
-    over += [f"{k}={v}" for k, v in extra.items()]
-    return load_settings(None, over, environ={})
+    return flashtalk_settings(root, N, f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"',
+                              f'model.profile="{root / "tiny.toml"}"', *(f"{k}={v}" for k, v in extra.items()))
 
 
 def _chunk(i: int, idle: bool = False, history: bool = True, seed: int = 0) -> RenderChunk:

@@ -14,9 +14,10 @@ from flashtalk_live import log
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
 from flashtalk_live.renderers.base import RendererError
-from flashtalk_live.config import load_settings
-from flashtalk_live.chunks import RenderChunk
+
 from support.chunks import render_chunk
+from support.settings import flashtalk_settings
+
 
 torch.set_num_threads(1)
 
@@ -37,10 +38,8 @@ def root(tmp_path_factory) -> Path:
 
 def _settings(root: Path, extra: list[str], environ: dict[str, str] | None = None):
     cands = json.dumps([str(root / f"{n}.toml") for n in CANDIDATES])
-    over = ['renderer.kind="flashtalk"', 'model.profile="auto"', f"model.auto_candidates={cands}",
-            "model.auto_chunks=2", 'model.device="cpu"', 'model.dtype="float32"', f"video.chunk_frames={N}",
-            "video.width=48", "video.height=80", f'state_dir="{root / "state"}"'] + extra
-    return load_settings(None, over, environ=environ or {})
+    return flashtalk_settings(root, N, 'renderer.kind="flashtalk"', 'model.profile="auto"',
+                              f"model.auto_candidates={cands}", "model.auto_chunks=2", *extra, environ=environ)
 
 
 class FakeTimer:
@@ -67,10 +66,6 @@ def _lines(buf: io.StringIO, event: str) -> list[dict]:
     return [d for d in map(json.loads, buf.getvalue().splitlines()) if d.get("event") == event]
 
 
-def _chunk(i: int) -> RenderChunk:
-    return render_chunk(i, N, seed=i)
-
-
 @pytest.mark.timeout(300)
 def test_auto_keeps_the_best_quality_that_fits_and_logs_why(root) -> None:
     rel = write_fake_release(root / "models")
@@ -87,7 +82,7 @@ def test_auto_keeps_the_best_quality_that_fits_and_logs_why(root) -> None:
         chosen = _lines(buf, "profile_chosen")
         assert len(chosen) == 1 and chosen[0]["profile"] == "tiny_f" and chosen[0]["fits"] is True
         assert not _lines(buf, "profile_too_slow")
-        frames = r.render(_chunk(0))
+        frames = r.render(render_chunk(0, N, seed=0))
         assert frames.shape == (N, 80, 48, 3) and frames.std() > 0
         d = r.drift()
         assert d["profile"] == "tiny_f" and [m["profile"] for m in d["auto"]["measured"]] == ["tiny_q", "tiny_f"]
@@ -111,7 +106,7 @@ def test_random_tiny_weights_in_benchmark_mode_and_none_fits(root, monkeypatch) 
         assert len(loud) == 1 and loud[0]["level"] == "error" and loud[0]["profile"] == "tiny_f"
         assert loud[0]["measured"] == {"tiny_q": 1.0, "tiny_f": 0.5} and not _lines(buf, "profile_chosen")
         for i in range(2):
-            assert r.render(_chunk(i)).shape == (N, 80, 48, 3)
+            assert r.render(render_chunk(i, N, seed=i)).shape == (N, 80, 48, 3)
         assert r.drift()["auto"]["fits"] is False
     finally:
         r.close()

@@ -14,6 +14,7 @@ from flashtalk_live.checkpoints.loader import CheckpointError
 from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TinyVideoDecoder
 
 from ._chunkfix import fixture_engine
+
 from support.chunks import render_chunk
 
 torch.set_num_threads(1)

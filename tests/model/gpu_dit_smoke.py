@@ -39,7 +39,7 @@ def parity(dev):
         for case in ("case_a", "case_b"):
             c = {k: v.to(dev) for k, v in load_file(DIT / f"{case}.safetensors").items()}
             with torch.no_grad():
-                out = mm([c["x"]], c["t"], [inp["context"]], inp["clip_fea"], [inp["y"]], inp["audio"], seq_len=36)[0]
+                out = mm(c["x"][None], c["t"], inp["context"][None], inp["clip_fea"], inp["y"][None], inp["audio"], seq_len=36)[0]
             mx, rel = err(out, c["out"])
             print(f"parity {dev} {str(dtype):15s} {case}: max_abs {mx:.3e} rel_l2 {rel:.3e}", flush=True)
 
@@ -99,9 +99,9 @@ def full_14b(dev, steps, profile=False):
           flush=True)
     g = torch.Generator(device=dev).manual_seed(1)
     bf = dict(device=dev, dtype=torch.bfloat16, generator=g)
-    x = torch.randn(16, 9, 96, 56, **bf)
-    y = torch.randn(20, 9, 96, 56, **bf)
-    ctx = torch.randn(37, 4096, **bf) * 0.1
+    x = torch.randn(1, 16, 9, 96, 56, **bf)
+    y = torch.randn(1, 20, 9, 96, 56, **bf)
+    ctx = torch.randn(1, 37, 4096, **bf) * 0.1
     clip = torch.randn(1, 257, 1280, **bf)
     audio = torch.randn(1, 33, 5, 12, 768, **bf) * 0.5
     t = torch.tensor([1000.0], device=dev)
@@ -109,7 +109,7 @@ def full_14b(dev, steps, profile=False):
     for i in range(steps + 1):
         torch.cuda.synchronize()
         s = time.perf_counter()
-        out = model(x, t, [ctx], clip, y, audio)
+        out = model(x, t, ctx, clip, y, audio)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - s)
         print(f"forward {i}{' (warm-up)' if i == 0 else ''}: {times[-1]:.3f} s", flush=True)
@@ -117,7 +117,7 @@ def full_14b(dev, steps, profile=False):
         from torch.profiler import ProfilerActivity, profile as prof
 
         with prof(activities=[ProfilerActivity.CUDA]) as pr:
-            model(x, t, [ctx], clip, y, audio)
+            model(x, t, ctx, clip, y, audio)
             torch.cuda.synchronize()
         print(pr.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70), flush=True)
     best = min(times[1:]) if steps else times[0]

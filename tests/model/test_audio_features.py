@@ -24,17 +24,9 @@ from flashtalk_live.model.audio import (
     window_features,
 )
 
+from support.tensors import assert_close
+
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "audio"
-
-
-def compare(name: str, got, want: torch.Tensor, max_abs: float = 1e-4, rel_l2: float = 1e-5) -> None:
-    got = torch.as_tensor(np.asarray(got) if not torch.is_tensor(got) else got)
-    assert tuple(got.shape) == tuple(want.shape), f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    got, want = got.double(), want.double()
-    err = (got - want).abs().max().item()
-    rel = ((got - want).norm() / want.norm()).item()
-    print(f"audio {name}: max_abs={err:.3e} rel_l2={rel:.3e}")
-    assert err <= max_abs and rel <= rel_l2, f"{name}: max_abs {err:.3e}, rel_l2 {rel:.3e}"
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +55,19 @@ def test_once_mode_parity(w2v):
     normalised, lufs = loudness_normalize(audio)
     print(f"audio once loudness: {lufs:.4f} LUFS (reference {io['once_loudness_lufs'].item():.4f})")
     assert abs(lufs - io["once_loudness_lufs"].item()) < 1e-3
-    compare("once_normalised_waveform", normalised, io["once_normalised_waveform"])
+    assert_close("once_normalised_waveform", normalised, io["once_normalised_waveform"])
 
     stack, inter = hidden_states(model, extractor, normalised, intermediates=True)
-    compare("once_input_values", inter["input_values"], io["once_input_values"])
-    compare("once_cnn_features_50hz", inter["cnn_features_50hz"], io["once_cnn_features_50hz"])
-    compare("once_cnn_features_25hz", inter["cnn_features_25hz"], io["once_cnn_features_25hz"])
-    compare("once_hidden_states_stack", stack, io["once_hidden_states_stack"])
+    assert_close("once_input_values", inter["input_values"], io["once_input_values"])
+    assert_close("once_cnn_features_50hz", inter["cnn_features_50hz"], io["once_cnn_features_50hz"])
+    assert_close("once_cnn_features_25hz", inter["cnn_features_25hz"], io["once_cnn_features_25hz"])
+    assert_close("once_hidden_states_stack", stack, io["once_hidden_states_stack"])
 
     windows = encode_audio(model, extractor, audio)
-    compare("once_windows", windows, io["once_windows"])
+    assert_close("once_windows", windows, io["once_windows"])
     chunks = once_chunks(windows)
     assert len(chunks) == 2 and all(c.shape == (1, 33, 5, 2, 32) for c in chunks)
-    compare("once_chunk0", chunks[0], io["once_chunk0"])
+    assert_close("once_chunk0", chunks[0], io["once_chunk0"])
 
 
 @pytest.mark.timeout(120)
@@ -89,20 +81,20 @@ def test_stream_mode_parity(w2v):
         normalised, lufs = loudness_normalize(enc.buffer)
         print(f"audio stream chunk{k} loudness: {lufs:.4f} LUFS")
         assert abs(lufs - io[f"stream_chunk{k}_loudness_lufs"].item()) < 1e-3
-        compare(f"stream_chunk{k}_normalised_buffer", normalised, io[f"stream_chunk{k}_normalised_buffer"])
+        assert_close(f"stream_chunk{k}_normalised_buffer", normalised, io[f"stream_chunk{k}_normalised_buffer"])
         stack, inter = hidden_states(model, extractor, normalised, intermediates=True)
-        compare(f"stream_chunk{k}_input_values", inter["input_values"], io[f"stream_chunk{k}_input_values"])
-        compare(f"stream_chunk{k}_hidden_states_stack", stack, io[f"stream_chunk{k}_hidden_states_stack"])
-        compare(f"stream_chunk{k}_windows", out, io[f"stream_chunk{k}_windows"])
+        assert_close(f"stream_chunk{k}_input_values", inter["input_values"], io[f"stream_chunk{k}_input_values"])
+        assert_close(f"stream_chunk{k}_hidden_states_stack", stack, io[f"stream_chunk{k}_hidden_states_stack"])
+        assert_close(f"stream_chunk{k}_windows", out, io[f"stream_chunk{k}_windows"])
     # The same through an explicit window (a caller keeping its own 8-s history).
     window = np.zeros(DEFAULT_AUDIO.buffer_samples, dtype=np.float32)
     window[-2 * DEFAULT_AUDIO.slice_samples :] = wav[: 2 * DEFAULT_AUDIO.slice_samples]
-    compare("stream_window_chunk1", encode_stream_window(model, extractor, window), io["stream_chunk1_windows"])
+    assert_close("stream_window_chunk1", encode_stream_window(model, extractor, window), io["stream_chunk1_windows"])
     with pytest.raises(ValueError, match="128000 samples"):
         encode_stream_window(model, extractor, window[1:])
     # reset() is a new session: chunk 0 again.
     enc.reset()
-    compare("stream_after_reset", enc.push(wav[: DEFAULT_AUDIO.slice_samples]), io["stream_chunk0_windows"])
+    assert_close("stream_after_reset", enc.push(wav[: DEFAULT_AUDIO.slice_samples]), io["stream_chunk0_windows"])
 
 
 def test_window_indices_are_clamped_to_the_range():

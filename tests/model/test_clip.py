@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 
 from flashtalk_live.model.clip import VIT_H_14, CLIPVisual, CLIPVisualConfig, preprocess_images, split_clip_state_dict
 
+from support.tensors import assert_close
+
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 PARITY = FIX / "parity" / "clip_visual"
 MANIFEST = FIX / "reference" / "clip_xlm_roberta_vit_h_14.keys"
@@ -20,15 +22,6 @@ def read_manifest(path: Path) -> list[tuple[str, list[int]]]:
         key, shape = line.split("\t")
         rows.append((key, [int(x) for x in shape.strip("[]").split(",") if x.strip()]))
     return rows
-
-
-def compare(name: str, got: torch.Tensor, want: torch.Tensor, max_abs: float = 1e-4, rel_l2: float = 1e-5) -> None:
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    got, want = got.double(), want.double()
-    err = (got - want).abs().max().item()
-    rel = ((got - want).norm() / want.norm()).item()
-    print(f"clip {name}: max_abs={err:.3e} rel_l2={rel:.3e}")
-    assert err <= max_abs and rel <= rel_l2, f"{name}: max_abs {err:.3e}, rel_l2 {rel:.3e}"
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +64,18 @@ def test_split_of_released_layout():
 
 def test_preprocessing_parity(tiny):
     _, io = tiny
-    compare("preprocessed", preprocess_images(io["image"]), io["preprocessed"])
+    assert_close("preprocessed", preprocess_images(io["image"]), io["preprocessed"])
     # 4-D input is the same as the pipeline's [B, 3, 1, H, W].
-    compare("preprocessed_4d", preprocess_images(io["image"][:, :, 0]), io["preprocessed"])
+    assert_close("preprocessed_4d", preprocess_images(io["image"][:, :, 0]), io["preprocessed"])
 
 
 @torch.no_grad()
 def test_embeddings_and_features_parity(tiny):
     model, io = tiny
-    compare("embeddings_after_pre_norm", model.embed(io["preprocessed"]), io["embeddings_after_pre_norm"])
+    assert_close("embeddings_after_pre_norm", model.embed(io["preprocessed"]), io["embeddings_after_pre_norm"])
     features = model.encode(io["image"])
-    compare("features", features, io["features"])
-    compare("all_blocks_no_post_norm", model(io["preprocessed"], use_31_block=False), io["all_blocks_no_post_norm"])
+    assert_close("features", features, io["features"])
+    assert_close("all_blocks_no_post_norm", model(io["preprocessed"], use_31_block=False), io["all_blocks_no_post_norm"])
     # The two stored outputs differ by one block: the 31-of-32 choice is really exercised.
     assert ((io["features"] - io["all_blocks_no_post_norm"]).norm() / io["features"].norm()) > 0.1
 

@@ -18,21 +18,13 @@ from flashtalk_live.model.colour import (
     rgb_to_lab,
 )
 
+from support.tensors import assert_close
+
 COLOUR_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "colour"
 
 # README "Determinism and tolerances": single-module fixtures in float32.
 REL_L2_TOL = 1e-5
 MAX_ABS_TOL = 1e-4
-
-
-def _compare(name: str, got: torch.Tensor, want: torch.Tensor, value_range: float = 1.0) -> None:
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    diff = got.double() - want.double()
-    max_abs = diff.abs().max().item()
-    rel = (diff.norm() / want.double().norm()).item()
-    print(f"colour {name:22s} max_abs={max_abs:.3e} rel_l2={rel:.3e}")
-    # Lab intermediates span ~100 units, so their absolute tolerance scales with that range.
-    assert max_abs <= MAX_ABS_TOL * value_range and rel <= REL_L2_TOL, f"{name}: {max_abs:.3e}, {rel:.3e}"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,7 @@ def _to_rgb01_last(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(("strength", "key"), [(1.0, "out_strength_1_0"), (0.5, "out_strength_0_5")])
 def test_parity_match_and_blend(io, strength: float, key: str):
     out = match_and_blend_colors(io["source"], io["reference"], strength)
-    _compare(f"strength {strength}", out, io[key])
+    assert_close(f"colour strength {strength}", out, io[key], MAX_ABS_TOL, REL_L2_TOL)
     # precomputed reference statistics give the same result
     again = match_and_blend_colors(io["source"], lab_stats(io["reference"]), strength)
     assert torch.equal(out, again)
@@ -56,7 +48,8 @@ def test_parity_match_and_blend(io, strength: float, key: str):
 @pytest.mark.parametrize(("inp", "key"), [("source", "source_lab"), ("reference", "reference_lab")])
 def test_parity_lab_intermediates(io, inp: str, key: str):
     lab = rgb_to_lab(_to_rgb01_last(io[inp]))
-    _compare(key, lab, io[key], value_range=float(io[key].abs().max()))
+    # Lab intermediates span ~100 units, so their absolute tolerance scales with that range.
+    assert_close(f"colour {key}", lab, io[key], MAX_ABS_TOL * float(io[key].abs().max()), REL_L2_TOL)
 
 
 def test_lab_round_trip_inside_the_gamut():

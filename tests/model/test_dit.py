@@ -7,15 +7,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from support.parity import parity_dit, parity_dit_inputs
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from flashtalk_live.model import attention as attn_mod
 from flashtalk_live.model.attention import AttentionBackendError, attention
-from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
-from support.tensors import errors as _err
+from flashtalk_live.model.dit import DiTConfig, DiTInputError, FlashTalkDiT, TokenSplit
+
+from support.parity import parity_dit, parity_dit_inputs
+from support.tensors import assert_close, errors as _err
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 DIT = FIX / "parity" / "dit"
@@ -24,12 +25,6 @@ MANIFEST = FIX / "reference" / "dit_14b.keys"
 REL_L2_TOL, MAX_ABS_TOL = 1e-5, 1e-4
 
 torch.set_num_threads(1)
-
-
-def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
-    mx, rel = _err(got, want)
-    print(f"{name:36s} max_abs {mx:.3e}  rel_l2 {rel:.3e}")
-    assert mx <= MAX_ABS_TOL and rel <= REL_L2_TOL, f"{name}: max abs {mx:.3e}, rel L2 {rel:.3e}"
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +42,15 @@ def _seq_len() -> int:
         return int(f.metadata()["seq_len"])
 
 
+def _batched(inp: dict[str, torch.Tensor], case: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The reference call model([x], t=t, context=[context], seq_len, clip_fea, y=[y], audio)[0] as the DiT's one
+    input form: (x, t, context, clip_fea, y, audio), batched tensors."""
+    return case["x"][None], case["t"], inp["context"][None], inp["clip_fea"], inp["y"][None], inp["audio"]
+
+
 def _run_case(model: FlashTalkDiT, inp: dict[str, torch.Tensor], case: dict[str, torch.Tensor], **kw) -> torch.Tensor:
-    # The reference call: model([x], t=t, context=[context], seq_len, clip_fea, y=[y], audio)[0].
     with torch.no_grad():
-        return model([case["x"]], case["t"], [inp["context"]], inp["clip_fea"], [inp["y"]], inp["audio"], **kw)[0]
+        return model(*_batched(inp, case), **kw)[0]
 
 
 # ------------------------------------------------------------------------------------------ manifest
@@ -79,8 +79,8 @@ def test_14b_meta_forward_at_default_geometry():
     with torch.device("meta"):
         model = FlashTalkDiT(DiTConfig.flashtalk_14b()).to(torch.bfloat16)
         out = model(
-            torch.empty(16, 9, 96, 56), torch.tensor([1000.0]), [torch.empty(37, 4096)],
-            torch.empty(1, 257, 1280), torch.empty(20, 9, 96, 56), torch.empty(1, 33, 5, 12, 768),
+            torch.empty(1, 16, 9, 96, 56), torch.tensor([1000.0]), torch.empty(1, 37, 4096),
+            torch.empty(1, 257, 1280), torch.empty(1, 20, 9, 96, 56), torch.empty(1, 33, 5, 12, 768),
         )
     assert out.shape == (1, 16, 9, 96, 56) and out.dtype == torch.float32
 
@@ -115,88 +115,105 @@ def test_config_from_fixture_and_released_style_json():
 @pytest.mark.parametrize("case_name", ["case_a", "case_b"])
 def test_parity_output_and_intermediates(tiny, inputs, case_name):
     case = load_file(DIT / f"{case_name}.safetensors")
-    _check(f"{case_name} out", _run_case(tiny, inputs, case, seq_len=_seq_len()), case["out"])
+    assert_close(f"{case_name} out", _run_case(tiny, inputs, case, seq_len=_seq_len()), case["out"])
 
     with torch.no_grad():
-        emb = tiny.embed([case["x"]], case["t"], [inputs["context"]], inputs["clip_fea"], [inputs["y"]], inputs["audio"])
-        _check(f"{case_name} patch_embedding_out", emb.tokens.transpose(1, 2).reshape(1, -1, *emb.grid),
-               case["inter.patch_embedding_out"])
-        _check(f"{case_name} block_in", emb.tokens, case["inter.block_in"])
+        emb = tiny.embed(*_batched(inputs, case))
+        assert_close(f"{case_name} patch_embedding_out", emb.tokens.transpose(1, 2).reshape(1, -1, *emb.grid),
+                     case["inter.patch_embedding_out"])
+        assert_close(f"{case_name} block_in", emb.tokens, case["inter.block_in"])
         from flashtalk_live.model.dit import timestep_sinusoid
-        _check(f"{case_name} time_embedding_in", timestep_sinusoid(case["t"], 256), case["inter.time_embedding_in"])
-        _check(f"{case_name} time_embedding_out", emb.e, case["inter.time_embedding_out"])
-        _check(f"{case_name} time_projection_out", emb.e0.flatten(1), case["inter.time_projection_out"])
+        assert_close(f"{case_name} time_embedding_in", timestep_sinusoid(case["t"], 256), case["inter.time_embedding_in"])
+        assert_close(f"{case_name} time_embedding_out", emb.e, case["inter.time_embedding_out"])
+        assert_close(f"{case_name} time_projection_out", emb.e0.flatten(1), case["inter.time_projection_out"])
         if case_name == "case_a":
-            _check("img_emb_out", emb.context[:, :257], case["inter.img_emb_out"])
-            _check("text_embedding_out_first_rows", emb.context[:, 257:257 + 18], case["inter.text_embedding_out_first_rows"])
+            assert_close("img_emb_out", emb.context[:, :257], case["inter.img_emb_out"])
+            assert_close("text_embedding_out_first_rows", emb.context[:, 257:257 + 18], case["inter.text_embedding_out_first_rows"])
             assert torch.equal(emb.context[:, 257 + 17], emb.context[:, -1])  # padding rows = text_embedding(0)
-            _check("audio_proj_out", emb.audio, case["inter.audio_proj_out"])
+            assert_close("audio_proj_out", emb.audio, case["inter.audio_proj_out"])
             first, later = tiny.audio_proj.window_index(3)
             assert torch.equal(first[None].float(), case["inter.audio_index_first_frame"])
             assert torch.equal(later.float(), case["inter.audio_index_latter_frames"])
         inp = emb.block_inputs()
         x = tiny.blocks[0](emb.tokens, inp)
-        _check(f"{case_name} block0_out", x, case["inter.block0_out"])
+        assert_close(f"{case_name} block0_out", x, case["inter.block0_out"])
         x = tiny.blocks[1](x, inp)
-        _check(f"{case_name} block1_out", x, case["inter.block1_out"])
-        _check(f"{case_name} head_out", tiny.head(x, emb.e), case["inter.head_out"])
+        assert_close(f"{case_name} block1_out", x, case["inter.block1_out"])
+        assert_close(f"{case_name} head_out", tiny.head(x, emb.e), case["inter.head_out"])
 
 
 @pytest.mark.timeout(120)
-def test_padding_and_input_forms_do_not_change_the_result(tiny, inputs):
+def test_padding_does_not_change_the_result(tiny, inputs):
     case = load_file(DIT / "case_b.safetensors")
     padded = _run_case(tiny, inputs, case, seq_len=_seq_len() + 7)  # extra tokens are masked keys
-    _check("case_b padded seq_len", padded, case["out"])
-    with torch.no_grad():  # batched tensors instead of lists, float t
-        out = tiny(case["x"][None], float(case["t"]), inputs["context"][None], inputs["clip_fea"], inputs["y"][None],
-                   inputs["audio"])[0]
-    _check("case_b batched tensors", out, case["out"])
+    assert_close("case_b padded seq_len", padded, case["out"])
+    with torch.no_grad():  # t as one scalar tensor for the batch
+        out = tiny(*_batched(inputs, case)[:1], case["t"].reshape(()), *_batched(inputs, case)[2:])[0]
+    assert_close("case_b scalar t", out, case["out"])
+
+
+class ThreadRankSplit(TokenSplit):
+    """A simulated rank (a thread) of a sequence-parallel forward: its slice of the tokens, self-attention over
+    every rank's keys/values, head outputs joined in rank order: the hooks a real split (UlyssesSplit) fills."""
+
+    def __init__(self, rank: int, ranks: int, barrier: threading.Barrier, shared: dict):
+        super().__init__(self._attention)
+        self.rank, self.ranks, self.barrier, self.shared = rank, ranks, barrier, shared
+
+    def _exchange(self, key: str, value):
+        self.shared[(key, self.rank)] = value
+        self.barrier.wait()
+        got = [self.shared[(key, r)] for r in range(self.ranks)]
+        self.barrier.wait()
+        return got
+
+    def _attention(self, q, k, v, *, k_lens=None):
+        kv = self._exchange("kv", (k, v))
+        return attention(q, torch.cat([a for a, _ in kv], dim=1), torch.cat([b for _, b in kv], dim=1), k_lens=k_lens)
+
+    def bounds(self, seq_len: int) -> tuple[int, int]:
+        return self.rank * seq_len // self.ranks, (self.rank + 1) * seq_len // self.ranks
+
+    def gather(self, local):
+        return torch.cat(self._exchange("out", local), dim=1)
 
 
 @pytest.mark.timeout(120)
 def test_sequence_parallel_slices_reproduce_the_full_forward(tiny, inputs):
-    """Two simulated ranks (threads) hold token slices that split latent frames; self-attention gathers k/v.
+    """Two simulated ranks (threads) run the DiT's own forward with a TokenSplit whose slices split latent frames.
 
-    This is the contract a real sequence-parallel wrapper relies on: block_inputs(start, end, self_attention).
+    This is the contract a real sequence-parallel split relies on: the forward's hooks, in order.
     """
     case = load_file(DIT / "case_a.safetensors")
     ranks, seq_len = 2, 40  # 36 tokens padded to 40: rank 0 [0, 20), rank 1 [20, 40); 12 tokens per frame
-    with torch.no_grad():
-        emb = tiny.embed([case["x"]], case["t"], [inputs["context"]], inputs["clip_fea"], [inputs["y"]], inputs["audio"],
-                         seq_len=seq_len)
     barrier = threading.Barrier(ranks)
-    shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    shared: dict = {}
     outs: dict[int, torch.Tensor] = {}
     errors: list[BaseException] = []
 
-    def gathered_attention(rank):
-        def fn(q, k, v, *, k_lens=None):
-            shared[rank] = (k, v)
-            barrier.wait()
-            kk = torch.cat([shared[r][0] for r in range(ranks)], dim=1)
-            vv = torch.cat([shared[r][1] for r in range(ranks)], dim=1)
-            barrier.wait()
-            return attention(q, kk, vv, k_lens=k_lens)
-        return fn
-
     def run(rank):
         try:
-            start, end = rank * seq_len // ranks, (rank + 1) * seq_len // ranks
-            inp = emb.block_inputs(start, end, self_attention=gathered_attention(rank))
             with torch.no_grad():
-                outs[rank] = tiny.head(tiny.run_blocks(emb.tokens[:, start:end], inp), emb.e)
+                outs[rank] = tiny(*_batched(inputs, case), seq_len=seq_len,
+                                  split=ThreadRankSplit(rank, ranks, barrier, shared))[0]
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
             barrier.abort()
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(ranks)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    tiny.set_input_cache(False)  # the two threads share one model: no cache filled by both at once
+    try:
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(ranks)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+    finally:
+        tiny.set_input_cache(True)
     assert not errors, errors
-    out = tiny.unpatchify(torch.cat([outs[r] for r in range(ranks)], dim=1), emb.grid)[0]
-    _check("case_a two-rank slices", out, case["out"])
+    for rank in range(ranks):
+        assert_close(f"case_a two-rank slices, rank {rank}", outs[rank], case["out"])
+    with torch.no_grad():
+        emb = tiny.embed(*_batched(inputs, case), seq_len=seq_len)
     assert [r[0] for r in emb.block_inputs(0, 20).frame_runs] == [0, 1]
     assert emb.block_inputs(20, 40).frame_runs == ((1, 0, 4), (2, 4, 16))
 
@@ -216,19 +233,26 @@ def test_bf16_runs_and_stays_close(tiny, inputs):
 
 def test_bad_inputs_are_rejected_with_clear_errors(tiny, inputs):
     case = load_file(DIT / "case_a.safetensors")
-    x, t, ctx, clip, y, audio = case["x"], case["t"], inputs["context"], inputs["clip_fea"], inputs["y"], inputs["audio"]
-    with pytest.raises(ValueError, match="audio: expected"):
+    x, t, ctx, clip, y, audio = _batched(inputs, case)
+    with pytest.raises(DiTInputError, match="audio: expected"):
         tiny(x, t, ctx, clip, y, audio[:, :8])
-    with pytest.raises(ValueError, match="in_dim"):
-        tiny(x, t, ctx, clip, y[:19], audio)
-    with pytest.raises(ValueError, match="seq_len 10"):
+    with pytest.raises(DiTInputError, match="in_dim"):
+        tiny(x, t, ctx, clip, y[:, :19], audio)
+    with pytest.raises(DiTInputError, match="seq_len 10"):
         tiny(x, t, ctx, clip, y, audio, seq_len=10)
-    with pytest.raises(ValueError, match=r"context\[0\]"):
-        tiny(x, t, torch.zeros(513, 32), clip, y, audio)
-    with pytest.raises(ValueError, match="not divisible"):
-        tiny(x[:, :, :7], t, ctx, clip, y[:, :, :7], audio)
-    with pytest.raises(ValueError, match="clip_fea"):
+    with pytest.raises(DiTInputError, match=r"context: expected \[B, L <= 512, 32\]"):
+        tiny(x, t, torch.zeros(1, 513, 32), clip, y, audio)
+    with pytest.raises(DiTInputError, match="not divisible"):
+        tiny(x[:, :, :, :7], t, ctx, clip, y[:, :, :, :7], audio)
+    with pytest.raises(DiTInputError, match="clip_fea"):
         tiny(x, t, ctx, clip[..., :1000], y, audio)
+    # One input form: unbatched tensors, lists and plain numbers are refused, not guessed at.
+    with pytest.raises(DiTInputError, match=r"x: expected a 5-D tensor \[B, out_dim, T, H, W\], got shape"):
+        tiny(x[0], t, ctx, clip, y, audio)
+    with pytest.raises(DiTInputError, match="context: expected a 3-D tensor"):
+        tiny(x, t, [ctx[0]], clip, y, audio)
+    with pytest.raises(DiTInputError, match="t: expected a tensor"):
+        tiny(x, 500.0, ctx, clip, y, audio)
 
 
 # ------------------------------------------------------------------------------------------ attention

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from support.parity import parity_dit, parity_dit_inputs
 import torch
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -16,7 +15,9 @@ from flashtalk_live.engine.sampler import NoiseSource, make_timesteps, sample
 from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
 from flashtalk_live.parallel.group import ParallelGroup
 from flashtalk_live.parallel.runtime import DiTClient
-from flashtalk_live.parallel.ulysses import SequenceParallelDiT
+from flashtalk_live.parallel.ulysses import UlyssesSplit
+
+from support.parity import parity_dit, parity_dit_inputs
 
 DIT = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "dit"
 CFG = DiTConfig.from_dict(json.loads((DIT / "config.json").read_text()))
@@ -36,8 +37,8 @@ def _call(model: FlashTalkDiT, inp: dict, case: dict, context: torch.Tensor | No
           clip_fea: torch.Tensor | None = None) -> torch.Tensor:
     ctx = inp["context"] if context is None else context
     clip = inp["clip_fea"] if clip_fea is None else clip_fea
-    with torch.no_grad():  # the engine's call: context and y as lists, the session's tensors every step
-        return model([case["x"]], case["t"], [ctx], clip, [inp["y"]], inp["audio"])[0]
+    with torch.no_grad():  # the engine's call: views of the session's tensors every step
+        return model(case["x"][None], case["t"], ctx[None], clip, inp["y"][None], inp["audio"])[0]
 
 
 def _uncached(model: FlashTalkDiT, *args, **kw) -> torch.Tensor:
@@ -149,13 +150,13 @@ def test_sampling_steps_make_no_host_sync(via_client: bool) -> None:
         model = FlashTalkDiT(CFG).eval()
     dit = model
     if via_client:  # rank 0's sequence-parallel client, one rank: its command path runs, the forward is local
-        dit = DiTClient(SequenceParallelDiT(model, ParallelGroup(0, 1, 0, torch.device("meta"), "gloo", 1, 1)))
+        dit = DiTClient(model, UlyssesSplit(ParallelGroup(0, 1, 0, torch.device("meta"), "gloo", 1, 1), CFG.num_heads))
     steps = 4
     inp = _meta_inputs(steps)
     timesteps = make_timesteps(steps, 5.0).to("meta")  # the engine keeps them on its device
 
     def velocity(latent: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:  # as FlashTalkEngine.generate
-        return dit(latent[None], t, [inp["context"]], inp["clip_fea"], inp["y"][None], inp["audio"])[0]
+        return dit(latent[None], t, inp["context"][None], inp["clip_fea"], inp["y"][None], inp["audio"])[0]
 
     noise = NoiseSource(0, torch.device("cpu"))  # no generator on meta; the injected noises are used instead
     noise.device = torch.device("meta")

@@ -10,19 +10,12 @@ from safetensors.torch import load_file
 from flashtalk_live.model.t5 import UMT5_XXL, T5Config, T5Encoder, relative_position_bucket, trim_to_mask
 from flashtalk_live.model.text import TokenizerError, UMT5Tokenizer, clean_text, encode_prompts
 
+from support.tensors import assert_close
+
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 PARITY = FIX / "parity" / "t5"
 MANIFEST = FIX / "reference" / "t5_umt5_xxl_encoder.keys"
 TINY = T5Config(vocab_size=512, dim=64, dim_attn=64, dim_ffn=160, num_heads=2, num_layers=2)
-
-
-def compare(name: str, got: torch.Tensor, want: torch.Tensor, max_abs: float = 1e-4, rel_l2: float = 1e-5) -> None:
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    got, want = got.double(), want.double()
-    err = (got - want).abs().max().item()
-    rel = ((got - want).norm() / want.norm()).item()
-    print(f"t5 {name}: max_abs={err:.3e} rel_l2={rel:.3e}")
-    assert err <= max_abs and rel <= rel_l2, f"{name}: max_abs {err:.3e}, rel_l2 {rel:.3e}"
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +58,9 @@ def test_bucket_scheme():
 def test_encoder_parity(tiny):
     model, io = tiny
     assert io["ids"].dtype == torch.int64 and io["mask"].dtype == torch.int64
-    compare("hidden_full", model(io["ids"], io["mask"]), io["hidden_full"])
+    assert_close("hidden_full", model(io["ids"], io["mask"]), io["hidden_full"])
     (context,) = model.encode(io["ids"], io["mask"])
-    compare("context", context, io["context"])
+    assert_close("context", context, io["context"])
     # The mask really matters: without it the padded positions leak into the real ones.
     unmasked = model(io["ids"])[0, :137]
     assert ((unmasked - io["context"]).norm() / io["context"].norm()) > 1e-3

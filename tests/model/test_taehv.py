@@ -13,6 +13,8 @@ from flashtalk_live.checkpoints.loader import CheckpointError
 from flashtalk_live.checkpoints.taehv import load_taehv, plan_taehv, random_fixture_weights
 from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TAEHVStream
 
+from support.tensors import assert_close
+
 TAEHV_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "taehv"
 TOL = 1e-5  # fixture README: relative L2 1e-5, max abs 1e-5
 
@@ -44,14 +46,6 @@ def weights_file(tmp_path_factory, weights) -> Path:
     return path
 
 
-def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
-    assert got.shape == want.shape, f"{name}: {tuple(got.shape)} != {tuple(want.shape)}"
-    diff = got.double() - want.double()
-    max_abs, rel = diff.abs().max().item(), (diff.norm() / want.double().norm()).item()
-    print(f"taehv {name:12s} max_abs={max_abs:.3e} rel_l2={rel:.3e}")
-    assert max_abs <= TOL and rel <= TOL, f"{name}: max_abs {max_abs:.3e}, rel_l2 {rel:.3e}"
-
-
 # ------------------------------------------------------------------------------------------ keys and weights
 
 
@@ -81,13 +75,13 @@ def test_drawing_is_seeded():
 def test_parallel_decode_equals_the_golden(model, io):
     with torch.no_grad():
         out = model.decode(io["latents"], parallel=True)
-    _close("parallel", out, io["decoded_parallel"])
+    assert_close("parallel", out, io["decoded_parallel"], TOL, TOL)
     assert out.min() >= 0 and out.max() <= 1
 
 
 def test_sequential_decode_equals_the_golden(model, io):
     with torch.no_grad():
-        _close("sequential", model.decode(io["latents"], parallel=False), io["decoded_sequential"])
+        assert_close("sequential", model.decode(io["latents"], parallel=False), io["decoded_sequential"], TOL, TOL)
 
 
 def test_streaming_decode_equals_the_golden(model, io):
@@ -100,7 +94,7 @@ def test_streaming_decode_equals_the_golden(model, io):
         stream.push(io["latents"][:, 1:])
         rest = stream.drain()
     assert rest.shape[1] == 12 and stream.frames_out == 13 and stream.latents_in == 4
-    _close("streaming", torch.cat([first, rest], 1), io["decoded_streaming"])
+    assert_close("streaming", torch.cat([first, rest], 1), io["decoded_streaming"], TOL, TOL)
 
 
 def test_stream_yields_each_latents_frames_as_soon_as_it_is_pushed(model, io):
@@ -116,10 +110,10 @@ def test_stream_yields_each_latents_frames_as_soon_as_it_is_pushed(model, io):
             counts.append(n)
         assert counts == [1, 4, 4, 4]
         assert stream.drain().shape == (1, 0, 3, 48, 80)
-        _close("one by one", torch.cat(frames, 1), io["decoded_streaming"])
+        assert_close("one by one", torch.cat(frames, 1), io["decoded_streaming"], TOL, TOL)
         stream.reset()
         stream.push(io["latents"])
-        _close("after reset", stream.drain(), io["decoded_streaming"])
+        assert_close("after reset", stream.drain(), io["decoded_streaming"], TOL, TOL)
 
 
 def test_frame_counts_and_geometry():
@@ -217,7 +211,7 @@ def test_a_larger_temporal_grow_conv_keeps_its_last_output_channels(tmp_path, we
     m = load_taehv(path, dtype=torch.float32)
     assert torch.equal(m.decoder[7].conv.weight, real.float())
     with torch.no_grad():
-        _close("tgrow rule", m.decode(io["latents"]), io["decoded_parallel"])
+        assert_close("tgrow rule", m.decode(io["latents"]), io["decoded_parallel"], TOL, TOL)
 
 
 @pytest.mark.parametrize("rows", [128, 384])  # smaller, or larger but not a whole number of time steps

@@ -20,6 +20,8 @@ from flashtalk_live.model.vae import (
     expected_state_dict_shapes,
 )
 
+from support.tensors import assert_close
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VAE_DIR = FIXTURES / "parity" / "vae"
 MANIFEST = FIXTURES / "reference" / "vae.keys"
@@ -27,15 +29,6 @@ MANIFEST = FIXTURES / "reference" / "vae.keys"
 # README "Determinism and tolerances": single-module fixtures in float32.
 REL_L2_TOL = 1e-5
 MAX_ABS_TOL = 1e-4
-
-
-def _compare(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    diff = (got.double() - want.double())
-    max_abs = diff.abs().max().item()
-    rel = (diff.norm() / want.double().norm()).item()
-    print(f"vae {name:28s} max_abs={max_abs:.3e} rel_l2={rel:.3e}")
-    assert max_abs <= MAX_ABS_TOL and rel <= REL_L2_TOL, f"{name}: max_abs {max_abs:.3e}, rel_l2 {rel:.3e}"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,7 +103,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity_with_reference_fixture(vae: WanVAE, io, case: str):
     fn, key = CASES[case]
-    _compare(case, fn(vae, io), io[key])
+    assert_close(f"vae {case}", fn(vae, io), io[key], MAX_ABS_TOL, REL_L2_TOL)
 
 
 def test_output_geometry_and_clamp(vae: WanVAE, io):

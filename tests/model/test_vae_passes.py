@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 
 from flashtalk_live.model.vae import VAEConfig, WanVAE
 
+from support.tensors import assert_close
+
 VAE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "vae"
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}  # max abs difference; outputs are O(1)
 
@@ -45,13 +47,6 @@ def _latents(t: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
     return torch.randn(1, 16, t, 3, 5, generator=g).to(dtype)  # 24x40 px: odd latent sizes on purpose
 
 
-def _assert_near(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    assert got.shape == want.shape, (what, tuple(got.shape), tuple(want.shape))
-    err = (got - want).abs().max().item()
-    print(f"{what}: max |passes - frame by frame| = {err:.3g}")
-    assert err <= TOL[want.dtype], (what, err)
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("lengths", [(1, 1), (2, 9), (9, 2), (9, 1)])
@@ -65,10 +60,11 @@ def test_decode_passes_equal_frame_by_frame_over_two_streamed_chunks(request, dt
         got = [vae.decode(z, cache=cache, clamp=False, latents_per_pass=per_pass) for z in chunks]
         assert cache.steps == ref_cache.steps == sum(lengths)
         for k in range(2):
-            _assert_near(got[k], want[k], f"{dtype} {lengths} chunk {k} per_pass {per_pass}")
+            assert_close(f"{dtype} {lengths} chunk {k} per_pass {per_pass}", got[k], want[k], TOL, rel_l2=None)
     # The engine's use: every chunk a fresh call (no kept cache), default pass size = the whole chunk.
     for z in chunks:
-        _assert_near(vae.decode(z), vae.decode(z, latents_per_pass=1), f"{dtype} fresh T={z.shape[2]}")
+        assert_close(f"{dtype} fresh T={z.shape[2]}", vae.decode(z), vae.decode(z, latents_per_pass=1), TOL,
+                     rel_l2=None)
 
 
 @pytest.mark.timeout(120)
@@ -85,12 +81,12 @@ def test_encode_passes_equal_frame_by_frame_over_two_streamed_clips(request, dty
         got = [vae.encode(v, cache=cache, latents_per_pass=per_pass) for v in clips]
         assert cache.steps == ref_cache.steps == sum(w.shape[2] for w in want)
         for k in range(2):
-            _assert_near(got[k], want[k], f"{dtype} {frames} clip {k} per_pass {per_pass}")
+            assert_close(f"{dtype} {frames} clip {k} per_pass {per_pass}", got[k], want[k], TOL, rel_l2=None)
     # The motion re-encode as the engine calls it: a fresh clip of the last 1 or 5 frames.
     for n in (1, 5):
         if frames[0] >= n:
-            _assert_near(vae.encode_motion(clips[0], motion_frames=n),
-                         vae.encode(clips[0][:, :, -n:], latents_per_pass=1), f"{dtype} motion {n}")
+            assert_close(f"{dtype} motion {n}", vae.encode_motion(clips[0], motion_frames=n),
+                         vae.encode(clips[0][:, :, -n:], latents_per_pass=1), TOL, rel_l2=None)
 
 
 def test_decode_iter_yields_one_piece_per_pass(vae64):
@@ -106,9 +102,9 @@ def test_channels_last_gives_the_same_video_and_latents(vae64):
     z = _latents(9, torch.float64, seed=4)
     video = cl.decode(z, clamp=False)
     assert video.is_contiguous()  # the caller gets the ordinary layout back
-    _assert_near(video, vae64.decode(z, clamp=False, latents_per_pass=1), "channels_last decode")
+    assert_close("channels_last decode", video, vae64.decode(z, clamp=False, latents_per_pass=1), TOL, rel_l2=None)
     clip = torch.rand(1, 3, 5, 24, 40, dtype=torch.float64) * 2 - 1
-    _assert_near(cl.encode(clip), vae64.encode(clip, latents_per_pass=1), "channels_last encode")
+    assert_close("channels_last encode", cl.encode(clip), vae64.encode(clip, latents_per_pass=1), TOL, rel_l2=None)
     cl.configure(channels_last=False)
     assert cl.decoder.conv1.weight.is_contiguous()
 
@@ -117,7 +113,7 @@ def test_default_pass_size_is_configurable_and_checked(vae64):
     vae = _vae(torch.float64).configure(latents_per_pass=2)
     z = _latents(5, torch.float64, seed=5)
     assert [p.shape[2] for p in vae.decode_iter(z, latents_per_pass=None)] == [5, 8, 4]
-    _assert_near(vae.decode(z), vae64.decode(z, latents_per_pass=1), "configured per_pass 2")
+    assert_close("configured per_pass 2", vae.decode(z), vae64.decode(z, latents_per_pass=1), TOL, rel_l2=None)
     assert vae.configure(latents_per_pass=0).latents_per_pass is None  # 0: the whole call
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="latents_per_pass"):
@@ -135,7 +131,7 @@ def test_compiled_decoder_and_encoder_trace_in_one_graph_and_match(vae64):
     vae = _vae(torch.float64).configure(compile=True, compile_backend="eager")
     z = _latents(5, torch.float64, seed=6)
     clip = torch.rand(1, 3, 5, 24, 40, dtype=torch.float64) * 2 - 1
-    _assert_near(vae.decode(z), vae64.decode(z, latents_per_pass=1), "compiled decode")
-    _assert_near(vae.encode(clip), vae64.encode(clip, latents_per_pass=1), "compiled encode")
+    assert_close("compiled decode", vae.decode(z), vae64.decode(z, latents_per_pass=1), TOL, rel_l2=None)
+    assert_close("compiled encode", vae.encode(clip), vae64.encode(clip, latents_per_pass=1), TOL, rel_l2=None)
     assert not torch._dynamo.utils.counters["graph_break"]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2

@@ -81,7 +81,7 @@ def run_dit(args) -> None:
             out[f"{name}.single"] = model(c["x"], c["t"], ctx, clip, c["y"], c["audio"])[0]
         print(f"{name}: parallel {t2 - t1:.2f}s single {time.perf_counter() - t2:.2f}s", flush=True)
     # A rejected input fails on every rank before any collective; the job stays usable.
-    from flashtalk_live.parallel.ulysses import DiTInputError
+    from flashtalk_live.model.dit import DiTInputError
 
     c = cases["odd"]
     try:
@@ -91,7 +91,7 @@ def run_dit(args) -> None:
         print(f"rejected as expected: {e}", flush=True)
         out["bad_input_rejected"] = torch.tensor([1])
     out["odd.again"] = client(c["x"], c["t"], ctx, clip, c["y"], c["audio"])[0]
-    out["attention_calls"] = torch.tensor([client.sp.attn.calls])
+    out["attention_calls"] = torch.tensor([client.split.attention.calls])
     codes = handle.close()
     print(f"worker exit codes {codes}", flush=True)
     out["worker_codes"] = torch.tensor([-1 if c is None else c for c in codes])

@@ -27,6 +27,7 @@ from flashtalk_live.parallel.launch import WorkerSpec, maybe_launch_workers
 from flashtalk_live.settings import ModelSettings
 from flashtalk_live.parallel.runtime import EXIT_PEER_LOST
 from flashtalk_live.parallel.ulysses import UlyssesAttention
+
 from support.ports import free_port
 from support.tensors import errors as _err
 

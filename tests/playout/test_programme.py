@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.queue_fakes import labelled_wav
 
-from flashtalk_live.settings import Settings
+
 from flashtalk_live.playout.programme import ClipDecodeError, Programme, decode_audio
-from support.settings import load_programme
+
+from support.queue_fakes import labelled_wav
+from support.settings import load_programme, section_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,10 +25,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def _settings(**programme) -> Settings:
-    return Settings(state_dir="/nonexistent-state", programme=programme)
 
 
 def _clips(d: Path, names=("a", "b", "c")) -> None:
@@ -82,7 +79,7 @@ def test_m3u_with_missing_corrupt_and_odd_lines(tmp_path):
         "  sub/d.wav  \n"
         "# a plain comment\n"
     )
-    prog = load_programme(tmp_path / "list.m3u", _settings())
+    prog = load_programme(tmp_path / "list.m3u", section_settings(programme={}))
     assert [(e.name, e.pause_s) for e in prog.entries] == [("First Pitch", 0.25), ("b", 1.5), ("d", 0.25)]
     skipped = {Path(p).name: why for p, why in prog.skipped}
     assert set(skipped) == {"missing.wav", "corrupt.mp3", "image.png", "video.mp4"}
@@ -107,7 +104,7 @@ def test_toml_playlist_and_its_errors(tmp_path):
         '[[clip]]\npath = "c.wav"\npause_s = -1\n'
         '[[clip]]\npath = "gone.ogg"\n'
     )
-    prog = load_programme(tmp_path / "p.toml", _settings(shuffle=True, pause_seconds=9))
+    prog = load_programme(tmp_path / "p.toml", section_settings(programme=dict(shuffle=True, pause_seconds=9)))
     assert not prog.shuffle  # the file's top-level setting wins over programme.shuffle
     assert [(e.name, e.pause_s) for e in prog.entries] == [("alpha", 2.0), ("b", 0.5), ("c", 0.5)]
     assert [Path(p).name for p, _ in prog.skipped] == ["gone.ogg"]
@@ -120,23 +117,23 @@ def test_toml_playlist_and_its_errors(tmp_path):
 def test_settings_defaults_apply_when_the_file_is_silent(tmp_path):
     _clips(tmp_path, ("a",))
     (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\n")
-    prog = load_programme(tmp_path / "p.m3u", _settings(pause_seconds=0.75))
+    prog = load_programme(tmp_path / "p.m3u", section_settings(programme=dict(pause_seconds=0.75)))
     assert _ids(prog, 4) == ["programme:a:1", "pause:0.75", "programme:a:2", "pause:0.75"]
 
 
 @pytest.mark.parametrize("content,name", [("[[clip]\npath=", "broken.toml"), ("hello", "list.txt"), ("clip = 3", "x.toml")])
 def test_unusable_playlist_is_never_fatal(tmp_path, content, name):
     (tmp_path / name).write_text(content)
-    prog = load_programme(tmp_path / name, _settings())
+    prog = load_programme(tmp_path / name, section_settings(programme={}))
     assert prog.entries == [] and prog.next_item() is None and prog.problems
 
 
 def test_no_playlist_and_missing_playlist_mean_idle_until_it_appears(tmp_path):
-    assert load_programme(None, _settings()).next_item() is None
+    assert load_programme(None, section_settings(programme={})).next_item() is None
     clock = FakeClock()
     _clips(tmp_path, ("a",))
     path = tmp_path / "later.m3u"
-    prog = load_programme(path, _settings(reload_check_seconds=2), clock=clock)
+    prog = load_programme(path, section_settings(programme=dict(reload_check_seconds=2)), clock=clock)
     assert prog.next_item() is None
     path.write_text("#EXTM3U\na.wav\n")
     clock.t += 1.0
@@ -150,7 +147,7 @@ def test_reload_on_change_resumes_after_the_last_clip(tmp_path):
     path = tmp_path / "p.m3u"
     path.write_text("#EXTM3U\na.wav\nb.wav\nc.wav\n")
     clock = FakeClock()
-    prog = load_programme(path, _settings(reload_check_seconds=5), clock=clock)
+    prog = load_programme(path, section_settings(programme=dict(reload_check_seconds=5)), clock=clock)
     assert _ids(prog, 2) == ["programme:a:1", "programme:b:2"]
     path.write_text("#EXTM3U\nd.wav\nb.wav\na.wav\nc.wav\n")
     os.utime(path, ns=(1, 10**18))  # a definitely different mtime
@@ -171,7 +168,7 @@ def test_reload_keeps_the_old_list_when_the_new_file_cannot_be_parsed(tmp_path):
     path = tmp_path / "p.toml"
     path.write_text('[[clip]]\npath="a.wav"\n[[clip]]\npath="b.wav"\n')
     clock = FakeClock()
-    prog = load_programme(path, _settings(reload_check_seconds=1), clock=clock)
+    prog = load_programme(path, section_settings(programme=dict(reload_check_seconds=1)), clock=clock)
     assert _ids(prog, 1) == ["programme:a:1"]
     path.write_text("[[clip]\npath=")
     os.utime(path, ns=(1, 10**18))
@@ -187,7 +184,7 @@ def test_shuffle_reshuffles_every_cycle_without_back_to_back_repeats(tmp_path):
     names = [f"c{i}" for i in range(6)]
     _clips(tmp_path, names)
     (tmp_path / "s.m3u").write_text("#EXTM3U\n#EXT-X-SHUFFLE:yes\n" + "".join(f"{n}.wav\n" for n in names))
-    prog = load_programme(tmp_path / "s.m3u", _settings(), rng=random.Random(7))
+    prog = load_programme(tmp_path / "s.m3u", section_settings(programme={}), rng=random.Random(7))
     assert prog.shuffle
     played = [it.name for it in (prog.next_item() for _ in range(60))]
     cycles = [played[i : i + 6] for i in range(0, 60, 6)]
@@ -200,7 +197,7 @@ def test_shuffle_reshuffles_every_cycle_without_back_to_back_repeats(tmp_path):
 def test_clip_that_breaks_after_load_is_skipped_and_all_broken_means_idle(tmp_path):
     _clips(tmp_path, ("a", "b"))
     (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\nb.wav\n")
-    prog = load_programme(tmp_path / "p.m3u", _settings())
+    prog = load_programme(tmp_path / "p.m3u", section_settings(programme={}))
     (tmp_path / "a.wav").write_bytes(b"RIFF garbage")
     assert _ids(prog, 2) == ["programme:b:1", "programme:b:2"]
     (tmp_path / "b.wav").unlink()
@@ -210,7 +207,7 @@ def test_clip_that_breaks_after_load_is_skipped_and_all_broken_means_idle(tmp_pa
 def test_rewind_replays_a_cut_clip_before_its_pause(tmp_path):
     _clips(tmp_path, ("a", "b"))
     (tmp_path / "p.m3u").write_text("#EXTM3U\n#EXT-X-DEFAULT-PAUSE:1\na.wav\nb.wav\n")
-    prog = load_programme(tmp_path / "p.m3u", _settings())
+    prog = load_programme(tmp_path / "p.m3u", section_settings(programme={}))
     a = prog.next_item()
     prog.rewind(a)
     assert _ids(prog, 4) == ["programme:a:2", "pause:1", "programme:b:3", "pause:1"]
@@ -231,6 +228,6 @@ def test_decoder_formats_and_rates():
 
 @pytest.mark.parametrize("name", ["example.m3u", "example.toml"])
 def test_example_playlists_load_cleanly(name):
-    prog = load_programme(REPO / "playlists" / name, _settings())
+    prog = load_programme(REPO / "playlists" / name, section_settings(programme={}))
     assert len(prog.entries) == 3 and not prog.skipped and not prog.problems
     assert 9 < prog.total_seconds < 12

@@ -6,15 +6,19 @@ import random
 
 import numpy as np
 import pytest
-from support.queue_fakes import FakeQueue, labelled_wav
 
 from flashtalk_live.settings import EncoderSettings, Settings, VideoSettings
 from flashtalk_live.playout.timeline import Timeline
-from support.settings import load_programme
+
+from support.queue_fakes import FakeQueue, labelled_wav
+from support.settings import load_programme, section_settings
 
 
-def _settings(**video) -> Settings:
-    return Settings(state_dir="/nonexistent-state", video=video)
+def _programme_timeline(path) -> tuple[Settings, FakeQueue, Timeline]:
+    """The default room's timeline over a FakeQueue, with the programme at `path` (loaded as the daemon does)."""
+    st = section_settings(video={})
+    q = FakeQueue()
+    return st, q, Timeline(st.video, st.encoder, q, load_programme(path, st))
 
 
 def _run(tl: Timeline, n: int):
@@ -33,7 +37,7 @@ def _kinds(marks, kind):
 @pytest.mark.parametrize("fps,chunk_frames", [(25, 28), (30, 7), (24, 5)])
 def test_exact_accounting_many_random_clips(fps, chunk_frames):
     """Clip lengths from 1 sample to several chunks; every sample lands where the clock says, marks too."""
-    st = _settings(fps=fps, chunk_frames=chunk_frames)
+    st = section_settings(video=dict(fps=fps, chunk_frames=chunk_frames))
     rate, spf = st.encoder.audio_rate, st.samples_per_frame
     rng = random.Random(fps)
     q = FakeQueue(rate)
@@ -89,7 +93,7 @@ def test_exact_accounting_many_random_clips(fps, chunk_frames):
 
 
 def test_several_short_clips_in_one_chunk_and_history():
-    st = _settings()
+    st = section_settings(video={})
     q = FakeQueue()
     spf = st.samples_per_frame  # 1920
     q.add("a", 1000)  # frame 0
@@ -117,7 +121,7 @@ def test_several_short_clips_in_one_chunk_and_history():
 
 
 def test_idle_silence_without_queue_or_programme():
-    st = _settings()
+    st = section_settings(video={})
     tl = Timeline(st.video, st.encoder, FakeQueue(), None)
     for _ in range(3):
         c = tl.next_chunk()
@@ -128,7 +132,7 @@ def test_idle_silence_without_queue_or_programme():
 
 
 def test_play_now_cuts_the_queue_clip_at_the_chunk_boundary():
-    st = _settings()
+    st = section_settings(video={})
     q = FakeQueue()
     long = q.add("long", 48000 * 5)
     tl = Timeline(st.video, st.encoder, q, None)
@@ -199,9 +203,7 @@ def _segments_in_order(marks):
 
 def test_programme_plays_and_loops_then_queue_takes_over_at_the_clip_boundary(playlist):
     path, lens = playlist
-    st = _settings()
-    q = FakeQueue()
-    tl = Timeline(st.video, st.encoder, q, load_programme(path, st))
+    st, q, tl = _programme_timeline(path)
     chunks, audio, _, marks, _ = _run(tl, 1)  # 1.12 s: p1 (1.0 s) and the start of p2
     assert _segments_in_order(marks) == ["programme:p1:1", "programme:p2:2"]
     assert all(m.source == "programme" for m in marks)
@@ -223,9 +225,7 @@ def test_play_now_cuts_a_programme_clip_which_replays_from_its_start(tmp_path):
     n_long = labelled_wav(tmp_path / "long.wav", 5, 3.0)
     labelled_wav(tmp_path / "next.wav", 6, 0.2)
     (tmp_path / "l.toml").write_text('[[clip]]\npath="long.wav"\n[[clip]]\npath="next.wav"\n')
-    st = _settings()
-    q = FakeQueue()
-    tl = Timeline(st.video, st.encoder, q, load_programme(tmp_path / "l.toml", st))
+    st, q, tl = _programme_timeline(tmp_path / "l.toml")
     tl.next_chunk()
     q.add("urgent", 1000, play_now=True)
     c = tl.next_chunk()
@@ -248,9 +248,7 @@ def test_programme_pause_is_exact_silence_and_yields_to_the_queue(tmp_path):
     n1 = labelled_wav(tmp_path / "a.wav", 1, 0.3)
     labelled_wav(tmp_path / "b.wav", 2, 0.3)
     (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\n#EXT-X-PAUSE:0.5\nb.wav\n")
-    st = _settings()
-    q = FakeQueue()
-    tl = Timeline(st.video, st.encoder, q, load_programme(tmp_path / "p.m3u", st))
+    st, q, tl = _programme_timeline(tmp_path / "p.m3u")
     c = tl.next_chunk()
     pause = 24000
     assert np.all(c.audio[:n1] == 1 / 64) and not c.audio[n1 : n1 + pause].any()
@@ -283,7 +281,7 @@ def _spool_add(spool, level, seconds, mode="enqueue"):
 def test_real_spool_back_to_back_play_now_and_cancel(tmp_path):
     from flashtalk_live.queue.spool import Spool
 
-    st = _settings()
+    st = section_settings(video={})
     with Spool(tmp_path / "spool") as spool:
         a = _spool_add(spool, 1, 2.0)
         b = _spool_add(spool, 2, 0.5)
@@ -335,7 +333,7 @@ def test_a_programme_clip_waits_for_the_render_ahead_gate_whole_and_decoded_once
     """Programme clips pass the admission gate like queue clips: idle until it opens, then the clip from its start."""
     n1 = labelled_wav(tmp_path / "a.wav", 1, 1.5)
     (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\n")
-    st = _settings()
+    st = section_settings(video={})
 
     class Gate:
         def __init__(self) -> None:

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
 from flashtalk_live.quant.fp8 import Fp8Linear, Fp8Plan, quantize_dit_
+
 from support.tensors import rel_err as _rel
 
 DIT = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "dit"
@@ -28,7 +29,7 @@ def _model(dtype: torch.dtype = torch.float32) -> FlashTalkDiT:
 def _run(model: FlashTalkDiT, case: str) -> torch.Tensor:
     inp, c = load_file(DIT / "inputs.safetensors"), load_file(DIT / f"{case}.safetensors")
     with torch.no_grad():
-        return model([c["x"]], c["t"], [inp["context"]], inp["clip_fea"], [inp["y"]], inp["audio"])[0]
+        return model(c["x"][None], c["t"], inp["context"][None], inp["clip_fea"], inp["y"][None], inp["audio"])[0]
 
 
 def test_only_block_linears_of_the_chosen_blocks_change():

@@ -9,6 +9,7 @@ from flashtalk_live.renderers.drill import DrillRenderer, with_drills
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.settings import Settings
 from flashtalk_live.chunks import RenderChunk
+
 from support.chunks import render_chunk
 
 FPS, NF = 25, 10

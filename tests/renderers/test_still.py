@@ -16,7 +16,7 @@ from flashtalk_live.images import (
     load_image,
 )
 from flashtalk_live.renderers.still import StillRenderer
-from flashtalk_live.chunks import RenderChunk
+
 from support.chunks import render_chunk
 
 
@@ -28,10 +28,6 @@ def _quadrants(h: int, w: int) -> np.ndarray:
     img[h // 2 :, : w // 2] = (0, 0, 255)
     img[h // 2 :, w // 2 :] = (255, 255, 0)
     return img
-
-
-def _chunk(n: int) -> RenderChunk:
-    return render_chunk(0, n)
 
 
 def test_cover_fills_and_crops_centre():
@@ -115,10 +111,10 @@ def test_still_renderer_protocol_and_frames():
     assert isinstance(r, Renderer)
     assert not r.ready()
     with pytest.raises(RendererError, match="start_session"):
-        r.render(_chunk(2))
+        r.render(render_chunk(0, 2))
     r.start_session(None, "prompt")
     assert r.ready()
-    frames = r.render(_chunk(28))
+    frames = r.render(render_chunk(0, 28))
     assert frames.shape == (28, 768, 448, 3) and frames.dtype == np.uint8
     assert np.array_equal(frames[0], frames[27])
     assert not frames.flags.writeable  # a shared view: nobody may scribble on it
@@ -130,7 +126,7 @@ def test_still_renderer_protocol_and_frames():
 def test_still_renderer_contain_with_custom_image():
     r = StillRenderer(64, 64, "contain", motion=False)
     r.start_session(_quadrants(32, 64), "")
-    f = r.render(_chunk(1))[0]
+    f = r.render(render_chunk(0, 1))[0]
     assert np.all(f[:16] == BACKGROUND) and np.all(f[48:] == BACKGROUND)
     assert tuple(f[20, 5]) == (255, 0, 0)
 

@@ -11,6 +11,7 @@ from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.settings import Settings
+
 from support.chunks import render_chunk
 
 NF, FPS = 5, 25  # 0.2 s chunks

@@ -27,3 +27,17 @@ def room_settings(tmp_path: Path, *extra: str, output: Path | None = None) -> Se
 def load_programme(path: str | os.PathLike[str] | None, s: Settings, **kw: Any) -> Programme:
     """Programme.load with the sections of `s`, as the daemon calls it."""
     return Programme.load(path, s.expanded(s.programme), s.encoder, max_clip_s=s.ingest.max_clip_seconds, **kw)
+
+
+def section_settings(**sections: Any) -> Settings:
+    """Settings with only the given sections set (dicts of fields), for parts that never touch the state directory."""
+    return Settings(state_dir="/nonexistent-state", **sections)
+
+
+def flashtalk_settings(root: Path, chunk_frames: int, *extra: str, environ: dict[str, str] | None = None) -> Settings:
+    """A tiny FlashTalk room on the CPU (float32, 48x80, `chunk_frames` per chunk, state under root/state);
+    `extra` KEY=VALUE overrides (the release, the profile) win over these."""
+    return load_settings(None, [
+        'model.device="cpu"', 'model.dtype="float32"', f"video.chunk_frames={chunk_frames}", "video.width=48",
+        "video.height=80", f'state_dir="{root / "state"}"', *extra,
+    ], environ=environ or {})
