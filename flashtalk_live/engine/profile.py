@@ -3,8 +3,9 @@
 `quality` is the reference's `infer_params.yaml` (768x448, 33 frames with 5 motion frames, 4 steps,
 shift 5, full colour correction, seed 9999, 8-s audio window).  `fast` is the low-latency variant
 reported for 8x Ascend (704x416, 29 frames with 1 motion frame, 2 steps), which keeps 28 new frames
-per chunk so the broadcast chunking does not change.  `realtime` keeps fast's chunking and steps at a smaller
-picture (640x384): the candidate for one GPU, to be confirmed on the H200 with benchmarks/engine_gpu.py.
+per chunk so the broadcast chunking does not change.  `native` is fast's chunking and steps at the output
+geometry (448x768, the picture the model was distilled for): no upscale on air.  `realtime` keeps fast's chunking
+and steps at a smaller picture (640x384): the one-GPU fallback (docs/performance.md has each one's chunk times).
 `PROFILE_LADDER` orders the named profiles by quality, best first; `model.profile = "auto"` measures
 candidates in that order at warm-up and `choose_profile` (pure: injected timings) picks the best-quality one
 whose chunk time fits the real-time budget with a margin.  `split_vae_decode` only matters with several GPUs:
@@ -125,13 +126,15 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "quality": Profile(name="quality"),
+    # The output geometry (448x768) with fast's chunking and 2 steps: the model's own picture, not upscaled.
+    "native": Profile(name="native", frame_num=29, motion_frames=1, sample_steps=2),
     "fast": Profile(name="fast", height=704, width=416, frame_num=29, motion_frames=1, sample_steps=2),
     # fast's chunking and steps on 84% of its pixels (7680 instead of 9152 tokens): the one-GPU candidate.
     "realtime": Profile(name="realtime", height=640, width=384, frame_num=29, motion_frames=1, sample_steps=2),
 }
 
 # Named profiles by quality, best first: the default candidates of model.profile = "auto".
-PROFILE_LADDER: tuple[str, ...] = ("quality", "fast", "realtime")
+PROFILE_LADDER: tuple[str, ...] = ("quality", "native", "fast", "realtime")
 AUTO = "auto"
 
 _FIELDS = {f.name for f in fields(Profile)}

@@ -13,19 +13,22 @@ LADDER = [PROFILES[n] for n in PROFILE_LADDER]
 BUDGET = 28 / 25  # 1.12 s
 
 
-def test_ladder_is_quality_fast_realtime_all_28_new_frames() -> None:
-    assert PROFILE_LADDER == ("quality", "fast", "realtime")
-    assert [p.new_frames for p in LADDER] == [28, 28, 28]
-    rt = PROFILES["realtime"]
-    assert rt.seq_len < PROFILES["fast"].seq_len < PROFILES["quality"].seq_len  # cheaper down the ladder
-    assert [p.chunk_seconds for p in LADDER] == [BUDGET] * 3
+def test_ladder_is_quality_native_fast_realtime_all_28_new_frames() -> None:
+    assert PROFILE_LADDER == ("quality", "native", "fast", "realtime")
+    assert [p.new_frames for p in LADDER] == [28] * 4
+    rt, native = PROFILES["realtime"], PROFILES["native"]
+    assert rt.seq_len < PROFILES["fast"].seq_len < native.seq_len < PROFILES["quality"].seq_len  # cheaper down
+    assert [p.chunk_seconds for p in LADDER] == [BUDGET] * 4
+    # native is the output geometry of configs/flashtalk-14b.toml (448 wide, 768 high) in fast's 2 steps
+    assert (native.width, native.height, native.frame_num, native.motion_frames, native.sample_steps) == (
+        448, 768, 29, 1, 2)
 
 
 def test_picks_the_best_quality_that_fits() -> None:
     t = {"quality": [3.9, 4.0, 4.1], "fast": [0.90, 0.92, 0.91], "realtime": [0.70, 0.71, 0.72]}
     c = choose_profile(LADDER, t, margin=0.15)
     assert c.profile.name == "fast" and c.fits  # realtime is faster, but fast is better and fits
-    assert [m.profile.name for m in c.timings] == ["quality", "fast", "realtime"]
+    assert [m.profile.name for m in c.timings] == ["quality", "fast", "realtime"]  # native not measured
     assert [m.fits for m in c.timings] == [False, True, True]
 
 
