@@ -264,9 +264,9 @@ class ModelSettings(_Section):
                                  "sums not promoted to float32; faster, less exact: docs/performance.md)")
     cuda_graphs: bool = Field(False, description="with compile = true: compile the DiT blocks in mode "
                               '"reduce-overhead" (CUDA graphs replayed per block at the fixed chunk shapes)')
-    compile_cache_dir: str = Field("{state_dir}/compile-cache", description="torch.compile's inductor/autotune cache "
-                                   'kept across restarts (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR); "" leaves '
-                                   "torch's default (/tmp)")
+    compile_cache_dir: str = Field("{state_dir}/compile-cache", description="torch.compile's inductor cache (FX "
+                                   "graphs, autotuning, Triton kernels) kept across restarts: TORCHINDUCTOR_CACHE_DIR; "
+                                   '"" leaves torch\'s default (/tmp/torchinductor_<user>)')
     text_cache_dir: str = "{state_dir}/text-cache"
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).

@@ -8,7 +8,8 @@ geometry (448x768, the picture the model was distilled for): no upscale on air. 
 and steps at a smaller picture (640x384): the one-GPU fallback (docs/performance.md has each one's chunk times).
 `PROFILE_LADDER` orders the named profiles by quality, best first; `model.profile = "auto"` measures
 candidates in that order at warm-up and `choose_profile` (pure: injected timings) picks the best-quality one
-whose chunk time fits the real-time budget with a margin.  `split_vae_decode` only matters with several GPUs:
+whose chunk time fits the real-time budget with a margin. With a compiled DiT, `next_auto_step` (pure too) times
+the candidates eager first and compiles only the one it predicts to fit.  `split_vae_decode` only matters with several GPUs:
 the VAE decode is then split by image height over the ranks (exact; a halo exchange per 3x3 conv).  `resolve_profile` accepts a name, a TOML file
 (optionally `base = "<name>"` plus the fields to change) or overrides.
 """
@@ -271,6 +272,61 @@ def choose_profile(candidates: Sequence[Profile], timings: Mapping[str, Sequence
             return ProfileChoice(t.profile, True, measured, margin)
     fastest = min(measured, key=lambda t: t.p90)
     return ProfileChoice(fastest.profile, False, measured, margin)
+
+
+# ------------------------------------------------------------------- auto with compile: eager first
+
+
+@dataclass(frozen=True)
+class AutoStep:
+    """What "auto" does next when the DiT is compiled: time `profile` eager ("eager"), compile and time it
+    ("compile"), or stop ("done", with `choice`)."""
+
+    action: str
+    profile: Profile
+    choice: ProfileChoice | None = None
+
+
+def compiled_ratio(eager: Mapping[str, Sequence[float]], compiled: Mapping[str, Sequence[float]],
+                   default: float) -> float:
+    """Compiled p90 / eager p90 over the candidates measured both ways (median of them), else `default`."""
+    ratios = [float(np.percentile(compiled[n], 90)) / float(np.percentile(eager[n], 90))
+              for n in compiled if eager.get(n) and compiled.get(n)]
+    return float(np.median(ratios)) if ratios else default
+
+
+def next_auto_step(candidates: Sequence[Profile], eager: Mapping[str, Sequence[float]],
+                   compiled: Mapping[str, Sequence[float]], margin: float, ratio: float) -> AutoStep:
+    """The next step of model.profile = "auto" with a compiled DiT: candidates are timed eager (no compile, cheap)
+    best quality first, and the first whose eager p90 x ratio fits the budget is the only one compiled. Its
+    compiled timing decides: it fits, done; it does not, the ratio is corrected from it (`compiled_ratio`) and the
+    search goes on below it. When nothing is left, the fastest compiled candidate is kept (fits = False), or the
+    fastest by prediction is compiled first. Pure: the timings are injected."""
+    if not 0.0 <= margin < 1.0:
+        raise ProfileError(f"auto margin must be in [0, 1), got {margin!r}")
+    r = compiled_ratio(eager, compiled, ratio)
+    for p in candidates:
+        if compiled.get(p.name):
+            t = ProfileTiming(p, tuple(compiled[p.name]), margin)
+            if t.fits:
+                return AutoStep("done", p, _auto_choice(candidates, compiled, margin, p, True))
+            continue  # compiled and too slow: look further down
+        if not eager.get(p.name):
+            return AutoStep("eager", p)
+        if ProfileTiming(p, tuple(x * r for x in eager[p.name]), margin).fits:
+            return AutoStep("compile", p)
+    done = [p for p in candidates if compiled.get(p.name)]
+    if done:
+        fastest = min(done, key=lambda p: ProfileTiming(p, tuple(compiled[p.name]), margin).p90)
+        return AutoStep("done", fastest, _auto_choice(candidates, compiled, margin, fastest, False))
+    predicted = [p for p in candidates if eager.get(p.name)]
+    return AutoStep("compile", min(predicted, key=lambda p: float(np.percentile(eager[p.name], 90))))
+
+
+def _auto_choice(candidates: Sequence[Profile], compiled: Mapping[str, Sequence[float]], margin: float,
+                 chosen: Profile, fits: bool) -> ProfileChoice:
+    measured = tuple(ProfileTiming(p, tuple(compiled[p.name]), margin) for p in candidates if compiled.get(p.name))
+    return ProfileChoice(chosen, fits, measured, margin)
 
 
 def splits_vae_decode(profiles: Sequence[Profile]) -> bool:
