@@ -235,8 +235,9 @@ class ModelSettings(_Section):
                                "most (1 - margin) x the chunk's duration")
     auto_chunks: int = Field(3, ge=1, le=50, description='"auto": timed warm chunks per candidate (after one untimed)')
     auto_compiled_ratio: float = Field(
-        0.85, gt=0, le=2, description='"auto" with compile = true: candidates are timed eager (no compile) and '
-        "predicted at eager x this ratio; only the chosen one is compiled and timed again (docs/engine.md)")
+        0.42, gt=0, le=2, description='"auto" with compile = true: candidates are timed eager (no compile) and '
+        "predicted at eager x this ratio (0.41-0.42 measured on an H100: docs/performance.md); only the one "
+        "predicted to fit is compiled and timed again, and a miss corrects the ratio (docs/engine.md)")
     random_weights: Literal["off", "full", "tiny"] = Field(
         "off", description="benchmarks only (FLASHTALK_LIVE_BENCHMARK=1): random weights of the full-size or tiny "
         "model family instead of a release; the picture is noise")
@@ -252,7 +253,7 @@ class ModelSettings(_Section):
     vae_compile: bool = Field(False, description="torch.compile the VAE encoder and decoder at start-up")
     decoder: Literal["wan", "taehv"] = Field("wan", description="latents -> frames: the Wan VAE (exact) or the "
                                              "TAEHV tiny decoder (much faster, approximate; docs/engine.md)")
-    taehv_path: str | None = Field(None, description="tiny decoder file (taew2_1 or lighttaew2_1 .safetensors/.pth) "
+    taehv_path: str | None = Field(None, description="tiny decoder file (taew2_1 .safetensors/.pth) "
                                    "or its folder; default: taehv/ beside weights_dir (`models download --only taehv`)")
     quantize: Literal["none", "fp8"] = Field(
         "none", description="fp8: DiT block linears in float8 e4m3 (CUDA compute capability >= 8.9; else bf16, with a warning)")

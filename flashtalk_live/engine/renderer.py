@@ -498,7 +498,7 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
 def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidates: Sequence[Profile],
                           image: np.ndarray, prompt: str, *, margin: float, chunks: int,
                           timer: ChunkTimer = wall_timer, compiled: bool = False,
-                          ratio: float = 0.85) -> FlashTalkRenderer:
+                          ratio: float = 0.42) -> FlashTalkRenderer:
     """Warm up and time the candidates (best quality first) until one fits; return the chosen one, warm.
 
     Not compiled: each candidate is warmed and timed as it runs, until one fits (choose_profile). Compiled: each
