@@ -300,8 +300,8 @@ def next_auto_step(candidates: Sequence[Profile], eager: Mapping[str, Sequence[f
     """The next step of model.profile = "auto" with a compiled DiT: candidates are timed eager (no compile, cheap)
     best quality first, and the first whose eager p90 x ratio fits the budget is the only one compiled. Its
     compiled timing decides: it fits, done; it does not, the ratio is corrected from it (`compiled_ratio`) and the
-    search goes on below it. When nothing is left, the fastest compiled candidate is kept (fits = False), or the
-    fastest by prediction is compiled first. Pure: the timings are injected."""
+    search goes on below it. When nothing fits, the fastest is kept (fits = False): a candidate predicted faster
+    than every compiled one is compiled first. Pure: the timings are injected."""
     if not 0.0 <= margin < 1.0:
         raise ProfileError(f"auto margin must be in [0, 1), got {margin!r}")
     r = compiled_ratio(eager, compiled, ratio)
@@ -315,12 +315,24 @@ def next_auto_step(candidates: Sequence[Profile], eager: Mapping[str, Sequence[f
             return AutoStep("eager", p)
         if ProfileTiming(p, tuple(x * r for x in eager[p.name]), margin).fits:
             return AutoStep("compile", p)
+    # Nothing fits: the room runs the fastest profile, compiled; one not compiled yet that is predicted faster than
+    # every compiled one is compiled first.
+    def predicted(p: Profile) -> float:
+        return float(np.percentile(eager[p.name], 90)) * r
+
+    def measured(p: Profile) -> float:
+        return ProfileTiming(p, tuple(compiled[p.name]), margin).p90
+
     done = [p for p in candidates if compiled.get(p.name)]
+    rest = [p for p in candidates if eager.get(p.name) and not compiled.get(p.name)]
+    best = min(rest, key=predicted) if rest else None
     if done:
-        fastest = min(done, key=lambda p: ProfileTiming(p, tuple(compiled[p.name]), margin).p90)
+        fastest = min(done, key=measured)
+        if best is not None and predicted(best) < measured(fastest):
+            return AutoStep("compile", best)
         return AutoStep("done", fastest, _auto_choice(candidates, compiled, margin, fastest, False))
-    predicted = [p for p in candidates if eager.get(p.name)]
-    return AutoStep("compile", min(predicted, key=lambda p: float(np.percentile(eager[p.name], 90))))
+    assert best is not None  # every candidate has an eager timing by now
+    return AutoStep("compile", best)
 
 
 def _auto_choice(candidates: Sequence[Profile], compiled: Mapping[str, Sequence[float]], margin: float,
