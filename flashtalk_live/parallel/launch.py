@@ -128,9 +128,10 @@ def build_vae(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
 
 
 def release_dit(*, device: torch.device, dtype: torch.dtype, weights_dir: str, quantize: str = "none",
-                fp8_keep_bf16_blocks: Sequence[int] = (2, 3), fp8_backend: str = "scaled_mm") -> torch.nn.Module:
+                fp8_keep_bf16_blocks: Sequence[int] = (2, 3), fp8_backend: str = "scaled_mm",
+                fp8_fast_accum: bool = False) -> torch.nn.Module:
     """The released DiT (strict, header-checked), as rank 0 loads it (fp8 as settings.model says, where it runs)."""
-    fp8 = resolve_plan(quantize, fp8_keep_bf16_blocks, fp8_backend, device)
+    fp8 = resolve_plan(quantize, fp8_keep_bf16_blocks, fp8_backend, device, fp8_fast_accum)
     return load_dit(weights_dir, device, dtype, fp8=fp8).eval().requires_grad_(False)
 
 
@@ -369,7 +370,8 @@ def spec_from_settings(model: ModelSettings, profiles: Sequence[Profile]) -> Wor
     return WorkerSpec(num_heads=cfg.num_heads, devices=ids, device_type=device_type, dtype=m.dtype,
                       attention=m.attention,
                       factory_args={"weights_dir": str(m.weights_dir), "quantize": m.quantize,
-                                    "fp8_keep_bf16_blocks": list(m.fp8_keep_bf16_blocks), "fp8_backend": m.fp8_backend},
+                                    "fp8_keep_bf16_blocks": list(m.fp8_keep_bf16_blocks), "fp8_backend": m.fp8_backend,
+                                    "fp8_fast_accum": m.fp8_fast_accum},
                       vae_factory="flashtalk_live.parallel.launch:release_vae" if split else None,
                       vae_factory_args={"weights_dir": str(m.weights_dir)} if split else {})
 
