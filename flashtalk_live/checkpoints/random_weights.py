@@ -77,7 +77,7 @@ def materialise_dit(cfg: DiTConfig, device: torch.device, dtype: torch.dtype, se
     finally:
         torch.set_default_dtype(prev)
     blocks, dit.blocks = dit.blocks, torch.nn.ModuleList()  # the rest first, without the 40 blocks
-    dit = randomise_(dit.to_empty(device=device), seed)
+    randomise_(dit.to_empty(device=device), seed)  # in place: to_empty returns the module itself
     quantised = set(fp8.blocks(len(blocks))) if fp8 is not None else set()
     for i in range(len(blocks)):
         block = randomise_(blocks[i].to_empty(device=device), seed * 1000 + i)

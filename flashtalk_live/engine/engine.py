@@ -350,7 +350,7 @@ def compile_dit_blocks(dit: torch.nn.Module, cuda_graphs: bool = False) -> None:
     options = dit_compile_options(cuda_graphs)
     for block in dit.blocks:
         block.compile(**options)
-    dit.cuda_graphs = cuda_graphs
+    setattr(dit, "cuda_graphs", cuda_graphs)  # a plain attribute on the module: no state-dict key
 
 
 def uses_cuda_graphs(dit: torch.nn.Module) -> bool:
