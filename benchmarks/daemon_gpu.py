@@ -284,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             "frames_out": b["frames_out"] - base["frames_out"],
             "chunk_count": chunk.get("count"), "chunk_p50_s": chunk.get("p50"), "chunk_p99_s": chunk.get("p99"),
             "chunk_max_s": chunk.get("max"), "render_rtf_last": b.get("render_rtf"),
-            "gpu_peak_torch_gib": None if drift.get("gpu_peak_bytes") is None else drift["gpu_peak_bytes"] / 2**30,
+            "gpu_load_peak_torch_gib": (None if drift.get("gpu_load_peak_bytes") is None
+                                        else drift["gpu_load_peak_bytes"] / 2**30),
+            "gpu_peak_torch_gib": (None if drift.get("gpu_steady_peak_bytes") is None
+                                   else drift["gpu_steady_peak_bytes"] / 2**30),
             "gpu_peak_nvidia_smi_gib": None if gpu.peak_mib is None else gpu.peak_mib / 1024,
             "latency_from_idle_p50_s": pct(idle_lat, 50), "latency_from_idle_max_s": max(idle_lat, default=None),
             "latency_from_idle_n": len(idle_lat),
@@ -339,7 +342,9 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
         ("underrun frames in clips / idle", f"{r.get('underrun_frames_clip', '-')} / {r.get('underrun_frames_idle', '-')}"),
         ("chunk wall p50 / p99 / max", f"{_f(r.get('chunk_p50_s'))} / {_f(r.get('chunk_p99_s'))} / "
                                        f"{_f(r.get('chunk_max_s'))} s over {r.get('chunk_count', '-')} chunks"),
-        ("GPU memory peak (torch allocated / nvidia-smi)",
+        ("GPU memory load peak (torch allocated, up to the last warm-up)",
+         _f(r.get("gpu_load_peak_torch_gib"), "{:.1f}", " GiB")),
+        ("GPU memory steady peak (torch allocated since the warm-up / nvidia-smi)",
          f"{_f(r.get('gpu_peak_torch_gib'), '{:.1f}', ' GiB')} / {_f(r.get('gpu_peak_nvidia_smi_gib'), '{:.1f}', ' GiB')}"),
         ("clip accepted -> first frame on air, from idle: p50 / max (n)",
          f"{_f(r.get('latency_from_idle_p50_s'), '{:.2f}', ' s')} / {_f(r.get('latency_from_idle_max_s'), '{:.2f}', ' s')} "

@@ -3,12 +3,13 @@
     python benchmarks/engine_gpu.py                                   # bf16,fp8 x wan,taehv x compile on x 3 profiles
     python benchmarks/engine_gpu.py --variants bf16,fp8 --decoders wan --compile on,off --profiles realtime,fast
     python benchmarks/engine_gpu.py --profiles quality --chunks 8 --json /tmp/engine.json
+    python benchmarks/engine_gpu.py --variants fp8,fp8-fast-accum --compile on,graphs --profiles native --chunks 22
     python benchmarks/engine_gpu.py --tiny                            # tiny random family on the CPU (smoke)
 
 One row per (profile, variant, decoder, compile): the engine's per-stage times (StageTimer: audio_features,
 dit_step_i, vae_decode, colour_correction, motion_encode, host_copy) plus the drift measure the daemon runs
-after each chunk, the chunk wall p50/p99 over the steady chunks (chunk 0, which pays allocation and
-torch.compile, is left out), frames per second, speed against real time (chunk duration / wall p50: >= 1
+after each chunk, the chunk wall p50/p99/max over the steady chunks (the first --warmup-chunks, which pay
+allocation, torch.compile and CUDA-graph capture, are left out), frames per second, speed against real time (chunk duration / wall p50: >= 1
 keeps a room on air) and the peak GPU memory of that row (weights included). Models are rebuilt per
 (variant, decoder, compile) on `meta` and materialised on the device with random values (no download, no host
 copy): the pictures are noise, only speed and memory mean anything. A variant whose code is not importable
@@ -54,7 +55,11 @@ def _bf16(models: EngineModels, ctx: dict[str, Any]) -> None:
     return None
 
 
-def _fp8(models: EngineModels, ctx: dict[str, Any]) -> None:
+def _fp8_fast_accum(models: EngineModels, ctx: dict[str, Any]) -> None:
+    _fp8(models, ctx, fast_accum=True)
+
+
+def _fp8(models: EngineModels, ctx: dict[str, Any], fast_accum: bool = False) -> None:
     try:
         from flashtalk_live.quant.fp8 import fp8_unavailable_reason, quantize_dit_
     except ImportError as e:
@@ -64,12 +69,12 @@ def _fp8(models: EngineModels, ctx: dict[str, Any]) -> None:
         raise NotAvailable(reason)
     from flashtalk_live.quant.fp8 import Fp8Plan
 
-    plan = Fp8Plan(ctx["fp8_keep"], ctx["fp8_backend"])
+    plan = Fp8Plan(ctx["fp8_keep"], ctx["fp8_backend"], fast_accum=fast_accum)
     reason = fp8_unavailable_reason(ctx["device"], plan.backend)
     if reason:
         raise NotAvailable(reason)
     counts = quantize_dit_(models.dit, plan)
-    ctx["notes"].append(f"fp8 {plan.backend} {counts}")
+    ctx["notes"].append(f"fp8 {plan.backend}{' fast_accum' if fast_accum else ''} {counts}")
 
 
 def _wan(models: EngineModels, ctx: dict[str, Any]) -> None:
@@ -90,7 +95,9 @@ def _taehv(models: EngineModels, ctx: dict[str, Any]) -> None:
     models.decoder = TinyVideoDecoder(materialise(lambda: TAEHVDecoder(cfg), ctx["device"], dtype, 5))  # type: ignore[attr-defined]
 
 
-VARIANTS: dict[str, Callable[[EngineModels, dict[str, Any]], None]] = {"bf16": _bf16, "fp8": _fp8}
+VARIANTS: dict[str, Callable[[EngineModels, dict[str, Any]], None]] = {
+    "bf16": _bf16, "fp8": _fp8, "fp8-fast-accum": _fp8_fast_accum}
+COMPILES = ["on", "off", "graphs"]  # graphs: compiled blocks captured as CUDA graphs (model.cuda_graphs)
 DECODERS: dict[str, Callable[[EngineModels, dict[str, Any]], None]] = {"wan": _wan, "taehv": _taehv}
 
 
@@ -134,18 +141,19 @@ def run_chunks(models: EngineModels, profile: Profile, device: torch.device, dty
     return rows
 
 
-def summarise(profile: Profile, chunks: list[dict[str, float]]) -> dict[str, Any]:
-    steady = chunks[1:] if len(chunks) > 1 else chunks
+def summarise(profile: Profile, chunks: list[dict[str, float]], warmup: int = 1) -> dict[str, Any]:
+    steady = chunks[warmup:] if len(chunks) > warmup else chunks
     keys = [k for k in chunks[0] if k not in ("total", "wall")]
     stages = {k: statistics.fmean(c.get(k, 0.0) for c in steady) for k in keys}
     dit = sum(v for k, v in stages.items() if k.startswith("dit_step_"))
     walls = np.array([c["wall"] for c in steady])
     p50, p99 = float(np.percentile(walls, 50)), float(np.percentile(walls, 99))
+    wmax = float(walls.max())
     return {
         "stages_s": stages, "dit_s": dit, "dit_step_s": dit / profile.sample_steps,
         "vae_decode_s": stages.get("vae_decode", 0.0),
         "other_s": sum(v for k, v in stages.items() if not k.startswith("dit_step_") and k != "vae_decode"),
-        "wall_p50_s": p50, "wall_p99_s": p99, "fps": profile.new_frames / p50,
+        "wall_p50_s": p50, "wall_p99_s": p99, "wall_max_s": wmax, "steady_chunks": int(walls.size), "fps": profile.new_frames / p50,
         "x_real_time": profile.chunk_seconds / p50, "walls_s": [c["wall"] for c in chunks],
     }
 
@@ -182,7 +190,7 @@ def _ms(v: float | None) -> str:
 def print_table(rows: list[dict[str, Any]], header: str) -> None:
     print(f"\n{header}")
     cols = ["profile", "variant", "decoder", "compile", "DiT/step", "DiT", "VAE dec", "other",
-            "wall p50", "wall p99", "fps", "x RT", "peak GiB"]
+            "wall p50", "wall p99", "wall max", "steady", "fps", "x RT", "peak GiB"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
@@ -193,7 +201,8 @@ def print_table(rows: list[dict[str, Any]], header: str) -> None:
         s = r["summary"]
         peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.1f}"
         print("| " + " | ".join(key) + f" | {_ms(s['dit_step_s'])} | {_ms(s['dit_s'])} | {_ms(s['vae_decode_s'])} | "
-              f"{_ms(s['other_s'])} | {_ms(s['wall_p50_s'])} | {_ms(s['wall_p99_s'])} | {s['fps']:.1f} | "
+              f"{_ms(s['other_s'])} | {_ms(s['wall_p50_s'])} | {_ms(s['wall_p99_s'])} | {_ms(s['wall_max_s'])} | "
+              f"{s['steady_chunks']} | {s['fps']:.1f} | "
               f"{s['x_real_time']:.2f} | {peak} |")
     ok = [r for r in rows if r["status"] == "ok"]
     stages = list(dict.fromkeys(k for r in ok for k in r["summary"]["stages_s"]))
@@ -217,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=None, help=f"comma list of {list(VARIANTS)} (default all; --tiny: bf16)")
     ap.add_argument("--decoders", default=None, help=f"comma list of {list(DECODERS)} (default all; --tiny: wan)")
-    ap.add_argument("--compile", default=None, help="comma list of on,off (default on; --tiny: off)")
+    ap.add_argument("--compile", default=None, help="comma list of on,off,graphs (default on; --tiny: off); graphs: "
+                    "compiled in mode reduce-overhead, CUDA graphs (model.cuda_graphs)")
     ap.add_argument("--profiles", default="realtime,fast,quality", help="names or .toml files")
-    ap.add_argument("--chunks", type=int, default=5, help="chunks per row; the first is not in the statistics")
+    ap.add_argument("--chunks", type=int, default=5, help="chunks per row; the first --warmup-chunks are not in the statistics")
+    ap.add_argument("--warmup-chunks", type=int, default=1, help="chunks left out of the statistics (compile, capture)")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
     ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default bf16 (fp32 --tiny)")
     ap.add_argument("--attention", default="sdpa", choices=["sdpa", "cudnn", "flash", "sage"],
@@ -243,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = _flags(args.variants or ("bf16" if args.tiny else ",".join(VARIANTS)), list(VARIANTS), "variants")
     decoders = _flags(args.decoders or ("wan" if args.tiny else ",".join(DECODERS)), list(DECODERS), "decoders")
-    compiles = _flags(args.compile or ("off" if args.tiny else "on"), ["on", "off"], "compile")
+    compiles = _flags(args.compile or ("off" if args.tiny else "on"), COMPILES, "compile")
     profiles = [tiny_profile(n) if args.tiny else resolve_profile(n) for n in _flags(args.profiles, None, "profiles")]
     set_default_backend(args.attention)
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
@@ -273,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                                          compile=args.vae_compile == "on")
                     VARIANTS[variant](models, ctx)
                     DECODERS[decoder](models, ctx)
-                    if comp == "on":
-                        compile_dit_blocks(models.dit)
+                    if comp in ("on", "graphs"):
+                        compile_dit_blocks(models.dit, cuda_graphs=comp == "graphs")
                     if cuda:
                         torch.cuda.synchronize()
                     ctx["notes"].append(f"built in {time.perf_counter() - t0:.1f} s")
@@ -294,13 +305,15 @@ def main(argv: list[str] | None = None) -> int:
                             torch.cuda.reset_peak_memory_stats(device)
                         chunks = run_chunks(models, p, device, dtype, args.chunks, text_dim,
                                             cache_inputs=args.input_cache == "on")
-                        row.update(status="ok", summary=summarise(p, chunks), chunks=chunks)
+                        row.update(status="ok", summary=summarise(p, chunks, args.warmup_chunks), chunks=chunks)
                         if cuda:
                             row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                     except Exception as e:  # noqa: BLE001 - one failing row (OOM, a kernel missing) keeps the table
                         row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
                         traceback.print_exc()
                     rows.append(row)
+                    if args.json:  # after every row: a run cut short keeps what it measured
+                        _write_json(args, rows, device, dtype)
                 del models
                 _free(cuda)
 
@@ -309,14 +322,21 @@ def main(argv: list[str] | None = None) -> int:
                       f"cudnn.benchmark {args.cudnn_benchmark}, VAE channels-last {args.vae_channels_last} pass {args.vae_pass} "
                       f"compile {args.vae_compile}, "
                       f"input cache {args.input_cache}, {'tiny' if args.tiny else 'full-size'} random weights, "
-                      f"{args.chunks} chunks per row (chunk 0 left out), torch {torch.__version__}")
+                      f"{args.chunks} chunks per row (first {args.warmup_chunks} left out), torch {torch.__version__}")
     if args.json:
-        meta = {"device": dev_name, "dtype": str(dtype), "attention": args.attention, "tiny": args.tiny,
-                "cudnn_benchmark": args.cudnn_benchmark, "vae_channels_last": args.vae_channels_last,
-                "vae_pass": args.vae_pass, "vae_compile": args.vae_compile, "input_cache": args.input_cache, "torch": torch.__version__, "chunks": args.chunks}
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=_json_default))
+        _write_json(args, rows, device, dtype)
         print(f"\nJSON: {args.json}")
     return 0
+
+
+def _write_json(args: argparse.Namespace, rows: list[dict[str, Any]], device: torch.device, dtype: torch.dtype) -> None:
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    meta = {"device": dev_name, "dtype": str(dtype), "attention": args.attention, "tiny": args.tiny,
+            "cudnn_benchmark": args.cudnn_benchmark, "vae_channels_last": args.vae_channels_last,
+            "vae_pass": args.vae_pass, "vae_compile": args.vae_compile, "input_cache": args.input_cache,
+            "torch": torch.__version__, "chunks": args.chunks, "warmup_chunks": args.warmup_chunks,
+            "fp8_keep": list(args.fp8_keep), "fp8_backend": args.fp8_backend}
+    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=_json_default))
 
 
 def _json_default(o: Any) -> Any:

@@ -84,8 +84,9 @@ def block_table(cfg, grid, device, dtype, args) -> list[tuple[str, str, str]]:
     with torch.no_grad():
         want = pristine(emb.tokens, inp).float()
     rows = []
-    for name in ("bf16", "fp8 scaled_mm", "fp8 torchao"):
+    for name in ("bf16", "fp8 scaled_mm", "fp8 scaled_mm fast_accum", "fp8 torchao"):
         backend = None if name == "bf16" else name.split()[1]
+        fast_accum = name.endswith("fast_accum")
         reason = None
         if backend and (device.type == "cuda" or backend == "torchao"):
             reason = fp8_unavailable_reason(device, backend)
@@ -95,7 +96,7 @@ def block_table(cfg, grid, device, dtype, args) -> list[tuple[str, str, str]]:
         block = copy.deepcopy(pristine)
         try:
             if backend:
-                quantize_block_(block, backend)
+                quantize_block_(block, backend, fast_accum=fast_accum)
             if args.compile:
                 torch._dynamo.reset()
                 block.compile(dynamic=False)
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-backend", choices=["scaled_mm", "torchao"], default="scaled_mm")
     ap.add_argument("--skip-full-dit", action="store_true")
     ap.add_argument("--only-chunks", action="store_true", help="only the two-chunk engine run")
+    ap.add_argument("--skip-chunks", action="store_true", help="no two-chunk engine run")
     ap.add_argument("--chunk-profile", default="realtime", help="profile of the two-chunk run")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -224,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_full_dit and not args.only_chunks:
         table(f"whole DiT ({cfg.num_layers} blocks), {n_tokens:,} tokens, one forward, random weights",
               ("variant", "quantised", "rel L2 of the output vs bf16"), full_dit_table(cfg, grid, device, dtype, args))
+    if args.skip_chunks:
+        return 0
     from engine_gpu import tiny_profile
 
     from flashtalk_live.engine.profile import resolve_profile

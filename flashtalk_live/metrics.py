@@ -94,6 +94,7 @@ class StatusCollector:
         for key in ("identity", "colour"):
             if key in drift:
                 yield GaugeMetricFamily(f"flashtalk_drift_{key}", f"Avatar drift measure: {key}", value=drift[key])
+        yield from _model_metrics(drift)
         est = GaugeMetricFamily("flashtalk_endpoint_up", "Endpoint state (1 for the current one)", labels=["output", "state"])
         bps = GaugeMetricFamily("flashtalk_endpoint_bitrate_bps", "Bits per second sent", labels=["output"])
         rec = CounterMetricFamily("flashtalk_endpoint_reconnects", "Reconnects", labels=["output"])
@@ -105,6 +106,46 @@ class StatusCollector:
             rec.add_metric([o["name"]], float(o.get("reconnects", 0)))
             drop.add_metric([o["name"]], float(o.get("dropped_packets", 0)))
         yield from (est, bps, rec, drop)
+
+
+def _model_metrics(d: dict[str, Any]):  # noqa: ANN202 - a generator of metric families
+    """The model renderer's profile, auto's measurements, its chunk times and GPU memory (load vs steady peak)."""
+    if d.get("profile"):
+        auto = d.get("auto") or {}
+        prof = GaugeMetricFamily("flashtalk_model_profile", "Generation profile the model runs (1), how it was "
+                                 "chosen and whether it keeps real time", labels=["profile", "chosen_by", "fits"])
+        fits = auto.get("fits")
+        prof.add_metric([d["profile"], "auto" if auto else "setting", "" if fits is None else str(fits).lower()], 1.0)
+        yield prof
+    auto = d.get("auto") or {}
+    if auto:
+        meas = GaugeMetricFamily("flashtalk_auto_chunk_seconds", 'model.profile = "auto": measured chunk seconds '
+                                 "per candidate at start-up (stage eager: the uncompiled trial)",
+                                 labels=["profile", "stage", "stat"])
+        for stage, rows in (("compiled", auto.get("measured") or []), ("eager", auto.get("eager") or [])):
+            if stage == "compiled" and not auto.get("eager"):
+                stage = "measured"  # a room without compile measures each candidate as it runs
+            for t in rows:
+                for stat in ("median", "p90", "limit"):
+                    if t.get(f"{stat}_s") is not None:
+                        meas.add_metric([t["profile"], stage, stat], float(t[f"{stat}_s"]))
+        yield meas
+        if auto.get("compiled_ratio") is not None:
+            yield GaugeMetricFamily("flashtalk_auto_compiled_ratio", "Compiled / eager chunk time auto chose with",
+                                    value=float(auto["compiled_ratio"]))
+    chunk = d.get("chunk_s") or {}
+    if chunk.get("count"):
+        fam = GaugeMetricFamily("flashtalk_model_chunk_seconds", "Model render() seconds per chunk since start",
+                                labels=["stat"])
+        for stat in ("p50", "p99", "max"):
+            if chunk.get(stat) is not None:
+                fam.add_metric([stat], float(chunk[stat]))
+        yield fam
+    for key, what in (("gpu_load_peak_bytes", "load (weights, quantisation, compile, warm-up)"),
+                      ("gpu_steady_peak_bytes", "steady state (since the last warm-up)")):
+        if d.get(key) is not None:
+            yield GaugeMetricFamily(f"flashtalk_{key}", f"GPU memory peak of the torch allocator: {what}",
+                                    value=float(d[key]))
 
 
 def metrics_registry(status_provider: Callable[[], dict[str, Any]]) -> CollectorRegistry:

@@ -271,14 +271,18 @@ class ModelSettings(_Section):
 
     weights_dir: str | None = Field(None, description="SoulX-FlashTalk-14B folder")
     wav2vec_dir: str | None = Field(None, description="chinese-wav2vec2-base folder")
-    profile: str = Field("quality", description='quality, fast, realtime, a .toml file, or "auto": measure '
+    profile: str = Field("quality", description='quality, native, fast, realtime, a .toml file, or "auto": measure '
                          "model.auto_candidates at warm-up and run the best quality that keeps real time")
     auto_candidates: list[str] = Field(
-        default_factory=lambda: ["quality", "fast", "realtime"],
+        default_factory=lambda: ["quality", "native", "fast", "realtime"],
         description='"auto": profiles to measure, best quality first (names or .toml files, same new frames per chunk)')
     auto_margin: float = Field(0.15, ge=0, lt=1, description='"auto": a profile fits when its p90 chunk time is at '
                                "most (1 - margin) x the chunk's duration")
     auto_chunks: int = Field(3, ge=1, le=50, description='"auto": timed warm chunks per candidate (after one untimed)')
+    auto_compiled_ratio: float = Field(
+        0.42, gt=0, le=2, description='"auto" with compile = true: candidates are timed eager (no compile) and '
+        "predicted at eager x this ratio (0.41-0.42 measured on an H100: docs/performance.md); only the one "
+        "predicted to fit is compiled and timed again, and a miss corrects the ratio (docs/engine.md)")
     random_weights: Literal["off", "full", "tiny"] = Field(
         "off", description="benchmarks only (FLASHTALK_LIVE_BENCHMARK=1): random weights of the full-size or tiny "
         "model family instead of a release; the picture is noise")
@@ -294,7 +298,7 @@ class ModelSettings(_Section):
     vae_compile: bool = Field(False, description="torch.compile the VAE encoder and decoder at start-up")
     decoder: Literal["wan", "taehv"] = Field("wan", description="latents -> frames: the Wan VAE (exact) or the "
                                              "TAEHV tiny decoder (much faster, approximate; docs/engine.md)")
-    taehv_path: str | None = Field(None, description="tiny decoder file (taew2_1 or lighttaew2_1 .safetensors/.pth) "
+    taehv_path: str | None = Field(None, description="tiny decoder file (taew2_1 .safetensors/.pth) "
                                    "or its folder; default: taehv/ beside weights_dir (`models download --only taehv`)")
     quantize: Literal["none", "fp8"] = Field(
         "none", description="fp8: DiT block linears in float8 e4m3 (CUDA compute capability >= 8.9; else bf16, with a warning)")
@@ -302,6 +306,13 @@ class ModelSettings(_Section):
         (2, 3), description="(first, last) DiT blocks left unquantised when quantize = fp8")
     fp8_backend: Literal["scaled_mm", "torchao"] = Field(
         "scaled_mm", description="fp8 matmuls: torch._scaled_mm (built in) or torchao's float8 rowwise config")
+    fp8_fast_accum: bool = Field(False, description="scaled_mm backend: _scaled_mm's use_fast_accum (fp8 partial "
+                                 "sums not promoted to float32; faster, less exact: docs/performance.md)")
+    cuda_graphs: bool = Field(False, description="with compile = true: compile the DiT blocks in mode "
+                              '"reduce-overhead" (CUDA graphs replayed per block at the fixed chunk shapes)')
+    compile_cache_dir: str = Field("{state_dir}/compile-cache", description="torch.compile's inductor cache (FX "
+                                   "graphs, autotuning, Triton kernels) kept across restarts: TORCHINDUCTOR_CACHE_DIR; "
+                                   '"" leaves torch\'s default (/tmp/torchinductor_<user>)')
     text_cache_dir: str = "{state_dir}/text-cache"
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).

@@ -20,9 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "DIR/chinese-wav2vec2-base with huggingface_hub. Honours HF_ENDPOINT, HF_TOKEN, "
                          "HF_HUB_OFFLINE. Run again to resume an interrupted download.")
     dl.add_argument("dir", type=Path, help="download folder (about 53 GB)")
-    dl.add_argument("--only", choices=("flashtalk", "wav2vec", "taehv", "lighttaehv"),
-                    help="fetch one repository; taehv (taew2_1, madebyollin/taehv) or lighttaehv (lighttaew2_1, "
-                    "lightx2v/Autoencoders): the optional tiny decoder's file into DIR/taehv/, fetched only so")
+    dl.add_argument("--only", choices=("flashtalk", "wav2vec", "taehv"),
+                    help="fetch one repository; taehv: the optional tiny decoder's file (safetensors/taew2_1."
+                    "safetensors of madebyollin/taehv) into DIR/taehv/, fetched only so")
     dl.add_argument("--revision", help="a branch, tag or commit (with --only)")
     dl.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT or huggingface.co)")
     dl.add_argument("--all-files", action="store_true", help="also fetch files the engine never reads "
@@ -71,7 +71,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
         return _err(str(e))
     for repo, path in paths.items():
         print(f"{repo}: {path}")
-    if args.only in ("taehv", "lighttaehv") and not args.no_verify:
+    if args.only == "taehv" and not args.no_verify:
         return _verify_taehv(next(iter(paths.values())))
     if args.no_verify or args.only:
         return 0

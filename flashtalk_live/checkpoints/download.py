@@ -1,5 +1,6 @@
 """Fetch the released weights with huggingface_hub: SoulX-FlashTalk-14B and chinese-wav2vec2-base into one folder,
-and on request (`only="taehv"` / `"lighttaehv"`) the optional tiny decoder's one file into its `taehv/` folder.
+and on request (`only="taehv"`) the optional tiny decoder's one file into its `taehv/` folder (upstream keeps it
+under `safetensors/`, so it lands in `taehv/safetensors/taew2_1.safetensors`).
 
 `snapshot_download(local_dir=...)` keeps per-file metadata under `<dir>/.cache/huggingface`, so an interrupted
 download resumes and finished files are not fetched again. Progress bars are huggingface_hub's (tqdm);
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .release import FLASHTALK_DIR, FLASHTALK_REPO, WAV2VEC_DIR, WAV2VEC_REPO
-from .taehv import LIGHTTAEHV_FILE, LIGHTTAEHV_REPO, TAEHV_DIR, TAEHV_FILE, TAEHV_REPO
+from .taehv import TAEHV_DIR, TAEHV_REPO, TAEHV_REPO_PATH
 
 __all__ = ["DownloadError", "RELEASE_REPOS", "RepoSpec", "download_release", "hub_offline"]
 
@@ -37,8 +38,7 @@ RELEASE_REPOS = (
     # The repository also ships the fairseq checkpoint (same weights, another format): skipped by default.
     RepoSpec("wav2vec", WAV2VEC_REPO, WAV2VEC_DIR, ("*fairseq*",)),
     # The optional tiny decoder (model.decoder = "taehv"), about 22 MB; the repositories hold many other models.
-    RepoSpec("taehv", TAEHV_REPO, TAEHV_DIR, allow=(TAEHV_FILE,), default=False),
-    RepoSpec("lighttaehv", LIGHTTAEHV_REPO, TAEHV_DIR, allow=(LIGHTTAEHV_FILE,), default=False),
+    RepoSpec("taehv", TAEHV_REPO, TAEHV_DIR, allow=(TAEHV_REPO_PATH,), default=False),
 )
 
 
@@ -65,7 +65,7 @@ def download_release(
     environ: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Download (or resume) the release into `dest/<SoulX-FlashTalk-14B | chinese-wav2vec2-base>`; with
-    `only="taehv"` (or `"lighttaehv"`) the tiny decoder's file into `dest/taehv/`.
+    `only="taehv"` the tiny decoder's file into `dest/taehv/safetensors/`.
 
     Returns repo id -> local folder. Raises DownloadError with an actionable message on offline mode,
     an unknown or gated repository, network failure or a full disk.

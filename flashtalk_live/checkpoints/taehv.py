@@ -1,4 +1,11 @@
-"""The tiny decoder's released file (taew2_1 / lighttaew2_1, .safetensors or .pth): check and load it strictly.
+"""The tiny decoder's released file (taew2_1, .safetensors or .pth): check and load it strictly.
+
+Upstream (github.com/madebyollin/taehv) keeps the `.pth` files at the repository root and the converted
+`.safetensors` under `safetensors/`; `models download --only taehv` fetches `safetensors/taew2_1.safetensors`, so
+the file lands in `taehv/safetensors/`, and `find_taehv_file` looks there as well as in the folder itself.
+LightX2V's `lighttaew2_1` has the same layout but is trained on un-normalised latents (LightX2V applies the Wan
+latent mean/std before decoding it); our engine feeds TAEHV the normalised latents, which would air wrong colours,
+and no golden pair from LightX2V's code exists here to check an un-scaling against: such a file is refused.
 
 A released file holds the whole TAEHV autoencoder. Its `decoder.*` tensors must fit `TAEHVDecoder` exactly
 (missing, unexpected and wrongly shaped keys are errors naming the file and the keys); its `encoder.*`
@@ -37,14 +44,15 @@ class TAEHVPlan(ModulePlan):
 
     slices: dict[str, int] = field(default_factory=dict)
 
-__all__ = ["LIGHTTAEHV_FILE", "LIGHTTAEHV_REPO", "TAEHV_DIR", "TAEHV_FILE", "TAEHV_REPO", "TAEHVPlan",
+__all__ = ["TAEHV_DIR", "TAEHV_FILE", "TAEHV_REPO", "TAEHV_REPO_PATH", "TAEHVPlan",
            "find_taehv_file", "load_taehv", "plan_taehv", "plan_taehv_from_headers",
            "random_fixture_weights"]
 
 log = get_logger("checkpoints")
 
 TAEHV_REPO, TAEHV_FILE = "madebyollin/taehv", "taew2_1.safetensors"  # MIT
-LIGHTTAEHV_REPO, LIGHTTAEHV_FILE = "lightx2v/Autoencoders", "lighttaew2_1.safetensors"  # Apache-2.0, same layout
+TAEHV_REPO_PATH = f"safetensors/{TAEHV_FILE}"  # where upstream keeps the converted file
+LIGHTTAE_PREFIX = "lighttae"  # LightX2V's distilled files: un-normalised latents, refused (module docstring)
 TAEHV_DIR = "taehv"  # the sub-folder `models download --only taehv` fills, beside SoulX-FlashTalk-14B
 _DECODER, _ENCODER = "decoder.", "encoder."
 
@@ -117,9 +125,9 @@ def plan_taehv(path: str | Path, config: TAEHVConfig | None = None) -> TAEHVPlan
 
 
 def find_taehv_file(path: str | Path | None, weights_dir: str | Path | None) -> Path:
-    """The tiny decoder's file: `path` when set (a file, or a folder holding one of the two released files),
-    else the `taehv/` folder `models download` fills beside (or inside) the weights folder."""
-    names = (TAEHV_FILE, LIGHTTAEHV_FILE)
+    """The tiny decoder's file: `path` when set (a file, or a folder holding taew2_1 itself or under
+    safetensors/), else the `taehv/` folder `models download` fills beside (or inside) the weights folder."""
+    names = (TAEHV_FILE, TAEHV_REPO_PATH, "taew2_1.pth")
     if path is not None:
         p = Path(path).expanduser()
         if p.is_dir():
@@ -127,6 +135,10 @@ def find_taehv_file(path: str | Path | None, weights_dir: str | Path | None) -> 
             if not found:
                 raise CheckpointError(p, f"no tiny decoder file in this folder (expected {' or '.join(names)})")
             return found[0]
+        if p.name.lower().startswith(LIGHTTAE_PREFIX):
+            raise CheckpointError(p, "LightTAE files (lighttaew2_1) decode un-normalised latents (LightX2V's "
+                                  "convention) and would air wrong colours here; use taew2_1 from madebyollin/taehv "
+                                  "(`flashtalk-live models download DIR --only taehv`)")
         return p
     if weights_dir is None:
         raise CheckpointError("<model.taehv_path>", "the tiny decoder's file is not set (model.taehv_path)")
@@ -150,7 +162,7 @@ def _tensors(plan: TAEHVPlan, device: str | torch.device) -> Iterator[tuple[str,
 
 def load_taehv(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float16,
                *, config: TAEHVConfig | None = None) -> TAEHVDecoder:
-    """TAEHVDecoder from a released taew2_1 / lighttaew2_1 file, strictly (see the module docstring)."""
+    """TAEHVDecoder from a released taew2_1 file, strictly (see the module docstring)."""
     plan = plan_taehv(path, config)
     plan.report.raise_for(plan.file, "tiny decoder (TAEHV)")
     for line in plan.info:

@@ -3,11 +3,13 @@
 `quality` is the reference's `infer_params.yaml` (768x448, 33 frames with 5 motion frames, 4 steps,
 shift 5, full colour correction, seed 9999, 8-s audio window).  `fast` is the low-latency variant
 reported for 8x Ascend (704x416, 29 frames with 1 motion frame, 2 steps), which keeps 28 new frames
-per chunk so the broadcast chunking does not change.  `realtime` keeps fast's chunking and steps at a smaller
-picture (640x384): the candidate for one GPU, to be confirmed on the H200 with benchmarks/engine_gpu.py.
+per chunk so the broadcast chunking does not change.  `native` is fast's chunking and steps at the output
+geometry (448x768, the picture the model was distilled for): no upscale on air.  `realtime` keeps fast's chunking
+and steps at a smaller picture (640x384): the one-GPU fallback (docs/performance.md has each one's chunk times).
 `PROFILE_LADDER` orders the named profiles by quality, best first; `model.profile = "auto"` measures
 candidates in that order at warm-up and `choose_profile` (pure: injected timings) picks the best-quality one
-whose chunk time fits the real-time budget with a margin.  `split_vae_decode` only matters with several GPUs:
+whose chunk time fits the real-time budget with a margin. With a compiled DiT, `next_auto_step` (pure too) times
+the candidates eager first and compiles only the one it predicts to fit.  `split_vae_decode` only matters with several GPUs:
 the VAE decode is then split by image height over the ranks (exact; a halo exchange per 3x3 conv).  `resolve_profile` accepts a name, a TOML file
 (optionally `base = "<name>"` plus the fields to change) or overrides.
 """
@@ -126,13 +128,15 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "quality": Profile(name="quality"),
+    # The output geometry (448x768) with fast's chunking and 2 steps: the model's own picture, not upscaled.
+    "native": Profile(name="native", frame_num=29, motion_frames=1, sample_steps=2),
     "fast": Profile(name="fast", height=704, width=416, frame_num=29, motion_frames=1, sample_steps=2),
     # fast's chunking and steps on 84% of its pixels (7680 instead of 9152 tokens): the one-GPU candidate.
     "realtime": Profile(name="realtime", height=640, width=384, frame_num=29, motion_frames=1, sample_steps=2),
 }
 
 # Named profiles by quality, best first: the default candidates of model.profile = "auto".
-PROFILE_LADDER: tuple[str, ...] = ("quality", "fast", "realtime")
+PROFILE_LADDER: tuple[str, ...] = ("quality", "native", "fast", "realtime")
 AUTO = "auto"
 
 _FIELDS = {f.name for f in fields(Profile)}
@@ -280,6 +284,73 @@ def room_profiles(settings: Settings) -> list[Profile]:
 @functools.lru_cache(maxsize=16)
 def _room_profiles(spec: str, candidates: tuple[str, ...]) -> tuple[Profile, ...]:
     return tuple(candidate_profiles(spec, candidates))
+
+
+# ------------------------------------------------------------------- auto with compile: eager first
+
+
+@dataclass(frozen=True)
+class AutoStep:
+    """What "auto" does next when the DiT is compiled: time `profile` eager ("eager"), compile and time it
+    ("compile"), or stop ("done", with `choice`)."""
+
+    action: str
+    profile: Profile
+    choice: ProfileChoice | None = None
+
+
+def compiled_ratio(eager: Mapping[str, Sequence[float]], compiled: Mapping[str, Sequence[float]],
+                   default: float) -> float:
+    """Compiled p90 / eager p90 over the candidates measured both ways (median of them), else `default`."""
+    ratios = [float(np.percentile(compiled[n], 90)) / float(np.percentile(eager[n], 90))
+              for n in compiled if eager.get(n) and compiled.get(n)]
+    return float(np.median(ratios)) if ratios else default
+
+
+def next_auto_step(candidates: Sequence[Profile], eager: Mapping[str, Sequence[float]],
+                   compiled: Mapping[str, Sequence[float]], margin: float, ratio: float) -> AutoStep:
+    """The next step of model.profile = "auto" with a compiled DiT: candidates are timed eager (no compile, cheap)
+    best quality first, and the first whose eager p90 x ratio fits the budget is the only one compiled. Its
+    compiled timing decides: it fits, done; it does not, the ratio is corrected from it (`compiled_ratio`) and the
+    search goes on below it. When nothing fits, the fastest is kept (fits = False): a candidate predicted faster
+    than every compiled one is compiled first. Pure: the timings are injected."""
+    if not 0.0 <= margin < 1.0:
+        raise ProfileError(f"auto margin must be in [0, 1), got {margin!r}")
+    r = compiled_ratio(eager, compiled, ratio)
+    for p in candidates:
+        if compiled.get(p.name):
+            t = ProfileTiming(p, tuple(compiled[p.name]), margin)
+            if t.fits:
+                return AutoStep("done", p, _auto_choice(candidates, compiled, margin, p, True))
+            continue  # compiled and too slow: look further down
+        if not eager.get(p.name):
+            return AutoStep("eager", p)
+        if ProfileTiming(p, tuple(x * r for x in eager[p.name]), margin).fits:
+            return AutoStep("compile", p)
+    # Nothing fits: the room runs the fastest profile, compiled; one not compiled yet that is predicted faster than
+    # every compiled one is compiled first.
+    def predicted(p: Profile) -> float:
+        return float(np.percentile(eager[p.name], 90)) * r
+
+    def measured(p: Profile) -> float:
+        return ProfileTiming(p, tuple(compiled[p.name]), margin).p90
+
+    done = [p for p in candidates if compiled.get(p.name)]
+    rest = [p for p in candidates if eager.get(p.name) and not compiled.get(p.name)]
+    best = min(rest, key=predicted) if rest else None
+    if done:
+        fastest = min(done, key=measured)
+        if best is not None and predicted(best) < measured(fastest):
+            return AutoStep("compile", best)
+        return AutoStep("done", fastest, _auto_choice(candidates, compiled, margin, fastest, False))
+    assert best is not None  # every candidate has an eager timing by now
+    return AutoStep("compile", best)
+
+
+def _auto_choice(candidates: Sequence[Profile], compiled: Mapping[str, Sequence[float]], margin: float,
+                 chosen: Profile, fits: bool) -> ProfileChoice:
+    measured = tuple(ProfileTiming(p, tuple(compiled[p.name]), margin) for p in candidates if compiled.get(p.name))
+    return ProfileChoice(chosen, fits, measured, margin)
 
 
 def splits_vae_decode(profiles: Sequence[Profile]) -> bool:

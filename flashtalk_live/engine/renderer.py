@@ -10,7 +10,14 @@ frame over a few frames and publishes `recalibrated` with the measures before an
 The factory loads a release (or, in benchmarks only, random weights) and warms up.  With
 `model.profile = "auto"` the warm-up measures the candidate profiles best quality first (one untimed and
 `auto_chunks` timed silent chunks each, the whole render path) and keeps the first whose p90 chunk time fits
-the real-time budget with `auto_margin` (engine.profile.choose_profile); every measurement is logged.
+the real-time budget with `auto_margin` (engine.profile.choose_profile); every measurement is logged. With
+`model.compile = true` the candidates are timed eager (torch.compiler stance "force_eager": nothing compiles)
+and only the one predicted to fit (eager x `auto_compiled_ratio`) is compiled and timed again
+(engine.profile.next_auto_step), so a start-up never compiles profiles it will not keep.
+
+GPU memory: `warm_up()` folds the allocator's peak so far into `load_peak_bytes` and resets the peak statistics,
+so `drift()` reports the load peak (weights, quantisation, compile, warm-up) apart from the steady peak (the
+peak since the last warm-up: what the room needs on air).
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ from flashtalk_live.checkpoints.release import (
 )
 from flashtalk_live.checkpoints.taehv import find_taehv_file, load_taehv, plan_taehv
 from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, start_drift
+from flashtalk_live.engine.compile_cache import use_compile_cache
 from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
 from flashtalk_live.engine.profile import (
-    AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile, room_profiles,
+    AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile, compiled_ratio, next_auto_step,
+    room_profiles,
 )
 from flashtalk_live.engine.session import AvatarSession, CachedTextEncoder, file_identity, prepare_session
 from flashtalk_live.events import EventBus
@@ -44,7 +53,7 @@ from flashtalk_live.log import get_logger
 from flashtalk_live.model.attention import set_default_backend
 from flashtalk_live.model.taehv import TinyVideoDecoder
 from flashtalk_live.model.text import encode_prompts
-from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings, quantize_dit_
+from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings
 from flashtalk_live.renderers.base import RendererError
 from flashtalk_live.images import crossfade, default_portrait, fit_image, load_image
 from flashtalk_live.settings import BENCHMARK_ENV, ModelSettings, Settings, VideoSettings, benchmark_mode
@@ -52,11 +61,13 @@ from flashtalk_live.chunks import MODEL_AUDIO_RATE, RenderChunk
 
 log = get_logger("engine")
 
-# (profile, run one chunk) -> seconds it took; injectable so the auto choice is testable without a clock.
-ChunkTimer = Callable[[Profile, Callable[[], Any]], float]
+# (profile, run one chunk, stage) -> seconds it took; stage is "eager" (auto's cheap trial of a compiled room),
+# "compiled" or "plain" (no compile). Injectable so the auto choice is testable without a clock.
+ChunkTimer = Callable[[Profile, Callable[[], Any], str], float]
+EAGER, COMPILED, PLAIN = "eager", "compiled", "plain"
 
 
-def wall_timer(_profile: Profile, run: Callable[[], Any]) -> float:
+def wall_timer(_profile: Profile, run: Callable[[], Any], _stage: str = PLAIN) -> float:
     """Wall seconds of run(), the GPU's queued work included."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
     sync()
@@ -105,7 +116,11 @@ class FlashTalkRenderer:
         self.recalibrations: list[dict[str, Any]] = []
         self.chunks = 0
         self.render_seconds: deque[float] = deque(maxlen=4096)  # wall of each render() call, for status
+        self._auto_candidates: tuple[Profile, ...] = ()
         self.profile_choice: ProfileChoice | None = None  # set when model.profile = "auto" chose this profile
+        self.auto_eager: dict[str, list[float]] = {}  # auto with compile: the eager trial chunk seconds per profile
+        self.auto_ratio: float | None = None  # ... and the compiled/eager ratio the choice was made with
+        self.load_peak_bytes: int | None = None  # allocator peak up to the last warm-up (None off CUDA)
 
     # -- protocol -------------------------------------------------------------------------------------
     def start_session(self, reference_image: np.ndarray | None, prompt: str) -> None:
@@ -142,8 +157,18 @@ class FlashTalkRenderer:
             self.engine.use_session(session)  # rewind motion context and noise: warm-up leaves no trace
             self._warm = True
             took = time.perf_counter() - t0
-        log.info("engine_warm", seconds=round(took, 3), profile=self.profile.name)
+            self._fold_load_peak()
+        log.info("engine_warm", seconds=round(took, 3), profile=self.profile.name,
+                 load_peak_gib=None if self.load_peak_bytes is None else round(self.load_peak_bytes / 2**30, 2))
         return {"warm_up_s": took}
+
+    def _fold_load_peak(self) -> None:
+        """Everything up to a warm-up is load: keep its peak, then restart the peak statistics for steady state."""
+        if self.engine.device.type != "cuda":
+            return
+        peak = torch.cuda.max_memory_allocated(self.engine.device)
+        self.load_peak_bytes = max(peak, self.load_peak_bytes or 0)
+        torch.cuda.reset_peak_memory_stats(self.engine.device)
 
     def time_chunks(self, n: int, timer: Callable[[Callable[[], Any]], float]) -> list[float]:
         """Seconds of n silent chunks through the render path (features, engine, drift measure, fit), each as
@@ -239,11 +264,16 @@ class FlashTalkRenderer:
             "profile": self.profile.name,
             "timings": dict(self.engine.last_timings),
             "chunk_s": _seconds_summary(self.render_seconds),
-            "gpu_peak_bytes": (torch.cuda.max_memory_allocated(self.engine.device)
-                               if self.engine.device.type == "cuda" else None),
+            "gpu_load_peak_bytes": self.load_peak_bytes,
+            "gpu_steady_peak_bytes": (torch.cuda.max_memory_allocated(self.engine.device)
+                                      if self.engine.device.type == "cuda" else None),
             "auto": None if self.profile_choice is None else {
+                "profile": self.profile_choice.profile.name,
                 "fits": self.profile_choice.fits, "margin": self.profile_choice.margin,
-                "measured": [t.to_dict() for t in self.profile_choice.timings]},
+                "measured": [t.to_dict() for t in self.profile_choice.timings],
+                "eager": [ProfileTiming(p, tuple(self.auto_eager[p.name]), self.profile_choice.margin).to_dict()
+                          for p in self._auto_candidates if p.name in self.auto_eager],
+                "compiled_ratio": None if self.auto_ratio is None else round(self.auto_ratio, 4)},
         }
 
     def recalibrate(self, reason: str = "manual") -> None:
@@ -419,11 +449,11 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
     dtype = getattr(torch, m.dtype)
     t0 = time.perf_counter()
     fp8 = plan_from_settings(m, device)  # None (bf16, with a warning) where the GPU has no fp8
+    cache = use_compile_cache(m.compile_cache_dir) if m.compile else None
     if random_weights != "off":
         log.warning("random_weights", kind=random_weights, note="benchmark run: the avatar is random noise")
-        models = random_engine_models(random_weights, device, dtype, decoder=m.decoder)
-        if fp8 is not None:  # the release path quantises while loading instead
-            quantize_dit_(models.dit, fp8)
+        # quantised block by block while built, as the release path does while loading
+        models = random_engine_models(random_weights, device, dtype, decoder=m.decoder, fp8=fp8)
     else:
         models = load_models_for(m, device, dtype, fp8)
     if device.type == "cuda":
@@ -433,7 +463,8 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
     models.vae.configure(latents_per_pass=m.vae_latents_per_pass,
                          channels_last=m.vae_channels_last and device.type == "cuda", compile=m.vae_compile)
     if m.compile:
-        compile_dit_blocks(models.dit)
+        compile_dit_blocks(models.dit, cuda_graphs=m.cuda_graphs)
+        log.info("dit_compile", cuda_graphs=m.cuda_graphs, cache_dir=None if cache is None else str(cache))
     if dit_wrapper is not None:
         models.dit = dit_wrapper(models.dit)
     if vae_wrapper is not None:
@@ -452,7 +483,8 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
     image = load_image(v.reference_image) if v.reference_image else default_portrait()
     if m.profile == AUTO:
         renderer = choose_by_measurement(make, profiles, image, v.prompt, margin=m.auto_margin,
-                                         chunks=m.auto_chunks, timer=chunk_timer or wall_timer)
+                                         chunks=m.auto_chunks, timer=chunk_timer or wall_timer,
+                                         compiled=m.compile, ratio=m.auto_compiled_ratio)
     else:
         renderer = make(profiles[0])
         renderer.start_session(image, v.prompt)
@@ -466,33 +498,69 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
 
 def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidates: Sequence[Profile],
                           image: np.ndarray, prompt: str, *, margin: float, chunks: int,
-                          timer: ChunkTimer = wall_timer) -> FlashTalkRenderer:
-    """Warm up and time each candidate (best quality first) until one fits; return the chosen one, warm.
+                          timer: ChunkTimer = wall_timer, compiled: bool = False,
+                          ratio: float = 0.42) -> FlashTalkRenderer:
+    """Warm up and time the candidates (best quality first) until one fits; return the chosen one, warm.
 
-    Logs `profile_measured` per measured candidate and `profile_chosen`; when none fits, the fastest is
-    kept and `profile_too_slow` is logged as an error (the room will underrun).
+    Not compiled: each candidate is warmed and timed as it runs, until one fits (choose_profile). Compiled: each
+    is first timed eager (cheap: no compile) and only the one predicted to fit at eager x `ratio` is compiled
+    and timed again (next_auto_step); a compiled candidate that misses corrects the ratio and the search goes on.
+    Logs `profile_measured` per measurement (stage eager / compiled / plain) and `profile_chosen`; when none
+    fits, the fastest is kept and `profile_too_slow` is logged as an error (the room will underrun).
     """
     log = get_logger("engine")
-    timings: dict[str, list[float]] = {}
     built: dict[str, FlashTalkRenderer] = {}
-    for p in candidates:
-        r = make(p)
-        r.start_session(image, prompt)
+
+    def renderer_for(p: Profile) -> FlashTalkRenderer:
+        if p.name not in built:
+            r = make(p)
+            r.start_session(image, prompt)
+            built[p.name] = r
+        return built[p.name]
+
+    def measure(p: Profile, stage: str) -> list[float]:
+        r = renderer_for(p)
         r.warm_up()  # one untimed chunk: allocations, kernel selection, torch.compile
-        timings[p.name] = r.time_chunks(chunks, lambda run, p=p: timer(p, run))
-        built[p.name] = r
-        measured = ProfileTiming(p, tuple(timings[p.name]), margin)
-        log.info("profile_measured", **measured.to_dict())
-        if measured.fits:
-            break
-    choice = choose_profile(candidates, timings, margin)
+        seconds = r.time_chunks(chunks, lambda run, p=p: timer(p, run, stage))
+        log.info("profile_measured", stage=stage, **ProfileTiming(p, tuple(seconds), margin).to_dict())
+        return seconds
+
+    eager: dict[str, list[float]] = {}
+    if not compiled:
+        timings: dict[str, list[float]] = {}
+        for p in candidates:
+            timings[p.name] = measure(p, PLAIN)
+            if ProfileTiming(p, tuple(timings[p.name]), margin).fits:
+                break
+        choice = choose_profile(candidates, timings, margin)
+    else:
+        done: dict[str, list[float]] = {}
+        while True:
+            step = next_auto_step(candidates, eager, done, margin, ratio)
+            if step.action == "done":
+                assert step.choice is not None
+                choice = step.choice
+                break
+            if step.action == "eager":
+                with torch.compiler.set_stance("force_eager"):  # compiled blocks run their Python code
+                    eager[step.profile.name] = measure(step.profile, EAGER)
+            else:
+                done[step.profile.name] = measure(step.profile, COMPILED)
     for name, r in built.items():
         if name != choice.profile.name:
             r.close()
     chosen = built[choice.profile.name]
     chosen.profile_choice = choice
+    peaks = [r.load_peak_bytes for r in built.values() if r.load_peak_bytes is not None]
+    chosen.load_peak_bytes = max(peaks) if peaks else None  # each warm-up reset the peak: the load is all of them
+    chosen._auto_candidates = tuple(candidates)
+    if compiled:
+        chosen.auto_eager = eager
+        chosen.auto_ratio = compiled_ratio(eager, {t.profile.name: t.seconds for t in choice.timings}, ratio)
     summary = {"profile": choice.profile.name, "fits": choice.fits, "margin": margin,
-               "measured": {t.profile.name: t.p90 for t in choice.timings}}
+               "measured": {t.profile.name: t.p90 for t in choice.timings},
+               "eager": {n: ProfileTiming(next(p for p in candidates if p.name == n), tuple(v), margin).p90
+                         for n, v in eager.items()}}
     if choice.fits:
         log.info("profile_chosen", reason="best quality within the real-time budget", **summary)
     else:

@@ -36,7 +36,7 @@ __all__ = ["MemoryBlock", "TAEHVConfig", "TAEHVDecoder", "TAEHVStream", "Tempora
 
 @dataclass(frozen=True)
 class TAEHVConfig:
-    """Decoder shape; the defaults are the released taew2_1 (and lighttaew2_1) decoder."""
+    """Decoder shape; the defaults are the released taew2_1 decoder."""
 
     latent_channels: int = 16
     channels: tuple[int, int, int, int] = (256, 128, 64, 64)

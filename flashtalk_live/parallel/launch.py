@@ -1,6 +1,6 @@
 """Start the ranks of a multi-GPU job: from settings.model.gpus (rank 0 = the calling process) or under torchrun.
 
-    handle = maybe_launch_workers(settings.model, settings.profiles)   # in the daemon, before loading models
+    handle = maybe_launch_workers(settings.model, room_profiles(settings))   # in the daemon, before loading models
     # None: one GPU, nothing to do. On a torchrun worker rank the call never returns (worker loop, then exit).
     models.dit = handle.wrap_dit(models.dit)   # rank 0's engine now runs the DiT on every rank
     models.vae = handle.wrap_vae(models.vae, enabled=profile.split_vae_decode)  # decode split by height
@@ -131,9 +131,10 @@ def build_vae(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
 
 
 def release_dit(*, device: torch.device, dtype: torch.dtype, weights_dir: str, quantize: str = "none",
-                fp8_keep_bf16_blocks: Sequence[int] = (2, 3), fp8_backend: str = "scaled_mm") -> FlashTalkDiT:
+                fp8_keep_bf16_blocks: Sequence[int] = (2, 3), fp8_backend: str = "scaled_mm",
+                fp8_fast_accum: bool = False) -> FlashTalkDiT:
     """The released DiT (strict, header-checked), as rank 0 loads it (fp8 as settings.model says, where it runs)."""
-    fp8 = resolve_plan(quantize, fp8_keep_bf16_blocks, fp8_backend, device)
+    fp8 = resolve_plan(quantize, fp8_keep_bf16_blocks, fp8_backend, device, fp8_fast_accum)
     return load_dit(weights_dir, device, dtype, fp8=fp8).eval().requires_grad_(False)
 
 
@@ -372,7 +373,8 @@ def spec_from_settings(model: ModelSettings, profiles: Sequence[Profile]) -> Wor
     return WorkerSpec(num_heads=cfg.num_heads, devices=ids, device_type=device_type, dtype=m.dtype,
                       attention=m.attention,
                       factory_args={"weights_dir": str(m.weights_dir), "quantize": m.quantize,
-                                    "fp8_keep_bf16_blocks": list(m.fp8_keep_bf16_blocks), "fp8_backend": m.fp8_backend},
+                                    "fp8_keep_bf16_blocks": list(m.fp8_keep_bf16_blocks), "fp8_backend": m.fp8_backend,
+                                    "fp8_fast_accum": m.fp8_fast_accum},
                       vae_factory="flashtalk_live.parallel.launch:release_vae" if split else None,
                       vae_factory_args={"weights_dir": str(m.weights_dir)} if split else {})
 

@@ -7,7 +7,10 @@ Scheme (both backends): w [N, K] is stored as e4m3 with one float32 scale per ou
 at run time each token row of the activation gets s_x = amax(|x_m|) / 448 and y = (q_x @ q_w^T) * s_x * s_w + b.
 Backends:
 - "scaled_mm": our `Fp8Linear`, one `torch._scaled_mm` (rowwise scales, bias fused, bf16 out) on CUDA; off CUDA
-  the same arithmetic emulated exactly in float32 (tests, CI).
+  the same arithmetic emulated exactly in float32 (tests, CI). `fast_accum` (model.fp8_fast_accum) passes
+  use_fast_accum=True to _scaled_mm: Hopper's fp8 tensor cores then skip the periodic promotion of the partial
+  sums to full float32 (faster, less exact; docs/performance.md has the measured cost). The emulation is exact
+  either way.
 - "torchao": torchao's Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()) on the same linears
   (CUDA with compute capability >= 8.9 only; the optional extra `flashtalk-live[fp8]`).
 
@@ -86,20 +89,21 @@ def dequantize_rowwise(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def fp8_matmul(
     xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
-    bias: torch.Tensor | None, out_dtype: torch.dtype, kernel: str = "auto",
+    bias: torch.Tensor | None, out_dtype: torch.dtype, kernel: str = "auto", fast_accum: bool = False,
 ) -> torch.Tensor:
     """(xq [M, K] * x_scale [M, 1]) @ (wq [N, K] * w_scale [N])^T + bias -> out_dtype [M, N].
 
     kernel "scaled_mm" (the default on CUDA): torch._scaled_mm, rowwise scales, bias fused, bf16 out (its only
     rowwise output type), then cast. "emulated" (the default elsewhere): the e4m3 values exactly in float32, one
-    float32 matmul, scales applied to the product as _scaled_mm does.
+    float32 matmul, scales applied to the product as _scaled_mm does. fast_accum: _scaled_mm's use_fast_accum
+    (the emulation has no such shortcut and ignores it).
     """
     if kernel == "auto":
         kernel = "scaled_mm" if xq.is_cuda else "emulated"
     if kernel == "scaled_mm":
         b = None if bias is None else bias.to(torch.bfloat16)
         y = torch._scaled_mm(xq, wq.t(), scale_a=x_scale, scale_b=w_scale.view(1, -1), bias=b,
-                             out_dtype=torch.bfloat16)
+                             out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
         return y.to(out_dtype)
     if kernel != "emulated":
         raise ValueError(f"unknown fp8 kernel {kernel!r}; known: {', '.join(KERNELS)}")
@@ -113,25 +117,29 @@ class Fp8Linear(nn.Module):
     """A Linear holding its weight in e4m3 with per-output-channel float32 scales; activations quantised per token.
 
     Buffers: weight e4m3 [out, in], weight_scale float32 [out], bias [out] (the source Linear's dtype) or None.
-    The output has the input's dtype. `kernel`: "auto" | "scaled_mm" | "emulated" (see `fp8_matmul`).
+    The output has the input's dtype. `kernel`: "auto" | "scaled_mm" | "emulated"; `fast_accum`: _scaled_mm's
+    use_fast_accum (see `fp8_matmul`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 bias_dtype: torch.dtype = torch.bfloat16, device: Any = None, kernel: str = "auto") -> None:
+                 bias_dtype: torch.dtype = torch.bfloat16, device: Any = None, kernel: str = "auto",
+                 fast_accum: bool = False) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"unknown fp8 kernel {kernel!r}; known: {', '.join(KERNELS)}")
         self.in_features, self.out_features, self.kernel = in_features, out_features, kernel
+        self.fast_accum = bool(fast_accum)
         self.register_buffer("weight", torch.zeros(out_features, in_features, device=device, dtype=E4M3))
         self.register_buffer("weight_scale", torch.ones(out_features, device=device, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=bias_dtype) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, kernel: str = "auto") -> "Fp8Linear":
+    def from_linear(cls, linear: nn.Linear, kernel: str = "auto", fast_accum: bool = False) -> "Fp8Linear":
         """Quantise a loaded Linear (its bias tensor is kept, not copied)."""
         w = linear.weight.detach()
         with torch.device("meta"):
-            out = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel=kernel)
+            out = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel=kernel,
+                      fast_accum=fast_accum)
         q, scale = quantize_rowwise(w)
         out.weight, out.weight_scale = q, scale.view(-1)
         out.bias = None if linear.bias is None else linear.bias.detach()
@@ -143,12 +151,12 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         xq, xs = quantize_rowwise(x.reshape(-1, self.in_features))
-        y = fp8_matmul(xq, xs, self.weight, self.weight_scale, self.bias, x.dtype, self.kernel)
+        y = fp8_matmul(xq, xs, self.weight, self.weight_scale, self.bias, x.dtype, self.kernel, self.fast_accum)
         return y.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, kernel={self.kernel}")
+                f"bias={self.bias is not None}, kernel={self.kernel}, fast_accum={self.fast_accum}")
 
 
 # ------------------------------------------------------------------------------------------ which layers
@@ -167,15 +175,18 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
-def quantize_block_(block: nn.Module, backend: str = "scaled_mm", kernel: str = "auto") -> int:
+def quantize_block_(block: nn.Module, backend: str = "scaled_mm", kernel: str = "auto",
+                    fast_accum: bool = False) -> int:
     """Quantise one loaded block's linears in place; returns how many were replaced."""
     layers = quantized_linears(block)
     if backend == "scaled_mm":
         for name, lin in layers:
-            _set_submodule(block, name, Fp8Linear.from_linear(lin, kernel=kernel))
+            _set_submodule(block, name, Fp8Linear.from_linear(lin, kernel=kernel, fast_accum=fast_accum))
         return len(layers)
     if backend != "torchao":
         raise ValueError(f"unknown fp8 backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if fast_accum:
+        raise ValueError("fp8 fast_accum is an option of the scaled_mm backend; torchao chooses its own")
     device = next(block.parameters()).device
     reason = fp8_unavailable_reason(device, "torchao")
     if reason:
@@ -196,6 +207,7 @@ class Fp8Plan:
     keep_bf16_blocks: tuple[int, int] = (2, 3)
     backend: str = "scaled_mm"
     kernel: str = "auto"  # Fp8Linear kernel (scaled_mm backend); tests force "emulated" / "scaled_mm"
+    fast_accum: bool = False  # _scaled_mm's use_fast_accum (scaled_mm backend only)
 
     def __post_init__(self) -> None:
         keep = tuple(int(k) for k in self.keep_bf16_blocks)
@@ -206,13 +218,15 @@ class Fp8Plan:
             raise ValueError(f"unknown fp8 backend {self.backend!r}; known: {', '.join(BACKENDS)}")
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown fp8 kernel {self.kernel!r}; known: {', '.join(KERNELS)}")
+        if self.fast_accum and self.backend != "scaled_mm":
+            raise ValueError(f"fp8 fast_accum needs the scaled_mm backend, got {self.backend!r}")
 
     def blocks(self, num_layers: int) -> list[int]:
         first, last = self.keep_bf16_blocks
         return [i for i in range(num_layers) if first <= i < num_layers - last]
 
     def quantize_block_(self, block: nn.Module) -> int:
-        return quantize_block_(block, self.backend, self.kernel)
+        return quantize_block_(block, self.backend, self.kernel, self.fast_accum)
 
 
 def block_quantizers(plan: Fp8Plan, num_layers: int) -> dict[str, Callable[[nn.Module], Any]]:
@@ -251,18 +265,19 @@ def fp8_unavailable_reason(device: torch.device | str, backend: str = "scaled_mm
     return reason
 
 
-def resolve_plan(quantize: str, keep_bf16_blocks: Any, backend: str, device: torch.device | str) -> Fp8Plan | None:
+def resolve_plan(quantize: str, keep_bf16_blocks: Any, backend: str, device: torch.device | str,
+                 fast_accum: bool = False) -> Fp8Plan | None:
     """The Fp8Plan for `device`, or None for bf16 (quantize "none", or fp8 asked for where it cannot run: then a
     warning names the device and why)."""
     if quantize == "none":
         return None
     if quantize != "fp8":
         raise ValueError(f"unknown quantize {quantize!r}; known: none, fp8")
-    plan = Fp8Plan(tuple(keep_bf16_blocks), backend)
+    plan = Fp8Plan(tuple(keep_bf16_blocks), backend, fast_accum=fast_accum)
     reason = fp8_unavailable_reason(device, plan.backend)
     if reason == TORCHAO_MISSING:  # fp8 runs here, only not through torchao: keep fp8, say so
         log.warning("fp8_backend_unavailable", backend=backend, reason=reason, using="scaled_mm")
-        plan = Fp8Plan(plan.keep_bf16_blocks, "scaled_mm")
+        plan = Fp8Plan(plan.keep_bf16_blocks, "scaled_mm", fast_accum=fast_accum)
         reason = None
     if reason is not None:
         log.warning("fp8_unavailable_running_bf16", device=str(device), reason=reason, backend=plan.backend)
@@ -271,5 +286,6 @@ def resolve_plan(quantize: str, keep_bf16_blocks: Any, backend: str, device: tor
 
 
 def plan_from_settings(model: ModelSettings, device: torch.device | str) -> Fp8Plan | None:
-    """`resolve_plan` of settings.model (quantize, fp8_keep_bf16_blocks, fp8_backend)."""
-    return resolve_plan(model.quantize, model.fp8_keep_bf16_blocks, model.fp8_backend, device)
+    """`resolve_plan` of settings.model (quantize, fp8_keep_bf16_blocks, fp8_backend, fp8_fast_accum)."""
+    return resolve_plan(model.quantize, model.fp8_keep_bf16_blocks, model.fp8_backend, device,
+                        model.fp8_fast_accum)

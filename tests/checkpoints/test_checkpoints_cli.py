@@ -225,20 +225,19 @@ def hub(tmp_path):
 
     good = _taehv_file_bytes(tmp_path)
     hub = FakeHub({
-        "madebyollin/taehv": {"taew2_1.safetensors": good, "taehv.safetensors": b"other", "taew2_1.pth": b"x",
-                              "examples/decoded_taew2_1.mp4": b"video"},
-        "lightx2v/Autoencoders": {"lighttaew2_1.safetensors": good, "Wan2.1_VAE.pth": b"vae"},
+        # upstream's layout: .pth at the root, the converted .safetensors under safetensors/
+        "madebyollin/taehv": {"safetensors/taew2_1.safetensors": good, "safetensors/taehv.safetensors": b"other",
+                              "taew2_1.pth": b"x", "examples/decoded_taew2_1.mp4": b"video"},
     })
     yield hub
     hub.close()
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("only, repo, name", [("taehv", "madebyollin/taehv", "taew2_1.safetensors"),
-                                              ("lighttaehv", "lightx2v/Autoencoders", "lighttaew2_1.safetensors")])
-def test_download_fetches_only_the_tiny_decoder_file_and_checks_it(tmp_path, hub, only, repo, name):
+def test_download_fetches_only_the_tiny_decoder_file_and_checks_it(tmp_path, hub):
+    repo, name = "madebyollin/taehv", "safetensors/taew2_1.safetensors"
     dest = tmp_path / "models"
-    r = cli("models", "download", str(dest), "--only", only, env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
+    r = cli("models", "download", str(dest), "--only", "taehv", env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
     assert r.returncode == 0, r.stdout + r.stderr
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and ".cache" not in p.parts)
     assert files == [f"taehv/{name}"]
@@ -246,11 +245,28 @@ def test_download_fetches_only_the_tiny_decoder_file_and_checks_it(tmp_path, hub
     assert f"OK   taehv {dest / 'taehv' / name}" in r.stdout and "encoder ignored knowingly: 1 tensors" in r.stdout
     assert [p for m, p in hub.requests if m == "GET" and "/resolve/" in p] == [
         f"/{repo}/resolve/{hashlib.sha1(repo.encode()).hexdigest()}/{name}"]
+    # the engine finds it there (taehv/ beside the weights folder)
+    from flashtalk_live.checkpoints.taehv import find_taehv_file
+
+    assert find_taehv_file(None, dest / "SoulX-FlashTalk-14B") == dest / "taehv" / name
+
+
+def test_lighttae_is_no_download_choice_and_its_file_is_refused(tmp_path):
+    """LightTAE decodes un-normalised latents (LightX2V's convention): removed rather than airing wrong colours."""
+    from flashtalk_live.checkpoints.loader import CheckpointError
+    from flashtalk_live.checkpoints.taehv import find_taehv_file
+
+    r = cli("models", "download", str(tmp_path / "m"), "--only", "lighttaehv")
+    assert r.returncode == 2 and "invalid choice: 'lighttaehv'" in r.stderr
+    f = tmp_path / "lighttaew2_1.safetensors"
+    f.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="LightTAE files .* un-normalised latents"):
+        find_taehv_file(f, None)
 
 
 @pytest.mark.timeout(120)
 def test_download_of_a_tiny_decoder_file_that_does_not_fit_fails_naming_the_key(tmp_path, hub):
-    hub.repos["madebyollin/taehv"]["taew2_1.safetensors"] = _taehv_file_bytes(
+    hub.repos["madebyollin/taehv"]["safetensors/taew2_1.safetensors"] = _taehv_file_bytes(
         tmp_path, **{"decoder.22.bias": torch.zeros(4, dtype=torch.float16)})
     r = cli("models", "download", str(tmp_path / "m"), "--only", "taehv", env={"HF_ENDPOINT": hub.url,
                                                                                  "HF_HUB_OFFLINE": "0"})

@@ -14,19 +14,22 @@ LADDER = [PROFILES[n] for n in PROFILE_LADDER]
 BUDGET = 28 / 25  # 1.12 s
 
 
-def test_ladder_is_quality_fast_realtime_all_28_new_frames() -> None:
-    assert PROFILE_LADDER == ("quality", "fast", "realtime")
-    assert [p.new_frames for p in LADDER] == [28, 28, 28]
-    rt = PROFILES["realtime"]
-    assert rt.seq_len < PROFILES["fast"].seq_len < PROFILES["quality"].seq_len  # cheaper down the ladder
-    assert [p.chunk_seconds for p in LADDER] == [BUDGET] * 3
+def test_ladder_is_quality_native_fast_realtime_all_28_new_frames() -> None:
+    assert PROFILE_LADDER == ("quality", "native", "fast", "realtime")
+    assert [p.new_frames for p in LADDER] == [28] * 4
+    rt, native = PROFILES["realtime"], PROFILES["native"]
+    assert rt.seq_len < PROFILES["fast"].seq_len < native.seq_len < PROFILES["quality"].seq_len  # cheaper down
+    assert [p.chunk_seconds for p in LADDER] == [BUDGET] * 4
+    # native is the output geometry of configs/flashtalk-14b.toml (448 wide, 768 high) in fast's 2 steps
+    assert (native.width, native.height, native.frame_num, native.motion_frames, native.sample_steps) == (
+        448, 768, 29, 1, 2)
 
 
 def test_picks_the_best_quality_that_fits() -> None:
     t = {"quality": [3.9, 4.0, 4.1], "fast": [0.90, 0.92, 0.91], "realtime": [0.70, 0.71, 0.72]}
     c = choose_profile(LADDER, t, margin=0.15)
     assert c.profile.name == "fast" and c.fits  # realtime is faster, but fast is better and fits
-    assert [m.profile.name for m in c.timings] == ["quality", "fast", "realtime"]
+    assert [m.profile.name for m in c.timings] == ["quality", "fast", "realtime"]  # native not measured
     assert [m.fits for m in c.timings] == [False, True, True]
 
 
@@ -112,3 +115,68 @@ def test_cli_refuses_random_weights_without_the_benchmark_flag(verb, tmp_path) -
     assert r.returncode == 2, r.stderr
     assert "model.random_weights = 'full' is for benchmarks only" in r.stderr
     assert not (tmp_path / "spool").exists()  # refused before anything started
+
+
+# ---------------------------------------------------------------- auto with compile: eager first (pure)
+
+
+def _drive(eager_s: dict[str, float], compiled_s: dict[str, float], ratio: float, margin: float = 0.15):
+    """Runs next_auto_step to the end with fixed per-profile seconds; returns (actions, choice)."""
+    from flashtalk_live.engine.profile import next_auto_step
+
+    eager: dict[str, list[float]] = {}
+    compiled: dict[str, list[float]] = {}
+    actions = []
+    for _ in range(20):
+        step = next_auto_step(LADDER, eager, compiled, margin, ratio)
+        actions.append((step.action, step.profile.name))
+        if step.action == "done":
+            return actions, step.choice
+        target, source = (eager, eager_s) if step.action == "eager" else (compiled, compiled_s)
+        target[step.profile.name] = [source[step.profile.name]] * 3
+    raise AssertionError(f"no decision after 20 steps: {actions}")
+
+
+# H100 numbers of the shipped config (docs/performance.md): eager p90 and compiled p90 per profile
+EAGER = {"quality": 5.95, "native": 2.60, "fast": 2.23, "realtime": 1.83}
+COMPILED = {"quality": 2.86, "native": 1.12, "fast": 0.94, "realtime": 0.74}
+
+
+def test_auto_compiles_only_the_candidate_predicted_to_fit() -> None:
+    actions, choice = _drive(EAGER, COMPILED, ratio=0.42)
+    assert actions == [("eager", "quality"), ("eager", "native"), ("eager", "fast"), ("compile", "fast"),
+                       ("done", "fast")]  # fast: 2.23 x 0.42 = 0.94 <= 0.952; realtime never compiled
+    assert choice.profile.name == "fast" and choice.fits
+    assert [t.profile.name for t in choice.timings] == ["fast"]
+
+
+def test_a_wrong_ratio_is_corrected_by_the_first_compiled_measurement() -> None:
+    # 0.85 predicts nothing fits: the fastest is compiled, its ratio (0.74 / 1.83) then finds fast
+    actions, choice = _drive(EAGER, COMPILED, ratio=0.85)
+    assert actions == [("eager", "quality"), ("eager", "native"), ("eager", "fast"), ("eager", "realtime"),
+                       ("compile", "realtime"), ("compile", "fast"), ("done", "fast")]
+    assert choice.profile.name == "fast" and choice.fits
+    # too optimistic: native predicted to fit (2.60 x 0.3) misses compiled (ratio now 0.43: fast predicted 0.96, just
+    # over); realtime is compiled, the median ratio of both (0.417) predicts fast again, which is then kept
+    actions, choice = _drive(EAGER, COMPILED, ratio=0.3)
+    assert actions == [("eager", "quality"), ("eager", "native"), ("compile", "native"), ("eager", "fast"),
+                       ("eager", "realtime"), ("compile", "realtime"), ("compile", "fast"), ("done", "fast")]
+    assert choice.profile.name == "fast" and choice.fits
+    assert [t.profile.name for t in choice.timings] == ["native", "fast", "realtime"]
+
+
+def test_none_fits_compiled_keeps_the_fastest_compiled_and_says_so() -> None:
+    slow = {k: v * 2 for k, v in COMPILED.items()}  # a GPU half as fast once compiled
+    actions, choice = _drive(EAGER, slow, ratio=0.42)
+    # fast (predicted 0.94) misses at 1.88; realtime predicted 1.83 x 0.84 = 1.54 < 1.88: compiled too, kept
+    assert actions == [("eager", "quality"), ("eager", "native"), ("eager", "fast"), ("compile", "fast"),
+                       ("eager", "realtime"), ("compile", "realtime"), ("done", "realtime")]
+    assert choice.profile.name == "realtime" and not choice.fits
+
+
+def test_compiled_ratio_is_the_median_of_measured_pairs() -> None:
+    from flashtalk_live.engine.profile import compiled_ratio
+
+    assert compiled_ratio({}, {}, 0.42) == 0.42
+    r = compiled_ratio({"fast": [2.0] * 3, "realtime": [1.0] * 3}, {"fast": [1.0] * 3, "realtime": [0.4] * 3}, 0.9)
+    assert r == pytest.approx(0.45)

@@ -32,3 +32,47 @@ def test_compiled_blocks_match_the_golden_output_and_keep_keys():
     assert err < 1e-5
     # The compiled blocks take the session's cached context K/V (computed once, outside the compiled graph).
     assert model.input_cache.hits["session"] == 1 and torch.equal(again, out)
+
+
+def test_cuda_graphs_option_is_reduce_overhead_and_off_by_default():
+    from flashtalk_live.engine.engine import dit_compile_options
+
+    assert dit_compile_options() == {"dynamic": False, "mode": None}
+    assert dit_compile_options(cuda_graphs=True) == {"dynamic": False, "mode": "reduce-overhead"}
+
+
+@pytest.mark.timeout(900)
+def test_cuda_graph_path_marks_a_step_per_dit_forward_and_keeps_the_chunk(monkeypatch):
+    """model.cuda_graphs plumbing on the CPU (torch skips the graphs off CUDA, the blocks run compiled): the engine
+    starts a graph-tree step before every DiT forward and the chunk equals the eager one."""
+    import numpy as np
+
+    from flashtalk_live.checkpoints.random_weights import random_engine_models
+    from flashtalk_live.engine.engine import FlashTalkEngine, uses_cuda_graphs
+    from flashtalk_live.engine.profile import resolve_profile
+
+    torch.manual_seed(0)
+    models = random_engine_models("tiny", "cpu", torch.float32)
+    profile = resolve_profile("fast").replace(name="tiny", height=48, width=32)
+    image = (np.random.default_rng(0).random((48, 32, 3)) * 255).astype(np.uint8)
+    context = torch.randn(24, models.text.text_dim, generator=torch.Generator().manual_seed(0)) * 0.1
+    window = (0.1 * np.sin(np.arange(profile.window_samples) / 30)).astype(np.float32)
+
+    def chunk() -> np.ndarray:
+        engine = FlashTalkEngine(models, profile, "cpu", torch.float32)
+        engine.start_session(image, "p", context=context)
+        return engine.generate(engine.audio_features(window)).frames
+
+    eager = chunk()
+    marks = []
+    original = torch.compiler.cudagraph_mark_step_begin
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: (marks.append(1), original())[1])
+    torch._dynamo.reset()
+    compile_dit_blocks(models.dit, cuda_graphs=True)
+    assert uses_cuda_graphs(models.dit)
+    try:
+        graphed = chunk()
+    finally:
+        torch._dynamo.reset()
+    assert len(marks) == profile.sample_steps  # one graph-tree step per DiT forward
+    assert np.abs(graphed.astype(int) - eager.astype(int)).max() <= 2  # compiled float32 vs eager: rounding

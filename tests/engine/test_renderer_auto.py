@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +46,17 @@ def _settings(root: Path, extra: list[str], environ: dict[str, str] | None = Non
 class FakeTimer:
     """Runs every chunk for real and reports the injected seconds of its profile."""
 
-    def __init__(self, seconds: dict[str, float]) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: dict[str, float], eager: dict[str, float] | None = None) -> None:
+        self.seconds, self.eager = seconds, eager or {}
         self.runs: dict[str, int] = {}
+        self.stages: list[tuple[str, str]] = []
 
-    def __call__(self, profile, run) -> float:
+    def __call__(self, profile, run, stage) -> float:
         frames = run()
         assert frames.shape == (N, 80, 48, 3) and frames.dtype == np.uint8
         self.runs[profile.name] = self.runs.get(profile.name, 0) + 1
-        return self.seconds[profile.name]
+        self.stages.append((profile.name, stage))
+        return (self.eager if stage == "eager" else self.seconds)[profile.name]
 
 
 def _capture_logs() -> io.StringIO:
@@ -86,7 +89,9 @@ def test_auto_keeps_the_best_quality_that_fits_and_logs_why(root) -> None:
         assert frames.shape == (N, 80, 48, 3) and frames.std() > 0
         d = r.drift()
         assert d["profile"] == "tiny_f" and [m["profile"] for m in d["auto"]["measured"]] == ["tiny_q", "tiny_f"]
-        assert d["chunk_s"]["count"] == 1
+        assert d["chunk_s"]["count"] == 1 and set(timer.stages) == {("tiny_q", "plain"), ("tiny_f", "plain")}
+        assert d["auto"]["eager"] == [] and d["auto"]["compiled_ratio"] is None
+        assert d["gpu_load_peak_bytes"] is None and d["gpu_steady_peak_bytes"] is None  # CPU: no allocator stats
     finally:
         r.close()
 
@@ -118,3 +123,45 @@ def test_random_weights_refused_by_the_renderer_without_the_flag(root, monkeypat
     monkeypatch.delenv("FLASHTALK_LIVE_BENCHMARK")  # settings built elsewhere, flag gone in this process
     with pytest.raises(RendererError, match="random_weights = 'tiny' is for benchmarks only"):
         build_flashtalk_renderer(FlashTalkConfig.from_settings(s))
+
+
+@pytest.mark.timeout(900)
+def test_auto_with_compile_times_eager_first_and_compiles_only_the_winner(root, monkeypatch, tmp_path) -> None:
+    """compile = true: both candidates are timed eager (nothing compiles), only tiny_f (predicted to fit at eager x
+    ratio) is compiled and timed again; the choice, the eager trials and the ratio reach status and /metrics."""
+    from prometheus_client import generate_latest
+
+    from flashtalk_live.engine.compile_cache import INDUCTOR_CACHE_ENV
+    from flashtalk_live.metrics import metrics_registry
+
+    monkeypatch.setenv("FLASHTALK_LIVE_BENCHMARK", "1")
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, str(tmp_path / "before"))  # restored after the test
+    # limit 0.272 s: tiny_q eager 0.50 x 0.8 = 0.40 (no), tiny_f eager 0.30 x 0.8 = 0.24 (compile it), compiled 0.25
+    timer = FakeTimer({"tiny_q": 0.9, "tiny_f": 0.25}, eager={"tiny_q": 0.50, "tiny_f": 0.30})
+    buf = _capture_logs()
+    s = _settings(root, ['model.random_weights="tiny"', "model.compile=true", "model.auto_compiled_ratio=0.8"],
+                  environ={"FLASHTALK_LIVE_BENCHMARK": "1"})
+    torch._dynamo.reset()
+    r = build_flashtalk_renderer(FlashTalkConfig.from_settings(s), chunk_timer=timer)
+    try:
+        assert r.profile.name == "tiny_f"
+        assert timer.stages == [("tiny_q", "eager")] * 2 + [("tiny_f", "eager")] * 2 + [("tiny_f", "compiled")] * 2
+        measured = [(m["stage"], m["profile"]) for m in _lines(buf, "profile_measured")]
+        assert measured == [("eager", "tiny_q"), ("eager", "tiny_f"), ("compiled", "tiny_f")]
+        assert os.environ[INDUCTOR_CACHE_ENV] == str(root / "state" / "compile-cache")  # the room's state dir
+        assert (root / "state" / "compile-cache").is_dir()
+        d = r.drift()
+        assert d["auto"]["profile"] == "tiny_f" and d["auto"]["fits"] is True
+        assert [m["profile"] for m in d["auto"]["measured"]] == ["tiny_f"]  # only the winner was compiled
+        assert [(e["profile"], e["p90_s"]) for e in d["auto"]["eager"]] == [("tiny_q", 0.5), ("tiny_f", 0.3)]
+        assert d["auto"]["compiled_ratio"] == pytest.approx(0.25 / 0.30, abs=1e-4)
+        assert r.render(render_chunk(0, N, seed=0)).shape == (N, 80, 48, 3)
+        text = generate_latest(metrics_registry(lambda: {"renderer": {"active": "flashtalk", "drift": r.drift()}})).decode()
+        assert 'flashtalk_model_profile{chosen_by="auto",fits="true",profile="tiny_f"} 1.0' in text
+        assert 'flashtalk_auto_chunk_seconds{profile="tiny_q",stage="eager",stat="p90"} 0.5' in text
+        assert 'flashtalk_auto_chunk_seconds{profile="tiny_f",stage="compiled",stat="p90"} 0.25' in text
+        assert "flashtalk_auto_compiled_ratio 0.8333" in text
+        assert 'flashtalk_model_chunk_seconds{stat="p99"}' in text
+    finally:
+        r.close()
+        torch._dynamo.reset()

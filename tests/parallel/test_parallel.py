@@ -193,14 +193,14 @@ def test_spec_from_settings_loads_the_vae_on_workers_only_when_the_profile_split
     on = tmp_path / "on.toml"
     on.write_text('base = "fast"\nsplit_vae_decode = true\n')
     model = dict(gpus=2, weights_dir=str(tmp_path), device="cuda", dtype="bfloat16", attention="sdpa",
-                 quantize="fp8", fp8_keep_bf16_blocks=(2, 3), fp8_backend="scaled_mm")
+                 quantize="fp8", fp8_keep_bf16_blocks=(2, 3), fp8_backend="scaled_mm", fp8_fast_accum=True)
     off = spec_from_settings(ModelSettings(profile="fast", **model), candidate_profiles("fast"))
     assert off.vae_factory is None and off.vae_factory_args == {}
     spec = spec_from_settings(ModelSettings(profile=str(on), **model), candidate_profiles(str(on)))
     assert spec.vae_factory == "flashtalk_live.parallel.launch:release_vae"
     assert spec.vae_factory_args == {"weights_dir": str(tmp_path)}
     assert spec.factory_args == {"weights_dir": str(tmp_path), "quantize": "fp8", "fp8_keep_bf16_blocks": [2, 3],
-                                 "fp8_backend": "scaled_mm"}  # workers quantise as rank 0 does
+                                 "fp8_backend": "scaled_mm", "fp8_fast_accum": True}  # workers quantise as rank 0
     assert WorkerSpec.from_json(spec.to_json()) == spec
 
 

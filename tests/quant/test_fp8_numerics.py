@@ -257,3 +257,31 @@ def test_start_up_on_gpus_with_and_without_fp8(monkeypatch):
     with capture_logs() as logs:
         assert resolve_plan("fp8", (2, 3), "torchao", "cuda:0") == Fp8Plan((2, 3), "scaled_mm")
     assert [e["event"] for e in logs] == ["fp8_backend_unavailable"]
+
+
+def test_fast_accum_reaches_scaled_mm_and_is_refused_off_its_backend() -> None:
+    """model.fp8_fast_accum: the flag goes from the settings to each Fp8Linear and into torch._scaled_mm (which
+    also runs on the CPU); the result matches the exact emulation to bf16 output rounding. Its cost on an H100's
+    tensor cores is measured by benchmarks/fp8_gpu.py (docs/performance.md)."""
+    from flashtalk_live.quant.fp8 import Fp8Linear, Fp8Plan, plan_from_settings, quantize_block_
+    from flashtalk_live.config import load_settings
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 48).to(torch.bfloat16)
+    x = torch.randn(7, 128, dtype=torch.bfloat16)
+    exact = Fp8Linear.from_linear(lin, kernel="emulated")(x).float()
+    for fast in (False, True):
+        q = Fp8Linear.from_linear(lin, kernel="scaled_mm", fast_accum=fast)
+        assert q.fast_accum is fast and f"fast_accum={fast}" in repr(q)
+        got = q(x).float()
+        assert ((got - exact).norm() / exact.norm()).item() < 8e-3  # bf16 rounding of the output
+    block = torch.nn.Sequential(torch.nn.Linear(32, 32))
+    assert quantize_block_(block, "scaled_mm", "emulated", fast_accum=True) == 1 and block[0].fast_accum
+    with pytest.raises(ValueError, match="fast_accum needs the scaled_mm backend"):
+        Fp8Plan(backend="torchao", fast_accum=True)
+    s = load_settings(None, ['model.quantize="fp8"', "model.fp8_fast_accum=true"], environ={})
+    assert s.model.fp8_fast_accum is True
+    assert plan_from_settings(s.model, "cpu") is None  # no fp8 on the CPU: bf16, with the usual warning
+    block = torch.nn.Sequential(torch.nn.Linear(32, 32))
+    Fp8Plan(fast_accum=s.model.fp8_fast_accum, kernel="emulated").quantize_block_(block)
+    assert block[0].fast_accum is True
