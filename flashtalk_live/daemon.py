@@ -30,8 +30,10 @@ from flashtalk_live.media.idlebank import bank_from_settings, renderer_identity
 from flashtalk_live.media.pacing import Lookahead, LookaheadClosed, Pacer
 from flashtalk_live.media.renderahead import RenderAhead
 from flashtalk_live.metrics import serve_metrics
+from flashtalk_live.osthread import name_os_thread
 from flashtalk_live.outputs.kinds import kind_name
 from flashtalk_live.outputs.manager import OutputManager, TooManyOutputs
+from flashtalk_live.probes import RoomProbes, Vitals
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.drill import with_drills
@@ -71,6 +73,7 @@ class Daemon:
         self.log = get_logger("daemon")
         self.state = "starting"
         self.started_at = time.time()
+        self._started_mono = time.monotonic()
         Path(settings.path(settings.state_dir)).mkdir(parents=True, exist_ok=True)
         self.events = EventBus()
         self.events.subscribe(self._log_event)
@@ -150,6 +153,7 @@ class Daemon:
         self.fatal: str | None = None  # why a loop died: run_daemon exits non-zero
         self.metrics_server = None
         self.metrics_port: int | None = None
+        self.probes = RoomProbes(settings.probes, self.vitals)  # /livez, /readyz, /startupz on the metrics port
         # -- console (flashtalk_live/console/): the token is resolved before anything starts, so a bad token file
         # stops the start with exit 2.
         self.console = None
@@ -330,6 +334,14 @@ class Daemon:
                 self.log.error("housekeeping_failed", error=repr(e))
 
     # -- status --------------------------------------------------------------------------------------
+    def vitals(self) -> Vitals:
+        """What the health probes judge; lock-free reads only, so a stalled thread cannot stall its own probe."""
+        now = time.monotonic()
+        last = self.broadcast.last_frame_at
+        return Vitals(state=self.state, uptime_s=now - self._started_mono,
+                      since_last_frame_s=None if last is None else max(0.0, now - last),
+                      renderer=self.s.renderer.kind, fallback_s=self.renderers.fallback_s(now))
+
     def status(self) -> dict[str, Any]:
         enc = self.encoder.stats()
         pst = self.pacer.stats()
@@ -365,17 +377,18 @@ class Daemon:
                 m = self.s.metrics
                 if self.console_token is not None:  # the console serves /metrics too, on the same port
                     self.metrics_server, self.console = start_console(
-                        self.s.expanded(self.s.console), m, self.ingest, self.events, self.air, self.console_token, self.status)
+                        self.s.expanded(self.s.console), m, self.ingest, self.events, self.air, self.console_token, self.status,
+                        self.probes)
                 else:
                     self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
-                                                           timeout_s=m.timeout_s, log=self.log)
+                                                           timeout_s=m.timeout_s, log=self.log, probes=self.probes)
                 self.metrics_port = self.metrics_server.server_port
             except OSError as e:
                 self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
         self.renderers.start()
         for name, fn in (("render", self._render_loop), ("broadcast", self._broadcast_loop),
                          ("housekeeping", self._housekeeping)):
-            t = threading.Thread(target=fn, name=name, daemon=True)
+            t = threading.Thread(target=_named(f"ftl-{name}", fn), name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -410,6 +423,14 @@ class Daemon:
         self.encoder.close()
         self.spool.close()
         self.log.info("stopped")
+
+
+def _named(os_name: str, fn: Any) -> Any:
+    """fn, run under `os_name` as the kernel's name of its thread (top -H, /proc/PID/task/TID/comm)."""
+    def run() -> None:
+        name_os_thread(os_name)
+        fn()
+    return run
 
 
 def run_daemon(settings: Settings, duration_s: float | None = None) -> int:

@@ -13,11 +13,13 @@ import threading
 import time
 from http.server import ThreadingHTTPServer
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from flashtalk_live.probes import RoomProbes
 from flashtalk_live.secrets import mask_obj
 
 STATES = ("starting", "on_air", "stopping")
@@ -182,11 +184,35 @@ def _storage_metrics(st: dict[str, Any]):
                             value=1.0 if st.get("spool_quarantined") else 0.0)
 
 
+def _probe_handler(base: type, probes: RoomProbes) -> type:
+    """`base` (the Prometheus handler) answering the probe paths first (console off: no console app to do it)."""
+
+    class ProbeHandler(base):  # type: ignore[misc, valid-type]
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            answer = probes.answer(urlsplit(self.path).path)
+            if answer is None:
+                return super().do_GET()
+            status, body = answer
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+    return ProbeHandler
+
+
 def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, Any]], *,
-                  max_connections: int = 16, timeout_s: float = 5.0, log: Any = None):
-    """Start the HTTP endpoint in a daemon thread; returns (server, thread). Port 0 picks a free port."""
+                  max_connections: int = 16, timeout_s: float = 5.0, log: Any = None,
+                  probes: RoomProbes | None = None):
+    """Start the HTTP endpoint (/metrics, and the health probes when given) in a daemon thread; returns (server,
+    thread). Port 0 picks a free port."""
     registry = metrics_registry(status_provider)
-    handler = type("Handler", (MetricsHandler.factory(registry),), {"timeout": timeout_s})  # per-socket timeout
+    base = MetricsHandler.factory(registry)
+    if probes is not None:
+        base = _probe_handler(base, probes)
+    handler = type("Handler", (base,), {"timeout": timeout_s})  # per-socket timeout
     server = CappedHTTPServer((host, port), handler, max_connections, log)
     t = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     t.start()

@@ -445,6 +445,16 @@ class ConsoleSettings(_Section):
     health_history_s: float = Field(6 * 3600.0, gt=0, le=7 * 86400, description="how far back /api/health reaches")
 
 
+class ProbeSettings(_Section):
+    """The health probes a scheduler polls (flashtalk_live/probes.py: /livez, /readyz, /startupz), served with
+    /metrics on metrics.host:metrics.port, no token."""
+
+    live_stall_s: float = Field(30.0, gt=0, le=3600, description="/livez answers 503 once no frame has gone out for "
+                                "this long (the broadcast loop stalled; the same signal feeds systemd's watchdog)")
+    ready_fallback_s: float = Field(600.0, ge=0, le=86400, description="/readyz: a room whose configured renderer is "
+                                    "not on air (loading, failed) is ready on the still fallback after this long")
+
+
 class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -476,6 +486,7 @@ class Settings(BaseSettings):
     overlays: OverlaySettings = Field(default_factory=OverlaySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    probes: ProbeSettings = Field(default_factory=ProbeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     _profiles: list[Profile] | None = PrivateAttr(None)
 

@@ -13,16 +13,19 @@ from flashtalk_live.console.server import serve_app
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.metrics import metrics_registry
+from flashtalk_live.probes import RoomProbes
 from flashtalk_live.settings import ConsoleSettings, MetricsSettings
 
 __all__ = ["AirTap", "Console", "resolve_token", "start_console"]
 
 
 def start_console(console_settings: ConsoleSettings, m: MetricsSettings, ingest: IngestServer, events: EventBus,
-                  tap: AirTap, token: str, status_provider: Callable[[], dict[str, Any]]) -> tuple[Any, Console]:
-    """Serve the console and /metrics on metrics.host:metrics.port; returns (http server, console)."""
+                  tap: AirTap, token: str, status_provider: Callable[[], dict[str, Any]],
+                  probes: RoomProbes | None = None) -> tuple[Any, Console]:
+    """Serve the console, /metrics and the health probes on metrics.host:metrics.port; returns (http server,
+    console)."""
     console = Console(console_settings, m.host, ingest, events, tap, token,
-                      make_wsgi_app(metrics_registry(status_provider)))
+                      make_wsgi_app(metrics_registry(status_provider)), probes)
     try:
         httpd, _ = serve_app(m.host, m.port, console, max_connections=m.max_connections, timeout_s=m.timeout_s)
     except BaseException:

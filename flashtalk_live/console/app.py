@@ -1,5 +1,5 @@
 """The console's WSGI app: the page, the JSON API (with the live event stream and the health history), the preview,
-and /metrics (the Prometheus app, mounted as is).
+/metrics (the Prometheus app, mounted as is) and the health probes (probes.py: /livez, /readyz, /startupz).
 
 Every command goes through the ingest server's `dispatch` (the command table, its typed fields, the peer's trust and
 the rate limit), as a ZeroMQ request would: a caller with the console token is a trusted peer ("http" transport).
@@ -21,6 +21,7 @@ from flashtalk_live.console.preview import AirTap, PreviewEncoder
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.commands import Peer
+from flashtalk_live.probes import RoomProbes
 from flashtalk_live.secrets import mask_obj
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.settings import ConsoleSettings, is_loopback_host
@@ -64,8 +65,9 @@ class Console:
     """The app. `ingest` is the daemon's IngestServer (dispatch, status, limiter); `metrics_app` serves /metrics."""
 
     def __init__(self, c: ConsoleSettings, metrics_host: str, ingest: IngestServer, events: EventBus, tap: AirTap,
-                 token: str, metrics_app: WsgiApp | None = None) -> None:
+                 token: str, metrics_app: WsgiApp | None = None, probes: RoomProbes | None = None) -> None:
         self.ingest = ingest
+        self.probes = probes
         self.token = token
         self.metrics_app = metrics_app
         self.tap = tap
@@ -98,6 +100,14 @@ class Console:
         path, method = environ.get("PATH_INFO", "/"), environ.get("REQUEST_METHOD", "GET")
         if path == "/metrics" and self.metrics_app is not None:
             return self.metrics_app(environ, start_response)
+        # Probes come before the Host check: a kubelet names the pod's address, and they hold nothing secret.
+        answer = self.probes.answer(path) if self.probes is not None and method in ("GET", "HEAD") else None
+        if answer is not None:
+            status, body = answer
+            start_response(f"{status} {REASONS.get(status, 'Error')}",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store")])
+            return [body] if method == "GET" else []
         if self.check_host and _host_name(environ.get("HTTP_HOST", "localhost")) not in LOOPBACK_NAMES:
             status, headers, body = self._error(403, "forbidden_host", "this console answers loopback names only")
         else:

@@ -18,7 +18,8 @@ from flashtalk_live.timeline.chunk import Mark
 class Broadcast:
     """Runs on the broadcast thread until the pacer stops. After each frame went out, on_frame(marks, segment_id,
     out_frame) hears what aired; on_air() runs once, at the first frame, before systemd hears READY. The systemd
-    watchdog is fed from this loop only, so a broadcast that stops moving gets the service restarted.
+    watchdog is fed from this loop only, so a broadcast that stops moving gets the service restarted; the same
+    per-frame signal, `last_frame_at`, answers the liveness probe (probes.py).
     """
 
     def __init__(self, pacer: Pacer, compositor: Compositor, encoder: Encoder, outputs: OutputManager, *,
@@ -29,6 +30,7 @@ class Broadcast:
         self.fps, self.audio_rate = fps, audio_rate
         self._tap, self._on_frame, self._on_air = tap, on_frame, on_air
         self.av_skew_s = 0.0
+        self.last_frame_at: float | None = None  # time.monotonic() when the last frame went out; None before the first
 
     def run(self) -> None:
         """Returns once the pacer has stopped and the encoder's last packets went out; raises what a part raised."""
@@ -44,6 +46,7 @@ class Broadcast:
             self.av_skew_s = self.encoder.audio_samples_in / self.audio_rate - self.encoder.frames / self.fps
             self._on_frame(pf.marks, pf.segment_id, pf.out_frame)
             now = time.monotonic()
+            self.last_frame_at = now  # a float written without a lock: a probe never waits on this loop
             if not ready:
                 ready = True
                 self._on_air()

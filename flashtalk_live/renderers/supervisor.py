@@ -32,6 +32,7 @@ class RendererSupervisor:
         self._reference, self._prompt = reference, video.prompt  # the avatar now on air (set_avatar changes both)
         self.preferred: Renderer | None = None
         self.active: Renderer = still
+        self.active_since = time.monotonic()  # when `active` last changed (the readiness probe's fallback clock)
         self.failures = 0
         self.last_error: str | None = None
         self._retry_at = 0.0
@@ -86,11 +87,19 @@ class RendererSupervisor:
             self.events.publish("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
             self.log.warning("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
             self.active = r
+            self.active_since = time.monotonic()
 
     def deadline_s(self, budget_s: float) -> float:
         """No frames this long after a chunk started means the engine hangs: deadline_factor x the chunk's duration,
         or x the engine's own typical chunk time when it is slower than real time (render-ahead covers that)."""
         return self.r.deadline_factor * max(budget_s, self.typical_s or 0.0)
+
+    def fallback_s(self, now: float | None = None) -> float | None:
+        """How long the still renderer has been on instead of a configured preferred one (loading or failed); None
+        while the preferred one is active, or when none is configured."""
+        if self._load is None or self.active is not self.still:
+            return None
+        return (time.monotonic() if now is None else now) - self.active_since
 
     def expected_rate(self) -> float | None:
         """Render seconds per media second the next chunk will likely take (None: not known yet)."""
@@ -175,6 +184,7 @@ class RendererSupervisor:
         drift = getattr(self.preferred, "drift", None) if self.preferred is not None else None
         return {
             "active": self.active.name,
+            "on_fallback": self.fallback_s() is not None,
             "preferred": getattr(self.preferred, "name", None),
             "failures": self.failures,
             "last_error": self.last_error,
