@@ -42,6 +42,7 @@ BUILD = REPO / "deploy" / "container" / "build-debian.sh"
 CACHE = Path(os.environ.get("FLASHTALK_LIVE_IMAGE_CACHE", "/var/tmp/flashtalk-live-image"))
 TAG = "localhost/flashtalk-live:test"
 STATE = "/var/lib/flashtalk-live"
+EXTRAS = "fp8"  # the extras that install here (flash-attn needs CUDA to build)
 TONE_HZ, TONE_S = 1000.0, 3.0
 
 
@@ -66,7 +67,7 @@ def image() -> Iterator[dict]:
         if os.environ.get("CI"):
             pytest.fail(f"the image test is required in CI: {missing}")
         pytest.skip(missing)
-    env = os.environ | {"CACHE_DIR": str(CACHE), "STORAGE_ROOT": str(CACHE / "storage")}
+    env = os.environ | {"CACHE_DIR": str(CACHE), "STORAGE_ROOT": str(CACHE / "storage"), "EXTRAS": EXTRAS}
     build = subprocess.run([str(BUILD), TAG], env=env, capture_output=True, text=True, timeout=1500)
     print(build.stderr[-4000:])  # the step times, shown with -s or on failure
     assert build.returncode == 0, f"image build failed:\n{build.stderr[-6000:]}"
@@ -110,6 +111,8 @@ def test_image_config_runs_as_a_user_with_the_state_and_weights_volumes_and_stop
     found = run_in(container, "find", "/", "-xdev", "-size", "+20M", "(", "-name", "*.safetensors", "-o", "-name",
                    "*.pth", "-o", "-name", "*.pt", "-o", "-name", "*.bin", "-o", "-name", "*.ckpt", ")", user="0:0")
     assert found.returncode == 0 and found.stdout == "", found.stdout + found.stderr
+    extras = run_in(container, "python3", "-c", "import torch, torchao; print(torch.__version__)")
+    assert extras.returncode == 0, extras.stderr
     # the fonts the AI label is drawn with are in the image itself
     font = run_in(container, "python3", "-c", "from flashtalk_live.compose.text import find_font, covers, load_font;"
                   "p, i = find_font(); print(p, covers(load_font(p, i, 24), 'AI生成'))")
