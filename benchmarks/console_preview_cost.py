@@ -34,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     w, h = a.size.split("x")
     from flashtalk_live.daemon import Daemon
-    from flashtalk_live.settings import load_settings
+    from flashtalk_live.config import load_settings
 
     tmp = Path(tempfile.mkdtemp(prefix="console-bench-"))
     s = load_settings(None, [
@@ -54,12 +54,12 @@ def main() -> None:
                 viewers = subprocess.Popen([sys.executable, "-c", VIEWER, f"http://127.0.0.1:{d.metrics_port}/preview.mjpeg",
                                             str(n)], stdin=subprocess.PIPE)
                 time.sleep(1.0)
-            u0, e0, f0 = d.pacer.stats()["underrun_frames"], d.console.preview.encodes, time.process_time()
+            u0, e0, f0 = d.playout.pacer.stats()["underrun_frames"], d.console.preview.encodes, time.process_time()
             t0 = time.monotonic()
             time.sleep(a.seconds)
             dt = time.monotonic() - t0
             cpu = (time.process_time() - f0) / dt
-            rows.append((n, cpu, (d.console.preview.encodes - e0) / dt, d.pacer.stats()["underrun_frames"] - u0))
+            rows.append((n, cpu, (d.console.preview.encodes - e0) / dt, d.playout.pacer.stats()["underrun_frames"] - u0))
             if viewers is not None:
                 viewers.stdin.close()
                 viewers.wait(10)

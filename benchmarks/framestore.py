@@ -1,4 +1,4 @@
-"""What holding render-ahead chunks compactly costs (media/framestore.py), per chunk of moving portrait frames on one
+"""What holding render-ahead chunks compactly costs (playout/framestore.py), per chunk of moving portrait frames on one
 CPU core: RGB->YUV 4:2:0 on the render thread, YUV->RGB on the broadcast thread, bytes RGB vs YUV, and the spill
 file's write and read (the page cache makes the read cheap; --dir on the real state disk, and --sync to time the
 write through to it). Prints a table; CPU only, no GPU.
@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from flashtalk_live.media.framestore import FrameStore, Yuv420
-from flashtalk_live.renderers.images import default_portrait, fit_image
-from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
+from flashtalk_live.playout.framestore import FrameStore, Yuv420
+from flashtalk_live.images import default_portrait, fit_image
+from flashtalk_live.chunks import RenderChunk, RenderedChunk
 
 
 def chunk(w: int, h: int, n: int) -> RenderedChunk:

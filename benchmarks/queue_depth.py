@@ -29,7 +29,7 @@ from flashtalk_live.client import Client  # noqa: E402
 from flashtalk_live.events import EventBus  # noqa: E402
 from flashtalk_live.ingest.server import IngestServer  # noqa: E402
 from flashtalk_live.queue.spool import Spool  # noqa: E402
-from flashtalk_live.settings import load_settings  # noqa: E402
+from flashtalk_live.config import load_settings  # noqa: E402
 
 
 def timed(fn, n: int) -> list[float]:

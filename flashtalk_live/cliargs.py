@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from flashtalk_live.secrets import carries_secret, mask_text
-from flashtalk_live.settings import ConfigError, Settings, load_settings
+from flashtalk_live.settings import ConfigError, Settings
+from flashtalk_live.config import load_settings
 from flashtalk_live.statelock import check_free
 
 

@@ -1,4 +1,5 @@
-"""The daemon: joins ingest, queue, timeline, renderers, pacing, encoder and outputs, and runs their threads."""
+"""The daemon: joins the spool, playout, the renderers, the broadcast (compositor, encoder, outputs), ingest and the
+console for one room, and runs their threads."""
 
 from __future__ import annotations
 
@@ -25,10 +26,8 @@ from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.log import get_logger
 from flashtalk_live.media.broadcast import Broadcast
 from flashtalk_live.media.encoder import Encoder
-from flashtalk_live.media.framestore import FrameStore
-from flashtalk_live.media.idlebank import bank_from_settings, renderer_identity
-from flashtalk_live.media.pacing import Lookahead, LookaheadClosed, Pacer
-from flashtalk_live.media.renderahead import RenderAhead
+from flashtalk_live.playout.pacing import LookaheadClosed
+from flashtalk_live.playout.playout import Playout
 from flashtalk_live.metrics import serve_metrics
 from flashtalk_live.osthread import name_os_thread
 from flashtalk_live.outputs.kinds import kind_name
@@ -38,19 +37,14 @@ from flashtalk_live.queue.spool import Spool
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.drill import with_drills
 from flashtalk_live.renderers.kinds import RendererFactory, renderer_kind
-from flashtalk_live.renderers import images
-from flashtalk_live.renderers.images import ImageError, default_portrait, load_image
+from flashtalk_live import images
+from flashtalk_live.images import ImageError, default_portrait, load_image
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.sdnotify import sd_notify
 from flashtalk_live.settings import OutputSettings, Settings, validation_error_lines
 from flashtalk_live.statelock import StateLock
 from flashtalk_live.storage import DiskWatermark
-from flashtalk_live.timeline.admission import Admission
-from flashtalk_live.timeline.onair import OnAir
-from flashtalk_live.timeline.programme import Programme
-from flashtalk_live.timeline.replan import Replanner
-from flashtalk_live.timeline.timeline import Timeline
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
@@ -92,13 +86,7 @@ class Daemon:
         self.disk = DiskWatermark(self.spool.dir, settings.storage.min_free_bytes, settings.storage.min_free_percent,
                                   publish=self.events.publish, log=self.log)
         self.disk.check()
-        playlist = settings.programme.playlist
         v = settings.video
-        self.programme = Programme.load(settings.path(playlist), settings.programme, settings.encoder,
-                                        max_clip_s=settings.ingest.max_clip_seconds) if playlist else None
-        # Render ahead (issue 10): a queue clip starts only with enough head start buffered; see timeline/admission.py.
-        self.admission = Admission.from_settings(settings.renderer, v, lambda: self.pacer.buffered_frames / settings.video.fps)
-        self.timeline = Timeline(v, settings.encoder, self.spool, self.programme, admission=self.admission)
         self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
         self.prompt = v.prompt
         self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings.renderer, v.fps)
@@ -114,31 +102,18 @@ class Daemon:
         self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
         for o in settings.outputs:
             self.outputs.add(self._expand_output(o))
-        self.lookahead = Lookahead(settings.renderer.lookahead_chunks,
-                                   store=FrameStore.from_settings(settings.expanded(settings.renderer), settings.storage))
-        self.pacer = Pacer(self.lookahead, v.fps, settings.samples_per_frame, settings.encoder.audio_channels,
-                           on_underrun=lambda info: self.onair.underrun(info))
-        # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
-        self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=lambda: self.admission.planning_rate,
-                                   air_frame=lambda: self.pacer.air_frame)
-        self.render_ahead = RenderAhead(self.replanner, self.renderers.render, self.renderers.current_name,
-                                        self.admission, self.lookahead, fps=v.fps,
-                                        idle_reuse=settings.renderer.idle_reuse,
-                                        bank=bank_from_settings(settings.renderer, v, settings.model,
-                                                                settings.path(settings.state_dir)),
-                                        renderer_identity=lambda: renderer_identity(self.renderers.preferred),
-                                        expected_rate=self.renderers.expected_rate)
-        self.replanner.on_rebase = self.render_ahead.rebase
-        self.render_ahead.set_avatar(self.reference, self.prompt)
-        self.onair = OnAir(self.events, self.spool, self.timeline, self.replanner, self.admission, fps=v.fps,
-                           air_frame=lambda: self.pacer.air_frame, media_time_s=lambda: self.encoder.frames / v.fps)
+        self.playout = Playout(settings, self.spool, self.events, self.renderers,
+                               preferred_renderer=lambda: self.renderers.preferred,
+                               media_time_s=lambda: self.encoder.frames / v.fps,
+                               prepare=lambda rendered: self.compositor.prepare(rendered.chunk.frame_segments))
+        self.playout.set_avatar(self.reference, self.prompt)
         self.air = AirTap()  # the console's preview: each frame and its sound as encoded
-        self.broadcast = Broadcast(self.pacer, self.compositor, self.encoder, self.outputs, fps=v.fps,
+        self.broadcast = Broadcast(self.playout.pacer, self.compositor, self.encoder, self.outputs, fps=v.fps,
                                    audio_rate=settings.encoder.audio_rate, tap=self.air.offer,
-                                   on_frame=self.onair.aired, on_air=self._on_air)
+                                   on_frame=self.playout.aired, on_air=self._on_air)
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
-                                   edit=self.replanner.editing, plan_of=self.onair.plan_of,
+                                   edit=self.playout.editing, plan_of=self.playout.plan_of,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -209,11 +184,7 @@ class Daemon:
                 "applies": "next aired frame"}
 
     def plan_status(self) -> dict[str, Any]:
-        clips, media = self.onair.planned()
-        ra = self.render_ahead.status()
-        return {"media_time_s": round(media, 3), "buffered_s": ra["buffered_s"], "render_rate": ra["render_rate"],
-                "head_start_s": ra["head_start_s"], "waiting": ra["waiting"], "waiting_reason": ra["waiting_reason"],
-                "clips": clips, **self.replanner.status()}
+        return self.playout.status()
 
     def _cmd_outputs(self, call: Call) -> dict[str, Any]:
         return {"outputs": self.outputs.status()}
@@ -286,10 +257,7 @@ class Daemon:
                     avatar, self._pending_avatar = self._pending_avatar, None
                 if avatar is not None:
                     self._apply_avatar(*avatar)
-                rendered = self.render_ahead.step()
-                self.compositor.prepare(rendered.chunk.frame_segments)  # captions rasterised ahead of air
-                if self.replanner.put(rendered, self._stop_render):  # False: a re-plan discarded it
-                    self.onair.publish_plan()
+                self.playout.step(self._stop_render)
         except LookaheadClosed:
             pass
         except Exception as e:  # noqa: BLE001 - the broadcast holds the last frame; systemd restarts us
@@ -300,13 +268,13 @@ class Daemon:
     def _apply_avatar(self, image: np.ndarray, prompt: str) -> None:
         self.reference, self.prompt = image, prompt
         self.renderers.set_avatar(image, prompt)
-        self.render_ahead.set_avatar(image, prompt)  # the idle bank follows at this same chunk boundary
+        self.playout.set_avatar(image, prompt)  # the idle bank follows at this same chunk boundary
         self.log.info("avatar_changed", prompt=prompt)
 
     def _broadcast_loop(self) -> None:
         try:
             self.broadcast.run()
-            self.onair.settle()
+            self.playout.settle()
         except Exception as e:  # noqa: BLE001
             self.fatal = f"broadcast loop crashed: {e!r}"
             self.log.exception("broadcast_loop_crashed", error=repr(e))
@@ -329,7 +297,7 @@ class Daemon:
                                                   device=os.stat(self.spool.dir).st_dev)
                 if not low and self.spool.reserve_released:
                     self.spool.ensure_reserve()
-                self.onair.settle()
+                self.playout.settle()
             except Exception as e:  # noqa: BLE001
                 self.log.error("housekeeping_failed", error=repr(e))
 
@@ -344,13 +312,13 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         enc = self.encoder.stats()
-        pst = self.pacer.stats()
+        pst = self.playout.pacer.stats()
         return {
             "state": self.state,
             "uptime_s": round(time.time() - self.started_at, 1),
-            "on_air": self.onair.segment,
+            "on_air": self.playout.on_air,
             "queue": self.spool.stats(),
-            "storage": {**self.disk.status(), **self.onair.storage_status(),
+            "storage": {**self.disk.status(), **self.playout.onair.storage_status(),
                         "spool_quarantined": str(self.spool.quarantined[0]) if self.spool.quarantined else None},
             "broadcast": {
                 **pst,
@@ -361,7 +329,7 @@ class Daemon:
                 "send_max_s": round(self.outputs.send_max_s, 4),
             },
             "renderer": self.renderers.status(),
-            "render_ahead": {**self.render_ahead.status(), **self.lookahead.store.stats()},
+            "render_ahead": self.playout.render_ahead_status(),
             "plan": self.plan_status(),
             "outputs": self.outputs.status(),
             "overlays": self.compositor.status(),
@@ -400,7 +368,7 @@ class Daemon:
         sd_notify("STOPPING=1")
         self.events.publish("stopping")
         self._stop_render.set()
-        self.pacer.stop(drain=True)
+        self.playout.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -408,7 +376,7 @@ class Daemon:
     def close(self) -> None:
         self.request_stop()
         self._stopped.wait(30)
-        self.lookahead.close()
+        self.playout.close()
         for t in self._threads:
             t.join(timeout=5)
         self.outputs.close(timeout=max(1.0, 2 * self.s.output_policy.rw_timeout_s))
@@ -419,7 +387,7 @@ class Daemon:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.renderers.close()
-        self.lookahead.store.close()  # after the render thread: no chunk is packed any more
+        self.playout.close_store()
         self.encoder.close()
         self.spool.close()
         self.log.info("stopped")
@@ -474,7 +442,7 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
                 break
             stop.wait(1.0)
             q = daemon.spool.stats()
-            sd_notify(f"STATUS={daemon.state}; on air: {daemon.onair.segment or 'programme/idle'}; "
+            sd_notify(f"STATUS={daemon.state}; on air: {daemon.playout.on_air or 'programme/idle'}; "
                       f"queue {q.get('clips', 0)} clips")
     finally:
         daemon.close()

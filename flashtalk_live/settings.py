@@ -1,4 +1,8 @@
-"""The daemon's one typed configuration: TOML file < environment (FLASHTALK_LIVE_...) < CLI flags."""
+"""The daemon's one typed configuration, as a schema: every section, its defaults and its own checks.
+
+A leaf: it imports nothing of the package but `secrets`. What only a registry knows (renderer kinds, output kinds,
+model profiles) is checked by that registry after the schema has validated: `config.load_settings` runs both.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,12 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from flashtalk_live.outputs.kinds import validate_url
-from flashtalk_live.renderers.kinds import NAMES as RENDERER_KINDS
 from flashtalk_live.secrets import mask_obj, mask_text, mask_url
-
-if TYPE_CHECKING:
-    from flashtalk_live.engine.profile import Profile
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -170,14 +169,7 @@ class VideoSettings(_Section):
 class RendererSettings(_Section):
     """Which renderer draws the avatar and how far it may run ahead."""
 
-    kind: str = Field("still", description="a renderer kind of renderers/kinds.py: " + ", ".join(RENDERER_KINDS))
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v: str) -> str:
-        if v not in RENDERER_KINDS:
-            raise ValueError(f"not a renderer kind; expected one of {list(RENDERER_KINDS)}")
-        return v
+    kind: str = Field("still", description="a renderer kind of renderers/kinds.py (checked by that table)")
 
     lookahead_chunks: int = Field(3, ge=1, le=32, description="rendered chunks buffered ahead of the encoder while "
                                   "no clip waits for a head start (the base of the render-ahead buffer)")
@@ -328,11 +320,6 @@ class OutputSettings(_Section):
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
             raise ValueError(f"output name must be 1-64 of [A-Za-z0-9_.-], got {mask_url(v, strict=True)!r}")
         return v
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return validate_url(v)  # the output-kind registry: the same rules as output_add; the message is masked
 
 
 class OutputPolicy(_Section):
@@ -488,7 +475,6 @@ class Settings(BaseSettings):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
-    _profiles: list[Profile] | None = PrivateAttr(None)
 
     @classmethod
     def settings_customise_sources(
@@ -520,8 +506,6 @@ class Settings(BaseSettings):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"outputs: duplicate names {sorted(dup)}")
-        if self.renderer.kind == "flashtalk":
-            self._check_chunk_frames()
         if self.metrics.enabled and self.console.enabled and not self.console.token \
                 and not self.console.token_file and not is_loopback_host(self.metrics.host):
             raise ValueError(f"console: metrics.host {self.metrics.host!r} is not loopback; set console.token or "
@@ -530,26 +514,6 @@ class Settings(BaseSettings):
             raise ValueError(f"outputs: {len(self.outputs)} configured, over output_policy.max_outputs "
                              f"{self.output_policy.max_outputs}")
         return self
-
-    def _check_chunk_frames(self) -> None:
-        """video.chunk_frames must be the profile's new frames: the profile (and every "auto" candidate, names and
-        .toml files alike) is resolved here, once; the renderer takes `profiles` and does not resolve them again."""
-        profiles = self.profiles  # ValueError (a ProfileError) names the bad profile
-        if profiles[0].new_frames != self.video.chunk_frames:
-            raise ValueError(f"video.chunk_frames = {self.video.chunk_frames}, but model.profile = "
-                             f"{self.model.profile!r} makes {profiles[0].new_frames} new frames per chunk "
-                             "(frame_num - motion_frames)")
-
-    @property
-    def profiles(self) -> list[Profile]:
-        """model.profile resolved (for "auto": every candidate, best quality first); resolved once, at load for
-        the flashtalk renderer."""
-        if self._profiles is None:
-            # engine.profile pulls in torch (model.audio): only a flashtalk config pays for it.
-            from flashtalk_live.engine.profile import candidate_profiles
-
-            self._profiles = candidate_profiles(self.model.profile, self.model.auto_candidates)
-        return self._profiles
 
     # -- derived values ------------------------------------------------------------------------
     def path(self, template: str) -> str:
@@ -587,11 +551,11 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names field, value and expectation."""
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -611,7 +575,7 @@ def _env_value(key: str, raw: str) -> Any:
         return raw
 
 
-def _env_tree(environ: dict[str, str]) -> dict[str, Any]:
+def env_tree(environ: dict[str, str]) -> dict[str, Any]:
     """FLASHTALK_LIVE_A__B=v -> {"a": {"b": v}}; values parse as JSON when they can (lists, numbers, bools)."""
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
@@ -697,35 +661,43 @@ def resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+def error_line(loc: str, value: Any, msg: str, missing: bool = False) -> str:
+    """One configuration error as a line: field = masked value: what is expected. Values are masked before they
+    are cut short, so a cut never splits a URL away from its scheme; url fields are masked strictly (any shape may
+    hide a key)."""
+    msg = mask_text(msg.removeprefix("Value error, "))
+    if missing:
+        shown = "<missing>"
+    elif isinstance(value, str) and loc.endswith("url"):
+        shown = repr(mask_url(value, strict=True))
+    else:
+        shown = mask_text(repr(mask_obj(value)))
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    twice = loc.endswith("url") and shown in msg  # the output-kind message quotes the (masked) URL itself
+    return f"{loc}: {msg}" if twice else f"{loc} = {shown}: {msg}"
+
+
 def validation_error_lines(err: ValidationError) -> list[str]:
-    """One line per error: field = masked value: what is expected. Values are masked before they are cut short,
-    so a cut never splits a URL away from its scheme; url fields are masked strictly (any shape may hide a key)."""
+    """One line per error of the schema (`error_line`); a check across fields is its message alone."""
     lines = []
     for e in err.errors():
-        msg = mask_text(e["msg"].removeprefix("Value error, "))
         if not e["loc"]:  # a check across fields: its message names them, the input is the whole config
-            lines.append(msg)
+            lines.append(mask_text(e["msg"].removeprefix("Value error, ")))
             continue
-        loc = ".".join(str(p) for p in e["loc"])
-        value = e.get("input")
-        if e["type"] == "missing":
-            shown = "<missing>"
-        elif isinstance(value, str) and loc.endswith("url"):
-            shown = repr(mask_url(value, strict=True))
-        else:
-            shown = mask_text(repr(mask_obj(value)))
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        twice = loc.endswith("url") and shown in msg  # the output-kind message quotes the (masked) URL itself
-        lines.append(f"{loc}: {msg}" if twice else f"{loc} = {shown}: {msg}")
+        lines.append(error_line(".".join(str(p) for p in e["loc"]), e.get("input"), e["msg"],
+                                missing=e["type"] == "missing"))
     return lines
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = validation_error_lines(err)
+def format_error_lines(lines: list[str], source: str) -> str:
     if len(lines) == 1:
         return f"invalid configuration ({source}): {lines[0]}"
     return "\n  ".join([f"invalid configuration ({source}):"] + lines)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    return format_error_lines(validation_error_lines(err), source)
 
 
 def loads_toml(text: str, source: str, error: type[Exception]) -> dict[str, Any]:
@@ -749,34 +721,6 @@ def resolve_path(value: str, base: Path) -> Path:
     """A path written in a file (config, playlist): ~ expanded, a relative one taken against the file's folder."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else Path(os.path.normpath(base / p))
-
-
-def load_settings(
-    path: str | os.PathLike[str] | None = None,
-    overrides: list[str] | None = None,
-    environ: dict[str, str] | None = None,
-    replace: dict[str, Any] | None = None,
-) -> Settings:
-    """Build Settings from a TOML file, FLASHTALK_LIVE_* variables, KEY=VALUE overrides and `replace` (whole
-    top-level values, e.g. the CLI's outputs), in rising priority."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        data = read_toml(p, "config file", ConfigError)
-        data = resolve_file_paths(data, p.resolve().parent)
-        source = str(p)
-    env = os.environ if environ is None else environ
-    data = _deep_merge(data, _env_tree(dict(env)))
-    for item in overrides or []:
-        data = _deep_merge(data, parse_override(item))
-    data.update(replace or {})
-    try:
-        settings = Settings(**data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
-    check_benchmark_only(settings, env)
-    return settings
 
 
 def benchmark_mode(environ: Any = None) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashtalk_live.renderers.images import encode_png
+from flashtalk_live.images import encode_png
 
 W, H = 512, 768
 

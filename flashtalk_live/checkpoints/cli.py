@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from flashtalk_live.settings import ConfigError, load_settings
+from flashtalk_live.settings import ConfigError
+from flashtalk_live.config import load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:

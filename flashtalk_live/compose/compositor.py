@@ -19,7 +19,7 @@ import numpy as np
 
 from flashtalk_live.compose.text import TextStyle, covers, find_font, load_font, render_text, wrap
 from flashtalk_live.errors import Rejection
-from flashtalk_live.renderers.images import ImageError, decode_rgba_bytes
+from flashtalk_live.images import ImageError, decode_rgba_bytes
 from flashtalk_live.settings import LayerSettings, OverlaySettings
 
 AI_LABEL = "ai_label"

@@ -14,10 +14,10 @@ import numpy as np
 
 from flashtalk_live import log
 from flashtalk_live.cliargs import add_config_args, settings_from_args
-from flashtalk_live.ingest.audio import decode_audio
-from flashtalk_live.renderers.images import load_image
+from flashtalk_live.audio import decode_audio
+from flashtalk_live.images import load_image
 from flashtalk_live.settings import Settings
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.chunks import RenderChunk
 
 
 def register(subparsers: Any) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from flashtalk_live.engine.profile import Profile
 from flashtalk_live.engine.sampler import NoiseFn, NoiseSource, make_timesteps, sample
-from flashtalk_live.renderers.images import BACKGROUND, FitMode, fit_box
+from flashtalk_live.images import BACKGROUND, FitMode, fit_box
 from flashtalk_live.engine.session import AvatarSession, TextEncoder, prepare_session
 from flashtalk_live.model.audio import encode_stream_window
 from flashtalk_live.model.colour import match_and_blend_colors

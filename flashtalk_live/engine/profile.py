@@ -15,6 +15,7 @@ the VAE decode is then split by image height over the ranks (exact; a halo excha
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from flashtalk_live.model.audio import AudioFeatureConfig
-from flashtalk_live.settings import read_toml
+from flashtalk_live.settings import Settings, read_toml
 
 VAE_TEMPORAL = 4  # pixel frames per latent frame after the first
 VAE_SPATIAL = 8
@@ -270,6 +271,17 @@ def choose_profile(candidates: Sequence[Profile], timings: Mapping[str, Sequence
     return ProfileChoice(fastest.profile, False, measured, margin)
 
 
+def room_profiles(settings: Settings) -> list[Profile]:
+    """The profiles a room may run (`candidate_profiles` of its model section), resolved once per process for a
+    given setting: config load checks them, the renderer and the rank launcher take the same list."""
+    return list(_room_profiles(settings.model.profile, tuple(settings.model.auto_candidates)))
+
+
+@functools.lru_cache(maxsize=16)
+def _room_profiles(spec: str, candidates: tuple[str, ...]) -> tuple[Profile, ...]:
+    return tuple(candidate_profiles(spec, candidates))
+
+
 def splits_vae_decode(profiles: Sequence[Profile]) -> bool:
-    """Whether any profile the room may run (Settings.profiles) splits the VAE decode over the ranks."""
+    """Whether any profile the room may run (room_profiles) splits the VAE decode over the ranks."""
     return any(p.split_vae_decode for p in profiles)

@@ -36,7 +36,7 @@ from flashtalk_live.checkpoints.taehv import find_taehv_file, load_taehv, plan_t
 from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, start_drift
 from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
 from flashtalk_live.engine.profile import (
-    AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile,
+    AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile, room_profiles,
 )
 from flashtalk_live.engine.session import AvatarSession, CachedTextEncoder, file_identity, prepare_session
 from flashtalk_live.events import EventBus
@@ -46,9 +46,9 @@ from flashtalk_live.model.taehv import TinyVideoDecoder
 from flashtalk_live.model.text import encode_prompts
 from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings, quantize_dit_
 from flashtalk_live.renderers.base import RendererError
-from flashtalk_live.renderers.images import crossfade, default_portrait, fit_image, load_image
+from flashtalk_live.images import crossfade, default_portrait, fit_image, load_image
 from flashtalk_live.settings import BENCHMARK_ENV, ModelSettings, Settings, VideoSettings, benchmark_mode
-from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, RenderChunk
+from flashtalk_live.chunks import MODEL_AUDIO_RATE, RenderChunk
 
 log = get_logger("engine")
 
@@ -385,7 +385,7 @@ class FlashTalkConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> "FlashTalkConfig":
         try:
-            profiles = tuple(settings.profiles)
+            profiles = tuple(room_profiles(settings))
         except ProfileError as e:
             raise RendererError(str(e)) from None
         return cls(settings.expanded(settings.model), settings.video, profiles)

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import Event, EventBus
-from flashtalk_live.ingest.audio import decode_for_settings
+from flashtalk_live.audio import decode_for_settings
 from flashtalk_live.ingest.auth import EndpointRefused, Security
 from flashtalk_live.ingest.conncap import ConnectionCap
 from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Call, Handler, Peer, authorize, check_data, \
@@ -108,7 +108,7 @@ class IngestServer:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
         self.encoder = encoder
         self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
-        # edit(command, segment_id): the daemon's re-plan around a queue change (timeline/replan.py), so edits act
+        # edit(command, segment_id): the daemon's re-plan around a queue change (playout/replan.py), so edits act
         # on what is on air rather than on what was rendered ahead; plan_of(segment_id): its planned on-air time.
         self.edit = edit or (lambda command, segment_id=None: contextlib.nullcontext())
         self.plan_of = plan_of
@@ -464,7 +464,7 @@ class IngestServer:
                 meta[name] = [c.model_dump() for c in cues]
         # Re-plan first: insert and play_now make clips rendered ahead but not on air pending again, so the new clip
         # is ordered against them exactly as the queue semantics say; enqueue drops buffered idle/programme chunks,
-        # so a clip pushed into an idle room does not wait behind them (timeline/replan.py).
+        # so a clip pushed into an idle room does not wait behind them (playout/replan.py).
         with self.edit(mode):
             res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]
                                     format=fmt, sample_rate=rate, channels=ch)

@@ -9,10 +9,10 @@ import numpy as np
 
 from flashtalk_live.compose.compositor import Compositor
 from flashtalk_live.media.encoder import Encoder
-from flashtalk_live.media.pacing import Pacer
+from flashtalk_live.playout.pacing import Pacer
 from flashtalk_live.outputs.manager import OutputManager
 from flashtalk_live.sdnotify import sd_notify, watchdog_interval_s
-from flashtalk_live.timeline.chunk import Mark
+from flashtalk_live.chunks import Mark
 
 
 class Broadcast:

@@ -358,7 +358,7 @@ def _join(spec: WorkerSpec, rank: int, ws: int, local: int, addr: str, port: int
 
 def spec_from_settings(model: ModelSettings, profiles: Sequence[Profile]) -> WorkerSpec:
     """The WorkerSpec of the model section: the released DiT from weights_dir on the listed GPUs, and the
-    released VAE too when one of the room's profiles (Settings.profiles) has split_vae_decode."""
+    released VAE too when one of the room's profiles (engine.profile.room_profiles) has split_vae_decode."""
     m = model
     ids = resolve_gpus(m.gpus)
     if not m.weights_dir:

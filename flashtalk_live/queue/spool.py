@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, TypeVar
 
 from flashtalk_live.errors import Rejection
-from flashtalk_live.ingest.audio import ClipAudio, decode_audio
+from flashtalk_live.audio import ClipAudio, decode_audio
 from flashtalk_live.settings import EncoderSettings, QueueSettings, StorageSettings
 
 Mode = Literal["enqueue", "insert", "play_now"]

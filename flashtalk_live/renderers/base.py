@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.chunks import RenderChunk
 
 
 class RendererError(RuntimeError):

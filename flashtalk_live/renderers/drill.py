@@ -15,7 +15,7 @@ import numpy as np
 
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.settings import RendererSettings
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.chunks import RenderChunk
 
 
 class DrillRenderer:

@@ -2,7 +2,8 @@
 
 Each kind says how to start what it needs before the daemon is built (GPU ranks) and how to build its renderer
 factory; the still renderer is always there as the fallback, so the "still" kind builds nothing. No heavy import at
-module level: settings.py reads the names from here.
+module level: `config.load_settings` asks this table whether `renderer.kind` names a kind and lets the kind check
+what only it knows (a flashtalk room's model profiles against its chunking).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import TYPE_CHECKING, Callable, Optional
 from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer
 
-if TYPE_CHECKING:  # settings.py imports this module for NAMES: the types only, no import at run time
+from flashtalk_live.settings import Settings
+
+if TYPE_CHECKING:  # parallel/ imports torch: the type only, loaded when a flashtalk room starts its ranks
     from flashtalk_live.parallel.launch import ParallelHandle
-    from flashtalk_live.settings import Settings
 
 # Builds the preferred renderer; the daemon binds it to the settings for the renderer supervisor (renderers/
 # supervisor.py), which calls it in the background, again after a failure.
@@ -30,6 +32,8 @@ class RendererKind:
     factory: Callable[[Settings, EventBus, Optional[ParallelHandle]], Optional[RendererFactory]]
     # settings -> a handle on worker processes started before the daemon (several GPUs), or None
     launch: Callable[[Settings], Optional[ParallelHandle]] = lambda settings: None
+    # settings -> None, or ValueError naming the setting: what only this kind knows, checked at config load
+    check: Callable[[Settings], None] = lambda settings: None
 
 
 def flashtalk_factory(settings: Settings, events: EventBus, parallel: ParallelHandle | None = None) -> RendererFactory:
@@ -51,13 +55,27 @@ def flashtalk_factory(settings: Settings, events: EventBus, parallel: ParallelHa
 def _flashtalk_launch(settings: Settings) -> ParallelHandle | None:
     from flashtalk_live.parallel.launch import maybe_launch_workers  # torch: only for a flashtalk room
 
-    return maybe_launch_workers(settings.model, settings.profiles)
+    from flashtalk_live.engine.profile import room_profiles  # torch (model.audio): only for a flashtalk room
+
+    return maybe_launch_workers(settings.model, room_profiles(settings))
+
+
+def _flashtalk_check(settings: Settings) -> None:
+    """video.chunk_frames must be the profile's new frames: the profile (and every "auto" candidate, names and
+    .toml files alike) is resolved here, once (`room_profiles` keeps it); a bad one raises a ProfileError."""
+    from flashtalk_live.engine.profile import room_profiles  # torch (model.audio): only a flashtalk config pays
+
+    profiles = room_profiles(settings)
+    if profiles[0].new_frames != settings.video.chunk_frames:
+        raise ValueError(f"video.chunk_frames = {settings.video.chunk_frames}, but model.profile = "
+                         f"{settings.model.profile!r} makes {profiles[0].new_frames} new frames per chunk "
+                         "(frame_num - motion_frames)")
 
 
 KINDS: dict[str, RendererKind] = {k.name: k for k in (
     RendererKind("still", "the reference portrait, no model (also every kind's fallback)", lambda s, e, p: None),
     RendererKind("flashtalk", "SoulX-FlashTalk-14B (engine/), on one GPU or over model.gpus ranks",
-                 flashtalk_factory, _flashtalk_launch),
+                 flashtalk_factory, _flashtalk_launch, _flashtalk_check),
 )}
 NAMES = tuple(KINDS)
 

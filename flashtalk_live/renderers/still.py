@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from flashtalk_live.renderers.base import RendererError
-from flashtalk_live.renderers.images import FitMode, default_portrait, fit_image
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.images import FitMode, default_portrait, fit_image
+from flashtalk_live.chunks import RenderChunk
 
 
 class StillRenderer:

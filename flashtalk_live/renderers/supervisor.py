@@ -15,7 +15,7 @@ from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.settings import RendererSettings, VideoSettings
-from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
+from flashtalk_live.chunks import RenderChunk, RenderedChunk
 
 
 class RendererSupervisor:

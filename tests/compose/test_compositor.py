@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from flashtalk_live.compose.compositor import AI_LABEL, Compositor, blend, make_patch, place
 from flashtalk_live.compose.text import FONT_CANDIDATES, TextStyle, covers, find_font, load_font, render_text
 from flashtalk_live.errors import Rejection
-from flashtalk_live.renderers.images import encode_png
+from flashtalk_live.images import encode_png
 from flashtalk_live.settings import LayerSettings, OverlaySettings
 
 W, H, FPS = 96, 160, 25

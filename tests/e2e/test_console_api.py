@@ -15,7 +15,8 @@ import pytest
 
 from console_support import ChunkColourRenderer, Http, console_settings, start_daemon, wait_until, wav_bytes
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.settings import ConfigError, load_settings
+from flashtalk_live.settings import ConfigError
+from flashtalk_live.config import load_settings
 
 PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8"
                         "cfc0000003010100c9fe92ef0000000049454e44ae426082")

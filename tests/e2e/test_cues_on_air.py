@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flashtalk_live.client import Client
-from flashtalk_live.renderers.images import encode_png
+from flashtalk_live.images import encode_png
 
 from test_overlays_on_air import BG, CARD, H, W, decode, differs, flat_daemon, pytestmark, wav_bytes  # noqa: F401
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import flashtalk_live.renderers.images as images
+import flashtalk_live.images as images
 from flashtalk_live.client import Client, Rejected
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.settings import load_settings
+from flashtalk_live.config import load_settings
 from image_support import png_bomb
 from rtmp_harness import free_port
 

@@ -53,7 +53,7 @@ def test_slow_renderer_underruns_without_stall_or_drift(tmp_path):
     t0 = time.monotonic()
     run_for(d, 8.0)
     wall = time.monotonic() - t0
-    st = d.pacer.stats()
+    st = d.playout.pacer.stats()
     enc = d.encoder.stats()
     print(f"\nslow renderer (1.5x real time): {st['frames_out']} frames in {wall:.1f} s, "
           f"{st['underrun_frames']} underrun frames in {st['underrun_episodes']} episodes, av_skew {enc['av_skew_s']}")
@@ -69,14 +69,14 @@ def test_fast_renderer_is_held_back_and_memory_stays_bounded(tmp_path):
     s = settings(tmp_path, "renderer.lookahead_chunks=2")
     fast = PaintRenderer(128, 128, name="fast")
     d = Daemon(s, renderer_factory=lambda _s: fast)
-    samples = run_for(d, 8.0, sample=lambda dd: (len(dd.lookahead), dd.status()["rss_bytes"]))
+    samples = run_for(d, 8.0, sample=lambda dd: (len(dd.playout.lookahead), dd.status()["rss_bytes"]))
     depth = max(n for n, _ in samples)
     rss = [r for _, r in samples]
     print(f"\nfast renderer: max look-ahead {depth} chunks (bound 2), renderer calls {fast.calls}, "
           f"RSS {rss[len(rss) // 4] / 2**20:.1f} -> {rss[-1] / 2**20:.1f} MiB")
     assert depth <= 2
     # it rendered only what was aired plus the bounded look-ahead (+1 in hand), not as fast as it could
-    assert fast.calls <= d.pacer.stats()["chunks_out"] + 2 + 1
+    assert fast.calls <= d.playout.pacer.stats()["chunks_out"] + 2 + 1
 
 
 @pytest.mark.timeout(120)
@@ -166,7 +166,7 @@ def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
 
 @pytest.mark.timeout(120)
 def test_set_avatar_through_the_control_socket_changes_the_picture_at_a_chunk_boundary(tmp_path):
-    from flashtalk_live.renderers.images import encode_png
+    from flashtalk_live.images import encode_png
 
     d = Daemon(settings(tmp_path, "renderer.lookahead_chunks=1", f'ingest.avatar_dirs=["{tmp_path}"]'))
     d.start()
@@ -236,7 +236,7 @@ def test_hung_engine_is_abandoned_within_the_lookahead_and_retried_after_it_retu
         deadline = time.monotonic() + 30
         while changes[-1] != ("engine", "ready") and time.monotonic() < deadline:
             time.sleep(0.1)
-        st = d.pacer.stats()
+        st = d.playout.pacer.stats()
     finally:
         release.set()
         d.close()

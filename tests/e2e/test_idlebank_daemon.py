@@ -13,7 +13,7 @@ from console_support import wait_until as until
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.client import Client
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.media.idlebank import frame_distance, thumb
+from flashtalk_live.playout.idlebank import frame_distance, thumb
 from support.audio import wav_bytes
 from test_daemon_inprocess import settings
 
@@ -68,7 +68,7 @@ def test_idle_airs_from_the_bank_and_a_clip_joins_it(tmp_path):
         assert calls(d) == after_clip  # idle after the clip costs no render call either
         # The join, measured on thumbs as the pick does: the step from the clip's last frame into the nearest bank
         # chunk (before the blend spreads it over crossfade_frames + 1 steps) vs the bank's own frame-to-frame step.
-        chunks = list(d.render_ahead.bank.chunks.values())
+        chunks = list(d.playout.render_ahead.bank.chunks.values())
         typical = float(np.mean([frame_distance(thumb(a), thumb(b)) for c in chunks
                                  for a, b in zip(c.frames, c.frames[1:])]))
         chain = [frame_distance(thumb(a.frames[-1]), thumb(b.frames[0])) for a, b in zip(chunks, chunks[1:])]

@@ -14,8 +14,8 @@ from flashtalk_live.client import Client, ClientError
 from flashtalk_live.compose.compositor import Compositor
 from flashtalk_live.compose.text import FONT_CANDIDATES
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.renderers.images import encode_png
-from flashtalk_live.settings import load_settings
+from flashtalk_live.images import encode_png
+from flashtalk_live.config import load_settings
 
 W, H = 288, 512
 BG = (90, 110, 130)

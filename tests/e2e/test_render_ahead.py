@@ -70,9 +70,9 @@ def test_clip_pushed_to_an_idle_room_with_a_fast_renderer_starts_without_added_d
     try:
         with Client(f"ipc://{tmp_path / 'state'}/control.sock", timeout_s=20) as c:
             deadline = time.monotonic() + 30
-            while d.pacer.frames_out < 2 * FPS and time.monotonic() < deadline:
+            while d.playout.pacer.frames_out < 2 * FPS and time.monotonic() < deadline:
                 time.sleep(0.1)
-            on_air_at_push = d.pacer.frames_out
+            on_air_at_push = d.playout.pacer.frames_out
             sid = c.enqueue(encode("wav_s16", seconds=1.0, freq=500.0))["segment_id"]
             deadline = time.monotonic() + 30
             while not clip_marks(events, "finished") and time.monotonic() < deadline:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from flashtalk_live.daemon import Daemon
-from flashtalk_live.media.framestore import SPILL_SUFFIX
-from flashtalk_live.renderers.images import default_portrait, fit_image
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.playout.framestore import SPILL_SUFFIX
+from flashtalk_live.images import default_portrait, fit_image
+from flashtalk_live.chunks import RenderChunk
 from rtmp_harness import read_media
 from test_broadcast import band_power, decode_audio_mono
 from test_render_ahead import CHUNK, FPS, clip_marks, push_clips, settings
@@ -70,7 +70,7 @@ def test_clips_air_in_order_through_spill_files_with_no_underrun(tmp_path):
     most_on_disk = [0]
 
     def on_event(e: dict) -> None:
-        most_on_disk[0] = max(most_on_disk[0], d.lookahead.store.disk_bytes)
+        most_on_disk[0] = max(most_on_disk[0], d.playout.lookahead.store.disk_bytes)
 
     freqs = [400.0 + 150.0 * i for i in range(n_clips)]
     events, ids, st = push_clips(d, tmp_path, freqs, clip_s, period_s, on_event)

@@ -7,7 +7,8 @@ import pytest
 from flashtalk_live.engine.profile import (
     PROFILE_LADDER, PROFILES, ProfileError, candidate_profiles, choose_profile, resolve_profile,
 )
-from flashtalk_live.settings import ConfigError, load_settings
+from flashtalk_live.settings import ConfigError
+from flashtalk_live.config import load_settings
 
 LADDER = [PROFILES[n] for n in PROFILE_LADDER]
 BUDGET = 28 / 25  # 1.12 s

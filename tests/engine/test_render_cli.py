@@ -13,7 +13,7 @@ import torch
 
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.cli import main
-from flashtalk_live.renderers.images import default_portrait, encode_png
+from flashtalk_live.images import default_portrait, encode_png
 
 torch.set_num_threads(1)
 

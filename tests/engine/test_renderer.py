@@ -13,8 +13,8 @@ from flashtalk_live.engine.drift import RecalibrationPolicy
 from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer, crossfade
 from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer, RendererError
-from flashtalk_live.settings import load_settings
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.config import load_settings
+from flashtalk_live.chunks import RenderChunk
 from support.chunks import render_chunk
 
 torch.set_num_threads(1)
@@ -174,7 +174,7 @@ def test_device_fit_matches_the_cpu_fit(mode, size) -> None:
     """The engine fits frames to the output on the device (no per-frame CPU resize on the render thread): same
     geometry and placement as fit_image, pixels within a few levels (bilinear+antialias vs swscale AREA/BICUBIC)."""
     from flashtalk_live.engine.engine import fit_video
-    from flashtalk_live.renderers.images import BACKGROUND, default_portrait, fit_image
+    from flashtalk_live.images import BACKGROUND, default_portrait, fit_image
 
     src = default_portrait()[::4, ::4][:96, :64].copy()  # 64x96, portrait
     w, h = size

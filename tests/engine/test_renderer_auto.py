@@ -14,8 +14,8 @@ from flashtalk_live import log
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
 from flashtalk_live.renderers.base import RendererError
-from flashtalk_live.settings import load_settings
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.config import load_settings
+from flashtalk_live.chunks import RenderChunk
 from support.chunks import render_chunk
 
 torch.set_num_threads(1)

@@ -89,8 +89,8 @@ def test_tiny_video_decoder_checks_its_input():
 def test_renderer_factory_loads_the_tiny_decoder(tmp_path: Path):
     from flashtalk_live.checkpoints.fake import write_fake_release
     from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
-    from flashtalk_live.settings import load_settings
-    from flashtalk_live.timeline.chunk import RenderChunk
+    from flashtalk_live.config import load_settings
+    from flashtalk_live.chunks import RenderChunk
 
     rel = write_fake_release(tmp_path / "models")
     (tmp_path / "tiny.toml").write_text('base = "quality"\nheight = 64\nwidth = 32\nframe_num = 13\nmotion_frames = 5\n')

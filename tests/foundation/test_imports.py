@@ -1,5 +1,6 @@
-"""Imports: no module-level import cycle inside flashtalk_live, every import inside a function says why it is lazy,
-and every module imports on its own in a fresh interpreter (in two orders)."""
+"""Imports: no import cycle inside flashtalk_live counting every import statement (module level, inside functions,
+under TYPE_CHECKING), `settings` a leaf, every import inside a function says why it is lazy, and every module imports
+on its own in a fresh interpreter (in two orders)."""
 
 from __future__ import annotations
 
@@ -31,33 +32,32 @@ def _resolve(mod: str, node: ast.ImportFrom, is_pkg: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _top_level_imports(mod: str, path: Path, known: set[str]) -> set[str]:
-    """Modules of the package that `mod` imports when it loads (module body, not functions or TYPE_CHECKING)."""
-    tree = ast.parse(path.read_text())
+def _imports(mod: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of the package that `mod` names in any import statement: module body, functions, TYPE_CHECKING."""
     deps: set[str] = set()
-
-    def visit(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                continue
-            if isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = _resolve(mod, node, path.name == "__init__.py")
-                deps.add(base)
-                deps.update(f"{base}.{a.name}" for a in node.names)
-            elif isinstance(node, (ast.If, ast.Try, ast.With)):
-                for field in ("body", "orelse", "finalbody", "handlers"):
-                    for sub in getattr(node, field, []) or []:
-                        visit(sub.body if isinstance(sub, ast.ExceptHandler) else [sub])
-
-    visit(tree.body)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            deps.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(mod, node, path.name == "__init__.py")
+            deps.add(base)
+            deps.update(f"{base}.{a.name}" for a in node.names)
     # importing a.b.c runs a/__init__ and a/b/__init__ first
     full = set()
     for d in deps:
         parts = d.split(".")
         full.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return {d for d in full if d in known and d != mod}
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    graph = {m: _imports(m, p, set(mods)) for m, p in mods.items()}
+    # a package's __init__ importing its own submodules is how packages re-export: not a cycle to report
+    for m in graph:
+        graph[m] = {d for d in graph[m] if not (PKG.joinpath(*m.split(".")[1:], "__init__.py").is_file()
+                                                 and d.startswith(m + "."))}
+    return graph
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -97,13 +97,18 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles():
-    mods = _modules()
-    graph = {m: _top_level_imports(m, p, set(mods)) for m, p in mods.items()}
-    # a package's __init__ importing its own submodules is how packages re-export: not a cycle to report
-    for m in graph:
-        graph[m] = {d for d in graph[m] if not (PKG.joinpath(*m.split(".")[1:], "__init__.py").is_file()
-                                                 and d.startswith(m + "."))}
-    assert _cycles(graph) == []
+    assert _cycles(_graph()) == []
+
+
+# The leaves every part may import; settings may import only these (and the package root).
+LEAVES = {"flashtalk_live", "flashtalk_live.errors", "flashtalk_live.secrets"}
+
+
+def test_leaves_and_settings_import_nothing_above_the_leaves():
+    graph = _graph()
+    for leaf in LEAVES - {"flashtalk_live"}:
+        assert graph[leaf] <= LEAVES, f"{leaf} is a leaf but imports {sorted(graph[leaf] - LEAVES)}"
+    assert graph["flashtalk_live.settings"] <= LEAVES, sorted(graph["flashtalk_live.settings"] - LEAVES)
 
 
 def test_every_lazy_import_says_why():

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from flashtalk_live.secrets import mask_url
-from flashtalk_live.settings import ConfigError, load_settings, masked_dump
+from flashtalk_live.settings import ConfigError, masked_dump
+from flashtalk_live.config import load_settings
 
 
 def test_defaults_are_the_embedded_demo():

@@ -12,7 +12,7 @@ import pytest
 
 from ingest_audiogen import encode, pcm_s16le, tone
 
-from flashtalk_live.ingest.audio import AudioError, decode_audio, sniff_demuxer
+from flashtalk_live.audio import AudioError, decode_audio, sniff_demuxer
 
 
 def dominant_hz(x: np.ndarray, rate: int) -> float:

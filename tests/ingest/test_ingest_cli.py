@@ -15,7 +15,7 @@ import pytest
 
 from flashtalk_live.cli import main
 from flashtalk_live.ingest.cli import EXIT_DAEMON_STOPPED, EXIT_NO_DAEMON, default_endpoints
-from flashtalk_live.settings import load_settings
+from flashtalk_live.config import load_settings
 from support.ports import free_port
 
 

@@ -14,7 +14,7 @@ import pytest
 from flashtalk_live.ingest.auth import confine_output_file, confine_path
 from flashtalk_live.ingest.limits import RateLimiter, check_image, image_info
 from flashtalk_live.ingest.protocol import ProtocolError
-from flashtalk_live.renderers.images import encode_png
+from flashtalk_live.images import encode_png
 from image_support import png_bomb
 
 

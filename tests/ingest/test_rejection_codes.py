@@ -21,7 +21,7 @@ from flashtalk_live.errors import REJECT_CODES
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.queue.spool import Spool
-from flashtalk_live.settings import load_settings
+from flashtalk_live.config import load_settings
 
 SECRET = "SECRET-KEY-42"
 

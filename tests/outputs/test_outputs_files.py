@@ -11,6 +11,7 @@ from rtmp_harness import max_gap, read_media
 from outputs_driver import FPS, by_name, frame_and_audio, make_encoder
 
 from flashtalk_live.events import EventBus
+from flashtalk_live.config import load_settings
 from flashtalk_live.outputs.kinds import kind_name as output_kind, validate_url
 from flashtalk_live.outputs.manager import OutputManager
 from flashtalk_live.settings import OutputPolicy, OutputSettings
@@ -127,7 +128,7 @@ def test_bad_output_urls_get_clear_errors(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=re.escape(problem) + "; expected rtmp:// or rtmps://"):
             validate_url(url)
         with pytest.raises(ValueError, match=re.escape(problem)):  # the same rule at config load
-            OutputSettings(name="x", url=url)
+            load_settings(None, environ={}, replace={"outputs": [{"name": "x", "url": url}]})
     enc = make_encoder()
     m = OutputManager.for_encoder(POLICY, None, enc)
     try:

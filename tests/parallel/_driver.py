@@ -163,8 +163,9 @@ def run_renderer(args) -> None:
     from flashtalk_live.checkpoints.fake import write_fake_release
     from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
     from flashtalk_live.parallel.launch import maybe_launch_workers, parallel_flashtalk_renderer
-    from flashtalk_live.settings import load_settings
-    from flashtalk_live.timeline.chunk import RenderChunk
+    from flashtalk_live.config import load_settings
+    from flashtalk_live.engine.profile import room_profiles
+    from flashtalk_live.chunks import RenderChunk
 
     os.environ["OMP_NUM_THREADS"] = "1"  # the workers (spec_from_settings sets no thread count)
     root = Path(args.out).parent / "renderer"  # beside the results: the test's tmp_path
@@ -187,7 +188,7 @@ def run_renderer(args) -> None:
                            model_audio=model, frame_segments=[None] * n, idle=False, model_history=hist)
 
     out: dict[str, torch.Tensor] = {}
-    handle = maybe_launch_workers(settings.model, settings.profiles)
+    handle = maybe_launch_workers(settings.model, room_profiles(settings))
     config = FlashTalkConfig.from_settings(settings)
     assert handle is not None and handle.spec.vae_factory is not None, handle and handle.spec
     out["worker_vae"] = torch.tensor([int(handle.spec.vae_factory.endswith(":release_vae"))])

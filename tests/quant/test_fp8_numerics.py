@@ -218,7 +218,8 @@ def test_settings_fields_and_the_14b_config(tmp_path):
 
     from pydantic import ValidationError
 
-    from flashtalk_live.settings import ModelSettings, load_settings
+    from flashtalk_live.settings import ModelSettings
+    from flashtalk_live.config import load_settings
 
     m = ModelSettings()
     assert (m.quantize, m.fp8_keep_bf16_blocks, m.fp8_backend) == ("none", (2, 3), "scaled_mm")

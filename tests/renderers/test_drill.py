@@ -8,7 +8,7 @@ import pytest
 from flashtalk_live.renderers.drill import DrillRenderer, with_drills
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.settings import Settings
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.chunks import RenderChunk
 from support.chunks import render_chunk
 
 FPS, NF = 25, 10

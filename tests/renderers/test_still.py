@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flashtalk_live.renderers.base import Renderer, RendererError
-from flashtalk_live.renderers.images import (
+from flashtalk_live.images import (
     BACKGROUND,
     ImageError,
     decode_image_bytes,
@@ -16,7 +16,7 @@ from flashtalk_live.renderers.images import (
     load_image,
 )
 from flashtalk_live.renderers.still import StillRenderer
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.chunks import RenderChunk
 from support.chunks import render_chunk
 
 

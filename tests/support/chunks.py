@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, Mark, RenderChunk
+from flashtalk_live.chunks import MODEL_AUDIO_RATE, Mark, RenderChunk
 
 FPS, RATE, CHANNELS = 25, 48000, 2
 

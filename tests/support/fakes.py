@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from flashtalk_live.timeline.chunk import RenderChunk
+from flashtalk_live.chunks import RenderChunk
 
 Colour = Callable[[int], tuple[int, int, int]]
 

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flashtalk_live.settings import Settings, load_settings
-from flashtalk_live.timeline.programme import Programme
+from flashtalk_live.settings import Settings
+from flashtalk_live.config import load_settings
+from flashtalk_live.playout.programme import Programme
 
 
 def room_settings(tmp_path: Path, *extra: str, output: Path | None = None) -> Settings:

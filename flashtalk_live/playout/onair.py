@@ -8,13 +8,19 @@ from typing import Any, Callable
 from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.queue.spool import Spool
-from flashtalk_live.timeline.admission import Admission
-from flashtalk_live.timeline.chunk import Mark
-from flashtalk_live.timeline.plan import RESCHEDULE_THRESHOLD_S, Planned, plan_on_air
-from flashtalk_live.timeline.replan import Replanner
-from flashtalk_live.timeline.timeline import Timeline
+from flashtalk_live.playout.admission import Admission
+from flashtalk_live.chunks import Mark
+from flashtalk_live.playout.plan import RESCHEDULE_THRESHOLD_S, Planned, plan_on_air
+from flashtalk_live.playout.replan import Replanner
+from flashtalk_live.playout.timeline import Timeline
 
 PLAN_LIMIT = 50  # pending clips given a planned on-air time (status, events)
+
+
+def publish_underrun(events: EventBus, info: dict[str, Any]) -> None:
+    """The pacer's underrun callback: one `underrun` event as an episode starts."""
+    if info.get("phase") == "start":
+        events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
 
 
 class OnAir:
@@ -51,11 +57,6 @@ class OnAir:
             self.events.publish("idle", frame=out_frame, media_time_s=round(out_frame / self.fps, 3))
         elif segment_id is not None:
             self._idle_announced = False
-
-    def underrun(self, info: dict[str, Any]) -> None:
-        """The pacer's underrun callback: one `underrun` event as it starts."""
-        if info.get("phase") == "start":
-            self.events.publish("underrun", **{k: v for k, v in info.items() if k != "phase"})
 
     def _announce(self, m: Mark, out_frame: int) -> None:
         t = out_frame / self.fps
@@ -103,7 +104,7 @@ class OnAir:
     def storage_status(self) -> dict[str, Any]:
         return {"spool_write_errors": self.storage_errors, "unsettled_clips": len(self._unsettled)}
 
-    # -- what will air (timeline/replan.py, timeline/plan.py) ------------------------------------------
+    # -- what will air (playout/replan.py, playout/plan.py) ------------------------------------------
     def _plan(self) -> tuple[list[Planned], float]:
         """Every buffered and the first PLAN_LIMIT pending clips' planned start, and the air's media time now."""
         with self.replanner.lock:  # the timeline and the spool as one moment: no clip taken in between
@@ -134,7 +135,7 @@ class OnAir:
 
     def publish_plan(self) -> list[dict[str, Any]]:
         """`scheduled` for a clip's first plan, `rescheduled` when its planned start moves by more than the
-        threshold (timeline/plan.py)."""
+        threshold (playout/plan.py)."""
         with self._plan_lock:
             rows, _ = self.planned()
             for r in rows:

@@ -46,7 +46,7 @@ class RenderChunk:
     marks: list[Mark] = field(default_factory=list)
     idle: bool = False  # no queue or programme speech in this chunk
     model_history: np.ndarray | None = None
-    plan: int = 0  # the re-plan epoch it was cut under (timeline/replan.py drops chunks of a discarded plan)
+    plan: int = 0  # the re-plan epoch it was cut under (playout/replan.py drops chunks of a discarded plan)
     motion_frames: np.ndarray | None = None
 
     @property

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from timeline_fakes import labelled_wav
+from support.queue_fakes import labelled_wav
 
 from flashtalk_live.settings import Settings
-from flashtalk_live.timeline.programme import ClipDecodeError, Programme, decode_audio
+from flashtalk_live.playout.programme import ClipDecodeError, Programme, decode_audio
 from support.settings import load_programme
 
 REPO = Path(__file__).resolve().parents[2]

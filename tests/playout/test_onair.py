@@ -1,4 +1,4 @@
-"""On-air bookkeeping (timeline/onair.py) with a real spool, timeline and event bus: marks become events, a finished
+"""On-air bookkeeping (playout/onair.py) with a real spool, timeline and event bus: marks become events, a finished
 clip leaves the spool before its `finished` is published, a spool that cannot write keeps the clip for a retry, and
 the plan is published once per clip until it moves."""
 
@@ -9,14 +9,14 @@ import sqlite3
 import numpy as np
 
 from flashtalk_live.events import EventBus
-from flashtalk_live.media.pacing import Lookahead
+from flashtalk_live.playout.pacing import Lookahead
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.settings import Settings
-from flashtalk_live.timeline.admission import Admission
-from flashtalk_live.timeline.chunk import Mark
-from flashtalk_live.timeline.onair import OnAir
-from flashtalk_live.timeline.replan import Replanner
-from flashtalk_live.timeline.timeline import Timeline
+from flashtalk_live.playout.admission import Admission
+from flashtalk_live.chunks import Mark
+from flashtalk_live.playout.onair import OnAir
+from flashtalk_live.playout.replan import Replanner
+from flashtalk_live.playout.timeline import Timeline
 
 FPS = 25
 
@@ -30,7 +30,7 @@ def _room(tmp_path):
     st = Settings(state_dir="/nonexistent-state")
     spool = Spool(tmp_path / "spool")
     admission = Admission.from_settings(st.renderer, st.video, lambda: 0.0)
-    tl = Timeline(st.video, st.encoder, spool, None, admission=admission)
+    tl = Timeline(st.video, st.encoder, spool, None, admission=admission, replannable=True)
     rp = Replanner(tl, Lookahead(8), poll_s=0.001)
     events = EventBus()
     seen: list[dict] = []

@@ -4,7 +4,7 @@ and the measured render rate.
 A clip already cut into the render-ahead buffer airs when the air reaches its first frame. A pending clip airs after
 everything before it, and no sooner than its head start allows: with r the planning render rate (render seconds per
 media second, margin included), the renderer needs r x the media cut before it, and the admission gate
-(timeline/admission.py) starts a clip only with head_start(D) seconds buffered ahead of the air. So, in seconds from
+(playout/admission.py) starts a clip only with head_start(D) seconds buffered ahead of the air. So, in seconds from
 now, with t the end of what is planned before it and R when the renderer is done with it:
 
     start = max(t, R + head_start(D)),   t = start + D,   R = R + r * D

@@ -11,16 +11,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from flashtalk_live.media.pacing import Lookahead, Pacer
-from flashtalk_live.media.idlebank import IdleBank
-from flashtalk_live.media.renderahead import IdleLoop, RenderAhead
-from flashtalk_live.timeline.admission import Admission, RenderRate
-from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
-from flashtalk_live.timeline.timeline import Timeline
+from flashtalk_live.playout.pacing import Lookahead, Pacer
+from flashtalk_live.playout.idlebank import IdleBank
+from flashtalk_live.playout.renderahead import IdleLoop, RenderAhead
+from flashtalk_live.playout.admission import Admission, RenderRate
+from flashtalk_live.chunks import RenderChunk, RenderedChunk
+from flashtalk_live.playout.timeline import Timeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "timeline"))
 from support.settings import load_programme, room_settings  # noqa: E402
-from timeline_fakes import FakeQueue, labelled_wav  # noqa: E402
+from support.queue_fakes import FakeQueue, labelled_wav
 
 FPS, NF, RATE, CH = 25, 10, 48000, 2
 SPF, C = RATE // FPS, NF / FPS

@@ -6,10 +6,10 @@ import random
 
 import numpy as np
 import pytest
-from timeline_fakes import FakeQueue, labelled_wav
+from support.queue_fakes import FakeQueue, labelled_wav
 
 from flashtalk_live.settings import EncoderSettings, Settings, VideoSettings
-from flashtalk_live.timeline.timeline import Timeline
+from flashtalk_live.playout.timeline import Timeline
 from support.settings import load_programme
 
 
@@ -137,13 +137,14 @@ def test_play_now_cuts_the_queue_clip_at_the_chunk_boundary():
     urgent = q.add("urgent", 48000, play_now=True)
     c = tl.next_chunk()
     assert [(m.kind, m.segment_id, m.frame) for m in c.marks[:2]] == [("interrupted", "long", 56), ("started", "urgent", 56)]
-    assert q.interrupted == ["long"]
+    assert q.interrupted == [] and q.requeued == ["long"] and c.marks[0].requeued
     assert c.audio[0, 1] == urgent.number and c.audio[0, 0] == 0  # the new clip's very first sample
     assert c.frame_segments[0] == "urgent"
-    # The cut clip never comes back and never gets a 'finished' mark.
-    _, _, _, marks, _ = _run(tl, 4)
-    assert "long" not in [m.segment_id for m in marks]
-    assert long.segment_id not in [e.segment_id for e in q.pending]
+    # The cut clip replays from its start right after the play_now clip (the spool's requeue contract).
+    assert [(m.kind, m.segment_id) for m in c.marks[2:]] == [("finished", "urgent"), ("started", "long")]
+    _, _, _, marks, _ = _run(tl, 10)
+    assert [(m.kind, m.segment_id) for m in marks] == [("finished", "long")]
+    assert not q.pending
 
 
 def test_play_now_while_idle_starts_on_the_next_chunk_without_cut_mark():

@@ -1,4 +1,4 @@
-"""Re-planning the render-ahead buffer (timeline/replan.py) with a real spool, a real look-ahead and the timeline:
+"""Re-planning the render-ahead buffer (playout/replan.py) with a real spool, a real look-ahead and the timeline:
 what each edit discards, what goes back to the queue, and what is cut where. Audio levels label the clips."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import threading
 
 import numpy as np
 
-from flashtalk_live.media.pacing import Lookahead
+from flashtalk_live.playout.pacing import Lookahead
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.settings import Settings
-from flashtalk_live.timeline.chunk import RenderedChunk
-from flashtalk_live.timeline.plan import plan_on_air
-from flashtalk_live.timeline.replan import Replanner
-from flashtalk_live.timeline.timeline import Timeline
+from flashtalk_live.chunks import RenderedChunk
+from flashtalk_live.playout.plan import plan_on_air
+from flashtalk_live.playout.replan import Replanner
+from flashtalk_live.playout.timeline import Timeline
 
 CF = 28  # frames per chunk (default), 1.12 s at 25 fps
 
@@ -33,7 +33,7 @@ class Room:
     def __init__(self, tmp_path) -> None:
         self.spool = Spool(tmp_path / "spool")
         st = Settings(state_dir="/nonexistent-state")
-        self.tl = Timeline(st.video, st.encoder, self.spool, None)
+        self.tl = Timeline(st.video, st.encoder, self.spool, None, replannable=True)
         self.la = Lookahead(64)
         self.rp = Replanner(self.tl, self.la, poll_s=0.001)
         self.aired: list = []
@@ -173,20 +173,21 @@ def test_enqueue_into_an_idle_room_replans_buffered_idle_but_never_buffered_clip
 
 
 def test_the_recut_future_follows_what_stays_on_air(tmp_path):
-    """After a re-plan the next chunk is conditioned on the chunk it follows on air (media/renderahead.py): the
+    """After a re-plan the next chunk is conditioned on the chunk it follows on air (playout/renderahead.py): the
     newest kept buffered chunk, or the chunk on air when everything buffered was dropped."""
     r = Room(tmp_path)
-    tails: list = []
-    r.rp.on_rebase = tails.append
     x = _add(r.spool, 1, 3 * CF / 25)  # chunks 0-2
     a = _add(r.spool, 2, 1.0)
     r.render(5)
     r.air()  # chunk 0 on air
     with r.rp.editing("insert"):
         _add(r.spool, 3, 0.5, "insert")
-    assert tails[-1].chunk.start_frame == 2 * CF and tails[-1].frames.shape[0] == CF  # X's last buffered chunk
+    plan, tail = r.rp.rebase_point
+    assert plan == r.rp.plan == 1
+    assert tail.chunk.start_frame == 2 * CF and tail.frames.shape[0] == CF  # X's last buffered chunk
     with r.rp.editing("play_now"):
         _add(r.spool, 4, 0.5, "play_now")
-    assert tails[-1] is r.la.last_taken and tails[-1].chunk.start_frame == 0  # only the chunk on air is left
+    plan, tail = r.rp.rebase_point
+    assert plan == 2 and tail is r.la.last_taken and tail.chunk.start_frame == 0  # only the chunk on air is left
     assert x != a
     r.spool.close()

@@ -1,4 +1,4 @@
-"""Decode one clip's payload with PyAV into broadcast-rate audio and 16 kHz mono model audio of the same duration.
+"""Audio decoding, a shared leaf: clip bytes in any accepted format (WAV, MP3, AAC/M4A, FLAC, OGG/Opus, raw s16le) to the broadcast and model rates. The spool, the programme and ingest all use it.
 
 The container is chosen from the payload's magic bytes (the client's format hint only breaks ties), and the demuxer
 is always named explicitly: FFmpeg's free probing would also accept playlists (hls, concat) that open other files.

@@ -4,7 +4,7 @@ Render-ahead only pays off if the renderer can get ahead of the air, and a rende
 while it also renders idle live. So while the measured rate is above real time, idle chunks replay the last
 live-rendered idle chunk (as a ping-pong loop, so it has no jump), and one idle chunk in `live_every`
 is still rendered live (it keeps the rate measured and lets the supervisor switch or retry renderers). The idle
-bank (media/idlebank.py) takes precedence whenever it has chunks of the renderer on duty; the ping-pong loop covers
+bank (playout/idlebank.py) takes precedence whenever it has chunks of the renderer on duty; the ping-pong loop covers
 the rest (bank off, or a renderer the bank does not serve); it is off when `renderer.idle_reuse` is false.
 """
 
@@ -14,9 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flashtalk_live.media.idlebank import IdleBank
-from flashtalk_live.timeline.admission import Admission
-from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
+from flashtalk_live.playout.idlebank import IdleBank
+from flashtalk_live.playout.admission import Admission
+from flashtalk_live.chunks import RenderChunk, RenderedChunk
+from flashtalk_live.playout.ports import ChunkSource
 
 
 class IdleLoop:
@@ -77,7 +78,7 @@ class IdleLoop:
 class RenderAhead:
     """One `step()` per chunk on the render thread; `render` is the supervisor's (never raises).
 
-    With an idle bank (media/idlebank.py) idle chunks air from the bank while the renderer that made it is the one
+    With an idle bank (playout/idlebank.py) idle chunks air from the bank while the renderer that made it is the one
     on duty: loaded from disk, or built one link at a time in spare render time (the look-ahead full) and while idle
     is on air. A live chunk that does not follow the renderer's own last output (after bank idle, a bank build or
     a replay) carries the aired frames as `motion_frames`, so speech continues from what the viewer saw.
@@ -85,7 +86,7 @@ class RenderAhead:
 
     MOTION_FRAMES = 8  # aired frames handed to the renderer: more than any profile's motion frames
 
-    def __init__(self, timeline: Any, render: Callable[[RenderChunk], RenderedChunk],
+    def __init__(self, timeline: ChunkSource, render: Callable[[RenderChunk], RenderedChunk],
                  current_renderer: Callable[[], str], admission: Admission, lookahead: Any, *,
                  fps: int, idle_reuse: bool = True, bank: IdleBank | None = None,
                  renderer_identity: Callable[[], str | None] = lambda: None,
@@ -102,6 +103,7 @@ class RenderAhead:
         self._measured: str | None = None  # the renderer whose chunks the admission's rate measures
         self._tail: RenderedChunk | None = None  # the last chunk handed to the air
         self._tail_live = False  # ... rendered live, and its renderer has drawn nothing since
+        self._rebased_plan = timeline.rebase_point[0]
 
     def _behind(self) -> bool:
         r = self.admission.planning_rate
@@ -148,6 +150,7 @@ class RenderAhead:
         return None if frames is None else RenderedChunk(chunk, frames, name, 0.0)
 
     def step(self) -> RenderedChunk:
+        self._follow_rebase()
         self._expect(self.current_renderer())
         bank = self.bank
         if bank is not None:
@@ -155,6 +158,7 @@ class RenderAhead:
             if not bank.load_one() and bank.wants_chunk() and self._spare():
                 self._build(bank)
         chunk = self.timeline.next_chunk()
+        self._follow_rebase()  # a re-plan just before this cut: the chunk follows what stays on air
         name = self.current_renderer()
         out = self._from_bank(chunk, name)
         live = False
@@ -174,7 +178,7 @@ class RenderAhead:
                 live = True
             if bank is not None:
                 bank.interrupted()
-        if chunk.plan == getattr(self.timeline, "plan", chunk.plan):  # a chunk of a discarded plan never airs
+        if chunk.plan == self.timeline.plan:  # a chunk of a discarded plan never airs
             self._tail, self._tail_live = out, live
         target = self.admission.target_chunks()
         if not chunk.idle:
@@ -184,10 +188,14 @@ class RenderAhead:
         self.lookahead.set_max_chunks(target)
         return out
 
-    def rebase(self, tail: RenderedChunk | None) -> None:
-        """A re-plan dropped the buffered future (timeline/replan.py): the next chunk follows `tail` on air (the
-        newest kept chunk, or the one on air), so it is conditioned on those frames, not on what was dropped."""
-        self._tail, self._tail_live = tail, False
+    def _follow_rebase(self) -> None:
+        """A re-plan dropped the buffered future (playout/replan.py): the next chunk follows the rebase point's
+        chunk on air (the newest kept chunk, or the one on air), so it is conditioned on those frames, not on what
+        was dropped."""
+        plan, tail = self.timeline.rebase_point
+        if plan != self._rebased_plan:
+            self._rebased_plan = plan
+            self._tail, self._tail_live = tail, False
 
     def set_avatar(self, image: np.ndarray, prompt: str) -> None:
         """Called at the chunk boundary where the renderers switch: no old-avatar idle airs after it."""

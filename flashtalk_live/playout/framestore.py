@@ -28,7 +28,7 @@ from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoRef
 
 from flashtalk_live.log import get_logger
 from flashtalk_live.settings import RendererSettings, StorageSettings
-from flashtalk_live.timeline.chunk import RenderedChunk
+from flashtalk_live.chunks import RenderedChunk
 
 SPILL_SUFFIX = ".yuv"
 

@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from flashtalk_live.log import get_logger
-from flashtalk_live.media.framestore import FrameStore
-from flashtalk_live.timeline.chunk import Mark, RenderedChunk
+from flashtalk_live.playout.framestore import FrameStore
+from flashtalk_live.chunks import Mark, RenderedChunk
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -36,7 +36,7 @@ class LookaheadClosed(RuntimeError):
 class Lookahead:
     """A bounded FIFO of rendered chunks; `put` blocks while `max_chunks` are waiting.
 
-    store: holds the chunks (media/framestore.py: YUV 4:2:0, spilled to disk past a RAM bound); default: RGB in RAM.
+    store: holds the chunks (playout/framestore.py: YUV 4:2:0, spilled to disk past a RAM bound); default: RGB in RAM.
     """
 
     def __init__(self, max_chunks: int, samples_per_frame: int | None = None, store: FrameStore | None = None) -> None:
@@ -54,7 +54,7 @@ class Lookahead:
         self._cut_due: list[str] = []  # their 'interrupted' marks, for the next chunk to air
         self.frames_scrubbed = 0
         self.next_air_frame: int | None = None  # timeline frame after the last chunk taken for air
-        self.chunks_discarded = 0  # dropped by re-plans (timeline/replan.py)
+        self.chunks_discarded = 0  # dropped by re-plans (playout/replan.py)
         self.last_taken: RenderedChunk | None = None  # the chunk on air (its RGB frames: what a re-plan follows)
 
     def _validate(self, item: RenderedChunk) -> None:
@@ -140,7 +140,7 @@ class Lookahead:
         return dataclasses.replace(item, chunk=chunk)
 
     def truncate(self, choose: Callable[[int | None], int]) -> int:
-        """Drop the buffered chunks from a frame on; returns that frame (a re-plan, timeline/replan.py).
+        """Drop the buffered chunks from a frame on; returns that frame (a re-plan, playout/replan.py).
 
         `choose(next_air_frame)` picks the frame, under the same lock as the pacer's take, so no chunk can go on
         air between the choice and the drop.

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from flashtalk_live.media.pacing import FrameClock, Lookahead, LookaheadClosed, Pacer
-from flashtalk_live.timeline.chunk import Mark, RenderChunk, RenderedChunk
+from flashtalk_live.playout.pacing import FrameClock, Lookahead, LookaheadClosed, Pacer
+from flashtalk_live.chunks import Mark, RenderChunk, RenderedChunk
 
 FPS, SPF, CH, NF = 25, 1920, 2, 5  # 5-frame chunks: 0.2 s each
 
@@ -284,7 +284,7 @@ def test_timeline_still_renderer_and_pacer_together():
 
     from flashtalk_live.renderers.still import StillRenderer
     from flashtalk_live.settings import Settings
-    from flashtalk_live.timeline.timeline import Timeline
+    from flashtalk_live.playout.timeline import Timeline
 
     st = Settings(state_dir="/nonexistent", video={"width": 64, "height": 96, "chunk_frames": 7})
     clips = {"a": np.full((30000, 2), 0.25, np.float32), "b": np.full((5000, 2), 0.5, np.float32)}

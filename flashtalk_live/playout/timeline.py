@@ -15,12 +15,12 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
   A programme clip that was cut is played again from its start when the programme resumes (resuming a sales pitch
   mid-sentence sounds broken).
 * Marks: 'started' on the frame holding a clip's first sample, 'finished' on the frame holding its last sample.
-* Re-planning (timeline/replan.py): every chunk cut keeps a snapshot of the state before it and the spool
+* Re-planning (playout/replan.py): every chunk cut keeps a snapshot of the state before it and the spool
   operations made while cutting it (take, requeue, programme pick), so `rewind(frame)` can undo the future that is
   buffered but not on air: taken clips go back to the queue's head, requeued ones back on air, and cutting goes on
   from `frame` with the state of that moment. A play_now cut puts the cut queue clip back in the queue, right after
   the waiting play_now clips, to replay from its start (`queue.requeue`; the 'interrupted' mark says `requeued`).
-* Admission (optional, timeline/admission.py): a queue clip is taken from the spool only once the gate says the
+* Admission (optional, playout/admission.py): a queue clip is taken from the spool only once the gate says the
   rest of it can be rendered before it is needed on air; until then the programme or idle goes on. This holds for
   play_now too: its cut waits for the same admission, and for programme clips (idle until the gate opens).
 """
@@ -29,33 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from flashtalk_live.log import get_logger
 from flashtalk_live.settings import EncoderSettings, VideoSettings
-from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, Mark, RenderChunk
+from flashtalk_live.chunks import MODEL_AUDIO_RATE, Mark, RenderChunk, RenderedChunk
+from flashtalk_live.playout.ports import ClipQueue, Gate
 
 Source = Literal["queue", "programme"]
-
-
-class ClipQueue(Protocol):
-    """What the timeline needs from the spool (flashtalk_live/queue/spool.py)."""
-
-    def take_next(self) -> Any | None: ...  # an Entry with .segment_id and .duration_s, or None
-
-    def load_audio(self, entry: Any) -> Any: ...  # ClipAudio: .broadcast [n, ch] float32, .model [m] 16 kHz
-
-    def interrupt_pending(self) -> bool: ...
-
-    def mark_interrupted(self, segment_id: str) -> None: ...
-
-
-class Gate(Protocol):
-    """What the timeline needs from the admission policy (flashtalk_live/timeline/admission.py)."""
-
-    def may_start(self, segment_id: str, clip_s: float, frame: int) -> bool: ...
 
 
 @dataclass
@@ -129,7 +112,11 @@ class Timeline:
         *,
         history_seconds: float = 8.0,
         admission: Gate | None = None,
+        replannable: bool = False,
     ) -> None:
+        # A ChunkSource (playout/ports.py) of one plan; the Replanner over it counts re-plans.
+        self.plan = 0
+        self.rebase_point: tuple[int, RenderedChunk | None] = (0, None)
         self.fps: int = video.fps
         self.chunk_frames: int = video.chunk_frames
         self.rate: int = encoder.audio_rate
@@ -146,7 +133,7 @@ class Timeline:
         self._chunk_index = 0
         self._sample = 0  # global broadcast samples cut so far
         self._snaps: list[_Snapshot] = []  # one per chunk cut and not known to be on air (oldest first)
-        self.replannable = False  # keep snapshots (set by timeline/replan.Replanner, which also forgets them)
+        self.replannable = replannable  # keep snapshots for playout/replan.py's Replanner (it also forgets them)
         self._ops: list[tuple[str, Any]] = []  # the current chunk's operations
         self._held_item: Any = None  # a programme clip picked but waiting for the render-ahead gate
         self._queue_refused = False  # the last pick found a queue clip waiting for its head start
@@ -187,7 +174,7 @@ class Timeline:
 
     # -- choosing what plays next ----------------------------------------------------------------
     def _start_queue_entry(self, entry: Any, frame: int, marks: list[Mark]) -> _Playing | None:
-        seg = str(getattr(entry, "segment_id", entry))
+        seg = entry.segment_id
         try:
             clip = self.queue.load_audio(entry)  # type: ignore[union-attr]
             broadcast = _as_broadcast(clip.broadcast, self.channels, seg)
@@ -201,8 +188,10 @@ class Timeline:
         return _Playing("clip", "queue", seg, broadcast.shape[0], broadcast, model)
 
     def _queue_interrupted(self, seg: str) -> None:
+        if self.queue is None:
+            return
         try:
-            self.queue.mark_interrupted(seg)  # type: ignore[union-attr]
+            self.queue.mark_interrupted(seg)
         except Exception as e:  # noqa: BLE001
             self._log.error("queue_mark_interrupted_failed", segment_id=seg, error=repr(e))
 
@@ -219,11 +208,10 @@ class Timeline:
 
     def _admitted(self, frame: int) -> bool:
         """True when there is no gate, or the gate lets the queue's head clip start now."""
-        peek = getattr(self.queue, "peek", None)
-        if self.admission is None or not callable(peek):
+        if self.admission is None or self.queue is None:
             return True
         try:
-            head = peek()
+            head = self.queue.peek()
             if head is None:
                 return True
             return bool(self.admission.may_start(str(head.segment_id), float(head.duration_s), frame))
@@ -247,7 +235,7 @@ class Timeline:
                 return None
             if entry is None:
                 return None
-            self._ops.append(("take", str(getattr(entry, "segment_id", entry))))
+            self._ops.append(("take", entry.segment_id))
             playing = self._start_queue_entry(entry, frame, marks)
             if playing is not None:
                 return playing
@@ -302,21 +290,17 @@ class Timeline:
         if not cur.started:  # picked but never aired: nothing to announce
             return
         seg = cur.segment_id or ""
-        requeue = getattr(self.queue, "requeue", None)
         requeued = False
-        if cur.source == "queue" and replay and callable(requeue):
+        if cur.source == "queue" and replay and self.queue is not None:
             try:
-                requeued = bool(requeue(seg))
+                requeued = bool(self.queue.requeue(seg))
             except Exception as e:  # noqa: BLE001
                 self._log.error("queue_requeue_failed", segment_id=seg, error=repr(e))
             if requeued:
                 self._ops.append(("requeue", seg))
         marks.append(Mark(frame, "interrupted", seg, cur.source, requeued=requeued))
         self._log.info("clip_interrupted", segment_id=seg, source=cur.source, frame=frame, requeued=requeued)
-        if cur.source == "queue":
-            if replay and not callable(requeue):  # a queue without requeue: the old contract, the cut clip is gone
-                self._queue_interrupted(seg)
-        elif self.programme is not None and cur.programme_item is not None:
+        if cur.source == "programme" and self.programme is not None and cur.programme_item is not None:
             try:
                 self.programme.rewind(cur.programme_item)
             except Exception as e:  # noqa: BLE001
@@ -327,24 +311,23 @@ class Timeline:
         q = self.queue
         cur = self._cur
         # The spool's flag also covers a cancelled clip; only cut for it if that clip is the one playing here.
-        is_cancelled = getattr(q, "is_cancel_requested", None)
-        if cur is not None and cur.source == "queue" and cur.kind == "clip" and callable(is_cancelled):
+        if q is None:
+            return
+        if cur is not None and cur.source == "queue" and cur.kind == "clip":
             try:
-                if is_cancelled(cur.segment_id):
+                if q.is_cancel_requested(cur.segment_id or ""):
                     self._cut_current(frame, marks)
             except Exception as e:  # noqa: BLE001
                 self._log.error("queue_cancel_check_failed", error=repr(e))
-        # With peek() available, only a waiting play_now clip may cut (a cancel of a clip already cut into the
-        # look-ahead must not make the next queue clip jump in early). Without it, the flag means play_now.
-        peek = getattr(q, "peek", None)
-        if callable(peek):
-            try:
-                head = peek()
-            except Exception as e:  # noqa: BLE001
-                self._log.error("queue_peek_failed", error=repr(e))
-                return
-            if head is None or getattr(head, "mode", "play_now") != "play_now":
-                return
+        # Only a waiting play_now clip may cut (a cancel of a clip already cut into the look-ahead must not make the
+        # next queue clip jump in early).
+        try:
+            head = q.peek()
+        except Exception as e:  # noqa: BLE001
+            self._log.error("queue_peek_failed", error=repr(e))
+            return
+        if head is None or head.mode != "play_now":
+            return
         cur = self._cur
         if cur is not None and cur.kind == "clip" and cur.started:
             # play_now acts on the air: the clip on air is cut here even while the new clip still waits for its
@@ -355,7 +338,7 @@ class Timeline:
             self._cut_current(frame, marks)
             self._cur = nxt
 
-    # -- re-planning (timeline/replan.py) -----------------------------------------------------------
+    # -- re-planning (playout/replan.py) -----------------------------------------------------------
     def forget_before(self, frame: int | None) -> None:
         """Chunks starting before `frame` are on air or aired: they can no longer be re-planned."""
         if frame is None:
@@ -420,10 +403,9 @@ class Timeline:
         if any(op == "programme" and arg is self._held_item for op, arg in undone):
             self._held_item = None  # picked in the undone future: the programme rewinds to first_item below
         for op, arg in reversed(undone):
-            fn = getattr(self.queue, {"take": "untake", "requeue": "unrequeue"}.get(op, ""), None)
-            if callable(fn):
+            if self.queue is not None and op in ("take", "requeue"):
                 try:
-                    fn(arg)
+                    (self.queue.untake if op == "take" else self.queue.unrequeue)(arg)
                 except Exception as e:  # noqa: BLE001 - the spool logs; recovery still has the clip
                     self._log.error("queue_undo_failed", op=op, segment_id=arg, error=repr(e))
         sn = gone[0]

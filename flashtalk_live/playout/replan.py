@@ -15,7 +15,7 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
   look-ahead there is nothing to re-plan.
 
 Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
-timeline (clips taken for them go back to the queue's head; timeline/timeline.py) and bumps the plan epoch; a chunk
+timeline (clips taken for them go back to the queue's head; playout/timeline.py) and bumps the plan epoch; a chunk
 being rendered from the old plan is dropped when it is put. Holding the lock across the spool change means the
 render thread cannot cut between the re-plan and the edit: buffered clips are pending again when the edit sees the
 queue, so they are ordered, cancelled and cleared exactly like pending clips.
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from flashtalk_live.log import get_logger
-from flashtalk_live.timeline.chunk import RenderChunk, RenderedChunk
+from flashtalk_live.chunks import RenderChunk, RenderedChunk
 
 FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundary
 
@@ -39,12 +39,14 @@ FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundar
 class Replanner:
     def __init__(self, timeline: Any, lookahead: Any, *, poll_s: float = 0.02, fps: int = 25,
                  rate: Callable[[], float | None] = lambda: None,
-                 air_frame: Callable[[], int | None] = lambda: None,
-                 on_rebase: Callable[[RenderedChunk | None], None] = lambda tail: None) -> None:
+                 air_frame: Callable[[], int | None] = lambda: None) -> None:
+        if not timeline.replannable:
+            raise ValueError("a Replanner needs a Timeline built with replannable=True (it keeps snapshots)")
         self.timeline, self.lookahead = timeline, lookahead
-        timeline.replannable = True
         self.fps, self.rate, self.air_frame = fps, rate, air_frame
-        self.on_rebase = on_rebase  # told what the re-cut future follows on air (media/renderahead.py conditions on it)
+        # What the re-cut future follows on air, by plan: the render thread reads it (playout/renderahead.py
+        # conditions the next chunk on it) instead of being called from the control thread.
+        self.rebase_point: tuple[int, RenderedChunk | None] = (0, None)
         self._rendering: tuple[float, int] | None = None  # (monotonic start, frames) of the chunk in flight
         self.lock = threading.RLock()
         self.plan = 0
@@ -106,7 +108,7 @@ class Replanner:
                 return None
             undone = tl.rewind(frame)
             self.plan += 1
-            self.on_rebase(self.lookahead.tail())
+            self.rebase_point = (self.plan, self.lookahead.tail())
             self._voids.append((self.plan, frame))
             self.replans += 1
             self.last = {"command": command, "from_frame": frame,

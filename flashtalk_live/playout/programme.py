@@ -25,7 +25,7 @@ Every clip is validated at load (exists, has an audio stream, decodes): a bad on
 A playlist that is missing or unparsable yields an empty programme (idle silence) that keeps watching the file.
 The file is re-read when its mtime or size changes, checked at most every programme.reload_check_seconds.
 The list loops forever, in order or reshuffled every cycle. Programme clip ids are `programme:<name>:<n>` with n the
-running play count. Clips are decoded (by the ingest decoder, flashtalk_live.ingest.audio) when they come up, so a
+running play count. Clips are decoded (by the ingest decoder, flashtalk_live.audio) when they come up, so a
 long playlist does not sit in memory.
 """
 
@@ -42,8 +42,8 @@ from typing import Any, Callable, Literal
 import av
 import numpy as np
 
-from flashtalk_live.ingest.audio import AudioError, ClipAudio, sniff_demuxer
-from flashtalk_live.ingest.audio import decode_audio as ingest_decode
+from flashtalk_live.audio import AudioError, ClipAudio, sniff_demuxer
+from flashtalk_live.audio import decode_audio as ingest_decode
 from flashtalk_live.log import get_logger
 from flashtalk_live.settings import EncoderSettings, ProgrammeSettings, loads_toml, resolve_path
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from box_faults import fill, garbage, truncate
-from flashtalk_live.media.idlebank import BankStore, IdleBank, bank_key, frame_distance, renderer_identity, thumb
+from flashtalk_live.playout.idlebank import BankStore, IdleBank, bank_key, frame_distance, renderer_identity, thumb
 
 N, H, W = 6, 16, 24
 SHAPE = (N, H, W, 3)

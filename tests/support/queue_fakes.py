@@ -21,6 +21,10 @@ class FakeEntry:
     play_now: bool = False
     broken: bool = False
 
+    @property
+    def mode(self) -> str:
+        return "play_now" if self.play_now else "enqueue"
+
 
 @dataclass
 class FakeClipAudio:
@@ -35,11 +39,14 @@ class FakeQueue:
         self.pending: collections.deque[FakeEntry] = collections.deque()
         self.interrupted: list[str] = []
         self.taken: list[str] = []
+        self.requeued: list[str] = []
+        self._entries: dict[str, FakeEntry] = {}
         self._n = 0
 
     def add(self, segment_id: str, n_samples: int, play_now: bool = False, broken: bool = False) -> FakeEntry:
         self._n += 1
         e = FakeEntry(segment_id, n_samples / self.rate, self._n, n_samples, play_now, broken)
+        self._entries[segment_id] = e
         # play_now goes to the front, like the spool does.
         if play_now:
             self.pending.appendleft(e)
@@ -63,6 +70,39 @@ class FakeQueue:
         b[:, 1:] = entry.number
         m = np.full(entry.n * 16000 // self.rate, 1000 + entry.number, np.float32)
         return FakeClipAudio(b, m, entry.duration_s)
+
+    def peek(self) -> FakeEntry | None:
+        return self.pending[0] if self.pending else None
+
+    def untake(self, segment_id: str) -> bool:
+        """Back to the head, as the spool does when a re-plan discards a buffered clip."""
+        if segment_id not in self.taken:
+            return False
+        self.taken.remove(segment_id)
+        self.pending.appendleft(self._entries[segment_id])
+        return True
+
+    def requeue(self, segment_id: str) -> bool:
+        """Cut by play_now: back to pending right after the waiting play_now clips."""
+        e = self._entries.get(segment_id)
+        if e is None or e in self.pending:
+            return False
+        waiting = 0
+        while waiting < len(self.pending) and self.pending[waiting].play_now:
+            waiting += 1
+        self.pending.insert(waiting, e)
+        self.requeued.append(segment_id)
+        return True
+
+    def unrequeue(self, segment_id: str) -> bool:
+        e = self._entries.get(segment_id)
+        if e is None or e not in self.pending:
+            return False
+        self.pending.remove(e)
+        return True
+
+    def is_cancel_requested(self, segment_id: str) -> bool:
+        return False
 
     def interrupt_pending(self) -> bool:
         return bool(self.pending) and self.pending[0].play_now

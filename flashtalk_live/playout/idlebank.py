@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from flashtalk_live.log import get_logger
-from flashtalk_live.renderers.images import crossfade
+from flashtalk_live.images import crossfade
 from flashtalk_live.settings import ModelSettings, RendererSettings, VideoSettings
-from flashtalk_live.timeline.chunk import MODEL_AUDIO_RATE, RenderChunk
+from flashtalk_live.chunks import MODEL_AUDIO_RATE, RenderChunk
 
 FILE_VERSION = 1
 THUMB_SIDE = 48  # frames are compared at about this many pixels on their longer side

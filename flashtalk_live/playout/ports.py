@@ -1,0 +1,98 @@
+"""The ports of playout: what it needs from the parts around it (the spool, the admission gate, the renderers, the
+air), declared once as Protocols so that each part is typed against an interface, never reached with `getattr`.
+
+The spool (`queue/spool.py`) is the production `ClipQueue`; tests use an in-memory one (`tests/support/
+queue_fakes.py`). The renderer supervisor (`renderers/supervisor.py`) is the `ChunkRenderer`; the pacer
+(`playout/pacing.py`) is the `AirClock`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from flashtalk_live.chunks import RenderChunk, RenderedChunk
+
+
+class QueuedClip(Protocol):
+    """One clip of the queue as playout sees it (the spool's `Entry`)."""
+
+    @property
+    def segment_id(self) -> str: ...
+
+    @property
+    def duration_s(self) -> float: ...
+
+    @property
+    def mode(self) -> str: ...  # "enqueue" | "insert" | "play_now"
+
+
+class DecodedClip(Protocol):
+    """A clip's audio (`audio.ClipAudio`): broadcast float32 [n, channels], model float32 mono 16 kHz."""
+
+    @property
+    def broadcast(self) -> np.ndarray: ...
+
+    @property
+    def model(self) -> np.ndarray: ...
+
+
+class ClipQueue(Protocol):
+    """The durable queue as the timeline cuts it: take the head when it starts on air, undo a take or a requeue
+    when a re-plan rewinds the future, requeue a clip that play_now cut."""
+
+    def peek(self) -> QueuedClip | None: ...
+
+    def take_next(self) -> QueuedClip | None: ...
+
+    def load_audio(self, entry: QueuedClip) -> DecodedClip: ...
+
+    def interrupt_pending(self) -> bool: ...
+
+    def is_cancel_requested(self, segment_id: str) -> bool: ...
+
+    def mark_interrupted(self, segment_id: str) -> bool | None: ...
+
+    def requeue(self, segment_id: str) -> bool: ...
+
+    def untake(self, segment_id: str) -> bool: ...
+
+    def unrequeue(self, segment_id: str) -> bool: ...
+
+
+class Gate(Protocol):
+    """What the timeline needs from the admission policy (`playout/admission.py`)."""
+
+    def may_start(self, segment_id: str, clip_s: float, frame: int) -> bool: ...
+
+
+class ChunkSource(Protocol):
+    """Where the render thread gets the next chunk to render: the timeline, or the replanner over it. `plan` counts
+    re-plans; `rebase_point` is (plan, the chunk the re-cut future follows on air) of the newest re-plan."""
+
+    plan: int
+    rebase_point: tuple[int, RenderedChunk | None]
+
+    def next_chunk(self) -> RenderChunk: ...
+
+
+class ChunkRenderer(Protocol):
+    """The renderers as playout sees them (`renderers/supervisor.py`): render one chunk with whichever renderer is
+    on duty, say which that is, and how fast a renderer that just took over is expected to be."""
+
+    def render(self, chunk: RenderChunk) -> RenderedChunk: ...
+
+    def current_name(self) -> str: ...
+
+    def expected_rate(self) -> float | None: ...
+
+
+class AirClock(Protocol):
+    """The air's position (`playout/pacing.py`'s pacer): the output frame on air now, None before the first."""
+
+    @property
+    def air_frame(self) -> int | None: ...
+
+    @property
+    def buffered_frames(self) -> int: ...
