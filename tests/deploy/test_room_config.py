@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from flashtalk_live.settings import load_settings, read_toml
+from flashtalk_live.config import load_settings
+from flashtalk_live.settings import read_toml
 
 CONTAINER = Path(__file__).resolve().parents[2] / "deploy" / "container"
 STATE_VOLUME = "/var/lib/flashtalk-live"
