@@ -145,7 +145,9 @@ def tone_windows(path: Path, freq: float, fps: int = 25) -> tuple[np.ndarray, fl
 
 
 def test_the_daemon_in_the_image_answers_its_probes_and_airs_a_pushed_clip(image, container, tmp_path):
-    uid = int(run_in(container, "id", "-u").stdout)
+    ids = run_in(container, "id", "-u")
+    assert ids.returncode == 0, ids.stderr
+    uid = int(ids.stdout)
     state = tmp_path / "state"
     state.mkdir()
     os.chown(state, uid, uid)
