@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from flashtalk_live import fdreserve
+from flashtalk_live.airlatency import PushToAir
 from flashtalk_live.compose.compositor import Compositor
 from flashtalk_live.console import AirTap, resolve_token, start_console
+from flashtalk_live.console.health import gpu_memory
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.auth import confine_output_file, confine_path
-from flashtalk_live.ingest.commands import Call
+from flashtalk_live.ingest.commands import (
+    Call, NoArgs, OutputAddArgs, OutputRemoveArgs, OverlayNameArgs, OverlaySetArgs, OverlayShowArgs, SetAvatarArgs,
+)
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.log import get_logger
@@ -30,8 +33,8 @@ from flashtalk_live.playout.pacing import LookaheadClosed
 from flashtalk_live.playout.playout import Playout
 from flashtalk_live.metrics import serve_metrics
 from flashtalk_live.osthread import name_os_thread
-from flashtalk_live.outputs.kinds import kind_name
-from flashtalk_live.outputs.manager import OutputManager, TooManyOutputs
+from flashtalk_live.outputs.kinds import OutputURLError, kind_name
+from flashtalk_live.outputs.manager import OutputManager
 from flashtalk_live.probes import RoomProbes, Vitals
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.renderers.base import Renderer
@@ -42,12 +45,20 @@ from flashtalk_live.images import ImageError, default_portrait, load_image
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.sdnotify import sd_notify
-from flashtalk_live.settings import OutputSettings, Settings, validation_error_lines
+from flashtalk_live.settings import OutputSettings, Settings
 from flashtalk_live.statelock import StateLock
 from flashtalk_live.storage import DiskWatermark
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
+
+
+def kind_name_or_none(url: str) -> str | None:
+    """The output kind of `url`, or None when no kind takes it (the output manager then answers bad_output)."""
+    try:
+        return kind_name(url)
+    except OutputURLError:
+        return None
 
 
 def _rss_bytes() -> int:
@@ -71,6 +82,7 @@ class Daemon:
         Path(settings.path(settings.state_dir)).mkdir(parents=True, exist_ok=True)
         self.events = EventBus()
         self.events.subscribe(self._log_event)
+        self.push_to_air = PushToAir(self.events)
         self.spool = Spool.from_settings(settings.expanded(settings.queue), settings.encoder, settings.storage)
         if self.spool.quarantined is not None:
             aside, why = self.spool.quarantined
@@ -165,71 +177,55 @@ class Daemon:
         self.compositor.note_clip(e["segment_id"], text if isinstance(text, str) else "", float(e["duration_s"]),
                                   captions=meta.get("captions"), overlays=meta.get("overlays"))
 
-    def _cmd_overlay_show(self, call: Call) -> dict[str, Any]:
-        self.compositor.show(call.args.name, call.args.seconds)  # type: ignore[attr-defined]
+    def _cmd_overlay_show(self, call: Call[OverlayShowArgs]) -> dict[str, Any]:
+        self.compositor.show(call.args.name, call.args.seconds)
         return {"applies": "next aired frame"}
 
-    def _cmd_overlay_hide(self, call: Call) -> dict[str, Any]:
-        self.compositor.hide(call.args.name)  # type: ignore[attr-defined]
+    def _cmd_overlay_hide(self, call: Call[OverlayNameArgs]) -> dict[str, Any]:
+        self.compositor.hide(call.args.name)
         return {"applies": "next aired frame"}
 
-    def _cmd_overlay_set(self, call: Call) -> dict[str, Any]:
+    def _cmd_overlay_set(self, call: Call[OverlaySetArgs]) -> dict[str, Any]:
         a = call.args.model_dump(exclude={"id", "name", "text"})
-        text = call.args.text  # type: ignore[attr-defined]
+        text = call.args.text
         if (text is None) == (call.data is None):
             raise Rejection("bad_request", "overlay_set needs exactly one of `text` and an image data frame", "text")
         if call.data is not None:
             check_image(call.data, self.s.ingest)
-        return {**self.compositor.set(call.args.name, text=text, image=call.data, **a),  # type: ignore[attr-defined]
+        return {**self.compositor.set(call.args.name, text=text, image=call.data, **a),
                 "applies": "next aired frame"}
 
     def plan_status(self) -> dict[str, Any]:
         return self.playout.status()
 
-    def _cmd_outputs(self, call: Call) -> dict[str, Any]:
+    def _cmd_outputs(self, call: Call[NoArgs]) -> dict[str, Any]:
         return {"outputs": self.outputs.status()}
 
-    def _cmd_output_add(self, call: Call) -> dict[str, Any]:
+    def _cmd_output_add(self, call: Call[OutputAddArgs]) -> dict[str, Any]:
+        """The output manager checks the URL by the output-kind table and answers its own rejection codes; the
+        daemon adds only its file policy (files only inside output_policy.file_dirs)."""
         a = call.args
-        # The same OutputSettings (and output-kind registry) as the config file: the same rules, masked errors.
-        try:
-            spec = OutputSettings(name=a.name, url=a.url, segment_seconds=a.segment_seconds)  # type: ignore[attr-defined]
-        except ValidationError as e:
-            raise Rejection("bad_output", "; ".join(validation_error_lines(e)), "url") from None
-        spec = self._expand_output(spec)
-        kind = kind_name(spec.url)
-        if kind != "file" and spec.segment_seconds:
-            raise Rejection("bad_output", "segment_seconds applies to file outputs only", "segment_seconds")
-        if kind == "file":  # only inside output_policy.file_dirs
+        spec = self._expand_output(OutputSettings(name=a.name, url=a.url, segment_seconds=a.segment_seconds))
+        if kind_name_or_none(spec.url) == "file":
             confine_output_file(spec.url, [self.s.path(d) for d in self.s.output_policy.file_dirs])
-        if spec.name in self.outputs.names():
-            raise Rejection("already_exists", f"an output named {spec.name!r} already exists", "name")
-        try:
-            self.outputs.add(spec)
-        except TooManyOutputs as e:
-            raise Rejection("too_many_outputs", str(e)) from None
+        self.outputs.add(spec)
         return {"output": spec.name, "outputs": self.outputs.names()}
 
     def _expand_output(self, o: OutputSettings) -> OutputSettings:
         return o.model_copy(update={"url": self.s.path(o.url)})
 
-    def _cmd_output_remove(self, call: Call) -> dict[str, Any]:
-        name = call.args.name  # type: ignore[attr-defined]
-        try:
-            self.outputs.remove(name)
-        except KeyError:
-            raise Rejection("not_found", f"no output named {name!r}; outputs: {', '.join(self.outputs.names())}",
-                            "name") from None
+    def _cmd_output_remove(self, call: Call[OutputRemoveArgs]) -> dict[str, Any]:
+        self.outputs.remove(call.args.name)
         return {"outputs": self.outputs.names()}
 
-    def _cmd_set_avatar(self, call: Call) -> dict[str, Any]:
+    def _cmd_set_avatar(self, call: Call[SetAvatarArgs]) -> dict[str, Any]:
         a = call.args
         # A path only inside ingest.avatar_dirs (the table lets only trusted peers name one); the header is checked
         # against the size limits before anything is decoded.
         lim = self.s.ingest
         data = call.data
-        if data is None and a.image:  # type: ignore[attr-defined]
-            path = confine_path(a.image, [self.s.path(d) for d in lim.avatar_dirs], "ingest.avatar_dirs")  # type: ignore[attr-defined]
+        if data is None and a.image:
+            path = confine_path(a.image, [self.s.path(d) for d in lim.avatar_dirs], "ingest.avatar_dirs")
             try:
                 with open(path, "rb") as f:
                     data = f.read(lim.max_image_bytes + 1)
@@ -244,7 +240,7 @@ class Daemon:
                 raise Rejection("undecodable_image", str(e)) from None
         else:
             image = self.reference
-        prompt = a.prompt or self.prompt  # type: ignore[attr-defined]
+        prompt = a.prompt or self.prompt
         with self._avatar_lock:
             self._pending_avatar = (image, prompt)
         return {"applies": "next chunk boundary"}
@@ -334,6 +330,8 @@ class Daemon:
             "outputs": self.outputs.status(),
             "overlays": self.compositor.status(),
             "rss_bytes": _rss_bytes(),
+            "push_to_air": self.push_to_air.status(),
+            "gpu": gpu_memory(),
             "metrics_port": self.metrics_port,
         }
 

@@ -4,6 +4,7 @@ masked once, here, before any subscriber sees it (an error text may quote an out
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 import threading
 import time
 from typing import Any, Callable
@@ -12,12 +13,77 @@ from flashtalk_live.secrets import mask_obj
 
 Event = dict[str, Any]
 
-# The event types the daemon publishes (documented in docs/protocol.md).
-EVENT_TYPES = (
-    "accepted", "started", "finished", "interrupted", "dropped", "cancelled", "cleared", "moved", "idle",
-    "scheduled", "rescheduled",
-    "endpoint_up", "endpoint_down", "underrun", "renderer_changed", "recalibrated", "stopping",
-)
+
+@dataclass(frozen=True)
+class EventType:
+    """One kind of event: its name, its payload fields (beyond `type`, `seq`, `ts`) with their types as the wire
+    carries them, and when it is published. `optional` fields may be absent. docs/protocol.md's event table, the
+    console's event lines and the `events` verb follow from `EVENTS`."""
+
+    name: str
+    fields: dict[str, str]
+    when: str
+    optional: frozenset[str] = frozenset()
+
+
+_CLIP_ON_AIR = {"segment_id": "string", "source": "queue | programme", "frame": "int", "media_time_s": "float"}
+_PLANNED = {"segment_id": "string", "planned_in_s": "float", "planned_media_time_s": "float",
+            "state": "buffered | pending", "waits": "string | null"}
+_DISK = {"path": "string", "free_bytes": "int", "free_percent": "float", "min_free_bytes": "int",
+         "min_free_percent": "float"}
+
+# Every event the daemon publishes, declared once (adding an event is one entry here plus its publish call).
+EVENTS: dict[str, EventType] = {e.name: e for e in (
+    EventType("accepted", {"segment_id": "string", "mode": "enqueue | insert | play_now", "position": "int",
+                           "duration_s": "float", "request_id": "string | null", "meta": "object"},
+              "a clip was committed to the queue (after its ack)"),
+    EventType("scheduled", _PLANNED, "a clip got its first planned on-air time (after `accepted`)"),
+    EventType("rescheduled", {**_PLANNED, "previous_media_time_s": "float"},
+              "its planned start moved by more than 2 s (an edit, a hiccup, a change of renderer)"),
+    EventType("started", _CLIP_ON_AIR, "the clip's first frame goes on air"),
+    EventType("finished", _CLIP_ON_AIR, "its last frame went on air; it is deleted from the spool"),
+    EventType("interrupted", {**_CLIP_ON_AIR, "requeued": "true"},
+              "cut by `cancel` or unplayable: not replayed; cut by `play_now` (`requeued`): it replays after the "
+              "play_now clip and ends later with its own `finished`", optional=frozenset({"requeued"})),
+    EventType("cancelled", {"segment_id": "string", "was": "pending | playing"}, "a `cancel` request succeeded"),
+    EventType("dropped", {"segment_id": "string", "reason": "cleared | cancelled"},
+              "a pending clip left the queue without airing"),
+    EventType("cleared", {"segment_ids": "list of string", "count": "int"}, "a `clear` request"),
+    EventType("moved", {"segment_id": "string", "position_was": "int", "position": "int"},
+              "a `move` request changed the order"),
+    EventType("idle", {"frame": "int", "media_time_s": "float"}, "nothing from the queue is on air any more"),
+    EventType("endpoint_up", {"output": "string", "url": "string (key masked)", "reconnects": "int"},
+              "an output connected"),
+    EventType("endpoint_down", {"output": "string", "url": "string (key masked)", "error": "string | null",
+                                "reconnects": "int"}, "an output failed or was stopped"),
+    EventType("underrun", {"episode": "int", "out_frame": "int", "frames": "int", "where": "clip | idle"},
+              "the air had no new frame in time: the last frame repeats with silence (episode starts)"),
+    EventType("renderer_changed", {"renderer": "string", "previous": "string", "reason": "string"},
+              "another renderer draws the avatar (model loaded, fallback to still, recovery)"),
+    EventType("recalibrated", {"reason": "string", "chunk": "int", "frame": "int", "before": "object | null",
+                               "after": "object | null"}, "the engine re-anchored identity or colour drift"),
+    EventType("disk_low", _DISK, "free space under storage.min_free_*: new clips refused, recordings paused"),
+    EventType("disk_ok", _DISK, "free space back above the watermark"),
+    EventType("spool_quarantined", {"moved_to": "string", "fresh": "string", "error": "string"},
+              "the spool was unreadable at start: moved aside (see `spool salvage`), a fresh one opened"),
+    EventType("stopping", {}, "SIGTERM: the daemon finishes the chunk on air and stops"),
+    EventType("pong", {"nonce": "string | null"}, "answer to `ping` with `event: true` (on the socket only)"),
+)}
+EVENT_TYPES = tuple(EVENTS)
+
+
+def events_table() -> str:
+    """docs/protocol.md's event table, made from EVENTS (tests/foundation/test_events.py keeps the doc equal)."""
+    rows = ["| type | fields | when |", "|---|---|---|"]
+    for e in EVENTS.values():
+        fields = ", ".join(f"`{k}`{' (optional)' if k in e.optional else ''}: {v.replace(' | ', ' or ')}" for k, v in e.fields.items())
+        rows.append(f"| `{e.name}` | {fields or '-'} | {e.when} |")
+    return "\n".join(rows) + "\n"
+
+
+class UnknownEvent(LookupError):
+    """A publish of a type missing from EVENTS: a daemon bug (tests/foundation/test_events.py also checks every
+    publish call's fields against the table)."""
 
 
 class EventBus:
@@ -38,6 +104,8 @@ class EventBus:
                 self._subs.remove(fn)
 
     def publish(self, type: str, **fields: Any) -> Event:
+        if type not in EVENTS:
+            raise UnknownEvent(f"event type {type!r} is not declared in flashtalk_live.events.EVENTS")
         with self._lock:
             event: Event = {"type": type, "seq": next(self._seq), "ts": time.time(), **mask_obj(fields)}
             subs = list(self._subs)

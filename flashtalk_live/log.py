@@ -9,14 +9,14 @@ import sys
 import threading
 import traceback
 from types import TracebackType
-from typing import Any
+from typing import Any, MutableMapping
 
 import structlog
 
 from flashtalk_live.secrets import mask_obj, mask_text
 
 
-def _mask_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _mask_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for k, v in list(event_dict.items()):
         event_dict[k] = mask_text(repr(v)) if isinstance(v, BaseException) else mask_obj(v)
     return event_dict

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 from flashtalk_live.probes import RoomProbes
 from flashtalk_live.secrets import mask_obj
@@ -73,6 +73,12 @@ class StatusCollector:
         if r.get("active"):
             rend.add_metric([r["active"]], 1.0)
         yield rend
+        yield GaugeMetricFamily("flashtalk_renderer_on_fallback", "1 while the still renderer airs instead of the "
+                                "configured one (loading or failed)", value=1.0 if r.get("on_fallback") else 0.0)
+        pa = s.get("push_to_air") or {}
+        yield SummaryMetricFamily("flashtalk_push_to_air_seconds", "Seconds from a clip's ack to its first frame on "
+                                  "air", count_value=pa.get("count", 0), sum_value=pa.get("sum_s", 0.0))
+        yield from _gpu_metrics(s.get("gpu") or [])
         drift = r.get("drift") or {}
         for key in ("identity", "colour"):
             if key in drift:
@@ -112,7 +118,7 @@ class ConnectionCap:
 
     def get_request(self):  # noqa: ANN201
         try:
-            return super().get_request()  # type: ignore[misc]
+            return super().get_request()
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 # The pending connection stays in the backlog; retrying at once would spin the CPU.
@@ -167,6 +173,21 @@ def _render_ahead_metrics(ra: dict[str, Any]):
                               "the spill to disk failed", value=ra.get("spill_failures_total", 0))
 
 
+def _gpu_metrics(gpus: list[dict[str, Any]]):
+    """This process's CUDA memory per device (console/health.gpu_memory); declared with no samples without CUDA."""
+    alloc = GaugeMetricFamily("flashtalk_gpu_memory_allocated_bytes", "CUDA memory allocated by this process",
+                              labels=["device"])
+    peak = GaugeMetricFamily("flashtalk_gpu_memory_max_allocated_bytes", "Peak CUDA memory allocated by this "
+                             "process", labels=["device"])
+    total = GaugeMetricFamily("flashtalk_gpu_memory_total_bytes", "The device's memory", labels=["device"])
+    for g in gpus:
+        dev = [str(g.get("device"))]
+        alloc.add_metric(dev, float(g.get("allocated_bytes", 0)))
+        peak.add_metric(dev, float(g.get("max_allocated_bytes", 0)))
+        total.add_metric(dev, float(g.get("total_bytes", 0)))
+    yield from (alloc, peak, total)
+
+
 def _storage_metrics(st: dict[str, Any]):
     """The state directory's disk and the spool's faults (issue 12): degraded state, write errors, quarantine."""
     yield GaugeMetricFamily("flashtalk_storage_degraded", "1 while the state directory's disk is under its watermark",
@@ -187,7 +208,7 @@ def _storage_metrics(st: dict[str, Any]):
 def _probe_handler(base: type, probes: RoomProbes) -> type:
     """`base` (the Prometheus handler) answering the probe paths first (console off: no console app to do it)."""
 
-    class ProbeHandler(base):  # type: ignore[misc, valid-type]
+    class ProbeHandler(base):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             answer = probes.answer(urlsplit(self.path).path)
             if answer is None:

@@ -633,15 +633,16 @@ def resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """A config file's relative paths (file keys, ipc endpoints, file outputs) against the file's directory."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for key in _FILE_KEYS:
-        node = out
+        node: dict[str, Any] = out
         for part in key[:-1]:
-            node = node.get(part) if isinstance(node.get(part), dict) else {}
+            child = node.get(part)
+            node = child if isinstance(child, dict) else {}
         if key[-1] in node:
             node[key[-1]] = _anchor(node[key[-1]], base)
-    for section, key in _FILE_LIST_KEYS:
-        node = out.get(section)
-        if isinstance(node, dict) and isinstance(node.get(key), list):
-            node[key] = [_anchor(v, base) for v in node[key]]
+    for section, list_key in _FILE_LIST_KEYS:
+        sec = out.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(list_key), list):
+            sec[list_key] = [_anchor(v, base) for v in sec[list_key]]
     overlays = out.get("overlays")
     if isinstance(overlays, dict) and isinstance(overlays.get("layers"), list):
         overlays["layers"] = [{**ly, "image": _anchor(ly["image"], base)} if isinstance(ly, dict) and "image" in ly

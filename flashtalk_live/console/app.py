@@ -103,11 +103,11 @@ class Console:
         # Probes come before the Host check: a kubelet names the pod's address, and they hold nothing secret.
         answer = self.probes.answer(path) if self.probes is not None and method in ("GET", "HEAD") else None
         if answer is not None:
-            status, body = answer
-            start_response(f"{status} {REASONS.get(status, 'Error')}",
-                           [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            code, verdict = answer
+            start_response(f"{code} {REASONS.get(code, 'Error')}",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(verdict))),
                             ("Cache-Control", "no-store")])
-            return [body] if method == "GET" else []
+            return [verdict] if method == "GET" else []
         if self.check_host and _host_name(environ.get("HTTP_HOST", "localhost")) not in LOOPBACK_NAMES:
             status, headers, body = self._error(403, "forbidden_host", "this console answers loopback names only")
         else:

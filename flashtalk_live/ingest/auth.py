@@ -262,11 +262,11 @@ class Security:
     def peer_of(self, frame: zmq.Frame) -> Peer:
         """Who sent the message this frame belongs to, from its ZAP User-Id and Peer-Address."""
         try:
-            user = frame.get("User-Id")
+            user = str(frame.get("User-Id"))
         except zmq.ZMQError:
             user = ""
         try:
-            address = frame.get("Peer-Address")
+            address = str(frame.get("Peer-Address"))
         except zmq.ZMQError:
             address = ""
         if user.startswith(CURVE_PREFIX):

@@ -9,7 +9,7 @@ Pure: pydantic models and checks, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -177,7 +177,7 @@ class OverlayShowArgs(OverlayNameArgs):
 class OverlaySetArgs(OverlayNameArgs):
     text: str | None = Field(None, min_length=1, description="the layer's text (else the data frame's PNG/JPEG/WebP "
                              "bytes); at most ingest.max_text_chars")
-    anchor: Anchor | None = Field(None, description="where (default: the layer's, or center for a new one)")  # type: ignore[valid-type]
+    anchor: Anchor | None = Field(None, description="where (default: the layer's, or center for a new one)")
     margin: tuple[int, int] | None = Field(None, description="px from the anchored edges: [x, y]")
     width: int | None = Field(None, gt=0, le=8192, description="image: scaled to this width; text: wrapped at it")
     font_size: int | None = Field(None, gt=0, le=400)
@@ -223,13 +223,17 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
 AUDIO_COMMANDS = frozenset(n for n, c in COMMANDS.items() if c.data == "audio")
 
 
+A = TypeVar("A", bound=Args)
+
+
 @dataclass(frozen=True)
-class Call:
-    """One validated request as a handler sees it."""
+class Call(Generic[A]):
+    """One validated request as a handler sees it: `args` is the command's own argument model, so a handler
+    declared `call: Call[OverlaySetArgs]` reads its fields typed."""
 
     peer: Peer
     command: Command
-    args: Args
+    args: A
     data: bytes | None = None
 
     @property
@@ -237,7 +241,8 @@ class Call:
         return self.command.name
 
 
-Handler = Callable[[Call], "dict[str, Any] | None"]
+# A handler takes the Call of its own command (Call[ThatCommandsArgs]) and returns the reply's fields.
+Handler = Callable[[Call[Any]], "dict[str, Any] | None"]
 
 
 # -- checks ------------------------------------------------------------------------------------------

@@ -43,9 +43,8 @@ class ConnectionCap:
             except zmq.Again:
                 return
             fd = int(ev["value"])
-            endpoint = ev["endpoint"]
-            if isinstance(endpoint, bytes):
-                endpoint = endpoint.decode(errors="replace")
+            raw = ev["endpoint"]
+            endpoint = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
             if ev["event"] == zmq.EVENT_ACCEPTED and endpoint.startswith("tcp://"):
                 if len(self.open) >= self.cap:
                     self._refuse(fd)

@@ -87,8 +87,8 @@ def update(text: str) -> str:
         begin, end = _markers(section)
         if extract(text, section) is None:
             raise ValueError(f"markers for {section!r} missing: put {begin} and {end} where it belongs")
-        text = re.sub(re.escape(begin) + r"\n.*?" + re.escape(end),
-                      lambda _m, s=section, b=begin, e=end: f"{b}\n{render(s)}\n{e}", text, flags=re.S)
+        block = f"{begin}\n{render(section)}\n{end}"
+        text = re.sub(re.escape(begin) + r"\n.*?" + re.escape(end), lambda _m: block, text, flags=re.S)
     return text
 
 

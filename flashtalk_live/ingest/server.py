@@ -27,8 +27,8 @@ from flashtalk_live.events import Event, EventBus
 from flashtalk_live.audio import decode_for_settings
 from flashtalk_live.ingest.auth import EndpointRefused, Security
 from flashtalk_live.ingest.conncap import ConnectionCap
-from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, Call, Handler, Peer, authorize, check_data, \
-    lookup, validate_args
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, AudioArgs, Call, CancelArgs, Handler, MoveArgs, \
+    NoArgs, Peer, PingArgs, authorize, check_data, lookup, validate_args
 from flashtalk_live.ingest.lanes import Lanes
 from flashtalk_live.ingest.limits import CUE_FIELDS, RateLimiter, check_cues, check_text
 from flashtalk_live.ingest.protocol import (
@@ -386,21 +386,21 @@ class IngestServer:
         return reply
 
     # -- the commands served here ------------------------------------------------------------------
-    def _cmd_ping(self, call: Call) -> dict[str, Any]:
+    def _cmd_ping(self, call: Call[PingArgs]) -> dict[str, Any]:
         args = call.args
-        if args.event:  # type: ignore[attr-defined]
+        if args.event:
             # Lets a subscriber prove its SUB connection is live (PUB drops messages sent before it joined).
-            self._on_event({"type": "pong", "ts": time.time(), "nonce": args.nonce})  # type: ignore[attr-defined,arg-type]
+            self._on_event({"type": "pong", "ts": time.time(), "nonce": args.nonce})
         ing = self.cfg
         return {"pong": True, "protocol": PROTOCOL_VERSION, "server": "flashtalk-live",
                 "max_message_bytes": ing.max_message_bytes, "max_clip_seconds": ing.max_clip_seconds,
                 "min_clip_seconds": ing.min_clip_seconds, "commands": sorted(self.served),
                 "trusted": call.peer.trusted}
 
-    def _cmd_status(self, call: Call) -> dict[str, Any]:
+    def _cmd_status(self, call: Call[NoArgs]) -> dict[str, Any]:
         return self.status()
 
-    def _cmd_clear(self, call: Call) -> dict[str, Any]:
+    def _cmd_clear(self, call: Call[NoArgs]) -> dict[str, Any]:
         with self.edit("clear"):
             ids = self.spool.clear()
         # One log line, not one per clip: 10,000 lines made `clear` of a deep queue take seconds.
@@ -410,8 +410,8 @@ class IngestServer:
         self.events.publish("cleared", segment_ids=ids, count=len(ids))
         return {"cleared": ids, "count": len(ids)}
 
-    def _cmd_cancel(self, call: Call) -> dict[str, Any]:
-        sid = call.args.segment_id  # type: ignore[attr-defined]
+    def _cmd_cancel(self, call: Call[CancelArgs]) -> dict[str, Any]:
+        sid = call.args.segment_id
         was = None
         if self.spool.get(sid) is not None:  # an unknown id must not discard the render-ahead buffer
             with self.edit("cancel", sid):
@@ -424,19 +424,19 @@ class IngestServer:
             self.events.publish("dropped", segment_id=sid, reason="cancelled")
         return {"segment_id": sid, "was": was}
 
-    def _cmd_move(self, call: Call) -> dict[str, Any]:
+    def _cmd_move(self, call: Call[MoveArgs]) -> dict[str, Any]:
         a = call.args
-        sid = a.segment_id  # type: ignore[attr-defined]
+        sid = a.segment_id
         # Re-plan first (as insert does): clips rendered ahead but not on air are pending again, so they can be
         # moved and moved around; an unknown id must not discard the render-ahead buffer.
         with self.edit("move", sid) if self.spool.get(sid) is not None else contextlib.nullcontext():
-            old, new = self.spool.move(sid, before=a.before, after=a.after, to=a.to)  # type: ignore[attr-defined]
+            old, new = self.spool.move(sid, before=a.before, after=a.after, to=a.to)
         if old != new:
             self.log.info("clip_moved", segment_id=sid, position_was=old, position=new)
             self.events.publish("moved", segment_id=sid, position_was=old, position=new)
         return {"segment_id": sid, "position_was": old, "position": new}
 
-    def _cmd_audio(self, call: Call) -> dict[str, Any]:
+    def _cmd_audio(self, call: Call[AudioArgs]) -> dict[str, Any]:
         data, a, mode = call.data, call.args, call.name
         assert data is not None
         rid = a.id
@@ -451,13 +451,13 @@ class IngestServer:
         cap = self.spool.limits.max_spool_bytes
         if len(data) > cap:  # checked before decoding: it could never be queued
             raise Rejection("oversize", f"payload of {len(data)} bytes exceeds queue.max_spool_bytes {cap}")
-        fmt, rate, ch = a.format, a.sample_rate, a.channels  # type: ignore[attr-defined]
+        fmt, rate, ch = a.format, a.sample_rate, a.channels
         clip = decode_for_settings(data, self.encoder, self.cfg, format=fmt, sample_rate=rate, channels=ch)
         check_cues(a, clip.duration_s, self.layers)  # before the spool: a refused clip leaves nothing behind
         # meta's cue keys come only from the checked fields, so whoever reads them (the compositor) can trust them
-        meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}  # type: ignore[attr-defined]
-        if a.text is not None:  # type: ignore[attr-defined]
-            meta["text"] = a.text  # type: ignore[attr-defined]
+        meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}
+        if a.text is not None:
+            meta["text"] = a.text
         for name in CUE_FIELDS:
             cues = getattr(a, name)
             if cues is not None:
@@ -466,7 +466,7 @@ class IngestServer:
         # is ordered against them exactly as the queue semantics say; enqueue drops buffered idle/programme chunks,
         # so a clip pushed into an idle room does not wait behind them (playout/replan.py).
         with self.edit(mode):
-            res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]
+            res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]  # an audio command's name is a spool Mode
                                     format=fmt, sample_rate=rate, channels=ch)
         ack = res.ack
         if res.duplicate:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class Broadcast:
 
     def __init__(self, pacer: Pacer, compositor: Compositor, encoder: Encoder, outputs: OutputManager, *,
                  fps: int, audio_rate: int, tap: Callable[[np.ndarray, np.ndarray], None],
-                 on_frame: Callable[[list[Mark], str | None, int], None], on_air: Callable[[], None]) -> None:
+                 on_frame: Callable[[Sequence[Mark], str | None, int], None], on_air: Callable[[], None]) -> None:
         """tap: gets each frame and its audio just encoded (the console's preview)."""
         self.pacer, self.compositor, self.encoder, self.outputs = pacer, compositor, encoder, outputs
         self.fps, self.audio_rate = fps, audio_rate

@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import threading
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import av
 import numpy as np
 from av.video.frame import PictureType
+from av.video.stream import VideoStream
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 from flashtalk_live.log import get_logger
@@ -111,7 +112,7 @@ class Encoder:
         s = self.settings
         host = av.open(io.BytesIO(), "w", format="flv")
         self._host = host
-        v = host.add_stream(codec, rate=self.fps, options=self._video_options(codec))
+        v = cast(VideoStream, host.add_stream(codec, rate=self.fps, options=self._video_options(codec)))
         v.width, v.height, v.pix_fmt = self.width, self.height, "yuv420p"
         cc = v.codec_context
         cc.gop_size = self.gop_frames

@@ -13,10 +13,11 @@ import threading
 import time
 from typing import Any, Callable
 
+from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.base import Output
-from flashtalk_live.outputs.kinds import kind_for
+from flashtalk_live.outputs.kinds import OutputURLError, kind_for
 from flashtalk_live.settings import OutputPolicy, OutputSettings
 
 log = get_logger("outputs")
@@ -24,8 +25,10 @@ log = get_logger("outputs")
 TICK_S = 0.05
 
 
-class TooManyOutputs(ValueError):
-    """output_policy.max_outputs outputs are running already."""
+class OutputRejected(Rejection, ValueError):
+    """An output the manager will not add or remove, with its rejection code (bad_output, already_exists,
+    too_many_outputs, not_found): `output_add`/`output_remove` answer it as it is, a config file's output fails
+    the start."""
 
 
 class OutputManager:
@@ -54,11 +57,16 @@ class OutputManager:
 
     # -- configuration -------------------------------------------------------------------------
     def add(self, settings: OutputSettings) -> bool:
-        """Start an output (False when it is disabled); ValueError on a duplicate name or a bad URL."""
-        kind = kind_for(settings.url)
-        settings = settings.model_copy(update={"url": kind.validate(settings.url)})
+        """Start an output (False when it is disabled); OutputRejected on a bad URL, a duplicate name or one output
+        too many."""
+        try:
+            kind = kind_for(settings.url)
+            settings = settings.model_copy(update={"url": kind.validate(settings.url)})
+        except OutputURLError as e:  # masked by the output-kind table
+            raise OutputRejected("bad_output", str(e), "url") from None
         if kind.name != "file" and settings.segment_seconds:
-            raise ValueError(f"output {settings.name!r}: segment_seconds applies to file outputs only")
+            raise OutputRejected("bad_output", f"output {settings.name!r}: segment_seconds applies to file outputs "
+                                               "only", "segment_seconds")
         if not settings.enabled:
             log.info("output_disabled", output=settings.name)
             return False
@@ -66,9 +74,9 @@ class OutputManager:
             if self._closed:
                 raise RuntimeError("OutputManager is closed")
             if any(o.name == settings.name for o in self._outputs):
-                raise ValueError(f"an output named {settings.name!r} already exists")
+                raise OutputRejected("already_exists", f"an output named {settings.name!r} already exists", "name")
             if len(self._outputs) >= self.policy.max_outputs:
-                raise TooManyOutputs(f"{len(self._outputs)} outputs are running, output_policy.max_outputs is "
+                raise OutputRejected("too_many_outputs", f"{len(self._outputs)} outputs are running, output_policy.max_outputs is "
                                      f"{self.policy.max_outputs}: remove one first")
             out = kind.load()(settings, self.policy, self.video_stream, self.audio_stream, self.request_keyframe,
                       self._queue_event)
@@ -77,11 +85,13 @@ class OutputManager:
         return True
 
     def remove(self, name: str, timeout: float = 1.0) -> None:
-        """Stop an output now; an RTMP child gets `timeout` to unpublish, then SIGKILL. KeyError if unknown."""
+        """Stop an output now; an RTMP child gets `timeout` to unpublish, then SIGKILL. OutputRejected (not_found)
+        if there is no such output."""
         with self._lock:
             out = next((o for o in self._outputs if o.name == name), None)
             if out is None:
-                raise KeyError(f"no output named {name!r}")
+                raise OutputRejected("not_found", f"no output named {name!r}; outputs: "
+                                                  f"{', '.join(o.name for o in self._outputs)}", "name")
             self._outputs = tuple(o for o in self._outputs if o is not out)
         out.close(timeout)
         log.info("output_removed", output=name)

@@ -99,9 +99,10 @@ class ChildConnection:
         os.set_blocking(w, False)
         self.fd: int | None = w
         self.sink = _Sink()
-        self.container = av.open(self.sink, "w", format="flv",
-                                 container_options={"flvflags": "no_duration_filesize", "flush_packets": "1"})
-        self.rebaser = Rebaser(self.container, output.video_template, output.audio_template)
+        container = av.open(self.sink, "w", format="flv",
+                            container_options={"flvflags": "no_duration_filesize", "flush_packets": "1"})
+        self.container: av.container.OutputContainer | None = container
+        self.rebaser = Rebaser(container, output.video_template, output.audio_template)
         self.container.start_encoding()  # FLV header into the sink; no I/O
         self.reader = threading.Thread(target=self._read_reports, name=f"out-{output.name}-reports", daemon=True)
         self.reader.start()
@@ -229,7 +230,8 @@ class ChildConnection:
         with self.lock:
             self.dead = True
             try:
-                self.container.close()
+                if self.container is not None:
+                    self.container.close()
             except Exception:  # noqa: BLE001 - only the in-memory muxer
                 pass
             self.container = None
@@ -380,7 +382,7 @@ class RtmpOutput(Output):
             self.state = "connecting"
             self.connected_since = None
         try:
-            conn = ChildConnection(self)
+            conn: ChildConnection | None = ChildConnection(self)
         except Exception as e:  # noqa: BLE001 - fork/pipe failure: treat like a failed connect
             with self._lock:
                 self.next_attempt = now + self.backoff.next_delay()

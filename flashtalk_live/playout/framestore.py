@@ -132,17 +132,18 @@ class FrameStore:
             return item  # a plain store (RAM, RGB, no bound) holds chunks as they are and counts no bytes
         shape = tuple(frames.shape)
         if frames.ndim == 4 and frames.shape[0] > 0 and frames.strides[0] == 0:
-            packed = PackedFrames(shape, "still", frames)  # type: ignore[arg-type]
+            packed = PackedFrames(shape, "still", frames)
         elif self.compact and Yuv420.packable(shape):
             planes = self._yuv.to_yuv(frames)
-            packed = self._place(PackedFrames(shape, "yuv420", planes, None, planes.nbytes))  # type: ignore[arg-type]
+            packed = self._place(PackedFrames(shape, "yuv420", planes, None, planes.nbytes))
         else:
             data = np.ascontiguousarray(frames)
-            packed = self._place(PackedFrames(shape, "rgb", data, None, data.nbytes))  # type: ignore[arg-type]
+            packed = self._place(PackedFrames(shape, "rgb", data, None, data.nbytes))
         if packed.path is None:
             with self._lock:
                 self.ram_bytes += packed.nbytes
-        return dataclasses.replace(item, frames=packed)
+        # packed frames ride in the frames slot from here until the pacer unpacks them (Lookahead.take)
+        return dataclasses.replace(item, frames=packed)  # type: ignore[arg-type]
 
     def _place(self, p: PackedFrames) -> PackedFrames:
         """Spill `p` when it does not fit the RAM bound and the disk takes it; else `p` as it is."""
@@ -159,7 +160,7 @@ class FrameStore:
                               f"({self.min_free_bytes} bytes)")
             assert p.data is not None
             with open(path, "xb", buffering=0) as f:
-                view = memoryview(p.data).cast("B")
+                view = memoryview(p.data).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; stubs lag
                 while view:  # one write() in practice; a short write continues where it stopped
                     view = view[f.write(view):]
         except OSError as e:
@@ -225,7 +226,7 @@ class FrameStore:
         shape = p.shape if p.kind == "rgb" else (p.shape[0], p.shape[1] * 3 // 2, p.shape[2])
         data = np.empty(shape, np.uint8)
         with open(p.path, "rb", buffering=0) as f:
-            view = memoryview(data).cast("B")
+            view = memoryview(data).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; stubs lag
             while view:  # one read() in practice
                 n = f.readinto(view)
                 if not n:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
@@ -48,7 +48,7 @@ class OnAir:
         events.subscribe(self._forget_scheduled)
 
     # -- what aired (broadcast thread) ---------------------------------------------------------------
-    def aired(self, marks: list[Mark], segment_id: str | None, out_frame: int) -> None:
+    def aired(self, marks: Sequence[Mark], segment_id: str | None, out_frame: int) -> None:
         """One frame went out: its marks as events, and `idle` when the air first has no clip."""
         for m in marks:
             self._announce(m, out_frame)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from contextlib import AbstractContextManager
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -92,7 +92,7 @@ class Playout:
         self.render_ahead.set_avatar(image, prompt)
 
     # -- the broadcast thread ---------------------------------------------------------------------
-    def aired(self, marks: list[Mark], segment_id: str | None, out_frame: int) -> None:
+    def aired(self, marks: Sequence[Mark], segment_id: str | None, out_frame: int) -> None:
         self.onair.aired(marks, segment_id, out_frame)
 
     # -- the control plane -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ queue_fakes.py`). The renderer supervisor (`renderers/supervisor.py`) is the `Ch
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class ClipQueue(Protocol):
 
     def take_next(self) -> QueuedClip | None: ...
 
-    def load_audio(self, entry: QueuedClip) -> DecodedClip: ...
+    def load_audio(self, entry: Any) -> DecodedClip: ...  # an entry this queue handed out
 
     def interrupt_pending(self) -> bool: ...
 

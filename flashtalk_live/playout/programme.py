@@ -349,14 +349,14 @@ class Programme:
             return False
         skipped: list[tuple[str, str]] = []
         valid: list[PlaylistEntry] = []
-        for e in parsed.entries:
+        for entry in parsed.entries:
             try:
-                dur = probe_audio(e.path)
+                dur = probe_audio(entry.path)
             except ClipDecodeError as err:
-                skipped.append((str(e.path), str(err)))
-                _log.error("playlist_clip_skipped", playlist=str(self.path), clip=str(e.path), error=str(err))
+                skipped.append((str(entry.path), str(err)))
+                _log.error("playlist_clip_skipped", playlist=str(self.path), clip=str(entry.path), error=str(err))
                 continue
-            valid.append(PlaylistEntry(e.path, e.name, e.pause_s, dur))
+            valid.append(PlaylistEntry(entry.path, entry.name, entry.pause_s, dur))
         for msg in parsed.problems:
             _log.warning("playlist_problem", playlist=str(self.path), problem=msg)
         self._install(valid, parsed.shuffle)

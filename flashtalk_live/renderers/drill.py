@@ -52,4 +52,4 @@ def with_drills(renderer: Renderer, r: RendererSettings, fps: int) -> Renderer:
     """The renderer itself when no drill is configured, else wrapped in a DrillRenderer."""
     if r.drill_slowdown == 1.0 and r.drill_jitter_s == 0.0:
         return renderer
-    return DrillRenderer(renderer, fps, r.drill_slowdown, r.drill_jitter_s)  # type: ignore[return-value]
+    return DrillRenderer(renderer, fps, r.drill_slowdown, r.drill_jitter_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -144,7 +145,7 @@ class RendererSupervisor:
                                      f"max(its {budget:.2f}s, the engine's typical {self.typical_s or 0:.2f}s)): "
                                      "engine abandoned")
                     self._abandoned = call
-                    call.add_done_callback(lambda _f, r=r: self._close_quietly(r))
+                    call.add_done_callback(functools.partial(self._close_after, r))
                 else:
                     self._close_quietly(r)
                 self._fail(repr(e))
@@ -152,6 +153,10 @@ class RendererSupervisor:
         t0 = time.monotonic()
         frames = self.still.render(chunk)
         return self._done(chunk, frames, self.still, time.monotonic() - t0)
+
+    @staticmethod
+    def _close_after(r: Renderer, _done: Any) -> None:
+        RendererSupervisor._close_quietly(r)
 
     @staticmethod
     def _close_quietly(r: Renderer) -> None:

@@ -7,7 +7,8 @@
   from a wedged loop. A SIGSTOP of the whole process is tested too, and honestly: it answers nothing (the probe times
   out, which the kubelet counts as a failure), and 200 again after SIGCONT;
 * a room configured for FlashTalk whose model cannot load is not ready on the still fallback until
-  probes.ready_fallback_s, then ready with that reason.
+  probes.ready_fallback_s, then ready with that reason;
+* a room loading the (tiny, CPU) FlashTalk model stays live through the load and becomes ready when the model airs.
 """
 
 from __future__ import annotations
@@ -176,4 +177,33 @@ def test_ready_on_the_still_fallback_only_after_the_stated_time(daemon_factory):
     with d.client() as c:
         r = c.status()["renderer"]
     assert r["active"] == "still" and r["on_fallback"] and r["failures"] >= 1
+    assert d.stop() == 0
+
+
+@pytest.mark.timeout(300)
+def test_live_through_a_model_load_and_ready_once_the_model_airs(tmp_path, daemon_factory):
+    # The tiny FlashTalk model in the released layout, on the CPU (as tests/e2e/test_flashtalk_daemon.py): the still
+    # renderer airs while it loads and warms up, then it takes over at a chunk boundary.
+    from flashtalk_live.checkpoints.fake import write_fake_release
+
+    rel = write_fake_release(tmp_path / "models")
+    (tmp_path / "tiny.toml").write_text('base = "quality"\nheight = 32\nwidth = 32\nframe_num = 29\nmotion_frames = 1\n')
+    d = daemon_factory(extra=[
+        'renderer.kind="flashtalk"', f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"',
+        f'model.profile="{tmp_path / "tiny.toml"}"', 'model.device="cpu"', 'model.dtype="float32"',
+        "video.chunk_frames=28", "video.width=48", "video.height=80", "renderer.lookahead_chunks=4",
+        "renderer.deadline_factor=20", "probes.ready_fallback_s=3600",
+    ]).start(timeout_s=60)
+    port = metrics_port(d)
+    live = Poller(port, "livez")
+    answers: list[tuple[int, dict] | None] = []
+    until(lambda: answers.append(probe(port, "readyz")) or (answers[-1] or (0,))[0] == 200, 180, 0.25)
+    with d.client() as c:
+        r = c.status()["renderer"]
+    assert r["active"] == "flashtalk" and not r["on_fallback"], r
+    got = live.stop()
+    waiting = [a for a in answers[:-1] if a is not None and "waiting for the flashtalk renderer" in a[1]["reason"]]
+    assert waiting and all(a is not None and a[0] == 503 for a in answers[:-1]), answers
+    assert answers[-1][1]["reason"] == "on air with the flashtalk renderer"
+    assert len(got) > 4 and all(a is not None and a[0] == 200 for a in got), got
     assert d.stop() == 0

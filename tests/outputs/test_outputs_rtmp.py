@@ -228,7 +228,7 @@ def test_outputs_are_added_and_removed_at_runtime(nginx_rtmp) -> None:
     res = stream(m, enc, 9.0, actions={2.0: add_second, 6.0: remove_first})
     names = m.names()
     st = by_name(m.status())
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="no output named"):
         m.remove("nope")
     with pytest.raises(ValueError, match="already exists"):
         m.add(OutputSettings(name="second", url=srv.url("again")))
