@@ -5,8 +5,9 @@
 #   2. buildah imports it as an image (from scratch + the tarball);
 #   3. buildah bud --isolation chroot builds deploy/container/Containerfile with BASE= that image.
 # The pip sources of this host (find-links folders, file:// indexes, the CA bundle, from `pip config list` and
-# PIP_* variables) are bound read-only into the build at the same paths, so the build installs what this host's pip
-# would (here: torch's CPU wheel from a local folder; PyPI through a TLS-inspecting proxy).
+# PIP_* variables) go into the build read-only (folders at the same paths, the CA bundle beside the image's own), so
+# the build installs what this host's pip would (here: torch's CPU wheel from a local folder; PyPI through a
+# TLS-inspecting proxy).
 #
 # usage: deploy/container/build-debian.sh [TAG]       (run as root, from anywhere; TAG default localhost/flashtalk-live:dev)
 # environment: CACHE_DIR (base tarballs; default /var/tmp/flashtalk-live-image), STORAGE_ROOT (a private buildah
@@ -64,6 +65,12 @@ if [ "${HOST_PIP:-1}" = 1 ]; then
             value=$(printf '%s\n' "$pip_conf" | sed -n "s/^[^.]*\.$key='\(.*\)'$/\1/p" | tail -n1)
         fi
         [ -n "$value" ] || continue
+        if [ "$key" = cert ]; then
+            # beside, not over, the image's own CA bundle: the base's ca-certificates may still be installed
+            # (and rewrite its bundle) in the build
+            args+=(--build-arg "PIP_CERT=/run/host-pip-ca.crt" --volume "$value:/run/host-pip-ca.crt:ro")
+            continue
+        fi
         args+=(--build-arg "$var=$value")
         for item in $value; do
             path=${item#file://}
