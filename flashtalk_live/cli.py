@@ -33,7 +33,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flashtalk_live.daemon import run_daemon
 
     log.configure(settings.logging.format, settings.logging.level)
-    return run_daemon(settings, duration_s=args.duration)
+    # SIGHUP reads the same file and overrides again (docs/operations.md: what a reload changes)
+    return run_daemon(settings, duration_s=args.duration, reload=lambda: settings_from_args(args))
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ from typing import Any
 from flashtalk_live.secrets import carries_secret, mask_text
 from flashtalk_live.settings import ConfigError, Settings
 from flashtalk_live.config import load_settings
-from flashtalk_live.statelock import check_free
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +78,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def checked_settings(args: argparse.Namespace) -> Settings:
-    """What `run` needs before it starts anything, and what `config show` checks: the same errors, one line each."""
+    """What `run` needs before it starts anything, and what `config show` checks: the same errors, one line each
+    (preflight.py: free locks and ports, the files the config names)."""
+    # PyAV, Pillow and the playlist parser: only `run` and `config show` pay for them, not every `push` or `status`
+    from flashtalk_live import preflight
+
     settings = settings_from_args(args)
-    check_free(settings.path(settings.state_dir))
+    preflight.check(settings)
     return settings

@@ -29,6 +29,7 @@ from flashtalk_live.settings import (
     parse_override,
     read_toml,
     resolve_file_paths,
+    room_from_config,
 )
 
 
@@ -67,6 +68,7 @@ def load_settings(
         p = Path(path)
         data = read_toml(p, "config file", ConfigError)
         data = resolve_file_paths(data, p.resolve().parent)
+        data.setdefault("room", room_from_config(p))
         source = str(p)
     env = os.environ if environ is None else environ
     data = deep_merge(data, env_tree(dict(env)))

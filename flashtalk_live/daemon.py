@@ -3,20 +3,21 @@ console for one room, and runs their threads."""
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from flashtalk_live import fdreserve
 from flashtalk_live.airlatency import PushToAir
 from flashtalk_live.compose.compositor import Compositor
-from flashtalk_live.console import AirTap, resolve_token, start_console
+from flashtalk_live.console import AirTap, console_url, resolve_token, start_console
 from flashtalk_live.console.health import gpu_memory
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
@@ -26,39 +27,30 @@ from flashtalk_live.ingest.commands import (
 )
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.ingest.server import IngestServer
-from flashtalk_live.log import get_logger
+from flashtalk_live.log import configure as configure_logging, get_logger, meta_summary
 from flashtalk_live.media.broadcast import Broadcast
 from flashtalk_live.media.encoder import Encoder
 from flashtalk_live.playout.pacing import LookaheadClosed
 from flashtalk_live.playout.playout import Playout
 from flashtalk_live.metrics import serve_metrics
 from flashtalk_live.osthread import name_os_thread
-from flashtalk_live.outputs.kinds import OutputURLError, kind_name
-from flashtalk_live.outputs.manager import OutputManager
+from flashtalk_live.outputs.manager import OutputManager, OutputRejected
 from flashtalk_live.probes import RoomProbes, Vitals
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.renderers.drill import with_drills
 from flashtalk_live.renderers.kinds import RendererFactory, renderer_kind
 from flashtalk_live import images
-from flashtalk_live.images import ImageError, default_portrait, load_image
+from flashtalk_live.images import ImageError, ImageTooLarge, default_portrait, load_image
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.sdnotify import sd_notify
-from flashtalk_live.settings import OutputSettings, Settings
-from flashtalk_live.statelock import StateLock
+from flashtalk_live.settings import ConfigError, OutputSettings, Settings
+from flashtalk_live.statelock import EndpointBusy, StateLock
 from flashtalk_live.storage import DiskWatermark
 
 RESERVED_FDS = 16  # held for output children and recording files (fdreserve.py): two spawns' worth
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the daemon died; systemd's Restart= brings it back
-
-
-def kind_name_or_none(url: str) -> str | None:
-    """The output kind of `url`, or None when no kind takes it (the output manager then answers bad_output)."""
-    try:
-        return kind_name(url)
-    except OutputURLError:
-        return None
 
 
 def _rss_bytes() -> int:
@@ -76,6 +68,8 @@ class Daemon:
                  still: Renderer | None = None, parallel: Any = None) -> None:
         self.s = settings
         self.log = get_logger("daemon")
+        # Which room holds a lock (statelock.py), for the one line that refuses a second daemon on its paths.
+        self.room_note = f"room {settings.room or '-'} in {settings.path(settings.state_dir)}"
         self.state = "starting"
         self.started_at = time.time()
         self._started_mono = time.monotonic()
@@ -99,7 +93,11 @@ class Daemon:
                                   publish=self.events.publish, log=self.log)
         self.disk.check()
         v = settings.video
-        self.reference = load_image(v.reference_image) if v.reference_image else default_portrait()
+        try:
+            self.reference = load_image(v.reference_image, settings.ingest.max_image_pixels) \
+                if v.reference_image else default_portrait()
+        except (ImageError, OSError) as e:  # the operator's configuration: exit 2 with one line
+            raise ConfigError(f"video.reference_image: {e}") from None
         self.prompt = v.prompt
         self.still = with_drills(still or StillRenderer(v.width, v.height, v.fit), settings.renderer, v.fps)
         self.still.start_session(self.reference, v.prompt)
@@ -109,7 +107,8 @@ class Daemon:
             (lambda f=renderer_factory: with_drills(f(settings), settings.renderer, v.fps))
         self.renderers = RendererSupervisor(settings.renderer, v, self.still, self.events, load, self.reference)
         self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
-        self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps)
+        self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps,
+                                     max_image_pixels=settings.ingest.max_image_pixels)
         self._log_overlays()
         self.outputs = OutputManager.for_encoder(settings.output_policy, self.events, self.encoder)
         for o in settings.outputs:
@@ -119,13 +118,16 @@ class Daemon:
                                media_time_s=lambda: self.encoder.frames / v.fps,
                                prepare=lambda rendered: self.compositor.prepare(rendered.chunk.frame_segments))
         self.playout.set_avatar(self.reference, self.prompt)
-        self.air = AirTap()  # the console's preview: each frame and its sound as encoded
+        self.air = AirTap(settings.encoder.audio_rate, v.fps)  # the console's preview: each frame and its sound
         self.broadcast = Broadcast(self.playout.pacer, self.compositor, self.encoder, self.outputs, fps=v.fps,
                                    audio_rate=settings.encoder.audio_rate, tap=self.air.offer,
                                    on_frame=self.playout.aired, on_air=self._on_air)
         self.ingest = IngestServer(settings.expanded(settings.ingest), settings.encoder, self.spool, self.events, self.status, refuse_clips=self.disk.refusal,
                                    layers=self.compositor.names,
                                    edit=self.playout.editing, plan_of=self.playout.plan_of,
+                                   on_air=lambda: self.playout.on_air,
+                                   lock_note=self.room_note,
+                                   check_captions=self.compositor.check_captions,
                                    handlers={
             "outputs": self._cmd_outputs, "output_add": self._cmd_output_add,
             "output_remove": self._cmd_output_remove, "set_avatar": self._cmd_set_avatar,
@@ -145,15 +147,19 @@ class Daemon:
         # stops the start with exit 2.
         self.console = None
         self.console_token: str | None = None
+        self.console_token_source: str | None = None
         if settings.metrics.enabled and settings.console.enabled:
             self.console_token, where = resolve_token(settings.expanded(settings.console), settings.metrics.host,
                                                       settings.path(settings.state_dir))
+            self.console_token_source = where
             self.log.info("console_token", source=where)
         # -- end console
 
     # -- events and commands ---------------------------------------------------------------------
     def _log_event(self, e: dict[str, Any]) -> None:
-        fields = {k: v for k, v in e.items() if k not in ("type", "ts")}
+        fields = {k: v for k, v in e.items() if k not in ("type", "ts", "meta")}
+        if "meta" in e:  # a producer's meta is its size in the log (clip_accepted has its keys), never its body
+            fields["meta_bytes"] = meta_summary(e["meta"])["meta_bytes"]
         self.log.info(f"event_{e['type']}", **fields)
 
     def _log_overlays(self) -> None:
@@ -161,15 +167,25 @@ class Daemon:
         if not o.ai_label_enabled:
             self.log.warning("ai_label_off", setting="overlays.ai_label_enabled = false",
                              note="platforms require a visible label on AI-generated hosts")
-        if not c.font_covers_cjk:
+        if not c.system_font:
+            self.log.warning("overlay_font_missing", font_dirs=o.font_dirs, font=c.font_path,
+                             note="no system font: captions and text layers draw with the AI label's font (ASCII and "
+                                  "the labels' characters only); install fonts-noto-cjk or set overlays.font")
+        elif not c.font_covers_cjk:
             self.log.warning("overlay_font_without_cjk", font=c.font_path,
                              note="Chinese text would draw as boxes: install fonts-noto-cjk or set overlays.font")
+        if o.ai_label_enabled and not c.label_covered:
+            self.log.warning("ai_label_glyphs_missing", text=o.ai_label.text, font=c.label_font[0],
+                             note="some characters of the label draw as boxes: set overlays.font to a font with them")
         self.log.info("overlays", ai_label=o.ai_label.text if o.ai_label_enabled else None, font=c.font_path,
+                      label_font=c.label_font[0],
                       layers=c.names(), captions=o.captions)
         self.events.subscribe(self._note_caption)
 
     def _note_caption(self, e: dict[str, Any]) -> None:
         """A queued clip's caption text and cues (checked by the ingest server before it was queued)."""
+        if e["type"] == "dropped":  # cancelled or cleared before it aired: its captions leave the budget
+            self.compositor.forget(e["segment_id"])
         if e["type"] != "accepted":
             return
         meta = e.get("meta") or {}
@@ -206,9 +222,8 @@ class Daemon:
         daemon adds only its file policy (files only inside output_policy.file_dirs)."""
         a = call.args
         spec = self._expand_output(OutputSettings(name=a.name, url=a.url, segment_seconds=a.segment_seconds))
-        if kind_name_or_none(spec.url) == "file":
-            confine_output_file(spec.url, [self.s.path(d) for d in self.s.output_policy.file_dirs])
-        self.outputs.add(spec)
+        dirs = [self.s.path(d) for d in self.s.output_policy.file_dirs]
+        self.outputs.add(spec, confine_file=lambda url: confine_output_file(url, dirs))
         return {"output": spec.name, "outputs": self.outputs.names()}
 
     def _expand_output(self, o: OutputSettings) -> OutputSettings:
@@ -235,7 +250,9 @@ class Daemon:
         if data is not None:
             check_image(data, lim)
             try:
-                image = images.decode_image_bytes(data, "set_avatar image")
+                image = images.decode_image_bytes(data, "set_avatar image", lim.max_image_pixels)
+            except ImageTooLarge as e:  # the header passed, but the picture itself is larger (limits.py)
+                raise Rejection("image_too_many_pixels", str(e)) from None
             except ImageError as e:
                 raise Rejection("undecodable_image", str(e)) from None
         else:
@@ -311,6 +328,7 @@ class Daemon:
         pst = self.playout.pacer.stats()
         return {
             "state": self.state,
+            "room": self.s.room or None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "on_air": self.playout.on_air,
             "queue": self.spool.stats(),
@@ -337,26 +355,76 @@ class Daemon:
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self.ingest.start()
-        if self.s.metrics.enabled:
-            try:
-                m = self.s.metrics
-                if self.console_token is not None:  # the console serves /metrics too, on the same port
-                    self.metrics_server, self.console = start_console(
-                        self.s.expanded(self.s.console), m, self.ingest, self.events, self.air, self.console_token, self.status,
-                        self.probes)
-                else:
-                    self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
-                                                           timeout_s=m.timeout_s, log=self.log, probes=self.probes)
-                self.metrics_port = self.metrics_server.server_port
-            except OSError as e:
-                self.log.error("metrics_unavailable", host=self.s.metrics.host, port=self.s.metrics.port, error=repr(e))
+        """Bind the room's sockets and port, then start its threads. A busy ipc path or port is the operator's to fix
+        (EndpointBusy, a ConfigError: `run` exits 2 with one line), and nothing is left bound."""
+        try:
+            self.ingest.start()
+            if self.s.metrics.enabled:
+                self._start_http()
+        except BaseException:
+            self.ingest.stop()
+            raise
         self.renderers.start()
         for name, fn in (("render", self._render_loop), ("broadcast", self._broadcast_loop),
                          ("housekeeping", self._housekeeping)):
             t = threading.Thread(target=_named(f"ftl-{name}", fn), name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _start_http(self) -> None:
+        m = self.s.metrics
+        try:
+            if self.console_token is not None:  # the console serves /metrics too, on the same port
+                self.metrics_server, self.console = start_console(
+                    self.s.expanded(self.s.console), m, self.ingest, self.events, self.air, self.console_token, self.status,
+                    self.probes)
+            else:
+                self.metrics_server, _ = serve_metrics(m.host, m.port, self.status, max_connections=m.max_connections,
+                                                       timeout_s=m.timeout_s, log=self.log, probes=self.probes)
+        except OSError as e:
+            why = "the port is in use (another room or program listens there)" if e.errno == errno.EADDRINUSE \
+                else (e.strerror or repr(e))
+            raise EndpointBusy(f"metrics.port = {m.port} on {m.host}: cannot listen: {why}; expected a free port for "
+                               "each room, or metrics.port = 0 for any free one (logged at start)") from None
+        self.metrics_port = self.metrics_server.server_port
+        host = f"[{m.host.strip('[]')}]" if ":" in m.host.strip("[]") else m.host
+        self.log.info("http_listening", url=f"http://{host}:{self.metrics_port}/",
+                      serves="console and /metrics" if self.console is not None else "/metrics")
+        if self.console is not None:
+            self.log.info("console", url=console_url(m.host, self.metrics_port), token=self.console_token_source)
+
+    def reload(self, new: Settings | None) -> dict[str, Any]:
+        """SIGHUP: re-read what can change on air. Client keys (the folder, and the config's lists: keys no longer
+        allowed are revoked, their connections closed), the log level, and the outputs the config file names (added,
+        removed or changed by name; outputs added with output_add are left alone). Anything else in the file needs a
+        restart. `new` None (the file cannot be read) re-reads the key folder only."""
+        done: dict[str, Any] = {}
+        ing = (new or self.s).ingest
+        self.ingest.reload_keys(ing.client_keys, ing.trusted_client_keys)
+        done["client_keys"] = "reloaded"
+        if new is not None:
+            configure_logging(new.logging.format, new.logging.level)
+            done["log_level"] = new.logging.level
+            old = {o.name: o for o in self.s.outputs}
+            want = {o.name: o for o in new.outputs}
+            removed = [n for n in old if n not in want or want[n] != old[n]]
+            added = [n for n in want if n not in old or want[n] != old[n]]
+            for name in removed:
+                if name in self.outputs.names():
+                    self.outputs.remove(name)
+            for name in added:
+                if name in self.outputs.names():  # a runtime output_add took the name: the config's waits
+                    self.log.warning("reload_output_name_taken", output=name)
+                    continue
+                try:
+                    self.outputs.add(self._expand_output(want[name]))
+                except OutputRejected as e:
+                    self.log.error("reload_output_refused", output=name, error=str(e))
+            self.s = self.s.model_copy(update={"outputs": new.outputs, "logging": new.logging})
+            done["outputs_removed"], done["outputs_added"] = removed, added
+        self.log.info("reloaded", **done)
+        self.events.publish("reloaded", **done)
+        return done
 
     def request_stop(self) -> None:
         """SIGTERM: finish the chunk on air, flush and close outputs; the queue stays persisted."""
@@ -373,7 +441,7 @@ class Daemon:
 
     def close(self) -> None:
         self.request_stop()
-        self._stopped.wait(30)
+        self._stopped.wait(30 if self._threads else 0)  # a start that failed ran no broadcast to wait for
         self.playout.close()
         for t in self._threads:
             t.join(timeout=5)
@@ -385,6 +453,7 @@ class Daemon:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.renderers.close()
+        self.compositor.close()
         self.playout.close_store()
         self.encoder.close()
         self.spool.close()
@@ -399,18 +468,20 @@ def _named(os_name: str, fn: Any) -> Any:
     return run
 
 
-def run_daemon(settings: Settings, duration_s: float | None = None) -> int:
+def run_daemon(settings: Settings, duration_s: float | None = None,
+               reload: Callable[[], Settings] | None = None) -> int:
     """The `flashtalk-live run` entry point: start, serve until SIGTERM/SIGINT (or duration), stop cleanly.
+    SIGHUP reloads (`Daemon.reload`; `reload()` reads the configuration again) and never stops the room.
 
     With the FlashTalk renderer on several GPUs (model.gpus), this process becomes rank 0 and starts the other
     ranks itself (or joins a torchrun job); a dead rank stops the daemon with exit code 75 so systemd restarts it.
     The state directory is locked first (StateDirBusy when another daemon has it), before any rank starts.
     """
     with StateLock(settings.path(settings.state_dir)):
-        return _run_locked(settings, duration_s)
+        return _run_locked(settings, duration_s, reload)
 
 
-def _run_locked(settings: Settings, duration_s: float | None) -> int:
+def _run_locked(settings: Settings, duration_s: float | None, reload: Callable[[], Settings] | None = None) -> int:
     parallel = None
     exit_code = 0
     stop = threading.Event()
@@ -426,19 +497,38 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
 
         parallel.on_failure = on_rank_failure
 
+    wake = threading.Event()
+    hup = threading.Event()
+
     def on_signal(signum: int, _frame: Any) -> None:
         daemon.log.info("signal", signal=signal.Signals(signum).name)
         stop.set()
+        wake.set()
+
+    def on_hup(_signum: int, _frame: Any) -> None:  # the work is the main loop's, not the handler's
+        hup.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon.start()
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.close()  # what the constructor opened (spool, outputs, renderers); the error is the exit's
+        if parallel is not None:
+            parallel.close()
+        raise
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
         while not stop.is_set() and not daemon.wait(0):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            stop.wait(1.0)
+            wake.wait(1.0)
+            wake.clear()
+            if hup.is_set():
+                hup.clear()
+                _reload(daemon, reload)
             q = daemon.spool.stats()
             sd_notify(f"STATUS={daemon.state}; on air: {daemon.playout.on_air or 'programme/idle'}; "
                       f"queue {q.get('clips', 0)} clips")
@@ -450,6 +540,22 @@ def _run_locked(settings: Settings, duration_s: float | None) -> int:
         daemon.log.error("exiting_on_fatal_error", reason=daemon.fatal, exit_code=EXIT_FATAL)
         exit_code = EXIT_FATAL
     return exit_code
+
+
+def _reload(daemon: Daemon, reload: Callable[[], Settings] | None) -> None:
+    """SIGHUP: read the configuration again and apply what can change on air; a bad file is one log line."""
+    daemon.log.info("signal", signal="SIGHUP", action="reload")
+    new = None
+    if reload is not None:
+        try:
+            new = reload()
+        except Exception as e:  # noqa: BLE001 - a config mistake on reload must not stop the room
+            daemon.log.error("reload_config_unreadable", error=str(e).splitlines()[0][:300],
+                             note="client keys re-read from the folder only; the rest unchanged")
+    try:
+        daemon.reload(new)
+    except Exception as e:  # noqa: BLE001
+        daemon.log.exception("reload_failed", error=repr(e)[:300])
 
 
 def raise_fd_limit() -> tuple[int, int]:

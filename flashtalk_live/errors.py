@@ -38,14 +38,16 @@ REJECT_CODES: dict[str, str] = {
                  "`output_remove` of an unknown output name",
     "not_pending": "`move` of a clip (`segment_id`), or relative to a clip (`before`/`after`), that is on air or "
                    "rendered ahead: only pending clips can be moved",
+    "not_on_air": "`skip` when nothing is on air, or with a `segment_id` that is not (or no longer) the clip on air: "
+                  "nothing was skipped",
     "already_exists": "`output_add` with the name of an existing output",
     "bad_output": "`output_add` with a URL that is no output (not rtmp://, rtmps:// or a .flv/.mp4 path), or "
                   "`segment_seconds` on a stream",
     "too_many_outputs": "`output_add` over `output_policy.max_outputs`",
     "unsupported_image": "`set_avatar` / `overlay_set` data that is not PNG, JPEG or WebP with a readable header (an empty frame too)",
     "image_too_large": "an image over `ingest.max_image_bytes`",
-    "image_too_many_pixels": "an image whose header declares more than `ingest.max_image_pixels`; refused before "
-                             "decoding",
+    "image_too_many_pixels": "an image whose header (any frame, canvas or bitstream), or whose decoder, reports "
+                             "more than `ingest.max_image_pixels`; refused before a picture that size is decoded",
     "undecodable_image": "an image whose header passed but whose picture cannot be decoded",
     "prompt_too_long": "a prompt over `ingest.max_prompt_chars`",
     "text_too_long": "a clip's caption `text`, a `captions` cue's text or `overlay_set` text over "
@@ -55,6 +57,15 @@ REJECT_CODES: dict[str, str] = {
     "cue_outside_clip": "a clip's `captions` / `overlays` cue with start < 0, end <= start or end past the decoded "
                         "clip's duration; nothing was queued",
     "too_many_layers": "`overlay_set` of a new layer over `overlays.max_layers`",
+    "meta_too_deep": "a clip's `meta` nested deeper than `ingest.max_meta_depth`; nothing was queued",
+    "captions_too_long": "a clip's caption characters (`text` plus every `captions` cue's text) over "
+                         "`ingest.max_caption_chars`; nothing was queued",
+    "captions_too_large": "a clip's caption lines, measured as they would be rendered, over "
+                          "`overlays.max_caption_pixels`; nothing was queued",
+    "captions_over_budget": "the caption lines of the clips queued and not yet aired, with this clip's, would take "
+                            "more than `overlays.caption_budget_bytes`; retry when some have aired",
+    "text_too_large": "`overlay_set` text that, wrapped and rendered, would cover more than "
+                      "`overlays.max_layer_pixels`; measured before anything is drawn",
     "id_too_long": "`id`, `segment_id` or `name` over `ingest.max_id_chars`",
     "rate_limited": "the peer is over `ingest.rate_per_s` (burst `ingest.rate_burst`); the reason says when to retry",
     "busy": "too many requests waiting or running (`ingest.max_inflight_per_peer`, `ingest.max_inflight`), or the "

@@ -26,7 +26,9 @@ class EventType:
     optional: frozenset[str] = frozenset()
 
 
-_CLIP_ON_AIR = {"segment_id": "string", "source": "queue | programme", "frame": "int", "media_time_s": "float"}
+_CLIP_ON_AIR = {"segment_id": "string", "source": "queue | programme", "frame": "int", "media_time_s": "float",
+                "name": "string"}
+_NAMED = frozenset({"name"})  # push --name, or a programme item's playlist name: only when the clip has one
 _PLANNED = {"segment_id": "string", "planned_in_s": "float", "planned_media_time_s": "float",
             "state": "buffered | pending", "waits": "string | null"}
 _DISK = {"path": "string", "free_bytes": "int", "free_percent": "float", "min_free_bytes": "int",
@@ -35,17 +37,21 @@ _DISK = {"path": "string", "free_bytes": "int", "free_percent": "float", "min_fr
 # Every event the daemon publishes, declared once (adding an event is one entry here plus its publish call).
 EVENTS: dict[str, EventType] = {e.name: e for e in (
     EventType("accepted", {"segment_id": "string", "mode": "enqueue | insert | play_now", "position": "int",
-                           "duration_s": "float", "request_id": "string | null", "meta": "object"},
-              "a clip was committed to the queue (after its ack)"),
+                           "duration_s": "float", "request_id": "string | null", "meta": "object", "name": "string"},
+              "a clip was committed to the queue (after its ack)", _NAMED),
     EventType("scheduled", _PLANNED, "a clip got its first planned on-air time (after `accepted`)"),
     EventType("rescheduled", {**_PLANNED, "previous_media_time_s": "float"},
               "its planned start moved by more than 2 s (an edit, a hiccup, a change of renderer)"),
-    EventType("started", _CLIP_ON_AIR, "the clip's first frame goes on air"),
-    EventType("finished", _CLIP_ON_AIR, "its last frame went on air; it is deleted from the spool"),
+    EventType("started", _CLIP_ON_AIR, "the clip's first frame goes on air", _NAMED),
+    EventType("finished", _CLIP_ON_AIR, "its last frame went on air; it is deleted from the spool", _NAMED),
     EventType("interrupted", {**_CLIP_ON_AIR, "requeued": "true"},
               "cut by `cancel` or unplayable: not replayed; cut by `play_now` (`requeued`): it replays after the "
-              "play_now clip and ends later with its own `finished`", optional=frozenset({"requeued"})),
-    EventType("cancelled", {"segment_id": "string", "was": "pending | playing"}, "a `cancel` request succeeded"),
+              "play_now clip and ends later with its own `finished`", optional=frozenset({"requeued", "name"})),
+    EventType("cancelled", {"segment_id": "string", "was": "pending | playing", "name": "string"},
+              "a `cancel` request succeeded", _NAMED),
+    EventType("skipped", {"segment_id": "string", "source": "queue | programme", "name": "string"},
+              "a `skip` cut what was on air (a queue clip is dropped; the programme goes on with its next item)",
+              _NAMED),
     EventType("dropped", {"segment_id": "string", "reason": "cleared | cancelled"},
               "a pending clip left the queue without airing"),
     EventType("cleared", {"segment_ids": "list of string", "count": "int"}, "a `clear` request"),
@@ -66,6 +72,11 @@ EVENTS: dict[str, EventType] = {e.name: e for e in (
     EventType("disk_ok", _DISK, "free space back above the watermark"),
     EventType("spool_quarantined", {"moved_to": "string", "fresh": "string", "error": "string"},
               "the spool was unreadable at start: moved aside (see `spool salvage`), a fresh one opened"),
+    EventType("key_revoked", {"name": "string (its certificate)", "key": "string (first 8 characters)"},
+              "a client key was revoked (removed from ingest.client_keys_dir, `keys revoke`): its connections closed"),
+    EventType("reloaded", {"client_keys": "string", "log_level": "string", "outputs_added": "list of string",
+                           "outputs_removed": "list of string"}, "SIGHUP was applied (what was reloaded)",
+              frozenset({"client_keys", "log_level", "outputs_added", "outputs_removed"})),
     EventType("stopping", {}, "SIGTERM: the daemon finishes the chunk on air and stops"),
     EventType("pong", {"nonce": "string | null"}, "answer to `ping` with `event: true` (on the socket only)"),
 )}

@@ -1,4 +1,11 @@
-"""Portrait images: decode PNG/JPEG with PyAV into uint8 RGB, fit them to the output geometry, load the demo portrait."""
+"""Portrait images: decode PNG/JPEG/WebP with PyAV into uint8 RGB, fit them to the output geometry, load the demo
+portrait.
+
+Images are bounded by what they decode to, not by what their headers say: PNG, JPEG and WebP bytes go straight to
+their libavcodec decoder (no demuxer probe, which would decode the picture once more to learn its size) with the
+decoder's own `max_pixels` set, so a picture past the cap is refused by the decoder before its frame is allocated,
+whatever size a container header (a WebP VP8X canvas, say) declared. `ImageTooLarge` says so.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +23,65 @@ FitMode = Literal["cover", "contain"]
 BACKGROUND = (18, 18, 22)
 
 
+# Pixels a picture may decode to when the caller names no cap (ingest.max_image_pixels' default).
+DEFAULT_MAX_PIXELS = 25_000_000
+# The libavcodec decoder of each image format we decode from bytes.
+IMAGE_CODECS = {"png": "png", "jpeg": "mjpeg", "webp": "webp"}
+
+
 class ImageError(ValueError):
     """An image file that cannot be read as a picture."""
 
 
+class ImageTooLarge(ImageError):
+    """A picture whose decoder reports more pixels than allowed; nothing that size was decoded."""
+
+
+def sniff_format(data: bytes) -> str | None:
+    """png, jpeg or webp from the first bytes; None for anything else."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def decoder_cap(max_pixels: int) -> int:
+    """libavcodec checks its frame buffer, whose width is padded to 64, against max_pixels: a picture just within
+    the cap but not 64 wide would be refused. The decoder gets an eighth more (at least 64 KPx) as room for that
+    padding; the picture it returns is then checked against the cap itself."""
+    return int(max_pixels) + max(int(max_pixels) // 8, 65536)
+
+
+def decode_frame_capped(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> av.VideoFrame:
+    """The first picture of PNG/JPEG/WebP bytes, decoded by its libavcodec decoder with `max_pixels` set: the
+    decoder refuses a larger picture (its bitstream's real size, not a container's claim) before allocating it."""
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageError(f"{what}: not PNG, JPEG or WebP")
+    ctx = av.CodecContext.create(IMAGE_CODECS[fmt], "r")
+    ctx.options = {"max_pixels": str(decoder_cap(max_pixels))}
+    try:
+        frames = ctx.decode(av.Packet(data))
+        if not frames:
+            frames = ctx.decode(None)
+    except av.error.ArgumentError:  # EINVAL: av_image_check_size2 against max_pixels (ff_set_dimensions)
+        raise ImageTooLarge(f"{what}: its {fmt} decoder reports more than {max_pixels} pixels") from None
+    except av.error.FFmpegError as e:
+        raise ImageError(f"{what}: not a readable image ({e})") from None
+    if not frames:
+        raise ImageError(f"{what}: no decodable picture")
+    frame = frames[0]
+    if frame.width * frame.height > max_pixels:  # belt and braces: a decoder that does not honour max_pixels
+        raise ImageTooLarge(f"{what}: decodes to {frame.width}x{frame.height}, more than {max_pixels} pixels")
+    return frame
+
+
 def _decode(container: av.container.InputContainer, what: str) -> np.ndarray:
-    rgba = _decode_rgba(container, what)
     # Composite transparency over the letterbox colour instead of showing whatever RGB hides under alpha=0.
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-    if np.all(alpha == 1.0):
-        return np.ascontiguousarray(rgba[..., :3])
-    bg = np.array(BACKGROUND, np.float32)
-    rgb = rgba[..., :3].astype(np.float32) * alpha + bg * (1.0 - alpha)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return _flatten(_decode_rgba(container, what))
 
 
 def _decode_rgba(container: av.container.InputContainer, what: str) -> np.ndarray:
@@ -45,11 +98,17 @@ def _decode_rgba(container: av.container.InputContainer, what: str) -> np.ndarra
     return rgba
 
 
-def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode an image file (PNG, JPEG, anything FFmpeg reads as a picture) to uint8 [H, W, 3] RGB."""
+def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to uint8 [H, W, 3] RGB: PNG, JPEG and WebP through the capped decoder; another picture
+    format FFmpeg reads (the operator's own file) through a probe."""
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise FileNotFoundError(f"image not found: {p}")
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if sniff_format(head) is not None:
+        with open(p, "rb") as f:
+            return decode_image_bytes(f.read(), p, max_pixels)
     try:
         container = av.open(p, "r")
     except av.error.FFmpegError as e:
@@ -60,28 +119,45 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageError(f"{p}: not a readable image ({e})") from None
 
 
-def decode_image_bytes(data: bytes, what: str = "<bytes>") -> np.ndarray:
-    """Decode an in-memory PNG/JPEG to uint8 [H, W, 3] RGB."""
-    try:
-        container = av.open(io.BytesIO(data), "r")
-        return _decode(container, what)
-    except av.error.FFmpegError as e:
-        raise ImageError(f"{what}: not a readable image ({e})") from None
+def decode_image_bytes(data: bytes, what: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode in-memory PNG/JPEG/WebP to uint8 [H, W, 3] RGB, refusing more than `max_pixels` (ImageTooLarge)."""
+    return _flatten(_rgba(decode_frame_capped(data, what, max_pixels), what))
 
 
-def decode_rgba_bytes(data: bytes, what: str = "<bytes>", width: int | None = None) -> np.ndarray:
-    """Decode an in-memory PNG/JPEG/WebP to uint8 [H, W, 4] straight-alpha RGBA (overlays keep the alpha),
-    scaled to `width` (aspect kept) when given."""
+def decode_rgba_bytes(data: bytes, what: str = "<bytes>", width: int | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode in-memory PNG/JPEG/WebP to uint8 [H, W, 4] straight-alpha RGBA (overlays keep the alpha), scaled to
+    `width` (aspect kept) when given; more than `max_pixels` decoded or scaled is refused (ImageTooLarge)."""
+    rgba = _rgba(decode_frame_capped(data, what, max_pixels), what)
     try:
-        rgba = _decode_rgba(av.open(io.BytesIO(data), "r"), what)
         if width is not None and width != rgba.shape[1]:
             h = max(1, round(rgba.shape[0] * width / rgba.shape[1]))
+            if width * h > max_pixels:
+                raise ImageTooLarge(f"{what}: scaled to width {width} it would be {width}x{h}, more than "
+                                    f"{max_pixels} pixels")
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgba), format="rgba")
             interp = "AREA" if width < rgba.shape[1] else "BICUBIC"
             rgba = frame.reformat(width=width, height=h, format="rgba", interpolation=interp).to_ndarray()
         return np.ascontiguousarray(rgba)
     except av.error.FFmpegError as e:
         raise ImageError(f"{what}: not a readable image ({e})") from None
+
+
+def _rgba(frame: av.VideoFrame, what: str) -> np.ndarray:
+    try:
+        return frame.to_ndarray(format="rgba")
+    except av.error.FFmpegError as e:
+        raise ImageError(f"{what}: not a readable image ({e})") from None
+
+
+def _flatten(rgba: np.ndarray) -> np.ndarray:
+    """RGBA composited over the letterbox colour (what transparency shows on air) as RGB."""
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    if np.all(alpha == 1.0):
+        return np.ascontiguousarray(rgba[..., :3])
+    bg = np.array(BACKGROUND, np.float32)
+    rgb = rgba[..., :3].astype(np.float32) * alpha + bg * (1.0 - alpha)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def encode_png(img: np.ndarray) -> bytes:

@@ -3,10 +3,12 @@ every field, and in tracebacks that reach stderr through the interpreter's own e
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from types import TracebackType
 from typing import Any, MutableMapping
@@ -87,3 +89,61 @@ def get_logger(name: str, **bound: Any) -> structlog.stdlib.BoundLogger:
     # A lazy proxy, not .bind(): a module-level logger made before configure() must follow it, not freeze the
     # defaults (console renderer, no masking processor) at import time.
     return structlog.get_logger(name, component=name, **bound)
+
+
+META_KEYS_LOGGED = 8  # a clip's meta is logged as its size and first keys, never its body
+
+
+def meta_summary(meta: Any) -> dict[str, Any]:
+    """A clip's `meta` as log fields: its JSON size and its first 8 keys (each cut to 40 characters), so a 60 KB meta
+    costs a log line tens of bytes, not 60 KB."""
+    if not isinstance(meta, dict) or not meta:
+        return {"meta_bytes": 0}
+    try:
+        size = len(json.dumps(meta, default=str))
+    except (ValueError, TypeError, RecursionError):
+        size = -1
+    return {"meta_bytes": size, "meta_keys": [str(k)[:40] for k in list(meta)[:META_KEYS_LOGGED]],
+            **({"meta_keys_more": len(meta) - META_KEYS_LOGGED} if len(meta) > META_KEYS_LOGGED else {})}
+
+
+class Throttle:
+    """Lines a peer can cause (a refused handshake, a rejected request), bounded: per key, the first `burst` lines of
+    each `interval_s` are logged in full, the rest only counted, and one `<event>_suppressed` line per key and
+    interval tells how many there were. `flush()` (called on any thread's loop) writes the pending counts."""
+
+    def __init__(self, log: Any, interval_s: float = 10.0, burst: int = 5) -> None:
+        self.log, self.interval_s, self.burst = log, float(interval_s), int(burst)
+        self._lock = threading.Lock()
+        self._window_start = time.monotonic()
+        self._lines: dict[tuple[str, str], int] = {}  # (event, key) -> lines in this window
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def __call__(self, level: str, event: str, kind: str, /, **fields: Any) -> None:
+        """Log `event` at `level` unless `kind` (a code, a class of peer: a few values, never the peer's own data)
+        already had its `burst` lines this interval."""
+        with self._lock:
+            due = self._roll(time.monotonic())
+            n = self._lines.get((event, kind), 0) + 1
+            self._lines[(event, kind)] = n
+            if n > self.burst:
+                self._suppressed[(event, kind)] = self._suppressed.get((event, kind), 0) + 1
+        self._write(due)
+        if n <= self.burst:
+            getattr(self.log, level)(event, **fields)
+
+    def flush(self, force: bool = False) -> None:
+        with self._lock:
+            due = self._roll(time.monotonic(), force)
+        self._write(due)
+
+    def _roll(self, now: float, force: bool = False) -> dict[tuple[str, str], int]:
+        if not force and now - self._window_start < self.interval_s:
+            return {}
+        due, self._suppressed, self._lines = self._suppressed, {}, {}
+        self._window_start = now
+        return due
+
+    def _write(self, due: dict[tuple[str, str], int]) -> None:
+        for (event, kind), count in due.items():
+            self.log.warning(f"{event}_suppressed", kind=kind, count=count, interval_s=self.interval_s)

@@ -31,8 +31,9 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BENCHMARK_ENV = ENV_PREFIX + "BENCHMARK"
 OUTPUT_URL_ENV = ENV_PREFIX + "OUTPUT_URL"  # `output-add`: the stream URL, kept off argv
 _NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV, OUTPUT_URL_ENV}
-# The demo programme of a clone of the repository (README: a plain `flashtalk-live run` airs it).
-DEMO_PLAYLIST = Path(__file__).resolve().parent.parent / "playlists" / "example.m3u"
+# The demo programme (README: a plain `flashtalk-live run` airs it): playlists/ of the repository, package data
+# through the link flashtalk_live/assets/playlists, so an installed (non-editable) package has it too.
+DEMO_PLAYLIST = Path(__file__).resolve().parent / "assets" / "playlists" / "example.m3u"
 
 
 def default_state_dir() -> str:
@@ -44,6 +45,19 @@ def default_state_dir() -> str:
 
 def default_playlist() -> str | None:
     return str(DEMO_PLAYLIST) if DEMO_PLAYLIST.is_file() else None
+
+
+# A room's name goes into paths ({room} in state_dir): no separators, nothing a shell or systemd would mangle.
+ROOM_NAME = r"^([A-Za-z0-9_.@+=:-]{1,64})?$"
+
+
+def room_from_config(path: str | os.PathLike[str]) -> str:
+    """The room a config file describes by default: its name without the extension, as systemd's
+    flashtalk-live@NAME reads /etc/flashtalk-live/NAME.toml; characters a name may not hold become "_"."""
+    name = re.sub(r"[^A-Za-z0-9_.@+=:-]", "_", Path(path).stem)[:64]
+    return "" if name in (".", "..") else name
+
+
 # What libx264 (through PyAV) accepts; checked at load so `config show` and `run` agree (x264 ignores case).
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 X264_PSY_TUNES = ("film", "animation", "grain", "stillimage", "psnr", "ssim")  # at most one of these
@@ -96,6 +110,10 @@ class IngestSettings(_Section):
     max_prompt_chars: int = Field(2000, gt=0)
     max_text_chars: int = Field(500, gt=0, description="a clip's caption `text` and overlay_set text (text_too_long)")
     max_id_chars: int = Field(200, ge=1, le=200, description="request ids, segment ids and output names")
+    max_meta_depth: int = Field(32, ge=1, le=200, description="nesting of a clip's `meta` (meta_too_deep), checked "
+                                "before the spool commits the clip")
+    max_caption_chars: int = Field(5000, ge=1, description="a clip's caption characters in all: `text` plus every "
+                                   "`captions` cue's text (captions_too_long)")
     rate_per_s: float = Field(50.0, ge=0, description="requests per second per peer (0: no limit)")
     rate_burst: int = Field(100, ge=1, description="requests a peer may send at once before rate_per_s applies")
     workers: int = Field(4, ge=1, le=64, description="threads that decode and handle requests")
@@ -106,6 +124,9 @@ class IngestSettings(_Section):
     max_connections: int = Field(256, ge=1, description="open tcp connections per socket (control, events); more "
                                                         "are closed at once, so a flood cannot take every descriptor")
     heartbeat_s: float = Field(10.0, gt=0, description="ZMQ_HEARTBEAT_IVL: ping every connection this often")
+    log_interval_s: float = Field(10.0, gt=0, description="refused handshakes and rejected requests: at most "
+                                  "log_burst lines per code in this interval, then one line with the count")
+    log_burst: int = Field(5, ge=0, description="lines per code and log_interval_s before they are only counted")
     heartbeat_timeout_s: float = Field(30.0, gt=0, le=6553, description="ZMQ_HEARTBEAT_TIMEOUT/TTL: drop a peer silent this long (libzmq caps the TTL at 6553 s)")
 
     @field_validator("ipc_mode", mode="before")
@@ -384,13 +405,24 @@ class OverlaySettings(_Section):
                                    "virtual hosts: turning it off is logged at every start")
     ai_label: LayerSettings = Field(default_factory=_ai_label, description="its text, position and look")
     font: str | None = Field(None, description="font file (.ttf/.otf/.ttc, `path#N` for face N); default: Noto "
-                             "Sans CJK from fonts-noto-cjk")
+                             "Sans CJK from fonts-noto-cjk, found in font_dirs")
+    font_dirs: list[str] = Field(default_factory=lambda: ["/usr/share/fonts", "/usr/local/share/fonts"],
+                                 description="where the default font is looked for; with none found, captions and "
+                                 "text layers draw with the package's label font (ASCII and the AI labels' characters: "
+                                 "warned at start) and the AI label airs all the same")
     layers: list[LayerSettings] = Field(default_factory=list, description="logo, watermark, cards, in drawing order")
     captions: bool = Field(True, description="show a clip's `text` while it airs")
     caption_font_size: int = Field(30, gt=0, le=200)
     caption_margin: int = Field(120, ge=0, description="px above the bottom edge (clear of the platform's UI)")
     caption_box: tuple[int, int, int, int] | None = Field((0, 0, 0, 120), description="RGBA box behind captions")
     max_layers: int = Field(32, ge=1, description="layers at once, configured and uploaded (too_many_layers)")
+    # -- what text may cost, measured before anything is rasterised (compose/compositor.py) --
+    max_caption_pixels: int = Field(4_000_000, gt=0, description="a clip's caption lines, rendered, in pixels "
+                                    "(captions_too_large); measured at ingest before the clip is queued")
+    caption_budget_bytes: int = Field(256 * 1024**2, gt=0, description="memory of the caption lines of every clip "
+                                      "queued and not yet aired (captions_over_budget): a byte budget, not a count")
+    max_layer_pixels: int = Field(4_194_304, gt=0, description="an overlay text layer's wrapped text, rendered, in "
+                                  "pixels (text_too_large); measured before it is rasterised")
     safe_area: tuple[float, float, float, float] = Field(
         (0.0, 0.0, 0.0, 0.0), description="(top, right, bottom, left) shares of the frame that layers and captions "
         "keep clear of (the platform's own buttons, comments and title bar); the shipped configs set a 9:16 "
@@ -425,6 +457,14 @@ class ConsoleSettings(_Section):
                                                              "together")
     preview_width: int = Field(320, ge=16, le=3840, description="preview width in pixels (height keeps the aspect)")
     event_history: int = Field(200, ge=1, le=10_000, description="recent events kept for /api/events")
+    max_connections: int = Field(128, ge=4, le=4096, description="connections open at once, reading a request or "
+                                 "being answered; more are closed when accepted")
+    read_deadline_s: float = Field(5.0, gt=0, le=300, description="a request's line, headers and body must all "
+                                   "arrive within this time (it does not restart with each byte)")
+    probe_connections: int = Field(16, ge=1, le=1024, description="/metrics and /api/health answered at once")
+    api_connections: int = Field(16, ge=1, le=1024, description="the page and the API answered at once; one more "
+                                 "is kept for a request that carries the token (the operator always gets in)")
+    preview_clients: int = Field(4, ge=1, le=64, description="/preview.jpg and /preview.mjpeg answered at once")
     event_stream_clients: int = Field(8, ge=1, le=64, description="most open /api/events/stream connections; one "
                                       "more is refused with 503 `busy` (each holds one of metrics.max_connections)")
     health_interval_s: float = Field(10.0, ge=0.05, le=3600, description="seconds between two samples of the health "
@@ -455,9 +495,11 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
+    room: str = Field("", pattern=ROOM_NAME, description="the room's name (flashtalk-live@NAME sets it): `{room}` in "
+                      "state_dir; default: the config file's name without .toml (roomA.toml: roomA), else none")
     state_dir: str = Field(default_factory=default_state_dir,
                            description="spool, sockets, recordings; made absolute (a relative path: against the "
-                                       "config file's directory, else the current one)")
+                                       "config file's directory, else the current one); `{room}` is the room's name")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -488,6 +530,13 @@ class Settings(BaseSettings):
         # load_settings merges file < environment < flags itself, so only the merged kwargs are read here.
         return (init_settings,)
 
+    @field_validator("room")
+    @classmethod
+    def _not_dots(cls, v: str) -> str:
+        if v in (".", ".."):
+            raise ValueError("a room's name cannot be . or .. (it names a folder)")
+        return v
+
     @field_validator("state_dir")
     @classmethod
     def _absolute(cls, v: str) -> str:
@@ -495,6 +544,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if "{room}" in self.state_dir:
+            if not self.room:
+                raise ValueError(f"state_dir {self.state_dir!r} names {{room}} but no room is named; set room "
+                                 "(FLASHTALK_LIVE_ROOM, --set room=NAME) or load the config from a file (its name "
+                                 "is the room's)")
+            self.state_dir = self.state_dir.replace("{room}", self.room)
         if self.encoder.preset in NVENC_PRESETS and self.encoder.video_codec != "h264_nvenc":
             raise ValueError(f"encoder.preset {self.encoder.preset!r} is an NVENC preset; with video_codec "
                              f"{self.encoder.video_codec!r} expected one of {', '.join(X264_PRESETS)}")
@@ -613,7 +668,7 @@ _FILE_KEYS = (("state_dir",), ("queue", "spool_dir"), ("programme", "playlist"),
               ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"),
               ("renderer", "lookahead_spill_dir"),
               ("ingest", "server_key"), ("ingest", "client_keys_dir"), ("overlays", "font"), ("console", "token_file"))
-_FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"))
+_FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"), ("overlays", "font_dirs"))
 
 
 def _anchor(value: Any, base: Path) -> Any:

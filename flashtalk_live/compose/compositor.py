@@ -6,25 +6,38 @@ premultiplied once (a `Patch`, cropped to its visible box), off the broadcast th
 are blended. Commands (show, hide, set) are queued and take effect at the next aired frame; captions follow the
 clip on air (`segment_id` of the aired frame), one line at a time, timed evenly by characters or by the producer's
 caption cues. A clip's overlay cues show named layers for spans of the clip, counted in the clip's aired frames.
+
+What text costs is measured before anything is drawn (`text_size`): a clip's caption lines against
+overlays.max_caption_pixels and, with every clip queued and not yet aired, overlays.caption_budget_bytes
+(`check_captions`, called by the ingest server before the spool commits the clip); a text layer against
+overlays.max_layer_pixels, and only its part inside the frame is rasterised. Caption lines are rasterised on the
+compositor's own thread (`prepare` only asks for them), never on the render or broadcast thread: a clip whose lines
+are not ready when it airs shows them from the first frame after they are.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from flashtalk_live.compose.text import TextStyle, covers, find_font, load_font, render_text, wrap
+from flashtalk_live.compose.text import BUNDLED_FONT, CJK_PROBE, TextStyle, covers, find_font, load_font, render_text, \
+    text_size, wrap
 from flashtalk_live.errors import Rejection
-from flashtalk_live.images import ImageError, decode_rgba_bytes
-from flashtalk_live.settings import LayerSettings, OverlaySettings
+from flashtalk_live.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, decode_rgba_bytes
+from flashtalk_live.settings import ConfigError, LayerSettings, OverlaySettings
 
 AI_LABEL = "ai_label"
 MAX_CAPTIONED_CLIPS = 4096  # clips whose caption text is remembered until they air (oldest forgotten first)
 MAX_PREPARED_CLIPS = 64  # clips whose caption lines are rasterised ahead (a cancelled one is forgotten in time)
+# A caption line held ahead costs its patch (premultiplied rgb + alpha, float32: 16 bytes a pixel) and the blend
+# cache beside it (as much again): the budget counts 32 bytes per measured pixel, an upper bound (patches are cropped).
+CAPTION_BYTES_PER_PIXEL = 32
 
 
 @dataclass
@@ -101,6 +114,7 @@ class ClipCues:
     duration_s: float
     captions: tuple[tuple[str, float, float], ...] = ()
     overlays: tuple[tuple[str, float, float], ...] = ()
+    cost_bytes: int = 0  # its caption lines, measured (check_captions), while they are held
 
 
 def cue_level(pos: int, on: int, off: int, fade: int) -> float:
@@ -136,12 +150,25 @@ class Layer:
 class Compositor:
     """Layers over frames; `compose` is called on the broadcast thread, everything else from any thread."""
 
-    def __init__(self, settings: OverlaySettings, width: int, height: int, fps: int, log: Any = None) -> None:
+    def __init__(self, settings: OverlaySettings, width: int, height: int, fps: int, log: Any = None, *,
+                 max_image_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.s = settings
+        self.max_image_pixels = max_image_pixels  # what an image layer may decode to (ingest.max_image_pixels)
         self.w, self.h, self.fps = width, height, fps
         self.log = log
-        self.font_path, self.font_index = find_font(settings.font)
-        self.font_covers_cjk = covers(load_font(self.font_path, self.font_index, 24), "生成")
+        # Captions and text layers: the system font (overlays.font, else found in overlays.font_dirs); without one
+        # the package's label font, which draws ASCII and the AI labels' characters only (the daemon warns).
+        system = find_font(settings.font, settings.font_dirs)
+        self.system_font = system is not None
+        self.font_path, self.font_index = system or BUNDLED_FONT
+        self.font_covers_cjk = covers(load_font(self.font_path, self.font_index, 24), CJK_PROBE)
+        # The AI label must air on any box: the system font when it draws every glyph of it, else the bundled one.
+        label_text = settings.ai_label.text or ""
+        if system is not None and covers(load_font(*system, 24), label_text):
+            self.label_font: tuple[str, int] = system
+        else:
+            self.label_font = BUNDLED_FONT
+        self.label_covered = covers(load_font(*self.label_font, 24), label_text)
         self._lock = threading.Lock()
         self._pending: list[Callable[[int], None]] = []
         self._layers: dict[str, Layer] = {}  # drawing order = insertion order, AI label drawn last
@@ -153,8 +180,17 @@ class Compositor:
         self._windows: list[tuple[str, int, int]] = []  # the clip on air's overlay cues: (layer, on, off) clip frames
         self._cued: list[str] = []  # layers its cues showed at the last frame
         self._frame = 0
+        self._held_bytes = 0  # cost_bytes of the clips in _clips
+        self._asked: collections.deque[str] = collections.deque()  # clips whose lines the caption thread is to draw
+        self._ask = threading.Condition(self._lock)
+        self._caption_thread: threading.Thread | None = None
+        self._closed = False
         for spec in settings.layers:
-            self._install(spec, self._build(spec, _file_bytes(spec.image) if spec.image else None), 0, spec.visible)
+            try:
+                patch = self._build(spec, _file_bytes(spec.image) if spec.image else None)
+            except (Rejection, OSError) as e:  # the operator's configuration: exit 2 with one line
+                raise ConfigError(f"overlays.layers {spec.name!r}: {getattr(e, 'reason', None) or e}") from None
+            self._install(spec, patch, 0, spec.visible)
         if settings.ai_label_enabled:
             label = settings.ai_label.model_copy(update={"name": AI_LABEL, "visible": True})
             self._install(label, self._build(label, None), 0, True)
@@ -165,14 +201,29 @@ class Compositor:
 
     def _build(self, spec: LayerSettings, image: bytes | None) -> Patch | None:
         if spec.text is not None:
-            font = self._font(spec.font_size)
+            font = load_font(*self.label_font, spec.font_size) if spec.name == AI_LABEL else self._font(spec.font_size)
             width = spec.width or self.w - 2 * spec.margin[0]
             text = "\n".join(wrap(font, spec.text, width))
-            rgba = render_text(text, font, TextStyle(spec.font_size, spec.colour, spec.outline, box=spec.box))
+            style = TextStyle(spec.font_size, spec.colour, spec.outline, box=spec.box)
+            tw, th = text_size(text, font, style)
+            if tw * th > self.s.max_layer_pixels:
+                raise Rejection("text_too_large", f"layer {spec.name!r}: its text wrapped at {width} px renders "
+                                f"{tw}x{th} = {tw * th} pixels, overlays.max_layer_pixels is "
+                                f"{self.s.max_layer_pixels}", "text")
+            safe = self.s.safe_area if spec.in_safe_area else (0.0, 0.0, 0.0, 0.0)
+            x, y = place(spec.anchor, spec.margin, tw, th, self.w, self.h, safe)
+            x0, y0 = max(x, 0), max(y, 0)  # crop to the frame before anything is drawn
+            x1, y1 = min(x + tw, self.w), min(y + th, self.h)
+            if x1 <= x0 or y1 <= y0:
+                return None
+            rgba = render_text(text, font, style, crop=(x0 - x, y0 - y, x1 - x0, y1 - y0))
+            return make_patch(rgba, x0, y0, self.w, self.h)
         else:
             assert image is not None
             try:
-                rgba = decode_rgba_bytes(image, f"overlay {spec.name}", spec.width)
+                rgba = decode_rgba_bytes(image, f"overlay {spec.name}", spec.width, self.max_image_pixels)
+            except ImageTooLarge as e:
+                raise Rejection("image_too_many_pixels", str(e)) from None
             except ImageError as e:
                 raise Rejection("undecodable_image", str(e)) from None
         safe = self.s.safe_area if spec.in_safe_area else (0.0, 0.0, 0.0, 0.0)
@@ -257,6 +308,55 @@ class Compositor:
         return {"layer": name, "size": list(patch.shape[::-1]) if patch else [0, 0]}
 
     # -- captions --------------------------------------------------------------------------------------
+    def _caption_texts(self, text: str | None, captions: list[dict[str, Any]] | None) -> list[str]:
+        """The texts a clip's caption lines are wrapped from: its cues' texts when it has cues, else its `text`."""
+        if not self.s.captions:
+            return []
+        return [c["text"] for c in captions] if captions else [text or ""]
+
+    def _caption_wrap(self, font: Any, text: str) -> list[str]:
+        size = self.s.caption_font_size
+        return wrap(font, " ".join(text.split()), self.w - 2 * max(16, size // 2))
+
+    def _caption_style(self) -> TextStyle:
+        return TextStyle(self.s.caption_font_size, (255, 255, 255), 2, box=self.s.caption_box)
+
+    def caption_pixels(self, text: str | None, captions: list[dict[str, Any]] | None = None,
+                       limit: int | None = None) -> int:
+        """Pixels of a clip's caption lines as they would be rendered, measured without drawing them. With `limit`,
+        a quick lower bound comes first (every glyph's advance, spaces left out, times the line height: one layout
+        per cue instead of one per character) and is returned as soon as it passes the limit."""
+        font, style = self._font(self.s.caption_font_size), self._caption_style()
+        texts = self._caption_texts(text, captions)
+        if limit is not None:
+            asc, desc = font.getmetrics()
+            low = sum(font.getlength("".join(t.split())) for t in texts) * (asc + desc)
+            if low > limit:
+                return int(low)
+        total = 0
+        for t in texts:
+            for ln in self._caption_wrap(font, t):
+                w, h = text_size(ln, font, style)
+                total += w * h
+        return total
+
+    def check_captions(self, text: str | None, captions: list[dict[str, Any]] | None = None) -> int:
+        """Refuse a clip whose captions would cost too much: its lines over overlays.max_caption_pixels
+        (`captions_too_large`), or with the lines of every clip held until it airs over
+        overlays.caption_budget_bytes (`captions_over_budget`). Returns the bytes its lines will hold."""
+        pixels = self.caption_pixels(text, captions, limit=self.s.max_caption_pixels)
+        if pixels > self.s.max_caption_pixels:
+            raise Rejection("captions_too_large", f"the clip's caption lines would render {pixels} pixels, "
+                            f"overlays.max_caption_pixels is {self.s.max_caption_pixels}", "captions")
+        cost = pixels * CAPTION_BYTES_PER_PIXEL
+        with self._lock:
+            held = self._held_bytes
+        if cost and held + cost > self.s.caption_budget_bytes:
+            raise Rejection("captions_over_budget", f"captions held for clips not yet aired take {held} bytes, this "
+                            f"clip's {cost}, overlays.caption_budget_bytes is {self.s.caption_budget_bytes}",
+                            "captions")
+        return cost
+
     def note_clip(self, segment_id: str, text: str, duration_s: float, captions: list[dict[str, Any]] | None = None,
                   overlays: list[dict[str, Any]] | None = None) -> None:
         """Remember a queued clip's caption text and cues ({text|name, start, end}, seconds within the clip, already
@@ -266,33 +366,93 @@ class Compositor:
         text = text if self.s.captions else ""
         if not text.strip() and not caps and not ovs:
             return
+        cost = self.caption_pixels(text, captions) * CAPTION_BYTES_PER_PIXEL if (text.strip() or caps) else 0
         with self._lock:
-            self._clips[segment_id] = ClipCues(text, duration_s, caps, ovs)
+            self._forget_locked(segment_id)
+            self._clips[segment_id] = ClipCues(text, duration_s, caps, ovs, cost)
+            self._held_bytes += cost
             while len(self._clips) > MAX_CAPTIONED_CLIPS:
-                self._clips.popitem(last=False)
+                self._forget_locked(next(iter(self._clips)))
+
+    def forget(self, segment_id: str) -> None:
+        """A clip that will not air (cancelled, cleared): its captions leave the budget."""
+        with self._lock:
+            self._forget_locked(segment_id)
+        self._captions.pop(segment_id, None)
+
+    def _forget_locked(self, segment_id: str) -> None:
+        clip = self._clips.pop(segment_id, None)
+        if clip is not None:
+            self._held_bytes -= clip.cost_bytes
+
+    def held_caption_bytes(self) -> int:
+        with self._lock:
+            return self._held_bytes
 
     def prepare(self, segment_ids: list[str | None]) -> None:
-        """Rasterise the captions of clips about to air (the render thread calls this with each chunk's frames)."""
-        for sid in dict.fromkeys(segment_ids):
-            if sid is not None and sid not in self._captions:
-                with self._lock:
-                    clip = self._clips.get(sid)
-                if clip is not None:
-                    for stale in list(self._captions)[:max(0, len(self._captions) - MAX_PREPARED_CLIPS + 1)]:
-                        self._captions.pop(stale, None)  # oldest first: one cancelled before it aired
-                    self._captions[sid] = self._caption_lines(clip)
+        """Ask for the caption lines of clips about to air (the render thread calls this with each chunk's frames);
+        the compositor's caption thread rasterises them, so the caller never waits for it."""
+        with self._lock:
+            asked = False
+            for sid in dict.fromkeys(segment_ids):
+                if sid is not None and sid not in self._captions and sid in self._clips and sid not in self._asked:
+                    self._asked.append(sid)
+                    asked = True
+            if asked:
+                if self._caption_thread is None and not self._closed:
+                    self._caption_thread = threading.Thread(target=self._caption_loop, name="captions", daemon=True)
+                    self._caption_thread.start()
+                self._ask.notify()
+
+    def _caption_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._asked and not self._closed:
+                    self._ask.wait()
+                if self._closed:
+                    return
+                sid = self._asked.popleft()
+                clip = self._clips.get(sid)
+            if clip is None or sid in self._captions:
+                continue
+            try:
+                lines = self._caption_lines(clip)
+            except Exception as e:  # noqa: BLE001 - a caption that cannot be drawn must not stop the others
+                if self.log is not None:
+                    self.log.error("caption_failed", segment_id=sid, error=repr(e)[:200])
+                continue
+            with self._lock:
+                if sid not in self._clips:
+                    continue  # aired or forgotten meanwhile
+            for stale in list(self._captions)[:max(0, len(self._captions) - MAX_PREPARED_CLIPS + 1)]:
+                self._captions.pop(stale, None)  # oldest first: one cancelled before it aired
+            self._captions[sid] = lines
+
+    def wait_prepared(self, segment_id: str, timeout_s: float = 10.0) -> bool:
+        """Whether the clip's caption lines are ready (waiting up to timeout_s): for tests and tools, not the air."""
+        deadline = time.monotonic() + timeout_s
+        while segment_id not in self._captions and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return segment_id in self._captions
+
+    def close(self) -> None:
+        """Stop the caption thread."""
+        with self._lock:
+            self._closed = True
+            self._ask.notify_all()
+        if self._caption_thread is not None:
+            self._caption_thread.join(5)
 
     def _caption_lines(self, clip: ClipCues) -> list[tuple[int, int, Patch]]:
         """(first clip frame, end clip frame, patch) per line: each cue's span (or the whole clip for `text`) shared
         among its wrapped lines by characters."""
-        size = self.s.caption_font_size
-        font = self._font(size)
+        font = self._font(self.s.caption_font_size)
         spans = [(t, round(a * self.fps), round(b * self.fps)) for t, a, b in clip.captions] if clip.captions else \
             [(clip.text, 0, max(1, round(clip.duration_s * self.fps)))]
         out = []
-        style = TextStyle(size, (255, 255, 255), 2, box=self.s.caption_box)
+        style = self._caption_style()
         for text, first, end in spans:
-            lines = wrap(font, " ".join(text.split()), self.w - 2 * max(16, size // 2))
+            lines = self._caption_wrap(font, text)
             total, done, frames = sum(len(ln) for ln in lines) or 1, 0, end - first
             for ln in lines:
                 start = first + frames * done // total
@@ -312,11 +472,11 @@ class Compositor:
         if segment_id != self._cap_sid:
             old, self._cap_sid, self._cap_pos = self._cap_sid, segment_id, 0
             if segment_id not in self._captions:
-                self.prepare([segment_id])  # not seen by the render thread (a test, a restart): build it now
+                self.prepare([segment_id])  # not seen by the render thread (a restart): asked for now, not drawn here
             with self._lock:
                 clip = self._clips.get(segment_id)
                 if old is not None:  # a clip that aired will not air again under its id
-                    self._clips.pop(old, None)
+                    self._forget_locked(old)
             self._captions.pop(old, None)  # type: ignore[arg-type]
             self._windows = [(name, round(a * self.fps), round(b * self.fps)) for name, a, b in clip.overlays] \
                 if clip is not None else []
@@ -377,11 +537,20 @@ class Compositor:
 
     def status(self) -> dict[str, Any]:
         n = self._frame
-        return {"ai_label": self.s.ai_label_enabled, "font": self.font_path,
+        return {"ai_label": self.s.ai_label_enabled, "font": self.font_path, "label_font": self.label_font[0],
                 "on_air": [name for name, ly in list(self._layers.items()) if ly.shown_at is not None
                            and (ly.hide_at is None or n < ly.hide_at + ly.fade_frames)],
                 "cued": list(self._cued),
-                "layers": self.names()}
+                "layers": self.names(),
+                "placement": self.placement()}
+
+    def placement(self) -> dict[str, dict[str, Any]]:
+        """Each layer's kind (text or image), anchor, margin and the start of its text: the console's overlay rows."""
+        with self._lock:
+            specs = list(self._specs.values())
+        return {sp.name: {"kind": "text" if sp.text is not None else "image", "anchor": sp.anchor,
+                          "margin": list(sp.margin), **({"text": sp.text[:80]} if sp.text is not None else {})}
+                for sp in specs}
 
 
 def _file_bytes(path: str) -> bytes:

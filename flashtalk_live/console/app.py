@@ -9,21 +9,26 @@ Every state-changing request (any POST) needs the token; reads do not. Replies a
 from __future__ import annotations
 
 import json
+import re
 import threading
 from importlib import resources
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
+import numpy as np
+
 from flashtalk_live.console.auth import bearer_ok
 from flashtalk_live.console.feed import EventFeed
 from flashtalk_live.console.health import HealthHistory, gpu_memory
-from flashtalk_live.console.preview import AirTap, PreviewEncoder
+from flashtalk_live.console.preview import AirTap, PreviewEncoder, pcm16, wav_header
+from flashtalk_live.console.server import READ_DONE
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.commands import Peer
 from flashtalk_live.probes import RoomProbes
 from flashtalk_live.secrets import mask_obj
 from flashtalk_live.ingest.server import IngestServer
+from flashtalk_live.log import get_logger
 from flashtalk_live.settings import ConsoleSettings, is_loopback_host
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -31,7 +36,7 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Rejection code -> HTTP status; any code not listed is a client mistake: 400.
 HTTP_STATUS: dict[str, int] = {
     "unauthorized": 403, "forbidden_path": 403,
-    "not_found": 404, "unknown_command": 404,
+    "not_found": 404, "unknown_command": 404, "not_on_air": 409,
     "already_exists": 409, "queue_full": 409, "too_many_outputs": 409, "not_pending": 409,
     "oversize": 413, "image_too_large": 413,
     "rate_limited": 429,
@@ -51,6 +56,58 @@ SECURITY_HEADERS = [
 ]
 BOUNDARY = "flashtalkframe"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+STATIC_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.[a-z]{1,8}")
+
+
+class Budget:
+    """Requests of one kind answered at once: `cap`, plus `reserved` slots only a request with the token takes."""
+
+    def __init__(self, name: str, cap: int, setting: str, reserved: int = 0) -> None:
+        self.name, self.cap, self.setting, self.reserved = name, int(cap), setting, int(reserved)
+        self._lock = threading.Lock()
+        self.busy = 0
+        self.refused = 0
+
+    def enter(self, operator: bool) -> bool:
+        with self._lock:
+            if self.busy < self.cap or (operator and self.busy < self.cap + self.reserved):
+                self.busy += 1
+                return True
+            self.refused += 1
+            return False
+
+    def leave(self) -> None:
+        with self._lock:
+            self.busy -= 1
+
+
+class _Released:
+    """A WSGI body that gives its budget slot back when the server closes it (after the last byte, or on error)."""
+
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
+        self.body, self._release, self._done = body, release, False
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if not self._done:
+                self._done = True
+                self._release()
+
+
+def _read_done(environ: dict[str, Any]) -> None:
+    """The request has arrived whole: its read deadline (console/server.py) no longer applies."""
+    fn = environ.get(READ_DONE)
+    if fn is not None:
+        fn()
 
 
 def _host_name(host_header: str) -> str:
@@ -78,6 +135,13 @@ class Console:
         # A loopback bind only answers Host names of this machine: a DNS-rebinding page cannot read the API.
         self.check_host = is_loopback_host(metrics_host)
         self.closed = threading.Event()
+        self.log = get_logger("console")
+        # Separate budgets, so a crowd at one door does not lock the others: probes, preview, the event stream
+        # (capped by its own feed, console.event_stream_clients), the page and API (one slot kept for the token).
+        self.budgets = {"probe": Budget("probe", c.probe_connections, "probe_connections"),
+                        "preview": Budget("preview", c.preview_clients, "preview_clients"),
+                        "stream": Budget("event stream", c.event_stream_clients, "event_stream_clients"),
+                        "api": Budget("API", c.api_connections, "api_connections", reserved=1)}
         self.routes: dict[tuple[str, str], Callable[[dict[str, Any]], tuple[int, list, Iterable[bytes]]]] = {
             ("GET", "/"): lambda env: self._static("index.html"),
             ("GET", "/api/status"): lambda env: self._json(200, self.status()),
@@ -88,6 +152,7 @@ class Console:
             ("GET", "/api/health"): self._health,
             ("GET", "/preview.jpg"): self._preview_jpg,
             ("GET", "/preview.mjpeg"): self._preview_mjpeg,
+            ("GET", "/preview.wav"): self._preview_wav,
         }
 
     def close(self) -> None:
@@ -98,25 +163,51 @@ class Console:
     # -- WSGI ----------------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", "/"), environ.get("REQUEST_METHOD", "GET")
-        if path == "/metrics" and self.metrics_app is not None:
-            return self.metrics_app(environ, start_response)
-        # Probes come before the Host check: a kubelet names the pod's address, and they hold nothing secret.
-        answer = self.probes.answer(path) if self.probes is not None and method in ("GET", "HEAD") else None
-        if answer is not None:
-            code, verdict = answer
-            start_response(f"{code} {REASONS.get(code, 'Error')}",
-                           [("Content-Type", "application/json"), ("Content-Length", str(len(verdict))),
-                            ("Cache-Control", "no-store")])
-            return [verdict] if method == "GET" else []
-        if self.check_host and _host_name(environ.get("HTTP_HOST", "localhost")) not in LOOPBACK_NAMES:
-            status, headers, body = self._error(403, "forbidden_host", "this console answers loopback names only")
-        else:
-            try:
-                status, headers, body = self._route(method, path, environ)
-            except Exception as e:  # noqa: BLE001 - a bug in one request must not stop the console
-                status, headers, body = self._error(500, "internal", f"{type(e).__name__}: {e}")
-        start_response(f"{status} {REASONS.get(status, 'Error')}", headers + SECURITY_HEADERS)
-        return body
+        if not (method == "POST" and path.startswith("/api/commands/")):
+            _read_done(environ)  # no body to wait for: the read deadline is met
+        budget = self._budget_of(path)
+        if not budget.enter(bearer_ok(environ, self.token)):
+            status, headers, body = self._error(503, "busy", f"{budget.cap} {budget.name} requests are being "
+                                                f"answered (console.{budget.setting}); retry",
+                                                extra=[("Retry-After", "1")])
+            start_response(f"{status} {REASONS[status]}", headers + SECURITY_HEADERS)
+            return body
+        try:
+            if path == "/metrics" and self.metrics_app is not None:
+                return _Released(self.metrics_app(environ, start_response), budget.leave)
+            # Probes come before the Host check: a kubelet names the pod's address, and they hold nothing secret.
+            answer = self.probes.answer(path) if self.probes is not None and method in ("GET", "HEAD") else None
+            if answer is not None:
+                code, verdict = answer
+                start_response(f"{code} {REASONS.get(code, 'Error')}",
+                               [("Content-Type", "application/json"), ("Content-Length", str(len(verdict))),
+                                ("Cache-Control", "no-store")])
+                return _Released([verdict] if method == "GET" else [], budget.leave)
+            if self.check_host and _host_name(environ.get("HTTP_HOST", "localhost")) not in LOOPBACK_NAMES:
+                status, headers, body = self._error(403, "forbidden_host", "this console answers loopback names only")
+            else:
+                try:
+                    status, headers, body = self._route(method, path, environ)
+                except Exception as e:  # noqa: BLE001 - a bug in one request must not stop the console
+                    # the type only: a message may quote a path of the install
+                    status, headers, body = self._error(500, "internal", f"{type(e).__name__} (a bug; see the log)")
+                    self.log.exception("console_request_failed", path=path[:80])
+            start_response(f"{status} {REASONS.get(status, 'Error')}", headers + SECURITY_HEADERS)
+            return _Released(body, budget.leave)
+        except BaseException:
+            budget.leave()
+            raise
+
+    def _budget_of(self, path: str) -> "Budget":
+        """Which connection budget answers `path`: probes, the preview, or the page and the API (the event stream
+        has its own cap, console.event_stream_clients, inside the API's budget only while it is being opened)."""
+        if path in ("/metrics", "/api/health", "/livez", "/readyz", "/startupz"):
+            return self.budgets["probe"]
+        if path in ("/preview.jpg", "/preview.mjpeg", "/preview.wav"):
+            return self.budgets["preview"]
+        if path == "/api/events/stream":
+            return self.budgets["stream"]
+        return self.budgets["api"]
 
     def _route(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
         if path.startswith("/api/commands/"):
@@ -146,12 +237,14 @@ class Console:
         return self._json(status, out, extra)
 
     def _static(self, name: str) -> tuple[int, list, Iterable[bytes]]:
+        # A name is letters, digits, '_', '-' and one '.': a NUL, a slash, 5,000 characters are 404, never a 500
+        # and never a path in the answer.
         ctype = STATIC_TYPES.get(name[name.rfind("."):] if "." in name else "")
-        if ctype is None or "/" in name or name.startswith("."):
+        if ctype is None or not STATIC_NAME.fullmatch(name):
             return self._error(404, "not_found", "no such asset")
         try:
             body = resources.files("flashtalk_live.console").joinpath("static", name).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+        except (OSError, ValueError):
             return self._error(404, "not_found", "no such asset")
         return 200, [("Content-Type", ctype), ("Content-Length", str(len(body)))], [body]
 
@@ -161,7 +254,7 @@ class Console:
         on air with its progress and each pending clip's estimated start (seconds from now)."""
         st = self.ingest.status()
         st["audio_levels"] = self.tap.audio_levels()
-        st["preview"] = self.preview.stats()
+        st["preview"] = {**self.preview.stats(), "listeners": self.tap.listeners, "audio_gaps": self.tap.audio_gaps}
         st["event_streams"] = {"open": self.events.open_streams, "max": self.events.max_streams,
                                "lost": self.events.streams_lost}
         gpus = gpu_memory()
@@ -180,7 +273,9 @@ class Console:
                             and e.get("segment_id") == on_air), None)
             dur = next((p.get("duration_s") for p in st.get("playing", []) if p.get("segment_id") == on_air), None)
             elapsed = now_media - float(started["media_time_s"]) if started else None
+            name = next((p.get("name") for p in st.get("playing", []) if p.get("segment_id") == on_air), None)
             cur = {"segment_id": on_air, "source": started.get("source") if started else None,
+                   "name": name or (started.get("name") if started else None),
                    "elapsed_s": round(elapsed, 2) if elapsed is not None else None, "duration_s": dur}
             if dur and elapsed is not None:
                 cur["progress"] = round(min(1.0, max(0.0, elapsed / dur)), 3)
@@ -242,6 +337,7 @@ class Console:
         the body as the command's fields (application/json) or as its data frame (anything else; the fields then
         come from the `args` query parameter, a JSON object), then dispatch."""
         if not bearer_ok(environ, self.token):
+            _read_done(environ)
             return self._error(401, "unauthorized", "state-changing requests need 'Authorization: Bearer <token>' "
                                                     "(console.token, console.token_file or {state_dir}/console.token)",
                                extra=[("WWW-Authenticate", 'Bearer realm="flashtalk-live"')])
@@ -251,6 +347,8 @@ class Console:
             fields, data = self._read_request(environ)
         except Rejection as e:
             return self._reply({"ok": False, **e.reply_fields()})
+        finally:
+            _read_done(environ)
         header = json.dumps({**fields, "v": 1, "cmd": name}).encode()
         return self._reply(self.ingest.dispatch(peer, header, data))
 
@@ -292,6 +390,26 @@ class Console:
 
     def _preview_mjpeg(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
         return 200, [("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")], self._mjpeg_stream()
+
+    def _preview_wav(self, environ: dict[str, Any]) -> tuple[int, list, Iterable[bytes]]:
+        """The programme sound as it aired: an endless 16-bit WAV (preview.py); the page's Listen button plays it."""
+        n, _, audio = self.tap.latest()
+        if audio is None:
+            return self._error(503, "unavailable", "nothing has aired yet", extra=[("Retry-After", "1")])
+        channels = int(np.asarray(audio).reshape(audio.shape[0], -1).shape[1])
+        return 200, [("Content-Type", "audio/wav")], self._wav_stream(channels)
+
+    def _wav_stream(self, channels: int) -> Iterable[bytes]:
+        self.tap.add_listener(1)
+        try:
+            yield wav_header(self.tap.audio_rate, channels)
+            n = -1
+            while not self.closed.is_set():
+                n, frames = self.tap.audio_after(n, timeout_s=1.0)
+                if frames:
+                    yield pcm16(frames, channels)
+        finally:
+            self.tap.add_listener(-1)
 
     def _mjpeg_stream(self) -> Iterable[bytes]:
         """Every viewer polls the shared encoder once per interval: the encode count does not grow with viewers."""

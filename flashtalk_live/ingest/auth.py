@@ -29,7 +29,7 @@ from zmq.utils import z85
 
 from flashtalk_live.ingest.commands import LOCAL_PEER, Peer  # noqa: F401 - the peer type lives with the table
 from flashtalk_live.ingest.protocol import ProtocolError
-from flashtalk_live.log import get_logger
+from flashtalk_live.log import Throttle, get_logger
 from flashtalk_live.settings import IngestSettings
 
 # ZAP domains: one per endpoint class, returned as the User-Id of NULL-mechanism peers.
@@ -81,32 +81,88 @@ def _load_dir(directory: str | None) -> set[bytes]:
     return set(zmq.auth.load_certificates(directory))
 
 
-class KeyRing:
-    """The client keys allowed over CURVE; the ZAP callback. An unknown key re-reads the folder if it changed."""
+def _load_named(directory: str | None) -> dict[bytes, str]:
+    """Public key -> certificate name (file name without .key) of every certificate in the folder."""
+    if not directory or not os.path.isdir(directory):
+        return {}
+    out: dict[bytes, str] = {}
+    for path in sorted(Path(directory).glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(str(path))
+        except (OSError, ValueError):
+            continue
+        out[public] = path.stem
+    return out
 
-    def __init__(self, directory: str | None, keys: Iterable[str], trusted: Iterable[str]) -> None:
+
+class KeyRing:
+    """The client keys allowed over CURVE; the ZAP callback.
+
+    Revocation: every handshake (and `take_revoked()`, which the ingest thread calls at least once a second)
+    re-reads the folder when its mtime changed, so a certificate removed from it refuses the next handshake at once;
+    the keys no longer allowed (from the folder, or from the config's lists on SIGHUP: `reload`) are kept until the
+    ingest thread takes them and closes their open connections, whichever thread noticed the change."""
+
+    def __init__(self, directory: str | None, keys: Iterable[str], trusted: Iterable[str],
+                 refusals: Throttle | None = None) -> None:
         self.directory = directory
         self.trusted = {parse_key(k) for k in trusted}
         self.listed = {parse_key(k) for k in keys} | self.trusted
         self._mtime = _dir_mtime(directory)
-        self._from_dir = _load_dir(directory)
+        self._named = _load_named(directory)
+        self._from_dir = set(self._named) | _load_dir(directory)
+        self._revoked: set[bytes] = set()  # revoked, connections not yet closed
         self._lock = threading.Lock()
         self.log = get_logger("auth")
+        # a refused handshake costs the knocker nothing: a few lines per interval, the rest counted
+        self.refusals = refusals or Throttle(self.log)
 
     @property
     def allowed(self) -> set[bytes]:
         return self.listed | self._from_dir
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        if key in self.allowed:
-            return True
+    def name_of(self, key: bytes) -> str:
+        """The certificate name of a key (its file in the folder), else the key's first 8 characters."""
+        return self._named.get(key) or key[:8].decode("ascii", "replace")
+
+    def refresh(self) -> None:
+        """Re-read the folder if it changed since the last read; keys no longer allowed wait in `take_revoked()`
+        (whichever thread noticed the change: a handshake's or the ingest thread's look)."""
         with self._lock:
             mtime = _dir_mtime(self.directory)
-            if mtime != self._mtime:  # a key file added or removed since the last read
-                self._mtime, self._from_dir = mtime, _load_dir(self.directory)
+            if mtime == self._mtime:
+                return
+            before = self.allowed
+            named = _load_named(self.directory)
+            self._mtime, self._from_dir = mtime, set(named) | _load_dir(self.directory)
+            self._named = {**self._named, **named}  # a removed key keeps its name for the revocation's log line
+            self._revoked |= before - self.allowed
+
+    def reload(self, keys: Iterable[str], trusted: Iterable[str]) -> None:
+        """New lists from the configuration (SIGHUP); keys no longer allowed wait in `take_revoked()`."""
+        new_trusted = {parse_key(k) for k in trusted}
+        new_listed = {parse_key(k) for k in keys} | new_trusted
+        with self._lock:
+            before = self.allowed
+            self.trusted, self.listed = new_trusted, new_listed
+            self._revoked |= before - self.allowed
+        self.refresh()
+
+    def take_revoked(self) -> set[bytes]:
+        """The keys revoked since the last call (their connections are the ingest thread's to close)."""
+        self.refresh()
+        with self._lock:
+            out, self._revoked = self._revoked, set()
+        return out
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        try:
+            self.refresh()  # one stat: a certificate removed a moment ago refuses this handshake
+        except Exception as e:  # noqa: BLE001 - an exception here would end the ZAP thread: every handshake hangs
+            self.refusals("error", "client_keys_unreadable", "folder", error=repr(e)[:200])
         ok = key in self.allowed
         if not ok:
-            self.log.warning("curve_client_refused", key=key.decode("ascii", "replace"))
+            self.refusals("warning", "curve_client_refused", "curve", key=key[:40].decode("ascii", "replace"))
         return ok
 
 
@@ -167,6 +223,17 @@ def is_loopback(endpoint: str) -> bool:
         return False  # "*", an interface name, a host name: may reach the network
 
 
+def check_unauthenticated(endpoint: str, cfg: IngestSettings, field: str) -> None:
+    """EndpointRefused for a plain (tcp_auth = "none") tcp endpoint beyond loopback, unless the operator accepted the
+    risk; the bind and `config show` (preflight.py) ask this same rule."""
+    if endpoint.startswith("tcp://") and cfg.tcp_auth == "none" and not is_loopback(endpoint) \
+            and not cfg.allow_unauthenticated_remote:
+        raise EndpointRefused(
+            f"{field}: refusing to bind {endpoint} without authentication: anyone on the network could "
+            f'drive the room. Use ingest.tcp_auth = "curve" (the default) or a loopback address; '
+            f"ingest.allow_unauthenticated_remote = true accepts the risk")
+
+
 class Security:
     """Configures each bind of the ingest sockets and names the peer of each message. start() before binding."""
 
@@ -181,15 +248,33 @@ class Security:
     def start(self, ctx: zmq.Context) -> None:
         cfg = self.cfg
         try:
-            self.keys = KeyRing(cfg.client_keys_dir or None,
-                                cfg.client_keys, cfg.trusted_client_keys)
+            self.keys = KeyRing(cfg.client_keys_dir or None, cfg.client_keys, cfg.trusted_client_keys,
+                                Throttle(self.log, cfg.log_interval_s, cfg.log_burst))
         except (ValueError, OSError) as e:
             raise EndpointRefused(f"ingest.client_keys / trusted_client_keys: {e}") from None
         self._auth = _Authenticator(ctx)
         self._auth.start()
         self._auth.configure_curve_callback(DOMAIN_CURVE, self.keys)
 
+    def allows(self, key: str) -> bool:
+        """Whether a CURVE key (Z85) is still allowed (a message from a revoked key is dropped)."""
+        return self.keys is not None and key.encode("ascii") in self.keys.allowed
+
+    def refresh_keys(self) -> set[bytes]:
+        """Keys revoked since the last look (a certificate removed from the folder, a key gone from the config)."""
+        return self.keys.take_revoked() if self.keys is not None else set()
+
+    def name_of(self, key: bytes) -> str:
+        return self.keys.name_of(key) if self.keys is not None else key[:8].decode("ascii", "replace")
+
+    def flush_logs(self) -> None:
+        """Write the count of refused handshakes held back this interval (the ingest thread calls this)."""
+        if self.keys is not None:
+            self.keys.refusals.flush()
+
     def stop(self) -> None:
+        if self.keys is not None:
+            self.keys.refusals.flush(force=True)
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -232,12 +317,8 @@ class Security:
             return
         sock.curve_server = False
         if endpoint.startswith("tcp://"):
+            check_unauthenticated(endpoint, cfg, field)
             if not is_loopback(endpoint):
-                if not cfg.allow_unauthenticated_remote:
-                    raise EndpointRefused(
-                        f"{field}: refusing to bind {endpoint} without authentication: anyone on the network could "
-                        f'drive the room. Use ingest.tcp_auth = "curve" (the default) or a loopback address; '
-                        f"ingest.allow_unauthenticated_remote = true accepts the risk")
                 self.log.warning("unauthenticated_remote_endpoint", endpoint=endpoint, field=field,
                                  hint="ingest.allow_unauthenticated_remote is set: anyone who reaches this port "
                                       "can enqueue, clear and cancel")

@@ -105,7 +105,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
                 try:
                     ack = client.call(mode, _read(path), id=None if args.no_id else uuid.uuid4().hex,
                                       format=args.format or _fmt(path), sample_rate=args.sample_rate,
-                                      channels=args.channels, text=args.text)
+                                      channels=args.channels, text=args.text, name=args.name)
                 except Rejected as e:
                     print(f"{path}: rejected: {e.code}: {e.reason}", file=sys.stderr)
                     rc = EXIT_ERROR
@@ -233,7 +233,8 @@ def _print_status(reply: dict[str, Any]) -> None:
           f"{q.get('queued_seconds', 0)} s queued, spool {q.get('spool_bytes', 0)} bytes")
     for k in ("playing", "pending"):
         for e in reply.get(k, []):
-            print(f"  {k:8s} {e['segment_id']}  {e['duration_s']:.2f} s  {e['mode']}")
+            print(f"  {k:8s} {e['segment_id']}  {e['duration_s']:.2f} s  {e['mode']}"
+                  + (f"  {e['name']}" if e.get("name") else ""))
     rest = {k: v for k, v in reply.items() if k not in ("queue", "playing", "pending", "v", "ok", "cmd", "ms")}
     if rest:
         print(json.dumps(rest, indent=2, default=str))
@@ -314,6 +315,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sample-rate", type=int, help="raw pcm_s16le: samples per second")
     p.add_argument("--channels", type=int, help="raw pcm_s16le: channel count")
     p.add_argument("--text", help="the clip's transcript, captioned on air while it plays")
+    p.add_argument("--name", help="a name for people: shown in status, the clip's events and the console")
     p.add_argument("--no-id", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_push, verb="push")
 

@@ -8,6 +8,7 @@ Pure: pydantic models and checks, no I/O.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Literal, TypeVar
 
@@ -90,6 +91,9 @@ class AudioArgs(Args):
     sample_rate: int | None = Field(None, ge=1000, le=MAX_SAMPLE_RATE, description="raw PCM: samples per second")
     channels: int | None = Field(None, ge=1, le=MAX_CHANNELS, description="raw PCM: interleaved channels")
     meta: dict[str, Any] | None = Field(None, description="anything; stored with the clip, repeated in `accepted`")
+    name: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS, description="a name for people: shown in "
+                             "status, the clip's events and the console (stored in meta.name); at most "
+                             "ingest.max_id_chars")
     text: str | None = Field(None, min_length=1, description="the clip's transcript: captioned while it airs; at "
                              "most ingest.max_text_chars (stored in meta.text)")
     captions: list[CaptionCue] | None = Field(None, max_length=MAX_CUES, description=f"at most {MAX_CUES} caption "
@@ -116,6 +120,12 @@ class AudioArgs(Args):
 
 class CancelArgs(Args):
     segment_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="the clip to drop or cut")
+
+
+class SkipArgs(Args):
+    segment_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS, description="skip only if this clip "
+                                   "is still the one on air (`not_on_air` otherwise), so a late click never skips "
+                                   "the next clip")
 
 
 class MoveArgs(Args):
@@ -206,6 +216,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("play_now", AudioArgs, "cut the clip on air at the next chunk boundary and play this one", data="audio"),
     Command("clear", NoArgs, "drop every pending clip; the clip on air finishes"),
     Command("cancel", CancelArgs, "drop one pending clip, or cut the clip on air"),
+    Command("skip", SkipArgs, "cut whatever is on air now, a queue clip (dropped, as `cancel` does) or a programme "
+            "item (the programme goes on with its next item)"),
     Command("move", MoveArgs, "move one pending clip before/after another pending clip, or to an index"),
     Command("status", NoArgs, "queue, broadcast, renderer and output status"),
     Command("ping", PingArgs, "liveness, protocol version, limits and the commands this daemon serves"),
@@ -259,10 +271,12 @@ def lookup(name: str, served: "set[str] | frozenset[str] | None" = None) -> Comm
 def validate_args(command: Command, header: dict[str, Any]) -> Args:
     """The header's fields (all but v and cmd) as the command's typed arguments; bad_request naming the field.
 
-    The reason carries pydantic's message and the field's place, never the value (it may hold a stream key)."""
+    Validated in pydantic's JSON mode: the header is JSON, so a field takes every value JSON can spell (an array for
+    a pair such as `margin`; strict Python mode would want a tuple no JSON client can send). The reason carries
+    pydantic's message and the field's place, never the value (it may hold a stream key)."""
     fields = {k: v for k, v in header.items() if k not in ENVELOPE}
     try:
-        return command.args.model_validate(fields)
+        return command.args.model_validate_json(json.dumps(fields))
     except ValidationError as e:
         err = e.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in err["loc"]) or None

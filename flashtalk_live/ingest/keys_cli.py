@@ -57,6 +57,34 @@ def _cmd_client(args: argparse.Namespace) -> int:
     return 0
 
 
+REVOKE_WITHIN_S = 1.0  # the ingest thread looks at the folder at least this often (IngestServer._revoke_keys)
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    if not s.ingest.client_keys_dir:
+        print("flashtalk-live keys: ingest.client_keys_dir is not set: keys listed in ingest.client_keys are revoked "
+              "by removing them from the config and sending SIGHUP", file=sys.stderr)
+        return 2
+    name = args.name
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        print(f"flashtalk-live keys: {name[:80]!r} is not a certificate name", file=sys.stderr)
+        return 2
+    d = Path(s.path(s.ingest.client_keys_dir)).expanduser()
+    cert = d / f"{name}.key"
+    if not cert.is_file():
+        known = sorted(p.stem for p in d.glob("*.key")) if d.is_dir() else []
+        print(f"flashtalk-live keys: no certificate {name!r} in {d}; there: {', '.join(known) or 'none'}",
+              file=sys.stderr)
+        return 1
+    key, _ = zmq.auth.load_certificate(str(cert))
+    cert.unlink()
+    print(json.dumps({"revoked": name, "public_key": key.decode()[:8], "removed": str(cert),
+                      "takes_effect_within_s": REVOKE_WITHIN_S,
+                      "note": "new handshakes are refused at once; its open connections are closed within that time"}))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     keys = sub.add_parser("keys", help="make CURVE key pairs for tcp endpoints")
     ks = keys.add_subparsers(dest="keys_command", metavar="WHAT")
@@ -73,3 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cli.add_argument("--no-allow", action="store_true", help="do not copy the public certificate into client_keys_dir")
     cli.add_argument("--force", action="store_true", help="overwrite an existing pair")
     cli.set_defaults(func=_cmd_client)
+    rev = ks.add_parser("revoke", help="remove a client's public certificate from client_keys_dir: the running "
+                                       "daemon refuses it and closes its connections")
+    rev.add_argument("name", help="the certificate's name: NAME.key in ingest.client_keys_dir")
+    add_config_args(rev)
+    rev.add_argument("--state-dir")
+    rev.set_defaults(func=_cmd_revoke)

@@ -1,9 +1,15 @@
 """Limits on the work a client can make the daemon do, each with its rejection code and setting.
 
-* images: size (`image_too_large`, ingest.max_image_bytes) and width x height read from the header, before any
-  decoding (`image_too_many_pixels`, ingest.max_image_pixels); only PNG, JPEG and WebP (`unsupported_image`).
+* images: size (`image_too_large`, ingest.max_image_bytes) and width x height read from the headers, before any
+  decoding (`image_too_many_pixels`, ingest.max_image_pixels): the largest of every size a file declares (a WebP's
+  canvas, each bitstream, each animation frame; a JPEG's every frame header); only PNG, JPEG and WebP
+  (`unsupported_image`). The decoder enforces the same cap on what it really decodes (images.py).
 * text: prompts (`prompt_too_long`, ingest.max_prompt_chars), captions, caption cues and overlay text
   (`text_too_long`, ingest.max_text_chars), ids and names (`id_too_long`, ingest.max_id_chars).
+* a clip's `meta`: nesting (`meta_too_deep`, ingest.max_meta_depth), counted without recursion, so masking and
+  logging it later cannot recurse past Python's limit after the spool committed the clip.
+* a clip's captions in all: characters of `text` plus every cue (`captions_too_long`, ingest.max_caption_chars);
+  what they cost rendered is the compositor's to measure (compose/compositor.py: `check_captions`).
 * a clip's cues: within the decoded clip (`cue_outside_clip`) and naming known layers (`unknown_layer`).
 * request rate per peer: a token bucket (`rate_limited`, ingest.rate_per_s and ingest.rate_burst).
 """
@@ -16,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS
 from flashtalk_live.ingest.protocol import ProtocolError
 
 TEXT_ID_FIELDS = ("id", "segment_id", "name")
@@ -75,21 +82,64 @@ def _jpeg(data: bytes) -> ImageInfo | None:
     return best
 
 
-def _webp(data: bytes) -> ImageInfo | None:
-    if len(data) < 30 or data[8:12] != b"WEBP":
-        return None
-    chunk = data[12:16]
-    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
-        w, h = struct.unpack("<HH", data[26:30])
-        return ImageInfo("webp", w & 0x3FFF, h & 0x3FFF)
-    if chunk == b"VP8L" and data[20] == 0x2F:
-        (bits,) = struct.unpack("<I", data[21:25])
-        return ImageInfo("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
-    if chunk == b"VP8X":
-        w = int.from_bytes(data[24:27], "little") + 1
-        h = int.from_bytes(data[27:30], "little") + 1
-        return ImageInfo("webp", w, h)
+MAX_WEBP_CHUNKS = 4096  # chunks walked in a WebP file; past that the file is refused (unsupported_image)
+
+
+def _webp_bitstream(tag: bytes, body: bytes) -> tuple[int, int] | None:
+    """The picture size a VP8 (lossy) or VP8L (lossless) bitstream itself declares: what its decoder allocates."""
+    if tag == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", body[6:10])
+        return w & 0x3FFF, h & 0x3FFF
+    if tag == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+        (bits,) = struct.unpack("<I", body[1:5])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     return None
+
+
+def _webp_chunks(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]] | None:
+    """(tag, body) of the RIFF chunks in data[start:end]; None when there are more than MAX_WEBP_CHUNKS."""
+    out, i = [], start
+    while i + 8 <= end:
+        if len(out) >= MAX_WEBP_CHUNKS:
+            return None
+        size = int.from_bytes(data[i + 4:i + 8], "little")
+        out.append((data[i:i + 4], data[i + 8:min(i + 8 + size, end)]))
+        i += 8 + size + (size & 1)
+    return out
+
+
+def _webp(data: bytes) -> ImageInfo | None:
+    """The largest picture a WebP file may decode to: its VP8X canvas, every bitstream's own size (a canvas of 1x1
+    may wrap a 16000x16000 bitstream) and every animation frame's; all must be readable."""
+    if len(data) < 20 or data[8:12] != b"WEBP":
+        return None
+    chunks = _webp_chunks(data, 12, len(data))
+    if not chunks:
+        return None
+    sizes: list[tuple[int, int]] = []
+    for tag, body in chunks:
+        if tag == b"VP8X":
+            if len(body) < 10:
+                return None
+            sizes.append((int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1))
+        elif tag == b"ANMF":  # an animation frame: its own size, then its own chunks (ALPH, VP8/VP8L)
+            if len(body) < 16:
+                return None
+            sizes.append((int.from_bytes(body[6:9], "little") + 1, int.from_bytes(body[9:12], "little") + 1))
+            inner = _webp_chunks(body, 16, len(body))
+            if inner is None:
+                return None
+            sizes += [wh for t, b in inner if (wh := _webp_bitstream(t, b)) is not None]
+        else:
+            wh = _webp_bitstream(tag, body)
+            if wh is not None:
+                sizes.append(wh)
+            elif tag in (b"VP8 ", b"VP8L"):
+                return None  # a bitstream whose size cannot be read
+    if not sizes:
+        return None
+    w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
+    return ImageInfo("webp", w, h)
 
 
 def image_info(data: bytes) -> ImageInfo:
@@ -135,11 +185,35 @@ def check_text(header: dict[str, Any], ingest: Any) -> None:
         if isinstance(text, str) and len(text) > ingest.max_text_chars:
             raise ProtocolError("text_too_long", f"{where} of {len(text)} characters exceeds ingest.max_text_chars "
                                 f"{ingest.max_text_chars}", where)
+    # a clip's `text` is a caption; overlay_set's `text` is a layer's (the compositor measures that one)
+    total = sum(len(t) for where, t in texts
+                if isinstance(t, str) and (where != "text" or header.get("cmd") in AUDIO_COMMANDS))
+    if total > ingest.max_caption_chars:
+        raise ProtocolError("captions_too_long", f"{total} caption characters (text and cues) exceed "
+                            f"ingest.max_caption_chars {ingest.max_caption_chars}", "captions")
+    depth = json_depth(header.get("meta"))
+    if depth > ingest.max_meta_depth:
+        raise ProtocolError("meta_too_deep", f"meta is nested {depth} levels deep, ingest.max_meta_depth is "
+                            f"{ingest.max_meta_depth}", "meta")
     for f in TEXT_ID_FIELDS:
         v = header.get(f)
         if isinstance(v, str) and len(v) > ingest.max_id_chars:
             raise ProtocolError("id_too_long",
                                 f"{f!r} of {len(v)} characters exceeds ingest.max_id_chars {ingest.max_id_chars}", f)
+
+
+def json_depth(value: Any) -> int:
+    """Nesting of JSON-like data (a scalar is 0, `{}` and `[]` are 1), walked with a stack: no recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        elif not isinstance(v, (list, tuple)):
+            continue
+        deepest = max(deepest, d)
+        stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list, tuple)))
+    return deepest
 
 
 def check_cues(args: Any, duration_s: float, layers: Callable[[], Collection[str]] | None = None) -> None:

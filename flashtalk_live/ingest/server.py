@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import errno
 import os
+import socket
 import stat
 import threading
 import time
@@ -28,7 +31,7 @@ from flashtalk_live.audio import decode_for_settings
 from flashtalk_live.ingest.auth import EndpointRefused, Security
 from flashtalk_live.ingest.conncap import ConnectionCap
 from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, AudioArgs, Call, CancelArgs, Handler, MoveArgs, \
-    NoArgs, Peer, PingArgs, authorize, check_data, lookup, validate_args
+    NoArgs, Peer, PingArgs, SkipArgs, authorize, check_data, lookup, validate_args
 from flashtalk_live.ingest.lanes import Lanes
 from flashtalk_live.ingest.limits import CUE_FIELDS, RateLimiter, check_cues, check_text
 from flashtalk_live.ingest.protocol import (
@@ -41,16 +44,23 @@ from flashtalk_live.ingest.protocol import (
     rejection_reply,
     split_frames,
 )
-from flashtalk_live.log import get_logger
+from flashtalk_live.log import Throttle, get_logger, meta_summary
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.secrets import mask_obj
-from flashtalk_live.settings import EncoderSettings, IngestSettings
+from flashtalk_live.settings import ConfigError, EncoderSettings, IngestSettings
+from flashtalk_live.statelock import FileLock, LockHeld, endpoint_busy, socket_lock_path
 EVENT_BACKLOG = 10_000
 STATUS_PENDING_LIMIT = 50
+STATUS_TEXT_CHARS = 120  # a clip's caption text in a status row is cut here (the whole text is in `accepted`)
 
 
 class IngestError(RuntimeError):
     """The server could not start (e.g. an endpoint cannot be bound)."""
+
+
+class IngestConfigError(IngestError, ConfigError):
+    """The server could not start for a reason the operator fixes in the config (a busy ipc path or port, a
+    refused bind, a missing key): `run` exits 2 with this one line."""
 
 
 def prepare_endpoint(ep: str) -> str:
@@ -78,6 +88,34 @@ def remove_socket_file(path: Path) -> None:
         pass
 
 
+def _source_fd(frame: zmq.Frame) -> int | None:
+    """The descriptor of the connection a message came from (libzmq's ZMQ_SRCFD), None when unknown."""
+    try:
+        fd = frame.get(zmq.SRCFD)
+    except (zmq.ZMQError, AttributeError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def shutdown_tcp(fd: int, ports: set[int]) -> int:
+    """End one tcp connection of ours by its descriptor (shutdown(2), not close: libzmq owns the descriptor and
+    closes it when its engine sees the end). Only a tcp socket on one of `ports` is touched: the descriptor may have
+    been reused. 1 if it was ended."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return 0
+    try:
+        if s.family in (socket.AF_INET, socket.AF_INET6) and s.getsockname()[1] in ports:
+            s.shutdown(socket.SHUT_RDWR)
+            return 1
+    except OSError:
+        pass
+    finally:
+        s.detach()
+    return 0
+
+
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """Split a ROUTER message into (routing envelope, body) for DEALER and REQ peers.
 
@@ -89,6 +127,16 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     if len(frames) >= 3 and len(frames[1]) == 4 and frames[2] == b"":
         return frames[:3], frames[3:]
     return frames[:1], frames[1:]
+
+
+def _label(entry: Any) -> dict[str, Any]:
+    """A status row's words for people: the clip's name and the start of its caption text (when it has them)."""
+    meta = entry.meta or {}
+    out = {k: meta[k] for k in ("name",) if isinstance(meta.get(k), str)}
+    if isinstance(meta.get("text"), str):
+        text = meta["text"]
+        out["text"] = text if len(text) <= STATUS_TEXT_CHARS else text[:STATUS_TEXT_CHARS - 1] + "…"
+    return out
 
 
 class IngestServer:
@@ -104,14 +152,22 @@ class IngestServer:
                  refuse_clips: Callable[[], str | None] | None = None,
                  layers: Callable[[], list[str]] | None = None,
                  edit: Callable[..., ContextManager[Any]] | None = None,
-                 plan_of: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+                 plan_of: Callable[[str], dict[str, Any] | None] | None = None,
+                 on_air: Callable[[], str | None] | None = None, lock_note: str = "",
+                 check_captions: Callable[[str | None, list[dict[str, Any]]], None] | None = None) -> None:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
+        self.lock_note = lock_note  # written into each ipc socket's lock: which room holds it (statelock.py)
+        self._locks: list[FileLock] = []
         self.encoder = encoder
         self.layers = layers  # the overlay layers a clip's `overlays` cues may name (None: not checked)
         # edit(command, segment_id): the daemon's re-plan around a queue change (playout/replan.py), so edits act
         # on what is on air rather than on what was rendered ahead; plan_of(segment_id): its planned on-air time.
         self.edit = edit or (lambda command, segment_id=None: contextlib.nullcontext())
         self.plan_of = plan_of
+        self.on_air = on_air  # the clip on air now (timeline/onair.OnAir.segment), for `skip`
+        # check_captions(text, cues): raises a Rejection when a clip's captions would cost too much to render or to
+        # hold until they air (the compositor's measure; None: a bare ingest server with nothing to draw them)
+        self.check_captions = check_captions
         self.refuse_clips = refuse_clips  # why new clips are refused now (a full disk), or None
         self.spool = spool
         self.events = events
@@ -119,6 +175,8 @@ class IngestServer:
         own: dict[str, Handler] = {name: self._cmd_audio for name in AUDIO_COMMANDS}
         own.update(clear=self._cmd_clear, cancel=self._cmd_cancel, move=self._cmd_move, status=self._cmd_status,
                    ping=self._cmd_ping)
+        if on_air is not None:  # a bare server (no broadcast) has nothing on air to skip: `unavailable`
+            own.update(skip=self._cmd_skip)
         for name in handlers or {}:
             if name not in COMMANDS:
                 raise ValueError(f"handler for {name!r}, which is not in the command table (ingest/commands.py)")
@@ -127,6 +185,8 @@ class IngestServer:
         self.handlers: dict[str, Handler] = {**own, **(handlers or {})}
         self.served = frozenset(self.handlers)
         self.log = get_logger("ingest")
+        # A peer decides how often it is refused: those lines are counted past a few per code and interval.
+        self.rejections = Throttle(self.log, ingest.log_interval_s, ingest.log_burst)
         # A private context by default: it holds this server's ZAP handler (one per context).
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
@@ -141,6 +201,7 @@ class IngestServer:
         self._router: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
         self._caps: list[ConnectionCap] = []
+        self._curve_fds: dict[int, str] = {}  # descriptor of a control connection -> the CURVE key its requests had
         self.control_endpoints: list[str] = []
         self.event_endpoints: list[str] = []
         self.requests_served = 0
@@ -152,7 +213,7 @@ class IngestServer:
         try:
             self.security.start(self._ctx)
         except EndpointRefused as e:
-            raise IngestError(str(e)) from None
+            raise IngestConfigError(str(e)) from None
         router = self._ctx.socket(zmq.ROUTER)
         pub = self._ctx.socket(zmq.PUB)
         try:
@@ -169,6 +230,7 @@ class IngestServer:
             router.close(0)
             pub.close(0)
             self.security.stop()
+            self._release_locks()
             raise
         self._router, self._pub = router, pub
         self._caps = [ConnectionCap(router, i.max_connections, "control", self.log),
@@ -188,18 +250,41 @@ class IngestServer:
         self.log.info("ingest_started", control=self.control_endpoints, events=self.event_endpoints,
                       max_message_bytes=i.max_message_bytes)
 
+    def _lock_ipc(self, ep: str, field: str) -> None:
+        """Hold `<socket>.lock` for the server's life: a live holder refuses the start (EndpointBusy: exit 2); a
+        socket file nobody holds is stale and is replaced."""
+        path = ipc_path(ep)
+        if path is None:
+            return
+        lock = FileLock(socket_lock_path(path), self.lock_note)
+        try:
+            lock.acquire()
+        except LockHeld as e:
+            raise endpoint_busy(field, ep, e.holder) from None
+        self._locks.append(lock)
+        remove_socket_file(path)
+
+    def _release_locks(self) -> None:
+        for lock in self._locks:
+            lock.release()
+        self._locks = []
+
     def _bind_all(self, sock: zmq.Socket, endpoints: list[str], field: str) -> list[str]:
         bound = []
         for ep in endpoints:
             prepare_endpoint(ep)
+            self._lock_ipc(ep, field)
             try:
                 self.security.prepare_bind(sock, ep, field)
                 sock.bind(ep)
                 self.security.after_bind(ep)
             except zmq.ZMQError as e:
-                raise IngestError(f"{field}: cannot bind {ep}: {e}") from None
+                if e.errno == errno.EADDRINUSE:
+                    raise IngestConfigError(f"{field}: cannot bind {ep}: the address is in use (another room or "
+                                            "program listens there); expected a free port for each room") from None
+                raise IngestConfigError(f"{field}: cannot bind {ep}: {e}") from None
             except EndpointRefused as e:
-                raise IngestError(str(e)) from None
+                raise IngestConfigError(str(e)) from None
             # tcp://...:0 or :* picks a free port: report the real one
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT) if ep.startswith("tcp://") else ep)
         return bound
@@ -234,6 +319,7 @@ class IngestServer:
             time.sleep(0.01)
         for path in files:
             remove_socket_file(path)
+        self._release_locks()  # after the files are gone: a new holder never sees ours
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -294,6 +380,9 @@ class IngestServer:
             for cap in self._caps:
                 if cap.monitor in ready:
                     cap.handle()
+            self.rejections.flush()
+            self.security.flush_logs()
+            self._revoke_keys()
             if self._backlog or self._replies or self._wake_r in ready:
                 self._flush_events()
                 self._flush_replies()
@@ -310,6 +399,18 @@ class IngestServer:
     def _accept(self, msg: list[zmq.Frame]) -> None:
         """On the ingest thread: name the peer, check its rate, and queue the request on its connection's lane."""
         peer = self.security.peer_of(msg[-1])
+        if peer.transport == "ipc":
+            # libzmq names an ipc peer by its process (uid:gid:pid): every client of one process would share one
+            # rate bucket. Each ipc connection (its routing id) is a peer of its own.
+            peer = dataclasses.replace(peer, address=f"{peer.address}#{msg[0].bytes.hex()}")
+        if peer.transport == "curve" and peer.key is not None:
+            fd = _source_fd(msg[-1])
+            if not self.security.allows(peer.key):  # revoked since its handshake: no answer, the connection ends
+                self._close_fds({fd} if fd is not None else set())
+                self.rejections("warning", "revoked_key_refused", "curve", key=peer.key[:8])
+                return
+            if fd is not None:
+                self._curve_fds[fd] = peer.key
         envelope, body = split_envelope([f.bytes for f in msg])
         t0 = time.perf_counter()
         try:
@@ -318,7 +419,8 @@ class IngestServer:
             assert self._lanes is not None
             self._lanes.submit(envelope[0], lambda: self._serve_one(envelope, peer, header, payload, t0))
         except Rejection as e:
-            self.log.info("request_rejected", code=e.code, reason=e.reason, peer=peer.name, frames=len(body))
+            self.rejections("info", "request_rejected", e.code, code=e.code, reason=e.reason[:200], peer=peer.name,
+                            frames=len(body))
             self._replies.append((envelope, rejection_reply(e)))
             self._flush_replies()
 
@@ -379,11 +481,56 @@ class IngestServer:
             reply = error_reply("internal", f"{type(e).__name__}: {e}")
             self.log.exception("request_failed", cmd=cmd)
         if not reply["ok"]:
-            self.log.info("request_rejected", cmd=cmd, code=reply["code"], reason=reply["reason"],
-                          field=reply.get("field"), peer=peer.name, bytes=len(header) + len(payload or b""))
+            self.rejections("info", "request_rejected", reply["code"], cmd=cmd, code=reply["code"],
+                            reason=reply["reason"][:200], field=reply.get("field"), peer=peer.name,
+                            bytes=len(header) + len(payload or b""))
         if request_id is not None:
             reply["id"] = request_id
         return reply
+
+    # -- revocation ------------------------------------------------------------------------------------
+    def reload_keys(self, keys: list[str], trusted: list[str]) -> None:
+        """New client key lists from the configuration (SIGHUP; any thread): keys no longer listed are revoked on
+        the ingest thread, as a certificate removed from ingest.client_keys_dir is."""
+        if self.security.keys is None:
+            return
+        self.security.keys.reload(keys, trusted)
+        self._wake()
+
+    def _revoke_keys(self) -> None:
+        """On the ingest thread, at least once a second: the keys revoked since the last look lose their open
+        control connections (the descriptors their requests came from) and every tcp event subscription (the event
+        endpoints are re-bound: allowed subscribers reconnect by themselves, a revoked key's handshake is refused)."""
+        keys = self.security.refresh_keys()
+        if not keys:
+            return
+        names = {k.decode("ascii"): self.security.name_of(k) for k in keys}
+        fds = {fd for fd, key in self._curve_fds.items() if key in names}
+        closed = self._close_fds(fds)
+        self._rebind_events()
+        for key, name in names.items():
+            self.log.warning("key_revoked", name=name, key=key[:8], control_connections_closed=closed)
+            self.events.publish("key_revoked", name=name, key=key[:8])
+
+    def _close_fds(self, fds: set[int]) -> int:
+        ports = {int(ep.rsplit(":", 1)[1]) for ep in self.control_endpoints if ep.startswith("tcp://")}
+        closed = 0
+        for fd in fds:
+            self._curve_fds.pop(fd, None)
+            closed += shutdown_tcp(fd, ports)
+        return closed
+
+    def _rebind_events(self) -> None:
+        assert self._pub is not None
+        for ep in self.event_endpoints:
+            if not ep.startswith("tcp://"):
+                continue
+            try:
+                self._pub.unbind(ep)
+                self.security.prepare_bind(self._pub, ep, "ingest.events")
+                self._pub.bind(ep)
+            except zmq.ZMQError as e:
+                self.log.error("events_rebind_failed", endpoint=ep, error=str(e))
 
     # -- the commands served here ------------------------------------------------------------------
     def _cmd_ping(self, call: Call[PingArgs]) -> dict[str, Any]:
@@ -413,16 +560,46 @@ class IngestServer:
     def _cmd_cancel(self, call: Call[CancelArgs]) -> dict[str, Any]:
         sid = call.args.segment_id
         was = None
-        if self.spool.get(sid) is not None:  # an unknown id must not discard the render-ahead buffer
+        entry = self.spool.get(sid)
+        if entry is not None:  # an unknown id must not discard the render-ahead buffer
             with self.edit("cancel", sid):
                 was = self.spool.cancel(sid)
         if was is None:
             raise Rejection("not_found", f"no pending or playing clip {sid[:64]!r}", "segment_id")
         self.log.info("clip_cancelled", segment_id=sid, was=was)
-        self.events.publish("cancelled", segment_id=sid, was=was)
+        self.events.publish("cancelled", segment_id=sid, was=was, **self._name(entry))
         if was == "pending":
             self.events.publish("dropped", segment_id=sid, reason="cancelled")
         return {"segment_id": sid, "was": was}
+
+    def _cmd_skip(self, call: Call[SkipArgs]) -> dict[str, Any]:
+        """Cut what is on air: a queue clip as `cancel` cuts it (dropped, never replayed), a programme item through
+        the same re-plan (playout/replan.py: silenced from the next chunk to air; the programme goes on with its
+        next item). With `segment_id`, only while that clip is still the one on air."""
+        assert self.on_air is not None
+        want = call.args.segment_id
+        sid = self.on_air()
+        if sid is None:
+            raise Rejection("not_on_air", "nothing is on air to skip (idle, or a programme pause)",
+                            "segment_id" if want else None)
+        if want is not None and want != sid:
+            raise Rejection("not_on_air", f"{want[:64]!r} is not on air any more (on air now: {sid[:64]!r})",
+                            "segment_id")
+        entry = self.spool.get(sid)
+        with self.edit("cancel", sid):
+            was = self.spool.cancel(sid) if entry is not None else None
+        if entry is not None and was is None:  # it finished while we looked
+            raise Rejection("not_on_air", f"{sid[:64]!r} finished meanwhile; nothing was skipped", "segment_id")
+        source = "queue" if entry is not None else "programme"
+        self.log.info("clip_skipped", segment_id=sid, source=source)
+        self.events.publish("skipped", segment_id=sid, source=source, **self._name(entry))
+        return {"segment_id": sid, "source": source, **self._name(entry)}
+
+    @staticmethod
+    def _name(entry: Any) -> dict[str, Any]:
+        """{"name": ...} of a spool entry that has one (push --name), else nothing."""
+        name = (getattr(entry, "meta", None) or {}).get("name")
+        return {"name": name} if isinstance(name, str) else {}
 
     def _cmd_move(self, call: Call[MoveArgs]) -> dict[str, Any]:
         a = call.args
@@ -456,12 +633,18 @@ class IngestServer:
         check_cues(a, clip.duration_s, self.layers)  # before the spool: a refused clip leaves nothing behind
         # meta's cue keys come only from the checked fields, so whoever reads them (the compositor) can trust them
         meta = {k: v for k, v in (a.meta or {}).items() if k not in CUE_FIELDS}
-        if a.text is not None:
-            meta["text"] = a.text
+        for key in ("text", "name"):  # checked fields win over the same keys in `meta`
+            if getattr(a, key) is not None:
+                meta[key] = getattr(a, key)
         for name in CUE_FIELDS:
             cues = getattr(a, name)
             if cues is not None:
                 meta[name] = [c.model_dump() for c in cues]
+        # Everything that can fail on the caller's data runs before the commit: the captions' cost (the compositor
+        # measures them), and masking the meta the `accepted` event will carry (its depth is bounded, limits.py).
+        if self.check_captions is not None:
+            self.check_captions(a.text, [c.model_dump() for c in a.captions or ()])  # type: ignore[attr-defined]
+        published_meta = mask_obj(meta)
         # Re-plan first: insert and play_now make clips rendered ahead but not on air pending again, so the new clip
         # is ordered against them exactly as the queue semantics say; enqueue drops buffered idle/programme chunks,
         # so a clip pushed into an idle room does not wait behind them (playout/replan.py).
@@ -471,10 +654,15 @@ class IngestServer:
         ack = res.ack
         if res.duplicate:
             return {"duplicate": True, **ack}
-        self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
-                      duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid)
-        self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
-                            duration_s=ack["duration_s"], request_id=rid, meta=meta)
+        # Committed: from here the clip airs, so the caller gets its segment_id whatever fails (a daemon bug, logged).
+        try:
+            self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                          duration_s=ack["duration_s"], source=clip.source, bytes=len(data), request_id=rid,
+                          **meta_summary(meta))
+            self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
+                                duration_s=ack["duration_s"], request_id=rid, meta=published_meta, **self._name(res.entry))
+        except Exception as e:  # noqa: BLE001 - never `internal` for a clip that is queued
+            self.log.error("accepted_not_published", segment_id=ack["segment_id"], error=repr(e)[:200])
         return {"duplicate": False, **ack, **self._planned(ack["segment_id"])}
 
     def _planned(self, segment_id: str) -> dict[str, Any]:
@@ -493,10 +681,10 @@ class IngestServer:
         pending = self.spool.pending(limit=STATUS_PENDING_LIMIT)
         out: dict[str, Any] = {
             "queue": self.spool.stats(),
-            "playing": [{"segment_id": e.segment_id, "duration_s": e.duration_s, "mode": e.mode}
+            "playing": [{"segment_id": e.segment_id, "duration_s": e.duration_s, "mode": e.mode, **_label(e)}
                         for e in self.spool.playing()],
             "pending": [{"segment_id": e.segment_id, "position": e.position, "duration_s": e.duration_s,
-                         "mode": e.mode} for e in pending],
+                         "mode": e.mode, **_label(e)} for e in pending],
             "ingest": {"control": self.control_endpoints, "events": self.event_endpoints,
                        "requests_served": self.requests_served,
                        "connections": {c.name: c.status() for c in self._caps},

@@ -56,14 +56,16 @@ class OutputManager:
                    request_keyframe=encoder.request_keyframe)
 
     # -- configuration -------------------------------------------------------------------------
-    def add(self, settings: OutputSettings) -> bool:
+    def add(self, settings: OutputSettings, confine_file: Callable[[str], None] | None = None) -> bool:
         """Start an output (False when it is disabled); OutputRejected on a bad URL, a duplicate name or one output
-        too many."""
+        too many. confine_file(url): a file output added at run time must pass it (the daemon's file policy)."""
         try:
             kind = kind_for(settings.url)
             settings = settings.model_copy(update={"url": kind.validate(settings.url)})
         except OutputURLError as e:  # masked by the output-kind table
             raise OutputRejected("bad_output", str(e), "url") from None
+        if kind.name == "file" and confine_file is not None:  # a runtime addition: only where the policy allows
+            confine_file(settings.url)
         if kind.name != "file" and settings.segment_seconds:
             raise OutputRejected("bad_output", f"output {settings.name!r}: segment_seconds applies to file outputs "
                                                "only", "segment_seconds")

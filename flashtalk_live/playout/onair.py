@@ -45,7 +45,9 @@ class OnAir:
         self._storage_failing = False
         self._scheduled: dict[str, float] = {}  # announced planned media time per clip (events scheduled/rescheduled)
         self._plan_lock = threading.Lock()
+        self._names: dict[str, str] = {}  # queue clips' names (push --name), from `accepted`, for their air events
         events.subscribe(self._forget_scheduled)
+        events.subscribe(self._note_name)
 
     # -- what aired (broadcast thread) ---------------------------------------------------------------
     def aired(self, marks: Sequence[Mark], segment_id: str | None, out_frame: int) -> None:
@@ -67,13 +69,41 @@ class OnAir:
             with self._settle_lock:
                 self._unsettled.append(m.segment_id)
                 self._settle()
-        extra = {"requeued": True} if m.requeued else {}  # cut by play_now: it replays after the play_now clip
+        extra: dict[str, Any] = {"requeued": True} if m.requeued else {}  # cut by play_now: it replays after it
+        name = self.name_of(m.segment_id, m.source, lookup=m.kind == "started")
+        if name is not None:
+            extra["name"] = name
+        if m.kind in ("finished", "interrupted") and not m.requeued:
+            self._names.pop(m.segment_id, None)
         self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3),
                             **extra)
         if m.kind == "started":
             self.segment = m.segment_id
         elif m.kind in ("finished", "interrupted") and self.segment == m.segment_id:
             self.segment = None
+
+    def name_of(self, segment_id: str, source: str = "queue", lookup: bool = False) -> str | None:
+        """A clip's name for people: a queue clip's `name` (push --name; with `lookup`, read from the spool for a
+        clip accepted before a restart), a programme item's playlist name."""
+        if source == "programme":
+            rest = segment_id.removeprefix("programme:")
+            return rest.rsplit(":", 1)[0] if ":" in rest else rest
+        name = self._names.get(segment_id)
+        if name is None and lookup:
+            try:
+                entry = self.spool.get(segment_id)
+            except Exception:  # noqa: BLE001 - a name is decoration: never fail the air for it
+                entry = None
+            meta = entry.meta if entry is not None else {}
+            if isinstance(meta.get("name"), str):
+                name = self._names[segment_id] = meta["name"]
+        return name
+
+    def _note_name(self, e: dict[str, Any]) -> None:
+        if e["type"] == "accepted" and isinstance(e.get("name"), str):
+            self._names[e["segment_id"]] = e["name"]
+            if len(self._names) > 100_000:  # clips dropped without airing leave their names: bound the map
+                self._names.pop(next(iter(self._names)))
 
     # -- the spool -----------------------------------------------------------------------------------
     def settle(self) -> None:

@@ -17,7 +17,7 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Lookahead:
         self.high_water_chunks = 0  # most chunks ever waiting at once (the bound tests check)
         self.chunks_in = 0
         self._cut: collections.deque[str] = collections.deque(maxlen=64)  # clips cut on air: scrubbed from chunks
-        self._cut_due: list[str] = []  # their 'interrupted' marks, for the next chunk to air
+        self._cut_due: list[tuple[str, Literal["queue", "programme"]]] = []  # their 'interrupted' marks (id, source), for the next chunk to air
         self.frames_scrubbed = 0
         self.next_air_frame: int | None = None  # timeline frame after the last chunk taken for air
         self.chunks_discarded = 0  # dropped by re-plans (playout/replan.py)
@@ -110,8 +110,8 @@ class Lookahead:
             self._cond.wait_for(lambda: self._closed or self._items, timeout)
             return self._pop()
 
-    def cut(self, segment_id: str) -> None:
-        """Cut a clip on air (cancel): it is silenced from the next chunk to air on, which carries its 'interrupted'.
+    def cut(self, segment_id: str, source: Literal["queue", "programme"] = "queue") -> None:
+        """Cut a clip on air (cancel, skip; `source`: queue or programme): it is silenced from the next chunk to air on, which carries its 'interrupted'.
 
         Every buffered chunk, and every chunk put later, loses the clip's audio and marks and its frames count as
         idle; the frames themselves and the chunks' times stay, so what follows airs at its planned time (a clip
@@ -122,7 +122,7 @@ class Lookahead:
                 return
             self._cut.append(segment_id)
             self._items.restamp(lambda it: self._scrub(it, segment_id))
-            self._cut_due.append(segment_id)
+            self._cut_due.append((segment_id, source))
 
     def _scrub(self, item: RenderedChunk, sid: str) -> RenderedChunk:
         c = item.chunk
@@ -174,7 +174,7 @@ class Lookahead:
         self._frames -= item.chunk.n_frames
         if self._cut_due:
             c = item.chunk
-            cuts = [Mark(c.start_frame, "interrupted", sid, "queue") for sid in self._cut_due]
+            cuts = [Mark(c.start_frame, "interrupted", sid, src) for sid, src in self._cut_due]
             self._cut_due = []
             item = dataclasses.replace(item, chunk=dataclasses.replace(c, marks=cuts + list(c.marks)))
         self._cond.notify_all()

@@ -3,7 +3,7 @@
 The render thread cuts chunks through `Replanner.next_chunk()` and hands rendered ones to `put()`; a control command
 that changes the plan runs its spool change inside `editing(command, segment_id)`, which first re-plans:
 
-* `play_now`, and `cancel` of the clip on air: from the first chunk boundary not on air that can be rendered again
+* `play_now`, and `cancel` of the clip on air (`skip` too: a programme item on air is cut the same way): from the first chunk boundary not on air that can be rendered again
   before it is needed (the render in flight finishes, then one chunk at the measured rate): with a renderer at
   real time or faster that is the air boundary (the first chunk the pacer has not taken), so the new clip airs
   within one chunk plus one chunk render. A cancelled clip is also silenced on air at once (`Lookahead.cut`): its
@@ -88,12 +88,12 @@ class Replanner:
         with self.lock:
             tl = self.timeline
 
-            cut_on_air: list[str] = []
+            cut_on_air: list[tuple[str, str]] = []
 
             def choose(air: int | None) -> int:
                 on_air = tl.clip_at(air)
                 if command == "cancel" and segment_id is not None and segment_id == on_air:
-                    cut_on_air.append(segment_id)
+                    cut_on_air.append((segment_id, tl.source_at(air) or "queue"))
                 if command in FROM_AIR or cut_on_air:
                     keep = "nothing"
                 else:
@@ -101,8 +101,8 @@ class Replanner:
                 return tl.replan_point(air, keep, not_before=self._renderable_from(air))
 
             frame = self.lookahead.truncate(choose)
-            for sid in cut_on_air:
-                self.lookahead.cut(sid)
+            for sid, source in cut_on_air:
+                self.lookahead.cut(sid, source)
                 tl.cut(sid)
             if frame >= tl.frame:
                 return None

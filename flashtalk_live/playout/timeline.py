@@ -278,7 +278,9 @@ class Timeline:
         return nxt or self._next_from_programme(frame)
 
     def _cut_current(self, frame: int, marks: list[Mark], *, replay: bool = False) -> None:
-        """Cut what is playing at `frame`. replay (play_now): a queue clip goes back to the queue to play again.
+        """Cut what is playing at `frame`. replay (play_now): a queue clip goes back to the queue to play again, a
+        programme clip plays again from its start when the programme resumes; without it (cancel, skip) the
+        programme goes on with its next item.
 
         A cancelled queue clip stays 'playing' in the spool until its cut airs (the daemon settles it then), so a
         re-plan that rewinds past the cut still finds it cancelled.
@@ -300,7 +302,7 @@ class Timeline:
                 self._ops.append(("requeue", seg))
         marks.append(Mark(frame, "interrupted", seg, cur.source, requeued=requeued))
         self._log.info("clip_interrupted", segment_id=seg, source=cur.source, frame=frame, requeued=requeued)
-        if cur.source == "programme" and self.programme is not None and cur.programme_item is not None:
+        if cur.source == "programme" and replay and self.programme is not None and cur.programme_item is not None:
             try:
                 self.programme.rewind(cur.programme_item)
             except Exception as e:  # noqa: BLE001
@@ -360,9 +362,17 @@ class Timeline:
 
     def clip_at(self, frame: int | None) -> str | None:
         """The clip being cut (started) at the chunk boundary `frame`, if that chunk can still be re-planned."""
-        sn = next((s for s in self._snaps if frame is None or s.start_frame >= frame), None)
-        c = sn.cur if sn is not None else self._cur
+        c = self._playing_at(frame)
         return c.segment_id if c is not None and c.kind == "clip" and c.started else None
+
+    def source_at(self, frame: int | None) -> Source | None:
+        """"queue" or "programme": where the clip `clip_at(frame)` comes from (None when nothing is)."""
+        c = self._playing_at(frame)
+        return c.source if c is not None and c.kind == "clip" and c.started else None
+
+    def _playing_at(self, frame: int | None) -> "_Playing | None":
+        sn = next((s for s in self._snaps if frame is None or s.start_frame >= frame), None)
+        return sn.cur if sn is not None else self._cur
 
     def replan_point(self, air_frame: int | None, keep: Literal["nothing", "on_air", "queue"],
                      not_before: int = 0) -> int:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from flashtalk_live.cliargs import add_config_args, settings_from_args
-from flashtalk_live.queue.spool import Spool, SpoolError, salvage
+from flashtalk_live.queue.salvage import salvage, spool_validator
+from flashtalk_live.queue.spool import Spool, SpoolError
 
 
 def _cmd_salvage(args: argparse.Namespace) -> int:
@@ -23,10 +24,14 @@ def _cmd_salvage(args: argparse.Namespace) -> int:
         print(f"flashtalk-live: cannot open the spool of {settings.path(settings.state_dir)}: {e.reason} "
               "(stop the daemon first: salvage writes into its queue)", file=sys.stderr)
         return 3
+    ing = settings.ingest
     with spool:
-        added, lost = salvage(src, spool)
-    print(f"salvaged {len(added)} clip(s) from {src} into {spool.db_path} (queued at the tail); "
-          f"{lost} row(s) unreadable")
+        report = salvage(src, spool, spool_validator(spool, ing.max_clip_seconds, ing.min_clip_seconds),
+                         max_meta_depth=ing.max_meta_depth,
+                         log=lambda line: print(f"flashtalk-live: {line}", file=sys.stderr))
+    print(f"salvaged {len(report.added)} clip(s) from {src} into {spool.db_path} (queued at the tail); "
+          f"{report.duplicates} already salvaged; {len(report.skipped)} row(s) refused; "
+          f"{report.unreadable} row(s) unreadable")
     return 0
 
 

@@ -12,7 +12,8 @@ clip cut by play_now goes back to pending to replay (`requeue`, undone by `unreq
 
 Faults of the box: a spool SQLite cannot read at open is moved aside (never deleted) and a fresh one opened, so the
 room goes on air; a reserve file is given back to the file system when the disk fills, so clips already
-acknowledged still move from pending to playing to finished while new clips are refused with `disk_full`.
+acknowledged still move from pending to playing to finished while new clips are refused with `disk_full`. A file
+moved aside is salvaged by queue/salvage.py (`flashtalk-live spool salvage`).
 """
 
 from __future__ import annotations
@@ -806,42 +807,3 @@ class Spool:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def salvage(corrupt_file: str | os.PathLike[str], spool: Spool) -> tuple[list[str], int]:
-    """Copy every clip still readable in an unreadable spool file into `spool`, in their old play order.
-
-    Clips that were on air go first, then the pending ones; each is enqueued anew (its request id kept, so a
-    resend is still recognised). Returns (new segment ids, rows that could not be read).
-    """
-    src = sqlite3.connect(f"file:{Path(corrupt_file).resolve()}?mode=ro&immutable=1", uri=True)
-    try:
-        try:
-            top = src.execute("SELECT MAX(seq) FROM clips").fetchone()[0] or 0
-        except sqlite3.DatabaseError:
-            top = 1 << 20  # the b-tree's root is unreadable: probe row by row
-        rows: list[tuple] = []
-        lost = 0
-        for seq in range(1, top + 1):
-            try:
-                row = src.execute("SELECT state, pos, taken_seq, request_id, mode, duration_s, format, sample_rate, "
-                                  "channels, meta, payload FROM clips WHERE seq=?", (seq,)).fetchone()
-            except sqlite3.DatabaseError:
-                lost += 1
-                continue
-            if row is not None:
-                rows.append(row)
-    finally:
-        src.close()
-    rows.sort(key=lambda r: (r[0] != "playing", r[2] or 0, r[1]))
-    added: list[str] = []
-    for state, _pos, _taken, rid, mode, dur, fmt, rate, ch, meta, payload in rows:
-        try:
-            meta_d = json.loads(meta or "{}")
-        except ValueError:
-            meta_d = {}
-        res = spool.add_ex(bytes(payload), meta_d, "enqueue", rid, float(dur), format=fmt, sample_rate=rate,
-                           channels=ch)
-        if not res.duplicate:
-            added.append(res.entry.segment_id)
-    return added, lost

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # parallel/ imports torch: the type only, loaded when a flash
 # Builds the preferred renderer; the daemon binds it to the settings for the renderer supervisor (renderers/
 # supervisor.py), which calls it in the background, again after a failure.
 RendererFactory = Callable[["Settings"], Renderer]
+# (setting, path, "dir", "file" or "any"): what a renderer reads from disk, checked by `config show` and `run` (preflight.py)
+NeededPath = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class RendererKind:
     launch: Callable[[Settings], Optional[ParallelHandle]] = lambda settings: None
     # settings -> None, or ValueError naming the setting: what only this kind knows, checked at config load
     check: Callable[[Settings], None] = lambda settings: None
+    # settings -> the folders and files it loads (a missing one fails the start with exit 2, not a fallback room)
+    needs: Callable[[Settings], list[NeededPath]] = lambda settings: []
 
 
 def flashtalk_factory(settings: Settings, events: EventBus, parallel: ParallelHandle | None = None) -> RendererFactory:
@@ -72,10 +76,22 @@ def _flashtalk_check(settings: Settings) -> None:
                          "(frame_num - motion_frames)")
 
 
+def _flashtalk_needs(settings: Settings) -> list[NeededPath]:
+    m = settings.model
+    if m.random_weights != "off":  # benchmarks: no release on disk
+        return []
+    needs = [("model.weights_dir", m.weights_dir or "", "dir")]
+    if m.wav2vec_dir:  # unset: found beside weights_dir (checkpoints/release.py)
+        needs.append(("model.wav2vec_dir", m.wav2vec_dir, "dir"))
+    if m.decoder == "taehv" and m.taehv_path:  # unset: found beside weights_dir when the engine loads
+        needs.append(("model.taehv_path", m.taehv_path, "any"))
+    return needs
+
+
 KINDS: dict[str, RendererKind] = {k.name: k for k in (
     RendererKind("still", "the reference portrait, no model (also every kind's fallback)", lambda s, e, p: None),
     RendererKind("flashtalk", "SoulX-FlashTalk-14B (engine/), on one GPU or over model.gpus ranks",
-                 flashtalk_factory, _flashtalk_launch, _flashtalk_check),
+                 flashtalk_factory, _flashtalk_launch, _flashtalk_check, _flashtalk_needs),
 )}
 NAMES = tuple(KINDS)
 

@@ -191,6 +191,7 @@ def test_captions_split_into_lines_timed_by_characters():
     c = Compositor(OverlaySettings(ai_label_enabled=False, caption_font_size=20), W * 2, H * 2, FPS)
     c.note_clip("s1", "一二三四五六七八九十一二三四五六七八九十", 2.0)
     c.prepare(["s1"])
+    assert c.wait_prepared("s1")  # drawn on the compositor's caption thread
     lines = c._captions["s1"]
     assert len(lines) >= 2 and lines[0][0] == 0 and lines[-1][1] == 50
     assert all(a[1] == b[0] for a, b in zip(lines, lines[1:]))  # back to back, by characters
@@ -238,6 +239,8 @@ def test_caption_cue_times_are_honoured():
     c = Compositor(OverlaySettings(ai_label_enabled=False, caption_font_size=20), W * 2, H * 2, FPS)
     c.note_clip("s1", "全文不按字数计时", 3.0, captions=[{"text": "一二", "start": 0.4, "end": 1.0},
                                                      {"text": "三四五", "start": 2.0, "end": 2.6}])
+    c.prepare(["s1"])
+    assert c.wait_prepared("s1")
     frame = np.zeros((H * 2, W * 2, 3), np.uint8)
     outs = [c.compose(frame, 500 + k, "s1") for k in range(75)]
     shown = [k for k, o in enumerate(outs) if o.any()]
@@ -252,6 +255,7 @@ def test_a_clip_prepared_ahead_keeps_its_captions_when_the_clip_before_it_airs()
     c.note_clip("a", "甲", 1.0)
     c.note_clip("b", "乙", 1.0)
     c.prepare(["a", "b"])  # one rendered chunk holding both clips' frames
+    assert c.wait_prepared("a") and c.wait_prepared("b")
     frame = np.zeros((H * 2, W * 2, 3), np.uint8)
     assert c.compose(frame, 0, "a").any()
     assert c.compose(frame, 25, "b").any()
@@ -266,4 +270,37 @@ def test_captions_prepared_for_clips_that_never_air_are_forgotten_oldest_first()
     for sid in sids:
         c.note_clip(sid, "字", 0.2)
         c.prepare([sid])  # cancelled before air: never composed
+        assert c.wait_prepared(sid)
     assert list(c._captions) == sids[-MAX_PREPARED_CLIPS:]
+
+
+def test_text_larger_than_the_frame_is_drawn_only_where_it_shows_and_past_the_limit_refused():
+    c = Compositor(OverlaySettings(ai_label_enabled=False, max_layer_pixels=4_000_000), W, H, FPS)
+    size = c.set("big", text="W" * 60, font_size=120, width=2000, anchor="top_left", margin=(0, 0))["size"]
+    assert size[0] <= W and size[1] <= H  # cropped to the frame before anything was drawn
+    with pytest.raises(Rejection) as ei:
+        c.set("bomb", text="W" * 500, font_size=400, width=8192)
+    assert ei.value.code == "text_too_large" and ei.value.field == "text"
+
+
+def test_a_config_layer_image_past_the_pixel_limit_is_a_config_error(tmp_path):
+    from flashtalk_live.settings import ConfigError
+    from image_support import png_bomb
+
+    (tmp_path / "logo.png").write_bytes(png_bomb(3000, 3000))
+    s = OverlaySettings(ai_label_enabled=False, layers=[LayerSettings(name="logo", image=str(tmp_path / "logo.png"))])
+    with pytest.raises(ConfigError, match="logo"):
+        Compositor(s, W, H, FPS, max_image_pixels=1_000_000)
+
+
+def test_caption_budget_counts_clips_until_they_air_or_are_forgotten():
+    c = Compositor(OverlaySettings(ai_label_enabled=False, caption_budget_bytes=3_000_000), W * 2, H * 2, FPS)
+    cost = c.check_captions("字" * 20)
+    assert cost > 1_000_000
+    c.note_clip("a", "字" * 20, 2.0)
+    c.note_clip("b", "字" * 20, 2.0)
+    with pytest.raises(Rejection) as ei:
+        c.check_captions("字" * 20)
+    assert ei.value.code == "captions_over_budget"
+    c.forget("a")  # cancelled before it aired
+    assert c.check_captions("字" * 20) == cost

@@ -68,6 +68,8 @@ def test_commands_use_the_table_and_its_rejection_codes(daemon, tmp_path):
         ("enqueue", None, b"", 400, "empty_audio", None),
         ("enqueue", {}, None, 400, "missing_audio", None),  # JSON fields only: no data frame
         ("cancel", {"segment_id": "no-such-clip"}, None, 404, "not_found", "segment_id"),
+        ("skip", {"segment_id": "no-such-clip"}, None, 409, "not_on_air", "segment_id"),
+        ("overlay_set", {"name": "card", "text": "x", "margin": [16]}, None, 400, "bad_request", "margin.1"),
         ("output_remove", {"name": "nope"}, None, 404, "not_found", "name"),
         ("output_add", {"name": "rec", "url": str(tmp_path / "again.flv")}, None, 409, "already_exists", "name"),
         ("output_add", {"name": "outside", "url": "/etc/outside.flv"}, None, 403, "forbidden_path", None),
@@ -214,3 +216,42 @@ def test_stream_keys_never_leave_through_the_console(daemon):
         seen.append(http.request("GET", path, token=None)[2].decode())
     assert not any(key in text for text in seen)
     assert any("rtmp://127.0.0.1:1/app/****" in text for text in seen)
+
+
+def test_the_sound_preview_is_the_air_and_the_log_names_the_console_url(tmp_path):
+    """/preview.wav carries the programme sound as it aired (a pushed 440 Hz clip is what it plays), and the start-up
+    log names the console's address."""
+    import urllib.request
+
+    import numpy as np
+    from structlog.testing import capture_logs
+
+    d = Daemon(console_settings(tmp_path))
+    with capture_logs() as logs:
+        d.start()
+    try:
+        urls = [e["url"] for e in logs if e.get("event") == "console"]
+        assert urls == [f"http://127.0.0.1:{d.metrics_port}/"], logs
+        http = Http(d.metrics_port, d.console_token)
+        status, reply = http.command("enqueue", {"name": "tone"}, wav_bytes(20.0, 440.0))
+        assert status == 200, reply
+        wait_until(lambda: http.get_json("/api/status")["on_air"] == reply["segment_id"], 60, "the tone on air")
+        with urllib.request.urlopen(http.base + "/preview.wav", timeout=30) as r:
+            assert r.headers["Content-Type"] == "audio/wav"
+            head = r.read(44)
+            assert head[:4] == b"RIFF" and head[8:16] == b"WAVEfmt " and head[36:40] == b"data"
+            channels, rate = int.from_bytes(head[22:24], "little"), int.from_bytes(head[24:28], "little")
+            assert (rate, channels) == (d.s.encoder.audio_rate, d.s.encoder.audio_channels)
+            assert http.get_json("/api/status")["preview"]["listeners"] == 1
+            want = rate * channels * 2  # one second of 16-bit samples
+            pcm = b""
+            while len(pcm) < want:
+                pcm += r.read1(want - len(pcm))
+        x = np.frombuffer(pcm, "<i2").reshape(-1, channels).mean(axis=1) / 32768.0
+        spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+        peak_hz = np.argmax(spectrum) * rate / len(x)
+        assert abs(peak_hz - 440.0) < 3.0, peak_hz
+        assert np.sqrt(np.mean(x * x)) > 0.05  # the clip's level, not silence
+        wait_until(lambda: http.get_json("/api/status")["preview"]["listeners"] == 0, 30, "the listener gone")
+    finally:
+        d.close()

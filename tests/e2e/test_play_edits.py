@@ -200,3 +200,50 @@ def test_sigkill_after_edits_loses_no_acknowledged_clip(daemon_factory):
     assert sorted(queue_ids(seen, "finished")) == sorted(expected) and not queue_ids(seen, "interrupted")
     assert dropped not in queue_ids(before, "started") + started
     assert st["queue"]["clips"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_skip_cuts_a_programme_item_and_the_programme_goes_on_with_the_next(tmp_path):
+    """`skip` of a programme item on air: silenced within a chunk (as cancel cuts a queue clip), then the *next*
+    playlist item airs (a play_now cut would replay the cut one); read back from events and the recording."""
+    from support.audio import wav_bytes
+    from support.settings import room_settings
+    from flashtalk_live.client import Client
+    from flashtalk_live.daemon import Daemon
+
+    fa, fb = 600.0, 1100.0
+    (tmp_path / "a.wav").write_bytes(wav_bytes(12.0, fa))
+    (tmp_path / "b.wav").write_bytes(wav_bytes(3.0, fb))
+    (tmp_path / "show.m3u").write_text("#EXTM3U\n#EXT-X-DEFAULT-PAUSE:0\n#EXTINF:12,pitch-a\na.wav\n"
+                                       "#EXTINF:3,pitch-b\nb.wav\n")
+    d = Daemon(room_settings(tmp_path, f'programme.playlist="{tmp_path / "show.m3u"}"', "metrics.enabled=false"))
+    seen: list[dict] = []
+    d.events.subscribe(seen.append)
+    d.start()
+    try:
+        def waited(pred, what: str) -> dict:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                hit = next((e for e in list(seen) if pred(e)), None)
+                if hit is not None:
+                    return hit
+                time.sleep(0.05)
+            raise AssertionError(f"no {what} event")
+
+        sa = waited(lambda e: e["type"] == "started" and e.get("name") == "pitch-a", "started pitch-a")
+        time.sleep(1.5)
+        with Client(d.ingest.control_endpoints[0], timeout_s=20) as c:
+            reply = c.skip(segment_id=sa["segment_id"])
+            assert (reply["segment_id"], reply["source"]) == (sa["segment_id"], "programme")
+        cut = waited(lambda e: e["type"] == "interrupted" and e.get("segment_id") == sa["segment_id"], "interrupted")
+        assert cut["source"] == "programme" and cut["name"] == "pitch-a"
+        sb = waited(lambda e: e["type"] == "started" and e["frame"] >= cut["frame"], "the next start")
+        assert sb["name"] == "pitch-b", sb  # the next item, not the cut one again
+        fb_ev = waited(lambda e: e["type"] == "finished" and e.get("segment_id") == sb["segment_id"], "finished b")
+        assert [e["type"] for e in seen if e["type"] == "skipped"] == ["skipped"]
+    finally:
+        d.close()
+    rec = Recording(tmp_path / "rec.flv", fa, sa["frame"])
+    rec.assert_on(fa, sa["frame"], cut["frame"], "pitch-a before the skip")
+    rec.assert_off(fa, cut["frame"], fb_ev["frame"], "pitch-a after the skip")
+    rec.assert_on(fb, sb["frame"], fb_ev["frame"], "pitch-b")

@@ -164,9 +164,12 @@ def test_live_fails_when_the_broadcast_loop_stops(daemon_factory):
     assert d.stop() == 0
 
 
-def test_ready_on_the_still_fallback_only_after_the_stated_time(daemon_factory):
-    # FlashTalk configured without weights: its load fails (and is retried with backoff), the still renderer airs.
-    d = daemon_factory(extra=["renderer.kind=flashtalk", "probes.ready_fallback_s=6"]).start(timeout_s=60)
+def test_ready_on_the_still_fallback_only_after_the_stated_time(daemon_factory, tmp_path):
+    # FlashTalk pointed at an empty weights folder: its load fails (and is retried with backoff), the still renderer
+    # airs.
+    (tmp_path / "no-weights").mkdir()
+    d = daemon_factory(extra=["renderer.kind=flashtalk", f'model.weights_dir="{tmp_path / "no-weights"}"',
+                              "probes.ready_fallback_s=6"]).start(timeout_s=60)
     port = metrics_port(d)
     until(lambda: (probe(port, "startupz") or (0,))[0] == 200, 60)
     waiting = probe(port, "readyz")

@@ -8,11 +8,13 @@ import json
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 import zmq
+import zmq.auth
 
 from flashtalk_live.cli import main as cli_main
 from flashtalk_live.client import Client, ClientTimeout, EventStream, Rejected
@@ -144,6 +146,18 @@ def test_rate_limit_per_peer(running):
         assert other.ping()["pong"]  # another peer has its own bucket
 
 
+def test_ipc_clients_of_one_process_have_their_own_buckets(running):
+    r = running("ingest.rate_per_s=0.01", "ingest.rate_burst=2")
+    with Client(r.ipc) as a, Client(r.ipc) as b:
+        for _ in range(2):
+            assert a.ping()["pong"]
+        with pytest.raises(Rejected) as ei:
+            a.ping()
+        assert ei.value.code == "rate_limited"
+        for _ in range(2):  # the same process, another connection: a bucket of its own
+            assert b.ping()["pong"]
+
+
 def test_text_limits(running):
     r = running("ingest.max_prompt_chars=10", "ingest.max_id_chars=8",
                 handlers={"set_avatar": lambda call: {"prompt": call.args.prompt}})
@@ -187,3 +201,21 @@ def test_a_slow_request_blocks_neither_other_connections_nor_the_server_and_infl
     finally:
         release.set()
         sock.close(0)
+
+
+def test_a_revocation_noticed_by_a_handshake_still_reaches_the_ingest_thread(tmp_path):
+    """The folder's change may be seen first by a handshake (the ZAP thread): the revoked key must still be handed to
+    the ingest thread, which closes its connections."""
+    from flashtalk_live.ingest.auth import KeyRing
+
+    d = tmp_path / "clients"
+    pub_alice, _ = create_keypair(d, "alice")
+    pub_bob, _ = create_keypair(d, "bob")
+    ring = KeyRing(str(d), [], [])
+    bob = zmq.auth.load_certificate(str(pub_bob))[0]
+    assert ring.callback("curve", bob)
+    pub_bob.unlink()
+    os.utime(d, ns=(time.time_ns(), time.time_ns() + 1_000_000))  # a coarse clock must not hide the change
+    assert not ring.callback("curve", bob)  # the handshake re-read the folder: refused at once
+    assert ring.take_revoked() == {bob}
+    assert ring.name_of(bob) == "bob" and ring.take_revoked() == set()

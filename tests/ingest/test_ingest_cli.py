@@ -68,15 +68,17 @@ def test_push_wait_status_cancel_clear_events(running, clips, tmp_path, capsys, 
     assert evs[-1] == ("finished", ids[-1])
 
     # no timeline now: clips stay queued
-    assert main(["push", "--endpoint", r.tcp, "--insert", files[0]]) == 0
+    assert main(["push", "--endpoint", r.tcp, "--insert", "--name", "card A", files[0]]) == 0
     assert main(["push", "--endpoint", r.tcp, "--play-now", files[1]]) == 0
     pushed = jlines(capsys.readouterr().out)
     assert [p["mode"] for p in pushed] == ["insert", "play_now"]
     assert main(["status", "--state-dir", str(state_dir), "--json"]) == 0
     st = jlines(capsys.readouterr().out)[0]
     assert [e["segment_id"] for e in st["pending"]] == [pushed[1]["segment_id"], pushed[0]["segment_id"]]
+    assert [e.get("name") for e in st["pending"]] == [None, "card A"]  # push --name: shown in status
     assert main(["status", "--state-dir", str(state_dir)]) == 0
-    assert "2 pending" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 pending" in printed and f"{pushed[0]['segment_id']}" in printed and "card A" in printed
     assert main(["cancel", "--endpoint", r.ipc, pushed[0]["segment_id"]]) == 0
     assert jlines(capsys.readouterr().out)[0]["was"] == "pending"
     assert main(["cancel", "--endpoint", r.ipc, "nope"]) == 1

@@ -311,3 +311,20 @@ def test_stop_removes_the_socket_files(running, state_dir):
     assert all(f.exists() for f in files)
     r.server.stop()
     assert not any(f.exists() for f in files)
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_after_the_commit_still_answers_with_the_committed_clip(running, clips):
+    """Issue 24 item 4: everything that can fail on the caller's data runs before the commit; a failure after it (a
+    daemon bug, here a broken event bus) is logged and the caller still gets its segment_id, never `internal`."""
+    r = running()
+    data, fields = next(iter(clips.values()))
+
+    def broken(type: str, **fields):  # noqa: A002 - EventBus.publish's own name
+        raise RuntimeError("event bus broken")
+
+    r.server.events.publish = broken  # type: ignore[method-assign]
+    with Client(r.ipc, timeout_s=5) as c:
+        ack = c.enqueue(data, **fields)
+        assert ack["ok"] and ack["segment_id"]
+    assert [e.segment_id for e in r.spool.pending()] == [ack["segment_id"]]

@@ -41,6 +41,14 @@ def png_header(w: int, h: int, tail: bytes = b"") -> bytes:
             + tail)
 
 
+def nested(depth: int) -> dict:
+    """JSON-like data `depth` levels deep."""
+    out: dict = {}
+    for _ in range(depth - 1):
+        out = {"k": out}
+    return out
+
+
 RECORDINGS = "{state_dir}/recordings"  # output_policy.file_dirs; the daemon expands {state_dir}
 
 # code -> (transport, [requests], field); every request but the last must succeed, the last gets the code (and field).
@@ -70,10 +78,20 @@ DAEMON_CASES: dict[str, tuple[str, list[list[bytes]], str | None]] = {
     "id_too_long": ("tcp", [[hdr(cmd="ping", id="i" * 201)]], "id"),
     "text_too_long": ("tcp", [[hdr(cmd="overlay_set", name="card", text="字" * 101)]], "text"),
     "unknown_layer": ("tcp", [[hdr(cmd="overlay_show", name="nope")]], "name"),
+    "meta_too_deep": ("tcp", [pcm(1.0, meta=nested(9))], "meta"),
+    "captions_too_long": ("tcp", [pcm(1.0, captions=[{"text": "字" * 90, "start": 0.0, "end": 0.5},
+                                                      {"text": "字" * 90, "start": 0.5, "end": 1.0}])], "captions"),
+    # a 64 px wide frame wraps a 30 px caption one character a line: 2,760 px each, measured, never drawn
+    "captions_too_large": ("tcp", [pcm(1.0, text="字" * 30)], "captions"),
+    "captions_over_budget": ("tcp", [pcm(1.0, text="字" * 15)], "captions"),
+    "text_too_large": ("tcp", [[hdr(cmd="overlay_set", name="one", text="W" * 100, font_size=400, width=8192)]],
+                       "text"),
     "cue_outside_clip": ("tcp", [pcm(1.0, captions=[{"text": "字", "start": 0.5, "end": 1.5}])], "captions.0"),
     # the AI label is one layer; overlays.max_layers=2 leaves room for one more
     "too_many_layers": ("tcp", [[hdr(cmd="overlay_set", name="one", text="一")],
                                 [hdr(cmd="overlay_set", name="two", text="二")]], "name"),
+    # idle, or something else on air: either way not the clip named
+    "not_on_air": ("tcp", [[hdr(cmd="skip", segment_id="not-this-one")]], "segment_id"),
     # last: the clip stays queued (or on air) while the second one is refused
     "queue_full": ("tcp", [pcm(1.5), pcm(1.5)], None),
 }
@@ -144,7 +162,8 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
         'ingest.events=["ipc://{state_dir}/events.sock"]', "ingest.max_clip_seconds=2.0", "queue.max_clips=1",
         'ingest.tcp_auth="none"', "ingest.max_image_bytes=4000", "ingest.max_image_pixels=1000000",
         "ingest.max_prompt_chars=100", "output_policy.max_outputs=1", "ingest.max_text_chars=100",
-        "overlays.max_layers=2",
+        "overlays.max_layers=2", "ingest.max_meta_depth=8", "ingest.max_caption_chars=150",
+        "overlays.max_caption_pixels=50000", "overlays.caption_budget_bytes=1000000",
         "video.width=64", "video.height=64", 'encoder.preset="ultrafast"', "encoder.video_bitrate=200000",
         "metrics.enabled=false", 'programme.playlist=""',
         f'outputs=[{{name="rec", url="{short / "recordings" / "rec.flv"}"}}]',

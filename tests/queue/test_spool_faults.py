@@ -12,11 +12,18 @@ import pytest
 
 from box_faults import fill, garbage, truncate, zero_header, zero_length
 
-from flashtalk_live.queue.spool import DB_NAME, RESERVE_NAME, Spool, SpoolDiskFull, salvage
+from flashtalk_live.queue.salvage import salvage
+from flashtalk_live.queue.spool import DB_NAME, RESERVE_NAME, Spool, SpoolDiskFull
+from support.audio import wav_bytes
 
 
 def add(s: Spool, name: str, mode: str = "enqueue", dur: float = 1.0, size: int = 16):
     return s.add(name.encode().ljust(size, b"."), {"name": name}, mode, duration_s=dur)
+
+
+def add_wav(s: Spool, name: str, seconds: float = 0.2, freq: float = 440.0):
+    """A clip whose payload is real audio: salvage decodes every clip as an enqueue would."""
+    return s.add(wav_bytes(seconds, freq), {"name": name}, "enqueue", duration_s=seconds, format="wav")
 
 
 def names(s: Spool) -> list[str]:
@@ -69,23 +76,23 @@ def test_salvage_recovers_the_readable_clips_in_play_order(tmp_path):
     d = tmp_path / "old"
     with Spool(d) as s:
         for i in range(6):
-            add(s, f"c{i}", size=3000)
+            add_wav(s, f"c{i}", freq=300.0 + 50 * i)
         s.take_next()  # c0 on air when the file broke
         s.close()
     dst = tmp_path / "new"
     with Spool(dst) as s:
-        added, lost = salvage(d / DB_NAME, s)
-        assert lost == 0
+        report = salvage(d / DB_NAME, s)
+        assert report.lost == 0
         assert names(s) == ["c0", "c1", "c2", "c3", "c4", "c5"]
-        assert len(added) == 6
-        assert s.payload(added[2]) == b"c2".ljust(3000, b".")
+        assert len(report.added) == 6
+        assert s.payload(report.added[2]) == wav_bytes(0.2, 400.0)
 
 
 def test_salvage_skips_what_it_cannot_read(tmp_path):
     d = tmp_path / "old"
     with Spool(d) as s:
         for i in range(40):
-            add(s, f"c{i}", size=5000)
+            add_wav(s, f"c{i}", seconds=0.15, freq=200.0 + 10 * i)
     f = d / DB_NAME
     data = bytearray(f.read_bytes())
     page = 4096
@@ -94,7 +101,7 @@ def test_salvage_skips_what_it_cannot_read(tmp_path):
     f.write_bytes(bytes(data))
     dst = tmp_path / "new"
     with Spool(dst) as s:
-        added, lost = salvage(f, s)
+        added = salvage(f, s).added
         got = names(s)
     assert 0 < len(added) < 40 and len(got) == len(added)
     assert got == sorted(got, key=lambda n: int(n[1:]))  # what survived keeps its order
@@ -193,7 +200,7 @@ def test_salvage_cli_requeues_into_the_configured_state_dir(tmp_path):
     old = tmp_path / "old"
     with Spool(old) as s:
         for i in range(3):
-            add(s, f"c{i}")
+            add_wav(s, f"c{i}", freq=500.0 + i)
     state = tmp_path / "state"
     r = subprocess.run([sys.executable, "-m", "flashtalk_live", "spool", "salvage", str(old / DB_NAME),
                         "--state-dir", str(state)], capture_output=True, text=True, timeout=60)

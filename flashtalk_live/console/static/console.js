@@ -1,5 +1,6 @@
 // The operator console: polls /api/status and /api/health, follows /api/events/stream (server-sent events; polls
-// /api/events when the stream is refused), sends commands with the bearer token.
+// /api/events when the stream is refused), sends commands with the bearer token. Tables are updated in place, row by
+// row (syncRows), so a button under the pointer survives every refresh; /preview.wav plays while Listen is on.
 // No cookies: the token lives in this tab's sessionStorage and goes only into the Authorization header.
 "use strict";
 
@@ -54,25 +55,67 @@ async function command(name, body, fields) {
   return reply;
 }
 
+// -- names: a person reads a clip's name, not its hex id ----------------------------------------------------------
+const names = new Map();  // segment_id -> name, from status rows and events
+function noteName(sid, name) {
+  if (!sid || !name) return;
+  names.set(sid, name);
+  if (names.size > 2000) names.delete(names.keys().next().value);
+}
+function label(sid, name) {
+  const n = name || names.get(sid);
+  if (n) return "“" + n + "”";
+  if (!sid) return "—";
+  return sid.startsWith("programme:") ? "programme " + sid.slice(10).replace(/:\d+$/, "") : sid.slice(0, 8);
+}
+
+let plan = { on_air: null, pending: [] };  // the latest status: the buttons act on what is shown now
+
+// Rows keyed by `key`, updated in place: a row (and the button under the pointer) survives every refresh, so a press
+// that spans a refresh still clicks. `build(item)` makes a new row; `fill(row, item, i)` updates its cells.
+function syncRows(tbody, items, key, build, fill) {
+  const old = new Map([...tbody.children].map((tr) => [tr.dataset.key, tr]));
+  items.forEach((item, i) => {
+    const k = key(item);
+    let tr = old.get(k);
+    if (tr) old.delete(k); else { tr = build(item); tr.dataset.key = k; }
+    fill(tr, item, i);
+    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+  });
+  old.forEach((tr) => tr.remove());
+}
+
+// Set a node's text only when it changed (no layout churn under the pointer).
+function setText(node, text) {
+  const t = text === undefined || text === null ? "" : String(text);
+  if (node.textContent !== t) node.textContent = t;
+}
+
+function cells(tr, n) { while (tr.children.length < n) tr.appendChild(el("td")); return tr.children; }
+
 function renderStatus(st) {
   const state = $("state");
-  state.textContent = st.state;
+  setText(state, st.state);
   state.className = "badge " + st.state;
   const b = st.broadcast || {};
-  $("health").textContent = "up " + secs(st.uptime_s) + " · A/V skew " + (b.av_skew_s ?? "—") +
+  setText($("health"), "up " + secs(st.uptime_s) + " · A/V skew " + (b.av_skew_s ?? "—") +
     " s · render rtf " + (b.render_rtf === undefined ? "—" : Number(b.render_rtf).toFixed(3)) + " · look-ahead " + (b.buffered_frames ?? "—") +
-    " frames · underruns " + (b.underrun_episodes ?? 0) + " · renderer " + ((st.renderer || {}).active || "—");
-  const plan = st.plan || {};
+    " frames · underruns " + (b.underrun_episodes ?? 0) + " · renderer " + ((st.renderer || {}).active || "—"));
+  plan = st.plan || { on_air: null, pending: [] };
+  (st.pending || []).concat(st.playing || []).forEach((p) => noteName(p.segment_id, p.name));
   const cur = plan.on_air;
   if (cur) {
     const pct = cur.progress !== undefined ? " " + Math.round(cur.progress * 100) + "%" : "";
-    $("on-air").textContent = "On air: " + cur.segment_id + " (" + (cur.source || "queue") + ")" + pct +
-      " · " + secs(cur.elapsed_s) + " of " + secs(cur.duration_s);
+    setText($("on-air"), "On air: " + label(cur.segment_id, cur.name) + " (" + (cur.source || "queue") + ", " +
+      cur.segment_id + ")" + pct + " · " + secs(cur.elapsed_s) + " of " + secs(cur.duration_s));
+    $("on-air").dataset.segmentId = cur.segment_id;
     $("progress").value = cur.progress || 0;
   } else {
-    $("on-air").textContent = "On air: idle (programme or silence)";
+    setText($("on-air"), "On air: idle (programme pause or silence)");
+    delete $("on-air").dataset.segmentId;
     $("progress").value = 0;
   }
+  $("skip").disabled = !cur;
   const meters = $("meters");
   const levels = (st.audio_levels || {}).rms_dbfs || [];
   const peaks = (st.audio_levels || {}).peak_dbfs || [];
@@ -87,29 +130,81 @@ function renderStatus(st) {
     m.value = Math.max(-60, db);
     m.title = "channel " + (i + 1) + ": RMS " + db + " dBFS, peak " + (peaks[i] ?? "—") + " dBFS";
   });
-  const q = $("queue");
-  q.replaceChildren();
-  (plan.pending || []).forEach((p, i) => {
-    const tr = el("tr");
+  syncRows($("queue"), plan.pending || [], (p) => p.segment_id, buildQueueRow, (tr, p, i) => {
     tr.dataset.segmentId = p.segment_id;
-    [i + 1, p.segment_id, p.mode, secs(p.duration_s), secs(p.starts_in_s)].forEach((v) => tr.appendChild(el("td", v)));
-    // Up/down: next to the neighbour's id, not to an index, so a queue that changed meanwhile moves the right clip.
-    const prev = plan.pending[i - 1], next = plan.pending[i + 1];
-    tr.appendChild(actionCell("▲", "up", () => command("move", { segment_id: p.segment_id, before: prev.segment_id }), !prev));
-    tr.appendChild(actionCell("▼", "down", () => command("move", { segment_id: p.segment_id, after: next.segment_id }), !next));
-    tr.appendChild(actionCell("Cancel", "cancel", () => command("cancel", { segment_id: p.segment_id })));
-    q.appendChild(tr);
+    const c = cells(tr, 6);
+    setText(c[0], i + 1);
+    setText(c[1].firstChild, p.name || p.segment_id.slice(0, 8));
+    setText(c[1].lastChild, p.name ? p.segment_id : "");
+    setText(c[2], p.text || "");
+    setText(c[3], p.mode);
+    setText(c[4], secs(p.duration_s));
+    setText(c[5], secs(p.starts_in_s));
+    tr.querySelector("button.up").disabled = i === 0;
+    tr.querySelector("button.down").disabled = i === plan.pending.length - 1;
   });
-  const outs = $("outputs");
-  outs.replaceChildren();
-  (st.outputs || []).forEach((o) => {
-    const tr = el("tr", null, o.state);
+  syncRows($("outputs"), st.outputs || [], (o) => o.name, buildOutputRow, (tr, o) => {
+    tr.className = o.state;
     tr.dataset.name = o.name;
-    [o.name, o.url, o.state, o.bitrate_bps ? Math.round(o.bitrate_bps / 1000) + " kb/s" : "—",
-      o.reconnects ?? 0, o.last_error || ""].forEach((v) => tr.appendChild(el("td", v)));
-    tr.appendChild(actionCell("Remove", "remove", () => command("output_remove", { name: o.name })));
-    outs.appendChild(tr);
+    const c = cells(tr, 6);
+    [o.name, o.url, o.state, o.bitrate_bps ? Math.round(o.bitrate_bps / 1000) + " kb/s" : "—", o.reconnects ?? 0,
+      o.last_error || ""].forEach((v, i) => setText(c[i], v));
   });
+  const ov = st.overlays || {};
+  const onAir = new Set(ov.on_air || []);
+  const layers = Object.entries(ov.placement || {}).map(([name, p]) => ({ name, ...p }));
+  syncRows($("overlays"), layers, (l) => l.name, buildLayerRow, (tr, l) => {
+    tr.dataset.name = l.name;
+    tr.dataset.onAir = onAir.has(l.name) ? "yes" : "no";
+    const c = cells(tr, 4);
+    setText(c[0], l.name + (l.text ? " · " + l.text : ""));
+    setText(c[1], l.kind);
+    setText(c[2], l.anchor + " +" + (l.margin || []).join(","));
+    setText(c[3], onAir.has(l.name) ? "● on air" : "off");
+  });
+}
+
+function buildQueueRow() {
+  const tr = el("tr");
+  cells(tr, 6);
+  tr.children[1].append(el("span", "", "clip-name"), el("small", "", "clip-id"));
+  tr.children[2].className = "caption";
+  // Each button reads the queue as it is at the click: up/down go next to the neighbour's id, not to an index.
+  const sid = () => tr.dataset.segmentId;
+  const at = () => plan.pending.findIndex((p) => p.segment_id === sid());
+  tr.appendChild(actionCell("▲", "up", () => {
+    const i = at();
+    if (i > 0) command("move", { segment_id: sid(), before: plan.pending[i - 1].segment_id });
+  }));
+  tr.appendChild(actionCell("▼", "down", () => {
+    const i = at();
+    if (i >= 0 && i < plan.pending.length - 1) command("move", { segment_id: sid(), after: plan.pending[i + 1].segment_id });
+  }));
+  tr.appendChild(actionCell("▶ Play now", "play-now", () => playNow(sid())));
+  tr.appendChild(actionCell("Cancel", "cancel", () => command("cancel", { segment_id: sid() })));
+  return tr;
+}
+
+// A pending clip now: to the head of the queue, then skip what is on air (the skipped clip is dropped).
+async function playNow(sid) {
+  const r = await command("move", { segment_id: sid, to: 0 });
+  const cur = plan.on_air;
+  if (r.ok && cur && cur.segment_id !== sid) await command("skip", { segment_id: cur.segment_id });
+}
+
+function buildOutputRow() {
+  const tr = el("tr");
+  cells(tr, 6);
+  tr.appendChild(actionCell("Remove", "remove", () => command("output_remove", { name: tr.dataset.name })));
+  return tr;
+}
+
+function buildLayerRow() {
+  const tr = el("tr");
+  cells(tr, 4);
+  tr.appendChild(actionCell("Show", "show", () => command("overlay_show", { name: tr.dataset.name })));
+  tr.appendChild(actionCell("Hide", "hide", () => command("overlay_hide", { name: tr.dataset.name })));
+  return tr;
 }
 
 // A table cell holding one button that runs `action`.
@@ -130,6 +225,36 @@ async function refresh() {
   } catch (e) { /* the daemon restarting: try again on the next tick */ }
 }
 
+// -- events: one line a person reads; the raw JSON on demand ------------------------------------------------------
+const PLAN_EVENTS = new Set(["scheduled", "rescheduled"]);
+const DESCRIBE = {
+  accepted: (e) => "queued " + label(e.segment_id) + " (" + secs(e.duration_s) + ", " + e.mode + ", position " + e.position + ")",
+  started: (e) => "on air: " + label(e.segment_id) + (e.source === "programme" ? " from the programme" : ""),
+  finished: (e) => "finished: " + label(e.segment_id),
+  interrupted: (e) => "cut: " + label(e.segment_id) + (e.requeued ? " (plays again after the play-now clip)" : ""),
+  skipped: (e) => "skipped " + label(e.segment_id) + (e.source === "programme" ? " (programme item)" : ""),
+  cancelled: (e) => "cancelled " + label(e.segment_id) + (e.was === "playing" ? " on air" : ""),
+  dropped: (e) => "dropped " + label(e.segment_id) + " (" + e.reason + ")",
+  cleared: (e) => "queue cleared: " + e.count + " clip" + (e.count === 1 ? "" : "s"),
+  moved: (e) => "moved " + label(e.segment_id) + " from position " + e.position_was + " to " + e.position,
+  idle: () => "nothing on air: idle",
+  scheduled: (e) => label(e.segment_id) + " planned in " + secs(e.planned_in_s),
+  rescheduled: (e) => label(e.segment_id) + " now planned in " + secs(e.planned_in_s),
+  endpoint_up: (e) => "output " + (e.name || e.output || "") + " up",
+  endpoint_down: (e) => "output " + (e.name || e.output || "") + " down" + (e.error ? ": " + e.error : ""),
+  underrun: (e) => "underrun: the renderer fell behind" + (e.segment_id ? " during " + label(e.segment_id) : ""),
+  renderer_changed: (e) => "renderer: " + (e.active || e.renderer || "") + (e.reason ? " (" + e.reason + ")" : ""),
+  recalibrated: () => "renderer recalibrated",
+  stopping: () => "the daemon is stopping",
+};
+
+function describe(e) {
+  const f = DESCRIBE[e.type];
+  if (f) { try { return f(e); } catch (err) { /* an unexpected shape: fall through */ } }
+  const { type, seq, ts, ...rest } = e;
+  return type + " " + Object.entries(rest).map(([k, v]) => k + "=" + (typeof v === "object" ? JSON.stringify(v) : v)).join(" ");
+}
+
 const seenSeqs = new Set();  // events from two publishing threads may arrive out of seq order: dedupe by seq
 
 function addEvent(e, via) {
@@ -137,15 +262,16 @@ function addEvent(e, via) {
   seenSeqs.add(e.seq);
   if (seenSeqs.size > 1000) seenSeqs.delete(seenSeqs.values().next().value);
   lastSeq = Math.max(lastSeq, e.seq);
-  const { type, seq, ts, ...rest } = e;
-  const time = new Date(ts * 1000).toLocaleTimeString();
-  const li = el("li", time + " " + type + " " + JSON.stringify(rest), "event " + type);
-  li.dataset.type = type;
+  if (e.name) noteName(e.segment_id, e.name);
+  const time = new Date(e.ts * 1000).toLocaleTimeString();
+  const li = el("li", null, "event " + e.type + (PLAN_EVENTS.has(e.type) ? " plan" : ""));
+  li.append(el("time", time), el("span", describe(e), "text"), el("code", JSON.stringify(e), "raw"));
+  li.dataset.type = e.type;
   li.dataset.via = via;
   if (e.segment_id) li.dataset.segmentId = e.segment_id;
   const list = $("events");
   list.prepend(li);
-  while (list.children.length > 200) list.lastChild.remove();
+  while (list.children.length > 300) list.lastChild.remove();
 }
 
 async function pollEvents() {
@@ -172,6 +298,25 @@ function followEvents() {
       $("events-mode").textContent = "reconnecting";
     }
   };
+}
+
+// -- the sound of the air: /preview.wav, opened only while Listen is on ------------------------------------------
+function toggleListen() {
+  const a = $("preview-audio"), b = $("listen");
+  if (b.getAttribute("aria-pressed") === "true") {
+    a.pause();
+    a.removeAttribute("src");
+    a.load();  // closes the stream
+    b.setAttribute("aria-pressed", "false");
+    b.textContent = "Listen to the air";
+    $("listen-state").textContent = "";
+    return;
+  }
+  a.src = "/preview.wav?t=" + Date.now();
+  b.setAttribute("aria-pressed", "true");
+  b.textContent = "Stop listening";
+  a.play().then(() => { $("listen-state").textContent = "playing the air"; })
+    .catch((e) => { $("listen-state").textContent = "cannot play: " + e; });
 }
 
 // -- health: a small SVG chart per measure over the history /api/health keeps -------------------------------------
@@ -263,21 +408,50 @@ document.addEventListener("DOMContentLoaded", () => {
     $("token").value = "";
     showTokenState();
   });
-  $("clip-form").addEventListener("submit", (ev) => {
+  $("clip-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const f = $("clip-file").files[0];
-    if (f) command($("clip-mode").value, f, { meta: { filename: f.name } });
+    if (!f) return;
+    const fields = { meta: { filename: f.name } };
+    const name = $("clip-name").value.trim(), text = $("clip-text").value.trim();
+    if (name) fields.name = name;
+    if (text) fields.text = text;
+    const r = await command($("clip-mode").value, f, fields);
+    if (r.ok) {  // sent: the form is ready for the next clip (the mode stays)
+      $("clip-file").value = "";
+      $("clip-name").value = "";
+      $("clip-text").value = "";
+    }
   });
-  $("avatar-form").addEventListener("submit", (ev) => {
+  $("avatar-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const f = $("avatar-file").files[0];
-    if (f) command("set_avatar", f);
+    if (f && (await command("set_avatar", f)).ok) $("avatar-file").value = "";
   });
   $("output-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     command("output_add", { name: $("out-name").value.trim(), url: $("out-url").value.trim() });
   });
   $("clear").addEventListener("click", () => command("clear", {}));
+  $("skip").addEventListener("click", () => {
+    const cur = plan.on_air;
+    if (cur) command("skip", { segment_id: cur.segment_id });
+  });
+  $("overlay-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const name = $("ov-name").value.trim(), text = $("ov-text").value, f = $("ov-file").files[0];
+    const fields = { name, anchor: $("ov-anchor").value,
+      margin: [Number($("ov-x").value || 0), Number($("ov-y").value || 0)] };
+    if ($("ov-width").value) fields.width = Number($("ov-width").value);
+    let r;
+    if (f) r = await command("overlay_set", f, fields);
+    else r = await command("overlay_set", { ...fields, text });
+    if (r.ok && $("ov-show").checked) r = await command("overlay_show", { name });
+    if (r.ok) { $("ov-file").value = ""; }
+  });
+  $("events-raw").addEventListener("change", (ev) => $("events").classList.toggle("show-raw", ev.target.checked));
+  $("events-plan").addEventListener("change", (ev) => $("events").classList.toggle("show-plan", ev.target.checked));
+  $("listen").addEventListener("click", toggleListen);
   showTokenState();
   refresh();
   setInterval(refresh, 500);
