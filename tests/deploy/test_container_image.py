@@ -113,10 +113,16 @@ def test_image_config_runs_as_a_user_with_the_state_and_weights_volumes_and_stop
     assert found.returncode == 0 and found.stdout == "", found.stdout + found.stderr
     extras = run_in(container, "python3", "-c", "import torch, torchao; print(torch.__version__)")
     assert extras.returncode == 0, extras.stderr
-    # the fonts the AI label is drawn with are in the image itself
-    font = run_in(container, "python3", "-c", "from flashtalk_live.compose.text import find_font, covers, load_font;"
-                  "p, i = find_font(); print(p, covers(load_font(p, i, 24), 'AI生成'))")
-    assert font.returncode == 0 and font.stdout.split()[-1] == "True", font.stdout + font.stderr
+    # the fonts are in the image itself: the package's own label font (package data through a non-editable install)
+    # and the CJK font captions need for any text
+    font = run_in(container, "python3", "-c", "from flashtalk_live.compose.text import BUNDLED_FONT, find_font, covers,"
+                  " load_font; p, i = find_font(); print(covers(load_font(*BUNDLED_FONT, 24), 'AI生成'),"
+                  " covers(load_font(p, i, 24), '欢迎来到直播间'))")
+    assert font.returncode == 0 and font.stdout.split() == ["True", "True"], font.stdout + font.stderr
+    # the embedded default's demo programme is package data too (a link out of flashtalk_live/assets)
+    demo = run_in(container, "python3", "-c", "from flashtalk_live.settings import default_playlist;"
+                  "import pathlib; p = default_playlist(); print(p and len(list(pathlib.Path(p).parent.glob('clips/*'))))")
+    assert demo.returncode == 0 and int(demo.stdout) >= 3, demo.stdout + demo.stderr
 
 
 def get(url: str) -> tuple[int, str]:
