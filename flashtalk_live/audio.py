@@ -271,14 +271,15 @@ class StreamDecoder:
         """The audio this piece completes: (broadcast [n, channels], model [m])."""
         try:
             if self._codec is None:
-                ch = int(self.channels)  # type: ignore[arg-type]
+                assert self.channels is not None and self.sample_rate is not None  # raw PCM: checked at open
+                ch = int(self.channels)
                 buf = self._carry + data
                 whole = len(buf) - len(buf) % (2 * ch)
                 self._carry = buf[whole:]
                 if whole:
                     pcm = np.frombuffer(buf[:whole], dtype="<i2").reshape(1, -1)
                     frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=_layout(ch))
-                    frame.sample_rate = int(self.sample_rate)  # type: ignore[arg-type]
+                    frame.sample_rate = int(self.sample_rate)
                     self._res.push(frame)
             else:
                 data = self._skip_id3(data)

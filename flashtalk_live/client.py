@@ -62,6 +62,7 @@ class Rejected(ClientError):
 def probe(endpoint: str, timeout_s: float = 1.0) -> str | None:
     """Why nothing can be listening at `endpoint` (a missing socket file, a refused connection), or None when
     something accepts connections there or it cannot be told (other transports, a slow network)."""
+    target: str | tuple[str, int]
     if endpoint.startswith("ipc://"):
         path = endpoint[len("ipc://"):]
         address = "\0" + path[1:] if path.startswith("@") else path
@@ -354,7 +355,7 @@ class EventStream:
         nonce = uuid.uuid4().hex
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            client.ping(event=True, nonce=nonce)
+            client.call("ping", event=True, nonce=nonce)
             end = time.monotonic() + 0.2
             while (left := end - time.monotonic()) > 0:
                 ev = self.get(left)

@@ -16,7 +16,7 @@ import numpy as np
 
 from flashtalk_live import fdreserve
 from flashtalk_live.compose.compositor import Compositor
-from flashtalk_live.console import AirTap, console_url, resolve_token, start_console
+from flashtalk_live.console import AirTap, Console, console_url, resolve_token, start_console
 from flashtalk_live.console.health import gpu_memory
 from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
@@ -149,12 +149,12 @@ class Daemon:
         self._avatar_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.fatal: str | None = None  # why a loop died: run_daemon exits non-zero
-        self.metrics_server = None
+        self.metrics_server: Any = None  # the HTTP server (console or bare /metrics) once started
         self.metrics_port: int | None = None
         self.probes = RoomProbes(settings.probes, self.vitals)  # /livez, /readyz, /startupz on the metrics port
         # -- console (flashtalk_live/console/): the token is resolved before anything starts, so a bad token file
         # stops the start with exit 2.
-        self.console = None
+        self.console: Console | None = None
         self.console_token: str | None = None
         self.console_token_source: str | None = None
         if settings.metrics.enabled and settings.console.enabled:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -61,7 +61,7 @@ def decode_frame_capped(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_PI
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageError(f"{what}: not PNG, JPEG or WebP")
-    ctx = av.CodecContext.create(IMAGE_CODECS[fmt], "r")
+    ctx: Any = av.CodecContext.create(IMAGE_CODECS[fmt], "r")  # a video decoder: PyAV's stubs type it as the base
     ctx.options = {"max_pixels": str(decoder_cap(max_pixels))}
     try:
         frames = ctx.decode(av.Packet(data))

@@ -171,7 +171,7 @@ class ConnectionCap:
     def serve_forever(self, poll_interval: float = 0.05) -> None:
         # shutdown() waits for the loop's next poll: socketserver's 0.5 s default was a quarter of the daemon's stop
         # time (issue 21); 20 empty polls a second cost nothing measurable.
-        super().serve_forever(poll_interval)  # type: ignore[misc]
+        super().serve_forever(poll_interval)  # type: ignore[misc]  # mixin over a server class chosen at run time
 
     def get_request(self):  # noqa: ANN201
         try:
@@ -188,17 +188,17 @@ class ConnectionCap:
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.refused += 1
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.shutdown_request(request)  # type: ignore[attr-defined]  # socketserver.BaseServer, mixed in at run time
             return
         try:
-            super().process_request(request, client_address)  # type: ignore[misc]
+            super().process_request(request, client_address)  # type: ignore[misc]  # mixin, as above
         except BaseException:
             self._slots.release()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
-            super().process_request_thread(request, client_address)  # type: ignore[misc]
+            super().process_request_thread(request, client_address)  # type: ignore[misc]  # mixin, as above
         finally:
             self._slots.release()
 

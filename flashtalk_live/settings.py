@@ -801,6 +801,8 @@ def unknown_key_hint(loc: tuple[Any, ...]) -> str:
         model = _model_in(field.annotation) if field is not None else None
         if model is None:
             return "not a setting"
+    if model is None:
+        return "not a setting"
     names = list(model.model_fields)
     prefix = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
     close = difflib.get_close_matches(str(loc[-1]), names, n=2, cutoff=0.6)

@@ -142,8 +142,7 @@ def write_fake_release(
 
     d_dit, d_vae, d_clip, d_t5, d_w2v = tiny_configs()
     dit, vae, clip, t5 = dit or d_dit, vae or d_vae, clip or d_clip, t5 or d_t5
-    if wav2vec is True:
-        wav2vec = d_w2v
+    w2v_config: dict | None = d_w2v if wav2vec is True else (wav2vec or None)
     root = Path(root)
     wdir = root / FLASHTALK_DIR
     wdir.mkdir(parents=True, exist_ok=True)
@@ -195,10 +194,10 @@ def write_fake_release(
     _write_tokenizer(wdir / CLIP_TOKENIZER_DIR, TOKENIZER_WORDS, eos=False)
 
     w2v_dir = None
-    if wav2vec:
+    if w2v_config:
         w2v_dir = root / WAV2VEC_DIR
-        written["wav2vec2"] = _write_wav2vec(w2v_dir, dict(wav2vec), gen)
-    return FakeRelease(root, wdir, w2v_dir, dit, vae, clip, t5, dict(wav2vec) if wav2vec else None, written)
+        written["wav2vec2"] = _write_wav2vec(w2v_dir, dict(w2v_config), gen)
+    return FakeRelease(root, wdir, w2v_dir, dit, vae, clip, t5, dict(w2v_config) if w2v_config else None, written)
 
 
 def _write_wav2vec(folder: Path, overrides: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:

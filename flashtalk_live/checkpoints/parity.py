@@ -395,7 +395,7 @@ def _taehv_weights(ctx: CheckContext):
 def check_taehv(ctx: CheckContext) -> Iterator[CheckRow]:
     model, source = _taehv_weights(ctx)
     io = {k: v.to(ctx.device) for k, v in ctx.tensors("io.safetensors").items()}
-    tol = dict(max_abs=TAEHV_TOL["max_abs"], rel_l2=TAEHV_TOL["rel_l2"], note=f"weights: {source}")
+    tol: dict[str, Any] = dict(max_abs=TAEHV_TOL["max_abs"], rel_l2=TAEHV_TOL["rel_l2"], note=f"weights: {source}")
     yield ctx.compare("decode parallel", model.decode(io["latents"], parallel=True), io["decoded_parallel"], **tol)
     yield ctx.compare("decode sequential", model.decode(io["latents"], parallel=False), io["decoded_sequential"],
                       **tol)

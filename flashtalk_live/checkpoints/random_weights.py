@@ -84,7 +84,7 @@ def materialise_dit(cfg: DiTConfig, device: torch.device, dtype: torch.dtype, se
         if on_block is not None:
             on_block(i, block)
         if i in quantised:
-            fp8.quantize_block_(block)  # type: ignore[union-attr]  # quantised only when fp8 is given
+            fp8.quantize_block_(block)  # quantised only when fp8 is given
         blocks[i] = block
         del block
     dit.blocks = blocks

@@ -73,7 +73,8 @@ def _infer_config(headers: Mapping[str, Any], file: Path) -> TAEHVConfig:
         raise CheckpointError(file, "cannot size the TAEHV decoder: not a TAEHV file?",
                               [f"missing key: {k}" for k in missing])
     c0, latent = _shape(headers[need[0]])[:2]
-    return TAEHVConfig(latent_channels=latent, channels=(c0, *(_shape(headers[k])[0] for k in need[1:])))
+    c1, c2, c3 = (_shape(headers[k])[0] for k in need[1:])
+    return TAEHVConfig(latent_channels=latent, channels=(c0, c1, c2, c3))
 
 
 def plan_taehv_from_headers(headers: Mapping[str, Any], file: str | Path = "<headers>",
@@ -170,7 +171,7 @@ def load_taehv(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     module = load_into(plan.module, _tensors(plan, device), dtype=dtype, device=device, file=plan.file)
     log.info("checkpoint_loaded", module="taehv", file=str(plan.file), tensors=len(plan.headers),
              dtype=str(dtype).removeprefix("torch.") if dtype else "as stored", device=str(device))
-    return module  # type: ignore[return-value]
+    return module  # type: ignore[return-value]  # load_state_dict(assign=True) keeps the class
 
 
 def random_fixture_weights(config: TAEHVConfig | None = None, seed: int = 2026) -> dict[str, torch.Tensor]:

@@ -489,7 +489,8 @@ class Compositor:
                 clip = self._clips.get(segment_id)
                 if old is not None:  # a clip that aired will not air again under its id
                     self._forget_locked(old)
-            self._captions.pop(old, None)  # type: ignore[arg-type]
+            if old is not None:
+                self._captions.pop(old, None)
             self._windows = [(name, round(a * self.fps), round(b * self.fps)) for name, a, b in clip.overlays] \
                 if clip is not None else []
         else:
@@ -499,7 +500,7 @@ class Compositor:
     def _caption(self, segment_id: str | None, pos: int | None) -> Patch | None:
         if pos is None:
             return None
-        for start, end, patch in self._captions.get(segment_id, ()):  # type: ignore[arg-type]
+        for start, end, patch in self._captions.get(segment_id or "", ()):
             if start <= pos < end:
                 return patch
         return None

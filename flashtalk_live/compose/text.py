@@ -71,7 +71,7 @@ def covers(font: ImageFont.FreeTypeFont, text: str) -> bool:
 
 
 def _glyph(font: ImageFont.FreeTypeFont, ch: str) -> bytes:
-    img = Image.new("L", (font.size * 2, font.size * 2), 0)
+    img = Image.new("L", (int(font.size * 2), int(font.size * 2)), 0)
     ImageDraw.Draw(img).text((0, 0), ch, font=font, fill=255)
     return img.tobytes()
 

@@ -7,6 +7,8 @@ sets it needs a CORS preflight this server never grants.
 
 from __future__ import annotations
 
+from typing import Any
+
 import hmac
 import os
 import secrets

@@ -109,7 +109,7 @@ class PreviewEncoder:
         self.interval_s = 1.0 / fps
         self.width = width
         self._lock = threading.Lock()
-        self._ctx: av.CodecContext | None = None
+        self._ctx: Any = None  # the MJPEG encoder's av.VideoCodecContext, opened at the first frame
         self._size: tuple[int, int] | None = None
         self._jpeg: bytes | None = None
         self._jpeg_frame = -1  # tap.frames when _jpeg was made

@@ -63,7 +63,7 @@ def serve_app(host: str, port: int, app: Any, *, max_connections: int = 16, time
         fields["address_family"] = socket.AF_INET6
     server_cls = type("_CappedServer", (_ThreadingServer,), fields)
     handler = type("_Handler", (_QuietHandler,), {"timeout": timeout_s, "read_deadline_s": read_deadline_s})
-    httpd = make_server(host.strip("[]"), port, app, server_cls, handler_class=handler)
+    httpd: Any = make_server(host.strip("[]"), port, app, server_cls, handler_class=handler)
     t = threading.Thread(target=httpd.serve_forever, name="http", daemon=True)
     t.start()
     return httpd, t

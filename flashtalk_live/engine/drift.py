@@ -54,8 +54,8 @@ def start_drift(session: AvatarSession, out: ChunkOutput, clip: torch.nn.Module 
     identity = torch.zeros_like(colour)
     has_identity = clip is not None and session.ref_identity is not None
     if has_identity:
-        emb = clip.image_features(out.out_frame[:, :, 0])  # type: ignore[union-attr]
-        identity = (emb.float() @ session.ref_identity.float().T).reshape(()).to(colour.device)  # type: ignore[union-attr]
+        emb = clip.image_features(out.out_frame[:, :, 0])
+        identity = (emb.float() @ session.ref_identity.float().T).reshape(()).to(colour.device)
     return PendingDrift(out.index, torch.stack([identity, colour]).double(), has_identity)
 
 

@@ -138,7 +138,7 @@ class CachedTextEncoder:
         if encoder is None and identity is None:
             raise ValueError("a text cache without an encoder needs the model identity")
         self.encoder = encoder
-        self.identity = identity if identity is not None else encoder.identity  # type: ignore[union-attr]
+        self.identity = identity if identity is not None else encoder.identity
         self.cache_dir = Path(cache_dir)
         self.hits = 0
         self.misses = 0

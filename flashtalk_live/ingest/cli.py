@@ -371,7 +371,7 @@ def _command_verb(command: Command) -> Callable[[argparse.Namespace], int]:
             return EXIT_ERROR
         with Client(control, timeout_s=args.timeout) as client:
             try:
-                reply = client.call(command.name, data, **fields)
+                reply = client.call(command.name, data, **fields)  # type: ignore[arg-type]  # fields: the command's own args, never timeout_s
             except ClientError as e:
                 return _fail(e)
         printer = PRINTERS.get(command.name)

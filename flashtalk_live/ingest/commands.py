@@ -88,7 +88,7 @@ class OverlayCue(Cue):
 
 
 class AudioArgs(Args):
-    format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
+    format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]  # Literal over a tuple: one list of names
         None, description="hint when the bytes are ambiguous (any case); required for raw pcm_s16le")
     sample_rate: int | None = Field(None, ge=1000, le=MAX_SAMPLE_RATE, description="raw PCM: samples per second")
     channels: int | None = Field(None, ge=1, le=MAX_CHANNELS, description="raw PCM: interleaved channels")
@@ -121,9 +121,9 @@ class AudioArgs(Args):
 
 
 class ClipOpenArgs(AudioArgs):
-    format: Literal[STREAM_FORMATS] = Field(  # type: ignore[valid-type,assignment]
+    format: Literal[STREAM_FORMATS] = Field(  # type: ignore[valid-type]  # as above
         description="pcm_s16le (with sample_rate and channels) or mp3 (frames, any byte boundary)")
-    mode: Mode = Field("enqueue", description="enqueue, insert or play_now, as for a whole clip")  # type: ignore[valid-type]
+    mode: Mode = Field("enqueue", description="enqueue, insert or play_now, as for a whole clip")
     duration_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="the producer's estimate of the "
                                      "clip's length: admission plans with it; cues are checked against it (else "
                                      "against ingest.max_clip_seconds)")

@@ -98,7 +98,8 @@ def _webp_bitstream(tag: bytes, body: bytes) -> tuple[int, int] | None:
 
 def _webp_chunks(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]] | None:
     """(tag, body) of the RIFF chunks in data[start:end]; None when there are more than MAX_WEBP_CHUNKS."""
-    out, i = [], start
+    out: list[tuple[bytes, bytes]] = []
+    i = start
     while i + 8 <= end:
         if len(out) >= MAX_WEBP_CHUNKS:
             return None

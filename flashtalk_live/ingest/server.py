@@ -159,7 +159,7 @@ class IngestServer:
                  edit: Callable[..., ContextManager[Any]] | None = None,
                  plan_of: Callable[[str], dict[str, Any] | None] | None = None,
                  on_air: Callable[[], str | None] | None = None, lock_note: str = "",
-                 check_captions: Callable[[str | None, list[dict[str, Any]]], None] | None = None,
+                 check_captions: Callable[[str | None, list[dict[str, Any]]], object] | None = None,
                  streams: StreamRegistry | None = None) -> None:
         self.cfg = ingest  # {state_dir} expanded (Settings.expanded)
         self.lock_note = lock_note  # written into each ipc socket's lock: which room holds it (statelock.py)
@@ -716,11 +716,11 @@ class IngestServer:
         refusal = self.refuse_clips() if self.refuse_clips is not None else None
         if refusal is not None:
             raise Rejection("disk_full", refusal)
-        declared = a.duration_s  # type: ignore[attr-defined]
+        declared = a.duration_s
         meta = self._checked_meta(a, declared if declared is not None else self.cfg.max_clip_seconds)
-        mode = a.mode  # type: ignore[attr-defined]
-        res = self.streams.open(meta, mode, rid, format=a.format, sample_rate=a.sample_rate,  # type: ignore[attr-defined]
-                                channels=a.channels, declared_s=declared, peer=call.peer.name)  # type: ignore[attr-defined]
+        mode = a.mode
+        res = self.streams.open(meta, mode, rid, format=a.format, sample_rate=a.sample_rate,
+                                channels=a.channels, declared_s=declared, peer=call.peer.name)
         ack = res.ack
         if res.duplicate:
             return {"duplicate": True, **ack}
@@ -735,18 +735,18 @@ class IngestServer:
         a = call.args
         if self.refuse_clips is not None and (refusal := self.refuse_clips()) is not None:
             raise Rejection("disk_full", refusal)
-        return self.streams.append(a.segment_id, a.seq, call.data)  # type: ignore[attr-defined]
+        return self.streams.append(a.segment_id, a.seq, call.data)
 
     def _cmd_clip_close(self, call: Call) -> dict[str, Any]:
         assert self.streams is not None
         a = call.args
-        res = self.streams.close(a.segment_id, a.duration_s)  # type: ignore[attr-defined]
+        res = self.streams.close(a.segment_id, a.duration_s)
         self.events.publish("stream_closed", **res)
-        return {**res, **self._planned(a.segment_id)}  # type: ignore[attr-defined]
+        return {**res, **self._planned(a.segment_id)}
 
     def _cmd_clip_abort(self, call: Call) -> dict[str, Any]:
         assert self.streams is not None
-        sid = call.args.segment_id  # type: ignore[attr-defined]
+        sid = call.args.segment_id
         try:
             self.streams.abort(sid)
         except Rejection as e:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -188,7 +190,7 @@ class CLIPVisual(nn.Module):
         """
         x = self.embed(pixels)
         blocks = self.transformer[:-1] if use_31_block else self.transformer
-        for block in blocks:
+        for block in cast(nn.ModuleList, blocks):
             x = block(x)
         return x
 

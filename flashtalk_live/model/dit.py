@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -669,8 +669,8 @@ class FlashTalkDiT(nn.Module):
             raise DiTInputError(f"t has {t.numel()} values for a batch of {batch}")
         s = timestep_sinusoid(t, self.cfg.freq_dim)
         te = self.time_embedding
-        e = _linear32(te[2], F.silu(_linear32(te[0], s)))
-        e0 = _linear32(self.time_projection[1], F.silu(e)).unflatten(1, (6, self.cfg.dim))
+        e = _linear32(cast(nn.Linear, te[2]), F.silu(_linear32(cast(nn.Linear, te[0]), s)))
+        e0 = _linear32(cast(nn.Linear, self.time_projection[1]), F.silu(e)).unflatten(1, (6, self.cfg.dim))
         return e, e0
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
@@ -695,8 +695,8 @@ class FlashTalkDiT(nn.Module):
         if not self._caching():
             return self.precompute_context(context, clip_fea, with_kv=False)
         c = self.input_cache
-        key = (tensor_identity(context), tensor_identity(clip_fea), self.dtype)
-        key = None if None in key else key
+        parts = (tensor_identity(context), tensor_identity(clip_fea), self.dtype)
+        key = None if None in parts else parts
         hit = c.get("session", key)
         if hit is not None:
             return hit

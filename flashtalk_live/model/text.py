@@ -31,7 +31,7 @@ DEFAULT_PROMPT = (
 try:  # the reference uses ftfy; it is optional here (see _fix_text_subset)
     import ftfy as _ftfy
 except ImportError:  # pragma: no cover - depends on the environment
-    _ftfy = None
+    _ftfy = None  # type: ignore[assignment]  # ftfy is optional: None means "not installed"
 
 _SINGLE_QUOTES = re.compile("[\u02bc\u2018-\u201b]")
 _DOUBLE_QUOTES = re.compile("[\u201c-\u201f]")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -198,13 +198,13 @@ class CausalConv3d(nn.Conv3d):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        pt, ph, pw = self.padding  # type: ignore[misc]
+        pt, ph, pw = cast(tuple[int, int, int], self.padding)  # a 3-tuple: built with an int padding
         # F.pad order: (w_left, w_right, h_left, h_right, t_left, t_right); read by parallel/vae_split.py
         self._causal_pad = (pw, pw, ph, ph, 2 * pt, 0)
         self.padding = (0, ph, pw)
         self.cache_slot: int | None = None
 
-    def forward(self, x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(self.time_context(x, history))
 
     def time_context(self, x: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:

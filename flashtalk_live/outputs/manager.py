@@ -17,6 +17,7 @@ from flashtalk_live.errors import Rejection
 from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.base import Output
+from flashtalk_live.outputs.files import FileOutput
 from flashtalk_live.outputs.kinds import OutputURLError, kind_for
 from flashtalk_live.settings import OutputPolicy, OutputSettings
 
@@ -105,7 +106,7 @@ class OutputManager:
     def pause_recordings(self, reason: str | None, device: int | None = None) -> None:
         """Pause the local recordings on file system `device` (all when None) with a reason, or resume them."""
         for o in self._outputs:
-            if not hasattr(o, "pause"):
+            if not isinstance(o, FileOutput):
                 continue
             if reason is None:
                 o.resume()

@@ -123,11 +123,14 @@ def build_dit(spec: WorkerSpec, device: torch.device) -> FlashTalkDiT:
     return dit
 
 
-def build_vae(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
+def build_vae(spec: WorkerSpec, device: torch.device) -> WanVAE | None:
     """The worker's VAE for the split decode; None when the spec has no vae_factory."""
     if spec.vae_factory is None:
         return None
-    return _call_factory(spec, spec.vae_factory, spec.vae_factory_args, device)
+    vae = _call_factory(spec, spec.vae_factory, spec.vae_factory_args, device)
+    if not isinstance(vae, WanVAE):
+        raise ParallelConfigError(f"vae_factory {spec.vae_factory!r} built a {type(vae).__name__}, not a WanVAE")
+    return vae
 
 
 def release_dit(*, device: torch.device, dtype: torch.dtype, weights_dir: str, quantize: str = "none",
@@ -171,7 +174,7 @@ def files_vae(*, device: torch.device, dtype: torch.dtype, config_json: str, wei
     if "constructor_kwargs" in data:
         cfg = VAEConfig.from_reference_kwargs(data["constructor_kwargs"])
     else:
-        cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})  # type: ignore[arg-type]  # a config.json written from VAEConfig's own fields
     model = WanVAE(cfg)
     model.load_state_dict(load_file(weights), strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -227,7 +230,7 @@ class ParallelHandle:
         self.client = DiTClient(dit, UlyssesSplit(self.pg, dit.cfg.num_heads))
         return self.client
 
-    def wrap_vae(self, vae: torch.nn.Module, enabled: bool = True) -> SplitDecodeVAE:
+    def wrap_vae(self, vae: WanVAE, enabled: bool = True) -> SplitDecodeVAE:
         """Rank 0's loaded VAE -> the engine's VAE: `decode` split by height over all ranks when `enabled`
         (encode stays on rank 0); `enabled=False` decodes on rank 0 alone. Replaces (closes) a previous one.
 

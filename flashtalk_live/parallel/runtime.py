@@ -99,7 +99,7 @@ class DiTClient:
         self.split = split
         self.pg = split.pg
         self.cfg = dit.cfg
-        self._keys: dict[str, tuple] = {}
+        self._keys: dict[str, tuple | None] = {}
         self._held: dict[str, Any] = {}  # the caller's objects behind _keys, kept alive (see tensor_identity)
         self._sent: dict[str, torch.Tensor] = {}
         self.calls = 0

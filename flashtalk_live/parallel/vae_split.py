@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -139,7 +139,7 @@ class _Split:
 
 
 def _causal_conv_forward(conv: CausalConv3d, split: _Split) -> Callable[..., torch.Tensor]:
-    pw, _, ph, _, _, _ = conv._causal_pad
+    pw, _, ph, _, _, _ = (int(v) for v in conv._causal_pad)
     if conv.stride[1] != 1 or conv.kernel_size[1] != 2 * ph + 1 or conv.padding_mode != "zeros":
         raise NotImplementedError(f"halo exchange supports stride-1 'same' convs only, got {conv}")
 
@@ -152,7 +152,7 @@ def _causal_conv_forward(conv: CausalConv3d, split: _Split) -> Callable[..., tor
 
 
 def _conv2d_forward(conv: nn.Conv2d, split: _Split) -> Callable[[torch.Tensor], torch.Tensor]:
-    ph, pw = conv.padding  # type: ignore[misc]
+    ph, pw = cast(tuple[int, int], conv.padding)  # an int pair: the VAE builds its convs with int padding
     if conv.stride[0] != 1 or conv.kernel_size[0] != 2 * ph + 1 or conv.padding_mode != "zeros":
         raise NotImplementedError(f"halo exchange supports stride-1 'same' convs only, got {conv}")
 
@@ -182,7 +182,7 @@ def _halo_targets(decoder: nn.Module, split: _Split) -> list[tuple[nn.Module, Ca
         elif isinstance(m, Resample):
             if not m.mode.startswith("up"):
                 raise NotImplementedError(f"split decode met a {m.mode} resampler")
-            conv = m.resample[1]
+            conv = cast(nn.Conv2d, m.resample[1])
             targets.append((conv, _conv2d_forward(conv, split)))
             covered.add(id(conv))
         elif isinstance(m, CausalConv3d) and m._causal_pad[2] > 0:  # 3x3x3; (3,1,1) and 1x1x1 are row-local
@@ -210,7 +210,7 @@ def halo_decoder(vae: WanVAE, pg: ParallelGroup, counts: list[int]) -> Iterator[
         if clash:
             raise RuntimeError(f"decoder module already has an instance forward (nested split decode?): {clash[0]}")
         for m, fwd in targets:
-            m.forward = fwd  # type: ignore[method-assign]
+            m.forward = fwd
     try:
         yield split
     finally:

@@ -143,7 +143,7 @@ class FrameStore:
             with self._lock:
                 self.ram_bytes += packed.nbytes
         # packed frames ride in the frames slot from here until the pacer unpacks them (Lookahead.take)
-        return dataclasses.replace(item, frames=packed)  # type: ignore[arg-type]
+        return dataclasses.replace(item, frames=packed)  # type: ignore[arg-type]  # packed frames ride in the frames slot
 
     def _place(self, p: PackedFrames) -> PackedFrames:
         """Spill `p` when it does not fit the RAM bound and the disk takes it; else `p` as it is."""

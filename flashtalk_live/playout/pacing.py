@@ -190,9 +190,6 @@ class Lookahead:
             self._closed = True
             self._cond.notify_all()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def __len__(self) -> int:
         return len(self._items)

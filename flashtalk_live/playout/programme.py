@@ -305,7 +305,9 @@ class Programme:
     # -- loading ----------------------------------------------------------------------------------
     def _stat(self) -> tuple[int, int] | None:
         try:
-            st = self.path.stat()  # type: ignore[union-attr]
+            if self.path is None:
+                return None
+            st = self.path.stat()
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size)

@@ -197,8 +197,9 @@ class Timeline:
         live = self.streams.live(seg) if self.streams is not None else None
         if live is not None:
             return _Playing("clip", "queue", seg, 0, stream=live)
+        assert self.queue is not None  # entry came from it
         try:
-            clip = self.queue.load_audio(entry)  # type: ignore[union-attr]
+            clip = self.queue.load_audio(entry)
             broadcast = _as_broadcast(clip.broadcast, self.channels, seg)
             model = _as_model(clip.model, seg)
         except Exception as e:  # noqa: BLE001 - one bad clip must not stop the room
@@ -238,9 +239,10 @@ class Timeline:
             if head is None:
                 return True
             clip_s = float(head.duration_s)
-            live = self.streams.live(str(head.segment_id)) if self.streams is not None else None
-            if live is not None:
-                if not live.startable(self.streams.start_samples):  # type: ignore[union-attr]
+            streams = self.streams
+            live = streams.live(str(head.segment_id)) if streams is not None else None
+            if streams is not None and live is not None:
+                if not live.startable(streams.start_samples):
                     return False  # its first chunk and the producer's jitter allowance have not arrived
                 clip_s = max(clip_s, live.declared_s or 0.0) if not live.ended else clip_s
             if self.admission is None:

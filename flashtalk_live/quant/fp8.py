@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -120,6 +120,10 @@ class Fp8Linear(nn.Module):
     The output has the input's dtype. `kernel`: "auto" | "scaled_mm" | "emulated"; `fast_accum`: _scaled_mm's
     use_fast_accum (see `fp8_matmul`).
     """
+
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  bias_dtype: torch.dtype = torch.bfloat16, device: Any = None, kernel: str = "auto",
@@ -238,9 +242,10 @@ def block_quantizers(plan: Fp8Plan, num_layers: int) -> dict[str, Callable[[nn.M
 def quantize_dit_(dit: nn.Module, plan: Fp8Plan | None = None) -> dict[str, int]:
     """Quantise a loaded FlashTalkDiT's block linears in place; returns counts for the log."""
     plan = plan or Fp8Plan()
-    chosen = plan.blocks(len(dit.blocks))
-    layers = sum(plan.quantize_block_(dit.blocks[i]) for i in chosen)
-    return {"blocks": len(chosen), "kept_blocks": len(dit.blocks) - len(chosen), "linears": layers}
+    blocks = cast(nn.ModuleList, dit.blocks)
+    chosen = plan.blocks(len(blocks))
+    layers = sum(plan.quantize_block_(blocks[i]) for i in chosen)
+    return {"blocks": len(chosen), "kept_blocks": len(blocks) - len(chosen), "linears": layers}
 
 
 # ------------------------------------------------------------------------------------------ can this GPU?

@@ -30,7 +30,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, TypeVar
+from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
 
 from flashtalk_live.errors import Rejection
 from flashtalk_live.audio import ClipAudio, decode_audio
@@ -403,7 +403,7 @@ class Spool:
         return db.execute(f"SELECT {_COLS} FROM clips WHERE state = 'pending' ORDER BY pos, seq LIMIT ?",
                           (limit,)).fetchall()
 
-    def _renumber(self, db: sqlite3.Connection, head: list[str] = ()) -> None:  # type: ignore[assignment]
+    def _renumber(self, db: sqlite3.Connection, head: Sequence[str] = ()) -> None:
         """Spread the pending clips GAP apart again, `head` first, the rest in their order."""
         ids = [r[0] for r in db.execute("SELECT segment_id FROM clips WHERE state='pending' ORDER BY pos, seq")]
         first = set(head)
@@ -784,7 +784,7 @@ class Spool:
                                          "before" if before is not None else "after")
                     new = ids.index(anchor) + (after is not None)
                 else:
-                    new = min(int(to), len(rest))  # type: ignore[arg-type]
+                    new = min(int(to or 0), len(rest))  # `to` is given: MoveArgs needs exactly one target
                 if new == old:
                     return old, new
                 lo = rest[new - 1][1] if new > 0 else None
@@ -795,7 +795,7 @@ class Spool:
                     db.executemany("UPDATE clips SET pos = ? WHERE segment_id = ?",
                                    [(i * GAP, s) for i, s in enumerate(ids[:new] + [segment_id] + ids[new:])])
                 else:
-                    pos = hi - GAP if lo is None else lo + GAP if hi is None else (lo + hi) // 2
+                    pos = (hi or 0) - GAP if lo is None else lo + GAP if hi is None else (lo + hi) // 2
                     db.execute("UPDATE clips SET pos=? WHERE segment_id=?", (pos, segment_id))
             return old, new
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -111,10 +111,7 @@ class _Open:
     bytes: int
     last_append: float  # monotonic
     ready_told: bool = False  # the clip became startable and the plan was told (on_ready)
-    lock: threading.Lock = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.lock = threading.Lock()
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class StreamRegistry:

@@ -59,7 +59,7 @@ class RendererSupervisor:
     def _start_loading(self) -> None:
         def build() -> None:
             try:
-                r = self._load()  # type: ignore[misc]
+                r = self._load()  # type: ignore[misc]  # an optional callable, checked just above
                 r.start_session(self._reference, self._prompt)  # a reload after a failure keeps the current avatar
                 pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
                 warm_up = getattr(r, "warm_up", None)
