@@ -179,7 +179,10 @@ def test_control_is_curve_on_the_service_port(room):
 
 def test_files_and_volumes_are_where_the_config_says(room):
     c, s, m, v = container(room), room["settings"], mounts(room), room["volumes"]
-    assert c["command"] == ["flashtalk-live", "run", "-c", "/etc/flashtalk-live/room.toml"]
+    # the image's ENTRYPOINT (tini -- flashtalk-live) runs it: tini stays PID 1 and forwards SIGTERM
+    assert "command" not in c and c["args"] == ["run", "-c", "/etc/flashtalk-live/room.toml"]
+    room_env = next(e for e in c["env"] if e["name"] == "FLASHTALK_LIVE_ROOM")
+    assert room_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert m["/etc/flashtalk-live/room.toml"]["subPath"] == "room.toml"
     state, = room["sts"]["spec"]["volumeClaimTemplates"]
     assert m[s.state_dir]["name"] == state["metadata"]["name"]
