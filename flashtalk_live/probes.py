@@ -51,25 +51,31 @@ def _stalled(v: Vitals, p: ProbeSettings) -> str | None:
     return None
 
 
-def live(v: Vitals, p: ProbeSettings) -> tuple[bool, str]:
+def _before_air(v: Vitals, p: ProbeSettings, alive: bool) -> tuple[bool, str] | None:
+    """The verdict shared by liveness and readiness while stalled, stopping or not on air yet (None otherwise):
+    a stall fails both; stopping or starting is alive but not ready."""
     stalled = _stalled(v, p)
     if stalled:
         return False, stalled
     if v.state == "stopping":
-        return True, "stopping: the broadcast drains and closes"
+        return alive, "stopping: the broadcast drains and closes"
     if v.since_last_frame_s is None:
-        return True, f"starting for {v.uptime_s:.0f} s: nothing aired yet (the startup probe judges this)"
+        return alive, f"starting for {v.uptime_s:.0f} s: " + \
+            ("nothing aired yet (the startup probe judges this)" if alive else "not on air yet")
+    return None
+
+
+def live(v: Vitals, p: ProbeSettings) -> tuple[bool, str]:
+    early = _before_air(v, p, alive=True)
+    if early is not None:
+        return early
     return True, f"broadcast advancing: last frame {v.since_last_frame_s:.2f} s ago"
 
 
 def ready(v: Vitals, p: ProbeSettings) -> tuple[bool, str]:
-    stalled = _stalled(v, p)
-    if stalled:
-        return False, stalled
-    if v.state == "stopping":
-        return False, "stopping"
-    if v.since_last_frame_s is None:
-        return False, f"starting for {v.uptime_s:.0f} s: not on air yet"
+    early = _before_air(v, p, alive=False)
+    if early is not None:
+        return early
     if v.fallback_s is None:
         return True, f"on air with the {v.renderer} renderer"
     if v.fallback_s >= p.ready_fallback_s:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,7 +18,7 @@ from ingest_audiogen import pcm_s16le
 
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.ingest.commands import COMMANDS
-from flashtalk_live.config import load_settings
+from support.rooms import inprocess_room
 
 FORM_CODES = {"bad_request", "bad_header", "bad_json"}  # what a refused form would answer
 
@@ -77,25 +75,15 @@ def test_the_cases_cover_every_field_of_every_command():
         assert used == set(command.args.model_fields), f"{name}: no JSON case for {set(command.args.model_fields) - used}"
 
 
+def _avatars(folder: Path) -> None:
+    (folder / "avatars").mkdir()
+    Image.new("RGB", (64, 64), (90, 120, 160)).save(folder / "avatars" / "face.png")
+
+
 @pytest.fixture
 def room() -> Iterator[Daemon]:
-    short = Path(tempfile.mkdtemp(prefix="ftl-", dir="/tmp"))  # ipc paths are limited to ~107 bytes
-    (short / "avatars").mkdir()
-    Image.new("RGB", (64, 64), (90, 120, 160)).save(short / "avatars" / "face.png")
-    s = load_settings(None, [
-        f'state_dir="{short}"', 'ingest.control=["ipc://{state_dir}/control.sock"]',
-        'ingest.events=["ipc://{state_dir}/events.sock"]', f'ingest.avatar_dirs=["{short / "avatars"}"]',
-        "video.width=64", "video.height=64", 'encoder.preset="ultrafast"', "encoder.video_bitrate=200000",
-        "metrics.enabled=false", 'programme.playlist=""',
-        f'outputs=[{{name="rec", url="{short / "recordings" / "rec.flv"}"}}]',
-    ], environ={})
-    d = Daemon(s)
-    d.start()
-    try:
+    with inprocess_room(['ingest.avatar_dirs=["{state_dir}/avatars"]'], prepare=_avatars) as d:
         yield d
-    finally:
-        d.close()
-        shutil.rmtree(short, ignore_errors=True)
 
 
 def _fill(value: Any, names: dict[str, str]) -> Any:
@@ -110,7 +98,7 @@ def test_every_field_in_json_form_through_zeromq(room):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(d.ingest.control_endpoints[0])
-    names = {"avatar": str(Path(d.s.ingest.avatar_dirs[0]) / "face.png"),
+    names = {"avatar": str(Path(d.s.path(d.s.ingest.avatar_dirs[0])) / "face.png"),
              "rec": str(Path(d.s.path(d.s.state_dir)) / "recordings" / "extra.flv")}
     queued: list[str] = []
     streams: list[str] = []

@@ -22,6 +22,7 @@ from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.config import load_settings
+from support.rooms import inprocess_room
 
 SECRET = "SECRET-KEY-42"
 
@@ -157,28 +158,13 @@ def test_move_codes_and_the_new_order(running):
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory) -> Iterator[Daemon]:
-    import shutil
-    import tempfile
-
-    short = Path(tempfile.mkdtemp(prefix="ftl-", dir="/tmp"))  # ipc paths are limited to ~107 bytes
-    s = load_settings(None, [
-        f'state_dir="{short}"', 'ingest.control=["ipc://{state_dir}/control.sock", "tcp://127.0.0.1:0"]',
-        'ingest.events=["ipc://{state_dir}/events.sock"]', "ingest.max_clip_seconds=2.0", "queue.max_clips=1",
-        'ingest.tcp_auth="none"', "ingest.max_image_bytes=4000", "ingest.max_image_pixels=1000000",
-        "ingest.max_prompt_chars=100", "output_policy.max_outputs=1", "ingest.max_text_chars=100",
-        "overlays.max_layers=2", "ingest.max_meta_depth=8", "ingest.max_caption_chars=150",
-        "overlays.max_caption_pixels=50000", "overlays.caption_budget_bytes=1000000",
-        "video.width=64", "video.height=64", 'encoder.preset="ultrafast"', "encoder.video_bitrate=200000",
-        "metrics.enabled=false", 'programme.playlist=""',
-        f'outputs=[{{name="rec", url="{short / "recordings" / "rec.flv"}"}}]',
-    ], environ={})
-    d = Daemon(s)
-    d.start()
-    try:
+    with inprocess_room([
+        'ingest.max_clip_seconds=2.0', "queue.max_clips=1", 'ingest.tcp_auth="none"', "ingest.max_image_bytes=4000",
+        "ingest.max_image_pixels=1000000", "ingest.max_prompt_chars=100", "output_policy.max_outputs=1",
+        "ingest.max_text_chars=100", "overlays.max_layers=2", "ingest.max_meta_depth=8",
+        "ingest.max_caption_chars=150", "overlays.max_caption_pixels=50000", "overlays.caption_budget_bytes=1000000",
+    ], control='["ipc://{state_dir}/control.sock", "tcp://127.0.0.1:0"]') as d:
         yield d
-    finally:
-        d.close()
-        shutil.rmtree(short, ignore_errors=True)
 
 
 def ask(endpoint: str, frames: list[bytes]) -> dict:
