@@ -9,7 +9,6 @@ import importlib
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from flashtalk_live import __version__

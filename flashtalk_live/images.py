@@ -9,7 +9,6 @@ whatever size a container header (a WebP VP8X canvas, say) declared. `ImageTooLa
 
 from __future__ import annotations
 
-import io
 import os
 from importlib import resources
 from typing import Any, Literal

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from .loader import compare_keys, load_into
-from .loader import load_into, read_safetensors_header
+from .loader import compare_keys, load_into, read_safetensors_header
 from .taehv import load_taehv, random_fixture_weights
 from flashtalk_live.model.audio import AudioFeatureConfig, StreamingAudioEncoder, encode_audio, load_wav2vec2, pad_for_once
 from flashtalk_live.model.clip import CLIPVisual, CLIPVisualConfig, preprocess_images, split_clip_state_dict

@@ -8,7 +8,6 @@ import struct
 import threading
 import time
 import zlib
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -21,7 +20,6 @@ from flashtalk_live.errors import REJECT_CODES
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.queue.spool import Spool
-from flashtalk_live.config import load_settings
 from support.rooms import inprocess_room
 
 SECRET = "SECRET-KEY-42"
