@@ -63,7 +63,9 @@ def test_three_clips_on_air_in_order_at_the_announced_times(daemon_factory, ngin
     assert abs(info.fps - 25) < 0.01
     assert not info.errors, info.errors[:5]
     gaps = np.diff(info.keyframes)
-    assert len(gaps) >= 2 and np.all(np.abs(gaps - 2.0) < 0.001), gaps
+    # An endpoint that connects after the first frames asks for an IDR at once (outputs request_keyframe: a viewer
+    # never waits a GOP); the 2 s cadence restarts from it, so only the first gap may be shorter.
+    assert len(gaps) >= 2 and gaps[0] <= 2.0 + 0.001 and np.all(np.abs(gaps[1:] - 2.0) < 0.001), gaps
     assert max_gap(info.video_pts) <= 0.04 + 1e-3
     assert max_gap(info.audio_pts) <= 1024 / 48000 + 1e-3
     skew = info.audio_end - info.video_end
