@@ -369,6 +369,18 @@ class Resample(nn.Module):
         return self.time_conv(torch.cat([prev, x], dim=2))
 
 
+def _causal_pass(
+    x: torch.Tensor, conv1: CausalConv3d, blocks: tuple[nn.Module, ...], head: nn.Sequential, cache: VAECache | None
+) -> torch.Tensor:
+    """The encoder's and the decoder's forward: stem conv, blocks, then the head, every cached layer on `cache`."""
+    x = conv1.stream(x, cache)
+    for layer in blocks:
+        x = layer(x, cache)
+    for layer in head:
+        x = layer.stream(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+    return x
+
+
 class Encoder3d(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
@@ -396,12 +408,7 @@ class Encoder3d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, cache: VAECache | None = None) -> torch.Tensor:
-        x = self.conv1.stream(x, cache)
-        for layer in (*self.downsamples, *self.middle):
-            x = layer(x, cache)
-        for layer in self.head:
-            x = layer.stream(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
-        return x
+        return _causal_pass(x, self.conv1, (*self.downsamples, *self.middle), self.head, cache)
 
 
 class Decoder3d(nn.Module):
@@ -435,12 +442,7 @@ class Decoder3d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, cache: VAECache | None = None) -> torch.Tensor:
-        x = self.conv1.stream(x, cache)
-        for layer in (*self.middle, *self.upsamples):
-            x = layer(x, cache)
-        for layer in self.head:
-            x = layer.stream(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
-        return x
+        return _causal_pass(x, self.conv1, (*self.middle, *self.upsamples), self.head, cache)
 
 
 def _number_cache_slots(module: nn.Module) -> int:
