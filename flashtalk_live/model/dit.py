@@ -447,6 +447,17 @@ def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- model
 
 
+class DiTInputs(NamedTuple):
+    """The tensors of one DiT call, in `forward`'s order (shapes: `forward`'s docstring)."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    context: torch.Tensor
+    clip_fea: torch.Tensor
+    y: torch.Tensor
+    audio: torch.Tensor
+
+
 @dataclass
 class DiTEmbeddings:
     """The output of `FlashTalkDiT.embed`: tokens plus what every block and the head need."""
@@ -714,22 +725,13 @@ class FlashTalkDiT(nn.Module):
         return self.input_cache.put("audio", key, audio, self.audio_proj(audio.to(self.dtype)))
 
     # -- the forward's stages, in order -----------------------------------------------------------------
-    def embed(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        context: torch.Tensor,
-        clip_fea: torch.Tensor,
-        y: torch.Tensor,
-        audio: torch.Tensor,
-        *,
-        seq_len: int | None = None,
-    ) -> DiTEmbeddings:
+    def embed(self, inputs: DiTInputs, *, seq_len: int | None = None) -> DiTEmbeddings:
         """Validate inputs (DiTInputError) and compute tokens, time modulation, context and audio tokens.
 
-        Arguments as `forward`; the tokens are zero-padded to `seq_len` (default: the latent's token count).
+        `inputs` are `forward`'s tensors; the tokens are zero-padded to `seq_len` (default: the latent's token count).
         """
         cfg = self.cfg
+        x, t, context, clip_fea, y, audio = inputs
         x = _batched(x, "x", "B, out_dim, T, H, W")
         y = _batched(y, "y", "B, in_dim - out_dim, T, H, W")
         b, cx, nt, hh, ww = x.shape
@@ -807,7 +809,7 @@ class FlashTalkDiT(nn.Module):
         Returns float32 [B, out_dim, T, H, W]. Inputs are cast to the parameter dtype. Inputs that do not fit
         raise DiTInputError before the first block.
         """
-        emb = self.embed(x, t, context, clip_fea, y, audio, seq_len=seq_len)
+        emb = self.embed(DiTInputs(x, t, context, clip_fea, y, audio), seq_len=seq_len)
         emb = emb.padded(split.padded_length(emb.seq_len))
         start, end = split.bounds(emb.seq_len)
         inp = emb.block_inputs(start, end, self_attention=split.self_attention)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from flashtalk_live.model import attention as attn_mod
 from flashtalk_live.model.attention import AttentionBackendError, attention
-from flashtalk_live.model.dit import DiTConfig, DiTInputError, FlashTalkDiT, TokenSplit
+from flashtalk_live.model.dit import DiTConfig, DiTInputError, DiTInputs, FlashTalkDiT, TokenSplit
 
 from support.parity import parity_dit, parity_dit_inputs
 from support.tensors import assert_close, errors as _err
@@ -42,10 +42,10 @@ def _seq_len() -> int:
         return int(f.metadata()["seq_len"])
 
 
-def _batched(inp: dict[str, torch.Tensor], case: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def _batched(inp: dict[str, torch.Tensor], case: dict[str, torch.Tensor]) -> DiTInputs:
     """The reference call model([x], t=t, context=[context], seq_len, clip_fea, y=[y], audio)[0] as the DiT's one
     input form: (x, t, context, clip_fea, y, audio), batched tensors."""
-    return case["x"][None], case["t"], inp["context"][None], inp["clip_fea"], inp["y"][None], inp["audio"]
+    return DiTInputs(case["x"][None], case["t"], inp["context"][None], inp["clip_fea"], inp["y"][None], inp["audio"])
 
 
 def _run_case(model: FlashTalkDiT, inp: dict[str, torch.Tensor], case: dict[str, torch.Tensor], **kw) -> torch.Tensor:
@@ -118,7 +118,7 @@ def test_parity_output_and_intermediates(tiny, inputs, case_name):
     assert_close(f"{case_name} out", _run_case(tiny, inputs, case, seq_len=_seq_len()), case["out"])
 
     with torch.no_grad():
-        emb = tiny.embed(*_batched(inputs, case))
+        emb = tiny.embed(_batched(inputs, case))
         assert_close(f"{case_name} patch_embedding_out", emb.tokens.transpose(1, 2).reshape(1, -1, *emb.grid),
                      case["inter.patch_embedding_out"])
         assert_close(f"{case_name} block_in", emb.tokens, case["inter.block_in"])
@@ -213,7 +213,7 @@ def test_sequence_parallel_slices_reproduce_the_full_forward(tiny, inputs):
     for rank in range(ranks):
         assert_close(f"case_a two-rank slices, rank {rank}", outs[rank], case["out"])
     with torch.no_grad():
-        emb = tiny.embed(*_batched(inputs, case), seq_len=seq_len)
+        emb = tiny.embed(_batched(inputs, case), seq_len=seq_len)
     assert [r[0] for r in emb.block_inputs(0, 20).frame_runs] == [0, 1]
     assert emb.block_inputs(20, 40).frame_runs == ((1, 0, 4), (2, 4, 16))
 
