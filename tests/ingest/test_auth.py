@@ -135,26 +135,19 @@ def test_commands_that_touch_the_server_need_a_trusted_peer(running, curve_keys,
         c.close()
 
 
-def test_rate_limit_per_peer(running):
-    r = running("ingest.rate_per_s=0.01", "ingest.rate_burst=3")
-    with Client(r.tcp) as c, Client(r.ipc) as other:
-        for _ in range(3):
-            assert c.ping()["pong"]
-        with pytest.raises(Rejected) as ei:
-            c.ping()
-        assert ei.value.code == "rate_limited" and "ingest.rate_per_s" in ei.value.reason
-        assert other.ping()["pong"]  # another peer has its own bucket
-
-
-def test_ipc_clients_of_one_process_have_their_own_buckets(running):
-    r = running("ingest.rate_per_s=0.01", "ingest.rate_burst=2")
-    with Client(r.ipc) as a, Client(r.ipc) as b:
-        for _ in range(2):
+@pytest.mark.parametrize("first, second, burst", [
+    ("tcp", "ipc", 3),  # another peer
+    ("ipc", "ipc", 2),  # the same process, another connection
+])
+def test_rate_limit_is_per_connection(running, first, second, burst):
+    r = running("ingest.rate_per_s=0.01", f"ingest.rate_burst={burst}")
+    with Client(getattr(r, first)) as a, Client(getattr(r, second)) as b:
+        for _ in range(burst):
             assert a.ping()["pong"]
         with pytest.raises(Rejected) as ei:
             a.ping()
-        assert ei.value.code == "rate_limited"
-        for _ in range(2):  # the same process, another connection: a bucket of its own
+        assert ei.value.code == "rate_limited" and "ingest.rate_per_s" in ei.value.reason
+        for _ in range(burst):  # b has a full bucket of its own
             assert b.ping()["pong"]
 
 
