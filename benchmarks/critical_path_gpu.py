@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_gpu import materialise  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
+from benchmarks.engine_gpu import materialise  # noqa: E402
 
 from flashtalk_live.engine.engine import HostCopy, compile_dit_blocks  # noqa: E402
 from flashtalk_live.engine.profile import resolve_profile  # noqa: E402

@@ -34,8 +34,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # support.audio: the WAV writer the tests use
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
 from flashtalk_live.client import Client, ClientError, EventStream  # noqa: E402
 from flashtalk_live.secrets import mask_text  # noqa: E402

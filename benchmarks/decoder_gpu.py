@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
-from engine_gpu import materialise  # noqa: E402
+from benchmarks.engine_gpu import materialise  # noqa: E402
 
 from flashtalk_live.engine.profile import resolve_profile  # noqa: E402
 from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TinyVideoDecoder  # noqa: E402

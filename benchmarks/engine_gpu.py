@@ -33,7 +33,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
 from flashtalk_live.checkpoints.random_weights import materialise, random_engine_models  # noqa: E402
 from flashtalk_live.engine.drift import measure_drift  # noqa: E402

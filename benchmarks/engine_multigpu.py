@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
-from engine_gpu import build_models, materialise  # noqa: E402
+from benchmarks.engine_gpu import build_models, materialise  # noqa: E402
 
 from flashtalk_live.engine.engine import FlashTalkEngine  # noqa: E402
 from flashtalk_live.engine.profile import resolve_profile  # noqa: E402

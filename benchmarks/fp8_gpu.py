@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
-from engine_gpu import materialise  # noqa: E402
+from benchmarks.engine_gpu import materialise  # noqa: E402
 
 from flashtalk_live.model.dit import DiTBlock, DiTConfig, DiTEmbeddings, FlashTalkDiT  # noqa: E402
 from flashtalk_live.quant.fp8 import (  # noqa: E402
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
               ("variant", "quantised", "rel L2 of the output vs bf16"), full_dit_table(cfg, grid, device, dtype, args))
     if args.skip_chunks:
         return 0
-    from engine_gpu import tiny_profile
+    from benchmarks.engine_gpu import tiny_profile
 
     from flashtalk_live.engine.profile import resolve_profile
 

@@ -22,17 +22,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT / "tests" / "ingest"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
 import zmq  # noqa: E402
 import zmq.auth  # noqa: E402
 
-from daemon_harness import DaemonProcess  # noqa: E402
 from flashtalk_live.client import Rejected  # noqa: E402
-from ingest_audiogen import encode  # noqa: E402
+
+from support.audiogen import encode  # noqa: E402
+from support.daemon_harness import DaemonProcess  # noqa: E402
 
 
 def grew(d: DaemonProcess, since: int) -> int:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
-from engine_gpu import materialise  # noqa: E402
+from benchmarks.engine_gpu import materialise  # noqa: E402
 
 from flashtalk_live.model.clip import VIT_H_14, CLIPVisual, CLIPVisualConfig  # noqa: E402
 from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT  # noqa: E402

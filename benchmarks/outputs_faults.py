@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "outputs"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
 
 class Heartbeat(threading.Thread):
@@ -98,13 +96,8 @@ class FifoManager:
 
 
 def run_one(design: str) -> dict:
-    from rtmp_harness import max_gap, read_media
-
-    try:
-        from rtmp_harness import NginxRtmp, free_port
-    except ImportError:  # older checkouts keep the server in tests/conftest.py
-        from conftest import NginxRtmp, free_port
-    from outputs_driver import FPS, frame_and_audio, make_encoder
+    from support.outputs_driver import FPS, frame_and_audio, make_encoder
+    from support.rtmp_harness import NginxRtmp, free_port, max_gap, read_media
 
     from flashtalk_live.outputs.manager import OutputManager
     from flashtalk_live.settings import OutputPolicy, OutputSettings

@@ -23,12 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT / "tests" / "ingest"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
-from daemon_harness import DaemonProcess, wait_for  # noqa: E402
-from ingest_audiogen import encode  # noqa: E402
+from support.audiogen import encode  # noqa: E402
+from support.daemon_harness import DaemonProcess, wait_for  # noqa: E402
 
 FPS, CF = 25, 28
 TINY_PROFILE = 'base = "quality"\nheight = 32\nwidth = 32\nframe_num = 29\nmotion_frames = 1\n'

@@ -36,14 +36,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT / "tests" / "ingest"))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
-from daemon_harness import DaemonProcess, wait_for  # noqa: E402
-from ingest_audiogen import encode  # noqa: E402
-from play_now_latency import flashtalk_settings  # noqa: E402
+from support.audiogen import encode  # noqa: E402
+from support.daemon_harness import DaemonProcess, wait_for  # noqa: E402
+from benchmarks.play_now_latency import flashtalk_settings  # noqa: E402
 
 KINDS = ("enqueue_idle", "stream_first_byte", "enqueue_behind", "insert", "play_now")
 RATE, PIECE_S = 48_000, 0.2

@@ -20,16 +20,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "ingest"))
-
-from ingest_audiogen import encode  # noqa: E402
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
 from flashtalk_live.client import Client  # noqa: E402
 from flashtalk_live.events import EventBus  # noqa: E402
 from flashtalk_live.ingest.server import IngestServer  # noqa: E402
 from flashtalk_live.queue.spool import Spool  # noqa: E402
 from flashtalk_live.config import load_settings  # noqa: E402
+
+from support.audiogen import encode  # noqa: E402
 
 
 def timed(fn, n: int) -> list[float]:

@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "ingest"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
 from flashtalk_live.client import Client, ClientError, EventStream, Rejected  # noqa: E402
-from box_faults import fill  # noqa: E402
-from ingest_audiogen import encode  # noqa: E402
-from rtmp_harness import NginxRtmp, free_port, max_gap, read_media  # noqa: E402
+
+from support.audiogen import encode  # noqa: E402
+from support.box_faults import fill  # noqa: E402
+from support.rtmp_harness import NginxRtmp, free_port, max_gap, read_media  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 STORAGE = {"min_free_bytes": 8 << 20, "min_free_percent": 0, "spool_reserve_bytes": 4 << 20, "check_interval_s": 1}

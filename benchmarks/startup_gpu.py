@@ -32,7 +32,7 @@ from typing import Any
 T0 = time.perf_counter()  # before torch is imported: the child's start-up includes its imports
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:

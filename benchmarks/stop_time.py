@@ -26,13 +26,11 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT / "tests" / "ingest"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
-from daemon_harness import DaemonProcess, wait_for  # noqa: E402
-from ingest_audiogen import encode  # noqa: E402
-from rtmp_harness import NginxRtmp, free_port  # noqa: E402
+from support.audiogen import encode  # noqa: E402
+from support.daemon_harness import DaemonProcess, wait_for  # noqa: E402
+from support.rtmp_harness import NginxRtmp, free_port  # noqa: E402
 
 MILESTONES = ("signal", "event_stopping", "event_endpoint_down", "ingest_stopped", "stopped")
 

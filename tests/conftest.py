@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from rtmp_harness import NginxRtmp, _nginx_available, free_port
+from support.rtmp_harness import NginxRtmp, _nginx_available, free_port
 
 
 @pytest.fixture
@@ -128,4 +128,3 @@ def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
     yield mount
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)], check=False)
-

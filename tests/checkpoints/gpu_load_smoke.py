@@ -1,4 +1,5 @@
-"""GPU smoke run of the release loader (not collected by pytest): `python tests/checkpoints/gpu_load_smoke.py [DIR]`.
+"""GPU smoke run of the release loader (not collected by pytest), from the repo root:
+`PYTHONPATH=. python tests/checkpoints/gpu_load_smoke.py [DIR]`.
 
 Writes a release whose DiT has the full 14B width (dim 5120, 40 heads, ffn 13824) but only `--layers` blocks,
 plus the full-size VAE, with random bf16 / fp32 weights, then loads each straight onto the GPU through
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import threading
 import time
@@ -19,10 +19,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from flashtalk_live.checkpoints import release  # noqa: E402
-from flashtalk_live.checkpoints.fake import _random_state_dict  # noqa: E402
+from flashtalk_live.checkpoints import release
+from flashtalk_live.checkpoints.fake import _random_state_dict
 
 
 def write_wide_dit(folder: Path, layers: int, shards: int) -> int:

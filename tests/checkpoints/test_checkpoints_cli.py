@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckpt_helpers import truncate
 from safetensors.torch import load_file, save_file
 
 from flashtalk_live.checkpoints import parity
 from flashtalk_live.checkpoints.download import DownloadError, download_release, hub_offline
 
+from support.checkpoints import truncate
 from support.ports import free_port
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
@@ -221,7 +221,7 @@ def _taehv_file_bytes(tmp_path: Path, **edit) -> bytes:
 
 @pytest.fixture
 def hub(tmp_path):
-    from fake_hub import FakeHub
+    from support.fake_hub import FakeHub
 
     good = _taehv_file_bytes(tmp_path)
     hub = FakeHub({

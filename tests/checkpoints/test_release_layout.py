@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ckpt_helpers import rewrite_shard, truncate
 
 from flashtalk_live.checkpoints import release
 from flashtalk_live.checkpoints.loader import CheckpointError
@@ -28,6 +27,8 @@ from flashtalk_live.checkpoints.release import (
     resolve_release_dirs,
     verify_release,
 )
+
+from support.checkpoints import rewrite_shard, truncate
 
 RELEASED_NAMES = {
     "config.json", "diffusion_pytorch_model.safetensors.index.json", "Wan2.1_VAE.pth",

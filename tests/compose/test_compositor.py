@@ -285,7 +285,7 @@ def test_text_larger_than_the_frame_is_drawn_only_where_it_shows_and_past_the_li
 
 def test_a_config_layer_image_past_the_pixel_limit_is_a_config_error(tmp_path):
     from flashtalk_live.settings import ConfigError
-    from image_support import png_bomb
+    from support.images import png_bomb
 
     (tmp_path / "logo.png").write_bytes(png_bomb(3000, 3000))
     s = OverlaySettings(ai_label_enabled=False, layers=[LayerSettings(name="logo", image=str(tmp_path / "logo.png"))])

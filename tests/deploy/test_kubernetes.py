@@ -32,6 +32,8 @@ from flashtalk_live.probes import PROBES
 from flashtalk_live.secrets import mask_text
 from flashtalk_live.config import load_settings
 
+from support.paths import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
 DASHBOARD = KUBE / "fleet" / "flashtalk-fleet.json"
@@ -314,8 +316,7 @@ def scraped_names(text: str) -> set[str]:
 def live_scrape(tmp_path_factory) -> str:
     """/metrics of a real daemon on the embedded default: `flashtalk-live run` with no config file."""
     xdg = tmp_path_factory.mktemp("xdg")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
-    env.update(XDG_STATE_HOME=str(xdg), PYTHONPATH=str(ROOT))
+    env = child_env(XDG_STATE_HOME=str(xdg))
     log = open(xdg / "daemon.log", "wb")
     p = subprocess.Popen([sys.executable, "-m", "flashtalk_live", "run", "--set", "metrics.port=0"],
                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

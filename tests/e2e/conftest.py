@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from daemon_harness import DaemonProcess
+from support.daemon_harness import DaemonProcess
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import wait_for
+from support.daemon_harness import wait_for
+from support.paths import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,7 @@ def test_comments_on_stdin_are_answered_on_air_with_captions(daemon_factory):
         ev.sync(c)
         out = subprocess.run([sys.executable, str(ROOT / "examples" / "answer_comments.py"), "--endpoint", d.ipc],
                              input="hello there\nhow much is it?\n", capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+                             env=child_env())
         assert out.returncode == 0, out.stderr
         rows = [json.loads(line) for line in out.stdout.splitlines()]
         assert [r["comment"] for r in rows] == ["hello there", "how much is it?"]

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import DaemonProcess, wait_for
 from flashtalk_live.client import ClientError, Rejected
-from ingest_audiogen import encode
-from box_faults import fill, garbage, idle_connections, scrape, truncate, until, zero_header, zero_length
-from rtmp_harness import max_gap, read_media
+
+from support.audiogen import encode
+from support.box_faults import fill, garbage, idle_connections, scrape, truncate, zero_header, zero_length
+from support.daemon_harness import DaemonProcess, wait_for
+from support.rtmp_harness import max_gap, read_media
+from support.waiting import until
 
 
 @pytest.fixture

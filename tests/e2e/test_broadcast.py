@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import time
 
-import av
 import numpy as np
 import pytest
 
-from daemon_harness import wait_for
-from ingest_audiogen import encode
-from rtmp_harness import max_gap, read_media
+from support.air import band_power, decode_audio_mono
+from support.audiogen import encode
+from support.daemon_harness import wait_for
+from support.rtmp_harness import max_gap, read_media
 
 TONES = [("wav_s16", 440.0), ("mp3", 880.0), ("flac", 1320.0)]
-
-
-def decode_audio_mono(path) -> tuple[np.ndarray, float, int]:
-    """Decode a recording's audio to mono float; returns (samples, pts of the first sample in s, rate)."""
-    with av.open(str(path)) as c:
-        st = c.streams.audio[0]
-        rate = st.codec_context.sample_rate
-        chunks, first = [], None
-        for f in c.decode(st):
-            if first is None:
-                first = float(f.pts * f.time_base)
-            chunks.append(f.to_ndarray().mean(axis=0))
-    return np.concatenate(chunks).astype(np.float32), first or 0.0, rate
-
-
-def band_power(x: np.ndarray, rate: int, freq: float, win: int) -> np.ndarray:
-    """Power of `freq` in consecutive windows (a Goertzel-style projection)."""
-    n = len(x) // win
-    t = np.arange(win) / rate
-    c, s = np.cos(2 * np.pi * freq * t), np.sin(2 * np.pi * freq * t)
-    frames = x[: n * win].reshape(n, win)
-    return (frames @ c) ** 2 + (frames @ s) ** 2
 
 
 @pytest.mark.rtmp

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from console_support import ChunkColourRenderer, Http, console_settings, start_daemon, wait_until, wav_bytes
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.settings import ConfigError
 from flashtalk_live.config import load_settings
+
+from support.console import ChunkColourRenderer, Http, console_settings, start_daemon, wav_bytes
+from support.waiting import until
 
 PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8"
                         "cfc0000003010100c9fe92ef0000000049454e44ae426082")
@@ -31,7 +33,7 @@ def daemon(tmp_path):
 
 def test_without_the_token_every_state_change_is_refused_and_nothing_changes(daemon, tmp_path):
     http = Http(daemon.metrics_port, token=None)
-    wait_until(lambda: daemon.state == "on_air", what="on air")
+    until(lambda: daemon.state == "on_air", what="on air")
     before_q, before_out = daemon.spool.stats(), daemon.outputs.names()
     wav = wav_bytes(1.0)
     attempts = [("enqueue", None, wav, "audio/wav"), ("insert", None, wav, "audio/wav"),
@@ -97,7 +99,7 @@ def test_commands_use_the_table_and_its_rejection_codes(daemon, tmp_path):
 @pytest.mark.timeout(120)
 def test_upload_play_now_reaches_the_queue_then_the_air(daemon):
     http = Http(daemon.metrics_port, token=daemon.console_token)
-    wait_until(lambda: daemon.state == "on_air", what="on air")
+    until(lambda: daemon.state == "on_air", what="on air")
     status, long_ack = http.command("enqueue", {"id": "req-long", "meta": {"title": "long"}}, wav_bytes(6.0))
     assert (status, long_ack["ok"], long_ack["id"]) == (200, True, "req-long"), long_ack
     status, later = http.command("enqueue", None, wav_bytes(2.0))
@@ -116,8 +118,8 @@ def test_upload_play_now_reaches_the_queue_then_the_air(daemon):
     def started():
         return any(e["type"] == "started" and e["segment_id"] == sid for e in http.get_json("/api/events")["events"])
 
-    wait_until(started, 30, "the play_now clip's started event")
-    levels = wait_until(lambda: (st := http.get_json("/api/status"))["on_air"] == sid
+    until(started, 30, "the play_now clip's started event")
+    levels = until(lambda: (st := http.get_json("/api/status"))["on_air"] == sid
                         and st["audio_levels"]["rms_dbfs"] and max(st["audio_levels"]["rms_dbfs"]) > -30 and st,
                         10, "the clip on air with its sound in the meters")
     assert levels["plan"]["on_air"]["segment_id"] == sid and levels["plan"]["on_air"]["duration_s"] == pytest.approx(2.0, abs=0.05)
@@ -137,7 +139,7 @@ def test_preview_follows_the_air_and_metrics_share_the_port(tmp_path):
     d.start()
     try:
         http = Http(d.metrics_port)
-        wait_until(lambda: http.request("GET", "/preview.jpg", token=None)[0] == 200, 30, "a first preview")
+        until(lambda: http.request("GET", "/preview.jpg", token=None)[0] == 200, 30, "a first preview")
         seen: dict[int, bytes] = {}
 
         def two_different():
@@ -146,7 +148,7 @@ def test_preview_follows_the_air_and_metrics_share_the_port(tmp_path):
             seen[int(headers["X-Frame-Number"])] = body
             return len(set(seen.values())) >= 2
 
-        wait_until(two_different, 30, "the preview to change")
+        until(two_different, 30, "the preview to change")
         assert max(seen) > min(seen)  # later frames of the air
         # The streaming form: two JPEG parts of one multipart/x-mixed-replace response.
         import urllib.request
@@ -235,7 +237,7 @@ def test_the_sound_preview_is_the_air_and_the_log_names_the_console_url(tmp_path
         http = Http(d.metrics_port, d.console_token)
         status, reply = http.command("enqueue", {"name": "tone"}, wav_bytes(20.0, 440.0))
         assert status == 200, reply
-        wait_until(lambda: http.get_json("/api/status")["on_air"] == reply["segment_id"], 60, "the tone on air")
+        until(lambda: http.get_json("/api/status")["on_air"] == reply["segment_id"], 60, "the tone on air")
         with urllib.request.urlopen(http.base + "/preview.wav", timeout=30) as r:
             assert r.headers["Content-Type"] == "audio/wav"
             head = r.read(44)
@@ -252,6 +254,6 @@ def test_the_sound_preview_is_the_air_and_the_log_names_the_console_url(tmp_path
         peak_hz = np.argmax(spectrum) * rate / len(x)
         assert abs(peak_hz - 440.0) < 3.0, peak_hz
         assert np.sqrt(np.mean(x * x)) > 0.05  # the clip's level, not silence
-        wait_until(lambda: http.get_json("/api/status")["preview"]["listeners"] == 0, 30, "the listener gone")
+        until(lambda: http.get_json("/api/status")["preview"]["listeners"] == 0, 30, "the listener gone")
     finally:
         d.close()

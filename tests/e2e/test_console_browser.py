@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from console_support import ChunkColourRenderer, Http, console_settings, wait_until, wav_bytes
 from flashtalk_live.daemon import Daemon
+
+from support.console import ChunkColourRenderer, Http, console_settings, wav_bytes
 
 PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8"
                         "cfc0000003010100c9fe92ef0000000049454e44ae426082")
@@ -208,7 +209,7 @@ def test_operator_runs_the_show_with_human_clicks(browser, tmp_path):
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     from support.fakes import PaintRenderer
-    from test_play_edits import FPS, Recording
+    from support.air import FPS, Recording
 
     shots = artefacts()
     w, h = 320, 240

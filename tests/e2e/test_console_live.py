@@ -12,9 +12,11 @@ import threading
 
 import pytest
 
-from console_support import Http, start_daemon, wait_until, wav_bytes
 from flashtalk_live.console.feed import EventFeed
 from flashtalk_live.events import EventBus
+
+from support.console import Http, start_daemon, wav_bytes
+from support.waiting import until
 
 
 class Sse:
@@ -58,7 +60,7 @@ class Sse:
 def daemon(tmp_path):
     d = start_daemon(tmp_path, "console.event_stream_clients=2", "console.health_interval_s=0.2",
                      "console.health_history_s=1.0")
-    wait_until(lambda: d.state == "on_air", what="on air")
+    until(lambda: d.state == "on_air", what="on air")
     yield d
     d.close()
 
@@ -69,7 +71,7 @@ def test_move_a_pending_clip_over_http(daemon):
     status, on_air = http.command("enqueue", None, wav_bytes(20.0))  # long: the others stay pending meanwhile
     assert status == 200
     # on air, not only rendered ahead: a buffered clip counts as pending for every edit (docs/protocol.md)
-    wait_until(lambda: daemon.status()["on_air"] == on_air["segment_id"], 30, "on air")
+    until(lambda: daemon.status()["on_air"] == on_air["segment_id"], 30, "on air")
     ids = [http.command("enqueue", None, wav_bytes(1.0, freq=300.0 + 100 * i))[1]["segment_id"] for i in range(3)]
 
     def order() -> list[str]:
@@ -125,7 +127,7 @@ def test_event_stream_backlog_live_resume_and_cap(daemon):
         daemon.events.publish("idle", frame=0, media_time_s=0.0)  # something to write to the closed stream
         return daemon.console.events.open_streams < 2
 
-    wait_until(freed, 30, "the closed stream's place")
+    until(freed, 30, "the closed stream's place")
     d = Sse(daemon.metrics_port, after=started["seq"])
     assert d.resp.status == 200 and d.next()["seq"] > started["seq"]
     for s in (a, d):
@@ -156,7 +158,7 @@ def test_a_slow_stream_client_is_dropped_and_never_blocks_the_publisher():
 @pytest.mark.timeout(120)
 def test_health_history_is_sampled_bounded_and_charts_recalibrations(daemon):
     http = Http(daemon.metrics_port)
-    h = wait_until(lambda: len((h := http.get_json("/api/health"))["samples"]) >= 5 and h, 30, "five samples")
+    h = until(lambda: len((h := http.get_json("/api/health"))["samples"]) >= 5 and h, 30, "five samples")
     assert h["interval_s"] == 0.2 and h["history_s"] == 1.0 and h["fields"][0] == "t"
     col = {name: i for i, name in enumerate(h["fields"])}
     rows = h["samples"]
@@ -169,7 +171,7 @@ def test_health_history_is_sampled_bounded_and_charts_recalibrations(daemon):
     assert http.request("GET", "/api/health?since=x", token=None)[0] == 400
     before = rows[-1][col["recalibrations"]]
     daemon.events.publish("recalibrated", chunk=1, before={}, after={})
-    wait_until(lambda: http.get_json("/api/health")["samples"][-1][col["recalibrations"]] == before + 1, 30,
+    until(lambda: http.get_json("/api/health")["samples"][-1][col["recalibrations"]] == before + 1, 30,
                "the recalibration in the history")
 
 

@@ -11,7 +11,9 @@ import pytest
 from flashtalk_live.client import Client
 from flashtalk_live.images import encode_png
 
-from test_overlays_on_air import BG, CARD, H, W, decode, differs, flat_daemon, pytestmark, wav_bytes  # noqa: F401
+from support.overlays import BG, CARD, H, W, decode, differs, flat_daemon, needs_cjk_font, quiet_tone
+
+pytestmark = needs_cjk_font
 
 
 @pytest.mark.timeout(180)
@@ -22,7 +24,7 @@ def test_overlay_and_caption_cues_on_air_from_the_recording(tmp_path):
         with Client(f"ipc://{tmp_path / 'state'}/control.sock") as c:
             assert c.call("overlay_set", encode_png(card), name="card", anchor="center", fade_s=0.0)["ok"]
             time.sleep(1.0)  # queued a while before it airs: cue times count from its first aired frame
-            sid = c.enqueue(wav_bytes(3.0), format="wav", text="整段文字",
+            sid = c.enqueue(quiet_tone(3.0), format="wav", text="整段文字",
                             overlays=[{"name": "card", "start": 1.0, "end": 2.0}],
                             captions=[{"text": "第一句", "start": 0.2, "end": 0.8},
                                       {"text": "第二句", "start": 1.6, "end": 2.4}])["segment_id"]

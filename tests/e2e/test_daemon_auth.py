@@ -15,10 +15,9 @@ import flashtalk_live.images as images
 from flashtalk_live.client import Client, Rejected
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.config import load_settings
-from image_support import png_bomb
-from rtmp_harness import free_port
 
-
+from support.images import png_bomb
+from support.rtmp_harness import free_port
 
 
 def rss_bytes() -> int:

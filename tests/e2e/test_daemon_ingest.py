@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import zmq
 
 from flashtalk_live.client import Rejected
-from ingest_audiogen import FORMATS, encode, pcm_s16le
 
-from daemon_harness import wait_for
+from support.audiogen import FORMATS, encode, pcm_s16le
+from support.daemon_harness import wait_for
+from support.paths import child_env
 
 
 @pytest.mark.timeout(120)
@@ -127,16 +127,13 @@ def test_sigkill_recovers_acknowledged_clips_in_order_and_never_replays_finished
 def test_push_wait_ends_when_the_daemon_stops_and_the_sockets_go(daemon_factory, tmp_path):
     """`push --wait` of a long clip, then SIGTERM: the CLI says so and exits 6; the clean stop removes the sockets.
     The CLI finds the daemon from the same config file, run from another directory."""
-    import os
     import subprocess
     import sys
 
     d = daemon_factory().start()
     clip = tmp_path / "long.wav"
     clip.write_bytes(encode("wav_s16", seconds=60.0))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
-    root = str(Path(__file__).resolve().parents[2])  # this checkout's package, from another working directory
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = child_env()  # this checkout's package, from another working directory
     cli = subprocess.Popen([sys.executable, "-m", "flashtalk_live", "push", "--wait", "-c", str(d.config), str(clip)],
                            cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ev = d.events()

@@ -15,8 +15,9 @@ import pytest
 
 from flashtalk_live.client import Client
 from flashtalk_live.daemon import Daemon
-from rtmp_harness import max_gap, read_media
+
 from support.fakes import PaintRenderer
+from support.rtmp_harness import max_gap, read_media
 from support.settings import room_settings as settings
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon_harness import wait_for
-from ingest_audiogen import encode
+from support.audiogen import encode
+from support.daemon_harness import wait_for
 
 
 @pytest.mark.timeout(240)

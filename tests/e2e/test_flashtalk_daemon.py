@@ -7,15 +7,14 @@ import av
 import numpy as np
 import pytest
 
-from daemon_harness import wait_for
 from flashtalk_live.checkpoints.fake import write_fake_release
-from ingest_audiogen import encode
-from rtmp_harness import max_gap, read_media
+
+from support.audiogen import encode
+from support.daemon_harness import NEW_FRAMES, TINY_PROFILE, wait_for
+from support.rtmp_harness import max_gap, read_media
 
 # Small enough to run faster than real time on two CPU cores next to the encoder: 28 new frames per chunk
 # (the production chunk length) at 32x32, one motion frame.
-TINY_PROFILE = 'base = "quality"\nheight = 32\nwidth = 32\nframe_num = 29\nmotion_frames = 1\n'
-NEW_FRAMES = 28
 
 
 @pytest.mark.rtmp

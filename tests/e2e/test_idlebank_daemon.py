@@ -9,13 +9,14 @@ import urllib.request
 import numpy as np
 import pytest
 
-from console_support import wait_until as until
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.client import Client
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.playout.idlebank import frame_distance, thumb
+
 from support.audio import wav_bytes
-from test_daemon_inprocess import settings
+from support.settings import room_settings as settings
+from support.waiting import until
 
 TINY_PROFILE = 'base = "quality"\nheight = 32\nwidth = 32\nframe_num = 29\nmotion_frames = 1\n'
 BANK = 3

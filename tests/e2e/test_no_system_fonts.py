@@ -14,11 +14,12 @@ import av
 import numpy as np
 import pytest
 
-from daemon_harness import DaemonProcess, wait_for
 from flashtalk_live.compose.compositor import AI_LABEL, Compositor
 from flashtalk_live.compose.text import BUNDLED_FONT
 from flashtalk_live.config import load_settings
+
 from support.audio import wav_bytes
+from support.daemon_harness import DaemonProcess, wait_for
 
 SIZE = 256
 

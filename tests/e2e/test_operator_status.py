@@ -5,25 +5,20 @@ queued seconds leave out what already aired, no output starts with a dropped pac
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from daemon_harness import wait_for
-from ingest_audiogen import encode
-
-ROOT = Path(__file__).resolve().parents[2]
+from support.audiogen import encode
+from support.daemon_harness import wait_for
+from support.paths import child_env
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    return subprocess.run([sys.executable, "-m", "flashtalk_live", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "flashtalk_live", *args], capture_output=True, text=True,
+                          env=child_env(), timeout=60)
 
 
 @pytest.mark.timeout(180)

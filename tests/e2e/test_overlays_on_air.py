@@ -4,59 +4,17 @@ on and off, a clip's caption while it airs and gone after it, and the overlay co
 from __future__ import annotations
 
 import time
-from typing import Any
 
-import av
 import numpy as np
 import pytest
 
 from flashtalk_live.client import Client, ClientError
 from flashtalk_live.compose.compositor import Compositor
-from flashtalk_live.compose.text import FONT_CANDIDATES
-from flashtalk_live.daemon import Daemon
 from flashtalk_live.images import encode_png
-from flashtalk_live.config import load_settings
 
-W, H = 288, 512
-BG = (90, 110, 130)
-CARD = (240, 40, 200)
-pytestmark = pytest.mark.skipif(not any(__import__("os").path.isfile(p) for p, _ in FONT_CANDIDATES),
-                                reason="no CJK font on this machine (.ci/run installs fonts-noto-cjk)")
-from support.audio import wav_bytes as support_wav
-from support.fakes import PaintRenderer
+from support.overlays import BG, CARD, H, W, decode, differs, flat_daemon, needs_cjk_font, quiet_tone
 
-
-def wav_bytes(seconds: float, rate: int = 16000) -> bytes:
-    return support_wav(seconds, 220.0, rate, amplitude=0.3)
-
-
-def decode(path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
-def differs(region: np.ndarray, colour, tol: int = 40) -> np.ndarray:
-    """Per frame: whether any pixel of region [n, h, w, 3] is far from `colour`."""
-    return (np.abs(region.astype(int) - np.array(colour)).max(axis=-1) > tol).reshape(len(region), -1).any(axis=1)
-
-
-def flat_daemon(tmp_path, *overrides: str) -> tuple[Daemon, Any, dict[str, int], np.ndarray]:
-    """A daemon (not started) airing a flat background into tmp_path/rec.flv, with the frame of each clip's
-    `started` / `finished` event recorded in `marks`, and a plain CARD-coloured card picture."""
-    s = load_settings(None, [
-        f'state_dir="{tmp_path / "state"}"',
-        'ingest.control=["ipc://{state_dir}/control.sock"]', 'ingest.events=["ipc://{state_dir}/events.sock"]',
-        f"video.width={W}", f"video.height={H}", 'encoder.preset="ultrafast"', "encoder.video_bitrate=600000",
-        "metrics.enabled=false", f'outputs=[{{name="rec", url="{tmp_path / "rec.flv"}"}}]', 'programme.playlist=""',
-        "renderer.lookahead_chunks=2", *overrides,
-    ], environ={})
-    d = Daemon(s, still=PaintRenderer(W, H, name="flat", colour=lambda i: BG))
-    marks: dict[str, int] = {}
-    d.events.subscribe(lambda e: marks.__setitem__(f"{e['type']}:{e.get('segment_id')}", e["frame"])
-                       if e["type"] in ("started", "finished") else None)
-    card = np.zeros((60, 80, 3), np.uint8)
-    card[:] = CARD
-    return d, s, marks, card
+pytestmark = needs_cjk_font
 
 
 @pytest.mark.timeout(180)
@@ -71,7 +29,7 @@ def test_label_card_and_caption_on_air_from_the_recording(tmp_path):
             assert c.call("overlay_show", name="card", seconds=3.0)["ok"]
             after = d.encoder.frames
             time.sleep(3.5)
-            ack = c.call("enqueue", wav_bytes(2.0), format="wav", text="欢迎来到直播间，今天的保温杯买一送一")
+            ack = c.call("enqueue", quiet_tone(2.0), format="wav", text="欢迎来到直播间，今天的保温杯买一送一")
             sid = ack["segment_id"]
             t_end = time.monotonic() + 15
             while f"finished:{sid}" not in marks and time.monotonic() < t_end:
@@ -84,7 +42,7 @@ def test_label_card_and_caption_on_air_from_the_recording(tmp_path):
                 ("enqueue", {"text": "字" * (s.ingest.max_text_chars + 1), "format": "wav"}, "text_too_long"),
             ]:
                 with pytest.raises(ClientError) as e:
-                    c.call(cmd, wav_bytes(0.5) if cmd == "enqueue" else None, **fields)
+                    c.call(cmd, quiet_tone(0.5) if cmd == "enqueue" else None, **fields)
                 assert e.value.code == code, (cmd, e.value)
             for data, code in [(b"not an image", "unsupported_image"),
                                (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x10" + b"\0" * 30, "undecodable_image"),

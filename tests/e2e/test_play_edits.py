@@ -13,48 +13,19 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import pytest
 
-from daemon_harness import wait_for
 from flashtalk_live.client import EventStream
-from ingest_audiogen import encode
-from test_broadcast import band_power, decode_audio_mono
-from test_render_ahead_edits import Collector, queue_ids
+
+from support.air import Recording
+from support.audiogen import encode
+from support.daemon_harness import SLOW_RENDER, Collector, queue_ids, wait_for
+
 
 FPS, CF = 25, 28  # the harness's fps and the default chunk (1.12 s)
-SLOW = ["renderer.drill_slowdown=1.5", "renderer.lookahead_s=20"]
 # A renderer far faster than real time with a deep look-ahead: clips are cut and rendered 9 s ahead of the air, and
 # no head start delays a play_now clip (with a slow renderer it waits for its head start, docs/protocol.md).
 DEEP = ["renderer.lookahead_chunks=8"]
-
-
-class Recording:
-    """The recording's audio on the air's clock: `power(freq, f0, f1)` per 1/fps window between out frames f0, f1.
-
-    Calibrated on the onset of a tone whose `started` frame is known (the encoder's first pts is not out frame 0
-    when the file output joins late)."""
-
-    def __init__(self, path, freq: float, started_frame: int) -> None:
-        self.x, self.first_pts, self.rate = decode_audio_mono(path)
-        self.win = self.rate // FPS
-        p = band_power(self.x, self.rate, freq, self.win)
-        onset = int(np.flatnonzero(p > 0.25 * p.max())[0])
-        self.origin = self.first_pts + onset * self.win / self.rate - started_frame / FPS
-        self.ref = float(np.median(p[p > 0.25 * p.max()]))
-
-    def power(self, freq: float, f0: float, f1: float) -> np.ndarray:
-        a = int((f0 / FPS + self.origin - self.first_pts) * self.rate)
-        b = int((f1 / FPS + self.origin - self.first_pts) * self.rate)
-        return band_power(self.x[max(a, 0):max(b, 0)], self.rate, freq, self.win) / self.ref
-
-    def assert_on(self, freq: float, f0: int, f1: int, what: str) -> None:
-        on = self.power(freq, f0 + 3, f1 - 3)
-        assert len(on) >= (f1 - f0) - 8 and on.min() > 0.2, f"{what}: the tone is not on air all along ({on.min():.3f})"
-
-    def assert_off(self, freq: float, f0: int, f1: int, what: str) -> None:
-        off = self.power(freq, f0 + 3, f1 - 3)
-        assert len(off) and off.max() < 0.02, f"{what}: the tone is on air ({off.max():.3f})"
 
 
 def first(events: list[dict], kind: str, sid: str, after: int = -1) -> dict:
@@ -64,7 +35,7 @@ def first(events: list[dict], kind: str, sid: str, after: int = -1) -> dict:
 @pytest.mark.timeout(240)
 def test_cancel_of_the_clip_on_air_cuts_within_a_chunk_and_the_next_clip_follows(daemon_factory, tmp_path):
     fx, fa = 600.0, 1100.0
-    d = daemon_factory(extra=SLOW).start()
+    d = daemon_factory(extra=SLOW_RENDER).start()
     ev = d.events()
     seen: list[dict] = []
     with d.client(timeout_s=20) as c:
@@ -158,7 +129,7 @@ def test_insert_then_play_now_while_a_clip_is_on_air_loses_nothing(daemon_factor
 
 @pytest.mark.timeout(300)
 def test_sigkill_after_edits_loses_no_acknowledged_clip(daemon_factory):
-    d = daemon_factory(extra=SLOW).start()
+    d = daemon_factory(extra=SLOW_RENDER).start()
     ev = d.events()
     with d.client(timeout_s=20) as c:
         ev.sync(c)

@@ -28,13 +28,13 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from daemon_harness import DaemonProcess
 from flashtalk_live.checkpoints.fake import write_fake_release
-from ingest_audiogen import encode
-from rtmp_harness import read_media
-from test_broadcast import band_power, decode_audio_mono
-from test_flashtalk_daemon import NEW_FRAMES, TINY_PROFILE
-from test_render_ahead_edits import Collector, queue_ids
+
+from support.air import band_power, decode_audio_mono
+from support.audiogen import encode
+from support.daemon_harness import NEW_FRAMES, TINY_PROFILE, Collector, DaemonProcess, queue_ids
+from support.rtmp_harness import read_media
+
 
 FPS, CF = 25, NEW_FRAMES  # the daemon's frame rate; the tiny profile's new frames per chunk (the production length)
 CHUNK_S = CF / FPS

@@ -23,9 +23,10 @@ import urllib.request
 
 import pytest
 
-from box_faults import fill, until
-from daemon_harness import DaemonProcess
+from support.box_faults import fill
+from support.daemon_harness import DaemonProcess
 from support.threadstop import thread_ids, thread_stopped
+from support.waiting import until
 
 
 def probe(port: int, name: str, timeout_s: float = 5.0) -> tuple[int, dict] | None:
@@ -76,7 +77,7 @@ def test_ready_only_once_on_air_and_live_through_a_slow_renderer_drill(daemon_fa
     assert first["livez"][0] == 200 and "nothing aired yet" in first["livez"][1]["reason"]
     live = Poller(port, "livez")
     answers = []
-    ready = until(lambda: answers.append(probe(port, "readyz")) or (answers[-1] or (0,))[0] == 200, 60, 0.1)
+    ready = until(lambda: answers.append(probe(port, "readyz")) or (answers[-1] or (0,))[0] == 200, 60, every_s=0.1)
     assert ready
     with d.client() as c:
         st = c.status()
@@ -141,7 +142,7 @@ def test_live_fails_when_the_broadcast_loop_stops(daemon_factory):
                 # Stopped while holding the GIL, the whole interpreter waits and nothing answers: try again.
                 if probe(port, "livez", timeout_s=3) is None:
                     continue
-                stalled = until(lambda: (a := probe(port, "livez")) and a[0] == 503 and a, 30, 0.5)
+                stalled = until(lambda: (a := probe(port, "livez")) and a[0] == 503 and a, 30, every_s=0.5)
                 not_ready = probe(port, "readyz")
                 break
         except PermissionError as e:
@@ -175,7 +176,7 @@ def test_ready_on_the_still_fallback_only_after_the_stated_time(daemon_factory, 
     waiting = probe(port, "readyz")
     assert waiting[0] == 503 and "waiting for the flashtalk renderer" in waiting[1]["reason"], waiting
     assert probe(port, "livez")[0] == 200
-    ready = until(lambda: (a := probe(port, "readyz")) and a[0] == 200 and a, 60, 0.5)
+    ready = until(lambda: (a := probe(port, "readyz")) and a[0] == 200 and a, 60, every_s=0.5)
     assert "on the still fallback for" in ready[1]["reason"] and "flashtalk" in ready[1]["reason"]
     with d.client() as c:
         r = c.status()["renderer"]
@@ -200,7 +201,7 @@ def test_live_through_a_model_load_and_ready_once_the_model_airs(tmp_path, daemo
     port = metrics_port(d)
     live = Poller(port, "livez")
     answers: list[tuple[int, dict] | None] = []
-    until(lambda: answers.append(probe(port, "readyz")) or (answers[-1] or (0,))[0] == 200, 180, 0.25)
+    until(lambda: answers.append(probe(port, "readyz")) or (answers[-1] or (0,))[0] == 200, 180, every_s=0.25)
     with d.client() as c:
         r = c.status()["renderer"]
     assert r["active"] == "flashtalk" and not r["on_fallback"], r

@@ -7,47 +7,19 @@ tests wait for states (read from `status` and events), never for durations.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from flashtalk_live.client import EventStream
-from ingest_audiogen import encode
 
-from daemon_harness import wait_for
-
-SLOW = ["renderer.drill_slowdown=1.5", "renderer.lookahead_s=20"]
-
-
-class Collector:
-    """Reads an event stream on a thread into `seen` (the main thread keeps the control socket)."""
-
-    def __init__(self, stream: EventStream) -> None:
-        self.stream, self.seen = stream, []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            ev = self.stream.get(0.1)
-            if ev is not None:
-                self.seen.append(ev)
-
-    def stop(self) -> list[dict]:
-        self._stop.set()
-        self._t.join(5)
-        return self.seen
-
-
-def queue_ids(events: list[dict], kind: str) -> list[str]:
-    return [e["segment_id"] for e in events if e["type"] == kind and e.get("source") == "queue"]
+from support.audiogen import encode
+from support.daemon_harness import SLOW_RENDER, Collector, queue_ids, wait_for
 
 
 @pytest.mark.timeout(240)
 def test_sigkill_with_a_full_render_ahead_buffer_loses_no_acknowledged_clip(daemon_factory):
-    d = daemon_factory(extra=SLOW).start()
+    d = daemon_factory(extra=SLOW_RENDER).start()
     ev = d.events()
     with d.client(timeout_s=20) as c:
         ev.sync(c)
@@ -96,11 +68,11 @@ def test_sigkill_with_a_full_render_ahead_buffer_loses_no_acknowledged_clip(daem
 def test_cancel_of_the_clip_on_air_cuts_it_on_air_within_a_chunk_with_a_deep_buffer(daemon_factory, tmp_path):
     import numpy as np
 
-    from test_broadcast import band_power, decode_audio_mono
+    from support.air import band_power, decode_audio_mono
 
     fps, chunk = 25, 28  # the harness's fps and the default chunk (1.12 s)
     freq = 700.0
-    d = daemon_factory(extra=SLOW).start()
+    d = daemon_factory(extra=SLOW_RENDER).start()
     ev = d.events()
     seen: list[dict] = []
     with d.client(timeout_s=20) as c:

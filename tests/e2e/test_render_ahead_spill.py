@@ -17,9 +17,11 @@ from flashtalk_live.daemon import Daemon
 from flashtalk_live.playout.framestore import SPILL_SUFFIX
 from flashtalk_live.images import default_portrait, fit_image
 from flashtalk_live.chunks import RenderChunk
-from rtmp_harness import read_media
-from test_broadcast import band_power, decode_audio_mono
-from test_render_ahead import CHUNK, FPS, clip_marks, push_clips, settings
+
+from support.air import band_power, decode_audio_mono
+from support.render_ahead import CHUNK, FPS, clip_marks, push_clips, settings
+from support.rtmp_harness import read_media
+
 
 SIZE, BITS = 64, 8
 CHUNK_YUV = CHUNK * SIZE * SIZE * 3 // 2

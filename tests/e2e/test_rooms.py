@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from flashtalk_live.client import Client, ClientError, EventStream
+
 from support.audio import wav_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

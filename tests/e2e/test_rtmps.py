@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import wait_for
-from rtmp_harness import max_gap, read_media
+from support.daemon_harness import wait_for
+from support.rtmp_harness import max_gap, read_media
 
 
 class TlsProxy:

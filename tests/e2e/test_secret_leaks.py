@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from daemon_harness import DaemonProcess, free_port, wait_for
 
 from flashtalk_live.client import Rejected
+
+from support.daemon_harness import DaemonProcess, free_port, wait_for
 
 
 def new_key(tag: str) -> str:

@@ -10,9 +10,10 @@ import av
 import numpy as np
 import pytest
 
-from daemon_harness import wait_for
 from flashtalk_live.renderers.face import DEMO_MOUTH_BOX, DEMO_PORTRAIT_SIZE, SWAY_X, SWAY_Y, mouth_box_in_frame
 from flashtalk_live.images import fit_box
+
+from support.daemon_harness import wait_for
 
 RATE, FPS, SIZE = 48000, 25, 256  # the harness's room: 256x256 at 25 fps
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import wait_for
-from ingest_audiogen import encode
-from rtmp_harness import read_media
+from support.audiogen import encode
+from support.daemon_harness import wait_for
+from support.rtmp_harness import read_media
 
 
 def flv_header_number(path: Path, key: bytes) -> float:

@@ -16,8 +16,9 @@ import av
 import numpy as np
 import pytest
 
-from daemon_harness import wait_for
 from flashtalk_live.client import ClipStream, Rejected
+
+from support.daemon_harness import wait_for
 
 RATE = 48_000
 PIECE_S = 0.2

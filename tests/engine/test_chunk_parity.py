@@ -9,8 +9,7 @@ from safetensors.torch import load_file
 
 from flashtalk_live.engine.sampler import make_timesteps
 
-from ._chunkfix import CHUNK, fixture_engine
-
+from support.chunk_fixture import CHUNK, fixture_engine
 from support.tensors import errors as _err
 
 torch.set_num_threads(1)

@@ -9,8 +9,7 @@ from safetensors.torch import load_file
 
 from flashtalk_live.quant.fp8 import Fp8Plan, quantize_dit_
 
-from ._chunkfix import CHUNK, fixture_engine
-
+from support.chunk_fixture import CHUNK, fixture_engine
 from support.tensors import rel_err as _rel
 
 torch.set_num_threads(1)

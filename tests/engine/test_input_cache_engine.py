@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ._chunkfix import CHUNK, fixture_engine
+from support.chunk_fixture import CHUNK, fixture_engine
 
 torch.set_num_threads(1)
 

@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 from flashtalk_live.checkpoints.loader import CheckpointError
 from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder, TinyVideoDecoder
 
-from ._chunkfix import fixture_engine
-
+from support.chunk_fixture import fixture_engine
 from support.chunks import render_chunk
 
 torch.set_num_threads(1)

@@ -4,21 +4,17 @@ replace."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from support.paths import child_env
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
-    base["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [base.get("PYTHONPATH")] if p])
     return subprocess.run([sys.executable, "-m", "flashtalk_live", *args], capture_output=True, text=True,
-                          env=base | (env or {}), timeout=120)
+                          env=child_env() | (env or {}), timeout=120)
 
 
 @pytest.mark.timeout(120)

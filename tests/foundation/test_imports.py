@@ -140,3 +140,60 @@ def test_each_package_imports_first_in_a_fresh_interpreter():
         code = "import importlib\nfor m in %r:\n    importlib.import_module(m)\n" % order
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------ tests and benchmarks
+
+ROOT = PKG.parent
+SYS_PATH_LINE = 'sys.path[:0] = [str(ROOT), str(ROOT / "tests")]'
+
+
+def _local_names() -> set[str]:
+    """Names a test could import a helper by other than `support`: every module file and folder under tests/."""
+    tests = ROOT / "tests"
+    modules = {p.stem for p in tests.rglob("*.py") if p.stem != "conftest"}
+    return (modules | {p.name for p in tests.iterdir() if p.is_dir()}) - {"support"}
+
+
+def _is_sys_path(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+        and node.value.id == "sys"
+
+
+def _edits_sys_path(node: ast.AST) -> bool:
+    """A call of sys.path's insert, append or extend, or an assignment to sys.path or a slice of it."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return node.func.attr in ("insert", "append", "extend") and _is_sys_path(node.func.value)
+    if isinstance(node, (ast.Assign, ast.AugAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return any(_is_sys_path(t.value if isinstance(t, ast.Subscript) else t) for t in targets)
+    return False
+
+
+def test_tests_import_shared_helpers_one_way():
+    """Helpers come from `support.*` (pyproject's pytest `pythonpath`): no sys.path edits, no imports of another test
+    module or of a helper beside the test, no relative imports."""
+    local, bad = _local_names(), []
+    for f in sorted((ROOT / "tests").rglob("*.py")):
+        text = f.read_text()
+        where = f.relative_to(ROOT)
+        for node in ast.walk(ast.parse(text)):
+            if _edits_sys_path(node):
+                bad.append(f"{where}:{node.lineno}: edits sys.path")
+            if isinstance(node, ast.ImportFrom) and node.level:
+                bad.append(f"{where}:{node.lineno}: relative import")
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{where}:{node.lineno}: imports {n}" for n in names if n.split(".")[0] in local]
+    assert not bad, "\n".join(bad)
+
+
+def test_benchmarks_set_sys_path_in_one_line_written_one_way():
+    """A benchmark runs as a script: at most one line puts this checkout and tests/ (support) on sys.path."""
+    bad = []
+    for f in sorted((ROOT / "benchmarks").glob("*.py")):
+        lines = [ln.strip() for ln in f.read_text().splitlines() if "sys.path" in ln and not ln.strip().startswith("#")]
+        lines = [ln for ln in lines if not ln.startswith(("extra_sys_path", '"""'))]
+        if len(lines) > 1 or any(not ln.startswith(SYS_PATH_LINE) for ln in lines):
+            bad.append(f"{f.name}: {lines}")
+    assert not bad, "\n".join(bad)

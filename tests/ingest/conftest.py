@@ -9,13 +9,13 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from ingest_audiogen import FORMATS, encode, pcm_s16le
-
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.settings import Settings
 from flashtalk_live.config import load_settings
+
+from support.audiogen import FORMATS, encode, pcm_s16le
 
 
 @pytest.fixture(scope="session")

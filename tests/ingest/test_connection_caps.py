@@ -8,13 +8,11 @@ import socket
 import subprocess
 import sys
 
-from box_faults import idle_connections, scrape, until
-
 from flashtalk_live.client import Client
 from flashtalk_live.metrics import serve_metrics
 
-
-
+from support.box_faults import idle_connections, scrape
+from support.waiting import until
 
 
 def ended(s: socket.socket) -> bool:
@@ -65,7 +63,6 @@ def test_metrics_server_caps_connections_and_drops_idle_ones():
     finally:
         server.shutdown()
         server.server_close()
-
 
 
 def test_heartbeats_drop_a_peer_that_stopped_answering(running):

@@ -16,7 +16,8 @@ from flashtalk_live.errors import Rejection
 from flashtalk_live.ingest.limits import check_image
 from flashtalk_live.images import ImageError, ImageTooLarge, decode_image_bytes, decode_rgba_bytes, \
     encode_png
-from image_support import anmf, jpeg_sof, png_bomb, vp8, vp8l, vp8x, webp
+
+from support.images import anmf, jpeg_sof, png_bomb, vp8, vp8l, vp8x, webp
 
 CAP = 1_000_000
 LIMITS = type("Limits", (), {"max_image_bytes": 1 << 20, "max_image_pixels": CAP})()
@@ -46,7 +47,7 @@ def crafted(rng: random.Random) -> list[tuple[str, bytes]]:
 
 
 def riff_anim() -> bytes:
-    from image_support import riff_chunk
+    from support.images import riff_chunk
 
     return riff_chunk(b"ANIM", b"\0" * 6)
 

@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
-from ingest_audiogen import encode, pcm_s16le, tone
-
 from flashtalk_live.audio import AudioError, decode_audio, sniff_demuxer
+
+from support.audiogen import encode, pcm_s16le, tone
 
 
 def dominant_hz(x: np.ndarray, rate: int) -> float:

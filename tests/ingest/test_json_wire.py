@@ -14,10 +14,10 @@ import pytest
 import zmq
 from PIL import Image
 
-from ingest_audiogen import pcm_s16le
-
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.ingest.commands import COMMANDS
+
+from support.audiogen import pcm_s16le
 from support.rooms import inprocess_room
 
 FORM_CODES = {"bad_request", "bad_header", "bad_json"}  # what a refused form would answer

@@ -15,7 +15,8 @@ from flashtalk_live.ingest.auth import confine_output_file, confine_path
 from flashtalk_live.ingest.limits import RateLimiter, check_image, image_info
 from flashtalk_live.ingest.protocol import ProtocolError
 from flashtalk_live.images import encode_png
-from image_support import png_bomb
+
+from support.images import png_bomb
 
 
 def encode_with(codec: str, w: int, h: int, pix_fmt: str) -> bytes:
@@ -31,8 +32,6 @@ def encode_with(codec: str, w: int, h: int, pix_fmt: str) -> bytes:
         for p in st.encode(None):
             out.mux(p)
     return buf.getvalue()
-
-
 
 
 LIMITS = SimpleNamespace(max_image_bytes=1 << 20, max_image_pixels=4_000_000)

@@ -13,13 +13,13 @@ from typing import Iterator
 import pytest
 import zmq
 
-from ingest_audiogen import pcm_s16le
-
 from flashtalk_live.daemon import Daemon
 from flashtalk_live.errors import REJECT_CODES
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.server import IngestServer
 from flashtalk_live.queue.spool import Spool
+
+from support.audiogen import pcm_s16le
 from support.rooms import inprocess_room
 
 SECRET = "SECRET-KEY-42"

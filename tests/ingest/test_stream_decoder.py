@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest_audiogen import encode
 from flashtalk_live.audio import AudioError, StreamDecoder, decode_audio
+
+from support.audiogen import encode
 
 
 def feed_all(dec: StreamDecoder, data: bytes, step: int) -> tuple[np.ndarray, np.ndarray]:

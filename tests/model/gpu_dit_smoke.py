@@ -1,7 +1,7 @@
 """Manual GPU check of the DiT port (not collected by pytest): fixture parity on CUDA, then the full-size 14B
 DiT on random bf16 weights at the default geometry (768x448, 33 frames) with time and peak memory printed.
 
-    python3 tests/model/gpu_dit_smoke.py [--skip-14b | --only-14b] [--steps 3] [--profile]
+    PYTHONPATH=.:tests python3 tests/model/gpu_dit_smoke.py [--skip-14b | --only-14b] [--steps 3] [--profile]
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (support)
-from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT  # noqa: E402
-from support.tensors import errors as err  # noqa: E402
+from flashtalk_live.model.dit import DiTConfig, FlashTalkDiT
+
+from support.tensors import errors as err
 
 DIT = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "dit"
 TFLOP_PER_FORWARD = 471.2  # flashtalk-reference.md section 8, 768x448 / 33 frames

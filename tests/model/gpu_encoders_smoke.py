@@ -2,12 +2,11 @@
 full-size CLIP ViT-H/14 visual tower and umT5-XXL encoder on random bf16 weights, and a random-weight
 wav2vec2-base re-encoding one 8-s stream window, with time and peak memory printed.
 
-    python3 tests/model/gpu_encoders_smoke.py
+    PYTHONPATH=.:tests python3 tests/model/gpu_encoders_smoke.py
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -15,16 +14,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (support)
-from flashtalk_live.model.audio import (  # noqa: E402
+from flashtalk_live.model.audio import (
     DEFAULT_AUDIO,
     StreamingAudioEncoder,
     load_wav2vec2,
 )
-from flashtalk_live.model.clip import VIT_H_14, CLIPVisual, CLIPVisualConfig, split_clip_state_dict  # noqa: E402
-from flashtalk_live.model.t5 import UMT5_XXL, T5Config, T5Encoder  # noqa: E402
-from support.tensors import errors as err  # noqa: E402
+from flashtalk_live.model.clip import VIT_H_14, CLIPVisual, CLIPVisualConfig, split_clip_state_dict
+from flashtalk_live.model.t5 import UMT5_XXL, T5Config, T5Encoder
+
+from support.tensors import errors as err
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 

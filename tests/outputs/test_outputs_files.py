@@ -7,14 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
-from rtmp_harness import max_gap, read_media
-from outputs_driver import FPS, by_name, frame_and_audio, make_encoder
 
 from flashtalk_live.events import EventBus
 from flashtalk_live.config import load_settings
 from flashtalk_live.outputs.kinds import kind_name as output_kind, validate_url
 from flashtalk_live.outputs.manager import OutputManager
 from flashtalk_live.settings import OutputPolicy, OutputSettings
+
+from support.outputs_driver import FPS, by_name, frame_and_audio, make_encoder
+from support.rtmp_harness import max_gap, read_media
 
 POLICY = OutputPolicy(backoff_initial_s=0.05, backoff_max_s=0.1)
 

@@ -11,12 +11,13 @@ import signal
 import time
 
 import pytest
-from rtmp_harness import max_gap, read_media
-from outputs_driver import FPS, by_name, make_encoder, stream, wait_for
 
 from flashtalk_live.events import EventBus
 from flashtalk_live.outputs.manager import OutputManager
 from flashtalk_live.settings import OutputPolicy, OutputSettings
+
+from support.outputs_driver import FPS, by_name, make_encoder, stream, wait_for
+from support.rtmp_harness import max_gap, read_media
 
 pytestmark = pytest.mark.rtmp
 

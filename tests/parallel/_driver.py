@@ -1,4 +1,5 @@
-"""Rank 0 of a CPU/gloo test job (run as a script by tests/parallel): launches the workers, runs, saves results.
+"""Rank 0 of a CPU/gloo test job (run as a script by tests/parallel with PYTHONPATH=.:tests): launches the workers,
+runs, saves results.
 
     python tests/parallel/_driver.py dit    --world-size N --heads H --out results.safetensors
     python tests/parallel/_driver.py engine --world-size N [--split-vae] --out results.safetensors
@@ -22,10 +23,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from flashtalk_live.parallel.launch import WorkerSpec, files_dit, launch_workers
 
-from flashtalk_live.parallel.launch import WorkerSpec, files_dit, launch_workers  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 PARITY = ROOT / "tests" / "fixtures" / "parity"
 DIT = PARITY / "dit"

@@ -28,6 +28,7 @@ from flashtalk_live.settings import ModelSettings
 from flashtalk_live.parallel.runtime import EXIT_PEER_LOST
 from flashtalk_live.parallel.ulysses import UlyssesAttention
 
+from support.paths import child_env
 from support.ports import free_port
 from support.tensors import errors as _err
 
@@ -50,7 +51,7 @@ def _drive(tmp_path: Path, *args: str, timeout: float = 80) -> dict[str, torch.T
     out = tmp_path / "out.safetensors"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(DRIVER), *args, "--out", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=child_env())
     print(proc.stdout[-3000:])
     print(f"job wall time {time.perf_counter() - t0:.1f}s")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -229,7 +230,7 @@ def test_daemon_path_with_split_vae_profile_equals_one_process(tmp_path):
 @pytest.mark.timeout(100)
 def test_under_torchrun_workers_serve_and_exit(tmp_path):
     out = tmp_path / "out.safetensors"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = child_env({k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")})
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
          str(DRIVER), "torchrun", "--out", str(out)],
@@ -261,7 +262,7 @@ def _start_idle_job(tmp_path: Path, world: int, hb_timeout: float) -> tuple[subp
     pids = tmp_path / "pids.json"
     root = subprocess.Popen([sys.executable, str(DRIVER), "idle", "--world-size", str(world), "--out", str(pids),
                              "--hb-timeout", str(hb_timeout)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=child_env())
     deadline = time.monotonic() + 60
     while not pids.exists() or not pids.read_text():
         if root.poll() is not None or time.monotonic() > deadline:

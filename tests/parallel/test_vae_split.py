@@ -1,6 +1,7 @@
 """Height-split VAE decode over real gloo processes (CPU) equals the single-process decode; the decode protocol.
 
-Run by pytest; the same file is the rank script: `python test_vae_split.py rank --rank R --world N ...`.
+Run by pytest; the same file is the rank script: `python test_vae_split.py rank --rank R --world N ...` (its test
+hands it PYTHONPATH=.:tests, support.paths.child_env).
 Rank 0 spawns ranks 1..N-1, every rank joins with `init_parallel` (gloo), runs the same cases, and rank 0
 saves the split results next to the single-process decodes it computes with the same weights.
 """
@@ -20,17 +21,15 @@ from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE.parent))  # tests/ (support): this file also runs as a rank script
-
-from flashtalk_live.model.vae import VAEConfig, WanVAE  # noqa: E402
-from flashtalk_live.parallel.group import init_parallel, single  # noqa: E402
-from flashtalk_live.parallel.runtime import send_shutdown  # noqa: E402
-from flashtalk_live.parallel.vae_split import (  # noqa: E402
+from flashtalk_live.model.vae import VAEConfig, WanVAE
+from flashtalk_live.parallel.group import init_parallel, single
+from flashtalk_live.parallel.runtime import send_shutdown
+from flashtalk_live.parallel.vae_split import (
     SplitDecodeVAE, SplitVAEInputError, _halo_targets, _Split, band_rows, halo_decoder, split_decode,
     vae_worker_loop,
 )
-from support.ports import free_port  # noqa: E402
+from support.paths import child_env
+from support.ports import free_port
 
 VAE_FIX = ROOT / "tests" / "fixtures" / "parity" / "vae"
 
@@ -132,7 +131,7 @@ def test_split_decode_equals_single_process(tmp_path, world):
     out = tmp_path / "out.safetensors"
     proc = subprocess.run([sys.executable, __file__, "rank", "--rank", "0", "--world", str(world),
                            "--port", str(free_port()), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=110)
+                          timeout=110, env=child_env())
     print(proc.stdout[-2000:])
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = load_file(out)

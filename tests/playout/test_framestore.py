@@ -13,11 +13,12 @@ import pytest
 from structlog.testing import capture_logs
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
-from box_faults import fill
 from flashtalk_live.playout.framestore import SPILL_SUFFIX, FrameStore, PackedFrames, Yuv420
 from flashtalk_live.playout.pacing import Lookahead, Pacer
 from flashtalk_live.images import default_portrait, fit_image
 from flashtalk_live.chunks import Mark, RenderChunk, RenderedChunk
+
+from support.box_faults import fill
 
 W, H, NF, SPF = 64, 48, 6, 640
 CHUNK_YUV = NF * W * H * 3 // 2

@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from box_faults import fill, garbage, truncate
 from flashtalk_live.playout.idlebank import BankStore, IdleBank, bank_key, frame_distance, renderer_identity, thumb
+
+from support.box_faults import fill, garbage, truncate
 
 N, H, W = 6, 16, 24
 SHAPE = (N, H, W, 3)

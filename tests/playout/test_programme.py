@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 from flashtalk_live.playout.programme import ClipDecodeError, Programme, decode_audio
 
 from support.queue_fakes import labelled_wav

@@ -19,7 +19,6 @@ from flashtalk_live.chunks import RenderChunk, RenderedChunk
 from flashtalk_live.playout.timeline import Timeline
 
 from support.queue_fakes import FakeQueue, labelled_wav
-
 from support.settings import load_programme, room_settings  # noqa: E402
 
 FPS, NF, RATE, CH = 25, 10, 48000, 2

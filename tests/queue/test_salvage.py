@@ -3,7 +3,6 @@ found, and every good row of it is saved."""
 
 from __future__ import annotations
 
-import os
 import resource
 import sqlite3
 import subprocess
@@ -15,7 +14,9 @@ import pytest
 
 from flashtalk_live.queue.salvage import salvage, source_uri, spool_validator
 from flashtalk_live.queue.spool import DB_NAME, Spool
+
 from support.audio import wav_bytes
+from support.paths import child_env
 
 GOOD = ["g0", "g1", "g2"]
 
@@ -138,7 +139,7 @@ def test_the_cli_reports_what_it_refused(tmp_path):
     state = tmp_path / "state"
     r = subprocess.run([sys.executable, "-m", "flashtalk_live", "spool", "salvage", str(src), "--state-dir",
                         str(state)], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                       env=child_env())
     assert r.returncode == 0, r.stderr
     assert "salvaged 3 clip(s)" in r.stdout and "1 row(s) refused" in r.stdout
     assert "not a blob" in r.stderr

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest_audiogen import encode
-
 from flashtalk_live.queue.spool import Spool, SpoolError, SpoolLimits, SpoolLocked
+
+from support.audiogen import encode
 
 
 @pytest.fixture

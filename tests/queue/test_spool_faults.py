@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from box_faults import fill, garbage, truncate, zero_header, zero_length
-
 from flashtalk_live.queue.salvage import salvage
 from flashtalk_live.queue.spool import DB_NAME, RESERVE_NAME, Spool, SpoolDiskFull
+
 from support.audio import wav_bytes
+from support.box_faults import fill, garbage, truncate, zero_header, zero_length
 
 
 def add(s: Spool, name: str, mode: str = "enqueue", dur: float = 1.0, size: int = 16):
@@ -35,10 +35,6 @@ def _filled_spool(path: Path, n: int = 5) -> None:
         for i in range(n):
             add(s, f"c{i}", size=2000)
         s.take_next()
-
-
-
-
 
 
 @pytest.mark.parametrize("damage", [truncate, garbage, zero_header])

@@ -18,6 +18,7 @@ from flashtalk_live.images import default_portrait, fit_box, fit_image
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.settings import ConfigError
 from flashtalk_live.config import load_settings
+
 from support.chunks import render_chunk
 
 W, H, FPS, SPF = 448, 768, 25, 1920

@@ -1,17 +1,15 @@
-"""Helpers for the console tests: an in-process daemon with its console, WAV bytes, and a small HTTP client.
-
-Imported by name: pytest puts tests/e2e on sys.path (prepend import mode)."""
+"""Helpers for the console tests: an in-process daemon with its console, WAV bytes, and a small HTTP client."""
 
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flashtalk_live.daemon import Daemon
+
 from support.audio import wav_bytes  # noqa: F401 - re-exported for the console tests
 from support.fakes import PaintRenderer
 from support.settings import room_settings
@@ -30,8 +28,6 @@ def start_daemon(tmp_path: Path, *extra: str) -> Daemon:
     d = Daemon(console_settings(tmp_path, *extra))
     d.start()
     return d
-
-
 
 
 class Http:
@@ -71,13 +67,3 @@ class Http:
             q = "?args=" + urllib.request.quote(json.dumps(fields)) if fields else ""
             status, _, body = self.request("POST", f"/api/commands/{name}{q}", data, ctype, token)
         return status, json.loads(body)
-
-
-def wait_until(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

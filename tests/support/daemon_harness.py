@@ -1,6 +1,4 @@
-"""A real daemon process (`python -m flashtalk_live run`) on a temporary state dir, driven through the real client.
-
-Imported by name: pytest puts tests/e2e on sys.path (prepend import mode)."""
+"""A real daemon process (`python -m flashtalk_live run`) on a temporary state dir, driven through the real client."""
 
 from __future__ import annotations
 
@@ -8,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -16,9 +15,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from flashtalk_live.client import Client, ClientError, EventStream
-from support.ports import free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))  # ingest_audiogen: clips in every format
+from support.ports import free_port
 
 
 def toml_value(v: Any) -> str:
@@ -145,3 +143,38 @@ def wait_for(events: EventStream, pred: Callable[[dict[str, Any]], bool], timeou
         if pred(ev):
             return ev
     raise AssertionError(f"event not seen within {timeout_s}s; saw {[(e['type'], e.get('segment_id')) for e in (seen or [])][-20:]}")
+
+
+# The still renderer slowed by the operator drill, the look-ahead up to 20 s: clips are cut and rendered seconds
+# before they air (the cases where "taken from the spool" and "on air" differ).
+SLOW_RENDER = ["renderer.drill_slowdown=1.5", "renderer.lookahead_s=20"]
+
+
+class Collector:
+    """Reads an event stream on a thread into `seen` (the main thread keeps the control socket)."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream, self.seen = stream, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ev = self.stream.get(0.1)
+            if ev is not None:
+                self.seen.append(ev)
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        self._t.join(5)
+        return self.seen
+
+
+def queue_ids(events: list[dict], kind: str) -> list[str]:
+    return [e["segment_id"] for e in events if e["type"] == kind and e.get("source") == "queue"]
+
+
+# A FlashTalk profile tiny enough for the CPU (fake release), and the new frames of each of its chunks.
+TINY_PROFILE = 'base = "quality"\nheight = 32\nwidth = 32\nframe_num = 29\nmotion_frames = 1\n'
+NEW_FRAMES = 28

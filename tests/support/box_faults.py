@@ -1,25 +1,11 @@
-"""Helpers shared by the box-fault tests (issue 12): waiting, idle-connection floods, scrapes, damaged files.
-
-Imported by name: pytest puts tests/ on sys.path (prepend import mode)."""
+"""Helpers shared by the box-fault tests (issue 12): idle-connection floods, scrapes, damaged files."""
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 import urllib.request
 from pathlib import Path
-
-
-def until(pred, timeout_s: float = 20.0, every_s: float = 0.2):
-    """pred()'s first truthy value, polled until timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every_s)
-    raise AssertionError("condition not met in time")
 
 
 def idle_connections(port: int, n: int) -> list[socket.socket]:
@@ -75,4 +61,3 @@ def fill(fs: Path, name: str = "ballast", leave: int = 0) -> Path:
             except OSError:
                 pass
     return ballast
-

@@ -1,8 +1,7 @@
 """Test RTMP infrastructure: an nginx-rtmp server on loopback (also used by benchmarks/soak.py) and readers of
 recordings (codecs, timestamps, keyframes, gaps).
 
-A plain module (not a conftest) so any test directory can `from rtmp_harness import ...`: pytest's prepend
-import mode puts tests/ on sys.path, while `conftest` names a different module in each directory.
+A plain module (not a conftest), so the `nginx_rtmp` fixture of tests/conftest.py and the benchmarks share it.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from support.ports import free_port  # noqa: F401 - re-exported for the rtmp tests
 
 
@@ -229,5 +229,3 @@ def max_gap(times: list[float]) -> float:
     """The largest step between consecutive timestamps (0 for fewer than two)."""
     s = sorted(times)
     return max((b - a for a, b in zip(s, s[1:])), default=0.0)
-
-
