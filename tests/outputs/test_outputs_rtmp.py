@@ -24,11 +24,13 @@ pytestmark = pytest.mark.rtmp
 POLICY = OutputPolicy(backoff_initial_s=0.5, backoff_max_s=2.0, backoff_jitter=0.2, stall_timeout_s=3.0)
 
 
-def _manager(enc, policy: OutputPolicy = POLICY):
+def _manager(policy: OutputPolicy = POLICY):
+    """A fresh encoder and an output manager over it, with the events it publishes collected."""
+    enc = make_encoder()
     bus = EventBus()
     events: list[dict] = []
     bus.subscribe(events.append)
-    return OutputManager.for_encoder(policy, bus, enc), events
+    return enc, OutputManager.for_encoder(policy, bus, enc), events
 
 
 def _wait_up(m: OutputManager, *names: str, timeout: float = 15.0) -> None:
@@ -53,8 +55,7 @@ def _check_continuous(info, label: str) -> None:
 @pytest.mark.timeout(90)
 def test_one_output_to_nginx_reads_back_clean(nginx_rtmp) -> None:
     srv = nginx_rtmp()
-    enc = make_encoder()
-    m, events = _manager(enc)
+    enc, m, events = _manager()
     m.add(OutputSettings(name="main", url=srv.url("main")))
     stat_seen = []
     res = stream(m, enc, 6.0, actions={3.0: lambda: stat_seen.append(srv.stat())})
@@ -84,8 +85,7 @@ def test_one_output_to_nginx_reads_back_clean(nginx_rtmp) -> None:
 @pytest.mark.timeout(120)
 def test_killed_server_comes_back_and_the_other_endpoint_never_notices(nginx_rtmp) -> None:
     a, b = nginx_rtmp(), nginx_rtmp()
-    enc = make_encoder()
-    m, events = _manager(enc)
+    enc, m, events = _manager()
     m.add(OutputSettings(name="a", url=a.url("a")))
     m.add(OutputSettings(name="b", url=b.url("b")))
     marks: dict[str, float] = {}
@@ -134,8 +134,7 @@ def test_killed_server_comes_back_and_the_other_endpoint_never_notices(nginx_rtm
 @pytest.mark.timeout(120)
 def test_mute_and_refused_endpoints_never_touch_the_healthy_one(nginx_rtmp, mute_server, refused_port) -> None:
     srv = nginx_rtmp()
-    enc = make_encoder()
-    m, events = _manager(enc)
+    enc, m, events = _manager()
     m.add(OutputSettings(name="good", url=srv.url("good")))
     m.add(OutputSettings(name="mute", url=mute_server.url("x")))
     m.add(OutputSettings(name="refused", url=f"rtmp://127.0.0.1:{refused_port}/live/secretkey"))
@@ -187,8 +186,7 @@ def test_mute_and_refused_endpoints_never_touch_the_healthy_one(nginx_rtmp, mute
 @pytest.mark.timeout(90)
 def test_a_frozen_child_is_killed_by_the_stall_watchdog_and_replaced(nginx_rtmp) -> None:
     srv = nginx_rtmp()
-    enc = make_encoder()
-    m, _ = _manager(enc, OutputPolicy(backoff_initial_s=0.3, backoff_max_s=1.0, stall_timeout_s=1.5))
+    enc, m, _ = _manager(OutputPolicy(backoff_initial_s=0.3, backoff_max_s=1.0, stall_timeout_s=1.5))
     m.add(OutputSettings(name="s", url=srv.url("s")))
     frozen: dict[str, int] = {}
 
@@ -212,8 +210,7 @@ def test_a_frozen_child_is_killed_by_the_stall_watchdog_and_replaced(nginx_rtmp)
 @pytest.mark.timeout(90)
 def test_outputs_are_added_and_removed_at_runtime(nginx_rtmp) -> None:
     srv = nginx_rtmp()
-    enc = make_encoder()
-    m, events = _manager(enc)
+    enc, m, events = _manager()
     m.add(OutputSettings(name="first", url=srv.url("first")))
     pids: dict[str, int] = {}
 
@@ -250,8 +247,7 @@ def test_outputs_are_added_and_removed_at_runtime(nginx_rtmp) -> None:
 @pytest.mark.timeout(90)
 def test_planned_reconnect_starts_a_fresh_connection_on_a_keyframe(nginx_rtmp) -> None:
     srv = nginx_rtmp()
-    enc = make_encoder()
-    m, _ = _manager(enc, OutputPolicy(backoff_initial_s=0.3, stall_timeout_s=3.0,
+    enc, m, _ = _manager(OutputPolicy(backoff_initial_s=0.3, stall_timeout_s=3.0,
                                       planned_reconnect_hours=3.0 / 3600))  # every 3 s of media
     m.add(OutputSettings(name="p", url=srv.url("p")))
     res = stream(m, enc, 10.0)
@@ -272,8 +268,7 @@ def test_planned_reconnect_starts_a_fresh_connection_on_a_keyframe(nginx_rtmp) -
 def test_upper_case_scheme_connects_and_stays_masked(nginx_rtmp) -> None:
     """`RTMP://` once passed validation and never connected: the output-kind registry normalises the scheme."""
     srv = nginx_rtmp()
-    enc = make_encoder()
-    m, events = _manager(enc)
+    enc, m, events = _manager()
     m.add(OutputSettings(name="upper", url=srv.url("UPPERKEY").replace("rtmp://", "RTMP://")))
     stream(m, enc, 3.0)
     st = by_name(m.status())["upper"]
