@@ -295,7 +295,7 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
             bb = st["broadcast"]
             Path(args.progress).write_text(json.dumps({
                 "minutes": (time.monotonic() - t0) / 60, "clips_pushed": i,
-                "started": sum(1 for p in pushed if rec.find("started", segment_id=p["segment_id"])),
+                "started": sum(1 for p in pushed if rec.find("started", segment_id=p.get("segment_id"))),
                 "underrun_frames_clip": bb.get("underrun_frames_clip", 0) - base.get("underrun_frames_clip", 0),
                 "underrun_frames_idle": bb.get("underrun_frames_idle", 0) - base.get("underrun_frames_idle", 0),
                 "producer_starved_seconds": bb.get("producer_starved_seconds"),
@@ -316,7 +316,7 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
             producer = StreamProducer(client.endpoint, samples, rate)
             producer.start()
             producer.opened.wait(30)
-            p["producer"] = producer
+            p.update(producer=producer, segment_id=producer.segment_id)
         else:
             p["send_t"] = time.monotonic()
             ack = client.call(mode, mono_wav(samples, rate), format="wav")
