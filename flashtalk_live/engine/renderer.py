@@ -55,7 +55,7 @@ from flashtalk_live.model.taehv import TinyVideoDecoder
 from flashtalk_live.model.text import encode_prompts
 from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings
 from flashtalk_live.renderers.base import RendererError
-from flashtalk_live.images import crossfade, default_portrait, fit_image, load_image
+from flashtalk_live.images import FitMode, crossfade, default_portrait, fit_image, load_image
 from flashtalk_live.settings import BENCHMARK_ENV, ModelSettings, Settings, VideoSettings, benchmark_mode
 from flashtalk_live.chunks import MODEL_AUDIO_RATE, RenderChunk
 
@@ -89,7 +89,7 @@ class FlashTalkRenderer:
         *,
         width: int,
         height: int,
-        fit: str = "cover",
+        fit: FitMode = "cover",
         events: Any = None,
         policy: RecalibrationPolicy | None = None,
         drift_every: int = 1,
@@ -313,7 +313,7 @@ class FlashTalkRenderer:
     def _fit(self, frames: np.ndarray) -> np.ndarray:
         if frames.shape[1:3] == (self.height, self.width):
             return frames
-        return np.stack([fit_image(f, self.width, self.height, self.fit) for f in frames])  # type: ignore[arg-type]  # torch frames go through numpy
+        return np.stack([fit_image(f, self.width, self.height, self.fit) for f in frames])
 
     def _announce(self, reason: str, before: DriftMeasure | None, after: DriftMeasure | None, chunk: RenderChunk) -> None:
         record = {
