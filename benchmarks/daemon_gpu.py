@@ -284,7 +284,7 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
     rate = 16000
     pushed: list[dict[str, Any]] = []
     producer: StreamProducer | None = None
-    i, next_progress = 0, t0
+    i, slot, next_progress = 0, 0, t0  # i: clips pushed; slot: the SCHEDULE's position
     schedule = SCHEDULE if args.streams else tuple(x for x in SCHEDULE if x[0] == "enqueue")
     while time.monotonic() < end:
         if d.proc.poll() is not None:
@@ -301,11 +301,20 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
                 "producer_starved_seconds": bb.get("producer_starved_seconds"),
                 "chunk_s": (st["renderer"].get("drift") or {}).get("chunk_s"), "latency": st.get("latency"),
             }, indent=1))
-        mode, where = schedule[i % len(schedule)] if args.idle_every else ("enqueue", "behind")
+        mode, where = schedule[slot % len(schedule)] if args.idle_every else ("enqueue", "behind")
         producing = producer is not None and producer.is_alive()
-        queue, on_air = st["queue"]["clips"], st["on_air"]
-        ready = (queue == 0 and on_air is None and not producing) if where == "idle" else \
-            (queue == 0 and on_air is not None and not (producing and mode != "enqueue"))
+        for p in pushed:  # a clip taken for rendering is neither queued nor on air: our own pushes' events tell
+            sid = p.get("segment_id")
+            p["started"] = p.get("started") or bool(rec.find("started", segment_id=sid))
+            p["finished"] = p.get("finished") or bool(rec.find("finished", segment_id=sid))
+        waiting = sum(1 for p in pushed if not p["started"])
+        airing = any(p["started"] and not p["finished"] for p in pushed)
+        idle = st["on_air"] is None and not producing and waiting == 0 and not airing
+        scheduled = not (where == "behind" and idle)
+        if not scheduled:
+            mode, where = "enqueue", "idle"  # nothing to be behind (the last clip ended first): an idle sample
+        ready = idle if where == "idle" else \
+            (airing and waiting == 0 and not (producing and mode != "enqueue"))
         if not ready or (args.duty > 0 and sum(p["seconds"] for p in pushed) > args.duty * (time.monotonic() - t0)):
             time.sleep(0.1)
             continue
@@ -323,6 +332,7 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
             p.update(ack_t=time.monotonic(), segment_id=ack["segment_id"], planned_in_s=ack.get("planned_in_s"))
         pushed.append(p)
         i += 1
+        slot += 1 if scheduled else 0
         time.sleep(0.3)  # let the status see the push
     if producer is not None:
         producer.join(60)
