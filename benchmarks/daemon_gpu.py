@@ -480,8 +480,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def commit() -> str:
+    """The code's commit: FLASHTALK_COMMIT where the tree was copied without its history (a device run), else git's."""
+    if os.environ.get("FLASHTALK_COMMIT"):
+        return os.environ["FLASHTALK_COMMIT"]
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or os.environ.get("FLASHTALK_COMMIT", "unknown")
+    return out.stdout.strip() or "unknown"
 
 
 def device_name(args: argparse.Namespace) -> str:
