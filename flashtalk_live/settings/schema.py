@@ -299,6 +299,9 @@ class ModelSettings(_Section):
                                    "graphs, autotuning, Triton kernels) kept across restarts: TORCHINDUCTOR_CACHE_DIR; "
                                    '"" leaves torch\'s default (/tmp/torchinductor_<user>)')
     text_cache_dir: str = "{state_dir}/text-cache"
+    text_device: Literal["cpu", "model"] = Field(
+        "cpu", description='where umT5-XXL encodes a prompt missing from the text cache: "cpu" (host memory, about '
+        '11 GiB while it runs; the GPU never holds it) or "model" (model.device: faster, a 10.6 GiB GPU transient)')
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).
     drift_every_chunks: int = Field(1, ge=1, description="measure identity/colour drift every N chunks")
