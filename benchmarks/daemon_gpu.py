@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,8 @@ from support.audio import mono_wav  # noqa: E402
 TINY_PROFILE = 'base = "fast"\nheight = 64\nwidth = 32\n'  # fast's 29/1 frames and 2 steps, tiny picture
 
 
-def speech_like_wav(seconds: float, seed: int, rate: int = 16000) -> bytes:
-    """Mono 16-bit WAV: a voiced harmonic series with a wandering pitch, syllable envelopes and short pauses."""
+def speech_like(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
+    """Mono float samples: a voiced harmonic series with a wandering pitch, syllable envelopes and short pauses."""
     rng = np.random.default_rng(seed)
     n = int(seconds * rate)
     t = np.arange(n) / rate
@@ -55,7 +57,7 @@ def speech_like_wav(seconds: float, seed: int, rate: int = 16000) -> bytes:
     gate = np.ones(n)
     for start in rng.uniform(0, max(0.1, seconds - 0.5), size=int(seconds // 3)):
         gate[int(start * rate):int((start + 0.3) * rate)] = 0.0  # pauses between phrases
-    return mono_wav(0.25 * voice * syll * gate + 0.01 * rng.standard_normal(n), rate)
+    return 0.25 * voice * syll * gate + 0.01 * rng.standard_normal(n)
 
 
 class EventRecorder(threading.Thread):
@@ -105,38 +107,56 @@ class GpuSampler(threading.Thread):
                     self.peak_mib = max(self.peak_mib or 0.0, float(parts[1]))
 
 
+SHIPPED_SECTIONS = ("video", "renderer", "model", "encoder", "overlays")  # the room's look and engine choices
+NOT_SHIPPED = {"video": ("reference_image",), "model": ("weights_dir", "wav2vec_dir")}  # paths of a real box
+
+
+def toml_line(key: str, value: Any) -> str:
+    """One `key = value` TOML line for the scalar, list and inline-table values the shipped configs use."""
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+        raise TypeError(f"{key}: {type(v).__name__} is not written by this benchmark")
+    return f"{key} = {val(value)}"
+
+
 def write_config(work: Path, args: argparse.Namespace) -> Path:
+    """The daemon's config: the shipped config's engine and look (--config) or the benchmark's own, a file output."""
     state = work / "state"
+    sections: dict[str, dict[str, Any]] = {"video": {"chunk_frames": 28}, "renderer": {"kind": "flashtalk"},
+                                           "model": {}, "encoder": {"preset": "veryfast"}}
+    if args.config:
+        shipped = tomllib.loads(Path(args.config).read_text())
+        for name in SHIPPED_SECTIONS:
+            sec = {k: v for k, v in shipped.get(name, {}).items() if k not in NOT_SHIPPED.get(name, ())}
+            sections[name] = {**sections.get(name, {}), **sec}
     if args.tiny:
         (work / "tiny.toml").write_text(TINY_PROFILE)
-        model = {"random_weights": '"tiny"', "profile": json.dumps(str(work / "tiny.toml")), "device": '"cpu"',
-                 "dtype": '"float32"'}
-        video = "width = 48\nheight = 80\n"
+        sections["model"].update(random_weights="tiny", profile=str(work / "tiny.toml"), device="cpu",
+                                  dtype="float32", compile=False, quantize="none")
+        sections["model"].pop("auto_candidates", None)
+        sections["video"].update(width=48, height=80)
     else:
-        model = {"random_weights": '"full"', "profile": json.dumps(args.profile), "device": json.dumps(args.device),
-                 "dtype": '"bfloat16"'}
-        video = ""
+        sections["model"].update(random_weights="full", device=args.device)
+        if args.profile or not args.config:
+            sections["model"]["profile"] = args.profile or "realtime"
+        sections["model"].setdefault("dtype", "bfloat16")
+    body = [f'state_dir = "{state}"', "[ingest]", 'control = ["ipc://{state_dir}/control.sock"]',
+            'events = ["ipc://{state_dir}/events.sock"]', "[metrics]", "enabled = false",
+            "[logging]", 'format = "json"']
+    for name, sec in sections.items():
+        body += [f"[{name}]"] + [toml_line(k, v) for k, v in sec.items()]
+    body += ["[[outputs]]", 'name = "file"', f"url = {json.dumps(str(work / 'out.flv'))}"]
     cfg = work / "daemon.toml"
-    cfg.write_text(f"""state_dir = "{state}"
-[ingest]
-control = ["ipc://{{state_dir}}/control.sock"]
-events = ["ipc://{{state_dir}}/events.sock"]
-[video]
-{video}chunk_frames = 28
-[renderer]
-kind = "flashtalk"
-[model]
-{chr(10).join(f"{k} = {v}" for k, v in model.items())}
-[encoder]
-preset = "veryfast"
-[metrics]
-enabled = false
-[logging]
-format = "json"
-[[outputs]]
-name = "file"
-url = "{work / 'out.flv'}"
-""")
+    cfg.write_text("\n".join(body) + "\n")
     return cfg
 
 
@@ -155,7 +175,7 @@ def wait_for_flashtalk(client: Client, proc: subprocess.Popen, timeout_s: float)
             return st
         if r["failures"]:
             raise SystemExit(f"the FlashTalk renderer failed to load: {r['last_error']}")
-        time.sleep(1.0)
+        time.sleep(0.5)
     raise SystemExit(f"the FlashTalk renderer was not on air after {timeout_s:.0f} s (raise --load-timeout)")
 
 
@@ -163,10 +183,189 @@ def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+class Daemon:
+    """One `flashtalk-live run` process on the config; its start is timed from the spawn (the operator's
+    `systemctl start`): the still renderer's first frame out, then the FlashTalk renderer on air."""
+
+    def __init__(self, cfg: Path, work: Path, args: argparse.Namespace, tag: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
+        env["FLASHTALK_LIVE_BENCHMARK"] = "1"  # allows model.random_weights in this daemon only
+        if args.tiny:
+            env.setdefault("OMP_NUM_THREADS", "1")
+        cmd = [sys.executable, "-m", "flashtalk_live", "run", "-c", str(cfg)]
+        for o in args.overrides:
+            cmd += ["--set", o]
+        self.log = open(work / f"daemon-{tag}.log", "wb")
+        self.t_start = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                     cwd=ROOT)
+        self.state = work / "state"
+        self.client = Client(f"ipc://{self.state}/control.sock", timeout_s=10.0)
+        self.gpu = GpuSampler(self.proc.pid)
+        self.gpu.start()
+        self.first_frame_s: float | None = None
+
+    def wait_first_frame(self) -> None:
+        """Ping, then status until the broadcast has sent a frame (the still renderer on air)."""
+        while time.monotonic() - self.t_start < 600:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the daemon exited with {self.proc.returncode}; log: {self.log.name}")
+            try:
+                if self.client.status()["broadcast"]["frames_out"] > 0:
+                    self.first_frame_s = time.monotonic() - self.t_start
+                    return
+            except ClientError:
+                pass
+            time.sleep(0.05)
+
+    def stop(self) -> tuple[int | None, float]:
+        self.gpu.stop.set()
+        t = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.client.close()
+        return self.proc.returncode, time.monotonic() - t
+
+
+class StreamProducer(threading.Thread):
+    """A streaming TTS stand-in: one clip sent as raw PCM in `piece_s` pieces at real-time pace (its own client)."""
+
+    def __init__(self, endpoint: str, samples: np.ndarray, rate: int, piece_s: float = 0.2,
+                 pace: float = 1.0) -> None:
+        super().__init__(name="producer", daemon=True)
+        self.endpoint, self.rate, self.piece_s, self.pace = endpoint, rate, piece_s, pace
+        self.pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+        self.segment_id: str | None = None
+        self.first_send: float | None = None
+        self.first_ack: float | None = None
+        self.error: str | None = None
+        self.opened = threading.Event()
+
+    def run(self) -> None:
+        step = int(self.rate * self.piece_s) * 2
+        try:
+            with Client(self.endpoint, timeout_s=10.0) as c, \
+                    c.stream(format="pcm_s16le", sample_rate=self.rate, channels=1) as s:
+                self.segment_id = s.segment_id
+                self.opened.set()
+                t0 = time.monotonic()
+                for k, off in enumerate(range(0, len(self.pcm), step)):
+                    time.sleep(max(0.0, t0 + k * self.piece_s / self.pace - time.monotonic()))
+                    if k == 0:
+                        self.first_send = time.monotonic()
+                    s.append(self.pcm[off:off + step])
+                    if k == 0:
+                        self.first_ack = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - reported in the result, the run goes on
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self.opened.set()
+
+
+# The push schedule: half the clips streamed at real-time pace, whole clips into an idle room, behind the clip on
+# air, and play_now while one airs. "idle": nothing on air or queued; "behind": a clip on air, none queued.
+SCHEDULE = (("enqueue", "idle"), ("stream", "idle"), ("enqueue", "behind"), ("stream", "behind"),
+            ("play_now", "behind"), ("stream", "behind"))
+KIND_NAMES = {("enqueue", "idle"): "enqueue_idle", ("stream", "idle"): "stream_first_byte",
+              ("enqueue", "behind"): "enqueue_behind", ("stream", "behind"): "stream_behind",
+              ("play_now", "behind"): "play_now"}
+
+
+def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """Push clips on SCHEDULE for --minutes; returns the pushes (kind, times, segment ids) and the run's length."""
+    client, t0 = d.client, time.monotonic()
+    end = t0 + args.minutes * 60
+    rng = np.random.default_rng(1)
+    rate = 16000
+    pushed: list[dict[str, Any]] = []
+    producer: StreamProducer | None = None
+    i, slot, next_progress = 0, 0, t0  # i: clips pushed; slot: the SCHEDULE's position
+    schedule = SCHEDULE if args.streams else tuple(x for x in SCHEDULE if x[0] == "enqueue")
+    while time.monotonic() < end:
+        if d.proc.poll() is not None:
+            raise SystemExit(f"the daemon exited with {d.proc.returncode} during the run")
+        st = client.status()
+        if args.progress and time.monotonic() >= next_progress:
+            next_progress += 30.0
+            bb = st["broadcast"]
+            Path(args.progress).write_text(json.dumps({
+                "minutes": (time.monotonic() - t0) / 60, "clips_pushed": i,
+                "started": sum(1 for p in pushed if rec.find("started", segment_id=p.get("segment_id"))),
+                "underrun_frames_clip": bb.get("underrun_frames_clip", 0) - base.get("underrun_frames_clip", 0),
+                "underrun_frames_idle": bb.get("underrun_frames_idle", 0) - base.get("underrun_frames_idle", 0),
+                "producer_starved_seconds": bb.get("producer_starved_seconds"),
+                "chunk_s": (st["renderer"].get("drift") or {}).get("chunk_s"), "latency": st.get("latency"),
+            }, indent=1))
+        mode, where = schedule[slot % len(schedule)] if args.idle_every else ("enqueue", "behind")
+        producing = producer is not None and producer.is_alive()
+        for p in pushed:  # a clip taken for rendering is neither queued nor on air: our own pushes' events tell
+            sid = p.get("segment_id")
+            p["started"] = p.get("started") or bool(rec.find("started", segment_id=sid))
+            p["finished"] = p.get("finished") or bool(rec.find("finished", segment_id=sid))
+        waiting = sum(1 for p in pushed if not p["started"])
+        airing = any(p["started"] and not p["finished"] for p in pushed)
+        idle = st["on_air"] is None and not producing and waiting == 0 and not airing
+        scheduled = not (where == "behind" and idle)
+        if not scheduled:
+            mode, where = "enqueue", "idle"  # nothing to be behind (the last clip ended first): an idle sample
+        ready = idle if where == "idle" else \
+            (airing and waiting == 0 and not (producing and mode != "enqueue"))
+        if not ready or (args.duty > 0 and sum(p["seconds"] for p in pushed) > args.duty * (time.monotonic() - t0)):
+            time.sleep(0.1)
+            continue
+        seconds = float(rng.uniform(*args.clip_seconds)) if not args.tiny else float(rng.uniform(2, 4))
+        samples = speech_like(seconds, seed=i, rate=rate)
+        p: dict[str, Any] = {"kind": KIND_NAMES[(mode, where)], "seconds": seconds, "streamed": mode == "stream"}
+        if mode == "stream":
+            producer = StreamProducer(client.endpoint, samples, rate)
+            producer.start()
+            producer.opened.wait(30)
+            p.update(producer=producer, segment_id=producer.segment_id)
+        else:
+            p["send_t"] = time.monotonic()
+            ack = client.call(mode, mono_wav(samples, rate), format="wav")
+            p.update(ack_t=time.monotonic(), segment_id=ack["segment_id"], planned_in_s=ack.get("planned_in_s"))
+        pushed.append(p)
+        i += 1
+        slot += 1 if scheduled else 0
+        time.sleep(0.3)  # let the status see the push
+    if producer is not None:
+        producer.join(60)
+    for p in pushed:
+        prod = p.pop("producer", None)
+        if prod is not None:
+            p.update(segment_id=prod.segment_id, send_t=prod.first_send, ack_t=prod.first_ack, error=prod.error)
+    return {"pushed": pushed, "t0": t0}
+
+
+def latency_rows(pushed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per kind: push -> first frame of the clip on air (the `started` event's mono, the daemon's CLOCK_MONOTONIC,
+    minus this process's monotonic time before the request), and its stages' medians."""
+    rows: dict[str, dict[str, Any]] = {}
+    for kind in KIND_NAMES.values():
+        ps = [p for p in pushed if p["kind"] == kind and p.get("latency_s") is not None]
+        if not ps:
+            continue
+        lat = [p["latency_s"] for p in ps]
+        ack = [p["ack_t"] - p["send_t"] for p in ps if p.get("ack_t") is not None]
+        plan = [p["planned_in_s"] for p in ps if p.get("planned_in_s") is not None]
+        rows[kind] = {"n": len(lat), "p50_s": pct(lat, 50), "p99_s": pct(lat, 99), "max_s": max(lat),
+                      "ack_p50_s": pct(ack, 50), "planned_in_p50_s": pct(plan, 50)}
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="clips pushed for this long once FlashTalk is on air")
-    ap.add_argument("--profile", default="realtime", help="model.profile: a name, a .toml or auto")
+    ap.add_argument("--config", default=None, metavar="TOML",
+                    help="take the engine and look from this shipped config (e.g. configs/flashtalk-14b.toml): "
+                         "[video] [renderer] [model] [encoder] [overlays], weights and paths aside")
+    ap.add_argument("--profile", default=None, help="model.profile: a name, a .toml or auto (default: the config's, "
+                                                    "else realtime)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="more daemon settings, e.g. --set model.compile=true --set model.quantize='\"fp8\"'")
@@ -175,104 +374,58 @@ def main(argv: list[str] | None = None) -> int:
                          "is at most this share of the run; 0: back to back")
     ap.add_argument("--clip-seconds", type=float, nargs=2, default=(4.0, 12.0), metavar=("MIN", "MAX"),
                     help="clip lengths, drawn uniformly (--tiny: 2-4 s)")
-    ap.add_argument("--idle-every", type=int, default=5, help="every Nth clip waits for an idle room (latency sample)")
+    ap.add_argument("--idle-every", type=int, default=1,
+                    help="0: every clip behind the one on air (no idle or play_now samples); else the SCHEDULE")
+    ap.add_argument("--no-streams", dest="streams", action="store_false",
+                    help="whole clips only (no streamed clips in the schedule)")
+    ap.add_argument("--restart", action="store_true",
+                    help="after the run, stop and start the daemon again on the same state dir: the warm start "
+                         "(compile cache kept) next to the first, cold one")
     ap.add_argument("--load-timeout", type=float, default=1800.0, help="seconds allowed for load + warm-up")
     ap.add_argument("--tiny", action="store_true", help="tiny random family on the CPU (smoke)")
     ap.add_argument("--json", default=None, metavar="PATH")
     ap.add_argument("--progress", default=None, metavar="PATH",
                     help="every 30 s, the run's counters so far (a run cut short still tells)")
+    ap.add_argument("--work", default=None, metavar="DIR", help="work folder (kept): config, logs, recording")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (config, log, recording)")
     args = ap.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="flashtalk-daemon-bench-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="flashtalk-daemon-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     cfg = write_config(work, args)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
-    env["FLASHTALK_LIVE_BENCHMARK"] = "1"  # allows model.random_weights in this daemon only
-    if args.tiny:
-        env.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [sys.executable, "-m", "flashtalk_live", "run", "-c", str(cfg)]
-    for o in args.overrides:
-        cmd += ["--set", o]
-    log = open(work / "daemon.log", "wb")
-    t_start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT)
-    state = work / "state"
-    client = Client(f"ipc://{state}/control.sock", timeout_s=10.0)
-    gpu = GpuSampler(proc.pid)
-    gpu.start()
+    d = Daemon(cfg, work, args, "cold")
     rec: EventRecorder | None = None
-    pushed: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
+    pushed: list[dict[str, Any]] = []
     try:
-        for _ in range(600):
-            try:
-                client.ping()
-                break
-            except ClientError:
-                if proc.poll() is not None:
-                    raise SystemExit(f"the daemon exited with {proc.returncode}; log: {work / 'daemon.log'}")
-                time.sleep(0.2)
-        rec = EventRecorder(f"ipc://{state}/events.sock")
+        d.wait_first_frame()
+        rec = EventRecorder(f"ipc://{d.state}/events.sock")
         rec.start()
         # the recorder subscribes long before the first push: clips go out only once FlashTalk is on air
-        st0 = wait_for_flashtalk(client, proc, args.load_timeout)
-        load_s = time.monotonic() - t_start
+        st0 = wait_for_flashtalk(d.client, d.proc, args.load_timeout)
+        load_s = time.monotonic() - d.t_start
         base = st0["broadcast"]
         print(f"FlashTalk on air after {load_s:.0f} s; pushing clips for {args.minutes:g} min", file=sys.stderr,
               flush=True)
-        t0 = time.monotonic()
-        end = t0 + args.minutes * 60
-        rng = np.random.default_rng(1)
-        i = 0
-        next_progress = t0
-        while time.monotonic() < end:
-            if proc.poll() is not None:
-                raise SystemExit(f"the daemon exited with {proc.returncode} during the run")
-            st = client.status()
-            if args.progress and time.monotonic() >= next_progress:
-                next_progress += 30.0
-                bb = st["broadcast"]
-                Path(args.progress).write_text(json.dumps({
-                    "minutes": (time.monotonic() - t0) / 60, "clips_pushed": i,
-                    "speech_s": sum(p["seconds"] for p in pushed),
-                    "started": sum(1 for p in pushed if rec.find("started", segment_id=p["segment_id"])),
-                    "underrun_frames_clip": bb.get("underrun_frames_clip", 0) - base.get("underrun_frames_clip", 0),
-                    "underrun_frames_idle": bb.get("underrun_frames_idle", 0) - base.get("underrun_frames_idle", 0),
-                    "render_ahead": st.get("render_ahead"), "chunk_s": (st["renderer"].get("drift") or {}).get("chunk_s"),
-                }, indent=1))
-            queue = st["queue"]["clips"]
-            idle_sample = args.idle_every > 0 and i % args.idle_every == args.idle_every - 1
-            if idle_sample:
-                if queue or st["on_air"] is not None:
-                    time.sleep(0.2)
-                    continue
-            elif queue >= 1:
-                time.sleep(0.2)
-                continue
-            if args.duty > 0 and sum(p["seconds"] for p in pushed) > args.duty * (time.monotonic() - t0):
-                time.sleep(0.2)  # the duty cycle: idle air between clips
-                continue
-            seconds = float(rng.uniform(*args.clip_seconds)) if not args.tiny else float(rng.uniform(2, 4))
-            ack = client.enqueue(speech_like_wav(seconds, seed=i), format="wav")
-            pushed.append({"segment_id": ack["segment_id"], "ack_t": time.monotonic(), "seconds": seconds,
-                           "from_idle": queue == 0 and st["on_air"] is None})
-            i += 1
+        run = run_clips(d, rec, args, base)
+        pushed, t0 = run["pushed"], run["t0"]
         # let the last clips start so their latency counts, then read the counters
-        time.sleep(min(15.0, 5.0 + (0 if args.tiny else 5.0)))
-        st1 = client.status()
+        time.sleep(5.0 if args.tiny else 10.0)
+        st1 = d.client.status()
         b = st1["broadcast"]
         drift = st1["renderer"].get("drift") or {}
         ra = st1.get("render_ahead") or {}
         for p in pushed:
-            hits = rec.find("started", segment_id=p["segment_id"])
-            p["latency_s"] = hits[0][0] - p["ack_t"] if hits else None
-        idle_lat = [p["latency_s"] for p in pushed if p["from_idle"] and p["latency_s"] is not None]
-        queued_lat = [p["latency_s"] for p in pushed if not p["from_idle"] and p["latency_s"] is not None]
+            hits = rec.find("started", segment_id=p.get("segment_id"))
+            p["latency_s"] = (hits[0][1].get("mono", hits[0][0]) - p["send_t"]
+                              if hits and p.get("send_t") is not None else None)
         chunk = drift.get("chunk_s") or {}
         changes = [e for _, e in rec.find("renderer_changed")]
         result = {
-            "profile": drift.get("profile"), "auto": drift.get("auto"), "load_s": load_s,
+            "profile": drift.get("profile"), "auto": drift.get("auto"), "cold_start_s": load_s,
+            "still_first_frame_s": d.first_frame_s,
             "minutes": (time.monotonic() - t0) / 60, "clips": len(pushed), "duty": args.duty,
+            "streamed_clips": sum(p["streamed"] for p in pushed),
             "speech_share": sum(p["seconds"] for p in pushed if p["latency_s"] is not None) / max(1.0, time.monotonic() - t0),
             "clips_over_floor": ra.get("clips_over_floor"), "idle_bank": ra.get("idle_bank"),
             "clip_seconds": sum(p["seconds"] for p in pushed),
@@ -280,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             "underrun_episodes": b["underrun_episodes"] - base["underrun_episodes"],
             "underrun_frames_clip": b.get("underrun_frames_clip", 0) - base.get("underrun_frames_clip", 0),
             "underrun_frames_idle": b.get("underrun_frames_idle", 0) - base.get("underrun_frames_idle", 0),
+            "producer_starved_seconds": b.get("producer_starved_seconds", 0.0) - base.get("producer_starved_seconds", 0.0),
             "frames_out": b["frames_out"] - base["frames_out"],
             "chunk_count": chunk.get("count"), "chunk_p50_s": chunk.get("p50"), "chunk_p99_s": chunk.get("p99"),
             "chunk_max_s": chunk.get("max"), "render_rtf_last": b.get("render_rtf"),
@@ -287,10 +441,10 @@ def main(argv: list[str] | None = None) -> int:
                                         else drift["gpu_load_peak_bytes"] / 2**30),
             "gpu_peak_torch_gib": (None if drift.get("gpu_steady_peak_bytes") is None
                                    else drift["gpu_steady_peak_bytes"] / 2**30),
-            "gpu_peak_nvidia_smi_gib": None if gpu.peak_mib is None else gpu.peak_mib / 1024,
-            "latency_from_idle_p50_s": pct(idle_lat, 50), "latency_from_idle_max_s": max(idle_lat, default=None),
-            "latency_from_idle_n": len(idle_lat),
-            "latency_queued_p50_s": pct(queued_lat, 50), "clips_not_started": sum(p["latency_s"] is None for p in pushed),
+            "gpu_peak_nvidia_smi_gib": None if d.gpu.peak_mib is None else d.gpu.peak_mib / 1024,
+            "latency": latency_rows(pushed), "daemon_latency": st1.get("latency"),
+            "clips_not_started": sum(p["latency_s"] is None for p in pushed),
+            "producer_errors": [p["error"] for p in pushed if p.get("error")],
             "fallbacks_to_still": sum(1 for e in changes if e.get("renderer") == "still"),
             "renderer_failures": st1["renderer"]["failures"], "last_error": st1["renderer"]["last_error"],
             "renderer_at_end": st1["renderer"]["active"],
@@ -298,27 +452,45 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if rec is not None:
             rec.stop.set()
-        gpu.stop.set()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        client.close()
+        result["daemon_exit"], result["stop_s"] = d.stop()
     out = work / "out.flv"
     result["recording_bytes"] = out.stat().st_size if out.exists() else 0
-    result["daemon_exit"] = proc.returncode
+    if args.restart:
+        w = Daemon(cfg, work, args, "warm")
+        try:
+            w.wait_first_frame()
+            st = wait_for_flashtalk(w.client, w.proc, args.load_timeout)
+            result["warm_start_s"] = time.monotonic() - w.t_start
+            result["warm_still_first_frame_s"] = w.first_frame_s
+            result["warm_profile"] = (st["renderer"].get("drift") or {}).get("profile")
+        finally:
+            w.stop()
     print_table(result, args)
     if args.json:
         shown = {**vars(args), "overrides": [mask_text(o) for o in args.overrides]}
-        Path(args.json).write_text(json.dumps({"args": shown, "result": result, "clips": pushed}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": shown, "commit": commit(), "device": device_name(args),
+                                               "result": result, "clips": pushed}, indent=2, default=str))
         print(f"\nJSON: {args.json}")
-    if args.keep:
+    if args.keep or args.work:
         print(f"work folder: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def commit() -> str:
+    """The code's commit: FLASHTALK_COMMIT where the tree was copied without its history (a device run), else git's."""
+    if os.environ.get("FLASHTALK_COMMIT"):
+        return os.environ["FLASHTALK_COMMIT"]
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def device_name(args: argparse.Namespace) -> str:
+    if args.tiny or args.device == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()})"
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return out.stdout.strip() or args.device
 
 
 def _f(v: Any, fmt: str = "{:.3f}", unit: str = "") -> str:
@@ -326,36 +498,51 @@ def _f(v: Any, fmt: str = "{:.3f}", unit: str = "") -> str:
 
 
 def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
-    family = "tiny (CPU)" if args.tiny else f"full-size random bf16 on {args.device}"
-    print(f"\ndaemon benchmark: FlashTalk renderer, {family}, profile {r.get('profile')} (asked: "
-          f"{'tiny' if args.tiny else args.profile}), settings {[mask_text(o) for o in args.overrides] or 'defaults'}")
+    family = "tiny (CPU)" if args.tiny else f"full-size random bf16 on {device_name(args)}"
+    print(f"\ndaemon benchmark: FlashTalk renderer, {family}, commit {commit()}, config {args.config or 'own'}, "
+          f"profile {r.get('profile')} (asked: {'tiny' if args.tiny else args.profile or 'the config'}), "
+          f"settings {[mask_text(o) for o in args.overrides] or 'defaults'}")
     print("| measure | value |")
     print("|---|---|")
     rows = [
-        ("load + warm-up", _f(r.get("load_s"), "{:.0f}", " s")),
-        ("run", f"{_f(r.get('minutes'), '{:.1f}', ' min')}, {r.get('clips', 0)} clips "
-                f"({_f(r.get('clip_seconds'), '{:.0f}', ' s')} of speech), {r.get('frames_out', '-')} frames out"),
+        ("start, cold (empty compile cache): still renderer's first frame / FlashTalk on air",
+         f"{_f(r.get('still_first_frame_s'), '{:.1f}', ' s')} / {_f(r.get('cold_start_s'), '{:.0f}', ' s')}"),
+        ("start, warm (the run's compile cache): still renderer's first frame / FlashTalk on air",
+         f"{_f(r.get('warm_still_first_frame_s'), '{:.1f}', ' s')} / {_f(r.get('warm_start_s'), '{:.0f}', ' s')}"),
+        ("run", f"{_f(r.get('minutes'), '{:.1f}', ' min')}, {r.get('clips', 0)} clips, {r.get('streamed_clips', 0)} "
+                f"streamed ({_f(r.get('clip_seconds'), '{:.0f}', ' s')} of speech), {r.get('frames_out', '-')} frames out"),
         ("underrun frames (episodes)", f"{r.get('underrun_frames', '-')} ({r.get('underrun_episodes', '-')})"),
+        ("underrun frames in clips / idle", f"{r.get('underrun_frames_clip', '-')} / {r.get('underrun_frames_idle', '-')}"),
+        ("producer starved (pauses inside streamed clips)", _f(r.get("producer_starved_seconds"), "{:.2f}", " s")),
         ("speech share of air (asked)", f"{_f(r.get('speech_share'), '{:.0%}')} ({r.get('duty') or 'back to back'})"),
         ("clips started without their full head start", str(r.get("clips_over_floor", "-"))),
-        ("underrun frames in clips / idle", f"{r.get('underrun_frames_clip', '-')} / {r.get('underrun_frames_idle', '-')}"),
         ("chunk wall p50 / p99 / max", f"{_f(r.get('chunk_p50_s'))} / {_f(r.get('chunk_p99_s'))} / "
                                        f"{_f(r.get('chunk_max_s'))} s over {r.get('chunk_count', '-')} chunks"),
         ("GPU memory load peak (torch allocated, up to the last warm-up)",
          _f(r.get("gpu_load_peak_torch_gib"), "{:.1f}", " GiB")),
         ("GPU memory steady peak (torch allocated since the warm-up / nvidia-smi)",
          f"{_f(r.get('gpu_peak_torch_gib'), '{:.1f}', ' GiB')} / {_f(r.get('gpu_peak_nvidia_smi_gib'), '{:.1f}', ' GiB')}"),
-        ("clip accepted -> first frame on air, from idle: p50 / max (n)",
-         f"{_f(r.get('latency_from_idle_p50_s'), '{:.2f}', ' s')} / {_f(r.get('latency_from_idle_max_s'), '{:.2f}', ' s')} "
-         f"({r.get('latency_from_idle_n', 0)})"),
-        ("accepted -> on air, queued behind a clip: p50", _f(r.get("latency_queued_p50_s"), "{:.2f}", " s")),
-        ("clips not started by the end", str(r.get("clips_not_started", "-"))),
+        ("clips not started by the end / producer errors",
+         f"{r.get('clips_not_started', '-')} / {len(r.get('producer_errors') or [])}"),
         ("fallbacks to the still renderer / failures", f"{r.get('fallbacks_to_still', '-')} / {r.get('renderer_failures', '-')}"),
         ("renderer at the end", str(r.get("renderer_at_end", "-"))),
-        ("recording", f"{r.get('recording_bytes', 0) / 2**20:.1f} MiB; daemon exit {r.get('daemon_exit')}"),
+        ("recording; SIGTERM to exit", f"{r.get('recording_bytes', 0) / 2**20:.1f} MiB; exit {r.get('daemon_exit')} "
+                                       f"after {_f(r.get('stop_s'), '{:.2f}', ' s')}"),
     ]
     for k, v in rows:
         print(f"| {k} | {v} |")
+    lat = r.get("latency") or {}
+    if lat:
+        print("\npush -> first frame of the clip on air (client's send -> the `started` event's mono), and its stages"
+              " (medians: the request to its ack; the plan's wait given at the ack; the rest: render of the first"
+              " chunk, frame store, pacer)")
+        print("| kind | n | p50 s | p99 s | max s | to ack | plan wait | render + pace |")
+        print("|---|---|---|---|---|---|---|---|")
+        for kind, x in lat.items():
+            ack, plan = x.get("ack_p50_s") or 0.0, x.get("planned_in_p50_s")
+            rest = x["p50_s"] - ack - (plan or 0.0)
+            print(f"| {kind} | {x['n']} | {x['p50_s']:.2f} | {x['p99_s']:.2f} | {x['max_s']:.2f} | {ack:.3f} | "
+                  f"{_f(plan, '{:.2f}')} | {_f(None if plan is None else max(0.0, rest), '{:.2f}')} |")
     if r.get("last_error"):
         print(f"\nlast renderer error: {r['last_error']}")
     if r.get("auto"):

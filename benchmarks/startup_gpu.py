@@ -3,6 +3,8 @@
     python benchmarks/startup_gpu.py                                  # auto, then native: each cold, then warm
     python benchmarks/startup_gpu.py --profiles auto --runs cold,warm,warm --chunks 20
     python benchmarks/startup_gpu.py --tiny --profiles auto --chunks 2   # tiny random family on the CPU (smoke)
+    python benchmarks/startup_gpu.py --profiles native --runs cold --release /data/random-release
+        # the real loader: full-size random shards written to disk once (~42 GB), streamed and fp8-quantised
 
 Each run is a fresh process (this script with --child), so torch's in-memory caches start empty: what a warm run
 shares with the run before it is only the compile cache folder (`model.compile_cache_dir`), as after a restart of
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +44,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from flashtalk_live.checkpoints.release import FLASHTALK_DIR, WAV2VEC_DIR
     from flashtalk_live.engine import renderer as renderer_mod
     from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer, wall_timer
     from flashtalk_live.settings import BENCHMARK_ENV
@@ -51,7 +55,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     portrait = (rng.random((768, 448, 3)) * 255).astype(np.uint8)
     renderer_mod.default_portrait = lambda: portrait  # no image decoding needed on a bare GPU box
     tiny = args.tiny
-    over = ['renderer.kind="flashtalk"', f'model.random_weights="{"tiny" if tiny else "full"}"',
+    weights = ([f'model.weights_dir="{Path(args.release) / FLASHTALK_DIR}"',
+                f'model.wav2vec_dir="{Path(args.release) / WAV2VEC_DIR}"']  # the real loader, shards streamed
+               if args.release else [f'model.random_weights="{"tiny" if tiny else "full"}"'])
+    over = ['renderer.kind="flashtalk"', *weights,
             f'model.profile="{args.profile}"', f'model.device="{"cpu" if tiny else "cuda"}"',
             f'model.dtype="{"float32" if tiny else "bfloat16"}"', f"model.compile={str(not tiny).lower()}",
             f'model.quantize="{"none" if tiny else "fp8"}"', f'model.decoder="{args.decoder}"',
@@ -81,8 +88,41 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "steady_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "chunks": len(seconds), "chunk_p50_s": float(np.percentile(a, 50)), "chunk_p99_s": float(np.percentile(a, 99)),
         "chunk_max_s": float(a.max()), "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch": torch.__version__,
+        "torch": torch.__version__, "weights": args.release or "random (model.random_weights)",
+        "host_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
+
+
+def write_release(root: Path, tiny: bool) -> None:
+    """A release of random weights on disk in the released layout (full size: about 42 GB; the benchmark's stand-in
+    for the real files), with a random taew2_1 decoder under taehv/, unless `root` already holds one."""
+    import torch
+    from safetensors.torch import save_file
+
+    from flashtalk_live.checkpoints.fake import write_fake_release
+    from flashtalk_live.checkpoints.release import FLASHTALK_DIR
+    from flashtalk_live.model.clip import VIT_H_14
+    from flashtalk_live.model.dit import DiTConfig
+    from flashtalk_live.model.t5 import UMT5_XXL
+    from flashtalk_live.model.taehv import TAEHVConfig, TAEHVDecoder
+    from flashtalk_live.model.vae import VAEConfig
+
+    if (root / FLASHTALK_DIR / "config.json").is_file():
+        return
+    t0 = time.perf_counter()
+    if tiny:
+        write_fake_release(root)
+    else:  # wav2vec: the base config's own values (a non-empty dict: the writer's "full config" switch)
+        write_fake_release(root, DiTConfig(), VAEConfig(), VIT_H_14, UMT5_XXL, wav2vec={"hidden_size": 768}, shards=6)
+    with torch.device("meta"):
+        dec = TAEHVDecoder(TAEHVConfig.tiny() if tiny else TAEHVConfig.taew2_1())
+    gen = torch.Generator().manual_seed(0)
+    sd = {k: (0.02 * torch.randn(v.shape, generator=gen)).half() for k, v in dec.state_dict().items()}
+    (root / "taehv").mkdir(exist_ok=True)
+    save_file(sd, str(root / "taehv" / "taew2_1.safetensors"))
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    print(f"random release written to {root}: {size / 1e9:.1f} GB in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny random family on the CPU, no compile (smoke)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write every run as JSON (after each)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per child")
+    ap.add_argument("--release", default=None, metavar="DIR",
+                    help="load through the real loader from this release folder (shards streamed from disk, fp8 "
+                         "quantised block by block) instead of model.random_weights; written there with random "
+                         "weights first when it holds none (full size: about 42 GB of disk)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profile", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--cache", default="", help=argparse.SUPPRESS)
@@ -104,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return 0
+    if args.release:
+        write_release(Path(args.release), args.tiny)
     results: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="startup-"))
     try:
@@ -118,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                        str(state), "--chunks", str(args.chunks), "--decoder", args.decoder]
                 cmd += ["--fast-accum"] if args.fast_accum else []
                 cmd += ["--tiny"] if args.tiny else []
+                cmd += ["--release", args.release] if args.release else []
                 for x in args.set or []:
                     cmd += ["--set", x]
                 t0 = time.perf_counter()
@@ -136,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                     Path(args.json).write_text(json.dumps(results, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n| setting | run | ready s | build s | profile | auto eager p90s | auto compiled p90s | load peak GiB "
-          "| steady peak GiB | chunk p50 / p99 / max s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\nweights: {args.release or 'random, built on the device (model.random_weights)'}")
+    print("| setting | run | ready s | build s | profile | auto eager p90s | auto compiled p90s | load peak GiB "
+          "| steady peak GiB | host peak GiB | chunk p50 / p99 / max s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r['profile_setting']} | {r['run']} | error: {r['error'][-200:]!r} |")
@@ -148,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         comp = ", ".join(f"{e['profile']} {e['p90_s']:.3f}" for e in auto.get("measured", [])) or "-"
         gib = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         print(f"| {r['profile_setting']} | {r['run']} | {r['ready_s']:.1f} | {r['build_s']:.1f} | {r['profile']} | "
-              f"{eager} | {comp} | {gib(r['load_peak_gib'])} | {gib(r['steady_peak_gib'])} | "
+              f"{eager} | {comp} | {gib(r['load_peak_gib'])} | {gib(r['steady_peak_gib'])} | {gib(r.get('host_peak_gib'))} | "
               f"{r['chunk_p50_s']:.3f} / {r['chunk_p99_s']:.3f} / {r['chunk_max_s']:.3f} |")
     return 0
 

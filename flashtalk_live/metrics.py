@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from http.server import ThreadingHTTPServer
+from socketserver import TCPServer, ThreadingMixIn
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -155,9 +156,10 @@ def metrics_registry(status_provider: Callable[[], dict[str, Any]]) -> Collector
     return registry
 
 
-class ConnectionCap:
+class ConnectionCap(ThreadingMixIn, TCPServer):
     """Mixin for a threading socketserver: at most `max_connections` served at once (the rest are closed when
-    accepted), and an accept that survives EMFILE. Both HTTP servers (metrics, console) use it."""
+    accepted), and an accept that survives EMFILE. Both HTTP servers (metrics, console) list it first; its bases
+    name the methods it extends and come after the server's own classes in the method order."""
 
     max_connections = 16
     log: Any = None
@@ -171,7 +173,7 @@ class ConnectionCap:
     def serve_forever(self, poll_interval: float = 0.05) -> None:
         # shutdown() waits for the loop's next poll: socketserver's 0.5 s default was a quarter of the daemon's stop
         # time (issue 21); 20 empty polls a second cost nothing measurable.
-        super().serve_forever(poll_interval)  # type: ignore[misc]  # mixin over a server class chosen at run time
+        super().serve_forever(poll_interval)
 
     def get_request(self):  # noqa: ANN201
         try:
@@ -188,17 +190,17 @@ class ConnectionCap:
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.refused += 1
-            self.shutdown_request(request)  # type: ignore[attr-defined]  # socketserver.BaseServer, mixed in at run time
+            self.shutdown_request(request)
             return
         try:
-            super().process_request(request, client_address)  # type: ignore[misc]  # mixin, as above
+            super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
-            super().process_request_thread(request, client_address)  # type: ignore[misc]  # mixin, as above
+            super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
 

@@ -171,7 +171,8 @@ def load_taehv(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     module = load_into(plan.module, _tensors(plan, device), dtype=dtype, device=device, file=plan.file)
     log.info("checkpoint_loaded", module="taehv", file=str(plan.file), tensors=len(plan.headers),
              dtype=str(dtype).removeprefix("torch.") if dtype else "as stored", device=str(device))
-    return module  # type: ignore[return-value]  # load_state_dict(assign=True) keeps the class
+    assert isinstance(module, TAEHVDecoder)  # plan_taehv built one; load_state_dict(assign=True) keeps the class
+    return module
 
 
 def random_fixture_weights(config: TAEHVConfig | None = None, seed: int = 2026) -> dict[str, torch.Tensor]:

@@ -20,12 +20,14 @@ import dataclasses
 import functools
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from flashtalk_live.model.audio import AudioFeatureConfig
 from flashtalk_live.settings import Settings, read_toml
+
+if TYPE_CHECKING:  # model.audio imports torch: profiles are read before air, where torch is not needed yet
+    from flashtalk_live.model.audio import AudioFeatureConfig
 
 VAE_TEMPORAL = 4  # pixel frames per latent frame after the first
 VAE_SPATIAL = 8
@@ -115,7 +117,9 @@ class Profile:
     def window_samples(self) -> int:
         return self.audio_window_seconds * self.sample_rate
 
-    def audio_config(self) -> AudioFeatureConfig:
+    def audio_config(self) -> "AudioFeatureConfig":
+        from flashtalk_live.model.audio import AudioFeatureConfig  # torch: only once the engine is built
+
         return AudioFeatureConfig(sample_rate=self.sample_rate, fps=self.fps, frame_num=self.frame_num,
                                   motion_frames=self.motion_frames, buffer_seconds=self.audio_window_seconds)
 

@@ -55,7 +55,7 @@ from flashtalk_live.model.taehv import TinyVideoDecoder
 from flashtalk_live.model.text import encode_prompts
 from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings
 from flashtalk_live.renderers.base import RendererError
-from flashtalk_live.images import crossfade, default_portrait, fit_image, load_image
+from flashtalk_live.images import FitMode, crossfade, default_portrait, fit_image, load_image
 from flashtalk_live.settings import BENCHMARK_ENV, ModelSettings, Settings, VideoSettings, benchmark_mode
 from flashtalk_live.chunks import MODEL_AUDIO_RATE, RenderChunk
 
@@ -89,7 +89,7 @@ class FlashTalkRenderer:
         *,
         width: int,
         height: int,
-        fit: str = "cover",
+        fit: FitMode = "cover",
         events: Any = None,
         policy: RecalibrationPolicy | None = None,
         drift_every: int = 1,
@@ -313,7 +313,7 @@ class FlashTalkRenderer:
     def _fit(self, frames: np.ndarray) -> np.ndarray:
         if frames.shape[1:3] == (self.height, self.width):
             return frames
-        return np.stack([fit_image(f, self.width, self.height, self.fit) for f in frames])  # type: ignore[arg-type]  # torch frames go through numpy
+        return np.stack([fit_image(f, self.width, self.height, self.fit) for f in frames])
 
     def _announce(self, reason: str, before: DriftMeasure | None, after: DriftMeasure | None, chunk: RenderChunk) -> None:
         record = {
@@ -365,11 +365,13 @@ class T5TextEncoder:
 
 def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, device: torch.device,
                        dtype: torch.dtype, text_cache_dir: str | Path, *, decoder: str = "wan",
-                       taehv_path: str | Path | None = None, fp8: Fp8Plan | None = None) -> EngineModels:
+                       taehv_path: str | Path | None = None, fp8: Fp8Plan | None = None,
+                       text_device: torch.device | None = None) -> EngineModels:
     """DiT, VAE, CLIP visual and wav2vec2 from a release folder (strict), plus the cached lazy umT5; with
     decoder="taehv" also the tiny decoder (its file: `taehv_path`, else taehv/ beside the weights).
 
-    fp8: a quant.fp8.Fp8Plan to quantise the DiT blocks while loading, or None."""
+    fp8: a quant.fp8.Fp8Plan to quantise the DiT blocks while loading, or None. text_device: where umT5 runs on
+    a text-cache miss (None: `device`)."""
     if decoder not in ("wan", "taehv"):
         raise RendererError(f"model.decoder must be 'wan' or 'taehv', got {decoder!r}")
     tiny_file = None
@@ -385,7 +387,7 @@ def load_engine_models(weights_dir: str | Path, wav2vec_dir: str | Path | None, 
     vae = load_vae(wdir, device, dtype)
     clip = load_clip_visual(wdir, device, clip_dtype)
     wav2vec, extractor = load_wav2vec(w2v, device, torch.float32)
-    text = CachedTextEncoder(T5TextEncoder(wdir, device, dtype), text_cache_dir)
+    text = CachedTextEncoder(T5TextEncoder(wdir, text_device or device, dtype), text_cache_dir)
     tiny = None if tiny_file is None else load_tiny_decoder(tiny_file, device, dtype)
     return EngineModels(dit=dit, vae=vae, clip=clip, wav2vec=wav2vec, feature_extractor=extractor, text=text,
                         decoder=tiny)
@@ -398,7 +400,12 @@ def load_models_for(model: ModelSettings, device: torch.device, dtype: torch.dty
     if m.weights_dir is None:  # checked at config load (the flashtalk kind's `needs`): a caller's bug here
         raise RendererError("model.weights_dir is not set")
     return load_engine_models(m.weights_dir, m.wav2vec_dir, device, dtype, m.text_cache_dir, decoder=m.decoder,
-                              taehv_path=m.taehv_path or None, fp8=fp8)
+                              taehv_path=m.taehv_path or None, fp8=fp8, text_device=text_device_for(m, device))
+
+
+def text_device_for(model: ModelSettings, device: torch.device) -> torch.device:
+    """model.text_device: the CPU (default: the GPU never holds umT5) or the model's own device."""
+    return torch.device("cpu") if model.text_device == "cpu" else device
 
 
 def load_tiny_decoder(path: str | Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

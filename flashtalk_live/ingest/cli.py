@@ -359,8 +359,9 @@ def _command_verb(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         control, _ = _endpoints(args)
         try:
-            fields = {n: _secret_value(args, n) if _is_secret(f) else getattr(args, n)
-                      for n, f in command.args.model_fields.items()}
+            # argparse's values are untyped: the daemon validates them against the command's args model
+            fields: dict[str, Any] = {n: _secret_value(args, n) if _is_secret(f) else getattr(args, n)
+                                      for n, f in command.args.model_fields.items()}
             fields = {n: v for n, v in fields.items() if v is not None}
             data = _read(args.data_file) if getattr(args, "data_file", None) else None
         except ArgvSecret as e:
@@ -371,7 +372,7 @@ def _command_verb(command: Command) -> Callable[[argparse.Namespace], int]:
             return EXIT_ERROR
         with Client(control, timeout_s=args.timeout) as client:
             try:
-                reply = client.call(command.name, data, **fields)  # type: ignore[arg-type]  # fields: the command's own args, never timeout_s
+                reply = client.call(command.name, data, **fields)
             except ClientError as e:
                 return _fail(e)
         printer = PRINTERS.get(command.name)

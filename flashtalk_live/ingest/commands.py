@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Literal, TypeVar
+from typing import Any, Callable, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -24,10 +24,12 @@ MAX_CHANNELS = 8
 MAX_CUES = 256  # caption or overlay cues in one clip's header (each list)
 OUTPUT_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # Format hints a client may give; None means "sniff the bytes". Raw PCM needs sample_rate and channels.
-FORMATS = ("wav", "mp3", "m4a", "mp4", "aac", "flac", "ogg", "opus", "pcm_s16le")
+AudioFormat = Literal["wav", "mp3", "m4a", "mp4", "aac", "flac", "ogg", "opus", "pcm_s16le"]
 RAW_FORMATS = frozenset({"pcm_s16le"})
-STREAM_FORMATS = ("pcm_s16le", "mp3")  # a streamed clip's formats: decodable from any byte boundary (audio.py)
+StreamFormat = Literal["pcm_s16le", "mp3"]  # a streamed clip's formats: decodable from any byte boundary (audio.py)
 Mode = Literal["enqueue", "insert", "play_now"]
+# The spool mode each whole-clip audio command queues in: the three are named after their modes.
+AUDIO_MODES: dict[str, Mode] = {m: m for m in get_args(Mode)}
 ENVELOPE = frozenset({"v", "cmd"})  # checked by protocol.parse_header before the table is consulted
 
 Trust = Literal["any", "trusted"]
@@ -88,7 +90,7 @@ class OverlayCue(Cue):
 
 
 class AudioArgs(Args):
-    format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]  # Literal over a tuple: one list of names
+    format: AudioFormat | None = Field(
         None, description="hint when the bytes are ambiguous (any case); required for raw pcm_s16le")
     sample_rate: int | None = Field(None, ge=1000, le=MAX_SAMPLE_RATE, description="raw PCM: samples per second")
     channels: int | None = Field(None, ge=1, le=MAX_CHANNELS, description="raw PCM: interleaved channels")
@@ -121,7 +123,7 @@ class AudioArgs(Args):
 
 
 class ClipOpenArgs(AudioArgs):
-    format: Literal[STREAM_FORMATS] = Field(  # type: ignore[valid-type]  # as above
+    format: StreamFormat = Field(
         description="pcm_s16le (with sample_rate and channels) or mp3 (frames, any byte boundary)")
     mode: Mode = Field("enqueue", description="enqueue, insert or play_now, as for a whole clip")
     duration_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="the producer's estimate of the "

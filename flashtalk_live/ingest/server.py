@@ -30,8 +30,8 @@ from flashtalk_live.events import Event, EventBus
 from flashtalk_live.audio import decode_for_settings
 from flashtalk_live.ingest.auth import EndpointRefused, Security
 from flashtalk_live.ingest.conncap import ConnectionCap
-from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS, AudioArgs, Call, CancelArgs, Handler, MoveArgs, \
-    NoArgs, Peer, PingArgs, SkipArgs, authorize, check_data, lookup, validate_args
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS, AUDIO_MODES, COMMANDS, AudioArgs, Call, CancelArgs, Handler, \
+    MoveArgs, NoArgs, Peer, PingArgs, SkipArgs, authorize, check_data, lookup, validate_args
 from flashtalk_live.ingest.lanes import Lanes
 from flashtalk_live.ingest.limits import CUE_FIELDS, RateLimiter, check_cues, check_text
 from flashtalk_live.ingest.protocol import (
@@ -649,7 +649,7 @@ class IngestServer:
         return {"segment_id": sid, "position_was": old, "position": new}
 
     def _cmd_audio(self, call: Call[AudioArgs]) -> dict[str, Any]:
-        data, a, mode = call.data, call.args, call.name
+        data, a, mode = call.data, call.args, AUDIO_MODES[call.name]
         assert data is not None
         rid = a.id
         if rid is not None:
@@ -671,7 +671,7 @@ class IngestServer:
         # is ordered against them exactly as the queue semantics say; enqueue drops buffered idle/programme chunks,
         # so a clip pushed into an idle room does not wait behind them (playout/replan.py).
         with self.edit(mode):
-            res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,  # type: ignore[arg-type]  # an audio command's name is a spool Mode
+            res = self.spool.add_ex(data, meta, mode, rid, clip.duration_s,
                                     format=fmt, sample_rate=rate, channels=ch)
         ack = res.ack
         if res.duplicate:

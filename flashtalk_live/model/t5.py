@@ -161,7 +161,11 @@ class T5Encoder(nn.Module):
         return self.norm(x)
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        """The reference's text context: encoder output trimmed to each sample's true length."""
+        """The reference's text context: encoder output trimmed to each sample's true length. Positions past the
+        longest true length are cut before the forward (right padding): pads are masked out of every attention and
+        the rest is per token, so the rows kept are the same and the 512-token padding costs no compute."""
+        n = max(1, int(mask.gt(0).sum(dim=1).max()))
+        ids, mask = ids[:, :n], mask[:, :n]
         return trim_to_mask(self(ids, mask), mask)
 
 

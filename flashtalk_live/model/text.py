@@ -11,6 +11,7 @@ import html
 import re
 import unicodedata
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -28,10 +29,11 @@ DEFAULT_PROMPT = (
     "A person is talking. Only the foreground characters are moving, the background remains static."
 )
 
+_ftfy_fix_text: Callable[[str], str] | None
 try:  # the reference uses ftfy; it is optional here (see _fix_text_subset)
-    import ftfy as _ftfy
+    from ftfy import fix_text as _ftfy_fix_text
 except ImportError:  # pragma: no cover - depends on the environment
-    _ftfy = None  # type: ignore[assignment]  # ftfy is optional: None means "not installed"
+    _ftfy_fix_text = None
 
 _SINGLE_QUOTES = re.compile("[\u02bc\u2018-\u201b]")
 _DOUBLE_QUOTES = re.compile("[\u201c-\u201f]")
@@ -57,7 +59,7 @@ def clean_text(text: str) -> str:
     """The reference's ``whitespace_clean(basic_clean(text))``."""
     if not isinstance(text, str):
         raise TypeError(f"prompt must be a str, got {type(text).__name__}")
-    text = _ftfy.fix_text(text) if _ftfy is not None else _fix_text_subset(text)
+    text = _ftfy_fix_text(text) if _ftfy_fix_text is not None else _fix_text_subset(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 

@@ -174,7 +174,7 @@ def files_vae(*, device: torch.device, dtype: torch.dtype, config_json: str, wei
     if "constructor_kwargs" in data:
         cfg = VAEConfig.from_reference_kwargs(data["constructor_kwargs"])
     else:
-        cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})  # type: ignore[arg-type]  # a config.json written from VAEConfig's own fields
+        cfg = VAEConfig(**data)  # VAEConfig's own fields; its __post_init__ turns JSON lists into tuples
     model = WanVAE(cfg)
     model.load_state_dict(load_file(weights), strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

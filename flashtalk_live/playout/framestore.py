@@ -160,7 +160,7 @@ class FrameStore:
                               f"({self.min_free_bytes} bytes)")
             assert p.data is not None
             with open(path, "xb", buffering=0) as f:
-                view = memoryview(p.data).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; stubs lag
+                view = p.data.data.cast("B")  # ndarray.data: the array's memoryview (contiguous: packed above)
                 while view:  # one write() in practice; a short write continues where it stopped
                     view = view[f.write(view):]
         except OSError as e:
@@ -226,7 +226,7 @@ class FrameStore:
         shape = p.shape if p.kind == "rgb" else (p.shape[0], p.shape[1] * 3 // 2, p.shape[2])
         data = np.empty(shape, np.uint8)
         with open(p.path, "rb", buffering=0) as f:
-            view = memoryview(data).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; stubs lag
+            view = data.data.cast("B")  # ndarray.data: the array's memoryview
             while view:  # one read() in practice
                 n = f.readinto(view)
                 if not n:

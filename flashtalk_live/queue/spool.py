@@ -10,15 +10,14 @@ memory, so acks and `status` never scan the queue. A clip being broadcast is in 
 timeline takes it (it may be rendered ahead, not on air yet); a re-plan gives such a clip back (`untake`), and a
 clip cut by play_now goes back to pending to replay (`requeue`, undone by `unrequeue`); only an aired end deletes it.
 
-Faults of the box: a spool SQLite cannot read at open is moved aside (never deleted) and a fresh one opened, so the
-room goes on air; a reserve file is given back to the file system when the disk fills, so clips already
+Faults of the box (queue/faults.py): a spool SQLite cannot read at open is moved aside (never deleted) and a fresh one
+opened, so the room goes on air; a reserve file is given back to the file system when the disk fills, so clips already
 acknowledged still move from pending to playing to finished while new clips are refused with `disk_full`. A file
 moved aside is salvaged by queue/salvage.py (`flashtalk-live spool salvage`).
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import math
@@ -30,18 +29,20 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
+from typing import Any, Iterator, Literal, Sequence
 
-from flashtalk_live.errors import Rejection
 from flashtalk_live.audio import ClipAudio, decode_audio
+from flashtalk_live.queue.faults import RESERVE_BYTES, DiskReserve, SpoolDiskFull, SpoolError, fsync_dir, \
+    is_disk_full, open_or_quarantine, refusing_full_disk
 from flashtalk_live.settings import EncoderSettings, QueueSettings, StorageSettings
 
+__all__ = ["DB_NAME", "MODES", "RESERVE_NAME", "AddResult", "Entry", "Mode", "Spool", "SpoolDiskFull", "SpoolError",
+           "SpoolLimits", "SpoolLocked"]
+
 Mode = Literal["enqueue", "insert", "play_now"]
-T = TypeVar("T")
 MODES = ("enqueue", "insert", "play_now")
 DB_NAME = "spool.sqlite3"
 RESERVE_NAME = "spool.reserve"
-RESERVE_BYTES = 16 * 1024**2  # room for the WAL pages of state changes once the disk is full
 GAP = 1 << 20  # distance between neighbouring positions when appending or renumbering
 REQUEST_MEMORY = 10_000  # request ids remembered for de-duplication, finished clips included
 
@@ -93,35 +94,6 @@ CREATE TRIGGER IF NOT EXISTS clips_stream_gone AFTER DELETE ON clips BEGIN
     DELETE FROM streams WHERE segment_id = old.segment_id;
 END;
 """
-
-
-class SpoolError(Rejection):
-    """A spool operation failed; `code` is a protocol rejection code (queue_full, oversize, disk_full, internal)."""
-
-
-def free_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes an unprivileged writer may still use on the file system holding `path` (-1 if unknown)."""
-    try:
-        st = os.statvfs(path)
-        return st.f_bavail * st.f_frsize
-    except OSError:
-        return -1
-
-
-def is_disk_full(e: BaseException) -> bool:
-    """SQLite's and the OS's ways of saying the file system has no room."""
-    if isinstance(e, sqlite3.OperationalError):
-        text = str(e).lower()
-        return "full" in text or "disk i/o" in text
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-class SpoolDiskFull(SpoolError):
-    """The file system under the spool has no room for this write."""
-
-    def __init__(self, path: Path, error: BaseException) -> None:
-        self.free_bytes = free_bytes(path)
-        super().__init__("disk_full", f"no space left for the spool in {path} ({self.free_bytes} bytes free): {error}")
 
 
 class SpoolLocked(SpoolError):
@@ -191,14 +163,6 @@ _COLS = ("segment_id, request_id, mode, state, pos, duration_s, format, sample_r
          "payload_bytes, created, replays, interrupt")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     """Thread-safe durable queue. `path` is a directory (the database is `path/spool.sqlite3`)."""
 
@@ -221,13 +185,11 @@ class Spool:
         except BlockingIOError:
             self._lockfile.close()
             raise SpoolLocked(self.dir) from None
-        self._reserve = self.dir / RESERVE_NAME
-        self._reserve_bytes = reserve_bytes
-        self.reserve_released = False
-        self.quarantined: tuple[Path, str] | None = None  # (where the unreadable file went, why) at open
+        self._reserve = DiskReserve(self.dir / RESERVE_NAME, reserve_bytes)
         self._deltas: list[tuple[str, int, float, int]] = []  # totals changes of the open transaction
         try:
-            self._db = self._open()
+            # quarantined: (where the unreadable file went, why), when this open moved one aside
+            self._db, self.quarantined = open_or_quarantine(self.db_path, self._connect, self._reserve)
         except BaseException:
             self._unlock()
             raise
@@ -251,19 +213,7 @@ class Spool:
         return cls(queue.spool_dir, SpoolLimits.from_settings(queue), audio_rate=encoder.audio_rate,
                    audio_channels=encoder.audio_channels, reserve_bytes=storage.spool_reserve_bytes, **kw)
 
-    # -- opening -------------------------------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
-        """Open the database; an unreadable one is quarantined, a full disk spends the reserve first."""
-        try:
-            return self._connect()
-        except sqlite3.DatabaseError as e:
-            if is_disk_full(e):
-                if self._release_reserve():
-                    return self._connect()
-                raise SpoolDiskFull(self.dir, e) from None
-            self.quarantined = (self._quarantine(), f"{type(e).__name__}: {e}")
-            return self._connect()
-
+    # -- opening (an unreadable file or a full disk: queue/faults.py) -----------------------------------------
     def _connect(self) -> sqlite3.Connection:
         """Connect, set up and check the file: a file that is not a sound SQLite spool raises DatabaseError."""
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
@@ -287,26 +237,11 @@ class Spool:
                             "AND sql LIKE '%seq%'").fetchone() is None:
                 db.executescript("DROP INDEX IF EXISTS clips_order; "
                                  "CREATE INDEX clips_order ON clips(state, pos, seq);")
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             return db
         except BaseException:
             db.close()
             raise
-
-    def _quarantine(self) -> Path:
-        """Move an unreadable spool aside with a timestamp (never deleted) so a fresh one can open."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.dir / f"{DB_NAME}.corrupt-{stamp}"
-        n = 1
-        while aside.exists():
-            aside = self.dir / f"{DB_NAME}.corrupt-{stamp}-{n}"
-            n += 1
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.db_path) + suffix)
-            if src.exists():
-                os.replace(src, Path(str(aside) + suffix))
-        _fsync_dir(self.dir)
-        return aside
 
     def _unlock(self) -> None:
         try:
@@ -314,48 +249,15 @@ class Spool:
         finally:
             self._lockfile.close()
 
-    # -- disk space ----------------------------------------------------------------------------------
+    # -- disk space (the reserve: queue/faults.py) ---------------------------------------------------------
     def ensure_reserve(self) -> bool:
         """(Re)create the reserve file when the disk has room for it; True when it is in place."""
-        try:
-            if self._reserve.exists() and self._reserve.stat().st_size >= self._reserve_bytes:
-                self.reserve_released = False
-                return True
-            with open(self._reserve, "wb") as f:
-                os.posix_fallocate(f.fileno(), 0, self._reserve_bytes)
-            self.reserve_released = False
-            return True
-        except OSError:
-            try:
-                self._reserve.unlink()
-            except OSError:
-                pass
-            return False
+        return self._reserve.ensure()
 
-    def _release_reserve(self) -> bool:
-        """Give the reserve's bytes back to the file system; False when there was none to give."""
-        try:
-            self._reserve.unlink()
-        except OSError:
-            return False
-        self.reserve_released = True
-        return True
-
-    def _state_change(self, fn: Callable[[], T]) -> T:
-        """A change to clips already acknowledged: on a full disk, spend the reserve and try once more."""
-        try:
-            return fn()
-        except sqlite3.OperationalError as e:
-            if not is_disk_full(e):
-                raise
-            if not self._release_reserve():
-                raise SpoolDiskFull(self.dir, e) from None
-        try:
-            return fn()
-        except sqlite3.OperationalError as e:
-            if is_disk_full(e):
-                raise SpoolDiskFull(self.dir, e) from None
-            raise
+    @property
+    def reserve_released(self) -> bool:
+        """The reserve was spent on a full disk and is not back yet."""
+        return self._reserve.released
 
     # -- plumbing ----------------------------------------------------------------------------------
     @contextmanager
@@ -479,12 +381,8 @@ class Spool:
         lim = self.limits
         if nbytes > lim.max_spool_bytes:
             raise SpoolError("oversize", f"payload of {nbytes} bytes can never fit the spool (max_spool_bytes {lim.max_spool_bytes})")
-        try:
+        with refusing_full_disk(self.dir):
             return self._add(payload, meta, mode, request_id, duration_s, format, sample_rate, channels)
-        except sqlite3.OperationalError as e:
-            if is_disk_full(e):
-                raise SpoolDiskFull(self.dir, e) from None
-            raise
 
     def _add(self, payload: bytes, meta: dict[str, Any] | None, mode: str, request_id: str | None,
              duration_s: float, format: str | None, sample_rate: int | None, channels: int | None,
@@ -543,45 +441,36 @@ class Spool:
         """A clip whose audio will arrive in parts: queued now (an empty payload, 0 s), in state 'open'."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        try:
+        with refusing_full_disk(self.dir):
             return self._add(b"", meta, mode, request_id, 0.0, format, sample_rate, channels,
                              stream=(declared_s, peer))
-        except sqlite3.OperationalError as e:
-            if is_disk_full(e):
-                raise SpoolDiskFull(self.dir, e) from None
-            raise
 
     def append_stream(self, segment_id: str, seq: int, data: bytes, added_s: float) -> None:
         """Store part `seq` of an open stream, committed (fsynced) when this returns; the clip grows by `added_s`
         seconds and len(data) bytes. SpoolError: `unknown_stream`, `stream_closed`, `sequence_gap`, `queue_full`."""
         nbytes = len(data)
         lim = self.limits
-        try:
-            with self._tx() as db:
-                row = db.execute("SELECT s.state, s.next_seq, c.state FROM streams s JOIN clips c USING (segment_id) "
-                                 "WHERE segment_id=?", (segment_id,)).fetchone()
-                if row is None:
-                    raise SpoolError("unknown_stream", f"no open stream {segment_id[:64]!r}", "segment_id")
-                if row[0] != "open":
-                    raise SpoolError("stream_closed", f"stream {segment_id[:64]!r} is {row[0]}", "segment_id")
-                if seq != row[1]:
-                    raise SpoolError("sequence_gap", f"expected seq {row[1]}, got {seq}", "seq")
-                pend, play = self._totals["pending"], self._totals["playing"]
-                secs, used = pend.seconds + play.seconds, pend.bytes + play.bytes
-                if secs + added_s > lim.max_queued_seconds:
-                    raise SpoolError("queue_full", f"queue holds {secs:.1f} s, limit {lim.max_queued_seconds:g} s")
-                if used + nbytes > lim.max_spool_bytes:
-                    raise SpoolError("queue_full", f"spool holds {used} bytes, limit {lim.max_spool_bytes}")
-                db.execute("INSERT INTO stream_parts(segment_id, seq, data) VALUES (?, ?, ?)",
-                           (segment_id, seq, sqlite3.Binary(data)))
-                db.execute("UPDATE streams SET next_seq=next_seq+1 WHERE segment_id=?", (segment_id,))
-                db.execute("UPDATE clips SET duration_s=duration_s+?, payload_bytes=payload_bytes+? WHERE segment_id=?",
-                           (float(added_s), nbytes, segment_id))
-                self._deltas.append((row[2], 0, float(added_s), nbytes))
-        except sqlite3.OperationalError as e:
-            if is_disk_full(e):
-                raise SpoolDiskFull(self.dir, e) from None
-            raise
+        with refusing_full_disk(self.dir), self._tx() as db:
+            row = db.execute("SELECT s.state, s.next_seq, c.state FROM streams s JOIN clips c USING (segment_id) "
+                             "WHERE segment_id=?", (segment_id,)).fetchone()
+            if row is None:
+                raise SpoolError("unknown_stream", f"no open stream {segment_id[:64]!r}", "segment_id")
+            if row[0] != "open":
+                raise SpoolError("stream_closed", f"stream {segment_id[:64]!r} is {row[0]}", "segment_id")
+            if seq != row[1]:
+                raise SpoolError("sequence_gap", f"expected seq {row[1]}, got {seq}", "seq")
+            pend, play = self._totals["pending"], self._totals["playing"]
+            secs, used = pend.seconds + play.seconds, pend.bytes + play.bytes
+            if secs + added_s > lim.max_queued_seconds:
+                raise SpoolError("queue_full", f"queue holds {secs:.1f} s, limit {lim.max_queued_seconds:g} s")
+            if used + nbytes > lim.max_spool_bytes:
+                raise SpoolError("queue_full", f"spool holds {used} bytes, limit {lim.max_spool_bytes}")
+            db.execute("INSERT INTO stream_parts(segment_id, seq, data) VALUES (?, ?, ?)",
+                       (segment_id, seq, sqlite3.Binary(data)))
+            db.execute("UPDATE streams SET next_seq=next_seq+1 WHERE segment_id=?", (segment_id,))
+            db.execute("UPDATE clips SET duration_s=duration_s+?, payload_bytes=payload_bytes+? WHERE segment_id=?",
+                       (float(added_s), nbytes, segment_id))
+            self._deltas.append((row[2], 0, float(added_s), nbytes))
 
     def end_stream(self, segment_id: str, state: Literal["closed", "cut"], added_s: float = 0.0) -> bool:
         """An open stream is complete ('closed') or given up on ('cut': its producer went silent); the clip grows by
@@ -597,7 +486,7 @@ class Spool:
                     db.execute("UPDATE clips SET duration_s=duration_s+? WHERE segment_id=?", (float(added_s), segment_id))
                     self._deltas.append((row[0], 0, float(added_s), 0))
             return True
-        return self._state_change(end)
+        return self._reserve.state_change(end)
 
     def stream_rows(self) -> list[dict[str, Any]]:
         """Every streamed clip still in the spool (open, closed or cut), oldest first: what a restart rebuilds."""
@@ -642,7 +531,7 @@ class Spool:
                 row[-1] = 0
             return self._entry(tuple(row), -1)
 
-        return self._state_change(take)
+        return self._reserve.state_change(take)
 
     def _to_head(self, db: sqlite3.Connection, segment_id: str, where: str, sets: str) -> bool:
         """Move one clip matching `where` to pending at position `pos` (computed by the caller's SQL in `sets`)."""
@@ -660,7 +549,7 @@ class Spool:
                 pos = 0 if head is None else head - GAP
                 return self._to_head(db, segment_id, "state='playing'",
                                      f"pos={int(pos)}, interrupt=(mode='play_now')")
-        return self._state_change(untake)
+        return self._reserve.state_change(untake)
 
     def requeue(self, segment_id: str) -> bool:
         """The playing clip was cut by play_now: back to pending, to replay from its start right after the
@@ -683,7 +572,7 @@ class Spool:
                                          f"pos={int(pos)}, priority=1, interrupt=0")
             raise SpoolError("internal", "no position left after renumbering the queue")
 
-        return self._state_change(requeue)
+        return self._reserve.state_change(requeue)
 
     def unrequeue(self, segment_id: str) -> bool:
         """Undo requeue (a re-plan rewound past the play_now cut): the clip is playing again."""
@@ -693,7 +582,7 @@ class Spool:
                 if n:
                     db.execute("UPDATE clips SET state='playing' WHERE segment_id=?", (segment_id,))
             return n > 0
-        return self._state_change(unrequeue)
+        return self._reserve.state_change(unrequeue)
 
     def interrupt_pending(self) -> bool:
         """True when the playing clip must be cut at the next chunk boundary (a play_now is waiting, or it was cancelled)."""
@@ -715,7 +604,7 @@ class Spool:
                 db.execute("DELETE FROM clips WHERE segment_id=? AND state='playing'", (segment_id,))
             return n
 
-        n = self._state_change(remove)
+        n = self._reserve.state_change(remove)
         if n:
             self._reclaim()
         return n > 0
@@ -743,7 +632,7 @@ class Spool:
                 db.execute("DELETE FROM clips WHERE segment_id=?", (segment_id,))
                 return "pending"
 
-        was = self._state_change(cancel)
+        was = self._reserve.state_change(cancel)
         if was == "pending":
             self._reclaim()
         return was
@@ -799,7 +688,7 @@ class Spool:
                     db.execute("UPDATE clips SET pos=? WHERE segment_id=?", (pos, segment_id))
             return old, new
 
-        return self._state_change(move)
+        return self._reserve.state_change(move)
 
     def clear(self) -> list[str]:
         """Drop every pending clip (the playing one stays); returns their ids in queue order."""
@@ -811,7 +700,7 @@ class Spool:
                 db.execute("DELETE FROM clips WHERE state='pending'")
             return ids
 
-        ids = self._state_change(clear)
+        ids = self._reserve.state_change(clear)
         self._reclaim()
         return ids
 
@@ -835,7 +724,7 @@ class Spool:
                 self._renumber(db, playing)
             return playing
 
-        return self._state_change(recover)
+        return self._reserve.state_change(recover)
 
     # -- reading -----------------------------------------------------------------------------------
     def pending(self, limit: int | None = None) -> list[Entry]:

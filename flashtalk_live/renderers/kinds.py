@@ -8,9 +8,11 @@ what only it knows (a flashtalk room's model profiles against its chunking).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
+from flashtalk_live.engine.profile import room_profiles  # torch-free: the profiles, read at config load
 from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer
 
@@ -56,10 +58,18 @@ def flashtalk_factory(settings: Settings, events: EventBus, parallel: ParallelHa
     return build
 
 
-def _flashtalk_launch(settings: Settings) -> ParallelHandle | None:
-    from flashtalk_live.parallel.launch import maybe_launch_workers  # torch: only for a flashtalk room
+def _single_gpu_room(settings: Settings) -> bool:
+    """One device and no torchrun job: no ranks to start. Read without torch, so that a one-GPU room's first
+    import of torch is the render thread's build, after the still renderer is on air."""
+    g = settings.model.gpus
+    one = g == 1 if isinstance(g, int) and not isinstance(g, bool) else isinstance(g, (list, tuple)) and len(g) == 1
+    return one and os.environ.get("WORLD_SIZE", "1") in ("", "1")
 
-    from flashtalk_live.engine.profile import room_profiles  # torch (model.audio): only for a flashtalk room
+
+def _flashtalk_launch(settings: Settings) -> ParallelHandle | None:
+    if _single_gpu_room(settings):
+        return None
+    from flashtalk_live.parallel.launch import maybe_launch_workers  # torch: only for a several-GPU room
 
     return maybe_launch_workers(settings.model, room_profiles(settings))
 
@@ -67,8 +77,6 @@ def _flashtalk_launch(settings: Settings) -> ParallelHandle | None:
 def _flashtalk_check(settings: Settings) -> None:
     """video.chunk_frames must be the profile's new frames: the profile (and every "auto" candidate, names and
     .toml files alike) is resolved here, once (`room_profiles` keeps it); a bad one raises a ProfileError."""
-    from flashtalk_live.engine.profile import room_profiles  # torch (model.audio): only a flashtalk config pays
-
     profiles = room_profiles(settings)
     if profiles[0].new_frames != settings.video.chunk_frames:
         raise ValueError(f"video.chunk_frames = {settings.video.chunk_frames}, but model.profile = "

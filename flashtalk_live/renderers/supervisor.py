@@ -57,9 +57,13 @@ class RendererSupervisor:
             self._start_loading()
 
     def _start_loading(self) -> None:
+        load = self._load
+        if load is None:  # the still renderer only: nothing to build
+            return
+
         def build() -> None:
             try:
-                r = self._load()  # type: ignore[misc]  # an optional callable, checked just above
+                r = load()
                 r.start_session(self._reference, self._prompt)  # a reload after a failure keeps the current avatar
                 pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
                 warm_up = getattr(r, "warm_up", None)

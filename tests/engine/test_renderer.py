@@ -83,6 +83,16 @@ def test_text_cache_hit_needs_no_text_encoder(release) -> None:
         offline("another prompt")
 
 
+def test_umt5_runs_on_the_cpu_unless_the_model_device_is_asked_for() -> None:
+    from flashtalk_live.engine.renderer import text_device_for
+    from flashtalk_live.settings import ModelSettings
+
+    gpu = torch.device("meta")  # stands for the model's device: only the choice is tested here
+    assert ModelSettings().text_device == "cpu"
+    assert text_device_for(ModelSettings(), gpu) == torch.device("cpu")
+    assert text_device_for(ModelSettings(text_device="model"), gpu) == gpu
+
+
 @pytest.mark.timeout(60)
 def test_wrong_chunk_size_and_missing_weights_are_clear_errors(renderer, release) -> None:
     bad = _chunk(0)

@@ -102,13 +102,16 @@ def test_no_import_cycles():
 
 # The leaves every part may import; settings may import only these (and the package root).
 LEAVES = {"flashtalk_live", "flashtalk_live.errors", "flashtalk_live.secrets"}
+SETTINGS = "flashtalk_live.settings"  # a package: the leaf is the package, each of its modules held to the rule
 
 
 def test_leaves_and_settings_import_nothing_above_the_leaves():
     graph = _graph()
     for leaf in LEAVES - {"flashtalk_live"}:
         assert graph[leaf] <= LEAVES, f"{leaf} is a leaf but imports {sorted(graph[leaf] - LEAVES)}"
-    assert graph["flashtalk_live.settings"] <= LEAVES, sorted(graph["flashtalk_live.settings"] - LEAVES)
+    package = {m for m in graph if m == SETTINGS or m.startswith(SETTINGS + ".")}
+    for mod in sorted(package):
+        assert graph[mod] <= LEAVES | package, f"{mod} imports {sorted(graph[mod] - LEAVES - package)}"
 
 
 def test_every_lazy_import_says_why():
@@ -140,6 +143,33 @@ def test_each_package_imports_first_in_a_fresh_interpreter():
         code = "import importlib\nfor m in %r:\n    importlib.import_module(m)\n" % order
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_one_gpu_flashtalk_room_imports_torch_only_in_the_render_thread(tmp_path):
+    """Everything a one-GPU flashtalk room runs before the still renderer is on air (config load with its kind's
+    checks, preflight's needs, the launch step, the daemon's modules) leaves torch unimported: its import (seconds
+    on a GPU box) belongs to the render thread's build, not to the time to first frame."""
+    code = f"""
+import sys
+from flashtalk_live.config import load_settings
+from flashtalk_live.renderers.kinds import renderer_kind
+from flashtalk_live.settings import BENCHMARK_ENV
+import flashtalk_live.daemon, flashtalk_live.preflight
+s = load_settings(None, ['renderer.kind="flashtalk"', 'model.random_weights="tiny"', 'state_dir="{tmp_path}"'],
+                  environ={{BENCHMARK_ENV: "1"}})
+kind = renderer_kind("flashtalk")
+kind.check(s)
+kind.needs(s)
+assert kind.launch(s) is None
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("flashtalk_live"))
+s8 = load_settings(None, ['renderer.kind="flashtalk"', 'model.gpus=2', 'model.random_weights="tiny"',
+                          'state_dir="{tmp_path}"'], environ={{BENCHMARK_ENV: "1"}})
+from flashtalk_live.renderers.kinds import _single_gpu_room
+assert not _single_gpu_room(s8)  # several GPUs: the launch step starts ranks (and imports torch)
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------------ tests and benchmarks

@@ -10,7 +10,7 @@ from flashtalk_live.cli import build_parser
 from flashtalk_live.client import Client
 from flashtalk_live.errors import REJECT_CODES, Rejection
 from flashtalk_live.ingest import reference
-from flashtalk_live.ingest.commands import AUDIO_COMMANDS, COMMANDS
+from flashtalk_live.ingest.commands import AUDIO_COMMANDS, AUDIO_MODES, COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,10 @@ def test_every_command_is_strict_and_described():
         assert c.description and c.args.model_config.get("extra") == "forbid" and c.args.model_config.get("strict")
         assert "id" in c.args.model_fields, name
         assert c.trusted_fields <= set(c.args.model_fields), name
+
+
+def test_every_audio_command_queues_in_a_spool_mode():
+    assert set(AUDIO_MODES) == AUDIO_COMMANDS
 
 
 def test_client_has_a_method_per_command():

@@ -116,6 +116,20 @@ def test_request_keyframe_forces_an_idr_on_the_next_frame() -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(("preset", "tune"), [("ultrafast", None), ("veryfast", "zerolatency"), ("medium", "film")])
+def test_each_frame_leaves_the_encoder_with_its_own_call(preset: str, tune: str | None) -> None:
+    """No encoder buffering on the path to air (issue 23): the packet of frame i comes out of the encode() call
+    that took frame i (zerolatency, added to any tune the operator sets: no lookahead, no frame-thread delay, no
+    B-frames; x264's film tune alone holds 41 frames at medium)."""
+    enc = _encoder(preset=preset, tune=tune)
+    for i in range(2 * FPS):
+        pts = [p.pts for p in enc.encode(*_inputs(i, enc.channels)) if p.stream is enc.video_stream]
+        assert pts == [i], f"frame {i} at {preset}: packets {pts}"
+    assert not [p for p in enc.flush() if p.stream is enc.video_stream]  # nothing was held back
+    enc.close()
+
+
+@pytest.mark.timeout(60)
 def test_cbr_bitrate_is_close_to_the_setting() -> None:
     enc = _encoder(video_bitrate=300_000)
     video, _, _ = _run(enc, 4 * FPS)

@@ -100,6 +100,14 @@ function pushToAir(st) {
   return kinds.length ? " · push→air p50 " + kinds.map(([k, v]) => k + " " + Number(v.p50_s).toFixed(2) + " s").join(", ") : "";
 }
 
+// the model's profile and, for model.profile = "auto", the compiled chunk p90s it chose by (status.renderer.drift)
+function modelProfile(st) {
+  const d = ((st.renderer || {}).drift) || {};
+  if (!d.profile) return "";
+  const measured = ((d.auto || {}).measured || []).map((t) => t.profile + " " + Number(t.p90_s).toFixed(3) + " s");
+  return " · profile " + d.profile + (d.auto ? " (auto" + (measured.length ? ": " + measured.join(", ") : "") + ")" : "");
+}
+
 function renderStatus(st) {
   const state = $("state");
   setText(state, st.state);
@@ -108,6 +116,7 @@ function renderStatus(st) {
   setText($("health"), "up " + secs(st.uptime_s) + " · A/V skew " + (b.av_skew_s ?? "—") +
     " s · render rtf " + (b.render_rtf === undefined ? "—" : Number(b.render_rtf).toFixed(3)) + " · look-ahead " + (b.buffered_frames ?? "—") +
     " frames · underruns " + (b.underrun_episodes ?? 0) + " · renderer " + ((st.renderer || {}).active || "—") +
+    modelProfile(st) +
     (b.producer_starved_seconds ? " · producer starved " + b.producer_starved_seconds + " s" : "") + pushToAir(st));
   plan = st.plan || { on_air: null, pending: [] };
   (st.pending || []).concat(st.playing || []).forEach((p) => noteName(p.segment_id, p.name));

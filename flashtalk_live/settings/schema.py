@@ -1,41 +1,26 @@
-"""The daemon's one typed configuration, as a schema: every section, its defaults and its own checks.
+"""The settings schema: the room's 15 sections, each a pydantic model with its defaults and its own checks, and
+`Settings`, the whole daemon, with the checks across sections and the values derived from them.
 
-A leaf: it imports nothing of the package but `secrets`. What only a registry knows (renderer kinds, output kinds,
-model profiles) is checked by that registry after the schema has validated: `config.load_settings` runs both.
+Adding a section is one `_Section` model here and its field on `Settings` (configs/default.toml documents it).
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import json
 import os
 import re
-import sys
-import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from flashtalk_live.secrets import mask_obj, mask_text, mask_url
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from flashtalk_live.secrets import mask_url
 
 ENV_PREFIX = "FLASHTALK_LIVE_"
-# Variables with the prefix that are not settings: the CLI's default config file, and the flag that the
-# benchmark scripts set to allow model.random_weights.
-CONFIG_ENV = ENV_PREFIX + "CONFIG"
-BENCHMARK_ENV = ENV_PREFIX + "BENCHMARK"
-OUTPUT_URL_ENV = ENV_PREFIX + "OUTPUT_URL"  # `output-add`: the stream URL, kept off argv
-_NOT_SETTINGS = {CONFIG_ENV, BENCHMARK_ENV, OUTPUT_URL_ENV}
 # The demo programme (README: a plain `flashtalk-live run` airs it): playlists/ of the repository, package data
 # through the link flashtalk_live/assets/playlists, so an installed (non-editable) package has it too.
-DEMO_PLAYLIST = Path(__file__).resolve().parent / "assets" / "playlists" / "example.m3u"
+DEMO_PLAYLIST = Path(__file__).resolve().parents[1] / "assets" / "playlists" / "example.m3u"
 
 
 def default_state_dir() -> str:
@@ -314,6 +299,9 @@ class ModelSettings(_Section):
                                    "graphs, autotuning, Triton kernels) kept across restarts: TORCHINDUCTOR_CACHE_DIR; "
                                    '"" leaves torch\'s default (/tmp/torchinductor_<user>)')
     text_cache_dir: str = "{state_dir}/text-cache"
+    text_device: Literal["cpu", "model"] = Field(
+        "cpu", description='where umT5-XXL encodes a prompt missing from the text cache: "cpu" (host memory, about '
+        '11 GiB while it runs; the GPU never holds it) or "model" (model.device: faster, a 10.6 GiB GPU transient)')
     gpus: int | list[int] = 1
     # Drift control (docs/engine.md argues the defaults).
     drift_every_chunks: int = Field(1, ge=1, description="measure identity/colour drift every N chunks")
@@ -646,234 +634,3 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used; the message names field, value and expectation."""
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _env_value(key: str, raw: str) -> Any:
-    """JSON when it parses (lists, numbers, bools), else the plain string. A value that starts like JSON (a list, an
-    object, a quoted string) but does not parse is an error naming the variable and the position, never the value:
-    these variables carry stream keys."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        if raw.lstrip()[:1] in ("[", "{", '"'):
-            raise ConfigError(f"{key}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno} of a "
-                              f"{len(raw)}-character value; the value is not shown: it may hold a stream key); expected "
-                              "JSON, or a plain text that starts with [, { or \" written as a JSON string") from None
-        return raw
-
-
-def env_tree(environ: dict[str, str]) -> dict[str, Any]:
-    """FLASHTALK_LIVE_A__B=v -> {"a": {"b": v}}; values parse as JSON when they can (lists, numbers, bools)."""
-    tree: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
-            continue
-        parts = key[len(ENV_PREFIX):].lower().split("__")
-        value = _env_value(key, raw)
-        node = tree
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return tree
-
-
-def parse_override(item: str) -> dict[str, Any]:
-    """'encoder.preset=ultrafast' -> {"encoder": {"preset": "ultrafast"}} (value parsed as TOML when possible)."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. encoder.preset=ultrafast")
-    key, raw = item.split("=", 1)
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    node: dict[str, Any] = {}
-    root = node
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return root
-
-
-# Keys whose relative values name files: in a config file they mean "next to this file", not the current directory.
-_FILE_KEYS = (("state_dir",), ("queue", "spool_dir"), ("programme", "playlist"), ("video", "reference_image"),
-              ("model", "weights_dir"), ("model", "wav2vec_dir"), ("model", "text_cache_dir"),
-              ("renderer", "lookahead_spill_dir"),
-              ("ingest", "server_key"), ("ingest", "client_keys_dir"), ("overlays", "font"), ("console", "token_file"))
-_FILE_LIST_KEYS = (("ingest", "avatar_dirs"), ("output_policy", "file_dirs"), ("overlays", "font_dirs"))
-
-
-def _anchor(value: Any, base: Path) -> Any:
-    """A relative file path made absolute against `base`; templates ({state_dir}/...), "", URLs left alone."""
-    if not isinstance(value, str) or not value or value.startswith("{") or "://" in value:
-        return value
-    return str(resolve_path(value, base))
-
-
-def _anchor_endpoint(ep: Any, base: Path) -> Any:
-    if isinstance(ep, str) and ep.startswith("ipc://") and not ep[len("ipc://"):].startswith("@"):
-        return "ipc://" + _anchor(ep[len("ipc://"):], base)
-    return ep
-
-
-def resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """A config file's relative paths (file keys, ipc endpoints, file outputs) against the file's directory."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for key in _FILE_KEYS:
-        node: dict[str, Any] = out
-        for part in key[:-1]:
-            child = node.get(part)
-            node = child if isinstance(child, dict) else {}
-        if key[-1] in node:
-            node[key[-1]] = _anchor(node[key[-1]], base)
-    for section, list_key in _FILE_LIST_KEYS:
-        sec = out.get(section)
-        if isinstance(sec, dict) and isinstance(sec.get(list_key), list):
-            sec[list_key] = [_anchor(v, base) for v in sec[list_key]]
-    overlays = out.get("overlays")
-    if isinstance(overlays, dict) and isinstance(overlays.get("layers"), list):
-        overlays["layers"] = [{**ly, "image": _anchor(ly["image"], base)} if isinstance(ly, dict) and "image" in ly
-                              else ly for ly in overlays["layers"]]
-    ingest = out.get("ingest")
-    if isinstance(ingest, dict):
-        for k in ("control", "events"):
-            if isinstance(ingest.get(k), list):
-                ingest[k] = [_anchor_endpoint(ep, base) for ep in ingest[k]]
-    if isinstance(out.get("outputs"), list):
-        # Only what is a recording path: anything else is left for the URL check to refuse (masked), so a
-        # schemeless stream URL such as "host:1935/live/KEY" is never turned into a file path that errors echo.
-        out["outputs"] = [{**o, "url": _anchor(o["url"], base)}
-                          if isinstance(o, dict) and isinstance(o.get("url"), str)
-                          and o["url"].lower().endswith((".flv", ".mp4")) else o
-                          for o in out["outputs"]]
-    return out
-
-
-def error_line(loc: str, value: Any, msg: str, missing: bool = False) -> str:
-    """One configuration error as a line: field = masked value: what is expected. Values are masked before they
-    are cut short, so a cut never splits a URL away from its scheme; url fields are masked strictly (any shape may
-    hide a key)."""
-    msg = mask_text(msg.removeprefix("Value error, "))
-    if missing:
-        shown = "<missing>"
-    elif isinstance(value, str) and loc.endswith("url"):
-        shown = repr(mask_url(value, strict=True))
-    else:
-        shown = mask_text(repr(mask_obj(value)))
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    twice = loc.endswith("url") and shown in msg  # the output-kind message quotes the (masked) URL itself
-    return f"{loc}: {msg}" if twice else f"{loc} = {shown}: {msg}"
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds (a section, list[OutputSettings], Optional[...]), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def unknown_key_hint(loc: tuple[Any, ...]) -> str:
-    """For a key that is not a setting: "did you mean ...?" (difflib) or the keys its section has."""
-    model: type[BaseModel] | None = Settings
-    for part in loc[:-1]:
-        if isinstance(part, int):  # an item of a list section ([[outputs]])
-            continue
-        field = model.model_fields.get(str(part)) if model is not None else None
-        model = _model_in(field.annotation) if field is not None else None
-        if model is None:
-            return "not a setting"
-    if model is None:
-        return "not a setting"
-    names = list(model.model_fields)
-    prefix = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
-    close = difflib.get_close_matches(str(loc[-1]), names, n=2, cutoff=0.6)
-    if close:
-        return "not a setting; did you mean " + " or ".join(".".join(filter(None, (prefix, c))) for c in close) + "?"
-    return f"not a setting; {'[' + prefix + ']' if prefix else 'the top level'} has: {', '.join(names)}"
-
-
-def validation_error_lines(err: ValidationError) -> list[str]:
-    """One line per error of the schema (`error_line`); a check across fields is its message alone."""
-    lines = []
-    for e in err.errors():
-        if not e["loc"]:  # a check across fields: its message names them, the input is the whole config
-            lines.append(mask_text(e["msg"].removeprefix("Value error, ")))
-            continue
-        loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":  # a typo'd key: name it and the key it most likely meant
-            lines.append(f"{loc}: {unknown_key_hint(tuple(e['loc']))}")
-            continue
-        lines.append(error_line(loc, e.get("input"), e["msg"], missing=e["type"] == "missing"))
-    return lines
-
-
-def format_error_lines(lines: list[str], source: str) -> str:
-    if len(lines) == 1:
-        return f"invalid configuration ({source}): {lines[0]}"
-    return "\n  ".join([f"invalid configuration ({source}):"] + lines)
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    return format_error_lines(validation_error_lines(err), source)
-
-
-def loads_toml(text: str, source: str, error: type[Exception]) -> dict[str, Any]:
-    """The one TOML parser (config files, profiles, playlists): malformed text raises `error` naming the source."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise error(f"{source}: not valid TOML: {e}") from None
-
-
-def read_toml(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
-    """The one TOML file reader: a missing or malformed file raises `error` naming the file and the problem."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise error(f"{what} not found: {path}") from None
-    return loads_toml(text, str(path), error)
-
-
-def resolve_path(value: str, base: Path) -> Path:
-    """A path written in a file (config, playlist): ~ expanded, a relative one taken against the file's folder."""
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else Path(os.path.normpath(base / p))
-
-
-def benchmark_mode(environ: Any = None) -> bool:
-    """True when a benchmark script started this process (FLASHTALK_LIVE_BENCHMARK=1)."""
-    env = os.environ if environ is None else environ
-    return env.get(BENCHMARK_ENV) == "1"
-
-
-def check_benchmark_only(settings: Settings, environ: Any = None) -> None:
-    """Refuse benchmark-only settings (random weights put noise on air) outside a benchmark run."""
-    rw = settings.model.random_weights
-    if rw != "off" and not benchmark_mode(environ):
-        raise ConfigError(f"model.random_weights = {rw!r} is for benchmarks only: the avatar would be random noise. "
-                          f"Set model.random_weights = \"off\" (the default) and model.weights_dir; benchmark scripts "
-                          f"set {BENCHMARK_ENV}=1 to allow it")
-
-
-def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The settings as JSON data with every string masked (output URLs and anything else that holds one)."""
-    return mask_obj(settings.model_dump(mode="json"))
