@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
 import zmq  # noqa: E402
-import zmq.auth  # noqa: E402
 
 from flashtalk_live.client import Rejected  # noqa: E402
 
 from support.audiogen import encode  # noqa: E402
+from support.curve import unknown_peers  # noqa: E402
 from support.daemon_harness import DaemonProcess  # noqa: E402
 
 
@@ -69,14 +69,7 @@ def main() -> int:
             rows.append(("rejected requests", n, n, grew(d, size0), el))
 
             ctx = zmq.Context()
-            pub, _ = zmq.auth.load_certificate(str(d.state_dir / "keys" / "server.key"))
-            socks = []
-            for _ in range(100):
-                s = ctx.socket(zmq.DEALER)
-                s.setsockopt(zmq.LINGER, 0)
-                s.curve_serverkey = pub
-                s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
-                socks.append(s)
+            socks = unknown_peers(ctx, d.state_dir, 100)
             size0, knocks, t0 = d.log_path.stat().st_size, 0, time.monotonic()
             while time.monotonic() - t0 < a.seconds:
                 s = socks[knocks % len(socks)]

@@ -11,7 +11,6 @@ was measured)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 import urllib.parse
@@ -25,6 +24,7 @@ from flashtalk_live.client import Client, ClientError, CurveClientKeys, EventStr
 from flashtalk_live.ingest.auth import create_keypair
 
 from support.audiogen import encode
+from support.curve import unknown_peers
 from support.daemon_harness import wait_for
 from support.images import vp8l, vp8x, webp
 from support.waiting import until
@@ -173,14 +173,7 @@ def test_logs_cannot_be_flooded(daemon_factory):
         # refused CURVE handshakes at ~1,000/s: 100 sockets with unknown keys, each disconnected and connected
         # again in turn (libzmq does not retry a handshake the server refused)
         ctx = zmq.Context()
-        pub, _ = zmq.auth.load_certificate(str(state / "keys" / "server.key"))
-        socks = []
-        for _ in range(100):
-            s = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.curve_serverkey = pub
-            s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
-            socks.append(s)
+        socks = unknown_peers(ctx, state, 100)
         size0 = d.log_path.stat().st_size
         t0 = time.monotonic()
         knocks = 0
