@@ -787,12 +787,12 @@ class IngestServer:
 
     def status(self) -> dict[str, Any]:
         """What the status command returns: queue stats and head, plus the daemon's own status_provider()."""
-        pending = self.spool.pending(limit=STATUS_PENDING_LIMIT)
+        playing, pending = self.spool.view(limit=STATUS_PENDING_LIMIT)
         out: dict[str, Any] = {
             "queue": self.spool.stats(),
             "streams": self.streams.status() if self.streams is not None else None,
             "playing": [{"segment_id": e.segment_id, "duration_s": e.duration_s, "mode": e.mode, **_label(e)}
-                        for e in self.spool.playing()],
+                        for e in playing],
             "pending": [{"segment_id": e.segment_id, "position": e.position, "duration_s": e.duration_s,
                          "mode": e.mode, **_label(e)} for e in pending],
             "ingest": {"control": self.control_endpoints, "events": self.event_endpoints,

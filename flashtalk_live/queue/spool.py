@@ -734,9 +734,15 @@ class Spool:
         return [self._entry(r, i) for i, r in enumerate(rows)]
 
     def playing(self) -> list[Entry]:
+        return self.view()[0]
+
+    def view(self, limit: int | None = None) -> tuple[list[Entry], list[Entry]]:
+        """(playing, pending) read together: a clip the timeline takes between two separate reads would be in
+        both lists (status after a restart showed the replaying clip twice)."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {_COLS} FROM clips WHERE state='playing' ORDER BY taken_seq").fetchall()
-        return [self._entry(r, -1) for r in rows]
+            playing = self._db.execute(f"SELECT {_COLS} FROM clips WHERE state='playing' ORDER BY taken_seq").fetchall()
+            pending = self._pending_rows(self._db, -1 if limit is None else int(limit))
+        return [self._entry(r, -1) for r in playing], [self._entry(r, i) for i, r in enumerate(pending)]
 
     def get(self, segment_id: str) -> Entry | None:
         with self._lock:

@@ -360,3 +360,25 @@ def test_untake_requeue_and_unrequeue_for_re_plans(tmp_path):
     s = Spool(tmp_path / "spool")  # reopened as after a crash (recovery runs on open): p was playing, x requeued
     assert s.recovered == [p.segment_id] and names(s) == ["p", "x", "i", "a", "b"]
     s.close()
+
+
+def test_a_view_never_shows_a_clip_both_playing_and_pending(spool):
+    """status reads playing and pending as one view: a clip the timeline takes meanwhile is in one list or the
+    other, never both (separate reads showed the clip replaying after a restart twice, under load)."""
+    for i in range(150):
+        spool.add(b"x" * 8, duration_s=1.0, request_id=f"r{i}")
+    both: list[str] = []
+    done = threading.Event()
+
+    def take_all() -> None:
+        while spool.take_next() is not None:
+            pass
+        done.set()
+
+    t = threading.Thread(target=take_all)
+    t.start()
+    while not done.is_set():
+        playing, pending = spool.view(limit=200)
+        both += sorted({e.segment_id for e in playing} & {e.segment_id for e in pending})
+    t.join()
+    assert both == []
