@@ -129,3 +129,41 @@ def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
+
+
+# -- background jobs (tests/support/background.py) and the order of the run ---------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The container image's tests run last: its build (a background job) then has the whole run to finish in."""
+    items.sort(key=lambda item: item.get_closest_marker("image") is not None)  # stable: the rest keep their order
+
+
+_background_scratch: list[Path] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Starts the background job of every module with a test in this session."""
+    import tempfile
+
+    from support.background import JOBS
+
+    if session.config.option.collectonly:
+        return
+    wanted = {str(Path(item.path).resolve()) for item in session.items}
+    todo = [job for module, job in JOBS.items() if module in wanted and not job.started]
+    if todo:
+        _background_scratch.append(Path(tempfile.mkdtemp(prefix="pytest-background-")))
+        for job in todo:
+            job.start(_background_scratch[-1] / job.name)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    import shutil
+
+    from support.background import JOBS
+
+    for job in JOBS.values():
+        job.kill()
+    for scratch in _background_scratch:
+        shutil.rmtree(scratch, ignore_errors=True)

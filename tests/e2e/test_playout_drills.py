@@ -32,6 +32,7 @@ from daemon_harness import DaemonProcess
 from flashtalk_live.checkpoints.fake import write_fake_release
 from ingest_audiogen import encode
 from rtmp_harness import read_media
+from support.background import wait_all
 from test_broadcast import band_power, decode_audio_mono
 from test_flashtalk_daemon import NEW_FRAMES, TINY_PROFILE
 from test_render_ahead_edits import Collector, queue_ids
@@ -191,6 +192,7 @@ class Drills:
 
 @pytest.fixture(scope="module")
 def drills(tmp_path_factory) -> Iterator[dict[str, tuple[Run, DaemonProcess]]]:
+    wait_all(1500)  # the box to themselves: no background job (the type check, the image build) beside them
     d = Drills(tmp_path_factory.mktemp("drills"))
     yield d.wait()
     d.kill()
