@@ -11,7 +11,8 @@ the container's first process (tini) stops the daemon cleanly.
 chroot isolation shares the host's network and process table: the daemon's ports are moved to free ones through
 FLASHTALK_LIVE_* variables (the command stays the image's), and tini is not PID 1 (it says so on stderr).
 The build takes minutes (measured in deploy/container/README.md); base tarball and layers are cached under
-$FLASHTALK_LIVE_IMAGE_CACHE (default /var/tmp/flashtalk-live-image), so a second run rebuilds only what changed.
+$FLASHTALK_LIVE_IMAGE_CACHE (default /var/tmp/flashtalk-live-image), so a second run rebuilds only what changed. It
+runs as a background job from the start of the session and these tests run last (tests/support/background.py).
 Needs root, buildah and mmdebstrap (.ci/run installs them): skipped without them, failed in CI.
 """
 
@@ -33,6 +34,7 @@ import numpy as np
 import pytest
 
 from support.audio import wav_bytes
+from support.background import Job, register
 from support.ports import free_port
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]  # the first test also waits for the build
@@ -59,18 +61,23 @@ def buildah(*args: str) -> list[str]:
     return ["buildah", "--root", str(CACHE / "storage" / "root"), "--runroot", str(CACHE / "storage" / "run"), *args]
 
 
+BUILD_JOB = register(Job("image-build", lambda scratch: [str(BUILD), TAG],
+                         env={"CACHE_DIR": str(CACHE), "STORAGE_ROOT": str(CACHE / "storage"), "EXTRAS": EXTRAS}),
+                     __file__) if missing_tools() is None else None
+
+
 @pytest.fixture(scope="module")
 def image() -> Iterator[dict]:
-    """Builds the image (cached layers reused) and yields its OCI config."""
+    """The image, built (cached layers reused) by the background job; yields its OCI config."""
     missing = missing_tools()
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"the image test is required in CI: {missing}")
         pytest.skip(missing)
-    env = os.environ | {"CACHE_DIR": str(CACHE), "STORAGE_ROOT": str(CACHE / "storage"), "EXTRAS": EXTRAS}
-    build = subprocess.run([str(BUILD), TAG], env=env, capture_output=True, text=True, timeout=1500)
-    print(build.stderr[-4000:])  # the step times, shown with -s or on failure
-    assert build.returncode == 0, f"image build failed:\n{build.stderr[-6000:]}"
+    assert BUILD_JOB is not None
+    build = BUILD_JOB.result(1500)
+    print(build.output[-4000:])  # the step times, shown with -s or on failure
+    assert build.returncode == 0, f"image build failed:\n{build.output[-6000:]}"
     inspect = subprocess.run(buildah("inspect", "--type", "image", TAG), capture_output=True, text=True, check=True)
     yield json.loads(inspect.stdout)["OCIv1"]["config"]
 

@@ -19,6 +19,7 @@ from support.rtmp_harness import max_gap, read_media
 
 @pytest.mark.rtmp
 @pytest.mark.timeout(300)
+@pytest.mark.alone  # the tiny model on the CPU: no other test of a `pytest -n` run beside it
 def test_daemon_streams_the_tiny_flashtalk_model(tmp_path, daemon_factory, nginx_rtmp):
     rel = write_fake_release(tmp_path / "models")
     (tmp_path / "tiny.toml").write_text(TINY_PROFILE)

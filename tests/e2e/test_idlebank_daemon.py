@@ -42,6 +42,7 @@ def bank(d: Daemon) -> dict:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.alone  # the tiny model on the CPU: no other test of a `pytest -n` run beside it
 def test_idle_airs_from_the_bank_and_a_clip_joins_it(tmp_path):
     s = tiny_settings(tmp_path)
     d = Daemon(s)

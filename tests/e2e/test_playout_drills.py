@@ -12,7 +12,8 @@ order, and nowhere else; with FlashTalk, once the bank is ready the model draws 
 makes the renderers slower still, which the admission gate measures and absorbs (both drills stay under their floor,
 docs/broadcast.md). Both drills run at once (their render calls mostly sleep), so the file costs one drill's wall
 time: about 4 minutes. (Started early, overlapping the rest of the suite, the FlashTalk drill's renderer fell below
-its floor on a 2-core box even at nice -10: the drills need the box to themselves, as a room does.)
+its floor on a 2-core box even at nice -10: the drills need the box to themselves, as a room does: marked
+`alone`, they run with no other test of a `pytest -n` run and no background job beside them.)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from flashtalk_live.checkpoints.fake import write_fake_release
 
 from support.air import band_power, decode_audio_mono
 from support.audiogen import encode
+from support.background import wait_all
 from support.daemon_harness import NEW_FRAMES, TINY_PROFILE, Collector, DaemonProcess, queue_ids
 from support.rtmp_harness import read_media
 
@@ -39,6 +41,8 @@ from support.rtmp_harness import read_media
 FPS, CF = 25, NEW_FRAMES  # the daemon's frame rate; the tiny profile's new frames per chunk (the production length)
 CHUNK_S = CF / FPS
 AIR_S = 180.0  # the issue's "at least 3 minutes of air" of pushing clips
+
+pytestmark = pytest.mark.alone  # under `pytest -n N`, no other test beside the drills (tests/support/box.py)
 
 
 @dataclass
@@ -191,6 +195,7 @@ class Drills:
 
 @pytest.fixture(scope="module")
 def drills(tmp_path_factory) -> Iterator[dict[str, tuple[Run, DaemonProcess]]]:
+    wait_all(1500)  # the box to themselves: no background job (the type check, the image build) beside them
     d = Drills(tmp_path_factory.mktemp("drills"))
     yield d.wait()
     d.kill()

@@ -185,6 +185,7 @@ def test_ready_on_the_still_fallback_only_after_the_stated_time(daemon_factory, 
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.alone  # the tiny model on the CPU: no other test of a `pytest -n` run beside it
 def test_live_through_a_model_load_and_ready_once_the_model_airs(tmp_path, daemon_factory):
     # The tiny FlashTalk model in the released layout, on the CPU (as tests/e2e/test_flashtalk_daemon.py): the still
     # renderer airs while it loads and warms up, then it takes over at a chunk boundary.
