@@ -64,6 +64,10 @@ def test_daemon_streams_the_tiny_flashtalk_model(tmp_path, daemon_factory, nginx
         frames = [f.to_ndarray(format="rgb24").astype(np.int16) for f in cont.decode(video=0)]
     tail = frames[-3 * NEW_FRAMES:]
     diffs = [np.abs(a - b).mean() for a, b in zip(tail, tail[1:])]
-    assert min(diffs) > 0.5, diffs
+    moving = sum(d > 0.5 for d in diffs)
+    if r["render_rtf"] < 0.8:
+        assert moving == len(diffs), diffs
+    else:  # an engine slower than real time on a loaded box: an underrun repeats a frame now and then
+        assert moving >= 0.8 * len(diffs), diffs
     head = frames[:3]
     assert max(np.abs(a - b).mean() for a, b in zip(head, head[1:])) < 0.5  # the still portrait at start-up
