@@ -48,6 +48,7 @@ class RenderChunk:
     idle: bool = False  # no queue or programme speech in this chunk
     model_history: np.ndarray | None = None
     plan: int = 0  # the re-plan epoch it was cut under (playout/replan.py drops chunks of a discarded plan)
+    cut_mono: float | None = None  # CLOCK_MONOTONIC when the render thread cut it (push-to-air stages)
     motion_frames: np.ndarray | None = None
 
     @property

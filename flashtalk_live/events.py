@@ -45,7 +45,9 @@ EVENTS: dict[str, EventType] = {e.name: e for e in (
     EventType("scheduled", _PLANNED, "a clip got its first planned on-air time (after `accepted`)"),
     EventType("rescheduled", {**_PLANNED, "previous_media_time_s": "float"},
               "its planned start moved by more than 2 s (an edit, a hiccup, a change of renderer)"),
-    EventType("started", _CLIP_ON_AIR, "the clip's first frame goes on air", _NAMED),
+    EventType("started", {**_CLIP_ON_AIR, "cut_mono": "float", "rendered_mono": "float"},
+              "the clip's first frame goes on air; a queue clip's `cut_mono`/`rendered_mono`: when its first chunk "
+              "was cut and rendered (the push-to-air stages)", _NAMED | {"cut_mono", "rendered_mono"}),
     EventType("finished", _CLIP_ON_AIR, "its last frame went on air; it is deleted from the spool", _NAMED),
     EventType("interrupted", {**_CLIP_ON_AIR, "requeued": "true", "reason": "string", "was": "pending"},
               "cut by `cancel` or unplayable: not replayed; cut by `play_now` (`requeued`): it replays after the "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import threading
 from typing import Any, Callable, Sequence
 
@@ -9,7 +11,7 @@ from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.playout.admission import Admission
-from flashtalk_live.chunks import Mark
+from flashtalk_live.chunks import Mark, RenderChunk
 from flashtalk_live.playout.plan import RESCHEDULE_THRESHOLD_S, Planned, plan_on_air
 from flashtalk_live.playout.replan import Replanner
 from flashtalk_live.playout.timeline import Timeline
@@ -41,6 +43,8 @@ class OnAir:
         self._segment_start: int | None = None  # out frame of the queue clip on air's `started`
         self._out_frame = 0  # the last frame that went out
         self._idle_announced = False
+        # a queue clip's first chunk: (cut, rendered) CLOCK_MONOTONIC, from the render thread until its `started`
+        self._first_chunk: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
         self._unsettled: list[str] = []  # clips that finished on air but whose removal the spool could not commit
         self._settle_lock = threading.Lock()
         self.storage_errors = 0
@@ -80,6 +84,9 @@ class OnAir:
             self._names.pop(m.segment_id, None)
         if m.reason is not None:
             extra["reason"] = m.reason
+        times = self._first_chunk.pop(m.segment_id, None) if m.kind == "started" else None
+        if times is not None:
+            extra.update(cut_mono=round(times[0], 6), rendered_mono=round(times[1], 6))
         self.events.publish(m.kind, segment_id=m.segment_id, source=m.source, frame=out_frame, media_time_s=round(t, 3),
                             **extra)
         if m.kind == "started":
@@ -88,6 +95,15 @@ class OnAir:
         elif m.kind in ("finished", "interrupted") and self.segment == m.segment_id:
             self.segment = None
             self._segment_start = None
+
+    def chunk_ready(self, chunk: RenderChunk, rendered_mono: float) -> None:
+        """Render thread: a chunk went to the air's buffer; a queue clip starting in it keeps when the chunk was cut
+        and rendered, for its `started` event (a re-cut after a re-plan overwrites them)."""
+        for m in chunk.marks:
+            if m.kind == "started" and m.source == "queue" and chunk.cut_mono is not None:
+                self._first_chunk[m.segment_id] = (chunk.cut_mono, rendered_mono)
+                while len(self._first_chunk) > 256:  # clips cancelled before they aired
+                    self._first_chunk.popitem(last=False)
 
     def played_s(self) -> float:
         """Seconds of the queue clip on air that already aired (0 when none): the part of the queue that is gone."""

@@ -13,6 +13,7 @@ it); nothing is patched in afterwards. The render thread calls `step`; the broad
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -86,8 +87,10 @@ class Playout:
         """Cut and render the next chunk and hand it to the air (blocks while the buffer is full); a chunk that a
         re-plan discarded meanwhile is dropped. Raises LookaheadClosed once the room stops."""
         rendered = self.render_ahead.step()
+        ready = time.monotonic()
         self.prepare(rendered)
         if self.replanner.put(rendered, stop):  # False: a re-plan discarded it
+            self.onair.chunk_ready(rendered.chunk, ready)
             self.onair.publish_plan()
         return rendered
 

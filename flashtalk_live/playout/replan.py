@@ -68,7 +68,8 @@ class Replanner:
             self.timeline.forget_before(self.lookahead.next_air_frame)
             chunk = self.timeline.next_chunk()
             chunk.plan = self.plan
-            self._rendering = (time.monotonic(), chunk.n_frames)
+            chunk.cut_mono = time.monotonic()
+            self._rendering = (chunk.cut_mono, chunk.n_frames)
             return chunk
 
     def _await_stream(self) -> None:

@@ -132,7 +132,10 @@ def test_a_stream_at_real_time_pace_airs_continuously_and_starts_before_close(da
     assert 'flashtalk_push_to_air_seconds_count{kind="stream_first_byte"} 1.0' in metrics
     assert "flashtalk_producer_starved_seconds_total 0.0" in metrics
     assert st["streams"]["open"] == 0 and st["streams"]["closed"] == 1
-    start = next(e["media_time_s"] for e in seen if e["type"] == "started" and e.get("segment_id") == sid)
+    started = next(e for e in seen if e["type"] == "started" and e.get("segment_id") == sid)
+    # its stages on one clock (CLOCK_MONOTONIC, this process's too): first byte, first chunk cut, rendered, on air
+    assert t0 <= started["cut_mono"] <= started["rendered_mono"] <= started["mono"], started
+    start = started["media_time_s"]
     end = next(e["media_time_s"] for e in seen if e["type"] == "finished" and e.get("segment_id") == sid)
     assert abs(end - start - n * PIECE_S) <= 0.04 + 1e-6  # no pause inside the clip: it took exactly its length
 
@@ -273,7 +276,10 @@ def test_a_producer_slower_than_real_time_pauses_inside_the_clip_not_an_underrun
     b = st["broadcast"]
     assert b["producer_starved_seconds"] > 0.5, b
     assert b["underrun_frames_clip"] == 0, b
-    start = next(e["media_time_s"] for e in seen if e["type"] == "started" and e.get("segment_id") == sid)
+    started = next(e for e in seen if e["type"] == "started" and e.get("segment_id") == sid)
+    # its stages on one clock (CLOCK_MONOTONIC, this process's too): first byte, first chunk cut, rendered, on air
+    assert t0 <= started["cut_mono"] <= started["rendered_mono"] <= started["mono"], started
+    start = started["media_time_s"]
     end = next(e["media_time_s"] for e in seen if e["type"] == "finished" and e.get("segment_id") == sid)
     assert end - start > n * PIECE_S + 0.5  # the pauses are inside the clip
     assert not [e for e in seen if e["type"] == "idle" and start < e["media_time_s"] < end]
