@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
+
+from support.procs import kill_group
 
 
 @dataclass
@@ -79,12 +80,8 @@ class Job:
             self.result(timeout_s)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(30)
+        if self.proc is not None:
+            kill_group(self.proc, 30)
 
 
 JOBS: dict[str, Job] = {}  # by the path of the test module that declared it

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.ports import free_port  # noqa: F401 - re-exported for the rtmp tests
+from support.procs import kill_group
 
 
 NGINX = "/usr/sbin/nginx"
@@ -126,12 +127,8 @@ class NginxRtmp:
 
     def kill(self) -> None:
         """SIGKILL master and worker together (a crash, not a shutdown)."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            kill_group(self.proc, 10)
 
     def restart(self) -> None:
         """Start again on the same ports (same record directory)."""
