@@ -277,8 +277,8 @@ def test_a_producer_slower_than_real_time_pauses_inside_the_clip_not_an_underrun
     assert b["producer_starved_seconds"] > 0.5, b
     assert b["underrun_frames_clip"] == 0, b
     started = next(e for e in seen if e["type"] == "started" and e.get("segment_id") == sid)
-    # its stages on one clock (CLOCK_MONOTONIC, this process's too): first byte, first chunk cut, rendered, on air
-    assert t0 <= started["cut_mono"] <= started["rendered_mono"] <= started["mono"], started
+    # its stages on the daemon's CLOCK_MONOTONIC: first chunk cut, rendered, on air
+    assert started["cut_mono"] <= started["rendered_mono"] <= started["mono"], started
     start = started["media_time_s"]
     end = next(e["media_time_s"] for e in seen if e["type"] == "finished" and e.get("segment_id") == sid)
     assert end - start > n * PIECE_S + 0.5  # the pauses are inside the clip
