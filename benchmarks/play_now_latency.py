@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
@@ -72,13 +73,15 @@ def measure(name: str, settings: list[str], trials: int, tmp: Path) -> dict:
         d.stop()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def renderer_rows(measure: Callable[[str, list[str], int, Path], dict], prefix: str) -> list[dict]:
+    """The rows of a per-renderer benchmark: --only / --trials / --set parsed, then `measure(name, settings,
+    trials, tmp)` for the still renderer and the FlashTalk one (the tiny release on the CPU, or --set's)."""
+    ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["still", "flashtalk"])
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], help="settings for the flashtalk row")
     a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="ftl-pn-", dir="/tmp"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     rows = []
     try:
         if a.only in (None, "still"):
@@ -87,6 +90,11 @@ def main() -> int:
             rows.append(measure("flashtalk", flashtalk_settings(tmp, a.set), a.trials, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def main() -> int:
+    rows = renderer_rows(measure, "ftl-pn-")
     print(f"{'renderer':<10} {'trials':>6} {'median fr':>9} {'max fr':>6} {'median s':>8} {'max s':>6} "
           f"{'rate':>6} {'bound fr':>8} {'bound s':>7}")
     for r in rows:

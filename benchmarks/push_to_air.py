@@ -23,13 +23,10 @@ own histogram (status.latency.push_to_air, which starts at the ack) is printed b
 
 from __future__ import annotations
 
-import argparse
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,9 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
 
-from support.audiogen import encode  # noqa: E402
 from support.daemon_harness import DaemonProcess, wait_for  # noqa: E402
-from benchmarks.play_now_latency import flashtalk_settings  # noqa: E402
+from benchmarks.play_now_latency import renderer_rows  # noqa: E402
 
 KINDS = ("enqueue_idle", "stream_first_byte", "enqueue_behind", "insert", "play_now")
 RATE, PIECE_S = 48_000, 0.2
@@ -113,7 +109,7 @@ def measure(name: str, settings: list[str], trials: int, tmp: Path) -> dict:
                     finished(ack["segment_id"])
                     finished(long["segment_id"])  # after play_now: it replays from its start, then finishes
             status = c.status()
-        return {"name": name, "kinds": out, "daemon": status["latency"]["push_to_air"],
+        return {"name": name, "trials": trials, "kinds": out, "daemon": status["latency"]["push_to_air"],
                 "rate": status["plan"]["render_rate"]}
     finally:
         ev.close()
@@ -121,24 +117,11 @@ def measure(name: str, settings: list[str], trials: int, tmp: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["still", "flashtalk"])
-    ap.add_argument("--trials", type=int, default=3)
-    ap.add_argument("--set", action="append", default=[], help="settings for the flashtalk row")
-    a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="ftl-p2a-", dir="/tmp"))
-    rows = []
-    try:
-        if a.only in (None, "still"):
-            rows.append(measure("still", [], a.trials, tmp))
-        if a.only in (None, "flashtalk"):
-            rows.append(measure("flashtalk", flashtalk_settings(tmp, a.set), a.trials, tmp))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    rows = renderer_rows(measure, "ftl-p2a-")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, commit {commit}, "
-          f"{a.trials} trials per kind, measured from outside (client send -> `started` event's mono)")
+          f"{rows[0]['trials'] if rows else 0} trials per kind, measured from outside (client send -> `started` event's mono)")
     print(f"\n{'renderer':<10} {'kind':<18} {'n':>3} {'p50 s':>6} {'p99 s':>6} {'max s':>6} {'daemon p50':>10} "
           f"{'rate':>5}")
     for r in rows:
