@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,6 +55,18 @@ class RenderChunk:
     @property
     def end_frame(self) -> int:
         return self.start_frame + self.n_frames
+
+    def head(self, n: int) -> "RenderChunk":
+        """Its first `n` frames (a re-plan within the chunk keeps only those on air): audio, model audio, segments
+        and marks cut to them."""
+        if not 0 < n <= self.n_frames:
+            raise ValueError(f"chunk {self.index}: cannot keep {n} of its {self.n_frames} frames")
+        spf = self.audio.shape[0] // self.n_frames
+        segs = self.frame_segments[:n]
+        return dataclasses.replace(
+            self, n_frames=n, audio=self.audio[: n * spf],
+            model_audio=self.model_audio[: self.model_audio.shape[0] * n // self.n_frames], frame_segments=segs,
+            marks=[m for m in self.marks if m.frame < self.start_frame + n], idle=all(s is None for s in segs))
 
 
 @dataclass

@@ -266,6 +266,18 @@ class FrameStore:
         self.discard(item)
         return item
 
+    def trim_newest(self, n: int) -> None:
+        """Keep only the newest chunk's first `n` frames (a re-plan within it). A spilled chunk reads back its file's
+        first frames; bytes are counted as held until the chunk goes (the RAM of a view stays held as well)."""
+        item = self._items[-1]
+        p = item.frames
+        frames: Any
+        if isinstance(p, PackedFrames):
+            frames = dataclasses.replace(p, shape=(n, *p.shape[1:]), data=None if p.data is None else p.data[:n])
+        else:
+            frames = p[:n]
+        self._items[-1] = dataclasses.replace(item, chunk=item.chunk.head(n), frames=frames)
+
     def newest(self) -> RenderedChunk:
         """The newest chunk as held (packed): for its times, not its frames."""
         return self._items[-1]

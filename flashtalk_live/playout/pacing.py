@@ -23,7 +23,7 @@ import numpy as np
 
 from flashtalk_live.log import get_logger
 from flashtalk_live.playout.framestore import FrameStore
-from flashtalk_live.chunks import Mark, RenderedChunk
+from flashtalk_live.chunks import Mark, RenderChunk, RenderedChunk
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -56,6 +56,9 @@ class Lookahead:
         self.next_air_frame: int | None = None  # timeline frame after the last chunk taken for air
         self.chunks_discarded = 0  # dropped by re-plans (playout/replan.py)
         self.last_taken: RenderedChunk | None = None  # the chunk on air (its RGB frames: what a re-plan follows)
+        # A re-plan within the chunk on air ends it early: the pacer takes the next chunk from this frame on.
+        self.on_air_end: int | None = None
+        self.released: int | None = None  # the timeline frame the pacer released last (set under `lock`)
 
     def _validate(self, item: RenderedChunk) -> None:
         chunk, frames = item.chunk, item.frames
@@ -94,6 +97,12 @@ class Lookahead:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def lock(self) -> threading.Condition:
+        """Held by the pacer while it picks a frame to release and by `truncate`: a re-plan never ends the chunk
+        on air before a frame already released."""
+        return self._cond
 
     def set_max_chunks(self, n: int) -> None:
         """Resize the bound (the render-ahead budget grows it while a clip waits for its head start)."""
@@ -144,10 +153,11 @@ class Lookahead:
         return dataclasses.replace(item, chunk=chunk)
 
     def truncate(self, choose: Callable[[int | None], int]) -> int:
-        """Drop the buffered chunks from a frame on; returns that frame (a re-plan, playout/replan.py).
+        """Drop the buffered future from a frame on; returns that frame (a re-plan, playout/replan.py).
 
         `choose(next_air_frame)` picks the frame, under the same lock as the pacer's take, so no chunk can go on
-        air between the choice and the drop.
+        air between the choice and the drop. A frame inside a chunk (a re-plan within it) keeps that chunk's frames
+        before it: a buffered chunk is cut short, the chunk on air ends there (`on_air_end`, read by the pacer).
         """
         with self._cond:
             frame = choose(self.next_air_frame)
@@ -155,10 +165,32 @@ class Lookahead:
             while self._items and self._items.newest().chunk.start_frame >= frame:  # chunks are in air order: drop from the end
                 self._frames -= self._items.pop().chunk.n_frames  # the store deletes a spilled chunk's file
                 dropped += 1
+            if self._items and self._items.newest().chunk.end_frame > frame:
+                c = self._items.newest().chunk
+                self._items.trim_newest(frame - c.start_frame)
+                self._frames -= c.end_frame - frame
+                dropped += 1
+            elif not self._items and self.last_taken is not None and self.next_air_frame is not None \
+                    and self.last_taken.chunk.start_frame < frame < self.next_air_frame:
+                t = self.last_taken
+                self.last_taken = dataclasses.replace(t, chunk=t.chunk.head(frame - t.chunk.start_frame),
+                                                      frames=t.frames[: frame - t.chunk.start_frame])
+                self.on_air_end = self.next_air_frame = frame
             if dropped:
                 self.chunks_discarded += dropped
                 self._cond.notify_all()
             return frame
+
+    def chunk_at(self, frame: int) -> "RenderChunk | None":
+        """The held chunk (buffered, or on air) whose frames include `frame`; None when none does."""
+        with self._cond:
+            for item in reversed(list(self._items)):
+                if item.chunk.start_frame <= frame < item.chunk.end_frame:
+                    return item.chunk
+            t = self.last_taken
+            if t is not None and self.next_air_frame is not None and t.chunk.start_frame <= frame < self.next_air_frame:
+                return t.chunk
+            return None
 
     def tail(self) -> RenderedChunk | None:
         """The chunk the next one put will follow on air: the newest buffered (RGB frames), else the one on air."""
@@ -174,6 +206,7 @@ class Lookahead:
             return None
         item = self._items.popleft()
         self.last_taken = item
+        self.on_air_end = None
         self.next_air_frame = item.chunk.end_frame
         self._frames -= item.chunk.n_frames
         if self._cut_due:
@@ -344,9 +377,17 @@ class Pacer:
         else:
             self._stop = True
 
+    def _cur_frames(self) -> int:
+        """Frames of the chunk on air that air (a re-plan within it may end it early)."""
+        c = self._cur
+        if c is None:
+            return 0
+        end = self.lookahead.on_air_end
+        return c.chunk.n_frames if end is None else min(c.chunk.n_frames, end - c.chunk.start_frame)
+
     @property
     def buffered_frames(self) -> int:
-        cur = self._cur.chunk.n_frames - self._pos if self._cur is not None else 0
+        cur = max(0, self._cur_frames() - self._pos) if self._cur is not None else 0
         return cur + self.lookahead.buffered_frames
 
     @property
@@ -405,7 +446,7 @@ class Pacer:
         self.chunks_out += 1
 
     def _cur_exhausted(self) -> bool:
-        return self._cur is None or self._pos >= self._cur.chunk.n_frames
+        return self._cur is None or self._pos >= self._cur_frames()
 
     def _wait_first(self) -> None:
         """With no hold frame, the first slot waits (real time) for the first rendered chunk."""
@@ -426,8 +467,12 @@ class Pacer:
         tick = self.clock.wait_next(wait=not self._drain)
         if tick.reanchored:
             self._log.warning("pacing_reanchored", out_frame=tick.index, reanchors=self.clock.reanchors)
-        if self._cur_exhausted():
-            self._take_chunk()
+        with self.lookahead.lock:
+            if self._cur_exhausted():
+                self._take_chunk()
+            if not self._cur_exhausted():
+                assert self._cur is not None
+                self.lookahead.released = self._cur.chunk.start_frame + self._pos
         if not self._cur_exhausted():
             assert self._cur is not None
             chunk, j = self._cur.chunk, self._pos

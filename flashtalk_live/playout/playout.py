@@ -63,7 +63,9 @@ class Playout:
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=self._planning_rate,
                                    air_frame=self._air_frame, buffered_s=self._buffered_s,
-                                   due_margin_s=s.streams.due_margin_s)
+                                   due_margin_s=s.streams.due_margin_s,
+                                   within_chunk=s.renderer.replan_within_chunk,
+                                   min_kept_frames=RenderAhead.MOTION_FRAMES)
         self.render_ahead = RenderAhead(self.replanner, renderers.render, renderers.current_name, self.admission,
                                         self.lookahead, fps=v.fps, idle_reuse=s.renderer.idle_reuse,
                                         bank=bank_from_settings(s.renderer, v, s.model, s.path(s.state_dir)),

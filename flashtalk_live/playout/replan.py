@@ -28,19 +28,24 @@ import math
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
 
 from flashtalk_live.log import get_logger
 from flashtalk_live.chunks import RenderChunk, RenderedChunk
+from flashtalk_live.playout.timeline import Split
 
 FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundary
+Keep = Literal["nothing", "on_air", "queue"]
 
 
 class Replanner:
     def __init__(self, timeline: Any, lookahead: Any, *, poll_s: float = 0.02, fps: int = 25,
                  rate: Callable[[], float | None] = lambda: None,
                  air_frame: Callable[[], int | None] = lambda: None,
-                 buffered_s: Callable[[], float] = lambda: 0.0, due_margin_s: float = 0.2) -> None:
+                 buffered_s: Callable[[], float] = lambda: 0.0, due_margin_s: float = 0.2,
+                 within_chunk: bool = True, min_kept_frames: int = 8) -> None:
         if not timeline.replannable:
             raise ValueError("a Replanner needs a Timeline built with replannable=True (it keeps snapshots)")
         self.timeline, self.lookahead = timeline, lookahead
@@ -59,13 +64,18 @@ class Replanner:
         self.replans = 0
         self.chunks_dropped_in_flight = 0
         self.last: dict[str, Any] | None = None
+        # Re-plan from any frame, not only a chunk boundary (`_split`); a chunk cut short keeps at least
+        # min_kept_frames (the aired frames the re-cut future is conditioned on: RenderAhead.MOTION_FRAMES).
+        self.within_chunk, self.min_kept_frames = within_chunk, min_kept_frames
+        self.splits = 0
         self._log = get_logger("replan")
 
     # -- the render thread --------------------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:
         self._await_stream()
         with self.lock:
-            self.timeline.forget_before(self.lookahead.next_air_frame)
+            on_air = self.lookahead.last_taken  # its snapshot stays: a re-plan may cut it short (`_split`)
+            self.timeline.forget_before(None if on_air is None else on_air.chunk.start_frame)
             chunk = self.timeline.next_chunk()
             chunk.plan = self.plan
             chunk.cut_mono = time.monotonic()
@@ -106,16 +116,24 @@ class Replanner:
             tl = self.timeline
 
             cut_on_air: list[tuple[str, str]] = []
+            split: list[Split] = []
 
             def choose(air: int | None) -> int:
                 on_air = tl.clip_at(air)
                 if command == "cancel" and segment_id is not None and segment_id == on_air:
                     cut_on_air.append((segment_id, tl.source_at(air) or "queue"))
+                keep: Keep
                 if command in FROM_AIR or cut_on_air:
                     keep = "nothing"
                 else:
                     keep = "queue" if command == "enqueue" else "on_air"
-                return tl.replan_point(air, keep, not_before=self._renderable_from(air))
+                not_before = self._renderable_from(air)
+                boundary = tl.replan_point(air, keep, not_before=not_before)
+                within = self._split(not_before, boundary, keep, on_air)
+                if within is None:
+                    return boundary
+                split.append(within)
+                return within.frame
 
             frame = self.lookahead.truncate(choose)
             for sid, source in cut_on_air:
@@ -123,7 +141,8 @@ class Replanner:
                 tl.cut(sid)
             if frame >= tl.frame:
                 return None
-            undone = tl.rewind(frame)
+            undone = tl.rewind(frame, split[0] if split else None)
+            self.splits += bool(split)
             self.plan += 1
             self.rebase_point = (self.plan, self.lookahead.tail())
             self._voids.append((self.plan, frame))
@@ -133,6 +152,35 @@ class Replanner:
             self._log.info("replanned", command=command, from_frame=frame, plan=self.plan,
                            returned_to_queue=self.last["returned"])
             return frame
+
+    def _split(self, not_before: int, boundary: int, keep: Keep, on_air: str | None) -> Split | None:
+        """A re-plan from a frame inside a held chunk, earlier than `boundary`: the first frame that can still be
+        rendered in time (`not_before`), the chunk it falls in keeping at least `min_kept_frames`. Only where the
+        timeline, cut again up to that frame, gives back exactly what was rendered (audio and clips per frame), so
+        the kept frames and the re-cut future join without a seam; else None (the boundary)."""
+        now = self.air_frame()
+        if not self.within_chunk or now is None:
+            return None
+        # The pacer cannot release a frame meanwhile (`truncate` holds the look-ahead's lock); a renderer much
+        # faster than real time still needs the due margin to hand over the first chunk of the re-cut future.
+        released = self.lookahead.released
+        now = max(now, -1 if released is None else released + 1)
+        frame = max(not_before, now + max(2, math.ceil(self.due_margin_s * self.fps)))
+        held = self.lookahead.chunk_at(frame)
+        if held is None:
+            return None
+        frame = max(frame, held.start_frame + self.min_kept_frames)
+        if frame >= min(boundary, held.end_frame):
+            return None
+        within = self.timeline.split_at(frame, keep, on_air)
+        if within is None:
+            return None
+        k = frame - held.start_frame
+        if within.chunk.frame_segments != held.frame_segments[:k] or \
+                not np.array_equal(within.chunk.audio, held.audio[: within.chunk.audio.shape[0]]):
+            self._log.debug("replan_split_mismatch", frame=frame, chunk=held.index)
+            return None
+        return within
 
     def _renderable_from(self, air: int | None) -> int:
         """The first timeline frame a chunk cut now could still air on time: the render in flight ends, one more
@@ -146,7 +194,7 @@ class Replanner:
             t0, n = self._rendering
             need += max(0.0, r * n / self.fps - (time.monotonic() - t0))
         need += r * (self._rendering[1] if self._rendering else self.timeline.chunk_frames) / self.fps
-        return now + math.ceil(need * self.fps)
+        return now + math.ceil(need * self.fps - 1e-9)  # 1.0 x 28 / 25 x 25 is 28.000000000000004
 
     @contextmanager
     def editing(self, command: str, segment_id: str | None = None) -> Iterator[None]:
@@ -156,5 +204,6 @@ class Replanner:
             yield
 
     def status(self) -> dict[str, Any]:
-        return {"plan": self.plan, "replans": self.replans, "chunks_discarded": self.lookahead.chunks_discarded,
+        return {"plan": self.plan, "replans": self.replans, "replans_within_chunk": self.splits,
+                "chunks_discarded": self.lookahead.chunks_discarded,
                 "chunks_dropped_in_flight": self.chunks_dropped_in_flight, "last_replan": self.last}

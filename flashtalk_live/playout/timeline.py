@@ -34,6 +34,7 @@ Priorities, decided at every clip boundary: the queue first, then the programme,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,6 +63,21 @@ class _Snapshot:
     queue_only: bool = False  # every frame belongs to a queue clip (no idle, pause or programme frame)
     started: tuple[str, ...] = ()  # queue clips whose first frame is in this chunk
     starved: int = 0  # broadcast samples of producer pauses cut into this chunk
+
+
+@dataclass
+class Split:
+    """The timeline re-cut up to `frame` inside a held chunk (`Timeline.split_at`): `chunk` holds what that chunk's
+    first frames hold when cut again, `snap` its snapshot; the rest is the state at `frame`."""
+
+    frame: int
+    chunk: RenderChunk
+    snap: _Snapshot
+    cur: "_Playing | None"
+    chunk_index: int
+    sample: int
+    history: np.ndarray
+    starved: int
 
 
 @dataclass
@@ -416,24 +432,57 @@ class Timeline:
         snaps = [s for s in self._snaps if air_frame is None or s.start_frame >= air_frame]
         if not snaps:
             return self.frame
-        c = snaps[0].cur
-        on_air = c.segment_id if c is not None and c.kind == "clip" and c.started else None
+        on_air = self.clip_at(air_frame)
         for sn in snaps:
-            if sn.start_frame < not_before:
-                continue
-            if keep == "queue" and sn.queue_only:
-                continue
-            if keep == "on_air" and on_air is not None and sn.segments == frozenset([on_air]):
-                continue
-            return sn.start_frame
+            if sn.start_frame >= not_before and not self._kept(sn, keep, on_air):
+                return sn.start_frame
         return self.frame
 
-    def rewind(self, frame: int) -> list[tuple[str, Any]]:
+    @staticmethod
+    def _kept(sn: _Snapshot, keep: Literal["nothing", "on_air", "queue"], on_air: str | None) -> bool:
+        """A re-plan that keeps `keep` leaves this chunk as it is."""
+        if keep == "queue":
+            return sn.queue_only
+        return keep == "on_air" and on_air is not None and sn.segments == frozenset([on_air])
+
+    def split_at(self, frame: int, keep: Literal["nothing", "on_air", "queue"], on_air: str | None) -> Split | None:
+        """Re-cut the chunk holding `frame` (buffered or on air) up to `frame`, without touching the timeline: what
+        its first frames hold when cut again, and the state at `frame`, for `rewind(frame, split)`. None when that
+        chunk is kept (as in `replan_point`), is not held, or picked anything from the queue or the programme
+        (only what was playing goes on in a re-cut, so nothing but the state at `frame` needs undoing). The caller
+        checks `Split.chunk` against what was rendered before it re-plans there."""
+        i = next((k for k in range(len(self._snaps) - 1, -1, -1) if self._snaps[k].start_frame < frame), None)
+        if i is None:
+            return None
+        sn = self._snaps[i]
+        end = self._snaps[i + 1].start_frame if i + 1 < len(self._snaps) else self.frame
+        if not frame < end or sn.ops or self._kept(sn, keep, on_air):
+            return None
+        scratch = copy.copy(self)
+        scratch.replannable, scratch._snaps, scratch.starved_samples = False, [], 0
+        scratch._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
+        scratch._chunk_index, scratch._sample, scratch._history = sn.chunk_index, sn.sample, sn.history
+        chunk, snap = scratch._cut(frame - sn.start_frame, pick=False)
+        return Split(frame, chunk, snap, scratch._cur, scratch._chunk_index, scratch._sample, scratch._history,
+                     scratch.starved_samples)
+
+    def rewind(self, frame: int, split: Split | None = None) -> list[tuple[str, Any]]:
         """Undo every chunk cut from `frame` on (the caller has discarded them); returns the undone operations.
 
         Clips taken in those chunks go back to the head of the queue in their order (`queue.untake`), requeued clips
-        back to playing (`queue.unrequeue`), and the first programme item picked is played again.
+        back to playing (`queue.unrequeue`), and the first programme item picked is played again. With `split`
+        (from `split_at(frame)`), `frame` lies inside a chunk whose first frames stay: cutting goes on from the
+        state at `frame`.
         """
+        if split is not None:
+            if split.frame != frame:
+                raise ValueError(f"a split at frame {split.frame} cannot re-plan from frame {frame}")
+            undone = self.rewind(split.snap.start_frame)
+            self._cur, self._chunk_index, self._sample, self._history = split.cur, split.chunk_index, split.sample, \
+                split.history
+            self.starved_samples += split.starved
+            self._snaps.append(split.snap)
+            return undone
         i = next((k for k, sn in enumerate(self._snaps) if sn.start_frame == frame), None)
         if i is None:
             if frame >= self.frame:
@@ -488,7 +537,17 @@ class Timeline:
     # -- the one public operation ---------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:
         """Cut the next chunk_frames frames of audio, with marks and per-frame bookkeeping."""
-        nf, spf = self.chunk_frames, self.spf
+        chunk, snap = self._cut(self.chunk_frames, pick=True)
+        if self.replannable:
+            self._snaps.append(snap)
+            if len(self._snaps) > 1024:  # far beyond any look-ahead (lookahead_s <= 600 s): a missed forget
+                del self._snaps[:256]
+        return chunk
+
+    def _cut(self, nf: int, *, pick: bool) -> tuple[RenderChunk, _Snapshot]:
+        """Cut `nf` frames from the state now. pick=False (a re-plan within a chunk, `split_at`): no spool or
+        programme call at all: what plays goes on, then idle."""
+        spf = self.spf
         n = nf * spf
         s0 = self._sample
         f0 = s0 // spf
@@ -507,14 +566,14 @@ class Timeline:
         interrupt = False
         if self._cur is not None and self._cur.segment_id in self._cut_ids:
             self._cut_current(f0, marks)  # cancelled on air; its 'interrupted' aired already (Lookahead.cut)
-        if self.queue is not None:
+        if self.queue is not None and pick:
             try:
                 interrupt = bool(self.queue.interrupt_pending())
             except Exception as e:  # noqa: BLE001
                 self._log.error("queue_interrupt_check_failed", error=repr(e))
         if interrupt:
             self._handle_interrupt(f0, marks)
-        elif self._cur is not None and self._cur.kind == "pause":
+        elif self._cur is not None and self._cur.kind == "pause" and pick:
             nxt = self._next_from_queue(f0, marks)
             if nxt is not None:
                 self._cut_current(f0, marks)
@@ -523,7 +582,7 @@ class Timeline:
         filled = 0
         while filled < n:
             if self._cur is None:
-                self._cur = self._pick((s0 + filled) // spf, marks)
+                self._cur = self._pick((s0 + filled) // spf, marks) if pick else None
                 if self._cur is None:
                     break  # idle silence for the rest of the chunk
             cur = self._cur
@@ -595,10 +654,6 @@ class Timeline:
         snap.segments = frozenset(best_seg)
         snap.queue_only = all(sid is not None and sid in queue_ids for sid in best_seg)
         snap.started = tuple(m.segment_id for m in marks if m.kind == "started" and m.source == "queue")
-        if self.replannable:
-            self._snaps.append(snap)
-            if len(self._snaps) > 1024:  # far beyond any look-ahead (lookahead_s <= 600 s): a missed forget
-                del self._snaps[:256]
         self._chunk_index += 1
         self._sample += n
-        return chunk
+        return chunk, snap

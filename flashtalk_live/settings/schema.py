@@ -216,6 +216,10 @@ class RendererSettings(_Section):
     admission_margin: float = Field(
         0.25, ge=0, le=5, description="safety margin on the measured render rate when deciding whether a clip "
         "can start (0.25: plan as if the renderer were 25% slower than measured)")
+    replan_within_chunk: bool = Field(
+        True, description="an edit (enqueue into idle, play_now, insert...) re-plans from the first frame that can "
+        "still be rendered in time, cutting a buffered or airing chunk short, instead of from the next chunk "
+        "boundary (up to one chunk sooner on air); false: chunk boundaries only")
     idle_reuse: bool = Field(
         True, description="while the renderer is slower than real time, idle chunks replay the last rendered idle "
         "chunk (forwards, then backwards) instead of rendering, so the renderer's time goes to clips")

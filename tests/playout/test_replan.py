@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
-from flashtalk_live.playout.pacing import Lookahead
+from flashtalk_live.playout.pacing import Lookahead, Pacer
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.settings import Settings
 from flashtalk_live.chunks import RenderedChunk
@@ -30,12 +31,16 @@ def _add(spool: Spool, level: int, seconds: float, mode: str = "enqueue") -> str
 class Room:
     """The render thread's side (cut, 'render', put) and the air's side (take a chunk) done by hand."""
 
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, tmp_path, *, within_chunk: bool = True) -> None:
         self.spool = Spool(tmp_path / "spool")
         st = Settings(state_dir="/nonexistent-state")
         self.tl = Timeline(st.video, st.encoder, self.spool, None, replannable=True)
         self.la = Lookahead(64)
-        self.rp = Replanner(self.tl, self.la, poll_s=0.001)
+        # The pacer's position and the render rate, set by a test (None: no air clock, re-plans at chunk boundaries).
+        self.air_at: int | None = None
+        self.rate: float | None = None
+        self.rp = Replanner(self.tl, self.la, poll_s=0.001, air_frame=lambda: self.air_at, rate=lambda: self.rate,
+                            within_chunk=within_chunk)
         self.aired: list = []
         self.stop = threading.Event()
 
@@ -190,4 +195,89 @@ def test_the_recut_future_follows_what_stays_on_air(tmp_path):
     plan, tail = r.rp.rebase_point
     assert plan == 2 and tail is r.la.last_taken and tail.chunk.start_frame == 0  # only the chunk on air is left
     assert x != a
+    r.spool.close()
+
+
+def _levels(chunks) -> np.ndarray:
+    """The clip level airing on each frame (audio 1/64 per level; 0 idle)."""
+    audio = np.concatenate([c.audio[:, 0] for c in chunks])
+    return np.round(audio.reshape(-1, 1920)[:, 0] * 64).astype(int)
+
+
+@pytest.mark.parametrize("within_chunk", [True, False])
+def test_enqueue_into_an_idle_room_replans_inside_the_buffered_chunk_the_renderer_can_still_reach(tmp_path,
+                                                                                                 within_chunk):
+    r = Room(tmp_path, within_chunk=within_chunk)
+    r.render(5)  # idle
+    r.air()  # chunk 0 on air
+    r.air_at, r.rate = 20, 1.0  # the pacer at frame 20; a chunk renders in 1.12 s: frame 48 is the first in reach
+    with r.rp.editing("enqueue"):
+        a = _add(r.spool, 3, 1.0)
+    start = 48 if within_chunk else 2 * CF
+    assert r.rp.last["from_frame"] == start and r.rp.splits == int(within_chunk)
+    if within_chunk:
+        assert len(r.la) == 1 and r.la.buffered_frames == 20, "chunk 1 keeps its first 20 frames"
+        assert r.la.tail().frames.shape[0] == 20, "the re-cut future follows the kept frames"
+    r.render(3)
+    aired = r.flush()
+    assert [c.start_frame for c in aired[1:]] == [c.end_frame for c in aired[:-1]], "the air stays contiguous"
+    assert [(m.kind, m.frame) for c in aired for m in c.marks if m.segment_id == a][0] == ("started", start)
+    lv = _levels(aired)
+    assert not lv[:start].any() and (lv[start:start + 25] == 3).all(), "A's audio from its first frame on"
+    r.spool.close()
+
+
+def test_a_replan_inside_the_chunk_on_air_ends_it_early_on_the_pacer(tmp_path):
+    """Nothing buffered beyond the chunk on air: the pacer ends that chunk at the re-plan's frame and goes on with
+    the re-cut future, every timeline frame aired once, in order."""
+    r = Room(tmp_path)
+    r.render(1)
+    pacer = Pacer(r.la, 25, 1920, 2, clock=lambda: 0.0, sleep=lambda s: None)
+    out = [next(pacer) for _ in range(6)]  # frames 0-5 of chunk 0 aired
+    r.air_at = pacer.air_frame
+    with r.rp.editing("enqueue"):
+        a = _add(r.spool, 2, 1.0)
+    assert r.rp.last["from_frame"] == 11 and r.la.on_air_end == 11  # frame 6 + the due margin (0.2 s)
+    r.render(3)
+    out += [next(pacer) for _ in range(60)]
+    assert [p.timeline_frame for p in out] == list(range(66)) and not any(p.underrun for p in out)
+    assert [(m.kind, p.timeline_frame) for p in out for m in p.marks] == [("started", 11), ("finished", 35)]
+    assert all(p.segment_id == (a if 11 <= p.timeline_frame <= 35 else None) for p in out)
+    r.spool.close()
+
+
+def test_play_now_cuts_the_clip_on_air_at_the_first_frame_in_reach_and_replays_it(tmp_path):
+    r = Room(tmp_path)
+    x = _add(r.spool, 1, 4.0)
+    r.render(4)  # X in chunks 0-3
+    r.air()
+    r.air_at, r.rate = 10, 1.0  # frame 38 (in chunk 1) is the first the renderer can reach
+    with r.rp.editing("play_now"):
+        b = _add(r.spool, 4, 0.5, "play_now")
+    assert r.rp.last["from_frame"] == 38
+    r.render(8)
+    aired = r.flush()
+    marks = [(m.kind, m.segment_id, m.frame, m.requeued) for c in aired for m in c.marks]
+    assert ("interrupted", x, 38, True) in marks and ("started", b, 38, False) in marks
+    assert r.order() == [x, b, x]
+    lv = _levels(aired)
+    assert (lv[:38] == 1).all() and (lv[38:38 + 12] == 4).all() and (lv[51:51 + 100] == 1).all()
+    r.spool.close()
+
+
+def test_a_chunk_that_took_a_clip_is_replanned_from_its_boundary(tmp_path):
+    """Chunk 1 took A from the queue after X's end: cutting it again would take from the queue, so the re-plan
+    keeps to the chunk boundary."""
+    r = Room(tmp_path)
+    x = _add(r.spool, 1, 1.5)  # ends in chunk 1
+    a = _add(r.spool, 2, 3.0)
+    r.render(4)
+    r.air()
+    r.air_at, r.rate = 10, 1.0  # frame 38, in chunk 1
+    with r.rp.editing("play_now"):
+        b = _add(r.spool, 4, 0.5, "play_now")
+    assert r.rp.last["from_frame"] == 2 * CF and r.rp.splits == 0
+    r.render(6)
+    r.flush()
+    assert r.order()[:3] == [x, a, b]
     r.spool.close()
