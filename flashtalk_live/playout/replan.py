@@ -3,16 +3,17 @@
 The render thread cuts chunks through `Replanner.next_chunk()` and hands rendered ones to `put()`; a control command
 that changes the plan runs its spool change inside `editing(command, segment_id)`, which first re-plans:
 
-* `play_now`, and `cancel` of the clip on air (`skip` too: a programme item on air is cut the same way): from the first chunk boundary not on air that can be rendered again
-  before it is needed (the render in flight finishes, then one chunk at the measured rate): with a renderer at
-  real time or faster that is the air boundary (the first chunk the pacer has not taken), so the new clip airs
-  within one chunk plus one chunk render. A cancelled clip is also silenced on air at once (`Lookahead.cut`): its
-  cut airs with the next chunk, at most one chunk after the command, and what is kept of it is silent.
-* `insert`, `clear`, `cancel` of any other clip, `move`: from the first buffered chunk that holds anything besides the
-  clip on air, which keeps its buffered frames (and so its head start).
-* `enqueue`: from the first buffered chunk that holds anything but queue clips (idle, a pause, a programme item), so
-  a clip pushed into an idle room does not wait behind buffered idle; with queue clips buffered to the end of the
-  look-ahead there is nothing to re-plan.
+* `play_now`, and `cancel` of the clip on air (`skip` too: a programme item on air is cut the same way): from the
+  first frame not on air that can be rendered again before it is needed (the render in flight finishes, then one
+  chunk at the planning rate; at least the due margin ahead of the air). That frame may lie inside a chunk, buffered
+  or on air (`_split`, `within_chunk`): the chunk keeps its frames before it, so the new clip airs within the render
+  in flight plus one chunk render. A cancelled clip is also silenced on air at once (`Lookahead.cut`): its cut
+  airs with the next chunk, at most one chunk after the command, and what is kept of it is silent.
+* `insert`, `clear`, `cancel` of any other clip, `move`: from the first buffered chunk (or that frame inside it) that
+  holds anything besides the clip on air, which keeps its buffered frames (and so its head start).
+* `enqueue`: from the first buffered chunk (or that frame inside it) that holds anything but queue clips (idle, a
+  pause, a programme item), so a clip pushed into an idle room does not wait behind buffered idle; with queue clips
+  buffered to the end of the look-ahead there is nothing to re-plan.
 
 Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
 timeline (clips taken for them go back to the queue's head; playout/timeline.py) and bumps the plan epoch; a chunk
@@ -147,10 +148,10 @@ class Replanner:
             self.rebase_point = (self.plan, self.lookahead.tail())
             self._voids.append((self.plan, frame))
             self.replans += 1
-            self.last = {"command": command, "from_frame": frame,
+            self.last = {"command": command, "from_frame": frame, "within_chunk": bool(split),
                          "returned": [a for op, a in undone if op == "take"]}
             self._log.info("replanned", command=command, from_frame=frame, plan=self.plan,
-                           returned_to_queue=self.last["returned"])
+                           within_chunk=bool(split), returned_to_queue=self.last["returned"])
             return frame
 
     def _split(self, not_before: int, boundary: int, keep: Keep, on_air: str | None) -> Split | None:
