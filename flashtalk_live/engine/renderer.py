@@ -125,7 +125,8 @@ class FlashTalkRenderer:
         self.profile_choice: ProfileChoice | None = None  # set when model.profile = "auto" chose this profile
         self.auto_eager: dict[str, list[float]] = {}  # auto with compile: the eager trial chunk seconds per profile
         self.auto_ratio: float | None = None  # ... and the compiled/eager ratio the choice was made with
-        self.auto_remembered_age_s: float | None = None  # ... the eager trials came from a record this old (s)
+        self.auto_remembered_age_s: float | None = None  # ... the eager timings came from a record this old (s)
+        self.auto_eager_trials: list[str] = []  # ... the eager trials this start ran (none when remembered and kept)
         self.load_peak_bytes: int | None = None  # allocator peak up to the last warm-up (None off CUDA)
 
     # -- protocol -------------------------------------------------------------------------------------
@@ -281,6 +282,7 @@ class FlashTalkRenderer:
                 "eager": [ProfileTiming(p, tuple(self.auto_eager[p.name]), self.profile_choice.margin).to_dict()
                           for p in self._auto_candidates if p.name in self.auto_eager],
                 "compiled_ratio": None if self.auto_ratio is None else round(self.auto_ratio, 4),
+                "eager_trials": list(self.auto_eager_trials),
                 "remembered": self.auto_remembered_age_s is not None,
                 "remembered_age_s": (None if self.auto_remembered_age_s is None
                                      else round(self.auto_remembered_age_s, 1))},
@@ -598,6 +600,7 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
         chosen.auto_eager = eager
         chosen.auto_ratio = compiled_ratio(eager, {t.profile.name: t.seconds for t in choice.timings}, ratio)
         chosen.auto_remembered_age_s = age_s
+        chosen.auto_eager_trials = trials
         learned = (record is None or bool(trials) or set(done) != {record.choice} or choice.fits != record.fits)
         if memory is not None and learned:
             try:

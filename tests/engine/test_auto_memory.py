@@ -209,6 +209,7 @@ def _first_search(root: Path, built: list[str]) -> None:
         chosen = _lines(buf, "profile_chosen")[0]
         assert chosen["remembered"] is False and chosen["eager_trials"] == ["tiny_q", "tiny_f"]
         assert r.drift()["auto"]["remembered"] is False and r.drift()["auto"]["remembered_age_s"] is None
+        assert r.drift()["auto"]["eager_trials"] == ["tiny_q", "tiny_f"]
     finally:
         r.close()
     rec = _record(root)
@@ -245,7 +246,7 @@ def test_a_restart_skips_the_eager_trials_and_builds_only_the_remembered_winner(
         chosen = _lines(buf, "profile_chosen")[0]
         assert chosen["remembered"] is True and chosen["remembered_age_s"] >= 86400 and chosen["eager_trials"] == []
         d = r.drift()["auto"]
-        assert d["remembered"] is True and d["remembered_age_s"] >= 86400
+        assert d["remembered"] is True and d["remembered_age_s"] >= 86400 and d["eager_trials"] == []
         assert [(e["profile"], e["p90_s"]) for e in d["eager"]] == [("tiny_q", 0.5), ("tiny_f", 0.3)]  # remembered
         assert [m["profile"] for m in d["measured"]] == ["tiny_f"]
         assert d["compiled_ratio"] == pytest.approx(0.25 / 0.30, abs=1e-4)
@@ -274,6 +275,7 @@ def test_a_remembered_winner_that_now_misses_continues_the_search_and_rewrites_t
         assert r.profile.name == "tiny_r" and built == ["tiny_f", "tiny_r"]
         chosen = _lines(buf, "profile_chosen")[0]
         assert chosen["remembered"] is True and chosen["eager_trials"] == ["tiny_r"]
+        assert r.drift()["auto"]["eager_trials"] == ["tiny_r"]
         assert _lines(buf, "auto_memory_saved")[0]["remembered"] is True
     finally:
         r.close()
