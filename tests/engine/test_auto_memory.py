@@ -343,3 +343,20 @@ def test_without_compile_nothing_is_remembered(room) -> None:
             r.close()
     assert timer.stages == ([("tiny_q", "plain")] * 2 + [("tiny_f", "plain")] * 2) * 2
     assert not (root / "state" / "compile-cache").exists()
+
+
+@pytest.mark.timeout(900)
+def test_a_record_that_can_be_neither_read_nor_written_costs_only_the_trials(room) -> None:
+    """A directory where the record belongs: reading and the atomic rename both fail; the room still starts."""
+    root, built = room
+    (root / "state" / "compile-cache" / AUTO_MEMORY_FILE).mkdir(parents=True)
+    timer = FakeTimer(COMPILED, EAGER)
+    buf = _capture_logs()
+    r = _build(root, timer)
+    try:
+        assert r.ready() and r.profile.name == "tiny_f" and built == ["tiny_q", "tiny_f"]
+        assert [w["level"] for w in _lines(buf, "auto_memory_unreadable")] == ["warning"]
+        assert [w["level"] for w in _lines(buf, "auto_memory_not_saved")] == ["warning"]
+    finally:
+        r.close()
+    assert [p.name for p in (root / "state" / "compile-cache").glob(f".{AUTO_MEMORY_FILE}*")] == []  # no leftovers
