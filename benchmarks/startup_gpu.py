@@ -3,15 +3,21 @@
     python benchmarks/startup_gpu.py                                  # auto, then native: each cold, then warm
     python benchmarks/startup_gpu.py --profiles auto --runs cold,warm,warm --chunks 20
     python benchmarks/startup_gpu.py --tiny --profiles auto --chunks 2   # tiny random family on the CPU (smoke)
+    python benchmarks/startup_gpu.py --tiny --profiles auto --chunks 2 --set model.compile=true   # ... compiled:
+        # the warm run reuses auto's record (the CPU's timings choose; the numbers mean nothing)
     python benchmarks/startup_gpu.py --profiles native --runs cold --release /data/random-release
         # the real loader: full-size random shards written to disk once (~42 GB), streamed and fp8-quantised
 
 Each run is a fresh process (this script with --child), so torch's in-memory caches start empty: what a warm run
-shares with the run before it is only the compile cache folder (`model.compile_cache_dir`), as after a restart of
-the daemon; a cold run starts from an empty folder. The child builds the renderer exactly as the daemon does
-(`build_flashtalk_renderer` from settings: full-size random weights through `model.random_weights = "full"`,
-fp8 quantised block by block, TAEHV, DiT compiled), warms it a second time on another thread (the supervisor's
-render thread), then times --chunks silent chunks through the render path. Reported per run: seconds from the
+shares with the run before it is only the compile cache folder (`model.compile_cache_dir`, one per --profiles
+entry), as after a restart of the daemon; a cold run starts from an empty folder. That folder also holds auto's
+remembered measurements (`auto-profile.json`, engine/auto_memory.py): a warm auto run finds the record the run
+before it wrote and skips the eager trials while the remembered winner still fits; the table's "auto eager
+trials" column says which trials a run ran, or "none (remembered, <age>)".
+
+The child builds the renderer exactly as the daemon does (`build_flashtalk_renderer` from settings: full-size
+random weights through `model.random_weights = "full"`, fp8 quantised block by block, TAEHV, DiT compiled), warms
+it a second time on another thread (the supervisor's render thread), then times --chunks silent chunks through the render path. Reported per run: seconds from the
 child's start to the renderer ready (the daemon's load time; its encoder, outputs and still renderer are not
 part of it and were on air all along), the profile chosen, auto's eager and compiled p90s, the GPU load peak
 (up to the last warm-up) and the steady peak (the timed chunks), chunk p50/p99/max. The portrait is a generated
@@ -91,6 +97,17 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__, "weights": args.release or "random (model.random_weights)",
         "host_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
+
+
+def eager_trials(auto: dict[str, Any]) -> str:
+    """What auto timed eager at this start: the profiles, and whether the other eager timings were remembered."""
+    if not auto or auto.get("compiled_ratio") is None:  # a named profile, or auto without compile
+        return "-"
+    ran = ", ".join(auto.get("eager_trials") or []) or "none"
+    if not auto.get("remembered"):
+        return ran
+    age = float(auto.get("remembered_age_s") or 0)
+    return f"{ran} (remembered, {age / 60:.0f} min old)" if age >= 60 else f"{ran} (remembered, {age:.0f} s old)"
 
 
 def write_release(root: Path, tiny: bool) -> None:
@@ -184,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nweights: {args.release or 'random, built on the device (model.random_weights)'}")
-    print("| setting | run | ready s | build s | profile | auto eager p90s | auto compiled p90s | load peak GiB "
-          "| steady peak GiB | host peak GiB | chunk p50 / p99 / max s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| setting | run | ready s | build s | profile | auto eager trials | auto eager p90s | auto compiled p90s "
+          "| load peak GiB | steady peak GiB | host peak GiB | chunk p50 / p99 / max s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r['profile_setting']} | {r['run']} | error: {r['error'][-200:]!r} |")
@@ -194,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         auto = r.get("auto") or {}
         eager = ", ".join(f"{e['profile']} {e['p90_s']:.3f}" for e in auto.get("eager", [])) or "-"
         comp = ", ".join(f"{e['profile']} {e['p90_s']:.3f}" for e in auto.get("measured", [])) or "-"
+        trials = eager_trials(auto)
         gib = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         print(f"| {r['profile_setting']} | {r['run']} | {r['ready_s']:.1f} | {r['build_s']:.1f} | {r['profile']} | "
-              f"{eager} | {comp} | {gib(r['load_peak_gib'])} | {gib(r['steady_peak_gib'])} | {gib(r.get('host_peak_gib'))} | "
+              f"{trials} | {eager} | {comp} | {gib(r['load_peak_gib'])} | {gib(r['steady_peak_gib'])} | {gib(r.get('host_peak_gib'))} | "
               f"{r['chunk_p50_s']:.3f} / {r['chunk_p99_s']:.3f} / {r['chunk_max_s']:.3f} |")
     return 0
 

@@ -134,6 +134,14 @@ def _model_metrics(d: dict[str, Any]):  # noqa: ANN202 - a generator of metric f
         if auto.get("compiled_ratio") is not None:
             yield GaugeMetricFamily("flashtalk_auto_compiled_ratio", "Compiled / eager chunk time auto chose with",
                                     value=float(auto["compiled_ratio"]))
+        if auto.get("remembered") is not None:
+            yield GaugeMetricFamily("flashtalk_auto_remembered", "1 when auto's search started from its record in "
+                                    "the compile cache (remembered eager timings: no eager trial unless the "
+                                    "remembered choice missed), else 0",
+                                    value=1.0 if auto["remembered"] else 0.0)
+        if auto.get("remembered_age_s") is not None:
+            yield GaugeMetricFamily("flashtalk_auto_remembered_age_seconds", "Age of auto's remembered measurements "
+                                    "when the room started", value=float(auto["remembered_age_s"]))
     chunk = d.get("chunk_s") or {}
     if chunk.get("count"):
         fam = GaugeMetricFamily("flashtalk_model_chunk_seconds", "Model render() seconds per chunk since start",

@@ -13,7 +13,10 @@ The factory loads a release (or, in benchmarks only, random weights) and warms u
 the real-time budget with `auto_margin` (engine.profile.choose_profile); every measurement is logged. With
 `model.compile = true` the candidates are timed eager (torch.compiler stance "force_eager": nothing compiles)
 and only the one predicted to fit (eager x `auto_compiled_ratio`) is compiled and timed again
-(engine.profile.next_auto_step), so a start-up never compiles profiles it will not keep.
+(engine.profile.next_auto_step), so a start-up never compiles profiles it will not keep. The measurements are
+remembered in the compile cache folder (engine.auto_memory): a restart with the same fingerprint (GPU, torch,
+settings that change a chunk's time) skips the eager trials and compiles and times the remembered winner only; if
+it no longer fits, the search goes on as without a record and the record is rewritten.
 
 GPU memory: `warm_up()` folds the allocator's peak so far into `load_peak_bytes` and resets the peak statistics,
 so `drift()` reports the load peak (weights, quantisation, compile, warm-up) apart from the steady peak (the
@@ -40,6 +43,7 @@ from flashtalk_live.checkpoints.release import (
     resolve_release_dirs,
 )
 from flashtalk_live.checkpoints.taehv import find_taehv_file, load_taehv, plan_taehv
+from flashtalk_live.engine.auto_memory import AutoMemory, AutoRecord, device_name, speed_fingerprint
 from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, start_drift
 from flashtalk_live.engine.compile_cache import use_compile_cache
 from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
@@ -51,6 +55,7 @@ from flashtalk_live.engine.session import AvatarSession, CachedTextEncoder, file
 from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.model.attention import set_default_backend
+from flashtalk_live.model.dit import FlashTalkDiT
 from flashtalk_live.model.taehv import TinyVideoDecoder
 from flashtalk_live.model.text import encode_prompts
 from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings
@@ -120,6 +125,8 @@ class FlashTalkRenderer:
         self.profile_choice: ProfileChoice | None = None  # set when model.profile = "auto" chose this profile
         self.auto_eager: dict[str, list[float]] = {}  # auto with compile: the eager trial chunk seconds per profile
         self.auto_ratio: float | None = None  # ... and the compiled/eager ratio the choice was made with
+        self.auto_remembered_age_s: float | None = None  # ... the eager timings came from a record this old (s)
+        self.auto_eager_trials: list[str] = []  # ... the eager trials this start ran (none when remembered and kept)
         self.load_peak_bytes: int | None = None  # allocator peak up to the last warm-up (None off CUDA)
 
     # -- protocol -------------------------------------------------------------------------------------
@@ -274,7 +281,11 @@ class FlashTalkRenderer:
                 "measured": [t.to_dict() for t in self.profile_choice.timings],
                 "eager": [ProfileTiming(p, tuple(self.auto_eager[p.name]), self.profile_choice.margin).to_dict()
                           for p in self._auto_candidates if p.name in self.auto_eager],
-                "compiled_ratio": None if self.auto_ratio is None else round(self.auto_ratio, 4)},
+                "compiled_ratio": None if self.auto_ratio is None else round(self.auto_ratio, 4),
+                "eager_trials": list(self.auto_eager_trials),
+                "remembered": self.auto_remembered_age_s is not None,
+                "remembered_age_s": (None if self.auto_remembered_age_s is None
+                                     else round(self.auto_remembered_age_s, 1))},
         }
 
     def recalibrate(self, reason: str = "manual") -> None:
@@ -475,6 +486,11 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
     if m.compile:
         compile_dit_blocks(models.dit, cuda_graphs=m.cuda_graphs)
         log.info("dit_compile", cuda_graphs=m.cuda_graphs, cache_dir=None if cache is None else str(cache))
+    memory = None  # auto's measurements live with the compile cache: none without one
+    if m.profile == AUTO and cache is not None:
+        architecture = dataclasses.asdict(models.dit.cfg) if isinstance(models.dit, FlashTalkDiT) else {}
+        memory = AutoMemory(cache, speed_fingerprint(m, v, profiles, device=device_name(device),
+                                                     dit_architecture=architecture, quantized=fp8 is not None))
     if dit_wrapper is not None:
         models.dit = dit_wrapper(models.dit)
     if vae_wrapper is not None:
@@ -494,7 +510,7 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
     if m.profile == AUTO:
         renderer = choose_by_measurement(make, profiles, image, v.prompt, margin=m.auto_margin,
                                          chunks=m.auto_chunks, timer=chunk_timer or wall_timer,
-                                         compiled=m.compile, ratio=m.auto_compiled_ratio)
+                                         compiled=m.compile, ratio=m.auto_compiled_ratio, memory=memory)
     else:
         renderer = make(profiles[0])
         renderer.start_session(image, v.prompt)
@@ -509,12 +525,15 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
 def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidates: Sequence[Profile],
                           image: np.ndarray, prompt: str, *, margin: float, chunks: int,
                           timer: ChunkTimer = wall_timer, compiled: bool = False,
-                          ratio: float = 0.42) -> FlashTalkRenderer:
+                          ratio: float = 0.42, memory: AutoMemory | None = None) -> FlashTalkRenderer:
     """Warm up and time the candidates (best quality first) until one fits; return the chosen one, warm.
 
     Not compiled: each candidate is warmed and timed as it runs, until one fits (choose_profile). Compiled: each
     is first timed eager (cheap: no compile) and only the one predicted to fit at eager x `ratio` is compiled
     and timed again (next_auto_step); a compiled candidate that misses corrects the ratio and the search goes on.
+    memory (compiled only): a record of an earlier search with this fingerprint seeds the search with its eager
+    timings and ratio (no eager trials unless the remembered winner misses); the record is (re)written when this
+    search learned something it did not hold.
     Logs `profile_measured` per measurement (stage eager / compiled / plain) and `profile_chosen`; when none
     fits, the fastest is kept and `profile_too_slow` is logged as an error (the room will underrun).
     """
@@ -536,6 +555,19 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
         return seconds
 
     eager: dict[str, list[float]] = {}
+    record: AutoRecord | None = None
+    age_s: float | None = None  # the record's age when recalled
+    trials: list[str] = []  # eager trials this search ran
+    done: dict[str, list[float]] = {}
+    if compiled and memory is not None:
+        record = memory.recall()
+        if record is not None:  # seeded: next_auto_step goes straight to compiling the predicted winner
+            eager = {p.name: list(record.eager[p.name]) for p in candidates if p.name in record.eager}
+            ratio, age_s = record.ratio, record.age_s()
+            log.info("auto_remembered", path=str(memory.path), age_s=round(age_s, 1),
+                     choice=record.choice, ratio=round(ratio, 4),
+                     eager={p.name: round(ProfileTiming(p, tuple(eager[p.name]), margin).p90, 4)
+                            for p in candidates if p.name in eager})
     if not compiled:
         timings: dict[str, list[float]] = {}
         for p in candidates:
@@ -544,7 +576,6 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
                 break
         choice = choose_profile(candidates, timings, margin)
     else:
-        done: dict[str, list[float]] = {}
         while True:
             step = next_auto_step(candidates, eager, done, margin, ratio)
             if step.action == "done":
@@ -554,6 +585,7 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
             if step.action == "eager":
                 with torch.compiler.set_stance("force_eager"):  # compiled blocks run their Python code
                     eager[step.profile.name] = measure(step.profile, EAGER)
+                trials.append(step.profile.name)
             else:
                 done[step.profile.name] = measure(step.profile, COMPILED)
     for name, r in built.items():
@@ -567,10 +599,22 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
     if compiled:
         chosen.auto_eager = eager
         chosen.auto_ratio = compiled_ratio(eager, {t.profile.name: t.seconds for t in choice.timings}, ratio)
+        chosen.auto_remembered_age_s = age_s
+        chosen.auto_eager_trials = trials
+        learned = (record is None or bool(trials) or set(done) != {record.choice} or choice.fits != record.fits)
+        if memory is not None and learned:
+            try:
+                memory.save(eager, done, chosen.auto_ratio, choice.profile.name, choice.fits)
+                log.info("auto_memory_saved", path=str(memory.path), remembered=record is not None)
+            except OSError as e:  # a read-only or full state dir costs the next start its trials, not this one
+                log.warning("auto_memory_not_saved", path=str(memory.path), error=str(e))
     summary = {"profile": choice.profile.name, "fits": choice.fits, "margin": margin,
                "measured": {t.profile.name: t.p90 for t in choice.timings},
                "eager": {n: ProfileTiming(next(p for p in candidates if p.name == n), tuple(v), margin).p90
-                         for n, v in eager.items()}}
+                         for n, v in eager.items()},
+               "remembered": record is not None,
+               "remembered_age_s": None if age_s is None else round(age_s, 1),
+               "eager_trials": trials if compiled else None}
     if choice.fits:
         log.info("profile_chosen", reason="best quality within the real-time budget", **summary)
     else:

@@ -301,7 +301,8 @@ class ModelSettings(_Section):
                               '"reduce-overhead" (CUDA graphs replayed per block at the fixed chunk shapes)')
     compile_cache_dir: str = Field("{state_dir}/compile-cache", description="torch.compile's inductor cache (FX "
                                    "graphs, autotuning, Triton kernels) kept across restarts: TORCHINDUCTOR_CACHE_DIR; "
-                                   '"" leaves torch\'s default (/tmp/torchinductor_<user>)')
+                                   '"" leaves torch\'s default (/tmp/torchinductor_<user>). "auto" keeps its '
+                                   "measurements here too (auto-profile.json; delete it to measure again)")
     text_cache_dir: str = "{state_dir}/text-cache"
     text_device: Literal["cpu", "model"] = Field(
         "cpu", description='where umT5-XXL encodes a prompt missing from the text cache: "cpu" (host memory, about '

@@ -67,7 +67,8 @@ def artefacts() -> Path:
 # What the engine's drift() reports after model.profile = "auto" (the H100 daemon run's measurements, docs/performance.md)
 AUTO_DRIFT = {"profile": "realtime", "auto": {"profile": "realtime", "fits": True, "margin": 0.15, "measured": [
     {"profile": "fast", "median_s": 0.9422, "p90_s": 0.9548, "limit_s": 0.952, "fits": False},
-    {"profile": "realtime", "median_s": 0.7668, "p90_s": 0.7744, "limit_s": 0.952, "fits": True}]}}
+    {"profile": "realtime", "median_s": 0.7668, "p90_s": 0.7744, "limit_s": 0.952, "fits": True}],
+    "eager_trials": [], "remembered": True, "remembered_age_s": 7500.0}}  # eager trials from auto-profile.json
 
 
 def _auto_chosen_renderer(_settings):  # noqa: ANN001, ANN202 - the daemon's renderer factory
@@ -89,8 +90,9 @@ def test_operator_drives_the_room_from_the_page(browser, tmp_path):
         find = browser.find_element
         browser.get(f"http://127.0.0.1:{d.metrics_port}/")
         wait.until(lambda b: find(By.ID, "state").text == "on_air")
-        # auto's choice and the chunk times it chose by, as status reports them
-        wait.until(lambda b: "profile realtime (auto: fast 0.955 s, realtime 0.774 s)" in find(By.ID, "health").text)
+        # auto's choice, the chunk times it chose by and the age of its remembered eager trials, as status reports them
+        wait.until(lambda b: "profile realtime (auto: fast 0.955 s, realtime 0.774 s; eager trials remembered, 2 h old)"
+                   in find(By.ID, "health").text)
 
         # The preview loads and changes (each chunk is another colour).
         wait.until(lambda b: b.execute_script("const i = document.getElementById('preview');"

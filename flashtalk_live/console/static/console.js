@@ -100,12 +100,20 @@ function pushToAir(st) {
   return kinds.length ? " · push→air p50 " + kinds.map(([k, v]) => k + " " + Number(v.p50_s).toFixed(2) + " s").join(", ") : "";
 }
 
-// the model's profile and, for model.profile = "auto", the compiled chunk p90s it chose by (status.renderer.drift)
+// the model's profile and, for model.profile = "auto", the compiled chunk p90s it chose by (status.renderer.drift),
+// and whether its eager trials were remembered from the compile cache (no trials at this start)
 function modelProfile(st) {
   const d = ((st.renderer || {}).drift) || {};
   if (!d.profile) return "";
-  const measured = ((d.auto || {}).measured || []).map((t) => t.profile + " " + Number(t.p90_s).toFixed(3) + " s");
-  return " · profile " + d.profile + (d.auto ? " (auto" + (measured.length ? ": " + measured.join(", ") : "") + ")" : "");
+  const auto = d.auto || {};
+  const measured = (auto.measured || []).map((t) => t.profile + " " + Number(t.p90_s).toFixed(3) + " s");
+  const remembered = auto.remembered ? "; eager trials remembered, " + age(auto.remembered_age_s) + " old" : "";
+  return " · profile " + d.profile + (d.auto ? " (auto" + (measured.length ? ": " + measured.join(", ") : "") + remembered + ")" : "");
+}
+
+function age(seconds) {
+  const s = Number(seconds) || 0;
+  return s < 120 ? Math.round(s) + " s" : s < 7200 ? Math.round(s / 60) + " min" : s < 172800 ? Math.round(s / 3600) + " h" : Math.round(s / 86400) + " d";
 }
 
 function renderStatus(st) {
