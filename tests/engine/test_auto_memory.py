@@ -4,7 +4,6 @@ compiled, real chunks; a fake timer replays injected seconds, so no clock is in 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from flashtalk_live import log
 from flashtalk_live.engine import auto_memory, renderer as renderer_mod
 from flashtalk_live.engine.auto_memory import AUTO_MEMORY_FILE, AutoMemory, speed_fingerprint
 from flashtalk_live.engine.compile_cache import INDUCTOR_CACHE_ENV
@@ -22,6 +20,7 @@ from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_rend
 from flashtalk_live.config import load_settings
 
 from support.chunks import render_chunk
+from support.logs import capture_logs, log_lines
 from support.settings import flashtalk_settings
 
 torch.set_num_threads(1)
@@ -72,16 +71,6 @@ def test_the_fingerprint_holds_what_changes_chunk_time_and_not_paths_or_autos_kn
     assert _fingerprint("model.gpus=[0,1,2,3,4,5,6,7]") == _fingerprint("model.gpus=8")  # ids: the count matters
 
 
-def _capture_logs() -> io.StringIO:
-    buf = io.StringIO()
-    log.configure("json", "info", stream=buf)
-    return buf
-
-
-def _lines(buf: io.StringIO, event: str) -> list[dict]:
-    return [d for d in map(json.loads, buf.getvalue().splitlines()) if d.get("event") == event]
-
-
 def test_save_and_recall_for_the_same_fingerprint_only(tmp_path) -> None:
     mem = AutoMemory(tmp_path / "cc", _fingerprint())
     assert mem.recall() is None  # no file yet
@@ -90,11 +79,11 @@ def test_save_and_recall_for_the_same_fingerprint_only(tmp_path) -> None:
     back = mem.recall()
     assert back == saved and back.choice == "fast" and back.eager["quality"] == [5.95] * 3
     assert back.age_s(now=4600.0) == 3600.0
-    buf = _capture_logs()
+    buf = capture_logs()
     assert AutoMemory(tmp_path / "cc", _fingerprint(device="NVIDIA H200")).recall() is None
     assert AutoMemory(tmp_path / "cc", _fingerprint('model.decoder="taehv"')).recall() is None
-    stale = _lines(buf, "auto_memory_stale")
-    assert [s["changed"] for s in stale] == [["device"], ["decoder"]] and not _lines(buf, "auto_memory_unreadable")
+    stale = log_lines(buf, "auto_memory_stale")
+    assert [s["changed"] for s in stale] == [["device"], ["decoder"]] and not log_lines(buf, "auto_memory_unreadable")
 
 
 @pytest.mark.parametrize("text", ["{not json", "[]", '{"fingerprint": {}}', "\udcff"],
@@ -102,9 +91,9 @@ def test_save_and_recall_for_the_same_fingerprint_only(tmp_path) -> None:
 def test_an_unreadable_record_is_no_record_and_a_warning(tmp_path, text) -> None:
     mem = AutoMemory(tmp_path, _fingerprint())
     mem.path.write_bytes(text.encode("utf-8", "surrogateescape"))
-    buf = _capture_logs()
+    buf = capture_logs()
     assert mem.recall() is None
-    warned = _lines(buf, "auto_memory_unreadable")
+    warned = log_lines(buf, "auto_memory_unreadable")
     assert len(warned) == 1 and warned[0]["level"] == "warning" and warned[0]["path"] == str(mem.path)
 
 
@@ -114,8 +103,8 @@ def test_a_record_with_bad_seconds_is_unreadable(tmp_path) -> None:
     data = json.loads(mem.path.read_text())
     data["eager"]["fast"] = ["NaN?"]
     mem.path.write_text(json.dumps(data))
-    buf = _capture_logs()
-    assert mem.recall() is None and "eager" in _lines(buf, "auto_memory_unreadable")[0]["error"]
+    buf = capture_logs()
+    assert mem.recall() is None and "eager" in log_lines(buf, "auto_memory_unreadable")[0]["error"]
 
 
 def test_the_record_is_written_atomically(tmp_path, monkeypatch) -> None:
@@ -200,13 +189,13 @@ def _record(root: Path) -> dict:
 def _first_search(root: Path, built: list[str]) -> None:
     """The full search of a fresh room: eager tiny_q, tiny_f, then tiny_f compiled and kept; the record written."""
     timer = FakeTimer(COMPILED, EAGER)
-    buf = _capture_logs()
+    buf = capture_logs()
     r = _build(root, timer)
     try:
         assert r.profile.name == "tiny_f"
         assert timer.stages == [("tiny_q", "eager")] * 2 + [("tiny_f", "eager")] * 2 + [("tiny_f", "compiled")] * 2
         assert built == ["tiny_q", "tiny_f"]
-        chosen = _lines(buf, "profile_chosen")[0]
+        chosen = log_lines(buf, "profile_chosen")[0]
         assert chosen["remembered"] is False and chosen["eager_trials"] == ["tiny_q", "tiny_f"]
         assert r.drift()["auto"]["remembered"] is False and r.drift()["auto"]["remembered_age_s"] is None
         assert r.drift()["auto"]["eager_trials"] == ["tiny_q", "tiny_f"]
@@ -235,15 +224,15 @@ def test_a_restart_skips_the_eager_trials_and_builds_only_the_remembered_winner(
     torch._dynamo.reset()  # a restart: a fresh process keeps only the folder
 
     timer = FakeTimer(COMPILED, EAGER)
-    buf = _capture_logs()
+    buf = capture_logs()
     r = _build(root, timer)
     try:
         assert r.profile.name == "tiny_f" and r.ready()
         assert timer.stages == [("tiny_f", "compiled")] * 2  # no eager trial; the winner compiled and timed
         assert built == ["tiny_f"]  # only one profile built
-        assert [(m["stage"], m["profile"]) for m in _lines(buf, "profile_measured")] == [("compiled", "tiny_f")]
-        assert _lines(buf, "auto_remembered")[0]["choice"] == "tiny_f"
-        chosen = _lines(buf, "profile_chosen")[0]
+        assert [(m["stage"], m["profile"]) for m in log_lines(buf, "profile_measured")] == [("compiled", "tiny_f")]
+        assert log_lines(buf, "auto_remembered")[0]["choice"] == "tiny_f"
+        chosen = log_lines(buf, "profile_chosen")[0]
         assert chosen["remembered"] is True and chosen["remembered_age_s"] >= 86400 and chosen["eager_trials"] == []
         d = r.drift()["auto"]
         assert d["remembered"] is True and d["remembered_age_s"] >= 86400 and d["eager_trials"] == []
@@ -265,7 +254,7 @@ def test_a_remembered_winner_that_now_misses_continues_the_search_and_rewrites_t
     torch._dynamo.reset()
     slower = dict(COMPILED, tiny_f=0.40)  # tiny_f compiled now misses 0.272: ratio 0.40 / 0.30 = 1.33
     timer = FakeTimer(slower, EAGER)
-    buf = _capture_logs()
+    buf = capture_logs()
     r = _build(root, timer)
     try:
         # tiny_q is still predicted to miss (0.50 x 1.33); tiny_r was never timed: its eager trial runs now,
@@ -273,10 +262,10 @@ def test_a_remembered_winner_that_now_misses_continues_the_search_and_rewrites_t
         assert timer.stages == ([("tiny_f", "compiled")] * 2 + [("tiny_r", "eager")] * 2
                                 + [("tiny_r", "compiled")] * 2)
         assert r.profile.name == "tiny_r" and built == ["tiny_f", "tiny_r"]
-        chosen = _lines(buf, "profile_chosen")[0]
+        chosen = log_lines(buf, "profile_chosen")[0]
         assert chosen["remembered"] is True and chosen["eager_trials"] == ["tiny_r"]
         assert r.drift()["auto"]["eager_trials"] == ["tiny_r"]
-        assert _lines(buf, "auto_memory_saved")[0]["remembered"] is True
+        assert log_lines(buf, "auto_memory_saved")[0]["remembered"] is True
     finally:
         r.close()
     rec = _record(root)
@@ -297,13 +286,13 @@ def test_another_gpu_or_decoder_runs_the_full_search(room) -> None:
     for extra, changed in (((), ["device"]), (('model.decoder="taehv"',), ["decoder"])):
         torch._dynamo.reset()
         timer = FakeTimer(COMPILED, EAGER)
-        buf = _capture_logs()
+        buf = capture_logs()
         r = _build(root, timer, *extra)
         try:
             assert r.profile.name == "tiny_f" and built == ["tiny_q", "tiny_f"]
             assert timer.stages == [("tiny_q", "eager")] * 2 + [("tiny_f", "eager")] * 2 + [("tiny_f", "compiled")] * 2
-            assert _lines(buf, "auto_memory_stale")[0]["changed"] == changed
-            assert not _lines(buf, "auto_remembered") and r.drift()["auto"]["remembered"] is False
+            assert log_lines(buf, "auto_memory_stale")[0]["changed"] == changed
+            assert not log_lines(buf, "auto_remembered") and r.drift()["auto"]["remembered"] is False
         finally:
             r.close()
         assert _record(root)["fingerprint"]["device"] == "cpu"  # rewritten for this machine and settings
@@ -318,12 +307,12 @@ def test_a_corrupt_record_gives_the_full_search_a_warning_and_a_new_record(room)
     folder.mkdir(parents=True)
     (folder / AUTO_MEMORY_FILE).write_text('{"fingerprint": {"device": "cpu"}, "eager": {"tiny_f": [0.3')  # cut off
     timer = FakeTimer(COMPILED, EAGER)
-    buf = _capture_logs()
+    buf = capture_logs()
     r = _build(root, timer)
     try:
         assert r.profile.name == "tiny_f" and built == ["tiny_q", "tiny_f"]
         assert [s for s in timer.stages if s[1] == "eager"] == [("tiny_q", "eager")] * 2 + [("tiny_f", "eager")] * 2
-        warned = _lines(buf, "auto_memory_unreadable")
+        warned = log_lines(buf, "auto_memory_unreadable")
         assert len(warned) == 1 and warned[0]["level"] == "warning"
     finally:
         r.close()
@@ -351,12 +340,12 @@ def test_a_record_that_can_be_neither_read_nor_written_costs_only_the_trials(roo
     root, built = room
     (root / "state" / "compile-cache" / AUTO_MEMORY_FILE).mkdir(parents=True)
     timer = FakeTimer(COMPILED, EAGER)
-    buf = _capture_logs()
+    buf = capture_logs()
     r = _build(root, timer)
     try:
         assert r.ready() and r.profile.name == "tiny_f" and built == ["tiny_q", "tiny_f"]
-        assert [w["level"] for w in _lines(buf, "auto_memory_unreadable")] == ["warning"]
-        assert [w["level"] for w in _lines(buf, "auto_memory_not_saved")] == ["warning"]
+        assert [w["level"] for w in log_lines(buf, "auto_memory_unreadable")] == ["warning"]
+        assert [w["level"] for w in log_lines(buf, "auto_memory_not_saved")] == ["warning"]
     finally:
         r.close()
     assert [p.name for p in (root / "state" / "compile-cache").glob(f".{AUTO_MEMORY_FILE}*")] == []  # no leftovers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -11,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from flashtalk_live import log
 from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
 from flashtalk_live.renderers.base import RendererError
 
 from support.chunks import render_chunk
+from support.logs import capture_logs, log_lines
 from support.settings import flashtalk_settings
 
 
@@ -59,32 +58,22 @@ class FakeTimer:
         return (self.eager if stage == "eager" else self.seconds)[profile.name]
 
 
-def _capture_logs() -> io.StringIO:
-    buf = io.StringIO()
-    log.configure("json", "info", stream=buf)
-    return buf
-
-
-def _lines(buf: io.StringIO, event: str) -> list[dict]:
-    return [d for d in map(json.loads, buf.getvalue().splitlines()) if d.get("event") == event]
-
-
 @pytest.mark.timeout(300)
 def test_auto_keeps_the_best_quality_that_fits_and_logs_why(root) -> None:
     rel = write_fake_release(root / "models")
     timer = FakeTimer({"tiny_q": 0.40, "tiny_f": 0.10})  # limit 0.32 x 0.85 = 0.272: only tiny_f fits
-    buf = _capture_logs()
+    buf = capture_logs()
     s = _settings(root, [f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"'])
     r = build_flashtalk_renderer(FlashTalkConfig.from_settings(s), chunk_timer=timer)
     try:
         assert r.ready() and r.profile.name == "tiny_f" and r.engine.profile.name == "tiny_f"
         assert timer.runs == {"tiny_q": 2, "tiny_f": 2}  # auto_chunks timed chunks each, best quality first
-        measured = _lines(buf, "profile_measured")
+        measured = log_lines(buf, "profile_measured")
         assert [(m["profile"], m["fits"], m["p90_s"]) for m in measured] == [("tiny_q", False, 0.4), ("tiny_f", True, 0.1)]
         assert measured[0]["geometry"] == "32x64" and measured[0]["limit_s"] == pytest.approx(0.272)
-        chosen = _lines(buf, "profile_chosen")
+        chosen = log_lines(buf, "profile_chosen")
         assert len(chosen) == 1 and chosen[0]["profile"] == "tiny_f" and chosen[0]["fits"] is True
-        assert not _lines(buf, "profile_too_slow")
+        assert not log_lines(buf, "profile_too_slow")
         frames = r.render(render_chunk(0, N, seed=0))
         assert frames.shape == (N, 80, 48, 3) and frames.std() > 0
         d = r.drift()
@@ -100,16 +89,16 @@ def test_auto_keeps_the_best_quality_that_fits_and_logs_why(root) -> None:
 def test_random_tiny_weights_in_benchmark_mode_and_none_fits(root, monkeypatch) -> None:
     monkeypatch.setenv("FLASHTALK_LIVE_BENCHMARK", "1")
     timer = FakeTimer({"tiny_q": 1.0, "tiny_f": 0.5})  # both over the 0.272 s limit: the fastest, loudly
-    buf = _capture_logs()
+    buf = capture_logs()
     s = _settings(root, ['model.random_weights="tiny"'], environ={"FLASHTALK_LIVE_BENCHMARK": "1"})
     assert s.model.weights_dir is None
     r = build_flashtalk_renderer(FlashTalkConfig.from_settings(s), chunk_timer=timer)
     try:
         assert r.profile.name == "tiny_f" and timer.runs == {"tiny_q": 2, "tiny_f": 2}
-        assert _lines(buf, "random_weights")[0]["level"] == "warning"
-        loud = _lines(buf, "profile_too_slow")
+        assert log_lines(buf, "random_weights")[0]["level"] == "warning"
+        loud = log_lines(buf, "profile_too_slow")
         assert len(loud) == 1 and loud[0]["level"] == "error" and loud[0]["profile"] == "tiny_f"
-        assert loud[0]["measured"] == {"tiny_q": 1.0, "tiny_f": 0.5} and not _lines(buf, "profile_chosen")
+        assert loud[0]["measured"] == {"tiny_q": 1.0, "tiny_f": 0.5} and not log_lines(buf, "profile_chosen")
         for i in range(2):
             assert r.render(render_chunk(i, N, seed=i)).shape == (N, 80, 48, 3)
         assert r.drift()["auto"]["fits"] is False
@@ -138,7 +127,7 @@ def test_auto_with_compile_times_eager_first_and_compiles_only_the_winner(root, 
     monkeypatch.setenv(INDUCTOR_CACHE_ENV, str(tmp_path / "before"))  # restored after the test
     # limit 0.272 s: tiny_q eager 0.50 x 0.8 = 0.40 (no), tiny_f eager 0.30 x 0.8 = 0.24 (compile it), compiled 0.25
     timer = FakeTimer({"tiny_q": 0.9, "tiny_f": 0.25}, eager={"tiny_q": 0.50, "tiny_f": 0.30})
-    buf = _capture_logs()
+    buf = capture_logs()
     s = _settings(root, ['model.random_weights="tiny"', "model.compile=true", "model.auto_compiled_ratio=0.8"],
                   environ={"FLASHTALK_LIVE_BENCHMARK": "1"})
     torch._dynamo.reset()
@@ -146,7 +135,7 @@ def test_auto_with_compile_times_eager_first_and_compiles_only_the_winner(root, 
     try:
         assert r.profile.name == "tiny_f"
         assert timer.stages == [("tiny_q", "eager")] * 2 + [("tiny_f", "eager")] * 2 + [("tiny_f", "compiled")] * 2
-        measured = [(m["stage"], m["profile"]) for m in _lines(buf, "profile_measured")]
+        measured = [(m["stage"], m["profile"]) for m in log_lines(buf, "profile_measured")]
         assert measured == [("eager", "tiny_q"), ("eager", "tiny_f"), ("compiled", "tiny_f")]
         assert os.environ[INDUCTOR_CACHE_ENV] == str(root / "state" / "compile-cache")  # the room's state dir
         assert (root / "state" / "compile-cache").is_dir()
