@@ -102,6 +102,10 @@ class ChunkSource(Protocol):
 
     def next_chunk(self) -> RenderChunk: ...
 
+    def render_begins(self, frames: int) -> None:
+        """The render thread starts drawing `frames` frames that are not a cut chunk (an idle-bank link): a re-plan
+        meanwhile must count them as the render in flight."""
+
 
 class ChunkRenderer(Protocol):
     """The renderers as playout sees them (`renderers/supervisor.py`): render one chunk with whichever renderer is

@@ -115,6 +115,7 @@ class RenderAhead:
     def _build(self, bank: IdleBank) -> None:
         """Render the bank's next link (silent, conditioned on the chain or on what aired last)."""
         chunk = bank.build_chunk(None if self._tail is None else self._tail.frames[-self.MOTION_FRAMES:])
+        self.timeline.render_begins(chunk.n_frames)
         out = self.render(chunk)
         self._observe(out)
         self._tail_live = False

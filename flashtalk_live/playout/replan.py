@@ -83,6 +83,12 @@ class Replanner:
             self._rendering = (chunk.cut_mono, chunk.n_frames)
             return chunk
 
+    def render_begins(self, frames: int) -> None:
+        """An idle-bank link is being drawn (playout/renderahead.py): it is the render in flight until the next cut
+        (`_renderable_from` waits for it as for a chunk)."""
+        with self.lock:
+            self._rendering = (time.monotonic(), frames)
+
     def _await_stream(self) -> None:
         """A streamed clip being cut whose next chunk's audio has not all arrived: wait for it while the air does
         not need the chunk yet (buffered ahead beyond one chunk's render plus `due_margin_s`); then cut what is

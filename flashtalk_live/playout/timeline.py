@@ -534,6 +534,9 @@ class Timeline:
         """Seconds of the clip or pause being cut that are not cut yet."""
         return self._cur.remaining / self.rate if self._cur is not None else 0.0
 
+    def render_begins(self, frames: int) -> None:
+        """A ChunkSource's hook (playout/ports.py): a timeline of one plan has no re-plan to tell."""
+
     # -- the one public operation ---------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:
         """Cut the next chunk_frames frames of audio, with marks and per-frame bookkeeping."""

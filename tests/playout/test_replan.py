@@ -281,3 +281,16 @@ def test_a_chunk_that_took_a_clip_is_replanned_from_its_boundary(tmp_path):
     r.flush()
     assert r.order()[:3] == [x, a, b]
     r.spool.close()
+
+
+def test_an_idle_bank_link_being_drawn_counts_as_the_render_in_flight(tmp_path):
+    """The render thread draws a bank link (not a cut chunk) when the push comes: the re-plan point leaves room for
+    that link and then the new clip's first chunk, so the clip's chunk is not due before it can be rendered."""
+    r = Room(tmp_path)
+    r.render(6)  # idle
+    r.air()
+    r.air_at, r.rate = 2, 1.0  # one chunk renders in its own air time
+    r.rp.render_begins(CF)  # a bank link of one chunk has just started
+    with r.rp.editing("enqueue"):
+        _add(r.spool, 3, 1.0)
+    assert r.rp.last["from_frame"] >= 2 + 2 * CF - 1  # the link's rest (~28 frames), then the clip's chunk (28)
