@@ -559,11 +559,21 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
     age_s: float | None = None  # the record's age when recalled
     trials: list[str] = []  # eager trials this search ran
     done: dict[str, list[float]] = {}
+    seeded: set[str] = set()  # compiled timings taken from the record, not measured by this start
     if compiled and memory is not None:
         record = memory.recall()
         if record is not None:  # seeded: next_auto_step goes straight to compiling the predicted winner
             eager = {p.name: list(record.eager[p.name]) for p in candidates if p.name in record.eager}
             ratio, age_s = record.ratio, record.age_s()
+            # A better profile that compiled and missed stays a miss: a restart does not compile it again because
+            # the winner's timing moved the ratio (fast on an H100 sits on its limit: 0.948-0.986 s vs 0.952 s).
+            names = [p.name for p in candidates]
+            ahead = names[:names.index(record.choice)] if record.choice in names else []
+            for p in candidates:
+                if p.name in ahead and p.name in record.compiled \
+                        and not ProfileTiming(p, tuple(record.compiled[p.name]), margin).fits:
+                    done[p.name] = list(record.compiled[p.name])
+                    seeded.add(p.name)
             log.info("auto_remembered", path=str(memory.path), age_s=round(age_s, 1),
                      choice=record.choice, ratio=round(ratio, 4),
                      eager={p.name: round(ProfileTiming(p, tuple(eager[p.name]), margin).p90, 4)
@@ -580,6 +590,10 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
             step = next_auto_step(candidates, eager, done, margin, ratio)
             if step.action == "done":
                 assert step.choice is not None
+                if step.choice.profile.name in seeded:  # nothing fits and a remembered miss is the fastest:
+                    seeded.discard(step.choice.profile.name)  # build and time it here before keeping it
+                    done[step.choice.profile.name] = measure(step.choice.profile, COMPILED)
+                    continue
                 choice = step.choice
                 break
             if step.action == "eager":
@@ -601,7 +615,8 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
         chosen.auto_ratio = compiled_ratio(eager, {t.profile.name: t.seconds for t in choice.timings}, ratio)
         chosen.auto_remembered_age_s = age_s
         chosen.auto_eager_trials = trials
-        learned = (record is None or bool(trials) or set(done) != {record.choice} or choice.fits != record.fits)
+        learned = (record is None or bool(trials) or set(done) - seeded != {record.choice}
+                   or choice.fits != record.fits)
         if memory is not None and learned:
             try:
                 memory.save(eager, done, chosen.auto_ratio, choice.profile.name, choice.fits)

@@ -274,6 +274,31 @@ def test_a_remembered_winner_that_now_misses_continues_the_search_and_rewrites_t
     assert rec["compiled"] == {"tiny_f": [0.4, 0.4], "tiny_r": [0.18, 0.18]}
     assert rec["ratio"] == pytest.approx((0.40 / 0.30 + 0.18 / 0.15) / 2)
 
+    # The next restart: tiny_r now compiles faster (0.10 / 0.15: ratio 0.67), which alone would predict tiny_f to
+    # fit (0.30 x 0.67 = 0.20); but tiny_f compiled and missed before: it is not compiled again.
+    torch._dynamo.reset()
+    built.clear()
+    timer = FakeTimer(dict(COMPILED, tiny_f=0.40, tiny_r=0.10), EAGER)
+    before = _record(root)
+    r = _build(root, timer)
+    try:
+        assert timer.stages == [("tiny_r", "compiled")] * 2 and built == ["tiny_r"] and r.profile.name == "tiny_r"
+    finally:
+        r.close()
+    assert _record(root) == before, "the remembered winner was kept: nothing new to write"
+
+    # And if tiny_r now misses badly (0.9 s), nothing fits and the remembered miss tiny_f (0.40) is the fastest: it
+    # is built and timed before it is kept, never kept unbuilt.
+    torch._dynamo.reset()
+    built.clear()
+    timer = FakeTimer(dict(COMPILED, tiny_f=0.40, tiny_r=0.90), EAGER)
+    r = _build(root, timer)
+    try:
+        assert timer.stages == [("tiny_r", "compiled")] * 2 + [("tiny_f", "compiled")] * 2
+        assert r.profile.name == "tiny_f" and built == ["tiny_r", "tiny_f"] and r.profile_choice.fits is False
+    finally:
+        r.close()
+
 
 @pytest.mark.timeout(900)
 def test_another_gpu_or_decoder_runs_the_full_search(room) -> None:
