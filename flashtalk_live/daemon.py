@@ -319,8 +319,11 @@ class Daemon:
             self._stopped.set()
 
     def _on_air(self) -> None:
+        """The first frame went out (the still renderer's): only now does the engine start loading, so its imports
+        and build (torch: seconds of the GIL on a GPU box) do not hold back the room's first frame."""
         self.state = "on_air"
         self.log.info("on_air", outputs=self.outputs.names())
+        self.renderers.start()
 
     def _housekeeping(self) -> None:
         """Once per storage.check_interval_s: the disk watermark, the spool's reserve, unsettled clips."""
@@ -408,7 +411,6 @@ class Daemon:
         except BaseException:
             self.ingest.stop()
             raise
-        self.renderers.start()
         for name, fn in (("render", self._render_loop), ("broadcast", self._broadcast_loop),
                          ("housekeeping", self._housekeeping)):
             t = threading.Thread(target=_named(f"ftl-{name}", fn), name=name, daemon=True)

@@ -92,6 +92,7 @@ class RendererSupervisor:
             except Exception as e:  # noqa: BLE001 - any load failure keeps the still renderer on air
                 self._fail(f"load failed: {e!r}")
 
+        self.log.info("renderer_loading", retry=self._loading is not None)
         self._loading = threading.Thread(target=build, name="renderer-load", daemon=True)
         self._loading.start()
 

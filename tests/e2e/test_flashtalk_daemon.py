@@ -45,6 +45,10 @@ def test_daemon_streams_the_tiny_flashtalk_model(tmp_path, daemon_factory, nginx
         wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == ids[-1], 120, seen)
         st = c.status()
     assert d.stop() == 0
+    # The engine starts loading only once the still renderer's first frame is out: its imports and build do not
+    # hold back the room's first frame.
+    events = [x.get("event") for x in d.log_lines()]
+    assert "renderer_loading" in events and events.index("on_air") < events.index("renderer_loading")
 
     order = [(e["type"], e["segment_id"]) for e in seen if e.get("segment_id") in ids and e["type"] in ("started", "finished")]
     assert order == [(k, i) for i in ids for k in ("started", "finished")]
