@@ -85,7 +85,8 @@ def insert_then_play_now(d, tmp_path) -> tuple[list[dict], dict[str, str], dict]
     nums = {"at_cmd": round(before["broadcast"]["media_time_s"] * FPS),
             "at_reply": round(after["broadcast"]["media_time_s"] * FPS),
             "rate": max(before["plan"]["render_rate"] or 0.0, after["plan"]["render_rate"] or 0.0),
-            "b_planned": b_ack.get("planned_media_time_s"), "a_planned": a_ack.get("planned_media_time_s")}
+            "b_planned": b_ack.get("planned_media_time_s"), "a_planned": a_ack.get("planned_media_time_s"),
+            "play_now_replan": after["plan"]["last_replan"]}
     return seen, {"x": x, "a": a, "b": b}, nums
 
 
@@ -117,6 +118,11 @@ def test_insert_then_play_now_while_a_clip_is_on_air_loses_nothing(daemon_factor
           f"(bound {bound}: a chunk + a chunk render at rate {nums['rate']} + {nums['at_reply'] - nums['at_cmd']} frames "
           f"serving it); planned {nums['b_planned']} s, aired {sb['media_time_s']} s")
     assert sb["frame"] - nums["at_cmd"] <= bound
+    # The play_now re-plan started inside a chunk of X (renderer.replan_within_chunk): the cut is at that frame, not
+    # at a chunk boundary, and the recording below shows X up to it and B from it with nothing lost or doubled.
+    replan = nums["play_now_replan"]
+    assert replan["command"] == "play_now" and replan["within_chunk"] is True and replan["from_frame"] == cut["frame"], \
+        replan
     rec = Recording(tmp_path / "rec.flv", 500.0, sx1["frame"])
     rec.assert_on(500.0, sx1["frame"], cut["frame"], "X before the cut")
     rec.assert_off(500.0, cut["frame"], sx2["frame"], "X while B airs")
