@@ -238,7 +238,8 @@ class Command:
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("enqueue", AudioArgs, "append a clip to the queue", data="audio"),
     Command("insert", AudioArgs, "play a clip next, after the clip on air and earlier inserts", data="audio"),
-    Command("play_now", AudioArgs, "cut the clip on air at the next chunk boundary and play this one", data="audio"),
+    Command("play_now", AudioArgs, "cut the clip on air at the first frame that can still be rendered in time and "
+            "play this one", data="audio"),
     Command("clip_open", ClipOpenArgs, "start a streamed clip: queued now (mode), its audio follows in clip_append; "
             "replies with its segment_id"),
     Command("clip_append", ClipAppendArgs, "the next bytes of a streamed clip (the data frame), in seq order; "
