@@ -215,7 +215,8 @@ class Client:
     def play_now(self, audio: bytes | str | os.PathLike[str], format: str | None = None, sample_rate: int | None = None,
                  channels: int | None = None, request_id: str | None = None, *, meta: dict[str, Any] | None = None,
                  timeout_s: float | None = None, **cues: Any) -> dict[str, Any]:
-        """Cut the current clip at the first frame that can still be rendered in time and play this one (`cues` as for enqueue)."""
+        """Cut the current clip at the first frame that can still be rendered in time and play this one (`cues` as
+        for enqueue)."""
         return self._push("play_now", audio, format, sample_rate, channels, request_id, meta, timeout_s, cues)
 
 
