@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -186,6 +187,15 @@ def _record(root: Path) -> dict:
     return json.loads((root / "state" / "compile-cache" / AUTO_MEMORY_FILE).read_text())
 
 
+def _rewrite_record(root: Path, edit: Callable[[dict], object]) -> Path:
+    """Edit the record on disk as a room on another day or card would have left it; returns its path."""
+    path = root / "state" / "compile-cache" / AUTO_MEMORY_FILE
+    rec = _record(root)
+    edit(rec)
+    path.write_text(json.dumps(rec))
+    return path
+
+
 def _first_search(root: Path, built: list[str]) -> None:
     """The full search of a fresh room: eager tiny_q, tiny_f, then tiny_f compiled and kept; the record written."""
     timer = FakeTimer(COMPILED, EAGER)
@@ -216,10 +226,7 @@ def test_a_restart_skips_the_eager_trials_and_builds_only_the_remembered_winner(
 
     root, built = room
     _first_search(root, built)
-    path = root / "state" / "compile-cache" / AUTO_MEMORY_FILE
-    rec = _record(root)
-    rec["written_unix"] -= 86400  # measured a day ago
-    path.write_text(json.dumps(rec))
+    path = _rewrite_record(root, lambda r: r.update(written_unix=r["written_unix"] - 86400))  # a day ago
     before = path.read_bytes()
     torch._dynamo.reset()  # a restart: a fresh process keeps only the folder
 
@@ -304,10 +311,7 @@ def test_a_remembered_winner_that_now_misses_continues_the_search_and_rewrites_t
 def test_another_gpu_or_decoder_runs_the_full_search(room) -> None:
     root, built = room
     _first_search(root, built)
-    path = root / "state" / "compile-cache" / AUTO_MEMORY_FILE
-    rec = _record(root)
-    rec["fingerprint"]["device"] = "NVIDIA H200"  # the folder came from a room on another card
-    path.write_text(json.dumps(rec))
+    _rewrite_record(root, lambda r: r["fingerprint"].update(device="NVIDIA H200"))  # the folder of another card
     for extra, changed in (((), ["device"]), (('model.decoder="taehv"',), ["decoder"])):
         torch._dynamo.reset()
         timer = FakeTimer(COMPILED, EAGER)
