@@ -11,7 +11,8 @@ so the predicted winner is compiled (from the warm cache) and timed as before. I
 the search goes on as without a record and the record is rewritten.
 
 The fingerprint (`speed_fingerprint`) holds everything that changes a chunk's time: the GPU's name and how many,
-torch (with its CUDA build) and this package's version, each candidate profile's fields, the DiT's architecture,
+torch (with its CUDA build), this package's version and a digest of its model/engine/quant code (`code_digest`),
+each candidate profile's fields, the DiT's architecture,
 dtype, the effective quantisation and its fp8 options, the decoder, attention, compile and CUDA graphs, the VAE
 options, and the output geometry (frames are fitted to it inside a timed chunk). Left out on purpose: paths (the
 weights, the caches: the same release elsewhere runs as fast, and a moved folder should not cost a re-measure),
@@ -30,6 +31,7 @@ a warning, never raised. Deleting the file (or the whole compile cache) forces a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -62,6 +64,20 @@ def gpu_count(gpus: int | Sequence[int]) -> int:
     return gpus if isinstance(gpus, int) else len(gpus)
 
 
+SPEED_CODE = ("model", "engine", "quant")  # the package's folders whose code runs inside a timed chunk
+
+
+def code_digest(root: str | os.PathLike[str] | None = None) -> str:
+    """sha256 (16 hex digits) of the Python source that runs inside a chunk (SPEED_CODE under the package folder
+    `root`): an upgrade that changes it re-measures, even under the same package version."""
+    base = Path(root) if root is not None else Path(flashtalk_live.__file__).parent
+    h = hashlib.sha256()
+    for folder in SPEED_CODE:
+        for f in sorted((base / folder).rglob("*.py")):
+            h.update(f.relative_to(base).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def speed_fingerprint(model: ModelSettings, video: VideoSettings, candidates: Sequence[Profile], *,
                       device: str, dit_architecture: Mapping[str, Any], quantized: bool) -> dict[str, Any]:
     """Everything that changes auto's chunk times, as plain JSON values (the module docstring says what is left
@@ -75,6 +91,7 @@ def speed_fingerprint(model: ModelSettings, video: VideoSettings, candidates: Se
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "flashtalk_live": flashtalk_live.__version__,
+        "code": code_digest(),
         "candidates": [p.to_dict() for p in candidates],
         "dit": dict(dit_architecture),
         "dtype": m.dtype,

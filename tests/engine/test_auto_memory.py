@@ -378,3 +378,22 @@ def test_a_record_that_can_be_neither_read_nor_written_costs_only_the_trials(roo
     finally:
         r.close()
     assert [p.name for p in (root / "state" / "compile-cache").glob(f".{AUTO_MEMORY_FILE}*")] == []  # no leftovers
+
+
+def test_the_code_digest_follows_the_code_that_runs_inside_a_chunk(tmp_path) -> None:
+    """An upgrade that changes model/engine/quant code re-measures even under the same package version; other code
+    (the console, say) does not."""
+    import shutil
+
+    pkg = Path(auto_memory.__file__).parents[1]
+    copy = tmp_path / "flashtalk_live"
+    for folder in (*auto_memory.SPEED_CODE, "console"):
+        shutil.copytree(pkg / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__", "static"))
+    base = auto_memory.code_digest(copy)
+    assert base == auto_memory.code_digest(pkg) and len(base) == 16
+    (copy / "console" / "app.py").write_text("# changed\n")
+    assert auto_memory.code_digest(copy) == base
+    sampler = copy / "engine" / "sampler.py"
+    sampler.write_text(sampler.read_text() + "\n# a faster sampler\n")
+    assert auto_memory.code_digest(copy) != base
+    assert _fingerprint()["code"] == auto_memory.code_digest(pkg)
