@@ -47,7 +47,9 @@ def run_for(d: Daemon, seconds: float, sample=None) -> list:
 
 @pytest.mark.timeout(120)
 def test_slow_renderer_underruns_without_stall_or_drift(tmp_path):
-    s = settings(tmp_path, "renderer.idle_reuse=false")  # idle rendered live, so this renderer cannot keep up
+    # Idle rendered live, so this renderer cannot keep up; it loads once the still renderer's first frame is out, so
+    # the still renderer's look-ahead (one chunk here) airs first, then the buffer runs dry within the 8 s.
+    s = settings(tmp_path, "renderer.idle_reuse=false", "renderer.lookahead_chunks=1")
     budget = s.video.chunk_frames / s.video.fps
     slow = PaintRenderer(128, 128, delay_s=1.5 * budget, name="slow")
     d = Daemon(s, renderer_factory=lambda _s: slow)
@@ -86,7 +88,8 @@ def test_failing_renderer_falls_back_to_still_with_no_gap_and_recovers(tmp_path)
     built = []
 
     def factory(_s):
-        r = PaintRenderer(128, 128, fail_on={4} if not built else set(), name="engine")
+        # its third chunk: the engine loads once the first frame is out, so which chunk index it gets first varies
+        r = PaintRenderer(128, 128, fail_calls={3} if not built else set(), name="engine")
         built.append(r)
         return r
 
@@ -197,14 +200,16 @@ def test_set_avatar_through_the_control_socket_changes_the_picture_at_a_chunk_bo
 
 
 class HangingRenderer(PaintRenderer):
-    """Renders normally, then hangs in chunk `hang_on` until `release` is set (a stuck GPU call)."""
+    """Renders normally, then hangs in its render call number `hang_on` (1: its first chunk) until `release` is set
+    (a stuck GPU call). Counted in calls, not chunk indices: the engine loads once the first frame is out, so the
+    index of its first chunk varies."""
 
     def __init__(self, *a, hang_on: int, release: threading.Event, **k):
         super().__init__(*a, **k)
         self.hang_on, self.release = hang_on, release
 
     def render(self, chunk):
-        if chunk.index == self.hang_on:
+        if self.calls + 1 == self.hang_on:
             self.release.wait()
         return super().render(chunk)
 

@@ -19,12 +19,14 @@ def index_colour(index: int) -> tuple[int, int, int]:
 
 
 class PaintRenderer:
-    """Paints chunk i with colour(i) after `delay_s`; raises on the chunk indices in `fail_on`. `calls` counts
-    render() calls. Satisfies renderers.base.Renderer."""
+    """Paints chunk i with colour(i) after `delay_s`; raises on the chunk indices in `fail_on` and on the render()
+    calls numbered in `fail_calls` (1 = its first chunk, whatever its index). `calls` counts render() calls.
+    Satisfies renderers.base.Renderer."""
 
     def __init__(self, w: int, h: int, delay_s: float = 0.0, fail_on: set[int] | None = None, name: str = "paint",
-                 colour: Colour = index_colour) -> None:
+                 colour: Colour = index_colour, fail_calls: set[int] | None = None) -> None:
         self.w, self.h, self.delay_s, self.fail_on, self.name = w, h, delay_s, fail_on or set(), name
+        self.fail_calls = fail_calls or set()
         self.colour = colour
         self.calls = 0
         self.sessions = 0
@@ -39,8 +41,8 @@ class PaintRenderer:
         self.calls += 1
         if self.delay_s:
             time.sleep(self.delay_s)
-        if chunk.index in self.fail_on:
-            raise RuntimeError(f"injected failure on chunk {chunk.index}")
+        if chunk.index in self.fail_on or self.calls in self.fail_calls:
+            raise RuntimeError(f"injected failure on chunk {chunk.index} (render call {self.calls})")
         return np.broadcast_to(np.array(self.colour(chunk.index), np.uint8), (chunk.n_frames, self.h, self.w, 3))
 
     def close(self) -> None:
