@@ -46,6 +46,10 @@ class RendererSupervisor:
         self._retry_at = 0.0
         self._backoff = Backoff(renderer.fallback_retry_initial_s, renderer.fallback_retry_max_s)
         self._loading: threading.Thread | None = None
+        # One load at a time: start() runs on the broadcast thread (at the first frame out), the retry check on the
+        # render thread, and the loader publishes `preferred` under it, so "no engine and no load alive" is read
+        # as one moment (two loads would mean two engines on one GPU).
+        self._load_lock = threading.Lock()
         self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self._abandoned: Future | None = None  # an engine call given up on at its deadline
         self.last_render_s = 0.0
@@ -53,8 +57,10 @@ class RendererSupervisor:
         self.typical_s: float | None = None  # the preferred renderer's chunk time: its warm-up, then an EWMA
 
     def start(self) -> None:
-        if self._load is not None:
-            self._start_loading()
+        """Start loading the preferred renderer (once; the broadcast calls it at its first frame)."""
+        with self._load_lock:
+            if self._load is not None and self._loading is None:
+                self._start_loading()
 
     def _start_loading(self) -> None:
         load = self._load
@@ -87,7 +93,8 @@ class RendererSupervisor:
                 self.typical_s = typical
                 self._engine_pool = pool
                 self._abandoned = None
-                self.preferred = r
+                with self._load_lock:
+                    self.preferred = r
                 self.log.info("renderer_loaded", renderer=r.name)
             except Exception as e:  # noqa: BLE001 - any load failure keeps the still renderer on air
                 self._fail(f"load failed: {e!r}")
@@ -137,10 +144,11 @@ class RendererSupervisor:
 
     def render(self, chunk: RenderChunk) -> RenderedChunk:
         """Render with the preferred renderer if it can, else the still one; never raises."""
-        if self.preferred is None and self._load is not None and self._loading is not None \
-                and not self._loading.is_alive() and time.monotonic() >= self._retry_at \
-                and (self._abandoned is None or self._abandoned.done()):  # never two engines on one GPU
-            self._start_loading()
+        with self._load_lock:
+            if self.preferred is None and self._load is not None and self._loading is not None \
+                    and not self._loading.is_alive() and time.monotonic() >= self._retry_at \
+                    and (self._abandoned is None or self._abandoned.done()):  # never two engines on one GPU
+                self._start_loading()
         r = self.preferred if (self.preferred is not None and self.preferred.ready()) else self.still
         if r is not self.still:
             self._switch(r, "ready")

@@ -126,3 +126,40 @@ def test_the_rate_after_a_load_is_measured_after_the_tuning_on_the_rendering_thr
         assert engine.threads["render"].startswith("engine")
     finally:
         sup.close()
+
+
+def test_the_first_load_and_the_render_threads_retry_check_never_start_two_engines():
+    """start() runs on the broadcast thread at the first frame while the render thread renders (and checks for a
+    retry); an engine that loads at once must still be built once: two would be two engines on one GPU."""
+    for _ in range(40):
+        loads: list[int] = []
+
+        def load() -> SlowEngine:
+            loads.append(1)
+            return SlowEngine(0.0)
+
+        s = Settings(video={"width": 16, "height": 16, "chunk_frames": NF, "fps": FPS})
+        still = StillRenderer(16, 16)
+        still.start_session(None, "")
+        sup = RendererSupervisor(s.renderer, s.video, still, EventBus(), load=load,
+                                 reference=np.zeros((16, 16, 3), np.uint8))
+        stop = threading.Event()
+
+        def render_thread() -> None:
+            i = 0
+            while not stop.is_set():
+                sup.render(render_chunk(i, NF))
+                i += 1
+
+        t = threading.Thread(target=render_thread)
+        t.start()
+        sup.start()
+        deadline = time.monotonic() + 5
+        while sup.current_name() != "slow" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        stop.set()
+        t.join()
+        on_duty = sup.current_name()
+        sup.close()
+        assert on_duty == "slow" and len(loads) == 1, len(loads)
