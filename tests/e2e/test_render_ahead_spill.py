@@ -75,7 +75,7 @@ def test_clips_air_in_order_through_spill_files_with_no_underrun(tmp_path):
         most_on_disk[0] = max(most_on_disk[0], d.playout.lookahead.store.disk_bytes)
 
     freqs = [400.0 + 150.0 * i for i in range(n_clips)]
-    events, ids, st = push_clips(d, tmp_path, freqs, clip_s, period_s, on_event)
+    events, ids, st = push_clips(d, tmp_path, freqs, clip_s, period_s, on_event, renderer="label")
 
     b, ra = st["broadcast"], st["render_ahead"]
     print(f"\nspilled {ra['spilled_chunks_total']} chunks, most on disk {most_on_disk[0]} B, RAM now "

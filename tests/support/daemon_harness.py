@@ -69,6 +69,23 @@ class DaemonProcess:
         return f"ipc://{self.state_dir}/events.sock"
 
     def start(self, timeout_s: float = 30.0) -> "DaemonProcess":
+        """Start and wait for ping. A tcp port taken between free_port() and the daemon's bind (by another test's
+        process: the box runs tests in parallel) exits 2 with "address is in use": new ports, up to 3 tries."""
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout_s)
+            except RuntimeError as e:
+                if attempt == 2 or "the address is in use" not in str(e):
+                    raise
+                old = (self.tcp_port, self.tcp_events)
+                self.tcp_port, self.tcp_events = free_port(), free_port()
+                text = self.config.read_text()
+                for was, now in zip(old, (self.tcp_port, self.tcp_events)):
+                    text = text.replace(f"tcp://127.0.0.1:{was}", f"tcp://127.0.0.1:{now}")
+                self.config.write_text(text)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_s: float) -> "DaemonProcess":
         args = [sys.executable, "-m", "flashtalk_live", "run", "-c", str(self.config)]
         for o in self.extra:
             args += ["--set", o]

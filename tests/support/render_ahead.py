@@ -11,6 +11,7 @@ from flashtalk_live.daemon import Daemon
 
 from support.audiogen import encode
 from support.settings import room_settings
+from support.waiting import until
 
 FPS, CHUNK = 25, 10  # 0.4 s chunks: a clip's last, partly idle chunk costs little
 
@@ -25,8 +26,9 @@ def clip_marks(events: list[dict], kind: str) -> list[tuple[str, int]]:
 
 
 def push_clips(d: Daemon, tmp_path: Path, freqs: list[float], clip_s: float, period_s: float,
-               on_event=None) -> tuple[list[dict], list[str], dict]:
+               on_event=None, renderer: str | None = None) -> tuple[list[dict], list[str], dict]:
     """Start the daemon, push one tone clip per freq every period_s, wait for the last to finish, close it.
+    renderer: wait until that renderer is on duty before the first push (it loads once the first frame is out).
 
     Returns the events, the clips' segment ids and the status read just before closing."""
     events: list[dict] = []
@@ -44,6 +46,8 @@ def push_clips(d: Daemon, tmp_path: Path, freqs: list[float], clip_s: float, per
     d.start()
     try:
         with Client(f"ipc://{tmp_path / 'state'}/control.sock", timeout_s=20) as c:
+            if renderer is not None:
+                until(lambda: d.renderers.current_name() == renderer, 60, f"the {renderer} renderer on duty")
             t0 = time.monotonic()
             for i, f in enumerate(freqs):
                 time.sleep(max(0.0, t0 + i * period_s - time.monotonic()))
