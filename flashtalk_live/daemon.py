@@ -7,6 +7,7 @@ import errno
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -404,6 +405,9 @@ class Daemon:
     def start(self) -> None:
         """Bind the room's sockets and port, then start its threads. A busy ipc path or port is the operator's to fix
         (EndpointBusy, a ConfigError: `run` exits 2 with one line), and nothing is left bound."""
+        # Process-wide: the broadcast thread must get the interpreter back within a fraction of a frame (the pacer's
+        # test, tests/playout/test_broadcast_share.py, shows what Python's 5 ms does with a busy engine thread).
+        sys.setswitchinterval(self.s.renderer.gil_switch_interval_s)
         try:
             self.ingest.start()
             if self.s.metrics.enabled:

@@ -248,6 +248,11 @@ class RendererSettings(_Section):
             raise ValueError("expected [x, y, width, height] in the portrait's pixels: x, y >= 0, a positive size")
         return v
 
+    gil_switch_interval_s: float = Field(
+        0.0005, gt=0, le=0.1, description="Python's thread switch interval in the daemon (sys.setswitchinterval): "
+        "the longest the engine's thread keeps the interpreter while the broadcast thread waits for it. Python's "
+        "5 ms starves the broadcast thread, which takes the interpreter back dozens of times a frame, while the "
+        "engine loads or compiles (the air froze and re-anchored; docs/broadcast.md, the broadcast's share)")
     drill_slowdown: float = Field(
         1.0, ge=1, le=20, description="drill: every render call takes this many times max(its own time, the "
         "chunk's duration); 1 = off. Proves the room copes with a slow renderer without a slow GPU")
