@@ -432,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "profile": drift.get("profile"), "auto": drift.get("auto"), "cold_start_s": load_s,
             "still_first_frame_s": d.first_frame_s,
+            # the pacer during the start (the still renderer on air while the engine loads): a re-anchor is a freeze
+            "start_reanchors": base.get("reanchors"), "start_lateness_max_s": base.get("lateness_max_s"),
+            "reanchors_in_run": b.get("reanchors", 0) - base.get("reanchors", 0),
+            "renders_abandoned": (st1.get("plan") or {}).get("renders_abandoned"),
             "minutes": (time.monotonic() - t0) / 60, "clips": len(pushed), "duty": args.duty,
             "streamed_clips": sum(p["streamed"] for p in pushed),
             "speech_share": sum(p["seconds"] for p in pushed if p["latency_s"] is not None) / max(1.0, time.monotonic() - t0),
@@ -471,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             result["warm_start_s"] = time.monotonic() - w.t_start
             result["warm_still_first_frame_s"] = w.first_frame_s
             result["warm_profile"] = (st["renderer"].get("drift") or {}).get("profile")
+            result["warm_start_reanchors"] = st["broadcast"].get("reanchors")
+            result["warm_start_lateness_max_s"] = st["broadcast"].get("lateness_max_s")
         finally:
             w.stop()
     print_table(result, args)
@@ -517,6 +523,11 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
          f"{_f(r.get('still_first_frame_s'), '{:.1f}', ' s')} / {_f(r.get('cold_start_s'), '{:.0f}', ' s')}"),
         ("start, warm (the run's compile cache): still renderer's first frame / FlashTalk on air",
          f"{_f(r.get('warm_still_first_frame_s'), '{:.1f}', ' s')} / {_f(r.get('warm_start_s'), '{:.0f}', ' s')}"),
+        ("pacer while the engine loads, cold / warm: re-anchors (freezes over 1 s), latest frame",
+         f"{r.get('start_reanchors', '-')}, {_f(r.get('start_lateness_max_s'), '{:.3f}', ' s')} / "
+         f"{r.get('warm_start_reanchors', '-')}, {_f(r.get('warm_start_lateness_max_s'), '{:.3f}', ' s')}"),
+        ("pacer re-anchors during the run; renders abandoned by re-plans",
+         f"{r.get('reanchors_in_run', '-')}; {r.get('renders_abandoned', '-')}"),
         ("run", f"{_f(r.get('minutes'), '{:.1f}', ' min')}, {r.get('clips', 0)} clips, {r.get('streamed_clips', 0)} "
                 f"streamed ({_f(r.get('clip_seconds'), '{:.0f}', ' s')} of speech), {r.get('frames_out', '-')} frames out"),
         ("underrun frames (episodes)", f"{r.get('underrun_frames', '-')} ({r.get('underrun_episodes', '-')})"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,6 +12,11 @@ import numpy as np
 MODEL_AUDIO_RATE = 16_000
 
 MarkKind = Literal["started", "finished", "interrupted"]
+
+
+class RenderAbandoned(Exception):
+    """A renderer stopped a chunk early because a re-plan discarded it while it rendered (`RenderChunk.abandoned`):
+    not a failure, nothing to air."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class RenderChunk:
     motion_frames   uint8 [k, H, W, 3] at the output geometry: the frames that air just before this chunk, set when
                     they are not the renderer's own last output (idle bank, an edit); a renderer that continues
                     from previous frames conditions on these instead (FlashTalk: its motion context).
+    abandoned       set by a re-plan that discards the chunk while it renders: a renderer may stop early by raising
+                    RenderAbandoned (FlashTalk: at its next denoising step) so the new plan renders sooner.
     """
 
     index: int
@@ -51,6 +59,7 @@ class RenderChunk:
     plan: int = 0  # the re-plan epoch it was cut under (playout/replan.py drops chunks of a discarded plan)
     cut_mono: float | None = None  # CLOCK_MONOTONIC when the render thread cut it (push-to-air stages)
     motion_frames: np.ndarray | None = None
+    abandoned: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
     def end_frame(self) -> int:

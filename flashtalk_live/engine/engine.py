@@ -9,7 +9,7 @@ geometry when one is given (fitted on the device, so the render thread does no p
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -254,8 +254,13 @@ class FlashTalkEngine:
         *,
         noise: Sequence[torch.Tensor] | None = None,
         trace: dict[str, Any] | None = None,
+        abandoned: Callable[[], bool] | None = None,
     ) -> ChunkOutput:
-        """As generate_chunk, returning a ChunkOutput (frames, drift frames, stage timings)."""
+        """As generate_chunk, returning a ChunkOutput (frames, drift frames, stage timings).
+
+        abandoned: asked at each denoising step's start and before decoding, once the device has finished the
+        step before (a sync, so the steps queued ahead do not run on); True raises RenderAbandoned and leaves the
+        engine as before the call (motion context, chunk index; the noise generator has moved on)."""
         s = self._session()
         p = self.profile
         m = self.models
@@ -288,8 +293,13 @@ class FlashTalkEngine:
                     torch.compiler.cudagraph_mark_step_begin()
                 return m.dit(latent[None], t, s.context[None], s.clip_fea, s.y[None], audio)[0]
 
+        def stop() -> bool:
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()  # the GIL is released meanwhile
+            return abandoned is not None and abandoned()
+
         latent = sample(velocity, motion, latent_shape, self._timesteps_device, self.noise, noise_dtype=self.dtype,
-                        injected=noise, trace=trace)
+                        injected=noise, trace=trace, abandoned=None if abandoned is None else stop)
         vae_dtype = next(m.vae.parameters()).dtype
         decoder = m.vae if m.decoder is None else m.decoder  # the tiny decoder decodes each chunk on its own
         with timer.stage("vae_decode"):

@@ -62,7 +62,7 @@ from flashtalk_live.quant.fp8 import Fp8Plan, plan_from_settings
 from flashtalk_live.renderers.base import RendererError
 from flashtalk_live.images import FitMode, crossfade, default_portrait, fit_image, load_image
 from flashtalk_live.settings import BENCHMARK_ENV, ModelSettings, Settings, VideoSettings, benchmark_mode
-from flashtalk_live.chunks import MODEL_AUDIO_RATE, RenderChunk
+from flashtalk_live.chunks import MODEL_AUDIO_RATE, RenderAbandoned, RenderChunk
 
 log = get_logger("engine")
 
@@ -228,7 +228,12 @@ class FlashTalkRenderer:
                 if reason is None:  # a new session or a re-anchor starts from the reference instead
                     self.engine.set_motion_frames(aired)
             before = self._last_measure
-            out = self.engine.generate(self._features(window))
+            try:
+                out = self.engine.generate(self._features(window), abandoned=chunk.abandoned.is_set)
+            except RenderAbandoned:
+                if reason is not None:  # the session or re-anchor it began is still due: the next chunk starts there
+                    self._force = reason
+                raise
             pending = None
             if reason is not None or self.chunks % self.drift_every == 0:
                 # Queued on the device; read after the host work below, which overlaps it and the motion encode.
@@ -249,6 +254,13 @@ class FlashTalkRenderer:
             self._announce(reason, before, measure, chunk)
         self.render_seconds.append(time.perf_counter() - t0)
         return fitted
+
+    def abandon_s(self) -> float | None:
+        """How long a chunk abandoned mid-render (`RenderChunk.abandoned`) takes at most to stop: one denoising
+        step (the last chunk's time over its steps); None before the first chunk."""
+        if not self.render_seconds:
+            return None
+        return self.render_seconds[-1] / self.profile.sample_steps
 
     def close(self) -> None:
         self._closed = True

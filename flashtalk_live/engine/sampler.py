@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from flashtalk_live.chunks import RenderAbandoned
+
 NUM_TIMESTEPS = 1000
 
 # Called as noise_fn(draw_index, shape, dtype, device) -> tensor; draw 0 is the initial noise.
@@ -85,12 +87,15 @@ def sample(
     injected: Sequence[torch.Tensor] | None = None,
     trace: dict[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
+    abandoned: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Run the sampler for one chunk and return the final latent [C, T, h, w] (motion frames imposed).
 
     velocity(latent, t [1], step) -> v (same shape, float32); motion [C, n, h, w] clean latents;
     timesteps float32 [steps + 1] ending in 0; `injected` replaces the steps + 1 draws; `trace` (a dict)
-    receives every step's latent_in, t, v and x0 and the noises; `on_step(i)` runs after step i (timing).
+    receives every step's latent_in, t, v and x0 and the noises; `on_step(i)` runs after step i (timing);
+    `abandoned()` is asked before each step and after the last: True raises RenderAbandoned (the caller's chunk was
+    discarded; it should wait for the device's queue first, else the steps already queued run anyway).
     """
     steps = timesteps.shape[0] - 1
     if injected is not None and len(injected) != steps + 1:
@@ -105,6 +110,8 @@ def sample(
         trace["noise_0"] = latent.clone()
     latent[:, :n] = motion.to(latent.dtype)
     for i in range(steps):
+        if abandoned is not None and abandoned():
+            raise RenderAbandoned(f"abandoned before step {i} of {steps}")
         t = timesteps[i : i + 1]
         if trace is not None:
             trace[f"step{i}.latent_in"] = latent.clone()
@@ -120,4 +127,6 @@ def sample(
             trace[f"noise_{i + 1}"] = eps.clone()
         if on_step is not None:
             on_step(i)
+    if abandoned is not None and abandoned():
+        raise RenderAbandoned(f"abandoned after its {steps} steps, before decoding")
     return latent

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from flashtalk_live.chunks import Mark, RenderedChunk
+from flashtalk_live.chunks import Mark, RenderAbandoned, RenderedChunk
 from flashtalk_live.events import EventBus
 from flashtalk_live.playout.admission import Admission
 from flashtalk_live.playout.framestore import FrameStore
@@ -62,6 +62,7 @@ class Playout:
                                  streams=streams)
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=self._planning_rate,
+                                   abandon_s=renderers.abandon_s,
                                    air_frame=self._air_frame, buffered_s=self._buffered_s,
                                    due_margin_s=s.streams.due_margin_s,
                                    within_chunk=s.renderer.replan_within_chunk,
@@ -85,10 +86,15 @@ class Playout:
         return self.pacer.air_frame
 
     # -- the render thread ------------------------------------------------------------------------
-    def step(self, stop: threading.Event) -> RenderedChunk:
+    def step(self, stop: threading.Event) -> RenderedChunk | None:
         """Cut and render the next chunk and hand it to the air (blocks while the buffer is full); a chunk that a
-        re-plan discarded meanwhile is dropped. Raises LookaheadClosed once the room stops."""
-        rendered = self.render_ahead.step()
+        re-plan discarded meanwhile is dropped (None: its renderer stopped it early). Raises LookaheadClosed once
+        the room stops."""
+        try:
+            rendered = self.render_ahead.step()
+        except RenderAbandoned:
+            self.replanner.abandoned()
+            return None
         ready = time.monotonic()
         self.prepare(rendered)
         if self.replanner.put(rendered, stop):  # False: a re-plan discarded it

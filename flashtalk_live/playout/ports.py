@@ -102,16 +102,22 @@ class ChunkSource(Protocol):
 
     def next_chunk(self) -> RenderChunk: ...
 
-    def render_begins(self, frames: int) -> None:
-        """The render thread starts drawing `frames` frames that are not a cut chunk (an idle-bank link): a re-plan
-        meanwhile must count them as the render in flight."""
+    def render_begins(self, chunk: RenderChunk) -> None:
+        """The render thread starts drawing a chunk that was not cut here (an idle-bank link): a re-plan meanwhile
+        counts it as the render in flight, and abandons it (spare work) to render the new plan sooner."""
+
+    def abandoned(self) -> None:
+        """The renderer stopped the chunk in flight early (RenderAbandoned): nothing is in flight any more."""
 
 
 class ChunkRenderer(Protocol):
     """The renderers as playout sees them (`renderers/supervisor.py`): render one chunk with whichever renderer is
-    on duty, say which that is, and how fast a renderer that just took over is expected to be."""
+    on duty, say which that is, how fast a renderer that just took over is expected to be, and how soon it stops
+    a chunk a re-plan abandons."""
 
     def render(self, chunk: RenderChunk) -> RenderedChunk: ...
+
+    def abandon_s(self) -> float | None: ...
 
     def current_name(self) -> str: ...
 

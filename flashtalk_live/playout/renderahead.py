@@ -16,7 +16,7 @@ import numpy as np
 
 from flashtalk_live.playout.idlebank import IdleBank
 from flashtalk_live.playout.admission import Admission
-from flashtalk_live.chunks import RenderChunk, RenderedChunk
+from flashtalk_live.chunks import RenderAbandoned, RenderChunk, RenderedChunk
 from flashtalk_live.playout.ports import ChunkSource
 
 
@@ -115,8 +115,12 @@ class RenderAhead:
     def _build(self, bank: IdleBank) -> None:
         """Render the bank's next link (silent, conditioned on the chain or on what aired last)."""
         chunk = bank.build_chunk(None if self._tail is None else self._tail.frames[-self.MOTION_FRAMES:])
-        self.timeline.render_begins(chunk.n_frames)
-        out = self.render(chunk)
+        self.timeline.render_begins(chunk)
+        try:
+            out = self.render(chunk)
+        except RenderAbandoned:  # a re-plan wants the renderer: the link is drawn again in spare time
+            self.timeline.abandoned()
+            return
         self._observe(out)
         self._tail_live = False
         if out.renderer == bank.renderer_name:  # a fallback's frames (the still renderer) are not bank material
@@ -173,6 +177,8 @@ class RenderAhead:
                 t = self._tail
                 if t is not None and not (self._tail_live and t.renderer == name):
                     chunk.motion_frames = t.frames[-self.MOTION_FRAMES:]
+                if chunk.abandoned.is_set():  # discarded while a bank link was drawn
+                    raise RenderAbandoned(f"chunk {chunk.index} discarded before its render")
                 out = self.render(chunk)
                 self._observe(out)
                 self.idle.remember(out)

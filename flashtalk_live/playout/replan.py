@@ -4,8 +4,8 @@ The render thread cuts chunks through `Replanner.next_chunk()` and hands rendere
 that changes the plan runs its spool change inside `editing(command, segment_id)`, which first re-plans:
 
 * `play_now`, and `cancel` of the clip on air (`skip` too: a programme item on air is cut the same way): from the
-  first frame not on air that can be rendered again before it is needed (the render in flight finishes, then one
-  chunk at the planning rate; at least the due margin ahead of the air). That frame may lie inside a chunk, buffered
+  first frame not on air that can be rendered again before it is needed (the render in flight finishes, or stops
+  if the re-plan discards it, then one chunk at the planning rate; at least the due margin ahead of the air). That frame may lie inside a chunk, buffered
   or on air (`_split`, `within_chunk`): the chunk keeps its frames before it, so the new clip airs within the render
   in flight plus one chunk render. A cancelled clip is also silenced on air at once (`Lookahead.cut`): its cut
   airs with the next chunk, at most one chunk after the command, and what is kept of it is silent.
@@ -17,7 +17,9 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
 
 Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
 timeline (clips taken for them go back to the queue's head; playout/timeline.py) and bumps the plan epoch; a chunk
-being rendered from the old plan is dropped when it is put. Holding the lock across the spool change means the
+being rendered from the old plan is abandoned (`RenderChunk.abandoned`: the renderer on duty stops it within
+its `abandon_s()`, FlashTalk at the next denoising step) or dropped when it is put; an idle-bank link being drawn
+in spare time is abandoned by any re-plan. Holding the lock across the spool change means the
 render thread cannot cut between the re-plan and the edit: buffered clips are pending again when the edit sees the
 queue, so they are ordered, cancelled and cleared exactly like pending clips.
 """
@@ -44,6 +46,7 @@ Keep = Literal["nothing", "on_air", "queue"]
 class Replanner:
     def __init__(self, timeline: Any, lookahead: Any, *, poll_s: float = 0.02, fps: int = 25,
                  rate: Callable[[], float | None] = lambda: None,
+                 abandon_s: Callable[[], float | None] = lambda: None,
                  air_frame: Callable[[], int | None] = lambda: None,
                  buffered_s: Callable[[], float] = lambda: 0.0, due_margin_s: float = 0.2,
                  within_chunk: bool = True, min_kept_frames: int = 8) -> None:
@@ -57,7 +60,12 @@ class Replanner:
         # buffered_s: seconds rendered ahead of the air (the pacer's); a streamed clip's chunk waits for its audio
         # only while that exceeds one chunk's render plus due_margin_s (0.0 by default: never waits).
         self.buffered_s, self.due_margin_s = buffered_s, due_margin_s
-        self._rendering: tuple[float, int] | None = None  # (monotonic start, frames) of the chunk in flight
+        # (monotonic start, the chunk in flight, whether it is spare work: an idle-bank link); `_cut` is the chunk
+        # the render thread cut last, still being drawn while a bank link renders before it.
+        self._rendering: tuple[float, RenderChunk, bool] | None = None
+        self._cut: RenderChunk | None = None
+        self.abandon_s = abandon_s  # how soon the renderer on duty stops an abandoned chunk (None: it does not)
+        self.renders_abandoned = 0
         self.lock = threading.RLock()
         self.plan = 0
         self._voids: collections.deque[tuple[int, int]] = collections.deque(maxlen=256)  # (plan, from_frame)
@@ -80,14 +88,20 @@ class Replanner:
             chunk = self.timeline.next_chunk()
             chunk.plan = self.plan
             chunk.cut_mono = time.monotonic()
-            self._rendering = (chunk.cut_mono, chunk.n_frames)
+            self._rendering, self._cut = (chunk.cut_mono, chunk, False), chunk
             return chunk
 
-    def render_begins(self, frames: int) -> None:
-        """An idle-bank link is being drawn (playout/renderahead.py): it is the render in flight until the next cut
-        (`_renderable_from` waits for it as for a chunk)."""
+    def render_begins(self, chunk: RenderChunk) -> None:
+        """An idle-bank link is being drawn (playout/renderahead.py): it is the render in flight until the next cut;
+        a re-plan abandons it."""
         with self.lock:
-            self._rendering = (time.monotonic(), frames)
+            self._rendering = (time.monotonic(), chunk, True)
+
+    def abandoned(self) -> None:
+        """The renderer stopped the chunk in flight early: nothing renders until the next cut."""
+        with self.lock:
+            self._rendering = None
+            self.renders_abandoned += 1
 
     def _await_stream(self) -> None:
         """A streamed clip being cut whose next chunk's audio has not all arrived: wait for it while the air does
@@ -148,6 +162,7 @@ class Replanner:
                 tl.cut(sid)
             if frame >= tl.frame:
                 return None
+            self._abandon_from(frame)
             undone = tl.rewind(frame, split[0] if split else None)
             self.splits += bool(split)
             self.plan += 1
@@ -189,18 +204,39 @@ class Replanner:
             return None
         return within
 
+    def _abandon_from(self, frame: int) -> None:
+        """The re-plan discards from `frame`: stop the render in flight when it is spare work or a discarded chunk,
+        and the cut chunk a bank link is drawn before. Not before the render rate is known: the chunk in flight
+        is then its first measure, which admission needs (a clip's head start)."""
+        if self.rate() is None:
+            return
+        doomed = [c for c in (self._cut,) if c is not None and c.start_frame >= frame]
+        if self._rendering is not None and self._rendering[2]:
+            doomed.append(self._rendering[1])
+        for c in doomed:
+            if not c.abandoned.is_set():
+                c.abandoned.set()
+
     def _renderable_from(self, air: int | None) -> int:
-        """The first timeline frame a chunk cut now could still air on time: the render in flight ends, one more
-        chunk renders at the planning rate (no wait with a renderer much faster than real time)."""
+        """The first timeline frame a chunk cut now could still air on time: the render in flight ends (or stops
+        within the renderer's `abandon_s`: a frame it reaches that way discards it), then one more chunk renders at
+        the planning rate (no wait with a renderer much faster than real time)."""
         now = self.air_frame()
         if now is None:
             return 0
         r = self.rate() or 0.0
+        n = self.timeline.chunk_frames
         need = 0.0
         if self._rendering is not None:
-            t0, n = self._rendering
+            t0, chunk, _ = self._rendering
+            n = chunk.n_frames
             need += max(0.0, r * n / self.fps - (time.monotonic() - t0))
-        need += r * (self._rendering[1] if self._rendering else self.timeline.chunk_frames) / self.fps
+            stop = self.abandon_s()
+            if stop is not None:
+                # Abandoning pays only where the chunk in flight lies at or after the frame it gives (a bank link:
+                # always); a later frame is past the timeline's end: nothing is re-planned then.
+                need = min(need, stop)
+        need += r * n / self.fps
         return now + math.ceil(need * self.fps - 1e-9)  # 1.0 x 28 / 25 x 25 is 28.000000000000004
 
     @contextmanager
@@ -212,5 +248,6 @@ class Replanner:
 
     def status(self) -> dict[str, Any]:
         return {"plan": self.plan, "replans": self.replans, "replans_within_chunk": self.splits,
+                "renders_abandoned": self.renders_abandoned,
                 "chunks_discarded": self.lookahead.chunks_discarded,
                 "chunks_dropped_in_flight": self.chunks_dropped_in_flight, "last_replan": self.last}

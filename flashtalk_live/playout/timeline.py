@@ -534,8 +534,11 @@ class Timeline:
         """Seconds of the clip or pause being cut that are not cut yet."""
         return self._cur.remaining / self.rate if self._cur is not None else 0.0
 
-    def render_begins(self, frames: int) -> None:
+    def render_begins(self, chunk: RenderChunk) -> None:
         """A ChunkSource's hook (playout/ports.py): a timeline of one plan has no re-plan to tell."""
+
+    def abandoned(self) -> None:
+        """A ChunkSource's hook (playout/ports.py): nothing here abandons a chunk."""
 
     # -- the one public operation ---------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:

@@ -3,6 +3,8 @@
 `renderer.drill_slowdown = f` (> 1) stretches every render call to f x max(its measured time, the chunk's
 duration): a renderer slower than real time becomes f times slower, one at or faster than real time (the still
 renderer) becomes f times slower than real time. 1.0 is off. `renderer.drill_jitter_s = j` adds a uniform random 0..j s on top. Both default to off.
+The added wait ends early when a re-plan abandons the chunk (`RenderChunk.abandoned`), as an engine stops at its
+next denoising step.
 """
 
 from __future__ import annotations
@@ -15,35 +17,45 @@ import numpy as np
 
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.settings import RendererSettings
-from flashtalk_live.chunks import RenderChunk
+from flashtalk_live.chunks import RenderAbandoned, RenderChunk
 
 
 class DrillRenderer:
     """Wraps a Renderer; render() sleeps after the real call. Everything else is the wrapped renderer's."""
 
     def __init__(self, inner: Any, fps: int, slowdown: float = 1.0, jitter_s: float = 0.0, *,
-                 seed: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 seed: int | None = None, sleep: Callable[[float], None] | None = None) -> None:
         if slowdown < 1.0 or jitter_s < 0.0:
             raise ValueError(f"drill_slowdown must be >= 1 and drill_jitter_s >= 0, got {slowdown}, {jitter_s}")
         self.inner, self.fps = inner, fps
         self.slowdown, self.jitter_s = slowdown, jitter_s
         self._rng = random.Random(seed)
-        self._sleep = sleep
+        self._sleep = sleep  # None: wait on the chunk's `abandoned` event (a test passes a recorder)
+        self._inner_s: float | None = None
         self.added_s = 0.0  # total delay added, for the drill's report
 
     def __getattr__(self, name: str) -> Any:  # name, ready, start_session, warm_up, drift, close ...
         return getattr(self.inner, name)
 
+    def abandon_s(self) -> float | None:
+        """The wrapped renderer's (the drill's own wait stops at once), else its whole last call."""
+        inner = getattr(self.inner, "abandon_s", None)
+        return inner() if callable(inner) else self._inner_s
+
     def render(self, chunk: RenderChunk) -> np.ndarray:
         t0 = time.monotonic()
         frames = self.inner.render(chunk)
-        took = time.monotonic() - t0
+        took = self._inner_s = time.monotonic() - t0
         # The call as a whole takes slowdown x max(own time, chunk duration); 1.0 adds nothing at all.
         extra = self.slowdown * max(took, chunk.n_frames / self.fps) - took if self.slowdown > 1.0 else 0.0
         if self.jitter_s:
             extra += self._rng.uniform(0.0, self.jitter_s)
         if extra > 0:
-            self._sleep(extra)
+            if self._sleep is not None:
+                self._sleep(extra)
+            elif chunk.abandoned.wait(extra):
+                self.added_s += time.monotonic() - t0 - took
+                raise RenderAbandoned(f"drill: chunk {chunk.index} abandoned")
             self.added_s += extra
         return frames
 

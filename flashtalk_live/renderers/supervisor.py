@@ -16,7 +16,7 @@ from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.settings import RendererSettings, VideoSettings
-from flashtalk_live.chunks import RenderChunk, RenderedChunk
+from flashtalk_live.chunks import RenderAbandoned, RenderChunk, RenderedChunk
 
 
 def _wall_time(run: Callable[[], Any]) -> float:
@@ -137,6 +137,14 @@ class RendererSupervisor:
             return self.typical_s / (self.v.chunk_frames / self.v.fps)
         return None
 
+    def abandon_s(self) -> float | None:
+        """How long the renderer on duty takes at most to stop a chunk a re-plan abandons (None: it runs to its
+        end, or unknown yet)."""
+        p = self.preferred
+        r = p if p is not None and p.ready() else self.still
+        fn = getattr(r, "abandon_s", None)
+        return fn() if callable(fn) else None
+
     def current_name(self) -> str:
         """The renderer the next render() call would use."""
         p = self.preferred
@@ -168,6 +176,8 @@ class RendererSupervisor:
                 # Slow to follow (a slowly sinking engine must not stretch its own deadline much).
                 self.typical_s = took if self.typical_s is None else self.typical_s + 0.05 * (took - self.typical_s)
                 return self._done(chunk, frames, r, took)
+            except RenderAbandoned:  # a re-plan discarded the chunk: nothing failed, nothing to air
+                raise
             except Exception as e:  # noqa: BLE001 - fall back within this very chunk
                 if isinstance(e, FutureTimeout):
                     e = TimeoutError(f"no frames {deadline:.2f}s after the chunk started ({self.r.deadline_factor}x "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_rend
 from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.base import Renderer, RendererError
 from flashtalk_live.config import load_settings
-from flashtalk_live.chunks import RenderChunk
+from flashtalk_live.chunks import RenderAbandoned, RenderChunk
 
 from support.chunks import render_chunk
 from support.settings import flashtalk_settings
@@ -261,3 +262,38 @@ def test_engine_motion_from_its_own_frames_matches_its_motion_context(renderer):
     assert float((e.motion - own).abs().mean() / own.abs().mean()) < 0.05
     with pytest.raises(Exception, match="motion frames must be"):
         e.set_motion_frames(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+class _SetAtCheck(threading.Event):
+    """A chunk's `abandoned` event that reads as set from its n-th check on: a re-plan arriving mid-render."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.checks = n, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks >= self.n or super().is_set()
+
+
+@pytest.mark.timeout(120)
+def test_an_abandoned_chunk_stops_at_the_next_step_and_leaves_the_engine_as_it_was(renderer) -> None:
+    renderer.render(_chunk(50))
+    eng = renderer.engine
+    chunks, timed = renderer.chunks, len(renderer.render_seconds)
+    stop_s = renderer.abandon_s()
+    assert stop_s is not None and 0 < stop_s < renderer.render_seconds[-1]
+    img = np.zeros((100, 60, 3), np.uint8)
+    img[..., 2] = 180
+    renderer.start_session(img, "A man presents a product .")  # due at this chunk: still due after it stops
+    chunk = _chunk(51)
+    chunk.abandoned = _SetAtCheck(2)  # clear before step 0, set before step 1
+    with pytest.raises(RenderAbandoned, match="before step 1"):
+        renderer.render(chunk)
+    assert chunk.abandoned.checks == 2 and renderer._force == "session"  # still due at the next chunk
+    # The new session was taken up (its reference's motion, chunk 0); the stopped chunk moved neither on.
+    assert eng.motion is eng.session.motion0 and eng.chunk_index == 0
+    assert renderer.chunks == chunks and len(renderer.render_seconds) == timed  # not timed as a chunk
+    frames = renderer.render(_chunk(52))  # the next chunk starts the new session from its reference
+    assert frames.shape == (N, 80, 48, 3) and eng.last_motion_in is eng.session.motion0
+    assert eng.session.prompt.startswith("A man")

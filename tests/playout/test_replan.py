@@ -11,7 +11,7 @@ import pytest
 from flashtalk_live.playout.pacing import Lookahead, Pacer
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.settings import Settings
-from flashtalk_live.chunks import RenderedChunk
+from flashtalk_live.chunks import RenderChunk, RenderedChunk
 from flashtalk_live.playout.plan import plan_on_air
 from flashtalk_live.playout.replan import Replanner
 from flashtalk_live.playout.timeline import Timeline
@@ -39,8 +39,9 @@ class Room:
         # The pacer's position and the render rate, set by a test (None: no air clock, re-plans at chunk boundaries).
         self.air_at: int | None = None
         self.rate: float | None = None
+        self.abandon: float | None = None  # how soon the renderer stops an abandoned chunk (None: never)
         self.rp = Replanner(self.tl, self.la, poll_s=0.001, air_frame=lambda: self.air_at, rate=lambda: self.rate,
-                            within_chunk=within_chunk)
+                            abandon_s=lambda: self.abandon, within_chunk=within_chunk)
         self.aired: list = []
         self.stop = threading.Event()
 
@@ -290,7 +291,64 @@ def test_an_idle_bank_link_being_drawn_counts_as_the_render_in_flight(tmp_path):
     r.render(6)  # idle
     r.air()
     r.air_at, r.rate = 2, 1.0  # one chunk renders in its own air time
-    r.rp.render_begins(CF)  # a bank link of one chunk has just started
+    r.rp.render_begins(_bank_link())  # a bank link of one chunk has just started (this renderer cannot stop it)
     with r.rp.editing("enqueue"):
         _add(r.spool, 3, 1.0)
     assert r.rp.last["from_frame"] >= 2 + 2 * CF - 1  # the link's rest (~28 frames), then the clip's chunk (28)
+
+
+def _bank_link() -> RenderChunk:
+    return RenderChunk(index=0, start_frame=0, n_frames=CF, audio=np.zeros((CF * 1920, 2), np.float32),
+                       model_audio=np.zeros(CF * 640, np.float32), frame_segments=[None] * CF, idle=True)
+
+
+def test_a_bank_link_being_drawn_is_abandoned_and_the_clip_planned_without_its_rest(tmp_path):
+    """A renderer that stops an abandoned chunk within 40 ms: the push abandons the bank link (spare work) and the
+    clip's first chunk is planned one render after the air, not after the link's rest as well."""
+    r = Room(tmp_path)
+    r.render(6)  # idle
+    r.air()
+    r.air_at, r.rate, r.abandon = 2, 1.0, 0.04
+    link = _bank_link()
+    r.rp.render_begins(link)
+    with r.rp.editing("enqueue"):
+        _add(r.spool, 3, 1.0)
+    assert link.abandoned.is_set()
+    assert 2 + CF <= r.rp.last["from_frame"] < 2 + 2 * CF - 1  # one chunk's render (+ the stop), not two
+    r.rp.abandoned()
+    assert r.rp.status()["renders_abandoned"] == 1
+
+
+@pytest.mark.parametrize("abandon_s", [0.04, None])
+def test_play_now_abandons_the_chunk_in_flight_it_discards(tmp_path, abandon_s):
+    """The chunk being rendered lies after the re-plan point: it is abandoned (and dropped if it still comes back).
+    A renderer that can stop it lets the plan start one render after the air; one that cannot, after its rest."""
+    r = Room(tmp_path)
+    _add(r.spool, 1, 6.0)
+    r.render(3)
+    in_flight = r.rp.next_chunk()
+    r.air()
+    r.air_at, r.rate, r.abandon = 2, 1.0, abandon_s
+    with r.rp.editing("play_now"):
+        _add(r.spool, 4, 0.5, "play_now")
+    frame = r.rp.last["from_frame"]
+    assert frame < in_flight.start_frame and in_flight.abandoned.is_set()
+    if abandon_s is None:  # the rest of the render in flight (1.12 s) and one chunk (1.12 s) ahead of the air
+        assert frame >= 2 + 2 * CF
+    else:
+        assert frame < 2 + 2 * CF - 1
+    assert not r.rp.put(RenderedChunk(in_flight, np.zeros((CF, 2, 2, 3), np.uint8), "t", 0.0), r.stop)
+    r.spool.close()
+
+
+def test_the_first_chunk_in_flight_is_not_abandoned_before_the_render_rate_is_known(tmp_path):
+    """Nothing measured yet: the chunk in flight is the rate's first measure (a clip's head start needs it), so a
+    re-plan that discards it lets it finish; it is dropped when put."""
+    r = Room(tmp_path)
+    in_flight = r.rp.next_chunk()
+    r.abandon = 0.04
+    with r.rp.editing("enqueue"):
+        _add(r.spool, 3, 1.0)
+    assert r.rp.last["from_frame"] == 0 and not in_flight.abandoned.is_set()
+    assert not r.rp.put(RenderedChunk(in_flight, np.zeros((CF, 2, 2, 3), np.uint8), "t", 0.0), r.stop)
+    r.spool.close()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from flashtalk_live.renderers.drill import DrillRenderer, with_drills
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.settings import Settings
-from flashtalk_live.chunks import RenderChunk
+from flashtalk_live.chunks import RenderAbandoned, RenderChunk
 
 from support.chunks import render_chunk
 
@@ -55,3 +58,15 @@ def test_settings_and_validation():
         Settings(state_dir="/nonexistent", renderer={"drill_slowdown": 0.5})
     with pytest.raises(ValueError):
         DrillRenderer(r, FPS, slowdown=2.0, jitter_s=-1)
+
+
+def test_the_drills_wait_ends_when_a_replan_abandons_the_chunk():
+    """A drilled renderer stands in for a slow engine: a re-plan that discards its chunk stops it at once."""
+    d = DrillRenderer(still(), FPS, slowdown=20.0)  # an 8 s call for this 0.4 s chunk
+    c = chunk()
+    threading.Timer(0.2, c.abandoned.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(RenderAbandoned):
+        d.render(c)
+    assert time.monotonic() - t0 < 4.0  # the event cut the 8 s wait (0.2 s; generous for a loaded box)
+    assert d.abandon_s() is not None and d.abandon_s() < 1.0  # the still renderer runs to its end: its own time
