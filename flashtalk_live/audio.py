@@ -234,14 +234,143 @@ def decode_for_settings(data: bytes, encoder: EncoderSettings, ingest: IngestSet
     )
 
 
-STREAM_FORMATS = ("pcm_s16le", "mp3")  # formats a streamed clip may carry: decodable from any byte boundary
+STREAM_FORMATS = ("pcm_s16le", "mp3", "ogg", "opus")  # a streamed clip's formats: decodable from any byte boundary
+
+
+def _ogg_crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        r = i << 24
+        for _ in range(8):
+            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else (r << 1)
+        table.append(r & 0xFFFFFFFF)
+    return table
+
+
+_OGG_CRC = _ogg_crc_table()
+
+
+def _ogg_crc(page: bytes) -> int:
+    """Ogg's page checksum (RFC 3533: CRC-32, polynomial 0x04C11DB7, MSB first, no reflection, zero start)."""
+    crc = 0
+    for b in page:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC[(crc >> 24) ^ b]
+    return crc
+
+
+class OggPackets:
+    """Ogg pages fed in pieces cut anywhere -> the packets of its one logical stream, in order (RFC 3533). A page
+    that does not start where one must, fails its checksum or belongs to a second stream is an AudioError; at most
+    one page (<= 65,307 bytes) is held."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._packet = bytearray()  # a packet continued on the next page
+        self._serial: int | None = None
+        self.granule = -1  # the granule position of the last page that ended a packet (-1: none yet)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        while len(self._buf) >= 27:
+            if self._buf[:4] != b"OggS" or self._buf[4] != 0:
+                raise AudioError("undecodable_audio", "ogg stream: no Ogg page where the next one should start")
+            head = 27 + self._buf[26]
+            if len(self._buf) < head:
+                break
+            lacing = bytes(self._buf[27:head])
+            size = head + sum(lacing)
+            if len(self._buf) < size:
+                break
+            page = bytes(self._buf[:size])
+            del self._buf[:size]
+            if _ogg_crc(page[:22] + b"\0\0\0\0" + page[26:]) != int.from_bytes(page[22:26], "little"):
+                raise AudioError("undecodable_audio", "ogg stream: a page fails its checksum")
+            serial = int.from_bytes(page[14:18], "little")
+            if self._serial is None:
+                self._serial = serial
+            elif serial != self._serial:
+                raise AudioError("undecodable_audio", "ogg stream: a second logical stream (one Opus stream only)")
+            granule = int.from_bytes(page[6:14], "little", signed=True)
+            if granule >= 0:
+                self.granule = granule
+            if not page[5] & 1:  # not a continuation: nothing is carried over
+                self._packet.clear()
+            pos = head
+            for n in lacing:
+                self._packet += page[pos:pos + n]
+                pos += n
+                if n < 255:
+                    out.append(bytes(self._packet))
+                    self._packet.clear()
+        return out
+
+
+class _OpusPackets:
+    """The packets of an Ogg Opus stream (RFC 7845) -> decoded frames. OpusHead sets up the decoder, which drops
+    the encoder's priming samples (its pre-skip) itself; OpusTags is skipped; the last frame is held back until
+    the next one or the end, where it is cut to the final page's granule position (the codec's padding goes, as
+    the container path cuts it)."""
+
+    def __init__(self) -> None:
+        self.ogg = OggPackets()
+        self.codec: av.CodecContext | None = None
+        self.pre_skip = 0
+        self.tags = True  # the OpusTags packet is still to come
+        self.samples = 0  # decoded so far (after the pre-skip)
+        self.held: av.AudioFrame | None = None
+
+    def frames(self, data: bytes) -> list[av.AudioFrame]:
+        out: list[av.AudioFrame] = []
+        for packet in self.ogg.feed(data):
+            if self.codec is None:
+                if packet[:8] != b"OpusHead" or len(packet) < 19:
+                    raise AudioError("undecodable_audio", "ogg stream: not Opus (a streamed Ogg clip carries Opus: "
+                                                          "its first packet is OpusHead)")
+                self.codec = av.CodecContext.create("opus", "r")
+                self.codec.extradata = packet
+                self.pre_skip = int.from_bytes(packet[10:12], "little")
+            elif self.tags and packet[:8] == b"OpusTags":
+                self.tags = False
+            else:
+                self.tags = False
+                out += self._hold(self.codec.decode(av.Packet(packet)))
+        return out
+
+    def _hold(self, frames: list[av.AudioFrame]) -> list[av.AudioFrame]:
+        out = []
+        for f in frames:
+            if f.samples:
+                self.samples += f.samples
+                if self.held is not None:
+                    out.append(self.held)
+                self.held = f
+        return out
+
+    def flush(self) -> list[av.AudioFrame]:
+        if self.codec is None:
+            return []
+        out = self._hold(list(self.codec.decode(None)))
+        f, self.held = self.held, None
+        if f is None:
+            return out
+        excess = self.samples - (self.ogg.granule - self.pre_skip) if self.ogg.granule >= 0 else 0
+        if 0 < excess < f.samples:
+            x = f.to_ndarray()
+            keep = f.samples - excess
+            x = x[:, :keep] if f.format.is_planar else x[:, : keep * len(f.layout.channels)]
+            g = av.AudioFrame.from_ndarray(np.ascontiguousarray(x), format=f.format.name, layout=f.layout.name)
+            g.sample_rate = f.sample_rate
+            f = g
+        return out + [f]
 
 
 class StreamDecoder:
     """A streamed clip's bytes, piece by piece, into broadcast-rate and 16 kHz model audio (queue/streams.py).
 
     Raw s16le is cut at whole frames (a piece may end mid-sample: the rest waits for the next piece); MP3 goes
-    through FFmpeg's frame parser, so pieces need not end on frame boundaries. The same pieces always give the same
+    through FFmpeg's frame parser, Ogg Opus through the page reader here (OggPackets), so pieces need not end on
+    frame or page boundaries. The same pieces always give the same
     samples, so a restart rebuilds a stream from its stored parts exactly. `feed` raises AudioError."""
 
     def __init__(self, format: str, sample_rate: int | None, channels: int | None, *, rate: int = 48_000,
@@ -255,6 +384,7 @@ class StreamDecoder:
         self._res = _Resampled(rate, out_channels)
         self._carry = b""
         self._codec = av.CodecContext.create("mp3", "r") if format == "mp3" else None
+        self._opus = _OpusPackets() if format in ("ogg", "opus") else None
         self.flushed = False
         self._id3: int | None = None  # MP3: bytes of a leading ID3v2 tag still to skip (None: header not seen yet)
 
@@ -270,7 +400,10 @@ class StreamDecoder:
     def feed(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """The audio this piece completes: (broadcast [n, channels], model [m])."""
         try:
-            if self._codec is None:
+            if self._opus is not None:
+                for frame in self._opus.frames(data):
+                    self._res.push(frame)
+            elif self._codec is None:
                 assert self.channels is not None and self.sample_rate is not None  # raw PCM: checked at open
                 ch = int(self.channels)
                 buf = self._carry + data
@@ -317,6 +450,9 @@ class StreamDecoder:
             return self._drain()
         self.flushed = True
         try:
+            if self._opus is not None:
+                for frame in self._opus.flush():
+                    self._res.push(frame)
             if self._codec is not None:
                 for packet in self._codec.parse(b""):
                     for frame in self._codec.decode(packet):

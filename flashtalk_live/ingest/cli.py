@@ -429,7 +429,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--text", help="the clip's transcript, captioned on air while it plays")
     p.add_argument("--name", help="a name for people: shown in status, the clip's events and the console")
     p.add_argument("--stream", action="store_true", help="stream one clip as its audio arrives (a TTS pipe on "
-                   "stdin: push --stream - --sample-rate 22050 --channels 1); pcm_s16le (default) or mp3")
+                   "stdin: push --stream - --sample-rate 22050 --channels 1); pcm_s16le (default), mp3 or ogg (Opus)")
     p.add_argument("--duration", type=float, help="--stream: the clip's expected length in seconds (admission "
                    "plans with it)")
     p.add_argument("--no-id", action="store_true", help=argparse.SUPPRESS)

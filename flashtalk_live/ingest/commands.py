@@ -26,7 +26,7 @@ OUTPUT_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # Format hints a client may give; None means "sniff the bytes". Raw PCM needs sample_rate and channels.
 AudioFormat = Literal["wav", "mp3", "m4a", "mp4", "aac", "flac", "ogg", "opus", "pcm_s16le"]
 RAW_FORMATS = frozenset({"pcm_s16le"})
-StreamFormat = Literal["pcm_s16le", "mp3"]  # a streamed clip's formats: decodable from any byte boundary (audio.py)
+StreamFormat = Literal["pcm_s16le", "mp3", "ogg", "opus"]  # a streamed clip's formats: decodable from any byte boundary (audio.py)
 Mode = Literal["enqueue", "insert", "play_now"]
 # The spool mode each whole-clip audio command queues in: the three are named after their modes.
 AUDIO_MODES: dict[str, Mode] = {m: m for m in get_args(Mode)}
@@ -124,7 +124,8 @@ class AudioArgs(Args):
 
 class ClipOpenArgs(AudioArgs):
     format: StreamFormat = Field(
-        description="pcm_s16le (with sample_rate and channels) or mp3 (frames, any byte boundary)")
+        description="pcm_s16le (with sample_rate and channels), mp3 (frames) or ogg / opus (Ogg Opus pages); the "
+        "bytes may be cut at any boundary")
     mode: Mode = Field("enqueue", description="enqueue, insert or play_now, as for a whole clip")
     duration_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="the producer's estimate of the "
                                      "clip's length: admission plans with it; cues are checked against it (else "

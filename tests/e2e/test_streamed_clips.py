@@ -327,3 +327,28 @@ def test_push_stream_reads_stdin_as_it_arrives(daemon_factory):
         assert closed["closed"] and closed["bytes"] == i * 2 * PIECE and abs(closed["duration_s"] - i * PIECE_S) < 1e-6
         wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == sid, 60, seen)
     assert d.stop() == 0
+
+
+def test_push_stream_of_an_ogg_opus_file_airs_its_whole_length(daemon_factory, tmp_path):
+    """A TTS that writes Ogg Opus: `push --stream voice.opus` sends its pages as read (cut anywhere) and the clip
+    is exactly the file's length on air."""
+    import subprocess
+    import sys
+
+    from support.audiogen import encode
+
+    path = tmp_path / "voice.opus"
+    path.write_bytes(encode("opus", seconds=2.5, freq=500.0))
+    d = daemon_factory().start()
+    ev = d.events()
+    seen: list[dict] = []
+    with d.client() as c:
+        ev.sync(c)
+        out = subprocess.run([sys.executable, "-m", "flashtalk_live", "push", "--stream", str(path), "--endpoint",
+                              d.ipc], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        closed = json.loads(out.stdout.strip().splitlines()[-1])
+        assert closed["closed"] and closed["duration_s"] == pytest.approx(2.5, abs=1e-3)
+        sid = closed["segment_id"]
+        wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == sid, 60, seen)
+    assert d.stop() == 0

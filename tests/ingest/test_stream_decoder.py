@@ -44,6 +44,40 @@ def test_mp3_frames_split_anywhere_with_an_id3_tag_decode():
     assert abs(np.argmax(spectrum) * 48000 / 48000 - 440) < 3
 
 
+@pytest.mark.parametrize("seconds", [0.5, 3.37])
+@pytest.mark.parametrize("step", [1, 777, 1 << 16])
+def test_ogg_opus_pages_split_anywhere_decode_to_exactly_what_the_container_path_gives(seconds, step):
+    """The decoder drops Opus's pre-skip and the last page's granule position cuts the codec's padding, as FFmpeg's
+    Ogg demuxer does: sample for sample the same audio (an offset or a tail would show here)."""
+    data = encode("opus", seconds=seconds, freq=440.0)
+    assert data[:4] == b"OggS"
+    bc, md = feed_all(StreamDecoder("ogg", None, None), data, step)
+    whole = decode_audio(data)
+    assert bc.shape == whole.broadcast.shape and np.array_equal(bc, whole.broadcast)
+    assert abs(md.shape[0] - whole.model.shape[0]) <= 1
+
+
+def test_ogg_that_is_not_opus_or_is_damaged_is_refused():
+    data = bytearray(encode("opus", seconds=0.5))
+    with pytest.raises(AudioError, match="checksum"):
+        damaged = data.copy()
+        damaged[200] ^= 0xFF  # inside the first audio page
+        feed_all(StreamDecoder("opus", None, None), bytes(damaged), 4096)
+    with pytest.raises(AudioError, match="no Ogg page"):
+        StreamDecoder("ogg", None, None).feed(b"RIFF" + bytes(40))
+    with pytest.raises(AudioError, match="not Opus"):
+        StreamDecoder("ogg", None, None).feed(_ogg_page(b"\x01vorbis" + bytes(22)))
+
+
+def _ogg_page(packet: bytes) -> bytes:
+    """One Ogg page holding one packet (< 255 bytes), its checksum right."""
+    from flashtalk_live.audio import _ogg_crc
+
+    head = b"OggS" + bytes([0, 2]) + (0).to_bytes(8, "little") + (7).to_bytes(4, "little") + bytes(4)
+    page = head + bytes(4) + bytes([1, len(packet)]) + packet
+    return page[:22] + _ogg_crc(page).to_bytes(4, "little") + page[26:]
+
+
 def test_formats_it_cannot_stream_are_refused():
     with pytest.raises(AudioError, match="pcm_s16le, mp3"):
         StreamDecoder("wav", None, None)
