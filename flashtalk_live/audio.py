@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
+from av.audio.codeccontext import AudioCodecContext
 
 from flashtalk_live.errors import Rejection
 from flashtalk_live.settings import EncoderSettings, IngestSettings
@@ -314,7 +316,7 @@ class _OpusPackets:
 
     def __init__(self) -> None:
         self.ogg = OggPackets()
-        self.codec: av.CodecContext | None = None
+        self.codec: AudioCodecContext | None = None
         self.pre_skip = 0
         self.tags = True  # the OpusTags packet is still to come
         self.samples = 0  # decoded so far (after the pre-skip)
@@ -327,7 +329,7 @@ class _OpusPackets:
                 if packet[:8] != b"OpusHead" or len(packet) < 19:
                     raise AudioError("undecodable_audio", "ogg stream: not Opus (a streamed Ogg clip carries Opus: "
                                                           "its first packet is OpusHead)")
-                self.codec = av.CodecContext.create("opus", "r")
+                self.codec = AudioCodecContext.create("opus", "r")
                 self.codec.extradata = packet
                 self.pre_skip = int.from_bytes(packet[10:12], "little")
             elif self.tags and packet[:8] == b"OpusTags":
@@ -356,7 +358,7 @@ class _OpusPackets:
             return out
         excess = self.samples - (self.ogg.granule - self.pre_skip) if self.ogg.granule >= 0 else 0
         if 0 < excess < f.samples:
-            x = f.to_ndarray()
+            x: Any = f.to_ndarray()
             keep = f.samples - excess
             x = x[:, :keep] if f.format.is_planar else x[:, : keep * len(f.layout.channels)]
             g = av.AudioFrame.from_ndarray(np.ascontiguousarray(x), format=f.format.name, layout=f.layout.name)
