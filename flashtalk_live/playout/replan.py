@@ -31,16 +31,15 @@ import math
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from flashtalk_live.log import get_logger
 from flashtalk_live.chunks import RenderChunk, RenderedChunk
-from flashtalk_live.playout.timeline import Split
+from flashtalk_live.playout.timeline import Keep, Split
 
 FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundary
-Keep = Literal["nothing", "on_air", "queue"]
 
 
 class Replanner:

@@ -48,6 +48,9 @@ from flashtalk_live.playout.ports import ClipQueue, Gate, LiveAudio, LiveStreams
 
 Source = Literal["queue", "programme"]
 
+# What a re-plan keeps of the buffered future (playout/replan.py): nothing, the clip on air, or queue clips too.
+Keep = Literal["nothing", "on_air", "queue"]
+
 
 @dataclass
 class _Snapshot:
@@ -423,7 +426,7 @@ class Timeline:
         sn = next((s for s in self._snaps if frame is None or s.start_frame >= frame), None)
         return sn.cur if sn is not None else self._cur
 
-    def replan_point(self, air_frame: int | None, keep: Literal["nothing", "on_air", "queue"],
+    def replan_point(self, air_frame: int | None, keep: Keep,
                      not_before: int = 0) -> int:
         """Where a re-plan starts: the first chunk boundary at or after `not_before` that is not on air yet
         (`air_frame`) and whose chunk is not kept: keep "on_air" keeps the chunks that hold only the clip on air
@@ -439,13 +442,13 @@ class Timeline:
         return self.frame
 
     @staticmethod
-    def _kept(sn: _Snapshot, keep: Literal["nothing", "on_air", "queue"], on_air: str | None) -> bool:
+    def _kept(sn: _Snapshot, keep: Keep, on_air: str | None) -> bool:
         """A re-plan that keeps `keep` leaves this chunk as it is."""
         if keep == "queue":
             return sn.queue_only
         return keep == "on_air" and on_air is not None and sn.segments == frozenset([on_air])
 
-    def split_at(self, frame: int, keep: Literal["nothing", "on_air", "queue"], on_air: str | None) -> Split | None:
+    def split_at(self, frame: int, keep: Keep, on_air: str | None) -> Split | None:
         """Re-cut the chunk holding `frame` (buffered or on air) up to `frame`, without touching the timeline: what
         its first frames hold when cut again, and the state at `frame`, for `rewind(frame, split)`. None when that
         chunk is kept (as in `replan_point`), is not held, or picked anything from the queue or the programme
