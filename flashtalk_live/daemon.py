@@ -76,6 +76,7 @@ class Daemon:
         self.state = "starting"
         self.started_at = time.time()
         self._started_mono = time.monotonic()
+        self._first_render_mono: float | None = None  # the first chunk rendered (the still renderer's)
         Path(settings.path(settings.state_dir)).mkdir(parents=True, exist_ok=True)
         self.events = EventBus()
         self.events.subscribe(self._log_event)
@@ -296,6 +297,8 @@ class Daemon:
                 if avatar is not None:
                     self._apply_avatar(*avatar)
                 self.playout.step(self._stop_render)
+                if self._first_render_mono is None:
+                    self._first_render_mono = time.monotonic()
         except LookaheadClosed:
             pass
         except Exception as e:  # noqa: BLE001 - the broadcast holds the last frame; systemd restarts us
@@ -323,7 +326,13 @@ class Daemon:
         """The first frame went out (the still renderer's): only now does the engine start loading, so its imports
         and build (torch: seconds of the GIL on a GPU box) do not hold back the room's first frame."""
         self.state = "on_air"
-        self.log.info("on_air", outputs=self.outputs.names())
+        now = time.monotonic()
+        first = self._first_render_mono
+        # Where the start-up's seconds went (docs/broadcast.md, lifecycle): since the process began (interpreter,
+        # imports, settings, then this); since the room began building, to its first chunk and its first frame out.
+        self.log.info("on_air", outputs=self.outputs.names(), process_s=_process_age_s(),
+                      first_chunk_s=None if first is None else round(first - self._started_mono, 3),
+                      first_frame_s=round(now - self._started_mono, 3))
         self.renderers.start()
 
     def _housekeeping(self) -> None:
@@ -508,6 +517,18 @@ class Daemon:
         self.encoder.close()
         self.spool.close()
         self.log.info("stopped")
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process was started (Linux: /proc), for the start-up's split; None elsewhere."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _named(os_name: str, fn: Any) -> Any:
