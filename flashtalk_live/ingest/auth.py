@@ -75,24 +75,21 @@ def _dir_mtime(directory: str | None) -> int:
         return 0
 
 
-def _load_dir(directory: str | None) -> set[bytes]:
+def _load_named(directory: str | None) -> tuple[dict[bytes, str], set[str]]:
+    """Public key -> certificate name (file name without .key) of every certificate in the folder, and the names of
+    the files that could not be read as one (half-copied, or not a certificate)."""
     if not directory or not os.path.isdir(directory):
-        return set()
-    return set(zmq.auth.load_certificates(directory))
-
-
-def _load_named(directory: str | None) -> dict[bytes, str]:
-    """Public key -> certificate name (file name without .key) of every certificate in the folder."""
-    if not directory or not os.path.isdir(directory):
-        return {}
+        return {}, set()
     out: dict[bytes, str] = {}
+    bad: set[str] = set()
     for path in sorted(Path(directory).glob("*.key")):
         try:
             public, _ = zmq.auth.load_certificate(str(path))
         except (OSError, ValueError):
+            bad.add(path.name)
             continue
         out[public] = path.stem
-    return out
+    return out, bad
 
 
 class KeyRing:
@@ -108,12 +105,14 @@ class KeyRing:
         self.directory = directory
         self.trusted = {parse_key(k) for k in trusted}
         self.listed = {parse_key(k) for k in keys} | self.trusted
-        self._mtime = _dir_mtime(directory)
-        self._named = _load_named(directory)
-        self._from_dir = set(self._named) | _load_dir(directory)
+        self.log = get_logger("auth")
+        self._mtime: int | None = None
+        self._named: dict[bytes, str] = {}
+        self._from_dir: set[bytes] = set()
+        self._unreadable: set[str] = set()
         self._revoked: set[bytes] = set()  # revoked, connections not yet closed
         self._lock = threading.Lock()
-        self.log = get_logger("auth")
+        self._read_folder(_dir_mtime(directory))
         # a refused handshake costs the knocker nothing: a few lines per interval, the rest counted
         self.refusals = refusals or Throttle(self.log)
 
@@ -125,18 +124,28 @@ class KeyRing:
         """The certificate name of a key (its file in the folder), else the key's first 8 characters."""
         return self._named.get(key) or key[:8].decode("ascii", "replace")
 
-    def refresh(self) -> None:
-        """Re-read the folder if it changed since the last read; keys no longer allowed wait in `take_revoked()`
+    def refresh(self, force: bool = False) -> None:
+        """Re-read the folder if it changed since the last read, or held a file that was not a certificate (a copy
+        still being written changes the file, not the folder); keys no longer allowed wait in `take_revoked()`
         (whichever thread noticed the change: a handshake's or the ingest thread's look)."""
         with self._lock:
             mtime = _dir_mtime(self.directory)
-            if mtime == self._mtime:
+            if mtime == self._mtime and not force:
                 return
             before = self.allowed
-            named = _load_named(self.directory)
-            self._mtime, self._from_dir = mtime, set(named) | _load_dir(self.directory)
-            self._named = {**self._named, **named}  # a removed key keeps its name for the revocation's log line
+            self._read_folder(mtime)
             self._revoked |= before - self.allowed
+
+    def _read_folder(self, mtime: int) -> None:
+        named, bad = _load_named(self.directory)
+        for name in sorted(bad - self._unreadable):  # once per file: the next reads retry it quietly
+            self.log.warning("client_key_unreadable", file=name, note="not a certificate (yet): skipped, read "
+                             "again until it is one or goes")
+        self._unreadable = bad
+        # A folder with an unreadable file is read again at the next look (mtime None), so a half-copied
+        # certificate is taken once it is whole.
+        self._mtime, self._from_dir = (None if bad else mtime), set(named)
+        self._named = {**self._named, **named}  # a removed key keeps its name for the revocation's log line
 
     def reload(self, keys: Iterable[str], trusted: Iterable[str]) -> None:
         """New lists from the configuration (SIGHUP); keys no longer allowed wait in `take_revoked()`."""
@@ -146,7 +155,7 @@ class KeyRing:
             before = self.allowed
             self.trusted, self.listed = new_trusted, new_listed
             self._revoked |= before - self.allowed
-        self.refresh()
+        self.refresh(force=True)  # SIGHUP re-reads the folder whatever its mtime says
 
     def take_revoked(self) -> set[bytes]:
         """The keys revoked since the last call (their connections are the ingest thread's to close)."""

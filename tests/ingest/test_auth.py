@@ -212,3 +212,30 @@ def test_a_revocation_noticed_by_a_handshake_still_reaches_the_ingest_thread(tmp
     assert not ring.callback("curve", bob)  # the handshake re-read the folder: refused at once
     assert ring.take_revoked() == {bob}
     assert ring.name_of(bob) == "bob" and ring.take_revoked() == set()
+
+
+def test_a_certificate_still_being_copied_is_skipped_then_taken_once_whole(tmp_path):
+    """An operator copies carol.key into the folder while the daemon looks (CI caught the ingest thread dying on
+    the half-written file): the partial file is skipped and logged once, and the whole file is taken at the next
+    look, although writing into it does not change the folder's mtime."""
+    from flashtalk_live.ingest.auth import KeyRing
+
+    from support.logs import capture_logs, log_lines
+
+    d = tmp_path / "clients"
+    create_keypair(d, "alice")
+    pub_carol, _ = create_keypair(tmp_path / "elsewhere", "carol")
+    whole = pub_carol.read_bytes()
+    carol = zmq.auth.load_certificate(str(pub_carol))[0]
+    logs = capture_logs()
+    ring = KeyRing(str(d), [], [])  # its logger is bound now: to the buffer
+    (d / "carol.key").write_bytes(whole[: len(whole) // 3])  # the copy has begun
+    for _ in range(3):
+        ring.refresh()
+        assert not ring.callback("curve", carol)
+    folder = os.stat(d).st_mtime_ns
+    (d / "carol.key").write_bytes(whole)  # the copy is done: the file changed, not the folder
+    os.utime(d, ns=(folder, folder))
+    assert ring.take_revoked() == set()
+    assert ring.callback("curve", carol) and ring.name_of(carol) == "carol"
+    assert [e["file"] for e in log_lines(logs, "client_key_unreadable")] == ["carol.key"]
