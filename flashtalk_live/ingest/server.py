@@ -412,7 +412,10 @@ class IngestServer:
                     cap.handle()
             self.rejections.flush()
             self.security.flush_logs()
-            self._revoke_keys()
+            try:
+                self._revoke_keys()
+            except Exception as e:  # noqa: BLE001 - the key folder is the operator's: never the control plane's end
+                self.log.error("key_revocation_failed", error=repr(e))
             if self._backlog or self._replies or self._wake_r in ready:
                 self._flush_events(hold=time.monotonic() < self._hold_until)
                 self._flush_replies()
