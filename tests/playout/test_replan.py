@@ -158,7 +158,8 @@ def test_enqueue_into_an_idle_room_replans_buffered_idle_but_never_buffered_clip
     assert len(r.la) == 0, "the buffered idle chunks were dropped"
     r.render(3)
     aired = r.flush()
-    assert [m.frame for c in aired for m in c.marks if m.kind == "started"] == [CF]  # right after the chunk on air
+    assert [(m.frame, m.segment_id) for c in aired for m in c.marks if m.kind == "started"] == [(CF, a)]  # right
+    # after the chunk on air
     b = r.spool.pending()  # A was taken while cutting: nothing pending
     assert b == []
     # X on air, A buffered (not on air), then idle: enqueue keeps A's chunks (queue-only) and re-plans the idle.
