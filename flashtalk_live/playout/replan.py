@@ -48,7 +48,8 @@ class Replanner:
                  abandon_s: Callable[[], float | None] = lambda: None,
                  air_frame: Callable[[], int | None] = lambda: None,
                  buffered_s: Callable[[], float] = lambda: 0.0, due_margin_s: float = 0.2,
-                 within_chunk: bool = True, min_kept_frames: int = 8) -> None:
+                 within_chunk: bool = True, min_kept_frames: int = 8,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not timeline.replannable:
             raise ValueError("a Replanner needs a Timeline built with replannable=True (it keeps snapshots)")
         self.timeline, self.lookahead = timeline, lookahead
@@ -63,7 +64,8 @@ class Replanner:
         # the render thread cut last, still being drawn while a bank link renders before it.
         self._rendering: tuple[float, RenderChunk, bool] | None = None
         self._cut: RenderChunk | None = None
-        self.abandon_s = abandon_s  # how soon the renderer on duty stops an abandoned chunk (None: it does not)
+        self.abandon_s = abandon_s  # the renderer on duty's step: it stops an abandoned chunk at the next (None: never)
+        self.clock = clock  # times the render in flight (CLOCK_MONOTONIC)
         self.renders_abandoned = 0
         self.lock = threading.RLock()
         self.plan = 0
@@ -87,14 +89,14 @@ class Replanner:
             chunk = self.timeline.next_chunk()
             chunk.plan = self.plan
             chunk.cut_mono = time.monotonic()
-            self._rendering, self._cut = (chunk.cut_mono, chunk, False), chunk
+            self._rendering, self._cut = (self.clock(), chunk, False), chunk
             return chunk
 
     def render_begins(self, chunk: RenderChunk) -> None:
         """An idle-bank link is being drawn (playout/renderahead.py): it is the render in flight until the next cut;
         a re-plan abandons it."""
         with self.lock:
-            self._rendering = (time.monotonic(), chunk, True)
+            self._rendering = (self.clock(), chunk, True)
 
     def abandoned(self) -> None:
         """The renderer stopped the chunk in flight early: nothing renders until the next cut."""
@@ -229,12 +231,14 @@ class Replanner:
         if self._rendering is not None:
             t0, chunk, _ = self._rendering
             n = chunk.n_frames
-            need += max(0.0, r * n / self.fps - (time.monotonic() - t0))
-            stop = self.abandon_s()
-            if stop is not None:
-                # Abandoning pays only where the chunk in flight lies at or after the frame it gives (a bank link:
-                # always); a later frame is past the timeline's end: nothing is re-planned then.
-                need = min(need, stop)
+            elapsed = self.clock() - t0
+            need += max(0.0, r * n / self.fps - elapsed)
+            step = self.abandon_s()
+            if step is not None and step > 0:
+                # The render stops at its next step boundary (steps of `step` s from its start). Abandoning pays
+                # only where the chunk in flight lies at or after the frame this gives (a bank link: always); a
+                # later frame is past the timeline's end: nothing is re-planned then.
+                need = min(need, step - elapsed % step)
         need += r * n / self.fps
         return now + math.ceil(need * self.fps - 1e-9)  # 1.0 x 28 / 25 x 25 is 28.000000000000004
 

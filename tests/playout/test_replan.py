@@ -39,9 +39,10 @@ class Room:
         # The pacer's position and the render rate, set by a test (None: no air clock, re-plans at chunk boundaries).
         self.air_at: int | None = None
         self.rate: float | None = None
-        self.abandon: float | None = None  # how soon the renderer stops an abandoned chunk (None: never)
+        self.abandon: float | None = None  # the renderer's step: it stops an abandoned chunk at the next (None: never)
+        self.now = 100.0  # the replanner's clock, moved by a test
         self.rp = Replanner(self.tl, self.la, poll_s=0.001, air_frame=lambda: self.air_at, rate=lambda: self.rate,
-                            abandon_s=lambda: self.abandon, within_chunk=within_chunk)
+                            abandon_s=lambda: self.abandon, within_chunk=within_chunk, clock=lambda: self.now)
         self.aired: list = []
         self.stop = threading.Event()
 
@@ -352,4 +353,20 @@ def test_the_first_chunk_in_flight_is_not_abandoned_before_the_render_rate_is_kn
         _add(r.spool, 3, 1.0)
     assert r.rp.last["from_frame"] == 0 and not in_flight.abandoned.is_set()
     assert not r.rp.put(RenderedChunk(in_flight, np.zeros((CF, 2, 2, 3), np.uint8), "t", 0.0), r.stop)
+    r.spool.close()
+
+
+@pytest.mark.parametrize("elapsed,expected", [(0.5, 2 + 36), (0.0, 2 + 38)])
+def test_the_render_in_flight_is_counted_to_its_next_step_boundary(tmp_path, elapsed, expected):
+    """Steps of 0.4 s: a link 0.5 s into its render stops 0.3 s later (the push plans 0.3 + 1.12 s ahead of the
+    air: 36 frames), one just begun 0.4 s later (38 frames)."""
+    r = Room(tmp_path)
+    r.render(6)  # idle
+    r.air()
+    r.air_at, r.rate, r.abandon = 2, 1.0, 0.4
+    r.rp.render_begins(_bank_link())
+    r.now += elapsed
+    with r.rp.editing("enqueue"):
+        _add(r.spool, 3, 1.0)
+    assert r.rp.last["from_frame"] == expected and r.rp.last["within_chunk"]
     r.spool.close()
