@@ -5,9 +5,9 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
 
 * `play_now`, and `cancel` of the clip on air (`skip` too: a programme item on air is cut the same way): from the
   first frame not on air that can be rendered again before it is needed (the render in flight finishes, or stops
-  if the re-plan discards it, then one chunk at the planning rate; at least the due margin ahead of the air). That frame may lie inside a chunk, buffered
-  or on air (`_split`, `within_chunk`): the chunk keeps its frames before it, so the new clip airs within the render
-  in flight plus one chunk render. A cancelled clip is also silenced on air at once (`Lookahead.cut`): its cut
+  if the re-plan discards it, then one chunk at the planning rate; at least the due margin ahead of the air). That
+  frame may lie inside a chunk, buffered or on air (`_split`, `within_chunk`): the chunk keeps its frames before
+  it, so the new clip airs within the render in flight plus one chunk render. A cancelled clip is also silenced on air at once (`Lookahead.cut`): its cut
   airs with the next chunk, at most one chunk after the command, and what is kept of it is silent.
 * `insert`, `clear`, `cancel` of any other clip, `move`: from the first buffered chunk (or that frame inside it) that
   holds anything besides the clip on air, which keeps its buffered frames (and so its head start).
@@ -17,11 +17,11 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
 
 Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
 timeline (clips taken for them go back to the queue's head; playout/timeline.py) and bumps the plan epoch; a chunk
-being rendered from the old plan is abandoned (`RenderChunk.abandoned`: the renderer on duty stops it within
-its `abandon_s()`, FlashTalk at the next denoising step) or dropped when it is put; an idle-bank link being drawn
-in spare time is abandoned by any re-plan. Holding the lock across the spool change means the
-render thread cannot cut between the re-plan and the edit: buffered clips are pending again when the edit sees the
-queue, so they are ordered, cancelled and cleared exactly like pending clips.
+being rendered from the old plan is abandoned (`RenderChunk.abandoned`: the renderer on duty stops it at its next
+step, FlashTalk's denoising step, of `abandon_s()`) or dropped when it is put; an idle-bank link being drawn in
+spare time is abandoned by any re-plan. Holding the lock across the spool change means the render thread cannot
+cut between the re-plan and the edit: buffered clips are pending again when the edit sees the queue, so they are
+ordered, cancelled and cleared exactly like pending clips.
 """
 
 from __future__ import annotations
