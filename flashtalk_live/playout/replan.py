@@ -7,8 +7,9 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
   first frame not on air that can be rendered again before it is needed (the render in flight finishes, or stops
   if the re-plan discards it, then one chunk at the planning rate; at least the due margin ahead of the air). That
   frame may lie inside a chunk, buffered or on air (`_split`, `within_chunk`): the chunk keeps its frames before
-  it, so the new clip airs within the render in flight plus one chunk render. A cancelled clip is also silenced on air at once (`Lookahead.cut`): its cut
-  airs with the next chunk, at most one chunk after the command, and what is kept of it is silent.
+  it, so the new clip airs within the render in flight plus one chunk render. A cancelled clip is also silenced on
+  air at once (`Lookahead.cut`): its cut airs with the next chunk, at most one chunk after the command, and what is
+  kept of it is silent.
 * `insert`, `clear`, `cancel` of any other clip, `move`: from the first buffered chunk (or that frame inside it) that
   holds anything besides the clip on air, which keeps its buffered frames (and so its head start).
 * `enqueue`: from the first buffered chunk (or that frame inside it) that holds anything but queue clips (idle, a
