@@ -256,8 +256,8 @@ class FlashTalkRenderer:
         return fitted
 
     def abandon_s(self) -> float | None:
-        """How long a chunk abandoned mid-render (`RenderChunk.abandoned`) takes at most to stop: one denoising
-        step (the last chunk's time over its steps); None before the first chunk."""
+        """One denoising step's length (the last chunk's time over its steps): a chunk abandoned mid-render
+        (`RenderChunk.abandoned`) stops at its next step boundary. None before the first chunk."""
         if not self.render_seconds:
             return None
         return self.render_seconds[-1] / self.profile.sample_steps

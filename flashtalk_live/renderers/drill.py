@@ -38,7 +38,8 @@ class DrillRenderer:
         return getattr(self.inner, name)
 
     def abandon_s(self) -> float | None:
-        """The wrapped renderer's (the drill's own wait stops at once), else its whole last call."""
+        """The wrapped renderer's step (the drill's own wait stops at once), else its whole last call (a renderer
+        that cannot stop runs to its end)."""
         inner = getattr(self.inner, "abandon_s", None)
         return inner() if callable(inner) else self._inner_s
 

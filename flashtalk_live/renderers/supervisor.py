@@ -138,8 +138,8 @@ class RendererSupervisor:
         return None
 
     def abandon_s(self) -> float | None:
-        """How long the renderer on duty takes at most to stop a chunk a re-plan abandons (None: it runs to its
-        end, or unknown yet)."""
+        """The renderer on duty's step: a chunk a re-plan abandons stops at its next step boundary (None: it runs
+        to its end, or not known yet)."""
         p = self.preferred
         r = p if p is not None and p.ready() else self.still
         fn = getattr(r, "abandon_s", None)
@@ -151,7 +151,8 @@ class RendererSupervisor:
         return p.name if p is not None and p.ready() else self.still.name
 
     def render(self, chunk: RenderChunk) -> RenderedChunk:
-        """Render with the preferred renderer if it can, else the still one; never raises."""
+        """Render with the preferred renderer if it can, else the still one. Raises only RenderAbandoned (a re-plan
+        discarded the chunk while it rendered); any other failure falls back to the still renderer."""
         with self._load_lock:
             if self.preferred is None and self._load is not None and self._loading is not None \
                     and not self._loading.is_alive() and time.monotonic() >= self._retry_at \
