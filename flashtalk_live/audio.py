@@ -262,8 +262,8 @@ def _ogg_crc(page: bytes) -> int:
 
 class OggPackets:
     """Ogg pages fed in pieces cut anywhere -> the packets of its one logical stream, in order (RFC 3533). A page
-    that does not start where one must, fails its checksum or belongs to a second stream is an AudioError; at most
-    one page (<= 65,307 bytes) is held."""
+    that does not start where one must, fails its checksum or belongs to a second stream is an AudioError; between
+    pieces only an unfinished page (<= 65,307 bytes) and an unfinished packet are kept."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
