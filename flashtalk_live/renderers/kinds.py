@@ -9,11 +9,14 @@ what only it knows (a flashtalk room's model profiles against its chunking).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
 from flashtalk_live.engine.profile import room_profiles  # torch-free: the profiles, read at config load
 from flashtalk_live.events import EventBus
+from flashtalk_live.log import get_logger
+from flashtalk_live.native_preload import preload_torch
 from flashtalk_live.renderers.base import Renderer
 
 from flashtalk_live.settings import Settings
@@ -46,6 +49,9 @@ def flashtalk_factory(settings: Settings, events: EventBus, parallel: ParallelHa
     """The FlashTalk renderer, over the job's ranks when `parallel` (a ParallelHandle) is given."""
 
     def build(s: Settings) -> Renderer:
+        if "torch" not in sys.modules:  # the first build: torch's import would hold the interpreter (a freeze on air)
+            done = preload_torch(s.model.device if parallel is None else "cpu")
+            get_logger("renderer").info("torch_preloaded", **done)
         # engine/ and parallel/ import torch: loaded only when a flashtalk renderer is built, never for `still`.
         from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
         from flashtalk_live.parallel.launch import parallel_flashtalk_renderer
