@@ -41,6 +41,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkou
 from flashtalk_live.client import Client, ClientError, EventStream  # noqa: E402
 from flashtalk_live.secrets import mask_text  # noqa: E402
 from support.audio import mono_wav  # noqa: E402
+from support.stamp import commit  # noqa: E402
 
 TINY_PROFILE = 'base = "fast"\nheight = 64\nwidth = 32\n'  # fast's 29/1 frames and 2 steps, tiny picture
 
@@ -490,14 +491,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def commit() -> str:
-    """The code's commit: FLASHTALK_COMMIT where the tree was copied without its history (a device run), else git's."""
-    if os.environ.get("FLASHTALK_COMMIT"):
-        return os.environ["FLASHTALK_COMMIT"]
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 def device_name(args: argparse.Namespace) -> str:

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkout's package, then tests/support
+from support.stamp import commit  # noqa: E402
 
 VARIANTS = ("plain", "preloaded")
 
@@ -92,9 +94,6 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--child", v, "--device", device],
                              capture_output=True, text=True, check=True)
         results[v] = json.loads(out.stdout.strip().splitlines()[-1])
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from daemon_gpu import commit  # noqa: E402 - the same commit stamp as the other benchmarks
-
     gpu = subprocess.run("nvidia-smi --query-gpu=name --format=csv,noheader", shell=True, capture_output=True,
                          text=True).stdout.strip() or "no GPU"
     print(f"interpreter stalls at the renderer's start: {gpu}, device {device}, commit {commit()}, "
