@@ -20,6 +20,7 @@ from av.video.stream import VideoStream
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 from flashtalk_live.log import get_logger
+from flashtalk_live.media.nvenc_probe import nvenc_missing
 from flashtalk_live.settings import X264_PRESETS, EncoderSettings
 
 log = get_logger("encoder")
@@ -52,12 +53,15 @@ class Encoder:
 
         self._host: Any = None
         if enc.video_codec == "h264_nvenc":
-            try:
-                self._open("h264_nvenc")
-            except Exception as e:  # noqa: BLE001 - any failure to open NVENC means "use x264"
-                self.fallback_reason = f"{type(e).__name__}: {e}"
+            self.fallback_reason = nvenc_missing()  # milliseconds; a failed open costs a CUDA context (~0.6 s)
+            if self.fallback_reason is None:
+                try:
+                    self._open("h264_nvenc")
+                except Exception as e:  # noqa: BLE001 - any failure to open NVENC means "use x264"
+                    self.fallback_reason = f"{type(e).__name__}: {e}"
+                    self._close_host()
+            if self.fallback_reason is not None:
                 log.warning("nvenc_unavailable_falling_back", codec="libx264", reason=self.fallback_reason)
-                self._close_host()
         if self._host is None:
             try:
                 self._open("libx264")

@@ -188,3 +188,15 @@ def test_bad_inputs_get_clear_errors() -> None:
     with pytest.raises(EncoderError, match="after flush"):
         enc.encode(img, audio)
     enc.close()
+
+
+def test_nvml_answers_skip_nvenc_only_when_no_gpu_has_an_encoder() -> None:
+    from flashtalk_live.media.nvenc_probe import NVML_ERROR_NOT_SUPPORTED, NVML_SUCCESS, no_encoder_reason
+
+    h100s = [(NVML_ERROR_NOT_SUPPORTED, 0)] * 2
+    assert "no GPU on this box has an H.264 encoder" in (no_encoder_reason(h100s) or "")
+    # One GPU with an encoder, a busy encoder (capacity 0), no GPU listed or no NVML: FFmpeg tries as before.
+    assert no_encoder_reason([(NVML_ERROR_NOT_SUPPORTED, 0), (NVML_SUCCESS, 100)]) is None
+    assert no_encoder_reason([(NVML_SUCCESS, 0)]) is None
+    assert no_encoder_reason([]) is None
+    assert no_encoder_reason(None) is None
