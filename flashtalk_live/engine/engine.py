@@ -9,6 +9,7 @@ geometry when one is given (fitted on the device, so the render thread does no p
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flashtalk_live.chunks import RenderAbandoned
 from flashtalk_live.engine.profile import Profile
 from flashtalk_live.engine.sampler import NoiseFn, NoiseSource, make_timesteps, sample
 from flashtalk_live.images import BACKGROUND, FitMode, fit_box
@@ -130,6 +132,28 @@ def fit_video(video: torch.Tensor, width: int, height: int, mode: FitMode = "cov
     return out
 
 
+class BlockRunAhead:
+    """Between two DiT blocks: stop an abandoned chunk there, the host kept at most `ahead` blocks in front of the
+    device. Unbounded, the host queues a whole step's blocks in a few milliseconds and a stop could only land at
+    the step's end; bounded, the device stops within about `ahead` + 1 blocks of the re-plan. Each wait is on an
+    event the host recorded `ahead` blocks back (torch lets go of the interpreter while it waits)."""
+
+    def __init__(self, abandoned: Callable[[], bool], ahead: int, device: torch.device) -> None:
+        self.abandoned, self.ahead, self.device = abandoned, ahead, device
+        self.step = 0
+        self._marks: deque[torch.cuda.Event] = deque()
+
+    def __call__(self, block: int) -> None:
+        if self.device.type == "cuda":
+            mark = torch.cuda.Event()
+            mark.record(torch.cuda.current_stream(self.device))
+            self._marks.append(mark)
+            while len(self._marks) > self.ahead:
+                self._marks.popleft().synchronize()
+        if self.abandoned():
+            raise RenderAbandoned(f"abandoned before block {block} of step {self.step}")
+
+
 class FlashTalkEngine:
     """Chunked generation for one avatar session at a time. Not thread-safe: one caller drives it."""
 
@@ -144,11 +168,17 @@ class FlashTalkEngine:
         timing: bool = False,
         cache_inputs: bool = True,
         output: tuple[int, int, FitMode] | None = None,
+        abandon_run_ahead_blocks: int = 0,
     ) -> None:
         """cache_inputs: the DiT keeps the text/image cross-attention K/V per session, the audio tokens per
         chunk and the RoPE tables per geometry (`FlashTalkDiT.set_input_cache`); False recomputes them
         every step (same numbers, for before/after measurements). output: (width, height, fit) of the frames
-        returned (None: the profile's geometry)."""
+        returned (None: the profile's geometry). abandon_run_ahead_blocks: 0, an abandoned chunk stops at its next
+        denoising step; N >= 1, between DiT blocks, the host kept at most N blocks ahead of the device (one
+        GPU; not with CUDA graphs, whose blocks replay as one tree per step)."""
+        if abandon_run_ahead_blocks < 0:
+            raise EngineError(f"abandon_run_ahead_blocks must be >= 0, got {abandon_run_ahead_blocks}")
+        self.abandon_run_ahead_blocks = abandon_run_ahead_blocks
         self.models = models
         self.profile = profile
         self.device = torch.device(device)
@@ -259,8 +289,9 @@ class FlashTalkEngine:
         """As generate_chunk, returning a ChunkOutput (frames, drift frames, stage timings).
 
         abandoned: asked at each denoising step's start and before decoding, once the device has finished the
-        step before (a sync, so the steps queued ahead do not run on); True raises RenderAbandoned and leaves the
-        engine as before the call (motion context, chunk index; the noise generator has moved on)."""
+        step before (a sync, so the steps queued ahead do not run on), and between DiT blocks with
+        `abandon_run_ahead_blocks` (BlockRunAhead); True raises RenderAbandoned and leaves the engine as before the
+        call (motion context, chunk index; the noise generator has moved on)."""
         s = self._session()
         p = self.profile
         m = self.models
@@ -287,11 +318,19 @@ class FlashTalkEngine:
 
         graphs = uses_cuda_graphs(m.dit)
 
+        between = None
+        if abandoned is not None and self.abandon_run_ahead_blocks and not graphs:
+            between = BlockRunAhead(abandoned, self.abandon_run_ahead_blocks, self.device)
+
         def velocity(latent: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             with timer.stage(f"dit_step_{i}"):
                 if graphs:  # a new graph-tree step: the previous step's block outputs may be overwritten now
                     torch.compiler.cudagraph_mark_step_begin()
-                return m.dit(latent[None], t, s.context[None], s.clip_fea, s.y[None], audio)[0]
+                if between is None:  # a wrapper over several GPUs takes no hook: never passed one there
+                    return m.dit(latent[None], t, s.context[None], s.clip_fea, s.y[None], audio)[0]
+                between.step = i
+                return m.dit(latent[None], t, s.context[None], s.clip_fea, s.y[None], audio,
+                             between_blocks=between)[0]
 
         def stop() -> bool:
             if self.device.type == "cuda":

@@ -46,7 +46,7 @@ from flashtalk_live.checkpoints.taehv import find_taehv_file, load_taehv, plan_t
 from flashtalk_live.engine.auto_memory import AutoMemory, AutoRecord, device_name, speed_fingerprint
 from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, start_drift
 from flashtalk_live.engine.compile_cache import use_compile_cache
-from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks
+from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks, uses_cuda_graphs
 from flashtalk_live.engine.profile import (
     AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile, compiled_ratio, next_auto_step,
     room_profiles,
@@ -256,11 +256,17 @@ class FlashTalkRenderer:
         return fitted
 
     def abandon_s(self) -> float | None:
-        """One denoising step's length (the last chunk's time over its steps): a chunk abandoned mid-render
-        (`RenderChunk.abandoned`) stops at its next step boundary. None before the first chunk."""
+        """How often a chunk abandoned mid-render (`RenderChunk.abandoned`) can stop, from the last chunk's time:
+        one denoising step, or with the engine's `abandon_run_ahead_blocks` N, N + 1 DiT blocks (the host's lead
+        plus the block it waits in). None before the first chunk."""
         if not self.render_seconds:
             return None
-        return self.render_seconds[-1] / self.profile.sample_steps
+        step = self.render_seconds[-1] / self.profile.sample_steps
+        ahead = self.engine.abandon_run_ahead_blocks
+        blocks = len(getattr(self.engine.models.dit, "blocks", ()))
+        if ahead and blocks and not uses_cuda_graphs(self.engine.models.dit):
+            return step * min(1.0, (ahead + 1) / blocks)
+        return step
 
     def close(self) -> None:
         self._closed = True
@@ -510,7 +516,8 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
 
     def make(profile: Profile) -> FlashTalkRenderer:
         return FlashTalkRenderer(
-            FlashTalkEngine(models, profile, device, dtype, output=(v.width, v.height, v.fit)),
+            FlashTalkEngine(models, profile, device, dtype, output=(v.width, v.height, v.fit),
+                            abandon_run_ahead_blocks=m.abandon_run_ahead_blocks),
             width=v.width, height=v.height, fit=v.fit,
             events=events, policy=RecalibrationPolicy.from_settings(m), drift_every=m.drift_every_chunks,
             crossfade_frames=m.recalibrate_crossfade_frames,

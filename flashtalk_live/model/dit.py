@@ -767,11 +767,16 @@ class FlashTalkDiT(nn.Module):
         )
         return emb.padded(seq_len)
 
-    def run_blocks(self, x: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, inp: BlockInputs,
+                   between_blocks: Callable[[int], None] | None = None) -> torch.Tensor:
+        """The transformer blocks in order; `between_blocks(i)` runs before block i >= 1 (the caller's point to
+        stop a forward it no longer needs, by raising)."""
         kv = inp.context_kv
         if kv is not None and len(kv) != len(self.blocks):
             raise ValueError(f"context K/V for {len(kv)} blocks, the model has {len(self.blocks)}")
         for i, block in enumerate(self.blocks):
+            if i and between_blocks is not None:
+                between_blocks(i)
             x = block(x, inp) if kv is None else block(x, inp, kv[i])
         return x
 
@@ -794,6 +799,7 @@ class FlashTalkDiT(nn.Module):
         *,
         seq_len: int | None = None,
         split: TokenSplit = WHOLE_SEQUENCE,
+        between_blocks: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
         """Predict the flow velocity for one latent chunk. One input form: batched tensors.
 
@@ -806,6 +812,7 @@ class FlashTalkDiT(nn.Module):
         audio:    wav2vec windows [B, 1 + vae_scale*(T-1), audio_window, audio_layers, audio_channels]
         seq_len:  pad the token sequence to this length (padding keys are masked); default: no padding
         split:    which tokens this process computes and how (see TokenSplit); default: all of them here
+        between_blocks: called with i before block i >= 1 (see run_blocks); it may raise to stop the forward
         Returns float32 [B, out_dim, T, H, W]. Inputs are cast to the parameter dtype. Inputs that do not fit
         raise DiTInputError before the first block.
         """
@@ -813,5 +820,5 @@ class FlashTalkDiT(nn.Module):
         emb = emb.padded(split.padded_length(emb.seq_len))
         start, end = split.bounds(emb.seq_len)
         inp = emb.block_inputs(start, end, self_attention=split.self_attention)
-        local = self.head(self.run_blocks(emb.tokens[:, start:end], inp), emb.e)
+        local = self.head(self.run_blocks(emb.tokens[:, start:end], inp, between_blocks), emb.e)
         return self.unpatchify(split.gather(local), emb.grid).float()

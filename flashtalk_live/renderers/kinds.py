@@ -88,6 +88,13 @@ def _flashtalk_check(settings: Settings) -> None:
         raise ValueError(f"video.chunk_frames = {settings.video.chunk_frames}, but model.profile = "
                          f"{settings.model.profile!r} makes {profiles[0].new_frames} new frames per chunk "
                          "(frame_num - motion_frames)")
+    m = settings.model
+    if m.abandon_run_ahead_blocks and not _single_gpu_room(settings):
+        raise ValueError("model.abandon_run_ahead_blocks works on one GPU only (the ranks of a several-GPU room "
+                         "run every block together); set it to 0")
+    if m.abandon_run_ahead_blocks and m.cuda_graphs:
+        raise ValueError("model.abandon_run_ahead_blocks needs model.cuda_graphs = false (a step's graphs replay "
+                         "as one tree); set one of them off")
 
 
 def _flashtalk_needs(settings: Settings) -> list[NeededPath]:

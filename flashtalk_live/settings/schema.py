@@ -302,6 +302,9 @@ class ModelSettings(_Section):
         "scaled_mm", description="fp8 matmuls: torch._scaled_mm (built in) or torchao's float8 rowwise config")
     fp8_fast_accum: bool = Field(False, description="scaled_mm backend: _scaled_mm's use_fast_accum (fp8 partial "
                                  "sums not promoted to float32; faster, less exact: docs/performance.md)")
+    abandon_run_ahead_blocks: int = Field(0, ge=0, description="a chunk a re-plan abandons stops: 0, at its next "
+                                          "denoising step; N, between DiT blocks, the host kept at most N blocks "
+                                          "ahead of the GPU (one GPU, cuda_graphs off; not measured on a GPU yet)")
     cuda_graphs: bool = Field(False, description="with compile = true: compile the DiT blocks in mode "
                               '"reduce-overhead" (CUDA graphs replayed per block at the fixed chunk shapes)')
     compile_cache_dir: str = Field("{state_dir}/compile-cache", description="torch.compile's inductor cache (FX "

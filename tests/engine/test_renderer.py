@@ -297,3 +297,43 @@ def test_an_abandoned_chunk_stops_at_the_next_step_and_leaves_the_engine_as_it_w
     frames = renderer.render(_chunk(52))  # the next chunk starts the new session from its reference
     assert frames.shape == (N, 80, 48, 3) and eng.last_motion_in is eng.session.motion0
     assert eng.session.prompt.startswith("A man")
+
+
+@pytest.mark.timeout(180)
+def test_with_run_ahead_blocks_an_abandoned_chunk_stops_between_dit_blocks(release) -> None:
+    root, rel = release
+    settings = _settings(root, rel, **{"model.abandon_run_ahead_blocks": "1"})
+    r = build_flashtalk_renderer(FlashTalkConfig.from_settings(settings), EventBus())
+    try:
+        first = r.render(_chunk(60))
+        eng = r.engine
+        blocks = len(eng.models.dit.blocks)
+        assert blocks >= 2
+        step = r.render_seconds[-1] / r.profile.sample_steps
+        assert r.abandon_s() == pytest.approx(step * min(1.0, 2 / blocks))  # the host's lead + the block it waits in
+        motion, index, timed = eng.motion, eng.chunk_index, len(r.render_seconds)
+        chunk = _chunk(61)
+        chunk.abandoned = _SetAtCheck(2)  # clear before step 0, set before block 1 of step 0
+        with pytest.raises(RenderAbandoned, match="before block 1 of step 0"):
+            r.render(chunk)
+        assert chunk.abandoned.checks == 2
+        assert eng.motion is motion and eng.chunk_index == index and len(r.render_seconds) == timed
+        assert r.render(_chunk(62)).shape == first.shape  # the next chunk renders whole
+    finally:
+        r.close()
+
+
+FLASHTALK = {"renderer.kind": '"flashtalk"'}
+
+
+def test_run_ahead_blocks_are_refused_where_blocks_do_not_run_one_by_one_on_one_gpu(release) -> None:
+    from flashtalk_live.config import ConfigError
+
+    root, rel = release
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        _settings(root, rel, **{"model.abandon_run_ahead_blocks": "2", "model.cuda_graphs": "true", **FLASHTALK})
+    with pytest.raises(ConfigError, match="one GPU only"):
+        _settings(root, rel, **{"model.abandon_run_ahead_blocks": "2", "model.gpus": "2", **FLASHTALK})
+    with pytest.raises(ConfigError, match="abandon_run_ahead_blocks"):
+        _settings(root, rel, **{"model.abandon_run_ahead_blocks": "-1"})
+    assert _settings(root, rel, **{"model.abandon_run_ahead_blocks": "2", **FLASHTALK}).model.abandon_run_ahead_blocks == 2
