@@ -58,9 +58,10 @@ def map_torch_libraries() -> list[str]:
 
 
 def cuda_ordinal(device: str) -> int | None:
-    """The device index a torch device string names ("cuda" is 0); None for a device that is not CUDA."""
+    """The device index a torch device string names ("cuda" is 0); None for a device that is not CUDA (or a string
+    torch itself will refuse, with its own message, at the build)."""
     kind, _, index = device.partition(":")
-    if kind != "cuda":
+    if kind != "cuda" or (index and not index.isdigit()):
         return None
     return int(index) if index else 0
 

@@ -4,7 +4,8 @@ The data-centre GPUs these rooms run on (A100, H100, H200) have no NVENC. FFmpeg
 created a CUDA context, which took 0.54-0.66 s of the still renderer's first frame on an H100. NVML answers from
 the driver in milliseconds without a context: `nvmlDeviceGetEncoderCapacity` is documented to return NOT_SUPPORTED
 on a GPU without an encoder (not yet seen on one of those GPUs here). Only NOT_SUPPORTED from every GPU skips the
-attempt; no NVML, no GPU listed or any other answer leaves it to FFmpeg, as before. NVML is called through ctypes (the driver ships it; no Python binding needed).
+attempt; no NVML, no GPU listed or any other answer leaves it to FFmpeg, as before. NVML is called through ctypes
+(the driver ships it; no Python binding needed).
 """
 
 from __future__ import annotations

@@ -38,3 +38,4 @@ def test_cuda_ordinal_reads_torch_device_strings():
     assert cuda_ordinal("cuda:3") == 3
     assert cuda_ordinal("cpu") is None
     assert cuda_ordinal("meta") is None
+    assert cuda_ordinal("cuda:x") is None  # left to torch's own error at the build
