@@ -19,7 +19,8 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
 Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
 timeline (clips taken for them go back to the queue's head; playout/timeline.py) and bumps the plan epoch; a chunk
 being rendered from the old plan is abandoned (`RenderChunk.abandoned`: the renderer on duty stops it at its next
-step, FlashTalk's denoising step, of `abandon_s()`) or dropped when it is put; an idle-bank link being drawn in
+step of `abandon_s()`: FlashTalk's denoising step, or N + 1 DiT blocks with `model.abandon_run_ahead_blocks`) or
+dropped when it is put; an idle-bank link being drawn in
 spare time is abandoned by any re-plan. Holding the lock across the spool change means the render thread cannot
 cut between the re-plan and the edit: buffered clips are pending again when the edit sees the queue, so they are
 ordered, cancelled and cleared exactly like pending clips.

@@ -49,8 +49,8 @@ def flashtalk_factory(settings: Settings, events: EventBus, parallel: ParallelHa
     """The FlashTalk renderer, over the job's ranks when `parallel` (a ParallelHandle) is given."""
 
     def build(s: Settings) -> Renderer:
-        if "torch" not in sys.modules:  # the first build: torch's import would hold the interpreter (a freeze on air)
-            done = preload_torch(s.model.device if parallel is None else "cpu")
+        if "torch" not in sys.modules:  # a one-GPU room's first build (a several-GPU one imported torch to launch)
+            done = preload_torch(s.model.device)  # else torch's import holds the interpreter: a freeze on air
             get_logger("renderer").info("torch_preloaded", **done)
         # engine/ and parallel/ import torch: loaded only when a flashtalk renderer is built, never for `still`.
         from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer

@@ -138,8 +138,8 @@ class RendererSupervisor:
         return None
 
     def abandon_s(self) -> float | None:
-        """The renderer on duty's step: a chunk a re-plan abandons stops at its next step boundary (None: it runs
-        to its end, or not known yet)."""
+        """The renderer on duty's step (FlashTalk: a denoising step, or N + 1 DiT blocks with run-ahead blocks): a
+        chunk a re-plan abandons stops at its next step boundary (None: it runs to its end, or not known yet)."""
         p = self.preferred
         r = p if p is not None and p.ready() else self.still
         fn = getattr(r, "abandon_s", None)
