@@ -4,9 +4,10 @@
     python benchmarks/attention_gpu.py --tokens 7680 --iters 20
 
 Rows: torch SDPA in its default order, each SDPA kernel forced (flash, cuDNN, memory-efficient), the
-model.attention = "cudnn" backend, and SageAttention (`sageattn`, NHD layout) when that package is installed. Time: median of --iters calls
-after --warmup, CUDA events, eager. Deviation: relative L2 against SDPA's default kernel on the same bf16 inputs
-(random N(0,1) q/k/v: a stress case, not the model's activations). A kernel that cannot run prints why.
+model.attention = "cudnn" and "flash" backends (flash: flash-attn 3 or 2, or the forward-only wheel fa3-fwd), and
+SageAttention (`sageattn`, NHD layout) when that package is installed. Time: median of --iters calls after --warmup,
+CUDA events, eager. Deviation: relative L2 against SDPA's default kernel on the same bf16 inputs (random N(0,1)
+q/k/v: a stress case, not the model's activations). A kernel that cannot run prints why.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("sdpa efficient", SDPBackend.EFFICIENT_ATTENTION)):
             kernels[name] = (lambda b=b: _forced(b, qh, kh, vh))
         kernels["model.attention=cudnn"] = lambda: attention(q, k, v, backend="cudnn")
+        kernels["model.attention=flash"] = lambda: attention(q, k, v, backend="flash")  # a row saying why if absent
         try:
             from sageattention import sageattn
             kernels["sageattention"] = lambda: sageattn(q, k, v, tensor_layout="NHD", is_causal=False)

@@ -31,12 +31,13 @@ class AttentionBackendError(RuntimeError):
 
 
 def _load_flash() -> tuple[str, Any, Any]:
-    """FlashAttention-3 (flash_attn_interface, Hopper) if present, else FlashAttention-2 (flash_attn)."""
+    """FlashAttention-3 (flash_attn_interface, Hopper; or the forward-only wheel fa3-fwd) if present, else
+    FlashAttention-2 (flash_attn)."""
     global _flash_impl
     if _flash_impl is not None:
         return _flash_impl
     errors = []
-    for name in ("flash_attn_interface", "flash_attn"):
+    for name in ("flash_attn_interface", "fa3_fwd_interface", "flash_attn"):
         try:
             mod = importlib.import_module(name)
             _flash_impl = (name, mod.flash_attn_func, mod.flash_attn_varlen_func)
