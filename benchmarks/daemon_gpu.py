@@ -233,7 +233,8 @@ class Daemon:
 
 
 class StreamProducer(threading.Thread):
-    """A streaming TTS stand-in: one clip sent as raw PCM in `piece_s` pieces at real-time pace (its own client)."""
+    """A streaming TTS stand-in: one clip sent as raw PCM in `piece_s` pieces, `pace` times real time (its own
+    client)."""
 
     def __init__(self, endpoint: str, samples: np.ndarray, rate: int, piece_s: float = 0.2,
                  pace: float = 1.0) -> None:
@@ -322,7 +323,7 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
         samples = speech_like(seconds, seed=i, rate=rate)
         p: dict[str, Any] = {"kind": KIND_NAMES[(mode, where)], "seconds": seconds, "streamed": mode == "stream"}
         if mode == "stream":
-            producer = StreamProducer(client.endpoint, samples, rate)
+            producer = StreamProducer(client.endpoint, samples, rate, pace=args.stream_pace)
             producer.start()
             producer.opened.wait(30)
             p.update(producer=producer, segment_id=producer.segment_id)
@@ -385,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="0: every clip behind the one on air (no idle or play_now samples); else the SCHEDULE")
     ap.add_argument("--no-streams", dest="streams", action="store_false",
                     help="whole clips only (no streamed clips in the schedule)")
+    ap.add_argument("--stream-pace", type=float, default=1.0,
+                    help="streamed clips' audio arrives this many times faster than real time (1: a producer at "
+                         "real-time pace, the slowest that does not starve; a streaming TTS usually runs faster)")
     ap.add_argument("--restart", action="store_true",
                     help="after the run, stop and start the daemon again on the same state dir: the warm start "
                          "(compile cache kept) next to the first, cold one")
@@ -438,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             "reanchors_in_run": b.get("reanchors", 0) - base.get("reanchors", 0),
             "renders_abandoned": (st1.get("plan") or {}).get("renders_abandoned"),
             "minutes": (time.monotonic() - t0) / 60, "clips": len(pushed), "duty": args.duty,
-            "streamed_clips": sum(p["streamed"] for p in pushed),
+            "streamed_clips": sum(p["streamed"] for p in pushed), "stream_pace": args.stream_pace,
             "speech_share": sum(p["seconds"] for p in pushed if p["latency_s"] is not None) / max(1.0, time.monotonic() - t0),
             "clips_over_floor": ra.get("clips_over_floor"), "idle_bank": ra.get("idle_bank"),
             "clip_seconds": sum(p["seconds"] for p in pushed),
@@ -522,7 +526,8 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
         ("pacer re-anchors during the run; renders abandoned by re-plans",
          f"{r.get('reanchors_in_run', '-')}; {r.get('renders_abandoned', '-')}"),
         ("run", f"{_f(r.get('minutes'), '{:.1f}', ' min')}, {r.get('clips', 0)} clips, {r.get('streamed_clips', 0)} "
-                f"streamed ({_f(r.get('clip_seconds'), '{:.0f}', ' s')} of speech), {r.get('frames_out', '-')} frames out"),
+                f"streamed at {r.get('stream_pace', 1.0):g}x real time ({_f(r.get('clip_seconds'), '{:.0f}', ' s')} "
+                f"of speech), {r.get('frames_out', '-')} frames out"),
         ("underrun frames (episodes)", f"{r.get('underrun_frames', '-')} ({r.get('underrun_episodes', '-')})"),
         ("underrun frames in clips / idle", f"{r.get('underrun_frames_clip', '-')} / {r.get('underrun_frames_idle', '-')}"),
         ("producer starved (pauses inside streamed clips)", _f(r.get("producer_starved_seconds"), "{:.2f}", " s")),
