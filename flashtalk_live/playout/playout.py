@@ -71,7 +71,7 @@ class Playout:
                                         self.lookahead, fps=v.fps, idle_reuse=s.renderer.idle_reuse,
                                         bank=bank_from_settings(s.renderer, v, s.model, s.path(s.state_dir)),
                                         renderer_identity=lambda: renderer_identity(preferred_renderer()),
-                                        expected_rate=renderers.expected_rate)
+                                        expected_rate=renderers.expected_rate, served=renderers.served)
         self.onair = OnAir(events, spool, self.timeline, self.replanner, self.admission, fps=v.fps,
                            air_frame=self._air_frame, media_time_s=media_time_s)
 

@@ -113,9 +113,12 @@ class ChunkSource(Protocol):
 class ChunkRenderer(Protocol):
     """The renderers as playout sees them (`renderers/supervisor.py`): render one chunk with whichever renderer is
     on duty, say which that is, how fast a renderer that just took over is expected to be, and how soon it stops
-    a chunk a re-plan abandons."""
+    a chunk a re-plan abandons; `served` is told when a chunk of a renderer's earlier frames (the idle bank) goes
+    out instead of a render."""
 
     def render(self, chunk: RenderChunk) -> RenderedChunk: ...
+
+    def served(self, name: str) -> None: ...
 
     def abandon_s(self) -> float | None: ...
 

@@ -90,7 +90,8 @@ class RenderAhead:
                  current_renderer: Callable[[], str], admission: Admission, lookahead: Any, *,
                  fps: int, idle_reuse: bool = True, bank: IdleBank | None = None,
                  renderer_identity: Callable[[], str | None] = lambda: None,
-                 expected_rate: Callable[[], float | None] = lambda: None) -> None:
+                 expected_rate: Callable[[], float | None] = lambda: None,
+                 served: Callable[[str], None] = lambda name: None) -> None:
         self.timeline, self.render = timeline, render
         self.current_renderer = current_renderer
         self.admission, self.lookahead = admission, lookahead
@@ -100,6 +101,7 @@ class RenderAhead:
         self.bank = bank
         self.renderer_identity = renderer_identity
         self.expected_rate = expected_rate  # the supervisor's guess for a renderer that just took over
+        self.served = served  # the supervisor told that a bank chunk of a renderer goes out (it is on duty)
         self._measured: str | None = None  # the renderer whose chunks the admission's rate measures
         self._tail: RenderedChunk | None = None  # the last chunk handed to the air
         self._tail_live = False  # ... rendered live, and its renderer has drawn nothing since
@@ -152,7 +154,10 @@ class RenderAhead:
             self._build(bank)
         last = None if self._tail is None else self._tail.frames[-1]
         frames = bank.serve(chunk.n_frames, last)
-        return None if frames is None else RenderedChunk(chunk, frames, name, 0.0)
+        if frames is None:
+            return None
+        self.served(name)
+        return RenderedChunk(chunk, frames, name, 0.0)
 
     def step(self) -> RenderedChunk:
         self._follow_rebase()

@@ -118,6 +118,14 @@ class RendererSupervisor:
             self.active = r
             self.active_since = time.monotonic()
 
+    def served(self, name: str) -> None:
+        """A chunk of `name`'s frames drawn earlier (the idle bank) goes out instead of a render: the preferred
+        renderer is on duty once its pictures are, whether or not it has rendered since it loaded (a warm start
+        whose bank is on disk airs idle without one render call)."""
+        p = self.preferred
+        if p is not None and p.name == name and p.ready():
+            self._switch(p, "ready")
+
     def deadline_s(self, budget_s: float) -> float:
         """No frames this long after a chunk started means the engine hangs: deadline_factor x the chunk's duration,
         or x the engine's own typical chunk time when it is slower than real time (render-ahead covers that)."""

@@ -1,6 +1,7 @@
 """The idle bank in the daemon with the tiny FlashTalk release: once built, idle airs from it and the model is not
 called while idle; a clip after idle is rendered live and idle resumes from the bank through a nearest-pick join;
-a restart on the same state directory loads the bank from disk instead of rendering it."""
+a restart on the same state directory loads the bank from disk instead of rendering it, and FlashTalk is on duty
+once that bank's idle airs (no render call needed)."""
 
 from __future__ import annotations
 
@@ -88,11 +89,19 @@ def test_idle_airs_from_the_bank_and_a_clip_joins_it(tmp_path):
 
     # A restart on the same state directory: the bank comes from disk, not from the model.
     d2 = Daemon(s)
+    events2: list[dict] = []
+    d2.events.subscribe(events2.append)
     d2.start()
     try:
         until(lambda: bank(d2)["state"] == "ready", 300, "the bank to load from disk")
+        until(lambda: bank(d2)["served_chunks"] >= 1, 120, "idle served from the bank loaded from disk")
         st = bank(d2)
         assert st["from_disk"] == BANK and st["from_render"] == 0 and st["rendered_chunks"] == 0
+        # FlashTalk's pictures go out without one render call: FlashTalk is the renderer on duty, and says so
+        # (status, the event; a room shown on the still fallback while the model's idle airs would page someone).
+        assert d2.status()["renderer"]["active"] == "flashtalk" and d2.renderers.fallback_s() is None
+        assert any(e["type"] == "renderer_changed" and e["renderer"] == "flashtalk" and e["previous"] == "still"
+                   for e in events2)
     finally:
         d2.close()
     files = sorted((tmp_path / "state" / "idlebank").rglob("*.npz"))
