@@ -191,12 +191,19 @@ def test_bad_inputs_get_clear_errors() -> None:
 
 
 def test_nvml_answers_skip_nvenc_only_when_no_gpu_has_an_encoder() -> None:
-    from flashtalk_live.media.nvenc_probe import NVML_ERROR_NOT_SUPPORTED, NVML_SUCCESS, no_encoder_reason
+    from flashtalk_live.media.nvenc_probe import NVML_ERROR_NOT_SUPPORTED, NVML_SUCCESS, GpuAnswer, no_encoder_reason
 
-    h100s = [(NVML_ERROR_NOT_SUPPORTED, 0)] * 2
-    assert "no GPU on this box has an H.264 encoder" in (no_encoder_reason(h100s) or "")
-    # One GPU with an encoder, a busy encoder (capacity 0), no GPU listed or no NVML: FFmpeg tries as before.
-    assert no_encoder_reason([(NVML_ERROR_NOT_SUPPORTED, 0), (NVML_SUCCESS, 100)]) is None
-    assert no_encoder_reason([(NVML_SUCCESS, 0)]) is None
+    # What an H100 answered (6b4d463): success, capacity 100, yet FFmpeg cannot open NVENC there. Its name decides.
+    h100 = GpuAnswer("NVIDIA H100 80GB HBM3", NVML_SUCCESS, 100)
+    assert "NVIDIA H100 80GB HBM3" in (no_encoder_reason([h100, h100]) or "")
+    for name in ("NVIDIA H200", "NVIDIA A100-SXM4-80GB", "NVIDIA A30", "NVIDIA H20", "NVIDIA GH200 480GB"):
+        assert no_encoder_reason([GpuAnswer(name, NVML_SUCCESS, 100)]) is not None, name
+    unknown_without = GpuAnswer("NVIDIA Future X", NVML_ERROR_NOT_SUPPORTED, 0)  # the documented answer
+    assert no_encoder_reason([unknown_without]) is not None
+    # A GPU with an encoder (a whole word, not a prefix: the RTX A3000 has one), beside them or alone; a busy
+    # encoder (capacity 0); no GPU listed or no NVML: FFmpeg tries as before.
+    for other in ("NVIDIA L40S", "NVIDIA RTX A3000 Laptop GPU", "NVIDIA GeForce RTX 4090"):
+        assert no_encoder_reason([h100, GpuAnswer(other, NVML_SUCCESS, 100)]) is None, other
+    assert no_encoder_reason([GpuAnswer("NVIDIA L4", NVML_SUCCESS, 0)]) is None
     assert no_encoder_reason([]) is None
     assert no_encoder_reason(None) is None
