@@ -42,6 +42,11 @@ from flashtalk_live.chunks import RenderChunk, RenderedChunk
 from flashtalk_live.playout.timeline import Keep, Split
 
 FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundary
+# The re-plan point lies this far beyond the first frame a chunk cut now could reach in time: the cut comes a moment
+# after the re-plan (the render thread wakes, the air moves on a frame) and admission checks the head start then.
+# Without it a push that lost that race to one frame of air waited a whole chunk more (on an H100 at 6b4d463, 4 of
+# 10 enqueues into an idle room: 2.04 s planned instead of about 1.0 s).
+CUT_SLACK_S = 0.06
 
 
 class Replanner:
@@ -223,7 +228,7 @@ class Replanner:
     def _renderable_from(self, air: int | None) -> int:
         """The first timeline frame a chunk cut now could still air on time: the render in flight ends (or stops
         within the renderer's `abandon_s`: a frame it reaches that way discards it), then one more chunk renders at
-        the planning rate (no wait with a renderer much faster than real time)."""
+        the planning rate (no wait with a renderer much faster than real time), plus `CUT_SLACK_S`."""
         now = self.air_frame()
         if now is None:
             return 0
@@ -241,7 +246,7 @@ class Replanner:
                 # only where the chunk in flight lies at or after the frame this gives (a bank link: always); a
                 # later frame is past the timeline's end: nothing is re-planned then.
                 need = min(need, step - elapsed % step)
-        need += r * n / self.fps
+        need += r * n / self.fps + CUT_SLACK_S
         return now + math.ceil(need * self.fps - 1e-9)  # 1.0 x 28 / 25 x 25 is 28.000000000000004
 
     @contextmanager

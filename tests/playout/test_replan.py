@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from flashtalk_live.playout.admission import Admission
 from flashtalk_live.playout.pacing import Lookahead, Pacer
 from flashtalk_live.queue.spool import Spool
 from flashtalk_live.settings import Settings
@@ -213,20 +214,44 @@ def test_enqueue_into_an_idle_room_replans_inside_the_buffered_chunk_the_rendere
     r = Room(tmp_path, within_chunk=within_chunk)
     r.render(5)  # idle
     r.air()  # chunk 0 on air
-    r.air_at, r.rate = 20, 1.0  # the pacer at frame 20; a chunk renders in 1.12 s: frame 48 is the first in reach
+    # The pacer at frame 20; a chunk renders in 1.12 s, and the cut comes up to CUT_SLACK_S later: frame 50 is the
+    # first in reach.
+    r.air_at, r.rate = 20, 1.0
     with r.rp.editing("enqueue"):
         a = _add(r.spool, 3, 1.0)
-    start = 48 if within_chunk else 2 * CF
+    start = 50 if within_chunk else 2 * CF
     assert r.rp.last["from_frame"] == start and r.rp.splits == int(within_chunk)
     if within_chunk:
-        assert len(r.la) == 1 and r.la.buffered_frames == 20, "chunk 1 keeps its first 20 frames"
-        assert r.la.tail().frames.shape[0] == 20, "the re-cut future follows the kept frames"
+        assert len(r.la) == 1 and r.la.buffered_frames == 22, "chunk 1 keeps its first 22 frames"
+        assert r.la.tail().frames.shape[0] == 22, "the re-cut future follows the kept frames"
     r.render(3)
     aired = r.flush()
     assert [c.start_frame for c in aired[1:]] == [c.end_frame for c in aired[:-1]], "the air stays contiguous"
     assert [(m.kind, m.frame) for c in aired for m in c.marks if m.segment_id == a][0] == ("started", start)
     lv = _levels(aired)
     assert not lv[:start].any() and (lv[start:start + 25] == 3).all(), "A's audio from its first frame on"
+    r.spool.close()
+
+
+def test_a_clip_is_admitted_at_the_replan_point_though_the_air_moved_on_before_the_cut(tmp_path):
+    """The render thread cuts a moment after the re-plan, and admission checks the head start then: the air one
+    frame further on must not push the clip a whole chunk back (the H100's bimodal enqueue into an idle room)."""
+    r = Room(tmp_path)
+    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=10.0, margin=0.0,
+                    buffered_s=lambda: (r.tl.frame - r.air_at) / 25)  # held up to the timeline's end, all rendered
+    adm.rate.observe(CF / 25, CF / 25)  # real time exactly: one chunk renders in one chunk of air
+    r.tl.admission = adm
+    r.rp.rate = lambda: adm.planning_rate
+    r.render(5)  # idle
+    r.air()
+    r.air_at = 20
+    with r.rp.editing("enqueue"):
+        a = _add(r.spool, 3, 1.0)
+    planned = r.rp.last["from_frame"]
+    r.air_at += 1  # the pacer released a frame before the render thread cut
+    r.render(2)
+    started = [m.frame for c in r.flush() for m in c.marks if m.segment_id == a and m.kind == "started"]
+    assert started == [planned] and adm.refusals == 0
     r.spool.close()
 
 
@@ -254,17 +279,17 @@ def test_play_now_cuts_the_clip_on_air_at_the_first_frame_in_reach_and_replays_i
     x = _add(r.spool, 1, 4.0)
     r.render(4)  # X in chunks 0-3
     r.air()
-    r.air_at, r.rate = 10, 1.0  # frame 38 (in chunk 1) is the first the renderer can reach
+    r.air_at, r.rate = 10, 1.0  # frame 40 (in chunk 1) is the first the renderer can reach, with the cut's slack
     with r.rp.editing("play_now"):
         b = _add(r.spool, 4, 0.5, "play_now")
-    assert r.rp.last["from_frame"] == 38
+    assert r.rp.last["from_frame"] == 40
     r.render(8)
     aired = r.flush()
     marks = [(m.kind, m.segment_id, m.frame, m.requeued) for c in aired for m in c.marks]
-    assert ("interrupted", x, 38, True) in marks and ("started", b, 38, False) in marks
+    assert ("interrupted", x, 40, True) in marks and ("started", b, 40, False) in marks
     assert r.order() == [x, b, x]
     lv = _levels(aired)
-    assert (lv[:38] == 1).all() and (lv[38:38 + 12] == 4).all() and (lv[51:51 + 100] == 1).all()
+    assert (lv[:40] == 1).all() and (lv[40:40 + 12] == 4).all() and (lv[53:53 + 100] == 1).all()
     r.spool.close()
 
 
@@ -356,10 +381,10 @@ def test_the_first_chunk_in_flight_is_not_abandoned_before_the_render_rate_is_kn
     r.spool.close()
 
 
-@pytest.mark.parametrize("elapsed,expected", [(0.5, 2 + 36), (0.0, 2 + 38)])
+@pytest.mark.parametrize("elapsed,expected", [(0.5, 2 + 37), (0.0, 2 + 40)])
 def test_the_render_in_flight_is_counted_to_its_next_step_boundary(tmp_path, elapsed, expected):
-    """Steps of 0.4 s: a link 0.5 s into its render stops 0.3 s later (the push plans 0.3 + 1.12 s ahead of the
-    air: 36 frames), one just begun 0.4 s later (38 frames)."""
+    """Steps of 0.4 s: a link 0.5 s into its render stops 0.3 s later (the push plans 0.3 + 1.12 + 0.06 s ahead of
+    the air: 37 frames), one just begun 0.4 s later (40 frames)."""
     r = Room(tmp_path)
     r.render(6)  # idle
     r.air()
