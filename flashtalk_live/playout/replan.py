@@ -44,8 +44,8 @@ from flashtalk_live.playout.timeline import Keep, Split
 FROM_AIR = frozenset({"play_now"})  # commands that re-plan from the air boundary
 # The re-plan point lies this far beyond the first frame a chunk cut now could reach in time: the cut comes a moment
 # after the re-plan (the render thread wakes, the air moves on a frame) and admission checks the head start then.
-# Without it a push that lost that race to one frame of air waited a whole chunk more (on an H100 at 6b4d463, 4 of
-# 10 enqueues into an idle room: 2.04 s planned instead of about 1.0 s).
+# Without it a push that lost that race to one frame of air waited a whole chunk more (on an H100 at 6b4d463, 3 of
+# 10 enqueues into an idle room and 2 of 9 play_now aired about 1 s later than the others).
 CUT_SLACK_S = 0.06
 
 
