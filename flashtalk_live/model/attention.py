@@ -24,6 +24,7 @@ _CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBacke
 
 _default_backend: str = "sdpa"
 _flash_impl: tuple[str, Any, Any] | None = None  # (module name, flash_attn_func, flash_attn_varlen_func)
+_BF16_ONLY = frozenset({"fa3_fwd_interface"})  # built without fp16 kernels: fp16 inputs (CLIP on CUDA) run in bf16
 
 
 class AttentionBackendError(RuntimeError):
@@ -110,12 +111,20 @@ def _sdpa(q, k, v, lens, scale):
     return out.transpose(1, 2)
 
 
+def flash_dtype(module: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype flash-attn `module` computes a `dtype` input in: fp16 or bf16 as given, else bf16 (flash-attn has
+    no other kernels); bf16 for every input where the build has no fp16 kernels."""
+    if dtype == torch.float16 and module not in _BF16_ONLY:
+        return dtype
+    return torch.bfloat16
+
+
 def _flash(q, k, v, lens, scale):
     name, func, varlen = _load_flash()
     if q.device.type != "cuda":
         raise AttentionBackendError(f"attention backend 'flash' needs CUDA tensors, got {q.device}")
     dtype = q.dtype
-    half = dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16  # flash-attn is fp16/bf16 only
+    half = flash_dtype(name, dtype)
     q, k, v = q.to(half), k.to(half), v.to(half)
     kw: dict[str, Any] = {"softmax_scale": scale, "causal": False}
     if lens is None or len(set(lens)) == 1:

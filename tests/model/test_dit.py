@@ -293,6 +293,15 @@ def test_attention_backend_selection():
         attention(q, q, q, backend="flash")
 
 
+def test_flash_dtype_keeps_half_inputs_where_the_build_has_their_kernels():
+    # fa3-fwd has no fp16 kernels: on the H100 (6b4d463) CLIP's fp16 attention failed in it ("does not support FP16")
+    assert attn_mod.flash_dtype("flash_attn_interface", torch.float16) == torch.float16
+    assert attn_mod.flash_dtype("flash_attn", torch.bfloat16) == torch.bfloat16
+    assert attn_mod.flash_dtype("flash_attn", torch.float32) == torch.bfloat16
+    assert attn_mod.flash_dtype("fa3_fwd_interface", torch.float16) == torch.bfloat16
+    assert attn_mod.flash_dtype("fa3_fwd_interface", torch.bfloat16) == torch.bfloat16
+
+
 def test_cudnn_backend_matches_sdpa_and_traces_whole():
     """`cudnn` only reorders SDPA's kernels: same numbers, and torch.compile keeps it in one graph (no break at the
     context manager), so compiled DiT blocks can use it."""
