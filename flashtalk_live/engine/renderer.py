@@ -121,6 +121,7 @@ class FlashTalkRenderer:
         self.recalibrations: list[dict[str, Any]] = []
         self.chunks = 0
         self.render_seconds: deque[float] = deque(maxlen=4096)  # wall of each render() call, for status
+        self._timed_s: float | None = None  # the last chunk `time_chunks` timed (before any render: abandon_s)
         self._auto_candidates: tuple[Profile, ...] = ()
         self.profile_choice: ProfileChoice | None = None  # set when model.profile = "auto" chose this profile
         self.auto_eager: dict[str, list[float]] = {}  # auto with compile: the eager trial chunk seconds per profile
@@ -185,7 +186,9 @@ class FlashTalkRenderer:
             if session is None:
                 raise RendererError("time_chunks() before start_session()")
             try:
-                return [float(timer(self._silent_chunk)) for _ in range(n)]
+                times = [float(timer(self._silent_chunk)) for _ in range(n)]
+                self._timed_s = times[-1] if times else self._timed_s
+                return times
             finally:
                 self.engine.use_session(session)
 
@@ -258,10 +261,12 @@ class FlashTalkRenderer:
     def abandon_s(self) -> float | None:
         """How often a chunk abandoned mid-render (`RenderChunk.abandoned`) can stop, from the last chunk's time:
         one denoising step, or with the engine's `abandon_run_ahead_blocks` N, N + 1 DiT blocks (the host's lead
-        plus the block it waits in). None before the first chunk."""
-        if not self.render_seconds:
+        plus the block it waits in). Before the first render, from the chunk `time_chunks` timed after the warm-up
+        (the first clip after a take-over is planned like the next ones); None before either."""
+        last = self.render_seconds[-1] if self.render_seconds else self._timed_s
+        if last is None:
             return None
-        step = self.render_seconds[-1] / self.profile.sample_steps
+        step = last / self.profile.sample_steps
         ahead = self.engine.abandon_run_ahead_blocks
         blocks = len(getattr(self.engine.models.dit, "blocks", ()))
         if ahead and blocks and not uses_cuda_graphs(self.engine.models.dit):

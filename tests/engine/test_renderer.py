@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,12 @@ def test_engine_motion_from_its_own_frames_matches_its_motion_context(renderer):
         e.set_motion_frames(np.zeros((2, 8, 8, 3), np.uint8))
 
 
+def _wall(run) -> float:
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
 class _SetAtCheck(threading.Event):
     """A chunk's `abandoned` event that reads as set from its n-th check on: a re-plan arriving mid-render."""
 
@@ -305,10 +312,16 @@ def test_with_run_ahead_blocks_an_abandoned_chunk_stops_between_dit_blocks(relea
     settings = _settings(root, rel, **{"model.abandon_run_ahead_blocks": "1"})
     r = build_flashtalk_renderer(FlashTalkConfig.from_settings(settings), EventBus())
     try:
-        first = r.render(_chunk(60))
         eng = r.engine
         blocks = len(eng.models.dit.blocks)
         assert blocks >= 2
+        # Before any render: from the chunk timed after the warm-up (the supervisor's rate measure), so a re-plan
+        # right after the take-over counts the render in flight only to its next stop, as later ones do.
+        assert r.abandon_s() is None
+        timed_s = r.time_chunks(1, _wall)[0]
+        assert not r.render_seconds
+        assert r.abandon_s() == pytest.approx(timed_s / r.profile.sample_steps * min(1.0, 2 / blocks))
+        first = r.render(_chunk(60))
         step = r.render_seconds[-1] / r.profile.sample_steps
         assert r.abandon_s() == pytest.approx(step * min(1.0, 2 / blocks))  # the host's lead + the block it waits in
         motion, index, timed = eng.motion, eng.chunk_index, len(r.render_seconds)
