@@ -17,14 +17,15 @@ from flashtalk_live.chunks import Mark
 
 class Broadcast:
     """Runs on the broadcast thread until the pacer stops. After each frame went out, on_frame(marks, segment_id,
-    out_frame) hears what aired; on_air() runs once, at the first frame, before systemd hears READY. The systemd
+    out_frame, renderer) hears what aired; on_air() runs once, at the first frame, before systemd hears READY. The systemd
     watchdog is fed from this loop only, so a broadcast that stops moving gets the service restarted; the same
     per-frame signal, `last_frame_at`, answers the liveness probe (probes.py).
     """
 
     def __init__(self, pacer: Pacer, compositor: Compositor, encoder: Encoder, outputs: OutputManager, *,
                  fps: int, audio_rate: int, tap: Callable[[np.ndarray, np.ndarray], None],
-                 on_frame: Callable[[Sequence[Mark], str | None, int], None], on_air: Callable[[], None]) -> None:
+                 on_frame: Callable[[Sequence[Mark], str | None, int, str | None], None],
+                 on_air: Callable[[], None]) -> None:
         """tap: gets each frame and its audio just encoded (the console's preview)."""
         self.pacer, self.compositor, self.encoder, self.outputs = pacer, compositor, encoder, outputs
         self.fps, self.audio_rate = fps, audio_rate
@@ -44,7 +45,7 @@ class Broadcast:
             self.outputs.send(packets)
             # measured between frames, so a status reader never sees a frame half-encoded
             self.av_skew_s = self.encoder.audio_samples_in / self.audio_rate - self.encoder.frames / self.fps
-            self._on_frame(pf.marks, pf.segment_id, pf.out_frame)
+            self._on_frame(pf.marks, pf.segment_id, pf.out_frame, pf.renderer)
             now = time.monotonic()
             self.last_frame_at = now  # a float written without a lock: a probe never waits on this loop
             if not ready:

@@ -32,8 +32,9 @@ class OnAir:
 
     def __init__(self, events: EventBus, spool: Spool, timeline: Timeline, replanner: Replanner,
                  admission: Admission, *, fps: int, air_frame: Callable[[], int | None],
-                 media_time_s: Callable[[], float]) -> None:
-        """air_frame: the timeline frame on air now (None before the first); media_time_s: seconds encoded so far."""
+                 media_time_s: Callable[[], float], reason_of: Callable[[str], str] = lambda name: "ready") -> None:
+        """air_frame: the timeline frame on air now (None before the first); media_time_s: seconds encoded so far;
+        reason_of: why a renderer was put on duty (renderers/supervisor.py), told with its first frame on air."""
         self.events, self.spool, self.timeline, self.replanner, self.admission = \
             events, spool, timeline, replanner, admission
         self.fps = fps
@@ -43,6 +44,8 @@ class OnAir:
         self._segment_start: int | None = None  # out frame of the queue clip on air's `started`
         self._out_frame = 0  # the last frame that went out
         self._idle_announced = False
+        self.reason_of = reason_of
+        self.renderer: str | None = None  # whose frames are on air (the first frame's renderer is not an event)
         # a queue clip's first chunk: (cut, rendered) CLOCK_MONOTONIC, from the render thread until its `started`
         self._first_chunk: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
         self._unsettled: list[str] = []  # clips that finished on air but whose removal the spool could not commit
@@ -56,9 +59,17 @@ class OnAir:
         events.subscribe(self._note_name)
 
     # -- what aired (broadcast thread) ---------------------------------------------------------------
-    def aired(self, marks: Sequence[Mark], segment_id: str | None, out_frame: int) -> None:
-        """One frame went out: its marks as events, and `idle` when the air first has no clip."""
+    def aired(self, marks: Sequence[Mark], segment_id: str | None, out_frame: int,
+              renderer: str | None = None) -> None:
+        """One frame went out: its marks as events, `idle` when the air first has no clip, and `renderer_changed`
+        at the first frame of another renderer (None: a repeated frame of an underrun, no one's new frame)."""
         self._out_frame = out_frame
+        if renderer is not None and renderer != self.renderer:
+            if self.renderer is not None:
+                self.events.publish("renderer_changed", renderer=renderer, previous=self.renderer,
+                                    reason=self.reason_of(renderer), frame=out_frame,
+                                    media_time_s=round(out_frame / self.fps, 3))
+            self.renderer = renderer
         for m in marks:
             self._announce(m, out_frame)
         if segment_id is None and not self._idle_announced:

@@ -73,7 +73,7 @@ class Playout:
                                         renderer_identity=lambda: renderer_identity(preferred_renderer()),
                                         expected_rate=renderers.expected_rate, served=renderers.served)
         self.onair = OnAir(events, spool, self.timeline, self.replanner, self.admission, fps=v.fps,
-                           air_frame=self._air_frame, media_time_s=media_time_s)
+                           air_frame=self._air_frame, media_time_s=media_time_s, reason_of=renderers.reason_of)
 
     # -- what the parts read of each other (the pacer is built first) --------------------------------
     def _buffered_s(self) -> float:
@@ -107,8 +107,9 @@ class Playout:
         self.render_ahead.set_avatar(image, prompt)
 
     # -- the broadcast thread ---------------------------------------------------------------------
-    def aired(self, marks: Sequence[Mark], segment_id: str | None, out_frame: int) -> None:
-        self.onair.aired(marks, segment_id, out_frame)
+    def aired(self, marks: Sequence[Mark], segment_id: str | None, out_frame: int,
+              renderer: str | None = None) -> None:
+        self.onair.aired(marks, segment_id, out_frame, renderer)
 
     # -- the control plane -------------------------------------------------------------------------
     def editing(self, command: str, segment_id: str | None = None) -> AbstractContextManager[None]:

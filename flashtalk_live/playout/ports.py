@@ -114,11 +114,13 @@ class ChunkRenderer(Protocol):
     """The renderers as playout sees them (`renderers/supervisor.py`): render one chunk with whichever renderer is
     on duty, say which that is, how fast a renderer that just took over is expected to be, and how soon it stops
     a chunk a re-plan abandons; `served` is told when a chunk of a renderer's earlier frames (the idle bank) goes
-    out instead of a render."""
+    out instead of a render; `reason_of` says why a renderer was put on duty (for the air's `renderer_changed`)."""
 
     def render(self, chunk: RenderChunk) -> RenderedChunk: ...
 
     def served(self, name: str) -> None: ...
+
+    def reason_of(self, name: str) -> str: ...
 
     def abandon_s(self) -> float | None: ...
 

@@ -12,7 +12,6 @@ from typing import Any, Callable
 import numpy as np
 
 from flashtalk_live.backoff import Backoff
-from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.settings import RendererSettings, VideoSettings
@@ -29,18 +28,18 @@ def _wall_time(run: Callable[[], Any]) -> float:
 class RendererSupervisor:
     """Runs the preferred renderer when it is ready and healthy; the still renderer otherwise, with retry backoff."""
 
-    def __init__(self, renderer: RendererSettings, video: VideoSettings, still: Renderer, events: EventBus,
+    def __init__(self, renderer: RendererSettings, video: VideoSettings, still: Renderer,
                  load: Callable[[], Renderer] | None, reference: np.ndarray) -> None:
         """load builds the preferred renderer (in the background, again after a failure); None: the still one only."""
         self.r, self.v = renderer, video
         self.still = still
-        self.events = events
         self.log = get_logger("renderer")
         self._load = load
         self._reference, self._prompt = reference, video.prompt  # the avatar now on air (set_avatar changes both)
         self.preferred: Renderer | None = None
         self.active: Renderer = still
         self.active_since = time.monotonic()  # when `active` last changed (the readiness probe's fallback clock)
+        self._reasons: dict[str, str] = {}  # renderer name -> why it was last put on duty
         self.failures = 0
         self.last_error: str | None = None
         self._retry_at = 0.0
@@ -112,11 +111,17 @@ class RendererSupervisor:
         self.log.error("renderer_failed", reason=reason, retry_in_s=round(delay, 1))
 
     def _switch(self, r: Renderer, reason: str) -> None:
+        """`r` draws from the next chunk on; its frames air a look-ahead later, where `renderer_changed` is
+        published (playout/onair.py, with `reason_of`)."""
         if r is not self.active:
-            self.events.publish("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
-            self.log.warning("renderer_changed", renderer=r.name, previous=self.active.name, reason=reason)
+            self.log.warning("renderer_on_duty", renderer=r.name, previous=self.active.name, reason=reason)
+            self._reasons[r.name] = reason
             self.active = r
             self.active_since = time.monotonic()
+
+    def reason_of(self, name: str) -> str:
+        """Why the renderer `name` was last put on duty ("ready", "failed"): for its frames' `renderer_changed`."""
+        return self._reasons.get(name, "ready")
 
     def served(self, name: str) -> None:
         """A chunk of `name`'s frames drawn earlier (the idle bank) goes out instead of a render: the preferred

@@ -19,6 +19,7 @@ from flashtalk_live.daemon import Daemon
 from support.fakes import PaintRenderer
 from support.rtmp_harness import max_gap, read_media
 from support.settings import room_settings as settings
+from support.waiting import until
 
 
 def _received(sock: socket.socket, seconds: float) -> list[str]:
@@ -96,7 +97,12 @@ def test_failing_renderer_falls_back_to_still_with_no_gap_and_recovers(tmp_path)
     d = Daemon(s, renderer_factory=factory)
     events = []
     d.events.subscribe(lambda e: events.append(e) if e["type"] == "renderer_changed" else None)
-    run_for(d, 9.0)
+    d.start()
+    try:  # renderer_changed comes as the change airs, a look-ahead after the render thread switched
+        until(lambda: len(built) == 2 and events and events[-1]["renderer"] == "engine"
+              and any(e["reason"] == "failed" for e in events), 60, "the fallback and the engine back on air")
+    finally:
+        d.close()
     changes = [(e["previous"], e["renderer"], e["reason"]) for e in events]
     print(f"\nrenderer changes: {changes}")
     assert ("engine", "still", "failed") in changes

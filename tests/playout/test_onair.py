@@ -39,6 +39,18 @@ def _room(tmp_path):
     return spool, onair, seen
 
 
+def test_renderer_changed_comes_with_the_first_frame_of_the_other_renderer_on_air(tmp_path):
+    spool, onair, seen = _room(tmp_path)
+    onair.reason_of = {"still": "failed", "flashtalk": "ready"}.get
+    for f, renderer in enumerate(["still", "still", None, "flashtalk", "flashtalk", None, "still", "flashtalk"]):
+        onair.aired([], None, f, renderer)  # None: an underrun's repeated frame
+    changes = [(e["frame"], e["previous"], e["renderer"], e["reason"]) for e in seen if e["type"] == "renderer_changed"]
+    assert changes == [(3, "still", "flashtalk", "ready"), (6, "flashtalk", "still", "failed"),
+                       (7, "still", "flashtalk", "ready")]
+    assert onair.renderer == "flashtalk"
+    spool.close()
+
+
 def test_marks_become_events_and_a_finished_clip_is_gone_from_the_spool_before_its_event(tmp_path):
     spool, onair, seen = _room(tmp_path)
     sid = _add(spool, 1.0)

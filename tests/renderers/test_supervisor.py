@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 
-from flashtalk_live.events import EventBus
 from flashtalk_live.renderers.still import StillRenderer
 from flashtalk_live.renderers.supervisor import RendererSupervisor
 from flashtalk_live.settings import Settings
@@ -56,7 +55,7 @@ def supervisor(engine: SlowEngine) -> RendererSupervisor:
                  video={"width": 16, "height": 16, "chunk_frames": NF, "fps": FPS})
     still = StillRenderer(16, 16)
     still.start_session(None, "")
-    sup = RendererSupervisor(s.renderer, s.video, still, EventBus(), load=lambda: engine,
+    sup = RendererSupervisor(s.renderer, s.video, still, load=lambda: engine,
                              reference=np.zeros((16, 16, 3), np.uint8))
     sup.start()
     t0 = time.monotonic()
@@ -141,7 +140,7 @@ def test_the_first_load_and_the_render_threads_retry_check_never_start_two_engin
         s = Settings(video={"width": 16, "height": 16, "chunk_frames": NF, "fps": FPS})
         still = StillRenderer(16, 16)
         still.start_session(None, "")
-        sup = RendererSupervisor(s.renderer, s.video, still, EventBus(), load=load,
+        sup = RendererSupervisor(s.renderer, s.video, still, load=load,
                                  reference=np.zeros((16, 16, 3), np.uint8))
         stop = threading.Event()
 
