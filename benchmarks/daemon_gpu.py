@@ -85,13 +85,20 @@ class EventRecorder(threading.Thread):
 
 
 class GpuSampler(threading.Thread):
-    """nvidia-smi's memory figure for one process, sampled every few seconds (absent: no figure)."""
+    """nvidia-smi's memory figure for one process (CUDA context and the allocator's cache included), sampled every
+    few seconds (absent: no figure): the peak over the whole run, and the peak since `on_air()` (steady state)."""
 
     def __init__(self, pid: int, every_s: float = 2.0) -> None:
         super().__init__(name="nvidia-smi", daemon=True)
         self.pid, self.every_s = pid, every_s
         self.peak_mib: float | None = None
+        self.on_air_peak_mib: float | None = None
+        self._on_air = False
         self.stop = threading.Event()
+
+    def on_air(self) -> None:
+        """FlashTalk is on air: samples from now on are the steady state."""
+        self._on_air = True
 
     def run(self) -> None:
         if shutil.which("nvidia-smi") is None:
@@ -106,6 +113,8 @@ class GpuSampler(threading.Thread):
                 parts = [p.strip() for p in line.split(",")]
                 if len(parts) == 2 and parts[0] == str(self.pid) and parts[1].isdigit():
                     self.peak_mib = max(self.peak_mib or 0.0, float(parts[1]))
+                    if self._on_air:
+                        self.on_air_peak_mib = max(self.on_air_peak_mib or 0.0, float(parts[1]))
 
 
 SHIPPED_SECTIONS = ("video", "renderer", "model", "encoder", "overlays")  # the room's look and engine choices
@@ -415,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         # the recorder subscribes long before the first push: clips go out only once FlashTalk is on air
         st0 = wait_for_flashtalk(d.client, d.proc, args.load_timeout)
         load_s = time.monotonic() - d.t_start
+        d.gpu.on_air()
         base = st0["broadcast"]
         print(f"FlashTalk on air after {load_s:.0f} s; pushing clips for {args.minutes:g} min", file=sys.stderr,
               flush=True)
@@ -459,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             "gpu_peak_torch_gib": (None if drift.get("gpu_steady_peak_bytes") is None
                                    else drift["gpu_steady_peak_bytes"] / 2**30),
             "gpu_peak_nvidia_smi_gib": None if d.gpu.peak_mib is None else d.gpu.peak_mib / 1024,
+            "gpu_on_air_peak_nvidia_smi_gib": (None if d.gpu.on_air_peak_mib is None
+                                               else d.gpu.on_air_peak_mib / 1024),
             "latency": latency_rows(pushed), "daemon_latency": st1.get("latency"),
             "clips_not_started": sum(p["latency_s"] is None for p in pushed),
             "producer_errors": [p["error"] for p in pushed if p.get("error")],
@@ -535,10 +547,11 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
         ("clips started without their full head start", str(r.get("clips_over_floor", "-"))),
         ("chunk wall p50 / p99 / max", f"{_f(r.get('chunk_p50_s'))} / {_f(r.get('chunk_p99_s'))} / "
                                        f"{_f(r.get('chunk_max_s'))} s over {r.get('chunk_count', '-')} chunks"),
-        ("GPU memory load peak (torch allocated, up to the last warm-up)",
-         _f(r.get("gpu_load_peak_torch_gib"), "{:.1f}", " GiB")),
-        ("GPU memory steady peak (torch allocated since the warm-up / nvidia-smi)",
-         f"{_f(r.get('gpu_peak_torch_gib'), '{:.1f}', ' GiB')} / {_f(r.get('gpu_peak_nvidia_smi_gib'), '{:.1f}', ' GiB')}"),
+        ("GPU memory, torch allocated: load peak (up to the last warm-up) / steady peak (since)",
+         f"{_f(r.get('gpu_load_peak_torch_gib'), '{:.1f}', ' GiB')} / {_f(r.get('gpu_peak_torch_gib'), '{:.1f}', ' GiB')}"),
+        ("GPU memory, nvidia-smi (context and allocator cache included): whole run / since FlashTalk on air",
+         f"{_f(r.get('gpu_peak_nvidia_smi_gib'), '{:.1f}', ' GiB')} / "
+         f"{_f(r.get('gpu_on_air_peak_nvidia_smi_gib'), '{:.1f}', ' GiB')}"),
         ("clips not started by the end / producer errors",
          f"{r.get('clips_not_started', '-')} / {len(r.get('producer_errors') or [])}"),
         ("fallbacks to the still renderer / failures", f"{r.get('fallbacks_to_still', '-')} / {r.get('renderer_failures', '-')}"),
