@@ -359,7 +359,8 @@ class Daemon:
         last = self.broadcast.last_frame_at
         return Vitals(state=self.state, uptime_s=now - self._started_mono,
                       since_last_frame_s=None if last is None else max(0.0, now - last),
-                      renderer=self.s.renderer.kind, fallback_s=self.renderers.fallback_s(now))
+                      renderer=self.s.renderer.kind,
+                      fallback_s=self.renderers.fallback_on_air_s(self.playout.onair.renderer_since, now))
 
     def status(self) -> dict[str, Any]:
         enc = self.encoder.stats()
@@ -389,7 +390,7 @@ class Daemon:
                 # a streamed clip's producer behind real time: pauses inside the clip, not our underruns
                 "producer_starved_seconds": round(self.playout.timeline.starved_samples / self.s.encoder.audio_rate, 3),
             },
-            "renderer": self.renderers.status(),
+            "renderer": self.renderers.status(self.playout.onair.renderer_since),
             "render_ahead": self.playout.render_ahead_status(),
             "plan": self.plan_status(),
             "outputs": self.outputs.status(),

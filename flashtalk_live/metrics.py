@@ -84,10 +84,16 @@ class StatusCollector:
             refused.add_metric([name], float(c.get("refused", 0)))
         yield from (conns, refused)
         r = s.get("renderer", {})
-        rend = GaugeMetricFamily("flashtalk_renderer_active", "Active renderer (1 for the current one)", labels=["renderer"])
+        rend = GaugeMetricFamily("flashtalk_renderer_active", "Renderer on duty, rendering the look-ahead (1 for it; "
+                                 "viewers see it seconds later: flashtalk_renderer_on_air)", labels=["renderer"])
         if r.get("active"):
             rend.add_metric([r["active"]], 1.0)
         yield rend
+        aired = GaugeMetricFamily("flashtalk_renderer_on_air", "Renderer whose frames are on air (1 for it)",
+                                  labels=["renderer"])
+        if r.get("on_air"):
+            aired.add_metric([r["on_air"]], 1.0)
+        yield aired
         yield GaugeMetricFamily("flashtalk_renderer_on_fallback", "1 while the still renderer airs instead of the "
                                 "configured one (loading or failed)", value=1.0 if r.get("on_fallback") else 0.0)
         yield from _gpu_metrics(s.get("gpu") or [])

@@ -14,6 +14,7 @@ The contract:
   than none.
 * **/readyz**: 200 once the room is on air with its configured renderer (`renderer.kind`), or on the still fallback
   once that has aired instead for `probes.ready_fallback_s`; 503 before the first frame, while stalled or stopping.
+  Judged from the frames on air (playout/onair.py), not the renderer on duty, which switches a look-ahead earlier.
 * **/startupz**: 200 once the first frame has aired (model load and warm-up happen before or beside it), 503 before.
 * Every answer is one line of JSON: `{"probe": ..., "ok": ..., "reason": ...}`; the reason names numbers and the
   renderer kind, never a URL, key or token.

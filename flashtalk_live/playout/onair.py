@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 from flashtalk_live.events import EventBus
@@ -46,6 +47,9 @@ class OnAir:
         self._idle_announced = False
         self.reason_of = reason_of
         self.renderer: str | None = None  # whose frames are on air (the first frame's renderer is not an event)
+        # (renderer, CLOCK_MONOTONIC of its first frame out): one attribute, so a lock-free reader (the probes)
+        # never pairs one renderer with another's time
+        self.renderer_since: tuple[str, float] | None = None
         # a queue clip's first chunk: (cut, rendered) CLOCK_MONOTONIC, from the render thread until its `started`
         self._first_chunk: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
         self._unsettled: list[str] = []  # clips that finished on air but whose removal the spool could not commit
@@ -69,7 +73,7 @@ class OnAir:
                 self.events.publish("renderer_changed", renderer=renderer, previous=self.renderer,
                                     reason=self.reason_of(renderer), frame=out_frame,
                                     media_time_s=round(out_frame / self.fps, 3))
-            self.renderer = renderer
+            self.renderer, self.renderer_since = renderer, (renderer, time.monotonic())
         for m in marks:
             self._announce(m, out_frame)
         if segment_id is None and not self._idle_announced:

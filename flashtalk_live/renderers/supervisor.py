@@ -37,8 +37,7 @@ class RendererSupervisor:
         self._load = load
         self._reference, self._prompt = reference, video.prompt  # the avatar now on air (set_avatar changes both)
         self.preferred: Renderer | None = None
-        self.active: Renderer = still
-        self.active_since = time.monotonic()  # when `active` last changed (the readiness probe's fallback clock)
+        self.active: Renderer = still  # on duty: rendering the look-ahead (viewers see it seconds later)
         self._reasons: dict[str, str] = {}  # renderer name -> why it was last put on duty
         self.failures = 0
         self.last_error: str | None = None
@@ -117,7 +116,6 @@ class RendererSupervisor:
             self.log.warning("renderer_on_duty", renderer=r.name, previous=self.active.name, reason=reason)
             self._reasons[r.name] = reason
             self.active = r
-            self.active_since = time.monotonic()
 
     def reason_of(self, name: str) -> str:
         """Why the renderer `name` was last put on duty ("ready", "failed"): for its frames' `renderer_changed`."""
@@ -136,12 +134,14 @@ class RendererSupervisor:
         or x the engine's own typical chunk time when it is slower than real time (render-ahead covers that)."""
         return self.r.deadline_factor * max(budget_s, self.typical_s or 0.0)
 
-    def fallback_s(self, now: float | None = None) -> float | None:
-        """How long the still renderer has been on instead of a configured preferred one (loading or failed); None
-        while the preferred one is active, or when none is configured."""
-        if self._load is None or self.active is not self.still:
+    def fallback_on_air_s(self, on_air: tuple[str, float] | None, now: float) -> float | None:
+        """How long the still renderer's frames have aired instead of a configured preferred renderer (loading or
+        failed). `on_air`: whose frames air and since when (playout/onair.py), since viewers see a switch a
+        look-ahead after the render thread makes it. None: the preferred one's frames air, none aired yet, or none
+        is configured."""
+        if self._load is None or on_air is None or on_air[0] != self.still.name:
             return None
-        return (time.monotonic() if now is None else now) - self.active_since
+        return max(0.0, now - on_air[1])
 
     def expected_rate(self) -> float | None:
         """Render seconds per media second the next chunk will likely take (None: not known yet)."""
@@ -238,11 +238,16 @@ class RendererSupervisor:
         self.render_rtf = took / (chunk.n_frames / self.v.fps)
         return RenderedChunk(chunk=chunk, frames=frames, renderer=r.name, render_seconds=took)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, on_air: tuple[str, float] | None = None) -> dict[str, Any]:
+        """`active`: the renderer on duty; `on_air`: whose frames viewers see (from `on_air`, as for
+        `fallback_on_air_s`); `on_fallback`: the still renderer's frames air instead of the preferred one's."""
         drift = getattr(self.preferred, "drift", None) if self.preferred is not None else None
+        fallback = self.fallback_on_air_s(on_air, time.monotonic())
         return {
             "active": self.active.name,
-            "on_fallback": self.fallback_s() is not None,
+            "on_air": None if on_air is None else on_air[0],
+            "on_fallback": fallback is not None,
+            "on_fallback_s": None if fallback is None else round(fallback, 1),
             "preferred": getattr(self.preferred, "name", None),
             "failures": self.failures,
             "last_error": self.last_error,

@@ -112,6 +112,40 @@ def test_failing_renderer_falls_back_to_still_with_no_gap_and_recovers(tmp_path)
 
 
 @pytest.mark.timeout(120)
+def test_status_readiness_and_metrics_follow_the_air_not_the_renderer_on_duty(tmp_path):
+    # The engine fails once: the still renderer goes on duty at once, its frames air a look-ahead later. Meanwhile
+    # viewers still see the engine's frames, and status, the readiness probe's vitals and the metrics say so.
+    from prometheus_client import generate_latest
+
+    from flashtalk_live.metrics import metrics_registry
+
+    s = settings(tmp_path, "renderer.fallback_retry_initial_s=60", "renderer.lookahead_chunks=3")
+    d = Daemon(s, renderer_factory=lambda _s: PaintRenderer(128, 128, fail_calls={3}, name="engine"))
+    samples: list[tuple] = []
+    seen = set()
+
+    def sample() -> bool:
+        r, v = d.status()["renderer"], d.vitals()
+        samples.append((r["active"], r["on_air"], r["on_fallback"], v.fallback_s))
+        seen.add(r["on_air"])
+        return "engine" in seen and r["on_air"] == "still"
+
+    d.start()
+    try:
+        until(sample, 60, "the engine on air, then the still fallback", every_s=0.01)
+        body = generate_latest(metrics_registry(d.status)).decode()
+    finally:
+        d.close()
+    between = [x for x in samples if x[0] == "still" and x[1] == "engine"]
+    assert between, samples[-10:]  # the look-ahead: on duty, not yet on air
+    assert all(not on_fallback and fallback is None for _, _, on_fallback, fallback in between), between
+    active, on_air, on_fallback, fallback = samples[-1]
+    assert on_air == "still" and on_fallback and fallback is not None and fallback < 5
+    assert 'flashtalk_renderer_on_air{renderer="still"} 1.0' in body
+    assert "flashtalk_renderer_on_fallback 1.0" in body
+
+
+@pytest.mark.timeout(120)
 def test_metrics_status_runtime_outputs_and_watchdog(tmp_path, monkeypatch):
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))

@@ -100,6 +100,12 @@ function pushToAir(st) {
   return kinds.length ? " · push→air p50 " + kinds.map(([k, v]) => k + " " + Number(v.p50_s).toFixed(2) + " s").join(", ") : "";
 }
 
+// Whose frames viewers see; the renderer on duty renders the look-ahead and airs seconds later.
+function onAirRenderer(r) {
+  const next = r.active && r.on_air && r.active !== r.on_air ? " (" + r.active + " next)" : "";
+  return " · renderer " + (r.on_air || "—") + next;
+}
+
 // the model's profile and, for model.profile = "auto", the compiled chunk p90s it chose by (status.renderer.drift),
 // and whether its eager trials were remembered from the compile cache (no trials at this start)
 function modelProfile(st) {
@@ -123,7 +129,7 @@ function renderStatus(st) {
   const b = st.broadcast || {};
   setText($("health"), "up " + secs(st.uptime_s) + " · A/V skew " + (b.av_skew_s ?? "—") +
     " s · render rtf " + (b.render_rtf === undefined ? "—" : Number(b.render_rtf).toFixed(3)) + " · look-ahead " + (b.buffered_frames ?? "—") +
-    " frames · underruns " + (b.underrun_episodes ?? 0) + " · renderer " + ((st.renderer || {}).active || "—") +
+    " frames · underruns " + (b.underrun_episodes ?? 0) + onAirRenderer(st.renderer || {}) +
     modelProfile(st) +
     (b.producer_starved_seconds ? " · producer starved " + b.producer_starved_seconds + " s" : "") + pushToAir(st));
   plan = st.plan || { on_air: null, pending: [] };
