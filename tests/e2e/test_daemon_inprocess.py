@@ -3,7 +3,6 @@ a failing one falls back to the still renderer with no gap; metrics, runtime out
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading

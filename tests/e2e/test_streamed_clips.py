@@ -352,3 +352,45 @@ def test_push_stream_of_an_ogg_opus_file_airs_its_whole_length(daemon_factory, t
         sid = closed["segment_id"]
         wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == sid, 60, seen)
     assert d.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_stream_gathering_its_first_chunk_holds_back_programme_items_not_yet_on_air(tmp_path):
+    # A programme of back-to-back 1.5 s items with 4 chunks rendered ahead: items are cut seconds before they air.
+    # A stream opened now waits for its first chunk of audio (a slow producer: nothing for 3 s). The items cut but
+    # not yet on air must not air meanwhile, or the reply waits behind them (an H100 run: 4.9 s instead of 2.5 s).
+    from support.audio import wav_bytes
+    from support.settings import room_settings
+    from support.waiting import until
+    from flashtalk_live.client import Client
+    from flashtalk_live.daemon import Daemon
+
+    for i, f in enumerate((500.0, 700.0, 900.0)):
+        (tmp_path / f"p{i}.wav").write_bytes(wav_bytes(1.5, f))
+    (tmp_path / "show.m3u").write_text("#EXTM3U\n#EXT-X-DEFAULT-PAUSE:0\n" + "".join(f"p{i}.wav\n" for i in range(3)))
+    d = Daemon(room_settings(tmp_path, f'programme.playlist="{tmp_path / "show.m3u"}"', "renderer.lookahead_chunks=4",
+                             "metrics.enabled=false"))
+    seen: list[dict] = []
+    d.events.subscribe(seen.append)
+    d.start()
+    try:
+        until(lambda: sum(e["type"] == "started" and e.get("source") == "programme" for e in seen) >= 2, 60,
+              "the programme on air")
+        with Client(d.ingest.control_endpoints[0], timeout_s=20) as c:
+            with c.stream(format="pcm_s16le", sample_rate=RATE, channels=1) as s:
+                sid = s.segment_id
+                time.sleep(3.0)
+                for i in range(10):
+                    s.append(piece(i))
+                s.close()
+        started = until(lambda: next((e for e in list(seen) if e["type"] == "started" and e.get("segment_id") == sid),
+                                     None), 60, "the stream on air")
+    finally:
+        d.close()
+    accepted = next(e for e in seen if e["type"] == "accepted" and e.get("segment_id") == sid)
+    # what was already on air, or rendered in the time the re-plan leaves for the cut, may still start early on
+    later = [(e.get("name"), round(e["mono"] - accepted["mono"], 2)) for e in seen
+             if e["type"] == "started" and e.get("source") == "programme"
+             and accepted["mono"] + 0.8 < e["mono"] < started["mono"]]
+    assert not later, later
+    assert started["mono"] - accepted["mono"] < 6.0  # it started once its audio came (3 s), not after the programme
