@@ -1,0 +1,38 @@
+"""benchmarks/dit_profile_gpu.py: its kernel kinds on names from an H100 trace, and the script end to end (tiny)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.dit_profile_gpu import kind_of, main, summarise
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", "GEMM"),
+    ("sm90_xmma_gemm_e4m3e4m3_e4m3f32_f32_tn_n_tilesize128x128x128", "GEMM"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>", "attention"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3", "attention"),
+    ("triton_per_fused__to_copy_abs_amax_clamp_div_mul_0", "Triton (compiled elementwise, norms, quantisation)"),
+    ("Memcpy DtoD (Device -> Device)", "copies and casts"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "copies and casts"),
+    ("void at::native::(anonymous namespace)::CatArrayBatchedCopy", "copies and casts"),
+    ("void at::native::reduce_kernel<512, 1>", "other"),
+])
+def test_kernel_kinds(name, kind):
+    assert kind_of(name) == kind
+
+
+def test_summary_is_per_block_and_shares_add_up():
+    # 2 profiled calls of 4 blocks: 8 blocks; 8 ms of GEMM and 2 ms of attention in all
+    s = summarise([("nvjet_a", 6000.0, 16), ("nvjet_b", 2000.0, 8), ("flash_fwd", 2000.0, 8)], calls=2, layers=4)
+    kinds = {k: (ms, n, share) for k, ms, n, share in s["kinds"]}
+    assert kinds["GEMM"] == pytest.approx((1.0, 3.0, 0.8))
+    assert kinds["attention"] == pytest.approx((0.25, 1.0, 0.2))
+    assert s["device_ms_per_block"] == pytest.approx(1.25)
+    assert [t[0] for t in s["top"]] == ["nvjet_a", "nvjet_b", "flash_fwd"]
+
+
+def test_tiny_run_prints_the_table(capsys):
+    assert main(["--tiny", "--layers", "1", "--warmup", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| GEMM |" in out and "| attention |" in out and "per block" in out
