@@ -1,4 +1,4 @@
-"""benchmarks/dit_profile_gpu.py: its kernel kinds on names from an H100 trace, and the script end to end (tiny)."""
+"""benchmarks/dit_profile_gpu.py: its kernel kinds on names of the families a GPU trace holds, and the script end to end (tiny)."""
 
 from __future__ import annotations
 
