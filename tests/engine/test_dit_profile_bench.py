@@ -1,4 +1,5 @@
-"""benchmarks/dit_profile_gpu.py: its kernel kinds on names of the families a GPU trace holds, and the script end to end (tiny)."""
+"""benchmarks/dit_profile_gpu.py: its kernel kinds on names of the families a GPU trace holds (cuBLAS, FlashAttention,
+cuDNN, Triton, copies), and the script end to end on tiny blocks."""
 
 from __future__ import annotations
 
