@@ -117,8 +117,10 @@ class GpuSampler(threading.Thread):
                         self.on_air_peak_mib = max(self.on_air_peak_mib or 0.0, float(parts[1]))
 
 
-SHIPPED_SECTIONS = ("video", "renderer", "model", "encoder", "overlays")  # the room's look and engine choices
-NOT_SHIPPED = {"video": ("reference_image",), "model": ("weights_dir", "wav2vec_dir")}  # paths of a real box
+# the room's look, engine choices and programme timing (its playlist is the embedded demo unless --set)
+SHIPPED_SECTIONS = ("video", "renderer", "model", "encoder", "overlays", "programme")
+NOT_SHIPPED = {"video": ("reference_image",), "model": ("weights_dir", "wav2vec_dir"),
+               "programme": ("playlist",)}  # paths of a real box
 
 
 def toml_line(key: str, value: Any) -> str:
@@ -379,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="clips pushed for this long once FlashTalk is on air")
     ap.add_argument("--config", default=None, metavar="TOML",
-                    help="take the engine and look from this shipped config (e.g. configs/flashtalk-14b.toml): "
-                         "[video] [renderer] [model] [encoder] [overlays], weights and paths aside")
+                    help="take the engine, look and programme timing from this shipped config (e.g. "
+                         "configs/flashtalk-14b.toml): [video] [renderer] [model] [encoder] [overlays] [programme], "
+                         "weights and paths (the playlist) aside")
     ap.add_argument("--profile", default=None, help="model.profile: a name, a .toml or auto (default: the config's, "
                                                     "else realtime)")
     ap.add_argument("--device", default="cuda")

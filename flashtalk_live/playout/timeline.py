@@ -7,7 +7,9 @@ exact forever).
 
 Priorities, decided at every clip boundary: the queue first, then the programme, then idle silence.
 * A queue clip waiting while the programme plays takes over when the current programme clip ends (or at once during
-  a programme pause, or while idle). The programme then resumes with its next clip: where it left off.
+  a programme pause, or while idle). The programme then resumes with its next clip: where it left off; with
+  `programme_resume_s` only once that long has passed since the queue clip ended (idle until then), so a reply
+  that follows at once does not wait behind a programme clip.
 * play_now (`queue.interrupt_pending()`) is checked at every chunk boundary: whatever is playing is cut there
   ('interrupted' mark; `queue.mark_interrupted` for a queue clip) and the new clip starts on the chunk's first frame.
   The same flag covers a cancelled playing clip (spool.is_cancel_requested): it stops being cut there too. The air
@@ -66,6 +68,7 @@ class _Snapshot:
     queue_only: bool = False  # every frame belongs to a queue clip (no idle, pause or programme frame)
     started: tuple[str, ...] = ()  # queue clips whose first frame is in this chunk
     starved: int = 0  # broadcast samples of producer pauses cut into this chunk
+    queue_end: int | None = None  # the timeline's `_queue_end` before the chunk
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Split:
     sample: int
     history: np.ndarray
     starved: int
+    queue_end: int | None = None
 
 
 @dataclass
@@ -149,6 +153,7 @@ class Timeline:
         admission: Gate | None = None,
         replannable: bool = False,
         streams: LiveStreams | None = None,
+        programme_resume_s: float = 0.0,
     ) -> None:
         # A ChunkSource (playout/ports.py) of one plan; the Replanner over it counts re-plans.
         self.plan = 0
@@ -175,6 +180,9 @@ class Timeline:
         self._ops: list[tuple[str, Any]] = []  # the current chunk's operations
         self._held_item: Any = None  # a programme clip picked but waiting for the render-ahead gate
         self._queue_refused = False  # the last pick found a queue clip waiting for its head start
+        # The programme resumes only this many samples after a queue clip ended (`_queue_end`: its last sample + 1).
+        self.programme_resume = int(round(programme_resume_s * self.rate))
+        self._queue_end: int | None = None
         self._cut_ids: set[str] = set()  # clips cancelled on air (cut()): cut wherever cutting reaches them
         self._log = get_logger("timeline")
 
@@ -327,6 +335,9 @@ class Timeline:
             # now would spend the render time it waits for, and a short programme item passes the gate before a
             # long queue clip does, over and over: the clip was starved for 10 minutes on an H200 (quality).
             return None
+        if nxt is None and self.programme_resume and self._queue_end is not None \
+                and frame * self.spf - self._queue_end < self.programme_resume:
+            return None  # just after a queue clip: idle a moment, a reply that follows starts at once
         return nxt or self._next_from_programme(frame)
 
     def _cut_current(self, frame: int, marks: list[Mark], *, replay: bool = False) -> None:
@@ -465,9 +476,10 @@ class Timeline:
         scratch.replannable, scratch._snaps, scratch.starved_samples = False, [], 0
         scratch._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
         scratch._chunk_index, scratch._sample, scratch._history = sn.chunk_index, sn.sample, sn.history
+        scratch._queue_end = sn.queue_end
         chunk, snap = scratch._cut(frame - sn.start_frame, pick=False)
         return Split(frame, chunk, snap, scratch._cur, scratch._chunk_index, scratch._sample, scratch._history,
-                     scratch.starved_samples)
+                     scratch.starved_samples, scratch._queue_end)
 
     def rewind(self, frame: int, split: Split | None = None) -> list[tuple[str, Any]]:
         """Undo every chunk cut from `frame` on (the caller has discarded them); returns the undone operations.
@@ -483,6 +495,7 @@ class Timeline:
             undone = self.rewind(split.snap.start_frame)
             self._cur, self._chunk_index, self._sample, self._history = split.cur, split.chunk_index, split.sample, \
                 split.history
+            self._queue_end = split.queue_end
             self.starved_samples += split.starved
             self._snaps.append(split.snap)
             return undone
@@ -507,6 +520,7 @@ class Timeline:
         sn = gone[0]
         self._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
         self._chunk_index, self._sample, self._history = sn.chunk_index, sn.sample, sn.history
+        self._queue_end = sn.queue_end
         if first_item is not None and first_item.kind != "pause" and self.programme is not None:
             try:
                 self.programme.rewind(first_item)
@@ -565,7 +579,7 @@ class Timeline:
         model = np.zeros(self._m(s0 + n) - m0, np.float32)
         marks: list[Mark] = []
         snap = _Snapshot(f0, dataclasses.replace(self._cur) if self._cur is not None else None,
-                         self._chunk_index, s0, self._history)
+                         self._chunk_index, s0, self._history, queue_end=self._queue_end)
         self._ops = snap.ops
         best_seg: list[str | None] = [None] * nf
         best_cnt = [0] * nf
@@ -644,6 +658,8 @@ class Timeline:
                                           reason=cur.stream.cut))
                     else:
                         marks.append(Mark(last // spf, "finished", cur.segment_id or "", cur.source))
+                    if cur.source == "queue":
+                        self._queue_end = a + take
                 self._cur = None
 
         if self.history_len:

@@ -162,6 +162,10 @@ class ProgrammeSettings(_Section):
                                  description='M3U or TOML playlist (default: the demo programme); "" means idle silence')
     shuffle: bool = False
     pause_seconds: float = Field(0.0, ge=0, description="silence between programme clips")
+    resume_after_queue_s: float = Field(
+        0.0, ge=0, le=60, description="after a queue clip ends, the programme resumes only once this many seconds "
+        "have passed (idle meanwhile), so a reply pushed or opened just then starts at once instead of waiting "
+        "behind a whole programme item; 0: at once")
     reload_check_seconds: float = Field(2.0, gt=0)
 
     @field_validator("playlist")

@@ -264,6 +264,49 @@ def test_programme_pause_is_exact_silence_and_yields_to_the_queue(tmp_path):
     assert c2.marks[2].segment_id == "programme:a:2"  # the pause was dropped, the programme continues
 
 
+def _resume_timeline(path, hold_s: float) -> tuple[FakeQueue, Timeline]:
+    st = section_settings(video={})
+    q = FakeQueue()
+    return q, Timeline(st.video, st.encoder, q, load_programme(path, st), replannable=True,
+                       programme_resume_s=hold_s)
+
+
+def test_the_programme_resumes_only_after_the_hold_and_a_reply_within_it_starts_at_once(playlist):
+    path, _ = playlist
+    programme_starts = []
+    for hold in (0.0, 2.0):
+        q, tl = _resume_timeline(path, hold)
+        q.add("q1", 24000)  # 0.5 s: frames 0-12
+        _, _, _, marks, _ = _run(tl, 4)
+        programme_starts.append(next(m.frame for m in marks if m.kind == "started" and m.source == "programme"))
+    # at once: at q1's end (sample 24000, frame 12); held: the first chunk boundary 2 s after it (sample 120000
+    # lies in chunk 2, so chunk 3: frame 84)
+    assert programme_starts == [12, 84]
+
+    reply_starts = []
+    for hold in (0.0, 2.0):
+        q, tl = _resume_timeline(path, hold)
+        q.add("q1", 24000)
+        tl.next_chunk()
+        q.add("q2", 1000)  # the next reply, pushed after q1 ended
+        _, _, _, marks, _ = _run(tl, 2)
+        reply_starts.append(next(m.frame for m in marks if m.kind == "started" and m.segment_id == "q2"))
+    # at once: behind p1 (1.0 s from sample 24000, to frame 37); held: the next chunk, nothing in between
+    assert reply_starts == [37, 28]
+
+
+def test_a_re_plan_undoes_the_hold_of_a_queue_clip_it_takes_back(playlist):
+    path, _ = playlist
+    q, tl = _resume_timeline(path, 2.0)
+    q.add("q1", 24000)
+    tl.next_chunk()
+    tl.next_chunk()
+    assert tl.rewind(0) == [("take", "q1")]
+    q.pending.clear()  # the edit cancelled q1: it never aired, so nothing holds the programme back
+    c = tl.next_chunk()
+    assert (c.marks[0].kind, c.marks[0].segment_id, c.marks[0].frame) == ("started", "programme:p1:1", 0)
+
+
 # -- with the real spool -------------------------------------------------------------------------------
 
 
