@@ -318,7 +318,10 @@ def status_summary(reply: dict[str, Any]) -> list[str]:
     r = reply.get("renderer")
     if isinstance(r, dict):
         err = f", last error: {r['last_error']}" if r.get("last_error") else ""
-        lines.append(f"renderer: {r.get('active')} (preferred: {r.get('preferred') or 'none'}), "
+        # whose frames are on air; the renderer on duty renders the look-ahead and airs seconds later
+        on_air = r.get("on_air") or r.get("active")
+        nxt = f", {r['active']} next" if r.get("active") and r["active"] != on_air else ""
+        lines.append(f"renderer: {on_air}{nxt} (preferred: {r.get('preferred') or 'none'}), "
                      f"failures {r.get('failures', 0)}{err}")
     b = reply.get("broadcast")
     if isinstance(b, dict):

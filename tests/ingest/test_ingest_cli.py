@@ -222,3 +222,16 @@ def test_raw_pcm_refusals_name_the_push_flags(running, capsys, tmp_path):
         assert main(["push", "--endpoint", r.ipc, *args, str(raw)]) == 1
         err = capsys.readouterr().err
         assert err == f"{raw}: rejected: bad_request: --format pcm_s16le needs {flag}\n", err
+
+
+def test_status_summary_names_the_renderer_on_air_and_the_one_on_duty_next():
+    from flashtalk_live.ingest.cli import status_summary
+
+    def line(r: dict) -> str:
+        return next(ln for ln in status_summary({"renderer": r}) if ln.startswith("renderer:"))
+
+    base = {"preferred": "flashtalk", "failures": 1}
+    # the fallback is on duty, the engine's buffered frames still air
+    assert line({**base, "active": "still", "on_air": "flashtalk"}).startswith("renderer: flashtalk, still next ")
+    assert line({**base, "active": "still", "on_air": "still"}).startswith("renderer: still (preferred: flashtalk)")
+    assert line({**base, "active": "still"}).startswith("renderer: still (preferred")  # a reply without on_air
