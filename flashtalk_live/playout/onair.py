@@ -46,9 +46,8 @@ class OnAir:
         self._out_frame = 0  # the last frame that went out
         self._idle_announced = False
         self.reason_of = reason_of
-        self.renderer: str | None = None  # whose frames are on air (the first frame's renderer is not an event)
-        # (renderer, CLOCK_MONOTONIC of its first frame out): one attribute, so a lock-free reader (the probes)
-        # never pairs one renderer with another's time
+        # whose frames are on air and the CLOCK_MONOTONIC of its first frame out (the first frame's renderer is not
+        # an event): one attribute, so a lock-free reader (the probes) never pairs one renderer with another's time
         self.renderer_since: tuple[str, float] | None = None
         # a queue clip's first chunk: (cut, rendered) CLOCK_MONOTONIC, from the render thread until its `started`
         self._first_chunk: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
@@ -62,18 +61,25 @@ class OnAir:
         events.subscribe(self._forget_scheduled)
         events.subscribe(self._note_name)
 
+    @property
+    def renderer(self) -> str | None:
+        """Whose frames are on air (None before the first frame)."""
+        since = self.renderer_since
+        return None if since is None else since[0]
+
     # -- what aired (broadcast thread) ---------------------------------------------------------------
     def aired(self, marks: Sequence[Mark], segment_id: str | None, out_frame: int,
               renderer: str | None = None) -> None:
         """One frame went out: its marks as events, `idle` when the air first has no clip, and `renderer_changed`
         at the first frame of another renderer (None: a repeated frame of an underrun, no one's new frame)."""
         self._out_frame = out_frame
-        if renderer is not None and renderer != self.renderer:
-            if self.renderer is not None:
-                self.events.publish("renderer_changed", renderer=renderer, previous=self.renderer,
+        previous = self.renderer
+        if renderer is not None and renderer != previous:
+            if previous is not None:
+                self.events.publish("renderer_changed", renderer=renderer, previous=previous,
                                     reason=self.reason_of(renderer), frame=out_frame,
                                     media_time_s=round(out_frame / self.fps, 3))
-            self.renderer, self.renderer_since = renderer, (renderer, time.monotonic())
+            self.renderer_since = (renderer, time.monotonic())
         for m in marks:
             self._announce(m, out_frame)
         if segment_id is None and not self._idle_announced:
