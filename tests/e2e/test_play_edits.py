@@ -81,12 +81,15 @@ def insert_then_play_now(d, tmp_path) -> tuple[list[dict], dict[str, str], dict]
         a, b = a_ack["segment_id"], b_ack["segment_id"]
         wait_for(ev, lambda e: e["type"] == "finished" and e.get("segment_id") == a, 120, seen)
         time.sleep(1.0)
+        end = c.status()
     ev.close()
     nums = {"at_cmd": round(before["broadcast"]["media_time_s"] * FPS),
             "at_reply": round(after["broadcast"]["media_time_s"] * FPS),
             "rate": max(before["plan"]["render_rate"] or 0.0, after["plan"]["render_rate"] or 0.0),
             "b_planned": b_ack.get("planned_media_time_s"), "a_planned": a_ack.get("planned_media_time_s"),
-            "play_now_replan": after["plan"]["last_replan"]}
+            "play_now_replan": after["plan"]["last_replan"],
+            # frames the air repeated (a loaded box): events count frames out, a re-plan timeline frames
+            "underrun_frames": end["broadcast"]["underrun_frames"]}
     return seen, {"x": x, "a": a, "b": b}, nums
 
 
@@ -121,8 +124,9 @@ def test_insert_then_play_now_while_a_clip_is_on_air_loses_nothing(daemon_factor
     # The play_now re-plan started inside a chunk of X (renderer.replan_within_chunk): the cut is at that frame, not
     # at a chunk boundary, and the recording below shows X up to it and B from it with nothing lost or doubled.
     replan = nums["play_now_replan"]
-    assert replan["command"] == "play_now" and replan["within_chunk"] is True and replan["from_frame"] == cut["frame"], \
-        replan
+    assert replan["command"] == "play_now" and replan["within_chunk"] is True, replan
+    # the same frame, shifted on air by any repeated frames before it (2 on a loaded CI box: 47 -> 49)
+    assert replan["from_frame"] <= cut["frame"] <= replan["from_frame"] + nums["underrun_frames"], (replan, nums)
     rec = Recording(tmp_path / "rec.flv", 500.0, sx1["frame"])
     rec.assert_on(500.0, sx1["frame"], cut["frame"], "X before the cut")
     rec.assert_off(500.0, cut["frame"], sx2["frame"], "X while B airs")
