@@ -77,7 +77,7 @@ def one_start(config: Path | None, work: Path, overrides: list[str], importtime:
     on_air = next((x for x in lines if x.get("event") == "on_air"), {})
     first = first_log_mono(lines)
     return {"polled_s": polled, "process_s": on_air.get("process_s"),
-            "room_s": on_air.get("first_frame_s"),
+            "room_s": on_air.get("first_frame_s"), "chunk_s": on_air.get("first_chunk_s"),
             "first_line_s": None if first is None else first - t_wall,
             "stderr": log.read_text(errors="replace") if importtime else ""}
 
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| measure | p50 s | max s |")
     print("|---|---|---|")
     for key, label in (("first_line_s", "spawn -> the daemon's first log line (interpreter, imports, settings)"),
+                       ("chunk_s", "the room's build -> its first chunk rendered (`on_air` first_chunk_s)"),
                        ("room_s", "the room's build -> its first frame out (`on_air` first_frame_s)"),
                        ("process_s", "process start -> first frame out (`on_air` process_s)"),
                        ("polled_s", "spawn -> a status reporting a frame out (polled every 20 ms)")):
