@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from flashtalk_live.client import Client, ClientError  # noqa: E402
 
 
-def first_log_mono(lines: list[dict[str, Any]]) -> float | None:
+def first_log_wall(lines: list[dict[str, Any]]) -> float | None:
     """The wall time (as a Unix time) of the daemon's first log line."""
     for line in lines:
         ts = line.get("timestamp")
@@ -68,18 +68,19 @@ def one_start(config: Path | None, work: Path, overrides: list[str], importtime:
             time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(60)
+    text = log.read_text(errors="replace")
     lines = []
-    for raw in log.read_text(errors="replace").splitlines():
+    for raw in text.splitlines():
         try:
             lines.append(json.loads(raw))
         except ValueError:
             pass
     on_air = next((x for x in lines if x.get("event") == "on_air"), {})
-    first = first_log_mono(lines)
+    first = first_log_wall(lines)
     return {"polled_s": polled, "process_s": on_air.get("process_s"),
             "room_s": on_air.get("first_frame_s"), "chunk_s": on_air.get("first_chunk_s"),
             "first_line_s": None if first is None else first - t_wall,
-            "stderr": log.read_text(errors="replace") if importtime else ""}
+            "log": text if importtime else ""}
 
 
 def slowest_imports(text: str, n: int) -> list[tuple[int, int, str]]:
@@ -90,10 +91,6 @@ def slowest_imports(text: str, n: int) -> list[tuple[int, int, str]]:
             rows.append((int(total), int(own), name.rstrip()))
     top = [r for r in rows if not r[2].startswith("    ")]  # the first two levels: what the daemon asks for
     return sorted(top, reverse=True)[:n]
-
-
-def q(values: list[float], p: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1] if len(values) > 1 else values[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
                        ("process_s", "process start -> first frame out (`on_air` process_s)"),
                        ("polled_s", "spawn -> a status reporting a frame out (polled every 20 ms)")):
         vals = [r[key] for r in rows if r[key] is not None]
-        print(f"| {label} | {q(vals, 50):.3f} | {max(vals):.3f} |" if vals else f"| {label} | - | - |")
+        print(f"| {label} | {statistics.median(vals):.3f} | {max(vals):.3f} |" if vals else f"| {label} | - | - |")
     if args.imports:
         with tempfile.TemporaryDirectory(prefix="ftl-first-frame-") as tmp:
             r = one_start(args.config, Path(tmp), args.overrides, importtime=True)
         print(f"\nslowest imports of one more start under -X importtime (first frame {r['polled_s']:.3f} s polled):")
         print("| module | cumulative ms | self ms |")
         print("|---|---|---|")
-        for total, own, name in slowest_imports(r["stderr"], args.imports):
+        for total, own, name in slowest_imports(r["log"], args.imports):
             print(f"| {name.strip()} {'(nested)' if name.startswith('  ') else ''} | {total / 1000:.1f} | "
                   f"{own / 1000:.1f} |")
     return 0

@@ -25,7 +25,8 @@ def test_slowest_imports_keep_the_first_two_levels():
 def test_two_starts_print_every_part_of_the_split(capsys):
     assert main(["--runs", "2", "--imports", "5"]) == 0
     out = capsys.readouterr().out
-    for label in ("first log line", "`on_air` first_frame_s", "`on_air` process_s", "status reporting a frame out"):
+    for label in ("first log line", "`on_air` first_chunk_s", "`on_air` first_frame_s", "`on_air` process_s",
+                  "status reporting a frame out"):
         row = next(line for line in out.splitlines() if label in line)
         assert re.search(r"\| \d+\.\d{3} \| \d+\.\d{3} \|$", row), row  # a measured value, not "-"
     assert "flashtalk_live.cli" in out
