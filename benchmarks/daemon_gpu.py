@@ -297,6 +297,7 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
     pushed: list[dict[str, Any]] = []
     producer: StreamProducer | None = None
     i, slot, next_progress = 0, 0, t0  # i: clips pushed; slot: the SCHEDULE's position
+    first_byte_samples = 0  # streams into an idle room so far: they cycle through the paces
     schedule = SCHEDULE if args.streams else tuple(x for x in SCHEDULE if x[0] == "enqueue")
     while time.monotonic() < end:
         if d.proc.poll() is not None:
@@ -334,7 +335,12 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
         samples = speech_like(seconds, seed=i, rate=rate)
         p: dict[str, Any] = {"kind": KIND_NAMES[(mode, where)], "seconds": seconds, "streamed": mode == "stream"}
         if mode == "stream":
-            producer = StreamProducer(client.endpoint, samples, rate, pace=args.stream_pace)
+            pace = args.stream_pace[0]
+            if where == "idle":
+                pace = args.stream_pace[first_byte_samples % len(args.stream_pace)]
+                first_byte_samples += 1
+            p.update(pace=pace, kind=p["kind"] + (f"_{pace:g}x" if len(args.stream_pace) > 1 else ""))
+            producer = StreamProducer(client.endpoint, samples, rate, pace=pace)
             producer.start()
             producer.opened.wait(30)
             p.update(producer=producer, segment_id=producer.segment_id)
@@ -355,11 +361,27 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
     return {"pushed": pushed, "t0": t0}
 
 
+def paces(text: str) -> tuple[float, ...]:
+    """--stream-pace: "1" or "1,4" -> (1.0,) or (1.0, 4.0); each above 0."""
+    try:
+        out = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+    if not out or min(out) <= 0:
+        raise argparse.ArgumentTypeError(f"paces must be above 0: {text!r}")
+    return out
+
+
+def paces_text(value: Any) -> str:
+    """The result's stream_pace (a list, or one number from older results) as "1x" / "1x, 4x"."""
+    return ", ".join(f"{float(x):g}x" for x in (value if isinstance(value, list) else [value or 1.0]))
+
+
 def latency_rows(pushed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per kind: push -> first frame of the clip on air (the `started` event's mono, the daemon's CLOCK_MONOTONIC,
     minus this process's monotonic time before the request), and its stages' medians."""
     rows: dict[str, dict[str, Any]] = {}
-    for kind in KIND_NAMES.values():
+    for kind in dict.fromkeys(p["kind"] for p in pushed):  # in the order first pushed
         ps = [p for p in pushed if p["kind"] == kind and p.get("latency_s") is not None]
         if not ps:
             continue
@@ -398,9 +420,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="0: every clip behind the one on air (no idle or play_now samples); else the SCHEDULE")
     ap.add_argument("--no-streams", dest="streams", action="store_false",
                     help="whole clips only (no streamed clips in the schedule)")
-    ap.add_argument("--stream-pace", type=float, default=1.0,
+    ap.add_argument("--stream-pace", type=paces, default=(1.0,), metavar="PACE[,PACE...]",
                     help="streamed clips' audio arrives this many times faster than real time (1: a producer at "
-                         "real-time pace, the slowest that does not starve; a streaming TTS usually runs faster)")
+                         "real-time pace, the slowest that does not starve; a streaming TTS usually runs faster). "
+                         "Several: streams into an idle room (the first-byte samples) take them in turn, each its "
+                         "own row; streams behind a clip take the first")
     ap.add_argument("--restart", action="store_true",
                     help="after the run, stop and start the daemon again on the same state dir: the warm start "
                          "(compile cache kept) next to the first, cold one")
@@ -455,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             "reanchors_in_run": b.get("reanchors", 0) - base.get("reanchors", 0),
             "renders_abandoned": (st1.get("plan") or {}).get("renders_abandoned"),
             "minutes": (time.monotonic() - t0) / 60, "clips": len(pushed), "duty": args.duty,
-            "streamed_clips": sum(p["streamed"] for p in pushed), "stream_pace": args.stream_pace,
+            "streamed_clips": sum(p["streamed"] for p in pushed), "stream_pace": list(args.stream_pace),
             "speech_share": sum(p["seconds"] for p in pushed if p["latency_s"] is not None) / max(1.0, time.monotonic() - t0),
             "clips_over_floor": ra.get("clips_over_floor"), "idle_bank": ra.get("idle_bank"),
             "clip_seconds": sum(p["seconds"] for p in pushed),
@@ -541,7 +565,7 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
         ("pacer re-anchors during the run; renders abandoned by re-plans",
          f"{r.get('reanchors_in_run', '-')}; {r.get('renders_abandoned', '-')}"),
         ("run", f"{_f(r.get('minutes'), '{:.1f}', ' min')}, {r.get('clips', 0)} clips, {r.get('streamed_clips', 0)} "
-                f"streamed at {r.get('stream_pace', 1.0):g}x real time ({_f(r.get('clip_seconds'), '{:.0f}', ' s')} "
+                f"streamed at {paces_text(r.get('stream_pace'))} real time ({_f(r.get('clip_seconds'), '{:.0f}', ' s')} "
                 f"of speech), {r.get('frames_out', '-')} frames out"),
         ("underrun frames (episodes)", f"{r.get('underrun_frames', '-')} ({r.get('underrun_episodes', '-')})"),
         ("underrun frames in clips / idle", f"{r.get('underrun_frames_clip', '-')} / {r.get('underrun_frames_idle', '-')}"),
