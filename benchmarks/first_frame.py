@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from flashtalk_live.client import Client, ClientError  # noqa: E402
+from support.stamp import commit  # noqa: E402
 
 
 def first_log_wall(lines: list[dict[str, Any]]) -> float | None:
@@ -83,14 +84,25 @@ def one_start(config: Path | None, work: Path, overrides: list[str], importtime:
             "log": text if importtime else ""}
 
 
-def slowest_imports(text: str, n: int) -> list[tuple[int, int, str]]:
+def import_rows(text: str) -> list[tuple[int, int, str]]:
+    """-X importtime's lines -> (cumulative us, self us, indented name)."""
     rows = []
     for line in text.splitlines():
         if line.startswith("import time:") and "self [us]" not in line:
             own, total, name = line[len("import time:"):].split("|")
             rows.append((int(total), int(own), name.rstrip()))
-    top = [r for r in rows if not r[2].startswith("    ")]  # the first two levels: what the daemon asks for
+    return rows
+
+
+def slowest_imports(text: str, n: int) -> list[tuple[int, int, str]]:
+    """The n slowest of the first two levels (what the daemon asks for), by cumulative time."""
+    top = [r for r in import_rows(text) if not r[2].startswith("    ")]
     return sorted(top, reverse=True)[:n]
+
+
+def costliest_own(text: str, n: int) -> list[tuple[int, int, str]]:
+    """The n modules of any depth whose own import took longest (where a slow first level's time goes)."""
+    return sorted(import_rows(text), key=lambda r: -r[1])[:n]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="ftl-first-frame-") as tmp:
             rows.append(one_start(args.config, Path(tmp), args.overrides, importtime=False))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or os.environ.get("FLASHTALK_COMMIT", "?")
-    print(f"\nfirst frame after the spawn: {args.config or 'embedded defaults'}, commit {commit}, "
+    print(f"\nfirst frame after the spawn: {args.config or 'embedded defaults'}, commit {commit()}, "
           f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, {args.runs} starts")
     print("| measure | p50 s | max s |")
     print("|---|---|---|")
@@ -126,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         for total, own, name in slowest_imports(r["log"], args.imports):
             print(f"| {name.strip()} {'(nested)' if name.startswith('  ') else ''} | {total / 1000:.1f} | "
                   f"{own / 1000:.1f} |")
+        print("\nlongest own import times, any depth (where the slow ones' time goes):")
+        print("| module | depth | self ms | cumulative ms |")
+        print("|---|---|---|---|")
+        for total, own, name in costliest_own(r["log"], args.imports):
+            depth = (len(name) - len(name.lstrip()) - 1) // 2
+            print(f"| {name.strip()} | {depth} | {own / 1000:.1f} | {total / 1000:.1f} |")
     return 0
 
 

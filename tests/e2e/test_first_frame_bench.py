@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from benchmarks.first_frame import main, slowest_imports
+from benchmarks.first_frame import costliest_own, main, slowest_imports
 
 
 def test_slowest_imports_keep_the_first_two_levels():
@@ -19,6 +19,8 @@ def test_slowest_imports_keep_the_first_two_levels():
         "import time:        50 |        700 | flashtalk_live.cli",
     ])
     assert slowest_imports(text, 5) == [(700, 50, " flashtalk_live.cli"), (600, 300, "   numpy")]
+    # own time at any depth: where a slow first level's time goes, the deep leaf included
+    assert [r[2].strip() for r in costliest_own(text, 3)] == ["numpy", "numpy.core", "deep.leaf"]
 
 
 @pytest.mark.timeout(180)

@@ -14,6 +14,11 @@ from benchmarks.dit_profile_gpu import kind_of, main, summarise
     ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>", "attention"),
     ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3", "attention"),
     ("triton_per_fused__to_copy_abs_amax_clamp_div_mul_0", "Triton (compiled elementwise, norms, quantisation)"),
+    # Inductor names a fused kernel after the operators around it: still generated elementwise work, not a GEMM
+    ("triton_red_fused__scaled_mm__to_copy_abs_amax_clamp_div_gelu_t_view_14",
+     "Triton (compiled elementwise, norms, quantisation)"),
+    ("triton_red_fused__scaled_dot_product_cudnn_attention__to_copy_add_mean_mul_pow_rsqrt_5",
+     "Triton (compiled elementwise, norms, quantisation)"),
     ("Memcpy DtoD (Device -> Device)", "copies and casts"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "copies and casts"),
     ("void at::native::(anonymous namespace)::CatArrayBatchedCopy", "copies and casts"),
