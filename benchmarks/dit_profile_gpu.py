@@ -58,6 +58,18 @@ def kind_of(name: str) -> str:
     return next((k for k, test in KINDS if test(n)), "other")
 
 
+def kernel_totals(events: Any) -> list[tuple[str, float, int]]:
+    """The profiler's events -> (kernel name, device us, launches), the GPU's kernels only: a CPU-side launch event
+    carries the kernel's name and its device time too, and counting both doubles every generated kernel."""
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.device_type == DeviceType.CUDA:
+            acc = by_name[e.name]
+            acc[0] += e.time_range.elapsed_us()
+            acc[1] += 1
+    return [(name, us, int(n)) for name, (us, n) in by_name.items() if us > 0]
+
+
 def summarise(events: list[tuple[str, float, int]], calls: int, layers: int) -> dict[str, Any]:
     """(name, self time us, count) of every kernel or operator -> per-block ms and counts by kind, top kernels."""
     by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -143,14 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             sync()
 
     events: list[tuple[str, float, int]] = []
-    if dev.type == "cuda":  # the kernels themselves: a CPU-side launch event carries the same name and device time
-        by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-        for e in prof.events():
-            if e.device_type == DeviceType.CUDA:
-                acc = by_name[e.name]
-                acc[0] += e.time_range.elapsed_us()
-                acc[1] += 1
-        events = [(name, us, int(n)) for name, (us, n) in by_name.items() if us > 0]
+    if dev.type == "cuda":
+        events = kernel_totals(prof.events())
     else:
         events = [(e.key, float(e.self_cpu_time_total), int(e.count)) for e in prof.key_averages()
                   if e.key.startswith("aten::") and e.self_cpu_time_total > 0]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.dit_profile_gpu import kind_of, main, summarise
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import FunctionEvent
+
+from benchmarks.dit_profile_gpu import kernel_totals, kind_of, main, summarise
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -36,6 +39,19 @@ def test_summary_is_per_block_and_shares_add_up():
     assert kinds["attention"] == pytest.approx((0.25, 1.0, 0.2))
     assert s["device_ms_per_block"] == pytest.approx(1.25)
     assert [t[0] for t in s["top"]] == ["nvjet_a", "nvjet_b", "flash_fwd"]
+
+
+def test_kernel_totals_count_each_kernel_once():
+    # the profiler's own event type: a generated kernel's CPU-side launch event carries its name (and device time)
+    def ev(name, start, end, device_type):
+        return FunctionEvent(id=0, name=name, thread=0, start_us=start, end_us=end, device_type=device_type)
+
+    events = [ev("triton_red_fused__scaled_mm_amax_0", 0, 50, DeviceType.CPU),
+              ev("triton_red_fused__scaled_mm_amax_0", 10, 40, DeviceType.CUDA),
+              ev("triton_red_fused__scaled_mm_amax_0", 60, 90, DeviceType.CUDA),
+              ev("nvjet_sm90_qqtst", 100, 300, DeviceType.CUDA), ev("aten::_scaled_mm", 95, 310, DeviceType.CPU)]
+    assert sorted(kernel_totals(events)) == [("nvjet_sm90_qqtst", 200.0, 1),
+                                             ("triton_red_fused__scaled_mm_amax_0", 60.0, 2)]
 
 
 def test_tiny_run_prints_the_table(capsys):
