@@ -144,10 +144,17 @@ class Client:
         frames = encode_request(cmd, data, **fields)
         size = sum(len(f) for f in frames)
         sock = self._socket()
+        deadline = time.monotonic() + timeout
+        # A DEALER with no connection to send on (a CURVE handshake the server refused: a revoked key) blocks a
+        # send for ever: the request waits for a writable socket within the same deadline as its reply.
+        if not sock.poll(int(timeout * 1000) + 1, zmq.POLLOUT):
+            self._reset()
+            raise ClientTimeout(
+                f"{cmd!r} could not be sent to {self.endpoint} within {timeout:g} s: no connection to the daemon "
+                "was accepted (for tcp:// with CURVE: the daemon may not trust this client's key, or revoked it)")
         # The empty delimiter makes the envelope unambiguous, as a REQ socket would.
         sock.send_multipart([b""] + frames, copy=size < 65536)
         rid = fields.get("id")
-        deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):

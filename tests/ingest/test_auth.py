@@ -24,6 +24,8 @@ from flashtalk_live.ingest.protocol import encode_request
 from flashtalk_live.ingest.server import IngestError, IngestServer
 from flashtalk_live.queue.spool import Spool
 
+from support.waiting import until
+
 CURVE = 'ingest.tcp_auth="curve"'
 
 
@@ -194,6 +196,24 @@ def test_a_slow_request_blocks_neither_other_connections_nor_the_server_and_infl
     finally:
         release.set()
         sock.close(0)
+
+
+@pytest.mark.timeout(60)
+def test_a_revoked_clients_next_request_times_out_instead_of_blocking_in_the_send(running, curve_keys, state_dir):
+    """The server cuts a revoked key's connection and refuses its reconnect; libzmq then drops the client socket's
+    only connection, and a DEALER send with no connection blocks for ever (a CI run hung here for 300 s)."""
+    r = running(CURVE)
+    with Client(r.tcp, timeout_s=2, curve=curve_keys["alice"]) as alice:
+        assert alice.ping()["pong"]
+        (state_dir / "keys" / "clients" / "alice.key").unlink()
+        sock = alice._sock
+        assert sock is not None
+        # the state that hung: nothing left to send on (the cut, then the refused reconnect)
+        until(lambda: not sock.poll(0, zmq.POLLOUT), 20, "alice's socket left without a connection")
+        t0 = time.monotonic()
+        with pytest.raises(ClientTimeout, match="could not be sent"):
+            alice.ping()
+        assert time.monotonic() - t0 < 10  # her 2 s timeout, loose on the shared box; the old send never returned
 
 
 def test_a_revocation_noticed_by_a_handshake_still_reaches_the_ingest_thread(tmp_path):
