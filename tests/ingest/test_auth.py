@@ -201,7 +201,8 @@ def test_a_slow_request_blocks_neither_other_connections_nor_the_server_and_infl
 @pytest.mark.timeout(60)
 def test_a_revoked_clients_next_request_times_out_instead_of_blocking_in_the_send(running, curve_keys, state_dir):
     """The server cuts a revoked key's connection and refuses its reconnect; libzmq then drops the client socket's
-    only connection, and a DEALER send with no connection blocks for ever (a CI run hung here for 300 s)."""
+    only connection, and a DEALER send with no connection blocks for ever (a CI run hung 300 s in that state, in
+    tests/e2e/test_bounded_costs.py)."""
     r = running(CURVE)
     with Client(r.tcp, timeout_s=2, curve=curve_keys["alice"]) as alice:
         assert alice.ping()["pong"]
@@ -210,10 +211,8 @@ def test_a_revoked_clients_next_request_times_out_instead_of_blocking_in_the_sen
         assert sock is not None
         # the state that hung: nothing left to send on (the cut, then the refused reconnect)
         until(lambda: not sock.poll(0, zmq.POLLOUT), 20, "alice's socket left without a connection")
-        t0 = time.monotonic()
-        with pytest.raises(ClientTimeout, match="could not be sent"):
+        with pytest.raises(ClientTimeout, match="could not be sent"):  # the old send never returned
             alice.ping()
-        assert time.monotonic() - t0 < 10  # her 2 s timeout, loose on the shared box; the old send never returned
 
 
 def test_a_revocation_noticed_by_a_handshake_still_reaches_the_ingest_thread(tmp_path):
