@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk_live.chunks import RenderAbandoned
-from flashtalk_live.engine.profile import Profile
+from flashtalk_live.engine.profile import VAE_TEMPORAL, Profile
 from flashtalk_live.engine.sampler import NoiseFn, NoiseSource, make_timesteps, sample
 from flashtalk_live.images import BACKGROUND, FitMode, fit_box
 from flashtalk_live.engine.session import AvatarSession, TextEncoder, prepare_session
@@ -196,6 +196,8 @@ class FlashTalkEngine:
         self.chunk_index = 0
         self.last_timings: dict[str, float] = {}
         self.last_motion_in: torch.Tensor | None = None  # the motion context the last chunk was generated from
+        self._shapes: dict[int, Profile] = {}  # shorter chunks (a clip's lead-in) by new frames: `shape`
+        self._y: dict[int, torch.Tensor] = {}  # the session's conditioning cut to each shorter chunk
         self._audio_seconds: float | None = None
         dit_cfg = getattr(models.dit, "cfg", None)
         if dit_cfg is not None and getattr(dit_cfg, "in_dim", 36) != 36:
@@ -229,6 +231,7 @@ class FlashTalkEngine:
         if session is not self.session and clear is not None:
             clear()  # the old session's K/V go now (a new context would also miss the cache by its identity)
         self.session = session
+        self._y.clear()
         self.motion = session.motion0
         self.noise = NoiseSource(self.profile.seed, self.device, self.noise_fn)
         self.chunk_index = 0
@@ -256,16 +259,40 @@ class FlashTalkEngine:
             raise EngineError("no avatar session: call start_session(image, prompt) first")
         return self.session
 
+    def shape(self, new_frames: int | None = None) -> Profile:
+        """The profile of a chunk of `new_frames` new frames: the profile itself, or (a clip's lead-in: shorter
+        chunks that reach the air sooner) the same with a shorter frame_num. The conditioning `y` of a shorter
+        chunk is the first latent frames of the profile's: the causal VAE's latent t sees only frames <= 4t."""
+        p = self.profile
+        if new_frames is None or new_frames == p.new_frames:
+            return p
+        short = self._shapes.get(new_frames)
+        if short is None:
+            if not 0 < new_frames < p.new_frames or (new_frames + p.motion_frames - 1) % VAE_TEMPORAL:
+                raise EngineError(f"profile {p.name!r} cannot make a chunk of {new_frames} new frames: it needs "
+                                  f"0 < n < {p.new_frames} and n + {p.motion_frames} motion frames = 1 + 4k")
+            short = self._shapes[new_frames] = p.replace(frame_num=new_frames + p.motion_frames)
+        return short
+
+    def _conditioning(self, s: AvatarSession, p: Profile) -> torch.Tensor:
+        if p.latent_frames == s.y.shape[1]:
+            return s.y
+        y = self._y.get(p.latent_frames)
+        if y is None:
+            y = self._y[p.latent_frames] = s.y[:, :p.latent_frames].contiguous()
+        return y
+
     # -- audio ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def audio_features(self, window: np.ndarray) -> torch.Tensor:
+    def audio_features(self, window: np.ndarray, new_frames: int | None = None) -> torch.Tensor:
         """The profile's rolling window (audio_window_seconds of 16 kHz mono ending at the chunk's end) ->
-        [1, frame_num, 5, layers, hidden] wav2vec2 windows; the time is charged to the next chunk."""
+        [1, frame_num, 5, layers, hidden] wav2vec2 windows (frame_num of `shape(new_frames)`); the time is
+        charged to the next chunk."""
         m = self.models
         if m.wav2vec is None or m.feature_extractor is None:
             raise EngineError("no wav2vec2 model loaded: pass audio features to generate_chunk directly")
         t0 = time.perf_counter()
-        emb = encode_stream_window(m.wav2vec, m.feature_extractor, window, self.profile.audio_config())
+        emb = encode_stream_window(m.wav2vec, m.feature_extractor, window, self.shape(new_frames).audio_config())
         if self.timing and emb.is_cuda:
             torch.cuda.synchronize()
         self._audio_seconds = time.perf_counter() - t0
@@ -285,16 +312,20 @@ class FlashTalkEngine:
         noise: Sequence[torch.Tensor] | None = None,
         trace: dict[str, Any] | None = None,
         abandoned: Callable[[], bool] | None = None,
+        new_frames: int | None = None,
     ) -> ChunkOutput:
         """As generate_chunk, returning a ChunkOutput (frames, drift frames, stage timings).
+
+        new_frames: a shorter chunk (`shape`), e.g. a clip's lead-in; the audio features must be of that shape.
 
         abandoned: asked at each denoising step's start and before decoding, once the device has finished the
         step before (a sync, so the steps queued ahead do not run on), and between DiT blocks with
         `abandon_run_ahead_blocks` (BlockRunAhead); True raises RenderAbandoned and leaves the engine as before the
         call (motion context, chunk index; the noise generator has moved on)."""
         s = self._session()
-        p = self.profile
+        p = self.shape(new_frames)
         m = self.models
+        y = self._conditioning(s, p)
         assert self.motion is not None and self.noise is not None
         if audio_embedding.ndim == 4:
             audio_embedding = audio_embedding[None]
@@ -327,9 +358,9 @@ class FlashTalkEngine:
                 if graphs:  # a new graph-tree step: the previous step's block outputs may be overwritten now
                     torch.compiler.cudagraph_mark_step_begin()
                 if between is None:  # a wrapper over several GPUs takes no hook: never passed one there
-                    return m.dit(latent[None], t, s.context[None], s.clip_fea, s.y[None], audio)[0]
+                    return m.dit(latent[None], t, s.context[None], s.clip_fea, y[None], audio)[0]
                 between.step = i
-                return m.dit(latent[None], t, s.context[None], s.clip_fea, s.y[None], audio,
+                return m.dit(latent[None], t, s.context[None], s.clip_fea, y[None], audio,
                              between_blocks=between)[0]
 
         def stop() -> bool:

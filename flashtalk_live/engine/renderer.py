@@ -46,7 +46,9 @@ from flashtalk_live.checkpoints.taehv import find_taehv_file, load_taehv, plan_t
 from flashtalk_live.engine.auto_memory import AutoMemory, AutoRecord, device_name, speed_fingerprint
 from flashtalk_live.engine.drift import DriftMeasure, RecalibrationPolicy, start_drift
 from flashtalk_live.engine.compile_cache import use_compile_cache
-from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks, uses_cuda_graphs
+from flashtalk_live.engine.engine import (
+    EngineError, EngineModels, FlashTalkEngine, compile_dit_blocks, uses_cuda_graphs,
+)
 from flashtalk_live.engine.profile import (
     AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile, compiled_ratio, next_auto_step,
     room_profiles,
@@ -99,11 +101,18 @@ class FlashTalkRenderer:
         policy: RecalibrationPolicy | None = None,
         drift_every: int = 1,
         crossfade_frames: int = 6,
+        lead_in: Sequence[int] = (),
     ) -> None:
+        """lead_in: the shorter chunk lengths (new frames) a clip may start with (video.lead_in_frames); each is
+        compiled and tuned by warm_up(), so the first one on air costs no compile."""
         if width < 2 or height < 2 or width % 2 or height % 2:
             raise ValueError(f"output geometry must be positive and even, got {width}x{height}")
         self.engine = engine
         self.profile: Profile = engine.profile
+        try:
+            self.lead_in = tuple(sorted({engine.shape(n).new_frames for n in lead_in}))
+        except EngineError as e:
+            raise RendererError(f"video.lead_in_frames: {e}") from None
         self.width, self.height, self.fit = width, height, fit
         self.events = events
         self.policy = policy or RecalibrationPolicy()
@@ -154,14 +163,17 @@ class FlashTalkRenderer:
     def ready(self) -> bool:
         return not self._closed and self._warm and self.engine.session is not None
 
-    def warm_up(self) -> dict[str, float]:
-        """Run one silent chunk (allocations, kernel selection) and rewind the session; then ready() is True."""
+    def warm_up(self, lead_in: bool = True) -> dict[str, float]:
+        """Run one silent chunk (allocations, kernel selection) and rewind the session; then ready() is True.
+        lead_in: one more silent chunk of each lead-in length (its own compiled shape and conv tuning)."""
         with self._lock:
             session = self.engine.session
             if session is None:
                 raise RendererError("warm_up() before start_session()")
             t0 = time.perf_counter()
             self._silent_chunk()
+            for n in self.lead_in if lead_in else ():
+                self._silent_chunk(n)
             self.engine.use_session(session)  # rewind motion context and noise: warm-up leaves no trace
             self._warm = True
             took = time.perf_counter() - t0
@@ -195,8 +207,9 @@ class FlashTalkRenderer:
             finally:
                 self.engine.use_session(session)
 
-    def _silent_chunk(self) -> np.ndarray:
-        out = self.engine.generate(self._features(np.zeros(self.profile.window_samples, np.float32)))
+    def _silent_chunk(self, new_frames: int | None = None) -> np.ndarray:
+        silence = np.zeros(self.profile.window_samples, np.float32)
+        out = self.engine.generate(self._features(silence, new_frames), new_frames=new_frames)
         assert self.engine.session is not None  # generate() needs the session: start_session ran
         pending = start_drift(self.engine.session, out, self.engine.models.clip)
         fitted = self._fit(out.frames)
@@ -207,9 +220,10 @@ class FlashTalkRenderer:
         if self._closed:
             raise RendererError("flashtalk renderer is closed")
         p = self.profile
-        if chunk.n_frames != p.new_frames:
-            raise RendererError(f"chunk of {chunk.n_frames} frames, but profile {p.name!r} makes {p.new_frames} "
-                                "per chunk (set video.chunk_frames = frame_num - motion_frames)")
+        n = chunk.n_frames
+        if n != p.new_frames and n not in self.lead_in:
+            raise RendererError(f"chunk of {n} frames, but profile {p.name!r} makes {p.new_frames} per chunk (set "
+                                f"video.chunk_frames = frame_num - motion_frames) or a lead-in of {list(self.lead_in)}")
         t0 = time.perf_counter()
         with self._lock:
             if self.engine.session is None:
@@ -235,7 +249,8 @@ class FlashTalkRenderer:
                     self.engine.set_motion_frames(aired)
             before = self._last_measure
             try:
-                out = self.engine.generate(self._features(window), abandoned=chunk.abandoned.is_set)
+                out = self.engine.generate(self._features(window, n), abandoned=chunk.abandoned.is_set,
+                                           new_frames=n)
             except RenderAbandoned:
                 if reason is not None:  # the session or re-anchor it began is still due: the next chunk starts there
                     self._force = reason
@@ -332,8 +347,8 @@ class FlashTalkRenderer:
         self._history = np.concatenate([self._history, new])[-n:]
         return self._history
 
-    def _features(self, window: np.ndarray) -> torch.Tensor:
-        return self.engine.audio_features(window)
+    def _features(self, window: np.ndarray, new_frames: int | None = None) -> torch.Tensor:
+        return self.engine.audio_features(window, new_frames)
 
     def _to_profile(self, frames: np.ndarray) -> np.ndarray:
         p = self.profile
@@ -528,7 +543,7 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
                             abandon_run_ahead_blocks=m.abandon_run_ahead_blocks),
             width=v.width, height=v.height, fit=v.fit,
             events=events, policy=RecalibrationPolicy.from_settings(m), drift_every=m.drift_every_chunks,
-            crossfade_frames=m.recalibrate_crossfade_frames,
+            crossfade_frames=m.recalibrate_crossfade_frames, lead_in=v.lead_in_frames,
         )
 
     weights = f"random:{random_weights}" if random_weights != "off" else file_identity(
@@ -576,7 +591,7 @@ def choose_by_measurement(make: Callable[[Profile], FlashTalkRenderer], candidat
 
     def measure(p: Profile, stage: str) -> list[float]:
         r = renderer_for(p)
-        r.warm_up()  # one untimed chunk: allocations, kernel selection, torch.compile
+        r.warm_up(lead_in=False)  # one untimed chunk: allocations, kernel selection, torch.compile
         seconds = r.time_chunks(chunks, lambda run: timer(p, run, stage))
         log.info("profile_measured", stage=stage, **ProfileTiming(p, tuple(seconds), margin).to_dict())
         return seconds

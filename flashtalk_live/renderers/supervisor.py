@@ -187,8 +187,10 @@ class RendererSupervisor:
                     raise TimeoutError(f"chunk took {took:.2f}s, over its {deadline:.2f}s deadline")
                 self._check_frames(frames, chunk)
                 self._backoff.reset()
-                # Slow to follow (a slowly sinking engine must not stretch its own deadline much).
-                self.typical_s = took if self.typical_s is None else self.typical_s + 0.05 * (took - self.typical_s)
+                # Slow to follow (a slowly sinking engine must not stretch its own deadline much); a full chunk's
+                # time only (a clip's shorter lead-in chunks would pull the expected rate down).
+                if chunk.n_frames == self.v.chunk_frames:
+                    self.typical_s = took if self.typical_s is None else self.typical_s + 0.05 * (took - self.typical_s)
                 return self._done(chunk, frames, r, took)
             except RenderAbandoned:  # a re-plan discarded the chunk: nothing failed, nothing to air
                 raise

@@ -181,6 +181,10 @@ class VideoSettings(_Section):
     height: int = Field(768, gt=0)
     fps: int = Field(25, gt=0, le=60)
     chunk_frames: int = Field(28, gt=0, description="new frames per render chunk (FlashTalk: frame_num - motion_frames)")
+    lead_in_frames: tuple[int, ...] = Field(
+        (), description="a queue clip that starts on a chunk's first frame (into an idle room, play_now) is cut into "
+        "chunks of these many frames first, then chunk_frames: a short first chunk renders and airs sooner "
+        "(FlashTalk: each its own compiled shape, multiples of 4 below chunk_frames, rising); empty: off")
     reference_image: str | None = Field(None, description="portrait; none uses the embedded demo portrait")
     fit: Literal["cover", "contain"] = "cover"
     prompt: str = "A person is talking to the camera in a live-commerce studio."
@@ -191,6 +195,14 @@ class VideoSettings(_Section):
         if v % 2:
             raise ValueError(f"must be even for yuv420p, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _lead_in(self) -> "VideoSettings":
+        lead = self.lead_in_frames
+        if any(n <= 0 or n % 4 or n >= self.chunk_frames for n in lead) or list(lead) != sorted(set(lead)):
+            raise ValueError(f"lead_in_frames {list(lead)}: rising multiples of 4 below chunk_frames "
+                             f"{self.chunk_frames} (the causal VAE groups 4 frames)")
+        return self
 
 
 class RendererSettings(_Section):
