@@ -6,7 +6,9 @@ ready r*c*(i+1) s from now and needed B + c*i s from now. No chunk is late when
 
     B >= max(r*c, n*r*c - (n-1)*c),   n = ceil(D / c) + 1   (+1: a clip may start mid-chunk),
 
-with r the measured rate times (1 + margin). Until then the timeline plays idle/programme and the render thread
+with r the measured rate times (1 + margin). A clip cut into a lead-in first (shorter chunks: `video.lead_in_frames`)
+needs B >= max over k of (render seconds of chunks 0..k) - (air seconds of chunks 0..k-1), with each shorter
+length's own measured render time (a whole chunk's until measured: never less). Until then the timeline plays idle/programme and the render thread
 keeps working ahead (the look-ahead may grow to `capacity_s`). A renderer at real time or faster needs no more than
 one chunk, which the look-ahead already holds: no added delay. A clip that cannot reach its head start within
 `capacity_s` (too long for this renderer), or whose buffer stopped growing for `capacity_s` of timeline, starts
@@ -31,10 +33,18 @@ class RenderRate:
         self.value: float | None = None  # None until the first measured chunk
         self.last: float | None = None
         self.samples = 0
+        self.short: dict[int, float] = {}  # render seconds of shorter chunks (a lead-in) by frames, same EWMA
 
     def restart(self, value: float | None) -> None:
         """Another renderer took over: its own speed (or nothing known yet), not a blend with the last one's."""
         self.value = value
+        self.short = {}
+
+    def observe_short(self, frames: int, render_s: float) -> None:
+        """A chunk shorter than a whole one: a fixed cost per chunk makes its rate worse, so it is kept apart."""
+        old = self.short.get(frames)
+        self.short[frames] = render_s if old is None else old + (self.rise if render_s > old else self.fall) * (
+            render_s - old)
 
     def observe(self, render_s: float, media_s: float) -> None:
         if media_s <= 0:
@@ -63,6 +73,7 @@ class Admission:
     def __init__(self, *, chunk_s: float, fps: int, base_chunks: int, capacity_s: float, margin: float,
                  buffered_s: Callable[[], float], rate: RenderRate | None = None) -> None:
         self.chunk_s, self.fps = chunk_s, fps
+        self.chunk_frames = round(chunk_s * fps)
         self.base_chunks = base_chunks
         self.capacity_s = max(capacity_s, base_chunks * chunk_s)
         self.margin = margin
@@ -87,18 +98,50 @@ class Admission:
         v = self.rate.value
         return None if v is None else v * (1.0 + self.margin)
 
-    def head_start_s(self, clip_s: float) -> float:
-        """Seconds that must be buffered ahead of the air for a clip of clip_s seconds to air without a stall."""
+    def observe(self, render_s: float, frames: int) -> None:
+        """A rendered chunk of `frames` frames took render_s: whole chunks make the rate, shorter ones their own."""
+        if frames == self.chunk_frames:
+            self.rate.observe(render_s, frames / self.fps)
+        elif frames > 0:
+            self.rate.observe_short(frames, render_s)
+
+    def chunk_render_s(self, frames: int) -> float | None:
+        """Planning seconds to render a chunk of `frames` frames (None: no measurement yet). A shorter chunk not
+        measured yet counts as a whole one, which never renders faster."""
+        r = self.planning_rate
+        if r is None:
+            return None
+        whole = r * self.chunk_s
+        if frames >= self.chunk_frames:
+            return r * frames / self.fps
+        short = self.rate.short.get(frames)
+        return whole if short is None else min(whole, short * (1.0 + self.margin))
+
+    def head_start_s(self, clip_s: float, lead: tuple[int, ...] = ()) -> float:
+        """Seconds that must be buffered ahead of the air for a clip of clip_s seconds to air without a stall;
+        `lead`: the clip starts on a chunk's first frame and is cut into chunks of these many frames first."""
         r = self.planning_rate
         if r is None:
             return 0.0
         c = self.chunk_s
-        n = math.ceil(max(clip_s, 0.0) / c) + 1
-        return max(r * c, n * r * c - (n - 1) * c)
+        if not lead:
+            n = math.ceil(max(clip_s, 0.0) / c) + 1
+            return max(r * c, n * r * c - (n - 1) * c)
+        need = ready = aired = 0.0
+        left = max(clip_s, 0.0)
+        for frames in lead:
+            ready += self.chunk_render_s(frames) or 0.0
+            need = max(need, ready - aired)
+            aired += frames / self.fps
+            left -= frames / self.fps
+        if left > 0:  # then whole chunks: the first of them or the last decides (rate below or above 1)
+            n = math.ceil(left / c - 1e-9)
+            need = max(need, ready + r * c - aired, ready + n * r * c - aired - (n - 1) * c)
+        return need
 
-    def may_start(self, segment_id: str, clip_s: float, frame: int) -> bool:
+    def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = ()) -> bool:
         b = self.buffered_s()
-        need = self.head_start_s(clip_s)
+        need = self.head_start_s(clip_s, lead)
         if self.rate.value is None:
             d = Decision(True, "no_measurement", need, b)
         elif b >= need:
@@ -137,6 +180,8 @@ class Admission:
         d = self.last
         return {
             "render_rate": None if self.rate.value is None else round(self.rate.value, 3),
+            # render seconds of the shorter chunks by frames (a clip's lead-in), kept apart from the rate
+            "short_chunk_render_s": {str(n): round(v, 4) for n, v in sorted(self.rate.short.items())},
             "buffered_s": round(self.buffered_s(), 3),
             "waiting": self._waiting,
             "waiting_reason": d.reason if d is not None and not d.admit else None,

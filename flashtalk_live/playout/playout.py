@@ -62,6 +62,7 @@ class Playout:
                                  streams=streams, programme_resume_s=s.programme.resume_after_queue_s)
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=self._planning_rate,
+                                   render_s=self.admission.chunk_render_s,
                                    abandon_s=renderers.abandon_s,
                                    air_frame=self._air_frame, buffered_s=self._buffered_s,
                                    due_margin_s=s.streams.due_margin_s,

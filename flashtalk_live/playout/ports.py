@@ -82,7 +82,8 @@ class LiveAudio(Protocol):
 class LiveStreams(Protocol):
     """The open streamed clips as the timeline sees them (`queue/streams.StreamRegistry`)."""
 
-    start_samples: int
+    start_samples: int  # broadcast samples a stream needs to start (its first chunk and the prebuffer)
+    prebuffer_s: float  # the producer's jitter allowance past the first chunk
 
     def live(self, segment_id: str) -> LiveAudio | None: ...
 
@@ -90,7 +91,7 @@ class LiveStreams(Protocol):
 class Gate(Protocol):
     """What the timeline needs from the admission policy (`playout/admission.py`)."""
 
-    def may_start(self, segment_id: str, clip_s: float, frame: int) -> bool: ...
+    def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = ()) -> bool: ...
 
 
 class ChunkSource(Protocol):

@@ -132,7 +132,7 @@ class RenderAhead:
         if out.renderer != self._measured:  # a fallback's or a newly loaded renderer's speed, not a blend
             self.admission.rate.restart(None)
             self._measured = out.renderer
-        self.admission.rate.observe(out.render_seconds, out.chunk.n_frames / self.fps)
+        self.admission.observe(out.render_seconds, out.chunk.n_frames)
 
     def _expect(self, name: str) -> None:
         """Before a renderer's first chunk: plan with its warm-up speed, not the last renderer's (a re-plan right

@@ -52,6 +52,7 @@ CUT_SLACK_S = 0.06
 class Replanner:
     def __init__(self, timeline: Any, lookahead: Any, *, poll_s: float = 0.02, fps: int = 25,
                  rate: Callable[[], float | None] = lambda: None,
+                 render_s: Callable[[int], float | None] | None = None,
                  abandon_s: Callable[[], float | None] = lambda: None,
                  air_frame: Callable[[], int | None] = lambda: None,
                  buffered_s: Callable[[], float] = lambda: 0.0, due_margin_s: float = 0.2,
@@ -61,6 +62,9 @@ class Replanner:
             raise ValueError("a Replanner needs a Timeline built with replannable=True (it keeps snapshots)")
         self.timeline, self.lookahead = timeline, lookahead
         self.fps, self.rate, self.air_frame = fps, rate, air_frame
+        # Planning seconds to render a chunk of n frames (admission.chunk_render_s: a lead-in chunk has its own);
+        # default: the rate times the chunk's air time.
+        self.render_s = render_s or self._at_rate
         # What the re-cut future follows on air, by plan: the render thread reads it (playout/renderahead.py
         # conditions the next chunk on it) instead of being called from the control thread.
         self.rebase_point: tuple[int, RenderedChunk | None] = (0, None)
@@ -86,6 +90,10 @@ class Replanner:
         self.within_chunk, self.min_kept_frames = within_chunk, min_kept_frames
         self.splits = 0
         self._log = get_logger("replan")
+
+    def _at_rate(self, frames: int) -> float | None:
+        r = self.rate()
+        return None if r is None else r * frames / self.fps
 
     # -- the render thread --------------------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:
@@ -117,7 +125,7 @@ class Replanner:
         there (timeline: the rest is a pause in the clip). Outside the lock: edits go on meanwhile."""
         tl = self.timeline
         while not self.lookahead.closed and tl.stream_shortfall() > 0:
-            slack = self.buffered_s() - (self.rate() or 0.0) * tl.chunk_frames / self.fps - self.due_margin_s
+            slack = self.buffered_s() - (self.render_s(tl.next_frames) or 0.0) - self.due_margin_s
             if slack <= 0:
                 return
             tl.wait_stream(min(slack, 0.05))
@@ -227,26 +235,24 @@ class Replanner:
 
     def _renderable_from(self, air: int | None) -> int:
         """The first timeline frame a chunk cut now could still air on time: the render in flight ends (or stops
-        within the renderer's `abandon_s`: a frame it reaches that way discards it), then one more chunk renders at
-        the planning rate (no wait with a renderer much faster than real time), plus `CUT_SLACK_S`."""
+        within the renderer's `abandon_s`: a frame it reaches that way discards it), then the re-plan's first chunk
+        (`timeline.replan_frames`: a lead-in's length, else a whole chunk) renders at the planning rate (no wait
+        with a renderer much faster than real time), plus `CUT_SLACK_S`."""
         now = self.air_frame()
         if now is None:
             return 0
-        r = self.rate() or 0.0
-        n = self.timeline.chunk_frames
         need = 0.0
         if self._rendering is not None:
             t0, chunk, _ = self._rendering
-            n = chunk.n_frames
             elapsed = self.clock() - t0
-            need += max(0.0, r * n / self.fps - elapsed)
+            need += max(0.0, (self.render_s(chunk.n_frames) or 0.0) - elapsed)
             step = self.abandon_s()
             if step is not None and step > 0:
                 # The render stops at its next step boundary (steps of `step` s from its start). Abandoning pays
                 # only where the chunk in flight lies at or after the frame this gives (a bank link: always); a
                 # later frame is past the timeline's end: nothing is re-planned then.
                 need = min(need, step - elapsed % step)
-        need += r * n / self.fps + CUT_SLACK_S
+        need += (self.render_s(self.timeline.replan_frames) or 0.0) + CUT_SLACK_S
         return now + math.ceil(need * self.fps - 1e-9)  # 1.0 x 28 / 25 x 25 is 28.000000000000004
 
     @contextmanager

@@ -69,6 +69,7 @@ class _Snapshot:
     started: tuple[str, ...] = ()  # queue clips whose first frame is in this chunk
     starved: int = 0  # broadcast samples of producer pauses cut into this chunk
     queue_end: int | None = None  # the timeline's `_queue_end` before the chunk
+    lead: tuple[Any, ...] = (None, (), None)  # the timeline's (`_ramp_seg`, `_ramp`, `_cap`) before the chunk
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Split:
     history: np.ndarray
     starved: int
     queue_end: int | None = None
+    lead: tuple[Any, ...] = (None, (), None)
 
 
 @dataclass
@@ -184,6 +186,14 @@ class Timeline:
         self.programme_resume = int(round(programme_resume_s * self.rate))
         self._queue_end: int | None = None
         self._cut_ids: set[str] = set()  # clips cancelled on air (cut()): cut wherever cutting reaches them
+        # A clip's lead-in (`video.lead_in_frames`): a queue clip that starts on a chunk's first frame is cut into
+        # these shorter chunks first (`_ramp`: the lengths still to cut for `_ramp_seg`); `_cap` bounds the first
+        # chunk cut after a re-plan (the Replanner counted on a lead-in's render time there).
+        self.lead_in: tuple[int, ...] = tuple(video.lead_in_frames)
+        self._ramp: tuple[int, ...] = ()
+        self._ramp_seg: str | None = None
+        self._cap: int | None = None
+        self._offer: tuple[int, ...] = ()  # the chunk lengths a queue clip picked now would be cut into
         self._log = get_logger("timeline")
 
     # -- clock helpers ---------------------------------------------------------------------------
@@ -269,12 +279,13 @@ class Timeline:
             streams = self.streams
             live = streams.live(str(head.segment_id)) if streams is not None else None
             if streams is not None and live is not None:
-                if not live.startable(streams.start_samples):
+                first = self._offer[0] if self._offer else self.chunk_frames  # frames of its first chunk
+                if not live.startable(first * self.spf + int(round(streams.prebuffer_s * self.rate))):
                     return False  # its first chunk and the producer's jitter allowance have not arrived
                 clip_s = max(clip_s, live.declared_s or 0.0) if not live.ended else clip_s
             if self.admission is None:
                 return True
-            return bool(self.admission.may_start(str(head.segment_id), clip_s, frame))
+            return bool(self.admission.may_start(str(head.segment_id), clip_s, frame, lead=self._offer))
         except Exception as e:  # noqa: BLE001 - a broken gate must not keep clips off the air
             self._log.error("admission_failed", error=repr(e))
             return True
@@ -477,9 +488,10 @@ class Timeline:
         scratch._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
         scratch._chunk_index, scratch._sample, scratch._history = sn.chunk_index, sn.sample, sn.history
         scratch._queue_end = sn.queue_end
+        scratch._ramp_seg, scratch._ramp, scratch._cap = sn.lead
         chunk, snap = scratch._cut(frame - sn.start_frame, pick=False)
         return Split(frame, chunk, snap, scratch._cur, scratch._chunk_index, scratch._sample, scratch._history,
-                     scratch.starved_samples, scratch._queue_end)
+                     scratch.starved_samples, scratch._queue_end, (scratch._ramp_seg, scratch._ramp, scratch._cap))
 
     def rewind(self, frame: int, split: Split | None = None) -> list[tuple[str, Any]]:
         """Undo every chunk cut from `frame` on (the caller has discarded them); returns the undone operations.
@@ -496,6 +508,8 @@ class Timeline:
             self._cur, self._chunk_index, self._sample, self._history = split.cur, split.chunk_index, split.sample, \
                 split.history
             self._queue_end = split.queue_end
+            self._ramp_seg, self._ramp, _ = split.lead
+            self._cap = self.replan_frames if self.lead_in else None
             self.starved_samples += split.starved
             self._snaps.append(split.snap)
             return undone
@@ -521,6 +535,8 @@ class Timeline:
         self._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
         self._chunk_index, self._sample, self._history = sn.chunk_index, sn.sample, sn.history
         self._queue_end = sn.queue_end
+        self._ramp_seg, self._ramp, _ = sn.lead
+        self._cap = self.replan_frames if self.lead_in else None  # what the Replanner planned the first cut with
         if first_item is not None and first_item.kind != "pause" and self.programme is not None:
             try:
                 self.programme.rewind(first_item)
@@ -538,7 +554,20 @@ class Timeline:
         cur = self._cur
         if cur is None or cur.stream is None or cur.complete:
             return 0
-        return max(0, self.chunk_frames * self.spf - cur.remaining)
+        return max(0, self.next_frames * self.spf - cur.remaining)
+
+    @property
+    def next_frames(self) -> int:
+        """Frames of the next chunk cut (a clip's lead-in chunk is shorter), unless a queue clip starts on its
+        first frame: then at most lead_in[0]."""
+        cur = self._cur
+        n = self._ramp[0] if self._ramp and cur is not None and cur.segment_id == self._ramp_seg else self.chunk_frames
+        return n if self._cap is None else min(n, self._cap)
+
+    @property
+    def replan_frames(self) -> int:
+        """Frames of the first chunk cut after a re-plan (`rewind`): the first lead-in length, or a whole chunk."""
+        return self.lead_in[0] if self.lead_in else self.chunk_frames
 
     def wait_stream(self, timeout: float) -> None:
         """Until the streamed clip being cut grows or ends (or timeout); at once when none is."""
@@ -559,8 +588,8 @@ class Timeline:
 
     # -- the one public operation ---------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:
-        """Cut the next chunk_frames frames of audio, with marks and per-frame bookkeeping."""
-        chunk, snap = self._cut(self.chunk_frames, pick=True)
+        """Cut the next chunk (`next_frames` frames) of audio, with marks and per-frame bookkeeping."""
+        chunk, snap = self._cut(self.next_frames, pick=True)
         if self.replannable:
             self._snaps.append(snap)
             if len(self._snaps) > 1024:  # far beyond any look-ahead (lookahead_s <= 600 s): a missed forget
@@ -579,8 +608,14 @@ class Timeline:
         model = np.zeros(self._m(s0 + n) - m0, np.float32)
         marks: list[Mark] = []
         snap = _Snapshot(f0, dataclasses.replace(self._cur) if self._cur is not None else None,
-                         self._chunk_index, s0, self._history, queue_end=self._queue_end)
+                         self._chunk_index, s0, self._history, queue_end=self._queue_end,
+                         lead=(self._ramp_seg, self._ramp, self._cap))
         self._ops = snap.ops
+        ramping = self._ramp and self._cur is not None and self._cur.segment_id == self._ramp_seg
+        self._ramp = self._ramp[1:] if ramping else ()  # this chunk is the ramp's front (or no ramp goes on)
+        self._cap = None
+        # A queue clip picked on this chunk's first frame is cut into (this chunk, then) the lead-in's lengths.
+        self._offer = (min(nf, self.lead_in[0]), *self.lead_in[1:]) if self.lead_in and pick else ()
         best_seg: list[str | None] = [None] * nf
         best_cnt = [0] * nf
         queue_ids: set[str | None] = set()
@@ -604,11 +639,18 @@ class Timeline:
 
         filled = 0
         while filled < n:
+            if filled:
+                self._offer = ()  # a clip starting mid-chunk follows what played: no lead-in
             if self._cur is None:
                 self._cur = self._pick((s0 + filled) // spf, marks) if pick else None
                 if self._cur is None:
                     break  # idle silence for the rest of the chunk
             cur = self._cur
+            if self._offer and not filled and not cur.started and cur.kind == "clip" and cur.source == "queue":
+                nf, self._ramp, self._ramp_seg = self._offer[0], self._offer[1:], cur.segment_id
+                n = nf * spf
+                audio, model = audio[:n], model[: self._m(s0 + n) - m0]
+                del best_seg[nf:], best_cnt[nf:]
             take = min(n - filled, cur.remaining)
             a = s0 + filled  # global sample of this piece's first sample
             if not cur.started:

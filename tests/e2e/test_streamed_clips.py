@@ -93,11 +93,13 @@ def spool_parts(state_dir: Path, segment_id: str) -> list[bytes]:
 
 @pytest.mark.rtmp
 @pytest.mark.timeout(240)
-def test_a_stream_at_real_time_pace_airs_continuously_and_starts_before_close(daemon_factory, nginx_rtmp):
+@pytest.mark.parametrize("lead_in", ["[]", "[8, 16]"], ids=["whole_chunks", "lead_in"])
+def test_a_stream_at_real_time_pace_airs_continuously_and_starts_before_close(daemon_factory, nginx_rtmp, lead_in):
+    """Also with a lead-in (video.lead_in_frames): the clip's first chunks shorter, the air just as continuous."""
     srv = nginx_rtmp()
     # a generous jitter allowance: the producer here shares a loaded box with the daemon
     d = daemon_factory(outputs=[{"name": "live", "url": srv.url("room")}],
-                       extra=["streams.prebuffer_s=1.0"]).start()
+                       extra=["streams.prebuffer_s=1.0", f"video.lead_in_frames={lead_in}"]).start()
     ev = d.events()
     seen: list[dict] = []
     n = 30  # 6 s
@@ -132,6 +134,8 @@ def test_a_stream_at_real_time_pace_airs_continuously_and_starts_before_close(da
     assert 'flashtalk_push_to_air_seconds_count{kind="stream_first_byte"} 1.0' in metrics
     assert "flashtalk_producer_starved_seconds_total 0.0" in metrics
     assert st["streams"]["open"] == 0 and st["streams"]["closed"] == 1
+    # the lead-in's chunks were rendered (their own render times), and only with a lead-in
+    assert set(st["render_ahead"]["short_chunk_render_s"]) == ({"8", "16"} if lead_in != "[]" else set())
     started = next(e for e in seen if e["type"] == "started" and e.get("segment_id") == sid)
     # its stages on one clock (CLOCK_MONOTONIC, this process's too): first byte, first chunk cut, rendered, on air
     assert t0 <= started["cut_mono"] <= started["rendered_mono"] <= started["mono"], started

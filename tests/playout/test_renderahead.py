@@ -35,7 +35,7 @@ class Sim:
 
     def __init__(self, rate: float, *, gate: bool, clip_s: float, period_s: float, n_clips: int,
                  programme=None, lookahead_s: float = 20.0) -> None:  # noqa: ANN001
-        st = SimpleNamespace(video=SimpleNamespace(fps=FPS, chunk_frames=NF),
+        st = SimpleNamespace(video=SimpleNamespace(fps=FPS, chunk_frames=NF, lead_in_frames=()),
                              encoder=SimpleNamespace(audio_rate=RATE, audio_channels=CH),
                              renderer=SimpleNamespace(lookahead_chunks=3, lookahead_s=lookahead_s,
                                                       admission_margin=0.25))

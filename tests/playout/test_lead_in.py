@@ -1,0 +1,214 @@
+"""A clip's lead-in (video.lead_in_frames) in the timeline, the replanner and the admission: a queue clip that starts
+on a chunk's first frame is cut into the shorter lengths first, then whole chunks; a re-plan's first chunk is the
+first lead-in length; a clip that starts mid-chunk gets none; rewinds restore the ramp; the head start counts the
+shorter chunks with their own render times. Real spool, registry, look-ahead and timeline; levels label clips."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from flashtalk_live.chunks import RenderedChunk
+from flashtalk_live.playout.admission import Admission
+from flashtalk_live.playout.pacing import Lookahead
+from flashtalk_live.playout.replan import Replanner
+from flashtalk_live.playout.timeline import Timeline
+from flashtalk_live.queue.spool import Spool
+from flashtalk_live.queue.streams import StreamRegistry
+from flashtalk_live.settings import Settings
+
+CF, SPF = 28, 1920  # 1.12 s chunks of 48 kHz audio at 25 fps
+LEAD = (8, 16)
+
+
+def _pcm(level: int, seconds: float) -> bytes:
+    return np.full((int(round(seconds * 48000)), 2), level * 512, "<i2").tobytes()
+
+
+def _add(spool: Spool, level: int, seconds: float, mode: str = "enqueue") -> str:
+    return spool.add(_pcm(level, seconds), mode=mode, duration_s=seconds, format="pcm_s16le",
+                     sample_rate=48000, channels=2).segment_id
+
+
+class Room:
+    def __init__(self, tmp_path, lead=LEAD, prebuffer_s: float = 0.4) -> None:
+        st = Settings(state_dir="/nonexistent-state", video={"lead_in_frames": list(lead)},
+                      streams={"prebuffer_s": prebuffer_s})
+        self.spool = Spool(tmp_path / "spool")
+        self.streams = StreamRegistry(st.streams, st.ingest, st.encoder, self.spool, chunk_s=(lead or (CF,))[0] / 25)
+        self.tl = Timeline(st.video, st.encoder, self.spool, None, replannable=True, streams=self.streams)
+        self.la = Lookahead(64)
+        self.air_at: int | None = None
+        self.rp = Replanner(self.tl, self.la, poll_s=0.001, air_frame=lambda: self.air_at, rate=lambda: 0.5,
+                            within_chunk=False)
+        self.aired: list = []
+
+    def render(self, n: int) -> list:
+        out = []
+        for _ in range(n):
+            c = self.rp.next_chunk()
+            out.append(c)
+            frames = np.zeros((c.n_frames, 2, 2, 3), np.uint8)
+            assert self.rp.put(RenderedChunk(c, frames, "t", 0.0), threading.Event())
+        return out
+
+    def flush(self) -> list:
+        while len(self.la):
+            self.aired.append(self.la.get_nowait().chunk)
+        return self.aired
+
+
+def _levels(chunks) -> np.ndarray:
+    return np.round(np.concatenate([c.audio[:, 0] for c in chunks]) * 32768 / 512).astype(int)
+
+
+def _starts(chunks, kind: str = "started") -> dict[str, int]:
+    return {m.segment_id: m.frame for c in chunks for m in c.marks if m.kind == kind}
+
+
+def test_a_clip_into_an_idle_room_starts_with_its_lead_in_and_one_behind_it_with_whole_chunks(tmp_path) -> None:
+    r = Room(tmp_path)
+    r.render(2)  # idle: whole chunks
+    a = _add(r.spool, 1, 2.0)
+    b = _add(r.spool, 2, 1.0)
+    r.render(5)
+    aired = r.flush()
+    assert [c.n_frames for c in aired] == [CF, CF, 8, 16, CF, CF, CF]
+    assert [c.start_frame for c in aired[1:]] == [c.start_frame + c.n_frames for c in aired[:-1]]
+    starts = _starts(aired)
+    assert starts[a] == 2 * CF and starts[b] == 2 * CF + 50, "B follows A mid-chunk: no lead-in of its own"
+    lv = _levels(aired)
+    assert (lv[: 2 * CF * SPF] == 0).all() and (lv[2 * CF * SPF: 2 * CF * SPF + 96000] == 1).all()
+    assert (lv[2 * CF * SPF + 96000: 2 * CF * SPF + 144000] == 2).all(), "the audio stays contiguous"
+    r.spool.close()
+
+
+def test_a_short_clip_ends_inside_its_lead_in_and_the_ramp_stops_with_it(tmp_path) -> None:
+    r = Room(tmp_path)
+    a = _add(r.spool, 1, 0.2)  # 5 frames: ends inside the first 8-frame chunk
+    r.render(3)
+    aired = r.flush()
+    assert [c.n_frames for c in aired] == [8, CF, CF]
+    assert _starts(aired, "finished")[a] == 4 and aired[1].idle
+    r.spool.close()
+
+
+def test_an_enqueue_replan_cuts_its_first_chunk_at_the_lead_in_length_and_the_clip_starts_there(tmp_path) -> None:
+    r = Room(tmp_path)
+    r.render(5)  # idle buffered
+    r.aired.append(r.la.get_nowait().chunk)  # chunk 0 on air
+    r.air_at = 3
+    with r.rp.editing("enqueue"):
+        a = _add(r.spool, 1, 3.0)
+    planned = r.rp.last["from_frame"]
+    assert planned == CF  # the first boundary of the buffered idle not on air
+    r.render(4)
+    aired = r.flush()
+    after = [c for c in aired if c.start_frame >= planned]
+    assert [c.n_frames for c in after] == [8, 16, CF, CF]
+    assert _starts(aired)[a] == planned
+    assert [c.start_frame for c in aired[1:]] == [c.start_frame + c.n_frames for c in aired[:-1]]
+    r.spool.close()
+
+
+def test_a_replan_with_nothing_to_start_still_cuts_its_first_chunk_short_then_whole_chunks(tmp_path) -> None:
+    """The replanner counted on a lead-in's render time for the re-plan's first chunk, so that chunk is short
+    whatever it holds (here idle after a cancel)."""
+    r = Room(tmp_path)
+    x = _add(r.spool, 1, 10.0)
+    r.render(4)
+    r.aired.append(r.la.get_nowait().chunk)
+    r.air_at = 3
+    with r.rp.editing("cancel", x):
+        r.spool.cancel(x)
+    r.render(3)
+    aired = r.flush()
+    frame = r.rp.last["from_frame"]
+    assert [c.n_frames for c in aired if c.start_frame >= frame] == [8, CF, CF]
+    assert all(c.idle for c in aired if c.start_frame >= frame)
+    r.spool.close()
+
+
+def test_play_now_inside_a_lead_in_starts_a_ramp_of_its_own_and_rewinds_give_the_ramp_back(tmp_path) -> None:
+    r = Room(tmp_path)
+    a = _add(r.spool, 1, 4.0)
+    r.render(3)  # A: 8, 16, 28
+    r.aired.append(r.la.get_nowait().chunk)  # A's first 8 frames on air
+    r.air_at = 2
+    with r.rp.editing("play_now"):
+        b = _add(r.spool, 2, 2.0, "play_now")
+    r.render(4)
+    aired = r.flush()
+    assert r.rp.last["from_frame"] == 8
+    assert [c.n_frames for c in aired] == [8, 8, 16, CF, CF]
+    starts = _starts(aired)
+    assert starts[b] == 8 and starts[a] == 8 + 50, "A replays from its start after B, mid-chunk: no lead-in"
+    # a rewind to the chunk where A's ramp ran gives the ramp state of that moment back
+    r2 = Room(tmp_path / "two")
+    _add(r2.spool, 1, 4.0)
+    first = r2.render(3)
+    r2.tl.rewind(first[1].start_frame)
+    again = r2.render(2)
+    assert [c.n_frames for c in first] == [8, 16, CF] and [c.n_frames for c in again] == [8, CF]
+    r.spool.close()
+    r2.spool.close()
+
+
+def test_a_stream_starts_once_its_first_lead_in_chunk_and_the_prebuffer_arrived(tmp_path) -> None:
+    r = Room(tmp_path, prebuffer_s=0.2)
+    sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
+                         peer="test").entry.segment_id
+    r.streams.append(sid, 0, _pcm(3, 8 / 25))  # the first lead-in chunk, short of its prebuffer
+    c0 = r.tl.next_chunk()
+    assert c0.idle and c0.n_frames == CF
+    r.streams.append(sid, 1, _pcm(3, 0.2))
+    c1 = r.tl.next_chunk()
+    assert c1.n_frames == 8 and [m.kind for m in c1.marks] == ["started"]
+    r.spool.close()
+
+
+def _brute_head_start(adm: Admission, clip_s: float, lead: tuple[int, ...]) -> float:
+    """Chunk by chunk: chunk k is ready after the renders of 0..k and airs after the air of 0..k-1."""
+    lengths = list(lead)
+    while sum(lengths) / 25 < clip_s:
+        lengths.append(CF)
+    need = ready = aired = 0.0
+    for n in lengths:
+        ready += adm.chunk_render_s(n)
+        need = max(need, ready - aired)
+        aired += n / 25
+    return need
+
+
+@pytest.mark.parametrize("rate, clip_s", [(0.5, 0.3), (0.5, 3.0), (0.7, 12.0), (1.3, 5.0), (2.0, 40.0)])
+def test_the_head_start_with_a_lead_in_is_the_chunk_by_chunk_schedule(rate: float, clip_s: float) -> None:
+    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.25, buffered_s=lambda: 0.0)
+    adm.rate.observe(rate * CF / 25, CF / 25)
+    assert adm.chunk_render_s(8) == pytest.approx(rate * CF / 25 * 1.25), "unmeasured: a whole chunk's time"
+    adm.observe(0.3 * rate, 8)
+    adm.observe(0.5 * rate, 16)
+    assert adm.chunk_render_s(16) == pytest.approx(0.5 * rate * 1.25)
+    assert adm.chunk_render_s(CF) == pytest.approx(rate * CF / 25 * 1.25)
+    assert adm.rate.value == pytest.approx(rate), "shorter chunks do not move the whole-chunk rate"
+    for lead in [(8,), (8, 16), (16,)]:
+        assert adm.head_start_s(clip_s, lead) == pytest.approx(_brute_head_start(adm, clip_s, lead)), lead
+    # the lead-in is what makes the first frame sooner: with measured short chunks, never a longer head start
+    assert adm.head_start_s(clip_s, (8, 16)) <= adm.head_start_s(clip_s) + 1e-9 or rate > 1
+    c = CF / 25
+    r = rate * 1.25
+    n = math.ceil(clip_s / c) + 1
+    assert adm.head_start_s(clip_s) == pytest.approx(max(r * c, n * r * c - (n - 1) * c)), "no lead: as before"
+
+
+def test_a_renderer_change_forgets_the_short_chunk_times() -> None:
+    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0, buffered_s=lambda: 0.0)
+    adm.observe(0.8, CF)
+    adm.observe(0.3, 8)
+    adm.rate.restart(None)
+    adm.observe(0.9, CF)
+    assert adm.chunk_render_s(8) == pytest.approx(0.9), "the new renderer's short chunks are not measured yet"
+    assert list(itertools.islice(adm.rate.short, 1)) == []
