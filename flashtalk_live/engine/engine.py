@@ -411,6 +411,7 @@ class FlashTalkEngine:
         return out
 
 
+DIT_SHAPE_LIMIT = 64  # compiled entries per block code object (torch._dynamo's recompile_limit)
 CUDA_GRAPHS_MODE = "reduce-overhead"  # inductor with CUDA graph trees: each block replayed as one graph
 
 
@@ -428,6 +429,10 @@ def compile_dit_blocks(dit: torch.nn.Module, cuda_graphs: bool = False) -> None:
     new graph-tree step before each of its forwards (`uses_cuda_graphs`). Off CUDA the graphs are skipped by
     torch and the blocks run as plain compiled code."""
     options = dit_compile_options(cuda_graphs)
+    # One compiled entry per block kind (bf16, fp8) and chunk shape: the profile, the lead-in's lengths and auto's
+    # trials exceed torch's default of 8, past which a new shape would silently run eager.
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, DIT_SHAPE_LIMIT)
     for block in dit.blocks:
         block.compile(**options)
     setattr(dit, "cuda_graphs", cuda_graphs)  # a plain attribute on the module: no state-dict key
