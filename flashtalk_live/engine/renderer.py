@@ -130,7 +130,7 @@ class FlashTalkRenderer:
         self.recalibrations: list[dict[str, Any]] = []
         self.chunks = 0
         self.render_seconds: deque[float] = deque(maxlen=4096)  # wall of each render() call, for status
-        self._timed_s: float | None = None  # the last chunk `time_chunks` timed (before any render: abandon_s)
+        self._timed_s: float | None = None  # the last whole chunk's time (time_chunks', then render's): abandon_s
         self._auto_candidates: tuple[Profile, ...] = ()
         self.profile_choice: ProfileChoice | None = None  # set when model.profile = "auto" chose this profile
         self.auto_eager: dict[str, list[float]] = {}  # auto with compile: the eager trial chunk seconds per profile
@@ -193,16 +193,19 @@ class FlashTalkRenderer:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.engine.device)
 
-    def time_chunks(self, n: int, timer: Callable[[Callable[[], Any]], float]) -> list[float]:
+    def time_chunks(self, n: int, timer: Callable[[Callable[[], Any]], float],
+                    new_frames: int | None = None) -> list[float]:
         """Seconds of n silent chunks through the render path (features, engine, drift measure, fit), each as
-        `timer(run)` measures it; the session is rewound afterwards, as after warm_up()."""
+        `timer(run)` measures it (new_frames: of a lead-in's length); the session is rewound afterwards, as after
+        warm_up()."""
         with self._lock:
             session = self.engine.session
             if session is None:
                 raise RendererError("time_chunks() before start_session()")
             try:
-                times = [float(timer(self._silent_chunk)) for _ in range(n)]
-                self._timed_s = times[-1] if times else self._timed_s
+                times = [float(timer(lambda: self._silent_chunk(new_frames))) for _ in range(n)]
+                if new_frames is None:
+                    self._timed_s = times[-1] if times else self._timed_s
                 return times
             finally:
                 self.engine.use_session(session)
@@ -274,14 +277,17 @@ class FlashTalkRenderer:
         if reason in ("drift", "schedule", "manual"):
             self._announce(reason, before, measure, chunk)
         self.render_seconds.append(time.perf_counter() - t0)
+        if n == p.new_frames:
+            self._timed_s = self.render_seconds[-1]  # a whole chunk's time: what abandon_s steps are made of
         return fitted
 
     def abandon_s(self) -> float | None:
-        """How often a chunk abandoned mid-render (`RenderChunk.abandoned`) can stop, from the last chunk's time:
+        """How often a chunk abandoned mid-render (`RenderChunk.abandoned`) can stop, from the last whole chunk's time
+        (a lead-in's shorter chunk would make the steps look shorter than a whole chunk's, e.g. an idle bank link's):
         one denoising step, or with the engine's `abandon_run_ahead_blocks` N, N + 1 DiT blocks (the host's lead
         plus the block it waits in). Before the first render, from the chunk `time_chunks` timed after the warm-up
         (the first clip after a take-over is planned like the next ones); None before either."""
-        last = self.render_seconds[-1] if self.render_seconds else self._timed_s
+        last = self._timed_s
         if last is None:
             return None
         step = last / self.profile.sample_steps

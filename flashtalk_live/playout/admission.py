@@ -139,6 +139,20 @@ class Admission:
             need = max(need, ready + r * c - aired, ready + n * r * c - aired - (n - 1) * c)
         return need
 
+    def first_chunks_s(self, lead: tuple[int, ...]) -> float | None:
+        """The head start a re-plan's first chunks need: one whole chunk's render, or with a lead-in its ramp and
+        the whole chunk after it, each rendered in the air time of those before (None: no measurement yet)."""
+        if self.planning_rate is None:
+            return None
+        if not lead:
+            return self.chunk_render_s(self.chunk_frames)
+        return self.head_start_s(sum(lead) / self.fps + self.chunk_s, tuple(lead))
+
+    def lead_in_gain_s(self, lead: tuple[int, ...]) -> float:
+        """How much sooner a clip airs cut into `lead` than into whole chunks (0.0 when not known)."""
+        whole, ramp = self.chunk_render_s(self.chunk_frames), self.first_chunks_s(lead)
+        return 0.0 if whole is None or ramp is None else max(0.0, whole - ramp)
+
     def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = ()) -> bool:
         b = self.buffered_s()
         need = self.head_start_s(clip_s, lead)

@@ -63,6 +63,7 @@ class Playout:
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=self._planning_rate,
                                    render_s=self.admission.chunk_render_s,
+                                   first_chunks_s=lambda: self.admission.first_chunks_s(v.lead_in_frames),
                                    abandon_s=renderers.abandon_s,
                                    air_frame=self._air_frame, buffered_s=self._buffered_s,
                                    due_margin_s=s.streams.due_margin_s,
@@ -72,7 +73,8 @@ class Playout:
                                         self.lookahead, fps=v.fps, idle_reuse=s.renderer.idle_reuse,
                                         bank=bank_from_settings(s.renderer, v, s.model, s.path(s.state_dir)),
                                         renderer_identity=lambda: renderer_identity(preferred_renderer()),
-                                        expected_rate=renderers.expected_rate, served=renderers.served)
+                                        expected_rate=renderers.expected_rate,
+                                        expected_short=renderers.expected_short, served=renderers.served)
         self.onair = OnAir(events, spool, self.timeline, self.replanner, self.admission, fps=v.fps,
                            air_frame=self._air_frame, media_time_s=media_time_s, reason_of=renderers.reason_of)
 

@@ -87,11 +87,15 @@ class LiveStreams(Protocol):
 
     def live(self, segment_id: str) -> LiveAudio | None: ...
 
+    def pace(self, live: LiveAudio) -> float: ...
+
 
 class Gate(Protocol):
     """What the timeline needs from the admission policy (`playout/admission.py`)."""
 
     def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = ()) -> bool: ...
+
+    def lead_in_gain_s(self, lead: tuple[int, ...]) -> float: ...
 
 
 class ChunkSource(Protocol):
@@ -128,6 +132,8 @@ class ChunkRenderer(Protocol):
     def current_name(self) -> str: ...
 
     def expected_rate(self) -> float | None: ...
+
+    def expected_short(self) -> dict[int, float]: ...
 
 
 class AirClock(Protocol):

@@ -91,6 +91,7 @@ class RenderAhead:
                  fps: int, idle_reuse: bool = True, bank: IdleBank | None = None,
                  renderer_identity: Callable[[], str | None] = lambda: None,
                  expected_rate: Callable[[], float | None] = lambda: None,
+                 expected_short: Callable[[], dict[int, float]] = dict,
                  served: Callable[[str], None] = lambda name: None) -> None:
         self.timeline, self.render = timeline, render
         self.current_renderer = current_renderer
@@ -101,6 +102,7 @@ class RenderAhead:
         self.bank = bank
         self.renderer_identity = renderer_identity
         self.expected_rate = expected_rate  # the supervisor's guess for a renderer that just took over
+        self.expected_short = expected_short  # ... and for its lead-in lengths (render seconds by frames)
         self.served = served  # the supervisor told that a bank chunk of a renderer goes out (it is on duty)
         self._measured: str | None = None  # the renderer whose chunks the admission's rate measures
         self._tail: RenderedChunk | None = None  # the last chunk handed to the air
@@ -141,6 +143,7 @@ class RenderAhead:
             guess = self.expected_rate()
             if guess is not None:
                 self.admission.rate.restart(guess)
+                self.admission.rate.short = dict(self.expected_short())
                 self._measured = name
 
     def _from_bank(self, chunk: RenderChunk, name: str) -> RenderedChunk | None:

@@ -53,6 +53,7 @@ class Replanner:
     def __init__(self, timeline: Any, lookahead: Any, *, poll_s: float = 0.02, fps: int = 25,
                  rate: Callable[[], float | None] = lambda: None,
                  render_s: Callable[[int], float | None] | None = None,
+                 first_chunks_s: Callable[[], float | None] | None = None,
                  abandon_s: Callable[[], float | None] = lambda: None,
                  air_frame: Callable[[], int | None] = lambda: None,
                  buffered_s: Callable[[], float] = lambda: 0.0, due_margin_s: float = 0.2,
@@ -65,6 +66,8 @@ class Replanner:
         # Planning seconds to render a chunk of n frames (admission.chunk_render_s: a lead-in chunk has its own);
         # default: the rate times the chunk's air time.
         self.render_s = render_s or self._at_rate
+        # ... and the head start the first chunks of a re-plan need (with a lead-in: its ramp, `Timeline.rewind`).
+        self.first_chunks_s = first_chunks_s or (lambda: self.render_s(timeline.chunk_frames))
         # What the re-cut future follows on air, by plan: the render thread reads it (playout/renderahead.py
         # conditions the next chunk on it) instead of being called from the control thread.
         self.rebase_point: tuple[int, RenderedChunk | None] = (0, None)
@@ -235,9 +238,9 @@ class Replanner:
 
     def _renderable_from(self, air: int | None) -> int:
         """The first timeline frame a chunk cut now could still air on time: the render in flight ends (or stops
-        within the renderer's `abandon_s`: a frame it reaches that way discards it), then the re-plan's first chunk
-        (`timeline.replan_frames`: a lead-in's length, else a whole chunk) renders at the planning rate (no wait
-        with a renderer much faster than real time), plus `CUT_SLACK_S`."""
+        within the renderer's `abandon_s`: a frame it reaches that way discards it), then the re-plan's first chunks
+        render (`first_chunks_s`: a whole chunk at the planning rate, or a lead-in's ramp; no wait with a renderer
+        much faster than real time), plus `CUT_SLACK_S`."""
         now = self.air_frame()
         if now is None:
             return 0
@@ -252,7 +255,7 @@ class Replanner:
                 # only where the chunk in flight lies at or after the frame this gives (a bank link: always); a
                 # later frame is past the timeline's end: nothing is re-planned then.
                 need = min(need, step - elapsed % step)
-        need += (self.render_s(self.timeline.replan_frames) or 0.0) + CUT_SLACK_S
+        need += (self.first_chunks_s() or 0.0) + CUT_SLACK_S
         return now + math.ceil(need * self.fps - 1e-9)  # 1.0 x 28 / 25 x 25 is 28.000000000000004
 
     @contextmanager

@@ -50,6 +50,10 @@ from flashtalk_live.playout.ports import ClipQueue, Gate, LiveAudio, LiveStreams
 
 Source = Literal["queue", "programme"]
 
+# A stream's producer at least this many times faster than real time starts in a lead-in on its first chunk (a
+# slower one waits as long as the lead-in gains, so it airs when it would have without one: no pauses in the clip).
+LEAD_IN_PACE = 2.0
+
 # What a re-plan keeps of the buffered future (playout/replan.py): nothing, the clip on air, or queue clips too.
 Keep = Literal["nothing", "on_air", "queue"]
 
@@ -69,7 +73,6 @@ class _Snapshot:
     started: tuple[str, ...] = ()  # queue clips whose first frame is in this chunk
     starved: int = 0  # broadcast samples of producer pauses cut into this chunk
     queue_end: int | None = None  # the timeline's `_queue_end` before the chunk
-    lead: tuple[Any, ...] = (None, (), None)  # the timeline's (`_ramp_seg`, `_ramp`, `_cap`) before the chunk
 
 
 @dataclass
@@ -86,7 +89,6 @@ class Split:
     history: np.ndarray
     starved: int
     queue_end: int | None = None
-    lead: tuple[Any, ...] = (None, (), None)
 
 
 @dataclass
@@ -186,13 +188,12 @@ class Timeline:
         self.programme_resume = int(round(programme_resume_s * self.rate))
         self._queue_end: int | None = None
         self._cut_ids: set[str] = set()  # clips cancelled on air (cut()): cut wherever cutting reaches them
-        # A clip's lead-in (`video.lead_in_frames`): a queue clip that starts on a chunk's first frame is cut into
-        # these shorter chunks first (`_ramp`: the lengths still to cut for `_ramp_seg`); `_cap` bounds the first
-        # chunk cut after a re-plan (the Replanner counted on a lead-in's render time there).
+        # The lead-in (`video.lead_in_frames`): shorter chunks that render and air sooner. A ramp of them starts
+        # where a queue clip starts on a whole chunk's first frame (that chunk shrinks) and at every re-plan, and
+        # runs to its end whatever plays: each of its chunks was planned to render in the air time of the one
+        # before (the admission's head start, the replanner's first chunks), which a whole chunk would not.
         self.lead_in: tuple[int, ...] = tuple(video.lead_in_frames)
-        self._ramp: tuple[int, ...] = ()
-        self._ramp_seg: str | None = None
-        self._cap: int | None = None
+        self._ramp: tuple[int, ...] = ()  # the lengths of the next chunks to cut, then whole chunks
         self._offer: tuple[int, ...] = ()  # the chunk lengths a queue clip picked now would be cut into
         self._log = get_logger("timeline")
 
@@ -279,8 +280,13 @@ class Timeline:
             streams = self.streams
             live = streams.live(str(head.segment_id)) if streams is not None else None
             if streams is not None and live is not None:
-                first = self._offer[0] if self._offer else self.chunk_frames  # frames of its first chunk
-                if not live.startable(first * self.spf + int(round(streams.prebuffer_s * self.rate))):
+                # Its first chunk and the jitter allowance. In a lead-in it airs sooner, which a producer at real
+                # time cannot keep up with (pauses in the clip): it then waits as long as the lead-in gains.
+                need_s = (self._offer[0] if self._offer else self.chunk_frames) / self.fps + streams.prebuffer_s
+                if self._offer and not live.ended and streams.pace(live) < LEAD_IN_PACE:
+                    gain = self.admission.lead_in_gain_s(self._offer) if self.admission is not None else 0.0
+                    need_s = self.chunk_frames / self.fps + streams.prebuffer_s + gain
+                if not live.startable(int(round(need_s * self.rate))):
                     return False  # its first chunk and the producer's jitter allowance have not arrived
                 clip_s = max(clip_s, live.declared_s or 0.0) if not live.ended else clip_s
             if self.admission is None:
@@ -488,10 +494,9 @@ class Timeline:
         scratch._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
         scratch._chunk_index, scratch._sample, scratch._history = sn.chunk_index, sn.sample, sn.history
         scratch._queue_end = sn.queue_end
-        scratch._ramp_seg, scratch._ramp, scratch._cap = sn.lead
         chunk, snap = scratch._cut(frame - sn.start_frame, pick=False)
         return Split(frame, chunk, snap, scratch._cur, scratch._chunk_index, scratch._sample, scratch._history,
-                     scratch.starved_samples, scratch._queue_end, (scratch._ramp_seg, scratch._ramp, scratch._cap))
+                     scratch.starved_samples, scratch._queue_end)
 
     def rewind(self, frame: int, split: Split | None = None) -> list[tuple[str, Any]]:
         """Undo every chunk cut from `frame` on (the caller has discarded them); returns the undone operations.
@@ -508,8 +513,7 @@ class Timeline:
             self._cur, self._chunk_index, self._sample, self._history = split.cur, split.chunk_index, split.sample, \
                 split.history
             self._queue_end = split.queue_end
-            self._ramp_seg, self._ramp, _ = split.lead
-            self._cap = self.replan_frames if self.lead_in else None
+            self._ramp = self.lead_in  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
             self.starved_samples += split.starved
             self._snaps.append(split.snap)
             return undone
@@ -535,8 +539,7 @@ class Timeline:
         self._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
         self._chunk_index, self._sample, self._history = sn.chunk_index, sn.sample, sn.history
         self._queue_end = sn.queue_end
-        self._ramp_seg, self._ramp, _ = sn.lead
-        self._cap = self.replan_frames if self.lead_in else None  # what the Replanner planned the first cut with
+        self._ramp = self.lead_in  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
         if first_item is not None and first_item.kind != "pause" and self.programme is not None:
             try:
                 self.programme.rewind(first_item)
@@ -558,16 +561,9 @@ class Timeline:
 
     @property
     def next_frames(self) -> int:
-        """Frames of the next chunk cut (a clip's lead-in chunk is shorter), unless a queue clip starts on its
-        first frame: then at most lead_in[0]."""
-        cur = self._cur
-        n = self._ramp[0] if self._ramp and cur is not None and cur.segment_id == self._ramp_seg else self.chunk_frames
-        return n if self._cap is None else min(n, self._cap)
-
-    @property
-    def replan_frames(self) -> int:
-        """Frames of the first chunk cut after a re-plan (`rewind`): the first lead-in length, or a whole chunk."""
-        return self.lead_in[0] if self.lead_in else self.chunk_frames
+        """Frames of the next chunk cut: a ramp's next length, else a whole chunk (which shrinks to the first
+        lead-in length if a queue clip starts on its first frame)."""
+        return self._ramp[0] if self._ramp else self.chunk_frames
 
     def wait_stream(self, timeout: float) -> None:
         """Until the streamed clip being cut grows or ends (or timeout); at once when none is."""
@@ -608,14 +604,15 @@ class Timeline:
         model = np.zeros(self._m(s0 + n) - m0, np.float32)
         marks: list[Mark] = []
         snap = _Snapshot(f0, dataclasses.replace(self._cur) if self._cur is not None else None,
-                         self._chunk_index, s0, self._history, queue_end=self._queue_end,
-                         lead=(self._ramp_seg, self._ramp, self._cap))
+                         self._chunk_index, s0, self._history, queue_end=self._queue_end)
         self._ops = snap.ops
-        ramping = self._ramp and self._cur is not None and self._cur.segment_id == self._ramp_seg
-        self._ramp = self._ramp[1:] if ramping else ()  # this chunk is the ramp's front (or no ramp goes on)
-        self._cap = None
-        # A queue clip picked on this chunk's first frame is cut into (this chunk, then) the lead-in's lengths.
-        self._offer = (min(nf, self.lead_in[0]), *self.lead_in[1:]) if self.lead_in and pick else ()
+        # A queue clip picked on this chunk's first frame is cut into this chunk, then the rest of the ramp; with no
+        # ramp going on, the chunk shrinks to the first lead-in length and a ramp starts.
+        self._offer = ()
+        if pick and self._ramp:
+            self._offer, self._ramp = self._ramp, self._ramp[1:]
+        elif pick and self.lead_in and nf == self.chunk_frames:
+            self._offer = self.lead_in
         best_seg: list[str | None] = [None] * nf
         best_cnt = [0] * nf
         queue_ids: set[str | None] = set()
@@ -646,8 +643,9 @@ class Timeline:
                 if self._cur is None:
                     break  # idle silence for the rest of the chunk
             cur = self._cur
-            if self._offer and not filled and not cur.started and cur.kind == "clip" and cur.source == "queue":
-                nf, self._ramp, self._ramp_seg = self._offer[0], self._offer[1:], cur.segment_id
+            if self._offer and not filled and not cur.started and cur.kind == "clip" and cur.source == "queue" \
+                    and nf != self._offer[0]:  # a whole chunk: shrink it, the ramp starts here
+                nf, self._ramp = self._offer[0], self._offer[1:]
                 n = nf * spf
                 audio, model = audio[:n], model[: self._m(s0 + n) - m0]
                 del best_seg[nf:], best_cnt[nf:]

@@ -142,6 +142,12 @@ class StreamRegistry:
         with self._lock:
             return self._live.get(segment_id)
 
+    def pace(self, live: LiveStream) -> float:
+        """Seconds of audio a stream received per second since its first piece (0.0 before one)."""
+        if live.first_byte is None:
+            return 0.0
+        return live.seconds / max(self.clock() - live.first_byte, 1e-3)
+
     def forget(self, segment_id: str) -> None:
         """The clip left the spool (finished, interrupted, dropped): its audio is no longer needed."""
         with self._lock:

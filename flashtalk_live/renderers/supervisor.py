@@ -53,6 +53,7 @@ class RendererSupervisor:
         self.last_render_s = 0.0
         self.render_rtf = 0.0
         self.typical_s: float | None = None  # the preferred renderer's chunk time: its warm-up, then an EWMA
+        self.typical_short: dict[int, float] = {}  # ... and each lead-in length's, timed after its warm-up
 
     def start(self) -> None:
         """Start loading the preferred renderer (once; the broadcast calls it at its first frame)."""
@@ -85,9 +86,13 @@ class RendererSupervisor:
                     # thread: the warm-up includes cuDNN's autotuning and overstated the rate several times, so the
                     # first clips after each (re)load waited for head starts they did not need.
                     tuned = pool.submit(time_chunks, 1, _wall_time).result()
+                    # each lead-in length too: the first clip's head start counts on them (admission)
+                    short = {n: pool.submit(time_chunks, 1, _wall_time, n).result()[0]
+                             for n in getattr(r, "lead_in", ())}
                     self.log.info("renderer_rate_measured", renderer=r.name, warm_up_s=typical,
-                                  chunk_s=round(tuned[0], 4))
+                                  chunk_s=round(tuned[0], 4), lead_in_s={n: round(v, 4) for n, v in short.items()})
                     typical = tuned[0]
+                    self.typical_short = short
                 self.typical_s = typical
                 self._engine_pool = pool
                 self._abandoned = None
@@ -149,6 +154,11 @@ class RendererSupervisor:
         if p is not None and p.ready() and self.typical_s is not None:
             return self.typical_s / (self.v.chunk_frames / self.v.fps)
         return None
+
+    def expected_short(self) -> dict[int, float]:
+        """Render seconds of each lead-in length the next chunks of them will likely take (empty: none known)."""
+        p = self.preferred
+        return dict(self.typical_short) if p is not None and p.ready() else {}
 
     def abandon_s(self) -> float | None:
         """The renderer on duty's step (FlashTalk: a denoising step, or N + 1 DiT blocks with run-ahead blocks): a

@@ -111,3 +111,15 @@ def test_a_lead_in_the_profile_cannot_make_is_refused_at_build(release) -> None:
         _settings(root, rel, "video.lead_in_frames=[8]")
     with pytest.raises(Exception, match="lead_in_frames"):  # settings: not a multiple of 4
         _settings(root, rel, "video.lead_in_frames=[6]")
+
+
+@pytest.mark.timeout(120)
+def test_abandon_steps_and_timings_come_from_whole_chunks_only(renderer) -> None:
+    """A re-plan plans the stop of a whole chunk in flight (e.g. an idle-bank link) from abandon_s: a short chunk's
+    time would make those steps look shorter than they are."""
+    renderer.render(render_chunk(0, N, seed=5, history_samples=128000))
+    whole = renderer.abandon_s()
+    renderer.render(render_chunk(1, LEAD, start_frame=N, seed=6, history_samples=128000))
+    assert renderer.abandon_s() == whole and renderer.render_seconds[-1] != renderer.render_seconds[-2]
+    timed = renderer.time_chunks(1, lambda run: (run(), 0.25)[1], LEAD)
+    assert timed == [0.25] and renderer.abandon_s() == whole, "timing a lead-in length leaves the steps alone"

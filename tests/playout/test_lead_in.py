@@ -1,7 +1,8 @@
 """A clip's lead-in (video.lead_in_frames) in the timeline, the replanner and the admission: a queue clip that starts
-on a chunk's first frame is cut into the shorter lengths first, then whole chunks; a re-plan's first chunk is the
-first lead-in length; a clip that starts mid-chunk gets none; rewinds restore the ramp; the head start counts the
-shorter chunks with their own render times. Real spool, registry, look-ahead and timeline; levels label clips."""
+on a whole chunk's first frame is cut into the shorter lengths first (a ramp), then whole chunks; every re-plan
+starts a ramp; a ramp runs to its end whatever plays (each of its chunks was planned to render in the air of the one
+before); a clip that starts mid-chunk gets none; the head start counts the shorter chunks with their own render
+times. Real spool, registry, look-ahead and timeline; audio levels label the clips."""
 
 from __future__ import annotations
 
@@ -35,11 +36,12 @@ def _add(spool: Spool, level: int, seconds: float, mode: str = "enqueue") -> str
 
 
 class Room:
-    def __init__(self, tmp_path, lead=LEAD, prebuffer_s: float = 0.4) -> None:
+    def __init__(self, tmp_path, lead=LEAD, prebuffer_s: float = 0.4, clock=None) -> None:
         st = Settings(state_dir="/nonexistent-state", video={"lead_in_frames": list(lead)},
                       streams={"prebuffer_s": prebuffer_s})
         self.spool = Spool(tmp_path / "spool")
-        self.streams = StreamRegistry(st.streams, st.ingest, st.encoder, self.spool, chunk_s=(lead or (CF,))[0] / 25)
+        self.streams = StreamRegistry(st.streams, st.ingest, st.encoder, self.spool, chunk_s=(lead or (CF,))[0] / 25,
+                                      **({} if clock is None else {"clock": clock}))
         self.tl = Timeline(st.video, st.encoder, self.spool, None, replannable=True, streams=self.streams)
         self.la = Lookahead(64)
         self.air_at: int | None = None
@@ -87,12 +89,12 @@ def test_a_clip_into_an_idle_room_starts_with_its_lead_in_and_one_behind_it_with
     r.spool.close()
 
 
-def test_a_short_clip_ends_inside_its_lead_in_and_the_ramp_stops_with_it(tmp_path) -> None:
+def test_a_short_clip_ends_inside_its_lead_in_and_the_ramp_runs_on_as_planned(tmp_path) -> None:
     r = Room(tmp_path)
     a = _add(r.spool, 1, 0.2)  # 5 frames: ends inside the first 8-frame chunk
     r.render(3)
     aired = r.flush()
-    assert [c.n_frames for c in aired] == [8, CF, CF]
+    assert [c.n_frames for c in aired] == [8, 16, CF]
     assert _starts(aired, "finished")[a] == 4 and aired[1].idle
     r.spool.close()
 
@@ -115,9 +117,9 @@ def test_an_enqueue_replan_cuts_its_first_chunk_at_the_lead_in_length_and_the_cl
     r.spool.close()
 
 
-def test_a_replan_with_nothing_to_start_still_cuts_its_first_chunk_short_then_whole_chunks(tmp_path) -> None:
-    """The replanner counted on a lead-in's render time for the re-plan's first chunk, so that chunk is short
-    whatever it holds (here idle after a cancel)."""
+def test_a_replan_with_nothing_to_start_still_cuts_its_ramp(tmp_path) -> None:
+    """The replanner counted on the ramp's render times for the re-plan's first chunks, so they are short whatever
+    they hold (here idle after a cancel)."""
     r = Room(tmp_path)
     x = _add(r.spool, 1, 10.0)
     r.render(4)
@@ -128,12 +130,12 @@ def test_a_replan_with_nothing_to_start_still_cuts_its_first_chunk_short_then_wh
     r.render(3)
     aired = r.flush()
     frame = r.rp.last["from_frame"]
-    assert [c.n_frames for c in aired if c.start_frame >= frame] == [8, CF, CF]
+    assert [c.n_frames for c in aired if c.start_frame >= frame] == [8, 16, CF]
     assert all(c.idle for c in aired if c.start_frame >= frame)
     r.spool.close()
 
 
-def test_play_now_inside_a_lead_in_starts_a_ramp_of_its_own_and_rewinds_give_the_ramp_back(tmp_path) -> None:
+def test_play_now_inside_a_lead_in_starts_a_ramp_of_its_own_and_every_rewind_starts_one(tmp_path) -> None:
     r = Room(tmp_path)
     a = _add(r.spool, 1, 4.0)
     r.render(3)  # A: 8, 16, 28
@@ -143,17 +145,19 @@ def test_play_now_inside_a_lead_in_starts_a_ramp_of_its_own_and_rewinds_give_the
         b = _add(r.spool, 2, 2.0, "play_now")
     r.render(4)
     aired = r.flush()
-    assert r.rp.last["from_frame"] == 8
-    assert [c.n_frames for c in aired] == [8, 8, 16, CF, CF]
+    # renderable from frame 2 + one whole chunk (0.56 s) + the cut slack: the boundary after A's 16-frame chunk
+    assert r.rp.last["from_frame"] == 24
+    assert [c.n_frames for c in aired] == [8, 16, 8, 16, CF, CF]
     starts = _starts(aired)
-    assert starts[b] == 8 and starts[a] == 8 + 50, "A replays from its start after B, mid-chunk: no lead-in"
-    # a rewind to the chunk where A's ramp ran gives the ramp state of that moment back
+    assert starts[b] == 24 and starts[a] == 24 + 50, "A replays from its start after B, mid-chunk: no lead-in"
+    # a rewind inside A's ramp: the re-cut future is a ramp again, A going on where it was
     r2 = Room(tmp_path / "two")
     _add(r2.spool, 1, 4.0)
     first = r2.render(3)
     r2.tl.rewind(first[1].start_frame)
-    again = r2.render(2)
-    assert [c.n_frames for c in first] == [8, 16, CF] and [c.n_frames for c in again] == [8, CF]
+    again = r2.render(3)
+    assert [c.n_frames for c in first] == [8, 16, CF] and [c.n_frames for c in again] == [8, 16, CF]
+    assert np.array_equal(_levels(again)[: 8 * SPF], _levels(first[1:])[: 8 * SPF])
     r.spool.close()
     r2.spool.close()
 
@@ -168,6 +172,34 @@ def test_a_stream_starts_once_its_first_lead_in_chunk_and_the_prebuffer_arrived(
     r.streams.append(sid, 1, _pcm(3, 0.2))
     c1 = r.tl.next_chunk()
     assert c1.n_frames == 8 and [m.kind for m in c1.marks] == ["started"]
+    r.spool.close()
+
+
+def test_a_stream_at_real_time_pace_waits_as_long_as_the_lead_in_gains(tmp_path) -> None:
+    """A producer at 1x could not keep up with a clip that airs sooner (pauses inside it): it starts on the same
+    audio as without a lead-in, plus what the lead-in gains (the admission's numbers)."""
+    now = [0.0]
+    r = Room(tmp_path, prebuffer_s=0.2, clock=lambda: now[0])
+    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0,
+                    buffered_s=lambda: 10.0)  # plenty buffered: only the stream's audio decides
+    adm.observe(0.7, CF)
+    adm.observe(0.3, 8)
+    adm.observe(0.45, 16)
+    r.tl.admission = adm
+    gain = adm.lead_in_gain_s(LEAD)
+    assert gain == pytest.approx(0.7 - max(0.3, 0.75 - 8 / 25, 0.75 + 0.7 - 24 / 25))
+    sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
+                         peer="test").entry.segment_id
+    got = 0.0
+    for i in range(15):  # 0.2 s pieces at real-time pace: 3 s of audio
+        now[0] = i * 0.2
+        r.streams.append(sid, i, _pcm(4, 0.2))
+        got += 0.2
+        c = r.tl.next_chunk()
+        if c.marks:
+            break
+    assert got == pytest.approx(math.ceil((CF / 25 + 0.2 + gain) / 0.2) * 0.2), "started on the old audio + the gain"
+    assert c.n_frames == 8 and [m.kind for m in c.marks] == ["started"], "a whole chunk, shrunk to the lead-in"
     r.spool.close()
 
 
@@ -196,6 +228,9 @@ def test_the_head_start_with_a_lead_in_is_the_chunk_by_chunk_schedule(rate: floa
     assert adm.rate.value == pytest.approx(rate), "shorter chunks do not move the whole-chunk rate"
     for lead in [(8,), (8, 16), (16,)]:
         assert adm.head_start_s(clip_s, lead) == pytest.approx(_brute_head_start(adm, clip_s, lead)), lead
+    # a re-plan's first chunks: the ramp and the whole chunk after it, each in time for the air
+    ramp = _brute_head_start(adm, (8 + 16 + CF) / 25, (8, 16))
+    assert adm.first_chunks_s((8, 16)) == pytest.approx(ramp) and adm.first_chunks_s(()) == adm.chunk_render_s(CF)
     # the lead-in is what makes the first frame sooner: with measured short chunks, never a longer head start
     assert adm.head_start_s(clip_s, (8, 16)) <= adm.head_start_s(clip_s) + 1e-9 or rate > 1
     c = CF / 25

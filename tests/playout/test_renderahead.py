@@ -212,14 +212,16 @@ def test_the_rate_is_the_renderer_on_duty_and_a_newcomer_starts_from_its_warm_up
     assert sim.adm.rate.value == pytest.approx(0.1)
     # The engine takes over (warm-up: 2x real time): planned at once with that, not a blend with 0.1 ...
     sim.name, sim.rate, guess[0] = "engine", 3.0, 2.0
+    sim.ra.expected_short = lambda: {8: 0.4}  # and its lead-in lengths from their timing after the warm-up
     sim.ra._expect(sim.name)
     assert sim.adm.rate.value == pytest.approx(2.0) and sim.adm.planning_rate == pytest.approx(2.5)
+    assert sim.adm.rate.short == {8: 0.4} and sim.adm.chunk_render_s(8) == pytest.approx(0.5)
     sim.ra.step()
     assert sim.adm.rate.value == pytest.approx(2.5)  # then its chunks count, rising fast
     # ... and the still renderer after a failure (no guess) counts from its own first chunk.
     sim.name, sim.rate, guess[0] = "still", 0.05, None
     sim.ra.step()
-    assert sim.adm.rate.value == pytest.approx(0.05)
+    assert sim.adm.rate.value == pytest.approx(0.05) and sim.adm.rate.short == {}
 
 
 def test_render_rate_rises_fast_and_falls_slowly():
