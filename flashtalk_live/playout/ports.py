@@ -8,7 +8,7 @@ queue_fakes.py`). The renderer supervisor (`renderers/supervisor.py`) is the `Ch
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -82,12 +82,12 @@ class LiveAudio(Protocol):
 class LiveStreams(Protocol):
     """The open streamed clips as the timeline sees them (`queue/streams.StreamRegistry`)."""
 
-    start_samples: int  # broadcast samples a stream needs to start (its first chunk and the prebuffer)
-    prebuffer_s: float  # the producer's jitter allowance past the first chunk
 
     def live(self, segment_id: str) -> LiveAudio | None: ...
 
-    def pace(self, live: LiveAudio) -> float: ...
+    def start_s(self, live: LiveAudio, first_s: float, gain_s: float) -> float: ...
+
+    lead_gain_s: Callable[[], float]
 
 
 class Gate(Protocol):

@@ -50,10 +50,6 @@ from flashtalk_live.playout.ports import ClipQueue, Gate, LiveAudio, LiveStreams
 
 Source = Literal["queue", "programme"]
 
-# A stream's producer at least this many times faster than real time starts in a lead-in on its first chunk (a
-# slower one waits as long as the lead-in gains, so it airs when it would have without one: no pauses in the clip).
-LEAD_IN_PACE = 2.0
-
 # What a re-plan keeps of the buffered future (playout/replan.py): nothing, the clip on air, or queue clips too.
 Keep = Literal["nothing", "on_air", "queue"]
 
@@ -280,13 +276,9 @@ class Timeline:
             streams = self.streams
             live = streams.live(str(head.segment_id)) if streams is not None else None
             if streams is not None and live is not None:
-                # Its first chunk and the jitter allowance. In a lead-in it airs sooner, which a producer at real
-                # time cannot keep up with (pauses in the clip): it then waits as long as the lead-in gains.
-                need_s = (self._offer[0] if self._offer else self.chunk_frames) / self.fps + streams.prebuffer_s
-                if self._offer and not live.ended and streams.pace(live) < LEAD_IN_PACE:
-                    gain = self.admission.lead_in_gain_s(self._offer) if self.admission is not None else 0.0
-                    need_s = self.chunk_frames / self.fps + streams.prebuffer_s + gain
-                if not live.startable(int(round(need_s * self.rate))):
+                first_s = (self._offer[0] if self._offer else self.chunk_frames) / self.fps
+                gain = self.admission.lead_in_gain_s(self._offer) if self._offer and self.admission else 0.0
+                if not live.startable(int(round(streams.start_s(live, first_s, gain) * self.rate))):
                     return False  # its first chunk and the producer's jitter allowance have not arrived
                 clip_s = max(clip_s, live.declared_s or 0.0) if not live.ended else clip_s
             if self.admission is None:

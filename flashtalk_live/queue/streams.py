@@ -37,6 +37,10 @@ from flashtalk_live.settings import EncoderSettings, IngestSettings, StreamSetti
 
 MODEL_RATE = 16_000
 
+# A producer at least this many times faster than real time starts in a lead-in on its first short chunk; a slower
+# one waits as long as the lead-in gains, so it airs when it would have without one and keeps ahead of the air.
+LEAD_IN_PACE = 2.0
+
 
 class LiveStream:
     """The decoded audio of one streamed clip so far, growing; what the timeline cuts (playout/timeline.py).
@@ -121,11 +125,14 @@ class StreamRegistry:
     clip, so it does not wait behind buffered idle). on_cut(segment_id, had_audio): the idle timeout closed it."""
 
     def __init__(self, cfg: StreamSettings, ingest: IngestSettings, encoder: EncoderSettings, spool: Spool, *,
-                 chunk_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 chunk_s: float = 1.0, lead_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """chunk_s: a whole render chunk; lead_s: the first lead-in chunk (video.lead_in_frames) if any."""
         self.cfg, self.ingest, self.spool = cfg, ingest, spool
         self.rate, self.channels = encoder.audio_rate, encoder.audio_channels
         self.prebuffer_s = cfg.prebuffer_s
-        self.start_samples = int(round((chunk_s + cfg.prebuffer_s) * self.rate))  # what `startable` asks for
+        self.chunk_s, self.lead_s = chunk_s, lead_s
+        self.lead_gain_s: Callable[[], float] = lambda: 0.0  # how much sooner a lead-in airs (the admission's)
         self.clock = clock
         self.on_ready: Callable[[str, str], None] = lambda segment_id, mode: None
         self.on_cut: Callable[[str, bool], None] = lambda segment_id, had_audio: None
@@ -141,6 +148,19 @@ class StreamRegistry:
     def live(self, segment_id: str) -> LiveStream | None:
         with self._lock:
             return self._live.get(segment_id)
+
+    def start_s(self, live: LiveStream, first_s: float, gain_s: float) -> float:
+        """Seconds of audio `live` needs to start in a chunk of first_s seconds: that chunk and the jitter allowance
+        (prebuffer_s). A lead-in's first chunk airs sooner by gain_s than a whole one, which a producer below
+        LEAD_IN_PACE cannot keep ahead of: it waits for a whole chunk, the allowance and the gain instead."""
+        if first_s >= self.chunk_s or live.ended or self.pace(live) >= LEAD_IN_PACE:
+            return first_s + self.prebuffer_s
+        return self.chunk_s + self.prebuffer_s + gain_s
+
+    def _ready(self, live: LiveStream) -> bool:
+        """Startable in a lead-in's first chunk, or a whole one (the plan is told then: on_ready)."""
+        first = self.lead_s if self.lead_s is not None else self.chunk_s
+        return live.startable(int(round(self.start_s(live, first, self.lead_gain_s()) * self.rate)))
 
     def pace(self, live: LiveStream) -> float:
         """Seconds of audio a stream received per second since its first piece (0.0 before one)."""
@@ -270,7 +290,7 @@ class StreamRegistry:
             if seq == 0:
                 o.live.first_byte = o.last_append
             o.live.extend(bc, md)
-            became_ready = not o.ready_told and o.live.startable(self.start_samples)
+            became_ready = not o.ready_told and self._ready(o.live)
             o.ready_told = o.ready_told or became_ready
             ack = self._ack(segment_id, o, seq, duplicate=False)
         if became_ready:

@@ -40,7 +40,8 @@ class Room:
         st = Settings(state_dir="/nonexistent-state", video={"lead_in_frames": list(lead)},
                       streams={"prebuffer_s": prebuffer_s})
         self.spool = Spool(tmp_path / "spool")
-        self.streams = StreamRegistry(st.streams, st.ingest, st.encoder, self.spool, chunk_s=(lead or (CF,))[0] / 25,
+        self.streams = StreamRegistry(st.streams, st.ingest, st.encoder, self.spool, chunk_s=CF / 25,
+                                      lead_s=lead[0] / 25 if lead else None,
                                       **({} if clock is None else {"clock": clock}))
         self.tl = Timeline(st.video, st.encoder, self.spool, None, replannable=True, streams=self.streams)
         self.la = Lookahead(64)
@@ -186,6 +187,10 @@ def test_a_stream_at_real_time_pace_waits_as_long_as_the_lead_in_gains(tmp_path)
     adm.observe(0.3, 8)
     adm.observe(0.45, 16)
     r.tl.admission = adm
+    r.streams.lead_gain_s = lambda: adm.lead_in_gain_s(LEAD)  # as the playout wires it
+    ready: list[str] = []
+    ready_at: list[float] = []
+    r.streams.on_ready = lambda s, mode: (ready.append(s), ready_at.append(r.streams.live(s).seconds))
     gain = adm.lead_in_gain_s(LEAD)
     assert gain == pytest.approx(0.7 - max(0.3, 0.75 - 8 / 25, 0.75 + 0.7 - 24 / 25))
     sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
@@ -199,6 +204,7 @@ def test_a_stream_at_real_time_pace_waits_as_long_as_the_lead_in_gains(tmp_path)
         if c.marks:
             break
     assert got == pytest.approx(math.ceil((CF / 25 + 0.2 + gain) / 0.2) * 0.2), "started on the old audio + the gain"
+    assert ready == [sid] and ready_at == [pytest.approx(got)], "the plan is told when it may start, not before"
     assert c.n_frames == 8 and [m.kind for m in c.marks] == ["started"], "a whole chunk, shrunk to the lead-in"
     r.spool.close()
 
