@@ -203,14 +203,19 @@ class FlashTalkRenderer:
             if session is None:
                 raise RendererError("time_chunks() before start_session()")
             try:
-                times = [float(timer(lambda: self._silent_chunk(new_frames))) for _ in range(n)]
+                # A lead-in chunk mostly follows a re-plan, so it carries aired frames to re-encode: timed so too.
+                times = [float(timer(lambda: self._silent_chunk(new_frames, aired=new_frames is not None)))
+                         for _ in range(n)]
                 if new_frames is None:
                     self._timed_s = times[-1] if times else self._timed_s
                 return times
             finally:
                 self.engine.use_session(session)
 
-    def _silent_chunk(self, new_frames: int | None = None) -> np.ndarray:
+    def _silent_chunk(self, new_frames: int | None = None, aired: bool = False) -> np.ndarray:
+        if aired:  # as after a re-plan: the motion context re-encoded from frames that aired (the reference here)
+            assert self.engine.session is not None
+            self.engine.set_motion_frames(self.engine.session.image_u8[None])
         silence = np.zeros(self.profile.window_samples, np.float32)
         out = self.engine.generate(self._features(silence, new_frames), new_frames=new_frames)
         assert self.engine.session is not None  # generate() needs the session: start_session ran
