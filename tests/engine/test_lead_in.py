@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.engine.engine import EngineError, FlashTalkEngine
 from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
 from flashtalk_live.engine.session import prepare_session
@@ -16,21 +15,17 @@ from flashtalk_live.images import default_portrait
 from flashtalk_live.renderers.base import RendererError
 
 from support.chunks import render_chunk
-from support.settings import flashtalk_settings
+from support.settings import TINY_CHUNK_FRAMES, flashtalk_settings, tiny_release
 
 torch.set_num_threads(1)
 
-N = 8  # new frames per chunk of the tiny profile (13 - 5)
+N = TINY_CHUNK_FRAMES
 LEAD = 4  # the one lead-in it can make: 4 + 5 motion frames = 9 = 1 + 4 x 2
-TINY_PROFILE = 'base = "quality"\nheight = 64\nwidth = 32\nframe_num = 13\nmotion_frames = 5\n'
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> tuple[Path, object]:
-    root = tmp_path_factory.mktemp("release")
-    rel = write_fake_release(root / "models")
-    (root / "tiny.toml").write_text(TINY_PROFILE)
-    return root, rel
+    return tiny_release(tmp_path_factory.mktemp("release"))
 
 
 def _settings(root: Path, rel, *extra: str):

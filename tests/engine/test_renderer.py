@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from flashtalk_live.checkpoints.fake import write_fake_release
 from flashtalk_live.engine.drift import RecalibrationPolicy
 from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer, crossfade
 from flashtalk_live.events import EventBus
@@ -19,20 +18,16 @@ from flashtalk_live.config import load_settings
 from flashtalk_live.chunks import RenderAbandoned, RenderChunk
 
 from support.chunks import render_chunk
-from support.settings import flashtalk_settings
+from support.settings import TINY_CHUNK_FRAMES, flashtalk_settings, tiny_release
 
 torch.set_num_threads(1)
 
-N = 8  # new frames per chunk of the tiny profile (13 - 5)
-TINY_PROFILE = 'base = "quality"\nheight = 64\nwidth = 32\nframe_num = 13\nmotion_frames = 5\n'
+N = TINY_CHUNK_FRAMES
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> tuple[Path, object]:
-    root = tmp_path_factory.mktemp("release")
-    rel = write_fake_release(root / "models")
-    (root / "tiny.toml").write_text(TINY_PROFILE)
-    return root, rel
+    return tiny_release(tmp_path_factory.mktemp("release"))
 
 
 def _settings(root: Path, rel, **extra: str):

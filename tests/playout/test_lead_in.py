@@ -22,17 +22,10 @@ from flashtalk_live.queue.spool import Spool
 from flashtalk_live.queue.streams import StreamRegistry
 from flashtalk_live.settings import Settings
 
+from support.level_clips import add_level_clip, level_pcm
+
 CF, SPF = 28, 1920  # 1.12 s chunks of 48 kHz audio at 25 fps
 LEAD = (8, 16)
-
-
-def _pcm(level: int, seconds: float) -> bytes:
-    return np.full((int(round(seconds * 48000)), 2), level * 512, "<i2").tobytes()
-
-
-def _add(spool: Spool, level: int, seconds: float, mode: str = "enqueue") -> str:
-    return spool.add(_pcm(level, seconds), mode=mode, duration_s=seconds, format="pcm_s16le",
-                     sample_rate=48000, channels=2).segment_id
 
 
 class Room:
@@ -76,8 +69,8 @@ def _starts(chunks, kind: str = "started") -> dict[str, int]:
 def test_a_clip_into_an_idle_room_starts_with_its_lead_in_and_one_behind_it_with_whole_chunks(tmp_path) -> None:
     r = Room(tmp_path)
     r.render(2)  # idle: whole chunks
-    a = _add(r.spool, 1, 2.0)
-    b = _add(r.spool, 2, 1.0)
+    a = add_level_clip(r.spool, 1, 2.0)
+    b = add_level_clip(r.spool, 2, 1.0)
     r.render(5)
     aired = r.flush()
     assert [c.n_frames for c in aired] == [CF, CF, 8, 16, CF, CF, CF]
@@ -92,7 +85,7 @@ def test_a_clip_into_an_idle_room_starts_with_its_lead_in_and_one_behind_it_with
 
 def test_a_short_clip_ends_inside_its_lead_in_and_the_ramp_runs_on_as_planned(tmp_path) -> None:
     r = Room(tmp_path)
-    a = _add(r.spool, 1, 0.2)  # 5 frames: ends inside the first 8-frame chunk
+    a = add_level_clip(r.spool, 1, 0.2)  # 5 frames: ends inside the first 8-frame chunk
     r.render(3)
     aired = r.flush()
     assert [c.n_frames for c in aired] == [8, 16, CF]
@@ -106,7 +99,7 @@ def test_an_enqueue_replan_cuts_its_first_chunk_at_the_lead_in_length_and_the_cl
     r.aired.append(r.la.get_nowait().chunk)  # chunk 0 on air
     r.air_at = 3
     with r.rp.editing("enqueue"):
-        a = _add(r.spool, 1, 3.0)
+        a = add_level_clip(r.spool, 1, 3.0)
     planned = r.rp.last["from_frame"]
     assert planned == CF  # the first boundary of the buffered idle not on air
     r.render(4)
@@ -122,7 +115,7 @@ def test_a_replan_with_nothing_to_start_still_cuts_its_ramp(tmp_path) -> None:
     """The replanner counted on the ramp's render times for the re-plan's first chunks, so they are short whatever
     they hold (here idle after a cancel)."""
     r = Room(tmp_path)
-    x = _add(r.spool, 1, 10.0)
+    x = add_level_clip(r.spool, 1, 10.0)
     r.render(4)
     r.aired.append(r.la.get_nowait().chunk)
     r.air_at = 3
@@ -138,12 +131,12 @@ def test_a_replan_with_nothing_to_start_still_cuts_its_ramp(tmp_path) -> None:
 
 def test_play_now_inside_a_lead_in_starts_a_ramp_of_its_own_and_every_rewind_starts_one(tmp_path) -> None:
     r = Room(tmp_path)
-    a = _add(r.spool, 1, 4.0)
+    a = add_level_clip(r.spool, 1, 4.0)
     r.render(3)  # A: 8, 16, 28
     r.aired.append(r.la.get_nowait().chunk)  # A's first 8 frames on air
     r.air_at = 2
     with r.rp.editing("play_now"):
-        b = _add(r.spool, 2, 2.0, "play_now")
+        b = add_level_clip(r.spool, 2, 2.0, "play_now")
     r.render(4)
     aired = r.flush()
     # renderable from frame 2 + one whole chunk (0.56 s) + the cut slack: the boundary after A's 16-frame chunk
@@ -153,7 +146,7 @@ def test_play_now_inside_a_lead_in_starts_a_ramp_of_its_own_and_every_rewind_sta
     assert starts[b] == 24 and starts[a] == 24 + 50, "A replays from its start after B, mid-chunk: no lead-in"
     # a rewind inside A's ramp: the re-cut future is a ramp again, A going on where it was
     r2 = Room(tmp_path / "two")
-    _add(r2.spool, 1, 4.0)
+    add_level_clip(r2.spool, 1, 4.0)
     first = r2.render(3)
     r2.tl.rewind(first[1].start_frame)
     again = r2.render(3)
@@ -167,10 +160,10 @@ def test_a_stream_starts_once_its_first_lead_in_chunk_and_the_prebuffer_arrived(
     r = Room(tmp_path, prebuffer_s=0.2)
     sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
                          peer="test").entry.segment_id
-    r.streams.append(sid, 0, _pcm(3, 8 / 25))  # the first lead-in chunk, short of its prebuffer
+    r.streams.append(sid, 0, level_pcm(3, 8 / 25))  # the first lead-in chunk, short of its prebuffer
     c0 = r.tl.next_chunk()
     assert c0.idle and c0.n_frames == CF
-    r.streams.append(sid, 1, _pcm(3, 0.2))
+    r.streams.append(sid, 1, level_pcm(3, 0.2))
     c1 = r.tl.next_chunk()
     assert c1.n_frames == 8 and [m.kind for m in c1.marks] == ["started"]
     r.spool.close()
@@ -198,7 +191,7 @@ def test_a_stream_at_real_time_pace_waits_as_long_as_the_lead_in_gains(tmp_path)
     got = 0.0
     for i in range(15):  # 0.2 s pieces at real-time pace: 3 s of audio
         now[0] = i * 0.2
-        r.streams.append(sid, i, _pcm(4, 0.2))
+        r.streams.append(sid, i, level_pcm(4, 0.2))
         got += 0.2
         c = r.tl.next_chunk()
         if c.marks:

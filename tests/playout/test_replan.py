@@ -17,16 +17,10 @@ from flashtalk_live.playout.plan import plan_on_air
 from flashtalk_live.playout.replan import Replanner
 from flashtalk_live.playout.timeline import Timeline
 
+from support.level_clips import add_level_clip
+
 CF = 28  # frames per chunk (default), 1.12 s at 25 fps
 
-
-def _pcm(level: int, seconds: float) -> bytes:
-    return np.full((int(round(seconds * 48000)), 2), level * 512, "<i2").tobytes()
-
-
-def _add(spool: Spool, level: int, seconds: float, mode: str = "enqueue") -> str:
-    return spool.add(_pcm(level, seconds), mode=mode, duration_s=seconds, format="pcm_s16le",
-                     sample_rate=48000, channels=2).segment_id
 
 
 class Room:
@@ -71,17 +65,17 @@ class Room:
 
 def test_play_now_cuts_at_the_air_boundary_and_nothing_acknowledged_is_lost(tmp_path):
     r = Room(tmp_path)
-    x = _add(r.spool, 1, 3.0)
-    a = _add(r.spool, 2, 1.0)
+    x = add_level_clip(r.spool, 1, 3.0)
+    a = add_level_clip(r.spool, 2, 1.0)
     r.render(5)  # X, A and some idle are buffered
     r.air()  # chunk 0 (X) is on air
     # insert A2, then play_now B: the buffered A is pending again when the edits see the queue.
     with r.rp.editing("insert"):
-        a2 = _add(r.spool, 3, 0.5, "insert")
+        a2 = add_level_clip(r.spool, 3, 0.5, "insert")
     assert [e.segment_id for e in r.spool.pending()] == [a2, a]  # A2 before the enqueued A
     stale = r.rp.next_chunk()  # a chunk being rendered when play_now comes in
     with r.rp.editing("play_now"):
-        b = _add(r.spool, 4, 0.5, "play_now")
+        b = add_level_clip(r.spool, 4, 0.5, "play_now")
     assert not r.rp.put(RenderedChunk(stale, np.zeros((CF, 2, 2, 3), np.uint8), "t", 0.0), r.stop)
     assert len(r.la) == 0 and r.la.next_air_frame == CF
     r.render(10)
@@ -102,8 +96,8 @@ def test_play_now_cuts_at_the_air_boundary_and_nothing_acknowledged_is_lost(tmp_
 
 def test_cancel_of_the_clip_on_air_cuts_at_the_air_boundary_and_the_next_clip_follows(tmp_path):
     r = Room(tmp_path)
-    x = _add(r.spool, 1, 4.0)
-    a = _add(r.spool, 2, 1.0)
+    x = add_level_clip(r.spool, 1, 4.0)
+    a = add_level_clip(r.spool, 2, 1.0)
     r.render(6)
     r.air(2)
     with r.rp.editing("cancel", x):
@@ -120,9 +114,9 @@ def test_cancel_of_the_clip_on_air_cuts_at_the_air_boundary_and_the_next_clip_fo
 
 def test_cancel_of_a_buffered_clip_and_clear_keep_the_clip_on_air(tmp_path):
     r = Room(tmp_path)
-    x = _add(r.spool, 1, 3.0)
-    a = _add(r.spool, 2, 1.0)
-    c = _add(r.spool, 3, 1.0)
+    x = add_level_clip(r.spool, 1, 3.0)
+    a = add_level_clip(r.spool, 2, 1.0)
+    c = add_level_clip(r.spool, 3, 1.0)
     r.render(6)  # X (3 chunks), A, C cut
     r.air()
     with r.rp.editing("cancel", a):
@@ -156,7 +150,7 @@ def test_enqueue_into_an_idle_room_replans_buffered_idle_but_never_buffered_clip
     r.render(5)  # an idle room: five idle chunks buffered
     r.air()
     with r.rp.editing("enqueue"):
-        a = _add(r.spool, 1, 2.0)
+        a = add_level_clip(r.spool, 1, 2.0)
     assert len(r.la) == 0, "the buffered idle chunks were dropped"
     r.render(3)
     aired = r.flush()
@@ -166,12 +160,12 @@ def test_enqueue_into_an_idle_room_replans_buffered_idle_but_never_buffered_clip
     assert b == []
     # X on air, A buffered (not on air), then idle: enqueue keeps A's chunks (queue-only) and re-plans the idle.
     r2 = Room(tmp_path / "two")
-    x = _add(r2.spool, 2, CF / 25)  # exactly chunk 0
-    a2 = _add(r2.spool, 3, 2 * CF / 25)  # chunks 1 and 2
+    x = add_level_clip(r2.spool, 2, CF / 25)  # exactly chunk 0
+    a2 = add_level_clip(r2.spool, 3, 2 * CF / 25)  # chunks 1 and 2
     r2.render(5)  # X, A, A, idle, idle
     r2.air()
     with r2.rp.editing("enqueue"):
-        y = _add(r2.spool, 4, 1.0)
+        y = add_level_clip(r2.spool, 4, 1.0)
     assert len(r2.la) == 2 and r2.rp.replans == 1, "A's buffered chunks stay, the idle ones go"
     assert r2.rp.last["from_frame"] == 3 * CF
     r2.render(3)
@@ -185,17 +179,17 @@ def test_the_recut_future_follows_what_stays_on_air(tmp_path):
     """After a re-plan the next chunk is conditioned on the chunk it follows on air (playout/renderahead.py): the
     newest kept buffered chunk, or the chunk on air when everything buffered was dropped."""
     r = Room(tmp_path)
-    x = _add(r.spool, 1, 3 * CF / 25)  # chunks 0-2
-    a = _add(r.spool, 2, 1.0)
+    x = add_level_clip(r.spool, 1, 3 * CF / 25)  # chunks 0-2
+    a = add_level_clip(r.spool, 2, 1.0)
     r.render(5)
     r.air()  # chunk 0 on air
     with r.rp.editing("insert"):
-        _add(r.spool, 3, 0.5, "insert")
+        add_level_clip(r.spool, 3, 0.5, "insert")
     plan, tail = r.rp.rebase_point
     assert plan == r.rp.plan == 1
     assert tail.chunk.start_frame == 2 * CF and tail.frames.shape[0] == CF  # X's last buffered chunk
     with r.rp.editing("play_now"):
-        _add(r.spool, 4, 0.5, "play_now")
+        add_level_clip(r.spool, 4, 0.5, "play_now")
     plan, tail = r.rp.rebase_point
     assert plan == 2 and tail is r.la.last_taken and tail.chunk.start_frame == 0  # only the chunk on air is left
     assert x != a
@@ -218,7 +212,7 @@ def test_enqueue_into_an_idle_room_replans_inside_the_buffered_chunk_the_rendere
     # first in reach.
     r.air_at, r.rate = 20, 1.0
     with r.rp.editing("enqueue"):
-        a = _add(r.spool, 3, 1.0)
+        a = add_level_clip(r.spool, 3, 1.0)
     start = 50 if within_chunk else 2 * CF
     assert r.rp.last["from_frame"] == start and r.rp.splits == int(within_chunk)
     if within_chunk:
@@ -246,7 +240,7 @@ def test_a_clip_is_admitted_at_the_replan_point_though_the_air_moved_on_before_t
     r.air()
     r.air_at = 20
     with r.rp.editing("enqueue"):
-        a = _add(r.spool, 3, 1.0)
+        a = add_level_clip(r.spool, 3, 1.0)
     planned = r.rp.last["from_frame"]
     r.air_at += 1  # the pacer released a frame before the render thread cut
     r.render(2)
@@ -264,7 +258,7 @@ def test_a_replan_inside_the_chunk_on_air_ends_it_early_on_the_pacer(tmp_path):
     out = [next(pacer) for _ in range(6)]  # frames 0-5 of chunk 0 aired
     r.air_at = pacer.air_frame
     with r.rp.editing("enqueue"):
-        a = _add(r.spool, 2, 1.0)
+        a = add_level_clip(r.spool, 2, 1.0)
     assert r.rp.last["from_frame"] == 11 and r.la.on_air_end == 11  # frame 6 + the due margin (0.2 s)
     r.render(3)
     out += [next(pacer) for _ in range(60)]
@@ -276,12 +270,12 @@ def test_a_replan_inside_the_chunk_on_air_ends_it_early_on_the_pacer(tmp_path):
 
 def test_play_now_cuts_the_clip_on_air_at_the_first_frame_in_reach_and_replays_it(tmp_path):
     r = Room(tmp_path)
-    x = _add(r.spool, 1, 4.0)
+    x = add_level_clip(r.spool, 1, 4.0)
     r.render(4)  # X in chunks 0-3
     r.air()
     r.air_at, r.rate = 10, 1.0  # frame 40 (in chunk 1) is the first the renderer can reach, with the cut's slack
     with r.rp.editing("play_now"):
-        b = _add(r.spool, 4, 0.5, "play_now")
+        b = add_level_clip(r.spool, 4, 0.5, "play_now")
     assert r.rp.last["from_frame"] == 40
     r.render(8)
     aired = r.flush()
@@ -297,13 +291,13 @@ def test_a_chunk_that_took_a_clip_is_replanned_from_its_boundary(tmp_path):
     """Chunk 1 took A from the queue after X's end: cutting it again would take from the queue, so the re-plan
     keeps to the chunk boundary."""
     r = Room(tmp_path)
-    x = _add(r.spool, 1, 1.5)  # ends in chunk 1
-    a = _add(r.spool, 2, 3.0)
+    x = add_level_clip(r.spool, 1, 1.5)  # ends in chunk 1
+    a = add_level_clip(r.spool, 2, 3.0)
     r.render(4)
     r.air()
     r.air_at, r.rate = 10, 1.0  # frame 38, in chunk 1
     with r.rp.editing("play_now"):
-        b = _add(r.spool, 4, 0.5, "play_now")
+        b = add_level_clip(r.spool, 4, 0.5, "play_now")
     assert r.rp.last["from_frame"] == 2 * CF and r.rp.splits == 0
     r.render(6)
     r.flush()
@@ -320,7 +314,7 @@ def test_an_idle_bank_link_being_drawn_counts_as_the_render_in_flight(tmp_path):
     r.air_at, r.rate = 2, 1.0  # one chunk renders in its own air time
     r.rp.render_begins(_bank_link())  # a bank link of one chunk has just started (this renderer cannot stop it)
     with r.rp.editing("enqueue"):
-        _add(r.spool, 3, 1.0)
+        add_level_clip(r.spool, 3, 1.0)
     assert r.rp.last["from_frame"] >= 2 + 2 * CF - 1  # the link's rest (~28 frames), then the clip's chunk (28)
 
 
@@ -339,7 +333,7 @@ def test_a_bank_link_being_drawn_is_abandoned_and_the_clip_planned_without_its_r
     link = _bank_link()
     r.rp.render_begins(link)
     with r.rp.editing("enqueue"):
-        _add(r.spool, 3, 1.0)
+        add_level_clip(r.spool, 3, 1.0)
     assert link.abandoned.is_set()
     assert 2 + CF <= r.rp.last["from_frame"] < 2 + 2 * CF - 1  # one chunk's render (+ the stop), not two
     r.rp.abandoned()
@@ -351,13 +345,13 @@ def test_play_now_abandons_the_chunk_in_flight_it_discards(tmp_path, abandon_s):
     """The chunk being rendered lies after the re-plan point: it is abandoned (and dropped if it still comes back).
     A renderer that can stop it lets the plan start one render after the air; one that cannot, after its rest."""
     r = Room(tmp_path)
-    _add(r.spool, 1, 6.0)
+    add_level_clip(r.spool, 1, 6.0)
     r.render(3)
     in_flight = r.rp.next_chunk()
     r.air()
     r.air_at, r.rate, r.abandon = 2, 1.0, abandon_s
     with r.rp.editing("play_now"):
-        _add(r.spool, 4, 0.5, "play_now")
+        add_level_clip(r.spool, 4, 0.5, "play_now")
     frame = r.rp.last["from_frame"]
     assert frame < in_flight.start_frame and in_flight.abandoned.is_set()
     if abandon_s is None:  # the rest of the render in flight (1.12 s) and one chunk (1.12 s) ahead of the air
@@ -375,7 +369,7 @@ def test_the_first_chunk_in_flight_is_not_abandoned_before_the_render_rate_is_kn
     in_flight = r.rp.next_chunk()
     r.abandon = 0.04
     with r.rp.editing("enqueue"):
-        _add(r.spool, 3, 1.0)
+        add_level_clip(r.spool, 3, 1.0)
     assert r.rp.last["from_frame"] == 0 and not in_flight.abandoned.is_set()
     assert not r.rp.put(RenderedChunk(in_flight, np.zeros((CF, 2, 2, 3), np.uint8), "t", 0.0), r.stop)
     r.spool.close()
@@ -392,6 +386,6 @@ def test_the_render_in_flight_is_counted_to_its_next_step_boundary(tmp_path, ela
     r.rp.render_begins(_bank_link())
     r.now += elapsed
     with r.rp.editing("enqueue"):
-        _add(r.spool, 3, 1.0)
+        add_level_clip(r.spool, 3, 1.0)
     assert r.rp.last["from_frame"] == expected and r.rp.last["within_chunk"]
     r.spool.close()

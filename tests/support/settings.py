@@ -12,6 +12,20 @@ from flashtalk_live.config import load_settings
 from flashtalk_live.playout.programme import Programme
 
 
+# The tiny FlashTalk profile of the fake release (checkpoints/fake.py): 8 new frames per chunk (13 - 5 motion).
+TINY_CHUNK_FRAMES = 8
+TINY_PROFILE = 'base = "quality"\nheight = 64\nwidth = 32\nframe_num = 13\nmotion_frames = 5\n'
+
+
+def tiny_release(root: Path) -> tuple[Path, Any]:
+    """A fake release under root/models and TINY_PROFILE in root/tiny.toml: (root, the release)."""
+    from flashtalk_live.checkpoints.fake import write_fake_release  # torch: only where a test asks for it
+
+    rel = write_fake_release(root / "models")
+    (root / "tiny.toml").write_text(TINY_PROFILE)
+    return root, rel
+
+
 def room_settings(tmp_path: Path, *extra: str, output: Path | None = None) -> Settings:
     """A small fast room under tmp_path/state (128x128, ultrafast x264, metrics on a free port), recording to
     `output` (default tmp_path/rec.flv); `extra` KEY=VALUE overrides win over these."""
