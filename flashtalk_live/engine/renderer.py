@@ -484,6 +484,7 @@ class FlashTalkConfig:
     model: ModelSettings
     video: VideoSettings
     profiles: tuple[Profile, ...]
+    admission_margin: float = 0.0  # renderer.admission_margin: the play-out plans with the rate times 1 + this
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FlashTalkConfig":
@@ -491,7 +492,16 @@ class FlashTalkConfig:
             profiles = tuple(room_profiles(settings))
         except ProfileError as e:
             raise RendererError(str(e)) from None
-        return cls(settings.expanded(settings.model), settings.video, profiles)
+        return cls(settings.expanded(settings.model), settings.video, profiles, settings.renderer.admission_margin)
+
+    @property
+    def auto_margin(self) -> float:
+        """What "auto" keeps free of a chunk's duration: model.auto_margin, and never less than the admission's
+        margin asks for. A profile whose p90 fits auto's margin but whose rate times 1 + admission_margin is over
+        real time plays as a slow renderer: every clip waits for a head start (auto kept fast at p90 0.946 s of a
+        1.12 s chunk on an H100 at 65e1313: an enqueue into an idle room took 3.0 s p50 to the air, 1.15 s with
+        realtime at b8dd0bb)."""
+        return max(self.model.auto_margin, 1.0 - 1.0 / (1.0 + self.admission_margin))
 
 
 def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = None, dit_wrapper: Any = None,
@@ -561,7 +571,7 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
         *[d for d in (m.weights_dir, m.wav2vec_dir) if d])
     image = load_image(v.reference_image) if v.reference_image else default_portrait()
     if m.profile == AUTO:
-        renderer = choose_by_measurement(make, profiles, image, v.prompt, margin=m.auto_margin,
+        renderer = choose_by_measurement(make, profiles, image, v.prompt, margin=config.auto_margin,
                                          chunks=m.auto_chunks, timer=chunk_timer or wall_timer,
                                          compiled=m.compile, ratio=m.auto_compiled_ratio, memory=memory)
     else:

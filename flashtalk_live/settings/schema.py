@@ -287,7 +287,8 @@ class ModelSettings(_Section):
         default_factory=lambda: ["quality", "native", "fast", "realtime"],
         description='"auto": profiles to measure, best quality first (names or .toml files, same new frames per chunk)')
     auto_margin: float = Field(0.15, ge=0, lt=1, description='"auto": a profile fits when its p90 chunk time is at '
-                               "most (1 - margin) x the chunk's duration")
+                               "most (1 - margin) x the chunk's duration, and at most 1 / (1 + "
+                               "renderer.admission_margin) x it (the play-out's planning rate below real time)")
     auto_chunks: int = Field(3, ge=1, le=50, description='"auto": timed warm chunks per candidate (after one untimed)')
     auto_compiled_ratio: float = Field(
         0.42, gt=0, le=2, description='"auto" with compile = true: candidates are timed eager (no compile) and '

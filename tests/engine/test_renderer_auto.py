@@ -59,9 +59,26 @@ class FakeTimer:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("admission_margin, chosen", [(0.25, "tiny_f"), (0.1, "tiny_q")])
+def test_auto_fits_a_profile_only_where_the_admission_plans_it_faster_than_real_time(root, admission_margin, chosen):
+    """tiny_q at 0.26 s fits auto's own margin (0.272 s) but, planned at 1.25 x, is slower than its 0.32 s chunk:
+    every clip would wait for a head start. With a 10 % admission margin (0.29 s planned) it is kept."""
+    rel = write_fake_release(root / "models")
+    timer = FakeTimer({"tiny_q": 0.26, "tiny_f": 0.10})
+    s = _settings(root, [f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"',
+                         f"renderer.admission_margin={admission_margin}"])
+    r = build_flashtalk_renderer(FlashTalkConfig.from_settings(s), chunk_timer=timer)
+    try:
+        assert r.profile.name == chosen
+    finally:
+        r.close()
+
+
+@pytest.mark.timeout(300)
 def test_auto_keeps_the_best_quality_that_fits_and_logs_why(root) -> None:
     rel = write_fake_release(root / "models")
-    timer = FakeTimer({"tiny_q": 0.40, "tiny_f": 0.10})  # limit 0.32 x 0.85 = 0.272: only tiny_f fits
+    # limit 0.32 x 0.8 = 0.256 (the admission's margin 0.25 asks more than auto's 0.15): only tiny_f fits
+    timer = FakeTimer({"tiny_q": 0.40, "tiny_f": 0.10})
     buf = capture_logs()
     s = _settings(root, [f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"'])
     r = build_flashtalk_renderer(FlashTalkConfig.from_settings(s), chunk_timer=timer)
@@ -70,7 +87,7 @@ def test_auto_keeps_the_best_quality_that_fits_and_logs_why(root) -> None:
         assert timer.runs == {"tiny_q": 2, "tiny_f": 2}  # auto_chunks timed chunks each, best quality first
         measured = log_lines(buf, "profile_measured")
         assert [(m["profile"], m["fits"], m["p90_s"]) for m in measured] == [("tiny_q", False, 0.4), ("tiny_f", True, 0.1)]
-        assert measured[0]["geometry"] == "32x64" and measured[0]["limit_s"] == pytest.approx(0.272)
+        assert measured[0]["geometry"] == "32x64" and measured[0]["limit_s"] == pytest.approx(0.256)
         chosen = log_lines(buf, "profile_chosen")
         assert len(chosen) == 1 and chosen[0]["profile"] == "tiny_f" and chosen[0]["fits"] is True
         assert not log_lines(buf, "profile_too_slow")
