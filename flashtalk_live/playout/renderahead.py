@@ -148,7 +148,8 @@ class RenderAhead:
 
     def _from_bank(self, chunk: RenderChunk, name: str) -> RenderedChunk | None:
         bank = self.bank
-        if bank is None or not chunk.idle or not bank.active or bank.renderer_name != name:
+        if bank is None or not chunk.idle or not bank.active or bank.renderer_name != name \
+                or chunk.n_frames != bank.chunk_frames:  # whole chunks only: a lead-in's idle is rendered live
             return None
         if not bank.chunks or (bank.successor_missing() and not self._behind()):
             # Idle on air while the bank is incomplete: the next link is what airs. A renderer slower than real

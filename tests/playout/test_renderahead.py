@@ -252,3 +252,20 @@ def test_idle_loop_is_a_ping_pong_that_never_repeats_a_frame_and_renders_live_no
     same = np.broadcast_to(frames[3], frames.shape)
     loop.remember(RenderedChunk(ch, same, "still", 0.0))
     assert loop.replay(ch, "still") is same
+
+
+def test_a_shorter_idle_chunk_is_rendered_live_without_drawing_a_bank_link_first():
+    """A lead-in's idle chunk (after a re-plan) was planned to render in its own short time: drawing the bank's
+    next whole link before it (which the bank could not serve at that length anyway) made it late on air."""
+    sim = Sim(0.5, gate=True, clip_s=3.0, period_s=100.0, n_clips=0)
+    bank = IdleBank(size=6, crossfade_frames=2, config="cfg", store=None, chunk_frames=NF, fps=FPS)
+    bank.set_avatar(np.zeros((8, 8, 3), np.uint8), "")
+    sim.ra.bank, sim.ra.renderer_identity = bank, lambda: "sim:w"
+    bank.sync("sim:w")
+    assert bank.active and not bank.chunks  # incomplete: a whole idle chunk would draw its first link now
+    short = RenderChunk(0, 0, NF // 2, np.zeros((NF // 2 * SPF, CH), np.float32), np.zeros(0, np.float32),
+                        [None] * (NF // 2), idle=True)
+    assert sim.ra._from_bank(short, "sim") is None and sim.live == 0
+    whole = RenderChunk(1, NF // 2, NF, np.zeros((NF * SPF, CH), np.float32), np.zeros(0, np.float32),
+                        [None] * NF, idle=True)
+    assert sim.ra._from_bank(whole, "sim") is not None and sim.live == 1, "the control: a whole one draws a link"
