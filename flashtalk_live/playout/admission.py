@@ -8,7 +8,8 @@ ready r*c*(i+1) s from now and needed B + c*i s from now. No chunk is late when
 
 with r the measured rate times (1 + margin). A clip cut into a lead-in first (shorter chunks: `video.lead_in_frames`)
 needs B >= max over k of (render seconds of chunks 0..k) - (air seconds of chunks 0..k-1), with each shorter
-length's own measured render time (a whole chunk's until measured: never less). Until then the timeline plays idle/programme and the render thread
+length's own measured render time (a whole chunk's until measured: never less), plus the absolute slack a whole
+chunk's plan has (margin x its render time). Until then the timeline plays idle/programme and the render thread
 keeps working ahead (the look-ahead may grow to `capacity_s`). A renderer at real time or faster needs no more than
 one chunk, which the look-ahead already holds: no added delay. A clip that cannot reach its head start within
 `capacity_s` (too long for this renderer), or whose buffer stopped growing for `capacity_s` of timeline, starts
@@ -127,6 +128,10 @@ class Admission:
         if not lead:
             n = math.ceil(max(clip_s, 0.0) / c) + 1
             return max(r * c, n * r * c - (n - 1) * c)
+        # The absolute slack a whole chunk's plan has (margin x its render): the first chunks of a clip or a re-plan
+        # also pay what scales with no chunk (the in-flight render's stop, the clip's captions rasterised beside
+        # the render), which the margin on a short chunk's time alone left uncovered (CPU runs held 2-4 frames).
+        slack = self.margin * (self.rate.value or 0.0) * c
         need = ready = aired = 0.0
         left = max(clip_s, 0.0)
         for frames in lead:
@@ -137,7 +142,7 @@ class Admission:
         if left > 0:  # then whole chunks: the first of them or the last decides (rate below or above 1)
             n = math.ceil(left / c - 1e-9)
             need = max(need, ready + r * c - aired, ready + n * r * c - aired - (n - 1) * c)
-        return need
+        return need + slack
 
     def first_chunks_s(self, lead: tuple[int, ...]) -> float | None:
         """The head start a re-plan's first chunks need: one whole chunk's render, or with a lead-in its ramp and

@@ -203,7 +203,8 @@ def test_a_stream_at_real_time_pace_waits_as_long_as_the_lead_in_gains(tmp_path)
 
 
 def _brute_head_start(adm: Admission, clip_s: float, lead: tuple[int, ...]) -> float:
-    """Chunk by chunk: chunk k is ready after the renders of 0..k and airs after the air of 0..k-1."""
+    """Chunk by chunk: chunk k is ready after the renders of 0..k and airs after the air of 0..k-1; plus the slack
+    of a whole chunk's plan (margin x its measured render), which a short chunk's margin does not give."""
     lengths = list(lead)
     while sum(lengths) / 25 < clip_s:
         lengths.append(CF)
@@ -212,7 +213,7 @@ def _brute_head_start(adm: Admission, clip_s: float, lead: tuple[int, ...]) -> f
         ready += adm.chunk_render_s(n)
         need = max(need, ready - aired)
         aired += n / 25
-    return need
+    return need + adm.margin * adm.rate.value * CF / 25
 
 
 @pytest.mark.parametrize("rate, clip_s", [(0.5, 0.3), (0.5, 3.0), (0.7, 12.0), (1.3, 5.0), (2.0, 40.0)])
