@@ -69,6 +69,10 @@ class LiveAudio(Protocol):
     cut: str | None  # why it ended without its producer's close
     declared_s: float | None
     rate: int
+    first_byte: float | None  # monotonic time its first piece was acknowledged
+
+    @property
+    def seconds(self) -> float: ...
 
     def broadcast(self, pos: int, n: int) -> np.ndarray: ...
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from flashtalk_live.audio import AudioError, StreamDecoder
 from flashtalk_live.log import get_logger
 from flashtalk_live.queue.spool import AddResult, Mode, Spool, SpoolError
 from flashtalk_live.settings import EncoderSettings, IngestSettings, StreamSettings
+
+if TYPE_CHECKING:
+    from flashtalk_live.playout.ports import LiveAudio
 
 MODEL_RATE = 16_000
 
@@ -149,7 +152,7 @@ class StreamRegistry:
         with self._lock:
             return self._live.get(segment_id)
 
-    def start_s(self, live: LiveStream, first_s: float, gain_s: float) -> float:
+    def start_s(self, live: LiveAudio, first_s: float, gain_s: float) -> float:
         """Seconds of audio `live` needs to start in a chunk of first_s seconds: that chunk and the jitter allowance
         (prebuffer_s). A lead-in's first chunk airs sooner by gain_s than a whole one, which a producer below
         LEAD_IN_PACE cannot keep ahead of: it waits for a whole chunk, the allowance and the gain instead."""
@@ -162,7 +165,7 @@ class StreamRegistry:
         first = self.lead_s if self.lead_s is not None else self.chunk_s
         return live.startable(int(round(self.start_s(live, first, self.lead_gain_s()) * self.rate)))
 
-    def pace(self, live: LiveStream) -> float:
+    def pace(self, live: LiveAudio) -> float:
         """Seconds of audio a stream received per second since its first piece (0.0 before one)."""
         if live.first_byte is None:
             return 0.0
