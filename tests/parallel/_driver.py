@@ -159,7 +159,8 @@ def run_engine(args) -> None:
 def run_renderer(args) -> None:
     """The daemon's path on a fake tiny release: settings (model.gpus, a profile with split_vae_decode) ->
     maybe_launch_workers -> parallel_flashtalk_renderer (warm-up over the ranks) -> chunks; then the same
-    settings in one process (build_flashtalk_renderer), same chunks."""
+    settings in one process (build_flashtalk_renderer), same chunks. --lead-in N: the first chunk is a lead-in of N
+    frames (video.lead_in_frames), its own shape over the ranks too."""
     from flashtalk_live.checkpoints.fake import write_fake_release
     from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
     from flashtalk_live.parallel.launch import maybe_launch_workers, parallel_flashtalk_renderer
@@ -177,15 +178,18 @@ def run_renderer(args) -> None:
         f'model.weights_dir="{rel.weights_dir}"', f'model.wav2vec_dir="{rel.wav2vec_dir}"',
         f'model.profile="{root / "tiny.toml"}"', 'model.device="cpu"', 'model.dtype="float32"',
         f"model.gpus={args.world_size}", f"video.chunk_frames={n}", "video.width=32", "video.height=64",
-        f'state_dir="{root / "state"}"'], environ={})
+        f"video.lead_in_frames={[args.lead_in] if args.lead_in else []}", f'state_dir="{root / "state"}"'],
+        environ={})
+    sizes = [args.lead_in or n, n]
 
     def chunk(i: int) -> RenderChunk:
+        k = sizes[i]
         rng = np.random.default_rng(i)
-        model = (0.1 * rng.standard_normal(n * 640)).astype(np.float32)
+        model = (0.1 * rng.standard_normal(k * 640)).astype(np.float32)
         hist = np.zeros(128000, np.float32)
         hist[-model.shape[0]:] = model
-        return RenderChunk(index=i, start_frame=n * i, n_frames=n, audio=np.zeros((n * 1920, 2), np.float32),
-                           model_audio=model, frame_segments=[None] * n, idle=False, model_history=hist)
+        return RenderChunk(index=i, start_frame=sum(sizes[:i]), n_frames=k, audio=np.zeros((k * 1920, 2), np.float32),
+                           model_audio=model, frame_segments=[None] * k, idle=False, model_history=hist)
 
     out: dict[str, torch.Tensor] = {}
     handle = maybe_launch_workers(settings.model, room_profiles(settings))
@@ -249,6 +253,7 @@ if __name__ == "__main__":
     ap.add_argument("--world-size", type=int, default=0)
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--split-vae", action="store_true")
+    ap.add_argument("--lead-in", type=int, default=0, help="renderer mode: the first chunk a lead-in of N frames")
     ap.add_argument("--fp8", action="store_true", help="dit mode: fp8 block linears on every rank")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()

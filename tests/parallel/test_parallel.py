@@ -215,12 +215,27 @@ def test_daemon_path_with_split_vae_profile_equals_one_process(tmp_path):
     assert int(r["worker_vae"]) == 1
     assert int(r["warm_decodes"]) == 1 and int(r["decodes"]) == 3  # warm-up + 2 chunks, all split
     assert int(r["dit_calls"]) == 3 * 4
-    for i in range(2):
+    _check_frames(r, "daemon path split-vae ws=2", (8, 8))
+
+
+@pytest.mark.timeout(90)
+def test_daemon_path_with_a_lead_in_chunk_equals_one_process(tmp_path):
+    """As above with video.lead_in_frames = [4]: the warm-up also draws the 4-frame shape, and a 4-frame chunk then
+    an 8-frame one come out of the ranks as out of one process."""
+    r = _drive(tmp_path, "renderer", "--world-size", "2", "--lead-in", "4")
+    assert r["worker_codes"].tolist() == [0]
+    assert int(r["warm_decodes"]) == 2 and int(r["decodes"]) == 4  # warm-up of both shapes + 2 chunks, all split
+    assert int(r["dit_calls"]) == 4 * 4
+    _check_frames(r, "daemon path lead-in ws=2", (4, 8))
+
+
+def _check_frames(r: dict[str, torch.Tensor], label: str, sizes: tuple[int, int]) -> None:
+    for i, k in enumerate(sizes):
         a = r[f"parallel.frames{i}"].numpy().astype(int)
         b = r[f"single.frames{i}"].numpy().astype(int)
-        assert a.shape == (8, 64, 32, 3) and a.std() > 1
+        assert a.shape == (k, 64, 32, 3) and a.std() > 1
         diff = np.abs(a - b)
-        print(f"daemon path split-vae ws=2 chunk{i} uint8 frames: max diff {diff.max()}, fraction off {(diff > 0).mean():.2e}")
+        print(f"{label} chunk{i} uint8 frames: max diff {diff.max()}, fraction off {(diff > 0).mean():.2e}")
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
