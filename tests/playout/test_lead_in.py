@@ -247,3 +247,45 @@ def test_a_renderer_change_forgets_the_short_chunk_times() -> None:
     adm.observe(0.9, CF)
     assert adm.chunk_render_s(8) == pytest.approx(0.9), "the new renderer's short chunks are not measured yet"
     assert list(itertools.islice(adm.rate.short, 1)) == []
+
+
+def test_at_its_planned_frame_a_clip_may_spend_the_lead_ins_slack_on_what_the_estimates_moved() -> None:
+    b = [0.0]
+    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.25, buffered_s=lambda: b[0])
+    adm.observe(0.7, CF)
+    adm.observe(0.3, 8)
+    adm.observe(0.45, 16)
+    need = adm.head_start_s(3.0, LEAD)
+    slack = 0.25 * 0.7
+    b[0] = need - slack / 2
+    assert not adm.may_start("a", 3.0, 100, lead=LEAD), "elsewhere: the whole head start"
+    assert adm.may_start("a", 3.0, 100, lead=LEAD, planned=True), "where the re-plan put it"
+    b[0] = need - slack * 1.5
+    assert not adm.may_start("b", 3.0, 200, lead=LEAD, planned=True), "but no more than that slack"
+    b[0] = adm.head_start_s(3.0) - 0.01
+    assert not adm.may_start("c", 3.0, 300, planned=True), "without a lead-in the plan keeps its whole margin"
+
+
+def test_the_timeline_tells_the_gate_which_frame_a_replan_planned(tmp_path) -> None:
+    class Recorder:  # a Gate that admits everything and notes what it was asked
+        def __init__(self) -> None:
+            self.asked: list[tuple[int, tuple[int, ...], bool]] = []
+
+        def may_start(self, segment_id, clip_s, frame, lead=(), planned=False):  # noqa: ANN001
+            self.asked.append((frame, lead, planned))
+            return True
+
+        def lead_in_gain_s(self, lead):  # noqa: ANN001
+            return 0.0
+
+    r = Room(tmp_path)
+    gate = Recorder()
+    r.tl.admission = gate
+    r.render(3)
+    r.aired.append(r.la.get_nowait().chunk)
+    r.air_at = 3
+    with r.rp.editing("enqueue"):
+        add_level_clip(r.spool, 1, 2.0)
+    r.render(1)
+    assert gate.asked == [(r.rp.last["from_frame"], LEAD, True)]
+    r.spool.close()
