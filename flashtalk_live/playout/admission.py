@@ -158,17 +158,12 @@ class Admission:
         whole, ramp = self.chunk_render_s(self.chunk_frames), self.first_chunks_s(lead)
         return 0.0 if whole is None or ramp is None else max(0.0, whole - ramp)
 
-    def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = (),
-                  planned: bool = False) -> bool:
-        """planned: `frame` is where a re-plan put the first chunk of its ramp, having made room for the head start
-        then; a lead-in's absolute slack may go to what the estimates moved since (a short chunk's rate is noisy:
-        2 of 7 play_now on the CPU missed that frame by a hair and aired a ramp chunk later)."""
+    def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = ()) -> bool:
         b = self.buffered_s()
         need = self.head_start_s(clip_s, lead)
-        slack = self.margin * (self.rate.value or 0.0) * self.chunk_s if lead else 0.0
         if self.rate.value is None:
             d = Decision(True, "no_measurement", need, b)
-        elif b >= need or (planned and b >= need - slack):
+        elif b >= need:
             d = Decision(True, "ready", need, b)
         elif b >= self.capacity_s - self.chunk_s:
             d = Decision(True, "over_floor", need, b)

@@ -97,8 +97,7 @@ class LiveStreams(Protocol):
 class Gate(Protocol):
     """What the timeline needs from the admission policy (`playout/admission.py`)."""
 
-    def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = (),
-                  planned: bool = False) -> bool: ...
+    def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = ()) -> bool: ...
 
     def lead_in_gain_s(self, lead: tuple[int, ...]) -> float: ...
 

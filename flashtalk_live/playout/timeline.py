@@ -191,7 +191,6 @@ class Timeline:
         self.lead_in: tuple[int, ...] = tuple(video.lead_in_frames)
         self._ramp: tuple[int, ...] = ()  # the lengths of the next chunks to cut, then whole chunks
         self._offer: tuple[int, ...] = ()  # the chunk lengths a queue clip picked now would be cut into
-        self._planned_at: int | None = None  # the frame a re-plan (rewind) starts its ramp at, until it is cut
         self._log = get_logger("timeline")
 
     # -- clock helpers ---------------------------------------------------------------------------
@@ -284,8 +283,7 @@ class Timeline:
                 clip_s = max(clip_s, live.declared_s or 0.0) if not live.ended else clip_s
             if self.admission is None:
                 return True
-            return bool(self.admission.may_start(str(head.segment_id), clip_s, frame, lead=self._offer,
-                                                 planned=frame == self._planned_at))
+            return bool(self.admission.may_start(str(head.segment_id), clip_s, frame, lead=self._offer))
         except Exception as e:  # noqa: BLE001 - a broken gate must not keep clips off the air
             self._log.error("admission_failed", error=repr(e))
             return True
@@ -508,7 +506,6 @@ class Timeline:
                 split.history
             self._queue_end = split.queue_end
             self._ramp = self.lead_in  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
-            self._planned_at = frame
             self.starved_samples += split.starved
             self._snaps.append(split.snap)
             return undone
@@ -535,7 +532,6 @@ class Timeline:
         self._chunk_index, self._sample, self._history = sn.chunk_index, sn.sample, sn.history
         self._queue_end = sn.queue_end
         self._ramp = self.lead_in  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
-        self._planned_at = frame
         if first_item is not None and first_item.kind != "pause" and self.programme is not None:
             try:
                 self.programme.rewind(first_item)
