@@ -162,3 +162,30 @@ def test_the_first_load_and_the_render_threads_retry_check_never_start_two_engin
         on_duty = sup.current_name()
         sup.close()
         assert on_duty == "slow" and len(loads) == 1, len(loads)
+
+
+class LeadInEngine(TunedEngine):
+    """A TunedEngine with a lead-in (FlashTalkRenderer.lead_in): chunks of 2 frames take 0.4 of a whole one's time."""
+
+    lead_in = (2,)
+
+    def time_chunks(self, n: int, timer, new_frames: int | None = None) -> list[float]:  # noqa: ANN001
+        self.threads[f"timed{new_frames or ''}"] = threading.current_thread().name
+        take = self.take_s * (0.4 if new_frames else 1.0)
+        return [timer(lambda: time.sleep(take)) for _ in range(n)]
+
+
+def test_each_lead_in_length_is_timed_after_the_load_and_short_chunks_leave_the_typical_time_alone():
+    engine = LeadInEngine(take_s=0.3, warm_up_s=0.5)
+    sup = supervisor(engine)
+    try:
+        short, typical = sup.expected_short(), sup.typical_s
+        assert set(short) == {2} and 0.12 <= short[2] < typical, (short, typical)  # its own time, not a whole one's
+        assert engine.threads["timed2"] == engine.threads["timed"], "on the rendering thread, as the whole one"
+        engine.take_s = 0.05  # a quick short chunk must not pull the whole chunks' time (and deadline) down
+        sup.render(render_chunk(0, 2))
+        assert sup.typical_s == typical
+        sup.render(render_chunk(1, NF, start_frame=2))
+        assert sup.typical_s < typical, "a whole chunk still moves it"
+    finally:
+        sup.close()
