@@ -41,11 +41,13 @@ class RenderRate:
         self.value = value
         self.short = {}
 
+    def _follow(self, old: float | None, x: float) -> float:
+        """The EWMA step: rise fast towards a slower sample, fall slowly towards a faster one."""
+        return x if old is None else old + (self.rise if x > old else self.fall) * (x - old)
+
     def observe_short(self, frames: int, render_s: float) -> None:
         """A chunk shorter than a whole one: a fixed cost per chunk makes its rate worse, so it is kept apart."""
-        old = self.short.get(frames)
-        self.short[frames] = render_s if old is None else old + (self.rise if render_s > old else self.fall) * (
-            render_s - old)
+        self.short[frames] = self._follow(self.short.get(frames), render_s)
 
     def observe(self, render_s: float, media_s: float) -> None:
         if media_s <= 0:
@@ -53,11 +55,7 @@ class RenderRate:
         x = render_s / media_s
         self.last = x
         self.samples += 1
-        if self.value is None:
-            self.value = x
-        else:
-            a = self.rise if x > self.value else self.fall
-            self.value += a * (x - self.value)
+        self.value = self._follow(self.value, x)
 
 
 @dataclass(frozen=True)
