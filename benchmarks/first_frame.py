@@ -53,6 +53,8 @@ def one_start(config: Path | None, work: Path, overrides: list[str], importtime:
     for o in overrides:
         cmd += ["--set", o]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHTALK_LIVE_")}
+    # the child runs in the work folder: this checkout's package first, installed or not (a device copy is not)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     log = work / "daemon.log"  # the log lines and -X importtime's both go to stderr
     t_wall, t0 = time.time(), time.monotonic()
     with open(log, "wb") as out:
@@ -67,9 +69,12 @@ def one_start(config: Path | None, work: Path, overrides: list[str], importtime:
             except ClientError:
                 pass
             time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGTERM)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(60)
     text = log.read_text(errors="replace")
+    if polled is None and proc.returncode not in (0, -signal.SIGTERM):
+        raise SystemExit(f"the daemon exited with {proc.returncode} before its first frame:\n{text[-2000:]}")
     lines = []
     for raw in text.splitlines():
         try:

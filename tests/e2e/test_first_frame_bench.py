@@ -32,3 +32,10 @@ def test_two_starts_print_every_part_of_the_split(capsys):
         row = next(line for line in out.splitlines() if label in line)
         assert re.search(r"\| \d+\.\d{3} \| \d+\.\d{3} \|$", row), row  # a measured value, not "-"
     assert "flashtalk_live.cli" in out
+
+
+@pytest.mark.timeout(60)
+def test_a_daemon_that_exits_before_its_first_frame_is_reported_with_its_code_and_log():
+    """An operator's mistake (an odd width: exit 2 and one line) ends the benchmark with that line, not a trace."""
+    with pytest.raises(SystemExit, match=r"exited with 2 before its first frame(.|\n)*width"):
+        main(["--runs", "1", "--set", "video.width=447"])
