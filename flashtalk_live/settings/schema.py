@@ -184,7 +184,8 @@ class VideoSettings(_Section):
     lead_in_frames: tuple[int, ...] = Field(
         (), description="a queue clip that starts on a chunk's first frame (into an idle room, play_now) is cut into "
         "chunks of these many frames first, then chunk_frames: a short first chunk renders and airs sooner "
-        "(FlashTalk: each its own compiled shape, multiples of 4 below chunk_frames, rising); empty: off")
+        "(FlashTalk: each length its own compiled shape; multiples of 4 below chunk_frames, not falling: a length "
+        "may repeat, e.g. [16, 16, 20]; benchmarks/lead_in_ramps.py ranks ramps by measured times); empty: off")
     reference_image: str | None = Field(None, description="portrait; none uses the embedded demo portrait")
     fit: Literal["cover", "contain"] = "cover"
     prompt: str = "A person is talking to the camera in a live-commerce studio."
@@ -199,8 +200,8 @@ class VideoSettings(_Section):
     @model_validator(mode="after")
     def _lead_in(self) -> "VideoSettings":
         lead = self.lead_in_frames
-        if any(n <= 0 or n % 4 or n >= self.chunk_frames for n in lead) or list(lead) != sorted(set(lead)):
-            raise ValueError(f"lead_in_frames {list(lead)}: rising multiples of 4 below chunk_frames "
+        if any(n <= 0 or n % 4 or n >= self.chunk_frames for n in lead) or list(lead) != sorted(lead):
+            raise ValueError(f"lead_in_frames {list(lead)}: multiples of 4 below chunk_frames, not falling, "
                              f"{self.chunk_frames} (the causal VAE groups 4 frames)")
         return self
 

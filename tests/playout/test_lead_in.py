@@ -247,3 +247,23 @@ def test_a_renderer_change_forgets_the_short_chunk_times() -> None:
     adm.observe(0.9, CF)
     assert adm.chunk_render_s(8) == pytest.approx(0.9), "the new renderer's short chunks are not measured yet"
     assert list(itertools.islice(adm.rate.short, 1)) == []
+
+
+def test_a_lead_in_length_may_repeat_and_the_ramp_is_cut_as_given(tmp_path) -> None:
+    """A ramp such as [8, 8, 16]: a length repeated keeps each chunk within the air of the one before where the next
+    length up would not (the render's fixed cost per chunk); a falling ramp is refused as a setting."""
+    r = Room(tmp_path, lead=(8, 8, 16))
+    r.render(1)
+    a = add_level_clip(r.spool, 1, 3.0)
+    r.render(5)
+    aired = r.flush()
+    assert [c.n_frames for c in aired] == [CF, 8, 8, 16, CF, CF]
+    assert _starts(aired)[a] == CF
+    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=2, capacity_s=8.0, margin=0.0, buffered_s=lambda: 0.0)
+    adm.rate.value = 0.5
+    adm.rate.short = {8: 0.3, 16: 0.45}
+    # chunk by chunk: ready 0.3, 0.6, 1.05, then the whole ones; aired before each 0, 0.32, 0.64
+    assert adm.first_chunks_s((8, 8, 16)) == pytest.approx(max(0.3, 0.6 - 0.32, 1.05 - 0.64))
+    for bad in ([16, 8], [8, 12, 8]):
+        with pytest.raises(ValueError, match="not falling"):
+            Settings(state_dir="/nonexistent-state", video={"lead_in_frames": bad})
