@@ -476,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
                               if hits and p.get("send_t") is not None else None)
             if hits:  # the first chunk's cut and render, and the first frame, on the daemon's CLOCK_MONOTONIC
                 p.update({k: hits[0][1].get(k) for k in ("cut_mono", "rendered_mono", "mono")})
+            # every plan the clip had before it aired (what it waited for, when it was planned): the JSON's trace
+            sid = p.get("segment_id")
+            p["plans"] = [{k: e.get(k) for k in ("type", "mono", "planned_in_s", "waits", "state")}
+                          for kind in ("scheduled", "rescheduled") for _, e in rec.find(kind, segment_id=sid)]
         chunk = drift.get("chunk_s") or {}
         changes = [e for _, e in rec.find("renderer_changed")]
         result = {
