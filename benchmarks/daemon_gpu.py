@@ -333,7 +333,9 @@ def run_clips(d: Daemon, rec: "EventRecorder", args: argparse.Namespace, base: d
             continue
         seconds = float(rng.uniform(*args.clip_seconds)) if not args.tiny else float(rng.uniform(2, 4))
         samples = speech_like(seconds, seed=i, rate=rate)
-        p: dict[str, Any] = {"kind": KIND_NAMES[(mode, where)], "seconds": seconds, "streamed": mode == "stream"}
+        p: dict[str, Any] = {"kind": KIND_NAMES[(mode, where)], "seconds": seconds, "streamed": mode == "stream",
+                             # what the plan knew just before the push (its rates, the buffered air, the waits)
+                             "render_ahead_before": st.get("render_ahead"), "air_before": st.get("on_air")}
         if mode == "stream":
             pace = args.stream_pace[0]
             if where == "idle":
@@ -478,8 +480,9 @@ def main(argv: list[str] | None = None) -> int:
                 p.update({k: hits[0][1].get(k) for k in ("cut_mono", "rendered_mono", "mono")})
             # every plan the clip had before it aired (what it waited for, when it was planned): the JSON's trace
             sid = p.get("segment_id")
-            p["plans"] = [{k: e.get(k) for k in ("type", "mono", "planned_in_s", "waits", "state")}
-                          for kind in ("scheduled", "rescheduled") for _, e in rec.find(kind, segment_id=sid)]
+            p["plans"] = sorted(({k: e.get(k) for k in ("type", "mono", "planned_in_s", "waits", "state")}
+                                 for kind in ("scheduled", "rescheduled") for _, e in rec.find(kind, segment_id=sid)),
+                                key=lambda e: e["mono"] or 0.0)
         chunk = drift.get("chunk_s") or {}
         changes = [e for _, e in rec.find("renderer_changed")]
         result = {
