@@ -506,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             "chunk_count": chunk.get("count"), "chunk_p50_s": chunk.get("p50"), "chunk_p99_s": chunk.get("p99"),
             "chunk_max_s": chunk.get("max"), "render_rtf_last": b.get("render_rtf"),
             "render_rate": ra.get("render_rate"), "short_chunk_render_s": ra.get("short_chunk_render_s") or {},
+            "lead_in_ramp": ra.get("lead_in_ramp") or [],
             "gpu_load_peak_torch_gib": (None if drift.get("gpu_load_peak_bytes") is None
                                         else drift["gpu_load_peak_bytes"] / 2**30),
             "gpu_peak_torch_gib": (None if drift.get("gpu_steady_peak_bytes") is None
@@ -589,8 +590,8 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
         ("clips started without their full head start", str(r.get("clips_over_floor", "-"))),
         ("chunk wall p50 / p99 / max", f"{_f(r.get('chunk_p50_s'))} / {_f(r.get('chunk_p99_s'))} / "
                                        f"{_f(r.get('chunk_max_s'))} s over {r.get('chunk_count', '-')} chunks"),
-        ("render rate at the end (render s per air s); lead-in chunks' render s by frames",
-         f"{_f(r.get('render_rate'))}; {short_text(r.get('short_chunk_render_s'))}"),
+        ("render rate at the end (render s per air s); lead-in chunks' render s by frames; the ramp chosen",
+         f"{_f(r.get('render_rate'))}; {short_text(r.get('short_chunk_render_s'))}; {r.get('lead_in_ramp') or '-'}"),
         ("GPU memory, torch allocated: load peak (up to the last warm-up) / steady peak (since)",
          f"{_f(r.get('gpu_load_peak_torch_gib'), '{:.1f}', ' GiB')} / {_f(r.get('gpu_peak_torch_gib'), '{:.1f}', ' GiB')}"),
         ("GPU memory, nvidia-smi (context and allocator cache included): whole run / since FlashTalk on air",

@@ -8,13 +8,14 @@ rendered within the air of those before it: the head start is the admission's ow
 (`Admission.first_chunks_s`, playout/admission.py: the planning margin and its slack included), computed here for
 every non-falling ramp of the measured lengths (a length may repeat) up to --max-chunks long. A length without a
 measured time is not a candidate (the admission would plan it as a whole chunk). Each distinct length is one more
-compiled shape in the warm-up. This computes from measurements; it measures nothing itself.
+compiled shape in the warm-up. The daemon makes the same choice itself (`Admission.ramp`: the lead-in's lengths
+ordered into the ramp with the shortest planned head start, up to 6 chunks); its line is marked. This computes from
+measurements; it measures nothing itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -22,17 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from flashtalk_live.playout.admission import Admission  # noqa: E402
+from flashtalk_live.playout.admission import Admission, ramps  # noqa: E402
 
 
 def short_times(text: str) -> dict[int, float]:
     """'12=0.435,16=0.518' -> {12: 0.435, 16: 0.518}"""
     return {int(k): float(v) for k, v in (item.split("=") for item in text.split(",") if item)}
-
-
-def ramps(lengths: list[int], max_chunks: int) -> list[tuple[int, ...]]:
-    """Every non-falling sequence of the lengths, 1..max_chunks long."""
-    return [r for k in range(1, max_chunks + 1) for r in itertools.combinations_with_replacement(sorted(lengths), k)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,19 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     if rate is None or not short:
         ap.error("give --json, or --rate and --short")
     adm = Admission(chunk_s=args.chunk_frames / args.fps, fps=args.fps, base_chunks=2, capacity_s=8.0,
-                    margin=args.margin, buffered_s=lambda: 0.0)
+                    margin=args.margin, buffered_s=lambda: 0.0, lead_in=tuple(sorted(short)))
     adm.rate.value = rate
     adm.rate.short = dict(short)
     whole = adm.first_chunks_s(())
     assert whole is not None
-    rows = sorted((adm.first_chunks_s(r) or 0.0, len(set(r)), r) for r in ramps(list(short), args.max_chunks))
+    rows = sorted((adm.first_chunks_s(r) or 0.0, len(set(r)), r) for r in ramps(tuple(short), args.max_chunks))
+    chosen = adm.ramp()
     print(f"lead-in ramps by head start: rate {rate:.3f}, short chunks {short} s ({source}), margin {args.margin}, "
           f"{args.chunk_frames}-frame chunks at {args.fps} fps")
-    print("| ramp (video.lead_in_frames) | head start s | gain over whole chunks s | compiled lengths |")
+    print("| ramp | head start s | gain over whole chunks s | compiled lengths |")
     print("|---|---|---|---|")
     print(f"| none (whole chunks) | {whole:.3f} | 0.000 | 0 |")
     for need, shapes, r in rows[:args.top]:
-        print(f"| {list(r)} | {need:.3f} | {whole - need:.3f} | {shapes} |")
+        mark = " (the daemon's choice)" if r == chosen else ""
+        print(f"| {list(r)}{mark} | {need:.3f} | {whole - need:.3f} | {shapes} |")
     for r in (tuple(sorted(short)),):  # the lengths as one rising ramp, for comparison
         print(f"| {list(r)} (each length once) | {adm.first_chunks_s(r) or 0.0:.3f} | "
               f"{whole - (adm.first_chunks_s(r) or 0.0):.3f} | {len(r)} |")

@@ -61,11 +61,11 @@ class Playout:
         self.timeline = Timeline(v, s.encoder, spool, self.programme, admission=self.admission, replannable=True,
                                  streams=streams, programme_resume_s=s.programme.resume_after_queue_s)
         if streams is not None:  # when a slow stream may start (queue/streams.py: start_s)
-            streams.lead_gain_s = lambda: self.admission.lead_in_gain_s(v.lead_in_frames)
+            streams.lead_gain_s = lambda: self.admission.lead_in_gain_s(self.admission.ramp())
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=self._planning_rate,
                                    render_s=self.admission.chunk_render_s,
-                                   first_chunks_s=lambda: self.admission.first_chunks_s(v.lead_in_frames),
+                                   first_chunks_s=lambda: self.admission.first_chunks_s(self.admission.ramp()),
                                    abandon_s=renderers.abandon_s,
                                    air_frame=self._air_frame, buffered_s=self._buffered_s,
                                    due_margin_s=s.streams.due_margin_s,

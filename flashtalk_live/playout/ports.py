@@ -97,6 +97,10 @@ class LiveStreams(Protocol):
 class Gate(Protocol):
     """What the timeline needs from the admission policy (`playout/admission.py`)."""
 
+    lead_in: tuple[int, ...]  # the lead-in lengths it orders into `ramp()` (video.lead_in_frames)
+
+    def ramp(self) -> tuple[int, ...]: ...
+
     def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = ()) -> bool: ...
 
     def lead_in_gain_s(self, lead: tuple[int, ...]) -> float: ...

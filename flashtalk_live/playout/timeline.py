@@ -187,11 +187,21 @@ class Timeline:
         # The lead-in (`video.lead_in_frames`): shorter chunks that render and air sooner. A ramp of them starts
         # where a queue clip starts on a whole chunk's first frame (that chunk shrinks) and at every re-plan, and
         # runs to its end whatever plays: each of its chunks was planned to render in the air time of the one
-        # before (the admission's head start, the replanner's first chunks), which a whole chunk would not.
+        # before (the admission's head start, the replanner's first chunks), which a whole chunk would not. The
+        # admission orders the lengths into the ramp (`_lead`).
         self.lead_in: tuple[int, ...] = tuple(video.lead_in_frames)
         self._ramp: tuple[int, ...] = ()  # the lengths of the next chunks to cut, then whole chunks
         self._offer: tuple[int, ...] = ()  # the chunk lengths a queue clip picked now would be cut into
         self._log = get_logger("timeline")
+
+    def _lead(self) -> tuple[int, ...]:
+        """The lead-in's ramp now: the admission's choice from the measured times where it plans this lead-in
+        (`Admission.ramp`, the one the replanner's first chunks and a stream's start are planned with), else the
+        lengths as listed."""
+        a = self.admission
+        if self.lead_in and a is not None and getattr(a, "lead_in", ()) == self.lead_in:
+            return a.ramp()
+        return self.lead_in
 
     # -- clock helpers ---------------------------------------------------------------------------
     def _m(self, sample: int) -> int:
@@ -505,7 +515,7 @@ class Timeline:
             self._cur, self._chunk_index, self._sample, self._history = split.cur, split.chunk_index, split.sample, \
                 split.history
             self._queue_end = split.queue_end
-            self._ramp = self.lead_in  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
+            self._ramp = self._lead()  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
             self.starved_samples += split.starved
             self._snaps.append(split.snap)
             return undone
@@ -531,7 +541,7 @@ class Timeline:
         self._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
         self._chunk_index, self._sample, self._history = sn.chunk_index, sn.sample, sn.history
         self._queue_end = sn.queue_end
-        self._ramp = self.lead_in  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
+        self._ramp = self._lead()  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
         if first_item is not None and first_item.kind != "pause" and self.programme is not None:
             try:
                 self.programme.rewind(first_item)
@@ -604,7 +614,7 @@ class Timeline:
         if pick and self._ramp:
             self._offer, self._ramp = self._ramp, self._ramp[1:]
         elif pick and self.lead_in and nf == self.chunk_frames:
-            self._offer = self.lead_in
+            self._offer = self._lead()
         best_seg: list[str | None] = [None] * nf
         best_cnt = [0] * nf
         queue_ids: set[str | None] = set()

@@ -183,9 +183,10 @@ class VideoSettings(_Section):
     chunk_frames: int = Field(28, gt=0, description="new frames per render chunk (FlashTalk: frame_num - motion_frames)")
     lead_in_frames: tuple[int, ...] = Field(
         (), description="a queue clip that starts on a chunk's first frame (into an idle room, play_now) is cut into "
-        "chunks of these many frames first, then chunk_frames: a short first chunk renders and airs sooner "
-        "(FlashTalk: each length its own compiled shape; multiples of 4 below chunk_frames, not falling: a length "
-        "may repeat, e.g. [16, 16, 20]; benchmarks/lead_in_ramps.py ranks ramps by measured times); empty: off")
+        "shorter chunks of these lengths first, then chunk_frames: a short first chunk renders and airs sooner. "
+        "The admission orders the lengths into the ramp with the shortest planned head start from their measured "
+        "times (a length may repeat; status.render_ahead.lead_in_ramp). FlashTalk: each length its own compiled "
+        "shape; multiples of 4 below chunk_frames, listed not falling; empty: off")
     reference_image: str | None = Field(None, description="portrait; none uses the embedded demo portrait")
     fit: Literal["cover", "contain"] = "cover"
     prompt: str = "A person is talking to the camera in a live-commerce studio."

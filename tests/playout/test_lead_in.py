@@ -267,3 +267,55 @@ def test_a_lead_in_length_may_repeat_and_the_ramp_is_cut_as_given(tmp_path) -> N
     for bad in ([16, 8], [8, 12, 8]):
         with pytest.raises(ValueError, match="not falling"):
             Settings(state_dir="/nonexistent-state", video={"lead_in_frames": bad})
+
+
+def _measured_admission(lead=LEAD, short=None) -> Admission:
+    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0, buffered_s=lambda: 60.0,
+                    lead_in=lead)
+    adm.rate.value = 0.5
+    adm.rate.short = dict(short or {})
+    return adm
+
+
+def test_the_admission_orders_the_lengths_into_the_ramp_with_the_shortest_head_start() -> None:
+    """Until every length has a time the ramp is the lengths as listed; then the non-falling ramp of them (a length
+    may repeat) whose first chunks plan the shortest head start, re-chosen when the times move."""
+    adm = _measured_admission(short={8: 0.3})
+    assert adm.ramp() == LEAD, "16 not measured yet: as listed"
+    adm.rate.short[16] = 0.45  # the fixed cost of a chunk (8 frames: 0.3 s for 0.32 s of air) favours short repeats
+    brute = min(itertools.chain([LEAD], (r for k in range(1, 7)
+                                         for r in itertools.combinations_with_replacement(LEAD, k))),
+                key=lambda r: (round(adm.first_chunks_s(r), 2), len(r)))
+    assert adm.ramp() == brute != LEAD
+    assert adm.first_chunks_s(adm.ramp()) < adm.first_chunks_s(LEAD) - 0.05
+    adm.rate.short[8] = 0.6  # now an 8-frame chunk renders in twice its air: the ramp changes with it
+    assert 8 not in adm.ramp() or adm.ramp() != brute
+    assert adm.status()["lead_in_ramp"] == list(adm.ramp())
+
+
+def test_the_timeline_cuts_the_ramp_the_admission_chose(tmp_path) -> None:
+    """A clip into an idle room and a re-plan both start with `Admission.ramp()`, the ramp the replanner's first
+    chunks are planned with (the Room's gate without a lead-in leaves the lengths as listed: the tests above)."""
+    adm = _measured_admission(short={8: 0.3, 16: 0.45})
+    chosen = adm.ramp()
+    assert chosen != LEAD
+    r = Room(tmp_path)
+    r.tl.admission = adm
+    r.render(1)
+    a = add_level_clip(r.spool, 1, 10.0)
+    r.render(len(chosen) + 1)
+    aired = r.flush()
+    assert [c.n_frames for c in aired] == [CF, *chosen, CF] and _starts(aired)[a] == CF
+    r2 = Room(tmp_path / "two")
+    r2.tl.admission = adm
+    r2.render(5)  # idle buffered
+    r2.aired.append(r2.la.get_nowait().chunk)
+    r2.air_at = 3
+    with r2.rp.editing("enqueue"):
+        b = add_level_clip(r2.spool, 1, 10.0)
+    frame = r2.rp.last["from_frame"]
+    r2.render(len(chosen) + 1)
+    after = [c for c in r2.flush() if c.start_frame >= frame]
+    assert [c.n_frames for c in after] == [*chosen, CF] and _starts(after)[b] == frame
+    r.spool.close()
+    r2.spool.close()

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from benchmarks.lead_in_ramps import main, ramps, short_times
-from flashtalk_live.playout.admission import Admission
+from benchmarks.lead_in_ramps import main, short_times
+from flashtalk_live.playout.admission import Admission, ramps
 
 
 def test_ramps_are_every_non_falling_sequence_and_times_parse():
