@@ -169,7 +169,8 @@ class Admission:
     def ramp(self) -> tuple[int, ...]:
         """The lead-in's chunk lengths in the order a clip or a re-plan cuts them: of every non-falling ramp of the
         lead-in's lengths (a length may repeat), the one whose first chunks plan the shortest head start
-        (`first_chunks_s`), then the fewest chunks; the lengths as listed until each has a measured time. A chunk's
+        (`first_chunks_s`), then the fewest chunks, or none (whole chunks) where no ramp plans shorter than those;
+        the lengths as listed until each has a measured time. A chunk's
         fixed cost can make the next length up render in more than the air of the one before, which a repeated
         length avoids (on an H100 at realtime, [16, 16, 16, 16, 20, 20] plans 0.78 s where [12, 16, 20, 24] plans
         0.89 s and whole chunks 0.93 s: docs/performance.md)."""
@@ -178,7 +179,7 @@ class Admission:
             return lead
         key = (self.rate.value, tuple(sorted((n, v) for n, v in self.rate.short.items() if n in lead)))
         if self._ramp_memo is None or self._ramp_memo[0] != key:
-            best = min([lead] + ramps(lead), key=lambda r: (round(self.first_chunks_s(r) or 0.0, 2), len(r)))
+            best = min([(), lead] + ramps(lead), key=lambda r: (round(self.first_chunks_s(r) or 0.0, 2), len(r)))
             self._ramp_memo = (key, best)
         return self._ramp_memo[1]
 

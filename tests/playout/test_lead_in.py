@@ -283,7 +283,7 @@ def test_the_admission_orders_the_lengths_into_the_ramp_with_the_shortest_head_s
     adm = _measured_admission(short={8: 0.3})
     assert adm.ramp() == LEAD, "16 not measured yet: as listed"
     adm.rate.short[16] = 0.45  # the fixed cost of a chunk (8 frames: 0.3 s for 0.32 s of air) favours short repeats
-    brute = min(itertools.chain([LEAD], (r for k in range(1, 7)
+    brute = min(itertools.chain([(), LEAD], (r for k in range(1, 7)
                                          for r in itertools.combinations_with_replacement(LEAD, k))),
                 key=lambda r: (round(adm.first_chunks_s(r), 2), len(r)))
     assert adm.ramp() == brute != LEAD
@@ -291,6 +291,8 @@ def test_the_admission_orders_the_lengths_into_the_ramp_with_the_shortest_head_s
     adm.rate.short[8] = 0.6  # now an 8-frame chunk renders in twice its air: the ramp changes with it
     assert 8 not in adm.ramp() or adm.ramp() != brute
     assert adm.status()["lead_in_ramp"] == list(adm.ramp())
+    adm.rate.short = {8: 0.55, 16: 0.56}  # as slow as a whole chunk: no ramp plans sooner, so none is cut
+    assert adm.ramp() == () and adm.lead_in_gain_s(adm.ramp()) == 0.0
 
 
 def test_the_timeline_cuts_the_ramp_the_admission_chose(tmp_path) -> None:
