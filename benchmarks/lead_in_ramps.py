@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 from flashtalk_live.playout.admission import Admission, ramps  # noqa: E402
 
@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     for need, shapes, r in rows[:args.top]:
         mark = " (the daemon's choice)" if r == chosen else ""
         print(f"| {list(r)}{mark} | {need:.3f} | {whole - need:.3f} | {shapes} |")
-    for r in (tuple(sorted(short)),):  # the lengths as one rising ramp, for comparison
-        print(f"| {list(r)} (each length once) | {adm.first_chunks_s(r) or 0.0:.3f} | "
-              f"{whole - (adm.first_chunks_s(r) or 0.0):.3f} | {len(r)} |")
+    once = tuple(sorted(short))  # the lengths as one rising ramp, for comparison
+    need = adm.first_chunks_s(once) or 0.0
+    print(f"| {list(once)} (each length once) | {need:.3f} | {whole - need:.3f} | {len(once)} |")
     return 0
 
 

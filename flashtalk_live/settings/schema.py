@@ -202,8 +202,8 @@ class VideoSettings(_Section):
     def _lead_in(self) -> "VideoSettings":
         lead = self.lead_in_frames
         if any(n <= 0 or n % 4 or n >= self.chunk_frames for n in lead) or list(lead) != sorted(lead):
-            raise ValueError(f"lead_in_frames {list(lead)}: multiples of 4 below chunk_frames, not falling, "
-                             f"{self.chunk_frames} (the causal VAE groups 4 frames)")
+            raise ValueError(f"lead_in_frames {list(lead)}: multiples of 4 below chunk_frames {self.chunk_frames} "
+                             "(the causal VAE groups 4 frames), listed not falling")
         return self
 
 
