@@ -98,8 +98,7 @@ class Daemon:
         v = settings.video
         # Streamed clips (queue/streams.py): rebuilt from the spool before the timeline can take one.
         self.streams = StreamRegistry(settings.streams, settings.ingest, settings.encoder, self.spool,
-                                      chunk_s=v.chunk_frames / v.fps,
-                                      lead_s=v.lead_in_frames[0] / v.fps if v.lead_in_frames else None)
+                                      chunk_s=v.chunk_frames / v.fps)
         try:
             self.reference = load_image(v.reference_image, settings.ingest.max_image_pixels) \
                 if v.reference_image else default_portrait()

@@ -60,8 +60,6 @@ class Playout:
         self.admission = Admission.from_settings(s.renderer, v, self._buffered_s)
         self.timeline = Timeline(v, s.encoder, spool, self.programme, admission=self.admission, replannable=True,
                                  streams=streams, programme_resume_s=s.programme.resume_after_queue_s)
-        if streams is not None:  # when a slow stream may start (queue/streams.py: start_s)
-            streams.lead_gain_s = lambda: self.admission.lead_in_gain_s(self.admission.ramp())
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=self._planning_rate,
                                    render_s=self.admission.chunk_render_s,

@@ -91,6 +91,8 @@ class LiveStreams(Protocol):
 
     def start_s(self, live: LiveAudio, first_s: float, gain_s: float) -> float: ...
 
+    # set by the timeline: the first chunk a clip picked now is cut into, and how much sooner a lead-in airs
+    first_chunk_s: Callable[[], float]
     lead_gain_s: Callable[[], float]
 
 

@@ -192,6 +192,9 @@ class Timeline:
         self.lead_in: tuple[int, ...] = tuple(video.lead_in_frames)
         self._ramp: tuple[int, ...] = ()  # the lengths of the next chunks to cut, then whole chunks
         self._offer: tuple[int, ...] = ()  # the chunk lengths a queue clip picked now would be cut into
+        if streams is not None:  # a stream is worth a re-plan once it could start in the chunk cut for it
+            streams.first_chunk_s = lambda: self.first_chunk_frames() / self.fps
+            streams.lead_gain_s = lambda: self.admission.lead_in_gain_s(self._lead()) if self.admission else 0.0
         self._log = get_logger("timeline")
 
     def _lead(self) -> tuple[int, ...]:
@@ -202,6 +205,12 @@ class Timeline:
         if self.lead_in and a is not None and getattr(a, "lead_in", ()) == self.lead_in:
             return a.ramp()
         return self.lead_in
+
+    def first_chunk_frames(self) -> int:
+        """The first chunk a clip picked after a re-plan is cut into: the lead-in ramp's first length, else a whole
+        chunk (queue/streams.py: when a stream holds enough audio to be worth a re-plan)."""
+        lead = self._lead()
+        return lead[0] if lead else self.chunk_frames
 
     # -- clock helpers ---------------------------------------------------------------------------
     def _m(self, sample: int) -> int:

@@ -128,14 +128,16 @@ class StreamRegistry:
     clip, so it does not wait behind buffered idle). on_cut(segment_id, had_audio): the idle timeout closed it."""
 
     def __init__(self, cfg: StreamSettings, ingest: IngestSettings, encoder: EncoderSettings, spool: Spool, *,
-                 chunk_s: float = 1.0, lead_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """chunk_s: a whole render chunk; lead_s: the first lead-in chunk (video.lead_in_frames) if any."""
+                 chunk_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        """chunk_s: a whole render chunk."""
         self.cfg, self.ingest, self.spool = cfg, ingest, spool
         self.rate, self.channels = encoder.audio_rate, encoder.audio_channels
         self.prebuffer_s = cfg.prebuffer_s
-        self.chunk_s, self.lead_s = chunk_s, lead_s
-        self.lead_gain_s: Callable[[], float] = lambda: 0.0  # how much sooner a lead-in airs (the admission's)
+        self.chunk_s = chunk_s
+        # The first chunk a clip starting now is cut into (the timeline's: a lead-in ramp's first length, which the
+        # admission chooses from measured times), and how much sooner a lead-in airs (the admission's).
+        self.first_chunk_s: Callable[[], float] = lambda: chunk_s
+        self.lead_gain_s: Callable[[], float] = lambda: 0.0
         self.clock = clock
         self.on_ready: Callable[[str, str], None] = lambda segment_id, mode: None
         self.on_cut: Callable[[str, bool], None] = lambda segment_id, had_audio: None
@@ -162,8 +164,7 @@ class StreamRegistry:
 
     def _ready(self, live: LiveStream) -> bool:
         """Startable in a lead-in's first chunk, or a whole one (the plan is told then: on_ready)."""
-        first = self.lead_s if self.lead_s is not None else self.chunk_s
-        return live.startable(int(round(self.start_s(live, first, self.lead_gain_s()) * self.rate)))
+        return live.startable(int(round(self.start_s(live, self.first_chunk_s(), self.lead_gain_s()) * self.rate)))
 
     def pace(self, live: LiveAudio) -> float:
         """Seconds of audio a stream received per second since its first piece (0.0 before one)."""

@@ -34,7 +34,6 @@ class Room:
                       streams={"prebuffer_s": prebuffer_s})
         self.spool = Spool(tmp_path / "spool")
         self.streams = StreamRegistry(st.streams, st.ingest, st.encoder, self.spool, chunk_s=CF / 25,
-                                      lead_s=lead[0] / 25 if lead else None,
                                       **({} if clock is None else {"clock": clock}))
         self.tl = Timeline(st.video, st.encoder, self.spool, None, replannable=True, streams=self.streams)
         self.la = Lookahead(64)
@@ -180,7 +179,6 @@ def test_a_stream_at_real_time_pace_waits_as_long_as_the_lead_in_gains(tmp_path)
     adm.observe(0.3, 8)
     adm.observe(0.45, 16)
     r.tl.admission = adm
-    r.streams.lead_gain_s = lambda: adm.lead_in_gain_s(LEAD)  # as the playout wires it
     ready: list[str] = []
     ready_at: list[float] = []
     r.streams.on_ready = lambda s, mode: (ready.append(s), ready_at.append(r.streams.live(s).seconds))
@@ -321,3 +319,29 @@ def test_the_timeline_cuts_the_ramp_the_admission_chose(tmp_path) -> None:
     assert [c.n_frames for c in after] == [*chosen, CF] and _starts(after)[b] == frame
     r.spool.close()
     r2.spool.close()
+
+
+def test_a_fast_stream_is_ready_when_the_chunk_the_timeline_cuts_for_it_can_start(tmp_path) -> None:
+    """The registry tells the plan a stream may start (`on_ready`: a re-plan) on the audio of the ramp's first chunk,
+    the admission's choice, not the first length listed: told on less, the re-plan found it not startable and the
+    stream waited behind the idle buffered meanwhile (an H100 run with [16, 20]: the ramp [20, ...], 4x streams
+    0.3 s later than without a lead-in)."""
+    adm = _measured_admission(short={8: 0.6, 16: 0.45})
+    assert adm.ramp()[0] == 16, "8-frame chunks as slow as 16: the ramp starts at 16"
+    now = [0.0]
+    r = Room(tmp_path, prebuffer_s=0.2, clock=lambda: now[0])
+    r.tl.admission = adm
+    assert r.streams.first_chunk_s() == pytest.approx(16 / 25)
+    told: list[float] = []
+    r.streams.on_ready = lambda s, mode: told.append(r.streams.live(s).seconds)
+    sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
+                         peer="test").entry.segment_id
+    for i in range(8):  # 0.12 s pieces every 0.03 s: a producer at 4x
+        now[0] = i * 0.03
+        r.streams.append(sid, i, level_pcm(3, 0.12))
+    assert told == [pytest.approx(0.84)], "told once its first 16 frames and the prebuffer arrived (0.84 s)"
+    with r.rp.editing("enqueue"):
+        pass
+    c = r.tl.next_chunk()
+    assert c.n_frames == 16 and [m.kind for m in c.marks] == ["started"], "startable in the chunk cut for it"
+    r.spool.close()
