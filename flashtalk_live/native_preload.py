@@ -6,7 +6,8 @@ extension's shared libraries and torch opens the CUDA driver while holding the i
 behind and re-anchor (a freeze on air). The same work done through ctypes foreign calls (`dlopen`, `cuInit`,
 `cuDevicePrimaryCtxRetain`) leaves the interpreter free while it runs; torch's own import then finds the libraries
 mapped and the device's primary context open, and takes milliseconds. Any step that fails is skipped: torch's import
-does it then, as before. No torch import here.
+does it then, as before. The CUDA allocator's settings are set here too, before torch can read them. No torch
+import here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import MutableMapping
 
 # torch's own order: the global dependencies first (torch maps them RTLD_GLOBAL), then the libraries its extension
 # module needs (RTLD_LOCAL, as Python's extension loader does). libtorch_python is left to the import: its
@@ -77,6 +79,17 @@ def open_cuda_context(ordinal: int) -> bool:
     device, context = ctypes.c_int(), ctypes.c_void_p()
     return (cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(device), ordinal) == 0
             and cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device) == 0)
+
+
+ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def set_allocator_conf(conf: str, environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """The CUDA caching allocator's settings (model.cuda_alloc_conf) for this process, before torch reads them; the
+    operator's own PYTORCH_CUDA_ALLOC_CONF wins. Returns what the allocator will use (None: torch's default)."""
+    if ALLOC_CONF_ENV not in environ and conf:
+        environ[ALLOC_CONF_ENV] = conf
+    return environ.get(ALLOC_CONF_ENV) or None
 
 
 def preload_torch(device: str) -> dict[str, object]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from flashtalk_live.engine.profile import room_profiles  # torch-free: the profiles, read at config load
 from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
-from flashtalk_live.native_preload import preload_torch
+from flashtalk_live.native_preload import preload_torch, set_allocator_conf
 from flashtalk_live.renderers.base import Renderer
 
 from flashtalk_live.settings import Settings
@@ -50,8 +50,9 @@ def flashtalk_factory(settings: Settings, events: EventBus, parallel: ParallelHa
 
     def build(s: Settings) -> Renderer:
         if "torch" not in sys.modules:  # a one-GPU room's first build (a several-GPU one imported torch to launch)
+            alloc = set_allocator_conf(s.model.cuda_alloc_conf)
             done = preload_torch(s.model.device)  # else torch's import holds the interpreter: a freeze on air
-            get_logger("renderer").info("torch_preloaded", **done)
+            get_logger("renderer").info("torch_preloaded", cuda_alloc_conf=alloc, **done)
         # engine/ and parallel/ import torch: loaded only when a flashtalk renderer is built, never for `still`.
         from flashtalk_live.engine.renderer import FlashTalkConfig, build_flashtalk_renderer
         from flashtalk_live.parallel.launch import parallel_flashtalk_renderer

@@ -330,6 +330,10 @@ class ModelSettings(_Section):
                                    "graphs, autotuning, Triton kernels) kept across restarts: TORCHINDUCTOR_CACHE_DIR; "
                                    '"" leaves torch\'s default (/tmp/torchinductor_<user>). "auto" keeps its '
                                    "measurements here too (auto-profile.json; delete it to measure again)")
+    cuda_alloc_conf: str = Field(
+        "expandable_segments:True", description="PYTORCH_CUDA_ALLOC_CONF for a one-GPU room's engine, unless the "
+        "environment sets it: expandable segments leave the allocator less reserved beyond what it holds (an H100 "
+        'room at realtime: 28.3 against 29.2 GiB by nvidia-smi, docs/performance.md); "" for torch\'s default')
     text_cache_dir: str = "{state_dir}/text-cache"
     text_device: Literal["cpu", "model"] = Field(
         "cpu", description='where umT5-XXL encodes a prompt missing from the text cache: "cpu" (host memory, about '

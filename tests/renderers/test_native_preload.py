@@ -1,12 +1,13 @@
 """torch's native libraries mapped before `import torch` (flashtalk_live/native_preload.py), in a fresh process."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from flashtalk_live.native_preload import cuda_ordinal
+from flashtalk_live.native_preload import ALLOC_CONF_ENV, cuda_ordinal, set_allocator_conf
 
 PROBE = r"""
 import json, sys
@@ -39,3 +40,32 @@ def test_cuda_ordinal_reads_torch_device_strings():
     assert cuda_ordinal("cpu") is None
     assert cuda_ordinal("meta") is None
     assert cuda_ordinal("cuda:x") is None  # left to torch's own error at the build
+
+
+ALLOC_PROBE = r"""
+import json, os
+from flashtalk_live.native_preload import set_allocator_conf
+from flashtalk_live.settings import ModelSettings
+chosen = set_allocator_conf(ModelSettings().cuda_alloc_conf)
+import torch
+print(json.dumps({"chosen": chosen, "torch": torch._C._accelerator_getAllocatorSettings()}))
+"""
+
+
+@pytest.mark.parametrize("operator, torch_reads", [(None, "expandable_segments:True"),
+                                                   ("max_split_size_mb:256", "max_split_size_mb:256")])
+def test_the_allocator_setting_reaches_torch_unless_the_operator_set_it(operator, torch_reads):
+    """model.cuda_alloc_conf is in the environment before torch reads it (at its import); an operator's own
+    PYTORCH_CUDA_ALLOC_CONF is left as it is."""
+    env = {k: v for k, v in os.environ.items() if k != ALLOC_CONF_ENV}
+    if operator is not None:
+        env[ALLOC_CONF_ENV] = operator
+    out = subprocess.run([sys.executable, "-c", ALLOC_PROBE], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"chosen": torch_reads, "torch": torch_reads}
+
+
+def test_an_empty_allocator_setting_leaves_torch_its_default():
+    environ: dict[str, str] = {}
+    assert set_allocator_conf("", environ) is None and environ == {}
+    assert set_allocator_conf("expandable_segments:True", environ) == "expandable_segments:True"
