@@ -172,8 +172,7 @@ class Admission:
         (`first_chunks_s`), then the fewest chunks, or none (whole chunks) where no ramp plans shorter than those;
         the lengths as listed until each has a measured time. A chunk's
         fixed cost can make the next length up render in more than the air of the one before, which a repeated
-        length avoids (on an H100 at realtime, [16, 16, 16, 16, 20, 20] plans 0.78 s where [12, 16, 20, 24] plans
-        0.89 s and whole chunks 0.93 s: docs/performance.md)."""
+        length avoids (on an H100 at realtime, [16, 20] measured gives [20, 20, 20, 20]: docs/broadcast.md)."""
         lead = self.lead_in
         if not lead or self.planning_rate is None or any(n not in self.rate.short for n in lead):
             return lead
