@@ -130,6 +130,7 @@ class FlashTalkRenderer:
         self.recalibrations: list[dict[str, Any]] = []
         self.chunks = 0
         self.render_seconds: deque[float] = deque(maxlen=4096)  # wall of each render() call, for status
+        self._stoppable_share: float | None = None  # of the last whole chunk rendered with an abandon check
         self._timed_s: float | None = None  # the last whole chunk's time (time_chunks', then render's): abandon_s
         self._auto_candidates: tuple[Profile, ...] = ()
         self.profile_choice: ProfileChoice | None = None  # set when model.profile = "auto" chose this profile
@@ -284,6 +285,9 @@ class FlashTalkRenderer:
         self.render_seconds.append(time.perf_counter() - t0)
         if n == p.new_frames:
             self._timed_s = self.render_seconds[-1]  # a whole chunk's time: what abandon_s steps are made of
+            end = self.engine.last_denoise_end
+            if end is not None and self._timed_s > 0:
+                self._stoppable_share = min(1.0, max(0.0, (end - t0) / self._timed_s))
         return fitted
 
     def abandon_s(self) -> float | None:
@@ -301,6 +305,12 @@ class FlashTalkRenderer:
         if ahead and blocks and not uses_cuda_graphs(self.engine.models.dit):
             return step * min(1.0, (ahead + 1) / blocks)
         return step
+
+    def stoppable_share(self) -> float | None:
+        """The share of a chunk's render in which an abandoned chunk stops at its next step (`abandon_s`): up to
+        the end of its denoising; the decode, the motion encode and the host work after it run to the end (most
+        of a chunk on the tiny CPU model, a few per cent on a GPU). None before a whole chunk was rendered."""
+        return self._stoppable_share
 
     def close(self) -> None:
         self._closed = True

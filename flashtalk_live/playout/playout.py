@@ -64,7 +64,7 @@ class Playout:
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=self._planning_rate,
                                    render_s=self.admission.chunk_render_s,
                                    first_chunks_s=lambda: self.admission.first_chunks_s(self.admission.ramp()),
-                                   abandon_s=renderers.abandon_s,
+                                   abandon_s=renderers.abandon_s, stoppable_share=renderers.stoppable_share,
                                    air_frame=self._air_frame, buffered_s=self._buffered_s,
                                    due_margin_s=s.streams.due_margin_s,
                                    within_chunk=s.renderer.replan_within_chunk,

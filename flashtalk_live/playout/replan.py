@@ -55,6 +55,7 @@ class Replanner:
                  render_s: Callable[[int], float | None] | None = None,
                  first_chunks_s: Callable[[], float | None] | None = None,
                  abandon_s: Callable[[], float | None] = lambda: None,
+                 stoppable_share: Callable[[], float | None] = lambda: None,
                  air_frame: Callable[[], int | None] = lambda: None,
                  buffered_s: Callable[[], float] = lambda: 0.0, due_margin_s: float = 0.2,
                  within_chunk: bool = True, min_kept_frames: int = 8,
@@ -79,6 +80,7 @@ class Replanner:
         self._rendering: tuple[float, RenderChunk, bool] | None = None
         self._cut: RenderChunk | None = None
         self.abandon_s = abandon_s  # the renderer on duty's step: it stops an abandoned chunk at the next (None: never)
+        self.stoppable_share = stoppable_share  # ... within this share of a chunk's render (None: all of it)
         self.clock = clock  # times the render in flight (CLOCK_MONOTONIC)
         self.renders_abandoned = 0
         self.lock = threading.RLock()
@@ -248,12 +250,14 @@ class Replanner:
         if self._rendering is not None:
             t0, chunk, _ = self._rendering
             elapsed = self.clock() - t0
-            need += max(0.0, (self.render_s(chunk.n_frames) or 0.0) - elapsed)
-            step = self.abandon_s()
-            if step is not None and step > 0:
-                # The render stops at its next step boundary (steps of `step` s from its start). Abandoning pays
-                # only where the chunk in flight lies at or after the frame this gives (a bank link: always); a
-                # later frame is past the timeline's end: nothing is re-planned then.
+            planned = self.render_s(chunk.n_frames) or 0.0
+            need += max(0.0, planned - elapsed)
+            step, share = self.abandon_s(), self.stoppable_share()
+            if step is not None and step > 0 and (share is None or elapsed < share * planned):
+                # The render stops at its next step boundary (steps of `step` s from its start) while it denoises
+                # (the renderer's stoppable share of its planned time); past that it runs to its end. Abandoning
+                # pays only where the chunk in flight lies at or after the frame this gives (a bank link: always);
+                # a later frame is past the timeline's end: nothing is re-planned then.
                 need = min(need, step - elapsed % step)
         need += (self.first_chunks_s() or 0.0) + CUT_SLACK_S
         return now + math.ceil(need * self.fps - 1e-9)  # 1.0 x 28 / 25 x 25 is 28.000000000000004

@@ -168,6 +168,13 @@ class RendererSupervisor:
         fn = getattr(r, "abandon_s", None)
         return fn() if callable(fn) else None
 
+    def stoppable_share(self) -> float | None:
+        """The renderer on duty's share of a chunk in which `abandon_s` holds (None: all of it, as far as known)."""
+        p = self.preferred
+        r = p if p is not None and p.ready() else self.still
+        fn = getattr(r, "stoppable_share", None)
+        return fn() if callable(fn) else None
+
     def current_name(self) -> str:
         """The renderer the next render() call would use."""
         p = self.preferred

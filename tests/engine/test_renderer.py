@@ -316,8 +316,15 @@ def test_with_run_ahead_blocks_an_abandoned_chunk_stops_between_dit_blocks(relea
         timed_s = r.time_chunks(1, _wall)[0]
         assert not r.render_seconds
         assert r.abandon_s() == pytest.approx(timed_s / r.profile.sample_steps * min(1.0, 2 / blocks))
+        assert r.stoppable_share() is None, "timed chunks are not abandonable: they say nothing of it"
+        eng.timing = True  # the stage timings, to check the share against
         first = r.render(_chunk(60))
+        eng.timing = False
         step = r.render_seconds[-1] / r.profile.sample_steps
+        # Only the denoising stops an abandoned chunk: its share of the render holds every DiT step, not the decode.
+        t, took = eng.last_timings, r.render_seconds[-1]
+        denoise = sum(v for k, v in t.items() if k.startswith("dit_step_"))
+        assert denoise <= r.stoppable_share() * took <= took - t["vae_decode"] - t["motion_encode"]
         assert r.abandon_s() == pytest.approx(step * min(1.0, 2 / blocks))  # the host's lead + the block it waits in
         motion, index, timed = eng.motion, eng.chunk_index, len(r.render_seconds)
         chunk = _chunk(61)

@@ -35,9 +35,11 @@ class Room:
         self.air_at: int | None = None
         self.rate: float | None = None
         self.abandon: float | None = None  # the renderer's step: it stops an abandoned chunk at the next (None: never)
+        self.share: float | None = None  # ... within this share of its render (None: all of it)
         self.now = 100.0  # the replanner's clock, moved by a test
         self.rp = Replanner(self.tl, self.la, poll_s=0.001, air_frame=lambda: self.air_at, rate=lambda: self.rate,
-                            abandon_s=lambda: self.abandon, within_chunk=within_chunk, clock=lambda: self.now)
+                            abandon_s=lambda: self.abandon, stoppable_share=lambda: self.share,
+                            within_chunk=within_chunk, clock=lambda: self.now)
         self.aired: list = []
         self.stop = threading.Event()
 
@@ -388,4 +390,21 @@ def test_the_render_in_flight_is_counted_to_its_next_step_boundary(tmp_path, ela
     with r.rp.editing("enqueue"):
         add_level_clip(r.spool, 3, 1.0)
     assert r.rp.last["from_frame"] == expected and r.rp.last["within_chunk"]
+    r.spool.close()
+
+
+@pytest.mark.parametrize("share,elapsed,expected", [(0.5, 0.5, 2 + 37), (0.5, 0.7, 2 + 40), (None, 0.7, 2 + 34)])
+def test_a_render_past_its_denoising_runs_to_its_end(tmp_path, share, elapsed, expected):
+    """Steps of 0.4 s that stop an abandoned chunk only in the first half of its 1.12 s (its denoising; the decode
+    after it cannot stop): 0.5 s in, it stops 0.3 s later (37 frames ahead, as above); 0.7 s in, it runs its last
+    0.42 s (0.42 + 1.12 + 0.06 s: 40 frames) where a renderer stoppable throughout would stop at 0.8 s (32)."""
+    r = Room(tmp_path)
+    r.render(6)  # idle
+    r.air()
+    r.air_at, r.rate, r.abandon, r.share = 2, 1.0, 0.4, share
+    r.rp.render_begins(_bank_link())
+    r.now += elapsed
+    with r.rp.editing("enqueue"):
+        add_level_clip(r.spool, 3, 1.0)
+    assert r.rp.last["from_frame"] == expected
     r.spool.close()
