@@ -82,14 +82,16 @@ def open_cuda_context(ordinal: int) -> bool:
 
 
 ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+ALLOC_CONF_ENVS = ("PYTORCH_ALLOC_CONF", ALLOC_CONF_ENV)  # torch >= 2.9 reads the first before the second
 
 
 def set_allocator_conf(conf: str, environ: MutableMapping[str, str] = os.environ) -> str | None:
     """The CUDA caching allocator's settings (model.cuda_alloc_conf) for this process, before torch reads them; the
-    operator's own PYTORCH_CUDA_ALLOC_CONF wins. Returns what the allocator will use (None: torch's default)."""
-    if ALLOC_CONF_ENV not in environ and conf:
+    operator's own PYTORCH_ALLOC_CONF or PYTORCH_CUDA_ALLOC_CONF wins. Returns what the allocator will use (None:
+    torch's default)."""
+    if conf and not any(name in environ for name in ALLOC_CONF_ENVS):
         environ[ALLOC_CONF_ENV] = conf
-    return environ.get(ALLOC_CONF_ENV) or None
+    return next((environ[name] for name in ALLOC_CONF_ENVS if environ.get(name)), None)
 
 
 def preload_torch(device: str) -> dict[str, object]:

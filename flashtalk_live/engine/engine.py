@@ -195,8 +195,9 @@ class FlashTalkEngine:
         self.noise: NoiseSource | None = None
         self.chunk_index = 0
         self.last_timings: dict[str, float] = {}
-        # perf_counter when the last chunk's denoising ended: an abandoned chunk stops only up to there (the decode
-        # and the host work after it run to the end), which the renderer reports as its stoppable share
+        # perf_counter when the last chunk's denoising ended, where the chunk was generated with an abandon check
+        # (each step waited for on the device): an abandoned chunk stops only up to there (the decode and the host
+        # work after it run to the end), which the renderer reports as its stoppable share
         self.last_denoise_end: float | None = None
         self.last_motion_in: torch.Tensor | None = None  # the motion context the last chunk was generated from
         self._shapes: dict[int, Profile] = {}  # shorter chunks (a clip's lead-in) by new frames: `shape`
@@ -373,7 +374,9 @@ class FlashTalkEngine:
 
         latent = sample(velocity, motion, latent_shape, self._timesteps_device, self.noise, noise_dtype=self.dtype,
                         injected=noise, trace=trace, abandoned=None if abandoned is None else stop)
-        self.last_denoise_end = time.perf_counter()  # `stop` synchronised each step: the GPU is done with it too
+        # with `abandoned`, `stop` waited for each step on the device: the denoising is done there too (without it,
+        # only queued: the renderer reads this after a render with the check only)
+        self.last_denoise_end = time.perf_counter()
         vae_dtype = next(m.vae.parameters()).dtype
         decoder = m.vae if m.decoder is None else m.decoder  # the tiny decoder decodes each chunk on its own
         with timer.stage("vae_decode"):

@@ -130,7 +130,7 @@ class FlashTalkRenderer:
         self.recalibrations: list[dict[str, Any]] = []
         self.chunks = 0
         self.render_seconds: deque[float] = deque(maxlen=4096)  # wall of each render() call, for status
-        self._stoppable_share: float | None = None  # of the last whole chunk rendered with an abandon check
+        self._stoppable_s: float | None = None  # of the last whole chunk rendered with an abandon check
         self._timed_s: float | None = None  # the last whole chunk's time (time_chunks', then render's): abandon_s
         self._auto_candidates: tuple[Profile, ...] = ()
         self.profile_choice: ProfileChoice | None = None  # set when model.profile = "auto" chose this profile
@@ -286,8 +286,8 @@ class FlashTalkRenderer:
         if n == p.new_frames:
             self._timed_s = self.render_seconds[-1]  # a whole chunk's time: what abandon_s steps are made of
             end = self.engine.last_denoise_end
-            if end is not None and self._timed_s > 0:
-                self._stoppable_share = min(1.0, max(0.0, (end - t0) / self._timed_s))
+            if end is not None:
+                self._stoppable_s = min(self._timed_s, max(0.0, end - t0))
         return fitted
 
     def abandon_s(self) -> float | None:
@@ -309,8 +309,11 @@ class FlashTalkRenderer:
     def stoppable_share(self) -> float | None:
         """The share of a chunk's render in which an abandoned chunk stops at its next step (`abandon_s`): up to
         the end of its denoising; the decode, the motion encode and the host work after it run to the end (most
-        of a chunk on the tiny CPU model, a few per cent on a GPU). None before a whole chunk was rendered."""
-        return self._stoppable_share
+        of a chunk on the tiny CPU model, a few per cent on a GPU). From the last whole chunk rendered with an
+        abandon check; None before one."""
+        if self._stoppable_s is None or not self._timed_s:
+            return None
+        return self._stoppable_s / self._timed_s
 
     def close(self) -> None:
         self._closed = True

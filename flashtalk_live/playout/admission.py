@@ -174,9 +174,10 @@ class Admission:
         fixed cost can make the next length up render in more than the air of the one before, which a repeated
         length avoids (on an H100 at realtime, [16, 20] measured gives [20, 20, 20, 20]: docs/broadcast.md)."""
         lead = self.lead_in
-        if not lead or self.planning_rate is None or any(n not in self.rate.short for n in lead):
+        short = dict(self.rate.short)  # one snapshot: the render thread adds lengths while an ingest thread asks
+        if not lead or self.planning_rate is None or any(n not in short for n in lead):
             return lead
-        key = (self.rate.value, tuple(sorted((n, v) for n, v in self.rate.short.items() if n in lead)))
+        key = (self.rate.value, tuple(sorted((n, v) for n, v in short.items() if n in lead)))
         if self._ramp_memo is None or self._ramp_memo[0] != key:
             best = min([(), lead] + ramps(lead), key=lambda r: (round(self.first_chunks_s(r) or 0.0, 2), len(r)))
             self._ramp_memo = (key, best)

@@ -65,6 +65,7 @@ class Playout:
                                    render_s=self.admission.chunk_render_s,
                                    first_chunks_s=lambda: self.admission.first_chunks_s(self.admission.ramp()),
                                    abandon_s=renderers.abandon_s, stoppable_share=renderers.stoppable_share,
+                                   render_margin=self.admission.margin,
                                    air_frame=self._air_frame, buffered_s=self._buffered_s,
                                    due_margin_s=s.streams.due_margin_s,
                                    within_chunk=s.renderer.replan_within_chunk,

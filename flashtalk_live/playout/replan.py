@@ -55,7 +55,7 @@ class Replanner:
                  render_s: Callable[[int], float | None] | None = None,
                  first_chunks_s: Callable[[], float | None] | None = None,
                  abandon_s: Callable[[], float | None] = lambda: None,
-                 stoppable_share: Callable[[], float | None] = lambda: None,
+                 stoppable_share: Callable[[], float | None] = lambda: None, render_margin: float = 0.0,
                  air_frame: Callable[[], int | None] = lambda: None,
                  buffered_s: Callable[[], float] = lambda: 0.0, due_margin_s: float = 0.2,
                  within_chunk: bool = True, min_kept_frames: int = 8,
@@ -81,6 +81,8 @@ class Replanner:
         self._cut: RenderChunk | None = None
         self.abandon_s = abandon_s  # the renderer on duty's step: it stops an abandoned chunk at the next (None: never)
         self.stoppable_share = stoppable_share  # ... within this share of a chunk's render (None: all of it)
+        self.render_margin = render_margin  # the planning margin in `render_s` (the admission's): the share is of
+        # the render's own time
         self.clock = clock  # times the render in flight (CLOCK_MONOTONIC)
         self.renders_abandoned = 0
         self.lock = threading.RLock()
@@ -253,9 +255,10 @@ class Replanner:
             planned = self.render_s(chunk.n_frames) or 0.0
             need += max(0.0, planned - elapsed)
             step, share = self.abandon_s(), self.stoppable_share()
-            if step is not None and step > 0 and (share is None or elapsed < share * planned):
+            denoising = share is None or elapsed < share * planned / (1.0 + self.render_margin)
+            if step is not None and step > 0 and denoising:
                 # The render stops at its next step boundary (steps of `step` s from its start) while it denoises
-                # (the renderer's stoppable share of its planned time); past that it runs to its end. Abandoning
+                # (the renderer's stoppable share of its own time); past that it runs to its end. Abandoning
                 # pays only where the chunk in flight lies at or after the frame this gives (a bank link: always);
                 # a later frame is past the timeline's end: nothing is re-planned then.
                 need = min(need, step - elapsed % step)

@@ -43,6 +43,14 @@ class DrillRenderer:
         inner = getattr(self.inner, "abandon_s", None)
         return inner() if callable(inner) else self._inner_s
 
+    def stoppable_share(self) -> float | None:
+        """The wrapped renderer's share, where the drill adds nothing; else None: the drill's own wait, at the end of
+        the call, stops at once, so the whole call is stoppable as far as the plan can tell."""
+        if self.slowdown > 1.0 or self.jitter_s:
+            return None
+        inner = getattr(self.inner, "stoppable_share", None)
+        return inner() if callable(inner) else None
+
     def render(self, chunk: RenderChunk) -> np.ndarray:
         t0 = time.monotonic()
         frames = self.inner.render(chunk)

@@ -26,7 +26,7 @@ CF = 28  # frames per chunk (default), 1.12 s at 25 fps
 class Room:
     """The render thread's side (cut, 'render', put) and the air's side (take a chunk) done by hand."""
 
-    def __init__(self, tmp_path, *, within_chunk: bool = True) -> None:
+    def __init__(self, tmp_path, *, within_chunk: bool = True, margin: float = 0.0) -> None:
         self.spool = Spool(tmp_path / "spool")
         st = Settings(state_dir="/nonexistent-state")
         self.tl = Timeline(st.video, st.encoder, self.spool, None, replannable=True)
@@ -37,9 +37,12 @@ class Room:
         self.abandon: float | None = None  # the renderer's step: it stops an abandoned chunk at the next (None: never)
         self.share: float | None = None  # ... within this share of its render (None: all of it)
         self.now = 100.0  # the replanner's clock, moved by a test
+        # with a margin, render_s as the admission plans it: the rate's time and the planning margin
+        planned = {} if not margin else {"render_s": lambda n: (lambda r: None if r is None else r * n / 25 * (
+            1 + margin))(self.rp.rate())}
         self.rp = Replanner(self.tl, self.la, poll_s=0.001, air_frame=lambda: self.air_at, rate=lambda: self.rate,
-                            abandon_s=lambda: self.abandon, stoppable_share=lambda: self.share,
-                            within_chunk=within_chunk, clock=lambda: self.now)
+                            **planned, abandon_s=lambda: self.abandon, stoppable_share=lambda: self.share,
+                            render_margin=margin, within_chunk=within_chunk, clock=lambda: self.now)
         self.aired: list = []
         self.stop = threading.Event()
 
@@ -393,12 +396,16 @@ def test_the_render_in_flight_is_counted_to_its_next_step_boundary(tmp_path, ela
     r.spool.close()
 
 
-@pytest.mark.parametrize("share,elapsed,expected", [(0.5, 0.5, 2 + 37), (0.5, 0.7, 2 + 40), (None, 0.7, 2 + 34)])
-def test_a_render_past_its_denoising_runs_to_its_end(tmp_path, share, elapsed, expected):
+@pytest.mark.parametrize("share,elapsed,margin,expected", [(0.5, 0.5, 0.0, 2 + 37), (0.5, 0.7, 0.0, 2 + 40),
+                                                           (None, 0.7, 0.0, 2 + 34), (0.5, 0.6, 0.25, 64)])
+def test_a_render_past_its_denoising_runs_to_its_end(tmp_path, share, elapsed, margin, expected):
     """Steps of 0.4 s that stop an abandoned chunk only in the first half of its 1.12 s (its denoising; the decode
     after it cannot stop): 0.5 s in, it stops 0.3 s later (37 frames ahead, as above); 0.7 s in, it runs its last
-    0.42 s (0.42 + 1.12 + 0.06 s: 40 frames) where a renderer stoppable throughout would stop at 0.8 s (32)."""
-    r = Room(tmp_path)
+    0.42 s (0.42 + 1.12 + 0.06 s: 40 frames) where a renderer stoppable throughout would stop at 0.8 s (32). The
+    share is of the render's own time, not of the plan's (margin 0.25: 1.4 s planned, denoising for 0.56 s): 0.6 s
+    in, it runs its planned rest (0.8 + 1.4 + 0.06 s: 57 frames, and the chunk it falls in keeps 8: frame 64), not
+    to the step at 0.8 s (frame 44)."""
+    r = Room(tmp_path, margin=margin)
     r.render(6)  # idle
     r.air()
     r.air_at, r.rate, r.abandon, r.share = 2, 1.0, 0.4, share

@@ -70,3 +70,20 @@ def test_the_drills_wait_ends_when_a_replan_abandons_the_chunk():
         d.render(c)
     assert time.monotonic() - t0 < 4.0  # the event cut the 8 s wait (0.2 s; generous for a loaded box)
     assert d.abandon_s() is not None and d.abandon_s() < 1.0  # the still renderer runs to its end: its own time
+
+
+class _Denoising(StillRenderer):
+    """A renderer that can stop an abandoned chunk in its first 40 % (as FlashTalk while it denoises)."""
+
+    def stoppable_share(self) -> float:
+        return 0.4
+
+
+def test_a_drill_that_adds_a_wait_makes_the_whole_call_stoppable():
+    """The drill's own wait, at the end of the call, stops at once: the plan may count the call to its next step
+    throughout (None), not only in the wrapped renderer's share; a drill that adds nothing passes the share on."""
+    inner = _Denoising(48, 80)
+    assert DrillRenderer(inner, FPS, slowdown=2.0).stoppable_share() is None
+    assert DrillRenderer(inner, FPS, jitter_s=0.1).stoppable_share() is None
+    assert DrillRenderer(inner, FPS).stoppable_share() == 0.4
+    assert DrillRenderer(still(), FPS).stoppable_share() is None  # the still renderer has no share

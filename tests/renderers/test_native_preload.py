@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flashtalk_live.native_preload import ALLOC_CONF_ENV, cuda_ordinal, set_allocator_conf
+from flashtalk_live.native_preload import ALLOC_CONF_ENVS, cuda_ordinal, set_allocator_conf
 
 PROBE = r"""
 import json, sys
@@ -52,14 +52,18 @@ print(json.dumps({"chosen": chosen, "torch": torch._C._accelerator_getAllocatorS
 """
 
 
-@pytest.mark.parametrize("operator, torch_reads", [(None, "expandable_segments:True"),
-                                                   ("max_split_size_mb:256", "max_split_size_mb:256")])
-def test_the_allocator_setting_reaches_torch_unless_the_operator_set_it(operator, torch_reads):
+@pytest.mark.skipif(not hasattr(__import__("torch")._C, "_accelerator_getAllocatorSettings"),
+                    reason="this torch does not report its allocator settings")
+@pytest.mark.parametrize("name, operator, torch_reads", [
+    (None, None, "expandable_segments:True"),
+    ("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:256", "max_split_size_mb:256"),
+    ("PYTORCH_ALLOC_CONF", "max_split_size_mb:128", "max_split_size_mb:128")])
+def test_the_allocator_setting_reaches_torch_unless_the_operator_set_it(name, operator, torch_reads):
     """model.cuda_alloc_conf is in the environment before torch reads it (at its import); an operator's own
-    PYTORCH_CUDA_ALLOC_CONF is left as it is."""
-    env = {k: v for k, v in os.environ.items() if k != ALLOC_CONF_ENV}
-    if operator is not None:
-        env[ALLOC_CONF_ENV] = operator
+    PYTORCH_ALLOC_CONF or PYTORCH_CUDA_ALLOC_CONF is left as it is."""
+    env = {k: v for k, v in os.environ.items() if k not in ALLOC_CONF_ENVS}
+    if name is not None:
+        env[name] = operator
     out = subprocess.run([sys.executable, "-c", ALLOC_PROBE], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"chosen": torch_reads, "torch": torch_reads}
