@@ -84,6 +84,11 @@ def wall_timer(_profile: Profile, run: Callable[[], Any], _stage: str = PLAIN) -
     return time.perf_counter() - t0
 
 
+def _never() -> bool:
+    """The abandon check of a silent chunk (warm-up, timing): never abandoned."""
+    return False
+
+
 class FlashTalkRenderer:
     """Renderer protocol on a FlashTalkEngine. One render thread; start_session may come from another."""
 
@@ -218,7 +223,14 @@ class FlashTalkRenderer:
             assert self.engine.session is not None
             self.engine.set_motion_frames(self.engine.session.image_u8[None])
         silence = np.zeros(self.profile.window_samples, np.float32)
-        out = self.engine.generate(self._features(silence, new_frames), new_frames=new_frames)
+        t0 = time.perf_counter()
+        # Rendered as a real chunk is, with an abandon check that never stops it (each step, or each run-ahead
+        # block, waited for): timed alike, and a whole one measures where the denoising ends (`stoppable_share`)
+        # before the first real render, for the re-plans right after a take-over.
+        out = self.engine.generate(self._features(silence, new_frames), new_frames=new_frames, abandoned=_never)
+        end = self.engine.last_denoise_end
+        if new_frames is None and end is not None:
+            self._stoppable_s = end - t0
         assert self.engine.session is not None  # generate() needs the session: start_session ran
         pending = start_drift(self.engine.session, out, self.engine.models.clip)
         fitted = self._fit(out.frames)
