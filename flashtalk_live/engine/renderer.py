@@ -219,18 +219,17 @@ class FlashTalkRenderer:
                 self.engine.use_session(session)
 
     def _silent_chunk(self, new_frames: int | None = None, aired: bool = False) -> np.ndarray:
+        t0 = time.perf_counter()
         if aired:  # as after a re-plan: the motion context re-encoded from frames that aired (the reference here)
             assert self.engine.session is not None
             self.engine.set_motion_frames(self.engine.session.image_u8[None])
         silence = np.zeros(self.profile.window_samples, np.float32)
-        t0 = time.perf_counter()
         # Rendered as a real chunk is, with an abandon check that never stops it (each step, or each run-ahead
         # block, waited for): timed alike, and a whole one measures where the denoising ends (`stoppable_share`)
         # before the first real render, for the re-plans right after a take-over.
         out = self.engine.generate(self._features(silence, new_frames), new_frames=new_frames, abandoned=_never)
-        end = self.engine.last_denoise_end
-        if new_frames is None and end is not None:
-            self._stoppable_s = end - t0
+        if new_frames is None:
+            self._note_denoised(t0)
         assert self.engine.session is not None  # generate() needs the session: start_session ran
         pending = start_drift(self.engine.session, out, self.engine.models.clip)
         fitted = self._fit(out.frames)
@@ -297,10 +296,14 @@ class FlashTalkRenderer:
         self.render_seconds.append(time.perf_counter() - t0)
         if n == p.new_frames:
             self._timed_s = self.render_seconds[-1]  # a whole chunk's time: what abandon_s steps are made of
-            end = self.engine.last_denoise_end
-            if end is not None:
-                self._stoppable_s = min(self._timed_s, max(0.0, end - t0))
+            self._note_denoised(t0)
         return fitted
+
+    def _note_denoised(self, t0: float) -> None:
+        """A whole chunk begun at t0 (perf_counter) was generated with an abandon check: how long it could stop."""
+        end = self.engine.last_denoise_end
+        if end is not None:
+            self._stoppable_s = max(0.0, end - t0)
 
     def abandon_s(self) -> float | None:
         """How often a chunk abandoned mid-render (`RenderChunk.abandoned`) can stop, from the last whole chunk's time
@@ -325,7 +328,7 @@ class FlashTalkRenderer:
         abandon check; None before one."""
         if self._stoppable_s is None or not self._timed_s:
             return None
-        return self._stoppable_s / self._timed_s
+        return min(1.0, self._stoppable_s / self._timed_s)
 
     def close(self) -> None:
         self._closed = True

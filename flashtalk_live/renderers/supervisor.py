@@ -160,25 +160,27 @@ class RendererSupervisor:
         p = self.preferred
         return dict(self.typical_short) if p is not None and p.ready() else {}
 
+    def _next(self) -> Renderer:
+        """The renderer the next render() call would use."""
+        p = self.preferred
+        return p if p is not None and p.ready() else self.still
+
+    def _ask_next(self, method: str) -> float | None:
+        fn = getattr(self._next(), method, None)  # optional in the Renderer protocol
+        return fn() if callable(fn) else None
+
     def abandon_s(self) -> float | None:
         """The renderer on duty's step (FlashTalk: a denoising step, or N + 1 DiT blocks with run-ahead blocks): a
         chunk a re-plan abandons stops at its next step boundary (None: it runs to its end, or not known yet)."""
-        p = self.preferred
-        r = p if p is not None and p.ready() else self.still
-        fn = getattr(r, "abandon_s", None)
-        return fn() if callable(fn) else None
+        return self._ask_next("abandon_s")
 
     def stoppable_share(self) -> float | None:
         """The renderer on duty's share of a chunk in which `abandon_s` holds (None: all of it, as far as known)."""
-        p = self.preferred
-        r = p if p is not None and p.ready() else self.still
-        fn = getattr(r, "stoppable_share", None)
-        return fn() if callable(fn) else None
+        return self._ask_next("stoppable_share")
 
     def current_name(self) -> str:
         """The renderer the next render() call would use."""
-        p = self.preferred
-        return p.name if p is not None and p.ready() else self.still.name
+        return self._next().name
 
     def render(self, chunk: RenderChunk) -> RenderedChunk:
         """Render with the preferred renderer if it can, else the still one. Raises only RenderAbandoned (a re-plan
@@ -188,7 +190,7 @@ class RendererSupervisor:
                     and not self._loading.is_alive() and time.monotonic() >= self._retry_at \
                     and (self._abandoned is None or self._abandoned.done()):  # never two engines on one GPU
                 self._start_loading()
-        r = self.preferred if (self.preferred is not None and self.preferred.ready()) else self.still
+        r = self._next()
         if r is not self.still:
             self._switch(r, "ready")
             budget = chunk.n_frames / self.v.fps

@@ -333,7 +333,8 @@ class ModelSettings(_Section):
     cuda_alloc_conf: str = Field(
         "expandable_segments:True", description="PYTORCH_CUDA_ALLOC_CONF for a one-GPU room's engine, unless the "
         "environment sets it: expandable segments leave the allocator less reserved beyond what it holds (an H100 "
-        'room at realtime: 28.3 against 29.2 GiB by nvidia-smi, docs/performance.md); "" for torch\'s default')
+        "room at realtime, nvidia-smi: 28.3 GiB with them, 29.2 GiB without, two runs: docs/performance.md); "
+        '"" for torch\'s default')
     text_cache_dir: str = "{state_dir}/text-cache"
     text_device: Literal["cpu", "model"] = Field(
         "cpu", description='where umT5-XXL encodes a prompt missing from the text cache: "cpu" (host memory, about '
