@@ -49,6 +49,7 @@ from flashtalk_live.engine.compile_cache import use_compile_cache
 from flashtalk_live.engine.engine import (
     EngineError, EngineModels, FlashTalkEngine, compile_dit_blocks, uses_cuda_graphs,
 )
+from flashtalk_live.engine.host_weights import park_context_projections
 from flashtalk_live.engine.profile import (
     AUTO, Profile, ProfileChoice, ProfileError, ProfileTiming, choose_profile, compiled_ratio, next_auto_step,
     room_profiles,
@@ -573,6 +574,11 @@ def build_flashtalk_renderer(config: FlashTalkConfig, events: EventBus | None = 
         torch.backends.cudnn.benchmark = True
     models.vae.configure(latents_per_pass=m.vae_latents_per_pass,
                          channels_last=m.vae_channels_last and device.type == "cuda", compile=m.vae_compile)
+    if m.park_context_projections and device.type == "cuda" and dit_wrapper is None \
+            and isinstance(models.dit, FlashTalkDiT):
+        moved = park_context_projections(models.dit)
+        torch.cuda.empty_cache()  # the freed blocks back to the driver: what nvidia-smi shows
+        log.info("context_projections_parked", gib=round(moved / 2**30, 2))
     if m.compile:
         compile_dit_blocks(models.dit, cuda_graphs=m.cuda_graphs)
         log.info("dit_compile", cuda_graphs=m.cuda_graphs, cache_dir=None if cache is None else str(cache))

@@ -324,6 +324,10 @@ class ModelSettings(_Section):
     abandon_run_ahead_blocks: int = Field(0, ge=0, description="a chunk a re-plan abandons stops: 0, at its next "
                                           "denoising step; N, between DiT blocks, the host kept at most N blocks "
                                           "ahead of the GPU (one GPU, cuda_graphs off; not measured on a GPU yet)")
+    park_context_projections: bool = Field(
+        True, description="one GPU: the DiT's context projections (text/image keys and values, about 4.7 GB of the "
+        "14B in fp8) wait in pinned host memory between session starts, which copy them in once; a steady chunk "
+        "reads only the session's cached keys and values")
     cuda_graphs: bool = Field(False, description="with compile = true: compile the DiT blocks in mode "
                               '"reduce-overhead" (CUDA graphs replayed per block at the fixed chunk shapes)')
     compile_cache_dir: str = Field("{state_dir}/compile-cache", description="torch.compile's inductor cache (FX "

@@ -1,0 +1,63 @@
+"""Context projections parked in host memory: the same frames, the tensors gone from the model, back per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from flashtalk_live.engine.host_weights import CONTEXT_PROJECTIONS, HostParked, park_context_projections, parked_bytes
+from flashtalk_live.quant.fp8 import Fp8Linear
+from support.chunk_fixture import CHUNK, fixture_engine
+
+torch.set_num_threads(1)
+
+
+def _frames(park: bool) -> tuple[list[np.ndarray], int, dict]:
+    eng, inputs = fixture_engine()
+    dit = eng.models.dit
+    moved = park_context_projections(dit) if park else 0
+    noises = [load_file(CHUNK / f"chunk{k}.safetensors") for k in range(2)]
+    audio = [inputs["audio_all"][:, 8 * k : 8 * k + 13] for k in range(2)]
+    frames = [eng.generate_chunk(audio[k], noise=[noises[k][f"noise_{i}"] for i in range(5)]) for k in range(2)]
+    s = eng.session  # a session start (other prompt): its keys and values come from the parked layers
+    eng.start_session(s.image_u8, "other prompt", context=s.context.flip(0) * -1.0, clip_fea=s.clip_fea)
+    frames.append(eng.generate_chunk(audio[0], noise=[noises[0][f"noise_{i}"] for i in range(5)]))
+    return frames, moved, dict(dit.input_cache.hits)
+
+
+def test_parked_context_projections_give_the_same_frames_over_chunks_and_a_session_change() -> None:
+    parked, moved, hits = _frames(True)
+    resident, _, _ = _frames(False)
+    assert moved > 0 and hits["session"] == 3  # the parked layers ran once per session, then the cache held
+    for k, (a, b) in enumerate(zip(parked, resident)):
+        assert np.array_equal(a, b), f"chunk {k}"
+    assert not np.array_equal(parked[2], parked[0])  # the new prompt went through the parked layers
+
+
+def test_parking_takes_the_four_linears_out_of_the_model_and_keeps_the_rest() -> None:
+    eng, _ = fixture_engine()
+    dit = eng.models.dit
+    attn = dit.blocks[0].cross_attn
+    want = sum(p.numel() * p.element_size() for blk in dit.blocks for n in CONTEXT_PROJECTIONS
+               for p in getattr(blk.cross_attn, n).parameters())
+    before = {n for n, _ in dit.named_parameters()}
+    assert park_context_projections(dit) == want == parked_bytes(dit)
+    after = {n for n, _ in dit.named_parameters()}
+    gone = before - after
+    assert gone == {f"blocks.{i}.cross_attn.{n}.{w}" for i in range(len(dit.blocks))
+                    for n in CONTEXT_PROJECTIONS for w in ("weight", "bias")}
+    assert all(isinstance(getattr(attn, n), HostParked) for n in CONTEXT_PROJECTIONS)
+    assert attn.q.weight.device.type == "cpu" and attn.k.layer.weight.device.type == "meta"
+    assert park_context_projections(dit) == 0 and parked_bytes(dit) == want  # idempotent
+
+
+def test_a_parked_fp8_linear_computes_what_it_did_resident() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    q = Fp8Linear.from_linear(linear, kernel="emulated")
+    x = torch.randn(3, 5, 64)
+    want = q(x)
+    parked = HostParked(q, pin=False)
+    assert parked.nbytes == 32 * 64 + 32 * 4 + 32 * 4  # e4m3 weight, float32 scales, float32 bias
+    assert torch.equal(parked(x), want)
