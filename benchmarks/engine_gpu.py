@@ -39,6 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: this checkou
 from flashtalk_live.checkpoints.random_weights import materialise, random_engine_models  # noqa: E402
 from flashtalk_live.engine.drift import measure_drift  # noqa: E402
 from flashtalk_live.engine.engine import EngineModels, FlashTalkEngine, compile_dit_blocks  # noqa: E402
+from flashtalk_live.engine.host_weights import park_context_projections  # noqa: E402
 from flashtalk_live.engine.profile import Profile, resolve_profile  # noqa: E402
 
 NA = "n/a (not available)"
@@ -244,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vae-pass", type=int, default=0, help="latents per VAE pass (0: a chunk in one pass; 1: the loop)")
     ap.add_argument("--input-cache", choices=["on", "off"], default="on",
                     help="context K/V, audio tokens and RoPE computed once (per session / chunk) instead of per step")
+    ap.add_argument("--park", choices=["on", "off"], default="on",
+                    help="the DiT's context projections in host memory between sessions (model.park_context_projections; "
+                    "CUDA with the input cache on, as the daemon)")
     ap.add_argument("--fp8-keep", type=int, nargs=2, default=(2, 3), metavar=("FIRST", "LAST"),
                     help="fp8 variant: blocks left in bf16 (model.fp8_keep_bf16_blocks)")
     ap.add_argument("--fp8-backend", choices=["scaled_mm", "torchao"], default="scaled_mm", help="model.fp8_backend")
@@ -285,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
                                          compile=args.vae_compile == "on")
                     VARIANTS[variant](models, ctx)
                     DECODERS[decoder](models, ctx)
+                    if args.park == "on" and cuda and args.input_cache == "on":
+                        moved = park_context_projections(models.dit)
+                        torch.cuda.empty_cache()
+                        ctx["notes"].append(f"context projections parked: {moved / 2**30:.2f} GiB")
                     if comp in ("on", "graphs"):
                         compile_dit_blocks(models.dit, cuda_graphs=comp == "graphs")
                     if cuda:
@@ -322,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, f"FlashTalk engine: {dev_name}, {str(dtype).removeprefix('torch.')}, attention {args.attention}, "
                       f"cudnn.benchmark {args.cudnn_benchmark}, VAE channels-last {args.vae_channels_last} pass {args.vae_pass} "
                       f"compile {args.vae_compile}, "
-                      f"input cache {args.input_cache}, {'tiny' if args.tiny else 'full-size'} random weights, "
+                      f"input cache {args.input_cache}, context projections parked {args.park if cuda else 'off'}, "
+                      f"{'tiny' if args.tiny else 'full-size'} random weights, "
                       f"{args.chunks} chunks per row (first {args.warmup_chunks} left out), torch {torch.__version__}")
     if args.json:
         _write_json(args, rows, device, dtype)
