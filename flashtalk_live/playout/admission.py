@@ -183,6 +183,29 @@ class Admission:
             self._ramp_memo = (key, best)
         return self._ramp_memo[1]
 
+    def live_chunk_frames(self) -> int | None:
+        """The chunk length a streamed clip whose producer is not ahead of the air is cut into (None: whole chunks).
+
+        Such a chunk cannot start before its last audio arrived, so a stream airs no sooner than its longest chunk's
+        air plus that chunk's render after its first byte (whole chunks on an H100 at realtime: 1.12 + 0.78 s). Of
+        the lead-in's measured lengths, the one with the least air plus planned render among those that render
+        within their own air (a producer at real time is kept up with, chunk after chunk); None where none does or
+        none beats a whole chunk."""
+        r = self.planning_rate
+        short = dict(self.rate.short)  # one snapshot (see ramp)
+        if r is None:
+            return None
+        best: tuple[float, int] | None = None
+        for n in sorted(set(self.lead_in)):
+            render = self.chunk_render_s(n) if n in short else None
+            if render is None or render > n / self.fps:
+                continue
+            if best is None or n / self.fps + render < best[0]:
+                best = (n / self.fps + render, n)
+        if best is None or best[0] >= self.chunk_s * (1.0 + r):
+            return None
+        return best[1]
+
     def lead_in_gain_s(self, lead: tuple[int, ...]) -> float:
         """How much sooner a clip airs cut into `lead` than into whole chunks (0.0 when not known)."""
         whole, ramp = self.chunk_render_s(self.chunk_frames), self.first_chunks_s(lead)
@@ -232,6 +255,7 @@ class Admission:
             # render seconds of the shorter chunks by frames (a clip's lead-in), kept apart from the rate
             "short_chunk_render_s": {str(n): round(v, 4) for n, v in sorted(self.rate.short.items())},
             "lead_in_ramp": list(self.ramp()),  # the chunk lengths a clip into an idle room starts with now
+            "live_chunk_frames": self.live_chunk_frames(),  # a stream whose producer is not ahead (None: whole)
             "buffered_s": round(self.buffered_s(), 3),
             "waiting": self._waiting,
             "waiting_reason": d.reason if d is not None and not d.admit else None,

@@ -89,11 +89,13 @@ class LiveStreams(Protocol):
 
     def live(self, segment_id: str) -> LiveAudio | None: ...
 
-    def start_s(self, live: LiveAudio, first_s: float, gain_s: float) -> float: ...
+    def start_s(self, live: LiveAudio, first_s: float, gain_s: float, live_s: float | None = None) -> float: ...
 
-    # set by the timeline: the first chunk a clip picked now is cut into, and how much sooner a lead-in airs
+    # set by the timeline: the first chunk a clip picked now is cut into, how much sooner a lead-in airs, and the
+    # chunk a stream whose producer is not ahead is cut into (None: whole chunks)
     first_chunk_s: Callable[[], float]
     lead_gain_s: Callable[[], float]
+    live_chunk_s: Callable[[], float | None]
 
 
 class Gate(Protocol):
@@ -106,6 +108,8 @@ class Gate(Protocol):
     def may_start(self, segment_id: str, clip_s: float, frame: int, lead: tuple[int, ...] = ()) -> bool: ...
 
     def lead_in_gain_s(self, lead: tuple[int, ...]) -> float: ...
+
+    def live_chunk_frames(self) -> int | None: ...
 
 
 class ChunkSource(Protocol):

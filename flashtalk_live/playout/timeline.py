@@ -195,6 +195,7 @@ class Timeline:
         if streams is not None:  # a stream is worth a re-plan once it could start in the chunk cut for it
             streams.first_chunk_s = lambda: self.first_chunk_frames() / self.fps
             streams.lead_gain_s = lambda: self.admission.lead_in_gain_s(self._lead()) if self.admission else 0.0
+            streams.live_chunk_s = lambda: None if (n := self.live_chunk_frames()) is None else n / self.fps
         self._log = get_logger("timeline")
 
     def _lead(self) -> tuple[int, ...]:
@@ -205,6 +206,21 @@ class Timeline:
         if self.lead_in and a is not None and getattr(a, "lead_in", ()) == self.lead_in:
             return a.ramp()
         return self.lead_in
+
+    def live_chunk_frames(self) -> int | None:
+        """The chunk a streamed clip whose producer is not ahead is cut into (`Admission.live_chunk_frames`, of the
+        lead-in's lengths: compiled and measured), or None: whole chunks."""
+        a = self.admission
+        if self.lead_in and a is not None and getattr(a, "lead_in", ()) == self.lead_in:
+            return a.live_chunk_frames()
+        return None
+
+    def _live_frames(self, cur: "_Playing | None") -> int | None:
+        """live_chunk_frames where `cur` is a stream holding less than a whole chunk (its producer not ahead: a
+        whole chunk would wait for its audio), else None."""
+        if cur is None or cur.stream is None or cur.complete or cur.remaining >= self.chunk_frames * self.spf:
+            return None
+        return self.live_chunk_frames()
 
     def first_chunk_frames(self) -> int:
         """The first chunk a clip picked after a re-plan is cut into: the lead-in ramp's first length, else a whole
@@ -297,7 +313,9 @@ class Timeline:
             if streams is not None and live is not None:
                 first_s = (self._offer[0] if self._offer else self.chunk_frames) / self.fps
                 gain = self.admission.lead_in_gain_s(self._offer) if self._offer and self.admission else 0.0
-                if not live.startable(int(round(streams.start_s(live, first_s, gain) * self.rate))):
+                live_n = self.live_chunk_frames() if self._offer else None
+                start = streams.start_s(live, first_s, gain, None if live_n is None else live_n / self.fps)
+                if not live.startable(int(round(start * self.rate))):
                     return False  # its first chunk and the producer's jitter allowance have not arrived
                 clip_s = max(clip_s, live.declared_s or 0.0) if not live.ended else clip_s
             if self.admission is None:
@@ -572,9 +590,11 @@ class Timeline:
 
     @property
     def next_frames(self) -> int:
-        """Frames of the next chunk cut: a ramp's next length, else a whole chunk (which shrinks to the first
-        lead-in length if a queue clip starts on its first frame)."""
-        return self._ramp[0] if self._ramp else self.chunk_frames
+        """Frames of the next chunk cut: a ramp's next length, a live chunk while a stream's producer is not ahead,
+        else a whole chunk (which shrinks to the first lead-in length if a queue clip starts on its first frame)."""
+        if self._ramp:
+            return self._ramp[0]
+        return self._live_frames(self._cur) or self.chunk_frames
 
     def wait_stream(self, timeout: float) -> None:
         """Until the streamed clip being cut grows or ends (or timeout); at once when none is."""
@@ -654,9 +674,10 @@ class Timeline:
                 if self._cur is None:
                     break  # idle silence for the rest of the chunk
             cur = self._cur
+            live = self._live_frames(cur) if self._offer and not filled and nf == self.chunk_frames else None
             if self._offer and not filled and not cur.started and cur.kind == "clip" and cur.source == "queue" \
-                    and nf != self._offer[0]:  # a whole chunk: shrink it, the ramp starts here
-                nf, self._ramp = self._offer[0], self._offer[1:]
+                    and (live or nf != self._offer[0]):  # a whole chunk: shrink it, the ramp (live chunks) start here
+                nf, self._ramp = (live, ()) if live else (self._offer[0], self._offer[1:])
                 n = nf * spf
                 audio, model = audio[:n], model[: self._m(s0 + n) - m0]
                 del best_seg[nf:], best_cnt[nf:]

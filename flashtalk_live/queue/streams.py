@@ -138,6 +138,7 @@ class StreamRegistry:
         # admission chooses from measured times), and how much sooner a lead-in airs (the admission's).
         self.first_chunk_s: Callable[[], float] = lambda: chunk_s
         self.lead_gain_s: Callable[[], float] = lambda: 0.0
+        self.live_chunk_s: Callable[[], float | None] = lambda: None  # the timeline's, for a producer not ahead
         self.clock = clock
         self.on_ready: Callable[[str, str], None] = lambda segment_id, mode: None
         self.on_cut: Callable[[str, bool], None] = lambda segment_id, had_audio: None
@@ -154,17 +155,22 @@ class StreamRegistry:
         with self._lock:
             return self._live.get(segment_id)
 
-    def start_s(self, live: LiveAudio, first_s: float, gain_s: float) -> float:
+    def start_s(self, live: LiveAudio, first_s: float, gain_s: float, live_s: float | None = None) -> float:
         """Seconds of audio `live` needs to start in a chunk of first_s seconds: that chunk and the jitter allowance
         (prebuffer_s). A lead-in's first chunk airs sooner by gain_s than a whole one, which a producer below
-        LEAD_IN_PACE cannot keep ahead of: it waits for a whole chunk, the allowance and the gain instead."""
+        LEAD_IN_PACE cannot keep ahead of: it waits for a whole chunk, the allowance and the gain instead; or,
+        where the timeline cuts such a stream in live chunks of live_s seconds (each renders within its air), for
+        one of them and the allowance."""
         if first_s >= self.chunk_s or live.ended or self.pace(live) >= LEAD_IN_PACE:
             return first_s + self.prebuffer_s
+        if live_s is not None:
+            return live_s + self.prebuffer_s
         return self.chunk_s + self.prebuffer_s + gain_s
 
     def _ready(self, live: LiveStream) -> bool:
         """Startable in a lead-in's first chunk, or a whole one (the plan is told then: on_ready)."""
-        return live.startable(int(round(self.start_s(live, self.first_chunk_s(), self.lead_gain_s()) * self.rate)))
+        start = self.start_s(live, self.first_chunk_s(), self.lead_gain_s(), self.live_chunk_s())
+        return live.startable(int(round(start * self.rate)))
 
     def pace(self, live: LiveAudio) -> float:
         """Seconds of audio a stream received per second since its first piece (0.0 before one)."""

@@ -345,3 +345,56 @@ def test_a_fast_stream_is_ready_when_the_chunk_the_timeline_cuts_for_it_can_star
     c = r.tl.next_chunk()
     assert c.n_frames == 16 and [m.kind for m in c.marks] == ["started"], "startable in the chunk cut for it"
     r.spool.close()
+
+
+def test_the_live_chunk_is_the_measured_length_that_keeps_up_and_airs_its_audio_soonest() -> None:
+    adm = _measured_admission(short={8: 0.3})
+    assert adm.live_chunk_frames() == 8, "0.3 s for 0.32 s of air: keeps up, airs 0.62 s after its first audio"
+    adm.rate.short[16] = 0.45
+    assert adm.live_chunk_frames() == 8, "16 keeps up too but airs later (0.64 + 0.45 s)"
+    adm.rate.short[8] = 0.4  # now slower than its air: a producer at real time would outrun it
+    assert adm.live_chunk_frames() == 16
+    adm.margin = 0.5  # planned with the margin, 16 frames need 0.675 s for 0.64 s of air
+    assert adm.live_chunk_frames() is None
+    assert adm.status()["live_chunk_frames"] is None
+    assert _measured_admission().live_chunk_frames() is None, "no length measured yet: whole chunks"
+    none = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0, buffered_s=lambda: 0.0,
+                     lead_in=LEAD)
+    assert none.live_chunk_frames() is None, "no render measured at all"
+
+
+def test_a_stream_at_real_time_pace_starts_on_a_live_chunk_and_is_cut_in_them_until_it_is_ahead(tmp_path) -> None:
+    """A producer at 1x: the stream starts once one live chunk and the prebuffer arrived (0.84 s, not a whole chunk,
+    the prebuffer and the lead-in's gain), is cut into live chunks while it holds less than a whole chunk, every
+    sample in order with no pause, and into whole chunks once it is ahead (closed)."""
+    now = [0.0]
+    r = Room(tmp_path, prebuffer_s=0.2, clock=lambda: now[0])
+    adm = _measured_admission(short={8: 0.6, 16: 0.45})
+    r.tl.admission = adm
+    assert r.streams.live_chunk_s() == pytest.approx(16 / 25)
+    told: list[float] = []
+    r.streams.on_ready = lambda s, mode: told.append(r.streams.live(s).seconds)
+    sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
+                         peer="test").entry.segment_id
+    piece, i, cut = 0.04, 0, []
+    while not cut or sum(c.n_frames for c in cut) < 3 * 16:
+        now[0] = i * piece  # 40 ms pieces at real-time pace
+        r.streams.append(sid, i, level_pcm(5, piece))
+        i += 1
+        if r.streams.live(sid).seconds + 1e-9 >= (sum(c.n_frames for c in cut) + 16) / 25 + 0.2:
+            c = r.tl.next_chunk()  # a live chunk is due once its audio is there (the replanner's due wait)
+            if cut or c.marks:
+                cut.append(c)
+    assert told == [pytest.approx(0.84)], "ready on one live chunk and the prebuffer"
+    assert [m.kind for m in cut[0].marks] == ["started"] and cut[0].marks[0].frame == cut[0].start_frame
+    assert [c.n_frames for c in cut] == [16, 16, 16]
+    r.streams.append(sid, i, level_pcm(5, 2.0))
+    r.streams.close(sid)
+    rest = [r.tl.next_chunk() for _ in range(2)]
+    assert [c.n_frames for c in rest] == [CF, CF], "closed (ahead): whole chunks"
+    lv = _levels(cut + rest)
+    clip = i * piece + 2.0
+    assert (lv[: int(round(clip * 48000))] == 5).all() and (lv[int(round(clip * 48000)):] == 0).all(), \
+        "every sample in order, no pause inside the clip"
+    assert r.tl.starved_samples == 0
+    r.spool.close()
