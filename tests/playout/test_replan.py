@@ -415,3 +415,57 @@ def test_a_render_past_its_denoising_runs_to_its_end(tmp_path, share, elapsed, m
         add_level_clip(r.spool, 3, 1.0)
     assert r.rp.last["from_frame"] == expected
     r.spool.close()
+
+
+def test_a_stream_opening_keeps_buffered_idle_for_its_ready_replan_to_split(tmp_path):
+    """"open" (a stream opened, no audio yet) re-plans nothing over buffered idle: a re-plan then would cut live
+    idle chunks whose render the stream's ready re-plan could not stop (an H100: every 4x stream waited behind one)."""
+    r = Room(tmp_path)
+    r.render(5)
+    r.air()
+    with r.rp.editing("open"):
+        pass
+    assert len(r.la) == 4 and r.rp.replans == 0, "the buffered idle stays"
+    with r.rp.editing("enqueue"):  # the stream became ready (here: a whole clip)
+        a = add_level_clip(r.spool, 1, 2.0)
+    assert len(r.la) == 0 and r.rp.replans == 1
+    r.render(3)
+    r.flush()
+    assert r.order() == [a]
+    r.spool.close()
+
+
+def test_a_stream_opening_replans_a_programme_item_cut_ahead_of_the_air(tmp_path):
+    """A programme item cut to start after the air would start while the stream gathers its first chunk and the
+    stream would wait behind it: "open" re-plans as an enqueue and the item goes back to the programme."""
+    from support.queue_fakes import labelled_wav
+    from support.settings import load_programme, section_settings
+
+    labelled_wav(tmp_path / "p1.wav", 1, 5.0)
+    (tmp_path / "list.m3u").write_text("#EXTM3U\np1.wav\n")
+    st = section_settings(video={})
+    spool = Spool(tmp_path / "spool")
+    tl = Timeline(st.video, st.encoder, spool, load_programme(tmp_path / "list.m3u", st), replannable=True)
+    la = Lookahead(64)
+    air = [None]
+    rp = Replanner(tl, la, poll_s=0.001, air_frame=lambda: air[0], rate=lambda: None, within_chunk=False)
+    stop = threading.Event()
+    for _ in range(3):
+        c = rp.next_chunk()
+        assert rp.put(RenderedChunk(c, np.zeros((c.n_frames, 2, 2, 3), np.uint8), "t", 0.0), stop)
+    air[0] = 1
+    assert tl.programme_ahead(air[0]) is False, "the item started in the chunk on air"
+    with rp.editing("open"):
+        pass
+    assert rp.replans == 0
+    la.get_nowait()
+    for _ in range(3):  # the item ends inside chunk 4 (at 5 s), which starts it again (the playlist loops)
+        c = rp.next_chunk()
+        assert rp.put(RenderedChunk(c, np.zeros((c.n_frames, 2, 2, 3), np.uint8), "t", 0.0), stop)
+    air[0] = 2 * CF
+    assert tl.programme_ahead(air[0]), "the loop's next start is cut after the air"
+    with rp.editing("open"):
+        pass
+    assert rp.replans == 1 and rp.last["command"] == "enqueue"
+    assert not tl.programme_ahead(air[0]), "given back"
+    spool.close()
