@@ -327,7 +327,8 @@ class ModelSettings(_Section):
     park_context_projections: bool = Field(
         True, description="one GPU: the DiT's context projections (text/image keys and values, about 4.7 GB of the "
         "14B in fp8) wait in pinned host memory between session starts, which copy them in once; a steady chunk "
-        "reads only the session's cached keys and values")
+        "reads only the session's cached keys and values (an H100 room at realtime, cf3863e: 25.4 GiB by nvidia-smi "
+        "against 28.5 GiB resident, chunk times unchanged: docs/performance.md)")
     cuda_graphs: bool = Field(False, description="with compile = true: compile the DiT blocks in mode "
                               '"reduce-overhead" (CUDA graphs replayed per block at the fixed chunk shapes)')
     compile_cache_dir: str = Field("{state_dir}/compile-cache", description="torch.compile's inductor cache (FX "
@@ -337,7 +338,7 @@ class ModelSettings(_Section):
     cuda_alloc_conf: str = Field(
         "expandable_segments:True", description="PYTORCH_CUDA_ALLOC_CONF for a one-GPU room's engine, unless the "
         "environment sets it: expandable segments leave the allocator less reserved beyond what it holds (an H100 "
-        "room at realtime, nvidia-smi: 28.3 GiB with them, 29.2 GiB without, two runs: docs/performance.md); "
+        "room at realtime, measured by nvidia-smi at bba65b2, two runs); "
         '"" for torch\'s default')
     text_cache_dir: str = "{state_dir}/text-cache"
     text_device: Literal["cpu", "model"] = Field(
