@@ -321,21 +321,27 @@ def test_the_timeline_cuts_the_ramp_the_admission_chose(tmp_path) -> None:
     r2.spool.close()
 
 
+def _stream_into_a_measured_room(tmp_path) -> tuple[Room, list[float], list[float], str]:
+    """A room whose admission measured 8 frames at 0.6 s and 16 at 0.45 s (prebuffer 0.2 s, a clock the test
+    moves), a stream opened into it, and the audio seconds it held when the plan was told it may start."""
+    now = [0.0]
+    r = Room(tmp_path, prebuffer_s=0.2, clock=lambda: now[0])
+    r.tl.admission = _measured_admission(short={8: 0.6, 16: 0.45})
+    told: list[float] = []
+    r.streams.on_ready = lambda s, mode: told.append(r.streams.live(s).seconds)
+    sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
+                         peer="test").entry.segment_id
+    return r, now, told, sid
+
+
 def test_a_fast_stream_is_ready_when_the_chunk_the_timeline_cuts_for_it_can_start(tmp_path) -> None:
     """The registry tells the plan a stream may start (`on_ready`: a re-plan) on the audio of the ramp's first chunk,
     the admission's choice, not the first length listed: told on less, the re-plan found it not startable and the
     stream waited behind the idle buffered meanwhile (an H100 run with [16, 20]: the ramp [20, ...], 4x streams
     0.3 s later than without a lead-in)."""
-    adm = _measured_admission(short={8: 0.6, 16: 0.45})
-    assert adm.ramp()[0] == 16, "8-frame chunks as slow as 16: the ramp starts at 16"
-    now = [0.0]
-    r = Room(tmp_path, prebuffer_s=0.2, clock=lambda: now[0])
-    r.tl.admission = adm
+    r, now, told, sid = _stream_into_a_measured_room(tmp_path)
+    assert r.tl.admission.ramp()[0] == 16, "8-frame chunks as slow as 16: the ramp starts at 16"
     assert r.streams.first_chunk_s() == pytest.approx(16 / 25)
-    told: list[float] = []
-    r.streams.on_ready = lambda s, mode: told.append(r.streams.live(s).seconds)
-    sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
-                         peer="test").entry.segment_id
     for i in range(8):  # 0.12 s pieces every 0.03 s: a producer at 4x
         now[0] = i * 0.03
         r.streams.append(sid, i, level_pcm(3, 0.12))
@@ -367,15 +373,8 @@ def test_a_stream_at_real_time_pace_starts_on_a_live_chunk_and_is_cut_in_them_un
     """A producer at 1x: the stream starts once one live chunk and the prebuffer arrived (0.84 s, not a whole chunk,
     the prebuffer and the lead-in's gain), is cut into live chunks while it holds less than a whole chunk, every
     sample in order with no pause, and into whole chunks once it is ahead (closed)."""
-    now = [0.0]
-    r = Room(tmp_path, prebuffer_s=0.2, clock=lambda: now[0])
-    adm = _measured_admission(short={8: 0.6, 16: 0.45})
-    r.tl.admission = adm
+    r, now, told, sid = _stream_into_a_measured_room(tmp_path)
     assert r.streams.live_chunk_s() == pytest.approx(16 / 25)
-    told: list[float] = []
-    r.streams.on_ready = lambda s, mode: told.append(r.streams.live(s).seconds)
-    sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
-                         peer="test").entry.segment_id
     piece, i, cut = 0.04, 0, []
     while not cut or sum(c.n_frames for c in cut) < 3 * 16:
         now[0] = i * piece  # 40 ms pieces at real-time pace
