@@ -34,8 +34,8 @@ class HostParked(nn.Module):
         super().__init__()
         host = {}
         for name, t in chain(layer.named_parameters(), layer.named_buffers()):
-            h = t.detach().to("cpu", copy=True)
-            host[name] = h.pin_memory() if pin else h
+            # straight into pinned memory: one copy, no pageable staging tensor
+            host[name] = torch.empty_like(t, device="cpu", pin_memory=pin).copy_(t.detach())
         self.host = host
         self.nbytes = sum(t.numel() * t.element_size() for t in host.values())
         object.__setattr__(self, "layer", layer.to("meta"))
