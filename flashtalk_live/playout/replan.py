@@ -129,10 +129,13 @@ class Replanner:
     def _await_stream(self) -> None:
         """A streamed clip being cut whose next chunk's audio has not all arrived: wait for it while the air does
         not need the chunk yet (buffered ahead beyond one chunk's render plus `due_margin_s`); then cut what is
-        there (timeline: the rest is a pause in the clip). Outside the lock: edits go on meanwhile."""
+        there (timeline: the rest is a pause in the clip). The render counted is the longer of the next chunk's and
+        a whole one's: a live chunk's stream may close or jump ahead meanwhile, and its next chunk is then whole.
+        Outside the lock: edits go on meanwhile."""
         tl = self.timeline
         while not self.lookahead.closed and tl.stream_shortfall() > 0:
-            slack = self.buffered_s() - (self.render_s(tl.next_frames) or 0.0) - self.due_margin_s
+            render = max(self.render_s(tl.next_frames) or 0.0, self.render_s(tl.chunk_frames) or 0.0)
+            slack = self.buffered_s() - render - self.due_margin_s
             if slack <= 0:
                 return
             tl.wait_stream(min(slack, 0.05))

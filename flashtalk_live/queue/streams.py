@@ -160,11 +160,11 @@ class StreamRegistry:
         (prebuffer_s). A lead-in's first chunk airs sooner by gain_s than a whole one, which a producer below
         LEAD_IN_PACE cannot keep ahead of: it waits for a whole chunk, the allowance and the gain instead; or,
         where the timeline cuts such a stream in live chunks of live_s seconds (each renders within its air), for
-        one of them and the allowance."""
+        the longer of one of them and the chunk cut for it (after a re-plan, the ramp's first), and the allowance."""
         if first_s >= self.chunk_s or live.ended or self.pace(live) >= LEAD_IN_PACE:
             return first_s + self.prebuffer_s
         if live_s is not None:
-            return live_s + self.prebuffer_s
+            return max(first_s, live_s) + self.prebuffer_s
         return self.chunk_s + self.prebuffer_s + gain_s
 
     def _ready(self, live: LiveStream) -> bool:

@@ -397,3 +397,45 @@ def test_a_stream_at_real_time_pace_starts_on_a_live_chunk_and_is_cut_in_them_un
         "every sample in order, no pause inside the clip"
     assert r.tl.starved_samples == 0
     r.spool.close()
+
+
+def test_a_live_chunk_waits_for_its_audio_only_while_a_whole_chunk_could_still_render_in_time(tmp_path) -> None:
+    """The due wait of a stream cut in live chunks counts a whole chunk's render, not the live one's: the stream may
+    close (or jump ahead) during the wait and its next chunk is then whole, which must still render in time."""
+    r, now, _told, sid = _stream_into_a_measured_room(tmp_path)
+    r.streams.append(sid, 0, level_pcm(5, 16 / 25 + 0.2))
+    first = r.tl.next_chunk()
+    assert first.n_frames == 16 and [m.kind for m in first.marks] == ["started"]
+    assert r.tl.next_frames == 16 and r.tl.stream_shortfall() > 0, "a live chunk next, its audio not all there"
+    buffered = [2.0]
+
+    def drain() -> float:  # the air moves on while the producer is silent
+        buffered[0] -= 0.01
+        return buffered[0]
+
+    render = {16: 0.45, CF: 0.56}
+    rp = Replanner(r.tl, r.la, poll_s=0.001, buffered_s=drain, render_s=lambda n: render.get(n), due_margin_s=0.2)
+    rp._await_stream()
+    assert buffered[0] == pytest.approx(render[CF] + 0.2, abs=0.011), "cut once a whole chunk's render is due"
+    r.spool.close()
+
+
+def test_a_slow_stream_whose_ramp_starts_longer_than_its_live_chunk_waits_for_the_ramps_first(tmp_path) -> None:
+    """Times near the H100's (16 frames 0.51 s, 20 frames 0.544 s, whole 0.778 s, margin 0.25): the ramp starts at 20
+    frames while 16 keeps up live. A re-plan cuts the ramp's first chunk for the stream, so it is ready on 20 frames
+    and the prebuffer, not 16: a first chunk longer than the audio there would be cut with a pause in the speech."""
+    adm = _measured_admission(lead=(16, 20), short={16: 0.51, 20: 0.544})
+    adm.rate.value, adm.margin = 0.695, 0.25
+    assert adm.ramp()[0] == 20 and adm.live_chunk_frames() == 16
+    now = [0.0]
+    r = Room(tmp_path, lead=(16, 20), prebuffer_s=0.2, clock=lambda: now[0])
+    r.tl.admission = adm
+    told: list[float] = []
+    r.streams.on_ready = lambda s, mode: told.append(r.streams.live(s).seconds)
+    sid = r.streams.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
+                         peer="test").entry.segment_id
+    for i in range(30):  # 40 ms pieces at real-time pace
+        now[0] = i * 0.04
+        r.streams.append(sid, i, level_pcm(5, 0.04))
+    assert told == [pytest.approx(20 / 25 + 0.2)]
+    r.spool.close()
