@@ -58,12 +58,17 @@ def park_context_projections(dit: nn.Module, *, pin: bool | None = None) -> int:
     for attn in _cross_attentions(dit):
         for name in CONTEXT_PROJECTIONS:
             layer = getattr(attn, name)
-            if isinstance(layer, HostParked):
-                continue
+            if isinstance(layer, HostParked) or not _plain(layer):
+                continue  # parked already, or tensor subclasses (torchao's fp8) whose host copy is not known to work
             parked = HostParked(layer, pin)
             setattr(attn, name, parked)
             moved += parked.nbytes
     return moved
+
+
+def _plain(layer: nn.Module) -> bool:
+    """Every tensor of `layer` a plain tensor or parameter (no tensor subclass)."""
+    return all(type(t) in (torch.Tensor, nn.Parameter) for t in chain(layer.parameters(), layer.buffers()))
 
 
 def parked_bytes(dit: nn.Module) -> int:
