@@ -4,8 +4,8 @@ Every block's text/image cross-attention projects the session's context (prompt 
 and values with four linears (k, v, k_img, v_img). The DiT caches those keys and values for the session, so between
 session starts (a new prompt, image or profile) the four linears are idle: 4.19 B parameters, about 4.7 GB of the
 14B's GPU memory in fp8 with the first/last blocks in bf16. `park_context_projections` moves them into (pinned) host
-memory; a session start copies each one in as it is called and drops the copy after (a few tenths of a second over
-PCIe, once per session). A forward that finds the session's keys and values cached never touches them.
+memory; a session start copies each one in as it is called and drops the copy after (once per session; not timed
+apart from the start-up). A forward that finds the session's keys and values cached never touches them.
 """
 
 from __future__ import annotations

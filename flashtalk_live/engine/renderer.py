@@ -192,7 +192,7 @@ class FlashTalkRenderer:
     def _fold_load_peak(self) -> None:
         """Everything up to a warm-up is load: keep its peak, then restart the peak statistics for steady state and
         give the load's cached blocks back to the driver (else nvidia-smi, and a second process on the card, see the
-        load transient for the process's whole life: 34.3 GiB on an H100 for 26.7 GiB allocated in steady state)."""
+        load transient for the process's whole life)."""
         if self.engine.device.type != "cuda":
             return
         peak = torch.cuda.max_memory_allocated(self.engine.device)

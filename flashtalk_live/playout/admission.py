@@ -192,12 +192,11 @@ class Admission:
         within their own air (a producer at real time is kept up with, chunk after chunk); None where none does or
         none beats a whole chunk."""
         r = self.planning_rate
-        short = dict(self.rate.short)  # one snapshot (see ramp)
         if r is None:
             return None
         best: tuple[float, int] | None = None
         for n in sorted(set(self.lead_in)):
-            render = self.chunk_render_s(n) if n in short else None
+            render = self.chunk_render_s(n) if n in self.rate.short else None
             if render is None or render > n / self.fps:
                 continue
             if best is None or n / self.fps + render < best[0]:

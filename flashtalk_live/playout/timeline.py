@@ -202,18 +202,19 @@ class Timeline:
         """The lead-in's ramp now: the admission's choice from the measured times where it plans this lead-in
         (`Admission.ramp`, the one the replanner's first chunks and a stream's start are planned with), else the
         lengths as listed."""
+        a = self._lead_gate()
+        return a.ramp() if a is not None else self.lead_in
+
+    def _lead_gate(self) -> Gate | None:
+        """The admission where it plans this timeline's lead-in (its lengths measured and ordered there), else None."""
         a = self.admission
-        if self.lead_in and a is not None and getattr(a, "lead_in", ()) == self.lead_in:
-            return a.ramp()
-        return self.lead_in
+        return a if self.lead_in and a is not None and getattr(a, "lead_in", ()) == self.lead_in else None
 
     def live_chunk_frames(self) -> int | None:
         """The chunk a streamed clip whose producer is not ahead is cut into (`Admission.live_chunk_frames`, of the
         lead-in's lengths: compiled and measured), or None: whole chunks."""
-        a = self.admission
-        if self.lead_in and a is not None and getattr(a, "lead_in", ()) == self.lead_in:
-            return a.live_chunk_frames()
-        return None
+        a = self._lead_gate()
+        return a.live_chunk_frames() if a is not None else None
 
     def _live_frames(self, cur: "_Playing | None") -> int | None:
         """live_chunk_frames where `cur` is a stream holding less than a whole chunk (its producer not ahead: a
