@@ -723,9 +723,9 @@ class IngestServer:
         meta = self._checked_meta(a, declared if declared is not None else self.cfg.max_clip_seconds)
         mode = a.mode
         # "open" re-plans as an enqueue (whatever the mode) where a programme item is cut to start after the air, so the
-        # air holds idle while the stream gathers its first chunk instead of starting an item it would then wait
-        # behind; buffered idle stays for the ready re-plan to split (queue clips keep their places; insert and
-        # play_now act when it can start: _stream_ready).
+        # air holds idle (whole chunks: the bank's) while the stream gathers its first chunk instead of starting an
+        # item it would then wait behind; buffered idle stays for the ready re-plan to split (queue clips keep their
+        # places; insert and play_now act when it can start: _stream_ready).
         with self.edit("open"):
             res = self.streams.open(meta, mode, rid, format=a.format, sample_rate=a.sample_rate,
                                     channels=a.channels, declared_s=declared, peer=call.peer.name)

@@ -163,13 +163,17 @@ class Replanner:
         "open" (a stream opened, no audio yet) re-plans as "enqueue" only where a programme item is cut to start
         after the air, which the stream would then wait behind: buffered idle stays, held chunks its ready re-plan
         can split, where a re-plan now would cut a ramp of live idle whose render that re-plan could not stop (an
-        H100 at cf3863e: every 4x stream waited behind one 20-frame idle chunk, 1.97 s p50 first byte)."""
+        H100 at cf3863e: every 4x stream waited behind one 20-frame idle chunk, 1.97 s p50 first byte). Where it
+        re-plans, the re-cut future starts with whole chunks, not the lead-in's ramp: its idle is the bank's (no
+        render), held at once for the ready re-plan to split; a ramp of live idle there made every 4x stream of a
+        room with a programme wait behind one (an H100 at 88649ed: 1.88 s p50 first byte)."""
         with self.lock:
             tl = self.timeline
+            ramp = True
             if command == "open":
                 if not tl.programme_ahead(self.air_frame()):
                     return None
-                command = "enqueue"
+                command, ramp = "enqueue", False
 
             cut_on_air: list[tuple[str, str]] = []
             split: list[Split] = []
@@ -183,7 +187,7 @@ class Replanner:
                     keep = "nothing"
                 else:
                     keep = "queue" if command == "enqueue" else "on_air"
-                not_before = self._renderable_from(air)
+                not_before = self._renderable_from(air, ramp=ramp)
                 boundary = tl.replan_point(air, keep, not_before=not_before)
                 within = self._split(not_before, boundary, keep, on_air)
                 if within is None:
@@ -198,7 +202,7 @@ class Replanner:
             if frame >= tl.frame:
                 return None
             self._abandon_from(frame)
-            undone = tl.rewind(frame, split[0] if split else None)
+            undone = tl.rewind(frame, split[0] if split else None, ramp=ramp)
             self.splits += bool(split)
             self.plan += 1
             self.rebase_point = (self.plan, self.lookahead.tail())
@@ -252,11 +256,11 @@ class Replanner:
             if not c.abandoned.is_set():
                 c.abandoned.set()
 
-    def _renderable_from(self, air: int | None) -> int:
+    def _renderable_from(self, air: int | None, *, ramp: bool = True) -> int:
         """The first timeline frame a chunk cut now could still air on time: the render in flight ends (or stops
         within the renderer's `abandon_s`: a frame it reaches that way discards it), then the re-plan's first chunks
-        render (`first_chunks_s`: a whole chunk at the planning rate, or a lead-in's ramp; no wait with a renderer
-        much faster than real time), plus `CUT_SLACK_S`."""
+        render (`first_chunks_s`: a whole chunk at the planning rate, or a lead-in's ramp; without `ramp` a whole
+        chunk; no wait with a renderer much faster than real time), plus `CUT_SLACK_S`."""
         now = self.air_frame()
         if now is None:
             return 0
@@ -274,7 +278,8 @@ class Replanner:
                 # pays only where the chunk in flight lies at or after the frame this gives (a bank link: always);
                 # a later frame is past the timeline's end: nothing is re-planned then.
                 need = min(need, step - elapsed % step)
-        need += (self.first_chunks_s() or 0.0) + CUT_SLACK_S
+        first = self.first_chunks_s() if ramp else self.render_s(self.timeline.chunk_frames)
+        need += (first or 0.0) + CUT_SLACK_S
         return now + math.ceil(need * self.fps - 1e-9)  # 1.0 x 28 / 25 x 25 is 28.000000000000004
 
     @contextmanager

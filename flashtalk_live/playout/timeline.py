@@ -528,13 +528,14 @@ class Timeline:
         return Split(frame, chunk, snap, scratch._cur, scratch._chunk_index, scratch._sample, scratch._history,
                      scratch.starved_samples, scratch._queue_end)
 
-    def rewind(self, frame: int, split: Split | None = None) -> list[tuple[str, Any]]:
+    def rewind(self, frame: int, split: Split | None = None, *, ramp: bool = True) -> list[tuple[str, Any]]:
         """Undo every chunk cut from `frame` on (the caller has discarded them); returns the undone operations.
 
         Clips taken in those chunks go back to the head of the queue in their order (`queue.untake`), requeued clips
         back to playing (`queue.unrequeue`), and the first programme item picked is played again. With `split`
         (from `split_at(frame)`), `frame` lies inside a chunk whose first frames stay: cutting goes on from the
-        state at `frame`.
+        state at `frame`. The re-cut future starts with the lead-in's ramp, or with `ramp` False whole chunks (a
+        queue clip picked on a whole chunk's first frame still shrinks it and starts a ramp).
         """
         if split is not None:
             if split.frame != frame:
@@ -543,7 +544,7 @@ class Timeline:
             self._cur, self._chunk_index, self._sample, self._history = split.cur, split.chunk_index, split.sample, \
                 split.history
             self._queue_end = split.queue_end
-            self._ramp = self._lead()  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
+            self._ramp = self._lead() if ramp else ()  # (Replanner: `first_chunks_s`)
             self.starved_samples += split.starved
             self._snaps.append(split.snap)
             return undone
@@ -569,7 +570,7 @@ class Timeline:
         self._cur = dataclasses.replace(sn.cur) if sn.cur is not None else None
         self._chunk_index, self._sample, self._history = sn.chunk_index, sn.sample, sn.history
         self._queue_end = sn.queue_end
-        self._ramp = self._lead()  # the re-cut future starts with a ramp (Replanner: `first_chunks_s`)
+        self._ramp = self._lead() if ramp else ()  # (Replanner: `first_chunks_s`)
         if first_item is not None and first_item.kind != "pause" and self.programme is not None:
             try:
                 self.programme.rewind(first_item)

@@ -3,6 +3,7 @@ what each edit discards, what goes back to the queue, and what is cut where. Aud
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -14,7 +15,7 @@ from flashtalk_live.queue.spool import Spool
 from flashtalk_live.settings import Settings
 from flashtalk_live.chunks import RenderChunk, RenderedChunk
 from flashtalk_live.playout.plan import plan_on_air
-from flashtalk_live.playout.replan import Replanner
+from flashtalk_live.playout.replan import CUT_SLACK_S, Replanner
 from flashtalk_live.playout.timeline import Timeline
 
 from support.level_clips import add_level_clip
@@ -468,4 +469,41 @@ def test_a_stream_opening_replans_a_programme_item_cut_ahead_of_the_air(tmp_path
         pass
     assert rp.replans == 1 and rp.last["command"] == "enqueue"
     assert not tl.programme_ahead(air[0]), "given back"
+    spool.close()
+
+
+@pytest.mark.parametrize("command, first", [("open", CF), ("enqueue", 12)])
+def test_a_stream_openings_replan_recuts_whole_chunks_where_an_enqueue_starts_the_ramp(tmp_path, command, first):
+    """The open's re-cut future (idle while the stream gathers its first chunk) is cut in whole chunks (the idle
+    bank serves those at no render cost, held at once for the ready re-plan to split), planned a whole chunk's
+    render ahead; an enqueue's starts with the lead-in's ramp. A ramp of live idle there made every 4x stream wait behind one (H100, 88649ed)."""
+    from support.queue_fakes import labelled_wav
+    from support.settings import load_programme, section_settings
+
+    labelled_wav(tmp_path / "p1.wav", 1, 5.0)
+    (tmp_path / "list.m3u").write_text("#EXTM3U\np1.wav\n")
+    st = section_settings(video={"lead_in_frames": [12, 16]})
+    spool = Spool(tmp_path / "spool")
+    tl = Timeline(st.video, st.encoder, spool, load_programme(tmp_path / "list.m3u", st), replannable=True)
+    la = Lookahead(64)
+    air = [None]
+    render_s = {CF: 1.5, 12: 0.3, 16: 0.4}  # planned seconds per chunk length
+    rp = Replanner(tl, la, poll_s=0.001, air_frame=lambda: air[0], rate=lambda: 1.5 * 25 / CF,
+                   render_s=lambda n: render_s[n], first_chunks_s=lambda: 0.3, within_chunk=False)
+    stop = threading.Event()
+    for _ in range(6):
+        c = rp.next_chunk()
+        assert rp.put(RenderedChunk(c, np.zeros((c.n_frames, 2, 2, 3), np.uint8), "t", 0.0), stop)
+    air[0] = 2 * CF
+    assert tl.programme_ahead(air[0])
+    with rp.editing(command):
+        pass
+    assert rp.replans == 1 and rp.last["command"] == "enqueue"
+    # the re-plan point: the air, the first chunks' planned render (a whole chunk for the open), the cut's slack
+    planned = render_s[CF] if command == "open" else 0.3
+    boundary = rp.last["from_frame"]
+    assert boundary >= air[0] + math.ceil((planned + CUT_SLACK_S) * 25 - 1e-9)
+    assert boundary - CF < air[0] + math.ceil((planned + CUT_SLACK_S) * 25 - 1e-9), "the first boundary in reach"
+    c = rp.next_chunk()
+    assert c.start_frame == boundary and c.n_frames == first
     spool.close()
