@@ -278,9 +278,18 @@ class IdleBank:
 
     # -- on air ----------------------------------------------------------------------------------------
     def serve(self, n_frames: int, last_aired: np.ndarray | None) -> np.ndarray | None:
-        """Frames for the next idle chunk: the chain's successor, else the nearest chunk with a short blend."""
-        if not self.chunks or n_frames != self.chunk_frames:
+        """Frames for the next idle chunk: the chain's successor, else the nearest chunk with a short blend. A
+        shorter chunk (a lead-in's) gets the head of that link, and the chunk after it joins through the nearest
+        pick (the chain's next link would skip the rest)."""
+        if not self.chunks or n_frames > self.chunk_frames:
             return None
+        frames = self._serve_link(last_aired)
+        if n_frames < self.chunk_frames:
+            self._last_served = None
+            return frames[:n_frames]
+        return frames
+
+    def _serve_link(self, last_aired: np.ndarray | None) -> np.ndarray:
         nxt = self.chunks.get(self._last_served + 1) if self._last_served is not None else None
         if nxt is not None:
             self._last_served = nxt.seq

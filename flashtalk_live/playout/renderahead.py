@@ -149,9 +149,15 @@ class RenderAhead:
     def _from_bank(self, chunk: RenderChunk, name: str) -> RenderedChunk | None:
         bank = self.bank
         if bank is None or not chunk.idle or not bank.active or bank.renderer_name != name \
-                or chunk.n_frames != bank.chunk_frames:  # whole chunks only: a lead-in's idle is rendered live
+                or chunk.n_frames > bank.chunk_frames:
             return None
-        if not bank.chunks or (bank.successor_missing() and not self._behind()):
+        if chunk.n_frames < bank.chunk_frames:
+            # A lead-in's idle (a re-plan's ramp before its clip may start): the head of a link the bank holds, at
+            # no render cost, so the render thread is free when the clip is ready (a stream's ready re-plan splits
+            # it); never a link drawn for it: it was planned to render in its own short time.
+            if not bank.chunks:
+                return None
+        elif not bank.chunks or (bank.successor_missing() and not self._behind()):
             # Idle on air while the bank is incomplete: the next link is what airs. A renderer slower than real
             # time cannot draw idle live (the quality profile on an H200 held 252 frames at the take-over that
             # way): it draws the first link only and the rest in spare time, while idle joins the links it has.

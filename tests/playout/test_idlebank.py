@@ -187,3 +187,17 @@ def test_successor_missing_asks_for_the_next_link_while_idle_airs():
     assert chunk.idle and chunk.n_frames == N and not chunk.model_history.any()
     b.add_rendered(ramp(12))
     np.testing.assert_array_equal(b.serve(N, None), b.chunks[1].frames)
+
+
+def test_a_lead_in_chunk_gets_the_head_of_a_link_and_the_next_joins_through_the_nearest_pick():
+    """A re-plan's ramp holds idle in chunks shorter than the bank's: the head of the link the chain or the nearest
+    pick gives; the link's rest never airs, so the next chunk joins through the nearest pick, not the chain."""
+    b = bank(size=3, crossfade=3)
+    fill_bank(b, [0, 12, 100])
+    np.testing.assert_array_equal(b.serve(N, None), b.chunks[0].frames)
+    head = b.serve(N - 2, None)  # the chain's successor, cut short
+    np.testing.assert_array_equal(head, b.chunks[1].frames[: N - 2])
+    after = b.serve(N, head[-1])
+    assert b.last_join["seq"] == 1 and b.last_join["crossfade_frames"] == 3, "the nearest pick, not link 2"
+    np.testing.assert_array_equal(after[3:], b.chunks[1].frames[3:])
+    assert b.serve(N + 1, None) is None, "longer than a link"

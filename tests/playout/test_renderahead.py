@@ -269,3 +269,24 @@ def test_a_shorter_idle_chunk_is_rendered_live_without_drawing_a_bank_link_first
     whole = RenderChunk(1, NF // 2, NF, np.zeros((NF * SPF, CH), np.float32), np.zeros(0, np.float32),
                         [None] * NF, idle=True)
     assert sim.ra._from_bank(whole, "sim") is not None and sim.live == 1, "the control: a whole one draws a link"
+
+
+def test_a_shorter_idle_chunk_airs_the_head_of_a_bank_link_without_a_render():
+    """A re-plan's ramp before its clip may start (a stream gathering its first chunk): with bank links there, its
+    idle costs no render, so the render thread is free for the clip's ready re-plan (on an H100 a ramp's live idle
+    chunk held every 4x stream back by its render)."""
+    sim = Sim(0.5, gate=True, clip_s=3.0, period_s=100.0, n_clips=0)
+    bank = IdleBank(size=2, crossfade_frames=2, config="cfg", store=None, chunk_frames=NF, fps=FPS)
+    bank.set_avatar(np.zeros((8, 8, 3), np.uint8), "")
+    sim.ra.bank, sim.ra.renderer_identity = bank, lambda: "sim:w"
+    bank.sync("sim:w")
+    link = np.arange(NF * 4 * 4 * 3, dtype=np.uint8).reshape(NF, 4, 4, 3)
+    bank.add_rendered(link)
+    short = RenderChunk(0, 0, NF // 2, np.zeros((NF // 2 * SPF, CH), np.float32), np.zeros(0, np.float32),
+                        [None] * (NF // 2), idle=True)
+    out = sim.ra._from_bank(short, "sim")
+    assert out is not None and sim.live == 0 and out.render_seconds == 0.0
+    np.testing.assert_array_equal(out.frames, link[: NF // 2])
+    speech = RenderChunk(1, 0, NF // 2, np.zeros((NF // 2 * SPF, CH), np.float32), np.zeros(0, np.float32),
+                         ["c0"] * (NF // 2), idle=False)
+    assert sim.ra._from_bank(speech, "sim") is None, "speech is never the bank's"
