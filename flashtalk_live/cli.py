@@ -83,7 +83,8 @@ def _print_toml(data: dict[str, Any]) -> None:
                     print(f"{k} = {_toml_value(v)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verbs: bool = True) -> argparse.ArgumentParser:
+    """The command line; `verbs` False leaves out VERB_MODULES' verbs (`run` needs none of their imports)."""
     parser = argparse.ArgumentParser(prog="flashtalk-live", description=__doc__)
     parser.add_argument("--version", action="version", version=f"flashtalk-live {__version__}")
     parser.add_argument("--debug", action="store_true", help="print the (masked) traceback of an unexpected error")
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_cmd_config_show)
 
-    for name in VERB_MODULES:
+    for name in VERB_MODULES if verbs else ():
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -137,9 +138,16 @@ def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> None:
     parser.error("unrecognized arguments: " + " ".join(extra) + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
 
 
+def _command(argv: list[str]) -> str | None:
+    """The sub-command named (the first argument that is not an option: the top level's take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     install_excepthooks()
-    parser = build_parser()
+    # `run` builds its parser without the other verbs' modules (the client, the spool's salvage, the checkpoint
+    # tools): their imports came before the room's first frame (docs/performance.md: the still renderer's first frame)
+    parser = build_parser(verbs=_command(sys.argv[1:] if argv is None else argv) != "run")
     args, extra = parser.parse_known_args(argv)
     if extra:
         _unrecognized(_chosen_parser(parser, args), extra)

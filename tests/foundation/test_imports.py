@@ -227,3 +227,17 @@ def test_benchmarks_set_sys_path_in_one_line_written_one_way():
         if len(lines) > 1 or any(not ln.startswith(SYS_PATH_LINE) for ln in lines):
             bad.append(f"{f.name}: {lines}")
     assert not bad, "\n".join(bad)
+
+
+def test_run_parses_its_command_line_without_the_other_verbs_modules():
+    """`flashtalk-live run` builds its parser without the client, the spool's salvage and the other verbs' modules:
+    their imports came before the room's first frame. Other verbs (the control: `push`) and the top level's help
+    still list them all."""
+    verbs = ("flashtalk_live.client", "flashtalk_live.queue.salvage", "flashtalk_live.ingest.cli")
+    code = ("import sys\nfrom flashtalk_live.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+            "    pass\nprint(sorted(m for m in %r if m in sys.modules))\n" % (verbs,))
+    for argv, imported in ((["run", "--help"], []), (["--debug", "run", "--help"], []), (["push", "--help"], verbs),
+                           (["--help"], verbs)):
+        r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.strip().splitlines()[-1] == repr(sorted(imported)), argv
