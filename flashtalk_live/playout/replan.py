@@ -160,7 +160,7 @@ class Replanner:
     def replan(self, command: str, segment_id: str | None = None) -> int | None:
         """Discard the buffered future from the first frame `command` affects; returns that frame (None: nothing).
 
-        "open" (a stream opened, no audio yet) re-plans as "enqueue" only where a programme item is cut to start
+        "open" (a stream opened, no audio yet) re-plans as "enqueue" only where a programme clip is cut to start
         after the air, which the stream would then wait behind: buffered idle stays, held chunks its ready re-plan
         can split, where a re-plan now would cut a ramp of live idle whose render that re-plan could not stop (an
         H100 at cf3863e: every 4x stream waited behind one 20-frame idle chunk, 1.97 s p50 first byte). Where it

@@ -472,6 +472,40 @@ def test_a_stream_opening_replans_a_programme_item_cut_ahead_of_the_air(tmp_path
     spool.close()
 
 
+def test_a_stream_opening_does_not_replan_for_a_programme_pause_cut_ahead(tmp_path):
+    """A programme pause gives way to a waiting queue clip at its next chunk (and the stream's ready re-plan cuts
+    into it): only a programme clip cut ahead of the air makes the open re-plan."""
+    from support.queue_fakes import labelled_wav
+    from support.settings import load_programme, section_settings
+
+    labelled_wav(tmp_path / "p1.wav", 1, 3.0)
+    (tmp_path / "list.m3u").write_text("#EXTM3U\n#EXT-X-DEFAULT-PAUSE:4\np1.wav\n")
+    st = section_settings(video={})
+    spool = Spool(tmp_path / "spool")
+    tl = Timeline(st.video, st.encoder, spool, load_programme(tmp_path / "list.m3u", st), replannable=True)
+    la = Lookahead(64)
+    air = [1]
+    rp = Replanner(tl, la, poll_s=0.001, air_frame=lambda: air[0], rate=lambda: None, within_chunk=False)
+    stop = threading.Event()
+
+    def cut(n: int) -> None:
+        for _ in range(n):
+            c = rp.next_chunk()
+            assert rp.put(RenderedChunk(c, np.zeros((c.n_frames, 2, 2, 3), np.uint8), "t", 0.0), stop)
+
+    cut(6)  # the clip from 0 to 3 s (on air), its 4 s pause from chunk 2 (cut ahead), to 6.72 s
+    assert not tl.programme_ahead(air[0]), "only a pause is cut ahead"
+    with rp.editing("open"):
+        pass
+    assert rp.replans == 0
+    cut(1)  # chunk 6 starts the clip again at 7 s
+    assert tl.programme_ahead(air[0])
+    with rp.editing("open"):
+        pass
+    assert rp.replans == 1 and rp.last["command"] == "enqueue"
+    spool.close()
+
+
 @pytest.mark.parametrize("command, first", [("open", CF), ("enqueue", 12)])
 def test_a_stream_openings_replan_recuts_whole_chunks_where_an_enqueue_starts_the_ramp(tmp_path, command, first):
     """The open's re-cut future (idle while the stream gathers its first chunk) is cut in whole chunks (the idle
