@@ -722,7 +722,7 @@ class IngestServer:
         declared = a.duration_s
         meta = self._checked_meta(a, declared if declared is not None else self.cfg.max_clip_seconds)
         mode = a.mode
-        # "open" re-plans as an enqueue (whatever the mode) where a programme item is cut to start after the air, so the
+        # "open" re-plans as an enqueue (whatever the mode) where a programme clip is cut to start after the air, so the
         # air holds idle (whole chunks: the bank's) while the stream gathers its first chunk instead of starting an
         # item it would then wait behind; buffered idle stays for the ready re-plan to split (queue clips keep their
         # places; insert and play_now act when it can start: _stream_ready).
