@@ -113,11 +113,10 @@ class Admission:
         return None if v is None else v * (1.0 + self.margin)
 
     def observe(self, render_s: float, frames: int) -> None:
-        """A rendered chunk of `frames` frames took render_s: whole chunks make the rate, the lead-in's lengths their
-        own; other lengths (the room's short first chunk) plan nothing and are not kept."""
+        """A rendered chunk of `frames` frames took render_s: whole chunks make the rate, shorter ones their own."""
         if frames == self.chunk_frames:
             self.rate.observe(render_s, frames / self.fps)
-        elif frames in self.lead_in:
+        elif frames > 0:
             self.rate.observe_short(frames, render_s)
 
     def chunk_render_s(self, frames: int) -> float | None:

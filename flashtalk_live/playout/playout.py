@@ -59,8 +59,7 @@ class Playout:
         # Render ahead (issue 10): a queue clip starts only with enough head start buffered.
         self.admission = Admission.from_settings(s.renderer, v, self._buffered_s)
         self.timeline = Timeline(v, s.encoder, spool, self.programme, admission=self.admission, replannable=True,
-                                 streams=streams, programme_resume_s=s.programme.resume_after_queue_s,
-                                 first_chunk_frames=v.first_chunk_frames)
+                                 streams=streams, programme_resume_s=s.programme.resume_after_queue_s)
         # Edits act on air time: the render thread cuts through the replanner, control commands re-plan through it.
         self.replanner = Replanner(self.timeline, self.lookahead, fps=v.fps, rate=self._planning_rate,
                                    render_s=self.admission.chunk_render_s,

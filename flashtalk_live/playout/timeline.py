@@ -154,7 +154,6 @@ class Timeline:
         replannable: bool = False,
         streams: LiveStreams | None = None,
         programme_resume_s: float = 0.0,
-        first_chunk_frames: int = 0,
     ) -> None:
         # A ChunkSource (playout/ports.py) of one plan; the Replanner over it counts re-plans.
         self.plan = 0
@@ -193,9 +192,6 @@ class Timeline:
         self.lead_in: tuple[int, ...] = tuple(video.lead_in_frames)
         self._ramp: tuple[int, ...] = ()  # the lengths of the next chunks to cut, then whole chunks
         self._offer: tuple[int, ...] = ()  # the chunk lengths a queue clip picked now would be cut into
-        # The room's first chunk (`first_chunk_frames`, the still renderer's: Playout passes video.first_chunk_frames)
-        # is short, so the first frame out waits for a short render; 0: a whole chunk.
-        self._first_frames = first_chunk_frames if 0 < first_chunk_frames < self.chunk_frames else 0
         if streams is not None:  # a stream is worth a re-plan once it could start in the chunk cut for it
             streams.first_chunk_s = lambda: self.first_chunk_frames() / self.fps
             streams.lead_gain_s = lambda: self.admission.lead_in_gain_s(self._lead()) if self.admission else 0.0
@@ -602,13 +598,10 @@ class Timeline:
 
     @property
     def next_frames(self) -> int:
-        """Frames of the next chunk cut: a ramp's next length, the room's short first chunk, a live chunk while a
-        stream's producer is not ahead, else a whole chunk (which shrinks to the first lead-in length if a queue clip
-        starts on its first frame)."""
+        """Frames of the next chunk cut: a ramp's next length, a live chunk while a stream's producer is not ahead,
+        else a whole chunk (which shrinks to the first lead-in length if a queue clip starts on its first frame)."""
         if self._ramp:
             return self._ramp[0]
-        if self._first_frames:
-            return self._first_frames
         return self._live_frames(self._cur) or self.chunk_frames
 
     def wait_stream(self, timeout: float) -> None:
@@ -632,7 +625,6 @@ class Timeline:
     def next_chunk(self) -> RenderChunk:
         """Cut the next chunk (`next_frames` frames) of audio, with marks and per-frame bookkeeping."""
         chunk, snap = self._cut(self.next_frames, pick=True)
-        self._first_frames = 0
         if self.replannable:
             self._snaps.append(snap)
             if len(self._snaps) > 1024:  # far beyond any look-ahead (lookahead_s <= 600 s): a missed forget

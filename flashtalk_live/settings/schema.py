@@ -187,10 +187,6 @@ class VideoSettings(_Section):
         "The admission orders the lengths into the ramp with the shortest planned head start from their measured "
         "times (a length may repeat; status.render_ahead.lead_in_ramp). FlashTalk: each length its own compiled "
         "shape; multiples of 4 below chunk_frames, listed not falling; empty: off")
-    first_chunk_frames: int = Field(
-        4, gt=0, description="the room's first chunk (the still renderer's: the engine starts loading once it aired) "
-        "is this many frames, so the first frame goes out after a short render, not a whole chunk's; "
-        "a multiple of 4; chunk_frames or more: a whole chunk")
     reference_image: str | None = Field(None, description="portrait; none uses the embedded demo portrait")
     fit: Literal["cover", "contain"] = "cover"
     prompt: str = "A person is talking to the camera in a live-commerce studio."
@@ -205,9 +201,6 @@ class VideoSettings(_Section):
     @model_validator(mode="after")
     def _lead_in(self) -> "VideoSettings":
         lead = self.lead_in_frames
-        if self.first_chunk_frames % 4:
-            raise ValueError(f"first_chunk_frames {self.first_chunk_frames}: a multiple of 4 (chunk_frames or more: "
-                             "a whole chunk)")
         if any(n <= 0 or n % 4 or n >= self.chunk_frames for n in lead) or list(lead) != sorted(lead):
             raise ValueError(f"lead_in_frames {list(lead)}: multiples of 4 below chunk_frames {self.chunk_frames} "
                              "(the causal VAE groups 4 frames), listed not falling")

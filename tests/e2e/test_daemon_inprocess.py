@@ -68,24 +68,6 @@ def test_slow_renderer_underruns_without_stall_or_drift(tmp_path):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("first", [4, 28])
-def test_the_rooms_first_chunk_is_first_chunk_frames_long_then_whole_chunks_without_a_gap(tmp_path, first):
-    # The first frame out waits for the room's first render: a short one (video.first_chunk_frames), then whole
-    # chunks from the frame after it; 28 (chunk_frames): a whole chunk first.
-    s = settings(tmp_path, f"video.first_chunk_frames={first}")
-    still = PaintRenderer(128, 128, name="still")
-    d = Daemon(s, still=still)
-    d.start()
-    try:
-        until(lambda: d.playout.pacer.stats()["frames_out"] > first + 28, 30, "the first two chunks on air")
-    finally:
-        d.close()
-    st = d.playout.pacer.stats()
-    assert still.cuts[:3] == [(0, first), (first, 28), (first + 28, 28)]
-    assert st["underrun_frames"] == 0 and st["audio_samples_out"] == st["frames_out"] * s.samples_per_frame
-
-
-@pytest.mark.timeout(120)
 def test_fast_renderer_is_held_back_and_memory_stays_bounded(tmp_path):
     s = settings(tmp_path, "renderer.lookahead_chunks=2")
     fast = PaintRenderer(128, 128, name="fast")

@@ -40,16 +40,6 @@ def test_invalid_file_names_field_value_and_expectation(tmp_path):
     assert "encoder.audio_rate = 16000" in msg and "44100" in msg
 
 
-@pytest.mark.parametrize("first,ok", [(4, True), (28, True), (40, True), (6, False), (0, False)])
-def test_the_rooms_first_chunk_is_a_multiple_of_4_frames(first, ok):
-    args = [f"video.first_chunk_frames={first}"]
-    if ok:
-        assert load_settings(None, args, environ={}).video.first_chunk_frames == first
-    else:
-        with pytest.raises(ConfigError, match="first_chunk_frames"):
-            load_settings(None, args, environ={})
-
-
 def test_unknown_key_and_bad_toml_are_reported(tmp_path):
     cfg = tmp_path / "typo.toml"
     cfg.write_text('[encoder]\npresett = "fast"\n')

@@ -176,7 +176,8 @@ def test_a_stream_at_real_time_pace_waits_as_long_as_the_lead_in_gains(tmp_path)
     adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0,
                     buffered_s=lambda: 10.0)  # plenty buffered: only the stream's audio decides
     adm.observe(0.7, CF)
-    adm.rate.short = {8: 0.3, 16: 0.45}  # measured (this admission does not gate the timeline's lead-in)
+    adm.observe(0.3, 8)
+    adm.observe(0.45, 16)
     r.tl.admission = adm
     ready: list[str] = []
     ready_at: list[float] = []
@@ -215,8 +216,7 @@ def _brute_head_start(adm: Admission, clip_s: float, lead: tuple[int, ...]) -> f
 
 @pytest.mark.parametrize("rate, clip_s", [(0.5, 0.3), (0.5, 3.0), (0.7, 12.0), (1.3, 5.0), (2.0, 40.0)])
 def test_the_head_start_with_a_lead_in_is_the_chunk_by_chunk_schedule(rate: float, clip_s: float) -> None:
-    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.25, buffered_s=lambda: 0.0,
-                    lead_in=LEAD)
+    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.25, buffered_s=lambda: 0.0)
     adm.rate.observe(rate * CF / 25, CF / 25)
     assert adm.chunk_render_s(8) == pytest.approx(rate * CF / 25 * 1.25), "unmeasured: a whole chunk's time"
     adm.observe(0.3 * rate, 8)
@@ -237,21 +237,8 @@ def test_the_head_start_with_a_lead_in_is_the_chunk_by_chunk_schedule(rate: floa
     assert adm.head_start_s(clip_s) == pytest.approx(max(r * c, n * r * c - (n - 1) * c)), "no lead: as before"
 
 
-def test_only_the_lead_ins_lengths_keep_their_render_times() -> None:
-    """The room's short first chunk (video.first_chunk_frames, the still renderer's) plans nothing: not kept, not in
-    status; the lead-in's lengths are."""
-    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0, buffered_s=lambda: 0.0,
-                    lead_in=LEAD)
-    adm.observe(0.05, 4)
-    adm.observe(0.3, 8)
-    adm.observe(0.8, CF)
-    assert adm.rate.short == {8: 0.3} and adm.status()["short_chunk_render_s"] == {"8": 0.3}
-    assert adm.chunk_render_s(4) == pytest.approx(0.8), "unkept: a whole chunk's time"
-
-
 def test_a_renderer_change_forgets_the_short_chunk_times() -> None:
-    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0, buffered_s=lambda: 0.0,
-                    lead_in=LEAD)
+    adm = Admission(chunk_s=CF / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0, buffered_s=lambda: 0.0)
     adm.observe(0.8, CF)
     adm.observe(0.3, 8)
     adm.rate.restart(None)

@@ -30,7 +30,6 @@ class PaintRenderer:
         self.colour = colour
         self.calls = 0
         self.sessions = 0
-        self.cuts: list[tuple[int, int]] = []  # (start_frame, n_frames) of each chunk rendered
 
     def start_session(self, reference_image: np.ndarray, prompt: str) -> None:
         self.sessions += 1
@@ -40,7 +39,6 @@ class PaintRenderer:
 
     def render(self, chunk: RenderChunk) -> np.ndarray:
         self.calls += 1
-        self.cuts.append((chunk.start_frame, chunk.n_frames))
         if self.delay_s:
             time.sleep(self.delay_s)
         if chunk.index in self.fail_on or self.calls in self.fail_calls:
