@@ -436,17 +436,22 @@ def test_a_stream_opening_keeps_buffered_idle_for_its_ready_replan_to_split(tmp_
     r.spool.close()
 
 
-def test_a_stream_opening_replans_a_programme_item_cut_ahead_of_the_air(tmp_path):
-    """A programme item cut to start after the air would start while the stream gathers its first chunk and the
-    stream would wait behind it: "open" re-plans as an enqueue and the item goes back to the programme."""
+def _programme_timeline(tmp_path, playlist: str, clip_s: float, **video) -> tuple[Spool, Timeline]:
+    """A re-plannable timeline over a spool; its programme `playlist` (m3u text) of p1.wav, a clip_s-second clip."""
     from support.queue_fakes import labelled_wav
     from support.settings import load_programme, section_settings
 
-    labelled_wav(tmp_path / "p1.wav", 1, 5.0)
-    (tmp_path / "list.m3u").write_text("#EXTM3U\np1.wav\n")
-    st = section_settings(video={})
+    labelled_wav(tmp_path / "p1.wav", 1, clip_s)
+    (tmp_path / "list.m3u").write_text(playlist)
+    st = section_settings(video=video)
     spool = Spool(tmp_path / "spool")
-    tl = Timeline(st.video, st.encoder, spool, load_programme(tmp_path / "list.m3u", st), replannable=True)
+    return spool, Timeline(st.video, st.encoder, spool, load_programme(tmp_path / "list.m3u", st), replannable=True)
+
+
+def test_a_stream_opening_replans_a_programme_item_cut_ahead_of_the_air(tmp_path):
+    """A programme item cut to start after the air would start while the stream gathers its first chunk and the
+    stream would wait behind it: "open" re-plans as an enqueue and the item goes back to the programme."""
+    spool, tl = _programme_timeline(tmp_path, "#EXTM3U\np1.wav\n", 5.0)
     la = Lookahead(64)
     air = [None]
     rp = Replanner(tl, la, poll_s=0.001, air_frame=lambda: air[0], rate=lambda: None, within_chunk=False)
@@ -475,14 +480,7 @@ def test_a_stream_opening_replans_a_programme_item_cut_ahead_of_the_air(tmp_path
 def test_a_stream_opening_does_not_replan_for_a_programme_pause_cut_ahead(tmp_path):
     """A programme pause gives way to a waiting queue clip at its next chunk (and the stream's ready re-plan cuts
     into it): only a programme clip cut ahead of the air makes the open re-plan."""
-    from support.queue_fakes import labelled_wav
-    from support.settings import load_programme, section_settings
-
-    labelled_wav(tmp_path / "p1.wav", 1, 3.0)
-    (tmp_path / "list.m3u").write_text("#EXTM3U\n#EXT-X-DEFAULT-PAUSE:4\np1.wav\n")
-    st = section_settings(video={})
-    spool = Spool(tmp_path / "spool")
-    tl = Timeline(st.video, st.encoder, spool, load_programme(tmp_path / "list.m3u", st), replannable=True)
+    spool, tl = _programme_timeline(tmp_path, "#EXTM3U\n#EXT-X-DEFAULT-PAUSE:4\np1.wav\n", 3.0)
     la = Lookahead(64)
     air = [1]
     rp = Replanner(tl, la, poll_s=0.001, air_frame=lambda: air[0], rate=lambda: None, within_chunk=False)
@@ -511,14 +509,7 @@ def test_a_stream_openings_replan_recuts_whole_chunks_where_an_enqueue_starts_th
     """The open's re-cut future (idle while the stream gathers its first chunk) is cut in whole chunks (the idle
     bank serves those at no render cost, held at once for the ready re-plan to split), planned a whole chunk's
     render ahead; an enqueue's starts with the lead-in's ramp. A ramp of live idle there made every 4x stream wait behind one (H100, 88649ed)."""
-    from support.queue_fakes import labelled_wav
-    from support.settings import load_programme, section_settings
-
-    labelled_wav(tmp_path / "p1.wav", 1, 5.0)
-    (tmp_path / "list.m3u").write_text("#EXTM3U\np1.wav\n")
-    st = section_settings(video={"lead_in_frames": [12, 16]})
-    spool = Spool(tmp_path / "spool")
-    tl = Timeline(st.video, st.encoder, spool, load_programme(tmp_path / "list.m3u", st), replannable=True)
+    spool, tl = _programme_timeline(tmp_path, "#EXTM3U\np1.wav\n", 5.0, lead_in_frames=[12, 16])
     la = Lookahead(64)
     air = [None]
     render_s = {CF: 1.5, 12: 0.3, 16: 0.4}  # planned seconds per chunk length
