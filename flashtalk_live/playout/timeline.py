@@ -586,7 +586,7 @@ class Timeline:
     def programme_ahead(self, air_frame: int | None) -> bool:
         """Whether a programme clip was taken in a chunk cut to start at or after `air_frame` (not on air yet). A
         pause is not counted: it gives way to a waiting queue clip at its next chunk."""
-        return any(op == "programme" and getattr(item, "kind", "clip") == "clip" for sn in self._snaps
+        return any(op == "programme" and item.kind == "clip" for sn in self._snaps
                    if air_frame is None or sn.start_frame >= air_frame for op, item in sn.ops)
 
     def stream_shortfall(self) -> int:
