@@ -6,7 +6,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from flashtalk_live.engine.host_weights import CONTEXT_PROJECTIONS, HostParked, park_context_projections, parked_bytes
+from flashtalk_live.engine.host_weights import (
+    CONTEXT_PROJECTIONS, HostParked, HostSlab, park_context_projections, park_layers, parked_bytes,
+)
 from flashtalk_live.quant.fp8 import Fp8Linear
 from support.chunk_fixture import CHUNK, fixture_engine
 
@@ -58,9 +60,37 @@ def test_a_parked_fp8_linear_computes_what_it_did_resident() -> None:
     q = Fp8Linear.from_linear(linear, kernel="emulated")
     x = torch.randn(3, 5, 64)
     want = q(x)
-    parked = HostParked(q, pin=False)
+    (parked,) = park_layers([q], pin=False)
     assert parked.nbytes == 32 * 64 + 32 * 4 + 32 * 4  # e4m3 weight, float32 scales, float32 bias
     assert torch.equal(parked(x), want)
+
+
+def test_every_parked_tensor_is_a_view_into_one_host_buffer_at_aligned_offsets() -> None:
+    """One buffer for the whole DiT, not a pinned block per tensor (torch rounds each of those to a power of two)."""
+    eng, _ = fixture_engine()
+    dit = eng.models.dit
+    want = {n: t.clone() for n, t in dit.named_parameters() if ".cross_attn.k" in n or ".cross_attn.v" in n}
+    park_context_projections(dit)
+    parked = [m for m in dit.modules() if isinstance(m, HostParked)]
+    (slab,) = {id(m.slab): m.slab for m in parked}.values()
+    tensors = [t for m in parked for t in m.host.values()]
+    assert len(tensors) == len(want)
+    base = slab.buffer.data_ptr()
+    for t in tensors:
+        assert t.untyped_storage().data_ptr() == base and (t.data_ptr() - base) % HostSlab.ALIGN == 0
+    assert sum(t.numel() * t.element_size() for t in tensors) <= slab.nbytes < parked_bytes(dit) + len(tensors) * HostSlab.ALIGN
+    got = {f"blocks.{i}.cross_attn.{n}.{w}": getattr(dit.blocks[i].cross_attn, n).host[w]
+           for i in range(len(dit.blocks)) for n in CONTEXT_PROJECTIONS for w in ("weight", "bias")}
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_slab_keeps_each_dtype_and_shape_next_to_others() -> None:
+    tensors = [torch.arange(7, dtype=torch.uint8), torch.randn(3, 5, dtype=torch.float32),
+               torch.randn(2, 3).to(torch.bfloat16), torch.randn(4, 4).to(torch.float8_e4m3fn)]
+    slab = HostSlab(tensors, pin=False)
+    assert slab.nbytes == 4 * HostSlab.ALIGN and not slab.pinned
+    for t, v in zip(tensors, slab.views):
+        assert v.dtype == t.dtype and v.shape == t.shape and torch.equal(v.view(torch.uint8), t.view(torch.uint8))
 
 
 def test_a_layer_holding_a_tensor_subclass_stays_resident() -> None:
