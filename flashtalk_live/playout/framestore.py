@@ -125,15 +125,20 @@ class FrameStore:
                    spill_dir=renderer.lookahead_spill_dir, min_free_bytes=storage.min_free_bytes)
 
     # -- packing ---------------------------------------------------------------------------------------------
-    def pack(self, item: RenderedChunk) -> RenderedChunk:
-        """The chunk with its frames packed (and spilled past the RAM bound); already packed ones pass through."""
+    def pack(self, item: RenderedChunk, urgent: bool = False) -> RenderedChunk:
+        """The chunk with its frames packed (and spilled past the RAM bound); already packed ones pass through.
+
+        urgent: the air takes this chunk next (nothing waits before it), so it stays RGB where the RAM bound has room:
+        packing saves memory only while a chunk waits, and its pack and unpack (28 frames at 448x768: 0.09 s warm,
+        0.25 s for the room's first chunk on the 2-core CI VM) would delay its first frame."""
         frames = item.frames
         if isinstance(frames, PackedFrames) or (not self.compact and self.max_ram_bytes is None):
             return item  # a plain store (RAM, RGB, no bound) holds chunks as they are and counts no bytes
         shape = tuple(frames.shape)
+        keep_rgb = urgent and (self.max_ram_bytes is None or self.ram_bytes + frames.nbytes <= self.max_ram_bytes)
         if frames.ndim == 4 and frames.shape[0] > 0 and frames.strides[0] == 0:
             packed = PackedFrames(shape, "still", frames)
-        elif self.compact and Yuv420.packable(shape):
+        elif self.compact and Yuv420.packable(shape) and not keep_rgb:
             planes = self._yuv.to_yuv(frames)
             packed = self._place(PackedFrames(shape, "yuv420", planes, None, planes.nbytes))
         else:

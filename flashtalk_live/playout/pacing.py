@@ -80,7 +80,8 @@ class Lookahead:
                 return False
             if self._closed:
                 raise LookaheadClosed("look-ahead buffer closed")
-        item = self._items.pack(item)  # convert (and spill) off the lock: the air keeps taking meanwhile
+            urgent = not self._items  # the air takes it next: not packed (FrameStore.pack)
+        item = self._items.pack(item, urgent)  # convert (and spill) off the lock: the air keeps taking meanwhile
         with self._cond:
             if self._closed:
                 self._items.discard(item)

@@ -164,6 +164,26 @@ def test_a_full_disk_keeps_the_air_going_and_spilling_resumes_when_space_returns
     assert np.abs(aired[-1].frame.astype(int) - moving_frames(3)[-1]).mean() < 3
 
 
+def test_a_chunk_the_air_takes_next_stays_rgb_and_one_that_waits_is_packed(tmp_path):
+    """Nothing queued before it: its pack and unpack would only delay its first frame (the room's first chunk)."""
+    la = Lookahead(8, SPF, store=FrameStore(spill_dir=tmp_path))
+    first, second = moving_frames(0), moving_frames(1)
+    assert la.put(rendered(0, first)) and la.put(rendered(1, second))
+    kinds = [item.frames.kind for item in la.store]
+    assert kinds == ["rgb", "yuv420"] and la.store.ram_bytes == first.nbytes + CHUNK_YUV
+    sim = [0.0]
+    pacer = Pacer(la, 25, SPF, 1, clock=lambda: sim[0], sleep=lambda dt: sim.__setitem__(0, sim[0] + dt))
+    aired = [next(pacer).frame for _ in range(2 * NF)]
+    assert all(np.array_equal(a, f) for a, f in zip(aired[:NF], first))  # as rendered, not round-tripped
+    assert np.abs(np.stack(aired[NF:]).astype(int) - second).mean() < 3
+
+
+def test_a_chunk_the_air_takes_next_is_packed_where_its_rgb_would_cross_the_ram_bound(tmp_path):
+    la = Lookahead(8, SPF, store=FrameStore(max_ram_bytes=CHUNK_YUV, spill_dir=tmp_path))
+    assert la.put(rendered(0))
+    assert [item.frames.kind for item in la.store] == ["yuv420"] and not spill_files(tmp_path)
+
+
 def test_a_lost_spill_file_airs_its_sound_over_the_last_frame(tmp_path):
     st = FrameStore(max_ram_bytes=CHUNK_YUV, spill_dir=tmp_path)
     st.append(rendered(0))
