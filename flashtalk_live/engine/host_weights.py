@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from flashtalk_live.log import get_logger
+
 # The context-only linears of ImageTextCrossAttention (model.dit): used by project_context alone.
 CONTEXT_PROJECTIONS = ("k", "v", "k_img", "v_img")
 
@@ -44,9 +46,10 @@ class HostSlab:
         self.buffer = torch.empty(end, dtype=torch.uint8)
         self.pinned = False
         if pin and end:
-            _register(self.buffer)  # before the copies: device -> host goes straight into page-locked memory
-            self.pinned = True
-            weakref.finalize(self, _unregister, self.buffer.data_ptr())
+            # before the copies: device -> host goes straight into page-locked memory
+            self.pinned = _register(self.buffer)
+            if self.pinned:
+                weakref.finalize(self, torch.cuda.cudart().cudaHostUnregister, self.buffer.data_ptr())
         self.views = []
         for t, off in zip(tensors, offsets):
             n = t.numel() * t.element_size()
@@ -55,14 +58,14 @@ class HostSlab:
             self.views.append(view)
 
 
-def _register(buffer: torch.Tensor) -> None:
-    err = torch.cuda.cudart().cudaHostRegister(buffer.data_ptr(), buffer.numel(), 0)
-    if int(err) != 0:
-        raise RuntimeError(f"cudaHostRegister of {buffer.numel()} host bytes failed: CUDA error {int(err)}")
-
-
-def _unregister(ptr: int) -> None:
-    torch.cuda.cudart().cudaHostUnregister(ptr)
+def _register(buffer: torch.Tensor) -> bool:
+    """Page-lock `buffer` for CUDA (torch's binding releases the interpreter meanwhile). False where CUDA refuses:
+    the slab stays pageable, which costs each session start a staged copy, not the room."""
+    err = int(torch.cuda.cudart().cudaHostRegister(buffer.data_ptr(), buffer.numel(), 0))
+    if err:
+        get_logger("engine").warning("host_slab_not_page_locked", bytes=buffer.numel(), cuda_error=err,
+                                     note="session starts copy the parked weights through a staging buffer")
+    return not err
 
 
 class HostParked(nn.Module):

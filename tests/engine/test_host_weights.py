@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -105,3 +107,42 @@ def test_a_layer_holding_a_tensor_subclass_stays_resident() -> None:
     k.weight = torch.nn.Parameter(k.weight.detach().as_subclass(Tagged), requires_grad=False)
     park_context_projections(dit)
     assert dit.blocks[0].cross_attn.k is k and isinstance(dit.blocks[0].cross_attn.v, HostParked)
+
+
+class _FakeCudart:
+    """CUDA's runtime as the slab calls it (no CUDA on this machine): records the calls, answers `error`."""
+
+    def __init__(self, error: int) -> None:
+        self.error, self.calls = error, []
+
+    def cudaHostRegister(self, ptr: int, size: int, flags: int) -> int:  # noqa: N802 - CUDA's name
+        self.calls.append(("register", ptr, size))
+        return self.error
+
+    def cudaHostUnregister(self, ptr: int) -> int:  # noqa: N802
+        self.calls.append(("unregister", ptr))
+        return 0
+
+
+def test_a_pinned_slab_registers_its_whole_buffer_once_and_unregisters_it_when_dropped(monkeypatch) -> None:
+    fake = _FakeCudart(0)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    slab = HostSlab([torch.ones(1000), torch.zeros(3, dtype=torch.bfloat16)], pin=True)
+    ptr = slab.buffer.data_ptr()
+    assert slab.pinned and fake.calls == [("register", ptr, 4096 + HostSlab.ALIGN)]  # 4000 B aligned up, then 6
+    del slab
+    gc.collect()
+    assert fake.calls[-1] == ("unregister", ptr)
+
+
+def test_a_slab_cuda_refuses_to_page_lock_stays_pageable_with_a_warning(monkeypatch) -> None:
+    from structlog.testing import capture_logs
+
+    fake = _FakeCudart(2)  # cudaErrorMemoryAllocation
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    with capture_logs() as logs:
+        slab = HostSlab([torch.arange(10.0)], pin=True)
+    assert not slab.pinned and torch.equal(slab.views[0], torch.arange(10.0))
+    assert [e["event"] for e in logs] == ["host_slab_not_page_locked"] and logs[0]["cuda_error"] == 2
+    del slab
+    assert [c[0] for c in fake.calls] == ["register"]  # nothing to unregister
