@@ -76,8 +76,8 @@ def one_row(layout: str, blocks: int) -> dict:
         torch.cuda.synchronize()
         copies.append(time.perf_counter() - t0)
         del back
-    return {"layout": layout, "pinned": pinned, "tensors": len(tensors), "parked_gb": nbytes / 1e9, "rss_gain_gb": (rss1 - rss0) / 1e9,
-            "available_lost_gb": (avail0 - avail1) / 1e9, "park_s": park_s, "copy_in_s": min(copies),
+    return {"layout": layout, "pinned": pinned, "tensors": len(tensors), "parked_gb": nbytes / 1e9,
+            "rss_gain_gb": (rss1 - rss0) / 1e9, "available_lost_gb": (avail0 - avail1) / 1e9, "park_s": park_s, "copy_in_s": min(copies),
             "copy_gb_s": nbytes / 1e9 / min(copies)}
 
 
@@ -99,7 +99,8 @@ def main() -> None:
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     print(f"\nparked context projections: {args.blocks} blocks x 4, {torch.cuda.get_device_name()}, commit {commit()}")
-    print("| layout | page-locked | tensors | parked GB | process RSS gained GB | MemAvailable lost GB | park s | copy in s | GB/s |")
+    print("| layout | page-locked | tensors | parked GB | process RSS gained GB | MemAvailable lost GB | park s "
+          "| copy in s | GB/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['layout']} | {r['pinned']} | {r['tensors']} | {r['parked_gb']:.2f} | {r['rss_gain_gb']:.2f} | "

@@ -80,7 +80,8 @@ def test_every_parked_tensor_is_a_view_into_one_host_buffer_at_aligned_offsets()
     base = slab.buffer.data_ptr()
     for t in tensors:
         assert t.untyped_storage().data_ptr() == base and (t.data_ptr() - base) % HostSlab.ALIGN == 0
-    assert sum(t.numel() * t.element_size() for t in tensors) <= slab.nbytes < parked_bytes(dit) + len(tensors) * HostSlab.ALIGN
+    exact = sum(t.numel() * t.element_size() for t in tensors)
+    assert exact == parked_bytes(dit) <= slab.nbytes < exact + len(tensors) * HostSlab.ALIGN
     got = {f"blocks.{i}.cross_attn.{n}.{w}": getattr(dit.blocks[i].cross_attn, n).host[w]
            for i in range(len(dit.blocks)) for n in CONTEXT_PROJECTIONS for w in ("weight", "bias")}
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
