@@ -124,7 +124,10 @@ def test_status_readiness_and_metrics_follow_the_air_not_the_renderer_on_duty(tm
     seen = set()
 
     def sample() -> bool:
-        r, v = d.status()["renderer"], d.vitals()
+        # the vitals first: the air only goes engine -> still here, so a status read after them that still shows
+        # the engine on air proves the vitals saw no fallback yet (read the other way round, the air may flip between)
+        v = d.vitals()
+        r = d.status()["renderer"]
         samples.append((r["active"], r["on_air"], r["on_fallback"], v.fallback_s))
         seen.add(r["on_air"])
         return "engine" in seen and r["on_air"] == "still"
