@@ -18,6 +18,7 @@ import weakref
 from itertools import chain
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -31,8 +32,8 @@ CONTEXT_PROJECTIONS = ("k", "v", "k_img", "v_img")
 class HostSlab:
     """Tensors copied into one host buffer at aligned offsets; the buffer page-locked once for CUDA where `pin`.
 
-    `views[i]` is `tensors[i]`'s copy (same dtype and shape), a view into the buffer; holding a view does not keep
-    the page-locking alive: whoever holds the views holds the slab too (HostParked does).
+    `views[i]` is `tensors[i]`'s copy (same dtype and shape), a view into the buffer. The page-locking lasts as long
+    as the buffer's memory, whoever holds it: a view kept after the slab is dropped stays page-locked.
     """
 
     ALIGN = 512  # bytes: any element size divides it, and DMA copies start on an aligned address
@@ -43,13 +44,16 @@ class HostSlab:
             offsets.append(end)
             end += -(-t.numel() * t.element_size() // self.ALIGN) * self.ALIGN
         self.nbytes = end
-        self.buffer = torch.empty(end, dtype=torch.uint8)
+        # numpy owns the memory and every tensor on it holds the array: unregistered as the array goes, before
+        # numpy frees it, once the last view has gone (tied to the slab object, a kept view lost its page-locking)
+        memory = np.empty(end, dtype=np.uint8)
+        self.buffer = torch.from_numpy(memory)
         self.pinned = False
         if pin and end:
             # before the copies: device -> host goes straight into page-locked memory
             self.pinned = _register(self.buffer)
             if self.pinned:
-                weakref.finalize(self, torch.cuda.cudart().cudaHostUnregister, self.buffer.data_ptr())
+                weakref.finalize(memory, torch.cuda.cudart().cudaHostUnregister, self.buffer.data_ptr())
         self.views = []
         for t, off in zip(tensors, offsets):
             n = t.numel() * t.element_size()

@@ -147,3 +147,17 @@ def test_a_slab_cuda_refuses_to_page_lock_stays_pageable_with_a_warning(monkeypa
     assert [e["event"] for e in logs] == ["host_slab_not_page_locked"] and logs[0]["cuda_error"] == 2
     del slab
     assert [c[0] for c in fake.calls] == ["register"]  # nothing to unregister
+
+
+def test_a_view_kept_after_its_slab_is_dropped_stays_page_locked_until_it_goes(monkeypatch) -> None:
+    fake = _FakeCudart(0)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    slab = HostSlab([torch.arange(100.0), torch.ones(7)], pin=True)
+    ptr, view = slab.buffer.data_ptr(), slab.views[1]
+    del slab
+    gc.collect()
+    assert [c[0] for c in fake.calls] == ["register"] and torch.equal(view, torch.ones(7))
+    moved = view.to(torch.float64)  # a copy elsewhere does not hold the buffer
+    del view
+    gc.collect()
+    assert fake.calls[-1] == ("unregister", ptr) and torch.equal(moved, torch.ones(7, dtype=torch.float64))
