@@ -183,7 +183,7 @@ def wait_for_flashtalk(client: Client, proc: subprocess.Popen, timeout_s: float)
             time.sleep(0.5)
             continue
         r = st["renderer"]
-        if r["active"] == "flashtalk":
+        if r["on_air"] == "flashtalk":  # viewers see it: on duty (`active`) comes up to a look-ahead sooner
             return st
         if r["failures"]:
             raise SystemExit(f"the FlashTalk renderer failed to load: {r['last_error']}")
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             "producer_errors": [p["error"] for p in pushed if p.get("error")],
             "fallbacks_to_still": sum(1 for e in changes if e.get("renderer") == "still"),
             "renderer_failures": st1["renderer"]["failures"], "last_error": st1["renderer"]["last_error"],
-            "renderer_at_end": st1["renderer"]["active"],
+            "renderer_at_end": st1["renderer"]["on_air"],
         }
     finally:
         if rec is not None:
