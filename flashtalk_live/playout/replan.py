@@ -14,7 +14,10 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
   holds anything besides the clip on air, which keeps its buffered frames (and so its head start).
 * `enqueue`: from the first buffered chunk (or that frame inside it) that holds anything but queue clips (idle, a
   pause, a programme item), so a clip pushed into an idle room does not wait behind buffered idle; with queue clips
-  buffered to the end of the look-ahead there is nothing to re-plan.
+  buffered to the end of the look-ahead there is nothing to re-plan. Never before a queue clip cut already: the new
+  clip goes after it, so the idle a clip waiting for its head start was cut behind stays, and so does the clip (a
+  re-plan there discarded its rendered chunks and made it wait again: under a slow renderer every enqueue 11 s
+  apart did so to the same clip, which aired 80 s late, its chunks rendered over and over).
 
 Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
 timeline (clips taken for them go back to the queue's head; playout/timeline.py) and bumps the plan epoch; a chunk
@@ -188,6 +191,8 @@ class Replanner:
                 else:
                     keep = "queue" if command == "enqueue" else "on_air"
                 not_before = self._renderable_from(air, ramp=ramp)
+                if keep == "queue":  # the new clip goes after every queue clip cut already: those stay as cut
+                    not_before = max(not_before, tl.last_queue_chunk(air))
                 boundary = tl.replan_point(air, keep, not_before=not_before)
                 within = self._split(not_before, boundary, keep, on_air)
                 if within is None:

@@ -66,6 +66,7 @@ class _Snapshot:
     ops: list[tuple[str, Any]] = field(default_factory=list)  # ("take"|"requeue", segment_id) | ("programme", item)
     segments: frozenset = frozenset()  # what the chunk holds (segment ids, None for idle/pause frames)
     queue_only: bool = False  # every frame belongs to a queue clip (no idle, pause or programme frame)
+    holds_queue: bool = False  # some frame belongs to a queue clip
     started: tuple[str, ...] = ()  # queue clips whose first frame is in this chunk
     starved: int = 0  # broadcast samples of producer pauses cut into this chunk
     queue_end: int | None = None  # the timeline's `_queue_end` before the chunk
@@ -499,6 +500,12 @@ class Timeline:
                 return sn.start_frame
         return self.frame
 
+    def last_queue_chunk(self, air_frame: int | None) -> int:
+        """The first frame of the last chunk not on air yet that holds a queue clip (0: none): what an enqueue
+        re-plans from lies at or after it."""
+        return max((s.start_frame for s in self._snaps if (air_frame is None or s.start_frame >= air_frame)
+                    and s.holds_queue), default=0)
+
     @staticmethod
     def _kept(sn: _Snapshot, keep: Keep, on_air: str | None) -> bool:
         """A re-plan that keeps `keep` leaves this chunk as it is."""
@@ -758,6 +765,7 @@ class Timeline:
         )
         snap.segments = frozenset(best_seg)
         snap.queue_only = all(sid is not None and sid in queue_ids for sid in best_seg)
+        snap.holds_queue = any(sid is not None and sid in queue_ids for sid in best_seg)
         snap.started = tuple(m.segment_id for m in marks if m.kind == "started" and m.source == "queue")
         self._chunk_index += 1
         self._sample += n

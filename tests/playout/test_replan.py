@@ -181,6 +181,26 @@ def test_enqueue_into_an_idle_room_replans_buffered_idle_but_never_buffered_clip
     r2.spool.close()
 
 
+def test_an_enqueue_keeps_a_clip_cut_behind_buffered_idle_and_the_idle_before_it(tmp_path):
+    """A clip that waited for its head start was cut after idle; a later enqueue goes after it, so neither that
+    clip's rendered chunks nor the idle before it are re-planned (doing so made the clip wait again)."""
+    r = Room(tmp_path)
+    r.render(3)  # idle 0-2
+    r.air()  # chunk 0 on air
+    a = add_level_clip(r.spool, 1, 2 * CF / 25)  # pushed with no re-plan: cut behind the buffered idle
+    r.render(3)  # A in chunks 3 and 4, idle in 5
+    with r.rp.editing("enqueue"):
+        b = add_level_clip(r.spool, 2, 1.0)
+    assert r.rp.last["from_frame"] == 5 * CF and r.rp.last["returned"] == []
+    assert [c.chunk.start_frame for c in r.la._items] == [CF, 2 * CF, 3 * CF, 4 * CF]
+    r.render(3)
+    r.flush()
+    assert r.order() == [a, b]
+    starts = {m.segment_id: m.frame for c in r.aired for m in c.marks if m.kind == "started"}
+    assert starts == {a: 3 * CF, b: 5 * CF}
+    r.spool.close()
+
+
 def test_the_recut_future_follows_what_stays_on_air(tmp_path):
     """After a re-plan the next chunk is conditioned on the chunk it follows on air (playout/renderahead.py): the
     newest kept buffered chunk, or the chunk on air when everything buffered was dropped."""
