@@ -46,8 +46,9 @@ class HostSlab:
         self.nbytes = end
         # numpy owns the memory and every tensor on it holds the array: unregistered as the array goes, before
         # numpy frees it, once the last view has gone (tied to the slab object, a kept view lost its page-locking)
-        memory = np.empty(end, dtype=np.uint8)
-        self.buffer = torch.from_numpy(memory)
+        memory = np.empty(end + self.ALIGN, dtype=np.uint8)
+        skip = -memory.ctypes.data % self.ALIGN  # malloc aligns to 16 bytes only
+        self.buffer = torch.from_numpy(memory[skip:skip + end])
         self.pinned = False
         if pin and end:
             # before the copies: device -> host goes straight into page-locked memory

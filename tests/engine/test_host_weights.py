@@ -78,6 +78,7 @@ def test_every_parked_tensor_is_a_view_into_one_host_buffer_at_aligned_offsets()
     tensors = [t for m in parked for t in m.host.values()]
     assert len(tensors) == len(want)
     base = slab.buffer.data_ptr()
+    assert base % HostSlab.ALIGN == 0
     for t in tensors:
         assert t.untyped_storage().data_ptr() == base and (t.data_ptr() - base) % HostSlab.ALIGN == 0
     exact = sum(t.numel() * t.element_size() for t in tensors)
