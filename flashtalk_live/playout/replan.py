@@ -14,10 +14,9 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
   holds anything besides the clip on air, which keeps its buffered frames (and so its head start).
 * `enqueue`: from the first buffered chunk (or that frame inside it) that holds anything but queue clips (idle, a
   pause, a programme item), so a clip pushed into an idle room does not wait behind buffered idle; with queue clips
-  buffered to the end of the look-ahead there is nothing to re-plan. Never before a queue clip cut already: the new
-  clip goes after it, so the idle a clip waiting for its head start was cut behind stays, and so does the clip (a
-  re-plan there discarded its rendered chunks and made it wait again: under a slow renderer every enqueue 11 s
-  apart did so to the same clip, which aired 80 s late, its chunks rendered over and over).
+  buffered to the end of the look-ahead there is nothing to re-plan. Never before a queue clip cut already (the new
+  clip goes after it): re-planning the idle a clip waiting for its head start was cut behind discarded that clip's
+  rendered chunks and made it wait again, at every enqueue while the renderer was slow.
 
 Re-planning drops those chunks from the look-ahead (under its lock, so none goes on air meanwhile), rewinds the
 timeline (clips taken for them go back to the queue's head; playout/timeline.py) and bumps the plan epoch; a chunk
