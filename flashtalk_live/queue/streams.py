@@ -221,6 +221,7 @@ class StreamRegistry:
                 resumed.append(sid)
             else:
                 live.end(cut="stream_timeout" if row["state"] == "cut" else None)
+                self._remember_end(sid, row["state"])  # a later append or close: the same code as before the restart
         if resumed:
             self.log.info("streams_recovered", open=resumed, idle_timeout_s=self.cfg.idle_timeout_s)
         return resumed

@@ -1,0 +1,63 @@
+"""queue/streams.py's StreamRegistry against a real spool: restart edge cases, the codes a producer gets, and the
+registry's state when an ingest worker and housekeeping meet over one stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flashtalk_live.errors import Rejection
+from flashtalk_live.queue.spool import Spool
+from flashtalk_live.queue.streams import StreamRegistry
+from flashtalk_live.settings import Settings
+from flashtalk_live.playout.timeline import Timeline
+
+CF = 28  # 1.12 s chunks at 25 fps
+
+
+def pcm(level: int, samples: int) -> bytes:
+    return np.full((samples, 2), level * 512, "<i2").tobytes()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def settings() -> Settings:
+    return Settings(state_dir="/nonexistent-state", streams={"prebuffer_s": 0.0, "idle_timeout_s": 5.0})
+
+
+def registry(spool: Spool, clock: Clock) -> StreamRegistry:
+    st = settings()
+    return StreamRegistry(st.streams, st.ingest, st.encoder, spool, chunk_s=CF / 25, clock=clock)
+
+
+def open_stream(reg: StreamRegistry) -> str:
+    return reg.open({}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2, declared_s=None,
+                    peer="test").entry.segment_id
+
+
+def code_of(fn) -> str:
+    with pytest.raises(Rejection) as ei:
+        fn()
+    return ei.value.code
+
+
+def test_a_stream_cut_before_a_restart_answers_stream_timed_out_after_it(tmp_path):
+    spool, clock = Spool(tmp_path / "spool"), Clock()
+    reg = registry(spool, clock)
+    sid = open_stream(reg)
+    reg.append(sid, 0, pcm(1, 4800))
+    clock.t = 6.0
+    assert reg.sweep() == [sid]
+    assert code_of(lambda: reg.append(sid, 1, pcm(1, 4800))) == "stream_timed_out"
+    spool.close()
+    spool = Spool(tmp_path / "spool")
+    reg2 = registry(spool, clock)
+    # the same stream, the same producer mistake: the same code as before the restart
+    assert code_of(lambda: reg2.append(sid, 1, pcm(1, 4800))) == "stream_timed_out"
+    assert code_of(lambda: reg2.close(sid)) == "stream_timed_out"
