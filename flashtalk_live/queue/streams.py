@@ -213,6 +213,13 @@ class StreamRegistry:
                     live.extend(*dec.flush())
             except AudioError as e:  # stored parts were decoded once already; keep what decodes
                 self.log.error("stream_recover_decode_failed", segment_id=sid, error=str(e))
+            if row["state"] != "open" and live.available == 0:
+                # Ended with no audio (a crash between an empty stream's cut and its leaving the queue): it could
+                # never start, and would hold the head of the queue for ever.
+                self.spool.cancel(sid)
+                self._remember_end(sid, row["state"])
+                self.log.warning("stream_recovered_empty_dropped", segment_id=sid, state=row["state"])
+                continue
             self._live[sid] = live
             if row["state"] == "open":
                 entry = self.spool.get(sid)

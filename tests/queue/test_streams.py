@@ -61,3 +61,25 @@ def test_a_stream_cut_before_a_restart_answers_stream_timed_out_after_it(tmp_pat
     # the same stream, the same producer mistake: the same code as before the restart
     assert code_of(lambda: reg2.append(sid, 1, pcm(1, 4800))) == "stream_timed_out"
     assert code_of(lambda: reg2.close(sid)) == "stream_timed_out"
+
+
+def test_an_empty_stream_cut_just_before_a_crash_never_holds_the_queue(tmp_path):
+    """The idle timeout of a stream with no audio is two commits (state 'cut', then the clip leaves the queue): a crash
+    between them must not leave a clip that can never start at the head of the queue."""
+    spool, clock = Spool(tmp_path / "spool"), Clock()
+    reg = registry(spool, clock)
+    empty = open_stream(reg)
+    whole = spool.add(pcm(2, 4800), {}, "enqueue", None, 0.1, format="pcm_s16le", sample_rate=48000,
+                      channels=2).segment_id
+    spool.cancel = lambda sid: (_ for _ in ()).throw(SystemExit("killed"))  # the crash, right after the 'cut'
+    clock.t = 6.0
+    with pytest.raises(SystemExit):
+        reg.sweep()
+    spool.close()
+    spool = Spool(tmp_path / "spool")
+    reg2 = registry(spool, clock)
+    st = settings()
+    tl = Timeline(st.video, st.encoder, spool, None, streams=reg2, replannable=True)
+    started = [m.segment_id for _ in range(4) for m in tl.next_chunk().marks if m.kind == "started"]
+    assert started == [whole]
+    assert spool.get(empty) is None
