@@ -292,17 +292,17 @@ class StreamRegistry:
             try:
                 bc, md = o.decoder.feed(data)
             except AudioError:
-                o.decoder = self._rebuilt_decoder(segment_id)  # the refused piece must leave no trace
+                o.decoder = self._rebuilt_decoder(segment_id, o.decoder)  # the refused piece must leave no trace
                 raise
             added = bc.shape[0] / self.rate
             if o.live.seconds + added > self.ingest.max_clip_seconds:
-                o.decoder = self._rebuilt_decoder(segment_id)
+                o.decoder = self._rebuilt_decoder(segment_id, o.decoder)
                 raise Rejection("too_long", f"stream would be {o.live.seconds + added:.1f} s, limit "
                                             f"ingest.max_clip_seconds {self.ingest.max_clip_seconds:g} s")
             try:
                 self.spool.append_stream(segment_id, seq, data, added)
             except (SpoolError, Exception):
-                o.decoder = self._rebuilt_decoder(segment_id)
+                o.decoder = self._rebuilt_decoder(segment_id, o.decoder)
                 raise
             o.next_seq, o.bytes, o.last_append = seq + 1, o.bytes + len(data), self.clock()
             if seq == 0:
@@ -315,11 +315,11 @@ class StreamRegistry:
             self.on_ready(segment_id, o.mode)
         return ack
 
-    def _rebuilt_decoder(self, segment_id: str) -> StreamDecoder:
-        """A decoder in the state of the stored parts (after a refused piece or a failed write)."""
-        e = self.spool.get(segment_id)
-        assert e is not None
-        dec = StreamDecoder(e.format or "", e.sample_rate, e.channels, rate=self.rate, out_channels=self.channels)
+    def _rebuilt_decoder(self, segment_id: str, old: StreamDecoder) -> StreamDecoder:
+        """A decoder in the state of the stored parts (after a refused piece or a failed write), set up as `old`: the
+        clip may have left the spool meanwhile (a cancel or clear racing the append), and the refusal must still
+        reach the producer with its own code."""
+        dec = StreamDecoder(old.format, old.sample_rate, old.channels, rate=self.rate, out_channels=self.channels)
         for part in self.spool.stream_parts(segment_id):
             dec.feed(part)
         return dec

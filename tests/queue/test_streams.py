@@ -83,3 +83,14 @@ def test_an_empty_stream_cut_just_before_a_crash_never_holds_the_queue(tmp_path)
     started = [m.segment_id for _ in range(4) for m in tl.next_chunk().marks if m.kind == "started"]
     assert started == [whole]
     assert spool.get(empty) is None
+
+
+def test_an_append_whose_clip_left_the_queue_meanwhile_is_refused_with_a_code_not_internal(tmp_path):
+    """A cancel / clear drops the clip in the spool before its `dropped` event reaches the registry: an append that
+    runs in between is the producer's lost race, answered with a protocol code (not an AssertionError: internal)."""
+    spool, clock = Spool(tmp_path / "spool"), Clock()
+    reg = registry(spool, clock)
+    sid = open_stream(reg)
+    reg.append(sid, 0, pcm(1, 4800))
+    assert spool.cancel(sid) == "pending"  # the event that tells the registry comes just after
+    assert code_of(lambda: reg.append(sid, 1, pcm(1, 4800))) in ("unknown_stream", "stream_closed")
