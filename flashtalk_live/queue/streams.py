@@ -270,6 +270,12 @@ class StreamRegistry:
             raise Rejection("stream_closed", f"stream {segment_id[:64]!r} is {ended or 'closed'}", "segment_id")
         raise Rejection("unknown_stream", f"no open stream {segment_id[:64]!r}", "segment_id")
 
+    def _still_open(self, segment_id: str, o: _Open) -> bool:
+        """Under o.lock: `o` is still the open stream (a close, abort or the sweep may have ended it while this
+        worker waited for the lock; it must not be ended, or appended to, a second time)."""
+        with self._lock:
+            return self._open.get(segment_id) is o
+
     def _remember_end(self, segment_id: str, how: str) -> None:
         self._ended[segment_id] = how
         while len(self._ended) > 1024:
@@ -279,7 +285,7 @@ class StreamRegistry:
         """Store and air one piece; the ack. Duplicate seqs are acknowledged with `duplicate: true`."""
         o = self._get_open(segment_id)
         with o.lock:
-            if self._timed_out(segment_id, o):
+            if not self._still_open(segment_id, o) or self._timed_out(segment_id, o):
                 return self.append(segment_id, seq, data)  # now ended: the right code
             if seq < o.next_seq:
                 return self._ack(segment_id, o, seq, duplicate=True)
@@ -331,8 +337,8 @@ class StreamRegistry:
     def close(self, segment_id: str, duration_s: float | None = None) -> dict[str, Any]:
         o = self._get_open(segment_id)
         with o.lock:
-            if self._timed_out(segment_id, o):
-                return self.close(segment_id, duration_s)
+            if not self._still_open(segment_id, o) or self._timed_out(segment_id, o):
+                return self.close(segment_id, duration_s)  # now ended: the right code
             bc, md = o.decoder.flush()
             if o.live.available + bc.shape[0] == 0:
                 self.abort(segment_id, why="empty")

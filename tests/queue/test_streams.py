@@ -94,3 +94,44 @@ def test_an_append_whose_clip_left_the_queue_meanwhile_is_refused_with_a_code_no
     reg.append(sid, 0, pcm(1, 4800))
     assert spool.cancel(sid) == "pending"  # the event that tells the registry comes just after
     assert code_of(lambda: reg.append(sid, 1, pcm(1, 4800))) in ("unknown_stream", "stream_closed")
+
+
+def test_an_append_that_waited_while_the_sweep_cut_its_stream_cuts_it_once(tmp_path):
+    """An ingest worker has the stream, housekeeping cuts it first: the append gets stream_timed_out and the cut
+    (its events, the count, the spool) happens once."""
+    spool, clock = Spool(tmp_path / "spool"), Clock()
+    reg = registry(spool, clock)
+    cuts: list = []
+    reg.on_cut = lambda s, had: cuts.append((s, had))
+    sid = open_stream(reg)
+    reg.append(sid, 0, pcm(1, 4800))
+    clock.t = 6.0
+    get_open = reg._get_open
+
+    def raced(segment_id):  # the worker got the stream, then the sweep ran before it took the stream's lock
+        o = get_open(segment_id)
+        assert reg.sweep() == [sid]
+        return o
+
+    reg._get_open = raced
+    assert code_of(lambda: reg.append(sid, 1, pcm(1, 4800))) == "stream_timed_out"
+    assert cuts == [(sid, True)]
+    assert reg.status()["cut"] == 1
+
+
+def test_a_close_that_waited_while_another_close_ended_the_stream_closes_it_once(tmp_path):
+    spool, clock = Spool(tmp_path / "spool"), Clock()
+    reg = registry(spool, clock)
+    sid = open_stream(reg)
+    reg.append(sid, 0, pcm(1, 4800))
+    get_open = reg._get_open
+
+    def raced(segment_id):  # a resent close: both workers got the stream before either closed it
+        o = get_open(segment_id)
+        reg._get_open = get_open
+        reg.close(segment_id)
+        return o
+
+    reg._get_open = raced
+    assert code_of(lambda: reg.close(sid)) == "stream_closed"
+    assert reg.status()["closed"] == 1
