@@ -343,6 +343,8 @@ class StreamRegistry:
             if o.live.available + bc.shape[0] == 0:
                 self.abort(segment_id, why="empty")
                 self.spool.cancel(segment_id)  # nothing to air: it leaves the queue
+                with self._lock:  # no event tells on_event: nothing of it is kept
+                    self._live.pop(segment_id, None)
                 raise Rejection("empty_audio", f"stream {segment_id[:64]!r} closed with no audio: dropped")
             self.spool.end_stream(segment_id, "closed", bc.shape[0] / self.rate)
             o.live.extend(bc, md)

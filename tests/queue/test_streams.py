@@ -135,3 +135,15 @@ def test_a_close_that_waited_while_another_close_ended_the_stream_closes_it_once
     reg._get_open = raced
     assert code_of(lambda: reg.close(sid)) == "stream_closed"
     assert reg.status()["closed"] == 1
+
+
+def test_a_stream_closed_with_no_audio_leaves_nothing_behind(tmp_path):
+    """empty_audio: the clip left the queue, and the registry keeps nothing of it (a producer repeating that mistake
+    must not grow the daemon: each stream's buffers are ~0.5 MB)."""
+    spool, clock = Spool(tmp_path / "spool"), Clock()
+    reg = registry(spool, clock)
+    sid = open_stream(reg)
+    assert code_of(lambda: reg.close(sid)) == "empty_audio"
+    assert spool.get(sid) is None
+    assert reg.live(sid) is None
+    assert code_of(lambda: reg.append(sid, 0, pcm(1, 10))) == "stream_closed"
