@@ -72,8 +72,9 @@ REJECT_CODES: dict[str, str] = {
             "daemon is stopping",
     "unknown_stream": "`clip_append` / `clip_close` / `clip_abort` of a `segment_id` that is no streamed clip (never "
                       "opened, or already finished or dropped)",
-    "stream_closed": "`clip_append` / `clip_close` of a stream that was closed, cut (its idle timeout passed) or "
-                     "aborted; the reason says which",
+    "stream_closed": "`clip_append` of a stream that was closed, cut (its idle timeout passed) or aborted, "
+                     "`clip_close` of one aborted; the reason says which (a close resent to a closed stream is "
+                     "answered again, `duplicate: true`)",
     "sequence_gap": "`clip_append` whose `seq` is past the next one expected (the reason names it); a `seq` already "
                     "stored is acknowledged as a duplicate instead",
     "stream_too_large": "`clip_append` that would take a stream over `streams.max_stream_bytes`; the stream stays open",

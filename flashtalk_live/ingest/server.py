@@ -749,7 +749,8 @@ class IngestServer:
         assert self.streams is not None
         a = call.args
         res = self.streams.close(a.segment_id, a.duration_s)
-        self.events.publish("stream_closed", **res)
+        if not res["duplicate"]:  # a resent close (its first reply was lost) closed nothing again
+            self.events.publish("stream_closed", **{k: v for k, v in res.items() if k != "duplicate"})
         return {**res, **self._planned(a.segment_id)}
 
     def _cmd_clip_abort(self, call: Call) -> dict[str, Any]:

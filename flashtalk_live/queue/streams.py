@@ -146,6 +146,7 @@ class StreamRegistry:
         self._open: dict[str, _Open] = {}
         self._live: dict[str, LiveStream] = {}
         self._ended: dict[str, str] = {}  # recently ended streams -> "closed" | "cut" | "aborted" (for the codes)
+        self._closes: dict[str, dict[str, Any]] = {}  # recently closed streams -> their close's reply (a resent close)
         self.opened = self.closed_count = self.cut_count = self.aborted = 0
         self.log = get_logger("streams")
         self.recover()
@@ -228,7 +229,9 @@ class StreamRegistry:
                 resumed.append(sid)
             else:
                 live.end(cut="stream_timeout" if row["state"] == "cut" else None)
-                self._remember_end(sid, row["state"])  # a later append or close: the same code as before the restart
+                # a later append or close: the same answer as before the restart
+                self._remember_end(sid, row["state"], {"segment_id": sid, "duration_s": round(live.seconds, 6),
+                                                       "received_bytes": nbytes, "parts": row["next_seq"]})
         if resumed:
             self.log.info("streams_recovered", open=resumed, idle_timeout_s=self.cfg.idle_timeout_s)
         return resumed
@@ -276,10 +279,14 @@ class StreamRegistry:
         with self._lock:
             return self._open.get(segment_id) is o
 
-    def _remember_end(self, segment_id: str, how: str) -> None:
+    def _remember_end(self, segment_id: str, how: str, closed: dict[str, Any] | None = None) -> None:
         self._ended[segment_id] = how
         while len(self._ended) > 1024:
             self._ended.pop(next(iter(self._ended)))
+        if how == "closed" and closed is not None:
+            self._closes[segment_id] = closed
+            while len(self._closes) > 1024:
+                self._closes.pop(next(iter(self._closes)))
 
     def append(self, segment_id: str, seq: int, data: bytes) -> dict[str, Any]:
         """Store and air one piece; the ack. Duplicate seqs are acknowledged with `duplicate: true`."""
@@ -335,6 +342,13 @@ class StreamRegistry:
                 "received_bytes": o.bytes, "received_s": round(o.live.seconds, 3)}
 
     def close(self, segment_id: str, duration_s: float | None = None) -> dict[str, Any]:
+        """End the stream; its reply (`duplicate: false`). A close resent after a lost reply (the stream was closed
+        by its producer already) is answered the same again with `duplicate: true`, as a resent append is: a
+        refusal there would tell the producer its clip failed (and Client.stream would abort it)."""
+        with self._lock:
+            again = self._closes.get(segment_id)
+        if again is not None:
+            return {**again, "duplicate": True}
         o = self._get_open(segment_id)
         with o.lock:
             if not self._still_open(segment_id, o) or self._timed_out(segment_id, o):
@@ -349,19 +363,20 @@ class StreamRegistry:
             self.spool.end_stream(segment_id, "closed", bc.shape[0] / self.rate)
             o.live.extend(bc, md)
             o.live.end()
+            got = o.live.seconds
+            res = {"segment_id": segment_id, "duration_s": round(got, 6), "received_bytes": o.bytes,
+                   "parts": o.next_seq}
             with self._lock:
                 self._open.pop(segment_id, None)
-                self._remember_end(segment_id, "closed")
+                self._remember_end(segment_id, "closed", res)
             self.closed_count += 1
-        got = o.live.seconds
         if duration_s is not None and abs(duration_s - got) > 0.1:
             self.log.warning("stream_duration_differs", segment_id=segment_id, declared_s=duration_s, received_s=got)
         self.log.info("stream_closed", segment_id=segment_id, duration_s=round(got, 3), bytes=o.bytes)
         if not o.ready_told:  # shorter than the head start it waited for: it may start now
             o.ready_told = True
             self.on_ready(segment_id, o.mode)
-        return {"segment_id": segment_id, "duration_s": round(got, 6), "received_bytes": o.bytes,
-                "parts": o.next_seq}
+        return {**res, "duplicate": False}
 
     def abort(self, segment_id: str, why: str = "aborted") -> None:
         """Forget the producer side; the caller drops the clip from the queue or cuts it on air."""

@@ -133,7 +133,7 @@ def test_a_close_that_waited_while_another_close_ended_the_stream_closes_it_once
         return o
 
     reg._get_open = raced
-    assert code_of(lambda: reg.close(sid)) == "stream_closed"
+    assert reg.close(sid)["duplicate"]  # the resend's answer: closed already
     assert reg.status()["closed"] == 1
 
 
@@ -147,3 +147,19 @@ def test_a_stream_closed_with_no_audio_leaves_nothing_behind(tmp_path):
     assert spool.get(sid) is None
     assert reg.live(sid) is None
     assert code_of(lambda: reg.append(sid, 0, pcm(1, 10))) == "stream_closed"
+
+
+def test_a_close_resent_after_a_lost_reply_is_answered_again_also_after_a_restart(tmp_path):
+    spool, clock = Spool(tmp_path / "spool"), Clock()
+    reg = registry(spool, clock)
+    sid = open_stream(reg)
+    reg.append(sid, 0, pcm(1, 4800))
+    first = reg.close(sid)
+    assert not first["duplicate"]
+    assert reg.close(sid) == {**first, "duplicate": True}
+    assert reg.status()["closed"] == 1
+    assert code_of(lambda: reg.append(sid, 1, pcm(1, 4800))) == "stream_closed"  # an append is still refused
+    spool.close()  # killed after the close committed, before its reply went out
+    spool = Spool(tmp_path / "spool")
+    reg2 = registry(spool, clock)
+    assert reg2.close(sid) == {**first, "duplicate": True}
