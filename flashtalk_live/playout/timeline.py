@@ -737,7 +737,10 @@ class Timeline:
                         best_cnt[f], best_seg[f] = cnt, cur.segment_id
             cur.pos += take
             filled += take
-            if cur.remaining == 0 and cur.complete:
+            # `complete` first: a stream ends after its last audio (LiveStream.end follows the close's extend, on
+            # an ingest worker), so once it reads ended, `remaining` is final; the other order could end the clip
+            # between a close's tail and its end, and that tail never aired.
+            if cur.complete and cur.remaining == 0:
                 if cur.kind == "clip":
                     last = max(a + take - 1, cur.start_sample)
                     if cur.stream is not None and cur.stream.cut:  # its producer went silent: cut, not finished
