@@ -194,7 +194,7 @@ def _push_stream(client: Client, args: argparse.Namespace, mode: str, waiting: d
     fmt = args.format or _fmt(path) or "pcm_s16le"
     try:
         with client.stream(_pieces(path), format=fmt, sample_rate=args.sample_rate, channels=args.channels,
-                           mode=mode, text=args.text, duration_s=args.duration) as s:
+                           mode=mode, text=args.text, name=args.name, duration_s=args.duration) as s:
             _print({"file": path, "segment_id": s.segment_id, "mode": mode, "stream": True})
             waiting[str(s.segment_id)] = path
             s.send_all()

@@ -735,7 +735,8 @@ class IngestServer:
         self.log.info("clip_accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
                       stream=True, declared_s=declared, request_id=rid)
         self.events.publish("accepted", segment_id=ack["segment_id"], mode=mode, position=ack["position"],
-                            duration_s=declared or 0.0, request_id=rid, meta=meta, stream=True)
+                            duration_s=declared or 0.0, request_id=rid, meta=meta, stream=True,
+                            **self._name(res.entry))
         return {"duplicate": False, **ack, "stream": True}
 
     def _cmd_clip_append(self, call: Call) -> dict[str, Any]:

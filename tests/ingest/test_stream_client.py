@@ -71,3 +71,21 @@ def test_a_close_whose_reply_was_lost_is_resent_and_the_clip_stays_queued(tmp_pa
     assert spool.get(s.segment_id) is not None  # still queued: it airs
     assert not [e for e in seen if e["type"] in ("dropped", "cancelled")]
     assert [e["type"] for e in seen].count("stream_closed") == 1
+
+
+def test_push_stream_keeps_the_clips_name(tmp_path, capsys):
+    """push --stream --name: the name is stored with the clip as push's is (meta.name), not dropped."""
+    import argparse
+
+    from flashtalk_live.ingest.cli import _push_stream
+
+    spool, reg, srv, seen = room(tmp_path)
+    f = tmp_path / "a.pcm"
+    f.write_bytes(pcm(1, 9600))
+    args = argparse.Namespace(files=[str(f)], format=None, sample_rate=48000, channels=2, text=None, duration=None,
+                              name="greeting")
+    waiting: dict[str, str] = {}
+    assert _push_stream(Loopback(srv), args, "enqueue", waiting) == 0
+    (sid,) = waiting
+    assert spool.get(sid).meta.get("name") == "greeting"
+    assert next(e for e in seen if e["type"] == "accepted").get("name") == "greeting"
