@@ -10,7 +10,9 @@ The file is untrusted: it was unreadable once, and whoever can write the state d
 * each clip is checked exactly as an `enqueue` would be: the payload decoded (its duration is the decoded one, not
   the file's), the clip limits, the meta (a JSON object within the header size and nesting limits);
 * rows are read one payload at a time and queued as they pass; a bad row is skipped and reported, never the end;
-* a clip without a request id gets one made from its content (`salvage:<sha256>`), so salvaging twice queues it once.
+* a clip without a request id gets one made from its content (`salvage:<sha256>`), so salvaging twice queues it once;
+* a streamed clip (its row holds no payload) is its stored parts 0, 1, 2, ... joined (each type-checked, together
+  within the spool's size), queued as a whole clip: every acknowledged part is saved, open or closed.
 Order: the clips that were on air first (in the order they were taken), then the pending ones by position.
 """
 
@@ -44,6 +46,13 @@ _TYPES = ("SELECT typeof(state), typeof(request_id), typeof(format), typeof(samp
           "FROM clips WHERE seq = ?")
 _VALUES = "SELECT request_id, format, sample_rate, channels, meta FROM clips WHERE seq = ?"
 _PAYLOAD = "SELECT payload FROM clips WHERE seq = ?"
+# A streamed clip (clip_open .. clip_close) holds no payload in its row: its audio is its stored parts, in order.
+_STREAM_ID = "SELECT CASE WHEN typeof(segment_id) = 'text' AND length(segment_id) <= 200 THEN segment_id END " \
+             "FROM clips WHERE seq = ?"
+_PART_KEYS = ("SELECT seq, typeof(data), length(data) FROM stream_parts WHERE segment_id = ? AND typeof(seq) = "
+              "'integer' ORDER BY seq LIMIT ?")
+_PART = "SELECT data FROM stream_parts WHERE segment_id = ? AND seq = ?"
+MAX_PARTS = 1_000_000
 
 # Validates one clip's payload as an enqueue would; returns its decoded duration (raises Rejection if refused).
 Validate = Callable[[bytes, "str | None", "int | None", "int | None"], float]
@@ -147,6 +156,10 @@ def _salvage_row(src: sqlite3.Connection, seq: int, spool: Spool, check: Validat
     if t_payload != "blob":
         raise Rejection("bad_request", f"payload is {t_payload}, not a blob: not read")
     cap = spool.limits.max_spool_bytes
+    parts: list[tuple[int, int]] | None = None
+    if n_payload == 0:  # a streamed clip: its acknowledged parts are its payload
+        parts = _stream_parts(src, seq, cap)
+        n_payload = sum(n for _, n in parts)
     if not isinstance(n_payload, int) or n_payload <= 0 or n_payload > cap:
         raise Rejection("oversize", f"payload of {n_payload} bytes (queue.max_spool_bytes {cap}): not read")
     for name, t, allowed in (("state", t_state, {"text"}), ("request_id", t_rid, {"text", "null"}),
@@ -162,8 +175,12 @@ def _salvage_row(src: sqlite3.Connection, seq: int, spool: Spool, check: Validat
         raise Rejection("bad_request", f"meta is a JSON {type(meta).__name__}, not an object")
     if json_depth(meta) > max_meta_depth:
         raise Rejection("meta_too_deep", f"meta nested deeper than {max_meta_depth}")
-    (payload,) = src.execute(_PAYLOAD, (seq,)).fetchone()
-    payload = bytes(payload)
+    if parts is None:
+        (payload,) = src.execute(_PAYLOAD, (seq,)).fetchone()
+        payload = bytes(payload)
+    else:
+        (sid,) = src.execute(_STREAM_ID, (seq,)).fetchone()
+        payload = b"".join(bytes(src.execute(_PART, (sid, n)).fetchone()[0]) for n, _ in parts)
     duration_s = check(payload, fmt, rate, channels)  # decode, duration and clip limits, as an enqueue
     if rid is None:  # idempotent: the same content salvaged again is a duplicate of the first
         digest = hashlib.sha256()
@@ -172,3 +189,26 @@ def _salvage_row(src: sqlite3.Connection, seq: int, spool: Spool, check: Validat
         rid = f"salvage:{digest.hexdigest()[:40]}"
     res = spool.add_ex(payload, meta, "enqueue", rid, duration_s, format=fmt, sample_rate=rate, channels=channels)
     return res.entry.segment_id, res.duplicate
+
+
+def _stream_parts(src: sqlite3.Connection, seq: int, cap: int) -> list[tuple[int, int]]:
+    """(part seq, bytes) of the streamed clip in row `seq`: its parts 0, 1, 2, ... as long as they follow each other
+    (the audio must be whole and in order), each a BLOB, together within `cap`; none for a clip that is no stream
+    (or a file from before streamed clips: no stream_parts table)."""
+    row = src.execute(_STREAM_ID, (seq,)).fetchone()
+    if row is None or row[0] is None:
+        return []
+    try:
+        keys = src.execute(_PART_KEYS, (row[0], MAX_PARTS)).fetchall()
+    except sqlite3.OperationalError:  # no stream_parts table
+        return []
+    out: list[tuple[int, int]] = []
+    total = 0
+    for n, t, size in keys:
+        if n != len(out) or t != "blob" or not isinstance(size, int):
+            break
+        total += size
+        if total > cap:
+            raise Rejection("oversize", f"streamed clip's parts over {cap} bytes (queue.max_spool_bytes): not read")
+        out.append((n, size))
+    return out

@@ -143,3 +143,28 @@ def test_the_cli_reports_what_it_refused(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "salvaged 3 clip(s)" in r.stdout and "1 row(s) refused" in r.stdout
     assert "not a blob" in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_streamed_clips_acknowledged_parts_are_salvaged(tmp_path):
+    """A streamed clip keeps its audio in stream_parts (its clips row holds no payload): a spool moved aside with one
+    in it (closed, or still open) must give back every acknowledged part, not skip the clip as a 0-byte payload."""
+    import numpy as np
+
+    d = tmp_path / "old"
+    pcm = lambda level, n: np.full((n, 2), level * 512, "<i2").tobytes()  # noqa: E731
+    with Spool(d) as s:
+        for name, close in (("closed", True), ("open", False)):
+            sid = s.open_stream({"name": name}, "enqueue", None, format="pcm_s16le", sample_rate=48000, channels=2,
+                                declared_s=None).entry.segment_id
+            for i in range(3):
+                s.append_stream(sid, i, pcm(i + 1, 4800), 0.1)
+            if close:
+                s.end_stream(sid, "closed")
+    with Spool(tmp_path / "new") as s:
+        report = salvage(d / DB_NAME, s)
+        assert report.lost == 0, report.skipped
+        assert sorted(names(s)) == ["closed", "open"]
+        for e in s.pending():
+            assert s.payload(e.segment_id) == b"".join(pcm(i + 1, 4800) for i in range(3))
+            assert abs(e.duration_s - 0.3) < 1e-6
