@@ -380,6 +380,9 @@ class StreamRegistry:
 
     def abort(self, segment_id: str, why: str = "aborted") -> None:
         """Forget the producer side; the caller drops the clip from the queue or cuts it on air."""
+        with self._lock:  # a closed stream aborted (its clip dropped): a resent close no longer answers "closed"
+            if self._closes.pop(segment_id, None) is not None:
+                self._ended[segment_id] = "aborted"
         o = self._get_open(segment_id)
         with self._lock:
             self._open.pop(segment_id, None)

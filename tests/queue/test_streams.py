@@ -163,3 +163,13 @@ def test_a_close_resent_after_a_lost_reply_is_answered_again_also_after_a_restar
     spool = Spool(tmp_path / "spool")
     reg2 = registry(spool, clock)
     assert reg2.close(sid) == {**first, "duplicate": True}
+
+
+def test_a_closed_stream_aborted_afterwards_is_not_answered_closed_by_a_later_close(tmp_path):
+    spool, clock = Spool(tmp_path / "spool"), Clock()
+    reg = registry(spool, clock)
+    sid = open_stream(reg)
+    reg.append(sid, 0, pcm(1, 4800))
+    reg.close(sid)
+    assert code_of(lambda: reg.abort(sid)) == "stream_closed"  # the server then cancels the clip
+    assert code_of(lambda: reg.close(sid)) == "stream_closed"
