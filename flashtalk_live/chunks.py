@@ -59,6 +59,8 @@ class RenderChunk:
     plan: int = 0  # the re-plan epoch it was cut under (playout/replan.py drops chunks of a discarded plan)
     cut_mono: float | None = None  # CLOCK_MONOTONIC when the render thread cut it (push-to-air stages)
     motion_frames: np.ndarray | None = None
+    # broadcast samples of a streamed clip's producer pauses, by global frame: counted as those frames air
+    starved: dict[int, int] = field(default_factory=dict)
     abandoned: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
@@ -75,7 +77,8 @@ class RenderChunk:
         return dataclasses.replace(
             self, n_frames=n, audio=self.audio[: n * spf],
             model_audio=self.model_audio[: self.model_audio.shape[0] * n // self.n_frames], frame_segments=segs,
-            marks=[m for m in self.marks if m.frame < self.start_frame + n], idle=all(s is None for s in segs))
+            marks=[m for m in self.marks if m.frame < self.start_frame + n], idle=all(s is None for s in segs),
+            starved={f: k for f, k in self.starved.items() if f < self.start_frame + n})
 
 
 @dataclass

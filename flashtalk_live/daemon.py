@@ -387,8 +387,8 @@ class Daemon:
                 "media_time_s": round(enc["frames"] / self.s.video.fps, 3),
                 "video_codec": enc["video_codec"],
                 "send_max_s": round(self.outputs.send_max_s, 4),
-                # a streamed clip's producer behind real time: pauses inside the clip, not our underruns
-                "producer_starved_seconds": round(self.playout.timeline.starved_samples / self.s.encoder.audio_rate, 3),
+                # a streamed clip's producer behind real time: pauses inside the clip that aired, not our underruns
+                "producer_starved_seconds": round(self.playout.pacer.starved_samples / self.s.encoder.audio_rate, 3),
             },
             "renderer": self.renderers.status(self.playout.onair.renderer_since),
             "render_ahead": self.playout.render_ahead_status(),

@@ -55,8 +55,8 @@ class StatusCollector:
             under.add_metric([where], float(b.get(f"underrun_frames_{where}", 0)))
         yield under
         yield CounterMetricFamily("flashtalk_underruns", "Underrun episodes", value=b.get("underrun_episodes", 0))
-        yield CounterMetricFamily("flashtalk_producer_starved_seconds", "Pauses cut inside streamed clips because "
-                                  "their producer was behind real time (not underruns: the renderer kept up)",
+        yield CounterMetricFamily("flashtalk_producer_starved_seconds", "Pauses inside streamed clips that aired "
+                                  "because their producer was behind real time (not underruns: the renderer kept up)",
                                   value=b.get("producer_starved_seconds", 0.0))
         st = s.get("streams") or {}
         yield GaugeMetricFamily("flashtalk_open_streams", "Streamed clips open (clip_open without close yet)",

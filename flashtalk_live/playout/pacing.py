@@ -351,6 +351,7 @@ class Pacer:
         self._last_frame = hold_frame
         self._cur: RenderedChunk | None = None
         self._pos = 0  # next frame within _cur
+        self.starved_samples = 0  # producer pauses inside streamed clips that aired (RenderChunk.starved): a counter
         self._marks: dict[int, list[Mark]] = {}
         self._stop = False
         self._drain = False
@@ -481,6 +482,8 @@ class Pacer:
             frame = self._cur.frames[j]
             audio = chunk.audio[j * spf : (j + 1) * spf]
             marks = tuple(self._marks.get(j, ()))
+            if chunk.starved:
+                self.starved_samples += chunk.starved.get(chunk.start_frame + j, 0)
             for m in marks:
                 if m.kind == "started":
                     self._clip_on_air = m.segment_id

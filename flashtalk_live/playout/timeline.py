@@ -649,6 +649,7 @@ class Timeline:
         audio = np.zeros((n, self.channels), np.float32)
         model = np.zeros(self._m(s0 + n) - m0, np.float32)
         marks: list[Mark] = []
+        starved: dict[int, int] = {}  # producer pauses by global frame (RenderChunk.starved)
         snap = _Snapshot(f0, dataclasses.replace(self._cur) if self._cur is not None else None,
                          self._chunk_index, s0, self._history, queue_end=self._queue_end)
         self._ops = snap.ops
@@ -711,6 +712,7 @@ class Timeline:
                     cnt = min(filled + take, (f + 1) * spf) - max(filled, f * spf)
                     if cnt >= best_cnt[f]:
                         best_cnt[f], best_seg[f] = cnt, cur.segment_id
+                    starved[f0 + f] = starved.get(f0 + f, 0) + cnt
                 cur.gap += take
                 snap.starved += take
                 self.starved_samples += take
@@ -765,6 +767,7 @@ class Timeline:
             marks=marks,
             idle=all(s is None for s in best_seg),
             model_history=self._history,
+            starved=starved,
         )
         snap.segments = frozenset(best_seg)
         snap.queue_only = all(sid is not None and sid in queue_ids for sid in best_seg)
