@@ -212,7 +212,8 @@ class Client:
         """A streamed clip as a context manager: `with client.stream(tts_chunks, sample_rate=22050, channels=1,
         text="...") as s:` opens it (`s.segment_id`), sends each chunk of `chunks` as the iterator yields it (at the
         end of the block, or when `s.send_all()` is called; `s.append(b)` sends one piece) and closes it when the
-        block ends; an exception in the block aborts it. `segment_id`/`next_seq` resume a stream opened earlier
+        block ends; an exception in the block aborts it (not a `stream_timed_out`: the daemon cut that stream itself and
+        airs what it received). `segment_id`/`next_seq` resume a stream opened earlier
         (after a restart of the producer or the daemon). Each piece is resent with its seq for up to `retry_s` s
         while the daemon does not answer: a stored seq is acknowledged again, so nothing is lost or doubled."""
         return ClipStream(self, chunks, dict(format=format, sample_rate=sample_rate, channels=channels, mode=mode,
@@ -226,6 +227,9 @@ class Client:
         for enqueue)."""
         return self._push("play_now", audio, format, sample_rate, channels, request_id, meta, timeout_s, cues)
 
+
+
+ENDED_BY_DAEMON = frozenset({"stream_timed_out"})  # refusals of a stream the daemon ended: it airs what it holds
 
 
 class ClipStream:
@@ -290,9 +294,12 @@ class ClipStream:
         self.open()
         return self
 
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, *_: Any) -> None:
         if exc_type is not None:
-            self.abort()
+            # A stream the daemon ended itself (cut by its idle timeout: it airs what it received) is left as it is;
+            # an abort there would drop acknowledged audio. Anything else in the block drops the clip.
+            if not (isinstance(exc, Rejected) and exc.code in ENDED_BY_DAEMON):
+                self.abort()
         elif self.closed is None:
             self.close()
 

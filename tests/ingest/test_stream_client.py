@@ -89,3 +89,31 @@ def test_push_stream_keeps_the_clips_name(tmp_path, capsys):
     (sid,) = waiting
     assert spool.get(sid).meta.get("name") == "greeting"
     assert next(e for e in seen if e["type"] == "accepted").get("name") == "greeting"
+
+
+def test_a_stream_the_daemon_cut_for_its_idle_timeout_is_not_aborted_by_the_refused_append(tmp_path):
+    """The producer went quiet past streams.idle_timeout_s: the daemon cut the stream (it airs what it received).
+    The producer's next append is refused `stream_timed_out` and raises in the block; the client must not abort the
+    clip then, which would drop its acknowledged audio."""
+    st = Settings(state_dir="/nonexistent-state")
+    spool = Spool(tmp_path / "spool")
+    bus = EventBus()
+    seen: list[dict] = []
+    bus.subscribe(seen.append)
+    now = [0.0]
+    reg = StreamRegistry(st.streams, st.ingest, st.encoder, spool, clock=lambda: now[0])
+    srv = IngestServer(st.ingest, st.encoder, spool, bus, streams=reg)
+    bus.subscribe(reg.on_event)
+    client = Loopback(srv)
+    try:
+        with client.stream(format="pcm_s16le", sample_rate=48000, channels=2) as s:
+            s.append(pcm(1, 48000))
+            now[0] += st.streams.idle_timeout_s + 1.0
+            s.append(pcm(2, 4800))
+    except Rejected as e:
+        assert e.code == "stream_timed_out"
+    else:
+        raise AssertionError("the append after the idle timeout was accepted")
+    assert "clip_abort" not in client.sent
+    assert spool.get(s.segment_id) is not None  # cut, still queued: its second of audio airs
+    assert not [e for e in seen if e["type"] in ("dropped", "cancelled")]
