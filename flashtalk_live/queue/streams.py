@@ -360,7 +360,7 @@ class StreamRegistry:
                 with self._lock:  # no event tells on_event: nothing of it is kept
                     self._live.pop(segment_id, None)
                 raise Rejection("empty_audio", f"stream {segment_id[:64]!r} closed with no audio: dropped")
-            self.spool.end_stream(segment_id, "closed", bc.shape[0] / self.rate)
+            self._end_stored(segment_id, o, "closed", bc.shape[0] / self.rate)
             o.live.extend(bc, md)
             o.live.end()
             got = o.live.seconds
@@ -377,6 +377,16 @@ class StreamRegistry:
             o.ready_told = True
             self.on_ready(segment_id, o.mode)
         return {**res, "duplicate": False}
+
+    def _end_stored(self, segment_id: str, o: _Open, how: str, tail_s: float) -> None:
+        """The stream's end in the spool, after its decoder was flushed (under o.lock). A failed write (a full disk)
+        leaves the stream open with its decoder as the stored parts left it, so a retried close, or the next sweep,
+        flushes the same tail again instead of losing it."""
+        try:
+            self.spool.end_stream(segment_id, how, tail_s)
+        except BaseException:
+            o.decoder = self._rebuilt_decoder(segment_id, o.decoder)
+            raise
 
     def abort(self, segment_id: str, why: str = "aborted") -> None:
         """Forget the producer side; the caller drops the clip from the queue or cuts it on air."""
@@ -400,7 +410,7 @@ class StreamRegistry:
             bc, md = o.decoder.flush()
         except AudioError:
             bc, md = np.zeros((0, self.channels), np.float32), np.zeros(0, np.float32)
-        self.spool.end_stream(segment_id, "cut", bc.shape[0] / self.rate)
+        self._end_stored(segment_id, o, "cut", bc.shape[0] / self.rate)
         o.live.extend(bc, md)
         o.live.end(cut="stream_timeout")
         with self._lock:
@@ -425,8 +435,11 @@ class StreamRegistry:
         cut = []
         for sid, o in items:
             with o.lock:
-                if sid in self._open and self._timed_out(sid, o):
-                    cut.append(sid)
+                try:
+                    if sid in self._open and self._timed_out(sid, o):
+                        cut.append(sid)
+                except Exception as e:  # noqa: BLE001 - one stream's failed cut (a full disk) must not spare the rest
+                    self.log.error("stream_timeout_cut_failed", segment_id=sid, error=repr(e))
         return cut
 
     def status(self) -> dict[str, Any]:

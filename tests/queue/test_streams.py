@@ -173,3 +173,49 @@ def test_a_closed_stream_aborted_afterwards_is_not_answered_closed_by_a_later_cl
     reg.close(sid)
     assert code_of(lambda: reg.abort(sid)) == "stream_closed"  # the server then cancels the clip
     assert code_of(lambda: reg.close(sid)) == "stream_closed"
+
+
+def _mp3_stream(reg: StreamRegistry, data: bytes) -> str:
+    sid = reg.open({}, "enqueue", None, format="mp3", sample_rate=None, channels=None, declared_s=None,
+                   peer="test").entry.segment_id
+    reg.append(sid, 0, data)
+    return sid
+
+
+@pytest.mark.parametrize("end", ["close", "sweep"])
+def test_a_stream_end_whose_spool_write_failed_keeps_the_decoders_tail_for_the_retry(tmp_path, monkeypatch, end):
+    """The decoder is flushed before the end is written; a failed write (a full disk) must leave the tail to flush
+    again: a retried close (or the next sweep) airs as much audio as a close that never failed."""
+    from support.audiogen import encode
+
+    from flashtalk_live.queue.spool import SpoolError
+
+    data = encode("mp3", seconds=1.0)
+    clock = Clock()
+    reference = registry(Spool(tmp_path / "a"), clock)
+    sid = _mp3_stream(reference, data)
+    reference.close(sid)
+    whole = reference._live[sid].seconds
+
+    spool = Spool(tmp_path / "b")
+    reg = registry(spool, clock)
+    sid = _mp3_stream(reg, data)
+    real = spool.end_stream
+    failures = [1]
+
+    def end_stream(*args, **kwargs):
+        if failures:
+            failures.pop()
+            raise SpoolError("disk_full", "the disk is full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spool, "end_stream", end_stream)
+    if end == "close":
+        with pytest.raises(SpoolError):
+            reg.close(sid)
+        reg.close(sid)
+    else:
+        clock.t = 6.0
+        assert reg.sweep() == []  # the failed cut is logged; the stream stays open
+        assert reg.sweep() == [sid]
+    assert reg._live[sid].seconds == pytest.approx(whole) and whole > 0.9
