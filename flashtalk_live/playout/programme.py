@@ -433,6 +433,21 @@ class Programme:
                 return item
         return None
 
+    def checkpoint(self) -> tuple[Any, ...]:
+        """Where the programme stands now (what it plays next), for `restore`: the timeline keeps one per chunk it
+        cuts, so a re-plan that gives back the buffered future gives the programme back exactly where it stood."""
+        return (self.entries, self._order, self._pos, self._pending_pause, self._rewound, self._last, self.cycle)
+
+    def restore(self, checkpoint: tuple[Any, ...]) -> bool:
+        """Go back to a `checkpoint` (False, and nothing changed, when the playlist was reloaded since: its order no
+        longer applies). Play counts go on, so an item played again gets a new segment id."""
+        entries, order, pos, pause, rewound, last, cycle = checkpoint
+        if entries is not self.entries:
+            return False
+        self._order, self._pos, self._pending_pause, self._rewound, self._last, self.cycle = \
+            order, pos, pause, rewound, last, cycle
+        return True
+
     def rewind(self, item: ProgrammeItem) -> None:
         """A clip cut by play_now: play it again from its start when the programme resumes, without its pause."""
         if item.kind == "clip" and item.entry is not None:

@@ -70,6 +70,7 @@ class _Snapshot:
     started: tuple[str, ...] = ()  # queue clips whose first frame is in this chunk
     starved: int = 0  # broadcast samples of producer pauses cut into this chunk
     queue_end: int | None = None  # the timeline's `_queue_end` before the chunk
+    programme: Any = None  # the programme's checkpoint before the chunk (Programme.checkpoint), None: none taken
 
 
 @dataclass
@@ -532,6 +533,7 @@ class Timeline:
         scratch._chunk_index, scratch._sample, scratch._history = sn.chunk_index, sn.sample, sn.history
         scratch._queue_end = sn.queue_end
         chunk, snap = scratch._cut(frame - sn.start_frame, pick=False)
+        snap.programme = sn.programme  # a re-cut picks nothing: the programme stands where it stood before the chunk
         return Split(frame, chunk, snap, scratch._cur, scratch._chunk_index, scratch._sample, scratch._history,
                      scratch.starved_samples, scratch._queue_end)
 
@@ -564,7 +566,17 @@ class Timeline:
         del self._snaps[i:]
         self.starved_samples -= sum(sn.starved for sn in gone)
         undone = [op for sn in gone for op in sn.ops]
-        first_item = next((arg for op, arg in undone if op == "programme"), None)
+        # The programme goes back to where it stood before the first undone chunk: every item picked in the undone
+        # future is picked again in its order, and a play_now cut's replay that is undone is forgotten. Where it
+        # cannot (no checkpoint, or the playlist was reloaded since), the first clip picked is played again.
+        restored = False
+        if gone[0].programme is not None and self.programme is not None:
+            try:
+                restored = bool(self.programme.restore(gone[0].programme))
+            except Exception as e:  # noqa: BLE001
+                self._log.error("programme_restore_failed", error=repr(e))
+        first_item = None if restored else next(
+            (arg for op, arg in undone if op == "programme" and arg.kind != "pause"), None)
         if any(op == "programme" and arg is self._held_item for op, arg in undone):
             self._held_item = None  # picked in the undone future: the programme rewinds to first_item below
         for op, arg in reversed(undone):
@@ -578,7 +590,7 @@ class Timeline:
         self._chunk_index, self._sample, self._history = sn.chunk_index, sn.sample, sn.history
         self._queue_end = sn.queue_end
         self._ramp = self._lead() if ramp else ()  # (Replanner: `first_chunks_s`)
-        if first_item is not None and first_item.kind != "pause" and self.programme is not None:
+        if first_item is not None and self.programme is not None:
             try:
                 self.programme.rewind(first_item)
             except Exception as e:  # noqa: BLE001
@@ -628,6 +640,17 @@ class Timeline:
     def abandoned(self) -> None:
         """A ChunkSource's hook (playout/ports.py): nothing here abandons a chunk."""
 
+    def _programme_checkpoint(self) -> Any:
+        """Where the programme stands (a snapshot's, for `rewind`); None without a programme that keeps one."""
+        checkpoint = getattr(self.programme, "checkpoint", None)
+        if checkpoint is None:
+            return None
+        try:
+            return checkpoint()
+        except Exception as e:  # noqa: BLE001 - the programme is best effort
+            self._log.error("programme_checkpoint_failed", error=repr(e))
+            return None
+
     # -- the one public operation ---------------------------------------------------------------
     def next_chunk(self) -> RenderChunk:
         """Cut the next chunk (`next_frames` frames) of audio, with marks and per-frame bookkeeping."""
@@ -651,7 +674,8 @@ class Timeline:
         marks: list[Mark] = []
         starved: dict[int, int] = {}  # producer pauses by global frame (RenderChunk.starved)
         snap = _Snapshot(f0, dataclasses.replace(self._cur) if self._cur is not None else None,
-                         self._chunk_index, s0, self._history, queue_end=self._queue_end)
+                         self._chunk_index, s0, self._history, queue_end=self._queue_end,
+                         programme=self._programme_checkpoint() if pick and self.replannable else None)
         self._ops = snap.ops
         # A queue clip picked on this chunk's first frame is cut into this chunk, then the rest of the ramp; with no
         # ramp going on, the chunk shrinks to the first lead-in length and a ramp starts.

@@ -395,3 +395,63 @@ def test_a_programme_clip_waits_for_the_render_ahead_gate_whole_and_decoded_once
     assert np.all(audio[start: start + n1] == 1 / 64)
     assert [(m.kind, m.segment_id, m.frame) for m in marks][:2] == [
         ("started", "programme:a:1", 56), ("finished", "programme:a:1", (start + n1 - 1) // 1920)]  # decoded once
+
+
+# -- a re-plan gives the programme back where it stood ----------------------------------------------
+
+
+def _names(marks) -> list[str]:
+    """Clips in the order they start, programme items by playlist name (their play counter left out)."""
+    return [m.segment_id.split(":")[1] if m.source == "programme" else m.segment_id
+            for m in marks if m.kind == "started"]
+
+
+def test_a_re_plan_that_gives_back_two_programme_clips_resumes_the_programme_where_it_left_off(playlist):
+    """Chunk 1 picked p3 and p1 (the loop); a re-plan (an enqueue) gives both back: after the queue clip the
+    programme goes on with p3, then p1, then p2; p1 is not skipped."""
+    path, _ = playlist
+    q, tl = _resume_timeline(path, 0.0)
+    _, _, _, marks, _ = _run(tl, 2)
+    assert _names(marks) == ["p1", "p2", "p3", "p1"]
+    undone = tl.rewind(28)
+    assert [op for op, _ in undone] == ["programme", "programme"]
+    q.add("q1", 24000)  # the enqueue: p2 (on air) plays on to its end, then q1
+    _, _, _, marks, _ = _run(tl, 3)
+    assert _names(marks)[:4] == ["q1", "p3", "p1", "p2"]
+
+
+def test_a_re_plan_from_a_programme_pause_gives_back_the_clips_after_it(tmp_path):
+    """The first item a re-plan gives back is the pause after the clip on air: the clips picked after it are given
+    back too (not skipped)."""
+    for name, sec in (("a", 1.2), ("b", 0.3), ("c", 0.3), ("d", 2.0)):
+        labelled_wav(tmp_path / f"{name}.wav", 1, sec)
+    (tmp_path / "p.m3u").write_text("#EXTM3U\na.wav\n#EXT-X-PAUSE:0.3\nb.wav\nc.wav\nd.wav\n")
+    q, tl = _resume_timeline(tmp_path / "p.m3u", 0.0)
+    _, _, _, marks, _ = _run(tl, 2)  # chunk 1: a's end (1.2 s), its pause, b, c, the start of d (2.1 s)
+    assert _names(marks) == ["a", "b", "c", "d"]
+    undone = tl.rewind(28)
+    assert undone[0][1].kind == "pause"
+    q.add("q1", 24000)
+    _, _, _, marks, _ = _run(tl, 3)
+    assert _names(marks)[:4] == ["q1", "b", "c", "d"]
+
+
+def test_a_re_plan_that_undoes_a_play_now_cut_of_a_programme_clip_does_not_air_it_twice(tmp_path):
+    """play_now cut the programme clip on air in a chunk cut ahead (the clip is to replay after it); a re-plan gives
+    that chunk back (the play_now clip is cancelled before it aired): the clip plays on to its end, once, and the
+    programme goes on with its next item."""
+    labelled_wav(tmp_path / "long.wav", 5, 3.0)
+    labelled_wav(tmp_path / "next.wav", 6, 0.2)
+    (tmp_path / "l.toml").write_text('[[clip]]\npath="long.wav"\n[[clip]]\npath="next.wav"\n')
+    q, tl = _resume_timeline(tmp_path / "l.toml", 0.0)
+    tl.next_chunk()  # long on air
+    q.add("urgent", 1000, play_now=True)
+    c = tl.next_chunk()  # cuts long (to replay after urgent), takes urgent
+    assert [(m.kind, m.segment_id) for m in c.marks[:2]] == [("interrupted", "programme:long:1"), ("started", "urgent")]
+    undone = tl.rewind(28)
+    assert undone[0] == ("take", "urgent")
+    q.pending.clear()  # the edit cancelled urgent: it never aired
+    _, _, _, marks, _ = _run(tl, 4)
+    assert [(m.kind, m.segment_id, m.frame) for m in marks if m.segment_id == "programme:long:1"] == [
+        ("finished", "programme:long:1", 74)]
+    assert _names(marks)[:2] == ["next", "long"], "long played to its end once; the programme goes on with next"
