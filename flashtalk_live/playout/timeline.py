@@ -420,13 +420,15 @@ class Timeline:
             except Exception as e:  # noqa: BLE001
                 self._log.error("programme_rewind_failed", error=repr(e))
 
-    def _handle_interrupt(self, frame: int, marks: list[Mark]) -> None:
-        """The spool says the playing clip must be cut: a play_now clip is waiting, or the clip was cancelled."""
+    def _handle_interrupt(self, frame: int, marks: list[Mark]) -> bool:
+        """The spool says the playing clip must be cut: a play_now clip is waiting, or the clip was cancelled.
+        True when the play_now clip was asked for and the render-ahead gate refused it (it waits for its head
+        start): the chunk is idle from here without asking again (one chunk spent waiting counts once)."""
         q = self.queue
         cur = self._cur
         # The spool's flag also covers a cancelled clip; only cut for it if that clip is the one playing here.
         if q is None:
-            return
+            return False
         if cur is not None and cur.source == "queue" and cur.kind == "clip":
             try:
                 if q.is_cancel_requested(cur.segment_id or ""):
@@ -439,9 +441,9 @@ class Timeline:
             head = q.peek()
         except Exception as e:  # noqa: BLE001
             self._log.error("queue_peek_failed", error=repr(e))
-            return
+            return False
         if head is None or head.mode != "play_now":
-            return
+            return False
         cur = self._cur
         if cur is not None and cur.kind == "clip" and cur.started:
             # play_now acts on the air: the clip on air is cut here even while the new clip still waits for its
@@ -451,6 +453,7 @@ class Timeline:
         if nxt is not None:
             self._cut_current(frame, marks)
             self._cur = nxt
+        return nxt is None and self._queue_refused
 
     # -- re-planning (playout/replan.py) -----------------------------------------------------------
     def forget_before(self, frame: int | None) -> None:
@@ -689,7 +692,7 @@ class Timeline:
         queue_ids: set[str | None] = set()
 
         # play_now / cancel: cut at this chunk boundary. A pause also gives way to any waiting queue clip.
-        interrupt = False
+        interrupt = asked = False
         if self._cur is not None and self._cur.segment_id in self._cut_ids:
             self._cut_current(f0, marks)  # cancelled on air; its 'interrupted' aired already (Lookahead.cut)
         if self.queue is not None and pick:
@@ -698,7 +701,7 @@ class Timeline:
             except Exception as e:  # noqa: BLE001
                 self._log.error("queue_interrupt_check_failed", error=repr(e))
         if interrupt:
-            self._handle_interrupt(f0, marks)
+            asked = self._handle_interrupt(f0, marks)  # the gate refused the play_now clip here: idle, not asked again
         elif self._cur is not None and self._cur.kind == "pause" and pick:
             nxt = self._next_from_queue(f0, marks)
             if nxt is not None:
@@ -710,7 +713,7 @@ class Timeline:
             if filled:
                 self._offer = ()  # a clip starting mid-chunk follows what played: no lead-in
             if self._cur is None:
-                self._cur = self._pick((s0 + filled) // spf, marks) if pick else None
+                self._cur = self._pick((s0 + filled) // spf, marks) if pick and not (asked and not filled) else None
                 if self._cur is None:
                     break  # idle silence for the rest of the chunk
             cur = self._cur

@@ -455,3 +455,24 @@ def test_a_re_plan_that_undoes_a_play_now_cut_of_a_programme_clip_does_not_air_i
     assert [(m.kind, m.segment_id, m.frame) for m in marks if m.segment_id == "programme:long:1"] == [
         ("finished", "programme:long:1", 74)]
     assert _names(marks)[:2] == ["next", "long"], "long played to its end once; the programme goes on with next"
+
+
+def test_a_play_now_waiting_for_its_head_start_counts_each_chunk_it_waits_once():
+    """While a play_now clip waits for its head start, each chunk cut meanwhile is one chunk spent waiting
+    (`waiting_chunks_total`), not two: the play_now's cut asks the gate, and idle follows without asking again."""
+    from flashtalk_live.playout.admission import Admission
+
+    st = section_settings(video={})
+    adm = Admission(chunk_s=28 / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0, buffered_s=lambda: 0.0)
+    q = FakeQueue()
+    tl = Timeline(st.video, st.encoder, q, None, admission=adm)
+    q.add("a", 48000 * 5)
+    tl.next_chunk()  # admitted: no render rate measured yet
+    adm.rate.observe(2 * 28 / 25, 28 / 25)  # the renderer renders at half real time: nothing buffered, p waits
+    q.add("p", 48000, play_now=True)
+    c = tl.next_chunk()
+    assert [(m.kind, m.segment_id) for m in c.marks] == [("interrupted", "a")] and c.idle
+    assert adm.refusals == 1
+    tl.next_chunk()
+    tl.next_chunk()
+    assert adm.refusals == 3
