@@ -187,6 +187,9 @@ class Spool:
             raise SpoolLocked(self.dir) from None
         self._reserve = DiskReserve(self.dir / RESERVE_NAME, reserve_bytes)
         self._deltas: list[tuple[str, int, float, int]] = []  # totals changes of the open transaction
+        # For `untake`: the clips whose play_now cut each take cleared (itself included when it was one), by the
+        # taken clip; a take undone gives exactly those their cut back (kept in memory: recovery needs none).
+        self._took_cuts: dict[str, list[str]] = {}
         try:
             # quarantined: (where the unreadable file went, why), when this open moved one aside
             self._db, self.quarantined = open_or_quarantine(self.db_path, self._connect, self._reserve)
@@ -521,6 +524,7 @@ class Spool:
                 if not rows:
                     return None
                 sid = rows[0][0]
+                cuts = [r[0] for r in db.execute("SELECT segment_id FROM clips WHERE state='pending' AND interrupt=1")]
                 taken = self._next_counter(db, "taken")
                 self._move(db, "segment_id=?", (sid,), to="playing")
                 db.execute("UPDATE clips SET state='playing', taken_seq=?, interrupt=0 WHERE segment_id=?",
@@ -529,6 +533,7 @@ class Spool:
                 row = list(rows[0])
                 row[3] = "playing"
                 row[-1] = 0
+            self._took_cuts[sid] = cuts
             return self._entry(tuple(row), -1)
 
         return self._reserve.state_change(take)
@@ -542,13 +547,22 @@ class Spool:
 
     def untake(self, segment_id: str) -> bool:
         """A clip taken for the render-ahead buffer but not on air goes back to the head of the queue (a re-plan
-        discarded the buffer); a play_now clip asks for its cut again. Undo in reverse take order."""
+        discarded the buffer); the play_now cuts its take cleared are asked for again (its own, if it was a play_now
+        clip waiting for its cut, and those of the play_now clips waiting behind it), and no other: a play_now clip
+        taken after another one ended, not by a cut, goes back without one. Undo in reverse take order."""
         def untake() -> bool:
             with self._tx() as db:
                 head = self._end(db, "MIN")
                 pos = 0 if head is None else head - GAP
-                return self._to_head(db, segment_id, "state='playing'",
-                                     f"pos={int(pos)}, interrupt=(mode='play_now')")
+                cuts = self._took_cuts.get(segment_id)
+                own = "(mode='play_now')" if cuts is None else str(int(segment_id in cuts))  # None: taken before
+                if not self._to_head(db, segment_id, "state='playing'", f"pos={int(pos)}, interrupt={own}"):
+                    return False
+                others = [sid for sid in cuts or () if sid != segment_id]
+                db.executemany("UPDATE clips SET interrupt=1 WHERE segment_id=? AND state='pending'",
+                               [(sid,) for sid in others])
+            self._took_cuts.pop(segment_id, None)
+            return True
         return self._reserve.state_change(untake)
 
     def requeue(self, segment_id: str) -> bool:
@@ -606,6 +620,7 @@ class Spool:
 
         n = self._reserve.state_change(remove)
         if n:
+            self._took_cuts.pop(segment_id, None)
             self._reclaim()
         return n > 0
 
@@ -634,6 +649,7 @@ class Spool:
 
         was = self._reserve.state_change(cancel)
         if was == "pending":
+            self._took_cuts.pop(segment_id, None)
             self._reclaim()
         return was
 
@@ -701,6 +717,8 @@ class Spool:
             return ids
 
         ids = self._reserve.state_change(clear)
+        for sid in ids:
+            self._took_cuts.pop(sid, None)
         self._reclaim()
         return ids
 

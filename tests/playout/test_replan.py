@@ -553,3 +553,49 @@ def test_a_stream_openings_replan_recuts_whole_chunks_where_an_enqueue_starts_th
     c = rp.next_chunk()
     assert c.start_frame == boundary and c.n_frames == first
     spool.close()
+
+
+def test_a_play_now_clip_taken_behind_another_does_not_cut_it_when_a_replan_gives_it_back(tmp_path):
+    """Two play_now clips: P2 (the later, first in the queue) cut A, P1 follows P2 without cutting it. A re-plan
+    (an insert) gives back the chunk that took P1: P1 goes back to pending as it was taken, after P2's cut, so it
+    does not cut P2 (which would then replay: P2 would air twice)."""
+    r = Room(tmp_path)
+    a = add_level_clip(r.spool, 1, 3.0)
+    r.render(2)
+    r.air()  # chunk 0: A on air
+    with r.rp.editing("play_now"):
+        p1 = add_level_clip(r.spool, 2, 0.5, "play_now")
+    with r.rp.editing("play_now"):
+        p2 = add_level_clip(r.spool, 3, 1.5, "play_now")  # before P1
+    r.render(3)  # chunk 1 cuts A and takes P2 (to frame 65); chunk 2 takes P1 after it, then A's replay
+    r.air()  # chunk 1: P2 on air
+    with r.rp.editing("insert"):
+        x = add_level_clip(r.spool, 4, 0.5, "insert")
+    assert r.rp.last["from_frame"] == 2 * CF
+    r.render(5)
+    aired = r.flush()
+    assert r.order() == [a, p2, p1, a, x]
+    assert [(m.segment_id, m.frame) for c in aired for m in c.marks if m.kind == "interrupted"] == [(a, CF)]
+    r.spool.close()
+
+
+def test_cancel_of_a_play_now_clip_given_back_leaves_the_play_now_behind_it_its_cut(tmp_path):
+    """P2 (the later play_now) cut A; P1 waits behind it. Cancelling P2 before it airs gives its chunk back: P1 is
+    still a play_now whose cut has not happened, so it cuts A at the same frame (A replays after it)."""
+    r = Room(tmp_path)
+    a = add_level_clip(r.spool, 1, 4.0)
+    r.render(2)
+    r.air()  # chunk 0: A on air
+    with r.rp.editing("play_now"):
+        p1 = add_level_clip(r.spool, 2, 0.5, "play_now")
+    with r.rp.editing("play_now"):
+        p2 = add_level_clip(r.spool, 3, 2.0, "play_now")
+    r.render(1)  # chunk 1 cuts A and takes P2
+    with r.rp.editing("cancel", p2):
+        assert r.spool.cancel(p2) == "pending"
+    r.render(6)
+    aired = r.flush()
+    assert r.order() == [a, p1, a]
+    assert [(m.segment_id, m.frame, m.requeued) for c in aired for m in c.marks if m.kind == "interrupted"] == [
+        (a, CF, True)]
+    r.spool.close()
