@@ -182,6 +182,15 @@ class Lookahead:
                 self._cond.notify_all()
             return frame
 
+    def buffered_source(self, segment_id: str, before: int) -> Literal["queue", "programme"] | None:
+        """Where a clip comes from ("queue" unless its marks say otherwise) when a buffered chunk (not the one on
+        air) holds a frame of it before `before`; None when none does."""
+        with self._cond:
+            held = [it.chunk for it in self._items]
+        if not any(segment_id in c.frame_segments[: max(0, before - c.start_frame)] for c in held):
+            return None
+        return next((m.source for c in held for m in c.marks if m.segment_id == segment_id), "queue")
+
     def chunk_at(self, frame: int) -> "RenderChunk | None":
         """The held chunk (buffered, or on air) whose frames include `frame`; None when none does."""
         with self._cond:

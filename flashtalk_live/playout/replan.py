@@ -194,10 +194,16 @@ class Replanner:
                     not_before = max(not_before, tl.last_queue_chunk(air))
                 boundary = tl.replan_point(air, keep, not_before=not_before)
                 within = self._split(not_before, boundary, keep, on_air)
-                if within is None:
-                    return boundary
-                split.append(within)
-                return within.frame
+                if within is not None:
+                    split.append(within)
+                frame = boundary if within is None else within.frame
+                if command == "cancel" and segment_id is not None and not cut_on_air:
+                    # A clip that starts before the re-plan point is on air as far as edits are concerned: its
+                    # buffered frames stay, so it is silenced on air as the clip on air is.
+                    source = self.lookahead.buffered_source(segment_id, frame)
+                    if source is not None:
+                        cut_on_air.append((segment_id, source))
+                return frame
 
             frame = self.lookahead.truncate(choose)
             for sid, source in cut_on_air:

@@ -555,6 +555,28 @@ def test_a_stream_openings_replan_recuts_whole_chunks_where_an_enqueue_starts_th
     spool.close()
 
 
+def test_cancel_of_a_clip_that_starts_before_the_first_frame_in_reach_silences_it(tmp_path):
+    """W ends in chunk 1 and X starts there, but the renderer cannot reach chunk 1 again before it airs (frame 35 is
+    the first in reach, and chunk 1 took X, so it is not cut short): X starts before the re-plan point, which makes
+    it on air as far as edits are concerned, and its cancel silences it (Lookahead.cut) rather than letting its
+    buffered frames air with their sound."""
+    r = Room(tmp_path)
+    w = add_level_clip(r.spool, 1, 1.5)  # frames 0-37
+    x = add_level_clip(r.spool, 2, 0.5)  # frames 37-50, in chunk 1
+    r.render(4)
+    r.air()  # chunk 0 on air
+    r.air_at, r.rate = 5, 1.0
+    with r.rp.editing("cancel", x):
+        assert r.spool.cancel(x) == "playing"
+    assert r.rp.last["from_frame"] == 2 * CF
+    r.render(3)
+    aired = r.flush()
+    assert r.order() == [w]
+    assert not (_levels(aired) == 2).any(), "no frame of the cancelled clip airs with its sound"
+    assert [m.kind for c in aired for m in c.marks if m.segment_id == x] == ["interrupted"]
+    r.spool.close()
+
+
 def test_a_play_now_clip_taken_behind_another_does_not_cut_it_when_a_replan_gives_it_back(tmp_path):
     """Two play_now clips: P2 (the later, first in the queue) cut A, P1 follows P2 without cutting it. A re-plan
     (an insert) gives back the chunk that took P1: P1 goes back to pending as it was taken, after P2's cut, so it
