@@ -549,20 +549,26 @@ class Spool:
         """A clip taken for the render-ahead buffer but not on air goes back to the head of the queue (a re-plan
         discarded the buffer); the play_now cuts its take cleared are asked for again (its own, if it was a play_now
         clip waiting for its cut, and those of the play_now clips waiting behind it), and no other: a play_now clip
-        taken after another one ended, not by a cut, goes back without one. Undo in reverse take order."""
+        taken after another one ended, not by a cut, goes back without one. A clip cancelled meanwhile (silenced in
+        the buffer: playout/replan.py) is dropped instead, never taken again. Undo in reverse take order."""
         def untake() -> bool:
             with self._tx() as db:
-                head = self._end(db, "MIN")
-                pos = 0 if head is None else head - GAP
                 cuts = self._took_cuts.get(segment_id)
-                own = "(mode='play_now')" if cuts is None else str(int(segment_id in cuts))  # None: taken before
-                if not self._to_head(db, segment_id, "state='playing'", f"pos={int(pos)}, interrupt={own}"):
-                    return False
-                others = [sid for sid in cuts or () if sid != segment_id]
+                cancelled = "segment_id=? AND state='playing' AND cancel_requested=1"
+                if self._move(db, cancelled, (segment_id,), to=None):
+                    db.execute(f"DELETE FROM clips WHERE {cancelled}", (segment_id,))
+                    back = False
+                else:
+                    head = self._end(db, "MIN")
+                    pos = 0 if head is None else head - GAP
+                    own = "(mode='play_now')" if cuts is None else str(int(segment_id in cuts))  # None: taken before
+                    if not self._to_head(db, segment_id, "state='playing'", f"pos={int(pos)}, interrupt={own}"):
+                        return False
+                    back = True
                 db.executemany("UPDATE clips SET interrupt=1 WHERE segment_id=? AND state='pending'",
-                               [(sid,) for sid in others])
+                               [(sid,) for sid in cuts or () if sid != segment_id])
             self._took_cuts.pop(segment_id, None)
-            return True
+            return back
         return self._reserve.state_change(untake)
 
     def requeue(self, segment_id: str) -> bool:

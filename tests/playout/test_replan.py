@@ -621,3 +621,29 @@ def test_cancel_of_a_play_now_clip_given_back_leaves_the_play_now_behind_it_its_
     assert [(m.segment_id, m.frame, m.requeued) for c in aired for m in c.marks if m.kind == "interrupted"] == [
         (a, CF, True)]
     r.spool.close()
+
+
+def test_a_clip_cancelled_before_the_replan_point_is_dropped_when_a_later_replan_reaches_it(tmp_path):
+    """X starts in chunk 2, out of reach while a render is in flight: its cancel silences it there. Once that render
+    is done, a play_now reaches back into chunk 1 and gives chunk 2 back: X is not taken again (it never airs, its
+    row goes, and no cut is left pending for it)."""
+    r = Room(tmp_path)
+    w = add_level_clip(r.spool, 1, 2.5)  # frames 0-62
+    x = add_level_clip(r.spool, 2, 0.5)  # frames 62-75, in chunk 2
+    r.render(4)
+    r.air()  # chunk 0 on air
+    r.air_at, r.rate = 5, 1.0
+    stale = r.rp.next_chunk()  # chunk 4 renders: frame 63 is the first in reach
+    with r.rp.editing("cancel", x):
+        assert r.spool.cancel(x) == "playing"
+    assert r.rp.last["from_frame"] == 3 * CF
+    assert not r.rp.put(RenderedChunk(stale, np.zeros((CF, 2, 2, 3), np.uint8), "t", 0.0), r.stop)
+    with r.rp.editing("play_now"):  # nothing in flight now: frame 36, in chunk 1
+        p = add_level_clip(r.spool, 3, 0.5, "play_now")
+    assert r.rp.last["from_frame"] == 36
+    r.render(6)
+    aired = r.flush()
+    assert r.order() == [w, p, w]
+    assert not (_levels(aired) == 2).any()
+    assert r.spool.get(x) is None and not r.spool.interrupt_pending()
+    r.spool.close()
