@@ -241,6 +241,14 @@ class Admission:
             self._want_s = min(need, self.capacity_s)
         return d.admit
 
+    def nothing_waits(self) -> None:
+        """The timeline found nothing to start (the queue empty, no programme clip held): a clip that waited for its
+        head start left the queue, so nothing holds the look-ahead above its base or shows as waiting."""
+        if self._waiting is not None:
+            self._waiting, self._want_s = None, 0.0
+            if self.last is not None and not self.last.admit:
+                self.last = None
+
     def target_chunks(self) -> int:
         """How many chunks the look-ahead may hold now: the base, or enough for the head start a clip waits for."""
         if self._waiting is None:

@@ -343,6 +343,12 @@ class Timeline:
                 self._log.error("queue_take_failed", error=repr(e))
                 return None
             if entry is None:
+                if self._held_item is None and self.admission is not None:
+                    # The queue is empty and no programme clip is held: nothing waits for its head start any more
+                    # (a waiting clip was cancelled or cleared), so the look-ahead goes back to its base size.
+                    nothing_waits = getattr(self.admission, "nothing_waits", None)
+                    if nothing_waits is not None:
+                        nothing_waits()
                 return None
             self._ops.append(("take", entry.segment_id))
             playing = self._start_queue_entry(entry, frame, marks)

@@ -476,3 +476,22 @@ def test_a_play_now_waiting_for_its_head_start_counts_each_chunk_it_waits_once()
     tl.next_chunk()
     tl.next_chunk()
     assert adm.refusals == 3
+
+
+def test_the_look_ahead_goes_back_to_its_base_once_the_clip_waiting_for_its_head_start_is_gone():
+    """A queue clip waiting for its head start grows the look-ahead's bound; once it left the queue (cancelled,
+    cleared) and nothing else waits, the bound is the base again and status shows no clip waiting."""
+    from flashtalk_live.playout.admission import Admission
+
+    st = section_settings(video={})
+    adm = Admission(chunk_s=28 / 25, fps=25, base_chunks=3, capacity_s=60.0, margin=0.0, buffered_s=lambda: 0.0)
+    adm.rate.observe(2 * 28 / 25, 28 / 25)  # half real time
+    q = FakeQueue()
+    tl = Timeline(st.video, st.encoder, q, None, admission=adm)
+    q.add("a", 48000 * 5)
+    assert tl.next_chunk().idle
+    assert adm.target_chunks() == 8 and adm.status()["waiting"] == "a"
+    q.pending.clear()  # a is cancelled before it started
+    tl.next_chunk()
+    assert adm.target_chunks() == 3
+    assert adm.status()["waiting"] is None and adm.status()["waiting_reason"] is None
