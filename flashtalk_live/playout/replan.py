@@ -12,8 +12,8 @@ that changes the plan runs its spool change inside `editing(command, segment_id)
   kept of it is silent.
 * `insert`, `clear`, `cancel` of any other clip, `move`: from the first buffered chunk (or that frame inside it) that
   holds anything besides the clip on air, which keeps its buffered frames (and so its head start).
-* `enqueue`: from the first buffered chunk (or that frame inside it) that holds anything but queue clips (idle, a
-  pause, a programme item), so a clip pushed into an idle room does not wait behind buffered idle; with queue clips
+* `enqueue`: from the first buffered chunk (or that frame inside it) that holds anything but queue clips and the
+  clip on air (idle, a pause, a programme item not on air: the one on air plays on to its end), so a clip pushed into an idle room does not wait behind buffered idle; with queue clips
   buffered to the end of the look-ahead there is nothing to re-plan. Never before a queue clip cut already (the new
   clip goes after it): re-planning the idle a clip waiting for its head start was cut behind discarded that clip's
   rendered chunks and made it wait again, at every enqueue while the renderer was slow.

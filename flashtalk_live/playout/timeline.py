@@ -499,8 +499,8 @@ class Timeline:
                      not_before: int = 0) -> int:
         """Where a re-plan starts: the first chunk boundary at or after `not_before` that is not on air yet
         (`air_frame`) and whose chunk is not kept: keep "on_air" keeps the chunks that hold only the clip on air
-        (so it keeps its buffered frames), "queue" every chunk that holds only queue clips (an enqueue re-plans
-        only idle, pause and programme chunks, which a queue clip goes before)."""
+        (so it keeps its buffered frames), "queue" every chunk that holds only queue clips or only the clip on air (an
+        enqueue re-plans only idle, pause and programme chunks not on air, which a queue clip goes before)."""
         snaps = [s for s in self._snaps if air_frame is None or s.start_frame >= air_frame]
         if not snaps:
             return self.frame
@@ -518,10 +518,13 @@ class Timeline:
 
     @staticmethod
     def _kept(sn: _Snapshot, keep: Keep, on_air: str | None) -> bool:
-        """A re-plan that keeps `keep` leaves this chunk as it is."""
+        """A re-plan that keeps `keep` leaves this chunk as it is. "queue" keeps the chunks of the clip on air too
+        (a programme clip plays on to its end before a queue clip takes over: re-cutting it would only render it
+        again, and a renderer slower than real time could not do that in time)."""
+        only_on_air = on_air is not None and sn.segments == frozenset([on_air])
         if keep == "queue":
-            return sn.queue_only
-        return keep == "on_air" and on_air is not None and sn.segments == frozenset([on_air])
+            return sn.queue_only or only_on_air
+        return keep == "on_air" and only_on_air
 
     def split_at(self, frame: int, keep: Keep, on_air: str | None) -> Split | None:
         """Re-cut the chunk holding `frame` (buffered or on air) up to `frame`, without touching the timeline: what

@@ -647,3 +647,29 @@ def test_a_clip_cancelled_before_the_replan_point_is_dropped_when_a_later_replan
     assert not (_levels(aired) == 2).any()
     assert r.spool.get(x) is None and not r.spool.interrupt_pending()
     r.spool.close()
+
+
+def test_an_enqueue_keeps_the_buffered_chunks_of_the_programme_clip_on_air(tmp_path):
+    """The programme clip on air plays on to its end whatever is enqueued (the queue clip takes over at its end), so
+    an enqueue re-plans from the first chunk that holds anything besides it, as insert does: its buffered frames
+    (and, with a renderer slower than real time, the head start they are) stay."""
+    spool, tl = _programme_timeline(tmp_path, "#EXTM3U\np1.wav\n", 5.0)  # p1: frames 0-125, then again (the loop)
+    la = Lookahead(64)
+    rp = Replanner(tl, la, poll_s=0.001, air_frame=lambda: None, rate=lambda: None, within_chunk=False)
+    stop = threading.Event()
+    for _ in range(6):
+        c = rp.next_chunk()
+        assert rp.put(RenderedChunk(c, np.zeros((c.n_frames, 2, 2, 3), np.uint8), "t", 0.0), stop)
+    aired = [la.get_nowait().chunk]  # chunk 0: p1 on air
+    with rp.editing("enqueue"):
+        q = add_level_clip(spool, 3, 0.5)
+    assert rp.last["from_frame"] == 4 * CF, "chunks 1-3 hold only the programme clip on air: they stay"
+    for _ in range(3):
+        c = rp.next_chunk()
+        assert rp.put(RenderedChunk(c, np.zeros((c.n_frames, 2, 2, 3), np.uint8), "t", 0.0), stop)
+    while len(la):
+        aired.append(la.get_nowait().chunk)
+    starts = [(m.segment_id, m.frame) for c in aired for m in c.marks if m.kind == "started"]
+    assert starts[:3] == [("programme:p1:1", 0), (q, 125), ("programme:p1:3", 137)]
+    assert [c.start_frame for c in aired[1:]] == [c.end_frame for c in aired[:-1]]
+    spool.close()
