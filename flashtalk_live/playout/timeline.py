@@ -442,13 +442,15 @@ class Timeline:
             except Exception as e:  # noqa: BLE001
                 self._log.error("queue_cancel_check_failed", error=repr(e))
         # Only a waiting play_now clip may cut (a cancel of a clip already cut into the look-ahead must not make the
-        # next queue clip jump in early).
+        # next queue clip jump in early), and only while its cut has not happened: a play_now clip waiting behind
+        # another one, or requeued, is no longer asking for one (the spool's interrupt flag; the flag stays up
+        # meanwhile for a cancelled clip whose cut has not aired yet).
         try:
             head = q.peek()
         except Exception as e:  # noqa: BLE001
             self._log.error("queue_peek_failed", error=repr(e))
             return False
-        if head is None or head.mode != "play_now":
+        if head is None or head.mode != "play_now" or not getattr(head, "interrupt", True):
             return False
         cur = self._cur
         if cur is not None and cur.kind == "clip" and cur.started:

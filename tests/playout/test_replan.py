@@ -673,3 +673,25 @@ def test_an_enqueue_keeps_the_buffered_chunks_of_the_programme_clip_on_air(tmp_p
     assert starts[:3] == [("programme:p1:1", 0), (q, 125), ("programme:p1:3", 137)]
     assert [c.start_frame for c in aired[1:]] == [c.end_frame for c in aired[:-1]]
     spool.close()
+
+
+def test_a_play_now_clip_whose_cut_happened_does_not_cut_the_one_before_it_while_a_cancel_is_unsettled(tmp_path):
+    """X is cancelled on air: it stays 'playing' (a cut is pending for it) until its cut airs. Meanwhile play_now P1,
+    then play_now P2: P2 cuts the air and P1 waits behind it, its cut done. The chunks cut while X's cut has not
+    aired yet must not take P1 for a play_now still waiting: P2 plays to its end, once."""
+    r = Room(tmp_path)
+    x = add_level_clip(r.spool, 1, 4.0)
+    r.render(3)
+    r.air()  # chunk 0: X on air
+    with r.rp.editing("cancel", x):
+        assert r.spool.cancel(x) == "playing"
+    with r.rp.editing("play_now"):
+        p1 = add_level_clip(r.spool, 2, 0.5, "play_now")
+    with r.rp.editing("play_now"):
+        p2 = add_level_clip(r.spool, 3, 1.5, "play_now")
+    r.render(4)  # X's cut has not aired yet: it is still cancel-requested in the spool
+    assert r.spool.interrupt_pending()
+    aired = r.flush()
+    assert r.order() == [x, p2, p1]
+    assert [(m.segment_id, m.frame) for c in aired for m in c.marks if m.kind == "interrupted"] == [(x, CF)]
+    r.spool.close()
