@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 
@@ -378,7 +378,7 @@ class StreamRegistry:
             self.on_ready(segment_id, o.mode)
         return {**res, "duplicate": False}
 
-    def _end_stored(self, segment_id: str, o: _Open, how: str, tail_s: float) -> None:
+    def _end_stored(self, segment_id: str, o: _Open, how: Literal["closed", "cut"], tail_s: float) -> None:
         """The stream's end in the spool, after its decoder was flushed (under o.lock). A failed write (a full disk)
         leaves the stream open with its decoder as the stored parts left it, so a retried close, or the next sweep,
         flushes the same tail again instead of losing it."""
