@@ -477,9 +477,11 @@ class Compositor:
                     out.append((start, first + frames * done // total, patch))
         return out
 
-    def _clip_frame(self, segment_id: str | None) -> int | None:
-        """The aired frame's place in its clip (clip frames aired before it); None between clips and in underruns."""
-        if segment_id is None:
+    def _clip_frame(self, segment_id: str | None, held: bool = False) -> int | None:
+        """The aired frame's place in its clip (clip frames aired before it); None between clips and for an underrun's
+        held frame, which belongs to no clip (docs/overlays.md) and is not counted: the clip's audio is delayed, not
+        skipped, so its captions and cues wait with it."""
+        if segment_id is None or held:
             return None
         if segment_id != self._cap_sid:
             old, self._cap_sid, self._cap_pos = self._cap_sid, segment_id, 0
@@ -519,8 +521,9 @@ class Compositor:
         return out
 
     # -- per frame (broadcast thread) -----------------------------------------------------------------
-    def compose(self, frame: np.ndarray, n: int, segment_id: str | None = None) -> np.ndarray:
-        """`frame` (uint8 [H, W, 3], not modified) with every layer on air at aired frame n drawn over it."""
+    def compose(self, frame: np.ndarray, n: int, segment_id: str | None = None, held: bool = False) -> np.ndarray:
+        """`frame` (uint8 [H, W, 3], not modified) with every layer on air at aired frame n drawn over it. `held`: the
+        pacer's underrun filler (the last frame repeated), which is no frame of the clip on air."""
         self._frame = n
         if self._pending:
             with self._lock:
@@ -528,7 +531,7 @@ class Compositor:
             for fn in pending:
                 fn(n)
         draws: list[tuple[Patch, float]] = []
-        pos = self._clip_frame(segment_id)
+        pos = self._clip_frame(segment_id, held)
         caption = self._caption(segment_id, pos)
         cued = self._cue_levels(pos) if self._windows else {}
         self._cued = list(cued)

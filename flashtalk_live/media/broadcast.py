@@ -39,7 +39,7 @@ class Broadcast:
         next_wd = 0.0
         ready = False
         for pf in self.pacer:
-            frame = self.compositor.compose(pf.frame, pf.out_frame, pf.segment_id)
+            frame = self.compositor.compose(pf.frame, pf.out_frame, pf.segment_id, pf.underrun)
             packets = self.encoder.encode(frame, pf.audio)
             self._tap(frame, pf.audio)
             self.outputs.send(packets)

@@ -304,3 +304,47 @@ def test_caption_budget_counts_clips_until_they_air_or_are_forgotten():
     assert ei.value.code == "captions_over_budget"
     c.forget("a")  # cancelled before it aired
     assert c.check_captions("字" * 20) == cost
+
+
+def _air(c: Compositor, slots: list[tuple[str | None, bool]]) -> list[np.ndarray]:
+    """Run the broadcast loop over paced slots (segment_id, underrun) with a fake encoder and outputs: what aired."""
+    from flashtalk_live.media.broadcast import Broadcast
+    from flashtalk_live.playout.pacing import PacedFrame
+
+    frame = np.zeros((H, W, 3), np.uint8)
+    silence = np.zeros((1920, 2), np.float32)
+    paced = [PacedFrame(n, frame, silence, (), held, None if held else n, sid) for n, (sid, held) in enumerate(slots)]
+
+    class Enc:
+        audio_samples_in = frames = 0
+
+        def encode(self, f, a):
+            return []
+
+        def flush(self):
+            return []
+
+    class Outs:
+        def send(self, packets):
+            pass
+
+    aired: list[np.ndarray] = []
+    Broadcast(iter(paced), c, Enc(), Outs(), fps=FPS, audio_rate=48000, tap=lambda f, a: aired.append(f),
+              on_frame=lambda *a: None, on_air=lambda: None).run()
+    return aired
+
+
+def test_overlay_cue_keeps_to_the_clips_frames_across_an_underrun():
+    """A stall inside a clip holds its last frame and delays its audio (never skips it); the pacer's held frames
+    carry the clip's segment_id. Cues count the clip's own aired frames and an underrun's held frames belong to no
+    clip (docs/overlays.md), so they must neither show its cues nor advance them (they did both: the cue after the
+    stall showed as many frames early as the stall was long, ahead of the words it goes with)."""
+    c = card_compositor()
+    c.note_clip("s1", "", 3.0, overlays=[{"name": "card", "start": 0.2, "end": 0.8},
+                                         {"name": "card", "start": 1.0, "end": 2.0}])
+    stall = 10
+    slots = [("s1", False)] * 10 + [("s1", True)] * stall + [("s1", False)] * 65
+    aired = _air(c, slots)
+    shown = [k for k, f in enumerate(aired) if f[5, 5, 2]]
+    # clip frames 5..19 and 25..49, wherever they aired: the stall (aired 10..19) between clip frames 9 and 10
+    assert shown == list(range(5, 10)) + list(range(10 + stall, 20 + stall)) + list(range(25 + stall, 50 + stall))
