@@ -35,6 +35,7 @@ from flashtalk_live.settings import ConfigError, LayerSettings, OverlaySettings
 
 AI_LABEL = "ai_label"
 MAX_CAPTIONED_CLIPS = 4096  # clips whose caption text is remembered until they air (oldest forgotten first)
+MAX_AIRED_CLIPS = 8  # clips that aired, kept (cues and lines) in case play_now cut them and they replay
 MAX_PREPARED_CLIPS = 64  # clips whose caption lines are rasterised ahead (a cancelled one is forgotten in time)
 # A caption line held ahead costs its patch (premultiplied rgb + alpha, float32: 16 bytes a pixel) and the blend
 # cache beside it (as much again): the budget counts 32 bytes per measured pixel, an upper bound (patches are cropped).
@@ -182,6 +183,8 @@ class Compositor:
         self._cued: list[str] = []  # layers its cues showed at the last frame
         self._frame = 0
         self._held_bytes = 0  # cost_bytes of the clips in _clips
+        # Clips that left the air, newest last: one cut by play_now replays from its start under the same id.
+        self._aired: OrderedDict[str, tuple[ClipCues, list[tuple[int, int, Patch]] | None]] = OrderedDict()
         self._asked: collections.deque[str] = collections.deque()  # clips whose lines the caption thread is to draw
         self._ask = threading.Condition(self._lock)
         self._caption_thread: threading.Thread | None = None
@@ -379,6 +382,7 @@ class Compositor:
         """A clip that will not air (cancelled, cleared): its captions leave the budget."""
         with self._lock:
             self._forget_locked(segment_id)
+            self._aired.pop(segment_id, None)
         self._captions.pop(segment_id, None)
 
     def _forget_locked(self, segment_id: str) -> None:
@@ -485,14 +489,25 @@ class Compositor:
             return None
         if segment_id != self._cap_sid:
             old, self._cap_sid, self._cap_pos = self._cap_sid, segment_id, 0
-            if segment_id not in self._captions:
-                self.prepare([segment_id])  # not seen by the render thread (a restart): asked for now, not drawn here
             with self._lock:
-                clip = self._clips.get(segment_id)
-                if old is not None:  # a clip that aired will not air again under its id
+                if old is not None:  # out of the budget; kept aside in case it replays (cut by play_now)
+                    gone = self._clips.get(old)
                     self._forget_locked(old)
+                    if gone is not None:
+                        self._aired[old] = (gone, self._captions.get(old))
+                        while len(self._aired) > MAX_AIRED_CLIPS:
+                            self._aired.popitem(last=False)
+                back = self._aired.pop(segment_id, None)
+                if back is not None and segment_id not in self._clips:  # a replay: what it showed the first time
+                    self._clips[segment_id] = back[0]
+                    self._held_bytes += back[0].cost_bytes
+                clip = self._clips.get(segment_id)
             if old is not None:
                 self._captions.pop(old, None)
+            if back is not None and back[1] is not None and segment_id not in self._captions:
+                self._captions[segment_id] = back[1]
+            if segment_id not in self._captions:
+                self.prepare([segment_id])  # not seen by the render thread (a restart): asked for now, not drawn here
             self._windows = [(name, round(a * self.fps), round(b * self.fps)) for name, a, b in clip.overlays] \
                 if clip is not None else []
         else:

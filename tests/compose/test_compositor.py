@@ -348,3 +348,17 @@ def test_overlay_cue_keeps_to_the_clips_frames_across_an_underrun():
     shown = [k for k, f in enumerate(aired) if f[5, 5, 2]]
     # clip frames 5..19 and 25..49, wherever they aired: the stall (aired 10..19) between clip frames 9 and 10
     assert shown == list(range(5, 10)) + list(range(10 + stall, 20 + stall)) + list(range(25 + stall, 50 + stall))
+
+
+def test_a_clip_cut_by_play_now_replays_with_its_overlay_cues():
+    """play_now cuts the clip on air and it replays from its start under the same segment_id after the play_now
+    clip (docs/broadcast.md). Its cues must show on the replay too (they did not: the compositor forgot the clip as
+    soon as another one aired)."""
+    c = card_compositor()
+    c.note_clip("a", "", 3.0, overlays=[{"name": "card", "start": 0.0, "end": 1.0}])
+    c.note_clip("b", "", 1.0)
+    frame = np.zeros((H, W, 3), np.uint8)
+    assert all(c.compose(frame, k, "a")[5, 5, 2] for k in range(10))  # cut after 10 frames
+    assert not any(c.compose(frame, 10 + k, "b").any() for k in range(25))  # the play_now clip
+    replay = [bool(c.compose(frame, 35 + k, "a")[5, 5, 2]) for k in range(40)]
+    assert [k for k, on in enumerate(replay) if on] == list(range(25))
