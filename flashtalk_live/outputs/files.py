@@ -10,6 +10,7 @@ trailer to play either. Retention (output_policy.recording_max_*) runs at every 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +30,29 @@ PREV_GRACE_S = Fraction(1, 5)  # audio this far past a cut can no longer belong 
 # flush_packets: each packet (each fragment for mp4) reaches the file at once; PyAV's default 256 KiB write
 # buffer lost seconds of a recording to a crash (and left a 0-byte file after a short one).
 _COMMON = {"flush_packets": "1"}
+# Every recording file open for writing in this process (any FileOutput): another output's retention, whose template
+# may name it too, must leave it alone.
+_OPEN: set[Path] = set()
+_OPEN_LOCK = threading.Lock()
+
+
+def _opened(path: Path | None) -> None:
+    if path is not None:
+        with _OPEN_LOCK:
+            _OPEN.add(path)
+
+
+def _released(path: Path | None) -> None:
+    if path is not None:
+        with _OPEN_LOCK:
+            _OPEN.discard(path)
+
+
+def open_recordings() -> set[Path]:
+    with _OPEN_LOCK:
+        return set(_OPEN)
+
+
 _FORMAT_OPTIONS = {
     "flv": dict(_COMMON),
     "mp4": {**_COMMON, "movflags": "+frag_keyframe+empty_moov+default_base_moof"},
@@ -58,6 +82,7 @@ class FileOutput(Output):
         self._failed = False
         self._kf_requested = False
         self._prev: tuple[Any, Rebaser] | None = None  # the segment just cut, still taking late audio
+        self._prev_path: Path | None = None
         self._prev_cut = Fraction(0)
         self.state = "connecting"
 
@@ -85,6 +110,7 @@ class FileOutput(Output):
             container.close()
             raise
         self.container, self.rebaser, self.path = container, rebaser, path
+        _opened(path)
         self._kf_requested = False
         self.segments += 1
         self.files.append(str(path))
@@ -94,9 +120,10 @@ class FileOutput(Output):
     def _retain(self) -> None:
         """Apply output_policy's retention to this output's files (at every open: at start and at each cut)."""
         pol = self.policy
+        keep = [Path(f) for f in self.files[-2:]]
         try:
             removed = apply_retention(self.template, pol.recording_max_age_hours * 3600.0, pol.recording_max_bytes,
-                                      keep=[Path(f) for f in self.files[-2:]])
+                                      keep=keep, ignore=open_recordings() - set(keep))
         except OSError as e:  # retention must never stop a recording
             log.warning("recording_retention_failed", output=self.name, error=str(e))
             return
@@ -108,6 +135,8 @@ class FileOutput(Output):
     def _close_container(self) -> None:
         c, self.container, self.rebaser = self.container, None, None
         self._close(c)
+        if c is not None:
+            _released(self.path)
         self._close_prev()
         self._drop_if_empty(self.path)
 
@@ -161,6 +190,7 @@ class FileOutput(Output):
         prev, self._prev = self._prev, None
         if prev is not None:
             self._close(prev[0])
+            _released(self._prev_path)
 
     def _to_prev(self, p: Any) -> bool:
         """True when p (audio from before the last cut) went into the previous segment."""
@@ -205,7 +235,9 @@ class FileOutput(Output):
                     if t is not None and t >= self.segment_seconds:
                         # The next segment starts on this keyframe; the old one stays open for the audio
                         # the AAC encoder still owes it (it lags video by a packet or two).
+                        self._close_prev()  # (closed long ago in practice: a GOP is longer than its grace)
                         self._prev, self._prev_cut = (self.container, rb), Fraction(p.dts) * p.time_base
+                        self._prev_path = self.path
                         self.container = self.rebaser = None
                         rb = None
                 if rb is None:

@@ -46,11 +46,14 @@ def recordings_of(template: Path) -> list[tuple[Path, os.stat_result]]:
 
 
 def apply_retention(template: Path, max_age_s: float, max_bytes: int, keep: Iterable[Path] = (),
-                    now: float | None = None) -> list[Path]:
-    """Delete what is over the age or the total-size limit (0: no limit); returns the removed files."""
+                    now: float | None = None, ignore: Iterable[Path] = ()) -> list[Path]:
+    """Delete what is over the age or the total-size limit (0: no limit); returns the removed files. `keep`: this
+    output's open files (counted, never deleted); `ignore`: files other outputs are writing, which the template may
+    also name (strftime codes match anything): neither counted nor deleted."""
     now = time.time() if now is None else now
     keep = {Path(k) for k in keep}
-    files = recordings_of(template)
+    skip = {os.path.abspath(k) for k in ignore} - {os.path.abspath(k) for k in keep}
+    files = [(p, st) for p, st in recordings_of(template) if os.path.abspath(p) not in skip]
     total = sum(st.st_size for _, st in files)
     removed = []
     for p, st in files:

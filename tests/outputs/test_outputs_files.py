@@ -195,3 +195,25 @@ def test_segmented_recording_keeps_within_its_size_budget(tmp_path: Path) -> Non
     assert sum(p.stat().st_size for p in closed) <= budget + max(p.stat().st_size for p in files)
     assert all(p.stat().st_size > 0 for p in files)
     assert read_media(files[-1]).video_packets > 0
+
+
+@pytest.mark.timeout(60)
+def test_retention_never_deletes_another_outputs_open_recording(tmp_path: Path) -> None:
+    """Two recordings in one folder whose templates overlap ("live-%Y%m%d-{n}.flv" can name "live-full-20260101.flv":
+    strftime codes match anything): the segmented one's retention, run at each cut, must not unlink the other's file
+    while it is being written (it was: the other output went on writing into a deleted inode and its recording was
+    lost), nor count it against its own budget."""
+    enc = make_encoder()
+    m = OutputManager.for_encoder(POLICY.model_copy(update={"recording_max_bytes": 20_000}), None, enc)
+    m.add(OutputSettings(name="full", url=str(tmp_path / "r" / "live-full-%Y%m%d.flv")))
+    m.add(OutputSettings(name="seg", url=str(tmp_path / "r" / "live-%Y%m%d-{n}.flv"), segment_seconds=1.0))
+    from flashtalk_live.outputs.retention import template_pattern
+
+    _push(m, enc, 8 * FPS)  # cuts at keyframes: every 2 s (GOP), retention at each
+    st = by_name(m.status())
+    full_path = Path(st["full"]["path"])
+    m.close(2.0)
+    assert template_pattern(tmp_path / "r" / "live-%Y%m%d-{n}.flv").match(full_path.name)  # the overlap
+    assert st["seg"]["segments"] >= 4
+    assert full_path.exists(), "the unsegmented recording was deleted by the other output's retention"
+    assert read_media(full_path).video_packets == 8 * FPS
