@@ -64,6 +64,10 @@ def mask_text(text: str) -> str:
 def mask_url(url: str, *, strict: bool = False) -> str:
     """One URL masked. `strict` (for a value rejected as an output URL, whatever it looks like): a value without a
     scheme also loses everything after its first '/' and any query, since it may be a URL that lost its scheme."""
+    if strict and re.search(r"\s", url.strip()):
+        # A URL ends at white space in free text, so whatever follows it would show as it is: a key pasted after a
+        # stray space ('rtmp://h/live KEY'). A rejected value is one token, masked up to its first space, the rest hidden.
+        return mask_url(re.split(r"\s", url.strip(), maxsplit=1)[0], strict=True) + " " + MASK
     masked = mask_text(url)
     local_path = url.startswith(("/", "./", "../", "~")) and not url.startswith("//")
     if strict and not local_path and not _URL.match(url):

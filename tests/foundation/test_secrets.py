@@ -66,6 +66,9 @@ def test_registry_accepts_and_normalises(url: str, kind: str, normal: str) -> No
     ("rtmp://h/KEY", "no app and stream key"),
     ("rtmp://h:port/live/KEY", "bad host or port"),
     ("rtmp://h/live/KEY x", "white space"),
+    ("rtmp://h/live KEY", "white space"),  # a stray space pasted between the app and the key
+    ("rtmp://h/live/PART KEY", "white space"),
+    ("rmtp://h/live KEY", "did you mean 'rtmp'?"),
     ("http://h/live/KEY", "unknown scheme 'http'"),
     ("h:1935/live/KEY", "unsupported file type"),
     ("", "empty"),
