@@ -69,6 +69,10 @@ class FileOutput(Output):
         self.template = template = Path(file_path(self.url)).expanduser()  # checked by the kind's validate()
         self.format = FILE_FORMATS[template.suffix.lower()]
         self.segment_seconds = self.settings.segment_seconds
+        # FLV stamps packets in 31-bit milliseconds (24.8 days): a file is cut over before that, at the same age as
+        # an RTMP connection's planned reconnect; mp4 has 64-bit times.
+        self.max_file_s = float(self.policy.planned_reconnect_hours) * 3600.0 if self.format == "flv" else None
+        self._cut_requested = False
         self.container: Any = None
         self.rebaser: Rebaser | None = None
         self.path: Path | None = None
@@ -111,7 +115,7 @@ class FileOutput(Output):
             raise
         self.container, self.rebaser, self.path = container, rebaser, path
         _opened(path)
-        self._kf_requested = False
+        self._kf_requested = self._cut_requested = False
         self.segments += 1
         self.files.append(str(path))
         log.info("recording_open", output=self.name, path=str(path))
@@ -230,9 +234,15 @@ class FileOutput(Output):
                 if self._prev is not None and self._to_prev(p):
                     continue
                 rb = self.rebaser
-                if rb is not None and self.segment_seconds and p.is_keyframe and rb.is_video(p):
+                if rb is not None and self.max_file_s is not None and not self._cut_requested:
                     t = rb.media_seconds(p)
-                    if t is not None and t >= self.segment_seconds:
+                    if t is not None and t >= self.max_file_s:
+                        self._cut_requested = True  # cut on the next frame, not up to a GOP later
+                        self.request_keyframe()
+                if rb is not None and (self.segment_seconds or self._cut_requested) and p.is_keyframe \
+                        and rb.is_video(p):
+                    t = rb.media_seconds(p)
+                    if t is not None and (self._cut_requested or t >= self.segment_seconds):
                         # The next segment starts on this keyframe; the old one stays open for the audio
                         # the AAC encoder still owes it (it lags video by a packet or two).
                         self._close_prev()  # (closed long ago in practice: a GOP is longer than its grace)

@@ -217,3 +217,32 @@ def test_retention_never_deletes_another_outputs_open_recording(tmp_path: Path) 
     assert st["seg"]["segments"] >= 4
     assert full_path.exists(), "the unsegmented recording was deleted by the other output's retention"
     assert read_media(full_path).video_packets == 8 * FPS
+
+
+@pytest.mark.timeout(60)
+def test_an_flv_recording_never_wraps_its_timestamps(tmp_path: Path) -> None:
+    """FLV stamps packets in 31-bit milliseconds (24.8 days); an unsegmented .flv recording of a 24/7 room reaches
+    that. The encoder's counters are moved just below it (as ~24.8 days of air would), then 3 s more are recorded:
+    every file of the output must stay monotonic from 0 and hold every frame (an RTMP connection is cut over before
+    the wrap, output_policy.planned_reconnect_hours; a recording was not, and its timestamps jumped back)."""
+    enc = make_encoder()
+    m = OutputManager.for_encoder(POLICY, None, enc)
+    m.add(OutputSettings(name="long", url=str(tmp_path / "long.flv")))
+    for i in range(FPS):
+        m.send(enc.encode(*frame_and_audio(i, enc.channels)))
+    jump = int((2**31 / 1000 - 1) * FPS)  # 1 s before the wrap
+    enc.frames = jump
+    leftover = enc.audio_samples_in - enc.audio_samples  # in the resampler, not yet encoded
+    enc.audio_samples_in = jump * (48000 // FPS)
+    enc.audio_samples = enc.audio_samples_in - leftover
+    _push(m, enc, 3 * FPS)
+    m.close(2.0)
+    files = sorted(tmp_path.glob("long*.flv"), key=lambda p: p.stat().st_mtime_ns)
+    frames = 0
+    for f in files:
+        info = read_media(f)
+        print(f.name, info.video_packets, info.video_dts[:2], info.video_dts[-2:])
+        assert info.video_dts == sorted(info.video_dts), f"{f.name}: timestamps went back"
+        assert info.video_dts[-1] < 2**31 / 1000
+        frames += info.video_packets
+    assert frames == 4 * FPS
