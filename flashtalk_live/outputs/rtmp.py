@@ -228,19 +228,30 @@ class ChildConnection:
         """Graceful end: write the FLV tail, close the pipe (EOF), let the child unpublish; SIGKILL at the deadline."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self.lock:
-            self.dead = True
+            self.dead = True  # send() muxes nothing more: from here on only this thread drains the sink
             try:
                 if self.container is not None:
                     self.container.close()
             except Exception:  # noqa: BLE001 - only the in-memory muxer
                 pass
             self.container = None
-            while self.sink.chunks and not self.broken and self.fd is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
+        # The wait for the child is outside the lock: a send() that read this connection before it was taken away
+        # (remove(), close()) takes the lock, sees `dead` and returns, instead of waiting up to `timeout` for it.
+        while True:
+            with self.lock:
+                fd = self.fd
+                if not self.sink.chunks or self.broken or fd is None:
                     break
-                select.select([], [self.fd], [], min(left, 0.05))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                select.select([], [fd], [], min(left, 0.05))
+            except (OSError, ValueError):  # closed meanwhile by kill()
+                break
+            with self.lock:
                 self._drain()
+        with self.lock:
             self._close_pipe_side()
         try:
             self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
