@@ -18,7 +18,7 @@ from flashtalk_live.events import EventBus
 from flashtalk_live.log import get_logger
 from flashtalk_live.outputs.base import Output
 from flashtalk_live.outputs.files import FileOutput
-from flashtalk_live.outputs.kinds import OutputURLError, kind_for
+from flashtalk_live.outputs.kinds import OutputURLError, file_path, kind_for
 from flashtalk_live.settings import OutputPolicy, OutputSettings
 
 log = get_logger("outputs")
@@ -66,7 +66,7 @@ class OutputManager:
         except OutputURLError as e:  # masked by the output-kind table
             raise OutputRejected("bad_output", str(e), "url") from None
         if kind.name == "file" and confine_file is not None:  # a runtime addition: only where the policy allows
-            confine_file(settings.url)
+            confine_file(file_path(settings.url))  # the path it writes ('file:///x' is '/x'), not the URL
         if kind.name != "file" and settings.segment_seconds:
             raise OutputRejected("bad_output", f"output {settings.name!r}: segment_seconds applies to file outputs "
                                                "only", "segment_seconds")

@@ -246,3 +246,28 @@ def test_an_flv_recording_never_wraps_its_timestamps(tmp_path: Path) -> None:
         assert info.video_dts[-1] < 2**31 / 1000
         frames += info.video_packets
     assert frames == 4 * FPS
+
+
+@pytest.mark.timeout(30)
+def test_a_runtime_file_output_given_as_a_file_url_is_confined_by_its_path(tmp_path: Path) -> None:
+    """output_add takes a recording as a path or a file: URL (the same output-kind rules as the config). The file
+    policy must judge the path the output writes: `file:///<inside file_dirs>/x.flv` was refused as
+    forbidden_path (the policy was handed the URL itself, never an absolute path), `file:///<elsewhere>` must be."""
+    from flashtalk_live.errors import Rejection
+    from flashtalk_live.ingest.auth import confine_output_file
+
+    allowed = tmp_path / "rec"
+    allowed.mkdir()
+    confine = lambda url: confine_output_file(url, [str(allowed)])  # noqa: E731
+    enc = make_encoder()
+    m = OutputManager.for_encoder(POLICY, None, enc)
+    try:
+        assert m.add(OutputSettings(name="inside", url=f"file://{allowed}/x.flv"), confine_file=confine)
+        with pytest.raises(Rejection) as e:
+            m.add(OutputSettings(name="outside", url=f"file://{tmp_path}/y.flv"), confine_file=confine)
+        assert e.value.code == "forbidden_path"
+        assert m.names() == ["inside"]
+        _push(m, enc, FPS)
+    finally:
+        m.close(2.0)
+    assert read_media(allowed / "x.flv").video_packets == FPS
