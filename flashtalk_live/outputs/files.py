@@ -242,7 +242,9 @@ class FileOutput(Output):
                 if rb is not None and (self.segment_seconds or self._cut_requested) and p.is_keyframe \
                         and rb.is_video(p):
                     t = rb.media_seconds(p)
-                    if t is not None and (self._cut_requested or t >= self.segment_seconds):
+                    due = self._cut_requested or (self.segment_seconds is not None and t is not None
+                                                  and t >= self.segment_seconds)
+                    if t is not None and due:
                         # The next segment starts on this keyframe; the old one stays open for the audio
                         # the AAC encoder still owes it (it lags video by a packet or two).
                         self._close_prev()  # (closed long ago in practice: a GOP is longer than its grace)
