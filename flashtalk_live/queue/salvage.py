@@ -2,7 +2,10 @@
 
 The file is untrusted: it was unreadable once, and whoever can write the state directory can craft one. So:
 * it is opened read-only and immutable through a URI built by `pathlib.Path.as_uri()` (a `#`, `%` or `?` in the path
-  is escaped, never read as part of the URI), so no other file is opened or created;
+  is escaped, never read as part of the URI), so no other file is opened or created; except that a file moved aside
+  with its write-ahead log (quarantine moves the -wal along: after a crash it holds the last commits, which an
+  immutable open ignores) is linked (or copied) with its -wal into a private temporary folder beside it and opened
+  read-only there, so the WAL's clips are read too and the files moved aside are never written;
 * rows are walked by the table's own order (`seq > last ORDER BY seq LIMIT 1`), never by counting up to a number
   found in the file; where a damaged page stops the walk, the next few thousand sequence numbers are probed, no more;
 * every column's type is checked in SQL (`typeof()`) before its value is read: a payload that is not a BLOB (an
@@ -20,10 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import sqlite3
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from flashtalk_live.errors import Rejection
 from flashtalk_live.audio import decode_audio
@@ -94,8 +101,7 @@ def salvage(corrupt_file: str | Path, spool: Spool, validate: Validate | None = 
     """Queue every clip of `corrupt_file` that passes an enqueue's checks into `spool` (see the module docstring)."""
     check = validate or spool_validator(spool)
     report = SalvageReport()
-    src = sqlite3.connect(source_uri(corrupt_file), uri=True)
-    try:
+    with _open_source(Path(corrupt_file)) as src:
         keys = _walk(src, report)
         keys.sort(key=lambda k: (k[1] != "playing", k[2] if isinstance(k[2], int) else 0,
                                  k[3] if isinstance(k[3], int) else 0, k[0]))
@@ -113,9 +119,54 @@ def salvage(corrupt_file: str | Path, spool: Spool, validate: Validate | None = 
                     report.added.append(sid)
             if log is not None and report.skipped and report.skipped[-1][0] == seq:
                 log(f"row {seq} skipped: {report.skipped[-1][1]}")
-    finally:
-        src.close()
     return report
+
+
+@contextmanager
+def _open_source(path: Path) -> Iterator[sqlite3.Connection]:
+    """The file read-only: immutable when it has no write-ahead log; with one, a read-only open of a private link (or
+    copy) of the file and its -wal, so the commits only the WAL holds are read (an immutable open ignores the WAL)."""
+    tmp, db = _open_with_wal(path)
+    try:
+        if db is None:
+            db = sqlite3.connect(source_uri(path), uri=True)
+        yield db
+    finally:
+        if db is not None:
+            db.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_with_wal(path: Path) -> tuple[str | None, sqlite3.Connection | None]:
+    """(the private folder, the connection) reading `path` with its -wal; (None, None) without a WAL to read."""
+    wal = Path(str(path) + "-wal")
+    if not (wal.is_file() and wal.stat().st_size > 0):
+        return None, None
+    for parent in (path.resolve().parent, None):  # beside it (links: no copy), else the system's temp folder
+        try:
+            tmp = tempfile.mkdtemp(prefix=".salvage-", dir=parent)
+        except OSError:
+            continue
+        try:
+            copy = Path(tmp) / "source.sqlite3"
+            for src_file, dst in ((path, copy), (wal, Path(str(copy) + "-wal"))):
+                try:
+                    os.link(src_file, dst)
+                except OSError:
+                    shutil.copyfile(src_file, dst)
+            db = sqlite3.connect(copy.as_uri() + "?mode=ro", uri=True)
+        except (OSError, sqlite3.Error):
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError:  # a WAL SQLite cannot use: the file is read alone, as without one
+            db.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None, None
+        return tmp, db
+    return None, None
 
 
 def _walk(src: sqlite3.Connection, report: SalvageReport) -> list[tuple[Any, ...]]:

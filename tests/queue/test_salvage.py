@@ -168,3 +168,29 @@ def test_a_streamed_clips_acknowledged_parts_are_salvaged(tmp_path):
         for e in s.pending():
             assert s.payload(e.segment_id) == b"".join(pcm(i + 1, 4800) for i in range(3))
             assert abs(e.duration_s - 0.3) < 1e-6
+
+
+@pytest.mark.timeout(60)
+def test_clips_committed_only_to_the_wal_are_salvaged(tmp_path):
+    """A spool moved aside after a crash keeps its last commits in its -wal (quarantine moves it along): salvage must
+    read them. An `immutable` open ignores the WAL, so every clip not yet checkpointed was lost."""
+    import shutil
+
+    d = tmp_path / "live"
+    s = Spool(d)
+    for i, name in enumerate(GOOD):
+        s.add(wav_bytes(0.2, 300.0 + 100 * i), {"name": name}, "enqueue", duration_s=0.2, format="wav")
+    wal = Path(str(d / DB_NAME) + "-wal")
+    assert wal.exists() and wal.stat().st_size > 0  # the commits are in the WAL, not checkpointed yet
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    src = aside / (DB_NAME + ".corrupt-20260101T000000Z")
+    shutil.copyfile(d / DB_NAME, src)  # the files as a SIGKILL left them (what quarantine moves aside)
+    shutil.copyfile(wal, str(src) + "-wal")
+    s.close()
+    before = sorted(str(p) for p in aside.rglob("*"))
+    with Spool(tmp_path / "new") as s:
+        report = salvage(src, s)
+        assert names(s) == GOOD, report
+    assert report.lost == 0
+    assert sorted(str(p) for p in aside.rglob("*")) == before  # nothing left beside the file
