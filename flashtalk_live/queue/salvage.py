@@ -103,7 +103,9 @@ def salvage(corrupt_file: str | Path, spool: Spool, validate: Validate | None = 
     report = SalvageReport()
     with _open_source(Path(corrupt_file)) as src:
         keys = _walk(src, report)
-        keys.sort(key=lambda k: (k[1] != "playing", k[2] if isinstance(k[2], int) else 0,
+        # on-air clips by take order, then pending ones by position: a pending clip keeps the taken_seq of an
+        # earlier take (cut by play_now and requeued, or recovered at a restart), which must not order it
+        keys.sort(key=lambda k: (k[1] != "playing", k[2] if k[1] == "playing" and isinstance(k[2], int) else 0,
                                  k[3] if isinstance(k[3], int) else 0, k[0]))
         for seq, *_ in keys:
             try:

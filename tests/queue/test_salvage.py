@@ -194,3 +194,20 @@ def test_clips_committed_only_to_the_wal_are_salvaged(tmp_path):
         assert names(s) == GOOD, report
     assert report.lost == 0
     assert sorted(str(p) for p in aside.rglob("*")) == before  # nothing left beside the file
+
+
+@pytest.mark.timeout(60)
+def test_a_pending_clip_once_taken_keeps_its_place(tmp_path):
+    """Order: on-air clips by take order, then pending clips by position. A pending clip that was taken once (cut by
+    play_now and requeued, or recovered at a restart) keeps its taken_seq: it must still be ordered by position."""
+    d = tmp_path / "old"
+    with Spool(d) as s:
+        for i, name in enumerate(GOOD):
+            s.add(wav_bytes(0.2, 300.0 + 100 * i), {"name": name}, "enqueue", duration_s=0.2, format="wav")
+        s.take_next()  # g0 on air when the box went down
+    with Spool(d) as s:  # the restart recovers g0 (pending again, at the head)
+        assert names(s) == GOOD
+    with Spool(tmp_path / "new") as s:
+        report = salvage(d / DB_NAME, s)
+        assert report.lost == 0
+        assert names(s) == GOOD
