@@ -13,7 +13,8 @@ The file is untrusted: it was unreadable once, and whoever can write the state d
 * each clip is checked exactly as an `enqueue` would be: the payload decoded (its duration is the decoded one, not
   the file's), the clip limits, the meta (a JSON object within the header size and nesting limits);
 * rows are read one payload at a time and queued as they pass; a bad row is skipped and reported, never the end;
-* a clip without a request id gets one made from its content (`salvage:<sha256>`), so salvaging twice queues it once;
+* a clip without a request id gets one made from its content and its segment id (`salvage:<sha256>`), so salvaging
+  twice queues it once, and two clips of the same content (pushed twice without an id) are both queued;
 * a streamed clip (its row holds no payload) is its stored parts 0, 1, 2, ... joined (each type-checked, together
   within the spool's size), queued as a whole clip: every acknowledged part is saved, open or closed.
 Order: the clips that were on air first (in the order they were taken), then the pending ones by position.
@@ -235,9 +236,12 @@ def _salvage_row(src: sqlite3.Connection, seq: int, spool: Spool, check: Validat
         (sid,) = src.execute(_STREAM_ID, (seq,)).fetchone()
         payload = b"".join(bytes(src.execute(_PART, (sid, n)).fetchone()[0]) for n, _ in parts)
     duration_s = check(payload, fmt, rate, channels)  # decode, duration and clip limits, as an enqueue
-    if rid is None:  # idempotent: the same content salvaged again is a duplicate of the first
+    if rid is None:  # idempotent: this clip salvaged again is a duplicate of the first; two clips of the same content
+        # (a jingle pushed twice without an id) are two acknowledged clips: the row's own segment id tells them apart
+        (row_sid,) = src.execute(_STREAM_ID, (seq,)).fetchone()
         digest = hashlib.sha256()
-        for part in (payload, json.dumps(meta, sort_keys=True).encode(), str((fmt, rate, channels)).encode()):
+        for part in (payload, json.dumps(meta, sort_keys=True).encode(), str((fmt, rate, channels)).encode(),
+                     (row_sid if row_sid is not None else f"seq {seq}").encode()):
             digest.update(hashlib.sha256(part).digest())
         rid = f"salvage:{digest.hexdigest()[:40]}"
     res = spool.add_ex(payload, meta, "enqueue", rid, duration_s, format=fmt, sample_rate=rate, channels=channels)

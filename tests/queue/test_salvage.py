@@ -211,3 +211,19 @@ def test_a_pending_clip_once_taken_keeps_its_place(tmp_path):
         report = salvage(d / DB_NAME, s)
         assert report.lost == 0
         assert names(s) == GOOD
+
+
+@pytest.mark.timeout(60)
+def test_two_identical_clips_without_a_request_id_are_both_salvaged(tmp_path):
+    """The same jingle pushed twice (no id): two acknowledged clips, both must come back (and only once each when
+    salvaged twice)."""
+    d = tmp_path / "old"
+    jingle = wav_bytes(0.2, 440.0)
+    with Spool(d) as s:
+        for _ in range(2):
+            s.add(jingle, {"name": "jingle"}, "enqueue", duration_s=0.2, format="wav")
+    with Spool(tmp_path / "new") as s:
+        first = salvage(d / DB_NAME, s)
+        second = salvage(d / DB_NAME, s)
+        assert names(s) == ["jingle", "jingle"], (first, second)
+    assert len(first.added) == 2 and second.added == [] and second.duplicates == 2
