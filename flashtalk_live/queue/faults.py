@@ -94,7 +94,11 @@ class DiskReserve:
         self.released = False
 
     def ensure(self) -> bool:
-        """(Re)create the reserve file when the disk has room for it; True when it is in place."""
+        """(Re)create the reserve file when the disk has room for it; True when it is in place. A reserve that cannot
+        be made counts as released (not in place), so the daemon tries again once the disk has room."""
+        if self.size <= 0:  # no reserve configured: nothing to make
+            self.released = False
+            return True
         try:
             if self.path.exists() and self.path.stat().st_size >= self.size:
                 self.released = False
@@ -108,6 +112,7 @@ class DiskReserve:
                 self.path.unlink()
             except OSError:
                 pass
+            self.released = True
             return False
 
     def release(self) -> bool:

@@ -211,3 +211,30 @@ def test_salvage_cli_requeues_into_the_configured_state_dir(tmp_path):
         r = subprocess.run([sys.executable, "-m", "flashtalk_live", "spool", "salvage", str(old / DB_NAME),
                             "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 3 and "stop the daemon first" in r.stderr
+
+
+def test_a_reserve_that_could_not_be_made_at_open_is_made_once_there_is_room(tmp_path, monkeypatch):
+    """A daemon started on a full disk has no reserve file. The housekeeping remakes the reserve only while
+    `reserve_released` says it is missing (daemon.py `_housekeeping`): it must say so, or the reserve never comes back
+    and the next full disk stops acknowledged clips from moving."""
+    import errno
+
+    real = os.posix_fallocate
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    d = tmp_path / "spool"
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    with Spool(d, reserve_bytes=1 << 20) as s:
+        assert not (d / RESERVE_NAME).exists()
+        assert s.reserve_released and s.stats()["reserve_released"]  # not in place
+        monkeypatch.setattr(os, "posix_fallocate", real)  # room again
+        if s.reserve_released:  # what the housekeeping does once the watermark says disk_ok
+            s.ensure_reserve()
+        assert (d / RESERVE_NAME).stat().st_size == 1 << 20 and not s.reserve_released
+
+
+def test_no_reserve_configured_is_not_a_released_reserve(tmp_path):
+    with Spool(tmp_path / "spool", reserve_bytes=0) as s:
+        assert s.ensure_reserve() and not s.reserve_released
