@@ -203,11 +203,14 @@ class Spool:
             self._totals[state].add(n, secs, nbytes)
         self.ensure_reserve()
         self.recovered: list[str] = []
+        # The 'playing' clips of the last life are not recovered yet (a full disk refused the write at open): the first
+        # take recovers them, so they air first in this life once the disk has room, as at any restart.
+        self._recover_before_take = False
         if recover:
             try:
                 self.recovered = self.recover()
-            except SpoolDiskFull:  # the clips stay 'playing' and are recovered at the next open with room
-                pass
+            except SpoolDiskFull:  # the clips stay 'playing' until the first take_next with room
+                self._recover_before_take = True
 
     @classmethod
     def from_settings(cls, queue: QueueSettings, encoder: EncoderSettings, storage: StorageSettings,
@@ -506,8 +509,20 @@ class Spool:
             return [bytes(r[0]) for r in self._db.execute(
                 "SELECT data FROM stream_parts WHERE segment_id=? ORDER BY seq", (segment_id,))]
 
+    def _recover_late(self) -> None:
+        """The recovery a full disk refused at open, before anything of this life is taken (see __init__)."""
+        if self._recover_before_take:
+            with self._lock:
+                if self._recover_before_take:
+                    self.recovered = self.recover()
+                    self._recover_before_take = False
+
     def peek(self) -> Entry | None:
         """The clip take_next() would return, without taking it (for decoding ahead)."""
+        try:
+            self._recover_late()
+        except SpoolDiskFull:  # still no room: the head is the pending one take_next would refuse to take anyway
+            pass
         with self._lock:
             rows = self._pending_rows(self._db, 1)
         return self._entry(rows[0], 0) if rows else None
@@ -518,6 +533,8 @@ class Spool:
         Call it when the clip starts on air: it also clears every pending interrupt flag, because the cut
         those play_now clips asked for is happening now.
         """
+        self._recover_late()  # SpoolDiskFull while the disk is still full: nothing is taken
+
         def take() -> Entry | None:
             with self._tx() as db:
                 rows = self._pending_rows(db, 1)

@@ -238,3 +238,28 @@ def test_a_reserve_that_could_not_be_made_at_open_is_made_once_there_is_room(tmp
 def test_no_reserve_configured_is_not_a_released_reserve(tmp_path):
     with Spool(tmp_path / "spool", reserve_bytes=0) as s:
         assert s.ensure_reserve() and not s.reserve_released
+
+
+def test_a_clip_left_playing_by_a_recovery_the_full_disk_refused_airs_first_once_there_is_room(tmp_path, monkeypatch):
+    """On a disk so full that recovery cannot be written at open, the clip that was on air stays 'playing'. Once the
+    disk has room, it must replay before the clips queued after it, in this life (not after some later restart)."""
+    d = tmp_path / "spool"
+    with Spool(d) as s:
+        for n in ("a", "b", "c"):
+            add(s, n)
+        s.take_next()  # a on air when the box went down
+
+    def disk_full(self):
+        raise SpoolDiskFull(d, sqlite3.OperationalError("database or disk is full"))
+
+    with monkeypatch.context() as m:
+        m.setattr(Spool, "recover", disk_full)
+        s = Spool(d)
+    try:
+        assert s.recovered == []
+        first = s.take_next()  # the disk has room again
+        assert first is not None and first.meta["name"] == "a"
+        assert [e.meta["name"] for e in s.playing()] == ["a"] and names(s) == ["b", "c"]
+        assert s.get(first.segment_id).replays == 1
+    finally:
+        s.close()
