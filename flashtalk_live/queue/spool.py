@@ -44,7 +44,7 @@ MODES = ("enqueue", "insert", "play_now")
 DB_NAME = "spool.sqlite3"
 RESERVE_NAME = "spool.reserve"
 GAP = 1 << 20  # distance between neighbouring positions when appending or renumbering
-REQUEST_MEMORY = 10_000  # request ids remembered for de-duplication, finished clips included
+REQUEST_MEMORY = 10_000  # request ids remembered for de-duplication, finished clips included (and those still queued)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clips (
@@ -437,7 +437,10 @@ class Spool:
             if request_id is not None:
                 db.execute("INSERT INTO requests(request_id, ack, created) VALUES (?, ?, ?)",
                            (request_id, json.dumps(ack), created))
-                db.execute("DELETE FROM requests WHERE rowid <= (SELECT MAX(rowid) FROM requests) - ?", (REQUEST_MEMORY,))
+                # ids past the memory are forgotten once their clip has left the spool: a clip still queued keeps its
+                # id (its UNIQUE request_id would turn a resend into an IntegrityError, `internal`)
+                db.execute("DELETE FROM requests WHERE rowid <= (SELECT MAX(rowid) FROM requests) - ? AND NOT EXISTS "
+                           "(SELECT 1 FROM clips WHERE clips.request_id = requests.request_id)", (REQUEST_MEMORY,))
         return AddResult(entry, ack, False)
 
     # -- streamed clips (queue/streams.py keeps the live side: decoding, limits, timeouts) -----------------

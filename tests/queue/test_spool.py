@@ -382,3 +382,23 @@ def test_a_view_never_shows_a_clip_both_playing_and_pending(spool):
         both += sorted({e.segment_id for e in playing} & {e.segment_id for e in pending})
     t.join()
     assert both == []
+
+
+def test_a_resend_whose_id_left_the_request_memory_while_its_clip_is_still_queued_is_a_duplicate(tmp_path, monkeypatch):
+    """Ids are remembered for the last REQUEST_MEMORY accepted clips; a clip can wait longer than that (inserts ahead
+    of it, a deep queue). A resend of its id then hit the clips table's UNIQUE request_id: an IntegrityError, answered
+    `internal`, for a client doing what the protocol asks. It is the same clip: a duplicate with its ack."""
+    import flashtalk_live.queue.spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "REQUEST_MEMORY", 2)
+    with Spool(tmp_path / "sp") as s:
+        a = add(s, "a", request_id="r1")
+        for i in range(3):
+            add(s, f"i{i}", "insert", request_id=f"x{i}")  # later clips, aired before it
+        again = s.add_ex(b"a", {"name": "a"}, "enqueue", "r1", 1.0)
+        assert again.duplicate and again.ack["segment_id"] == a.segment_id
+        assert names(s) == ["i0", "i1", "i2", "a"]
+        for _ in range(3):  # the inserts air; ids of finished clips are forgotten past the memory as before
+            s.mark_finished(s.take_next().segment_id)
+        add(s, "b", request_id="x3")
+        assert s.lookup_request("x0") is None and s.lookup_request("r1") is not None
