@@ -170,5 +170,9 @@ def open_or_quarantine(db_path: Path, connect: Callable[[], sqlite3.Connection],
             if reserve.release():
                 return connect(), None
             raise SpoolDiskFull(db_path.parent, e) from None
+        if isinstance(e, sqlite3.OperationalError):
+            # locked, busy, cannot open: a fault of the moment or of the box, not of the file (a damaged file says
+            # "not a database" or "malformed", a DatabaseError): a readable queue is never moved aside for it
+            raise
         moved = (quarantine(db_path), f"{type(e).__name__}: {e}")
         return connect(), moved

@@ -263,3 +263,25 @@ def test_a_clip_left_playing_by_a_recovery_the_full_disk_refused_airs_first_once
         assert s.get(first.segment_id).replays == 1
     finally:
         s.close()
+
+
+def test_a_spool_another_connection_holds_locked_is_not_moved_aside(tmp_path, monkeypatch):
+    """`database is locked` (another SQLite connection holds the file: an operator's sqlite3 shell) says nothing about
+    the file being unreadable. Opening used to take it for damage: the healthy spool was moved aside and a fresh, empty
+    one opened, every acknowledged clip off the air until a manual salvage. The open must fail instead, file in place."""
+    d = tmp_path / "spool"
+    with Spool(d) as s:
+        add(s, "kept")
+    other = sqlite3.connect(str(d / DB_NAME), isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("SELECT COUNT(*) FROM clips").fetchone()
+    real = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real(*a, **{**k, "timeout": 0.1}))  # not 30 s of waiting
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        Spool(d)
+    assert not list(d.glob(DB_NAME + ".corrupt-*"))
+    other.close()
+    monkeypatch.undo()
+    with Spool(d) as s:  # the holder let go: the same queue
+        assert s.quarantined is None and names(s) == ["kept"]
