@@ -69,7 +69,8 @@ class RendererSupervisor:
         def build() -> None:
             try:
                 r = load()
-                r.start_session(self._reference, self._prompt)  # a reload after a failure keeps the current avatar
+                avatar = (self._reference, self._prompt)
+                r.start_session(*avatar)  # a reload after a failure keeps the current avatar
                 pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
                 warm_up = getattr(r, "warm_up", None)
                 time_chunks = getattr(r, "time_chunks", None)
@@ -96,8 +97,16 @@ class RendererSupervisor:
                 self.typical_s = typical
                 self._engine_pool = pool
                 self._abandoned = None
-                with self._load_lock:
-                    self.preferred = r
+                while True:
+                    # set_avatar during the load (minutes) changed the avatar after start_session above: the engine
+                    # takes the new one before it is published (set_avatar, under the same lock, reaches it after).
+                    with self._load_lock:
+                        now = (self._reference, self._prompt)
+                        if now[0] is avatar[0] and now[1] == avatar[1]:
+                            self.preferred = r
+                            break
+                    avatar = now
+                    r.start_session(*avatar)
                 self.log.info("renderer_loaded", renderer=r.name)
             except Exception as e:  # noqa: BLE001 - any load failure keeps the still renderer on air
                 self._fail(f"load failed: {e!r}")
@@ -241,11 +250,13 @@ class RendererSupervisor:
 
     def set_avatar(self, image: np.ndarray, prompt: str) -> None:
         """A new reference portrait/prompt for every renderer, applied between chunks (render thread)."""
-        self._reference, self._prompt = image, prompt
+        with self._load_lock:  # a load in progress publishes its engine only with this avatar's session
+            self._reference, self._prompt = image, prompt
+            p = self.preferred
         self.still.start_session(image, prompt)
-        if self.preferred is not None:
+        if p is not None:
             try:
-                self.preferred.start_session(image, prompt)
+                p.start_session(image, prompt)
             except Exception as e:  # noqa: BLE001 - the still renderer keeps the room on air
                 self._fail(f"new session failed: {e!r}")
 

@@ -189,3 +189,56 @@ def test_each_lead_in_length_is_timed_after_the_load_and_short_chunks_leave_the_
         assert sup.typical_s < typical, "a whole chunk still moves it"
     finally:
         sup.close()
+
+
+class SessionEngine(SlowEngine):
+    """Records every session it is given; its warm-up waits for `go` (an engine's load takes minutes, in which the
+    render thread applies set_avatar), and start_session raises while `fail_session` is set (an OOM preparing it)."""
+
+    name = "sessions"
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.sessions: list[tuple[np.ndarray, str]] = []
+        self.warming = threading.Event()
+        self.go = threading.Event()
+        self.go.set()
+        self.fail_session = False
+
+    def start_session(self, image: np.ndarray, prompt: str) -> None:
+        if self.fail_session:
+            raise RuntimeError("CUDA out of memory preparing the session")
+        self.sessions.append((image, prompt))
+
+    def warm_up(self) -> None:
+        self.warming.set()
+        assert self.go.wait(30)
+
+
+def test_an_avatar_set_while_the_engine_loads_is_the_one_it_renders():
+    """set_avatar during the load (after its start_session, before it is published) reached the still renderer
+    only: the engine came on air with the old portrait, and its idle bank links, keyed by the new avatar, were
+    drawn of the old one (and cached on disk under the new avatar's key)."""
+    engine = SessionEngine()
+    engine.go.clear()
+    s = Settings(renderer={"fallback_retry_initial_s": 60.0},
+                 video={"width": 16, "height": 16, "chunk_frames": NF, "fps": FPS, "prompt": "old"})
+    still = StillRenderer(16, 16)
+    still.start_session(None, "")
+    old = np.zeros((16, 16, 3), np.uint8)
+    sup = RendererSupervisor(s.renderer, s.video, still, load=lambda: engine, reference=old)
+    sup.start()
+    try:
+        assert engine.warming.wait(30)
+        new = np.full((16, 16, 3), 200, np.uint8)
+        sup.set_avatar(new, "new")  # the render thread, between two chunks, while the engine warms up
+        engine.go.set()
+        assert sup._loading is not None
+        sup._loading.join(30)
+        assert sup.preferred is engine, sup.last_error
+        image, prompt = engine.sessions[-1]
+        assert prompt == "new" and image is new, f"the engine renders the avatar {prompt!r}"
+    finally:
+        engine.go.set()
+        sup.close()
+
