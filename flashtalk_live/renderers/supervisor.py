@@ -258,7 +258,11 @@ class RendererSupervisor:
             try:
                 p.start_session(image, prompt)
             except Exception as e:  # noqa: BLE001 - the still renderer keeps the room on air
+                # As a failed render: closed (the reload after the backoff must not find it on the GPU), and the
+                # still renderer on duty from the next chunk, for status, metrics and its frames' renderer_changed.
+                self._close_quietly(p)
                 self._fail(f"new session failed: {e!r}")
+                self._switch(self.still, "failed")
 
     def _check_frames(self, frames: np.ndarray, chunk: RenderChunk) -> None:
         want = (chunk.n_frames, self.v.height, self.v.width, 3)

@@ -242,3 +242,23 @@ def test_an_avatar_set_while_the_engine_loads_is_the_one_it_renders():
         engine.go.set()
         sup.close()
 
+
+
+def test_a_session_that_fails_at_set_avatar_closes_the_engine_and_puts_the_still_renderer_on_duty():
+    """A set_avatar whose session fails is the engine failing: before, the engine was left open (the reload after
+    the backoff built a second one beside it on the GPU) and `active` kept naming it while the still renderer drew
+    every chunk (status.renderer.active, flashtalk_renderer_active), with no "failed" reason for its frames."""
+    engine = SessionEngine()
+    sup = supervisor(engine)
+    try:
+        assert sup.render(render_chunk(0, NF)).renderer == "sessions" and sup.active is engine
+        engine.fail_session = True
+        sup.set_avatar(np.full((16, 16, 3), 200, np.uint8), "new")
+        assert sup.failures == 1 and sup.preferred is None
+        assert engine.closed, "left open: the reload would load a second engine on the same GPU"
+        out = sup.render(render_chunk(1, NF))
+        assert out.renderer == "still"
+        assert sup.active is sup.still and sup.status()["active"] == "still"
+        assert sup.reason_of("still") == "failed"
+    finally:
+        sup.close()
