@@ -110,7 +110,7 @@ class Daemon:
         if renderer_factory is None:
             renderer_factory = renderer_kind(settings.renderer.kind).factory(settings, self.events, parallel)
         load = None if renderer_factory is None else \
-            (lambda f=renderer_factory: with_drills(f(settings), settings.renderer, v.fps))
+            (lambda f=renderer_factory: with_drills(f(settings), settings.renderer, v.fps, v.chunk_frames))
         self.renderers = RendererSupervisor(settings.renderer, v, self.still, load, self.reference)
         self.encoder = Encoder(settings.encoder, v.width, v.height, v.fps)
         self.compositor = Compositor(settings.overlays, v.width, v.height, v.fps,

@@ -24,10 +24,12 @@ class DrillRenderer:
     """Wraps a Renderer; render() sleeps after the real call. Everything else is the wrapped renderer's."""
 
     def __init__(self, inner: Any, fps: int, slowdown: float = 1.0, jitter_s: float = 0.0, *,
-                 seed: int | None = None, sleep: Callable[[float], None] | None = None) -> None:
+                 seed: int | None = None, sleep: Callable[[float], None] | None = None,
+                 chunk_frames: int | None = None) -> None:
+        """chunk_frames: a whole chunk's frames (video.chunk_frames), for `time_chunks` (None: not known)."""
         if slowdown < 1.0 or jitter_s < 0.0:
             raise ValueError(f"drill_slowdown must be >= 1 and drill_jitter_s >= 0, got {slowdown}, {jitter_s}")
-        self.inner, self.fps = inner, fps
+        self.inner, self.fps, self.chunk_frames = inner, fps, chunk_frames
         self.slowdown, self.jitter_s = slowdown, jitter_s
         self._rng = random.Random(seed)
         self._sleep = sleep  # None: wait on the chunk's `abandoned` event (a test passes a recorder)
@@ -35,7 +37,20 @@ class DrillRenderer:
         self.added_s = 0.0  # total delay added, for the drill's report
 
     def __getattr__(self, name: str) -> Any:  # name, ready, start_session, warm_up, drift, close ...
+        if name == "time_chunks" and hasattr(self.inner, "time_chunks"):
+            return self._time_chunks
         return getattr(self.inner, name)
+
+    def _time_chunks(self, n: int, timer: Callable[[Callable[[], Any]], float],
+                     new_frames: int | None = None) -> list[float]:
+        """The wrapped renderer's timed chunks (its `time_chunks`) as long as the drill makes its render calls, the
+        jitter in full: the supervisor's rate and hang deadline start from them, and a drilled engine timed
+        undrilled was abandoned as hung at its first chunk whenever drill_slowdown >= deadline_factor."""
+        times = self.inner.time_chunks(n, timer) if new_frames is None else \
+            self.inner.time_chunks(n, timer, new_frames)
+        frames = new_frames or self.chunk_frames
+        media = frames / self.fps if frames else 0.0
+        return [(self.slowdown * max(t, media) if self.slowdown > 1.0 else t) + self.jitter_s for t in times]
 
     def abandon_s(self) -> float | None:
         """The wrapped renderer's step (the drill's own wait stops at once), else its whole last call (a renderer
@@ -69,8 +84,8 @@ class DrillRenderer:
         return frames
 
 
-def with_drills(renderer: Renderer, r: RendererSettings, fps: int) -> Renderer:
+def with_drills(renderer: Renderer, r: RendererSettings, fps: int, chunk_frames: int | None = None) -> Renderer:
     """The renderer itself when no drill is configured, else wrapped in a DrillRenderer."""
     if r.drill_slowdown == 1.0 and r.drill_jitter_s == 0.0:
         return renderer
-    return DrillRenderer(renderer, fps, r.drill_slowdown, r.drill_jitter_s)
+    return DrillRenderer(renderer, fps, r.drill_slowdown, r.drill_jitter_s, chunk_frames=chunk_frames)

@@ -87,3 +87,64 @@ def test_a_drill_that_adds_a_wait_makes_the_whole_call_stoppable():
     assert DrillRenderer(inner, FPS, jitter_s=0.1).stoppable_share() is None
     assert DrillRenderer(inner, FPS).stoppable_share() == 0.4
     assert DrillRenderer(still(), FPS).stoppable_share() is None  # the still renderer has no share
+
+
+class _TimedEngine:
+    """An engine slower than real time (0.3 s per 0.2 s chunk) that times a chunk after its load, as
+    FlashTalkRenderer.time_chunks does for the supervisor's rate and hang deadline."""
+
+    name = "timed"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def start_session(self, image: np.ndarray, prompt: str) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return not self.closed
+
+    def time_chunks(self, n: int, timer, new_frames: int | None = None) -> list[float]:  # noqa: ANN001
+        return [timer(lambda: time.sleep(0.3)) for _ in range(n)]
+
+    def render(self, chunk) -> np.ndarray:  # noqa: ANN001
+        time.sleep(0.3)
+        return np.zeros((chunk.n_frames, 16, 16, 3), np.uint8)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_drilled_engine_is_timed_as_it_renders_so_its_hang_deadline_covers_the_drill():
+    """The supervisor's rate and hang deadline start from `time_chunks`, which the drill passed through undrilled:
+    at drill_slowdown 3 (a 0.9 s call), the deadline was 2 x max(0.2 s, 0.3 s) = 0.6 s, so the drilled engine,
+    slow but not hung, was abandoned as hung at its first chunk (and again after every reload)."""
+    from flashtalk_live.renderers.supervisor import RendererSupervisor
+
+    s = Settings(state_dir="/nonexistent",
+                 renderer={"drill_slowdown": 3.0, "deadline_factor": 2.0, "fallback_retry_initial_s": 60.0},
+                 video={"width": 16, "height": 16, "chunk_frames": 5, "fps": FPS})
+    engine = _TimedEngine()
+    sup = RendererSupervisor(s.renderer, s.video, still(), load=lambda: with_drills(engine, s.renderer, FPS),
+                             reference=np.zeros((16, 16, 3), np.uint8))
+    sup.start()
+    try:
+        assert sup._loading is not None
+        sup._loading.join(30)
+        assert sup.preferred is not None, sup.last_error
+        assert sup.typical_s is not None and sup.typical_s >= 0.9, sup.typical_s  # 3 x max(0.3 s, 0.2 s)
+        assert sup.deadline_s(0.2) >= 1.8
+        out = sup.render(render_chunk(0, 5))
+        assert out.renderer == "timed" and sup.failures == 0, sup.last_error
+    finally:
+        sup.close()
+
+
+def test_a_drilled_engine_faster_than_real_time_is_timed_at_slowdown_x_its_chunks_duration():
+    """As its render: slowdown x max(own time, the chunk's duration), the jitter in full; a lead-in length by its own
+    duration. A renderer without `time_chunks` (the still renderer) still has none through the drill."""
+    d = DrillRenderer(_TimedEngine(), FPS, slowdown=3.0, jitter_s=0.1, chunk_frames=5)
+    assert d.time_chunks(1, lambda run: 0.01) == [pytest.approx(3 * 0.2 + 0.1)]
+    assert d.time_chunks(2, lambda run: 0.01, 2) == [pytest.approx(3 * 0.08 + 0.1)] * 2
+    assert DrillRenderer(_TimedEngine(), FPS, jitter_s=0.1).time_chunks(1, lambda run: 0.5) == [pytest.approx(0.6)]
+    assert getattr(DrillRenderer(still(), FPS, slowdown=2.0), "time_chunks", None) is None
