@@ -17,6 +17,8 @@ from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.settings import RendererSettings, VideoSettings
 from flashtalk_live.chunks import RenderAbandoned, RenderChunk, RenderedChunk
 
+MOTION_FRAMES = 8  # as playout/renderahead.py's RenderAhead.MOTION_FRAMES: aired frames a renderer continues from
+
 
 def _wall_time(run: Callable[[], Any]) -> float:
     """Seconds `run()` takes (the renderer's output is on the CPU when it returns: no device sync needed)."""
@@ -50,6 +52,7 @@ class RendererSupervisor:
         self._load_lock = threading.Lock()
         self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self._abandoned: Future | None = None  # an engine call given up on at its deadline
+        self._drew: tuple[Renderer, np.ndarray] | None = None  # the renderer of the last chunk rendered, its frames
         self.last_render_s = 0.0
         self.render_rtf = 0.0
         self.typical_s: float | None = None  # the preferred renderer's chunk time: its warm-up, then an EWMA
@@ -201,6 +204,11 @@ class RendererSupervisor:
                 self._start_loading()
         r = self._next()
         if r is not self.still:
+            drew = self._drew
+            if chunk.motion_frames is None and drew is not None and drew[0] is not r:
+                # The caller leaves them out when the renderer it saw on duty drew the chunk before; the loader may
+                # have published `r` since it looked: `r` continues from those frames, not from its warm-up.
+                chunk.motion_frames = drew[1][-MOTION_FRAMES:]
             self._switch(r, "ready")
             budget = chunk.n_frames / self.v.fps
             deadline = self.deadline_s(budget)
@@ -270,6 +278,7 @@ class RendererSupervisor:
             raise ValueError(f"renderer returned {frames.dtype}{list(frames.shape)}, expected uint8{list(want)}")
 
     def _done(self, chunk: RenderChunk, frames: np.ndarray, r: Renderer, took: float) -> RenderedChunk:
+        self._drew = (r, frames)
         self.last_render_s = took
         self.render_rtf = took / (chunk.n_frames / self.v.fps)
         return RenderedChunk(chunk=chunk, frames=frames, renderer=r.name, render_seconds=took)

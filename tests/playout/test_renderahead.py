@@ -290,3 +290,59 @@ def test_a_shorter_idle_chunk_airs_the_head_of_a_bank_link_without_a_render():
     speech = RenderChunk(1, 0, NF // 2, np.zeros((NF // 2 * SPF, CH), np.float32), np.zeros(0, np.float32),
                          ["c0"] * (NF // 2), idle=False)
     assert sim.ra._from_bank(speech, "sim") is None, "speech is never the bank's"
+
+
+class _Engine:
+    """A preferred renderer that records the motion frames each chunk brings (what aired before it)."""
+
+    name = "engine"
+
+    def __init__(self) -> None:
+        self.motion: list[np.ndarray | None] = []
+
+    def start_session(self, image: np.ndarray, prompt: str) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return True
+
+    def render(self, chunk: RenderChunk) -> np.ndarray:
+        self.motion.append(None if chunk.motion_frames is None else np.array(chunk.motion_frames))
+        return np.full((chunk.n_frames, 2, 2, 3), 9, np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_engine_published_between_the_name_and_the_render_continues_from_what_aired():
+    """The loader thread publishes the engine at any moment: when it lands after the render thread read the
+    renderer on duty ("still", whose own live chunk is the tail: no motion frames needed) and before the render,
+    the engine drew its first chunk from its own warm-up state instead of the frames on air (a jump on air)."""
+    from flashtalk_live.renderers.still import StillRenderer
+    from flashtalk_live.renderers.supervisor import RendererSupervisor
+    from flashtalk_live.settings import Settings
+
+    sim = Sim(0.1, gate=True, clip_s=3.0, period_s=100.0, n_clips=0)
+    s = Settings(state_dir="/nonexistent", video={"width": 2, "height": 2, "chunk_frames": NF, "fps": FPS})
+    still = StillRenderer(2, 2, motion=False)
+    still.start_session(np.full((2, 2, 3), 100, np.uint8), "")
+    sup = RendererSupervisor(s.renderer, s.video, still, load=None, reference=np.zeros((2, 2, 3), np.uint8))
+    engine = _Engine()
+    calls = [0]
+    publish_at = [None]
+
+    def current() -> str:
+        name = sup.current_name()
+        calls[0] += 1
+        if calls[0] == publish_at[0]:
+            sup.preferred = engine  # the loader's publication (renderers/supervisor.py), right after this read
+        return name
+
+    sim.ra.render, sim.ra.current_renderer = sup.render, current
+    for _ in range(2):
+        assert sim.ra.step().renderer == "still"
+    publish_at[0] = calls[0] + 2  # the step's second read: the name its render and motion frames go by
+    out = sim.ra.step()
+    assert out.renderer == "engine" and len(engine.motion) == 1
+    assert engine.motion[0] is not None, "the engine's first chunk was not told what aired before it"
+    assert int(engine.motion[0][-1, 0, 0, 0]) == 100  # the still renderer's last frame
