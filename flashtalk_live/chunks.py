@@ -11,6 +11,7 @@ import numpy as np
 
 MODEL_AUDIO_RATE = 16_000
 
+MOTION_FRAMES = 8  # aired frames handed to a renderer that continues from them: more than any profile's motion frames
 MarkKind = Literal["started", "finished", "interrupted"]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from flashtalk_live.playout.idlebank import IdleBank
 from flashtalk_live.playout.admission import Admission
-from flashtalk_live.chunks import RenderAbandoned, RenderChunk, RenderedChunk
+from flashtalk_live.chunks import MOTION_FRAMES, RenderAbandoned, RenderChunk, RenderedChunk
 from flashtalk_live.playout.ports import ChunkSource
 
 
@@ -84,7 +84,7 @@ class RenderAhead:
     a replay) carries the aired frames as `motion_frames`, so speech continues from what the viewer saw.
     """
 
-    MOTION_FRAMES = 8  # aired frames handed to the renderer: more than any profile's motion frames
+    MOTION_FRAMES = MOTION_FRAMES  # (chunks.py) aired frames handed to the renderer
 
     def __init__(self, timeline: ChunkSource, render: Callable[[RenderChunk], RenderedChunk],
                  current_renderer: Callable[[], str], admission: Admission, lookahead: Any, *,

@@ -15,9 +15,7 @@ from flashtalk_live.backoff import Backoff
 from flashtalk_live.log import get_logger
 from flashtalk_live.renderers.base import Renderer
 from flashtalk_live.settings import RendererSettings, VideoSettings
-from flashtalk_live.chunks import RenderAbandoned, RenderChunk, RenderedChunk
-
-MOTION_FRAMES = 8  # as playout/renderahead.py's RenderAhead.MOTION_FRAMES: aired frames a renderer continues from
+from flashtalk_live.chunks import MOTION_FRAMES, RenderAbandoned, RenderChunk, RenderedChunk
 
 
 def _wall_time(run: Callable[[], Any]) -> float:
