@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from flashtalk_live.client import Client, ClientTimeout, Rejected
 from flashtalk_live.events import EventBus
 from flashtalk_live.ingest.commands import LOCAL_PEER
@@ -17,9 +15,7 @@ from flashtalk_live.queue.spool import Spool
 from flashtalk_live.queue.streams import StreamRegistry
 from flashtalk_live.settings import Settings
 
-
-def pcm(level: int, samples: int) -> bytes:
-    return np.full((samples, 2), level * 512, "<i2").tobytes()
+from support.level_clips import level_samples as pcm
 
 
 class Loopback(Client):

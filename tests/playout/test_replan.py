@@ -532,18 +532,25 @@ def test_cancel_of_a_clip_that_starts_before_the_first_frame_in_reach_silences_i
     r.spool.close()
 
 
-def test_a_play_now_clip_taken_behind_another_does_not_cut_it_when_a_replan_gives_it_back(tmp_path):
-    """Two play_now clips: P2 (the later, first in the queue) cut A, P1 follows P2 without cutting it. A re-plan
-    (an insert) gives back the chunk that took P1: P1 goes back to pending as it was taken, after P2's cut, so it
-    does not cut P2 (which would then replay: P2 would air twice)."""
-    r = Room(tmp_path)
-    a = add_level_clip(r.spool, 1, 3.0)
+def _two_play_nows(r: Room, a_s: float, p2_s: float) -> tuple[str, str, str]:
+    """A (level 1, `a_s` long) on air in chunk 0 of two rendered; then play_now P1 (level 2, 0.5 s) and play_now P2
+    (level 3, `p2_s`), which goes before P1. Returns (A, P1, P2)."""
+    a = add_level_clip(r.spool, 1, a_s)
     r.render(2)
     r.air()  # chunk 0: A on air
     with r.rp.editing("play_now"):
         p1 = add_level_clip(r.spool, 2, 0.5, "play_now")
     with r.rp.editing("play_now"):
-        p2 = add_level_clip(r.spool, 3, 1.5, "play_now")  # before P1
+        p2 = add_level_clip(r.spool, 3, p2_s, "play_now")  # before P1
+    return a, p1, p2
+
+
+def test_a_play_now_clip_taken_behind_another_does_not_cut_it_when_a_replan_gives_it_back(tmp_path):
+    """Two play_now clips: P2 (the later, first in the queue) cut A, P1 follows P2 without cutting it. A re-plan
+    (an insert) gives back the chunk that took P1: P1 goes back to pending as it was taken, after P2's cut, so it
+    does not cut P2 (which would then replay: P2 would air twice)."""
+    r = Room(tmp_path)
+    a, p1, p2 = _two_play_nows(r, 3.0, 1.5)
     r.render(3)  # chunk 1 cuts A and takes P2 (to frame 65); chunk 2 takes P1 after it, then A's replay
     r.air()  # chunk 1: P2 on air
     with r.rp.editing("insert"):
@@ -560,13 +567,7 @@ def test_cancel_of_a_play_now_clip_given_back_leaves_the_play_now_behind_it_its_
     """P2 (the later play_now) cut A; P1 waits behind it. Cancelling P2 before it airs gives its chunk back: P1 is
     still a play_now whose cut has not happened, so it cuts A at the same frame (A replays after it)."""
     r = Room(tmp_path)
-    a = add_level_clip(r.spool, 1, 4.0)
-    r.render(2)
-    r.air()  # chunk 0: A on air
-    with r.rp.editing("play_now"):
-        p1 = add_level_clip(r.spool, 2, 0.5, "play_now")
-    with r.rp.editing("play_now"):
-        p2 = add_level_clip(r.spool, 3, 2.0, "play_now")
+    a, p1, p2 = _two_play_nows(r, 4.0, 2.0)
     r.render(1)  # chunk 1 cuts A and takes P2
     with r.rp.editing("cancel", p2):
         assert r.spool.cancel(p2) == "pending"

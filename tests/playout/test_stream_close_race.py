@@ -11,14 +11,9 @@ from flashtalk_live.queue.streams import LiveStream, StreamRegistry
 from flashtalk_live.settings import Settings
 from flashtalk_live.playout.timeline import Timeline
 
+from support.level_clips import ManualClock as Clock
+
 CF = 28
-
-
-class Clock:
-    t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Interleaved(LiveStream):

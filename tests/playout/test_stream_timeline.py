@@ -14,20 +14,10 @@ from flashtalk_live.settings import Settings
 from flashtalk_live.playout.replan import Replanner
 from flashtalk_live.playout.timeline import Timeline
 
+from support.level_clips import level_samples as pcm, ManualClock as Clock
+
 CF, SPF = 28, 1920  # 1.12 s chunks of 48 kHz audio at 25 fps
 CHUNK = CF * SPF
-
-
-def pcm(level: int, samples: int) -> bytes:
-    return np.full((samples, 2), level * 512, "<i2").tobytes()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def room(tmp_path, prebuffer_s: float = 0.4):

@@ -3,7 +3,6 @@ registry's state when an ingest worker and housekeeping meet over one stream."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from flashtalk_live.errors import Rejection
@@ -12,19 +11,9 @@ from flashtalk_live.queue.streams import StreamRegistry
 from flashtalk_live.settings import Settings
 from flashtalk_live.playout.timeline import Timeline
 
+from support.level_clips import level_samples as pcm, ManualClock as Clock
+
 CF = 28  # 1.12 s chunks at 25 fps
-
-
-def pcm(level: int, samples: int) -> bytes:
-    return np.full((samples, 2), level * 512, "<i2").tobytes()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def settings() -> Settings:
