@@ -165,6 +165,16 @@ class Console:
         path, method = environ.get("PATH_INFO", "/"), environ.get("REQUEST_METHOD", "GET")
         if not (method == "POST" and path.startswith("/api/commands/")):
             _read_done(environ)  # no body to wait for: the read deadline is met
+        # Probes come before the budgets and the Host check: a crowd on /metrics or /api/health must not turn a
+        # kubelet's probe into a 503 (a restart of a healthy room); a verdict is computed without a lock or a wait.
+        # A kubelet names the pod's address, and they hold nothing secret.
+        answer = self.probes.answer(path) if self.probes is not None and method in ("GET", "HEAD") else None
+        if answer is not None:
+            code, verdict = answer
+            start_response(f"{code} {REASONS.get(code, 'Error')}",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(verdict))),
+                            ("Cache-Control", "no-store")])
+            return [verdict] if method == "GET" else []
         budget = self._budget_of(path)
         if not budget.enter(bearer_ok(environ, self.token)):
             status, headers, body = self._error(503, "busy", f"{budget.cap} {budget.name} requests are being "
@@ -175,14 +185,6 @@ class Console:
         try:
             if path == "/metrics" and self.metrics_app is not None:
                 return _Released(self.metrics_app(environ, start_response), budget.leave)
-            # Probes come before the Host check: a kubelet names the pod's address, and they hold nothing secret.
-            answer = self.probes.answer(path) if self.probes is not None and method in ("GET", "HEAD") else None
-            if answer is not None:
-                code, verdict = answer
-                start_response(f"{code} {REASONS.get(code, 'Error')}",
-                               [("Content-Type", "application/json"), ("Content-Length", str(len(verdict))),
-                                ("Cache-Control", "no-store")])
-                return _Released([verdict] if method == "GET" else [], budget.leave)
             if self.check_host and _host_name(environ.get("HTTP_HOST", "localhost")) not in LOOPBACK_NAMES:
                 status, headers, body = self._error(403, "forbidden_host", "this console answers loopback names only")
             else:
@@ -201,7 +203,7 @@ class Console:
     def _budget_of(self, path: str) -> "Budget":
         """Which connection budget answers `path`: probes, the preview, or the page and the API (the event stream
         has its own cap, console.event_stream_clients, inside the API's budget only while it is being opened)."""
-        if path in ("/metrics", "/api/health", "/livez", "/readyz", "/startupz"):
+        if path in ("/metrics", "/api/health"):
             return self.budgets["probe"]
         if path in ("/preview.jpg", "/preview.mjpeg", "/preview.wav"):
             return self.budgets["preview"]

@@ -194,3 +194,22 @@ def test_gpu_memory_is_reported_once_cuda_is_in_use():
     gpus = gpu_memory()
     assert gpus and gpus[0]["allocated_bytes"] >= x.numel() and gpus[0]["max_allocated_bytes"] >= x.numel()
     assert gpus[0]["total_bytes"] > gpus[0]["allocated_bytes"]
+
+
+@pytest.mark.timeout(120)
+def test_a_crowd_on_metrics_and_health_never_fails_the_probes(daemon):
+    """/metrics and /api/health (no token, anyone on the machine) filling their budget must not make /livez answer
+    503: a kubelet would restart a healthy room."""
+    http = Http(daemon.metrics_port)
+    budget = daemon.console.budgets["probe"]
+    for _ in range(budget.cap):  # `cap` slow /api/health readers hold every slot
+        assert budget.enter(False)
+    try:
+        assert http.request("GET", "/api/health", token=None)[0] == 503  # the crowd's door is full...
+        for path in ("/livez", "/readyz", "/startupz"):
+            status, _, body = http.request("GET", path, token=None)
+            assert status == 200, (path, status, body)  # ...the probes still answer their verdict
+            assert json.loads(body)["probe"] == path[1:]
+    finally:
+        for _ in range(budget.cap):
+            budget.leave()
