@@ -361,7 +361,12 @@ class Console:
             raise Rejection("bad_header", "Content-Length is not a number") from None
         if length > self.max_body:
             raise Rejection("oversize", f"body of {length} bytes exceeds ingest.max_message_bytes {self.max_body}")
-        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        try:
+            body = environ["wsgi.input"].read(length) if length > 0 else b""
+        except OSError:  # the socket's timeout, or the read deadline ended the connection
+            raise Rejection("bad_request", "the body did not arrive in time") from None
+        if len(body) < max(length, 0):  # the connection ended early: half a clip is not a command
+            raise Rejection("bad_request", f"body ended after {len(body)} of its {length} bytes (Content-Length)")
         ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         q = parse_qs(environ.get("QUERY_STRING", ""))
         if ctype == "application/json":

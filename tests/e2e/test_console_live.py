@@ -213,3 +213,28 @@ def test_a_crowd_on_metrics_and_health_never_fails_the_probes(daemon):
     finally:
         for _ in range(budget.cap):
             budget.leave()
+
+
+@pytest.mark.timeout(120)
+def test_an_upload_cut_short_by_the_read_deadline_is_never_queued(tmp_path):
+    """A body that stops before its Content-Length (the client stalled, the read deadline closed the connection) is
+    not a command: half a WAV must not be queued and aired."""
+    import socket
+
+    d = start_daemon(tmp_path, "console.read_deadline_s=0.5")
+    try:
+        until(lambda: d.state == "on_air", what="on air")
+        wav = wav_bytes(2.0)
+        s = socket.create_connection(("127.0.0.1", d.metrics_port))
+        s.sendall((f"POST /api/commands/enqueue?args=%7B%22id%22%3A%22cut%22%7D HTTP/1.1\r\nHost: localhost\r\n"
+                   f"Authorization: Bearer {d.console_token}\r\nContent-Type: audio/wav\r\n"
+                   f"Content-Length: {len(wav)}\r\n\r\n").encode() + wav[:len(wav) // 2])
+        while s.recv(65536):  # the server ends the connection at the deadline
+            pass
+        s.close()
+        api = d.console.budgets["api"]
+        until(lambda: api.busy == 0, what="the request answered")
+        http = Http(d.metrics_port)
+        assert not [e for e in http.get_json("/api/events")["events"] if e["type"] == "accepted"]
+    finally:
+        d.close()
