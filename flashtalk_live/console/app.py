@@ -8,6 +8,7 @@ Every state-changing request (any POST) needs the token; reads do not. Replies a
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import threading
@@ -118,6 +119,17 @@ def _host_name(host_header: str) -> str:
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
+def _loopback_name(name: str) -> bool:
+    """A Host name of this machine: localhost, or a loopback address literal (127.0.0.2 for a bind to it); never a
+    DNS name, which a rebinding page controls."""
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class Console:
     """The app. `ingest` is the daemon's IngestServer (dispatch, status, limiter); `metrics_app` serves /metrics."""
 
@@ -185,7 +197,7 @@ class Console:
         try:
             if path == "/metrics" and self.metrics_app is not None:
                 return _Released(self.metrics_app(environ, start_response), budget.leave)
-            if self.check_host and _host_name(environ.get("HTTP_HOST", "localhost")) not in LOOPBACK_NAMES:
+            if self.check_host and not _loopback_name(_host_name(environ.get("HTTP_HOST", "localhost"))):
                 status, headers, body = self._error(403, "forbidden_host", "this console answers loopback names only")
             else:
                 try:

@@ -238,3 +238,23 @@ def test_an_upload_cut_short_by_the_read_deadline_is_never_queued(tmp_path):
         assert not [e for e in http.get_json("/api/events")["events"] if e["type"] == "accepted"]
     finally:
         d.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_bind_to_another_loopback_address_answers_its_own_url(tmp_path):
+    """metrics.host = 127.0.0.2 is a loopback bind (the Host check is on); the page at the address the log names
+    (http://127.0.0.2:PORT/) is this machine, not a rebinding name, and must be served."""
+    from flashtalk_live.console import console_url
+
+    d = start_daemon(tmp_path, 'metrics.host="127.0.0.2"')
+    try:
+        assert d.console.check_host
+        url = console_url("127.0.0.2", d.metrics_port)
+        http = Http(d.metrics_port)
+        http.base = url.rstrip("/")
+        status, _, body = http.request("GET", "/api/status", token=None)
+        assert status == 200, (status, body[:200])
+        status, _, body = http.request("GET", "/api/status", token=None, headers={"Host": "evil.example:80"})
+        assert (status, json.loads(body)["code"]) == (403, "forbidden_host")
+    finally:
+        d.close()
