@@ -278,6 +278,34 @@ def _storage_metrics(st: dict[str, Any]):
                             value=1.0 if st.get("spool_quarantined") else 0.0)
 
 
+class _ReadDeadline:
+    """Handler mixin: the request line and headers must arrive within `read_deadline_s` of the accept (the socket's
+    timeout restarts with each byte, so a client trickling one byte a second would hold its slot for ever)."""
+
+    read_deadline_s = 5.0
+
+    def setup(self) -> None:
+        super().setup()  # type: ignore[misc]
+        self._deadline = threading.Timer(self.read_deadline_s, self._read_expired)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _read_expired(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # type: ignore[misc]
+        self._deadline.cancel()  # the headers are in: a GET has no body to wait for
+        return ok
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()  # type: ignore[misc]
+
+
 def _probe_handler(base: type, probes: RoomProbes) -> type:
     """`base` (the Prometheus handler) answering the probe paths first (console off: no console app to do it)."""
 
@@ -306,7 +334,8 @@ def serve_metrics(host: str, port: int, status_provider: Callable[[], dict[str, 
     base = MetricsHandler.factory(registry)
     if probes is not None:
         base = _probe_handler(base, probes)
-    handler = type("Handler", (base,), {"timeout": timeout_s})  # per-socket timeout
+    # per-socket timeout, and the whole request within the same time (a slow client is dropped after timeout_s)
+    handler = type("Handler", (_ReadDeadline, base), {"timeout": timeout_s, "read_deadline_s": timeout_s})
     server = CappedHTTPServer((host, port), handler, max_connections, log)
     t = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     t.start()

@@ -65,6 +65,37 @@ def test_metrics_server_caps_connections_and_drops_idle_ones():
         server.server_close()
 
 
+def test_metrics_server_drops_a_client_trickling_its_headers():
+    """A slowloris sending one header byte well within timeout_s each time must still lose its connection (console
+    off: this server answers the probes): else `max_connections` of them hold every slot and /livez is refused."""
+    import threading
+
+    server, _ = serve_metrics("127.0.0.1", 0, lambda: {"state": "on_air"}, max_connections=2, timeout_s=1.0)
+    port = server.server_port
+    stop, dropped = threading.Event(), [0]
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            try:
+                for b in b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 10_000:
+                    s.sendall(bytes([b]))
+                    if stop.wait(0.1):
+                        return
+            except OSError:
+                dropped[0] += 1
+
+    threads = [threading.Thread(target=trickle, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        until(lambda: dropped[0] == 2, timeout_s=30, what="both trickling connections dropped")
+        assert 'flashtalk_state{state="on_air"} 1.0' in until(lambda: scrape(port))
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
 def test_heartbeats_drop_a_peer_that_stopped_answering(running):
     """A producer frozen mid-connection (SIGSTOP: its TCP stays up, its ZeroMQ stops) is dropped by heartbeats."""
     r = running("ingest.heartbeat_s=0.5", "ingest.heartbeat_timeout_s=2")
