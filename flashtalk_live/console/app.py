@@ -355,6 +355,10 @@ class Console:
             return self._error(401, "unauthorized", "state-changing requests need 'Authorization: Bearer <token>' "
                                                     "(console.token, console.token_file or {state_dir}/console.token)",
                                extra=[("WWW-Authenticate", 'Bearer realm="flashtalk-live"')])
+        if environ.get("HTTP_TRANSFER_ENCODING") and not environ.get("CONTENT_LENGTH"):
+            # A chunked body is never read here: taken as empty, `skip {"segment_id": X}` would run as a bare skip.
+            _read_done(environ)
+            return self._error(411, "bad_header", "send the body with a Content-Length (chunked bodies are not read)")
         peer = self._peer(environ, trusted=True)
         try:
             self.ingest.limiter.check(peer.name)

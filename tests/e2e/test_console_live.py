@@ -258,3 +258,24 @@ def test_a_bind_to_another_loopback_address_answers_its_own_url(tmp_path):
         assert (status, json.loads(body)["code"]) == (403, "forbidden_host")
     finally:
         d.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_chunked_command_body_is_refused_never_run_without_its_fields(daemon):
+    """Transfer-Encoding: chunked carries no Content-Length: the body must not be taken as empty, or
+    `skip {"segment_id": X}` (skip only X) would run as a bare `skip` and cut whatever is on air."""
+    api = Http(daemon.metrics_port, token=daemon.console_token)
+    status, ack = api.command("enqueue", None, wav_bytes(20.0))
+    assert status == 200, ack
+    until(lambda: api.get_json("/api/status")["on_air"] == ack["segment_id"], what="the clip on air")
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.metrics_port, timeout=30)
+    try:
+        conn.request("POST", "/api/commands/skip", body=iter([b'{"segment_id": ', b'"not-this-one"}']),
+                     headers={"Authorization": f"Bearer {daemon.console_token}",
+                              "Content-Type": "application/json"}, encode_chunked=True)
+        r = conn.getresponse()
+        body = json.loads(r.read())
+    finally:
+        conn.close()
+    assert (r.status, body["ok"]) == (411, False), (r.status, body)
+    assert not [e for e in Http(daemon.metrics_port).get_json("/api/events")["events"] if e["type"] == "skipped"]
