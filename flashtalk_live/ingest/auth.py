@@ -47,6 +47,13 @@ def create_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, 
     """Write NAME.key (public) and NAME.key_secret (secret, mode 0600) into `directory`; returns both paths."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # pyzmq opens the secret file with the umask's mode: it must be 0600 before the key is written into it (a
+    # chmod afterwards leaves a moment in which another user can open it), also when --force reuses a wider file.
+    fd = os.open(d / f"{name}.key_secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
     public, secret = zmq.auth.create_certificates(str(d), name)
     os.chmod(secret, 0o600)
     return Path(public), Path(secret)

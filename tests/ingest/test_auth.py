@@ -258,3 +258,33 @@ def test_a_certificate_still_being_copied_is_skipped_then_taken_once_whole(tmp_p
     assert ring.take_revoked() == set()
     assert ring.callback("curve", carol) and ring.name_of(carol) == "carol"
     assert [e["file"] for e in log_lines(logs, "client_key_unreadable")] == ["carol.key"]
+
+
+@pytest.mark.parametrize("existing_mode", [None, 0o644])
+def test_a_secret_certificate_is_never_on_disk_readable_by_others(tmp_path, monkeypatch, existing_mode):
+    """The secret key is written into a file that is 0600 from its first byte: pyzmq writes it with the umask's mode,
+    so a chmod afterwards leaves a moment in which another user can open it (and read it for as long as they like).
+    Also for `keys client --force` over an older, wider file."""
+    import zmq.auth.certs
+
+    seen: dict[str, int] = {}
+    write = zmq.auth.certs._write_key_file
+
+    def recording(path, *a, **kw):
+        write(path, *a, **kw)
+        if str(path).endswith(".key_secret"):
+            seen["mode"] = stat.S_IMODE(os.stat(path).st_mode)
+
+    monkeypatch.setattr(zmq.auth.certs, "_write_key_file", recording)
+    tmp_path.chmod(0o755)
+    if existing_mode is not None:
+        old = tmp_path / "bob.key_secret"
+        old.write_text("old")
+        old.chmod(existing_mode)
+    umask = os.umask(0o022)
+    try:
+        _, secret = create_keypair(tmp_path, "bob")
+    finally:
+        os.umask(umask)
+    assert seen["mode"] & 0o077 == 0, oct(seen["mode"])
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
