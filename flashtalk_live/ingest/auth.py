@@ -331,6 +331,11 @@ class Security:
             sock.curve_publickey = public
             sock.zap_domain = DOMAIN_CURVE.encode()
             return
+        if not endpoint.startswith(("tcp://", "ipc://")):
+            # Only ipc:// gets the ipc domain (its peers trusted, its file's permissions their guard): any other
+            # transport (tipc:// reaches the cluster) would be an unauthenticated, trusted door.
+            raise EndpointRefused(f"{field}: refusing to bind {endpoint}: only ipc:// and tcp:// endpoints are "
+                                  "served (tcp:// with CURVE beyond loopback)")
         sock.curve_server = False
         if endpoint.startswith("tcp://"):
             check_unauthenticated(endpoint, cfg, field)

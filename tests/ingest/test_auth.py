@@ -288,3 +288,23 @@ def test_a_secret_certificate_is_never_on_disk_readable_by_others(tmp_path, monk
         os.umask(umask)
     assert seen["mode"] & 0o077 == 0, oct(seen["mode"])
     assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("endpoint", ["tipc://{5560,0,0}", "tipc://{5560,0}@0.0.0", "ws://0.0.0.0:5555",
+                                      "TCP://0.0.0.0:5555"])
+def test_an_endpoint_neither_ipc_nor_tcp_is_refused_not_taken_for_a_trusted_ipc_one(endpoint, tmp_path):
+    """Every endpoint that is not tcp:// was given the ipc ZAP domain: its peers were named "ipc" and trusted
+    (ingest.ipc_trusted), with no key and no socket file permissions. tipc (built into this libzmq) reaches the
+    whole cluster: such an endpoint is the operator's mistake to refuse (exit 2), never a trusted door."""
+    from flashtalk_live.ingest.auth import EndpointRefused, Security
+    from flashtalk_live.settings import IngestSettings
+
+    sec = Security(IngestSettings(server_key=str(tmp_path / "server.key_secret"), client_keys_dir=None))
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    try:
+        with pytest.raises(EndpointRefused, match="ingest.control"):
+            sec.prepare_bind(sock, endpoint, "ingest.control")
+    finally:
+        sock.close(0)
+        ctx.term()
