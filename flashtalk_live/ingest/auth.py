@@ -75,9 +75,22 @@ def parse_key(item: str) -> bytes:
     raise ValueError(f"client key {s[:60]!r} is neither 40 Z85 characters nor a certificate file")
 
 
-def _dir_mtime(directory: str | None) -> int:
+def _dir_mtime(directory: str | None) -> object:
+    """What tells that the folder's certificates changed: the folder's mtime (a file added, removed or renamed) and
+    each certificate's own (a file written over in place, `cp new/alice.key clients/`, leaves the folder's alone)."""
+    if not directory:
+        return 0
     try:
-        return os.stat(directory).st_mtime_ns if directory else 0
+        files = []
+        with os.scandir(directory) as it:
+            for e in it:
+                if e.name.endswith(".key"):
+                    try:
+                        st = e.stat()
+                    except OSError:
+                        continue
+                    files.append((e.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return os.stat(directory).st_mtime_ns, tuple(sorted(files))
     except OSError:
         return 0
 
@@ -113,7 +126,7 @@ class KeyRing:
         self.trusted = {parse_key(k) for k in trusted}
         self.listed = {parse_key(k) for k in keys} | self.trusted
         self.log = get_logger("auth")
-        self._mtime: int | None = None
+        self._mtime: object = None
         self._named: dict[bytes, str] = {}
         self._from_dir: set[bytes] = set()
         self._unreadable: set[str] = set()
@@ -143,7 +156,7 @@ class KeyRing:
             self._read_folder(mtime)
             self._revoked |= before - self.allowed
 
-    def _read_folder(self, mtime: int) -> None:
+    def _read_folder(self, mtime: object) -> None:
         named, bad = _load_named(self.directory)
         for name in sorted(bad - self._unreadable):  # once per file: the next reads retry it quietly
             self.log.warning("client_key_unreadable", file=name, note="not a certificate (yet): skipped, read "

@@ -308,3 +308,27 @@ def test_an_endpoint_neither_ipc_nor_tcp_is_refused_not_taken_for_a_trusted_ipc_
     finally:
         sock.close(0)
         ctx.term()
+
+
+def test_a_certificate_overwritten_in_place_revokes_the_key_it_held(tmp_path):
+    """Rotating a client's key by copying its new certificate over the old file (`cp new/alice.key clients/`) writes
+    the file, not the folder: the folder's mtime stays, and the old key was still allowed, handshake after handshake,
+    with its open connections kept, until a SIGHUP."""
+    from flashtalk_live.ingest.auth import KeyRing
+
+    d = tmp_path / "clients"
+    old_pub, _ = create_keypair(d, "alice")
+    new_pub, _ = create_keypair(tmp_path / "new", "alice")
+    old_key, _ = zmq.auth.load_certificate(str(old_pub))
+    new_key, _ = zmq.auth.load_certificate(str(new_pub))
+    ring = KeyRing(str(d), [], [])
+    assert ring.callback("curve", old_key)
+    folder_mtime = os.stat(d).st_mtime_ns
+    with open(old_pub, "r+b") as f:  # what cp does to an existing file: same inode, new contents
+        f.truncate(0)
+        f.write(new_pub.read_bytes())
+    os.utime(old_pub, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
+    assert os.stat(d).st_mtime_ns == folder_mtime
+    assert ring.callback("curve", new_key)
+    assert not ring.callback("curve", old_key)
+    assert ring.take_revoked() == {old_key}
