@@ -155,6 +155,10 @@ def read_toml(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
         text = path.read_text()
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
+    except OSError as e:  # a folder, a file this user may not read: the operator's to fix, one line
+        raise error(f"{what} {path}: cannot be read ({e.strerror or e}); expected a readable TOML file") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path}: not UTF-8 text (byte {e.start}); expected a TOML file") from None
     return loads_toml(text, str(path), error)
 
 

@@ -1,6 +1,7 @@
 """Settings: file < environment < flags, clear errors naming field/value/expectation, secrets masked."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,17 @@ def test_config_show_masks_secrets(tmp_path):
 def test_shipped_configs_are_valid():
     for name in ("configs/default.toml", "configs/flashtalk-14b.toml"):
         load_settings(name, environ={})
+
+
+def test_a_config_path_that_is_a_folder_unreadable_or_not_text_is_a_config_error(tmp_path):
+    """The operator's mistake (-c naming a folder, a file the daemon may not read, a binary file) is ConfigError:
+    exit 2 and one line naming the file, not an IsADirectoryError/UnicodeDecodeError (exit 1)."""
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[x")
+    unreadable = tmp_path / "unreadable.toml"
+    unreadable.write_text("state_dir = '/x'\n")
+    unreadable.chmod(0)
+    cases = [tmp_path, binary] + ([unreadable] if os.geteuid() != 0 else [])
+    for path in cases:
+        with pytest.raises(ConfigError, match=str(path)):
+            load_settings(path, environ={})
