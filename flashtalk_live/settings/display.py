@@ -14,6 +14,18 @@ from flashtalk_live.secrets import mask_obj, mask_text, mask_url
 from flashtalk_live.settings.schema import Settings
 
 
+def _mask_shown(value: Any) -> Any:
+    """A rejected value of any shape, masked for its error line: every URL-like string in it strictly, so a key
+    after a stray space ('rtmp://h/live KEY') is hidden too (free-text masking ends a URL at the space)."""
+    if isinstance(value, str):
+        return mask_url(value, strict=True) if ":/" in value else mask_text(value)
+    if isinstance(value, dict):
+        return {k: _mask_shown(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_mask_shown(v) for v in value)
+    return mask_obj(value)
+
+
 def error_line(loc: str, value: Any, msg: str, missing: bool = False) -> str:
     """One configuration error as a line: field = masked value: what is expected. Values are masked before they
     are cut short, so a cut never splits a URL away from its scheme; url fields are masked strictly (any shape may
@@ -24,7 +36,7 @@ def error_line(loc: str, value: Any, msg: str, missing: bool = False) -> str:
     elif isinstance(value, str) and loc.endswith("url"):
         shown = repr(mask_url(value, strict=True))
     else:
-        shown = mask_text(repr(mask_obj(value)))
+        shown = mask_text(repr(_mask_shown(value)))
     if len(shown) > 80:
         shown = shown[:77] + "..."
     twice = loc.endswith("url") and shown in msg  # the output-kind message quotes the (masked) URL itself

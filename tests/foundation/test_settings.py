@@ -94,3 +94,14 @@ def test_a_config_path_that_is_a_folder_unreadable_or_not_text_is_a_config_error
     for path in cases:
         with pytest.raises(ConfigError, match=str(path)):
             load_settings(path, environ={})
+
+
+@pytest.mark.parametrize("value", ['{"name": "a", "url": "rtmp://h/live SECRETKEY"}',
+                                   '["rtmp://h/live SECRETKEY"]',
+                                   '[{"name": "a", "url": {"x": "rtmp://h/live SECRETKEY"}}]'])
+def test_a_stream_key_after_a_stray_space_is_masked_in_any_wrong_shaped_value(value):
+    """An outputs value of the wrong shape (an object for a list, a bare URL for a table) is echoed in the error
+    line; a URL in it was masked only up to its first space, so 'rtmp://h/live KEY' showed the key."""
+    with pytest.raises(ConfigError) as e:
+        load_settings(environ={"FLASHTALK_LIVE_OUTPUTS": value})
+    assert "SECRETKEY" not in str(e.value), str(e.value)
