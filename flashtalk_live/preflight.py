@@ -57,6 +57,9 @@ def check_endpoints(settings: Settings) -> None:
     ingest = settings.expanded(settings.ingest)
     for field, endpoints in (("ingest.control", ingest.control), ("ingest.events", ingest.events)):
         for ep in endpoints:
+            if not ep.startswith(("ipc://", "tcp://")):  # the bind's rule (auth.Security.prepare_bind)
+                raise ConfigError(f"{field}: refusing to bind {ep}: only ipc:// and tcp:// endpoints are served "
+                                  "(tcp:// with CURVE beyond loopback)")
             path = ipc_path(ep)
             if path is not None:
                 holder = probe(socket_lock_path(path))

@@ -332,3 +332,13 @@ def test_a_certificate_overwritten_in_place_revokes_the_key_it_held(tmp_path):
     assert ring.callback("curve", new_key)
     assert not ring.callback("curve", old_key)
     assert ring.take_revoked() == {old_key}
+
+
+def test_config_show_refuses_an_endpoint_neither_ipc_nor_tcp_as_the_bind_does(tmp_path):
+    from flashtalk_live.config import load_settings
+    from flashtalk_live.preflight import check_endpoints
+    from flashtalk_live.settings import ConfigError
+
+    s = load_settings(overrides=[f'state_dir="{tmp_path}"', 'ingest.control=["tipc://{5560,0,0}"]'], environ={})
+    with pytest.raises(ConfigError, match="ingest.control: refusing to bind tipc://"):
+        check_endpoints(s)
