@@ -10,7 +10,7 @@ they are the operator's way in, and the file's permissions guard them.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -21,8 +21,10 @@ _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 class ConnectionCap:
     """Watches one bound socket's monitor; `handle()` (on the socket's own thread) enforces the cap."""
 
-    def __init__(self, sock: zmq.Socket, cap: int, name: str, log: Any) -> None:
+    def __init__(self, sock: zmq.Socket, cap: int, name: str, log: Any,
+                 on_end: Callable[[int], None] | None = None) -> None:
         self.cap = int(cap)
+        self.on_end = on_end  # told the descriptor of every connection seen to end (its number may be reused)
         self.name = name
         self.log = log
         self.monitor = sock.get_monitor_socket(_EVENTS)
@@ -52,6 +54,8 @@ class ConnectionCap:
                     self.open.add(fd)
             elif ev["event"] in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
                 self.open.discard(fd)
+                if self.on_end is not None:
+                    self.on_end(fd)
                 if self._refusing and len(self.open) < self.cap // 2:
                     self._refusing = False
                     self.log.warning("connections_accepted_again", socket=self.name, open=len(self.open),

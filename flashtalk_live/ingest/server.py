@@ -247,7 +247,9 @@ class IngestServer:
             self._release_locks()
             raise
         self._router, self._pub = router, pub
-        self._caps = [ConnectionCap(router, i.max_connections, "control", self.log),
+        # a control connection's end forgets the key its requests had: its descriptor may be reused by another's
+        self._caps = [ConnectionCap(router, i.max_connections, "control", self.log,
+                                    on_end=lambda fd: self._curve_fds.pop(fd, None)),
                       ConnectionCap(pub, i.max_connections, "events", self.log)]
         for cap, eps in zip(self._caps, (self.control_endpoints, self.event_endpoints)):
             for ep in eps:

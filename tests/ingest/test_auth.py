@@ -342,3 +342,59 @@ def test_config_show_refuses_an_endpoint_neither_ipc_nor_tcp_as_the_bind_does(tm
     s = load_settings(overrides=[f'state_dir="{tmp_path}"', 'ingest.control=["tipc://{5560,0,0}"]'], environ={})
     with pytest.raises(ConfigError, match="ingest.control: refusing to bind tipc://"):
         check_endpoints(s)
+
+
+@pytest.mark.timeout(60)
+def test_revoking_a_key_leaves_alone_a_connection_that_reused_its_closed_connections_descriptor(running, curve_keys,
+                                                                                                  state_dir, tmp_path):
+    """The descriptor a key's requests came from was remembered after its connection ended: another key's connection
+    given the same descriptor (the kernel hands out the lowest free one) was shut down when the first key was
+    revoked, before it had sent anything that would overwrite the entry."""
+    import subprocess
+    import sys
+
+    from support.logs import capture_logs, log_lines
+
+    r = running(CURVE)
+    _, bob_secret = create_keypair(state_dir / "keys" / "clients", "bob")
+    cap = r.server._caps[0]
+    ctx = zmq.Context()
+    alice = ctx.socket(zmq.DEALER)
+    alice.setsockopt(zmq.LINGER, 0)
+    curve_keys["alice"].apply(alice)
+    held: list[int] = []
+    bob = None
+    try:
+        alice.connect(r.tcp)
+        alice.send_multipart([b""] + encode_request("ping"))
+        assert alice.poll(5000)
+        alice.recv_multipart()
+        (alice_fd,) = r.server._curve_fds
+        alice.close(0)
+        until(lambda: not cap.open, 10, "alice's connection seen to end")
+        while True:  # every free descriptor below alice's old one taken: the next accept gets hers
+            fd = os.open(os.devnull, os.O_RDONLY)
+            if fd >= alice_fd:
+                os.close(fd)
+                break
+            held.append(fd)
+        logs = capture_logs()
+        # bob, in a process of his own (his descriptors are not this one's): connected, nothing sent
+        bob = subprocess.Popen([sys.executable, "-c", (
+            "import sys, zmq\n"
+            "from flashtalk_live.ingest.auth import CurveClientKeys\n"
+            f"k = CurveClientKeys.load({curve_keys['server']['public_certificate']!r}, {str(bob_secret)!r})\n"
+            "s = zmq.Context().socket(zmq.DEALER); k.apply(s); s.connect(sys.argv[1]); sys.stdin.read()\n"),
+            r.tcp], stdin=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        until(lambda: len(cap.open) == 1, 20, "bob's connection accepted")
+        assert cap.open == {alice_fd}, "precondition: bob's connection has alice's old descriptor"
+        (state_dir / "keys" / "clients" / "alice.key").unlink()
+        until(lambda: log_lines(logs, "key_revoked"), 10, "alice revoked")
+        assert [e["control_connections_closed"] for e in log_lines(logs, "key_revoked")] == [0]
+    finally:
+        for fd in held:
+            os.close(fd)
+        if bob is not None:
+            bob.kill()
+            bob.wait()
+        ctx.term()
