@@ -293,7 +293,14 @@ class IngestServer:
             self._lock_ipc(ep, field)
             try:
                 self.security.prepare_bind(sock, ep, field)
-                sock.bind(ep)
+                # An ipc socket file is made with the umask's mode and given ingest.ipc_mode after the bind: until
+                # then only its owner may connect (a connection made in between would outlive the chmod).
+                umask = os.umask(0o077) if ep.startswith("ipc://") else None
+                try:
+                    sock.bind(ep)
+                finally:
+                    if umask is not None:
+                        os.umask(umask)
                 self.security.after_bind(ep)
             except zmq.ZMQError as e:
                 if e.errno == errno.EADDRINUSE:

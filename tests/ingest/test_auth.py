@@ -398,3 +398,28 @@ def test_revoking_a_key_leaves_alone_a_connection_that_reused_its_closed_connect
             bob.kill()
             bob.wait()
         ctx.term()
+
+
+def test_an_ipc_socket_file_is_never_open_to_more_than_its_owner_before_its_mode_is_set(running, monkeypatch):
+    """The socket file was made with the umask's mode and given ingest.ipc_mode (and ipc_group) only after the bind:
+    under a permissive umask anyone could connect in between, and a connection made then stays, trusted
+    (ingest.ipc_trusted), after the chmod."""
+    from flashtalk_live.ingest.auth import Security
+
+    seen: dict[str, int] = {}
+    after = Security.after_bind
+
+    def recording(self, endpoint):
+        if endpoint.startswith("ipc://"):
+            seen[endpoint] = stat.S_IMODE(os.stat(endpoint[len("ipc://"):]).st_mode)
+        return after(self, endpoint)
+
+    monkeypatch.setattr(Security, "after_bind", recording)
+    umask = os.umask(0)
+    try:
+        r = running("ingest.ipc_mode=0o600")
+    finally:
+        os.umask(umask)
+    assert seen and all(mode & 0o077 == 0 for mode in seen.values()), {k: oct(v) for k, v in seen.items()}
+    for ep in (r.ipc, r.events):
+        assert stat.S_IMODE(os.stat(ep[len("ipc://"):]).st_mode) == 0o600
