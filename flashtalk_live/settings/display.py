@@ -8,7 +8,7 @@ import difflib
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
 from flashtalk_live.secrets import mask_obj, mask_text, mask_url
 from flashtalk_live.settings.schema import Settings
@@ -74,6 +74,26 @@ def unknown_key_hint(loc: tuple[Any, ...]) -> str:
     return f"not a setting; {'[' + prefix + ']' if prefix else 'the top level'} has: {', '.join(names)}"
 
 
+def _secret_field(loc: tuple[Any, ...]) -> bool:
+    """Whether `loc` names a secret setting (SecretStr, or marked `secret`): its rejected value is never shown."""
+    model: type[BaseModel] | None = Settings
+    field = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None:
+            return False
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return False
+        model = _model_in(field.annotation)
+    if field is None:
+        return False
+    extra = field.json_schema_extra
+    return bool(isinstance(extra, dict) and extra.get("secret")) or any(
+        a in (SecretStr, SecretBytes) for a in (field.annotation, *typing.get_args(field.annotation)))
+
+
 def validation_error_lines(err: ValidationError) -> list[str]:
     """One line per error of the schema (`error_line`); a check across fields is its message alone."""
     lines = []
@@ -84,6 +104,9 @@ def validation_error_lines(err: ValidationError) -> list[str]:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":  # a typo'd key: name it and the key it most likely meant
             lines.append(f"{loc}: {unknown_key_hint(tuple(e['loc']))}")
+            continue
+        if _secret_field(tuple(e["loc"])) and e["type"] != "missing":  # a token: never echoed, whatever its shape
+            lines.append(f"{loc} = <hidden>: {mask_text(e['msg'].removeprefix('Value error, '))}")
             continue
         lines.append(error_line(loc, e.get("input"), e["msg"], missing=e["type"] == "missing"))
     return lines

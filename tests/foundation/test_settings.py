@@ -105,3 +105,13 @@ def test_a_stream_key_after_a_stray_space_is_masked_in_any_wrong_shaped_value(va
     with pytest.raises(ConfigError) as e:
         load_settings(environ={"FLASHTALK_LIVE_OUTPUTS": value})
     assert "SECRETKEY" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("environ,overrides", [({"FLASHTALK_LIVE_CONSOLE__TOKEN": "98765432123456789"}, []),
+                                               ({}, ['console.token=["s3cr3t98765432123456789"]'])])
+def test_a_console_token_of_the_wrong_type_is_not_echoed_in_the_error(environ, overrides):
+    """A numeric token from the environment (JSON makes it an int) or a token written as a list was shown whole in
+    the one-line error: `console.token = 98765432123456789: Input should be a valid string`."""
+    with pytest.raises(ConfigError) as e:
+        load_settings(overrides=overrides, environ=environ)
+    assert "98765432123456789" not in str(e.value) and "console.token" in str(e.value), str(e.value)
