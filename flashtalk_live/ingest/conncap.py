@@ -22,7 +22,7 @@ class ConnectionCap:
     """Watches one bound socket's monitor; `handle()` (on the socket's own thread) enforces the cap."""
 
     def __init__(self, sock: zmq.Socket, cap: int, name: str, log: Any,
-                 on_end: Callable[[int], None] | None = None) -> None:
+                 on_end: Callable[[int], object] | None = None) -> None:
         self.cap = int(cap)
         self.on_end = on_end  # told the descriptor of every connection seen to end (its number may be reused)
         self.name = name
