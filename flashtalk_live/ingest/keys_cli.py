@@ -11,7 +11,7 @@ from pathlib import Path
 import zmq.auth
 
 from flashtalk_live.cliargs import add_config_args, settings_from_args
-from flashtalk_live.ingest.auth import create_keypair
+from flashtalk_live.ingest.auth import create_keypair, parse_key
 from flashtalk_live.settings import Settings
 
 
@@ -57,6 +57,13 @@ def _cmd_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _public(item: str) -> bytes | None:
+    try:
+        return parse_key(item)
+    except (ValueError, OSError):
+        return None
+
+
 REVOKE_WITHIN_S = 1.0  # the ingest thread looks at the folder at least this often (IngestServer._revoke_keys)
 
 
@@ -79,6 +86,14 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
         return 1
     key, _ = zmq.auth.load_certificate(str(cert))
     cert.unlink()
+    still = [field for field, items in (("ingest.client_keys", s.ingest.client_keys),
+                                        ("ingest.trusted_client_keys", s.ingest.trusted_client_keys))
+             if key in {_public(k) for k in items}]
+    if still:  # the daemon keeps allowing a key its config lists: saying "revoked" would be a lie
+        print(f"flashtalk-live keys: removed {cert}, but {' and '.join(still)} still list(s) this key "
+              f"({key.decode()[:8]}...): it stays allowed until it is removed there and the daemon gets SIGHUP",
+              file=sys.stderr)
+        return 1
     print(json.dumps({"revoked": name, "public_key": key.decode()[:8], "removed": str(cert),
                       "takes_effect_within_s": REVOKE_WITHIN_S,
                       "note": "new handshakes are refused at once; its open connections are closed within that time"}))

@@ -423,3 +423,18 @@ def test_an_ipc_socket_file_is_never_open_to_more_than_its_owner_before_its_mode
     assert seen and all(mode & 0o077 == 0 for mode in seen.values()), {k: oct(v) for k, v in seen.items()}
     for ep in (r.ipc, r.events):
         assert stat.S_IMODE(os.stat(ep[len("ipc://"):]).st_mode) == 0o600
+
+
+def test_keys_revoke_says_so_when_the_config_still_allows_the_key(state_dir, tmp_path, capsys):
+    """`keys revoke alice` removed alice.key and reported the key revoked ("new handshakes are refused at once")
+    while ingest.client_keys (or trusted_client_keys) still listed it: the daemon kept accepting it."""
+    from flashtalk_live.ingest.auth import KeyRing
+
+    keys_cli(state_dir, "server", capsys=capsys)
+    alice = keys_cli(state_dir, "client", "alice", "--out", str(tmp_path), capsys=capsys)
+    listed = f'ingest.trusted_client_keys=["{alice["public_key"]}"]'
+    code = cli_main(["keys", "revoke", "alice", "--set", f'state_dir="{state_dir}"', "--set", listed])
+    err = capsys.readouterr().err
+    assert code != 0 and "trusted_client_keys" in err, err
+    ring = KeyRing(str(state_dir / "keys" / "clients"), [], [alice["public_key"]])
+    assert alice["public_key"].encode() in ring.allowed  # what the daemon still does: the CLI must not say revoked
