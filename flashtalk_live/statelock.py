@@ -61,7 +61,13 @@ class FileLock:
 
     def acquire(self) -> "FileLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            # O_NOFOLLOW: the lock beside an ipc socket may lie in a shared folder; a symlink planted there would have
+            # the daemon truncate and overwrite the file it names
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise ConfigError(f"{self.path}: cannot open this lock file ({e.strerror}); expected a regular file "
+                              "(not a symlink) in a folder this user may write") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

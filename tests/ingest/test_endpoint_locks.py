@@ -97,3 +97,19 @@ def test_busy_tcp_port_is_a_config_error(make_settings):
     srv.start()
     srv.stop()
     spool.close()
+
+
+def test_a_lock_path_that_is_a_symlink_is_refused_not_followed(tmp_path):
+    """`<socket>.lock` lies beside an ipc socket, often in a shared folder: a symlink planted there made the daemon
+    truncate and overwrite whatever file it named (with its pid). It is refused, as a configuration error."""
+    from flashtalk_live.settings import ConfigError
+    from flashtalk_live.statelock import FileLock, socket_lock_path
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    sock = tmp_path / "shared" / "control.sock"
+    sock.parent.mkdir()
+    socket_lock_path(sock).symlink_to(victim)
+    with pytest.raises(ConfigError, match="control.sock.lock"):
+        FileLock(socket_lock_path(sock), "room A").acquire()
+    assert victim.read_text() == "precious\n"
