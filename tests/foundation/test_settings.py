@@ -115,3 +115,13 @@ def test_a_console_token_of_the_wrong_type_is_not_echoed_in_the_error(environ, o
     with pytest.raises(ConfigError) as e:
         load_settings(overrides=overrides, environ=environ)
     assert "98765432123456789" not in str(e.value) and "console.token" in str(e.value), str(e.value)
+
+
+def test_a_console_token_on_the_command_line_is_refused_like_a_stream_key(capsys):
+    """`--set console.token=...` put the console's bearer token in ps for every user; stream keys on argv are refused
+    (exit 2, one masked line), the token was taken."""
+    from flashtalk_live.cli import main as cli_main
+
+    assert cli_main(["config", "show", "--set", 'console.token="tok-98765432123456789"']) == 2
+    out = capsys.readouterr()
+    assert "98765432123456789" not in out.out + out.err and "console.token" in out.err, out.err
