@@ -45,7 +45,8 @@ def resolve_token(console: ConsoleSettings, metrics_host: str, state_dir: str) -
         token = ""
     if not token:
         token = secrets.token_urlsafe(24)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)  # an existing (empty) file keeps its mode through O_TRUNC: 0600 before the token
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
     return token, str(path)

@@ -78,3 +78,20 @@ def test_registry_rejects_with_the_masked_url_and_what_is_expected(url: str, pro
         validate_url(url)
     assert problem in str(e.value) and "expected" in str(e.value)
     assert "KEY" not in str(e.value)
+
+
+def test_a_generated_console_token_is_never_written_into_a_file_others_can_read(tmp_path):
+    """{state_dir}/console.token left empty with a wider mode (touched by hand, restored from a backup): the new
+    random token was written into it keeping that mode (O_CREAT's 0600 applies only to a new file)."""
+    import os
+    import stat
+
+    from flashtalk_live.console.auth import resolve_token
+    from flashtalk_live.settings import ConsoleSettings
+
+    path = tmp_path / "console.token"
+    path.write_text("")
+    path.chmod(0o644)
+    token, where = resolve_token(ConsoleSettings(), "127.0.0.1", str(tmp_path))
+    assert where == str(path) and path.read_text().strip() == token
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
