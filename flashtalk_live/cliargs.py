@@ -67,6 +67,9 @@ def _outputs_from_args(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         except OSError as e:
             raise ConfigError(f"--output-file {path!r}: cannot read it ({e.strerror}); expected a readable file "
                               "with one output URL per line") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--output-file {path!r}: not UTF-8 text (byte {e.start}); expected one output URL "
+                              "per line") from None
         urls += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         if not urls:
             raise ConfigError(f"--output-file {path!r}: no URL in it; expected one output URL per line")

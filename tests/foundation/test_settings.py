@@ -125,3 +125,13 @@ def test_a_console_token_on_the_command_line_is_refused_like_a_stream_key(capsys
     assert cli_main(["config", "show", "--set", 'console.token="tok-98765432123456789"']) == 2
     out = capsys.readouterr()
     assert "98765432123456789" not in out.out + out.err and "console.token" in out.err, out.err
+
+
+def test_an_output_file_that_is_not_text_is_a_config_error(tmp_path, capsys):
+    from flashtalk_live.cli import main as cli_main
+
+    f = tmp_path / "outputs.bin"
+    f.write_bytes(b"\xff\xfertmp://h/live/KEY\n")
+    assert cli_main(["config", "show", "--output-file", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "--output-file" in err and len(err.strip().splitlines()) == 1, err
