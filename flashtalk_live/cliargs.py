@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flashtalk_live.secrets import carries_secret, mask_text
-from flashtalk_live.settings import ConfigError, Settings
-from flashtalk_live.settings.display import _secret_field
+from flashtalk_live.settings import ConfigError, Settings, secret_field
 from flashtalk_live.config import load_settings
 
 
@@ -50,7 +49,7 @@ def _refuse_argv_secrets(args: argparse.Namespace) -> None:
             raise ConfigError(f"--output {mask_text(url)!r}: {ARGV_SECRET}")
     for item in getattr(args, "overrides", None) or []:
         key = item.split("=", 1)[0].strip()
-        if "=" in item and _secret_field(tuple(key.split("."))):  # console.token: a secret whatever it looks like
+        if "=" in item and secret_field(tuple(key.split("."))):  # console.token: a secret whatever it looks like
             raise ConfigError(f"--set {key}=****: a secret on the command line is readable by every user of this "
                               f"machine (ps, /proc/PID/cmdline); expected {key}_file or the environment "
                               f"(FLASHTALK_LIVE_{key.upper().replace('.', '__')})")

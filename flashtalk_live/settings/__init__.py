@@ -19,6 +19,7 @@ from flashtalk_live.settings.display import (
     format_error_lines,
     format_validation_error,
     masked_dump,
+    secret_field,
     unknown_key_hint,
     validation_error_lines,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "resolve_path",
     "room_from_config",
     "ROOM_NAME",
+    "secret_field",
     "SectionT",
     "Settings",
     "StorageSettings",

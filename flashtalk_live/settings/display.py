@@ -74,7 +74,7 @@ def unknown_key_hint(loc: tuple[Any, ...]) -> str:
     return f"not a setting; {'[' + prefix + ']' if prefix else 'the top level'} has: {', '.join(names)}"
 
 
-def _secret_field(loc: tuple[Any, ...]) -> bool:
+def secret_field(loc: tuple[Any, ...]) -> bool:
     """Whether `loc` names a secret setting (SecretStr, or marked `secret`): its rejected value is never shown."""
     model: type[BaseModel] | None = Settings
     field = None
@@ -105,7 +105,7 @@ def validation_error_lines(err: ValidationError) -> list[str]:
         if e["type"] == "extra_forbidden":  # a typo'd key: name it and the key it most likely meant
             lines.append(f"{loc}: {unknown_key_hint(tuple(e['loc']))}")
             continue
-        if _secret_field(tuple(e["loc"])) and e["type"] != "missing":  # a token: never echoed, whatever its shape
+        if secret_field(tuple(e["loc"])) and e["type"] != "missing":  # a token: never echoed, whatever its shape
             lines.append(f"{loc} = <hidden>: {mask_text(e['msg'].removeprefix('Value error, '))}")
             continue
         lines.append(error_line(loc, e.get("input"), e["msg"], missing=e["type"] == "missing"))
